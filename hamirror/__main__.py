@@ -1,0 +1,3 @@
+from hamirror.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""actions layer (see docs/architecture.md)."""

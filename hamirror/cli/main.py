@@ -1,0 +1,50 @@
+"""Entry point of the ``hamirror`` command: builds the parser from the command-group modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from hamirror import __version__
+from hamirror.cli.common import CommandError
+
+# Each module named here exposes ``register(subparsers)`` and sets ``func`` on its parsers.
+# Add a command group by adding its module here.
+COMMAND_GROUPS = [
+    "hamirror.cli.keys",
+    "hamirror.cli.mirror",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hamirror",
+        description="Two-node high-availability cluster with synchronous directory replication.",
+    )
+    parser.add_argument("--version", action="version", version=f"hamirror {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_GROUPS:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CommandError as exc:
+        print(f"hamirror: {exc}", file=sys.stderr)
+        return exc.exit_code
+

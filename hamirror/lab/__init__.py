@@ -1,0 +1,1 @@
+"""lab layer (see docs/architecture.md)."""

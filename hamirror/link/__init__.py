@@ -1,0 +1,1 @@
+"""link layer (see docs/architecture.md)."""

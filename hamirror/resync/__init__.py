@@ -1,0 +1,1 @@
+"""resync layer (see docs/architecture.md)."""

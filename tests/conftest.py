@@ -1,0 +1,25 @@
+"""Shared test fixtures: a CLI runner and skips for tests that need root, FUSE or namespaces."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAMIRROR = [sys.executable, "-m", "hamirror"]
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs root, /dev/fuse and fuse3",
+)
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 60, env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``hamirror ARGS`` as a real process and capture its output."""
+    return subprocess.run(HAMIRROR + list(args), capture_output=True, text=True, check=check,
+                          timeout=timeout, env=env, input=input)
