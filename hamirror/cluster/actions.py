@@ -1,0 +1,132 @@
+"""The actions a decision asks the agent to carry out, in order.
+
+Each action is a small frozen value; the agent maps its type to an executor (resources, link,
+journal, resync). A decision lists them in the order they must run: the agent stops at the first
+failure and decides again on the next tick from a fresh view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import SwapPhase
+
+
+@dataclasses.dataclass(frozen=True)
+class Persist:
+    """Write the target state to the module's state file before any other action runs, so an
+    agent that dies half-way knows on restart that the module was started (design §2)."""
+
+    state: NodeState
+
+
+@dataclasses.dataclass(frozen=True)
+class StartReceiver:
+    """Listen on the replication link and apply the peer's operations (and resync) locally."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StopReceiver:
+    """Stop applying the peer's operations; what was applied stays, the journal records where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MountReplicated:
+    """Stack the interception layer on every replicated directory. ``peer_connected``: send each
+    write synchronously to the peer (PRIM); otherwise record changes for a resync (ALONE)."""
+
+    peer_connected: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SetMirroring:
+    """Switch a mounted primary between synchronous mirroring (``enabled``) and recording
+    changes in the journal, without unmounting: ALONE <-> PRIM keeps the application running."""
+
+    enabled: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Unmount:
+    """Remove the interception layer. ``force``: lazy unmount that waits for no peer ack."""
+
+    force: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AddVip:
+    """Add the module's virtual IP here and announce it (gratuitous ARP); no-op without a VIP."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveVip:
+    """Remove the module's virtual IP from this node; no-op without a VIP."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunScript:
+    """Run one of the module's scripts (start_prim, stop_prim, start_second, stop_second)."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KillApp:
+    """forcestop: SIGKILL every process using the replicated directories, skipping stop_prim."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartApp:
+    """Run stop_prim then start_prim in place. ``counted``: a checker restart, which the agent
+    records in the restart window (operator restarts are not counted)."""
+
+    counted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StartResync:
+    """Send the peer what it lacks: incremental from both journals, or ``full`` (checksums) when
+    the histories share nothing. Resumes from the journal if a previous run stopped."""
+
+    full: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NewGeneration:
+    """Start a new generation in the history: we became primary without a synced peer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetHistory:
+    """The operator chose the peer's data after a split brain: drop our history, so both sides
+    see UNKNOWN and the primary overwrites us with a full resync."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkUpToDate:
+    """Persist whether our data is up to date (only up-to-date data may be promoted alone)."""
+
+    value: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Flush:
+    """Wait until every write acknowledged to the application is durable on both sides."""
+
+
+Action = (Persist | StartReceiver | StopReceiver | MountReplicated | SetMirroring | Unmount
+          | AddVip | RemoveVip | RunScript | KillApp | RestartApp | StartResync | NewGeneration
+          | ForgetHistory | MarkUpToDate | Flush)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The outcome of one tick: the state to be in, the actions to get there, the swap phase to
+    advertise, and warnings for the operator (logged and shown by ``hamirror status``).
+    The pending operator command is consumed by the decision, whatever it says."""
+
+    state: NodeState
+    actions: tuple[Action, ...] = ()
+    swap: SwapPhase = SwapPhase.NONE
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,267 @@
+"""The per-module state machine: a pure function from a :class:`ModuleView` to a :class:`Decision`.
+
+Operator commands are looked up in a table keyed by (state, command); what no command settles is
+decided by one small rule function per state. The rules that protect data (design §2):
+
+- only up-to-date data is promoted on its own; ``prim`` forces it, with a warning;
+- a primary never appears while the peer is primary; if both are (a healed partition), exactly
+  one steps down (the newer-by-history, else the ``default_primary``, keeps running);
+- no data moves towards a peer that is newer or on a DIVERGED history without the operator;
+- a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hamirror.cluster import steps
+from hamirror.cluster.actions import (
+    Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RestartApp, SetMirroring,
+    StartResync,
+)
+from hamirror.cluster.states import NodeState, check_transition
+from hamirror.cluster.view import Command, ModuleView, ResyncStatus, SwapPhase
+from hamirror.journal.generations import Relation
+
+S = NodeState
+Rule = Callable[[ModuleView], Decision | None]
+
+SPLIT_BRAIN = ("split brain: both nodes hold data the other lacks; nothing is merged. Keep the "
+               "data of one node: run `hamirror second MODULE` on the other")
+MAY_LOSE = "forced primary: data written on the peer and not replicated here may be lost"
+NO_QUORUM = "the witness refuses: this node may not act alone"
+
+
+def decide(view: ModuleView) -> Decision:
+    """Decide this tick's target state and actions for one module (pure; consumes the command)."""
+    rule = COMMANDS.get((view.state, view.command)) if view.command is not Command.NONE else None
+    decision = rule(view) if rule else None
+    if decision is None:
+        decision = AUTOMATIC[view.state](view)
+    if decision.state is view.state:
+        return decision
+    check_transition(view.state, decision.state)
+    return Decision(decision.state, (Persist(decision.state),) + decision.actions,
+                    decision.swap, decision.warnings)
+
+
+# --- operator commands ----------------------------------------------------------------------
+
+def _refuse(reason: str) -> Rule:
+    """A command that cannot apply in this state: warn and let the automatic rules run."""
+    def rule(view: ModuleView) -> Decision:
+        auto = AUTOMATIC[view.state](view)
+        text = f"`{view.command.value}` refused in {view.state.value}: {reason}"
+        return Decision(auto.state, auto.actions, auto.swap, (text,) + auto.warnings)
+    return rule
+
+
+def _force_prim(view: ModuleView) -> Decision:
+    if view.peer.is_primary:
+        return _refuse("the peer is primary; use `hamirror swap`")(view)
+    behind = not view.uptodate or (view.peer.alive and view.relation is Relation.PEER_NEWER)
+    return steps.promote_alone(view, warning=MAY_LOSE if behind else None)
+
+
+def _second_in_wait(view: ModuleView) -> Decision:
+    if view.relation is not Relation.DIVERGED:
+        return _wait(view)
+    return steps.stay(view, ForgetHistory(), MarkUpToDate(False),
+                      warning="split brain resolved by the operator: local data will be "
+                              "overwritten by the peer's")
+
+
+def _request_swap(view: ModuleView) -> Decision:
+    if view.uptodate and view.peer.alive and view.peer.state is S.PRIM:
+        return steps.stay(view, swap=SwapPhase.REQUEST)
+    return _refuse("needs an up-to-date SECOND with a live PRIM peer")(view)
+
+
+def _swap_from_prim(view: ModuleView) -> Decision:
+    if view.peer.is_synced_second and view.relation is not Relation.DIVERGED:
+        return steps.hand_over(view)
+    return _refuse("the peer is not an up-to-date SECOND")(view)
+
+
+def _restart_app(view: ModuleView) -> Decision:
+    return steps.stay(view, RestartApp(counted=False))
+
+
+COMMANDS: dict[tuple[NodeState, Command], Rule] = {
+    (S.STOP, Command.START): lambda v: steps.start(),
+    (S.STOP, Command.RESTART): lambda v: steps.start(),
+    (S.WAIT, Command.PRIM): _force_prim,
+    (S.SECOND, Command.PRIM): _force_prim,
+    (S.WAIT, Command.SECOND): _second_in_wait,
+    (S.SECOND, Command.SWAP): _request_swap,
+    (S.PRIM, Command.SWAP): _swap_from_prim,
+    (S.PRIM, Command.SECOND): _swap_from_prim,
+    (S.PRIM, Command.RESTART): _restart_app,
+    (S.ALONE, Command.RESTART): _restart_app,
+    (S.STOP, Command.PRIM): _refuse("start the module first"),
+    (S.STOP, Command.SWAP): _refuse("the module is stopped"),
+    (S.WAIT, Command.SWAP): _refuse("no synced pair to swap"),
+    (S.ALONE, Command.SWAP): _refuse("the peer is not an up-to-date SECOND"),
+    (S.ALONE, Command.SECOND): _refuse("the peer is not an up-to-date SECOND"),
+}
+for _state in (S.WAIT, S.SECOND, S.PRIM, S.ALONE):
+    COMMANDS[(_state, Command.STOP)] = lambda v: steps.stop(v, force=False)
+    COMMANDS[(_state, Command.FORCESTOP)] = lambda v: steps.stop(v, force=True)
+
+
+# --- automatic rules, one per state ---------------------------------------------------------
+
+def _stop(view: ModuleView) -> Decision:
+    return steps.stay(view)
+
+
+def _wait(view: ModuleView) -> Decision:
+    peer = view.peer
+    if not peer.alive:
+        return steps.stay(view)
+    if view.relation is Relation.DIVERGED:
+        return steps.stay(view, warning=SPLIT_BRAIN)
+    if peer.is_primary:
+        return _receive_resync(view)
+    if _wait_should_lead(view):
+        return steps.promote_alone(view)
+    return steps.stay(view)
+
+
+def _receive_resync(view: ModuleView) -> Decision:
+    """WAIT under a live primary: the primary drives the resync; we follow its outcome."""
+    if view.resync is ResyncStatus.DONE:
+        return steps.enter_second()
+    if view.resync is ResyncStatus.FAILED:
+        return steps.stay(view, warning="resync from the peer failed; it resumes when restarted")
+    if view.uptodate and view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN):
+        return steps.stay(view, MarkUpToDate(False))
+    return steps.stay(view)
+
+
+def _wait_should_lead(view: ModuleView) -> bool:
+    """WAIT with a live, non-primary peer: become primary? Exactly one of two WAIT nodes may."""
+    peer = view.peer
+    if peer.state is S.SECOND:
+        return False                   # a SECOND peer takes over by its own rule
+    if view.cold_start:
+        return view.default_primary
+    if not view.uptodate or view.relation is Relation.PEER_NEWER:
+        return False
+    if view.relation is Relation.LOCAL_NEWER or peer.state in (S.STOP, None):
+        return True
+    return not peer.uptodate or view.default_primary
+
+
+def _second(view: ModuleView) -> Decision:
+    peer = view.peer
+    if not view.uptodate:
+        return steps.leave_second(view)
+    if not peer.alive:
+        if view.quorum is False:
+            return steps.leave_second(view, warning=NO_QUORUM)
+        return steps.promote_alone(view, warning="peer lost: taking over")
+    if view.relation is Relation.DIVERGED:
+        return steps.leave_second(view, warning=SPLIT_BRAIN)
+    if peer.is_primary:
+        if view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN):
+            return steps.leave_second(view, MarkUpToDate(False))
+        keep = view.swap if view.swap is SwapPhase.REQUEST and peer.state is S.PRIM else SwapPhase.NONE
+        return steps.stay(view, swap=keep)
+    if peer.state is S.SECOND:
+        return _second_with_second(view)
+    if view.relation is Relation.PEER_NEWER:
+        return steps.leave_second(view, MarkUpToDate(False))
+    return steps.promote_alone(view, warning="the primary stopped: taking over")
+
+
+def _second_with_second(view: ModuleView) -> Decision:
+    """Both SECOND: a swap in progress, or nobody leads yet."""
+    peer = view.peer
+    if peer.swap is SwapPhase.HANDOVER and view.swap is not SwapPhase.HANDOVER:
+        return steps.promote_handover(view)
+    if view.swap is SwapPhase.HANDOVER:
+        if peer.uptodate:
+            return steps.stay(view, swap=SwapPhase.HANDOVER)
+        return steps.promote_alone(view, warning="swap cancelled: the peer is not up to date")
+    if view.default_primary:
+        return steps.promote_alone(view)
+    return steps.stay(view)
+
+
+def _primary_common(view: ModuleView) -> Decision | None:
+    """Rules shared by PRIM and ALONE; None when the state-specific rule decides."""
+    peer = view.peer
+    if not peer.alive and view.quorum is False:
+        return steps.step_down(view, NO_QUORUM)
+    if peer.is_primary:
+        return _both_primary(view)
+    if not view.checker.ok:
+        return _checker_failed(view)
+    return None
+
+
+def _both_primary(view: ModuleView) -> Decision:
+    """Both run the application (a healed partition): one steps down, no data moves."""
+    newer = view.relation is Relation.LOCAL_NEWER
+    if view.relation is Relation.PEER_NEWER or (not newer and not view.default_primary):
+        return steps.step_down(view, "both nodes were primary; stepping down, data kept as is")
+    warning = SPLIT_BRAIN if view.relation is Relation.DIVERGED else None
+    return steps.stay(view, warning=warning)
+
+
+def _checker_failed(view: ModuleView) -> Decision:
+    if view.checker.may_restart:
+        return steps.stay(view, RestartApp(counted=True), warning="checker failed: restarting")
+    if (view.state is S.PRIM and view.peer.is_synced_second
+            and view.relation is not Relation.DIVERGED):
+        return steps.hand_over(view, warning="restart limit reached: handing over to the peer")
+    return steps.stay(view, RestartApp(counted=True),
+                      warning="restart limit reached and no up-to-date peer to take over")
+
+
+def _prim(view: ModuleView) -> Decision:
+    common = _primary_common(view)
+    if common is not None:
+        return common
+    peer = view.peer
+    if (peer.swap is SwapPhase.REQUEST and peer.is_synced_second
+            and view.relation is not Relation.DIVERGED):
+        return steps.hand_over(view)
+    if peer.alive and peer.state is S.SECOND:
+        return steps.stay(view)
+    return steps.move(S.ALONE, SetMirroring(False), NewGeneration())
+
+
+def _alone(view: ModuleView) -> Decision:
+    common = _primary_common(view)
+    if common is not None:
+        return common
+    peer = view.peer
+    if not peer.alive or peer.state not in (S.WAIT, S.SECOND):
+        return steps.stay(view)
+    if view.relation is Relation.DIVERGED:
+        return steps.stay(view, warning=SPLIT_BRAIN)
+    if view.relation is Relation.PEER_NEWER:
+        return steps.stay(view, warning="the peer holds newer data: not overwriting it")
+    return _send_resync(view)
+
+
+def _send_resync(view: ModuleView) -> Decision:
+    """ALONE with a live peer behind us: resync it, then mirror synchronously (PRIM)."""
+    full = view.relation is Relation.UNKNOWN
+    if view.resync is ResyncStatus.DONE:
+        return steps.move(S.PRIM, SetMirroring(True))
+    if view.resync is ResyncStatus.RUNNING:
+        return steps.stay(view)
+    warning = "resync failed: resuming" if view.resync is ResyncStatus.FAILED else None
+    return steps.stay(view, StartResync(full=full), warning=warning)
+
+
+AUTOMATIC: dict[NodeState, Callable[[ModuleView], Decision]] = {
+    S.STOP: _stop,
+    S.WAIT: _wait,
+    S.SECOND: _second,
+    S.PRIM: _prim,
+    S.ALONE: _alone,
+}

@@ -1,0 +1,88 @@
+"""Action sequences shared by several rules: entering and leaving each role.
+
+Kept apart from :mod:`decide` so that the rules read as "when X, do <step>", and each step's
+order (what must be stopped before what is started) is written exactly once.
+"""
+
+from __future__ import annotations
+
+from hamirror.cluster.actions import (
+    Action, AddVip, Decision, Flush, KillApp, MarkUpToDate, MountReplicated, NewGeneration,
+    RemoveVip, RunScript, StartReceiver, StopReceiver, Unmount,
+)
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import ModuleView, SwapPhase
+
+
+def stay(view: ModuleView, *actions: Action, warning: str | None = None,
+         swap: SwapPhase = SwapPhase.NONE) -> Decision:
+    """Keep the current state, optionally running ``actions``."""
+    return Decision(view.state, tuple(actions), swap, (warning,) if warning else ())
+
+
+def move(target: NodeState, *actions: Action, warning: str | None = None,
+         swap: SwapPhase = SwapPhase.NONE) -> Decision:
+    """Go to ``target`` through ``actions`` (decide() adds the Persist in front)."""
+    return Decision(target, tuple(actions), swap, (warning,) if warning else ())
+
+
+def _leave_receiving(view: ModuleView) -> tuple[Action, ...]:
+    """Stop being a secondary/receiver before the application starts here."""
+    script = (RunScript("stop_second"),) if view.state is NodeState.SECOND else ()
+    return script + (StopReceiver(),)
+
+
+def _stop_app(force: bool) -> tuple[Action, ...]:
+    """Stop the application and release the VIP and the mount; ``force`` never waits."""
+    if force:
+        return (KillApp(), RemoveVip(), Unmount(force=True))
+    return (RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
+
+
+def promote_alone(view: ModuleView, warning: str | None = None) -> Decision:
+    """WAIT/SECOND -> ALONE: primary without a synced peer, so a new generation starts first."""
+    mark = () if view.uptodate else (MarkUpToDate(True),)
+    return move(NodeState.ALONE, *_leave_receiving(view), NewGeneration(), *mark,
+                MountReplicated(peer_connected=False), AddVip(), RunScript("start_prim"),
+                warning=warning)
+
+
+def promote_handover(view: ModuleView) -> Decision:
+    """SECOND -> PRIM at the end of a swap: the old primary is already an up-to-date SECOND."""
+    return move(NodeState.PRIM, *_leave_receiving(view), MountReplicated(peer_connected=True),
+                AddVip(), RunScript("start_prim"))
+
+
+def hand_over(view: ModuleView, warning: str | None = None) -> Decision:
+    """PRIM -> SECOND, first half of a swap: stop, flush, receive, then ask the peer to lead."""
+    return move(NodeState.SECOND, *_stop_app(force=False), StartReceiver(),
+                RunScript("start_second"), warning=warning, swap=SwapPhase.HANDOVER)
+
+
+def step_down(view: ModuleView, warning: str) -> Decision:
+    """PRIM/ALONE -> WAIT without touching data (split brain, lost quorum)."""
+    return move(NodeState.WAIT, RunScript("stop_prim"), RemoveVip(), Unmount(), StartReceiver(),
+                warning=warning)
+
+
+def leave_second(view: ModuleView, *actions: Action, warning: str | None = None) -> Decision:
+    """SECOND -> WAIT: the application does not run, the receiver keeps listening."""
+    return move(NodeState.WAIT, RunScript("stop_second"), *actions, warning=warning)
+
+
+def enter_second() -> Decision:
+    """WAIT -> SECOND once the resync from the primary finished."""
+    return move(NodeState.SECOND, MarkUpToDate(True), RunScript("start_second"))
+
+
+def start() -> Decision:
+    """STOP -> WAIT: listen for the peer; the next ticks choose the role."""
+    return move(NodeState.WAIT, StartReceiver())
+
+
+def stop(view: ModuleView, force: bool) -> Decision:
+    """Any state -> STOP. ``force`` (forcestop) skips graceful scripts and never waits on the peer."""
+    if view.state.is_primary:
+        return move(NodeState.STOP, *_stop_app(force))
+    script = (RunScript("stop_second"),) if view.state is NodeState.SECOND and not force else ()
+    return move(NodeState.STOP, *script, StopReceiver())

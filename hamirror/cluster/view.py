@@ -1,0 +1,108 @@
+"""The immutable view of one module that the agent builds every tick for :func:`decide`.
+
+Everything the decision needs is here, already reduced to plain values (Patroni's "decide, then
+act"): the agent gathers heartbeats, journal, witness, checkers and operator commands; the
+decision never looks anywhere else, so it is tested without processes or clocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from hamirror.cluster.states import NodeState
+from hamirror.journal.generations import Relation
+
+
+class Command(enum.Enum):
+    """The operator's pending command for this module on this node (``hamirror CMD MODULE``)."""
+
+    NONE = "none"
+    START = "start"
+    STOP = "stop"
+    PRIM = "prim"
+    SECOND = "second"
+    SWAP = "swap"
+    FORCESTOP = "forcestop"
+    RESTART = "restart"
+
+
+class ResyncStatus(enum.Enum):
+    """This node's side of the resync (sender on a primary, receiver in WAIT)."""
+
+    NONE = "none"          # none started since the last change of state
+    RUNNING = "running"
+    DONE = "done"          # finished: both sides hold the same data
+    FAILED = "failed"      # stopped on an error; it resumes from its journal when started again
+
+
+class SwapPhase(enum.Enum):
+    """Swap hand-shake advertised in heartbeats (see docs/cluster.md, "swap").
+
+    REQUEST: a secondary was told ``swap`` and asks its primary to hand over.
+    HANDOVER: the old primary has stopped the application, flushed and become SECOND; it asks
+    the peer to become PRIM.
+    """
+
+    NONE = "none"
+    REQUEST = "request"
+    HANDOVER = "handover"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckerHealth:
+    """Checkers' verdict: ``restarts`` counts restarts-in-place inside the policy's window."""
+
+    ok: bool = True
+    restarts: int = 0
+    max_restarts: int = 3
+
+    @property
+    def may_restart(self) -> bool:
+        """Whether one more restart in place is within the restart policy."""
+        return self.restarts < self.max_restarts
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerView:
+    """What the peer last advertised for this module (meaningful only while ``alive``)."""
+
+    alive: bool = False
+    state: NodeState | None = None
+    uptodate: bool = False
+    swap: SwapPhase = SwapPhase.NONE
+
+    @property
+    def is_primary(self) -> bool:
+        """The peer is alive and runs the application."""
+        return self.alive and self.state is not None and self.state.is_primary
+
+    @property
+    def is_synced_second(self) -> bool:
+        """The peer is an alive, up-to-date SECOND: a valid target for a hand-over."""
+        return self.alive and self.state is NodeState.SECOND and self.uptodate
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleView:
+    """One module on this node at one tick.
+
+    ``relation`` compares our generation history with the peer's (UNKNOWN when the peer is not
+    seen). ``quorum`` is the witness's answer to "may this node act alone?", None without a
+    witness. ``cold_start`` is True only when both nodes are seen and neither has any history.
+    ``swap`` is the phase this node advertises now (the previous decision's ``swap``).
+    """
+
+    module: str
+    node: str
+    state: NodeState
+    uptodate: bool
+    peer: PeerView = PeerView()
+    relation: Relation = Relation.UNKNOWN
+    quorum: bool | None = None
+    command: Command = Command.NONE
+    default_primary: bool = False
+    cold_start: bool = False
+    checker: CheckerHealth = CheckerHealth()
+    resync: ResyncStatus = ResyncStatus.NONE
+    swap: SwapPhase = SwapPhase.NONE
