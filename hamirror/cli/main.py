@@ -13,6 +13,7 @@ from hamirror.cli.common import CommandError
 # Each module named here exposes ``register(subparsers)`` and sets ``func`` on its parsers.
 # Add a command group by adding its module here.
 COMMAND_GROUPS = [
+    "hamirror.cli.config",
     "hamirror.cli.keys",
     "hamirror.cli.mirror",
 ]

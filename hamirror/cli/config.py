@@ -1,0 +1,30 @@
+"""``hamirror config check``: validate the cluster file and every module before the agent uses them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hamirror.config.loader import config_path, validate
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("config", help="inspect the configuration")
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
+    check = actions.add_parser("check", help="validate the cluster file and every module; list every problem")
+    check.add_argument("-c", "--config", default=None,
+                       help="cluster file (default: $HAMIRROR_CONFIG, else /etc/hamirror/hamirror.toml)")
+    check.set_defaults(func=run_check)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    result = validate(config_path(args.config))
+    if result.errors:
+        for error in result.errors:
+            print(error, file=sys.stderr)
+        return 1
+    assert result.cluster is not None
+    names = ", ".join(module.name for module in result.modules)
+    print(f"OK: cluster {result.cluster.name}, {len(result.modules)} module(s)" + (f": {names}" if names else ""))
+    return 0

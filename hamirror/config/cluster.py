@@ -1,0 +1,207 @@
+"""The cluster file: who the two nodes are, how they watch each other, where things live."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hamirror.config import schema
+from hamirror.config.errors import ConfigError, ErrorList
+from hamirror.config.schema import Field
+
+NODE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One server: its name and one address per heartbeat network (the first carries replication)."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+    @property
+    def replication_address(self) -> str:
+        return self.addresses[0]
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    """UDP heartbeats: the peer is lost after ``timeout`` seconds of silence on every network."""
+
+    port: int = 7401
+    interval: float = 0.3
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class QuorumConfig:
+    """Optional witness that breaks ties when the two nodes cannot see each other."""
+
+    witness: str | None = None
+
+    @property
+    def witness_endpoint(self) -> tuple[str, int] | None:
+        return None if self.witness is None else split_endpoint(self.witness)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The status API's listening endpoint."""
+
+    listen: str = "127.0.0.1:9453"
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return split_endpoint(self.listen)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The whole cluster file. ``node`` is the configured local name (None: use the host name)."""
+
+    path: str
+    name: str
+    node: str | None
+    keys_dir: str
+    cluster_key_file: str
+    modules_dir: str
+    state_dir: str
+    run_dir: str
+    heartbeat: HeartbeatConfig
+    quorum: QuorumConfig
+    http: HttpConfig | None
+    nodes: tuple[NodeConfig, NodeConfig]
+
+    @property
+    def local_name(self) -> str:
+        """This node's name: ``cluster.node``, else the host name (short form if the full one is unknown)."""
+        if self.node is not None:
+            return self.node
+        host = socket.gethostname()
+        names = [node.name for node in self.nodes]
+        short = host.split(".", 1)[0]
+        return short if host not in names and short in names else host
+
+    @property
+    def local_node(self) -> NodeConfig:
+        """This node; ConfigError if neither ``cluster.node`` nor the host name is one of the two nodes."""
+        name = self.local_name
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        origin = "cluster.node" if self.node is not None else "the host name"
+        raise ConfigError(self.path, "cluster.node",
+                          f"this node {name!r} ({origin}) is not one of the cluster's nodes: "
+                          f"{', '.join(node.name for node in self.nodes)}")
+
+    @property
+    def peer_node(self) -> NodeConfig:
+        local = self.local_node
+        return next(node for node in self.nodes if node is not local)
+
+    def node_named(self, name: str) -> NodeConfig | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def module_state_dir(self, module: str) -> str:
+        """Where a module's journal and persisted state live."""
+        return os.path.join(self.state_dir, "modules", module)
+
+    def module_run_dir(self, module: str) -> str:
+        """Where a module's scripts keep pid files and other runtime state."""
+        return os.path.join(self.run_dir, "modules", module)
+
+
+def split_endpoint(text: str) -> tuple[str, int]:
+    """``"IP:PORT"`` or ``"[IPv6]:PORT"`` to (IP, port); the text was checked by :func:`schema.endpoint`."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def path_field(base: str, default: str) -> Field:
+    """A filesystem path; a relative one is taken relative to the cluster file's folder."""
+    def check(value: Any) -> str:
+        return os.path.normpath(os.path.join(base, schema.string()(value)))
+    return Field(check, default)
+
+
+def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> ClusterConfig:
+    """Build the ClusterConfig from a parsed cluster file, reporting every problem to ``errors``."""
+    base = os.path.dirname(os.path.abspath(path))
+    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes"))
+    main = schema.read_table(errors, schema.section(errors, doc, "cluster", True) or {}, "cluster.", {
+        "name": Field(schema.string(NODE_NAME, "letters, digits, '_', '.' or '-'")),
+        "node": Field(schema.string(NODE_NAME, "a node name"), None),
+        "keys_dir": path_field(base, "/etc/hamirror/keys"),
+        "cluster_key_file": path_field(base, "/etc/hamirror/cluster.key"),
+        "modules_dir": path_field(base, "/etc/hamirror/modules"),
+        "state_dir": path_field(base, "/var/lib/hamirror"),
+        "run_dir": path_field(base, "/run/hamirror"),
+    })
+    heartbeat = _heartbeat(errors, doc)
+    quorum = QuorumConfig(**schema.read_table(errors, schema.section(errors, doc, "quorum", False) or {}, "quorum.",
+                                              {"witness": Field(schema.endpoint, None)}))
+    http = None
+    if "http" in doc:
+        http = HttpConfig(**schema.read_table(errors, schema.section(errors, doc, "http", False) or {}, "http.",
+                                              {"listen": Field(schema.endpoint, HttpConfig.listen)}))
+    cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
+                            nodes=_nodes(errors, doc), **main)
+    if main["modules_dir"] is not None and not os.path.isdir(main["modules_dir"]):
+        errors.add("cluster.modules_dir", f"{main['modules_dir']} is not a directory")
+    if len(cluster.nodes) == 2 and all(node.name for node in cluster.nodes):
+        try:
+            cluster.local_node
+        except ConfigError as exc:
+            errors.items.append(exc)
+    return cluster
+
+
+def _heartbeat(errors: ErrorList, doc: Mapping[str, Any]) -> HeartbeatConfig:
+    values = schema.read_table(errors, schema.section(errors, doc, "heartbeat", False) or {}, "heartbeat.", {
+        "port": Field(schema.port(), HeartbeatConfig.port),
+        "interval": Field(schema.number(greater_than=0), HeartbeatConfig.interval),
+        "timeout": Field(schema.number(greater_than=0), HeartbeatConfig.timeout),
+    })
+    if values["timeout"] <= values["interval"]:
+        errors.add("heartbeat.timeout",
+                   f"must be a number greater than heartbeat.interval ({values['interval']:g})")
+    return HeartbeatConfig(**values)
+
+
+def _nodes(errors: ErrorList, doc: Mapping[str, Any]) -> tuple[NodeConfig, ...]:
+    nodes: list[NodeConfig] = []
+    fields = {
+        "name": Field(schema.string(NODE_NAME, "a host-like name (letters, digits, '_', '.', '-')")),
+        "addresses": Field(schema.list_of(schema.ip_address)),
+    }
+    tables = schema.table_array(errors, doc, "nodes")
+    for prefix, table in tables or []:
+        values = schema.read_table(errors, table, prefix, fields)
+        node = NodeConfig(name=values["name"], addresses=values["addresses"] or ())
+        _check_unique(errors, prefix, node, nodes)
+        nodes.append(node)
+    if tables is not None and len(nodes) != 2:
+        errors.add("nodes", f"must list exactly two nodes ([[nodes]] tables), found {len(nodes)}")
+    return tuple(nodes)
+
+
+def _check_unique(errors: ErrorList, prefix: str, node: NodeConfig, earlier: list[NodeConfig]) -> None:
+    """A node's name and addresses must not repeat those of an earlier node (or its own)."""
+    for other in earlier:
+        if node.name is not None and node.name == other.name:
+            errors.add(f"{prefix}name", f"duplicate node name {node.name!r}")
+        if node.addresses and other.addresses and len(node.addresses) != len(other.addresses):
+            errors.add(f"{prefix}addresses", f"must have as many addresses as node {other.name!r} "
+                                             f"({len(other.addresses)}): one per heartbeat network")
+    seen = {address: other.name for other in earlier for address in other.addresses}
+    for address in node.addresses:
+        if address in seen:
+            errors.add(f"{prefix}addresses", f"address {address} is also used by node {seen[address]!r}")
+        seen[address] = node.name
+
+
+__all__ = ["ClusterConfig", "HeartbeatConfig", "HttpConfig", "NodeConfig", "QuorumConfig", "parse_cluster",
+           "split_endpoint"]

@@ -1,0 +1,181 @@
+"""Reading the configuration from disk: the cluster file, then every module folder under ``modules_dir``.
+
+``load_*`` raise the first problem; ``check`` returns every problem, for ``hamirror config check``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from hamirror.config.cluster import ClusterConfig, parse_cluster
+from hamirror.config.errors import ConfigError, ErrorList
+from hamirror.config.module import SCRIPTS, ModuleConfig, check_scripts, overlap, parse_module
+from hamirror.config.templates import render_script, render_text
+
+DEFAULT_PATH = "/etc/hamirror/hamirror.toml"
+# The state each script is rendered with when the configuration is checked.
+SCRIPT_STATES = {"start_prim": "PRIM", "stop_prim": "STOP", "start_second": "SECOND", "stop_second": "STOP"}
+
+
+def config_path(cli_value: str | None) -> str:
+    """The cluster file: ``-c``, else ``$HAMIRROR_CONFIG``, else /etc/hamirror/hamirror.toml."""
+    return cli_value or os.environ.get("HAMIRROR_CONFIG") or DEFAULT_PATH
+
+
+def read_toml(path: str, errors: ErrorList) -> dict[str, Any] | None:
+    """The parsed file, or None after reporting why it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+        return tomllib.loads(data.decode("utf-8"))
+    except OSError as exc:
+        errors.add(None, f"cannot read: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        errors.add(None, f"not UTF-8 text (byte {exc.start})")
+    except tomllib.TOMLDecodeError as exc:
+        text = str(exc)
+        where = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+        if where:
+            errors.add(f"line {where[1]}, column {where[2]}", f"TOML syntax error: {text[:where.start()]}")
+        else:
+            errors.add(None, f"TOML syntax error: {text}")
+    return None
+
+
+def _cluster(path: str, sink: list[ConfigError]) -> ClusterConfig | None:
+    errors = ErrorList(path, sink)
+    doc = read_toml(path, errors)
+    return None if doc is None else parse_cluster(doc, path, errors)
+
+
+def _nodes_usable(cluster: ClusterConfig) -> bool:
+    """Whether the nodes are complete enough to check modules against them."""
+    return len(cluster.nodes) == 2 and all(node.name and node.addresses for node in cluster.nodes)
+
+
+def _modules(cluster: ClusterConfig, sink: list[ConfigError]) -> list[ModuleConfig]:
+    try:
+        entries = sorted(os.listdir(cluster.modules_dir))
+    except OSError as exc:
+        sink.append(ConfigError(cluster.path, "cluster.modules_dir",
+                                f"cannot list {cluster.modules_dir}: {exc.strerror or exc}"))
+        return []
+    modules = []
+    for entry in entries:
+        folder = os.path.abspath(os.path.join(cluster.modules_dir, entry))
+        if entry.startswith(".") or not os.path.isdir(folder):
+            continue
+        errors = ErrorList(os.path.join(folder, "module.toml"), sink)
+        doc = read_toml(errors.file, errors)
+        if doc is None:
+            continue
+        module = parse_module(doc, folder, errors)
+        check_scripts(folder, errors)
+        if _nodes_usable(cluster):
+            _check_against_cluster(module, cluster, errors)
+        _check_against_others(module, modules, errors)
+        modules.append(module)
+    return modules
+
+
+def _check_against_cluster(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
+    names = [node.name for node in cluster.nodes]
+    if module.default_primary is not None and module.default_primary not in names:
+        errors.add("module.default_primary",
+                   f"must be one of the cluster's nodes: {', '.join(names)} (got {module.default_primary!r})")
+    if module.vip is not None and module.vip.address is not None:
+        network = ipaddress.ip_interface(module.vip.address).network
+        for node in cluster.nodes:
+            first = ipaddress.ip_address(node.addresses[0])
+            if first == ipaddress.ip_interface(module.vip.address).ip:
+                errors.add("vip.address", f"{first} is the address of node {node.name!r}")
+            elif first not in network:
+                errors.add("vip.address", f"network {network} does not contain {first}, "
+                                          f"the first address of node {node.name!r}")
+    if module.name is None or (module.vip is not None and module.vip.address is None):
+        return  # already reported; templates cannot be rendered without these
+    _check_templates(module, cluster, errors)
+
+
+def _check_templates(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
+    """Render every script and checker string as each node would; report each distinct failure once."""
+    found: list[ConfigError] = []
+    for node in cluster.nodes:
+        for script in SCRIPTS:
+            if os.access(module.script_path(script), os.X_OK):
+                _attempt(found, render_script, module, cluster, script, SCRIPT_STATES[script], node)
+        for index, checker in enumerate(module.checkers):
+            for key in ("process", "cmdline_contains", "host", "interface"):
+                value = getattr(checker, key)
+                if value is not None:
+                    _attempt(found, render_text, module, cluster, f"checkers[{index}].{key}", value, node)
+    for error in dict.fromkeys(found):
+        errors.items.append(error)
+
+
+def _attempt(found: list[ConfigError], render: Any, *args: Any) -> None:
+    try:
+        render(*args)
+    except ConfigError as exc:
+        found.append(exc)
+
+
+def _check_against_others(module: ModuleConfig, others: list[ModuleConfig], errors: ErrorList) -> None:
+    for other in others:
+        if module.name is not None and module.name == other.name:
+            errors.add("module.name", f"duplicate module name {module.name!r} (also in {other.file})")
+        if module.replication_port is not None and module.replication_port == other.replication_port:
+            errors.add("module.replication_port",
+                       f"port {module.replication_port} is also used by module {other.name!r}")
+        for index, directory in enumerate(module.directories):
+            for theirs in other.directories:
+                if overlap(directory.path, theirs.path):
+                    errors.add(f"directories[{index}].path",
+                               f"{directory.path} overlaps {theirs.path} of module {other.name!r}")
+
+
+def load_cluster(path: str) -> ClusterConfig:
+    """The cluster file, fully checked (local node included); raises the first ConfigError."""
+    sink: list[ConfigError] = []
+    cluster = _cluster(path, sink)
+    if sink or cluster is None:
+        raise sink[0]
+    return cluster
+
+
+def load_modules(cluster: ClusterConfig) -> list[ModuleConfig]:
+    """Every module folder under ``cluster.modules_dir``, sorted by name; raises the first ConfigError."""
+    sink: list[ConfigError] = []
+    modules = _modules(cluster, sink)
+    if sink:
+        raise sink[0]
+    return modules
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What ``config check`` found: the parsed cluster and modules (possibly partial) and every problem."""
+
+    cluster: ClusterConfig | None
+    modules: tuple[ModuleConfig, ...]
+    errors: tuple[ConfigError, ...]
+
+
+def validate(path: str) -> Validation:
+    """Check the cluster file and every module, collecting every problem instead of stopping."""
+    sink: list[ConfigError] = []
+    cluster = _cluster(path, sink)
+    modules: list[ModuleConfig] = []
+    if cluster is not None and cluster.modules_dir is not None and os.path.isdir(cluster.modules_dir):
+        modules = _modules(cluster, sink)
+    return Validation(cluster, tuple(modules), tuple(sink))
+
+
+def check(path: str) -> list[ConfigError]:
+    """Every problem of the cluster file and of all modules (empty when the configuration is valid)."""
+    return list(validate(path).errors)
