@@ -16,6 +16,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.config",
     "hamirror.cli.keys",
     "hamirror.cli.mirror",
+    "hamirror.cli.lab",
 ]
 
 

@@ -1,0 +1,142 @@
+"""``hamirror lab``: a two-node cluster on this machine, in network and mount namespaces (root only)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hamirror.cli.common import CommandError
+from hamirror.lab import control, report
+from hamirror.lab.naming import DEFAULT_ROOT, NODES, LabPaths, resolve_root
+from hamirror.lab.shell import LabError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("lab", help="a two-node cluster in namespaces on this machine (demo, tests)")
+    actions = parser.add_subparsers(dest="lab_command", metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=None,
+                        help=f"lab directory naming the lab (default: $HAMIRROR_LAB, else {DEFAULT_ROOT})")
+
+    up = actions.add_parser("up", parents=[common], help="build the lab and start both agents")
+    up.add_argument("--module", action="append", default=None,
+                    help="module folder name under modules/ or a path (repeatable; default: demo)")
+    up.add_argument("--witness", action="store_true", help="add a witness host (198.18.0.254) and quorum")
+    up.add_argument("--no-agent", action="store_true", help="infrastructure only: do not start agents")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for PRIM/SECOND (default: 60)")
+    up.set_defaults(func=_up)
+
+    exe = actions.add_parser("exec", parents=[common], help="run a command inside a host: lab exec NODE -- CMD...")
+    exe.add_argument("host")
+    exe.add_argument("cmd", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=_exec)
+
+    kill = actions.add_parser("kill", parents=[common], help="power loss: SIGKILL every process of a host")
+    kill.add_argument("host")
+    kill.set_defaults(func=_kill)
+
+    boot = actions.add_parser("boot", parents=[common], help="reboot a node: fresh mounts, agent started")
+    boot.add_argument("node", choices=NODES)
+    boot.add_argument("--no-agent", action="store_true", help="do not start the agent")
+    boot.set_defaults(func=_boot)
+
+    part = actions.add_parser("partition", parents=[common], help="cut the link between two hosts")
+    part.add_argument("hosts", nargs="*", metavar="HOST", help="two hosts (default: node1 node2)")
+    part.set_defaults(func=_partition)
+
+    for name, func, text in (("heal", _heal, "remove every partition"),
+                             ("status", _status, "hosts, namespaces, addresses, processes, mounts"),
+                             ("down", _down, "remove every namespace, mount and process of the lab"),
+                             ("demo", _demo, "narrated tour (needs the agent)")):
+        actions.add_parser(name, parents=[common], help=text).set_defaults(func=func)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _paths(args: argparse.Namespace) -> LabPaths:
+    if os.geteuid() != 0:
+        raise CommandError("the lab needs root (network and mount namespaces)")
+    try:
+        return LabPaths(resolve_root(args.root))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _guard(func):
+    """Turn lab failures into one operator-facing error."""
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(_paths(args), args) or 0
+        except LabError as exc:
+            raise CommandError(str(exc)) from exc
+    return wrapper
+
+
+@_guard
+def _up(paths: LabPaths, args: argparse.Namespace) -> int:
+    modules = args.module or ["demo"]
+    control.up(paths, modules, witness=args.witness, start_agents=not args.no_agent, timeout=args.timeout)
+    what = "infrastructure up (no agents)" if args.no_agent else f"{', '.join(modules)}: PRIM on node1, SECOND on node2"
+    print(f"lab {paths.root} ({paths.prefix}): {what}")
+    return 0
+
+
+@_guard
+def _exec(paths: LabPaths, args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    sys.stdout.flush()
+    return control.run_in(paths, args.host, cmd)
+
+
+@_guard
+def _kill(paths: LabPaths, args: argparse.Namespace) -> int:
+    killed = control.kill(paths, args.host)
+    print(f"{args.host}: killed {len(killed)} process(es)")
+    return 0
+
+
+@_guard
+def _boot(paths: LabPaths, args: argparse.Namespace) -> int:
+    control.boot(paths, args.node, start_agent=not args.no_agent)
+    print(f"{args.node}: booted" + ("" if args.no_agent else ", agent started"))
+    return 0
+
+
+@_guard
+def _partition(paths: LabPaths, args: argparse.Namespace) -> int:
+    hosts = args.hosts or list(NODES)
+    if len(hosts) != 2:
+        raise LabError("partition takes two hosts (default: node1 node2)")
+    control.cut(paths, hosts[0], hosts[1])
+    print(f"partitioned {hosts[0]} from {hosts[1]}")
+    return 0
+
+
+@_guard
+def _heal(paths: LabPaths, args: argparse.Namespace) -> int:
+    control.heal(paths)
+    print("healed")
+    return 0
+
+
+@_guard
+def _status(paths: LabPaths, args: argparse.Namespace) -> int:
+    print(report.text(paths))
+    return 0
+
+
+@_guard
+def _down(paths: LabPaths, args: argparse.Namespace) -> int:
+    for line in control.down(paths):
+        print(line)
+    print(f"lab {paths.root} is down")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    raise CommandError("lab demo needs the agent ('hamirror agent'), which is not implemented yet")

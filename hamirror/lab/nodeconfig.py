@@ -1,0 +1,89 @@
+"""Each node's /etc/hamirror, written from the host before the node boots.
+
+The cluster file follows docs/configuration.md and differs between nodes only by ``cluster.node``;
+the heartbeat key is shared; CURVE pairs come from ``hamirror keygen`` and each node also trusts
+the other's public key; module folders are copied unchanged into both nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+
+from hamirror.lab.naming import ADDRESSES, NODES, NODE_MOUNTS, WITNESS, WITNESS_PORT, LabPaths
+from hamirror.lab.shell import LabError
+
+REPO_MODULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "modules")
+ETC = NODE_MOUNTS["etc"]
+
+
+def cluster_toml(node: str, witness: bool) -> str:
+    """The cluster file as node sees it (paths are the in-namespace ones)."""
+    lines = [
+        "# Written by 'hamirror lab up'.",
+        "[cluster]",
+        'name = "lab"',
+        f'node = "{node}"',
+        f'keys_dir = "{ETC}/keys"',
+        f'cluster_key_file = "{ETC}/cluster.key"',
+        f'modules_dir = "{ETC}/modules"',
+        f'state_dir = "{NODE_MOUNTS["state"]}"',
+        f'run_dir = "{NODE_MOUNTS["run"]}"',
+        "",
+        "[heartbeat]",
+        "port = 7401",
+        "interval = 0.3",
+        "timeout = 2.0",
+        "",
+    ]
+    if witness:
+        lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
+    for name in NODES:
+        lines += ["[[nodes]]", f'name = "{name}"', f'addresses = ["{ADDRESSES[name]}"]', ""]
+    return "\n".join(lines)
+
+
+def module_source(module: str) -> str:
+    """A module name from the repo's modules/ folder, or a path to a module folder."""
+    path = module if os.sep in module else os.path.join(REPO_MODULES, module)
+    if not os.path.isfile(os.path.join(path, "module.toml")):
+        raise LabError(f"module {module!r}: no module.toml in {path}")
+    return os.path.abspath(path)
+
+
+def write_all(paths: LabPaths, modules: list[str], witness: bool) -> None:
+    """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories)."""
+    sources = [module_source(m) for m in modules]
+    cluster_key = secrets.token_bytes(32)
+    for node in NODES:
+        etc = paths.node_dir(node, "etc")
+        os.makedirs(etc, exist_ok=True)
+        with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
+            f.write(cluster_toml(node, witness))
+        _write_secret(os.path.join(etc, "cluster.key"), cluster_key)
+        _keygen(os.path.join(etc, "keys"), node)
+        for src in sources:
+            dest = os.path.join(etc, "modules", os.path.basename(src))
+            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    for node in NODES:
+        for other in NODES:
+            if other != node:
+                public = os.path.join(paths.node_dir(other, "etc"), "keys", f"{other}.key")
+                shutil.copy2(public, os.path.join(paths.node_dir(node, "etc"), "keys"))
+
+
+def _write_secret(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def _keygen(keys_dir: str, node: str) -> None:
+    cmd = [sys.executable, "-m", "hamirror", "keygen", "--keys", keys_dir, "--name", node, "--force"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise LabError(f"keygen for {node} failed: {result.stderr.strip() or result.stdout.strip()}")

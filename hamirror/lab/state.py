@@ -1,0 +1,72 @@
+"""The lab's record on disk (``ROOT/lab.json``): what was asked for and which processes were started.
+
+It is written before each resource is created, so a crash in the middle of ``up`` leaves enough
+behind for ``down``; ``down`` also works without it because every name derives from the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from hamirror.lab.naming import LabPaths, hosts_for
+
+
+@dataclass
+class Started:
+    """A process the lab started: the pid plus its start time, to never kill a reused pid."""
+
+    host: str
+    name: str
+    pid: int
+    create_time: float
+    command: list[str]
+
+
+@dataclass
+class LabState:
+    root: str
+    prefix: str
+    witness: bool = False
+    modules: list[str] = field(default_factory=list)
+    processes: list[Started] = field(default_factory=list)
+    partitions: list[list[str]] = field(default_factory=list)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return hosts_for(self.witness)
+
+    def started_in(self, host: str) -> list[Started]:
+        return [p for p in self.processes if p.host == host]
+
+    def forget(self, host: str) -> None:
+        self.processes = [p for p in self.processes if p.host != host]
+
+
+def load(paths: LabPaths) -> LabState | None:
+    """The recorded state, or None when there is none (or it is unreadable after a crash)."""
+    try:
+        with open(paths.state_file, encoding="utf-8") as f:
+            data = json.load(f)
+        data["processes"] = [Started(**p) for p in data.get("processes", [])]
+        return LabState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save(paths: LabPaths, state: LabState) -> None:
+    """Write atomically so a crash never leaves half a file."""
+    os.makedirs(paths.root, exist_ok=True)
+    tmp = paths.state_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(asdict(state), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, paths.state_file)
+
+
+def remove(paths: LabPaths) -> None:
+    for path in (paths.state_file, paths.state_file + ".tmp"):
+        if os.path.exists(path):
+            os.unlink(path)
