@@ -64,11 +64,11 @@ def _force_prim(view: ModuleView) -> Decision:
 
 
 def _second_in_wait(view: ModuleView) -> Decision:
-    if view.relation is not Relation.DIVERGED:
+    """`second` in WAIT is the operator's consent to lose local data the peer does not have."""
+    if view.relation not in (Relation.DIVERGED, Relation.LOCAL_NEWER):
         return _wait(view)
     return steps.stay(view, ForgetHistory(), MarkUpToDate(False),
-                      warning="split brain resolved by the operator: local data will be "
-                              "overwritten by the peer's")
+                      warning="operator chose the peer's data: local changes will be overwritten")
 
 
 def _request_swap(view: ModuleView) -> Decision:
@@ -83,7 +83,9 @@ def _swap_from_prim(view: ModuleView) -> Decision:
     return _refuse("the peer is not an up-to-date SECOND")(view)
 
 
-def _restart_app(view: ModuleView) -> Decision:
+def _restart_app(view: ModuleView) -> Decision | None:
+    if view.peer.is_primary:
+        return None                    # both primary: the split-brain rule comes first
     return steps.stay(view, RestartApp(counted=False))
 
 
@@ -251,7 +253,9 @@ def _send_resync(view: ModuleView) -> Decision:
     """ALONE with a live peer behind us: resync it, then mirror synchronously (PRIM)."""
     full = view.relation is Relation.UNKNOWN
     if view.resync is ResyncStatus.DONE:
-        return steps.move(S.PRIM, SetMirroring(True))
+        if view.peer.state is S.SECOND:   # the peer saw the end too: mirror synchronously
+            return steps.move(S.PRIM, SetMirroring(True))
+        return steps.stay(view)
     if view.resync is ResyncStatus.RUNNING:
         return steps.stay(view)
     warning = "resync failed: resuming" if view.resync is ResyncStatus.FAILED else None

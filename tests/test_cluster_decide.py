@@ -1,0 +1,277 @@
+"""Hand-written cases for each rule of the state machine (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hamirror.cluster.actions import (
+    AddVip, Flush, ForgetHistory, KillApp, MarkUpToDate, MountReplicated, NewGeneration, Persist,
+    RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
+    Unmount,
+)
+from hamirror.cluster.decide import decide
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import (
+    CheckerHealth, Command, ModuleView, PeerView, ResyncStatus, SwapPhase,
+)
+from hamirror.journal.generations import Relation
+
+S = NodeState
+R = Relation
+
+
+def view(state: NodeState, uptodate: bool = True, peer: NodeState | None = None,
+         peer_uptodate: bool = True, **kw) -> ModuleView:
+    """A view of module ``m`` on ``n1``; ``peer=None`` means the peer is not heard."""
+    swap = kw.pop("peer_swap", SwapPhase.NONE)
+    p = PeerView(alive=peer is not None, state=peer, uptodate=peer_uptodate, swap=swap)
+    kw.setdefault("relation", R.SAME if peer is not None else R.UNKNOWN)
+    return ModuleView(module="m", node="n1", state=state, uptodate=uptodate, peer=p, **kw)
+
+
+TAKEOVER = (StopReceiver(), NewGeneration(), MountReplicated(peer_connected=False), AddVip(),
+            RunScript("start_prim"))
+
+
+def test_start_goes_to_wait_and_persists_first() -> None:
+    d = decide(view(S.STOP, command=Command.START))
+    assert d.state is S.WAIT
+    assert d.actions == (Persist(S.WAIT), StartReceiver())
+
+
+def test_no_command_in_stop_stays_stopped() -> None:
+    assert decide(view(S.STOP, peer=S.PRIM)).actions == ()
+
+
+@pytest.mark.parametrize("default,expected", [(True, S.ALONE), (False, S.WAIT)])
+def test_cold_start_default_primary_decides(default: bool, expected: NodeState) -> None:
+    d = decide(view(S.WAIT, uptodate=False, peer=S.WAIT, peer_uptodate=False,
+                    relation=R.UNKNOWN, cold_start=True, default_primary=default))
+    assert d.state is expected
+    if default:
+        assert d.actions == (Persist(S.ALONE), StopReceiver(), NewGeneration(), MarkUpToDate(True),
+                             MountReplicated(peer_connected=False), AddVip(),
+                             RunScript("start_prim"))
+
+
+def test_second_not_uptodate_that_loses_peer_waits() -> None:
+    d = decide(view(S.SECOND, uptodate=False))
+    assert d.state is S.WAIT and AddVip() not in d.actions
+
+
+def test_wait_not_uptodate_never_promotes_alone() -> None:
+    assert decide(view(S.WAIT, uptodate=False)).state is S.WAIT
+    assert decide(view(S.WAIT, uptodate=True)).state is S.WAIT  # boots alone: waits for operator
+
+
+def test_prim_command_forces_with_a_warning() -> None:
+    d = decide(view(S.WAIT, uptodate=False, command=Command.PRIM))
+    assert d.state is S.ALONE
+    assert MarkUpToDate(True) in d.actions and NewGeneration() in d.actions
+    assert any("may be lost" in w for w in d.warnings)
+
+
+def test_prim_command_on_uptodate_node_has_no_warning() -> None:
+    d = decide(view(S.SECOND, uptodate=True, command=Command.PRIM))
+    assert d.state is S.ALONE and d.warnings == ()
+
+
+def test_prim_command_refused_while_peer_is_primary() -> None:
+    d = decide(view(S.SECOND, peer=S.PRIM, command=Command.PRIM))
+    assert d.state is S.SECOND and any("refused" in w for w in d.warnings)
+
+
+def test_prim_that_loses_peer_goes_alone_and_keeps_running() -> None:
+    d = decide(view(S.PRIM))
+    assert d.state is S.ALONE
+    assert d.actions == (Persist(S.ALONE), SetMirroring(False), NewGeneration())
+
+
+def test_prim_whose_peer_fell_back_to_wait_goes_alone() -> None:
+    assert decide(view(S.PRIM, peer=S.WAIT, peer_uptodate=False)).state is S.ALONE
+
+
+def test_uptodate_second_takes_over_when_peer_lost() -> None:
+    d = decide(view(S.SECOND))
+    assert d.state is S.ALONE
+    assert d.actions == (Persist(S.ALONE), RunScript("stop_second")) + TAKEOVER
+
+
+@pytest.mark.parametrize("quorum,expected", [(None, S.ALONE), (True, S.ALONE), (False, S.WAIT)])
+def test_takeover_needs_quorum_when_a_witness_exists(quorum: bool | None,
+                                                     expected: NodeState) -> None:
+    d = decide(view(S.SECOND, quorum=quorum))
+    assert d.state is expected
+    assert (AddVip() in d.actions) is (expected is S.ALONE)
+
+
+@pytest.mark.parametrize("state", [S.PRIM, S.ALONE])
+def test_isolated_primary_steps_down_when_witness_refuses(state: NodeState) -> None:
+    d = decide(view(state, quorum=False))
+    assert d.state is S.WAIT and RemoveVip() in d.actions and Unmount() in d.actions
+
+
+def test_second_takes_over_when_primary_stops() -> None:
+    assert decide(view(S.SECOND, peer=S.STOP)).state is S.ALONE
+
+
+def test_wait_does_not_compete_with_an_uptodate_second() -> None:
+    assert decide(view(S.WAIT, peer=S.SECOND, default_primary=True)).state is S.WAIT
+
+
+@pytest.mark.parametrize("relation", [R.DIVERGED, R.SAME, R.UNKNOWN])
+def test_both_primary_non_default_steps_down_without_moving_data(relation: Relation) -> None:
+    loser = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=False))
+    winner = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=True))
+    assert loser.state is S.WAIT and winner.state is S.ALONE
+    assert loser.actions == (Persist(S.WAIT), RunScript("stop_prim"), RemoveVip(), Unmount(),
+                             StartReceiver())
+    for d in (loser, winner):
+        assert not any(isinstance(a, (StartResync, ForgetHistory)) for a in d.actions)
+    if relation is R.DIVERGED:
+        assert any("split brain" in w for w in winner.warnings)
+
+
+def test_both_primary_newer_history_wins_over_default() -> None:
+    assert decide(view(S.PRIM, peer=S.ALONE, relation=R.PEER_NEWER, default_primary=True)).state is S.WAIT
+    assert decide(view(S.ALONE, peer=S.PRIM, relation=R.LOCAL_NEWER)).state is S.ALONE
+
+
+def test_restart_command_does_not_bypass_split_brain_rule() -> None:
+    d = decide(view(S.ALONE, peer=S.ALONE, relation=R.DIVERGED, command=Command.RESTART))
+    assert d.state is S.WAIT
+
+
+def test_wait_under_newer_primary_marks_outdated_then_becomes_second() -> None:
+    d = decide(view(S.WAIT, uptodate=True, peer=S.ALONE, relation=R.PEER_NEWER))
+    assert d.state is S.WAIT and d.actions == (MarkUpToDate(False),)
+    d = decide(view(S.WAIT, uptodate=False, peer=S.ALONE, relation=R.PEER_NEWER,
+                    resync=ResyncStatus.RUNNING))
+    assert d.actions == ()
+    d = decide(view(S.WAIT, uptodate=False, peer=S.ALONE, resync=ResyncStatus.DONE))
+    assert d.state is S.SECOND
+    assert d.actions == (Persist(S.SECOND), MarkUpToDate(True), RunScript("start_second"))
+
+
+def test_second_under_a_new_generation_goes_wait() -> None:
+    d = decide(view(S.SECOND, peer=S.ALONE, relation=R.PEER_NEWER))
+    assert d.state is S.WAIT and MarkUpToDate(False) in d.actions
+
+
+@pytest.mark.parametrize("relation,full", [(R.LOCAL_NEWER, False), (R.UNKNOWN, True),
+                                           (R.SAME, False)])
+def test_alone_resyncs_a_returning_peer_behind_it(relation: Relation, full: bool) -> None:
+    d = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=relation))
+    assert d.state is S.ALONE and d.actions == (StartResync(full=full),)
+
+
+def test_alone_resync_progress_then_prim() -> None:
+    running = decide(view(S.ALONE, peer=S.WAIT, relation=R.LOCAL_NEWER, resync=ResyncStatus.RUNNING))
+    assert running.actions == () and running.state is S.ALONE
+    waiting = decide(view(S.ALONE, peer=S.WAIT, relation=R.SAME, resync=ResyncStatus.DONE))
+    assert waiting.state is S.ALONE and waiting.actions == ()
+    done = decide(view(S.ALONE, peer=S.SECOND, relation=R.SAME, resync=ResyncStatus.DONE))
+    assert done.state is S.PRIM and done.actions == (Persist(S.PRIM), SetMirroring(True))
+    failed = decide(view(S.ALONE, peer=S.WAIT, relation=R.LOCAL_NEWER, resync=ResyncStatus.FAILED))
+    assert failed.actions == (StartResync(full=False),) and failed.warnings
+
+
+@pytest.mark.parametrize("relation", [R.PEER_NEWER, R.DIVERGED])
+def test_alone_never_overwrites_newer_or_diverged_peer(relation: Relation) -> None:
+    d = decide(view(S.ALONE, peer=S.WAIT, relation=relation))
+    assert d.state is S.ALONE and d.actions == () and d.warnings
+
+
+def test_wait_on_diverged_waits_for_operator_and_second_discards() -> None:
+    d = decide(view(S.WAIT, peer=S.ALONE, relation=R.DIVERGED))
+    assert d.actions == () and any("split brain" in w for w in d.warnings)
+    d = decide(view(S.WAIT, peer=S.ALONE, relation=R.DIVERGED, command=Command.SECOND))
+    assert d.state is S.WAIT and d.actions == (ForgetHistory(), MarkUpToDate(False))
+
+
+def test_swap_from_primary_is_a_handover_then_peer_promotes() -> None:
+    a = decide(view(S.PRIM, peer=S.SECOND, command=Command.SWAP))
+    assert a.state is S.SECOND and a.swap is SwapPhase.HANDOVER
+    assert a.actions == (Persist(S.SECOND), RunScript("stop_prim"), RemoveVip(), Flush(),
+                         Unmount(), StartReceiver(), RunScript("start_second"))
+    b = decide(view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER))
+    assert b.state is S.PRIM
+    assert b.actions == (Persist(S.PRIM), RunScript("stop_second"), StopReceiver(),
+                         MountReplicated(peer_connected=True), AddVip(), RunScript("start_prim"))
+    # the old primary keeps advertising HANDOVER until it sees the new primary, then clears it
+    assert decide(view(S.SECOND, peer=S.SECOND, swap=SwapPhase.HANDOVER,
+                       default_primary=True)).swap is SwapPhase.HANDOVER
+    after = decide(view(S.SECOND, peer=S.PRIM, swap=SwapPhase.HANDOVER))
+    assert after.state is S.SECOND and after.swap is SwapPhase.NONE and after.actions == ()
+
+
+def test_swap_asked_on_the_secondary_is_requested_from_the_primary() -> None:
+    b = decide(view(S.SECOND, peer=S.PRIM, command=Command.SWAP))
+    assert b.state is S.SECOND and b.swap is SwapPhase.REQUEST and b.actions == ()
+    assert decide(view(S.SECOND, peer=S.PRIM, swap=SwapPhase.REQUEST)).swap is SwapPhase.REQUEST
+    a = decide(view(S.PRIM, peer=S.SECOND, peer_swap=SwapPhase.REQUEST))
+    assert a.state is S.SECOND and a.swap is SwapPhase.HANDOVER
+
+
+def test_swap_refused_without_an_uptodate_secondary() -> None:
+    d = decide(view(S.PRIM, peer=S.WAIT, peer_uptodate=False, command=Command.SWAP))
+    assert d.state is not S.SECOND and any("refused" in w for w in d.warnings)
+    d = decide(view(S.PRIM, peer=S.SECOND, peer_uptodate=False, peer_swap=SwapPhase.REQUEST))
+    assert d.state is S.PRIM
+
+
+def test_handover_cancelled_if_peer_not_uptodate() -> None:
+    d = decide(view(S.SECOND, peer=S.SECOND, peer_uptodate=False, swap=SwapPhase.HANDOVER))
+    assert d.state is S.ALONE
+
+
+def test_stop_primary_is_graceful_and_flushes() -> None:
+    d = decide(view(S.PRIM, peer=S.SECOND, command=Command.STOP))
+    assert d.state is S.STOP
+    assert d.actions == (Persist(S.STOP), RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
+
+
+def test_forcestop_primary_skips_scripts_and_peer() -> None:
+    d = decide(view(S.ALONE, command=Command.FORCESTOP))
+    assert d.actions == (Persist(S.STOP), KillApp(), RemoveVip(), Unmount(force=True))
+
+
+@pytest.mark.parametrize("cmd,actions", [
+    (Command.STOP, (RunScript("stop_second"), StopReceiver())),
+    (Command.FORCESTOP, (StopReceiver(),)),
+])
+def test_stop_secondary(cmd: Command, actions: tuple) -> None:
+    d = decide(view(S.SECOND, peer=S.PRIM, command=cmd))
+    assert d.state is S.STOP and d.actions == (Persist(S.STOP),) + actions
+
+
+def test_checker_failure_restarts_in_place_within_policy() -> None:
+    d = decide(view(S.PRIM, peer=S.SECOND, checker=CheckerHealth(ok=False, restarts=2)))
+    assert d.state is S.PRIM and d.actions == (RestartApp(counted=True),)
+
+
+def test_checker_failure_beyond_policy_hands_over_to_uptodate_peer() -> None:
+    d = decide(view(S.PRIM, peer=S.SECOND, checker=CheckerHealth(ok=False, restarts=3)))
+    assert d.state is S.SECOND and d.swap is SwapPhase.HANDOVER
+
+
+def test_checker_failure_beyond_policy_without_peer_keeps_restarting() -> None:
+    d = decide(view(S.ALONE, checker=CheckerHealth(ok=False, restarts=3)))
+    assert d.state is S.ALONE and d.actions == (RestartApp(counted=True),) and d.warnings
+
+
+def test_operator_restart_is_not_counted() -> None:
+    d = decide(view(S.PRIM, peer=S.SECOND, command=Command.RESTART))
+    assert d.actions == (RestartApp(counted=False),)
+
+
+def test_both_second_default_primary_leads() -> None:
+    assert decide(view(S.SECOND, peer=S.SECOND, default_primary=True)).state is S.ALONE
+    assert decide(view(S.SECOND, peer=S.SECOND, default_primary=False)).state is S.SECOND
+
+
+def test_view_is_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view(S.STOP).state = S.PRIM  # type: ignore[misc]
