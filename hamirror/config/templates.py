@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import traceback
 from typing import Any
@@ -37,8 +38,11 @@ def template_vars(module: ModuleConfig, cluster: ClusterConfig, state: str | Non
 
 
 def _environment(folder: str) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    """StrictUndefined, plus a ``quote`` filter (shlex.quote) so values are safe in shell scripts."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    return env
 
 
 def _template_line(exc: BaseException, filename: str) -> int | None:

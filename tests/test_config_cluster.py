@@ -1,0 +1,161 @@
+"""The cluster file: every check names the file, the key and the problem."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from hamirror.config import ConfigError, check, config_path, load_cluster
+from tests.configfiles import CLUSTER, edit, messages, write_cluster, write_module
+
+
+def errors_for(tmp_path, replace=None, text=None) -> list[str]:
+    return messages(check(write_cluster(tmp_path, replace, text)))
+
+
+def test_valid_cluster_file_is_parsed_into_typed_values(tmp_path):
+    path = write_cluster(tmp_path, {'[heartbeat]': '[quorum]\nwitness = "198.18.0.254:7402"\n\n'
+                                                   '[http]\nlisten = "127.0.0.1:9453"\n\n[heartbeat]'})
+    cluster = load_cluster(path)
+    assert cluster.name == "lab"
+    assert cluster.modules_dir == str(tmp_path / "modules")  # relative to the cluster file
+    assert cluster.module_run_dir("demo") == str(tmp_path / "run" / "modules" / "demo")
+    assert (cluster.heartbeat.port, cluster.heartbeat.interval, cluster.heartbeat.timeout) == (7401, 0.3, 2.0)
+    assert cluster.quorum.witness_endpoint == ("198.18.0.254", 7402)
+    assert cluster.http is not None and cluster.http.endpoint == ("127.0.0.1", 9453)
+    assert cluster.local_node.name == "node1"
+    assert cluster.peer_node.name == "node2"
+    assert cluster.peer_node.replication_address == "198.18.0.2"
+
+
+def test_defaults_apply_when_optional_sections_are_absent(tmp_path):
+    text = edit(CLUSTER, {"[heartbeat]\nport = 7401\ninterval = 0.3\ntimeout = 2.0\n": "",
+                          'keys_dir = "keys"\n': ""})
+    cluster = load_cluster(write_cluster(tmp_path, text=text))
+    assert (cluster.heartbeat.interval, cluster.heartbeat.timeout, cluster.http) == (0.3, 2.0, None)
+    assert cluster.keys_dir == "/etc/hamirror/keys"
+    assert cluster.quorum.witness is None
+
+
+def test_unreadable_file(tmp_path):
+    missing = str(tmp_path / "none.toml")
+    assert messages(check(missing)) == [f"{missing}: cannot read: No such file or directory"]
+    with pytest.raises(ConfigError) as raised:
+        load_cluster(missing)
+    assert (raised.value.file, raised.value.key) == (missing, None)
+
+
+def test_toml_syntax_error_gives_the_line(tmp_path):
+    path = write_cluster(tmp_path, {'name = "lab"': "name = "})
+    assert messages(check(path)) == [f"{path}: line 2, column 8: TOML syntax error: Invalid value"]
+
+
+def test_unknown_keys_are_named_at_every_level(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"[heartbeat]": "[heartbeats]\nport = 1\n\n[heartbeat]",
+                                 'node = "node1"': 'node = "node1"\nnmae = "x"',
+                                 'addresses = ["198.18.0.2"]': 'addresses = ["198.18.0.2"]\nadress = "x"'}) == [
+        f"{path}: heartbeats: unknown section (expected one of: cluster, heartbeat, http, nodes, quorum)",
+        f"{path}: cluster.nmae: unknown key (expected one of: cluster_key_file, keys_dir, modules_dir, name, "
+        "node, run_dir, state_dir)",
+        f"{path}: nodes[1].adress: unknown key (expected one of: addresses, name)",
+    ]
+
+
+def test_wrong_types_and_missing_keys(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"port = 7401": 'port = "7401"', "interval = 0.3": "interval = true",
+                                 'name = "lab"\n': "", 'addresses = ["198.18.0.1"]': 'addresses = "198.18.0.1"'}) == [
+        f"{path}: cluster.name: missing required key",
+        f"{path}: heartbeat.port: must be an integer, not a string",
+        f"{path}: heartbeat.interval: must be a number, not a boolean",
+        f"{path}: nodes[0].addresses: must be an array, not a string",
+    ]
+
+
+def test_a_section_that_is_not_a_table(tmp_path):
+    text = CLUSTER.replace("[heartbeat]\nport = 7401\ninterval = 0.3\ntimeout = 2.0\n", "").replace(
+        "[cluster]", "heartbeat = 3\n[cluster]")
+    path = write_cluster(tmp_path, text=text)
+    assert messages(check(path)) == [f"{path}: heartbeat: must be a table ([heartbeat]), not an integer"]
+
+
+def test_exactly_two_nodes(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    one = CLUSTER[:CLUSTER.rindex("[[nodes]]")]
+    assert errors_for(tmp_path, text=one) == [f"{path}: nodes: must list exactly two nodes ([[nodes]] tables), found 1"]
+    three = CLUSTER + '\n[[nodes]]\nname = "node3"\naddresses = ["198.18.0.3"]\n'
+    assert errors_for(tmp_path, text=three) == [
+        f"{path}: nodes: must list exactly two nodes ([[nodes]] tables), found 3"]
+
+
+def test_duplicate_node_names_and_addresses(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {'name = "node2"': 'name = "node1"', '["198.18.0.2"]': '["198.18.0.1"]'}) == [
+        f"{path}: nodes[1].name: duplicate node name 'node1'",
+        f"{path}: nodes[1].addresses: address 198.18.0.1 is also used by node 'node1'",
+    ]
+
+
+def test_addresses_must_be_ips(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {'["198.18.0.1"]': '["node1.example"]'}) == [
+        f"{path}: nodes[0].addresses: item 0: must be an IP address (got 'node1.example')"]
+
+
+def test_nodes_have_one_address_per_heartbeat_network(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {'["198.18.0.2"]': '["198.18.0.2", "10.1.0.2"]'}) == [
+        f"{path}: nodes[1].addresses: must have as many addresses as node 'node1' (1): one per heartbeat network"]
+
+
+def test_heartbeat_timeout_must_exceed_interval(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"timeout = 2.0": "timeout = 0.3"}) == [
+        f"{path}: heartbeat.timeout: must be a number greater than heartbeat.interval (0.3)"]
+
+
+def test_endpoints_must_be_ip_and_port(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"[heartbeat]": '[quorum]\nwitness = "witness:7402"\n\n[heartbeat]'}) == [
+        f"{path}: quorum.witness: must be IP:PORT, e.g. \"127.0.0.1:9453\" (got 'witness:7402')"]
+
+
+def test_local_node_must_be_one_of_the_two(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {'node = "node1"': 'node = "node3"'}) == [
+        f"{path}: cluster.node: this node 'node3' (cluster.node) is not one of the cluster's nodes: node1, node2"]
+
+
+def test_local_node_defaults_to_the_host_name(tmp_path):
+    host = socket.gethostname()
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {'node = "node1"\n': ""}) == [
+        f"{path}: cluster.node: this node {host!r} (the host name) is not one of the cluster's nodes: node1, node2"]
+    cluster = load_cluster(write_cluster(tmp_path, {'node = "node1"\n': "", '"node2"': repr(host).replace("'", '"')}))
+    assert (cluster.local_node.name, cluster.peer_node.name) == (host, "node1")
+
+
+def test_modules_dir_must_exist(tmp_path):
+    path = write_cluster(tmp_path, {'modules_dir = "modules"': 'modules_dir = "nowhere"'})
+    assert messages(check(path)) == [f"{path}: cluster.modules_dir: {tmp_path}/nowhere is not a directory"]
+
+
+def test_check_reports_every_problem_of_every_file(tmp_path):
+    path = write_cluster(tmp_path, {"timeout = 2.0": "timeout = 0.1"})
+    write_module(tmp_path, replace={"replication_port = 7410": "replication_port = 0"})
+    assert messages(check(path)) == [
+        f"{path}: heartbeat.timeout: must be a number greater than heartbeat.interval (0.3)",
+        f"{tmp_path}/modules/app/module.toml: module.replication_port: must be an integer from 1 to 65535 (got 0)",
+    ]
+    with pytest.raises(ConfigError, match=r"heartbeat\.timeout"):
+        load_cluster(path)
+
+
+def test_config_path_lookup_order(monkeypatch):
+    monkeypatch.setenv("HAMIRROR_CONFIG", "/from/env.toml")
+    assert config_path("/from/cli.toml") == "/from/cli.toml"
+    assert config_path(None) == "/from/env.toml"
+    monkeypatch.delenv("HAMIRROR_CONFIG")
+    assert config_path(None) == "/etc/hamirror/hamirror.toml"
