@@ -57,8 +57,17 @@ def _refuse(reason: str) -> Rule:
 
 
 def _force_prim(view: ModuleView) -> Decision:
-    if view.peer.is_primary:
+    """`prim`: promote even stale data, unless that would make two primaries."""
+    peer = view.peer
+    if peer.is_primary:
         return _refuse("the peer is primary; use `hamirror swap`")(view)
+    if not peer.alive and view.quorum is False:
+        return _refuse(NO_QUORUM)(view)
+    quiet_peer = peer.state is S.STOP or (peer.state is S.WAIT and not peer.uptodate
+                                          and not view.cold_start)
+    if peer.alive and not quiet_peer:
+        return _refuse(f"the peer ({peer.state.value if peer.state else '?'}) may take over; "
+                       "stop it first")(view)
     behind = not view.uptodate or (view.peer.alive and view.relation is Relation.PEER_NEWER)
     return steps.promote_alone(view, warning=MAY_LOSE if behind else None)
 
@@ -84,8 +93,8 @@ def _swap_from_prim(view: ModuleView) -> Decision:
 
 
 def _restart_app(view: ModuleView) -> Decision | None:
-    if view.peer.is_primary:
-        return None                    # both primary: the split-brain rule comes first
+    if _primary_common(view) is not None:
+        return None                    # split brain, lost quorum, failed checker come first
     return steps.stay(view, RestartApp(counted=False))
 
 
