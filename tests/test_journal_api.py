@@ -222,3 +222,12 @@ def test_concurrent_recorders_lose_nothing(jpath):
 def test_unreadable_location_fails_loudly(tmp_path):
     with pytest.raises(sqlite3.OperationalError):
         Journal(str(tmp_path / "missing-dir" / "j.db"))
+
+
+def test_newer_format_is_refused(jpath):
+    Journal(jpath).close()
+    db = sqlite3.connect(jpath)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(sqlite3.OperationalError, match="newer"):
+        Journal(jpath)

@@ -22,6 +22,9 @@ from hamirror.journal.generations import HISTORY_LIMIT, GenerationHistory, make_
 
 __all__ = ["BLOCK_SIZE", "Journal"]
 
+SCHEMA_VERSION = 1
+"""On-disk format version (``PRAGMA user_version``); a newer file is refused, not misread."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changed_paths (
     path BLOB PRIMARY KEY, whole INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
@@ -77,7 +80,12 @@ class Journal:
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"{path}: cannot use WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.OperationalError(
+                    f"{path}: journal format {version} is newer than this hamirror's "
+                    f"({SCHEMA_VERSION})")
+            self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             _fsync_dir(os.path.dirname(os.path.abspath(path)))
             self._load()
         except BaseException:
