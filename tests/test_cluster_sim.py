@@ -126,12 +126,14 @@ class World:
                 node.resync = other.resync = ResyncStatus.RUNNING
 
 
+BOTH = 2
 events = st.tuples(
     st.booleans() | st.just(True),                                  # link up (mostly)
-    st.sampled_from([None, 0, 1]),                                  # who gets a command
+    st.sampled_from([None, 0, 1, BOTH]),                            # who gets a command
     st.sampled_from(list(Command)),
     st.sampled_from([None, 0, 1]),                                  # whose checker fails
-)
+    st.sampled_from([None, None, 0, 1]),                            # whose agent restarts
+).filter(lambda e: not (e[1] == BOTH and e[2] is Command.PRIM))     # forcing both: operator error
 
 
 def run(steps: list, witness: bool) -> list[tuple]:
@@ -140,18 +142,20 @@ def run(steps: list, witness: bool) -> list[tuple]:
     a, b = world.nodes
     trace = []
     granted = 0                                                     # the witness's favourite
-    for link, who, cmd, failing in [(True, 0, Command.START, None), (True, 1, Command.START, None)] + steps:
+    for link, who, cmd, failing, reboot in [(True, BOTH, Command.START, None, None)] + steps:
         world.finish_resyncs(link)
+        if reboot is not None and world.nodes[reboot].state is not S.STOP:
+            node = world.nodes[reboot]                              # the agent restarts: WAIT,
+            node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
         if not link and witness and not any(n.state.is_primary for n in world.nodes):
             granted = 0
         elif not link and witness:
             granted = 0 if a.state.is_primary else 1
         for i, n in enumerate(world.nodes):
             n.checker_ok = failing != i or not n.state.is_primary
-        views = [make_view(n, world.nodes[1 - i], link, cmd if who == i else Command.NONE,
+        views = [make_view(n, world.nodes[1 - i], link, cmd if who in (i, BOTH) else Command.NONE,
                            (granted == i) if witness else None)
                  for i, n in enumerate(world.nodes)]
-        before = (a.state, b.state)
         decisions = [decide(v) for v in views]
         for i, d in enumerate(decisions):
             world.apply(world.nodes[i], world.nodes[1 - i], d, link)
@@ -164,18 +168,18 @@ def run(steps: list, witness: bool) -> list[tuple]:
         for i, d in enumerate(decisions):
             if relation(*((a, b) if i == 0 else (b, a))) is Relation.DIVERGED and link:
                 assert not any(isinstance(x, StartResync) for x in d.actions)
-        del before
     return trace
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(events, max_size=40), st.booleans())
-def test_two_nodes_never_both_primary_on_consistent_views(steps: list, witness: bool) -> None:
-    run(steps, witness)
+@settings(max_examples=600, deadline=None)
+@given(st.lists(events, max_size=40), st.booleans(), st.booleans())
+def test_two_nodes_never_both_primary_on_consistent_views(steps: list, witness: bool,
+                                                          warm: bool) -> None:
+    run((quiet(6) if warm else []) + steps, witness)
 
 
 def quiet(n: int, link: bool = True) -> list:
-    return [(link, None, Command.NONE, None)] * n
+    return [(link, None, Command.NONE, None, None)] * n
 
 
 def test_cold_start_converges_to_prim_and_second() -> None:
@@ -189,11 +193,11 @@ def test_failover_failback_and_swap_converge() -> None:
     assert trace[-1] == (False, S.ALONE, S.ALONE)
     trace = run(steps + quiet(4), witness=False)                    # heal: split brain
     assert trace[-1][1:] == (S.ALONE, S.WAIT)                       # n2 stepped down, kept data
-    resolved = steps + quiet(2) + [(True, 1, Command.SECOND, None)] + quiet(6)
+    resolved = steps + quiet(2) + [(True, 1, Command.SECOND, None, None)] + quiet(6)
     assert run(resolved, witness=False)[-1] == (True, S.PRIM, S.SECOND)
-    swapped = quiet(6) + [(True, 0, Command.SWAP, None)] + quiet(4)
+    swapped = quiet(6) + [(True, 0, Command.SWAP, None, None)] + quiet(4)
     assert run(swapped, witness=False)[-1] == (True, S.SECOND, S.PRIM)
-    asked = quiet(6) + [(True, 0, Command.SWAP, None)] + quiet(4) + [(True, 0, Command.SWAP, None)] + quiet(4)
+    asked = quiet(6) + [(True, 0, Command.SWAP, None, None)] + quiet(4) + [(True, 0, Command.SWAP, None, None)] + quiet(4)
     assert run(asked, witness=False)[-1] == (True, S.PRIM, S.SECOND)
 
 
