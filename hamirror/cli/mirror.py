@@ -1,10 +1,162 @@
-"""``hamirror mirror``: the low-level replicated mount, usable without the agent."""
+"""``hamirror mirror``: the low-level replicated mount (receive, mount, umount, status).
+
+Usable without the agent, for tests, benchmarks and one-off replication.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from hamirror.cli.common import CommandError, default_keys_dir
+from hamirror.fs import mount as fsmount
+
+
+def endpoint(value: str) -> str:
+    """Accept ``HOST:PORT`` as a shorthand for ``tcp://HOST:PORT``."""
+    return value if "://" in value else f"tcp://{value}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("mirror", help="low-level replicated mount (receive, mount, umount)")
-    parser.add_subparsers(dest="mirror_command", metavar="ACTION")
+    parser = subparsers.add_parser("mirror", help="low-level replicated mount (receive, mount, umount, status)")
+    actions = parser.add_subparsers(dest="mirror_command", metavar="ACTION", required=True)
+
+    receive = actions.add_parser("receive", help="apply a peer's operations to DIR (secondary side)")
+    receive.add_argument("--dir", required=True, help="the secondary's copy of the replicated directory")
+    receive.add_argument("--bind", required=True, type=endpoint, help="endpoint to listen on, e.g. tcp://0.0.0.0:7410")
+    receive.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
+    receive.set_defaults(func=run_receive)
+
+    mnt = actions.add_parser("mount", help="stack the interception layer on DIR and replicate to the peer")
+    mnt.add_argument("--dir", required=True, help="the directory to replicate, in place")
+    mnt.add_argument("--peer", type=endpoint, help="the receiver's endpoint, e.g. tcp://198.18.0.2:7410")
+    mnt.add_argument("--no-replication", action="store_true", help="interception only, no peer (benchmarks)")
+    mnt.add_argument("--mode", choices=("sync", "async"), default="sync",
+                     help="sync: calls return once the peer applied them (default); async: after the local apply")
+    mnt.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
+    mnt.add_argument("--peer-key", default=None, help="name of the peer's public key file (NAME.key) if ambiguous")
+    mnt.add_argument("--state-dir", default=None, help="journal and status directory (default: under /var/lib/hamirror/mirror)")
+    mnt.add_argument("--timeout", type=float, default=5.0,
+                     help="seconds without an acknowledgement before the mount goes ALONE (default: %(default)s)")
+    mnt.add_argument("--window", type=int, default=256, help="operations in flight at most (default: %(default)s)")
+    mnt.add_argument("--foreground", action="store_true", help="do not detach; serve until unmounted")
+    mnt.set_defaults(func=run_mount)
+
+    umount = actions.add_parser("umount", help="unmount DIR after the peer acknowledged everything")
+    umount.add_argument("--dir", required=True)
+    umount.add_argument("--state-dir", default=None)
+    umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    umount.add_argument("--timeout", type=float, default=30.0)
+    umount.set_defaults(func=run_umount)
+
+    status = actions.add_parser("status", help="state of the mount on DIR (PRIM, ALONE, ...)")
+    status.add_argument("--dir", required=True)
+    status.add_argument("--state-dir", default=None)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=run_status)
+
+
+def run_receive(args: argparse.Namespace) -> int:
+    from hamirror.link.keys import KeyError_
+    from hamirror.link.receiver import Receiver
+
+    if not os.path.isdir(args.dir):
+        raise CommandError(f"{args.dir}: not a directory")
+    try:
+        receiver = Receiver(args.dir, args.bind, args.keys)
+    except (KeyError_, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+    except Exception as exc:  # zmq errors: address in use, bad endpoint
+        raise CommandError(f"cannot listen on {args.bind}: {exc}") from exc
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: receiver.stop())
+    print(f"receiving into {args.dir} on {receiver.endpoint}", flush=True)
+    try:
+        receiver.serve_forever()
+    finally:
+        receiver.close()
+    return 0
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return args.state_dir or fsmount.default_state_dir(args.dir)
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    if args.peer is None and not args.no_replication:
+        raise CommandError("mirror mount: --peer is required (or --no-replication)")
+    options = fsmount.MountOptions(
+        directory=args.dir, peer=None if args.no_replication else args.peer, keys_dir=args.keys,
+        state_dir=_state_dir(args), sync=args.mode == "sync", ack_timeout=args.timeout,
+        window=args.window, peer_key_name=args.peer_key)
+    if args.foreground:
+        def ready(err: str | None) -> None:
+            print(f"hamirror: {err}" if err else f"mounted {args.dir}", file=sys.stderr if err else sys.stdout,
+                  flush=True)
+        return fsmount.serve(options, ready)
+    return _mount_detached(options)
+
+
+def _mount_detached(options: fsmount.MountOptions) -> int:
+    """Fork before any thread or socket exists; the parent returns once the child is mounted."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        log_path = os.path.join(options.state_dir, "mount.log")
+        os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        said = threading.Event()
+
+        def ready(err: str | None) -> None:
+            if not said.is_set():
+                said.set()
+                os.write(write_end, (err or "OK").encode())
+                os.close(write_end)
+
+        code = fsmount.serve(options, ready)
+        ready(f"mount exited with status {code}")
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace")
+    if answer != "OK":
+        os.waitpid(pid, 0)
+        raise CommandError(answer or "mount process died before mounting")
+    print(f"mounted {options.directory} (pid {pid})")
+    return 0
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    status = fsmount.read_status(_state_dir(args))
+    try:
+        fsmount.unmount(args.dir, lazy=args.lazy)
+    except fsmount.MountError as exc:
+        raise CommandError(str(exc)) from exc
+    if status and status.get("pid") and not fsmount.wait_for_exit(status["pid"], args.timeout):
+        raise CommandError(f"unmounted, but the daemon (pid {status['pid']}) is still draining after {args.timeout:g}s")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    status = fsmount.read_status(_state_dir(args))
+    if status is None:
+        raise CommandError(f"{args.dir}: no hamirror mount state found")
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"{status['dir']}: {status['state']}{' (mounted)' if status['mounted'] else ' (not mounted)'}, "
+          f"mode {status['mode']}, peer {status['peer']}")
+    if status.get("resync_needed"):
+        print(f"  resync needed: {status.get('alone_reason')}; {status.get('changed_paths')} path(s) changed")
+    print(f"  sent {status['ops_sent']} operations, {status['bytes_sent']} bytes; {status['in_flight']} in flight")
+    return 0

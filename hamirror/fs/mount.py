@@ -1,0 +1,221 @@
+"""Mounting the interception layer over a directory and running it until it is unmounted.
+
+The order matters: open the directory, start the link and the journal, *then* mount over the
+directory, so the daemon keeps reaching the real files through its descriptor. A mount started
+while its journal says ALONE stays ALONE: it never streams over a replica that missed changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import mfusepy
+
+from hamirror.fs.operations import Interception
+from hamirror.journal.journal import Journal
+from hamirror.link.client import LinkClient
+from hamirror.link.replicator import STATE_KEY, MirrorState, Replicator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    directory: str
+    peer: str | None              # None: replication off (benchmarks, tests of the FUSE layer)
+    keys_dir: str
+    state_dir: str
+    sync: bool = True
+    ack_timeout: float = 5.0
+    connect_timeout: float = 10.0
+    window: int = 256
+    peer_key_name: str | None = None
+
+
+def default_state_dir(directory: str) -> str:
+    """Per-directory state (journal, status) outside the replicated directory."""
+    absolute = os.path.abspath(directory)
+    digest = hashlib.sha256(absolute.encode()).hexdigest()[:12]
+    name = os.path.basename(absolute.rstrip("/")) or "root"
+    return os.path.join("/var/lib/hamirror/mirror", f"{name}-{digest}")
+
+
+class _Fuse(mfusepy.FUSE):
+    """mfusepy with the two libfuse 3 arguments it drops: rename flags and raw utimens values."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(os.fsdecode(old), os.fsdecode(new), flags)
+
+    def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:
+        times = None
+        if buf:
+            a, m = buf[0], buf[1]
+            times = ((a.tv_sec, a.tv_nsec), (m.tv_sec, m.tv_nsec))
+        return self.operations.utimens(os.fsdecode(path), times)
+
+
+class StatusWriter:
+    """Keeps ``status.json`` in the state directory current, for ``hamirror mirror status``."""
+
+    def __init__(self, options: MountOptions, replicator: Replicator, client: LinkClient | None) -> None:
+        self.path = os.path.join(options.state_dir, "status.json")
+        self.options = options
+        self.replicator = replicator
+        self.client = client
+        self.mounted = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hamirror-status", daemon=True)
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mounted = False
+        self.write()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.write()
+
+    def snapshot(self) -> dict:
+        r, c = self.replicator, self.client
+        return {
+            "dir": os.path.abspath(self.options.directory),
+            "peer": self.options.peer,
+            "mode": "sync" if self.options.sync else "async",
+            "pid": os.getpid(),
+            "mounted": self.mounted,
+            "state": r.state.value,
+            "resync_needed": r.state is MirrorState.ALONE,
+            "alone_reason": r.alone_reason or None,
+            "alone_since": r.alone_since,
+            "changed_paths": r.journal.changed_count() if r.journal is not None else 0,
+            "ops_sent": c.ops_sent if c else 0,
+            "bytes_sent": c.bytes_sent if c else 0,
+            "in_flight": c.in_flight if c else 0,
+            "updated": time.time(),
+        }
+
+    def write(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.snapshot(), f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def read_status(state_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(state_dir, "status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class MountError(Exception):
+    """The mount could not start; the message is for the operator."""
+
+
+def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, Journal]:
+    """Open the directory, the journal and the link (HELLO). Raises MountError."""
+    if not os.path.isdir(options.directory):
+        raise MountError(f"{options.directory}: not a directory")
+    if os.path.ismount(options.directory) and _is_fuse(options.directory):
+        raise MountError(f"{options.directory}: already mounted by hamirror (or another FUSE filesystem)")
+    os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
+    root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    journal = Journal(os.path.join(options.state_dir, "journal.db"))
+    if options.peer is None:
+        return root_fd, Replicator(None, journal, sync=options.sync), None, journal
+    if journal.get_state(STATE_KEY) == MirrorState.ALONE.value:
+        replicator = Replicator(None, journal, sync=options.sync)
+        replicator.start_alone("the peer missed changes while this mount was ALONE: a resync is needed")
+        return root_fd, replicator, None, journal
+    from hamirror.link.client import PeerLost  # local: keep the import list of the fast path short
+    try:
+        client = LinkClient(options.peer, options.keys_dir, peer_key_name=options.peer_key_name,
+                            ack_timeout=options.ack_timeout, window=options.window)
+    except Exception as exc:
+        journal.close()
+        os.close(root_fd)
+        raise MountError(str(exc)) from exc
+    try:
+        client.hello(options.connect_timeout)
+    except PeerLost as exc:
+        client.close(0)
+        journal.close()
+        os.close(root_fd)
+        raise MountError(str(exc)) from exc
+    journal.set_state(STATE_KEY, MirrorState.PRIM.value)
+    return root_fd, Replicator(client, journal, sync=options.sync), client, journal
+
+
+def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda err: None) -> int:
+    """Mount and serve in this process until unmounted. ``on_ready(None)`` once mounted."""
+    try:
+        root_fd, replicator, client, journal = prepare(options)
+    except MountError as exc:
+        on_ready(str(exc))
+        return 1
+    status = StatusWriter(options, replicator, client)
+    replicator.on_state = lambda state, reason: status.write()
+    ops = Interception(root_fd, replicator)
+
+    def mounted(_path: str) -> None:
+        status.mounted = True
+        status.start()
+        on_ready(None)
+
+    ops.init = mounted  # type: ignore[method-assign]
+    sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
+    old_umask = os.umask(0)         # modes come from the callers, already masked by the kernel
+    try:
+        _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
+              use_ino=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
+    except RuntimeError as exc:
+        on_ready(f"mount failed: {exc}")
+        return 1
+    finally:
+        os.umask(old_umask)
+        if client is not None:
+            client.close()
+        status.stop()
+        journal.close()
+        os.close(root_fd)
+    return 0
+
+
+def _is_fuse(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == real and line.split()[2].startswith("fuse") for line in f)
+
+
+def unmount(directory: str, lazy: bool = False) -> None:
+    """Ask the kernel to unmount; the daemon then drains the link and exits."""
+    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [directory]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MountError(result.stderr.strip() or f"fusermount3 failed on {directory}")
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+

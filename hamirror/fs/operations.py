@@ -1,0 +1,319 @@
+"""The interception layer: FUSE operations over the replicated directory itself.
+
+The daemon opens the directory *before* mounting over it and reaches the real files through that
+descriptor (``root_fd``), so the data is replicated in place. Reads are served locally. Every
+mutating operation is applied locally and sent to the peer inside one
+:meth:`Replicator.change` block, which keeps the peer's apply order equal to ours. Each
+operation also sends the resulting atime/mtime of what it touched, so both copies match to the
+nanosecond. mfusepy turns any ``OSError`` raised here into the matching FUSE error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import mfusepy
+
+from hamirror.fs.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.link.protocol import Op
+from hamirror.link.replicator import Replicator
+
+_STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
+                "st_blksize", "st_rdev")
+# Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
+# O_DIRECT would demand aligned buffers from Python.
+_STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
+
+
+def rel(path: str) -> str:
+    """FUSE path ("/a/b") to a path under root_fd ("a/b"; "." for the root)."""
+    return path[1:] or "."
+
+
+def parent_of(relpath: str) -> str:
+    return os.path.dirname(relpath) or "."
+
+
+def stat_dict(st: os.stat_result) -> dict:
+    attrs = {name: getattr(st, name) for name in _STAT_FIELDS}
+    attrs["st_atime"] = st.st_atime_ns
+    attrs["st_mtime"] = st.st_mtime_ns
+    attrs["st_ctime"] = st.st_ctime_ns
+    return attrs
+
+
+class Interception(mfusepy.Operations):
+    """Passthrough to ``root_fd`` with replication of every change (see the module docstring)."""
+
+    use_ns = True
+
+    def __init__(self, root_fd: int, replicator: Replicator) -> None:
+        self.root = root_fd
+        self.repl = replicator
+
+    # helpers ---------------------------------------------------------------------------------
+
+    def _lstat(self, relpath: str) -> os.stat_result:
+        return os.stat(relpath, dir_fd=self.root, follow_symlinks=False)
+
+    def _times(self, *relpaths: str) -> tuple:
+        """The resulting (path, atime, mtime) of each inode touched, for the peer."""
+        result = []
+        for p in relpaths:
+            st = self._lstat(p)
+            result.append((os.fsencode(p), st.st_atime_ns, st.st_mtime_ns))
+        return tuple(result)
+
+    def _proc(self, relpath: str) -> str:
+        """A path for calls without an *at variant (xattrs)."""
+        return f"/proc/self/fd/{self.root}/{relpath}"
+
+    def _owner(self, relpath: str) -> tuple[int, int]:
+        """Owner for a new inode: the caller, with the parent's group if the parent is setgid."""
+        uid, gid, _ = mfusepy.fuse_get_context()
+        if self._lstat(parent_of(relpath)).st_mode & stat.S_ISGID:
+            gid = -1
+        return uid, gid
+
+    # reads -----------------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        return stat_dict(os.fstat(fh) if fh is not None else self._lstat(rel(path)))
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(rel(path), dir_fd=self.root)
+
+    def readdir(self, path: str, fh: int) -> list:
+        fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
+        try:
+            with os.scandir(fd) as entries:
+                names = [(e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0) for e in entries]
+        finally:
+            os.close(fd)
+        return [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)] + names
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def statfs(self, path: str) -> dict:
+        sv = os.statvfs(self.root)
+        return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
+                                                   "f_bavail", "f_files", "f_ffree", "f_favail",
+                                                   "f_namemax")}
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        try:
+            return os.getxattr(self._proc(rel(path)), name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                raise OSError(errno.ENODATA, "no such attribute") from None
+            raise
+
+    def listxattr(self, path: str) -> list[str]:
+        return os.listxattr(self._proc(rel(path)), follow_symlinks=False)
+
+    # open / close ----------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> int:
+        p = rel(path)
+        own = flags & ~_STRIP_FLAGS
+        if own & os.O_ACCMODE != os.O_RDONLY:
+            own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
+        if not flags & os.O_TRUNC:
+            return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
+        with self.repl.change(((p,),)) as tx:
+            fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
+            tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
+        return fd
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        p = rel(path)
+        own = (flags & ~_STRIP_FLAGS & ~os.O_ACCMODE) | os.O_RDWR | os.O_CLOEXEC
+        with self.repl.change(((p,),)) as tx:
+            try:
+                fd = os.open(p, own | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self.root)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Someone created it since the kernel's lookup: a plain open, nothing to send.
+                return os.open(p, own, dir_fd=self.root)
+            uid, gid = self._owner(p)
+            os.fchown(fd, uid, gid)
+            st = os.fstat(fd)
+            tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, 0), (os.fsencode(p),),
+                    self._times(p, parent_of(p)))
+        return fd
+
+    def flush(self, path: str, fh: int) -> int:
+        if not self.repl.sync:
+            with self.repl.change(()) as tx:   # close() as a barrier in async mode
+                tx.send(Op.PING, barrier=True)
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        os.close(fh)
+        return 0
+
+    # data ------------------------------------------------------------------------------------
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p, offset, len(data)),)) as tx:
+            written = os.pwrite(fh, data, offset)
+            st = os.fstat(fh)
+            tx.send(Op.WRITE, (offset,), (os.fsencode(p),), ((os.fsencode(p), st.st_atime_ns, st.st_mtime_ns),),
+                    data if written == len(data) else data[:written])
+        return written
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            if fh is not None:
+                os.ftruncate(fh, length)
+            else:
+                os.truncate(self._proc(p), length)
+            tx.send(Op.TRUNCATE, (length,), (os.fsencode(p),), self._times(p))
+        return 0
+
+    def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            fallocate(fh, mode, offset, size)
+            tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        p = rel(path)
+        with self.repl.change(()) as tx:
+            tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
+            tx.defer_wait()
+        # The peer fsyncs while we do; both must be durable before we answer.
+        (os.fdatasync if datasync else os.fsync)(fh)
+        tx.wait()
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
+        try:
+            return self.fsync(path, datasync, fd)
+        finally:
+            os.close(fd)
+
+    # namespace -------------------------------------------------------------------------------
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.mknod(p, mode, dev, dir_fd=self.root)
+            uid, gid = self._owner(p)
+            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
+            st = self._lstat(p)
+            tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, dev), (os.fsencode(p),),
+                    self._times(p, parent_of(p)))
+        return 0
+
+    def mkdir(self, path: str, mode: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.mkdir(p, mode, dir_fd=self.root)
+            uid, gid = self._owner(p)
+            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
+            st = self._lstat(p)
+            tx.send(Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),),
+                    self._times(p, parent_of(p)))
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        """mfusepy's naming: create the link ``target`` whose content is ``source``."""
+        p = rel(target)
+        with self.repl.change(((p,),)) as tx:
+            os.symlink(source, p, dir_fd=self.root)
+            uid, gid = self._owner(p)
+            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
+            st = self._lstat(p)
+            tx.send(Op.SYMLINK, (st.st_uid, st.st_gid), (os.fsencode(p), os.fsencode(source)),
+                    self._times(p, parent_of(p)))
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
+        new, old = rel(target), rel(source)
+        with self.repl.change(((new,), (old,))) as tx:
+            os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
+            tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
+        return 0
+
+    def unlink(self, path: str) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.unlink(p, dir_fd=self.root)
+            tx.send(Op.UNLINK, (), (os.fsencode(p),), self._times(parent_of(p)))
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.rmdir(p, dir_fd=self.root)
+            tx.send(Op.RMDIR, (), (os.fsencode(p),), self._times(parent_of(p)))
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        src, dst = rel(old), rel(new)
+        with self.repl.change(((src,), (dst,))) as tx:
+            renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
+            parents = dict.fromkeys((parent_of(src), parent_of(dst)))
+            tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))
+        return 0
+
+    # metadata --------------------------------------------------------------------------------
+
+    def chmod(self, path: str, mode: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.chmod(p, stat.S_IMODE(mode), dir_fd=self.root)
+            tx.send(Op.CHMOD, (stat.S_IMODE(mode),), (os.fsencode(p),))
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
+            tx.send(Op.CHOWN, (uid, gid), (os.fsencode(p),))
+        return 0
+
+    def utimens(self, path: str, times: tuple | None = None) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            utimensat(self.root, os.fsencode(p), times)
+            tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p))
+        return 0
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.setxattr(self._proc(p), name, value, options, follow_symlinks=False)
+            tx.send(Op.SETXATTR, (options,), (os.fsencode(p), os.fsencode(name)), data=value)
+        return 0
+
+    def removexattr(self, path: str, name: str) -> int:
+        p = rel(path)
+        with self.repl.change(((p,),)) as tx:
+            os.removexattr(self._proc(p), name, follow_symlinks=False)
+            tx.send(Op.REMOVEXATTR, (), (os.fsencode(p), os.fsencode(name)))
+        return 0
+
+
+def _dtype_mode(entry: os.DirEntry) -> int:
+    """File type bits from the directory entry, without a stat when the kernel told us."""
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+
+
+__all__ = ["Interception", "UTIME_NOW", "UTIME_OMIT"]

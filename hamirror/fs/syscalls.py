@@ -1,0 +1,43 @@
+"""Linux calls the standard library lacks: renameat2 (flags), fallocate (modes), utimensat (OMIT/NOW)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+AT_SYMLINK_NOFOLLOW = 0x100
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
+    _check(_libc.renameat2(src_dir, src, dst_dir, dst, flags))
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _check(_libc.fallocate(fd, mode, offset, length))
+
+
+def utimensat(dir_fd: int, path: bytes, times: tuple[tuple[int, int], tuple[int, int]] | None) -> None:
+    """Set (atime, mtime) as (sec, nsec) pairs; nsec may be UTIME_NOW or UTIME_OMIT; never follows."""
+    arg = None
+    if times is not None:
+        arg = (_Timespec * 2)(_Timespec(*times[0]), _Timespec(*times[1]))
+    _check(_libc.utimensat(dir_fd, path, arg, AT_SYMLINK_NOFOLLOW))

@@ -1,0 +1,206 @@
+"""Applies validated operations to the secondary's copy of a replicated directory.
+
+Every path is resolved *beneath* the directory one component at a time with ``O_NOFOLLOW``, and
+the last component is acted on with a no-follow call, so a symlink on the secondary can never
+lead a write outside the directory. The primary already resolved symlinks through the kernel, so
+it never needs to send a path that crosses one.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat
+
+from hamirror.fs.syscalls import fallocate, renameat2
+from hamirror.link.protocol import Message, Op
+
+_DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Parent:
+    """The directory holding a path's last component, opened beneath the root (a context)."""
+
+    __slots__ = ("fd", "name", "_owned")
+
+    def __init__(self, root_fd: int, path: bytes) -> None:
+        if path == b".":
+            self.fd, self.name, self._owned = root_fd, b".", False
+            return
+        *dirs, self.name = path.split(b"/")
+        fd, self._owned = root_fd, False
+        try:
+            for part in dirs:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if self._owned:
+                    os.close(fd)
+                fd, self._owned = nxt, True
+        except OSError as exc:
+            if self._owned:
+                os.close(fd)
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "path crosses a symlink on the secondary") from None
+            raise
+        self.fd = fd
+
+    def __enter__(self) -> "_Parent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned:
+            os.close(self.fd)
+
+    @property
+    def proc_path(self) -> bytes:
+        """A /proc path for calls that have no *at variant (xattrs, chmod)."""
+        return b"/proc/self/fd/%d/%s" % (self.fd, self.name)
+
+
+class Applier:
+    """Applies operations in order to one directory; keeps a few write descriptors open."""
+
+    MAX_OPEN = 64
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._handlers = {
+            Op.CREATE: self._create, Op.MKDIR: self._mkdir, Op.SYMLINK: self._symlink,
+            Op.LINK: self._link, Op.UNLINK: self._unlink, Op.RMDIR: self._rmdir,
+            Op.RENAME: self._rename, Op.WRITE: self._write, Op.TRUNCATE: self._truncate,
+            Op.FALLOCATE: self._fallocate, Op.CHMOD: self._chmod, Op.CHOWN: self._chown,
+            Op.UTIMENS: lambda m: None, Op.SETXATTR: self._setxattr,
+            Op.REMOVEXATTR: self._removexattr, Op.FSYNC: self._fsync,
+        }
+
+    def close(self) -> None:
+        self._forget_all()
+        os.close(self.root_fd)
+
+    def apply(self, msg: Message) -> None:
+        """Apply one operation, then the primary's times; raise OSError if the secondary refuses."""
+        self._handlers[msg.op](msg)
+        for path, atime, mtime in msg.times:
+            with _Parent(self.root_fd, path) as parent:
+                os.utime(parent.name, ns=(atime, mtime), dir_fd=parent.fd, follow_symlinks=False)
+
+    # descriptor cache: writes to the same file reuse one descriptor -------------------------
+
+    def _writable(self, path: bytes) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        with _Parent(self.root_fd, path) as parent:
+            fd = os.open(parent.name, _WRITE_FLAGS, dir_fd=parent.fd)
+        self._fds[path] = fd
+        if len(self._fds) > self.MAX_OPEN:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _forget_all(self) -> None:
+        """Names changed: a cached descriptor may no longer be what the path means."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    # operations ----------------------------------------------------------------------------
+
+    def _create(self, msg: Message) -> None:
+        mode, uid, gid, rdev = msg.ints
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            if stat.S_ISREG(mode):
+                fd = os.open(parent.name, os.O_CREAT | os.O_TRUNC | _WRITE_FLAGS, 0o600, dir_fd=parent.fd)
+                try:
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, stat.S_IMODE(mode))
+                finally:
+                    os.close(fd)
+            else:
+                os.mknod(parent.name, mode, rdev, dir_fd=parent.fd)
+                os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _mkdir(self, msg: Message) -> None:
+        mode, uid, gid = msg.ints
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.mkdir(parent.name, 0o700, dir_fd=parent.fd)
+            os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+            os.chmod(parent.proc_path, stat.S_IMODE(mode))
+
+    def _symlink(self, msg: Message) -> None:
+        uid, gid = msg.ints
+        path, target = msg.strs
+        with _Parent(self.root_fd, path) as parent:
+            os.symlink(target, parent.name, dir_fd=parent.fd)
+            os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _link(self, msg: Message) -> None:
+        with _Parent(self.root_fd, msg.strs[0]) as src, _Parent(self.root_fd, msg.strs[1]) as dst:
+            os.link(src.name, dst.name, src_dir_fd=src.fd, dst_dir_fd=dst.fd, follow_symlinks=False)
+
+    def _unlink(self, msg: Message) -> None:
+        self._forget_all()
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.unlink(parent.name, dir_fd=parent.fd)
+
+    def _rmdir(self, msg: Message) -> None:
+        self._forget_all()
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.rmdir(parent.name, dir_fd=parent.fd)
+
+    def _rename(self, msg: Message) -> None:
+        self._forget_all()
+        with _Parent(self.root_fd, msg.strs[0]) as src, _Parent(self.root_fd, msg.strs[1]) as dst:
+            renameat2(src.fd, src.name, dst.fd, dst.name, msg.ints[0])
+
+    def _write(self, msg: Message) -> None:
+        data = msg.data
+        written = os.pwrite(self._writable(msg.strs[0]), data, msg.ints[0])
+        if written != len(data):
+            raise OSError(errno.EIO, f"short write on the secondary ({written} of {len(data)} bytes)")
+
+    def _truncate(self, msg: Message) -> None:
+        os.ftruncate(self._writable(msg.strs[0]), msg.ints[0])
+
+    def _fallocate(self, msg: Message) -> None:
+        mode, offset, length = msg.ints
+        fallocate(self._writable(msg.strs[0]), mode, offset, length)
+
+    def _chmod(self, msg: Message) -> None:
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            fd = os.open(parent.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+            try:
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    raise OSError(errno.ELOOP, "chmod of a symlink on the secondary")
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(msg.ints[0]))
+            finally:
+                os.close(fd)
+
+    def _chown(self, msg: Message) -> None:
+        uid, gid = msg.ints
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _setxattr(self, msg: Message) -> None:
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.setxattr(parent.proc_path, msg.strs[1], bytes(msg.data), msg.ints[0], follow_symlinks=False)
+
+    def _removexattr(self, msg: Message) -> None:
+        with _Parent(self.root_fd, msg.strs[0]) as parent:
+            os.removexattr(parent.proc_path, msg.strs[1], follow_symlinks=False)
+
+    def _fsync(self, msg: Message) -> None:
+        sync = os.fdatasync if msg.ints[0] else os.fsync
+        path = msg.strs[0]
+        cached = self._fds.get(path)
+        if cached is not None:
+            sync(cached)
+            return
+        with _Parent(self.root_fd, path) as parent:
+            fd = os.open(parent.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+            try:
+                sync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,242 @@
+"""The primary's end of the link: a pipelining sender with one I/O thread.
+
+FUSE threads call :meth:`LinkClient.submit` (in operation order, under the caller's ordering
+lock); it assigns the sequence number, encodes the header and hands the frames to the I/O
+thread, which owns the only DEALER socket. Many operations are in flight at once; each
+:class:`Ticket` is completed when its acknowledgement arrives. When the peer goes away (TCP
+disconnect, no acknowledgement within ``ack_timeout``, or a refusal), every pending ticket is
+failed at once and ``on_lost`` is called first, so the caller can record what the peer missed
+before any waiter wakes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import threading
+import time
+from typing import Callable, Iterable
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from hamirror.link import keys
+from hamirror.link.protocol import ERROR, Op, ProtocolError, Times, decode_reply, encode
+
+log = logging.getLogger(__name__)
+
+Change = tuple  # (path,) or (path, offset, length): what an operation changed, for the journal
+
+
+class PeerLost(Exception):
+    """The peer did not apply an operation; the text says why."""
+
+
+class Ticket:
+    """One operation in flight."""
+
+    __slots__ = ("seq", "changes", "sent_at", "error", "_done")
+
+    def __init__(self, seq: int, changes: tuple[Change, ...]) -> None:
+        self.seq = seq
+        self.changes = changes
+        self.sent_at = 0.0
+        self.error: str | None = None
+        self._done = threading.Event()
+
+    def complete(self, error: str | None = None) -> None:
+        self.error = error
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+class LinkClient:
+    """Sends operations to one receiver; see the module docstring for the contract."""
+
+    def __init__(self, endpoint: str, keys_dir: str, *, peer_key_name: str | None = None,
+                 ack_timeout: float = 5.0, window: int = 256,
+                 on_lost: Callable[[str, list[Ticket]], None] | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.ack_timeout = ack_timeout
+        self.on_lost = on_lost
+        self.context = context or zmq.Context.instance()
+        own = keys.load_own(keys_dir)
+        server_key = keys.peer_public_key(keys_dir, own, peer_key_name)
+        self.session = random.getrandbits(63) | 1
+        self._seq = 0
+        self._window = threading.BoundedSemaphore(window)
+        self._outbox: collections.deque = collections.deque()
+        self._pending: collections.OrderedDict[int, Ticket] = collections.OrderedDict()
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._lock = threading.Lock()
+        self.lost_reason: str | None = None
+        self.bytes_sent = 0
+        self.ops_sent = 0
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.sndhwm = self.socket.rcvhwm = 0
+        keys.secure_client(self.socket, own, server_key)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.socket.connect(endpoint)
+        self._thread = threading.Thread(target=self._run, name="hamirror-link", daemon=True)
+        self._running = True
+        self._thread.start()
+
+    # API for the FUSE side -----------------------------------------------------------------
+
+    def hello(self, timeout: float) -> None:
+        """Start the session; raise PeerLost if the peer does not answer within ``timeout``."""
+        ticket = self.submit(Op.HELLO, (1,))
+        if not ticket.wait(timeout):
+            raise PeerLost(f"peer {self.endpoint} did not answer within {timeout:g}s "
+                           "(is 'hamirror mirror receive' running there, and does it trust this node's key?)")
+        if ticket.error:
+            raise PeerLost(ticket.error)
+
+    def submit(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
+               times: tuple[Times, ...] = (), data: bytes | None = None,
+               changes: tuple[Change, ...] = ()) -> Ticket:
+        """Queue one operation; the caller holds its ordering lock so seq order = apply order."""
+        self._window.acquire()
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            ticket = Ticket(seq, changes)
+            if self.lost_reason is not None:
+                self._window.release()
+                ticket.complete(self.lost_reason)
+                return ticket
+            header = encode(op, self.session, seq, ints, strs, times)
+            self._outbox.append((ticket, header, data))
+        os.eventfd_write(self._wakeup, 1)
+        return ticket
+
+    def close(self, drain_timeout: float = 5.0) -> None:
+        """Wait for in-flight operations (up to drain_timeout), then stop the I/O thread."""
+        deadline = time.monotonic() + drain_timeout
+        while (self._pending or self._outbox) and self.lost_reason is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._running = False
+        os.eventfd_write(self._wakeup, 1)
+        self._thread.join(5)
+        self.socket.disable_monitor()
+        self._monitor.close(0)
+        self.socket.close(0)
+        os.close(self._wakeup)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending) + len(self._outbox)
+
+    # I/O thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        while self._running:
+            events = dict(poller.poll(self._poll_timeout_ms()))
+            if self._wakeup in events:
+                try:
+                    os.eventfd_read(self._wakeup)
+                except BlockingIOError:
+                    pass
+                self._send_outbox()
+            if self.socket in events:
+                self._receive_replies()
+            if self._monitor in events:
+                self._check_monitor()
+            self._check_timeouts()
+
+    def _poll_timeout_ms(self) -> int:
+        if not self._pending:
+            return 1000
+        oldest = next(iter(self._pending.values()))
+        return max(1, int((oldest.sent_at + self.ack_timeout - time.monotonic()) * 1000) + 1)
+
+    def _send_outbox(self) -> None:
+        while self._outbox:
+            ticket, header, data = self._outbox.popleft()
+            if self.lost_reason is not None:
+                self._window.release()
+                ticket.complete(self.lost_reason)
+                continue
+            ticket.sent_at = time.monotonic()
+            self._pending[ticket.seq] = ticket
+            if data is None:
+                self.socket.send(header, copy=True)
+            else:
+                self.socket.send_multipart((header, data), copy=False)
+                self.bytes_sent += len(data)
+            self.ops_sent += 1
+
+    def _receive_replies(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode_reply(frames)
+            except ProtocolError as exc:
+                self._fail(f"malformed reply from peer: {exc}")
+                return
+            if reply.status == ERROR:
+                self._fail(f"peer refused operation {reply.seq}: {reply.message or os.strerror(reply.errno)}")
+                return
+            # The receiver applies in order, so an ack for seq n also covers everything before it.
+            while self._pending:
+                seq, ticket = next(iter(self._pending.items()))
+                if seq > reply.seq:
+                    break
+                del self._pending[seq]
+                self._window.release()
+                ticket.complete()
+
+    def _check_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._fail(f"connection to peer {self.endpoint} lost")
+
+    def _check_timeouts(self) -> None:
+        if self._pending:
+            oldest = next(iter(self._pending.values()))
+            if time.monotonic() - oldest.sent_at > self.ack_timeout:
+                self._fail(f"peer {self.endpoint} did not acknowledge within {self.ack_timeout:g}s")
+
+    def _fail(self, reason: str) -> None:
+        """Fail every pending ticket; later submits fail at once. Only the first reason counts."""
+        with self._lock:
+            if self.lost_reason is not None:
+                return
+            self.lost_reason = reason
+            failed = list(self._pending.values()) + [t for t, _, _ in self._outbox]
+            self._pending.clear()
+            self._outbox.clear()
+        log.warning("replication stopped: %s", reason)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(reason, failed)
+            except Exception:  # noqa: BLE001 - the waiters must wake whatever happens
+                log.exception("on_lost handler failed")
+        for ticket in failed:
+            self._window.release()
+            ticket.complete(reason)
+
+
+def flatten_changes(tickets: Iterable[Ticket]) -> list[Change]:
+    return [change for ticket in tickets for change in ticket.changes]

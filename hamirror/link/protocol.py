@@ -1,0 +1,284 @@
+"""Wire format of the replication link: pure encoding and validation, no sockets.
+
+A message is one ZeroMQ multipart message: a header frame and, for operations that carry bytes
+(write, setxattr), a data frame that travels as is (never re-encoded). The header frame is::
+
+    magic "hm" | version u8 | opcode u8 | session u64 | seq u64
+    n_ints u8  | n_ints x i64
+    n_strs u8  | n_strs x (u16 length + bytes)
+    n_times u8 | n_times x (u16 length + path bytes + i64 atime_ns + i64 mtime_ns)
+
+``times`` carry the primary's resulting atime/mtime for every inode the operation touched (the
+file and its parent directories), so both trees end with the same mtimes to the nanosecond.
+Everything coming from the network goes through :func:`decode`, which refuses anything that is
+not exactly one of the operations below with well-formed, bounded fields and safe paths.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"hm"
+VERSION = 1
+PATH_MAX = 4096
+NAME_MAX = 255
+MAX_DATA = 16 * 1024 * 1024        # the kernel hands us at most 1 MiB per write; leave room
+MAX_XATTR_VALUE = 64 * 1024        # Linux's own limit (XATTR_SIZE_MAX)
+MAX_HEADER = 64 * 1024
+MAX_TIMES = 4
+INT64_MAX = 2**63 - 1
+
+_HEAD = struct.Struct("<2sBBQQ")
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_I64 = struct.Struct("<q")
+_TIMES = struct.Struct("<qq")
+_REPLY = struct.Struct("<2sBBQi")
+
+
+class Op(enum.IntEnum):
+    HELLO = 1
+    CREATE = 2        # ints: mode, uid, gid, rdev        strs: path
+    MKDIR = 3         # ints: mode, uid, gid              strs: path
+    SYMLINK = 4       # ints: uid, gid                    strs: path, target
+    LINK = 5          #                                   strs: existing path, new path
+    UNLINK = 6        #                                   strs: path
+    RMDIR = 7         #                                   strs: path
+    RENAME = 8        # ints: flags (RENAME_NOREPLACE/EXCHANGE)  strs: old, new
+    WRITE = 9         # ints: offset                      strs: path   + data frame
+    TRUNCATE = 10     # ints: length                      strs: path
+    FALLOCATE = 11    # ints: mode, offset, length        strs: path
+    CHMOD = 12        # ints: mode                        strs: path
+    CHOWN = 13        # ints: uid, gid (-1 = unchanged)   strs: path
+    UTIMENS = 14      # (times only)                      strs: path
+    SETXATTR = 15     # ints: flags                       strs: path, name  + data frame (value)
+    REMOVEXATTR = 16  #                                   strs: path, name
+    FSYNC = 17        # ints: datasync                    strs: path
+    PING = 18         # keeps an idle link honest; applies nothing
+
+
+# Field kinds of the string fields, checked by decode().
+PATH, NAME, TARGET = "path", "name", "target"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    n_ints: int
+    strs: tuple[str, ...]
+    has_data: bool = False
+
+
+SPECS: dict[Op, OpSpec] = {
+    Op.HELLO: OpSpec(1, ()),
+    Op.CREATE: OpSpec(4, (PATH,)),
+    Op.MKDIR: OpSpec(3, (PATH,)),
+    Op.SYMLINK: OpSpec(2, (PATH, TARGET)),
+    Op.LINK: OpSpec(0, (PATH, PATH)),
+    Op.UNLINK: OpSpec(0, (PATH,)),
+    Op.RMDIR: OpSpec(0, (PATH,)),
+    Op.RENAME: OpSpec(1, (PATH, PATH)),
+    Op.WRITE: OpSpec(1, (PATH,), has_data=True),
+    Op.TRUNCATE: OpSpec(1, (PATH,)),
+    Op.FALLOCATE: OpSpec(3, (PATH,)),
+    Op.CHMOD: OpSpec(1, (PATH,)),
+    Op.CHOWN: OpSpec(2, (PATH,)),
+    Op.UTIMENS: OpSpec(0, (PATH,)),
+    Op.SETXATTR: OpSpec(1, (PATH, NAME), has_data=True),
+    Op.REMOVEXATTR: OpSpec(0, (PATH, NAME)),
+    Op.FSYNC: OpSpec(1, (PATH,)),
+    Op.PING: OpSpec(0, ()),
+}
+
+# Operations whose paths must not be the replicated directory itself.
+_NO_ROOT = {Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR, Op.RENAME}
+
+
+class ProtocolError(ValueError):
+    """A message that is not well formed; the text says what is wrong with it."""
+
+
+Times = tuple[bytes, int, int]
+
+
+@dataclass(frozen=True)
+class Message:
+    op: Op
+    session: int
+    seq: int
+    ints: tuple[int, ...]
+    strs: tuple[bytes, ...]
+    times: tuple[Times, ...]
+    data: memoryview | bytes | None = None
+
+
+def check_path(path: bytes) -> bytes:
+    """A relative path that stays inside the replicated directory ("." is the directory)."""
+    if path == b".":
+        return path
+    if not path:
+        raise ProtocolError("empty path")
+    if len(path) > PATH_MAX:
+        raise ProtocolError(f"path longer than {PATH_MAX} bytes")
+    if path.startswith(b"/"):
+        raise ProtocolError("absolute path")
+    if b"\0" in path:
+        raise ProtocolError("NUL byte in path")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise ProtocolError(f"path component {part.decode(errors='replace')!r} not allowed")
+        if len(part) > NAME_MAX:
+            raise ProtocolError(f"path component longer than {NAME_MAX} bytes")
+    return path
+
+
+def _check_string(kind: str, value: bytes) -> None:
+    if kind == PATH:
+        check_path(value)
+    elif kind == NAME:
+        if not value or len(value) > NAME_MAX or b"\0" in value:
+            raise ProtocolError("bad xattr name")
+    elif not value or len(value) >= PATH_MAX or b"\0" in value:
+        raise ProtocolError("bad symlink target")
+
+
+def encode(op: Op, session: int, seq: int, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
+           times: tuple[Times, ...] = ()) -> bytes:
+    """The header frame of one operation (the data frame, if any, is sent as it is)."""
+    parts = [_HEAD.pack(MAGIC, VERSION, op, session, seq), _U8.pack(len(ints))]
+    parts.extend(_I64.pack(i) for i in ints)
+    parts.append(_U8.pack(len(strs)))
+    for s in strs:
+        parts.append(_U16.pack(len(s)))
+        parts.append(s)
+    parts.append(_U8.pack(len(times)))
+    for path, atime, mtime in times:
+        parts.append(_U16.pack(len(path)))
+        parts.append(path)
+        parts.append(_TIMES.pack(atime, mtime))
+    return b"".join(parts)
+
+
+class _Reader:
+    """Bounds-checked sequential reads from a header frame."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError("truncated header frame")
+        chunk = self.buf[self.pos:end]
+        self.pos = end
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple:
+        return fmt.unpack(self.take(fmt.size))
+
+
+def decode(frames: list) -> Message:
+    """Parse and validate one message from the network; raise ProtocolError on anything wrong."""
+    if not frames:
+        raise ProtocolError("empty message")
+    header = bytes(frames[0])
+    if len(header) > MAX_HEADER:
+        raise ProtocolError("header frame too large")
+    r = _Reader(header)
+    magic, version, opcode, session, seq = r.unpack(_HEAD)
+    if magic != MAGIC:
+        raise ProtocolError("bad magic")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    try:
+        op = Op(opcode)
+    except ValueError:
+        raise ProtocolError(f"unknown operation {opcode}") from None
+    spec = SPECS[op]
+    (n_ints,) = r.unpack(_U8)
+    if n_ints != spec.n_ints:
+        raise ProtocolError(f"{op.name}: expected {spec.n_ints} integers, got {n_ints}")
+    ints = tuple(r.unpack(_I64)[0] for _ in range(n_ints))
+    (n_strs,) = r.unpack(_U8)
+    if n_strs != len(spec.strs):
+        raise ProtocolError(f"{op.name}: expected {len(spec.strs)} strings, got {n_strs}")
+    strs = []
+    for kind in spec.strs:
+        (length,) = r.unpack(_U16)
+        value = r.take(length)
+        _check_string(kind, value)
+        strs.append(value)
+    (n_times,) = r.unpack(_U8)
+    if n_times > MAX_TIMES:
+        raise ProtocolError(f"too many time updates ({n_times})")
+    times = []
+    for _ in range(n_times):
+        (length,) = r.unpack(_U16)
+        path = check_path(r.take(length))
+        atime, mtime = r.unpack(_TIMES)
+        times.append((path, atime, mtime))
+    if r.pos != len(header):
+        raise ProtocolError("trailing bytes in header frame")
+    data = None
+    expected_frames = 2 if spec.has_data else 1
+    if len(frames) != expected_frames:
+        raise ProtocolError(f"{op.name}: expected {expected_frames} frame(s), got {len(frames)}")
+    if spec.has_data:
+        data = frames[1]
+        limit = MAX_XATTR_VALUE if op == Op.SETXATTR else MAX_DATA
+        if len(data) > limit:
+            raise ProtocolError(f"{op.name}: data frame larger than {limit} bytes")
+    msg = Message(op, session, seq, ints, tuple(strs), tuple(times), data)
+    _check_ints(msg)
+    return msg
+
+
+def _check_ints(msg: Message) -> None:
+    """Range checks that would otherwise surface as odd errors deep in the apply code."""
+    op, ints = msg.op, msg.ints
+    if op in _NO_ROOT and b"." in msg.strs[: 2 if op in (Op.LINK, Op.RENAME) else 1]:
+        raise ProtocolError(f"{op.name}: not allowed on the replicated directory itself")
+    if op in (Op.CREATE, Op.MKDIR, Op.CHMOD) and not 0 <= ints[0] <= 0o177777:
+        raise ProtocolError(f"{op.name}: mode out of range")
+    if op in (Op.WRITE, Op.TRUNCATE) and not 0 <= ints[0] <= INT64_MAX - MAX_DATA:
+        raise ProtocolError(f"{op.name}: offset out of range")
+    if op == Op.FALLOCATE and (ints[1] < 0 or ints[2] <= 0 or ints[1] > INT64_MAX - ints[2]):
+        raise ProtocolError("FALLOCATE: range out of bounds")
+    if op == Op.CHOWN and not all(-1 <= i < 2**32 - 1 for i in ints):
+        raise ProtocolError("CHOWN: id out of range")
+    if op in (Op.CREATE, Op.MKDIR) and not all(0 <= i < 2**32 - 1 for i in ints[1:3]):
+        raise ProtocolError(f"{op.name}: id out of range")
+    if op == Op.SYMLINK and not all(0 <= i < 2**32 - 1 for i in ints):
+        raise ProtocolError("SYMLINK: id out of range")
+
+
+# Replies ---------------------------------------------------------------------------------------
+
+OK, ERROR = 0, 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    seq: int
+    status: int
+    errno: int = 0
+    message: str = ""
+
+
+def encode_reply(seq: int, status: int = OK, err: int = 0, message: str = "") -> list[bytes]:
+    frames = [_REPLY.pack(MAGIC, VERSION, status, seq, err)]
+    if message:
+        frames.append(message.encode("utf-8", "replace")[:1024])
+    return frames
+
+
+def decode_reply(frames: list) -> Reply:
+    if not 1 <= len(frames) <= 2 or len(frames[0]) != _REPLY.size:
+        raise ProtocolError("malformed reply")
+    magic, version, status, seq, err = _REPLY.unpack(bytes(frames[0]))
+    if magic != MAGIC or version != VERSION or status not in (OK, ERROR):
+        raise ProtocolError("malformed reply")
+    message = bytes(frames[1]).decode("utf-8", "replace") if len(frames) == 2 else ""
+    return Reply(seq, status, err, message)
