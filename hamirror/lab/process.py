@@ -20,6 +20,10 @@ from hamirror.lab.naming import CONFIG_PATH, NODES, LabPaths
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import Started
 
+# Set in the environment of everything the lab runs in a host (inherited by children): finds the
+# host's processes even when its namespaces are already gone, e.g. after a crash or manual cleanup.
+MARKER = "HAMIRROR_LAB_HOST"
+
 
 def enter_command(paths: LabPaths, host: str, cmd: list[str]) -> list[str]:
     """cmd prefixed with the nsenter that puts it into host."""
@@ -33,9 +37,10 @@ def enter_command(paths: LabPaths, host: str, cmd: list[str]) -> list[str]:
     return enter + ["--", *cmd]
 
 
-def host_env(host: str) -> dict[str, str]:
-    """The caller's environment plus HAMIRROR_CONFIG for nodes and this interpreter's bin on PATH."""
+def host_env(paths: LabPaths, host: str) -> dict[str, str]:
+    """The caller's environment plus HAMIRROR_CONFIG for nodes, this interpreter's bin on PATH and the marker."""
     env = dict(os.environ)
+    env[MARKER] = paths.netns(host)
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     if host in NODES:
@@ -47,7 +52,7 @@ def host_env(host: str) -> dict[str, str]:
 
 def exec_in(paths: LabPaths, host: str, cmd: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run cmd in host and wait; stdio passes through unless capture."""
-    return subprocess.run(enter_command(paths, host, cmd), env=host_env(host), capture_output=capture,
+    return subprocess.run(enter_command(paths, host, cmd), env=host_env(paths, host), capture_output=capture,
                           text=True if capture else None, timeout=timeout)
 
 
@@ -56,7 +61,7 @@ def start(paths: LabPaths, host: str, name: str, cmd: list[str]) -> Started:
     log_path = paths.log_file(host, name)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(enter_command(paths, host, cmd), env=host_env(host), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(enter_command(paths, host, cmd), env=host_env(paths, host), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     try:
         created = psutil.Process(proc.pid).create_time()
@@ -89,9 +94,23 @@ def _in_mount_namespace(paths: LabPaths, node: str) -> list[int]:
     return found
 
 
+def _marked(paths: LabPaths, host: str) -> list[int]:
+    """Processes whose environment carries the host's marker."""
+    marker = f"{MARKER}={paths.netns(host)}".encode()
+    found = []
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def members(paths: LabPaths, host: str, recorded: list[Started]) -> list[int]:
-    """Every live process of host: in its namespaces, or recorded by the lab and still the same process."""
-    pids = set(netns.pids(paths.netns(host)))
+    """Every live process of host: in its namespaces, marked as the host's, or recorded and still the same process."""
+    pids = set(netns.pids(paths.netns(host))) | set(_marked(paths, host))
     if host in NODES:
         pids.update(_in_mount_namespace(paths, host))
     pids.update(s.pid for s in recorded if is_alive(s))
@@ -104,7 +123,7 @@ def kill_all(paths: LabPaths, host: str, recorded: list[Started], timeout: float
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while True:
-        pids = [p for p in members(paths, host, recorded) if _running(p)]
+        pids = [p for p in members(paths, host, recorded) if is_running(p)]
         if not pids:
             return killed
         if time.monotonic() > deadline:
@@ -119,7 +138,8 @@ def kill_all(paths: LabPaths, host: str, recorded: list[Started], timeout: float
         _reap(pids)
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
