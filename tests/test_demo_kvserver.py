@@ -25,6 +25,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_request(host: str, port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request on its own connection: (status, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 class Server:
     """A kvserver process; ``start`` returns once /health answers."""
 
@@ -49,13 +60,7 @@ class Server:
         raise AssertionError("kvserver did not answer /health")
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        return http_request("127.0.0.1", self.port, method, path, body)
 
     def raw(self, data: bytes) -> bytes:
         """Send bytes as they are and return the whole answer."""

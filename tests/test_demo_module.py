@@ -12,7 +12,7 @@ import pytest
 from hamirror.config import load_cluster, load_modules, render_script
 from tests.conftest import REPO, run_cli
 from tests.configfiles import CLUSTER, edit, write_cluster
-from tests.test_demo_kvserver import free_port
+from tests.test_demo_kvserver import free_port, http_request
 
 DEMO = os.path.join(REPO, "modules", "demo")
 
@@ -61,14 +61,7 @@ def running(pid: int) -> bool:
 
 
 def http(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.100", port, timeout=10)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return http_request("127.0.0.100", port, method, path, body)
 
 
 def test_start_prim_and_stop_prim_run_the_service_on_the_vip(loopback_demo):
