@@ -231,3 +231,38 @@ def test_newer_format_is_refused(jpath):
     db.close()
     with pytest.raises(sqlite3.OperationalError, match="newer"):
         Journal(jpath)
+
+
+def test_concurrent_new_items_share_one_commit(jpath):
+    """Group commit: records queued while another commit runs go to disk in one transaction."""
+    with Journal(jpath) as j:
+        statements: list[str] = []
+        j._db.set_trace_callback(statements.append)
+        threads = [threading.Thread(target=j.record_range, args=(f"g{n}", n * BLOCK_SIZE, 1))
+                   for n in range(8)]
+        with j._db_lock:                 # as if a commit were in progress
+            for t in threads:
+                t.start()
+            while len(j._queue) < 8:
+                threading.Event().wait(0.001)
+        for t in threads:
+            t.join()
+        assert statements.count("COMMIT") == 1
+        assert all(j.changed_blocks(f"g{n}") == [(n * BLOCK_SIZE, BLOCK_SIZE)] for n in range(8))
+    with Journal(jpath) as j:
+        assert j.changed_count() == 8
+
+
+def test_failed_commit_records_nothing_and_raises(jpath, monkeypatch):
+    with Journal(jpath) as j:
+        def broken():
+            raise sqlite3.OperationalError("disk I/O error")
+        monkeypatch.setattr(j, "_transaction", broken)
+        with pytest.raises(sqlite3.OperationalError):
+            j.record_paths(["lost"])
+        with pytest.raises(sqlite3.OperationalError):
+            j.record_range("lost", 0, 1)
+        assert j.changed_paths() == []
+        monkeypatch.undo()
+        j.record_paths(["lost"])
+        assert j.changed_paths() == ["lost"]

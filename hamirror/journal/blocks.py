@@ -40,6 +40,12 @@ class RunSet:
         for start, end in sorted(runs or []):
             self.apply(self.plan(start, end))
 
+    def copy(self) -> RunSet:
+        """An independent copy (the journal stages changes on one before committing)."""
+        other = RunSet()
+        other._starts, other._ends = list(self._starts), list(self._ends)
+        return other
+
     def covers(self, start: int, end: int) -> bool:
         """True when every block of ``[start, end)`` is already in the set."""
         i = bisect.bisect_right(self._starts, start) - 1

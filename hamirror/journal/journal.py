@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from hamirror.journal.blocks import BLOCK_SIZE, RunSet, block_span
+from hamirror.journal.blocks import BLOCK_SIZE, block_span
+from hamirror.journal.changes import Changed, Record, write_batch
 from hamirror.journal.generations import HISTORY_LIMIT, GenerationHistory, make_generation
 
 __all__ = ["BLOCK_SIZE", "Journal"]
@@ -51,16 +52,6 @@ def _check_path(path: str) -> bytes:
     return os.fsencode(path)
 
 
-class _Changed:
-    """In-memory copy of one recorded path: whole-file mark or its changed block runs."""
-
-    __slots__ = ("whole", "runs")
-
-    def __init__(self, whole: bool = False) -> None:
-        self.whole = whole
-        self.runs = RunSet()
-
-
 class Journal:
     """Changed set, small state, generation history and resync progress of one module.
 
@@ -73,6 +64,8 @@ class Journal:
         self.path = path
         self._db_lock = threading.Lock()
         self._mem_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[Record] = []
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         try:
@@ -96,12 +89,12 @@ class Journal:
 
     def _load(self) -> None:
         """Read the whole journal into the in-memory caches (once, at open)."""
-        self._changed: dict[str, _Changed] = {}
+        self._changed: dict[str, Changed] = {}
         for key, whole in self._db.execute("SELECT path, whole FROM changed_paths"):
-            self._changed[os.fsdecode(key)] = _Changed(bool(whole))
+            self._changed[os.fsdecode(key)] = Changed(bool(whole))
         rows = self._db.execute("SELECT path, start, stop FROM changed_runs ORDER BY path, start")
         for key, start, stop in rows:
-            entry = self._changed.setdefault(os.fsdecode(key), _Changed())
+            entry = self._changed.setdefault(os.fsdecode(key), Changed())
             entry.runs.apply(entry.runs.plan(start, stop))
         self._gens = GenerationHistory.from_json(json.loads(self._meta("generations") or "{}"))
         header = self._meta("resync")
@@ -145,16 +138,8 @@ class Journal:
         changed = self._changed
         if all(p in changed for p in paths):        # hot path: no lock, no SQL (GIL-atomic)
             return
-        with self._db_lock:
-            new = [p for p in dict.fromkeys(paths) if p not in self._changed]
-            if not new:
-                return
-            keys = [(_check_path(p),) for p in new]
-            with self._transaction() as db:
-                db.executemany("INSERT OR IGNORE INTO changed_paths (path) VALUES (?)", keys)
-            with self._mem_lock:
-                for p in new:
-                    self._changed.setdefault(p, _Changed())
+        self._submit([Record(p, _check_path(p)) for p in dict.fromkeys(paths)
+                      if p not in self._changed])
 
     def record_range(self, path: str, offset: int, length: int) -> None:
         """Record that ``length`` bytes at ``offset`` of ``path`` changed; durable on return.
@@ -166,30 +151,11 @@ class Journal:
         if span is None:
             self.record_paths([path])
             return
-        if self._already_marked(path, span):        # hot path: no SQL
-            return
-        with self._db_lock:
-            if self._already_marked(path, span):
+        with self._mem_lock:                        # hot path: no SQL
+            entry = self._changed.get(path)
+            if entry is not None and (entry.whole or entry.runs.covers(*span)):
                 return
-            entry = self._changed.get(path)
-            runs = entry.runs if entry else RunSet()
-            plan = runs.plan(*span)
-            start, stop = plan[0], plan[1]
-            key = _check_path(path)
-            with self._transaction() as db:
-                db.execute("INSERT OR IGNORE INTO changed_paths (path) VALUES (?)", (key,))
-                db.execute("DELETE FROM changed_runs WHERE path = ? AND start BETWEEN ? AND ?",
-                           (key, start, stop))
-                db.execute("INSERT INTO changed_runs (path, start, stop) VALUES (?, ?, ?)",
-                           (key, start, stop))
-            with self._mem_lock:
-                entry = self._changed.setdefault(path, _Changed())
-                entry.runs.apply(plan)
-
-    def _already_marked(self, path: str, span: tuple[int, int]) -> bool:
-        with self._mem_lock:
-            entry = self._changed.get(path)
-            return entry is not None and (entry.whole or entry.runs.covers(*span))
+        self._submit([Record(path, _check_path(path), span)])
 
     def record_whole(self, path: str) -> None:
         """Record that ``path``'s whole content must be compared (truncate up, fallocate, rename
@@ -197,15 +163,40 @@ class Journal:
         entry = self._changed.get(path)
         if entry is not None and entry.whole:
             return
+        self._submit([Record(path, _check_path(path), whole=True)])
+
+    def _submit(self, records: list[Record]) -> None:
+        """Queue ``records`` and return once they are committed (group commit).
+
+        Whoever gets the database lock commits everything queued so far in one transaction,
+        so N threads recording at once pay about one fsync instead of N.
+        """
+        if not records:
+            return
+        with self._queue_lock:
+            self._queue.extend(records)
         with self._db_lock:
-            key = _check_path(path)
+            if not records[0].done:                 # nobody took ours: commit the queue
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_batch(batch)
+        failed = next((r.error for r in records if r.error is not None), None)
+        if failed is not None:
+            raise failed
+
+    def _commit_batch(self, batch: list[Record]) -> None:
+        """Write a batch in one transaction; publish it to memory only once durable."""
+        try:
             with self._transaction() as db:
-                db.execute("INSERT INTO changed_paths (path, whole) VALUES (?, 1) "
-                           "ON CONFLICT (path) DO UPDATE SET whole = 1", (key,))
-                db.execute("DELETE FROM changed_runs WHERE path = ?", (key,))
+                staged = write_batch(db, self._changed, batch)
+        except Exception as exc:                    # every waiter of the batch sees it
+            for rec in batch:
+                rec.error = exc
+        else:
             with self._mem_lock:
-                entry = self._changed.setdefault(path, _Changed())
-                entry.whole, entry.runs = True, RunSet()
+                self._changed.update(staged)
+        for rec in batch:
+            rec.done = True
 
     def changed_paths(self) -> list[str]:
         """Every recorded path, sorted."""
