@@ -23,3 +23,36 @@ def run_cli(*args: str, check: bool = False, timeout: float = 60, env: dict | No
     """Run ``hamirror ARGS`` as a real process and capture its output."""
     return subprocess.run(HAMIRROR + list(args), capture_output=True, text=True, check=check,
                           timeout=timeout, env=env, input=input)
+
+
+@pytest.fixture
+def mirror_pair(tmp_path):
+    """A started sync mirror (receiver + mount) over loopback; always torn down."""
+    from tests.mirror_fixtures import MirrorPair
+
+    pair = MirrorPair(str(tmp_path))
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def mirror_factory(tmp_path):
+    """Build MirrorPairs with other settings (mode, timeout, no replication); all torn down."""
+    from tests.mirror_fixtures import MirrorPair
+
+    made: list = []
+
+    def make(name: str = "m", **kwargs):
+        base = tmp_path / name
+        base.mkdir()
+        pair = MirrorPair(str(base), **kwargs)
+        made.append(pair)
+        return pair
+
+    try:
+        yield make
+    finally:
+        for pair in made:
+            pair.stop()

@@ -7,6 +7,7 @@ while its journal says ALONE stays ALONE: it never streams over a replica that m
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -58,8 +59,10 @@ class _Fuse(mfusepy.FUSE):
     def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:
         times = None
         if buf:
-            a, m = buf[0], buf[1]
+            a, m = buf.contents.actime, buf.contents.modtime
             times = ((a.tv_sec, a.tv_nsec), (m.tv_sec, m.tv_nsec))
+        if path is None:
+            raise OSError(errno.ESTALE, "file was unlinked")
         return self.operations.utimens(os.fsdecode(path), times)
 
 
@@ -181,7 +184,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     old_umask = os.umask(0)         # modes come from the callers, already masked by the kernel
     try:
         _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
-              use_ino=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
+              use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
         return 1

@@ -79,7 +79,7 @@ class Interception(mfusepy.Operations):
 
     # reads -----------------------------------------------------------------------------------
 
-    def getattr(self, path: str, fh: int | None = None) -> dict:
+    def getattr(self, path: str | None, fh: int | None = None) -> dict:
         return stat_dict(os.fstat(fh) if fh is not None else self._lstat(rel(path)))
 
     def readlink(self, path: str) -> str:
@@ -158,7 +158,9 @@ class Interception(mfusepy.Operations):
 
     # data ------------------------------------------------------------------------------------
 
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        if path is None:   # unlinked while open: no name left in either tree, nothing to send
+            return os.pwrite(fh, data, offset)
         p = rel(path)
         with self.repl.change(((p, offset, len(data)),)) as tx:
             written = os.pwrite(fh, data, offset)
@@ -167,7 +169,10 @@ class Interception(mfusepy.Operations):
                     data if written == len(data) else data[:written])
         return written
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if path is None:
+            os.ftruncate(fh, length)
+            return 0
         p = rel(path)
         with self.repl.change(((p,),)) as tx:
             if fh is not None:
@@ -177,14 +182,20 @@ class Interception(mfusepy.Operations):
             tx.send(Op.TRUNCATE, (length,), (os.fsencode(p),), self._times(p))
         return 0
 
-    def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        if path is None:
+            fallocate(fh, mode, offset, size)
+            return 0
         p = rel(path)
         with self.repl.change(((p,),)) as tx:
             fallocate(fh, mode, offset, size)
             tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
         return 0
 
-    def fsync(self, path: str, datasync: int, fh: int) -> int:
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        if path is None:
+            (os.fdatasync if datasync else os.fsync)(fh)
+            return 0
         p = rel(path)
         with self.repl.change(()) as tx:
             tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)

@@ -1,0 +1,189 @@
+"""A real replicated mount for tests: a receiver process, a mount process, both cleaned up.
+
+``MirrorPair`` starts ``hamirror mirror receive`` and ``hamirror mirror mount --foreground`` as
+real processes over loopback with CURVE keys, and always unmounts and ends them (by PID).
+``tree_snapshot`` captures what the tests compare on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+HAMIRROR = [sys.executable, "-m", "hamirror"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def is_fuse_mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == real and line.split()[2].startswith("fuse") for line in f)
+
+
+@dataclass
+class MirrorPair:
+    base: str
+    mode: str = "sync"
+    timeout: float = 5.0
+    replicate: bool = True
+    primary: str = field(init=False)
+    secondary: str = field(init=False)
+    keys: str = field(init=False)
+    state: str = field(init=False)
+    port: int = field(init=False)
+    receiver: subprocess.Popen | None = field(init=False, default=None)
+    mounter: subprocess.Popen | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.primary = os.path.join(self.base, "primary")
+        self.secondary = os.path.join(self.base, "secondary")
+        self.keys = os.path.join(self.base, "keys")
+        self.state = os.path.join(self.base, "state")
+        os.makedirs(self.primary, exist_ok=True)
+        os.makedirs(self.secondary, exist_ok=True)
+        subprocess.run(HAMIRROR + ["keygen", "--keys", self.keys, "--name", "test"], check=True,
+                       capture_output=True)
+        self.port = free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def log(self, name: str) -> str:
+        return os.path.join(self.base, f"{name}.log")
+
+    def start_receiver(self) -> None:
+        with open(self.log("receiver"), "ab") as out:
+            self.receiver = subprocess.Popen(
+                HAMIRROR + ["-v", "mirror", "receive", "--dir", self.secondary, "--bind", self.endpoint,
+                            "--keys", self.keys], stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: _listening(self.port), 10, what="the receiver to listen")
+
+    def mount(self, extra: tuple[str, ...] = ()) -> None:
+        peer = ["--no-replication"] if not self.replicate else ["--peer", self.endpoint]
+        with open(self.log("mount"), "ab") as out:
+            self.mounter = subprocess.Popen(
+                HAMIRROR + ["-v", "mirror", "mount", "--foreground", "--dir", self.primary, *peer,
+                            "--keys", self.keys, "--state-dir", self.state, "--mode", self.mode,
+                            "--timeout", str(self.timeout), *extra], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: is_fuse_mounted(self.primary) or self.mounter.poll() is not None, 20,
+                     what="the mount")
+        finally:
+            if not is_fuse_mounted(self.primary):
+                raise AssertionError(f"mount failed: {open(self.log('mount')).read()[-2000:]}")
+
+    def start(self) -> "MirrorPair":
+        if self.replicate:
+            self.start_receiver()
+        self.mount()
+        return self
+
+    def status(self) -> dict:
+        import json
+        with open(os.path.join(self.state, "status.json")) as f:
+            return json.load(f)
+
+    def kill_receiver(self) -> None:
+        if self.receiver is not None and self.receiver.poll() is None:
+            self.receiver.send_signal(signal.SIGKILL)
+            self.receiver.wait(10)
+
+    def umount(self) -> None:
+        if is_fuse_mounted(self.primary):
+            subprocess.run(["fusermount3", "-u", self.primary], capture_output=True)
+            if is_fuse_mounted(self.primary):
+                subprocess.run(["fusermount3", "-u", "-z", self.primary], capture_output=True)
+        if self.mounter is not None:
+            try:
+                self.mounter.wait(30)
+            except subprocess.TimeoutExpired:
+                self.mounter.kill()
+                self.mounter.wait(10)
+
+    def stop(self) -> None:
+        """Unmount and end both processes, whatever state they are in."""
+        try:
+            self.umount()
+        finally:
+            if self.receiver is not None and self.receiver.poll() is None:
+                self.receiver.terminate()
+                try:
+                    self.receiver.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.receiver.kill()
+                    self.receiver.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def tree_snapshot(root: str, with_atime: bool = False) -> dict:
+    """Everything that must match on both sides: bytes, size, mode, owner, mtime (ns), symlink
+    targets, hard-link groups, xattrs, empty directories."""
+    entries: dict[str, tuple] = {}
+    inode_groups: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            content: object = None
+            if stat.S_ISLNK(st.st_mode):
+                content = os.readlink(full)
+            elif stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    content = f.read()
+                if st.st_nlink > 1:
+                    inode_groups.setdefault(st.st_ino, []).append(rel)
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                a: os.getxattr(full, a, follow_symlinks=False) for a in os.listxattr(full, follow_symlinks=False)}
+            entries[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                            st.st_mtime_ns if not stat.S_ISLNK(st.st_mode) else None,
+                            content, tuple(sorted(xattrs.items())))
+        dirnames.sort()
+    links = sorted(tuple(sorted(group)) for group in inode_groups.values())
+    root_st = os.lstat(root)
+    return {"entries": entries, "links": links, "root": (root_st.st_mode, root_st.st_mtime_ns)}
+
+
+def diff_snapshots(a: dict, b: dict) -> list[str]:
+    """Human-readable differences, for assertion messages."""
+    problems = []
+    for key in sorted(set(a["entries"]) | set(b["entries"])):
+        ea, eb = a["entries"].get(key), b["entries"].get(key)
+        if ea != eb:
+            fields = ("mode", "uid", "gid", "size", "mtime_ns", "content", "xattrs")
+            if ea is None or eb is None:
+                problems.append(f"{key}: only on {'secondary' if ea is None else 'primary'}")
+            else:
+                bad = [f"{f}: {x!r:.60} != {y!r:.60}" for f, x, y in zip(fields, ea, eb) if x != y]
+                problems.append(f"{key}: " + "; ".join(bad))
+    if a["links"] != b["links"]:
+        problems.append(f"hard-link groups differ: {a['links']} != {b['links']}")
+    if a["root"] != b["root"]:
+        problems.append(f"root differs: {a['root']} != {b['root']}")
+    return problems

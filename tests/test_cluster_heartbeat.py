@@ -1,0 +1,168 @@
+"""Heartbeat codec: round trip, every tampering, replay, skew, truncation and fuzzing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hamirror.cluster.heartbeat import (
+    MAX_DATAGRAM, Heartbeat, HeartbeatRejected, ModuleInfo, Reason, Validator, decode, encode,
+    load_cluster_key, sign,
+)
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import SwapPhase
+
+KEY = b"k" * 32
+NOW = 1_700_000_000.0
+
+
+def hb(**kw) -> Heartbeat:
+    base = dict(cluster="lab", node="node2", boot_id="b00t", counter=1, timestamp=NOW,
+                modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3", SwapPhase.REQUEST)})
+    base.update(kw)
+    return Heartbeat(**base)
+
+
+def validator() -> Validator:
+    return Validator("lab", "node1", {"node2"}, KEY, max_skew=10.0)
+
+
+def reason_of(data: bytes, v: Validator | None = None, now: float = NOW) -> Reason:
+    with pytest.raises(HeartbeatRejected) as info:
+        (v or validator()).accept(data, now)
+    return info.value.reason
+
+
+def test_round_trip_and_size() -> None:
+    data = encode(hb(), KEY)
+    assert decode(data, KEY) == hb()
+    assert validator().accept(data, NOW) == hb()
+    assert len(data) < 200
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("cluster", "other", Reason.WRONG_CLUSTER),
+    ("node", "node1", Reason.OWN_NAME),
+    ("node", "intruder", Reason.UNKNOWN_SENDER),
+    ("timestamp", NOW + 10.5, Reason.SKEW),
+    ("timestamp", NOW - 10.5, Reason.SKEW),
+])
+def test_signed_but_wrong_fields_are_rejected(field: str, value: object, reason: Reason) -> None:
+    v = validator()
+    assert reason_of(encode(hb(**{field: value}), KEY), v) is reason
+    assert v.rejected == {reason: 1}
+
+
+def test_skew_within_bound_is_accepted() -> None:
+    assert validator().accept(encode(hb(timestamp=NOW - 9.9), KEY), NOW).counter == 1
+
+
+def test_every_flipped_byte_is_rejected() -> None:
+    data = encode(hb(), KEY)
+    v = validator()
+    for i in range(len(data)):
+        forged = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+        assert reason_of(forged, v) is Reason.BAD_MAC
+    assert v.rejected[Reason.BAD_MAC] == len(data)
+
+
+def test_wrong_key_is_bad_mac() -> None:
+    assert reason_of(encode(hb(), b"x" * 32)) is Reason.BAD_MAC
+
+
+def test_every_truncation_is_rejected() -> None:
+    data = encode(hb(), KEY)
+    for n in range(len(data)):
+        assert reason_of(data[:n]) in (Reason.MALFORMED, Reason.BAD_MAC)
+
+
+def test_oversized_is_rejected_before_the_mac() -> None:
+    assert reason_of(b"\0" * (MAX_DATAGRAM + 1)) is Reason.OVERSIZED
+    with pytest.raises(ValueError):
+        encode(hb(modules={f"m{i}": ModuleInfo(NodeState.PRIM, True, "g" * 100)
+                           for i in range(100)}), KEY)
+
+
+def test_replay_and_counter_order() -> None:
+    v = validator()
+    v.accept(encode(hb(counter=5), KEY), NOW)
+    assert reason_of(encode(hb(counter=5), KEY), v) is Reason.REPLAY
+    assert reason_of(encode(hb(counter=4), KEY), v) is Reason.REPLAY
+    assert v.accept(encode(hb(counter=6), KEY), NOW).counter == 6
+    # a new boot starts its counter again; the old boot's counters still block its replays
+    assert v.accept(encode(hb(boot_id="boot2", counter=1), KEY), NOW).boot_id == "boot2"
+    assert reason_of(encode(hb(counter=6), KEY), v) is Reason.REPLAY
+    assert v.rejected[Reason.REPLAY] == 3
+
+
+def test_rejected_datagram_does_not_advance_the_counter() -> None:
+    v = validator()
+    assert reason_of(encode(hb(counter=9, timestamp=NOW + 60), KEY), v) is Reason.SKEW
+    assert v.accept(encode(hb(counter=2), KEY), NOW).counter == 2
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b.update(v=2), lambda b: b.update(s=-1), lambda b: b.update(s=True),
+    lambda b: b.update(s="1"), lambda b: b.update(t="now"), lambda b: b.update(c=""),
+    lambda b: b.update(n=7), lambda b: b.update(b="x" * 65), lambda b: b.update(m=[]),
+    lambda b: b.pop("t"), lambda b: b["m"]["demo"].update(st="MASTER"),
+    lambda b: b["m"]["demo"].update(u=1), lambda b: b["m"]["demo"].update(w="later"),
+    lambda b: b["m"]["demo"].pop("g"), lambda b: b["m"].update(demo=3),
+])
+def test_well_signed_malformed_bodies(mutate) -> None:
+    body = json.loads(encode(hb(), KEY)[32:])
+    mutate(body)
+    assert reason_of(sign(json.dumps(body).encode(), KEY)) is Reason.MALFORMED
+
+
+def test_signed_non_json_and_nan() -> None:
+    assert reason_of(sign(b"\xff\xfe not json", KEY)) is Reason.MALFORMED
+    assert reason_of(sign(b"[" * 5000, KEY)) is Reason.MALFORMED
+    body = json.loads(encode(hb(), KEY)[32:])
+    body["t"] = float("nan")
+    assert reason_of(sign(json.dumps(body).encode(), KEY)) is Reason.MALFORMED
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=MAX_DATAGRAM + 100))
+def test_fuzz_raw_bytes_only_rejects(data: bytes) -> None:
+    with pytest.raises(HeartbeatRejected):
+        validator().accept(data, NOW)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20)
+
+
+MODULE_FIELDS = {"st", "u", "g", "w"}
+FIELDS = ["v", "c", "n", "b", "s", "t", "m", *sorted(MODULE_FIELDS)]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(FIELDS), json_values), max_size=3))
+def test_fuzz_signed_structures_never_raise_anything_else(changes: list) -> None:
+    """Start from a valid body, overwrite fields (top level or in the module) with any JSON."""
+    body = json.loads(encode(hb(), KEY)[32:])
+    for field, value in changes:
+        module = body["m"].get("demo") if isinstance(body["m"], dict) else None
+        target = module if field in MODULE_FIELDS else body
+        if isinstance(target, dict):
+            target[field] = value
+    try:
+        validator().accept(sign(json.dumps(body).encode(), KEY), NOW)
+    except HeartbeatRejected:
+        pass
+
+
+def test_load_cluster_key(tmp_path) -> None:
+    good, short = tmp_path / "good", tmp_path / "short"
+    good.write_bytes(b"a" * 40 + b"\n")
+    short.write_bytes(b"a" * 31)
+    assert load_cluster_key(str(good)) == b"a" * 40
+    with pytest.raises(ValueError, match="at least 32"):
+        load_cluster_key(str(short))

@@ -1,0 +1,117 @@
+"""Two real heartbeat services talking over 127.0.0.1 UDP, with an injected clock for timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+from hamirror.cluster.heartbeat import ModuleInfo, Reason
+from hamirror.cluster.heartbeat_service import HeartbeatService
+from hamirror.cluster.states import NodeState
+
+KEY = b"s" * 32
+LOOPBACK = "127.0.0.1"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind((LOOPBACK, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class FakeClock:
+    """Monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pair(key_b: bytes = KEY, networks: int = 2) -> tuple[HeartbeatService, HeartbeatService, FakeClock]:
+    ports = free_ports(2 * networks)
+    a_bind = [(LOOPBACK, p) for p in ports[:networks]]
+    b_bind = [(LOOPBACK, p) for p in ports[networks:]]
+    clock = FakeClock()
+    a_mods = {"demo": ModuleInfo(NodeState.PRIM, True, "g1")}
+    b_mods = {"demo": ModuleInfo(NodeState.SECOND, True, "g1")}
+    a = HeartbeatService("lab", "node1", "node2", KEY, a_bind, b_bind, lambda: a_mods,
+                         interval=0.02, timeout=2.0, clock=clock)
+    b = HeartbeatService("lab", "node2", "node1", key_b, b_bind, a_bind, lambda: b_mods,
+                         interval=0.02, timeout=2.0, clock=clock)
+    return a, b, clock
+
+
+async def until(cond: Callable[[], bool], limit: float = 3.0) -> bool:
+    for _ in range(int(limit / 0.01)):
+        if cond():
+            return True
+        await asyncio.sleep(0.01)
+    return cond()
+
+
+def run(body: Callable[[HeartbeatService, HeartbeatService, FakeClock], Awaitable[None]],
+        **kw) -> None:
+    async def main() -> None:
+        a, b, clock = pair(**kw)
+        await a.start()
+        await b.start()
+        try:
+            await body(a, b, clock)
+        finally:
+            await a.stop()
+            await b.stop()
+    asyncio.run(main())
+
+
+def test_peers_see_each_other_on_every_network_then_time_out() -> None:
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        assert await until(lambda: all(n["up"] for n in a.networks() + b.networks()))
+        assert a.peer_alive() and b.peer_alive()
+        assert a.peer_modules()["demo"].state is NodeState.SECOND
+        assert b.peer_modules()["demo"] == ModuleInfo(NodeState.PRIM, True, "g1")
+        await b.stop()
+        await asyncio.sleep(0.05)                    # let datagrams in flight land
+        clock.now += 2.5                             # nothing heard for longer than timeout
+        assert not a.peer_alive()
+        assert a.peer_modules() == {}
+        assert [n["up"] for n in a.networks()] == [False, False]
+        assert a.rejected == {}
+    run(body)
+
+
+def test_one_network_down_keeps_peer_alive() -> None:
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        assert await until(lambda: all(n["up"] for n in a.networks()))
+        b._transports[1].close()                     # cut network 1 only (b's socket on it)
+        await asyncio.sleep(0.05)
+        clock.now += 2.5
+        assert await until(lambda: a.networks()[0]["up"])
+        assert a.peer_alive()
+        assert not a.networks()[1]["up"]
+    run(body)
+
+
+def test_wrong_key_is_counted_and_never_alive() -> None:
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        assert await until(lambda: a.rejected.get(Reason.BAD_MAC.value, 0) >= 4)
+        assert not a.peer_alive() and not b.peer_alive()
+    run(body, key_b=b"t" * 32)
+
+
+def test_replayed_datagram_is_rejected_by_the_service() -> None:
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        captured: list[bytes] = []
+        original = a.received
+        a.received = lambda i, data: (captured.append(data), original(i, data))  # type: ignore
+        assert await until(lambda: len(captured) >= 1)
+        before = a.rejected.get(Reason.REPLAY.value, 0)
+        original(0, captured[0])
+        assert a.rejected.get(Reason.REPLAY.value, 0) == before + 1
+    run(body)
