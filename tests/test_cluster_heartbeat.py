@@ -56,6 +56,14 @@ def test_signed_but_wrong_fields_are_rejected(field: str, value: object, reason:
     assert v.rejected == {reason: 1}
 
 
+def test_copy_replayed_on_another_network_is_rejected() -> None:
+    v = validator()
+    data = encode(hb(network=1), KEY)
+    assert v.accept(data, NOW, network=1).network == 1
+    assert reason_of(data, v) is Reason.WRONG_NETWORK          # arrives on network 0
+    assert v.accept(encode(hb(network=0), KEY), NOW, network=0).counter == 1
+
+
 def test_skew_within_bound_is_accepted() -> None:
     assert validator().accept(encode(hb(timestamp=NOW - 9.9), KEY), NOW).counter == 1
 

@@ -1,0 +1,200 @@
+"""Heartbeat datagrams: encoding, HMAC authentication and validation (pure, no sockets).
+
+Wire format: ``MAC(32 bytes) || body`` where body is compact UTF-8 JSON and MAC is
+HMAC-SHA256(cluster key, body). Everything that is not a fresh, authentic heartbeat from the peer
+raises :class:`HeartbeatRejected` with a reason, and the :class:`Validator` counts reasons for
+``hamirror status``. The transport lives in :mod:`heartbeat_service` (zeroconf's codec/engine
+split), so this module is fuzzed without a network.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import hashlib
+import hmac
+import json
+import math
+import os
+from collections.abc import Mapping
+
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import SwapPhase
+
+MAX_DATAGRAM = 8192
+MAC_SIZE = 32
+MIN_KEY_SIZE = 32
+VERSION = 1
+MAX_NAME = 64
+BOOTS_REMEMBERED = 16       # per sender: (boot, network) pairs whose counters block replays
+
+
+class Reason(enum.Enum):
+    """Why a datagram was rejected (the counters' keys)."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed"
+    BAD_MAC = "bad_mac"
+    WRONG_CLUSTER = "wrong_cluster"
+    UNKNOWN_SENDER = "unknown_sender"
+    OWN_NAME = "own_name"
+    WRONG_NETWORK = "wrong_network"
+    REPLAY = "replay"
+    SKEW = "skew"
+
+
+class HeartbeatRejected(Exception):
+    """A datagram that is not accepted as a heartbeat; ``reason`` says why."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleInfo:
+    """What a node advertises for one module."""
+
+    state: NodeState
+    uptodate: bool
+    generation: str
+    swap: SwapPhase = SwapPhase.NONE
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """One heartbeat. ``boot_id`` is random per agent start; ``counter`` grows within a boot and
+    network; ``timestamp`` is the sender's wall clock (bounds replays across boots); ``network``
+    is the index of the network it was sent on (a copy replayed on another network is refused)."""
+
+    cluster: str
+    node: str
+    boot_id: str
+    counter: int
+    timestamp: float
+    modules: Mapping[str, ModuleInfo] = dataclasses.field(default_factory=dict)
+    network: int = 0
+
+
+def new_boot_id() -> str:
+    """A random id for this agent start."""
+    return os.urandom(8).hex()
+
+
+def load_cluster_key(path: str) -> bytes:
+    """Read the shared heartbeat key; refuse keys shorter than 32 bytes."""
+    with open(path, "rb") as f:
+        key = f.read().strip()
+    if len(key) < MIN_KEY_SIZE:
+        raise ValueError(f"{path}: cluster key has {len(key)} bytes, needs at least {MIN_KEY_SIZE}")
+    return key
+
+
+def sign(body: bytes, key: bytes) -> bytes:
+    """Prefix ``body`` with its MAC (exposed for tests that forge well-signed garbage)."""
+    return hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def encode(hb: Heartbeat, key: bytes) -> bytes:
+    """Serialise and sign; ValueError if the datagram would exceed 8 KiB."""
+    body = {
+        "v": VERSION, "c": hb.cluster, "n": hb.node, "b": hb.boot_id, "s": hb.counter,
+        "t": hb.timestamp, "i": hb.network,
+        "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value}
+              for name, m in hb.modules.items()},
+    }
+    data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"heartbeat of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
+
+
+def decode(data: bytes, key: bytes) -> Heartbeat:
+    """Check size and MAC, then parse; says nothing yet about who sent it or when."""
+    if len(data) > MAX_DATAGRAM:
+        raise HeartbeatRejected(Reason.OVERSIZED, f"{len(data)} bytes")
+    if len(data) <= MAC_SIZE:
+        raise HeartbeatRejected(Reason.MALFORMED, "too short")
+    mac, body = data[:MAC_SIZE], data[MAC_SIZE:]
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        raise HeartbeatRejected(Reason.BAD_MAC)
+    try:
+        return _parse(json.loads(body))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise HeartbeatRejected(Reason.MALFORMED, str(exc)[:100]) from None
+
+
+def _text(value: object, limit: int = MAX_NAME) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError(f"bad text field {value!r:.40}")
+    return value
+
+
+def _parse(obj: dict) -> Heartbeat:
+    if not isinstance(obj, dict) or obj.get("v") != VERSION:
+        raise ValueError("not a version 1 heartbeat")
+    counter, timestamp, modules, network = obj["s"], obj["t"], obj["m"], obj["i"]
+    if type(counter) is not int or counter < 0 or type(network) is not int or network < 0:
+        raise ValueError("bad counter or network")
+    if type(timestamp) not in (int, float) or not math.isfinite(timestamp):
+        raise ValueError("bad timestamp")
+    if not isinstance(modules, dict):
+        raise ValueError("bad module table")
+    return Heartbeat(cluster=_text(obj["c"]), node=_text(obj["n"]), boot_id=_text(obj["b"]),
+                     counter=counter, timestamp=float(timestamp),
+                     modules={_text(k): _module(v) for k, v in modules.items()},
+                     network=network)
+
+
+def _module(obj: dict) -> ModuleInfo:
+    if not isinstance(obj, dict) or type(obj["u"]) is not bool:
+        raise ValueError("bad module entry")
+    return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
+                      generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]))
+
+
+class Validator:
+    """Accepts only fresh heartbeats of this cluster's peer; remembers counters to stop replays.
+
+    Counters are kept per sender and (boot id, network) for the last few boots and networks; a
+    boot older than those is stopped by the timestamp check (``max_skew``): its heartbeats are old.
+    """
+
+    def __init__(self, cluster: str, own: str, peers: set[str] | frozenset[str], key: bytes,
+                 max_skew: float = 10.0) -> None:
+        self.cluster, self.own, self.peers, self.key = cluster, own, frozenset(peers), key
+        self.max_skew = max_skew
+        self.rejected: collections.Counter[Reason] = collections.Counter()
+        self._last: dict[str, collections.OrderedDict[tuple[str, int], int]] = {}
+
+    def accept(self, data: bytes, now_wall: float, network: int = 0) -> Heartbeat:
+        """Decode and validate ``data`` received on ``network`` at wall time ``now_wall``;
+        count rejections."""
+        try:
+            hb = self._check(decode(data, self.key), now_wall, network)
+        except HeartbeatRejected as exc:
+            self.rejected[exc.reason] += 1
+            raise
+        boots = self._last.setdefault(hb.node, collections.OrderedDict())
+        boots[(hb.boot_id, network)] = hb.counter
+        boots.move_to_end((hb.boot_id, network))
+        while len(boots) > BOOTS_REMEMBERED:
+            boots.popitem(last=False)
+        return hb
+
+    def _check(self, hb: Heartbeat, now_wall: float, network: int) -> Heartbeat:
+        if hb.cluster != self.cluster:
+            raise HeartbeatRejected(Reason.WRONG_CLUSTER, hb.cluster)
+        if hb.node == self.own:
+            raise HeartbeatRejected(Reason.OWN_NAME)
+        if hb.node not in self.peers:
+            raise HeartbeatRejected(Reason.UNKNOWN_SENDER, hb.node)
+        if abs(hb.timestamp - now_wall) > self.max_skew:
+            raise HeartbeatRejected(Reason.SKEW, f"{hb.timestamp - now_wall:+.1f} s")
+        if hb.network != network:
+            raise HeartbeatRejected(Reason.WRONG_NETWORK, f"sent on {hb.network}, got on {network}")
+        last = self._last.get(hb.node, {}).get((hb.boot_id, network))
+        if last is not None and hb.counter <= last:
+            raise HeartbeatRejected(Reason.REPLAY, f"counter {hb.counter} <= {last}")
+        return hb

@@ -1,0 +1,128 @@
+"""UDP transport for heartbeats: send to the peer on every network, receive on every local address.
+
+One socket per network (``bind[i]`` talks to ``peers[i]``), so each heartbeat leaves by the network
+it describes and the per-network last-seen times say which links are up. Clocks are injected:
+``clock`` (monotonic) stamps receptions and drives ``peer_alive``; ``wall`` feeds the skew check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from hamirror.cluster.heartbeat import (
+    Heartbeat, HeartbeatRejected, ModuleInfo, Validator, encode, new_boot_id,
+)
+
+log = logging.getLogger(__name__)
+Address = tuple[str, int]
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """Hands every datagram of network ``index`` to the service."""
+
+    def __init__(self, service: HeartbeatService, index: int) -> None:
+        self.service, self.index = service, index
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.service.received(self.index, data)
+
+    def error_received(self, exc: Exception) -> None:      # e.g. ICMP port unreachable
+        log.debug("heartbeat network %d: %s", self.index, exc)
+
+
+class HeartbeatService:
+    """Sends this node's heartbeats every ``interval`` and tracks the peer's."""
+
+    def __init__(self, cluster: str, node: str, peer: str, key: bytes,
+                 bind: list[Address], peers: list[Address],
+                 modules: Callable[[], Mapping[str, ModuleInfo]],
+                 interval: float = 0.3, timeout: float = 2.0, max_skew: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if len(bind) != len(peers) or not bind:
+            raise ValueError("need one local and one peer address per heartbeat network")
+        self.cluster, self.node, self.peer, self.key = cluster, node, peer, key
+        self.bind, self.peers, self.modules = list(bind), list(peers), modules
+        self.interval, self.timeout, self.clock, self.wall = interval, timeout, clock, wall
+        self.validator = Validator(cluster, node, {peer}, key, max_skew)
+        self.boot_id = new_boot_id()
+        self.counter = 0
+        self.last_seen: list[float | None] = [None] * len(bind)
+        self.peer_heartbeat: Heartbeat | None = None
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Bind every local address and start sending."""
+        loop = asyncio.get_running_loop()
+        for index, addr in enumerate(self.bind):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda index=index: _Receiver(self, index), local_addr=addr)
+            self._transports.append(transport)
+        self._task = asyncio.create_task(self._send_loop(), name=f"heartbeat-{self.node}")
+
+    async def stop(self) -> None:
+        """Stop sending and close the sockets."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+    def send_now(self) -> None:
+        """Send one heartbeat on every network (also called right after a change of state)."""
+        self.counter += 1
+        modules, wall = dict(self.modules()), self.wall()
+        for index, (transport, addr) in enumerate(zip(self._transports, self.peers)):
+            hb = Heartbeat(self.cluster, self.node, self.boot_id, self.counter, wall, modules, index)
+            try:
+                transport.sendto(encode(hb, self.key), addr)
+            except Exception as exc:  # noqa: BLE001 - one network's failure must not stop others
+                log.warning("heartbeat not sent on network %d: %s", index, exc)
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                self.send_now()
+            except Exception as exc:  # noqa: BLE001 - a failing module provider must not stop us
+                log.error("heartbeat not sent: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    def received(self, index: int, data: bytes) -> None:
+        """Validate one datagram from network ``index``; rejections are only counted."""
+        try:
+            hb = self.validator.accept(data, self.wall(), index)
+        except HeartbeatRejected as exc:
+            log.debug("heartbeat rejected on network %d: %s", index, exc)
+            return
+        self.last_seen[index] = self.clock()
+        self.peer_heartbeat = hb
+
+    def peer_alive(self, now: float | None = None) -> bool:
+        """Whether the peer was heard on any network within ``timeout``."""
+        now = self.clock() if now is None else now
+        return any(t is not None and now - t <= self.timeout for t in self.last_seen)
+
+    def peer_modules(self, now: float | None = None) -> Mapping[str, ModuleInfo]:
+        """The peer's last advertised modules, empty once the peer is considered lost."""
+        if self.peer_heartbeat is None or not self.peer_alive(now):
+            return {}
+        return self.peer_heartbeat.modules
+
+    def networks(self, now: float | None = None) -> list[dict]:
+        """Per network, for status: addresses, seconds since last heard (None: never), up."""
+        now = self.clock() if now is None else now
+        return [{"local": f"{b[0]}:{b[1]}", "peer": f"{p[0]}:{p[1]}",
+                 "age": None if t is None else now - t,
+                 "up": t is not None and now - t <= self.timeout}
+                for b, p, t in zip(self.bind, self.peers, self.last_seen)]
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Rejected datagrams by reason, for status and metrics."""
+        return {reason.value: n for reason, n in self.validator.rejected.items()}
