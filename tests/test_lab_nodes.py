@@ -134,3 +134,26 @@ def test_two_labs_coexist_and_down_touches_only_its_own(tmp_path):
             assert lab_a.exec("node1", "python3", "-c", READ_ONE).stdout == "refused\n"
         assert lab_a.sh("node1", "cat /srv/lab") == "A\n"
         assert lab_a.probe("client", ADDRESSES["node2"]) == "reachable"
+
+
+DEAD_FUSE = """
+import ctypes, os, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+fd = os.open("/dev/fuse", os.O_RDWR)
+data = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+if ctypes.CDLL(None, use_errno=True).mount(b"labtest", sys.argv[1].encode(), b"fuse.labtest", 0, data) != 0:
+    raise SystemExit(os.strerror(ctypes.get_errno()))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+def test_boot_releases_a_dead_fuse_mount_and_starts_without_any(lab):
+    # A FUSE mount whose daemon is gone (the device fd closed when the process exited), as after a kill.
+    lab.sh("node1", f"python3 -c '{DEAD_FUSE}' /srv/hamirror-demo")
+    assert "fuse.labtest" in lab.sh("node1", "cat /proc/self/mounts")
+    assert lab.exec("node1", "ls", "/srv/hamirror-demo").returncode != 0
+    assert lab.cli("kill", "node1").returncode == 0
+    assert lab.cli("boot", "node1", "--no-agent").returncode == 0
+    mounts = lab.sh("node1", "cat /proc/self/mounts")
+    assert " fuse" not in mounts
+    assert lab.sh("node1", "ls -A /srv/hamirror-demo") == ""

@@ -97,12 +97,14 @@ def create(paths: LabPaths, node: str) -> None:
 
 
 def _drop_namespace_references(paths: LabPaths, node: str) -> None:
-    """Detach the namespace files (nsfs) the new namespace copied from the host.
+    """Detach the namespace files (nsfs) and FUSE mounts the new namespace copied from the host.
 
-    Left in place, they would keep other nodes' and other labs' namespaces alive after those are
-    deleted or rebooted, and let a node see the other node's disks.
+    Left in place, namespace files would keep other nodes' and other labs' namespaces alive after
+    those are deleted or rebooted; a copied FUSE mount would keep someone else's FUSE connection
+    alive after they unmount it on the host, so their daemon never learns it is done. A booted
+    node starts with no FUSE mount anyway.
     """
-    targets = [t for _, t, fstype in inside_mounts(paths, node) if fstype == "nsfs"]
+    targets = [t for _, t, fstype in inside_mounts(paths, node) if fstype == "nsfs" or fstype.startswith("fuse")]
     if targets:
         run(_enter(paths, node, "umount", "-l", *sorted(targets, key=len, reverse=True)))
 
