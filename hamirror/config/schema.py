@@ -136,12 +136,6 @@ def one_of(*choices: str) -> Check:
     return check
 
 
-def any_table(value: Any) -> dict:
-    """A table of free values (``[vars]``)."""
-    _expect(value, (dict,), "a table")
-    return dict(value)
-
-
 def read_table(errors: ErrorList, table: Mapping[str, Any], prefix: str,
                fields: Mapping[str, Field]) -> dict[str, Any]:
     """Check ``table`` against ``fields``: every known key converted, defaults filled in.
