@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hamirror.cluster.actions import (
-    AddVip, ForgetHistory, MarkUpToDate, NewGeneration, StartResync,
+    ForgetHistory, MarkUpToDate, NewGeneration, StartResync,
 )
 from hamirror.cluster.decide import decide
 from hamirror.cluster.states import NodeState, is_allowed
