@@ -157,3 +157,11 @@ def test_a_module_folder_without_module_toml(tmp_path, cluster_path):
     (tmp_path / "modules" / ".hidden").mkdir()
     assert messages(check(cluster_path)) == [
         f"{toml_of(tmp_path, 'empty')}: cannot read: No such file or directory"]
+
+
+def test_checker_names_are_unique_and_vars_are_identifiers(tmp_path, cluster_path):
+    second = '[[checkers]]\ntype = "interface"\nname = "port"\ninterface = "{{ interface }}"\n\n[vars]\nmy-port = 1'
+    assert module_errors(tmp_path, cluster_path, replace={"[vars]": second}) == [
+        f"{toml_of(tmp_path)}: checkers[1].name: duplicate checker name 'port'",
+        f"{toml_of(tmp_path)}: vars.my-port: must be a valid template variable name (got 'my-port')",
+    ]
