@@ -157,7 +157,7 @@ COMMON_CHECKER_FIELDS = {
 CHECKER_FIELDS = {
     "process": {"process": Field(schema.string(), None), "cmdline_contains": Field(schema.string(), None)},
     "tcp": {"host": Field(schema.string()), "port": Field(schema.port())},
-    "interface": {"interface": Field(schema.string())},  # a template: checked once rendered
+    "interface": {"interface": Field(schema.string())},  # may be a template: "{{ interface }}"
     "script": {"path": Field(schema.string())},
 }
 
