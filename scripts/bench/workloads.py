@@ -1,0 +1,129 @@
+"""Workloads shared by the benchmarks in this folder (mirror.py, binding.py).
+
+Each workload runs in a fresh subdirectory of the directory it is given, returns its figure
+(higher is better, except latencies), and removes what it wrote afterwards (outside the timing),
+so repetitions and configurations do not see each other's files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import statistics
+import time
+import uuid
+
+MIB = 1024 * 1024
+
+
+def fresh(directory: str, tag: str) -> str:
+    path = os.path.join(directory, f"{tag}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    return path
+
+
+def settle(directory: str) -> None:
+    """Write back dirty pages of this filesystem before a timed run (no cache is dropped)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.syncfs(fd) if hasattr(os, "syncfs") else os.sync()
+    finally:
+        os.close(fd)
+
+
+def _cleanup(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def seq_write(directory: str, size_mib: int, fsync: bool = True) -> float:
+    """One new file written in 1 MiB blocks, then fsync (if asked): MB/s (10^6 bytes/s)."""
+    work = fresh(directory, "seq")
+    block = os.urandom(MIB)
+    fd = os.open(os.path.join(work, "big"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        start = time.perf_counter()
+        for _ in range(size_mib):
+            os.write(fd, block)
+        if fsync:
+            os.fsync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        _cleanup(work)
+    return size_mib * MIB / elapsed / 1e6
+
+
+def small_files(directory: str, count: int, fsync: bool = False) -> float:
+    """``count`` new files of 4 KiB each (create, write, [fsync,] close): files/s."""
+    work = fresh(directory, "small")
+    data = os.urandom(4096)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        start = time.perf_counter()
+        for i in range(count):
+            fd = os.open(os.path.join(work, f"f{i:06d}"), flags, 0o644)
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        _cleanup(work)
+    return count / elapsed
+
+
+def sqlite_txns(directory: str, count: int) -> float:
+    """``count`` single-row INSERT transactions, WAL, synchronous=FULL: txn/s."""
+    work = fresh(directory, "sqlite")
+    try:
+        db = sqlite3.connect(os.path.join(work, "bench.db"), isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            payload = os.urandom(100)
+            start = time.perf_counter()
+            for i in range(count):
+                db.execute("BEGIN")
+                db.execute("INSERT INTO t (id, v) VALUES (?, ?)", (i, payload))
+                db.execute("COMMIT")
+            elapsed = time.perf_counter() - start
+        finally:
+            db.close()
+    finally:
+        _cleanup(work)
+    return count / elapsed
+
+
+def fsync_latency(directory: str, count: int) -> tuple[float, float]:
+    """Appending 4 KiB then fsync, ``count`` times: (p50, p99) in ms."""
+    work = fresh(directory, "lat")
+    data = os.urandom(4096)
+    samples = []
+    fd = os.open(os.path.join(work, "lat"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, data)
+            os.fsync(fd)
+            samples.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        _cleanup(work)
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def environment() -> dict:
+    """Date, machine and disk, for the report."""
+    import platform
+    import subprocess
+    src = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", os.getcwd()],
+                         capture_output=True, text=True).stdout.strip()
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "nproc": os.cpu_count(),
+            "kernel": platform.release(), "python": platform.python_version(), "disk": src}
