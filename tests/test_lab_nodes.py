@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -61,6 +62,9 @@ def test_exec_passes_stdin_stdout_and_the_exit_code(lab):
     assert result.stderr == "oops\n"
     assert lab.exec("client", "sh", "-c", 'echo "[$HAMIRROR_CONFIG]"').stdout == "[]\n"
     assert lab.exec("node1", "sh", "-c", 'echo "$HAMIRROR_CONFIG"').stdout == "/etc/hamirror/hamirror.toml\n"
+    root_after_host = subprocess.run([sys.executable, "-m", "hamirror", "lab", "exec", "node1", "--root", lab.root,
+                                      "--", "echo", "--root", "x"], capture_output=True, text=True, timeout=60)
+    assert (root_after_host.returncode, root_after_host.stdout) == (0, "--root x\n")
     unknown = lab.exec("nodeX", "true")
     assert unknown.returncode == 1 and "unknown host 'nodeX'" in unknown.stderr
 

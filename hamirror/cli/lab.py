@@ -86,11 +86,21 @@ def _up(paths: LabPaths, args: argparse.Namespace) -> int:
     return 0
 
 
+def _exec(args: argparse.Namespace) -> int:
+    """``exec HOST [--root DIR] -- CMD...``: options between HOST and ``--`` are the lab's, the rest is CMD."""
+    if "--" in args.cmd:
+        split = args.cmd.index("--")
+        head, args.cmd = args.cmd[:split], args.cmd[split + 1:]
+        options = argparse.ArgumentParser(prog="hamirror lab exec HOST", add_help=False)
+        options.add_argument("--root", default=args.root)
+        args.root = options.parse_args(head).root
+    return _run_exec(args)
+
+
 @_guard
-def _exec(paths: LabPaths, args: argparse.Namespace) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+def _run_exec(paths: LabPaths, args: argparse.Namespace) -> int:
     sys.stdout.flush()
-    return control.run_in(paths, args.host, cmd)
+    return control.run_in(paths, args.host, args.cmd)
 
 
 @_guard
