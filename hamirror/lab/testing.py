@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from hamirror.lab import mountns, netns, process, state
-from hamirror.lab.naming import LabPaths, resolve_root
+from hamirror.lab.naming import SWITCH, LabPaths, hosts_for, resolve_root
 
 # Run inside a host: "reachable" if the address answers (even with a refusal), else "cut".
 PROBE = """
@@ -75,9 +75,9 @@ def leftovers(root: str, recorded: state.LabState | None = None) -> list[str]:
     found = [f"namespace {n}" for n in netns.lab_netns(paths)]
     found += [f"mount {t}" for t in mountns.mounts_under(paths.root)]
     recorded = recorded or state.load(paths)
-    for started in recorded.processes if recorded else []:
-        if process.is_alive(started):
-            found.append(f"process {started.pid} ({started.name} on {started.host})")
+    for host in hosts_for(witness=True) + (SWITCH,):
+        mine = recorded.started_in(host) if recorded else []
+        found += [f"process {pid} of {host}" for pid in process.members(paths, host, mine) if process.is_running(pid)]
     return found
 
 
