@@ -85,7 +85,9 @@ class LinkClient:
         self.socket.linger = 0
         self.socket.sndhwm = self.socket.rcvhwm = 0
         keys.secure_client(self.socket, own, server_key)
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.socket.connect(endpoint)
         self._thread = threading.Thread(target=self._run, name="hamirror-link", daemon=True)
         self._running = True
@@ -209,7 +211,13 @@ class LinkClient:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._fail(f"peer {self.endpoint} refused this node's key (is its public key in the "
+                           "peer's keys directory?)")
+            elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self._fail(f"secure handshake with peer {self.endpoint} failed (do both sides have "
+                           "each other's public key?)")
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._fail(f"connection to peer {self.endpoint} lost")
 
     def _check_timeouts(self) -> None:
