@@ -82,12 +82,13 @@ class Receiver:
             return self._refuse(0, errno.EINVAL, f"malformed message: {exc}")
         if msg.op == Op.HELLO:
             return self._hello(msg)
-        if msg.op == Op.PING:
-            return encode_reply(msg.seq)
         if msg.session != self.stats.session or msg.seq != self.stats.next_seq:
             return self._refuse(msg.seq, EPROTO_STREAM,
                                 f"out of order: session {msg.session:x} seq {msg.seq}, "
                                 f"expected session {self.stats.session:x} seq {self.stats.next_seq}")
+        if msg.op == Op.PING:   # a barrier in the stream: it takes its sequence number too
+            self.stats.next_seq += 1
+            return encode_reply(msg.seq)
         try:
             self.applier.apply(msg)
         except OSError as exc:
