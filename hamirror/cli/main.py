@@ -17,6 +17,8 @@ COMMAND_GROUPS = [
     "hamirror.cli.keys",
     "hamirror.cli.mirror",
     "hamirror.cli.lab",
+    "hamirror.cli.agent",
+    "hamirror.cli.ops",
 ]
 
 

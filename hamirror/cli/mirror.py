@@ -29,12 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     receive.add_argument("--dir", required=True, help="the secondary's copy of the replicated directory")
     receive.add_argument("--bind", required=True, type=endpoint, help="endpoint to listen on, e.g. tcp://0.0.0.0:7410")
     receive.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
+    receive.add_argument("--state-dir", default=None,
+                         help="journal and status of this copy (up to date or not, generations)")
     receive.set_defaults(func=run_receive)
 
     mnt = actions.add_parser("mount", help="stack the interception layer on DIR and replicate to the peer")
     mnt.add_argument("--dir", required=True, help="the directory to replicate, in place")
     mnt.add_argument("--peer", type=endpoint, help="the receiver's endpoint, e.g. tcp://198.18.0.2:7410")
     mnt.add_argument("--no-replication", action="store_true", help="interception only, no peer (benchmarks)")
+    mnt.add_argument("--alone", action="store_true",
+                     help="take over without a peer: state ALONE, a new generation, every change recorded")
     mnt.add_argument("--mode", choices=("sync", "async"), default="sync",
                      help="sync: calls return once the peer applied them (default); async: after the local apply")
     mnt.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
@@ -53,6 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     umount.add_argument("--timeout", type=float, default=30.0)
     umount.set_defaults(func=run_umount)
 
+    resync = actions.add_parser("resync", help="bring a returning peer up to date while the mount keeps serving")
+    resync.add_argument("--dir", required=True, help="the mounted directory (its mount must be ALONE)")
+    resync.add_argument("--peer", required=True, type=endpoint, help="the receiver's endpoint")
+    resync.add_argument("--peer-key", default=None, help="name of the peer's public key file if ambiguous")
+    resync.add_argument("--full", action="store_true", help="compare every block of every file")
+    resync.add_argument("--bandwidth", type=float, default=None, help="limit in MB/s")
+    resync.add_argument("--state-dir", default=None)
+    resync.add_argument("--no-wait", action="store_true", help="start it and return")
+    resync.set_defaults(func=run_resync)
+
     status = actions.add_parser("status", help="state of the mount on DIR (PRIM, ALONE, ...)")
     status.add_argument("--dir", required=True)
     status.add_argument("--state-dir", default=None)
@@ -67,7 +81,7 @@ def run_receive(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise CommandError(f"{args.dir}: not a directory")
     try:
-        receiver = Receiver(args.dir, args.bind, args.keys)
+        receiver = Receiver(args.dir, args.bind, args.keys, state_dir=args.state_dir)
     except (KeyError_, OSError) as exc:
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # zmq errors: address in use, bad endpoint
@@ -87,10 +101,11 @@ def _state_dir(args: argparse.Namespace) -> str:
 
 
 def run_mount(args: argparse.Namespace) -> int:
-    if args.peer is None and not args.no_replication:
-        raise CommandError("mirror mount: --peer is required (or --no-replication)")
+    if args.peer is None and not (args.no_replication or args.alone):
+        raise CommandError("mirror mount: --peer is required (or --alone, or --no-replication)")
     options = fsmount.MountOptions(
-        directory=args.dir, peer=None if args.no_replication else args.peer, keys_dir=args.keys,
+        directory=args.dir, peer=None if args.no_replication or args.alone else args.peer,
+        keys_dir=args.keys, alone=args.alone,
         state_dir=_state_dir(args), sync=args.mode == "sync", ack_timeout=args.timeout,
         window=args.window, peer_key_name=args.peer_key)
     if args.foreground:
@@ -145,6 +160,50 @@ def run_umount(args: argparse.Namespace) -> int:
     if status and status.get("pid") and not fsmount.wait_for_exit(status["pid"], args.timeout):
         raise CommandError(f"unmounted, but the daemon (pid {status['pid']}) is still draining after {args.timeout:g}s")
     return 0
+
+
+def run_resync(args: argparse.Namespace) -> int:
+    from hamirror.fs.control import ControlError, request
+
+    state_dir = _state_dir(args)
+    bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+    try:
+        request(state_dir, {"cmd": "resync", "peer": args.peer, "peer_key": args.peer_key,
+                            "full": args.full, "bandwidth": bandwidth})
+    except ControlError as exc:
+        raise CommandError(f"resync: {exc}") from exc
+    if args.no_wait:
+        return 0
+    return _watch_resync(state_dir)
+
+
+def _watch_resync(state_dir: str) -> int:
+    """Show progress until the mount is PRIM (done) or ALONE again (failed)."""
+    import time
+
+    from hamirror.fs.control import ControlError, request
+
+    tty = sys.stderr.isatty()
+    while True:
+        time.sleep(0.2)
+        try:
+            status = request(state_dir, {"cmd": "status"})["status"]
+        except ControlError as exc:
+            raise CommandError(f"resync: lost the mount: {exc}") from exc
+        progress = status.get("resync")
+        if progress and tty:
+            done, total = progress["done_bytes"], max(progress["total_bytes"], 1)
+            bar = "#" * int(30 * min(done / total, 1))
+            eta = progress.get("eta")
+            print(f"\r[{bar:<30}] {done / 1e6:8.1f}/{total / 1e6:.1f} MB  {progress['rate'] / 1e6:6.1f} MB/s"
+                  f"  ETA {eta:5.0f}s" if eta is not None else "", end="", file=sys.stderr, flush=True)
+        if status["state"] == "PRIM":
+            if tty:
+                print(file=sys.stderr)
+            print("resync done: mirror is synchronous again")
+            return 0
+        if status["state"] == "ALONE" and status.get("last_resync_error"):
+            raise CommandError(f"resync failed: {status['last_resync_error']}")
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -23,8 +23,11 @@ import mfusepy
 
 from hamirror.fs.operations import Interception
 from hamirror.journal.journal import Journal
-from hamirror.link.client import LinkClient
+from hamirror.link.client import LinkClient, PeerLost
+from hamirror.fs.commands import MountCommands
+from hamirror.fs.control import ControlServer
 from hamirror.link.replicator import STATE_KEY, MirrorState, Replicator
+from hamirror.resync.answers import CLEAN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class MountOptions:
     connect_timeout: float = 10.0
     window: int = 256
     peer_key_name: str | None = None
+    alone: bool = False           # failover takeover: no peer, state ALONE, a new generation
 
 
 def default_state_dir(directory: str) -> str:
@@ -69,12 +73,12 @@ class _Fuse(mfusepy.FUSE):
 class StatusWriter:
     """Keeps ``status.json`` in the state directory current, for ``hamirror mirror status``."""
 
-    def __init__(self, options: MountOptions, replicator: Replicator, client: LinkClient | None) -> None:
+    def __init__(self, options: MountOptions, replicator: Replicator) -> None:
         self.path = os.path.join(options.state_dir, "status.json")
         self.options = options
         self.replicator = replicator
-        self.client = client
         self.mounted = False
+        self.commands: MountCommands | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hamirror-status", daemon=True)
 
@@ -92,7 +96,9 @@ class StatusWriter:
             self.write()
 
     def snapshot(self) -> dict:
-        r, c = self.replicator, self.client
+        r = self.replicator
+        c = r.client
+        resync = self.commands.resync_progress() if self.commands else None
         return {
             "dir": os.path.abspath(self.options.directory),
             "peer": self.options.peer,
@@ -101,6 +107,8 @@ class StatusWriter:
             "mounted": self.mounted,
             "state": r.state.value,
             "resync_needed": r.state is MirrorState.ALONE,
+            "resync": resync,
+            "last_resync_error": self.commands.last_resync_error if self.commands else None,
             "alone_reason": r.alone_reason or None,
             "alone_since": r.alone_since,
             "changed_paths": r.journal.changed_count() if r.journal is not None else 0,
@@ -138,13 +146,16 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
     root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     journal = Journal(os.path.join(options.state_dir, "journal.db"))
+    journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
+    was_alone = journal.get_state(STATE_KEY) == MirrorState.ALONE.value
+    if options.alone or (options.peer is not None and was_alone):
+        replicator = Replicator(None, journal, sync=options.sync)
+        reason = ("started without a peer (takeover)" if options.alone else
+                  "the peer missed changes while this mount was ALONE: a resync is needed")
+        replicator.start_alone(reason, new_generation=not was_alone)
+        return root_fd, replicator, None, journal
     if options.peer is None:
         return root_fd, Replicator(None, journal, sync=options.sync), None, journal
-    if journal.get_state(STATE_KEY) == MirrorState.ALONE.value:
-        replicator = Replicator(None, journal, sync=options.sync)
-        replicator.start_alone("the peer missed changes while this mount was ALONE: a resync is needed")
-        return root_fd, replicator, None, journal
-    from hamirror.link.client import PeerLost  # local: keep the import list of the fast path short
     try:
         client = LinkClient(options.peer, options.keys_dir, peer_key_name=options.peer_key_name,
                             ack_timeout=options.ack_timeout, window=options.window)
@@ -170,9 +181,14 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     except MountError as exc:
         on_ready(str(exc))
         return 1
-    status = StatusWriter(options, replicator, client)
+    status = StatusWriter(options, replicator)
+    commands = MountCommands(root_fd, replicator, journal, options.keys_dir, options.ack_timeout,
+                             options.window, status.snapshot)
+    status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
+    control = ControlServer(options.state_dir, commands.handle)
     ops = Interception(root_fd, replicator)
+    clean = False
 
     def mounted(_path: str) -> None:
         status.mounted = True
@@ -185,14 +201,18 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     try:
         _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
               use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
+        clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
         return 1
     finally:
         os.umask(old_umask)
-        if client is not None:
-            client.close()
+        control.close()
+        if replicator.client is not None:
+            replicator.client.close()
         status.stop()
+        if clean:
+            journal.set_state(CLEAN_KEY, "1")
         journal.close()
         os.close(root_fd)
     return 0

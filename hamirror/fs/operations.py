@@ -162,11 +162,20 @@ class Interception(mfusepy.Operations):
         if path is None:   # unlinked while open: no name left in either tree, nothing to send
             return os.pwrite(fh, data, offset)
         p = rel(path)
+        failed = None
         with self.repl.change(((p, offset, len(data)),)) as tx:
-            written = os.pwrite(fh, data, offset)
-            st = os.fstat(fh)
-            tx.send(Op.WRITE, (offset,), (os.fsencode(p),), ((os.fsencode(p), st.st_atime_ns, st.st_mtime_ns),),
-                    data if written == len(data) else data[:written])
+            try:
+                written = os.pwrite(fh, data, offset)
+            except OSError as exc:
+                # A refused write (ENOSPC, EFBIG) may still have stamped the file's mtime: send that.
+                failed = exc
+                tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p))
+            else:
+                st = os.fstat(fh)
+                tx.send(Op.WRITE, (offset,), (os.fsencode(p),), ((os.fsencode(p), st.st_atime_ns, st.st_mtime_ns),),
+                        data if written == len(data) else data[:written])
+        if failed is not None:
+            raise failed
         return written
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:

@@ -20,7 +20,7 @@ _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class _Parent:
+class resolve_beneath:  # noqa: N801 - used as a context manager, reads as a verb
     """The directory holding a path's last component, opened beneath the root (a context)."""
 
     __slots__ = ("fd", "name", "_owned")
@@ -45,7 +45,7 @@ class _Parent:
             raise
         self.fd = fd
 
-    def __enter__(self) -> "_Parent":
+    def __enter__(self) -> "resolve_beneath":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,14 +77,14 @@ class Applier:
         }
 
     def close(self) -> None:
-        self._forget_all()
+        self.forget_descriptors()
         os.close(self.root_fd)
 
     def apply(self, msg: Message) -> None:
         """Apply one operation, then the primary's times; raise OSError if the secondary refuses."""
         self._handlers[msg.op](msg)
         for path, atime, mtime in msg.times:
-            with _Parent(self.root_fd, path) as parent:
+            with resolve_beneath(self.root_fd, path) as parent:
                 os.utime(parent.name, ns=(atime, mtime), dir_fd=parent.fd, follow_symlinks=False)
 
     # descriptor cache: writes to the same file reuse one descriptor -------------------------
@@ -94,14 +94,14 @@ class Applier:
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        with _Parent(self.root_fd, path) as parent:
+        with resolve_beneath(self.root_fd, path) as parent:
             fd = os.open(parent.name, _WRITE_FLAGS, dir_fd=parent.fd)
         self._fds[path] = fd
         if len(self._fds) > self.MAX_OPEN:
             os.close(self._fds.popitem(last=False)[1])
         return fd
 
-    def _forget_all(self) -> None:
+    def forget_descriptors(self) -> None:
         """Names changed: a cached descriptor may no longer be what the path means."""
         while self._fds:
             os.close(self._fds.popitem()[1])
@@ -110,7 +110,7 @@ class Applier:
 
     def _create(self, msg: Message) -> None:
         mode, uid, gid, rdev = msg.ints
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             if stat.S_ISREG(mode):
                 fd = os.open(parent.name, os.O_CREAT | os.O_TRUNC | _WRITE_FLAGS, 0o600, dir_fd=parent.fd)
                 try:
@@ -124,7 +124,7 @@ class Applier:
 
     def _mkdir(self, msg: Message) -> None:
         mode, uid, gid = msg.ints
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.mkdir(parent.name, 0o700, dir_fd=parent.fd)
             os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
             os.chmod(parent.proc_path, stat.S_IMODE(mode))
@@ -132,27 +132,27 @@ class Applier:
     def _symlink(self, msg: Message) -> None:
         uid, gid = msg.ints
         path, target = msg.strs
-        with _Parent(self.root_fd, path) as parent:
+        with resolve_beneath(self.root_fd, path) as parent:
             os.symlink(target, parent.name, dir_fd=parent.fd)
             os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
 
     def _link(self, msg: Message) -> None:
-        with _Parent(self.root_fd, msg.strs[0]) as src, _Parent(self.root_fd, msg.strs[1]) as dst:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as src, resolve_beneath(self.root_fd, msg.strs[1]) as dst:
             os.link(src.name, dst.name, src_dir_fd=src.fd, dst_dir_fd=dst.fd, follow_symlinks=False)
 
     def _unlink(self, msg: Message) -> None:
-        self._forget_all()
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        self.forget_descriptors()
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.unlink(parent.name, dir_fd=parent.fd)
 
     def _rmdir(self, msg: Message) -> None:
-        self._forget_all()
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        self.forget_descriptors()
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.rmdir(parent.name, dir_fd=parent.fd)
 
     def _rename(self, msg: Message) -> None:
-        self._forget_all()
-        with _Parent(self.root_fd, msg.strs[0]) as src, _Parent(self.root_fd, msg.strs[1]) as dst:
+        self.forget_descriptors()
+        with resolve_beneath(self.root_fd, msg.strs[0]) as src, resolve_beneath(self.root_fd, msg.strs[1]) as dst:
             renameat2(src.fd, src.name, dst.fd, dst.name, msg.ints[0])
 
     def _write(self, msg: Message) -> None:
@@ -169,7 +169,7 @@ class Applier:
         fallocate(self._writable(msg.strs[0]), mode, offset, length)
 
     def _chmod(self, msg: Message) -> None:
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             fd = os.open(parent.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
             try:
                 if stat.S_ISLNK(os.fstat(fd).st_mode):
@@ -180,15 +180,15 @@ class Applier:
 
     def _chown(self, msg: Message) -> None:
         uid, gid = msg.ints
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
 
     def _setxattr(self, msg: Message) -> None:
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.setxattr(parent.proc_path, msg.strs[1], bytes(msg.data), msg.ints[0], follow_symlinks=False)
 
     def _removexattr(self, msg: Message) -> None:
-        with _Parent(self.root_fd, msg.strs[0]) as parent:
+        with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.removexattr(parent.proc_path, msg.strs[1], follow_symlinks=False)
 
     def _fsync(self, msg: Message) -> None:
@@ -198,7 +198,7 @@ class Applier:
         if cached is not None:
             sync(cached)
             return
-        with _Parent(self.root_fd, path) as parent:
+        with resolve_beneath(self.root_fd, path) as parent:
             fd = os.open(parent.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
             try:
                 sync(fd)

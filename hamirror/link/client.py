@@ -37,17 +37,19 @@ class PeerLost(Exception):
 class Ticket:
     """One operation in flight."""
 
-    __slots__ = ("seq", "changes", "sent_at", "error", "_done")
+    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "_done")
 
     def __init__(self, seq: int, changes: tuple[Change, ...]) -> None:
         self.seq = seq
         self.changes = changes
         self.sent_at = 0.0
         self.error: str | None = None
+        self.payload = b""
         self._done = threading.Event()
 
-    def complete(self, error: str | None = None) -> None:
+    def complete(self, error: str | None = None, payload: bytes = b"") -> None:
         self.error = error
+        self.payload = payload
         self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -79,6 +81,7 @@ class LinkClient:
         self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._lock = threading.Lock()
         self.lost_reason: str | None = None
+        self._abort_reason: str | None = None
         self.bytes_sent = 0
         self.ops_sent = 0
         self.socket = self.context.socket(zmq.DEALER)
@@ -95,9 +98,9 @@ class LinkClient:
 
     # API for the FUSE side -----------------------------------------------------------------
 
-    def hello(self, timeout: float) -> None:
+    def hello(self, timeout: float, flags: int = 0) -> None:
         """Start the session; raise PeerLost if the peer does not answer within ``timeout``."""
-        ticket = self.submit(Op.HELLO, (1,))
+        ticket = self.submit(Op.HELLO, (1, flags))
         if not ticket.wait(timeout):
             raise PeerLost(f"peer {self.endpoint} did not answer within {timeout:g}s "
                            "(is 'hamirror mirror receive' running there, and does it trust this node's key?)")
@@ -121,6 +124,15 @@ class LinkClient:
             self._outbox.append((ticket, header, data))
         os.eventfd_write(self._wakeup, 1)
         return ticket
+
+    def query(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = ()) -> Ticket:
+        """Submit a query (the caller holds its ordering lock); wait on the ticket for the payload."""
+        return self.submit(op, ints, strs)
+
+    def abort(self, reason: str) -> None:
+        """Declare the peer lost now (the agent's heartbeats saw it die before any timeout)."""
+        self._abort_reason = reason
+        os.eventfd_write(self._wakeup, 1)
 
     def close(self, drain_timeout: float = 5.0) -> None:
         """Wait for in-flight operations (up to drain_timeout), then stop the I/O thread."""
@@ -158,6 +170,8 @@ class LinkClient:
                 self._receive_replies()
             if self._monitor in events:
                 self._check_monitor()
+            if self._abort_reason is not None:
+                self._fail(self._abort_reason)
             self._check_timeouts()
 
     def _poll_timeout_ms(self) -> int:
@@ -203,7 +217,7 @@ class LinkClient:
                     break
                 del self._pending[seq]
                 self._window.release()
-                ticket.complete()
+                ticket.complete(payload=reply.payload if seq == reply.seq else b"")
 
     def _check_monitor(self) -> None:
         while True:

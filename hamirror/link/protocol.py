@@ -56,7 +56,17 @@ class Op(enum.IntEnum):
     SETXATTR = 15     # ints: flags                       strs: path, name  + data frame (value)
     REMOVEXATTR = 16  #                                   strs: path, name
     FSYNC = 17        # ints: datasync                    strs: path
-    PING = 18         # keeps an idle link honest; applies nothing
+    PING = 18         # a barrier: its ack means everything before it was applied
+    # Resync (see hamirror/resync/): queries answer with a payload and change nothing.
+    STAT = 19         # query                             strs: path
+    LISTDIR = 20      # query                             strs: path
+    BLOCKSUMS = 21    # query ints: offset, length, block  strs: path
+    CHANGES = 22      # query: the receiver's own changed set and generation history
+    REMOVE = 23       # ints: keep_aside                  strs: path (a file or a whole tree)
+    RESYNC_DONE = 24  # data frame: the primary's generation history (JSON): adopt it, up to date
+
+HELLO_RESYNC = 1      # HELLO flag: a resync follows; the receiver is not up to date until DONE
+QUERIES = frozenset({Op.STAT, Op.LISTDIR, Op.BLOCKSUMS, Op.CHANGES})
 
 
 # Field kinds of the string fields, checked by decode().
@@ -71,7 +81,7 @@ class OpSpec:
 
 
 SPECS: dict[Op, OpSpec] = {
-    Op.HELLO: OpSpec(1, ()),
+    Op.HELLO: OpSpec(2, ()),
     Op.CREATE: OpSpec(4, (PATH,)),
     Op.MKDIR: OpSpec(3, (PATH,)),
     Op.SYMLINK: OpSpec(2, (PATH, TARGET)),
@@ -89,10 +99,17 @@ SPECS: dict[Op, OpSpec] = {
     Op.REMOVEXATTR: OpSpec(0, (PATH, NAME)),
     Op.FSYNC: OpSpec(1, (PATH,)),
     Op.PING: OpSpec(0, ()),
+    Op.STAT: OpSpec(0, (PATH,)),
+    Op.LISTDIR: OpSpec(0, (PATH,)),
+    Op.BLOCKSUMS: OpSpec(3, (PATH,)),
+    Op.CHANGES: OpSpec(0, ()),
+    Op.REMOVE: OpSpec(1, (PATH,)),
+    Op.RESYNC_DONE: OpSpec(0, (), has_data=True),
 }
 
 # Operations whose paths must not be the replicated directory itself.
-_NO_ROOT = {Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR, Op.RENAME}
+_NO_ROOT = {Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.REMOVE}
+MAX_BLOCKSUMS = 4096   # blocks per BLOCKSUMS query
 
 
 class ProtocolError(ValueError):
@@ -227,7 +244,7 @@ def decode(frames: list) -> Message:
         raise ProtocolError(f"{op.name}: expected {expected_frames} frame(s), got {len(frames)}")
     if spec.has_data:
         data = frames[1]
-        limit = MAX_XATTR_VALUE if op == Op.SETXATTR else MAX_DATA
+        limit = MAX_XATTR_VALUE if op in (Op.SETXATTR, Op.RESYNC_DONE) else MAX_DATA
         if len(data) > limit:
             raise ProtocolError(f"{op.name}: data frame larger than {limit} bytes")
     msg = Message(op, session, seq, ints, tuple(strs), tuple(times), data)
@@ -252,6 +269,11 @@ def _check_ints(msg: Message) -> None:
         raise ProtocolError(f"{op.name}: id out of range")
     if op == Op.SYMLINK and not all(0 <= i < 2**32 - 1 for i in ints):
         raise ProtocolError("SYMLINK: id out of range")
+    if op == Op.BLOCKSUMS:
+        offset, length, block = ints
+        if offset < 0 or length < 0 or not 4096 <= block <= MAX_DATA or offset > INT64_MAX - length \
+                or length > block * MAX_BLOCKSUMS:
+            raise ProtocolError("BLOCKSUMS: range out of bounds")
 
 
 # Replies ---------------------------------------------------------------------------------------
@@ -261,16 +283,25 @@ OK, ERROR = 0, 1
 
 @dataclass(frozen=True)
 class Reply:
+    """An acknowledgement; ``payload`` is a query's answer, or the error text."""
+
     seq: int
     status: int
     errno: int = 0
-    message: str = ""
+    payload: bytes = b""
+
+    @property
+    def message(self) -> str:
+        return self.payload.decode("utf-8", "replace") if self.status == ERROR else ""
 
 
-def encode_reply(seq: int, status: int = OK, err: int = 0, message: str = "") -> list[bytes]:
+def encode_reply(seq: int, status: int = OK, err: int = 0, message: str = "",
+                 payload: bytes = b"") -> list[bytes]:
     frames = [_REPLY.pack(MAGIC, VERSION, status, seq, err)]
     if message:
         frames.append(message.encode("utf-8", "replace")[:1024])
+    elif payload:
+        frames.append(payload)
     return frames
 
 
@@ -280,5 +311,4 @@ def decode_reply(frames: list) -> Reply:
     magic, version, status, seq, err = _REPLY.unpack(bytes(frames[0]))
     if magic != MAGIC or version != VERSION or status not in (OK, ERROR):
         raise ProtocolError("malformed reply")
-    message = bytes(frames[1]).decode("utf-8", "replace") if len(frames) == 2 else ""
-    return Reply(seq, status, err, message)
+    return Reply(seq, status, err, bytes(frames[1]) if len(frames) == 2 else b"")

@@ -9,15 +9,21 @@ so a stale or replayed stream (a primary that restarted, a duplicate) is refused
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 
 import zmq
 
+from hamirror.journal.journal import Journal
 from hamirror.link import keys
 from hamirror.link.apply import Applier
-from hamirror.link.protocol import ERROR, Message, Op, ProtocolError, decode, encode_reply
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, QUERIES, Message, Op, ProtocolError, decode,
+                                    encode_reply)
+from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +45,17 @@ class ReceiverStats:
 class Receiver:
     """Serves one replicated directory on one endpoint until stop() is called."""
 
-    def __init__(self, directory: str, bind: str, keys_dir: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, directory: str, bind: str, keys_dir: str, context: zmq.Context | None = None,
+                 state_dir: str | None = None) -> None:
         self.context = context or zmq.Context.instance()
         self.applier = Applier(directory)
+        self.state_dir = state_dir
+        self.journal: Journal | None = None
+        if state_dir is not None:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            self.journal = Journal(os.path.join(state_dir, "journal.db"))
+        self.answers = ResyncAnswers(self.applier, self.journal)
+        self.resyncing = False
         self.stats = ReceiverStats()
         self._stop = threading.Event()
         own = keys.load_own(keys_dir)
@@ -58,11 +72,36 @@ class Receiver:
     def close(self) -> None:
         self.socket.close(0)
         self.applier.close()
+        self.write_status()
+        if self.journal is not None:
+            self.journal.close()
+
+    @property
+    def uptodate(self) -> bool:
+        return self.journal is not None and self.journal.get_state(UPTODATE_KEY, "0") == "1"
+
+    def write_status(self) -> None:
+        """``status.json`` in the state directory, for the agent and ``mirror status``."""
+        if self.state_dir is None:
+            return
+        status = {"role": "receiver", "pid": os.getpid(), "dir": self.applier.directory,
+                  "endpoint": self.endpoint, "uptodate": self.uptodate, "resyncing": self.resyncing,
+                  "running": not self._stop.is_set(), "updated": time.time(), **asdict(self.stats)}
+        status["session"] = f"{self.stats.session:x}"
+        tmp = os.path.join(self.state_dir, "status.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(status, f, indent=1)
+        os.replace(tmp, os.path.join(self.state_dir, "status.json"))
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        last_status = 0.0
         while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last_status > 1.0:
+                self.write_status()
+                last_status = now
             if not poller.poll(200):
                 continue
             while True:
@@ -89,8 +128,15 @@ class Receiver:
         if msg.op == Op.PING:   # a barrier in the stream: it takes its sequence number too
             self.stats.next_seq += 1
             return encode_reply(msg.seq)
+        payload = b""
         try:
-            self.applier.apply(msg)
+            if msg.op in QUERIES or msg.op in (Op.REMOVE, Op.RESYNC_DONE):
+                payload = self.answers.handle(msg) or b""
+                if msg.op == Op.RESYNC_DONE:
+                    self.resyncing = False
+                    self.write_status()
+            else:
+                self.applier.apply(msg)
         except OSError as exc:
             # Applying failed: this copy no longer matches the primary. Refuse the rest of the
             # session so the primary stops streaming over it and asks for a resync.
@@ -100,14 +146,19 @@ class Receiver:
             log.warning("apply failed, session closed: %s", self.stats.last_error)
             return encode_reply(msg.seq, ERROR, exc.errno or errno.EIO, self.stats.last_error)
         self._count(msg)
-        return encode_reply(msg.seq)
+        return encode_reply(msg.seq, payload=payload)
 
     def _hello(self, msg: Message) -> list[bytes]:
-        if msg.ints[0] != 1 or msg.session == 0:
+        version, flags = msg.ints
+        if version != 1 or msg.session == 0 or flags & ~HELLO_RESYNC:
             return self._refuse(msg.seq, errno.EPROTONOSUPPORT, "unsupported HELLO")
+        if flags & HELLO_RESYNC:
+            self.answers.resync_started()   # durable before anything of the resync is applied
+            self.resyncing = True
         self.stats.session = msg.session
         self.stats.next_seq = msg.seq + 1
-        log.info("session %x started", msg.session)
+        log.info("session %x started%s", msg.session, " for a resync" if flags & HELLO_RESYNC else "")
+        self.write_status()
         return encode_reply(msg.seq)
 
     def _count(self, msg: Message) -> None:

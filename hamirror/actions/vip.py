@@ -1,0 +1,113 @@
+"""The virtual IP: add it to / remove it from the configured interface, announce it with ARP.
+
+Idempotent both ways (adding an address that is there, or removing one that is gone, succeeds),
+because the agent re-runs a failed action sequence from the failed step and re-attaches after a
+restart. After adding, a few gratuitous ARP packets tell the clients' and switches' caches that
+the address moved here, so clients do not wait for their ARP entry to expire after a failover.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+
+
+class VipError(Exception):
+    """The VIP could not be added or removed; the message names the interface and address."""
+
+
+@contextmanager
+def _netlink(netns: str | None) -> Iterator[IPRoute]:
+    """An rtnetlink socket in this network namespace, or in the named one (tests)."""
+    ipr = NetNS(netns) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: IPRoute, interface: str) -> int:
+    found = ipr.link_lookup(ifname=interface)
+    if not found:
+        raise VipError(f"interface {interface!r} does not exist on this node")
+    return found[0]
+
+
+class Vip:
+    """One module's VIP (``address`` with prefix, e.g. ``198.18.0.100/24``) on ``interface``."""
+
+    def __init__(self, address: str, interface: str, netns: str | None = None,
+                 arp_count: int = 3, arp_interval: float = 0.1) -> None:
+        iface = ipaddress.ip_interface(address)
+        self.ip, self.prefixlen, self.interface = str(iface.ip), iface.network.prefixlen, interface
+        self.ipv4 = iface.version == 4
+        self.netns, self.arp_count, self.arp_interval = netns, arp_count, arp_interval
+
+    def present(self) -> bool:
+        """Whether the address is on the interface now."""
+        with _netlink(self.netns) as ipr:
+            index = _index(ipr, self.interface)
+            return any(a.get("IFA_ADDRESS") == self.ip for a in ipr.get_addr(index=index))
+
+    def add(self) -> None:
+        """Add the address (no error if already there), then announce it."""
+        with _netlink(self.netns) as ipr:
+            index = _index(ipr, self.interface)
+            try:
+                ipr.addr("add", index=index, address=self.ip, prefixlen=self.prefixlen)
+                log.info("VIP %s/%d added on %s", self.ip, self.prefixlen, self.interface)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise VipError(f"cannot add {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
+            mac = ipr.get_links(index)[0].get("IFLA_ADDRESS")
+        if self.ipv4 and mac:
+            try:
+                self.announce(index, mac)
+            except OSError as exc:       # the address is up; a lost announce only delays clients
+                log.warning("gratuitous ARP for %s on %s failed: %s", self.ip, self.interface, exc)
+
+    def remove(self) -> None:
+        """Remove the address (no error if it is not there, or the interface is gone)."""
+        with _netlink(self.netns) as ipr:
+            found = ipr.link_lookup(ifname=self.interface)
+            if not found:
+                return
+            try:
+                ipr.addr("del", index=found[0], address=self.ip, prefixlen=self.prefixlen)
+                log.info("VIP %s/%d removed from %s", self.ip, self.prefixlen, self.interface)
+            except NetlinkError as exc:
+                if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                    raise VipError(f"cannot remove {self.ip} from {self.interface}: {exc}") from exc
+
+    def announce(self, index: int, mac: str) -> None:
+        """Send gratuitous ARP requests (sender = target = the VIP) to the broadcast address."""
+        frame = arp_announce(mac, self.ip)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+            sock.bind((self.interface, ETH_P_ARP))
+            for i in range(self.arp_count):
+                sock.send(frame)
+                if i + 1 < self.arp_count:
+                    time.sleep(self.arp_interval)
+
+
+def arp_announce(mac: str, ip: str) -> bytes:
+    """An Ethernet frame carrying a gratuitous ARP request for ``ip`` from ``mac`` (pure)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = socket.inet_aton(ip)
+    ether = BROADCAST + hw + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + b"\x00" * 6 + addr
+    return ether + arp

@@ -1,0 +1,120 @@
+"""The agent's local control socket: ``<run_dir>/control.sock``, JSON lines, root only.
+
+One request line, one answer line. The socket file is mode 0600 and each connection's peer is
+checked with SO_PEERCRED (uid 0), so only root can stop or promote modules even if the run
+directory's permissions are loosened. Requests:
+
+- ``{"cmd": "status"}`` -> ``{"ok": true, "status": {...}}`` (the ``hamirror status --json`` document)
+- ``{"cmd": "module", "module": NAME, "action": "start|stop|prim|second|swap|forcestop|restart"}``
+  -> ``{"ok": bool, "state": ..., "warnings": [...], "error": ...}`` once the decision's actions ended
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 64 * 1024
+Handler = Callable[[dict], Awaitable[dict]]
+
+
+class AgentNotRunning(Exception):
+    """No agent answers on the control socket."""
+
+
+def socket_path(run_dir: str) -> str:
+    return os.path.join(run_dir, SOCKET_NAME)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class ControlServer:
+    """Serves the control socket until closed; ``handler`` answers each request."""
+
+    def __init__(self, path: str, handler: Handler, allowed_uid: int = 0) -> None:
+        self.path, self.handler, self.allowed_uid = path, handler, allowed_uid
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)            # a stale socket of a dead agent (the pid lock says so)
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = peer_uid(writer.get_extra_info("socket"))
+            if uid != self.allowed_uid:
+                answer = {"ok": False, "error": f"permission denied (uid {uid}; the control socket is root only)"}
+            else:
+                answer = await self._answer(await reader.readline())
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.debug("control connection: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        try:
+            return await self.handler(request)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the agent
+            log.exception("control request %r failed", request)
+            return {"ok": False, "error": str(exc)}
+
+
+def request(path: str, message: dict, timeout: float = 30.0) -> dict:
+    """Send one request to the agent and return its answer; AgentNotRunning if nobody listens."""
+    if not os.path.exists(path):
+        raise AgentNotRunning(f"agent not running (no control socket at {path})")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise AgentNotRunning(f"agent not running (control socket {path}: {exc.strerror})") from exc
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise AgentNotRunning(f"the agent closed the control socket {path} without answering")
+    return json.loads(data)

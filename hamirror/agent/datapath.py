@@ -1,0 +1,235 @@
+"""The replicated mount and the receiver of one module, as separate long-lived processes.
+
+The agent never holds the data path in its own process: a mount (``hamirror mirror mount``,
+detached) and a receiver (``hamirror mirror receive``, started in its own session) survive an
+agent restart, and a restarted agent *adopts* them (found through their status and pid files)
+instead of restarting them, so the application keeps running (design §2, docs/admin-guide.md).
+
+One mount or receiver per replicated directory ``i``: state directory
+``<state_dir>/modules/<module>/<i>``, replication port ``replication_port + i``. Every method
+blocks (the executor calls them from a worker thread, never from the event loop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from hamirror.config.cluster import ClusterConfig
+from hamirror.config.module import ModuleConfig
+
+log = logging.getLogger(__name__)
+
+HAMIRROR = [sys.executable, "-m", "hamirror"]
+MOUNT_TIMEOUT = 60.0
+FLUSH_TIMEOUT = 30.0
+
+
+class DataPathError(Exception):
+    """A data-path step failed; the message is for the operator's log."""
+
+
+def _alive(pid: int | None, create_time: float | None = None) -> bool:
+    """The process runs (not a zombie) and, if given, started at ``create_time`` (pid reuse)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+class DataPath:
+    """Mount, receiver and mount-control requests for every replicated directory of a module."""
+
+    def __init__(self, module: ModuleConfig, cluster: ClusterConfig, command: list[str] | None = None) -> None:
+        self.module = module.name
+        self.command = command or HAMIRROR
+        local, peer = cluster.local_node, cluster.peer_node
+        self.dirs = [d.path for d in module.directories]
+        base = cluster.module_state_dir(module.name)
+        self.dir_states = [os.path.join(base, str(i)) for i in range(len(self.dirs))]
+        self.run_dir = cluster.module_run_dir(module.name)
+        ports = [module.replication_port + i for i in range(len(self.dirs))]
+        self.binds = [f"tcp://{local.replication_address}:{p}" for p in ports]
+        self.peers = [f"tcp://{peer.replication_address}:{p}" for p in ports]
+        self.keys_dir, self.peer_name = cluster.keys_dir, peer.name
+        self.mode, self.peer_timeout = module.mode, module.peer_timeout
+
+    # ----------------------------------------------------------------- mount
+
+    def control(self, index: int, request: dict) -> dict:
+        """One request on the mount's control socket (``hamirror.fs.control``)."""
+        try:
+            from hamirror.fs.control import request as send
+        except ImportError as exc:
+            raise DataPathError("the mount has no control socket (hamirror.fs.control missing)") from exc
+        try:
+            answer = send(self.dir_states[index], request)
+        except Exception as exc:  # noqa: BLE001 - socket errors, refused requests: all reported
+            raise DataPathError(f"{self.dirs[index]}: {request.get('cmd')} failed: {exc}") from exc
+        if isinstance(answer, dict) and answer.get("ok") is False:
+            raise DataPathError(f"{self.dirs[index]}: {request.get('cmd')} refused: {answer.get('error')}")
+        return answer if isinstance(answer, dict) else {}
+
+    def mount_status(self, index: int) -> dict | None:
+        """The live mount's status (state PRIM/ALONE/SYNCING, resync), or None if not mounted."""
+        status = _read_json(os.path.join(self.dir_states[index], "status.json"))
+        if not status or status.get("role") == "receiver" or not _alive(status.get("pid")):
+            return None
+        try:
+            live = self.control(index, {"cmd": "status"})
+            status = {**status, **live} if live else status
+        except DataPathError:
+            pass
+        return status if status.get("mounted") else None
+
+    def mount_statuses(self) -> list[dict | None]:
+        return [self.mount_status(i) for i in range(len(self.dirs))]
+
+    def mount(self, alone: bool) -> None:
+        """Mount every directory (``--alone``: no peer, a new generation); adopt live mounts."""
+        for i, directory in enumerate(self.dirs):
+            if self.mount_status(i) is not None:
+                log.info("%s: mount of %s already running: adopted", self.module, directory)
+                continue
+            target = ["--alone"] if alone else ["--peer", self.peers[i], "--peer-key", self.peer_name]
+            cmd = [*self.command, "mirror", "mount", "--dir", directory, *target, "--keys", self.keys_dir,
+                   "--state-dir", self.dir_states[i], "--mode", self.mode, "--timeout", f"{self.peer_timeout:g}"]
+            os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
+                                    stdin=subprocess.DEVNULL)
+            if result.returncode != 0:
+                raise DataPathError(f"mount of {directory} failed: {(result.stderr or result.stdout).strip()}")
+            log.info("%s: mounted %s (%s)", self.module, directory, "ALONE" if alone else "PRIM")
+
+    def unmount(self, force: bool) -> None:
+        """Unmount every directory; ``force``: lazy, and the mount process is killed if it lingers."""
+        for i, directory in enumerate(self.dirs):
+            status = self.mount_status(i)
+            if status is None:
+                continue
+            cmd = [*self.command, "mirror", "umount", "--dir", directory, "--state-dir", self.dir_states[i]]
+            cmd += ["--lazy", "--timeout", "2"] if force else []
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
+                                    stdin=subprocess.DEVNULL)
+            pid = status.get("pid")
+            if force and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            elif result.returncode != 0:
+                raise DataPathError(f"unmount of {directory} failed: {(result.stderr or result.stdout).strip()}")
+            log.info("%s: unmounted %s%s", self.module, directory, " (forced)" if force else "")
+
+    def set_alone(self, reason: str) -> None:
+        """Peer declared dead by heartbeats: every mount goes ALONE now (a new generation)."""
+        for i in range(len(self.dirs)):
+            if self.mount_status(i) is not None:
+                self.control(i, {"cmd": "alone", "reason": reason})
+
+    def resync(self, full: bool) -> None:
+        """Ask every mount to reconnect to the peer's receiver and run the online resync."""
+        for i in range(len(self.dirs)):
+            self.control(i, {"cmd": "resync", "peer": self.peers[i], "peer_key": self.peer_name, "full": full})
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Return once every write in flight is acknowledged by the peer."""
+        for i in range(len(self.dirs)):
+            if self.mount_status(i) is not None:
+                self.control(i, {"cmd": "flush", "timeout": timeout})
+
+    def mount_pids(self) -> set[int]:
+        pids = set()
+        for i in range(len(self.dirs)):
+            status = _read_json(os.path.join(self.dir_states[i], "status.json")) or {}
+            if status.get("pid"):
+                pids.add(int(status["pid"]))
+        return pids
+
+    # ----------------------------------------------------------------- receiver
+
+    def _receiver_file(self, index: int) -> str:
+        return os.path.join(self.run_dir, f"receiver-{index}.json")
+
+    def receiver_pid(self, index: int) -> int | None:
+        """The pid of this directory's live receiver, or None."""
+        info = _read_json(self._receiver_file(index)) or {}
+        pid = info.get("pid")
+        return pid if _alive(pid, info.get("create_time")) else None
+
+    def receivers_alive(self) -> bool:
+        return all(self.receiver_pid(i) is not None for i in range(len(self.dirs)))
+
+    def receiver_status(self, index: int) -> dict | None:
+        status = _read_json(os.path.join(self.dir_states[index], "status.json"))
+        return status if status and status.get("role") == "receiver" and self.receiver_pid(index) else None
+
+    def start_receivers(self) -> None:
+        """Start a receiver per directory (own session, log in the state dir); adopt live ones."""
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        for i, directory in enumerate(self.dirs):
+            if self.receiver_pid(i) is not None:
+                continue
+            os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
+            cmd = [*self.command, "mirror", "receive", "--dir", directory, "--bind", self.binds[i],
+                   "--keys", self.keys_dir, "--state-dir", self.dir_states[i]]
+            with open(os.path.join(self.dir_states[i], "receiver.log"), "ab") as out:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, close_fds=True)
+            try:
+                proc.wait(timeout=0.5)       # an immediate exit: address in use, bad keys...
+                raise DataPathError(f"receiver for {directory} exited with {proc.returncode}; "
+                                    f"see {self.dir_states[i]}/receiver.log")
+            except subprocess.TimeoutExpired:
+                pass
+            info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
+            tmp = self._receiver_file(i) + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(info, f)
+            os.replace(tmp, self._receiver_file(i))
+            log.info("%s: receiver for %s started (pid %d) on %s", self.module, directory, proc.pid, self.binds[i])
+
+    def stop_receivers(self, timeout: float = 10.0) -> None:
+        """TERM every receiver, KILL after ``timeout``; wait until gone."""
+        for i in range(len(self.dirs)):
+            pid = self.receiver_pid(i)
+            if pid is None:
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            try:
+                psutil.Process(pid).wait(timeout=5)
+            except (psutil.Error, psutil.TimeoutExpired):
+                pass
+            _remove(self._receiver_file(i))
+            log.info("%s: receiver %d stopped (pid %d)", self.module, i, pid)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

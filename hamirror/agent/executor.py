@@ -1,0 +1,183 @@
+"""Carry out a decision's actions: each action type maps to one data-path or resource call.
+
+Runs in a worker thread (every call may block for seconds: scripts, mounts, flushes); the
+runner stops at the first :class:`ActionFailed` and retries from there later. Every mapping is
+idempotent, so a retried or re-attached sequence does no harm (a live mount is adopted, a VIP
+already present is kept, a stopped receiver stays stopped).
+
+``NewGeneration`` needs no work here: the mount starts a new generation in the journal itself
+whenever it enters ALONE (``mount --alone``, or the ``alone`` control request), which is exactly
+when the decision asks for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+import psutil
+
+from hamirror.cluster import actions as a
+from hamirror.cluster.states import NodeState
+
+log = logging.getLogger(__name__)
+
+
+class ActionFailed(Exception):
+    """An action did not complete; the message says which and why."""
+
+
+class DataPathLike(Protocol):
+    """What the executor needs of :class:`hamirror.agent.datapath.DataPath` (fakes in tests)."""
+
+    dirs: list[str]
+    dir_states: list[str]
+
+    def start_receivers(self) -> None: ...
+    def stop_receivers(self) -> None: ...
+    def mount(self, alone: bool) -> None: ...
+    def unmount(self, force: bool) -> None: ...
+    def set_alone(self, reason: str) -> None: ...
+    def resync(self, full: bool) -> None: ...
+    def flush(self) -> None: ...
+    def mount_statuses(self) -> list[dict | None]: ...
+    def mount_pids(self) -> set[int]: ...
+
+
+class VipLike(Protocol):
+    def add(self) -> None: ...
+    def remove(self) -> None: ...
+
+
+class ScriptsLike(Protocol):
+    def run(self, name: str, state: str): ...   # -> ScriptResult (ok, detail)
+
+
+class JournalOps(Protocol):
+    def mark_uptodate(self, value: bool) -> None: ...
+    def forget_history(self) -> None: ...
+
+
+def kill_app(dirs: list[str], spare: set[int]) -> list[int]:
+    """SIGKILL every process whose cwd, executable or open files are under ``dirs`` (forcestop),
+    except ``spare`` (the mount processes) and this process. Returns the pids killed."""
+    prefixes = [d.rstrip("/") + "/" for d in dirs]
+    spare = spare | {os.getpid()}
+
+    def under(path: str | None) -> bool:
+        return bool(path) and any(path == p[:-1] or path.startswith(p) for p in prefixes)
+
+    killed = []
+    for proc in psutil.process_iter():
+        if proc.pid in spare:
+            continue
+        try:
+            paths = [proc.cwd(), proc.exe()] + [f.path for f in proc.open_files()]
+        except psutil.Error:
+            continue
+        if any(under(p) for p in paths):
+            try:
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+            except psutil.Error:
+                pass
+    return killed
+
+
+class Executor:
+    """Maps actions onto one module's data path, VIP, scripts and journal flags."""
+
+    def __init__(self, module: str, datapath: DataPathLike, vip: VipLike | None, scripts: ScriptsLike,
+                 journal: JournalOps, persist: Callable[[NodeState], None],
+                 count_restart: Callable[[], None],
+                 killer: Callable[[list[str], set[int]], list[int]] = kill_app) -> None:
+        self.module, self.datapath, self.vip, self.scripts = module, datapath, vip, scripts
+        self.journal, self.persist, self.count_restart, self.killer = journal, persist, count_restart, killer
+
+    def run(self, action: a.Action, target: NodeState) -> None:
+        """Carry out one action on the way to ``target``; ActionFailed on any failure."""
+        handler = getattr(self, "_" + type(action).__name__, None)
+        if handler is None:
+            raise ActionFailed(f"no executor for {type(action).__name__}")
+        try:
+            handler(action, target)
+        except ActionFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure stops the sequence the same way
+            raise ActionFailed(f"{describe(action)}: {exc}") from exc
+
+    # One method per action type, named after it.
+
+    def _Persist(self, action: a.Persist, target: NodeState) -> None:
+        self.persist(action.state)
+
+    def _StartReceiver(self, action: a.StartReceiver, target: NodeState) -> None:
+        self.datapath.start_receivers()
+
+    def _StopReceiver(self, action: a.StopReceiver, target: NodeState) -> None:
+        self.datapath.stop_receivers()
+
+    def _MountReplicated(self, action: a.MountReplicated, target: NodeState) -> None:
+        self.datapath.mount(alone=not action.peer_connected)
+
+    def _SetMirroring(self, action: a.SetMirroring, target: NodeState) -> None:
+        if not action.enabled:
+            self.datapath.set_alone("peer lost (heartbeats)")
+            return
+        # The mount switches itself to PRIM when the online resync ends; check it did.
+        states = [s.get("state") if s else None for s in self.datapath.mount_statuses()]
+        if any(state != "PRIM" for state in states):
+            raise ActionFailed(f"mirroring not active after the resync (mount states: {states})")
+
+    def _Unmount(self, action: a.Unmount, target: NodeState) -> None:
+        self.datapath.unmount(force=action.force)
+
+    def _AddVip(self, action: a.AddVip, target: NodeState) -> None:
+        if self.vip is not None:
+            self.vip.add()
+
+    def _RemoveVip(self, action: a.RemoveVip, target: NodeState) -> None:
+        if self.vip is not None:
+            self.vip.remove()
+
+    def _RunScript(self, action: a.RunScript, target: NodeState) -> None:
+        result = self.scripts.run(action.name, target.value)
+        if not result.ok:
+            raise ActionFailed(result.detail or f"{action.name} failed")
+
+    def _KillApp(self, action: a.KillApp, target: NodeState) -> None:
+        killed = self.killer(self.datapath.dirs, self.datapath.mount_pids())
+        log.warning("%s: forcestop killed %d process(es): %s", self.module, len(killed), killed)
+
+    def _RestartApp(self, action: a.RestartApp, target: NodeState) -> None:
+        if action.counted:
+            self.count_restart()
+        for name in ("stop_prim", "start_prim"):
+            result = self.scripts.run(name, target.value)
+            if not result.ok:
+                raise ActionFailed(result.detail or f"{name} failed")
+
+    def _StartResync(self, action: a.StartResync, target: NodeState) -> None:
+        self.datapath.resync(full=action.full)
+
+    def _NewGeneration(self, action: a.NewGeneration, target: NodeState) -> None:
+        log.info("%s: new generation (started by the mount as it enters ALONE)", self.module)
+
+    def _ForgetHistory(self, action: a.ForgetHistory, target: NodeState) -> None:
+        self.journal.forget_history()
+
+    def _MarkUpToDate(self, action: a.MarkUpToDate, target: NodeState) -> None:
+        self.journal.mark_uptodate(action.value)
+
+    def _Flush(self, action: a.Flush, target: NodeState) -> None:
+        self.datapath.flush()
+
+
+def describe(action: a.Action) -> str:
+    """A short name for logs: ``RunScript(start_prim)``, ``MountReplicated(peer_connected=False)``."""
+    if isinstance(action, a.RunScript):
+        return f"RunScript({action.name})"
+    return repr(action)

@@ -1,0 +1,93 @@
+"""What the decision needs from a module's journals, and generation ids on the heartbeat wire.
+
+A module has one journal per replicated directory (``<state>/modules/<m>/<index>/journal.db``),
+all written together by the data path. The generation history of directory 0 stands for the
+module (every directory's mount enters ALONE and resyncs together); the module is up to date only
+if every directory is. The journals are opened fresh for each read, since the mount and the
+receiver (other processes) write them and a ``Journal`` caches its history at open.
+
+On the wire, the heartbeat's ``g`` field (at most 128 characters) carries the newest generation
+ids joined by commas, as many whole ids as fit (7), or ``-`` for no history. A truncated history
+can only turn a relation into UNKNOWN (a full resync), never into another one (docs/journal.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from hamirror.journal.generations import Generation, GenerationHistory
+from hamirror.journal.journal import Journal
+
+UPTODATE_KEY = "uptodate"
+WIRE_LIMIT = 128
+NO_HISTORY = "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalInfo:
+    """The module's data as the journals describe it."""
+
+    history: GenerationHistory
+    uptodate: bool
+
+
+def journal_path(dir_state: str) -> str:
+    return os.path.join(dir_state, "journal.db")
+
+
+def read(dir_states: list[str]) -> JournalInfo:
+    """History of the first directory and whether all directories are up to date."""
+    history, uptodate = GenerationHistory(), True
+    for index, path in enumerate(dir_states):
+        if not os.path.exists(journal_path(path)):
+            uptodate = False
+            continue
+        with Journal(journal_path(path)) as journal:
+            if index == 0:
+                history = journal.generations()
+            uptodate = uptodate and journal.get_state(UPTODATE_KEY) == "1"
+    return JournalInfo(history, uptodate)
+
+
+def mark_uptodate(dir_states: list[str], value: bool) -> None:
+    """Persist the up-to-date flag in every directory's journal."""
+    for path in dir_states:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with Journal(journal_path(path)) as journal:
+            journal.set_state(UPTODATE_KEY, "1" if value else "0")
+
+
+def forget_history(dir_states: list[str]) -> None:
+    """Drop the generation history (operator chose the peer's data after a split brain): both
+    sides then compare UNKNOWN and the primary overwrites this node with a full resync.
+
+    The journal has no public call for this yet; it writes an empty history through the same
+    transaction helper ``adopt_generations`` uses.
+    """
+    for path in dir_states:
+        if not os.path.exists(journal_path(path)):
+            continue
+        with Journal(journal_path(path)) as journal:
+            with journal._db_lock, journal._transaction() as db:     # noqa: SLF001 (see docstring)
+                journal._put_generations_sql(db, GenerationHistory())  # noqa: SLF001
+            journal.set_state(UPTODATE_KEY, "0")
+
+
+def to_wire(history: GenerationHistory) -> str:
+    """The heartbeat's ``g`` value: newest ids first, comma-separated, at most 128 characters."""
+    out = ""
+    for gid in history.ids():
+        candidate = f"{out},{gid}" if out else gid
+        if len(candidate) > WIRE_LIMIT:
+            break
+        out = candidate
+    return out or NO_HISTORY
+
+
+def from_wire(text: str) -> GenerationHistory:
+    """Inverse of :func:`to_wire` (creation times are not sent: 0)."""
+    ids = [gid for gid in text.split(",") if gid and gid != NO_HISTORY]
+    if not ids:
+        return GenerationHistory()
+    return GenerationHistory(Generation(ids[0], 0.0), tuple(Generation(g, 0.0) for g in ids[1:]))

@@ -1,0 +1,291 @@
+"""One module on this node: observe, build the view, decide, act, every tick.
+
+The tick never blocks the event loop: observing (journals, mount and receiver status) runs in a
+worker thread, and a decision's actions run as one task in a worker thread that only reports back
+(Patroni's "decide, then act"). While that task runs, the module keeps its advertised state and
+no new decision is made; a failed sequence is retried from the failed action after a pause.
+
+The advertised state changes when the sequence completes (the *persisted* state changes first,
+through ``Persist``): a peer that sees our new state can rely on it (e.g. a swap's new primary
+connects only once we are SECOND with a receiver listening).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from hamirror.agent import journal_info
+from hamirror.agent.checks import CheckerState
+from hamirror.agent.executor import ActionFailed, Executor, describe
+from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.cluster import actions as a
+from hamirror.cluster.decide import decide
+from hamirror.cluster.heartbeat import ModuleInfo
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import CheckerHealth, Command, ModuleView, PeerView, ResyncStatus, SwapPhase
+from hamirror.journal.generations import GenerationHistory, Relation, compare
+
+log = logging.getLogger(__name__)
+S = NodeState
+
+RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
+RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it
+RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """The data path and the journals at one instant (gathered in a worker thread)."""
+
+    history: GenerationHistory
+    uptodate: bool
+    mounts: tuple[dict | None, ...]
+    receivers: tuple[dict | None, ...]
+    receivers_alive: bool
+
+    @property
+    def mounted(self) -> bool:
+        return bool(self.mounts) and all(m is not None for m in self.mounts)
+
+    @property
+    def mount_states(self) -> set[str]:
+        return {str(m.get("state")) for m in self.mounts if m}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What an operator command led to (the control socket's answer)."""
+
+    ok: bool
+    state: str
+    warnings: list[str]
+    error: str | None = None
+
+
+class ModuleRunner:
+    """Per-module loop state: persisted record, advertised state, running task, pending command."""
+
+    def __init__(self, name: str, node: str, default_primary: bool, store: Store, executor: Executor,
+                 datapath, checkers: CheckerState, max_restarts: int, window: float,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.name, self.node, self.default_primary = name, node, default_primary
+        self.store, self.executor, self.datapath, self.checkers = store, executor, datapath, checkers
+        self.max_restarts, self.window, self.clock, self.wall = max_restarts, window, clock, wall
+        self.record = store.load()
+        self.state = self.record.state
+        self.swap = self.record.swap
+        self.obs: Observation | None = None
+        self.relation = Relation.UNKNOWN
+        self.peer = PeerView()
+        self.warnings: tuple[str, ...] = ()
+        self.error: str | None = None
+        self.task: asyncio.Task | None = None
+        self.retry: tuple[tuple[a.Action, ...], NodeState, float] | None = None
+        self.command = Command.NONE
+        self.waiters: list[asyncio.Future] = []
+        self.resync_requested: float | None = None
+        self.on_change: Callable[[], None] = lambda: None
+        executor.persist = self.persist
+        executor.count_restart = self.count_restart
+
+    # ----------------------------------------------------------------- persistence
+
+    def persist(self, state: NodeState) -> None:
+        """Durably record the state being entered (called by the Persist action)."""
+        self.record = self.store.save(dataclasses.replace(self.record, state=state))
+
+    def count_restart(self) -> None:
+        now = self.wall()
+        kept = tuple(t for t in self.record.restarts if now - t <= self.window)
+        self.record = self.store.save(dataclasses.replace(self.record, restarts=kept + (now,)))
+
+    def restarts_in_window(self) -> int:
+        now = self.wall()
+        return sum(1 for t in self.record.restarts if now - t <= self.window)
+
+    # ----------------------------------------------------------------- observation
+
+    def observe(self) -> Observation:
+        """Blocking: journals, mounts and receivers (run in a worker thread)."""
+        info = journal_info.read(self.datapath.dir_states)
+        mounts = tuple(self.datapath.mount_statuses())
+        receivers = tuple(self.datapath.receiver_status(i) for i in range(len(self.datapath.dirs)))
+        return Observation(info.history, info.uptodate, mounts, receivers, self.datapath.receivers_alive())
+
+    async def attach(self) -> None:
+        """Agent start: adopt a running data path in the persisted state, else start in WAIT."""
+        self.obs = obs = await asyncio.to_thread(self.observe)
+        persisted = self.record.state
+        if persisted is S.STOP:
+            return
+        if persisted.is_primary and obs.mounted:
+            states = obs.mount_states
+            self.state = S.PRIM if persisted is S.PRIM and states == {"PRIM"} else S.ALONE
+            if self.state is not persisted:
+                await asyncio.to_thread(self.persist, self.state)
+            log.info("%s: re-attached to the running mount as %s", self.name, self.state.value)
+            return
+        if persisted is S.SECOND and obs.receivers_alive and obs.uptodate:
+            log.info("%s: re-attached to the running receiver as SECOND", self.name)
+            return
+        actions: tuple[a.Action, ...] = ()
+        if persisted.is_primary:         # the data path is gone: never run the application unreplicated
+            log.warning("%s: was %s but the mount is gone: cleaning up, then WAIT", self.name, persisted.value)
+            actions = (a.RunScript("stop_prim"), a.RemoveVip(), a.Unmount(force=True))
+        self.state = S.WAIT
+        self.start_task((a.Persist(S.WAIT),) + actions + (a.StartReceiver(),), S.WAIT, "agent start")
+
+    # ----------------------------------------------------------------- one tick
+
+    def submit(self, command: Command) -> asyncio.Future:
+        """Queue an operator command for the next decision; the future gets an :class:`Outcome`."""
+        self.command = command
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        return future
+
+    async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
+                   ready: bool) -> None:
+        """Observe, then (unless busy or not ready) decide and start the actions."""
+        if self.task is not None:
+            return
+        self.obs = await asyncio.to_thread(self.observe)
+        self.peer = peer
+        self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
+        if self.task is not None or not ready:
+            return
+        if self.retry is not None and self.command is Command.NONE:
+            actions, target, when = self.retry
+            if self.clock() >= when:
+                self.start_task(actions, target, "retry")
+            return
+        self.retry = None
+        if self.state in (S.WAIT, S.SECOND) and not self.obs.receivers_alive:
+            log.warning("%s: receiver not running in %s: starting it", self.name, self.state.value)
+            self.start_task((a.StartReceiver(),), self.state, "receiver restart")
+            return
+        view = self.view(peer, quorum, peer_history)
+        decision = decide(view)
+        command, self.command = self.command, Command.NONE
+        self.report(view, decision)
+        if decision.state is not self.state or decision.actions:
+            self.start_task(decision.actions, decision.state, command.value, decision)
+        else:
+            self.set_swap(decision.swap)
+            self.resolve(command, decision, None)
+
+    def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:
+        obs = self.obs
+        assert obs is not None
+        cold = peer.alive and obs.history.current is None and peer_history is not None \
+            and peer_history.current is None
+        checker = CheckerHealth(ok=self.checkers.ok if self.state.is_primary else True,
+                                restarts=self.restarts_in_window(), max_restarts=self.max_restarts)
+        return ModuleView(module=self.name, node=self.node, state=self.state, uptodate=obs.uptodate, peer=peer,
+                          relation=self.relation, quorum=quorum, command=self.command,
+                          default_primary=self.default_primary, cold_start=cold, checker=checker,
+                          resync=self.resync_status(), swap=self.swap)
+
+    def resync_status(self) -> ResyncStatus:
+        """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
+        obs, now = self.obs, self.clock()
+        assert obs is not None
+        if self.state is S.ALONE:
+            states = obs.mount_states
+            if "SYNCING" in states:
+                return ResyncStatus.RUNNING
+            if obs.mounted and states == {"PRIM"}:
+                return ResyncStatus.DONE
+            if self.resync_requested is None:
+                return ResyncStatus.NONE
+            if now - self.resync_requested < RESYNC_GRACE:
+                return ResyncStatus.RUNNING
+            return ResyncStatus.FAILED if now - self.resync_requested >= RESYNC_BACKOFF else ResyncStatus.RUNNING
+        if self.state is S.WAIT and self.peer.is_primary:
+            if any(r and r.get("resync") for r in obs.receivers):
+                return ResyncStatus.RUNNING
+            if obs.uptodate and self.relation is Relation.SAME:
+                return ResyncStatus.DONE
+        return ResyncStatus.NONE
+
+    def report(self, view: ModuleView, decision: a.Decision) -> None:
+        """Log every decision that changes something, with its warnings (repeats only at debug)."""
+        changed = decision.state is not view.state or decision.actions
+        if changed:
+            log.warning("%s: %s -> %s (peer %s, relation %s, uptodate %s): %s", self.name, view.state.value,
+                        decision.state.value, view.peer.state.value if view.peer.alive and view.peer.state else
+                        "lost", view.relation.value, view.uptodate,
+                        ", ".join(describe(x) for x in decision.actions) or "no action")
+        for warning in decision.warnings:
+            (log.warning if changed or warning not in self.warnings else log.debug)("%s: %s", self.name, warning)
+        self.warnings = decision.warnings
+
+    # ----------------------------------------------------------------- acting
+
+    def start_task(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
+                   decision: a.Decision | None = None) -> None:
+        if any(isinstance(x, a.StartResync) for x in actions):
+            self.resync_requested = self.clock()
+        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision),
+                                                           name=f"{self.name}-actions")
+
+    async def _run(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
+                   decision: a.Decision | None) -> None:
+        error = None
+        try:
+            for index, action in enumerate(actions):
+                try:
+                    await asyncio.to_thread(self.executor.run, action, target)
+                except ActionFailed as exc:
+                    error = str(exc)
+                    self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
+                    log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
+                              exc, RETRY_PAUSE)
+                    break
+            else:
+                self.retry = None
+        finally:
+            self.error = error
+            if target is not self.state:
+                self.state = target
+                self.resync_requested = None     # the resync status restarts with each state
+            if decision is not None:
+                self.set_swap(decision.swap)
+            self.checkers.reset()
+            self.task = None
+            self.on_change()
+            if decision is not None:
+                command = Command(why) if why in {c.value for c in Command} else Command.NONE
+                self.resolve(command, decision, error)
+
+    def set_swap(self, swap: SwapPhase) -> None:
+        if swap is not self.swap:
+            self.swap = swap
+            self.record = self.store.save(dataclasses.replace(self.record, swap=swap))
+            self.on_change()
+
+    def resolve(self, command: Command, decision: a.Decision, error: str | None) -> None:
+        """Answer the operators waiting on this decision."""
+        if not self.waiters:
+            return
+        refused = command is not Command.NONE and any(w.startswith(f"`{command.value}` refused")
+                                                      for w in decision.warnings)
+        outcome = Outcome(ok=not refused and error is None, state=self.state.value,
+                          warnings=list(decision.warnings), error=error)
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(outcome)
+
+    # ----------------------------------------------------------------- advertising
+
+    def advertised(self) -> ModuleInfo:
+        """This module's heartbeat entry."""
+        obs = self.obs
+        history = obs.history if obs else GenerationHistory()
+        return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
+                          generation=journal_info.to_wire(history), swap=self.swap)

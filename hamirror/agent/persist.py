@@ -1,0 +1,73 @@
+"""The agent's durable memory of one module: ``<state_dir>/modules/<module>/agent.json``.
+
+Written (temp file, fsync, rename, fsync of the directory) *before* the change it records takes
+effect, so an agent killed half-way through a transition knows on restart where it was going
+(design §2). Only the state the module is in or going to, and the swap phase, live here; what
+the data says (up to date, generations) lives in the journals, next to the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import SwapPhase
+
+FILENAME = "agent.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleRecord:
+    """What survives an agent restart. A module never seen before is started (WAIT): a fresh
+    install comes up without an operator ``start``; ``hamirror stop`` is what persists STOP."""
+
+    state: NodeState = NodeState.WAIT
+    swap: SwapPhase = SwapPhase.NONE
+    restarts: tuple[float, ...] = ()   # wall times of checker restarts, for the restart window
+    updated: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"state": self.state.value, "swap": self.swap.value, "restarts": list(self.restarts),
+                "updated": self.updated}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModuleRecord:
+        return cls(NodeState(data["state"]), SwapPhase(data.get("swap", "none")),
+                   tuple(float(t) for t in data.get("restarts", ())), float(data.get("updated", 0.0)))
+
+
+class Store:
+    """Load and save one module's record."""
+
+    def __init__(self, module_state_dir: str) -> None:
+        self.dir = module_state_dir
+        self.path = os.path.join(module_state_dir, FILENAME)
+
+    def load(self) -> ModuleRecord:
+        """The saved record, or the default for a module never seen (unreadable file: error)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return ModuleRecord.from_json(json.load(f))
+        except FileNotFoundError:
+            return ModuleRecord()
+
+    def save(self, record: ModuleRecord) -> ModuleRecord:
+        """Durably replace the record; returns it stamped with the time."""
+        record = dataclasses.replace(record, updated=time.time())
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record.to_json(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return record

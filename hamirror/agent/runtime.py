@@ -1,0 +1,184 @@
+"""``hamirror agent``: the node's daemon. One asyncio loop; one tick per heartbeat interval.
+
+Start-up order: take the pid lock (one agent per node), build a runner per module, re-attach to
+the data path left running by a previous agent, then start heartbeats and the control socket.
+No decision is made until the peer was heard or a heartbeat timeout passed since start: a
+restarted agent must not take the peer for dead just because it has not heard it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+
+from hamirror.actions.checkers import build as build_checker
+from hamirror.actions.scripts import ScriptRunner
+from hamirror.actions.vip import Vip
+from hamirror.agent import control, journal_info
+from hamirror.agent.checks import CheckerState
+from hamirror.agent.datapath import DataPath
+from hamirror.agent.executor import Executor
+from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.persist import Store
+from hamirror.agent.status import module_status
+from hamirror.cluster.heartbeat import load_cluster_key
+from hamirror.cluster.heartbeat_service import HeartbeatService
+from hamirror.cluster.view import Command, PeerView
+from hamirror.config.cluster import ClusterConfig
+from hamirror.config.module import ModuleConfig
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """The agent cannot start (another agent runs, bad key...)."""
+
+
+class _Journals:
+    """The executor's journal operations for one module's directories."""
+
+    def __init__(self, dir_states: list[str]) -> None:
+        self.dir_states = dir_states
+
+    def mark_uptodate(self, value: bool) -> None:
+        journal_info.mark_uptodate(self.dir_states, value)
+
+    def forget_history(self) -> None:
+        journal_info.forget_history(self.dir_states)
+
+
+def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
+    """Wire one module's data path, resources, checkers and persisted record into a runner."""
+    datapath = DataPath(module, cluster)
+    vip = Vip(module.vip.address, module.vip.interface) if module.vip else None
+    executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), _Journals(datapath.dir_states),
+                        persist=lambda state: None, count_restart=lambda: None)
+    checkers = CheckerState(module.name, [build_checker(c, module, cluster) for c in module.checkers])
+    return ModuleRunner(module.name, cluster.local_name, module.default_primary == cluster.local_name,
+                        Store(cluster.module_state_dir(module.name)), executor, datapath, checkers,
+                        module.restart.max_restarts, module.restart.window)
+
+
+class Agent:
+    """Everything one node runs: runners, heartbeats, control socket."""
+
+    def __init__(self, cluster: ClusterConfig, modules: list[ModuleConfig]) -> None:
+        self.cluster, self.modules = cluster, modules
+        self.node, self.peer_node = cluster.local_node, cluster.peer_node
+        self.runners = {m.name: build_runner(m, cluster) for m in modules}
+        hb = cluster.heartbeat
+        self.heartbeat = HeartbeatService(
+            cluster.name, self.node.name, self.peer_node.name, load_cluster_key(cluster.cluster_key_file),
+            bind=[(addr, hb.port) for addr in self.node.addresses],
+            peers=[(addr, hb.port) for addr in self.peer_node.addresses],
+            modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
+            interval=hb.interval, timeout=hb.timeout)
+        for runner in self.runners.values():
+            runner.on_change = self._changed
+        self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
+        self.started = time.monotonic()
+        self.stopping = asyncio.Event()
+        self._check_tasks: dict[str, asyncio.Task] = {}
+        self._lock_fd: int | None = None
+
+    def _changed(self) -> None:
+        with contextlib.suppress(Exception):
+            self.heartbeat.send_now()
+
+    def lock(self) -> None:
+        """One agent per node: an exclusive lock on ``<run_dir>/agent.pid``."""
+        os.makedirs(self.cluster.run_dir, mode=0o755, exist_ok=True)
+        path = os.path.join(self.cluster.run_dir, "agent.pid")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AgentError(f"another agent is running (lock {path} is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (applications and mounts keep running; see docs/admin-guide.md)."""
+        self.lock()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        if self.cluster.quorum.witness:
+            log.warning("quorum.witness is configured but the witness is not supported yet: running without")
+        log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
+                 ", ".join(self.runners) or "none")
+        for runner in self.runners.values():
+            await runner.attach()
+        await self.heartbeat.start()
+        await self.control.start()
+        try:
+            while not self.stopping.is_set():
+                await self.tick()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.cluster.heartbeat.interval)
+        finally:
+            await self.shutdown()
+
+    async def tick(self) -> None:
+        hb = self.heartbeat
+        alive = hb.peer_alive()
+        ready = alive or time.monotonic() - self.started >= self.cluster.heartbeat.timeout
+        infos = hb.peer_modules()
+        for name, runner in self.runners.items():
+            info = infos.get(name)
+            peer = PeerView(alive=alive, state=info.state if info else None,
+                            uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap)
+            history = journal_info.from_wire(info.generation) if info else None
+            try:
+                await runner.tick(peer, history, None, ready)
+            except Exception:  # noqa: BLE001 - one module's bug must not stop the others
+                log.exception("%s: tick failed", name)
+            if runner.state.is_primary and runner.task is None and runner.checkers.checkers:
+                task = self._check_tasks.get(name)
+                if task is None or task.done():
+                    self._check_tasks[name] = asyncio.create_task(runner.checkers.run_due())
+
+    async def handle(self, request: dict) -> dict:
+        """Answer one control-socket request."""
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd != "module":
+            return {"ok": False, "error": f"unknown request {cmd!r}"}
+        runner = self.runners.get(str(request.get("module")))
+        if runner is None:
+            return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
+                                          f"(modules: {', '.join(self.runners) or 'none'})"}
+        try:
+            command = Command(request.get("action"))
+        except ValueError:
+            return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
+        outcome = await runner.submit(command)
+        return {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
+
+    def status(self) -> dict:
+        hb = self.heartbeat
+        return {
+            "node": self.node.name, "cluster": self.cluster.name,
+            "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
+                     "rejected": hb.rejected},
+            "modules": [module_status(r) for r in self.runners.values()],
+        }
+
+    async def shutdown(self) -> None:
+        """Stop heartbeats and the control socket; let running actions finish (bounded)."""
+        log.info("agent stopping; modules keep their state (applications and mounts keep running)")
+        await self.control.close()
+        tasks = [r.task for r in self.runners.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=60)
+        for task in self._check_tasks.values():
+            task.cancel()
+        await self.heartbeat.stop()

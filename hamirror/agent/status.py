@@ -1,0 +1,82 @@
+"""The ``hamirror status`` document (design §4), built from the runners' last observation.
+
+JSON: ``{"node", "cluster", "peer": {...}, "modules": [{"name", "state", "peer_state", "uptodate",
+"resync": {"done_bytes", "total_bytes", ...}|null, ...}]}``; the human table is rendered from the
+same document by the CLI, so both always agree.
+"""
+
+from __future__ import annotations
+
+from hamirror.agent.journal_info import to_wire
+from hamirror.agent.module_runner import ModuleRunner
+
+PROGRESS_KEYS = ("done_bytes", "total_bytes", "done_files", "total_files", "rate", "eta")
+
+
+def resync_progress(runner: ModuleRunner) -> dict | None:
+    """Sum of the resync progress of every directory (sender's mounts or receiver), or None."""
+    obs = runner.obs
+    if obs is None:
+        return None
+    parts = [s["resync"] for s in (*obs.mounts, *obs.receivers) if s and isinstance(s.get("resync"), dict)]
+    if not parts:
+        return None
+    total = {key: 0 for key in ("done_bytes", "total_bytes", "done_files", "total_files")}
+    for part in parts:
+        for key in total:
+            total[key] += int(part.get(key) or 0)
+    total["rate"] = sum(float(p.get("rate") or 0) for p in parts)
+    etas = [p.get("eta") for p in parts if p.get("eta") is not None]
+    total["eta"] = max(etas) if etas else None
+    return total
+
+
+def module_status(runner: ModuleRunner) -> dict:
+    peer = runner.peer
+    obs = runner.obs
+    return {
+        "name": runner.name,
+        "state": runner.state.value,
+        "peer_state": peer.state.value if peer.alive and peer.state else None,
+        "uptodate": bool(obs and obs.uptodate),
+        "resync": resync_progress(runner),
+        "peer_alive": peer.alive,
+        "peer_uptodate": peer.uptodate if peer.alive else None,
+        "relation": runner.relation.value,
+        "generation": to_wire(obs.history) if obs else None,
+        "swap": runner.swap.value,
+        "busy": runner.task is not None,
+        "mounted": bool(obs and obs.mounted),
+        "receiving": bool(obs and obs.receivers_alive),
+        "checker": runner.checkers.failure,
+        "restarts": runner.restarts_in_window(),
+        "warnings": list(runner.warnings),
+        "error": runner.error,
+    }
+
+
+def render_table(doc: dict) -> str:
+    """The human form of the status document."""
+    peer = doc.get("peer") or {}
+    lines = [f"node {doc.get('node')} (cluster {doc.get('cluster')}), peer {peer.get('name')}: "
+             f"{'alive' if peer.get('alive') else 'not heard'}"]
+    header = ("MODULE", "STATE", "PEER", "UPTODATE", "RESYNC")
+    rows = []
+    for m in doc.get("modules", []):
+        resync = m.get("resync")
+        progress = "-"
+        if resync:
+            total = resync.get("total_bytes") or 0
+            pct = 100.0 * resync.get("done_bytes", 0) / total if total else 0.0
+            progress = f"{pct:.0f}% of {total} B"
+        rows.append((m["name"], m["state"] + (" (busy)" if m.get("busy") else ""), m.get("peer_state") or "-",
+                     "yes" if m.get("uptodate") else "no", progress))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for m in doc.get("modules", []):
+        for warning in m.get("warnings", []):
+            lines.append(f"{m['name']}: warning: {warning}")
+        if m.get("error"):
+            lines.append(f"{m['name']}: error: {m['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Operator commands sent to the local agent: ``status``, ``start|stop|prim|second|swap|forcestop|restart``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hamirror.cli.common import CommandError
+from hamirror.config import ConfigError, config_path, load_cluster
+
+COMMANDS = {
+    "start": "start MODULE on this node (it then waits for the peer and takes its role)",
+    "stop": "stop MODULE on this node (a primary's secondary takes over)",
+    "prim": "force this node primary for MODULE, even with data not known to be up to date",
+    "second": "make this node secondary (on a primary: swap; after a split brain: discard local data)",
+    "swap": "exchange primary and secondary, with no data loss",
+    "forcestop": "stop MODULE at once: kill the application, no scripts, no flush",
+    "restart": "restart the application in place (primary), or start a stopped module",
+}
+PRIM_WARNING = ("WARNING: forcing this node primary. If the peer holds writes that were not replicated "
+                "here, they will be lost (or kept apart as a split brain).")
+
+
+def _config(value: str | None) -> str:
+    return config_path(value)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="state of every module on this node and its peer")
+    status.add_argument("module", nargs="?", metavar="MODULE", help="only this module")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    status.set_defaults(func=run_status)
+    for name, text in COMMANDS.items():
+        parser = subparsers.add_parser(name, help=text)
+        parser.add_argument("module", metavar="MODULE")
+        parser.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+        parser.add_argument("--timeout", type=float, default=600.0,
+                            help="seconds to wait for the agent to carry it out (default: %(default)s)")
+        parser.set_defaults(func=run_command, action_name=name)
+
+
+def _socket(args: argparse.Namespace) -> str:
+    from hamirror.agent.control import socket_path
+    try:
+        return socket_path(load_cluster(_config(args.config)).run_dir)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _ask(path: str, message: dict, timeout: float) -> dict:
+    from hamirror.agent.control import AgentNotRunning, request
+    try:
+        return request(path, message, timeout)
+    except AgentNotRunning as exc:
+        raise CommandError(str(exc)) from exc
+    except TimeoutError as exc:
+        raise CommandError(f"no answer from the agent within {timeout:g} s") from exc
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"control socket {path}: {exc}") from exc
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from hamirror.agent.status import render_table
+    answer = _ask(_socket(args), {"cmd": "status"}, 10.0)
+    if not answer.get("ok"):
+        raise CommandError(answer.get("error") or "the agent refused the status request")
+    doc = answer["status"]
+    if args.module:
+        doc["modules"] = [m for m in doc["modules"] if m["name"] == args.module]
+        if not doc["modules"]:
+            raise CommandError(f"no module {args.module!r} on this node")
+    print(json.dumps(doc, indent=1) if args.json else render_table(doc))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.action_name == "prim":
+        print(PRIM_WARNING, file=sys.stderr)
+    answer = _ask(_socket(args), {"cmd": "module", "module": args.module, "action": args.action_name},
+                  args.timeout)
+    for warning in answer.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not answer.get("ok"):
+        reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
+        raise CommandError(f"{args.action_name} {args.module}: {reason}")
+    print(f"{args.module}: {answer.get('state')}")
+    return 0

@@ -1,0 +1,102 @@
+"""What a running mount does when asked over its control socket: status, alone, resync, flush."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from hamirror.journal.journal import Journal
+from hamirror.link.client import LinkClient, PeerLost
+from hamirror.link.protocol import HELLO_RESYNC, Op
+from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.resync.engine import ResyncEngine, ResyncFailed
+
+log = logging.getLogger(__name__)
+
+
+class MountCommands:
+    """Handles control requests for one mount (see hamirror.fs.control)."""
+
+    def __init__(self, root_fd: int, replicator: Replicator, journal: Journal, keys_dir: str,
+                 ack_timeout: float, window: int, snapshot: callable) -> None:
+        self.root_fd = root_fd
+        self.replicator = replicator
+        self.journal = journal
+        self.keys_dir = keys_dir
+        self.ack_timeout = ack_timeout
+        self.window = window
+        self.snapshot = snapshot
+        self.engine: ResyncEngine | None = None
+        self.last_resync_error: str | None = None
+        self._resync_thread: threading.Thread | None = None
+
+    def handle(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.snapshot()}
+        if cmd == "alone":
+            self.replicator.declare_lost(str(req.get("reason") or "peer declared lost by the agent"))
+            return {"ok": True}
+        if cmd == "flush":
+            return self.flush(float(req.get("timeout", 10.0)))
+        if cmd == "resync":
+            return self.start_resync(str(req["peer"]), req.get("peer_key"), bool(req.get("full")),
+                                     req.get("bandwidth"))
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def resync_progress(self) -> dict | None:
+        engine = self.engine
+        if engine is None or self.replicator.state is not MirrorState.SYNCING:
+            return None
+        return engine.progress.snapshot()
+
+    def flush(self, timeout: float) -> dict:
+        """Return once every operation sent so far is acknowledged (a barrier, e.g. before swap)."""
+        replicator = self.replicator
+        with replicator.lock:
+            client = replicator.client
+            if replicator.state not in (MirrorState.PRIM, MirrorState.SYNCING) or client is None:
+                return {"ok": True, "state": replicator.state.value}
+            ticket = client.submit(Op.PING)
+        if not ticket.wait(timeout):
+            return {"ok": False, "error": f"not acknowledged within {timeout:g}s"}
+        if ticket.error:
+            return {"ok": False, "error": ticket.error}
+        return {"ok": True, "state": replicator.state.value}
+
+    def start_resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None) -> dict:
+        if self.replicator.state is not MirrorState.ALONE:
+            return {"ok": False, "error": f"resync needs state ALONE, the mount is {self.replicator.state.value}"}
+        if self._resync_thread is not None and self._resync_thread.is_alive():
+            return {"ok": False, "error": "a resync is already running"}
+        self._resync_thread = threading.Thread(target=self._resync, args=(peer, peer_key, full, bandwidth),
+                                               name="hamirror-resync", daemon=True)
+        self._resync_thread.start()
+        return {"ok": True}
+
+    def _resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None) -> None:
+        started = time.monotonic()
+        client = None
+        try:
+            client = LinkClient(peer, self.keys_dir, peer_key_name=peer_key, ack_timeout=self.ack_timeout,
+                                window=self.window)
+            client.hello(min(self.ack_timeout * 2, 30.0), flags=HELLO_RESYNC)
+            old = self.replicator.client
+            self.engine = ResyncEngine(self.root_fd, self.replicator, client, self.journal, full=full,
+                                       bandwidth=float(bandwidth) if bandwidth else None)
+            self.engine.run()
+            if old is not None and old is not client:
+                old.close(0)
+            self.last_resync_error = None
+            log.info("resync to %s done in %.1fs", peer, time.monotonic() - started)
+        except (PeerLost, ResyncFailed, OSError) as exc:
+            self.last_resync_error = str(exc)
+            log.warning("resync to %s failed: %s", peer, exc)
+            if self.replicator.state is MirrorState.SYNCING and client is not None:
+                client.abort(f"resync failed: {exc}")
+                deadline = time.monotonic() + 5
+                while self.replicator.state is not MirrorState.ALONE and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if client is not None and self.replicator.client is not client:
+                client.close(0)

@@ -1,0 +1,111 @@
+"""A root-only unix socket through which the agent and the CLI steer a running mount.
+
+One JSON object per line each way. The socket file is 0600 and every connection's peer must be
+uid 0 (SO_PEERCRED), so only root on this host can ask a mount to go ALONE or to resync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 64 * 1024
+
+
+class ControlError(Exception):
+    """The mount could not be reached or refused the request."""
+
+
+class ControlServer:
+    """Serves ``handler(request) -> reply`` on ``STATE_DIR/control.sock`` in a thread."""
+
+    def __init__(self, state_dir: str, handler: Callable[[dict], dict]) -> None:
+        self.path = os.path.join(state_dir, SOCKET_NAME)
+        self.handler = handler
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(self.path)
+        finally:
+            os.umask(old)
+        self.sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, name="hamirror-control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != 0:
+                _send(conn, {"ok": False, "error": "permission denied: root only"})
+                return
+            try:
+                request = json.loads(_recv_line(conn))
+                if not isinstance(request, dict):
+                    raise ValueError("request must be a JSON object")
+                reply = self.handler(request)
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the mount lives on
+                log.exception("control request failed")
+                reply = {"ok": False, "error": str(exc)}
+            _send(conn, reply)
+
+
+def _recv_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return data
+
+
+def _send(conn: socket.socket, reply: dict) -> None:
+    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def request(state_dir: str, payload: dict, timeout: float = 30.0) -> dict:
+    """Send one request to the mount whose state directory is ``state_dir``; raise ControlError."""
+    path = os.path.join(state_dir, SOCKET_NAME)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+            reply = json.loads(_recv_line(sock) or b"null")
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"no running mount answers on {path}: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise ControlError(f"{path}: no answer")
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "refused"))
+    return reply

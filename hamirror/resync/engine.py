@@ -1,0 +1,369 @@
+"""Online resync from this (primary) node to a returning peer, inside the mount process.
+
+Why here: the resync's copies travel in the *same ordered stream* as the application's live
+writes, each read from the local file under the replicator's ordering lock. So a block copied by
+the resync can never overwrite a newer live write on the peer: whichever came later locally
+comes later in the stream. Paths the resync has not reached yet are "pending"; live operations
+touching them are recorded and held back (the resync will copy their result), everything else
+streams as usual (see :class:`hamirror.link.replicator.Replicator`).
+
+Modes: **incremental** (both journals cover every change since the common generation: only the
+union of both changed sets is visited, only changed blocks are compared), **scan** (history
+unusable or the peer crashed as primary: every path is compared by metadata, differing files by
+block checksums), **full** (operator asked: every block of every file compared).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import xxhash
+
+from hamirror.journal.blocks import BLOCK_SIZE
+from hamirror.journal.generations import GenerationHistory, incremental_possible
+from hamirror.journal.journal import Journal
+from hamirror.link.client import LinkClient, PeerLost, Ticket
+from hamirror.link.protocol import MAX_BLOCKSUMS, Op
+from hamirror.link.replicator import Replicator
+from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
+                                  meta_at)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 * 1024 * 1024   # local bytes hashed per lock hold when comparing
+
+
+class ResyncFailed(Exception):
+    """The resync stopped; the mount is ALONE again and a later resync resumes."""
+
+
+@dataclass
+class Progress:
+    mode: str = ""
+    total_bytes: int = 0
+    done_bytes: int = 0
+    total_files: int = 0
+    done_files: int = 0
+    bytes_sent: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> dict:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done_bytes / elapsed
+        left = max(self.total_bytes - self.done_bytes, 0)
+        return {"mode": self.mode, "done_bytes": self.done_bytes, "total_bytes": self.total_bytes,
+                "done_files": self.done_files, "total_files": self.total_files,
+                "bytes_sent": self.bytes_sent, "rate": rate, "eta": left / rate if rate > 0 else None}
+
+
+class ResyncEngine:
+    """Runs one resync to completion or raises ResyncFailed (see the module docstring)."""
+
+    def __init__(self, root_fd: int, replicator: Replicator, client: LinkClient, journal: Journal,
+                 *, full: bool = False, bandwidth: float | None = None) -> None:
+        self.root = root_fd
+        self.repl = replicator
+        self.client = client
+        self.journal = journal
+        self.full = full
+        self.bandwidth = bandwidth
+        self.progress = Progress()
+        self.deep = full          # visit every child of a directory (scan and full modes)
+        self._heap: list[str] = []
+        self._linked: dict[int, str] = {}   # local inode -> first path synced (hard links)
+        self._own_blocks: dict[str, list[tuple[int, int]] | None] = {}
+        self._dirs_touched: set[str] = set()
+        self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
+
+    # driver ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except PeerLost as exc:
+            raise ResyncFailed(str(exc)) from exc
+
+    def _run(self) -> None:
+        peer = decode_json(self._ask(Op.CHANGES))
+        candidates = self._plan(peer)
+        resync_id = self._resync_id(peer)
+        resumed = self.journal.resync_begin(resync_id, self.progress.total_bytes, len(candidates))
+        done = self.journal.resync_done_paths() if resumed else set()
+        self.repl.begin_sync(self.client, candidates)
+        for path in candidates:
+            heapq.heappush(self._heap, path)
+        log.info("resync %s: %d path(s) to visit (%s)", resync_id, len(candidates), self.progress.mode)
+        while True:
+            path = self._next_pending()
+            if path is None:
+                if self._finish():
+                    return
+                continue
+            if path in done and path != ".":
+                with self.repl.lock:
+                    self.repl.pending.discard(path)
+                continue
+            self._sync_path(path)
+
+    def _plan(self, peer: dict) -> set[str]:
+        own = self.journal.generations()
+        peer_gen = GenerationHistory.from_json(peer["generations"]) if peer.get("generations") else None
+        if self.full:
+            self.progress.mode = "full"
+            return {"."}
+        if peer.get("complete") and peer_gen is not None and incremental_possible(own, peer_gen):
+            self.progress.mode = "incremental"
+            self._peer_paths = set(peer.get("paths", ()))
+            paths = set(self.journal.changed_paths()) | self._peer_paths
+            for p in paths:
+                blocks = self.journal.changed_blocks(p)
+                self._own_blocks[p] = blocks
+                self.progress.total_bytes += sum(n for _, n in blocks) if blocks else self._size(p)
+            self.progress.total_files = len(paths)
+            return paths
+        self.progress.mode = "scan"
+        self.deep = True
+        return {"."}
+
+    def _resync_id(self, peer: dict) -> str:
+        own = self.journal.generations()
+        peer_current = ((peer.get("generations") or {}).get("current") or {}).get("id", "none")
+        return f"{own.current.id if own.current else 'none'}>{peer_current}:{self.progress.mode}"
+
+    def _next_pending(self) -> str | None:
+        with self.repl.lock:
+            while self._heap:
+                path = heapq.heappop(self._heap)
+                if path in self.repl.pending:
+                    return path
+            for path in self.repl.pending:   # held live operations added paths
+                heapq.heappush(self._heap, path)
+            return heapq.heappop(self._heap) if self._heap else None
+
+    def _finish(self) -> bool:
+        """Fix directory times, then RESYNC_DONE; False if a held operation queued more work."""
+        history = self.journal.generations().to_json()
+        with self.repl.lock:
+            if len(self.repl.pending):
+                return False
+            for d in sorted(self._dirs_touched, reverse=True):   # children first, then parents
+                try:
+                    st = os.stat(d, dir_fd=self.root, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                b = os.fsencode(d)
+                self.client.submit(Op.UTIMENS, (), (b,), ((b, st.st_atime_ns, st.st_mtime_ns),))
+            ticket = self.client.submit(Op.RESYNC_DONE, data=encode_json(history))
+        self._wait(ticket)
+        if not self.repl.finish_sync():
+            raise ResyncFailed("the peer was lost at the end of the resync")
+        self.journal.resync_end()
+        log.info("resync finished: %s", self.progress.snapshot())
+        return True
+
+    # one path --------------------------------------------------------------------------------
+    #
+    # Hold 1 (lock): read ours, ask the peer; ``path`` stays pending, so live operations on it
+    # are held back and recorded meanwhile. Hold 2 (lock): put the peer's entry in shape
+    # (remove/create), queue differing children, *then* release the path: from there on live
+    # operations on it stream, ordered after what the resync sent.
+
+    def _sync_path(self, path: str) -> None:
+        with self.repl.lock:
+            local = meta_at(self.root, path)
+            stat_q = self.client.query(Op.STAT, strs=(os.fsencode(path),))
+            listing_q = ours = None
+            if local is not None and local.kind == "dir":
+                ours = self._local_listing(path)
+                listing_q = self.client.query(Op.LISTDIR, strs=(os.fsencode(path),))
+        raw = decode_json(self._wait(stat_q).payload)
+        remote = Meta.from_json(raw) if raw else None
+        theirs = None
+        if listing_q is not None:
+            theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
+        with self.repl.lock:
+            local = meta_at(self.root, path)
+            remote = self._shape(path, local, remote)
+            if local is not None and local.kind == "dir" and ours is not None:
+                self._queue_children(path, ours, theirs or {} if remote is not None else {})
+            self.repl.pending.discard(path)
+            blocks = self.journal.changed_blocks(path) if self.progress.mode == "incremental" else None
+        last = None
+        if local is not None and local.kind == "file" and not self._linked_elsewhere(path, local):
+            self._copy_file(path, local, remote, blocks)
+        if local is not None:
+            last = self._attributes(path, remote)
+        if last is not None:
+            self._wait(last)
+        self.progress.done_files += 1
+        self.journal.resync_mark_done(path, self.progress.done_bytes)
+
+    def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
+        """Remove what is wrong on the peer and create what is missing (lock held)."""
+        relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
+        if remote is not None and (local is None or relink or not _same_kind(local, remote)):
+            self._submit(Op.REMOVE, (0,), path)
+            self._touched(path)
+            remote = None
+        if local is None or remote is not None or path == ".":
+            return remote
+        self._touched(path)
+        if relink:
+            self._submit(Op.LINK, (), self._linked[local.ino], path)
+        elif local.kind == "dir":
+            self._submit(Op.MKDIR, (local.mode, local.uid, local.gid), path)
+        elif local.kind == "link":
+            self._submit(Op.SYMLINK, (local.uid, local.gid), path, local.target)
+        else:
+            self._submit(Op.CREATE, (local.mode, local.uid, local.gid, local.rdev), path)
+        return None
+
+    def _linked_elsewhere(self, path: str, local: Meta) -> bool:
+        """A hard link whose inode an earlier path already carried to the peer."""
+        return local.nlink > 1 and self._linked.setdefault(local.ino, path) != path
+
+    def _local_listing(self, path: str) -> dict[str, Meta]:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root)
+        try:
+            return list_dir(fd)
+        finally:
+            os.close(fd)
+
+    def _queue_children(self, path: str, ours: dict[str, Meta], theirs: dict[str, Meta]) -> None:
+        for name in sorted(set(theirs) - set(ours)):
+            self._submit(Op.REMOVE, (0,), _join(path, name))
+            self._touched(path)
+        for name, meta in ours.items():
+            child = _join(path, name)
+            other = theirs.get(name)
+            if (other is None or self._must_visit(meta, other)) and child not in self.repl.pending:
+                self.repl.pending.add(child)
+                heapq.heappush(self._heap, child)
+                self.progress.total_files += 1
+                self.progress.total_bytes += meta.size
+
+    def _must_visit(self, ours: Meta, theirs: Meta) -> bool:
+        if not _same_kind(ours, theirs):
+            return True
+        if not self.deep:
+            return False
+        if self.full or ours.kind == "dir":
+            return True
+        return not (ours.same_content_hint(theirs) and ours.same_attributes(theirs)
+                    and ours.nlink == theirs.nlink)
+
+    def _copy_file(self, path: str, local: Meta, remote: Meta | None,
+                   blocks: list[tuple[int, int]] | None) -> None:
+        if remote is None:
+            self._copy_ranges(path, [(0, local.size)], compare=False)
+        elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths:
+            self._copy_ranges(path, blocks, compare=True)
+        else:
+            self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True)
+        with self.repl.lock:
+            size = os.stat(path, dir_fd=self.root, follow_symlinks=False).st_size
+            self._submit(Op.TRUNCATE, (size,), path)
+
+    # data -----------------------------------------------------------------------------------
+
+    def _copy_ranges(self, path: str, ranges: list[tuple[int, int]], compare: bool) -> None:
+        block = BLOCK_SIZE if self.progress.mode == "incremental" else FULL_BLOCK
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root)
+        try:
+            for offset, length in ranges:
+                start = offset - offset % block
+                end = offset + length
+                for chunk_start in range(start, end, CHUNK):
+                    self._copy_chunk(fd, path, chunk_start, min(CHUNK, end - chunk_start), block, compare)
+        finally:
+            os.close(fd)
+
+    def _copy_chunk(self, fd: int, path: str, offset: int, length: int, block: int, compare: bool) -> None:
+        differing = list(range(offset, offset + length, block))
+        if compare:
+            with self.repl.lock:   # local hashes and the peer's at the same point of the stream
+                ours = [xxhash.xxh3_64_intdigest(os.pread(fd, block, o)) for o in differing]
+                count = min(length, block * MAX_BLOCKSUMS)
+                query = self.client.query(Op.BLOCKSUMS, (offset, count, block), (os.fsencode(path),))
+            _, theirs = decode_sums(self._wait(query).payload)
+            differing = [o for i, o in enumerate(differing) if i >= len(theirs) or theirs[i] != ours[i]]
+        self.progress.done_bytes += length - len(differing) * block if compare else 0
+        for block_offset in differing:
+            with self.repl.lock:
+                data = os.pread(fd, block, block_offset)
+                if data:
+                    self._submit(Op.WRITE, (block_offset,), path, data=data)
+            self.progress.bytes_sent += len(data)
+            self.progress.done_bytes += len(data)
+            self._throttle()
+
+    def _throttle(self) -> None:
+        if self.bandwidth:
+            ahead = self.progress.bytes_sent / self.bandwidth - (time.monotonic() - self.progress.started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    # metadata -------------------------------------------------------------------------------
+
+    def _attributes(self, path: str, remote: Meta | None) -> Ticket | None:
+        """Owner, mode, xattrs and times as they are locally *now* (under the lock)."""
+        with self.repl.lock:
+            local = meta_at(self.root, path)
+            if local is None:
+                return None
+            b = os.fsencode(path)
+            if local.kind != "link":
+                self._submit(Op.CHOWN, (local.uid, local.gid), path)
+                self._submit(Op.CHMOD, (local.mode & 0o7777,), path)
+                for attr in sorted(set(remote.xattrs if remote else ()) - set(local.xattrs)):
+                    self._submit(Op.REMOVEXATTR, (), path, attr)
+                for attr, value in sorted(local.xattrs.items()):
+                    if not remote or remote.xattrs.get(attr) != value:
+                        self._submit(Op.SETXATTR, (0,), path, attr, data=bytes.fromhex(value))
+            else:
+                self._submit(Op.CHOWN, (local.uid, local.gid), path)
+            st = os.stat(path, dir_fd=self.root, follow_symlinks=False)
+            return self.client.submit(Op.UTIMENS, (), (b,), ((b, st.st_atime_ns, st.st_mtime_ns),))
+
+    # helpers ----------------------------------------------------------------------------------
+
+    def _submit(self, op: Op, ints: tuple[int, ...], *strs: str, data: bytes | None = None) -> Ticket:
+        """Send one operation (the caller holds the ordering lock)."""
+        return self.client.submit(op, ints, tuple(os.fsencode(s) for s in strs), data=data)
+
+    def _send(self, op: Op, ints: tuple[int, ...], *strs: str) -> Ticket:
+        with self.repl.lock:
+            return self._submit(op, ints, *strs)
+
+    def _ask(self, op: Op, *strs: str) -> bytes:
+        with self.repl.lock:
+            ticket = self.client.query(op, strs=tuple(os.fsencode(s) for s in strs))
+        return self._wait(ticket).payload
+
+    def _wait(self, ticket: Ticket) -> Ticket:
+        ticket.wait()
+        if ticket.error:
+            raise PeerLost(ticket.error)
+        return ticket
+
+    def _touched(self, path: str) -> None:
+        """Creating or removing ``path`` on the peer changed its parent's mtime there."""
+        self._dirs_touched.add(os.path.dirname(path) or ".")
+
+    def _size(self, path: str) -> int:
+        try:
+            return os.stat(path, dir_fd=self.root, follow_symlinks=False).st_size
+        except OSError:
+            return 0
+
+
+def _same_kind(a: Meta, b: Meta) -> bool:
+    return a.kind == b.kind and a.target == b.target and (a.kind != "other" or a.rdev == b.rdev)
+
+
+def _join(parent: str, name: str) -> str:
+    return name if parent == "." else f"{parent}/{name}"
