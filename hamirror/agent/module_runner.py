@@ -70,10 +70,11 @@ class ModuleRunner:
     """Per-module loop state: persisted record, advertised state, running task, pending command."""
 
     def __init__(self, name: str, node: str, default_primary: bool, store: Store, executor: Executor,
-                 datapath, checkers: CheckerState, max_restarts: int, window: float,
+                 datapath, journals, checkers: CheckerState, max_restarts: int, window: float,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.name, self.node, self.default_primary = name, node, default_primary
         self.store, self.executor, self.datapath, self.checkers = store, executor, datapath, checkers
+        self.journals = journals          # .read() -> journal_info.JournalInfo
         self.max_restarts, self.window, self.clock, self.wall = max_restarts, window, clock, wall
         self.record = store.load()
         self.state = self.record.state
@@ -111,7 +112,7 @@ class ModuleRunner:
 
     def observe(self) -> Observation:
         """Blocking: journals, mounts and receivers (run in a worker thread)."""
-        info = journal_info.read(self.datapath.dir_states)
+        info = self.journals.read()
         mounts = tuple(self.datapath.mount_statuses())
         receivers = tuple(self.datapath.receiver_status(i) for i in range(len(self.datapath.dirs)))
         return Observation(info.history, info.uptodate, mounts, receivers, self.datapath.receivers_alive())

@@ -45,6 +45,9 @@ class _Journals:
     def __init__(self, dir_states: list[str]) -> None:
         self.dir_states = dir_states
 
+    def read(self) -> journal_info.JournalInfo:
+        return journal_info.read(self.dir_states)
+
     def mark_uptodate(self, value: bool) -> None:
         journal_info.mark_uptodate(self.dir_states, value)
 
@@ -56,11 +59,12 @@ def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
     """Wire one module's data path, resources, checkers and persisted record into a runner."""
     datapath = DataPath(module, cluster)
     vip = Vip(module.vip.address, module.vip.interface) if module.vip else None
-    executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), _Journals(datapath.dir_states),
+    journals = _Journals(datapath.dir_states)
+    executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), journals,
                         persist=lambda state: None, count_restart=lambda: None)
     checkers = CheckerState(module.name, [build_checker(c, module, cluster) for c in module.checkers])
     return ModuleRunner(module.name, cluster.local_name, module.default_primary == cluster.local_name,
-                        Store(cluster.module_state_dir(module.name)), executor, datapath, checkers,
+                        Store(cluster.module_state_dir(module.name)), executor, datapath, journals, checkers,
                         module.restart.max_restarts, module.restart.window)
 
 

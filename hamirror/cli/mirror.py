@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resync.add_argument("--peer-key", default=None, help="name of the peer's public key file if ambiguous")
     resync.add_argument("--full", action="store_true", help="compare every block of every file")
     resync.add_argument("--bandwidth", type=float, default=None, help="limit in MB/s")
+    resync.add_argument("--keep-aside", action="store_true",
+                        help="split brain: move the peer's own changed files to a dated folder beside its "
+                             "directory before overwriting them")
     resync.add_argument("--state-dir", default=None)
     resync.add_argument("--no-wait", action="store_true", help="start it and return")
     resync.set_defaults(func=run_resync)
@@ -169,7 +172,7 @@ def run_resync(args: argparse.Namespace) -> int:
     bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
     try:
         request(state_dir, {"cmd": "resync", "peer": args.peer, "peer_key": args.peer_key,
-                            "full": args.full, "bandwidth": bandwidth})
+                            "full": args.full, "bandwidth": bandwidth, "keep_aside": args.keep_aside})
     except ControlError as exc:
         raise CommandError(f"resync: {exc}") from exc
     if args.no_wait:

@@ -42,7 +42,7 @@ class MountCommands:
             return self.flush(float(req.get("timeout", 10.0)))
         if cmd == "resync":
             return self.start_resync(str(req["peer"]), req.get("peer_key"), bool(req.get("full")),
-                                     req.get("bandwidth"))
+                                     req.get("bandwidth"), bool(req.get("keep_aside")))
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def resync_progress(self) -> dict | None:
@@ -65,17 +65,19 @@ class MountCommands:
             return {"ok": False, "error": ticket.error}
         return {"ok": True, "state": replicator.state.value}
 
-    def start_resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None) -> dict:
+    def start_resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None,
+                     keep_aside: bool = False) -> dict:
         if self.replicator.state is not MirrorState.ALONE:
             return {"ok": False, "error": f"resync needs state ALONE, the mount is {self.replicator.state.value}"}
         if self._resync_thread is not None and self._resync_thread.is_alive():
             return {"ok": False, "error": "a resync is already running"}
-        self._resync_thread = threading.Thread(target=self._resync, args=(peer, peer_key, full, bandwidth),
+        self._resync_thread = threading.Thread(target=self._resync, args=(peer, peer_key, full, bandwidth, keep_aside),
                                                name="hamirror-resync", daemon=True)
         self._resync_thread.start()
         return {"ok": True}
 
-    def _resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None) -> None:
+    def _resync(self, peer: str, peer_key: str | None, full: bool, bandwidth: float | None,
+                keep_aside: bool) -> None:
         started = time.monotonic()
         client = None
         try:
@@ -84,7 +86,8 @@ class MountCommands:
             client.hello(min(self.ack_timeout * 2, 30.0), flags=HELLO_RESYNC)
             old = self.replicator.client
             self.engine = ResyncEngine(self.root_fd, self.replicator, client, self.journal, full=full,
-                                       bandwidth=float(bandwidth) if bandwidth else None)
+                                       bandwidth=float(bandwidth) if bandwidth else None,
+                                       keep_aside=keep_aside)
             self.engine.run()
             if old is not None and old is not client:
                 old.close(0)

@@ -17,6 +17,7 @@ import stat
 import mfusepy
 
 from hamirror.fs.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.link.client import WHOLE
 from hamirror.link.protocol import Op
 from hamirror.link.replicator import Replicator
 
@@ -123,7 +124,7 @@ class Interception(mfusepy.Operations):
             own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
-        with self.repl.change(((p,),)) as tx:
+        with self.repl.change(((p, WHOLE),)) as tx:
             fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
         return fd
@@ -131,7 +132,7 @@ class Interception(mfusepy.Operations):
     def create(self, path: str, mode: int, flags: int) -> int:
         p = rel(path)
         own = (flags & ~_STRIP_FLAGS & ~os.O_ACCMODE) | os.O_RDWR | os.O_CLOEXEC
-        with self.repl.change(((p,),)) as tx:
+        with self.repl.change(((p, WHOLE),)) as tx:
             try:
                 fd = os.open(p, own | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self.root)
             except FileExistsError:
@@ -183,7 +184,7 @@ class Interception(mfusepy.Operations):
             os.ftruncate(fh, length)
             return 0
         p = rel(path)
-        with self.repl.change(((p,),)) as tx:
+        with self.repl.change(((p, WHOLE),)) as tx:
             if fh is not None:
                 os.ftruncate(fh, length)
             else:
@@ -196,7 +197,7 @@ class Interception(mfusepy.Operations):
             fallocate(fh, mode, offset, size)
             return 0
         p = rel(path)
-        with self.repl.change(((p,),)) as tx:
+        with self.repl.change(((p, WHOLE),)) as tx:
             fallocate(fh, mode, offset, size)
             tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
         return 0
@@ -260,7 +261,7 @@ class Interception(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
         new, old = rel(target), rel(source)
-        with self.repl.change(((new,), (old,))) as tx:
+        with self.repl.change(((new, WHOLE), (old,))) as tx:
             os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
         return 0
@@ -281,7 +282,7 @@ class Interception(mfusepy.Operations):
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         src, dst = rel(old), rel(new)
-        with self.repl.change(((src,), (dst,))) as tx:
+        with self.repl.change(((src,), (dst, WHOLE))) as tx:
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))
             tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))

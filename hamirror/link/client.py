@@ -27,7 +27,10 @@ from hamirror.link.protocol import ERROR, Op, ProtocolError, Times, decode_reply
 
 log = logging.getLogger(__name__)
 
-Change = tuple  # (path,) or (path, offset, length): what an operation changed, for the journal
+# What an operation changed, for the journal: (path,) names only, (path, WHOLE) content replaced
+# wholesale, (path, offset, length) a written byte range.
+Change = tuple
+WHOLE = "whole"
 
 
 class PeerLost(Exception):

@@ -184,6 +184,8 @@ class Replicator:
         for change in changes:
             if len(change) == 3:
                 self.journal.record_range(*change)
+            elif len(change) == 2:       # (path, WHOLE): content replaced without a write
+                self.journal.record_whole(change[0])
             else:
                 paths.append(change[0])
         if paths:

@@ -64,13 +64,14 @@ class ResyncEngine:
     """Runs one resync to completion or raises ResyncFailed (see the module docstring)."""
 
     def __init__(self, root_fd: int, replicator: Replicator, client: LinkClient, journal: Journal,
-                 *, full: bool = False, bandwidth: float | None = None) -> None:
+                 *, full: bool = False, bandwidth: float | None = None, keep_aside: bool = False) -> None:
         self.root = root_fd
         self.repl = replicator
         self.client = client
         self.journal = journal
         self.full = full
         self.bandwidth = bandwidth
+        self.keep_aside = keep_aside   # split brain: the peer's own changes go to a dated folder
         self.progress = Progress()
         self.deep = full          # visit every child of a directory (scan and full modes)
         self._heap: list[str] = []
@@ -115,6 +116,8 @@ class ResyncEngine:
         if self.full:
             self.progress.mode = "full"
             return {"."}
+        if self.keep_aside:
+            self._peer_paths = set(peer.get("paths", ()))
         if peer.get("complete") and peer_gen is not None and incremental_possible(own, peer_gen):
             self.progress.mode = "incremental"
             self._peer_paths = set(peer.get("paths", ()))
@@ -205,8 +208,9 @@ class ResyncEngine:
     def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
         """Remove what is wrong on the peer and create what is missing (lock held)."""
         relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
-        if remote is not None and (local is None or relink or not _same_kind(local, remote)):
-            self._submit(Op.REMOVE, (0,), path)
+        aside = self.keep_aside and path in self._peer_paths
+        if remote is not None and (local is None or relink or aside or not _same_kind(local, remote)):
+            self._submit(Op.REMOVE, (1 if aside else 0,), path)
             self._touched(path)
             remote = None
         if local is None or remote is not None or path == ".":
