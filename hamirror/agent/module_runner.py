@@ -257,6 +257,10 @@ class ModuleRunner:
             if decision is not None:
                 self.set_swap(decision.swap)
             self.checkers.reset()
+            try:                     # advertise the new state with the data it now has
+                self.obs = await asyncio.to_thread(self.observe)
+            except Exception:  # noqa: BLE001 - the next tick observes again
+                log.exception("%s: observation failed", self.name)
             self.task = None
             self.on_change()
             if decision is not None:

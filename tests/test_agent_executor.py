@@ -1,0 +1,82 @@
+"""The executor maps each action onto the data path, VIP, scripts and journal (fakes, no processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hamirror.agent.executor import ActionFailed, Executor
+from hamirror.cluster import actions as a
+from hamirror.cluster.states import NodeState
+from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip
+
+S = NodeState
+
+
+def make(failing_scripts: tuple[str, ...] = ()):
+    dp, vip, scripts, journal = FakeDataPath(), FakeVip(), FakeScripts(failing_scripts), FakeJournal()
+    persisted, restarts, killed = [], [], []
+
+    def killer(dirs, spare):
+        killed.append((tuple(dirs), frozenset(spare)))
+        return [42]
+
+    ex = Executor("demo", dp, vip, scripts, journal, persisted.append, lambda: restarts.append(1), killer)
+    return ex, dp, vip, scripts, journal, persisted, restarts, killed
+
+
+def test_takeover_sequence_maps_to_the_data_path_contract():
+    ex, dp, vip, scripts, journal, persisted, _, _ = make()
+    for action in (a.Persist(S.ALONE), a.RunScript("stop_second"), a.StopReceiver(), a.NewGeneration(),
+                   a.MarkUpToDate(True), a.MountReplicated(peer_connected=False), a.AddVip(),
+                   a.RunScript("start_prim")):
+        ex.run(action, S.ALONE)
+    assert persisted == [S.ALONE]
+    assert dp.calls == [("stop_receivers",), ("mount", True)]     # NewGeneration: done by mount --alone
+    assert vip.up and journal.uptodate
+    assert scripts.runs == [("stop_second", "ALONE"), ("start_prim", "ALONE")]
+
+
+def test_mirroring_switches_use_the_mount_control():
+    ex, dp, *_ = make()
+    ex.run(a.MountReplicated(peer_connected=True), S.PRIM)
+    assert dp.calls == [("mount", False)]
+    ex.run(a.SetMirroring(False), S.ALONE)
+    assert dp.mounts[0]["state"] == "ALONE"
+    with pytest.raises(ActionFailed, match="mirroring not active"):
+        ex.run(a.SetMirroring(True), S.PRIM)        # the resync has not switched the mount to PRIM
+    ex.run(a.StartResync(full=True), S.ALONE)
+    assert ("resync", True) in dp.calls
+    dp.mounts = [dict(dp.mounts[0], state="PRIM")]
+    ex.run(a.SetMirroring(True), S.PRIM)
+
+
+def test_stop_sequences_flush_then_unmount_and_forcestop_kills():
+    ex, dp, vip, scripts, _, _, _, killed = make()
+    vip.up = True
+    for action in (a.RunScript("stop_prim"), a.RemoveVip(), a.Flush(), a.Unmount()):
+        ex.run(action, S.STOP)
+    assert dp.calls == [("flush",), ("unmount", False)] and not vip.up
+    ex.run(a.KillApp(), S.STOP)
+    ex.run(a.Unmount(force=True), S.STOP)
+    assert killed == [(("/srv/d0",), frozenset({1}))]       # the mount's pid is spared
+    assert dp.calls[-1] == ("unmount", True)
+
+
+def test_failures_become_action_failed_with_the_reason():
+    ex, dp, *_ = make(failing_scripts=("start_prim",))
+    with pytest.raises(ActionFailed, match="start_prim exit 1"):
+        ex.run(a.RunScript("start_prim"), S.ALONE)
+    dp.fail.add("mount")
+    with pytest.raises(ActionFailed, match="mount broke"):
+        ex.run(a.MountReplicated(peer_connected=False), S.ALONE)
+
+
+def test_restart_counts_only_checker_restarts_and_journal_flags():
+    ex, _, _, scripts, journal, _, restarts, _ = make()
+    ex.run(a.RestartApp(counted=True), S.PRIM)
+    ex.run(a.RestartApp(counted=False), S.PRIM)
+    assert restarts == [1]
+    assert scripts.runs == [("stop_prim", "PRIM"), ("start_prim", "PRIM")] * 2
+    journal.uptodate = True
+    ex.run(a.ForgetHistory(), S.WAIT)
+    assert journal.forgotten and not journal.uptodate

@@ -1,0 +1,160 @@
+"""The module runner: view building, decisions carried out, persistence, commands, re-attach,
+retries (fakes for the data path, scripts, VIP and journal; no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hamirror.agent.checks import CheckerState
+from hamirror.agent.executor import Executor
+from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import Command, PeerView
+from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip, history
+
+S = NodeState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path, state=None, primary=True, journal=None, failing=()):
+    store = Store(str(tmp_path / "demo"))
+    if state is not None:
+        store.save(ModuleRecord(state=state))
+    journal = journal or FakeJournal()
+    dp, vip, scripts = FakeDataPath(journal=journal), FakeVip(), FakeScripts(failing)
+    ex = Executor("demo", dp, vip, scripts, journal, lambda s: None, lambda: None)
+    clock = Clock()
+    runner = ModuleRunner("demo", "node1" if primary else "node2", primary, store, ex, dp, journal,
+                          CheckerState("demo", [], clock), 3, 300.0, clock=clock)
+    return runner, dp, vip, scripts, journal, store, clock
+
+
+async def step(runner, peer=PeerView(), peer_history=None, ready=True):
+    await runner.tick(peer, peer_history, None, ready)
+    if runner.task is not None:
+        await runner.task
+
+
+def peer(state, uptodate=False, **kw):
+    return PeerView(alive=True, state=state, uptodate=uptodate, **kw)
+
+
+def test_cold_start_promotes_the_default_primary_then_resyncs_and_mirrors(tmp_path):
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path)
+
+    async def scenario():
+        await runner.attach()                     # never seen: WAIT, receiver started
+        await runner.task
+        assert runner.state is S.WAIT and dp.receiving
+        await step(runner, peer(S.WAIT), history())
+        assert runner.state is S.ALONE and store.load().state is S.ALONE
+        assert vip.up and journal.uptodate and not dp.receiving and dp.mounts[0]["state"] == "ALONE"
+        assert ("start_prim", "ALONE") in scripts.runs
+        await step(runner, peer(S.WAIT), history())           # peer has no history: full resync
+        assert ("resync", True) in dp.calls
+        await step(runner, peer(S.WAIT), history())
+        assert runner.resync_status().value == "running"
+        dp.mounts = [dict(dp.mounts[0], state="PRIM")]           # the mount finished the resync
+        await step(runner, peer(S.WAIT), journal.history)        # peer still WAIT: no flapping
+        assert runner.state is S.ALONE
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert runner.state is S.PRIM and store.load().state is S.PRIM
+
+    asyncio.run(scenario())
+
+
+def test_up_to_date_second_takes_over_when_the_peer_is_lost(tmp_path):
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.SECOND, primary=False,
+                                                       journal=FakeJournal(("g1",), uptodate=True))
+    dp.receiving = True
+
+    async def scenario():
+        await runner.attach()
+        assert runner.state is S.SECOND and dp.calls == []      # re-attached, nothing restarted
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and vip.up
+        assert dp.calls == [("stop_receivers",), ("mount", True)]
+        assert journal.history.current.id != "g1"               # a new generation (by the mount)
+        assert runner.advertised().generation.startswith(journal.history.current.id + ",g1")
+
+    asyncio.run(scenario())
+
+
+def test_no_decision_before_the_peer_is_heard_or_the_timeout_passed(tmp_path):
+    runner, dp, vip, *_ = make(tmp_path, S.SECOND, primary=False, journal=FakeJournal(("g1",), uptodate=True))
+    dp.receiving = True
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, PeerView(alive=False), ready=False)
+        assert runner.state is S.SECOND and not vip.up
+
+    asyncio.run(scenario())
+
+
+def test_reattach_adopts_a_live_mount_and_cleans_up_a_dead_one(tmp_path):
+    runner, dp, *_ = make(tmp_path / "a", S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+
+    async def live():
+        await runner.attach()
+        assert runner.state is S.PRIM and dp.calls == []
+    asyncio.run(live())
+
+    runner, dp, vip, scripts, _, store, _ = make(tmp_path / "b", S.ALONE, journal=FakeJournal(("g1",), True))
+
+    async def dead():
+        await runner.attach()
+        await runner.task
+        assert runner.state is S.WAIT and store.load().state is S.WAIT
+        assert scripts.runs == [("stop_prim", "WAIT")] and vip.calls == ["remove"]
+        assert dp.calls == [("unmount", True), ("start_receivers",)]
+    asyncio.run(dead())
+
+
+def test_operator_commands_answer_with_the_outcome(tmp_path):
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+
+    async def scenario():
+        await runner.attach()
+        refused = runner.submit(Command.SWAP)
+        await step(runner, peer(S.SECOND, False), history("g1"))     # the peer is not up to date
+        outcome = refused.result()
+        assert not outcome.ok and outcome.state == "PRIM" and "`swap` refused" in outcome.warnings[0]
+        stop = runner.submit(Command.STOP)
+        await step(runner, peer(S.SECOND, True), history("g1"))
+        outcome = stop.result()
+        assert outcome.ok and outcome.state == "STOP" and store.load().state is S.STOP
+        assert [c[0] for c in dp.calls] == ["flush", "unmount"] and ("stop_prim", "STOP") in scripts.runs
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_action_is_retried_from_where_it_stopped(tmp_path):
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.SECOND, primary=False,
+                                                           journal=FakeJournal(("g1",), True), failing=("start_prim",))
+    dp.receiving = True
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and store.load().state is S.ALONE and runner.error
+        mounts = len([c for c in dp.calls if c[0] == "mount"])
+        scripts.failing = ()
+        await step(runner, PeerView(alive=False))              # too early: nothing
+        assert scripts.runs.count(("start_prim", "ALONE")) == 1
+        clock.now += 10
+        await step(runner, PeerView(alive=False))
+        assert scripts.runs.count(("start_prim", "ALONE")) == 2 and runner.error is None
+        assert len([c for c in dp.calls if c[0] == "mount"]) == mounts    # only from the failed step
+
+    asyncio.run(scenario())
