@@ -1,0 +1,34 @@
+"""Changes made while a module is stopped are recorded by the inotify watcher."""
+
+import os
+import time
+
+from hamirror.journal.journal import Journal
+from hamirror.journal.watcher import DirectoryWatcher
+from tests.mirror_fixtures import wait_for
+
+
+def test_watcher_records_every_change_made_behind_our_back(tmp_path):
+    data = tmp_path / "data"
+    (data / "old").mkdir(parents=True)
+    (data / "old" / "f").write_bytes(b"1")
+    (data / "keep").write_bytes(b"k")
+    (data / "still").write_bytes(b"s")
+    journal = Journal(str(tmp_path / "journal.db"))
+    watcher = DirectoryWatcher(str(data), journal).start()
+    try:
+        (data / "new.txt").write_bytes(b"x")
+        (data / "old" / "f").write_bytes(b"2")
+        os.chmod(data / "keep", 0o600)
+        os.rename(data / "old", data / "moved")
+        (data / "moved" / "g").write_bytes(b"3")       # inside a directory watched after the move
+        os.makedirs(data / "deep" / "er")
+        time.sleep(0.1)
+        (data / "deep" / "er" / "leaf").write_bytes(b"4")
+        expected = {"new.txt", "keep", "old", "moved", "moved/g", "deep", "deep/er", "deep/er/leaf"}
+        wait_for(lambda: expected <= set(journal.changed_paths()), 5, what="recorded paths")
+    finally:
+        watcher.stop()
+    assert not watcher.overflowed
+    assert "still" not in journal.changed_paths()   # only what changed, not the whole tree
+    journal.close()
