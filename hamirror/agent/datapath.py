@@ -77,19 +77,13 @@ class DataPath:
 
     # ----------------------------------------------------------------- mount
 
-    def control(self, index: int, request: dict) -> dict:
-        """One request on the mount's control socket (``hamirror.fs.control``)."""
+    def control(self, index: int, request: dict, timeout: float = 10.0) -> dict:
+        """One request on the mount's control socket (``hamirror.fs.control``); its reply."""
+        from hamirror.fs.control import ControlError, request as send
         try:
-            from hamirror.fs.control import request as send
-        except ImportError as exc:
-            raise DataPathError("the mount has no control socket (hamirror.fs.control missing)") from exc
-        try:
-            answer = send(self.dir_states[index], request)
-        except Exception as exc:  # noqa: BLE001 - socket errors, refused requests: all reported
+            return send(self.dir_states[index], request, timeout)
+        except ControlError as exc:
             raise DataPathError(f"{self.dirs[index]}: {request.get('cmd')} failed: {exc}") from exc
-        if isinstance(answer, dict) and answer.get("ok") is False:
-            raise DataPathError(f"{self.dirs[index]}: {request.get('cmd')} refused: {answer.get('error')}")
-        return answer if isinstance(answer, dict) else {}
 
     def mount_status(self, index: int) -> dict | None:
         """The live mount's status (state PRIM/ALONE/SYNCING, resync), or None if not mounted."""
@@ -97,8 +91,8 @@ class DataPath:
         if not status or status.get("role") == "receiver" or not _alive(status.get("pid")):
             return None
         try:
-            live = self.control(index, {"cmd": "status"})
-            status = {**status, **live} if live else status
+            live = self.control(index, {"cmd": "status"}).get("status")
+            status = {**status, **live} if isinstance(live, dict) else status
         except DataPathError:
             pass
         return status if status.get("mounted") else None
@@ -154,7 +148,7 @@ class DataPath:
         """Return once every write in flight is acknowledged by the peer."""
         for i in range(len(self.dirs)):
             if self.mount_status(i) is not None:
-                self.control(i, {"cmd": "flush", "timeout": timeout})
+                self.control(i, {"cmd": "flush", "timeout": timeout}, timeout + 5)
 
     def mount_pids(self) -> set[int]:
         pids = set()

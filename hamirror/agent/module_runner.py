@@ -207,7 +207,7 @@ class ModuleRunner:
                 return ResyncStatus.RUNNING
             return ResyncStatus.FAILED if now - self.resync_requested >= RESYNC_BACKOFF else ResyncStatus.RUNNING
         if self.state is S.WAIT and self.peer.is_primary:
-            if any(r and r.get("resync") for r in obs.receivers):
+            if any(r and (r.get("resync") or r.get("resyncing")) for r in obs.receivers):
                 return ResyncStatus.RUNNING
             if obs.uptodate and self.relation is Relation.SAME:
                 return ResyncStatus.DONE

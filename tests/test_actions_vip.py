@@ -1,0 +1,72 @@
+"""The VIP for real, in a throwaway network namespace (veth pair, addresses in 198.18.0.0/24):
+added and removed idempotently, and announced with gratuitous ARP on the wire."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from hamirror.actions.vip import Vip, VipError, arp_announce
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+# Runs inside the namespace: listen for ARP on the far end, add the VIP on the near end.
+SCRIPT = """
+import socket, sys
+from hamirror.actions.vip import Vip
+listen = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+listen.bind(("v1", 0)); listen.settimeout(3)
+vip = Vip("198.18.0.100/24", "v0", arp_count=2, arp_interval=0.05)
+vip.add(); vip.add()                      # idempotent
+frame = listen.recv(2048)
+print(frame[28:32] == socket.inet_aton("198.18.0.100") == frame[38:42], vip.present())
+vip.remove(); vip.remove()                # idempotent
+print(vip.present())
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns():
+    name = f"hmtest-{uuid.uuid4().hex[:6]}"
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        for dev in ("v0", "v1", "lo"):
+            ip("-n", name, "link", "set", dev, "up")
+        ip("-n", name, "addr", "add", "198.18.0.1/24", "dev", "v0")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_vip_added_announced_and_removed_inside_the_node(netns):
+    result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "False"]
+
+
+def test_vip_through_a_named_namespace_and_missing_interface(netns):
+    vip = Vip("198.18.0.100/24", "v0", netns=netns, arp_count=0)
+    vip.add()
+    shown = subprocess.run(["ip", "-n", netns, "-4", "addr", "show", "dev", "v0"], capture_output=True, text=True).stdout
+    assert "198.18.0.100/24" in shown
+    vip.remove()
+    assert not vip.present()
+    with pytest.raises(VipError, match="does not exist"):
+        Vip("198.18.0.100/24", "nope0", netns=netns).add()
+    Vip("198.18.0.100/24", "nope0", netns=netns).remove()    # nothing to remove: no error
+
+
+def test_arp_frame_layout():
+    frame = arp_announce("02:00:00:00:00:01", "198.18.0.100")
+    assert frame[:6] == b"\xff" * 6 and frame[12:14] == b"\x08\x06" and len(frame) == 42
+    assert frame[20:22] == b"\x00\x01"                         # request
