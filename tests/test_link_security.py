@@ -24,6 +24,7 @@ from tests.conftest import needs_root, run_cli
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
 
 SESSION = 0x1234_5678_9ABC_DEF1
+HELLO_INTS = (1,) + (0,) * (protocol.SPECS[Op.HELLO].n_ints - 1)   # version 1, no flags
 
 
 # (a) untrusted key -----------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class RawSender:
 
     def hello(self) -> None:
         self.seq = 0
-        reply = self.exchange([encode(Op.HELLO, SESSION, 0, (1,))])
+        reply = self.exchange([encode(Op.HELLO, SESSION, 0, HELLO_INTS)])
         assert reply.status == OK, reply
         self.seq = 1
 
@@ -249,8 +250,8 @@ def test_hostile_and_malformed_messages_are_refused(hostile):
 def test_stream_order_and_hello_are_enforced(hostile):
     pair, sender, _ = hostile
     # HELLO with an unsupported version, with session 0
-    _assert_refused(sender.exchange([encode(Op.HELLO, SESSION, 0, (2,))]), "HELLO version 2")
-    _assert_refused(sender.exchange([encode(Op.HELLO, 0, 0, (1,))]), "HELLO session 0")
+    _assert_refused(sender.exchange([encode(Op.HELLO, SESSION, 0, (2,) + HELLO_INTS[1:])]), "HELLO version 2")
+    _assert_refused(sender.exchange([encode(Op.HELLO, 0, 0, HELLO_INTS)]), "HELLO session 0")
     # no session yet: an operation is refused for its order
     reply = sender.exchange([encode(Op.CREATE, SESSION + 2, 1, (0o100644, 0, 0, 0), (b"nosession",))])
     assert reply.status == ERROR
@@ -300,7 +301,6 @@ _offset = st.integers(0, protocol.INT64_MAX - protocol.MAX_DATA)
 _times = st.lists(st.tuples(_path | st.just(b"."), _i64, _i64), max_size=protocol.MAX_TIMES).map(tuple)
 
 _ARGS = {
-    Op.HELLO: (st.tuples(_i64), st.tuples()),
     Op.CREATE: (st.tuples(_mode, _id, _id, _i64), st.tuples(_path)),
     Op.MKDIR: (st.tuples(_mode, _id, _id), st.tuples(_path)),
     Op.SYMLINK: (st.tuples(_id, _id), st.tuples(_path, _target)),
@@ -321,10 +321,27 @@ _ARGS = {
 }
 
 
+_STRING_KINDS = {protocol.PATH: _path, protocol.NAME: _name, protocol.TARGET: _target}
+if hasattr(Op, "BLOCKSUMS"):
+    _ARGS[Op.BLOCKSUMS] = (st.integers(4096, protocol.MAX_DATA).flatmap(lambda block: st.tuples(
+        st.integers(0, 2**40), st.integers(0, block * protocol.MAX_BLOCKSUMS), st.just(block))), None)
+
+
+def _strategies(op: Op):
+    """Arguments the codec must accept: specific ranges where decode checks them, else any."""
+    spec = protocol.SPECS[op]
+    ints, strs = _ARGS.get(op, (None, None))
+    if ints is None:
+        ints = st.tuples(*[_i64] * spec.n_ints)
+    if strs is None:
+        strs = st.tuples(*[_STRING_KINDS[kind] for kind in spec.strs])
+    return ints, strs
+
+
 @st.composite
 def valid_messages(draw):
     op = draw(st.sampled_from(list(Op)))
-    ints_strategy, strs_strategy = _ARGS[op]
+    ints_strategy, strs_strategy = _strategies(op)
     data = draw(st.binary(max_size=200)) if protocol.SPECS[op].has_data else None
     return (op, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)),
             draw(ints_strategy), draw(strs_strategy), draw(_times), data)
