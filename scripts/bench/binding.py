@@ -65,9 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int)
     p.add_argument("--reps", type=int)
     p.add_argument("--mfusepy-python", default=sys.executable)
+    p.add_argument("--only", help="comma-separated subset of mfusepy,mfusepy-wb,pyfuse3,pyfuse3-wb (plain always runs)")
     p.add_argument("--pyfuse3-python", default="/tmp/bvenv/bin/python",
                    help="an interpreter with pyfuse3 and trio; '' to skip pyfuse3")
-    p.add_argument("--writeback", action="store_true", help="also run pyfuse3 with enable_writeback_cache")
+    p.add_argument("--writeback", action="store_true", help="also run each binding with the kernel writeback cache")
     args = p.parse_args(argv)
     for key, quick, full in (("size_mib", 128, 1024), ("files", 1000, 10000), ("reps", 2, 3)):
         if getattr(args, key) is None:
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     mounts: list[Passthrough] = []
     skipped: dict[str, str] = {}
     wanted = [("mfusepy", [args.mfusepy_python, os.path.join(HERE, "pt_mfusepy.py")])]
+    if args.writeback:
+        wanted.append(("mfusepy-wb", [args.mfusepy_python, os.path.join(HERE, "pt_mfusepy.py"), "--writeback"]))
     if args.pyfuse3_python:
         wanted.append(("pyfuse3", [args.pyfuse3_python, os.path.join(HERE, "pt_pyfuse3.py")]))
         if args.writeback:
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
             ("create_fsync", lambda d: w.small_files(d, args.files, fsync=True))]
     try:
         for name, cmd in wanted:
+            if args.only and name not in args.only.split(","):
+                continue
             try:
                 mounts.append(Passthrough(name, cmd, os.path.join(root, name)))
                 targets[name] = mounts[-1].dir

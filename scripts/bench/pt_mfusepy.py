@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Minimal mfusepy passthrough (path-based, multithreaded), for binding.py: SOURCE MOUNTPOINT."""
+"""Minimal mfusepy passthrough (path-based, multithreaded), for binding.py: SOURCE MOUNTPOINT [--writeback]."""
 
 import os
 import sys
 
 import mfusepy
 
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16   # libfuse 3 fuse_common.h
 _FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_blksize")
 
 
 class Passthrough(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, writeback: bool) -> None:
         self.root = root
+        self.writeback = writeback
+
+    def init_with_config(self, conn, config):
+        if self.writeback and conn is not None:   # not settable on libfuse 3.14's command line
+            conn.want |= conn.capable & FUSE_CAP_WRITEBACK_CACHE
 
     def _p(self, path: str) -> str:
         return self.root + path
@@ -28,7 +34,10 @@ class Passthrough(mfusepy.Operations):
         return [".", ".."] + os.listdir(self._p(path))
 
     def open(self, path, flags):
-        return os.open(self._p(path), flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL))
+        own = flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_APPEND)
+        if own & os.O_ACCMODE != os.O_RDONLY:   # the writeback cache may read through it
+            own = (own & ~os.O_ACCMODE) | os.O_RDWR
+        return os.open(self._p(path), own)
 
     def create(self, path, mode, fi=None):
         return os.open(self._p(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
@@ -77,5 +86,6 @@ class Passthrough(mfusepy.Operations):
 
 
 if __name__ == "__main__":
-    mfusepy.FUSE(Passthrough(os.path.abspath(sys.argv[1])), sys.argv[2], foreground=True, nothreads=False,
-                 default_permissions=True, use_ino=True, fsname="pt-mfusepy")
+    source, mountpoint = [a for a in sys.argv[1:] if not a.startswith("--")]
+    mfusepy.FUSE(Passthrough(os.path.abspath(source), "--writeback" in sys.argv), mountpoint, foreground=True,
+                 nothreads=False, default_permissions=True, use_ino=True, fsname="pt-mfusepy")
