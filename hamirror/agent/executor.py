@@ -180,4 +180,6 @@ def describe(action: a.Action) -> str:
     """A short name for logs: ``RunScript(start_prim)``, ``MountReplicated(peer_connected=False)``."""
     if isinstance(action, a.RunScript):
         return f"RunScript({action.name})"
+    if isinstance(action, a.Persist):
+        return f"Persist({action.state.value})"
     return repr(action)

@@ -1,0 +1,167 @@
+"""The agent end to end in the lab (root): cold start, failover, failback, swap under a writer,
+agent kill -9 without failover, forged and replayed heartbeats, a stale node that refuses to lead.
+
+One lab for the whole module; the tests run in file order and each leaves the cluster mirrored
+(node1 or node2 primary, as it says) for the next, except the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from hamirror.lab import agent as labagent
+from hamirror.lab.testing import temporary_lab, unavailable
+from tests.agent_lab import Writer, get, module, status, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+
+def mirrored(prim: str, second: str):
+    return (lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND",
+            lambda m: m["state"] == "SECOND" and m["uptodate"] and m["peer_state"] == "PRIM")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agentlab")
+    with temporary_lab(str(root / "lab"), agents=True) as lab:
+        yield lab
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path)
+
+
+def assert_all_readable(lab, keys):
+    code, body = get(lab, "/kv")
+    assert code == 200
+    missing = set(keys) - set(body.split())
+    assert not missing, f"{len(missing)} acknowledged key(s) lost: {sorted(missing)[:10]}"
+
+
+def test_cold_start_serves_through_the_vip(lab):
+    assert module(lab, "node1")["state"] == "PRIM"
+    second = module(lab, "node2")
+    assert second["state"] == "SECOND" and second["uptodate"] is True
+    assert get(lab, "/health")[0] == 200
+    assert lab.exec("client", "curl", "-sf", "-X", "PUT", "--data", "v", "http://198.18.0.100:8080/kv/cold").returncode == 0
+    assert get(lab, "/kv/cold") == (200, "v")
+
+
+def test_failover_keeps_every_acknowledged_key(lab, workdir):
+    writer = Writer(lab, "fo", workdir)
+    try:
+        time.sleep(2)
+        assert lab.cli("kill", "node1").returncode == 0
+        wait_for(lab, "node2", lambda m: m["state"] == "ALONE" and not m["busy"], what="ALONE")
+        time.sleep(1)
+        keys = writer.stop()
+    finally:
+        writer.kill()
+    assert len(keys) > 5
+    assert_all_readable(lab, keys)
+
+
+def test_failback_resyncs_and_node1_rejoins_as_second(lab):
+    assert lab.cli("boot", "node1").returncode == 0
+    wait_for(lab, "node1", lambda m: m["state"] == "SECOND" and m["uptodate"], what="SECOND up to date")
+    wait_for(lab, "node2", lambda m: m["state"] == "PRIM", what="PRIM")
+    assert module(lab, "node1")["relation"] == "same"
+
+
+def test_swap_both_ways_under_a_writer(lab, workdir):
+    writer = Writer(lab, "sw", workdir)
+    try:
+        time.sleep(1)
+        result = lab.exec("node2", "hamirror", "swap", "demo", timeout=120)    # on the primary
+        assert result.returncode == 0, result.stderr
+        wait_for(lab, "node1", lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM")
+        time.sleep(1)
+        result = lab.exec("node2", "hamirror", "swap", "demo", timeout=120)    # on the secondary: a request
+        assert result.returncode == 0, result.stderr
+        wait_for(lab, "node2", lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM")
+        wait_for(lab, "node1", lambda m: m["state"] == "SECOND" and m["uptodate"], what="SECOND")
+        time.sleep(1)
+        keys = writer.stop()
+    finally:
+        writer.kill()
+    assert len(keys) > 5
+    assert_all_readable(lab, keys)
+
+
+def test_agent_kill_on_the_primary_is_not_a_failover(lab):
+    run = lab.paths.node_dir("node2", "run")
+    app_pid = open(os.path.join(run, "modules", "demo", "kvserver.pid")).read()
+    agent_pid = int(open(os.path.join(run, "agent.pid")).read())
+    takeovers = open(lab.paths.log_file("node1", "agent")).read().count("taking over")
+    os.kill(agent_pid, signal.SIGKILL)
+    while psutil.pid_exists(agent_pid) and psutil.Process(agent_pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    labagent.start(lab.paths, "node2")                 # systemd would restart it the same way
+    time.sleep(4)                                      # longer than the heartbeat timeout
+    wait_for(lab, "node2", lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM again")
+    assert module(lab, "node1")["state"] == "SECOND"
+    assert open(os.path.join(run, "modules", "demo", "kvserver.pid")).read() == app_pid     # app kept running
+    assert open(lab.paths.log_file("node1", "agent")).read().count("taking over") == takeovers
+    assert "re-attached to the running mount as PRIM" in open(lab.paths.log_file("node2", "agent")).read()
+
+
+SNIFF_AND_SEND = r"""
+import socket, sys, time
+# In the switch: capture one heartbeat frame node2 sent towards node1, then replay it and a forged
+# copy (one body byte changed) towards node1, twice, after the real counter moved on.
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+cap.bind(("p-node2", 0)); cap.settimeout(5)
+while True:
+    frame = cap.recv(4096)
+    if (frame[12:14] == b"\x08\x00" and frame[23] == 17 and frame[26:30] == socket.inet_aton("198.18.0.2")
+            and int.from_bytes(frame[36:38], "big") == 7401):
+        break
+time.sleep(1)
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); out.bind(("p-node1", 0))
+replay = bytearray(frame)
+replay[40:42] = b"\x00\x00"       # no UDP checksum (optional in IPv4; the captured one may be offloaded)
+forged = bytearray(replay); forged[-10] ^= 0x01
+for _ in range(2):
+    out.send(bytes(replay)); out.send(bytes(forged)); time.sleep(0.2)
+print("sent")
+"""
+
+
+def test_forged_and_replayed_heartbeats_change_nothing(lab):
+    before = module(lab, "node1")
+    result = subprocess.run(["ip", "netns", "exec", lab.paths.netns("switch"), sys.executable, "-c", SNIFF_AND_SEND],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "sent" in result.stdout, result.stderr
+    time.sleep(1)
+    doc = status(lab, "node1")
+    rejected = doc["peer"]["rejected"]
+    assert rejected.get("replay", 0) >= 2 and rejected.get("bad_mac", 0) >= 2, rejected
+    after = next(m for m in doc["modules"] if m["name"] == "demo")
+    assert (after["state"], after["peer_state"]) == (before["state"], before["peer_state"]) == ("SECOND", "PRIM")
+
+
+def test_a_node_booting_alone_waits_and_prim_forces_it(lab):
+    # node1 (SECOND) dies, then node2 (primary) dies; node1 comes back alone: it may be stale.
+    assert lab.cli("kill", "node1").returncode == 0
+    wait_for(lab, "node2", lambda m: m["state"] == "ALONE" and not m["busy"], what="ALONE")
+    assert lab.cli("kill", "node2").returncode == 0
+    assert lab.cli("boot", "node1").returncode == 0
+    time.sleep(5)                                        # well past the heartbeat timeout
+    assert module(lab, "node1")["state"] == "WAIT"
+    refused = lab.exec("node1", "hamirror", "start", "demo", timeout=60)
+    assert module(lab, "node1")["state"] == "WAIT"
+    forced = lab.exec("node1", "hamirror", "prim", "demo", timeout=120)
+    assert forced.returncode == 0, forced.stderr
+    assert "data" in forced.stderr and "lost" in forced.stderr
+    wait_for(lab, "node1", lambda m: m["state"] == "ALONE" and not m["busy"], what="ALONE (forced)")
+    assert get(lab, "/health")[0] == 200
+    assert refused.returncode in (0, 1)
