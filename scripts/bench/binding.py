@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     finally:
         for m in mounts:
             m.stop()
+        # what a passthrough failed to remove through its mount would stay on the disk
+        shutil.rmtree(root, ignore_errors=True)
     med = {n: {m: w.median(v) for m, v in per.items()} for n, per in raw.items()}
     summary = {"environment": w.environment(), "parameters": vars(args), "median": med, "runs": raw,
                "skipped": skipped, "workdir": root}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -54,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="seq,small,sqlite,lat", help="subset of seq,small,sqlite,lat")
     p.add_argument("--workdir", help="parent of the fresh directories (default: a new one in /var/tmp)")
     args = p.parse_args(argv)
+    unknown = set(args.workloads.split(",")) - {"seq", "small", "sqlite", "lat"}
+    if unknown or set(args.configs) - set(CONFIGS):
+        p.error(f"unknown workload or config: {sorted(unknown) or args.configs} "
+                "(workloads: seq,small,sqlite,lat; configs: a,b,c,d)")
     quick = dict(size_mib=128, files=1000, txns=1000, samples=200, reps=2)
     full = dict(size_mib=1024, files=10000, txns=10000, samples=1000, reps=3)
     for key, value in (quick if args.quick else full).items():
@@ -178,6 +183,8 @@ def main(argv=None) -> int:
         raw = bench.run()
     finally:
         bench.teardown()
+        if not args.workdir:
+            shutil.rmtree(bench.root, ignore_errors=True)
     summary = summarize(args, raw)
     summary["workdir"] = bench.root
     print(json.dumps(summary, indent=1) if args.json else render(summary))
