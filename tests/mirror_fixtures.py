@@ -47,10 +47,12 @@ class MirrorPair:
     mode: str = "sync"
     timeout: float = 5.0
     replicate: bool = True
+    receiver_state: bool = True   # give the receiver a --state-dir (journal, uptodate flag)
     primary: str = field(init=False)
     secondary: str = field(init=False)
     keys: str = field(init=False)
     state: str = field(init=False)
+    rstate: str = field(init=False)
     port: int = field(init=False)
     receiver: subprocess.Popen | None = field(init=False, default=None)
     mounter: subprocess.Popen | None = field(init=False, default=None)
@@ -60,6 +62,7 @@ class MirrorPair:
         self.secondary = os.path.join(self.base, "secondary")
         self.keys = os.path.join(self.base, "keys")
         self.state = os.path.join(self.base, "state")
+        self.rstate = os.path.join(self.base, "rstate")
         os.makedirs(self.primary, exist_ok=True)
         os.makedirs(self.secondary, exist_ok=True)
         subprocess.run(HAMIRROR + ["keygen", "--keys", self.keys, "--name", "test"], check=True,
@@ -74,10 +77,11 @@ class MirrorPair:
         return os.path.join(self.base, f"{name}.log")
 
     def start_receiver(self) -> None:
+        state = ["--state-dir", self.rstate] if self.receiver_state else []
         with open(self.log("receiver"), "ab") as out:
             self.receiver = subprocess.Popen(
                 HAMIRROR + ["-v", "mirror", "receive", "--dir", self.secondary, "--bind", self.endpoint,
-                            "--keys", self.keys], stdout=out, stderr=subprocess.STDOUT)
+                            "--keys", self.keys, *state], stdout=out, stderr=subprocess.STDOUT)
         wait_for(lambda: _listening(self.port), 10, what="the receiver to listen")
 
     def mount(self, extra: tuple[str, ...] = ()) -> None:

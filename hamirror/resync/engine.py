@@ -35,6 +35,8 @@ from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, en
 log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024   # local bytes hashed per lock hold when comparing
+FINE_BLOCK = 4096         # compare granularity inside the journal's 64 KiB blocks (incremental)
+MAX_WRITE = 1024 * 1024   # differing blocks next to each other travel as one WRITE up to this
 
 
 class ResyncFailed(Exception):
@@ -265,7 +267,7 @@ class ResyncEngine:
         if remote is None:
             self._copy_ranges(path, [(0, local.size)], compare=False)
         elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths:
-            self._copy_ranges(path, blocks, compare=True)
+            self._copy_ranges(path, blocks, compare=True, block=FINE_BLOCK)
         else:
             self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True)
         with self.repl.lock:
@@ -274,8 +276,9 @@ class ResyncEngine:
 
     # data -----------------------------------------------------------------------------------
 
-    def _copy_ranges(self, path: str, ranges: list[tuple[int, int]], compare: bool) -> None:
-        block = BLOCK_SIZE if self.progress.mode == "incremental" else FULL_BLOCK
+    def _copy_ranges(self, path: str, ranges: list[tuple[int, int]], compare: bool,
+                     block: int | None = None) -> None:
+        block = block or (BLOCK_SIZE if self.progress.mode == "incremental" else FULL_BLOCK)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root)
         try:
             for offset, length in ranges:
@@ -290,17 +293,18 @@ class ResyncEngine:
         differing = list(range(offset, offset + length, block))
         if compare:
             with self.repl.lock:   # local hashes and the peer's at the same point of the stream
-                ours = [xxhash.xxh3_64_intdigest(os.pread(fd, block, o)) for o in differing]
+                local = memoryview(os.pread(fd, len(differing) * block, offset))
+                ours = [xxhash.xxh3_64_intdigest(local[o - offset:o - offset + block]) for o in differing]
                 count = min(length, block * MAX_BLOCKSUMS)
                 query = self.client.query(Op.BLOCKSUMS, (offset, count, block), (os.fsencode(path),))
             _, theirs = decode_sums(self._wait(query).payload)
             differing = [o for i, o in enumerate(differing) if i >= len(theirs) or theirs[i] != ours[i]]
         self.progress.done_bytes += length - len(differing) * block if compare else 0
-        for block_offset in differing:
+        for run_offset, run_length in _runs(differing, block, max(block, MAX_WRITE)):
             with self.repl.lock:
-                data = os.pread(fd, block, block_offset)
+                data = os.pread(fd, run_length, run_offset)
                 if data:
-                    self._submit(Op.WRITE, (block_offset,), path, data=data)
+                    self._submit(Op.WRITE, (run_offset,), path, data=data)
             self.progress.bytes_sent += len(data)
             self.progress.done_bytes += len(data)
             self._throttle()
@@ -367,6 +371,20 @@ class ResyncEngine:
 
 def _same_kind(a: Meta, b: Meta) -> bool:
     return a.kind == b.kind and a.target == b.target and (a.kind != "other" or a.rdev == b.rdev)
+
+
+def _runs(offsets: list[int], block: int, limit: int):
+    """Ascending block offsets -> (offset, length) runs of adjacent blocks, each <= limit."""
+    start = end = None
+    for o in offsets:
+        if start is not None and o == end and end - start + block <= limit:
+            end += block
+            continue
+        if start is not None:
+            yield start, end - start
+        start, end = o, o + block
+    if start is not None:
+        yield start, end - start
 
 
 def _join(parent: str, name: str) -> str:
