@@ -163,21 +163,31 @@ class Interception(mfusepy.Operations):
         if path is None:   # unlinked while open: no name left in either tree, nothing to send
             return os.pwrite(fh, data, offset)
         p = rel(path)
-        failed = None
+        bp = os.fsencode(p)
         with self.repl.change(((p, offset, len(data)),)) as tx:
+            # The peer starts on the bytes while we write them: the two writes overlap. If ours
+            # then fails or is short, the peer is put back to what we have before we answer.
+            tx.send(Op.WRITE, (offset,), (bp,), data=data)
             try:
                 written = os.pwrite(fh, data, offset)
-            except OSError as exc:
-                # A refused write (ENOSPC, EFBIG) may still have stamped the file's mtime: send that.
-                failed = exc
-                tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p))
-            else:
-                st = os.fstat(fh)
-                tx.send(Op.WRITE, (offset,), (os.fsencode(p),), ((os.fsencode(p), st.st_atime_ns, st.st_mtime_ns),),
-                        data if written == len(data) else data[:written])
-        if failed is not None:
-            raise failed
+            except OSError:
+                self._repair_range(tx, fh, bp, offset, len(data), 0)
+                raise
+            if written != len(data):
+                self._repair_range(tx, fh, bp, offset, len(data), written)
+            st = os.fstat(fh)
+            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
         return written
+
+    @staticmethod
+    def _repair_range(tx, fh: int, bp: bytes, offset: int, length: int, written: int) -> None:
+        """Make the peer's [offset+written, offset+length) equal to our file again."""
+        size = os.fstat(fh).st_size
+        start, end = offset + written, min(offset + length, size)
+        if start < end:
+            tx.send(Op.WRITE, (start,), (bp,), data=os.pread(fh, end - start, start))
+        if offset + length > size:
+            tx.send(Op.TRUNCATE, (size,), (bp,))
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if path is None:
