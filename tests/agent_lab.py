@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hamirror.lab.testing import TestLab
 
@@ -95,3 +97,15 @@ class Writer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def writing(lab: TestLab, prefix: str, workdir: str) -> Iterator[list[str]]:
+    """A Writer for the with-block; the yielded list holds the acknowledged keys once it ends."""
+    writer = Writer(lab, prefix, workdir)
+    keys: list[str] = []
+    try:
+        yield keys
+        keys.extend(writer.stop())
+    finally:
+        writer.kill()

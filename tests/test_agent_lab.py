@@ -18,14 +18,9 @@ import pytest
 
 from hamirror.lab import agent as labagent
 from hamirror.lab.testing import temporary_lab, unavailable
-from tests.agent_lab import Writer, get, module, status, wait_for
+from tests.agent_lab import get, module, status, wait_for, writing
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
-
-
-def mirrored(prim: str, second: str):
-    return (lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND",
-            lambda m: m["state"] == "SECOND" and m["uptodate"] and m["peer_state"] == "PRIM")
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +52,11 @@ def test_cold_start_serves_through_the_vip(lab):
 
 
 def test_failover_keeps_every_acknowledged_key(lab, workdir):
-    writer = Writer(lab, "fo", workdir)
-    try:
+    with writing(lab, "fo", workdir) as keys:
         time.sleep(2)
         assert lab.cli("kill", "node1").returncode == 0
         wait_for(lab, "node2", lambda m: m["state"] == "ALONE" and not m["busy"], what="ALONE")
         time.sleep(1)
-        keys = writer.stop()
-    finally:
-        writer.kill()
     assert len(keys) > 5
     assert_all_readable(lab, keys)
 
@@ -78,8 +69,7 @@ def test_failback_resyncs_and_node1_rejoins_as_second(lab):
 
 
 def test_swap_both_ways_under_a_writer(lab, workdir):
-    writer = Writer(lab, "sw", workdir)
-    try:
+    with writing(lab, "sw", workdir) as keys:
         time.sleep(1)
         result = lab.exec("node2", "hamirror", "swap", "demo", timeout=120)    # on the primary
         assert result.returncode == 0, result.stderr
@@ -90,9 +80,6 @@ def test_swap_both_ways_under_a_writer(lab, workdir):
         wait_for(lab, "node2", lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM")
         wait_for(lab, "node1", lambda m: m["state"] == "SECOND" and m["uptodate"], what="SECOND")
         time.sleep(1)
-        keys = writer.stop()
-    finally:
-        writer.kill()
     assert len(keys) > 5
     assert_all_readable(lab, keys)
 
@@ -157,11 +144,8 @@ def test_a_node_booting_alone_waits_and_prim_forces_it(lab):
     assert lab.cli("boot", "node1").returncode == 0
     time.sleep(5)                                        # well past the heartbeat timeout
     assert module(lab, "node1")["state"] == "WAIT"
-    refused = lab.exec("node1", "hamirror", "start", "demo", timeout=60)
-    assert module(lab, "node1")["state"] == "WAIT"
     forced = lab.exec("node1", "hamirror", "prim", "demo", timeout=120)
     assert forced.returncode == 0, forced.stderr
-    assert "data" in forced.stderr and "lost" in forced.stderr
+    assert "may be lost" in forced.stderr
     wait_for(lab, "node1", lambda m: m["state"] == "ALONE" and not m["busy"], what="ALONE (forced)")
     assert get(lab, "/health")[0] == 200
-    assert refused.returncode in (0, 1)

@@ -18,12 +18,8 @@ COMMANDS = {
     "forcestop": "stop MODULE at once: kill the application, no scripts, no flush",
     "restart": "restart the application in place (primary), or start a stopped module",
 }
-PRIM_WARNING = ("WARNING: forcing this node primary. If the peer holds writes that were not replicated "
-                "here, they will be lost (or kept apart as a split brain).")
-
-
-def _config(value: str | None) -> str:
-    return config_path(value)
+PRIM_WARNING = ("WARNING: forcing this node primary: data written on the peer and not replicated here "
+                "may be lost (or kept apart as a split brain).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _socket(args: argparse.Namespace) -> str:
     from hamirror.agent.control import socket_path
     try:
-        return socket_path(load_cluster(_config(args.config)).run_dir)
+        return socket_path(load_cluster(config_path(args.config)).run_dir)
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc
 
