@@ -16,15 +16,14 @@ import itertools
 import os
 import shutil
 import tempfile
-import time
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hamirror.fs.syscalls import renameat2
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, tree_snapshot
+from tests.test_mirror_tools import pair, settled  # noqa: F401 - one module-scoped mount; attr-cache retry
 
 pytestmark = needs_root
 
@@ -32,16 +31,6 @@ NAMES = ["a", "b", "c", "d", "e", "d/a", "d/b", "d/e", "e/a", "d/e/a"]
 TARGETS = ["a", "b", "d", "d/a", "missing", "../a", "e/a"]
 XATTRS = ["user.x", "user.y"]
 AT_FDCWD = -100
-ATTR_SETTLE = 1.5   # see test_mirror_tools: another name of a hard link may show cached attributes
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    pair = MirrorPair(str(tmp_path_factory.mktemp("prop")))
-    try:
-        yield pair.start()
-    finally:
-        pair.stop()
 
 
 # operations ---------------------------------------------------------------------------------------
@@ -172,15 +161,6 @@ def _content_view(snapshot: dict) -> dict:
     return {"entries": entries, "links": snapshot["links"], "root_mode": snapshot["root"][0]}
 
 
-def _settled(check) -> list:
-    problems = check()
-    deadline = time.monotonic() + ATTR_SETTLE
-    while problems and time.monotonic() < deadline:
-        time.sleep(0.2)
-        problems = check()
-    return problems
-
-
 _counter = itertools.count()
 
 
@@ -196,14 +176,14 @@ def check_sequence(pair: MirrorPair, ops: list[tuple]) -> None:
         for step, op in enumerate(ops):
             expected, got = _run(model, op), _run(mirror, op)
             assert got == expected, f"step {step} {op!r:.200}: mount gave {got!r:.100}, plain dir gave {expected!r:.100}"
-        assert _settled(lambda: diff_snapshots(tree_snapshot(mirror), tree_snapshot(secondary))) == []
+        assert settled(lambda: diff_snapshots(tree_snapshot(mirror), tree_snapshot(secondary))) == []
         assert _content_view(tree_snapshot(secondary)) == _content_view(tree_snapshot(model))
     finally:
         shutil.rmtree(model_parent, ignore_errors=True)
 
 
-@settings(max_examples=int(os.environ.get("HAMIRROR_PROP_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("HAMIRROR_PROP_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=st.lists(operation, min_size=1, max_size=30))
 def test_random_operations_replicate_and_match_a_plain_directory(pair, ops):
     check_sequence(pair, SETUP + ops)

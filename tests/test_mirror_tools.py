@@ -66,7 +66,8 @@ def run(*args: str, cwd: str | None = None) -> None:
 ATTR_SETTLE = 1.5
 
 
-def _settled(check) -> list:
+def settled(check) -> list:
+    """``check()``'s problems, retried until the primary's attribute cache can have expired."""
     problems = check()
     deadline = time.monotonic() + ATTR_SETTLE
     while problems and time.monotonic() < deadline:
@@ -76,7 +77,7 @@ def _settled(check) -> list:
 
 
 def assert_same(pair: MirrorPair) -> None:
-    assert _settled(lambda: diff_snapshots(tree_snapshot(pair.primary), tree_snapshot(pair.secondary))) == []
+    assert settled(lambda: diff_snapshots(tree_snapshot(pair.primary), tree_snapshot(pair.secondary))) == []
 
 
 def assert_copied(source: str, copy: str) -> None:
@@ -87,7 +88,7 @@ def assert_copied(source: str, copy: str) -> None:
         problems += [] if a["links"] == b["links"] else [(a["links"], b["links"])]
         return problems + [key for key, entry in a["entries"].items()
                            if key in b["entries"] and b["entries"][key][5] != entry[5]]
-    assert _settled(check) == []
+    assert settled(check) == []
 
 
 def test_git_clone_commit_and_gc(pair, tmp_path):
