@@ -266,3 +266,18 @@ def test_failed_commit_records_nothing_and_raises(jpath, monkeypatch):
         monkeypatch.undo()
         j.record_paths(["lost"])
         assert j.changed_paths() == ["lost"]
+
+
+def test_forget_generations_makes_histories_unknown(tmp_path):
+    from hamirror.journal.generations import Relation, compare
+    from hamirror.journal.journal import Journal
+
+    with Journal(str(tmp_path / "a.db")) as a, Journal(str(tmp_path / "b.db")) as b:
+        a.new_generation()
+        b.adopt_generations(a.generations())
+        assert compare(a.generations(), b.generations()) is Relation.SAME
+        b.forget_generations()
+        assert b.generations().current is None
+        assert compare(a.generations(), b.generations()) is Relation.UNKNOWN
+    with Journal(str(tmp_path / "b.db")) as again:      # durable
+        assert again.generations().current is None

@@ -60,17 +60,12 @@ def mark_uptodate(dir_states: list[str], value: bool) -> None:
 
 def forget_history(dir_states: list[str]) -> None:
     """Drop the generation history (operator chose the peer's data after a split brain): both
-    sides then compare UNKNOWN and the primary overwrites this node with a full resync.
-
-    The journal has no public call for this yet; it writes an empty history through the same
-    transaction helper ``adopt_generations`` uses.
-    """
+    sides then compare UNKNOWN and the primary overwrites this node with a scan resync."""
     for path in dir_states:
         if not os.path.exists(journal_path(path)):
             continue
         with Journal(journal_path(path)) as journal:
-            with journal._db_lock, journal._transaction() as db:     # noqa: SLF001 (see docstring)
-                journal._put_generations_sql(db, GenerationHistory())  # noqa: SLF001
+            journal.forget_generations()
             journal.set_state(UPTODATE_KEY, "0")
 
 

@@ -294,6 +294,14 @@ class Journal:
             else:
                 self._gens = gens
 
+    def forget_generations(self) -> None:
+        """Drop the whole history (the operator chose the peer's data after a split brain):
+        both sides then compare UNKNOWN and the survivor overwrites this copy by a scan resync."""
+        with self._db_lock:
+            with self._transaction() as db:
+                self._put_generations_sql(db, GenerationHistory())
+            self._gens = GenerationHistory()
+
     def _put_generations_sql(self, db: sqlite3.Connection, gens: GenerationHistory) -> None:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generations', ?)",
                    (json.dumps(gens.to_json()),))
