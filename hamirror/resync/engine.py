@@ -28,7 +28,7 @@ from hamirror.journal.generations import GenerationHistory, incremental_possible
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import MAX_BLOCKSUMS, Op
-from hamirror.link.replicator import Replicator
+from hamirror.link.replicator import MirrorState, Replicator
 from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
                                   meta_at)
 
@@ -109,6 +109,7 @@ class ResyncEngine:
             if path in done and path != ".":
                 with self.repl.lock:
                     self.repl.pending.discard(path)
+                self._touched(path)   # the interrupted run may have created it: fix the parent's times
                 continue
             self._sync_path(path)
 
@@ -341,6 +342,8 @@ class ResyncEngine:
 
     def _submit(self, op: Op, ints: tuple[int, ...], *strs: str, data: bytes | None = None) -> Ticket:
         """Send one operation (the caller holds the ordering lock)."""
+        if self.repl.state is not MirrorState.SYNCING:   # the link was lost: stop, do not stream on
+            raise PeerLost(self.repl.alone_reason or "the mirror left SYNCING")
         return self.client.submit(op, ints, tuple(os.fsencode(s) for s in strs), data=data)
 
     def _send(self, op: Op, ints: tuple[int, ...], *strs: str) -> Ticket:
