@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -80,16 +81,22 @@ def _append(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def test_receiver_killed_mid_stream_goes_alone_and_journals_every_path(mirror_factory):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])   # a dead process / a hung one (no disconnect)
+def test_receiver_killed_mid_stream_goes_alone_and_journals_every_path(mirror_factory, how):
     pair = mirror_factory("kill", timeout=2).start()
     killed = threading.Event()
     writer = Writer(pair.primary, killed)
     writer.start()
     try:
         wait_for(lambda: os.path.exists(f"{pair.secondary}/d/f00020"), 10, what="the stream to flow")
-        pair.kill_receiver()
+        if how == "SIGKILL":
+            pair.kill_receiver()
+        else:
+            pair.receiver.send_signal(signal.SIGSTOP)
         killed.set()
+        started = time.monotonic()
         wait_for(lambda: pair.status()["state"] == "ALONE", 2 + 3, what="ALONE within the timeout")
+        assert time.monotonic() - started < 2 + 1.5
         status = pair.status()
         assert status["resync_needed"] is True
         assert status["alone_reason"]
@@ -98,6 +105,7 @@ def test_receiver_killed_mid_stream_goes_alone_and_journals_every_path(mirror_fa
     finally:
         writer.stop.set()
         writer.join(30)
+        pair.kill_receiver()   # SIGKILL ends a stopped process too
     assert not writer.is_alive()
     assert writer.errors == []
     assert writer.slowest < 2 + 2, f"a write stalled {writer.slowest:.1f}s"

@@ -164,19 +164,21 @@ class Interception(mfusepy.Operations):
             return os.pwrite(fh, data, offset)
         p = rel(path)
         bp = os.fsencode(p)
+        failed = None
         with self.repl.change(((p, offset, len(data)),)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
             tx.send(Op.WRITE, (offset,), (bp,), data=data)
             try:
                 written = os.pwrite(fh, data, offset)
-            except OSError:
-                self._repair_range(tx, fh, bp, offset, len(data), 0)
-                raise
+            except OSError as exc:
+                failed, written = exc, 0   # raised after the block, so the repair is waited for
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
-            st = os.fstat(fh)
+            st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
+        if failed is not None:
+            raise failed
         return written
 
     @staticmethod
