@@ -26,6 +26,7 @@ class ResyncAnswers:
     def __init__(self, applier: Applier, journal: Journal | None) -> None:
         self.applier = applier
         self.journal = journal
+        self._stamp: str | None = None   # one conflict folder per resync, however long it runs
 
     def handle(self, msg: Message) -> bytes | None:
         """Answer a query (a payload) or apply REMOVE / RESYNC_DONE (None)."""
@@ -94,7 +95,7 @@ class ResyncAnswers:
 
     def _keep_aside(self, dir_fd: int, name: bytes, path: bytes) -> None:
         """Split brain: the losing side's version goes to a dated folder beside the directory."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = self._stamp = self._stamp or time.strftime("%Y%m%d-%H%M%S")
         aside = f"{self.applier.directory.rstrip('/')}.hamirror-conflict-{stamp}"
         target = os.path.join(aside, os.fsdecode(path))
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -111,5 +112,6 @@ class ResyncAnswers:
         self.journal.set_state(UPTODATE_KEY, "1")
 
     def resync_started(self) -> None:
+        self._stamp = None
         if self.journal is not None:
             self.journal.set_state(UPTODATE_KEY, "0")
