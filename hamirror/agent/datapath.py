@@ -142,7 +142,10 @@ class DataPath:
     def resync(self, full: bool) -> None:
         """Ask every mount to reconnect to the peer's receiver and run the online resync."""
         for i in range(len(self.dirs)):
-            self.control(i, {"cmd": "resync", "peer": self.peers[i], "peer_key": self.peer_name, "full": full})
+            # keep_aside: whatever the peer changed on its own (split brain) goes to a dated folder
+            # beside its directory before being overwritten, never just deleted.
+            self.control(i, {"cmd": "resync", "peer": self.peers[i], "peer_key": self.peer_name, "full": full,
+                             "keep_aside": True})
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
         """Return once every write in flight is acknowledged by the peer."""

@@ -30,6 +30,7 @@ class JournalInfo:
 
     history: GenerationHistory
     uptodate: bool
+    changed: int = 0    # paths changed here that the peer lacks (all directories)
 
 
 def journal_path(dir_state: str) -> str:
@@ -38,7 +39,7 @@ def journal_path(dir_state: str) -> str:
 
 def read(dir_states: list[str]) -> JournalInfo:
     """History of the first directory and whether all directories are up to date."""
-    history, uptodate = GenerationHistory(), True
+    history, uptodate, changed = GenerationHistory(), True, 0
     for index, path in enumerate(dir_states):
         if not os.path.exists(journal_path(path)):
             uptodate = False
@@ -47,7 +48,8 @@ def read(dir_states: list[str]) -> JournalInfo:
             if index == 0:
                 history = journal.generations()
             uptodate = uptodate and journal.get_state(UPTODATE_KEY) == "1"
-    return JournalInfo(history, uptodate)
+            changed += journal.changed_count()
+    return JournalInfo(history, uptodate, changed)
 
 
 def mark_uptodate(dir_states: list[str], value: bool) -> None:

@@ -46,6 +46,7 @@ class Observation:
     mounts: tuple[dict | None, ...]
     receivers: tuple[dict | None, ...]
     receivers_alive: bool
+    changed: int = 0
 
     @property
     def mounted(self) -> bool:
@@ -81,6 +82,7 @@ class ModuleRunner:
         self.swap = self.record.swap
         self.obs: Observation | None = None
         self.relation = Relation.UNKNOWN
+        self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
@@ -115,7 +117,8 @@ class ModuleRunner:
         info = self.journals.read()
         mounts = tuple(self.datapath.mount_statuses())
         receivers = tuple(self.datapath.receiver_status(i) for i in range(len(self.datapath.dirs)))
-        return Observation(info.history, info.uptodate, mounts, receivers, self.datapath.receivers_alive())
+        return Observation(info.history, info.uptodate, mounts, receivers, self.datapath.receivers_alive(),
+                           info.changed)
 
     async def attach(self) -> None:
         """Agent start: adopt a running data path in the persisted state, else start in WAIT."""
@@ -149,6 +152,10 @@ class ModuleRunner:
         self.waiters.append(future)
         return future
 
+    def peer_generation(self) -> str | None:
+        """The peer's generation ids as last heard (for status), or None."""
+        return journal_info.to_wire(self.peer_history) if self.peer_history is not None else None
+
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    ready: bool) -> None:
         """Observe, then (unless busy or not ready) decide and start the actions."""
@@ -156,6 +163,7 @@ class ModuleRunner:
             return
         self.obs = await asyncio.to_thread(self.observe)
         self.peer = peer
+        self.peer_history = peer_history
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         if self.task is not None or not ready:
             return

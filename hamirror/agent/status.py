@@ -44,6 +44,8 @@ def module_status(runner: ModuleRunner) -> dict:
         "peer_uptodate": peer.uptodate if peer.alive else None,
         "relation": runner.relation.value,
         "generation": to_wire(obs.history) if obs else None,
+        "peer_generation": runner.peer_generation(),
+        "changed_paths": obs.changed if obs else 0,
         "swap": runner.swap.value,
         "busy": runner.task is not None,
         "mounted": bool(obs and obs.mounted),
@@ -75,6 +77,13 @@ def render_table(doc: dict) -> str:
     for row in [header, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     for m in doc.get("modules", []):
+        if m.get("relation") == "diverged":
+            lines.append(
+                f"{m['name']}: SPLIT BRAIN: both nodes changed the data on their own. Here: generation "
+                f"{(m.get('generation') or '-').split(',')[0]}, {m.get('changed_paths', 0)} path(s) changed; "
+                f"peer: generation {(m.get('peer_generation') or '-').split(',')[0]}. Nothing is copied until "
+                f"you choose: run 'hamirror second {m['name']}' on the node whose changes are to be set aside "
+                f"(they are kept in a dated folder beside each directory).")
         for warning in m.get("warnings", []):
             lines.append(f"{m['name']}: warning: {warning}")
         if m.get("error"):

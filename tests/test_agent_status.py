@@ -1,0 +1,21 @@
+"""The human status names a split brain, both generations, and the command that resolves it."""
+
+from hamirror.agent.status import render_table
+
+
+def test_split_brain_is_spelled_out_with_both_generations():
+    doc = {"node": "node2", "cluster": "lab", "peer": {"name": "node1", "alive": True},
+           "modules": [{"name": "demo", "state": "WAIT", "peer_state": "ALONE", "uptodate": False,
+                        "resync": None, "relation": "diverged", "generation": "aaaa,cccc",
+                        "peer_generation": "bbbb,cccc", "changed_paths": 7, "warnings": [], "error": None}]}
+    text = render_table(doc)
+    assert ("demo: SPLIT BRAIN: both nodes changed the data on their own. Here: generation aaaa, "
+            "7 path(s) changed; peer: generation bbbb. Nothing is copied until you choose: run "
+            "'hamirror second demo' on the node whose changes are to be set aside") in text
+
+
+def test_no_split_brain_line_when_histories_agree():
+    doc = {"node": "node1", "cluster": "lab", "peer": {"name": "node2", "alive": True},
+           "modules": [{"name": "demo", "state": "PRIM", "peer_state": "SECOND", "uptodate": True,
+                        "resync": None, "relation": "same", "warnings": [], "error": None}]}
+    assert "SPLIT BRAIN" not in render_table(doc)
