@@ -25,11 +25,15 @@ class FakeDataPath:
         self.receivers: list[dict | None] = [None] * dirs
         self.receiving = False
         self.fail: set[str] = set()
+        self.watching = False             # watch() is bookkeeping, kept out of ``calls``
 
     def _call(self, name: str, *args) -> None:
         self.calls.append((name, *args))
         if name in self.fail:
             raise RuntimeError(f"{name} broke")
+
+    def watch(self, enabled: bool) -> None:
+        self.watching = enabled
 
     def start_receivers(self) -> None:
         self._call("start_receivers")

@@ -135,6 +135,7 @@ def test_operator_commands_answer_with_the_outcome(tmp_path):
         outcome = stop.result()
         assert outcome.ok and outcome.state == "STOP" and store.load().state is S.STOP
         assert [c[0] for c in dp.calls] == ["flush", "unmount"] and ("stop_prim", "STOP") in scripts.runs
+        assert dp.watching     # stopped and unmounted: changes behind our back are recorded
 
     asyncio.run(scenario())
 

@@ -31,4 +31,5 @@ def test_watcher_records_every_change_made_behind_our_back(tmp_path):
         watcher.stop()
     assert not watcher.overflowed
     assert "still" not in journal.changed_paths()   # only what changed, not the whole tree
+    assert journal.get_state("uptodate") == "0"     # and this copy can no longer lead on its own
     journal.close()

@@ -74,6 +74,28 @@ class DataPath:
         self.peers = [f"tcp://{peer.replication_address}:{p}" for p in ports]
         self.keys_dir, self.peer_name = cluster.keys_dir, peer.name
         self.mode, self.peer_timeout = module.mode, module.peer_timeout
+        self._watchers: list = []
+
+    # ----------------------------------------------------------------- stopped module
+
+    def watch(self, enabled: bool) -> None:
+        """While the module is stopped, record what changes in its directories (inotify)."""
+        from hamirror.journal.journal import Journal
+        from hamirror.journal.watcher import DirectoryWatcher
+
+        if not enabled:
+            for watcher, journal in self._watchers:
+                watcher.stop()
+                journal.close()
+            self._watchers = []
+            return
+        if self._watchers or self.mount_pids():
+            return
+        for directory, state in zip(self.dirs, self.dir_states):
+            if os.path.isdir(directory):
+                os.makedirs(state, mode=0o700, exist_ok=True)
+                journal = Journal(os.path.join(state, "journal.db"))
+                self._watchers.append((DirectoryWatcher(directory, journal).start(), journal))
 
     # ----------------------------------------------------------------- mount
 

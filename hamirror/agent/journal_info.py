@@ -17,9 +17,8 @@ import dataclasses
 import os
 
 from hamirror.journal.generations import Generation, GenerationHistory
-from hamirror.journal.journal import Journal
+from hamirror.journal.journal import UPTODATE_KEY, Journal
 
-UPTODATE_KEY = "uptodate"
 WIRE_LIMIT = 128
 NO_HISTORY = "-"
 

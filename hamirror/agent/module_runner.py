@@ -265,6 +265,9 @@ class ModuleRunner:
             if decision is not None:
                 self.set_swap(decision.swap)
             self.checkers.reset()
+            if error is None:
+                # Stopped with nothing mounted: watch for changes made behind our back.
+                await asyncio.to_thread(self.datapath.watch, self.state is NodeState.STOP)
             try:                     # advertise the new state with the data it now has
                 self.obs = await asyncio.to_thread(self.observe)
             except Exception:  # noqa: BLE001 - the next tick observes again

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS resync_done (
 """
 
 
+# State keys shared by the data path and the agent.
+UPTODATE_KEY = "uptodate"       # "1": this copy equals the primary's as of the current generation
+
+
 def _check_path(path: str) -> bytes:
     """Validate a path relative to the replicated directory; return its on-disk key.
 

@@ -2,7 +2,8 @@
 
 When the module is stopped the interception layer is not in the path, but the agent still runs:
 it watches the replicated directory recursively and adds every path that changes to the
-journal's changed set, so the next resync visits it. What no watcher saw (the agent itself was
+journal's changed set, so the next resync visits it, and marks the copy not up to date, so it
+can no longer become primary on its own. What no watcher saw (the agent itself was
 down, or the kernel's event queue overflowed) is caught by a scan resync instead: ``overflowed``
 says so, and the journal's ``watch_gap`` state key is set for the next start to read.
 """
@@ -15,7 +16,7 @@ import threading
 
 from inotify_simple import INotify, flags
 
-from hamirror.journal.journal import Journal
+from hamirror.journal.journal import UPTODATE_KEY, Journal
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,11 @@ class DirectoryWatcher:
                     self._add_tree(rel)
                     changed.extend(self._tree_paths(rel))
             if changed:
+                # This copy no longer matches the last generation: record what changed (the next
+                # resync visits it) and say it is not up to date before anything relies on it.
                 self.journal.record_paths(sorted(set(changed)))
+                if self.journal.get_state(UPTODATE_KEY) != "0":
+                    self.journal.set_state(UPTODATE_KEY, "0")
 
     def _tree_paths(self, rel: str) -> list[str]:
         """Everything already inside a directory that appeared (created or moved in)."""

@@ -11,12 +11,11 @@ import shutil
 import time
 
 from hamirror.journal.generations import GenerationHistory
-from hamirror.journal.journal import Journal
+from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.apply import Applier, resolve_beneath
 from hamirror.link.protocol import Message, Op
 from hamirror.resync.meta import block_sums, decode_json, encode_json, encode_sums, list_dir, meta_at
 
-UPTODATE_KEY = "uptodate"
 CLEAN_KEY = "mount_clean"
 
 
