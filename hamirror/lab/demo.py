@@ -10,13 +10,14 @@ at the root is refused and left alone.
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from hamirror.lab import control, kvclient, measure, state
+from hamirror.lab import control, kvclient, measure, mountns, state
 from hamirror.lab.kvclient import Writer
 from hamirror.lab.naming import VIP, LabPaths
 from hamirror.lab.shell import LabError
@@ -62,11 +63,15 @@ def run(paths: LabPaths, keep: bool = False, say: Callable[[str], None] = print)
         raise DemoError(f"a lab is already up at {paths.root}; the demo builds its own: pass another --root "
                         f"(or remove that one with 'hamirror lab down --root {paths.root}')")
     tour = Tour(paths, say)
-    with _interrupts_raise():
+    created_root = not os.path.exists(paths.root)
+    passed = False
+    with interrupts_raise():
         try:
             _tour(tour)
+            passed = True
         except LabError as exc:
-            raise DemoError(str(exc)) from exc
+            text = str(exc) if keep else str(exc).split("\nthe lab is left as it is")[0]
+            raise DemoError(text) from exc
         finally:
             if keep:
                 say(f"\nThe lab is kept: 'hamirror lab status --root {paths.root}'; "
@@ -75,7 +80,23 @@ def run(paths: LabPaths, keep: bool = False, say: Callable[[str], None] = print)
                 started = time.monotonic()
                 control.down(paths)
                 say(f"\nLab removed in {time.monotonic() - started:.1f} s (namespaces, mounts and processes).")
+                if passed:
+                    remove_files(paths, created_root)
+                else:
+                    say(f"The nodes' logs stay for inspection: {paths.log_file('NODE', 'agent')}.")
     return tour.figures
+
+
+def remove_files(paths: LabPaths, created_root: bool) -> None:
+    """The node directories under root (and root itself if it was made for the lab), once nothing is mounted."""
+    if mountns.mounts_under(paths.root):
+        return
+    control._clear_files(paths)         # the node directories only, as 'up' clears them
+    if created_root:
+        try:
+            os.rmdir(paths.root)
+        except OSError:
+            pass
 
 
 def _tour(tour: Tour) -> None:
@@ -155,7 +176,7 @@ def summary(figures: list[tuple[str, str]]) -> str:
 
 
 @contextmanager
-def _interrupts_raise() -> Iterator[None]:
+def interrupts_raise() -> Iterator[None]:
     """SIGTERM and SIGHUP end the tour like Ctrl-C, so the cleanup runs."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
