@@ -346,6 +346,21 @@ class Journal:
                 self._resync_bytes += int(bytes_done) - self._resync_done.get(path, 0)
                 self._resync_done[path] = int(bytes_done)
 
+    def resync_mark_done_many(self, items: list[tuple[str, int]]) -> None:
+        """:meth:`resync_mark_done` for many paths in one durable transaction."""
+        if not items:
+            return
+        with self._db_lock:
+            if self._resync is None:
+                raise RuntimeError("resync_mark_done without resync_begin")
+            with self._transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO resync_done (path, bytes) VALUES (?, ?)",
+                               [(_check_path(p), int(b)) for p, b in items])
+            with self._mem_lock:
+                for p, b in items:
+                    self._resync_bytes += int(b) - self._resync_done.get(p, 0)
+                    self._resync_done[p] = int(b)
+
     def resync_done_paths(self) -> set[str]:
         """Paths marked done in the current resync (to skip them when resuming)."""
         with self._mem_lock:

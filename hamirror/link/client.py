@@ -85,6 +85,7 @@ class LinkClient:
         self._lock = threading.Lock()
         self.lost_reason: str | None = None
         self._abort_reason: str | None = None
+        self.last_ticket: Ticket | None = None   # newest submitted: its ack covers all before it
         self.bytes_sent = 0
         self.ops_sent = 0
         self.socket = self.context.socket(zmq.DEALER)
@@ -125,6 +126,7 @@ class LinkClient:
                 return ticket
             header = encode(op, self.session, seq, ints, strs, times)
             self._outbox.append((ticket, header, data))
+            self.last_ticket = ticket
         os.eventfd_write(self._wakeup, 1)
         return ticket
 

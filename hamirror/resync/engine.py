@@ -15,6 +15,7 @@ block checksums), **full** (operator asked: every block of every file compared).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import os
@@ -35,6 +36,8 @@ from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, en
 log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024   # local bytes hashed per lock hold when comparing
+WINDOW_PATHS = 256        # paths whose operations may await acknowledgement at once
+_UNKNOWN = object()       # no hint: ask the peer
 FINE_BLOCK = 4096         # compare granularity inside the journal's 64 KiB blocks (incremental)
 MAX_WRITE = 1024 * 1024   # differing blocks next to each other travel as one WRITE up to this
 
@@ -80,6 +83,8 @@ class ResyncEngine:
         self._linked: dict[int, str] = {}   # local inode -> first path synced (hard links)
         self._own_blocks: dict[str, list[tuple[int, int]] | None] = {}
         self._dirs_touched: set[str] = set()
+        self._hints: dict[str, Meta | None] = {}   # the peer's entry as its parent's listing showed
+        self._unacked: collections.deque = collections.deque()   # (last ticket, path, bytes done)
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
 
     # driver ----------------------------------------------------------------------------------
@@ -152,6 +157,7 @@ class ResyncEngine:
 
     def _finish(self) -> bool:
         """Fix directory times, then RESYNC_DONE; False if a held operation queued more work."""
+        self._reap(0)
         history = self.journal.generations().to_json()
         with self.repl.lock:
             if len(self.repl.pending):
@@ -179,15 +185,21 @@ class ResyncEngine:
     # operations on it stream, ordered after what the resync sent.
 
     def _sync_path(self, path: str) -> None:
+        # A path queued from its parent's listing has been pending ever since, so nothing was
+        # streamed to it: the listing's view of the peer still holds and saves a round trip.
+        hint = self._hints.pop(path, _UNKNOWN)
         with self.repl.lock:
             local = meta_at(self.root, path)
-            stat_q = self.client.query(Op.STAT, strs=(os.fsencode(path),))
+            stat_q = self.client.query(Op.STAT, strs=(os.fsencode(path),)) if hint is _UNKNOWN else None
             listing_q = ours = None
             if local is not None and local.kind == "dir":
                 ours = self._local_listing(path)
                 listing_q = self.client.query(Op.LISTDIR, strs=(os.fsencode(path),))
-        raw = decode_json(self._wait(stat_q).payload)
-        remote = Meta.from_json(raw) if raw else None
+        if stat_q is not None:
+            raw = decode_json(self._wait(stat_q).payload)
+            remote = Meta.from_json(raw) if raw else None
+        else:
+            remote = hint
         theirs = None
         if listing_q is not None:
             theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
@@ -198,15 +210,32 @@ class ResyncEngine:
                 self._queue_children(path, ours, theirs or {} if remote is not None else {})
             self.repl.pending.discard(path)
             blocks = self.journal.changed_blocks(path) if self.progress.mode == "incremental" else None
-        last = None
         if local is not None and local.kind == "file" and not self._linked_elsewhere(path, local):
             self._copy_file(path, local, remote, blocks)
         if local is not None:
-            last = self._attributes(path, remote)
-        if last is not None:
-            self._wait(last)
+            self._attributes(path, remote)
+        # An interrupted earlier run may have created or removed this path on the peer after the
+        # parent's times were last set there: the parent's times are sent again at the end.
+        self._touched(path)
         self.progress.done_files += 1
-        self.journal.resync_mark_done(path, self.progress.done_bytes)
+        # Acknowledgements are cumulative: the newest ticket covers everything sent for this path.
+        self._unacked.append((self.client.last_ticket, path, self.progress.done_bytes))
+        self._reap(WINDOW_PATHS)
+
+    def _reap(self, keep: int) -> None:
+        """Mark paths done once the peer acknowledged their last operation (in batches, durably);
+        wait only when more than ``keep`` paths are unacknowledged."""
+        done: list[tuple[str, int]] = []
+        while self._unacked:
+            ticket, path, nbytes = self._unacked[0]
+            if ticket is not None and not ticket.done and len(self._unacked) <= keep:
+                break
+            if ticket is not None:
+                self._wait(ticket)
+            self._unacked.popleft()
+            done.append((path, nbytes))
+        if done:
+            self.journal.resync_mark_done_many(done)
 
     def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
         """Remove what is wrong on the peer and create what is missing (lock held)."""
@@ -249,6 +278,7 @@ class ResyncEngine:
             other = theirs.get(name)
             if (other is None or self._must_visit(meta, other)) and child not in self.repl.pending:
                 self.repl.pending.add(child)
+                self._hints[child] = other
                 heapq.heappush(self._heap, child)
                 self.progress.total_files += 1
                 self.progress.total_bytes += meta.size
