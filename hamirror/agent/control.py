@@ -16,14 +16,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import struct
 from collections.abc import Awaitable, Callable
+
+from hamirror.localsock import MAX_LINE, exchange, peer_uid
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
-MAX_LINE = 64 * 1024
 Handler = Callable[[dict], Awaitable[dict]]
 
 
@@ -33,13 +32,6 @@ class AgentNotRunning(Exception):
 
 def socket_path(run_dir: str) -> str:
     return os.path.join(run_dir, SOCKET_NAME)
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
 
 
 class ControlServer:
@@ -102,19 +94,10 @@ def request(path: str, message: dict, timeout: float = 30.0) -> dict:
     """Send one request to the agent and return its answer; AgentNotRunning if nobody listens."""
     if not os.path.exists(path):
         raise AgentNotRunning(f"agent not running (no control socket at {path})")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise AgentNotRunning(f"agent not running (control socket {path}: {exc.strerror})") from exc
-        sock.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    try:
+        data = exchange(path, message, timeout)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        raise AgentNotRunning(f"agent not running (control socket {path}: {exc.strerror})") from exc
     if not data:
         raise AgentNotRunning(f"the agent closed the control socket {path} without answering")
     return json.loads(data)

@@ -10,14 +10,14 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
 from typing import Callable
+
+from hamirror.localsock import exchange, peer_uid, read_line
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
-MAX_REQUEST = 64 * 1024
 
 
 class ControlError(Exception):
@@ -59,13 +59,11 @@ class ControlServer:
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            if uid != 0:
+            if peer_uid(conn) != 0:
                 _send(conn, {"ok": False, "error": "permission denied: root only"})
                 return
             try:
-                request = json.loads(_recv_line(conn))
+                request = json.loads(read_line(conn))
                 if not isinstance(request, dict):
                     raise ValueError("request must be a JSON object")
                 reply = self.handler(request)
@@ -77,18 +75,6 @@ class ControlServer:
             _send(conn, reply)
 
 
-def _recv_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_REQUEST:
-            raise ValueError("request too large")
-    return data
-
-
 def _send(conn: socket.socket, reply: dict) -> None:
     conn.sendall(json.dumps(reply).encode() + b"\n")
 
@@ -97,11 +83,7 @@ def request(state_dir: str, payload: dict, timeout: float = 30.0) -> dict:
     """Send one request to the mount whose state directory is ``state_dir``; raise ControlError."""
     path = os.path.join(state_dir, SOCKET_NAME)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(json.dumps(payload).encode() + b"\n")
-            reply = json.loads(_recv_line(sock) or b"null")
+        reply = json.loads(exchange(path, payload, timeout) or b"null")
     except (OSError, ValueError) as exc:
         raise ControlError(f"no running mount answers on {path}: {exc}") from exc
     if not isinstance(reply, dict):
