@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost
@@ -19,7 +20,7 @@ class MountCommands:
     """Handles control requests for one mount (see hamirror.fs.control)."""
 
     def __init__(self, root_fd: int, replicator: Replicator, journal: Journal, keys_dir: str,
-                 ack_timeout: float, window: int, snapshot: callable) -> None:
+                 ack_timeout: float, window: int, snapshot: Callable[[], dict]) -> None:
         self.root_fd = root_fd
         self.replicator = replicator
         self.journal = journal
