@@ -159,3 +159,16 @@ def test_config_path_lookup_order(monkeypatch):
     assert config_path(None) == "/from/env.toml"
     monkeypatch.delenv("HAMIRROR_CONFIG")
     assert config_path(None) == "/etc/hamirror/hamirror.toml"
+
+
+def test_http_off_loopback_needs_a_token_file(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"[heartbeat]": '[http]\nlisten = "0.0.0.0:9453"\n\n[heartbeat]'}) == [
+        f"{path}: http.token_file: required when http.listen is not a loopback address (got 0.0.0.0:9453): "
+        "the status API would be open to the network"]
+    cluster = load_cluster(write_cluster(tmp_path, {"[heartbeat]": '[http]\nlisten = "[::]:9453"\n'
+                                                                    'token_file = "http.token"\n\n[heartbeat]'}))
+    assert cluster.http is not None and cluster.http.token_file == str(tmp_path / "http.token")
+    assert not cluster.http.loopback
+    assert load_cluster(write_cluster(tmp_path, {"[heartbeat]": '[http]\nlisten = "[::1]:9453"\n\n[heartbeat]'})
+                        ).http.loopback

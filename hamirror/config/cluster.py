@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -49,13 +50,19 @@ class QuorumConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """The status API's listening endpoint."""
+    """The status API's listening endpoint; ``token_file``: bearer token every data request must carry."""
 
     listen: str = "127.0.0.1:9453"
+    token_file: str | None = None
 
     @property
     def endpoint(self) -> tuple[str, int]:
         return split_endpoint(self.listen)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this host can reach the listener (a 127.0.0.0/8 or ::1 address)."""
+        return ipaddress.ip_address(self.endpoint[0]).is_loopback
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,11 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
     http = None
     if "http" in doc:
         http = HttpConfig(**schema.read_table(errors, schema.section(errors, doc, "http", False) or {}, "http.",
-                                              {"listen": Field(schema.endpoint, HttpConfig.listen)}))
+                                              {"listen": Field(schema.endpoint, HttpConfig.listen),
+                                               "token_file": path_field(base, None)}))
+        if not http.loopback and http.token_file is None:
+            errors.add("http.token_file", f"required when http.listen is not a loopback address "
+                                          f"(got {http.listen}): the status API would be open to the network")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
                             nodes=_nodes(errors, doc), **main)
     if main["modules_dir"] is not None and not os.path.isdir(main["modules_dir"]):
