@@ -28,6 +28,7 @@ from hamirror.agent.persist import Store
 from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
+from hamirror.cluster.quorum import build as build_witness
 from hamirror.cluster.view import Command, PeerView
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
@@ -84,11 +85,18 @@ class Agent:
             interval=hb.interval, timeout=hb.timeout)
         for runner in self.runners.values():
             runner.on_change = self._changed
+        self._claim_alive = False
+        self.witness = build_witness(cluster, claim=self._claims)
+        self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._lock_fd: int | None = None
+
+    def _claims(self) -> bool:
+        """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
+        return not self._claim_alive or any(r.state.is_primary for r in self.runners.values())
 
     def _changed(self) -> None:
         with contextlib.suppress(Exception):
@@ -114,13 +122,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        if self.cluster.quorum.witness:
-            log.warning("quorum.witness is configured but the witness is not supported yet: running without")
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
         for runner in self.runners.values():
             await runner.attach()
         await self.heartbeat.start()
+        await self.witness.start()
         await self.control.start()
         try:
             while not self.stopping.is_set():
@@ -135,13 +142,19 @@ class Agent:
         alive = hb.peer_alive()
         ready = alive or time.monotonic() - self.started >= self.cluster.heartbeat.timeout
         infos = hb.peer_modules()
+        self._claim_alive = alive          # the verdict and the views see the same peer
+        try:
+            self.quorum = await self.witness.verdict(time.monotonic())
+        except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
+            log.exception("witness verdict failed")
+            self.quorum = False
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer = PeerView(alive=alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap)
             history = journal_info.from_wire(info.generation) if info else None
             try:
-                await runner.tick(peer, history, None, ready)
+                await runner.tick(peer, history, self.quorum, ready)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers:
@@ -174,6 +187,7 @@ class Agent:
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],
+            "quorum": self.quorum, "witness": self.witness.status(),
         }
 
     async def shutdown(self) -> None:
@@ -185,4 +199,5 @@ class Agent:
             await asyncio.wait(tasks, timeout=60)
         for task in self._check_tasks.values():
             task.cancel()
+        await self.witness.stop()
         await self.heartbeat.stop()

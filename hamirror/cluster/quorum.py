@@ -1,0 +1,379 @@
+"""Quorum: a witness that lets exactly one side of a partition act alone.
+
+The witness is a third machine that only keeps a **lease**, held by at most one node at a time.
+Each node asks it every heartbeat interval (UDP, one request, one answer); a request carries a
+*claim* flag, set when the node needs to act alone: it runs a primary module, or it does not hear
+its peer (a takeover may be due). The witness's rule (:class:`LeaseBook`):
+
+- a claim is granted when nobody holds the lease: the first claimant gets it;
+- the holder keeps it as long as it keeps asking: the lease lapses ``lease`` seconds after the
+  holder was last heard; a request *without* claim from the holder releases it (after a swap the
+  new primary can take it at once);
+- after its own start the witness grants nothing for ``lease`` seconds, so a lease granted
+  before a restart has lapsed everywhere before another can be granted.
+
+The answer names the holder and the nodes heard within ``lease``. A node's verdict
+(:class:`LeaseView`) is True only while it holds the lease *by its own reckoning*: from the time it
+*sent* the request that was answered "you hold it", for half the lease. The witness counts from the
+*reception* of that request, later, for the full lease. So a node's belief always ends at least half
+a lease before the witness can grant the lease to the other node: two nodes never both believe they
+hold it, whatever is cut or lost (clock *rates* matter, not clock values; they agree far better than
+a factor of two).
+
+How ``decide()`` uses it (``quorum`` only matters while the peer is not heard): a SECOND takes over
+only with True; a primary that does not hear its peer steps down with False. In a partition between
+the nodes, the holder (normally the primary, the only one claiming while the peer is heard) keeps
+running and the other side is refused. If the primary is cut from both the peer and the witness, its
+belief ends (half a lease) before the witness lapses the lease (a full lease), so it has stepped down
+before the peer gets the lease and takes over.
+
+The witness machine itself being down changes nothing while both nodes hear each other (quorum is
+not consulted then): the verdict is False, so neither node may act *alone*. It is the price of the
+guarantee: a primary that loses the witness and then its peer stops, because it cannot tell "the
+witness is down" from "I am cut off and the peer holds the lease".
+
+Wire: requests and answers are heartbeat datagrams (:mod:`heartbeat`'s signing, validation and
+replay checks, reused as they are) signed with a key derived from the cluster key, so neither can be
+replayed as a heartbeat or the other way round. A request is the node's heartbeat with an extra
+``q`` (claim); an answer is the witness's (sender name ``witness``) with the request's boot and
+counter echoed (``rb``, ``rs``), the holder ``h``, the holder's silence ``a``, the nodes seen
+``seen`` and the lease ``l``. A node accepts only the answer to a request it has pending.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+
+from hamirror.cluster.heartbeat import (
+    MAC_SIZE, HeartbeatRejected, Validator, new_boot_id, sign,
+)
+
+log = logging.getLogger(__name__)
+Address = tuple[str, int]
+
+WITNESS_NAME = "witness"
+BELIEF = 0.5            # a node trusts a granted lease for this fraction of it, from its request's send
+KEY_CONTEXT = b"hamirror witness v1"
+
+
+def witness_key(key: bytes) -> bytes:
+    """The key of witness traffic, derived from the cluster key (domain separation from heartbeats)."""
+    return hmac.new(key, KEY_CONTEXT, hashlib.sha256).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What the witness says: who holds the lease, since when it is silent, whom it heard."""
+
+    holder: str | None
+    seen: tuple[str, ...]
+    age: float | None          # seconds since the holder was last heard (None: no holder)
+    lease: float
+
+
+class LeaseBook:
+    """The witness's rule (pure): one lease, at most one holder; ``now`` is a monotonic clock."""
+
+    def __init__(self, nodes: Iterable[str], lease: float, started: float) -> None:
+        if lease <= 0:
+            raise ValueError("the lease must be positive")
+        self.nodes, self.lease = frozenset(nodes), lease
+        self.quiet_until = started + lease     # leases granted by a previous run have lapsed by then
+        self.heard: dict[str, float] = {}
+        self.holder: str | None = None
+
+    def ask(self, node: str, claim: bool, now: float) -> Answer:
+        """A request from ``node`` (already authenticated) at ``now``."""
+        if node not in self.nodes:
+            raise ValueError(f"unknown node {node!r}")
+        self.expire(now)
+        self.heard[node] = now
+        if claim and self.holder is None and now >= self.quiet_until:
+            self.holder = node
+        elif not claim and self.holder == node:
+            self.holder = None
+        return self.answer(now)
+
+    def expire(self, now: float) -> None:
+        if self.holder is not None and now - self.heard[self.holder] > self.lease:
+            self.holder = None
+
+    def answer(self, now: float) -> Answer:
+        self.expire(now)
+        seen = tuple(sorted(n for n, t in self.heard.items() if now - t <= self.lease))
+        age = now - self.heard[self.holder] if self.holder is not None else None
+        return Answer(self.holder, seen, age, self.lease)
+
+
+class LeaseView:
+    """A node's belief about the lease (pure): True only within ``BELIEF`` of a lease from a grant's send time."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.valid_until = -math.inf
+        self.answer: Answer | None = None
+        self.answered_at: float | None = None
+
+    def answered(self, sent_at: float, answer: Answer, now: float) -> None:
+        """The answer to the request sent at ``sent_at`` arrived at ``now``."""
+        self.answer, self.answered_at = answer, now
+        if answer.holder == self.node:
+            self.valid_until = max(self.valid_until, sent_at + answer.lease * BELIEF)
+        else:
+            self.valid_until = -math.inf
+
+    def release(self) -> None:
+        """This node stops claiming: it stops believing at once (the release reaches the witness later)."""
+        self.valid_until = -math.inf
+
+    def holds(self, now: float) -> bool:
+        return now < self.valid_until
+
+
+class Witness(abc.ABC):
+    """Answers "may this node act alone?" for :func:`decide` (``ModuleView.quorum``)."""
+
+    async def start(self) -> None:
+        """Open sockets (nothing by default)."""
+
+    async def stop(self) -> None:
+        """Close sockets (nothing by default)."""
+
+    @abc.abstractmethod
+    async def verdict(self, now: float) -> bool | None:
+        """True: may act alone; False: may not; None: no witness (decide without quorum)."""
+
+    def status(self) -> dict | None:
+        """For ``hamirror status``; None without a witness."""
+        return None
+
+
+class NoWitness(Witness):
+    """No ``[quorum]``: decisions are made without quorum."""
+
+    async def verdict(self, now: float) -> bool | None:
+        return None
+
+
+# ------------------------------------------------------------------ wire
+
+
+def _body(cluster: str, sender: str, boot: str, counter: int, wall: float, **extra: object) -> bytes:
+    """A heartbeat-shaped body (v, c, n, b, s, t, i, m) with extra fields."""
+    body = {"v": 1, "c": cluster, "n": sender, "b": boot, "s": counter, "t": wall, "i": 0, "m": {}, **extra}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _extra(data: bytes) -> dict:
+    """The fields of an already validated datagram (its MAC was checked)."""
+    return json.loads(data[MAC_SIZE:])
+
+
+def encode_request(cluster: str, node: str, boot: str, counter: int, wall: float, claim: bool, key: bytes) -> bytes:
+    return sign(_body(cluster, node, boot, counter, wall, q=claim), witness_key(key))
+
+
+class WitnessServer:
+    """The witness's datagram handler (no sockets): validate, apply the lease rule, sign the answer."""
+
+    def __init__(self, cluster: str, nodes: Iterable[str], key: bytes, lease: float,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        nodes = frozenset(nodes)
+        if WITNESS_NAME in nodes:
+            raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
+        self.cluster, self.key, self.clock, self.wall = cluster, witness_key(key), clock, wall
+        self.book = LeaseBook(nodes, lease, clock())
+        self.validator = Validator(cluster, WITNESS_NAME, nodes, self.key)
+        self.boot, self.counter = new_boot_id(), 0
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return {reason.value: n for reason, n in self.validator.rejected.items()}
+
+    def handle(self, data: bytes) -> bytes | None:
+        """The signed answer to one request, or None for anything not a fresh authentic request."""
+        try:
+            hb = self.validator.accept(data, self.wall(), 0)
+            claim = _extra(data).get("q") is True
+        except HeartbeatRejected as exc:
+            log.debug("witness request rejected: %s", exc)
+            return None
+        before = self.book.holder
+        answer = self.book.ask(hb.node, claim, self.clock())
+        if answer.holder != before:
+            log.warning("lease: %s -> %s", before or "nobody", answer.holder or "nobody")
+        self.counter += 1
+        return sign(_body(self.cluster, WITNESS_NAME, self.boot, self.counter, self.wall(), to=hb.node,
+                          rb=hb.boot_id, rs=hb.counter, h=answer.holder, a=answer.age, seen=list(answer.seen),
+                          l=answer.lease), self.key)
+
+
+class _ServerProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: WitnessServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        reply = self.server.handle(data)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def open_witness(bind: Address, cluster: str, nodes: Iterable[str], key: bytes,
+                       timeout: float) -> tuple[asyncio.DatagramTransport, WitnessServer]:
+    """Bind the witness's UDP socket; the caller closes the transport."""
+    server = WitnessServer(cluster, nodes, key, timeout)
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _ServerProtocol(server), local_addr=bind)
+    return transport, server
+
+
+async def serve_witness(bind: Address, cluster: str, key: bytes, timeout: float, nodes: Iterable[str]) -> None:
+    """Run the witness until cancelled. ``timeout`` is the lease (seconds)."""
+    transport, _ = await open_witness(bind, cluster, nodes, key, timeout)
+    log.warning("witness for cluster %s listening on %s:%d (lease %.1f s); no lease for the first %.1f s",
+                cluster, bind[0], bind[1], timeout, timeout)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        transport.close()
+
+
+# ------------------------------------------------------------------ node side
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: UdpWitness) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.client.received(data)
+
+    def error_received(self, exc: Exception) -> None:      # ICMP unreachable: the witness is down
+        log.debug("witness: %s", exc)
+
+
+class UdpWitness(Witness):
+    """Asks the witness at ``endpoint`` on every :meth:`verdict` (once per tick).
+
+    ``claim()`` says whether this node needs the lease now (a primary module, or the peer not
+    heard). A verdict waits for the answer at most ``wait`` seconds; with no answer the belief
+    from earlier answers decides (it lapses by itself). When claiming, refused, and the holder has
+    been silent for more than two intervals, it waits for the lease to lapse and asks once more, so
+    a takeover is not refused merely because it asked a moment before the lapse.
+    """
+
+    def __init__(self, endpoint: Address, cluster: str, node: str, peer: str, key: bytes,
+                 claim: Callable[[], bool] = lambda: True, interval: float = 0.3,
+                 wait: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if WITNESS_NAME in (node, peer):
+            raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
+        self.endpoint, self.cluster, self.node, self.peer = endpoint, cluster, node, peer
+        self.key, self.claim, self.interval = key, claim, interval
+        self.wait = interval if wait is None else wait
+        self.clock, self.wall = clock, wall
+        self.view = LeaseView(node)
+        self.validator = Validator(cluster, node, {WITNESS_NAME}, witness_key(key))
+        self.boot, self.counter = new_boot_id(), 0
+        self.pending: dict[int, float] = {}           # counter -> send time (monotonic)
+        self._arrived = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+        self.claiming = False
+
+    async def start(self) -> None:
+        family = 0
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _ClientProtocol(self), remote_addr=self.endpoint, family=family)
+        self._transport = transport
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def received(self, data: bytes) -> None:
+        """One datagram from the witness: accepted only as the answer to a pending request."""
+        try:
+            self.validator.accept(data, self.wall(), 0)
+            fields = _extra(data)
+            counter = fields["rs"]
+            if fields.get("to") != self.node or fields.get("rb") != self.boot or counter not in self.pending:
+                raise ValueError("not an answer to a pending request")
+            holder, age, lease = fields["h"], fields["a"], float(fields["l"])
+            answer = Answer(holder if isinstance(holder, str) else None,
+                            tuple(str(n) for n in fields["seen"]), None if age is None else float(age), lease)
+        except (HeartbeatRejected, ValueError, TypeError, KeyError) as exc:
+            log.debug("witness answer refused: %s", exc)
+            return
+        sent_at = self.pending[counter]
+        for c in [c for c in self.pending if c <= counter]:
+            del self.pending[c]
+        self.view.answered(sent_at, answer, self.clock())
+        self._arrived.set()
+
+    def send(self, claim: bool) -> None:
+        self.counter += 1
+        self.pending[self.counter] = self.clock()
+        while len(self.pending) > 32:
+            del self.pending[min(self.pending)]
+        data = encode_request(self.cluster, self.node, self.boot, self.counter, self.wall(), claim, self.key)
+        if self._transport is not None:
+            try:
+                self._transport.sendto(data)
+            except OSError as exc:
+                log.debug("witness request not sent: %s", exc)
+
+    async def ask(self, claim: bool) -> bool:
+        """Send one request and wait for its answer (at most ``wait``); whether it arrived."""
+        self._arrived.clear()
+        self.send(claim)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), self.wait)
+            return True
+        return False
+
+    async def verdict(self, now: float) -> bool | None:
+        claim = self.claiming = bool(self.claim())
+        if not claim:
+            self.view.release()
+        answered = await self.ask(claim)
+        answer = self.view.answer
+        if (claim and answered and answer is not None and answer.holder not in (None, self.node)
+                and answer.age is not None and answer.age > 2 * self.interval):
+            await asyncio.sleep(max(0.0, answer.lease - answer.age) + self.wait / 2)
+            await self.ask(claim)
+        return self.view.holds(self.clock()) if claim else False
+
+    def status(self) -> dict:
+        answer, now = self.view.answer, self.clock()
+        return {"witness": f"{self.endpoint[0]}:{self.endpoint[1]}", "holds": self.view.holds(now),
+                "claiming": self.claiming, "holder": answer.holder if answer else None,
+                "seen": list(answer.seen) if answer else [],
+                "answer_age": None if self.view.answered_at is None else now - self.view.answered_at,
+                "rejected": {r.value: n for r, n in self.validator.rejected.items()}}
+
+
+def build(cluster, claim: Callable[[], bool]) -> Witness:
+    """The witness of a :class:`ClusterConfig`: :class:`NoWitness` without ``[quorum] witness``."""
+    from hamirror.cluster.heartbeat import load_cluster_key
+
+    endpoint = cluster.quorum.witness_endpoint if cluster.quorum.witness else None
+    if endpoint is None:
+        return NoWitness()
+    return UdpWitness(endpoint, cluster.name, cluster.local_name, cluster.peer_node.name,
+                      load_cluster_key(cluster.cluster_key_file), claim=claim,
+                      interval=cluster.heartbeat.interval)
