@@ -1,0 +1,352 @@
+"""The read-only HTTP status API: ``[http] listen`` in the cluster file; absent section, no listener.
+
+Endpoints (GET or HEAD; nothing here changes state, operator commands stay on the root-only
+control socket):
+
+- ``/status``: the ``hamirror status --json`` document;
+- ``/health/MODULE``: 200 when the module is PRIM or ALONE here (send traffic here), else 503;
+  the body is the state on one line;
+- ``/metrics``: Prometheus text format;
+- ``/``: a self-contained web console that polls ``/status``.
+
+Access: with ``[http] token_file`` every request but ``/`` (a static page without data) must send
+``Authorization: Bearer TOKEN``; the configuration refuses a non-loopback ``listen`` without one.
+Without a token the ``Host`` header must be an IP address or ``localhost``, so a web page
+visited on this host cannot read the API through a DNS name rebound to 127.0.0.1.
+
+One minimal HTTP/1.1 handler on the agent's asyncio loop: one request per connection, bounded
+head size, a deadline per request and a cap on concurrent connections; a malformed request gets a
+4xx answer and never reaches the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import unquote
+
+from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
+from hamirror.cluster.heartbeat import Reason
+from hamirror.cluster.states import NodeState
+from hamirror.config.cluster import HttpConfig
+
+log = logging.getLogger(__name__)
+
+StatusProvider = Callable[[], dict]
+
+MAX_HEAD = 8192            # request line and headers, bytes
+MAX_HEADERS = 64
+MAX_BODY = 1024            # a GET may carry a small body, read and ignored
+REQUEST_TIMEOUT = 5.0      # seconds to receive a request and send its answer
+MAX_CONNECTIONS = 32
+SERVING = (NodeState.PRIM, NodeState.ALONE)
+TEXT = "text/plain; charset=utf-8"
+
+
+class HttpError(Exception):
+    """A request answered with an error status and a one-line reason."""
+
+    def __init__(self, status: HTTPStatus, text: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(text or status.phrase)
+        self.status, self.text, self.headers = status, text or status.phrase, headers or {}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Response:
+    status: HTTPStatus
+    body: bytes
+    content_type: str = TEXT
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self, head_only: bool) -> bytes:
+        lines = [f"HTTP/1.1 {self.status.value} {self.status.phrase}", f"Content-Type: {self.content_type}",
+                 f"Content-Length: {len(self.body)}", "Connection: close", "Cache-Control: no-store",
+                 "X-Content-Type-Options: nosniff"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        return "\r\n".join(lines).encode() + b"\r\n\r\n" + (b"" if head_only else self.body)
+
+
+def text_response(status: HTTPStatus, text: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, (text + "\n").encode(), headers=headers or {})
+
+
+# -- reading a request ------------------------------------------------------------------------
+
+async def read_request(reader: asyncio.StreamReader) -> Request:
+    """Parse one request head (and skip a small body); HttpError for anything malformed or too big."""
+    size = 0
+
+    async def line() -> str:
+        nonlocal size
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("client closed before the end of the request head") from exc
+        size += len(raw)
+        if size > MAX_HEAD:
+            raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        try:
+            return raw.decode("ascii").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "request head is not ASCII") from None
+
+    parts = (await line()).split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED if version.startswith("HTTP/")
+                        else HTTPStatus.BAD_REQUEST, f"unsupported version {version!r}")
+    headers: dict[str, str] = {}
+    while header := await line():
+        name, colon, value = header.partition(":")
+        if not colon or not name or name != name.strip() or len(headers) >= MAX_HEADERS:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "malformed header")
+        name = name.lower()
+        if name in headers and name in ("content-length", "host", "authorization"):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"repeated {name} header")
+        headers[name] = value.strip()
+    if "transfer-encoding" in headers:
+        raise HttpError(HTTPStatus.NOT_IMPLEMENTED, "request bodies are not accepted")
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+    if int(length) > MAX_BODY:
+        raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY} bytes")
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        await reader.readexactly(int(length))
+    if not target.startswith("/"):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "the target must be a path")
+    try:
+        path = unquote(target.split("?", 1)[0], errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "path is not UTF-8") from None
+    return Request(method.upper(), path, headers)
+
+
+# -- answering --------------------------------------------------------------------------------
+
+def health(doc: dict, module: str) -> Response:
+    """200 when ``module`` serves here (PRIM or ALONE), 503 otherwise; 404 for an unknown module."""
+    for entry in doc.get("modules", []):
+        if entry.get("name") == module:
+            state = str(entry.get("state"))
+            serving = state in {s.value for s in SERVING}
+            return text_response(HTTPStatus.OK if serving else HTTPStatus.SERVICE_UNAVAILABLE, state)
+    return text_response(HTTPStatus.NOT_FOUND, f"no module {module!r} on this node")
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(doc: dict) -> str:
+    """The status document in Prometheus text format (0.0.4)."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[dict, int]]) -> None:
+        out.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
+        for labels, value in samples:
+            text = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
+            out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    peer = doc.get("peer") or {}
+    modules = doc.get("modules", [])
+    family("hamirror_info", "gauge", "This node, its cluster and its peer (always 1).",
+           [({"node": doc.get("node"), "cluster": doc.get("cluster"), "peer": peer.get("name")}, 1)])
+    family("hamirror_peer_alive", "gauge", "1 when the peer's heartbeats are heard on some network.",
+           [({"peer": peer.get("name")}, int(bool(peer.get("alive"))))])
+    rejected = peer.get("rejected") or {}
+    family("hamirror_heartbeat_rejected_total", "counter", "Heartbeat datagrams rejected, by reason.",
+           [({"reason": r.value}, int(rejected.get(r.value, 0))) for r in Reason])
+    family("hamirror_module_state", "gauge", "1 for the module's current state on this node, else 0.",
+           [({"module": m["name"], "state": s.value}, int(m.get("state") == s.value))
+            for m in modules for s in NodeState])
+    family("hamirror_module_uptodate", "gauge", "1 when this node's copy of the module's data is up to date.",
+           [({"module": m["name"]}, int(bool(m.get("uptodate")))) for m in modules])
+    for key, help_text in (("done_bytes", "Bytes copied by the running resync (0 when none runs)."),
+                           ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
+        family(f"hamirror_resync_{key}", "gauge", help_text,
+               [({"module": m["name"]}, int((m.get("resync") or {}).get(key) or 0)) for m in modules])
+    return "\n".join(out) + "\n"
+
+
+def host_allowed(host: str | None) -> bool:
+    """Whether a Host header names this host by address (or ``localhost``), not by a DNS name."""
+    if host is None:
+        return True
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def authorized(request: Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def answer(request: Request, status: StatusProvider, token: str | None) -> Response:
+    """Route one parsed request; HttpError for the error answers."""
+    if request.method not in ("GET", "HEAD"):
+        raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} not allowed: this API is read-only",
+                        {"Allow": "GET, HEAD"})
+    if token is None and not host_allowed(request.headers.get("host")):
+        raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, "use an IP address or localhost in the URL")
+    if request.path == "/":
+        return Response(HTTPStatus.OK, CONSOLE_HTML.encode(), "text/html; charset=utf-8",
+                        {"Content-Security-Policy": CONSOLE_CSP, "X-Frame-Options": "DENY"})
+    known = request.path in ("/status", "/metrics") or request.path.startswith("/health/")
+    if not known:
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint {request.path!r} (try /, /status, "
+                                              "/health/MODULE, /metrics)")
+    if not authorized(request, token):
+        raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token",
+                        {"WWW-Authenticate": 'Bearer realm="hamirror"'})
+    doc = status()
+    if request.path == "/status":
+        return Response(HTTPStatus.OK, json_bytes(doc), "application/json")
+    if request.path == "/metrics":
+        return Response(HTTPStatus.OK, render_metrics(doc).encode(), "text/plain; version=0.0.4; charset=utf-8")
+    return health(doc, request.path.removeprefix("/health/"))
+
+
+def json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+# -- the server -------------------------------------------------------------------------------
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+def load_token(path: str) -> str:
+    """The bearer token in ``path``; ValueError if the file is empty or readable by other users."""
+    with open(path, "rb") as stream:
+        mode = os.fstat(stream.fileno()).st_mode
+        raw = stream.read(4096)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{path}: token file is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
+                         f"chmod 600 it")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: token file is not ASCII text") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: the token must be one word of at least 16 characters")
+    return token
+
+
+class HttpServer:
+    """Serves the status API on the agent's loop until closed."""
+
+    def __init__(self, config: HttpConfig, status: StatusProvider) -> None:
+        self.config, self.status = config, status
+        self.server: asyncio.base_events.Server | None = None
+        self.token: str | None = None
+        self.error: str | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0 in tests)."""
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> bool:
+        """Listen; on failure (token file, address in use) log why, keep ``error`` and return False.
+
+        The agent runs on without the API: a node must not stop managing its modules over it.
+        """
+        host, port = self.config.endpoint
+        try:
+            if self.config.token_file is not None:
+                self.token = load_token(self.config.token_file)
+            elif not self.config.loopback:
+                raise ValueError(f"http.listen {self.config.listen} is not a loopback address and "
+                                 f"http.token_file is not set")
+            self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+        except (OSError, ValueError) as exc:
+            self.error = str(exc)
+            log.error("HTTP status API not started: %s", exc)
+            return False
+        log.info("HTTP status API on %s (%s)", self.config.listen,
+                 "bearer token required" if self.token else "no token: loopback only")
+        return True
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._slots.locked():
+                writer.write(text_response(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections").encode(False))
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+                return
+            async with self._slots:
+                await self._exchange(reader, writer)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            log.debug("HTTP connection: %s", exc or type(exc).__name__)
+        except Exception:  # noqa: BLE001 - a request must never take the agent down
+            log.exception("HTTP connection failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
+        try:
+            try:
+                request = await asyncio.wait_for(read_request(reader), REQUEST_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise HttpError(HTTPStatus.REQUEST_TIMEOUT, "request not received in time") from None
+            head_only = request.method == "HEAD"
+            response = answer(request, self.status, self.token)
+        except HttpError as exc:
+            response = text_response(exc.status, exc.text, exc.headers)
+        except (ConnectionError, asyncio.TimeoutError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the status provider failed: say so, keep serving
+            log.exception("HTTP request failed")
+            response = text_response(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {exc}")
+        writer.write(response.encode(head_only))
+        await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+        if response.status >= 400 and writer.can_write_eof():
+            # Lingering close: unread bytes at close() would make the kernel reset the connection,
+            # and the client could lose the answer that says what was wrong.
+            writer.write_eof()
+            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+                await asyncio.wait_for(_discard(reader), 0.5)
+
+
+__all__ = ["HttpServer", "answer", "health", "load_token", "read_request", "render_metrics"]

@@ -1,0 +1,309 @@
+"""The HTTP status API, served for real on loopback (ephemeral ports) with a fake status provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+
+from hamirror.agent import http
+from hamirror.agent.http import HttpServer, render_metrics
+from hamirror.config.cluster import HttpConfig
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def status_doc(state: str = "PRIM", resync: dict | None = None) -> dict:
+    return {
+        "node": "node1", "cluster": "lab",
+        "peer": {"name": "node2", "alive": True, "networks": [], "rejected": {"bad_mac": 3, "replay": 1}},
+        "modules": [{"name": "demo", "state": state, "peer_state": "SECOND", "uptodate": True, "resync": resync,
+                     "relation": "same", "warnings": [], "error": None},
+                    {"name": "db", "state": "WAIT", "peer_state": None, "uptodate": False,
+                     "resync": {"done_bytes": 123456789012, "total_bytes": 234567890123}}],
+    }
+
+
+class Provider:
+    """The agent's ``status()``: returns ``doc``, or raises when ``fail`` is set."""
+
+    def __init__(self, doc: dict | None = None) -> None:
+        self.doc = doc or status_doc()
+        self.fail = False
+
+    def __call__(self) -> dict:
+        if self.fail:
+            raise RuntimeError("runner exploded")
+        return self.doc
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def exchange(port: int, raw: bytes, host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(raw)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(headers["Content-Length"]) == len(body) or raw.startswith(b"HEAD ")
+    return int(lines[0].split()[1]), headers, body
+
+
+def get(path: str, *extra: str, method: str = "GET") -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1:9453", *extra, "", ""]).encode()
+
+
+async def serving(provider, *requests: bytes, config: HttpConfig | None = None, host: str = "127.0.0.1"):
+    """Start a server, send each request on its own connection, return the answers."""
+    server = HttpServer(config or HttpConfig("127.0.0.1:0"), provider)
+    assert await server.start(), server.error
+    try:
+        return [await exchange(server.port, raw, host) for raw in requests]
+    finally:
+        await server.close()
+
+
+def test_status_is_the_status_document():
+    provider = Provider()
+    [(code, headers, body)] = run(serving(provider, get("/status")))
+    assert (code, headers["Content-Type"], headers["Connection"]) == (200, "application/json", "close")
+    assert json.loads(body) == provider.doc
+    assert body == json.dumps(provider.doc, indent=1).encode() + b"\n"   # as `hamirror status --json` prints it
+
+
+@pytest.mark.parametrize("state, code", [("PRIM", 200), ("ALONE", 200), ("SECOND", 503), ("WAIT", 503),
+                                         ("STOP", 503)])
+def test_health_code_per_state(state, code):
+    answers = run(serving(Provider(status_doc(state)), get("/health/demo"), get("/health/demo", method="HEAD")))
+    assert answers[0][0] == code and answers[0][2] == f"{state}\n".encode()
+    assert answers[1][0] == code and answers[1][2] == b""
+    assert answers[1][1]["Content-Length"] == str(len(state) + 1)
+
+
+def test_health_of_an_unknown_module_is_404():
+    [(code, _, body)] = run(serving(Provider(), get("/health/nope")))
+    assert (code, body) == (404, b"no module 'nope' on this node\n")
+
+
+def test_metrics_exact_text():
+    [(code, headers, body)] = run(serving(Provider(status_doc("ALONE")), get("/metrics")))
+    assert (code, headers["Content-Type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    reasons = ["oversized", "malformed", "bad_mac", "wrong_cluster", "unknown_sender", "own_name",
+               "wrong_network", "replay", "skew"]
+    counts = {"bad_mac": 3, "replay": 1}
+    states = ["STOP", "WAIT", "SECOND", "PRIM", "ALONE"]
+    expected = [
+        "# HELP hamirror_info This node, its cluster and its peer (always 1).",
+        "# TYPE hamirror_info gauge",
+        'hamirror_info{node="node1",cluster="lab",peer="node2"} 1',
+        "# HELP hamirror_peer_alive 1 when the peer's heartbeats are heard on some network.",
+        "# TYPE hamirror_peer_alive gauge",
+        'hamirror_peer_alive{peer="node2"} 1',
+        "# HELP hamirror_heartbeat_rejected_total Heartbeat datagrams rejected, by reason.",
+        "# TYPE hamirror_heartbeat_rejected_total counter",
+        *[f'hamirror_heartbeat_rejected_total{{reason="{r}"}} {counts.get(r, 0)}' for r in reasons],
+        "# HELP hamirror_module_state 1 for the module's current state on this node, else 0.",
+        "# TYPE hamirror_module_state gauge",
+        *[f'hamirror_module_state{{module="demo",state="{s}"}} {int(s == "ALONE")}' for s in states],
+        *[f'hamirror_module_state{{module="db",state="{s}"}} {int(s == "WAIT")}' for s in states],
+        "# HELP hamirror_module_uptodate 1 when this node's copy of the module's data is up to date.",
+        "# TYPE hamirror_module_uptodate gauge",
+        'hamirror_module_uptodate{module="demo"} 1',
+        'hamirror_module_uptodate{module="db"} 0',
+        "# HELP hamirror_resync_done_bytes Bytes copied by the running resync (0 when none runs).",
+        "# TYPE hamirror_resync_done_bytes gauge",
+        'hamirror_resync_done_bytes{module="demo"} 0',
+        'hamirror_resync_done_bytes{module="db"} 123456789012',
+        "# HELP hamirror_resync_total_bytes Bytes the running resync has to copy (0 when none runs).",
+        "# TYPE hamirror_resync_total_bytes gauge",
+        'hamirror_resync_total_bytes{module="demo"} 0',
+        'hamirror_resync_total_bytes{module="db"} 234567890123',
+    ]
+    assert body.decode().split("\n") == [*expected, ""]
+
+
+def test_metrics_escape_label_values():
+    doc = {"node": 'a"b\\c\nd', "cluster": "lab", "peer": {"name": "p", "alive": False}, "modules": []}
+    assert 'hamirror_info{node="a\\"b\\\\c\\nd",cluster="lab",peer="p"} 1' in render_metrics(doc).split("\n")
+    assert 'hamirror_peer_alive{peer="p"} 0' in render_metrics(doc).split("\n")
+
+
+def test_console_is_self_contained_and_locked_down():
+    [(code, headers, body)] = run(serving(Provider(), get("/")))
+    page = body.decode()
+    assert (code, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    assert "setInterval(refresh, 2000)" in page and 'fetch("status"' in page
+    assert "http://" not in page and "https://" not in page and " src=" not in page and "<link" not in page
+    assert "innerHTML" not in page                     # data only ever becomes text
+    csp = headers["Content-Security-Policy"]
+    assert csp.startswith("default-src 'none'; style-src 'sha256-") and "connect-src 'self'" in csp
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_errors_404_405_413_and_malformed_requests():
+    requests = {
+        "404": get("/nothing"),
+        "405": get("/status", "Content-Length: 0", method="POST"),
+        "413": get("/status", "Content-Length: 100000000"),
+        "bad line": b"NONSENSE\r\n\r\n",
+        "bad version": b"GET /status HTTP/2.0\r\n\r\n",
+        "not a version": b"GET /status FTP/1.0\r\n\r\n",
+        "bad header": get("/status", "no colon here"),
+        "bad length": get("/status", "Content-Length: -1"),
+        "two lengths": get("/status", "Content-Length: 0", "Content-Length: 0"),
+        "chunked": get("/status", "Transfer-Encoding: chunked"),
+        "absolute target": b"GET http://example.org/status HTTP/1.1\r\n\r\n",
+        "binary": b"GET /st\xffatus HTTP/1.1\r\n\r\n",
+        "bad utf-8 path": get("/health/%ff"),
+        "huge head": get("/status", *[f"X-Pad-{i}: {'x' * 200}" for i in range(60)]),
+        "huge line": b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+    }
+    answers = dict(zip(requests, run(serving(Provider(), *requests.values()))))
+    codes = {name: answer[0] for name, answer in answers.items()}
+    assert codes == {"404": 404, "405": 405, "413": 413, "bad line": 400, "bad version": 505,
+                     "not a version": 400, "bad header": 400, "bad length": 400, "two lengths": 400,
+                     "chunked": 501, "absolute target": 400, "binary": 400, "bad utf-8 path": 400,
+                     "huge head": 431, "huge line": 431}
+    assert answers["405"][1]["Allow"] == "GET, HEAD"
+    assert answers["405"][2] == b"POST not allowed: this API is read-only\n"
+    assert answers["404"][2] == b"no such endpoint '/nothing' (try /, /status, /health/MODULE, /metrics)\n"
+    assert answers["413"][2] == b"request body over 1024 bytes\n"
+
+
+def test_a_small_body_and_a_query_string_are_accepted_lf_only_lines_too():
+    answers = run(serving(Provider(), get("/health/demo?x=1", "Content-Length: 4") + b"abcd",
+                          b"GET /health/demo HTTP/1.0\n\n"))
+    assert [(code, body) for code, _, body in answers] == [(200, b"PRIM\n"), (200, b"PRIM\n")]
+
+
+def test_a_failing_provider_gives_500_and_the_server_keeps_serving():
+    provider = Provider()
+
+    async def scenario():
+        server = HttpServer(HttpConfig("127.0.0.1:0"), provider)
+        assert await server.start()
+        try:
+            provider.fail = True
+            first = await exchange(server.port, get("/status"))
+            provider.fail = False
+            return first, await exchange(server.port, get("/health/demo"))
+        finally:
+            await server.close()
+
+    (code, _, body), (code2, _, body2) = run(scenario())
+    assert (code, body) == (500, b"internal error: runner exploded\n")
+    assert (code2, body2) == (200, b"PRIM\n")
+
+
+def test_silent_half_open_and_slow_clients_do_not_block_others(monkeypatch):
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 0.5)
+
+    async def scenario():
+        server = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
+        assert await server.start()
+        try:
+            silent = await asyncio.open_connection("127.0.0.1", server.port)
+            partial = await asyncio.open_connection("127.0.0.1", server.port)
+            partial[1].write(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")      # never finished
+            closed = await asyncio.open_connection("127.0.0.1", server.port)
+            closed[1].close()                                                     # nothing sent
+            ok = await exchange(server.port, get("/health/demo"))                 # served meanwhile
+            timed_out = await asyncio.wait_for(partial[0].read(), 5)
+            silent_answer = await asyncio.wait_for(silent[0].read(), 5)
+            for _, writer in (silent, partial):
+                writer.close()
+            return ok, timed_out, silent_answer
+        finally:
+            await server.close()
+
+    ok, timed_out, silent_answer = run(scenario())
+    assert ok[0] == 200
+    assert timed_out.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert silent_answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_dns_names_in_host_are_refused_without_a_token():
+    answers = run(serving(Provider(), get("/status").replace(b"Host: 127.0.0.1:9453", b"Host: evil.example:9453"),
+                          get("/status").replace(b"Host: 127.0.0.1:9453", b"Host: localhost:9453"),
+                          get("/status").replace(b"Host: 127.0.0.1:9453", b"Host: [::1]:9453"),
+                          b"GET /status HTTP/1.0\r\n\r\n"))
+    assert [code for code, _, _ in answers] == [421, 200, 200, 200]
+
+
+def write_token(tmp_path, text: str = TOKEN, mode: int = 0o600) -> str:
+    path = tmp_path / "http.token"
+    path.write_text(text + "\n")
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_token_is_required_when_configured(tmp_path):
+    """127.0.0.2 stands for a network address: the rule follows the configuration, not the address."""
+    config = HttpConfig("127.0.0.2:0", token_file=write_token(tmp_path))
+    answers = run(serving(Provider(), get("/status"), get("/metrics", "Authorization: Bearer wrong"),
+                          get("/health/demo", "Authorization: Basic " + TOKEN),
+                          get("/status", f"Authorization: Bearer {TOKEN}"),
+                          get("/health/demo", f"Authorization: bearer {TOKEN}"),
+                          get("/status").replace(b"127.0.0.1:9453", b"alpha.example:9453"),
+                          get("/"), get("/nope"),
+                          config=config, host="127.0.0.2"))
+    codes = [code for code, _, _ in answers]
+    assert codes == [401, 401, 401, 200, 200, 401, 200, 404]
+    assert answers[0][1]["WWW-Authenticate"] == 'Bearer realm="hamirror"'
+    assert answers[0][2] == b"missing or wrong bearer token\n"
+    assert json.loads(answers[3][2])["node"] == "node1"
+
+
+def test_a_token_allows_host_names(tmp_path):
+    config = HttpConfig("127.0.0.2:0", token_file=write_token(tmp_path))
+    raw = get("/health/demo", f"Authorization: Bearer {TOKEN}").replace(b"127.0.0.1:9453", b"alpha.example")
+    [(code, _, body)] = run(serving(Provider(), raw, config=config, host="127.0.0.2"))
+    assert (code, body) == (200, b"PRIM\n")
+
+
+@pytest.mark.parametrize("text, mode, problem", [
+    (TOKEN, 0o644, "token file is accessible by other users (mode 0644); chmod 600 it"),
+    ("short", 0o600, "the token must be one word of at least 16 characters"),
+    ("two words here and more", 0o600, "the token must be one word of at least 16 characters"),
+])
+def test_bad_token_files_keep_the_api_closed(tmp_path, text, mode, problem):
+    path = write_token(tmp_path, text, mode)
+
+    async def scenario():
+        server = HttpServer(HttpConfig("127.0.0.1:0", token_file=path), Provider())
+        return await server.start(), server.error, server.server
+
+    assert run(scenario()) == (False, f"{path}: {problem}", None)
+
+
+def test_missing_token_file_and_open_bind_without_token_are_refused(tmp_path):
+    async def scenario(config):
+        server = HttpServer(config, Provider())
+        return await server.start(), server.error
+
+    missing = str(tmp_path / "none")
+    ok, error = run(scenario(HttpConfig("127.0.0.1:0", token_file=missing)))
+    assert not ok and "No such file or directory" in error
+    assert run(scenario(HttpConfig("0.0.0.0:0"))) == (
+        False, "http.listen 0.0.0.0:0 is not a loopback address and http.token_file is not set")
+
+
+def test_address_in_use_is_reported_not_raised():
+    async def scenario():
+        first = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
+        assert await first.start()
+        try:
+            second = HttpServer(HttpConfig(f"127.0.0.1:{first.port}"), Provider())
+            return await second.start(), second.error
+        finally:
+            await first.close()
+
+    ok, error = run(scenario())
+    assert not ok and "address already in use" in error.lower()
