@@ -1,0 +1,51 @@
+"""``hamirror witness --bind HOST:PORT [-c CONFIG] [--timeout S]``: run the quorum witness in the foreground.
+
+It reads the cluster name, the two node names and ``cluster_key_file`` from a cluster file (the
+nodes' own file works; ``cluster.node`` is not used). See docs/cluster.md, "Witness".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from hamirror.cli.common import CommandError
+from hamirror.config import ConfigError, config_path, load_cluster
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("witness", help="run the quorum witness (a third machine) in the foreground")
+    parser.add_argument("--bind", required=True, metavar="HOST:PORT", help="UDP address to listen on, e.g. 0.0.0.0:7402")
+    parser.add_argument("-c", "--config", default=None,
+                        help="cluster file (default: $HAMIRROR_CONFIG, else /etc/hamirror/hamirror.toml)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="lease in seconds (default: twice the cluster's heartbeat timeout)")
+    parser.set_defaults(func=run_witness)
+
+
+def run_witness(args: argparse.Namespace) -> int:
+    from hamirror.cluster.heartbeat import load_cluster_key
+    from hamirror.cluster.quorum import serve_witness
+
+    host, sep, port = args.bind.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise CommandError(f"--bind must be HOST:PORT (got {args.bind!r})")
+    try:
+        cluster = load_cluster(config_path(args.config))
+        key = load_cluster_key(cluster.cluster_key_file)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot start the witness: {exc}") from exc
+    timeout = args.timeout if args.timeout is not None else 2 * cluster.heartbeat.timeout
+    if timeout <= 0:
+        raise CommandError("--timeout must be positive")
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        asyncio.run(serve_witness((host.strip("[]"), int(port)), cluster.name, key, timeout,
+                                  [node.name for node in cluster.nodes]))
+    except OSError as exc:
+        raise CommandError(f"witness: {exc}") from exc
+    return 0
