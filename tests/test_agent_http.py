@@ -307,3 +307,9 @@ def test_address_in_use_is_reported_not_raised():
 
     ok, error = run(scenario())
     assert not ok and "address already in use" in error.lower()
+
+
+def test_a_large_body_sent_anyway_still_gets_its_413():
+    raw = get("/status", "Content-Length: 2000000", method="PUT") + b"x" * 2_000_000
+    [(code, _, body)] = run(serving(Provider(), raw))
+    assert (code, body) == (413, b"request body over 1024 bytes\n")
