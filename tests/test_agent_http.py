@@ -313,3 +313,25 @@ def test_a_large_body_sent_anyway_still_gets_its_413():
     raw = get("/status", "Content-Length: 2000000", method="PUT") + b"x" * 2_000_000
     [(code, _, body)] = run(serving(Provider(), raw))
     assert (code, body) == (413, b"request body over 1024 bytes\n")
+
+
+def test_connections_beyond_the_cap_get_503(monkeypatch):
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 1)
+
+    async def scenario():
+        server = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
+        assert await server.start()
+        try:
+            idle = await asyncio.open_connection("127.0.0.1", server.port)
+            await asyncio.sleep(0.2)                        # the idle client holds the only slot
+            refused = await exchange(server.port, get("/status"))
+            idle[1].write(get("/health/demo"))
+            served = await asyncio.wait_for(idle[0].read(), 5)
+            idle[1].close()
+            return refused, served
+        finally:
+            await server.close()
+
+    (code, _, body), served = run(scenario())
+    assert (code, body) == (503, b"too many connections\n")
+    assert served.startswith(b"HTTP/1.1 200 OK\r\n")
