@@ -23,6 +23,7 @@ from hamirror.agent import control, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.executor import Executor
+from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import Store
 from hamirror.agent.status import module_status
@@ -89,6 +90,7 @@ class Agent:
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
+        self.http = HttpServer(cluster.http, self.status) if cluster.http else None   # read-only status API
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
         self._check_tasks: dict[str, asyncio.Task] = {}
@@ -129,6 +131,8 @@ class Agent:
         await self.heartbeat.start()
         await self.witness.start()
         await self.control.start()
+        if self.http:
+            await self.http.start()        # logs and goes on without it if it cannot listen
         try:
             while not self.stopping.is_set():
                 await self.tick()
@@ -194,6 +198,8 @@ class Agent:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""
         log.info("agent stopping; modules keep their state (applications and mounts keep running)")
         await self.control.close()
+        if self.http:
+            await self.http.close()
         tasks = [r.task for r in self.runners.values() if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=60)
