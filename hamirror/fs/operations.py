@@ -21,6 +21,9 @@ from hamirror.link.client import WHOLE
 from hamirror.link.protocol import Op
 from hamirror.link.replicator import Replicator
 
+# Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
+# the saving is smaller than the cost of a second message.
+OVERLAP_MIN = 256 * 1024
 _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
                 "st_blksize", "st_rdev")
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
@@ -164,6 +167,8 @@ class Interception(mfusepy.Operations):
             return os.pwrite(fh, data, offset)
         p = rel(path)
         bp = os.fsencode(p)
+        if len(data) < OVERLAP_MIN:
+            return self._write_then_send(p, bp, data, offset, fh)
         failed = None
         with self.repl.change(((p, offset, len(data)),)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
@@ -177,6 +182,24 @@ class Interception(mfusepy.Operations):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
+        if failed is not None:
+            raise failed
+        return written
+
+    def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int) -> int:
+        """Small writes: nothing to overlap, so one message carrying the bytes and the times."""
+        failed = None
+        with self.repl.change(((p, offset, len(data)),)) as tx:
+            try:
+                written = os.pwrite(fh, data, offset)
+            except OSError as exc:
+                failed, written = exc, 0
+            st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
+            times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
+            if written:
+                tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written])
+            else:
+                tx.send(Op.UTIMENS, (), (bp,), times)
         if failed is not None:
             raise failed
         return written
