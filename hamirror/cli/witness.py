@@ -11,7 +11,21 @@ import asyncio
 import logging
 
 from hamirror.cli.common import CommandError
-from hamirror.config import ConfigError, config_path, load_cluster
+from hamirror.config import ConfigError, config_path
+from hamirror.config.cluster import ClusterConfig
+from hamirror.config.loader import _cluster
+
+NOT_NEEDED = ("cluster.modules_dir", "cluster.node")   # a witness has no modules and is no node
+
+
+def load_witness_cluster(path: str) -> ClusterConfig:
+    """The cluster file as the witness needs it: every check except those of node-only paths."""
+    sink: list[ConfigError] = []
+    cluster = _cluster(path, sink)
+    errors = [e for e in sink if e.key not in NOT_NEEDED]
+    if errors or cluster is None:
+        raise errors[0] if errors else ConfigError(path, None, "cannot be read")
+    return cluster
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +46,7 @@ def run_witness(args: argparse.Namespace) -> int:
     if not sep or not port.isdigit() or not host:
         raise CommandError(f"--bind must be HOST:PORT (got {args.bind!r})")
     try:
-        cluster = load_cluster(config_path(args.config))
+        cluster = load_witness_cluster(config_path(args.config))
         key = load_cluster_key(cluster.cluster_key_file)
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc

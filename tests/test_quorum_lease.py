@@ -1,0 +1,186 @@
+"""The witness's lease rule and its wire checks, without sockets (simulated clocks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hamirror.cluster.heartbeat import MAC_SIZE, encode, Heartbeat, sign
+from hamirror.cluster.quorum import (
+    BELIEF, WITNESS_NAME, LeaseBook, LeaseView, UdpWitness, WitnessServer, encode_request, witness_key,
+)
+
+KEY = b"k" * 32
+LEASE = 4.0
+NODES = ("node1", "node2")
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def started_book(now: float = 0.0) -> LeaseBook:
+    """A book past its start-up quiet period at ``now``."""
+    return LeaseBook(NODES, LEASE, now - LEASE)
+
+
+def test_first_claimant_holds_and_the_other_is_refused():
+    book = started_book()
+    assert book.ask("node1", True, 0.0).holder == "node1"
+    answer = book.ask("node2", True, 0.1)
+    assert answer.holder == "node1" and answer.seen == ("node1", "node2")
+
+
+def test_holder_keeps_the_lease_while_it_keeps_asking():
+    book = started_book()
+    book.ask("node1", True, 0.0)
+    for step in range(1, 100):                     # 30 s of both nodes claiming every 0.3 s
+        t = step * 0.3
+        assert book.ask("node2", True, t).holder == "node1"
+        assert book.ask("node1", True, t + 0.01).holder == "node1"
+
+
+def test_a_silent_holder_loses_the_lease_after_the_lease_time_only():
+    book = started_book()
+    book.ask("node1", True, 0.0)
+    assert book.ask("node2", True, LEASE - 0.01).holder == "node1"
+    answer = book.ask("node2", True, LEASE + 0.01)
+    assert answer.holder == "node2" and answer.seen == ("node2",)
+
+
+def test_a_non_claiming_request_releases_the_lease_and_never_takes_it():
+    book = started_book()
+    assert book.ask("node2", False, 0.0).holder is None
+    book.ask("node1", True, 0.1)
+    assert book.ask("node1", False, 0.2).holder is None          # e.g. after a swap
+    assert book.ask("node2", True, 0.3).holder == "node2"
+    assert book.ask("node1", False, 0.4).holder == "node2"       # a non-holder's release changes nothing
+
+
+def test_a_restarted_witness_grants_nothing_for_one_lease():
+    book = LeaseBook(NODES, LEASE, started=100.0)
+    assert book.ask("node2", True, 100.1).holder is None
+    assert book.ask("node2", True, 100.0 + LEASE - 0.01).holder is None
+    assert book.ask("node2", True, 100.0 + LEASE).holder == "node2"
+
+
+def test_a_node_belief_ends_before_the_witness_can_grant_to_the_other():
+    book, view1, view2 = started_book(), LeaseView("node1"), LeaseView("node2")
+    sent = 0.0
+    view1.answered(sent, book.ask("node1", True, sent + 0.2), sent + 0.3)   # request delayed 0.2 s
+    assert view1.holds(sent + LEASE * BELIEF - 0.01)
+    assert not view1.holds(sent + LEASE * BELIEF)
+    t = sent + 0.2 + LEASE                                                 # the earliest grant to node2
+    t2 = t + 0.01
+    view2.answered(t2, book.ask("node2", True, t2), t2)
+    assert view2.holds(t2) and not view1.holds(t2)
+    assert t - (sent + LEASE * BELIEF) >= LEASE * (1 - BELIEF)
+
+
+def test_never_two_holders_whatever_the_losses():
+    """Random losses of requests and answers, both claiming: beliefs never overlap."""
+    import random
+    rng = random.Random(7)
+    book = LeaseBook(NODES, LEASE, 0.0)
+    views = {n: LeaseView(n) for n in NODES}
+    t, held = 0.0, set()
+    for _ in range(20000):
+        t += rng.uniform(0.0, 0.4)
+        node = rng.choice(NODES)
+        cut = rng.random() < (0.9 if int(t / 20) % 2 else 0.05)      # long stretches with heavy loss
+        claim = rng.random() < 0.9
+        if not claim:
+            views[node].release()                     # as UdpWitness.verdict does before sending
+        if not cut:
+            delay = rng.uniform(0.0, 0.2)
+            answer = book.ask(node, claim, t + delay)
+            if rng.random() < 0.9:
+                views[node].answered(t, answer, t + 2 * delay)
+        assert not (views["node1"].holds(t) and views["node2"].holds(t)), t
+        held.update(n for n in NODES if views[n].holds(t))
+    assert held == set(NODES)                          # the lease did move between them
+
+
+# ---------------------------------------------------------------- wire
+
+
+def server(clock: Clock, wall: Clock) -> WitnessServer:
+    srv = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall)
+    clock.t += LEASE                                   # past the quiet period
+    return srv
+
+
+def answer_fields(data: bytes) -> dict:
+    return json.loads(data[MAC_SIZE:])
+
+
+def test_server_grants_and_signs_an_answer_bound_to_the_request():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    reply = srv.handle(encode_request("lab", "node1", "b1", 1, wall(), True, KEY))
+    assert reply is not None
+    fields = answer_fields(reply)
+    assert (fields["n"], fields["to"], fields["rb"], fields["rs"], fields["h"]) == (WITNESS_NAME, "node1", "b1", 1, "node1")
+    assert reply[:MAC_SIZE] == sign(reply[MAC_SIZE:], witness_key(KEY))[:MAC_SIZE]
+
+
+@pytest.mark.parametrize("why,data", [
+    ("replayed", None),
+    ("forged", b"x" * 32 + b'{"v":1}'),
+    ("wrong key", encode_request("lab", "node2", "b9", 5, 1_700_000_000.0, True, b"z" * 32)),
+    ("plain heartbeat", encode(Heartbeat("lab", "node2", "b9", 5, 1_700_000_000.0), KEY)),
+    ("wrong cluster", encode_request("other", "node2", "b9", 5, 1_700_000_000.0, True, KEY)),
+    ("unknown node", encode_request("lab", "node3", "b9", 5, 1_700_000_000.0, True, KEY)),
+    ("old", encode_request("lab", "node2", "b9", 5, 1_700_000_000.0 - 60, True, KEY)),
+])
+def test_server_refuses_what_is_not_a_fresh_authentic_request(why, data):
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    first = encode_request("lab", "node2", "b2", 7, wall(), False, KEY)
+    assert srv.handle(first) is not None
+    if data is None:
+        clock.t += LEASE + 1                       # a replay must not renew nor take anything
+        data = encode_request("lab", "node2", "b2", 7, wall(), True, KEY)
+    assert srv.handle(data) is None, why
+    assert srv.book.holder is None
+    assert sum(srv.rejected.values()) == 1
+
+
+def test_a_replayed_claim_does_not_keep_an_isolated_holder_alive():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    captured = encode_request("lab", "node1", "b1", 1, wall(), True, KEY)
+    assert answer_fields(srv.handle(captured))["h"] == "node1"
+    clock.t += LEASE - 0.5
+    assert srv.handle(captured) is None                 # node1 is cut; an attacker replays its claim
+    clock.t += 1.0
+    reply = srv.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY))
+    assert answer_fields(reply)["h"] == "node2"
+
+
+def test_client_accepts_only_the_answer_to_its_pending_request():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall)
+    sent = []
+    client.send = lambda claim, _s=client.send: (_s(claim), sent.append(claim))   # no transport: nothing leaves
+    client.send(True)
+    request = encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)
+    reply = srv.handle(request)
+    client.received(reply)
+    assert client.view.holds(clock())
+    client.view.release()
+    client.received(reply)                              # a replayed answer: no longer pending
+    assert not client.view.holds(clock())
+    client.send(True)
+    other = encode_request("lab", "node2", "x", 1, wall(), True, KEY)
+    client.received(srv.handle(other))                  # an answer meant for node2
+    forged = bytearray(reply); forged[-3] ^= 1
+    client.received(bytes(forged))
+    assert not client.view.holds(clock())
+    assert client.validator.rejected                     # the forged one counted as bad_mac

@@ -1,0 +1,104 @@
+"""A real witness on 127.0.0.1 with two UdpWitness clients (the nodes), and the CLI's witness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from hamirror.cluster.quorum import UdpWitness, open_witness
+
+KEY = b"q" * 32
+LEASE = 1.0
+INTERVAL = 0.1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client(port: int, node: str, peer: str, claim) -> UdpWitness:
+    return UdpWitness(("127.0.0.1", port), "lab", node, peer, KEY, claim=lambda: claim[node],
+                      interval=INTERVAL, wait=0.5)
+
+
+async def scenario() -> None:
+    transport, server = await open_witness(("127.0.0.1", 0), "lab", ["node1", "node2"], KEY, LEASE)
+    port = transport.get_extra_info("sockname")[1]
+    claim = {"node1": True, "node2": False}
+    n1, n2 = client(port, "node1", "node2", claim), client(port, "node2", "node1", claim)
+    await n1.start()
+    await n2.start()
+    try:
+        # Start-up quiet period: nobody holds the lease during the witness's first lease.
+        assert await n1.verdict(time.monotonic()) is False
+        await asyncio.sleep(LEASE)
+        assert await n1.verdict(time.monotonic()) is True
+        assert await n2.verdict(time.monotonic()) is False              # not claiming: never True
+        assert n2.status()["seen"] == ["node1", "node2"] and n2.status()["holder"] == "node1"
+        # A partition between the nodes: both claim; the holder keeps it, the other is refused.
+        claim["node2"] = True
+        for _ in range(10):
+            assert await n1.verdict(time.monotonic()) is True
+            assert await n2.verdict(time.monotonic()) is False
+            await asyncio.sleep(INTERVAL)
+        # node1 goes silent (cut from everything): its belief ends before node2 is granted.
+        silent_since = time.monotonic()
+        assert await n2.verdict(time.monotonic()) is False               # holder just heard: no wait
+        while not n1.view.holds(time.monotonic()) is False:
+            await asyncio.sleep(0.01)
+        lost = time.monotonic()
+        granted = await n2.verdict(time.monotonic())                     # waits for the lapse
+        assert granted is True
+        assert time.monotonic() - silent_since >= LEASE and time.monotonic() - lost >= LEASE / 2 - 0.05
+        assert await n1.verdict(time.monotonic()) is False               # node1 back: refused
+        # The witness goes away: no answer, the belief lapses by itself, and nobody is True.
+        transport.close()
+        deadline = time.monotonic() + LEASE
+        while time.monotonic() < deadline:
+            assert not (await n1.verdict(time.monotonic()) or False)
+        assert await n2.verdict(time.monotonic()) is False
+        assert server.rejected == {}
+    finally:
+        await n1.stop()
+        await n2.stop()
+        transport.close()
+
+
+def test_two_clients_and_a_witness_over_udp():
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_cli_runs_a_witness_that_answers(tmp_path):
+    key_file = tmp_path / "cluster.key"
+    key_file.write_bytes(KEY)
+    port = free_port()
+    (tmp_path / "hamirror.toml").write_text(
+        f'[cluster]\nname = "lab"\ncluster_key_file = "{key_file}"\n\n[heartbeat]\ninterval = 0.1\ntimeout = 0.5\n\n'
+        '[[nodes]]\nname = "node1"\naddresses = ["127.0.0.1"]\n\n[[nodes]]\nname = "node2"\naddresses = ["127.0.0.2"]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "hamirror", "witness", "--bind", f"127.0.0.1:{port}",
+                             "-c", str(tmp_path / "hamirror.toml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        async def ask() -> bool:
+            n1 = client(port, "node1", "node2", {"node1": True})
+            await n1.start()
+            try:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:                       # lease 1.0 s: quiet, then granted
+                    if await n1.verdict(time.monotonic()):
+                        return True
+                    await asyncio.sleep(0.1)
+                return False
+            finally:
+                await n1.stop()
+        assert asyncio.run(ask()), proc.stdout.read1(4096) if proc.poll() is not None else "no grant"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
