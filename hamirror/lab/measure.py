@@ -68,9 +68,13 @@ def is_alone(m: dict) -> bool:
 
 
 def failover(paths: LabPaths, writer: Writer, victim: str, survivor: str, timeout: float = 60.0) -> float:
-    """Kill victim (power loss); seconds from the kill to the first write acknowledged after it."""
-    killed_at = time.monotonic()
+    """Kill victim (power loss); seconds from the kill to the first write acknowledged after it.
+
+    The clock starts once every process of the victim is gone: a request sent while the kill was
+    still under way could have been answered by the victim itself.
+    """
     control.kill(paths, victim)
+    killed_at = time.monotonic()
     ack = writer.first_ack_after(killed_at, timeout)
     wait_module(paths, survivor, is_alone, "ALONE", timeout)
     return ack.done - killed_at
