@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from hamirror.cluster.quorum import UdpWitness, open_witness
+from hamirror.cluster.quorum import BELIEF, UdpWitness, open_witness
 
 KEY = b"q" * 32
 LEASE = 1.0
@@ -55,7 +55,7 @@ async def scenario() -> None:
         lost = time.monotonic()
         granted = await n2.verdict(time.monotonic())                     # waits for the lapse
         assert granted is True
-        assert time.monotonic() - silent_since >= LEASE and time.monotonic() - lost >= LEASE / 2 - 0.05
+        assert time.monotonic() - silent_since >= LEASE and time.monotonic() - lost >= LEASE * (1 - BELIEF) - 0.05
         assert await n1.verdict(time.monotonic()) is False               # node1 back: refused
         # The witness goes away: no answer, the belief lapses by itself, and nobody is True.
         transport.close()

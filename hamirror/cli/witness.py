@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-c", "--config", default=None,
                         help="cluster file (default: $HAMIRROR_CONFIG, else /etc/hamirror/hamirror.toml)")
     parser.add_argument("--timeout", type=float, default=None,
-                        help="lease in seconds (default: twice the cluster's heartbeat timeout)")
+                        help="lease in seconds (default: five times the cluster's heartbeat timeout)")
     parser.set_defaults(func=run_witness)
 
 
@@ -52,7 +52,7 @@ def run_witness(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot start the witness: {exc}") from exc
-    timeout = args.timeout if args.timeout is not None else 2 * cluster.heartbeat.timeout
+    timeout = args.timeout if args.timeout is not None else 5 * cluster.heartbeat.timeout
     if timeout <= 0:
         raise CommandError("--timeout must be positive")
     if logging.getLogger().level > logging.INFO:

@@ -14,18 +14,23 @@ its peer (a takeover may be due). The witness's rule (:class:`LeaseBook`):
 
 The answer names the holder and the nodes heard within ``lease``. A node's verdict
 (:class:`LeaseView`) is True only while it holds the lease *by its own reckoning*: from the time it
-*sent* the request that was answered "you hold it", for half the lease. The witness counts from the
-*reception* of that request, later, for the full lease. So a node's belief always ends at least half
-a lease before the witness can grant the lease to the other node: two nodes never both believe they
-hold it, whatever is cut or lost (clock *rates* matter, not clock values; they agree far better than
-a factor of two).
+*sent* the request that was answered "you hold it", for a quarter of the lease (``BELIEF``). The
+witness counts from the *reception* of that request, later, for the full lease. So a node's belief
+always ends three quarters of a lease before the witness can grant the lease to the other node: two
+nodes never both believe they hold it, whatever is cut or lost (clock *rates* matter, not clock
+values). Those three quarters are the time a primary has to step down (stop_prim, VIP removed,
+unmount; a flush can wait ``peer_timeout`` for the lost peer) before the other may take over, so the
+default lease (``hamirror witness --timeout``) is five heartbeat timeouts (10 s): the belief lasts
+2.5 s, and the primary has 7.5 s to step down (measured in the lab: about 5.5 s for the demo when the
+peer is cut, most of it the flush waiting for ``peer_timeout``).
 
 How ``decide()`` uses it (``quorum`` only matters while the peer is not heard): a SECOND takes over
 only with True; a primary that does not hear its peer steps down with False. In a partition between
 the nodes, the holder (normally the primary, the only one claiming while the peer is heard) keeps
 running and the other side is refused. If the primary is cut from both the peer and the witness, its
 belief ends (half a lease) before the witness lapses the lease (a full lease), so it has stepped down
-before the peer gets the lease and takes over.
+before the peer gets the lease and takes over. A takeover with a witness therefore waits for the
+lease to lapse (10 s with the defaults, instead of the 2 s heartbeat timeout).
 
 The witness machine itself being down changes nothing while both nodes hear each other (quorum is
 not consulted then): the verdict is False, so neither node may act *alone*. It is the price of the
@@ -62,7 +67,7 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 
 WITNESS_NAME = "witness"
-BELIEF = 0.5            # a node trusts a granted lease for this fraction of it, from its request's send
+BELIEF = 0.25           # a node trusts a granted lease for this fraction of it, from its request's send
 KEY_CONTEXT = b"hamirror witness v1"
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 from hamirror.lab import process
-from hamirror.lab.naming import LabPaths
+from hamirror.lab.naming import ADDRESSES, WITNESS, WITNESS_PORT, LabPaths
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import Started
 
@@ -19,6 +20,13 @@ AGENT_COMMAND = [sys.executable, "-m", "hamirror", "agent"]
 
 def start(paths: LabPaths, node: str) -> Started:
     return process.start(paths, node, AGENT, AGENT_COMMAND)
+
+
+def start_witness(paths: LabPaths) -> Started:
+    """``hamirror witness`` in the witness host, with the config ``nodeconfig`` wrote for it."""
+    config = os.path.join(paths.node_dir(WITNESS, "etc"), "hamirror.toml")
+    return process.start(paths, WITNESS, WITNESS, [sys.executable, "-m", "hamirror", "witness", "--bind",
+                                                    f"{ADDRESSES[WITNESS]}:{WITNESS_PORT}", "-c", config])
 
 
 def node_status(paths: LabPaths, node: str, timeout: float = 10.0) -> dict | None:

@@ -58,6 +58,9 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
         mountns.prepare(paths)
         for node in NODES:
             mountns.create(paths, node)
+        if witness:
+            recorded.processes.append(agent.start_witness(paths))
+            state.save(paths, recorded)
         if start_agents:
             started = []
             for node in NODES:

@@ -46,6 +46,13 @@ def cluster_toml(node: str, witness: bool) -> str:
     return "\n".join(lines)
 
 
+def witness_toml(key_file: str) -> str:
+    """The witness's cluster file: the nodes' file without ``cluster.node``, the key at its host path
+    (the witness has a network namespace only; it reads the lab's files where they are)."""
+    text = cluster_toml("node1", True).replace('node = "node1"\n', "")
+    return text.replace(f'cluster_key_file = "{ETC}/cluster.key"', f'cluster_key_file = "{key_file}"')
+
+
 def module_source(module: str) -> str:
     """A module name from the repo's modules/ folder, or a path to a module folder."""
     path = module if os.sep in module else os.path.join(REPO_MODULES, module)
@@ -68,6 +75,12 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool) -> None:
         for src in sources:
             dest = os.path.join(etc, "modules", os.path.basename(src))
             shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    if witness:
+        etc = paths.node_dir(WITNESS, "etc")
+        os.makedirs(etc, exist_ok=True)
+        _write_secret(os.path.join(etc, "cluster.key"), cluster_key)
+        with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
+            f.write(witness_toml(os.path.join(etc, "cluster.key")))
     for node in NODES:
         for other in NODES:
             if other != node:
