@@ -101,6 +101,26 @@ def test_agent_kill_on_the_primary_is_not_a_failover(lab):
     assert "re-attached to the running mount as PRIM" in open(lab.paths.log_file("node2", "agent")).read()
 
 
+def test_primary_agent_down_longer_than_the_heartbeat_timeout_is_not_a_failover(lab):
+    """The agent alone is gone for 3x the heartbeat timeout; the mount keeps streaming
+    keepalives, so the secondary knows the primary's server is alive and does not take over."""
+    primary = "node1" if module(lab, "node1")["state"] == "PRIM" else "node2"
+    secondary = "node2" if primary == "node1" else "node1"
+    run = lab.paths.node_dir(primary, "run")
+    app_pid = open(os.path.join(run, "modules", "demo", "kvserver.pid")).read()
+    agent_pid = int(open(os.path.join(run, "agent.pid")).read())
+    os.kill(agent_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 6.0                  # heartbeat timeout is 2 s
+    while time.monotonic() < deadline:
+        assert module(lab, secondary)["state"] == "SECOND", tail(lab, secondary)
+        time.sleep(0.3)
+    assert get(lab, "/health")[0] == 200               # the application still answers on the VIP
+    assert "replication link is alive: not acting alone" in open(lab.paths.log_file(secondary, "agent")).read()
+    labagent.start(lab.paths, primary)
+    wait_for(lab, primary, lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM again")
+    assert open(os.path.join(run, "modules", "demo", "kvserver.pid")).read() == app_pid
+
+
 SNIFF_AND_SEND = r"""
 import socket, sys, time
 # In the switch: capture one heartbeat frame node2 sent towards node1, then replay it and a forged

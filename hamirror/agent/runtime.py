@@ -77,6 +77,7 @@ class Agent:
         self.cluster, self.modules = cluster, modules
         self.node, self.peer_node = cluster.local_node, cluster.peer_node
         self.runners = {m.name: build_runner(m, cluster) for m in modules}
+        self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
             cluster.name, self.node.name, self.peer_node.name, load_cluster_key(cluster.cluster_key_file),
@@ -154,7 +155,18 @@ class Agent:
             self.quorum = False
         for name, runner in self.runners.items():
             info = infos.get(name)
-            peer = PeerView(alive=alive, state=info.state if info else None,
+            peer_alive = alive
+            linked = not alive and hb.peer_heartbeat is not None and streaming(runner, self.cluster.heartbeat.timeout)
+            if linked:
+                # Heartbeats lost, but the replication link between the two data paths is alive:
+                # the peer's agent is down, not its server. Acting alone now (a takeover, or a
+                # primary dropping its secondary) would be wrong; keep the last view of the peer.
+                info, peer_alive = hb.peer_heartbeat.modules.get(name), True
+            if linked != (name in self._linked_only):
+                (self._linked_only.add if linked else self._linked_only.discard)(name)
+                log.warning("%s: %s", name, "peer's heartbeats lost but its replication link is alive: "
+                            "not acting alone" if linked else "peer heard again (or link gone)")
+            peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap)
             history = journal_info.from_wire(info.generation) if info else None
             try:
@@ -207,3 +219,16 @@ class Agent:
             task.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
+
+
+def streaming(runner: ModuleRunner, timeout: float) -> bool:
+    """True when the replication link to the peer is alive: our receiver heard the primary's
+    mount within ``timeout`` (it sends keepalives when idle), or our mount is still mirroring."""
+    obs = runner.obs
+    if obs is None:
+        return False
+    now = time.time()
+    if any(r and r.get("last_message") and now - r["last_message"] <= timeout for r in obs.receivers):
+        return True
+    return bool(obs.mounts) and obs.mount_states == {"PRIM"} and all(
+        m and now - float(m.get("updated", 0)) <= timeout for m in obs.mounts)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # wholesale, (path, offset, length) a written byte range.
 Change = tuple
 WHOLE = "whole"
+KEEPALIVE = 0.5   # seconds: an idle link still carries a PING this often (the secondary's proof of life)
 
 
 class PeerLost(Exception):
@@ -88,6 +89,7 @@ class LinkClient:
         self.last_ticket: Ticket | None = None   # newest submitted: its ack covers all before it
         self.bytes_sent = 0
         self.ops_sent = 0
+        self._last_send = time.monotonic()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.sndhwm = self.socket.rcvhwm = 0
@@ -178,10 +180,25 @@ class LinkClient:
             if self._abort_reason is not None:
                 self._fail(self._abort_reason)
             self._check_timeouts()
+            self._keepalive()
+
+    def _keepalive(self) -> None:
+        """On an idle link, a PING now and then: the secondary's agent reads it as "the primary's
+        data path is alive" even when the primary's agent (and its heartbeats) is not."""
+        if (self._pending or self._outbox or self.lost_reason is not None or self.ops_sent == 0
+                or time.monotonic() - self._last_send < KEEPALIVE):
+            return
+        if not self._window.acquire(blocking=False):
+            return
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            self._outbox.append((Ticket(seq, ()), encode(Op.PING, self.session, seq), None))
+        self._send_outbox()
 
     def _poll_timeout_ms(self) -> int:
         if not self._pending:
-            return 1000
+            return int(KEEPALIVE * 1000)
         oldest = next(iter(self._pending.values()))
         return max(1, int((oldest.sent_at + self.ack_timeout - time.monotonic()) * 1000) + 1)
 
@@ -192,7 +209,7 @@ class LinkClient:
                 self._window.release()
                 ticket.complete(self.lost_reason)
                 continue
-            ticket.sent_at = time.monotonic()
+            ticket.sent_at = self._last_send = time.monotonic()
             self._pending[ticket.seq] = ticket
             if data is None:
                 self.socket.send(header, copy=True)

@@ -28,6 +28,7 @@ from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 log = logging.getLogger(__name__)
 
 EPROTO_STREAM = errno.EPROTO
+STATUS_INTERVAL = 0.5   # seconds: the agent reads last_message from status.json
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Receiver:
             self.journal = Journal(os.path.join(state_dir, "journal.db"))
         self.answers = ResyncAnswers(self.applier, self.journal)
         self.resyncing = False
+        self.last_message: float | None = None   # wall clock of the last message from a primary
         self.stats = ReceiverStats()
         self._stop = threading.Event()
         own = keys.load_own(keys_dir)
@@ -86,7 +88,8 @@ class Receiver:
             return
         status = {"role": "receiver", "pid": os.getpid(), "dir": self.applier.directory,
                   "endpoint": self.endpoint, "uptodate": self.uptodate, "resyncing": self.resyncing,
-                  "running": not self._stop.is_set(), "updated": time.time(), **asdict(self.stats)}
+                  "running": not self._stop.is_set(), "updated": time.time(),
+                  "last_message": self.last_message, **asdict(self.stats)}
         status["session"] = f"{self.stats.session:x}"
         tmp = os.path.join(self.state_dir, "status.json.tmp")
         with open(tmp, "w") as f:
@@ -99,7 +102,7 @@ class Receiver:
         last_status = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            if now - last_status > 1.0:
+            if now - last_status > STATUS_INTERVAL:
                 self.write_status()
                 last_status = now
             if not poller.poll(200):
@@ -110,6 +113,7 @@ class Receiver:
                 except zmq.Again:
                     break
                 identity, body = frames[0], frames[1:]
+                self.last_message = time.time()
                 reply = self.handle([f.buffer for f in body])
                 self.socket.send_multipart([identity, *reply])
 
