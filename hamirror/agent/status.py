@@ -31,6 +31,19 @@ def resync_progress(runner: ModuleRunner) -> dict | None:
     return total
 
 
+def last_resync(runner: ModuleRunner) -> dict | None:
+    """What the last completed resync of this node's mounts copied (summed over directories)."""
+    obs = runner.obs
+    parts = [m["last_resync"] for m in (obs.mounts if obs else ()) if m and isinstance(m.get("last_resync"), dict)]
+    if not parts:
+        return None
+    total = {key: sum(int(p.get(key) or 0) for p in parts) for key in ("done_files", "bytes_sent")}
+    total["mode"] = parts[0].get("mode")
+    total["seconds"] = max(float(p.get("seconds") or 0) for p in parts)
+    total["finished_at"] = max(float(p.get("finished_at") or 0) for p in parts)
+    return total
+
+
 def module_status(runner: ModuleRunner) -> dict:
     peer = runner.peer
     obs = runner.obs
@@ -40,6 +53,7 @@ def module_status(runner: ModuleRunner) -> dict:
         "peer_state": peer.state.value if peer.alive and peer.state else None,
         "uptodate": bool(obs and obs.uptodate),
         "resync": resync_progress(runner),
+        "last_resync": last_resync(runner),
         "peer_alive": peer.alive,
         "peer_uptodate": peer.uptodate if peer.alive else None,
         "relation": runner.relation.value,

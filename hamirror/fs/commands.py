@@ -30,6 +30,7 @@ class MountCommands:
         self.snapshot = snapshot
         self.engine: ResyncEngine | None = None
         self.last_resync_error: str | None = None
+        self.last_resync: dict | None = None   # summary of the last resync that completed
         self._resync_thread: threading.Thread | None = None
 
     def handle(self, req: dict) -> dict:
@@ -93,7 +94,10 @@ class MountCommands:
             if old is not None and old is not client:
                 old.close(0)
             self.last_resync_error = None
-            log.info("resync to %s done in %.1fs", peer, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.last_resync = {**self.engine.progress.snapshot(), "seconds": seconds, "peer": peer,
+                                "finished_at": time.time()}
+            log.info("resync to %s done in %.1fs", peer, seconds)
         except (PeerLost, ResyncFailed, OSError) as exc:
             self.last_resync_error = str(exc)
             log.warning("resync to %s failed: %s", peer, exc)

@@ -109,6 +109,7 @@ class StatusWriter:
             "resync_needed": r.state is MirrorState.ALONE,
             "resync": resync,
             "last_resync_error": self.commands.last_resync_error if self.commands else None,
+            "last_resync": self.commands.last_resync if self.commands else None,
             "alone_reason": r.alone_reason or None,
             "alone_since": r.alone_since,
             "changed_paths": r.journal.changed_count() if r.journal is not None else 0,

@@ -137,10 +137,10 @@ def _tour(tour: Tour) -> None:
         back = measure.failback(paths, "node1", "node2", progress=lambda r: progress.append(
             f"resync on node2: {r.get('done_bytes', 0)} / {r.get('total_bytes', 0)} bytes, "
             f"{r.get('done_files', 0)} / {r.get('total_files', 0)} files"))
-        last = back.samples[-1] if back.samples else None
-        copied = (f"node2's resync progress, last seen: {last.get('done_bytes', 0)} of {last.get('total_bytes', 0)} "
-                  f"bytes, {last.get('done_files', 0)} of {last.get('total_files', 0)} files" if last
-                  else "the resync was over before a status poll could see it")
+        done = back.last_resync
+        copied = (f"resync mode {done.get('mode')}: {done.get('done_files', 0)} path(s) visited, "
+                  f"{done.get('bytes_sent', 0)} bytes of data sent, in {done.get('seconds', 0):.2f} s" if done
+                  else "the resync's summary was not reported")
         tour.say("Boot node1", f"node1 reboots and its agent starts; node1 goes {' -> '.join(back.states)} while "
                  f"node2 copies back only what changed while it was away ({copied}), and the client keeps writing "
                  f"({writer.counts()[0] - before} writes acknowledged meanwhile). Mirrored again "
@@ -149,6 +149,8 @@ def _tour(tour: Tour) -> None:
             tour.show("\n".join(progress if len(progress) <= 6 else progress[:5] + ["...", progress[-1]]))
         tour.statuses("node2", "node1")
         tour.figures.append(("failback (boot -> SECOND up to date)", f"{back.seconds:.1f} s"))
+        if done:
+            tour.figures.append(("failback data sent", f"{done.get('bytes_sent', 0)} B ({done.get('mode')})"))
 
         swapped = measure.swap(paths, writer, "node2", "node1")
         tour.say("Swap", f"'hamirror swap demo' on node2: it stops the service, flushes, becomes SECOND, and node1 "

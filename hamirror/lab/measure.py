@@ -85,6 +85,7 @@ class Failback:
     seconds: float
     samples: list[dict]          # resync progress seen on the primary (its status's "resync" entries)
     states: list[str]            # the booted node's successive states
+    last_resync: dict | None = None   # what the primary's finished resync copied (its "last_resync")
 
 
 def failback(paths: LabPaths, node: str, primary: str, timeout: float = 120.0,
@@ -108,7 +109,8 @@ def failback(paths: LabPaths, node: str, primary: str, timeout: float = 120.0,
     control.boot(paths, node)
     wait_module(paths, node, is_second_uptodate, "SECOND up to date", timeout, each=seen, poll=0.05)
     wait_module(paths, primary, is_prim_with_second, "PRIM with a SECOND peer", timeout)
-    return Failback(time.monotonic() - booted_at, samples, states)
+    seconds = time.monotonic() - booted_at
+    return Failback(seconds, samples, states, (module_status(paths, primary) or {}).get("last_resync"))
 
 
 @dataclass
