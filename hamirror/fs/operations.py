@@ -259,39 +259,33 @@ class Interception(mfusepy.Operations):
 
     # namespace -------------------------------------------------------------------------------
 
-    def mknod(self, path: str, mode: int, dev: int) -> int:
-        p = rel(path)
+    def _new_inode(self, p: str, make, message) -> int:
+        """Create ``p`` with ``make()``, give it to the caller, and send ``message(stat)``
+        (op, ints, strs) with the resulting owner and mode, and the new entry's and parent's times."""
         with self.repl.change(((p,),)) as tx:
-            os.mknod(p, mode, dev, dir_fd=self.root)
+            make()
             uid, gid = self._owner(p)
             os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
-            st = self._lstat(p)
-            tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, dev), (os.fsencode(p),),
-                    self._times(p, parent_of(p)))
+            op, ints, strs = message(self._lstat(p))
+            tx.send(op, ints, strs, self._times(p, parent_of(p)))
         return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        p = rel(path)
+        return self._new_inode(p, lambda: os.mknod(p, mode, dev, dir_fd=self.root),
+                               lambda st: (Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, dev), (os.fsencode(p),)))
 
     def mkdir(self, path: str, mode: int) -> int:
         p = rel(path)
-        with self.repl.change(((p,),)) as tx:
-            os.mkdir(p, mode, dir_fd=self.root)
-            uid, gid = self._owner(p)
-            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
-            st = self._lstat(p)
-            tx.send(Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),),
-                    self._times(p, parent_of(p)))
-        return 0
+        return self._new_inode(p, lambda: os.mkdir(p, mode, dir_fd=self.root),
+                               lambda st: (Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),)))
 
     def symlink(self, target: str, source: str) -> int:
         """mfusepy's naming: create the link ``target`` whose content is ``source``."""
         p = rel(target)
-        with self.repl.change(((p,),)) as tx:
-            os.symlink(source, p, dir_fd=self.root)
-            uid, gid = self._owner(p)
-            os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
-            st = self._lstat(p)
-            tx.send(Op.SYMLINK, (st.st_uid, st.st_gid), (os.fsencode(p), os.fsencode(source)),
-                    self._times(p, parent_of(p)))
-        return 0
+        return self._new_inode(p, lambda: os.symlink(source, p, dir_fd=self.root),
+                               lambda st: (Op.SYMLINK, (st.st_uid, st.st_gid),
+                                           (os.fsencode(p), os.fsencode(source))))
 
     def link(self, target: str, source: str) -> int:
         """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
