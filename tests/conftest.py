@@ -56,3 +56,15 @@ def mirror_factory(tmp_path):
     finally:
         for pair in made:
             pair.stop()
+
+
+@pytest.fixture
+def audit_lines(monkeypatch, caplog):
+    """A fresh process-wide audit log; call the fixture's value for the lines logged so far."""
+    import logging
+
+    from hamirror import audit
+
+    monkeypatch.setattr(audit, "AUDIT", audit.AuditLog())
+    caplog.set_level(logging.WARNING, "hamirror.audit")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "hamirror.audit"]

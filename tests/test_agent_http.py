@@ -203,7 +203,7 @@ def test_a_failing_provider_gives_500_and_the_server_keeps_serving():
 
 
 def test_silent_half_open_and_slow_clients_do_not_block_others(monkeypatch):
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(http, "HEAD_TIMEOUT", 0.5)
 
     async def scenario():
         server = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
@@ -255,7 +255,7 @@ def test_token_is_required_when_configured(tmp_path):
                           get("/"), get("/nope"),
                           config=config, host="127.0.0.2"))
     codes = [code for code, _, _ in answers]
-    assert codes == [401, 401, 401, 200, 200, 401, 200, 404]
+    assert codes == [401, 401, 401, 200, 200, 401, 200, 401]      # the token first, even for a 404
     assert answers[0][1]["WWW-Authenticate"] == 'Bearer realm="hamirror"'
     assert answers[0][2] == b"missing or wrong bearer token\n"
     assert json.loads(answers[3][2])["node"] == "node1"
@@ -315,8 +315,10 @@ def test_a_large_body_sent_anyway_still_gets_its_413():
     assert (code, body) == (413, b"request body over 1024 bytes\n")
 
 
-def test_connections_beyond_the_cap_get_503(monkeypatch):
+def test_connections_beyond_the_cap_get_429_never_503(monkeypatch, audit_lines):
+    """503 is the health check's "not primary": a full server must not say it."""
     monkeypatch.setattr(http, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(http, "LOCAL_RESERVE", 0)
 
     async def scenario():
         server = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
@@ -324,7 +326,7 @@ def test_connections_beyond_the_cap_get_503(monkeypatch):
         try:
             idle = await asyncio.open_connection("127.0.0.1", server.port)
             await asyncio.sleep(0.2)                        # the idle client holds the only slot
-            refused = await exchange(server.port, get("/status"))
+            refused = [await exchange(server.port, get("/status")) for _ in range(3)]
             idle[1].write(get("/health/demo"))
             served = await asyncio.wait_for(idle[0].read(), 5)
             idle[1].close()
@@ -332,6 +334,89 @@ def test_connections_beyond_the_cap_get_503(monkeypatch):
         finally:
             await server.close()
 
-    (code, _, body), served = run(scenario())
-    assert (code, body) == (503, b"too many connections\n")
+    refused, served = run(scenario())
+    assert [(code, headers["Retry-After"], body) for code, headers, body in refused] == \
+        [(429, "1", b"too many connections\n")] * 3
     assert served.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert audit_lines() == ["audit: http-connections from 127.0.0.1: connection refused: 1 connections open (cap 1)"]
+
+
+async def open_idle(port: int, source: str, count: int) -> list:
+    """``count`` connections from ``source`` that never send a byte."""
+    return [await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)) for _ in range(count)]
+
+
+def test_unauthenticated_clients_cannot_take_the_slots_of_health_checks(monkeypatch, tmp_path, audit_lines):
+    """Finding: 32 idle connections without a token made the primary's health check answer 503.
+
+    Only 127.0.0.1 counts as this host here, so 127.0.0.2 and 127.0.0.3 stand for the network."""
+    monkeypatch.setattr(http, "is_local", lambda host: host == "127.0.0.1")
+    monkeypatch.setattr(http, "HEAD_TIMEOUT", 1.0)
+    config = HttpConfig("127.0.0.1:0", token_file=write_token(tmp_path))
+    health = get("/health/demo", f"Authorization: Bearer {TOKEN}")
+
+    async def scenario():
+        server = HttpServer(config, Provider())
+        assert await server.start()
+        try:
+            idle = await open_idle(server.port, "127.0.0.2", 40)           # an attacker's flood
+            await asyncio.sleep(0.2)
+            refused = [await asyncio.wait_for(r.read(), 5) for r, _ in idle[http.MAX_PER_SOURCE:]]
+            local = await exchange(server.port, health)                    # the local health check
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.3", 0))
+            writer.write(health)                                           # the load balancer
+            remote = await asyncio.wait_for(reader.read(), 5)
+            timed_out = [await asyncio.wait_for(r.read(), 5) for r, _ in idle[:http.MAX_PER_SOURCE]]
+            for _, w in idle + [(reader, writer)]:
+                w.close()
+            return refused, local, remote, timed_out
+        finally:
+            await server.close()
+
+    refused, local, remote, timed_out = run(scenario())
+    assert local[0] == 200 and local[2] == b"PRIM\n"
+    assert remote.startswith(b"HTTP/1.1 200 OK\r\n") and remote.endswith(b"PRIM\n")
+    assert all(r.startswith(b"HTTP/1.1 429 Too Many Requests\r\n") for r in refused) and len(refused) == 36
+    assert all(r.startswith(b"HTTP/1.1 408 ") for r in timed_out)          # a slot is held 1 s at most
+    assert audit_lines() == ["audit: http-connections from 127.0.0.2: connection refused: 4 connections open from "
+                     "127.0.0.2 (cap 4 per source)"]                      # 36 refusals, one line
+
+
+def test_the_last_slots_are_kept_for_loopback_clients(monkeypatch):
+    monkeypatch.setattr(http, "is_local", lambda host: host == "127.0.0.1")
+    monkeypatch.setattr(http, "MAX_PER_SOURCE", 100)
+
+    async def scenario():
+        server = HttpServer(HttpConfig("127.0.0.1:0"), Provider())
+        assert await server.start()
+        try:
+            idle = await open_idle(server.port, "127.0.0.2", http.MAX_CONNECTIONS)
+            await asyncio.sleep(0.2)
+            refused = [await asyncio.wait_for(r.read(), 5) for r, _ in idle[-http.LOCAL_RESERVE:]]
+            served = await exchange(server.port, get("/health/demo"))
+            for _, w in idle:
+                w.close()
+            return refused, served
+        finally:
+            await server.close()
+
+    refused, served = run(scenario())
+    assert all(r.startswith(b"HTTP/1.1 429 ") for r in refused)
+    assert served[0] == 200
+
+
+def test_rejected_tokens_are_audited_with_their_source(tmp_path, audit_lines):
+    config = HttpConfig("127.0.0.2:0", token_file=write_token(tmp_path))
+    answers = run(serving(Provider(), *[get("/status", "Authorization: Bearer wrong")] * 3,
+                          config=config, host="127.0.0.2"))
+    assert [code for code, _, _ in answers] == [401] * 3
+    assert audit_lines() == ["audit: http-token from 127.0.0.1: missing or wrong bearer token for '/status'"]
+
+
+@pytest.mark.parametrize("host, local, key", [
+    ("127.0.0.1", True, "127.0.0.1"), ("127.9.9.9", True, "127.9.9.9"), ("::1", True, "::1"),
+    ("::ffff:127.0.0.1", True, "127.0.0.1"), ("198.18.0.7", False, "198.18.0.7"),
+    ("2001:db8::1:2:3:4", False, "2001:db8::/64"), ("fe80::1%eth0", False, "fe80::/64"),
+])
+def test_local_clients_and_source_keys(host, local, key):
+    assert (http.is_local(host), http.source_key(host)) == (local, key)

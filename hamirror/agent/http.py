@@ -17,11 +17,20 @@ visited on this host cannot read the API through a DNS name rebound to 127.0.0.1
 One minimal HTTP/1.1 handler on the agent's asyncio loop: one request per connection, bounded
 head size, a deadline per request and a cap on concurrent connections; a malformed request gets a
 4xx answer and never reaches the agent.
+
+Admission comes before anything an unauthenticated client could hold: a client has
+``HEAD_TIMEOUT`` seconds to send its request head, one remote address (one /64 for IPv6) holds at
+most ``MAX_PER_SOURCE`` connections, and the last ``LOCAL_RESERVE`` of the ``MAX_CONNECTIONS``
+slots only take loopback clients, so a local health check always gets through. The token is
+checked before any data is gathered. A refused connection gets ``429 Too Many Requests``, never
+503: 503 is the health check's "not primary", and a balancer must not pull a primary because
+someone flooded its port. Refused connections and rejected tokens go to the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import ipaddress
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote
 
+from hamirror import audit
 from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
@@ -46,8 +56,11 @@ StatusProvider = Callable[[], dict]
 MAX_HEAD = 8192            # request line and headers, bytes
 MAX_HEADERS = 64
 MAX_BODY = 1024            # a GET may carry a small body, read and ignored
-REQUEST_TIMEOUT = 5.0      # seconds to receive a request and send its answer
-MAX_CONNECTIONS = 32
+HEAD_TIMEOUT = 2.0         # seconds to send the request head: the longest an unknown client holds a slot
+REQUEST_TIMEOUT = 5.0      # seconds to send the answer
+MAX_CONNECTIONS = 32       # concurrent connections, all clients together
+LOCAL_RESERVE = 4          # of those, the last ones only for loopback clients (the local health check)
+MAX_PER_SOURCE = 4         # concurrent connections from one remote address (one /64 for IPv6)
 SERVING = (NodeState.PRIM, NodeState.ALONE)
 TEXT = "text/plain; charset=utf-8"
 
@@ -220,13 +233,13 @@ def answer(request: Request, status: StatusProvider, token: str | None) -> Respo
     if request.path == "/":
         return Response(HTTPStatus.OK, CONSOLE_HTML.encode(), "text/html; charset=utf-8",
                         {"Content-Security-Policy": CONSOLE_CSP, "X-Frame-Options": "DENY"})
+    if not authorized(request, token):
+        raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token",
+                        {"WWW-Authenticate": 'Bearer realm="hamirror"'})
     known = request.path in ("/status", "/metrics") or request.path.startswith("/health/")
     if not known:
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint {request.path!r} (try /, /status, "
                                               "/health/MODULE, /metrics)")
-    if not authorized(request, token):
-        raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token",
-                        {"WWW-Authenticate": 'Bearer realm="hamirror"'})
     doc = status()
     if request.path == "/status":
         return Response(HTTPStatus.OK, json_bytes(doc), "application/json")
@@ -244,6 +257,29 @@ def json_bytes(doc: dict) -> bytes:
 async def _discard(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
+
+
+def is_local(host: str) -> bool:
+    """Whether a client address is this host's loopback (the reserved slots are for it)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def source_key(host: str) -> str:
+    """What the per-source cap counts: the address, or its /64 for IPv6 (one host's usual share)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if getattr(address, "ipv4_mapped", None):
+        return str(address.ipv4_mapped)
+    if address.version == 6 and not address.is_loopback:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def load_token(path: str) -> str:
@@ -271,7 +307,8 @@ class HttpServer:
         self.server: asyncio.base_events.Server | None = None
         self.token: str | None = None
         self.error: str | None = None
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._open = 0                                   # connections being served
+        self._per_source: collections.Counter[str] = collections.Counter()
 
     @property
     def port(self) -> int:
@@ -306,14 +343,42 @@ class HttpServer:
             await self.server.wait_closed()
             self.server = None
 
+    def _admit(self, host: str, source: str) -> str | None:
+        """Take a slot for a new connection, or say why there is none (synchronous: no race)."""
+        local = is_local(host)
+        limit = MAX_CONNECTIONS if local else MAX_CONNECTIONS - LOCAL_RESERVE
+        if self._open >= limit:
+            return f"{self._open} connections open (cap {limit}{'' if local else ' for remote clients'})"
+        if not local and self._per_source[source] >= MAX_PER_SOURCE:
+            return f"{self._per_source[source]} connections open from {source} (cap {MAX_PER_SOURCE} per source)"
+        self._open += 1
+        if not local:
+            self._per_source[source] += 1
+        return None
+
+    def _release(self, host: str, source: str) -> None:
+        self._open -= 1
+        if not is_local(host):
+            self._per_source[source] -= 1
+            if self._per_source[source] <= 0:
+                del self._per_source[source]
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if peer else "unknown"
+        source = source_key(host)
         try:
-            if self._slots.locked():
-                writer.write(text_response(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections").encode(False))
+            refusal = self._admit(host, source)
+            if refusal is not None:
+                audit.refused("http-connections", host, f"connection refused: {refusal}")
+                writer.write(text_response(HTTPStatus.TOO_MANY_REQUESTS, "too many connections",
+                                           {"Retry-After": "1"}).encode(False))
                 await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
                 return
-            async with self._slots:
-                await self._exchange(reader, writer)
+            try:
+                await self._exchange(reader, writer, host)
+            finally:
+                self._release(host, source)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.debug("HTTP connection: %s", exc or type(exc).__name__)
         except Exception:  # noqa: BLE001 - a request must never take the agent down
@@ -323,17 +388,19 @@ class HttpServer:
             with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
         head_only = False
         try:
             try:
-                request = await asyncio.wait_for(read_request(reader), REQUEST_TIMEOUT)
+                request = await asyncio.wait_for(read_request(reader), HEAD_TIMEOUT)
             except asyncio.TimeoutError:
                 raise HttpError(HTTPStatus.REQUEST_TIMEOUT, "request not received in time") from None
             head_only = request.method == "HEAD"
             response = answer(request, self.status, self.token)
         except HttpError as exc:
             response = text_response(exc.status, exc.text, exc.headers)
+            if exc.status is HTTPStatus.UNAUTHORIZED:
+                audit.refused("http-token", host, f"missing or wrong bearer token for {request.path!r}")
         except (ConnectionError, asyncio.TimeoutError):
             raise
         except Exception as exc:  # noqa: BLE001 - the status provider failed: say so, keep serving
@@ -349,4 +416,4 @@ class HttpServer:
                 await asyncio.wait_for(_discard(reader), 0.5)
 
 
-__all__ = ["HttpServer", "answer", "health", "load_token", "read_request", "render_metrics"]
+__all__ = ["HttpServer", "answer", "health", "is_local", "load_token", "read_request", "render_metrics", "source_key"]
