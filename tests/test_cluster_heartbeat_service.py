@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -98,10 +99,14 @@ def test_one_network_down_keeps_peer_alive() -> None:
     run(body)
 
 
-def test_wrong_key_is_counted_and_never_alive() -> None:
+def test_wrong_key_is_counted_audited_with_the_source_and_never_alive(audit_lines) -> None:
     async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
         assert await until(lambda: a.rejected.get(Reason.BAD_MAC.value, 0) >= 4)
         assert not a.peer_alive() and not b.peer_alive()
+        [line] = audit_lines()                                # many rejections, one line a minute
+        ports = "|".join(str(port) for _, port in a.bind + b.bind)
+        assert re.fullmatch(rf"audit: heartbeat from {LOOPBACK}: datagram rejected on network [01] "
+                            rf"\(from {LOOPBACK}:({ports})\): bad_mac", line), line
     run(body, key_b=b"t" * 32)
 
 
@@ -109,7 +114,7 @@ def test_replayed_datagram_is_rejected_by_the_service() -> None:
     async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
         captured: list[bytes] = []
         original = a.received
-        a.received = lambda i, data: (captured.append(data), original(i, data))  # type: ignore
+        a.received = lambda i, data, *source: (captured.append(data), original(i, data, *source))  # type: ignore
         assert await until(lambda: len(captured) >= 1)
         before = a.rejected.get(Reason.REPLAY.value, 0)
         original(0, captured[0])

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from hamirror import audit
 from hamirror.cluster.heartbeat import (
     Heartbeat, HeartbeatRejected, ModuleInfo, Validator, encode, new_boot_id,
 )
@@ -27,7 +28,7 @@ class _Receiver(asyncio.DatagramProtocol):
         self.service, self.index = service, index
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.service.received(self.index, data)
+        self.service.received(self.index, data, addr)
 
     def error_received(self, exc: Exception) -> None:      # e.g. ICMP port unreachable
         log.debug("heartbeat network %d: %s", self.index, exc)
@@ -93,12 +94,14 @@ class HeartbeatService:
                 log.error("heartbeat not sent: %s", exc)
             await asyncio.sleep(self.interval)
 
-    def received(self, index: int, data: bytes) -> None:
-        """Validate one datagram from network ``index``; rejections are only counted."""
+    def received(self, index: int, data: bytes, source: Address | None = None) -> None:
+        """Validate one datagram from network ``index``; rejections are counted and audited."""
         try:
             hb = self.validator.accept(data, self.wall(), index)
         except HeartbeatRejected as exc:
-            log.debug("heartbeat rejected on network %d: %s", index, exc)
+            where = f"{source[0]}:{source[1]}" if source else "unknown"
+            audit.refused("heartbeat", source[0] if source else "unknown",
+                          f"datagram rejected on network {index} (from {where}): {exc}")
             return
         self.last_seen[index] = self.clock()
         self.peer_heartbeat = hb
