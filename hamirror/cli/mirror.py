@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mnt.add_argument("--timeout", type=float, default=5.0,
                      help="seconds without an acknowledgement before the mount goes ALONE (default: %(default)s)")
     mnt.add_argument("--window", type=int, default=256, help="operations in flight at most (default: %(default)s)")
+    mnt.add_argument("--fence", type=float, default=None, metavar="SECONDS",
+                     help="when the peer stops acknowledging, block writes until the agent grants ALONE "
+                          "(control request 'alone') or refuses (EIO), at most SECONDS, then refuse; "
+                          "without it the mount goes ALONE on its own after --timeout")
     mnt.add_argument("--foreground", action="store_true", help="do not detach; serve until unmounted")
     mnt.set_defaults(func=run_mount)
 
@@ -110,7 +114,8 @@ def run_mount(args: argparse.Namespace) -> int:
         directory=args.dir, peer=None if args.no_replication or args.alone else args.peer,
         keys_dir=args.keys, alone=args.alone,
         state_dir=_state_dir(args), sync=args.mode == "sync", ack_timeout=args.timeout,
-        window=args.window, peer_key_name=args.peer_key)
+        window=args.window, peer_key_name=args.peer_key, fence=args.fence is not None,
+        fence_timeout=args.fence if args.fence is not None else 60.0)
     if args.foreground:
         def ready(err: str | None) -> None:
             print(f"hamirror: {err}" if err else f"mounted {args.dir}", file=sys.stderr if err else sys.stdout,

@@ -37,9 +37,12 @@ class MountCommands:
         cmd = req.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.snapshot()}
-        if cmd == "alone":
-            self.replicator.declare_lost(str(req.get("reason") or "peer declared lost by the agent"))
-            return {"ok": True}
+        if cmd == "alone":      # the agent's verdict: the peer cannot be primary
+            self.replicator.grant_alone(str(req.get("reason") or "peer declared lost by the agent"))
+            return {"ok": True, "state": self.replicator.state.value}
+        if cmd == "refuse":     # the agent's verdict: the peer may be primary; this node steps down
+            self.replicator.refuse(str(req.get("reason") or "refused by the agent"))
+            return {"ok": True, "state": self.replicator.state.value}
         if cmd == "flush":
             return self.flush(float(req.get("timeout", 10.0)))
         if cmd == "resync":
@@ -104,7 +107,7 @@ class MountCommands:
             if self.replicator.state is MirrorState.SYNCING and client is not None:
                 client.abort(f"resync failed: {exc}")
                 deadline = time.monotonic() + 5
-                while self.replicator.state is not MirrorState.ALONE and time.monotonic() < deadline:
+                while self.replicator.state is MirrorState.SYNCING and time.monotonic() < deadline:
                     time.sleep(0.01)
             if client is not None and self.replicator.client is not client:
                 client.close(0)

@@ -26,7 +26,7 @@ from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
-from hamirror.link.replicator import STATE_KEY, MirrorState, Replicator
+from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState, Replicator
 from hamirror.resync.answers import CLEAN_KEY
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class MountOptions:
     window: int = 256
     peer_key_name: str | None = None
     alone: bool = False           # failover takeover: no peer, state ALONE, a new generation
+    fence: bool = False           # peer loss waits for the agent's verdict (the agent's mounts)
+    fence_timeout: float = 60.0   # ... at most this long, then writes are refused (EIO)
 
 
 def default_state_dir(directory: str) -> str:
@@ -107,6 +109,8 @@ class StatusWriter:
             "mounted": self.mounted,
             "state": r.state.value,
             "resync_needed": r.state is MirrorState.ALONE,
+            "fenced_since": r.fenced_since,
+            "fence_reason": r.fence_reason or None,
             "resync": resync,
             "last_resync_error": self.commands.last_resync_error if self.commands else None,
             "last_resync": self.commands.last_resync if self.commands else None,
@@ -147,16 +151,30 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
     root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     journal = Journal(os.path.join(options.state_dir, "journal.db"))
+    was_clean = journal.get_state(CLEAN_KEY, "1") == "1"
     journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
-    was_alone = journal.get_state(STATE_KEY) == MirrorState.ALONE.value
-    if options.alone or (options.peer is not None and was_alone):
-        replicator = Replicator(None, journal, sync=options.sync)
-        reason = ("started without a peer (takeover)" if options.alone else
-                  "the peer missed changes while this mount was ALONE: a resync is needed")
-        replicator.start_alone(reason, new_generation=not was_alone)
+    saved = journal.get_state(STATE_KEY)
+    replicator = Replicator(None, journal, sync=options.sync, fence=options.fence,
+                            fence_timeout=options.fence_timeout)
+    if options.alone:
+        # Every takeover starts a new generation, whatever an earlier run left in the journal:
+        # the peer must see this node's history as newer than the one it was primary in.
+        replicator.start_alone("started without a peer (takeover)", new_generation=True)
+        return root_fd, replicator, None, journal
+    if options.peer is not None and saved == MirrorState.ALONE.value:
+        replicator.start_alone("the peer missed changes while this mount was ALONE: a resync is needed",
+                               new_generation=False)
+        return root_fd, replicator, None, journal
+    if options.peer is not None and options.fence and _must_ask(saved, was_clean):
+        # The last run stopped while the peer was not acknowledging, or crashed while streaming
+        # (its writes in flight are on one side only): never stream on, never go ALONE unasked.
+        lost_from = MirrorState(journal.get_state(LOST_FROM_KEY) or MirrorState.PRIM.value) \
+            if saved != MirrorState.PRIM.value else MirrorState.PRIM
+        replicator.start_fenced(f"the last mount stopped {'while ' + saved if saved != 'PRIM' else 'uncleanly'}: "
+                                "the peer may lack its last writes", lost_from)
         return root_fd, replicator, None, journal
     if options.peer is None:
-        return root_fd, Replicator(None, journal, sync=options.sync), None, journal
+        return root_fd, replicator, None, journal
     try:
         client = LinkClient(options.peer, options.keys_dir, peer_key_name=options.peer_key_name,
                             ack_timeout=options.ack_timeout, window=options.window)
@@ -172,7 +190,15 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         os.close(root_fd)
         raise MountError(str(exc)) from exc
     journal.set_state(STATE_KEY, MirrorState.PRIM.value)
-    return root_fd, Replicator(client, journal, sync=options.sync), client, journal
+    return root_fd, Replicator(client, journal, sync=options.sync, fence=options.fence,
+                               fence_timeout=options.fence_timeout), client, journal
+
+
+def _must_ask(saved: str | None, was_clean: bool) -> bool:
+    """Whether a fencing mount must start FENCED: stopped blocked, or crashed while streaming."""
+    if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value):
+        return True
+    return saved == MirrorState.PRIM.value and not was_clean
 
 
 def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda err: None) -> int:

@@ -9,15 +9,24 @@ Each mutating FUSE operation runs inside :meth:`Replicator.change`::
 
 - **sync**: the call returns once the peer applied the operation (fsync: once both fsynced).
 - **async**: it returns after the local apply; at most ``window`` operations wait unacknowledged.
-- **ALONE**: the peer stopped answering (or was never there). The call never fails because of
-  that: the local apply stands, and every changed path/range is recorded in the journal *before*
-  the call returns (and, once ALONE, before the local apply), so a later resync knows what to
-  copy. ALONE is persisted; the mount never resumes streaming over a stale replica by itself.
+- **ALONE**: the peer stopped answering (or was never there). The local apply stands, and every
+  changed path/range is recorded in the journal *before* the call returns (and, once ALONE,
+  before the local apply), so a later resync knows what to copy. ALONE is persisted; the mount
+  never resumes streaming over a stale replica by itself.
+- **FENCED** (``fence=True``, what the agent runs): when the peer stops acknowledging, the mount
+  does *not* go ALONE on its own. What the peer missed is recorded, and every mutating call stays
+  blocked (not failed, not acknowledged) until the agent, which knows whether the peer may be
+  primary now, says :meth:`Replicator.grant_alone` (the calls then succeed, ALONE) or
+  :meth:`Replicator.refuse` (they fail with EIO: REFUSED, the node is stepping down). With no
+  verdict within ``fence_timeout`` the mount refuses by itself: a frozen or dead agent never
+  turns into acknowledged writes that the other node does not have (DRBD's
+  ``fencing resource-and-stonith``, design section 2).
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import threading
 import time
@@ -34,6 +43,8 @@ class MirrorState(str, enum.Enum):
     PRIM = "PRIM"              # replicating to a live peer
     SYNCING = "SYNCING"        # online resync to a returning peer, live operations streamed too
     ALONE = "ALONE"            # peer gone: serving locally and recording changes
+    FENCED = "FENCED"          # peer stopped acknowledging: mutating calls wait for the agent's verdict
+    REFUSED = "REFUSED"        # the agent (or the fence timeout) refused ALONE: mutating calls fail (EIO)
     STANDALONE = "STANDALONE"  # replication off (benchmarks, a module without a peer)
 
 
@@ -48,14 +59,23 @@ class ChangeJournal(Protocol):
 
 
 _STREAMING = (MirrorState.PRIM, MirrorState.SYNCING)
+_BLOCKED = (MirrorState.FENCED, MirrorState.REFUSED)
 STATE_KEY = "mirror_state"
 REASON_KEY = "mirror_alone_reason"
+LOST_FROM_KEY = "mirror_lost_from"   # the streaming state a FENCED mount left (PRIM: a new generation on grant)
+
+
+class Refused(OSError):
+    """A mutating call while the mount is REFUSED: the application sees EIO, nothing acknowledged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EIO, f"replication fenced: {reason}")
 
 
 class _Transaction:
     """One operation between the local apply and the peer's acknowledgement."""
 
-    __slots__ = ("_replicator", "changes", "ticket", "barrier", "deferred", "held")
+    __slots__ = ("_replicator", "changes", "ticket", "barrier", "deferred", "held", "unsent")
 
     def __init__(self, replicator: "Replicator", changes: tuple[Change, ...]) -> None:
         self._replicator = replicator
@@ -64,6 +84,7 @@ class _Transaction:
         self.barrier = False
         self.deferred = False
         self.held = False   # SYNCING: touches a path the resync has not reached; recorded, not sent
+        self.unsent = False  # the link was lost before this was queued: it waits for the verdict
 
     def send(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
              times: tuple[Times, ...] = (), data: bytes | None = None, barrier: bool = False) -> None:
@@ -77,25 +98,39 @@ class _Transaction:
                 # The link was lost before this was queued, so on_lost never saw it: record it
                 # here, before the call returns (the state may not say ALONE yet).
                 self._replicator.record(self.changes)
+                self.unsent = True
 
     def defer_wait(self) -> None:
         """Leave the block without waiting; the caller overlaps local work, then calls wait()."""
         self.deferred = True
 
     def wait(self) -> None:
+        """Until the peer applied it; if the peer was lost instead, until the agent's verdict
+        (raises :class:`Refused` when ALONE was refused)."""
         if self.ticket is not None:
             self.ticket.wait()   # peer loss completes the ticket too, after recording its changes
+            if self.ticket.error is not None or self.unsent:
+                self._replicator.await_verdict()
 
 
 class Replicator:
     """Orders local applies with link sends and turns peer loss into ALONE + journal records."""
 
     def __init__(self, client: LinkClient | None, journal: ChangeJournal | None, *, sync: bool = True,
-                 on_state: Callable[[MirrorState, str], None] | None = None) -> None:
+                 on_state: Callable[[MirrorState, str], None] | None = None, fence: bool = False,
+                 fence_timeout: float = 60.0) -> None:
         self.client = client
         self.journal = journal
         self.sync = sync
         self.on_state = on_state
+        self.fence = fence                    # peer loss waits for the agent's verdict (FENCED)
+        self.fence_timeout = fence_timeout
+        self.fenced_since: float | None = None
+        self.fence_reason = ""
+        self._lost_from = MirrorState.PRIM    # what a FENCED mount was doing when the peer was lost
+        self._granted = False                 # the agent said ALONE: the next loss needs no verdict
+        self._verdict = threading.Condition(threading.Lock())
+        self._fence_timer: threading.Timer | None = None
         self.lock = threading.Lock()          # orders local applies with link sends
         self._state_lock = threading.Lock()   # orders state changes with journal records/clears
         self.alone_reason = ""
@@ -112,9 +147,86 @@ class Replicator:
         self._go_alone(reason, (), new_generation=new_generation)
 
     def declare_lost(self, reason: str) -> None:
-        """The agent saw the peer die: stop waiting for the ack timeout."""
-        if self.client is not None and self.state in _STREAMING:
-            self.client.abort(reason)
+        """The agent saw the peer die: stop waiting for the ack timeout (and grant ALONE)."""
+        self.grant_alone(reason)
+
+    # fencing -----------------------------------------------------------------------------------
+
+    def start_fenced(self, reason: str, lost_from: MirrorState) -> None:
+        """Start blocked (a remount after a crash while streaming): the agent decides."""
+        self._fence(reason, (), lost_from)
+
+    def grant_alone(self, reason: str) -> None:
+        """The agent's verdict: the peer cannot be primary, go on ALONE (blocked calls succeed)."""
+        with self._state_lock:
+            state = self.state
+            if state in _STREAMING:
+                self._granted = True
+        if state in _STREAMING:
+            assert self.client is not None
+            self.client.abort(reason)        # -> _peer_lost -> ALONE at once (granted)
+        elif state in _BLOCKED:
+            self._go_alone(reason, (), new_generation=self._lost_from is MirrorState.PRIM)
+
+    def refuse(self, reason: str) -> None:
+        """The agent's verdict: the peer may be primary. Blocked and later calls fail with EIO."""
+        with self._state_lock:
+            state = self.state
+        if state in _STREAMING:
+            assert self.client is not None
+            self.client.abort(reason)        # -> FENCED (on_lost records what the peer missed)
+        with self._state_lock:
+            if self.state is MirrorState.ALONE or self.state is MirrorState.STANDALONE:
+                return
+            self._set_state(MirrorState.REFUSED, reason)
+        self._notify(MirrorState.REFUSED, reason)
+
+    def await_verdict(self) -> None:
+        """Block while FENCED; raise :class:`Refused` if REFUSED (called without ``lock``)."""
+        with self._verdict:
+            self._verdict.wait_for(lambda: self.state is not MirrorState.FENCED)
+        if self.state is MirrorState.REFUSED:
+            raise Refused(self.fence_reason)
+
+    def _fence(self, reason: str, changes: list[Change] | tuple, lost_from: MirrorState) -> None:
+        with self._state_lock:
+            self.record(changes)
+            if self.state in _BLOCKED:
+                return
+            self._lost_from = lost_from
+            if self.journal is not None:
+                self.journal.set_state(LOST_FROM_KEY, lost_from.value)
+            self.fenced_since = time.time()
+            self._set_state(MirrorState.FENCED, reason)
+            timer = self._fence_timer = threading.Timer(self.fence_timeout, self._fence_expired)
+            timer.daemon = True
+            timer.start()
+        log.warning("mirror FENCED: %s; writes wait for the agent's verdict (at most %.0f s)",
+                    reason, self.fence_timeout)
+        self._notify(MirrorState.FENCED, reason)
+
+    def _fence_expired(self) -> None:
+        if self.state is MirrorState.FENCED:
+            log.error("mirror: no verdict within %.0f s: refusing writes", self.fence_timeout)
+            self.refuse(f"no verdict from the agent within {self.fence_timeout:g}s")
+
+    def _set_state(self, state: MirrorState, reason: str) -> None:
+        """Persist, then switch; wakes the calls waiting for a verdict (under ``_state_lock``)."""
+        if self.journal is not None:
+            self.journal.set_state(STATE_KEY, state.value)
+            self.journal.set_state(REASON_KEY, reason)
+        with self._verdict:
+            self.state = state
+            if state in _BLOCKED:
+                self.fence_reason = reason
+            self._verdict.notify_all()
+        if state is not MirrorState.FENCED and self._fence_timer is not None:
+            self._fence_timer.cancel()
+            self._fence_timer = None
+
+    def _notify(self, state: MirrorState, reason: str) -> None:
+        if self.on_state is not None:
+            self.on_state(state, reason)
 
     # online resync -----------------------------------------------------------------------------
 
@@ -124,6 +236,7 @@ class Replicator:
             self.client = client
             client.on_lost = self._peer_lost
             self.pending = PendingSet(pending)
+            self._granted = False
             self.state = MirrorState.SYNCING
         if self.on_state is not None:
             self.on_state(self.state, "resync started")
@@ -152,7 +265,11 @@ class Replicator:
 
     def _peer_lost(self, reason: str, failed: list[Ticket]) -> None:
         """Called by the link's I/O thread before any waiter of ``failed`` wakes."""
-        self._go_alone(reason, flatten_changes(failed))
+        changes = flatten_changes(failed)
+        if self.fence and not self._granted:
+            self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
+        else:
+            self._go_alone(reason, changes)
 
     def _go_alone(self, reason: str, changes: list[Change] | tuple, new_generation: bool | None = None) -> None:
         with self._state_lock:
@@ -165,16 +282,14 @@ class Replicator:
                 if new_generation:
                     self.journal.new_generation()
                 self.record(changes)
-                self.journal.set_state(STATE_KEY, MirrorState.ALONE.value)
-                self.journal.set_state(REASON_KEY, reason)
-            self.state = MirrorState.ALONE
+            self._set_state(MirrorState.ALONE, reason)
             self.pending = PendingSet()
+            self.fenced_since = None
         if first:
             self.alone_reason = reason
             self.alone_since = time.time()
             log.warning("mirror ALONE: %s", reason)
-            if self.on_state is not None:
-                self.on_state(self.state, reason)
+            self._notify(self.state, reason)
 
     def record(self, changes: Iterable[Change]) -> None:
         """Durably record what the peer does not have (paths, and byte ranges of writes)."""
@@ -206,6 +321,12 @@ class _Change:
         replicator.lock.acquire()
         tx = self._tx
         state = replicator.state
+        while state in _BLOCKED:
+            # Fenced: wait for the verdict before any local apply (nothing to undo if refused).
+            replicator.lock.release()
+            replicator.await_verdict()
+            replicator.lock.acquire()
+            state = replicator.state
         if state is MirrorState.SYNCING and any(replicator.pending.held(c[0]) for c in tx.changes):
             tx.held = True
         if state is MirrorState.ALONE or tx.held:
