@@ -77,6 +77,7 @@ def test_two_clients_and_a_witness_over_udp():
 def test_the_cli_runs_a_witness_that_answers(tmp_path):
     key_file = tmp_path / "cluster.key"
     key_file.write_bytes(KEY)
+    key_file.chmod(0o600)                  # a key other users can read is refused
     port = free_port()
     (tmp_path / "hamirror.toml").write_text(
         f'[cluster]\nname = "lab"\ncluster_key_file = "{key_file}"\n\n[heartbeat]\ninterval = 0.1\ntimeout = 0.5\n\n'

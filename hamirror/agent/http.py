@@ -36,8 +36,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -48,6 +46,7 @@ from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.config.cluster import HttpConfig
+from hamirror.secretfile import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +283,7 @@ def source_key(host: str) -> str:
 
 def load_token(path: str) -> str:
     """The bearer token in ``path``; ValueError if the file is empty or readable by other users."""
-    with open(path, "rb") as stream:
-        mode = os.fstat(stream.fileno()).st_mode
-        raw = stream.read(4096)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path}: token file is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
-                         f"chmod 600 it")
+    raw = read_secret(path, "token file", 4096)
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -21,10 +21,12 @@ from collections.abc import Mapping
 
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
+from hamirror.secretfile import read_secret
 
 MAX_DATAGRAM = 8192
 MAC_SIZE = 32
 MIN_KEY_SIZE = 32
+MAX_KEY_SIZE = 4096
 VERSION = 1
 MAX_NAME = 64
 BOOTS_REMEMBERED = 16       # per sender: (boot, network) pairs whose counters block replays
@@ -83,11 +85,17 @@ def new_boot_id() -> str:
 
 
 def load_cluster_key(path: str) -> bytes:
-    """Read the shared heartbeat key; refuse keys shorter than 32 bytes."""
-    with open(path, "rb") as f:
-        key = f.read().strip()
-    if len(key) < MIN_KEY_SIZE:
-        raise ValueError(f"{path}: cluster key has {len(key)} bytes, needs at least {MIN_KEY_SIZE}")
+    """The shared heartbeat key: every byte of the file, as written (``head -c 32 /dev/urandom``).
+
+    Nothing is trimmed: a random key begins or ends with a whitespace byte about one time in 20,
+    and trimming it gave a shorter key. Both nodes use the same file, byte for byte (a text key
+    with a final newline works too, as long as both copies have it). 32 to 4096 bytes, mode 0600.
+    """
+    key = read_secret(path, "cluster key", MAX_KEY_SIZE)
+    if not MIN_KEY_SIZE <= len(key) <= MAX_KEY_SIZE:
+        size = f"{len(key)} bytes" if len(key) <= MAX_KEY_SIZE else f"more than {MAX_KEY_SIZE} bytes"
+        raise ValueError(f"{path}: cluster key has {size}, needs {MIN_KEY_SIZE} to {MAX_KEY_SIZE} "
+                         f"(make one with: head -c 32 /dev/urandom)")
     return key
 
 
