@@ -16,6 +16,7 @@ import stat
 
 import mfusepy
 
+from hamirror.fs.links import LinkCoherence
 from hamirror.fs.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 from hamirror.link.client import WHOLE
 from hamirror.link.protocol import Op
@@ -29,6 +30,7 @@ _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", 
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
+RENAME_EXCHANGE = 2
 
 
 def rel(path: str) -> str:
@@ -56,6 +58,7 @@ class Interception(mfusepy.Operations):
     def __init__(self, root_fd: int, replicator: Replicator) -> None:
         self.root = root_fd
         self.repl = replicator
+        self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -84,7 +87,10 @@ class Interception(mfusepy.Operations):
     # reads -----------------------------------------------------------------------------------
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict:
-        return stat_dict(os.fstat(fh) if fh is not None else self._lstat(rel(path)))
+        st = os.fstat(fh) if fh is not None else self._lstat(rel(path))
+        if st.st_nlink > 1:   # every name the kernel learns passes here (lookup stats it)
+            self.links.seen(path, st.st_ino, st.st_nlink, stat.S_ISDIR(st.st_mode))
+        return stat_dict(st)
 
     def readlink(self, path: str) -> str:
         return os.readlink(rel(path), dir_fd=self.root)
@@ -130,6 +136,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p, WHOLE),)) as tx:
             fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
+        self.links.changed(path)
         return fd
 
     def create(self, path: str, mode: int, flags: int) -> int:
@@ -182,6 +189,7 @@ class Interception(mfusepy.Operations):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
+        self.links.changed(path)
         if failed is not None:
             raise failed
         return written
@@ -200,6 +208,7 @@ class Interception(mfusepy.Operations):
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written])
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times)
+        self.links.changed("/" + p)
         if failed is not None:
             raise failed
         return written
@@ -225,6 +234,7 @@ class Interception(mfusepy.Operations):
             else:
                 os.truncate(self._proc(p), length)
             tx.send(Op.TRUNCATE, (length,), (os.fsencode(p),), self._times(p))
+        self.links.changed(path)
         return 0
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
@@ -235,6 +245,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p, WHOLE),)) as tx:
             fallocate(fh, mode, offset, size)
             tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
+        self.links.changed(path)
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
@@ -293,6 +304,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((new, WHOLE), (old,))) as tx:
             os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
+        self.links.linked(source, target, self._lstat(new).st_ino)
         return 0
 
     def unlink(self, path: str) -> int:
@@ -300,6 +312,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             os.unlink(p, dir_fd=self.root)
             tx.send(Op.UNLINK, (), (os.fsencode(p),), self._times(parent_of(p)))
+        self.links.removed(path)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -315,6 +328,10 @@ class Interception(mfusepy.Operations):
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))
             tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))
+        if len(self.links.names):
+            exchange = bool(flags & RENAME_EXCHANGE)
+            is_dir = any(stat.S_ISDIR(self._lstat(x).st_mode) for x in ((dst, src) if exchange else (dst,)))
+            self.links.renamed(old, new, is_dir, exchange)
         return 0
 
     # metadata --------------------------------------------------------------------------------
@@ -324,6 +341,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             os.chmod(p, stat.S_IMODE(mode), dir_fd=self.root)
             tx.send(Op.CHMOD, (stat.S_IMODE(mode),), (os.fsencode(p),))
+        self.links.changed(path)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
@@ -331,6 +349,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.CHOWN, (uid, gid), (os.fsencode(p),))
+        self.links.changed(path)
         return 0
 
     def utimens(self, path: str, times: tuple | None = None) -> int:
@@ -338,6 +357,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             utimensat(self.root, os.fsencode(p), times)
             tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p))
+        self.links.changed(path)
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
@@ -345,6 +365,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             os.setxattr(self._proc(p), name, value, options, follow_symlinks=False)
             tx.send(Op.SETXATTR, (options,), (os.fsencode(p), os.fsencode(name)), data=value)
+        self.links.changed(path)
         return 0
 
     def removexattr(self, path: str, name: str) -> int:
@@ -352,6 +373,7 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p,),)) as tx:
             os.removexattr(self._proc(p), name, follow_symlinks=False)
             tx.send(Op.REMOVEXATTR, (), (os.fsencode(p), os.fsencode(name)))
+        self.links.changed(path)
         return 0
 
 
