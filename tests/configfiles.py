@@ -90,5 +90,19 @@ def write_module(root: Path, folder: str = "app", replace: dict[str, str] | None
     return path
 
 
+def write_secrets(root: Path, node: str = "node1", peer: str = "node2") -> None:
+    """What the agent reads besides the files above: ``cluster.key`` (0600) and ``keys/`` with this
+    node's CURVE pair and the peer's public key, as ``hamirror keygen`` and the admin guide make them."""
+    import zmq.auth
+
+    key = root / "cluster.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    (root / "keys").mkdir(mode=0o700, exist_ok=True)
+    for name in (node, peer):
+        zmq.auth.create_certificates(str(root / "keys"), name)
+    os.remove(root / "keys" / f"{peer}.key_secret")
+
+
 def messages(errors: list) -> list[str]:
     return [str(error) for error in errors]

@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 
 from tests.conftest import run_cli
-from tests.configfiles import write_cluster, write_module
+from tests.configfiles import write_cluster, write_module, write_secrets
 
 
 def test_check_ok_names_the_cluster_and_modules(tmp_path):
     path = write_cluster(tmp_path)
     write_module(tmp_path)
     write_module(tmp_path, "web", name="web", replace={"7410": "7411", "/srv/app": "/srv/web"})
+    write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
     assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 2 module(s): app, web\n", "")
 
 
 def test_check_without_modules(tmp_path):
+    write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", write_cluster(tmp_path))
     assert (result.returncode, result.stdout) == (0, "OK: cluster lab, 0 module(s)\n")
 
@@ -25,6 +27,7 @@ def test_check_prints_every_error_on_stderr_and_fails(tmp_path):
     path = write_cluster(tmp_path, {"timeout = 2.0": "timeout = 0.2"})
     write_module(tmp_path, replace={'interface = "eth0"': 'interface = ""'},
                  scripts={"stop_prim": None})
+    write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
     assert result.returncode == 1
     assert result.stdout == ""
@@ -37,6 +40,7 @@ def test_check_prints_every_error_on_stderr_and_fails(tmp_path):
 
 def test_check_finds_the_file_through_the_environment(tmp_path):
     path = write_cluster(tmp_path, {'name = "lab"': 'name = "envlab"'})
+    write_secrets(tmp_path)
     result = run_cli("config", "check", env={**os.environ, "HAMIRROR_CONFIG": path})
     assert (result.returncode, result.stdout) == (0, "OK: cluster envlab, 0 module(s)\n")
 

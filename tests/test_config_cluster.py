@@ -98,10 +98,12 @@ def test_duplicate_node_names_and_addresses(tmp_path):
     ]
 
 
-def test_addresses_must_be_ips(tmp_path):
+def test_addresses_must_be_ips_every_bad_one_is_reported(tmp_path):
     path = str(tmp_path / "hamirror.toml")
-    assert errors_for(tmp_path, {'["198.18.0.1"]': '["node1.example"]'}) == [
-        f"{path}: nodes[0].addresses: item 0: must be an IP address (got 'node1.example')"]
+    assert errors_for(tmp_path, {'["198.18.0.1"]': '["node1.example", "10.0.0.1", "10.0.0.300"]',
+                                 '["198.18.0.2"]': '["198.18.0.2", "10.0.0.2", "10.0.0.3"]'}) == [
+        f"{path}: nodes[0].addresses[0]: must be an IP address (got 'node1.example')",
+        f"{path}: nodes[0].addresses[2]: must be an IP address (got '10.0.0.300')"]
 
 
 def test_nodes_have_one_address_per_heartbeat_network(tmp_path):
@@ -119,7 +121,7 @@ def test_heartbeat_timeout_must_exceed_interval(tmp_path):
 def test_endpoints_must_be_ip_and_port(tmp_path):
     path = str(tmp_path / "hamirror.toml")
     assert errors_for(tmp_path, {"[heartbeat]": '[quorum]\nwitness = "witness:7402"\n\n[heartbeat]'}) == [
-        f"{path}: quorum.witness: must be IP:PORT, e.g. \"127.0.0.1:9453\" (got 'witness:7402')"]
+        f"{path}: quorum.witness: must be IP:PORT, e.g. \"192.0.2.10:7402\" (got 'witness:7402')"]   # not the HTTP port
 
 
 def test_local_node_must_be_one_of_the_two(tmp_path):

@@ -20,10 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     from hamirror.agent.runtime import Agent, AgentError
 
+    from hamirror.cli.preflight import check_secrets
+
     path = config_path(args.config)
     try:
         cluster = load_cluster(path)
         modules = load_modules(cluster)
+        problems = check_secrets(cluster)      # never run on without the link or the HTTP API
+        if problems:
+            raise CommandError("cannot start the agent:\n" + "\n".join(str(p) for p in problems))
         agent = Agent(cluster, modules)
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc

@@ -19,9 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from hamirror.cli.preflight import check_secrets
     result = validate(config_path(args.config))
-    if result.errors:
-        for error in result.errors:
+    errors = list(result.errors) + (check_secrets(result.cluster) if result.cluster is not None else [])
+    if errors:
+        for error in errors:
             print(error, file=sys.stderr)
         return 1
     assert result.cluster is not None

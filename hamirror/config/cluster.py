@@ -149,11 +149,11 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
     })
     heartbeat = _heartbeat(errors, doc)
     quorum = QuorumConfig(**schema.read_table(errors, schema.section(errors, doc, "quorum", False) or {}, "quorum.",
-                                              {"witness": Field(schema.endpoint, None)}))
+                                              {"witness": Field(schema.endpoint("192.0.2.10:7402"), None)}))
     http = None
     if "http" in doc:
         http = HttpConfig(**schema.read_table(errors, schema.section(errors, doc, "http", False) or {}, "http.",
-                                              {"listen": Field(schema.endpoint, HttpConfig.listen),
+                                              {"listen": Field(schema.endpoint("127.0.0.1:9453"), HttpConfig.listen),
                                                "token_file": path_field(base, None)}))
         if not http.loopback and http.token_file is None:
             errors.add("http.token_file", f"required when http.listen is not a loopback address "

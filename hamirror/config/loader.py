@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -12,9 +13,9 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from hamirror.config.cluster import ClusterConfig, parse_cluster
+from hamirror.config.cluster import ClusterConfig, NodeConfig, parse_cluster
 from hamirror.config.errors import ConfigError, ErrorList
-from hamirror.config.module import SCRIPTS, ModuleConfig, check_scripts, overlap, parse_module
+from hamirror.config.module import SCRIPTS, ModuleConfig, VipConfig, check_scripts, overlap, parse_module
 from hamirror.config.templates import render_script, render_text
 
 DEFAULT_PATH = "/etc/hamirror/hamirror.toml"
@@ -53,9 +54,23 @@ def _cluster(path: str, sink: list[ConfigError]) -> ClusterConfig | None:
     return None if doc is None else parse_cluster(doc, path, errors)
 
 
-def _nodes_usable(cluster: ClusterConfig) -> bool:
-    """Whether the nodes are complete enough to check modules against them."""
-    return len(cluster.nodes) == 2 and all(node.name and node.addresses for node in cluster.nodes)
+def _stand_in(module: ModuleConfig, cluster: ClusterConfig) -> tuple[ModuleConfig, ClusterConfig]:
+    """The module and cluster with stand-ins for values already reported as wrong or missing
+    (names, addresses, VIP, paths), so that the templates are still checked: one problem must
+    not hide another."""
+    nodes = [*cluster.nodes[:2], *[NodeConfig(None, ())] * (2 - len(cluster.nodes[:2]))]  # type: ignore[arg-type]
+    names: list[str] = []
+    for index, node in enumerate(nodes):
+        name = node.name if node.name and node.name not in names else f"node{index + 1}"
+        names.append(name)
+        nodes[index] = NodeConfig(name, node.addresses or (f"192.0.2.{index + 1}",))
+    vip = module.vip
+    if vip is not None and (vip.address is None or vip.interface is None):
+        vip = VipConfig(vip.address or "192.0.2.100/24", vip.interface or "eth0")
+    module = dataclasses.replace(module, name=module.name or os.path.basename(module.folder), vip=vip)
+    cluster = dataclasses.replace(cluster, nodes=tuple(nodes), state_dir=cluster.state_dir or "/var/lib/hamirror",
+                                  run_dir=cluster.run_dir or "/run/hamirror")
+    return module, cluster
 
 
 def _modules(cluster: ClusterConfig, sink: list[ConfigError]) -> list[ModuleConfig]:
@@ -76,30 +91,30 @@ def _modules(cluster: ClusterConfig, sink: list[ConfigError]) -> list[ModuleConf
             continue
         module = parse_module(doc, folder, errors)
         check_scripts(folder, errors)
-        if _nodes_usable(cluster):
-            _check_against_cluster(module, cluster, errors)
+        _check_against_cluster(module, cluster, errors)
         _check_against_others(module, modules, errors)
         modules.append(module)
     return modules
 
 
 def _check_against_cluster(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
-    names = [node.name for node in cluster.nodes]
-    if module.default_primary is not None and module.default_primary not in names:
+    """Checks that need the cluster file; each runs with what the cluster file got right."""
+    names = list(dict.fromkeys(node.name for node in cluster.nodes if node.name))   # a duplicate: once
+    if module.default_primary is not None and names and module.default_primary not in names:
         errors.add("module.default_primary",
                    f"must be one of the cluster's nodes: {', '.join(names)} (got {module.default_primary!r})")
     if module.vip is not None and module.vip.address is not None:
         network = ipaddress.ip_interface(module.vip.address).network
         for node in cluster.nodes:
+            if not node.addresses:
+                continue          # reported in the cluster file
             first = ipaddress.ip_address(node.addresses[0])
             if first == ipaddress.ip_interface(module.vip.address).ip:
                 errors.add("vip.address", f"{first} is the address of node {node.name!r}")
             elif first not in network:
                 errors.add("vip.address", f"network {network} does not contain {first}, "
                                           f"the first address of node {node.name!r}")
-    if module.name is None or (module.vip is not None and module.vip.address is None):
-        return  # already reported; templates cannot be rendered without these
-    _check_templates(module, cluster, errors)
+    _check_templates(*_stand_in(module, cluster), errors)
 
 
 def _check_templates(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
@@ -107,7 +122,7 @@ def _check_templates(module: ModuleConfig, cluster: ClusterConfig, errors: Error
     found: list[ConfigError] = []
     for node in cluster.nodes:
         for script in SCRIPTS:
-            if os.access(module.script_path(script), os.X_OK):
+            if os.path.isfile(module.script_path(script)):    # not executable: reported, still checked
                 _attempt(found, render_script, module, cluster, script, SCRIPT_STATES[script], node)
         for index, checker in enumerate(module.checkers):
             for key in ("process", "cmdline_contains", "host", "interface"):

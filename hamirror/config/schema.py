@@ -22,6 +22,15 @@ class Invalid(ValueError):
     """Raised by a value check; its text is the problem shown to the operator."""
 
 
+class InvalidItems(Invalid):
+    """An array with bad elements: ``problems`` holds (key suffix such as ``[2]``, problem) for
+    every bad element, so that each is reported under its own key, not only the first."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"item {suffix.strip('[]')}: {problem}" for suffix, problem in problems))
+        self.problems = problems
+
+
 Check = Callable[[Any], Any]
 
 
@@ -96,18 +105,21 @@ def ip_address(value: Any) -> str:
         raise Invalid(f"must be an IP address (got {value!r})") from None
 
 
-def endpoint(value: Any) -> str:
-    """``IP:PORT`` (IPv6 as ``[IP]:PORT``), returned unchanged once checked."""
-    _expect(value, (str,), "a string")
-    host, sep, port_text = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(host)
-        if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError
-    except ValueError:
-        raise Invalid(f"must be IP:PORT, e.g. \"127.0.0.1:9453\" (got {value!r})") from None
-    return value
+def endpoint(example: str) -> Check:
+    """``IP:PORT`` (IPv6 as ``[IP]:PORT``), returned unchanged once checked; ``example`` is shown
+    in the error and must fit the key (the HTTP port is no example for a witness)."""
+    def check(value: Any) -> str:
+        _expect(value, (str,), "a string")
+        host, sep, port_text = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(host)
+            if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError
+        except ValueError:
+            raise Invalid(f"must be IP:PORT, e.g. \"{example}\" (got {value!r})") from None
+        return value
+    return check
 
 
 def list_of(item: Check, min_items: int = 1) -> Check:
@@ -116,12 +128,14 @@ def list_of(item: Check, min_items: int = 1) -> Check:
         _expect(value, (list,), "an array")
         if len(value) < min_items:
             raise Invalid(f"must have at least {min_items} item(s)")
-        out = []
+        out, problems = [], []
         for index, element in enumerate(value):
             try:
                 out.append(item(element))
             except Invalid as exc:
-                raise Invalid(f"item {index}: {exc}") from None
+                problems.append((f"[{index}]", str(exc)))
+        if problems:
+            raise InvalidItems(problems)
         return tuple(out)
     return check
 
@@ -156,6 +170,10 @@ def read_table(errors: ErrorList, table: Mapping[str, Any], prefix: str,
             continue
         try:
             values[key] = field.check(table[key])
+        except InvalidItems as exc:
+            for suffix, problem in exc.problems:
+                errors.add(f"{prefix}{key}{suffix}", problem)
+            values[key] = default
         except Invalid as exc:
             errors.add(f"{prefix}{key}", str(exc))
             values[key] = default
