@@ -7,6 +7,7 @@ real processes over loopback with CURVE keys, and always unmounts and ends them 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import zmq
+
+from hamirror.link import keys, protocol
+from hamirror.link.protocol import OK, Op, decode_reply, encode
+
 HAMIRROR = [sys.executable, "-m", "hamirror"]
+SESSION = 0x1234_5678_9ABC_DEF1
+HELLO_INTS = (1,) + (0,) * (protocol.SPECS[Op.HELLO].n_ints - 1)   # version 1, no flags
 
 
 def free_port() -> int:
@@ -147,10 +155,12 @@ def _listening(port: int) -> bool:
 
 def tree_snapshot(root: str, with_atime: bool = False) -> dict:
     """Everything that must match on both sides: bytes, size, mode, owner, mtime (ns), symlink
-    targets, hard-link groups, xattrs, empty directories."""
+    targets, hard-link groups, xattrs, empty directories (not hamirror's conflict folder)."""
     entries: dict[str, tuple] = {}
     inode_groups: dict[int, list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:   # hamirror's own conflict folder is not replicated data
+            dirnames[:] = [d for d in dirnames if os.fsencode(d) != protocol.CONFLICT_DIR]
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
@@ -191,3 +201,73 @@ def diff_snapshots(a: dict, b: dict) -> list[str]:
     if a["root"] != b["root"]:
         problems.append(f"root differs: {a['root']} != {b['root']}")
     return problems
+
+
+class RawSender:
+    """A DEALER with the trusted shared key pair, sending whatever frames we hand it."""
+
+    def __init__(self, pair: MirrorPair) -> None:
+        self.context = zmq.Context()
+        own = keys.load_own(pair.keys)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        keys.secure_client(self.socket, own, keys.peer_public_key(pair.keys, own))
+        self.socket.connect(pair.endpoint)
+        self.seq = 0
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
+
+    def exchange(self, frames: list[bytes]) -> protocol.Reply:
+        self.socket.send_multipart(frames)
+        assert self.socket.poll(10_000), "no reply from the receiver"
+        return decode_reply(self.socket.recv_multipart())
+
+    def hello(self) -> None:
+        self.seq = 0
+        reply = self.exchange([encode(Op.HELLO, SESSION, 0, HELLO_INTS)])
+        assert reply.status == OK, reply
+        self.seq = 1
+
+    def op(self, op: Op, ints=(), strs=(), times=(), data: bytes | None = None) -> protocol.Reply:
+        """A fresh session, then one in-order operation: its refusal is the applier's or codec's."""
+        self.hello()
+        frames = [encode(op, SESSION, self.seq, ints, strs, times)]
+        if data is not None:
+            frames.append(data)
+        return self.exchange(frames)
+
+
+@contextlib.contextmanager
+def hostile_receiver(tmp: str, umask: int = 0o022):
+    """A running receiver whose directory holds bait, and a trusted raw sender to attack it.
+
+    Beside the pair: ``outside-dir/secret`` (with an xattr). In the secondary: ``evil`` -> the
+    outside directory, ``evilfile`` -> the secret, ``sub/`` and ``ok`` ("fine"). The receiver
+    runs with ``umask``. Yields (pair, sender, outside directory); everything is stopped after.
+    """
+    pair = MirrorPair(os.path.join(tmp, "m"))
+    outside = os.path.join(tmp, "outside-dir")
+    os.mkdir(outside)
+    with open(os.path.join(outside, "secret"), "wb") as f:
+        f.write(b"do not touch")
+    os.setxattr(os.path.join(outside, "secret"), "user.keep", b"1")
+    os.symlink(outside, f"{pair.secondary}/evil")
+    os.symlink(os.path.join(outside, "secret"), f"{pair.secondary}/evilfile")
+    os.mkdir(f"{pair.secondary}/sub")
+    with open(f"{pair.secondary}/ok", "wb") as f:
+        f.write(b"fine")
+    sender = None
+    try:
+        old = os.umask(umask)
+        try:
+            pair.start_receiver()
+        finally:
+            os.umask(old)
+        sender = RawSender(pair)
+        yield pair, sender, outside
+    finally:
+        if sender is not None:
+            sender.close()
+        pair.stop()

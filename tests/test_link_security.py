@@ -14,17 +14,14 @@ import shutil
 import struct
 
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamirror.link import keys, protocol
+from hamirror.link import protocol
 from hamirror.link.protocol import ERROR, OK, Op, ProtocolError, decode, decode_reply, encode
 from tests.conftest import needs_root, run_cli
-from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
-
-SESSION = 0x1234_5678_9ABC_DEF1
-HELLO_INTS = (1,) + (0,) * (protocol.SPECS[Op.HELLO].n_ints - 1)   # version 1, no flags
+from tests.mirror_fixtures import (HELLO_INTS, SESSION, MirrorPair, diff_snapshots, hostile_receiver, is_fuse_mounted,
+                                  tree_snapshot, wait_for)
 
 
 # (a) untrusted key -----------------------------------------------------------------------------
@@ -61,67 +58,14 @@ def test_mount_refused_by_a_receiver_that_does_not_trust_its_key(tmp_path, case)
 
 # (b) hostile messages from a trusted sender ----------------------------------------------------
 
-class RawSender:
-    """A DEALER with the trusted shared key pair, sending whatever frames we hand it."""
-
-    def __init__(self, pair: MirrorPair) -> None:
-        self.context = zmq.Context()
-        own = keys.load_own(pair.keys)
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.linger = 0
-        keys.secure_client(self.socket, own, keys.peer_public_key(pair.keys, own))
-        self.socket.connect(pair.endpoint)
-        self.seq = 0
-
-    def close(self) -> None:
-        self.socket.close(0)
-        self.context.term()
-
-    def exchange(self, frames: list[bytes]) -> protocol.Reply:
-        self.socket.send_multipart(frames)
-        assert self.socket.poll(10_000), "no reply from the receiver"
-        return decode_reply(self.socket.recv_multipart())
-
-    def hello(self) -> None:
-        self.seq = 0
-        reply = self.exchange([encode(Op.HELLO, SESSION, 0, HELLO_INTS)])
-        assert reply.status == OK, reply
-        self.seq = 1
-
-    def op(self, op: Op, ints=(), strs=(), times=(), data: bytes | None = None) -> protocol.Reply:
-        """A fresh session, then one in-order operation: its refusal is the applier's or codec's."""
-        self.hello()
-        frames = [encode(op, SESSION, self.seq, ints, strs, times)]
-        if data is not None:
-            frames.append(data)
-        return self.exchange(frames)
-
-
 def _header(op: int, *, magic=b"hm", version=1, session=SESSION, seq=1, rest=b"") -> bytes:
     return struct.pack("<2sBBQQ", magic, version, op, session, seq) + rest
 
 
 @pytest.fixture
 def hostile(tmp_path):
-    pair = MirrorPair(str(tmp_path / "m"))
-    outside = tmp_path / "outside-dir"
-    outside.mkdir()
-    (outside / "secret").write_bytes(b"do not touch")
-    os.setxattr(outside / "secret", "user.keep", b"1")
-    os.symlink(str(outside), f"{pair.secondary}/evil")
-    os.symlink(str(outside / "secret"), f"{pair.secondary}/evilfile")
-    os.mkdir(f"{pair.secondary}/sub")
-    with open(f"{pair.secondary}/ok", "wb") as f:
-        f.write(b"fine")
-    sender = None
-    try:
-        pair.start_receiver()
-        sender = RawSender(pair)
-        yield pair, sender, str(outside)
-    finally:
-        if sender is not None:
-            sender.close()
-        pair.stop()
+    with hostile_receiver(str(tmp_path)) as planted:
+        yield planted
 
 
 def _outside_state(outside: str) -> tuple:
@@ -291,30 +235,33 @@ def test_receiver_still_serves_a_real_mount_after_the_attack(hostile):
 
 _segment = st.binary(min_size=1, max_size=20).filter(lambda b: b"/" not in b and b"\0" not in b
                                                      and b not in (b".", b".."))
-_path = st.lists(_segment, min_size=1, max_size=4).map(b"/".join)
+_path = st.lists(_segment, min_size=1, max_size=4).map(b"/".join).filter(lambda p: not protocol.is_reserved(p))
 _name = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
 _target = st.binary(min_size=1, max_size=100).filter(lambda b: b"\0" not in b)
 _i64 = st.integers(-(2**63), 2**63 - 1)
 _id = st.integers(0, 2**32 - 2)
 _mode = st.integers(0, 0o177777)
+_create_mode = st.sampled_from([0o100000, 0o010000, 0o140000, 0o020000, 0o060000]).flatmap(
+    lambda kind: st.integers(0, 0o7777).map(lambda perm: kind | perm))
 _offset = st.integers(0, protocol.INT64_MAX - protocol.MAX_DATA)
 _times = st.lists(st.tuples(_path | st.just(b"."), _i64, _i64), max_size=protocol.MAX_TIMES).map(tuple)
 
 _ARGS = {
-    Op.CREATE: (st.tuples(_mode, _id, _id, _i64), st.tuples(_path)),
+    Op.CREATE: (st.tuples(_create_mode, _id, _id, st.integers(0, protocol.MAX_RDEV)), st.tuples(_path)),
     Op.MKDIR: (st.tuples(_mode, _id, _id), st.tuples(_path)),
     Op.SYMLINK: (st.tuples(_id, _id), st.tuples(_path, _target)),
     Op.LINK: (st.tuples(), st.tuples(_path, _path)),
     Op.UNLINK: (st.tuples(), st.tuples(_path)),
     Op.RMDIR: (st.tuples(), st.tuples(_path)),
-    Op.RENAME: (st.tuples(_i64), st.tuples(_path, _path)),
+    Op.RENAME: (st.tuples(st.integers(0, protocol.RENAME_FLAGS)), st.tuples(_path, _path)),
     Op.WRITE: (st.tuples(_offset), st.tuples(_path)),
     Op.TRUNCATE: (st.tuples(_offset), st.tuples(_path)),
-    Op.FALLOCATE: (st.tuples(_i64, st.integers(0, 2**40), st.integers(1, 2**40)), st.tuples(_path)),
+    Op.FALLOCATE: (st.tuples(st.integers(0, protocol.FALLOC_MODES), st.integers(0, 2**40), st.integers(1, 2**40)),
+                   st.tuples(_path)),
     Op.CHMOD: (st.tuples(_mode), st.tuples(_path | st.just(b"."))),
     Op.CHOWN: (st.tuples(st.integers(-1, 2**32 - 2), st.integers(-1, 2**32 - 2)), st.tuples(_path)),
     Op.UTIMENS: (st.tuples(), st.tuples(_path | st.just(b"."))),
-    Op.SETXATTR: (st.tuples(_i64), st.tuples(_path, _name)),
+    Op.SETXATTR: (st.tuples(st.integers(0, protocol.XATTR_FLAGS)), st.tuples(_path, _name)),
     Op.REMOVEXATTR: (st.tuples(), st.tuples(_path, _name)),
     Op.FSYNC: (st.tuples(_i64), st.tuples(_path)),
     Op.PING: (st.tuples(), st.tuples()),
@@ -324,7 +271,8 @@ _ARGS = {
 _STRING_KINDS = {protocol.PATH: _path, protocol.NAME: _name, protocol.TARGET: _target}
 if hasattr(Op, "BLOCKSUMS"):
     _ARGS[Op.BLOCKSUMS] = (st.integers(4096, protocol.MAX_DATA).flatmap(lambda block: st.tuples(
-        st.integers(0, 2**40), st.integers(0, block * protocol.MAX_BLOCKSUMS), st.just(block))), None)
+        st.integers(0, 2**40), st.integers(0, min(block * protocol.MAX_BLOCKSUMS, protocol.MAX_SUMS_BYTES)),
+        st.just(block))), None)
 
 
 def _strategies(op: Op):

@@ -226,7 +226,8 @@ def test_split_brain_keep_aside(mirror_factory):
         assert f.read() == b"A's version of both\n"
     with open(f"{s}/shared", "rb") as f:
         assert f.read() == b"shared original\n"
-    conflicts = glob.glob(f"{s}.hamirror-conflict-*")
+    assert glob.glob(f"{s}.hamirror-conflict*") == []    # inside the directory, not beside it
+    conflicts = glob.glob(f"{s}/.hamirror-conflicts/*")
     assert len(conflicts) == 1, conflicts
     aside = _files(conflicts[0])
     assert aside == {"shared": b"B changed shared\n", "both": b"B's version of both\n",

@@ -61,12 +61,32 @@ class GenerationHistory:
                 "changes_base": self.changes_base}
 
     @classmethod
-    def from_json(cls, data: dict) -> GenerationHistory:
-        """Inverse of :meth:`to_json`."""
+    def from_json(cls, data: object) -> GenerationHistory:
+        """Inverse of :meth:`to_json`. The data may come from the peer: anything but the exact
+        shape raises ValueError saying what is wrong, never another exception."""
+        if not isinstance(data, dict) or set(data) - {"current", "history", "changes_base"}:
+            raise ValueError("generation history: expected an object with current, history, changes_base")
+        history = data.get("history", ())
+        if not isinstance(history, (list, tuple)) or len(history) > HISTORY_LIMIT:
+            raise ValueError(f"generation history: history must be a list of at most {HISTORY_LIMIT}")
+        base = data.get("changes_base")
+        if base is not None and not _is_id(base):
+            raise ValueError("generation history: changes_base must be null or a generation id")
         current = data.get("current")
-        return cls(current=Generation(**current) if current else None,
-                   history=tuple(Generation(**g) for g in data.get("history", ())),
-                   changes_base=data.get("changes_base"))
+        return cls(current=_generation(current) if current else None,
+                   history=tuple(_generation(g) for g in history), changes_base=base)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64
+
+
+def _generation(data: object) -> Generation:
+    """One generation from plain data, checked (see :meth:`GenerationHistory.from_json`)."""
+    if not isinstance(data, dict) or set(data) != {"id", "created_at"} or not _is_id(data["id"]) \
+            or isinstance(data["created_at"], bool) or not isinstance(data["created_at"], (int, float)):
+        raise ValueError("generation history: a generation must be {\"id\": str, \"created_at\": number}")
+    return Generation(data["id"], float(data["created_at"]))
 
 
 def new_generation_id() -> str:

@@ -20,6 +20,36 @@ _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def open_beneath(root_fd: int, dirs: list[bytes], make_mode: int | None = None) -> int:
+    """The directory ``root/dirs[0]/dirs[1]/...``, opened one component at a time with
+    ``O_NOFOLLOW`` (a symlink anywhere gives ELOOP); with ``make_mode``, missing components are
+    created with that mode first. The caller closes the result unless it is ``root_fd``."""
+    fd = root_fd
+    try:
+        for part in dirs:
+            if make_mode is not None:
+                try:
+                    os.mkdir(part, make_mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except NotADirectoryError:   # O_PATH opens a symlink itself: say which it was
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, "") from None
+                raise
+            if fd != root_fd:
+                os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        if fd != root_fd:
+            os.close(fd)
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "path crosses a symlink on the secondary") from None
+        raise
+    return fd
+
+
 class resolve_beneath:  # noqa: N801 - used as a context manager, reads as a verb
     """The directory holding a path's last component, opened beneath the root (a context)."""
 
@@ -30,20 +60,8 @@ class resolve_beneath:  # noqa: N801 - used as a context manager, reads as a ver
             self.fd, self.name, self._owned = root_fd, b".", False
             return
         *dirs, self.name = path.split(b"/")
-        fd, self._owned = root_fd, False
-        try:
-            for part in dirs:
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                if self._owned:
-                    os.close(fd)
-                fd, self._owned = nxt, True
-        except OSError as exc:
-            if self._owned:
-                os.close(fd)
-            if exc.errno == errno.ELOOP:
-                raise OSError(errno.ELOOP, "path crosses a symlink on the secondary") from None
-            raise
-        self.fd = fd
+        self.fd = open_beneath(root_fd, dirs)
+        self._owned = self.fd != root_fd
 
     def __enter__(self) -> "resolve_beneath":
         return self
@@ -119,15 +137,18 @@ class Applier:
                 finally:
                     os.close(fd)
             else:
-                os.mknod(parent.name, mode, rdev, dir_fd=parent.fd)
+                # Owner-only until chown, then the exact mode: mknod alone is subject to our umask,
+                # and chown would clear setuid/setgid bits set before it.
+                os.mknod(parent.name, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=parent.fd)
                 os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+                _chmod_nofollow(parent, stat.S_IMODE(mode))
 
     def _mkdir(self, msg: Message) -> None:
         mode, uid, gid = msg.ints
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.mkdir(parent.name, 0o700, dir_fd=parent.fd)
             os.chown(parent.name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-            os.chmod(parent.proc_path, stat.S_IMODE(mode))
+            _chmod_nofollow(parent, stat.S_IMODE(mode))
 
     def _symlink(self, msg: Message) -> None:
         uid, gid = msg.ints
@@ -170,13 +191,7 @@ class Applier:
 
     def _chmod(self, msg: Message) -> None:
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
-            fd = os.open(parent.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
-            try:
-                if stat.S_ISLNK(os.fstat(fd).st_mode):
-                    raise OSError(errno.ELOOP, "chmod of a symlink on the secondary")
-                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(msg.ints[0]))
-            finally:
-                os.close(fd)
+            _chmod_nofollow(parent, stat.S_IMODE(msg.ints[0]))
 
     def _chown(self, msg: Message) -> None:
         uid, gid = msg.ints
@@ -204,3 +219,15 @@ class Applier:
                 sync(fd)
             finally:
                 os.close(fd)
+
+
+def _chmod_nofollow(parent: resolve_beneath, mode: int) -> None:
+    """chmod of the entry itself, never of what a symlink there points to (Linux has no lchmod):
+    an O_PATH descriptor pins the inode, which is checked, then changed through /proc."""
+    fd = os.open(parent.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "chmod of a symlink on the secondary")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)

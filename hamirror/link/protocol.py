@@ -17,6 +17,7 @@ not exactly one of the operations below with well-formed, bounded fields and saf
 from __future__ import annotations
 
 import enum
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -29,6 +30,14 @@ MAX_XATTR_VALUE = 64 * 1024        # Linux's own limit (XATTR_SIZE_MAX)
 MAX_HEADER = 64 * 1024
 MAX_TIMES = 4
 INT64_MAX = 2**63 - 1
+# ZeroMQ drops a peer that sends a bigger frame before buffering it (ZMQ_MAXMSGSIZE): the largest
+# legitimate frame is a WRITE's data, plus room for the header and CURVE's envelope.
+MAX_FRAME = MAX_DATA + MAX_HEADER
+
+CONFLICT_DIR = b".hamirror-conflicts"
+"""Reserved top-level name: split-brain keep-aside moves the losing side's versions here, on the
+directory's own filesystem. No operation may name a path inside it, the interception layer hides
+it from the application and the resync never compares or copies it (see docs/resync.md)."""
 
 _HEAD = struct.Struct("<2sBBQQ")
 _U8 = struct.Struct("<B")
@@ -110,6 +119,12 @@ SPECS: dict[Op, OpSpec] = {
 # Operations whose paths must not be the replicated directory itself.
 _NO_ROOT = {Op.CREATE, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.UNLINK, Op.RMDIR, Op.RENAME, Op.REMOVE}
 MAX_BLOCKSUMS = 4096   # blocks per BLOCKSUMS query
+MAX_SUMS_BYTES = 4 * MAX_DATA   # bytes read and hashed per BLOCKSUMS query (the engine asks 4 MiB)
+MAX_RDEV = 2**32 - 1   # the kernel's dev_t fits 32 bits (FUSE's mknod carries a u32)
+RENAME_FLAGS = 0b111   # RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
+XATTR_FLAGS = 0b11     # XATTR_CREATE | XATTR_REPLACE
+FALLOC_MODES = 0x7F    # every FALLOC_FL_* bit Linux defines
+_CREATE_KINDS = frozenset({stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 
 class ProtocolError(ValueError):
@@ -130,12 +145,20 @@ class Message:
     data: memoryview | bytes | None = None
 
 
+def is_reserved(path: bytes) -> bool:
+    """True for hamirror's own conflict folder and anything beneath it (relative path)."""
+    return path == CONFLICT_DIR or path.startswith(CONFLICT_DIR + b"/")
+
+
 def check_path(path: bytes) -> bytes:
-    """A relative path that stays inside the replicated directory ("." is the directory)."""
+    """A relative path that stays inside the replicated directory ("." is the directory) and out
+    of hamirror's reserved conflict folder."""
     if path == b".":
         return path
     if not path:
         raise ProtocolError("empty path")
+    if is_reserved(path):
+        raise ProtocolError(f"path inside the reserved folder {CONFLICT_DIR.decode()!r}")
     if len(path) > PATH_MAX:
         raise ProtocolError(f"path longer than {PATH_MAX} bytes")
     if path.startswith(b"/"):
@@ -263,6 +286,17 @@ def _check_ints(msg: Message) -> None:
         raise ProtocolError(f"{op.name}: offset out of range")
     if op == Op.FALLOCATE and (ints[1] < 0 or ints[2] <= 0 or ints[1] > INT64_MAX - ints[2]):
         raise ProtocolError("FALLOCATE: range out of bounds")
+    if op == Op.FALLOCATE and not 0 <= ints[0] <= FALLOC_MODES:
+        raise ProtocolError("FALLOCATE: unknown mode bits")
+    if op == Op.CREATE and stat.S_IFMT(ints[0]) not in _CREATE_KINDS:
+        raise ProtocolError("CREATE: file type must be regular, fifo, socket or device (MKDIR and "
+                            "SYMLINK make the others)")
+    if op == Op.CREATE and not 0 <= ints[3] <= MAX_RDEV:
+        raise ProtocolError("CREATE: device number out of range")
+    if op == Op.RENAME and ints[0] & ~RENAME_FLAGS:
+        raise ProtocolError("RENAME: unknown flags")
+    if op == Op.SETXATTR and ints[0] & ~XATTR_FLAGS:
+        raise ProtocolError("SETXATTR: unknown flags")
     if op == Op.CHOWN and not all(-1 <= i < 2**32 - 1 for i in ints):
         raise ProtocolError("CHOWN: id out of range")
     if op in (Op.CREATE, Op.MKDIR) and not all(0 <= i < 2**32 - 1 for i in ints[1:3]):
@@ -272,7 +306,7 @@ def _check_ints(msg: Message) -> None:
     if op == Op.BLOCKSUMS:
         offset, length, block = ints
         if offset < 0 or length < 0 or not 4096 <= block <= MAX_DATA or offset > INT64_MAX - length \
-                or length > block * MAX_BLOCKSUMS:
+                or length > min(block * MAX_BLOCKSUMS, MAX_SUMS_BYTES):
             raise ProtocolError("BLOCKSUMS: range out of bounds")
 
 

@@ -4,6 +4,11 @@ One ROUTER socket, CURVE server, one thread. ZeroMQ's own I/O thread reads and d
 messages while this thread applies the current one, so a pipelining sender is never idle. A
 session starts with HELLO; after that only the next sequence number of that session is applied,
 so a stale or replayed stream (a primary that restarted, a duplicate) is refused, not merged.
+
+Nothing one message does may stop the receiver (a dead receiver leaves the primary unprotected):
+ZeroMQ drops a peer that sends a frame above ``MAX_FRAME`` before buffering it, the codec refuses
+what is malformed, and *any* exception while applying becomes an error reply that closes the
+session (the primary then resyncs), logged, while the receiver keeps serving.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import zmq
 from hamirror.journal.journal import Journal
 from hamirror.link import keys
 from hamirror.link.apply import Applier
-from hamirror.link.protocol import (ERROR, HELLO_RESYNC, QUERIES, Message, Op, ProtocolError, decode,
-                                    encode_reply)
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, MAX_FRAME, QUERIES, Message, Op, ProtocolError,
+                                    decode, encode_reply)
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ class Receiver:
         keys.start_authenticator(self.context, keys_dir)
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)   # refused before it is buffered whole
         keys.secure_server(self.socket, own)
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -92,9 +98,12 @@ class Receiver:
                   "last_message": self.last_message, **asdict(self.stats)}
         status["session"] = f"{self.stats.session:x}"
         tmp = os.path.join(self.state_dir, "status.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(status, f, indent=1)
-        os.replace(tmp, os.path.join(self.state_dir, "status.json"))
+        try:
+            with open(tmp, "w") as f:
+                json.dump(status, f, indent=1)
+            os.replace(tmp, os.path.join(self.state_dir, "status.json"))
+        except OSError as exc:   # e.g. a full disk: report it, but keep serving
+            log.warning("cannot write %s: %s", tmp, exc)
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
@@ -114,7 +123,11 @@ class Receiver:
                     break
                 identity, body = frames[0], frames[1:]
                 self.last_message = time.time()
-                reply = self.handle([f.buffer for f in body])
+                try:
+                    reply = self.handle([f.buffer for f in body])
+                except Exception:   # a bug in handle() itself: still one reply, still serving
+                    log.exception("receiver error")
+                    reply = self._refuse(0, errno.EIO, "internal error in the receiver (see its log)")
                 self.socket.send_multipart([identity, *reply])
 
     def handle(self, frames: list) -> list[bytes]:
@@ -123,6 +136,9 @@ class Receiver:
             msg = decode(frames)
         except ProtocolError as exc:
             return self._refuse(0, errno.EINVAL, f"malformed message: {exc}")
+        except Exception as exc:   # the codec promises ProtocolError only; a slip is still a refusal
+            log.exception("decoder error")
+            return self._refuse(0, errno.EINVAL, f"malformed message: {exc!r}")
         if msg.op == Op.HELLO:
             return self._hello(msg)
         if msg.session != self.stats.session or msg.seq != self.stats.next_seq:
@@ -141,16 +157,27 @@ class Receiver:
                     self.write_status()
             else:
                 self.applier.apply(msg)
-        except OSError as exc:
-            # Applying failed: this copy no longer matches the primary. Refuse the rest of the
-            # session so the primary stops streaming over it and asks for a resync.
-            self.stats.errors += 1
-            self.stats.last_error = f"{msg.op.name} {msg.strs[0]!r}: {exc.strerror or exc}"
-            self.stats.session = 0
-            log.warning("apply failed, session closed: %s", self.stats.last_error)
-            return encode_reply(msg.seq, ERROR, exc.errno or errno.EIO, self.stats.last_error)
+        except Exception as exc:   # noqa: BLE001 - whatever one message does, keep serving
+            return self._failed(msg, exc)
         self._count(msg)
         return encode_reply(msg.seq, payload=payload)
+
+    def _failed(self, msg: Message, exc: Exception) -> list[bytes]:
+        """Applying failed: this copy may no longer match the primary. Refuse the rest of the
+        session so the primary stops streaming over it and asks for a resync."""
+        what = f"{msg.op.name} {msg.strs[0]!r}" if msg.strs else msg.op.name
+        if isinstance(exc, OSError):
+            err, text = exc.errno or errno.EIO, exc.strerror or str(exc)
+        elif isinstance(exc, ValueError):   # ProtocolError included: a value the apply refuses
+            err, text = errno.EINVAL, str(exc)
+        else:   # not expected: a bug to fix, so keep the traceback
+            log.error("unexpected error applying %s", what, exc_info=exc)
+            err, text = errno.EIO, f"internal error: {exc!r}"
+        self.stats.errors += 1
+        self.stats.last_error = f"{what}: {text}"
+        self.stats.session = 0
+        log.warning("apply failed, session closed: %s", self.stats.last_error)
+        return encode_reply(msg.seq, ERROR, err, self.stats.last_error)
 
     def _hello(self, msg: Message) -> list[bytes]:
         version, flags = msg.ints

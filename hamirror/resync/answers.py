@@ -2,21 +2,28 @@
 
 Paths arrive validated (hamirror.link.protocol) and are resolved beneath the directory exactly as
 the applier does, so a query can no more read outside the directory than a write can change it.
+Keep-aside moves the losing version into the reserved conflict folder *inside* the directory (same
+filesystem, so a rename always works; resolved beneath the directory too, never through a symlink).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import time
 
+from hamirror.fs.syscalls import renameat2
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
-from hamirror.link.apply import Applier, resolve_beneath
-from hamirror.link.protocol import Message, Op
-from hamirror.resync.meta import block_sums, decode_json, encode_json, encode_sums, list_dir, meta_at
+from hamirror.link.apply import Applier, open_beneath, resolve_beneath
+from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
+from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
 
 CLEAN_KEY = "mount_clean"
+RENAME_NOREPLACE = 1
+MAX_ASIDE_TRIES = 100   # name, name.1, ... name.99 in the conflict folder before giving up
 
 
 class ResyncAnswers:
@@ -52,7 +59,8 @@ class ResyncAnswers:
         except (FileNotFoundError, NotADirectoryError):
             return encode_json(None)
         try:
-            return encode_json({name: meta.to_json() for name, meta in list_dir(fd).items()})
+            listing = list_dir(fd, top=msg.strs[0] == b".")
+            return encode_json({name: meta.to_json() for name, meta in listing.items()})
         finally:
             os.close(fd)
 
@@ -74,7 +82,7 @@ class ResyncAnswers:
             return encode_json({"complete": False, "paths": [], "generations": None})
         return encode_json({
             "complete": journal.get_state(CLEAN_KEY, "1") == "1",
-            "paths": journal.changed_paths(),
+            "paths": [p for p in journal.changed_paths() if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
         })
 
@@ -93,20 +101,37 @@ class ResyncAnswers:
                 pass
 
     def _keep_aside(self, dir_fd: int, name: bytes, path: bytes) -> None:
-        """Split brain: the losing side's version goes to a dated folder beside the directory."""
+        """Split brain: the losing side's version moves to ``CONFLICT_DIR/STAMP/path`` inside the
+        directory. Every component is opened beneath the root with O_NOFOLLOW, as the applier
+        does, so a symlink the peer planted in the conflict folder cannot lead the move outside;
+        an existing name there gets a numeric suffix rather than being replaced."""
         stamp = self._stamp = self._stamp or time.strftime("%Y%m%d-%H%M%S")
-        aside = f"{self.applier.directory.rstrip('/')}.hamirror-conflict-{stamp}"
-        target = os.path.join(aside, os.fsdecode(path))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        *dirs, last = [CONFLICT_DIR, stamp.encode(), *path.split(b"/")]
+        root = self.applier.root_fd
+        root_times = os.stat(root)
+        aside = open_beneath(root, dirs, make_mode=0o700)   # root-only: what is set aside may be private
         try:
-            os.rename(name, target, src_dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
+            if os.stat(root).st_mtime_ns != root_times.st_mtime_ns:   # the folder is hidden: so is making it
+                os.utime(root, ns=(root_times.st_atime_ns, root_times.st_mtime_ns))
+            for n in range(MAX_ASIDE_TRIES):
+                try:
+                    renameat2(dir_fd, name, aside, last + (b".%d" % n if n else b""), RENAME_NOREPLACE)
+                    return
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    return
+            raise OSError(errno.EEXIST, f"keep-aside: {MAX_ASIDE_TRIES} versions of this path set aside already")
+        finally:
+            os.close(aside)
 
     def _done(self, msg: Message) -> None:
         if self.journal is None:
             return
-        history = GenerationHistory.from_json(decode_json(bytes(msg.data)))
+        try:
+            history = GenerationHistory.from_json(json.loads(bytes(msg.data)))
+        except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
+            raise ProtocolError(f"RESYNC_DONE: bad generation history: {exc}") from None
         self.journal.adopt_generations(history)
         self.journal.set_state(UPTODATE_KEY, "1")
 

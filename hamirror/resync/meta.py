@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from hamirror.link.protocol import CONFLICT_DIR
+
 FULL_BLOCK = 1024 * 1024   # block size when nothing says which blocks changed
 _SUMS_HEAD = struct.Struct("<q")
 
@@ -91,11 +93,12 @@ def meta_at(dir_fd: int, name: str) -> Meta | None:
                 st.st_ino, st.st_nlink, xattrs)
 
 
-def list_dir(dir_fd: int) -> dict[str, Meta]:
-    """Every entry of an open directory with its metadata."""
+def list_dir(dir_fd: int, top: bool = False) -> dict[str, Meta]:
+    """Every entry of an open directory with its metadata; ``top`` (the replicated directory
+    itself) leaves out hamirror's reserved conflict folder, which is never compared or copied."""
     result = {}
     with os.scandir(dir_fd) as entries:
-        names = [e.name for e in entries]
+        names = [e.name for e in entries if not (top and os.fsencode(e.name) == CONFLICT_DIR)]
     for name in names:
         meta = meta_at(dir_fd, name)
         if meta is not None:
