@@ -19,7 +19,7 @@ import mfusepy
 from hamirror.fs.links import LinkCoherence
 from hamirror.fs.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 from hamirror.link.client import WHOLE
-from hamirror.link.protocol import Op
+from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.link.replicator import Replicator
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
@@ -34,8 +34,12 @@ RENAME_EXCHANGE = 2
 
 
 def rel(path: str) -> str:
-    """FUSE path ("/a/b") to a path under root_fd ("a/b"; "." for the root)."""
-    return path[1:] or "."
+    """FUSE path ("/a/b") to a path under root_fd ("a/b"; "." for the root). hamirror's own
+    conflict folder (see ``CONFLICT_DIR``) does not exist for the application."""
+    relpath = path[1:] or "."
+    if is_reserved(os.fsencode(relpath)):
+        raise OSError(errno.ENOENT, "reserved for hamirror's conflict folder")
+    return relpath
 
 
 def parent_of(relpath: str) -> str:
@@ -99,7 +103,8 @@ class Interception(mfusepy.Operations):
         fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
         try:
             with os.scandir(fd) as entries:
-                names = [(e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0) for e in entries]
+                names = [(e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0) for e in entries
+                         if path != "/" or os.fsencode(e.name) != CONFLICT_DIR]
         finally:
             os.close(fd)
         return [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)] + names

@@ -17,6 +17,7 @@ import threading
 from inotify_simple import INotify, flags
 
 from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.link.protocol import CONFLICT_DIR, is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class DirectoryWatcher:
         top = os.path.join(self.directory, rel) if rel != "." else self.directory
         for dirpath, dirnames, _ in os.walk(top):
             self._add_watch(os.path.relpath(dirpath, self.directory))
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))
+                           and not (dirpath == self.directory and os.fsencode(d) == CONFLICT_DIR)]
 
     def _add_watch(self, rel: str) -> None:
         path = self.directory if rel == "." else os.path.join(self.directory, rel)
@@ -82,6 +84,8 @@ class DirectoryWatcher:
                     self._wd_path.pop(event.wd, None)
                     continue
                 rel = event.name if base == "." else (f"{base}/{event.name}" if event.name else base)
+                if is_reserved(os.fsencode(rel)):   # hamirror's conflict folder is never resynced
+                    continue
                 changed.append(rel or ".")
                 if event.mask & (flags.CREATE | flags.MOVED_TO) and event.mask & flags.ISDIR:
                     self._add_tree(rel)

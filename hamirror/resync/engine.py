@@ -265,7 +265,7 @@ class ResyncEngine:
     def _local_listing(self, path: str) -> dict[str, Meta]:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root)
         try:
-            return list_dir(fd)
+            return list_dir(fd, top=path == ".")   # never the reserved conflict folder
         finally:
             os.close(fd)
 
