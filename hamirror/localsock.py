@@ -7,7 +7,9 @@ file mode 0600, every caller's uid checked with SO_PEERCRED, requests bounded in
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import struct
 
 MAX_LINE = 64 * 1024
@@ -18,6 +20,28 @@ def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
+
+
+def bind_private(path: str) -> socket.socket:
+    """A unix stream socket bound at ``path``, mode 0600 from its creation, checked.
+
+    The process umask is never touched: it is process-wide, and a ``umask(0o177)`` around a bind
+    while other threads create files gave them (state directories included) mode 0600. On Linux
+    the socket file takes the mode of the socket's inode, so ``fchmod`` before ``bind`` makes it
+    0600 at once; the ``chmod`` after it closes the gap on a kernel that would not.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        if mode != 0o600:
+            raise PermissionError(f"{path}: control socket has mode {mode:04o}, not 0600")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def read_line(sock: socket.socket) -> bytes:

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from hamirror.localsock import MAX_LINE, exchange, peer_uid
+from hamirror.localsock import MAX_LINE, bind_private, exchange, peer_uid
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ class ControlServer:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)            # a stale socket of a dead agent (the pid lock says so)
-        old = os.umask(0o177)
-        try:
-            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        self.server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path), limit=MAX_LINE)
 
     async def close(self) -> None:
         if self.server is not None:

@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import Callable
 
-from hamirror.localsock import exchange, peer_uid, read_line
+from hamirror.localsock import bind_private, exchange, peer_uid, read_line
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,7 @@ class ControlServer:
         self.handler = handler
         if os.path.exists(self.path):
             os.unlink(self.path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.sock.bind(self.path)
-        finally:
-            os.umask(old)
+        self.sock = bind_private(self.path)
         self.sock.listen(8)
         self._thread = threading.Thread(target=self._serve, name="hamirror-control", daemon=True)
         self._thread.start()

@@ -125,7 +125,7 @@ class StatusWriter:
 
     def write(self) -> None:
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), "w") as f:
             json.dump(self.snapshot(), f, indent=1)
         os.replace(tmp, self.path)
 
@@ -224,7 +224,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
 
     ops.init = mounted  # type: ignore[method-assign]
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
-    old_umask = os.umask(0)         # modes come from the callers, already masked by the kernel
+    # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
         _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
               use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
@@ -233,7 +233,6 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         on_ready(f"mount failed: {exc}")
         return 1
     finally:
-        os.umask(old_umask)
         control.close()
         if replicator.client is not None:
             replicator.client.close()

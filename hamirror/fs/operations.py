@@ -155,6 +155,7 @@ class Interception(mfusepy.Operations):
                     raise
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
                 return os.open(p, own, dir_fd=self.root)
+            self._keep_mode(p, mode, fd)
             uid, gid = self._owner(p)
             os.fchown(fd, uid, gid)
             st = os.fstat(fd)
@@ -275,11 +276,26 @@ class Interception(mfusepy.Operations):
 
     # namespace -------------------------------------------------------------------------------
 
-    def _new_inode(self, p: str, make, message) -> int:
+    def _keep_mode(self, p: str, mode: int, fd: int | None = None) -> None:
+        """Give a new inode the permission bits its creator asked for. The kernel applied the
+        creator's umask already; this daemon's own umask must not apply a second time (setting
+        it to 0 process-wide instead made the daemon's state files world-writable). Only the
+        0777 bits, the only ones a umask clears: a setgid bit the parent passed on stays."""
+        st = os.fstat(fd) if fd is not None else self._lstat(p)
+        wanted = (stat.S_IMODE(st.st_mode) & ~0o777) | (mode & 0o777)
+        if wanted != stat.S_IMODE(st.st_mode):
+            if fd is not None:
+                os.fchmod(fd, wanted)
+            else:
+                os.chmod(p, wanted, dir_fd=self.root)
+
+    def _new_inode(self, p: str, make, message, mode: int | None = None) -> int:
         """Create ``p`` with ``make()``, give it to the caller, and send ``message(stat)``
         (op, ints, strs) with the resulting owner and mode, and the new entry's and parent's times."""
         with self.repl.change(((p,),)) as tx:
             make()
+            if mode is not None:
+                self._keep_mode(p, mode)
             uid, gid = self._owner(p)
             os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
             op, ints, strs = message(self._lstat(p))
@@ -289,12 +305,13 @@ class Interception(mfusepy.Operations):
     def mknod(self, path: str, mode: int, dev: int) -> int:
         p = rel(path)
         return self._new_inode(p, lambda: os.mknod(p, mode, dev, dir_fd=self.root),
-                               lambda st: (Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, dev), (os.fsencode(p),)))
+                               lambda st: (Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, dev), (os.fsencode(p),)),
+                               mode)
 
     def mkdir(self, path: str, mode: int) -> int:
         p = rel(path)
         return self._new_inode(p, lambda: os.mkdir(p, mode, dir_fd=self.root),
-                               lambda st: (Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),)))
+                               lambda st: (Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),)), mode)
 
     def symlink(self, target: str, source: str) -> int:
         """mfusepy's naming: create the link ``target`` whose content is ``source``."""
