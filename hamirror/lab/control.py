@@ -130,6 +130,16 @@ def boot(paths: LabPaths, node: str, start_agent: bool = True) -> None:
         state.save(paths, recorded)
 
 
+def start_agent(paths: LabPaths, node: str) -> None:
+    """Start a running node's agent again after it died (what systemd's Restart= does on a real node)."""
+    recorded = require(paths)
+    check_host(recorded, node, nodes_only=True)
+    if any(s.name == agent.AGENT and process.is_alive(s) for s in recorded.started_in(node)):
+        raise LabError(f"{node}: the agent is running")
+    recorded.processes.append(agent.start(paths, node))
+    state.save(paths, recorded)
+
+
 def run_in(paths: LabPaths, host: str, cmd: list[str]) -> int:
     """Run cmd in host with stdio passed through; its exit code."""
     check_host(require(paths), host)

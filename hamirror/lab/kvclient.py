@@ -56,6 +56,35 @@ c.request("GET", sys.argv[3]); r = c.getresponse(); sys.stdout.write(f"{r.status
 """
 
 
+# Reads keys (one a line) on stdin and GETs each, on 16 keep-alive connections in parallel (the
+# server's two writes per answer cost a delayed ACK, ~40 ms, per request); prints
+# "missing KEY STATUS", "wrong KEY" (the value is not the key, as the writer wrote it) or "error KEY".
+READBACK = r"""
+import http.client, sys, threading
+vip, port = sys.argv[1], int(sys.argv[2])
+keys, out, lock = sys.stdin.read().split(), [], threading.Lock()
+def check(chunk):
+    c = None
+    for key in chunk:
+        line = f"error {key}"
+        for attempt in range(5):
+            try:
+                c = c or http.client.HTTPConnection(vip, port, timeout=10)
+                c.request("GET", "/kv/" + key); r = c.getresponse(); body = r.read()
+            except (OSError, http.client.HTTPException):
+                c = None
+                continue
+            line = f"missing {key} {r.status}" if r.status != 200 else (f"wrong {key}" if body != key.encode() else None)
+            break
+        if line:
+            with lock: out.append(line)
+threads = [threading.Thread(target=check, args=(keys[i::16],)) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("\n".join(out))
+"""
+
+
 @dataclass(frozen=True)
 class Ack:
     key: str
@@ -86,6 +115,16 @@ def missing(paths: LabPaths, keys: list[str]) -> set[str]:
     if code != 200:
         raise LabError(f"GET /kv answered {code}")
     return set(keys) - set(body.split())
+
+
+def unreadable(paths: LabPaths, keys: list[str], timeout: float = 600.0) -> dict[str, str]:
+    """The keys that ``GET /kv/KEY`` through the VIP does not return with the writer's value: key -> why."""
+    result = process.exec_in(paths, CLIENT, [sys.executable, "-c", READBACK, VIP, str(PORT)], capture=True,
+                             timeout=timeout, input="".join(k + "\n" for k in keys))
+    if result.returncode != 0:
+        raise LabError(f"reading keys back through {VIP}:{PORT} failed: {result.stderr.strip()[-300:]}")
+    return {parts[1]: " ".join([parts[0], *parts[2:]]) for parts in map(str.split, result.stdout.splitlines())
+            if len(parts) >= 2}
 
 
 class Writer:

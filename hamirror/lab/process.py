@@ -50,10 +50,11 @@ def host_env(paths: LabPaths, host: str) -> dict[str, str]:
     return env
 
 
-def exec_in(paths: LabPaths, host: str, cmd: list[str], capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run cmd in host and wait; stdio passes through unless capture."""
+def exec_in(paths: LabPaths, host: str, cmd: list[str], capture: bool = False, timeout: float | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run cmd in host and wait; stdio passes through unless capture (input, if given, is its stdin)."""
     return subprocess.run(enter_command(paths, host, cmd), env=host_env(paths, host), capture_output=capture,
-                          text=True if capture else None, timeout=timeout)
+                          text=True if capture or input is not None else None, timeout=timeout, input=input)
 
 
 def start(paths: LabPaths, host: str, name: str, cmd: list[str]) -> Started:

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Randomized fault campaign against the lab (root): no acknowledged write lost, never two servers,
+no operator needed.
+
+    sudo .venv/bin/python scripts/chaos.py --seed 7 --trials 30 --faults-per-trial 6 --json chaos.json
+    sudo .venv/bin/python scripts/chaos.py --seed 7 --trials 15 --faults-per-trial 6 --witness --partitions
+    sudo .venv/bin/python scripts/chaos.py --seed 1 --trials 1 --plan freeze,kill-mount,power-kill
+
+One lab (demo module) for the whole run. A writer in the ``client`` host PUTs unique keys through
+the VIP all along and records every acknowledged one. Each trial injects K faults drawn at random
+(seeded) from --faults, each followed by the wait for the first acknowledged write after it and a
+random pause; then everything still in effect is undone (resume, heal, boot, dead agents started as
+systemd would) and the trial is judged:
+  1. every acknowledged key is read back through the VIP with its value;
+  2. both nodes' SQLite copies hold the same rows and pass PRAGMA integrity_check (writer paused);
+  3. the pair converges to PRIM plus an up-to-date SECOND within --converge-timeout s, no operator;
+  4. no sample (every 0.1 s, whole run) shows the VIP and the application on both nodes.
+A trial that does not converge is a violation, and the lab is rebuilt for the next one. The
+campaign never runs an operator command except the swaps that are faults themselves. Exit 0 when
+every check held, 1 on any violation, 2 when the campaign itself could not run.
+See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE)]
+
+from hamirror.lab import chaos_faults, chaos_report, chaos_watch, control, kvclient, state  # noqa: E402
+from hamirror.lab.chaos_faults import Event, Injector  # noqa: E402
+from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
+from hamirror.lab.naming import NODES, LabPaths, resolve_root  # noqa: E402
+from hamirror.lab.shell import LabError  # noqa: E402
+
+DEFAULT_ROOT = "/tmp/hamirror-chaos"
+
+
+def fault_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in chaos_faults.ALL]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown fault(s) {unknown}; choose from {', '.join(chaos_faults.ALL)}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
+    p.add_argument("--trials", type=int, default=3, help="trials (default 3)")
+    p.add_argument("--faults-per-trial", type=int, default=None,
+                   help="faults per trial (default 4, or the length of --plan)")
+    p.add_argument("--time-limit", type=float, default=3600.0,
+                   help="seconds; no new fault after this, the trial under way is still judged (default 3600)")
+    p.add_argument("--witness", action="store_true", help="lab up --witness")
+    p.add_argument("--partitions", action="store_true", help="add the partition faults (needs --witness)")
+    p.add_argument("--faults", type=fault_list, default=None,
+                   help=f"comma-separated fault types to draw from (default: all that apply): {', '.join(chaos_faults.ALL)}")
+    p.add_argument("--plan", type=fault_list, default=None,
+                   help="a fixed sequence of faults for each trial instead of random draws (delays stay seeded)")
+    p.add_argument("--converge-timeout", type=float, default=60.0, help="seconds for check 3 (default 60)")
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"lab root, must not hold a lab (default {DEFAULT_ROOT})")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    args = p.parse_args(argv)
+    if args.partitions and not args.witness:
+        p.error("--partitions needs --witness (partitions without a witness have no safe answer)")
+    allowed = chaos_faults.BASIC + (chaos_faults.PARTITIONS if args.partitions else ())
+    chosen = args.faults or list(allowed)
+    bad = [f for f in chosen + (args.plan or []) if f not in allowed]
+    if bad:
+        p.error(f"{', '.join(bad)} need --witness --partitions")
+    args.faults = chosen
+    if args.faults_per_trial is None:
+        args.faults_per_trial = len(args.plan) if args.plan else 4
+    if args.seed is None:
+        args.seed = int(time.time()) % 100000
+    return args
+
+
+class Campaign:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.paths = LabPaths(resolve_root(args.root))
+        self.rng = random.Random(args.seed)
+        self.origin = time.monotonic()
+        self.writer: kvclient.Writer | None = None
+        self.sampler = chaos_watch.Sampler(self.paths)
+        self.injector = Injector(self.paths, self.rng, lambda: self.writer, self.say)
+        self.expected: dict[str, float] = {}   # acknowledged key -> when (since the lab was built)
+        self.events: list[Event] = []
+        self.lost_at: list[float] = []
+        self.trials: list[dict] = []
+        self.violations: list[str] = []
+        self.rebuilds = 0
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.origin:7.1f}s] {text}", flush=True)
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self.origin > self.args.time_limit
+
+    def build(self) -> None:
+        started = time.monotonic()
+        control.up(self.paths, ["demo"], witness=self.args.witness)
+        self.sampler.refresh()
+        self.say(f"lab up at {self.paths.root}{' with a witness' if self.args.witness else ''} "
+                 f"in {time.monotonic() - started:.1f} s")
+
+    def rebuild(self) -> None:
+        """A fresh lab after a trial that did not converge, so the next trial starts from a sound pair."""
+        self.sampler.pause(True)
+        control.down(self.paths)
+        self.injector.down.clear()
+        self.expected.clear()
+        self.build()
+        self.rebuilds += 1
+        self.sampler.pause(False)
+
+    def run(self) -> None:
+        self.build()
+        self.sampler.start()
+        for n in range(1, self.args.trials + 1):
+            if self.out_of_time():
+                self.say(f"time limit of {self.args.time_limit:.0f} s reached: no trial {n}")
+                break
+            self.trial(n)
+
+    def draw(self, i: int) -> str:
+        plan = self.args.plan
+        return plan[i % len(plan)] if plan else self.rng.choice(self.args.faults)
+
+    def recovery(self, ev: Event) -> float | None:
+        """Seconds from the fault to the first write acknowledged for a request sent after it."""
+        try:
+            ack = self.writer.first_ack_after(ev.start, 60.0)
+        except LabError:
+            return None
+        return ack.done - ev.start
+
+    def trial(self, n: int) -> None:
+        t0 = time.monotonic()
+        rec: dict = {"trial": n, "violations": []}
+        self.say(f"trial {n}: writer started")
+        self.writer = kvclient.Writer(self.paths, f"s{self.args.seed}t{n}k")
+        try:
+            self.writer.first_ack_after(t0, 60.0)
+        except LabError as exc:
+            rec["violations"].append(f"no service at the trial's start: {exc}")
+        for i in range(self.args.faults_per_trial):
+            if self.out_of_time():
+                break
+            ev = Event(n, i + 1, self.draw(i))
+            self.say(f"trial {n} fault {i + 1}: {ev.fault}")
+            self.injector.inject(ev)
+            self.events.append(ev)
+            if not ev.skipped:
+                ev.recovery_s = self.recovery(ev)
+            self.say(f"  {ev.fault} on {ev.node or '-'}: " + "; ".join(ev.detail)
+                     + (f" SKIPPED ({ev.skipped})" if ev.skipped else "")
+                     + (f" ERROR {ev.error}" if ev.error else "")
+                     + ("" if ev.skipped else f"; first ack after {chaos_report._fmt(ev.recovery_s)} s"))
+            time.sleep(self.rng.uniform(0.5, 3.0))
+        rec["restored"] = self.injector.restore()
+        self.say(f"trial {n}: faults done; {', '.join(rec['restored']) or 'nothing to undo'}; waiting for convergence")
+        seconds, statuses = chaos_watch.wait_converged(self.paths, self.args.converge_timeout)
+        rec["convergence_s"] = None if seconds is None else round(seconds, 2)
+        if seconds is None:
+            rec["violations"].append(f"not converged to PRIM + up-to-date SECOND in {self.args.converge_timeout:.0f} s: "
+                                     + "; ".join(f"{k}: {_brief(v)}" for k, v in statuses.items()))
+        self.judge(n, t0, rec, converged=seconds is not None)
+        self.trials.append(rec)
+        for v in rec["violations"]:
+            self.violations.append(f"trial {n}: {v}")
+            self.say(f"trial {n}: VIOLATION {v}")
+        if seconds is None:
+            self.say(f"trial {n}: rebuilding the lab for the next trial")
+            self.rebuild()
+
+    def judge(self, n: int, t0: float, rec: dict, converged: bool) -> None:
+        """Checks 1, 2 and 4 (3 is the convergence itself), writer paused."""
+        self.writer.stop()
+        acks = list(self.writer.acks)
+        rec["acknowledged"] = len(acks)
+        rec["failed_requests"] = len(self.writer.failures)
+        self.expected.update({a.key: a.done for a in acks})
+        time.sleep(1.0)
+        if converged:
+            snaps = {node: chaos_watch.snapshot(self.paths, node) for node in NODES}
+            rec["copies"] = {node: {k: v for k, v in s.items() if k != "keys"} for node, s in snaps.items()}
+            rec["violations"] += chaos_watch.compare(snaps)
+        try:
+            bad = kvclient.unreadable(self.paths, list(self.expected))
+        except (LabError, OSError) as exc:
+            bad = {}
+            rec["violations"].append(f"reading the acknowledged keys back failed: {str(exc)[:200]}")
+        rec["lost"] = len(bad)
+        if bad:
+            rec["violations"].append(f"{len(bad)} of {len(self.expected)} acknowledged writes not readable "
+                                     f"with their value, e.g. {sorted(bad.items())[:3]}")
+            self.lost_at += [self.expected.pop(k) for k in bad]
+        samples = self.sampler.between(t0, time.monotonic())
+        rec["dual_samples"] = sum(s.dual for s in samples)
+        rec["dual_frozen_samples"] = sum(s.dual_frozen for s in samples)
+        if rec["dual_samples"]:
+            first = next(s for s in samples if s.dual)
+            rec["violations"].append(f"{rec['dual_samples']} samples with the VIP and the application on both "
+                                     f"nodes (first at {first.t - self.origin:.1f} s)")
+        self.say(f"trial {n}: {len(acks)} acknowledged this trial, {len(self.expected)} readable in all, "
+                 f"lost {len(bad)}, converged in {chaos_report._fmt(rec['convergence_s'])} s, "
+                 f"dual {rec['dual_samples']} (frozen side: {rec['dual_frozen_samples']})")
+        self.writer = None
+
+    def results(self) -> dict:
+        stats = chaos_report.per_fault(self.events, self.lost_at, self.sampler.between(0, float("inf")))
+        gaps = self.sampler.gaps
+        return {"seed": self.args.seed, "args": {k: v for k, v in vars(self.args).items()},
+                "seconds": round(time.monotonic() - self.origin, 1), "samples": self.sampler.samples,
+                "sample_gaps_over_0.2s": len(gaps), "max_sample_gap_s": round(max((g for _, g in gaps), default=0), 3),
+                "agent_restarts": self.injector.agent_restarts, "operator_actions": 0, "rebuilds": self.rebuilds,
+                "per_fault": stats, "trials": self.trials,
+                "events": [chaos_report.event_dict(e, self.origin) for e in self.events],
+                "violations": self.violations}
+
+    def close(self) -> None:
+        """Stop everything the campaign started and remove the lab, whatever failed before."""
+        try:
+            if self.writer is not None:
+                self.writer.kill()
+            self.injector.thaw()
+            self.sampler.stop()
+        finally:
+            control.down(self.paths)
+
+
+def _brief(m: dict | None) -> str:
+    if not m:
+        return "no status"
+    return (f"{m['state']} peer={m.get('peer_state')} uptodate={m.get('uptodate')} busy={m.get('busy')} "
+            f"relation={m.get('relation')} mounted={m.get('mounted')} receiving={m.get('receiving')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (the lab uses network and mount namespaces)")
+    campaign = Campaign(args)
+    if state.load(campaign.paths) is not None:
+        raise SystemExit(f"a lab is up at {campaign.paths.root} already; pass another --root or run lab down")
+    campaign.say(f"seed {args.seed}: {args.trials} trial(s) x {args.faults_per_trial} fault(s) from "
+                 f"{', '.join(args.plan or args.faults)}{' (fixed plan)' if args.plan else ''}")
+    crashed: str | None = None
+    with interrupts_raise():
+        try:
+            campaign.run()
+        except (LabError, KeyboardInterrupt) as exc:
+            crashed = f"{type(exc).__name__}: {exc}"
+            campaign.say(f"campaign stopped: {crashed}")
+        finally:
+            campaign.close()
+    out = campaign.results()
+    out["crashed"] = crashed
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+    print("\n" + chaos_report.table(out["per_fault"]))
+    print(f"\nseed {args.seed}: {len(campaign.trials)} trial(s), {len(campaign.events)} fault(s), "
+          f"{len(campaign.expected)} acknowledged keys readable at the end, "
+          f"{len(campaign.lost_at)} lost; {out['samples']} samples, {out['sample_gaps_over_0.2s']} gaps over 0.2 s "
+          f"(max {out['max_sample_gap_s']} s); operator actions 0; agents restarted {out['agent_restarts']}; "
+          f"lab rebuilt {campaign.rebuilds} time(s)")
+    for v in campaign.violations:
+        print(f"VIOLATION {v}")
+    if crashed or campaign.violations:
+        print(f"the agents' logs stay in {campaign.paths.root}/NODE/log/")
+    else:
+        remove_files(campaign.paths, created_root=False)
+    if crashed:
+        return 2
+    return 1 if campaign.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

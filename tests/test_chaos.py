@@ -1,0 +1,41 @@
+"""A short seeded run of the fault campaign (``scripts/chaos.py``, issue 7) against the real lab (root).
+
+One trial of three faults, a freeze of the primary, a kill -9 of its mount daemon and a power-kill,
+in that order (``--plan``; the delays come from the seed): every acknowledged write readable, both
+copies equal and sound, PRIM + up-to-date SECOND within 60 s, never the VIP and the application on
+both nodes. A few minutes at most.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hamirror.lab.testing import leftovers, unavailable
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.root, pytest.mark.slow,
+              pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(strict=False, reason="issue 7 fixes in progress")
+def test_short_seeded_campaign(tmp_path):
+    root, out = str(tmp_path / "lab"), str(tmp_path / "chaos.json")
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "chaos.py"), "--seed", "11", "--trials", "1",
+           "--plan", "freeze,kill-mount,power-kill", "--time-limit", "300", "--root", root, "--json", out]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=580)
+    assert leftovers(root) == [], "the campaign left its lab behind"
+    assert os.path.exists(out), f"no results (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    with open(out, encoding="utf-8") as f:
+        doc = json.load(f)
+    faults = [e["fault"] for e in doc["events"] if not e["skipped"]]
+    assert faults == ["freeze", "kill-mount", "power-kill"], doc["events"]
+    assert doc["crashed"] is None, doc["crashed"]
+    assert doc["samples"] > 0
+    assert doc["violations"] == [], "\n".join(doc["violations"]) + "\n" + result.stdout[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:]
