@@ -4,11 +4,14 @@ retries (fakes for the data path, scripts, VIP and journal; no processes)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.executor import Executor
+from hamirror.agent.http import health
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.status import module_status
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command, PeerView
 from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip, history
@@ -45,6 +48,12 @@ async def step(runner, peer=PeerView(), peer_history=None, ready=True):
 
 def peer(state, uptodate=False, **kw):
     return PeerView(alive=True, state=state, uptodate=uptodate, **kw)
+
+
+def health_of(runner) -> tuple[int, bytes]:
+    """What ``/health/demo`` answers from this runner's status entry."""
+    answer = health({"modules": [module_status(runner)]}, "demo")
+    return answer.status.value, answer.body
 
 
 def test_cold_start_promotes_the_default_primary_then_resyncs_and_mirrors(tmp_path):
@@ -149,6 +158,7 @@ def test_a_failed_action_is_retried_from_where_it_stopped(tmp_path):
         await runner.attach()
         await step(runner, PeerView(alive=False))
         assert runner.state is S.ALONE and store.load().state is S.ALONE and runner.error
+        assert health_of(runner) == (503, b"ALONE (not serving)\n")      # start_prim failed: nothing runs
         mounts = len([c for c in dp.calls if c[0] == "mount"])
         scripts.failing = ()
         await step(runner, PeerView(alive=False))              # too early: nothing
@@ -156,6 +166,42 @@ def test_a_failed_action_is_retried_from_where_it_stopped(tmp_path):
         clock.now += 10
         await step(runner, PeerView(alive=False))
         assert scripts.runs.count(("start_prim", "ALONE")) == 2 and runner.error is None
+        assert health_of(runner) == (200, b"ALONE\n")
         assert len([c for c in dp.calls if c[0] == "mount"]) == mounts    # only from the failed step
 
     asyncio.run(scenario())
+
+
+def test_health_says_not_serving_from_the_moment_a_swap_stops_the_application(tmp_path):
+    """Finding: /health said 200 PRIM for 3.5 s after a swap had stopped the application."""
+    runner, dp, vip, scripts, *_ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+    stopped, release = threading.Event(), threading.Event()
+    run_script = scripts.run
+
+    def gated(name: str, state: str):
+        result = run_script(name, state)
+        if name == "stop_prim":                  # the application is down; the swap goes on
+            stopped.set()
+            release.wait(10)
+        return result
+
+    scripts.run = gated
+
+    async def scenario():
+        await runner.attach()
+        before = health_of(runner)
+        runner.submit(Command.SWAP)
+        await runner.tick(peer(S.SECOND, True), history("g1"), None, True)
+        assert await asyncio.to_thread(stopped.wait, 10)
+        during, doc = health_of(runner), module_status(runner)
+        release.set()
+        await runner.task
+        return before, during, doc, health_of(runner)
+
+    before, during, doc, after = asyncio.run(scenario())
+    assert before == (200, b"PRIM\n")
+    assert during == (503, b"PRIM -> SECOND\n")
+    assert (doc["state"], doc["target"], doc["serving"], doc["busy"]) == ("PRIM", "SECOND", False, True)
+    assert after == (503, b"SECOND\n") and runner.transition is None
+

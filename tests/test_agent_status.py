@@ -19,3 +19,13 @@ def test_no_split_brain_line_when_histories_agree():
            "modules": [{"name": "demo", "state": "PRIM", "peer_state": "SECOND", "uptodate": True,
                         "resync": None, "relation": "same", "warnings": [], "error": None}]}
     assert "SPLIT BRAIN" not in render_table(doc)
+
+
+def test_a_running_task_shows_where_it_leads():
+    doc = {"node": "node1", "cluster": "lab", "peer": {"name": "node2", "alive": True},
+           "modules": [{"name": "demo", "state": "PRIM", "target": "SECOND", "busy": True, "peer_state": "SECOND",
+                        "uptodate": True, "resync": None},
+                       {"name": "db", "state": "PRIM", "target": "PRIM", "busy": True, "peer_state": "SECOND",
+                        "uptodate": True, "resync": None}]}
+    rows = render_table(doc).splitlines()[2:]
+    assert [row[8:24].strip() for row in rows] == ["PRIM -> SECOND", "PRIM (busy)"]

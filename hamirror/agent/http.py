@@ -61,6 +61,7 @@ MAX_CONNECTIONS = 32       # concurrent connections, all clients together
 LOCAL_RESERVE = 4          # of those, the last ones only for loopback clients (the local health check)
 MAX_PER_SOURCE = 4         # concurrent connections from one remote address (one /64 for IPv6)
 SERVING = (NodeState.PRIM, NodeState.ALONE)
+SERVING_NAMES = frozenset(s.value for s in SERVING)
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -156,13 +157,26 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
 
 # -- answering --------------------------------------------------------------------------------
 
+def serving(entry: dict) -> bool:
+    """A status document's module entry: whether its application serves here (older agents'
+    documents have no ``serving``: PRIM or ALONE then)."""
+    return bool(entry.get("serving", entry.get("state") in SERVING_NAMES))
+
+
 def health(doc: dict, module: str) -> Response:
-    """200 when ``module`` serves here (PRIM or ALONE), 503 otherwise; 404 for an unknown module."""
+    """200 when ``module`` serves here, 503 otherwise; 404 for an unknown module.
+
+    Serving is the status's ``serving`` (PRIM or ALONE with no task under way that stops, starts
+    or moves the application), so a swap answers 503 from the moment the application stops. The
+    body is the state, or ``STATE -> TARGET`` while a task leads elsewhere.
+    """
     for entry in doc.get("modules", []):
         if entry.get("name") == module:
-            state = str(entry.get("state"))
-            serving = state in {s.value for s in SERVING}
-            return text_response(HTTPStatus.OK if serving else HTTPStatus.SERVICE_UNAVAILABLE, state)
+            state, target = str(entry.get("state")), entry.get("target")
+            text = f"{state} -> {target}" if target and target != state else state
+            if not serving(entry) and state in SERVING_NAMES and text == state:
+                text += " (not serving)"            # e.g. the application being restarted in place
+            return text_response(HTTPStatus.OK if serving(entry) else HTTPStatus.SERVICE_UNAVAILABLE, text)
     return text_response(HTTPStatus.NOT_FOUND, f"no module {module!r} on this node")
 
 
@@ -191,6 +205,11 @@ def render_metrics(doc: dict) -> str:
            [({"reason": r.value}, int(rejected.get(r.value, 0))) for r in Reason])
     family("hamirror_module_state", "gauge", "1 for the module's current state on this node, else 0.",
            [({"module": m["name"], "state": s.value}, int(m.get("state") == s.value))
+            for m in modules for s in NodeState])
+    family("hamirror_module_serving", "gauge", "1 when the module's application serves here (health check 200).",
+           [({"module": m["name"]}, int(serving(m))) for m in modules])
+    family("hamirror_module_target_state", "gauge", "1 for the state a running action sequence leads to, else 0.",
+           [({"module": m["name"], "state": s.value}, int(m.get("target") == s.value))
             for m in modules for s in NodeState])
     family("hamirror_module_uptodate", "gauge", "1 when this node's copy of the module's data is up to date.",
            [({"module": m["name"]}, int(bool(m.get("uptodate")))) for m in modules])

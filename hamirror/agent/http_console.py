@@ -49,7 +49,8 @@ function show(doc) {
   for (const m of doc.modules || []) {
     const row = body.insertRow();
     cell(row, m.name);
-    cell(row, m.state + (m.busy ? " (busy)" : ""), m.state);
+    const moving = m.target && m.target !== m.state;
+    cell(row, m.state + (moving ? " -> " + m.target : m.busy ? " (busy)" : ""), m.serving === false ? "" : m.state);
     cell(row, m.peer_state || "-", m.peer_state || "");
     cell(row, m.uptodate ? "yes" : "no", m.uptodate ? "" : "bad");
     cell(row, progress(m.resync));

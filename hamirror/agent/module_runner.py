@@ -57,6 +57,12 @@ class Observation:
         return {str(m.get("state")) for m in self.mounts if m}
 
 
+def _touches_service(action: a.Action) -> bool:
+    """Whether an action stops, starts or moves the application or its address."""
+    return isinstance(action, (a.AddVip, a.RemoveVip, a.KillApp, a.RestartApp, a.MountReplicated, a.Unmount)) or (
+        isinstance(action, a.RunScript) and action.name in ("start_prim", "stop_prim"))
+
+
 @dataclasses.dataclass
 class Outcome:
     """What an operator command led to (the control socket's answer)."""
@@ -87,6 +93,7 @@ class ModuleRunner:
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
         self.task: asyncio.Task | None = None
+        self.transition: tuple[NodeState, tuple[a.Action, ...]] | None = None   # the task's target, actions
         self.retry: tuple[tuple[a.Action, ...], NodeState, float] | None = None
         self.command = Command.NONE
         self.waiters: list[asyncio.Future] = []
@@ -239,6 +246,7 @@ class ModuleRunner:
                    decision: a.Decision | None = None) -> None:
         if any(isinstance(x, a.StartResync) for x in actions):
             self.resync_requested = self.clock()
+        self.transition = (target, actions)
         self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision),
                                                            name=f"{self.name}-actions")
 
@@ -272,7 +280,7 @@ class ModuleRunner:
                 self.obs = await asyncio.to_thread(self.observe)
             except Exception:  # noqa: BLE001 - the next tick observes again
                 log.exception("%s: observation failed", self.name)
-            self.task = None
+            self.task = self.transition = None
             self.on_change()
             if decision is not None:
                 command = Command(why) if why in {c.value for c in Command} else Command.NONE
@@ -298,6 +306,19 @@ class ModuleRunner:
                 future.set_result(outcome)
 
     # ----------------------------------------------------------------- advertising
+
+    @property
+    def serving(self) -> bool:
+        """Whether the application serves here now (the health check's 200): a primary state, and
+        no action sequence running, or failed half-way, that stops, starts or moves the
+        application or its address. A swap stops the application seconds before the state
+        changes; a load balancer must stop sending traffic when it stops, not after."""
+        if not self.state.is_primary:
+            return False
+        if self.transition is not None and (not self.transition[0].is_primary
+                                            or any(map(_touches_service, self.transition[1]))):
+            return False
+        return self.retry is None or not any(map(_touches_service, self.retry[0]))
 
     def advertised(self) -> ModuleInfo:
         """This module's heartbeat entry."""

@@ -62,6 +62,8 @@ def module_status(runner: ModuleRunner) -> dict:
         "changed_paths": obs.changed if obs else 0,
         "swap": runner.swap.value,
         "busy": runner.task is not None,
+        "serving": runner.serving,          # the health check's answer: follows the actions, not the state
+        "target": runner.transition[0].value if runner.transition else None,   # where a running task leads
         "mounted": bool(obs and obs.mounted),
         "receiving": bool(obs and obs.receivers_alive),
         "checker": runner.checkers.failure,
@@ -69,6 +71,13 @@ def module_status(runner: ModuleRunner) -> dict:
         "warnings": list(runner.warnings),
         "error": runner.error,
     }
+
+
+def state_label(m: dict) -> str:
+    """``PRIM``, ``PRIM -> SECOND`` while a task leads elsewhere, ``PRIM (busy)`` while one runs."""
+    if m.get("target") and m["target"] != m["state"]:
+        return f"{m['state']} -> {m['target']}"
+    return m["state"] + (" (busy)" if m.get("busy") else "")
 
 
 def render_table(doc: dict) -> str:
@@ -85,7 +94,7 @@ def render_table(doc: dict) -> str:
             total = resync.get("total_bytes") or 0
             pct = 100.0 * resync.get("done_bytes", 0) / total if total else 0.0
             progress = f"{pct:.0f}% of {total} B"
-        rows.append((m["name"], m["state"] + (" (busy)" if m.get("busy") else ""), m.get("peer_state") or "-",
+        rows.append((m["name"], state_label(m), m.get("peer_state") or "-",
                      "yes" if m.get("uptodate") else "no", progress))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
