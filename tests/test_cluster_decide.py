@@ -8,7 +8,7 @@ import pytest
 
 from hamirror.cluster.actions import (
     AddVip, Flush, ForgetHistory, KillApp, MarkUpToDate, MountReplicated, NewGeneration, Persist,
-    RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
+    RefuseWrites, RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
     Unmount,
 )
 from hamirror.cluster.decide import decide
@@ -110,7 +110,8 @@ def test_takeover_needs_quorum_when_a_witness_exists(quorum: bool | None,
 @pytest.mark.parametrize("state", [S.PRIM, S.ALONE])
 def test_isolated_primary_steps_down_when_witness_refuses(state: NodeState) -> None:
     d = decide(view(state, quorum=False))
-    assert d.state is S.WAIT and RemoveVip() in d.actions and Unmount() in d.actions
+    assert d.state is S.WAIT and RemoveVip() in d.actions and Unmount(force=True) in d.actions
+    assert d.actions[1] == RefuseWrites()   # nothing acknowledged from the decision on
 
 
 def test_second_takes_over_when_primary_stops() -> None:
@@ -126,7 +127,7 @@ def test_both_primary_non_default_steps_down_without_moving_data(relation: Relat
     loser = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=False))
     winner = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=True))
     assert loser.state is S.WAIT and winner.state is S.ALONE
-    assert loser.actions == (Persist(S.WAIT), RunScript("stop_prim"), RemoveVip(), Unmount(),
+    assert loser.actions == (Persist(S.WAIT), RefuseWrites(), RunScript("stop_prim"), RemoveVip(), Unmount(force=True),
                              StartReceiver())
     for d in (loser, winner):
         assert not any(isinstance(a, (StartResync, ForgetHistory)) for a in d.actions)

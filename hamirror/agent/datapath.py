@@ -49,6 +49,16 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
         return False
 
 
+def is_fuse_mountpoint(path: str) -> bool:
+    """Whether ``path`` is a FUSE mount point in this mount namespace (dead or alive)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            return any(len(p := line.split()) > 2 and p[1] == real and p[2].startswith("fuse") for line in f)
+    except OSError:
+        return False
+
+
 def _read_json(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -74,6 +84,7 @@ class DataPath:
         self.peers = [f"tcp://{peer.replication_address}:{p}" for p in ports]
         self.keys_dir, self.peer_name = cluster.keys_dir, peer.name
         self.mode, self.peer_timeout = module.mode, module.peer_timeout
+        self.fence_block = cluster.fence.block_timeout
         self._watchers: list = []
 
     # ----------------------------------------------------------------- stopped module
@@ -108,12 +119,13 @@ class DataPath:
             raise DataPathError(f"{self.dirs[index]}: {request.get('cmd')} failed: {exc}") from exc
 
     def mount_status(self, index: int) -> dict | None:
-        """The live mount's status (state PRIM/ALONE/SYNCING, resync), or None if not mounted."""
+        """The live mount's status (state PRIM/ALONE/SYNCING/FENCED/REFUSED, resync), or None if
+        not mounted (or its daemon is dead)."""
         status = _read_json(os.path.join(self.dir_states[index], "status.json"))
         if not status or status.get("role") == "receiver" or not _alive(status.get("pid")):
             return None
         try:
-            live = self.control(index, {"cmd": "status"}).get("status")
+            live = self.control(index, {"cmd": "status"}, timeout=3.0).get("status")
             status = {**status, **live} if isinstance(live, dict) else status
         except DataPathError:
             pass
@@ -122,15 +134,36 @@ class DataPath:
     def mount_statuses(self) -> list[dict | None]:
         return [self.mount_status(i) for i in range(len(self.dirs))]
 
+    def dead_mounts(self) -> list[int]:
+        """Directories left as a FUSE mount point whose daemon is gone (ENOTCONN for everyone)."""
+        return [i for i, d in enumerate(self.dirs) if is_fuse_mountpoint(d) and self.mount_status(i) is None]
+
+    def clean_dead_mounts(self) -> None:
+        """Detach every dead FUSE mount (lazily: open files of a dead mount cannot be closed for
+        their owners) and end a leftover daemon, so the directory is usable again."""
+        for i in self.dead_mounts():
+            status = _read_json(os.path.join(self.dir_states[i], "status.json")) or {}
+            if status.get("role") != "receiver" and _alive(status.get("pid")):
+                os.kill(int(status["pid"]), signal.SIGKILL)   # alive but not answering: hung
+            result = subprocess.run(["fusermount3", "-u", "-z", self.dirs[i]], capture_output=True, text=True)
+            if result.returncode != 0 and is_fuse_mountpoint(self.dirs[i]):
+                raise DataPathError(f"cannot detach the dead mount on {self.dirs[i]}: {result.stderr.strip()}")
+            log.warning("%s: detached the dead mount on %s", self.module, self.dirs[i])
+
     def mount(self, alone: bool) -> None:
-        """Mount every directory (``--alone``: no peer, a new generation); adopt live mounts."""
+        """Mount every directory (``--alone``: no peer, a new generation); adopt live mounts.
+        Without ``--alone`` the mount resumes the state its journal records (PRIM, ALONE, or
+        FENCED after a crash while streaming). Mounts fence: a lost peer blocks writes until
+        the agent's verdict, at most ``[fence] block_timeout``."""
+        self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
             if self.mount_status(i) is not None:
                 log.info("%s: mount of %s already running: adopted", self.module, directory)
                 continue
             target = ["--alone"] if alone else ["--peer", self.peers[i], "--peer-key", self.peer_name]
             cmd = [*self.command, "mirror", "mount", "--dir", directory, *target, "--keys", self.keys_dir,
-                   "--state-dir", self.dir_states[i], "--mode", self.mode, "--timeout", f"{self.peer_timeout:g}"]
+                   "--state-dir", self.dir_states[i], "--mode", self.mode, "--timeout", f"{self.peer_timeout:g}",
+                   "--fence", f"{self.fence_block:g}"]
             os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
                                     stdin=subprocess.DEVNULL)
@@ -139,7 +172,9 @@ class DataPath:
             log.info("%s: mounted %s (%s)", self.module, directory, "ALONE" if alone else "PRIM")
 
     def unmount(self, force: bool) -> None:
-        """Unmount every directory; ``force``: lazy, and the mount process is killed if it lingers."""
+        """Unmount every directory; ``force``: lazy, and the mount process is killed if it lingers.
+        Dead mounts are detached either way."""
+        self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
             status = self.mount_status(i)
             if status is None:
@@ -156,10 +191,17 @@ class DataPath:
             log.info("%s: unmounted %s%s", self.module, directory, " (forced)" if force else "")
 
     def set_alone(self, reason: str) -> None:
-        """Peer declared dead by heartbeats: every mount goes ALONE now (a new generation)."""
+        """The agent's verdict "the peer cannot be primary": every mount goes ALONE now (blocked
+        writes succeed; leaving a live mirror starts a new generation)."""
         for i in range(len(self.dirs)):
             if self.mount_status(i) is not None:
                 self.control(i, {"cmd": "alone", "reason": reason})
+
+    def refuse(self, reason: str) -> None:
+        """The agent's verdict "the peer may be primary": blocked and later writes fail (EIO)."""
+        for i in range(len(self.dirs)):
+            if self.mount_status(i) is not None:
+                self.control(i, {"cmd": "refuse", "reason": reason})
 
     def resync(self, full: bool) -> None:
         """Ask every mount to reconnect to the peer's receiver and run the online resync."""
@@ -204,6 +246,7 @@ class DataPath:
     def start_receivers(self) -> None:
         """Start a receiver per directory (own session, log in the state dir); adopt live ones."""
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
             if self.receiver_pid(i) is not None:
                 continue

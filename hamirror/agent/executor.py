@@ -41,6 +41,7 @@ class DataPathLike(Protocol):
     def mount(self, alone: bool) -> None: ...
     def unmount(self, force: bool) -> None: ...
     def set_alone(self, reason: str) -> None: ...
+    def refuse(self, reason: str) -> None: ...
     def resync(self, full: bool) -> None: ...
     def flush(self) -> None: ...
     def mount_statuses(self) -> list[dict | None]: ...
@@ -54,6 +55,10 @@ class VipLike(Protocol):
 
 class ScriptsLike(Protocol):
     def run(self, name: str, state: str): ...   # -> ScriptResult (ok, detail)
+
+
+class FencerLike(Protocol):
+    def run(self): ...   # -> ScriptResult (ok, detail)
 
 
 class JournalOps(Protocol):
@@ -93,9 +98,11 @@ class Executor:
     def __init__(self, module: str, datapath: DataPathLike, vip: VipLike | None, scripts: ScriptsLike,
                  journal: JournalOps, persist: Callable[[NodeState], None],
                  count_restart: Callable[[], None],
-                 killer: Callable[[list[str], set[int]], list[int]] = kill_app) -> None:
+                 killer: Callable[[list[str], set[int]], list[int]] = kill_app,
+                 fencer: FencerLike | None = None) -> None:
         self.module, self.datapath, self.vip, self.scripts = module, datapath, vip, scripts
         self.journal, self.persist, self.count_restart, self.killer = journal, persist, count_restart, killer
+        self.fencer = fencer
 
     def run(self, action: a.Action, target: NodeState) -> None:
         """Carry out one action on the way to ``target``; ActionFailed on any failure."""
@@ -131,6 +138,33 @@ class Executor:
         states = [s.get("state") if s else None for s in self.datapath.mount_statuses()]
         if any(state != "PRIM" for state in states):
             raise ActionFailed(f"mirroring not active after the resync (mount states: {states})")
+
+    def _RefuseWrites(self, action: a.RefuseWrites, target: NodeState) -> None:
+        self.datapath.refuse("this node is stepping down")
+
+    def _Fence(self, action: a.Fence, target: NodeState) -> None:
+        if self.fencer is None:
+            raise ActionFailed("Fence: no [fence] script configured")
+        result = self.fencer.run()
+        if not result.ok:
+            raise ActionFailed(f"fence script failed: {result.detail}")
+        log.warning("%s: the peer was fenced", self.module)
+
+    def _RemountDataPath(self, action: a.RemountDataPath, target: NodeState) -> None:
+        self.count_restart()
+        log.warning("%s: a mount daemon died: stopping the application, remounting", self.module)
+        result = self.scripts.run("stop_prim", target.value)
+        if not result.ok:   # it may fail on a dead mount: kill what still uses the directories
+            self.killer(self.datapath.dirs, self.datapath.mount_pids())
+        self.datapath.unmount(force=True)
+        self.datapath.mount(alone=False)
+        result = self.scripts.run("start_prim", target.value)
+        if not result.ok:
+            raise ActionFailed(result.detail or "start_prim failed")
+
+    def _AnnounceVip(self, action: a.AnnounceVip, target: NodeState) -> None:
+        if self.vip is not None:
+            self.vip.add()
 
     def _Unmount(self, action: a.Unmount, target: NodeState) -> None:
         self.datapath.unmount(force=action.force)

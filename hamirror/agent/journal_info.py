@@ -18,6 +18,9 @@ import os
 
 from hamirror.journal.generations import Generation, GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.link.replicator import STATE_KEY
+
+REPLICA = "SECOND"   # the mount state key's value for a copy that follows the peer
 
 WIRE_LIMIT = 128
 NO_HISTORY = "-"
@@ -52,11 +55,15 @@ def read(dir_states: list[str]) -> JournalInfo:
 
 
 def mark_uptodate(dir_states: list[str], value: bool) -> None:
-    """Persist the up-to-date flag in every directory's journal."""
+    """Persist the up-to-date flag in every directory's journal. Up to date means a replica of
+    the peer: whatever this node's mounts did before (ALONE, FENCED) is over, so a later mount
+    here (a swap) streams instead of resuming a stale ALONE."""
     for path in dir_states:
         os.makedirs(path, mode=0o700, exist_ok=True)
         with Journal(journal_path(path)) as journal:
             journal.set_state(UPTODATE_KEY, "1" if value else "0")
+            if value:
+                journal.set_state(STATE_KEY, REPLICA)
 
 
 def forget_history(dir_states: list[str]) -> None:
@@ -68,6 +75,7 @@ def forget_history(dir_states: list[str]) -> None:
         with Journal(journal_path(path)) as journal:
             journal.forget_generations()
             journal.set_state(UPTODATE_KEY, "0")
+            journal.set_state(STATE_KEY, REPLICA)   # our ALONE past is given up with the history
 
 
 def to_wire(history: GenerationHistory) -> str:

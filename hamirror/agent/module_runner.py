@@ -26,7 +26,9 @@ from hamirror.cluster import actions as a
 from hamirror.cluster.decide import decide
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
-from hamirror.cluster.view import CheckerHealth, Command, ModuleView, PeerView, ResyncStatus, SwapPhase
+from hamirror.cluster.view import (
+    CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase, mirror_health,
+)
 from hamirror.journal.generations import GenerationHistory, Relation, compare
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,16 @@ class Observation:
     def mount_states(self) -> set[str]:
         return {str(m.get("state")) for m in self.mounts if m}
 
+    @property
+    def mirror(self) -> MirrorHealth:
+        """What the mounts really do (a directory not mounted counts as DEAD)."""
+        return mirror_health([m.get("state") if m else None for m in self.mounts])
+
+    @property
+    def fenced(self) -> bool:
+        """A mount lost the peer and waits for it to confirm its copy is stale."""
+        return "FENCED" in self.mount_states
+
 
 def _touches_service(action: a.Action) -> bool:
     """Whether an action stops, starts or moves the application or its address."""
@@ -78,11 +90,13 @@ class ModuleRunner:
 
     def __init__(self, name: str, node: str, default_primary: bool, store: Store, executor: Executor,
                  datapath, journals, checkers: CheckerState, max_restarts: int, window: float,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 fence_script: bool = False) -> None:
         self.name, self.node, self.default_primary = name, node, default_primary
         self.store, self.executor, self.datapath, self.checkers = store, executor, datapath, checkers
         self.journals = journals          # .read() -> journal_info.JournalInfo
         self.max_restarts, self.window, self.clock, self.wall = max_restarts, window, clock, wall
+        self.fence_script = fence_script
         self.record = store.load()
         self.state = self.record.state
         self.swap = self.record.swap
@@ -135,7 +149,9 @@ class ModuleRunner:
             return
         if persisted.is_primary and obs.mounted:
             states = obs.mount_states
-            self.state = S.PRIM if persisted is S.PRIM and states == {"PRIM"} else S.ALONE
+            # A fenced mount under PRIM stays PRIM: only the verdict of a decision makes it ALONE.
+            streaming_or_fenced = states <= {"PRIM", "FENCED", "REFUSED"}
+            self.state = S.PRIM if persisted is S.PRIM and streaming_or_fenced else S.ALONE
             if self.state is not persisted:
                 await asyncio.to_thread(self.persist, self.state)
             log.info("%s: re-attached to the running mount as %s", self.name, self.state.value)
@@ -169,6 +185,8 @@ class ModuleRunner:
         if self.task is not None:
             return
         self.obs = await asyncio.to_thread(self.observe)
+        announce = self.state.is_primary and self.task is None and (
+            (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer = peer
         self.peer_history = peer_history
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
@@ -190,6 +208,11 @@ class ModuleRunner:
         self.report(view, decision)
         if decision.state is not self.state or decision.actions:
             self.start_task(decision.actions, decision.state, command.value, decision)
+        elif announce:
+            # The peer stepped down or came back: clients and switches may still send to its MAC.
+            self.start_task((a.AnnounceVip(),), self.state, "peer changed")
+            self.set_swap(decision.swap)
+            self.resolve(command, decision, None)
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
@@ -204,7 +227,9 @@ class ModuleRunner:
         return ModuleView(module=self.name, node=self.node, state=self.state, uptodate=obs.uptodate, peer=peer,
                           relation=self.relation, quorum=quorum, command=self.command,
                           default_primary=self.default_primary, cold_start=cold, checker=checker,
-                          resync=self.resync_status(), swap=self.swap)
+                          resync=self.resync_status(), swap=self.swap,
+                          mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
+                          fence_script=self.fence_script)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -325,4 +350,5 @@ class ModuleRunner:
         obs = self.obs
         history = obs.history if obs else GenerationHistory()
         return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
-                          generation=journal_info.to_wire(history), swap=self.swap)
+                          generation=journal_info.to_wire(history), swap=self.swap,
+                          fenced=bool(obs and self.state.is_primary and obs.fenced))

@@ -17,6 +17,7 @@ import signal
 import time
 
 from hamirror.actions.checkers import build as build_checker
+from hamirror.actions.fence import FenceRunner
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
 from hamirror.agent import control, journal_info
@@ -29,7 +30,7 @@ from hamirror.agent.persist import Store
 from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
-from hamirror.cluster.quorum import build as build_witness
+from hamirror.cluster.quorum import boottime, build as build_witness
 from hamirror.cluster.view import Command, PeerView
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
@@ -62,12 +63,13 @@ def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
     datapath = DataPath(module, cluster)
     vip = Vip(module.vip.address, module.vip.interface) if module.vip else None
     journals = _Journals(datapath.dir_states)
+    fencer = FenceRunner(cluster, module.name)
     executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), journals,
-                        persist=lambda state: None, count_restart=lambda: None)
+                        persist=lambda state: None, count_restart=lambda: None, fencer=fencer)
     checkers = CheckerState(module.name, [build_checker(c, module, cluster) for c in module.checkers])
     return ModuleRunner(module.name, cluster.local_name, module.default_primary == cluster.local_name,
                         Store(cluster.module_state_dir(module.name)), executor, datapath, journals, checkers,
-                        module.restart.max_restarts, module.restart.window)
+                        module.restart.max_restarts, module.restart.window, fence_script=fencer.configured)
 
 
 class Agent:
@@ -84,7 +86,7 @@ class Agent:
             bind=[(addr, hb.port) for addr in self.node.addresses],
             peers=[(addr, hb.port) for addr in self.peer_node.addresses],
             modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
-            interval=hb.interval, timeout=hb.timeout)
+            interval=hb.interval, timeout=hb.timeout, clock=boottime)
         for runner in self.runners.values():
             runner.on_change = self._changed
         self._claim_alive = False
@@ -92,7 +94,7 @@ class Agent:
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
         self.http = HttpServer(cluster.http, self.status) if cluster.http else None   # read-only status API
-        self.started = time.monotonic()
+        self.started = boottime()
         self.stopping = asyncio.Event()
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._lock_fd: int | None = None
@@ -135,21 +137,35 @@ class Agent:
         if self.http:
             await self.http.start()        # logs and goes on without it if it cannot listen
         try:
+            last = boottime()
             while not self.stopping.is_set():
+                last = self._check_stall(last)
                 await self.tick()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.cluster.heartbeat.interval)
         finally:
             await self.shutdown()
 
+    def _check_stall(self, last: float) -> float:
+        """A loop that did not run for a while (the node was frozen, suspended or starved) has
+        not *listened* either: silence from the peer means nothing until a full heartbeat
+        timeout has passed since, so nothing is decided on it before (``ready``)."""
+        now = boottime()
+        hb = self.cluster.heartbeat
+        if now - last > max(3 * hb.interval, hb.timeout / 2) + hb.interval:
+            log.warning("the agent did not run for %.1f s (frozen, suspended or starved): listening for "
+                        "%.1f s before taking the peer's silence as loss", now - last, hb.timeout)
+            self.started = now
+        return now
+
     async def tick(self) -> None:
         hb = self.heartbeat
         alive = hb.peer_alive()
-        ready = alive or time.monotonic() - self.started >= self.cluster.heartbeat.timeout
+        ready = alive or boottime() - self.started >= self.cluster.heartbeat.timeout
         infos = hb.peer_modules()
         self._claim_alive = alive          # the verdict and the views see the same peer
         try:
-            self.quorum = await self.witness.verdict(time.monotonic())
+            self.quorum = await self.witness.verdict(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum = False
@@ -167,7 +183,8 @@ class Agent:
                 log.warning("%s: %s", name, "peer's heartbeats lost but its replication link is alive: "
                             "not acting alone" if linked else "peer heard again (or link gone)")
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
-                            uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap)
+                            uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
+                            fenced=bool(info and info.fenced))
             history = journal_info.from_wire(info.generation) if info else None
             try:
                 await runner.tick(peer, history, self.quorum, ready)

@@ -48,6 +48,25 @@ class SetMirroring:
 
 
 @dataclasses.dataclass(frozen=True)
+class RefuseWrites:
+    """Fence this node's mounts: writes blocked by a lost peer fail (EIO) and no later write is
+    accepted, so nothing is acknowledged while the node steps down (the peer may be primary)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """Run the cluster's fence script against the peer and wait for its success: the peer cannot
+    be primary afterwards (a takeover or going on alone from an unreachable peer)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemountDataPath:
+    """A mount daemon died under the application: stop the application, clean the dead mount,
+    mount again from the journal (the state it records), start the application. Counted in the
+    restart window: too many and the node steps down so the peer takes over."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Unmount:
     """Remove the interception layer. ``force``: lazy unmount that waits for no peer ack."""
 
@@ -115,9 +134,15 @@ class Flush:
     """Wait until every write acknowledged to the application is durable on both sides."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AnnounceVip:
+    """Announce the VIP again (gratuitous ARP): the peer stepped down or came back, and clients
+    or switches may still send to its MAC address."""
+
+
 Action = (Persist | StartReceiver | StopReceiver | MountReplicated | SetMirroring | Unmount
           | AddVip | RemoveVip | RunScript | KillApp | RestartApp | StartResync | NewGeneration
-          | ForgetHistory | MarkUpToDate | Flush)
+          | ForgetHistory | MarkUpToDate | Flush | RefuseWrites | Fence | RemountDataPath | AnnounceVip)
 
 
 @dataclasses.dataclass(frozen=True)

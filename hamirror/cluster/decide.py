@@ -7,7 +7,14 @@ decided by one small rule function per state. The rules that protect data (desig
 - a primary never appears while the peer is primary; if both are (a healed partition), exactly
   one steps down (the newer-by-history, else the ``default_primary``, keeps running);
 - no data moves towards a peer that is newer or on a DIVERGED history without the operator;
-- a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary.
+- a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary;
+- I/O fencing: a primary whose mount lost the peer (FENCED) goes on alone only once the peer
+  cannot be primary: heard in a non-primary state with its up-to-date flag cleared (a SECOND
+  clears it when it sees the primary fenced), or not heard with the witness lease held, the
+  fence script run, or (availability-first, no witness, no fence script) after a full
+  heartbeat timeout of silence; a primary that finds its peer primary refuses writes first;
+- the decision follows what the mounts really do (``view.mirror``): a dead mount is remounted,
+  a mount ALONE under PRIM moves the module to ALONE.
 """
 
 from __future__ import annotations
@@ -16,20 +23,26 @@ from collections.abc import Callable
 
 from hamirror.cluster import steps
 from hamirror.cluster.actions import (
-    Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RestartApp, SetMirroring,
-    StartResync,
+    Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
+    SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
-from hamirror.cluster.view import Command, ModuleView, ResyncStatus, SwapPhase
+from hamirror.cluster.view import Command, MirrorHealth, ModuleView, ResyncStatus, SwapPhase
 from hamirror.journal.generations import Relation
 
 S = NodeState
+M = MirrorHealth
 Rule = Callable[[ModuleView], Decision | None]
 
 SPLIT_BRAIN = ("split brain: both nodes hold data the other lacks; nothing is merged. Keep the "
                "data of one node: run `hamirror second MODULE` on the other")
 MAY_LOSE = "forced primary: data written on the peer and not replicated here may be lost"
 NO_QUORUM = "the witness refuses: this node may not act alone"
+FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for it to confirm that its "
+               "copy is stale before going on alone")
+PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
+               "the primary may go on alone")
+ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
 
 
 def decide(view: ModuleView) -> Decision:
@@ -145,8 +158,8 @@ def _receive_resync(view: ModuleView) -> Decision:
         return steps.enter_second()
     if view.resync is ResyncStatus.FAILED:
         return steps.stay(view, warning="resync from the peer failed; it resumes when restarted")
-    if view.uptodate and view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN):
-        return steps.stay(view, MarkUpToDate(False))
+    if view.uptodate and (view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN) or view.peer.fenced):
+        return steps.stay(view, MarkUpToDate(False), warning=PEER_FENCED if view.peer.fenced else None)
     return steps.stay(view)
 
 
@@ -172,6 +185,8 @@ def _second(view: ModuleView) -> Decision:
         if view.quorum is False:
             return steps.leave_second(view, warning=NO_QUORUM)
         return steps.promote_alone(view, warning="peer lost: taking over")
+    if peer.is_primary and peer.fenced:
+        return steps.leave_second(view, MarkUpToDate(False), warning=PEER_FENCED)
     if view.relation is Relation.DIVERGED:
         return steps.leave_second(view, warning=SPLIT_BRAIN)
     if peer.is_primary:
@@ -207,9 +222,42 @@ def _primary_common(view: ModuleView) -> Decision | None:
         return steps.step_down(view, NO_QUORUM)
     if peer.is_primary:
         return _both_primary(view)
+    if view.mirror is M.DEAD:
+        return _dead_mount(view)
+    if view.mirror in (M.FENCED, M.REFUSED):
+        return _fenced(view)
     if not view.checker.ok:
         return _checker_failed(view)
     return None
+
+
+def _dead_mount(view: ModuleView) -> Decision:
+    """A mount daemon died under the application: remount in place, or step down if it keeps dying."""
+    if view.checker.may_restart:
+        return steps.stay(view, RemountDataPath(), warning="a mount daemon died: remounting from its journal")
+    return steps.step_down(view, "the data path failed again within the restart window: stepping down "
+                                 "so that the peer takes over")
+
+
+def _fenced(view: ModuleView) -> Decision:
+    """Our mount lost the peer and blocks writes: may we go on alone? (the peer is not primary)"""
+    peer = view.peer
+    if not peer.alive or peer.state in (S.STOP, None) or not peer.uptodate:
+        # Not heard: the quorum (lease) or availability-first rule already allowed it (a refusing
+        # witness stepped down above; a fence script runs first). Heard: it cannot take over.
+        return _go_alone(view)
+    if view.mirror is M.REFUSED:
+        return steps.step_down(view, "writes were refused while the peer is an up-to-date SECOND: "
+                                     "stepping down so that it takes over")
+    return steps.stay(view, warning=FENCED_WAIT)
+
+
+def _go_alone(view: ModuleView, warning: str | None = None) -> Decision:
+    """Grant the mounts ALONE (blocked writes succeed, recorded for a resync); PRIM -> ALONE."""
+    actions = (*steps.fence_first(view), SetMirroring(False))
+    if view.state is S.PRIM:
+        return steps.move(S.ALONE, *actions, NewGeneration(), warning=warning)
+    return steps.stay(view, *actions, warning=warning)
 
 
 def _both_primary(view: ModuleView) -> Decision:
@@ -236,12 +284,14 @@ def _prim(view: ModuleView) -> Decision:
     if common is not None:
         return common
     peer = view.peer
+    if view.mirror is M.ALONE:
+        return steps.move(S.ALONE, warning=ALONE_UNDER_PRIM)
     if (peer.swap is SwapPhase.REQUEST and peer.is_synced_second
             and view.relation is not Relation.DIVERGED):
         return steps.hand_over(view)
     if peer.alive and peer.state is S.SECOND:
         return steps.stay(view)
-    return steps.move(S.ALONE, SetMirroring(False), NewGeneration())
+    return _go_alone(view)
 
 
 def _alone(view: ModuleView) -> Decision:

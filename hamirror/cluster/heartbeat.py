@@ -62,6 +62,7 @@ class ModuleInfo:
     uptodate: bool
     generation: str
     swap: SwapPhase = SwapPhase.NONE
+    fenced: bool = False      # our mount lost the peer: it must confirm its copy is stale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
     body = {
         "v": VERSION, "c": hb.cluster, "n": hb.node, "b": hb.boot_id, "s": hb.counter,
         "t": hb.timestamp, "i": hb.network,
-        "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value}
+        "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
+                     **({"f": True} if m.fenced else {})}
               for name, m in hb.modules.items()},
     }
     data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
@@ -156,10 +158,10 @@ def _parse(obj: dict) -> Heartbeat:
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or type(obj["u"]) is not bool:
+    if not isinstance(obj, dict) or type(obj["u"]) is not bool or type(obj.get("f", False)) is not bool:
         raise ValueError("bad module entry")
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
-                      generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]))
+                      generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False))
 
 
 class Validator:

@@ -71,6 +71,12 @@ BELIEF = 0.25           # a node trusts a granted lease for this fraction of it,
 KEY_CONTEXT = b"hamirror witness v1"
 
 
+def boottime() -> float:
+    """A clock that keeps counting across a freeze *and* a system suspend (CLOCK_BOOTTIME):
+    a lease believed on it can only end early, never late (CLOCK_MONOTONIC stops in suspend)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def witness_key(key: bytes) -> bytes:
     """The key of witness traffic, derived from the cluster key (domain separation from heartbeats)."""
     return hmac.new(key, KEY_CONTEXT, hashlib.sha256).digest()
@@ -361,7 +367,8 @@ class UdpWitness(Witness):
                 and answer.age is not None and answer.age > 2 * self.interval):
             await asyncio.sleep(max(0.0, answer.lease - answer.age) + self.wait / 2)
             await self.ask(claim)
-        return self.view.holds(self.clock()) if claim else False
+        # With a margin of one interval: a verdict given now still holds when it is acted on.
+        return self.view.holds(self.clock() + self.interval) if claim else False
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()
@@ -381,4 +388,4 @@ def build(cluster, claim: Callable[[], bool]) -> Witness:
         return NoWitness()
     return UdpWitness(endpoint, cluster.name, cluster.local_name, cluster.peer_node.name,
                       load_cluster_key(cluster.cluster_key_file), claim=claim,
-                      interval=cluster.heartbeat.interval)
+                      interval=cluster.heartbeat.interval, clock=boottime)

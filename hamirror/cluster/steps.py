@@ -7,8 +7,8 @@ order (what must be stopped before what is started) is written exactly once.
 from __future__ import annotations
 
 from hamirror.cluster.actions import (
-    Action, AddVip, Decision, Flush, KillApp, MarkUpToDate, MountReplicated, NewGeneration,
-    RemoveVip, RunScript, StartReceiver, StopReceiver, Unmount,
+    Action, AddVip, Decision, Fence, Flush, KillApp, MarkUpToDate, MountReplicated, NewGeneration,
+    RefuseWrites, RemoveVip, RunScript, StartReceiver, StopReceiver, Unmount,
 )
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import ModuleView, SwapPhase
@@ -39,10 +39,15 @@ def _stop_app(force: bool) -> tuple[Action, ...]:
     return (RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
 
 
+def fence_first(view: ModuleView) -> tuple[Action, ...]:
+    """The fence script, when configured and the peer is not heard: before acting alone."""
+    return (Fence(),) if view.fence_script and not view.peer.alive else ()
+
+
 def promote_alone(view: ModuleView, warning: str | None = None) -> Decision:
     """WAIT/SECOND -> ALONE: primary without a synced peer, so a new generation starts first."""
     mark = () if view.uptodate else (MarkUpToDate(True),)
-    return move(NodeState.ALONE, *_leave_receiving(view), NewGeneration(), *mark,
+    return move(NodeState.ALONE, *fence_first(view), *_leave_receiving(view), NewGeneration(), *mark,
                 MountReplicated(peer_connected=False), AddVip(), RunScript("start_prim"),
                 warning=warning)
 
@@ -60,9 +65,10 @@ def hand_over(view: ModuleView, warning: str | None = None) -> Decision:
 
 
 def step_down(view: ModuleView, warning: str) -> Decision:
-    """PRIM/ALONE -> WAIT without touching data (split brain, lost quorum)."""
-    return move(NodeState.WAIT, RunScript("stop_prim"), RemoveVip(), Unmount(), StartReceiver(),
-                warning=warning)
+    """PRIM/ALONE -> WAIT without touching data (split brain, lost quorum, the peer took over).
+    Writes are refused first: nothing is acknowledged from the moment the decision is made."""
+    return move(NodeState.WAIT, RefuseWrites(), RunScript("stop_prim"), RemoveVip(), Unmount(force=True),
+                StartReceiver(), warning=warning)
 
 
 def leave_second(view: ModuleView, *actions: Action, warning: str | None = None) -> Decision:

@@ -49,6 +49,38 @@ class SwapPhase(enum.Enum):
     HANDOVER = "handover"
 
 
+class MirrorHealth(enum.Enum):
+    """What this node's replicated mounts really do (meaningful only in a primary state).
+
+    Several directories: the worst one counts (``WORST_FIRST``). A status that says PRIM over a
+    mount that does something else is never silent: the decision acts on this, not on the state.
+    """
+
+    NONE = "none"            # nothing observed (not a primary)
+    STREAMING = "streaming"  # every mount mirrors synchronously to the peer
+    SYNCING = "syncing"      # online resync to the peer in progress
+    ALONE = "alone"          # serving locally, recording changes for a resync
+    FENCED = "fenced"        # the peer stopped acknowledging: writes blocked until a verdict
+    REFUSED = "refused"      # ALONE was refused (or the block timed out): writes fail with EIO
+    DEAD = "dead"            # a mount daemon died, or a directory is not mounted at all
+
+
+WORST_FIRST = (MirrorHealth.DEAD, MirrorHealth.REFUSED, MirrorHealth.FENCED, MirrorHealth.ALONE,
+               MirrorHealth.SYNCING, MirrorHealth.STREAMING)
+
+
+def mirror_health(mount_states: list[str | None]) -> MirrorHealth:
+    """Combine each directory's mount state (None: not mounted or dead) into one health."""
+    if not mount_states:
+        return MirrorHealth.NONE
+    found = {MirrorHealth.DEAD if s is None else _MOUNT_STATES.get(s, MirrorHealth.DEAD) for s in mount_states}
+    return next(h for h in WORST_FIRST if h in found)
+
+
+_MOUNT_STATES = {"PRIM": MirrorHealth.STREAMING, "SYNCING": MirrorHealth.SYNCING, "ALONE": MirrorHealth.ALONE,
+                 "FENCED": MirrorHealth.FENCED, "REFUSED": MirrorHealth.REFUSED}
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckerHealth:
     """Checkers' verdict: ``restarts`` counts restarts-in-place inside the policy's window."""
@@ -71,6 +103,7 @@ class PeerView:
     state: NodeState | None = None
     uptodate: bool = False
     swap: SwapPhase = SwapPhase.NONE
+    fenced: bool = False      # the peer's mount lost us and waits for us to confirm we are stale
 
     @property
     def is_primary(self) -> bool:
@@ -91,6 +124,8 @@ class ModuleView:
     seen). ``quorum`` is the witness's answer to "may this node act alone?", None without a
     witness. ``cold_start`` is True only when both nodes are seen and neither has any history.
     ``swap`` is the phase this node advertises now (the previous decision's ``swap``).
+    ``mirror`` is what the mounts really do (primary states); ``fence_script``: a fence script is
+    configured, and runs before this node acts without an unreachable peer.
     """
 
     module: str
@@ -106,3 +141,5 @@ class ModuleView:
     checker: CheckerHealth = CheckerHealth()
     resync: ResyncStatus = ResyncStatus.NONE
     swap: SwapPhase = SwapPhase.NONE
+    mirror: MirrorHealth = MirrorHealth.NONE
+    fence_script: bool = False

@@ -49,6 +49,18 @@ class QuorumConfig:
 
 
 @dataclass(frozen=True)
+class FenceConfig:
+    """I/O fencing (docs/reliability.md). ``script``: run before acting without an unreachable
+    peer (a takeover, or a primary going on alone); the action waits for its success (exit 0).
+    ``block_timeout``: how long a primary's writes may stay blocked waiting for a verdict
+    before they are refused (EIO) and the node steps down."""
+
+    script: str | None = None
+    timeout: float = 30.0
+    block_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The status API's listening endpoint; ``token_file``: bearer token every data request must carry."""
 
@@ -81,6 +93,13 @@ class ClusterConfig:
     quorum: QuorumConfig
     http: HttpConfig | None
     nodes: tuple[NodeConfig, NodeConfig]
+    fence: FenceConfig = FenceConfig()
+
+    @property
+    def availability_first(self) -> bool:
+        """Neither witness nor fence script: after a full heartbeat timeout of silence a node
+        acts alone, so a real partition between the nodes makes two primaries (split brain)."""
+        return self.quorum.witness is None and self.fence.script is None
 
     @property
     def local_name(self) -> str:
@@ -137,7 +156,7 @@ def path_field(base: str, default: str) -> Field:
 def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> ClusterConfig:
     """Build the ClusterConfig from a parsed cluster file, reporting every problem to ``errors``."""
     base = os.path.dirname(os.path.abspath(path))
-    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes"))
+    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes", "fence"))
     main = schema.read_table(errors, schema.section(errors, doc, "cluster", True) or {}, "cluster.", {
         "name": Field(schema.string(NODE_NAME, "letters, digits, '_', '.' or '-'")),
         "node": Field(schema.string(NODE_NAME, "a node name"), None),
@@ -158,8 +177,15 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
         if not http.loopback and http.token_file is None:
             errors.add("http.token_file", f"required when http.listen is not a loopback address "
                                           f"(got {http.listen}): the status API would be open to the network")
+    fence = FenceConfig(**schema.read_table(errors, schema.section(errors, doc, "fence", False) or {}, "fence.", {
+        "script": path_field(base, None),
+        "timeout": Field(schema.number(greater_than=0), FenceConfig.timeout),
+        "block_timeout": Field(schema.number(greater_than=0), FenceConfig.block_timeout),
+    }))
+    if fence.script is not None and not os.access(fence.script, os.X_OK):
+        errors.add("fence.script", f"{fence.script} is not an executable file")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
-                            nodes=_nodes(errors, doc), **main)
+                            nodes=_nodes(errors, doc), fence=fence, **main)
     if main["modules_dir"] is not None and not os.path.isdir(main["modules_dir"]):
         errors.add("cluster.modules_dir", f"{main['modules_dir']} is not a directory")
     if len(cluster.nodes) == 2 and all(node.name for node in cluster.nodes):
@@ -214,5 +240,5 @@ def _check_unique(errors: ErrorList, prefix: str, node: NodeConfig, earlier: lis
         seen[address] = node.name
 
 
-__all__ = ["ClusterConfig", "HeartbeatConfig", "HttpConfig", "NodeConfig", "QuorumConfig", "parse_cluster",
+__all__ = ["ClusterConfig", "FenceConfig", "HeartbeatConfig", "HttpConfig", "NodeConfig", "QuorumConfig", "parse_cluster",
            "split_endpoint"]

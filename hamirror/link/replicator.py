@@ -62,6 +62,7 @@ _STREAMING = (MirrorState.PRIM, MirrorState.SYNCING)
 _BLOCKED = (MirrorState.FENCED, MirrorState.REFUSED)
 STATE_KEY = "mirror_state"
 REASON_KEY = "mirror_alone_reason"
+SCAN_KEY = "resync_needs_scan"       # "1": a mount crashed while streaming: its journal misses writes in flight
 LOST_FROM_KEY = "mirror_lost_from"   # the streaming state a FENCED mount left (PRIM: a new generation on grant)
 
 

@@ -29,7 +29,7 @@ from hamirror.journal.generations import GenerationHistory, incremental_possible
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import MAX_BLOCKSUMS, Op
-from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.link.replicator import SCAN_KEY, MirrorState, Replicator
 from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
                                   meta_at)
 
@@ -121,12 +121,15 @@ class ResyncEngine:
     def _plan(self, peer: dict) -> set[str]:
         own = self.journal.generations()
         peer_gen = GenerationHistory.from_json(peer["generations"]) if peer.get("generations") else None
+        if self.keep_aside:   # every mode: what the peer changed on its own is set aside first
+            self._peer_paths = set(peer.get("paths", ()))
         if self.full:
             self.progress.mode = "full"
+            self.deep = True
             return {"."}
-        if self.keep_aside:
-            self._peer_paths = set(peer.get("paths", ()))
-        if peer.get("complete") and peer_gen is not None and incremental_possible(own, peer_gen):
+        own_complete = self.journal.get_state(SCAN_KEY, "0") != "1"   # our own last mount crashed while streaming
+        if (own_complete and peer.get("complete") and peer_gen is not None
+                and incremental_possible(own, peer_gen)):
             self.progress.mode = "incremental"
             self._peer_paths = set(peer.get("paths", ()))
             paths = set(self.journal.changed_paths()) | self._peer_paths
@@ -174,6 +177,7 @@ class ResyncEngine:
         if not self.repl.finish_sync():
             raise ResyncFailed("the peer was lost at the end of the resync")
         self.journal.resync_end()
+        self.journal.set_state(SCAN_KEY, "0")
         log.info("resync finished: %s", self.progress.snapshot())
         return True
 
