@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
 import stat
+import tempfile
+from pathlib import Path
 
 from hamirror.agent import control
 from hamirror.agent.journal_info import WIRE_LIMIT, from_wire, to_wire
@@ -13,6 +17,8 @@ from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
 from tests.agent_fakes import history
+from hamirror.agent import status as _status  # noqa: F401 - imported before giving root up (see below)
+from hamirror.cli.main import build_parser, main
 from tests.conftest import run_cli
 from tests.configfiles import write_cluster, write_module
 
@@ -45,6 +51,34 @@ def test_cli_says_the_agent_is_not_running(tmp_path):
         result = run_cli(*args, "-c", config)
         assert result.returncode == 1
         assert "agent not running (no control socket at" in result.stderr and str(tmp_path / "run") in result.stderr
+
+
+def test_a_user_other_than_root_is_told_to_run_status_as_root(capsys):
+    """Finding: a non-root ``hamirror status`` said only "[Errno 13] Permission denied"."""
+    if os.geteuid() != 0:
+        return                                              # needs root to become another user
+    root = Path(tempfile.mkdtemp(prefix="hamirror-nonroot-"))
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        root.chmod(0o755)
+        path = write_cluster(root)
+        (root / "run").mkdir(mode=0o755)
+        sock = str(root / "run" / "control.sock")
+        listener.bind(sock)
+        os.chmod(sock, 0o600)
+        listener.listen(1)
+        build_parser()                      # imports every command module: nobody cannot read /root's stdlib
+        os.seteuid(65534)
+        try:
+            code = main(["status", "-c", path])
+        finally:
+            os.seteuid(0)
+    finally:
+        listener.close()
+        shutil.rmtree(root)
+    assert code == 1
+    assert capsys.readouterr().err == (f"hamirror: control socket {sock}: permission denied; the agent's control "
+                                       f"socket is root only: run this command as root (or with sudo)\n")
 
 
 def test_generation_ids_on_the_wire():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from hamirror.cli.common import CommandError
@@ -37,12 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=run_command, action_name=name)
 
 
+ROOT_ONLY = "the agent's control socket is root only: run this command as root (or with sudo)"
+
+
+def _for_this_user(text: str) -> str:
+    """``text``, plus the likely reason when the caller is not root (a bare EACCES says nothing)."""
+    return text if os.geteuid() == 0 else f"{text} ({ROOT_ONLY})"
+
+
 def _socket(args: argparse.Namespace) -> str:
     from hamirror.agent.control import socket_path
     try:
         return socket_path(load_cluster(config_path(args.config)).run_dir)
     except ConfigError as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(_for_this_user(str(exc))) from exc
 
 
 def _ask(path: str, message: dict, timeout: float) -> dict:
@@ -50,7 +59,9 @@ def _ask(path: str, message: dict, timeout: float) -> dict:
     try:
         return request(path, message, timeout)
     except AgentNotRunning as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(_for_this_user(str(exc))) from exc
+    except PermissionError as exc:
+        raise CommandError(f"control socket {path}: permission denied; {ROOT_ONLY}") from exc
     except TimeoutError as exc:
         raise CommandError(f"no answer from the agent within {timeout:g} s") from exc
     except (OSError, ValueError) as exc:
