@@ -6,7 +6,7 @@ mode, owner, nlink and sometimes bytes for up to a second. Here, right after eac
 one name (write, append, O_TRUNC, truncate, ftruncate, fallocate, punched hole, utimens, chmod,
 chown), every other name is read through the mount, with a fresh open and with a descriptor held
 open since before the change, and compared with the lower directory and with the model of the
-change just made. Caches are warmed (stat and read through every name) before each change.
+change just made. Caches are warmed (read, then stat, through every name) before each change.
 """
 
 from __future__ import annotations
@@ -106,23 +106,30 @@ def _attrs(st_: os.stat_result) -> dict:
 
 def problems(mount: str, lower: str, names: list[str], held: dict[str, int], model: bytes,
              change: tuple) -> list[str]:
-    """What any name shows through the mount that differs from the lower file or the model."""
+    """What any name shows through the mount that differs from the lower file or the model.
+
+    Every name is stat-ed before any is read (a read marks the name's atime stale, so the stat
+    after it asks the daemon and would hide a stale cache), and stat-ed again at the end, so
+    each name's attributes are fully cached when the next change comes."""
     found = []
     truth = os.stat(os.path.join(lower, names[0]))
+    want = _attrs(truth)
     if read_all(os.path.join(lower, names[0])) != model:
         found.append("the lower file differs from the model (the change itself went wrong)")
     if change[0] == "utimens" and truth.st_mtime_ns != change[2]:
         found.append(f"lower mtime {truth.st_mtime_ns} != {change[2]} just set")
     for name in names:
-        path = os.path.join(mount, name)
-        seen = _attrs(os.stat(path))
-        if seen != _attrs(truth):
-            bad = {k: (v, _attrs(truth)[k]) for k, v in seen.items() if v != _attrs(truth)[k]}
-            found.append(f"{name}: stat (mount, lower) {bad}")
-        if read_all(path) != model:
-            found.append(f"{name}: bytes through a fresh open differ from the model")
+        seen = _attrs(os.stat(os.path.join(mount, name)))
+        if seen != want:
+            found.append(f"{name}: stat (mount, lower) " +
+                         str({k: (v, want[k]) for k, v in seen.items() if v != want[k]}))
+    for name in names:
         if os.pread(held[name], len(model) + 4096, 0) != model:
             found.append(f"{name}: bytes through a descriptor held open differ from the model")
+        if read_all(os.path.join(mount, name)) != model:
+            found.append(f"{name}: bytes through a fresh open differ from the model")
+    for name in names:
+        os.stat(os.path.join(mount, name))
     return found
 
 
