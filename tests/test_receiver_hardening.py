@@ -190,3 +190,24 @@ def test_every_kind_of_inode_gets_its_exact_mode_whatever_the_umask(tmp_path):
             assert (st.st_uid, st.st_gid) == ints[1:3], what
             if op == Op.CREATE and ints[3]:
                 assert st.st_rdev == ints[3], what
+
+
+# found by the fuzzer: data operations on a FIFO or a device node -------------------------------
+
+@needs_root
+def test_data_operations_never_open_a_fifo_or_a_device_node(tmp_path):
+    """A FIFO would block the receiver for good; a device node would reach outside the directory
+    (here /dev/null's numbers, harmless if the receiver got it wrong)."""
+    with hostile_receiver(str(tmp_path)) as (pair, sender, _):
+        assert sender.op(Op.CREATE, (0o010666, 0, 0, 0), (b"fifo",)).status == OK
+        assert sender.op(Op.CREATE, (0o020666, 0, 0, os.makedev(1, 3)), (b"null",)).status == OK
+        for name in (b"fifo", b"null"):
+            for op, ints, data in ((Op.WRITE, (0,), b"x"), (Op.TRUNCATE, (0,), None),
+                                   (Op.FALLOCATE, (0, 0, 4096), None), (Op.FSYNC, (0,), None),
+                                   (Op.CREATE, (0o100644, 0, 0, 0), None)):
+                reply = sender.op(op, ints, (name,), data=data)
+                assert reply.status == ERROR and "not a regular file" in reply.message, (op, name, reply)
+            reply = sender.op(Op.BLOCKSUMS, (0, 4096, 4096), (name,))
+            assert reply.status == OK and reply.payload[:8] == (-1).to_bytes(8, "little", signed=True)
+        assert stat.S_ISFIFO(os.lstat(f"{pair.secondary}/fifo").st_mode)
+        _still_serves(pair, sender)

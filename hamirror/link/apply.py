@@ -50,6 +50,24 @@ def open_beneath(root_fd: int, dirs: list[bytes], make_mode: int | None = None) 
     return fd
 
 
+def open_data(dir_fd: int, name: bytes, flags: int, directory_ok: bool = False) -> int:
+    """Open ``name`` in ``dir_fd`` for its data only if it is a regular file (or, with
+    ``directory_ok``, a directory), never following a symlink. Opening anything else has effects
+    of its own: a FIFO blocks the receiver until someone opens the other end, and a device node the
+    peer created would reach the secondary's raw disk or memory, outside the directory. So the
+    inode is pinned with O_PATH, checked, and only then reopened."""
+    pinned = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        mode = os.fstat(pinned).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "path is a symlink on the secondary")
+        if not (stat.S_ISREG(mode) or (directory_ok and stat.S_ISDIR(mode))):
+            raise OSError(errno.EINVAL, "not a regular file on the secondary")
+        return os.open(f"/proc/self/fd/{pinned}", flags | os.O_CLOEXEC)
+    finally:
+        os.close(pinned)
+
+
 class resolve_beneath:  # noqa: N801 - used as a context manager, reads as a verb
     """The directory holding a path's last component, opened beneath the root (a context)."""
 
@@ -113,7 +131,7 @@ class Applier:
             self._fds.move_to_end(path)
             return fd
         with resolve_beneath(self.root_fd, path) as parent:
-            fd = os.open(parent.name, _WRITE_FLAGS, dir_fd=parent.fd)
+            fd = open_data(parent.fd, parent.name, os.O_WRONLY)
         self._fds[path] = fd
         if len(self._fds) > self.MAX_OPEN:
             os.close(self._fds.popitem(last=False)[1])
@@ -130,7 +148,10 @@ class Applier:
         mode, uid, gid, rdev = msg.ints
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             if stat.S_ISREG(mode):
-                fd = os.open(parent.name, os.O_CREAT | os.O_TRUNC | _WRITE_FLAGS, 0o600, dir_fd=parent.fd)
+                try:
+                    fd = os.open(parent.name, os.O_CREAT | os.O_EXCL | _WRITE_FLAGS, 0o600, dir_fd=parent.fd)
+                except FileExistsError:   # e.g. a resumed resync: truncate it, if it is a file
+                    fd = open_data(parent.fd, parent.name, os.O_WRONLY | os.O_TRUNC)
                 try:
                     os.fchown(fd, uid, gid)
                     os.fchmod(fd, stat.S_IMODE(mode))
@@ -214,7 +235,7 @@ class Applier:
             sync(cached)
             return
         with resolve_beneath(self.root_fd, path) as parent:
-            fd = os.open(parent.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+            fd = open_data(parent.fd, parent.name, os.O_RDONLY, directory_ok=True)
             try:
                 sync(fd)
             finally:

@@ -17,7 +17,7 @@ import time
 from hamirror.fs.syscalls import renameat2
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
-from hamirror.link.apply import Applier, open_beneath, resolve_beneath
+from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
 
@@ -68,8 +68,8 @@ class ResyncAnswers:
         offset, length, block = msg.ints
         try:
             with resolve_beneath(self.applier.root_fd, msg.strs[0]) as parent:
-                fd = os.open(parent.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
-        except (FileNotFoundError, NotADirectoryError, OSError):
+                fd = open_data(parent.fd, parent.name, os.O_RDONLY)   # never a FIFO or a device
+        except OSError:
             return encode_sums(-1, [])
         try:
             return encode_sums(*block_sums(fd, offset, length, block))
