@@ -161,7 +161,7 @@ class Campaign:
             self.events.append(ev)
             if not ev.skipped:
                 ev.recovery_s = self.recovery(ev)
-            self.say(f"  {ev.fault} on {ev.node or '-'}: " + "; ".join(ev.detail)
+            self.say(f"  {ev.kind} on {ev.node or '-'}: " + "; ".join(ev.detail)
                      + (f" SKIPPED ({ev.skipped})" if ev.skipped else "")
                      + (f" ERROR {ev.error}" if ev.error else "")
                      + ("" if ev.skipped else f"; first ack after {chaos_report._fmt(ev.recovery_s)} s"))
@@ -178,7 +178,7 @@ class Campaign:
         for v in rec["violations"]:
             self.violations.append(f"trial {n}: {v}")
             self.say(f"trial {n}: VIOLATION {v}")
-        if seconds is None:
+        if seconds is None and n < self.args.trials and not self.out_of_time():
             self.say(f"trial {n}: rebuilding the lab for the next trial")
             self.rebuild()
 
@@ -190,20 +190,24 @@ class Campaign:
         rec["failed_requests"] = len(self.writer.failures)
         self.expected.update({a.key: a.done for a in acks})
         time.sleep(1.0)
+        snaps = {node: chaos_watch.snapshot(self.paths, node) for node in NODES}
+        rec["copies"] = {node: {k: v for k, v in s.items() if k != "keys"} for node, s in snaps.items()}
         if converged:
-            snaps = {node: chaos_watch.snapshot(self.paths, node) for node in NODES}
-            rec["copies"] = {node: {k: v for k, v in s.items() if k != "keys"} for node, s in snaps.items()}
             rec["violations"] += chaos_watch.compare(snaps)
         try:
-            bad = kvclient.unreadable(self.paths, list(self.expected))
+            bad = kvclient.unreadable(self.paths, list(self.expected), budget=120.0 if converged else 20.0)
         except (LabError, OSError) as exc:
-            bad = {}
+            bad = dict.fromkeys(self.expected, "error")
             rec["violations"].append(f"reading the acknowledged keys back failed: {str(exc)[:200]}")
-        rec["lost"] = len(bad)
+        lost = self.lost_keys(bad, snaps, rec)
+        rec["unreadable"], rec["lost"] = len(bad), len(lost)
         if bad:
-            rec["violations"].append(f"{len(bad)} of {len(self.expected)} acknowledged writes not readable "
-                                     f"with their value, e.g. {sorted(bad.items())[:3]}")
-            self.lost_at += [self.expected.pop(k) for k in bad]
+            rec["violations"].append(f"{len(bad)} of {len(self.expected)} acknowledged writes not readable through "
+                                     f"the VIP with their value ({len(lost)} in neither the VIP's answers nor the "
+                                     f"best copy), e.g. {sorted(bad.items())[:3]}")
+        self.lost_at += [self.expected[k] for k in lost]
+        for k in bad:
+            del self.expected[k]
         samples = self.sampler.between(t0, time.monotonic())
         rec["dual_samples"] = sum(s.dual for s in samples)
         rec["dual_frozen_samples"] = sum(s.dual_frozen for s in samples)
@@ -212,9 +216,21 @@ class Campaign:
             rec["violations"].append(f"{rec['dual_samples']} samples with the VIP and the application on both "
                                      f"nodes (first at {first.t - self.origin:.1f} s)")
         self.say(f"trial {n}: {len(acks)} acknowledged this trial, {len(self.expected)} readable in all, "
-                 f"lost {len(bad)}, converged in {chaos_report._fmt(rec['convergence_s'])} s, "
+                 f"unreadable {len(bad)}, lost {len(lost)} {rec.get('missing_if_kept', '')}, "
+                 f"converged in {chaos_report._fmt(rec['convergence_s'])} s, "
                  f"dual {rec['dual_samples']} (frozen side: {rec['dual_frozen_samples']})")
         self.writer = None
+
+    def lost_keys(self, bad: dict[str, str], snaps: dict[str, dict], rec: dict) -> set[str]:
+        """The unreadable keys that are lost: answered 404 or a wrong value, or, where the VIP did not
+        answer, missing from the copy that misses the fewest (lost even if that side is kept)."""
+        answered = {k for k, why in bad.items() if why != "error"}
+        unanswered = set(bad) - answered
+        if not unanswered:
+            return answered
+        missing = {node: unanswered - set(s.get("keys", [])) for node, s in snaps.items() if "error" not in s}
+        rec["missing_if_kept"] = {node: len(m) for node, m in missing.items()}
+        return answered | (min(missing.values(), key=len) if missing else unanswered)
 
     def results(self) -> dict:
         stats = chaos_report.per_fault(self.events, self.lost_at, self.sampler.between(0, float("inf")))

@@ -47,6 +47,12 @@ class Event:
     skipped: str | None = None
     error: str | None = None
     recovery_s: float | None = None
+    role: str | None = None    # of the node hit, when the fault picks either node: primary or secondary
+
+    @property
+    def kind(self) -> str:
+        """The row of the report: the fault, split by the role of the node hit when it picks either."""
+        return f"{self.fault}/{self.role}" if self.role else self.fault
 
 
 def _matches(cmd: list[str], what: str) -> bool:
@@ -190,8 +196,15 @@ class Injector:
         ev.start = time.monotonic()
         ev.detail.append(f"kill -9 {what} {_signal(pids, signal.SIGKILL)}")
 
-    def _power_kill(self, ev: Event) -> None:
+    def _either(self, ev: Event) -> str:
+        """A node drawn at random, its role noted in ev."""
         ev.node = self.rng.choice(NODES)
+        p, _ = self.roles(timeout=5.0)
+        ev.role = "primary" if ev.node == p else "secondary"
+        return ev.node
+
+    def _power_kill(self, ev: Event) -> None:
+        self._either(ev)
         delay = self.rng.uniform(1.0, 8.0)
         ev.start = time.monotonic()
         self.kill(ev.node)
@@ -200,7 +213,7 @@ class Injector:
         ev.detail.append(f"power-kill {ev.node}, boot after {delay:.1f} s")
 
     def _kill_agent(self, ev: Event) -> None:
-        node = self.rng.choice(NODES)
+        node = self._either(ev)
         self._kill_daemon(ev, node, "agent")
         if ev.skipped is None:
             delay = self.rng.uniform(0.5, 5.0)

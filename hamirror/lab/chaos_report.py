@@ -1,8 +1,8 @@
 """The campaign's figures per fault type and its summary table (``scripts/chaos.py``).
 
 A lost key or a dual-serving sample is charged to the last fault that started before it (the
-key's acknowledgement, the sample's time): with several faults in a trial that is the most likely
-culprit, not a proof.
+key's acknowledgement, the sample's time), or to the first fault when none did: with several faults
+in a trial that is the most likely culprit, not a proof.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ NONE = "(before any fault)"
 
 
 def culprit(events: list[Event], t: float) -> str:
-    """The fault type of the last event started at or before t."""
-    hit = [e for e in events if e.start and not e.skipped]
-    hit.sort(key=lambda e: e.start)
+    """The fault type of the last event started at or before t (else the first event)."""
+    hit = sorted((e for e in events if e.start and not e.skipped), key=lambda e: e.start)
+    if not hit:
+        return NONE
     i = bisect.bisect_right([e.start for e in hit], t)
-    return hit[i - 1].fault if i else NONE
+    return hit[max(i - 1, 0)].kind
 
 
 def per_fault(events: list[Event], lost_at: list[float], samples: list[Sample]) -> dict[str, dict]:
@@ -33,7 +34,7 @@ def per_fault(events: list[Event], lost_at: list[float], samples: list[Sample]) 
         return out.setdefault(name, {"count": 0, "skipped": 0, "errors": 0, "recovery_s": [], "not_recovered": 0,
                                      "lost": 0, "dual": 0, "dual_frozen": 0, "operator_actions": 0})
     for e in events:
-        r = row(e.fault)
+        r = row(e.kind)
         if e.skipped:
             r["skipped"] += 1
             continue
@@ -57,6 +58,7 @@ def per_fault(events: list[Event], lost_at: list[float], samples: list[Sample]) 
 def event_dict(e: Event, origin: float) -> dict:
     """An event for the JSON file, times relative to the campaign's start."""
     d = asdict(e)
+    d["kind"] = e.kind
     d["start"] = round(e.start - origin, 3) if e.start else None
     d["end"] = round(e.end - origin, 3) if e.end else None
     d["recovery_s"] = None if e.recovery_s is None else round(e.recovery_s, 3)

@@ -58,18 +58,19 @@ c.request("GET", sys.argv[3]); r = c.getresponse(); sys.stdout.write(f"{r.status
 
 # Reads keys (one a line) on stdin and GETs each, on 16 keep-alive connections in parallel (the
 # server's two writes per answer cost a delayed ACK, ~40 ms, per request); prints
-# "missing KEY STATUS", "wrong KEY" (the value is not the key, as the writer wrote it) or "error KEY".
+# "missing KEY STATUS", "wrong KEY" (the value is not the key, as the writer wrote it) or "error KEY"
+# (no answer, or none tried once the time budget, argv[3] seconds, is spent).
 READBACK = r"""
-import http.client, sys, threading
-vip, port = sys.argv[1], int(sys.argv[2])
+import http.client, sys, threading, time
+vip, port, end = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
 keys, out, lock = sys.stdin.read().split(), [], threading.Lock()
 def check(chunk):
     c = None
     for key in chunk:
         line = f"error {key}"
-        for attempt in range(5):
+        for attempt in range(3 if time.monotonic() < end else 0):
             try:
-                c = c or http.client.HTTPConnection(vip, port, timeout=10)
+                c = c or http.client.HTTPConnection(vip, port, timeout=5)
                 c.request("GET", "/kv/" + key); r = c.getresponse(); body = r.read()
             except (OSError, http.client.HTTPException):
                 c = None
@@ -117,10 +118,12 @@ def missing(paths: LabPaths, keys: list[str]) -> set[str]:
     return set(keys) - set(body.split())
 
 
-def unreadable(paths: LabPaths, keys: list[str], timeout: float = 600.0) -> dict[str, str]:
-    """The keys that ``GET /kv/KEY`` through the VIP does not return with the writer's value: key -> why."""
-    result = process.exec_in(paths, CLIENT, [sys.executable, "-c", READBACK, VIP, str(PORT)], capture=True,
-                             timeout=timeout, input="".join(k + "\n" for k in keys))
+def unreadable(paths: LabPaths, keys: list[str], budget: float = 300.0) -> dict[str, str]:
+    """The keys that ``GET /kv/KEY`` through the VIP does not return with the writer's value: key -> why.
+
+    After budget seconds the keys not read yet count as unreadable ("error")."""
+    result = process.exec_in(paths, CLIENT, [sys.executable, "-c", READBACK, VIP, str(PORT), str(budget)],
+                             capture=True, timeout=budget + 60, input="".join(k + "\n" for k in keys))
     if result.returncode != 0:
         raise LabError(f"reading keys back through {VIP}:{PORT} failed: {result.stderr.strip()[-300:]}")
     return {parts[1]: " ".join([parts[0], *parts[2:]]) for parts in map(str.split, result.stdout.splitlines())
