@@ -4,8 +4,8 @@ Endpoints (GET or HEAD; nothing here changes state, operator commands stay on th
 control socket):
 
 - ``/status``: the ``hamirror status --json`` document;
-- ``/health/MODULE``: 200 when the module is PRIM or ALONE here (send traffic here), else 503;
-  the body is the state on one line;
+- ``/health/MODULE``: 200 when the module's application serves here (send traffic here), else
+  503 (also from the moment a swap or a stop begins); the body is the state on one line;
 - ``/metrics``: Prometheus text format;
 - ``/``: a self-contained web console that polls ``/status``.
 
