@@ -60,9 +60,9 @@ def run(*args: str, cwd: str | None = None) -> None:
     assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
 
 
-# After link(), the kernel may show the *other* name of a hard link with its cached st_nlink
-# (1) until FUSE's attribute timeout (1 s) expires: libfuse's high-level API gives each name its
-# own node. The secondary is a plain directory, so only the primary's view can lag.
+# libfuse's high-level API gives each name of a hard link its own kernel node; the mount keeps
+# the other names' caches coherent (hamirror/fs/links.py, tests/test_mirror_hardlinks.py), so no
+# lag is expected any more. The retry stays as a margin for kernel caches we do not control.
 ATTR_SETTLE = 1.5
 
 

@@ -87,8 +87,8 @@ def establish(pair: MirrorPair) -> None:
 def lower_dir(pair: MirrorPair) -> str:
     """The primary's real directory beneath its mount, through the mount process's descriptor.
 
-    Compared there rather than through FUSE: the kernel caches a hard link's other name's
-    attributes (nlink) for up to a second after link(), which is not what these tests check.
+    Compared there rather than through FUSE: what these tests check is the data on disk, not
+    the mount's view of it (which tests/test_mirror_hardlinks.py checks).
     """
     pid = pair.mounter.pid
     real = os.path.realpath(pair.primary)
