@@ -240,6 +240,19 @@ class RawSender:
 
 
 @contextlib.contextmanager
+def own_filesystem(path: str, size: str = "16m", options: str = ""):
+    """A tmpfs mounted on ``path`` for the duration: a data volume of its own, and a bound on what
+    a hostile sender can fill (``options``: e.g. "nodev,nosuid")."""
+    extra = f",{options}" if options else ""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755{extra}", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+@contextlib.contextmanager
 def hostile_receiver(tmp: str, umask: int = 0o022):
     """A running receiver whose directory holds bait, and a trusted raw sender to attack it.
 

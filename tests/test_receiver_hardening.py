@@ -14,14 +14,13 @@ import glob
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 
 from hamirror.link import protocol
 from hamirror.link.protocol import ERROR, OK, Op, encode
 from tests.conftest import needs_root
-from tests.mirror_fixtures import SESSION, hostile_receiver, tree_snapshot
+from tests.mirror_fixtures import SESSION, hostile_receiver, own_filesystem, tree_snapshot
 
 CONFLICTS = protocol.CONFLICT_DIR.decode()
 
@@ -42,24 +41,13 @@ def _still_serves(pair, sender) -> None:
     os.unlink(f"{pair.secondary}/alive")
 
 
-@contextlib.contextmanager
-def _own_filesystem(path: str):
-    """A small tmpfs mounted on ``path`` for the duration (the data volume case)."""
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", path], check=True)
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", path], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", path], capture_output=True)
-
-
 @pytest.fixture
 def on_own_fs(tmp_path):
     """A hostile receiver whose directory is its own filesystem (bait planted on it)."""
     with contextlib.ExitStack() as stack:
         base = tmp_path / "m"
         (base / "secondary").mkdir(parents=True)
-        stack.enter_context(_own_filesystem(str(base / "secondary")))
+        stack.enter_context(own_filesystem(str(base / "secondary")))
         yield stack.enter_context(hostile_receiver(str(tmp_path)))
 
 
