@@ -9,6 +9,7 @@ receiver and application are *not* restarted: that is the agent's job.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import signal
@@ -30,7 +31,7 @@ PARTITIONS = ("part-peers", "part-peers-witness", "part-second-witness")
 ALL = BASIC + PARTITIONS
 # argv pieces that name each daemon (``python -m hamirror agent``, ``... mirror mount``, ``kvserver.py``)
 DAEMONS = {"agent": ("hamirror", "agent"), "mount": ("mirror", "mount"), "receiver": ("mirror", "receive")}
-BALLAST = "/srv/hamirror-demo/chaos-ballast"   # written on a lone primary so the failback resync lasts
+BALLAST = "/srv/hamirror-demo/chaos-ballast"   # 128 MiB written on a lone primary: the failback resync lasts
 
 
 @dataclass
@@ -86,6 +87,27 @@ def _signal(pids: list[int], sig: int) -> list[int]:
         except ProcessLookupError:
             pass
     return done
+
+
+def _mount_logs(paths: LabPaths, node: str) -> dict[str, int]:
+    """The node's mount logs (``STATE_DIR/mount.log``, seen from the machine) and their sizes now."""
+    found = glob.glob(os.path.join(paths.node_dir(node, "state"), "**", "mount.log"), recursive=True)
+    return {path: os.path.getsize(path) for path in found}
+
+
+def _resync_logged(logs: dict[str, int]) -> str | None:
+    """The line a sending resync logs at its start ("resync ID: N path(s) to visit"), if written since."""
+    for path, offset in logs.items():
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        started = [line for line in text.splitlines() if "path(s) to visit" in line]
+        if started and "resync finished" not in text.split(started[-1], 1)[1]:
+            return started[-1].strip()[-120:]
+    return None
 
 
 class Injector:
@@ -270,23 +292,28 @@ class Injector:
                 writer.first_ack_after(time.monotonic(), 30.0)
             except LabError:
                 ev.detail.append(f"no write acknowledged by {survivor} alone within 30 s")
-        process.exec_in(self.paths, survivor, ["dd", "if=/dev/urandom", f"of={BALLAST}", "bs=1M", "count=48",
+        process.exec_in(self.paths, survivor, ["dd", "if=/dev/urandom", f"of={BALLAST}", "bs=1M", "count=128",
                                                "status=none"], capture=True, timeout=120)
+        logs = _mount_logs(self.paths, survivor)
         self.boot(first)
         ev.node = survivor
         deadline = time.monotonic() + 60.0
+        next_status = 0.0
         while time.monotonic() < deadline:
-            m = measure.module_status(self.paths, survivor)
-            if m and m.get("resync"):
+            seen = _resync_logged(logs)        # the log is read from the machine, every 20 ms
+            if not seen and time.monotonic() > next_status:      # a status costs a process in the node
+                seen = (measure.module_status(self.paths, survivor) or {}).get("resync")
+                next_status = time.monotonic() + 0.5
+            if seen:
                 ev.start = time.monotonic()
                 self.kill(survivor)
                 delay = self.rng.uniform(0.5, 2.0)
                 time.sleep(delay)
                 self.boot(survivor)
                 ev.detail.append(f"{first} killed and booted; {survivor} power-killed during the resync "
-                                 f"({m['resync']}), booted after {delay:.1f} s")
+                                 f"({seen}), booted after {delay:.1f} s")
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         ev.skipped = "no failback resync seen within 60 s"
 
     def _sb_swap(self, ev: Event) -> None:
