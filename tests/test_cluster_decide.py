@@ -127,7 +127,7 @@ def test_both_primary_non_default_steps_down_without_moving_data(relation: Relat
     loser = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=False))
     winner = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=True))
     assert loser.state is S.WAIT and winner.state is S.ALONE
-    assert loser.actions == (Persist(S.WAIT), RefuseWrites(), RunScript("stop_prim"), RemoveVip(), Unmount(force=True),
+    assert loser.actions == (Persist(S.WAIT), RefuseWrites(), RemoveVip(), RunScript("stop_prim"), Unmount(force=True),
                              StartReceiver())
     for d in (loser, winner):
         assert not any(isinstance(a, (StartResync, ForgetHistory)) for a in d.actions)

@@ -51,11 +51,14 @@ class Vip:
     """One module's VIP (``address`` with prefix, e.g. ``198.18.0.100/24``) on ``interface``."""
 
     def __init__(self, address: str, interface: str, netns: str | None = None,
-                 arp_count: int = 3, arp_interval: float = 0.1) -> None:
+                 arp_count: int = 3, arp_interval: float = 0.1, lifetime: int | None = None) -> None:
         iface = ipaddress.ip_interface(address)
         self.ip, self.prefixlen, self.interface = str(iface.ip), iface.network.prefixlen, interface
         self.ipv4 = iface.version == 4
         self.netns, self.arp_count, self.arp_interval = netns, arp_count, arp_interval
+        # A lease on the address, kept by the kernel: unless renew() runs within ``lifetime``
+        # seconds the kernel removes it, so a frozen node stops holding the VIP by itself.
+        self.lifetime = lifetime
 
     def present(self) -> bool:
         """Whether the address is on the interface now."""
@@ -64,11 +67,14 @@ class Vip:
             return any(a.get("IFA_ADDRESS") == self.ip for a in ipr.get_addr(index=index))
 
     def add(self) -> None:
-        """Add the address (no error if already there), then announce it."""
+        """Add the address (no error if already there; its lease renewed), then announce it."""
         with _netlink(self.netns) as ipr:
             index = _index(ipr, self.interface)
             try:
-                ipr.addr("add", index=index, address=self.ip, prefixlen=self.prefixlen)
+                if self.lifetime is None:
+                    ipr.addr("add", index=index, address=self.ip, prefixlen=self.prefixlen)
+                else:
+                    self._replace(ipr, index)
                 log.info("VIP %s/%d added on %s", self.ip, self.prefixlen, self.interface)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
@@ -79,6 +85,20 @@ class Vip:
                 self.announce(index, mac)
             except OSError as exc:       # the address is up; a lost announce only delays clients
                 log.warning("gratuitous ARP for %s on %s failed: %s", self.ip, self.interface, exc)
+
+    def renew(self) -> None:
+        """Extend the lease by ``lifetime`` (re-adds the address if the kernel had dropped it)."""
+        if self.lifetime is None:
+            return
+        with _netlink(self.netns) as ipr:
+            try:
+                self._replace(ipr, _index(ipr, self.interface))
+            except NetlinkError as exc:
+                raise VipError(f"cannot renew {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
+
+    def _replace(self, ipr: IPRoute, index: int) -> None:
+        ipr.addr("replace", index=index, address=self.ip, prefixlen=self.prefixlen,
+                 valid_lft=self.lifetime, preferred_lft=self.lifetime)
 
     def remove(self) -> None:
         """Remove the address (no error if it is not there, or the interface is gone)."""

@@ -103,6 +103,8 @@ class Executor:
         self.module, self.datapath, self.vip, self.scripts = module, datapath, vip, scripts
         self.journal, self.persist, self.count_restart, self.killer = journal, persist, count_restart, killer
         self.fencer = fencer
+        self.vip_held = False     # the VIP was added here and not removed since: keep its lease
+        self.app_stopped = False  # a data-path repair stopped the application: start it once writable
 
     def run(self, action: a.Action, target: NodeState) -> None:
         """Carry out one action on the way to ``target``; ActionFailed on any failure."""
@@ -151,20 +153,27 @@ class Executor:
         log.warning("%s: the peer was fenced", self.module)
 
     def _RemountDataPath(self, action: a.RemountDataPath, target: NodeState) -> None:
+        """Stop the application, clean the dead mount, mount again from the journal. The
+        application starts in a later decision, once the mount accepts writes (a mount that
+        crashed while streaming comes back FENCED until the peer confirms it is stale)."""
         self.count_restart()
         log.warning("%s: a mount daemon died: stopping the application, remounting", self.module)
+        self.app_stopped = True
         result = self.scripts.run("stop_prim", target.value)
         if not result.ok:   # it may fail on a dead mount: kill what still uses the directories
             self.killer(self.datapath.dirs, self.datapath.mount_pids())
         self.datapath.unmount(force=True)
         self.datapath.mount(alone=False)
-        result = self.scripts.run("start_prim", target.value)
-        if not result.ok:
-            raise ActionFailed(result.detail or "start_prim failed")
 
     def _AnnounceVip(self, action: a.AnnounceVip, target: NodeState) -> None:
         if self.vip is not None:
             self.vip.add()
+            self.vip_held = True
+
+    def renew_vip(self) -> None:
+        """Extend the VIP's kernel lease while this node holds it (called every tick)."""
+        if self.vip is not None and self.vip_held:
+            self.vip.renew()
 
     def _Unmount(self, action: a.Unmount, target: NodeState) -> None:
         self.datapath.unmount(force=action.force)
@@ -172,15 +181,19 @@ class Executor:
     def _AddVip(self, action: a.AddVip, target: NodeState) -> None:
         if self.vip is not None:
             self.vip.add()
+            self.vip_held = True
 
     def _RemoveVip(self, action: a.RemoveVip, target: NodeState) -> None:
         if self.vip is not None:
+            self.vip_held = False
             self.vip.remove()
 
     def _RunScript(self, action: a.RunScript, target: NodeState) -> None:
         result = self.scripts.run(action.name, target.value)
         if not result.ok:
             raise ActionFailed(result.detail or f"{action.name} failed")
+        if action.name in ("start_prim", "stop_prim"):
+            self.app_stopped = False   # started, or stopped on purpose: nothing left to restart
 
     def _KillApp(self, action: a.KillApp, target: NodeState) -> None:
         killed = self.killer(self.datapath.dirs, self.datapath.mount_pids())

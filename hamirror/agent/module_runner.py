@@ -97,6 +97,7 @@ class ModuleRunner:
         self.journals = journals          # .read() -> journal_info.JournalInfo
         self.max_restarts, self.window, self.clock, self.wall = max_restarts, window, clock, wall
         self.fence_script = fence_script
+        self.vip_withdrawn = False        # after a stall: the VIP comes back only with a decision
         self.record = store.load()
         self.state = self.record.state
         self.swap = self.record.swap
@@ -168,6 +169,15 @@ class ModuleRunner:
 
     # ----------------------------------------------------------------- one tick
 
+    async def withdraw_vip(self) -> None:
+        """After a stall (frozen node): stop serving at once; the next decision says if we still may."""
+        if self.state.is_primary and self.task is None:
+            try:
+                await asyncio.to_thread(self.executor.run, a.RemoveVip(), self.state)
+                self.vip_withdrawn = True
+            except ActionFailed as exc:
+                log.error("%s: %s", self.name, exc)
+
     def submit(self, command: Command) -> asyncio.Future:
         """Queue an operator command for the next decision; the future gets an :class:`Outcome`."""
         self.command = command
@@ -204,6 +214,10 @@ class ModuleRunner:
             return
         view = self.view(peer, quorum, peer_history)
         decision = decide(view)
+        if self.vip_withdrawn:
+            self.vip_withdrawn = False
+            if decision.state.is_primary:    # still primary after listening: serve again
+                decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
         command, self.command = self.command, Command.NONE
         self.report(view, decision)
         if decision.state is not self.state or decision.actions:
@@ -229,7 +243,7 @@ class ModuleRunner:
                           default_primary=self.default_primary, cold_start=cold, checker=checker,
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
-                          fence_script=self.fence_script)
+                          fence_script=self.fence_script, app_stopped=self.executor.app_stopped)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import signal
 import time
@@ -61,7 +62,10 @@ class _Journals:
 def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
     """Wire one module's data path, resources, checkers and persisted record into a runner."""
     datapath = DataPath(module, cluster)
-    vip = Vip(module.vip.address, module.vip.interface) if module.vip else None
+    # The VIP's kernel lease: the heartbeat timeout, so a node frozen for as long as its peer
+    # needs to declare it lost has already dropped the address when it wakes up.
+    lease = max(1, math.ceil(cluster.heartbeat.timeout))
+    vip = Vip(module.vip.address, module.vip.interface, lifetime=lease) if module.vip else None
     journals = _Journals(datapath.dir_states)
     fencer = FenceRunner(cluster, module.name)
     executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), journals,
@@ -139,24 +143,39 @@ class Agent:
         try:
             last = boottime()
             while not self.stopping.is_set():
-                last = self._check_stall(last)
+                stalled, last = self._check_stall(last)
+                if stalled:
+                    for runner in self.runners.values():
+                        await runner.withdraw_vip()
+                    await asyncio.sleep(0.05)   # read the heartbeats queued meanwhile before deciding
+                await self.renew_vips()
                 await self.tick()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.cluster.heartbeat.interval)
         finally:
             await self.shutdown()
 
-    def _check_stall(self, last: float) -> float:
+    async def renew_vips(self) -> None:
+        """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse)."""
+        for name, runner in self.runners.items():
+            try:
+                await asyncio.to_thread(runner.executor.renew_vip)
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                log.warning("%s: VIP lease not renewed: %s", name, exc)
+
+    def _check_stall(self, last: float) -> tuple[bool, float]:
         """A loop that did not run for a while (the node was frozen, suspended or starved) has
         not *listened* either: silence from the peer means nothing until a full heartbeat
-        timeout has passed since, so nothing is decided on it before (``ready``)."""
+        timeout has passed since, so nothing is decided on it before (``ready``). Meanwhile the
+        peer may have taken over: a primary withdraws its VIP until the next decision."""
         now = boottime()
         hb = self.cluster.heartbeat
-        if now - last > max(3 * hb.interval, hb.timeout / 2) + hb.interval:
-            log.warning("the agent did not run for %.1f s (frozen, suspended or starved): listening for "
-                        "%.1f s before taking the peer's silence as loss", now - last, hb.timeout)
+        stalled = now - last > max(3 * hb.interval, hb.timeout / 2) + hb.interval
+        if stalled:
+            log.warning("the agent did not run for %.1f s (frozen, suspended or starved): VIP withdrawn, "
+                        "listening for %.1f s before taking the peer's silence as loss", now - last, hb.timeout)
             self.started = now
-        return now
+        return stalled, now
 
     async def tick(self) -> None:
         hb = self.heartbeat

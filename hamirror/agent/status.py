@@ -65,6 +65,11 @@ def module_status(runner: ModuleRunner) -> dict:
         "serving": runner.serving,          # the health check's answer: follows the actions, not the state
         "target": runner.transition[0].value if runner.transition else None,   # where a running task leads
         "mounted": bool(obs and obs.mounted),
+        # What the mounts really do (streaming, syncing, alone, fenced, refused, dead), never hidden
+        # behind the state: ALONE or FENCED under PRIM is an alarm the decision acts on.
+        "mirror": obs.mirror.value if obs and runner.state.is_primary else None,
+        "fenced_since": min((m["fenced_since"] for m in obs.mounts if m and m.get("fenced_since")), default=None)
+        if obs else None,
         "receiving": bool(obs and obs.receivers_alive),
         "checker": runner.checkers.failure,
         "restarts": runner.restarts_in_window(),

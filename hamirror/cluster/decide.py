@@ -24,7 +24,7 @@ from collections.abc import Callable
 from hamirror.cluster import steps
 from hamirror.cluster.actions import (
     Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
-    SetMirroring, StartResync,
+    RunScript, SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
 from hamirror.cluster.view import Command, MirrorHealth, ModuleView, ResyncStatus, SwapPhase
@@ -226,6 +226,8 @@ def _primary_common(view: ModuleView) -> Decision | None:
         return _dead_mount(view)
     if view.mirror in (M.FENCED, M.REFUSED):
         return _fenced(view)
+    if view.app_stopped:
+        return steps.stay(view, RunScript("start_prim"), warning="data path repaired: starting the application")
     if not view.checker.ok:
         return _checker_failed(view)
     return None

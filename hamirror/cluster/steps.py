@@ -67,7 +67,7 @@ def hand_over(view: ModuleView, warning: str | None = None) -> Decision:
 def step_down(view: ModuleView, warning: str) -> Decision:
     """PRIM/ALONE -> WAIT without touching data (split brain, lost quorum, the peer took over).
     Writes are refused first: nothing is acknowledged from the moment the decision is made."""
-    return move(NodeState.WAIT, RefuseWrites(), RunScript("stop_prim"), RemoveVip(), Unmount(force=True),
+    return move(NodeState.WAIT, RefuseWrites(), RemoveVip(), RunScript("stop_prim"), Unmount(force=True),
                 StartReceiver(), warning=warning)
 
 

@@ -143,3 +143,4 @@ class ModuleView:
     swap: SwapPhase = SwapPhase.NONE
     mirror: MirrorHealth = MirrorHealth.NONE
     fence_script: bool = False
+    app_stopped: bool = False     # a data-path repair stopped the application; start it once writable

@@ -26,7 +26,7 @@ from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
-from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState, Replicator
+from hamirror.link.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
 from hamirror.resync.answers import CLEAN_KEY
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,13 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     was_clean = journal.get_state(CLEAN_KEY, "1") == "1"
     journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
     saved = journal.get_state(STATE_KEY)
+    if not was_clean and (saved == MirrorState.PRIM.value or
+                          (saved == MirrorState.ALONE.value and journal.resync_progress() is not None)):
+        # Crashed while streaming (or resyncing): the writes in flight are in no journal, and may
+        # be on one side only. The next resync compares everything, and none resumes trusting
+        # the paths an interrupted one had marked done.
+        journal.set_state(SCAN_KEY, "1")
+        journal.resync_end()
     replicator = Replicator(None, journal, sync=options.sync, fence=options.fence,
                             fence_timeout=options.fence_timeout)
     if options.alone:

@@ -1,0 +1,163 @@
+"""Issue 7 in the lab, each finding reproduced with a writer through the VIP: a frozen primary,
+a dead mount daemon, a dead receiver, a swap after a resolved split brain. After each: every
+acknowledged key readable, the pair back to PRIM + up-to-date SECOND with no operator, and no
+sample (every 100 ms) where both nodes serve the VIP with a running application.
+
+One lab for the module; the tests run in file order, each leaves the pair mirrored.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from hamirror.lab import kvclient
+from hamirror.lab.chaos_faults import pids_of
+from hamirror.lab.chaos_watch import Sampler
+from hamirror.lab.testing import temporary_lab, unavailable
+from tests.agent_lab import module, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fencelab")
+    with temporary_lab(str(root / "lab"), agents=True) as lab:
+        yield lab
+
+
+@pytest.fixture
+def sampler(lab):
+    watch = Sampler(lab.paths)
+    watch.start()
+    yield watch
+    watch.stop()
+    dual = [s for s in watch.findings if s.dual]
+    assert not dual, f"both nodes served at once: {dual[:5]}"
+
+
+def roles(lab) -> tuple[str, str]:
+    node1 = module(lab, "node1")
+    primary = "node1" if node1 and node1["state"] in ("PRIM", "ALONE") else "node2"
+    return primary, ("node2" if primary == "node1" else "node1")
+
+
+def converge(lab, primary: str, secondary: str, timeout: float = 60.0) -> None:
+    wait_for(lab, secondary, lambda m: m["state"] == "SECOND" and m["uptodate"] and not m["busy"], timeout,
+             what="SECOND up to date")
+    wait_for(lab, primary, lambda m: m["state"] == "PRIM" and m["mirror"] == "streaming" and not m["busy"],
+             timeout, what="PRIM streaming")
+
+
+def assert_readable(lab, keys: list[str]) -> None:
+    assert len(keys) > 5, "the writer got too few acknowledgements to prove anything"
+    bad = kvclient.unreadable(lab.paths, keys, budget=120)
+    assert not bad, f"{len(bad)} acknowledged key(s) lost or wrong: {sorted(bad.items())[:10]}"
+
+
+def test_frozen_primary_yields_to_the_node_that_took_over(lab, sampler):
+    primary, secondary = roles(lab)
+    with kvclient.Writer(lab.paths, "frz") as writer:
+        time.sleep(1.5)
+        stopped = [p for p in pids_of(lab.paths, primary)]
+        frozen_at = time.monotonic()
+        for pid in stopped:
+            signal_quiet(pid, signal.SIGSTOP)
+        try:
+            wait_for(lab, secondary, lambda m: m["state"] == "ALONE" and not m["busy"], 20, what="takeover")
+            time.sleep(2)   # the new primary acknowledges writes while the old one is frozen
+        finally:
+            for pid in stopped:
+                signal_quiet(pid, signal.SIGCONT)
+        writer.first_ack_after(frozen_at, 30)
+        wait_for(lab, primary, lambda m: m["state"] in ("WAIT", "SECOND"), 30, what="the frozen node steps down")
+        converge(lab, secondary, primary)
+        keys = writer.stop()
+    assert module(lab, secondary)["state"] == "PRIM"   # the node that took over keeps running
+    assert_readable(lab, keys)
+
+
+def test_dead_mount_on_the_primary_is_remounted(lab, sampler):
+    primary, secondary = roles(lab)
+    with kvclient.Writer(lab.paths, "mnt") as writer:
+        time.sleep(1.5)
+        mounts = pids_of(lab.paths, primary, "mount")
+        assert mounts, "no mount daemon found"
+        killed_at = time.monotonic()
+        for pid in mounts:
+            signal_quiet(pid, signal.SIGKILL)
+        ack = writer.first_ack_after(killed_at, 30)
+        assert ack.done - killed_at < 10
+        converge(lab, primary, secondary)
+        keys = writer.stop()
+    assert roles(lab)[0] == primary    # remounted in place, no failover
+    assert_readable(lab, keys)
+
+
+def test_dead_receiver_on_the_secondary_is_restarted_and_resynced(lab, sampler):
+    primary, secondary = roles(lab)
+    with kvclient.Writer(lab.paths, "rcv") as writer:
+        time.sleep(1.5)
+        receivers = pids_of(lab.paths, secondary, "receiver")
+        assert receivers, "no receiver found"
+        killed_at = time.monotonic()
+        for pid in receivers:
+            signal_quiet(pid, signal.SIGKILL)
+        writer.first_ack_after(killed_at, 30)
+        converge(lab, primary, secondary)
+        keys = writer.stop()
+    assert_readable(lab, keys)
+
+
+def test_swap_after_a_resolved_split_brain_replicates(lab, sampler):
+    """Finding 3: after `second` resolves a split brain, a swap to that node must stream (not ALONE
+    under PRIM), so a failover after it loses nothing."""
+    primary, secondary = roles(lab)
+    sampler.pause(True)                       # a partition without witness makes two primaries
+    assert lab.cli("partition", "node1", "node2").returncode == 0
+    try:
+        for node in (secondary, primary):   # availability-first: both sides go on alone
+            wait_for(lab, node, lambda m: m["state"] == "ALONE" and not m["busy"], 30, what="split")
+    finally:
+        assert lab.cli("heal").returncode == 0
+    loser = wait_one_waiting(lab)
+    winner = "node2" if loser == "node1" else "node1"
+    result = lab.exec(loser, "hamirror", "second", "demo", timeout=120)
+    assert result.returncode == 0, result.stderr
+    sampler.pause(False)
+    converge(lab, winner, loser, 120)
+    result = lab.exec(loser, "hamirror", "swap", "demo", timeout=120)
+    assert result.returncode == 0, result.stderr
+    converge(lab, loser, winner)
+    with kvclient.Writer(lab.paths, "sbs") as writer:
+        time.sleep(3)
+        assert lab.cli("kill", loser).returncode == 0
+        wait_for(lab, winner, lambda m: m["state"] == "ALONE" and not m["busy"], 30, what="takeover")
+        time.sleep(1)
+        keys = writer.stop()
+    assert_readable(lab, keys)
+    assert lab.cli("boot", loser).returncode == 0
+    converge(lab, winner, loser, 90)
+
+
+def wait_one_waiting(lab, timeout: float = 40.0) -> str:
+    """After a healed split brain exactly one node steps down to WAIT (split brain reported): which."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {n: module(lab, n) for n in ("node1", "node2")}
+        waiting = [n for n, m in states.items() if m and m["state"] == "WAIT" and not m["busy"]]
+        if len(waiting) == 1 and all(m and m["relation"] == "diverged" for m in states.values()):
+            return waiting[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no single node waiting on a split brain: {states}")
+
+
+def signal_quiet(pid: int, sig: int) -> None:
+    import os
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
