@@ -9,7 +9,6 @@ receiver and application are *not* restarted: that is the agent's job.
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import signal
@@ -31,7 +30,8 @@ PARTITIONS = ("part-peers", "part-peers-witness", "part-second-witness")
 ALL = BASIC + PARTITIONS
 # argv pieces that name each daemon (``python -m hamirror agent``, ``... mirror mount``, ``kvserver.py``)
 DAEMONS = {"agent": ("hamirror", "agent"), "mount": ("mirror", "mount"), "receiver": ("mirror", "receive")}
-BALLAST = "/srv/hamirror-demo/chaos-ballast"   # 128 MiB written on a lone primary: the failback resync lasts
+DEMO_DIR = "/srv/hamirror-demo"
+BALLAST_MIB = 128    # written on a lone primary so that the failback resync has something to copy
 
 
 @dataclass
@@ -87,27 +87,6 @@ def _signal(pids: list[int], sig: int) -> list[int]:
         except ProcessLookupError:
             pass
     return done
-
-
-def _mount_logs(paths: LabPaths, node: str) -> dict[str, int]:
-    """The node's mount logs (``STATE_DIR/mount.log``, seen from the machine) and their sizes now."""
-    found = glob.glob(os.path.join(paths.node_dir(node, "state"), "**", "mount.log"), recursive=True)
-    return {path: os.path.getsize(path) for path in found}
-
-
-def _resync_logged(logs: dict[str, int]) -> str | None:
-    """The line a sending resync logs at its start ("resync ID: N path(s) to visit"), if written since."""
-    for path, offset in logs.items():
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        started = [line for line in text.splitlines() if "path(s) to visit" in line]
-        if started and "resync finished" not in text.split(started[-1], 1)[1]:
-            return started[-1].strip()[-120:]
-    return None
 
 
 class Injector:
@@ -292,15 +271,18 @@ class Injector:
                 writer.first_ack_after(time.monotonic(), 30.0)
             except LabError:
                 ev.detail.append(f"no write acknowledged by {survivor} alone within 30 s")
-        process.exec_in(self.paths, survivor, ["dd", "if=/dev/urandom", f"of={BALLAST}", "bs=1M", "count=128",
-                                               "status=none"], capture=True, timeout=120)
-        logs = _mount_logs(self.paths, survivor)
+        name = f"chaos-ballast-{ev.trial}-{ev.index}"
+        process.exec_in(self.paths, survivor, ["sh", "-c", f"rm -f {DEMO_DIR}/chaos-ballast-*; dd if=/dev/urandom "
+                        f"of={DEMO_DIR}/{name} bs=1M count={BALLAST_MIB} status=none"], capture=True, timeout=120)
+        # the booted node's copy of the ballast, seen from the machine: growing means the resync runs
+        copy = os.path.join(self.paths.node_dir(first, "srv"), os.path.basename(DEMO_DIR), name)
         self.boot(first)
         ev.node = survivor
         deadline = time.monotonic() + 60.0
         next_status = 0.0
         while time.monotonic() < deadline:
-            seen = _resync_logged(logs)        # the log is read from the machine, every 20 ms
+            size = os.stat(copy).st_blocks * 512 if os.path.exists(copy) else 0    # allocated: sparse-proof
+            seen = f"{first} holds {size >> 20} of {BALLAST_MIB} MiB" if 0 < size < BALLAST_MIB << 20 else None
             if not seen and time.monotonic() > next_status:      # a status costs a process in the node
                 seen = (measure.module_status(self.paths, survivor) or {}).get("resync")
                 next_status = time.monotonic() + 0.5
@@ -313,7 +295,7 @@ class Injector:
                 ev.detail.append(f"{first} killed and booted; {survivor} power-killed during the resync "
                                  f"({seen}), booted after {delay:.1f} s")
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
         ev.skipped = "no failback resync seen within 60 s"
 
     def _sb_swap(self, ev: Event) -> None:
