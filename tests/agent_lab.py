@@ -8,8 +8,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from hamirror.lab import kvclient
-from hamirror.lab.testing import TestLab
+from hamirror.lab.testing import TestLab, temporary_lab, unavailable
+
+LAB_MARKS = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+
+def agents_lab(tmp_path_factory, name: str) -> Iterator[TestLab]:
+    """A module-scoped lab with both agents up (the body of a ``lab`` fixture)."""
+    root = tmp_path_factory.mktemp(name)
+    with temporary_lab(str(root / "lab"), agents=True) as lab:
+        yield lab
 
 
 def status(lab: TestLab, node: str) -> dict | None:

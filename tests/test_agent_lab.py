@@ -17,17 +17,14 @@ import psutil
 import pytest
 
 from hamirror.lab import agent as labagent
-from hamirror.lab.testing import temporary_lab, unavailable
-from tests.agent_lab import get, module, status, wait_for, writing
+from tests.agent_lab import LAB_MARKS, agents_lab, get, module, status, wait_for, writing
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+pytestmark = LAB_MARKS
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("agentlab")
-    with temporary_lab(str(root / "lab"), agents=True) as lab:
-        yield lab
+    yield from agents_lab(tmp_path_factory, "agentlab")
 
 
 @pytest.fixture
