@@ -207,8 +207,8 @@ class Injector:
     def _power_kill(self, ev: Event) -> None:
         self._either(ev)
         delay = self.rng.uniform(1.0, 8.0)
-        ev.start = time.monotonic()
         self.kill(ev.node)
+        ev.start = time.monotonic()      # once the victim is fully dead, as measure.failover does
         time.sleep(delay)
         self.boot(ev.node)
         ev.detail.append(f"power-kill {ev.node}, boot after {delay:.1f} s")
@@ -249,9 +249,9 @@ class Injector:
         first = self.rng.choice(NODES)
         order = [first, next(n for n in NODES if n != first)]
         delay = self.rng.uniform(1.0, 5.0)
-        ev.start = time.monotonic()
         for node in order:
             self.kill(node)
+        ev.start = time.monotonic()
         time.sleep(delay)
         for node in self.rng.sample(order, 2):
             self.boot(node)
@@ -287,8 +287,8 @@ class Injector:
                 seen = (measure.module_status(self.paths, survivor) or {}).get("resync")
                 next_status = time.monotonic() + 0.5
             if seen:
-                ev.start = time.monotonic()
                 self.kill(survivor)
+                ev.start = time.monotonic()
                 delay = self.rng.uniform(0.5, 2.0)
                 time.sleep(delay)
                 self.boot(survivor)
