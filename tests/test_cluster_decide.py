@@ -276,3 +276,11 @@ def test_both_second_default_primary_leads() -> None:
 def test_view_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         view(S.STOP).state = S.PRIM  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("state", [S.PRIM, S.ALONE])
+def test_prim_on_a_primary_is_refused_without_a_data_loss_warning(state: NodeState) -> None:
+    d = decide(view(state, peer=S.SECOND, command=Command.PRIM))
+    assert d.state is state and d.actions == decide(view(state, peer=S.SECOND)).actions   # as without it
+    assert d.warnings[0] == f"`prim` refused in {state.value}: this node is already primary"
+    assert not any("may be lost" in w for w in d.warnings)

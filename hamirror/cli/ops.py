@@ -19,8 +19,6 @@ COMMANDS = {
     "forcestop": "stop MODULE at once: kill the application, no scripts, no flush",
     "restart": "restart the application in place (primary), or start a stopped module",
 }
-PRIM_WARNING = ("WARNING: forcing this node primary: data written on the peer and not replicated here "
-                "may be lost (or kept apart as a split brain).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,8 +81,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.action_name == "prim":
-        print(PRIM_WARNING, file=sys.stderr)
+    # `prim` on stale data: the agent's own warning says that data may be lost (printed below).
     answer = _ask(_socket(args), {"cmd": "module", "module": args.module, "action": args.action_name},
                   args.timeout)
     for warning in answer.get("warnings") or []:

@@ -123,6 +123,8 @@ COMMANDS: dict[tuple[NodeState, Command], Rule] = {
     (S.PRIM, Command.RESTART): _restart_app,
     (S.ALONE, Command.RESTART): _restart_app,
     (S.STOP, Command.PRIM): _refuse("start the module first"),
+    (S.PRIM, Command.PRIM): _refuse("this node is already primary"),
+    (S.ALONE, Command.PRIM): _refuse("this node is already primary"),
     (S.STOP, Command.SWAP): _refuse("the module is stopped"),
     (S.WAIT, Command.SWAP): _refuse("no synced pair to swap"),
     (S.ALONE, Command.SWAP): _refuse("the peer is not an up-to-date SECOND"),

@@ -1,0 +1,98 @@
+"""The fencing rules of decide() (issue 7): when a primary whose mount lost the peer may go on
+alone, when it must step down, and what the peer does when it sees its primary fenced."""
+
+from __future__ import annotations
+
+import pytest
+
+from hamirror.cluster.actions import (
+    Fence, MarkUpToDate, NewGeneration, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
+)
+from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import CheckerHealth, MirrorHealth, ModuleView, PeerView, mirror_health
+from hamirror.journal.generations import Relation
+
+S, M, R = NodeState, MirrorHealth, Relation
+
+
+def view(state=S.PRIM, mirror=M.FENCED, peer: S | None = S.SECOND, peer_uptodate=True, peer_fenced=False,
+         **kw) -> ModuleView:
+    p = PeerView(alive=peer is not None, state=peer, uptodate=peer_uptodate, fenced=peer_fenced)
+    kw.setdefault("relation", R.SAME if peer is not None else R.UNKNOWN)
+    return ModuleView(module="m", node="n1", state=state, uptodate=True, peer=p, mirror=mirror, **kw)
+
+
+def granted(d) -> bool:
+    return SetMirroring(False) in d.actions
+
+
+def test_fenced_waits_while_the_peer_is_an_up_to_date_second() -> None:
+    d = decide(view())
+    assert d.state is S.PRIM and d.actions == () and d.warnings == (FENCED_WAIT,)
+
+
+@pytest.mark.parametrize("peer,uptodate", [(S.WAIT, False), (S.SECOND, False), (S.STOP, True), (None, True)])
+def test_fenced_goes_alone_once_the_peer_cannot_be_primary(peer, uptodate) -> None:
+    d = decide(view(peer=peer, peer_uptodate=uptodate))
+    assert d.state is S.ALONE and granted(d) and NewGeneration() in d.actions
+
+
+def test_fenced_without_quorum_steps_down_refusing_writes_first() -> None:
+    d = decide(view(peer=None, quorum=False))
+    assert d.state is S.WAIT and d.actions[1] == RefuseWrites()
+    assert decide(view(peer=None, quorum=True)).state is S.ALONE
+
+
+def test_the_fence_script_runs_before_going_alone_without_the_peer() -> None:
+    d = decide(view(peer=None, fence_script=True))
+    assert d.actions.index(Fence()) < d.actions.index(SetMirroring(False))
+    heard = decide(view(peer=S.WAIT, peer_uptodate=False, fence_script=True))
+    assert Fence() not in heard.actions and granted(heard)   # a heard peer needs no fencing
+
+
+def test_a_second_takes_over_only_after_the_fence_script() -> None:
+    d = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, fence_script=True))
+    assert d.state is S.ALONE and d.actions[1] == Fence()
+
+
+@pytest.mark.parametrize("mirror", [M.FENCED, M.REFUSED, M.STREAMING])
+def test_a_fenced_primary_that_finds_the_peer_primary_steps_down(mirror) -> None:
+    d = decide(view(mirror=mirror, peer=S.ALONE, relation=R.PEER_NEWER, default_primary=True))
+    assert d.state is S.WAIT and d.actions[1] == RefuseWrites() and not granted(d)
+
+
+def test_refused_with_an_up_to_date_second_steps_down_so_it_takes_over() -> None:
+    assert decide(view(mirror=M.REFUSED)).state is S.WAIT
+
+
+def test_a_second_whose_primary_is_fenced_marks_itself_stale() -> None:
+    d = decide(view(state=S.SECOND, mirror=M.NONE, peer=S.PRIM, peer_fenced=True))
+    assert d.state is S.WAIT and MarkUpToDate(False) in d.actions and PEER_FENCED in d.warnings
+    w = decide(view(state=S.WAIT, mirror=M.NONE, peer=S.PRIM, peer_fenced=True))
+    assert w.state is S.WAIT and w.actions == (MarkUpToDate(False),)
+
+
+def test_a_dead_mount_is_remounted_then_the_node_steps_down_past_the_restart_limit() -> None:
+    d = decide(view(mirror=M.DEAD))
+    assert d.state is S.PRIM and d.actions == (RemountDataPath(),)
+    limit = decide(view(mirror=M.DEAD, checker=CheckerHealth(restarts=3, max_restarts=3)))
+    assert limit.state is S.WAIT and limit.actions[1] == RefuseWrites()
+
+
+def test_a_mount_alone_under_prim_moves_the_module_to_alone() -> None:
+    d = decide(view(mirror=M.ALONE))
+    assert d.state is S.ALONE and d.warnings
+
+
+def test_a_repaired_data_path_starts_the_application_once_writable() -> None:
+    assert decide(view(mirror=M.FENCED, app_stopped=True)).actions == ()
+    d = decide(view(state=S.ALONE, mirror=M.ALONE, peer=None, app_stopped=True))
+    assert d.actions == (RunScript("start_prim"),)
+
+
+def test_mirror_health_takes_the_worst_directory() -> None:
+    assert mirror_health(["PRIM", "PRIM"]) is M.STREAMING
+    assert mirror_health(["PRIM", "FENCED"]) is M.FENCED
+    assert mirror_health(["ALONE", None]) is M.DEAD
+    assert mirror_health([]) is M.NONE
