@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason="issue 7 fixes in progress")
 def test_short_seeded_campaign(tmp_path):
     root, out = str(tmp_path / "lab"), str(tmp_path / "chaos.json")
     cmd = [sys.executable, os.path.join(REPO, "scripts", "chaos.py"), "--seed", "11", "--trials", "1",
