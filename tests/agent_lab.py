@@ -16,10 +16,10 @@ from hamirror.lab.testing import TestLab, temporary_lab, unavailable
 LAB_MARKS = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
 
-def agents_lab(tmp_path_factory, name: str) -> Iterator[TestLab]:
+def agents_lab(tmp_path_factory, name: str, *up_args: str) -> Iterator[TestLab]:
     """A module-scoped lab with both agents up (the body of a ``lab`` fixture)."""
     root = tmp_path_factory.mktemp(name)
-    with temporary_lab(str(root / "lab"), agents=True) as lab:
+    with temporary_lab(str(root / "lab"), *up_args, agents=True) as lab:
         yield lab
 
 

@@ -53,7 +53,7 @@ def test_the_fence_script_runs_before_going_alone_without_the_peer() -> None:
 
 def test_a_second_takes_over_only_after_the_fence_script() -> None:
     d = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, fence_script=True))
-    assert d.state is S.ALONE and d.actions[1] == Fence()
+    assert d.state is S.ALONE and d.actions[1] == Fence(takeover=True)
 
 
 @pytest.mark.parametrize("mirror", [M.FENCED, M.REFUSED, M.STREAMING])

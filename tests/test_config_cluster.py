@@ -174,3 +174,22 @@ def test_http_off_loopback_needs_a_token_file(tmp_path):
     assert not cluster.http.loopback
     assert load_cluster(write_cluster(tmp_path, {"[heartbeat]": '[http]\nlisten = "[::1]:9453"\n\n[heartbeat]'})
                         ).http.loopback
+
+
+def test_fence_table(tmp_path):
+    from hamirror.config import load_cluster
+    from hamirror.config.loader import check
+    script = tmp_path / "fence.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    path = tmp_path / "c.toml"
+    base = ('[cluster]\nname = "c"\nnode = "a"\nmodules_dir = "."\n[[nodes]]\nname = "a"\naddresses = ["198.18.0.1"]\n'
+            '[[nodes]]\nname = "b"\naddresses = ["198.18.0.2"]\n')
+    path.write_text(base + f'[fence]\nscript = "{script}"\ntakeover_delay = 1.5\n')
+    cluster = load_cluster(str(path))
+    assert cluster.fence.script == str(script) and cluster.fence.takeover_delay == 1.5
+    assert cluster.fence.block_timeout == 60.0 and not cluster.availability_first
+    path.write_text(base + '[fence]\nscript = "missing.sh"\ntakeover_delay = -1\n')
+    problems = {str(e) for e in check(str(path))}
+    assert f"{path}: fence.takeover_delay: must be a number of seconds, 0 or more" in problems
+    assert f"{path}: fence.script: {tmp_path}/missing.sh is not an executable file" in problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 
 from hamirror.actions.scripts import ScriptResult, run_text
 from hamirror.config.cluster import ClusterConfig
@@ -21,6 +22,7 @@ class FenceRunner:
 
     def __init__(self, cluster: ClusterConfig, module: str) -> None:
         self.script, self.timeout = cluster.fence.script, cluster.fence.timeout
+        self.takeover_delay = cluster.fence.takeover_delay
         self.peer, self.node, self.cluster, self.module = (cluster.peer_node.name, cluster.local_name,
                                                            cluster.name, module)
         self.log_path = os.path.join(cluster.module_state_dir(module), "fence.log")
@@ -29,10 +31,13 @@ class FenceRunner:
     def configured(self) -> bool:
         return self.script is not None
 
-    def run(self) -> ScriptResult:
-        """Fence the peer; ok only for exit status 0 within ``[fence] timeout``."""
+    def run(self, takeover: bool = False) -> ScriptResult:
+        """Fence the peer; ok only for exit status 0 within ``[fence] timeout``. A takeover waits
+        ``takeover_delay`` first: the primary's own fencing wins a partition."""
         if self.script is None:
             return ScriptResult("fence", False, None, False, 0.0, "no [fence] script configured")
+        if takeover:
+            time.sleep(self.takeover_delay)
         env = dict(os.environ, HAMIRROR_PEER=self.peer, HAMIRROR_NODE=self.node, HAMIRROR_CLUSTER=self.cluster,
                    HAMIRROR_MODULE=self.module)
         text = f"exec {shlex.quote(self.script)} {shlex.quote(self.peer)}\n"

@@ -58,7 +58,7 @@ class ScriptsLike(Protocol):
 
 
 class FencerLike(Protocol):
-    def run(self): ...   # -> ScriptResult (ok, detail)
+    def run(self, takeover: bool = False): ...   # -> ScriptResult (ok, detail)
 
 
 class JournalOps(Protocol):
@@ -147,7 +147,7 @@ class Executor:
     def _Fence(self, action: a.Fence, target: NodeState) -> None:
         if self.fencer is None:
             raise ActionFailed("Fence: no [fence] script configured")
-        result = self.fencer.run()
+        result = self.fencer.run(takeover=action.takeover)
         if not result.ok:
             raise ActionFailed(f"fence script failed: {result.detail}")
         log.warning("%s: the peer was fenced", self.module)

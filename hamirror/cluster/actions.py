@@ -56,7 +56,11 @@ class RefuseWrites:
 @dataclasses.dataclass(frozen=True)
 class Fence:
     """Run the cluster's fence script against the peer and wait for its success: the peer cannot
-    be primary afterwards (a takeover or going on alone from an unreachable peer)."""
+    be primary afterwards (a takeover or going on alone from an unreachable peer). ``takeover``:
+    a secondary fencing its primary waits ``[fence] takeover_delay`` first, so that in a
+    partition, where both fence, the primary (which has the clients) shoots first and wins."""
+
+    takeover: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,9 @@ def _stop_app(force: bool) -> tuple[Action, ...]:
 
 def fence_first(view: ModuleView) -> tuple[Action, ...]:
     """The fence script, when configured and the peer is not heard: before acting alone."""
-    return (Fence(),) if view.fence_script and not view.peer.alive else ()
+    if not view.fence_script or view.peer.alive:
+        return ()
+    return (Fence(takeover=not view.state.is_primary),)
 
 
 def promote_alone(view: ModuleView, warning: str | None = None) -> Decision:

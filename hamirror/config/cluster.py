@@ -53,11 +53,13 @@ class FenceConfig:
     """I/O fencing (docs/reliability.md). ``script``: run before acting without an unreachable
     peer (a takeover, or a primary going on alone); the action waits for its success (exit 0).
     ``block_timeout``: how long a primary's writes may stay blocked waiting for a verdict
-    before they are refused (EIO) and the node steps down."""
+    before they are refused (EIO) and the node steps down. ``takeover_delay``: a secondary
+    waits this long before fencing its primary, so that in a partition the primary fences first."""
 
     script: str | None = None
     timeout: float = 30.0
     block_timeout: float = 60.0
+    takeover_delay: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,10 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
         "script": path_field(base, None),
         "timeout": Field(schema.number(greater_than=0), FenceConfig.timeout),
         "block_timeout": Field(schema.number(greater_than=0), FenceConfig.block_timeout),
+        "takeover_delay": Field(schema.number(), FenceConfig.takeover_delay),
     }))
+    if fence.takeover_delay is not None and fence.takeover_delay < 0:
+        errors.add("fence.takeover_delay", "must be a number of seconds, 0 or more")
     if fence.script is not None and not os.access(fence.script, os.X_OK):
         errors.add("fence.script", f"{fence.script} is not an executable file")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,

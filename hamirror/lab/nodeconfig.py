@@ -20,7 +20,10 @@ REPO_MODULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.p
 ETC = NODE_MOUNTS["etc"]
 
 
-def cluster_toml(node: str, witness: bool) -> str:
+FENCE_SCRIPT = "fence.sh"
+
+
+def cluster_toml(node: str, witness: bool, fence: bool = False) -> str:
     """The cluster file as node sees it (paths are the in-namespace ones)."""
     lines = [
         "# Written by 'hamirror lab up'.",
@@ -41,6 +44,8 @@ def cluster_toml(node: str, witness: bool) -> str:
     ]
     if witness:
         lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
+    if fence:
+        lines += ["[fence]", f'script = "{ETC}/{FENCE_SCRIPT}"', "timeout = 20", ""]
     for name in NODES:
         lines += ["[[nodes]]", f'name = "{name}"', f'addresses = ["{ADDRESSES[name]}"]', ""]
     return "\n".join(lines)
@@ -61,7 +66,15 @@ def module_source(module: str) -> str:
     return os.path.abspath(path)
 
 
-def write_all(paths: LabPaths, modules: list[str], witness: bool) -> None:
+def fence_script(paths: LabPaths) -> str:
+    """The lab's fence script: power-kill the peer (``lab kill``), as a BMC or hypervisor would."""
+    return ("#!/bin/sh\n"
+            "# Written by 'hamirror lab up --fence': power-kill the node named by $1 (SIGKILL of every\n"
+            "# process of it), the way a real fence cuts the power of a server through its BMC.\n"
+            f"exec {sys.executable} -m hamirror lab kill --root {paths.root} \"$1\"\n")
+
+
+def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False) -> None:
     """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories)."""
     sources = [module_source(m) for m in modules]
     cluster_key = secrets.token_bytes(32)
@@ -69,7 +82,12 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool) -> None:
         etc = paths.node_dir(node, "etc")
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
-            f.write(cluster_toml(node, witness))
+            f.write(cluster_toml(node, witness, fence))
+        if fence:
+            script = os.path.join(etc, FENCE_SCRIPT)
+            with open(script, "w", encoding="utf-8") as f:
+                f.write(fence_script(paths))
+            os.chmod(script, 0o755)
         _write_secret(os.path.join(etc, "cluster.key"), cluster_key)
         _keygen(os.path.join(etc, "keys"), node)
         for src in sources:
