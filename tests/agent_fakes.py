@@ -39,7 +39,7 @@ class FakeDataPath:
         self._call("start_receivers")
         self.receiving = True
 
-    def stop_receivers(self) -> None:
+    def stop_receivers(self, timeout: float = 10.0) -> None:
         self._call("stop_receivers")
         self.receiving = False
 

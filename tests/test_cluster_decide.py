@@ -31,7 +31,7 @@ def view(state: NodeState, uptodate: bool = True, peer: NodeState | None = None,
     return ModuleView(module="m", node="n1", state=state, uptodate=uptodate, peer=p, **kw)
 
 
-TAKEOVER = (StopReceiver(), NewGeneration(), MountReplicated(peer_connected=False), AddVip(),
+TAKEOVER = (StopReceiver(grace=1.0), NewGeneration(), MountReplicated(peer_connected=False), AddVip(),
             RunScript("start_prim"))
 
 
@@ -51,7 +51,7 @@ def test_cold_start_default_primary_decides(default: bool, expected: NodeState) 
                     relation=R.UNKNOWN, cold_start=True, default_primary=default))
     assert d.state is expected
     if default:
-        assert d.actions == (Persist(S.ALONE), StopReceiver(), NewGeneration(), MarkUpToDate(True),
+        assert d.actions == (Persist(S.ALONE), StopReceiver(grace=1.0), NewGeneration(), MarkUpToDate(True),
                              MountReplicated(peer_connected=False), AddVip(),
                              RunScript("start_prim"))
 
@@ -199,7 +199,7 @@ def test_swap_from_primary_is_a_handover_then_peer_promotes() -> None:
                          Unmount(), StartReceiver(), RunScript("start_second"))
     b = decide(view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER))
     assert b.state is S.PRIM
-    assert b.actions == (Persist(S.PRIM), RunScript("stop_second"), StopReceiver(),
+    assert b.actions == (Persist(S.PRIM), RunScript("stop_second"), StopReceiver(grace=1.0),
                          MountReplicated(peer_connected=True), AddVip(), RunScript("start_prim"))
     # the old primary keeps advertising HANDOVER until it sees the new primary, then clears it
     assert decide(view(S.SECOND, peer=S.SECOND, swap=SwapPhase.HANDOVER,

@@ -28,7 +28,11 @@ class StartReceiver:
 
 @dataclasses.dataclass(frozen=True)
 class StopReceiver:
-    """Stop applying the peer's operations; what was applied stays, the journal records where."""
+    """Stop applying the peer's operations; what was applied stays, the journal records where.
+    ``grace``: seconds for the receiver to finish its message and close before it is killed
+    (short on a takeover: the peer is gone, and every second is a second without service)."""
+
+    grace: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

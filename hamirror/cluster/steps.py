@@ -14,6 +14,9 @@ from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import ModuleView, SwapPhase
 
 
+TAKEOVER_GRACE = 1.0   # seconds a receiver gets to stop when this node becomes primary
+
+
 def stay(view: ModuleView, *actions: Action, warning: str | None = None,
          swap: SwapPhase = SwapPhase.NONE) -> Decision:
     """Keep the current state, optionally running ``actions``."""
@@ -29,7 +32,7 @@ def move(target: NodeState, *actions: Action, warning: str | None = None,
 def _leave_receiving(view: ModuleView) -> tuple[Action, ...]:
     """Stop being a secondary/receiver before the application starts here."""
     script = (RunScript("stop_second"),) if view.state is NodeState.SECOND else ()
-    return script + (StopReceiver(),)
+    return script + (StopReceiver(grace=TAKEOVER_GRACE),)
 
 
 def _stop_app(force: bool) -> tuple[Action, ...]:
