@@ -29,7 +29,8 @@ def ready(tmp_path) -> str:
 
 def test_check_ok_with_every_secret_in_place(tmp_path):
     result = run_cli("config", "check", "-c", ready(tmp_path))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 1 module(s): app\n", "")
+    assert (result.returncode, result.stdout) == (0, "OK: cluster lab, 1 module(s): app\n")
+    assert "warning: neither [quorum] witness nor [fence] script" in result.stderr
 
 
 @pytest.mark.parametrize("case, key, problem", [

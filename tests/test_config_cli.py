@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from hamirror.cli.config import AVAILABILITY_FIRST
 from tests.conftest import run_cli
 from tests.configfiles import write_cluster, write_module, write_secrets
 
@@ -14,7 +15,15 @@ def test_check_ok_names_the_cluster_and_modules(tmp_path):
     write_module(tmp_path, "web", name="web", replace={"7410": "7411", "/srv/app": "/srv/web"})
     write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 2 module(s): app, web\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 2 module(s): app, web\n",
+                                                                 AVAILABILITY_FIRST.format(path=path) + "\n")
+
+
+def test_check_warns_of_availability_first_only_without_witness_and_fence(tmp_path):
+    path = write_cluster(tmp_path, {"timeout = 2.0\n": 'timeout = 2.0\n\n[quorum]\nwitness = "198.18.0.254:7402"\n'})
+    write_secrets(tmp_path)
+    result = run_cli("config", "check", "-c", path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 0 module(s)\n", "")
 
 
 def test_check_without_modules(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from hamirror.config import load_cluster, load_modules, render_script
 from tests.conftest import REPO, run_cli
-from tests.configfiles import CLUSTER, edit, write_cluster
+from tests.configfiles import CLUSTER, edit, write_cluster, write_secrets
 from tests.test_demo_kvserver import free_port, http_request
 
 DEMO = os.path.join(REPO, "modules", "demo")
@@ -20,8 +20,9 @@ DEMO = os.path.join(REPO, "modules", "demo")
 def test_demo_module_passes_config_check(tmp_path):
     path = write_cluster(tmp_path)
     shutil.copytree(DEMO, tmp_path / "modules" / "demo")
+    write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 1 module(s): demo\n", "")
+    assert (result.returncode, result.stdout) == (0, "OK: cluster lab, 1 module(s): demo\n")
     module = load_modules(load_cluster(path))[0]
     assert (module.default_primary, module.vip.address, module.vip.interface) == ("node1", "198.18.0.100/24", "eth0")
     assert [d.path for d in module.directories] == ["/srv/hamirror-demo"]
