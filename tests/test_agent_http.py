@@ -20,7 +20,7 @@ def status_doc(state: str = "PRIM", resync: dict | None = None) -> dict:
         "node": "node1", "cluster": "lab",
         "peer": {"name": "node2", "alive": True, "networks": [], "rejected": {"bad_mac": 3, "replay": 1}},
         "modules": [{"name": "demo", "state": state, "peer_state": "SECOND", "uptodate": True, "resync": resync,
-                     "relation": "same", "warnings": [], "error": None},
+                     "relation": "same", "warnings": [], "error": None, "mirror": "fenced"},
                     {"name": "db", "state": "WAIT", "peer_state": None, "uptodate": False,
                      "resync": {"done_bytes": 123456789012, "total_bytes": 234567890123}}],
     }
@@ -124,6 +124,16 @@ def test_metrics_exact_text():
         "# TYPE hamirror_module_uptodate gauge",
         'hamirror_module_uptodate{module="demo"} 1',
         'hamirror_module_uptodate{module="db"} 0',
+        "# HELP hamirror_module_mirror 1 for what the primary's mounts really do (streaming, syncing, alone, "
+        "fenced, refused, dead).",
+        "# TYPE hamirror_module_mirror gauge",
+        *[f'hamirror_module_mirror{{module="{m}",mirror="{h}"}} {int(m == "demo" and h == "fenced")}'
+          for m in ("demo", "db") for h in ("streaming", "syncing", "alone", "fenced", "refused", "dead")],
+        "# HELP hamirror_module_fenced 1 while the module's writes are blocked waiting for a fencing verdict "
+        "(the peer stopped acknowledging).",
+        "# TYPE hamirror_module_fenced gauge",
+        'hamirror_module_fenced{module="demo"} 1',
+        'hamirror_module_fenced{module="db"} 0',
         "# HELP hamirror_resync_done_bytes Bytes copied by the running resync (0 when none runs).",
         "# TYPE hamirror_resync_done_bytes gauge",
         'hamirror_resync_done_bytes{module="demo"} 0',

@@ -45,6 +45,7 @@ from hamirror import audit
 from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import MirrorHealth
 from hamirror.config.cluster import HttpConfig
 from hamirror.secretfile import read_secret
 
@@ -213,6 +214,13 @@ def render_metrics(doc: dict) -> str:
             for m in modules for s in NodeState])
     family("hamirror_module_uptodate", "gauge", "1 when this node's copy of the module's data is up to date.",
            [({"module": m["name"]}, int(bool(m.get("uptodate")))) for m in modules])
+    family("hamirror_module_mirror", "gauge",
+           "1 for what the primary's mounts really do (streaming, syncing, alone, fenced, refused, dead).",
+           [({"module": m["name"], "mirror": h.value}, int(m.get("mirror") == h.value))
+            for m in modules for h in MirrorHealth if h is not MirrorHealth.NONE])
+    family("hamirror_module_fenced", "gauge",
+           "1 while the module's writes are blocked waiting for a fencing verdict (the peer stopped acknowledging).",
+           [({"module": m["name"]}, int(m.get("mirror") == MirrorHealth.FENCED.value)) for m in modules])
     for key, help_text in (("done_bytes", "Bytes copied by the running resync (0 when none runs)."),
                            ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
         family(f"hamirror_resync_{key}", "gauge", help_text,

@@ -354,6 +354,8 @@ class ModuleRunner:
         changes; a load balancer must stop sending traffic when it stops, not after."""
         if not self.state.is_primary:
             return False
+        if self.obs is not None and self.obs.mirror in (MirrorHealth.REFUSED, MirrorHealth.DEAD):
+            return False      # writes fail here: a balancer should not send traffic
         if self.transition is not None and (not self.transition[0].is_primary
                                             or any(map(_touches_service, self.transition[1]))):
             return False
