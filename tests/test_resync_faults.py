@@ -183,7 +183,10 @@ def _files(root: str) -> dict[str, bytes]:
     return out
 
 
-def test_split_brain_keep_aside(mirror_factory):
+@pytest.mark.parametrize("mode", [(), ("--full",)], ids=["incremental", "full"])
+def test_split_brain_keep_aside(mirror_factory, mode):
+    """In every resync mode (issue 7: after `second` the resync is a full one), what the losing
+    side changed on its own is set aside, never just overwritten."""
     pair = mirror_factory("m", timeout=3).start()
     p, s = pair.primary, pair.secondary
     for name in ("shared", "both", "bdel", "untouched"):
@@ -219,7 +222,7 @@ def test_split_brain_keep_aside(mirror_factory):
             kill9(proc)
     before = _files(s)
     pair.start_receiver()
-    resync(pair, "--keep-aside")
+    resync(pair, "--keep-aside", *mode)
     assert mount_state(pair) == "PRIM"
     assert_equal_trees(pair)                          # A's version wins
     with open(f"{s}/both", "rb") as f:

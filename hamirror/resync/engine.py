@@ -86,6 +86,7 @@ class ResyncEngine:
         self._hints: dict[str, Meta | None] = {}   # the peer's entry as its parent's listing showed
         self._unacked: collections.deque = collections.deque()   # (last ticket, path, bytes done)
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
+        self._peer_dirs: set[str] = set()     # ancestors of those (keep-aside of whole trees)
 
     # driver ----------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class ResyncEngine:
         peer_gen = GenerationHistory.from_json(peer["generations"]) if peer.get("generations") else None
         if self.keep_aside:   # every mode: what the peer changed on its own is set aside first
             self._peer_paths = set(peer.get("paths", ()))
+            self._peer_dirs = {p.rsplit("/", i)[0] for p in self._peer_paths for i in range(1, p.count("/") + 1)}
         if self.full:
             self.progress.mode = "full"
             self.deep = True
@@ -244,7 +246,7 @@ class ResyncEngine:
     def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
         """Remove what is wrong on the peer and create what is missing (lock held)."""
         relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
-        aside = self.keep_aside and path in self._peer_paths
+        aside = self._aside(path)
         if remote is not None and (local is None or relink or aside or not _same_kind(local, remote)):
             self._submit(Op.REMOVE, (1 if aside else 0,), path)
             self._touched(path)
@@ -262,6 +264,10 @@ class ResyncEngine:
             self._submit(Op.CREATE, (local.mode, local.uid, local.gid, local.rdev), path)
         return None
 
+    def _aside(self, path: str) -> bool:
+        """Split brain: the peer changed this path (or something below it) on its own: keep it aside."""
+        return self.keep_aside and (path in self._peer_paths or path in self._peer_dirs)
+
     def _linked_elsewhere(self, path: str, local: Meta) -> bool:
         """A hard link whose inode an earlier path already carried to the peer."""
         return local.nlink > 1 and self._linked.setdefault(local.ino, path) != path
@@ -275,7 +281,8 @@ class ResyncEngine:
 
     def _queue_children(self, path: str, ours: dict[str, Meta], theirs: dict[str, Meta]) -> None:
         for name in sorted(set(theirs) - set(ours)):
-            self._submit(Op.REMOVE, (0,), _join(path, name))
+            child = _join(path, name)
+            self._submit(Op.REMOVE, (1 if self._aside(child) else 0,), child)
             self._touched(path)
         for name, meta in ours.items():
             child = _join(path, name)
