@@ -59,6 +59,10 @@ class FakeDataPath:
             self.journal.new_generation()
         self.mounts = [dict(m, state="ALONE") if m else None for m in self.mounts]
 
+    def refuse(self, reason: str) -> None:
+        self._call("refuse")
+        self.mounts = [dict(m, state="REFUSED") if m else None for m in self.mounts]
+
     def resync(self, full: bool) -> None:
         self._call("resync", full)
         self.mounts = [dict(m, state="SYNCING") if m else None for m in self.mounts]

@@ -205,3 +205,59 @@ def test_health_says_not_serving_from_the_moment_a_swap_stops_the_application(tm
     assert (doc["state"], doc["target"], doc["serving"], doc["busy"]) == ("PRIM", "SECOND", False, True)
     assert after == (503, b"SECOND\n") and runner.transition is None
 
+
+
+def test_a_fenced_primary_waits_for_its_second_then_goes_alone(tmp_path):
+    """The mount lost the peer: no grant while an up-to-date SECOND is heard; the heartbeat says
+    fenced; once the peer reports its copy stale, ALONE (a new generation)."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1, "fenced_since": 1.0}]
+
+    async def scenario():
+        await runner.attach()
+        assert runner.state is S.PRIM
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert runner.state is S.PRIM and "set_alone" not in [c[0] for c in dp.calls]
+        assert runner.advertised().fenced is True
+        assert module_status(runner)["mirror"] == "fenced"
+        await step(runner, peer(S.WAIT, False), journal.history)
+        assert runner.state is S.ALONE and ("set_alone",) in dp.calls
+        assert runner.advertised().fenced is False
+
+    asyncio.run(scenario())
+
+
+def test_a_primary_reannounces_its_vip_when_the_peer_comes_back_or_steps_down(tmp_path):
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, peer(S.SECOND, True), journal.history)   # first heard: announced
+        assert vip.calls == ["add"]
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert vip.calls == ["add"]                              # nothing changed: no announce
+        runner.peer = PeerView(alive=False)                        # the peer was not heard...
+        await step(runner, peer(S.SECOND, True), journal.history)  # ...and is back
+        assert vip.calls == ["add", "add"]
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_mount_is_remounted_and_the_application_started_once_writable(tmp_path):
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await runner.attach()
+        dp.mounts = [None]                                        # the mount daemon died
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert ("unmount", True) in dp.calls and ("mount", False) in dp.calls
+        assert ("stop_prim", "PRIM") in scripts.runs and ("start_prim", "PRIM") not in scripts.runs
+        assert runner.restarts_in_window() == 1
+        dp.mounts = [{"state": "ALONE", "mounted": True, "pid": 2}]   # granted meanwhile
+        await step(runner, peer(S.WAIT, False), journal.history)
+        await step(runner, peer(S.WAIT, False), journal.history)
+        assert ("start_prim", "ALONE") in scripts.runs or ("start_prim", "PRIM") in scripts.runs
+
+    asyncio.run(scenario())

@@ -17,7 +17,7 @@ import pytest
 
 from hamirror.fs.control import request
 from hamirror.journal.journal import Journal
-from tests.conftest import needs_root
+from tests.conftest import HAMIRROR, needs_root
 from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
 pytestmark = needs_root
@@ -160,3 +160,30 @@ def test_without_fence_the_low_level_mount_still_goes_alone_by_itself(mirror_fac
         wait_for(lambda: pair.status()["state"] == "ALONE", 5, what="ALONE")
     finally:
         pair.umount()
+
+
+def test_every_takeover_starts_a_new_generation_even_over_an_alone_journal(mirror_factory):
+    """Finding 3 of issue 7: a node whose journal still said ALONE took over without a new
+    generation, so the node it replaced read the relation as `same` and resynced over it."""
+    pair = mirror_factory("takeover", timeout=1)
+    os.makedirs(pair.state, mode=0o700)
+    journal = Journal(os.path.join(pair.state, "journal.db"))
+    try:
+        first = journal.new_generation()
+        journal.set_state("mirror_state", "ALONE")
+    finally:
+        journal.close()
+    pair.replicate = False
+    try:
+        with open(pair.log("mount"), "ab") as out:
+            subprocess.run(HAMIRROR + ["mirror", "mount", "--dir", pair.primary, "--alone", "--keys", pair.keys,
+                                       "--state-dir", pair.state], check=True, stdout=out, stderr=out, timeout=30)
+        wait_for(lambda: is_fuse_mounted(pair.primary), 10, what="the takeover mount")
+    finally:
+        pair.umount()
+    journal = Journal(os.path.join(pair.state, "journal.db"))
+    try:
+        history = journal.generations()
+        assert history.current.id != first and first in history.ids()
+    finally:
+        journal.close()
