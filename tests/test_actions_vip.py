@@ -70,3 +70,18 @@ def test_arp_frame_layout():
     frame = arp_announce("02:00:00:00:00:01", "198.18.0.100")
     assert frame[:6] == b"\xff" * 6 and frame[12:14] == b"\x08\x06" and len(frame) == 42
     assert frame[20:22] == b"\x00\x01"                         # request
+
+
+def test_the_vip_lease_lapses_without_renewal_and_is_never_renewed_back(netns):
+    """A frozen node stops holding the VIP by itself: the kernel drops the address once its
+    lifetime runs out, and a late renewal does not bring it back (a decision must)."""
+    import time
+    vip = Vip("198.18.0.100/24", "v0", netns=netns, arp_count=0, lifetime=1)
+    vip.add()
+    for _ in range(6):                         # renewed: kept well past the lifetime
+        time.sleep(0.4)
+        assert vip.renew() is True
+    assert vip.present()
+    time.sleep(2.6)                            # not renewed: lapsed (1 s, rounded up to a second)
+    assert not vip.present()
+    assert vip.renew() is False and not vip.present()

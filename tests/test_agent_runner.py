@@ -261,3 +261,23 @@ def test_a_dead_mount_is_remounted_and_the_application_started_once_writable(tmp
         assert ("start_prim", "ALONE") in scripts.runs or ("start_prim", "PRIM") in scripts.runs
 
     asyncio.run(scenario())
+
+
+def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_primary(tmp_path):
+    """A woken primary whose mount is fenced may be facing a peer that is taking over (and still
+    says SECOND): the VIP stays withdrawn until the mount streams again or is granted ALONE."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await runner.attach()
+        runner.peer = peer(S.SECOND, True)
+        await runner.withdraw_vip()
+        assert runner.vip_withdrawn and vip.calls == ["remove"]
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert vip.calls == ["remove"]                          # fenced: proves nothing
+        dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert vip.calls == ["remove", "add"] and not runner.vip_withdrawn
+
+    asyncio.run(scenario())

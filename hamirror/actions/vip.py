@@ -86,13 +86,18 @@ class Vip:
             except OSError as exc:       # the address is up; a lost announce only delays clients
                 log.warning("gratuitous ARP for %s on %s failed: %s", self.ip, self.interface, exc)
 
-    def renew(self) -> None:
-        """Extend the lease by ``lifetime`` (re-adds the address if the kernel had dropped it)."""
+    def renew(self) -> bool:
+        """Extend the lease by ``lifetime``; False when the kernel had dropped the address (the
+        lease lapsed: this node was frozen). It is *not* added back here: only a decision does."""
         if self.lifetime is None:
-            return
+            return True
         with _netlink(self.netns) as ipr:
+            index = _index(ipr, self.interface)
+            if not any(a.get("IFA_ADDRESS") == self.ip for a in ipr.get_addr(index=index)):
+                return False
             try:
-                self._replace(ipr, _index(ipr, self.interface))
+                self._replace(ipr, index)
+                return True
             except NetlinkError as exc:
                 raise VipError(f"cannot renew {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
 

@@ -170,10 +170,15 @@ class Executor:
             self.vip.add()
             self.vip_held = True
 
-    def renew_vip(self) -> None:
-        """Extend the VIP's kernel lease while this node holds it (called every tick)."""
-        if self.vip is not None and self.vip_held:
-            self.vip.renew()
+    def renew_vip(self) -> bool:
+        """Extend the VIP's kernel lease while this node holds it (called every tick); False when
+        the lease had lapsed (the address is gone until a decision adds it again)."""
+        if self.vip is None or not self.vip_held:
+            return True
+        if self.vip.renew():
+            return True
+        self.vip_held = False
+        return False
 
     def _Unmount(self, action: a.Unmount, target: NodeState) -> None:
         self.datapath.unmount(force=action.force)

@@ -34,6 +34,7 @@ from hamirror.journal.generations import GenerationHistory, Relation, compare
 log = logging.getLogger(__name__)
 S = NodeState
 
+SAFE_TO_SERVE = (MirrorHealth.STREAMING, MirrorHealth.SYNCING, MirrorHealth.ALONE)
 RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
 RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it
 RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
@@ -214,10 +215,14 @@ class ModuleRunner:
             return
         view = self.view(peer, quorum, peer_history)
         decision = decide(view)
-        if self.vip_withdrawn:
+        if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
+            # Still primary after the stall, and the data path proves it: the peer acknowledges our
+            # writes (a peer that took over would have stopped its receiver), or we were ALONE.
+            # A fenced mount proves nothing: the peer may be taking over, still saying SECOND.
             self.vip_withdrawn = False
-            if decision.state.is_primary:    # still primary after listening: serve again
-                decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
+            decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
+        elif self.vip_withdrawn and not decision.state.is_primary:
+            self.vip_withdrawn = False
         command, self.command = self.command, Command.NONE
         self.report(view, decision)
         if decision.state is not self.state or decision.actions:

@@ -159,7 +159,10 @@ class Agent:
         """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse)."""
         for name, runner in self.runners.items():
             try:
-                await asyncio.to_thread(runner.executor.renew_vip)
+                if not await asyncio.to_thread(runner.executor.renew_vip):
+                    log.warning("%s: the VIP's lease had lapsed (this node did not run): it comes back "
+                                "with the next decision that proves this node still primary", name)
+                    runner.vip_withdrawn = True
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 log.warning("%s: VIP lease not renewed: %s", name, exc)
 
