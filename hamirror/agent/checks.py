@@ -24,6 +24,7 @@ class CheckerState:
     def __init__(self, module: str, checkers: list[Checker], clock: Callable[[], float] = time.monotonic) -> None:
         self.module, self.checkers, self.clock = module, checkers, clock
         self.failure: str | None = None
+        self.on_failure: Callable[[str], object] = lambda failure: None   # the event timeline
         self.next_run = {c.name: 0.0 for c in checkers}
         self.reset()
 
@@ -50,3 +51,4 @@ class CheckerState:
             if result is not None and self.failure is None:
                 self.failure = f"{checker.name}: {result}"
                 log.warning("%s: checker %s", self.module, self.failure)
+                self.on_failure(self.failure)

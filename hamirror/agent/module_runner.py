@@ -18,8 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from hamirror.agent import journal_info
+from hamirror.agent import damping, journal_info
 from hamirror.agent.checks import CheckerState
+from hamirror.agent.events import decision_events, observation_events
 from hamirror.agent.executor import ActionFailed, Executor, describe
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.cluster import actions as a
@@ -69,11 +70,17 @@ class Observation:
         """A mount lost the peer and waits for it to confirm its copy is stale."""
         return "FENCED" in self.mount_states
 
-
-def _touches_service(action: a.Action) -> bool:
-    """Whether an action stops, starts or moves the application or its address."""
-    return isinstance(action, (a.AddVip, a.RemoveVip, a.KillApp, a.RestartApp, a.MountReplicated, a.Unmount)) or (
-        isinstance(action, a.RunScript) and action.name in ("start_prim", "stop_prim"))
+    @property
+    def last_resync(self) -> dict | None:
+        """What the last completed resync of the mounts copied (summed over directories)."""
+        parts = [m["last_resync"] for m in self.mounts if m and isinstance(m.get("last_resync"), dict)]
+        if not parts:
+            return None
+        total = {key: sum(int(p.get(key) or 0) for p in parts) for key in ("done_files", "bytes_sent")}
+        total["mode"] = parts[0].get("mode")
+        total["seconds"] = max(float(p.get("seconds") or 0) for p in parts)
+        total["finished_at"] = max(float(p.get("finished_at") or 0) for p in parts)
+        return total
 
 
 @dataclasses.dataclass
@@ -92,12 +99,13 @@ class ModuleRunner:
     def __init__(self, name: str, node: str, default_primary: bool, store: Store, executor: Executor,
                  datapath, journals, checkers: CheckerState, max_restarts: int, window: float,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 fence_script: bool = False) -> None:
+                 fence_script: bool = False, failover_max: int = 0, failover_window: float = 600.0) -> None:
         self.name, self.node, self.default_primary = name, node, default_primary
         self.store, self.executor, self.datapath, self.checkers = store, executor, datapath, checkers
         self.journals = journals          # .read() -> journal_info.JournalInfo
         self.max_restarts, self.window, self.clock, self.wall = max_restarts, window, clock, wall
         self.fence_script = fence_script
+        self.failover_max, self.failover_window = failover_max, failover_window
         self.vip_withdrawn = False        # after a stall: the VIP comes back only with a decision
         self.record = store.load()
         self.state = self.record.state
@@ -115,6 +123,7 @@ class ModuleRunner:
         self.waiters: list[asyncio.Future] = []
         self.resync_requested: float | None = None
         self.on_change: Callable[[], None] = lambda: None
+        self.emit: Callable[..., object] = lambda kind, text, **fields: None   # the event timeline
         executor.persist = self.persist
         executor.count_restart = self.count_restart
 
@@ -130,8 +139,38 @@ class ModuleRunner:
         self.record = self.store.save(dataclasses.replace(self.record, restarts=kept + (now,)))
 
     def restarts_in_window(self) -> int:
-        now = self.wall()
-        return sum(1 for t in self.record.restarts if now - t <= self.window)
+        return len(damping.recent(self.record.restarts, self.wall(), self.window))
+
+    @property
+    def maintenance(self) -> bool:
+        return self.record.maintenance
+
+    def failovers(self):
+        """The flap-damping count the decision sees (:class:`FailoverHealth`)."""
+        return damping.health(self.record, self.wall(), self.failover_max, self.failover_window)
+
+    def count_failover(self, kind: a.Failover) -> None:
+        """Record a failover this node decided; say so once the limit is reached."""
+        was = self.record.damped
+        self.record = self.store.save(damping.counted(self.record, self.wall(), self.failover_max,
+                                                      self.failover_window))
+        if self.record.damped and not was:
+            text = (f"failover limit reached ({self.failover_max} within {self.failover_window:g} s, the last a "
+                    f"{kind.value}): further failovers are held back until `hamirror clear {self.name}`")
+            log.warning("%s: %s", self.name, text)
+            self.emit("damped", text)
+
+    def set_maintenance(self, on: bool) -> None:
+        """``hamirror maintenance on|off``: off also clears flap damping (the operator is back)."""
+        record = dataclasses.replace(self.record, maintenance=on)
+        self.record = self.store.save(record if on else damping.cleared(record))
+        self.checkers.reset()        # a failure seen before (or during) maintenance is not acted on
+        self.on_change()
+
+    def clear(self) -> None:
+        """``hamirror clear``: forget the failover and restart counts."""
+        self.record = self.store.save(damping.cleared(self.record))
+        self.on_change()
 
     # ----------------------------------------------------------------- observation
 
@@ -157,9 +196,11 @@ class ModuleRunner:
             if self.state is not persisted:
                 await asyncio.to_thread(self.persist, self.state)
             log.info("%s: re-attached to the running mount as %s", self.name, self.state.value)
+            self.emit("attach", f"agent started: re-attached to the running mount as {self.state.value}")
             return
         if persisted is S.SECOND and obs.receivers_alive and obs.uptodate:
             log.info("%s: re-attached to the running receiver as SECOND", self.name)
+            self.emit("attach", "agent started: re-attached to the running receiver as SECOND")
             return
         actions: tuple[a.Action, ...] = ()
         if persisted.is_primary:         # the data path is gone: never run the application unreplicated
@@ -195,7 +236,9 @@ class ModuleRunner:
         """Observe, then (unless busy or not ready) decide and start the actions."""
         if self.task is not None:
             return
-        self.obs = await asyncio.to_thread(self.observe)
+        before, self.obs = self.obs, await asyncio.to_thread(self.observe)
+        for kind, text, fields in observation_events(before, self.obs, self.state.is_primary):
+            self.emit(kind, text, **fields)
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer = peer
@@ -225,6 +268,8 @@ class ModuleRunner:
             self.vip_withdrawn = False
         command, self.command = self.command, Command.NONE
         self.report(view, decision)
+        if decision.failover is not None:
+            self.count_failover(decision.failover)
         if decision.state is not self.state or decision.actions:
             self.start_task(decision.actions, decision.state, command.value, decision)
         elif announce:
@@ -241,14 +286,15 @@ class ModuleRunner:
         assert obs is not None
         cold = peer.alive and obs.history.current is None and peer_history is not None \
             and peer_history.current is None
-        checker = CheckerHealth(ok=self.checkers.ok if self.state.is_primary else True,
+        checker = CheckerHealth(ok=self.checkers.ok if self.state.is_primary and not self.maintenance else True,
                                 restarts=self.restarts_in_window(), max_restarts=self.max_restarts)
         return ModuleView(module=self.name, node=self.node, state=self.state, uptodate=obs.uptodate, peer=peer,
                           relation=self.relation, quorum=quorum, command=self.command,
                           default_primary=self.default_primary, cold_start=cold, checker=checker,
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
-                          fence_script=self.fence_script, app_stopped=self.executor.app_stopped)
+                          fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
+                          maintenance=self.maintenance, failovers=self.failovers())
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -282,6 +328,8 @@ class ModuleRunner:
                         ", ".join(describe(x) for x in decision.actions) or "no action")
         for warning in decision.warnings:
             (log.warning if changed or warning not in self.warnings else log.debug)("%s: %s", self.name, warning)
+        for kind, text, fields in decision_events(view, decision, self.warnings):
+            self.emit(kind, text, **fields)
         self.warnings = decision.warnings
 
     # ----------------------------------------------------------------- acting
@@ -306,12 +354,15 @@ class ModuleRunner:
                     self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
+                    self.emit("action-failed", f"{describe(action)} failed: {exc}", why=why)
                     break
             else:
                 self.retry = None
         finally:
             self.error = error
             if target is not self.state:
+                self.emit("state", f"{self.state.value} -> {target.value} ({why})", why=why,
+                          **{"from": self.state.value, "to": target.value})
                 self.state = target
                 self.resync_requested = None     # the resync status restarts with each state
             if decision is not None:
@@ -362,9 +413,9 @@ class ModuleRunner:
         if self.obs is not None and self.obs.mirror in (MirrorHealth.REFUSED, MirrorHealth.DEAD):
             return False      # writes fail here: a balancer should not send traffic
         if self.transition is not None and (not self.transition[0].is_primary
-                                            or any(map(_touches_service, self.transition[1]))):
+                                            or any(map(a.touches_service, self.transition[1]))):
             return False
-        return self.retry is None or not any(map(_touches_service, self.retry[0]))
+        return self.retry is None or not any(map(a.touches_service, self.retry[0]))
 
     def advertised(self) -> ModuleInfo:
         """This module's heartbeat entry."""

@@ -2,8 +2,9 @@
 
 Written (temp file, fsync, rename, fsync of the directory) *before* the change it records takes
 effect, so an agent killed half-way through a transition knows on restart where it was going
-(design §2). Only the state the module is in or going to, and the swap phase, live here; what
-the data says (up to date, generations) lives in the journals, next to the data.
+(design §2). The state the module is in or going to, the swap phase, maintenance and the
+restart and failover counts live here; what the data says (up to date, generations) lives in
+the journals, next to the data.
 """
 
 from __future__ import annotations
@@ -28,15 +29,21 @@ class ModuleRecord:
     swap: SwapPhase = SwapPhase.NONE
     restarts: tuple[float, ...] = ()   # wall times of checker restarts, for the restart window
     updated: float = 0.0
+    maintenance: bool = False          # ``hamirror maintenance on``: automatic actions suspended
+    failovers: tuple[float, ...] = ()  # wall times of this node's failovers, for flap damping
+    damped: bool = False               # the failover limit was reached: held until ``hamirror clear``
 
     def to_json(self) -> dict:
         return {"state": self.state.value, "swap": self.swap.value, "restarts": list(self.restarts),
-                "updated": self.updated}
+                "updated": self.updated, "maintenance": self.maintenance, "failovers": list(self.failovers),
+                "damped": self.damped}
 
     @classmethod
     def from_json(cls, data: dict) -> ModuleRecord:
         return cls(NodeState(data["state"]), SwapPhase(data.get("swap", "none")),
-                   tuple(float(t) for t in data.get("restarts", ())), float(data.get("updated", 0.0)))
+                   tuple(float(t) for t in data.get("restarts", ())), float(data.get("updated", 0.0)),
+                   bool(data.get("maintenance", False)), tuple(float(t) for t in data.get("failovers", ())),
+                   bool(data.get("damped", False)))
 
 
 class Store:

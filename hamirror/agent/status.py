@@ -33,15 +33,7 @@ def resync_progress(runner: ModuleRunner) -> dict | None:
 
 def last_resync(runner: ModuleRunner) -> dict | None:
     """What the last completed resync of this node's mounts copied (summed over directories)."""
-    obs = runner.obs
-    parts = [m["last_resync"] for m in (obs.mounts if obs else ()) if m and isinstance(m.get("last_resync"), dict)]
-    if not parts:
-        return None
-    total = {key: sum(int(p.get(key) or 0) for p in parts) for key in ("done_files", "bytes_sent")}
-    total["mode"] = parts[0].get("mode")
-    total["seconds"] = max(float(p.get("seconds") or 0) for p in parts)
-    total["finished_at"] = max(float(p.get("finished_at") or 0) for p in parts)
-    return total
+    return runner.obs.last_resync if runner.obs else None
 
 
 def module_status(runner: ModuleRunner) -> dict:

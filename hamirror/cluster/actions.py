@@ -8,6 +8,7 @@ failure and decides again on the next tick from a fresh view.
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
@@ -153,13 +154,34 @@ Action = (Persist | StartReceiver | StopReceiver | MountReplicated | SetMirrorin
           | ForgetHistory | MarkUpToDate | Flush | RefuseWrites | Fence | RemountDataPath | AnnounceVip)
 
 
+def touches_service(action: Action) -> bool:
+    """Whether an action stops, starts or moves the application or its address (what maintenance
+    suspends, and what makes the health check say "not serving" while it runs)."""
+    return isinstance(action, (AddVip, RemoveVip, KillApp, RestartApp, MountReplicated, Unmount,
+                               RemountDataPath)) or (
+        isinstance(action, RunScript) and action.name in ("start_prim", "stop_prim"))
+
+
+class Failover(enum.Enum):
+    """The automatic decisions that move the application between nodes (counted for damping)."""
+
+    TAKEOVER = "takeover"      # this SECOND becomes primary without a hand-over
+    STEP_DOWN = "step-down"    # this primary stops serving and waits (WAIT)
+    HAND_OVER = "hand-over"    # this primary hands over to its SECOND without being asked
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """The outcome of one tick: the state to be in, the actions to get there, the swap phase to
     advertise, and warnings for the operator (logged and shown by ``hamirror status``).
-    The pending operator command is consumed by the decision, whatever it says."""
+    The pending operator command is consumed by the decision, whatever it says.
+    ``failover``: this automatic decision is a failover (``takeover``, ``step-down``,
+    ``hand-over``), which the agent counts for flap damping; ``held``: an automatic decision was
+    held back by maintenance or damping (the warning says which)."""
 
     state: NodeState
     actions: tuple[Action, ...] = ()
     swap: SwapPhase = SwapPhase.NONE
     warnings: tuple[str, ...] = ()
+    failover: Failover | None = None
+    held: bool = False

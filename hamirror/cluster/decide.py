@@ -14,14 +14,17 @@ decided by one small rule function per state. The rules that protect data (desig
   fence script run, or (availability-first, no witness, no fence script) after a full
   heartbeat timeout of silence; a primary that finds its peer primary refuses writes first;
 - the decision follows what the mounts really do (``view.mirror``): a dead mount is remounted,
-  a mount ALONE under PRIM moves the module to ALONE.
+  a mount ALONE under PRIM moves the module to ALONE;
+- maintenance and flap damping hold automatic decisions back, never a data-safety one
+  (:mod:`restraint`); operator commands are not held.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from hamirror.cluster import steps
+from hamirror.cluster import restraint, steps
 from hamirror.cluster.actions import (
     Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
     RunScript, SetMirroring, StartResync,
@@ -50,12 +53,16 @@ def decide(view: ModuleView) -> Decision:
     rule = COMMANDS.get((view.state, view.command)) if view.command is not Command.NONE else None
     decision = rule(view) if rule else None
     if decision is None:
-        decision = AUTOMATIC[view.state](view)
+        decision = automatic(view)
     if decision.state is view.state:
         return decision
     check_transition(view.state, decision.state)
-    return Decision(decision.state, (Persist(decision.state),) + decision.actions,
-                    decision.swap, decision.warnings)
+    return dataclasses.replace(decision, actions=(Persist(decision.state),) + decision.actions)
+
+
+def automatic(view: ModuleView) -> Decision:
+    """What the rules do on their own, as maintenance and flap damping allow (:mod:`restraint`)."""
+    return restraint.restrain(view, AUTOMATIC[view.state](view))
 
 
 # --- operator commands ----------------------------------------------------------------------
@@ -63,9 +70,9 @@ def decide(view: ModuleView) -> Decision:
 def _refuse(reason: str) -> Rule:
     """A command that cannot apply in this state: warn and let the automatic rules run."""
     def rule(view: ModuleView) -> Decision:
-        auto = AUTOMATIC[view.state](view)
+        auto = automatic(view)
         text = f"`{view.command.value}` refused in {view.state.value}: {reason}"
-        return Decision(auto.state, auto.actions, auto.swap, (text,) + auto.warnings)
+        return dataclasses.replace(auto, warnings=(text,) + auto.warnings)
     return rule
 
 
@@ -88,7 +95,7 @@ def _force_prim(view: ModuleView) -> Decision:
 def _second_in_wait(view: ModuleView) -> Decision:
     """`second` in WAIT is the operator's consent to lose local data the peer does not have."""
     if view.relation not in (Relation.DIVERGED, Relation.LOCAL_NEWER):
-        return _wait(view)
+        return automatic(view)
     return steps.stay(view, ForgetHistory(), MarkUpToDate(False),
                       warning="operator chose the peer's data: local changes will be overwritten")
 

@@ -96,6 +96,23 @@ class CheckerHealth:
 
 
 @dataclasses.dataclass(frozen=True)
+class FailoverHealth:
+    """Flap damping (``[failover]`` in module.toml): ``recent`` failovers of this node within the
+    window, at most ``max`` allowed (0: no damping). ``latched``: the limit was reached and stays
+    reached until the operator clears it, even once the window has passed."""
+
+    recent: int = 0
+    max: int = 0
+    window: float = 600.0
+    latched: bool = False
+
+    @property
+    def damped(self) -> bool:
+        """Whether automatic failovers are held back."""
+        return self.latched or (self.max > 0 and self.recent >= self.max)
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerView:
     """What the peer last advertised for this module (meaningful only while ``alive``)."""
 
@@ -125,7 +142,9 @@ class ModuleView:
     witness. ``cold_start`` is True only when both nodes are seen and neither has any history.
     ``swap`` is the phase this node advertises now (the previous decision's ``swap``).
     ``mirror`` is what the mounts really do (primary states); ``fence_script``: a fence script is
-    configured, and runs before this node acts without an unreachable peer.
+    configured, and runs before this node acts without an unreachable peer. ``maintenance``: the
+    operator suspended automatic actions on this node (``hamirror maintenance on``);
+    ``failovers``: the flap-damping count.
     """
 
     module: str
@@ -144,3 +163,5 @@ class ModuleView:
     mirror: MirrorHealth = MirrorHealth.NONE
     fence_script: bool = False
     app_stopped: bool = False     # a data-path repair stopped the application; start it once writable
+    maintenance: bool = False
+    failovers: FailoverHealth = FailoverHealth()

@@ -69,6 +69,15 @@ class RestartConfig:
 
 
 @dataclass(frozen=True)
+class FailoverConfig:
+    """Flap damping: at most ``max`` failovers of a node within ``window`` seconds; the next one
+    is held back until ``hamirror clear``. ``max = 0`` (the default): no damping."""
+
+    max: int = 0
+    window: float = 600.0
+
+
+@dataclass(frozen=True)
 class ScriptsConfig:
     """How long a script may run before it is killed and counted as failed."""
 
@@ -91,6 +100,7 @@ class ModuleConfig:
     restart: RestartConfig
     checkers: tuple[CheckerConfig, ...]
     vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    failover: FailoverConfig = FailoverConfig()
 
     @property
     def file(self) -> str:
@@ -164,7 +174,8 @@ CHECKER_FIELDS = {
 
 def parse_module(doc: Mapping[str, Any], folder: str, errors: ErrorList) -> ModuleConfig:
     """Build a ModuleConfig from ``module.toml`` alone; checks that need the cluster are in the loader."""
-    schema.unknown_sections(errors, doc, ("module", "directories", "vip", "scripts", "restart", "checkers", "vars"))
+    schema.unknown_sections(errors, doc, ("module", "directories", "vip", "scripts", "restart", "failover",
+                                          "checkers", "vars"))
     main = schema.read_table(errors, schema.section(errors, doc, "module", True) or {}, "module.", MODULE_FIELDS)
     expected = os.path.basename(folder)
     if main["name"] is not None and main["name"] != expected:
@@ -181,6 +192,9 @@ def parse_module(doc: Mapping[str, Any], folder: str, errors: ErrorList) -> Modu
         restart=RestartConfig(**schema.read_table(errors, schema.section(errors, doc, "restart", False) or {},
                                                   "restart.", {"max_restarts": Field(schema.integer(0, 1000), 3),
                                                                "window": Field(schema.number(0), 300.0)})),
+        failover=FailoverConfig(**schema.read_table(
+            errors, schema.section(errors, doc, "failover", False) or {}, "failover.",
+            {"max": Field(schema.integer(0, 1000), 0), "window": Field(schema.number(greater_than=0), 600.0)})),
         vars=_vars(errors, doc), **main)
 
 

@@ -1,0 +1,162 @@
+"""Maintenance and flap damping in decide() (issue 9): what is held back, what never is."""
+
+from __future__ import annotations
+
+import pytest
+
+from hamirror.cluster.actions import (
+    AddVip, Failover, MarkUpToDate, RefuseWrites, RemountDataPath, RestartApp, RunScript, SetMirroring,
+    StartResync,
+)
+from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import (
+    CheckerHealth, Command, FailoverHealth, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
+)
+from hamirror.journal.generations import Relation
+
+S, M, R = NodeState, MirrorHealth, Relation
+HELD_BY_MAINTENANCE = "maintenance (`hamirror maintenance off m` to resume): held back: "
+DAMPED = FailoverHealth(recent=3, max=3, window=600.0)
+HELD_BY_DAMPING = ("failover damped: 3 failover(s) within 600 s, limit 3 (`hamirror clear m` to allow "
+                   "failovers again): held back: ")
+
+
+def view(state: NodeState, peer: NodeState | None = S.SECOND, peer_uptodate: bool = True, peer_fenced=False,
+         peer_swap=SwapPhase.NONE, mirror=M.NONE, **kw) -> ModuleView:
+    p = PeerView(alive=peer is not None, state=peer, uptodate=peer_uptodate, fenced=peer_fenced, swap=peer_swap)
+    kw.setdefault("relation", R.SAME if peer is not None else R.UNKNOWN)
+    if state.is_primary and mirror is M.NONE:
+        mirror = M.STREAMING if state is S.PRIM else M.ALONE
+    return ModuleView(module="m", node="n1", state=state, uptodate=kw.pop("uptodate", True), peer=p,
+                      mirror=mirror, **kw)
+
+
+def held(d, prefix: str = HELD_BY_MAINTENANCE) -> bool:
+    return d.held and d.actions == () and len(d.warnings) == 1 and d.warnings[0].startswith(prefix)
+
+
+# --- maintenance: the application is left alone --------------------------------------------
+
+@pytest.mark.parametrize("case,v,what", [
+    ("takeover", view(S.SECOND, peer=None), "peer lost: taking over"),
+    ("primary stopped", view(S.SECOND, peer=S.STOP), "the primary stopped: taking over"),
+    ("wait leads", view(S.WAIT, peer=S.WAIT, peer_uptodate=False), "WAIT -> ALONE"),
+    ("checker restart", view(S.PRIM, checker=CheckerHealth(ok=False)), "checker failed: restarting"),
+    ("checker hand-over", view(S.PRIM, checker=CheckerHealth(ok=False, restarts=3)),
+     "restart limit reached: handing over to the peer"),
+    ("remount", view(S.PRIM, mirror=M.DEAD), "a mount daemon died: remounting from its journal"),
+    ("dead mount step-down", view(S.PRIM, mirror=M.DEAD, checker=CheckerHealth(restarts=3)),
+     "the data path failed again within the restart window: stepping down so that the peer takes over"),
+    ("refused step-down", view(S.PRIM, mirror=M.REFUSED),
+     "writes were refused while the peer is an up-to-date SECOND: stepping down so that it takes over"),
+    ("start after repair", view(S.ALONE, peer=None, app_stopped=True), "data path repaired: starting the application"),
+])
+def test_maintenance_holds_back_what_starts_stops_or_moves_the_application(case, v, what) -> None:
+    assert decide(v).state is not v.state or decide(v).actions          # what it does without maintenance
+    d = decide(ModuleView(**{**v.__dict__, "maintenance": True}))
+    assert d.state is v.state and held(d), case
+    assert d.warnings == (HELD_BY_MAINTENANCE + what,) and d.failover is None
+
+
+@pytest.mark.parametrize("case,v,expected", [
+    ("fenced primary granted when the peer is stale", view(S.PRIM, peer=S.WAIT, peer_uptodate=False, mirror=M.FENCED),
+     (S.ALONE, SetMirroring(False))),
+    ("second marks its copy stale for a fenced primary", view(S.SECOND, peer=S.PRIM, peer_fenced=True),
+     (S.WAIT, MarkUpToDate(False))),
+    ("resync to the peer", view(S.ALONE, peer=S.WAIT, peer_uptodate=False), (S.ALONE, StartResync(full=False))),
+    ("mirroring after the resync", view(S.ALONE, resync=ResyncStatus.DONE), (S.PRIM, SetMirroring(True))),
+    ("receiving secondary becomes SECOND", view(S.WAIT, peer=S.PRIM, uptodate=False, resync=ResyncStatus.DONE),
+     (S.SECOND, MarkUpToDate(True))),
+    ("swap requested by the peer", view(S.PRIM, peer_swap=SwapPhase.REQUEST), (S.SECOND, RunScript("stop_prim"))),
+    ("swap hand-over completed", view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER),
+     (S.PRIM, RunScript("start_prim"))),
+])
+def test_maintenance_keeps_the_data_path_rules_and_the_operators_swap(case, v, expected) -> None:
+    d = decide(ModuleView(**{**v.__dict__, "maintenance": True}))
+    assert d == decide(v), case
+    assert d.state is expected[0] and expected[1] in d.actions and not d.held
+
+
+def test_maintenance_never_grants_a_fenced_mount_blindly() -> None:
+    """The peer, an up-to-date SECOND, could still take over: the fenced primary waits, as always."""
+    d = decide(view(S.PRIM, mirror=M.FENCED, maintenance=True))
+    assert d.state is S.PRIM and d.actions == () and d.warnings == (FENCED_WAIT,)
+    assert decide(view(S.SECOND, peer=S.PRIM, peer_fenced=True, maintenance=True)).warnings == (PEER_FENCED,)
+
+
+@pytest.mark.parametrize("case,v", [
+    ("peer primary", view(S.ALONE, peer=S.ALONE, relation=R.PEER_NEWER)),
+    ("cut off and refused by the witness", view(S.ALONE, peer=None, quorum=False)),
+])
+def test_maintenance_never_holds_a_primary_that_must_stop_acknowledging(case, v) -> None:
+    d = decide(ModuleView(**{**v.__dict__, "maintenance": True}))
+    assert d.state is S.WAIT and d.actions[1] == RefuseWrites() and not d.held, case
+    assert d.failover is Failover.STEP_DOWN
+
+
+@pytest.mark.parametrize("command,state,expected", [
+    (Command.STOP, S.PRIM, S.STOP), (Command.SWAP, S.PRIM, S.SECOND), (Command.PRIM, S.SECOND, S.ALONE),
+    (Command.START, S.STOP, S.WAIT),
+])
+def test_operator_commands_still_work_in_maintenance(command, state, expected) -> None:
+    peer = S.STOP if command is Command.PRIM else S.SECOND
+    d = decide(view(state, peer=peer, command=command, maintenance=True))
+    assert d.state is expected and not d.held and d.failover is None
+
+
+def test_operator_restart_runs_in_maintenance() -> None:
+    d = decide(view(S.PRIM, command=Command.RESTART, maintenance=True))
+    assert d.actions == (RestartApp(counted=False),) and not d.held
+
+
+# --- flap damping ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v,kind", [
+    (view(S.SECOND, peer=None), Failover.TAKEOVER),
+    (view(S.PRIM, checker=CheckerHealth(ok=False, restarts=3)), Failover.HAND_OVER),
+    (view(S.PRIM, mirror=M.REFUSED), Failover.STEP_DOWN),
+    (view(S.ALONE, peer=S.ALONE, relation=R.PEER_NEWER), Failover.STEP_DOWN),
+])
+def test_automatic_failovers_are_tagged_for_counting(v, kind) -> None:
+    assert decide(v).failover is kind
+
+
+@pytest.mark.parametrize("v", [
+    view(S.PRIM, peer_swap=SwapPhase.REQUEST),                                   # the peer's operator swaps
+    view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER),                 # ... and completes it
+    view(S.WAIT, peer=S.WAIT, peer_uptodate=False),                              # a start, not a failover
+    view(S.PRIM, peer=S.STOP, command=Command.STOP),                             # an operator's stop
+    view(S.SECOND, peer=S.STOP, command=Command.PRIM),                           # an operator's prim
+])
+def test_swaps_starts_and_commands_are_not_failovers(v) -> None:
+    assert decide(v).failover is None
+
+
+@pytest.mark.parametrize("v,what", [
+    (view(S.SECOND, peer=None), "peer lost: taking over"),
+    (view(S.PRIM, checker=CheckerHealth(ok=False, restarts=3)), "restart limit reached: handing over to the peer"),
+    (view(S.PRIM, mirror=M.REFUSED), "writes were refused while the peer is an up-to-date SECOND: "
+                                     "stepping down so that it takes over"),
+])
+def test_a_damped_module_stays_where_it_is_and_says_why(v, what) -> None:
+    d = decide(ModuleView(**{**v.__dict__, "failovers": DAMPED}))
+    assert d.state is v.state and held(d, HELD_BY_DAMPING) and d.warnings == (HELD_BY_DAMPING + what,)
+
+
+def test_damping_keeps_restarts_in_place_and_data_safety() -> None:
+    restart = decide(view(S.PRIM, checker=CheckerHealth(ok=False), failovers=DAMPED))
+    assert restart.actions == (RestartApp(counted=True),)
+    remount = decide(view(S.PRIM, mirror=M.DEAD, failovers=DAMPED))
+    assert remount.actions == (RemountDataPath(),)
+    both = decide(view(S.ALONE, peer=S.ALONE, relation=R.PEER_NEWER, failovers=DAMPED))
+    assert both.state is S.WAIT and not both.held
+
+
+def test_damping_counts_up_to_the_limit_and_stays_latched() -> None:
+    assert not FailoverHealth(recent=2, max=3).damped
+    assert FailoverHealth(recent=3, max=3).damped
+    assert not FailoverHealth(recent=50, max=0).damped                 # max 0: no damping
+    assert FailoverHealth(recent=0, max=3, latched=True).damped        # the window passed: still held
+    promote = decide(view(S.SECOND, peer=None, failovers=FailoverHealth(recent=2, max=3)))
+    assert promote.state is S.ALONE and AddVip() in promote.actions
