@@ -20,7 +20,8 @@ def status_doc(state: str = "PRIM", resync: dict | None = None) -> dict:
         "node": "node1", "cluster": "lab",
         "peer": {"name": "node2", "alive": True, "networks": [], "rejected": {"bad_mac": 3, "replay": 1}},
         "modules": [{"name": "demo", "state": state, "peer_state": "SECOND", "uptodate": True, "resync": resync,
-                     "relation": "same", "warnings": [], "error": None, "mirror": "fenced"},
+                     "relation": "same", "warnings": [], "error": None, "mirror": "fenced", "maintenance": True,
+                     "failovers": {"recent": 2, "max": 3, "window": 600.0, "damped": True}},
                     {"name": "db", "state": "WAIT", "peer_state": None, "uptodate": False,
                      "resync": {"done_bytes": 123456789012, "total_bytes": 234567890123}}],
     }
@@ -134,6 +135,20 @@ def test_metrics_exact_text():
         "# TYPE hamirror_module_fenced gauge",
         'hamirror_module_fenced{module="demo"} 1',
         'hamirror_module_fenced{module="db"} 0',
+        "# HELP hamirror_module_maintenance 1 while the module is in maintenance on this node (checkers and "
+        "automatic failover suspended).",
+        "# TYPE hamirror_module_maintenance gauge",
+        'hamirror_module_maintenance{module="demo"} 1',
+        'hamirror_module_maintenance{module="db"} 0',
+        "# HELP hamirror_module_failovers Failovers of this node within the flap-damping window.",
+        "# TYPE hamirror_module_failovers gauge",
+        'hamirror_module_failovers{module="demo"} 2',
+        'hamirror_module_failovers{module="db"} 0',
+        "# HELP hamirror_module_failover_damped 1 while failovers are held back (flap damping) until "
+        "`hamirror clear MODULE`.",
+        "# TYPE hamirror_module_failover_damped gauge",
+        'hamirror_module_failover_damped{module="demo"} 1',
+        'hamirror_module_failover_damped{module="db"} 0',
         "# HELP hamirror_resync_done_bytes Bytes copied by the running resync (0 when none runs).",
         "# TYPE hamirror_resync_done_bytes gauge",
         'hamirror_resync_done_bytes{module="demo"} 0',
@@ -190,7 +205,7 @@ def test_errors_404_405_413_and_malformed_requests():
                      "huge head": 431, "huge line": 431}
     assert answers["405"][1]["Allow"] == "GET, HEAD"
     assert answers["405"][2] == b"POST not allowed: this API is read-only\n"
-    assert answers["404"][2] == b"no such endpoint '/nothing' (try /, /status, /health/MODULE, /metrics)\n"
+    assert answers["404"][2] == b"no such endpoint '/nothing' (try /, /status, /health/MODULE, /metrics, /events)\n"
     assert answers["413"][2] == b"request body over 1024 bytes\n"
 
 

@@ -7,23 +7,72 @@ directory's permissions are loosened. Requests:
 - ``{"cmd": "status"}`` -> ``{"ok": true, "status": {...}}`` (the ``hamirror status --json`` document)
 - ``{"cmd": "module", "module": NAME, "action": "start|stop|prim|second|swap|forcestop|restart"}``
   -> ``{"ok": bool, "state": ..., "warnings": [...], "error": ...}`` once the decision's actions ended
+- ``{"cmd": "maintenance", "module": NAME, "on": bool}``, ``{"cmd": "clear", "module": NAME}``
+  -> ``{"ok": bool, "state": ..., "maintenance": bool}`` at once (no decision involved)
+
+Who sent a request (for the event timeline) is what the kernel says, not what the request says:
+:func:`caller` gives the connection's SO_PEERCRED pid and uid, the login user behind them
+(``/proc/PID/loginuid``, which sudo does not change) and where that login came from (the SSH
+client address in the environment of the process or its parents, else its terminal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
+import pwd
 from collections.abc import Awaitable, Callable
 
-from hamirror.localsock import MAX_LINE, bind_private, exchange, peer_uid
+import psutil
+
+from hamirror.localsock import MAX_LINE, bind_private, exchange, peer_credentials
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 Handler = Callable[[dict], Awaitable[dict]]
+_CALLER: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("control_caller", default=None)
+NO_LOGIN = 4294967295        # /proc/PID/loginuid of a process outside any login session
+
+
+def caller() -> dict | None:
+    """Who sent the request being handled (inside a handler), or None outside one. Looked up
+    only when asked: status requests, the most frequent, never need it."""
+    creds = _CALLER.get()
+    return describe_caller(*creds) if creds else None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def describe_caller(pid: int, uid: int) -> dict:
+    """``{"pid", "uid", "user", "login", "from", "command"}`` for a peer process (best effort:
+    a process that already exited keeps only its pid and uid)."""
+    found: dict = {"pid": pid, "uid": uid, "user": _user(uid), "login": None, "from": "local", "command": None}
+    try:
+        proc = psutil.Process(pid)
+        found["command"] = " ".join(proc.cmdline())[:200] or None
+        with open(f"/proc/{pid}/loginuid", encoding="ascii") as f:
+            login = int(f.read().strip() or NO_LOGIN)
+        found["login"] = _user(login) if login != NO_LOGIN else None
+        for process in (proc, *proc.parents()):
+            env = process.environ()
+            if env.get("SSH_CONNECTION") or env.get("SSH_CLIENT"):
+                found["from"] = "ssh " + (env.get("SSH_CONNECTION") or env.get("SSH_CLIENT", "")).split()[0]
+                break
+        else:
+            found["from"] = proc.terminal() or "local"
+    except (psutil.Error, OSError, ValueError):
+        pass
+    return found
 
 
 class AgentNotRunning(Exception):
@@ -57,11 +106,13 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            uid = peer_uid(writer.get_extra_info("socket"))
+            pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid != self.allowed_uid:
                 answer = {"ok": False, "error": f"permission denied (uid {uid}; the control socket is root only)"}
             else:
-                answer = await self._answer(await reader.readline())
+                line = await reader.readline()
+                _CALLER.set((pid, uid))
+                answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:

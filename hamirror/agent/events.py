@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from hamirror.cluster import actions as a
 from hamirror.cluster.view import MirrorHealth, ModuleView
@@ -57,7 +57,8 @@ def read(state_dir: str, module: str | None = None, limit: int | None = None, si
     those after sequence number ``since``, at most the last ``limit``."""
     found: list[dict] = []
     for path in paths(state_dir):
-        with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8", errors="replace") as f:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+                open(path, encoding="utf-8", errors="replace") as f:
             found.extend(e for e in map(parse, f) if e is not None and matches(e, module, since))
     return found[-limit:] if limit else found
 
@@ -71,27 +72,40 @@ def matches(event: dict, module: str | None, since: int = 0) -> bool:
 
 def follow(state_dir: str, pause: float = 0.5, sleep: Callable[[float], None] = time.sleep,
            stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
-    """Events appended from now on (``hamirror events -f``), across rotations: the open file is
-    read to its end before the new one is opened, so nothing written meanwhile is skipped."""
-    current = paths(state_dir)[1]
-    f = None
-    while not stop():
-        if f is None:
-            with contextlib.suppress(FileNotFoundError):
-                f = open(current, encoding="utf-8", errors="replace")
-                f.seek(0, os.SEEK_END)
-        if f is not None:
-            for line in iter(f.readline, ""):
-                if line.endswith("\n") and (event := parse(line)) is not None:
-                    yield event
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(current).st_ino != os.fstat(f.fileno()).st_ino:
-                    f.close()
-                    f = open(current, encoding="utf-8", errors="replace")   # rotated: from its start
-                    continue
-        sleep(pause)
-    if f is not None:
-        f.close()
+    """Events appended from now on (``hamirror events -f``)."""
+    for _, line in follow_lines([paths(state_dir)[1]], pause, sleep, stop):
+        if (event := parse(line)) is not None:
+            yield event
+
+
+def follow_lines(files: list[str], pause: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, str]]:
+    """``(path, line)`` for each whole line appended to ``files`` from now on, across rotations:
+    an open file is read to its end before the file now at its path is opened (from its start),
+    so nothing written meanwhile is skipped. A file created later is read from its start."""
+    handles: dict[str, BinaryIO] = {}
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            handles[path] = f = open(path, "rb")
+            f.seek(0, os.SEEK_END)
+    try:
+        while not stop():
+            for path in files:
+                f = handles.get(path)
+                for line in iter(f.readline if f else bytes, b""):
+                    if not line.endswith(b"\n"):          # still being written: next time
+                        f.seek(-len(line), os.SEEK_CUR)
+                        break
+                    yield path, line[:-1].decode("utf-8", "replace")
+                with contextlib.suppress(FileNotFoundError):
+                    if f is None or os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                        handles[path] = open(path, "rb")
+                        if f is not None:
+                            f.close()
+            sleep(pause)
+    finally:
+        for f in handles.values():
+            f.close()
 
 
 class EventLog:
@@ -101,7 +115,11 @@ class EventLog:
                  clock: Callable[[], float] = time.time) -> None:
         self.state_dir, self.node, self.max_bytes, self.clock = state_dir, node, max_bytes, clock
         self.path = paths(state_dir)[1]
-        last = read(state_dir)[-1:]
+        try:
+            last = read(state_dir)[-1:]
+        except OSError as exc:       # unreadable: numbering restarts, the agent runs on
+            log.error("event timeline %s unreadable: %s", self.path, exc)
+            last = []
         self.seq = int(last[0].get("seq") or 0) if last else 0
 
     def add(self, kind: str, text: str, module: str | None = None, **fields: object) -> dict:

@@ -7,6 +7,8 @@ control socket):
 - ``/health/MODULE``: 200 when the module's application serves here (send traffic here), else
   503 (also from the moment a swap or a stop begins); the body is the state on one line;
 - ``/metrics``: Prometheus text format;
+- ``/events``, ``/events/MODULE``: the node's event timeline as JSON (``{"node", "events": [...]}``,
+  oldest first; ``?limit=N`` the last N, default 500; ``?since=SEQ`` only later ones, for polling);
 - ``/``: a self-contained web console that polls ``/status``.
 
 Access: with ``[http] token_file`` every request but ``/`` (a static page without data) must send
@@ -39,7 +41,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
 from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
@@ -52,6 +54,7 @@ from hamirror.secretfile import read_secret
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict]
+EventsProvider = Callable[..., list[dict]]     # (module, limit, since) -> events, oldest first
 
 MAX_HEAD = 8192            # request line and headers, bytes
 MAX_HEADERS = 64
@@ -64,6 +67,7 @@ MAX_PER_SOURCE = 4         # concurrent connections from one remote address (one
 SERVING = (NodeState.PRIM, NodeState.ALONE)
 SERVING_NAMES = frozenset(s.value for s in SERVING)
 TEXT = "text/plain; charset=utf-8"
+EVENTS_LIMIT = 500         # events in one /events answer unless ?limit= says otherwise (at most 10 times more)
 
 
 class HttpError(Exception):
@@ -79,6 +83,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,11 +154,13 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         await reader.readexactly(int(length))
     if not target.startswith("/"):
         raise HttpError(HTTPStatus.BAD_REQUEST, "the target must be a path")
+    path_part, _, query_part = target.partition("?")
     try:
-        path = unquote(target.split("?", 1)[0], errors="strict")
+        path = unquote(path_part, errors="strict")
+        query = {key: values[-1] for key, values in parse_qs(query_part, errors="strict").items()}
     except UnicodeDecodeError:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "path is not UTF-8") from None
-    return Request(method.upper(), path, headers)
+        raise HttpError(HTTPStatus.BAD_REQUEST, "path or query is not UTF-8") from None
+    return Request(method.upper(), path, headers, query)
 
 
 # -- answering --------------------------------------------------------------------------------
@@ -221,6 +228,14 @@ def render_metrics(doc: dict) -> str:
     family("hamirror_module_fenced", "gauge",
            "1 while the module's writes are blocked waiting for a fencing verdict (the peer stopped acknowledging).",
            [({"module": m["name"]}, int(m.get("mirror") == MirrorHealth.FENCED.value)) for m in modules])
+    family("hamirror_module_maintenance", "gauge",
+           "1 while the module is in maintenance on this node (checkers and automatic failover suspended).",
+           [({"module": m["name"]}, int(bool(m.get("maintenance")))) for m in modules])
+    family("hamirror_module_failovers", "gauge", "Failovers of this node within the flap-damping window.",
+           [({"module": m["name"]}, int((m.get("failovers") or {}).get("recent") or 0)) for m in modules])
+    family("hamirror_module_failover_damped", "gauge",
+           "1 while failovers are held back (flap damping) until `hamirror clear MODULE`.",
+           [({"module": m["name"]}, int(bool((m.get("failovers") or {}).get("damped")))) for m in modules])
     for key, help_text in (("done_bytes", "Bytes copied by the running resync (0 when none runs)."),
                            ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
         family(f"hamirror_resync_{key}", "gauge", help_text,
@@ -249,7 +264,28 @@ def authorized(request: Request, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def answer(request: Request, status: StatusProvider, token: str | None) -> Response:
+def query_int(request: Request, name: str, default: int, high: int) -> int:
+    """A whole-number query parameter within [0, high]; 400 for anything else."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) > high:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number from 0 to {high}")
+    return int(text)
+
+
+def events_answer(request: Request, events: EventsProvider | None, node: str | None) -> Response:
+    """``/events`` and ``/events/MODULE``: the timeline (``since``: for a client that polls)."""
+    if events is None:
+        raise HttpError(HTTPStatus.NOT_FOUND, "no event timeline on this server")
+    module = request.path.removeprefix("/events").removeprefix("/") or None
+    limit = query_int(request, "limit", EVENTS_LIMIT, 10 * EVENTS_LIMIT)
+    found = events(module, limit or None, query_int(request, "since", 0, 2**62))
+    return Response(HTTPStatus.OK, json_bytes({"node": node, "module": module, "events": found}), "application/json")
+
+
+def answer(request: Request, status: StatusProvider, token: str | None,
+           events: EventsProvider | None = None) -> Response:
     """Route one parsed request; HttpError for the error answers."""
     if request.method not in ("GET", "HEAD"):
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} not allowed: this API is read-only",
@@ -262,11 +298,13 @@ def answer(request: Request, status: StatusProvider, token: str | None) -> Respo
     if not authorized(request, token):
         raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token",
                         {"WWW-Authenticate": 'Bearer realm="hamirror"'})
-    known = request.path in ("/status", "/metrics") or request.path.startswith("/health/")
+    known = request.path in ("/status", "/metrics", "/events") or request.path.startswith(("/health/", "/events/"))
     if not known:
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint {request.path!r} (try /, /status, "
-                                              "/health/MODULE, /metrics)")
+                                              "/health/MODULE, /metrics, /events)")
     doc = status()
+    if request.path == "/events" or request.path.startswith("/events/"):
+        return events_answer(request, events, doc.get("node"))
     if request.path == "/status":
         return Response(HTTPStatus.OK, json_bytes(doc), "application/json")
     if request.path == "/metrics":
@@ -323,8 +361,8 @@ def load_token(path: str) -> str:
 class HttpServer:
     """Serves the status API on the agent's loop until closed."""
 
-    def __init__(self, config: HttpConfig, status: StatusProvider) -> None:
-        self.config, self.status = config, status
+    def __init__(self, config: HttpConfig, status: StatusProvider, events: EventsProvider | None = None) -> None:
+        self.config, self.status, self.events = config, status, events
         self.server: asyncio.base_events.Server | None = None
         self.token: str | None = None
         self.error: str | None = None
@@ -417,7 +455,7 @@ class HttpServer:
             except asyncio.TimeoutError:
                 raise HttpError(HTTPStatus.REQUEST_TIMEOUT, "request not received in time") from None
             head_only = request.method == "HEAD"
-            response = answer(request, self.status, self.token)
+            response = answer(request, self.status, self.token, self.events)
         except HttpError as exc:
             response = text_response(exc.status, exc.text, exc.headers)
             if exc.status is HTTPStatus.UNAUTHORIZED:

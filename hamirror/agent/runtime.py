@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from hamirror.actions.vip import Vip
 from hamirror.agent import control, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
+from hamirror.agent.events import EventLog
 from hamirror.agent.executor import Executor
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
@@ -73,7 +75,8 @@ def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
     checkers = CheckerState(module.name, [build_checker(c, module, cluster) for c in module.checkers])
     return ModuleRunner(module.name, cluster.local_name, module.default_primary == cluster.local_name,
                         Store(cluster.module_state_dir(module.name)), executor, datapath, journals, checkers,
-                        module.restart.max_restarts, module.restart.window, fence_script=fencer.configured)
+                        module.restart.max_restarts, module.restart.window, fence_script=fencer.configured,
+                        failover_max=module.failover.max, failover_window=module.failover.window)
 
 
 class Agent:
@@ -83,6 +86,10 @@ class Agent:
         self.cluster, self.modules = cluster, modules
         self.node, self.peer_node = cluster.local_node, cluster.peer_node
         self.runners = {m.name: build_runner(m, cluster) for m in modules}
+        self.events = EventLog(cluster.state_dir, self.node.name)
+        for name, runner in self.runners.items():
+            runner.emit = functools.partial(self.events.add, module=name)
+            runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
         self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
@@ -97,7 +104,7 @@ class Agent:
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
-        self.http = HttpServer(cluster.http, self.status) if cluster.http else None   # read-only status API
+        self.http = HttpServer(cluster.http, self.status, self.events.read) if cluster.http else None
         self.started = boottime()
         self.stopping = asyncio.Event()
         self._check_tasks: dict[str, asyncio.Task] = {}
@@ -133,13 +140,17 @@ class Agent:
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
+        self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
+        if self.cluster.availability_first:
+            self.events.add("config", "neither [quorum] witness nor [fence] script: availability first, a "
+                                      "partition between the nodes makes two primaries")
         for runner in self.runners.values():
             await runner.attach()
         await self.heartbeat.start()
         await self.witness.start()
         await self.control.start()
-        if self.http:
-            await self.http.start()        # logs and goes on without it if it cannot listen
+        if self.http and not await self.http.start():     # logged; the agent goes on without it
+            self.events.add("config", f"HTTP status API not started: {self.http.error}")
         try:
             last = boottime()
             while not self.stopping.is_set():
@@ -212,28 +223,46 @@ class Agent:
                 await runner.tick(peer, history, self.quorum, ready)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
-            if runner.state.is_primary and runner.task is None and runner.checkers.checkers:
+            if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:
                 task = self._check_tasks.get(name)
                 if task is None or task.done():
                     self._check_tasks[name] = asyncio.create_task(runner.checkers.run_due())
 
     async def handle(self, request: dict) -> dict:
-        """Answer one control-socket request."""
+        """Answer one control-socket request; every operator command goes to the timeline with
+        who sent it (:func:`control.caller`) and what came of it."""
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
-        if cmd != "module":
+        if cmd not in ("module", "maintenance", "clear"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
             return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
                                           f"(modules: {', '.join(self.runners) or 'none'})"}
-        try:
-            command = Command(request.get("action"))
-        except ValueError:
-            return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
-        outcome = await runner.submit(command)
-        return {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
+        if cmd == "module":
+            try:
+                command = Command(request.get("action"))
+            except ValueError:
+                return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
+            name = command.value
+        else:
+            name = f"maintenance {'on' if request.get('on') else 'off'}" if cmd == "maintenance" else "clear"
+        who = control.caller()
+        runner.emit("command", f"{name} by {who_text(who)}", command=name, caller=who)
+        if cmd == "maintenance":
+            runner.set_maintenance(bool(request.get("on")))
+            answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
+        elif cmd == "clear":
+            runner.clear()
+            answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
+        else:
+            outcome = await runner.submit(command)
+            answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
+        runner.emit("command-result", f"{name}: {'done' if answer['ok'] else 'refused or failed'}, now "
+                    f"{answer['state']}" + "".join(f"; {w}" for w in answer["warnings"])
+                    + (f"; error: {answer['error']}" if answer["error"] else ""), command=name, ok=answer["ok"])
+        return {**answer, "maintenance": runner.maintenance}
 
     def status(self) -> dict:
         hb = self.heartbeat
@@ -248,6 +277,7 @@ class Agent:
     async def shutdown(self) -> None:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""
         log.info("agent stopping; modules keep their state (applications and mounts keep running)")
+        self.events.add("agent", "agent stopping; modules keep their state")
         await self.control.close()
         if self.http:
             await self.http.close()
@@ -258,6 +288,14 @@ class Agent:
             task.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
+
+
+def who_text(who: dict | None) -> str:
+    """``root (login alice, ssh 10.0.0.5, pid 4242)`` for an event's text."""
+    if not who:
+        return "unknown"
+    login = f"login {who['login']}, " if who.get("login") and who["login"] != who.get("user") else ""
+    return f"{who.get('user')} ({login}{who.get('from')}, pid {who.get('pid')})"
 
 
 def streaming(runner: ModuleRunner, timeout: float) -> bool:

@@ -65,9 +65,18 @@ def module_status(runner: ModuleRunner) -> dict:
         "receiving": bool(obs and obs.receivers_alive),
         "checker": runner.checkers.failure,
         "restarts": runner.restarts_in_window(),
+        # Automatic actions suspended by the operator; the failover count and whether failovers
+        # are held back (flap damping, until `hamirror clear`).
+        "maintenance": runner.maintenance,
+        "failovers": failovers(runner),
         "warnings": list(runner.warnings),
         "error": runner.error,
     }
+
+
+def failovers(runner: ModuleRunner) -> dict:
+    health = runner.failovers()
+    return {"recent": health.recent, "max": health.max, "window": health.window, "damped": health.damped}
 
 
 def state_label(m: dict) -> str:
@@ -91,7 +100,8 @@ def render_table(doc: dict) -> str:
             total = resync.get("total_bytes") or 0
             pct = 100.0 * resync.get("done_bytes", 0) / total if total else 0.0
             progress = f"{pct:.0f}% of {total} B"
-        rows.append((m["name"], state_label(m), m.get("peer_state") or "-",
+        rows.append((m["name"], state_label(m) + (" [maintenance]" if m.get("maintenance") else "")
+                     + (" [damped]" if (m.get("failovers") or {}).get("damped") else ""), m.get("peer_state") or "-",
                      "yes" if m.get("uptodate") else "no", progress))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -104,6 +114,13 @@ def render_table(doc: dict) -> str:
                 f"peer: generation {(m.get('peer_generation') or '-').split(',')[0]}. Nothing is copied until "
                 f"you choose: run 'hamirror second {m['name']}' on the node whose changes are to be set aside "
                 f"(they are kept in a dated folder beside each directory).")
+        if m.get("maintenance"):
+            lines.append(f"{m['name']}: MAINTENANCE: checkers and automatic failover suspended, the application "
+                         f"is left alone ('hamirror maintenance off {m['name']}' to resume)")
+        if (m.get("failovers") or {}).get("damped"):
+            f = m["failovers"]
+            lines.append(f"{m['name']}: FAILOVER DAMPED: {f['recent']} failover(s) within {f['window']:g} s (limit "
+                         f"{f['max']}): failovers held back ('hamirror clear {m['name']}' to allow them again)")
         for warning in m.get("warnings", []):
             lines.append(f"{m['name']}: warning: {warning}")
         if m.get("error"):

@@ -1,4 +1,5 @@
-"""Operator commands sent to the local agent: ``status``, ``start|stop|prim|second|swap|forcestop|restart``."""
+"""Operator commands sent to the local agent: ``status``, ``start|stop|prim|second|swap|forcestop|restart``,
+``maintenance on|off``, ``clear``; ``events`` and ``logs`` (:mod:`hamirror.cli.events`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 
+from hamirror.cli import events
 from hamirror.cli.common import CommandError
 from hamirror.config import ConfigError, config_path, load_cluster
 
@@ -34,6 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--timeout", type=float, default=600.0,
                             help="seconds to wait for the agent to carry it out (default: %(default)s)")
         parser.set_defaults(func=run_command, action_name=name)
+    maintenance = subparsers.add_parser(
+        "maintenance", help="suspend (on) or resume (off) checkers and automatic failover of MODULE on this node; "
+                            "the application is left alone, operator commands still work")
+    maintenance.add_argument("switch", choices=("on", "off"))
+    maintenance.add_argument("module", metavar="MODULE")
+    maintenance.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    maintenance.set_defaults(func=run_setting)
+    clear = subparsers.add_parser("clear", help="forget MODULE's failover and restart counts: failovers held "
+                                                "back by flap damping are allowed again")
+    clear.add_argument("module", metavar="MODULE")
+    clear.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    clear.set_defaults(func=run_setting, switch=None)
+    events.register(subparsers)
 
 
 ROOT_ONLY = "the agent's control socket is root only: run this command as root (or with sudo)"
@@ -90,4 +105,18 @@ def run_command(args: argparse.Namespace) -> int:
         reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
         raise CommandError(f"{args.action_name} {args.module}: {reason}")
     print(f"{args.module}: {answer.get('state')}")
+    return 0
+
+
+def run_setting(args: argparse.Namespace) -> int:
+    """``maintenance on|off`` and ``clear``: settings of the module, applied at once."""
+    message = ({"cmd": "clear", "module": args.module} if args.switch is None
+               else {"cmd": "maintenance", "module": args.module, "on": args.switch == "on"})
+    answer = _ask(_socket(args), message, 10.0)
+    if not answer.get("ok"):
+        raise CommandError(answer.get("error") or "refused")
+    if args.switch is None:
+        print(f"{args.module}: {answer.get('state')}, failover and restart counts cleared")
+    else:
+        print(f"{args.module}: {answer.get('state')}, maintenance {'on' if answer.get('maintenance') else 'off'}")
     return 0

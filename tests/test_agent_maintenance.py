@@ -1,0 +1,121 @@
+"""Maintenance and flap damping in the agent (issue 9): persisted, fed to the decision, counted,
+cleared, shown in status (fakes for the data path; no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hamirror.agent.checks import CheckerState
+from hamirror.agent.executor import Executor
+from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.status import module_status, render_table
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import Command, PeerView
+from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip
+from tests.test_agent_runner import Clock, peer, step
+
+S = NodeState
+
+
+def make(tmp_path, state=S.SECOND, failover_max=0, record=None):
+    """A SECOND (up to date, receiving) that records the events it emits."""
+    store = Store(str(tmp_path / "demo"))
+    store.save(record or ModuleRecord(state=state))
+    journal = FakeJournal(("g1",), uptodate=True)
+    dp, vip, scripts = FakeDataPath(journal=journal), FakeVip(), FakeScripts()
+    dp.receiving = True
+    ex = Executor("demo", dp, vip, scripts, journal, lambda s: None, lambda: None)
+    clock = Clock()
+    runner = ModuleRunner("demo", "node2", False, store, ex, dp, journal, CheckerState("demo", [], clock), 3,
+                          300.0, clock=clock, wall=clock, failover_max=failover_max, failover_window=600.0)
+    events: list[tuple] = []
+    runner.emit = lambda kind, text, **fields: events.append((kind, text, fields))
+    return runner, dp, vip, store, clock, events
+
+
+def test_maintenance_survives_a_restart_and_holds_the_takeover(tmp_path):
+    runner, dp, vip, store, _, events = make(tmp_path)
+
+    async def scenario():
+        await runner.attach()
+        runner.set_maintenance(True)
+        assert store.load().maintenance
+        again, dp2, vip2, *_ = make(tmp_path, record=store.load())     # the agent restarted
+        assert again.maintenance and module_status(again)["maintenance"] is True
+        await again.attach()
+        await step(again, PeerView(alive=False))
+        assert again.state is S.SECOND and not vip2.up and dp2.calls == []
+        assert again.warnings == ("maintenance (`hamirror maintenance off demo` to resume): held back: "
+                                  "peer lost: taking over",)
+        again.set_maintenance(False)
+        await step(again, PeerView(alive=False))
+        assert again.state is S.ALONE and vip2.up
+
+    asyncio.run(scenario())
+
+
+def test_a_held_decision_is_recorded_once(tmp_path):
+    runner, *_, events = make(tmp_path)
+    runner.set_maintenance(True)
+
+    async def scenario():
+        await runner.attach()
+        for _ in range(3):
+            await step(runner, PeerView(alive=False))
+
+    asyncio.run(scenario())
+    assert [kind for kind, *_ in events] == ["attach", "held"]
+
+
+def test_failovers_are_counted_and_damped_until_cleared(tmp_path):
+    runner, dp, vip, store, clock, events = make(tmp_path, failover_max=1)
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, PeerView(alive=False))                      # takeover 1: counted, limit reached
+        assert runner.state is S.ALONE and store.load().failovers == (clock.now,) and store.load().damped
+        assert [e[0] for e in events if e[0] in ("takeover", "damped")] == ["takeover", "damped"]
+        doc = module_status(runner)
+        assert doc["failovers"] == {"recent": 1, "max": 1, "window": 600.0, "damped": True}
+        assert "demo: FAILOVER DAMPED: 1 failover(s) within 600 s (limit 1): failovers held back " \
+               "('hamirror clear demo' to allow them again)" in render_table(
+                   {"node": "node2", "modules": [doc], "peer": {}})
+        clock.now += 3600                                             # the window passed: still latched
+        await step(runner, peer(S.ALONE, True))                       # both primary: data safety steps down
+        assert runner.state is S.WAIT
+        runner.clear()
+        assert store.load().failovers == () and not store.load().damped
+
+    asyncio.run(scenario())
+
+
+def test_maintenance_off_clears_damping_and_commands_run_in_maintenance(tmp_path):
+    runner, dp, vip, store, _, _ = make(tmp_path, record=ModuleRecord(state=S.SECOND, damped=True,
+                                                                        failovers=(1.0,), maintenance=True))
+
+    async def scenario():
+        await runner.attach()
+        future = runner.submit(Command.STOP)
+        await step(runner, peer(S.PRIM, True))
+        assert runner.state is S.STOP and (await future).ok
+        runner.set_maintenance(False)
+        assert store.load() == ModuleRecord(state=S.STOP, updated=store.load().updated)
+
+    asyncio.run(scenario())
+
+
+def test_a_checker_failure_is_not_acted_on_in_maintenance(tmp_path):
+    runner, dp, vip, store, _, _ = make(tmp_path, state=S.PRIM)
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+
+    async def scenario():
+        await runner.attach()
+        runner.checkers.failure = "tcp: refused"
+        runner.set_maintenance(True)
+        assert runner.checkers.ok                     # forgotten when maintenance began
+        runner.checkers.failure = "tcp: refused"      # seen again later: still not acted on
+        await step(runner, peer(S.SECOND, True))
+        assert runner.state is S.PRIM and runner.executor.scripts.runs == [] and runner.warnings == ()
+
+    asyncio.run(scenario())
