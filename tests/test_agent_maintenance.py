@@ -4,12 +4,14 @@ cleared, shown in status (fakes for the data path; no processes)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.executor import Executor
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.status import module_status, render_table
+from hamirror.cluster.actions import RestartApp
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command, PeerView
 from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip
@@ -119,3 +121,44 @@ def test_a_checker_failure_is_not_acted_on_in_maintenance(tmp_path):
         assert runner.state is S.PRIM and runner.executor.scripts.runs == [] and runner.warnings == ()
 
     asyncio.run(scenario())
+
+
+def test_operator_settings_through_the_agent_are_recorded_with_the_caller(tmp_path):
+    """``hamirror maintenance on|off`` and ``clear`` answer at once; the timeline says who ran them."""
+    from hamirror.agent import control
+    from hamirror.agent.runtime import Agent
+    from hamirror.config import load_cluster, load_modules
+    from tests.configfiles import write_cluster, write_module, write_secrets
+
+    config = write_cluster(tmp_path)
+    write_module(tmp_path, replace={"[vars]": "[failover]\nmax = 2\nwindow = 60\n\n[vars]"})
+    write_secrets(tmp_path)
+    cluster = load_cluster(config)
+    [module] = load_modules(cluster)
+    assert (module.failover.max, module.failover.window) == (2, 60.0)
+    agent = Agent(cluster, [module])
+    control._CALLER.set((os.getpid(), os.geteuid()))
+
+    async def scenario():
+        on = await agent.handle({"cmd": "maintenance", "module": "app", "on": True})
+        assert on == {"ok": True, "state": "WAIT", "warnings": [], "error": None, "maintenance": True}
+        assert agent.status()["modules"][0]["maintenance"] is True
+        off = await agent.handle({"cmd": "clear", "module": "app"})
+        assert off["ok"] and off["maintenance"] is True
+        assert (await agent.handle({"cmd": "maintenance", "module": "nope", "on": True}))["error"] == (
+            "no module 'nope' on this node (modules: app)")
+
+    asyncio.run(scenario())
+    commands = [e for e in agent.events.read("app") if e["kind"].startswith("command")]
+    assert [(e["kind"], e["command"]) for e in commands] == [
+        ("command", "maintenance on"), ("command-result", "maintenance on"), ("command", "clear"),
+        ("command-result", "clear")]
+    assert commands[0]["caller"]["pid"] == os.getpid() and commands[0]["text"].startswith("maintenance on by ")
+    assert commands[1]["text"] == "maintenance on: done, now WAIT"
+
+
+def test_a_restart_clears_the_repairs_pending_start(tmp_path):
+    runner, dp, vip, store, _, _ = make(tmp_path, state=S.PRIM)
+    runner.executor.app_stopped = True
+    runner.executor.run(RestartApp(counted=False), S.PRIM)
+    assert not runner.executor.app_stopped

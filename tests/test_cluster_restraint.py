@@ -160,3 +160,10 @@ def test_damping_counts_up_to_the_limit_and_stays_latched() -> None:
     assert FailoverHealth(recent=0, max=3, latched=True).damped        # the window passed: still held
     promote = decide(view(S.SECOND, peer=None, failovers=FailoverHealth(recent=2, max=3)))
     assert promote.state is S.ALONE and AddVip() in promote.actions
+
+
+def test_operator_restart_starts_an_application_a_repair_left_stopped_in_maintenance() -> None:
+    v = view(S.PRIM, app_stopped=True, maintenance=True)
+    assert held(decide(v))
+    d = decide(ModuleView(**{**v.__dict__, "command": Command.RESTART}))
+    assert d.actions == (RestartApp(counted=False),) and not d.held

@@ -211,6 +211,7 @@ class Executor:
             result = self.scripts.run(name, target.value)
             if not result.ok:
                 raise ActionFailed(result.detail or f"{name} failed")
+        self.app_stopped = False   # started again: nothing left for a later decision to start
 
     def _StartResync(self, action: a.StartResync, target: NodeState) -> None:
         self.datapath.resync(full=action.full)

@@ -113,7 +113,9 @@ def _swap_from_prim(view: ModuleView) -> Decision:
 
 
 def _restart_app(view: ModuleView) -> Decision | None:
-    if _primary_common(view) is not None:
+    """`restart`: stop_prim then start_prim; it also starts an application a repair left stopped
+    (the operator's way to do it in maintenance, which holds the automatic start back)."""
+    if _primary_common(dataclasses.replace(view, app_stopped=False)) is not None:
         return None                    # split brain, lost quorum, failed checker come first
     return steps.stay(view, RestartApp(counted=False))
 
