@@ -4,14 +4,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The servers of the shipped modules (modules/postgresql, mariadb, nginx) come from Debian too.
+SERVER_UNITS=(postgresql mariadb nginx)
 need_pkgs=()
-for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc; do
+for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
+           postgresql-15 mariadb-server mariadb-client nginx; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # Installing a server must not start it on this machine (hamirror's modules start them, in the
+  # lab's nodes): a policy-rc.d that denies every start, for the time of the install only.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=yes
+  fi
+  trap '[ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get update -qq
   apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+# Whatever happened before (a package installed by hand, a policy-rc.d missing), the distribution's
+# services stay off and do not come back at boot.
+if [ -d /run/systemd/system ]; then
+  for unit in "${SERVER_UNITS[@]}"; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
 fi
 
 PY=${PYTHON:-python3}

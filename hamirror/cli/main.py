@@ -20,6 +20,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.agent",
     "hamirror.cli.ops",
     "hamirror.cli.witness",
+    "hamirror.cli.module",
 ]
 
 

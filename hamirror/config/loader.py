@@ -80,21 +80,31 @@ def _modules(cluster: ClusterConfig, sink: list[ConfigError]) -> list[ModuleConf
         sink.append(ConfigError(cluster.path, "cluster.modules_dir",
                                 f"cannot list {cluster.modules_dir}: {exc.strerror or exc}"))
         return []
-    modules = []
+    modules: list[ModuleConfig] = []
     for entry in entries:
         folder = os.path.abspath(os.path.join(cluster.modules_dir, entry))
         if entry.startswith(".") or not os.path.isdir(folder):
             continue
-        errors = ErrorList(os.path.join(folder, "module.toml"), sink)
-        doc = read_toml(errors.file, errors)
-        if doc is None:
-            continue
-        module = parse_module(doc, folder, errors)
-        check_scripts(folder, errors)
-        _check_against_cluster(module, cluster, errors)
-        _check_against_others(module, modules, errors)
-        modules.append(module)
+        module = check_module_folder(folder, cluster, sink, modules)
+        if module is not None:
+            modules.append(module)
     return modules
+
+
+def check_module_folder(folder: str, cluster: ClusterConfig, sink: list[ConfigError],
+                        others: list[ModuleConfig] | tuple[ModuleConfig, ...] = ()) -> ModuleConfig | None:
+    """Every check of one module folder (alone, against the cluster, against ``others``), problems
+    into ``sink``; the module as parsed, or None when its module.toml cannot be read.
+    ``hamirror module check`` uses it for a folder outside ``modules_dir`` too."""
+    errors = ErrorList(os.path.join(folder, "module.toml"), sink)
+    doc = read_toml(errors.file, errors)
+    if doc is None:
+        return None
+    module = parse_module(doc, folder, errors)
+    check_scripts(folder, errors)
+    _check_against_cluster(module, cluster, errors)
+    _check_against_others(module, list(others), errors)
+    return module
 
 
 def _check_against_cluster(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:

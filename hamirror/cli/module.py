@@ -1,0 +1,89 @@
+"""``hamirror module new|check``: the module kit (docs/module-guide.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hamirror.cli.common import CommandError
+from hamirror.config.loader import config_path
+from hamirror.config.module import SCRIPTS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from hamirror.modkit.scaffold import TEMPLATES
+    parser = subparsers.add_parser("module", help="make and check mirror modules (the module kit)")
+    actions = parser.add_subparsers(dest="module_command", metavar="ACTION")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("-c", "--config", default=None,
+                        help="cluster file (default: $HAMIRROR_CONFIG, else /etc/hamirror/hamirror.toml)")
+
+    new = actions.add_parser("new", parents=[config], help="scaffold a module folder from a template")
+    new.add_argument("name", help="module name: lowercase letters, digits, '_' or '-'")
+    new.add_argument("--template", choices=TEMPLATES, default="generic", help="what it runs (default: generic)")
+    new.add_argument("--dir", default=None, help="modules directory (default: the cluster file's modules_dir)")
+    new.add_argument("--directory", default=None, help="replicated directory (default: /srv/hamirror-NAME)")
+    new.add_argument("--replication-port", type=int, default=None,
+                     help="TCP port of the module's replication link (default: the template's, else the next free)")
+    new.add_argument("--vip", default="198.18.0.100/24", help="virtual IP with its prefix (default: the lab's)")
+    new.add_argument("--interface", default="eth0", help="interface that carries the VIP (default: eth0)")
+    new.add_argument("--default-primary", default=None, help="node primary at a cold start (default: the first node)")
+    new.add_argument("--force", action="store_true", help="replace the files of an existing folder")
+    new.set_defaults(func=run_new)
+
+    check = actions.add_parser("check", parents=[config],
+                               help="validate a module with this node's values and its server's durability settings")
+    check.add_argument("module", help="module name (in modules_dir) or path to a module folder")
+    check.add_argument("--show", choices=SCRIPTS, default=None, help="also print this script rendered for this node")
+    check.set_defaults(func=run_check)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def _cluster_defaults(config: str) -> tuple[str | None, str | None]:
+    """(modules_dir, first node) from the cluster file, or (None, None) if it cannot be loaded."""
+    from hamirror.config.errors import ConfigError
+    from hamirror.config.loader import load_cluster
+    try:
+        cluster = load_cluster(config)
+    except ConfigError:
+        return None, None
+    return cluster.modules_dir, cluster.nodes[0].name
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from hamirror.modkit import scaffold
+    modules_dir, first = _cluster_defaults(config_path(args.config))
+    modules_dir = args.dir or modules_dir
+    if modules_dir is None:
+        raise CommandError(f"no modules directory: give --dir, or a valid cluster file ({config_path(args.config)})")
+    try:
+        values = scaffold.values_for(args.name, args.template, modules_dir, args.replication_port, args.directory,
+                                     args.vip, args.interface, args.default_primary or first or "node1")
+        folder = scaffold.create(values, modules_dir, args.force)
+    except (scaffold.ScaffoldError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"{folder}: module {values.name!r} from template {args.template!r} "
+          f"(replication port {values.replication_port}, directory {values.directory}, VIP {values.vip})")
+    print(f"next: edit {folder}/module.toml, then 'hamirror module check {values.name}'")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hamirror.config.errors import ConfigError
+    from hamirror.modkit.check import check, show
+    report = check(args.module, config_path(args.config))
+    for problem in report.errors + report.warnings:
+        print(problem, file=sys.stderr)
+    if report.errors or report.module is None or report.cluster is None:
+        return 1
+    if args.show:
+        try:
+            sys.stdout.write(show(report, args.show))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    node = report.cluster.local_node.name
+    print(f"OK: module {report.module.name} ({report.module.folder}), scripts rendered for node {node}"
+          + (f", {len(report.warnings)} warning(s)" if report.warnings else ""),
+          file=sys.stderr if args.show else sys.stdout)     # --show: stdout is the script alone
+    return 0
