@@ -77,7 +77,9 @@ def test_failovers_are_counted_and_damped_until_cleared(tmp_path):
         await runner.attach()
         await step(runner, PeerView(alive=False))                      # takeover 1: counted, limit reached
         assert runner.state is S.ALONE and store.load().failovers == (clock.now,) and store.load().damped
-        assert [e[0] for e in events if e[0] in ("takeover", "damped")] == ["takeover", "damped"]
+        assert [e[0] for e in events if e[0] in ("takeover", "damped", "state")] == ["takeover", "damped", "state"]
+        assert events[-1] == ("state", "SECOND -> ALONE (automatic)", {"why": "automatic", "from": "SECOND",
+                                                                        "to": "ALONE"})
         doc = module_status(runner)
         assert doc["failovers"] == {"recent": 1, "max": 1, "window": 600.0, "damped": True}
         assert "demo: FAILOVER DAMPED: 1 failover(s) within 600 s (limit 1): failovers held back " \

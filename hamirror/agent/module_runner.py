@@ -361,7 +361,8 @@ class ModuleRunner:
         finally:
             self.error = error
             if target is not self.state:
-                self.emit("state", f"{self.state.value} -> {target.value} ({why})", why=why,
+                cause = "automatic" if why == Command.NONE.value else why
+                self.emit("state", f"{self.state.value} -> {target.value} ({cause})", why=cause,
                           **{"from": self.state.value, "to": target.value})
                 self.state = target
                 self.resync_requested = None     # the resync status restarts with each state
