@@ -1,0 +1,232 @@
+"""The shipped modules' scripts and checkers with their real servers (Debian's packages), on this
+machine's loopback, without the lab and without replication: what a stop, a hang and a stale pid
+file do. The agent's own runner and checkers run them (``ScriptRunner``, ``checkers.build``).
+Failover with replication is proven in the lab (``test_modules_lab.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hamirror.actions.checkers import Checker, build
+from hamirror.actions.scripts import ScriptRunner
+from hamirror.config.cluster import ClusterConfig
+from hamirror.config.loader import load_cluster, load_modules
+from hamirror.config.module import ModuleConfig
+from hamirror.modkit import scaffold
+
+SERVERS = {"postgresql": "/usr/lib/postgresql/15/bin/postgres", "mariadb": "/usr/sbin/mariadbd",
+           "nginx": "/usr/sbin/nginx"}
+CLUSTER = """\
+[cluster]
+name = "local"
+node = "node1"
+modules_dir = "modules"
+state_dir = "state"
+run_dir = "run"
+keys_dir = "keys"
+cluster_key_file = "cluster.key"
+
+[[nodes]]
+name = "node1"
+addresses = ["127.0.0.1"]
+
+[[nodes]]
+name = "node2"
+addresses = ["127.0.0.3"]
+"""
+
+
+def missing(template: str) -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (the servers run as their own users)"
+    if not os.path.exists(SERVERS[template]) or shutil.which("curl") is None:
+        return f"{SERVERS[template]} or curl missing: run scripts/setup.sh"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Local:
+    """One module made by the kit, run on 127.0.0.2 (the VIP, on lo) with its own ports and paths."""
+
+    root: Path
+    module: ModuleConfig
+    cluster: ClusterConfig
+
+    def run(self, script: str, state: str = "PRIM") -> str:
+        result = ScriptRunner(self.module, self.cluster).run(script, state)
+        log = (Path(self.cluster.module_state_dir(self.module.name)) / "scripts.log").read_text()
+        assert result.ok, f"{script}: {result.detail}\n{log[-3000:]}"
+        return log
+
+    def checker(self) -> Checker:
+        return build(self.module.checkers[0], self.module, self.cluster)
+
+    def server_pid(self, pid_file: str) -> int:
+        return int(Path(pid_file).read_text().split()[0])
+
+
+@pytest.fixture
+def local(request) -> Iterator[Local]:
+    template = request.param
+    why = missing(template)
+    if why:
+        pytest.skip(why)
+    root = Path(tempfile.mkdtemp(prefix=f"hamirror-{template}-"))   # not under pytest's 0700 tmp: the
+    root.chmod(0o755)                                                # server's user must reach it
+    try:
+        (root / "hamirror.toml").write_text(CLUSTER)
+        values = scaffold.values_for(template, template, str(root / "modules"), vip="127.0.0.2/8",
+                                     interface="lo", directory=str(root / "data"))
+        folder = Path(scaffold.create(values, str(root / "modules")))
+        toml = (folder / "module.toml").read_text()
+        for key, value in (("port", str(free_port())), ("socket_dir", f'"{root}/sock"'),
+                           ("stop_timeout", "3"), ("start_timeout", "60")):
+            toml = "\n".join(f"{key} = {value}" if line.startswith(f"{key} = ") else line for line in toml.splitlines())
+        (folder / "module.toml").write_text(toml + "\n")
+        (root / "data").mkdir()
+        cluster = load_cluster(str(root / "hamirror.toml"))
+        yield Local(root, load_modules(cluster)[0], cluster)
+    finally:
+        _stop_everything_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_everything_under(root: Path) -> None:
+    """Kill the servers a failed test left (by pid: those working in or configured under root)."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if str(root) in " ".join(proc.info["cmdline"] or ()) or str(proc.info["cwd"] or "").startswith(str(root)):
+                proc.kill()
+        except psutil.Error:
+            continue
+
+
+def wait_result(checker: Checker, healthy: bool, timeout: float = 30.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = checker.check()
+        if (result is None) == healthy or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
+
+
+def stopped(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def hang_and_resume(checker: Checker, pid: int) -> str:
+    """SIGSTOP the server (a hung one: its port is open, nothing answers); the checker's verdict."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        verdict = checker.check()
+        assert time.monotonic() - started <= checker.timeout + 1
+        return verdict or "healthy"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["postgresql"], indirect=True)
+def test_postgresql_start_idempotent_hang_stale_pid_and_bounded_stop(local):
+    log = local.run("start_prim")
+    assert "first start: initdb" in log and "ready (pid" in log
+    pgdata = local.root / "data" / "data"
+    assert pgdata.stat().st_uid == pwd_uid("postgres")
+    assert "already running" in local.run("start_prim")
+    checker = local.checker()
+    assert wait_result(checker, True) is None
+    pid = local.server_pid(str(pgdata / "postmaster.pid"))
+    assert hang_and_resume(checker, pid) != "healthy"           # a hung server fails the check
+    assert wait_result(checker, True) is None
+
+    # Stop within its bound even when the server ignores fast and immediate shutdown (stopped).
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    log = local.run("stop_prim", "STOP")
+    assert "fast shutdown did not end" in log and "KILL" in log and stopped(pid)
+    assert time.monotonic() - started < 3 + 10 + 10
+
+    # The replicated postmaster.pid names a live process here that is no postgres of this directory.
+    foreign = subprocess.Popen(["sleep", "300"])
+    try:
+        (pgdata / "postmaster.pid").write_text(f"{foreign.pid}\n{pgdata}\n")
+        log = local.run("start_prim")
+        assert f"stale postmaster.pid (pid {foreign.pid} is no postgres" in log
+        assert wait_result(checker, True) is None
+    finally:
+        foreign.kill()
+        foreign.wait()
+    local.run("stop_prim", "STOP")
+    assert "not running" in local.run("stop_prim", "STOP")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["mariadb"], indirect=True)
+def test_mariadb_start_idempotent_hang_and_stop(local):
+    log = local.run("start_prim")
+    assert "first start: mariadb-install-db" in log and "ready (pid" in log
+    assert "already running" in local.run("start_prim")
+    checker = local.checker()
+    assert wait_result(checker, True) is None
+    pid = local.server_pid(f"{local.root}/sock/mariadbd.pid")
+    assert hang_and_resume(checker, pid) != "healthy"
+    assert wait_result(checker, True) is None
+    log = local.run("stop_prim", "STOP")
+    assert f"stopped (pid {pid})" in log and stopped(pid)
+    log = local.run("start_prim")                                # InnoDB and the binlog reopen cleanly
+    assert "ready (pid" in log and "first start" not in log.split("start_prim\n")[-1]
+    local.run("stop_prim", "STOP")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["nginx"], indirect=True)
+def test_nginx_serves_uploads_and_a_hang_fails_the_check(local):
+    local.run("start_prim")
+    port = local.module.vars["port"]
+    url = f"http://127.0.0.2:{port}/files/a.txt"
+    # The module allows uploads from the lab's network only; loopback clients may only read.
+    put = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data-binary", "x", url],
+                         capture_output=True, text=True)
+    assert put.stdout == "403"
+    (local.root / "data" / "html" / "files").mkdir(parents=True)
+    (local.root / "data" / "html" / "files" / "a.txt").write_text("hello\n")
+    get = subprocess.run(["curl", "-fsS", url], capture_output=True, text=True)
+    assert get.stdout == "hello\n"
+    checker = local.checker()
+    assert wait_result(checker, True) is None
+    pid = int((Path(local.cluster.module_run_dir(local.module.name)) / "nginx.pid").read_text())
+    workers = psutil.Process(pid).children()
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        assert checker.check() is not None
+    finally:
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGCONT)
+    assert wait_result(checker, True) is None
+    assert f"stopped (pid {pid})" in local.run("stop_prim", "STOP")
+
+
+def pwd_uid(user: str) -> int:
+    import pwd
+    return pwd.getpwnam(user).pw_uid
