@@ -8,8 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
+from hamirror.lab import agent as labagent
+from hamirror.lab import nodeconfig
+from hamirror.lab.naming import LabPaths
+from hamirror.lab.state import Started
 from hamirror.modkit import durability, scaffold
 from tests.conftest import run_cli
 from tests.configfiles import write_cluster, write_module
@@ -169,3 +174,20 @@ def test_mariadb_reads_only_the_servers_groups_and_follows_includes(tmp_path):
 def test_shipped_server_configs_are_durable():
     assert durability.check_postgresql([str(REPO_MODULES / "postgresql" / "postgresql.conf")]) == []
     assert durability.check_mariadb(str(REPO_MODULES / "mariadb" / "my.cnf")) == []
+
+
+def test_the_lab_waits_for_a_module_folder_under_its_configured_name(tmp_path):
+    """Finding (issue 9, item 7): 'lab up --module PATH' waited for the folder's name until timeout."""
+    assert run_cli("module", "new", "web1", "--dir", str(tmp_path)).returncode == 0
+    (tmp_path / "web1").rename(tmp_path / "folder-x")
+    assert nodeconfig.module_name(str(tmp_path / "folder-x")) == "web1"
+    assert nodeconfig.module_name("demo") == "demo"
+    assert nodeconfig.module_name("not-a-module") == "not-a-module"
+    mirrored = {"node1": "PRIM", "node2": "SECOND"}
+
+    def status(paths, node):
+        return {"modules": [{"name": "web1", "state": mirrored[node], "uptodate": True}]}
+
+    me = Started("node1", "agent", os.getpid(), psutil.Process().create_time(), ["pytest"])   # alive
+    labagent.wait_ready(LabPaths(str(tmp_path)), [me], [str(tmp_path / "folder-x")], timeout=5,
+                        status=status, poll=0.01)

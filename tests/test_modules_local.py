@@ -26,27 +26,14 @@ from hamirror.config.cluster import ClusterConfig
 from hamirror.config.loader import load_cluster, load_modules
 from hamirror.config.module import ModuleConfig
 from hamirror.modkit import scaffold
+from tests import configfiles
+from tests.configfiles import edit
 
 SERVERS = {"postgresql": "/usr/lib/postgresql/15/bin/postgres", "mariadb": "/usr/sbin/mariadbd",
            "nginx": "/usr/sbin/nginx"}
-CLUSTER = """\
-[cluster]
-name = "local"
-node = "node1"
-modules_dir = "modules"
-state_dir = "state"
-run_dir = "run"
-keys_dir = "keys"
-cluster_key_file = "cluster.key"
-
-[[nodes]]
-name = "node1"
-addresses = ["127.0.0.1"]
-
-[[nodes]]
-name = "node2"
-addresses = ["127.0.0.3"]
-"""
+# A cluster on loopback: the VIP (127.0.0.2/8, on lo) is in the nodes' network and always local.
+CLUSTER = edit(configfiles.CLUSTER, {'name = "lab"': 'name = "local"', '"198.18.0.1"': '"127.0.0.1"',
+                                     '"198.18.0.2"': '"127.0.0.3"'})
 
 
 def missing(template: str) -> str | None:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from hamirror.lab import process
+from hamirror.lab import nodeconfig, process
 from hamirror.lab.naming import ADDRESSES, WITNESS, WITNESS_PORT, LabPaths
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import Started
@@ -75,7 +75,11 @@ def log_tail(paths: LabPaths, node: str, lines: int = 15) -> str:
 
 def wait_ready(paths: LabPaths, agents: list[Started], modules: list[str], timeout: float,
                status: Callable[[LabPaths, str], dict | None] = node_status, poll: float = 0.5) -> None:
-    """Return once node1 is PRIM and node2 SECOND up to date for every module; raise with the logs otherwise."""
+    """Return once node1 is PRIM and node2 SECOND up to date for every module; raise with the logs otherwise.
+
+    ``modules`` are what ``lab up --module`` got (names or folders); the agents report each module
+    under its configured name, which a folder need not carry."""
+    modules = [nodeconfig.module_name(module) for module in modules]
     deadline = time.monotonic() + timeout
     reason = "no status yet"
     while True:

@@ -133,8 +133,9 @@ def unreadable(paths: LabPaths, keys: list[str], budget: float = 300.0) -> dict[
 class Writer:
     """The writer in the client host, its reports collected by a thread. Use as a context manager."""
 
-    def __init__(self, paths: LabPaths, prefix: str, pause: float = 0.02) -> None:
-        cmd = [sys.executable, "-c", WRITER, VIP, str(PORT), prefix, str(pause)]
+    def __init__(self, paths: LabPaths, prefix: str, pause: float = 0.02, cmd: list[str] | None = None) -> None:
+        """``cmd``: another writer in the client host reporting the same lines (``appclient``)."""
+        cmd = cmd or [sys.executable, "-c", WRITER, VIP, str(PORT), prefix, str(pause)]
         self.acks: list[Ack] = []
         self.failures: list[Failure] = []
         self._lock = threading.Lock()

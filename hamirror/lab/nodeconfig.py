@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tomllib
 
 from hamirror.lab.naming import ADDRESSES, NODES, NODE_MOUNTS, WITNESS, WITNESS_PORT, LabPaths
 from hamirror.lab.shell import LabError
@@ -66,6 +67,18 @@ def module_source(module: str) -> str:
     return os.path.abspath(path)
 
 
+def module_name(module: str) -> str:
+    """The name a module is configured with (``[module] name`` of its module.toml), which the agents
+    report and which need not be its folder's name; the argument itself when it names no readable
+    module folder."""
+    try:
+        with open(os.path.join(module_source(module), "module.toml"), "rb") as stream:
+            name = tomllib.load(stream).get("module", {}).get("name")
+    except (LabError, OSError, tomllib.TOMLDecodeError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name else os.path.basename(module.rstrip(os.sep))
+
+
 def fence_script(paths: LabPaths) -> str:
     """The lab's fence script: power-kill the peer (``lab kill``), as a BMC or hypervisor would."""
     return ("#!/bin/sh\n"
@@ -90,8 +103,9 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = 
             os.chmod(script, 0o755)
         _write_secret(os.path.join(etc, "cluster.key"), cluster_key)
         _keygen(os.path.join(etc, "keys"), node)
-        for src in sources:
-            dest = os.path.join(etc, "modules", os.path.basename(src))
+        for module, src in zip(modules, sources):
+            # Installed under its configured name: config check wants the folder named like the module.
+            dest = os.path.join(etc, "modules", module_name(module))
             shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
     if witness:
         etc = paths.node_dir(WITNESS, "etc")
