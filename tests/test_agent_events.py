@@ -225,3 +225,12 @@ def test_follow_lines_waits_for_whole_lines(tmp_path):
         seen.append(line)
     assert seen == ["partial", "next"]
     assert threading.active_count() >= 1
+
+
+def test_the_receiving_side_tells_when_a_resync_begins_and_ends():
+    idle = Observation(GenerationHistory(), False, (), ({"resyncing": False},), True)
+    busy = Observation(GenerationHistory(), False, (), ({"resyncing": True},), True)
+    assert observation_events(idle, busy, False) == [
+        ("resync-receive-start", "the peer started a resync to this node", {})]
+    assert observation_events(busy, busy, False) == []
+    assert observation_events(busy, idle, False) == [("resync-receive-end", "the resync from the peer ended", {})]

@@ -177,8 +177,13 @@ def decision_events(view: ModuleView, decision: a.Decision, known: tuple[str, ..
 
 def observation_events(before: Observation | None, after: Observation, primary: bool) -> list[tuple[str, str, dict]]:
     """What the data path did by itself between two observations: a primary's mount fenced (it
-    lost the peer and blocks writes), a resync that ended (with what it copied)."""
+    lost the peer and blocks writes), a resync that ended (with what it copied), and on the
+    receiving side a resync from the peer that began or ended."""
     found: list[tuple[str, str, dict]] = []
+    receiving = any(r and r.get("resyncing") for r in after.receivers)
+    if before is not None and not primary and receiving != any(r and r.get("resyncing") for r in before.receivers):
+        found.append(("resync-receive-start", "the peer started a resync to this node", {}) if receiving else
+                     ("resync-receive-end", "the resync from the peer ended", {}))
     if primary and after.fenced and not (before and before.fenced):
         found.append(("fenced", "the peer stopped acknowledging: writes blocked until a fencing verdict", {}))
     end, last = after.last_resync, (before.last_resync or {}) if before else None
