@@ -139,9 +139,9 @@ def test_operator_settings_through_the_agent_are_recorded_with_the_caller(tmp_pa
     [module] = load_modules(cluster)
     assert (module.failover.max, module.failover.window) == (2, 60.0)
     agent = Agent(cluster, [module])
-    control._CALLER.set((os.getpid(), os.geteuid()))
 
     async def scenario():
+        control._CALLER.set((os.getpid(), os.geteuid()))       # as the control server does per connection
         on = await agent.handle({"cmd": "maintenance", "module": "app", "on": True})
         assert on == {"ok": True, "state": "WAIT", "warnings": [], "error": None, "maintenance": True}
         assert agent.status()["modules"][0]["maintenance"] is True
@@ -164,3 +164,16 @@ def test_a_restart_clears_the_repairs_pending_start(tmp_path):
     runner.executor.app_stopped = True
     runner.executor.run(RestartApp(counted=False), S.PRIM)
     assert not runner.executor.app_stopped
+
+
+def test_cli_maintenance_and_clear_need_the_agent(tmp_path):
+    from tests.conftest import run_cli
+    from tests.configfiles import write_cluster, write_module
+
+    config = write_cluster(tmp_path)
+    write_module(tmp_path)
+    for args in (["maintenance", "on", "app"], ["clear", "app"]):
+        result = run_cli(*args, "-c", config)
+        assert result.returncode == 1 and result.stderr.startswith("hamirror: agent not running (no control socket at")
+    bad = run_cli("maintenance", "maybe", "app", "-c", config)
+    assert bad.returncode == 2 and "invalid choice: 'maybe' (choose from 'on', 'off')" in bad.stderr

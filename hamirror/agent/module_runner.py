@@ -28,7 +28,7 @@ from hamirror.cluster.decide import decide
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
-    CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase, mirror_health,
+    CheckerHealth, Command, FailoverHealth, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase, mirror_health,
 )
 from hamirror.journal.generations import GenerationHistory, Relation, compare
 
@@ -135,7 +135,7 @@ class ModuleRunner:
 
     def count_restart(self) -> None:
         now = self.wall()
-        kept = tuple(t for t in self.record.restarts if now - t <= self.window)
+        kept = damping.recent(self.record.restarts, now, self.window)
         self.record = self.store.save(dataclasses.replace(self.record, restarts=kept + (now,)))
 
     def restarts_in_window(self) -> int:
@@ -145,7 +145,7 @@ class ModuleRunner:
     def maintenance(self) -> bool:
         return self.record.maintenance
 
-    def failovers(self):
+    def failovers(self) -> FailoverHealth:
         """The flap-damping count the decision sees (:class:`FailoverHealth`)."""
         return damping.health(self.record, self.wall(), self.failover_max, self.failover_window)
 
