@@ -234,3 +234,16 @@ def test_the_receiving_side_tells_when_a_resync_begins_and_ends():
         ("resync-receive-start", "the peer started a resync to this node", {})]
     assert observation_events(busy, busy, False) == []
     assert observation_events(busy, idle, False) == [("resync-receive-end", "the resync from the peer ended", {})]
+
+
+def test_cli_says_the_state_directory_is_roots():
+    from hamirror.cli.common import CommandError
+    from hamirror.cli.events import _readable
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/var/lib/hamirror/events.jsonl")
+
+    with pytest.raises(CommandError) as caught:
+        _readable(denied)(None)
+    assert str(caught.value) == ("/var/lib/hamirror/events.jsonl: permission denied (the state directory is "
+                                 "root's: run this command as root)")

@@ -15,6 +15,17 @@ from hamirror.config import ConfigError, config_path, load_cluster
 LOG_FILES = ("scripts.log", "fence.log")
 
 
+def _readable(func):
+    """A state directory that is root's: say so rather than print a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except PermissionError as exc:
+            raise CommandError(f"{exc.filename}: permission denied (the state directory is root's: "
+                               "run this command as root)") from exc
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     events = subparsers.add_parser("events", help="this node's event timeline (state changes, failovers, "
                                                   "resyncs, checkers, fencing, operator commands)")
@@ -24,14 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the last N events (0: all kept; default: %(default)s)")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("-c", "--config", default=None, help="cluster file (finds the state directory)")
-    events.set_defaults(func=run_events)
+    events.set_defaults(func=_readable(run_events))
     logs = subparsers.add_parser("logs", help="the output of MODULE's scripts (and of the fence script)")
     logs.add_argument("module", metavar="MODULE")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     logs.add_argument("-n", "--lines", type=int, default=50, metavar="N",
                       help="the last N lines of each file (0: all; default: %(default)s)")
     logs.add_argument("-c", "--config", default=None, help="cluster file (finds the state directory)")
-    logs.set_defaults(func=run_logs)
+    logs.set_defaults(func=_readable(run_logs))
 
 
 def _cluster(args: argparse.Namespace):
