@@ -45,6 +45,10 @@ def test_maintenance_survives_a_restart_and_holds_the_takeover(tmp_path):
         assert store.load().maintenance
         again, dp2, vip2, *_ = make(tmp_path, record=store.load())     # the agent restarted
         assert again.maintenance and module_status(again)["maintenance"] is True
+        table = render_table({"node": "node2", "modules": [module_status(again)], "peer": {}}).splitlines()
+        assert table[2].startswith("demo    SECOND [maintenance]  -")
+        assert table[3] == ("demo: MAINTENANCE: checkers and automatic failover suspended, the application is "
+                            "left alone ('hamirror maintenance off demo' to resume)")
         await again.attach()
         await step(again, PeerView(alive=False))
         assert again.state is S.SECOND and not vip2.up and dp2.calls == []
