@@ -42,7 +42,8 @@ def test_events_are_appended_numbered_and_read_back_per_module(tmp_path):
         f.write('{"seq": 4, "kind": "torn')                     # a crash in the middle of a line
     again = EventLog(str(tmp_path), "node1")                    # the agent restarted: numbering goes on
     assert again.add("agent", "agent started")["seq"] == 4
-    assert [e["seq"] for e in again.read()] == [1, 2, 3]        # the torn line is skipped, the next one too
+    assert [e["seq"] for e in events.read(str(tmp_path))] == [1, 2, 3, 4]    # the torn line is skipped
+    assert again.read() == events.read(str(tmp_path))
 
 
 def test_the_timeline_is_bounded_by_size(tmp_path):
@@ -51,8 +52,9 @@ def test_the_timeline_is_bounded_by_size(tmp_path):
         log.add("state", f"event {i}", module="demo")
     old, current = events.paths(str(tmp_path))
     assert os.path.getsize(current) < 2000 and os.path.getsize(old) < 2000 + 200
-    kept = log.read()
+    kept = events.read(str(tmp_path))
     assert kept[-1]["text"] == "event 199" and 10 < len(kept) < 50
+    assert len(log.read()) == 200 and len(EventLog(str(tmp_path), "node1").read()) == len(kept)
     assert [e["seq"] for e in kept] == list(range(kept[0]["seq"], 201))   # nothing lost between the files
 
 
@@ -247,3 +249,12 @@ def test_cli_says_the_state_directory_is_roots():
         _readable(denied)(None)
     assert str(caught.value) == ("/var/lib/hamirror/events.jsonl: permission denied (the state directory is "
                                  "root's: run this command as root)")
+
+
+def test_the_agent_keeps_only_the_last_events_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(events, "IN_MEMORY", 3)
+    log = EventLog(str(tmp_path), "node1")
+    for i in range(5):
+        log.add("state", f"event {i}")
+    assert [e["seq"] for e in log.read()] == [3, 4, 5] and len(events.read(str(tmp_path))) == 5
+    assert [e["seq"] for e in EventLog(str(tmp_path), "node1").read()] == [3, 4, 5]

@@ -16,6 +16,7 @@ its kind (``from``/``to`` for ``state``, ``bytes`` for ``resync-end``, ``caller`
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FILENAME = "events.jsonl"
 MAX_BYTES = 1 << 20        # per file; the timeline keeps this file and one rotated file
+IN_MEMORY = 5000           # the last events the agent keeps at hand for the HTTP API
 FENCING = (MirrorHealth.FENCED, MirrorHealth.REFUSED)
 
 
@@ -109,24 +111,41 @@ def follow_lines(files: list[str], pause: float = 0.5, sleep: Callable[[float], 
 
 
 class EventLog:
-    """Appends this node's events (on the agent's loop: one short write per event)."""
+    """Appends this node's events (on the agent's loop: one short write per event) and keeps the
+    last ones in memory, so that serving them never reads files on the loop."""
 
     def __init__(self, state_dir: str, node: str, max_bytes: int = MAX_BYTES,
                  clock: Callable[[], float] = time.time) -> None:
         self.state_dir, self.node, self.max_bytes, self.clock = state_dir, node, max_bytes, clock
         self.path = paths(state_dir)[1]
         try:
-            last = read(state_dir)[-1:]
+            stored = read(state_dir, limit=IN_MEMORY)
         except OSError as exc:       # unreadable: numbering restarts, the agent runs on
             log.error("event timeline %s unreadable: %s", self.path, exc)
-            last = []
-        self.seq = int(last[0].get("seq") or 0) if last else 0
+            stored = []
+        self.recent: collections.deque[dict] = collections.deque(stored, maxlen=IN_MEMORY)
+        self._end_torn_line()
+        self.seq = int(stored[-1].get("seq") or 0) if stored else 0
+
+    def _end_torn_line(self) -> None:
+        """A crash in the middle of a line left it without its newline: end it, so the next
+        event does not join it (and get lost with it)."""
+        try:
+            with open(self.path, "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+        except OSError:
+            pass                     # no file yet, or unwritable: add() says so
 
     def add(self, kind: str, text: str, module: str | None = None, **fields: object) -> dict:
         """Record one event; returns it (also when it could not be written)."""
         self.seq += 1
         event = {**fields, "seq": self.seq, "time": round(self.clock(), 3), "node": self.node,
                  "module": module, "kind": kind, "text": text}
+        self.recent.append(event)
         try:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -140,7 +159,9 @@ class EventLog:
         return event
 
     def read(self, module: str | None = None, limit: int | None = None, since: int = 0) -> list[dict]:
-        return read(self.state_dir, module, limit, since)
+        """The last events (at most ``IN_MEMORY``), as :func:`read` selects them from the files."""
+        found = [e for e in self.recent if matches(e, module, since)]
+        return found[-limit:] if limit else found
 
 
 def decision_events(view: ModuleView, decision: a.Decision, known: tuple[str, ...]) -> list[tuple[str, str, dict]]:
