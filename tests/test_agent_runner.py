@@ -281,3 +281,29 @@ def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_
         assert vip.calls == ["remove", "add"] and not runner.vip_withdrawn
 
     asyncio.run(scenario())
+
+
+def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_path):
+    """peer_gone: the receiver saw the primary's connection close about when the heartbeats
+    stopped, and three intervals of silence passed. A connection closed long before the last
+    heartbeat (a mount restarted), a connection still open, or a short silence: not gone."""
+    import time as clock
+
+    from hamirror.agent.module_runner import Observation
+    from hamirror.agent.runtime import peer_gone
+
+    runner, *_ = make(tmp_path, S.SECOND, primary=False)
+
+    def observe(**receiver):
+        runner.obs = Observation(history(), True, (), (dict(receiver),), True)
+
+    now = clock.time()
+    observe(connections=0, closed_at=now - 1.0)
+    assert peer_gone(runner, 1.0, 0.3)
+    assert not peer_gone(runner, 0.5, 0.3)                  # not three intervals of silence yet
+    observe(connections=1, closed_at=now - 1.0)
+    assert not peer_gone(runner, 1.0, 0.3)                  # another connection is still open
+    observe(connections=0, closed_at=now - 30.0)
+    assert not peer_gone(runner, 1.0, 0.3)                  # closed long before it fell silent
+    observe(connections=0, closed_at=None)
+    assert not peer_gone(runner, 1.0, 0.3)

@@ -187,3 +187,27 @@ def test_every_takeover_starts_a_new_generation_even_over_an_alone_journal(mirro
         assert history.current.id != first and first in history.ids()
     finally:
         journal.close()
+
+
+def test_the_receiver_reports_when_the_primary_connection_closes(mirror_factory):
+    """A dead primary's kernel closes the replication connection at once: the receiver's status
+    says so (``connections``, ``closed_at``), which lets the agent take over early."""
+    import json
+
+    pair = mirror_factory("closed", timeout=1).start()
+
+    def status() -> dict:
+        with open(os.path.join(pair.rstate, "status.json")) as f:
+            return json.load(f)
+
+    try:
+        with open(f"{pair.primary}/x", "wb") as f:
+            f.write(b"x")
+        wait_for(lambda: status()["connections"] == 1, 5, what="the connection counted")
+        before = time.time()      # (the fixture's port probe closed a connection earlier)
+        pair.mounter.send_signal(signal.SIGKILL)
+        pair.mounter.wait(10)
+        wait_for(lambda: status()["connections"] == 0, 5, what="the closed connection seen")
+        assert before <= status()["closed_at"] <= time.time()
+    finally:
+        pair.umount()

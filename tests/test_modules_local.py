@@ -85,12 +85,13 @@ def local(request) -> Iterator[Local]:
                                      interface="lo", directory=str(root / "data"))
         folder = Path(scaffold.create(values, str(root / "modules")))
         toml = (folder / "module.toml").read_text()
-        for key, value in (("port", str(free_port())), ("socket_dir", f'"{root}/sock"'),
+        for key, value in (("port", str(free_port())), ("server_dir", f'"{root}/sock"'),
                            ("stop_timeout", "3"), ("start_timeout", "60")):
             toml = "\n".join(f"{key} = {value}" if line.startswith(f"{key} = ") else line for line in toml.splitlines())
         (folder / "module.toml").write_text(toml + "\n")
         (root / "data").mkdir()
         cluster = load_cluster(str(root / "hamirror.toml"))
+        os.makedirs(cluster.module_run_dir(template), mode=0o700)     # as the agent makes it: root only
         yield Local(root, load_modules(cluster)[0], cluster)
     finally:
         _stop_everything_under(root)
@@ -201,7 +202,7 @@ def test_nginx_serves_uploads_and_a_hang_fails_the_check(local):
     assert get.stdout == "hello\n"
     checker = local.checker()
     assert wait_result(checker, True) is None
-    pid = int((Path(local.cluster.module_run_dir(local.module.name)) / "nginx.pid").read_text())
+    pid = local.server_pid(f"{local.root}/sock/nginx.pid")
     workers = psutil.Process(pid).children()
     for worker in workers:
         os.kill(worker.pid, signal.SIGSTOP)

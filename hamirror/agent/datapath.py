@@ -282,12 +282,21 @@ class DataPath:
                 time.sleep(0.05)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-            try:
-                psutil.Process(pid).wait(timeout=5)
-            except (psutil.Error, psutil.TimeoutExpired):
-                pass
+            _wait_dead(pid, 5.0)
             _remove(self._receiver_file(i))
             log.info("%s: receiver %d stopped (pid %d)", self.module, i, pid)
+
+
+def _wait_dead(pid: int, timeout: float) -> None:
+    """Until ``pid`` has exited (a zombie counts: a receiver adopted from an earlier agent is not
+    our child, and whoever reaps it may take seconds, which a takeover must not wait for)."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        os.waitpid(pid, os.WNOHANG)          # ours: reap it now
+    except ChildProcessError:
+        pass
 
 
 def _remove(path: str) -> None:

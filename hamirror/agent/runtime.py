@@ -34,6 +34,7 @@ from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.quorum import boottime, build as build_witness
+from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command, PeerView
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
@@ -202,9 +203,17 @@ class Agent:
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum = False
+        silence = hb.silence()
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
+            if alive and runner.state is NodeState.SECOND and peer_gone(runner, silence, self.cluster.heartbeat.interval):
+                # Not a silent peer but a dead one: its kernel closed the replication connection
+                # when its processes died, and it has not been heard since. No need to wait out
+                # the whole heartbeat timeout (a frozen or cut-off peer closes nothing).
+                log.warning("%s: the primary's replication connection closed and it is silent for %.1f s: "
+                            "its processes are gone", name, silence)
+                peer_alive, info = False, None
             linked = not alive and hb.peer_heartbeat is not None and streaming(runner, self.cluster.heartbeat.timeout)
             if linked:
                 # Heartbeats lost, but the replication link between the two data paths is alive:
@@ -305,7 +314,20 @@ def streaming(runner: ModuleRunner, timeout: float) -> bool:
     if obs is None:
         return False
     now = time.time()
-    if any(r and r.get("last_message") and now - r["last_message"] <= timeout for r in obs.receivers):
+    if any(r and r.get("last_message") and now - r["last_message"] <= timeout and r.get("connections", 1) > 0
+           for r in obs.receivers):
         return True
     return bool(obs.mounts) and obs.mount_states == {"PRIM"} and all(
         m and now - float(m.get("updated", 0)) <= timeout for m in obs.mounts)
+
+
+def peer_gone(runner: ModuleRunner, silence: float | None, interval: float) -> bool:
+    """The primary's processes died: every receiver saw its connection close, about when the
+    peer fell silent (not long before its last heartbeat), and the silence has lasted three
+    heartbeat intervals. A connection closed long ago (a mount restarted) proves nothing."""
+    obs = runner.obs
+    if obs is None or silence is None or silence < 3 * interval or not obs.receivers:
+        return False
+    last_heard = time.time() - silence
+    return all(r is not None and r.get("connections") == 0 and r.get("closed_at") is not None
+               and r["closed_at"] >= last_heard - interval for r in obs.receivers)

@@ -111,6 +111,12 @@ class HeartbeatService:
         now = self.clock() if now is None else now
         return any(t is not None and now - t <= self.timeout for t in self.last_seen)
 
+    def silence(self, now: float | None = None) -> float | None:
+        """Seconds since the peer was last heard on any network (None: never heard)."""
+        now = self.clock() if now is None else now
+        heard = [t for t in self.last_seen if t is not None]
+        return now - max(heard) if heard else None
+
     def peer_modules(self, now: float | None = None) -> Mapping[str, ModuleInfo]:
         """The peer's last advertised modules, empty once the peer is considered lost."""
         if self.peer_heartbeat is None or not self.peer_alive(now):

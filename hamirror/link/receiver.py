@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from hamirror.journal.journal import Journal
 from hamirror.link import keys
@@ -63,6 +64,11 @@ class Receiver:
         self.answers = ResyncAnswers(self.applier, self.journal)
         self.resyncing = False
         self.last_message: float | None = None   # wall clock of the last message from a primary
+        # TCP connections open on the replication port, and when the last one closed: a primary
+        # whose processes all died has its connection closed by its kernel at once, which lets
+        # the agent tell a dead peer from a silent one (a frozen or cut-off peer closes nothing).
+        self.connections = 0
+        self.closed_at: float | None = None
         self.stats = ReceiverStats()
         self._stop = threading.Event()
         own = keys.load_own(keys_dir)
@@ -71,6 +77,7 @@ class Receiver:
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)   # refused before it is buffered whole
         keys.secure_server(self.socket, own)
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -78,6 +85,8 @@ class Receiver:
         self._stop.set()
 
     def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(0)
         self.socket.close(0)
         self.applier.close()
         self.write_status()
@@ -95,7 +104,8 @@ class Receiver:
         status = {"role": "receiver", "pid": os.getpid(), "dir": self.applier.directory,
                   "endpoint": self.endpoint, "uptodate": self.uptodate, "resyncing": self.resyncing,
                   "running": not self._stop.is_set(), "updated": time.time(),
-                  "last_message": self.last_message, **asdict(self.stats)}
+                  "last_message": self.last_message, "connections": self.connections,
+                  "closed_at": self.closed_at, **asdict(self.stats)}
         status["session"] = f"{self.stats.session:x}"
         tmp = os.path.join(self.state_dir, "status.json.tmp")
         try:
@@ -108,13 +118,18 @@ class Receiver:
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         last_status = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             if now - last_status > STATUS_INTERVAL:
                 self.write_status()
                 last_status = now
-            if not poller.poll(200):
+            events = dict(poller.poll(50))
+            if self.monitor in events and self._connection_events():
+                self.write_status()           # a closed connection is news for the agent now
+                last_status = now
+            if self.socket not in events:
                 continue
             while True:
                 try:
@@ -129,6 +144,21 @@ class Receiver:
                     log.exception("receiver error")
                     reply = self._refuse(0, errno.EIO, "internal error in the receiver (see its log)")
                 self.socket.send_multipart([identity, *reply])
+
+    def _connection_events(self) -> bool:
+        """Count connections from the monitor; True when the last one just closed."""
+        closed = False
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return closed
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connections += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connections = max(0, self.connections - 1)
+                if self.connections == 0:
+                    self.closed_at, closed = time.time(), True
 
     def handle(self, frames: list) -> list[bytes]:
         """Decode, check the session order, apply; always return a reply, never raise."""
