@@ -109,6 +109,10 @@ class ControlServer:
             pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid != self.allowed_uid:
                 answer = {"ok": False, "error": f"permission denied (uid {uid}; the control socket is root only)"}
+                # Take the request off the socket first: closing a unix socket with unread data
+                # resets it, and the caller could lose the answer that says why it was refused.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader.readline(), 1.0)
             else:
                 line = await reader.readline()
                 _CALLER.set((pid, uid))
