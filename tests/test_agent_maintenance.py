@@ -181,3 +181,21 @@ def test_cli_maintenance_and_clear_need_the_agent(tmp_path):
         assert result.returncode == 1 and result.stderr.startswith("hamirror: agent not running (no control socket at")
     bad = run_cli("maintenance", "maybe", "app", "-c", config)
     assert bad.returncode == 2 and "invalid choice: 'maybe' (choose from 'on', 'off')" in bad.stderr
+
+
+def test_a_retry_failing_the_same_way_is_recorded_once(tmp_path):
+    runner, dp, vip, store, clock, events = make(tmp_path)
+    runner.executor.scripts.failing = ("start_prim",)
+
+    async def scenario():
+        await runner.attach()
+        for _ in range(3):
+            await step(runner, PeerView(alive=False))
+            clock.now += 10                                   # past the retry pause
+        runner.executor.scripts.failing = ()
+        await step(runner, PeerView(alive=False))
+
+    asyncio.run(scenario())
+    failed = [text for kind, text, _ in events if kind == "action-failed"]
+    assert failed == ["RunScript(start_prim) failed: start_prim exit 1"]
+    assert runner.executor.scripts.runs.count(("start_prim", "ALONE")) == 4 and runner.error is None

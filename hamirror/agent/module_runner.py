@@ -354,7 +354,8 @@ class ModuleRunner:
                     self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
-                    self.emit("action-failed", f"{describe(action)} failed: {exc}", why=why)
+                    if error != self.error:      # a retry failing the same way is not news
+                        self.emit("action-failed", f"{describe(action)} failed: {exc}", why=why)
                     break
             else:
                 self.retry = None
