@@ -51,10 +51,12 @@ def _environment(folder: str) -> jinja2.Environment:
                               comment_start_string="<#", comment_end_string="#>")
 
 
-def _used_ports(modules_dir: str) -> set[int]:
-    """Replication ports of the modules already in modules_dir (unreadable ones are skipped)."""
+def _used_ports(modules_dir: str, name: str) -> set[int]:
+    """Replication ports of the other modules in modules_dir (not NAME's, which --force replaces)."""
     ports: set[int] = set()
     for entry in os.listdir(modules_dir) if os.path.isdir(modules_dir) else ():
+        if entry == name:
+            continue
         try:
             with open(os.path.join(modules_dir, entry, "module.toml"), "rb") as stream:
                 port = tomllib.load(stream).get("module", {}).get("replication_port")
@@ -74,7 +76,7 @@ def values_for(name: str, template: str, modules_dir: str, replication_port: int
     if template not in TEMPLATES:
         raise ScaffoldError(f"no template {template!r}; choose one of {', '.join(TEMPLATES)}")
     if replication_port is None:
-        used = _used_ports(modules_dir)
+        used = _used_ports(modules_dir, name)
         replication_port = next(p for p in range(DEFAULT_PORTS[template], 65536) if p not in used)
     directory = directory or f"/srv/hamirror-{name}"
     if not os.path.isabs(directory) or os.path.normpath(directory) == "/":

@@ -2,10 +2,9 @@
 user={{ os_user | quote }}
 top={{ dirs[0] | quote }}
 datadir={{ (dirs[0] ~ "/" ~ datadir_subdir) | quote }}
-socket="{{ socket_dir }}/mysqld.sock"
-run_dir={{ run_dir | quote }}
-pidfile="{{ socket_dir }}/mariadbd.pid"   # written by the server, as os_user
-server_log="$run_dir/mariadb.log"
+socket="{{ server_dir }}/mysqld.sock"
+pidfile="{{ server_dir }}/mariadbd.pid"   # written by the server, as os_user
+server_log="{{ server_dir }}/mariadb.log"
 cnf={{ (mariadb_cnf if mariadb_cnf.startswith("/") else module_dir ~ "/" ~ mariadb_cnf) | quote }}
 # ready: the server answers a query through its socket (root authenticates by unix_socket).
 ready() { mariadb --socket="$socket" -N -B -e 'SELECT 1' >/dev/null 2>&1; }

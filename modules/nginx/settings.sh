@@ -2,9 +2,9 @@
 user={{ os_user | quote }}
 top={{ dirs[0] | quote }}
 docroot={{ (dirs[0] ~ "/" ~ docroot_subdir) | quote }}
-run_dir={{ run_dir | quote }}
-conf="$run_dir/nginx.conf"
-pidfile="$run_dir/nginx.pid"
+server_dir={{ server_dir | quote }}
+conf="$server_dir/nginx.conf"
+pidfile="$server_dir/nginx.pid"
 url="http://{{ vip_ip or '127.0.0.1' }}:{{ port }}/hamirror-health"
 ready() { curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; }
 # master: the pid in the pid file if it is an nginx started with this module's configuration.

@@ -3,14 +3,13 @@ pg_bin={{ pg_bin | quote }}
 user={{ os_user | quote }}
 top={{ dirs[0] | quote }}
 pgdata={{ (dirs[0] ~ "/" ~ pgdata_subdir) | quote }}
-socket_dir={{ socket_dir | quote }}
-run_dir={{ run_dir | quote }}
-server_log="$run_dir/postgresql.log"
+server_dir={{ server_dir | quote }}
+server_log="$server_dir/postgresql.log"
 as_user() { runuser -u "$user" -- "$@"; }
 # ready: accepting connections and answering a query (not only the postmaster's socket).
 ready() {
-  as_user "$pg_bin/pg_isready" -q -h "$socket_dir" -p {{ port }} -t 2 &&
-    as_user "$pg_bin/psql" -X -qAt -h "$socket_dir" -p {{ port }} -d postgres -c 'SELECT 1' >/dev/null 2>&1
+  as_user "$pg_bin/pg_isready" -q -h "$server_dir" -p {{ port }} -t 2 &&
+    as_user "$pg_bin/psql" -X -qAt -h "$server_dir" -p {{ port }} -d postgres -c 'SELECT 1' >/dev/null 2>&1
 }
 # postmaster: the pid in postmaster.pid if it is a postgres of this data directory on this node.
 postmaster() {
