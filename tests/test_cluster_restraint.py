@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hamirror.cluster.actions import (
     AddVip, Failover, MarkUpToDate, RefuseWrites, RemountDataPath, RestartApp, RunScript, SetMirroring,
-    StartResync,
+    StartResync, touches_service,
 )
 from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
+from hamirror.cluster.restraint import in_swap, must_stop_acknowledging
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
     CheckerHealth, Command, FailoverHealth, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
 )
 from hamirror.journal.generations import Relation
+from tests.test_cluster_sim import views
 
 S, M, R = NodeState, MirrorHealth, Relation
 HELD_BY_MAINTENANCE = "maintenance (`hamirror maintenance off m` to resume): held back: "
@@ -167,3 +171,28 @@ def test_operator_restart_starts_an_application_a_repair_left_stopped_in_mainten
     assert held(decide(v))
     d = decide(ModuleView(**{**v.__dict__, "command": Command.RESTART}))
     assert d.actions == (RestartApp(counted=False),) and not d.held
+
+
+# --- properties over random views -----------------------------------------------------------
+
+restrained = st.builds(
+    lambda v, mirror, maintenance, failovers: ModuleView(**{**v.__dict__, "mirror": mirror,
+                                                            "maintenance": maintenance, "failovers": failovers}),
+    views, st.sampled_from(MirrorHealth), st.booleans(),
+    st.builds(FailoverHealth, recent=st.integers(0, 4), max=st.integers(0, 3), latched=st.booleans()))
+
+
+@settings(max_examples=3000)
+@given(restrained)
+def test_random_views_in_maintenance_or_damped(v: ModuleView) -> None:
+    d = decide(v)
+    automatic = v.command is Command.NONE
+    if v.maintenance and automatic and not in_swap(v) and not must_stop_acknowledging(v):
+        assert not any(map(touches_service, d.actions)), "maintenance started, stopped or moved the application"
+    if v.failovers.damped and automatic and not must_stop_acknowledging(v):
+        assert d.failover is None, "a damped module failed over"
+    if SetMirroring(False) in d.actions and v.mirror in (M.FENCED, M.REFUSED):
+        # a grant: never while the peer may be primary (alive, up to date, SECOND or primary)
+        assert not (v.peer.alive and v.peer.uptodate and v.peer.state in (S.SECOND, S.PRIM, S.ALONE))
+    if d.held:
+        assert d.actions == () and d.state is v.state and d.failover is None
