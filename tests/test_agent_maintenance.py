@@ -199,3 +199,9 @@ def test_a_retry_failing_the_same_way_is_recorded_once(tmp_path):
     failed = [text for kind, text, _ in events if kind == "action-failed"]
     assert failed == ["RunScript(start_prim) failed: start_prim exit 1"]
     assert runner.executor.scripts.runs.count(("start_prim", "ALONE")) == 4 and runner.error is None
+
+
+def test_the_web_console_shows_maintenance_and_damping():
+    from hamirror.agent.http_console import CONSOLE_HTML
+    assert 'if (m.maintenance) notes.unshift("MAINTENANCE: checkers and automatic failover suspended");' in CONSOLE_HTML
+    assert '"FAILOVER DAMPED: " + m.failovers.recent' in CONSOLE_HTML

@@ -56,6 +56,10 @@ function show(doc) {
     cell(row, progress(m.resync));
     cell(row, m.relation || "-", m.relation === "diverged" ? "bad" : "");
     const notes = (m.warnings || []).slice();
+    const damped = m.failovers && m.failovers.damped;
+    if (damped) notes.unshift("FAILOVER DAMPED: " + m.failovers.recent + " failover(s) within " +
+                              m.failovers.window + " s; hamirror clear " + m.name);
+    if (m.maintenance) notes.unshift("MAINTENANCE: checkers and automatic failover suspended");
     if (m.error) notes.push("error: " + m.error);
     if (m.checker) notes.push("checker: " + m.checker);
     cell(row, notes.join("; "), notes.length ? "bad" : "");
