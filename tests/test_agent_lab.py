@@ -100,7 +100,9 @@ def test_agent_kill_on_the_primary_is_not_a_failover(lab):
 
 def test_primary_agent_down_longer_than_the_heartbeat_timeout_is_not_a_failover(lab):
     """The agent alone is gone for 3x the heartbeat timeout; the mount keeps streaming
-    keepalives, so the secondary knows the primary's server is alive and does not take over."""
+    keepalives, so the secondary knows the primary's server is alive and does not take over.
+    The VIP is a lease the agent renews (one heartbeat timeout): with no agent it lapses, so no
+    node answers on it meanwhile, and it is back as soon as the agent is (same application)."""
     primary = "node1" if module(lab, "node1")["state"] == "PRIM" else "node2"
     secondary = "node2" if primary == "node1" else "node1"
     run = lab.paths.node_dir(primary, "run")
@@ -111,10 +113,11 @@ def test_primary_agent_down_longer_than_the_heartbeat_timeout_is_not_a_failover(
     while time.monotonic() < deadline:
         assert module(lab, secondary)["state"] == "SECOND", tail(lab, secondary)
         time.sleep(0.3)
-    assert get(lab, "/health")[0] == 200               # the application still answers on the VIP
     assert "replication link is alive: not acting alone" in open(lab.paths.log_file(secondary, "agent")).read()
+    assert "198.18.0.100" not in lab.sh(primary, "ip -o addr show")   # the lease lapsed: nobody serves
     labagent.start(lab.paths, primary)
     wait_for(lab, primary, lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM again")
+    assert get(lab, "/health")[0] == 200               # the same application answers on the VIP again
     assert open(os.path.join(run, "modules", "demo", "kvserver.pid")).read() == app_pid
 
 

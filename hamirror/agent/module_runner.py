@@ -197,6 +197,12 @@ class ModuleRunner:
                 await asyncio.to_thread(self.persist, self.state)
             log.info("%s: re-attached to the running mount as %s", self.name, self.state.value)
             self.emit("attach", f"agent started: re-attached to the running mount as {self.state.value}")
+            # The VIP is a lease this agent keeps: take it over (or back, if it lapsed while no
+            # agent ran) once the data path shows this node may serve; a fenced one waits.
+            if obs.mirror in SAFE_TO_SERVE:
+                self.start_task((a.AnnounceVip(),), self.state, "agent start")
+            else:
+                self.vip_withdrawn = True
             return
         if persisted is S.SECOND and obs.receivers_alive and obs.uptodate:
             log.info("%s: re-attached to the running receiver as SECOND", self.name)

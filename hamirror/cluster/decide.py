@@ -88,7 +88,10 @@ def _force_prim(view: ModuleView) -> Decision:
     if peer.alive and not quiet_peer:
         return _refuse(f"the peer ({peer.state.value if peer.state else '?'}) may take over; "
                        "stop it first")(view)
-    behind = not view.uptodate or (view.peer.alive and view.relation is Relation.PEER_NEWER)
+    # Behind, or cannot know: a WAIT node (it booted, or stepped down) whose peer is not heard
+    # cannot tell what the peer wrote since; a SECOND's flag is live.
+    unknowable = view.state is S.WAIT and not view.peer.alive
+    behind = not view.uptodate or unknowable or view.relation is Relation.PEER_NEWER
     return steps.promote_alone(view, warning=MAY_LOSE if behind else None)
 
 
