@@ -191,3 +191,15 @@ def test_the_lab_waits_for_a_module_folder_under_its_configured_name(tmp_path):
     me = Started("node1", "agent", os.getpid(), psutil.Process().create_time(), ["pytest"])   # alive
     labagent.wait_ready(LabPaths(str(tmp_path)), [me], [str(tmp_path / "folder-x")], timeout=5,
                         status=status, poll=0.01)
+
+
+def test_check_needs_the_servers_user_and_binaries_on_this_node(tmp_path):
+    write_cluster(tmp_path)
+    assert new(tmp_path, "pg", "--template", "postgresql").returncode == 0
+    toml = tmp_path / "modules" / "pg" / "module.toml"
+    toml.write_text(toml.read_text().replace('os_user = "postgres"', 'os_user = "no-such-user"')
+                    .replace('pg_bin = "/usr/lib/postgresql/15/bin"', 'pg_bin = "/usr/lib/postgresql/99/bin"'))
+    result = check(tmp_path, "pg")
+    assert result.returncode == 1
+    assert f"{toml}: vars.os_user: no user 'no-such-user' on this node" in result.stderr
+    assert f"{toml}: vars.pg_bin: /usr/lib/postgresql/99/bin is not a directory on this node" in result.stderr

@@ -10,6 +10,7 @@ outside the cluster.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -84,6 +85,23 @@ def distro_service_warning(module: ModuleConfig) -> ConfigError | None:
     return None
 
 
+def environment_errors(module: ModuleConfig) -> list[ConfigError]:
+    """What the scripts need on this node: ``[vars] os_user`` exists, ``pg_bin`` is a directory."""
+    errors = []
+    user = module.vars.get("os_user")
+    if isinstance(user, str) and user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            errors.append(ConfigError(module.file, "vars.os_user", f"no user {user!r} on this node "
+                                                                   "(is the server's package installed?)"))
+    pg_bin = module.vars.get("pg_bin")
+    if isinstance(pg_bin, str) and not os.path.isdir(pg_bin):
+        errors.append(ConfigError(module.file, "vars.pg_bin", f"{pg_bin} is not a directory on this node "
+                                                              "(is postgresql installed, in this version?)"))
+    return errors
+
+
 def check(target: str, config: str) -> Report:
     """Check the module ``target`` (name or folder) with the cluster file ``config``."""
     report = Report()
@@ -103,6 +121,7 @@ def check(target: str, config: str) -> Report:
     report.errors += sink
     if report.module is None:
         return report
+    report.errors += environment_errors(report.module)
     for finding in durability_findings(report.module):
         (report.errors if finding.fatal else report.warnings).append(finding.error)
     service = distro_service_warning(report.module)
