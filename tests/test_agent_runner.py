@@ -40,6 +40,13 @@ def make(tmp_path, state=None, primary=True, journal=None, failing=()):
     return runner, dp, vip, scripts, journal, store, clock
 
 
+async def attached(runner) -> None:
+    """attach(), then the task it may start (a re-attached primary takes its VIP lease back)."""
+    await runner.attach()
+    if runner.task is not None:
+        await runner.task
+
+
 async def step(runner, peer=PeerView(), peer_history=None, ready=True):
     await runner.tick(peer, peer_history, None, ready)
     if runner.task is not None:
@@ -134,7 +141,7 @@ def test_operator_commands_answer_with_the_outcome(tmp_path):
     dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
         refused = runner.submit(Command.SWAP)
         await step(runner, peer(S.SECOND, False), history("g1"))     # the peer is not up to date
         outcome = refused.result()
@@ -189,7 +196,7 @@ def test_health_says_not_serving_from_the_moment_a_swap_stops_the_application(tm
     scripts.run = gated
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
         before = health_of(runner)
         runner.submit(Command.SWAP)
         await runner.tick(peer(S.SECOND, True), history("g1"), None, True)
@@ -214,7 +221,7 @@ def test_a_fenced_primary_waits_for_its_second_then_goes_alone(tmp_path):
     dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1, "fenced_since": 1.0}]
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
         assert runner.state is S.PRIM
         await step(runner, peer(S.SECOND, True), journal.history)
         assert runner.state is S.PRIM and "set_alone" not in [c[0] for c in dp.calls]
@@ -232,14 +239,15 @@ def test_a_primary_reannounces_its_vip_when_the_peer_comes_back_or_steps_down(tm
     dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
+        assert vip.calls == ["add"]                              # the restarted agent takes its lease
         await step(runner, peer(S.SECOND, True), journal.history)   # first heard: announced
-        assert vip.calls == ["add"]
+        assert vip.calls == ["add", "add"]
         await step(runner, peer(S.SECOND, True), journal.history)
-        assert vip.calls == ["add"]                              # nothing changed: no announce
+        assert vip.calls == ["add", "add"]                       # nothing changed: no announce
         runner.peer = PeerView(alive=False)                        # the peer was not heard...
         await step(runner, peer(S.SECOND, True), journal.history)  # ...and is back
-        assert vip.calls == ["add", "add"]
+        assert vip.calls == ["add", "add", "add"]
 
     asyncio.run(scenario())
 
@@ -249,7 +257,7 @@ def test_a_dead_mount_is_remounted_and_the_application_started_once_writable(tmp
     dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
         dp.mounts = [None]                                        # the mount daemon died
         await step(runner, peer(S.SECOND, True), journal.history)
         assert ("unmount", True) in dp.calls and ("mount", False) in dp.calls
@@ -270,7 +278,7 @@ def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_
     dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1}]
 
     async def scenario():
-        await runner.attach()
+        await attached(runner)
         runner.peer = peer(S.SECOND, True)
         await runner.withdraw_vip()
         assert runner.vip_withdrawn and vip.calls == ["remove"]
