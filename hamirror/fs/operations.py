@@ -260,6 +260,7 @@ class Interception(mfusepy.Operations):
             return 0
         p = rel(path)
         with self.repl.change(()) as tx:
+            tx.hold_if_pending(p)
             tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.

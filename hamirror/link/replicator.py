@@ -101,6 +101,14 @@ class _Transaction:
                 self._replicator.record(self.changes)
                 self.unsent = True
 
+    def hold_if_pending(self, path: str) -> None:
+        """Hold an operation that names ``path`` without changing it (fsync) when the resync has not
+        reached the path: the peer may not have the file yet (its fsync would fail there, closing
+        the session); the resync copies the content later. Call inside the block (lock held)."""
+        replicator = self._replicator
+        if replicator.state is MirrorState.SYNCING and replicator.pending.held(path):
+            self.held = True
+
     def defer_wait(self) -> None:
         """Leave the block without waiting; the caller overlaps local work, then calls wait()."""
         self.deferred = True
