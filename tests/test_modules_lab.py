@@ -202,6 +202,8 @@ def test_module_keeps_every_acknowledged_commit_through_failover_failback_and_sw
     started = time.monotonic()
     with temporary_lab(str(root / "lab"), "--module", app.name, "--timeout", UP_TIMEOUT, agents=True) as lab:
         report.append(f"{app.name} up in {time.monotonic() - started:.0f} s")
+        checked = lab.exec("node1", "hamirror", "module", "check", app.name, timeout=60)   # as the node sees it
+        assert checked.returncode == 0 and checked.stdout.startswith(f"OK: module {app.name}"), checked.stderr
         app.prepare(lab, "node1")
         with app.load(lab) as figures, appclient.CommandWriter(lab.paths, "w", app.command(), app.writer_pause) as writer:
             writer.first_ack_after(time.monotonic(), timeout=60)
@@ -239,6 +241,7 @@ def test_lab_up_waits_for_the_configured_name_of_a_module_folder(tmp_path_factor
     shutil.move(str(root / "web1"), folder)
     with temporary_lab(str(root / "lab"), "--module", str(folder), "--timeout", "90", agents=True) as lab:
         assert state(lab, "node1", "web1")["state"] == "PRIM"
+        assert lab.exec("node2", "hamirror", "module", "check", "web1", timeout=60).returncode == 0
         assert sorted(p.name for p in Path(lab.paths.node_dir("node1", "etc"), "modules").iterdir()) == ["web1"]
         node_sh(lab, "node1", "echo served-through-the-vip > /srv/hamirror-web1/hello.txt")
         out = appclient.run(lab.paths, ["curl", "-fsS", "-m", "5", f"http://{VIP}:8080/hello.txt"])
