@@ -59,10 +59,18 @@ def test_failover_keeps_every_acknowledged_key(lab, workdir):
 
 
 def test_failback_resyncs_and_node1_rejoins_as_second(lab):
+    announced = vip_announces(lab, "node2")
     assert lab.cli("boot", "node1").returncode == 0
     wait_for(lab, "node1", lambda m: m["state"] == "SECOND" and m["uptodate"], what="SECOND up to date")
     wait_for(lab, "node2", lambda m: m["state"] == "PRIM", what="PRIM")
     assert module(lab, "node1")["relation"] == "same"
+    # The peer came back: the primary announced its VIP again (clients may still have node1's MAC).
+    assert vip_announces(lab, "node2") > announced
+
+
+def vip_announces(lab, node: str) -> int:
+    with open(lab.paths.log_file(node, "agent")) as f:
+        return f.read().count("VIP 198.18.0.100/24 added")
 
 
 def test_swap_both_ways_under_a_writer(lab, workdir):

@@ -96,3 +96,17 @@ def test_mirror_health_takes_the_worst_directory() -> None:
     assert mirror_health(["PRIM", "FENCED"]) is M.FENCED
     assert mirror_health(["ALONE", None]) is M.DEAD
     assert mirror_health([]) is M.NONE
+
+
+def test_a_primary_without_the_lease_yields_at_half_the_silence_the_peer_needs_to_take_over() -> None:
+    """Cut from the witness long ago (no lease), the primary keeps serving while it hears its
+    peer; once the peer has been silent for half a timeout it steps down (writes refused first),
+    before the peer, which can get the free lease, may take over."""
+    heard = PeerView(alive=True, state=S.SECOND, uptodate=True)
+    base = dict(module="m", node="n1", state=S.PRIM, uptodate=True, relation=R.SAME, mirror=M.STREAMING)
+    assert decide(ModuleView(peer=heard, quorum=False, **base)).state is S.PRIM
+    silent = PeerView(alive=True, state=S.SECOND, uptodate=True, silent=True)
+    d = decide(ModuleView(peer=silent, quorum=False, **base))
+    assert d.state is S.WAIT and d.actions[1] == RefuseWrites()
+    assert decide(ModuleView(peer=silent, quorum=None, **base)).state is S.PRIM   # no witness: no rule
+    assert decide(ModuleView(peer=silent, quorum=True, **base)).state is S.PRIM

@@ -276,6 +276,9 @@ class ModuleRunner:
         self.report(view, decision)
         if decision.failover is not None:
             self.count_failover(decision.failover)
+        if decision.actions and announce and decision.state.is_primary and a.RemoveVip() not in decision.actions:
+            # The peer came back or stepped down while this decision acts: announce the VIP too.
+            decision = dataclasses.replace(decision, actions=decision.actions + (a.AnnounceVip(),))
         if decision.state is not self.state or decision.actions:
             self.start_task(decision.actions, decision.state, command.value, decision)
         elif announce:

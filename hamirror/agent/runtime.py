@@ -226,7 +226,8 @@ class Agent:
                             "not acting alone" if linked else "peer heard again (or link gone)")
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
-                            fenced=bool(info and info.fenced))
+                            fenced=bool(info and info.fenced),
+                            silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             try:
                 await runner.tick(peer, history, self.quorum, ready)

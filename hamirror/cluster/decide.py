@@ -232,7 +232,9 @@ def _second_with_second(view: ModuleView) -> Decision:
 def _primary_common(view: ModuleView) -> Decision | None:
     """Rules shared by PRIM and ALONE; None when the state-specific rule decides."""
     peer = view.peer
-    if not peer.alive and view.quorum is False:
+    if view.quorum is False and (not peer.alive or peer.silent):
+        # Without the lease, the peer may take over as soon as it misses our heartbeats for a
+        # timeout (the lease is free). Yield at half that silence, so this node is gone first.
         return steps.step_down(view, NO_QUORUM)
     if peer.is_primary:
         return _both_primary(view)

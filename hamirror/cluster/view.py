@@ -121,6 +121,7 @@ class PeerView:
     uptodate: bool = False
     swap: SwapPhase = SwapPhase.NONE
     fenced: bool = False      # the peer's mount lost us and waits for us to confirm we are stale
+    silent: bool = False      # not heard for half a heartbeat timeout (it may be about to be lost)
 
     @property
     def is_primary(self) -> bool:

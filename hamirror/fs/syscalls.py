@@ -1,4 +1,5 @@
-"""Linux calls the standard library lacks: renameat2 (flags), fallocate (modes), utimensat (OMIT/NOW)."""
+"""Linux calls the standard library lacks: renameat2 (flags), fallocate (modes), utimensat (OMIT/NOW),
+syncfs (one filesystem)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.syncfs.argtypes = [ctypes.c_int]
 
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -41,3 +43,8 @@ def utimensat(dir_fd: int, path: bytes, times: tuple[tuple[int, int], tuple[int,
     if times is not None:
         arg = (_Timespec * 2)(_Timespec(*times[0]), _Timespec(*times[1]))
     _check(_libc.utimensat(dir_fd, path, arg, AT_SYMLINK_NOFOLLOW))
+
+
+def syncfs(fd: int) -> None:
+    """Write back everything of the filesystem holding ``fd`` to disk (Python 3.11 has no os.syncfs)."""
+    _check(_libc.syncfs(fd))

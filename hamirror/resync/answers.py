@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from hamirror.fs.syscalls import renameat2
+from hamirror.fs.syscalls import renameat2, syncfs
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
@@ -132,6 +132,9 @@ class ResyncAnswers:
             history = GenerationHistory.from_json(json.loads(bytes(msg.data)))
         except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
             raise ProtocolError(f"RESYNC_DONE: bad generation history: {exc}") from None
+        # The resync's copies were written without fsync: make them durable before this copy
+        # calls itself up to date (a node that may take over must survive its own power loss).
+        syncfs(self.applier.root_fd)
         self.journal.adopt_generations(history)
         self.journal.set_state(UPTODATE_KEY, "1")
 
