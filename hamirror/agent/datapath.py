@@ -24,6 +24,7 @@ import psutil
 
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
+from hamirror.fs.mount import is_fuse_mountpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,6 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
-        return False
-
-
-def is_fuse_mountpoint(path: str) -> bool:
-    """Whether ``path`` is a FUSE mount point in this mount namespace (dead or alive)."""
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            return any(len(p := line.split()) > 2 and p[1] == real and p[2].startswith("fuse") for line in f)
-    except OSError:
         return False
 
 

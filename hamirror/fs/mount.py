@@ -146,7 +146,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     """Open the directory, the journal and the link (HELLO). Raises MountError."""
     if not os.path.isdir(options.directory):
         raise MountError(f"{options.directory}: not a directory")
-    if os.path.ismount(options.directory) and _is_fuse(options.directory):
+    if os.path.ismount(options.directory) and is_fuse_mountpoint(options.directory):
         raise MountError(f"{options.directory}: already mounted by hamirror (or another FUSE filesystem)")
     os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
     root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -251,10 +251,14 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     return 0
 
 
-def _is_fuse(path: str) -> bool:
+def is_fuse_mountpoint(path: str) -> bool:
+    """Whether ``path`` is a FUSE mount point in this mount namespace (dead or alive)."""
     real = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == real and line.split()[2].startswith("fuse") for line in f)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            return any(len(p := line.split()) > 2 and p[1] == real and p[2].startswith("fuse") for line in f)
+    except OSError:
+        return False
 
 
 def unmount(directory: str, lazy: bool = False) -> None:
