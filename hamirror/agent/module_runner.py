@@ -356,8 +356,11 @@ class ModuleRunner:
         error = None
         try:
             for index, action in enumerate(actions):
+                began = time.monotonic()
                 try:
                     await asyncio.to_thread(self.executor.run, action, target)
+                    # One line per action: the timeline of a swap or a takeover (scripts/bench/swap.py).
+                    log.info("%s: done %s in %.3f s", self.name, describe(action), time.monotonic() - began)
                 except ActionFailed as exc:
                     error = str(exc)
                     self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
