@@ -1,4 +1,4 @@
-"""Replication semantics for the interception layer: sync, async, and ALONE.
+"""Replication semantics for the interception layer: sync, barrier, async, and ALONE.
 
 Each mutating FUSE operation runs inside :meth:`Replicator.change`::
 
@@ -8,7 +8,9 @@ Each mutating FUSE operation runs inside :meth:`Replicator.change`::
     # lock released; in sync mode we now wait for the peer's acknowledgement
 
 - **sync**: the call returns once the peer applied the operation (fsync: once both fsynced).
-- **async**: it returns after the local apply; at most ``window`` operations wait unacknowledged.
+- **barrier** and **async**: it returns after the local apply; at most ``window`` operations wait
+  unacknowledged. A barrier (:meth:`Replicator.settle`, or ``send(..., barrier=True)``) returns
+  once the peer applied everything before it: fsync, and close in the modes that promise it.
 - **ALONE**: the peer stopped answering (or was never there). The local apply stands, and every
   changed path/range is recorded in the journal *before* the call returns (and, once ALONE,
   before the local apply), so a later resync knows what to copy. ALONE is persisted; the mount
@@ -76,12 +78,13 @@ class Refused(OSError):
 class _Transaction:
     """One operation between the local apply and the peer's acknowledgement."""
 
-    __slots__ = ("_replicator", "changes", "ticket", "barrier", "deferred", "held", "unsent")
+    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent")
 
     def __init__(self, replicator: "Replicator", changes: tuple[Change, ...]) -> None:
         self._replicator = replicator
         self.changes = changes
         self.ticket: Ticket | None = None
+        self.client: LinkClient | None = None
         self.barrier = False
         self.deferred = False
         self.held = False   # SYNCING: touches a path the resync has not reached; recorded, not sent
@@ -94,6 +97,7 @@ class _Transaction:
         client = replicator.client
         if replicator.state in _STREAMING and client is not None and not self.held:
             self.ticket = client.submit(op, ints, strs, times, data, self.changes)
+            self.client = client
             self.barrier = barrier
             if self.ticket.done and self.ticket.error is not None:
                 # The link was lost before this was queued, so on_lost never saw it: record it
@@ -119,7 +123,7 @@ class _Transaction:
         if self.ticket is not None:
             self.ticket.wait()   # peer loss completes the ticket too, after recording its changes
             if self.ticket.error is not None or self.unsent:
-                self._replicator.await_verdict()
+                self._replicator.await_loss_verdict(self.client)
 
 
 class Replicator:
@@ -196,6 +200,31 @@ class Replicator:
             self._verdict.wait_for(lambda: self.state is not MirrorState.FENCED)
         if self.state is MirrorState.REFUSED:
             raise Refused(self.fence_reason)
+
+    def await_loss_verdict(self, client: LinkClient | None) -> None:
+        """``client``'s link was lost under a call: wait until the loss is handled (the state
+        leaves the streaming states: the link thread may still be recording what the peer
+        missed), then as :meth:`await_verdict`."""
+        with self._verdict:
+            self._verdict.wait_for(lambda: self.client is not client or self.state not in _STREAMING)
+        self.await_verdict()
+
+    def settle(self) -> None:
+        """A barrier without a message: return once the peer applied every operation submitted so
+        far (acknowledgements are cumulative, so the newest one covers all), or, if the peer was
+        lost meanwhile, once the agent's verdict allows it (raises :class:`Refused`)."""
+        client = self.client
+        if client is None:
+            if self.state in _BLOCKED:
+                self.await_verdict()
+            return
+        ticket = client.last_ticket
+        if ticket is not None:
+            ticket.wait()
+        if client.lost_reason is not None or self.state in _BLOCKED:
+            # Something may have failed unsent (recorded, not acknowledged): never answer before
+            # the verdict, or a close would acknowledge what the serving node may lack.
+            self.await_loss_verdict(client)
 
     def _fence(self, reason: str, changes: list[Change] | tuple, lost_from: MirrorState) -> None:
         with self._state_lock:
