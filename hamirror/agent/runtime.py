@@ -108,8 +108,16 @@ class Agent:
         self.http = HttpServer(cluster.http, self.status, self.events.read) if cluster.http else None
         self.started = boottime()
         self.stopping = asyncio.Event()
+        # Set to tick before the interval is over: the peer advertised a change (e.g. a swap's
+        # hand-over, which the new primary acts on at once), or the agent is stopping.
+        self.wakeup = asyncio.Event()
+        self.heartbeat.on_peer_change = self.wakeup.set
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._lock_fd: int | None = None
+
+    def _stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
 
     def _claims(self) -> bool:
         """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
@@ -138,7 +146,7 @@ class Agent:
         self.lock()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._stop)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
         self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
@@ -163,7 +171,8 @@ class Agent:
                 await self.renew_vips()
                 await self.tick()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), self.cluster.heartbeat.interval)
+                    await asyncio.wait_for(self.wakeup.wait(), self.cluster.heartbeat.interval)
+                self.wakeup.clear()
         finally:
             await self.shutdown()
 
