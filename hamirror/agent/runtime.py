@@ -22,7 +22,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceRunner
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import control, journal_info
+from hamirror.agent import console, control, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -105,7 +105,8 @@ class Agent:
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
-        self.http = HttpServer(cluster.http, self.status, self.events.read) if cluster.http else None
+        self.http = HttpServer(cluster.http, self.status, self.events.read, console.for_agent(self)) \
+            if cluster.http else None
         self.started = boottime()
         self.stopping = asyncio.Event()
         # Set to tick before the interval is over: the peer advertised a change (e.g. a swap's
@@ -314,7 +315,8 @@ def who_text(who: dict | None) -> str:
     if not who:
         return "unknown"
     login = f"login {who['login']}, " if who.get("login") and who["login"] != who.get("user") else ""
-    return f"{who.get('user')} ({login}{who.get('from')}, pid {who.get('pid')})"
+    pid = f", pid {who['pid']}" if who.get("pid") else ""
+    return f"{who.get('user')} ({login}{who.get('from')}{pid})"
 
 
 def streaming(runner: ModuleRunner, timeout: float) -> bool:
