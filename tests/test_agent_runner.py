@@ -127,13 +127,16 @@ def test_reattach_adopts_a_live_mount_and_cleans_up_a_dead_one(tmp_path):
 
     runner, dp, vip, scripts, _, store, _ = make(tmp_path / "b", S.ALONE, journal=FakeJournal(("g1",), True))
 
-    async def dead():
-        await runner.attach()
-        await runner.task
-        assert runner.state is S.WAIT and store.load().state is S.WAIT
-        assert scripts.runs == [("stop_prim", "WAIT")] and vip.calls == ["remove"]
-        assert dp.calls == [("unmount", True), ("start_receivers",)]
-    asyncio.run(dead())
+    asyncio.run(cleaned_up_then_waits(runner, dp, vip, scripts, store))
+
+
+async def cleaned_up_then_waits(runner, dp, vip, scripts, store) -> None:
+    """attach() of a former primary: the application stopped, no VIP, unmounted, then WAIT."""
+    await runner.attach()
+    await runner.task
+    assert runner.state is S.WAIT and store.load().state is S.WAIT
+    assert scripts.runs == [("stop_prim", "WAIT")] and vip.calls == ["remove"]
+    assert dp.calls == [("unmount", True), ("start_receivers",)]
 
 
 def test_operator_commands_answer_with_the_outcome(tmp_path):
@@ -315,3 +318,11 @@ def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_p
     assert not peer_gone(runner, 1.0, 0.3)                  # closed long before it fell silent
     observe(connections=0, closed_at=None)
     assert not peer_gone(runner, 1.0, 0.3)
+
+
+def test_a_hand_over_cut_short_after_its_persist_is_finished_at_restart(tmp_path):
+    """The agent died in a swap between Persist(SECOND) and the unmount: the restarted agent must
+    not receive into a directory still mounted, nor leave the application or the VIP up."""
+    runner, dp, vip, scripts, _, store, _ = make(tmp_path, S.SECOND, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+    asyncio.run(cleaned_up_then_waits(runner, dp, vip, scripts, store))

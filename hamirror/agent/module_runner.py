@@ -204,13 +204,18 @@ class ModuleRunner:
             else:
                 self.vip_withdrawn = True
             return
-        if persisted is S.SECOND and obs.receivers_alive and obs.uptodate:
+        cut_short = not persisted.is_primary and any(m is not None for m in obs.mounts)
+        if persisted is S.SECOND and obs.receivers_alive and obs.uptodate and not cut_short:
             log.info("%s: re-attached to the running receiver as SECOND", self.name)
             self.emit("attach", "agent started: re-attached to the running receiver as SECOND")
             return
         actions: tuple[a.Action, ...] = ()
-        if persisted.is_primary:         # the data path is gone: never run the application unreplicated
-            log.warning("%s: was %s but the mount is gone: cleaning up, then WAIT", self.name, persisted.value)
+        if persisted.is_primary or cut_short:
+            # The data path is gone under a primary (never run the application unreplicated), or a
+            # mount still runs under a state that has none: a hand-over or a step-down was cut
+            # short after its Persist. Either way: the application stopped, no VIP, unmounted.
+            log.warning("%s: was %s with %s: cleaning up, then WAIT", self.name, persisted.value,
+                        "a mount still running" if cut_short else "the mount gone")
             actions = (a.RunScript("stop_prim"), a.RemoveVip(), a.Unmount(force=True))
         self.state = S.WAIT
         self.start_task((a.Persist(S.WAIT),) + actions + (a.StartReceiver(),), S.WAIT, "agent start")
