@@ -261,3 +261,36 @@ def test_rate_samples_are_bounded_and_survive_a_counter_reset():
     assert rates.samples[-1] == (320.0, 0.0, 0.0)
     drawn = view.plot([list(s) for s in rates.samples], now=320.0)
     assert drawn["peak"] == 1_000_000.0 and drawn["count"] == 150
+
+
+@pytest.mark.parametrize("answer, shown", [
+    (b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 30\r\n\r\nmissing or wrong bearer token\n",
+     "HTTP 401: missing or wrong bearer token"),
+    (b"HTTP/1.1 200 OK\r\n\r\n[1, 2]", "the answer is not a console document"),
+    (b"HTTP/1.1 200 OK\r\n\r\n" + json.dumps({"node": "node2", "status": {"modules": [
+        {"name": "demo", "state": "SECOND", "last_resync": {"seconds": "soon"}}]}}).encode(),
+     "its document could not be shown: "),
+])
+def test_a_peer_that_answers_oddly_is_shown_unreachable_and_the_page_still_works(tmp_path, answer, shown):
+    token = write_token(tmp_path)
+    source = Source("node1", "node2", "PRIM", "SECOND")
+
+    async def odd_peer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        peer = await asyncio.start_server(odd_peer, "127.0.0.1", 0)
+        server = await started(source, peer.sockets[0].getsockname()[1], token)
+        try:
+            return await exchange(server.port, request("GET", "/", f"Authorization: Bearer {TOKEN}", port=server.port))
+        finally:
+            await server.close()
+            peer.close()
+
+    code, _, body = run(scenario())
+    page = body.decode()
+    assert code == 200 and state_cell(page, "node1") == "PRIM" and state_cell(page, "node2") == "UNREACHABLE"
+    assert shown in page.replace("&#39;", "'")
