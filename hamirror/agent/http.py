@@ -1,7 +1,7 @@
 """The read-only HTTP status API: ``[http] listen`` in the cluster file; absent section, no listener.
 
-Endpoints (GET or HEAD; nothing here changes state, operator commands stay on the root-only
-control socket):
+Endpoints (GET or HEAD; nothing here changes state: operator commands stay on the root-only
+control socket, and on the console's own POSTs when ``[http] console_actions`` allows them):
 
 - ``/status``: the ``hamirror status --json`` document;
 - ``/health/MODULE``: 200 when the module's application serves here (send traffic here), else
