@@ -25,7 +25,7 @@ def test_ratios_are_against_the_baseline_and_glusterfs_of_the_same_run():
            "c": {"seq_write_fsync": [50.0, 50.0], "small_files": [400.0, 420.0]},
            "e": {"seq_write_fsync": [80.0, 60.0], "small_files": [600.0, 600.0]},
            "g": {"seq_write_fsync": [35.0, 35.0], "small_files": [150.0, 150.0]}}
-    summary = mirror_report.summarize(PARAMS, raw, ["skipped: d async: test"])
+    summary = mirror_report.summarize(PARAMS, raw, ["skipped: d async: test"], mirror.CONFIGS)
     assert summary["ratios"]["c/b"]["seq_write_fsync"] == 0.25           # medians 50 / 200
     assert summary["ratios"]["e/g"]["small_files"] == 4.0
     assert summary["ratios"]["d/b"]["seq_write_fsync"] is None
@@ -37,6 +37,9 @@ def test_ratios_are_against_the_baseline_and_glusterfs_of_the_same_run():
     assert "g glusterfs" in text and "d async" not in text.splitlines()[3]
     assert "   e/g" in text and "d/b" not in text
     assert text.splitlines()[-1] == "note: skipped: d async: test"
+    markdown = mirror_report.render_markdown(summary).splitlines()
+    assert markdown[2] == "| sequential write + fsync, MB/s | 200 | 50 | 70 | 35 | 0.25 | 0.35 | 1.43 | 2.00 |"
+    assert "| barrier sequential write + fsync >= 2x GlusterFS | 2.00 | PASS |" in markdown
 
 
 def test_a_failing_column_is_reported_and_the_others_figures_kept(tmp_path):

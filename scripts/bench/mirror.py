@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick")}
     params.update(pgbench_clients=4, pgbench_scale=5)
-    summary = summarize(params, results, bench.notes)
+    summary = summarize(params, results, bench.notes, CONFIGS)
     summary["workdir"] = bench.root
     print(json.dumps(summary, indent=1) if args.json else render(summary))
     return 0

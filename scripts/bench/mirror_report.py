@@ -7,7 +7,6 @@ targets are checked against, and only ever compares columns measured in the same
 from __future__ import annotations
 
 import workloads as w
-from columns import CONFIGS
 
 # (metric, unit, higher is better, label)
 METRICS = [("seq_write_fsync", "MB/s", True, "sequential write + fsync"),
@@ -32,7 +31,9 @@ TARGETS = [("barrier sequential write + fsync >= 0.70 of interception", "seq_wri
            ("interception sequential write >= 0.25 of plain", "seq_write_fsync", "b", "a", 0.25)]
 
 
-def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[str]) -> dict:
+def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[str],
+              configs: dict[str, str]) -> dict:
+    """Medians, ratios and verdicts; ``configs`` (letter: name) goes along so a saved run renders alone."""
     med = {k: {m: w.median(v) for m, v in per.items()} for k, per in raw.items()}
 
     def ratio(metric: str, num: str, den: str) -> float | None:
@@ -47,7 +48,7 @@ def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[
         value = ratio(metric, num, den)
         verdict = "n/a" if value is None else ("PASS" if value >= minimum else "MISS")
         targets.append({"target": label, "metric": metric, "ratio": value, "minimum": minimum, "result": verdict})
-    return {"environment": w.environment(), "parameters": params, "configs": CONFIGS, "median": med,
+    return {"environment": w.environment(), "parameters": params, "configs": configs, "median": med,
             "runs": raw, "ratios": ratios, "targets": targets, "notes": notes}
 
 
@@ -56,8 +57,8 @@ def _cell(value: float | None, width: int) -> str:
 
 
 def render(summary: dict) -> str:
-    med = summary["median"]
-    keys = [k for k in CONFIGS if med.get(k)]
+    med, names = summary["median"], summary["configs"]
+    keys = [k for k in names if med.get(k)]
     env, par = summary["environment"], summary["parameters"]
     lines = [f"hamirror mirror benchmark  {env['date']}  nproc={env['nproc']} kernel={env['kernel']} "
              f"disk={env['disk']}",
@@ -65,7 +66,7 @@ def render(summary: dict) -> str:
              f"latency samples={par['samples']}, pgbench {par['pgbench_clients']} clients scale "
              f"{par['pgbench_scale']} {par['pgbench_seconds']} s, median of {par['reps']} interleaved runs", ""]
     ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
-    head = f"{'metric':18}{'unit':8}" + "".join(f"{k + ' ' + CONFIGS[k]:>13}" for k in keys)
+    head = f"{'metric':18}{'unit':8}" + "".join(f"{k + ' ' + names[k]:>13}" for k in keys)
     lines.append(head + "".join(f"{r:>7}" for r in ratio_keys))
     for metric, unit, *_ in METRICS:
         if not any(metric in med[k] for k in keys):
@@ -82,3 +83,39 @@ def render(summary: dict) -> str:
         lines.append("")
         lines.extend(f"note: {n}" for n in summary["notes"])
     return "\n".join(lines)
+
+
+def _md(value: float | None, digits: int) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_markdown(summary: dict) -> str:
+    """The same figures as a Markdown table (for docs/performance.md) and the target verdicts."""
+    med, names = summary["median"], summary["configs"]
+    keys = [k for k in names if med.get(k)]
+    ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
+    lines = ["| metric | " + " | ".join(f"{k} {names[k]}" for k in keys) + " | " + " | ".join(ratio_keys) + " |",
+             "|---" * (1 + len(keys) + len(ratio_keys)) + "|"]
+    for metric, unit, _, label in METRICS:
+        if not any(metric in med[k] for k in keys):
+            continue
+        digits = 2 if unit == "ms" else 0
+        cells = [_md(med[k].get(metric), digits) for k in keys]
+        cells += [_md(summary["ratios"][r][metric], 2) for r in ratio_keys]
+        lines.append(f"| {label}, {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    for t in summary["targets"]:
+        if t["ratio"] is not None:
+            lines.append(f"| {t['target']} | {t['ratio']:.2f} | {t['result']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    # mirror_report.py RESULT.json [--markdown]: render a saved ``mirror.py --json`` run again.
+    with open(sys.argv[1], encoding="utf-8") as f:
+        saved = json.load(f)
+    print(render_markdown(saved) if "--markdown" in sys.argv[2:] else render(saved))
