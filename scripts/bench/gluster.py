@@ -138,7 +138,8 @@ class GlusterVolume:
         cmd = ["ip", "netns", "exec", self.namespaces[i], "unshare", "--mount", "--propagation", "private",
                "sh", "-c", GLUSTERD_START, "sh", *dirs]
         with open(self._node(i, "glusterd.out"), "ab") as out:
-            self.glusterd.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+            # Own session: a Ctrl-C at the terminal reaches the benchmark, which then stops us in order.
+            self.glusterd.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         socket = os.path.join(dirs[0], "glusterd.socket")
         _wait(lambda: os.path.exists(socket) or self.glusterd[i].poll() is not None, 30, f"glusterd {i + 1}")
         if self.glusterd[i].poll() is not None:
@@ -149,7 +150,7 @@ class GlusterVolume:
         cmd = ["nsenter", f"--net=/run/netns/{self.namespaces[0]}", "glusterfs", "-N",
                f"--volfile-server={ADDRESSES[0]}", f"--volfile-id={VOLUME}",
                f"--log-file={os.path.join(self.base, 'client.log')}", self.mountpoint]
-        self.client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: _mounted(self.mountpoint) or self.client.poll() is not None, 30, "the client mount")
         if self.client.poll() is not None:
             raise LabError(f"the GlusterFS client exited ({self.client.returncode}); see {self.base}/client.log")

@@ -175,19 +175,26 @@ class Bench:
                         log(f"rep {rep + 1} {column.name:9} {metric:16} {value:10.2f}")
 
 
+def _interrupted(*_) -> None:
+    """SIGTERM ends the run like Ctrl-C: clean up, then print what ran."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (FUSE mounts with allow_other, network namespaces)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _interrupted)
     bench = Bench(args)
     results: dict[str, dict[str, list[float]]] = {}
+    status = 0
     try:
         bench.setup()
         bench.run(results)
     except KeyboardInterrupt:
-        bench.note("interrupted (Ctrl-C): the figures below are what ran before")
+        bench.note("interrupted (Ctrl-C or SIGTERM): the figures below are what ran before")
+        status = 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -199,7 +206,7 @@ def main(argv=None) -> int:
     summary = summarize(params, results, bench.notes, CONFIGS)
     summary["workdir"] = bench.root
     print(json.dumps(summary, indent=1) if args.json else render(summary))
-    return 0
+    return status
 
 
 if __name__ == "__main__":
