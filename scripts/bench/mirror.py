@@ -29,6 +29,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,8 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+START = time.monotonic()
+
+
 def log(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
+    print(f"# {time.monotonic() - START:7.1f} s  {text}", file=sys.stderr, flush=True)
 
 
 class Bench:
