@@ -78,7 +78,11 @@ START = time.monotonic()
 
 
 def log(text: str) -> None:
-    print(f"# {time.monotonic() - START:7.1f} s  {text}", file=sys.stderr, flush=True)
+    """Progress on stderr; a closed stderr (``| head``) must not cut the cleanup short."""
+    try:
+        print(f"# {time.monotonic() - START:7.1f} s  {text}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 class Bench:
@@ -104,13 +108,14 @@ class Bench:
                 self.note(f"skipped: {key} {CONFIGS[key]}: {reason}")
                 continue
             column = Column(self.root, key)
+            self.columns.append(column)            # listed first: a Ctrl-C while it starts still stops it
             try:
                 column.start()
             except Exception as exc:  # one column failing must not cost the others' figures
                 self.note(f"skipped: {key} {CONFIGS[key]}: could not start: {exc}")
+                self.columns.remove(column)
                 self._stop(column)
                 continue
-            self.columns.append(column)
             log(f"{key} {column.name}: {column.directory} (pids: {' '.join(map(str, column.pids()))})")
         if "pgbench" in self.args.workloads.split(","):
             self._prepare_pgbench()
@@ -120,9 +125,8 @@ class Bench:
         if reason:
             self.note(f"skipped: pgbench: {reason}")
             return
-        pg = pgbench.Pgbench(os.path.join(self.root, "pgbench"), clients=4, scale=5,
+        pg = pgbench.Pgbench(tempfile.mkdtemp(prefix="pgbench-", dir=self.root), clients=4, scale=5,
                              seconds=self.args.pgbench_seconds)
-        os.makedirs(pg.scratch)
         try:
             pg.prepare()
             self.pg = pg
