@@ -245,8 +245,10 @@ class DataPath:
         status = _read_json(os.path.join(self.dir_states[index], "status.json"))
         return status if status and status.get("role") == "receiver" and self.receiver_pid(index) else None
 
-    def start_receivers(self) -> None:
-        """Start a receiver per directory (own session, log in the state dir); adopt live ones."""
+    def start_receivers(self, wait: bool = True) -> None:
+        """Start a receiver per directory (own session, log in the state dir); adopt live ones.
+        ``wait``: until each listens. Without it, a receiver that exits at once is started again
+        by the next tick (the agent restarts a SECOND's or WAIT's missing receiver)."""
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
@@ -259,7 +261,8 @@ class DataPath:
             with open(os.path.join(self.dir_states[i], "receiver.log"), "ab") as out:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, close_fds=True)
-            self._wait_listening(i, proc)
+            if wait:
+                self._wait_listening(i, proc)
             info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
             tmp = self._receiver_file(i) + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:

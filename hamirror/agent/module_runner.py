@@ -7,7 +7,8 @@ no new decision is made; a failed sequence is retried from the failed action aft
 
 The advertised state changes when the sequence completes (the *persisted* state changes first,
 through ``Persist``): a peer that sees our new state can rely on it (e.g. a swap's new primary
-connects only once we are SECOND with a receiver listening).
+connects only once we are SECOND, the application stopped, flushed and unmounted, and the
+receiver started: its mount's connection waits for that receiver to listen).
 """
 
 from __future__ import annotations
