@@ -5,6 +5,7 @@ let pending = null;
 
 function showActions() {
   for (const box of document.querySelectorAll(".actions")) box.hidden = false;
+  for (const note of document.querySelectorAll(".nojs")) note.hidden = true;
 }
 
 function say(text, bad) {
