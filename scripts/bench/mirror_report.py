@@ -60,8 +60,10 @@ def render(summary: dict) -> str:
     med, names = summary["median"], summary["configs"]
     keys = [k for k in names if med.get(k)]
     env, par = summary["environment"], summary["parameters"]
+    changed = env.get("files_changed_since_commit")
+    tree = f"{env.get('commit')}" + (f" with {changed} files changed" if changed else "")
     lines = [f"hamirror mirror benchmark  {env['date']}  nproc={env['nproc']} kernel={env['kernel']} "
-             f"disk={env['disk']}",
+             f"disk={env['disk']} tree={tree}",
              f"size={par['size_mib']} MiB, files={par['files']}, txns={par['txns']}, "
              f"latency samples={par['samples']}, pgbench {par['pgbench_clients']} clients scale "
              f"{par['pgbench_scale']} {par['pgbench_seconds']} s, median of {par['reps']} interleaved runs", ""]
