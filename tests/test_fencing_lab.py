@@ -153,27 +153,32 @@ def signal_quiet(pid: int, sig: int) -> None:
 # The swap's steps, as each agent logs them once done (module_runner): where a kill -9 lands.
 OLD_APP_STOPPED = "demo: done RunScript(stop_prim)"
 NEW_RECEIVER_STOPPED = "demo: done StopReceiver"
+NEW_MOUNTED = "demo: done MountReplicated"
 
 
-@pytest.mark.parametrize("victim,after", [("old", OLD_APP_STOPPED), ("new", NEW_RECEIVER_STOPPED)])
-def test_an_agent_killed_in_the_middle_of_a_swap_converges(lab, sampler, victim, after):
-    """kill -9 of either agent half-way through a swap, then the agent restarted (as systemd
-    does): the pair converges to PRIM + up-to-date SECOND with no operator, no acknowledged write
-    is lost and the service is never on both nodes."""
+@pytest.mark.parametrize("victim,daemon,after", [("old", "agent", OLD_APP_STOPPED),
+                                                 ("new", "agent", NEW_RECEIVER_STOPPED),
+                                                 ("old", "mount", OLD_APP_STOPPED),
+                                                 ("new", "mount", NEW_MOUNTED)])
+def test_a_daemon_killed_in_the_middle_of_a_swap_converges(lab, sampler, victim, daemon, after):
+    """kill -9 of either agent (restarted 0.5 s later, as systemd's RestartSec does) or either
+    mount daemon half-way through a swap: the pair converges to PRIM + up-to-date SECOND with no
+    operator, no acknowledged write is lost and the service is never on both nodes."""
     primary, secondary = roles(lab)
     node = primary if victim == "old" else secondary
-    with kvclient.Writer(lab.paths, f"s{victim[0]}") as writer:
+    with kvclient.Writer(lab.paths, f"s{victim[0]}{daemon[0]}") as writer:
         time.sleep(1.5)
         offset = log_size(lab, node)
         swap = subprocess.Popen(lab.cli_command("exec", primary, "--", "hamirror", "swap", "demo"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_log(lab, node, offset, after)
-            for pid in pids_of(lab.paths, node, "agent"):
+            for pid in pids_of(lab.paths, node, daemon):
                 signal_quiet(pid, signal.SIGKILL)
             killed_at = time.monotonic()
-            time.sleep(0.5)
-            labagent.start(lab.paths, node)
+            if daemon == "agent":
+                time.sleep(0.5)
+                labagent.start(lab.paths, node)
         finally:
             swap.wait(timeout=120)
         writer.first_ack_after(killed_at, 60)

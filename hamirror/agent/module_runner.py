@@ -258,7 +258,7 @@ class ModuleRunner:
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         if self.task is not None or not ready:
             return
-        if self.retry is not None and self.command is Command.NONE:
+        if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
             actions, target, when = self.retry
             if self.clock() >= when:
                 self.start_task(actions, target, "retry")
@@ -295,6 +295,21 @@ class ModuleRunner:
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
+
+    def retry_over_dead_mount(self) -> bool:
+        """A failed sequence of a primary whose mount came up and died since (e.g. a mount daemon
+        killed half-way through a swap's second half, so start_prim failed on it): retrying the
+        rest would fail on the dead mount for ever; decide again instead (the dead mount is
+        remounted, then the application and the VIP come back once it accepts writes)."""
+        assert self.retry is not None and self.obs is not None
+        actions, target, _ = self.retry
+        if not (target.is_primary and self.state.is_primary and self.obs.mirror is MirrorHealth.DEAD):
+            return False
+        if any(isinstance(x, (a.MountReplicated, a.RemountDataPath)) for x in actions):
+            return False                 # the mount itself is still to be made: the retry makes it
+        log.warning("%s: the mount died under a failed sequence (%s): deciding again", self.name,
+                    ", ".join(describe(x) for x in actions))
+        return True
 
     def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:
         obs = self.obs
