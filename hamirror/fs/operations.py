@@ -70,6 +70,7 @@ class Interception(mfusepy.Operations):
         self.mode = mode
         self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
         self._changed: set[int] = set()   # async: handles whose close is a barrier
+        self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -183,8 +184,17 @@ class Interception(mfusepy.Operations):
 
     def release(self, path: str, fh: int) -> int:
         self._changed.discard(fh)
+        self._inodes.pop(fh, None)
         os.close(fh)
         return 0
+
+    def _inode(self, fh: int) -> int:
+        """The key under which writes through ``fh`` share the ordering lock (see
+        hamirror/link/ordering.py): the inode, so two names of one file keep one order."""
+        ino = self._inodes.get(fh)
+        if ino is None:
+            ino = self._inodes[fh] = os.fstat(fh).st_ino
+        return ino
 
     def _touched(self, fh: int | None) -> None:
         """Async mode: the close of ``fh`` must wait for the peer."""
@@ -201,7 +211,7 @@ class Interception(mfusepy.Operations):
         if len(data) < OVERLAP_MIN:
             return self._write_then_send(p, bp, data, offset, fh)
         failed = None
-        with self.repl.change(((p, offset, len(data)),)) as tx:
+        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
             tx.send(Op.WRITE, (offset,), (bp,), data=data)
@@ -222,7 +232,7 @@ class Interception(mfusepy.Operations):
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int) -> int:
         """Small writes: nothing to overlap, so one message carrying the bytes and the times."""
         failed = None
-        with self.repl.change(((p, offset, len(data)),)) as tx:
+        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
@@ -281,7 +291,7 @@ class Interception(mfusepy.Operations):
             (os.fdatasync if datasync else os.fsync)(fh)
             return 0
         p = rel(path)
-        with self.repl.change(()) as tx:
+        with self.repl.change((), self._inodes.get(fh) or os.fstat(fh).st_ino) as tx:   # fsyncdir: not a handle
             tx.hold_if_pending(p)
             tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
             tx.defer_wait()

@@ -35,6 +35,7 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from hamirror.link.client import Change, LinkClient, Ticket, flatten_changes
+from hamirror.link.ordering import OrderLock
 from hamirror.link.pending import PendingSet
 from hamirror.link.protocol import Op, Times
 
@@ -62,6 +63,8 @@ class ChangeJournal(Protocol):
 
 _STREAMING = (MirrorState.PRIM, MirrorState.SYNCING)
 _BLOCKED = (MirrorState.FENCED, MirrorState.REFUSED)
+# States in which data writes share the ordering lock (SYNCING changes the pending set per write).
+_SHARING = (MirrorState.PRIM, MirrorState.ALONE, MirrorState.STANDALONE)
 STATE_KEY = "mirror_state"
 REASON_KEY = "mirror_alone_reason"
 SCAN_KEY = "resync_needs_scan"       # "1": a mount crashed while streaming: its journal misses writes in flight
@@ -144,7 +147,7 @@ class Replicator:
         self._granted = False                 # the agent said ALONE: the next loss needs no verdict
         self._verdict = threading.Condition(threading.Lock())
         self._fence_timer: threading.Timer | None = None
-        self.lock = threading.Lock()          # orders local applies with link sends
+        self.lock = OrderLock()               # orders local applies with link sends
         self._state_lock = threading.Lock()   # orders state changes with journal records/clears
         self.alone_reason = ""
         self.alone_since: float | None = None
@@ -296,8 +299,10 @@ class Replicator:
 
     # the FUSE side ---------------------------------------------------------------------------
 
-    def change(self, changes: tuple[Change, ...]) -> "_Change":
-        return _Change(self, changes)
+    def change(self, changes: tuple[Change, ...], key: int | None = None) -> "_Change":
+        """The block around one operation; ``key`` (an inode number) for a data write or fsync,
+        which then shares the ordering lock with those of other inodes."""
+        return _Change(self, changes, key)
 
     # peer loss -------------------------------------------------------------------------------
 
@@ -348,23 +353,32 @@ class Replicator:
 class _Change:
     """Context manager behind :meth:`Replicator.change` (see the module docstring)."""
 
-    __slots__ = ("_replicator", "_tx")
+    __slots__ = ("_replicator", "_tx", "_key")
 
-    def __init__(self, replicator: Replicator, changes: tuple[Change, ...]) -> None:
+    def __init__(self, replicator: Replicator, changes: tuple[Change, ...], key: int | None) -> None:
         self._replicator = replicator
         self._tx = _Transaction(replicator, changes)
+        self._key = key
 
     def __enter__(self) -> _Transaction:
         replicator = self._replicator
-        replicator.lock.acquire()
+        lock = replicator.lock
         tx = self._tx
-        state = replicator.state
-        while state in _BLOCKED:
-            # Fenced: wait for the verdict before any local apply (nothing to undo if refused).
-            replicator.lock.release()
-            replicator.await_verdict()
-            replicator.lock.acquire()
+        wanted = self._key
+        while True:
+            key = wanted if replicator.state in _SHARING else None
+            lock.acquire(key)
             state = replicator.state
+            if key is not None and state not in _SHARING:
+                lock.release(key)      # the state changed meanwhile: take the whole lock
+                continue
+            if state in _BLOCKED:
+                # Fenced: wait for the verdict before any local apply (nothing to undo if refused).
+                lock.release(key)
+                replicator.await_verdict()
+                continue
+            break
+        self._key = key
         if state is MirrorState.SYNCING and any(replicator.pending.held(c[0]) for c in tx.changes):
             tx.held = True
         if state is MirrorState.ALONE or tx.held:
@@ -373,13 +387,13 @@ class _Change:
                 if tx.held:
                     replicator.pending.update(c[0] for c in tx.changes)
             except BaseException:
-                replicator.lock.release()
+                lock.release(key)
                 raise
         return tx
 
     def __exit__(self, exc_type, exc, tb) -> None:
         replicator = self._replicator
-        replicator.lock.release()
+        replicator.lock.release(self._key)
         tx = self._tx
         if exc_type is None and not tx.deferred and (replicator.sync or tx.barrier):
             tx.wait()
