@@ -60,7 +60,7 @@ def console(source: Source, peer_port: int | None, actions: bool = True) -> Cons
     return Console(Gatherer(source, actions, lambda module, limit: [
         {"seq": 1, "time": time.time(), "node": source.node, "module": "demo", "kind": "state",
          "text": f"STOP -> {source.entry['state']}"}]),
-        Peer("127.0.0.1" if peer_port else None, peer_port or 0), source.peer, source.handle, actions)
+        Peer("127.0.0.1" if peer_port else None, peer_port or 0), source.node, source.peer, source.handle, actions)
 
 
 def request(method: str, path: str, *headers: str, body: str = "", port: int = 0) -> bytes:
@@ -294,3 +294,42 @@ def test_a_peer_that_answers_oddly_is_shown_unreachable_and_the_page_still_works
     page = body.decode()
     assert code == 200 and state_cell(page, "node1") == "PRIM" and state_cell(page, "node2") == "UNREACHABLE"
     assert shown in page.replace("&#39;", "'")
+
+
+def test_a_command_for_the_peer_goes_through_this_node_with_the_clients_address(tmp_path):
+    token = write_token(tmp_path)
+    node1, node2 = Source("node1", "node2", "SECOND", "PRIM"), Source("node2", "node1", "PRIM", "SECOND")
+
+    async def scenario():
+        second = await started(node2, None, token)
+        first = await started(node1, second.port, token)
+        p = first.port
+        try:
+            ok = await exchange(p, login(p, TOKEN))
+            cookie = ok[1]["Set-Cookie"].split(";")[0]
+            headers = (f"Cookie: {cookie}", f"Origin: http://127.0.0.1:{p}",
+                       f"X-Hamirror-CSRF: {auth.csrf_token(TOKEN, cookie.split('=', 1)[1])}")
+            page = await exchange(p, request("GET", "/", f"Cookie: {cookie}", port=p))
+            forwarded = await exchange(p, request("POST", "/console/action", *headers,
+                                                  body="module=demo&action=swap&node=node2", port=p))
+            stranger = await exchange(p, request("POST", "/console/action", *headers,
+                                                 body="module=demo&action=swap&node=node9", port=p))
+            await second.close()
+            dead = await exchange(p, request("POST", "/console/action", *headers,
+                                             body="module=demo&action=stop&node=node2", port=p))
+            return page, forwarded, stranger, dead
+        finally:
+            await first.close()
+
+    page, forwarded, stranger, dead = run(scenario())
+    assert 'data-action="swap" data-module="demo" data-node="node2"' in page[2].decode()   # both columns
+    assert forwarded[0] == 200 and json.loads(forwarded[2])["ok"] is True
+    [(sent, who)] = node2.handled
+    assert sent == {"cmd": "module", "action": "swap", "module": "demo"} and node1.handled == []
+    assert who["from"] == "http 127.0.0.1 via 127.0.0.1"            # the browser's address, then ours
+    assert (stranger[0], stranger[2]) == (400, b"unknown command 'swap' (one of swap, stop, start, restart, "
+                                               b"maintenance-on, maintenance-off), no module or unknown node "
+                                               b"'node9'\n")
+    answer = json.loads(dead[2])
+    assert dead[0] == 200 and answer["ok"] is False
+    assert answer["error"].startswith("the peer could not be asked: [Errno 111] Connect call failed")

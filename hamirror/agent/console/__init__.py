@@ -25,7 +25,7 @@ def for_agent(agent) -> Console:
     peer_host = None if config.loopback else agent.peer_node.addresses[0]
     name = f"[{peer_host}]" if peer_host and ":" in peer_host else peer_host
     return Console(Gatherer(agent, config.console_actions, agent.events.read), Peer(peer_host, port),
-                   agent.peer_node.name, agent.handle, config.console_actions,
+                   agent.node.name, agent.peer_node.name, agent.handle, config.console_actions,
                    peer_url=f"http://{name}:{port}/" if peer_host else None)
 
 

@@ -4,7 +4,8 @@ The browser talks to one node; that node asks its peer's agent (``GET /console/n
 same bearer token) with a short timeout. A peer that does not answer is *unreachable since* the
 first failure after its last answer: its last document is dropped, never shown as its state.
 One fetch at a time, and an answer is reused for ``REUSE`` seconds, so many browsers cost the
-peer one request per refresh period.
+peer one request per refresh period. A command the page sends for the peer is passed on the same
+way (``POST /console/action``), so the peer checks and records it like one of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from hamirror.agent.console import auth
 
 TIMEOUT = 1.5         # seconds for the whole exchange with the peer
 REUSE = 1.0           # seconds an answer (or a failure) is reused
 MAX_ANSWER = 4 << 20  # bytes
+COMMAND_TIMEOUT = 120.0   # seconds a command forwarded to the peer may take (a swap waits for its end)
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,8 @@ class PeerAnswer:
     since: float | None = None
 
 
-def parse_answer(data: bytes) -> dict:
-    """The JSON document in a raw HTTP/1.1 answer; ValueError saying what is wrong."""
+def split_answer(data: bytes) -> tuple[int, bytes]:
+    """The status code and body of a raw HTTP/1.1 answer; ValueError if it is none."""
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         raise ValueError("incomplete HTTP answer")
@@ -39,36 +44,72 @@ def parse_answer(data: bytes) -> dict:
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-    if parts[1] != "200":
-        raise ValueError(f"HTTP {parts[1]}: {body.decode('utf-8', 'replace').strip()[:200]}")
+    return int(parts[1]), body
+
+
+def parse_answer(data: bytes) -> dict:
+    """The console document in a raw HTTP/1.1 answer; ValueError saying what is wrong."""
+    code, body = split_answer(data)
+    if code != 200:
+        raise ValueError(f"HTTP {code}: {body.decode('utf-8', 'replace').strip()[:200]}")
     doc = json.loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("status"), dict):
         raise ValueError("the answer is not a console document")
     return doc
 
 
+async def exchange(host: str, port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """One HTTP/1.1 request to the peer's API, the raw answer back (at most ``MAX_ANSWER`` bytes)."""
+    reader, writer = await asyncio.open_connection(host, port, limit=MAX_ANSWER)
+    try:
+        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        writer.write("\r\n".join([*lines, "", ""]).encode() + body)
+        await writer.drain()
+        data = await reader.read(MAX_ANSWER + 1)
+        while chunk := await reader.read(MAX_ANSWER + 1 - len(data)):
+            data += chunk
+        if len(data) > MAX_ANSWER:
+            raise ValueError(f"answer over {MAX_ANSWER} bytes")
+        return data
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 0.2)
+
+
+def peer_headers(host: str, port: int, token: str | None) -> dict[str, str]:
+    name = f"[{host}]" if ":" in host else host
+    return {"Host": f"{name}:{port}", **({"Authorization": f"Bearer {token}"} if token else {})}
+
+
 async def fetch(host: str, port: int, token: str | None, timeout: float = TIMEOUT) -> dict:
     """``GET /console/node`` from the peer; OSError, TimeoutError or ValueError on failure."""
-    async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port, limit=MAX_ANSWER)
-        try:
-            name = f"[{host}]" if ":" in host else host
-            auth = f"Authorization: Bearer {token}\r\n" if token else ""
-            writer.write(f"GET /console/node HTTP/1.1\r\nHost: {name}:{port}\r\n{auth}Connection: close\r\n\r\n"
-                         .encode())
-            await writer.drain()
-            data = await reader.read(MAX_ANSWER + 1)
-            while chunk := await reader.read(MAX_ANSWER + 1 - len(data)):
-                data += chunk
-            if len(data) > MAX_ANSWER:
-                raise ValueError(f"answer over {MAX_ANSWER} bytes")
-            return data
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 0.2)
+    answer = await asyncio.wait_for(exchange(host, port, "GET", "/console/node", peer_headers(host, port, token)),
+                                    timeout)
+    return parse_answer(answer)
 
-    return parse_answer(await asyncio.wait_for(exchange(), timeout))
+
+async def command(host: str, port: int, token: str, fields: dict[str, str], via: str,
+                  timeout: float = COMMAND_TIMEOUT) -> dict:
+    """A console command run on the peer (``POST /console/action`` with the token, the CSRF token of
+    a bearer client and the peer's own Origin); the peer's answer, or ``ok: false`` and why not."""
+    headers = {**peer_headers(host, port, token), "Content-Type": "application/x-www-form-urlencoded",
+               "X-Hamirror-CSRF": auth.csrf_token(token, ""), "X-Hamirror-Via": via}
+    headers["Origin"] = "http://" + headers["Host"]
+    try:
+        data = await asyncio.wait_for(exchange(host, port, "POST", "/console/action", headers,
+                                               urlencode(fields).encode()), timeout)
+        code, body = split_answer(data)
+        if code == 200:
+            answer = json.loads(body)
+            if isinstance(answer, dict):
+                return answer
+        return {"ok": False, "error": f"the peer answered HTTP {code}: {body.decode('utf-8', 'replace').strip()[:300]}"}
+    except asyncio.TimeoutError:
+        return {"ok": False, "error": f"no answer from the peer within {timeout:.0f} s (the command may still run)"}
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "error": f"the peer could not be asked: {exc}"}
 
 
 class Peer:
@@ -90,6 +131,12 @@ class Peer:
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._fetch(token))
         return await asyncio.shield(self._running)
+
+    async def command(self, token: str, fields: dict[str, str], via: str) -> dict:
+        """Run a console command on the peer, for a client of ours at ``via``."""
+        if self.host is None:
+            return {"ok": False, "error": "the peer's console is not reachable from here (loopback listen)"}
+        return await command(self.host, self.port, token, fields, via)
 
     async def _fetch(self, token: str | None) -> PeerAnswer:
         try:

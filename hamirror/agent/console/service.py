@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -34,6 +35,7 @@ from hamirror.agent.http import HttpError, Request, Response, authorized
 log = logging.getLogger(__name__)
 
 HTML = "text/html; charset=utf-8"
+VIA = re.compile(r"[0-9A-Fa-f.:]{1,45}")   # the address a peer's console says a command came from
 Handler = Callable[[dict], Awaitable[dict]]
 COMMANDS = {"swap": {"cmd": "module", "action": "swap"}, "stop": {"cmd": "module", "action": "stop"},
             "start": {"cmd": "module", "action": "start"}, "restart": {"cmd": "module", "action": "restart"},
@@ -60,9 +62,10 @@ def json_response(status: HTTPStatus, doc: dict) -> Response:
 class Console:
     """The console's routes; ``handle`` is the agent's control handler (commands)."""
 
-    def __init__(self, gatherer: Gatherer, peer: Peer, peer_name: str, handle: Handler | None, actions: bool,
-                 peer_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.gatherer, self.peer, self.peer_name, self.handle = gatherer, peer, peer_name, handle
+    def __init__(self, gatherer: Gatherer, peer: Peer, node_name: str, peer_name: str, handle: Handler | None,
+                 actions: bool, peer_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.gatherer, self.peer, self.handle = gatherer, peer, handle
+        self.node_name, self.peer_name = node_name, peer_name
         self.actions, self.peer_url, self.clock = actions and handle is not None, peer_url, clock
 
     def handles(self, path: str) -> bool:
@@ -143,13 +146,19 @@ class Console:
             audit.refused("http-csrf", client, f"console command refused: {problem}")
             raise HttpError(HTTPStatus.FORBIDDEN, f"refused: {problem}")
         fields = form(request)
-        action, module = fields.get("action", ""), fields.get("module", "")
-        if action not in COMMANDS or not module:
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown command {action!r} (one of {', '.join(COMMANDS)}) "
-                                                    "or no module")
-        who = {"user": "console", "login": None, "from": f"http {client}", "pid": None,
+        action, module, node = fields.get("action", ""), fields.get("module", ""), fields.get("node", self.node_name)
+        if action not in COMMANDS or not module or node not in (self.node_name, self.peer_name):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown command {action!r} (one of {', '.join(COMMANDS)}), "
+                                                    f"no module or unknown node {node!r}")
+        if node == self.peer_name:             # the page shows both nodes: their commands go through us
+            log.info("console: %s %s on %s from %s", action, module, node, client)
+            return json_response(HTTPStatus.OK, await self.peer.command(token, {"module": module, "action": action},
+                                                                        client))
+        via = request.headers.get("x-hamirror-via", "") if session == "" else ""
+        source = f"http {via} via {client}" if VIA.fullmatch(via) else f"http {client}"
+        who = {"user": "console", "login": None, "from": source, "pid": None,
                "command": f"{action} {module} (web console)"}
-        log.info("console: %s %s from %s", action, module, client)
+        log.info("console: %s %s from %s", action, module, source)
         with control.on_behalf_of(who):
             result = await self.handle({**COMMANDS[action], "module": module})
         return json_response(HTTPStatus.OK, result)

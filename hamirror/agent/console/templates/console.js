@@ -37,7 +37,7 @@ async function refresh() {
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button[data-action]");
   if (!button) return;
-  pending = {module: button.dataset.module, action: button.dataset.action};
+  pending = {module: button.dataset.module, action: button.dataset.action, node: button.dataset.node};
   $("confirm-text").textContent = button.dataset.confirm;
   $("confirm").showModal();
 });
@@ -46,7 +46,7 @@ $("confirm").addEventListener("close", async () => {
   const chosen = pending;
   pending = null;
   if ($("confirm").returnValue !== "ok" || !chosen) return;
-  say(chosen.action + " " + chosen.module + ": sent, waiting for the agent...", false);
+  say(chosen.action + " " + chosen.module + " on " + chosen.node + ": sent, waiting for the agent...", false);
   try {
     const reply = await fetch("/console/action", {
       method: "POST", credentials: "same-origin", cache: "no-store",
