@@ -242,7 +242,8 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         mounted("/")
 
     ops.init_with_config = init_with_config  # type: ignore[method-assign]
-    threads = {"max_threads": MAX_THREADS} if options.mode == "barrier" else {}
+    # Idle threads are kept: libfuse retiring and starting threads costs a Python thread state each.
+    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS} if options.mode == "barrier" else {}
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
