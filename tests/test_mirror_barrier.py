@@ -86,3 +86,15 @@ def test_power_kill_right_after_durable_calls_loses_nothing_they_covered(mirror_
         expected = b"".join(_record(round_, i) for i in range(count))
         assert copy[:len(expected)] == expected, \
             f"round {round_} ({how}): the secondary lacks records that {how} had made durable"
+
+
+def test_async_close_of_a_changed_file_waits_for_the_peer(mirror_factory):
+    """Async mode: close() of a handle that wrote is a barrier (no message of its own: it waits for
+    the newest acknowledgement); every closed file is complete on the secondary at once."""
+    pair = mirror_factory("async", mode="async").start()
+    for i in range(100):
+        data = os.urandom(200_000 + i)
+        with open(f"{pair.primary}/f{i}", "wb") as f:
+            f.write(data)
+        with open(f"{pair.secondary}/f{i}", "rb") as f:
+            assert f.read() == data, f"file {i}: close() returned before the secondary had it"
