@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 MODES = ("sync", "barrier", "async")
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16   # libfuse 3's fuse_common.h
 # Barrier mode: the kernel sends up to MAX_BACKGROUND writeback WRITEs at once, and libfuse
-# serves them with up to MAX_THREADS threads (defaults 12 and 10). Measured in docs/performance.md.
-MAX_BACKGROUND = 64
-MAX_THREADS = 64
+# serves them with up to MAX_THREADS threads. Raising both (16, 64, 128) was slower on 2 cores:
+# the work is CPU-bound and more Python threads only contend for the GIL (docs/performance.md).
+MAX_BACKGROUND = 12
+MAX_THREADS = 10
 
 
 @dataclass(frozen=True)
