@@ -353,3 +353,50 @@ def test_a_mount_that_dies_under_a_failed_swap_is_remounted_not_retried_over(tmp
         assert scripts.runs[-1] == ("start_prim", "PRIM") and vip.up and runner.error is None
 
     asyncio.run(scenario())
+
+
+def test_a_swap_whose_old_primary_is_lost_before_the_new_mount_connects_ends_in_a_takeover(tmp_path):
+    """The old primary lost power after its hand-over: the connected mount is never made; once the
+    peer is lost the runner decides again and this node remounts ALONE, with its VIP and app."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.SECOND, primary=False,
+                                                           journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+
+    async def scenario():
+        await runner.attach()
+        dp.fail = {"mount"}                                   # no receiver answers the mount's hello
+        await step(runner, peer(S.SECOND, True, swap=SwapPhase.HANDOVER), journal.history)
+        assert runner.state is S.PRIM and runner.error and dp.calls[-1] == ("mount", False)
+        dp.fail = set()
+        clock.now += 10
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and store.load().state is S.ALONE and dp.calls[-1] == ("mount", True)
+        await step(runner, PeerView(alive=False))
+        assert scripts.runs[-1] == ("start_prim", "ALONE") and vip.up and runner.error is None
+
+    asyncio.run(scenario())
+
+
+def test_a_start_blocked_by_a_fenced_mount_is_not_retried_over_the_verdict(tmp_path):
+    """The old primary lost power while the new one's start_prim ran over its connected mount:
+    the mount is FENCED, start_prim failed on it. The runner decides again (the verdict: ALONE),
+    then the application starts with its VIP, instead of retrying start_prim before any verdict."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.SECOND, primary=False,
+                                                           journal=FakeJournal(("g1",), True), failing=("start_prim",))
+    dp.receiving = True
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, peer(S.SECOND, True, swap=SwapPhase.HANDOVER), journal.history)
+        assert runner.state is S.PRIM and runner.error
+        dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1}]   # the peer stopped acknowledging
+        scripts.failing = ()
+        clock.now += 10
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and ("set_alone",) in [c[:1] for c in dp.calls]
+        assert scripts.runs.count(("start_prim", "PRIM")) == 1               # not retried before the verdict
+        vip.up = False
+        await step(runner, PeerView(alive=False))
+        assert scripts.runs[-1] == ("start_prim", "ALONE") and vip.up and runner.error is None
+
+    asyncio.run(scenario())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hamirror.cluster.actions import (
-    AddVip, Fence, MarkUpToDate, NewGeneration, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
+    AddVip, Fence, MarkUpToDate, NewGeneration, Persist, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
 )
 from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
 from hamirror.cluster.states import NodeState
@@ -110,3 +110,13 @@ def test_a_primary_without_the_lease_yields_at_half_the_silence_the_peer_needs_t
     assert d.state is S.WAIT and d.actions[1] == RefuseWrites()
     assert decide(ModuleView(peer=silent, quorum=None, **base)).state is S.PRIM   # no witness: no rule
     assert decide(ModuleView(peer=silent, quorum=True, **base)).state is S.PRIM
+
+
+def test_a_primary_with_no_mount_and_a_lost_peer_remounts_alone_on_the_usual_conditions() -> None:
+    """E.g. a swap's second half whose first half lost power: the connected mount can never be
+    made; a mount from the journal would wait for the lost peer for ever."""
+    d = decide(view(mirror=M.DEAD, peer=None))
+    assert d.state is S.ALONE and d.actions == (Persist(S.ALONE), RemountDataPath(alone=True), NewGeneration())
+    assert decide(view(mirror=M.DEAD, peer=None, fence_script=True)).actions[1] == Fence(takeover=False)
+    assert decide(view(mirror=M.DEAD, peer=None, quorum=False)).state is S.WAIT
+    assert decide(view(mirror=M.DEAD)).actions == (RemountDataPath(),)       # the peer heard: from the journal

@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -159,7 +161,8 @@ NEW_MOUNTED = "demo: done MountReplicated"
 @pytest.mark.parametrize("victim,daemon,after", [("old", "agent", OLD_APP_STOPPED),
                                                  ("new", "agent", NEW_RECEIVER_STOPPED),
                                                  ("old", "mount", OLD_APP_STOPPED),
-                                                 ("new", "mount", NEW_MOUNTED)])
+                                                 ("new", "mount", NEW_MOUNTED)],
+                         ids=["old-agent", "new-agent", "old-mount", "new-mount"])
 def test_a_daemon_killed_in_the_middle_of_a_swap_converges(lab, sampler, victim, daemon, after):
     """kill -9 of either agent (restarted 0.5 s later, as systemd's RestartSec does) or either
     mount daemon half-way through a swap: the pair converges to PRIM + up-to-date SECOND with no
@@ -168,24 +171,49 @@ def test_a_daemon_killed_in_the_middle_of_a_swap_converges(lab, sampler, victim,
     node = primary if victim == "old" else secondary
     with kvclient.Writer(lab.paths, f"s{victim[0]}{daemon[0]}") as writer:
         time.sleep(1.5)
-        offset = log_size(lab, node)
-        swap = subprocess.Popen(lab.cli_command("exec", primary, "--", "hamirror", "swap", "demo"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_log(lab, node, offset, after)
+        with swapping(lab, primary, node, after):
             for pid in pids_of(lab.paths, node, daemon):
                 signal_quiet(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             if daemon == "agent":
                 time.sleep(0.5)
                 labagent.start(lab.paths, node)
-        finally:
-            swap.wait(timeout=120)
         writer.first_ack_after(killed_at, 60)
         new_primary, new_secondary = wait_roles(lab)
         converge(lab, new_primary, new_secondary, 90)
         keys = writer.stop()
     assert_readable(lab, keys)
+
+
+def test_power_loss_of_the_old_primary_after_its_hand_over_ends_in_a_takeover(lab, sampler):
+    """The old primary loses power once it handed over: the new primary's connected mount can
+    never be made (no receiver answers); it must not retry it for ever but take over ALONE (its
+    copy is final: the hand-over flushed), then resync the old primary when it boots."""
+    primary, secondary = roles(lab)
+    with kvclient.Writer(lab.paths, "spk") as writer:
+        time.sleep(1.5)
+        with swapping(lab, primary, secondary, NEW_RECEIVER_STOPPED):
+            assert lab.cli("kill", primary).returncode == 0
+            killed_at = time.monotonic()
+        writer.first_ack_after(killed_at, 60)
+        wait_for(lab, secondary, lambda m: m["state"] == "ALONE" and not m["busy"], 30, what="takeover")
+        assert lab.cli("boot", primary).returncode == 0
+        converge(lab, secondary, primary, 90)
+        keys = writer.stop()
+    assert_readable(lab, keys)
+
+
+@contextmanager
+def swapping(lab, primary: str, node: str, step: str) -> Iterator[None]:
+    """``hamirror swap demo`` typed on primary; the block runs as soon as node's agent logs step."""
+    offset = log_size(lab, node)
+    swap = subprocess.Popen(lab.cli_command("exec", primary, "--", "hamirror", "swap", "demo"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_log(lab, node, offset, step)
+        yield
+    finally:
+        swap.wait(timeout=120)
 
 
 def log_size(lab, node: str) -> int:

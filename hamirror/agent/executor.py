@@ -163,7 +163,7 @@ class Executor:
         if not result.ok:   # it may fail on a dead mount: kill what still uses the directories
             self.killer(self.datapath.dirs, self.datapath.mount_pids())
         self.datapath.unmount(force=True)
-        self.datapath.mount(alone=False)
+        self.datapath.mount(alone=action.alone)
 
     def _AnnounceVip(self, action: a.AnnounceVip, target: NodeState) -> None:
         if self.vip is not None:

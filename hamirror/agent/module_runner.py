@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 S = NodeState
 
 SAFE_TO_SERVE = (MirrorHealth.STREAMING, MirrorHealth.SYNCING, MirrorHealth.ALONE)
+NOT_WRITABLE = (MirrorHealth.DEAD, MirrorHealth.FENCED, MirrorHealth.REFUSED)
 RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
 RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it
 RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
@@ -297,18 +298,26 @@ class ModuleRunner:
             self.resolve(command, decision, None)
 
     def retry_over_dead_mount(self) -> bool:
-        """A failed sequence of a primary whose mount came up and died since (e.g. a mount daemon
-        killed half-way through a swap's second half, so start_prim failed on it): retrying the
-        rest would fail on the dead mount for ever; decide again instead (the dead mount is
-        remounted, then the application and the VIP come back once it accepts writes)."""
+        """A failed sequence of a primary whose mount does not accept writes: it came up and died
+        since (a mount daemon killed half-way through a swap's second half, so start_prim failed
+        on it), or it is blocked waiting for a verdict (the peer was lost while start_prim ran),
+        or the connected mount cannot be made because the peer was lost meanwhile (the old
+        primary of a swap lost power after its hand-over). Retrying would fail for ever, and no
+        verdict comes while it does: decide again instead. An application start the sequence
+        still owed is left to the decisions (it comes, with the VIP, once the mount accepts
+        writes)."""
         assert self.retry is not None and self.obs is not None
         actions, target, _ = self.retry
-        if not (target.is_primary and self.state.is_primary and self.obs.mirror is MirrorHealth.DEAD):
+        if not (target.is_primary and self.state.is_primary and self.obs.mirror in NOT_WRITABLE):
             return False
-        if any(isinstance(x, (a.MountReplicated, a.RemountDataPath)) for x in actions):
+        if actions and actions[0] == a.MountReplicated(peer_connected=True) and not self.peer.alive:
+            pass                         # a connected mount to a peer lost meanwhile: never made
+        elif any(isinstance(x, (a.MountReplicated, a.RemountDataPath)) for x in actions):
             return False                 # the mount itself is still to be made: the retry makes it
-        log.warning("%s: the mount died under a failed sequence (%s): deciding again", self.name,
-                    ", ".join(describe(x) for x in actions))
+        log.warning("%s: the mount is %s under a failed sequence (%s): deciding again", self.name,
+                    self.obs.mirror.value, ", ".join(describe(x) for x in actions))
+        if a.RunScript("start_prim") in actions:
+            self.executor.app_stopped = True
         return True
 
     def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:

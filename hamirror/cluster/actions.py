@@ -77,7 +77,10 @@ class Fence:
 class RemountDataPath:
     """A mount daemon died under the application: stop the application, clean the dead mount,
     mount again from the journal (the state it records), start the application. Counted in the
-    restart window: too many and the node steps down so the peer takes over."""
+    restart window: too many and the node steps down so the peer takes over. ``alone``: the peer
+    is lost too: mount ALONE (a new generation), as a mount from the journal would wait for it."""
+
+    alone: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,7 +252,12 @@ def _primary_common(view: ModuleView) -> Decision | None:
 
 
 def _dead_mount(view: ModuleView) -> Decision:
-    """A mount daemon died under the application: remount in place, or step down if it keeps dying."""
+    """A mount daemon died under the application: remount in place, or step down if it keeps dying.
+    With the peer lost too (a crash of both, or a swap's second half whose first half lost power),
+    nothing can stream: remount ALONE, on the same conditions as any primary going on alone."""
+    if view.checker.may_restart and view.state is S.PRIM and not view.peer.alive:
+        return steps.move(S.ALONE, *steps.fence_first(view), RemountDataPath(alone=True), NewGeneration(),
+                          warning="no mount and the peer is lost: remounting ALONE")
     if view.checker.may_restart:
         return steps.stay(view, RemountDataPath(), warning="a mount daemon died: remounting from its journal")
     return steps.step_down(view, "the data path failed again within the restart window: stepping down "
