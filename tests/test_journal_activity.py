@@ -17,9 +17,12 @@ from hamirror.resync import crash
 
 
 class FakeTicket:
-    def __init__(self, done: bool = True, error: str | None = None) -> None:
+    seq = 0
+
+    def __init__(self, done: bool = True, error: str | None = None, seq: int = 0) -> None:
         self.done = done
         self.error = error
+        self.seq = seq
 
 
 def _use(al: ActivityLog, path: str, ticket=None) -> None:
@@ -66,11 +69,14 @@ def test_a_path_leaves_only_once_everything_about_it_is_acknowledged(tmp_path):
     al.leave(["busy"], FakeTicket())
     _use(al, "y")
     assert set(al.hot()) == {"x", "y"}                  # back within the bound, LRU first
-    failed = FakeTicket(done=True, error="peer lost")
-    _use(al, "lost", failed)
-    assert "lost" not in choose_victims(al._hot, 10)   # failed: pinned until the journal has it
-    al.settle()                                         # the replicator recorded it in the journal
-    assert "lost" in choose_victims(al._hot, 10)
+    newer = FakeTicket(done=False, seq=9)       # two calls on one path, the older one leaves last
+    al.enter(["p"])
+    al.enter(["p"])
+    al.leave(["p"], newer)
+    al.leave(["p"], FakeTicket(done=True, seq=8))
+    assert "p" not in choose_victims(al._hot, 10)
+    newer.done, newer.error = True, "peer lost"  # failed: what it carried is in the journal already
+    assert "p" in choose_victims(al._hot, 10)
 
 
 def _three_frames(tmp_path) -> tuple[str, bytes, list[int]]:

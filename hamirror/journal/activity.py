@@ -6,8 +6,8 @@ on one side only, and without a record the failback resync would have to compare
 Like DRBD's activity log of hot extents, this file holds the *hot set*: every path with a change
 that may not be on the peer yet. A path enters the set durably (one append + ``fdatasync``)
 before the operation is applied or streamed; a path already in the set costs a dictionary lookup.
-A path leaves the set only once every operation on it was acknowledged by the peer (or failed and
-was recorded in the journal), and only when a new path needs its slot (LRU), so the files an
+A path leaves the set only once every operation on it was acknowledged by the peer (or failed
+and was recorded in the journal), and only when a new path needs its slot (LRU), so the files an
 application keeps writing stay hot and cost nothing.
 
 Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snapshot of the hot
@@ -47,9 +47,10 @@ MAX_FRAME = 64 * 1024 * 1024
 class Acknowledgeable(Protocol):
     """What the log needs of an operation in flight (hamirror.link.client.Ticket provides it)."""
 
+    seq: int
+
     @property
     def done(self) -> bool: ...
-    error: str | None
 
 
 # ----------------------------------------------------------------------------- pure: the format
@@ -151,9 +152,18 @@ class _Slot:
         self.ticket: Acknowledgeable | None = None
 
     def settled(self) -> bool:
-        """Everything about the path is acknowledged by the peer (or nothing was sent)."""
+        """Everything about the path is acknowledged by the peer, or nothing was sent. A ticket
+        that failed (the peer was lost) counts too: the replicator records what a failed ticket
+        carried in the journal before completing it, and a call still inside its change block
+        (recording what could not be sent) keeps ``busy`` above zero."""
         t = self.ticket
-        return self.busy == 0 and (t is None or (t.done and t.error is None))
+        return self.busy == 0 and (t is None or t.done)
+
+    def sent(self, ticket: Acknowledgeable) -> None:
+        """Keep the newest operation on the path: an older call may leave after a newer one."""
+        t = self.ticket
+        if t is None or t.done or getattr(ticket, "seq", 0) >= getattr(t, "seq", 0):
+            self.ticket = ticket
 
 
 def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int) -> list[str]:
@@ -215,15 +225,7 @@ class ActivityLog:
                     continue
                 slot.busy = max(slot.busy - 1, 0)
                 if ticket is not None:
-                    slot.ticket = ticket
-
-    def settle(self) -> None:
-        """Operations that failed when the peer was lost are in the journal by now (the replicator
-        recorded them before going on): they no longer pin their paths."""
-        with self._lock:
-            for slot in self._hot.values():
-                if slot.ticket is not None and slot.ticket.done:
-                    slot.ticket = None
+                    slot.sent(ticket)
 
     def hot(self) -> list[str]:
         """The hot set, least recently used first."""

@@ -53,7 +53,6 @@ class ActivityRecorder(Protocol):
 
     def enter(self, paths: Iterable[str]) -> None: ...
     def leave(self, paths: Iterable[str], ticket: Ticket | None) -> None: ...
-    def settle(self) -> None: ...
 
 
 class ChangeJournal(Protocol):
@@ -256,8 +255,6 @@ class Replicator:
             client.on_lost = self._peer_lost
             self.pending = PendingSet(pending)
             self._granted = False
-            if self.activity is not None:     # what failed with the old link is in the journal now
-                self.activity.settle()
             self.state = MirrorState.SYNCING
         if self.on_state is not None:
             self.on_state(self.state, "resync started")
