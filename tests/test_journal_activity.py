@@ -195,6 +195,9 @@ def test_without_a_usable_log_the_journal_stays_incomplete(tmp_path):
         f.write(MAGIC + encode_frame([(ENTER, "a")])[:-1] + b"x" + encode_frame([(ENTER, "b")]))
     assert not crash.recover_for_receiver(j, clean=False)          # damaged in the middle
     assert j.changed_paths() == [] and j.get_state(crash.COVERED_KEY) is None
+    with open(crash.activity_log_path(j), "wb") as f:
+        f.write(MAGIC + encode_frame([(ENTER, "../outside")]))
+    assert not crash.recover_for_receiver(j, clean=False)          # a path no operation names
     j.set_state(STATE_KEY, "FENCED")
     j.set_state(LOST_FROM_KEY, "SYNCING")
     assert not crash.recover(j).covered

@@ -71,7 +71,10 @@ def recover(journal: Journal) -> Recovery:
     result = decide(journal.get_state(STATE_KEY), journal.get_state(LOST_FROM_KEY), resync_running,
                     replay.paths, replay.problem)
     if result.fold and replay.paths:
-        journal.record_wholes(sorted(replay.paths))
+        try:
+            journal.record_wholes(sorted(replay.paths))
+        except ValueError as exc:      # a path no operation could have named: a damaged log
+            result = Recovery(False, False, f"activity log unusable: {exc}")
     if result.fold:
         reset_log(path)
     log.info("journal after an unclean stop: %s (%s)", "complete" if result.covered else "incomplete",
