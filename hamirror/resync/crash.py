@@ -46,7 +46,9 @@ def decide(saved: str | None, lost_from: str | None, resync_running: bool,
     if saved == MirrorState.ALONE.value:
         if resync_running:
             return Recovery(False, False, "crashed during a resync")
-        return Recovery(False, True, "crashed ALONE: every change was journaled first")
+        # Every change was journaled before it was applied; the log may still name a call that
+        # was applied while streaming and found the peer gone before it could be sent.
+        return Recovery(log_paths is not None, True, "crashed ALONE: every change was journaled first")
     if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value) and lost_from == MirrorState.SYNCING.value:
         return Recovery(False, False, "crashed fenced during a resync")
     if saved in (MirrorState.PRIM.value, MirrorState.FENCED.value, MirrorState.REFUSED.value):
