@@ -5,7 +5,8 @@
 
 Two ``hamirror mirror mount --mode sync`` pairs over loopback, one with the activity log (the
 default) and one with ``--no-activity-log``, both mounted at once; for each repetition and each
-workload the two run in turn (interleaved, so drift hits both), medians reported. Workloads from
+workload the two run in turn (interleaved, so drift hits both; which goes first alternates),
+medians reported. Workloads from
 scripts/bench/workloads.py: new 4 KiB files (the worst case: every file is a new path, so one
 durable log append each), 1 GiB (or 128 MiB with --quick) write + fsync of one file, SQLite
 transactions and 4 KiB write+fsync latency (the same files stay hot: no log write). Then the log
@@ -84,7 +85,8 @@ def main() -> int:
                 ("fsync4k_p50", lambda d: w.fsync_latency(d, samples)[0])]
         for rep in range(reps):
             for metric, fn in jobs:
-                for key, pair in pairs.items():
+                order = list(pairs.items())
+                for key, pair in order if rep % 2 == 0 else order[::-1]:   # neither always goes first
                     w.settle(pair.primary)
                     value = fn(pair.primary)
                     results[key].setdefault(metric, []).append(value)
