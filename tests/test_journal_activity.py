@@ -202,3 +202,35 @@ def test_without_a_usable_log_the_journal_stays_incomplete(tmp_path):
     j.set_state(LOST_FROM_KEY, "SYNCING")
     assert not crash.recover(j).covered
     j.close()
+
+
+class _Link:
+    """A link that only queues (a unit test may fake a socket): tickets complete when told."""
+
+    on_lost = None
+
+    def __init__(self) -> None:
+        self.tickets = []
+
+    def submit(self, op, ints=(), strs=(), times=(), data=None, changes=()):
+        from hamirror.link.client import Ticket
+        ticket = Ticket(len(self.tickets), changes)
+        self.tickets.append(ticket)
+        return ticket
+
+
+def test_the_replicator_logs_before_the_apply_and_frees_the_path_once_acknowledged(tmp_path):
+    from hamirror.link.protocol import Op
+    from hamirror.link.replicator import Replicator
+    al = ActivityLog(str(tmp_path / "al"), capacity=1)
+    link = _Link()
+    repl = Replicator(link, None, sync=False, activity=al)
+    with repl.change((("a/b", 0, 10),)) as tx:
+        assert read_log(al.path).paths == {"a/b"}        # durable before anything is applied
+        tx.send(Op.WRITE, (0,), (b"a/b",), data=b"x" * 10)
+    assert choose_victims(al._hot, 1) == []              # sent, not acknowledged: stays
+    link.tickets[-1].complete()
+    assert choose_victims(al._hot, 1) == ["a/b"]
+    with repl.change((("c", ), ("d", "whole"))) as tx:   # both names of a rename, one append
+        pass
+    assert read_log(al.path).paths == {"c", "d"} and al.records == 3
