@@ -27,13 +27,16 @@ import argparse
 import json
 import os
 import random
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE)]
 
-from hamirror.lab import chaos_faults, chaos_report, chaos_watch, control, kvclient, state  # noqa: E402
+from hamirror.lab import chaos_faults, chaos_report, chaos_watch, control, kvclient, nodeconfig, state  # noqa: E402
 from hamirror.lab.chaos_faults import Event, Injector  # noqa: E402
 from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
 from hamirror.lab.naming import NODES, LabPaths, resolve_root  # noqa: E402
@@ -67,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--converge-timeout", type=float, default=60.0, help="seconds for check 3 (default 60)")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"lab root, must not hold a lab (default {DEFAULT_ROOT})")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument("--mode", choices=("sync", "barrier", "async"), default=None,
+                   help="the demo module's replication mode (default: its module.toml's, sync)")
     args = p.parse_args(argv)
     if args.partitions and not args.witness:
         p.error("--partitions needs --witness (partitions without a witness have no safe answer)")
@@ -98,6 +103,24 @@ class Campaign:
         self.trials: list[dict] = []
         self.violations: list[str] = []
         self.rebuilds = 0
+        self.module_copy: str | None = None   # --mode: a copy of the demo module with that mode
+
+    def module(self) -> str:
+        """The demo module, or a copy of it whose ``mode`` is --mode (the lab copies either in)."""
+        if self.args.mode is None:
+            return "demo"
+        if self.module_copy is None:
+            self.module_copy = tempfile.mkdtemp(prefix="hamirror-chaos-module-")
+            folder = os.path.join(self.module_copy, "demo")
+            shutil.copytree(nodeconfig.module_source("demo"), folder)
+            toml = os.path.join(folder, "module.toml")
+            with open(toml, encoding="utf-8") as f:
+                text, n = re.subn(r'^mode = "[a-z]+"$', f'mode = "{self.args.mode}"', f.read(), flags=re.M)
+            if n != 1:
+                raise LabError(f"{toml}: no single 'mode = ...' line to set to {self.args.mode!r}")
+            with open(toml, "w", encoding="utf-8") as f:
+                f.write(text)
+        return os.path.join(self.module_copy, "demo")
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.origin:7.1f}s] {text}", flush=True)
@@ -107,9 +130,10 @@ class Campaign:
 
     def build(self) -> None:
         started = time.monotonic()
-        control.up(self.paths, ["demo"], witness=self.args.witness)
+        control.up(self.paths, [self.module()], witness=self.args.witness)
         self.sampler.refresh()
-        self.say(f"lab up at {self.paths.root}{' with a witness' if self.args.witness else ''} "
+        self.say(f"lab up at {self.paths.root}{' with a witness' if self.args.witness else ''}, "
+                 f"mode {self.args.mode or 'sync'} "
                  f"in {time.monotonic() - started:.1f} s")
 
     def rebuild(self) -> None:
@@ -252,6 +276,8 @@ class Campaign:
             self.sampler.stop()
         finally:
             control.down(self.paths)
+            if self.module_copy is not None:
+                shutil.rmtree(self.module_copy, ignore_errors=True)
 
 
 def _brief(m: dict | None) -> str:

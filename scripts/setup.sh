@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The servers of the shipped modules (modules/postgresql, mariadb, nginx) come from Debian too.
+# The servers of the shipped modules (modules/postgresql, mariadb, nginx) come from Debian too, and
+# so does the browser of the console's test (chromium, driven by the pip package playwright; its
+# own browser download, `playwright install`, is never run).
 SERVER_UNITS=(postgresql mariadb nginx)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
-           postgresql-15 mariadb-server mariadb-client nginx; do
+           postgresql-15 mariadb-server mariadb-client nginx chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

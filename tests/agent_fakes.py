@@ -35,7 +35,7 @@ class FakeDataPath:
     def watch(self, enabled: bool) -> None:
         self.watching = enabled
 
-    def start_receivers(self) -> None:
+    def start_receivers(self, wait: bool = True) -> None:
         self._call("start_receivers")
         self.receiving = True
 

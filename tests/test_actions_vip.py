@@ -85,3 +85,35 @@ def test_the_vip_lease_lapses_without_renewal_and_is_never_renewed_back(netns):
     time.sleep(2.6)                            # not renewed: lapsed (1 s, rounded up to a second)
     assert not vip.present()
     assert vip.renew() is False and not vip.present()
+
+
+# Counts the gratuitous ARP frames seen on the far end for 1 s after an add, with or without a
+# remove right after it: the repeats run in the background, and none follows a remove.
+REPEATS = """
+import socket, sys, time
+from hamirror.actions.vip import Vip
+listen = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+listen.bind(("v1", 0)); listen.settimeout(0.1)
+vip = Vip("198.18.0.100/24", "v0", arp_count=3, arp_interval=0.15)
+for remove in (False, True):
+    started = time.monotonic()
+    vip.add()
+    took = time.monotonic() - started
+    if remove:
+        vip.remove()
+    seen, end = 0, time.monotonic() + 1.0
+    while time.monotonic() < end:
+        try:
+            seen += listen.recv(2048)[28:32] == socket.inet_aton("198.18.0.100")
+        except socket.timeout:
+            pass
+    print(seen, took < 0.1)
+    vip.remove()
+"""
+
+
+def test_arp_repeats_do_not_hold_the_add_back_and_stop_at_a_remove(netns):
+    result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", REPEATS],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "True", "1", "True"]

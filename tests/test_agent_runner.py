@@ -13,7 +13,7 @@ from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.status import module_status
 from hamirror.cluster.states import NodeState
-from hamirror.cluster.view import Command, PeerView
+from hamirror.cluster.view import Command, PeerView, SwapPhase
 from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip, history
 
 S = NodeState
@@ -127,13 +127,16 @@ def test_reattach_adopts_a_live_mount_and_cleans_up_a_dead_one(tmp_path):
 
     runner, dp, vip, scripts, _, store, _ = make(tmp_path / "b", S.ALONE, journal=FakeJournal(("g1",), True))
 
-    async def dead():
-        await runner.attach()
-        await runner.task
-        assert runner.state is S.WAIT and store.load().state is S.WAIT
-        assert scripts.runs == [("stop_prim", "WAIT")] and vip.calls == ["remove"]
-        assert dp.calls == [("unmount", True), ("start_receivers",)]
-    asyncio.run(dead())
+    asyncio.run(cleaned_up_then_waits(runner, dp, vip, scripts, store))
+
+
+async def cleaned_up_then_waits(runner, dp, vip, scripts, store) -> None:
+    """attach() of a former primary: the application stopped, no VIP, unmounted, then WAIT."""
+    await runner.attach()
+    await runner.task
+    assert runner.state is S.WAIT and store.load().state is S.WAIT
+    assert scripts.runs == [("stop_prim", "WAIT")] and vip.calls == ["remove"]
+    assert dp.calls == [("unmount", True), ("start_receivers",)]
 
 
 def test_operator_commands_answer_with_the_outcome(tmp_path):
@@ -315,3 +318,38 @@ def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_p
     assert not peer_gone(runner, 1.0, 0.3)                  # closed long before it fell silent
     observe(connections=0, closed_at=None)
     assert not peer_gone(runner, 1.0, 0.3)
+
+
+def test_a_hand_over_cut_short_after_its_persist_is_finished_at_restart(tmp_path):
+    """The agent died in a swap between Persist(SECOND) and the unmount: the restarted agent must
+    not receive into a directory still mounted, nor leave the application or the VIP up."""
+    runner, dp, vip, scripts, _, store, _ = make(tmp_path, S.SECOND, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+    asyncio.run(cleaned_up_then_waits(runner, dp, vip, scripts, store))
+
+
+def test_a_mount_that_dies_under_a_failed_swap_is_remounted_not_retried_over(tmp_path):
+    """kill -9 of the new primary's mount right after it mounted, in a swap: start_prim fails on the
+    dead mount. Retrying start_prim would fail for ever; the runner decides again, the mount is
+    repaired, then the application and the VIP come back."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.SECOND, primary=False,
+                                                           journal=FakeJournal(("g1",), True), failing=("start_prim",))
+    dp.receiving = True
+    handing_over = peer(S.SECOND, True, swap=SwapPhase.HANDOVER)
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, handing_over, journal.history)
+        assert runner.state is S.PRIM and runner.error and ("mount", False) in dp.calls
+        dp.mounts = [None]                                    # the mount daemon died: start_prim failed
+        mounts = dp.calls.count(("mount", False))
+        scripts.failing = ()
+        clock.now += 10
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert dp.calls.count(("mount", False)) == mounts + 1 and ("unmount", True) in dp.calls
+        assert scripts.runs.count(("start_prim", "PRIM")) == 1   # not again over the dead mount
+        vip.up = False
+        await step(runner, peer(S.SECOND, True), journal.history)
+        assert scripts.runs[-1] == ("start_prim", "PRIM") and vip.up and runner.error is None
+
+    asyncio.run(scenario())

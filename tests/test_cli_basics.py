@@ -21,3 +21,17 @@ def test_keygen_writes_a_pair_and_refuses_to_overwrite(tmp_path):
     again = run_cli("keygen", "--keys", str(keys), "--name", "node1")
     assert again.returncode == 1
     assert "a key pair named 'node1' exists already" in again.stderr
+
+
+def test_the_data_path_daemons_load_only_the_mirror_commands():
+    """``mirror mount`` and ``mirror receive`` start on the critical path of a failover and a swap:
+    they must not pay for loading the lab, the agent or the configuration loader."""
+    import subprocess
+    import sys
+    probe = ("import sys\nfrom hamirror.cli.main import main\ntry:\n    main(['mirror', 'receive', '--help'])\n"
+             "except SystemExit:\n    pass\nprint(sorted(m for m in ('hamirror.lab.control', 'hamirror.config.loader', "
+             "'hamirror.agent.runtime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "mirror" in run_cli("--help").stdout and "lab" in run_cli("--help").stdout

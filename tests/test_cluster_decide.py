@@ -196,7 +196,7 @@ def test_swap_from_primary_is_a_handover_then_peer_promotes() -> None:
     a = decide(view(S.PRIM, peer=S.SECOND, command=Command.SWAP))
     assert a.state is S.SECOND and a.swap is SwapPhase.HANDOVER
     assert a.actions == (Persist(S.SECOND), RunScript("stop_prim"), RemoveVip(), Flush(),
-                         Unmount(), StartReceiver(), RunScript("start_second"))
+                         Unmount(), StartReceiver(listening=False), RunScript("start_second"))
     b = decide(view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER))
     assert b.state is S.PRIM
     assert b.actions == (Persist(S.PRIM), RunScript("stop_second"), StopReceiver(grace=1.0),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hamirror.cluster.actions import (
-    Fence, MarkUpToDate, NewGeneration, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
+    AddVip, Fence, MarkUpToDate, NewGeneration, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
 )
 from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
 from hamirror.cluster.states import NodeState
@@ -88,7 +88,7 @@ def test_a_mount_alone_under_prim_moves_the_module_to_alone() -> None:
 def test_a_repaired_data_path_starts_the_application_once_writable() -> None:
     assert decide(view(mirror=M.FENCED, app_stopped=True)).actions == ()
     d = decide(view(state=S.ALONE, mirror=M.ALONE, peer=None, app_stopped=True))
-    assert d.actions == (RunScript("start_prim"),)
+    assert d.actions == (AddVip(), RunScript("start_prim"))
 
 
 def test_mirror_health_takes_the_worst_directory() -> None:

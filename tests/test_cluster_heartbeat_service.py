@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from hamirror.cluster.heartbeat import ModuleInfo, Reason
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import SwapPhase
 
 KEY = b"s" * 32
 LOOPBACK = "127.0.0.1"
@@ -119,4 +120,21 @@ def test_replayed_datagram_is_rejected_by_the_service() -> None:
         before = a.rejected.get(Reason.REPLAY.value, 0)
         original(0, captured[0])
         assert a.rejected.get(Reason.REPLAY.value, 0) == before + 1
+    run(body)
+
+
+def test_a_change_the_peer_advertises_is_reported_at_once_and_only_once() -> None:
+    """The agent ticks on it (a swap's new primary acts on the hand-over without waiting a tick)."""
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        changes: list[NodeState] = []
+        a.on_peer_change = lambda: changes.append(a.peer_heartbeat.modules["demo"].state)
+        assert await until(lambda: len(changes) == 1)
+        await asyncio.sleep(0.1)                     # several heartbeats, each network: nothing new
+        assert changes == [NodeState.SECOND]
+        b.modules = lambda: {"demo": ModuleInfo(NodeState.SECOND, True, "g1", SwapPhase.HANDOVER)}
+        b.send_now()
+        assert await until(lambda: len(changes) == 2)
+        await asyncio.sleep(0.1)
+        assert changes == [NodeState.SECOND, NodeState.SECOND]
+        assert a.peer_modules()["demo"].swap is SwapPhase.HANDOVER
     run(body)

@@ -193,3 +193,13 @@ def test_fence_table(tmp_path):
     problems = {str(e) for e in check(str(path))}
     assert f"{path}: fence.takeover_delay: must be a number of seconds, 0 or more" in problems
     assert f"{path}: fence.script: {tmp_path}/missing.sh is not an executable file" in problems
+
+
+def test_console_actions_is_a_boolean_and_needs_a_token(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    http = '[http]\nlisten = "127.0.0.1:9453"\nconsole_actions = {}\n\n[heartbeat]'
+    assert errors_for(tmp_path, {"[heartbeat]": http.format('"yes"')}) == [
+        f"{path}: http.console_actions: must be true or false, not a string"]
+    assert errors_for(tmp_path, {"[heartbeat]": http.format("true")}) == [
+        f"{path}: http.console_actions: true needs http.token_file: the console's commands are token-authenticated"]
+    assert load_cluster(write_cluster(tmp_path, {"[heartbeat]": http.format("false")})).http.console_actions is False

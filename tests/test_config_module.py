@@ -85,7 +85,7 @@ def test_directories_are_not_shared_between_modules(tmp_path, cluster_path):
 def test_mode_and_default_primary(tmp_path, cluster_path):
     assert module_errors(tmp_path, cluster_path, replace={
         'default_primary = "node1"': 'default_primary = "node3"\nmode = "semi"'}) == [
-        f"{toml_of(tmp_path)}: module.mode: must be one of sync, async (got 'semi')",
+        f"{toml_of(tmp_path)}: module.mode: must be one of sync, barrier, async (got 'semi')",
         f"{toml_of(tmp_path)}: module.default_primary: must be one of the cluster's nodes: node1, node2 (got 'node3')",
     ]
 

@@ -8,12 +8,14 @@ One lab for the module; the tests run in file order, each leaves the pair mirror
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from hamirror.lab import kvclient
+from hamirror.lab import agent as labagent, kvclient
 from hamirror.lab.chaos_faults import pids_of
 from hamirror.lab.chaos_watch import Sampler
 from tests.agent_lab import LAB_MARKS, agents_lab, module, wait_for
@@ -146,3 +148,71 @@ def signal_quiet(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# The swap's steps, as each agent logs them once done (module_runner): where a kill -9 lands.
+OLD_APP_STOPPED = "demo: done RunScript(stop_prim)"
+NEW_RECEIVER_STOPPED = "demo: done StopReceiver"
+NEW_MOUNTED = "demo: done MountReplicated"
+
+
+@pytest.mark.parametrize("victim,daemon,after", [("old", "agent", OLD_APP_STOPPED),
+                                                 ("new", "agent", NEW_RECEIVER_STOPPED),
+                                                 ("old", "mount", OLD_APP_STOPPED),
+                                                 ("new", "mount", NEW_MOUNTED)])
+def test_a_daemon_killed_in_the_middle_of_a_swap_converges(lab, sampler, victim, daemon, after):
+    """kill -9 of either agent (restarted 0.5 s later, as systemd's RestartSec does) or either
+    mount daemon half-way through a swap: the pair converges to PRIM + up-to-date SECOND with no
+    operator, no acknowledged write is lost and the service is never on both nodes."""
+    primary, secondary = roles(lab)
+    node = primary if victim == "old" else secondary
+    with kvclient.Writer(lab.paths, f"s{victim[0]}{daemon[0]}") as writer:
+        time.sleep(1.5)
+        offset = log_size(lab, node)
+        swap = subprocess.Popen(lab.cli_command("exec", primary, "--", "hamirror", "swap", "demo"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_log(lab, node, offset, after)
+            for pid in pids_of(lab.paths, node, daemon):
+                signal_quiet(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            if daemon == "agent":
+                time.sleep(0.5)
+                labagent.start(lab.paths, node)
+        finally:
+            swap.wait(timeout=120)
+        writer.first_ack_after(killed_at, 60)
+        new_primary, new_secondary = wait_roles(lab)
+        converge(lab, new_primary, new_secondary, 90)
+        keys = writer.stop()
+    assert_readable(lab, keys)
+
+
+def log_size(lab, node: str) -> int:
+    return os.path.getsize(lab.paths.log_file(node, "agent"))
+
+
+def wait_log(lab, node: str, offset: int, text: str, timeout: float = 30.0) -> None:
+    """Until node's agent log, from offset, holds text (polled every 5 ms: a kill lands right after)."""
+    deadline = time.monotonic() + timeout
+    with open(lab.paths.log_file(node, "agent"), encoding="utf-8", errors="replace") as f:
+        f.seek(offset)
+        seen = ""
+        while text not in seen:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node}: {text!r} not logged within {timeout:.0f} s")
+            seen += f.read()
+            time.sleep(0.005)
+
+
+def wait_roles(lab, timeout: float = 60.0) -> tuple[str, str]:
+    """Once one node is primary again and not busy: (primary, secondary)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node, other in (("node1", "node2"), ("node2", "node1")):
+            m = module(lab, node)
+            if m and m["state"] in ("PRIM", "ALONE") and not m["busy"]:
+                return node, other
+        time.sleep(0.3)
+    raise AssertionError(f"no primary within {timeout:.0f} s: {module(lab, 'node1')} {module(lab, 'node2')}")
+

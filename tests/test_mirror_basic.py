@@ -113,9 +113,10 @@ def test_other_users_get_normal_permission_checks(mirror_pair):
     assert_same(mirror_pair)
 
 
-@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_sqlite_transactions_are_all_on_the_secondary(mirror_factory, journal_mode):
-    pair = mirror_factory("sq").start()
+@pytest.mark.parametrize("mode,journal_mode", [("sync", "wal"), ("sync", "delete"), ("barrier", "wal"),
+                                               ("async", "wal")])
+def test_sqlite_transactions_are_all_on_the_secondary(mirror_factory, mode, journal_mode):
+    pair = mirror_factory("sq", mode=mode).start()
     db = sqlite3.connect(f"{pair.primary}/app.db", isolation_level=None)
     db.execute(f"PRAGMA journal_mode={journal_mode}")
     db.execute("PRAGMA synchronous=FULL")

@@ -43,8 +43,8 @@ class BlockedWrite(threading.Thread):
         self.finished = time.monotonic()
 
 
-def fenced_pair(mirror_factory, name: str, fence: float = 30.0):
-    pair = mirror_factory(name, timeout=1)
+def fenced_pair(mirror_factory, name: str, fence: float = 30.0, mode: str = "sync"):
+    pair = mirror_factory(name, timeout=1, mode=mode)
     pair.start_receiver()
     pair.mount(("--fence", str(fence)))
     return pair
@@ -67,12 +67,19 @@ def blocked_write(pair, name: str) -> BlockedWrite:
     return writer
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
-def test_fenced_writes_wait_for_the_grant_then_succeed_and_are_journaled(mirror_factory, how):
-    pair = fenced_pair(mirror_factory, f"grant-{how}")
+@pytest.mark.parametrize("how,mode", [("SIGKILL", "sync"), ("SIGSTOP", "sync"), ("SIGKILL", "barrier")])
+def test_fenced_writes_wait_for_the_grant_then_succeed_and_are_journaled(mirror_factory, how, mode):
+    """In barrier mode also: bytes the page cache held when the peer was lost (written, not yet
+    written back) reach the disk only after the grant, and are recorded as missed by the peer."""
+    pair = fenced_pair(mirror_factory, f"grant-{how}-{mode}", mode=mode)
     try:
         with open(f"{pair.primary}/before", "wb") as f:
             f.write(b"replicated")
+        cached = open(f"{pair.primary}/cached", "wb")
+        cached.write(b"in the page cache only")
+        cached.flush()
+        if mode == "sync":
+            cached.close()
         stall_peer(pair, how)
         writer = blocked_write(pair, "during")
         status = pair.status()
@@ -83,20 +90,22 @@ def test_fenced_writes_wait_for_the_grant_then_succeed_and_are_journaled(mirror_
         assert writer.error is None and writer.finished is not None
         with open(f"{pair.primary}/after", "wb") as f:   # ALONE: later writes need no verdict
             f.write(b"alone")
+        cached.close()   # barrier: written back now, ALONE
     finally:
         pair.kill_receiver()
         pair.umount()
     journal = Journal(os.path.join(pair.state, "journal.db"))
     try:
-        assert {"during", "after"} <= set(journal.changed_paths())
+        assert {"during", "after"} | ({"cached"} if mode == "barrier" else set()) <= set(journal.changed_paths())
         assert journal.get_state("mirror_state") == "ALONE"
         assert journal.generations().current is not None   # leaving a live mirror: a new generation
     finally:
         journal.close()
 
 
-def test_refused_writes_fail_with_eio_and_change_nothing_locally(mirror_factory):
-    pair = fenced_pair(mirror_factory, "refuse")
+@pytest.mark.parametrize("mode", ["sync", "barrier"])
+def test_refused_writes_fail_with_eio_and_change_nothing_locally(mirror_factory, mode):
+    pair = fenced_pair(mirror_factory, f"refuse-{mode}", mode=mode)
     try:
         stall_peer(pair, "SIGKILL")
         writer = blocked_write(pair, "during")

@@ -6,7 +6,9 @@ directory (the model), side by side:
 - afterwards the secondary's copy equals the primary's (bytes, modes, owners, mtimes to the ns,
   symlinks, hard links, xattrs, empty directories), and the content equals the model's.
 One mount serves all the examples of the module. ``HAMIRROR_PROP_EXAMPLES`` sets how many
-examples to run (default 150, a few seconds; 600 ran clean when this was written).
+examples to run (default 150, a few seconds; 600 ran clean when this was written). The barrier and
+async modes run the same property on a mount of their own, with ``HAMIRROR_PROP_EXAMPLES_MODES``
+examples each (default 40: they share the code path, only the replication mode differs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,6 +190,24 @@ def check_sequence(pair: MirrorPair, ops: list[tuple]) -> None:
 @given(ops=st.lists(operation, min_size=1, max_size=30))
 def test_random_operations_replicate_and_match_a_plain_directory(pair, ops):
     check_sequence(pair, SETUP + ops)
+
+
+@pytest.fixture(scope="module", params=["barrier", "async"])
+def mode_pair(request, tmp_path_factory):
+    """A mount in each mode other than sync (the ``pair`` fixture is sync)."""
+    pair = MirrorPair(str(tmp_path_factory.mktemp(request.param)), mode=request.param)
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
+
+
+@settings(max_examples=int(os.environ.get("HAMIRROR_PROP_EXAMPLES_MODES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(ops=st.lists(operation, min_size=1, max_size=30))
+def test_random_operations_replicate_in_barrier_and_async_modes(mode_pair, ops):
+    assert mode_pair.status()["mode"] == mode_pair.mode
+    check_sequence(mode_pair, SETUP + ops)
 
 
 def test_rename_and_link_edge_cases_match_a_plain_directory(pair):

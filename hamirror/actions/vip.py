@@ -3,7 +3,9 @@
 Idempotent both ways (adding an address that is there, or removing one that is gone, succeeds),
 because the agent re-runs a failed action sequence from the failed step and re-attaches after a
 restart. After adding, a few gratuitous ARP packets tell the clients' and switches' caches that
-the address moved here, so clients do not wait for their ARP entry to expire after a failover.
+the address moved here, so clients do not wait for their ARP entry to expire after a failover. The
+first is sent before ``add`` returns, the repeats from a thread (a failover or a swap does not
+wait for them), and none is sent once the address was removed again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +59,8 @@ class Vip:
         self.ip, self.prefixlen, self.interface = str(iface.ip), iface.network.prefixlen, interface
         self.ipv4 = iface.version == 4
         self.netns, self.arp_count, self.arp_interval = netns, arp_count, arp_interval
+        self._lock = threading.Lock()    # orders the announcements against add and remove
+        self._turn = 0                   # bumped by each add and remove: older repeats stop
         # A lease on the address, kept by the kernel: unless renew() runs within ``lifetime``
         # seconds the kernel removes it, so a frozen node stops holding the VIP by itself.
         self.lifetime = lifetime
@@ -68,23 +73,25 @@ class Vip:
 
     def add(self) -> None:
         """Add the address (no error if already there; its lease renewed), then announce it."""
-        with _netlink(self.netns) as ipr:
-            index = _index(ipr, self.interface)
-            try:
-                if self.lifetime is None:
-                    ipr.addr("add", index=index, address=self.ip, prefixlen=self.prefixlen)
-                else:
-                    self._replace(ipr, index)
-                log.info("VIP %s/%d added on %s", self.ip, self.prefixlen, self.interface)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise VipError(f"cannot add {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
-            mac = ipr.get_links(index)[0].get("IFLA_ADDRESS")
-        if self.ipv4 and mac:
-            try:
-                self.announce(index, mac)
-            except OSError as exc:       # the address is up; a lost announce only delays clients
-                log.warning("gratuitous ARP for %s on %s failed: %s", self.ip, self.interface, exc)
+        with self._lock:
+            self._turn += 1
+            with _netlink(self.netns) as ipr:
+                index = _index(ipr, self.interface)
+                try:
+                    if self.lifetime is None:
+                        ipr.addr("add", index=index, address=self.ip, prefixlen=self.prefixlen)
+                    else:
+                        self._replace(ipr, index)
+                    log.info("VIP %s/%d added on %s", self.ip, self.prefixlen, self.interface)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise VipError(f"cannot add {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
+                mac = ipr.get_links(index)[0].get("IFLA_ADDRESS")
+            if self.ipv4 and mac:
+                try:
+                    self.announce(index, mac)
+                except OSError as exc:       # the address is up; a lost announce only delays clients
+                    log.warning("gratuitous ARP for %s on %s failed: %s", self.ip, self.interface, exc)
 
     def renew(self) -> bool:
         """Extend the lease by ``lifetime``; False when the kernel had dropped the address (the
@@ -106,8 +113,10 @@ class Vip:
                  valid_lft=self.lifetime, preferred_lft=self.lifetime)
 
     def remove(self) -> None:
-        """Remove the address (no error if it is not there, or the interface is gone)."""
-        with _netlink(self.netns) as ipr:
+        """Remove the address (no error if it is not there, or the interface is gone); no
+        announcement of an earlier ``add`` is sent after this returns."""
+        with self._lock, _netlink(self.netns) as ipr:
+            self._turn += 1
             found = ipr.link_lookup(ifname=self.interface)
             if not found:
                 return
@@ -119,14 +128,34 @@ class Vip:
                     raise VipError(f"cannot remove {self.ip} from {self.interface}: {exc}") from exc
 
     def announce(self, index: int, mac: str) -> None:
-        """Send gratuitous ARP requests (sender = target = the VIP) to the broadcast address."""
-        frame = arp_announce(mac, self.ip)
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+        """Send gratuitous ARP requests (sender = target = the VIP) to the broadcast address: the
+        first now, the others every ``arp_interval`` from a thread, while this ``add`` is the last
+        (called by ``add``, under its lock)."""
+        frame, turn = arp_announce(mac, self.ip), self._turn
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        try:
             sock.bind((self.interface, ETH_P_ARP))
-            for i in range(self.arp_count):
-                sock.send(frame)
-                if i + 1 < self.arp_count:
-                    time.sleep(self.arp_interval)
+            sock.send(frame)
+        except OSError:
+            sock.close()
+            raise
+        if self.arp_count <= 1:
+            sock.close()
+            return
+        threading.Thread(target=self._repeat, args=(sock, frame, turn), name="vip-arp", daemon=True).start()
+
+    def _repeat(self, sock: socket.socket, frame: bytes, turn: int) -> None:
+        with sock:
+            for _ in range(self.arp_count - 1):
+                time.sleep(self.arp_interval)
+                with self._lock:
+                    if self._turn != turn:
+                        return
+                    try:
+                        sock.send(frame)
+                    except OSError as exc:
+                        log.debug("gratuitous ARP for %s not repeated: %s", self.ip, exc)
+                        return
 
 
 def arp_announce(mac: str, ip: str) -> bytes:

@@ -10,4 +10,6 @@
 | `persist.py` | `agent.json` per module, written atomically before a change takes effect |
 | `control.py` | the local control socket (JSON lines, root only) and its client |
 | `status.py` | the `hamirror status` document |
+| `http.py` | the HTTP status API (health check, metrics, events) and its admission control |
+| `console/` | the web console on that server: both nodes on one page, commands if configured |
 """

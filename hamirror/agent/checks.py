@@ -26,6 +26,8 @@ class CheckerState:
         self.failure: str | None = None
         self.on_failure: Callable[[str], object] = lambda failure: None   # the event timeline
         self.next_run = {c.name: 0.0 for c in checkers}
+        # Each checker's last run, for the console: name -> (wall-clock time, None or the failure).
+        self.results: dict[str, tuple[float, str | None]] = {}
         self.reset()
 
     @property
@@ -48,6 +50,7 @@ class CheckerState:
         for checker, result in zip(due, results):
             if isinstance(result, BaseException):
                 result = f"checker crashed: {result}"
+            self.results[checker.name] = (time.time(), result)
             if result is not None and self.failure is None:
                 self.failure = f"{checker.name}: {result}"
                 log.warning("%s: checker %s", self.module, self.failure)

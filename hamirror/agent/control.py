@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import pwd
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import psutil
 
@@ -36,14 +36,29 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 Handler = Callable[[dict], Awaitable[dict]]
 _CALLER: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("control_caller", default=None)
+_ON_BEHALF: contextvars.ContextVar[dict | None] = contextvars.ContextVar("control_on_behalf", default=None)
 NO_LOGIN = 4294967295        # /proc/PID/loginuid of a process outside any login session
 
 
 def caller() -> dict | None:
     """Who sent the request being handled (inside a handler), or None outside one. Looked up
     only when asked: status requests, the most frequent, never need it."""
+    given = _ON_BEHALF.get()
+    if given is not None:
+        return given
     creds = _CALLER.get()
     return describe_caller(*creds) if creds else None
+
+
+@contextlib.contextmanager
+def on_behalf_of(who: dict) -> Iterator[None]:
+    """Requests handled inside the block come from ``who`` (the web console: its client's
+    address), not from a process on the control socket."""
+    token = _ON_BEHALF.set(who)
+    try:
+        yield
+    finally:
+        _ON_BEHALF.reset(token)
 
 
 def _user(uid: int) -> str:

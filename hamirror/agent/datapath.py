@@ -24,13 +24,16 @@ import psutil
 
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
-from hamirror.fs.mount import is_fuse_mountpoint
+from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
 
 log = logging.getLogger(__name__)
 
 HAMIRROR = [sys.executable, "-m", "hamirror"]
 MOUNT_TIMEOUT = 60.0
 FLUSH_TIMEOUT = 30.0
+UNMOUNT_DRAIN = 30.0         # seconds a mount daemon may take to drain its link after an unmount
+UNMOUNT_FORCE_WAIT = 2.0     # ... after a lazy (forced) unmount, before it is killed
+RECEIVER_READY = 10.0        # seconds a new receiver may take to listen (its status file says so)
 
 
 class DataPathError(Exception):
@@ -163,22 +166,30 @@ class DataPath:
             log.info("%s: mounted %s (%s)", self.module, directory, "ALONE" if alone else "PRIM")
 
     def unmount(self, force: bool) -> None:
-        """Unmount every directory; ``force``: lazy, and the mount process is killed if it lingers.
-        Dead mounts are detached either way."""
+        """Unmount every directory and wait for each daemon to exit (it drains the link first);
+        ``force``: lazy, and the daemon is killed if it lingers. Dead mounts are detached either way.
+
+        ``fusermount3`` is called here rather than through ``hamirror mirror umount``: that is one
+        Python start-up less, and a daemon counts as gone once it is a zombie (a daemon detached
+        from its mount command is reaped by init, which may take a second or more)."""
         self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
             status = self.mount_status(i)
             if status is None:
                 continue
-            cmd = [*self.command, "mirror", "umount", "--dir", directory, "--state-dir", self.dir_states[i]]
-            cmd += ["--lazy", "--timeout", "2"] if force else []
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
-                                    stdin=subprocess.DEVNULL)
             pid = status.get("pid")
-            if force and _alive(pid):
+            try:
+                fs_unmount(directory, lazy=force)
+            except MountError as exc:
+                if not force:
+                    raise DataPathError(f"unmount of {directory} failed: {exc}") from exc
+                log.warning("%s: lazy unmount of %s failed: %s", self.module, directory, exc)
+            if not _wait_dead(pid, UNMOUNT_FORCE_WAIT if force else UNMOUNT_DRAIN):
+                if not force:
+                    raise DataPathError(f"unmount of {directory}: the daemon (pid {pid}) is still draining after "
+                                        f"{UNMOUNT_DRAIN:g} s")
                 os.kill(pid, signal.SIGKILL)
-            elif result.returncode != 0:
-                raise DataPathError(f"unmount of {directory} failed: {(result.stderr or result.stdout).strip()}")
+                _wait_dead(pid, 5.0)
             log.info("%s: unmounted %s%s", self.module, directory, " (forced)" if force else "")
 
     def set_alone(self, reason: str) -> None:
@@ -234,8 +245,10 @@ class DataPath:
         status = _read_json(os.path.join(self.dir_states[index], "status.json"))
         return status if status and status.get("role") == "receiver" and self.receiver_pid(index) else None
 
-    def start_receivers(self) -> None:
-        """Start a receiver per directory (own session, log in the state dir); adopt live ones."""
+    def start_receivers(self, wait: bool = True) -> None:
+        """Start a receiver per directory (own session, log in the state dir); adopt live ones.
+        ``wait``: until each listens. Without it, a receiver that exits at once is started again
+        by the next tick (the agent restarts a SECOND's or WAIT's missing receiver)."""
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
@@ -248,18 +261,29 @@ class DataPath:
             with open(os.path.join(self.dir_states[i], "receiver.log"), "ab") as out:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, close_fds=True)
-            try:
-                proc.wait(timeout=0.5)       # an immediate exit: address in use, bad keys...
-                raise DataPathError(f"receiver for {directory} exited with {proc.returncode}; "
-                                    f"see {self.dir_states[i]}/receiver.log")
-            except subprocess.TimeoutExpired:
-                pass
+            if wait:
+                self._wait_listening(i, proc)
             info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
             tmp = self._receiver_file(i) + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(info, f)
             os.replace(tmp, self._receiver_file(i))
             log.info("%s: receiver for %s started (pid %d) on %s", self.module, directory, proc.pid, self.binds[i])
+
+    def _wait_listening(self, index: int, proc: subprocess.Popen) -> None:
+        """Until the new receiver listens (it writes its status file once bound), so the peer's
+        mount finds it; an exit meanwhile (address in use, bad keys...) is an error."""
+        deadline = time.monotonic() + RECEIVER_READY
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DataPathError(f"receiver for {self.dirs[index]} exited with {proc.returncode}; "
+                                    f"see {self.dir_states[index]}/receiver.log")
+            status = _read_json(os.path.join(self.dir_states[index], "status.json")) or {}
+            if status.get("role") == "receiver" and status.get("pid") == proc.pid:
+                return
+            time.sleep(0.01)
+        log.warning("%s: receiver for %s (pid %d) not listening after %g s: going on", self.module,
+                    self.dirs[index], proc.pid, RECEIVER_READY)
 
     def stop_receivers(self, timeout: float = 10.0) -> None:
         """TERM every receiver, KILL after ``timeout``; wait until gone."""
@@ -270,7 +294,7 @@ class DataPath:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.01)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
             _wait_dead(pid, 5.0)
@@ -278,16 +302,18 @@ class DataPath:
             log.info("%s: receiver %d stopped (pid %d)", self.module, i, pid)
 
 
-def _wait_dead(pid: int, timeout: float) -> None:
-    """Until ``pid`` has exited (a zombie counts: a receiver adopted from an earlier agent is not
-    our child, and whoever reaps it may take seconds, which a takeover must not wait for)."""
+def _wait_dead(pid: int, timeout: float) -> bool:
+    """Until ``pid`` has exited (a zombie counts: a receiver adopted from an earlier agent, or a
+    detached mount daemon, is not our child, and whoever reaps it may take seconds, which a
+    takeover or a swap must not wait for). Whether it exited within ``timeout``."""
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     try:
         os.waitpid(pid, os.WNOHANG)          # ours: reap it now
     except ChildProcessError:
         pass
+    return not _alive(pid)
 
 
 def _remove(path: str) -> None:

@@ -36,7 +36,7 @@ class DataPathLike(Protocol):
     dirs: list[str]
     dir_states: list[str]
 
-    def start_receivers(self) -> None: ...
+    def start_receivers(self, wait: bool = True) -> None: ...
     def stop_receivers(self, timeout: float = 10.0) -> None: ...
     def mount(self, alone: bool) -> None: ...
     def unmount(self, force: bool) -> None: ...
@@ -124,7 +124,7 @@ class Executor:
         self.persist(action.state)
 
     def _StartReceiver(self, action: a.StartReceiver, target: NodeState) -> None:
-        self.datapath.start_receivers()
+        self.datapath.start_receivers(wait=action.listening)
 
     def _StopReceiver(self, action: a.StopReceiver, target: NodeState) -> None:
         self.datapath.stop_receivers(action.grace)

@@ -1,7 +1,7 @@
 """The read-only HTTP status API: ``[http] listen`` in the cluster file; absent section, no listener.
 
-Endpoints (GET or HEAD; nothing here changes state, operator commands stay on the root-only
-control socket):
+Endpoints (GET or HEAD; nothing here changes state: operator commands stay on the root-only
+control socket, and on the console's own POSTs when ``[http] console_actions`` allows them):
 
 - ``/status``: the ``hamirror status --json`` document;
 - ``/health/MODULE``: 200 when the module's application serves here (send traffic here), else
@@ -9,10 +9,12 @@ control socket):
 - ``/metrics``: Prometheus text format;
 - ``/events``, ``/events/MODULE``: the node's event timeline as JSON (``{"node", "events": [...]}``,
   oldest first; ``?limit=N`` the last N, default 500; ``?since=SEQ`` only later ones, for polling);
-- ``/``: a self-contained web console that polls ``/status``.
+- ``/`` and ``/console/...``: the web console (``hamirror/agent/console/``: both nodes on one page,
+  its own login, and operator commands only with ``[http] console_actions``).
 
-Access: with ``[http] token_file`` every request but ``/`` (a static page without data) must send
-``Authorization: Bearer TOKEN``; the configuration refuses a non-loopback ``listen`` without one.
+Access: with ``[http] token_file`` every API request must send ``Authorization: Bearer TOKEN``
+(the console takes the token once and then uses a session cookie); the configuration refuses a
+non-loopback ``listen`` without one.
 Without a token the ``Host`` header must be an IP address or ``localhost``, so a web page
 visited on this host cannot read the API through a DNS name rebound to 127.0.0.1.
 
@@ -41,10 +43,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
-from hamirror.agent.http_console import CONSOLE_CSP, CONSOLE_HTML
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
@@ -84,6 +86,7 @@ class Request:
     path: str
     headers: dict[str, str]
     query: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
 
 
 @dataclass
@@ -150,8 +153,9 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         raise HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
     if int(length) > MAX_BODY:
         raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY} bytes")
+    body = b""
     with contextlib.suppress(asyncio.IncompleteReadError):
-        await reader.readexactly(int(length))
+        body = await reader.readexactly(int(length))
     if not target.startswith("/"):
         raise HttpError(HTTPStatus.BAD_REQUEST, "the target must be a path")
     path_part, _, query_part = target.partition("?")
@@ -160,7 +164,7 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
         query = {key: values[-1] for key, values in parse_qs(query_part, errors="strict").items()}
     except UnicodeDecodeError:
         raise HttpError(HTTPStatus.BAD_REQUEST, "path or query is not UTF-8") from None
-    return Request(method.upper(), path, headers, query)
+    return Request(method.upper(), path, headers, query, body)
 
 
 # -- answering --------------------------------------------------------------------------------
@@ -284,17 +288,19 @@ def events_answer(request: Request, events: EventsProvider | None, node: str | N
     return Response(HTTPStatus.OK, json_bytes({"node": node, "module": module, "events": found}), "application/json")
 
 
+def check_host(request: Request, token: str | None) -> None:
+    """Without a token, only a Host that is an address (DNS rebinding); HttpError otherwise."""
+    if token is None and not host_allowed(request.headers.get("host")):
+        raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, "use an IP address or localhost in the URL")
+
+
 def answer(request: Request, status: StatusProvider, token: str | None,
            events: EventsProvider | None = None) -> Response:
-    """Route one parsed request; HttpError for the error answers."""
+    """Route one parsed API request; HttpError for the error answers."""
     if request.method not in ("GET", "HEAD"):
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} not allowed: this API is read-only",
                         {"Allow": "GET, HEAD"})
-    if token is None and not host_allowed(request.headers.get("host")):
-        raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, "use an IP address or localhost in the URL")
-    if request.path == "/":
-        return Response(HTTPStatus.OK, CONSOLE_HTML.encode(), "text/html; charset=utf-8",
-                        {"Content-Security-Policy": CONSOLE_CSP, "X-Frame-Options": "DENY"})
+    check_host(request, token)
     if not authorized(request, token):
         raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token",
                         {"WWW-Authenticate": 'Bearer realm="hamirror"'})
@@ -358,11 +364,21 @@ def load_token(path: str) -> str:
     return token
 
 
-class HttpServer:
-    """Serves the status API on the agent's loop until closed."""
+class Routes(Protocol):
+    """More endpoints on the same server (the web console), answered after admission."""
 
-    def __init__(self, config: HttpConfig, status: StatusProvider, events: EventsProvider | None = None) -> None:
-        self.config, self.status, self.events = config, status, events
+    def handles(self, path: str) -> bool: ...
+    async def answer(self, request: Request, client: str, token: str | None) -> Response: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class HttpServer:
+    """Serves the status API (and the console, if given) on the agent's loop until closed."""
+
+    def __init__(self, config: HttpConfig, status: StatusProvider, events: EventsProvider | None = None,
+                 console: Routes | None = None) -> None:
+        self.config, self.status, self.events, self.console = config, status, events, console
         self.server: asyncio.base_events.Server | None = None
         self.token: str | None = None
         self.error: str | None = None
@@ -388,6 +404,8 @@ class HttpServer:
                 raise ValueError(f"http.listen {self.config.listen} is not a loopback address and "
                                  f"http.token_file is not set")
             self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+            if self.console is not None:
+                await self.console.start()
         except (OSError, ValueError) as exc:
             self.error = str(exc)
             log.error("HTTP status API not started: %s", exc)
@@ -397,6 +415,8 @@ class HttpServer:
         return True
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -455,7 +475,11 @@ class HttpServer:
             except asyncio.TimeoutError:
                 raise HttpError(HTTPStatus.REQUEST_TIMEOUT, "request not received in time") from None
             head_only = request.method == "HEAD"
-            response = answer(request, self.status, self.token, self.events)
+            if self.console is not None and self.console.handles(request.path):
+                check_host(request, self.token)
+                response = await self.console.answer(request, host, self.token)
+            else:
+                response = answer(request, self.status, self.token, self.events)
         except HttpError as exc:
             response = text_response(exc.status, exc.text, exc.headers)
             if exc.status is HTTPStatus.UNAUTHORIZED:
@@ -475,4 +499,4 @@ class HttpServer:
                 await asyncio.wait_for(_discard(reader), 0.5)
 
 
-__all__ = ["HttpServer", "answer", "health", "is_local", "load_token", "read_request", "render_metrics", "source_key"]
+__all__ = ["HttpError", "HttpServer", "Request", "Response", "Routes", "answer", "authorized", "health", "is_local", "load_token", "read_request", "render_metrics", "source_key"]

@@ -7,7 +7,8 @@ no new decision is made; a failed sequence is retried from the failed action aft
 
 The advertised state changes when the sequence completes (the *persisted* state changes first,
 through ``Persist``): a peer that sees our new state can rely on it (e.g. a swap's new primary
-connects only once we are SECOND with a receiver listening).
+connects only once we are SECOND, the application stopped, flushed and unmounted, and the
+receiver started: its mount's connection waits for that receiver to listen).
 """
 
 from __future__ import annotations
@@ -204,13 +205,18 @@ class ModuleRunner:
             else:
                 self.vip_withdrawn = True
             return
-        if persisted is S.SECOND and obs.receivers_alive and obs.uptodate:
+        cut_short = not persisted.is_primary and any(m is not None for m in obs.mounts)
+        if persisted is S.SECOND and obs.receivers_alive and obs.uptodate and not cut_short:
             log.info("%s: re-attached to the running receiver as SECOND", self.name)
             self.emit("attach", "agent started: re-attached to the running receiver as SECOND")
             return
         actions: tuple[a.Action, ...] = ()
-        if persisted.is_primary:         # the data path is gone: never run the application unreplicated
-            log.warning("%s: was %s but the mount is gone: cleaning up, then WAIT", self.name, persisted.value)
+        if persisted.is_primary or cut_short:
+            # The data path is gone under a primary (never run the application unreplicated), or a
+            # mount still runs under a state that has none: a hand-over or a step-down was cut
+            # short after its Persist. Either way: the application stopped, no VIP, unmounted.
+            log.warning("%s: was %s with %s: cleaning up, then WAIT", self.name, persisted.value,
+                        "a mount still running" if cut_short else "the mount gone")
             actions = (a.RunScript("stop_prim"), a.RemoveVip(), a.Unmount(force=True))
         self.state = S.WAIT
         self.start_task((a.Persist(S.WAIT),) + actions + (a.StartReceiver(),), S.WAIT, "agent start")
@@ -252,7 +258,7 @@ class ModuleRunner:
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         if self.task is not None or not ready:
             return
-        if self.retry is not None and self.command is Command.NONE:
+        if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
             actions, target, when = self.retry
             if self.clock() >= when:
                 self.start_task(actions, target, "retry")
@@ -289,6 +295,21 @@ class ModuleRunner:
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
+
+    def retry_over_dead_mount(self) -> bool:
+        """A failed sequence of a primary whose mount came up and died since (e.g. a mount daemon
+        killed half-way through a swap's second half, so start_prim failed on it): retrying the
+        rest would fail on the dead mount for ever; decide again instead (the dead mount is
+        remounted, then the application and the VIP come back once it accepts writes)."""
+        assert self.retry is not None and self.obs is not None
+        actions, target, _ = self.retry
+        if not (target.is_primary and self.state.is_primary and self.obs.mirror is MirrorHealth.DEAD):
+            return False
+        if any(isinstance(x, (a.MountReplicated, a.RemountDataPath)) for x in actions):
+            return False                 # the mount itself is still to be made: the retry makes it
+        log.warning("%s: the mount died under a failed sequence (%s): deciding again", self.name,
+                    ", ".join(describe(x) for x in actions))
+        return True
 
     def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:
         obs = self.obs
@@ -356,8 +377,11 @@ class ModuleRunner:
         error = None
         try:
             for index, action in enumerate(actions):
+                began = time.monotonic()
                 try:
                     await asyncio.to_thread(self.executor.run, action, target)
+                    # One line per action: the timeline of a swap or a takeover (scripts/bench/swap.py).
+                    log.info("%s: done %s in %.3f s", self.name, describe(action), time.monotonic() - began)
                 except ActionFailed as exc:
                     error = str(exc)
                     self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)

@@ -22,7 +22,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceRunner
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import control, journal_info
+from hamirror.agent import console, control, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -105,11 +105,20 @@ class Agent:
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
-        self.http = HttpServer(cluster.http, self.status, self.events.read) if cluster.http else None
+        self.http = HttpServer(cluster.http, self.status, self.events.read, console.for_agent(self)) \
+            if cluster.http else None
         self.started = boottime()
         self.stopping = asyncio.Event()
+        # Set to tick before the interval is over: the peer advertised a change (e.g. a swap's
+        # hand-over, which the new primary acts on at once), or the agent is stopping.
+        self.wakeup = asyncio.Event()
+        self.heartbeat.on_peer_change = self.wakeup.set
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._lock_fd: int | None = None
+
+    def _stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
 
     def _claims(self) -> bool:
         """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
@@ -138,7 +147,7 @@ class Agent:
         self.lock()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._stop)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
         self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
@@ -163,7 +172,8 @@ class Agent:
                 await self.renew_vips()
                 await self.tick()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), self.cluster.heartbeat.interval)
+                    await asyncio.wait_for(self.wakeup.wait(), self.cluster.heartbeat.interval)
+                self.wakeup.clear()
         finally:
             await self.shutdown()
 
@@ -305,7 +315,8 @@ def who_text(who: dict | None) -> str:
     if not who:
         return "unknown"
     login = f"login {who['login']}, " if who.get("login") and who["login"] != who.get("user") else ""
-    return f"{who.get('user')} ({login}{who.get('from')}, pid {who.get('pid')})"
+    pid = f", pid {who['pid']}" if who.get("pid") else ""
+    return f"{who.get('user')} ({login}{who.get('from')}{pid})"
 
 
 def streaming(runner: ModuleRunner, timeout: float) -> bool:

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--witness", action="store_true", help="add a witness host (198.18.0.254) and quorum")
     up.add_argument("--fence", action="store_true",
                     help="configure a fence script in each node that power-kills the other ('lab kill')")
+    up.add_argument("--console", action="store_true",
+                    help="the HTTP API and web console on each node's address (port 9453), one token for both "
+                         "(NODE/etc/http.token), console commands on")
     up.add_argument("--no-agent", action="store_true", help="infrastructure only: do not start agents")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for PRIM/SECOND (default: 60)")
     up.set_defaults(func=_up)
@@ -86,7 +89,7 @@ def _guard(func):
 def _up(paths: LabPaths, args: argparse.Namespace) -> int:
     modules = args.module or ["demo"]
     control.up(paths, modules, witness=args.witness, start_agents=not args.no_agent, timeout=args.timeout,
-               fence=args.fence)
+               fence=args.fence, console=args.console)
     what = "infrastructure up (no agents)" if args.no_agent else f"{', '.join(modules)}: PRIM on node1, SECOND on node2"
     print(f"lab {paths.root} ({paths.prefix}): {what}")
     return 0

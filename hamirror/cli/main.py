@@ -24,7 +24,12 @@ COMMAND_GROUPS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The data path's daemons (``mirror mount``, ``mirror receive``) start on the critical path of a
+# failover and a swap: they load their own command group only (about 0.1 s less to start).
+FAST_PATH = {"mirror": ["hamirror.cli.mirror"]}
+
+
+def build_parser(groups: list[str] = COMMAND_GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hamirror",
         description="Two-node high-availability cluster with synchronous directory replication.",
@@ -32,13 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hamirror {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_GROUPS:
+    for name in groups:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(FAST_PATH.get(words[0], COMMAND_GROUPS) if words else COMMAND_GROUPS)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

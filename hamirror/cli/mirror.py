@@ -39,8 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mnt.add_argument("--no-replication", action="store_true", help="interception only, no peer (benchmarks)")
     mnt.add_argument("--alone", action="store_true",
                      help="take over without a peer: state ALONE, a new generation, every change recorded")
-    mnt.add_argument("--mode", choices=("sync", "async"), default="sync",
-                     help="sync: calls return once the peer applied them (default); async: after the local apply")
+    mnt.add_argument("--mode", choices=fsmount.MODES, default="sync",
+                     help="sync: calls return once the peer applied them (default); barrier: writes return "
+                          "from the page cache, fsync/close once the peer applied everything before; "
+                          "async: after the local apply")
     mnt.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
     mnt.add_argument("--peer-key", default=None, help="name of the peer's public key file (NAME.key) if ambiguous")
     mnt.add_argument("--state-dir", default=None, help="journal and status directory (default: under /var/lib/hamirror/mirror)")
@@ -116,7 +118,7 @@ def run_mount(args: argparse.Namespace) -> int:
     options = fsmount.MountOptions(
         directory=args.dir, peer=None if args.no_replication or args.alone else args.peer,
         keys_dir=args.keys, alone=args.alone,
-        state_dir=_state_dir(args), sync=args.mode == "sync", ack_timeout=args.timeout,
+        state_dir=_state_dir(args), mode=args.mode, ack_timeout=args.timeout,
         window=args.window, peer_key_name=args.peer_key, fence=args.fence is not None,
         fence_timeout=args.fence if args.fence is not None else 60.0,
         activity_log=not args.no_activity_log)

@@ -24,7 +24,12 @@ class Persist:
 
 @dataclasses.dataclass(frozen=True)
 class StartReceiver:
-    """Listen on the replication link and apply the peer's operations (and resync) locally."""
+    """Listen on the replication link and apply the peer's operations (and resync) locally.
+    ``listening``: return once the receiver listens. A swap's hand-over does not wait: the new
+    primary's mount waits for it anyway (its connection is retried), so this node advertises
+    SECOND while the receiver starts, and the two halves of the swap overlap."""
+
+    listening: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from hamirror.cluster import restraint, steps
 from hamirror.cluster.actions import (
-    Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
+    AddVip, Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
     RunScript, SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
@@ -243,7 +243,9 @@ def _primary_common(view: ModuleView) -> Decision | None:
     if view.mirror in (M.FENCED, M.REFUSED):
         return _fenced(view)
     if view.app_stopped:
-        return steps.stay(view, RunScript("start_prim"), warning="data path repaired: starting the application")
+        # The VIP too: a repair may have cut short the sequence that was to add it (a swap's).
+        return steps.stay(view, AddVip(), RunScript("start_prim"),
+                          warning="data path repaired: starting the application")
     if not view.checker.ok:
         return _checker_failed(view)
     return None

@@ -53,6 +53,9 @@ class HeartbeatService:
         self.counter = 0
         self.last_seen: list[float | None] = [None] * len(bind)
         self.peer_heartbeat: Heartbeat | None = None
+        # Called when the peer advertises something new for a module (a state, a swap phase):
+        # the agent decides at once instead of at its next tick (a swap's second half waits on it).
+        self.on_peer_change: Callable[[], None] | None = None
         self._transports: list[asyncio.DatagramTransport] = []
         self._task: asyncio.Task | None = None
 
@@ -104,7 +107,9 @@ class HeartbeatService:
                           f"datagram rejected on network {index} (from {where}): {exc}")
             return
         self.last_seen[index] = self.clock()
-        self.peer_heartbeat = hb
+        previous, self.peer_heartbeat = self.peer_heartbeat, hb
+        if self.on_peer_change is not None and (previous is None or previous.modules != hb.modules):
+            self.on_peer_change()
 
     def peer_alive(self, now: float | None = None) -> bool:
         """Whether the peer was heard on any network within ``timeout``."""

@@ -64,8 +64,9 @@ def promote_handover(view: ModuleView) -> Decision:
 
 
 def hand_over(view: ModuleView, warning: str | None = None) -> Decision:
-    """PRIM -> SECOND, first half of a swap: stop, flush, receive, then ask the peer to lead."""
-    return move(NodeState.SECOND, *_stop_app(force=False), StartReceiver(),
+    """PRIM -> SECOND, first half of a swap: stop, flush, unmount, then ask the peer to lead
+    while the receiver starts (the peer's mount waits for it: the halves overlap)."""
+    return move(NodeState.SECOND, *_stop_app(force=False), StartReceiver(listening=False),
                 RunScript("start_second"), warning=warning, swap=SwapPhase.HANDOVER)
 
 

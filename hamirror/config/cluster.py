@@ -64,10 +64,12 @@ class FenceConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """The status API's listening endpoint; ``token_file``: bearer token every data request must carry."""
+    """The status API's listening endpoint; ``token_file``: bearer token every data request must carry;
+    ``console_actions``: whether the web console may run operator commands (needs the token)."""
 
     listen: str = "127.0.0.1:9453"
     token_file: str | None = None
+    console_actions: bool = False
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -175,10 +177,14 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
     if "http" in doc:
         http = HttpConfig(**schema.read_table(errors, schema.section(errors, doc, "http", False) or {}, "http.",
                                               {"listen": Field(schema.endpoint("127.0.0.1:9453"), HttpConfig.listen),
-                                               "token_file": path_field(base, None)}))
+                                               "token_file": path_field(base, None),
+                                               "console_actions": Field(schema.boolean, False)}))
         if not http.loopback and http.token_file is None:
             errors.add("http.token_file", f"required when http.listen is not a loopback address "
                                           f"(got {http.listen}): the status API would be open to the network")
+        if http.console_actions and http.token_file is None:
+            errors.add("http.console_actions", "true needs http.token_file: the console's commands are "
+                                               "token-authenticated")
     fence = FenceConfig(**schema.read_table(errors, schema.section(errors, doc, "fence", False) or {}, "fence.", {
         "script": path_field(base, None),
         "timeout": Field(schema.number(greater_than=0), FenceConfig.timeout),

@@ -154,7 +154,7 @@ def identifier(value: Any) -> str:
 MODULE_FIELDS = {
     "name": Field(schema.string(MODULE_NAME, "lowercase letters, digits, '_' or '-'")),
     "default_primary": Field(schema.string()),
-    "mode": Field(schema.one_of("sync", "async"), "sync"),
+    "mode": Field(schema.one_of("sync", "barrier", "async"), "sync"),
     "replication_port": Field(schema.port()),
     "peer_timeout": Field(schema.number(greater_than=0), 3.0),
 }

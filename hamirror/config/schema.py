@@ -81,6 +81,12 @@ def number(greater_than: float | None = None) -> Check:
     return check
 
 
+def boolean(value: Any) -> bool:
+    """``true`` or ``false`` (not a string, not 0 or 1)."""
+    _expect(value, (bool,), "true or false")
+    return value
+
+
 def integer(low: int, high: int) -> Check:
     """An integer within [low, high]."""
     def check(value: Any) -> int:

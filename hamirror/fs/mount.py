@@ -32,6 +32,14 @@ from hamirror.resync.answers import CLEAN_KEY
 
 log = logging.getLogger(__name__)
 
+MODES = ("sync", "barrier", "async")
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16   # libfuse 3's fuse_common.h
+# Barrier mode: the kernel sends up to MAX_BACKGROUND writeback WRITEs at once, and libfuse
+# serves them with up to MAX_THREADS threads. Raising both (16, 64, 128) was slower on 2 cores:
+# the work is CPU-bound and more Python threads only contend for the GIL (docs/performance.md).
+MAX_BACKGROUND = 12
+MAX_THREADS = 10
+
 
 @dataclass(frozen=True)
 class MountOptions:
@@ -39,7 +47,7 @@ class MountOptions:
     peer: str | None              # None: replication off (benchmarks, tests of the FUSE layer)
     keys_dir: str
     state_dir: str
-    sync: bool = True
+    mode: str = "sync"            # sync | barrier | async (docs/architecture.md)
     ack_timeout: float = 5.0
     connect_timeout: float = 10.0
     window: int = 256
@@ -106,7 +114,7 @@ class StatusWriter:
         return {
             "dir": os.path.abspath(self.options.directory),
             "peer": self.options.peer,
-            "mode": "sync" if self.options.sync else "async",
+            "mode": self.options.mode,
             "pid": os.getpid(),
             "mounted": self.mounted,
             "state": r.state.value,
@@ -167,7 +175,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         if recovery is None or not recovery.covered:
             journal.set_state(SCAN_KEY, "1")
         journal.resync_end()
-    replicator = Replicator(None, journal, sync=options.sync, fence=options.fence,
+    replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
                             fence_timeout=options.fence_timeout, activity=activity)
     if options.alone:
         # Every takeover starts a new generation, whatever an earlier run left in the journal:
@@ -203,7 +211,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         os.close(root_fd)
         raise MountError(str(exc)) from exc
     journal.set_state(STATE_KEY, MirrorState.PRIM.value)
-    return root_fd, Replicator(client, journal, sync=options.sync, fence=options.fence,
+    return root_fd, Replicator(client, journal, sync=options.mode == "sync", fence=options.fence,
                                fence_timeout=options.fence_timeout, activity=activity), client, journal
 
 
@@ -227,7 +235,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
     control = ControlServer(options.state_dir, commands.handle)
-    ops = Interception(root_fd, replicator)
+    ops = Interception(root_fd, replicator, options.mode)
     clean = False
 
     def mounted(_path: str) -> None:
@@ -235,12 +243,20 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         status.start()
         on_ready(None)
 
-    ops.init = mounted  # type: ignore[method-assign]
+    def init_with_config(conn, config) -> None:
+        if options.mode == "barrier" and conn is not None:
+            _writeback(conn)
+        mounted("/")
+
+    ops.init_with_config = init_with_config  # type: ignore[method-assign]
+    # Idle threads are kept: libfuse retiring and starting threads costs a Python thread state each.
+    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS} if options.mode == "barrier" else {}
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
         _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
-              use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror")
+              use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror",
+              **threads)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
@@ -255,6 +271,15 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         journal.close()
         os.close(root_fd)
     return 0
+
+
+def _writeback(conn) -> None:
+    """Barrier mode: the kernel's writeback cache, and many writeback WRITEs in flight."""
+    if not conn.capable & FUSE_CAP_WRITEBACK_CACHE:
+        raise RuntimeError("barrier mode: this kernel offers no FUSE writeback cache")
+    conn.want |= FUSE_CAP_WRITEBACK_CACHE
+    conn.max_background = MAX_BACKGROUND
+    conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
 
 
 def is_fuse_mountpoint(path: str) -> bool:

@@ -6,6 +6,11 @@ mutating operation is applied locally and sent to the peer inside one
 :meth:`Replicator.change` block, which keeps the peer's apply order equal to ours. Each
 operation also sends the resulting atime/mtime of what it touched, so both copies match to the
 nanosecond. mfusepy turns any ``OSError`` raised here into the matching FUSE error.
+
+Modes (see docs/architecture.md): in ``sync`` each call waits for the peer inside its block. In
+``barrier`` the kernel's writeback cache is on (hamirror/fs/mount.py): ``write()`` reaches us at
+writeback, many at once, and returns after the local apply; close (``flush``) and fsync are the
+barriers. In ``async`` a close of a handle that changed something is the barrier.
 """
 
 from __future__ import annotations
@@ -59,10 +64,13 @@ class Interception(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, root_fd: int, replicator: Replicator) -> None:
+    def __init__(self, root_fd: int, replicator: Replicator, mode: str = "sync") -> None:
         self.root = root_fd
         self.repl = replicator
+        self.mode = mode
         self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
+        self._changed: set[int] = set()   # async: handles whose close is a barrier
+        self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class Interception(mfusepy.Operations):
             fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
         self.links.changed(path)
+        self._touched(fd)
         return fd
 
     def create(self, path: str, mode: int, flags: int) -> int:
@@ -161,17 +170,36 @@ class Interception(mfusepy.Operations):
             st = os.fstat(fd)
             tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, 0), (os.fsencode(p),),
                     self._times(p, parent_of(p)))
+        self._touched(fd)
         return fd
 
     def flush(self, path: str, fh: int) -> int:
-        if not self.repl.sync:
-            with self.repl.change(()) as tx:   # close() as a barrier in async mode
-                tx.send(Op.PING, barrier=True)
+        """close() as a barrier: in barrier mode always (the kernel wrote this inode's dirty pages
+        back just before, maybe through another handle); in async mode when this handle changed
+        something. No message: the newest operation's acknowledgement covers all before it."""
+        if self.mode == "barrier" or fh in self._changed:
+            self._changed.discard(fh)
+            self.repl.settle()
         return 0
 
     def release(self, path: str, fh: int) -> int:
+        self._changed.discard(fh)
+        self._inodes.pop(fh, None)
         os.close(fh)
         return 0
+
+    def _inode(self, fh: int) -> int:
+        """The key under which writes through ``fh`` share the ordering lock (see
+        hamirror/link/ordering.py): the inode, so two names of one file keep one order."""
+        ino = self._inodes.get(fh)
+        if ino is None:
+            ino = self._inodes[fh] = os.fstat(fh).st_ino
+        return ino
+
+    def _touched(self, fh: int | None) -> None:
+        """Async mode: the close of ``fh`` must wait for the peer."""
+        if self.mode == "async" and fh is not None:
+            self._changed.add(fh)
 
     # data ------------------------------------------------------------------------------------
 
@@ -183,7 +211,7 @@ class Interception(mfusepy.Operations):
         if len(data) < OVERLAP_MIN:
             return self._write_then_send(p, bp, data, offset, fh)
         failed = None
-        with self.repl.change(((p, offset, len(data)),)) as tx:
+        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
             tx.send(Op.WRITE, (offset,), (bp,), data=data)
@@ -196,6 +224,7 @@ class Interception(mfusepy.Operations):
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
         self.links.changed(path)
+        self._touched(fh)
         if failed is not None:
             raise failed
         return written
@@ -203,7 +232,7 @@ class Interception(mfusepy.Operations):
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int) -> int:
         """Small writes: nothing to overlap, so one message carrying the bytes and the times."""
         failed = None
-        with self.repl.change(((p, offset, len(data)),)) as tx:
+        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
@@ -215,6 +244,7 @@ class Interception(mfusepy.Operations):
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times)
         self.links.changed("/" + p)
+        self._touched(fh)
         if failed is not None:
             raise failed
         return written
@@ -241,6 +271,7 @@ class Interception(mfusepy.Operations):
                 os.truncate(self._proc(p), length)
             tx.send(Op.TRUNCATE, (length,), (os.fsencode(p),), self._times(p))
         self.links.changed(path)
+        self._touched(fh)
         return 0
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
@@ -252,6 +283,7 @@ class Interception(mfusepy.Operations):
             fallocate(fh, mode, offset, size)
             tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
         self.links.changed(path)
+        self._touched(fh)
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
@@ -259,7 +291,7 @@ class Interception(mfusepy.Operations):
             (os.fdatasync if datasync else os.fsync)(fh)
             return 0
         p = rel(path)
-        with self.repl.change(()) as tx:
+        with self.repl.change((), self._inodes.get(fh) or os.fstat(fh).st_ino) as tx:   # fsyncdir: not a handle
             tx.hold_if_pending(p)
             tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
             tx.defer_wait()

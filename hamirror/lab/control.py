@@ -38,7 +38,7 @@ def check_host(recorded: LabState, host: str, nodes_only: bool = False) -> None:
 
 
 def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents: bool = True,
-       timeout: float = 60.0, fence: bool = False) -> LabState:
+       timeout: float = 60.0, fence: bool = False, console: bool = False) -> LabState:
     """Build the lab; with agents, return once every module is PRIM on node1 and SECOND on node2."""
     if state.load(paths) is not None or netns.lab_netns(paths) or mountns.mounts_under(paths.root):
         raise LabError(f"a lab is up at {paths.root} already; run 'hamirror lab down --root {paths.root}' first")
@@ -51,7 +51,7 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
     recorded = LabState(root=paths.root, prefix=paths.prefix, witness=witness, modules=modules)
     state.save(paths, recorded)
     try:
-        nodeconfig.write_all(paths, modules, witness, fence)
+        nodeconfig.write_all(paths, modules, witness, fence, console)
         netns.create_switch(paths)
         for host in recorded.hosts:
             netns.create_host(paths, host)

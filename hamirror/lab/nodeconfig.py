@@ -22,9 +22,11 @@ ETC = NODE_MOUNTS["etc"]
 
 
 FENCE_SCRIPT = "fence.sh"
+HTTP_PORT = 9453
+HTTP_TOKEN = "http.token"
 
 
-def cluster_toml(node: str, witness: bool, fence: bool = False) -> str:
+def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False) -> str:
     """The cluster file as node sees it (paths are the in-namespace ones)."""
     lines = [
         "# Written by 'hamirror lab up'.",
@@ -47,6 +49,9 @@ def cluster_toml(node: str, witness: bool, fence: bool = False) -> str:
         lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
     if fence:
         lines += ["[fence]", f'script = "{ETC}/{FENCE_SCRIPT}"', "timeout = 20", ""]
+    if console:
+        lines += ["[http]", f'listen = "{ADDRESSES[node]}:{HTTP_PORT}"', f'token_file = "{ETC}/{HTTP_TOKEN}"',
+                  "console_actions = true", ""]
     for name in NODES:
         lines += ["[[nodes]]", f'name = "{name}"', f'addresses = ["{ADDRESSES[name]}"]', ""]
     return "\n".join(lines)
@@ -87,15 +92,20 @@ def fence_script(paths: LabPaths) -> str:
             f"exec {sys.executable} -m hamirror lab kill --root {paths.root} \"$1\"\n")
 
 
-def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False) -> None:
-    """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories)."""
+def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False,
+              console: bool = False) -> None:
+    """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories); with
+    ``console``, the HTTP API on each node's address with one token for both and commands on."""
     sources = [module_source(m) for m in modules]
     cluster_key = secrets.token_bytes(32)
+    http_token = secrets.token_urlsafe(24).encode()
     for node in NODES:
         etc = paths.node_dir(node, "etc")
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
-            f.write(cluster_toml(node, witness, fence))
+            f.write(cluster_toml(node, witness, fence, console))
+        if console:
+            _write_secret(os.path.join(etc, HTTP_TOKEN), http_token)
         if fence:
             script = os.path.join(etc, FENCE_SCRIPT)
             with open(script, "w", encoding="utf-8") as f:

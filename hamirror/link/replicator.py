@@ -1,4 +1,4 @@
-"""Replication semantics for the interception layer: sync, async, and ALONE.
+"""Replication semantics for the interception layer: sync, barrier, async, and ALONE.
 
 Each mutating FUSE operation runs inside :meth:`Replicator.change`::
 
@@ -8,7 +8,9 @@ Each mutating FUSE operation runs inside :meth:`Replicator.change`::
     # lock released; in sync mode we now wait for the peer's acknowledgement
 
 - **sync**: the call returns once the peer applied the operation (fsync: once both fsynced).
-- **async**: it returns after the local apply; at most ``window`` operations wait unacknowledged.
+- **barrier** and **async**: it returns after the local apply; at most ``window`` operations wait
+  unacknowledged. A barrier (:meth:`Replicator.settle`, or ``send(..., barrier=True)``) returns
+  once the peer applied everything before it: fsync, and close in the modes that promise it.
 - **ALONE**: the peer stopped answering (or was never there). The local apply stands, and every
   changed path/range is recorded in the journal *before* the call returns (and, once ALONE,
   before the local apply), so a later resync knows what to copy. ALONE is persisted; the mount
@@ -33,6 +35,7 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from hamirror.link.client import Change, LinkClient, Ticket, flatten_changes
+from hamirror.link.ordering import OrderLock
 from hamirror.link.pending import PendingSet
 from hamirror.link.protocol import Op, Times
 
@@ -67,6 +70,8 @@ class ChangeJournal(Protocol):
 
 _STREAMING = (MirrorState.PRIM, MirrorState.SYNCING)
 _BLOCKED = (MirrorState.FENCED, MirrorState.REFUSED)
+# States in which data writes share the ordering lock (SYNCING changes the pending set per write).
+_SHARING = (MirrorState.PRIM, MirrorState.ALONE, MirrorState.STANDALONE)
 STATE_KEY = "mirror_state"
 REASON_KEY = "mirror_alone_reason"
 SCAN_KEY = "resync_needs_scan"       # "1": a mount crashed while streaming: its journal misses writes in flight
@@ -83,12 +88,13 @@ class Refused(OSError):
 class _Transaction:
     """One operation between the local apply and the peer's acknowledgement."""
 
-    __slots__ = ("_replicator", "changes", "ticket", "barrier", "deferred", "held", "unsent", "logged")
+    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent", "logged")
 
     def __init__(self, replicator: "Replicator", changes: tuple[Change, ...]) -> None:
         self._replicator = replicator
         self.changes = changes
         self.ticket: Ticket | None = None
+        self.client: LinkClient | None = None
         self.barrier = False
         self.deferred = False
         self.held = False   # SYNCING: touches a path the resync has not reached; recorded, not sent
@@ -102,6 +108,7 @@ class _Transaction:
         client = replicator.client
         if replicator.state in _STREAMING and client is not None and not self.held:
             self.ticket = client.submit(op, ints, strs, times, data, self.changes)
+            self.client = client
             self.barrier = barrier
             if self.ticket.done and self.ticket.error is not None:
                 # The link was lost before this was queued, so on_lost never saw it: record it
@@ -127,7 +134,7 @@ class _Transaction:
         if self.ticket is not None:
             self.ticket.wait()   # peer loss completes the ticket too, after recording its changes
             if self.ticket.error is not None or self.unsent:
-                self._replicator.await_verdict()
+                self._replicator.await_loss_verdict(self.client)
 
 
 class Replicator:
@@ -149,7 +156,7 @@ class Replicator:
         self._granted = False                 # the agent said ALONE: the next loss needs no verdict
         self._verdict = threading.Condition(threading.Lock())
         self._fence_timer: threading.Timer | None = None
-        self.lock = threading.Lock()          # orders local applies with link sends
+        self.lock = OrderLock()               # orders local applies with link sends
         self._state_lock = threading.Lock()   # orders state changes with journal records/clears
         self.alone_reason = ""
         self.alone_since: float | None = None
@@ -205,6 +212,31 @@ class Replicator:
             self._verdict.wait_for(lambda: self.state is not MirrorState.FENCED)
         if self.state is MirrorState.REFUSED:
             raise Refused(self.fence_reason)
+
+    def await_loss_verdict(self, client: LinkClient | None) -> None:
+        """``client``'s link was lost under a call: wait until the loss is handled (the state
+        leaves the streaming states: the link thread may still be recording what the peer
+        missed), then as :meth:`await_verdict`."""
+        with self._verdict:
+            self._verdict.wait_for(lambda: self.client is not client or self.state not in _STREAMING)
+        self.await_verdict()
+
+    def settle(self) -> None:
+        """A barrier without a message: return once the peer applied every operation submitted so
+        far (acknowledgements are cumulative, so the newest one covers all), or, if the peer was
+        lost meanwhile, once the agent's verdict allows it (raises :class:`Refused`)."""
+        client = self.client
+        if client is None:
+            if self.state in _BLOCKED:
+                self.await_verdict()
+            return
+        ticket = client.last_ticket
+        if ticket is not None:
+            ticket.wait()
+        if client.lost_reason is not None or self.state in _BLOCKED:
+            # Something may have failed unsent (recorded, not acknowledged): never answer before
+            # the verdict, or a close would acknowledge what the serving node may lack.
+            self.await_loss_verdict(client)
 
     def _fence(self, reason: str, changes: list[Change] | tuple, lost_from: MirrorState) -> None:
         with self._state_lock:
@@ -276,8 +308,10 @@ class Replicator:
 
     # the FUSE side ---------------------------------------------------------------------------
 
-    def change(self, changes: tuple[Change, ...]) -> "_Change":
-        return _Change(self, changes)
+    def change(self, changes: tuple[Change, ...], key: int | None = None) -> "_Change":
+        """The block around one operation; ``key`` (an inode number) for a data write or fsync,
+        which then shares the ordering lock with those of other inodes."""
+        return _Change(self, changes, key)
 
     # peer loss -------------------------------------------------------------------------------
 
@@ -328,23 +362,32 @@ class Replicator:
 class _Change:
     """Context manager behind :meth:`Replicator.change` (see the module docstring)."""
 
-    __slots__ = ("_replicator", "_tx")
+    __slots__ = ("_replicator", "_tx", "_key")
 
-    def __init__(self, replicator: Replicator, changes: tuple[Change, ...]) -> None:
+    def __init__(self, replicator: Replicator, changes: tuple[Change, ...], key: int | None) -> None:
         self._replicator = replicator
         self._tx = _Transaction(replicator, changes)
+        self._key = key
 
     def __enter__(self) -> _Transaction:
         replicator = self._replicator
-        replicator.lock.acquire()
+        lock = replicator.lock
         tx = self._tx
-        state = replicator.state
-        while state in _BLOCKED:
-            # Fenced: wait for the verdict before any local apply (nothing to undo if refused).
-            replicator.lock.release()
-            replicator.await_verdict()
-            replicator.lock.acquire()
+        wanted = self._key
+        while True:
+            key = wanted if replicator.state in _SHARING else None
+            lock.acquire(key)
             state = replicator.state
+            if key is not None and state not in _SHARING:
+                lock.release(key)      # the state changed meanwhile: take the whole lock
+                continue
+            if state in _BLOCKED:
+                # Fenced: wait for the verdict before any local apply (nothing to undo if refused).
+                lock.release(key)
+                replicator.await_verdict()
+                continue
+            break
+        self._key = key
         if state is MirrorState.SYNCING and any(replicator.pending.held(c[0]) for c in tx.changes):
             tx.held = True
         try:
@@ -356,13 +399,13 @@ class _Change:
                 replicator.activity.enter([c[0] for c in tx.changes])   # write-ahead, for a crash
                 tx.logged = True
         except BaseException:
-            replicator.lock.release()
+            lock.release(key)
             raise
         return tx
 
     def __exit__(self, exc_type, exc, tb) -> None:
         replicator = self._replicator
-        replicator.lock.release()
+        replicator.lock.release(self._key)
         tx = self._tx
         if tx.logged:
             if tx.ticket is None and exc_type is None and replicator.state not in _STREAMING:

@@ -22,15 +22,14 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(os.path.dirname(HERE))]
 
-from hamirror.lab import agent, control, kvclient, measure, state  # noqa: E402
-from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
-from hamirror.lab.naming import NODES, LabPaths, resolve_root  # noqa: E402
+from hamirror.lab import agent, kvclient, measure  # noqa: E402
+from hamirror.lab.naming import NODES, LabPaths  # noqa: E402
+from labbench import demo_lab  # noqa: E402
 
 TARGET_FAILOVER = 5.0
 # A state change in the agent's log: "demo: SECOND -> PRIM (peer ..."
@@ -117,41 +116,21 @@ def idle(paths: LabPaths, seconds: float, poll: float = 1.0) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("needs root (the lab uses network and mount namespaces)")
-    created_root = args.root is None or not os.path.exists(args.root)
-    paths = LabPaths(resolve_root(args.root or tempfile.mkdtemp(prefix="hamirror-failover-", dir="/tmp")))
-    if state.load(paths) is not None:
-        raise SystemExit(f"a lab is up at {paths.root} already; pass another --root")
-    out: dict = {"root": paths.root}
-    finished = False
-    with interrupts_raise():
-        try:
-            started = time.monotonic()
-            control.up(paths, ["demo"])
-            print(f"lab up at {paths.root} in {time.monotonic() - started:.1f} s", flush=True)
-            if args.runs:
-                out["runs"] = cycles(paths, args.runs)
-                fo = statistics.median(r["failover_s"] for r in out["runs"])
-                fb = statistics.median(r["failback_s"] for r in out["runs"])
-                out.update(median_failover_s=fo, median_failback_s=fb)
-                print(f"median of {args.runs}: failover {fo:.2f} s "
-                      f"({'OK' if fo < TARGET_FAILOVER else 'MISS'}: target < {TARGET_FAILOVER:.0f} s), "
-                      f"failback {fb:.2f} s", flush=True)
-            if args.idle_seconds:
-                out["idle"] = idle(paths, args.idle_seconds)
-            finished = True
-        finally:
-            control.down(paths)
-            if finished:
-                remove_files(paths, created_root)
-            else:
-                print(f"the agents' logs stay in {paths.root}/NODE/log/", flush=True)
-            print(f"lab at {paths.root} removed", flush=True)
+    with demo_lab(args.root, "hamirror-failover-") as paths:
+        out: dict = {"root": paths.root}
+        if args.runs:
+            out["runs"] = cycles(paths, args.runs)
+            fo = statistics.median(r["failover_s"] for r in out["runs"])
+            fb = statistics.median(r["failback_s"] for r in out["runs"])
+            out.update(median_failover_s=fo, median_failback_s=fb)
+            print(f"median of {args.runs}: failover {fo:.2f} s "
+                  f"({'OK' if fo < TARGET_FAILOVER else 'MISS'}: target < {TARGET_FAILOVER:.0f} s), "
+                  f"failback {fb:.2f} s", flush=True)
+        if args.idle_seconds:
+            out["idle"] = idle(paths, args.idle_seconds)
     if args.json:
         print(json.dumps(out, indent=1))
     return 1 if out.get("idle", {}).get("false_failovers") else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,5 +125,11 @@ def environment() -> dict:
     import subprocess
     src = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", os.getcwd()],
                          capture_output=True, text=True).stdout.strip()
+    here = os.path.dirname(os.path.abspath(__file__))
+    git = ["git", "-C", here]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True).stdout.splitlines()
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "nproc": os.cpu_count(),
-            "kernel": platform.release(), "python": platform.python_version(), "disk": src}
+            "kernel": platform.release(), "python": platform.python_version(), "disk": src,
+            "commit": commit or None, "files_changed_since_commit": len(changed) if commit else None}

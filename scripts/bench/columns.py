@@ -1,0 +1,86 @@
+"""The columns of the mirror benchmark: what each one is, whether it can run here, and its lifetime.
+
+Why a module of its own: mirror.py interleaves workloads over columns and must not care whether a
+column is a plain directory, a hamirror mount with its receiver, or a GlusterFS volume in two
+namespaces; each column starts, says whether it is still alive, and stops (always, by PID).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import gluster
+from tests.mirror_fixtures import MirrorPair
+
+# key: (name, what it is); the keys are the column letters of the tables in docs/performance.md.
+CONFIGS = {"a": "plain", "b": "intercept", "c": "sync", "d": "async", "e": "barrier", "g": "glusterfs"}
+MODE_OF = {"c": "sync", "d": "async", "e": "barrier"}
+
+
+def hamirror_modes() -> tuple[str, ...]:
+    """The replication modes this hamirror's ``mirror mount --mode`` accepts (barrier is newer)."""
+    out = subprocess.run([sys.executable, "-m", "hamirror", "mirror", "mount", "--help"],
+                         capture_output=True, text=True, timeout=60).stdout
+    found = re.search(r"--mode\s*\{([^}]*)\}", out)
+    return tuple(found.group(1).split(",")) if found else ("sync", "async")
+
+
+def unavailable(key: str, modes: tuple[str, ...]) -> str | None:
+    """Why column ``key`` cannot run on this machine, or None."""
+    if key == "g":
+        return gluster.available()
+    if key in MODE_OF and MODE_OF[key] not in modes:
+        return f"this hamirror has no --mode {MODE_OF[key]} (modes: {', '.join(modes)})"
+    return None
+
+
+class Column:
+    """One configuration under test, in its own fresh directory ``ROOT/KEY-NAME``."""
+
+    def __init__(self, root: str, key: str) -> None:
+        self.key, self.name = key, CONFIGS[key]
+        self.base = os.path.join(root, f"{key}-{self.name}")
+        os.makedirs(self.base)
+        self.pair: MirrorPair | None = None
+        self.volume: gluster.GlusterVolume | None = None
+        self.directory = ""
+
+    def start(self) -> None:
+        if self.key == "a":
+            self.directory = os.path.join(self.base, "primary")
+            os.mkdir(self.directory)
+        elif self.key == "g":
+            self.volume = gluster.GlusterVolume(self.base)
+            self.volume.start()
+            self.directory = self.volume.mountpoint
+        else:
+            self.pair = MirrorPair(self.base, mode=MODE_OF.get(self.key, "sync"), replicate=self.key != "b",
+                                   timeout=30)
+            self.pair.start()
+            self.directory = self.pair.primary
+
+    def pids(self) -> list[int]:
+        if self.volume is not None:
+            return self.volume.pids()
+        if self.pair is not None:
+            return [p.pid for p in (self.pair.mounter, self.pair.receiver) if p is not None]
+        return []
+
+    def dead(self) -> str | None:
+        """Why this column can no longer be measured (a process exited, the mount is gone), or None."""
+        if self.volume is not None and not self.volume.alive():
+            return f"the GlusterFS client or mount is gone; see {self.base}/client.log"
+        if self.pair is not None:
+            for proc in (self.pair.mounter, self.pair.receiver):
+                if proc is not None and proc.poll() is not None:
+                    return f"a process of {self.base} exited ({proc.returncode}); see its logs"
+        return None
+
+    def stop(self) -> None:
+        if self.volume is not None:
+            self.volume.stop()
+        if self.pair is not None:
+            self.pair.stop()

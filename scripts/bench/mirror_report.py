@@ -1,0 +1,123 @@
+"""Medians, ratios and target verdicts of one mirror benchmark run, as JSON data and as a table.
+
+Why apart from mirror.py: the run collects raw figures; this turns them into what an issue's
+targets are checked against, and only ever compares columns measured in the same run.
+"""
+
+from __future__ import annotations
+
+import workloads as w
+
+# (metric, unit, higher is better, label)
+METRICS = [("seq_write_fsync", "MB/s", True, "sequential write + fsync"),
+           ("small_files", "files/s", True, "4 KiB files (create, write, close)"),
+           ("sqlite_txn", "txn/s", True, "SQLite txn (WAL, FULL)"),
+           ("pgbench_tps", "tps", True, "PostgreSQL pgbench"),
+           ("fsync4k_p50", "ms", False, "4 KiB write+fsync p50"),
+           ("fsync4k_p99", "ms", False, "4 KiB write+fsync p99")]
+# Against the baseline measured in the same run (b: interception only), then against GlusterFS.
+RATIOS = [("b", "a"), ("c", "b"), ("d", "b"), ("e", "b"), ("c", "g"), ("d", "g"), ("e", "g")]
+# (label, metric, numerator, denominator, minimum ratio): issue 10's targets, and issue 3's b/a.
+TARGETS = [("barrier sequential write + fsync >= 0.70 of interception", "seq_write_fsync", "e", "b", 0.70),
+           ("barrier 4 KiB files >= 0.50 of interception", "small_files", "e", "b", 0.50),
+           ("barrier SQLite (WAL, FULL) >= 0.50 of interception", "sqlite_txn", "e", "b", 0.50),
+           ("barrier pgbench >= 0.60 of interception", "pgbench_tps", "e", "b", 0.60),
+           ("sync sequential write + fsync >= 0.45 of interception", "seq_write_fsync", "c", "b", 0.45),
+           ("sync 4 KiB files >= 0.45 of interception", "small_files", "c", "b", 0.45),
+           ("sync sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "c", "g", 2.0),
+           ("barrier sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "e", "g", 2.0),
+           ("sync 4 KiB files >= 3x GlusterFS", "small_files", "c", "g", 3.0),
+           ("barrier 4 KiB files >= 3x GlusterFS", "small_files", "e", "g", 3.0),
+           ("interception sequential write >= 0.25 of plain", "seq_write_fsync", "b", "a", 0.25)]
+
+
+def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[str],
+              configs: dict[str, str]) -> dict:
+    """Medians, ratios and verdicts; ``configs`` (letter: name) goes along so a saved run renders alone."""
+    med = {k: {m: w.median(v) for m, v in per.items()} for k, per in raw.items()}
+
+    def ratio(metric: str, num: str, den: str) -> float | None:
+        try:
+            return med[num][metric] / med[den][metric]
+        except (KeyError, ZeroDivisionError):
+            return None
+
+    ratios = {f"{n}/{d}": {m: ratio(m, n, d) for m, *_ in METRICS} for n, d in RATIOS}
+    targets = []
+    for label, metric, num, den, minimum in TARGETS:
+        value = ratio(metric, num, den)
+        verdict = "n/a" if value is None else ("PASS" if value >= minimum else "MISS")
+        targets.append({"target": label, "metric": metric, "ratio": value, "minimum": minimum, "result": verdict})
+    return {"environment": w.environment(), "parameters": params, "configs": configs, "median": med,
+            "runs": raw, "ratios": ratios, "targets": targets, "notes": notes}
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{value:{width}.2f}" if value is not None and value == value else f"{'-':>{width}}"
+
+
+def render(summary: dict) -> str:
+    med, names = summary["median"], summary["configs"]
+    keys = [k for k in names if med.get(k)]
+    env, par = summary["environment"], summary["parameters"]
+    changed = env.get("files_changed_since_commit")
+    tree = f"{env.get('commit')}" + (f" with {changed} files changed" if changed else "")
+    lines = [f"hamirror mirror benchmark  {env['date']}  nproc={env['nproc']} kernel={env['kernel']} "
+             f"disk={env['disk']} tree={tree}",
+             f"size={par['size_mib']} MiB, files={par['files']}, txns={par['txns']}, "
+             f"latency samples={par['samples']}, pgbench {par['pgbench_clients']} clients scale "
+             f"{par['pgbench_scale']} {par['pgbench_seconds']} s, median of {par['reps']} interleaved runs", ""]
+    ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
+    head = f"{'metric':18}{'unit':8}" + "".join(f"{k + ' ' + names[k]:>13}" for k in keys)
+    lines.append(head + "".join(f"{r:>7}" for r in ratio_keys))
+    for metric, unit, *_ in METRICS:
+        if not any(metric in med[k] for k in keys):
+            continue
+        row = f"{metric:18}{unit:8}" + "".join(_cell(med[k].get(metric), 13) for k in keys)
+        lines.append(row + "".join(_cell(summary["ratios"][r][metric], 7) for r in ratio_keys))
+    lines.append("(b = baseline: interception only; x/g = against GlusterFS replica 2; "
+                 "latency ratios: higher is worse)")
+    lines.append("")
+    for t in summary["targets"]:
+        shown = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        lines.append(f"{t['result']:5} {t['target']}: {shown} (need >= {t['minimum']:.2f})")
+    if summary["notes"]:
+        lines.append("")
+        lines.extend(f"note: {n}" for n in summary["notes"])
+    return "\n".join(lines)
+
+
+def _md(value: float | None, digits: int) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_markdown(summary: dict) -> str:
+    """The same figures as a Markdown table (for docs/performance.md) and the target verdicts."""
+    med, names = summary["median"], summary["configs"]
+    keys = [k for k in names if med.get(k)]
+    ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
+    lines = ["| metric | " + " | ".join(f"{k} {names[k]}" for k in keys) + " | " + " | ".join(ratio_keys) + " |",
+             "|---" * (1 + len(keys) + len(ratio_keys)) + "|"]
+    for metric, unit, _, label in METRICS:
+        if not any(metric in med[k] for k in keys):
+            continue
+        digits = 2 if unit == "ms" else 0
+        cells = [_md(med[k].get(metric), digits) for k in keys]
+        cells += [_md(summary["ratios"][r][metric], 2) for r in ratio_keys]
+        lines.append(f"| {label}, {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    for t in summary["targets"]:
+        if t["ratio"] is not None:
+            lines.append(f"| {t['target']} | {t['ratio']:.2f} | {t['result']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    # mirror_report.py RESULT.json [--markdown]: render a saved ``mirror.py --json`` run again.
+    with open(sys.argv[1], encoding="utf-8") as f:
+        saved = json.load(f)
+    print(render_markdown(saved) if "--markdown" in sys.argv[2:] else render(saved))

@@ -1,0 +1,100 @@
+"""Barrier mode: what the application was told is durable is on the secondary, whatever happens next.
+
+The mount daemon is killed (SIGKILL, a power cut of the data path) right after a durability call
+returns: fsync, fdatasync, an O_DSYNC write, msync, or close (close-to-open). Every record such a
+call covered must then be in the secondary's copy. Writes without such a call may be lost; they
+were only ever in the page cache, as on a local disk.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import signal
+import subprocess
+
+from tests.conftest import needs_root
+from tests.mirror_fixtures import is_fuse_mounted, wait_for
+
+pytestmark = needs_root
+
+RECORD = 512
+
+
+def _record(round_: int, i: int) -> bytes:
+    return (b"%d:%d:" % (round_, i)).ljust(RECORD - 1, b"r") + b"\n"
+
+
+def _durable_writes(path: str, round_: int, count: int, how: str, power_cut) -> None:
+    """Write ``count`` records, each made durable by ``how`` before the next one, and call
+    ``power_cut()`` the moment the last durable call returned (before any close or munmap)."""
+    if how == "close":
+        for i in range(count):
+            with open(path, "ab") as f:
+                f.write(_record(round_, i))
+        power_cut()
+        return
+    if how == "msync":
+        size = count * RECORD
+        with open(path, "w+b") as f:
+            f.truncate(size)
+            m = mmap.mmap(f.fileno(), size, mmap.MAP_SHARED)
+            for i in range(count):
+                m[i * RECORD:(i + 1) * RECORD] = _record(round_, i)
+                m.flush()   # msync(MS_SYNC)
+            power_cut()
+            _ignore_dead_mount(m.close)
+            _ignore_dead_mount(f.close)
+        return
+    flags = os.O_CREAT | os.O_WRONLY | os.O_APPEND | (os.O_DSYNC if how == "dsync" else 0)
+    fd = os.open(path, flags, 0o644)
+    for i in range(count):
+        os.write(fd, _record(round_, i))
+        if how == "fsync":
+            os.fsync(fd)
+        elif how == "fdatasync":
+            os.fdatasync(fd)
+    power_cut()
+    _ignore_dead_mount(lambda: os.close(fd))
+
+
+def _ignore_dead_mount(action) -> None:
+    """After the power cut a close may fail (ENOTCONN, EIO): nothing more was promised."""
+    try:
+        action()
+    except (OSError, ValueError):
+        pass
+
+
+def test_power_kill_right_after_durable_calls_loses_nothing_they_covered(mirror_factory):
+    pair = mirror_factory("barrier", mode="barrier", timeout=2.0).start()
+    rng = random.Random(10)
+    ways = ["fsync", "fdatasync", "dsync", "close", "msync"] * 2
+    for round_, how in enumerate(ways):
+        if round_:
+            pair.mount()
+        assert pair.status()["mode"] == "barrier"
+        count = rng.randint(20, 120)
+        path = f"{pair.primary}/log{round_}"
+        _durable_writes(path, round_, count, how, lambda: pair.mounter.send_signal(signal.SIGKILL))
+        pair.mounter.wait(10)
+        subprocess.run(["fusermount3", "-u", "-z", pair.primary], capture_output=True)
+        wait_for(lambda: not is_fuse_mounted(pair.primary), 10, what="the dead mount to go")
+        with open(f"{pair.secondary}/log{round_}", "rb") as f:
+            copy = f.read()
+        expected = b"".join(_record(round_, i) for i in range(count))
+        assert copy[:len(expected)] == expected, \
+            f"round {round_} ({how}): the secondary lacks records that {how} had made durable"
+
+
+def test_async_close_of_a_changed_file_waits_for_the_peer(mirror_factory):
+    """Async mode: close() of a handle that wrote is a barrier (no message of its own: it waits for
+    the newest acknowledgement); every closed file is complete on the secondary at once."""
+    pair = mirror_factory("async", mode="async").start()
+    for i in range(100):
+        data = os.urandom(200_000 + i)
+        with open(f"{pair.primary}/f{i}", "wb") as f:
+            f.write(data)
+        with open(f"{pair.secondary}/f{i}", "rb") as f:
+            assert f.read() == data, f"file {i}: close() returned before the secondary had it"
