@@ -284,3 +284,19 @@ def hostile_receiver(tmp: str, umask: int = 0o022):
         if sender is not None:
             sender.close()
         pair.stop()
+
+
+def failback_pair(pair: MirrorPair) -> MirrorPair:
+    """The same two directories with the roles swapped (the secondary took over, the old primary
+    comes back as receiver): a mount on ``pair.secondary`` with the receiver's state directory, a
+    receiver on ``pair.primary`` with the mount's, a new port, logs in ``BASE/failback``."""
+    import copy
+
+    other = copy.copy(pair)
+    other.base = os.path.join(pair.base, "failback")
+    os.makedirs(other.base, exist_ok=True)
+    other.primary, other.secondary = pair.secondary, pair.primary
+    other.state, other.rstate = pair.rstate, pair.state
+    other.port = free_port()
+    other.receiver = other.mounter = None
+    return other

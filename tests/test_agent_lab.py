@@ -64,6 +64,8 @@ def test_failback_resyncs_and_node1_rejoins_as_second(lab):
     wait_for(lab, "node1", lambda m: m["state"] == "SECOND" and m["uptodate"], what="SECOND up to date")
     wait_for(lab, "node2", lambda m: m["state"] == "PRIM", what="PRIM")
     assert module(lab, "node1")["relation"] == "same"
+    # node1 was power-killed while primary: its activity log made the failback incremental.
+    assert (module(lab, "node2")["last_resync"] or {}).get("mode") == "incremental"
     # The peer came back: the primary announced its VIP again (clients may still have node1's MAC).
     assert vip_announces(lab, "node2") > announced
 

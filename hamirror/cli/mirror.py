@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="when the peer stops acknowledging, block writes until the agent grants ALONE "
                           "(control request 'alone') or refuses (EIO), at most SECONDS, then refuse; "
                           "without it the mount goes ALONE on its own after --timeout")
+    mnt.add_argument("--no-activity-log", action="store_true",
+                     help="do not record the paths being streamed (a crash of this primary then costs a "
+                          "resync that scans the whole tree; for measuring what the log costs)")
     mnt.add_argument("--foreground", action="store_true", help="do not detach; serve until unmounted")
     mnt.set_defaults(func=run_mount)
 
@@ -117,7 +120,8 @@ def run_mount(args: argparse.Namespace) -> int:
         keys_dir=args.keys, alone=args.alone,
         state_dir=_state_dir(args), mode=args.mode, ack_timeout=args.timeout,
         window=args.window, peer_key_name=args.peer_key, fence=args.fence is not None,
-        fence_timeout=args.fence if args.fence is not None else 60.0)
+        fence_timeout=args.fence if args.fence is not None else 60.0,
+        activity_log=not args.no_activity_log)
     if args.foreground:
         def ready(err: str | None) -> None:
             print(f"hamirror: {err}" if err else f"mounted {args.dir}", file=sys.stderr if err else sys.stdout,

@@ -27,6 +27,7 @@ from hamirror.link.client import LinkClient, PeerLost
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
 from hamirror.link.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
+from hamirror.resync import crash
 from hamirror.resync.answers import CLEAN_KEY
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class MountOptions:
     alone: bool = False           # failover takeover: no peer, state ALONE, a new generation
     fence: bool = False           # peer loss waits for the agent's verdict (the agent's mounts)
     fence_timeout: float = 60.0   # ... at most this long, then writes are refused (EIO)
+    activity_log: bool = True     # record paths before streaming them (crash failback without a scan)
 
 
 def default_state_dir(directory: str) -> str:
@@ -162,15 +164,19 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     was_clean = journal.get_state(CLEAN_KEY, "1") == "1"
     journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
     saved = journal.get_state(STATE_KEY)
+    # A crash while streaming: the activity log names the paths in flight (folded into the changed set).
+    recovery, activity = crash.start_mount(journal, was_clean,
+                                             options.activity_log and (options.peer is not None or options.alone))
     if not was_clean and (saved == MirrorState.PRIM.value or
                           (saved == MirrorState.ALONE.value and journal.resync_progress() is not None)):
-        # Crashed while streaming (or resyncing): the writes in flight are in no journal, and may
-        # be on one side only. The next resync compares everything, and none resumes trusting
-        # the paths an interrupted one had marked done.
-        journal.set_state(SCAN_KEY, "1")
+        # Crashed while streaming (or resyncing): without an intact activity log the writes in
+        # flight are in no journal, and may be on one side only: the next resync compares
+        # everything. None resumes trusting the paths an interrupted one had marked done.
+        if recovery is None or not recovery.covered:
+            journal.set_state(SCAN_KEY, "1")
         journal.resync_end()
     replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
-                            fence_timeout=options.fence_timeout)
+                            fence_timeout=options.fence_timeout, activity=activity)
     if options.alone:
         # Every takeover starts a new generation, whatever an earlier run left in the journal:
         # the peer must see this node's history as newer than the one it was primary in.
@@ -206,7 +212,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         raise MountError(str(exc)) from exc
     journal.set_state(STATE_KEY, MirrorState.PRIM.value)
     return root_fd, Replicator(client, journal, sync=options.mode == "sync", fence=options.fence,
-                               fence_timeout=options.fence_timeout), client, journal
+                               fence_timeout=options.fence_timeout, activity=activity), client, journal
 
 
 def _must_ask(saved: str | None, was_clean: bool) -> bool:

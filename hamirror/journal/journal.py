@@ -83,7 +83,7 @@ class Journal:
                     f"{path}: journal format {version} is newer than this hamirror's "
                     f"({SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
             self._load()
         except BaseException:
             self._db.close()
@@ -168,6 +168,12 @@ class Journal:
         if entry is not None and entry.whole:
             return
         self._submit([Record(path, _check_path(path), whole=True)])
+
+    def record_wholes(self, paths: Iterable[str]) -> None:
+        """:meth:`record_whole` for many paths in one durable transaction (folding a crashed
+        primary's activity log into the changed set)."""
+        self._submit([Record(p, _check_path(p), whole=True) for p in dict.fromkeys(paths)
+                      if not (p in self._changed and self._changed[p].whole)])
 
     def _submit(self, records: list[Record]) -> None:
         """Queue ``records`` and return once they are committed (group commit).
@@ -385,7 +391,7 @@ class Journal:
                 self._resync, self._resync_done, self._resync_bytes = None, {}, 0
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """Make the journal files' directory entries durable (a new file is not, by itself)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

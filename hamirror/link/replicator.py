@@ -51,6 +51,13 @@ class MirrorState(str, enum.Enum):
     STANDALONE = "STANDALONE"  # replication off (benchmarks, a module without a peer)
 
 
+class ActivityRecorder(Protocol):
+    """What the replicator needs from the activity log (hamirror.journal.activity provides it)."""
+
+    def enter(self, paths: Iterable[str]) -> None: ...
+    def leave(self, paths: Iterable[str], ticket: Ticket | None) -> None: ...
+
+
 class ChangeJournal(Protocol):
     """What the replicator needs from the journal (hamirror.journal.Journal provides it)."""
 
@@ -81,7 +88,7 @@ class Refused(OSError):
 class _Transaction:
     """One operation between the local apply and the peer's acknowledgement."""
 
-    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent")
+    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent", "logged")
 
     def __init__(self, replicator: "Replicator", changes: tuple[Change, ...]) -> None:
         self._replicator = replicator
@@ -92,6 +99,7 @@ class _Transaction:
         self.deferred = False
         self.held = False   # SYNCING: touches a path the resync has not reached; recorded, not sent
         self.unsent = False  # the link was lost before this was queued: it waits for the verdict
+        self.logged = False  # its paths are in the activity log (streaming): leave it at the end
 
     def send(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
              times: tuple[Times, ...] = (), data: bytes | None = None, barrier: bool = False) -> None:
@@ -134,9 +142,10 @@ class Replicator:
 
     def __init__(self, client: LinkClient | None, journal: ChangeJournal | None, *, sync: bool = True,
                  on_state: Callable[[MirrorState, str], None] | None = None, fence: bool = False,
-                 fence_timeout: float = 60.0) -> None:
+                 fence_timeout: float = 60.0, activity: ActivityRecorder | None = None) -> None:
         self.client = client
         self.journal = journal
+        self.activity = activity              # streaming: paths being changed, recorded before the apply
         self.sync = sync
         self.on_state = on_state
         self.fence = fence                    # peer loss waits for the agent's verdict (FENCED)
@@ -381,20 +390,27 @@ class _Change:
         self._key = key
         if state is MirrorState.SYNCING and any(replicator.pending.held(c[0]) for c in tx.changes):
             tx.held = True
-        if state is MirrorState.ALONE or tx.held:
-            try:
+        try:
+            if state is MirrorState.ALONE or tx.held:
                 replicator.record(tx.changes)   # write-ahead: recorded before applied
                 if tx.held:
                     replicator.pending.update(c[0] for c in tx.changes)
-            except BaseException:
-                lock.release(key)
-                raise
+            elif state in _STREAMING and replicator.activity is not None and tx.changes:
+                replicator.activity.enter([c[0] for c in tx.changes])   # write-ahead, for a crash
+                tx.logged = True
+        except BaseException:
+            lock.release(key)
+            raise
         return tx
 
     def __exit__(self, exc_type, exc, tb) -> None:
         replicator = self._replicator
         replicator.lock.release(self._key)
         tx = self._tx
+        if tx.logged:
+            if tx.ticket is None and exc_type is None and replicator.state not in _STREAMING:
+                replicator.record(tx.changes)   # the peer was lost before this could be sent
+            replicator.activity.leave([c[0] for c in tx.changes], tx.ticket)
         if exc_type is None and not tx.deferred and (replicator.sync or tx.barrier):
             tx.wait()
 

@@ -19,6 +19,7 @@ from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
+from hamirror.resync import crash
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
 
 CLEAN_KEY = "mount_clean"
@@ -33,6 +34,10 @@ class ResyncAnswers:
         self.applier = applier
         self.journal = journal
         self._stamp: str | None = None   # one conflict folder per resync, however long it runs
+        # A primary that crashed and came back as secondary: its activity log completes its
+        # journal (the peer then resyncs incrementally, not by a scan of the whole tree).
+        self.complete = journal is not None and crash.recover_for_receiver(
+            journal, journal.get_state(CLEAN_KEY, "1") == "1")
 
     def handle(self, msg: Message) -> bytes | None:
         """Answer a query (a payload) or apply REMOVE / RESYNC_DONE (None)."""
@@ -81,7 +86,7 @@ class ResyncAnswers:
         if journal is None:
             return encode_json({"complete": False, "paths": [], "generations": None})
         return encode_json({
-            "complete": journal.get_state(CLEAN_KEY, "1") == "1",
+            "complete": self.complete,
             "paths": [p for p in journal.changed_paths() if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
         })

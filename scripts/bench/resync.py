@@ -15,6 +15,14 @@
 3. --full-gib GiB (default 2) in 8 files, full resync to an empty secondary, vs ``cp -a`` of the
    same data to another directory on this machine.
 
+4. Failback after a power-kill of the primary (``--failback-files``, default 10,000 and 1,000,000
+   files of ``--failback-bytes`` each, made directly in both directories, no pairing scan): the
+   mirror streams, a few hot files are written, the receiver is frozen while operations are in
+   flight, the primary's mount daemon and the receiver are SIGKILLed, the secondary takes over
+   (``mount --alone``) and changes files, then the old primary returns as receiver and the time
+   of the failback resync is measured (with the activity log; and without it, i.e. today's scan,
+   on trees of at most ``--failback-scan-max`` files).
+
 Times are wall clock from the control request to the mount being PRIM again (polled every 10 ms).
 Dirty pages are written back (``sync``) before each timed step; no cache is dropped. Every mount
 and process is ended by PID, also on failure.
@@ -29,14 +37,17 @@ import random
 import shutil
 import subprocess
 import sys
+import signal
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(os.path.dirname(HERE))]
 
 from hamirror.fs.control import request  # noqa: E402
-from tests.mirror_fixtures import MirrorPair, wait_for  # noqa: E402
+from tests.mirror_fixtures import MirrorPair, failback_pair, wait_for  # noqa: E402
+from tests.test_resync_common import establish, kill9, lower_dir  # noqa: E402
 
 FILE_BYTES = 10 * 1024
 
@@ -198,6 +209,87 @@ def bench_full(workdir: str, gib: float, rnd: random.Random) -> dict:
         shutil.rmtree(copy_dst, ignore_errors=True)
 
 
+def make_tree(root: str, count: int, nbytes: int) -> None:
+    """``count`` files of ``nbytes`` in directories of 1,000, as fast as Python allows (one
+    open/write/close per file, names resolved from the directory's descriptor)."""
+    data = b"x" * nbytes
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for first in range(0, count, 1000):
+        d = os.path.join(root, f"d{first // 1000:04d}")
+        os.mkdir(d)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(first, min(first + 1000, count)):
+                fd = os.open(f"f{i:07d}", flags, 0o644, dir_fd=dfd)
+                if data:
+                    os.write(fd, data)
+                os.close(fd)
+        finally:
+            os.close(dfd)
+
+
+def _power_kill_primary(pair: MirrorPair, hot: int, rnd: random.Random) -> None:
+    """Hot writes while streaming, then operations in flight that reach only the primary's disk,
+    then SIGKILL of the mount daemon and of the (frozen) receiver."""
+    for rep in range(5):
+        for i in range(hot):
+            with open(os.path.join(pair.primary, "d0000", f"f{i:07d}"), "r+b") as f:
+                f.write(b"hot write %d" % rep)
+    lower = lower_dir(pair)
+    os.kill(pair.receiver.pid, signal.SIGSTOP)
+    target = os.path.join(pair.primary, "d0000", f"f{hot:07d}")
+    marker = b"in flight %d" % rnd.randrange(1 << 30)
+
+    def in_flight() -> None:
+        try:
+            with open(target, "r+b") as f:
+                f.write(marker)
+        except OSError:
+            pass
+    thread = threading.Thread(target=in_flight, daemon=True)
+    thread.start()
+    seen = os.path.join(lower, "d0000", f"f{hot:07d}")
+    wait_for(lambda: open(seen, "rb").read(len(marker)) == marker, 10, what="the write in flight")
+    kill9(pair.mounter)
+    kill9(pair.receiver)
+    pair.umount()
+    thread.join(10)
+
+
+def bench_failback(workdir: str, count: int, nbytes: int, activity_log: bool, rnd: random.Random,
+                   hot: int = 50, changed: int = 10) -> dict:
+    pair = MirrorPair(os.path.join(workdir, f"failback-{count}-{'al' if activity_log else 'scan'}"), timeout=30)
+    back = None
+    try:
+        pair.start()
+        establish(pair)                     # both journals share a generation (empty trees)
+        pair.umount()                       # clean stop, then the same tree on both sides
+        pair.kill_receiver()
+        t0 = time.perf_counter()
+        make_tree(pair.primary, count, nbytes)
+        subprocess.run(["cp", "-a", f"{pair.primary}/.", pair.secondary], check=True)
+        subprocess.run(["sync"], check=True)
+        setup = time.perf_counter() - t0
+        pair.start_receiver()
+        pair.mount(extra=() if activity_log else ("--no-activity-log",))
+        _power_kill_primary(pair, hot, rnd)
+        back = failback_pair(pair)
+        back.mount(extra=("--alone",))      # the secondary takes over and writes on its own
+        for i in range(changed):            # spread over the tree
+            idx = (i * 7919 + 123) % count
+            with open(os.path.join(back.primary, f"d{idx // 1000:04d}", f"f{idx:07d}"), "ab") as f:
+                f.write(b"written by the survivor")
+        back.start_receiver()               # the old primary returns as secondary
+        seconds, sent, mode = timed_resync(back)
+        return {"files": count, "file_bytes": nbytes, "activity_log": activity_log, "setup_s": setup,
+                "failback_s": seconds, "sent": sent, "mode": mode}
+    finally:
+        if back is not None:
+            back.stop()
+        pair.stop()
+        shutil.rmtree(pair.base, ignore_errors=True)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -209,7 +301,12 @@ def main() -> int:
     ap.add_argument("--big-gib", type=float, default=4.0)
     ap.add_argument("--full-gib", type=float, default=2.0)
     ap.add_argument("--workdir", default=None, help="where to make the trees (default: a temp dir in /var/tmp)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: files,big,full")
+    ap.add_argument("--failback-files", default="10000,1000000",
+                    help="comma list of tree sizes for the failback after a power-kill (default: %(default)s)")
+    ap.add_argument("--failback-bytes", type=int, default=0, help="size of each file of those trees")
+    ap.add_argument("--failback-scan-max", type=int, default=100_000,
+                    help="also measure without the activity log (a scan) on trees up to this many files")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: files,big,full,failback")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -227,6 +324,12 @@ def main() -> int:
             results["big"] = bench_big(workdir, args.big_gib, rnd)
         if "full" not in skip:
             results["full"] = bench_full(workdir, args.full_gib, rnd)
+        if "failback" not in skip:
+            results["failback"] = []
+            for n in sorted(int(x) for x in args.failback_files.split(",") if x):
+                for with_log in (True, False) if n <= args.failback_scan_max else (True,):
+                    results["failback"].append(bench_failback(workdir, n, args.failback_bytes, with_log, rnd))
+                    print(json.dumps(results["failback"][-1]), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
@@ -259,6 +362,16 @@ def report(r: dict) -> None:
         print(f"\none file of {b['size'] / (1 << 30):.2f} GiB, {b['changed_bytes']} bytes changed in 256 pages: "
               f"resync ({b['mode']}) {b['seconds']:.2f} s, sent {b['sent']} bytes = {ratio:.2f}x the changed bytes"
               f"   target <= 2x: {verdict(ratio <= 2)}")
+    failback = [f for f in r.get("failback", []) if f["activity_log"]]
+    for f in r.get("failback", []):
+        print(f"\nfailback after a power-kill of the primary, {f['files']} files of {f['file_bytes']} bytes, "
+              f"{'with' if f['activity_log'] else 'without'} the activity log: {f['failback_s']:.2f} s "
+              f"({f['mode']}), {f['sent']} bytes sent   (setup {f['setup_s']:.0f} s)")
+    if len(failback) >= 2:
+        small, large = failback[0], failback[-1]
+        extra = large["failback_s"] - small["failback_s"]
+        print(f"\nfailback on {large['files']} files takes {extra:+.2f} s vs {small['files']} files"
+              f"   target <= +2 s: {verdict(extra <= 2)}")
     if "full" in r:
         f = r["full"]
         ratio = f["full_mb_s"] / f["cp_mb_s"]

@@ -1,0 +1,311 @@
+"""The activity log: the paths a streaming primary is changing, recorded before it changes them.
+
+Why: while the mirror streams, a primary's journal records nothing (the peer gets every change).
+If the primary dies, the operations it had applied locally but the peer had not acknowledged are
+on one side only, and without a record the failback resync would have to compare the whole tree.
+Like DRBD's activity log of hot extents, this file holds the *hot set*: every path with a change
+that may not be on the peer yet. A path enters the set durably (one append + ``fdatasync``)
+before the operation is applied or streamed; a path already in the set costs a dictionary lookup.
+A path leaves the set only once every operation on it was acknowledged by the peer (or failed
+and was recorded in the journal), and only when a new path needs its slot (LRU), so the files an
+application keeps writing stay hot and cost nothing.
+
+Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snapshot of the hot
+set after ``2 * capacity`` appended entries. After a crash, :func:`read_log` returns the hot set
+(a superset of what may differ), which the resync adds to the changed set.
+
+Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
+entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave). Each frame is one durable
+append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
+next was written, and no change is applied before its frame is durable), so a bad last frame is
+ignored; a bad frame followed by good data means the file is damaged and nothing is trusted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from hamirror.journal.journal import fsync_dir as _fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"hamirror activity log 1\n"
+DEFAULT_CAPACITY = 4096
+ENTER, LEAVE = 1, 2
+_FRAME = struct.Struct("<II")
+_ENTRY = struct.Struct("<BH")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class Acknowledgeable(Protocol):
+    """What the log needs of an operation in flight (hamirror.link.client.Ticket provides it)."""
+
+    seq: int
+
+    @property
+    def done(self) -> bool: ...
+
+
+# ----------------------------------------------------------------------------- pure: the format
+
+def encode_frame(entries: Iterable[tuple[int, str]]) -> bytes:
+    """One frame holding ``(op, path)`` entries."""
+    parts = []
+    for op, path in entries:
+        raw = os.fsencode(path)
+        if len(raw) > 0xFFFF:
+            raise ValueError(f"path too long for the activity log: {path[:80]!r}...")
+        parts.append(_ENTRY.pack(op, len(raw)) + raw)
+    payload = b"".join(parts)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a log file says: the hot set (``None`` when it cannot be trusted) and why."""
+
+    paths: frozenset[str] | None
+    torn: bool = False          # the last frame was incomplete (a crash while appending): ignored
+    problem: str = ""           # why ``paths`` is None
+
+
+def replay(data: bytes) -> Replay:
+    """Rebuild the hot set from a log file's bytes (pure)."""
+    if not data.startswith(MAGIC):
+        return Replay(None, problem="not an activity log (bad or missing header)")
+    hot: dict[str, None] = {}
+    pos = len(MAGIC)
+    end = len(data)
+    while pos < end:
+        rest = end - pos
+        if rest < _FRAME.size:
+            return Replay(frozenset(hot), torn=True)
+        length, crc = _FRAME.unpack_from(data, pos)
+        body = pos + _FRAME.size
+        if length == 0 or length > MAX_FRAME:
+            if not data[pos:].strip(b"\0"):          # a zero-filled tail: the append never landed
+                return Replay(frozenset(hot), torn=True)
+            return Replay(None, problem=f"bad frame length {length} at byte {pos}")
+        if body + length > end:                       # the last append was cut short
+            return Replay(frozenset(hot), torn=True)
+        payload = data[body:body + length]
+        if zlib.crc32(payload) != crc:
+            if body + length == end:                  # the last frame: torn by the crash
+                return Replay(frozenset(hot), torn=True)
+            return Replay(None, problem=f"checksum mismatch at byte {pos}, followed by more frames")
+        problem = _apply_payload(payload, hot)
+        if problem:
+            return Replay(None, problem=f"frame at byte {pos}: {problem}")
+        pos = body + length
+    return Replay(frozenset(hot))
+
+
+def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
+    pos = 0
+    while pos < len(payload):
+        if len(payload) - pos < _ENTRY.size:
+            return "entry header cut short"
+        op, n = _ENTRY.unpack_from(payload, pos)
+        pos += _ENTRY.size
+        if pos + n > len(payload) or op not in (ENTER, LEAVE):
+            return f"bad entry (op {op}, {n} bytes)"
+        path = os.fsdecode(payload[pos:pos + n])
+        pos += n
+        if op == ENTER:
+            hot[path] = None
+        else:
+            hot.pop(path, None)
+    return ""
+
+
+def read_log(path: str) -> Replay:
+    """Read and replay the log file at ``path``; a missing file cannot be trusted either."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return Replay(None, problem=f"{path}: no activity log")
+    except OSError as exc:
+        return Replay(None, problem=f"{path}: {exc.strerror}")
+    result = replay(data)
+    if result.problem:
+        return Replay(None, problem=f"{path}: {result.problem}")
+    return result
+
+
+# ----------------------------------------------------------------------------- pure: eviction
+
+class _Slot:
+    """One hot path: calls inside their change block, and the newest operation sent for it."""
+
+    __slots__ = ("busy", "ticket")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.ticket: Acknowledgeable | None = None
+
+    def settled(self) -> bool:
+        """Everything about the path is acknowledged by the peer, or nothing was sent. A ticket
+        that failed (the peer was lost) counts too: the replicator records what a failed ticket
+        carried in the journal before completing it, and a call still inside its change block
+        (recording what could not be sent) keeps ``busy`` above zero."""
+        t = self.ticket
+        return self.busy == 0 and (t is None or t.done)
+
+    def sent(self, ticket: Acknowledgeable) -> None:
+        """Keep the newest operation on the path: an older call may leave after a newer one."""
+        t = self.ticket
+        if t is None or t.done or getattr(ticket, "seq", 0) >= getattr(t, "seq", 0):
+            self.ticket = ticket
+
+
+def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int) -> list[str]:
+    """Up to ``count`` least recently used paths that may leave the hot set (pure)."""
+    victims: list[str] = []
+    if count <= 0:
+        return victims
+    for path, slot in hot.items():                    # oldest first
+        if slot.settled():
+            victims.append(path)
+            if len(victims) == count:
+                break
+    return victims
+
+
+# ----------------------------------------------------------------------------- the file
+
+class ActivityLog:
+    """The hot set of a streaming primary and its file (see the module docstring).
+
+    Starts empty: the caller folds a previous run's log into the journal first (hamirror.resync.crash).
+    """
+
+    def __init__(self, path: str, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("activity log capacity must be at least 1")
+        self.path = path
+        self.capacity = capacity
+        self._hot: collections.OrderedDict[str, _Slot] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._appended = 0                    # entries since the last snapshot
+        self.records = 0                      # durable appends (for tests and figures)
+        self._fd = -1
+        self._snapshot()
+
+    def enter(self, paths: Iterable[str]) -> None:
+        """Mark ``paths`` as being changed; durable on return. Call before applying or sending."""
+        paths = list(paths)
+        with self._lock:
+            hot = self._hot
+            new = []
+            for p in dict.fromkeys(paths):
+                slot = hot.get(p)
+                if slot is None:
+                    new.append(p)
+                else:
+                    hot.move_to_end(p)
+            if new:
+                self._admit(new)
+            for p in paths:
+                hot[p].busy += 1
+
+    def leave(self, paths: Iterable[str], ticket: Acknowledgeable | None) -> None:
+        """The change block on ``paths`` ended; ``ticket`` is the last operation it sent (if any)."""
+        with self._lock:
+            for p in paths:
+                slot = self._hot.get(p)
+                if slot is None:
+                    continue
+                slot.busy = max(slot.busy - 1, 0)
+                if ticket is not None:
+                    slot.sent(ticket)
+
+    def hot(self) -> list[str]:
+        """The hot set, least recently used first."""
+        with self._lock:
+            return list(self._hot)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    # internals (``_lock`` held) --------------------------------------------------------------
+
+    def _admit(self, new: list[str]) -> None:
+        hot = self._hot
+        victims = choose_victims(hot, len(hot) + len(new) - self.capacity)
+        if len(hot) + len(new) - len(victims) > self.capacity:
+            log.warning("activity log: %d paths in flight exceed its capacity %d",
+                        len(hot) + len(new) - len(victims), self.capacity)
+        frame = encode_frame([(LEAVE, v) for v in victims] + [(ENTER, p) for p in new])
+        if self._appended + len(victims) + len(new) > 2 * self.capacity:
+            for v in victims:
+                del hot[v]
+            for p in new:
+                hot[p] = _Slot()
+            try:
+                self._snapshot()
+            except BaseException:
+                for p in new:
+                    hot.pop(p, None)
+                raise
+            return
+        _write_all(self._fd, frame)
+        os.fdatasync(self._fd)
+        self.records += 1
+        self._appended += len(victims) + len(new)
+        for v in victims:
+            del hot[v]
+        for p in new:
+            hot[p] = _Slot()
+
+    def _snapshot(self) -> None:
+        """Rewrite the file as the current hot set (atomic replace, durable)."""
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            data = MAGIC + (encode_frame([(ENTER, p) for p in self._hot]) if self._hot else b"")
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.path)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        if self._fd >= 0:
+            os.close(self._fd)
+        os.lseek(fd, 0, os.SEEK_END)
+        self._fd = fd
+        self._appended = 0
+        self.records += 1
+
+
+def reset_log(path: str) -> None:
+    """Replace the log at ``path`` with an empty one (its content was folded into the journal)."""
+    ActivityLog(path).close()
+
+
+def remove_log(path: str) -> None:
+    """Delete the log (the activity log is off: a stale one must never be trusted)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+

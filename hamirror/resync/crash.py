@@ -1,0 +1,112 @@
+"""After an unclean stop of a mount: can the journal name every path that may differ from the peer?
+
+A mount that dies while streaming leaves operations it applied locally that the peer may lack
+(and, for writes sent before the local apply, the reverse). The activity log
+(hamirror.journal.activity) holds exactly those paths; folding it into the journal's changed set
+makes the journal *complete* again, so the next resync is incremental over (the peer's changes ∪
+this node's activity log) instead of a scan of the whole tree. Whether that is possible is a pure
+decision (:func:`decide`); :func:`recover` acts on it. Both the crashed node's next mount
+(hamirror.fs.mount) and its receiver (the usual failback: the peer took over) call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_log
+from hamirror.journal.journal import Journal
+from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
+
+log = logging.getLogger(__name__)
+
+ACTIVITY_LOG = "activity.log"
+COVERED_KEY = "crash_covered"   # "1": after an unclean stop, the changed set was made complete again
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What to do with a crashed mount's journal."""
+
+    fold: bool        # add the activity log's paths to the changed set
+    covered: bool     # afterwards, the changed set names every path that may differ
+    why: str
+
+
+def decide(saved: str | None, lost_from: str | None, resync_running: bool,
+           log_paths: frozenset[str] | None, log_problem: str = "") -> Recovery:
+    """The recovery for a mount that stopped uncleanly in state ``saved`` (pure).
+
+    Streaming (PRIM) or blocked after streaming (FENCED/REFUSED): the activity log covers the
+    operations in flight, if it is intact. ALONE: the journal recorded every change before it
+    was applied. A resync in progress (ALONE with progress, or fenced while SYNCING) is never
+    trusted: copies the engine sent went to the peer without a record.
+    """
+    if saved == MirrorState.ALONE.value:
+        if resync_running:
+            return Recovery(False, False, "crashed during a resync")
+        # Every change was journaled before it was applied; the log may still name a call that
+        # was applied while streaming and found the peer gone before it could be sent.
+        return Recovery(log_paths is not None, True, "crashed ALONE: every change was journaled first")
+    if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value) and lost_from == MirrorState.SYNCING.value:
+        return Recovery(False, False, "crashed fenced during a resync")
+    if saved in (MirrorState.PRIM.value, MirrorState.FENCED.value, MirrorState.REFUSED.value):
+        if log_paths is None:
+            return Recovery(False, False, f"crashed while streaming, activity log unusable: {log_problem}")
+        return Recovery(True, True, f"crashed while streaming: {len(log_paths)} path(s) in the activity log")
+    return Recovery(False, False, f"crashed in state {saved or 'unknown'}")
+
+
+def activity_log_path(journal: Journal) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(journal.path)), ACTIVITY_LOG)
+
+
+def recover(journal: Journal) -> Recovery:
+    """Fold this node's activity log into its journal when that makes it complete; durable.
+
+    The log is emptied only after the journal holds its paths, so a crash in between folds again.
+    """
+    path = activity_log_path(journal)
+    replay = read_log(path)
+    resync_running = journal.resync_progress() is not None
+    result = decide(journal.get_state(STATE_KEY), journal.get_state(LOST_FROM_KEY), resync_running,
+                    replay.paths, replay.problem)
+    if result.fold and replay.paths:
+        try:
+            journal.record_wholes(sorted(replay.paths))
+        except ValueError as exc:      # a path no operation could have named: a damaged log
+            result = Recovery(False, False, f"activity log unusable: {exc}")
+    if result.fold:
+        reset_log(path)
+    log.info("journal after an unclean stop: %s (%s)", "complete" if result.covered else "incomplete",
+             result.why)
+    return result
+
+
+def recover_for_receiver(journal: Journal, clean: bool) -> bool:
+    """The receiver side (a crashed primary came back as secondary): True when the journal's
+    changed set is complete, so the peer may resync incrementally."""
+    if clean:
+        return True
+    if journal.get_state(COVERED_KEY) == "1":
+        return True
+    if recover(journal).covered:
+        journal.set_state(COVERED_KEY, "1")
+        return True
+    return False
+
+
+def start_mount(journal: Journal, clean: bool, enabled: bool) -> tuple[Recovery | None, ActivityLog | None]:
+    """A mount starts: recover a previous crash (None when the last stop was clean), then start
+    a fresh, empty activity log (or remove it when it is off: a stale one must never be trusted).
+
+    From here on the journal is incomplete again until the next clean stop or recovery.
+    """
+    result = None if clean else recover(journal)
+    journal.set_state(COVERED_KEY, "0")
+    path = activity_log_path(journal)
+    if not enabled:
+        remove_log(path)
+        return result, None
+    return result, ActivityLog(path)
