@@ -61,6 +61,27 @@ def test_maintenance_survives_a_restart_and_holds_the_takeover(tmp_path):
     asyncio.run(scenario())
 
 
+def test_maintenance_is_for_the_cluster_the_newest_setting_wins(tmp_path):
+    """Typed on one node, maintenance reaches the other through the heartbeats (so the SECOND does
+    not take over from a primary the operator is working on); a later setting on either node wins."""
+    here, _, _, store, _, events = make(tmp_path / "here")
+    there, *_ = make(tmp_path / "there", state=S.PRIM)
+    there.set_maintenance(True)                                    # the operator, on the primary
+    sent = there.advertised()
+    assert (sent.maintenance, sent.maintenance_version) == (True, 1)
+    here.follow_peer_maintenance(sent.maintenance, sent.maintenance_version, "node1")
+    assert here.maintenance and store.load().maintenance_version == 1
+    assert events[-1] == ("maintenance", "maintenance on (set on node1)", {"on": True})
+    here.follow_peer_maintenance(True, 1, "node1")                 # the next heartbeats: nothing new
+    assert len(events) == 1
+    here.set_maintenance(False)                                    # then off, on this node
+    assert here.advertised().maintenance_version == 2
+    there.follow_peer_maintenance(False, 2, "node2")
+    assert not there.maintenance
+    here.follow_peer_maintenance(True, 1, "node1")                 # a stale heartbeat changes nothing
+    assert not here.maintenance
+
+
 def test_a_held_decision_is_recorded_once(tmp_path):
     runner, *_, events = make(tmp_path)
     runner.set_maintenance(True)
@@ -108,7 +129,7 @@ def test_maintenance_off_clears_damping_and_commands_run_in_maintenance(tmp_path
         await step(runner, peer(S.PRIM, True))
         assert runner.state is S.STOP and (await future).ok
         runner.set_maintenance(False)
-        assert store.load() == ModuleRecord(state=S.STOP, updated=store.load().updated)
+        assert store.load() == ModuleRecord(state=S.STOP, updated=store.load().updated, maintenance_version=1)
 
     asyncio.run(scenario())
 

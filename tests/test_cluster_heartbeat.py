@@ -44,6 +44,11 @@ def test_round_trip_and_size() -> None:
     assert len(data) < 200
 
 
+def test_the_maintenance_setting_round_trips() -> None:
+    info = ModuleInfo(NodeState.PRIM, True, "gen-3", maintenance=True, maintenance_version=7)
+    assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info
+
+
 @pytest.mark.parametrize("field,value,reason", [
     ("cluster", "other", Reason.WRONG_CLUSTER),
     ("node", "node1", Reason.OWN_NAME),
@@ -120,6 +125,8 @@ def test_rejected_datagram_does_not_advance_the_counter() -> None:
     lambda b: b.pop("t"), lambda b: b["m"]["demo"].update(st="MASTER"),
     lambda b: b["m"]["demo"].update(u=1), lambda b: b["m"]["demo"].update(w="later"),
     lambda b: b["m"]["demo"].pop("g"), lambda b: b["m"].update(demo=3),
+    lambda b: b["m"]["demo"].update(ma=1, mv=2), lambda b: b["m"]["demo"].update(ma=True, mv=-1),
+    lambda b: b["m"]["demo"].update(ma=True, mv=True), lambda b: b["m"]["demo"].update(mv=2**53),
 ])
 def test_well_signed_malformed_bodies(mutate) -> None:
     body = json.loads(encode(hb(), KEY)[32:])

@@ -1,4 +1,5 @@
-"""Maintenance and the event timeline in the lab (root): a SECOND in maintenance does not take
+"""Maintenance and the event timeline in the lab (root): maintenance typed on the primary reaches the
+SECOND; a SECOND in maintenance does not take
 over its power-killed primary, says why, and takes over once maintenance is off; the timeline
 records the operator's commands and what was held back; ``hamirror logs`` shows the scripts."""
 
@@ -34,9 +35,10 @@ def health(lab) -> int | None:
 
 
 def test_a_second_in_maintenance_does_not_take_over_until_maintenance_ends(lab):
-    on = hamirror(lab, "node2", "maintenance", "on", "demo")
-    assert on.returncode == 0 and on.stdout == "demo: SECOND, maintenance on\n", on.stderr
-    assert module(lab, "node2")["maintenance"] is True
+    # Typed on the primary, the setting reaches the SECOND through the heartbeats.
+    on = hamirror(lab, "node1", "maintenance", "on", "demo")
+    assert on.returncode == 0 and on.stdout == "demo: PRIM, maintenance on\n", on.stderr
+    wait_for(lab, "node2", lambda m: m["maintenance"] is True, what="maintenance adopted from node1")
     assert lab.cli("kill", "node1").returncode == 0
     held = wait_for(lab, "node2", lambda m: any("held back: peer lost: taking over" in w for w in m["warnings"]),
                     what="the takeover held back")
@@ -53,10 +55,11 @@ def test_a_second_in_maintenance_does_not_take_over_until_maintenance_ends(lab):
     assert timeline.returncode == 0, timeline.stderr
     events = [json.loads(line) for line in timeline.stdout.splitlines()]
     kinds = [e["kind"] for e in events]
-    for kind in ("command", "held", "takeover", "state"):
+    for kind in ("maintenance", "command", "held", "takeover", "state"):
         assert kind in kinds, kinds
-    assert kinds.index("held") < kinds.index("takeover")
-    command = next(e for e in events if e["kind"] == "command" and e["command"] == "maintenance on")
+    assert kinds.index("maintenance") < kinds.index("held") < kinds.index("takeover")
+    assert next(e for e in events if e["kind"] == "maintenance")["text"] == "maintenance on (set on node1)"
+    command = next(e for e in events if e["kind"] == "command" and e["command"] == "maintenance off")
     assert command["caller"]["uid"] == 0 and command["caller"]["pid"] > 0
     logs = hamirror(lab, "node2", "logs", "demo")
     assert logs.returncode == 0 and "scripts.log <==" in logs.stdout and "start_prim" in logs.stdout, logs.stdout

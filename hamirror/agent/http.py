@@ -233,7 +233,7 @@ def render_metrics(doc: dict) -> str:
            "1 while the module's writes are blocked waiting for a fencing verdict (the peer stopped acknowledging).",
            [({"module": m["name"]}, int(m.get("mirror") == MirrorHealth.FENCED.value)) for m in modules])
     family("hamirror_module_maintenance", "gauge",
-           "1 while the module is in maintenance on this node (checkers and automatic failover suspended).",
+           "1 while the module is in maintenance (a cluster-wide setting; checkers and automatic failover suspended).",
            [({"module": m["name"]}, int(bool(m.get("maintenance")))) for m in modules])
     family("hamirror_module_failovers", "gauge", "Failovers of this node within the flap-damping window.",
            [({"module": m["name"]}, int((m.get("failovers") or {}).get("recent") or 0)) for m in modules])

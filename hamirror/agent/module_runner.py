@@ -116,6 +116,7 @@ class ModuleRunner:
         self.relation = Relation.UNKNOWN
         self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
+        self.peer_maintenance_version = 0   # the newest maintenance version the peer advertised
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
         self.task: asyncio.Task | None = None
@@ -163,8 +164,25 @@ class ModuleRunner:
             self.emit("damped", text)
 
     def set_maintenance(self, on: bool) -> None:
-        """``hamirror maintenance on|off``: off also clears flap damping (the operator is back)."""
-        record = dataclasses.replace(self.record, maintenance=on)
+        """``hamirror maintenance on|off``: off also clears flap damping (the operator is back).
+        The setting is for the cluster: its version, newer than any seen from the peer, travels in
+        the heartbeats and the peer adopts it (:meth:`follow_peer_maintenance`)."""
+        version = max(self.record.maintenance_version, self.peer_maintenance_version) + 1
+        self._apply_maintenance(on, version)
+
+    def follow_peer_maintenance(self, on: bool, version: int, peer: str) -> None:
+        """The peer advertises a newer maintenance setting (set there by the operator): adopt it,
+        so automatic failover is suspended (or resumed) on both nodes, not only where it was typed."""
+        self.peer_maintenance_version = max(self.peer_maintenance_version, version)
+        if version <= self.record.maintenance_version:
+            return
+        self._apply_maintenance(on, version)
+        text = f"maintenance {'on' if on else 'off'} (set on {peer})"
+        log.warning("%s: %s", self.name, text)
+        self.emit("maintenance", text, on=on)
+
+    def _apply_maintenance(self, on: bool, version: int) -> None:
+        record = dataclasses.replace(self.record, maintenance=on, maintenance_version=version)
         self.record = self.store.save(record if on else damping.cleared(record))
         self.checkers.reset()        # a failure seen before (or during) maintenance is not acted on
         self.on_change()
@@ -467,4 +485,5 @@ class ModuleRunner:
         history = obs.history if obs else GenerationHistory()
         return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
-                          fenced=bool(obs and self.state.is_primary and obs.fenced))
+                          fenced=bool(obs and self.state.is_primary and obs.fenced),
+                          maintenance=self.maintenance, maintenance_version=self.record.maintenance_version)

@@ -32,18 +32,19 @@ class ModuleRecord:
     maintenance: bool = False          # ``hamirror maintenance on``: automatic actions suspended
     failovers: tuple[float, ...] = ()  # wall times of this node's failovers, for flap damping
     damped: bool = False               # the failover limit was reached: held until ``hamirror clear``
+    maintenance_version: int = 0       # grows with each setting; the peer adopts a newer one
 
     def to_json(self) -> dict:
         return {"state": self.state.value, "swap": self.swap.value, "restarts": list(self.restarts),
                 "updated": self.updated, "maintenance": self.maintenance, "failovers": list(self.failovers),
-                "damped": self.damped}
+                "damped": self.damped, "maintenance_version": self.maintenance_version}
 
     @classmethod
     def from_json(cls, data: dict) -> ModuleRecord:
         return cls(NodeState(data["state"]), SwapPhase(data.get("swap", "none")),
                    tuple(float(t) for t in data.get("restarts", ())), float(data.get("updated", 0.0)),
                    bool(data.get("maintenance", False)), tuple(float(t) for t in data.get("failovers", ())),
-                   bool(data.get("damped", False)))
+                   bool(data.get("damped", False)), int(data.get("maintenance_version", 0)))
 
 
 class Store:

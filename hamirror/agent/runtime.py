@@ -239,6 +239,8 @@ class Agent:
                             fenced=bool(info and info.fenced),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
+            if info is not None and info.maintenance_version:
+                runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
                 await runner.tick(peer, history, self.quorum, ready)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others

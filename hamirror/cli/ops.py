@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="seconds to wait for the agent to carry it out (default: %(default)s)")
         parser.set_defaults(func=run_command, action_name=name)
     maintenance = subparsers.add_parser(
-        "maintenance", help="suspend (on) or resume (off) checkers and automatic failover of MODULE on this node; "
+        "maintenance", help="suspend (on) or resume (off) checkers and automatic failover of MODULE on both nodes; "
                             "the application is left alone, operator commands still work")
     maintenance.add_argument("switch", choices=("on", "off"))
     maintenance.add_argument("module", metavar="MODULE")

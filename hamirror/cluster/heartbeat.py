@@ -63,6 +63,8 @@ class ModuleInfo:
     generation: str
     swap: SwapPhase = SwapPhase.NONE
     fenced: bool = False      # our mount lost the peer: it must confirm its copy is stale
+    maintenance: bool = False
+    maintenance_version: int = 0   # the newest ``hamirror maintenance`` setting wins on both nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "v": VERSION, "c": hb.cluster, "n": hb.node, "b": hb.boot_id, "s": hb.counter,
         "t": hb.timestamp, "i": hb.network,
         "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
-                     **({"f": True} if m.fenced else {})}
+                     **({"f": True} if m.fenced else {}),
+                     **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
     }
     data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
@@ -158,10 +161,14 @@ def _parse(obj: dict) -> Heartbeat:
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or type(obj["u"]) is not bool or type(obj.get("f", False)) is not bool:
+    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma")):
         raise ValueError("bad module entry")
+    version = obj.get("mv", 0)
+    if type(version) is not int or not 0 <= version < 2**53:
+        raise ValueError("bad maintenance version")
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
-                      generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False))
+                      generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False),
+                      maintenance=obj.get("ma", False), maintenance_version=version)
 
 
 class Validator:
