@@ -135,8 +135,8 @@ def test_metrics_exact_text():
         "# TYPE hamirror_module_fenced gauge",
         'hamirror_module_fenced{module="demo"} 1',
         'hamirror_module_fenced{module="db"} 0',
-        "# HELP hamirror_module_maintenance 1 while the module is in maintenance on this node (checkers and "
-        "automatic failover suspended).",
+        "# HELP hamirror_module_maintenance 1 while the module is in maintenance (a cluster-wide setting; "
+        "checkers and automatic failover suspended).",
         "# TYPE hamirror_module_maintenance gauge",
         'hamirror_module_maintenance{module="demo"} 1',
         'hamirror_module_maintenance{module="db"} 0',
