@@ -212,7 +212,7 @@ class _Link:
     def __init__(self) -> None:
         self.tickets = []
 
-    def submit(self, op, ints=(), strs=(), times=(), data=None, changes=()):
+    def submit(self, op, ints=(), strs=(), times=(), data=None, changes=(), hold=False):
         from hamirror.link.client import Ticket
         ticket = Ticket(len(self.tickets), changes)
         self.tickets.append(ticket)

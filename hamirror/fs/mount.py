@@ -67,7 +67,13 @@ def default_state_dir(directory: str) -> str:
 
 
 class _Fuse(mfusepy.FUSE):
-    """mfusepy with the two libfuse 3 arguments it drops: rename flags and raw utimens values."""
+    """mfusepy with the two libfuse 3 arguments it drops (rename flags, raw utimens values), and a
+    ``create`` without mfusepy's ``inspect.signature`` call on every new file."""
+
+    def create(self, path: bytes, mode: int, fip) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.create(os.fsdecode(path), mode, fi.flags)
+        return 0
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(os.fsdecode(old), os.fsdecode(new), flags)

@@ -71,6 +71,9 @@ class Interception(mfusepy.Operations):
         self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
         self._changed: set[int] = set()   # async: handles whose close is a barrier
         self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
+        # Barrier mode: the kernel writes a dirty page back, then sends its cached mtime; the
+        # write's message is held a moment so the mtime travels in it (LinkClient.submit).
+        self._hold = mode == "barrier"
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class Interception(mfusepy.Operations):
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),))
+            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._hold)
         self.links.changed(path)
         self._touched(fh)
         if failed is not None:
@@ -240,9 +243,10 @@ class Interception(mfusepy.Operations):
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
             if written:
-                tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written])
+                tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
+                        hold=self._hold)
             else:
-                tx.send(Op.UTIMENS, (), (bp,), times)
+                tx.send(Op.UTIMENS, (), (bp,), times, hold=self._hold)
         self.links.changed("/" + p)
         self._touched(fh)
         if failed is not None:
@@ -411,7 +415,7 @@ class Interception(mfusepy.Operations):
         p = rel(path)
         with self.repl.change(((p,),)) as tx:
             utimensat(self.root, os.fsencode(p), times)
-            tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p))
+            tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p), hold=self._hold)
         self.links.changed(path)
         return 0
 

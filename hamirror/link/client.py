@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Change = tuple
 WHOLE = "whole"
 KEEPALIVE = 0.5   # seconds: an idle link still carries a PING this often (the secondary's proof of life)
+HOLD = 0.002      # seconds: how long a held message waits for a UTIMENS to merge (see submit)
 
 
 class PeerLost(Exception):
@@ -87,6 +88,7 @@ class LinkClient:
         self.lost_reason: str | None = None
         self._abort_reason: str | None = None
         self.last_ticket: Ticket | None = None   # newest submitted: its ack covers all before it
+        self._held: _Held | None = None          # the newest submitted, kept back for a merge
         self.bytes_sent = 0
         self.ops_sent = 0
         self._last_send = time.monotonic()
@@ -115,8 +117,30 @@ class LinkClient:
 
     def submit(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
                times: tuple[Times, ...] = (), data: bytes | None = None,
-               changes: tuple[Change, ...] = ()) -> Ticket:
-        """Queue one operation; the caller holds its ordering lock so seq order = apply order."""
+               changes: tuple[Change, ...] = (), hold: bool = False) -> Ticket:
+        """Queue one operation; the caller holds its ordering lock so seq order = apply order.
+
+        ``hold`` (a WRITE or UTIMENS that names one path and carries only that path's times):
+        keep it back for at most ``HOLD`` seconds, so that a UTIMENS of the same path submitted
+        next travels in it (its times replace the held ones) instead of as a message of its own.
+        Barrier mode's writeback sends exactly that pair: the dirty page, then the kernel's mtime.
+        Any other submit, :meth:`flush_held` and the I/O thread send a held message first, so the
+        stream's order is the submit order."""
+        with self._lock:
+            held = merged = self._held
+            if held is not None and op == Op.UTIMENS and data is None and _mergeable(held, strs, times):
+                held.header = encode(held.op, self.session, held.ticket.seq, held.ints, held.strs, times)
+                held.times = times
+                held.ticket.changes += changes
+                if hold:
+                    return held.ticket        # stays held: the kernel may send another mtime
+                self._held = None
+                self._queue_held(held)
+            else:
+                merged = None
+        if merged is not None:
+            os.eventfd_write(self._wakeup, 1)
+            return merged.ticket
         self._window.acquire()
         with self._lock:
             seq = self._seq
@@ -126,11 +150,32 @@ class LinkClient:
                 self._window.release()
                 ticket.complete(self.lost_reason)
                 return ticket
-            header = encode(op, self.session, seq, ints, strs, times)
-            self._outbox.append((ticket, header, data))
+            if self._held is not None:
+                self._queue_held(self._held)
+                self._held = None
             self.last_ticket = ticket
+            header = encode(op, self.session, seq, ints, strs, times)
+            if hold and len(strs) == 1 and all(t[0] == strs[0] for t in times):
+                self._held = _Held(ticket, header, op, ints, strs, times, data, time.monotonic() + HOLD)
+            else:
+                self._outbox.append((ticket, header, data))
         os.eventfd_write(self._wakeup, 1)
         return ticket
+
+    def flush_held(self) -> None:
+        """Send a held message now (a barrier waits for it)."""
+        if self._held is None:
+            return
+        with self._lock:
+            held, self._held = self._held, None
+            if held is None:
+                return
+            self._queue_held(held)
+        os.eventfd_write(self._wakeup, 1)
+
+    def _queue_held(self, held: "_Held") -> None:
+        """(``_lock`` held) The held message joins the outbox, in its own place in the order."""
+        self._outbox.append((held.ticket, held.header, held.data))
 
     def query(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = ()) -> Ticket:
         """Submit a query (the caller holds its ordering lock); wait on the ticket for the payload."""
@@ -143,6 +188,7 @@ class LinkClient:
 
     def close(self, drain_timeout: float = 5.0) -> None:
         """Wait for in-flight operations (up to drain_timeout), then stop the I/O thread."""
+        self.flush_held()
         deadline = time.monotonic() + drain_timeout
         while (self._pending or self._outbox) and self.lost_reason is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -156,7 +202,7 @@ class LinkClient:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._outbox)
+        return len(self._pending) + len(self._outbox) + (self._held is not None)
 
     # I/O thread ------------------------------------------------------------------------------
 
@@ -172,6 +218,13 @@ class LinkClient:
                     os.eventfd_read(self._wakeup)
                 except BlockingIOError:
                     pass
+            held = self._held
+            if held is not None and time.monotonic() >= held.due:
+                with self._lock:
+                    if self._held is held:
+                        self._held = None
+                        self._queue_held(held)
+            if self._outbox:
                 self._send_outbox()
             if self.socket in events:
                 self._receive_replies()
@@ -185,7 +238,7 @@ class LinkClient:
     def _keepalive(self) -> None:
         """On an idle link, a PING now and then: the secondary's agent reads it as "the primary's
         data path is alive" even when the primary's agent (and its heartbeats) is not."""
-        if (self._pending or self._outbox or self.lost_reason is not None or self.ops_sent == 0
+        if (self._pending or self._outbox or self._held or self.lost_reason is not None or self.ops_sent == 0
                 or time.monotonic() - self._last_send < KEEPALIVE):
             return
         if not self._window.acquire(blocking=False):
@@ -197,6 +250,9 @@ class LinkClient:
         self._send_outbox()
 
     def _poll_timeout_ms(self) -> int:
+        held = self._held
+        if held is not None:
+            return max(0, int((held.due - time.monotonic()) * 1000) + 1)
         if not self._pending:
             return int(KEEPALIVE * 1000)
         oldest = next(iter(self._pending.values()))
@@ -269,6 +325,9 @@ class LinkClient:
                 return
             self.lost_reason = reason
             failed = list(self._pending.values()) + [t for t, _, _ in self._outbox]
+            if self._held is not None:
+                failed.append(self._held.ticket)
+                self._held = None
             self._pending.clear()
             self._outbox.clear()
         log.warning("replication stopped: %s", reason)
@@ -280,6 +339,23 @@ class LinkClient:
         for ticket in failed:
             self._window.release()
             ticket.complete(reason)
+
+
+class _Held:
+    """A message kept back by :meth:`LinkClient.submit` (``hold``), encoded, not yet queued."""
+
+    __slots__ = ("ticket", "header", "op", "ints", "strs", "times", "data", "due")
+
+    def __init__(self, ticket: Ticket, header: bytes, op: Op, ints: tuple[int, ...],
+                 strs: tuple[bytes, ...], times: tuple[Times, ...], data: bytes | None, due: float) -> None:
+        self.ticket, self.header, self.op, self.ints, self.strs = ticket, header, op, ints, strs
+        self.times, self.data, self.due = times, data, due
+
+
+def _mergeable(held: _Held, strs: tuple[bytes, ...], times: tuple[Times, ...]) -> bool:
+    """A UTIMENS of ``strs`` with ``times`` only sets times the held message sets too (same one
+    path), so the held message can carry them instead: the result on the peer is the same."""
+    return strs == held.strs and bool(times) and all(t[0] == strs[0] for t in times)
 
 
 def flatten_changes(tickets: Iterable[Ticket]) -> list[Change]:

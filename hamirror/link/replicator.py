@@ -102,12 +102,14 @@ class _Transaction:
         self.logged = False  # its paths are in the activity log (streaming): leave it at the end
 
     def send(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
-             times: tuple[Times, ...] = (), data: bytes | None = None, barrier: bool = False) -> None:
-        """Queue the operation for the peer; ``barrier`` waits for it even in async mode (fsync)."""
+             times: tuple[Times, ...] = (), data: bytes | None = None, barrier: bool = False,
+             hold: bool = False) -> None:
+        """Queue the operation for the peer; ``barrier`` waits for it even in async mode (fsync);
+        ``hold`` lets a UTIMENS of the same path that follows travel in it (LinkClient.submit)."""
         replicator = self._replicator
         client = replicator.client
         if replicator.state in _STREAMING and client is not None and not self.held:
-            self.ticket = client.submit(op, ints, strs, times, data, self.changes)
+            self.ticket = client.submit(op, ints, strs, times, data, self.changes, hold=hold)
             self.client = client
             self.barrier = barrier
             if self.ticket.done and self.ticket.error is not None:
@@ -230,6 +232,7 @@ class Replicator:
             if self.state in _BLOCKED:
                 self.await_verdict()
             return
+        client.flush_held()
         ticket = client.last_ticket
         if ticket is not None:
             ticket.wait()
