@@ -108,6 +108,7 @@ class Fuzzer:
                                    c([1, 4096, 1 << 20, 32 << 20, 2**40])),
             Op.CHMOD: lambda: (c(MODES) & 0o7777,), Op.CHOWN: lambda: (c(IDS), c(IDS)),
             Op.SETXATTR: lambda: (c([0, 0, 1, 2, 3]),), Op.FSYNC: lambda: (c([0, 1]),),
+            Op.WRITE_FSYNC: lambda: (c([0, 1, 4096, 1 << 20, 2**40]), c([0, 1, 1, 2])),
             Op.BLOCKSUMS: lambda: (c([0, 4096, 1 << 20, 2**40]), c([0, 1, 4096, 4 << 20, 64 << 20]),
                                    c([4096, 65536, 1 << 20, protocol.MAX_DATA])),
             Op.REMOVE: lambda: (c([0, 1, 1]),),

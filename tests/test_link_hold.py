@@ -112,3 +112,20 @@ def test_a_lost_peer_fails_the_held_message_and_reports_what_it_changed(link, mo
     assert (secondary / "f").read_bytes() == b""   # never sent
     # Later submits fail at once, held or not.
     assert client.submit(Op.UTIMENS, (), (b"f",), _times(b"f", T2), hold=True).error == "test: peer declared lost"
+
+
+def test_an_fsync_of_the_held_write_makes_one_commit_message(link):
+    client, receiver, secondary, _ = link
+    _create(client, b"wal")
+    write = client.submit(Op.WRITE, (4,), (b"wal",), _times(b"wal", T1), b"page", changes=(("wal", 4, 4),), hold=True)
+    assert client.submit(Op.UTIMENS, (), (b"wal",), _times(b"wal", T2), changes=(("wal",),), hold=True) is write
+    fsync = client.submit(Op.FSYNC, (1,), (b"wal",))
+    assert fsync is write and write.changes == (("wal", 4, 4), ("wal",))
+    assert fsync.wait(5) and fsync.error is None
+    assert (secondary / "wal").read_bytes() == b"\0" * 4 + b"page"
+    assert os.stat(secondary / "wal").st_mtime_ns == T2[1]
+    assert receiver.stats.by_op == {"CREATE": 1, "WRITE_FSYNC": 1}
+    # An fsync of another path, or of a held UTIMENS, is a message of its own.
+    client.submit(Op.UTIMENS, (), (b"wal",), _times(b"wal", T1), hold=True)
+    assert client.submit(Op.FSYNC, (0,), (b"wal",)).wait(5)
+    assert receiver.stats.by_op == {"CREATE": 1, "WRITE_FSYNC": 1, "UTIMENS": 1, "FSYNC": 1}

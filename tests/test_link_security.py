@@ -90,6 +90,7 @@ def _bad_path_messages() -> list[Msg]:
         messages += [
             (f"CREATE {short}", Op.CREATE, (0o100644, 0, 0, 0), (path,), (), None),
             (f"WRITE {short}", Op.WRITE, (0,), (path,), (), b"pwned"),
+            (f"WRITE_FSYNC {short}", Op.WRITE_FSYNC, (0, 0), (path,), (), b"pwned"),
             (f"MKDIR {short}", Op.MKDIR, (0o755, 0, 0), (path,), (), None),
             (f"CHMOD {short}", Op.CHMOD, (0o777,), (path,), (), None),
             (f"SETXATTR {short}", Op.SETXATTR, (0,), (path, b"user.x"), (), b"1"),
@@ -108,6 +109,7 @@ def _symlink_messages() -> list[Msg]:
         ("WRITE evil/x", Op.WRITE, (0,), (b"evil/x",), (), b"pwned"),
         ("WRITE evil/secret", Op.WRITE, (0,), (b"evil/secret",), (), b"pwned"),
         ("WRITE evilfile", Op.WRITE, (0,), (b"evilfile",), (), b"pwned"),
+        ("WRITE_FSYNC evil/secret", Op.WRITE_FSYNC, (0, 1), (b"evil/secret",), (), b"pwned"),
         ("TRUNCATE evil/secret", Op.TRUNCATE, (0,), (b"evil/secret",), (), None),
         ("TRUNCATE evilfile", Op.TRUNCATE, (0,), (b"evilfile",), (), None),
         ("FALLOCATE evilfile", Op.FALLOCATE, (0, 0, 1 << 20), (b"evilfile",), (), None),
@@ -159,6 +161,7 @@ def _malformed_frames() -> list[tuple[str, list[bytes]]]:
         ("path longer than PATH_MAX", [encode(Op.UNLINK, SESSION, 1, (), ((b"a/" * 2100)[:-1],))]),
         ("xattr name too long", [encode(Op.REMOVEXATTR, SESSION, 1, (), (b"ok", b"user." + b"n" * 300))]),
         ("negative WRITE offset", [encode(Op.WRITE, SESSION, 1, (-1,), (b"ok",)), b"x"]),
+        ("WRITE_FSYNC datasync 2", [encode(Op.WRITE_FSYNC, SESSION, 1, (0, 2), (b"ok",)), b"x"]),
         ("huge TRUNCATE", [encode(Op.TRUNCATE, SESSION, 1, (2**63 - 1,), (b"ok",))]),
         ("CHMOD mode out of range", [encode(Op.CHMOD, SESSION, 1, (1 << 20,), (b"ok",))]),
         ("FALLOCATE zero length", [encode(Op.FALLOCATE, SESSION, 1, (0, 0, 0), (b"ok",))]),
@@ -265,6 +268,7 @@ _ARGS = {
     Op.REMOVEXATTR: (st.tuples(), st.tuples(_path, _name)),
     Op.FSYNC: (st.tuples(_i64), st.tuples(_path)),
     Op.PING: (st.tuples(), st.tuples()),
+    Op.WRITE_FSYNC: (st.tuples(_offset, st.integers(0, 1)), st.tuples(_path)),
 }
 
 

@@ -131,7 +131,8 @@ def test_no_verdict_within_the_fence_timeout_refuses(mirror_factory):
         writer.join(15)
         assert writer.error is not None and writer.error.errno == errno.EIO
         assert 3 <= writer.finished - started < 3 + 1 + 3   # ack timeout + fence timeout + slack
-        assert pair.status()["state"] == "REFUSED"
+        # status.json is rewritten right after the blocked calls are woken: allow it that moment.
+        wait_for(lambda: pair.status()["state"] == "REFUSED", 2, what="status REFUSED")
     finally:
         pair.umount()
 

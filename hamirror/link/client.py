@@ -124,7 +124,8 @@ class LinkClient:
         keep it back for at most ``HOLD`` seconds, so that a UTIMENS of the same path submitted
         next travels in it (its times replace the held ones) instead of as a message of its own.
         Barrier mode's writeback sends exactly that pair: the dirty page, then the kernel's mtime.
-        Any other submit, :meth:`flush_held` and the I/O thread send a held message first, so the
+        An FSYNC of the path of a held WRITE (a commit: write, then fsync) turns it into one
+        WRITE_FSYNC, sent at once. Any other submit, :meth:`flush_held` and the I/O thread send a held message first, so the
         stream's order is the submit order."""
         with self._lock:
             held = merged = self._held
@@ -134,6 +135,14 @@ class LinkClient:
                 held.ticket.changes += changes
                 if hold:
                     return held.ticket        # stays held: the kernel may send another mtime
+                self._held = None
+                self._queue_held(held)
+            elif (held is not None and op == Op.FSYNC and held.op == Op.WRITE and strs == held.strs
+                  and not times and data is None):
+                # A commit: the page written back, then fsync of its file: one message.
+                held.header = encode(Op.WRITE_FSYNC, self.session, held.ticket.seq,
+                                     (held.ints[0], ints[0]), held.strs, held.times)
+                held.ticket.changes += changes
                 self._held = None
                 self._queue_held(held)
             else:

@@ -73,6 +73,7 @@ class Op(enum.IntEnum):
     CHANGES = 22      # query: the receiver's own changed set and generation history
     REMOVE = 23       # ints: keep_aside                  strs: path (a file or a whole tree)
     RESYNC_DONE = 24  # data frame: the primary's generation history (JSON): adopt it, up to date
+    WRITE_FSYNC = 25  # ints: offset, datasync            strs: path   + data frame: WRITE then FSYNC
 
 HELLO_RESYNC = 1      # HELLO flag: a resync follows; the receiver is not up to date until DONE
 QUERIES = frozenset({Op.STAT, Op.LISTDIR, Op.BLOCKSUMS, Op.CHANGES})
@@ -114,6 +115,7 @@ SPECS: dict[Op, OpSpec] = {
     Op.CHANGES: OpSpec(0, ()),
     Op.REMOVE: OpSpec(1, (PATH,)),
     Op.RESYNC_DONE: OpSpec(0, (), has_data=True),
+    Op.WRITE_FSYNC: OpSpec(2, (PATH,), has_data=True),
 }
 
 # Operations whose paths must not be the replicated directory itself.
@@ -282,8 +284,10 @@ def _check_ints(msg: Message) -> None:
         raise ProtocolError(f"{op.name}: not allowed on the replicated directory itself")
     if op in (Op.CREATE, Op.MKDIR, Op.CHMOD) and not 0 <= ints[0] <= 0o177777:
         raise ProtocolError(f"{op.name}: mode out of range")
-    if op in (Op.WRITE, Op.TRUNCATE) and not 0 <= ints[0] <= INT64_MAX - MAX_DATA:
+    if op in (Op.WRITE, Op.TRUNCATE, Op.WRITE_FSYNC) and not 0 <= ints[0] <= INT64_MAX - MAX_DATA:
         raise ProtocolError(f"{op.name}: offset out of range")
+    if op == Op.WRITE_FSYNC and ints[1] not in (0, 1):
+        raise ProtocolError("WRITE_FSYNC: datasync must be 0 or 1")
     if op == Op.FALLOCATE and (ints[1] < 0 or ints[2] <= 0 or ints[1] > INT64_MAX - ints[2]):
         raise ProtocolError("FALLOCATE: range out of bounds")
     if op == Op.FALLOCATE and not 0 <= ints[0] <= FALLOC_MODES:
