@@ -30,6 +30,10 @@ from hamirror.link.replicator import Replicator
 # Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
 # the saving is smaller than the cost of a second message.
 OVERLAP_MIN = 256 * 1024
+# Sync mode: a large write travels in pieces of this size, so that the peer decrypts and writes
+# the first piece while the next is still being encrypted and sent (one write is in flight at a
+# time in sync mode: without pieces those steps run one after another).
+SYNC_PIECE = 256 * 1024
 _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
                 "st_blksize", "st_rdev")
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
@@ -217,7 +221,10 @@ class Interception(mfusepy.Operations):
         with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
-            tx.send(Op.WRITE, (offset,), (bp,), data=data)
+            piece = SYNC_PIECE if self.mode == "sync" else len(data)
+            view = memoryview(data)
+            for start in range(0, len(data), piece):
+                tx.send(Op.WRITE, (offset + start,), (bp,), data=view[start:start + piece])
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
