@@ -14,6 +14,7 @@ import threading
 
 from hamirror.cli.common import CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
+from hamirror.fs.syscalls import keep_message_buffers
 
 
 def endpoint(value: str) -> str:
@@ -98,6 +99,7 @@ def run_receive(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # zmq errors: address in use, bad endpoint
         raise CommandError(f"cannot listen on {args.bind}: {exc}") from exc
+    keep_message_buffers()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: receiver.stop())
     print(f"receiving into {args.dir} on {receiver.endpoint}", flush=True)
@@ -113,6 +115,7 @@ def _state_dir(args: argparse.Namespace) -> str:
 
 
 def run_mount(args: argparse.Namespace) -> int:
+    keep_message_buffers()
     if args.peer is None and not (args.no_replication or args.alone):
         raise CommandError("mirror mount: --peer is required (or --alone, or --no-replication)")
     options = fsmount.MountOptions(

@@ -1,5 +1,5 @@
 """Linux calls the standard library lacks: renameat2 (flags), fallocate (modes), utimensat (OMIT/NOW),
-syncfs (one filesystem), sync_file_range (start writeback of a range)."""
+syncfs (one filesystem), sync_file_range (start writeback of a range), and glibc's mallopt."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's malloc.h
 
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -56,3 +57,17 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing ``[offset, offset+length)`` back to disk without waiting for it
     (sync_file_range with SYNC_FILE_RANGE_WRITE): a later fsync then has less left to do."""
     _check(_libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE))
+
+
+def keep_message_buffers(mapped_above: int = 4 << 20, kept_free: int = 64 << 20) -> None:
+    """For the data-path daemons, which allocate and free a buffer of up to 1 MiB per message (FUSE
+    copy, ZeroMQ, CURVE): serve those from the heap and keep up to ``kept_free`` bytes of freed
+    memory, instead of glibc's default of mapping (and the kernel zeroing) fresh pages again and
+    again. Measured in docs/performance.md ("Replication modes"). Best effort: other C libraries
+    have no mallopt."""
+    try:
+        _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libc.mallopt(M_MMAP_THRESHOLD, mapped_above)
+        _libc.mallopt(M_TRIM_THRESHOLD, kept_free)
+    except AttributeError:
+        pass
