@@ -113,7 +113,7 @@ class Applier:
             Op.RENAME: self._rename, Op.WRITE: self._write, Op.TRUNCATE: self._truncate,
             Op.FALLOCATE: self._fallocate, Op.CHMOD: self._chmod, Op.CHOWN: self._chown,
             Op.UTIMENS: lambda m: None, Op.SETXATTR: self._setxattr,
-            Op.REMOVEXATTR: self._removexattr, Op.FSYNC: self._fsync, Op.WRITE_FSYNC: self._write_fsync,
+            Op.REMOVEXATTR: self._removexattr, Op.FSYNC: self._fsync, Op.WRITE_FSYNC: self._write,
         }
 
     def close(self) -> None:
@@ -126,6 +126,8 @@ class Applier:
         for path, atime, mtime in msg.times:
             with resolve_beneath(self.root_fd, path) as parent:
                 os.utime(parent.name, ns=(atime, mtime), dir_fd=parent.fd, follow_symlinks=False)
+        if msg.op == Op.WRITE_FSYNC:   # a WRITE then an FSYNC: the sync covers the times too
+            self._fsync(msg, msg.ints[1])
 
     # descriptor cache: writes to the same file reuse one descriptor -------------------------
 
@@ -233,11 +235,6 @@ class Applier:
     def _removexattr(self, msg: Message) -> None:
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             os.removexattr(parent.proc_path, msg.strs[1], follow_symlinks=False)
-
-    def _write_fsync(self, msg: Message) -> None:
-        """A commit in one message (barrier mode): the write, then the fsync of its file."""
-        self._write(msg)
-        self._fsync(msg, msg.ints[1])
 
     def _fsync(self, msg: Message, datasync: int | None = None) -> None:
         sync = os.fdatasync if (msg.ints[0] if datasync is None else datasync) else os.fsync
