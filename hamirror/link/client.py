@@ -125,8 +125,8 @@ class LinkClient:
         next travels in it (its times replace the held ones) instead of as a message of its own.
         Barrier mode's writeback sends exactly that pair: the dirty page, then the kernel's mtime.
         An FSYNC of the path of a held WRITE (a commit: write, then fsync) turns it into one
-        WRITE_FSYNC, sent at once. Any other submit, :meth:`flush_held` and the I/O thread send a held message first, so the
-        stream's order is the submit order."""
+        WRITE_FSYNC, sent at once. Any other submit, :meth:`flush_held` and the I/O thread send a
+        held message first, so the stream's order is the submit order."""
         with self._lock:
             held = merged = self._held
             if held is not None and op == Op.UTIMENS and data is None and _mergeable(held, strs, times):
