@@ -16,6 +16,7 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 
@@ -40,6 +41,14 @@ _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", 
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
 RENAME_EXCHANGE = 2
+# Barrier mode refuses hard links, and writes to a file that has several names. libfuse's
+# high-level API gives each name its own kernel inode, and with the writeback cache the kernel
+# keeps its own size and mtime per inode and never takes the daemon's: after a change through one
+# name another would keep its old size (reads padded with zeros, an append overwriting data).
+SEVERAL_NAMES = ("barrier mode does not write files with several hard links (the kernel's writeback "
+                 "cache keeps one size per name); use sync or async mode for them")
+
+log = logging.getLogger(__name__)
 
 
 def rel(path: str) -> str:
@@ -151,6 +160,8 @@ class Interception(mfusepy.Operations):
         own = flags & ~_STRIP_FLAGS
         if own & os.O_ACCMODE != os.O_RDONLY:
             own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
+        if own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self._one_name_only(path, self._lstat(p))
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
         with self.repl.change(((p, WHOLE),)) as tx:
@@ -170,7 +181,13 @@ class Interception(mfusepy.Operations):
                 if flags & os.O_EXCL:
                     raise
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
-                return os.open(p, own, dir_fd=self.root)
+                fd = os.open(p, own, dir_fd=self.root)
+                try:
+                    self._one_name_only(path, os.fstat(fd))
+                except OSError:
+                    os.close(fd)
+                    raise
+                return fd
             self._keep_mode(p, mode, fd)
             uid, gid = self._owner(p)
             os.fchown(fd, uid, gid)
@@ -202,6 +219,12 @@ class Interception(mfusepy.Operations):
         if ino is None:
             ino = self._inodes[fh] = os.fstat(fh).st_ino
         return ino
+
+    def _one_name_only(self, path: str, st: os.stat_result) -> None:
+        """Barrier mode: refuse to change a regular file that has several names (SEVERAL_NAMES)."""
+        if self.mode == "barrier" and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            log.warning("%s: refused (EPERM): %s", path, SEVERAL_NAMES)
+            raise OSError(errno.EPERM, SEVERAL_NAMES)
 
     def _touched(self, fh: int | None) -> None:
         """Async mode: the close of ``fh`` must wait for the peer."""
@@ -275,6 +298,8 @@ class Interception(mfusepy.Operations):
             os.ftruncate(fh, length)
             return 0
         p = rel(path)
+        if fh is None:
+            self._one_name_only(path, self._lstat(p))
         with self.repl.change(((p, WHOLE),)) as tx:
             if fh is not None:
                 os.ftruncate(fh, length)
@@ -367,6 +392,9 @@ class Interception(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
         new, old = rel(target), rel(source)
+        if self.mode == "barrier":
+            log.warning("link %s -> %s: refused (EPERM): %s", source, target, SEVERAL_NAMES)
+            raise OSError(errno.EPERM, SEVERAL_NAMES)
         with self.repl.change(((new, WHOLE), (old,))) as tx:
             os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
