@@ -84,9 +84,11 @@ class Interception(mfusepy.Operations):
         self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
         self._changed: set[int] = set()   # async: handles whose close is a barrier
         self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
-        # Barrier mode: the kernel writes a dirty page back, then sends its cached mtime; the
-        # write's message is held a moment so the mtime travels in it (LinkClient.submit).
-        self._hold = mode == "barrier"
+        # Barrier mode runs with the kernel's writeback cache, which has two consequences here:
+        # the kernel writes a dirty page back, then sends its cached mtime, so the write's message
+        # is held a moment for the mtime to travel in it (LinkClient.submit); and files with
+        # several names are refused (SEVERAL_NAMES).
+        self._writeback = mode == "barrier"
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Interception(mfusepy.Operations):
         own = flags & ~_STRIP_FLAGS
         if own & os.O_ACCMODE != os.O_RDONLY:
             own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
-        if own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+        if self._writeback and (own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             self._one_name_only(path, self._lstat(p))
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
@@ -182,11 +184,12 @@ class Interception(mfusepy.Operations):
                     raise
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
                 fd = os.open(p, own, dir_fd=self.root)
-                try:
-                    self._one_name_only(path, os.fstat(fd))
-                except OSError:
-                    os.close(fd)
-                    raise
+                if self._writeback:
+                    try:
+                        self._one_name_only(path, os.fstat(fd))
+                    except OSError:
+                        os.close(fd)
+                        raise
                 return fd
             self._keep_mode(p, mode, fd)
             uid, gid = self._owner(p)
@@ -221,8 +224,8 @@ class Interception(mfusepy.Operations):
         return ino
 
     def _one_name_only(self, path: str, st: os.stat_result) -> None:
-        """Barrier mode: refuse to change a regular file that has several names (SEVERAL_NAMES)."""
-        if self.mode == "barrier" and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+        """Barrier mode (callers check): refuse to change a regular file with several names."""
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
             log.warning("%s: refused (EPERM): %s", path, SEVERAL_NAMES)
             raise OSError(errno.EPERM, SEVERAL_NAMES)
 
@@ -255,7 +258,7 @@ class Interception(mfusepy.Operations):
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._hold)
+            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
         self.links.changed(path)
         self._touched(fh)
         if failed is not None:
@@ -274,9 +277,9 @@ class Interception(mfusepy.Operations):
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
             if written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
-                        hold=self._hold)
+                        hold=self._writeback)
             else:
-                tx.send(Op.UTIMENS, (), (bp,), times, hold=self._hold)
+                tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
         self.links.changed("/" + p)
         self._touched(fh)
         if failed is not None:
@@ -298,7 +301,7 @@ class Interception(mfusepy.Operations):
             os.ftruncate(fh, length)
             return 0
         p = rel(path)
-        if fh is None:
+        if fh is None and self._writeback:
             self._one_name_only(path, self._lstat(p))
         with self.repl.change(((p, WHOLE),)) as tx:
             if fh is not None:
@@ -392,7 +395,7 @@ class Interception(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
         new, old = rel(target), rel(source)
-        if self.mode == "barrier":
+        if self._writeback:
             log.warning("link %s -> %s: refused (EPERM): %s", source, target, SEVERAL_NAMES)
             raise OSError(errno.EPERM, SEVERAL_NAMES)
         with self.repl.change(((new, WHOLE), (old,))) as tx:
@@ -450,7 +453,7 @@ class Interception(mfusepy.Operations):
         p = rel(path)
         with self.repl.change(((p,),)) as tx:
             utimensat(self.root, os.fsencode(p), times)
-            tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p), hold=self._hold)
+            tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p), hold=self._writeback)
         self.links.changed(path)
         return 0
 

@@ -164,7 +164,7 @@ class LinkClient:
                 self._held = None
             self.last_ticket = ticket
             header = encode(op, self.session, seq, ints, strs, times)
-            if hold and len(strs) == 1 and all(t[0] == strs[0] for t in times):
+            if hold and len(strs) == 1 and _only_times_of(strs[0], times):
                 self._held = _Held(ticket, header, op, ints, strs, times, data, time.monotonic() + HOLD)
             else:
                 self._outbox.append((ticket, header, data))
@@ -364,7 +364,11 @@ class _Held:
 def _mergeable(held: _Held, strs: tuple[bytes, ...], times: tuple[Times, ...]) -> bool:
     """A UTIMENS of ``strs`` with ``times`` only sets times the held message sets too (same one
     path), so the held message can carry them instead: the result on the peer is the same."""
-    return strs == held.strs and bool(times) and all(t[0] == strs[0] for t in times)
+    return strs == held.strs and bool(times) and _only_times_of(strs[0], times)
+
+
+def _only_times_of(path: bytes, times: tuple[Times, ...]) -> bool:
+    return all(t[0] == path for t in times)
 
 
 def flatten_changes(tickets: Iterable[Ticket]) -> list[Change]:
