@@ -22,7 +22,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceRunner
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info
+from hamirror.agent import console, control, journal_info, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -256,7 +256,7 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
-        if cmd not in ("module", "maintenance", "clear"):
+        if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
@@ -269,7 +269,8 @@ class Agent:
                 return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
             name = command.value
         else:
-            name = f"maintenance {'on' if request.get('on') else 'off'}" if cmd == "maintenance" else "clear"
+            name = {"maintenance": f"maintenance {'on' if request.get('on') else 'off'}", "clear": "clear",
+                    "verify": "verify --repair" if request.get("repair") else "verify"}[cmd]
         who = control.caller()
         runner.emit("command", f"{name} by {who_text(who)}", command=name, caller=who)
         if cmd == "maintenance":
@@ -278,6 +279,8 @@ class Agent:
         elif cmd == "clear":
             runner.clear()
             answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
+        elif cmd == "verify":   # online verify: hamirror/agent/verify.py
+            answer = await verify.answer(self, runner, request)
         else:
             outcome = await runner.submit(command)
             answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
