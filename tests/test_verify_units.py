@@ -30,6 +30,8 @@ def test_summary_counts_bytes_of_content_and_whole_entries_not_of_modes():
     repaired = summary(found, found, [], 2.0)
     assert (repaired["result"], repaired["remaining"], repaired["repaired"]) == ("repaired", [], True)
     assert summary([], None, None, 0.1)["result"] == "clean"
+    many = summary([Difference("f", "content", i * 8192, 4096) for i in range(1001)], None, None, 1.0)
+    assert (len(many["differences"]), many["difference_count"], many["out_of_sync_bytes"]) == (1000, 1001, 1001 * 4096)
 
 
 def runner(state: NodeState, peer_state: NodeState | None, uptodate: bool = True,
@@ -79,3 +81,19 @@ def test_status_and_metrics_show_the_last_verify():
     assert "db: last verify " in table and ": 1 difference(s), 4096 byte(s) out of sync" in table
     never = render_metrics(document(None))
     assert 'hamirror_verify_last_timestamp_seconds{module="db"} 0' in never
+
+
+def test_from_the_secondary_without_the_http_api_the_answer_says_where_to_run_it():
+    import asyncio
+
+    agent = SimpleNamespace(cluster=SimpleNamespace(http=None), peer_node=SimpleNamespace(name="node1"))
+    answer = asyncio.run(verify.forward(agent, "db", False, 10.0))
+    assert answer == {"ok": False, "error": "db is primary on node1: run 'hamirror verify db' there (to run it "
+                                            "from either node, give both nodes [http] with a listen address on the "
+                                            "cluster network, token_file and console_actions = true)"}
+
+
+def test_status_shows_a_running_verify():
+    doc = document(None)
+    doc["modules"][0]["verify"] = {"done_files": 12, "done_bytes": 4096}
+    assert "db: verify running: 12 file(s), 4096 byte(s) compared so far" in render_table(doc)

@@ -124,6 +124,9 @@ def render_table(doc: dict) -> str:
             f = m["failovers"]
             lines.append(f"{m['name']}: FAILOVER DAMPED: {f['recent']} failover(s) within {f['window']:g} s (limit "
                          f"{f['max']}): failovers held back ('hamirror clear {m['name']}' to allow them again)")
+        if m.get("verify"):
+            lines.append(f"{m['name']}: verify running: {m['verify']['done_files']} file(s), "
+                         f"{m['verify']['done_bytes']} byte(s) compared so far")
         if m.get("last_verify"):
             lines.append(f"{m['name']}: last {verify.status_line(m['last_verify'])}")
         for warning in m.get("warnings", []):

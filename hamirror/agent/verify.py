@@ -55,6 +55,8 @@ def merge(parts: list[dict | None], dirs: list[str]) -> dict | None:
         "seconds": max(float(p.get("seconds") or 0) for _, p in found),
         "differences": [x for d, p in found for x in paths(d, p.get("differences") or [])],
         "remaining": [x for d, p in found for x in paths(d, p.get("remaining") or [])],
+        "difference_count": sum(int(p.get("difference_count") or 0) for _, p in found),
+        "remaining_count": sum(int(p.get("remaining_count") or 0) for _, p in found),
         "out_of_sync_bytes": sum(int(p.get("out_of_sync_bytes") or 0) for _, p in found),
         "remaining_bytes": sum(int(p.get("remaining_bytes") or 0) for _, p in found),
         "repaired": any(p.get("repaired") for _, p in found),
@@ -80,14 +82,14 @@ def running(obs) -> dict | None:
 
 def describe(outcome: dict) -> str:
     """One line for the timeline and the CLI."""
-    n = len(outcome["differences"])
+    n = outcome["difference_count"]
     if outcome["result"] == "clean":
         return f"verify: the copies are identical ({outcome['seconds']:.1f} s)"
     if outcome["result"] == "failed":
         return f"verify failed: {outcome.get('error')}"
     text = f"verify: {n} difference(s), {outcome['out_of_sync_bytes']} byte(s) out of sync"
     if outcome["repaired"]:
-        left = len(outcome["remaining"])
+        left = outcome["remaining_count"]
         text += "; repaired, verified again: " + ("identical" if not left else
                                                    f"{left} difference(s) remain ({outcome['remaining_bytes']} bytes)")
     return text
@@ -184,7 +186,7 @@ def metric_families(modules: list[dict]) -> list[tuple[str, str, str, list[tuple
          [({"module": m["name"]}, value(m, "remaining_bytes") if (m.get("last_verify") or {}).get("repaired")
            else value(m, "out_of_sync_bytes")) for m in modules]),
         ("hamirror_verify_differences", "gauge", "Differences (ranges and entries) the last verify found.",
-         [({"module": m["name"]}, len((m.get("last_verify") or {}).get("differences") or ())) for m in modules]),
+         [({"module": m["name"]}, value(m, "difference_count")) for m in modules]),
         ("hamirror_verify_last_timestamp_seconds", "gauge", "When the last verify ended (Unix time; 0: never).",
          [({"module": m["name"]}, value(m, "finished_at")) for m in modules]),
         ("hamirror_verify_failed", "gauge", "1 when the last verify could not complete.",

@@ -40,6 +40,9 @@ def render(module: str, outcome: dict) -> str:
             lines.append(f"  {where}: content differs at offset {d['offset']}, {d['length']} bytes")
         else:
             lines.append(f"  {where}: {d['kind']}" + (f" ({d['detail']})" if d.get("detail") else ""))
+    more = outcome["difference_count"] - len(outcome["differences"])
+    if more > 0:
+        lines.append(f"  ... and {more} more (counted, not listed)")
     return "\n".join([f"{module}: {describe(outcome)}", *lines])
 
 
@@ -53,9 +56,9 @@ def run_verify(args: argparse.Namespace) -> int:
     if outcome["result"] == "failed":
         print(f"hamirror: verify {args.module} failed: {outcome.get('error')}", file=sys.stderr)
         return 1
-    left = outcome["remaining"]
+    left = outcome["remaining_count"]
     if left:
-        print(f"hamirror: {args.module}: the two copies differ ({len(left)} difference(s), "
+        print(f"hamirror: {args.module}: the two copies differ ({left} difference(s), "
               f"{outcome['remaining_bytes']} bytes out of sync)"
               + ("" if args.repair else f"; 'hamirror verify --repair {args.module}' resyncs them"), file=sys.stderr)
         return DIFFERENT

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024   # bytes read and hashed on each side per lock hold
 BLOCK = FINE_BLOCK        # 4 KiB: the granularity of the ranges a verify reports (as DRBD's)
 LAST_KEY = "last_verify"  # journal state: the last verify's summary survives a remount
+MAX_LISTED = 1000         # differences listed in a summary (all are counted, all are repaired)
 KINDS = ("missing", "extra", "type", "size", "mode", "owner", "content")
 
 
@@ -80,12 +81,15 @@ class VerifyProgress:
 
 def summary(found: list[Difference], repaired: list[Difference] | None, remaining: list[Difference] | None,
             seconds: float) -> dict:
-    """What status, events and metrics show of one verify (``repaired``/``remaining``: with --repair)."""
+    """What status, events and metrics show of one verify (``repaired``/``remaining``: with --repair).
+    The lists stop at ``MAX_LISTED`` (the counts and bytes cover everything): the summary travels
+    in every status answer of the mount."""
     left = found if remaining is None else remaining
     result = "clean" if not found else ("repaired" if repaired is not None and not left else "differences")
     return {"result": result, "finished_at": time.time(), "seconds": round(seconds, 3),
-            "differences": [d.to_json() for d in found], "out_of_sync_bytes": sum(d.out_of_sync for d in found),
-            "repaired": repaired is not None, "remaining": [d.to_json() for d in left],
+            "differences": [d.to_json() for d in found[:MAX_LISTED]], "difference_count": len(found),
+            "out_of_sync_bytes": sum(d.out_of_sync for d in found), "repaired": repaired is not None,
+            "remaining": [d.to_json() for d in left[:MAX_LISTED]], "remaining_count": len(left),
             "remaining_bytes": sum(d.out_of_sync for d in left)}
 
 
@@ -172,10 +176,12 @@ class Verifier:
         return found
 
     def content(self, path: str) -> list[Difference]:
-        """Block sums of both copies, one chunk per lock hold, until past the larger size."""
+        """Block sums of both copies, one chunk per lock hold, up to the larger size the first
+        chunk saw (what an application appends during the verify reaches both copies through the
+        mirror, and a file growing faster than it is read must not keep the verify going)."""
         found: list[Difference] = []
         offset = 0
-        end = 1
+        end = bound = 1
         while offset < end:
             with self._locked():
                 ours = self._local_sums(path, offset)
@@ -183,7 +189,9 @@ class Verifier:
             size, theirs = decode_sums(self._wait(query).payload)
             if ours is None:      # gone here (removed or replaced by a non-file) at this point
                 break
-            end = max(ours[0], size)
+            if offset == 0:
+                bound = max(ours[0], size)
+            end = min(max(ours[0], size), bound)
             for start, length in differing_ranges(offset, ours[1], theirs, self.block, end):
                 found.append(Difference(path, "content", start, length))
             self.progress.done_bytes += min(CHUNK, max(end - offset, 0))
@@ -410,7 +418,7 @@ class VerifyJob:
             log.warning("last verify not recorded in the journal: %s", exc)
         if not self.error:
                 log.info("verify %d: %s, %d difference(s), %d byte(s) out of sync", job, result["result"],
-                     len(result["differences"]), result["out_of_sync_bytes"])
+                     result["difference_count"], result["out_of_sync_bytes"])
 
     def status(self) -> dict:
         """``verify`` (progress while one runs, else None), ``last_verify``, the newest job's id and error."""
