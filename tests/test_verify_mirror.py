@@ -178,3 +178,16 @@ def test_verify_refuses_without_a_live_mirror(mirror_pair):
         assert str(exc) == "verify needs a live mirror (state PRIM), the mount is ALONE"
     else:
         raise AssertionError("verify ran without a peer")
+
+
+def test_the_last_verify_survives_a_remount_and_the_next_one_gets_a_new_id(mirror_pair):
+    pair = mirror_pair
+    with open(lower(pair, "f"), "wb") as f:
+        f.write(b"x" * 10_000)
+    first = verify(pair)
+    pair.umount()
+    pair.mount()
+    wait_for(lambda: mount_state(pair) == "PRIM", 15, what="the mount to be PRIM again")
+    assert control(pair, {"cmd": "verify_status"})["last_verify"] == first
+    second = verify(pair)
+    assert second["id"] == first["id"] + 1 and second["result"] == "clean"

@@ -386,6 +386,8 @@ class VerifyJob:
             self.last: dict | None = json.loads(journal.get_state(LAST_KEY) or "null")
         except ValueError:
             self.last = None
+        if isinstance(self.last, dict):   # job ids go on from the last one recorded (a remount)
+            self.runs = int(self.last.get("id") or 0)
 
     @property
     def running(self) -> bool:
@@ -406,9 +408,9 @@ class VerifyJob:
     def _run(self, job: int, repair: bool) -> None:
         try:
             result = verify_and_repair(self.root, self.repl, self.journal, repair, self.progress)
-        except (VerifyFailed, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stops it, the agent waiting must learn it
             self.error = str(exc)
-            log.warning("verify %d failed: %s", job, exc)
+            log.warning("verify %d failed: %s", job, exc, exc_info=not isinstance(exc, (VerifyFailed, OSError)))
             result = {**summary([], None, None, time.monotonic() - self.progress.started), "result": "failed",
                       "error": self.error}
         self.last = {**result, "id": job}
