@@ -191,3 +191,39 @@ def test_the_last_verify_survives_a_remount_and_the_next_one_gets_a_new_id(mirro
     assert control(pair, {"cmd": "verify_status"})["last_verify"] == first
     second = verify(pair)
     assert second["id"] == first["id"] + 1 and second["result"] == "clean"
+
+
+def test_a_repair_under_a_writer_of_the_same_blocks_leaves_identical_copies(mirror_pair):
+    """The repair reads and sends each block under the ordering lock, as the resync does: a block
+    the application rewrites meanwhile is never overwritten on the peer by an older copy."""
+    pair = mirror_pair
+    rng = random.Random(9)
+    with open(lower(pair, "db"), "wb") as f:
+        f.write(rng.randbytes(1 << 20))
+    for block in range(0, 256, 8):   # 32 planted bytes, one per 8 blocks
+        plant(os.path.join(pair.secondary, "db"), block * 4096 + 100, b"\0")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        wrng = random.Random(10)
+        try:
+            with open(lower(pair, "db"), "r+b") as f:
+                while not stop.is_set():
+                    f.seek(wrng.randrange(256) * 4096)
+                    f.write(wrng.randbytes(4096))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        repaired = [verify(pair, repair=True) for _ in range(2)]
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    assert repaired[0]["difference_count"] > 0, "the writer rewrote every planted block first: nothing was repaired"
+    assert [r["remaining"] for r in repaired] == [[], []]
+    assert verify(pair)["result"] == "clean"
+    assert_equal_trees(pair)

@@ -283,7 +283,10 @@ class Repairer(ResyncEngine):
             by_path[d.path].append(d)
         try:
             for path, diffs in sorted(by_path.items()):
-                self._repair_path(path, diffs)
+                try:
+                    self._repair_path(path, diffs)
+                except FileNotFoundError:   # removed here meanwhile: the stream removes it there too
+                    continue
             self._reap(0)
         finally:
             with self.repl.lock:
