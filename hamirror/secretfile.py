@@ -1,4 +1,4 @@
-"""Reading a secret from a file (cluster key, HTTP token): its owner alone may read it.
+"""Reading a secret from a file (cluster key, HTTP token, CURVE secret keys): its owner alone may read it.
 
 A leaf module shared by the heartbeat key, the HTTP token and ``config check``, so that the
 check and the daemons apply one rule and say the same thing.
@@ -19,7 +19,12 @@ def read_secret(path: str, what: str, limit: int) -> bytes:
     with open(path, "rb") as stream:
         mode = os.fstat(stream.fileno()).st_mode
         data = stream.read(limit + 1)
+    refuse_shared(path, mode, what)
+    return data
+
+
+def refuse_shared(path: str, mode: int, what: str) -> None:
+    """ValueError, naming the file, when ``mode`` gives group or others any access to it."""
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"{path}: {what} is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
                          f"chmod 600 it")
-    return data

@@ -102,6 +102,7 @@ def write_secrets(root: Path, node: str = "node1", peer: str = "node2") -> None:
     for name in (node, peer):
         zmq.auth.create_certificates(str(root / "keys"), name)
     os.remove(root / "keys" / f"{peer}.key_secret")
+    (root / "keys" / f"{node}.key_secret").chmod(0o600)
 
 
 def messages(errors: list) -> list[str]:

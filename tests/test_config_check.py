@@ -44,9 +44,17 @@ def test_check_ok_with_every_secret_in_place(tmp_path):
      "{root}/cluster.key: cluster key has 8 bytes, needs 32 to 4096 (make one with: head -c 32 /dev/urandom)"),
     ("cluster key 0644", "cluster.cluster_key_file",
      "{root}/cluster.key: cluster key is accessible by other users (mode 0644); chmod 600 it"),
+    ("cluster key 0640", "cluster.cluster_key_file",
+     "{root}/cluster.key: cluster key is accessible by other users (mode 0640); chmod 600 it"),
+    ("secret key 0644", "cluster.keys_dir",
+     "{root}/keys/node1.key_secret: CURVE secret key is accessible by other users (mode 0644); chmod 600 it"),
+    ("secret key 0640", "cluster.keys_dir",
+     "{root}/keys/node1.key_secret: CURVE secret key is accessible by other users (mode 0640); chmod 600 it"),
 ])
 def test_check_fails_where_the_agent_would(tmp_path, case, key, problem):
-    """Finding: each of these said OK, then the agent failed (or ran without its HTTP API)."""
+    """Finding: each of these said OK, then the agent failed (or ran without its HTTP API).
+    Finding (issue 17): a CURVE secret key readable by other users said OK (anyone on the node
+    could pass for it on the replication link)."""
     path = ready(tmp_path)
     if case == "token 0644":
         os.chmod(tmp_path / "http.token", 0o644)
@@ -58,8 +66,10 @@ def test_check_fails_where_the_agent_would(tmp_path, case, key, problem):
         os.remove(tmp_path / "keys" / "node2.key")
     elif case == "8-byte cluster key":
         (tmp_path / "cluster.key").write_bytes(os.urandom(8))
+    elif case.startswith("secret key"):
+        os.chmod(tmp_path / "keys" / "node1.key_secret", int(case[-4:], 8))
     else:
-        os.chmod(tmp_path / "cluster.key", 0o644)
+        os.chmod(tmp_path / "cluster.key", int(case[-4:], 8))
     expected = f"{path}: {key}: {problem.format(root=tmp_path)}"
     result = run_cli("config", "check", "-c", path)
     assert (result.returncode, result.stdout, result.stderr) == (1, "", expected + "\n")

@@ -12,7 +12,8 @@ from tests.configfiles import write_cluster, write_module, write_secrets
 def test_check_ok_names_the_cluster_and_modules(tmp_path):
     path = write_cluster(tmp_path)
     write_module(tmp_path)
-    write_module(tmp_path, "web", name="web", replace={"7410": "7411", "/srv/app": "/srv/web"})
+    write_module(tmp_path, "web", name="web", replace={"7410": "7411", "/srv/app": "/srv/web",
+                                                       "198.18.0.100/24": "198.18.0.101/24"})
     write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
     assert (result.returncode, result.stdout, result.stderr) == (0, "OK: cluster lab, 2 module(s): app, web\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -140,8 +141,21 @@ def test_local_node_defaults_to_the_host_name(tmp_path):
 
 
 def test_modules_dir_must_exist(tmp_path):
+    """Finding (issue 17): the quick start never made /etc/hamirror/modules; the check must say
+    how to make it, not only that something is wrong."""
     path = write_cluster(tmp_path, {'modules_dir = "modules"': 'modules_dir = "nowhere"'})
+    assert messages(check(path)) == [f"{path}: cluster.modules_dir: {tmp_path}/nowhere does not exist (create it: "
+                                     f"mkdir -p {tmp_path}/nowhere; 'hamirror module new' puts modules there)"]
+    (tmp_path / "nowhere").write_text("")
     assert messages(check(path)) == [f"{path}: cluster.modules_dir: {tmp_path}/nowhere is not a directory"]
+
+
+def test_modules_dir_defaults_to_etc_hamirror_modules(tmp_path):
+    path = write_cluster(tmp_path, {'modules_dir = "modules"\n': ""})
+    if os.path.isdir("/etc/hamirror/modules"):
+        pytest.skip("this machine has /etc/hamirror/modules")
+    assert f"{path}: cluster.modules_dir: /etc/hamirror/modules does not exist (create it: mkdir -p " \
+           "/etc/hamirror/modules; 'hamirror module new' puts modules there)" in messages(check(path))
 
 
 def test_check_reports_every_problem_of_every_file(tmp_path):

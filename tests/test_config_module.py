@@ -26,7 +26,8 @@ def toml_of(tmp_path, folder: str = "app") -> str:
 
 def test_valid_module_is_parsed(tmp_path, cluster_path):
     write_module(tmp_path)
-    write_module(tmp_path, "zeta", name="zeta", replace={"7410": "7411", "/srv/app": "/srv/zeta"})
+    write_module(tmp_path, "zeta", name="zeta", replace={"7410": "7411", "/srv/app": "/srv/zeta",
+                                                         "198.18.0.100/24": "198.18.0.101/24"})
     modules = load_modules(load_cluster(cluster_path))
     assert [module.name for module in modules] == ["app", "zeta"]
     app = modules[0]
@@ -61,7 +62,51 @@ def test_module_names_and_replication_ports_are_unique(tmp_path, cluster_path):
         f"{toml_of(tmp_path, 'bpp')}: module.name: must match the folder name 'bpp' (got 'app')",
         f"{toml_of(tmp_path, 'bpp')}: module.name: duplicate module name 'app' (also in {toml_of(tmp_path)})",
         f"{toml_of(tmp_path, 'bpp')}: module.replication_port: port 7410 is also used by module 'app'",
+        f"{toml_of(tmp_path, 'bpp')}: vip.address: 198.18.0.100 is also the VIP of module 'app': each module "
+        "needs its own VIP (the modules may run on different nodes)",
     ]
+
+
+TWO_DIRS = {'[[directories]]\npath = "/srv/bpp"\n': '[[directories]]\npath = "/srv/bpp"\n\n'
+                                                   '[[directories]]\npath = "/srv/bpp2"\n'}
+
+
+@pytest.mark.parametrize("port, expected", [
+    (7409, "ports 7409-7410 overlap port 7410 of module 'app'"),      # bpp's second directory uses 7410
+    (7410, "ports 7410-7411 overlap port 7410 of module 'app'"),
+])
+def test_replication_port_ranges_must_not_overlap(tmp_path, cluster_path, port, expected):
+    """Finding (issue 17): a module with two directories also listens on the next port, and
+    config check said OK to another module on that port; the agent then failed to bind."""
+    write_module(tmp_path, "app")
+    write_module(tmp_path, "bpp", name="bpp", replace={"/srv/app": "/srv/bpp", "7410": str(port),
+                                                       "198.18.0.100/24": "198.18.0.101/24", **TWO_DIRS})
+    assert messages(check(cluster_path)) == [
+        f"{toml_of(tmp_path, 'bpp')}: module.replication_port: {expected} "
+        "(a module uses one port per directory, from replication_port on)"]
+
+
+def test_adjacent_port_ranges_are_accepted_and_the_last_port_is_65535(tmp_path, cluster_path):
+    write_module(tmp_path, "app", replace={"7410": "7412"})
+    write_module(tmp_path, "bpp", name="bpp", replace={"/srv/app": "/srv/bpp", "198.18.0.100/24": "198.18.0.101/24",
+                                                       **TWO_DIRS})
+    assert messages(check(cluster_path)) == []
+    write_module(tmp_path, "bpp", name="bpp", replace={"/srv/app": "/srv/bpp", "7410": "65535",
+                                                       "198.18.0.100/24": "198.18.0.101/24", **TWO_DIRS})
+    assert messages(check(cluster_path)) == [
+        f"{toml_of(tmp_path, 'bpp')}: module.replication_port: 2 directories need ports 65535-65536, past 65535 "
+        "(one port per directory)"]
+
+
+def test_two_modules_may_not_share_a_vip(tmp_path, cluster_path):
+    """Finding (issue 17): config check said OK; the module that stopped second removed the
+    other's address."""
+    write_module(tmp_path, "app")
+    write_module(tmp_path, "bpp", name="bpp", replace={"/srv/app": "/srv/bpp", "7410": "7411",
+                                                       "198.18.0.100/24": "198.18.0.100/25"})
+    assert messages(check(cluster_path)) == [
+        f"{toml_of(tmp_path, 'bpp')}: vip.address: 198.18.0.100 is also the VIP of module 'app': each module "
+        "needs its own VIP (the modules may run on different nodes)"]
 
 
 def test_directories_are_absolute_and_not_nested(tmp_path, cluster_path):
@@ -77,7 +122,8 @@ def test_directories_are_absolute_and_not_nested(tmp_path, cluster_path):
 
 def test_directories_are_not_shared_between_modules(tmp_path, cluster_path):
     write_module(tmp_path)
-    write_module(tmp_path, "web", name="web", replace={"7410": "7411", '"/srv/app"': '"/srv/app/www"'})
+    write_module(tmp_path, "web", name="web", replace={"7410": "7411", '"/srv/app"': '"/srv/app/www"',
+                                                       "198.18.0.100/24": "198.18.0.101/24"})
     assert messages(check(cluster_path)) == [
         f"{toml_of(tmp_path, 'web')}: directories[0].path: /srv/app/www overlaps /srv/app of module 'app'"]
 

@@ -67,11 +67,24 @@ def test_the_shipped_module_is_what_the_kit_makes(tmp_path, template):
 def test_new_picks_the_next_free_replication_port_and_refuses_to_overwrite(tmp_path):
     write_cluster(tmp_path)
     assert new(tmp_path, "db1", "--template", "postgresql").returncode == 0
-    assert new(tmp_path, "db2", "--template", "postgresql", "--directory", "/srv/db2").returncode == 0
+    assert new(tmp_path, "db2", "--template", "postgresql", "--directory", "/srv/db2",
+               "--vip", "198.18.0.101/24").returncode == 0   # each module its own VIP
     assert "replication_port = 7421" in (tmp_path / "modules" / "db2" / "module.toml").read_text()
     again = new(tmp_path, "db1", "--template", "postgresql")
     assert again.returncode == 1 and "exists already" in again.stderr
     assert check(tmp_path, "db2").returncode == 0
+
+
+def test_new_skips_every_port_of_a_module_with_two_directories(tmp_path):
+    """Finding (issue 17): a module with two directories listens on replication_port and the next
+    one; 'module new' took the next port, and config check then refused it."""
+    write_cluster(tmp_path)
+    assert new(tmp_path, "db1", "--template", "postgresql").returncode == 0
+    toml = tmp_path / "modules" / "db1" / "module.toml"
+    toml.write_text(toml.read_text() + '\n[[directories]]\npath = "/srv/db1-wal"\n')
+    assert new(tmp_path, "db2", "--template", "postgresql", "--directory", "/srv/db2",
+               "--vip", "198.18.0.101/24").returncode == 0
+    assert "replication_port = 7422" in (tmp_path / "modules" / "db2" / "module.toml").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

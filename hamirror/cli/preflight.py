@@ -9,11 +9,15 @@ heartbeat key and the HTTP token loaders together.
 
 from __future__ import annotations
 
+import glob
+import os
+
 from hamirror.agent.http import load_token
 from hamirror.cluster.heartbeat import load_cluster_key
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.errors import ConfigError
 from hamirror.link import keys
+from hamirror.secretfile import refuse_shared
 
 
 def _problem(exc: Exception) -> str:
@@ -39,6 +43,8 @@ def check_secrets(cluster: ClusterConfig) -> list[ConfigError]:
     if cluster.cluster_key_file is not None:
         attempt("cluster.cluster_key_file", load_cluster_key, cluster.cluster_key_file)
     if cluster.keys_dir is not None:
+        for path in sorted(glob.glob(os.path.join(cluster.keys_dir, "*.key_secret"))):
+            attempt("cluster.keys_dir", _private, path)
         own = attempt("cluster.keys_dir", keys.load_own, cluster.keys_dir)
         peer = _peer_name(cluster)
         if own is not None and peer is not None:      # the mount expects the peer's key by its name
@@ -46,6 +52,11 @@ def check_secrets(cluster: ClusterConfig) -> list[ConfigError]:
     if cluster.http is not None and cluster.http.token_file is not None:
         attempt("http.token_file", load_token, cluster.http.token_file)
     return found
+
+
+def _private(path: str) -> None:
+    """A CURVE secret key that other local users can read lets them pass for this node on the link."""
+    refuse_shared(path, os.stat(path).st_mode, "CURVE secret key")
 
 
 def _peer_name(cluster: ClusterConfig) -> str | None:

@@ -197,8 +197,12 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
         errors.add("fence.script", f"{fence.script} is not an executable file")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
                             nodes=_nodes(errors, doc), fence=fence, **main)
-    if main["modules_dir"] is not None and not os.path.isdir(main["modules_dir"]):
-        errors.add("cluster.modules_dir", f"{main['modules_dir']} is not a directory")
+    modules_dir = main["modules_dir"]
+    if modules_dir is not None and not os.path.exists(modules_dir):
+        errors.add("cluster.modules_dir", f"{modules_dir} does not exist (create it: mkdir -p {modules_dir}; "
+                                          "'hamirror module new' puts modules there)")
+    elif modules_dir is not None and not os.path.isdir(modules_dir):
+        errors.add("cluster.modules_dir", f"{modules_dir} is not a directory")
     if len(cluster.nodes) == 2 and all(node.name for node in cluster.nodes):
         try:
             cluster.local_node

@@ -154,14 +154,41 @@ def _check_against_others(module: ModuleConfig, others: list[ModuleConfig], erro
     for other in others:
         if module.name is not None and module.name == other.name:
             errors.add("module.name", f"duplicate module name {module.name!r} (also in {other.file})")
-        if module.replication_port is not None and module.replication_port == other.replication_port:
-            errors.add("module.replication_port",
-                       f"port {module.replication_port} is also used by module {other.name!r}")
+        clash = _port_clash(module, other)
+        if clash is not None:
+            errors.add("module.replication_port", clash)
+        if module.vip is not None and other.vip is not None and module.vip.address and other.vip.address \
+                and module.vip.ip == other.vip.ip:
+            errors.add("vip.address", f"{module.vip.ip} is also the VIP of module {other.name!r}: "
+                                      "each module needs its own VIP (the modules may run on different nodes)")
         for index, directory in enumerate(module.directories):
             for theirs in other.directories:
                 if overlap(directory.path, theirs.path):
                     errors.add(f"directories[{index}].path",
                                f"{directory.path} overlaps {theirs.path} of module {other.name!r}")
+
+
+def port_range(module: ModuleConfig) -> tuple[int, int] | None:
+    """The replication ports a module uses: one per directory, from ``replication_port`` on."""
+    if module.replication_port is None:
+        return None
+    return module.replication_port, module.replication_port + max(len(module.directories), 1) - 1
+
+
+def _ports_text(ports: tuple[int, int]) -> str:
+    return f"port {ports[0]}" if ports[0] == ports[1] else f"ports {ports[0]}-{ports[1]}"
+
+
+def _port_clash(module: ModuleConfig, other: ModuleConfig) -> str | None:
+    """Why the two modules' replication ports collide, or None: a module with N directories
+    listens on N consecutive ports, so ranges must not overlap, not only first ports."""
+    mine, theirs = port_range(module), port_range(other)
+    if mine is None or theirs is None or mine[1] < theirs[0] or theirs[1] < mine[0]:
+        return None
+    if mine[0] == mine[1] == theirs[0] == theirs[1]:
+        return f"port {mine[0]} is also used by module {other.name!r}"
+    return (f"{_ports_text(mine)} overlap {_ports_text(theirs)} of module {other.name!r} "
+            "(a module uses one port per directory, from replication_port on)")
 
 
 def load_cluster(path: str) -> ClusterConfig:

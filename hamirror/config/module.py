@@ -185,8 +185,13 @@ def parse_module(doc: Mapping[str, Any], folder: str, errors: ErrorList) -> Modu
         table = schema.section(errors, doc, "vip", False) or {}
         vip = VipConfig(**schema.read_table(errors, table, "vip.", {
             "address": Field(vip_address), "interface": Field(interface_name)}))
+    directories = _directories(errors, doc)
+    if main["replication_port"] is not None and main["replication_port"] + len(directories) - 1 > 65535:
+        errors.add("module.replication_port", f"{len(directories)} directories need ports {main['replication_port']}"
+                                              f"-{main['replication_port'] + len(directories) - 1}, past 65535 "
+                                              "(one port per directory)")
     return ModuleConfig(
-        folder=folder, vip=vip, directories=_directories(errors, doc), checkers=_checkers(errors, doc, folder),
+        folder=folder, vip=vip, directories=directories, checkers=_checkers(errors, doc, folder),
         scripts=ScriptsConfig(**schema.read_table(errors, schema.section(errors, doc, "scripts", False) or {},
                                                   "scripts.", {"timeout": Field(schema.number(0), 30.0)})),
         restart=RestartConfig(**schema.read_table(errors, schema.section(errors, doc, "restart", False) or {},

@@ -52,18 +52,20 @@ def _environment(folder: str) -> jinja2.Environment:
 
 
 def _used_ports(modules_dir: str, name: str) -> set[int]:
-    """Replication ports of the other modules in modules_dir (not NAME's, which --force replaces)."""
+    """Replication ports of the other modules in modules_dir (not NAME's, which --force replaces):
+    one per directory, from each module's replication_port on."""
     ports: set[int] = set()
     for entry in os.listdir(modules_dir) if os.path.isdir(modules_dir) else ():
         if entry == name:
             continue
         try:
             with open(os.path.join(modules_dir, entry, "module.toml"), "rb") as stream:
-                port = tomllib.load(stream).get("module", {}).get("replication_port")
+                doc = tomllib.load(stream)
+            port, directories = doc.get("module", {}).get("replication_port"), doc.get("directories", [])
         except (OSError, tomllib.TOMLDecodeError, AttributeError):
             continue
         if isinstance(port, int):
-            ports.add(port)
+            ports.update(range(port, port + max(len(directories) if isinstance(directories, list) else 1, 1)))
     return ports
 
 
