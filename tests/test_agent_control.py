@@ -49,7 +49,7 @@ def test_cli_says_the_agent_is_not_running(tmp_path):
     write_module(tmp_path)
     for args in (["status"], ["stop", "app"], ["status", "--json"]):
         result = run_cli(*args, "-c", config)
-        assert result.returncode == 1
+        assert result.returncode == 4
         assert "agent not running (no control socket at" in result.stderr and str(tmp_path / "run") in result.stderr
 
 
@@ -76,7 +76,7 @@ def test_a_user_other_than_root_is_told_to_run_status_as_root(capsys):
     finally:
         listener.close()
         shutil.rmtree(root)
-    assert code == 1
+    assert code == 4
     assert capsys.readouterr().err == (f"hamirror: control socket {sock}: permission denied; the agent's control "
                                        f"socket is root only: run this command as root (or with sudo)\n")
 

@@ -199,7 +199,7 @@ def test_cli_maintenance_and_clear_need_the_agent(tmp_path):
     write_module(tmp_path)
     for args in (["maintenance", "on", "app"], ["clear", "app"]):
         result = run_cli(*args, "-c", config)
-        assert result.returncode == 1 and result.stderr.startswith("hamirror: agent not running (no control socket at")
+        assert result.returncode == 4 and result.stderr.startswith("hamirror: agent not running (no control socket at")
     bad = run_cli("maintenance", "maybe", "app", "-c", config)
     assert bad.returncode == 2 and "invalid choice: 'maybe' (choose from 'on', 'off')" in bad.stderr
 

@@ -72,10 +72,10 @@ def test_check_fails_where_the_agent_would(tmp_path, case, key, problem):
         os.chmod(tmp_path / "cluster.key", int(case[-4:], 8))
     expected = f"{path}: {key}: {problem.format(root=tmp_path)}"
     result = run_cli("config", "check", "-c", path)
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", expected + "\n")
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", expected + "\n")
     if case.startswith("token"):          # the agent refuses to start rather than run without its API
         agent = run_cli("agent", "-c", path, timeout=30)
-        assert (agent.returncode, agent.stderr) == (1, f"hamirror: cannot start the agent:\n{expected}\n")
+        assert (agent.returncode, agent.stderr) == (2, f"hamirror: cannot start the agent:\n{expected}\n")
 
 
 def test_module_checks_run_even_when_the_cluster_file_has_errors(tmp_path):

@@ -39,7 +39,7 @@ def test_check_prints_every_error_on_stderr_and_fails(tmp_path):
                  scripts={"stop_prim": None})
     write_secrets(tmp_path)
     result = run_cli("config", "check", "-c", path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}: heartbeat.timeout: must be a number greater than heartbeat.interval (0.3)",

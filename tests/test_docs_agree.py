@@ -32,3 +32,12 @@ def test_the_admin_guide_makes_a_cluster_key_the_agent_accepts():
     guide = read("docs", "admin-guide.md")
     assert "(umask 077 && head -c 32 /dev/urandom > /etc/hamirror/cluster.key)" in guide
     assert "every byte of the file" in guide
+
+
+def test_the_admin_guide_lists_the_exit_codes_the_cli_uses():
+    """Finding (issue 17): every failure exited 1; the table and hamirror.cli.common must agree."""
+    from hamirror.cli import common
+    section = read("docs", "admin-guide.md").split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
+    used = {value for name, value in vars(common).items() if name.isupper() and isinstance(value, int)}
+    assert documented == used

@@ -108,7 +108,7 @@ def test_check_reports_the_loaders_problems_with_file_and_key(tmp_path):
     write_cluster(tmp_path)
     folder = write_module(tmp_path, scripts={"start_prim": "#!/bin/sh\necho {{ prot }}\n"})
     result = check(tmp_path, "app")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{folder}/start_prim: line 2: cannot render: 'prot' is undefined" in result.stderr
 
 
@@ -120,7 +120,7 @@ def test_check_a_folder_outside_modules_dir_against_the_installed_modules(tmp_pa
     assert run_cli("module", "new", "web", "--dir", str(elsewhere), "--replication-port", "7410",
                    "--directory", "/srv/app/web").returncode == 0
     result = check(tmp_path, str(elsewhere / "web"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "module.replication_port: port 7410 is also used by module 'app'" in result.stderr
     assert "directories[0].path: /srv/app/web overlaps /srv/app of module 'app'" in result.stderr
 
@@ -128,7 +128,7 @@ def test_check_a_folder_outside_modules_dir_against_the_installed_modules(tmp_pa
 def test_check_an_unknown_module(tmp_path):
     write_cluster(tmp_path)
     result = check(tmp_path, "nope")
-    assert result.returncode == 1 and "no module 'nope' here" in result.stderr
+    assert result.returncode == 2 and "no module 'nope' here" in result.stderr
 
 
 def test_check_refuses_fsync_off_and_warns_of_synchronous_commit_off(tmp_path):
@@ -141,7 +141,7 @@ def test_check_refuses_fsync_off_and_warns_of_synchronous_commit_off(tmp_path):
     assert f"{conf}: synchronous_commit: warning: is 'off'" in warned.stderr and "1 warning(s)" in warned.stdout
     conf.write_text(conf.read_text().replace("fsync = on", "fsync = off"))
     refused = check(tmp_path, "pg")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert f"{conf}: fsync: is 'off': a commit is acknowledged before it is on disk" in refused.stderr
 
 
@@ -213,6 +213,6 @@ def test_check_needs_the_servers_user_and_binaries_on_this_node(tmp_path):
     toml.write_text(toml.read_text().replace('os_user = "postgres"', 'os_user = "no-such-user"')
                     .replace('pg_bin = "/usr/lib/postgresql/15/bin"', 'pg_bin = "/usr/lib/postgresql/99/bin"'))
     result = check(tmp_path, "pg")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{toml}: vars.os_user: no user 'no-such-user' on this node" in result.stderr
     assert f"{toml}: vars.pg_bin: /usr/lib/postgresql/99/bin is not a directory on this node" in result.stderr

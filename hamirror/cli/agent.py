@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import USAGE, CommandError
 from hamirror.config import ConfigError, config_path, load_cluster, load_modules
 
 
@@ -28,10 +28,10 @@ def run_agent(args: argparse.Namespace) -> int:
         modules = load_modules(cluster)
         problems = check_secrets(cluster)      # never run on without the link or the HTTP API
         if problems:
-            raise CommandError("cannot start the agent:\n" + "\n".join(str(p) for p in problems))
+            raise CommandError("cannot start the agent:\n" + "\n".join(str(p) for p in problems), USAGE)
         agent = Agent(cluster, modules)
     except ConfigError as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(str(exc), USAGE) from exc
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot start the agent: {exc}") from exc
     if logging.getLogger().level > logging.INFO:

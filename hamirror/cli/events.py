@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import USAGE, CommandError
 from hamirror.config import ConfigError, config_path, load_cluster
 
 LOG_FILES = ("scripts.log", "fence.log")
@@ -49,7 +49,7 @@ def _cluster(args: argparse.Namespace):
     try:
         return load_cluster(config_path(args.config))
     except ConfigError as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(str(exc), USAGE) from exc
 
 
 def render(event: dict) -> str:
@@ -59,9 +59,26 @@ def render(event: dict) -> str:
     return f"{when} {event.get('node')} {event.get('module') or '-'} {event.get('kind')}: {event.get('text')}"
 
 
+def known_modules(cluster, timeline: list[dict]) -> list[str]:
+    """The modules ``events`` can name: configured (a folder with module.toml in modules_dir), or
+    seen in the timeline (a module removed since keeps its past)."""
+    names = {event["module"] for event in timeline if isinstance(event.get("module"), str)}
+    folder = cluster.modules_dir
+    for entry in os.listdir(folder) if folder and os.path.isdir(folder) else ():
+        if os.path.isfile(os.path.join(folder, entry, "module.toml")):
+            names.add(entry)
+    return sorted(names)
+
+
 def run_events(args: argparse.Namespace) -> int:
     from hamirror.agent import events
-    state_dir = _cluster(args).state_dir
+    cluster = _cluster(args)
+    state_dir = cluster.state_dir
+    if args.module is not None:
+        known = known_modules(cluster, events.read(state_dir))
+        if args.module not in known:
+            raise CommandError(f"no module {args.module!r} (known: {', '.join(known) or 'none'}; configured in "
+                               f"{cluster.modules_dir} or seen in the event timeline)", USAGE)
     show = (lambda e: json.dumps(e, sort_keys=True)) if args.json else render
     for event in events.read(state_dir, args.module, max(args.lines, 0) or None):
         print(show(event), flush=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from hamirror.cli.common import CommandError, default_keys_dir
+from hamirror.cli.common import FAILED, USAGE, CommandError, default_keys_dir
 from hamirror.link import keys
 
 
@@ -17,10 +18,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if os.path.exists(args.keys) and not os.path.isdir(args.keys):
+        raise CommandError(f"{args.keys}: not a directory (--keys names the keys directory)", USAGE)
     try:
         public_file = keys.generate(args.keys, name=args.name, force=args.force)
     except keys.KeyError_ as exc:
         raise CommandError(str(exc)) from exc
+    except OSError as exc:      # a file on the way to the folder, a read-only filesystem, not root
+        code = USAGE if isinstance(exc, NotADirectoryError) else FAILED
+        raise CommandError(f"{exc.filename or args.keys}: cannot write the key pair: {exc.strerror or exc}",
+                           code) from exc
     print(f"public key: {public_file}")
     print("copy this public key into the peer's keys directory; the peer trusts every *.key found there")
     return 0

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from hamirror import __version__
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import INTERRUPTED, USAGE, CommandError
 
 # Each module named here exposes ``register(subparsers)`` and sets ``func`` on its parsers.
 # Add a command group by adding its module here.
@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
+        return USAGE
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except CommandError as exc:
         print(f"hamirror: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from hamirror.cli.common import CommandError, default_keys_dir
+from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
 from hamirror.fs.syscalls import keep_message_buffers
 
@@ -117,7 +117,7 @@ def _state_dir(args: argparse.Namespace) -> str:
 def run_mount(args: argparse.Namespace) -> int:
     keep_message_buffers()
     if args.peer is None and not (args.no_replication or args.alone):
-        raise CommandError("mirror mount: --peer is required (or --alone, or --no-replication)")
+        raise CommandError("mirror mount: --peer is required (or --alone, or --no-replication)", USAGE)
     options = fsmount.MountOptions(
         directory=args.dir, peer=None if args.no_replication or args.alone else args.peer,
         keys_dir=args.keys, alone=args.alone,

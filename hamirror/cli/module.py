@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import OK, USAGE, CommandError, add_json, print_json
 from hamirror.config.loader import config_path
 from hamirror.config.module import SCRIPTS
 
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                help="validate a module with this node's values and its server's durability settings")
     check.add_argument("module", help="module name (in modules_dir) or path to a module folder")
     check.add_argument("--show", choices=SCRIPTS, default=None, help="also print this script rendered for this node")
+    add_json(check)
     check.set_defaults(func=run_check)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -72,10 +73,17 @@ def run_check(args: argparse.Namespace) -> int:
     from hamirror.config.errors import ConfigError
     from hamirror.modkit.check import check, show
     report = check(args.module, config_path(args.config))
+    failed = bool(report.errors) or report.module is None or report.cluster is None
+    if args.json:
+        from hamirror.cli.config import problems
+        print_json({"ok": not failed, "module": report.module.name if report.module else None,
+                    "folder": report.module.folder if report.module else None,
+                    "errors": problems(report.errors), "warnings": problems(report.warnings)})
+        return USAGE if failed else OK
     for problem in report.errors + report.warnings:
         print(problem, file=sys.stderr)
-    if report.errors or report.module is None or report.cluster is None:
-        return 1
+    if failed:
+        return USAGE
     if args.show:
         try:
             sys.stdout.write(show(report, args.show))

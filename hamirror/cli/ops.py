@@ -9,7 +9,7 @@ import os
 import sys
 
 from hamirror.cli import events
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import TIMEOUT, UNREACHABLE, USAGE, CommandError, add_json, print_json
 from hamirror.config import ConfigError, config_path, load_cluster
 
 COMMANDS = {
@@ -26,7 +26,7 @@ COMMANDS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser("status", help="state of every module on this node and its peer")
     status.add_argument("module", nargs="?", metavar="MODULE", help="only this module")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(status)
     status.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
     status.set_defaults(func=run_status)
     for name, text in COMMANDS.items():
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
         parser.add_argument("--timeout", type=float, default=600.0,
                             help="seconds to wait for the agent to carry it out (default: %(default)s)")
+        add_json(parser)
         parser.set_defaults(func=run_command, action_name=name)
     maintenance = subparsers.add_parser(
         "maintenance", help="suspend (on) or resume (off) checkers and automatic failover of MODULE on both nodes; "
@@ -42,11 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     maintenance.add_argument("switch", choices=("on", "off"))
     maintenance.add_argument("module", metavar="MODULE")
     maintenance.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    add_json(maintenance)
     maintenance.set_defaults(func=run_setting)
     clear = subparsers.add_parser("clear", help="forget MODULE's failover and restart counts: failovers held "
                                                 "back by flap damping are allowed again")
     clear.add_argument("module", metavar="MODULE")
     clear.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    add_json(clear)
     clear.set_defaults(func=run_setting, switch=None)
     events.register(subparsers)
 
@@ -64,7 +67,7 @@ def _socket(args: argparse.Namespace) -> str:
     try:
         return socket_path(load_cluster(config_path(args.config)).run_dir)
     except ConfigError as exc:
-        raise CommandError(_for_this_user(str(exc))) from exc
+        raise CommandError(_for_this_user(str(exc)), USAGE) from exc
 
 
 def _ask(path: str, message: dict, timeout: float) -> dict:
@@ -72,13 +75,13 @@ def _ask(path: str, message: dict, timeout: float) -> dict:
     try:
         return request(path, message, timeout)
     except AgentNotRunning as exc:
-        raise CommandError(_for_this_user(str(exc))) from exc
+        raise CommandError(_for_this_user(str(exc)), UNREACHABLE) from exc
     except PermissionError as exc:
-        raise CommandError(f"control socket {path}: permission denied; {ROOT_ONLY}") from exc
+        raise CommandError(f"control socket {path}: permission denied; {ROOT_ONLY}", UNREACHABLE) from exc
     except TimeoutError as exc:
-        raise CommandError(f"no answer from the agent within {timeout:g} s") from exc
+        raise CommandError(f"no answer from the agent within {timeout:g} s", TIMEOUT) from exc
     except (OSError, ValueError) as exc:
-        raise CommandError(f"control socket {path}: {exc}") from exc
+        raise CommandError(f"control socket {path}: {exc}", UNREACHABLE) from exc
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.module:
         doc["modules"] = [m for m in doc["modules"] if m["name"] == args.module]
         if not doc["modules"]:
-            raise CommandError(f"no module {args.module!r} on this node")
+            raise CommandError(f"no module {args.module!r} on this node", USAGE)
     print(json.dumps(doc, indent=1) if args.json else render_table(doc))
     return 0
 
@@ -101,10 +104,15 @@ def run_command(args: argparse.Namespace) -> int:
                   args.timeout)
     for warning in answer.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print_json({"module": args.module, "action": args.action_name, "ok": bool(answer.get("ok")),
+                    "state": answer.get("state"), "error": answer.get("error"),
+                    "warnings": answer.get("warnings") or []})
     if not answer.get("ok"):
         reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
         raise CommandError(f"{args.action_name} {args.module}: {reason}")
-    print(f"{args.module}: {answer.get('state')}")
+    if not args.json:
+        print(f"{args.module}: {answer.get('state')}")
     return 0
 
 
@@ -115,7 +123,10 @@ def run_setting(args: argparse.Namespace) -> int:
     answer = _ask(_socket(args), message, 10.0)
     if not answer.get("ok"):
         raise CommandError(answer.get("error") or "refused")
-    if args.switch is None:
+    if args.json:
+        print_json({"module": args.module, "state": answer.get("state"), "maintenance": answer.get("maintenance"),
+                    "cleared": args.switch is None})
+    elif args.switch is None:
         print(f"{args.module}: {answer.get('state')}, failover and restart counts cleared")
     else:
         print(f"{args.module}: {answer.get('state')}, maintenance {'on' if answer.get('maintenance') else 'off'}")

@@ -1,7 +1,8 @@
 """``hamirror verify MODULE [--repair] [--json]``: compare both copies of a live mirror.
 
 Exit status: 0 the copies are identical (or ``--repair`` made them so, verified again); 1 the
-verify could not run (refused, failed); 3 differences were found (and, with ``--repair``, remain).
+verify could not run (refused, failed); 3 differences were found (and, with ``--repair``, remain);
+4 and 5 as for every command (``hamirror.cli.common``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import argparse
 import json
 import sys
 
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import DIFFERENT, CommandError
 from hamirror.cli.ops import _ask, _socket
-
-DIFFERENT = 3   # exit status when the copies differ
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

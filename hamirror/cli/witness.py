@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 
-from hamirror.cli.common import CommandError
+from hamirror.cli.common import USAGE, CommandError
 from hamirror.config import ConfigError, config_path
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.loader import _cluster
@@ -44,17 +44,17 @@ def run_witness(args: argparse.Namespace) -> int:
 
     host, sep, port = args.bind.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise CommandError(f"--bind must be HOST:PORT (got {args.bind!r})")
+        raise CommandError(f"--bind must be HOST:PORT (got {args.bind!r})", USAGE)
     try:
         cluster = load_witness_cluster(config_path(args.config))
         key = load_cluster_key(cluster.cluster_key_file)
     except ConfigError as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(str(exc), USAGE) from exc
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot start the witness: {exc}") from exc
     timeout = args.timeout if args.timeout is not None else 5 * cluster.heartbeat.timeout
     if timeout <= 0:
-        raise CommandError("--timeout must be positive")
+        raise CommandError("--timeout must be positive", USAGE)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     try:
