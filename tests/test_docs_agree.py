@@ -41,3 +41,80 @@ def test_the_admin_guide_lists_the_exit_codes_the_cli_uses():
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
     used = {value for name, value in vars(common).items() if name.isupper() and isinstance(value, int)}
     assert documented == used
+
+
+def docs() -> dict[str, str]:
+    """Every page an operator reads: docs/*.md, the README and the unit file."""
+    pages = {name: read("docs", name) for name in os.listdir(os.path.join(REPO, "docs")) if name.endswith(".md")}
+    return {**pages, "README.md": read("README.md"), "hamirror.service": read("scripts", "hamirror.service")}
+
+
+def test_no_page_cites_a_path_of_a_development_machine():
+    """Finding (issue 17): architecture.md cited /work/shared/measurements.md, which no reader has."""
+    found = {name: re.findall(r"(?<![\w.$])/(?:work|home|Users)/[\w./-]*", text) for name, text in docs().items()}
+    assert {name: paths for name, paths in found.items() if paths} == {}
+
+
+def test_the_units_documentation_is_where_the_guide_installs_the_checkout():
+    """Finding (issue 17): Documentation= named /usr/share/doc/hamirror/configuration.md, which
+    nothing installs; the guide clones the project to /opt/hamirror."""
+    links = " ".join(settings()["Documentation"]).split()
+    assert links and "git clone ... /opt/hamirror" in read("docs", "admin-guide.md")
+    for link in links:
+        assert link.startswith("file:///opt/hamirror/"), link
+        assert os.path.isfile(os.path.join(REPO, link[len("file:///opt/hamirror/"):])), link
+
+
+def test_the_unit_does_not_promise_a_handover_on_sigterm():
+    """Finding (issue 17): the unit said the agent 'hands over' on SIGTERM; it stops its heartbeats
+    and control socket and leaves every module as it is."""
+    from hamirror.agent.runtime import Agent
+    assert "hand over before" not in read("scripts", "hamirror.service")
+    assert "It hands nothing over" in read("scripts", "hamirror.service")
+    assert "modules keep their state" in (Agent.shutdown.__doc__ or "") + read("hamirror", "agent", "runtime.py")
+
+
+def test_split_brain_texts_put_the_losers_files_inside_the_directory():
+    """Finding (issue 17): status and 'mirror resync --help' said the loser's files go to a folder
+    'beside' the directory; they go inside it, into .hamirror-conflicts (a rename cannot cross
+    filesystems)."""
+    from hamirror.agent.status import render_table
+    from hamirror.link.protocol import CONFLICT_DIR
+    from tests.conftest import run_cli
+    doc = {"node": "n2", "cluster": "lab", "peer": {"name": "n1", "alive": True},
+           "modules": [{"name": "m", "state": "WAIT", "relation": "diverged", "generation": "a", "uptodate": False,
+                        "peer_generation": "b", "changed_paths": 1, "warnings": [], "error": None}]}
+    wide = {**os.environ, "COLUMNS": "400"}           # argparse would break the name at its '-'
+    texts = {"status": render_table(doc), "resync --help": run_cli("mirror", "resync", "--help", env=wide).stdout,
+             "admin guide": read("docs", "admin-guide.md").split("## 8. Split brain", 1)[1].split("\n### ", 1)[0]}
+    for where, text in texts.items():
+        text = " ".join(text.split())
+        assert CONFLICT_DIR.decode() in text and "beside" not in text.replace("not beside", ""), where
+
+
+def test_peer_timeout_is_documented_as_fenced_not_alone():
+    """Finding (issue 17): 'peer_timeout -> ALONE'; the agent's mounts fence (--fence): on
+    peer_timeout writes wait for the agent's verdict."""
+    assert '"--fence"' in read("hamirror", "agent", "datapath.py")
+    for name, text in docs().items():
+        for line in text.splitlines():
+            if "peer_timeout" in line:
+                assert not re.search(r"goes ALONE|-> ?ALONE", line), (name, line)
+    lines = read("docs", "configuration.md").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("peer_timeout"))
+    assert "FENCED" in " ".join(lines[start:start + 3])
+
+
+def test_the_guide_does_not_show_the_mirror_state_in_the_human_status():
+    """Finding (issue 17): the acceptance test looked for 'mirror streaming' in 'hamirror status',
+    whose table has no such column (it is in --json)."""
+    from hamirror.agent.status import render_table
+    header = render_table({"node": "n", "peer": {}, "modules": []}).splitlines()[1]
+    for line in read("docs", "admin-guide.md").splitlines():
+        if "streaming" in line and "hamirror status" in line:
+            assert "MIRROR" in header or "--json" in line, line
+
+
+def test_the_configuration_reference_says_one_port_per_directory():
+    text = " ".join(read("docs", "configuration.md").split())
+    assert "replication_port + N - 1" in text and "ports are unique" not in text

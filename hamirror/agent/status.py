@@ -116,7 +116,7 @@ def render_table(doc: dict) -> str:
                 f"{(m.get('generation') or '-').split(',')[0]}, {m.get('changed_paths', 0)} path(s) changed; "
                 f"peer: generation {(m.get('peer_generation') or '-').split(',')[0]}. Nothing is copied until "
                 f"you choose: run 'hamirror second {m['name']}' on the node whose changes are to be set aside "
-                f"(they are kept in a dated folder beside each directory).")
+                f"(they are kept inside each directory, in .hamirror-conflicts/STAMP/).")
         if m.get("maintenance"):
             lines.append(f"{m['name']}: MAINTENANCE: checkers and automatic failover suspended, the application "
                          f"is left alone ('hamirror maintenance off {m['name']}' to resume)")

@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resync.add_argument("--full", action="store_true", help="compare every block of every file")
     resync.add_argument("--bandwidth", type=float, default=None, help="limit in MB/s")
     resync.add_argument("--keep-aside", action="store_true",
-                        help="split brain: move the peer's own changed files to a dated folder beside its "
-                             "directory before overwriting them")
+                        help="split brain: move the peer's own changed files into a dated folder inside its "
+                             "directory (DIR/.hamirror-conflicts/STAMP/) before overwriting them")
     resync.add_argument("--state-dir", default=None)
     resync.add_argument("--no-wait", action="store_true", help="start it and return")
     resync.set_defaults(func=run_resync)
