@@ -118,3 +118,28 @@ def test_the_guide_does_not_show_the_mirror_state_in_the_human_status():
 def test_the_configuration_reference_says_one_port_per_directory():
     text = " ".join(read("docs", "configuration.md").split())
     assert "replication_port + N - 1" in text and "ports are unique" not in text
+
+
+def test_the_quick_starts_module_command_works_on_a_fresh_install(tmp_path):
+    """Finding (issue 17): the quick start's 'module new' failed (no /etc/hamirror/modules), used
+    eth0 (Debian 12 names interfaces ens*/enp*), gave a pg_hba.conf that let in the lab's network
+    rather than the VIP's, and no step made the role the acceptance test logs in with."""
+    import shlex
+
+    from tests.conftest import run_cli
+    from tests.configfiles import write_cluster
+    guide = " ".join(read("docs", "admin-guide.md").split("## 1. Install", 1)[0].split())
+    command = re.search(r"`hamirror module new ([^`]*)`", guide)
+    assert command is not None and "eth0" not in command[1] and "ip -br addr" in guide
+    cluster = write_cluster(tmp_path)
+    os.rmdir(tmp_path / "modules")                       # a fresh install: nothing made it yet
+    result = run_cli("module", "new", *shlex.split(command[1]), "-c", cluster)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "modules" / "postgresql"
+    vip = re.search(r"--vip (\S+)", command[1])[1]
+    network = re.search(r"lets in the VIP's network, (\S+),", guide)[1]
+    assert f'address = "{vip}"' in (folder / "module.toml").read_text()
+    assert re.search(rf"^host\s+all\s+all\s+{re.escape(network)}\s+scram-sha-256$",
+                     (folder / "pg_hba.conf").read_text(), re.M)
+    role = re.search(r'CREATE ROLE (\w+) LOGIN PASSWORD .*?CREATE DATABASE (\w+) OWNER \1', guide)
+    assert role is not None and f'psql "host={vip.split("/")[0]} user={role[1]} dbname={role[2]}"' in guide

@@ -75,6 +75,27 @@ def test_new_picks_the_next_free_replication_port_and_refuses_to_overwrite(tmp_p
     assert check(tmp_path, "db2").returncode == 0
 
 
+def test_new_makes_the_modules_directory_of_a_fresh_install(tmp_path):
+    """Finding (issue 17): nothing made /etc/hamirror/modules, and 'module new' then said 'no modules
+    directory: give --dir, or a valid cluster file' about a valid cluster file."""
+    path = write_cluster(tmp_path)
+    os.rmdir(tmp_path / "modules")
+    result = run_cli("module", "new", "app", "-c", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{tmp_path}/modules: modules directory created"
+    assert (tmp_path / "modules" / "app" / "module.toml").is_file()
+
+
+def test_the_postgresql_module_lets_the_vips_network_in(tmp_path):
+    """Finding (issue 17): pg_hba.conf allowed the lab's 198.18.0.0/24 whatever --vip said, so
+    clients of a real VIP were refused."""
+    write_cluster(tmp_path)
+    assert new(tmp_path, "pg", "--template", "postgresql", "--vip", "10.0.0.100/24").returncode == 0
+    hba = (tmp_path / "modules" / "pg" / "pg_hba.conf").read_text().splitlines()
+    assert [line.split() for line in hba if line.startswith("host")] == [
+        ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"], ["host", "all", "all", "10.0.0.0/24", "scram-sha-256"]]
+
+
 def test_new_skips_every_port_of_a_module_with_two_directories(tmp_path):
     """Finding (issue 17): a module with two directories listens on replication_port and the next
     one; 'module new' took the next port, and config check then refused it."""
@@ -100,7 +121,9 @@ def test_new_names_what_is_wrong(tmp_path, args, message):
 
 def test_new_without_cluster_file_needs_dir(tmp_path):
     result = run_cli("module", "new", "x", "-c", str(tmp_path / "none.toml"))
-    assert result.returncode == 1 and "give --dir" in result.stderr
+    assert (result.returncode, result.stderr) == (2, f"hamirror: no modules directory: give --dir, or fix the "
+                                                     f"cluster file: {tmp_path}/none.toml: cannot read: No such file "
+                                                     "or directory\n")
     assert run_cli("module", "new", "x", "-c", str(tmp_path / "none.toml"), "--dir", str(tmp_path)).returncode == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hamirror.cli.common import OK, USAGE, CommandError, add_json, print_json
@@ -40,29 +41,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def _cluster_defaults(config: str) -> tuple[str | None, str | None]:
-    """(modules_dir, first node) from the cluster file, or (None, None) if it cannot be loaded."""
+def _cluster_defaults(config: str) -> tuple[str | None, str | None, str | None]:
+    """(modules_dir, first node, None) from the cluster file, or (None, None, its first problem).
+    A modules_dir that does not exist yet is no problem here: ``module new`` makes it."""
     from hamirror.config.errors import ConfigError
-    from hamirror.config.loader import load_cluster
-    try:
-        cluster = load_cluster(config)
-    except ConfigError:
-        return None, None
-    return cluster.modules_dir, cluster.nodes[0].name
+    from hamirror.config.loader import _cluster
+    sink: list[ConfigError] = []
+    cluster = _cluster(config, sink)
+    if cluster is None:
+        return None, None, str(sink[0])
+    problems = [e for e in sink if not (e.key == "cluster.modules_dir" and not os.path.exists(cluster.modules_dir))]
+    if problems:
+        return None, None, str(problems[0])
+    return cluster.modules_dir, cluster.nodes[0].name, None
 
 
 def run_new(args: argparse.Namespace) -> int:
     from hamirror.modkit import scaffold
-    modules_dir, first = _cluster_defaults(config_path(args.config))
+    modules_dir, first, problem = _cluster_defaults(config_path(args.config))
     modules_dir = args.dir or modules_dir
     if modules_dir is None:
-        raise CommandError(f"no modules directory: give --dir, or a valid cluster file ({config_path(args.config)})")
+        raise CommandError(f"no modules directory: give --dir, or fix the cluster file: {problem}", USAGE)
+    made = not os.path.isdir(modules_dir)
     try:
         values = scaffold.values_for(args.name, args.template, modules_dir, args.replication_port, args.directory,
                                      args.vip, args.interface, args.default_primary or first or "node1")
         folder = scaffold.create(values, modules_dir, args.force)
     except (scaffold.ScaffoldError, OSError) as exc:
         raise CommandError(str(exc)) from exc
+    if made:
+        print(f"{os.path.abspath(modules_dir)}: modules directory created")
     print(f"{folder}: module {values.name!r} from template {args.template!r} "
           f"(replication port {values.replication_port}, directory {values.directory}, VIP {values.vip})")
     print(f"next: edit {folder}/module.toml, then 'hamirror module check {values.name}'")

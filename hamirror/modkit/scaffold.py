@@ -9,6 +9,7 @@ run, so kit-time templates use other delimiters: ``<< name >>``, ``<% if %>``, `
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -41,6 +42,7 @@ class Values:
     vip: str
     interface: str
     default_primary: str
+    vip_network: str = ""       # the VIP's network (10.0.0.0/24 for 10.0.0.100/24): who may connect
 
 
 def _environment(folder: str) -> jinja2.Environment:
@@ -87,7 +89,8 @@ def values_for(name: str, template: str, modules_dir: str, replication_port: int
         vip = vip_address(vip)
     except Invalid as exc:
         raise ScaffoldError(f"--vip: {exc}") from None
-    return Values(name, template, replication_port, os.path.normpath(directory), vip, interface, default_primary)
+    return Values(name, template, replication_port, os.path.normpath(directory), vip, interface, default_primary,
+                  str(ipaddress.ip_interface(vip).network))
 
 
 def _sources(template: str) -> list[tuple[str, str]]:
