@@ -87,6 +87,8 @@ def test_events_of_an_unknown_module_names_the_known_ones(tmp_path, config):
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
     removed = run_cli("events", "gone", "-c", config)        # removed from the configuration: its past stays
     assert removed.returncode == 0 and removed.stdout.endswith("node1 gone command: stop by root\n")
+    logs = run_cli("logs", "ap", "-c", config)
+    assert (logs.returncode, logs.stderr) == (2, result.stderr)
 
 
 def test_exit_codes_tell_config_errors_from_a_stopped_agent(tmp_path, config):

@@ -59,15 +59,19 @@ def render(event: dict) -> str:
     return f"{when} {event.get('node')} {event.get('module') or '-'} {event.get('kind')}: {event.get('text')}"
 
 
-def known_modules(cluster, timeline: list[dict]) -> list[str]:
-    """The modules ``events`` can name: configured (a folder with module.toml in modules_dir), or
-    seen in the timeline (a module removed since keeps its past)."""
-    names = {event["module"] for event in timeline if isinstance(event.get("module"), str)}
+def require_known(cluster, module: str) -> None:
+    """CommandError (usage) unless ``module`` is configured (a folder with module.toml in
+    modules_dir) or in the event timeline (a module removed since keeps its past): a typo must
+    not look like a module with nothing to show."""
+    from hamirror.agent import events
+    names = {event["module"] for event in events.read(cluster.state_dir) if isinstance(event.get("module"), str)}
     folder = cluster.modules_dir
     for entry in os.listdir(folder) if folder and os.path.isdir(folder) else ():
         if os.path.isfile(os.path.join(folder, entry, "module.toml")):
             names.add(entry)
-    return sorted(names)
+    if module not in names:
+        raise CommandError(f"no module {module!r} (known: {', '.join(sorted(names)) or 'none'}; configured in "
+                           f"{cluster.modules_dir} or seen in the event timeline)", USAGE)
 
 
 def run_events(args: argparse.Namespace) -> int:
@@ -75,10 +79,7 @@ def run_events(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     state_dir = cluster.state_dir
     if args.module is not None:
-        known = known_modules(cluster, events.read(state_dir))
-        if args.module not in known:
-            raise CommandError(f"no module {args.module!r} (known: {', '.join(known) or 'none'}; configured in "
-                               f"{cluster.modules_dir} or seen in the event timeline)", USAGE)
+        require_known(cluster, args.module)
     show = (lambda e: json.dumps(e, sort_keys=True)) if args.json else render
     for event in events.read(state_dir, args.module, max(args.lines, 0) or None):
         print(show(event), flush=True)
@@ -105,7 +106,9 @@ def tail(path: str, lines: int) -> list[str]:
 
 def run_logs(args: argparse.Namespace) -> int:
     from hamirror.agent.events import follow_lines
-    folder = _cluster(args).module_state_dir(args.module)
+    cluster = _cluster(args)
+    require_known(cluster, args.module)
+    folder = cluster.module_state_dir(args.module)
     files = [os.path.join(folder, name) for name in LOG_FILES]
     found = [path for path in files if os.path.exists(path)]
     if not found and not args.follow:
