@@ -259,6 +259,8 @@ def sweep(group: AppGroup, kill_after: float, term: bool = True, kill_wait: floa
 def remove_instance(instance: str) -> list[str]:
     """SIGKILL every process of ``instance``'s groups (all modules, all hierarchies) and remove
     them: ``lab down`` for a node. Returns the paths removed."""
+    if not instance or "/" in instance or instance in (".", ".."):
+        raise ValueError(f"not an instance name: {instance!r}")
     removed = []
     for _, point in hierarchies():
         base = os.path.join(point, TOP, instance)
