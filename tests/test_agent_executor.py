@@ -103,3 +103,40 @@ def test_start_prim_without_the_vip_is_left_to_a_new_decision():
     ex.run(a.RunScript("start_prim"), S.ALONE)
     assert scripts.runs[-1] == ("start_prim", "ALONE") and not ex.app_stopped
     ex.run(a.RunScript("start_second"), S.SECOND)          # only a primary's start needs it
+
+
+def test_a_start_retried_after_the_vip_was_withdrawn_comes_back_with_its_vip(tmp_path):
+    """Issue 15, finding 2: start_prim failed, the agent then stalled and withdrew the VIP, and every
+    retry of the same sequence ran start_prim without the address it binds. Now the retry is
+    dropped, and the next decision adds the VIP and starts the application together."""
+    import asyncio
+
+    from tests.agent_fakes import FakeJournal
+    from tests.test_agent_runner import make as make_runner, step
+    from hamirror.cluster.view import PeerView
+
+    runner, dp, vip, scripts, journal, _, clock = make_runner(tmp_path, S.ALONE, journal=FakeJournal(("g1",), True),
+                                                              failing=("start_prim",))
+    dp.mounts = [{"state": "ALONE", "mounted": True, "pid": 1}]
+    started_with_vip: list[bool] = []
+    run = scripts.run
+    scripts.run = lambda name, state: (started_with_vip.append(vip.up) if name == "start_prim" else None,
+                                       run(name, state))[1]
+
+    async def scenario():
+        await runner.attach()
+        await runner.task
+        runner.executor.app_stopped = True                  # a repair left the application stopped
+        await step(runner, PeerView(alive=False))
+        assert runner.retry is not None and started_with_vip == [True]      # failed: a retry is pending
+        await runner.withdraw_vip()                           # a stall
+        assert not vip.up
+        scripts.failing = ()
+        clock.now += 10
+        await step(runner, PeerView(alive=False))             # the retry: no start without the VIP
+        assert started_with_vip == [True] and runner.retry is None
+        await step(runner, PeerView(alive=False))             # decided again: VIP, then start_prim
+        assert started_with_vip == [True, True] and vip.up and runner.error is None
+        assert not runner.executor.app_stopped
+
+    asyncio.run(scenario())
