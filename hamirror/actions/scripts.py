@@ -91,7 +91,7 @@ class ScriptRunner:
         self.module, self.cluster = module, cluster
         self.log_path = os.path.join(cluster.module_state_dir(module.name), "scripts.log")
         if group is None:
-            os.makedirs(cluster.state_dir, mode=0o755, exist_ok=True)
+            os.makedirs(cluster.state_dir, mode=0o700, exist_ok=True)
             group = appprocs.open_group(appprocs.instance_name(cluster.local_name, cluster.state_dir), module.name)
         self.group = group
         self.kill_after = module.scripts.kill_after
