@@ -59,7 +59,7 @@ def cleanup():
     yield made.append
     for scripts in made:
         appprocs.sweep(scripts.group, 0.0, term=False)
-        scripts.group.remove()
+        appprocs.remove_instance(scripts.group.instance)     # and the top folder, once no one uses it
 
 
 @pytest.mark.parametrize("kind", KINDS)
