@@ -99,19 +99,15 @@ class ScriptRunner:
     def run(self, name: str, state: str) -> ScriptResult:
         """Render ``name`` for the state being entered and run it; a template error is a failure.
         ``stop_prim`` succeeds only once no process of the application is left."""
-        try:
-            text = render_script(self.module, self.cluster, name, state)
-        except ConfigError as exc:
-            log.error("script %s: %s", name, exc)
-            return ScriptResult(name, False, None, False, 0.0, str(exc))
         env = dict(os.environ, HAMIRROR_MODULE=self.module.name, HAMIRROR_STATE=state, **self.group.env())
         try:
+            text = render_script(self.module, self.cluster, name, state)
             result = run_text(name, text, self.log_path, self.module.scripts.timeout, env=env,
                               cwd=self.module.folder, group=self.group)
-        except appprocs.AppGroupError as exc:
+        except (ConfigError, appprocs.AppGroupError) as exc:
             log.error("script %s: %s", name, exc)
-            return ScriptResult(name, False, None, False, 0.0, str(exc))
-        if name == "stop_prim":
+            result = ScriptResult(name, False, None, False, 0.0, str(exc))
+        if name == "stop_prim":     # even one that could not run: the stop is still owed
             result = self._verified(result)
         self.group.remove()          # only an empty group goes: a running application keeps its own
         return result
