@@ -22,7 +22,7 @@ from collections.abc import Callable
 from hamirror.agent import damping, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.events import decision_events, observation_events
-from hamirror.agent.executor import ActionFailed, Executor, describe
+from hamirror.agent.executor import ActionFailed, Executor, NeedsDecision, describe
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.cluster import actions as a
 from hamirror.cluster.decide import decide
@@ -411,7 +411,9 @@ class ModuleRunner:
                     log.info("%s: done %s in %.3f s", self.name, describe(action), time.monotonic() - began)
                 except ActionFailed as exc:
                     error = str(exc)
-                    self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
+                    # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
+                    self.retry = None if isinstance(exc, NeedsDecision) else \
+                        (actions[index:], target, self.clock() + RETRY_PAUSE)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
                     if error != self.error:      # a retry failing the same way is not news
