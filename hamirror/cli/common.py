@@ -6,6 +6,7 @@ from a stopped agent without parsing messages.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -31,7 +32,7 @@ def default_keys_dir() -> str:
     return os.environ.get("HAMIRROR_KEYS", "/etc/hamirror/keys")
 
 
-def add_json(parser) -> None:
+def add_json(parser: argparse.ArgumentParser) -> None:
     """The ``--json`` switch of a command that reports: one JSON document on stdout instead of text."""
     parser.add_argument("--json", action="store_true", help="machine-readable output (one JSON document)")
 

@@ -11,6 +11,7 @@ import time
 
 from hamirror.cli.common import USAGE, CommandError
 from hamirror.config import ConfigError, config_path, load_cluster
+from hamirror.config.cluster import ClusterConfig
 
 LOG_FILES = ("scripts.log", "fence.log")
 
@@ -59,7 +60,7 @@ def render(event: dict) -> str:
     return f"{when} {event.get('node')} {event.get('module') or '-'} {event.get('kind')}: {event.get('text')}"
 
 
-def require_known(cluster, module: str) -> None:
+def require_known(cluster: ClusterConfig, module: str) -> None:
     """CommandError (usage) unless ``module`` is configured (a folder with module.toml in
     modules_dir) or in the event timeline (a module removed since keeps its past): a typo must
     not look like a module with nothing to show."""
