@@ -41,6 +41,9 @@ def test_the_admin_guide_lists_the_exit_codes_the_cli_uses():
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
     used = {value for name, value in vars(common).items() if name.isupper() and isinstance(value, int)}
     assert documented == used
+    said = {page: " ".join(read("docs", page).split()) for page in ("configuration.md", "module-guide.md")}
+    assert "one per line on stderr, and exits 2 (a configuration error" in said["configuration.md"]
+    assert "exit 2 on any error" in said["module-guide.md"]
 
 
 def docs() -> dict[str, str]:
