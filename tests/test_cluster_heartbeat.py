@@ -49,6 +49,13 @@ def test_the_maintenance_setting_round_trips() -> None:
     assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info
 
 
+def test_the_woke_flag_round_trips_and_is_left_out_when_false() -> None:
+    info = ModuleInfo(NodeState.PRIM, True, "gen-3", woke=True)
+    data = encode(hb(modules={"demo": info}), KEY)
+    assert decode(data, KEY).modules["demo"] == info and b'"z":true' in data
+    assert b'"z"' not in encode(hb(), KEY)
+
+
 @pytest.mark.parametrize("field,value,reason", [
     ("cluster", "other", Reason.WRONG_CLUSTER),
     ("node", "node1", Reason.OWN_NAME),

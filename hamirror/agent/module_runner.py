@@ -24,6 +24,7 @@ from hamirror.agent.checks import CheckerState
 from hamirror.agent.events import decision_events, observation_events
 from hamirror.agent.executor import ActionFailed, Executor, describe
 from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
 from hamirror.cluster.decide import decide
 from hamirror.cluster.heartbeat import ModuleInfo
@@ -109,6 +110,7 @@ class ModuleRunner:
         self.fence_script = fence_script
         self.failover_max, self.failover_window = failover_max, failover_window
         self.vip_withdrawn = False        # after a stall: the VIP comes back only with a decision
+        self.listening = always_listening()   # the agent's (stall detection), shared by its runners
         self.record = store.load()
         self.state = self.record.state
         self.swap = self.record.swap
@@ -263,8 +265,10 @@ class ModuleRunner:
         return journal_info.to_wire(self.peer_history) if self.peer_history is not None else None
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
-                   ready: bool) -> None:
-        """Observe, then (unless busy or not ready) decide and start the actions."""
+                   listened: bool, epoch: int | None = None) -> None:
+        """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
+        silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
+        a stall since makes the view stale, and nothing is decided from it."""
         if self.task is not None:
             return
         before, self.obs = self.obs, await asyncio.to_thread(self.observe)
@@ -275,11 +279,13 @@ class ModuleRunner:
         self.peer = peer
         self.peer_history = peer_history
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
-        if self.task is not None or not ready:
+        if self.task is not None or self.stale(epoch):
             return
         if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
             actions, target, when = self.retry
-            if self.clock() >= when:
+            # A retry carries on a decision that may have rested on the peer's silence: not before
+            # this node has listened again after a stall.
+            if self.clock() >= when and (listened or peer.alive):
                 self.start_task(actions, target, "retry")
             return
         self.retry = None
@@ -287,7 +293,7 @@ class ModuleRunner:
             log.warning("%s: receiver not running in %s: starting it", self.name, self.state.value)
             self.start_task((a.StartReceiver(),), self.state, "receiver restart")
             return
-        view = self.view(peer, quorum, peer_history)
+        view = self.view(peer, quorum, peer_history, listened)
         decision = decide(view)
         if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
             # Still primary after the stall, and the data path proves it: the peer acknowledges our
@@ -305,7 +311,7 @@ class ModuleRunner:
             # The peer came back or stepped down while this decision acts: announce the VIP too.
             decision = dataclasses.replace(decision, actions=decision.actions + (a.AnnounceVip(),))
         if decision.state is not self.state or decision.actions:
-            self.start_task(decision.actions, decision.state, command.value, decision)
+            self.start_task(decision.actions, decision.state, command.value, decision, epoch)
         elif announce:
             # The peer stepped down or came back: clients and switches may still send to its MAC.
             self.start_task((a.AnnounceVip(),), self.state, "peer changed")
@@ -338,7 +344,16 @@ class ModuleRunner:
             self.executor.app_stopped = True
         return True
 
-    def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:
+    def stale(self, epoch: int | None) -> bool:
+        """Whether the agent stalled since ``epoch`` (when the peer's state was read): a decision
+        made from that view, or started after, could rest on a silence this node never heard."""
+        if epoch is None or self.listening.check() == epoch:
+            return False
+        log.warning("%s: the agent stalled since the peer was last read: not deciding from that view", self.name)
+        return True
+
+    def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None,
+             listened: bool = True) -> ModuleView:
         obs = self.obs
         assert obs is not None
         cold = peer.alive and obs.history.current is None and peer_history is not None \
@@ -351,7 +366,7 @@ class ModuleRunner:
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
-                          maintenance=self.maintenance, failovers=self.failovers())
+                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -392,18 +407,27 @@ class ModuleRunner:
     # ----------------------------------------------------------------- acting
 
     def start_task(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None = None) -> None:
+                   decision: a.Decision | None = None, epoch: int | None = None) -> None:
+        """Run ``actions`` as one task; ``epoch``: a decision's, which is dropped if the agent
+        stalls before any of its actions but ``Persist`` ran (:meth:`_run`)."""
         if any(isinstance(x, a.StartResync) for x in actions):
             self.resync_requested = self.clock()
         self.transition = (target, actions)
-        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision),
+        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision, epoch),
                                                            name=f"{self.name}-actions")
 
     async def _run(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None) -> None:
-        error = None
+                   decision: a.Decision | None, epoch: int | None = None) -> None:
+        error, reached = None, target
         try:
             for index, action in enumerate(actions):
+                if all(isinstance(x, a.Persist) for x in actions[:index]) and self.stale(epoch):
+                    # Only the record changed yet: undo it and decide again from a fresh view.
+                    error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
+                        self.state, None
+                    if index:
+                        await asyncio.to_thread(self.persist, self.state)
+                    break
                 began = time.monotonic()
                 try:
                     await asyncio.to_thread(self.executor.run, action, target)
@@ -421,13 +445,13 @@ class ModuleRunner:
                 self.retry = None
         finally:
             self.error = error
-            if target is not self.state:
+            if reached is not self.state:
                 cause = "automatic" if why == Command.NONE.value else why
-                self.emit("state", f"{self.state.value} -> {target.value} ({cause})", why=cause,
-                          **{"from": self.state.value, "to": target.value})
-                self.state = target
+                self.emit("state", f"{self.state.value} -> {reached.value} ({cause})", why=cause,
+                          **{"from": self.state.value, "to": reached.value})
+                self.state = reached
                 self.resync_requested = None     # the resync status restarts with each state
-            if decision is not None:
+            if decision is not None and reached is target:
                 self.set_swap(decision.swap)
             self.checkers.reset()
             if error is None:
@@ -486,4 +510,5 @@ class ModuleRunner:
         return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and self.state.is_primary and obs.fenced),
-                          maintenance=self.maintenance, maintenance_version=self.record.maintenance_version)
+                          maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
+                          woke=not self.listening.listened())

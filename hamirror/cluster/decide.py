@@ -16,7 +16,12 @@ decided by one small rule function per state. The rules that protect data (desig
 - the decision follows what the mounts really do (``view.mirror``): a dead mount is remounted,
   a mount ALONE under PRIM moves the module to ALONE;
 - maintenance and flap damping hold automatic decisions back, never a data-safety one
-  (:mod:`restraint`); operator commands are not held.
+  (:mod:`restraint`); operator commands are not held;
+- the peer's silence proves nothing until this node has listened for a full heartbeat timeout
+  since it stalled or started (``view.listened``): no takeover, grant, fence or new generation
+  rests on it before (:func:`_deaf`, applied to every decision, whatever rule made it); and when
+  both are primary after one stalled, the one that took over keeps running (the woken one,
+  which has not listened yet, steps down).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from collections.abc import Callable
 
 from hamirror.cluster import restraint, steps
 from hamirror.cluster.actions import (
-    AddVip, Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
-    RunScript, SetMirroring, StartResync,
+    Action, AddVip, Decision, Fence, ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, Persist,
+    RemountDataPath, RestartApp, RunScript, SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
 from hamirror.cluster.view import Command, MirrorHealth, ModuleView, ResyncStatus, SwapPhase
@@ -46,6 +51,12 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
+DEAF = ("this node stalled or just started: the peer's silence proves nothing until it has listened for "
+        "a full heartbeat timeout; not acting alone meanwhile")
+PEER_TOOK_OVER = ("the peer holds newer data (it took over while this node did not run): stepping down, "
+                  "data kept as is; it leads and resyncs this node")
+WOKE_STEP_DOWN = ("both nodes are primary and this node has just stalled (frozen, suspended or restarted): "
+                  "the peer took over meanwhile; stepping down, data kept as is")
 
 
 def decide(view: ModuleView) -> Decision:
@@ -54,6 +65,7 @@ def decide(view: ModuleView) -> Decision:
     decision = rule(view) if rule else None
     if decision is None:
         decision = automatic(view)
+    decision = _deaf(view, decision)
     if decision.state is view.state:
         return decision
     check_transition(view.state, decision.state)
@@ -63,6 +75,30 @@ def decide(view: ModuleView) -> Decision:
 def automatic(view: ModuleView) -> Decision:
     """What the rules do on their own, as maintenance and flap damping allow (:mod:`restraint`)."""
     return restraint.restrain(view, AUTOMATIC[view.state](view))
+
+
+def uses_silence(view: ModuleView, decision: Decision) -> bool:
+    """Whether a decision acts as if the unheard peer could not be primary: a promotion, PRIM ->
+    ALONE, a fence, a grant of ALONE to the mounts, a new generation."""
+    if decision.state.is_primary and not view.state.is_primary:
+        return True
+    if view.state is S.PRIM and decision.state is S.ALONE:
+        return True
+    return any(map(_grants_alone, decision.actions))
+
+
+def _grants_alone(action: Action) -> bool:
+    return isinstance(action, (NewGeneration, Fence)) or action in (
+        SetMirroring(False), MountReplicated(peer_connected=False), RemountDataPath(alone=True))
+
+
+def _deaf(view: ModuleView, decision: Decision) -> Decision:
+    """A node that has not listened a full timeout since it stalled (or started) stays where it is
+    rather than act on a silence it did not hear: the peer may have taken over meanwhile."""
+    if view.peer.alive or view.listened or not uses_silence(view, decision):
+        return decision
+    text = DEAF if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {DEAF}"
+    return steps.stay(view, warning=text)
 
 
 # --- operator commands ----------------------------------------------------------------------
@@ -238,6 +274,10 @@ def _primary_common(view: ModuleView) -> Decision | None:
         return steps.step_down(view, NO_QUORUM)
     if peer.is_primary:
         return _both_primary(view)
+    if peer.alive and view.relation is Relation.PEER_NEWER:
+        # The peer took over while this node did not run (frozen, or its agent stopped) and is not
+        # primary now (its agent restarted): it holds the newer data. Going on here would fork it.
+        return steps.step_down(view, PEER_TOOK_OVER)
     if view.mirror is M.DEAD:
         return _dead_mount(view)
     if view.mirror in (M.FENCED, M.REFUSED):
@@ -286,9 +326,17 @@ def _go_alone(view: ModuleView, warning: str | None = None) -> Decision:
 
 
 def _both_primary(view: ModuleView) -> Decision:
-    """Both run the application (a healed partition): one steps down, no data moves."""
+    """Both run the application (a healed partition, or a stalled primary that wakes up after its
+    peer took over): one steps down, no data moves. The newer history keeps running; else the
+    taker: a node that stalled has not listened yet (``woke``), and its peer took over during the
+    stall; else the ``default_primary``."""
     newer = view.relation is Relation.LOCAL_NEWER
-    if view.relation is Relation.PEER_NEWER or (not newer and not view.default_primary):
+    if view.relation is Relation.PEER_NEWER:
+        return steps.step_down(view, "both nodes were primary; stepping down, data kept as is")
+    if not newer and not view.listened and not view.peer.woke:
+        return steps.step_down(view, WOKE_STEP_DOWN)
+    taker = view.listened and view.peer.woke
+    if not newer and not taker and not view.default_primary:
         return steps.step_down(view, "both nodes were primary; stepping down, data kept as is")
     warning = SPLIT_BRAIN if view.relation is Relation.DIVERGED else None
     return steps.stay(view, warning=warning)

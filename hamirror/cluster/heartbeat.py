@@ -65,6 +65,7 @@ class ModuleInfo:
     fenced: bool = False      # our mount lost the peer: it must confirm its copy is stale
     maintenance: bool = False
     maintenance_version: int = 0   # the newest ``hamirror maintenance`` setting wins on both nodes
+    woke: bool = False        # the sender stalled or started and has not listened a full timeout since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "t": hb.timestamp, "i": hb.network,
         "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
                      **({"f": True} if m.fenced else {}),
+                     **({"z": True} if m.woke else {}),
                      **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
     }
@@ -161,14 +163,14 @@ def _parse(obj: dict) -> Heartbeat:
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma")):
+    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z")):
         raise ValueError("bad module entry")
     version = obj.get("mv", 0)
     if type(version) is not int or not 0 <= version < 2**53:
         raise ValueError("bad maintenance version")
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
                       generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False),
-                      maintenance=obj.get("ma", False), maintenance_version=version)
+                      maintenance=obj.get("ma", False), maintenance_version=version, woke=obj.get("z", False))
 
 
 class Validator:

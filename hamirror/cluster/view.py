@@ -122,6 +122,7 @@ class PeerView:
     swap: SwapPhase = SwapPhase.NONE
     fenced: bool = False      # the peer's mount lost us and waits for us to confirm we are stale
     silent: bool = False      # not heard for half a heartbeat timeout (it may be about to be lost)
+    woke: bool = False        # the peer stalled (frozen, restarted) and has not listened a full timeout since
 
     @property
     def is_primary(self) -> bool:
@@ -145,7 +146,9 @@ class ModuleView:
     ``mirror`` is what the mounts really do (primary states); ``fence_script``: a fence script is
     configured, and runs before this node acts without an unreachable peer. ``maintenance``: the
     operator suspended automatic actions on this node (``hamirror maintenance on``);
-    ``failovers``: the flap-damping count.
+    ``failovers``: the flap-damping count. ``listened``: this node has listened for its peer for a
+    full heartbeat timeout since its agent started or last stalled (frozen, suspended, starved):
+    until then the peer's silence proves nothing, and no decision may rest on it.
     """
 
     module: str
@@ -166,3 +169,4 @@ class ModuleView:
     app_stopped: bool = False     # a data-path repair stopped the application; start it once writable
     maintenance: bool = False
     failovers: FailoverHealth = FailoverHealth()
+    listened: bool = True
