@@ -6,7 +6,8 @@ worker thread, and a decision's actions run as one task in a worker thread that 
 no new decision is made; a failed sequence is retried from the failed action after a pause.
 
 The advertised state changes when the sequence completes (the *persisted* state changes first,
-through ``Persist``): a peer that sees our new state can rely on it (e.g. a swap's new primary
+through ``Persist``), or, when it fails, only if what the peer relies on is done
+(:func:`~hamirror.cluster.steps.state_after`): a peer that sees our new state can rely on it (e.g. a swap's new primary
 connects only once we are SECOND, the application stopped, flushed and unmounted, and the
 receiver started: its mount's connection waits for that receiver to listen).
 """
@@ -27,6 +28,7 @@ from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
 from hamirror.cluster.decide import decide
+from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
@@ -86,6 +88,17 @@ class Observation:
         return total
 
 
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """The rest of a failed sequence, tried again from ``when``; ``swap``: the phase its decision
+    advertises once it completes."""
+
+    actions: tuple[a.Action, ...]
+    target: NodeState
+    when: float
+    swap: SwapPhase | None = None
+
+
 @dataclasses.dataclass
 class Outcome:
     """What an operator command led to (the control socket's answer)."""
@@ -123,7 +136,7 @@ class ModuleRunner:
         self.error: str | None = None
         self.task: asyncio.Task | None = None
         self.transition: tuple[NodeState, tuple[a.Action, ...]] | None = None   # the task's target, actions
-        self.retry: tuple[tuple[a.Action, ...], NodeState, float] | None = None
+        self.retry: Retry | None = None
         self.command = Command.NONE
         self.waiters: list[asyncio.Future] = []
         self.resync_requested: float | None = None
@@ -282,11 +295,11 @@ class ModuleRunner:
         if self.task is not None or self.stale(epoch):
             return
         if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
-            actions, target, when = self.retry
+            retry = self.retry
             # A retry carries on a decision that may have rested on the peer's silence: not before
             # this node has listened again after a stall.
-            if self.clock() >= when and (listened or peer.alive):
-                self.start_task(actions, target, "retry")
+            if self.clock() >= retry.when and (listened or peer.alive):
+                self.start_task(retry.actions, retry.target, "retry", swap=retry.swap)
             return
         self.retry = None
         if self.state in (S.WAIT, S.SECOND) and not self.obs.receivers_alive:
@@ -331,7 +344,7 @@ class ModuleRunner:
         still owed is left to the decisions (it comes, with the VIP, once the mount accepts
         writes)."""
         assert self.retry is not None and self.obs is not None
-        actions, target, _ = self.retry
+        actions, target = self.retry.actions, self.retry.target
         if not (target.is_primary and self.state.is_primary and self.obs.mirror in NOT_WRITABLE):
             return False
         if actions and actions[0] == a.MountReplicated(peer_connected=True) and not self.peer.alive:
@@ -407,17 +420,24 @@ class ModuleRunner:
     # ----------------------------------------------------------------- acting
 
     def start_task(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None = None, epoch: int | None = None) -> None:
+                   decision: a.Decision | None = None, epoch: int | None = None,
+                   swap: SwapPhase | None = None) -> None:
         """Run ``actions`` as one task; ``epoch``: a decision's, which is dropped if the agent
-        stalls before any of its actions but ``Persist`` ran (:meth:`_run`)."""
+        stalls before any of its actions but ``Persist`` ran (:meth:`_run`); ``swap``: the phase
+        to advertise once ``target`` is reached (a decision's own, by default)."""
         if any(isinstance(x, a.StartResync) for x in actions):
             self.resync_requested = self.clock()
         self.transition = (target, actions)
-        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision, epoch),
+        swap = decision.swap if decision is not None else swap
+        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision, epoch, swap),
                                                            name=f"{self.name}-actions")
 
     async def _run(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None, epoch: int | None = None) -> None:
+                   decision: a.Decision | None, epoch: int | None = None, swap: SwapPhase | None = None) -> None:
+        """Run the actions in order, stop at the first failure (a :class:`Retry` of the rest).
+        The state advertised changes only once the sequence is safe to advertise
+        (:func:`~hamirror.cluster.steps.state_after`): a primary whose stop failed half-way keeps
+        saying so, so that its peer does not promote beside a running application."""
         error, reached = None, target
         try:
             for index, action in enumerate(actions):
@@ -434,8 +454,13 @@ class ModuleRunner:
                     # One line per action: the timeline of a swap or a takeover (scripts/bench/swap.py).
                     log.info("%s: done %s in %.3f s", self.name, describe(action), time.monotonic() - began)
                 except ActionFailed as exc:
-                    error = str(exc)
-                    self.retry = (actions[index:], target, self.clock() + RETRY_PAUSE)
+                    error, rest = str(exc), actions[index:]
+                    reached = state_after(self.state, target, actions, index)
+                    if reached is not target and any(isinstance(x, a.Persist) for x in actions[:index]):
+                        # The record says what the node is: the old state until the rest is done.
+                        await asyncio.to_thread(self.persist, self.state)
+                        rest = (a.Persist(target),) + rest
+                    self.retry = Retry(rest, target, self.clock() + RETRY_PAUSE, swap)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
                     if error != self.error:      # a retry failing the same way is not news
@@ -451,8 +476,8 @@ class ModuleRunner:
                           **{"from": self.state.value, "to": reached.value})
                 self.state = reached
                 self.resync_requested = None     # the resync status restarts with each state
-            if decision is not None and reached is target:
-                self.set_swap(decision.swap)
+            if swap is not None and reached is target:
+                self.set_swap(swap)
             self.checkers.reset()
             if error is None:
                 # Stopped with nothing mounted: watch for changes made behind our back.
@@ -501,7 +526,7 @@ class ModuleRunner:
         if self.transition is not None and (not self.transition[0].is_primary
                                             or any(map(a.touches_service, self.transition[1]))):
             return False
-        return self.retry is None or not any(map(a.touches_service, self.retry[0]))
+        return self.retry is None or not any(map(a.touches_service, self.retry.actions))
 
     def advertised(self) -> ModuleInfo:
         """This module's heartbeat entry."""
