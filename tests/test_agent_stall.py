@@ -119,3 +119,49 @@ def test_a_woken_primary_stays_until_it_has_listened(tmp_path):
 
     asyncio.run(scenario())
     assert runner.state is S.ALONE and ("set_alone",) in dp.calls
+
+
+def test_a_restarted_secondary_whose_receiver_hears_the_primary_never_takes_over(tmp_path):
+    """Finding 6: heartbeats blocked (or a wall clock far off) while replication flows; the SECOND's
+    agent restarts, so it never heard a heartbeat: it took over beside the serving primary. The
+    receiver heard the primary's mount within the timeout: no takeover, whatever the silence."""
+    import time
+
+    from hamirror.agent.runtime import Agent
+    from hamirror.config import load_cluster, load_modules
+    from tests.configfiles import write_cluster, write_module, write_secrets
+
+    config = write_cluster(tmp_path)
+    write_module(tmp_path)
+    write_secrets(tmp_path)
+    cluster = load_cluster(config)
+    agent = Agent(cluster, load_modules(cluster))
+    runner, dp, vip, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent.runners = {"app": runner}
+    clock = Clock()
+    agent.listening = runner.listening = Listening(TIMEOUT, THRESHOLD, clock)
+    for _ in range(8):                                 # the restarted agent listened a full timeout
+        clock.now += 0.3
+        agent.listening.check()
+
+    async def tick():
+        clock.now += 0.3
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    async def scenario():
+        dp.receivers = [{"last_message": time.time() - 0.5, "connections": 1}]   # the primary's keepalive
+        await runner.attach()
+        assert runner.state is S.SECOND
+        for _ in range(3):
+            await tick()
+            dp.receivers = [{"last_message": time.time() - 0.5, "connections": 1}]
+        assert runner.state is S.SECOND and not vip.up
+        dp.receivers = [{"last_message": time.time() - 30, "connections": 0, "closed_at": time.time() - 30}]
+        for _ in range(2):
+            await tick()                               # the link is silent too now: the peer is lost
+
+    asyncio.run(scenario())
+    assert runner.state is S.ALONE and vip.up

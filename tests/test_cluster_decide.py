@@ -321,3 +321,12 @@ def test_both_primary_the_taker_keeps_running_and_the_woken_node_steps_down(rela
     taker = decide(dataclasses.replace(taker_view, peer=dataclasses.replace(taker_view.peer, woke=True)))
     assert taker.state is S.ALONE
     assert decide(taker_view).state is S.WAIT                       # no stall on either side: default
+
+
+def test_no_takeover_nor_grant_while_the_replication_link_shows_the_peer_alive() -> None:
+    """Finding 6: heartbeats lost (blocked, or a wall clock far off) while the receiver still hears
+    the primary's mount: the SECOND does not take over, the primary does not go on alone."""
+    second = decide(view(S.SECOND, linked=True))
+    assert second.state is S.SECOND and second.actions == () and "replication link" in second.warnings[0]
+    assert decide(view(S.PRIM, linked=True)).state is S.PRIM
+    assert decide(view(S.SECOND, linked=False)).state is S.ALONE

@@ -37,7 +37,7 @@ views = st.builds(
     default_primary=st.booleans(), cold_start=st.booleans(),
     checker=st.builds(CheckerHealth, ok=st.booleans(), restarts=st.integers(0, 5)),
     resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase), listened=st.booleans(),
-    mirror=st.sampled_from(MirrorHealth),
+    mirror=st.sampled_from(MirrorHealth), linked=st.booleans(),
 )
 
 
@@ -59,8 +59,8 @@ def test_random_views_obey_the_data_rules(view: ModuleView) -> None:
         assert not d.state.is_primary, "acted alone against the witness"
     if d.state is not view.state:
         assert d.actions[0].__class__.__name__ == "Persist"
-    if not view.listened and not view.peer.alive:
-        assert not uses_silence(view, d), "acted on a silence it did not listen to"
+    if not view.peer.alive and (not view.listened or view.linked):
+        assert not uses_silence(view, d), "acted on a silence it did not listen to, or a live link"
 
 
 # --- two-node simulation --------------------------------------------------------------------

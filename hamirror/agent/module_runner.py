@@ -278,10 +278,11 @@ class ModuleRunner:
         return journal_info.to_wire(self.peer_history) if self.peer_history is not None else None
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
-                   listened: bool, epoch: int | None = None) -> None:
+                   listened: bool, epoch: int | None = None, linked: bool = False) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
-        a stall since makes the view stale, and nothing is decided from it."""
+        a stall since makes the view stale, and nothing is decided from it; ``linked``: the
+        replication link shows the peer alive (:attr:`ModuleView.linked`)."""
         if self.task is not None:
             return
         before, self.obs = self.obs, await asyncio.to_thread(self.observe)
@@ -298,7 +299,7 @@ class ModuleRunner:
             retry = self.retry
             # A retry carries on a decision that may have rested on the peer's silence: not before
             # this node has listened again after a stall.
-            if self.clock() >= retry.when and (listened or peer.alive):
+            if self.clock() >= retry.when and ((listened and not linked) or peer.alive):
                 self.start_task(retry.actions, retry.target, "retry", swap=retry.swap)
             return
         self.retry = None
@@ -306,7 +307,7 @@ class ModuleRunner:
             log.warning("%s: receiver not running in %s: starting it", self.name, self.state.value)
             self.start_task((a.StartReceiver(),), self.state, "receiver restart")
             return
-        view = self.view(peer, quorum, peer_history, listened)
+        view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked)
         decision = decide(view)
         if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
             # Still primary after the stall, and the data path proves it: the peer acknowledges our

@@ -230,11 +230,13 @@ class Agent:
                 log.warning("%s: the primary's replication connection closed and it is silent for %.1f s: "
                             "its processes are gone", name, silence)
                 peer_alive, info = False, None
-            linked = not alive and hb.peer_heartbeat is not None and streaming(runner, self.cluster.heartbeat.timeout)
-            if linked:
+            linked = not alive and streaming(runner, self.cluster.heartbeat.timeout)
+            if linked and hb.peer_heartbeat is not None:
                 # Heartbeats lost, but the replication link between the two data paths is alive:
-                # the peer's agent is down, not its server. Acting alone now (a takeover, or a
-                # primary dropping its secondary) would be wrong; keep the last view of the peer.
+                # the peer's agent is down (or its heartbeats blocked), not its server. Acting
+                # alone now (a takeover, or a primary dropping its secondary) would be wrong; keep
+                # the last view of the peer. Never heard since this agent started: the view says
+                # so (``linked``), and decide() acts on no silence.
                 info, peer_alive = hb.peer_heartbeat.modules.get(name), True
             if linked != (name in self._linked_only):
                 (self._linked_only.add if linked else self._linked_only.discard)(name)
@@ -248,7 +250,7 @@ class Agent:
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
-                await runner.tick(peer, history, self.quorum, listened, epoch)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

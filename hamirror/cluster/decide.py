@@ -18,7 +18,8 @@ decided by one small rule function per state. The rules that protect data (desig
 - maintenance and flap damping hold automatic decisions back, never a data-safety one
   (:mod:`restraint`); operator commands are not held;
 - the peer's silence proves nothing until this node has listened for a full heartbeat timeout
-  since it stalled or started (``view.listened``): no takeover, grant, fence or new generation
+  since it stalled or started (``view.listened``), nor while the replication link shows the peer
+  alive (``view.linked``: heartbeats blocked, a wall clock off): no takeover, grant, fence or new generation
   rests on it before (:func:`_deaf`, applied to every decision, whatever rule made it); and when
   both are primary after one stalled, the one that took over keeps running (the woken one,
   which has not listened yet, steps down).
@@ -51,6 +52,8 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
+LINKED = ("the peer's heartbeats are lost but the replication link shows it alive: not acting alone "
+          "(blocked heartbeats, or a clock far off)")
 DEAF = ("this node stalled or just started: the peer's silence proves nothing until it has listened for "
         "a full heartbeat timeout; not acting alone meanwhile")
 PEER_TOOK_OVER = ("the peer holds newer data (it took over while this node did not run): stepping down, "
@@ -94,10 +97,12 @@ def _grants_alone(action: Action) -> bool:
 
 def _deaf(view: ModuleView, decision: Decision) -> Decision:
     """A node that has not listened a full timeout since it stalled (or started) stays where it is
-    rather than act on a silence it did not hear: the peer may have taken over meanwhile."""
-    if view.peer.alive or view.listened or not uses_silence(view, decision):
+    rather than act on a silence it did not hear: the peer may have taken over meanwhile. Nor does
+    one whose replication link shows the peer alive: only its heartbeats are lost."""
+    if view.peer.alive or (view.listened and not view.linked) or not uses_silence(view, decision):
         return decision
-    text = DEAF if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {DEAF}"
+    why = DEAF if not view.listened else LINKED
+    text = why if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {why}"
     return steps.stay(view, warning=text)
 
 

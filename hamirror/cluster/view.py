@@ -148,7 +148,9 @@ class ModuleView:
     operator suspended automatic actions on this node (``hamirror maintenance on``);
     ``failovers``: the flap-damping count. ``listened``: this node has listened for its peer for a
     full heartbeat timeout since its agent started or last stalled (frozen, suspended, starved):
-    until then the peer's silence proves nothing, and no decision may rest on it.
+    until then the peer's silence proves nothing, and no decision may rest on it. ``linked``: the
+    peer's heartbeats are lost but the replication link shows it alive (our receiver heard its
+    mount within the timeout, or our mount streams to it): its silence proves nothing either.
     """
 
     module: str
@@ -170,3 +172,4 @@ class ModuleView:
     maintenance: bool = False
     failovers: FailoverHealth = FailoverHealth()
     listened: bool = True
+    linked: bool = False
