@@ -330,3 +330,15 @@ def test_no_takeover_nor_grant_while_the_replication_link_shows_the_peer_alive()
     assert second.state is S.SECOND and second.actions == () and "replication link" in second.warnings[0]
     assert decide(view(S.PRIM, linked=True)).state is S.PRIM
     assert decide(view(S.SECOND, linked=False)).state is S.ALONE
+
+
+def test_a_node_that_stepped_down_for_the_witness_leads_again_once_vouched() -> None:
+    """Finding 11: the witness down, then the peer lost: the primary stepped down (WAIT) and never
+    came back. Once the witness grants it the lease again and says the peer has not held it
+    since, it takes over again (a new generation); without that word, or stale, it waits."""
+    back = decide(view(S.WAIT, quorum=True, vouched=True))
+    assert back.state is S.ALONE and NewGeneration() in back.actions and "witness" in back.warnings[0]
+    assert decide(view(S.WAIT, quorum=True, vouched=False)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=True, vouched=True, uptodate=False)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=False, vouched=True)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=True, vouched=True, listened=False)).state is S.WAIT

@@ -98,7 +98,8 @@ def relation(a: Node, b: Node) -> Relation:
     return Relation.DIVERGED if set(a.history) & set(b.history) else Relation.UNKNOWN
 
 
-def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None) -> ModuleView:
+def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None,
+              vouched: bool = False) -> ModuleView:
     peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
                     woke=other.deaf > 0) if link else PeerView()
     resync = me.resync
@@ -110,13 +111,48 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
         quorum=quorum if not link else (None if quorum is None else True),
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
-        checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0)
+        checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
+        vouched=vouched and not link)
+
+
+class Lease:
+    """The witness: who holds the lease, and who held it before this tenure (it remembers the last
+    holder across its own restarts)."""
+
+    def __init__(self) -> None:
+        self.holder: int | None = None
+        self.last: int | None = None
+        self.before: int | None = None
+
+    def give(self, node: int | None) -> None:
+        if node is not None and node != self.holder:
+            self.before, self.last = self.last, node
+        self.holder = node
+
+    def vouches(self, node: int) -> bool:
+        return self.holder == node and self.before == node
 
 
 class World:
     def __init__(self) -> None:
         self.nodes = (Node("n1", True), Node("n2", False))
         self.next_gen = 1
+        self.lease = Lease()
+
+    def witness(self, link: bool, awake: list[bool], up: bool) -> None:
+        """The lease this tick: the primary's while both are heard; in a partition, the primary's
+        (the only one claiming before), else n1's; a frozen node's lapses; none while it is down."""
+        a, b = self.nodes
+        if not up:
+            self.lease.give(None)
+        elif not all(awake):
+            self.lease.give(awake.index(True) if any(awake) else None)
+        elif link:
+            primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
+            if len(primaries) == 1 and self.lease.holder != primaries[0]:
+                self.lease.give(primaries[0] if self.lease.holder is None else self.lease.holder)
+        elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
+            self.lease.give(0 if a.state.is_primary or not b.state.is_primary else 1)
 
     def finish_resyncs(self, link: bool) -> None:
         """A resync started last tick ends now: DONE if the link held, else FAILED."""
@@ -178,34 +214,29 @@ events = st.tuples(
 freezes = st.none() | st.tuples(st.sampled_from([0, 1]), st.integers(1, 6), st.booleans())
 
 
-def run(steps: list, witness: bool, stepped_down: list | None = None) -> list[tuple]:
+def run(steps: list, witness: bool, stepped_down: list | None = None,
+        witness_down: frozenset[int] = frozenset()) -> list[tuple]:
     """Run the simulation; return the (link, state1, state2) trace and check every tick. An event
-    may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time)."""
+    may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time).
+    ``witness_down``: the ticks (counted in ``steps`` from 0) the witness machine is down."""
     world = World()
     a, b = world.nodes
     trace = []
-    granted = 0                                                     # the witness's favourite
-    for event in [(True, BOTH, Command.START, None, None)] + steps:
+    for tick, event in enumerate([(True, BOTH, Command.START, None, None)] + steps):
         link, who, cmd, failing, reboot, freeze = (*event, None)[:6]
-        world.finish_resyncs(link)
+        world.finish_resyncs(link and not any(n.frozen for n in world.nodes))   # a frozen side applies nothing
         if reboot is not None and world.nodes[reboot].state is not S.STOP and not world.nodes[reboot].frozen:
             node = world.nodes[reboot]                              # the agent restarts: WAIT,
             node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
             node.deaf = LISTEN                                      # and listens before acting alone
         awake = [not n.frozen for n in world.nodes]
         hears = [link and awake[1 - i] and not n.woken for i, n in enumerate(world.nodes)]
-        if witness and not (link and all(awake)):
-            if not all(awake):                                      # a frozen holder's lease lapses
-                granted = awake.index(True) if any(awake) else granted
-            elif not any(n.state.is_primary for n in world.nodes):
-                granted = 0
-            else:
-                granted = 0 if a.state.is_primary else 1
+        world.witness(link, awake, tick - 1 not in witness_down)
         for i, n in enumerate(world.nodes):
             n.checker_ok = failing != i or not n.state.is_primary
         views = [n.held if n.woken and n.held is not None else
                  make_view(n, world.nodes[1 - i], hears[i], cmd if who in (i, BOTH) else Command.NONE,
-                           (granted == i) if witness else None)
+                           (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i))
                  for i, n in enumerate(world.nodes)]
         views = [dataclasses.replace(v, listened=False) if n.woken else v for v, n in zip(views, world.nodes)]
         if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
@@ -335,3 +366,30 @@ def test_a_frozen_primary_wakes_beside_its_taker_and_steps_down(mid_tick: bool, 
 def test_a_frozen_secondary_wakes_under_the_primary_that_went_on_alone() -> None:
     trace = run(quiet(6) + frozen(1, 4, True) + quiet(10), witness=False)
     assert all(t[1].is_primary for t in trace[5:]) and trace[-1][1:] == (S.PRIM, S.SECOND)
+
+
+# --- the witness down, then the peer lost (issue 15, finding 11) ------------------------------
+
+def test_a_primary_that_stepped_down_for_a_downed_witness_comes_back_with_it() -> None:
+    """The witness goes down (ticks 6-15), then the link is cut (ticks 9-20): the primary steps
+    down (it cannot tell), the SECOND may not take over. When the witness is back, the former
+    primary, its last holder, is vouched and leads again; the other, who never held it, still
+    waits. On the heal the pair converges with no split brain."""
+    steps = quiet(9) + quiet(12, link=False) + quiet(8)
+    trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
+    assert trace[9] == (True, S.PRIM, S.SECOND) and trace[11][1:] == (S.WAIT, S.WAIT)
+    assert all(t[1:] == (S.WAIT, S.WAIT) for t in trace[11:17])    # both refused while it is down
+    assert (False, S.ALONE, S.WAIT) in trace                        # back: the last holder leads
+    assert trace[-1] == (True, S.PRIM, S.SECOND)
+    assert not diverged_at_some_tick(steps, witness=True)
+
+
+def test_the_node_that_never_held_the_lease_stays_out_when_the_witness_returns() -> None:
+    """Same, but the survivor is the SECOND (node1, the primary, frozen for 20 ticks from tick 7):
+    node2 never held the lease, so it cannot tell what node1 may have written alone; it waits,
+    and the pair converges once node1 is back."""
+    steps = quiet(6) + frozen(0, 20, False) + quiet(30)
+    trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
+    assert all(t[2] is S.WAIT for t in trace[9:27]), trace
+    assert trace[-1][1:] in ((S.PRIM, S.SECOND), (S.SECOND, S.PRIM))
+    assert not diverged_at_some_tick(steps, witness=True)

@@ -216,9 +216,10 @@ class Agent:
         self._claim_alive = alive          # the verdict and the views see the same peer
         try:
             self.quorum = await self.witness.verdict(boottime())
+            vouched = self.quorum is True and self.witness.vouches(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
-            self.quorum = False
+            self.quorum, vouched = False, False
         silence = hb.silence()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -250,7 +251,7 @@ class Agent:
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
-                await runner.tick(peer, history, self.quorum, listened, epoch, linked)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

@@ -8,6 +8,8 @@ decided by one small rule function per state. The rules that protect data (desig
   one steps down (the newer-by-history, else the ``default_primary``, keeps running);
 - no data moves towards a peer that is newer or on a DIVERGED history without the operator;
 - a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary;
+  a WAIT node with up-to-date data leads again without hearing its peer only when the witness
+  grants it the lease and vouches that the peer has not held it since this node did;
 - I/O fencing: a primary whose mount lost the peer (FENCED) goes on alone only once the peer
   cannot be primary: heard in a non-primary state with its up-to-date flag cleared (a SECOND
   clears it when it sees the primary fenced), or not heard with the witness lease held, the
@@ -52,6 +54,8 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
+RESUMED = ("the witness grants the lease again and the peer has not held it since this node did: "
+           "taking over again")
 LINKED = ("the peer's heartbeats are lost but the replication link shows it alive: not acting alone "
           "(blocked heartbeats, or a clock far off)")
 DEAF = ("this node stalled or just started: the peer's silence proves nothing until it has listened for "
@@ -197,6 +201,11 @@ def _stop(view: ModuleView) -> Decision:
 def _wait(view: ModuleView) -> Decision:
     peer = view.peer
     if not peer.alive:
+        if view.quorum is True and view.vouched and view.uptodate:
+            # It stepped down (or left SECOND) when the witness was down; the witness is back, the
+            # peer is still lost, and it has not held the lease since this node did: nothing the
+            # peer wrote alone can exist, this node's data is the newest.
+            return steps.promote_alone(view, warning=RESUMED)
         return steps.stay(view)
     if view.relation is Relation.DIVERGED:
         return steps.stay(view, warning=SPLIT_BRAIN)

@@ -151,6 +151,8 @@ class ModuleView:
     until then the peer's silence proves nothing, and no decision may rest on it. ``linked``: the
     peer's heartbeats are lost but the replication link shows it alive (our receiver heard its
     mount within the timeout, or our mount streams to it): its silence proves nothing either.
+    ``vouched``: the witness grants this node the lease and it was also the last holder before
+    this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
     """
 
     module: str
@@ -173,3 +175,4 @@ class ModuleView:
     failovers: FailoverHealth = FailoverHealth()
     listened: bool = True
     linked: bool = False
+    vouched: bool = False
