@@ -99,7 +99,7 @@ def relation(a: Node, b: Node) -> Relation:
 
 
 def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None,
-              vouched: bool = False) -> ModuleView:
+              vouched: bool = False, linked: bool = False) -> ModuleView:
     peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
                     woke=other.deaf > 0) if link else PeerView()
     resync = me.resync
@@ -112,7 +112,7 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
         checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
-        vouched=vouched and not link)
+        vouched=vouched and not link, linked=linked and not link)
 
 
 class Lease:
@@ -204,8 +204,9 @@ def stale_primary(node: Node, other: Node) -> bool:
 
 
 BOTH = 2
+REPLICATION = "replication"     # as link: heartbeats lost, the replication link flows
 events = st.tuples(
-    st.booleans() | st.just(True),                                  # link up (mostly)
+    st.sampled_from([True, True, False, REPLICATION]),              # link up (mostly)
     st.sampled_from([None, 0, 1, BOTH]),                            # who gets a command
     st.sampled_from(list(Command)),
     st.sampled_from([None, 0, 1]),                                  # whose checker fails
@@ -218,25 +219,28 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
         witness_down: frozenset[int] = frozenset()) -> list[tuple]:
     """Run the simulation; return the (link, state1, state2) trace and check every tick. An event
     may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time).
+    ``link`` may be ``REPLICATION``: the heartbeats are lost but the replication link flows.
     ``witness_down``: the ticks (counted in ``steps`` from 0) the witness machine is down."""
     world = World()
     a, b = world.nodes
     trace = []
     for tick, event in enumerate([(True, BOTH, Command.START, None, None)] + steps):
         link, who, cmd, failing, reboot, freeze = (*event, None)[:6]
+        replication_only, link = link == REPLICATION, bool(link)
         world.finish_resyncs(link and not any(n.frozen for n in world.nodes))   # a frozen side applies nothing
         if reboot is not None and world.nodes[reboot].state is not S.STOP and not world.nodes[reboot].frozen:
             node = world.nodes[reboot]                              # the agent restarts: WAIT,
             node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
             node.deaf = LISTEN                                      # and listens before acting alone
         awake = [not n.frozen for n in world.nodes]
-        hears = [link and awake[1 - i] and not n.woken for i, n in enumerate(world.nodes)]
-        world.witness(link, awake, tick - 1 not in witness_down)
+        hears = [link and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
+        world.witness(link and not replication_only, awake, tick - 1 not in witness_down)
         for i, n in enumerate(world.nodes):
             n.checker_ok = failing != i or not n.state.is_primary
         views = [n.held if n.woken and n.held is not None else
                  make_view(n, world.nodes[1 - i], hears[i], cmd if who in (i, BOTH) else Command.NONE,
-                           (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i))
+                           (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i),
+                           replication_only and all(awake) and any(n.state is S.PRIM for n in world.nodes))
                  for i, n in enumerate(world.nodes)]
         views = [dataclasses.replace(v, listened=False) if n.woken else v for v, n in zip(views, world.nodes)]
         if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
@@ -252,7 +256,7 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
         trace.append((link, a.state, b.state))
         both = a.state.is_primary and b.state.is_primary
         excused = stale_primary(a, b) or stale_primary(b, a)
-        if link and all(awake):
+        if link and all(awake) and not replication_only:
             assert not both or excused, f"two primaries on a connected tick: {trace}"
         if witness:
             assert not both or excused, f"two primaries despite the witness: {trace}"
@@ -393,3 +397,14 @@ def test_the_node_that_never_held_the_lease_stays_out_when_the_witness_returns()
     assert all(t[2] is S.WAIT for t in trace[9:27]), trace
     assert trace[-1][1:] in ((S.PRIM, S.SECOND), (S.SECOND, S.PRIM))
     assert not diverged_at_some_tick(steps, witness=True)
+
+
+def test_heartbeats_lost_while_replication_flows_move_nothing() -> None:
+    """Finding 6: heartbeats blocked (or refused for a clock far off) while the replication link
+    flows: no takeover, no going alone; with a witness the SECOND may leave (it is refused),
+    never promote; on the heal the pair is mirrored again."""
+    for witness in (False, True):
+        steps = quiet(6) + [(REPLICATION, None, Command.NONE, None, reboot, None) for reboot in (None, 1, None, None, None)]
+        trace = run(steps + quiet(8), witness)
+        assert all(t[1] is S.PRIM and not t[2].is_primary for t in trace[5:12]), trace
+        assert trace[-1][1:] == (S.PRIM, S.SECOND)
