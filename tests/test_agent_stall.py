@@ -127,20 +127,9 @@ def test_a_restarted_secondary_whose_receiver_hears_the_primary_never_takes_over
     receiver heard the primary's mount within the timeout: no takeover, whatever the silence."""
     import time
 
-    from hamirror.agent.runtime import Agent
-    from hamirror.config import load_cluster, load_modules
-    from tests.configfiles import write_cluster, write_module, write_secrets
-
-    config = write_cluster(tmp_path)
-    write_module(tmp_path)
-    write_secrets(tmp_path)
-    cluster = load_cluster(config)
-    agent = Agent(cluster, load_modules(cluster))
     runner, dp, vip, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
     dp.receiving = True
-    agent.runners = {"app": runner}
-    clock = Clock()
-    agent.listening = runner.listening = Listening(TIMEOUT, THRESHOLD, clock)
+    agent, clock = agent_with(tmp_path, runner)
     for _ in range(8):                                 # the restarted agent listened a full timeout
         clock.now += 0.3
         agent.listening.check()
@@ -165,3 +154,34 @@ def test_a_restarted_secondary_whose_receiver_hears_the_primary_never_takes_over
 
     asyncio.run(scenario())
     assert runner.state is S.ALONE and vip.up
+
+
+def agent_with(tmp_path, runner):
+    """A real Agent (config files, heartbeat service not started) driving one fake runner, with a
+    fake clock for its stall detection."""
+    from hamirror.agent.runtime import Agent
+    from hamirror.config import load_cluster, load_modules
+    from tests.configfiles import write_cluster, write_module, write_secrets
+
+    config = write_cluster(tmp_path)
+    write_module(tmp_path)
+    write_secrets(tmp_path)
+    cluster = load_cluster(config)
+    agent = Agent(cluster, load_modules(cluster))
+    agent.runners = {"app": runner}
+    clock = Clock()
+    agent.listening = runner.listening = Listening(TIMEOUT, THRESHOLD, clock)
+    return agent, clock
+
+
+def test_a_node_claims_the_lease_on_the_peer_silence_only_once_it_has_listened(tmp_path):
+    runner, *_ = make(tmp_path / "runner", S.SECOND, primary=False)
+    agent, clock = agent_with(tmp_path, runner)
+    agent._claim_alive = False                         # the peer not heard
+    assert not agent._claims()                         # just started: not listened yet
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+    assert agent._claims()
+    clock.now += 7.8                                   # frozen
+    assert not agent._claims()

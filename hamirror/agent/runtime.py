@@ -127,8 +127,11 @@ class Agent:
         self.wakeup.set()
 
     def _claims(self) -> bool:
-        """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
-        return not self._claim_alive or any(r.state.is_primary for r in self.runners.values())
+        """Whether this node needs the witness's lease: a primary module, or the peer not heard
+        while listening (a node that just woke or started would take a lease the peer may be
+        about to renew on a silence it never heard)."""
+        return (not self._claim_alive and self.listening.listened()) or any(
+            r.state.is_primary for r in self.runners.values())
 
     def _changed(self) -> None:
         with contextlib.suppress(Exception):
