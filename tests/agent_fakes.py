@@ -88,6 +88,9 @@ class FakeVip:
         self.up = False
         self.calls: list[str] = []
 
+    def present(self) -> bool:
+        return self.up
+
     def add(self) -> None:
         self.calls.append("add")
         self.up = True
@@ -101,6 +104,11 @@ class FakeScripts:
     def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.runs: list[tuple[str, str]] = []
         self.failing = failing
+        self.kills = 0
+
+    def kill_app(self) -> list[int]:
+        self.kills += 1
+        return [7]
 
     def run(self, name: str, state: str) -> FakeResult:
         self.runs.append((name, state))

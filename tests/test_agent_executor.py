@@ -58,12 +58,14 @@ def test_stop_sequences_flush_then_unmount_and_forcestop_kills():
     assert dp.calls == [("flush",), ("unmount", False)] and not vip.up
     ex.run(a.KillApp(), S.STOP)
     ex.run(a.Unmount(force=True), S.STOP)
-    assert killed == [(("/srv/d0",), frozenset({1}))]       # the mount's pid is spared
+    assert scripts.kills == 1                                # the application's group, at once
+    assert killed == [(("/srv/d0",), frozenset({1}))]       # then by directory; the mount's pid is spared
     assert dp.calls[-1] == ("unmount", True)
 
 
 def test_failures_become_action_failed_with_the_reason():
-    ex, dp, *_ = make(failing_scripts=("start_prim",))
+    ex, dp, vip, *_ = make(failing_scripts=("start_prim",))
+    vip.up = True
     with pytest.raises(ActionFailed, match="start_prim exit 1"):
         ex.run(a.RunScript("start_prim"), S.ALONE)
     dp.fail.add("mount")
@@ -72,7 +74,8 @@ def test_failures_become_action_failed_with_the_reason():
 
 
 def test_restart_counts_only_checker_restarts_and_journal_flags():
-    ex, _, _, scripts, journal, _, restarts, _ = make()
+    ex, _, vip, scripts, journal, _, restarts, _ = make()
+    vip.up = True
     ex.run(a.RestartApp(counted=True), S.PRIM)
     ex.run(a.RestartApp(counted=False), S.PRIM)
     assert restarts == [1]
@@ -80,3 +83,60 @@ def test_restart_counts_only_checker_restarts_and_journal_flags():
     journal.uptodate = True
     ex.run(a.ForgetHistory(), S.WAIT)
     assert journal.forgotten and not journal.uptodate
+
+
+def test_start_prim_without_the_vip_is_left_to_a_new_decision():
+    """Issue 15, finding 2: the VIP withdrawn after a stall made every retry of start_prim fail to
+    bind it for 5+ minutes. The executor does not run start_prim without it: the runner drops the
+    sequence and decides again (the application is marked stopped, so the decision adds the VIP
+    and starts it together)."""
+    from hamirror.agent.executor import NeedsDecision
+
+    ex, _, vip, scripts, *_ = make()
+    with pytest.raises(NeedsDecision, match="the VIP is not on this node"):
+        ex.run(a.RunScript("start_prim"), S.ALONE)
+    assert scripts.runs == [] and ex.app_stopped
+    with pytest.raises(NeedsDecision):
+        ex.run(a.RestartApp(counted=False), S.PRIM)
+    assert scripts.runs == [("stop_prim", "PRIM")] and ex.app_stopped
+    ex.run(a.AddVip(), S.ALONE)
+    ex.run(a.RunScript("start_prim"), S.ALONE)
+    assert scripts.runs[-1] == ("start_prim", "ALONE") and not ex.app_stopped
+    ex.run(a.RunScript("start_second"), S.SECOND)          # only a primary's start needs it
+
+
+def test_a_start_retried_after_the_vip_was_withdrawn_comes_back_with_its_vip(tmp_path):
+    """Issue 15, finding 2: start_prim failed, the agent then stalled and withdrew the VIP, and every
+    retry of the same sequence ran start_prim without the address it binds. Now the retry is
+    dropped, and the next decision adds the VIP and starts the application together."""
+    import asyncio
+
+    from tests.agent_fakes import FakeJournal
+    from tests.test_agent_runner import make as make_runner, step
+    from hamirror.cluster.view import PeerView
+
+    runner, dp, vip, scripts, journal, _, clock = make_runner(tmp_path, S.ALONE, journal=FakeJournal(("g1",), True),
+                                                              failing=("start_prim",))
+    dp.mounts = [{"state": "ALONE", "mounted": True, "pid": 1}]
+    started_with_vip: list[bool] = []
+    run = scripts.run
+    scripts.run = lambda name, state: (started_with_vip.append(vip.up) if name == "start_prim" else None,
+                                       run(name, state))[1]
+
+    async def scenario():
+        await runner.attach()
+        await runner.task
+        runner.executor.app_stopped = True                  # a repair left the application stopped
+        await step(runner, PeerView(alive=False))
+        assert runner.retry is not None and started_with_vip == [True]      # failed: a retry is pending
+        await runner.withdraw_vip()                           # a stall
+        assert not vip.up
+        scripts.failing = ()
+        clock.now += 10
+        await step(runner, PeerView(alive=False))             # the retry: no start without the VIP
+        assert started_with_vip == [True] and runner.retry is None
+        await step(runner, PeerView(alive=False))             # decided again: VIP, then start_prim
+        assert started_with_vip == [True, True] and vip.up and runner.error is None
+        assert not runner.executor.app_stopped
+
+    asyncio.run(scenario())

@@ -187,6 +187,7 @@ def test_operator_settings_through_the_agent_are_recorded_with_the_caller(tmp_pa
 def test_a_restart_clears_the_repairs_pending_start(tmp_path):
     runner, dp, vip, store, _, _ = make(tmp_path, state=S.PRIM)
     runner.executor.app_stopped = True
+    vip.up = True                 # a primary's VIP (without it, the start is left to a new decision)
     runner.executor.run(RestartApp(counted=False), S.PRIM)
     assert not runner.executor.app_stopped
 

@@ -215,6 +215,34 @@ def test_nginx_serves_uploads_and_a_hang_fails_the_check(local):
     assert f"stopped (pid {pid})" in local.run("stop_prim", "STOP")
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["postgresql", "mariadb"], indirect=True)
+def test_stop_prim_stops_the_server_on_a_dead_mount(local):
+    """Issue 15, finding 2: the data directory on a real hamirror mount whose daemon is SIGKILLed
+    (ENOTCONN for everyone). stop_prim must still find the server (from node-local files, not
+    from PGDATA) and stop it itself, at once: nothing can be flushed there. Before, PostgreSQL's
+    said "not running" while the postmaster lived."""
+    from hamirror.agent.datapath import DataPath
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs FUSE")
+    datapath = DataPath(local.module, local.cluster)
+    datapath.mount(alone=True)
+    try:
+        local.run("start_prim")
+        pid = local.server_pid(f"{local.root}/sock/.s.PGSQL.{local.module.vars['port']}.lock"
+                               if local.module.name == "postgresql" else f"{local.root}/sock/mariadbd.pid")
+        os.kill(int(datapath.mount_status(0)["pid"]), signal.SIGKILL)
+        started = time.monotonic()
+        log = local.run("stop_prim", "STOP").split("--- ")[-3:]
+        assert any("cannot be reached (a dead mount?)" in part for part in log), log
+        assert any(f"stopped (pid {pid})" in part for part in log), log
+        assert not any("process(es) left" in part for part in log), log     # the script did it, not the sweep
+        assert stopped(pid) and time.monotonic() - started < 15
+    finally:
+        datapath.unmount(force=True)
+
+
 def pwd_uid(user: str) -> int:
     import pwd
     return pwd.getpwnam(user).pw_uid

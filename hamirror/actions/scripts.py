@@ -4,6 +4,11 @@ Scripts run in their own session (process group), so a timeout kills the whole g
 that started a child and hangs on it must not leave the child running or block the agent. Their
 output goes, with a header and the exit status, to ``<state_dir>/modules/<module>/scripts.log``,
 the first place an operator looks when a failover did not start the application.
+
+The scripts run inside the module's application group (:mod:`hamirror.actions.appprocs`), so
+every process they start is known; ``stop_prim`` is *verified*: once it returns (or is killed at
+its timeout), whatever is left of the application gets SIGTERM, then SIGKILL after
+``[scripts] kill_after`` seconds, and the stop succeeds only when none is left.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import tempfile
 import time
 
+from hamirror.actions import appprocs
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.errors import ConfigError
 from hamirror.config.module import ModuleConfig
@@ -37,8 +43,8 @@ class ScriptResult:
 
 
 def run_text(name: str, text: str, log_path: str, timeout: float, env: dict[str, str] | None = None,
-             cwd: str | None = None) -> ScriptResult:
-    """Run the rendered script ``text`` with bash; output appended to ``log_path``."""
+             cwd: str | None = None, group: appprocs.AppGroup | None = None) -> ScriptResult:
+    """Run the rendered script ``text`` with bash (inside ``group``); output appended to ``log_path``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     fd, path = tempfile.mkstemp(prefix=f"hamirror-{name}-", suffix=".sh")
     start = time.monotonic()
@@ -48,7 +54,8 @@ def run_text(name: str, text: str, log_path: str, timeout: float, env: dict[str,
         with open(log_path, "ab") as out:
             out.write(f"--- {time.strftime('%F %T')} {name}\n".encode())
             out.flush()
-            proc = subprocess.Popen(["bash", path], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            argv = group.command(["bash", path]) if group is not None else ["bash", path]
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, env=env, cwd=cwd or "/")
             try:
                 code = proc.wait(timeout=timeout if timeout > 0 else None)
@@ -77,19 +84,62 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 class ScriptRunner:
-    """The four scripts of one module, rendered with this node's values at each run."""
+    """The four scripts of one module, rendered with this node's values at each run, run inside
+    the application's group."""
 
-    def __init__(self, module: ModuleConfig, cluster: ClusterConfig) -> None:
+    def __init__(self, module: ModuleConfig, cluster: ClusterConfig, group: appprocs.AppGroup | None = None) -> None:
         self.module, self.cluster = module, cluster
         self.log_path = os.path.join(cluster.module_state_dir(module.name), "scripts.log")
+        if group is None:
+            os.makedirs(cluster.state_dir, mode=0o700, exist_ok=True)
+            group = appprocs.open_group(appprocs.instance_name(cluster.local_name, cluster.state_dir), module.name)
+        self.group = group
+        self.kill_after = module.scripts.kill_after
 
     def run(self, name: str, state: str) -> ScriptResult:
-        """Render ``name`` for the state being entered and run it; a template error is a failure."""
+        """Render ``name`` for the state being entered and run it; a template error is a failure.
+        ``stop_prim`` succeeds only once no process of the application is left."""
+        env = dict(os.environ, HAMIRROR_MODULE=self.module.name, HAMIRROR_STATE=state, **self.group.env())
         try:
             text = render_script(self.module, self.cluster, name, state)
-        except ConfigError as exc:
+            result = run_text(name, text, self.log_path, self.module.scripts.timeout, env=env,
+                              cwd=self.module.folder, group=self.group)
+        except (ConfigError, appprocs.AppGroupError) as exc:
             log.error("script %s: %s", name, exc)
-            return ScriptResult(name, False, None, False, 0.0, str(exc))
-        env = dict(os.environ, HAMIRROR_MODULE=self.module.name, HAMIRROR_STATE=state)
-        return run_text(name, text, self.log_path, self.module.scripts.timeout, env=env,
-                        cwd=self.module.folder)
+            result = ScriptResult(name, False, None, False, 0.0, str(exc))
+        if name == "stop_prim":     # even one that could not run: the stop is still owed
+            result = self._verified(result)
+        self.group.remove()          # only an empty group goes: a running application keeps its own
+        return result
+
+    def _verified(self, result: ScriptResult) -> ScriptResult:
+        """After stop_prim: SIGTERM, then SIGKILL, whatever of the application is left. With a
+        cgroup, that no process is left *is* the stop, whatever the script said; with only the
+        process tree (which a process can leave), the script's failure stands."""
+        swept = appprocs.sweep(self.group, self.kill_after)
+        text = swept.text(self.kill_after)
+        if swept.termed or swept.killed:
+            self._note(f"stop_prim: {text} ({self.group.describe()})")
+            log.warning("%s: after stop_prim, %s", self.module.name, text)
+        if swept.left:
+            return dataclasses.replace(result, ok=False, detail=f"stop_prim: {text}; see {self.log_path}")
+        if not result.ok and self.group.complete:
+            log.warning("%s: %s, but no process of the application is left: stopped", self.module.name, result.detail)
+            self._note("stop_prim failed, but no process of the application is left: stopped")
+            return dataclasses.replace(result, ok=True, detail=f"{result.detail}; no process left: stopped")
+        return result
+
+    def kill_app(self) -> list[int]:
+        """``forcestop``: SIGKILL every process of the application at once; the pids killed."""
+        swept = appprocs.sweep(self.group, 0.0, term=False)
+        self._note(f"forcestop: {swept.text(0.0)} ({self.group.describe()})")
+        self.group.remove()
+        if swept.left:
+            raise appprocs.AppGroupError(f"forcestop: {swept.text(0.0)}")
+        return list(swept.killed)
+
+    def _note(self, line: str) -> None:
+        """One line in scripts.log, where the operator reads what the scripts did."""
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as out:
+            out.write(f"--- {time.strftime('%F %T')} {line}\n")

@@ -8,6 +8,15 @@ instead of restarting them, so the application keeps running (design §2, docs/a
 One mount or receiver per replicated directory ``i``: state directory
 ``<state_dir>/modules/<module>/<i>``, replication port ``replication_port + i``. Every method
 blocks (the executor calls them from a worker thread, never from the event loop).
+
+A *hung* mount daemon (stopped, deadlocked) is alive but serves nobody: the application's calls
+and the agent's own requests wait on it for ever, and its last ``status.json`` still says all is
+well. A watchdog thread, started by the first look at the mounts, asks every mounted daemon for
+its status each second; one that answers nothing for ``MOUNT_HUNG_AFTER`` seconds while its
+process exists and its directory is mounted is SIGKILLed, and from then on it is a dead mount
+like any other (the agent stops the application, detaches the mount and remounts from the
+journal). It runs beside the ticks, so a stop_prim or a checker blocked on the hung mount does
+not delay it.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -34,6 +44,9 @@ FLUSH_TIMEOUT = 30.0
 UNMOUNT_DRAIN = 30.0         # seconds a mount daemon may take to drain its link after an unmount
 UNMOUNT_FORCE_WAIT = 2.0     # ... after a lazy (forced) unmount, before it is killed
 RECEIVER_READY = 10.0        # seconds a new receiver may take to listen (its status file says so)
+MOUNT_ANSWER = 2.0           # seconds one status request to a mount daemon may take
+MOUNT_HUNG_AFTER = 5.0       # a mounted daemon that answered nothing for this long is hung: SIGKILL
+WATCHDOG_INTERVAL = 1.0
 
 
 class DataPathError(Exception):
@@ -80,6 +93,8 @@ class DataPath:
         self.mode, self.peer_timeout = module.mode, module.peer_timeout
         self.fence_block = cluster.fence.block_timeout
         self._watchers: list = []
+        self._silent_since: dict[int, float] = {}     # index -> when a mount first failed to answer
+        self._watchdog: threading.Thread | None = None
 
     # ----------------------------------------------------------------- stopped module
 
@@ -114,12 +129,14 @@ class DataPath:
 
     def mount_status(self, index: int) -> dict | None:
         """The live mount's status (state PRIM/ALONE/SYNCING/FENCED/REFUSED, resync), or None if
-        not mounted (or its daemon is dead)."""
+        not mounted (or its daemon is dead). A request that fails falls back on ``status.json``
+        for a moment; the watchdog kills a daemon that stays silent (:meth:`check_hung`)."""
+        self._start_watchdog()
         status = _read_json(os.path.join(self.dir_states[index], "status.json"))
         if not status or status.get("role") == "receiver" or not _alive(status.get("pid")):
             return None
         try:
-            live = self.control(index, {"cmd": "status"}, timeout=3.0).get("status")
+            live = self.control(index, {"cmd": "status"}, timeout=MOUNT_ANSWER).get("status")
             status = {**status, **live} if isinstance(live, dict) else status
         except DataPathError:
             pass
@@ -127,6 +144,44 @@ class DataPath:
 
     def mount_statuses(self) -> list[dict | None]:
         return [self.mount_status(i) for i in range(len(self.dirs))]
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch_hung, name=f"{self.module}-mount-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
+
+    def _watch_hung(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_INTERVAL)
+            for i in range(len(self.dirs)):
+                try:
+                    self.check_hung(i)
+                except Exception:  # noqa: BLE001 - the watchdog must outlive any surprise
+                    log.exception("%s: mount watchdog", self.module)
+
+    def check_hung(self, index: int) -> bool:
+        """Ask the mount of directory ``index`` for its status; SIGKILL its daemon if it has answered
+        nothing for ``MOUNT_HUNG_AFTER`` seconds while alive and mounted. Whether it was killed."""
+        status = _read_json(os.path.join(self.dir_states[index], "status.json")) or {}
+        pid, directory = status.get("pid"), self.dirs[index]
+        if (status.get("role") == "receiver" or not status.get("mounted") or not _alive(pid)
+                or not _fuse_mounted(directory) or not _is_mount_daemon(pid, directory)):
+            self._silent_since.pop(index, None)
+            return False
+        began = time.monotonic()
+        if _answers(self.dir_states[index], MOUNT_ANSWER):
+            self._silent_since.pop(index, None)
+            return False
+        since = self._silent_since.setdefault(index, began)
+        if time.monotonic() - since < MOUNT_HUNG_AFTER:
+            return False
+        log.error("%s: the mount daemon of %s (pid %d) has not answered for %.0f s: hung, killed (SIGKILL); "
+                  "the dead-mount repair follows", self.module, directory, pid, time.monotonic() - since)
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid, 5.0)
+        self._silent_since.pop(index, None)
+        return True
 
     def dead_mounts(self) -> list[int]:
         """Directories left as a FUSE mount point whose daemon is gone (ENOTCONN for everyone)."""
@@ -137,7 +192,8 @@ class DataPath:
         their owners) and end a leftover daemon, so the directory is usable again."""
         for i in self.dead_mounts():
             status = _read_json(os.path.join(self.dir_states[i], "status.json")) or {}
-            if status.get("role") != "receiver" and _alive(status.get("pid")):
+            if status.get("role") != "receiver" and _alive(status.get("pid")) \
+                    and _is_mount_daemon(status["pid"], self.dirs[i]):
                 os.kill(int(status["pid"]), signal.SIGKILL)   # alive but not answering: hung
             result = subprocess.run(["fusermount3", "-u", "-z", self.dirs[i]], capture_output=True, text=True)
             if result.returncode != 0 and is_fuse_mountpoint(self.dirs[i]):
@@ -300,6 +356,41 @@ class DataPath:
             _wait_dead(pid, 5.0)
             _remove(self._receiver_file(i))
             log.info("%s: receiver %d stopped (pid %d)", self.module, i, pid)
+
+
+def _answers(state_dir: str, timeout: float) -> bool:
+    """The mount's control socket answers a status request (any answer, even an error)."""
+    from hamirror.fs.control import SOCKET_NAME
+    from hamirror.localsock import exchange
+    try:
+        exchange(os.path.join(state_dir, SOCKET_NAME), {"cmd": "status"}, timeout)
+        return True
+    except OSError:
+        return False
+
+
+def _fuse_mounted(directory: str) -> bool:
+    """A FUSE mount sits on ``directory`` in this mount namespace, read from the mount table only
+    (a stat of the directory would wait on a hung daemon)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields, _, tail = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) > 4 and parts[4].replace("\\040", " ") == directory and tail.startswith("fuse"):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _is_mount_daemon(pid: int, directory: str) -> bool:
+    """``pid`` is a ``mirror mount`` of ``directory`` (not a process that reused a dead daemon's pid)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return "mount" in cmdline and directory in cmdline
 
 
 def _wait_dead(pid: int, timeout: float) -> bool:

@@ -30,6 +30,11 @@ class ActionFailed(Exception):
     """An action did not complete; the message says which and why."""
 
 
+class NeedsDecision(ActionFailed):
+    """Retrying the same sequence cannot help (e.g. start_prim without the VIP it binds): the
+    runner drops it and decides again, so the decision restores VIP, mount and application together."""
+
+
 class DataPathLike(Protocol):
     """What the executor needs of :class:`hamirror.agent.datapath.DataPath` (fakes in tests)."""
 
@@ -49,12 +54,14 @@ class DataPathLike(Protocol):
 
 
 class VipLike(Protocol):
+    def present(self) -> bool: ...
     def add(self) -> None: ...
     def remove(self) -> None: ...
 
 
 class ScriptsLike(Protocol):
-    def run(self, name: str, state: str): ...   # -> ScriptResult (ok, detail)
+    def run(self, name: str, state: str): ...   # -> ScriptResult (ok, detail); stop_prim verified
+    def kill_app(self) -> list[int]: ...        # SIGKILL the application's group
 
 
 class FencerLike(Protocol):
@@ -194,20 +201,35 @@ class Executor:
             self.vip.remove()
 
     def _RunScript(self, action: a.RunScript, target: NodeState) -> None:
+        if action.name == "start_prim" and target.is_primary:
+            self._vip_before_start()
         result = self.scripts.run(action.name, target.value)
         if not result.ok:
             raise ActionFailed(result.detail or f"{action.name} failed")
         if action.name in ("start_prim", "stop_prim"):
             self.app_stopped = False   # started, or stopped on purpose: nothing left to restart
 
+    def _vip_before_start(self) -> None:
+        """The application binds the VIP: without it, start_prim fails, and a retry of the same
+        sequence fails for ever (the VIP was withdrawn after a stall meanwhile). Leave the start
+        to a new decision, which adds the VIP first when this node still may serve."""
+        if self.vip is not None and not self.vip.present():
+            self.vip_held = False
+            self.app_stopped = True
+            raise NeedsDecision("RunScript(start_prim): the VIP is not on this node (withdrawn meanwhile): "
+                                "the next decision adds it and starts the application")
+
     def _KillApp(self, action: a.KillApp, target: NodeState) -> None:
-        killed = self.killer(self.datapath.dirs, self.datapath.mount_pids())
+        killed = list(self.scripts.kill_app())
+        killed += self.killer(self.datapath.dirs, self.datapath.mount_pids())   # outside the group: by hand
         log.warning("%s: forcestop killed %d process(es): %s", self.module, len(killed), killed)
 
     def _RestartApp(self, action: a.RestartApp, target: NodeState) -> None:
         if action.counted:
             self.count_restart()
         for name in ("stop_prim", "start_prim"):
+            if name == "start_prim":
+                self._vip_before_start()
             result = self.scripts.run(name, target.value)
             if not result.ok:
                 raise ActionFailed(result.detail or f"{name} failed")

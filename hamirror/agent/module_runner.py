@@ -23,7 +23,7 @@ from collections.abc import Callable
 from hamirror.agent import damping, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.events import decision_events, observation_events
-from hamirror.agent.executor import ActionFailed, Executor, describe
+from hamirror.agent.executor import ActionFailed, Executor, NeedsDecision, describe
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
@@ -464,7 +464,9 @@ class ModuleRunner:
                         # The record says what the node is: the old state until the rest is done.
                         await asyncio.to_thread(self.persist, self.state)
                         rest = (a.Persist(target),) + rest
-                    self.retry = Retry(rest, target, self.clock() + RETRY_PAUSE, swap)
+                    # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
+                    self.retry = None if isinstance(exc, NeedsDecision) else \
+                        Retry(rest, target, self.clock() + RETRY_PAUSE, swap)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
                     if error != self.error:      # a retry failing the same way is not news

@@ -79,9 +79,11 @@ class FailoverConfig:
 
 @dataclass(frozen=True)
 class ScriptsConfig:
-    """How long a script may run before it is killed and counted as failed."""
+    """How long a script may run before it is killed and counted as failed; how long the
+    application's processes still running after ``stop_prim`` get between SIGTERM and SIGKILL."""
 
     timeout: float = 30.0
+    kill_after: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,9 @@ def parse_module(doc: Mapping[str, Any], folder: str, errors: ErrorList) -> Modu
     return ModuleConfig(
         folder=folder, vip=vip, directories=_directories(errors, doc), checkers=_checkers(errors, doc, folder),
         scripts=ScriptsConfig(**schema.read_table(errors, schema.section(errors, doc, "scripts", False) or {},
-                                                  "scripts.", {"timeout": Field(schema.number(0), 30.0)})),
+                                                  "scripts.", {"timeout": Field(schema.number(0), 30.0),
+                                                               "kill_after": Field(schema.number(greater_than=0),
+                                                                                   ScriptsConfig.kill_after)})),
         restart=RestartConfig(**schema.read_table(errors, schema.section(errors, doc, "restart", False) or {},
                                                   "restart.", {"max_restarts": Field(schema.integer(0, 1000), 3),
                                                                "window": Field(schema.number(0), 300.0)})),

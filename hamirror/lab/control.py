@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 
+from hamirror.actions import appprocs
 from hamirror.lab import agent, mountns, netns, nodeconfig, partition, process, state
 from hamirror.lab.naming import NODES, SWITCH, LabPaths, hosts_for
 from hamirror.lab.shell import LabError
@@ -98,12 +99,23 @@ def down(paths: LabPaths) -> list[str]:
         killed = process.kill_all(paths, host, recorded.started_in(host) if recorded else [])
         if killed:
             done.append(f"killed {len(killed)} process(es) of {host}")
+    for node in NODES:
+        instance = app_instance(paths, node)
+        if instance:
+            done += [f"removed cgroup {path}" for path in appprocs.remove_instance(instance)]
     mountns.release_all(paths, NODES)
     for name in netns.lab_netns(paths):
         netns.delete(name)
         done.append(f"deleted namespace {name}")
     state.remove(paths)
     return done
+
+
+def app_instance(paths: LabPaths, node: str) -> str | None:
+    """The name of the node's application groups (cgroups): its agent names them after its state
+    directory, the node's own folder of this lab (:func:`hamirror.actions.appprocs.instance_name`)."""
+    state_dir = paths.node_dir(node, "state")
+    return appprocs.instance_name(node, state_dir) if os.path.isdir(state_dir) else None
 
 
 def kill(paths: LabPaths, host: str) -> list[int]:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from hamirror.lab import mountns, netns, process, state
-from hamirror.lab.naming import SWITCH, LabPaths, hosts_for, resolve_root
+from hamirror.actions.appprocs import TOP, hierarchies
+from hamirror.lab import control, mountns, netns, process, state
+from hamirror.lab.naming import NODES, SWITCH, LabPaths, hosts_for, resolve_root
 
 # Run inside a host: "reachable" if the address answers (even with a refusal), else "cut".
 PROBE = """
@@ -74,6 +75,10 @@ def leftovers(root: str, recorded: state.LabState | None = None) -> list[str]:
     paths = LabPaths(root)
     found = [f"namespace {n}" for n in netns.lab_netns(paths)]
     found += [f"mount {t}" for t in mountns.mounts_under(paths.root)]
+    for node in NODES:
+        instance = control.app_instance(paths, node)
+        found += [f"cgroup {point}/{TOP}/{instance}" for _, point in hierarchies()
+                  if instance and os.path.isdir(f"{point}/{TOP}/{instance}")]
     recorded = recorded or state.load(paths)
     for host in hosts_for(witness=True) + (SWITCH,):
         mine = recorded.started_in(host) if recorded else []

@@ -15,12 +15,15 @@ alive() {
 
 # runs_in PID PROGRAM DIR: PID is PROGRAM (by executable name) working in DIR, in this node's mount
 # namespace. Servers chdir to their data directory; a pid file copied from the other node, or a
-# reused pid, names some other process and fails this test.
+# reused pid, names some other process and fails this test. DIR is taken as written when it cannot
+# be resolved (a dead mount: ENOTCONN), so a server is still found on a directory nobody can reach.
 runs_in() {
+  local dir
   alive "$1" || return 1
   [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null)" = "$(readlink /proc/self/ns/mnt)" ] || return 1
   [ "$(basename "$(readlink "/proc/$1/exe" 2>/dev/null)")" = "$2" ] || return 1
-  [ "$(readlink "/proc/$1/cwd" 2>/dev/null)" = "$(readlink -f "$3")" ]
+  dir=$(readlink -f -- "$3" 2>/dev/null || true)
+  [ "$(readlink "/proc/$1/cwd" 2>/dev/null)" = "${dir:-$3}" ]
 }
 
 # wait_until SECONDS COMMAND...: run COMMAND until it succeeds; fails after SECONDS.
@@ -35,6 +38,11 @@ wait_until() {
 
 # gone PID: the process has ended.
 gone() { ! alive "$1"; }
+
+# reachable DIR: DIR's filesystem answers now (statfs always asks it, where a stat may be served
+# from the kernel's cache). False on a dead mount (ENOTCONN); bounded on a hung one. A stop_prim
+# that cannot reach the data directory has nothing to flush: it stops the server at once.
+reachable() { timeout -s KILL 5 stat -f -- "$1" >/dev/null 2>&1; }
 
 # kill_tree PID: SIGKILL the process and its children (the last step of a bounded stop).
 kill_tree() {
