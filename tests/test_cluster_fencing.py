@@ -8,7 +8,7 @@ import pytest
 from hamirror.cluster.actions import (
     AddVip, Fence, MarkUpToDate, NewGeneration, Persist, RefuseWrites, RemountDataPath, RunScript, SetMirroring,
 )
-from hamirror.cluster.decide import FENCED_WAIT, PEER_FENCED, decide
+from hamirror.cluster.decide import FENCED_WAIT, NO_QUORUM, PEER_FENCED, PEER_LEASED, decide
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import CheckerHealth, MirrorHealth, ModuleView, PeerView, mirror_health
 from hamirror.journal.generations import Relation
@@ -71,6 +71,27 @@ def test_a_second_whose_primary_is_fenced_marks_itself_stale() -> None:
     assert d.state is S.WAIT and MarkUpToDate(False) in d.actions and PEER_FENCED in d.warnings
     w = decide(view(state=S.WAIT, mirror=M.NONE, peer=S.PRIM, peer_fenced=True))
     assert w.state is S.WAIT and w.actions == (MarkUpToDate(False),)
+
+
+def test_a_second_that_hears_nothing_while_the_witness_hears_its_primary_marks_itself_stale() -> None:
+    """Finding 7: a one-way loss, nothing from the primary reaches the SECOND. The witness refuses
+    it the lease and says the primary holds it, alive: the SECOND clears its up-to-date flag,
+    so that the primary, which still hears it, goes on alone instead of waiting out the block
+    timeout. Not on the refusal alone (the witness down, or this node cut from it: the primary
+    may be dead), not before it has listened, not while the replication link flows."""
+    d = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, quorum=False, peer_leased=True))
+    assert d.state is S.WAIT and MarkUpToDate(False) in d.actions and d.warnings == (PEER_LEASED,)
+    w = decide(view(state=S.WAIT, mirror=M.NONE, peer=None, quorum=False, peer_leased=True))
+    assert w.state is S.WAIT and w.actions == (MarkUpToDate(False),)
+    refused = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, quorum=False))
+    assert refused.state is S.WAIT and MarkUpToDate(False) not in refused.actions and refused.warnings == (NO_QUORUM,)
+    for kw in ({"listened": False}, {"linked": True}):
+        held = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, quorum=False, peer_leased=True, **kw))
+        assert MarkUpToDate(False) not in held.actions
+    # The primary hears the stale flag: it goes on alone at once, fenced or not yet.
+    for mirror in (M.FENCED, M.STREAMING):
+        p = decide(view(mirror=mirror, peer=S.WAIT, peer_uptodate=False, quorum=True))
+        assert p.state is S.ALONE and granted(p)
 
 
 def test_a_dead_mount_is_remounted_then_the_node_steps_down_past_the_restart_limit() -> None:

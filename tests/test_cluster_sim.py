@@ -5,7 +5,9 @@ tick), applies their actions to a small model (generation histories, up-to-date 
 and checks after every tick that the safety rules hold. A node can be *frozen* (every process
 stopped) for a few ticks: it neither hears nor is heard, and on waking it has not listened for
 ``LISTEN`` ticks; a freeze in the middle of a tick makes it decide on waking from the view it built
-before the freeze.
+before the freeze. A link may fail one way only (``UNHEARD``): a primary's mount whose writes or
+acknowledgements are lost is FENCED (writes blocked) until a verdict, and refuses by itself after
+``BLOCK`` ticks, as ``[fence] block_timeout`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hamirror.cluster.actions import (
-    ForgetHistory, MarkUpToDate, NewGeneration, StartResync,
+    ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, RefuseWrites, RemountDataPath, SetMirroring,
+    StartResync,
 )
 from hamirror.cluster.decide import decide, uses_silence
 from hamirror.cluster.states import NodeState, is_allowed
@@ -37,7 +40,7 @@ views = st.builds(
     default_primary=st.booleans(), cold_start=st.booleans(),
     checker=st.builds(CheckerHealth, ok=st.booleans(), restarts=st.integers(0, 5)),
     resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase), listened=st.booleans(),
-    mirror=st.sampled_from(MirrorHealth), linked=st.booleans(),
+    mirror=st.sampled_from(MirrorHealth), linked=st.booleans(), peer_leased=st.booleans(),
 )
 
 
@@ -61,11 +64,15 @@ def test_random_views_obey_the_data_rules(view: ModuleView) -> None:
         assert d.actions[0].__class__.__name__ == "Persist"
     if not view.peer.alive and (not view.listened or view.linked):
         assert not uses_silence(view, d), "acted on a silence it did not listen to, or a live link"
+    if MarkUpToDate(False) in d.actions and view.command is Command.NONE and not view.peer.alive:
+        assert view.listened and not view.linked and view.peer_leased, "marked stale on a silence alone"
 
 
 # --- two-node simulation --------------------------------------------------------------------
 
 LISTEN = 2      # ticks a node listens after it wakes (or its agent starts) before silence counts
+BLOCK = 30      # ticks a FENCED mount waits for a verdict before it refuses by itself (block_timeout)
+WRITABLE = (MirrorHealth.STREAMING, MirrorHealth.ALONE)
 
 
 @dataclasses.dataclass
@@ -83,6 +90,8 @@ class Node:
     held: ModuleView | None = None       # the view it built when a freeze hit it mid-tick
     woken: bool = False                  # this tick is its first since the freeze
     frozen_on: tuple[int, ...] | None = None   # its history when the freeze hit
+    mirror: MirrorHealth = MirrorHealth.NONE     # what its mount does (primary states)
+    blocked: int = 0                     # ticks its mount has been FENCED
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -99,7 +108,7 @@ def relation(a: Node, b: Node) -> Relation:
 
 
 def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None,
-              vouched: bool = False, linked: bool = False) -> ModuleView:
+              vouched: bool = False, linked: bool = False, peer_leased: bool = False) -> ModuleView:
     peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
                     woke=other.deaf > 0) if link else PeerView()
     resync = me.resync
@@ -112,7 +121,8 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
         checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
-        vouched=vouched and not link, linked=linked and not link)
+        vouched=vouched and not link, linked=linked and not link, peer_leased=peer_leased and not link,
+        mirror=me.mirror if me.state.is_primary else MirrorHealth.NONE)
 
 
 class Lease:
@@ -140,8 +150,9 @@ class World:
         self.lease = Lease()
 
     def witness(self, link: bool, awake: list[bool], up: bool) -> None:
-        """The lease this tick: the primary's while both are heard; in a partition, the primary's
-        (the only one claiming before), else n1's; a frozen node's lapses; none while it is down."""
+        """The lease this tick: the primary's while both are heard (a holder that is not primary
+        stops claiming: released); asked again once the nodes acted; in a partition, or a one-way loss, the primary's (the only one
+        claiming before), else n1's; a frozen node's lapses; none while it is down."""
         a, b = self.nodes
         if not up:
             self.lease.give(None)
@@ -150,7 +161,7 @@ class World:
         elif link:
             primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
             if len(primaries) == 1 and self.lease.holder != primaries[0]:
-                self.lease.give(primaries[0] if self.lease.holder is None else self.lease.holder)
+                self.lease.give(primaries[0])   # the holder hears its peer and is not primary: released
         elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
             self.lease.give(0 if a.state.is_primary or not b.state.is_primary else 1)
 
@@ -178,6 +189,22 @@ class World:
                 node.uptodate = action.value
             elif isinstance(action, StartResync) and link and other.state in (S.WAIT, S.SECOND):
                 node.resync = other.resync = ResyncStatus.RUNNING
+        mount(node, decision)
+
+    def fence(self, flows: list[bool], awake: list[bool], replication_only: bool) -> None:
+        """A streaming mount whose writes or acknowledgements are lost blocks (FENCED); one that
+        waited ``BLOCK`` ticks for a verdict refuses by itself (REFUSED)."""
+        for i, node in enumerate(self.nodes):
+            if not node.state.is_primary or not awake[i]:
+                continue
+            lost = not replication_only and not (flows[0] and flows[1] and all(awake))
+            if node.mirror is MirrorHealth.STREAMING and lost:
+                node.mirror, node.blocked = MirrorHealth.FENCED, 0
+            elif node.mirror is MirrorHealth.FENCED:
+                node.blocked += 1
+                if node.blocked >= BLOCK:
+                    node.mirror = MirrorHealth.REFUSED
+
 
     def freeze(self, index: int, ticks: int, mid_tick: bool, view: ModuleView) -> None:
         """Stop every process of a node for ``ticks``; mid-tick: after it built this tick's view."""
@@ -196,6 +223,22 @@ class World:
                 node.deaf -= 1
 
 
+def mount(node: Node, decision) -> None:
+    """What a decision's actions do to the node's mount."""
+    if not node.state.is_primary:
+        node.mirror = MirrorHealth.NONE
+        return
+    for action in decision.actions:
+        if isinstance(action, (MountReplicated, SetMirroring)):
+            on = action.peer_connected if isinstance(action, MountReplicated) else action.enabled
+            node.mirror = MirrorHealth.STREAMING if on else MirrorHealth.ALONE   # a grant lifts REFUSED too
+        elif isinstance(action, RemountDataPath):
+            node.mirror = MirrorHealth.ALONE if action.alone else MirrorHealth.STREAMING
+        elif isinstance(action, RefuseWrites):
+            node.mirror = MirrorHealth.REFUSED
+    if node.mirror is MirrorHealth.NONE:      # a primary from before mounts were modelled
+        node.mirror = MirrorHealth.STREAMING if node.state is S.PRIM else MirrorHealth.ALONE
+
 def stale_primary(node: Node, other: Node) -> bool:
     """A woken primary that has not started a generation since it froze, beside a newer peer: its
     mount lost the peer (which took over) and acknowledges nothing until a verdict it cannot get."""
@@ -205,8 +248,9 @@ def stale_primary(node: Node, other: Node) -> bool:
 
 BOTH = 2
 REPLICATION = "replication"     # as link: heartbeats lost, the replication link flows
+UNHEARD = ("n1 unheard", "n2 unheard")   # as link: nothing from n1 (n2) reaches the other; the other way flows
 events = st.tuples(
-    st.sampled_from([True, True, False, REPLICATION]),              # link up (mostly)
+    st.sampled_from([True, True, False, REPLICATION, *UNHEARD]),    # link up (mostly)
     st.sampled_from([None, 0, 1, BOTH]),                            # who gets a command
     st.sampled_from(list(Command)),
     st.sampled_from([None, 0, 1]),                                  # whose checker fails
@@ -216,31 +260,37 @@ freezes = st.none() | st.tuples(st.sampled_from([0, 1]), st.integers(1, 6), st.b
 
 
 def run(steps: list, witness: bool, stepped_down: list | None = None,
-        witness_down: frozenset[int] = frozenset()) -> list[tuple]:
+        witness_down: frozenset[int] = frozenset(), mirrors: list | None = None) -> list[tuple]:
     """Run the simulation; return the (link, state1, state2) trace and check every tick. An event
     may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time).
-    ``link`` may be ``REPLICATION``: the heartbeats are lost but the replication link flows.
-    ``witness_down``: the ticks (counted in ``steps`` from 0) the witness machine is down."""
+    ``link`` may be ``REPLICATION``: the heartbeats are lost but the replication link flows; or
+    one of ``UNHEARD``: one direction lost (``link`` False in the trace). ``witness_down``: the
+    ticks (counted in ``steps`` from 0) the witness machine is down. ``mirrors`` collects each
+    tick's (mirror1, mirror2)."""
     world = World()
     a, b = world.nodes
     trace = []
     for tick, event in enumerate([(True, BOTH, Command.START, None, None)] + steps):
-        link, who, cmd, failing, reboot, freeze = (*event, None)[:6]
-        replication_only, link = link == REPLICATION, bool(link)
+        raw, who, cmd, failing, reboot, freeze = (*event, None)[:6]
+        replication_only = raw == REPLICATION
+        flows = [bool(raw) and raw != UNHEARD[1 - i] for i in range(2)]   # the peer's traffic reaches node i
+        link = flows[0] and flows[1]
         world.finish_resyncs(link and not any(n.frozen for n in world.nodes))   # a frozen side applies nothing
         if reboot is not None and world.nodes[reboot].state is not S.STOP and not world.nodes[reboot].frozen:
             node = world.nodes[reboot]                              # the agent restarts: WAIT,
             node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
             node.deaf = LISTEN                                      # and listens before acting alone
         awake = [not n.frozen for n in world.nodes]
-        hears = [link and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
+        hears = [flows[i] and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
         world.witness(link and not replication_only, awake, tick - 1 not in witness_down)
+        leased = [witness and world.lease.holder == 1 - i and awake[1 - i] for i in range(2)]
         for i, n in enumerate(world.nodes):
             n.checker_ok = failing != i or not n.state.is_primary
         views = [n.held if n.woken and n.held is not None else
                  make_view(n, world.nodes[1 - i], hears[i], cmd if who in (i, BOTH) else Command.NONE,
                            (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i),
-                           replication_only and all(awake) and any(n.state is S.PRIM for n in world.nodes))
+                           replication_only and all(awake) and any(n.state is S.PRIM for n in world.nodes),
+                           leased[i])
                  for i, n in enumerate(world.nodes)]
         views = [dataclasses.replace(v, listened=False) if n.woken else v for v, n in zip(views, world.nodes)]
         if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
@@ -252,6 +302,8 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
                 world.apply(world.nodes[i], world.nodes[1 - i], d, hears[i])
                 if stepped_down is not None and before.is_primary and d.state is S.WAIT:
                     stepped_down.append((len(trace), i, views[i]))
+        world.fence(flows, awake, replication_only)      # a mount sees the loss as the agents do, or later
+        world.witness(link and not replication_only, [not n.frozen for n in world.nodes], tick - 1 not in witness_down)
         world.wake_up()
         trace.append((link, a.state, b.state))
         both = a.state.is_primary and b.state.is_primary
@@ -260,8 +312,10 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
             assert not both or excused, f"two primaries on a connected tick: {trace}"
         if witness:
             assert not both or excused, f"two primaries despite the witness: {trace}"
-        for i, d in enumerate(decisions):
-            if relation(*((a, b) if i == 0 else (b, a))) is Relation.DIVERGED and hears[i] and d is not None:
+        if mirrors is not None:
+            mirrors.append((a.mirror, b.mirror))
+        for i, d in enumerate(decisions):     # as seen when deciding: the peer may fork the same tick, unheard
+            if views[i].relation is Relation.DIVERGED and d is not None:
                 assert not any(isinstance(x, StartResync) for x in d.actions)
     return trace
 
@@ -408,3 +462,36 @@ def test_heartbeats_lost_while_replication_flows_move_nothing() -> None:
         trace = run(steps + quiet(8), witness)
         assert all(t[1] is S.PRIM and not t[2].is_primary for t in trace[5:12]), trace
         assert trace[-1][1:] == (S.PRIM, S.SECOND)
+
+
+# --- one-way losses (issue 15, finding 7) -----------------------------------------------------
+
+def serving(node: NodeState, mirror: MirrorHealth) -> bool:
+    """A primary whose mount acknowledges writes."""
+    return node.is_primary and mirror in WRITABLE
+
+
+@pytest.mark.parametrize("witness", [False, True])
+@pytest.mark.parametrize("unheard", [0, 1])
+def test_a_one_way_loss_blocks_writes_briefly_and_the_pair_converges_after_the_heal(unheard: int,
+                                                                                    witness: bool) -> None:
+    """Finding 7: nothing from one node reaches the other, the other way flows, for longer than
+    the block timeout. Never two primaries that acknowledge writes; writes blocked for at most
+    two ticks (never until the mount refuses by itself); one node serves to the end of the loss;
+    after the heal, PRIM + SECOND. With a witness and the primary unheard, the SECOND hears
+    nothing and is refused the lease: it used to keep its up-to-date flag, so the primary, which
+    hears it, waited for the block timeout and stepped down, and nothing served."""
+    lost = BLOCK + 10
+    mirrors: list = []
+    trace = run(quiet(6) + [(UNHEARD[unheard], None, Command.NONE, None, None)] * lost + quiet(10), witness,
+                mirrors=mirrors)
+    assert trace[6][1:] == (S.PRIM, S.SECOND)
+    for (_, s1, s2), (m1, m2) in zip(trace, mirrors):
+        assert not (serving(s1, m1) and serving(s2, m2)), trace
+    during = [serving(s1, m1) or serving(s2, m2) for (_, s1, s2), (m1, m2) in zip(trace[7:7 + lost], mirrors[7:7 + lost])]
+    runs = "".join("x" if up else "-" for up in during)
+    assert max(map(len, runs.split("x"))) <= 2 and during[-1], f"writes blocked: {runs}: {trace}"
+    assert MirrorHealth.REFUSED not in {m for pair in mirrors for m in pair}
+    assert trace[-1][1:] in ((S.PRIM, S.SECOND), (S.SECOND, S.PRIM)), trace
+    assert not diverged_at_some_tick(quiet(6) + [(UNHEARD[unheard], None, Command.NONE, None, None)] * lost
+                                     + quiet(10), witness)

@@ -243,3 +243,32 @@ def test_the_client_is_vouched_only_when_it_held_the_lease_last():
     client.send(True)
     client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
     assert client.view.holds(clock()) and not client.vouches(clock())
+
+
+def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_about_a_live_holder():
+    """Finding 7: a SECOND that hears nothing marks itself stale only when the witness heard its
+    primary hold the lease just now; a dead primary's lease is still held until it lapses, but
+    its silence at the witness is then more than two intervals."""
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    clock.t += LEASE
+    srv.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY))          # node2 holds it
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, interval=0.3, clock=clock, wall=wall)
+
+    def ask() -> None:
+        client.send(True)
+        client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+
+    clock.t += 0.1
+    ask()
+    assert client.peer_holds(clock()) and not client.view.holds(clock())
+    clock.t += 1.0                                        # no newer answer: the word is old
+    assert not client.peer_holds(clock())
+    ask()                                                 # node2 silent at the witness for 1.1 s
+    assert not client.peer_holds(clock())
+    srv.handle(encode_request("lab", "node2", "b2", 2, wall(), True, KEY))
+    ask()
+    assert client.peer_holds(clock())
+    clock.t += LEASE + 1                                  # node2's lease lapses: node1 gets it
+    ask()
+    assert not client.peer_holds(clock()) and client.view.holds(clock())

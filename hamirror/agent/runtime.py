@@ -231,9 +231,10 @@ class Agent:
         try:
             self.quorum = await self.witness.verdict(boottime())
             vouched = self.quorum is True and self.witness.vouches(boottime())
+            peer_leased = self.witness.peer_holds(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
-            self.quorum, vouched = False, False
+            self.quorum, vouched, peer_leased = False, False, False
         silence = hb.silence()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -265,7 +266,7 @@ class Agent:
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
-                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched, peer_leased)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

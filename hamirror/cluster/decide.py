@@ -8,6 +8,8 @@ decided by one small rule function per state. The rules that protect data (desig
   one steps down (the newer-by-history, else the ``default_primary``, keeps running);
 - no data moves towards a peer that is newer or on a DIVERGED history without the operator;
 - a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary;
+  a SECOND that does not hear its primary while the witness hears it holding the lease marks its
+  copy stale, so that the primary, which may still hear it (a one-way loss), goes on alone;
   a WAIT node with up-to-date data leads again without hearing its peer only when the witness
   grants it the lease and vouches that the peer has not held it since this node did;
 - I/O fencing: a primary whose mount lost the peer (FENCED) goes on alone only once the peer
@@ -53,6 +55,8 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
                "copy is stale before going on alone")
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
+PEER_LEASED = ("the primary is not heard, yet the witness refuses this node and hears the primary holding the "
+               "lease (a one-way loss, or a partition): it may go on alone; marking this copy stale so that it does")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
 RESUMED = ("the witness grants the lease again and the peer has not held it since this node did: "
            "taking over again")
@@ -206,6 +210,8 @@ def _wait(view: ModuleView) -> Decision:
             # peer is still lost, and it has not held the lease since this node did: nothing the
             # peer wrote alone can exist, this node's data is the newest.
             return steps.promote_alone(view, warning=RESUMED)
+        if view.uptodate and _peer_goes_on(view):
+            return steps.stay(view, MarkUpToDate(False), warning=PEER_LEASED)
         return steps.stay(view)
     if view.relation is Relation.DIVERGED:
         return steps.stay(view, warning=SPLIT_BRAIN)
@@ -246,6 +252,8 @@ def _second(view: ModuleView) -> Decision:
     if not view.uptodate:
         return steps.leave_second(view)
     if not peer.alive:
+        if _peer_goes_on(view):
+            return steps.leave_second(view, MarkUpToDate(False), warning=PEER_LEASED)
         if view.quorum is False:
             return steps.leave_second(view, warning=NO_QUORUM)
         return steps.promote_alone(view, warning="peer lost: taking over")
@@ -263,6 +271,16 @@ def _second(view: ModuleView) -> Decision:
     if view.relation is Relation.PEER_NEWER:
         return steps.leave_second(view, MarkUpToDate(False))
     return steps.promote_alone(view, warning="the primary stopped: taking over")
+
+
+def _peer_goes_on(view: ModuleView) -> bool:
+    """The peer is not heard, yet the witness heard it just now holding the lease: it is alive and
+    cut from us (one way: it may still hear us), and the lease lets it go on alone. A primary that
+    hears our up-to-date flag waits for it to clear (or for ``block_timeout``), so clear it. Not
+    while the replication link shows the peer's mount streaming to us (then it goes on mirrored),
+    nor before this node has listened a full timeout (a peer merely not heard yet holds the lease
+    as every primary does)."""
+    return not view.peer.alive and view.peer_leased and view.listened and not view.linked
 
 
 def _second_with_second(view: ModuleView) -> Decision:

@@ -191,6 +191,11 @@ class Witness(abc.ABC):
         has not held it since, so it cannot have acted alone meanwhile."""
         return False
 
+    def peer_holds(self, now: float) -> bool:
+        """Whether the witness said, in its latest answer, that the peer holds the lease and asked
+        for it within two intervals: the peer is alive and may act alone."""
+        return False
+
     def status(self) -> dict | None:
         """For ``hamirror status``; None without a witness."""
         return None
@@ -442,6 +447,13 @@ class UdpWitness(Witness):
         answer = self.view.answer
         return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
                 and answer.holder == self.node and answer.previous == self.node)
+
+    def peer_holds(self, now: float) -> bool:
+        # A fresh answer about a fresh holder only: a dead peer's lease is still "held" until it
+        # lapses, but its silence at the witness grows past two intervals at once.
+        answer, at = self.view.answer, self.view.answered_at
+        return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
+                and answer.holder == self.peer and answer.age is not None and answer.age <= 2 * self.interval)
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()

@@ -153,6 +153,8 @@ class ModuleView:
     mount within the timeout, or our mount streams to it): its silence proves nothing either.
     ``vouched``: the witness grants this node the lease and it was also the last holder before
     this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
+    ``peer_leased``: the witness's latest answer says the peer holds the lease and asked for it
+    within two intervals: an unheard peer that is alive and may go on alone (a one-way loss).
     """
 
     module: str
@@ -176,3 +178,4 @@ class ModuleView:
     listened: bool = True
     linked: bool = False
     vouched: bool = False
+    peer_leased: bool = False
