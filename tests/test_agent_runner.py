@@ -296,7 +296,7 @@ def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_
 
 def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_path):
     """peer_gone: the receiver saw the primary's connection close about when the heartbeats
-    stopped, and three intervals of silence passed. A connection closed long before the last
+    stopped, and four intervals of silence passed. A connection closed long before the last
     heartbeat (a mount restarted), a connection still open, or a short silence: not gone."""
     import time as clock
 
@@ -309,15 +309,16 @@ def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_p
         runner.obs = Observation(history(), True, (), (dict(receiver),), True)
 
     now = clock.time()
+    observe(connections=0, closed_at=now - 1.3)
+    assert peer_gone(runner, 1.3, 0.3)
     observe(connections=0, closed_at=now - 1.0)
-    assert peer_gone(runner, 1.0, 0.3)
-    assert not peer_gone(runner, 0.5, 0.3)                  # not three intervals of silence yet
-    observe(connections=1, closed_at=now - 1.0)
-    assert not peer_gone(runner, 1.0, 0.3)                  # another connection is still open
+    assert not peer_gone(runner, 1.0, 0.3)                  # not four intervals of silence yet
+    observe(connections=1, closed_at=now - 1.3)
+    assert not peer_gone(runner, 1.3, 0.3)                  # another connection is still open
     observe(connections=0, closed_at=now - 30.0)
-    assert not peer_gone(runner, 1.0, 0.3)                  # closed long before it fell silent
+    assert not peer_gone(runner, 1.3, 0.3)                  # closed long before it fell silent
     observe(connections=0, closed_at=None)
-    assert not peer_gone(runner, 1.0, 0.3)
+    assert not peer_gone(runner, 1.3, 0.3)
 
 
 def test_a_hand_over_cut_short_after_its_persist_is_finished_at_restart(tmp_path):

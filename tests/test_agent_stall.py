@@ -185,3 +185,66 @@ def test_a_node_claims_the_lease_on_the_peer_silence_only_once_it_has_listened(t
     assert agent._claims()
     clock.now += 7.8                                   # frozen
     assert not agent._claims()
+
+
+class _Heard:
+    """The heartbeat service's answers for one tick: the peer still 'alive' (its last heartbeat
+    is younger than the timeout) but silent for ``silence`` seconds."""
+
+    def __init__(self, silence: float) -> None:
+        self._silence, self.peer_heartbeat = silence, None
+
+    def peer_alive(self) -> bool:
+        return True
+
+    def peer_modules(self) -> dict:
+        return {}
+
+    def silence(self) -> float:
+        return self._silence
+
+    def send_now(self) -> None:
+        pass
+
+
+class _Witness:
+    """Records whether the agent claimed the lease when asked, and refuses it."""
+
+    def __init__(self, agent) -> None:
+        self.agent, self.claims = agent, []
+
+    async def verdict(self, now: float) -> bool:
+        self.claims.append(self.agent._claims())
+        return False
+
+    def vouches(self, now: float) -> bool:
+        return False
+
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
+        return False
+
+
+def test_a_secondary_whose_primary_processes_are_gone_claims_the_lease_at_once(tmp_path):
+    """A power loss of the primary with a witness: its replication connection closed and it has
+    been silent four intervals, so the SECOND treats it as lost before the heartbeat timeout.
+    It must claim the lease on that same tick: unclaimed, the witness's answer is "no", the
+    SECOND left for WAIT (the witness refuses) and, never vouched, stayed there: no takeover."""
+    import time as wall
+
+    from hamirror.agent.module_runner import Observation
+    from tests.test_agent_runner import history
+
+    def claimed(where, receiver: dict) -> list[bool]:
+        runner, *_ = make(where / "runner", S.SECOND, primary=False)
+        agent, clock = agent_with(where, runner)
+        for _ in range(8):                             # it has listened a full timeout
+            clock.now += 0.3
+            agent.listening.check()
+        agent.heartbeat, agent.witness = _Heard(1.3), _Witness(agent)
+        runner.obs = Observation(history(), True, (), (receiver,), True)
+        asyncio.run(agent.tick())
+        return agent.witness.claims
+
+    assert claimed(tmp_path / "gone", {"connections": 0, "closed_at": wall.time() - 1.3}) == [True]
+    # A primary merely quiet (its connection open): still heard, not claimed against.
+    assert claimed(tmp_path / "quiet", {"connections": 1, "last_message": wall.time()}) == [False]

@@ -262,6 +262,8 @@ def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_abou
     clock.t += 0.1
     ask()
     assert client.peer_holds(clock()) and not client.view.holds(clock())
+    assert client.peer_holds(clock(), silence=2.0)        # we have not heard it for 2 s: a one-way loss
+    assert not client.peer_holds(clock(), silence=0.5)    # the witness heard it no later than we did
     clock.t += 1.0                                        # no newer answer: the word is old
     assert not client.peer_holds(clock())
     ask()                                                 # node2 silent at the witness for 1.1 s

@@ -227,19 +227,23 @@ class Agent:
         alive = hb.peer_alive()
         listened = self.listening.listened()
         infos = hb.peer_modules()
-        self._claim_alive = alive          # the verdict and the views see the same peer
+        silence = hb.silence()
+        gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
+                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+        # The verdict and the views see the same peer: one whose processes are gone is claimed
+        # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
+        self._claim_alive = alive and not gone
         try:
             self.quorum = await self.witness.verdict(boottime())
             vouched = self.quorum is True and self.witness.vouches(boottime())
-            peer_leased = self.witness.peer_holds(boottime())
+            peer_leased = self.witness.peer_holds(boottime(), silence)
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased = False, False, False
-        silence = hb.silence()
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
-            if alive and runner.state is NodeState.SECOND and peer_gone(runner, silence, self.cluster.heartbeat.interval):
+            if name in gone:
                 # Not a silent peer but a dead one: its kernel closed the replication connection
                 # when its processes died, and it has not been heard since. No need to wait out
                 # the whole heartbeat timeout (a frozen or cut-off peer closes nothing).
@@ -366,10 +370,14 @@ def streaming(runner: ModuleRunner, timeout: float) -> bool:
 
 def peer_gone(runner: ModuleRunner, silence: float | None, interval: float) -> bool:
     """The primary's processes died: every receiver saw its connection close, about when the
-    peer fell silent (not long before its last heartbeat), and the silence has lasted three
-    heartbeat intervals. A connection closed long ago (a mount restarted) proves nothing."""
+    peer fell silent (not long before its last heartbeat), and the silence has lasted four
+    heartbeat intervals: more than the witness's freshness bound (two intervals) plus one of skew
+    between the peer's last heartbeat and its last witness request, so the witness, asked now,
+    already sees the dead primary silent (its lease lapsing: :meth:`UdpWitness.verdict` waits
+    for it) rather than holding the lease alive. A connection closed long ago (a mount
+    restarted) proves nothing."""
     obs = runner.obs
-    if obs is None or silence is None or silence < 3 * interval or not obs.receivers:
+    if obs is None or silence is None or silence < 4 * interval or not obs.receivers:
         return False
     last_heard = time.time() - silence
     return all(r is not None and r.get("connections") == 0 and r.get("closed_at") is not None

@@ -191,9 +191,11 @@ class Witness(abc.ABC):
         has not held it since, so it cannot have acted alone meanwhile."""
         return False
 
-    def peer_holds(self, now: float) -> bool:
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
         """Whether the witness said, in its latest answer, that the peer holds the lease and asked
-        for it within two intervals: the peer is alive and may act alone."""
+        for it within two intervals, and two intervals after this node last heard the peer
+        (``silence``: since then; None: never): the peer is alive, only cut from this node, and
+        may act alone."""
         return False
 
     def status(self) -> dict | None:
@@ -448,12 +450,13 @@ class UdpWitness(Witness):
         return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
                 and answer.holder == self.node and answer.previous == self.node)
 
-    def peer_holds(self, now: float) -> bool:
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
         # A fresh answer about a fresh holder only: a dead peer's lease is still "held" until it
-        # lapses, but its silence at the witness grows past two intervals at once.
-        answer, at = self.view.answer, self.view.answered_at
-        return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
-                and answer.holder == self.peer and answer.age is not None and answer.age <= 2 * self.interval)
+        # lapses, but its silence at the witness is about ours, not two intervals shorter.
+        answer, at, margin = self.view.answer, self.view.answered_at, 2 * self.interval
+        return (answer is not None and at is not None and self.clock() - at <= margin
+                and answer.holder == self.peer and answer.age is not None and answer.age <= margin
+                and (silence is None or answer.age + margin <= silence))
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()
