@@ -7,6 +7,7 @@ One lab for the module, with ``--witness``; the tests run in file order.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -162,3 +163,96 @@ def test_the_witness_down_then_the_peer_lost_the_primary_comes_back_with_the_wit
     assert lab.cli("boot", "node2").returncode == 0
     watch(lab, lambda a, b: demo(a)["state"] == "PRIM" and demo(b)["state"] == "SECOND"
           and demo(b)["uptodate"], 90, "node1 PRIM, node2 SECOND after node2 booted")
+
+
+ONE_WAY = "hamirror_oneway"
+
+
+def drop_one_way(lab, sender: str, receiver: str, what: str = "") -> None:
+    """Nothing from ``sender`` reaches ``receiver`` (``what``: only that, e.g. ``meta l4proto tcp``);
+    the other way still works. A table of its own in the sender's namespace (a second call
+    replaces the first), removed by :func:`heal_one_way`."""
+    from hamirror.lab.naming import ADDRESSES
+
+    rules = (f"table inet {ONE_WAY} {{\n  chain output {{ type filter hook output priority 0; policy accept; }}\n}}\n"
+             f"flush table inet {ONE_WAY}\n"
+             f"add rule inet {ONE_WAY} output ip daddr {ADDRESSES[receiver]} {what} drop\n")
+    subprocess.run(["nsenter", f"--net={lab.paths.netns_file(sender)}", "--", "nft", "-f", "-"], input=rules,
+                   text=True, check=True)
+
+
+def heal_one_way(lab, sender: str) -> None:
+    subprocess.run(["nsenter", f"--net={lab.paths.netns_file(sender)}", "--", "nft", "delete", "table", "inet",
+                    ONE_WAY], check=True)
+
+
+def mirrored(lab) -> tuple[str, str]:
+    """Wait for PRIM (holding the lease, serving) + SECOND, both up to date: (primary, secondary)."""
+    d1, _ = watch(lab, lambda a, b: any(serving(demo(d)) and d["quorum"] is True for d in (a, b))
+                  and {demo(a)["state"], demo(b)["state"]} == {"PRIM", "SECOND"}
+                  and demo(a)["uptodate"] and demo(b)["uptodate"], 90, "PRIM with the lease and SECOND")
+    return ("node1", "node2") if demo(d1)["state"] == "PRIM" else ("node2", "node1")
+
+
+def test_a_one_way_loss_from_the_primary_lets_it_go_on_alone_and_the_pair_converges(lab):
+    """Finding 7: nothing from the primary reaches the SECOND, the other way flows. The SECOND
+    hears nothing, the witness refuses it and says the primary holds the lease: it marks its copy
+    stale, the primary hears that and goes on alone. The replication stream (TCP) is lost 1.5 s
+    before the heartbeats, so the primary's mount fences (peer_timeout, 3 s) before the SECOND
+    leaves (as in the campaign, under load; cut at once, the primary usually sees the SECOND
+    leave first and goes on alone by the PRIM rule). It used to keep its up-to-date flag: the
+    fenced primary waited out the 60 s block_timeout, then stepped down. Writes through the VIP
+    resume within 20 s; after the heal: PRIM + SECOND up to date, every acknowledged key
+    readable, never both serving."""
+    primary, secondary = mirrored(lab)
+    with kvclient.Writer(lab.paths, "ow") as writer:
+        writer.first_ack_after(time.monotonic(), 20)
+        cut = time.monotonic()
+        drop_one_way(lab, primary, secondary, "meta l4proto tcp")
+        try:
+            time.sleep(1.5)
+            drop_one_way(lab, primary, secondary)
+            resumed = writer.first_ack_after(cut + 3.5, 70)     # past the link's peer_timeout (3 s)
+            assert resumed.done - cut < 20, f"writes resumed {resumed.done - cut:.1f} s after the cut"
+            end = time.monotonic() + 12                          # longer than the lease: still one primary
+            while time.monotonic() < end:
+                docs = watch(lab, lambda a, b: True, 10, "status")
+                states = {d["node"]: demo(d)["state"] for d in docs}
+                assert states[primary] == "ALONE" and states[secondary] == "WAIT", states
+            gap = writer.largest_gap(cut, time.monotonic())
+            assert gap < 20, f"writes stopped for {gap:.1f} s"
+            assert "the witness refuses this node and hears the primary" in tail(lab, secondary, 200)
+        finally:
+            heal_one_way(lab, primary)
+        watch(lab, lambda a, b: {demo(a)["state"], demo(b)["state"]} == {"PRIM", "SECOND"}
+              and demo(a)["uptodate"] and demo(b)["uptodate"], 90, "PRIM + SECOND up to date after the heal")
+        time.sleep(1)
+        keys = writer.stop()
+    assert len(keys) > 10 and not kvclient.unreadable(lab.paths, keys, budget=120)
+    roles = {d["node"]: demo(d)["state"] for d in both(lab)}
+    assert roles[primary] == "PRIM" and roles[secondary] == "SECOND", roles
+    print(f"one-way loss: first write acknowledged {resumed.done - cut:.1f} s after the cut "
+          f"(requests sent 3.5 s after it or later), longest gap without an acknowledgement {gap:.1f} s")
+
+
+def test_a_power_loss_of_the_primary_with_a_witness_ends_in_a_takeover(lab):
+    """The case a stale-marking SECOND must not break (finding 7's fix): the primary loses power
+    (every process killed: its replication connection closes at once). Its lease lapses at the
+    witness and the SECOND takes over with its copy up to date: every acknowledged key readable
+    through the VIP; the booted node returns as SECOND."""
+    primary, secondary = mirrored(lab)
+    with kvclient.Writer(lab.paths, "pk") as writer:
+        writer.first_ack_after(time.monotonic(), 20)
+        assert lab.cli("kill", primary).returncode == 0
+        killed = time.monotonic()
+        resumed = writer.first_ack_after(killed, 60)
+        doc = status(lab, secondary)
+        assert demo(doc)["state"] == "ALONE" and doc["quorum"] is True, doc
+        assert "marking this copy stale" not in tail(lab, secondary, 200)
+        time.sleep(1)
+        keys = writer.stop()
+    assert not kvclient.unreadable(lab.paths, keys, budget=120)
+    assert lab.cli("boot", primary).returncode == 0
+    watch(lab, lambda a, b: {demo(a)["state"], demo(b)["state"]} == {"PRIM", "SECOND"}
+          and demo(a)["uptodate"] and demo(b)["uptodate"], 120, "PRIM + SECOND after the boot")
+    print(f"power loss of the primary with a witness: first write acknowledged {resumed.done - killed:.1f} s after")
