@@ -245,13 +245,17 @@ class ResyncEngine:
 
     def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
         """Remove what is wrong on the peer and create what is missing (lock held)."""
+        if path == ".":
+            # The directory itself (a start script's chmod names it in both journals): it is
+            # compared, entry by entry and by its attributes, and never removed or set aside.
+            return remote
         relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
         aside = self._aside(path)
         if remote is not None and (local is None or relink or aside or not _same_kind(local, remote)):
             self._submit(Op.REMOVE, (1 if aside else 0,), path)
             self._touched(path)
             remote = None
-        if local is None or remote is not None or path == ".":
+        if local is None or remote is not None:
             return remote
         self._touched(path)
         if relink:
