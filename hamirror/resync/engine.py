@@ -178,6 +178,7 @@ class ResyncEngine:
                     continue
                 b = os.fsencode(d)
                 self.client.submit(Op.UTIMENS, (), (b,), ((b, st.st_atime_ns, st.st_mtime_ns),))
+            self.repl.resync_done_sent()   # from here a lost reply means a new generation
             ticket = self.client.submit(Op.RESYNC_DONE, data=encode_json(history))
         self._wait(ticket)
         if not self.repl.finish_sync():
