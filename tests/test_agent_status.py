@@ -29,3 +29,14 @@ def test_a_running_task_shows_where_it_leads():
                         "uptodate": True, "resync": None}]}
     rows = render_table(doc).splitlines()[2:]
     assert [row[8:24].strip() for row in rows] == ["PRIM -> SECOND", "PRIM (busy)"]
+
+
+def test_a_resync_failing_the_same_way_three_times_is_an_alarm_with_its_text():
+    doc = {"node": "node1", "cluster": "lab", "peer": {"name": "node2", "alive": True},
+           "modules": [{"name": "demo", "state": "ALONE", "peer_state": "WAIT", "uptodate": True, "resync": None,
+                        "resync_failures": {"count": 3, "alarm": True, "error": "peer refused operation 12: "
+                                            "[Errno 28] No space left on device"}}]}
+    assert ("demo: ALARM: the resync to the peer failed 3 times in a row the same way, the peer has no "
+            "up-to-date copy: peer refused operation 12: [Errno 28] No space left on device") in render_table(doc)
+    doc["modules"][0]["resync_failures"] = {"count": 2, "alarm": False, "error": "x"}
+    assert "ALARM" not in render_table(doc)

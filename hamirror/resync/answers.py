@@ -144,6 +144,9 @@ class ResyncAnswers:
         self.journal.set_state(UPTODATE_KEY, "1")
 
     def resync_started(self) -> None:
+        # A new resync starts from what is on disk now: a descriptor kept from an earlier session
+        # may name a file removed since (an operator freeing a full disk: its blocks stay taken).
+        self.applier.forget_descriptors()
         self._stamp = None
         if self.journal is not None:
             self.journal.set_state(UPTODATE_KEY, "0")
