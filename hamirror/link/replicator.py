@@ -195,7 +195,10 @@ class Replicator:
             assert self.client is not None
             self.client.abort(reason)        # -> _peer_lost -> ALONE at once (granted)
         elif state in _BLOCKED:
-            self._go_alone(reason, (), new_generation=self._lost_from is MirrorState.PRIM)
+            try:
+                self._go_alone(reason, (), new_generation=self._lost_from is MirrorState.PRIM)
+            except Exception as exc:   # a new generation cannot be recorded: never ALONE without it
+                self._unrecordable(reason, exc)
 
     def refuse(self, reason: str) -> None:
         """The agent's verdict: the peer may be primary. Blocked and later calls fail with EIO."""
@@ -266,10 +269,17 @@ class Replicator:
             self.refuse(f"no verdict from the agent within {self.fence_timeout:g}s")
 
     def _set_state(self, state: MirrorState, reason: str) -> None:
-        """Persist, then switch; wakes the calls waiting for a verdict (under ``_state_lock``)."""
+        """Persist, then switch; wakes the calls waiting for a verdict (under ``_state_lock``).
+        REFUSED is entered even when it cannot be persisted (a restart after an unclean stop asks
+        the agent anyway); any other state is entered only once persisted."""
         if self.journal is not None:
-            self.journal.set_state(STATE_KEY, state.value)
-            self.journal.set_state(REASON_KEY, reason)
+            try:
+                self.journal.set_state(STATE_KEY, state.value)
+                self.journal.set_state(REASON_KEY, reason)
+            except Exception as exc:
+                if state is not MirrorState.REFUSED:
+                    raise
+                log.error("mirror REFUSED not persisted: %s", exc)
         with self._verdict:
             self.state = state
             if state in _BLOCKED:
@@ -344,10 +354,23 @@ class Replicator:
     def _peer_lost(self, reason: str, failed: list[Ticket]) -> None:
         """Called by the link's I/O thread before any waiter of ``failed`` wakes."""
         changes = flatten_changes(failed)
-        if self.fence and not self._granted:
-            self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
-        else:
-            self._go_alone(reason, changes)
+        try:
+            if self.fence and not self._granted:
+                self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
+            else:
+                self._go_alone(reason, changes)
+        except Exception as exc:   # sqlite3.Error, OSError: the journal's disk is full or failing
+            self._unrecordable(reason, exc)
+
+    def _unrecordable(self, reason: str, exc: Exception) -> None:
+        """What the peer missed could not be recorded. ALONE would acknowledge writes no resync
+        would copy, and left as it was (PRIM with a dead link) the mount hung the application:
+        it refuses instead (EIO) and the agent steps the node down (issue 15, finding 12)."""
+        why = f"{reason}; the journal cannot record what the peer missed: {exc}"
+        log.error("mirror REFUSED: %s", why)
+        with self._state_lock:
+            self._set_state(MirrorState.REFUSED, why)
+        self._notify(MirrorState.REFUSED, why)
 
     def _go_alone(self, reason: str, changes: list[Change] | tuple, new_generation: bool | None = None) -> None:
         with self._state_lock:
