@@ -54,3 +54,19 @@ def test_a_full_disk_on_the_secondary_is_an_alarm_after_three_tries(mirror_facto
         assert control(pair, {"cmd": "status"})["status"]["resync_failures"] is None
         assert receiver_uptodate_in_journal(pair)
         pair.stop()
+
+
+def test_a_write_the_full_secondary_cannot_apply_marks_it_stale(mirror_factory):
+    """Streaming, not resyncing: the secondary refuses the write it cannot apply and says it is
+    no longer up to date, so it cannot take over with a copy that lacks acknowledged writes."""
+    pair = mirror_factory("m", timeout=5)
+    with own_filesystem(pair.secondary, size="4m"):
+        pair.start()
+        p = pair.primary
+        establish(pair)
+        assert receiver_uptodate_in_journal(pair)
+        with open(f"{p}/big", "wb") as f:                 # the primary goes on alone (no fencing here)
+            f.write(random.Random(13).randbytes(8 << 20))
+        assert mount_state(pair) == "ALONE"
+        assert not receiver_uptodate_in_journal(pair)
+        pair.stop()
