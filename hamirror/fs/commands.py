@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Callable
 
 from hamirror.journal.journal import Journal
-from hamirror.link.client import LinkClient
+from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import HELLO_RESYNC, Op
 from hamirror.link.replicator import MirrorState, Replicator
 from hamirror.resync import failures
-from hamirror.resync.engine import ResyncEngine
+from hamirror.resync.engine import ResyncEngine, ResyncFailed
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class MountCommands:
         except Exception as exc:   # PeerLost, ResyncFailed, OSError, and a journal that cannot write (sqlite3)
             self.last_resync_error = str(exc)
             self._count(str(exc))
-            log.warning("resync to %s failed: %s", peer, exc)
+            # An unexpected kind (not the link, not the disk, not sqlite) is a bug: keep its traceback.
+            log.warning("resync to %s failed: %s", peer, exc,
+                        exc_info=not isinstance(exc, (PeerLost, ResyncFailed, OSError, sqlite3.Error)))
             if self.replicator.state is MirrorState.SYNCING and client is not None:
                 client.abort(f"resync failed: {exc}")
                 deadline = time.monotonic() + 5
