@@ -77,3 +77,13 @@ def test_children_a_resync_created_are_visited_again_after_the_receiver_died(mir
     assert mount_state(pair) == "PRIM"
     assert resync_modes(pair)[-1] == "incremental"
     assert_equal_trees(pair)
+
+
+def test_a_crash_during_a_resync_still_folds_the_activity_log_for_the_scan():
+    """The scan that follows compares the logged paths by blocks: a write in flight at the crash
+    leaves size and mtime alike within one clock tick. The journal is still not complete."""
+    from hamirror.resync.crash import decide
+    for saved, lost_from in (("ALONE", None), ("FENCED", "SYNCING"), ("REFUSED", "SYNCING")):
+        result = decide(saved, lost_from, saved == "ALONE", frozenset({"kv.sqlite3-wal"}))
+        assert (result.fold, result.covered) == (True, False), saved
+        assert decide(saved, lost_from, saved == "ALONE", None).fold is False
