@@ -18,19 +18,24 @@ Same file format as the activity log (hamirror.journal.activity).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import threading
+import time
 from typing import Iterable
 
 from hamirror.journal.activity import ENTER, LEAVE, encode_frame, read_log, write_all, write_snapshot
 from hamirror.journal.durability import Epochs, Syncer
+from hamirror.fs.syscalls import syncfs
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 
 log = logging.getLogger(__name__)
 
 UNSYNCED_LOG = "unsynced.log"
+LOCK_FILE = "unsynced.lock"       # held by the live receiver: a log nobody holds outlived its writer
+LOCK_WAIT = 10.0                  # seconds a starting receiver waits for a stopping one's lock
 UNSYNCED_KEY = "unsynced_paths"   # JSON list of paths to compare whole, or "*" (every block)
 KEPT_KEY = "unsynced_log"         # "1": this node keeps an unsynced log (a missing one was lost)
 EVERYTHING = "*"
@@ -49,7 +54,7 @@ class UnsyncedLog:
         self._appended = 0
         self.records = 0                         # fdatasyncs of the file (for tests and figures)
         self._fd = write_snapshot(path, [], -1)
-        self.syncer = Syncer(epochs, self._wanted, self._durable, name="unsynced-log", interval=interval)
+        self.syncer = Syncer(epochs, self._wanted, self.durable_until, name="unsynced-log", interval=interval)
 
     def note(self, paths: Iterable[bytes]) -> None:
         """``paths`` were just changed by an applied operation (memory only; see :meth:`flush`)."""
@@ -103,7 +108,7 @@ class UnsyncedLog:
     def _wanted(self) -> bool:
         return bool(self._hot)
 
-    def _durable(self, epoch: int) -> None:
+    def durable_until(self, epoch: int) -> None:
         """Every change stamped ``epoch`` or older is on the disk: those paths leave."""
         with self._lock:
             if self._fd < 0:
@@ -123,6 +128,59 @@ class UnsyncedLog:
             write_all(self._fd, encode_frame([(LEAVE, p) for p in self._leaving]))
             self._appended += len(self._leaving)
             self._leaving.clear()
+
+
+def hold(state_dir: str, wait: float = LOCK_WAIT) -> int:
+    """Take the receiver's lock (kept until the process ends or closes the descriptor returned):
+    tells other processes that this log has a live writer. Raises OSError after ``wait`` s."""
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OSError(f"{state_dir}: another receiver holds {LOCK_FILE}") from None
+            time.sleep(0.05)
+
+
+def _orphaned(state_dir: str) -> bool:
+    """No live receiver holds the log (probing takes the lock for an instant)."""
+    try:
+        fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def owed(journal: Journal, state_dir: str) -> bool:
+    """Whether this copy may miss acknowledged data: recorded as such, or a receiver stopped
+    uncleanly and no receiver has looked at its log yet (what the agent asks before a takeover)."""
+    if journal.get_state(UNSYNCED_KEY, ""):
+        return True
+    path = os.path.join(state_dir, UNSYNCED_LOG)
+    if not os.path.exists(path) or not _orphaned(state_dir):
+        return False
+    return read_log(path).paths != frozenset()
+
+
+def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
+    """A mount starts here (this copy is the reference now): a receiver's leftover log came from a
+    process killed with the page cache intact (a power loss would have left the node not up to
+    date, and only an operator forces that): make it durable, then drop the record."""
+    path = os.path.join(state_dir, UNSYNCED_LOG)
+    if os.path.exists(path) and _orphaned(state_dir) and read_log(path).paths != frozenset():
+        syncfs(root_fd)
+        os.close(write_snapshot(path, [], -1))
+    resolved(journal)
 
 
 def recover(journal: Journal, state_dir: str) -> str:

@@ -66,6 +66,7 @@ class Receiver:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             self.journal = Journal(os.path.join(state_dir, "journal.db"))
             # Before anything is applied: what an unclean stop may have lost is recorded first.
+            self._lock_fd = unsynced.hold(state_dir)
             unsynced.recover(self.journal, state_dir)
             self.unsynced = unsynced.UnsyncedLog(os.path.join(state_dir, unsynced.UNSYNCED_LOG),
                                                  Epochs(self.applier.root_fd))
@@ -98,6 +99,7 @@ class Receiver:
         self.socket.close(0)
         if self.unsynced is not None:
             self.unsynced.close(clean=True)   # synced and emptied, unless the sync fails
+            os.close(self._lock_fd)
         self.applier.close()
         self.write_status()
         if self.journal is not None:
@@ -218,6 +220,8 @@ class Receiver:
                 payload = self.answers.handle(msg) or b""
                 if msg.op == Op.RESYNC_DONE:
                     self.resyncing = False
+                    if self.unsynced is not None:   # synced: the resync's copies leave the log
+                        self.unsynced.syncer.sync_once()
                     self.write_status()
             else:
                 self.applier.apply(msg)

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_log
+from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
@@ -108,6 +109,8 @@ def start_mount(journal: Journal, clean: bool, enabled: bool,
     """
     result = None if clean else recover(journal)
     journal.set_state(COVERED_KEY, "0")
+    if sync_fd is not None:
+        unsynced.forget(journal, os.path.dirname(os.path.abspath(journal.path)), sync_fd)
     path = activity_log_path(journal)
     if not enabled:
         remove_log(path)

@@ -330,6 +330,8 @@ class ResyncEngine:
             self._copy_ranges(path, [(0, local.size)], compare=False)
         elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths and path not in self._unsynced:
             self._copy_ranges(path, blocks, compare=True, block=FINE_BLOCK)
+        elif path in self._unsynced:   # a crash loses pages: compare pages, resend only those
+            self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True, block=FINE_BLOCK)
         else:
             self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True)
         with self.repl.lock:
