@@ -86,6 +86,9 @@ class UnsyncedLog:
         """Paths noted but not yet durable in the file: the replies must wait for :meth:`flush`."""
         return bool(self._new)
 
+    def __len__(self) -> int:
+        return len(self._hot)
+
     def paths(self) -> list[str]:
         """The paths whose data may not be on the disk (for tests and status)."""
         with self._lock:

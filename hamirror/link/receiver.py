@@ -118,7 +118,7 @@ class Receiver:
                   "running": not self._stop.is_set(), "updated": time.time(),
                   "last_message": self.last_message, "connections": self.connections,
                   "closed_at": self.closed_at, **asdict(self.stats),
-                  "unsynced_paths": len(self.unsynced.paths()) if self.unsynced is not None else None}
+                  "unsynced_paths": len(self.unsynced) if self.unsynced is not None else None}
         status["session"] = f"{self.stats.session:x}"
         tmp = os.path.join(self.state_dir, "status.json.tmp")
         try:
