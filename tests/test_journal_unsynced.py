@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 
 import pytest
-import zmq
-
 from hamirror.journal import unsynced
 from hamirror.journal.activity import ActivityLog, read_log
 from hamirror.journal.durability import DEFAULT_SYNC_INTERVAL, INTERVAL_ENV, Epochs, sync_interval
 from hamirror.journal.journal import UPTODATE_KEY, Journal
-from hamirror.link import keys
-from hamirror.link.client import LinkClient
 from hamirror.link.protocol import Op
-from hamirror.link.receiver import Receiver
 from hamirror.resync.answers import ResyncAnswers
+from tests.mirror_fixtures import local_link
 
 NEVER = 3600.0   # background sync interval in tests: only explicit syncs and kicks
 
@@ -184,26 +179,8 @@ def test_the_activity_log_keeps_an_acknowledged_path_until_its_data_is_durable(t
 
 @pytest.fixture
 def receiver_link(tmp_path):
-    keys_dir = str(tmp_path / "keys")
-    keys.generate(keys_dir, "test")
-    secondary = tmp_path / "secondary"
-    secondary.mkdir()
-    context = zmq.Context()
-    receiver = Receiver(str(secondary), "tcp://127.0.0.1:*", keys_dir, context=context,
-                        state_dir=str(tmp_path / "state"))
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
-    client = LinkClient(receiver.endpoint, keys_dir, context=context)
-    client.hello(10)
-    try:
-        yield client, receiver
-    finally:
-        client.close(2)
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-        keys.stop_authenticator(context)
-        context.term()
+    with local_link(str(tmp_path), state_dir=str(tmp_path / "state")) as link:
+        yield link
 
 
 def test_the_receiver_records_applied_paths_before_acknowledging_them(receiver_link, tmp_path):

@@ -17,17 +17,13 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.getcwd())   # the tree it is run from, not the installed one
 
-import zmq  # noqa: E402
-
-from hamirror.link import keys  # noqa: E402
 from hamirror.link.client import LinkClient  # noqa: E402
 from hamirror.link.protocol import Op  # noqa: E402
-from hamirror.link.receiver import Receiver  # noqa: E402
+from tests.mirror_fixtures import local_link  # noqa: E402
 
 MODE = (stat.S_IFREG | 0o644, 0, 0, 0)
 DATA = b"x" * 4096
@@ -53,26 +49,12 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=2000)
     args = parser.parse_args()
     base = tempfile.mkdtemp(dir="/tmp", prefix="hamirror-rd-")
-    keys.generate(f"{base}/keys", "test")
-    os.mkdir(f"{base}/secondary")
-    context = zmq.Context()
-    receiver = Receiver(f"{base}/secondary", "tcp://127.0.0.1:*", f"{base}/keys", context=context,
-                        state_dir=f"{base}/state")
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
-    client = LinkClient(receiver.endpoint, f"{base}/keys", context=context)
     try:
-        client.hello(10)
-        one = new_files(client, b"s", args.files, 1)
-        many = new_files(client, b"p", args.files, 64)
+        with local_link(base, state_dir=f"{base}/state") as (client, _receiver):
+            one = new_files(client, b"s", args.files, 1)
+            many = new_files(client, b"p", args.files, 64)
         print(f"{os.getcwd()}: new files, one in flight {one:.0f}/s; 64 in flight {many:.0f}/s")
     finally:
-        client.close(2)
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-        keys.stop_authenticator(context)
-        context.term()
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
