@@ -209,3 +209,13 @@ def test_a_log_without_a_live_receiver_means_the_copy_may_miss_data(tmp_path, ep
         assert read_log(os.path.join(state, unsynced.UNSYNCED_LOG)).paths == frozenset()
         journal.set_state(unsynced.UNSYNCED_KEY, '["b"]')
         assert unsynced.owed(journal, state)
+
+
+def test_the_agent_sees_a_copy_with_an_orphaned_log_as_not_up_to_date(tmp_path, epochs):
+    from hamirror.agent import journal_info
+    state = str(tmp_path)
+    with Journal(os.path.join(state, "journal.db")) as journal:
+        journal.set_state(UPTODATE_KEY, "1")
+    assert journal_info.read([state]).uptodate
+    _crashed_log(state, epochs, [b"a"])              # a receiver died with a path unsynced
+    assert not journal_info.read([state]).uptodate
