@@ -16,6 +16,7 @@ import shutil
 import time
 
 from hamirror.fs.syscalls import renameat2, syncfs
+from hamirror.journal import unsynced
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
@@ -92,6 +93,8 @@ class ResyncAnswers:
             "complete": self.complete,
             "paths": [p for p in journal.changed_paths() if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
+            # Acknowledged here but lost by an unclean stop: compared whole (None: every block).
+            "unsynced": unsynced.pending(journal),
         })
 
     def _remove(self, msg: Message) -> None:
@@ -144,6 +147,7 @@ class ResyncAnswers:
         # calls itself up to date (a node that may take over must survive its own power loss).
         syncfs(self.applier.root_fd)
         self.journal.adopt_generations(history)
+        unsynced.resolved(self.journal)
         self.journal.set_state(UPTODATE_KEY, "1")
 
     def apply_failed(self) -> None:

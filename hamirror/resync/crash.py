@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 
 from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_log
+from hamirror.journal import unsynced
+from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
 
@@ -100,16 +102,20 @@ def recover_for_receiver(journal: Journal, clean: bool) -> bool:
     return False
 
 
-def start_mount(journal: Journal, clean: bool, enabled: bool) -> tuple[Recovery | None, ActivityLog | None]:
+def start_mount(journal: Journal, clean: bool, enabled: bool,
+                sync_fd: int | None = None) -> tuple[Recovery | None, ActivityLog | None]:
     """A mount starts: recover a previous crash (None when the last stop was clean), then start
     a fresh, empty activity log (or remove it when it is off: a stale one must never be trusted).
+    With ``sync_fd`` (the lower directory) a path stays in the log until its data is durable.
 
     From here on the journal is incomplete again until the next clean stop or recovery.
     """
     result = None if clean else recover(journal)
     journal.set_state(COVERED_KEY, "0")
+    if sync_fd is not None:
+        unsynced.forget(journal, os.path.dirname(os.path.abspath(journal.path)), sync_fd)
     path = activity_log_path(journal)
     if not enabled:
         remove_log(path)
         return result, None
-    return result, ActivityLog(path)
+    return result, ActivityLog(path, epochs=None if sync_fd is None else Epochs(sync_fd))

@@ -88,6 +88,7 @@ class ResyncEngine:
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
         self._peer_dirs: set[str] = set()     # ancestors of those (keep-aside of whole trees)
         self._named: set[str] = set()         # scan: paths either journal names, compared whatever their metadata
+        self._unsynced: set[str] = set()      # the peer lost them in a crash: compare whole, always
 
     # driver ----------------------------------------------------------------------------------
 
@@ -100,9 +101,10 @@ class ResyncEngine:
     def _run(self) -> None:
         peer = decode_json(self._ask(Op.CHANGES))
         candidates = self._plan(peer)
+        self._add_unsynced(peer, candidates)
         resync_id = self._resync_id(peer)
         resumed = self.journal.resync_begin(resync_id, self.progress.total_bytes, len(candidates))
-        done = self.journal.resync_done_paths() if resumed else set()
+        done = (self.journal.resync_done_paths() if resumed else set()) - self._unsynced
         self.repl.begin_sync(self.client, candidates)
         for path in candidates:
             heapq.heappush(self._heap, path)
@@ -148,6 +150,24 @@ class ResyncEngine:
         self.progress.mode = "scan"
         self.deep = True
         return {"."}
+
+    def _add_unsynced(self, peer: dict, candidates: set[str]) -> None:
+        """The peer acknowledged these paths but lost them in a crash (its unsynced log, see
+        docs/journal.md "Durability"): visit them in every mode and compare them whole (a hole
+        keeps size and mtime, so a scan cannot see it); None from the peer: every block."""
+        lost = peer.get("unsynced", [])
+        if lost is None:
+            self.full = self.deep = True
+            self.progress.mode = "full"
+            candidates.clear()
+            candidates.add(".")
+            return
+        self._unsynced = set(lost) - candidates
+        for path in self._unsynced:
+            self.progress.total_bytes += self._size(path)
+        self.progress.total_files += len(self._unsynced)
+        self._unsynced |= set(lost)
+        candidates.update(self._unsynced)
 
     def _resync_id(self, peer: dict) -> str:
         own = self.journal.generations()
@@ -330,8 +350,10 @@ class ResyncEngine:
                    blocks: list[tuple[int, int]] | None) -> None:
         if remote is None:
             self._copy_ranges(path, [(0, local.size)], compare=False)
-        elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths:
+        elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths and path not in self._unsynced:
             self._copy_ranges(path, blocks, compare=True, block=FINE_BLOCK)
+        elif path in self._unsynced:   # a crash loses pages: compare pages, resend only those
+            self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True, block=FINE_BLOCK)
         else:
             self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True)
         with self.repl.lock:
