@@ -38,7 +38,7 @@ def test_unit_keeps_applications_and_mounts_alive_across_agent_restarts():
     unit = settings()
     assert unit["ExecStart"] == [f"{INSTALLED} agent"]
     assert unit["Type"] == ["simple"]
-    assert unit["Restart"] == ["on-failure"]
+    assert unit["Restart"] == ["always"]
     assert unit["KillMode"] == ["process"]
     assert "network-online.target" in unit["After"][0].split()
     assert "network-online.target" in unit["Wants"][0].split()
@@ -46,6 +46,28 @@ def test_unit_keeps_applications_and_mounts_alive_across_agent_restarts():
     assert [key for key in MOUNT_NAMESPACE_OPTIONS if key in unit] == []
     families = unit["RestrictAddressFamilies"][0].split()
     assert {"AF_NETLINK", "AF_PACKET", "AF_UNIX", "AF_INET"} <= set(families)
+
+
+# systemd.service(5), Restart=: which ends of the main process each setting restarts. A death by
+# SIGHUP, SIGINT, SIGTERM or SIGPIPE is a "clean signal" there, like exit code 0.
+RESTARTS = {
+    "no": set(),
+    "on-success": {"clean exit", "clean signal"},
+    "on-failure": {"unclean exit", "unclean signal", "timeout", "watchdog"},
+    "on-abnormal": {"unclean signal", "timeout", "watchdog"},
+    "on-watchdog": {"watchdog"},
+    "on-abort": {"unclean signal"},
+    "always": {"clean exit", "unclean exit", "clean signal", "unclean signal", "timeout", "watchdog"},
+}
+
+
+@pytest.mark.parametrize("unit", [UNIT, WITNESS_UNIT], ids=["agent", "witness"])
+def test_a_kill_hup_or_term_outside_systemctl_is_restarted(unit):
+    """Finding (issue 17): `kill -HUP` ended the agent (it has no SIGHUP handler: Python's default
+    ends the process) and Restart=on-failure counts that as a clean exit, so nothing restarted it."""
+    restart = settings(unit)["Restart"]
+    assert len(restart) == 1 and {"clean signal", "clean exit", "unclean signal"} <= RESTARTS[restart[0]]
+    assert 0 < float(settings(unit)["RestartSec"][0]) <= 1
 
 
 def test_the_witness_unit_runs_the_witness_command():
