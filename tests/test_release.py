@@ -109,3 +109,11 @@ def test_logrotate_accepts_the_file_and_never_names_the_activity_log(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "error" not in result.stderr.lower(), result.stderr
+
+
+def test_the_admin_guides_install_commands_name_this_release():
+    with open(os.path.join(REPO, "docs", "admin-guide.md"), encoding="utf-8") as stream:
+        guide = stream.read()
+    named = set(re.findall(r"hamirror-(\d+\.\d+\.\d+)-(?:py3-none-any\.whl|constraints\.txt)", guide))
+    assert named == {hamirror.__version__}
+    assert "/opt/hamirror/bin/hamirror install" in guide
