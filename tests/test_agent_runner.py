@@ -400,3 +400,40 @@ def test_a_start_blocked_by_a_fenced_mount_is_not_retried_over_the_verdict(tmp_p
         assert scripts.runs[-1] == ("start_prim", "ALONE") and vip.up and runner.error is None
 
     asyncio.run(scenario())
+
+
+def test_a_swap_whose_stop_prim_fails_keeps_saying_primary_until_the_retry_stopped_it(tmp_path):
+    """Finding 8: the failed hand-over advertised SECOND (and handover) while the application and
+    the VIP were up; the peer promoted beside them. The state, the swap phase and the record stay
+    PRIM until the safety prefix (stop_prim, VIP removed, flush, unmount) is done."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True),
+                                                           failing=("stop_prim",))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+
+    async def scenario():
+        await attached(runner)
+        asked = runner.submit(Command.SWAP)
+        await step(runner, peer(S.SECOND, True), history("g1"))
+        outcome = asked.result()
+        assert not outcome.ok and outcome.state == "PRIM" and "stop_prim" in outcome.error
+        info = runner.advertised()
+        assert (info.state, info.swap) == (S.PRIM, SwapPhase.NONE) and store.load().state is S.PRIM
+        assert vip.up and dp.mounts[0] is not None
+        scripts.failing = ()
+        clock.now += 10
+        await step(runner, peer(S.SECOND, True), history("g1"))      # the retry, from stop_prim
+        info = runner.advertised()
+        assert (info.state, info.swap) == (S.SECOND, SwapPhase.HANDOVER) and store.load().state is S.SECOND
+        assert not vip.up and dp.mounts[0] is None and runner.error is None
+
+    asyncio.run(scenario())
+
+
+def test_the_state_advertised_after_a_failure_waits_for_the_safety_prefix():
+    from hamirror.cluster import actions as a
+    from hamirror.cluster.steps import state_after
+    down = (a.Persist(S.WAIT), a.RefuseWrites(), a.RemoveVip(), a.RunScript("stop_prim"), a.Unmount(force=True),
+            a.StartReceiver())
+    assert [state_after(S.ALONE, S.WAIT, down, done) for done in range(7)] == [S.ALONE] * 5 + [S.WAIT] * 2
+    takeover = (a.Persist(S.ALONE), a.StopReceiver(), a.MountReplicated(False), a.RunScript("start_prim"))
+    assert {state_after(S.SECOND, S.ALONE, takeover, done) for done in range(5)} == {S.ALONE}

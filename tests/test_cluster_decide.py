@@ -179,10 +179,18 @@ def test_alone_resync_progress_then_prim() -> None:
     assert failed.actions == (StartResync(full=False),) and failed.warnings
 
 
-@pytest.mark.parametrize("relation", [R.PEER_NEWER, R.DIVERGED])
-def test_alone_never_overwrites_newer_or_diverged_peer(relation: Relation) -> None:
-    d = decide(view(S.ALONE, peer=S.WAIT, relation=relation))
+def test_alone_never_overwrites_a_diverged_peer() -> None:
+    d = decide(view(S.ALONE, peer=S.WAIT, relation=R.DIVERGED))
     assert d.state is S.ALONE and d.actions == () and d.warnings
+
+
+@pytest.mark.parametrize("state", [S.PRIM, S.ALONE])
+def test_a_primary_beside_a_newer_peer_steps_down_and_never_forks_it(state: NodeState) -> None:
+    """The peer took over while this primary was frozen, then its agent restarted (WAIT): the
+    woken primary must not go on alone (a new generation beside the newer one); it steps down."""
+    d = decide(view(state, peer=S.WAIT, relation=R.PEER_NEWER))
+    assert d.state is S.WAIT and d.actions[:2] == (Persist(S.WAIT), RefuseWrites())
+    assert not any(isinstance(x, (NewGeneration, SetMirroring, StartResync)) for x in d.actions)
 
 
 def test_wait_on_diverged_waits_for_operator_and_second_discards() -> None:
@@ -284,3 +292,53 @@ def test_prim_on_a_primary_is_refused_without_a_data_loss_warning(state: NodeSta
     assert d.state is state and d.actions == decide(view(state, peer=S.SECOND)).actions   # as without it
     assert d.warnings[0] == f"`prim` refused in {state.value}: this node is already primary"
     assert not any("may be lost" in w for w in d.warnings)
+
+
+def test_a_node_that_has_not_listened_acts_on_no_silence() -> None:
+    """Finding 1: after a stall (or an agent start) the peer's silence proves nothing: no takeover,
+    no grant of ALONE, no remount ALONE, no forced `prim`, until a full timeout of listening."""
+    from hamirror.cluster.view import MirrorHealth
+    deaf = {"listened": False}
+    assert decide(view(S.PRIM, **deaf)).state is S.PRIM and decide(view(S.PRIM, **deaf)).actions == ()
+    assert decide(view(S.PRIM, mirror=MirrorHealth.FENCED, **deaf)).actions == ()
+    assert decide(view(S.SECOND, **deaf)).actions == ()
+    assert decide(view(S.PRIM, mirror=MirrorHealth.DEAD, **deaf)).actions == ()
+    forced = decide(view(S.WAIT, command=Command.PRIM, **deaf))
+    assert forced.state is S.WAIT and forced.warnings[0].startswith("`prim` refused")
+    assert decide(view(S.SECOND)).state is S.ALONE                   # once listened: the takeover
+    assert decide(view(S.SECOND, peer=S.PRIM, **deaf)).state is S.SECOND   # a heard peer is news
+    stop = decide(view(S.PRIM, command=Command.STOP, **deaf))
+    assert stop.state is S.STOP                                      # stopping rests on no silence
+
+
+@pytest.mark.parametrize("relation", [R.DIVERGED, R.SAME, R.UNKNOWN])
+def test_both_primary_the_taker_keeps_running_and_the_woken_node_steps_down(relation: Relation) -> None:
+    """The woken node (default primary or not) steps down; the one that took over during its
+    stall stays, whatever the default; the heartbeat's woke flag tells the taker."""
+    woken = decide(view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=True, listened=False))
+    assert woken.state is S.WAIT and woken.actions[1] == RefuseWrites()
+    taker_view = view(S.ALONE, peer=S.ALONE, relation=relation, default_primary=False)
+    taker = decide(dataclasses.replace(taker_view, peer=dataclasses.replace(taker_view.peer, woke=True)))
+    assert taker.state is S.ALONE
+    assert decide(taker_view).state is S.WAIT                       # no stall on either side: default
+
+
+def test_no_takeover_nor_grant_while_the_replication_link_shows_the_peer_alive() -> None:
+    """Finding 6: heartbeats lost (blocked, or a wall clock far off) while the receiver still hears
+    the primary's mount: the SECOND does not take over, the primary does not go on alone."""
+    second = decide(view(S.SECOND, linked=True))
+    assert second.state is S.SECOND and second.actions == () and "replication link" in second.warnings[0]
+    assert decide(view(S.PRIM, linked=True)).state is S.PRIM
+    assert decide(view(S.SECOND, linked=False)).state is S.ALONE
+
+
+def test_a_node_that_stepped_down_for_the_witness_leads_again_once_vouched() -> None:
+    """Finding 11: the witness down, then the peer lost: the primary stepped down (WAIT) and never
+    came back. Once the witness grants it the lease again and says the peer has not held it
+    since, it takes over again (a new generation); without that word, or stale, it waits."""
+    back = decide(view(S.WAIT, quorum=True, vouched=True))
+    assert back.state is S.ALONE and NewGeneration() in back.actions and "witness" in back.warnings[0]
+    assert decide(view(S.WAIT, quorum=True, vouched=False)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=True, vouched=True, uptodate=False)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=False, vouched=True)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=True, vouched=True, listened=False)).state is S.WAIT

@@ -49,6 +49,13 @@ def test_the_maintenance_setting_round_trips() -> None:
     assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info
 
 
+def test_the_woke_flag_round_trips_and_is_left_out_when_false() -> None:
+    info = ModuleInfo(NodeState.PRIM, True, "gen-3", woke=True)
+    data = encode(hb(modules={"demo": info}), KEY)
+    assert decode(data, KEY).modules["demo"] == info and b'"z":true' in data
+    assert b'"z"' not in encode(hb(), KEY)
+
+
 @pytest.mark.parametrize("field,value,reason", [
     ("cluster", "other", Reason.WRONG_CLUSTER),
     ("node", "node1", Reason.OWN_NAME),
@@ -60,6 +67,28 @@ def test_signed_but_wrong_fields_are_rejected(field: str, value: object, reason:
     v = validator()
     assert reason_of(encode(hb(**{field: value}), KEY), v) is reason
     assert v.rejected == {reason: 1}
+
+
+def test_an_echo_sent_moments_ago_proves_freshness_whatever_the_wall_clock_says() -> None:
+    """Finding 6: freshness from our own monotonic clock (how long ago we sent the echoed
+    counter), so a peer whose wall clock is a minute off is heard; a stale or foreign echo, or
+    none, falls back to the timestamp check."""
+    sent = {("mine", 41): 0.3, ("mine", 7): 10.5}
+
+    def echo_age(boot: str, counter: int) -> float | None:
+        return sent.get((boot, counter))
+
+    def skewed(echo, counter):
+        return encode(hb(timestamp=NOW + 60, echo=echo, counter=counter), KEY)
+
+    v = validator()
+    assert v.accept(skewed(("mine", 41), 1), NOW, echo_age=echo_age).echo == ("mine", 41)
+    for counter, echo in enumerate([("mine", 7), ("other-boot", 41), None], start=2):
+        with pytest.raises(HeartbeatRejected) as info:
+            v.accept(skewed(echo, counter), NOW, echo_age=echo_age)
+        assert info.value.reason is Reason.SKEW
+    assert v.echo_for("node2") == ("b00t", 4)     # heard, though refused: echoed back to it
+    assert validator().accept(encode(hb(echo=("mine", 7)), KEY), NOW, echo_age=echo_age)   # sane clocks
 
 
 def test_copy_replayed_on_another_network_is_rejected() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 from hamirror.cluster.heartbeat import ModuleInfo, Reason
@@ -36,7 +37,8 @@ class FakeClock:
         return self.now
 
 
-def pair(key_b: bytes = KEY, networks: int = 2) -> tuple[HeartbeatService, HeartbeatService, FakeClock]:
+def pair(key_b: bytes = KEY, networks: int = 2,
+         skew_b: float = 0.0) -> tuple[HeartbeatService, HeartbeatService, FakeClock]:
     ports = free_ports(2 * networks)
     a_bind = [(LOOPBACK, p) for p in ports[:networks]]
     b_bind = [(LOOPBACK, p) for p in ports[networks:]]
@@ -46,7 +48,7 @@ def pair(key_b: bytes = KEY, networks: int = 2) -> tuple[HeartbeatService, Heart
     a = HeartbeatService("lab", "node1", "node2", KEY, a_bind, b_bind, lambda: a_mods,
                          interval=0.02, timeout=2.0, clock=clock)
     b = HeartbeatService("lab", "node2", "node1", key_b, b_bind, a_bind, lambda: b_mods,
-                         interval=0.02, timeout=2.0, clock=clock)
+                         interval=0.02, timeout=2.0, clock=clock, wall=lambda: time.time() + skew_b)
     return a, b, clock
 
 
@@ -138,3 +140,17 @@ def test_a_change_the_peer_advertises_is_reported_at_once_and_only_once() -> Non
         assert changes == [NodeState.SECOND, NodeState.SECOND]
         assert a.peer_modules()["demo"].swap is SwapPhase.HANDOVER
     run(body)
+
+
+def test_wall_clocks_a_minute_apart_do_not_stop_the_heartbeats() -> None:
+    """Finding 6: a skew over 10 s made every heartbeat rejected while replication flowed, and a
+    restarted SECOND took over beside the serving primary. The echo of a counter sent moments ago
+    proves freshness on each node's own monotonic clock: after one round trip both are alive."""
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        assert await until(lambda: a.peer_alive() and b.peer_alive())
+        assert a.peer_modules()["demo"].state is NodeState.SECOND
+        assert b.peer_modules()["demo"].state is NodeState.PRIM
+        skewed = a.rejected.get(Reason.SKEW.value, 0)
+        await asyncio.sleep(0.2)                     # ten more rounds: none of them is rejected
+        assert a.rejected.get(Reason.SKEW.value, 0) == skewed and skewed <= 4
+    run(body, skew_b=60.0)

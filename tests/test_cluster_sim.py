@@ -2,37 +2,42 @@
 
 The simulation gives both nodes consistent snapshots (each sees the other's state of the previous
 tick), applies their actions to a small model (generation histories, up-to-date flags, resync),
-and checks after every tick that the safety rules hold.
+and checks after every tick that the safety rules hold. A node can be *frozen* (every process
+stopped) for a few ticks: it neither hears nor is heard, and on waking it has not listened for
+``LISTEN`` ticks; a freeze in the middle of a tick makes it decide on waking from the view it built
+before the freeze.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hamirror.cluster.actions import (
     ForgetHistory, MarkUpToDate, NewGeneration, StartResync,
 )
-from hamirror.cluster.decide import decide
+from hamirror.cluster.decide import decide, uses_silence
 from hamirror.cluster.states import NodeState, is_allowed
 from hamirror.cluster.view import (
-    CheckerHealth, Command, ModuleView, PeerView, ResyncStatus, SwapPhase,
+    CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
 )
 from hamirror.journal.generations import Relation
 
 S = NodeState
 
 peers = st.builds(PeerView, alive=st.booleans(), state=st.none() | st.sampled_from(NodeState),
-                  uptodate=st.booleans(), swap=st.sampled_from(SwapPhase))
+                  uptodate=st.booleans(), swap=st.sampled_from(SwapPhase), woke=st.booleans())
 views = st.builds(
     ModuleView, module=st.just("m"), node=st.just("n1"), state=st.sampled_from(NodeState),
     uptodate=st.booleans(), peer=peers, relation=st.sampled_from(Relation),
     quorum=st.sampled_from([None, True, False]), command=st.sampled_from(Command),
     default_primary=st.booleans(), cold_start=st.booleans(),
     checker=st.builds(CheckerHealth, ok=st.booleans(), restarts=st.integers(0, 5)),
-    resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase),
+    resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase), listened=st.booleans(),
+    mirror=st.sampled_from(MirrorHealth), linked=st.booleans(),
 )
 
 
@@ -54,9 +59,14 @@ def test_random_views_obey_the_data_rules(view: ModuleView) -> None:
         assert not d.state.is_primary, "acted alone against the witness"
     if d.state is not view.state:
         assert d.actions[0].__class__.__name__ == "Persist"
+    if not view.peer.alive and (not view.listened or view.linked):
+        assert not uses_silence(view, d), "acted on a silence it did not listen to, or a live link"
 
 
 # --- two-node simulation --------------------------------------------------------------------
+
+LISTEN = 2      # ticks a node listens after it wakes (or its agent starts) before silence counts
+
 
 @dataclasses.dataclass
 class Node:
@@ -68,6 +78,11 @@ class Node:
     swap: SwapPhase = SwapPhase.NONE
     resync: ResyncStatus = ResyncStatus.NONE
     checker_ok: bool = True
+    frozen: int = 0                      # ticks left with every process stopped
+    deaf: int = 0                        # ticks left before it has listened a full timeout
+    held: ModuleView | None = None       # the view it built when a freeze hit it mid-tick
+    woken: bool = False                  # this tick is its first since the freeze
+    frozen_on: tuple[int, ...] | None = None   # its history when the freeze hit
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -83,22 +98,61 @@ def relation(a: Node, b: Node) -> Relation:
     return Relation.DIVERGED if set(a.history) & set(b.history) else Relation.UNKNOWN
 
 
-def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None) -> ModuleView:
-    peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap) \
-        if link else PeerView()
+def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | None,
+              vouched: bool = False, linked: bool = False) -> ModuleView:
+    peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
+                    woke=other.deaf > 0) if link else PeerView()
+    resync = me.resync
+    if me.state is S.WAIT and peer.is_primary and me.uptodate and relation(me, other) is Relation.SAME:
+        resync = ResyncStatus.DONE          # as the runner tells it from the journal (a restart forgets)
     return ModuleView(
         module="m", node=me.name, state=me.state, uptodate=me.uptodate, peer=peer,
         relation=relation(me, other) if link else Relation.UNKNOWN,
         quorum=quorum if not link else (None if quorum is None else True),
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
-        checker=CheckerHealth(ok=me.checker_ok), resync=me.resync, swap=me.swap)
+        checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
+        vouched=vouched and not link, linked=linked and not link)
+
+
+class Lease:
+    """The witness: who holds the lease, and who held it before this tenure (it remembers the last
+    holder across its own restarts)."""
+
+    def __init__(self) -> None:
+        self.holder: int | None = None
+        self.last: int | None = None
+        self.before: int | None = None
+
+    def give(self, node: int | None) -> None:
+        if node is not None and node != self.holder:
+            self.before, self.last = self.last, node
+        self.holder = node
+
+    def vouches(self, node: int) -> bool:
+        return self.holder == node and self.before == node
 
 
 class World:
     def __init__(self) -> None:
         self.nodes = (Node("n1", True), Node("n2", False))
         self.next_gen = 1
+        self.lease = Lease()
+
+    def witness(self, link: bool, awake: list[bool], up: bool) -> None:
+        """The lease this tick: the primary's while both are heard; in a partition, the primary's
+        (the only one claiming before), else n1's; a frozen node's lapses; none while it is down."""
+        a, b = self.nodes
+        if not up:
+            self.lease.give(None)
+        elif not all(awake):
+            self.lease.give(awake.index(True) if any(awake) else None)
+        elif link:
+            primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
+            if len(primaries) == 1 and self.lease.holder != primaries[0]:
+                self.lease.give(primaries[0] if self.lease.holder is None else self.lease.holder)
+        elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
+            self.lease.give(0 if a.state.is_primary or not b.state.is_primary else 1)
 
     def finish_resyncs(self, link: bool) -> None:
         """A resync started last tick ends now: DONE if the link held, else FAILED."""
@@ -108,7 +162,7 @@ class World:
                 ok = link and dst.resync is ResyncStatus.RUNNING
                 src.resync = dst.resync = ResyncStatus.DONE if ok else ResyncStatus.FAILED
                 if ok:
-                    dst.history = src.history
+                    dst.history, dst.uptodate = src.history, True
 
     def apply(self, node: Node, other: Node, decision, link: bool) -> None:
         if decision.state is not node.state:
@@ -125,48 +179,89 @@ class World:
             elif isinstance(action, StartResync) and link and other.state in (S.WAIT, S.SECOND):
                 node.resync = other.resync = ResyncStatus.RUNNING
 
+    def freeze(self, index: int, ticks: int, mid_tick: bool, view: ModuleView) -> None:
+        """Stop every process of a node for ``ticks``; mid-tick: after it built this tick's view."""
+        node = self.nodes[index]
+        node.frozen, node.held, node.frozen_on = ticks, view if mid_tick else None, node.history
+
+    def wake_up(self) -> None:
+        """Count the frozen ticks down; a node whose freeze ends will decide next tick, deaf."""
+        for node in self.nodes:
+            node.woken = False
+            if node.frozen:
+                node.frozen -= 1
+                if not node.frozen:
+                    node.woken, node.deaf = True, LISTEN
+            elif node.deaf:
+                node.deaf -= 1
+
+
+def stale_primary(node: Node, other: Node) -> bool:
+    """A woken primary that has not started a generation since it froze, beside a newer peer: its
+    mount lost the peer (which took over) and acknowledges nothing until a verdict it cannot get."""
+    return (node.frozen_on is not None and node.history == node.frozen_on
+            and relation(other, node) is Relation.LOCAL_NEWER)
+
 
 BOTH = 2
+REPLICATION = "replication"     # as link: heartbeats lost, the replication link flows
 events = st.tuples(
-    st.booleans() | st.just(True),                                  # link up (mostly)
+    st.sampled_from([True, True, False, REPLICATION]),              # link up (mostly)
     st.sampled_from([None, 0, 1, BOTH]),                            # who gets a command
     st.sampled_from(list(Command)),
     st.sampled_from([None, 0, 1]),                                  # whose checker fails
     st.sampled_from([None, None, 0, 1]),                            # whose agent restarts
 ).filter(lambda e: not (e[1] == BOTH and e[2] is Command.PRIM))     # forcing both: operator error
+freezes = st.none() | st.tuples(st.sampled_from([0, 1]), st.integers(1, 6), st.booleans())
 
 
-def run(steps: list, witness: bool) -> list[tuple]:
-    """Run the simulation; return the (link, state1, state2) trace and check every tick."""
+def run(steps: list, witness: bool, stepped_down: list | None = None,
+        witness_down: frozenset[int] = frozenset()) -> list[tuple]:
+    """Run the simulation; return the (link, state1, state2) trace and check every tick. An event
+    may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time).
+    ``link`` may be ``REPLICATION``: the heartbeats are lost but the replication link flows.
+    ``witness_down``: the ticks (counted in ``steps`` from 0) the witness machine is down."""
     world = World()
     a, b = world.nodes
     trace = []
-    granted = 0                                                     # the witness's favourite
-    for link, who, cmd, failing, reboot in [(True, BOTH, Command.START, None, None)] + steps:
-        world.finish_resyncs(link)
-        if reboot is not None and world.nodes[reboot].state is not S.STOP:
+    for tick, event in enumerate([(True, BOTH, Command.START, None, None)] + steps):
+        link, who, cmd, failing, reboot, freeze = (*event, None)[:6]
+        replication_only, link = link == REPLICATION, bool(link)
+        world.finish_resyncs(link and not any(n.frozen for n in world.nodes))   # a frozen side applies nothing
+        if reboot is not None and world.nodes[reboot].state is not S.STOP and not world.nodes[reboot].frozen:
             node = world.nodes[reboot]                              # the agent restarts: WAIT,
             node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
-        if not link and witness and not any(n.state.is_primary for n in world.nodes):
-            granted = 0
-        elif not link and witness:
-            granted = 0 if a.state.is_primary else 1
+            node.deaf = LISTEN                                      # and listens before acting alone
+        awake = [not n.frozen for n in world.nodes]
+        hears = [link and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
+        world.witness(link and not replication_only, awake, tick - 1 not in witness_down)
         for i, n in enumerate(world.nodes):
             n.checker_ok = failing != i or not n.state.is_primary
-        views = [make_view(n, world.nodes[1 - i], link, cmd if who in (i, BOTH) else Command.NONE,
-                           (granted == i) if witness else None)
+        views = [n.held if n.woken and n.held is not None else
+                 make_view(n, world.nodes[1 - i], hears[i], cmd if who in (i, BOTH) else Command.NONE,
+                           (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i),
+                           replication_only and all(awake) and any(n.state is S.PRIM for n in world.nodes))
                  for i, n in enumerate(world.nodes)]
-        decisions = [decide(v) for v in views]
+        views = [dataclasses.replace(v, listened=False) if n.woken else v for v, n in zip(views, world.nodes)]
+        if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
+            world.freeze(*freeze, views[freeze[0]])
+        decisions = [None if n.frozen else decide(v) for v, n in zip(views, world.nodes)]
         for i, d in enumerate(decisions):
-            world.apply(world.nodes[i], world.nodes[1 - i], d, link)
+            if d is not None:
+                before = world.nodes[i].state
+                world.apply(world.nodes[i], world.nodes[1 - i], d, hears[i])
+                if stepped_down is not None and before.is_primary and d.state is S.WAIT:
+                    stepped_down.append((len(trace), i, views[i]))
+        world.wake_up()
         trace.append((link, a.state, b.state))
         both = a.state.is_primary and b.state.is_primary
-        if link:
-            assert not both, f"two primaries on a connected tick: {trace}"
+        excused = stale_primary(a, b) or stale_primary(b, a)
+        if link and all(awake) and not replication_only:
+            assert not both or excused, f"two primaries on a connected tick: {trace}"
         if witness:
-            assert not both, f"two primaries despite the witness: {trace}"
+            assert not both or excused, f"two primaries despite the witness: {trace}"
         for i, d in enumerate(decisions):
-            if relation(*((a, b) if i == 0 else (b, a))) is Relation.DIVERGED and link:
+            if relation(*((a, b) if i == 0 else (b, a))) is Relation.DIVERGED and hears[i] and d is not None:
                 assert not any(isinstance(x, StartResync) for x in d.actions)
     return trace
 
@@ -206,3 +301,110 @@ def test_witness_partition_keeps_one_primary_and_heals_without_split_brain() -> 
     trace = run(steps, witness=True)
     assert (False, S.ALONE, S.WAIT) in trace
     assert trace[-1] == (True, S.PRIM, S.SECOND)
+
+
+# --- freezes (issue 15, finding 1) -----------------------------------------------------------
+
+def frozen(node: int, ticks: int, mid_tick: bool) -> list:
+    return [(True, None, Command.NONE, None, None, (node, ticks, mid_tick))]
+
+
+calm = st.tuples(st.just(True), st.sampled_from([None, 0, 1]), st.sampled_from([Command.NONE, Command.SWAP]),
+                 st.just(None), st.sampled_from([None, None, None, 0, 1]), freezes)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(calm, max_size=30), st.booleans())
+def test_freezes_never_lose_writes_the_taker_keeps_running_and_the_pair_converges(steps: list,
+                                                                                   witness: bool) -> None:
+    """Freezes of either node (some in the middle of a tick), agent restarts and swaps, with the
+    link up: histories never diverge (no acknowledged write is set aside), a node that took over
+    never yields to a woken one, and the pair ends as one PRIM and one SECOND."""
+    stepped_down: list = []
+    trace = run(quiet(6) + steps + quiet(12), witness, stepped_down)
+    world_states = {trace[-1][1:]}
+    assert world_states <= {(S.PRIM, S.SECOND), (S.SECOND, S.PRIM)}, trace
+    for tick, node, view in stepped_down:
+        assert not (view.listened and view.peer.woke), f"the taker n{node + 1} yielded at tick {tick}: {trace}"
+
+
+def diverged_at_some_tick(steps: list, witness: bool) -> bool:
+    """Run and report whether the two histories ever diverged (a write set aside)."""
+    world_relations = []
+    original = World.wake_up
+
+    def watch(world: World) -> None:
+        original(world)
+        world_relations.append(relation(*world.nodes))
+
+    World.wake_up = watch
+    try:
+        run(steps, witness)
+    finally:
+        World.wake_up = original
+    return Relation.DIVERGED in world_relations
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(calm, max_size=30), st.booleans())
+def test_freezes_alone_never_make_a_split_brain(steps: list, witness: bool) -> None:
+    assert not diverged_at_some_tick(quiet(6) + steps + quiet(6), witness)
+
+
+@pytest.mark.parametrize("mid_tick", [False, True])
+@pytest.mark.parametrize("witness", [False, True])
+def test_a_frozen_primary_wakes_beside_its_taker_and_steps_down(mid_tick: bool, witness: bool) -> None:
+    """Finding 1: node1 (PRIM, default primary) frozen for 4 ticks; node2 takes over. On waking
+    node1 acts on no silence (neither the stale view nor the old heartbeats), steps down, is
+    resynced and becomes SECOND; node2 keeps running all along."""
+    stepped_down: list = []
+    trace = run(quiet(6) + frozen(0, 4, mid_tick) + quiet(10), witness, stepped_down)
+    assert trace[5][1:] == (S.PRIM, S.SECOND)
+    took_over = next(i for i, t in enumerate(trace) if t[2].is_primary)
+    assert all(t[2].is_primary for t in trace[took_over:]), trace
+    assert trace[-1][1:] == (S.SECOND, S.PRIM)
+    assert [n for _, n, _ in stepped_down] == [0]
+    assert not diverged_at_some_tick(quiet(6) + frozen(0, 4, mid_tick) + quiet(10), witness)
+
+
+def test_a_frozen_secondary_wakes_under_the_primary_that_went_on_alone() -> None:
+    trace = run(quiet(6) + frozen(1, 4, True) + quiet(10), witness=False)
+    assert all(t[1].is_primary for t in trace[5:]) and trace[-1][1:] == (S.PRIM, S.SECOND)
+
+
+# --- the witness down, then the peer lost (issue 15, finding 11) ------------------------------
+
+def test_a_primary_that_stepped_down_for_a_downed_witness_comes_back_with_it() -> None:
+    """The witness goes down (ticks 6-15), then the link is cut (ticks 9-20): the primary steps
+    down (it cannot tell), the SECOND may not take over. When the witness is back, the former
+    primary, its last holder, is vouched and leads again; the other, who never held it, still
+    waits. On the heal the pair converges with no split brain."""
+    steps = quiet(9) + quiet(12, link=False) + quiet(8)
+    trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
+    assert trace[9] == (True, S.PRIM, S.SECOND) and trace[11][1:] == (S.WAIT, S.WAIT)
+    assert all(t[1:] == (S.WAIT, S.WAIT) for t in trace[11:17])    # both refused while it is down
+    assert (False, S.ALONE, S.WAIT) in trace                        # back: the last holder leads
+    assert trace[-1] == (True, S.PRIM, S.SECOND)
+    assert not diverged_at_some_tick(steps, witness=True)
+
+
+def test_the_node_that_never_held_the_lease_stays_out_when_the_witness_returns() -> None:
+    """Same, but the survivor is the SECOND (node1, the primary, frozen for 20 ticks from tick 7):
+    node2 never held the lease, so it cannot tell what node1 may have written alone; it waits,
+    and the pair converges once node1 is back."""
+    steps = quiet(6) + frozen(0, 20, False) + quiet(30)
+    trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
+    assert all(t[2] is S.WAIT for t in trace[9:27]), trace
+    assert trace[-1][1:] in ((S.PRIM, S.SECOND), (S.SECOND, S.PRIM))
+    assert not diverged_at_some_tick(steps, witness=True)
+
+
+def test_heartbeats_lost_while_replication_flows_move_nothing() -> None:
+    """Finding 6: heartbeats blocked (or refused for a clock far off) while the replication link
+    flows: no takeover, no going alone; with a witness the SECOND may leave (it is refused),
+    never promote; on the heal the pair is mirrored again."""
+    for witness in (False, True):
+        steps = quiet(6) + [(REPLICATION, None, Command.NONE, None, reboot, None) for reboot in (None, 1, None, None, None)]
+        trace = run(steps + quiet(8), witness)
+        assert all(t[1] is S.PRIM and not t[2].is_primary for t in trace[5:12]), trace
+        assert trace[-1][1:] == (S.PRIM, S.SECOND)

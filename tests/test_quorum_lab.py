@@ -6,6 +6,7 @@ One lab for the module, with ``--witness``; the tests run in file order.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -124,3 +125,40 @@ def test_a_primary_cut_from_the_witness_long_before_its_peer_acknowledges_nothin
     d1, _ = watch(lab, lambda a, b: demo(a)["state"] == "PRIM" and demo(b)["state"] == "SECOND"
                   and demo(b)["uptodate"], 60, "node1 PRIM, node2 SECOND after heal")
     assert demo(d1)["relation"] == "same"
+
+
+def test_the_witness_down_then_the_peer_lost_the_primary_comes_back_with_the_witness(lab):
+    """Finding 11: the witness machine stops, then the primary's peer loses power. The primary
+    cannot tell that from being the isolated one: it steps down. It used to stay down for ever,
+    even once the witness was back; the witness remembers (on disk) that node1 held the lease
+    last, so node1 takes over again, and node2 returns as its SECOND."""
+    import signal
+
+    from hamirror.lab import agent, state
+    from hamirror.lab.chaos_faults import pids_of
+
+    d1, _ = watch(lab, lambda a, b: demo(a)["state"] == "PRIM" and demo(b)["state"] == "SECOND"
+                  and a["quorum"] is True, 60, "node1 PRIM with the lease, node2 SECOND")
+    for pid in pids_of(lab.paths, "witness"):
+        os.kill(pid, signal.SIGKILL)
+    assert lab.cli("kill", "node2").returncode == 0
+    deadline = time.monotonic() + 40
+    while demo(status(lab, "node1"))["state"] != "WAIT" or demo(status(lab, "node1"))["busy"]:
+        assert time.monotonic() < deadline, f"node1 did not step down:\n{tail(lab, 'node1')}"
+        time.sleep(0.3)
+    recorded = state.load(lab.paths)
+    recorded.processes.append(agent.start_witness(lab.paths))
+    state.save(lab.paths, recorded)
+    deadline = time.monotonic() + 60                  # the witness grants nothing for one lease (10 s)
+    while not serving(demo(doc := status(lab, "node1"))):
+        assert time.monotonic() < deadline, f"node1 not back: {doc}\n{tail(lab, 'node1', 40)}"
+        time.sleep(0.3)
+    assert demo(doc)["state"] == "ALONE" and doc["quorum"] is True
+    assert "the witness grants the lease again" in tail(lab, "node1", 200)
+    with kvclient.Writer(lab.paths, "wb") as writer:
+        time.sleep(1.5)
+        keys = writer.stop()
+    assert len(keys) > 3 and not kvclient.unreadable(lab.paths, keys, budget=60)
+    assert lab.cli("boot", "node2").returncode == 0
+    watch(lab, lambda a, b: demo(a)["state"] == "PRIM" and demo(b)["state"] == "SECOND"
+          and demo(b)["uptodate"], 90, "node1 PRIM, node2 SECOND after node2 booted")

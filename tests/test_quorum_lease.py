@@ -184,3 +184,62 @@ def test_client_accepts_only_the_answer_to_its_pending_request():
     client.received(bytes(forged))
     assert not client.view.holds(clock())
     assert client.validator.rejected                     # the forged one counted as bad_mac
+
+
+# ---------------------------------------------------------------- the last holder (finding 11)
+
+
+def test_each_tenure_says_who_held_the_lease_before_it():
+    book = started_book()
+    assert book.ask("node1", True, 0.0).previous is None          # nobody ever
+    assert book.ask("node1", True, LEASE - 1).previous is None    # same tenure, renewed
+    assert book.ask("node1", True, 3 * LEASE).previous == "node1"  # lapsed, then node1 again
+    answer = book.ask("node2", True, 5 * LEASE)
+    assert (answer.holder, answer.previous) == ("node2", "node1")
+    assert book.ask("node1", True, 5 * LEASE + 0.1).holder == "node2"
+
+
+def test_a_restarted_witness_remembers_the_last_holder_from_its_state_file(tmp_path):
+    """Finding 11: the primary stepped down while the witness was down; when the witness comes
+    back it must be able to tell that primary that nobody else held the lease since."""
+    state = str(tmp_path / "witness" / "lease.json")
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
+    clock.t += LEASE
+    assert answer_fields(srv.handle(encode_request("lab", "node1", "b1", 1, wall(), True, KEY)))["h"] == "node1"
+    assert json.load(open(state)) == {"last": "node1"}
+    clock.t += 100                                         # the witness machine goes down...
+    again = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
+    assert again.handle(encode_request("lab", "node1", "b1", 2, wall(), True, KEY)) is not None
+    clock.t += LEASE                                       # ...and is back, past its quiet period
+    fields = answer_fields(again.handle(encode_request("lab", "node1", "b1", 3, wall(), True, KEY)))
+    assert (fields["h"], fields["p"]) == ("node1", "node1")
+    third = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
+    clock.t += LEASE
+    fields = answer_fields(third.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY)))
+    assert (fields["h"], fields["p"]) == ("node2", "node1")   # node1 held it last: node2 is not vouched
+
+
+def test_a_holder_that_cannot_be_recorded_is_not_granted(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=str(tmp_path / "lease.json"))
+    srv.state = str(blocker / "lease.json")                # e.g. the disk went read-only
+    clock.t += LEASE
+    assert answer_fields(srv.handle(encode_request("lab", "node1", "b1", 1, wall(), True, KEY)))["h"] is None
+
+
+def test_the_client_is_vouched_only_when_it_held_the_lease_last():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    srv.book.last = "node1"                                # node1 held it before the restart
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall)
+    client.claiming = True
+    client.send(True)
+    client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+    assert client.view.holds(clock()) and client.vouches(clock())
+    srv.book.holder, srv.book.last = None, "node2"
+    client.send(True)
+    client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+    assert client.view.holds(clock()) and not client.vouches(clock())

@@ -6,7 +6,8 @@ worker thread, and a decision's actions run as one task in a worker thread that 
 no new decision is made; a failed sequence is retried from the failed action after a pause.
 
 The advertised state changes when the sequence completes (the *persisted* state changes first,
-through ``Persist``): a peer that sees our new state can rely on it (e.g. a swap's new primary
+through ``Persist``), or, when it fails, only if what the peer relies on is done
+(:func:`~hamirror.cluster.steps.state_after`): a peer that sees our new state can rely on it (e.g. a swap's new primary
 connects only once we are SECOND, the application stopped, flushed and unmounted, and the
 receiver started: its mount's connection waits for that receiver to listen).
 """
@@ -24,8 +25,10 @@ from hamirror.agent.checks import CheckerState
 from hamirror.agent.events import decision_events, observation_events
 from hamirror.agent.executor import ActionFailed, Executor, NeedsDecision, describe
 from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
 from hamirror.cluster.decide import decide
+from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
@@ -85,6 +88,17 @@ class Observation:
         return total
 
 
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """The rest of a failed sequence, tried again from ``when``; ``swap``: the phase its decision
+    advertises once it completes."""
+
+    actions: tuple[a.Action, ...]
+    target: NodeState
+    when: float
+    swap: SwapPhase | None = None
+
+
 @dataclasses.dataclass
 class Outcome:
     """What an operator command led to (the control socket's answer)."""
@@ -109,6 +123,7 @@ class ModuleRunner:
         self.fence_script = fence_script
         self.failover_max, self.failover_window = failover_max, failover_window
         self.vip_withdrawn = False        # after a stall: the VIP comes back only with a decision
+        self.listening = always_listening()   # the agent's (stall detection), shared by its runners
         self.record = store.load()
         self.state = self.record.state
         self.swap = self.record.swap
@@ -121,7 +136,7 @@ class ModuleRunner:
         self.error: str | None = None
         self.task: asyncio.Task | None = None
         self.transition: tuple[NodeState, tuple[a.Action, ...]] | None = None   # the task's target, actions
-        self.retry: tuple[tuple[a.Action, ...], NodeState, float] | None = None
+        self.retry: Retry | None = None
         self.command = Command.NONE
         self.waiters: list[asyncio.Future] = []
         self.resync_requested: float | None = None
@@ -263,8 +278,13 @@ class ModuleRunner:
         return journal_info.to_wire(self.peer_history) if self.peer_history is not None else None
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
-                   ready: bool) -> None:
-        """Observe, then (unless busy or not ready) decide and start the actions."""
+                   listened: bool, epoch: int | None = None, linked: bool = False,
+                   vouched: bool = False) -> None:
+        """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
+        silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
+        a stall since makes the view stale, and nothing is decided from it; ``linked``: the
+        replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
+        witness's (:attr:`ModuleView.vouched`)."""
         if self.task is not None:
             return
         before, self.obs = self.obs, await asyncio.to_thread(self.observe)
@@ -275,19 +295,22 @@ class ModuleRunner:
         self.peer = peer
         self.peer_history = peer_history
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
-        if self.task is not None or not ready:
+        if self.task is not None or self.stale(epoch):
             return
         if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
-            actions, target, when = self.retry
-            if self.clock() >= when:
-                self.start_task(actions, target, "retry")
+            retry = self.retry
+            # A retry carries on a decision that may have rested on the peer's silence: not before
+            # this node has listened again after a stall.
+            if self.clock() >= retry.when and ((listened and not linked) or peer.alive):
+                self.start_task(retry.actions, retry.target, "retry", swap=retry.swap)
             return
         self.retry = None
         if self.state in (S.WAIT, S.SECOND) and not self.obs.receivers_alive:
             log.warning("%s: receiver not running in %s: starting it", self.name, self.state.value)
             self.start_task((a.StartReceiver(),), self.state, "receiver restart")
             return
-        view = self.view(peer, quorum, peer_history)
+        view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
+                                   vouched=vouched)
         decision = decide(view)
         if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
             # Still primary after the stall, and the data path proves it: the peer acknowledges our
@@ -305,7 +328,7 @@ class ModuleRunner:
             # The peer came back or stepped down while this decision acts: announce the VIP too.
             decision = dataclasses.replace(decision, actions=decision.actions + (a.AnnounceVip(),))
         if decision.state is not self.state or decision.actions:
-            self.start_task(decision.actions, decision.state, command.value, decision)
+            self.start_task(decision.actions, decision.state, command.value, decision, epoch)
         elif announce:
             # The peer stepped down or came back: clients and switches may still send to its MAC.
             self.start_task((a.AnnounceVip(),), self.state, "peer changed")
@@ -325,7 +348,7 @@ class ModuleRunner:
         still owed is left to the decisions (it comes, with the VIP, once the mount accepts
         writes)."""
         assert self.retry is not None and self.obs is not None
-        actions, target, _ = self.retry
+        actions, target = self.retry.actions, self.retry.target
         if not (target.is_primary and self.state.is_primary and self.obs.mirror in NOT_WRITABLE):
             return False
         if actions and actions[0] == a.MountReplicated(peer_connected=True) and not self.peer.alive:
@@ -338,7 +361,16 @@ class ModuleRunner:
             self.executor.app_stopped = True
         return True
 
-    def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None) -> ModuleView:
+    def stale(self, epoch: int | None) -> bool:
+        """Whether the agent stalled since ``epoch`` (when the peer's state was read): a decision
+        made from that view, or started after, could rest on a silence this node never heard."""
+        if epoch is None or self.listening.check() == epoch:
+            return False
+        log.warning("%s: the agent stalled since the peer was last read: not deciding from that view", self.name)
+        return True
+
+    def view(self, peer: PeerView, quorum: bool | None, peer_history: GenerationHistory | None,
+             listened: bool = True) -> ModuleView:
         obs = self.obs
         assert obs is not None
         cold = peer.alive and obs.history.current is None and peer_history is not None \
@@ -351,7 +383,7 @@ class ModuleRunner:
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
-                          maintenance=self.maintenance, failovers=self.failovers())
+                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -392,28 +424,49 @@ class ModuleRunner:
     # ----------------------------------------------------------------- acting
 
     def start_task(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None = None) -> None:
+                   decision: a.Decision | None = None, epoch: int | None = None,
+                   swap: SwapPhase | None = None) -> None:
+        """Run ``actions`` as one task; ``epoch``: a decision's, which is dropped if the agent
+        stalls before any of its actions but ``Persist`` ran (:meth:`_run`); ``swap``: the phase
+        to advertise once ``target`` is reached (a decision's own, by default)."""
         if any(isinstance(x, a.StartResync) for x in actions):
             self.resync_requested = self.clock()
         self.transition = (target, actions)
-        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision),
+        swap = decision.swap if decision is not None else swap
+        self.task = asyncio.get_running_loop().create_task(self._run(actions, target, why, decision, epoch, swap),
                                                            name=f"{self.name}-actions")
 
     async def _run(self, actions: tuple[a.Action, ...], target: NodeState, why: str,
-                   decision: a.Decision | None) -> None:
-        error = None
+                   decision: a.Decision | None, epoch: int | None = None, swap: SwapPhase | None = None) -> None:
+        """Run the actions in order, stop at the first failure (a :class:`Retry` of the rest).
+        The state advertised changes only once the sequence is safe to advertise
+        (:func:`~hamirror.cluster.steps.state_after`): a primary whose stop failed half-way keeps
+        saying so, so that its peer does not promote beside a running application."""
+        error, reached = None, target
         try:
             for index, action in enumerate(actions):
+                if all(isinstance(x, a.Persist) for x in actions[:index]) and self.stale(epoch):
+                    # Only the record changed yet: undo it and decide again from a fresh view.
+                    error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
+                        self.state, None
+                    if index:
+                        await asyncio.to_thread(self.persist, self.state)
+                    break
                 began = time.monotonic()
                 try:
                     await asyncio.to_thread(self.executor.run, action, target)
                     # One line per action: the timeline of a swap or a takeover (scripts/bench/swap.py).
                     log.info("%s: done %s in %.3f s", self.name, describe(action), time.monotonic() - began)
                 except ActionFailed as exc:
-                    error = str(exc)
+                    error, rest = str(exc), actions[index:]
+                    reached = state_after(self.state, target, actions, index)
+                    if reached is not target and any(isinstance(x, a.Persist) for x in actions[:index]):
+                        # The record says what the node is: the old state until the rest is done.
+                        await asyncio.to_thread(self.persist, self.state)
+                        rest = (a.Persist(target),) + rest
                     # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
                     self.retry = None if isinstance(exc, NeedsDecision) else \
-                        (actions[index:], target, self.clock() + RETRY_PAUSE)
+                        Retry(rest, target, self.clock() + RETRY_PAUSE, swap)
                     log.error("%s: %s failed (%s): %s; retrying in %.0f s", self.name, describe(action), why,
                               exc, RETRY_PAUSE)
                     if error != self.error:      # a retry failing the same way is not news
@@ -423,14 +476,14 @@ class ModuleRunner:
                 self.retry = None
         finally:
             self.error = error
-            if target is not self.state:
+            if reached is not self.state:
                 cause = "automatic" if why == Command.NONE.value else why
-                self.emit("state", f"{self.state.value} -> {target.value} ({cause})", why=cause,
-                          **{"from": self.state.value, "to": target.value})
-                self.state = target
+                self.emit("state", f"{self.state.value} -> {reached.value} ({cause})", why=cause,
+                          **{"from": self.state.value, "to": reached.value})
+                self.state = reached
                 self.resync_requested = None     # the resync status restarts with each state
-            if decision is not None:
-                self.set_swap(decision.swap)
+            if swap is not None and reached is target:
+                self.set_swap(swap)
             self.checkers.reset()
             if error is None:
                 # Stopped with nothing mounted: watch for changes made behind our back.
@@ -479,7 +532,7 @@ class ModuleRunner:
         if self.transition is not None and (not self.transition[0].is_primary
                                             or any(map(a.touches_service, self.transition[1]))):
             return False
-        return self.retry is None or not any(map(a.touches_service, self.retry[0]))
+        return self.retry is None or not any(map(a.touches_service, self.retry.actions))
 
     def advertised(self) -> ModuleInfo:
         """This module's heartbeat entry."""
@@ -488,4 +541,5 @@ class ModuleRunner:
         return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and self.state.is_primary and obs.fenced),
-                          maintenance=self.maintenance, maintenance_version=self.record.maintenance_version)
+                          maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
+                          woke=not self.listening.listened())

@@ -2,8 +2,9 @@
 
 Start-up order: take the pid lock (one agent per node), build a runner per module, re-attach to
 the data path left running by a previous agent, then start heartbeats and the control socket.
-No decision is made until the peer was heard or a heartbeat timeout passed since start: a
-restarted agent must not take the peer for dead just because it has not heard it yet.
+No decision rests on the peer's silence until a heartbeat timeout passed since start or since the
+last stall (:mod:`stall`): a restarted or woken agent must not take the peer for dead just because
+it has not heard it yet.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hamirror.agent.executor import Executor
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import Store
+from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
@@ -103,18 +105,22 @@ class Agent:
         for runner in self.runners.values():
             runner.on_change = self._changed
         self._claim_alive = False
+        self.listening = Listening(hb.timeout, stall_threshold(hb.interval, hb.timeout))
+        self.listening.on_stall = self._stalled
+        for runner in self.runners.values():
+            runner.listening = self.listening
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
         self.http = HttpServer(cluster.http, self.status, self.events.read, console.for_agent(self)) \
             if cluster.http else None
-        self.started = boottime()
         self.stopping = asyncio.Event()
         # Set to tick before the interval is over: the peer advertised a change (e.g. a swap's
         # hand-over, which the new primary acts on at once), or the agent is stopping.
         self.wakeup = asyncio.Event()
         self.heartbeat.on_peer_change = self.wakeup.set
         self._check_tasks: dict[str, asyncio.Task] = {}
+        self._watch: asyncio.Task | None = None
         self._lock_fd: int | None = None
 
     def _stop(self) -> None:
@@ -132,8 +138,11 @@ class Agent:
         return max(heard) if heard else None
 
     def _claims(self) -> bool:
-        """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
-        return not self._claim_alive or any(r.state.is_primary for r in self.runners.values())
+        """Whether this node needs the witness's lease: a primary module, or the peer not heard
+        while listening (a node that just woke or started would take a lease the peer may be
+        about to renew on a silence it never heard)."""
+        return (not self._claim_alive and self.listening.listened()) or any(
+            r.state.is_primary for r in self.runners.values())
 
     def _changed(self) -> None:
         with contextlib.suppress(Exception):
@@ -172,11 +181,13 @@ class Agent:
         await self.control.start()
         if self.http and not await self.http.start():     # logged; the agent goes on without it
             self.events.add("config", f"HTTP status API not started: {self.http.error}")
+        hb = self.cluster.heartbeat
+        self._watch = asyncio.create_task(self.listening.watch(hb.interval / 2), name="stall-watch")
         try:
-            last = boottime()
+            epoch = self.listening.check()
             while not self.stopping.is_set():
-                stalled, last = self._check_stall(last)
-                if stalled:
+                if self.listening.check() != epoch:
+                    epoch = self.listening.stalls
                     for runner in self.runners.values():
                         await runner.withdraw_vip()
                     await asyncio.sleep(0.05)   # read the heartbeats queued meanwhile before deciding
@@ -199,31 +210,30 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 log.warning("%s: VIP lease not renewed: %s", name, exc)
 
-    def _check_stall(self, last: float) -> tuple[bool, float]:
-        """A loop that did not run for a while (the node was frozen, suspended or starved) has
-        not *listened* either: silence from the peer means nothing until a full heartbeat
-        timeout has passed since, so nothing is decided on it before (``ready``). Meanwhile the
-        peer may have taken over: a primary withdraws its VIP until the next decision."""
-        now = boottime()
-        hb = self.cluster.heartbeat
-        stalled = now - last > max(3 * hb.interval, hb.timeout / 2) + hb.interval
-        if stalled:
-            log.warning("the agent did not run for %.1f s (frozen, suspended or starved): VIP withdrawn, "
-                        "listening for %.1f s before taking the peer's silence as loss", now - last, hb.timeout)
-            self.started = now
-        return stalled, now
+    def _stalled(self, gap: float) -> None:
+        """A stall was noted (:mod:`stall`): it has not *listened* either, so the peer's silence
+        means nothing for a full heartbeat timeout; meanwhile the peer may have taken over: the
+        loop withdraws the VIPs of primaries until a decision proves this node still primary."""
+        log.warning("the agent did not run for %.1f s (frozen, suspended or starved): VIP withdrawn, "
+                    "listening for %.1f s before taking the peer's silence as loss", gap,
+                    self.cluster.heartbeat.timeout)
+        self.events.add("agent", f"the agent did not run for {gap:.1f} s (frozen, suspended or starved): "
+                                 "listening before acting on the peer's silence")
+        self.wakeup.set()
 
     async def tick(self) -> None:
         hb = self.heartbeat
+        epoch = self.listening.check()     # a stall after this makes this tick's views stale
         alive = hb.peer_alive()
-        ready = alive or boottime() - self.started >= self.cluster.heartbeat.timeout
+        listened = self.listening.listened()
         infos = hb.peer_modules()
         self._claim_alive = alive          # the verdict and the views see the same peer
         try:
             self.quorum = await self.witness.verdict(boottime())
+            vouched = self.quorum is True and self.witness.vouches(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
-            self.quorum = False
+            self.quorum, vouched = False, False
         silence = hb.silence()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -235,11 +245,13 @@ class Agent:
                 log.warning("%s: the primary's replication connection closed and it is silent for %.1f s: "
                             "its processes are gone", name, silence)
                 peer_alive, info = False, None
-            linked = not alive and hb.peer_heartbeat is not None and streaming(runner, self.cluster.heartbeat.timeout)
-            if linked:
+            linked = not alive and streaming(runner, self.cluster.heartbeat.timeout)
+            if linked and hb.peer_heartbeat is not None:
                 # Heartbeats lost, but the replication link between the two data paths is alive:
-                # the peer's agent is down, not its server. Acting alone now (a takeover, or a
-                # primary dropping its secondary) would be wrong; keep the last view of the peer.
+                # the peer's agent is down (or its heartbeats blocked), not its server. Acting
+                # alone now (a takeover, or a primary dropping its secondary) would be wrong; keep
+                # the last view of the peer. Never heard since this agent started: the view says
+                # so (``linked``), and decide() acts on no silence.
                 info, peer_alive = hb.peer_heartbeat.modules.get(name), True
             if linked != (name in self._linked_only):
                 (self._linked_only.add if linked else self._linked_only.discard)(name)
@@ -247,13 +259,13 @@ class Agent:
                             "not acting alone" if linked else "peer heard again (or link gone)")
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
-                            fenced=bool(info and info.fenced),
+                            fenced=bool(info and info.fenced), woke=bool(info and info.woke),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
-                await runner.tick(peer, history, self.quorum, ready)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:
@@ -322,6 +334,8 @@ class Agent:
             await asyncio.wait(tasks, timeout=60)
         for task in self._check_tasks.values():
             task.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
 

@@ -1,4 +1,5 @@
-"""``hamirror witness --bind HOST:PORT [-c CONFIG] [--timeout S]``: run the quorum witness in the foreground.
+"""``hamirror witness --bind HOST:PORT [-c CONFIG] [--timeout S] [--state FILE]``: run the quorum witness
+in the foreground.
 
 It reads the cluster name, the two node names and ``cluster_key_file`` from a cluster file (the
 nodes' own file works; ``cluster.node`` is not used). See docs/cluster.md, "Witness".
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 from hamirror.cli.common import USAGE, CommandError
 from hamirror.config import ConfigError, config_path
@@ -35,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cluster file (default: $HAMIRROR_CONFIG, else /etc/hamirror/hamirror.toml)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="lease in seconds (default: five times the cluster's heartbeat timeout)")
+    parser.add_argument("--state", default=None, metavar="FILE",
+                        help="where the last lease holder is remembered across restarts "
+                             "(default: witness-lease.json in the cluster's state_dir)")
     parser.set_defaults(func=run_witness)
 
 
@@ -57,9 +62,10 @@ def run_witness(args: argparse.Namespace) -> int:
         raise CommandError("--timeout must be positive", USAGE)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
+    state = args.state or os.path.join(cluster.state_dir, "witness-lease.json")
     try:
         asyncio.run(serve_witness((host.strip("[]"), int(port)), cluster.name, key, timeout,
-                                  [node.name for node in cluster.nodes]))
-    except OSError as exc:
+                                  [node.name for node in cluster.nodes], state))
+    except (OSError, ValueError) as exc:
         raise CommandError(f"witness: {exc}") from exc
     return 0

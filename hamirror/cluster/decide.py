@@ -8,6 +8,8 @@ decided by one small rule function per state. The rules that protect data (desig
   one steps down (the newer-by-history, else the ``default_primary``, keeps running);
 - no data moves towards a peer that is newer or on a DIVERGED history without the operator;
 - a witness that refuses (``quorum is False``) stops takeovers and demotes an isolated primary;
+  a WAIT node with up-to-date data leads again without hearing its peer only when the witness
+  grants it the lease and vouches that the peer has not held it since this node did;
 - I/O fencing: a primary whose mount lost the peer (FENCED) goes on alone only once the peer
   cannot be primary: heard in a non-primary state with its up-to-date flag cleared (a SECOND
   clears it when it sees the primary fenced), or not heard with the witness lease held, the
@@ -16,7 +18,13 @@ decided by one small rule function per state. The rules that protect data (desig
 - the decision follows what the mounts really do (``view.mirror``): a dead mount is remounted,
   a mount ALONE under PRIM moves the module to ALONE;
 - maintenance and flap damping hold automatic decisions back, never a data-safety one
-  (:mod:`restraint`); operator commands are not held.
+  (:mod:`restraint`); operator commands are not held;
+- the peer's silence proves nothing until this node has listened for a full heartbeat timeout
+  since it stalled or started (``view.listened``), nor while the replication link shows the peer
+  alive (``view.linked``: heartbeats blocked, a wall clock off): no takeover, grant, fence or new generation
+  rests on it before (:func:`_deaf`, applied to every decision, whatever rule made it); and when
+  both are primary after one stalled, the one that took over keeps running (the woken one,
+  which has not listened yet, steps down).
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from collections.abc import Callable
 
 from hamirror.cluster import restraint, steps
 from hamirror.cluster.actions import (
-    AddVip, Decision, ForgetHistory, MarkUpToDate, NewGeneration, Persist, RemountDataPath, RestartApp,
-    RunScript, SetMirroring, StartResync,
+    Action, AddVip, Decision, Fence, ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, Persist,
+    RemountDataPath, RestartApp, RunScript, SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
 from hamirror.cluster.view import Command, MirrorHealth, ModuleView, ResyncStatus, SwapPhase
@@ -46,6 +54,16 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
+RESUMED = ("the witness grants the lease again and the peer has not held it since this node did: "
+           "taking over again")
+LINKED = ("the peer's heartbeats are lost but the replication link shows it alive: not acting alone "
+          "(blocked heartbeats, or a clock far off)")
+DEAF = ("this node stalled or just started: the peer's silence proves nothing until it has listened for "
+        "a full heartbeat timeout; not acting alone meanwhile")
+PEER_TOOK_OVER = ("the peer holds newer data (it took over while this node did not run): stepping down, "
+                  "data kept as is; it leads and resyncs this node")
+WOKE_STEP_DOWN = ("both nodes are primary and this node has just stalled (frozen, suspended or restarted): "
+                  "the peer took over meanwhile; stepping down, data kept as is")
 
 
 def decide(view: ModuleView) -> Decision:
@@ -54,6 +72,7 @@ def decide(view: ModuleView) -> Decision:
     decision = rule(view) if rule else None
     if decision is None:
         decision = automatic(view)
+    decision = _deaf(view, decision)
     if decision.state is view.state:
         return decision
     check_transition(view.state, decision.state)
@@ -63,6 +82,32 @@ def decide(view: ModuleView) -> Decision:
 def automatic(view: ModuleView) -> Decision:
     """What the rules do on their own, as maintenance and flap damping allow (:mod:`restraint`)."""
     return restraint.restrain(view, AUTOMATIC[view.state](view))
+
+
+def uses_silence(view: ModuleView, decision: Decision) -> bool:
+    """Whether a decision acts as if the unheard peer could not be primary: a promotion, PRIM ->
+    ALONE, a fence, a grant of ALONE to the mounts, a new generation."""
+    if decision.state.is_primary and not view.state.is_primary:
+        return True
+    if view.state is S.PRIM and decision.state is S.ALONE:
+        return True
+    return any(map(_grants_alone, decision.actions))
+
+
+def _grants_alone(action: Action) -> bool:
+    return isinstance(action, (NewGeneration, Fence)) or action in (
+        SetMirroring(False), MountReplicated(peer_connected=False), RemountDataPath(alone=True))
+
+
+def _deaf(view: ModuleView, decision: Decision) -> Decision:
+    """A node that has not listened a full timeout since it stalled (or started) stays where it is
+    rather than act on a silence it did not hear: the peer may have taken over meanwhile. Nor does
+    one whose replication link shows the peer alive: only its heartbeats are lost."""
+    if view.peer.alive or (view.listened and not view.linked) or not uses_silence(view, decision):
+        return decision
+    why = DEAF if not view.listened else LINKED
+    text = why if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {why}"
+    return steps.stay(view, warning=text)
 
 
 # --- operator commands ----------------------------------------------------------------------
@@ -156,6 +201,11 @@ def _stop(view: ModuleView) -> Decision:
 def _wait(view: ModuleView) -> Decision:
     peer = view.peer
     if not peer.alive:
+        if view.quorum is True and view.vouched and view.uptodate:
+            # It stepped down (or left SECOND) when the witness was down; the witness is back, the
+            # peer is still lost, and it has not held the lease since this node did: nothing the
+            # peer wrote alone can exist, this node's data is the newest.
+            return steps.promote_alone(view, warning=RESUMED)
         return steps.stay(view)
     if view.relation is Relation.DIVERGED:
         return steps.stay(view, warning=SPLIT_BRAIN)
@@ -238,6 +288,10 @@ def _primary_common(view: ModuleView) -> Decision | None:
         return steps.step_down(view, NO_QUORUM)
     if peer.is_primary:
         return _both_primary(view)
+    if peer.alive and view.relation is Relation.PEER_NEWER:
+        # The peer took over while this node did not run (frozen, or its agent stopped) and is not
+        # primary now (its agent restarted): it holds the newer data. Going on here would fork it.
+        return steps.step_down(view, PEER_TOOK_OVER)
     if view.mirror is M.DEAD:
         return _dead_mount(view)
     if view.mirror in (M.FENCED, M.REFUSED):
@@ -286,9 +340,17 @@ def _go_alone(view: ModuleView, warning: str | None = None) -> Decision:
 
 
 def _both_primary(view: ModuleView) -> Decision:
-    """Both run the application (a healed partition): one steps down, no data moves."""
+    """Both run the application (a healed partition, or a stalled primary that wakes up after its
+    peer took over): one steps down, no data moves. The newer history keeps running; else the
+    taker: a node that stalled has not listened yet (``woke``), and its peer took over during the
+    stall; else the ``default_primary``."""
     newer = view.relation is Relation.LOCAL_NEWER
-    if view.relation is Relation.PEER_NEWER or (not newer and not view.default_primary):
+    if view.relation is Relation.PEER_NEWER:
+        return steps.step_down(view, "both nodes were primary; stepping down, data kept as is")
+    if not newer and not view.listened and not view.peer.woke:
+        return steps.step_down(view, WOKE_STEP_DOWN)
+    taker = view.listened and view.peer.woke
+    if not newer and not taker and not view.default_primary:
         return steps.step_down(view, "both nodes were primary; stepping down, data kept as is")
     warning = SPLIT_BRAIN if view.relation is Relation.DIVERGED else None
     return steps.stay(view, warning=warning)

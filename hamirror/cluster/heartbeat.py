@@ -3,7 +3,10 @@
 Wire format: ``MAC(32 bytes) || body`` where body is compact UTF-8 JSON and MAC is
 HMAC-SHA256(cluster key, body). Everything that is not a fresh, authentic heartbeat from the peer
 raises :class:`HeartbeatRejected` with a reason, and the :class:`Validator` counts reasons for
-``hamirror status``. The transport lives in :mod:`heartbeat_service` (zeroconf's codec/engine
+``hamirror status``. Freshness does not rest on the wall clock: a heartbeat echoes the last
+(boot, counter) its sender heard from us, and one that echoes a counter we sent within
+``max_skew`` seconds (our monotonic clock) is fresh whatever the two wall clocks say; only a
+heartbeat that cannot echo yet (first contact, or we are not heard) falls back to the timestamp. The transport lives in :mod:`heartbeat_service` (zeroconf's codec/engine
 split), so this module is fuzzed without a network.
 """
 
@@ -17,7 +20,7 @@ import hmac
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
@@ -65,13 +68,16 @@ class ModuleInfo:
     fenced: bool = False      # our mount lost the peer: it must confirm its copy is stale
     maintenance: bool = False
     maintenance_version: int = 0   # the newest ``hamirror maintenance`` setting wins on both nodes
+    woke: bool = False        # the sender stalled or started and has not listened a full timeout since
 
 
 @dataclasses.dataclass(frozen=True)
 class Heartbeat:
     """One heartbeat. ``boot_id`` is random per agent start; ``counter`` grows within a boot and
-    network; ``timestamp`` is the sender's wall clock (bounds replays across boots); ``network``
-    is the index of the network it was sent on (a copy replayed on another network is refused)."""
+    network; ``timestamp`` is the sender's wall clock (bounds replays when there is no echo);
+    ``network`` is the index of the network it was sent on (a copy replayed on another network is
+    refused); ``echo``: the (boot id, counter) of the receiver's last heartbeat the sender heard,
+    which proves this one was made after it (freshness without the wall clock)."""
 
     cluster: str
     node: str
@@ -80,6 +86,7 @@ class Heartbeat:
     timestamp: float
     modules: Mapping[str, ModuleInfo] = dataclasses.field(default_factory=dict)
     network: int = 0
+    echo: tuple[str, int] | None = None
 
 
 def new_boot_id() -> str:
@@ -114,8 +121,10 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "t": hb.timestamp, "i": hb.network,
         "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
                      **({"f": True} if m.fenced else {}),
+                     **({"z": True} if m.woke else {}),
                      **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
+        **({"e": list(hb.echo)} if hb.echo is not None else {}),
     }
     data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
     if len(data) > MAX_DATAGRAM:
@@ -157,25 +166,40 @@ def _parse(obj: dict) -> Heartbeat:
     return Heartbeat(cluster=_text(obj["c"]), node=_text(obj["n"]), boot_id=_text(obj["b"]),
                      counter=counter, timestamp=float(timestamp),
                      modules={_text(k): _module(v) for k, v in modules.items()},
-                     network=network)
+                     network=network, echo=_echo(obj.get("e")))
+
+
+def _echo(value: object) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or type(value[1]) is not int or value[1] < 0:
+        raise ValueError("bad echo")
+    return _text(value[0]), value[1]
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma")):
+    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z")):
         raise ValueError("bad module entry")
     version = obj.get("mv", 0)
     if type(version) is not int or not 0 <= version < 2**53:
         raise ValueError("bad maintenance version")
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
                       generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False),
-                      maintenance=obj.get("ma", False), maintenance_version=version)
+                      maintenance=obj.get("ma", False), maintenance_version=version, woke=obj.get("z", False))
+
+
+EchoAge = Callable[[str, int], "float | None"]
 
 
 class Validator:
     """Accepts only fresh heartbeats of this cluster's peer; remembers counters to stop replays.
 
-    Counters are kept per sender and (boot id, network) for the last few boots and networks; a
-    boot older than those is stopped by the timestamp check (``max_skew``): its heartbeats are old.
+    Counters are kept per sender and (boot id, network) for the last few boots and networks. A
+    heartbeat is fresh when it echoes one of ours sent less than ``max_skew`` seconds ago
+    (``echo_age``, on our own monotonic clock), else when its timestamp is within ``max_skew`` of
+    our wall clock: a boot older than those remembered is stopped either way, its heartbeats are
+    old. ``heard`` keeps, per sender, the newest authentic (boot, counter), fresh or not, for our
+    own echo: a peer whose wall clock is off learns that we hear it.
     """
 
     def __init__(self, cluster: str, own: str, peers: set[str] | frozenset[str], key: bytes,
@@ -184,12 +208,14 @@ class Validator:
         self.max_skew = max_skew
         self.rejected: collections.Counter[Reason] = collections.Counter()
         self._last: dict[str, collections.OrderedDict[tuple[str, int], int]] = {}
+        self.heard: dict[str, tuple[str, int]] = {}
 
-    def accept(self, data: bytes, now_wall: float, network: int = 0) -> Heartbeat:
+    def accept(self, data: bytes, now_wall: float, network: int = 0, echo_age: EchoAge | None = None) -> Heartbeat:
         """Decode and validate ``data`` received on ``network`` at wall time ``now_wall``;
-        count rejections."""
+        ``echo_age(boot, counter)``: how long ago we sent that heartbeat (None: not ours, or
+        forgotten). Count rejections."""
         try:
-            hb = self._check(decode(data, self.key), now_wall, network)
+            hb = self._check(decode(data, self.key), now_wall, network, echo_age)
         except HeartbeatRejected as exc:
             self.rejected[exc.reason] += 1
             raise
@@ -200,15 +226,23 @@ class Validator:
             boots.popitem(last=False)
         return hb
 
-    def _check(self, hb: Heartbeat, now_wall: float, network: int) -> Heartbeat:
+    def echo_for(self, node: str) -> tuple[str, int] | None:
+        """What to echo to ``node``: its newest authentic heartbeat's (boot, counter)."""
+        return self.heard.get(node)
+
+    def _check(self, hb: Heartbeat, now_wall: float, network: int, echo_age: EchoAge | None) -> Heartbeat:
         if hb.cluster != self.cluster:
             raise HeartbeatRejected(Reason.WRONG_CLUSTER, hb.cluster)
         if hb.node == self.own:
             raise HeartbeatRejected(Reason.OWN_NAME)
         if hb.node not in self.peers:
             raise HeartbeatRejected(Reason.UNKNOWN_SENDER, hb.node)
-        if abs(hb.timestamp - now_wall) > self.max_skew:
-            raise HeartbeatRejected(Reason.SKEW, f"{hb.timestamp - now_wall:+.1f} s")
+        heard = self.heard.get(hb.node)
+        if heard is None or heard[0] != hb.boot_id or heard[1] < hb.counter:
+            self.heard[hb.node] = (hb.boot_id, hb.counter)
+        age = echo_age(*hb.echo) if hb.echo is not None and echo_age is not None else None
+        if (age is None or not 0 <= age <= self.max_skew) and abs(hb.timestamp - now_wall) > self.max_skew:
+            raise HeartbeatRejected(Reason.SKEW, f"{hb.timestamp - now_wall:+.1f} s and no fresh echo")
         if hb.network != network:
             raise HeartbeatRejected(Reason.WRONG_NETWORK, f"sent on {hb.network}, got on {network}")
         last = self._last.get(hb.node, {}).get((hb.boot_id, network))

@@ -2,12 +2,15 @@
 
 One socket per network (``bind[i]`` talks to ``peers[i]``), so each heartbeat leaves by the network
 it describes and the per-network last-seen times say which links are up. Clocks are injected:
-``clock`` (monotonic) stamps receptions and drives ``peer_alive``; ``wall`` feeds the skew check.
+``clock`` (monotonic) stamps receptions and sends, drives ``peer_alive`` and the echo's age (a
+heartbeat echoing one of ours sent within ``max_skew`` is fresh); ``wall`` feeds the skew check of
+heartbeats that echo nothing recent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +22,7 @@ from hamirror.cluster.heartbeat import (
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
+SENT_REMEMBERED = 256      # send times kept for echoes: more than max_skew at any interval in use
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -51,6 +55,7 @@ class HeartbeatService:
         self.validator = Validator(cluster, node, {peer}, key, max_skew)
         self.boot_id = new_boot_id()
         self.counter = 0
+        self.sent: collections.OrderedDict[int, float] = collections.OrderedDict()   # counter -> clock()
         self.last_seen: list[float | None] = [None] * len(bind)
         self.peer_heartbeat: Heartbeat | None = None
         # Called when the peer advertises something new for a module (a state, a swap phase):
@@ -81,9 +86,12 @@ class HeartbeatService:
     def send_now(self) -> None:
         """Send one heartbeat on every network (also called right after a change of state)."""
         self.counter += 1
-        modules, wall = dict(self.modules()), self.wall()
+        self.sent[self.counter] = self.clock()
+        while len(self.sent) > SENT_REMEMBERED:
+            self.sent.popitem(last=False)
+        modules, wall, echo = dict(self.modules()), self.wall(), self.validator.echo_for(self.peer)
         for index, (transport, addr) in enumerate(zip(self._transports, self.peers)):
-            hb = Heartbeat(self.cluster, self.node, self.boot_id, self.counter, wall, modules, index)
+            hb = Heartbeat(self.cluster, self.node, self.boot_id, self.counter, wall, modules, index, echo)
             try:
                 transport.sendto(encode(hb, self.key), addr)
             except Exception as exc:  # noqa: BLE001 - one network's failure must not stop others
@@ -100,7 +108,7 @@ class HeartbeatService:
     def received(self, index: int, data: bytes, source: Address | None = None) -> None:
         """Validate one datagram from network ``index``; rejections are counted and audited."""
         try:
-            hb = self.validator.accept(data, self.wall(), index)
+            hb = self.validator.accept(data, self.wall(), index, self.echo_age)
         except HeartbeatRejected as exc:
             where = f"{source[0]}:{source[1]}" if source else "unknown"
             audit.refused("heartbeat", source[0] if source else "unknown",
@@ -110,6 +118,11 @@ class HeartbeatService:
         previous, self.peer_heartbeat = self.peer_heartbeat, hb
         if self.on_peer_change is not None and (previous is None or previous.modules != hb.modules):
             self.on_peer_change()
+
+    def echo_age(self, boot: str, counter: int) -> float | None:
+        """How long ago this service sent heartbeat ``counter`` of boot ``boot`` (None: not ours)."""
+        sent = self.sent.get(counter) if boot == self.boot_id else None
+        return None if sent is None else self.clock() - sent
 
     def peer_alive(self, now: float | None = None) -> bool:
         """Whether the peer was heard on any network within ``timeout``."""

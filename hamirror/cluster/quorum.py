@@ -10,7 +10,13 @@ its peer (a takeover may be due). The witness's rule (:class:`LeaseBook`):
   holder was last heard; a request *without* claim from the holder releases it (after a swap the
   new primary can take it at once);
 - after its own start the witness grants nothing for ``lease`` seconds, so a lease granted
-  before a restart has lapsed everywhere before another can be granted.
+  before a restart has lapsed everywhere before another can be granted;
+- it remembers, durably (a state file written before the grant is answered), the last node that
+  held the lease, and tells each holder who held it before its current tenure (``previous``).
+  A holder that was also the previous one knows the peer has not held it since: the peer cannot
+  have acted alone in between, so this node's data is the newest. That is how a primary that
+  stepped down because the witness was down comes back when it returns and the peer is still
+  lost (issue 15, finding 11).
 
 The answer names the holder and the nodes heard within ``lease``. A node's verdict
 (:class:`LeaseView`) is True only while it holds the lease *by its own reckoning*: from the time it
@@ -56,6 +62,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -90,18 +97,23 @@ class Answer:
     seen: tuple[str, ...]
     age: float | None          # seconds since the holder was last heard (None: no holder)
     lease: float
+    previous: str | None = None   # who held the lease before the holder's current tenure (None: nobody known)
 
 
 class LeaseBook:
-    """The witness's rule (pure): one lease, at most one holder; ``now`` is a monotonic clock."""
+    """The witness's rule (pure): one lease, at most one holder; ``now`` is a monotonic clock.
+    ``last``: the last holder (remembered across restarts); ``remember(node)`` makes a new
+    holder durable before it is granted (if it raises, nothing is granted)."""
 
-    def __init__(self, nodes: Iterable[str], lease: float, started: float) -> None:
+    def __init__(self, nodes: Iterable[str], lease: float, started: float, last: str | None = None,
+                 remember: Callable[[str], None] = lambda node: None) -> None:
         if lease <= 0:
             raise ValueError("the lease must be positive")
         self.nodes, self.lease = frozenset(nodes), lease
         self.quiet_until = started + lease     # leases granted by a previous run have lapsed by then
         self.heard: dict[str, float] = {}
         self.holder: str | None = None
+        self.last, self.previous, self.remember = last, None, remember
 
     def ask(self, node: str, claim: bool, now: float) -> Answer:
         """A request from ``node`` (already authenticated) at ``now``."""
@@ -110,10 +122,20 @@ class LeaseBook:
         self.expire(now)
         self.heard[node] = now
         if claim and self.holder is None and now >= self.quiet_until:
-            self.holder = node
+            self.grant(node)
         elif not claim and self.holder == node:
             self.holder = None
         return self.answer(now)
+
+    def grant(self, node: str) -> None:
+        """A new tenure: durable first, then granted; the holder before it is ``previous``."""
+        if node != self.last:
+            try:
+                self.remember(node)
+            except OSError as exc:
+                log.error("lease not granted to %s: its holder cannot be recorded: %s", node, exc)
+                return
+        self.holder, self.previous, self.last = node, self.last, node
 
     def expire(self, now: float) -> None:
         if self.holder is not None and now - self.heard[self.holder] > self.lease:
@@ -123,7 +145,7 @@ class LeaseBook:
         self.expire(now)
         seen = tuple(sorted(n for n, t in self.heard.items() if now - t <= self.lease))
         age = now - self.heard[self.holder] if self.holder is not None else None
-        return Answer(self.holder, seen, age, self.lease)
+        return Answer(self.holder, seen, age, self.lease, self.previous if self.holder is not None else None)
 
 
 class LeaseView:
@@ -164,6 +186,11 @@ class Witness(abc.ABC):
     async def verdict(self, now: float) -> bool | None:
         """True: may act alone; False: may not; None: no witness (decide without quorum)."""
 
+    def vouches(self, now: float) -> bool:
+        """Whether this node holds the lease and held it last before this tenure too: the peer
+        has not held it since, so it cannot have acted alone meanwhile."""
+        return False
+
     def status(self) -> dict | None:
         """For ``hamirror status``; None without a witness."""
         return None
@@ -198,18 +225,26 @@ class WitnessServer:
     """The witness's datagram handler (no sockets): validate, apply the lease rule, sign the answer."""
 
     def __init__(self, cluster: str, nodes: Iterable[str], key: bytes, lease: float,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 state: str | None = None) -> None:
         nodes = frozenset(nodes)
         if WITNESS_NAME in nodes:
             raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
         self.cluster, self.key, self.clock, self.wall = cluster, witness_key(key), clock, wall
-        self.book = LeaseBook(nodes, lease, clock())
+        self.state = state
+        last = load_last_holder(state, nodes) if state else None
+        self.book = LeaseBook(nodes, lease, clock(), last, self.remember)
         self.validator = Validator(cluster, WITNESS_NAME, nodes, self.key)
         self.boot, self.counter = new_boot_id(), 0
 
     @property
     def rejected(self) -> dict[str, int]:
         return {reason.value: n for reason, n in self.validator.rejected.items()}
+
+    def remember(self, node: str) -> None:
+        """Record the new holder durably (write, fsync, rename) before it is granted."""
+        if self.state:
+            save_last_holder(self.state, node)
 
     def handle(self, data: bytes) -> bytes | None:
         """The signed answer to one request, or None for anything not a fresh authentic request."""
@@ -226,7 +261,7 @@ class WitnessServer:
         self.counter += 1
         return sign(_body(self.cluster, WITNESS_NAME, self.boot, self.counter, self.wall(), to=hb.node,
                           rb=hb.boot_id, rs=hb.counter, h=answer.holder, a=answer.age, seen=list(answer.seen),
-                          l=answer.lease), self.key)
+                          l=answer.lease, p=answer.previous), self.key)
 
 
 class _ServerProtocol(asyncio.DatagramProtocol):
@@ -243,18 +278,50 @@ class _ServerProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
+def load_last_holder(path: str, nodes: frozenset[str]) -> str | None:
+    """The last holder recorded in ``path`` (None: no file yet); a damaged file is an error."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            last = json.load(stream).get("last")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: witness state unreadable: {exc}") from exc
+    if last is not None and last not in nodes:
+        raise ValueError(f"{path}: witness state names {last!r}, not a node of this cluster")
+    return last
+
+
+def save_last_holder(path: str, node: str) -> None:
+    """Write ``{"last": node}`` atomically and durably."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        json.dump({"last": node}, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 async def open_witness(bind: Address, cluster: str, nodes: Iterable[str], key: bytes,
-                       timeout: float) -> tuple[asyncio.DatagramTransport, WitnessServer]:
+                       timeout: float, state: str | None = None) -> tuple[asyncio.DatagramTransport, WitnessServer]:
     """Bind the witness's UDP socket; the caller closes the transport."""
-    server = WitnessServer(cluster, nodes, key, timeout)
+    server = WitnessServer(cluster, nodes, key, timeout, state=state)
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: _ServerProtocol(server), local_addr=bind)
     return transport, server
 
 
-async def serve_witness(bind: Address, cluster: str, key: bytes, timeout: float, nodes: Iterable[str]) -> None:
-    """Run the witness until cancelled. ``timeout`` is the lease (seconds)."""
-    transport, _ = await open_witness(bind, cluster, nodes, key, timeout)
+async def serve_witness(bind: Address, cluster: str, key: bytes, timeout: float, nodes: Iterable[str],
+                        state: str | None = None) -> None:
+    """Run the witness until cancelled. ``timeout`` is the lease (seconds); ``state``: the file
+    that remembers the last holder."""
+    transport, _ = await open_witness(bind, cluster, nodes, key, timeout, state)
     log.warning("witness for cluster %s listening on %s:%d (lease %.1f s); no lease for the first %.1f s",
                 cluster, bind[0], bind[1], timeout, timeout)
     try:
@@ -324,9 +391,10 @@ class UdpWitness(Witness):
             counter = fields["rs"]
             if fields.get("to") != self.node or fields.get("rb") != self.boot or counter not in self.pending:
                 raise ValueError("not an answer to a pending request")
-            holder, age, lease = fields["h"], fields["a"], float(fields["l"])
+            holder, age, lease, previous = fields["h"], fields["a"], float(fields["l"]), fields.get("p")
             answer = Answer(holder if isinstance(holder, str) else None,
-                            tuple(str(n) for n in fields["seen"]), None if age is None else float(age), lease)
+                            tuple(str(n) for n in fields["seen"]), None if age is None else float(age), lease,
+                            previous if isinstance(previous, str) else None)
         except (HeartbeatRejected, ValueError, TypeError, KeyError) as exc:
             log.debug("witness answer refused: %s", exc)
             return
@@ -369,6 +437,11 @@ class UdpWitness(Witness):
             await self.ask(claim)
         # With a margin of one interval: a verdict given now still holds when it is acted on.
         return self.view.holds(self.clock() + self.interval) if claim else False
+
+    def vouches(self, now: float) -> bool:
+        answer = self.view.answer
+        return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
+                and answer.holder == self.node and answer.previous == self.node)
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()

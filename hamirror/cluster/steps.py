@@ -17,6 +17,24 @@ from hamirror.cluster.view import ModuleView, SwapPhase
 TAKEOVER_GRACE = 1.0   # seconds a receiver gets to stop when this node becomes primary
 
 
+def stops_service(action: Action) -> bool:
+    """Part of a primary's safety prefix: what must be done before it may say it is no longer
+    primary (writes refused, application stopped, VIP removed, data flushed, unmounted)."""
+    return isinstance(action, (RefuseWrites, KillApp, RemoveVip, Flush, Unmount)) or action == RunScript("stop_prim")
+
+
+def state_after(current: NodeState, target: NodeState, actions: tuple[Action, ...], done: int) -> NodeState:
+    """The state to advertise once the first ``done`` of ``actions`` succeeded (and the next one
+    failed). A primary leaving its role says so only once its safety prefix is complete: the peer
+    promotes on it, and a failed ``stop_prim`` or VIP removal would leave the application or the
+    address up beside the new primary. Any other sequence advertises its target at once (a failed
+    promotion says primary, on which the peer never promotes)."""
+    if done >= len(actions) or not current.is_primary or target.is_primary:
+        return target
+    prefix = max((i for i, x in enumerate(actions) if stops_service(x)), default=-1)
+    return target if done > prefix else current
+
+
 def stay(view: ModuleView, *actions: Action, warning: str | None = None,
          swap: SwapPhase = SwapPhase.NONE) -> Decision:
     """Keep the current state, optionally running ``actions``."""

@@ -122,6 +122,7 @@ class PeerView:
     swap: SwapPhase = SwapPhase.NONE
     fenced: bool = False      # the peer's mount lost us and waits for us to confirm we are stale
     silent: bool = False      # not heard for half a heartbeat timeout (it may be about to be lost)
+    woke: bool = False        # the peer stalled (frozen, restarted) and has not listened a full timeout since
 
     @property
     def is_primary(self) -> bool:
@@ -145,7 +146,13 @@ class ModuleView:
     ``mirror`` is what the mounts really do (primary states); ``fence_script``: a fence script is
     configured, and runs before this node acts without an unreachable peer. ``maintenance``: the
     operator suspended automatic actions on this node (``hamirror maintenance on``);
-    ``failovers``: the flap-damping count.
+    ``failovers``: the flap-damping count. ``listened``: this node has listened for its peer for a
+    full heartbeat timeout since its agent started or last stalled (frozen, suspended, starved):
+    until then the peer's silence proves nothing, and no decision may rest on it. ``linked``: the
+    peer's heartbeats are lost but the replication link shows it alive (our receiver heard its
+    mount within the timeout, or our mount streams to it): its silence proves nothing either.
+    ``vouched``: the witness grants this node the lease and it was also the last holder before
+    this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
     """
 
     module: str
@@ -166,3 +173,6 @@ class ModuleView:
     app_stopped: bool = False     # a data-path repair stopped the application; start it once writable
     maintenance: bool = False
     failovers: FailoverHealth = FailoverHealth()
+    listened: bool = True
+    linked: bool = False
+    vouched: bool = False

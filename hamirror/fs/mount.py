@@ -129,6 +129,7 @@ class StatusWriter:
             "fence_reason": r.fence_reason or None,
             "resync": resync,
             "last_resync_error": self.commands.last_resync_error if self.commands else None,
+            "resync_failures": self.commands.resync_failures if self.commands else None,
             "last_resync": self.commands.last_resync if self.commands else None,
             "alone_reason": r.alone_reason or None,
             "alone_since": r.alone_since,

@@ -25,8 +25,10 @@ def start(paths: LabPaths, node: str) -> Started:
 def start_witness(paths: LabPaths) -> Started:
     """``hamirror witness`` in the witness host, with the config ``nodeconfig`` wrote for it."""
     config = os.path.join(paths.node_dir(WITNESS, "etc"), "hamirror.toml")
+    state = os.path.join(paths.node_dir(WITNESS, "state"), "witness-lease.json")
     return process.start(paths, WITNESS, WITNESS, [sys.executable, "-m", "hamirror", "witness", "--bind",
-                                                    f"{ADDRESSES[WITNESS]}:{WITNESS_PORT}", "-c", config])
+                                                    f"{ADDRESSES[WITNESS]}:{WITNESS_PORT}", "-c", config,
+                                                    "--state", state])
 
 
 def node_status(paths: LabPaths, node: str, timeout: float = 10.0) -> dict | None:

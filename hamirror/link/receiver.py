@@ -207,6 +207,7 @@ class Receiver:
         self.stats.last_error = f"{what}: {text}"
         self.stats.session = 0
         log.warning("apply failed, session closed: %s", self.stats.last_error)
+        self.answers.apply_failed()   # this copy may now differ: stale until a resync completes
         return encode_reply(msg.seq, ERROR, err, self.stats.last_error)
 
     def _hello(self, msg: Message) -> list[bytes]:

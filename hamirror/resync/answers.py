@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,6 +22,8 @@ from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneat
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.resync import crash
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
+
+log = logging.getLogger(__name__)
 
 CLEAN_KEY = "mount_clean"
 RENAME_NOREPLACE = 1
@@ -143,7 +146,21 @@ class ResyncAnswers:
         self.journal.adopt_generations(history)
         self.journal.set_state(UPTODATE_KEY, "1")
 
+    def apply_failed(self) -> None:
+        """An operation could not be applied here (disk full, EIO): this copy may differ from the
+        primary's, so it is stale (never primary on its own) until a resync completes (issue 15,
+        finding 12). Best effort: the journal may sit on the failing disk too."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.set_state(UPTODATE_KEY, "0")
+        except Exception as exc:   # noqa: BLE001 - keep serving; the status shows the failure
+            log.error("could not mark this copy stale: %s", exc)
+
     def resync_started(self) -> None:
+        # A new resync starts from what is on disk now: a descriptor kept from an earlier session
+        # may name a file removed since (an operator freeing a full disk: its blocks stay taken).
+        self.applier.forget_descriptors()
         self._stamp = None
         if self.journal is not None:
             self.journal.set_state(UPTODATE_KEY, "0")

@@ -40,17 +40,20 @@ def decide(saved: str | None, lost_from: str | None, resync_running: bool,
 
     Streaming (PRIM) or blocked after streaming (FENCED/REFUSED): the activity log covers the
     operations in flight, if it is intact. ALONE: the journal recorded every change before it
-    was applied. A resync in progress (ALONE with progress, or fenced while SYNCING) is never
-    trusted: copies the engine sent went to the peer without a record.
+    was applied. A resync in progress (ALONE with progress, or fenced while SYNCING) never makes
+    the journal complete (the next resync scans), but the log's paths are added all the same:
+    the scan compares every path a journal names by blocks, whatever its metadata says.
     """
     if saved == MirrorState.ALONE.value:
         if resync_running:
-            return Recovery(False, False, "crashed during a resync")
+            # Its paths are still folded in: the scan that follows compares them block by block
+            # (a write in flight leaves size and mtime alike within one clock tick).
+            return Recovery(log_paths is not None, False, "crashed during a resync")
         # Every change was journaled before it was applied; the log may still name a call that
         # was applied while streaming and found the peer gone before it could be sent.
         return Recovery(log_paths is not None, True, "crashed ALONE: every change was journaled first")
     if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value) and lost_from == MirrorState.SYNCING.value:
-        return Recovery(False, False, "crashed fenced during a resync")
+        return Recovery(log_paths is not None, False, "crashed fenced during a resync")
     if saved in (MirrorState.PRIM.value, MirrorState.FENCED.value, MirrorState.REFUSED.value):
         if log_paths is None:
             return Recovery(False, False, f"crashed while streaming, activity log unusable: {log_problem}")

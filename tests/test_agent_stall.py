@@ -1,0 +1,187 @@
+"""Stall detection (issue 15, finding 1): a node that did not run decides nothing on the peer's
+silence until it has listened a full timeout, even when the freeze hits in the middle of a tick
+(fakes for the data path, scripts, VIP and journal; a fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hamirror.agent.stall import Listening
+from hamirror.cluster import actions as a
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import PeerView
+from tests.agent_fakes import FakeJournal
+from tests.test_agent_runner import attached, make
+
+S = NodeState
+TIMEOUT, THRESHOLD = 2.0, 1.3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_gap_is_a_stall_and_listening_starts_again_after_it() -> None:
+    clock = Clock()
+    listening = Listening(TIMEOUT, THRESHOLD, clock)
+    assert not listening.listened()                    # the agent just started
+    for _ in range(10):
+        clock.now += 0.3
+        assert listening.check() == 0
+    assert listening.listened()
+    clock.now += 7.8                                   # SIGSTOP of every process of the node
+    assert not listening.listened() and listening.stalls == 1
+    clock.now += 1.0
+    assert listening.check() == 1 and not listening.listened()
+    clock.now += 1.0
+    assert listening.listened()
+
+
+def streaming_primary(tmp_path):
+    """A PRIM whose mount streams; told the peer is lost, it would go ALONE (a grant)."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+    clock = Clock()
+    runner.listening = Listening(TIMEOUT, THRESHOLD, clock)
+    for _ in range(8):                                 # listened since the start
+        clock.now += 0.3
+        runner.listening.check()
+    assert runner.listening.listened()
+    return runner, dp, store, clock
+
+
+def test_a_freeze_while_observing_drops_the_decision(tmp_path):
+    """The agent read the heartbeats (the peer silent for a while), then froze while observing
+    the mounts: on waking it must not decide from that view (PRIM -> ALONE was the bug)."""
+    runner, dp, store, clock = streaming_primary(tmp_path)
+    statuses = dp.mount_statuses
+
+    def frozen_meanwhile():
+        clock.now += 7.8
+        return statuses()
+
+    async def scenario():
+        await attached(runner)
+        listened, epoch = runner.listening.listened(), runner.listening.check()
+        dp.mount_statuses = frozen_meanwhile
+        await runner.tick(PeerView(alive=False), None, None, listened, epoch)
+        assert runner.task is None
+
+    asyncio.run(scenario())
+    assert runner.state is S.PRIM and store.load().state is S.PRIM
+    assert ("set_alone",) not in dp.calls and runner.advertised().woke
+
+
+def test_a_freeze_between_the_decision_and_its_grant_undoes_the_persist(tmp_path):
+    runner, dp, store, clock = streaming_primary(tmp_path)
+    run = runner.executor.run
+
+    def frozen_after(action, target):
+        run(action, target)
+        if isinstance(action, a.Persist):
+            clock.now += 7.8
+
+    async def scenario():
+        await attached(runner)
+        runner.executor.run = frozen_after
+        listened, epoch = runner.listening.listened(), runner.listening.check()
+        await runner.tick(PeerView(alive=False), None, None, listened, epoch)
+        await runner.task
+
+    asyncio.run(scenario())
+    assert runner.state is S.PRIM and store.load().state is S.PRIM and runner.error
+    assert ("set_alone",) not in dp.calls and runner.retry is None
+
+
+def test_a_woken_primary_stays_until_it_has_listened(tmp_path):
+    """Woken from a stall with the peer not heard yet (its queued heartbeats not read): no
+    grant; once it has listened a full timeout without hearing the peer, the grant comes."""
+    runner, dp, store, clock = streaming_primary(tmp_path)
+
+    async def tick():
+        listened, epoch = runner.listening.listened(), runner.listening.check()
+        await runner.tick(PeerView(alive=False), None, None, listened, epoch)
+        if runner.task is not None:
+            await runner.task
+
+    async def scenario():
+        await attached(runner)
+        clock.now += 7.8
+        await tick()
+        assert runner.state is S.PRIM and ("set_alone",) not in dp.calls
+        for _ in range(7):
+            clock.now += 0.3
+            await tick()
+
+    asyncio.run(scenario())
+    assert runner.state is S.ALONE and ("set_alone",) in dp.calls
+
+
+def test_a_restarted_secondary_whose_receiver_hears_the_primary_never_takes_over(tmp_path):
+    """Finding 6: heartbeats blocked (or a wall clock far off) while replication flows; the SECOND's
+    agent restarts, so it never heard a heartbeat: it took over beside the serving primary. The
+    receiver heard the primary's mount within the timeout: no takeover, whatever the silence."""
+    import time
+
+    runner, dp, vip, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):                                 # the restarted agent listened a full timeout
+        clock.now += 0.3
+        agent.listening.check()
+
+    async def tick():
+        clock.now += 0.3
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    async def scenario():
+        dp.receivers = [{"last_message": time.time() - 0.5, "connections": 1}]   # the primary's keepalive
+        await runner.attach()
+        assert runner.state is S.SECOND
+        for _ in range(3):
+            await tick()
+            dp.receivers = [{"last_message": time.time() - 0.5, "connections": 1}]
+        assert runner.state is S.SECOND and not vip.up
+        dp.receivers = [{"last_message": time.time() - 30, "connections": 0, "closed_at": time.time() - 30}]
+        for _ in range(2):
+            await tick()                               # the link is silent too now: the peer is lost
+
+    asyncio.run(scenario())
+    assert runner.state is S.ALONE and vip.up
+
+
+def agent_with(tmp_path, runner):
+    """A real Agent (config files, heartbeat service not started) driving one fake runner, with a
+    fake clock for its stall detection."""
+    from hamirror.agent.runtime import Agent
+    from hamirror.config import load_cluster, load_modules
+    from tests.configfiles import write_cluster, write_module, write_secrets
+
+    config = write_cluster(tmp_path)
+    write_module(tmp_path)
+    write_secrets(tmp_path)
+    cluster = load_cluster(config)
+    agent = Agent(cluster, load_modules(cluster))
+    agent.runners = {"app": runner}
+    clock = Clock()
+    agent.listening = runner.listening = Listening(TIMEOUT, THRESHOLD, clock)
+    return agent, clock
+
+
+def test_a_node_claims_the_lease_on_the_peer_silence_only_once_it_has_listened(tmp_path):
+    runner, *_ = make(tmp_path / "runner", S.SECOND, primary=False)
+    agent, clock = agent_with(tmp_path, runner)
+    agent._claim_alive = False                         # the peer not heard
+    assert not agent._claims()                         # just started: not listened yet
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+    assert agent._claims()
+    clock.now += 7.8                                   # frozen
+    assert not agent._claims()
