@@ -71,7 +71,8 @@ def test_every_metric_and_label_value_a_rule_uses_is_exposed():
 def test_the_rules_cover_what_an_operator_must_hear_of():
     assert {rule["alert"] for rule in rules()} >= {
         "HamirrorModuleNotServing", "HamirrorPeerLost", "HamirrorNotUpToDate", "HamirrorSplitBrain",
-        "HamirrorFenced", "HamirrorResyncNotCompleting", "HamirrorResyncStalled", "HamirrorVerifyFoundDifferences"}
+        "HamirrorFenced", "HamirrorResyncNotCompleting", "HamirrorResyncStalled", "HamirrorResyncFailing",
+        "HamirrorVerifyFoundDifferences"}
 
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")
@@ -119,8 +120,10 @@ SITUATIONS = {
         alert("HamirrorSplitBrain", cluster="lab", module="demo"),
         alert("HamirrorPeerLost", instance=N1, job="hamirror", peer="node2"),
         alert("HamirrorPeerLost", instance=N2, job="hamirror", peer="node1")]),
-    "peer back, resync stuck": ([node("node1", "ALONE", resync={"done_bytes": 5, "total_bytes": 10}),
+    "peer back, resync stuck": ([node("node1", "ALONE", resync={"done_bytes": 5, "total_bytes": 10},
+                                      resync_failures={"count": 3, "error": "ENOSPC on node2", "alarm": True}),
                                  node("node2", "WAIT", uptodate=False)], [
+        alert("HamirrorResyncFailing", instance=N1, job="hamirror", module="demo", error="ENOSPC on node2"),
         alert("HamirrorResyncNotCompleting", instance=N1, job="hamirror", module="demo", state="ALONE"),
         alert("HamirrorResyncStalled", instance=N1, job="hamirror", module="demo"),
         alert("HamirrorNotUpToDate", instance=N2, job="hamirror", module="demo")]),

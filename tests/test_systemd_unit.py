@@ -70,11 +70,19 @@ def test_a_kill_hup_or_term_outside_systemctl_is_restarted(unit):
     assert 0 < float(settings(unit)["RestartSec"][0]) <= 1
 
 
-def test_the_witness_unit_runs_the_witness_command():
+def test_the_witness_unit_runs_the_witness_command(tmp_path):
+    from hamirror.cli.witness import load_witness_cluster
+    from tests.configfiles import CLUSTER
+
     unit = settings(WITNESS_UNIT)
     assert unit["ExecStart"] == [f"{INSTALLED} witness --bind ${{HAMIRROR_WITNESS_BIND}}"]
     assert unit["Environment"] == ["HAMIRROR_WITNESS_BIND=0.0.0.0:7402"]
     assert unit["EnvironmentFile"] == ["-/etc/hamirror/witness.env"]
+    # ProtectSystem=strict makes /var read-only: the lease file (default in state_dir) needs the
+    # StateDirectory, which is the default state_dir.
+    assert unit["ProtectSystem"] == ["strict"] and unit["StateDirectory"] == ["hamirror"]
+    (tmp_path / "hamirror.toml").write_text(CLUSTER.replace('state_dir = "state"\n', ""))
+    assert load_witness_cluster(str(tmp_path / "hamirror.toml")).state_dir == "/var/lib/hamirror"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
