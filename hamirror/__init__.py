@@ -1,3 +1,3 @@
 """hamirror: a two-node high-availability cluster manager with synchronous directory replication."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

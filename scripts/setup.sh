@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Installs everything hamirror needs on a fresh Debian machine (run as root): system packages,
-# a virtual environment in .venv and the package itself (editable, with the test extras).
+# ==================================================================================================
+# FOR TEST AND LAB MACHINES ONLY. NEVER RUN THIS ON A SERVER YOU WANT TO PROTECT.
+# It installs Chromium, MariaDB, nginx, PostgreSQL and Prometheus (for the tests, the lab and the
+# demo), and runs `systemctl disable --now postgresql mariadb nginx prometheus ...` on the machine it
+# runs on: a database or web server already running there is stopped and kept from booting.
+# To install hamirror on a server, see docs/admin-guide.md, "Install" (a wheel and hamirror install).
+# ==================================================================================================
+# What it does, run as root on a fresh Debian 12 machine: system packages, a virtual environment in
+# .venv and the package itself (editable, with the test extras; runtime dependencies pinned by
+# constraints.txt, so the tests run with the versions a release ships).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The servers of the shipped modules (modules/postgresql, mariadb, nginx) come from Debian too, and
 # so does the browser of the console's test (chromium, driven by the pip package playwright; its
 # own browser download, `playwright install`, is never run).
-SERVER_UNITS=(postgresql mariadb nginx)
+# promtool (package prometheus) checks and unit-tests the shipped alert rules; logrotate -d the
+# shipped logrotate file.
+SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
-           postgresql-15 mariadb-server mariadb-client nginx chromium; do
+           postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -40,4 +50,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test]' -c constraints.txt

@@ -300,3 +300,32 @@ def failback_pair(pair: MirrorPair) -> MirrorPair:
     other.port = free_port()
     other.receiver = other.mounter = None
     return other
+
+
+@contextlib.contextmanager
+def local_link(base: str, state_dir: str | None = None):
+    """A real receiver on ``base/secondary`` in this process (its own thread, CURVE over loopback)
+    and a connected LinkClient: yields (client, receiver); everything is closed afterwards."""
+    import threading
+
+    from hamirror.link.client import LinkClient
+    from hamirror.link.receiver import Receiver
+
+    keys.generate(os.path.join(base, "keys"), "test")
+    os.makedirs(os.path.join(base, "secondary"), exist_ok=True)
+    context = zmq.Context()
+    receiver = Receiver(os.path.join(base, "secondary"), "tcp://127.0.0.1:*", os.path.join(base, "keys"),
+                        context=context, state_dir=state_dir)
+    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
+    serving.start()
+    client = LinkClient(receiver.endpoint, os.path.join(base, "keys"), context=context)
+    try:
+        client.hello(10)
+        yield client, receiver
+    finally:
+        client.close(2)
+        receiver.stop()
+        serving.join(5)
+        receiver.close()
+        keys.stop_authenticator(context)
+        context.term()

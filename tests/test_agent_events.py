@@ -258,3 +258,16 @@ def test_the_agent_keeps_only_the_last_events_in_memory(tmp_path, monkeypatch):
         log.add("state", f"event {i}")
     assert [e["seq"] for e in log.read()] == [3, 4, 5] and len(events.read(str(tmp_path))) == 5
     assert [e["seq"] for e in EventLog(str(tmp_path), "node1").read()] == [3, 4, 5]
+
+
+def test_a_resync_failing_the_same_way_three_times_is_one_alarm_event_with_its_text():
+    def failing(count: int, error: str = "peer refused operation 9: [Errno 28] No space left on device"):
+        return obs([{"state": "ALONE", "resync_failures": {"count": count, "error": error}}])
+
+    assert observation_events(failing(1), failing(2), True) == []
+    assert observation_events(failing(2), failing(3), True) == [
+        ("resync-alarm", "the resync failed 3 times in a row the same way: peer refused operation 9: [Errno 28] "
+                         "No space left on device",
+         {"failures": 3, "error": "peer refused operation 9: [Errno 28] No space left on device"})]
+    assert observation_events(failing(3), failing(4), True) == []      # a standing alarm is recorded once
+    assert observation_events(None, failing(5), True)[0][0] == "resync-alarm"   # still news at agent start

@@ -149,6 +149,16 @@ def test_metrics_exact_text():
         "# TYPE hamirror_module_failover_damped gauge",
         'hamirror_module_failover_damped{module="demo"} 1',
         'hamirror_module_failover_damped{module="db"} 0',
+        "# HELP hamirror_resync_failures Resync attempts in a row that failed the same way (0 after a completed "
+        "resync).",
+        "# TYPE hamirror_resync_failures gauge",
+        'hamirror_resync_failures{module="demo"} 0',
+        'hamirror_resync_failures{module="db"} 0',
+        "# HELP hamirror_resync_alarm 1 when the resync failed the same way 3 times in a row (label error: the "
+        "failure).",
+        "# TYPE hamirror_resync_alarm gauge",
+        'hamirror_resync_alarm{module="demo",error=""} 0',
+        'hamirror_resync_alarm{module="db",error=""} 0',
         "# HELP hamirror_resync_done_bytes Bytes copied by the running resync (0 when none runs).",
         "# TYPE hamirror_resync_done_bytes gauge",
         'hamirror_resync_done_bytes{module="demo"} 0',
@@ -184,6 +194,15 @@ NO_VERIFY = [
     'hamirror_verify_failed{module="demo"} 0',
     'hamirror_verify_failed{module="db"} 0',
 ]
+
+
+def test_a_resync_failing_the_same_way_three_times_is_an_alarm_in_the_metrics():
+    doc = {"node": "n", "cluster": "lab", "peer": {"name": "p", "alive": True},
+           "modules": [{"name": "db", "resync_failures": {"count": 3, "alarm": True,
+                                                          "error": 'peer refused operation 7: [Errno 28] "full"'}}]}
+    lines = render_metrics(doc).split("\n")
+    assert 'hamirror_resync_failures{module="db"} 3' in lines
+    assert 'hamirror_resync_alarm{module="db",error="peer refused operation 7: [Errno 28] \\"full\\""} 1' in lines
 
 
 def test_metrics_escape_label_values():

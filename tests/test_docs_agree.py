@@ -58,14 +58,28 @@ def test_no_page_cites_a_path_of_a_development_machine():
     assert {name: paths for name, paths in found.items() if paths} == {}
 
 
-def test_the_units_documentation_is_where_the_guide_installs_the_checkout():
+def test_the_units_documentation_is_where_the_guide_installs_the_package():
     """Finding (issue 17): Documentation= named /usr/share/doc/hamirror/configuration.md, which
-    nothing installs; the guide clones the project to /opt/hamirror."""
+    nothing installed. The guide makes the virtualenv /opt/hamirror, and the wheel puts docs/*.md
+    in its share/doc/hamirror."""
     links = " ".join(settings()["Documentation"]).split()
-    assert links and "git clone ... /opt/hamirror" in read("docs", "admin-guide.md")
+    assert links and "python3 -m venv /opt/hamirror " in read("docs", "admin-guide.md")
+    prefix = "file:///opt/hamirror/share/doc/hamirror/"
     for link in links:
-        assert link.startswith("file:///opt/hamirror/"), link
-        assert os.path.isfile(os.path.join(REPO, link[len("file:///opt/hamirror/"):])), link
+        assert link.startswith(prefix), link
+        assert os.path.isfile(os.path.join(REPO, "docs", link[len(prefix):])), link
+
+
+def test_no_server_instruction_runs_the_test_machine_installer():
+    """Finding (issue 17): the guide installed servers with scripts/setup.sh, which installs
+    Chromium, MariaDB and nginx and disables the host's database and web servers."""
+    for page in ("admin-guide.md", "configuration.md", "module-guide.md"):
+        text = " ".join(read("docs", page).split())
+        for found in re.finditer(r"setup\.sh", text):
+            before = text[max(0, found.start() - 80):found.start()]
+            assert "test" in before or "lab" in before, (page, before)
+    header = read("scripts", "setup.sh").split("set -euo pipefail")[0]
+    assert "FOR TEST AND LAB MACHINES ONLY" in header and "NEVER RUN THIS ON A SERVER" in header
 
 
 def test_the_unit_does_not_promise_a_handover_on_sigterm():

@@ -233,12 +233,24 @@ def _wait_empty(group: AppGroup, timeout: float) -> set[int]:
     return pids
 
 
-def sweep(group: AppGroup, kill_after: float, term: bool = True, kill_wait: float = KILL_WAIT) -> Sweep:
+def _wait_gone(pids: Iterable[int], timeout: float) -> None:
+    """Until each of ``pids`` is dead (or ``timeout``). A process in the middle of its exit has
+    already lost its environment (so the process tree no longer finds it) but still runs; only
+    waited for, never signalled: a pid reused meanwhile costs the wait, nothing else."""
+    deadline = time.monotonic() + timeout
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(POLL)
+
+
+def sweep(group: AppGroup, kill_after: float, term: bool = True, kill_wait: float = KILL_WAIT,
+          seen: Iterable[int] = ()) -> Sweep:
     """Stop whatever is left of the application: SIGTERM (unless ``term`` is false), SIGKILL after
-    ``kill_after`` seconds, then wait up to ``kill_wait`` for them to be gone. Never touches the
+    ``kill_after`` seconds, then wait up to ``kill_wait`` for them to be gone. ``seen``: members
+    found before (e.g. before stop_prim ran), waited for until they are gone too. Never touches the
     application's files: it works on a dead mount."""
     pids = group.pids()
     if not pids:
+        _wait_gone(seen, kill_wait)
         return Sweep()
     termed: set[int] = set()
     if term:
@@ -253,6 +265,7 @@ def sweep(group: AppGroup, kill_after: float, term: bool = True, kill_wait: floa
             killed |= pids
             _signal(pids, signal.SIGKILL)      # forked since, or no cgroup.kill
             time.sleep(POLL)
+    _wait_gone(set(seen) | termed | killed, kill_wait)
     return Sweep(tuple(sorted(termed)), tuple(sorted(killed)), tuple(sorted(pids)))
 
 

@@ -100,6 +100,7 @@ class ScriptRunner:
         """Render ``name`` for the state being entered and run it; a template error is a failure.
         ``stop_prim`` succeeds only once no process of the application is left."""
         env = dict(os.environ, HAMIRROR_MODULE=self.module.name, HAMIRROR_STATE=state, **self.group.env())
+        seen = self.group.pids() if name == "stop_prim" else set()
         try:
             text = render_script(self.module, self.cluster, name, state)
             result = run_text(name, text, self.log_path, self.module.scripts.timeout, env=env,
@@ -108,15 +109,16 @@ class ScriptRunner:
             log.error("script %s: %s", name, exc)
             result = ScriptResult(name, False, None, False, 0.0, str(exc))
         if name == "stop_prim":     # even one that could not run: the stop is still owed
-            result = self._verified(result)
+            result = self._verified(result, seen)
         self.group.remove()          # only an empty group goes: a running application keeps its own
         return result
 
-    def _verified(self, result: ScriptResult) -> ScriptResult:
+    def _verified(self, result: ScriptResult, seen: set[int]) -> ScriptResult:
         """After stop_prim: SIGTERM, then SIGKILL, whatever of the application is left. With a
         cgroup, that no process is left *is* the stop, whatever the script said; with only the
-        process tree (which a process can leave), the script's failure stands."""
-        swept = appprocs.sweep(self.group, self.kill_after)
+        process tree (which a process can leave), the script's failure stands. ``seen``: the members
+        before the script ran, waited for until gone (one in the middle of its exit is not yet)."""
+        swept = appprocs.sweep(self.group, self.kill_after, seen=seen)
         text = swept.text(self.kill_after)
         if swept.termed or swept.killed:
             self._note(f"stop_prim: {text} ({self.group.describe()})")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from hamirror.cluster import actions as a
 from hamirror.cluster.view import MirrorHealth, ModuleView
+from hamirror.resync import failures
 
 if TYPE_CHECKING:
     from hamirror.agent.module_runner import Observation
@@ -207,9 +208,19 @@ def observation_events(before: Observation | None, after: Observation, primary: 
                      ("resync-receive-end", "the resync from the peer ended", {}))
     if primary and after.fenced and not (before and before.fenced):
         found.append(("fenced", "the peer stopped acknowledging: writes blocked until a fencing verdict", {}))
+    alarm = _resync_alarm(after)
+    if alarm and (before is None or not _resync_alarm(before)):
+        found.append(("resync-alarm", f"the resync failed {alarm['count']} times in a row the same way: "
+                                      f"{alarm['error']}", {"failures": alarm["count"], "error": alarm["error"]}))
     end, last = after.last_resync, (before.last_resync or {}) if before else None
     if end and last is not None and end.get("finished_at") and end["finished_at"] != last.get("finished_at"):
         found.append(("resync-end", f"resync done ({end.get('mode') or '?'}): {end['bytes_sent']} bytes, "
                                     f"{end['done_files']} file(s) in {end['seconds']:.1f} s",
                       {"bytes": end["bytes_sent"], "files": end["done_files"], "seconds": end["seconds"]}))
     return found
+
+
+def _resync_alarm(obs: Observation) -> dict | None:
+    """The mounts' failures in a row when they are an alarm (failures.ALARM_AFTER), else None."""
+    record = failures.worst([m.get("resync_failures") for m in obs.mounts if m])
+    return record if failures.is_alarm(record) else None

@@ -241,6 +241,13 @@ def render_metrics(doc: dict) -> str:
     family("hamirror_module_failover_damped", "gauge",
            "1 while failovers are held back (flap damping) until `hamirror clear MODULE`.",
            [({"module": m["name"]}, int(bool((m.get("failovers") or {}).get("damped")))) for m in modules])
+    family("hamirror_resync_failures", "gauge",
+           "Resync attempts in a row that failed the same way (0 after a completed resync).",
+           [({"module": m["name"]}, int((m.get("resync_failures") or {}).get("count") or 0)) for m in modules])
+    family("hamirror_resync_alarm", "gauge",
+           "1 when the resync failed the same way 3 times in a row (label error: the failure).",
+           [({"module": m["name"], "error": (m.get("resync_failures") or {}).get("error") or ""},
+             int(bool((m.get("resync_failures") or {}).get("alarm")))) for m in modules])
     for key, help_text in (("done_bytes", "Bytes copied by the running resync (0 when none runs)."),
                            ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
         family(f"hamirror_resync_{key}", "gauge", help_text,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from hamirror.journal import unsynced
 from hamirror.journal.generations import Generation, GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.replicator import STATE_KEY
@@ -49,7 +50,8 @@ def read(dir_states: list[str]) -> JournalInfo:
         with Journal(journal_path(path)) as journal:
             if index == 0:
                 history = journal.generations()
-            uptodate = uptodate and journal.get_state(UPTODATE_KEY) == "1"
+            # A receiver that stopped uncleanly may have lost acknowledged data (docs/journal.md).
+            uptodate = uptodate and journal.get_state(UPTODATE_KEY) == "1" and not unsynced.owed(journal, path)
             changed += journal.changed_count()
     return JournalInfo(history, uptodate, changed)
 

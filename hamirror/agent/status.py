@@ -10,6 +10,7 @@ from __future__ import annotations
 from hamirror.agent.journal_info import to_wire
 from hamirror.agent import verify
 from hamirror.agent.module_runner import ModuleRunner
+from hamirror.resync import failures
 
 PROGRESS_KEYS = ("done_bytes", "total_bytes", "done_files", "total_files", "rate", "eta")
 
@@ -37,6 +38,14 @@ def last_resync(runner: ModuleRunner) -> dict | None:
     return runner.obs.last_resync if runner.obs else None
 
 
+def resync_failures(runner: ModuleRunner) -> dict | None:
+    """The mounts' failures in a row (the directory with the most), with ``alarm`` set from
+    ``failures.ALARM_AFTER`` on: ``{"count", "error", "since", "last", "alarm"}`` or None."""
+    obs = runner.obs
+    record = failures.worst([m.get("resync_failures") for m in obs.mounts if m]) if obs else None
+    return {**record, "alarm": failures.is_alarm(record)} if record else None
+
+
 def module_status(runner: ModuleRunner) -> dict:
     peer = runner.peer
     obs = runner.obs
@@ -49,6 +58,7 @@ def module_status(runner: ModuleRunner) -> dict:
         "last_resync": last_resync(runner),
         "verify": verify.running(obs),            # progress of a verify running here
         "last_verify": verify.last_verify(obs),   # when, result, out-of-sync bytes and ranges
+        "resync_failures": resync_failures(runner),
         "peer_alive": peer.alive,
         "peer_uptodate": peer.uptodate if peer.alive else None,
         "relation": runner.relation.value,
@@ -129,6 +139,10 @@ def render_table(doc: dict) -> str:
                          f"{m['verify']['done_bytes']} byte(s) compared so far")
         if m.get("last_verify"):
             lines.append(f"{m['name']}: last {verify.status_line(m['last_verify'])}")
+        failed = m.get("resync_failures") or {}
+        if failed.get("alarm"):
+            lines.append(f"{m['name']}: ALARM: the resync to the peer failed {failed['count']} times in a row "
+                         f"the same way, the peer has no up-to-date copy: {failed.get('error')}")
         for warning in m.get("warnings", []):
             lines.append(f"{m['name']}: warning: {warning}")
         if m.get("error"):

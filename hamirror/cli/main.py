@@ -22,6 +22,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.verify",
     "hamirror.cli.witness",
     "hamirror.cli.module",
+    "hamirror.cli.install",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Callable
@@ -11,6 +12,7 @@ from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import HELLO_RESYNC, Op
 from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.resync import failures
 from hamirror.resync.engine import ResyncEngine, ResyncFailed
 from hamirror.resync.verify import VerifyJob
 
@@ -32,6 +34,7 @@ class MountCommands:
         self.engine: ResyncEngine | None = None
         self.last_resync_error: str | None = None
         self.last_resync: dict | None = None   # summary of the last resync that completed
+        self.resync_failures = failures.load(journal)   # failures in a row (an alarm from 3 on)
         self._resync_thread: threading.Thread | None = None
         self.verify = VerifyJob(root_fd, replicator, journal)   # online verify (hamirror/resync/verify.py)
 
@@ -103,13 +106,17 @@ class MountCommands:
             if old is not None and old is not client:
                 old.close(0)
             self.last_resync_error = None
+            self._count(None)
             seconds = time.monotonic() - started
             self.last_resync = {**self.engine.progress.snapshot(), "seconds": seconds, "peer": peer,
                                 "finished_at": time.time()}
             log.info("resync to %s done in %.1fs", peer, seconds)
-        except (PeerLost, ResyncFailed, OSError) as exc:
+        except Exception as exc:   # PeerLost, ResyncFailed, OSError, and a journal that cannot write (sqlite3)
             self.last_resync_error = str(exc)
-            log.warning("resync to %s failed: %s", peer, exc)
+            self._count(str(exc))
+            # An unexpected kind (not the link, not the disk, not sqlite) is a bug: keep its traceback.
+            log.warning("resync to %s failed: %s", peer, exc,
+                        exc_info=not isinstance(exc, (PeerLost, ResyncFailed, OSError, sqlite3.Error)))
             if self.replicator.state is MirrorState.SYNCING and client is not None:
                 client.abort(f"resync failed: {exc}")
                 deadline = time.monotonic() + 5
@@ -117,3 +124,18 @@ class MountCommands:
                     time.sleep(0.01)
             if client is not None and self.replicator.client is not client:
                 client.close(0)
+
+    def _count(self, error: str | None) -> None:
+        """Keep the count of failures in a row (durable, so a restart of the mount keeps it)."""
+        try:
+            if error is None:
+                failures.succeeded(self.journal)
+                self.resync_failures = None
+            else:
+                self.resync_failures = failures.failed(self.journal, error)
+        except Exception as exc:   # the journal itself failing (ENOSPC, EIO): still counted in memory
+            log.error("resync failure count not recorded: %s", exc)
+            if error is not None:
+                self.resync_failures = failures.after_failure(self.resync_failures, error, time.time())
+        if failures.is_alarm(self.resync_failures):
+            log.error("resync failed %d times in a row the same way: %s", self.resync_failures["count"], error)

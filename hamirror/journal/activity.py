@@ -7,8 +7,10 @@ Like DRBD's activity log of hot extents, this file holds the *hot set*: every pa
 that may not be on the peer yet. A path enters the set durably (one append + ``fdatasync``)
 before the operation is applied or streamed; a path already in the set costs a dictionary lookup.
 A path leaves the set only once every operation on it was acknowledged by the peer (or failed
-and was recorded in the journal), and only when a new path needs its slot (LRU), so the files an
-application keeps writing stay hot and cost nothing.
+and was recorded in the journal) *and* its data is on this node's disk (its durability epoch was
+closed by a sync of the directory, hamirror.journal.durability: an acknowledged write still in the
+page cache is lost by a power loss), and only when a new path needs its slot (LRU), so the files
+an application keeps writing stay hot and cost nothing.
 
 Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snapshot of the hot
 set after ``2 * capacity`` appended entries. After a crash, :func:`read_log` returns the hot set
@@ -32,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.journal import fsync_dir as _fsync_dir
 
 log = logging.getLogger(__name__)
@@ -143,13 +146,15 @@ def read_log(path: str) -> Replay:
 # ----------------------------------------------------------------------------- pure: eviction
 
 class _Slot:
-    """One hot path: calls inside their change block, and the newest operation sent for it."""
+    """One hot path: calls inside their change block, the newest operation sent for it, and the
+    durability epoch of its last change (0: nothing to make durable)."""
 
-    __slots__ = ("busy", "ticket")
+    __slots__ = ("busy", "ticket", "stamp")
 
     def __init__(self) -> None:
         self.busy = 0
         self.ticket: Acknowledgeable | None = None
+        self.stamp = 0
 
     def settled(self) -> bool:
         """Everything about the path is acknowledged by the peer, or nothing was sent. A ticket
@@ -166,13 +171,14 @@ class _Slot:
             self.ticket = ticket
 
 
-def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int) -> list[str]:
-    """Up to ``count`` least recently used paths that may leave the hot set (pure)."""
+def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable: int | None = None) -> list[str]:
+    """Up to ``count`` least recently used paths that may leave the hot set (pure): settled, and
+    with ``durable`` (the newest durable epoch), changed no later than that epoch."""
     victims: list[str] = []
     if count <= 0:
         return victims
     for path, slot in hot.items():                    # oldest first
-        if slot.settled():
+        if slot.settled() and (durable is None or slot.stamp <= durable):
             victims.append(path)
             if len(victims) == count:
                 break
@@ -185,9 +191,12 @@ class ActivityLog:
     """The hot set of a streaming primary and its file (see the module docstring).
 
     Starts empty: the caller folds a previous run's log into the journal first (hamirror.resync.crash).
+    With ``epochs`` (the directory's durability epochs), a path also stays until its data is on
+    the disk, and a background sync makes it so.
     """
 
-    def __init__(self, path: str, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, path: str, capacity: int = DEFAULT_CAPACITY, epochs: Epochs | None = None,
+                 interval: float | None = None) -> None:
         if capacity < 1:
             raise ValueError("activity log capacity must be at least 1")
         self.path = path
@@ -196,8 +205,14 @@ class ActivityLog:
         self._lock = threading.Lock()
         self._appended = 0                    # entries since the last snapshot
         self.records = 0                      # durable appends (for tests and figures)
+        self._over = False                    # above capacity (warned once)
         self._fd = -1
         self._snapshot()
+        self.epochs = epochs
+        self.syncer: Syncer | None = None
+        if epochs is not None:
+            self.syncer = Syncer(epochs, self._undurable, lambda epoch: None, name="activity-log",
+                                 interval=interval)
 
     def enter(self, paths: Iterable[str]) -> None:
         """Mark ``paths`` as being changed; durable on return. Call before applying or sending."""
@@ -226,6 +241,8 @@ class ActivityLog:
                 slot.busy = max(slot.busy - 1, 0)
                 if ticket is not None:
                     slot.sent(ticket)
+                if self.epochs is not None:
+                    slot.stamp = self.epochs.stamp()   # after the local apply: see durability.py
 
     def hot(self) -> list[str]:
         """The hot set, least recently used first."""
@@ -233,19 +250,34 @@ class ActivityLog:
             return list(self._hot)
 
     def close(self) -> None:
+        if self.syncer is not None:
+            self.syncer.stop()
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
 
+    def _undurable(self) -> bool:
+        """Some hot path's last change may not be on the disk yet (the syncer's question)."""
+        durable = self.epochs.durable
+        with self._lock:
+            return any(slot.stamp > durable for slot in self._hot.values())
+
     # internals (``_lock`` held) --------------------------------------------------------------
 
     def _admit(self, new: list[str]) -> None:
         hot = self._hot
-        victims = choose_victims(hot, len(hot) + len(new) - self.capacity)
-        if len(hot) + len(new) - len(victims) > self.capacity:
-            log.warning("activity log: %d paths in flight exceed its capacity %d",
-                        len(hot) + len(new) - len(victims), self.capacity)
+        wanted = len(hot) + len(new) - self.capacity
+        victims = choose_victims(hot, wanted, None if self.epochs is None else self.epochs.durable)
+        if len(victims) < wanted:
+            if self.syncer is not None:
+                self.syncer.kick()            # what waits for the disk leaves after the sync
+            if not self._over:
+                log.warning("activity log: %d paths in flight or not yet durable exceed its capacity %d",
+                            len(hot) + len(new) - len(victims), self.capacity)
+            self._over = True
+        elif self._over and wanted <= 0:
+            self._over = False
         frame = encode_frame([(LEAVE, v) for v in victims] + [(ENTER, p) for p in new])
         if self._appended + len(victims) + len(new) > 2 * self.capacity:
             for v in victims:
@@ -259,7 +291,7 @@ class ActivityLog:
                     hot.pop(p, None)
                 raise
             return
-        _write_all(self._fd, frame)
+        write_all(self._fd, frame)
         os.fdatasync(self._fd)
         self.records += 1
         self._appended += len(victims) + len(new)
@@ -270,23 +302,27 @@ class ActivityLog:
 
     def _snapshot(self) -> None:
         """Rewrite the file as the current hot set (atomic replace, durable)."""
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = MAGIC + (encode_frame([(ENTER, p) for p in self._hot]) if self._hot else b"")
-            _write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.replace(tmp, self.path)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        if self._fd >= 0:
-            os.close(self._fd)
-        os.lseek(fd, 0, os.SEEK_END)
-        self._fd = fd
+        self._fd = write_snapshot(self.path, list(self._hot), self._fd)
         self._appended = 0
         self.records += 1
+
+
+def write_snapshot(path: str, paths: list[str], old_fd: int) -> int:
+    """Replace the log at ``path`` with one entering ``paths`` (temporary file, fsync, rename,
+    directory fsync); close ``old_fd`` (if >= 0) and return the new file's descriptor, at its end."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, MAGIC + (encode_frame([(ENTER, p) for p in paths]) if paths else b""))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if old_fd >= 0:
+        os.close(old_fd)
+    return fd
 
 
 def reset_log(path: str) -> None:
@@ -303,7 +339,7 @@ def remove_log(path: str) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

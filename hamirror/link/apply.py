@@ -14,7 +14,7 @@ import os
 import stat
 
 from hamirror.fs.syscalls import fallocate, renameat2, start_writeback
-from hamirror.link.protocol import Message, Op
+from hamirror.link.protocol import PATH, SPECS, Message, Op
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -22,6 +22,16 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # replica holds little dirty data, and the primary's next fsync, which waits for the secondary's,
 # does not have to wait for all of it to reach the disk then (DRBD writes through, too).
 EARLY_WRITEBACK_MIN = 256 * 1024
+
+
+def changed_paths(msg: Message) -> list[bytes]:
+    """The paths an applied operation changed, which a power loss may take back: its path fields
+    (both names of a rename or link) and the paths whose times it set. An FSYNC changes nothing."""
+    if msg.op == Op.FSYNC:
+        return []
+    paths = [s for s, kind in zip(msg.strs, SPECS[msg.op].strs) if kind == PATH]
+    paths += [t[0] for t in msg.times]
+    return paths
 
 
 def open_beneath(root_fd: int, dirs: list[bytes], make_mode: int | None = None) -> int:

@@ -24,17 +24,20 @@ from dataclasses import asdict, dataclass, field
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hamirror.journal import unsynced
+from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import keys
-from hamirror.link.apply import Applier
+from hamirror.link.apply import Applier, changed_paths
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, MAX_FRAME, QUERIES, Message, Op, ProtocolError,
-                                    decode, encode_reply)
+                                    decode, decode_reply, encode_reply)
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
 
 EPROTO_STREAM = errno.EPROTO
 STATUS_INTERVAL = 0.5   # seconds: the agent reads last_message from status.json
+BATCH = 32              # messages applied before the new paths among them are made durable at once
 
 
 @dataclass
@@ -58,9 +61,15 @@ class Receiver:
         self.applier = Applier(directory)
         self.state_dir = state_dir
         self.journal: Journal | None = None
+        self.unsynced: unsynced.UnsyncedLog | None = None
         if state_dir is not None:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             self.journal = Journal(os.path.join(state_dir, "journal.db"))
+            # Before anything is applied: what an unclean stop may have lost is recorded first.
+            self._lock_fd = unsynced.hold(state_dir)
+            unsynced.recover(self.journal, state_dir)
+            self.unsynced = unsynced.UnsyncedLog(os.path.join(state_dir, unsynced.UNSYNCED_LOG),
+                                                 Epochs(self.applier.root_fd))
         self.answers = ResyncAnswers(self.applier, self.journal)
         self.resyncing = False
         self.last_message: float | None = None   # wall clock of the last message from a primary
@@ -88,6 +97,9 @@ class Receiver:
         self.socket.disable_monitor()
         self.monitor.close(0)
         self.socket.close(0)
+        if self.unsynced is not None:
+            self.unsynced.close(clean=True)   # synced and emptied, unless the sync fails
+            os.close(self._lock_fd)
         self.applier.close()
         self.write_status()
         if self.journal is not None:
@@ -105,7 +117,8 @@ class Receiver:
                   "endpoint": self.endpoint, "uptodate": self.uptodate, "resyncing": self.resyncing,
                   "running": not self._stop.is_set(), "updated": time.time(),
                   "last_message": self.last_message, "connections": self.connections,
-                  "closed_at": self.closed_at, **asdict(self.stats)}
+                  "closed_at": self.closed_at, **asdict(self.stats),
+                  "unsynced_paths": len(self.unsynced) if self.unsynced is not None else None}
         status["session"] = f"{self.stats.session:x}"
         tmp = os.path.join(self.state_dir, "status.json.tmp")
         try:
@@ -131,6 +144,7 @@ class Receiver:
                 last_status = now
             if self.socket not in events:
                 continue
+            held: list[tuple[bytes, list[bytes]]] = []
             while True:
                 try:
                     frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -143,7 +157,29 @@ class Receiver:
                 except Exception:   # a bug in handle() itself: still one reply, still serving
                     log.exception("receiver error")
                     reply = self._refuse(0, errno.EIO, "internal error in the receiver (see its log)")
-                self.socket.send_multipart([identity, *reply])
+                held.append((identity, reply))
+                if len(held) >= BATCH or self.unsynced is None or not self.unsynced.pending:
+                    self._acknowledge(held)
+                    held = []
+            self._acknowledge(held)
+
+    def _acknowledge(self, replies: list[tuple[bytes, list[bytes]]]) -> None:
+        """Send replies, once the paths they acknowledge are durable in the unsynced log: a path new
+        to the log holds back the replies of its batch until one fdatasync covers them all."""
+        if not replies:
+            return
+        if self.unsynced is not None:
+            try:
+                self.unsynced.flush()
+            except OSError as exc:   # cannot promise durability: acknowledge nothing, close the session
+                replies = [(identity, self._unrecorded(reply, exc)) for identity, reply in replies]
+        for identity, reply in replies:
+            self.socket.send_multipart([identity, *reply])
+
+    def _unrecorded(self, reply: list[bytes], exc: OSError) -> list[bytes]:
+        self.stats.session = 0
+        seq = decode_reply(reply).seq
+        return self._refuse(seq, exc.errno or errno.EIO, f"cannot record the applied paths: {exc.strerror or exc}")
 
     def _connection_events(self) -> bool:
         """Count connections from the monitor; True when the last one just closed."""
@@ -184,11 +220,15 @@ class Receiver:
                 payload = self.answers.handle(msg) or b""
                 if msg.op == Op.RESYNC_DONE:
                     self.resyncing = False
+                    if self.unsynced is not None:   # synced: the resync's copies leave the log
+                        self.unsynced.syncer.sync_once()
                     self.write_status()
             else:
                 self.applier.apply(msg)
         except Exception as exc:   # noqa: BLE001 - whatever one message does, keep serving
+            self._note(msg)          # a failed apply may have changed something too
             return self._failed(msg, exc)
+        self._note(msg)
         self._count(msg)
         return encode_reply(msg.seq, payload=payload)
 
@@ -207,6 +247,7 @@ class Receiver:
         self.stats.last_error = f"{what}: {text}"
         self.stats.session = 0
         log.warning("apply failed, session closed: %s", self.stats.last_error)
+        self.answers.apply_failed()   # this copy may now differ: stale until a resync completes
         return encode_reply(msg.seq, ERROR, err, self.stats.last_error)
 
     def _hello(self, msg: Message) -> list[bytes]:
@@ -221,6 +262,11 @@ class Receiver:
         log.info("session %x started%s", msg.session, " for a resync" if flags & HELLO_RESYNC else "")
         self.write_status()
         return encode_reply(msg.seq)
+
+    def _note(self, msg: Message) -> None:
+        """Record the paths an operation changed (acknowledged only once durable: _acknowledge)."""
+        if self.unsynced is not None and msg.op not in QUERIES:
+            self.unsynced.note(changed_paths(msg))
 
     def _count(self, msg: Message) -> None:
         stats = self.stats

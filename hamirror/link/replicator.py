@@ -76,6 +76,7 @@ STATE_KEY = "mirror_state"
 REASON_KEY = "mirror_alone_reason"
 SCAN_KEY = "resync_needs_scan"       # "1": a mount crashed while streaming: its journal misses writes in flight
 LOST_FROM_KEY = "mirror_lost_from"   # the streaming state a FENCED mount left (PRIM: a new generation on grant)
+DONE_SENT_KEY = "resync_done_sent"   # "1": RESYNC_DONE went out; the peer may share our generation now
 
 
 class Refused(OSError):
@@ -156,6 +157,7 @@ class Replicator:
         self.fence_reason = ""
         self._lost_from = MirrorState.PRIM    # what a FENCED mount was doing when the peer was lost
         self._granted = False                 # the agent said ALONE: the next loss needs no verdict
+        self._done_sent = False               # RESYNC_DONE sent, not yet acknowledged (see resync_done_sent)
         self._verdict = threading.Condition(threading.Lock())
         self._fence_timer: threading.Timer | None = None
         self.lock = OrderLock()               # orders local applies with link sends
@@ -193,7 +195,10 @@ class Replicator:
             assert self.client is not None
             self.client.abort(reason)        # -> _peer_lost -> ALONE at once (granted)
         elif state in _BLOCKED:
-            self._go_alone(reason, (), new_generation=self._lost_from is MirrorState.PRIM)
+            try:
+                self._go_alone(reason, (), new_generation=self._lost_from is MirrorState.PRIM)
+            except Exception as exc:   # a new generation cannot be recorded: never ALONE without it
+                self._unrecordable(reason, exc)
 
     def refuse(self, reason: str) -> None:
         """The agent's verdict: the peer may be primary. Blocked and later calls fail with EIO."""
@@ -264,10 +269,17 @@ class Replicator:
             self.refuse(f"no verdict from the agent within {self.fence_timeout:g}s")
 
     def _set_state(self, state: MirrorState, reason: str) -> None:
-        """Persist, then switch; wakes the calls waiting for a verdict (under ``_state_lock``)."""
+        """Persist, then switch; wakes the calls waiting for a verdict (under ``_state_lock``).
+        REFUSED is entered even when it cannot be persisted (a restart after an unclean stop asks
+        the agent anyway); any other state is entered only once persisted."""
         if self.journal is not None:
-            self.journal.set_state(STATE_KEY, state.value)
-            self.journal.set_state(REASON_KEY, reason)
+            try:
+                self.journal.set_state(STATE_KEY, state.value)
+                self.journal.set_state(REASON_KEY, reason)
+            except Exception as exc:
+                if state is not MirrorState.REFUSED:
+                    raise
+                log.error("mirror REFUSED not persisted: %s", exc)
         with self._verdict:
             self.state = state
             if state in _BLOCKED:
@@ -294,6 +306,26 @@ class Replicator:
         if self.on_state is not None:
             self.on_state(self.state, "resync started")
 
+    def resync_done_sent(self) -> None:
+        """The resync is about to send RESYNC_DONE (call under ``lock``, before the send): from
+        here the peer may adopt our current generation even if its reply is lost, so leaving
+        SYNCING, or a restart, must start a new one, or two nodes would share a generation with
+        different data (issue 15, finding 5). Durable: a crash before the reply is covered too."""
+        with self._state_lock:
+            self._done_sent = True
+            if self.journal is not None:
+                self.journal.set_state(DONE_SENT_KEY, "1")
+
+    def _peer_may_share_generation(self) -> bool:
+        return self._done_sent or (self.journal is not None and self.journal.get_state(DONE_SENT_KEY, "0") == "1")
+
+    def _generation_is_ours_again(self) -> None:
+        """A new generation started (or the resync completed): the flag of resync_done_sent is spent."""
+        if self._done_sent or self._peer_may_share_generation():
+            self._done_sent = False
+            if self.journal is not None:
+                self.journal.set_state(DONE_SENT_KEY, "0")
+
     def finish_sync(self) -> bool:
         """Called once the peer acknowledged RESYNC_DONE: clear the changed set, back to PRIM."""
         with self._state_lock:
@@ -302,6 +334,7 @@ class Replicator:
             if self.journal is not None:
                 self.journal.clear_changes()
                 self.journal.set_state(STATE_KEY, MirrorState.PRIM.value)
+            self._generation_is_ours_again()
             self.state = MirrorState.PRIM
             self.alone_reason = ""
             self.alone_since = None
@@ -321,22 +354,39 @@ class Replicator:
     def _peer_lost(self, reason: str, failed: list[Ticket]) -> None:
         """Called by the link's I/O thread before any waiter of ``failed`` wakes."""
         changes = flatten_changes(failed)
-        if self.fence and not self._granted:
-            self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
-        else:
-            self._go_alone(reason, changes)
+        try:
+            if self.fence and not self._granted:
+                self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
+            else:
+                self._go_alone(reason, changes)
+        except Exception as exc:   # sqlite3.Error, OSError: the journal's disk is full or failing
+            self._unrecordable(reason, exc)
+
+    def _unrecordable(self, reason: str, exc: Exception) -> None:
+        """What the peer missed could not be recorded. ALONE would acknowledge writes no resync
+        would copy, and left as it was (PRIM with a dead link) the mount hung the application:
+        it refuses instead (EIO) and the agent steps the node down (issue 15, finding 12)."""
+        why = f"{reason}; the journal cannot record what the peer missed: {exc}"
+        log.error("mirror REFUSED: %s", why)
+        with self._state_lock:
+            self._set_state(MirrorState.REFUSED, why)
+        self._notify(MirrorState.REFUSED, why)
 
     def _go_alone(self, reason: str, changes: list[Change] | tuple, new_generation: bool | None = None) -> None:
         with self._state_lock:
             first = self.state is not MirrorState.ALONE
             if new_generation is None:
-                # Leaving a live mirror starts a new generation; a failed resync does not (the
-                # peer never adopted our history, and our changed set still covers it).
                 new_generation = self.state is MirrorState.PRIM
+            # Leaving a live mirror starts a new generation. A failed resync does too once its
+            # RESYNC_DONE went out (the peer may have adopted our generation, its reply lost);
+            # before that the peer cannot hold our generation and our changed set covers it.
+            new_generation = new_generation or self._peer_may_share_generation()
             if self.journal is not None:
                 if new_generation:
                     self.journal.new_generation()
                 self.record(changes)
+            if new_generation:
+                self._generation_is_ours_again()
             self._set_state(MirrorState.ALONE, reason)
             self.pending = PendingSet()
             self.fenced_since = None

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import time
 
 from hamirror.fs.syscalls import renameat2, syncfs
+from hamirror.journal import unsynced
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.resync import crash
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
+
+log = logging.getLogger(__name__)
 
 CLEAN_KEY = "mount_clean"
 RENAME_NOREPLACE = 1
@@ -89,6 +93,8 @@ class ResyncAnswers:
             "complete": self.complete,
             "paths": [p for p in journal.changed_paths() if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
+            # Acknowledged here but lost by an unclean stop: compared whole (None: every block).
+            "unsynced": unsynced.pending(journal),
         })
 
     def _remove(self, msg: Message) -> None:
@@ -141,9 +147,24 @@ class ResyncAnswers:
         # calls itself up to date (a node that may take over must survive its own power loss).
         syncfs(self.applier.root_fd)
         self.journal.adopt_generations(history)
+        unsynced.resolved(self.journal)
         self.journal.set_state(UPTODATE_KEY, "1")
 
+    def apply_failed(self) -> None:
+        """An operation could not be applied here (disk full, EIO): this copy may differ from the
+        primary's, so it is stale (never primary on its own) until a resync completes (issue 15,
+        finding 12). Best effort: the journal may sit on the failing disk too."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.set_state(UPTODATE_KEY, "0")
+        except Exception as exc:   # noqa: BLE001 - keep serving; the status shows the failure
+            log.error("could not mark this copy stale: %s", exc)
+
     def resync_started(self) -> None:
+        # A new resync starts from what is on disk now: a descriptor kept from an earlier session
+        # may name a file removed since (an operator freeing a full disk: its blocks stay taken).
+        self.applier.forget_descriptors()
         self._stamp = None
         if self.journal is not None:
             self.journal.set_state(UPTODATE_KEY, "0")

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 
 from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_log
+from hamirror.journal import unsynced
+from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
 
@@ -40,17 +42,20 @@ def decide(saved: str | None, lost_from: str | None, resync_running: bool,
 
     Streaming (PRIM) or blocked after streaming (FENCED/REFUSED): the activity log covers the
     operations in flight, if it is intact. ALONE: the journal recorded every change before it
-    was applied. A resync in progress (ALONE with progress, or fenced while SYNCING) is never
-    trusted: copies the engine sent went to the peer without a record.
+    was applied. A resync in progress (ALONE with progress, or fenced while SYNCING) never makes
+    the journal complete (the next resync scans), but the log's paths are added all the same:
+    the scan compares every path a journal names by blocks, whatever its metadata says.
     """
     if saved == MirrorState.ALONE.value:
         if resync_running:
-            return Recovery(False, False, "crashed during a resync")
+            # Its paths are still folded in: the scan that follows compares them block by block
+            # (a write in flight leaves size and mtime alike within one clock tick).
+            return Recovery(log_paths is not None, False, "crashed during a resync")
         # Every change was journaled before it was applied; the log may still name a call that
         # was applied while streaming and found the peer gone before it could be sent.
         return Recovery(log_paths is not None, True, "crashed ALONE: every change was journaled first")
     if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value) and lost_from == MirrorState.SYNCING.value:
-        return Recovery(False, False, "crashed fenced during a resync")
+        return Recovery(log_paths is not None, False, "crashed fenced during a resync")
     if saved in (MirrorState.PRIM.value, MirrorState.FENCED.value, MirrorState.REFUSED.value):
         if log_paths is None:
             return Recovery(False, False, f"crashed while streaming, activity log unusable: {log_problem}")
@@ -97,16 +102,20 @@ def recover_for_receiver(journal: Journal, clean: bool) -> bool:
     return False
 
 
-def start_mount(journal: Journal, clean: bool, enabled: bool) -> tuple[Recovery | None, ActivityLog | None]:
+def start_mount(journal: Journal, clean: bool, enabled: bool,
+                sync_fd: int | None = None) -> tuple[Recovery | None, ActivityLog | None]:
     """A mount starts: recover a previous crash (None when the last stop was clean), then start
     a fresh, empty activity log (or remove it when it is off: a stale one must never be trusted).
+    With ``sync_fd`` (the lower directory) a path stays in the log until its data is durable.
 
     From here on the journal is incomplete again until the next clean stop or recovery.
     """
     result = None if clean else recover(journal)
     journal.set_state(COVERED_KEY, "0")
+    if sync_fd is not None:
+        unsynced.forget(journal, os.path.dirname(os.path.abspath(journal.path)), sync_fd)
     path = activity_log_path(journal)
     if not enabled:
         remove_log(path)
         return result, None
-    return result, ActivityLog(path)
+    return result, ActivityLog(path, epochs=None if sync_fd is None else Epochs(sync_fd))

@@ -87,6 +87,8 @@ class ResyncEngine:
         self._unacked: collections.deque = collections.deque()   # (last ticket, path, bytes done)
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
         self._peer_dirs: set[str] = set()     # ancestors of those (keep-aside of whole trees)
+        self._named: set[str] = set()         # scan: paths either journal names, compared whatever their metadata
+        self._unsynced: set[str] = set()      # the peer lost them in a crash: compare whole, always
 
     # driver ----------------------------------------------------------------------------------
 
@@ -99,9 +101,10 @@ class ResyncEngine:
     def _run(self) -> None:
         peer = decode_json(self._ask(Op.CHANGES))
         candidates = self._plan(peer)
+        self._add_unsynced(peer, candidates)
         resync_id = self._resync_id(peer)
         resumed = self.journal.resync_begin(resync_id, self.progress.total_bytes, len(candidates))
-        done = self.journal.resync_done_paths() if resumed else set()
+        done = (self.journal.resync_done_paths() if resumed else set()) - self._unsynced
         self.repl.begin_sync(self.client, candidates)
         for path in candidates:
             heapq.heappush(self._heap, path)
@@ -129,6 +132,9 @@ class ResyncEngine:
             self.progress.mode = "full"
             self.deep = True
             return {"."}
+        # A path either journal names may differ whatever its size and mtime say: an interrupted
+        # resync leaves files partly copied whose last change carried the primary's times.
+        self._named = set(self.journal.changed_paths()) | set(peer.get("paths", ()))
         own_complete = self.journal.get_state(SCAN_KEY, "0") != "1"   # our own last mount crashed while streaming
         if (own_complete and peer.get("complete") and peer_gen is not None
                 and incremental_possible(own, peer_gen)):
@@ -144,6 +150,24 @@ class ResyncEngine:
         self.progress.mode = "scan"
         self.deep = True
         return {"."}
+
+    def _add_unsynced(self, peer: dict, candidates: set[str]) -> None:
+        """The peer acknowledged these paths but lost them in a crash (its unsynced log, see
+        docs/journal.md "Durability"): visit them in every mode and compare them whole (a hole
+        keeps size and mtime, so a scan cannot see it); None from the peer: every block."""
+        lost = peer.get("unsynced", [])
+        if lost is None:
+            self.full = self.deep = True
+            self.progress.mode = "full"
+            candidates.clear()
+            candidates.add(".")
+            return
+        self._unsynced = set(lost) - candidates
+        for path in self._unsynced:
+            self.progress.total_bytes += self._size(path)
+        self.progress.total_files += len(self._unsynced)
+        self._unsynced |= set(lost)
+        candidates.update(self._unsynced)
 
     def _resync_id(self, peer: dict) -> str:
         own = self.journal.generations()
@@ -174,6 +198,7 @@ class ResyncEngine:
                     continue
                 b = os.fsencode(d)
                 self.client.submit(Op.UTIMENS, (), (b,), ((b, st.st_atime_ns, st.st_mtime_ns),))
+            self.repl.resync_done_sent()   # from here a lost reply means a new generation
             ticket = self.client.submit(Op.RESYNC_DONE, data=encode_json(history))
         self._wait(ticket)
         if not self.repl.finish_sync():
@@ -209,6 +234,8 @@ class ResyncEngine:
         theirs = None
         if listing_q is not None:
             theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
+        if ours is not None:
+            self._record_children(path, ours, theirs or {} if remote is not None else {})
         with self.repl.lock:
             local = meta_at(self.root, path)
             remote = self._shape(path, local, remote)
@@ -245,13 +272,17 @@ class ResyncEngine:
 
     def _shape(self, path: str, local: Meta | None, remote: Meta | None) -> Meta | None:
         """Remove what is wrong on the peer and create what is missing (lock held)."""
+        if path == ".":
+            # The directory itself (a start script's chmod names it in both journals): it is
+            # compared, entry by entry and by its attributes, and never removed or set aside.
+            return remote
         relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
         aside = self._aside(path)
         if remote is not None and (local is None or relink or aside or not _same_kind(local, remote)):
             self._submit(Op.REMOVE, (1 if aside else 0,), path)
             self._touched(path)
             remote = None
-        if local is None or remote is not None or path == ".":
+        if local is None or remote is not None:
             return remote
         self._touched(path)
         if relink:
@@ -287,19 +318,30 @@ class ResyncEngine:
         for name, meta in ours.items():
             child = _join(path, name)
             other = theirs.get(name)
-            if (other is None or self._must_visit(meta, other)) and child not in self.repl.pending:
+            if (other is None or self._must_visit(child, meta, other)) and child not in self.repl.pending:
                 self.repl.pending.add(child)
                 self._hints[child] = other
                 heapq.heappush(self._heap, child)
                 self.progress.total_files += 1
                 self.progress.total_bytes += meta.size
 
-    def _must_visit(self, ours: Meta, theirs: Meta) -> bool:
+    def _record_children(self, path: str, ours: dict[str, Meta], theirs: dict[str, Meta]) -> None:
+        """Durably add to this node's changed set the children of ``path`` the resync is about to
+        remove, create or copy on the peer (found by listing, so in no journal yet), before
+        anything is sent for them: if the resync is interrupted, the next one visits them again
+        and compares them whole, even if a partial copy left them looking alike (finding 3).
+        Done outside the ordering lock: a superset of what hold 2 then queues."""
+        children = [_join(path, n) for n in sorted(set(theirs) - set(ours))]
+        children += [_join(path, n) for n, m in ours.items()
+                     if n not in theirs or self._must_visit(_join(path, n), m, theirs[n])]
+        self.journal.record_wholes(children)
+
+    def _must_visit(self, path: str, ours: Meta, theirs: Meta) -> bool:
         if not _same_kind(ours, theirs):
             return True
         if not self.deep:
             return False
-        if self.full or ours.kind == "dir":
+        if self.full or ours.kind == "dir" or path in self._named:
             return True
         return not (ours.same_content_hint(theirs) and ours.same_attributes(theirs)
                     and ours.nlink == theirs.nlink)
@@ -308,8 +350,10 @@ class ResyncEngine:
                    blocks: list[tuple[int, int]] | None) -> None:
         if remote is None:
             self._copy_ranges(path, [(0, local.size)], compare=False)
-        elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths:
+        elif self.progress.mode == "incremental" and blocks and path not in self._peer_paths and path not in self._unsynced:
             self._copy_ranges(path, blocks, compare=True, block=FINE_BLOCK)
+        elif path in self._unsynced:   # a crash loses pages: compare pages, resend only those
+            self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True, block=FINE_BLOCK)
         else:
             self._copy_ranges(path, [(0, max(local.size, remote.size))], compare=True)
         with self.repl.lock:

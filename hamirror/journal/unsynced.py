@@ -1,0 +1,232 @@
+"""The secondary's unsynced log: the paths it acknowledged whose data may not be on its disk yet.
+
+Why: the receiver acknowledges once an operation is applied (in the page cache). A power loss of
+the secondary takes what was not written back, and the primary, which keeps only what the peer did
+*not* acknowledge, has no record of it. So the receiver keeps one (docs/journal.md, "Durability"):
+a path enters this file durably before the first acknowledgement of an operation on it, and leaves
+once a sync that began after its last change returned (:mod:`hamirror.journal.durability`).
+
+Batching: :meth:`UnsyncedLog.note` only marks paths in memory (per message); :meth:`flush` makes
+the batch's new paths durable with one append and one ``fdatasync``, and the receiver calls it
+before sending the batch's acknowledgements. Leaves are appended without a sync (a lost leave only
+makes the record larger); the file is rewritten as a snapshot when they pile up.
+
+After an unclean stop, :func:`recover` moves the log's paths into the journal's state
+(``unsynced_paths``) and marks the copy not up to date, until a resync compared them.
+Same file format as the activity log (hamirror.journal.activity).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from typing import Iterable
+
+from hamirror.journal.activity import ENTER, LEAVE, encode_frame, read_log, write_all, write_snapshot
+from hamirror.journal.durability import Epochs, Syncer
+from hamirror.fs.syscalls import syncfs
+from hamirror.journal.journal import UPTODATE_KEY, Journal
+
+log = logging.getLogger(__name__)
+
+UNSYNCED_LOG = "unsynced.log"
+LOCK_FILE = "unsynced.lock"       # held by the live receiver: a log nobody holds outlived its writer
+LOCK_WAIT = 10.0                  # seconds a starting receiver waits for a stopping one's lock
+UNSYNCED_KEY = "unsynced_paths"   # JSON list of paths to compare whole, or "*" (every block)
+KEPT_KEY = "unsynced_log"         # "1": this node keeps an unsynced log (a missing one was lost)
+EVERYTHING = "*"
+
+
+class UnsyncedLog:
+    """The receiver's record of paths applied since their last durability point (see above)."""
+
+    def __init__(self, path: str, epochs: Epochs, interval: float | None = None) -> None:
+        self.path = path
+        self.epochs = epochs
+        self._lock = threading.Lock()
+        self._hot: dict[str, int] = {}          # path -> epoch stamp of its last change
+        self._new: dict[str, None] = {}          # in _hot, not yet durable in the file
+        self._leaving: dict[str, None] = {}      # left _hot, leave not yet written
+        self._appended = 0
+        self.records = 0                         # fdatasyncs of the file (for tests and figures)
+        self._fd = write_snapshot(path, [], -1)
+        self.syncer = Syncer(epochs, self._wanted, self.durable_until, name="unsynced-log", interval=interval)
+
+    def note(self, paths: Iterable[bytes]) -> None:
+        """``paths`` were just changed by an applied operation (memory only; see :meth:`flush`)."""
+        stamp = self.epochs.stamp()
+        with self._lock:
+            hot = self._hot
+            for raw in paths:
+                path = os.fsdecode(raw)
+                if path not in hot:
+                    self._new[path] = None
+                    self._leaving.pop(path, None)
+                hot[path] = stamp
+
+    def flush(self) -> None:
+        """Make every noted path durable in the file; call before acknowledging (raises OSError)."""
+        with self._lock:
+            if not self._new:
+                return
+            entries = [(LEAVE, p) for p in self._leaving] + [(ENTER, p) for p in self._new]
+            write_all(self._fd, encode_frame(entries))
+            os.fdatasync(self._fd)
+            self.records += 1
+            self._appended += len(entries)
+            self._new.clear()
+            self._leaving.clear()
+
+    @property
+    def pending(self) -> bool:
+        """Paths noted but not yet durable in the file: the replies must wait for :meth:`flush`."""
+        return bool(self._new)
+
+    def __len__(self) -> int:
+        return len(self._hot)
+
+    def paths(self) -> list[str]:
+        """The paths whose data may not be on the disk (for tests and status)."""
+        with self._lock:
+            return list(self._hot)
+
+    def close(self, clean: bool) -> None:
+        """Stop; with ``clean``, sync the filesystem and empty the log (nothing is unsynced)."""
+        self.syncer.stop()
+        if clean and self.syncer.sync_once():
+            with self._lock:
+                self._hot.clear()
+                self._new.clear()
+                self._fd = write_snapshot(self.path, [], self._fd)
+        with self._lock:
+            os.close(self._fd)
+            self._fd = -1
+
+    # the syncer's side -------------------------------------------------------------------------
+
+    def _wanted(self) -> bool:
+        return bool(self._hot)
+
+    def durable_until(self, epoch: int) -> None:
+        """Every change stamped ``epoch`` or older is on the disk: those paths leave."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            left = [p for p, stamp in self._hot.items() if stamp <= epoch]
+            for p in left:
+                del self._hot[p]
+                if self._new.pop(p, None) is None:   # in the file: write its leave
+                    self._leaving[p] = None
+            if not self._leaving:
+                return
+            if self._appended > 2 * len(self._hot) + 1024:
+                self._fd = write_snapshot(self.path, [p for p in self._hot if p not in self._new], self._fd)
+                self._appended = 0
+                self._leaving.clear()
+                return
+            write_all(self._fd, encode_frame([(LEAVE, p) for p in self._leaving]))
+            self._appended += len(self._leaving)
+            self._leaving.clear()
+
+
+def hold(state_dir: str, wait: float = LOCK_WAIT) -> int:
+    """Take the receiver's lock (kept until the process ends or closes the descriptor returned):
+    tells other processes that this log has a live writer. Raises OSError after ``wait`` s."""
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OSError(f"{state_dir}: another receiver holds {LOCK_FILE}") from None
+            time.sleep(0.05)
+
+
+def _orphaned(state_dir: str) -> bool:
+    """No live receiver holds the log (probing takes the lock for an instant)."""
+    try:
+        fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def owed(journal: Journal, state_dir: str) -> bool:
+    """Whether this copy may miss acknowledged data: recorded as such, or a receiver stopped
+    uncleanly and no receiver has looked at its log yet (what the agent asks before a takeover)."""
+    if journal.get_state(UNSYNCED_KEY, ""):
+        return True
+    path = os.path.join(state_dir, UNSYNCED_LOG)
+    if not os.path.exists(path) or not _orphaned(state_dir):
+        return False
+    return read_log(path).paths != frozenset()
+
+
+def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
+    """A mount starts here (this copy is the reference now): a receiver's leftover log came from a
+    process killed with the page cache intact (a power loss would have left the node not up to
+    date, and only an operator forces that): make it durable, then drop the record."""
+    path = os.path.join(state_dir, UNSYNCED_LOG)
+    if os.path.exists(path) and _orphaned(state_dir) and read_log(path).paths != frozenset():
+        syncfs(root_fd)
+        os.close(write_snapshot(path, [], -1))
+    resolved(journal)
+
+
+def recover(journal: Journal, state_dir: str) -> str:
+    """At receiver start, before anything is applied: after an unclean stop, record what may be
+    lost (``unsynced_paths``) and mark this copy not up to date. Returns what was found, for the log."""
+    path = os.path.join(state_dir, UNSYNCED_LOG)
+    replay = read_log(path)
+    if replay.paths is not None:
+        lost: frozenset[str] | None = frozenset(p for p in replay.paths if p != ".")
+    elif journal.get_state(KEPT_KEY) == "1" or os.path.exists(path):
+        lost = None
+    else:
+        lost = frozenset()                      # never kept one: the first start
+    what = ""
+    if lost is None or lost:
+        journal.set_state(UNSYNCED_KEY, merge(journal.get_state(UNSYNCED_KEY, ""), lost))
+        journal.set_state(UPTODATE_KEY, "0")
+        what = (f"log unusable: every block will be compared ({replay.problem})" if lost is None
+                else f"{len(lost)} path(s) may have lost acknowledged data")
+        log.warning("unclean stop of the receiver: %s; not up to date until a resync compared them", what)
+    journal.set_state(KEPT_KEY, "1")
+    return what
+
+
+def merge(saved: str, lost: frozenset[str] | None) -> str:
+    """The ``unsynced_paths`` value after adding ``lost`` (None: everything) to ``saved`` (pure)."""
+    if lost is None or saved == EVERYTHING:
+        return EVERYTHING
+    return json.dumps(sorted(set(json.loads(saved) if saved else ()) | lost))
+
+
+def pending(journal: Journal) -> list[str] | None:
+    """What the resync must compare whole: paths, or None for every block (CHANGES' ``unsynced``)."""
+    saved = journal.get_state(UNSYNCED_KEY, "")
+    if saved == EVERYTHING:
+        return None
+    try:
+        return json.loads(saved) if saved else []
+    except ValueError:
+        return None
+
+
+def resolved(journal: Journal) -> None:
+    """A resync compared everything and the filesystem was synced: nothing is owed any more."""
+    if journal.get_state(UNSYNCED_KEY, ""):
+        journal.set_state(UNSYNCED_KEY, "")

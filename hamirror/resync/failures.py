@@ -1,0 +1,71 @@
+"""Consecutive resync failures, so that a resync failing the same way again is an alarm.
+
+Why: the agent restarts a failed resync every 10 s. A cause that does not go away (the peer's
+disk full, EIO, a refused operation) used to be a silent retry for ever, with a write stall each
+time, while the pair had no replica. The mount counts failures in a row that say the same thing
+(numbers aside: an operation's sequence number changes from one try to the next), in its
+journal, so a restart of the mount does not reset the count; a completed resync clears it. From
+:data:`ALARM_AFTER` on it is an alarm in ``hamirror status``, the events and the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Protocol
+
+ALARM_AFTER = 3
+FAILURES_KEY = "resync_failures"
+_NUMBER = re.compile(r"\d+")
+
+
+class StateStore(Protocol):
+    """What is kept between tries (hamirror.journal.journal.Journal provides it)."""
+
+    def get_state(self, key: str, default: str | None = None) -> str | None: ...
+    def set_state(self, key: str, value: str) -> None: ...
+
+
+def same_way(a: str, b: str) -> bool:
+    """Two failure texts say the same thing (numbers aside)."""
+    return _NUMBER.sub("N", a) == _NUMBER.sub("N", b)
+
+
+def after_failure(previous: dict | None, error: str, now: float) -> dict:
+    """The record after one more failure (pure): the count goes on if it failed the same way."""
+    if previous and same_way(str(previous.get("error", "")), error):
+        return {**previous, "count": int(previous.get("count", 0)) + 1, "error": error, "last": now}
+    return {"count": 1, "error": error, "since": now, "last": now}
+
+
+def is_alarm(record: dict | None) -> bool:
+    return bool(record) and int(record.get("count", 0)) >= ALARM_AFTER
+
+
+def load(store: StateStore) -> dict | None:
+    raw = store.get_state(FAILURES_KEY)
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def failed(store: StateStore, error: str) -> dict:
+    """Count one failure; durable. Returns the new record."""
+    record = after_failure(load(store), error, time.time())
+    store.set_state(FAILURES_KEY, json.dumps(record))
+    return record
+
+
+def succeeded(store: StateStore) -> None:
+    """A resync completed: the count starts again from zero."""
+    if store.get_state(FAILURES_KEY):
+        store.set_state(FAILURES_KEY, "")
+
+
+def worst(records: list[dict | None]) -> dict | None:
+    """Of several directories' records, the one with the most failures in a row (or None)."""
+    found = [r for r in records if r and int(r.get("count", 0)) > 0]
+    return max(found, key=lambda r: int(r.get("count", 0))) if found else None
