@@ -158,7 +158,32 @@ def test_metrics_exact_text():
         'hamirror_resync_total_bytes{module="demo"} 0',
         'hamirror_resync_total_bytes{module="db"} 234567890123',
     ]
-    assert body.decode().split("\n") == [*expected, ""]
+    assert body.decode().split("\n") == [*expected, *NO_VERIFY, ""]
+
+
+# The online verify's families (hamirror/agent/verify.py) for modules never verified.
+NO_VERIFY = [
+    "# HELP hamirror_verify_out_of_sync_bytes Bytes out of sync found by the last verify on this node (before any repair).",
+    "# TYPE hamirror_verify_out_of_sync_bytes gauge",
+    'hamirror_verify_out_of_sync_bytes{module="demo"} 0',
+    'hamirror_verify_out_of_sync_bytes{module="db"} 0',
+    "# HELP hamirror_verify_remaining_bytes Bytes still out of sync after the last verify (and its repair, if asked).",
+    "# TYPE hamirror_verify_remaining_bytes gauge",
+    'hamirror_verify_remaining_bytes{module="demo"} 0',
+    'hamirror_verify_remaining_bytes{module="db"} 0',
+    "# HELP hamirror_verify_differences Differences (ranges and entries) the last verify found.",
+    "# TYPE hamirror_verify_differences gauge",
+    'hamirror_verify_differences{module="demo"} 0',
+    'hamirror_verify_differences{module="db"} 0',
+    "# HELP hamirror_verify_last_timestamp_seconds When the last verify ended (Unix time; 0: never).",
+    "# TYPE hamirror_verify_last_timestamp_seconds gauge",
+    'hamirror_verify_last_timestamp_seconds{module="demo"} 0',
+    'hamirror_verify_last_timestamp_seconds{module="db"} 0',
+    "# HELP hamirror_verify_failed 1 when the last verify could not complete.",
+    "# TYPE hamirror_verify_failed gauge",
+    'hamirror_verify_failed{module="demo"} 0',
+    'hamirror_verify_failed{module="db"} 0',
+]
 
 
 def test_metrics_escape_label_values():

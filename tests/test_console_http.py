@@ -328,7 +328,8 @@ def test_a_command_for_the_peer_goes_through_this_node_with_the_clients_address(
     assert sent == {"cmd": "module", "action": "swap", "module": "demo"} and node1.handled == []
     assert who["from"] == "http 127.0.0.1 via 127.0.0.1"            # the browser's address, then ours
     assert (stranger[0], stranger[2]) == (400, b"unknown command 'swap' (one of swap, stop, start, restart, "
-                                               b"maintenance-on, maintenance-off), no module or unknown node "
+                                               b"maintenance-on, maintenance-off, verify, verify-repair), no module "
+                                               b"or unknown node "
                                                b"'node9'\n")
     answer = json.loads(dead[2])
     assert dead[0] == 200 and answer["ok"] is False

@@ -9,6 +9,8 @@ directory's permissions are loosened. Requests:
   -> ``{"ok": bool, "state": ..., "warnings": [...], "error": ...}`` once the decision's actions ended
 - ``{"cmd": "maintenance", "module": NAME, "on": bool}``, ``{"cmd": "clear", "module": NAME}``
   -> ``{"ok": bool, "state": ..., "maintenance": bool}`` at once (no decision involved)
+- ``{"cmd": "verify", "module": NAME, "repair": bool, "timeout": SECONDS}`` -> the module command's keys
+  plus ``"verify"``: the outcome, every out-of-sync range (:mod:`hamirror.agent.verify`)
 
 Who sent a request (for the event timeline) is what the kernel says, not what the request says:
 :func:`caller` gives the connection's SO_PEERCRED pid and uid, the login user behind them

@@ -47,6 +47,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
+from hamirror.agent import verify
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
@@ -244,6 +245,8 @@ def render_metrics(doc: dict) -> str:
                            ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
         family(f"hamirror_resync_{key}", "gauge", help_text,
                [({"module": m["name"]}, int((m.get("resync") or {}).get(key) or 0)) for m in modules])
+    for name, kind, help_text, samples in verify.metric_families(modules):   # online verify
+        family(name, kind, help_text, samples)
     return "\n".join(out) + "\n"
 
 

@@ -19,10 +19,10 @@ import signal
 import time
 
 from hamirror.actions.checkers import build as build_checker
-from hamirror.actions.fence import FenceRunner
+from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info
+from hamirror.agent import console, control, journal_info, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -62,7 +62,7 @@ class _Journals:
         journal_info.forget_history(self.dir_states)
 
 
-def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
+def build_runner(module: ModuleConfig, cluster: ClusterConfig, fence: NodeFence) -> ModuleRunner:
     """Wire one module's data path, resources, checkers and persisted record into a runner."""
     datapath = DataPath(module, cluster)
     # The VIP's kernel lease: the heartbeat timeout, so a node frozen for as long as its peer
@@ -70,7 +70,7 @@ def build_runner(module: ModuleConfig, cluster: ClusterConfig) -> ModuleRunner:
     lease = max(1, math.ceil(cluster.heartbeat.timeout))
     vip = Vip(module.vip.address, module.vip.interface, lifetime=lease) if module.vip else None
     journals = _Journals(datapath.dir_states)
-    fencer = FenceRunner(cluster, module.name)
+    fencer = fence.for_module(module.name)
     executor = Executor(module.name, datapath, vip, ScriptRunner(module, cluster), journals,
                         persist=lambda state: None, count_restart=lambda: None, fencer=fencer)
     checkers = CheckerState(module.name, [build_checker(c, module, cluster) for c in module.checkers])
@@ -86,7 +86,8 @@ class Agent:
     def __init__(self, cluster: ClusterConfig, modules: list[ModuleConfig]) -> None:
         self.cluster, self.modules = cluster, modules
         self.node, self.peer_node = cluster.local_node, cluster.peer_node
-        self.runners = {m.name: build_runner(m, cluster) for m in modules}
+        self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
+        self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
         for name, runner in self.runners.items():
             runner.emit = functools.partial(self.events.add, module=name)
@@ -119,6 +120,16 @@ class Agent:
     def _stop(self) -> None:
         self.stopping.set()
         self.wakeup.set()
+
+    def _fence_standing(self) -> FenceStanding:
+        """Who wins the fence race: primaries here now, and on the peer by its last heartbeat."""
+        last = self.heartbeat.peer_heartbeat
+        peer = sum(1 for info in last.modules.values() if info.state.is_primary) if last else 0
+        return FenceStanding(sum(1 for r in self.runners.values() if r.state.is_primary), peer)
+
+    def _peer_last_heard(self) -> float | None:
+        heard = [t for t in self.heartbeat.last_seen if t is not None]
+        return max(heard) if heard else None
 
     def _claims(self) -> bool:
         """Whether this node needs the witness's lease: a primary module, or the peer not heard."""
@@ -256,7 +267,7 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
-        if cmd not in ("module", "maintenance", "clear"):
+        if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
@@ -269,7 +280,8 @@ class Agent:
                 return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
             name = command.value
         else:
-            name = f"maintenance {'on' if request.get('on') else 'off'}" if cmd == "maintenance" else "clear"
+            name = {"maintenance": f"maintenance {'on' if request.get('on') else 'off'}", "clear": "clear",
+                    "verify": "verify --repair" if request.get("repair") else "verify"}[cmd]
         who = control.caller()
         runner.emit("command", f"{name} by {who_text(who)}", command=name, caller=who)
         if cmd == "maintenance":
@@ -278,6 +290,8 @@ class Agent:
         elif cmd == "clear":
             runner.clear()
             answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
+        elif cmd == "verify":   # online verify: hamirror/agent/verify.py
+            answer = await verify.answer(self, runner, request)
         else:
             outcome = await runner.submit(command)
             answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}

@@ -8,6 +8,7 @@ same document by the CLI, so both always agree.
 from __future__ import annotations
 
 from hamirror.agent.journal_info import to_wire
+from hamirror.agent import verify
 from hamirror.agent.module_runner import ModuleRunner
 
 PROGRESS_KEYS = ("done_bytes", "total_bytes", "done_files", "total_files", "rate", "eta")
@@ -46,6 +47,8 @@ def module_status(runner: ModuleRunner) -> dict:
         "uptodate": bool(obs and obs.uptodate),
         "resync": resync_progress(runner),
         "last_resync": last_resync(runner),
+        "verify": verify.running(obs),            # progress of a verify running here
+        "last_verify": verify.last_verify(obs),   # when, result, out-of-sync bytes and ranges
         "peer_alive": peer.alive,
         "peer_uptodate": peer.uptodate if peer.alive else None,
         "relation": runner.relation.value,
@@ -121,6 +124,11 @@ def render_table(doc: dict) -> str:
             f = m["failovers"]
             lines.append(f"{m['name']}: FAILOVER DAMPED: {f['recent']} failover(s) within {f['window']:g} s (limit "
                          f"{f['max']}): failovers held back ('hamirror clear {m['name']}' to allow them again)")
+        if m.get("verify"):
+            lines.append(f"{m['name']}: verify running: {m['verify']['done_files']} file(s), "
+                         f"{m['verify']['done_bytes']} byte(s) compared so far")
+        if m.get("last_verify"):
+            lines.append(f"{m['name']}: last {verify.status_line(m['last_verify'])}")
         for warning in m.get("warnings", []):
             lines.append(f"{m['name']}: warning: {warning}")
         if m.get("error"):

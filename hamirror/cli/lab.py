@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     kill = actions.add_parser("kill", parents=[common], help="power loss: SIGKILL every process of a host")
     kill.add_argument("host")
+    kill.add_argument("--power-loss", action="store_true",
+                      help="a node only: also lose what its page cache held and its disk did not "
+                           "(unsynced pages of its replicated directories become zeros)")
     kill.set_defaults(func=_kill)
 
     boot = actions.add_parser("boot", parents=[common], help="reboot a node: fresh mounts, agent started")
@@ -114,6 +117,10 @@ def _run_exec(paths: LabPaths, args: argparse.Namespace) -> int:
 
 @_guard
 def _kill(paths: LabPaths, args: argparse.Namespace) -> int:
+    if args.power_loss:
+        from hamirror.lab import powerloss
+        print(powerloss.power_loss(paths, args.host).summary())
+        return 0
     killed = control.kill(paths, args.host)
     print(f"{args.host}: killed {len(killed)} process(es)")
     return 0

@@ -66,9 +66,9 @@ class RefuseWrites:
 @dataclasses.dataclass(frozen=True)
 class Fence:
     """Run the cluster's fence script against the peer and wait for its success: the peer cannot
-    be primary afterwards (a takeover or going on alone from an unreachable peer). ``takeover``:
-    a secondary fencing its primary waits ``[fence] takeover_delay`` first, so that in a
-    partition, where both fence, the primary (which has the clients) shoots first and wins."""
+    be primary afterwards (a takeover or going on alone from an unreachable peer). Who waits
+    ``[fence] takeover_delay`` first is the node's fence race (:mod:`hamirror.actions.fence`), so
+    that in a partition, where both want to fence, only one shoots. ``takeover`` is for the log."""
 
     takeover: bool = False
 

@@ -1,4 +1,4 @@
-"""What a running mount does when asked over its control socket: status, alone, resync, flush."""
+"""What a running mount does when asked over its control socket: status, alone, resync, flush, verify."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import HELLO_RESYNC, Op
 from hamirror.link.replicator import MirrorState, Replicator
 from hamirror.resync.engine import ResyncEngine, ResyncFailed
+from hamirror.resync.verify import VerifyJob
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,22 @@ class MountCommands:
         self.last_resync_error: str | None = None
         self.last_resync: dict | None = None   # summary of the last resync that completed
         self._resync_thread: threading.Thread | None = None
+        self.verify = VerifyJob(root_fd, replicator, journal)   # online verify (hamirror/resync/verify.py)
 
     def handle(self, req: dict) -> dict:
         cmd = req.get("cmd")
         if cmd == "status":
-            return {"ok": True, "status": self.snapshot()}
+            return {"ok": True, "status": {**self.snapshot(), **self.verify.status()}}
         if cmd == "alone":      # the agent's verdict: the peer cannot be primary
             self.replicator.grant_alone(str(req.get("reason") or "peer declared lost by the agent"))
             return {"ok": True, "state": self.replicator.state.value}
         if cmd == "refuse":     # the agent's verdict: the peer may be primary; this node steps down
             self.replicator.refuse(str(req.get("reason") or "refused by the agent"))
             return {"ok": True, "state": self.replicator.state.value}
+        if cmd == "verify":     # compare both copies of the live mirror (and repair): runs in a thread
+            return self.verify.start(bool(req.get("repair")))
+        if cmd == "verify_status":
+            return {"ok": True, **self.verify.status()}
         if cmd == "flush":
             return self.flush(float(req.get("timeout", 10.0)))
         if cmd == "resync":

@@ -152,6 +152,11 @@ class Applier:
 
     def _create(self, msg: Message) -> None:
         mode, uid, gid, rdev = msg.ints
+        # A new inode under this name: a descriptor cached for the name (its old inode, removed
+        # behind the receiver's back, as a verify's repair finds) must not take its writes.
+        cached = self._fds.pop(msg.strs[0], None)
+        if cached is not None:
+            os.close(cached)
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
             if stat.S_ISREG(mode):
                 try:

@@ -39,7 +39,9 @@ VIA = re.compile(r"[0-9A-Fa-f.:]{1,45}")   # the address a peer's console says a
 Handler = Callable[[dict], Awaitable[dict]]
 COMMANDS = {"swap": {"cmd": "module", "action": "swap"}, "stop": {"cmd": "module", "action": "stop"},
             "start": {"cmd": "module", "action": "start"}, "restart": {"cmd": "module", "action": "restart"},
-            "maintenance-on": {"cmd": "maintenance", "on": True}, "maintenance-off": {"cmd": "maintenance", "on": False}}
+            "maintenance-on": {"cmd": "maintenance", "on": True}, "maintenance-off": {"cmd": "maintenance", "on": False},
+            # hamirror verify run on the secondary comes here, on the primary's agent (no button)
+            "verify": {"cmd": "verify"}, "verify-repair": {"cmd": "verify", "repair": True}}
 
 
 def form(request: Request) -> dict[str, str]:
