@@ -52,9 +52,8 @@ from hamirror.lab.naming import NODES, LabPaths, resolve_root  # noqa: E402
 from hamirror.lab.shell import LabError  # noqa: E402
 
 DEFAULT_ROOT = "/tmp/hamirror-chaos"
-ANY = chaos_faults.BASIC + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
-ALL = (ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE
-       + chaos_more.NEEDS_POWER_LOSS)
+ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
+ALL = ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE
 RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze")
 
 
@@ -67,10 +66,9 @@ def fault_list(text: str) -> list[str]:
 
 
 def allowed_faults(args: argparse.Namespace) -> tuple[str, ...]:
-    """The faults the lab's options allow (a witness, a fence, the power-loss emulation)."""
+    """The faults the lab's options allow (a witness, a fence)."""
     return (ANY + (chaos_faults.PARTITIONS if args.partitions else ())
-            + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ())
-            + (chaos_more.NEEDS_POWER_LOSS if args.power_loss else ()))
+            + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,8 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--witness", action="store_true", help="lab up --witness")
     p.add_argument("--partitions", action="store_true", help="add the partition faults (needs --witness)")
     p.add_argument("--fence", action="store_true", help="lab up --fence, and the slow-fence fault")
-    p.add_argument("--power-loss", action="store_true",
-                   help="the power-loss fault (hamirror lab kill NODE --power-loss: unsynced writes lost)")
     p.add_argument("--faults", type=fault_list, default=None,
                    help=f"comma-separated fault types to draw from (default: all that apply): {', '.join(ALL)}")
     p.add_argument("--plan", type=fault_list, default=None,
@@ -104,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen = args.faults or list(allowed)
     bad = [f for f in chosen + (args.plan or []) if f not in allowed]
     if bad:
-        p.error(f"{', '.join(bad)} need options not given (--witness --partitions, --witness, --fence, --power-loss)")
+        p.error(f"{', '.join(bad)} need options not given (--witness --partitions, --witness, --fence)")
     args.faults = chosen
     if args.faults_per_trial is None:
         args.faults_per_trial = len(args.plan) if args.plan else 4

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
-from hamirror.lab import agent, chaos_net, control, nodeconfig, process, state
+from hamirror.lab import agent, chaos_net, control, nodeconfig, powerloss, process, state
 from hamirror.lab.chaos_faults import Event, Injector, _signal, pids_of
 from hamirror.lab.naming import NODES, WITNESS
 from hamirror.lab.shell import LabError
@@ -28,7 +26,7 @@ NETWORK = ("oneway-p2s", "oneway-s2p", "hb-only")
 PROCESS = ("hang-mount", "fail-stop")
 NEEDS_WITNESS = ("witness-restart",)
 NEEDS_FENCE = ("slow-fence",)
-NEEDS_POWER_LOSS = ("power-loss",)
+POWER = ("power-loss",)
 FAIL_STOP_MARKER = "chaos-fail-stop"
 FENCE_DELAY_MARKER = "chaos-fence-delay"
 FAIL_ONCE = (f'if [ -e /run/hamirror/{FAIL_STOP_MARKER} ]; then rm -f /run/hamirror/{FAIL_STOP_MARKER}; '
@@ -185,19 +183,13 @@ class MoreInjector(Injector):
         ev.detail.append(f"fence delayed {delay:.1f} s on both nodes; node1|node2 cut for {hold:.1f} s")
 
     def _power_loss(self, ev: Event) -> None:
-        """Real power loss of either node (SIGKILL and its unsynced writes lost), boot 1-8 s later.
-        Through ``hamirror lab kill NODE --power-loss`` (helper durable's work); skipped without it."""
+        """Real power loss of either node (``lab kill NODE --power-loss``: SIGKILL, and its unsynced
+        page-cache writes lost), booted 1-8 s later."""
         node = self._either(ev)
-        cmd = [sys.executable, "-m", "hamirror", "lab", "kill", "--root", self.paths.root, node, "--power-loss"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            if "unrecognized arguments" in result.stderr:
-                ev.skipped = "hamirror lab kill --power-loss not available yet"
-                return
-            raise LabError(f"lab kill --power-loss {node}: {result.stderr.strip()[-300:]}")
+        result = powerloss.power_loss(self.paths, node)
         self.down.add(node)
         ev.start = time.monotonic()
         delay = self.rng.uniform(1.0, 8.0)
         time.sleep(delay)
         self.boot(node)
-        ev.detail.append(f"power loss of {node} ({result.stdout.strip()[-120:]}), boot after {delay:.1f} s")
+        ev.detail.append(f"{result.summary()}; boot after {delay:.1f} s")
