@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE)]
 
 from hamirror.lab import (chaos_apps, chaos_double, chaos_faults, chaos_more, chaos_report, chaos_watch,  # noqa: E402
-                          compare, control, kvclient, nodeconfig, state)
+                          compare, control, kvclient, nodeconfig, process, state)
 from hamirror.lab.chaos_double import CampaignInjector  # noqa: E402
 from hamirror.lab.chaos_faults import Event  # noqa: E402
 from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
@@ -243,9 +244,11 @@ class Campaign:
         rec["failed_requests"] = len(self.writer.failures)
         self.expected.update({a.key: a.done for a in acks})
         time.sleep(1.0)                      # the requests in flight end
+        primary, _ = chaos_watch.roles(chaos_watch.pair(self.paths, self.app.module))
         if converged:
             self.compare_bytes(rec)
-        primary, _ = chaos_watch.roles(chaos_watch.pair(self.paths, self.app.module))
+            if primary is not None:
+                self.online_verify(rec, primary)
         verdict = self.app.check(self.paths, primary, list(self.expected), converged)
         rec["violations"] += verdict.problems
         rec.update({k: v for k, v in verdict.figures.items()})
@@ -267,7 +270,8 @@ class Campaign:
         self.say(f"trial {n}: {len(acks)} acknowledged this trial, {len(self.expected)} present in all, "
                  f"unreadable {len(bad)}, lost {len(lost)} {verdict.figures.get('missing_if_kept', '')}, "
                  f"converged in {chaos_report._fmt(rec['convergence_s'])} s, "
-                 f"byte-identical {rec.get('byte_identical', '-')}, "
+                 f"byte-identical {rec.get('byte_identical', '-')} "
+                 f"(hamirror verify exit {rec.get('verify', {}).get('exit', '-')}), "
                  f"dual {rec['dual_samples']} (frozen side: {rec['dual_frozen_samples']})")
         self.writer = None
 
@@ -280,6 +284,18 @@ class Campaign:
         if diffs:
             rec["violations"].append(f"the copies differ byte for byte in {len(diffs)} path(s): "
                                      + "; ".join(str(d) for d in diffs[:5]))
+
+    def online_verify(self, rec: dict, primary: str) -> None:
+        """``hamirror verify MODULE`` on the primary beside check 5: a verify that finds the copies
+        equal while the bytes differ is a violation (exit 0 equal, 3 different, else it did not run)."""
+        try:
+            r = process.exec_in(self.paths, primary, [sys.executable, "-m", "hamirror", "verify", self.app.module],
+                                capture=True, timeout=300)
+            rec["verify"] = {"exit": r.returncode, "said": (r.stderr or r.stdout).strip()[-300:]}
+        except subprocess.TimeoutExpired:
+            rec["verify"] = {"exit": None, "said": "no answer in 300 s"}
+        if rec["verify"]["exit"] == 0 and not rec["byte_identical"]:
+            rec["violations"].append(f"hamirror verify found the copies equal; they differ: {rec['verify']['said']}")
 
     def keep_evidence(self, n: int) -> str:
         """Copy the nodes' logs (agent, mount, receiver, scripts, events) out of the lab, which a

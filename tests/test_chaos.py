@@ -44,7 +44,7 @@ def test_short_seeded_campaign(tmp_path, plan):
 
 # --------------------------------------------------------------------------- issue 15's pieces
 
-MODULE_PLANS = {"postgresql": "kill-mount", "mariadb": "kill-app", "demo": "hang-mount,hb-only"}
+MODULE_PLANS = {"postgresql": "kill-mount", "mariadb": "kill-app", "demo": "hb-only,power-loss"}
 
 
 @pytest.mark.timeout(900)
