@@ -56,7 +56,8 @@ def test_one_trial_per_module(tmp_path, module):
            "--trials", "1", "--plan", MODULE_PLANS[module], "--time-limit", "300", "--root", root, "--json", out]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=880)
     assert leftovers(root) == [], "the campaign left its lab behind"
-    assert os.path.exists(out), f"no results (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert os.path.exists(out), \
+        f"no results (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     with open(out, encoding="utf-8") as f:
         doc = json.load(f)
     assert doc["module"] == module and doc["crashed"] is None, doc["crashed"]

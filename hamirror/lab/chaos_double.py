@@ -35,7 +35,8 @@ class CampaignInjector(MoreInjector):
         if kind in ("kill-mount", "kill-receiver", "kill-app"):
             what = kind.split("-")[1]
             pids = pids_of(self.paths, node, what, self.app)
-            ev.detail.append(f"then kill -9 {what} of {node} {self._kill(pids)}" if pids else f"then no {what} on {node}")
+            ev.detail.append(f"then kill -9 {what} of {node} {self._kill(pids)}" if pids
+                             else f"then no {what} on {node}")
         elif kind == "kill-agent":
             pids = pids_of(self.paths, node, "agent")
             ev.detail.append(f"then kill -9 agent of {node} {self._kill(pids)}")

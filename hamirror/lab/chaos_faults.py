@@ -106,7 +106,8 @@ class Injector:
         """(primary, secondary) as the agents report them, waiting for exactly one primary."""
         deadline = time.monotonic() + timeout
         while True:
-            p, s = chaos_watch.roles({n: None if n in self.down else measure.module_status(self.paths, n, self.app.module)
+            p, s = chaos_watch.roles({n: None if n in self.down
+                                      else measure.module_status(self.paths, n, self.app.module)
                                       for n in NODES})
             if p is not None or time.monotonic() > deadline:
                 return p, s
@@ -136,7 +137,8 @@ class Injector:
     def swap(self, node: str, ev: Event) -> None:
         """``hamirror swap MODULE`` on node (the fault's own command, not an operator action)."""
         try:
-            r = process.exec_in(self.paths, node, [sys.executable, "-m", "hamirror", "swap", self.app.module], capture=True,
+            r = process.exec_in(self.paths, node, [sys.executable, "-m", "hamirror", "swap", self.app.module],
+                                capture=True,
                                 timeout=120)
             ev.detail.append(f"swap on {node}: exit {r.returncode} {(r.stderr or r.stdout).strip()[-200:]}")
         except subprocess.TimeoutExpired:

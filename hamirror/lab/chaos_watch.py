@@ -2,8 +2,8 @@
 
 - :class:`Sampler` looks every 0.1 s at which node runs the application's server *and* holds the
   VIP. It reads ``/proc`` only: the server is a live process the application names (``kvserver.py``,
-  the postmaster, ``mariadbd``) whose network namespace is a node's, and the VIP is looked up in that process's own view of its namespace's local addresses
-  (``/proc/PID/net/fib_trie``, the kernel table ``ip -o addr`` prints). Entering the node
+  the postmaster, ``mariadbd``) whose network namespace is a node's, and the VIP is looked up in
+  that process's own view of its namespace's local addresses (``/proc/PID/net/fib_trie``, the kernel table ``ip -o addr`` prints). Entering the node
   (``ip -n``) ten times a second would put processes in it that ``lab kill``/``lab boot`` count as
   the node's own, and cost two processes per sample on a loaded machine.
 - :func:`wait_converged`: PRIM (mounted) plus an up-to-date SECOND (receiving), either way round.

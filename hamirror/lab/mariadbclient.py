@@ -46,7 +46,8 @@ CHECK TABLE accounts, transfers EXTENDED;
 
 def root_sql(paths: LabPaths, node: str, sql: str, timeout: float = 120.0) -> str:
     """``sql`` run by the mariadb client as root on node's socket; its output; LabError with its message."""
-    return appclient.feed(paths, node, ["mariadb", f"--socket={SOCKET}", "-N", "-B", "--connect-timeout=5"], sql, timeout)
+    return appclient.feed(paths, node, ["mariadb", f"--socket={SOCKET}", "-N", "-B", "--connect-timeout=5"], sql,
+                          timeout)
 
 
 def prepare(paths: LabPaths, primary: str) -> None:

@@ -47,9 +47,11 @@ SELECT 'sum ' || sum(balance) FROM accounts;
 SELECT 'wrong_balances ' || count(*) FROM accounts a WHERE balance <> {INITIAL}
   + coalesce((SELECT sum(amount) FROM transfers WHERE dst = a.id), 0)
   - coalesce((SELECT sum(amount) FROM transfers WHERE src = a.id), 0);
-SELECT 'btree_checked ' || count(bt_index_check(c.oid, true)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-  JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisready AND i.indisvalid;
-SELECT 'heap_corrupt ' || (SELECT count(*) FROM verify_heapam('accounts')) + (SELECT count(*) FROM verify_heapam('transfers'));
+SELECT 'btree_checked ' || count(bt_index_check(c.oid, true)) FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+  WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisready AND i.indisvalid;
+SELECT 'heap_corrupt ' || (SELECT count(*) FROM verify_heapam('accounts'))
+  + (SELECT count(*) FROM verify_heapam('transfers'));
 """
 
 
