@@ -276,6 +276,13 @@ class Injector:
                 writer.first_ack_after(time.monotonic(), 30.0)
             except LabError:
                 ev.detail.append(f"no write acknowledged by {survivor} alone within 30 s")
+        serving = measure.module_status(self.paths, survivor, self.app.module) or {}
+        if serving.get("state") not in ("ALONE", "PRIM") or not serving.get("mounted", True):
+            # The ballast goes through the survivor's mount: written into a copy that is not the
+            # primary's, it would be a change behind hamirror's back, not a fault it must survive.
+            self.boot(first)
+            ev.skipped = f"{survivor} did not take over ({serving.get('state')}); {first} booted again"
+            return None
         name = f"chaos-ballast-{ev.trial}-{ev.index}"
         top = self.app.data_dir
         process.exec_in(self.paths, survivor, ["sh", "-c", f"rm -f {top}/chaos-ballast-*; dd if=/dev/urandom "
