@@ -224,6 +224,12 @@ class Campaign:
         if seconds is None:
             rec["violations"].append(f"not converged to PRIM + up-to-date SECOND in {self.args.converge_timeout:.0f} s: "
                                      + "; ".join(f"{k}: {_brief(v)}" for k, v in statuses.items()))
+        if seconds is not None:
+            try:
+                self.writer.first_ack_after(time.monotonic(), 30.0)
+            except LabError:
+                rec["violations"].append("converged, but no write acknowledged within 30 s after: no service")
+                rec["no_service"] = True
         self.judge(n, t0, rec, converged=seconds is not None)
         self.trials.append(rec)
         for v in rec["violations"]:
@@ -232,7 +238,7 @@ class Campaign:
         if rec["violations"]:
             rec["evidence"] = self.keep_evidence(n)
             self.say(f"trial {n}: the nodes' logs copied to {rec['evidence']}")
-        if seconds is None and n < self.args.trials and not self.out_of_time():
+        if (seconds is None or rec.get("no_service")) and n < self.args.trials and not self.out_of_time():
             self.say(f"trial {n}: rebuilding the lab for the next trial")
             self.rebuild()
 
@@ -319,6 +325,8 @@ class Campaign:
                 "per_fault": stats, "trials": self.trials,
                 "acknowledged": sum(t.get("acknowledged", 0) for t in self.trials), "lost": len(self.lost_at),
                 "byte_identical_trials": sum(1 for t in self.trials if t.get("byte_identical")),
+                "operator_needed_trials": sum(1 for t in self.trials
+                                              if t.get("convergence_s") is None or t.get("no_service")),
                 "recovery_median_s": {k: stats[k]["recovery_median_s"] for k in RECOVERY_KINDS if k in stats},
                 "events": [chaos_report.event_dict(e, self.origin) for e in self.events],
                 "violations": self.violations}
@@ -373,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['acknowledged']} writes acknowledged, {len(campaign.expected)} present at the end, "
           f"{len(campaign.lost_at)} lost; {out['samples']} samples, {out['sample_gaps_over_0.2s']} gaps over 0.2 s "
           f"(max {out['max_sample_gap_s']} s); operator actions 0; agents restarted {out['agent_restarts']}; "
-          f"lab rebuilt {campaign.rebuilds} time(s); byte-identical after {out['byte_identical_trials']} "
+          f"lab rebuilt {campaign.rebuilds} time(s); an operator needed after {out['operator_needed_trials']} "
+          f"trial(s) (not converged, or no service); byte-identical after {out['byte_identical_trials']} "
           f"of {len(campaign.trials)} trial(s)")
     for v in campaign.violations:
         print(f"VIOLATION {v}")
