@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """Randomized fault campaign against the lab (root): no acknowledged write lost, never two servers,
-no operator needed.
+no operator needed, both copies byte-identical.
 
     sudo .venv/bin/python scripts/chaos.py --seed 7 --trials 30 --faults-per-trial 6 --json chaos.json
     sudo .venv/bin/python scripts/chaos.py --seed 7 --trials 15 --faults-per-trial 6 --witness --partitions
     sudo .venv/bin/python scripts/chaos.py --seed 1 --trials 1 --plan freeze,kill-mount,power-kill
+    sudo .venv/bin/python scripts/chaos.py --module postgresql --seed 3 --trials 3 --faults-per-trial 6
 
-One lab (demo module) for the whole run. A writer in the ``client`` host PUTs unique keys through
-the VIP all along and records every acknowledged one. Each trial injects K faults drawn at random
-(seeded) from --faults, each followed by the wait for the first acknowledged write after it and a
-random pause; then everything still in effect is undone (resume, heal, boot, dead agents started as
-systemd would) and the trial is judged:
-  1. every acknowledged key is read back through the VIP with its value;
-  2. both nodes' SQLite copies hold the same rows and pass PRAGMA integrity_check (writer paused);
+One lab (--module: demo, postgresql or mariadb) for the whole run. A writer in the ``client`` host
+writes through the VIP all along and records every acknowledged write: the demo's PUTs of unique
+keys, or bank transfers (one persistent psql / mariadb session; each transaction moves money
+between two accounts and inserts its unique key; acknowledged when COMMIT returned). Each trial
+injects K faults drawn at random (seeded) from --faults, each followed by the wait for the first
+acknowledged write after it and a random pause; then everything still in effect is undone (resume,
+heal, boot, dead agents started as systemd would) and the trial is judged:
+  1. every acknowledged write is there: the demo's keys read back through the VIP with their value,
+     the transfers' keys in the primary's table;
+  2. the application's own checks (writer paused): the demo's two SQLite copies equal and passing
+     integrity_check; the bank's sum and balances as the transfers say, amcheck (PostgreSQL) or
+     CHECK TABLE (MariaDB) clean;
   3. the pair converges to PRIM plus an up-to-date SECOND within --converge-timeout s, no operator;
-  4. no sample (every 0.1 s, whole run) shows the VIP and the application on both nodes.
+  4. no sample (every 0.1 s, whole run) shows the VIP and the application's server on both nodes;
+  5. the two copies of the replicated directory are byte-identical (content, size, mode, tree).
 A trial that does not converge is a violation, and the lab is rebuilt for the next one. The
 campaign never runs an operator command except the swaps that are faults themselves. Exit 0 when
 every check held, 1 on any violation, 2 when the campaign itself could not run.
@@ -29,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,25 +44,38 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE)]
 
-from hamirror.lab import chaos_faults, chaos_report, chaos_watch, control, kvclient, nodeconfig, state  # noqa: E402
-from hamirror.lab.chaos_faults import Event, Injector  # noqa: E402
+from hamirror.lab import (chaos_apps, chaos_double, chaos_faults, chaos_more, chaos_report, chaos_watch,  # noqa: E402
+                          compare, control, kvclient, nodeconfig, process, state)
+from hamirror.lab.chaos_double import CampaignInjector  # noqa: E402
+from hamirror.lab.chaos_faults import Event  # noqa: E402
 from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
 from hamirror.lab.naming import NODES, LabPaths, resolve_root  # noqa: E402
 from hamirror.lab.shell import LabError  # noqa: E402
 
 DEFAULT_ROOT = "/tmp/hamirror-chaos"
+ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
+ALL = ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE
+RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze")
 
 
 def fault_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in chaos_faults.ALL]
+    unknown = [n for n in names if n not in ALL]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown fault(s) {unknown}; choose from {', '.join(chaos_faults.ALL)}")
+        raise argparse.ArgumentTypeError(f"unknown fault(s) {unknown}; choose from {', '.join(ALL)}")
     return names
+
+
+def allowed_faults(args: argparse.Namespace) -> tuple[str, ...]:
+    """The faults the lab's options allow (a witness, a fence)."""
+    return (ANY + (chaos_faults.PARTITIONS if args.partitions else ())
+            + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--module", choices=chaos_apps.NAMES, default="demo",
+                   help="the application under test, with its own client and checks (default demo)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
     p.add_argument("--trials", type=int, default=3, help="trials (default 3)")
     p.add_argument("--faults-per-trial", type=int, default=None,
@@ -63,23 +84,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds; no new fault after this, the trial under way is still judged (default 3600)")
     p.add_argument("--witness", action="store_true", help="lab up --witness")
     p.add_argument("--partitions", action="store_true", help="add the partition faults (needs --witness)")
+    p.add_argument("--fence", action="store_true", help="lab up --fence, and the slow-fence fault")
     p.add_argument("--faults", type=fault_list, default=None,
-                   help=f"comma-separated fault types to draw from (default: all that apply): {', '.join(chaos_faults.ALL)}")
+                   help=f"comma-separated fault types to draw from (default: all that apply): {', '.join(ALL)}")
     p.add_argument("--plan", type=fault_list, default=None,
                    help="a fixed sequence of faults for each trial instead of random draws (delays stay seeded)")
     p.add_argument("--converge-timeout", type=float, default=60.0, help="seconds for check 3 (default 60)")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"lab root, must not hold a lab (default {DEFAULT_ROOT})")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--mode", choices=("sync", "barrier", "async"), default=None,
-                   help="the demo module's replication mode (default: its module.toml's, sync)")
+                   help="the module's replication mode (default: its module.toml's, sync)")
     args = p.parse_args(argv)
     if args.partitions and not args.witness:
         p.error("--partitions needs --witness (partitions without a witness have no safe answer)")
-    allowed = chaos_faults.BASIC + (chaos_faults.PARTITIONS if args.partitions else ())
+    allowed = allowed_faults(args)
     chosen = args.faults or list(allowed)
     bad = [f for f in chosen + (args.plan or []) if f not in allowed]
     if bad:
-        p.error(f"{', '.join(bad)} need --witness --partitions")
+        p.error(f"{', '.join(bad)} need options not given (--witness --partitions, --witness, --fence)")
     args.faults = chosen
     if args.faults_per_trial is None:
         args.faults_per_trial = len(args.plan) if args.plan else 4
@@ -94,25 +116,27 @@ class Campaign:
         self.paths = LabPaths(resolve_root(args.root))
         self.rng = random.Random(args.seed)
         self.origin = time.monotonic()
+        self.app = chaos_apps.by_name(args.module)
         self.writer: kvclient.Writer | None = None
-        self.sampler = chaos_watch.Sampler(self.paths)
-        self.injector = Injector(self.paths, self.rng, lambda: self.writer, self.say)
+        self.sampler = chaos_watch.Sampler(self.paths, self.app.is_server)
+        self.injector = CampaignInjector(self.paths, self.rng, lambda: self.writer, self.say, self.app)
         self.expected: dict[str, float] = {}   # acknowledged key -> when (since the lab was built)
         self.events: list[Event] = []
         self.lost_at: list[float] = []
         self.trials: list[dict] = []
         self.violations: list[str] = []
         self.rebuilds = 0
-        self.module_copy: str | None = None   # --mode: a copy of the demo module with that mode
+        self.module_copy: str | None = None   # --mode: a copy of the module with that mode
 
     def module(self) -> str:
-        """The demo module, or a copy of it whose ``mode`` is --mode (the lab copies either in)."""
+        """The module, or a copy of it whose ``mode`` is --mode (the lab copies either in)."""
+        name = self.app.module
         if self.args.mode is None:
-            return "demo"
+            return name
         if self.module_copy is None:
             self.module_copy = tempfile.mkdtemp(prefix="hamirror-chaos-module-")
-            folder = os.path.join(self.module_copy, "demo")
-            shutil.copytree(nodeconfig.module_source("demo"), folder)
+            folder = os.path.join(self.module_copy, name)
+            shutil.copytree(nodeconfig.module_source(name), folder)
             toml = os.path.join(folder, "module.toml")
             with open(toml, encoding="utf-8") as f:
                 text, n = re.subn(r'^mode = "[a-z]+"$', f'mode = "{self.args.mode}"', f.read(), flags=re.M)
@@ -120,7 +144,7 @@ class Campaign:
                 raise LabError(f"{toml}: no single 'mode = ...' line to set to {self.args.mode!r}")
             with open(toml, "w", encoding="utf-8") as f:
                 f.write(text)
-        return os.path.join(self.module_copy, "demo")
+        return os.path.join(self.module_copy, name)
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.origin:7.1f}s] {text}", flush=True)
@@ -130,10 +154,13 @@ class Campaign:
 
     def build(self) -> None:
         started = time.monotonic()
-        control.up(self.paths, [self.module()], witness=self.args.witness)
+        control.up(self.paths, [self.module()], witness=self.args.witness, fence=self.args.fence,
+                   timeout=self.app.startup * 2)
+        self.injector.prepare_lab()
+        self.app.prepare(self.paths, "node1")
         self.sampler.refresh()
-        self.say(f"lab up at {self.paths.root}{' with a witness' if self.args.witness else ''}, "
-                 f"mode {self.args.mode or 'sync'} "
+        self.say(f"lab up at {self.paths.root} ({self.app.module}){' with a witness' if self.args.witness else ''}"
+                 f"{' and fence scripts' if self.args.fence else ''}, mode {self.args.mode or 'sync'} "
                  f"in {time.monotonic() - started:.1f} s")
 
     def rebuild(self) -> None:
@@ -171,9 +198,9 @@ class Campaign:
         t0 = time.monotonic()
         rec: dict = {"trial": n, "violations": []}
         self.say(f"trial {n}: writer started")
-        self.writer = kvclient.Writer(self.paths, f"s{self.args.seed}t{n}k")
+        self.writer = self.app.writer(self.paths, f"s{self.args.seed}t{n}k", self.args.seed * 1000 + n)
         try:
-            self.writer.first_ack_after(t0, 60.0)
+            self.writer.first_ack_after(t0, self.app.startup)
         except LabError as exc:
             rec["violations"].append(f"no service at the trial's start: {exc}")
         for i in range(self.args.faults_per_trial):
@@ -192,43 +219,50 @@ class Campaign:
             time.sleep(self.rng.uniform(0.5, 3.0))
         rec["restored"] = self.injector.restore()
         self.say(f"trial {n}: faults done; {', '.join(rec['restored']) or 'nothing to undo'}; waiting for convergence")
-        seconds, statuses = chaos_watch.wait_converged(self.paths, self.args.converge_timeout)
+        seconds, statuses = chaos_watch.wait_converged(self.paths, self.args.converge_timeout, self.app.module)
         rec["convergence_s"] = None if seconds is None else round(seconds, 2)
         if seconds is None:
             rec["violations"].append(f"not converged to PRIM + up-to-date SECOND in {self.args.converge_timeout:.0f} s: "
                                      + "; ".join(f"{k}: {_brief(v)}" for k, v in statuses.items()))
+        if seconds is not None:
+            try:
+                self.writer.first_ack_after(time.monotonic(), 30.0)
+            except LabError:
+                rec["violations"].append("converged, but no write acknowledged within 30 s after: no service")
+                rec["no_service"] = True
         self.judge(n, t0, rec, converged=seconds is not None)
         self.trials.append(rec)
         for v in rec["violations"]:
             self.violations.append(f"trial {n}: {v}")
             self.say(f"trial {n}: VIOLATION {v}")
-        if seconds is None and n < self.args.trials and not self.out_of_time():
+        if rec["violations"]:
+            rec["evidence"] = self.keep_evidence(n)
+            self.say(f"trial {n}: the nodes' logs copied to {rec['evidence']}")
+        if (seconds is None or rec.get("no_service")) and n < self.args.trials and not self.out_of_time():
             self.say(f"trial {n}: rebuilding the lab for the next trial")
             self.rebuild()
 
     def judge(self, n: int, t0: float, rec: dict, converged: bool) -> None:
-        """Checks 1, 2 and 4 (3 is the convergence itself), writer paused."""
+        """Checks 1, 2, 4 and 5 (3 is the convergence itself), writer paused."""
         self.writer.stop()
         acks = list(self.writer.acks)
         rec["acknowledged"] = len(acks)
         rec["failed_requests"] = len(self.writer.failures)
         self.expected.update({a.key: a.done for a in acks})
-        time.sleep(1.0)
-        snaps = {node: chaos_watch.snapshot(self.paths, node) for node in NODES}
-        rec["copies"] = {node: {k: v for k, v in s.items() if k != "keys"} for node, s in snaps.items()}
+        time.sleep(1.0)                      # the requests in flight end
+        primary, _ = chaos_watch.roles(chaos_watch.pair(self.paths, self.app.module))
         if converged:
-            rec["violations"] += chaos_watch.compare(snaps)
-        try:
-            bad = kvclient.unreadable(self.paths, list(self.expected), budget=120.0 if converged else 20.0)
-        except (LabError, OSError) as exc:
-            bad = dict.fromkeys(self.expected, "error")
-            rec["violations"].append(f"reading the acknowledged keys back failed: {str(exc)[:200]}")
-        lost = self.lost_keys(bad, snaps, rec)
+            self.compare_bytes(rec)
+            if primary is not None:
+                self.online_verify(rec, primary)
+        verdict = self.app.check(self.paths, primary, list(self.expected), converged)
+        rec["violations"] += verdict.problems
+        rec.update({k: v for k, v in verdict.figures.items()})
+        bad, lost = verdict.unreadable, verdict.lost
         rec["unreadable"], rec["lost"] = len(bad), len(lost)
         if bad:
-            rec["violations"].append(f"{len(bad)} of {len(self.expected)} acknowledged writes not readable through "
-                                     f"the VIP with their value ({len(lost)} in neither the VIP's answers nor the "
-                                     f"best copy), e.g. {sorted(bad.items())[:3]}")
+            rec["violations"].append(f"{len(bad)} of {len(self.expected)} acknowledged writes not found "
+                                     f"({len(lost)} lost for sure), e.g. {sorted(bad.items())[:3]}")
         self.lost_at += [self.expected[k] for k in lost]
         for k in bad:
             del self.expected[k]
@@ -239,31 +273,61 @@ class Campaign:
             first = next(s for s in samples if s.dual)
             rec["violations"].append(f"{rec['dual_samples']} samples with the VIP and the application on both "
                                      f"nodes (first at {first.t - self.origin:.1f} s)")
-        self.say(f"trial {n}: {len(acks)} acknowledged this trial, {len(self.expected)} readable in all, "
-                 f"unreadable {len(bad)}, lost {len(lost)} {rec.get('missing_if_kept', '')}, "
+        self.say(f"trial {n}: {len(acks)} acknowledged this trial, {len(self.expected)} present in all, "
+                 f"unreadable {len(bad)}, lost {len(lost)} {verdict.figures.get('missing_if_kept', '')}, "
                  f"converged in {chaos_report._fmt(rec['convergence_s'])} s, "
+                 f"byte-identical {rec.get('byte_identical', '-')} "
+                 f"(hamirror verify exit {rec.get('verify', {}).get('exit', '-')}), "
                  f"dual {rec['dual_samples']} (frozen side: {rec['dual_frozen_samples']})")
         self.writer = None
 
-    def lost_keys(self, bad: dict[str, str], snaps: dict[str, dict], rec: dict) -> set[str]:
-        """The unreadable keys that are lost: answered 404 or a wrong value, or, where the VIP did not
-        answer, missing from the copy that misses the fewest (lost even if that side is kept)."""
-        answered = {k for k, why in bad.items() if why != "error"}
-        unanswered = set(bad) - answered
-        if not unanswered:
-            return answered
-        missing = {node: unanswered - set(s.get("keys", [])) for node, s in snaps.items() if "error" not in s}
-        rec["missing_if_kept"] = {node: len(m) for node, m in missing.items()}
-        return answered | (min(missing.values(), key=len) if missing else unanswered)
+    def compare_bytes(self, rec: dict) -> None:
+        """Check 5: both nodes' lower directories byte-identical (what still differs after a few looks)."""
+        a, b = (self.app.lower_dir(self.paths, node) for node in NODES)
+        diffs = compare.settled(a, b, NODES)
+        rec["byte_identical"] = not diffs
+        rec["byte_differences"] = [str(d) for d in diffs[:50]]
+        if diffs:
+            rec["violations"].append(f"the copies differ byte for byte in {len(diffs)} path(s): "
+                                     + "; ".join(str(d) for d in diffs[:5]))
+
+    def online_verify(self, rec: dict, primary: str) -> None:
+        """``hamirror verify MODULE`` on the primary beside check 5: a verify that finds the copies
+        equal while the bytes differ is a violation (exit 0 equal, 3 different, else it did not run)."""
+        try:
+            r = process.exec_in(self.paths, primary, [sys.executable, "-m", "hamirror", "verify", self.app.module],
+                                capture=True, timeout=300)
+            rec["verify"] = {"exit": r.returncode, "said": (r.stderr or r.stdout).strip()[-300:]}
+        except subprocess.TimeoutExpired:
+            rec["verify"] = {"exit": None, "said": "no answer in 300 s"}
+        if rec["verify"]["exit"] == 0 and not rec["byte_identical"]:
+            rec["violations"].append(f"hamirror verify found the copies equal; they differ: {rec['verify']['said']}")
+
+    def keep_evidence(self, n: int) -> str:
+        """Copy the nodes' logs (agent, mount, receiver, scripts, events) out of the lab, which a
+        rebuild would wipe: ``ROOT.evidence/s{SEED}-t{N}/NODE/``."""
+        dest = os.path.join(self.paths.root + ".evidence", f"s{self.args.seed}-t{n}")
+        for node in NODES:
+            for sub in ("log", "state"):
+                src = self.paths.node_dir(node, sub)
+                if os.path.isdir(src):
+                    shutil.copytree(src, os.path.join(dest, node, sub), dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("*.sock"))
+        return dest
 
     def results(self) -> dict:
         stats = chaos_report.per_fault(self.events, self.lost_at, self.sampler.between(0, float("inf")))
         gaps = self.sampler.gaps
-        return {"seed": self.args.seed, "args": {k: v for k, v in vars(self.args).items()},
+        return {"seed": self.args.seed, "module": self.app.module, "args": {k: v for k, v in vars(self.args).items()},
                 "seconds": round(time.monotonic() - self.origin, 1), "samples": self.sampler.samples,
                 "sample_gaps_over_0.2s": len(gaps), "max_sample_gap_s": round(max((g for _, g in gaps), default=0), 3),
                 "agent_restarts": self.injector.agent_restarts, "operator_actions": 0, "rebuilds": self.rebuilds,
                 "per_fault": stats, "trials": self.trials,
+                "acknowledged": sum(t.get("acknowledged", 0) for t in self.trials), "lost": len(self.lost_at),
+                "byte_identical_trials": sum(1 for t in self.trials if t.get("byte_identical")),
+                "operator_needed_trials": sum(1 for t in self.trials
+                                              if t.get("convergence_s") is None or t.get("no_service")),
+                "recovery_median_s": {k: stats[k]["recovery_median_s"] for k in RECOVERY_KINDS if k in stats},
                 "events": [chaos_report.event_dict(e, self.origin) for e in self.events],
                 "violations": self.violations}
 
@@ -311,11 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
     print("\n" + chaos_report.table(out["per_fault"]))
-    print(f"\nseed {args.seed}: {len(campaign.trials)} trial(s), {len(campaign.events)} fault(s), "
-          f"{len(campaign.expected)} acknowledged keys readable at the end, "
+    print("recovery, median from the fault to the first acknowledged write: "
+          + (", ".join(f"{k} {v} s" for k, v in out["recovery_median_s"].items()) or "none measured"))
+    print(f"\n{args.module}, seed {args.seed}: {len(campaign.trials)} trial(s), {len(campaign.events)} fault(s), "
+          f"{out['acknowledged']} writes acknowledged, {len(campaign.expected)} present at the end, "
           f"{len(campaign.lost_at)} lost; {out['samples']} samples, {out['sample_gaps_over_0.2s']} gaps over 0.2 s "
           f"(max {out['max_sample_gap_s']} s); operator actions 0; agents restarted {out['agent_restarts']}; "
-          f"lab rebuilt {campaign.rebuilds} time(s)")
+          f"lab rebuilt {campaign.rebuilds} time(s); an operator needed after {out['operator_needed_trials']} "
+          f"trial(s) (not converged, or no service); byte-identical after {out['byte_identical_trials']} "
+          f"of {len(campaign.trials)} trial(s)")
     for v in campaign.violations:
         print(f"VIOLATION {v}")
     if crashed or campaign.violations:

@@ -40,3 +40,29 @@ def test_short_seeded_campaign(tmp_path, plan):
     assert doc["samples"] > 0
     assert doc["violations"] == [], "\n".join(doc["violations"]) + "\n" + result.stdout[-3000:]
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+# --------------------------------------------------------------------------- issue 15's pieces
+
+MODULE_PLANS = {"postgresql": "kill-mount", "mariadb": "kill-app", "demo": "hb-only,power-loss"}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("module", sorted(MODULE_PLANS))
+def test_one_trial_per_module(tmp_path, module):
+    """One trial per application: its own client and checks, the byte comparison, the sampler."""
+    root, out = str(tmp_path / "lab"), str(tmp_path / "chaos.json")
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "chaos.py"), "--module", module, "--seed", "15",
+           "--trials", "1", "--plan", MODULE_PLANS[module], "--time-limit", "300", "--root", root, "--json", out]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=880)
+    assert leftovers(root) == [], "the campaign left its lab behind"
+    assert os.path.exists(out), \
+        f"no results (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    with open(out, encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["module"] == module and doc["crashed"] is None, doc["crashed"]
+    assert [e["fault"] for e in doc["events"] if not e["skipped"]] == MODULE_PLANS[module].split(",")
+    trial = doc["trials"][0]
+    assert trial["acknowledged"] > 0 and trial["lost"] == 0
+    assert trial["byte_identical"] is True, trial.get("byte_differences")
+    assert doc["violations"] == [], "\n".join(doc["violations"]) + "\n" + result.stdout[-3000:]

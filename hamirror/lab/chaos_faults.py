@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from hamirror.lab import chaos_watch, control, kvclient, measure, process, state
+from hamirror.lab import chaos_apps, chaos_watch, control, kvclient, measure, process, state
 from hamirror.lab.naming import NODES, WITNESS, LabPaths
 from hamirror.lab.shell import LabError
 
@@ -30,7 +30,6 @@ PARTITIONS = ("part-peers", "part-peers-witness", "part-second-witness")
 ALL = BASIC + PARTITIONS
 # argv pieces that name each daemon (``python -m hamirror agent``, ``... mirror mount``, ``kvserver.py``)
 DAEMONS = {"agent": ("hamirror", "agent"), "mount": ("mirror", "mount"), "receiver": ("mirror", "receive")}
-DEMO_DIR = "/srv/hamirror-demo"
 BALLAST_MIB = 128    # written on a lone primary so that the failback resync has something to copy
 
 
@@ -56,21 +55,22 @@ class Event:
         return f"{self.fault}/{self.role}" if self.role else self.fault
 
 
-def _matches(cmd: list[str], what: str) -> bool:
+def _matches(proc: psutil.Process, what: str, app: chaos_apps.App | None) -> bool:
     if what == "app":
-        return bool(cmd) and os.path.basename(cmd[0]).startswith("python") and any(a.endswith("/kvserver.py") for a in cmd)
+        return (app or chaos_apps.Demo()).is_server(str(proc.pid), proc.name())
     a, b = DAEMONS[what]
+    cmd = proc.cmdline()
     return any(x == a and y == b for x, y in zip(cmd, cmd[1:]))
 
 
-def pids_of(paths: LabPaths, node: str, what: str | None = None) -> list[int]:
-    """The live processes of node (``what``: only the agent, mount, receiver or app)."""
+def pids_of(paths: LabPaths, node: str, what: str | None = None, app: chaos_apps.App | None = None) -> list[int]:
+    """The live processes of node (``what``: only the agent, mount, receiver or app's server)."""
     recorded = state.load(paths)
     found = []
     for pid in process.members(paths, node, recorded.started_in(node) if recorded else []):
         try:
             proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE or (what and not _matches(proc.cmdline(), what)):
+            if proc.status() == psutil.STATUS_ZOMBIE or (what and not _matches(proc, what, app)):
                 continue
         except psutil.Error:
             continue
@@ -93,8 +93,9 @@ class Injector:
     """Injects faults, remembers what it must undo (frozen pids, nodes down, partitions), undoes it."""
 
     def __init__(self, paths: LabPaths, rng: random.Random, writer: Callable[[], kvclient.Writer | None],
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, app: chaos_apps.App | None = None) -> None:
         self.paths, self.rng, self.writer, self.say = paths, rng, writer, say
+        self.app = app or chaos_apps.Demo()
         self.frozen: list[int] = []
         self.down: set[str] = set()
         self.agent_restarts = 0
@@ -105,7 +106,8 @@ class Injector:
         """(primary, secondary) as the agents report them, waiting for exactly one primary."""
         deadline = time.monotonic() + timeout
         while True:
-            p, s = chaos_watch.roles({n: None if n in self.down else measure.module_status(self.paths, n)
+            p, s = chaos_watch.roles({n: None if n in self.down
+                                      else measure.module_status(self.paths, n, self.app.module)
                                       for n in NODES})
             if p is not None or time.monotonic() > deadline:
                 return p, s
@@ -133,9 +135,10 @@ class Injector:
         self.frozen = []
 
     def swap(self, node: str, ev: Event) -> None:
-        """``hamirror swap demo`` on node (the fault's own command, not an operator action)."""
+        """``hamirror swap MODULE`` on node (the fault's own command, not an operator action)."""
         try:
-            r = process.exec_in(self.paths, node, [sys.executable, "-m", "hamirror", "swap", "demo"], capture=True,
+            r = process.exec_in(self.paths, node, [sys.executable, "-m", "hamirror", "swap", self.app.module],
+                                capture=True,
                                 timeout=120)
             ev.detail.append(f"swap on {node}: exit {r.returncode} {(r.stderr or r.stdout).strip()[-200:]}")
         except subprocess.TimeoutExpired:
@@ -190,7 +193,7 @@ class Injector:
         if node is None:
             return
         ev.node = node
-        pids = pids_of(self.paths, node, what)
+        pids = pids_of(self.paths, node, what, self.app)
         if not pids:
             ev.skipped = f"no {what} process on {node}"
             return
@@ -257,13 +260,15 @@ class Injector:
             self.boot(node)
         ev.detail.append(f"power-kill {order[0]} then {order[1]}, both booted after {delay:.1f} s")
 
-    def _resync_kill(self, ev: Event) -> None:
-        """Kill the primary, let the survivor write alone, boot the first; kill the survivor mid-resync."""
-        converged, _ = chaos_watch.wait_converged(self.paths, 60.0)
+    def failback_resync(self, ev: Event) -> tuple[str, str, str] | None:
+        """Kill the primary, let the survivor write alone (plus a ballast), boot the first; return
+        (booted node, survivor, what shows the resync runs) once the failback resync runs, else None
+        (ev.skipped says why)."""
+        converged, _ = chaos_watch.wait_converged(self.paths, 60.0, self.app.module)
         first, survivor = self.roles()
         if converged is None or first is None:
             ev.skipped = "pair not converged before the fault"
-            return
+            return None
         self.kill(first)
         writer = self.writer()
         if writer is not None:
@@ -271,11 +276,19 @@ class Injector:
                 writer.first_ack_after(time.monotonic(), 30.0)
             except LabError:
                 ev.detail.append(f"no write acknowledged by {survivor} alone within 30 s")
+        serving = measure.module_status(self.paths, survivor, self.app.module) or {}
+        if serving.get("state") not in ("ALONE", "PRIM") or not serving.get("mounted", True):
+            # The ballast goes through the survivor's mount: written into a copy that is not the
+            # primary's, it would be a change behind hamirror's back, not a fault it must survive.
+            self.boot(first)
+            ev.skipped = f"{survivor} did not take over ({serving.get('state')}); {first} booted again"
+            return None
         name = f"chaos-ballast-{ev.trial}-{ev.index}"
-        process.exec_in(self.paths, survivor, ["sh", "-c", f"rm -f {DEMO_DIR}/chaos-ballast-*; dd if=/dev/urandom "
-                        f"of={DEMO_DIR}/{name} bs=1M count={BALLAST_MIB} status=none"], capture=True, timeout=120)
+        top = self.app.data_dir
+        process.exec_in(self.paths, survivor, ["sh", "-c", f"rm -f {top}/chaos-ballast-*; dd if=/dev/urandom "
+                        f"of={top}/{name} bs=1M count={BALLAST_MIB} status=none"], capture=True, timeout=120)
         # the booted node's copy of the ballast, seen from the machine: growing means the resync runs
-        copy = os.path.join(self.paths.node_dir(first, "srv"), os.path.basename(DEMO_DIR), name)
+        copy = os.path.join(self.app.lower_dir(self.paths, first), name)
         self.boot(first)
         ev.node = survivor
         deadline = time.monotonic() + 60.0
@@ -284,19 +297,27 @@ class Injector:
             size = os.stat(copy).st_blocks * 512 if os.path.exists(copy) else 0    # allocated: sparse-proof
             seen = f"{first} holds {size >> 20} of {BALLAST_MIB} MiB" if 0 < size < BALLAST_MIB << 20 else None
             if not seen and time.monotonic() > next_status:      # a status costs a process in the node
-                seen = (measure.module_status(self.paths, survivor) or {}).get("resync")
+                seen = (measure.module_status(self.paths, survivor, self.app.module) or {}).get("resync")
                 next_status = time.monotonic() + 0.5
             if seen:
-                self.kill(survivor)
-                ev.start = time.monotonic()
-                delay = self.rng.uniform(0.5, 2.0)
-                time.sleep(delay)
-                self.boot(survivor)
-                ev.detail.append(f"{first} killed and booted; {survivor} power-killed during the resync "
-                                 f"({seen}), booted after {delay:.1f} s")
-                return
+                return first, survivor, str(seen)
             time.sleep(0.01)
         ev.skipped = "no failback resync seen within 60 s"
+        return None
+
+    def _resync_kill(self, ev: Event) -> None:
+        """Power-kill the survivor during the failback resync; boot it again 0.5-2 s later."""
+        found = self.failback_resync(ev)
+        if found is None:
+            return
+        first, survivor, seen = found
+        self.kill(survivor)
+        ev.start = time.monotonic()
+        delay = self.rng.uniform(0.5, 2.0)
+        time.sleep(delay)
+        self.boot(survivor)
+        ev.detail.append(f"{first} killed and booted; {survivor} power-killed during the resync "
+                         f"({seen}), booted after {delay:.1f} s")
 
     def _sb_swap(self, ev: Event) -> None:
         """A frozen primary (a takeover, then both primary), the pair left to sort it out, then a swap."""
@@ -304,7 +325,7 @@ class Injector:
         if p is None:
             return
         self.freeze(p, 8.0)
-        seconds, _ = chaos_watch.wait_converged(self.paths, 60.0)
+        seconds, _ = chaos_watch.wait_converged(self.paths, 60.0, self.app.module)
         ev.detail.append(f"froze {p} 8 s; " + (f"converged {seconds:.1f} s after" if seconds is not None
                                                   else "not converged within 60 s"))
         ev.node = self._primary(ev)

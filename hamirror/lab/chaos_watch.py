@@ -1,9 +1,9 @@
 """What the fault campaign (``scripts/chaos.py``) watches: who serves, convergence, the two copies.
 
-- :class:`Sampler` looks every 0.1 s at which node runs the demo application *and* holds the VIP.
-  It reads ``/proc`` only: the application is a live ``kvserver.py`` whose network namespace is a
-  node's, and the VIP is looked up in that process's own view of its namespace's local addresses
-  (``/proc/PID/net/fib_trie``, the kernel table ``ip -o addr`` prints). Entering the node
+- :class:`Sampler` looks every 0.1 s at which node runs the application's server *and* holds the
+  VIP. It reads ``/proc`` only: the server is a live process the application names (``kvserver.py``,
+  the postmaster, ``mariadbd``) whose network namespace is a node's, and the VIP is looked up in
+  that process's own view of its namespace's local addresses (``/proc/PID/net/fib_trie``, the kernel table ``ip -o addr`` prints). Entering the node
   (``ip -n``) ten times a second would put processes in it that ``lab kill``/``lab boot`` count as
   the node's own, and cost two processes per sample on a loaded machine.
 - :func:`wait_converged`: PRIM (mounted) plus an up-to-date SECOND (receiving), either way round.
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hamirror.lab import measure, process
@@ -47,10 +48,20 @@ class Sample:
         return len(self.serving) == 1 and len(self.frozen) == 1
 
 
-def _is_app(cmdline: bytes) -> bool:
+def is_demo_cmdline(cmdline: bytes) -> bool:
+    """The demo's ``kvserver.py`` (a NUL-separated /proc cmdline)."""
     args = cmdline.split(b"\0")
     return len(args) > 1 and os.path.basename(args[0]).startswith(b"python") \
         and any(a.endswith(b"/kvserver.py") for a in args[1:])
+
+
+def demo_server(pid: str, comm: str) -> bool:
+    """pid, whose comm is given, is the demo's server."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return comm.startswith("python") and is_demo_cmdline(f.read())
+    except OSError:
+        return False
 
 
 def _has_vip(pid: str) -> bool:
@@ -73,9 +84,11 @@ def _stopped(pid: str) -> bool:
 class Sampler(threading.Thread):
     """Samples who serves every INTERVAL seconds until stopped; keeps every sample with a finding."""
 
-    def __init__(self, paths: LabPaths) -> None:
+    def __init__(self, paths: LabPaths, is_server: Callable[[str, str], bool] | None = None) -> None:
+        """``is_server(pid, comm)``: pid is the application's server (default: the demo's)."""
         super().__init__(daemon=True, name="chaos-sampler")
         self.paths = paths
+        self.is_server = is_server or demo_server
         self.samples = 0
         self.findings: list[Sample] = []     # dual or dual_frozen samples
         self.gaps: list[tuple[float, float]] = []   # (time, length) of gaps above GAP_LIMIT
@@ -106,8 +119,8 @@ class Sampler(threading.Thread):
             if not pid.isdigit():
                 continue
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if not _is_app(f.read()):
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+                    if not self.is_server(pid, f.read().strip()):
                         continue
                 node = self._netns.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
             except OSError:
@@ -135,7 +148,8 @@ class Sampler(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=5)
+        if self.ident is not None:        # started
+            self.join(timeout=5)
 
     def between(self, start: float, end: float) -> list[Sample]:
         with self._lock:
@@ -148,8 +162,8 @@ def converged(a: dict | None, b: dict | None) -> bool:
             and a.get("mounted", True) and b.get("receiving", True) and not b.get("busy"))
 
 
-def pair(paths: LabPaths) -> dict[str, dict | None]:
-    return {node: measure.module_status(paths, node) for node in NODES}
+def pair(paths: LabPaths, module: str = measure.MODULE) -> dict[str, dict | None]:
+    return {node: measure.module_status(paths, node, module) for node in NODES}
 
 
 def roles(statuses: dict[str, dict | None]) -> tuple[str | None, str | None]:
@@ -160,11 +174,12 @@ def roles(statuses: dict[str, dict | None]) -> tuple[str | None, str | None]:
     return prim[0], next(n for n in NODES if n != prim[0])
 
 
-def wait_converged(paths: LabPaths, timeout: float) -> tuple[float | None, dict[str, dict | None]]:
+def wait_converged(paths: LabPaths, timeout: float,
+                   module: str = measure.MODULE) -> tuple[float | None, dict[str, dict | None]]:
     """Seconds until the pair converged (None if not within timeout) and the last statuses seen."""
     start = time.monotonic()
     while True:
-        last = pair(paths)
+        last = pair(paths, module)
         p, s = roles(last)
         if p is not None and converged(last[p], last[s]):
             return time.monotonic() - start, last

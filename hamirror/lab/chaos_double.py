@@ -1,0 +1,127 @@
+"""Double faults of the campaign: a second fault while the pair is busy recovering from a first one.
+
+- ``takeover-double``: power-kill of the primary; as soon as the survivor leaves SECOND (its
+  takeover under way: VIP, mount, the application's start), a second fault hits the survivor.
+- ``resync-double``: during a failback resync (:meth:`Injector.failback_resync`), a second fault
+  hits either side (``resync-kill`` is the power-kill of the source; this draws the others).
+- ``swap-double``: during a ``swap``, 0.3-3 s after it began.
+- ``remount-double``: kill -9 of the primary's mount daemon, then a second fault once the agent
+  mounts again.
+
+The second fault is drawn (seeded) and written in the event's detail; the event's time is the
+first fault's, so its recovery counts from there.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from hamirror.lab import control, measure
+from hamirror.lab.chaos_faults import Event, _signal, pids_of
+from hamirror.lab.chaos_more import MoreInjector
+from hamirror.lab.naming import NODES
+
+DOUBLE = ("takeover-double", "resync-double", "swap-double", "remount-double")
+
+
+class CampaignInjector(MoreInjector):
+    """Every fault of the campaign."""
+
+    def second(self, ev: Event, node: str, kind: str) -> None:
+        """The second fault, on node: kill-mount, kill-receiver, kill-agent (started again 0.5-3 s
+        later), kill-app, freeze (2-5 s) or power-kill (booted 1-5 s later)."""
+        if kind in ("kill-mount", "kill-receiver", "kill-app"):
+            what = kind.split("-")[1]
+            pids = pids_of(self.paths, node, what, self.app)
+            ev.detail.append(f"then kill -9 {what} of {node} {self._kill(pids)}" if pids
+                             else f"then no {what} on {node}")
+        elif kind == "kill-agent":
+            pids = pids_of(self.paths, node, "agent")
+            ev.detail.append(f"then kill -9 agent of {node} {self._kill(pids)}")
+            time.sleep(self.rng.uniform(0.5, 3.0))
+            if not pids_of(self.paths, node, "agent"):
+                control.start_agent(self.paths, node)
+        elif kind == "freeze":
+            seconds = self.rng.uniform(2.0, 5.0)
+            self.freeze(node, seconds)
+            ev.detail.append(f"then froze {node} {seconds:.1f} s")
+        elif kind == "power-kill":
+            self.kill(node)
+            delay = self.rng.uniform(1.0, 5.0)
+            time.sleep(delay)
+            self.boot(node)
+            ev.detail.append(f"then power-killed {node}, booted after {delay:.1f} s")
+        else:
+            raise ValueError(kind)
+
+    def _kill(self, pids: list[int]) -> list[int]:
+        return _signal(pids, signal.SIGKILL)
+
+    def _takeover_double(self, ev: Event) -> None:
+        p, s = self.roles()
+        if p is None:
+            ev.skipped = "no primary"
+            return
+        ev.node = p
+        self.kill(p)
+        ev.start = time.monotonic()
+        deadline = ev.start + 30.0
+        state = None
+        while time.monotonic() < deadline:
+            m = measure.module_status(self.paths, s, self.app.module) or {}
+            state = m.get("state")
+            if state not in (None, "SECOND") or m.get("busy"):
+                break
+            time.sleep(0.1)
+        kind = self.rng.choice(["kill-mount", "kill-agent", "freeze", "kill-app"])
+        ev.detail.append(f"power-killed primary {p}; {s} is {state} after {time.monotonic() - ev.start:.1f} s")
+        self.second(ev, s, kind)
+        time.sleep(self.rng.uniform(0.5, 3.0))
+        self.boot(p)
+        ev.detail.append(f"{p} booted")
+
+    def _resync_double(self, ev: Event) -> None:
+        found = self.failback_resync(ev)
+        if found is None:
+            return
+        target, source, seen = found
+        ev.start = time.monotonic()
+        kind, node = self.rng.choice([("kill-receiver", target), ("kill-mount", source), ("freeze", source),
+                                      ("kill-agent", source), ("kill-agent", target), ("power-kill", target)])
+        ev.detail.append(f"failback resync {source} -> {target} under way ({seen})")
+        self.second(ev, node, kind)
+
+    def _swap_double(self, ev: Event) -> None:
+        p = ev.node = self._primary(ev)
+        if p is None:
+            return
+        ev.start = time.monotonic()
+        swap = threading.Thread(target=self.swap, args=(p, ev), daemon=True)
+        swap.start()
+        time.sleep(self.rng.uniform(0.3, 3.0))
+        s = next(n for n in NODES if n != p)
+        kind, node = self.rng.choice([("power-kill", p), ("power-kill", s), ("kill-mount", p), ("kill-agent", p),
+                                      ("kill-agent", s), ("kill-receiver", s)])
+        self.second(ev, node, kind)
+        swap.join(timeout=150)
+
+    def _remount_double(self, ev: Event) -> None:
+        p = ev.node = self._primary(ev)
+        if p is None:
+            return
+        old = set(pids_of(self.paths, p, "mount"))
+        if not old:
+            ev.skipped = f"no mount process on {p}"
+            return
+        self._kill(list(old))
+        ev.start = time.monotonic()
+        deadline = ev.start + 20.0
+        while time.monotonic() < deadline and not (set(pids_of(self.paths, p, "mount")) - old):
+            time.sleep(0.2)
+        ev.detail.append(f"kill -9 mount {sorted(old)}; "
+                         + ("remounted" if time.monotonic() < deadline else "no new mount") +
+                         f" after {time.monotonic() - ev.start:.1f} s")
+        time.sleep(self.rng.uniform(0.0, 1.0))
+        self.second(ev, p, self.rng.choice(["kill-mount", "power-kill", "kill-agent", "kill-app"]))

@@ -1,0 +1,109 @@
+"""The campaign's checkers on planted faults: the byte comparison (no root) and the dual-serving
+sampler (root: real namespaces, a real VIP on both nodes, real processes named like the servers)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hamirror.lab import chaos_apps, chaos_more, chaos_watch, compare, process
+from hamirror.lab.naming import NODES, VIP
+from hamirror.lab.testing import temporary_lab, unavailable
+from tests.conftest import REPO
+
+
+def _tree(root, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def test_byte_comparison_finds_each_planted_difference(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    files = {"base/1": os.urandom(3 * 1048576 + 17), "wal/0001": os.urandom(20000), "same": b"x"}
+    _tree(a, files)
+    _tree(b, files)
+    assert compare.settled(a, b, ("node1", "node2"), attempts=1) == []
+    _tree(a, {".hamirror-conflicts/old/base/1": b"kept aside"})        # the keep-aside folder is skipped
+    with open(os.path.join(b, "base/1"), "r+b") as f:                  # one byte, past the first MiB
+        f.seek(2 * 1048576 + 5000)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with open(os.path.join(b, "wal/0001"), "ab") as f:                  # a longer file
+        f.write(b"tail")
+    os.chmod(os.path.join(a, "same"), 0o600)
+    os.chmod(os.path.join(b, "same"), 0o644)
+    _tree(b, {"only-here": b""})
+    os.symlink("base/1", os.path.join(a, "link"))
+    os.symlink("base/2", os.path.join(b, "link"))
+    found = [str(d) for d in compare.settled(a, b, ("node1", "node2"), attempts=2, pause=0.01)]
+    assert found == [
+        "base/1: content, 4096 bytes differ in [2101248-2105344]",
+        "link: symlink to 'base/1' on node1, 'base/2' on node2",
+        "only-here: only on node2",
+        "same: mode 0600 on node1, 0644 on node2",
+        "wal/0001: size 20000 on node1, 20004 on node2; content, 3620 bytes differ in [16384-20004]",
+    ]
+
+
+def test_fail_once_patch_goes_after_the_shells_options():
+    """The lab-only stop_prim patch fits every shipped module's stop_prim."""
+    for module in ("demo", "postgresql", "mariadb", "nginx", "generic"):
+        with open(os.path.join(REPO, "modules", module, "stop_prim"), encoding="utf-8") as f:
+            text = f.read()
+        patched = chaos_more._insert_after_first(text, "set -", chaos_more.FAIL_ONCE)
+        lines = patched.splitlines(keepends=True)
+        at = lines.index(chaos_more.FAIL_ONCE)
+        assert lines[at - 1].startswith("set -") and "".join(lines[:at] + lines[at + 1:]) == text, module
+
+
+SLEEPER = "import time\ntime.sleep(120)\n"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("app", ["demo", "postgresql", "mariadb"])
+def test_sampler_sees_a_planted_dual(tmp_path, app):
+    """The VIP on both nodes and a process that looks like the server on each: every sample is dual;
+    with the server on one node only, none is."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if app == "demo":
+        (bin_dir / "kvserver.py").write_text(SLEEPER)
+        server = [sys.executable, str(bin_dir / "kvserver.py")]
+    else:
+        name = "postgres" if app == "postgresql" else "mariadbd"
+        shutil.copy("/bin/sleep", bin_dir / name)
+        server = [str(bin_dir / name), "120"]
+    with temporary_lab(str(tmp_path / "lab")) as lab:
+        sampler = chaos_watch.Sampler(lab.paths, chaos_apps.by_name(app).is_server)
+        started = []
+        try:
+            for node in NODES:
+                subprocess.run(["ip", "-n", lab.paths.netns(node), "addr", "add", f"{VIP}/24", "dev", "eth0"],
+                               check=True)
+                started.append(process.start(lab.paths, node, "fake-server", server))
+            deadline = time.monotonic() + 10
+            while sampler.sample().serving != tuple(NODES) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert sampler.sample().dual
+            os.kill(started[1].pid, 9)
+            os.waitpid(started[1].pid, 0)
+            after = sampler.sample()
+            assert after.serving == ("node1",) and not after.dual
+        finally:
+            for s in started:
+                try:
+                    os.kill(s.pid, 9)
+                    os.waitpid(s.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
