@@ -303,9 +303,10 @@ def failback_pair(pair: MirrorPair) -> MirrorPair:
 
 
 @contextlib.contextmanager
-def local_link(base: str, state_dir: str | None = None):
+def local_link(base: str, state_dir: str | None = None, on_lost=None):
     """A real receiver on ``base/secondary`` in this process (its own thread, CURVE over loopback)
-    and a connected LinkClient: yields (client, receiver); everything is closed afterwards."""
+    and a connected LinkClient (``on_lost`` passed on to it): yields (client, receiver);
+    everything is closed afterwards."""
     import threading
 
     from hamirror.link.client import LinkClient
@@ -318,7 +319,7 @@ def local_link(base: str, state_dir: str | None = None):
                         context=context, state_dir=state_dir)
     serving = threading.Thread(target=receiver.serve_forever, daemon=True)
     serving.start()
-    client = LinkClient(receiver.endpoint, os.path.join(base, "keys"), context=context)
+    client = LinkClient(receiver.endpoint, os.path.join(base, "keys"), context=context, on_lost=on_lost)
     try:
         client.hello(10)
         yield client, receiver

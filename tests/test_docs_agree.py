@@ -160,3 +160,13 @@ def test_the_quick_starts_module_command_works_on_a_fresh_install(tmp_path):
                      (folder / "pg_hba.conf").read_text(), re.M)
     role = re.search(r'CREATE ROLE (\w+) LOGIN PASSWORD .*?CREATE DATABASE (\w+) OWNER \1', guide)
     assert role is not None and f'psql "host={vip.split("/")[0]} user={role[1]} dbname={role[2]}"' in guide
+
+
+def test_the_admin_guides_metrics_table_names_every_family_the_agent_exports():
+    """Review (issue 15): hamirror_module_mirror and hamirror_module_fenced, which the shipped
+    alert rules use, were missing from the table."""
+    from hamirror.agent.http import render_metrics
+    exported = set(re.findall(r"^# TYPE (\S+) ", render_metrics({"modules": []}), re.M))
+    table = read("docs", "admin-guide.md").split("**Metrics**", 1)[1].split("**Alerts.**", 1)[0]
+    documented = set(re.findall(r"`(hamirror_\w+)`", table))
+    assert exported - documented == set() and exported

@@ -219,3 +219,20 @@ def test_the_agent_sees_a_copy_with_an_orphaned_log_as_not_up_to_date(tmp_path, 
     assert journal_info.read([state]).uptodate
     _crashed_log(state, epochs, [b"a"])              # a receiver died with a path unsynced
     assert not journal_info.read([state]).uptodate
+
+
+def test_a_clean_close_that_cannot_empty_the_log_keeps_it_and_still_closes(tmp_path, epochs):
+    """Review: write_snapshot failing in close(clean=True) (here its temporary name is a
+    directory: EISDIR, as ENOSPC would) raised out of Receiver.close, leaking the descriptor and
+    skipping the rest of the receiver's shutdown. The log must stay readable (the next start
+    reads it) and the descriptor must be closed."""
+    path = str(tmp_path / "u.log")
+    log = unsynced.UnsyncedLog(path, epochs, interval=NEVER)
+    log.note([b"kept"])
+    log.flush()
+    fd = log._fd
+    os.mkdir(path + ".tmp")
+    log.close(clean=True)
+    assert log_paths(path) is not None
+    with pytest.raises(OSError):
+        os.fstat(fd)

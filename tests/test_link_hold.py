@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 
 import pytest
-import zmq
 
 from hamirror.link import client as client_module
-from hamirror.link import keys
 from hamirror.link.client import LinkClient
 from hamirror.link.protocol import Op
-from hamirror.link.receiver import Receiver
+from tests.mirror_fixtures import local_link
 
 T1 = (1_600_000_000_111_111_111, 1_600_000_000_222_222_222)
 T2 = (1_700_000_000_333_333_333, 1_700_000_000_444_444_444)
@@ -27,27 +24,9 @@ T2 = (1_700_000_000_333_333_333, 1_700_000_000_444_444_444)
 
 @pytest.fixture
 def link(tmp_path):
-    keys_dir = str(tmp_path / "keys")
-    keys.generate(keys_dir, "test")
-    secondary = tmp_path / "secondary"
-    secondary.mkdir()
-    context = zmq.Context()
-    receiver = Receiver(str(secondary), "tcp://127.0.0.1:*", keys_dir, context=context)
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
     lost: list[tuple[str, list]] = []
-    client = LinkClient(receiver.endpoint, keys_dir, context=context,
-                        on_lost=lambda reason, failed: lost.append((reason, failed)))
-    client.hello(10)
-    try:
-        yield client, receiver, secondary, lost
-    finally:
-        client.close(2)
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-        keys.stop_authenticator(context)
-        context.term()
+    with local_link(str(tmp_path), on_lost=lambda reason, failed: lost.append((reason, failed))) as (client, receiver):
+        yield client, receiver, tmp_path / "secondary", lost
 
 
 def _create(client: LinkClient, name: bytes):

@@ -274,3 +274,13 @@ def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_abou
     clock.t += LEASE + 1                                  # node2's lease lapses: node1 gets it
     ask()
     assert not client.peer_holds(clock()) and client.view.holds(clock())
+
+
+@pytest.mark.parametrize("content", ['{"last": ["node1"]}', '{"last": 7}', '["node1"]', "{"])
+def test_a_damaged_witness_state_file_is_a_named_error(tmp_path, content):
+    """Review: a list under "last" raised TypeError (unhashable) instead of the ValueError that
+    `hamirror witness` turns into a message naming the file."""
+    state = tmp_path / "lease.json"
+    state.write_text(content)
+    with pytest.raises(ValueError, match=str(state)):
+        WitnessServer("lab", NODES, KEY, LEASE, clock=Clock(), wall=Clock(1_700_000_000.0), state=str(state))

@@ -28,3 +28,21 @@ def test_three_failures_the_same_way_are_an_alarm_another_failure_starts_again()
 def test_the_worst_directory_is_shown():
     assert failures.worst([None, {"count": 1, "error": "a"}, {"count": 4, "error": "b"}])["error"] == "b"
     assert failures.worst([None, {"count": 0}]) is None
+
+
+def test_a_completed_resync_ends_the_alarm_even_when_the_journal_cannot_record_it(tmp_path, caplog):
+    """Review: with the journal failing, a completed resync kept the old count in memory, so
+    status still said ALARM and the log said 'resync failed 3 times in a row ...: None'."""
+    from hamirror.fs.commands import MountCommands
+    from hamirror.journal.journal import Journal
+
+    journal = Journal(str(tmp_path / "journal.db"))
+    commands = MountCommands(-1, None, journal, str(tmp_path / "keys"), 1.0, 1, dict)
+    for n in (1, 2, 3):
+        commands._count(f"peer refused operation {n}: [Errno 28] No space left on device")
+    assert failures.is_alarm(commands.resync_failures)
+    journal.close()                      # the journal cannot write any more
+    caplog.clear()
+    commands._count(None)
+    assert commands.resync_failures is None
+    assert "times in a row" not in caplog.text

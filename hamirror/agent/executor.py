@@ -16,12 +16,15 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
 from hamirror.cluster import actions as a
 from hamirror.cluster.states import NodeState
+
+if TYPE_CHECKING:
+    from hamirror.actions.scripts import ScriptResult
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +63,12 @@ class VipLike(Protocol):
 
 
 class ScriptsLike(Protocol):
-    def run(self, name: str, state: str): ...   # -> ScriptResult (ok, detail); stop_prim verified
+    def run(self, name: str, state: str) -> ScriptResult: ...   # stop_prim verified
     def kill_app(self) -> list[int]: ...        # SIGKILL the application's group
 
 
 class FencerLike(Protocol):
-    def run(self, takeover: bool = False): ...   # -> ScriptResult (ok, detail)
+    def run(self, takeover: bool = False) -> ScriptResult: ...
 
 
 class JournalOps(Protocol):

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
 
+if TYPE_CHECKING:   # for the hints only: runtime imports this module
+    from hamirror.agent.datapath import DataPath
+    from hamirror.agent.module_runner import ModuleRunner, Observation
+    from hamirror.agent.runtime import Agent
+
 POLL = 0.2   # seconds between two looks at a running verify
 
 
-def refusal(runner) -> str | None:
+def refusal(runner: ModuleRunner) -> str | None:
     """Why ``runner``'s module cannot be verified from this node now, or None (pure)."""
     peer = runner.peer
     here = runner.state.value
@@ -64,7 +70,7 @@ def merge(parts: list[dict | None], dirs: list[str]) -> dict | None:
     }
 
 
-def last_verify(obs) -> dict | None:
+def last_verify(obs: Observation | None) -> dict | None:
     """The last verify of this node's mounts (status: when, result, out-of-sync bytes)."""
     if obs is None or not obs.mounts:
         return None
@@ -72,7 +78,7 @@ def last_verify(obs) -> dict | None:
                  [str((m or {}).get("dir") or i) for i, m in enumerate(obs.mounts)])
 
 
-def running(obs) -> dict | None:
+def running(obs: Observation | None) -> dict | None:
     """A verify's progress while one runs on this node's mounts."""
     parts = [m["verify"] for m in (obs.mounts if obs else ()) if m and isinstance(m.get("verify"), dict)]
     if not parts:
@@ -101,7 +107,7 @@ def status_line(last: dict) -> str:
     return f"{describe(last).replace('verify', f'verify {when}', 1)}"
 
 
-async def answer(agent, runner, request: dict) -> dict:
+async def answer(agent: Agent, runner: ModuleRunner, request: dict) -> dict:
     """The control answer to ``{"cmd": "verify", "module", "repair", "timeout"}`` (with the keys
     every module command answers: state, warnings, error)."""
     repair, timeout = bool(request.get("repair")), float(request.get("timeout") or 3600.0)
@@ -112,7 +118,7 @@ async def answer(agent, runner, request: dict) -> dict:
     return {"state": runner.state.value, "warnings": [], **result}
 
 
-async def forward(agent, module: str, repair: bool, timeout: float) -> dict:
+async def forward(agent: Agent, module: str, repair: bool, timeout: float) -> dict:
     """From the secondary: the primary's agent runs it, asked through its HTTP API."""
     from hamirror.agent.console.peer import command
     from hamirror.agent.http import load_token
@@ -129,7 +135,7 @@ async def forward(agent, module: str, repair: bool, timeout: float) -> dict:
             "error": f"{agent.peer_node.name}, the primary, answered: {error}" if error else None}
 
 
-async def run(runner, repair: bool, timeout: float) -> dict:
+async def run(runner: ModuleRunner, repair: bool, timeout: float) -> dict:
     """Verify (and repair) every directory of ``runner``'s module on this node (the primary)."""
     problem = refusal(runner)
     if problem is not None:
@@ -149,7 +155,7 @@ async def run(runner, repair: bool, timeout: float) -> dict:
     return {"ok": outcome["result"] != "failed", "verify": outcome, "error": outcome.get("error")}
 
 
-async def _wait_all(datapath, repair: bool, timeout: float) -> dict:
+async def _wait_all(datapath: DataPath, repair: bool, timeout: float) -> dict:
     count = len(datapath.dirs)
     jobs = []
     for i in range(count):

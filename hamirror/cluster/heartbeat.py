@@ -6,8 +6,9 @@ raises :class:`HeartbeatRejected` with a reason, and the :class:`Validator` coun
 ``hamirror status``. Freshness does not rest on the wall clock: a heartbeat echoes the last
 (boot, counter) its sender heard from us, and one that echoes a counter we sent within
 ``max_skew`` seconds (our monotonic clock) is fresh whatever the two wall clocks say; only a
-heartbeat that cannot echo yet (first contact, or we are not heard) falls back to the timestamp. The transport lives in :mod:`heartbeat_service` (zeroconf's codec/engine
-split), so this module is fuzzed without a network.
+heartbeat that cannot echo yet (first contact, or we are not heard) falls back to the timestamp.
+The transport lives in :mod:`heartbeat_service` (zeroconf's codec/engine split), so this module
+is fuzzed without a network.
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ def load_last_holder(path: str, nodes: frozenset[str]) -> str | None:
         return None
     except (OSError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}: witness state unreadable: {exc}") from exc
-    if last is not None and last not in nodes:
+    if last is not None and (not isinstance(last, str) or last not in nodes):
         raise ValueError(f"{path}: witness state names {last!r}, not a node of this cluster")
     return last
 

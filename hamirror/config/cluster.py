@@ -53,8 +53,9 @@ class FenceConfig:
     """I/O fencing (docs/reliability.md). ``script``: run before acting without an unreachable
     peer (a takeover, or a primary going on alone); the action waits for its success (exit 0).
     ``block_timeout``: how long a primary's writes may stay blocked waiting for a verdict
-    before they are refused (EIO) and the node steps down. ``takeover_delay``: a secondary
-    waits this long before fencing its primary, so that in a partition the primary fences first."""
+    before they are refused (EIO) and the node steps down. ``takeover_delay``: the node that
+    loses the fence race (fewer primary modules; on a tie, listed second) waits this long
+    before fencing, so that in a partition only one node fences (hamirror/actions/fence.py)."""
 
     script: str | None = None
     timeout: float = 30.0

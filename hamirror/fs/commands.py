@@ -129,8 +129,8 @@ class MountCommands:
         """Keep the count of failures in a row (durable, so a restart of the mount keeps it)."""
         try:
             if error is None:
+                self.resync_failures = None     # done, even if the journal cannot record it
                 failures.succeeded(self.journal)
-                self.resync_failures = None
             else:
                 self.resync_failures = failures.failed(self.journal, error)
         except Exception as exc:   # the journal itself failing (ENOSPC, EIO): still counted in memory

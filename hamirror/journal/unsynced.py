@@ -95,16 +95,22 @@ class UnsyncedLog:
             return list(self._hot)
 
     def close(self, clean: bool) -> None:
-        """Stop; with ``clean``, sync the filesystem and empty the log (nothing is unsynced)."""
+        """Stop; with ``clean``, sync the filesystem and empty the log (nothing is unsynced).
+        If the log cannot be emptied it stays as it is (the next start reports its paths): the
+        descriptor is closed either way, and the caller's shutdown goes on."""
         self.syncer.stop()
-        if clean and self.syncer.sync_once():
+        try:
+            if clean and self.syncer.sync_once():
+                with self._lock:
+                    self._fd = write_snapshot(self.path, [], self._fd)
+                    self._hot.clear()
+                    self._new.clear()
+        except OSError as exc:
+            log.warning("%s: kept (a clean stop could not empty it): %s", self.path, exc)
+        finally:
             with self._lock:
-                self._hot.clear()
-                self._new.clear()
-                self._fd = write_snapshot(self.path, [], self._fd)
-        with self._lock:
-            os.close(self._fd)
-            self._fd = -1
+                os.close(self._fd)
+                self._fd = -1
 
     # the syncer's side -------------------------------------------------------------------------
 

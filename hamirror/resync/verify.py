@@ -422,7 +422,7 @@ class VerifyJob:
         except Exception as exc:  # noqa: BLE001 - the result is still answered
             log.warning("last verify not recorded in the journal: %s", exc)
         if not self.error:
-                log.info("verify %d: %s, %d difference(s), %d byte(s) out of sync", job, result["result"],
+            log.info("verify %d: %s, %d difference(s), %d byte(s) out of sync", job, result["result"],
                      result["difference_count"], result["out_of_sync_bytes"])
 
     def status(self) -> dict:
