@@ -91,6 +91,24 @@ def test_an_echo_sent_moments_ago_proves_freshness_whatever_the_wall_clock_says(
     assert validator().accept(encode(hb(echo=("mine", 7)), KEY), NOW, echo_age=echo_age)   # sane clocks
 
 
+def test_a_replayed_heartbeat_of_an_older_boot_does_not_change_what_we_echo() -> None:
+    """Review of finding 6: someone replaying the peer's old datagrams must not make our echo name
+    an old boot (a peer whose wall clock is off would then have its heartbeats refused); a boot
+    never seen before (the peer restarted) is echoed at once, even while its clock is off."""
+    v = validator()
+    old = encode(hb(boot_id="old-boot", counter=90), KEY)
+    v.accept(old, NOW)
+    v.accept(encode(hb(boot_id="new-boot", counter=3), KEY), NOW)
+    assert v.echo_for("node2") == ("new-boot", 3)
+    with pytest.raises(HeartbeatRejected):
+        v.accept(old, NOW)                               # the replay is refused ...
+    assert v.echo_for("node2") == ("new-boot", 3)      # ... and changes nothing we echo
+    with pytest.raises(HeartbeatRejected) as info:
+        v.accept(encode(hb(boot_id="third-boot", counter=1, timestamp=NOW + 60), KEY), NOW)
+    assert info.value.reason is Reason.SKEW
+    assert v.echo_for("node2") == ("third-boot", 1)    # a restart with a skewed clock is heard
+
+
 def test_copy_replayed_on_another_network_is_rejected() -> None:
     v = validator()
     data = encode(hb(network=1), KEY)

@@ -210,6 +210,7 @@ class Validator:
         self.rejected: collections.Counter[Reason] = collections.Counter()
         self._last: dict[str, collections.OrderedDict[tuple[str, int], int]] = {}
         self.heard: dict[str, tuple[str, int]] = {}
+        self._boots: dict[str, collections.OrderedDict[str, None]] = {}   # boot ids seen, newest last
 
     def accept(self, data: bytes, now_wall: float, network: int = 0, echo_age: EchoAge | None = None) -> Heartbeat:
         """Decode and validate ``data`` received on ``network`` at wall time ``now_wall``;
@@ -231,6 +232,20 @@ class Validator:
         """What to echo to ``node``: its newest authentic heartbeat's (boot, counter)."""
         return self.heard.get(node)
 
+    def _hear(self, hb: Heartbeat) -> None:
+        """Note an authentic heartbeat, fresh or not, for our echo: a higher counter of the boot we
+        echo, or a boot never seen from this sender (it restarted). Never a boot seen before: a
+        replayed datagram of an older boot would make our echo useless to a peer whose wall clock
+        is off, and so have its heartbeats refused."""
+        heard = self.heard.get(hb.node)
+        boots = self._boots.setdefault(hb.node, collections.OrderedDict())
+        if heard is None or (heard[0] == hb.boot_id and heard[1] < hb.counter) or hb.boot_id not in boots:
+            self.heard[hb.node] = (hb.boot_id, hb.counter)
+        boots[hb.boot_id] = None
+        boots.move_to_end(hb.boot_id)
+        while len(boots) > BOOTS_REMEMBERED:
+            boots.popitem(last=False)
+
     def _check(self, hb: Heartbeat, now_wall: float, network: int, echo_age: EchoAge | None) -> Heartbeat:
         if hb.cluster != self.cluster:
             raise HeartbeatRejected(Reason.WRONG_CLUSTER, hb.cluster)
@@ -238,9 +253,7 @@ class Validator:
             raise HeartbeatRejected(Reason.OWN_NAME)
         if hb.node not in self.peers:
             raise HeartbeatRejected(Reason.UNKNOWN_SENDER, hb.node)
-        heard = self.heard.get(hb.node)
-        if heard is None or heard[0] != hb.boot_id or heard[1] < hb.counter:
-            self.heard[hb.node] = (hb.boot_id, hb.counter)
+        self._hear(hb)
         age = echo_age(*hb.echo) if hb.echo is not None and echo_age is not None else None
         if (age is None or not 0 <= age <= self.max_skew) and abs(hb.timestamp - now_wall) > self.max_skew:
             raise HeartbeatRejected(Reason.SKEW, f"{hb.timestamp - now_wall:+.1f} s and no fresh echo")
