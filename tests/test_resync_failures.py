@@ -46,3 +46,11 @@ def test_a_completed_resync_ends_the_alarm_even_when_the_journal_cannot_record_i
     commands._count(None)
     assert commands.resync_failures is None
     assert "times in a row" not in caplog.text
+
+
+def test_a_damaged_record_in_the_journal_counts_as_no_failure():
+    """A journal value is never trusted: a damaged count must not crash the mount or the agent."""
+    for damaged in ({"count": "3", "error": "x"}, {"count": [1]}, {"count": True}, {"count": -2}, {"error": "x"}):
+        assert failures.count(damaged) == 0 and not failures.is_alarm(damaged)
+        assert failures.after_failure(damaged, "x", 1.0)["count"] == 1
+    assert failures.worst([{"count": "9"}, {"count": 2, "error": "e"}, None]) == {"count": 2, "error": "e"}

@@ -97,3 +97,15 @@ def test_status_shows_a_running_verify():
     doc = document(None)
     doc["modules"][0]["verify"] = {"done_files": 12, "done_bytes": 4096}
     assert "db: verify running: 12 file(s), 4096 byte(s) compared so far" in render_table(doc)
+
+
+def test_a_damaged_last_verify_in_the_journal_starts_the_ids_over():
+    """A journal value is never trusted: a damaged id must not crash the mount at start."""
+    import json
+
+    from hamirror.resync.verify import LAST_KEY, VerifyJob
+
+    for damaged in ({"id": "7"}, {"id": [1]}, {"id": None}, {"id": 4}):
+        journal = SimpleNamespace(get_state=lambda key, d=damaged: json.dumps(d) if key == LAST_KEY else None)
+        job = VerifyJob(0, SimpleNamespace(), journal)
+        assert job.runs == (4 if damaged == {"id": 4} else 0)

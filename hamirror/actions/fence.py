@@ -111,6 +111,7 @@ class ModuleFence:
         return self.node_fence.configured
 
     def run(self, takeover: bool = False) -> ScriptResult:
-        """``takeover`` is kept for the log; who waits is the node's fence race, not the module's role."""
+        """``takeover`` is accepted and ignored: who waits is decided by the node's fence race
+        (:func:`fence_delay`), not by this module's role."""
         del takeover
         return self.node_fence.run(self.module)

@@ -32,15 +32,21 @@ def same_way(a: str, b: str) -> bool:
     return _NUMBER.sub("N", a) == _NUMBER.sub("N", b)
 
 
+def count(record: dict | None) -> int:
+    """The failures in a row a record holds; 0 for a damaged one (a journal value is never trusted)."""
+    value = record.get("count", 0) if isinstance(record, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def after_failure(previous: dict | None, error: str, now: float) -> dict:
     """The record after one more failure (pure): the count goes on if it failed the same way."""
-    if previous and same_way(str(previous.get("error", "")), error):
-        return {**previous, "count": int(previous.get("count", 0)) + 1, "error": error, "last": now}
+    if previous and count(previous) and same_way(str(previous.get("error", "")), error):
+        return {**previous, "count": count(previous) + 1, "error": error, "last": now}
     return {"count": 1, "error": error, "since": now, "last": now}
 
 
 def is_alarm(record: dict | None) -> bool:
-    return bool(record) and int(record.get("count", 0)) >= ALARM_AFTER
+    return count(record) >= ALARM_AFTER
 
 
 def load(store: StateStore) -> dict | None:
@@ -67,5 +73,5 @@ def succeeded(store: StateStore) -> None:
 
 def worst(records: list[dict | None]) -> dict | None:
     """Of several directories' records, the one with the most failures in a row (or None)."""
-    found = [r for r in records if r and int(r.get("count", 0)) > 0]
-    return max(found, key=lambda r: int(r.get("count", 0))) if found else None
+    found = [r for r in records if count(r) > 0]
+    return max(found, key=count) if found else None

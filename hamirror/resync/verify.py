@@ -390,7 +390,8 @@ class VerifyJob:
         except ValueError:
             self.last = None
         if isinstance(self.last, dict):   # job ids go on from the last one recorded (a remount)
-            self.runs = int(self.last.get("id") or 0)
+            ident = self.last.get("id")
+            self.runs = ident if isinstance(ident, int) and ident > 0 else 0   # a damaged value: start over
 
     @property
     def running(self) -> bool:
