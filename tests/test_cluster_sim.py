@@ -495,3 +495,12 @@ def test_a_one_way_loss_blocks_writes_briefly_and_the_pair_converges_after_the_h
     assert trace[-1][1:] in ((S.PRIM, S.SECOND), (S.SECOND, S.PRIM)), trace
     assert not diverged_at_some_tick(quiet(6) + [(UNHEARD[unheard], None, Command.NONE, None, None)] * lost
                                      + quiet(10), witness)
+
+
+def test_a_one_way_loss_during_a_swaps_hand_over_makes_one_primary():
+    """Found by the property above in CI: node1 hands over (`second`) and stops hearing node2 the
+    same moment (one way). node2 promotes by the hand-over (no witness asked); node1, which holds
+    the witness's lease, must not take over on the silence of a peer it just handed over to."""
+    trace = run(quiet(6) + [(True, 0, Command.SECOND, None, None), (UNHEARD[1], None, Command.NONE, None, None)]
+                + quiet(6), True)
+    assert [s.is_primary for s in trace[-1][1:]] == [False, True]

@@ -55,6 +55,8 @@ FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for 
                "copy is stale before going on alone")
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
                "the primary may go on alone")
+HANDED_OVER = ("the peer is not heard during a swap's hand-over: it may be promoting; not taking over "
+               "on its silence (`hamirror prim` if it is really gone)")
 PEER_LEASED = ("the primary is not heard, yet the witness refuses this node and hears the primary holding the "
                "lease (a one-way loss, or a partition): it may go on alone; marking this copy stale so that it does")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
@@ -252,6 +254,10 @@ def _second(view: ModuleView) -> Decision:
     if not view.uptodate:
         return steps.leave_second(view)
     if not peer.alive:
+        if view.swap is SwapPhase.HANDOVER:
+            # We handed the primary role over: the peer may be promoting now, heard by us or not
+            # (a one-way loss), and a hand-over asks no witness. Its silence proves nothing.
+            return steps.leave_second(view, warning=HANDED_OVER)
         if _peer_goes_on(view):
             return steps.leave_second(view, MarkUpToDate(False), warning=PEER_LEASED)
         if view.quorum is False:
