@@ -9,8 +9,10 @@ mount reads as dead: the agent's dead-mount repair takes it from there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -32,14 +34,23 @@ def mounted(tmp_path):
     write_module(tmp_path, replace={"/srv/app": str(data)})
     cluster = load_cluster(path)
     datapath = DataPath(load_modules(cluster)[0], cluster)
-    datapath.mount(alone=True)
-    status = datapath.mount_status(0)
-    assert status is not None and status["state"] == "ALONE"
-    yield datapath, int(status["pid"])
-    pid = int(status["pid"])
-    if dp_module._alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    datapath.unmount(force=True)
+    try:
+        datapath.mount(alone=True)
+        status = datapath.mount_status(0)
+        assert status is not None and status["state"] == "ALONE"
+        yield datapath, int(status["pid"])
+    finally:
+        # Whatever happened (a failed assertion, a daemon the watchdog killed, a failed unmount):
+        # no daemon and no mount are left behind.
+        for pid in {int(s["pid"]) for s in datapath.mount_statuses() if s and s.get("pid")}:
+            if dp_module._alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            datapath.unmount(force=True)
+        if os.path.ismount(data):
+            subprocess.run(["umount", "-l", str(data)], check=False)
+        assert not os.path.ismount(data), f"{data} still mounted"
 
 
 def test_a_frozen_mount_daemon_is_killed_and_reads_as_dead(mounted):
