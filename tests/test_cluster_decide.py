@@ -78,6 +78,16 @@ def test_prim_command_on_uptodate_node_has_no_warning() -> None:
     assert d.state is S.ALONE and d.warnings == ()
 
 
+@pytest.mark.parametrize("alive_elsewhere", [{"peer_asks": True}, {"linked": True}])
+def test_prim_command_refused_on_a_peer_unheard_here_but_alive_elsewhere(alive_elsewhere: dict) -> None:
+    """One way lost: the peer hears this WAIT node and may promote itself on it; our lease
+    would not stop it (a node that hears its peer does not ask the witness)."""
+    d = decide(view(S.WAIT, command=Command.PRIM, quorum=True, **alive_elsewhere))
+    assert d.state is S.WAIT
+    assert d.warnings[0] == ("`prim` refused in WAIT: the peer is not heard here but is alive (the witness "
+                             "or the replication link hears it); stop it or repair the network first")
+
+
 def test_prim_command_refused_while_peer_is_primary() -> None:
     d = decide(view(S.SECOND, peer=S.PRIM, command=Command.PRIM))
     assert d.state is S.SECOND and any("refused" in w for w in d.warnings)

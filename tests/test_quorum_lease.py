@@ -276,6 +276,28 @@ def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_abou
     assert not client.peer_holds(clock()) and client.view.holds(clock())
 
 
+def test_the_client_knows_the_witness_hears_the_peer_only_from_a_fresh_answer():
+    """A forced `prim` is refused while the witness hears the peer this node does not."""
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, interval=0.3, clock=clock, wall=wall)
+
+    def ask() -> None:
+        client.send(True)
+        client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+
+    ask()
+    assert not client.peer_asks(clock())                  # the witness has never heard node2
+    srv.handle(encode_request("lab", "node2", "b2", 1, wall(), False, KEY))
+    ask()
+    assert client.peer_asks(clock())
+    clock.t += 1.0                                        # no newer answer: the word is old
+    assert not client.peer_asks(clock())
+    clock.t += LEASE
+    ask()                                                 # node2 silent at the witness for a lease
+    assert not client.peer_asks(clock())
+
+
 @pytest.mark.parametrize("content", ['{"last": ["node1"]}', '{"last": 7}', '["node1"]', "{"])
 def test_a_damaged_witness_state_file_is_a_named_error(tmp_path, content):
     """Review: a list under "last" raised TypeError (unhashable) instead of the ValueError that

@@ -279,12 +279,12 @@ class ModuleRunner:
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    listened: bool, epoch: int | None = None, linked: bool = False,
-                   vouched: bool = False, peer_leased: bool = False) -> None:
+                   vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
         a stall since makes the view stale, and nothing is decided from it; ``linked``: the
         replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
-        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` (:attr:`ModuleView.peer_leased`)."""
+        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``."""
         if self.task is not None:
             return
         before, self.obs = self.obs, await asyncio.to_thread(self.observe)
@@ -310,7 +310,7 @@ class ModuleRunner:
             self.start_task((a.StartReceiver(),), self.state, "receiver restart")
             return
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
-                                   vouched=vouched, peer_leased=peer_leased)
+                                   vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks)
         decision = decide(view)
         if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
             # Still primary after the stall, and the data path proves it: the peer acknowledges our

@@ -237,9 +237,10 @@ class Agent:
             self.quorum = await self.witness.verdict(boottime())
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
+            peer_asks = self.witness.peer_asks(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
-            self.quorum, vouched, peer_leased = False, False, False
+            self.quorum, vouched, peer_leased, peer_asks = False, False, False, False
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
@@ -270,7 +271,8 @@ class Agent:
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             try:
-                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched, peer_leased)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched, peer_leased,
+                                  peer_asks)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

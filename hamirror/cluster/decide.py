@@ -51,6 +51,8 @@ SPLIT_BRAIN = ("split brain: both nodes hold data the other lacks; nothing is me
                "data of one node: run `hamirror second MODULE` on the other")
 MAY_LOSE = "forced primary: data written on the peer and not replicated here may be lost"
 NO_QUORUM = "the witness refuses: this node may not act alone"
+PEER_ALIVE_ELSEWHERE = ("the peer is not heard here but is alive (the witness or the replication link hears it); "
+                        "stop it or repair the network first")
 FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for it to confirm that its "
                "copy is stale before going on alone")
 PEER_FENCED = ("the primary lost its replication link to this node: marking this copy stale so that "
@@ -134,6 +136,10 @@ def _force_prim(view: ModuleView) -> Decision:
         return _refuse("the peer is primary; use `hamirror swap`")(view)
     if not peer.alive and view.quorum is False:
         return _refuse(NO_QUORUM)(view)
+    if not peer.alive and (view.linked or view.peer_asks):
+        # Unheard here, but alive by another path: it may be promoting itself on our WAIT (one
+        # way lost), and our lease would not stop it, since a node that hears its peer does not ask.
+        return _refuse(PEER_ALIVE_ELSEWHERE)(view)
     quiet_peer = peer.state is S.STOP or (peer.state is S.WAIT and not peer.uptodate
                                           and not view.cold_start)
     if peer.alive and not quiet_peer:

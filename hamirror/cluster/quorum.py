@@ -198,6 +198,11 @@ class Witness(abc.ABC):
         may act alone."""
         return False
 
+    def peer_asks(self, now: float) -> bool:
+        """Whether the witness's latest answer, fresh (two intervals), lists the peer among the
+        nodes it heard within its lease: the peer may be alive though this node does not hear it."""
+        return False
+
     def status(self) -> dict | None:
         """For ``hamirror status``; None without a witness."""
         return None
@@ -457,6 +462,11 @@ class UdpWitness(Witness):
         return (answer is not None and at is not None and self.clock() - at <= margin
                 and answer.holder == self.peer and answer.age is not None and answer.age <= margin
                 and (silence is None or answer.age + margin <= silence))
+
+    def peer_asks(self, now: float) -> bool:
+        answer, at = self.view.answer, self.view.answered_at
+        return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
+                and self.peer in answer.seen)
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()

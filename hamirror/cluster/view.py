@@ -155,6 +155,9 @@ class ModuleView:
     this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
     ``peer_leased``: the witness's latest answer says the peer holds the lease and asked for it
     within two intervals: an unheard peer that is alive and may go on alone (a one-way loss).
+    ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
+    its lease: an unheard peer may still be alive (cut one way from this node), so a forced
+    ``prim`` here could run beside it.
     """
 
     module: str
@@ -179,3 +182,4 @@ class ModuleView:
     linked: bool = False
     vouched: bool = False
     peer_leased: bool = False
+    peer_asks: bool = False
