@@ -189,6 +189,20 @@ def test_alone_resync_progress_then_prim() -> None:
     assert failed.actions == (StartResync(full=False),) and failed.warnings
 
 
+def test_alone_resyncs_again_a_peer_that_marked_itself_stale_after_the_resync_ended() -> None:
+    """The resync is done and the peer adopted our generation (SAME), then marked its copy stale
+    (it lost our heartbeats as the resync ended): it never becomes SECOND by itself, so a new,
+    incremental pass. A peer still showing the old generation (its heartbeat from before the
+    end) or already up to date (about to become SECOND) starts none."""
+    stale = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=R.SAME, resync=ResyncStatus.DONE))
+    assert stale.state is S.ALONE and stale.actions == (StartResync(full=False),)
+    assert stale.warnings and "stale" in stale.warnings[0]
+    for before_the_end in (R.LOCAL_NEWER, R.UNKNOWN):
+        lag = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=before_the_end,
+                          resync=ResyncStatus.DONE))
+        assert lag.actions == () and lag.state is S.ALONE
+
+
 def test_alone_never_overwrites_a_diverged_peer() -> None:
     d = decide(view(S.ALONE, peer=S.WAIT, relation=R.DIVERGED))
     assert d.state is S.ALONE and d.actions == () and d.warnings

@@ -118,6 +118,8 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
     resync = me.resync
     if me.state is S.WAIT and peer.is_primary and me.uptodate and relation(me, other) is Relation.SAME:
         resync = ResyncStatus.DONE          # as the runner tells it from the journal (a restart forgets)
+    elif me.state is S.WAIT and resync is ResyncStatus.DONE:
+        resync = ResyncStatus.NONE          # the journal's flag again: a copy marked stale since is not done
     return ModuleView(
         module="m", node=me.name, state=me.state, uptodate=me.uptodate, peer=peer,
         relation=relation(me, other) if link else Relation.UNKNOWN,
@@ -520,3 +522,18 @@ def test_a_one_way_loss_during_a_swaps_hand_over_makes_one_primary():
     trace = run(quiet(6) + [(True, 0, Command.SECOND, None, None), (UNHEARD[1], None, Command.NONE, None, None)]
                 + quiet(6), True)
     assert [s.is_primary for s in trace[-1][1:]] == [False, True]
+
+
+def test_a_secondary_marked_stale_as_the_resync_to_it_ends_is_resynced_again():
+    """Campaigns 1602 and 1604: node2 loses node1's heartbeats (one way, the witness hears node1)
+    and marks itself stale; node1 goes ALONE and resyncs it; as that resync ends, node2 stops
+    hearing node1 again (heartbeats only here) and marks its fresh copy stale once more. node1's
+    resync was done and it waited for a SECOND that never came: ALONE + WAIT for ever. Now it
+    resyncs the stale peer again and the pair converges with no operator."""
+    lost = [(UNHEARD[0], None, Command.NONE, None, None)] * 2
+    resync_ends_unheard = [(True, None, Command.NONE, None, None), (REPLICATION, None, Command.NONE, None, None)]
+    trace = run(quiet(6) + lost + resync_ends_unheard + quiet(8), witness=True)
+    assert trace[5][1:] == (S.PRIM, S.SECOND)
+    assert trace[9][1:] == (S.ALONE, S.WAIT), trace     # node2 stale again after the resync ended
+    assert trace[-1] == (True, S.PRIM, S.SECOND), trace
+    assert not diverged_at_some_tick(quiet(6) + lost + resync_ends_unheard + quiet(8), witness=True)

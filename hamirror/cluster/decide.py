@@ -61,6 +61,8 @@ HANDED_OVER = ("the peer is not heard during a swap's hand-over: it may be promo
                "on its silence (`hamirror prim` if it is really gone)")
 PEER_LEASED = ("the primary is not heard, yet the witness refuses this node and hears the primary holding the "
                "lease (a one-way loss, or a partition): it may go on alone; marking this copy stale so that it does")
+STALE_AFTER_RESYNC = ("the peer marked its copy stale after the resync to it ended (it lost this node's "
+                      "heartbeats meanwhile): resyncing it again")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
 RESUMED = ("the witness grants the lease again and the peer has not held it since this node did: "
            "taking over again")
@@ -431,11 +433,26 @@ def _send_resync(view: ModuleView) -> Decision:
     if view.resync is ResyncStatus.DONE:
         if view.peer.state is S.SECOND:   # the peer saw the end too: mirror synchronously
             return steps.move(S.PRIM, SetMirroring(True))
+        if _stale_after_resync(view):
+            return steps.stay(view, StartResync(full=False), warning=STALE_AFTER_RESYNC)
         return steps.stay(view)
     if view.resync is ResyncStatus.RUNNING:
         return steps.stay(view)
     warning = "resync failed: resuming" if view.resync is ResyncStatus.FAILED else None
     return steps.stay(view, StartResync(full=full), warning=warning)
+
+
+def _stale_after_resync(view: ModuleView) -> bool:
+    """Our resync to the peer is done, yet the peer says WAIT, stale, on our very generation: it
+    marked its copy stale after adopting it (PEER_LEASED: it lost our heartbeats as the resync
+    ended), so it will never become SECOND by itself. Only a new pass clears that mark; it is
+    incremental (nothing changed: nothing moves). A heartbeat the peer sent before the end shows
+    the old generation (not SAME), one sent after it shows the copy up to date: neither starts a
+    pass (only a heartbeat read between the receiver's two journal writes at the end could, once:
+    a needless pass that moves nothing). So the passes cannot loop by themselves: each answers a
+    new stale mark, i.e. a new loss of our heartbeats while the witness hears us."""
+    peer = view.peer
+    return peer.alive and peer.state is S.WAIT and not peer.uptodate and view.relation is Relation.SAME
 
 
 AUTOMATIC: dict[NodeState, Callable[[ModuleView], Decision]] = {
