@@ -248,3 +248,74 @@ def test_a_secondary_whose_primary_processes_are_gone_claims_the_lease_at_once(t
     assert claimed(tmp_path / "gone", {"connections": 0, "closed_at": wall.time() - 1.3}) == [True]
     # A primary merely quiet (its connection open): still heard, not claimed against.
     assert claimed(tmp_path / "quiet", {"connections": 1, "last_message": wall.time()}) == [False]
+
+
+class _HeardAgain:
+    """The heartbeat service: the peer (ALONE, our generation) silent when the tick begins, and
+    heard again by the time the witness's verdict comes back."""
+
+    def __init__(self) -> None:
+        from hamirror.cluster.heartbeat import ModuleInfo
+
+        self.heard, self.peer_heartbeat = False, None
+        self.info = ModuleInfo(state=S.ALONE, uptodate=True, generation="g1")
+
+    def peer_alive(self) -> bool:
+        return self.heard
+
+    def silence(self) -> float:
+        return 0.1 if self.heard else 9.0
+
+    def peer_modules(self) -> dict:
+        return {"app": self.info} if self.heard else {}
+
+    def send_now(self) -> None:
+        pass
+
+
+class _LeaseLapseWait:
+    """The witness: the claim against the silent peer waits for the lease to lapse (seconds, during
+    which the peer wakes and asks again), then is refused: the peer holds the lease, asked just
+    now (``peer_holds`` as UdpWitness: fresh answer, two intervals older than our silence)."""
+
+    def __init__(self, heartbeat: _HeardAgain) -> None:
+        self.heartbeat = heartbeat
+
+    async def verdict(self, now: float) -> bool:
+        self.heartbeat.heard = True
+        return False
+
+    def vouches(self, now: float) -> bool:
+        return False
+
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
+        return silence is None or silence >= 0.6
+
+    def peer_asks(self, now: float) -> bool:
+        return True
+
+
+def test_a_peer_heard_again_while_the_verdict_waited_is_not_taken_for_lost(tmp_path):
+    """Campaigns 1602 and 1604 (ALONE + WAIT for ever): a WAIT node whose copy the primary's
+    resync had just made up to date decided on the silence read *before* the witness's verdict,
+    which had waited seconds for a lease to lapse, and on the witness's fresh answer that the
+    peer holds the lease: "the primary is not heard ...: marking this copy stale", though the
+    primary was heard again by then. The views must see the peer as heard after the verdict."""
+    runner, dp, *_ = make(tmp_path / "runner", S.WAIT, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):                                 # it has listened a full timeout
+        clock.now += 0.3
+        agent.listening.check()
+    agent.heartbeat = _HeardAgain()
+    agent.witness = _LeaseLapseWait(agent.heartbeat)
+
+    async def scenario():
+        await attached(runner)
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert runner.journals.uptodate, "marked its copy stale on a silence read before the verdict"
+    assert runner.state is S.SECOND and runner.peer.alive

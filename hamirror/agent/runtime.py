@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 
 from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
@@ -33,7 +34,7 @@ from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import Store
 from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
-from hamirror.cluster.heartbeat import load_cluster_key
+from hamirror.cluster.heartbeat import ModuleInfo, load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.quorum import boottime, build as build_witness
 from hamirror.cluster.states import NodeState
@@ -221,26 +222,39 @@ class Agent:
                                  "listening before acting on the peer's silence")
         self.wakeup.set()
 
+    def _heard(self) -> tuple[bool, float | None, Mapping[str, ModuleInfo], set[str]]:
+        """The peer as heard now: alive, seconds of silence, its modules, and the modules whose
+        primary's processes are gone (:func:`peer_gone`)."""
+        hb = self.heartbeat
+        alive, silence, infos = hb.peer_alive(), hb.silence(), hb.peer_modules()
+        gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
+                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+        return alive, silence, infos, gone
+
     async def tick(self) -> None:
         hb = self.heartbeat
         epoch = self.listening.check()     # a stall after this makes this tick's views stale
-        alive = hb.peer_alive()
-        listened = self.listening.listened()
-        infos = hb.peer_modules()
-        silence = hb.silence()
-        gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
-                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+        before = self._heard()
         # The verdict and the views see the same peer: one whose processes are gone is claimed
         # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
-        self._claim_alive = alive and not gone
+        self._claim_alive = before[0] and not before[3]
+        alive, silence, infos, gone = before
         try:
             self.quorum = await self.witness.verdict(boottime())
+            if not self._claim_alive:
+                # Claimed against an unheard peer and refused by a holder gone quiet, the verdict
+                # waited for its lease to lapse (up to a lease, ~10 s): the peer may be heard again
+                # by now (it was frozen, or its agent restarting). A silence from before that wait,
+                # beside the witness's fresh "the peer holds the lease", made a node that hears its
+                # peer mark its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
+                alive, silence, infos, gone = self._heard()
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks = False, False, False, False
+        listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
