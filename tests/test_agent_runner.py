@@ -87,6 +87,27 @@ def test_cold_start_promotes_the_default_primary_then_resyncs_and_mirrors(tmp_pa
     asyncio.run(scenario())
 
 
+def test_a_peer_stale_again_after_the_resync_is_resynced_once_the_end_has_settled(tmp_path):
+    """ALONE, the resync done (the mount streams), the peer WAIT, stale, on our generation: it
+    marked its copy stale after the end. Right after the end nothing moves (its heartbeat may
+    predate the end); after ``RESYNC_GRACE`` the mount goes ALONE again and a new pass starts."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.ALONE, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await attached(runner)
+        assert runner.state is S.ALONE and runner.resync_status().value == "done"
+        dp.calls.clear()
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == []
+        clock.now += 3.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == [("set_alone",), ("resync", False)]
+        assert runner.state is S.ALONE and runner.resync_status().value == "running"
+
+    asyncio.run(scenario())
+
+
 def test_up_to_date_second_takes_over_when_the_peer_is_lost(tmp_path):
     runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.SECOND, primary=False,
                                                        journal=FakeJournal(("g1",), uptodate=True))

@@ -41,7 +41,7 @@ views = st.builds(
     checker=st.builds(CheckerHealth, ok=st.booleans(), restarts=st.integers(0, 5)),
     resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase), listened=st.booleans(),
     mirror=st.sampled_from(MirrorHealth), linked=st.booleans(), peer_leased=st.booleans(),
-    peer_asks=st.booleans(),
+    peer_asks=st.booleans(), resync_settled=st.booleans(),
 )
 
 
@@ -95,6 +95,7 @@ class Node:
     frozen_on: tuple[int, ...] | None = None   # its history when the freeze hit
     mirror: MirrorHealth = MirrorHealth.NONE     # what its mount does (primary states)
     blocked: int = 0                     # ticks its mount has been FENCED
+    done_ticks: int = 0                  # ticks its resync has been DONE (settled after one)
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -126,7 +127,8 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
         quorum=quorum if not link else (None if quorum is None else True),
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
-        checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
+        checker=CheckerHealth(ok=me.checker_ok), resync=resync, resync_settled=me.done_ticks > 0,
+        swap=me.swap, listened=me.deaf == 0,
         vouched=vouched and not link, linked=linked and not link, peer_leased=peer_leased and not link,
         peer_asks=peer_asks and not link,
         mirror=me.mirror if me.state.is_primary else MirrorHealth.NONE)
@@ -197,6 +199,7 @@ class World:
             elif isinstance(action, StartResync) and link and other.state in (S.WAIT, S.SECOND):
                 node.resync = other.resync = ResyncStatus.RUNNING
         mount(node, decision)
+        node.done_ticks = node.done_ticks + 1 if node.resync is ResyncStatus.DONE else 0
 
     def fence(self, flows: list[bool], awake: list[bool], replication_only: bool) -> None:
         """A streaming mount whose writes or acknowledgements are lost blocks (FENCED); one that

@@ -42,7 +42,8 @@ S = NodeState
 SAFE_TO_SERVE = (MirrorHealth.STREAMING, MirrorHealth.SYNCING, MirrorHealth.ALONE)
 NOT_WRITABLE = (MirrorHealth.DEAD, MirrorHealth.FENCED, MirrorHealth.REFUSED)
 RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
-RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it
+RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it; a done
+                         # one settles this long before a peer still stale is resynced again
 RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
 
 
@@ -140,6 +141,7 @@ class ModuleRunner:
         self.command = Command.NONE
         self.waiters: list[asyncio.Future] = []
         self.resync_requested: float | None = None
+        self.resync_done_at: float | None = None     # when this node's resync was first seen DONE
         self.on_change: Callable[[], None] = lambda: None
         self.emit: Callable[..., object] = lambda kind, text, **fields: None   # the event timeline
         executor.persist = self.persist
@@ -375,12 +377,13 @@ class ModuleRunner:
         assert obs is not None
         cold = peer.alive and obs.history.current is None and peer_history is not None \
             and peer_history.current is None
+        resync = self.resync_status()
         checker = CheckerHealth(ok=self.checkers.ok if self.state.is_primary and not self.maintenance else True,
                                 restarts=self.restarts_in_window(), max_restarts=self.max_restarts)
         return ModuleView(module=self.name, node=self.node, state=self.state, uptodate=obs.uptodate, peer=peer,
                           relation=self.relation, quorum=quorum, command=self.command,
                           default_primary=self.default_primary, cold_start=cold, checker=checker,
-                          resync=self.resync_status(), swap=self.swap,
+                          resync=resync, resync_settled=self.resync_settled(resync), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
                           maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
@@ -406,6 +409,16 @@ class ModuleRunner:
             if obs.uptodate and self.relation is Relation.SAME:
                 return ResyncStatus.DONE
         return ResyncStatus.NONE
+
+    def resync_settled(self, status: ResyncStatus) -> bool:
+        """Whether the resync has been DONE for ``RESYNC_GRACE``: time enough for the peer's
+        heartbeats to show the end (:attr:`ModuleView.resync_settled`)."""
+        if status is not ResyncStatus.DONE:
+            self.resync_done_at = None
+            return False
+        if self.resync_done_at is None:
+            self.resync_done_at = self.clock()
+        return self.clock() - self.resync_done_at >= RESYNC_GRACE
 
     def report(self, view: ModuleView, decision: a.Decision) -> None:
         """Log every decision that changes something, with its warnings (repeats only at debug)."""
@@ -481,7 +494,7 @@ class ModuleRunner:
                 self.emit("state", f"{self.state.value} -> {reached.value} ({cause})", why=cause,
                           **{"from": self.state.value, "to": reached.value})
                 self.state = reached
-                self.resync_requested = None     # the resync status restarts with each state
+                self.resync_requested = self.resync_done_at = None   # the resync status restarts with each state
             if swap is not None and reached is target:
                 self.set_swap(swap)
             self.checkers.reset()

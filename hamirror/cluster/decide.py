@@ -434,7 +434,10 @@ def _send_resync(view: ModuleView) -> Decision:
         if view.peer.state is S.SECOND:   # the peer saw the end too: mirror synchronously
             return steps.move(S.PRIM, SetMirroring(True))
         if _stale_after_resync(view):
-            return steps.stay(view, StartResync(full=False), warning=STALE_AFTER_RESYNC)
+            # The mount streams since the end (PRIM): back to ALONE (a new generation, by the
+            # mount, as it leaves a live mirror), then a pass over what changed since.
+            return steps.stay(view, SetMirroring(False), NewGeneration(), StartResync(full=False),
+                              warning=STALE_AFTER_RESYNC)
         return steps.stay(view)
     if view.resync is ResyncStatus.RUNNING:
         return steps.stay(view)
@@ -443,16 +446,17 @@ def _send_resync(view: ModuleView) -> Decision:
 
 
 def _stale_after_resync(view: ModuleView) -> bool:
-    """Our resync to the peer is done, yet the peer says WAIT, stale, on our very generation: it
-    marked its copy stale after adopting it (PEER_LEASED: it lost our heartbeats as the resync
-    ended), so it will never become SECOND by itself. Only a new pass clears that mark; it is
-    incremental (nothing changed: nothing moves). A heartbeat the peer sent before the end shows
-    the old generation (not SAME), one sent after it shows the copy up to date: neither starts a
-    pass (only a heartbeat read between the receiver's two journal writes at the end could, once:
-    a needless pass that moves nothing). So the passes cannot loop by themselves: each answers a
-    new stale mark, i.e. a new loss of our heartbeats while the witness hears us."""
+    """Our resync to the peer is done, yet the peer says WAIT, stale, on our very generation, and
+    has had time to say otherwise (``resync_settled``): it marked its copy stale after adopting
+    it (PEER_LEASED: it lost our heartbeats as the resync ended), so it will never become SECOND
+    by itself; only a new pass clears the mark. Right after the end its heartbeat may still be
+    one from before it: the old generation, or our generation with the flag not yet set (one
+    directory of several adopted first, or read between the receiver's two journal writes);
+    the settle time keeps those from starting passes, so passes cannot follow one another by
+    themselves: each answers a new stale mark, i.e. a new loss of our heartbeats."""
     peer = view.peer
-    return peer.alive and peer.state is S.WAIT and not peer.uptodate and view.relation is Relation.SAME
+    return (view.resync_settled and peer.alive and peer.state is S.WAIT and not peer.uptodate
+            and view.relation is Relation.SAME)
 
 
 AUTOMATIC: dict[NodeState, Callable[[ModuleView], Decision]] = {

@@ -157,7 +157,9 @@ class ModuleView:
     within two intervals: an unheard peer that is alive and may go on alone (a one-way loss).
     ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
     its lease: an unheard peer may still be alive (cut one way from this node), so a forced
-    ``prim`` here could run beside it.
+    ``prim`` here could run beside it. ``resync_settled``: this node's resync to the peer has been
+    DONE long enough (a few heartbeat intervals) for the peer's heartbeats to show the end: a peer
+    that still says WAIT, stale, on our generation marked its copy stale after the end.
     """
 
     module: str
@@ -183,3 +185,4 @@ class ModuleView:
     vouched: bool = False
     peer_leased: bool = False
     peer_asks: bool = False
+    resync_settled: bool = False
