@@ -319,3 +319,69 @@ def test_a_peer_heard_again_while_the_verdict_waited_is_not_taken_for_lost(tmp_p
     asyncio.run(scenario())
     assert runner.journals.uptodate, "marked its copy stale on a silence read before the verdict"
     assert runner.state is S.SECOND and runner.peer.alive
+
+
+class _Silent:
+    """The heartbeat service: the peer never heard (its agent is down; its mount still streams)."""
+
+    peer_heartbeat = None
+
+    def peer_alive(self) -> bool:
+        return False
+
+    def silence(self) -> float | None:
+        return None
+
+    def peer_modules(self) -> dict:
+        return {}
+
+    def send_now(self) -> None:
+        pass
+
+
+def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, monkeypatch):
+    """The same wait, the peer's agent still down but its mount streaming to our receiver: the
+    lease lapsed meanwhile and is granted. `linked` was computed from the observation made
+    before the wait, whose last message from the primary was by then seconds old: the SECOND
+    took over beside the primary's running mount (finding 6's rule, defeated by the wait)."""
+    import time as wall
+
+    from hamirror.agent import runtime
+
+    runner, dp, vip, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+    boot = Clock()
+    monkeypatch.setattr(runtime, "boottime", boot)
+
+    class LapseThenGrant:
+        async def verdict(self, now: float) -> bool:
+            boot.now += 8.0                            # waited for the old holder's lease to lapse
+            dp.receivers = [{"last_message": wall.time() - 0.2, "connections": 1}]
+            return True
+
+        def vouches(self, now: float) -> bool:
+            return False
+
+        def peer_holds(self, now: float, silence: float | None = None) -> bool:
+            return False
+
+        def peer_asks(self, now: float) -> bool:
+            return False
+
+    agent.heartbeat, agent.witness = _Silent(), LapseThenGrant()
+
+    async def scenario():
+        dp.receivers = [{"last_message": wall.time() - 0.2, "connections": 1}]
+        await runner.attach()
+        dp.receivers = [{"last_message": wall.time() - 8.2, "connections": 1}]   # as last observed
+        runner.obs = runner.observe()
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert runner.state is S.SECOND and not vip.up

@@ -289,9 +289,7 @@ class ModuleRunner:
         witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``."""
         if self.task is not None:
             return
-        before, self.obs = self.obs, await asyncio.to_thread(self.observe)
-        for kind, text, fields in observation_events(before, self.obs, self.state.is_primary):
-            self.emit(kind, text, **fields)
+        await self.refresh()
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer = peer
@@ -339,6 +337,12 @@ class ModuleRunner:
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
+
+    async def refresh(self) -> None:
+        """Observe now, and record what the data path did since the last observation."""
+        before, self.obs = self.obs, await asyncio.to_thread(self.observe)
+        for kind, text, fields in observation_events(before, self.obs, self.state.is_primary):
+            self.emit(kind, text, **fields)
 
     def retry_over_dead_mount(self) -> bool:
         """A failed sequence of a primary whose mount does not accept writes: it came up and died

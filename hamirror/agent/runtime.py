@@ -231,6 +231,16 @@ class Agent:
                 and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
         return alive, silence, infos, gone
 
+    async def _observe_again(self) -> None:
+        """After a verdict that waited: the data paths as they are now, since `linked` rests on
+        the receivers' last message (an observation from before the wait shows the link silent)."""
+        for name, runner in self.runners.items():
+            if runner.task is None:
+                try:
+                    await runner.refresh()
+                except Exception:  # noqa: BLE001 - its own tick observes again
+                    log.exception("%s: observation failed", name)
+
     async def tick(self) -> None:
         hb = self.heartbeat
         epoch = self.listening.check()     # a stall after this makes this tick's views stale
@@ -239,15 +249,22 @@ class Agent:
         # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
         self._claim_alive = before[0] and not before[3]
         alive, silence, infos, gone = before
+        asked = boottime()
         try:
             self.quorum = await self.witness.verdict(boottime())
-            if not self._claim_alive:
-                # Claimed against an unheard peer and refused by a holder gone quiet, the verdict
-                # waited for its lease to lapse (up to a lease, ~10 s): the peer may be heard again
-                # by now (it was frozen, or its agent restarting). A silence from before that wait,
-                # beside the witness's fresh "the peer holds the lease", made a node that hears its
-                # peer mark its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
-                alive, silence, infos, gone = self._heard()
+        except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
+            log.exception("witness verdict failed")
+            self.quorum = False
+        if boottime() - asked > self.cluster.heartbeat.interval:
+            await self._observe_again()
+        if not self._claim_alive:
+            # Claimed against an unheard peer and refused by a holder gone quiet, the verdict
+            # waited for its lease to lapse (up to a lease, ~10 s): the peer may be heard again by
+            # now (it was frozen, or its agent restarting). A silence from before that wait, beside
+            # the witness's fresh "the peer holds the lease", made a node that hears its peer mark
+            # its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
+            alive, silence, infos, gone = self._heard()
+        try:
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
