@@ -90,7 +90,8 @@ def test_cold_start_promotes_the_default_primary_then_resyncs_and_mirrors(tmp_pa
 def test_a_peer_stale_again_after_the_resync_is_resynced_once_the_end_has_settled(tmp_path):
     """ALONE, the resync done (the mount streams), the peer WAIT, stale, on our generation: it
     marked its copy stale after the end. Right after the end nothing moves (its heartbeat may
-    predate the end); after ``RESYNC_GRACE`` the mount goes ALONE again and a new pass starts."""
+    predate the end); after ``RESYNC_GRACE`` the mount goes ALONE again and a new pass starts; a
+    peer stale again after it gets the next one ``RESYNC_BACKOFF`` after the last was asked for."""
     runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.ALONE, journal=FakeJournal(("g1",), True))
     dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
 
@@ -104,6 +105,14 @@ def test_a_peer_stale_again_after_the_resync_is_resynced_once_the_end_has_settle
         await step(runner, peer(S.WAIT), journal.history)
         assert dp.calls == [("set_alone",), ("resync", False)]
         assert runner.state is S.ALONE and runner.resync_status().value == "running"
+        dp.mounts = [dict(dp.mounts[0], state="PRIM")]           # done; the peer stale again
+        dp.calls.clear()
+        clock.now += 3.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == []                                   # no more often than a failed one
+        clock.now += 7.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == [("set_alone",), ("resync", False)]
 
     asyncio.run(scenario())
 

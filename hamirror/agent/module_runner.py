@@ -44,7 +44,7 @@ NOT_WRITABLE = (MirrorHealth.DEAD, MirrorHealth.FENCED, MirrorHealth.REFUSED)
 RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
 RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it; a done
                          # one settles this long before a peer still stale is resynced again
-RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
+RESYNC_BACKOFF = 10.0    # a failed resync (or one the peer stays stale after) is restarted at most this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,14 +415,18 @@ class ModuleRunner:
         return ResyncStatus.NONE
 
     def resync_settled(self, status: ResyncStatus) -> bool:
-        """Whether the resync has been DONE for ``RESYNC_GRACE``: time enough for the peer's
-        heartbeats to show the end (:attr:`ModuleView.resync_settled`)."""
+        """Whether the resync has been DONE for ``RESYNC_GRACE`` (time enough for the peer's
+        heartbeats to show the end), and the last pass was asked for ``RESYNC_BACKOFF`` ago at
+        least, so passes over a peer that stays stale come no more often than failed ones
+        (:attr:`ModuleView.resync_settled`)."""
         if status is not ResyncStatus.DONE:
             self.resync_done_at = None
             return False
+        now = self.clock()
         if self.resync_done_at is None:
-            self.resync_done_at = self.clock()
-        return self.clock() - self.resync_done_at >= RESYNC_GRACE
+            self.resync_done_at = now
+        requested = self.resync_requested
+        return now - self.resync_done_at >= RESYNC_GRACE and (requested is None or now - requested >= RESYNC_BACKOFF)
 
     def report(self, view: ModuleView, decision: a.Decision) -> None:
         """Log every decision that changes something, with its warnings (repeats only at debug)."""

@@ -453,7 +453,9 @@ def _stale_after_resync(view: ModuleView) -> bool:
     one from before it: the old generation, or our generation with the flag not yet set (one
     directory of several adopted first, or read between the receiver's two journal writes);
     the settle time keeps those from starting passes, so passes cannot follow one another by
-    themselves: each answers a new stale mark, i.e. a new loss of our heartbeats."""
+    themselves: each answers a new stale mark, i.e. a new loss of our heartbeats. A peer that
+    stays stale whatever we copy (a journal it cannot write) gets a pass no more often than a
+    failed resync would (the runner's backoff, also in ``resync_settled``)."""
     peer = view.peer
     return (view.resync_settled and peer.alive and peer.state is S.WAIT and not peer.uptodate
             and view.relation is Relation.SAME)

@@ -158,8 +158,10 @@ class ModuleView:
     ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
     its lease: an unheard peer may still be alive (cut one way from this node), so a forced
     ``prim`` here could run beside it. ``resync_settled``: this node's resync to the peer has been
-    DONE long enough (a few heartbeat intervals) for the peer's heartbeats to show the end: a peer
-    that still says WAIT, stale, on our generation marked its copy stale after the end.
+    DONE long enough (a few heartbeat intervals) for the peer's heartbeats to show the end, so a
+    peer that still says WAIT, stale, on our generation marked its copy stale after the end; and
+    the last pass was asked for long enough ago that a new one may start (the failed resync's
+    backoff).
     """
 
     module: str
