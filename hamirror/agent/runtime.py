@@ -290,8 +290,9 @@ class Agent:
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
-            return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
-                                          f"(modules: {', '.join(self.runners) or 'none'})"}
+            return {"ok": False, "unknown_module": True,
+                    "error": f"no module {request.get('module')!r} on this node "
+                             f"(modules: {', '.join(self.runners) or 'none'})"}
         if cmd == "module":
             try:
                 command = Command(request.get("action"))
