@@ -300,12 +300,17 @@ class ResyncEngine:
 
     def _replaced(self, path: str, local: Meta | None, remote: Meta | None) -> bool:
         """The peer's entry goes (removed or set aside) before ours is made: missing here, of
-        another kind, a hard link to make again, or the peer's own change. Never the directory
-        itself."""
+        another kind, a hard link to make again, or the peer's own change. A directory both sides
+        have never goes whole: like the directory itself, it is compared entry by entry and what
+        the peer changed in it is set aside path by path (setting a database's directory aside
+        for one changed file would copy the whole database again, and keep a second one)."""
         if path == "." or remote is None:
             return False
-        relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
-        return local is None or relink or self._aside(path) or not _same_kind(local, remote)
+        if local is None or not _same_kind(local, remote):
+            return True
+        if local.kind == "dir":
+            return False
+        return (local.kind == "file" and self._linked_elsewhere(path, local)) or self._aside(path)
 
     def _aside(self, path: str) -> bool:
         """Split brain: the peer changed this path (or something below it) on its own: keep it aside
