@@ -86,7 +86,7 @@ class ResyncEngine:
         self._hints: dict[str, Meta | None] = {}   # the peer's entry as its parent's listing showed
         self._unacked: collections.deque = collections.deque()   # (last ticket, path, bytes done)
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
-        self._peer_dirs: set[str] = set()     # ancestors of those (keep-aside of whole trees)
+        self._peer_dirs: set[str] = set()     # ancestors of those (a tree only the peer has goes aside whole)
         self._named: set[str] = set()         # scan: paths either journal names, compared whatever their metadata
         self._unsynced: set[str] = set()      # the peer lost them in a crash: compare whole, always
         self._set_aside: set[str] = set()     # done by the interrupted run this one resumes
@@ -237,7 +237,7 @@ class ResyncEngine:
         theirs = None
         if listing_q is not None:
             theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
-        if ours is not None:   # the peer's children stay only if its directory does (not set aside)
+        if ours is not None:   # the peer's children stay only if its directory does (same kind)
             self._record_children(path, ours, {} if self._replaced(path, local, remote) else theirs or {})
         with self.repl.lock:
             local = meta_at(self.root, path)
@@ -349,7 +349,7 @@ class ResyncEngine:
         remove, create or copy on the peer (found by listing, so in no journal yet), before
         anything is sent for them: if the resync is interrupted, the next one visits them again
         and compares them whole, even if a partial copy left them looking alike (finding 3).
-        Every child when the peer's directory is set aside or replaced (``theirs`` empty).
+        Every child when the peer's entry is replaced (another kind: ``theirs`` empty).
         Done outside the ordering lock: a superset of what hold 2 then queues."""
         children = [_join(path, n) for n in sorted(set(theirs) - set(ours))]
         children += [_join(path, n) for n, m in ours.items()
