@@ -1,0 +1,149 @@
+"""``hamirror reload`` inside a real Agent object (not started) whose runners use fakes: a bad
+configuration changes nothing, modules are added and removed, a primary's VIP moves, data-path
+keys wait. The two-node proof is tests/test_reload_lab.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from hamirror.agent.checks import CheckerState
+from hamirror.agent.executor import Executor
+from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.runtime import Agent
+from hamirror.cluster.states import NodeState
+from hamirror.config import load_cluster, load_modules
+from hamirror.config.module import ModuleConfig
+from tests.agent_fakes import FakeDataPath, FakeJournal, FakeScripts, FakeVip
+from tests.configfiles import write_cluster, write_module, write_secrets
+
+S = NodeState
+
+
+class TaggedVip(FakeVip):
+    def __init__(self, address: str | None) -> None:
+        super().__init__()
+        self.address = address
+
+
+def fake_builder(cluster):
+    def build(module: ModuleConfig) -> ModuleRunner:
+        journal, dp = FakeJournal(), FakeDataPath()
+        vip = TaggedVip(module.vip.address if module.vip else None)
+        ex = Executor(module.name, dp, vip, FakeScripts(), journal, lambda s: None, lambda: None)
+        store = Store(cluster.module_state_dir(module.name))
+        return ModuleRunner(module.name, cluster.local_name, module.default_primary == cluster.local_name, store,
+                            ex, dp, journal, CheckerState(module.name, []), module.restart.max_restarts,
+                            module.restart.window)
+    return build
+
+
+def running_agent(tmp_path, state: NodeState = S.PRIM) -> Agent:
+    """An Agent (never started) running module ``app`` in ``state``, with fake runners."""
+    path = write_cluster(tmp_path)
+    write_secrets(tmp_path)
+    write_module(tmp_path)
+    cluster = load_cluster(path)
+    modules = load_modules(cluster)
+    agent = Agent(cluster, [])
+    agent.reloader.build = fake_builder(cluster)
+    Store(cluster.module_state_dir("app")).save(ModuleRecord(state=state))
+    runner = agent.reloader.build(modules[0])
+    runner.executor.vip.up = state.is_primary
+    agent.adopt(runner)
+    agent.modules = modules
+    return agent
+
+
+def reload(agent: Agent) -> dict:
+    async def run() -> dict:
+        report = await agent.reloader.reload("test")
+        for runner in agent.runners.values():      # what the reload started (an added module's start)
+            if runner.task is not None:
+                await runner.task
+        return report
+    return asyncio.run(run())
+
+
+def test_a_bad_configuration_is_refused_whole_and_the_running_one_is_kept(tmp_path):
+    agent = running_agent(tmp_path)
+    runner = agent.runners["app"]
+    write_module(tmp_path, "other", name="other", replace={"7410": "7420", "/srv/app": "/srv/other",
+                                                           "198.18.0.100/24": "198.18.0.101/24"})
+    write_module(tmp_path, replace={"replication_port = 7410": 'replication_port = "x"'})
+    report = reload(agent)
+    assert report["ok"] is False and report["refused"] is True
+    file = os.path.join(str(tmp_path), "modules", "app", "module.toml")
+    assert [(e["file"], e["key"]) for e in report["errors"]] == [(file, "module.replication_port")]
+    assert agent.runners == {"app": runner} and [m.replication_port for m in agent.modules] == [7410]
+    assert agent.events.recent[-1]["kind"] == "reload"
+    assert "reload refused, the running configuration is kept" in agent.events.recent[-1]["text"]
+
+
+def test_a_module_added_joins_in_wait_and_a_stopped_module_removed_is_dropped_with_its_state(tmp_path):
+    agent = running_agent(tmp_path, S.STOP)
+    state_dir = agent.cluster.module_state_dir("app")
+    assert os.path.isdir(state_dir)
+    os.rename(tmp_path / "modules" / "app", tmp_path / "modules" / ".app-removed")
+    write_module(tmp_path, "other", name="other")
+    report = reload(agent)
+    assert report["ok"] is True, report
+    assert (report["removed"], report["added"]) == (["app"], ["other"])
+    assert list(agent.runners) == ["other"] and [m.name for m in agent.modules] == ["other"]
+    assert not os.path.exists(state_dir)
+    added = agent.runners["other"]
+    assert added.state is S.WAIT and added.datapath.receiving     # as a start: WAIT, receiver listening
+    assert added.emit.func == agent.events.add                    # wired to the timeline
+
+
+def test_a_primary_vip_change_stops_the_application_and_the_next_decision_starts_it_on_the_new_vip(tmp_path):
+    agent = running_agent(tmp_path, S.PRIM)
+    runner = agent.runners["app"]
+    old_vip, old_scripts = runner.executor.vip, runner.executor.scripts
+    write_module(tmp_path, replace={"198.18.0.100/24": "198.18.0.101/24", "port = 8080\n\n[vars]": "port = 8081\n\n[vars]"})
+    report = reload(agent)
+    assert report["ok"] is True, report
+    assert report["changed"] == {"app": ["vip.address", "checkers"]} and report["not_applied"] == []
+    assert agent.runners["app"] is runner and runner.state is S.PRIM      # the same runner, data path untouched
+    assert old_scripts.runs == [("stop_prim", "PRIM")] and old_vip.calls == ["remove"]
+    assert runner.executor.vip.address == "198.18.0.101/24" and runner.executor.vip.calls == []
+    assert runner.executor.app_stopped           # the next decision: AddVip, start_prim (decide's repair rule)
+    assert runner.datapath.calls == []
+    assert agent.modules[0].vip.address == "198.18.0.101/24"
+
+
+def test_data_path_keys_are_named_and_wait_while_the_module_runs(tmp_path):
+    agent = running_agent(tmp_path, S.PRIM)
+    runner = agent.runners["app"]
+    write_module(tmp_path, replace={"replication_port = 7410": "replication_port = 7420",
+                                    "default_primary = \"node1\"": "default_primary = \"node2\""})
+    report = reload(agent)
+    assert report["ok"] is True
+    assert report["changed"] == {"app": ["module.default_primary"]}
+    assert [(i["module"], i["key"], i["needs"]) for i in report["not_applied"]] == [
+        ("app", "module.replication_port", "data-path restart")]
+    assert "app: module.replication_port: 7410 -> 7420: needs a" in report["not_applied"][0]["text"]
+    assert agent.runners["app"] is runner and runner.default_primary is False
+    assert agent.modules[0].replication_port == 7410                  # as the mount runs
+    assert reload(agent)["not_applied"] == report["not_applied"]      # still said at the next reload
+
+
+def test_data_path_keys_apply_to_a_module_stopped_here(tmp_path):
+    agent = running_agent(tmp_path, S.STOP)
+    runner = agent.runners["app"]
+    write_module(tmp_path, replace={"replication_port = 7410": "replication_port = 7420"})
+    report = reload(agent)
+    assert report["ok"] is True and report["not_applied"] == []
+    assert report["changed"] == {"app": ["module.replication_port"]} and report["added"] == []
+    assert agent.runners["app"] is not runner and agent.runners["app"].state is S.STOP
+    assert agent.modules[0].replication_port == 7420
+
+
+def test_cluster_file_keys_wait_for_an_agent_restart(tmp_path):
+    agent = running_agent(tmp_path, S.PRIM)
+    write_cluster(tmp_path, {"timeout = 2.0": "timeout = 3.0"})
+    report = reload(agent)
+    assert report["ok"] is True
+    assert [(i["module"], i["key"], i["needs"]) for i in report["not_applied"]] == [
+        (None, "heartbeat.timeout", "agent restart")]
