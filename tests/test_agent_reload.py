@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.executor import Executor
@@ -147,3 +148,17 @@ def test_cluster_file_keys_wait_for_an_agent_restart(tmp_path):
     assert report["ok"] is True
     assert [(i["module"], i["key"], i["needs"]) for i in report["not_applied"]] == [
         (None, "heartbeat.timeout", "agent restart")]
+
+
+def test_a_running_module_whose_folder_is_gone_is_not_removed_and_the_report_says_how(tmp_path):
+    agent = running_agent(tmp_path, S.PRIM)
+    runner = agent.runners["app"]
+    shutil.rmtree(tmp_path / "modules" / "app")
+    report = reload(agent)
+    assert report["ok"] is False and report["refused"] is False
+    [failed] = report["failed"]
+    assert failed["module"] == "app" and "is gone, and its stop_prim and stop_second with it: put the folder " \
+        "back and use `hamirror module remove app`, or stop the module first (`hamirror forcestop app` needs " \
+        "no script), then reload" in failed["error"]
+    assert agent.runners == {"app": runner} and runner.state is S.PRIM and runner.executor.scripts.runs == []
+    assert [m.name for m in agent.modules] == ["app"]       # still running: the next reload tries again

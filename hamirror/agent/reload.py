@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -101,12 +102,14 @@ class Reloader:
         self.agent, self.build, self.checks = agent, build, checks
         self._lock = asyncio.Lock()
 
-    async def reload(self, why: str) -> dict[str, Any]:
-        """Check, then apply; never raises (a reload's failure is in its report)."""
+    async def reload(self, why: str, moved: dict[str, str] | None = None) -> dict[str, Any]:
+        """Check, then apply; never raises (a reload's failure is in its report). ``moved``: module
+        name -> where ``hamirror module remove`` put its folder (under ``modules_dir/.removed``),
+        whose scripts stop it."""
         async with self._lock:
             report = Report()
             try:
-                await self._reload(report)
+                await self._reload(report, moved or {})
             except Exception as exc:  # noqa: BLE001 - a reload must never stop the agent
                 log.exception("reload failed")
                 report.fail("-", f"unexpected error: {exc}")
@@ -115,7 +118,7 @@ class Reloader:
         self.agent.events.add("reload", text, ok=report.ok)
         return report.to_json()
 
-    async def _reload(self, report: Report) -> None:
+    async def _reload(self, report: Report, moved: dict[str, str]) -> None:
         agent = self.agent
         result = await asyncio.to_thread(validate, agent.cluster.path)
         report.errors = list(result.errors)
@@ -128,7 +131,7 @@ class Reloader:
         running = {m.name: m for m in agent.modules}
         new = {m.name: m for m in result.modules}
         for name in plan.removed:
-            if await self._remove(name, report):
+            if await self._remove(running[name], moved.get(name), report):
                 del running[name]
         for name, changes in plan.changed.items():
             running[name] = await self._change(running[name], new[name], changes, report)
@@ -155,11 +158,21 @@ class Reloader:
         self.agent.wakeup.set()
         return True
 
-    async def _remove(self, name: str, report: Report) -> bool:
+    async def _remove(self, module: ModuleConfig, moved: str | None, report: Report) -> bool:
         """Stop the module here as ``hamirror stop`` does, check it stopped, drop it, clean its state."""
-        runner = self.agent.runners[name]
+        name, runner = module.name, self.agent.runners[module.name]
         await _idle(runner)
         if runner.state is not S.STOP:
+            aside = os.path.join(self.agent.cluster.modules_dir, ".removed", "")
+            if moved is not None and os.path.normpath(moved).startswith(aside) and os.path.isdir(moved):
+                # The stop scripts are where `module remove` moved the folder.
+                runner.executor.scripts = (await asyncio.to_thread(
+                    self.build, dataclasses.replace(module, folder=os.path.normpath(moved)))).executor.scripts
+            elif missing := [s for s in ("stop_prim", "stop_second") if not os.path.isfile(module.script_path(s))]:
+                report.fail(name, f"not removed: {module.folder} is gone, and its {' and '.join(missing)} with it: "
+                                  f"put the folder back and use `hamirror module remove {name}`, or stop the module "
+                                  f"first (`hamirror forcestop {name}` needs no script), then reload")
+                return False
             log.warning("%s: removed from the configuration: stopping it (%s)", name, runner.state.value)
             try:
                 outcome = await asyncio.wait_for(runner.submit(Command.STOP), STOP_TIMEOUT)

@@ -321,7 +321,9 @@ class Agent:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
-            return await self.reloader.reload(f"by {who_text(control.caller())}")
+            moved = request.get("moved")
+            return await self.reloader.reload(f"by {who_text(control.caller())}",
+                                              moved if isinstance(moved, dict) else None)
         if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))

@@ -134,7 +134,7 @@ def run_remove(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot move {folder} to {aside}: {exc.strerror or exc}") from exc
     try:
-        report = reload_agent(args.config, args.timeout)
+        report = reload_agent(args.config, args.timeout, {args.name: os.path.abspath(aside)})
     except CommandError as exc:
         if exc.exit_code != UNREACHABLE:
             raise

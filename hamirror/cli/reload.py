@@ -24,10 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_reload)
 
 
-def reload_agent(config: str | None, timeout: float) -> dict:
-    """Ask the agent to reload; its report (CommandError when it cannot be asked)."""
+def reload_agent(config: str | None, timeout: float, moved: dict[str, str] | None = None) -> dict:
+    """Ask the agent to reload; its report (CommandError when it cannot be asked). ``moved``: where
+    ``module remove`` put a module's folder (its stop scripts)."""
     from hamirror.cli.ops import _ask, _socket
-    return _ask(_socket(argparse.Namespace(config=config)), {"cmd": "reload"}, timeout)
+    return _ask(_socket(argparse.Namespace(config=config)), {"cmd": "reload", **({"moved": moved} if moved else {})},
+                timeout)
 
 
 def exit_code(report: dict) -> int:
