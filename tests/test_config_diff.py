@@ -74,3 +74,13 @@ def test_cluster_file_keys_need_an_agent_restart(tmp_path):
     assert [(c.key, c.needs) for c in result.cluster] == [("heartbeat.timeout", AGENT), ("fence.script", AGENT)]
     assert result.cluster[0].text() == "heartbeat.timeout: 2.0 -> 3.0"
     assert dict(result.changed) == {}
+
+
+def test_every_key_of_both_files_is_compared():
+    from hamirror.config.cluster import ClusterConfig
+    from hamirror.config.diff import _CLUSTER_FIELDS, _MODULE_FIELDS
+    from hamirror.config.module import ModuleConfig
+    assert set(_MODULE_FIELDS) == {f.name for f in dataclasses.fields(ModuleConfig)} - {"folder", "name"}
+    assert set(_CLUSTER_FIELDS) == {f.name for f in dataclasses.fields(ClusterConfig)} - {"path"}
+    assert (_CLUSTER_FIELDS["modules_dir"], _CLUSTER_FIELDS["heartbeat"], _CLUSTER_FIELDS["nodes"]) == (
+        "cluster.modules_dir", "heartbeat", "nodes")

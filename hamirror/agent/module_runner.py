@@ -450,7 +450,7 @@ class ModuleRunner:
                     error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
                         self.state, None
                     if index:
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                     break
                 began = time.monotonic()
                 try:
@@ -462,7 +462,7 @@ class ModuleRunner:
                     reached = state_after(self.state, target, actions, index)
                     if reached is not target and any(isinstance(x, a.Persist) for x in actions[:index]):
                         # The record says what the node is: the old state until the rest is done.
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                         rest = (a.Persist(target),) + rest
                     # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
                     self.retry = None if isinstance(exc, NeedsDecision) else \
@@ -497,6 +497,16 @@ class ModuleRunner:
             if decision is not None:
                 command = Command(why) if why in {c.value for c in Command} else Command.NONE
                 self.resolve(command, decision, error)
+
+    async def _restore_record(self) -> None:
+        """Put the record back to the state the node is in after a sequence stopped half-way. On a
+        failing disk, say so and go on: the retry (or the next decision) persists again, and the
+        task must not die with it."""
+        try:
+            await asyncio.to_thread(self.persist, self.state)
+        except OSError as exc:
+            log.error("%s: the state record could not be put back to %s: %s", self.name, self.state.value, exc)
+            self.emit("action-failed", f"the state record could not be put back to {self.state.value}: {exc}")
 
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:

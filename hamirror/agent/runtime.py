@@ -30,6 +30,7 @@ from hamirror.agent.events import EventLog
 from hamirror.agent.executor import Executor
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.notify import Notifier
 from hamirror.agent.persist import Store
 from hamirror.agent.reload import Reloader
 from hamirror.agent.stall import Listening, stall_threshold
@@ -92,6 +93,10 @@ class Agent:
         self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
+        self.notifier = Notifier(cluster.notify.script, cluster.notify.kinds, cluster.notify.timeout) \
+            if cluster.notify.script else None
+        if self.notifier is not None:
+            self.events.listeners.append(self.notifier)
         self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
@@ -328,8 +333,9 @@ class Agent:
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
-            return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
-                                          f"(modules: {', '.join(self.runners) or 'none'})"}
+            return {"ok": False, "unknown_module": True,
+                    "error": f"no module {request.get('module')!r} on this node "
+                             f"(modules: {', '.join(self.runners) or 'none'})"}
         if cmd == "module":
             try:
                 command = Command(request.get("action"))
@@ -365,6 +371,9 @@ class Agent:
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],
             "quorum": self.quorum, "witness": self.witness.status(),
+            "notify": None if self.notifier is None else {
+                "script": self.notifier.script, "sent": self.notifier.sent, "failed": self.notifier.failed,
+                "dropped": self.notifier.dropped},
         }
 
     async def shutdown(self) -> None:
@@ -383,6 +392,8 @@ class Agent:
             self._watch.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
+        if self.notifier is not None:        # the "agent stopping" event, and what is queued
+            await asyncio.to_thread(self.notifier.close)
 
 
 def who_text(who: dict | None) -> str:

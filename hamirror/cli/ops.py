@@ -9,7 +9,7 @@ import os
 import sys
 
 from hamirror.cli import events
-from hamirror.cli.common import TIMEOUT, UNREACHABLE, USAGE, CommandError, add_json, print_json
+from hamirror.cli.common import FAILED, TIMEOUT, UNREACHABLE, USAGE, CommandError, add_json, print_json
 from hamirror.config import ConfigError, config_path, load_cluster
 
 COMMANDS = {
@@ -84,6 +84,11 @@ def _ask(path: str, message: dict, timeout: float) -> dict:
         raise CommandError(f"control socket {path}: {exc}", UNREACHABLE) from exc
 
 
+def refusal_code(answer: dict) -> int:
+    """The exit code of a refused request: an unknown module is a usage error, like a typo."""
+    return USAGE if answer.get("unknown_module") else FAILED
+
+
 def run_status(args: argparse.Namespace) -> int:
     from hamirror.agent.status import render_table
     answer = _ask(_socket(args), {"cmd": "status"}, 10.0)
@@ -110,7 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
                     "warnings": answer.get("warnings") or []})
     if not answer.get("ok"):
         reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
-        raise CommandError(f"{args.action_name} {args.module}: {reason}")
+        raise CommandError(f"{args.action_name} {args.module}: {reason}", refusal_code(answer))
     if not args.json:
         print(f"{args.module}: {answer.get('state')}")
     return 0
@@ -122,7 +127,7 @@ def run_setting(args: argparse.Namespace) -> int:
                else {"cmd": "maintenance", "module": args.module, "on": args.switch == "on"})
     answer = _ask(_socket(args), message, 10.0)
     if not answer.get("ok"):
-        raise CommandError(answer.get("error") or "refused")
+        raise CommandError(answer.get("error") or "refused", refusal_code(answer))
     if args.json:
         print_json({"module": args.module, "state": answer.get("state"), "maintenance": answer.get("maintenance"),
                     "cleared": args.switch is None})

@@ -28,10 +28,9 @@ _MODULE_FIELDS = {"default_primary": "module.default_primary", "mode": "module.m
                   "replication_port": "module.replication_port", "peer_timeout": "module.peer_timeout",
                   "directories": "directories", "vip": "vip", "scripts": "scripts", "restart": "restart",
                   "failover": "failover", "checkers": "checkers", "vars": "vars"}
-_CLUSTER_FIELDS = {"name": "cluster.name", "node": "cluster.node", "keys_dir": "cluster.keys_dir",
-                   "cluster_key_file": "cluster.cluster_key_file", "modules_dir": "cluster.modules_dir",
-                   "state_dir": "cluster.state_dir", "run_dir": "cluster.run_dir", "heartbeat": "heartbeat",
-                   "quorum": "quorum", "http": "http", "nodes": "nodes", "fence": "fence"}
+# Every field of the cluster file: the [cluster] table's plain values, then one per section.
+_CLUSTER_FIELDS = {f.name: f"cluster.{f.name}" if str(f.type).startswith("str") else f.name
+                   for f in dataclasses.fields(ClusterConfig) if f.name != "path"}
 
 
 @dataclass(frozen=True)
