@@ -98,7 +98,7 @@ def test_a_module_added_joins_in_wait_and_a_stopped_module_removed_is_dropped_wi
     assert added.emit.func == agent.events.add                    # wired to the timeline
 
 
-def test_a_primary_vip_change_stops_the_application_and_the_next_decision_starts_it_on_the_new_vip(tmp_path):
+def test_a_primary_vip_change_restarts_the_application_in_place_on_the_new_vip(tmp_path):
     agent = running_agent(tmp_path, S.PRIM)
     runner = agent.runners["app"]
     old_vip, old_scripts = runner.executor.vip, runner.executor.scripts
@@ -107,10 +107,12 @@ def test_a_primary_vip_change_stops_the_application_and_the_next_decision_starts
     assert report["ok"] is True, report
     assert report["changed"] == {"app": ["vip.address", "checkers"]} and report["not_applied"] == []
     assert agent.runners["app"] is runner and runner.state is S.PRIM      # the same runner, data path untouched
+    # The application restarted around the VIP, old scripts to stop, new ones to start; no mount touched.
     assert old_scripts.runs == [("stop_prim", "PRIM")] and old_vip.calls == ["remove"]
-    assert runner.executor.vip.address == "198.18.0.101/24" and runner.executor.vip.calls == []
-    assert runner.executor.app_stopped           # the next decision: AddVip, start_prim (decide's repair rule)
-    assert runner.datapath.calls == []
+    new_vip, new_scripts = runner.executor.vip, runner.executor.scripts
+    assert new_vip.address == "198.18.0.101/24" and new_vip.calls == ["add"]
+    assert new_scripts.runs == [("start_prim", "PRIM")] and not runner.executor.app_stopped
+    assert runner.datapath.calls == [] and runner.task is None and runner.transition is None
     assert agent.modules[0].vip.address == "198.18.0.101/24"
 
 
@@ -162,3 +164,17 @@ def test_a_running_module_whose_folder_is_gone_is_not_removed_and_the_report_say
         "no script), then reload" in failed["error"]
     assert agent.runners == {"app": runner} and runner.state is S.PRIM and runner.executor.scripts.runs == []
     assert [m.name for m in agent.modules] == ["app"]       # still running: the next reload tries again
+
+
+def test_a_primary_vip_change_whose_stop_fails_keeps_the_old_vip_and_the_next_decision_restarts_the_app(tmp_path):
+    agent = running_agent(tmp_path, S.PRIM)
+    runner = agent.runners["app"]
+    old_vip, old_scripts = runner.executor.vip, runner.executor.scripts
+    old_scripts.failing = ("stop_prim",)
+    write_module(tmp_path, replace={"198.18.0.100/24": "198.18.0.101/24"})
+    report = reload(agent)
+    assert report["ok"] is False and report["changed"] == {"app": []}
+    assert report["failed"] == [{"module": "app", "error": "VIP not changed: stop_prim exit 1; the module keeps "
+                                                           "its old VIP"}]
+    assert runner.executor.vip is old_vip and runner.executor.scripts is old_scripts and old_vip.calls == []
+    assert runner.executor.app_stopped and agent.modules[0].vip.address == "198.18.0.100/24"

@@ -9,9 +9,8 @@ on a configuration. Then, one module at a time (:mod:`hamirror.config.diff` says
   stopped (no mount, no receiver, no VIP), dropped from the agent, and its state removed (its
   ``agent.json`` and journals under ``state_dir``, its ``run_dir``); its data stays where it is;
 - a module added gets its runner, which joins as a start does: WAIT, then its role;
-- a module changed gets its live keys: the VIP (on a primary: stop_prim and the old VIP removed,
-  then the next decision adds the new VIP and runs start_prim: the application is restarted in
-  place, the data path untouched), checkers, scripts' timeouts and [vars], restart and failover
+- a module changed gets its live keys: the VIP (on a primary the application is restarted in
+  place around it: stop_prim, old VIP removed, new VIP added, start_prim; the data path is untouched), checkers, scripts' timeouts and [vars], restart and failover
   limits, the default primary. Its data-path keys are applied only when the module is stopped
   here (its runner is then rebuilt); otherwise they are named as waiting for a data-path restart.
 - cluster file keys are named as waiting for an agent restart.
@@ -216,16 +215,17 @@ class Reloader:
         target = diff.applied(old, new) if pending else new
         live = [c for c in changes if c.live]
         if live:
-            error = await self._apply_live(runner, target, {c.key.split(".")[0] for c in live})
+            moved, error = await self._apply_live(runner, target, {c.key.split(".")[0] for c in live})
             if error is not None:
                 report.fail(new.name, error)
+            if not moved:
                 target = dataclasses.replace(target, vip=old.vip)
-            report.changed[new.name] = [c.key for c in live if error is None or not c.key.startswith("vip")]
+            report.changed[new.name] = [c.key for c in live if moved or not c.key.startswith("vip")]
         return target
 
-    async def _apply_live(self, runner: ModuleRunner, module: ModuleConfig, tables: set[str]) -> str | None:
+    async def _apply_live(self, runner: ModuleRunner, module: ModuleConfig, tables: set[str]) -> tuple[bool, str | None]:
         """Take the live parts from a runner built from ``module``; the VIP of a primary moves
-        through :func:`move_vip`. An error text when the VIP could not move (the rest applies)."""
+        through :func:`move_vip`. Whether the VIP is the new one, and what failed if anything."""
         fresh = await asyncio.to_thread(self.build, module)
         runner.default_primary = fresh.default_primary
         runner.max_restarts, runner.window = fresh.max_restarts, fresh.window
@@ -235,14 +235,18 @@ class Reloader:
         executor = runner.executor
         if "vip" not in tables:
             executor.scripts = fresh.executor.scripts
-            return None
-        await _idle(runner)
+            return True, None
+        await _idle(runner)            # from here to the task's start, nothing awaits: no decision slips in
         if not runner.state.is_primary:
             executor.vip, executor.scripts = fresh.executor.vip, fresh.executor.scripts
-            return None
-        error = await move_vip(runner, fresh.executor.vip, fresh.executor.scripts)
-        self.agent.wakeup.set()          # the next decision adds the new VIP and runs start_prim
-        return None if error is None else f"VIP not changed: {error}; the module keeps its old VIP"
+            return True, None
+        moved, error = await move_vip(runner, fresh.executor.vip, fresh.executor.scripts)
+        self.agent.wakeup.set()
+        if error is None:
+            return True, None
+        if moved:
+            return True, f"VIP changed, but the application did not start: {error}; the agent starts it again"
+        return False, f"VIP not changed: {error}; the module keeps its old VIP"
 
 
 async def _idle(runner: ModuleRunner) -> None:
@@ -251,31 +255,37 @@ async def _idle(runner: ModuleRunner) -> None:
         await asyncio.wait([runner.task])
 
 
-async def move_vip(runner: ModuleRunner, vip: Any, scripts: Any) -> str | None:
-    """A primary's VIP changes: stop_prim, remove the old address (the application binds it),
-    then hand the executor the new VIP and scripts and mark the application stopped, so that the
-    next decision adds the new VIP and runs start_prim (the data-path repair's path). Runs as the
-    runner's task, so no decision runs meanwhile. On failure the old VIP and scripts stay (the
-    application, if stopped, is started again with them). None, or what failed."""
+async def move_vip(runner: ModuleRunner, vip: Any, scripts: Any) -> tuple[bool, str | None]:
+    """A primary's VIP changes: the application is restarted in place around it (it binds the
+    VIP): stop_prim, old VIP removed, then the new VIP and scripts handed to the executor, new VIP
+    added, start_prim. The data path is not touched. Runs as the runner's task, so no decision
+    runs meanwhile. A failure before the hand-over keeps the old VIP and scripts; either way an
+    application left stopped is started by the next decision (AddVip, start_prim: the repair
+    rule), outside maintenance. Whether the new VIP is in place, and what failed if anything."""
     executor, state = runner.executor, runner.state
-    steps = (a.RunScript("stop_prim"), a.RemoveVip())
+    stop, start = (a.RunScript("stop_prim"), a.RemoveVip()), (a.AddVip(), a.RunScript("start_prim"))
+    moved = False
 
     async def move() -> str | None:
+        nonlocal moved
         try:
-            for action in steps:
+            for action in stop:
                 await asyncio.to_thread(executor.run, action, state)
-            executor.vip, executor.scripts = vip, scripts
+            executor.vip, executor.scripts, moved = vip, scripts, True
+            for action in start:
+                await asyncio.to_thread(executor.run, action, state)
             return None
         except ActionFailed as exc:
+            executor.app_stopped = True
             return str(exc)
         finally:
-            executor.app_stopped = True
             runner.task = runner.transition = None
             runner.on_change()
 
-    runner.transition = (state, steps)
+    runner.transition = (state, stop + start)
     runner.task = task = asyncio.get_running_loop().create_task(move(), name=f"{runner.name}-reload-vip")
-    return await task
+    error = await task
+    return moved, error
 
 
 def leftovers(runner: ModuleRunner) -> list[str]:

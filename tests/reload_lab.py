@@ -1,9 +1,10 @@
 """``hamirror reload`` on a running pair (root, lab): a module added on both nodes comes up
-PRIM + SECOND and serves on its own VIP; removed (``module remove`` on the secondary, then a
+PRIM + SECOND and serves on its own VIP; its VIP changed, it serves the same data on the new one
+(the application restarted around it, the mount kept); removed (``module remove`` on the secondary, then a
 reload on the primary) it is stopped, unmounted, its VIP and state gone, its data kept; the demo
 module beside it is not touched (same application, mount and receiver processes, same states). A
 bad configuration, by ``hamirror reload`` or by SIGHUP, is refused and the agent goes on with the
-running one."""
+running one. Run in tests/test_agent_lab.py's lab (one lab up less for the suite)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,13 @@ import signal
 import time
 
 import psutil
-import pytest
 
-from hamirror.lab.nodeconfig import REPO_MODULES
 from hamirror.agent.control import SOCKET_NAME, request
-from tests.agent_lab import LAB_MARKS, agents_lab, tail
+from hamirror.lab.nodeconfig import REPO_MODULES
+from tests.agent_lab import tail
 
-pytestmark = LAB_MARKS
 NODES = ("node1", "node2")
-VIP2 = "198.18.0.101"
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    yield from agents_lab(tmp_path_factory, "reloadlab")
+VIP2, VIP3 = "198.18.0.101", "198.18.0.102"
 
 
 def install_demo2(lab) -> None:
@@ -76,7 +70,8 @@ def states(lab, name: str = "demo") -> tuple:
     return node1.get("state"), node2.get("state"), node2.get("uptodate")
 
 
-def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuses_a_bad_configuration(lab):
+def reload_scenario(lab) -> None:
+    """The whole story above, on a lab whose demo module is PRIM on node1, SECOND on node2."""
     before = demo_processes(lab)
     assert states(lab) == ("PRIM", "SECOND", True)
     install_demo2(lab)
@@ -92,6 +87,19 @@ def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuse
         time.sleep(0.3)
     assert lab.exec("client", "curl", "-sf", "-X", "PUT", "--data", "v2", f"http://{VIP2}:8080/kv/k").returncode == 0
 
+    # Live: demo2's VIP changes; on the primary its application restarts around it, the mount stays.
+    mount = json.load(open(os.path.join(lab.paths.node_dir("node1", "state"), "modules", "demo2", "0", "status.json")))
+    for node in NODES:
+        path = os.path.join(lab.paths.node_dir(node, "etc"), "modules", "demo2", "module.toml")
+        text = open(path).read()
+        open(path, "w").write(text.replace(f"{VIP2}/24", f"{VIP3}/24"))
+        result = reload(lab, node, "reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["changed"] == {"demo2": ["vip.address"]}
+    assert lab.exec("client", "curl", "-sf", f"http://{VIP3}:8080/kv/k").stdout == "v2"
+    assert VIP2 not in lab.sh("node1", "ip -o addr show")
+    assert psutil.pid_exists(mount["pid"]) and states(lab, "demo2") == ("PRIM", "SECOND", True)
+
     # Removed: from the secondary first, then the primary (stop_prim, VIP, unmount), each by
     # `module remove`: the folder goes to modules_dir/.removed and the agent's reload stops it.
     for node in ("node2", "node1"):
@@ -101,7 +109,7 @@ def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuse
         assert list(modules(lab, node)) == ["demo"]
         assert not os.path.exists(os.path.join(lab.paths.node_dir(node, "state"), "modules", "demo2"))
         left = lab.sh(node, "cat /proc/self/mounts; ip -o addr show")
-        assert "hamirror-demo2" not in left and VIP2 not in left
+        assert "hamirror-demo2" not in left and VIP3 not in left
     assert os.path.exists(os.path.join(lab.paths.node_dir("node1", "srv"), "hamirror-demo2", "kv.sqlite3"))
 
     # A bad configuration: refused with file, key and problem; the agent goes on with the old one.
