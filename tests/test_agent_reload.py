@@ -178,3 +178,31 @@ def test_a_primary_vip_change_whose_stop_fails_keeps_the_old_vip_and_the_next_de
                                                            "its old VIP"}]
     assert runner.executor.vip is old_vip and runner.executor.scripts is old_scripts and old_vip.calls == []
     assert runner.executor.app_stopped and agent.modules[0].vip.address == "198.18.0.100/24"
+
+
+def test_the_commands_exit_codes_without_an_agent(tmp_path, capsys):
+    from hamirror.cli.main import main
+    path = write_cluster(tmp_path)
+    write_module(tmp_path)
+    assert main(["reload", "-c", path]) == 4                         # no agent to ask
+    assert "agent not running" in capsys.readouterr().err
+    assert main(["module", "remove", "nope", "-c", path]) == 2       # no such module
+    assert main(["module", "remove", "app", "-c", path, "--json"]) == 4
+    err = capsys.readouterr().err
+    assert "moved to" in err and "the module is no longer configured here" in err
+    [aside] = os.listdir(tmp_path / "modules" / ".removed")
+    assert aside.startswith("app-") and not (tmp_path / "modules" / "app").exists()
+
+
+def test_the_report_is_printed_with_what_waits_and_the_exit_code_says_refused_or_failed(capsys):
+    from hamirror.cli.reload import exit_code, print_report
+    done = {"ok": True, "refused": False, "errors": [], "added": ["b"], "removed": [], "changed": {"a": ["vip.address"]},
+            "not_applied": [{"text": "a: module.replication_port: 7410 -> 7420: needs a data-path restart"}],
+            "failed": []}
+    print_report(done)
+    out, err = capsys.readouterr()
+    assert out == "reloaded: added: b; changed: a (vip.address)\n"
+    assert err == "not applied: a: module.replication_port: 7410 -> 7420: needs a data-path restart\n"
+    assert exit_code(done) == 0
+    assert exit_code({**done, "ok": False, "failed": [{"module": "a", "error": "x"}]}) == 1
+    assert exit_code({"ok": False, "refused": True}) == 2

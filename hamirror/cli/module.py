@@ -14,7 +14,7 @@ from hamirror.config.module import SCRIPTS
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from hamirror.modkit.scaffold import TEMPLATES
-    parser = subparsers.add_parser("module", help="make and check mirror modules (the module kit)")
+    parser = subparsers.add_parser("module", help="make, check and remove mirror modules (the module kit)")
     actions = parser.add_subparsers(dest="module_command", metavar="ACTION")
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("-c", "--config", default=None,
