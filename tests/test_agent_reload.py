@@ -102,7 +102,8 @@ def test_a_primary_vip_change_restarts_the_application_in_place_on_the_new_vip(t
     agent = running_agent(tmp_path, S.PRIM)
     runner = agent.runners["app"]
     old_vip, old_scripts = runner.executor.vip, runner.executor.scripts
-    write_module(tmp_path, replace={"198.18.0.100/24": "198.18.0.101/24", "port = 8080\n\n[vars]": "port = 8081\n\n[vars]"})
+    write_module(tmp_path, replace={"198.18.0.100/24": "198.18.0.101/24",
+                                    "port = 8080\n\n[vars]": "port = 8081\n\n[vars]"})
     report = reload(agent)
     assert report["ok"] is True, report
     assert report["changed"] == {"app": ["vip.address", "checkers"]} and report["not_applied"] == []
@@ -196,7 +197,8 @@ def test_the_commands_exit_codes_without_an_agent(tmp_path, capsys):
 
 def test_the_report_is_printed_with_what_waits_and_the_exit_code_says_refused_or_failed(capsys):
     from hamirror.cli.reload import exit_code, print_report
-    done = {"ok": True, "refused": False, "errors": [], "added": ["b"], "removed": [], "changed": {"a": ["vip.address"]},
+    done = {"ok": True, "refused": False, "errors": [], "added": ["b"], "removed": [],
+            "changed": {"a": ["vip.address"]},
             "not_applied": [{"text": "a: module.replication_port: 7410 -> 7420: needs a data-path restart"}],
             "failed": []}
     print_report(done)
@@ -206,3 +208,37 @@ def test_the_report_is_printed_with_what_waits_and_the_exit_code_says_refused_or
     assert exit_code(done) == 0
     assert exit_code({**done, "ok": False, "failed": [{"module": "a", "error": "x"}]}) == 1
     assert exit_code({"ok": False, "refused": True}) == 2
+
+
+def test_module_remove_puts_the_folder_back_when_the_agent_could_not_stop_the_module(tmp_path, capsys):
+    """What runs and what is configured stay the same: the operator can run `module remove` again."""
+    import threading
+
+    from hamirror.agent.control import ControlServer, socket_path
+    from hamirror.cli.main import main
+    path = write_cluster(tmp_path)
+    write_module(tmp_path)
+    asked: list[dict] = []
+
+    async def handler(request: dict) -> dict:
+        asked.append(request)
+        return {"ok": False, "refused": False, "errors": [], "added": [], "removed": [], "changed": {},
+                "not_applied": [], "failed": [{"module": "app", "error": "not removed: stop failed: stop_prim exit 1"}]}
+
+    loop = asyncio.new_event_loop()
+    server = ControlServer(socket_path(load_cluster(path).run_dir), handler)
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert main(["module", "remove", "app", "-c", path]) == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    [request] = asked
+    assert request["cmd"] == "reload" and list(request["moved"]) == ["app"]
+    assert "/modules/.removed/app-" in request["moved"]["app"]
+    assert (tmp_path / "modules" / "app" / "module.toml").exists()
+    out, err = capsys.readouterr()
+    assert "failed: app: not removed: stop failed: stop_prim exit 1" in err and "app: folder left in place" in out

@@ -10,8 +10,9 @@ on a configuration. Then, one module at a time (:mod:`hamirror.config.diff` says
   ``agent.json`` and journals under ``state_dir``, its ``run_dir``); its data stays where it is;
 - a module added gets its runner, which joins as a start does: WAIT, then its role;
 - a module changed gets its live keys: the VIP (on a primary the application is restarted in
-  place around it: stop_prim, old VIP removed, new VIP added, start_prim; the data path is untouched), checkers, scripts' timeouts and [vars], restart and failover
-  limits, the default primary. Its data-path keys are applied only when the module is stopped
+  place around it: stop_prim, old VIP removed, new VIP added, start_prim; the data path is
+  untouched), checkers, scripts' timeouts and [vars], restart and failover limits, the default
+  primary. Its data-path keys are applied only when the module is stopped
   here (its runner is then rebuilt); otherwise they are named as waiting for a data-path restart.
 - cluster file keys are named as waiting for an agent restart.
 
@@ -162,6 +163,7 @@ class Reloader:
         name, runner = module.name, self.agent.runners[module.name]
         await _idle(runner)
         if runner.state is not S.STOP:
+            scripts = runner.executor.scripts
             aside = os.path.join(self.agent.cluster.modules_dir, ".removed", "")
             if moved is not None and os.path.normpath(moved).startswith(aside) and os.path.isdir(moved):
                 # The stop scripts are where `module remove` moved the folder.
@@ -172,15 +174,10 @@ class Reloader:
                                   f"put the folder back and use `hamirror module remove {name}`, or stop the module "
                                   f"first (`hamirror forcestop {name}` needs no script), then reload")
                 return False
-            log.warning("%s: removed from the configuration: stopping it (%s)", name, runner.state.value)
-            try:
-                outcome = await asyncio.wait_for(runner.submit(Command.STOP), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                report.fail(name, f"not removed: its stop did not end within {STOP_TIMEOUT:g} s")
-                return False
-            if not outcome.ok or runner.state is not S.STOP:
-                reason = outcome.error or "; ".join(outcome.warnings) or f"still {runner.state.value}"
-                report.fail(name, f"not removed: stop failed: {reason}; it keeps running, reload again to retry")
+            error = await self._stop(runner)
+            if error is not None:
+                runner.executor.scripts = scripts     # `module remove` puts the folder back
+                report.fail(name, f"not removed: {error}")
                 return False
         left = await asyncio.to_thread(leftovers, runner)
         if left:
@@ -191,6 +188,20 @@ class Reloader:
         await asyncio.to_thread(clean_state, self.agent.cluster, name)
         report.removed.append(name)
         return True
+
+    @staticmethod
+    async def _stop(runner: ModuleRunner) -> str | None:
+        """``hamirror stop`` through the decision (the safe order); None once STOP, else why not."""
+        log.warning("%s: removed from the configuration: stopping it (%s)", runner.name, runner.state.value)
+        try:
+            outcome = await asyncio.wait_for(runner.submit(Command.STOP), STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"its stop did not end within {STOP_TIMEOUT:g} s"
+        if outcome.ok and runner.state is S.STOP:
+            return None
+        reason = outcome.error or "; ".join(outcome.warnings) or f"still {runner.state.value}"
+        return (f"stop failed: {reason}; it stays configured (the agent retries the stop as after "
+                "`hamirror stop`): remove it again once the cause is fixed")
 
     # ----------------------------------------------------------------- changed
 
@@ -223,7 +234,8 @@ class Reloader:
             report.changed[new.name] = [c.key for c in live if moved or not c.key.startswith("vip")]
         return target
 
-    async def _apply_live(self, runner: ModuleRunner, module: ModuleConfig, tables: set[str]) -> tuple[bool, str | None]:
+    async def _apply_live(self, runner: ModuleRunner, module: ModuleConfig,
+                          tables: set[str]) -> tuple[bool, str | None]:
         """Take the live parts from a runner built from ``module``; the VIP of a primary moves
         through :func:`move_vip`. Whether the VIP is the new one, and what failed if anything."""
         fresh = await asyncio.to_thread(self.build, module)

@@ -118,7 +118,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     """Move the folder to ``modules_dir/.removed/NAME-TIME`` (the loader skips dot folders), then
     reload: the agent stops the module (stop_prim, VIP, unmount, receiver) and cleans its state.
-    A reload refused for another problem puts the folder back."""
+    A reload refused (another problem), or a stop that failed, puts the folder back."""
     import time
     from hamirror.cli.reload import exit_code, print_report, reload_agent
     modules_dir, _first, problem = _cluster_defaults(config_path(args.config))
@@ -140,12 +140,14 @@ def run_remove(args: argparse.Namespace) -> int:
             raise
         raise CommandError(f"{folder} moved to {aside}, but {exc}: the module is no longer configured here; "
                            "its state stays until an agent reload or start", UNREACHABLE) from exc
-    if report.get("refused"):
+    # Refused, or this module not stopped: it stays configured as it runs (remove it again later).
+    kept = report.get("refused") or any(item.get("module") == args.name for item in report.get("failed") or [])
+    if kept:
         os.rename(aside, folder)
     if args.json:
-        print_json({**report, "module": args.name, "moved_to": None if report.get("refused") else aside})
+        print_json({**report, "module": args.name, "moved_to": None if kept else aside})
     else:
         print_report(report)
-        if not report.get("refused"):
-            print(f"{args.name}: folder moved to {aside} (delete it when no longer needed)")
+        print(f"{args.name}: folder left in place" if kept
+              else f"{args.name}: folder moved to {aside} (delete it when no longer needed)")
     return exit_code(report)
