@@ -242,3 +242,12 @@ def test_module_remove_puts_the_folder_back_when_the_agent_could_not_stop_the_mo
     assert (tmp_path / "modules" / "app" / "module.toml").exists()
     out, err = capsys.readouterr()
     assert "failed: app: not removed: stop failed: stop_prim exit 1" in err and "app: folder left in place" in out
+
+
+def test_a_module_added_on_a_node_in_standby_is_in_standby_too(tmp_path):
+    agent = running_agent(tmp_path, S.STOP)
+    agent.standby = True
+    write_module(tmp_path, "other", name="other", replace={"7410": "7420", "/srv/app": "/srv/other",
+                                                           "198.18.0.100/24": "198.18.0.101/24"})
+    assert reload(agent)["added"] == ["other"]
+    assert agent.runners["other"].standby is True

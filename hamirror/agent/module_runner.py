@@ -132,6 +132,7 @@ class ModuleRunner:
         self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
         self.peer_maintenance_version = 0   # the newest maintenance version the peer advertised
+        self.standby = False                # the node is in standby (set by the agent: agent/standby.py)
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
         self.task: asyncio.Task | None = None
@@ -383,7 +384,8 @@ class ModuleRunner:
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
-                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
+                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened,
+                          standby=self.standby)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""

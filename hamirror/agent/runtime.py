@@ -23,7 +23,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info, verify
+from hamirror.agent import console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -93,6 +93,7 @@ class Agent:
         self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
+        self.standby = standby.load(cluster.state_dir)
         self.notifier = Notifier(cluster.notify.script, cluster.notify.kinds, cluster.notify.timeout) \
             if cluster.notify.script else None
         if self.notifier is not None:
@@ -128,11 +129,12 @@ class Agent:
         self._reloads: set[asyncio.Task] = set()
 
     def _wire(self, runner: ModuleRunner) -> None:
-        """Connect a runner to the timeline, the heartbeats and the stall detection."""
+        """Connect a runner to the timeline, the heartbeats, the stall detection and the node's standby."""
         runner.emit = functools.partial(self.events.add, module=runner.name)
         runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
         runner.on_change = self._changed
         runner.listening = self.listening
+        runner.standby = self.standby
 
     def adopt(self, runner: ModuleRunner) -> None:
         """Run a module added by a reload (or replace its runner). A new dict, never a mutation:
@@ -329,6 +331,8 @@ class Agent:
             moved = request.get("moved")
             return await self.reloader.reload(f"by {who_text(control.caller())}",
                                               moved if isinstance(moved, dict) else None)
+        if cmd == "node":
+            return await self.set_standby(request.get("action") == "standby", float(request.get("timeout") or 600))
         if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
@@ -363,10 +367,28 @@ class Agent:
                     + (f"; error: {answer['error']}" if answer["error"] else ""), command=name, ok=answer["ok"])
         return {**answer, "maintenance": runner.maintenance}
 
+    async def set_standby(self, on: bool, timeout: float) -> dict:
+        """``hamirror node standby|online`` (:mod:`standby`): recorded first, then applied."""
+        name = "node standby" if on else "node online"
+        who = control.caller()
+        self.events.add("command", f"{name} by {who_text(who)}", command=name, caller=who)
+        try:
+            await asyncio.to_thread(standby.save, self.cluster.state_dir, on)
+        except OSError as exc:
+            return {"ok": False, "error": f"the standby setting could not be recorded: {exc}", "modules": {}}
+        self.standby = on
+        modules = await standby.apply(self.runners, on, timeout)
+        ok = all(m["ok"] for m in modules.values())
+        self.events.add("command-result", f"{name}: " + ", ".join(
+            f"{n} {m['state']}" + (f" ({m['error']})" if m["error"] else "") for n, m in modules.items()),
+            command=name, ok=ok)
+        return {"ok": ok, "standby": on, "modules": modules,
+                "error": None if ok else "some modules are still primary here (see modules)"}
+
     def status(self) -> dict:
         hb = self.heartbeat
         return {
-            "node": self.node.name, "cluster": self.cluster.name,
+            "node": self.node.name, "cluster": self.cluster.name, "standby": self.standby,
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],

@@ -51,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clear.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
     add_json(clear)
     clear.set_defaults(func=run_setting, switch=None)
+    node = subparsers.add_parser("node", help="standby: move every module off this node and keep it off; "
+                                              "online: allow the service here again")
+    node.add_argument("switch", choices=("standby", "online"))
+    node.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    node.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds to wait for the swaps (default: %(default)s)")
+    add_json(node)
+    node.set_defaults(func=run_node)
     events.register(subparsers)
 
 
@@ -118,6 +126,24 @@ def run_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.action_name} {args.module}: {reason}", refusal_code(answer))
     if not args.json:
         print(f"{args.module}: {answer.get('state')}")
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """``node standby|online``: one line per module, exit 1 if a module could not be moved."""
+    answer = _ask(_socket(args), {"cmd": "node", "action": args.switch, "timeout": args.timeout},
+                  args.timeout + 30)
+    modules = answer.get("modules") or {}
+    if args.json:
+        print_json({"standby": answer.get("standby"), "ok": bool(answer.get("ok")), "modules": modules,
+                    "error": answer.get("error")})
+    else:
+        print(f"this node is {'in standby' if answer.get('standby') else 'online'}" if "standby" in answer else "")
+        for name, m in modules.items():
+            note = "moved to the peer" if m.get("moved") else (f"not moved: {m['error']}" if m.get("error") else "")
+            print(f"  {name}: {m.get('state')}" + (f" ({note})" if note else ""))
+    if not answer.get("ok"):
+        raise CommandError(f"node {args.switch}: {answer.get('error') or 'refused'}")
     return 0
 
 
