@@ -1,4 +1,4 @@
-"""The agent end to end in the lab (root): cold start, failover, failback, swap under a writer,
+"""The agent end to end in the lab (root): cold start, reload, failover, failback, swap under a writer,
 agent kill -9 without failover, forged and replayed heartbeats, a stale node that refuses to lead.
 
 One lab for the whole module; the tests run in file order and each leaves the cluster mirrored
@@ -18,6 +18,7 @@ import pytest
 
 from hamirror.lab import agent as labagent
 from tests.agent_lab import LAB_MARKS, agents_lab, get, module, status, wait_for, writing
+from tests.reload_lab import reload_scenario
 
 pytestmark = LAB_MARKS
 
@@ -46,6 +47,10 @@ def test_cold_start_serves_through_the_vip(lab):
     assert get(lab, "/health")[0] == 200
     assert lab.exec("client", "curl", "-sf", "-X", "PUT", "--data", "v", "http://198.18.0.100:8080/kv/cold").returncode == 0
     assert get(lab, "/kv/cold") == (200, "v")
+
+
+def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuses_a_bad_configuration(lab):
+    reload_scenario(lab)         # tests/reload_lab.py
 
 
 def test_failover_keeps_every_acknowledged_key(lab, workdir):

@@ -33,6 +33,7 @@ from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.notify import Notifier
 from hamirror.agent.persist import Store
+from hamirror.agent.reload import Reloader
 from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import ModuleInfo, load_cluster_key
@@ -94,15 +95,10 @@ class Agent:
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
         self.standby = standby.load(cluster.state_dir)
-        for runner in self.runners.values():
-            runner.standby = self.standby
         self.notifier = Notifier(cluster.notify.script, cluster.notify.kinds, cluster.notify.timeout) \
             if cluster.notify.script else None
         if self.notifier is not None:
             self.events.listeners.append(self.notifier)
-        for name, runner in self.runners.items():
-            runner.emit = functools.partial(self.events.add, module=name)
-            runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
         self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
@@ -111,13 +107,11 @@ class Agent:
             peers=[(addr, hb.port) for addr in self.peer_node.addresses],
             modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
             interval=hb.interval, timeout=hb.timeout, clock=boottime)
-        for runner in self.runners.values():
-            runner.on_change = self._changed
         self._claim_alive = False
         self.listening = Listening(hb.timeout, stall_threshold(hb.interval, hb.timeout))
         self.listening.on_stall = self._stalled
         for runner in self.runners.values():
-            runner.listening = self.listening
+            self._wire(runner)
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
@@ -131,6 +125,44 @@ class Agent:
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self._lock_fd: int | None = None
+        # ``hamirror reload`` and SIGHUP (hamirror/agent/reload.py); the CLI adds the secrets' checks.
+        self.reloader = Reloader(self, functools.partial(build_runner, cluster=cluster, fence=self.fence))
+        self._reloads: set[asyncio.Task] = set()
+
+    def _wire(self, runner: ModuleRunner) -> None:
+        """Connect a runner to the timeline, the heartbeats, the stall detection and the node's standby."""
+        runner.emit = functools.partial(self.events.add, module=runner.name)
+        runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
+        runner.on_change = self._changed
+        runner.listening = self.listening
+        runner.standby = self.standby
+
+    def adopt(self, runner: ModuleRunner) -> None:
+        """Run a module added by a reload (or replace its runner). A new dict, never a mutation:
+        a tick iterating the old one across an ``await`` goes on undisturbed."""
+        self._wire(runner)
+        self.runners = {**self.runners, runner.name: runner}
+
+    def drop(self, name: str) -> None:
+        """Forget a module removed by a reload (already stopped); its checks end."""
+        self.runners = {n: r for n, r in self.runners.items() if n != name}
+        task = self._check_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def set_checkers(self, runner: ModuleRunner, checkers: CheckerState) -> None:
+        """A reload changed the module's checkers: the running check round ends, the new ones wait an interval."""
+        task = self._check_tasks.pop(runner.name, None)
+        if task is not None:
+            task.cancel()
+        checkers.on_failure = functools.partial(runner.emit, "checker-failed")
+        runner.checkers = checkers
+
+    def _hangup(self) -> None:
+        """SIGHUP: reload, as ``hamirror reload`` does (the outcome goes to the log and timeline)."""
+        task = asyncio.get_running_loop().create_task(self.reloader.reload("SIGHUP"), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def _stop(self) -> None:
         self.stopping.set()
@@ -177,6 +209,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
         self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
@@ -325,6 +358,10 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            moved = request.get("moved")
+            return await self.reloader.reload(f"by {who_text(control.caller())}",
+                                              moved if isinstance(moved, dict) else None)
         if cmd == "node":
             return await self.set_standby(request.get("action") == "standby", float(request.get("timeout") or 600))
         if cmd not in ("module", "maintenance", "clear", "verify"):

@@ -19,6 +19,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.lab",
     "hamirror.cli.agent",
     "hamirror.cli.ops",
+    "hamirror.cli.reload",
     "hamirror.cli.verify",
     "hamirror.cli.witness",
     "hamirror.cli.module",
