@@ -191,6 +191,8 @@ class _Heard:
     """The heartbeat service's answers for one tick: the peer still 'alive' (its last heartbeat
     is younger than the timeout) but silent for ``silence`` seconds."""
 
+    newer = None          # no heartbeat refused for a newer protocol
+
     def __init__(self, silence: float) -> None:
         self._silence, self.peer_heartbeat = silence, None
 

@@ -47,7 +47,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
-from hamirror.agent import verify
+from hamirror.agent import agreement, verify
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
@@ -253,6 +253,8 @@ def render_metrics(doc: dict) -> str:
         family(f"hamirror_resync_{key}", "gauge", help_text,
                [({"module": m["name"]}, int((m.get("resync") or {}).get(key) or 0)) for m in modules])
     for name, kind, help_text, samples in verify.metric_families(modules):   # online verify
+        family(name, kind, help_text, samples)
+    for name, kind, help_text, samples in agreement.metric_families(doc):   # same configuration, releases
         family(name, kind, help_text, samples)
     return "\n".join(out) + "\n"
 

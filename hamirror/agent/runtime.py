@@ -23,7 +23,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info, verify
+from hamirror.agent import agreement, console, control, journal_info, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -102,6 +102,9 @@ class Agent:
             peers=[(addr, hb.port) for addr in self.peer_node.addresses],
             modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
             interval=hb.interval, timeout=hb.timeout, clock=boottime)
+        # Same configuration and interoperable releases on both nodes (digests in the heartbeats).
+        self.agreement = agreement.for_config(cluster, modules, self.heartbeat.key, self.events.add)
+        self.heartbeat.digests, self.heartbeat.on_heard = self.agreement.digests, self.agreement.heard
         for runner in self.runners.values():
             runner.on_change = self._changed
         self._claim_alive = False
@@ -228,6 +231,7 @@ class Agent:
         listened = self.listening.listened()
         infos = hb.peer_modules()
         silence = hb.silence()
+        self.agreement.refused(hb.newer)
         gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
                 and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
         # The verdict and the views see the same peer: one whose processes are gone is claimed
@@ -321,13 +325,13 @@ class Agent:
 
     def status(self) -> dict:
         hb = self.heartbeat
-        return {
+        return self.agreement.annotate({
             "node": self.node.name, "cluster": self.cluster.name,
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],
             "quorum": self.quorum, "witness": self.witness.status(),
-        }
+        })
 
     async def shutdown(self) -> None:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hamirror.agent.journal_info import to_wire
 from hamirror.agent import verify
+from hamirror.agent.agreement import status_lines
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.resync import failures
 
@@ -119,6 +120,7 @@ def render_table(doc: dict) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    lines.extend(status_lines(doc))     # configuration or release differences with the peer
     for m in doc.get("modules", []):
         if m.get("relation") == "diverged":
             lines.append(
