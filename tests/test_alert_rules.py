@@ -140,6 +140,11 @@ SITUATIONS = {
         alert("HamirrorVerifyFailed", instance=N1, job="hamirror", module="demo"),
         alert("HamirrorHeartbeatsRejected", instance=N1, job="hamirror", reason="bad_mac"),
         alert("HamirrorVerifyFoundDifferences", instance=N2, job="hamirror", module="demo")]),
+    "configuration differs, peer incompatible": ([
+        node("node1", "PRIM", config={"differs": ["checkers"], "warning": "configuration differs"}),
+        {**node("node2", "SECOND"), "versions": {"incompatible": "the peer speaks heartbeat protocol 2"}}], [
+        alert("HamirrorConfigDiffers", instance=N1, job="hamirror", scope="module", module="demo"),
+        alert("HamirrorPeerIncompatible", instance=N2, job="hamirror")]),
     "dead mount": ([node("node1", "PRIM", mirror="dead", serving=False), node("node2", "SECOND")], [
         alert("HamirrorMirrorBroken", instance=N1, job="hamirror", module="demo", mirror="dead"),
         alert("HamirrorModuleNotServing", cluster="lab", module="demo")]),
