@@ -193,7 +193,9 @@ def test_a_cluster_file_difference_and_a_module_on_one_node_only(tmp_path) -> No
            "docs/configuration.md)" in lines
     assert "warning: module(s) configured on the peer only: extra" in lines
     assert [(kind, module) for kind, _, module in timeline.events] == [("config-differs", None)] * 2
-    agree.heard(_peer_hb(theirs, modules=()))    # node2 no longer configures app
+    agree.heard(_peer_hb(theirs, modules=("extra",)))    # node2 no longer configures app
+    assert _doc(agree)["modules"][0]["config"]["warning"] == "module not configured on node2"
+    agree.heard(_peer_hb(ConfigDigests(theirs.cluster, {}), modules=()))    # nor any module
     assert _doc(agree)["modules"][0]["config"]["warning"] == "module not configured on node2"
 
 

@@ -84,17 +84,20 @@ class Agreement:
                                    "(compare the two hamirror.toml: docs/configuration.md)")
         self._tell("cluster", DIFFERS, self.cluster["warning"],
                    f"the cluster file is the same as {self.peer}'s again", **when)
-        self.only_peer = sorted(name for name in hb.modules if name not in self.modules) if hb.module_config else []
+        # Module digests sent (or none to send: a peer without modules); not sent by 0.2.0, nor
+        # when they did not fit in the datagram.
+        sent = bool(hb.module_config) or (hb.config is not None and not hb.modules)
+        self.only_peer = sorted(name for name in hb.modules if name not in self.modules) if sent else []
         for name, ours in self.digests.modules.items():
-            self.modules[name] = self._module(name, ours, hb)
+            self.modules[name] = self._module(name, ours, hb, sent)
             self._tell(f"module {name}", DIFFERS, self.modules[name]["warning"],
                        f"the module's configuration is the same as {self.peer}'s again", module=name, **when)
         self._tell("only-peer", DIFFERS, self.only_peer and
                    f"module(s) configured on {self.peer} only: {', '.join(self.only_peer)}",
                    "both nodes configure the same modules again", **when)
 
-    def _module(self, name: str, ours: str | None, hb: Heartbeat) -> dict:
-        if not hb.module_config:           # 0.2.0, or too many modules for the datagram
+    def _module(self, name: str, ours: str | None, hb: Heartbeat, sent: bool) -> dict:
+        if not sent:
             return self._entry(ours, None, None, None)
         if name not in hb.modules:
             return self._entry(ours, None, ["module"], f"module not configured on {self.peer}")
