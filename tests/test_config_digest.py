@@ -253,3 +253,16 @@ def test_the_console_shows_a_module_whose_configuration_differs_as_degraded() ->
     assert health(healthy)[0] == "healthy"
     warning = "configuration differs from node2's: [checkers] (the module folder must be the same on both nodes)"
     assert health({**healthy, "config": {"differs": ["checkers"], "warning": warning}}) == ("degraded", warning)
+
+
+def test_the_console_node_card_shows_a_cluster_file_difference_and_an_incompatible_peer() -> None:
+    from hamirror.agent.console import render
+
+    status = {"node": "node1", "cluster": "lab", "peer": {"name": "node2", "alive": True}, "modules": [],
+              "witness": None, "versions": {"incompatible": "the peer (hamirror 1.0.0) speaks heartbeat protocol 2",
+                                            "note": None},
+              "config": {"warning": "the cluster file differs from node2's: [heartbeat]", "only_peer": ["extra"]}}
+    html = render.view({"node": "node1", "status": status}, "node2", None, "not fetched", None)
+    assert "PEER INCOMPATIBLE: the peer (hamirror 1.0.0) speaks heartbeat protocol 2" in html
+    assert "the cluster file differs from node2&#39;s: [heartbeat]" in html
+    assert "module(s) configured on the peer only: extra" in html
