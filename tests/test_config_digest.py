@@ -3,6 +3,8 @@ that turns the peer's digests into status, events (once per change) and metrics.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from hamirror.config.digest import (
 from tests.configfiles import CLUSTER, write_cluster, write_module
 
 KEY = b"k" * 32
+COUNTER = itertools.count(1)         # the peer's heartbeat counter: each one a new heartbeat
 
 
 def _twin(tmp_path: Path, cluster_edit: dict | None = None, module_edit: dict | None = None,
@@ -133,7 +136,7 @@ def _digests(tmp_path: Path, module_edit: dict | None = None) -> ConfigDigests:
 
 def _peer_hb(digests: ConfigDigests | None, modules=("app",), software: str | None = versions.SOFTWARE) -> Heartbeat:
     infos = {name: ModuleInfo(NodeState.SECOND, True, "g") for name in modules}
-    return Heartbeat("lab", "node2", "boot", 1, 0.0, infos, software=software,
+    return Heartbeat("lab", "node2", "boot", next(COUNTER), 0.0, infos, software=software,
                      config=digests.cluster if digests else None,
                      module_config={k: v for k, v in digests.modules.items() if v} if digests else {})
 
@@ -159,8 +162,10 @@ def test_a_module_difference_is_one_event_a_status_warning_and_a_metric(tmp_path
     theirs = _digests(tmp_path, {"port = 8080\n\n[vars]": "port = 8080\ntimeout = 3.0\n\n[vars]"})
     timeline = Timeline()
     agree = Agreement("node1", "node2", ours, timeline.add)
-    for _ in range(5):                      # every heartbeat: one event, not five
-        agree.heard(_peer_hb(theirs))
+    for counter in range(1, 6):             # every heartbeat: one event, not five
+        agree.heard(dataclasses.replace(_peer_hb(theirs), counter=counter, network=0))
+        agree.heard(dataclasses.replace(_peer_hb(theirs), counter=counter, network=1))   # the same, by network 1
+    assert agree.count == 5
     assert timeline.events == [("config-differs", "configuration differs from node2's: [checkers] (the module "
                                 "folder must be the same on both nodes)", "app")]
     assert timeline.fields == [{"peer_boot": "boot", "peer_counter": 1, "heard": 1}]   # which heartbeat told
@@ -172,8 +177,8 @@ def test_a_module_difference_is_one_event_a_status_warning_and_a_metric(tmp_path
     assert "app: warning: configuration differs from node2's: [checkers]" in render_table(doc)
     assert 'hamirror_config_differs{scope="module",module="app"} 1' in render_metrics(doc)
     assert 'hamirror_config_differs{scope="cluster",module=""} 0' in render_metrics(doc)
-    agree.heard(_peer_hb(ours))                      # the peer's folder fixed and reloaded
-    agree.heard(_peer_hb(ours))
+    agree.heard(dataclasses.replace(_peer_hb(ours), counter=6))    # the peer's folder fixed and reloaded
+    agree.heard(dataclasses.replace(_peer_hb(ours), counter=7))
     assert timeline.events[1:] == [("config-same", "the module's configuration is the same as node2's again", "app")]
     assert _doc(agree)["modules"][0]["config"]["differs"] is None
     assert not [line for line in status_lines(_doc(agree)) if "warning" in line]

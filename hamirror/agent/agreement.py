@@ -57,6 +57,7 @@ class Agreement:
         self.incompatible: str | None = None
         self._said: dict[str, str | None] = {}   # what the timeline was last told, per topic
         self.count = 0                           # heartbeats heard from the peer since this start
+        self._last: tuple[str, int] | None = None   # the last one's (boot, counter)
 
     def _entry(self, ours: str | None, theirs: str | None, differs: list[str] | None, warning: str | None) -> dict:
         return {"digest": ours, "peer_digest": theirs, "differs": differs, "warning": warning}
@@ -72,6 +73,9 @@ class Agreement:
         the first heartbeat that carries it); record what changed. The events say which
         heartbeat told: its counter in the peer's boot, and how many this node heard since it
         started."""
+        if (hb.boot_id, hb.counter) == self._last:
+            return                         # the same heartbeat, by another network
+        self._last = (hb.boot_id, hb.counter)
         self.count += 1
         when = {"peer_boot": hb.boot_id, "peer_counter": hb.counter, "heard": self.count}
         self.peer_software, self.assumed = hb.software or versions.PREVIOUS_RELEASE, hb.software is None
