@@ -1,8 +1,10 @@
 """The ``hamirror status`` document (design §4), built from the runners' last observation.
 
 JSON: ``{"node", "cluster", "peer": {...}, "modules": [{"name", "state", "peer_state", "uptodate",
-"resync": {"done_bytes", "total_bytes", ...}|null, ...}]}``; the human table is rendered from the
-same document by the CLI, so both always agree.
+"resync": {"done_bytes", "total_bytes", ...}|null, "config": {...}, ...}], "versions": {...},
+"config": {...}}`` (``versions`` and ``config``: how this node agrees with its peer,
+:mod:`hamirror.agent.agreement`); the human table is rendered from the same document by the
+CLI, so both always agree.
 """
 
 from __future__ import annotations
