@@ -271,3 +271,20 @@ def test_the_console_node_card_shows_a_cluster_file_difference_and_an_incompatib
     assert "PEER INCOMPATIBLE: the peer (hamirror 1.0.0) speaks heartbeat protocol 2" in html
     assert "the cluster file differs from node2&#39;s: [heartbeat]" in html
     assert "module(s) configured on the peer only: extra" in html
+
+
+def test_a_reloaded_configuration_is_compared_from_the_next_heartbeat(tmp_path) -> None:
+    """For ``hamirror reload``: new digests, the same timeline (a standing difference is not told twice)."""
+    ours = _digests(tmp_path)
+    theirs = _digests(tmp_path, {"port = 8080\n\n[vars]": "port = 8080\ntimeout = 3.0\n\n[vars]"})
+    timeline = Timeline()
+    agree = Agreement("node1", "node2", ours, timeline.add)
+    agree.heard(_peer_hb(theirs))
+    agree.update(ConfigDigests(ours.cluster, {"app": ours.modules["app"], "new": theirs.modules["app"]}))
+    agree.heard(_peer_hb(theirs, modules=("app",)))
+    assert [(kind, module) for kind, _, module in timeline.events] == [("config-differs", "app"),
+                                                                       ("config-differs", "new")]
+    agree.update(theirs)                   # this node now has the peer's folder, and no module "new"
+    agree.heard(_peer_hb(theirs))
+    assert timeline.events[-1][0::2] == ("config-same", "app") and len(timeline.events) == 3
+    assert [m["name"] for m in _doc(agree)["modules"]] == ["app"]

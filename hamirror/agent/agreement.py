@@ -59,6 +59,17 @@ class Agreement:
         self.count = 0                           # heartbeats heard from the peer since this start
         self._last: tuple[str, int] | None = None   # the last one's (boot, counter)
 
+    def update(self, digests: ConfigDigests) -> None:
+        """A new configuration was loaded (a reload): compare it from the next heartbeat on; what
+        the timeline was told is kept, so a difference that stays is not told again. The caller
+        hands ``self.digests`` to the heartbeat service too."""
+        self.digests = digests
+        self.modules = {name: self.modules.get(name, self._entry(d, None, None, None))
+                        for name, d in digests.modules.items()}
+        for topic in [t for t in self._said if t.startswith("module ") and t[7:] not in digests.modules]:
+            del self._said[topic]          # a module removed here: nothing more to say of it
+        self._last = None
+
     def _entry(self, ours: str | None, theirs: str | None, differs: list[str] | None, warning: str | None) -> dict:
         return {"digest": ours, "peer_digest": theirs, "differs": differs, "warning": warning}
 
