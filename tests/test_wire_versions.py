@@ -109,10 +109,14 @@ def test_a_newer_protocol_is_refused_with_who_and_what(protocol_number) -> None:
 
 
 def test_a_newer_protocol_with_hostile_fields_is_still_only_refused() -> None:
+    v = validator()
     body = {**body_of(hb()), "v": 3, "sv": {"x": 1}, "n": ["node2"]}
     with pytest.raises(NewerProtocol) as info:
-        validator().accept(signed(body), NOW)
+        v.accept(signed(body), NOW)
     assert info.value.software is None and info.value.node is None
+    with pytest.raises(NewerProtocol):
+        v.accept(signed({**body, "n": "stranger"}), NOW)
+    assert v.newer is None and v.rejected == {Reason.VERSION: 2}      # refused, but not our peer's word
 
 
 @pytest.mark.parametrize("field,value", [
@@ -171,6 +175,7 @@ SESSION = 0x1234
 def test_hello_answer_round_trip_and_hostile_answers() -> None:
     assert parse_hello_answer(protocol.hello_answer()) == (versions.LINK_PROTOCOL, versions.SOFTWARE)
     assert parse_hello_answer(b"") == (1, versions.PREVIOUS_RELEASE)           # a 0.2.0 receiver
+    assert parse_hello_answer(b"x" * 300) == (1, "unknown")
     for hostile in (b"[", b"[" * 5000, b"\xff", b'{"link":"2"}', b'{"link":99999,"software":5}', b"x" * 300,
                     b'{"link":' + b"9" * 5000 + b"}", b"null", b'"0.3.0"'):
         link, software = parse_hello_answer(hostile)

@@ -257,7 +257,7 @@ class Validator:
             hb = self._check(decode(data, self.key), now_wall, network, echo_age)
         except HeartbeatRejected as exc:
             self.rejected[exc.reason] += 1
-            if isinstance(exc, NewerProtocol):
+            if isinstance(exc, NewerProtocol) and exc.node in self.peers:   # our peer's, not a stranger's
                 self.newer = exc
             raise
         self.newer = None

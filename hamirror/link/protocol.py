@@ -360,8 +360,8 @@ def decode_reply(frames: list) -> Reply:
 
 
 # The HELLO's answer -----------------------------------------------------------------------------
-# Since 0.3: the receiver answers a HELLO with its versions (JSON); 0.2.0 answered nothing, and a
-# 0.2.0 sender ignores the payload. The HELLO itself keeps 0.2.0's form (ints: version, flags),
+# Since the release after 0.2.0: the receiver answers a HELLO with its versions (JSON); 0.2.0
+# answered nothing, and a 0.2.0 sender ignores the payload. The HELLO itself keeps 0.2.0's form (ints: version, flags),
 # which a 0.2.0 receiver checks exactly.
 MAX_HELLO_ANSWER = 256
 
@@ -374,12 +374,14 @@ def hello_answer() -> bytes:
 def parse_hello_answer(payload: bytes) -> tuple[int, str]:
     """``(link protocol, software)`` of the receiver from its HELLO answer; an empty or unreadable
     answer is a 0.2.0 receiver's (protocol 1). Never raises: the payload comes from the network."""
+    if not payload:
+        return 1, versions.PREVIOUS_RELEASE
     try:
-        doc = json.loads(payload) if 0 < len(payload) <= MAX_HELLO_ANSWER else None
+        doc = json.loads(payload) if len(payload) <= MAX_HELLO_ANSWER else None
     except (ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
-        return 1, versions.PREVIOUS_RELEASE
+        return 1, "unknown"
     link = doc.get("link")
     return (link if type(link) is int and 0 < link < 256 else 1,
             versions.valid_text(doc.get("software")) or "unknown")
