@@ -430,6 +430,40 @@ def test_a_swap_whose_stop_prim_fails_keeps_saying_primary_until_the_retry_stopp
     asyncio.run(scenario())
 
 
+def test_a_record_that_cannot_be_restored_on_a_failing_disk_keeps_the_retry(tmp_path):
+    """Review (issue 15): a failed stop_prim puts the record back to PRIM; on a failing disk that
+    write raised out of the task, the retry was lost and the record said SECOND beside a running
+    application. Now the failure is reported and the retry (which persists again) is kept."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True),
+                                                           failing=("stop_prim",))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+    persist, failing_disk = runner.persist, [False]
+
+    def persist_on_a_failing_disk(state):
+        if failing_disk[0] and state is S.PRIM:
+            raise OSError(5, "Input/output error")
+        persist(state)
+
+    runner.persist = persist_on_a_failing_disk
+    events = []
+    runner.emit = lambda kind, text, **fields: events.append((kind, text))
+
+    async def scenario():
+        await attached(runner)
+        failing_disk[0] = True
+        asked = runner.submit(Command.SWAP)
+        await step(runner, peer(S.SECOND, True), history("g1"))
+        assert not asked.result().ok and runner.retry is not None and runner.state is S.PRIM
+        assert ("action-failed", "the state record could not be put back to PRIM: [Errno 5] Input/output error"
+                ) in events
+        failing_disk[0], scripts.failing = False, ()
+        clock.now += 10
+        await step(runner, peer(S.SECOND, True), history("g1"))      # the retry persists SECOND again
+        assert runner.advertised().state is S.SECOND and store.load().state is S.SECOND and not vip.up
+
+    asyncio.run(scenario())
+
+
 def test_the_state_advertised_after_a_failure_waits_for_the_safety_prefix():
     from hamirror.cluster import actions as a
     from hamirror.cluster.steps import state_after

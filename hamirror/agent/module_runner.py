@@ -132,6 +132,7 @@ class ModuleRunner:
         self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
         self.peer_maintenance_version = 0   # the newest maintenance version the peer advertised
+        self.standby = False                # the node is in standby (set by the agent: agent/standby.py)
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
         self.task: asyncio.Task | None = None
@@ -383,7 +384,8 @@ class ModuleRunner:
                           resync=self.resync_status(), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
-                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
+                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened,
+                          standby=self.standby)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -450,7 +452,7 @@ class ModuleRunner:
                     error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
                         self.state, None
                     if index:
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                     break
                 began = time.monotonic()
                 try:
@@ -462,7 +464,7 @@ class ModuleRunner:
                     reached = state_after(self.state, target, actions, index)
                     if reached is not target and any(isinstance(x, a.Persist) for x in actions[:index]):
                         # The record says what the node is: the old state until the rest is done.
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                         rest = (a.Persist(target),) + rest
                     # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
                     self.retry = None if isinstance(exc, NeedsDecision) else \
@@ -497,6 +499,16 @@ class ModuleRunner:
             if decision is not None:
                 command = Command(why) if why in {c.value for c in Command} else Command.NONE
                 self.resolve(command, decision, error)
+
+    async def _restore_record(self) -> None:
+        """Put the record back to the state the node is in after a sequence stopped half-way. On a
+        failing disk, say so and go on: the retry (or the next decision) persists again, and the
+        task must not die with it."""
+        try:
+            await asyncio.to_thread(self.persist, self.state)
+        except OSError as exc:
+            log.error("%s: the state record could not be put back to %s: %s", self.name, self.state.value, exc)
+            self.emit("action-failed", f"the state record could not be put back to {self.state.value}: {exc}")
 
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:

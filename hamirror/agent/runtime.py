@@ -23,13 +23,14 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import agreement, console, control, journal_info, verify
+from hamirror.agent import agreement, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
 from hamirror.agent.executor import Executor
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.notify import Notifier
 from hamirror.agent.persist import Store
 from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
@@ -91,6 +92,13 @@ class Agent:
         self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
+        self.standby = standby.load(cluster.state_dir)
+        for runner in self.runners.values():
+            runner.standby = self.standby
+        self.notifier = Notifier(cluster.notify.script, cluster.notify.kinds, cluster.notify.timeout) \
+            if cluster.notify.script else None
+        if self.notifier is not None:
+            self.events.listeners.append(self.notifier)
         for name, runner in self.runners.items():
             runner.emit = functools.partial(self.events.add, module=name)
             runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
@@ -290,12 +298,15 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "node":
+            return await self.set_standby(request.get("action") == "standby", float(request.get("timeout") or 600))
         if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
-            return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
-                                          f"(modules: {', '.join(self.runners) or 'none'})"}
+            return {"ok": False, "unknown_module": True,
+                    "error": f"no module {request.get('module')!r} on this node "
+                             f"(modules: {', '.join(self.runners) or 'none'})"}
         if cmd == "module":
             try:
                 command = Command(request.get("action"))
@@ -323,14 +334,35 @@ class Agent:
                     + (f"; error: {answer['error']}" if answer["error"] else ""), command=name, ok=answer["ok"])
         return {**answer, "maintenance": runner.maintenance}
 
+    async def set_standby(self, on: bool, timeout: float) -> dict:
+        """``hamirror node standby|online`` (:mod:`standby`): recorded first, then applied."""
+        name = "node standby" if on else "node online"
+        who = control.caller()
+        self.events.add("command", f"{name} by {who_text(who)}", command=name, caller=who)
+        try:
+            await asyncio.to_thread(standby.save, self.cluster.state_dir, on)
+        except OSError as exc:
+            return {"ok": False, "error": f"the standby setting could not be recorded: {exc}", "modules": {}}
+        self.standby = on
+        modules = await standby.apply(self.runners, on, timeout)
+        ok = all(m["ok"] for m in modules.values())
+        self.events.add("command-result", f"{name}: " + ", ".join(
+            f"{n} {m['state']}" + (f" ({m['error']})" if m["error"] else "") for n, m in modules.items()),
+            command=name, ok=ok)
+        return {"ok": ok, "standby": on, "modules": modules,
+                "error": None if ok else "some modules are still primary here (see modules)"}
+
     def status(self) -> dict:
         hb = self.heartbeat
         return self.agreement.annotate({
-            "node": self.node.name, "cluster": self.cluster.name,
+            "node": self.node.name, "cluster": self.cluster.name, "standby": self.standby,
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],
             "quorum": self.quorum, "witness": self.witness.status(),
+            "notify": None if self.notifier is None else {
+                "script": self.notifier.script, "sent": self.notifier.sent, "failed": self.notifier.failed,
+                "dropped": self.notifier.dropped},
         })
 
     async def shutdown(self) -> None:
@@ -349,6 +381,8 @@ class Agent:
             self._watch.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
+        if self.notifier is not None:        # the "agent stopping" event, and what is queued
+            await asyncio.to_thread(self.notifier.close)
 
 
 def who_text(who: dict | None) -> str:

@@ -106,7 +106,9 @@ def render_table(doc: dict) -> str:
     """The human form of the status document."""
     peer = doc.get("peer") or {}
     lines = [f"node {doc.get('node')} (cluster {doc.get('cluster')}), peer {peer.get('name')}: "
-             f"{'alive' if peer.get('alive') else 'not heard'}"]
+             f"{'alive' if peer.get('alive') else 'not heard'}"
+             + ("; this node is in STANDBY (`hamirror node online` to allow the service here)"
+                if doc.get("standby") else "")]
     header = ("MODULE", "STATE", "PEER", "UPTODATE", "RESYNC")
     rows = []
     for m in doc.get("modules", []):

@@ -23,6 +23,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.witness",
     "hamirror.cli.module",
     "hamirror.cli.install",
+    "hamirror.cli.report",
 ]
 
 

@@ -155,7 +155,8 @@ class ModuleView:
     this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
     ``peer_leased``: the witness's latest answer says the peer holds the lease and asked for it
     within two intervals: an unheard peer that is alive and may go on alone (a one-way loss).
-    ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
+    ``standby``: the operator keeps every module off this node (``hamirror node standby``): no
+    automatic promotion here. ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
     its lease: an unheard peer may still be alive (cut one way from this node), so a forced
     ``prim`` here could run beside it.
     """
@@ -177,6 +178,7 @@ class ModuleView:
     fence_script: bool = False
     app_stopped: bool = False     # a data-path repair stopped the application; start it once writable
     maintenance: bool = False
+    standby: bool = False         # the operator put this node in standby (`hamirror node standby`)
     failovers: FailoverHealth = FailoverHealth()
     listened: bool = True
     linked: bool = False
