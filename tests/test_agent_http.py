@@ -97,7 +97,7 @@ def test_metrics_exact_text():
     [(code, headers, body)] = run(serving(Provider(status_doc("ALONE")), get("/metrics")))
     assert (code, headers["Content-Type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
     reasons = ["oversized", "malformed", "bad_mac", "wrong_cluster", "unknown_sender", "own_name",
-               "wrong_network", "replay", "skew"]
+               "wrong_network", "replay", "skew", "version"]
     counts = {"bad_mac": 3, "replay": 1}
     states = ["STOP", "WAIT", "SECOND", "PRIM", "ALONE"]
     expected = [
@@ -174,7 +174,7 @@ def test_metrics_exact_text():
         'hamirror_module_checker_failing{module="demo"} 0',
         'hamirror_module_checker_failing{module="db"} 0',
     ]
-    assert body.decode().split("\n") == [*expected, *NO_VERIFY, ""]
+    assert body.decode().split("\n") == [*expected, *NO_VERIFY, *NO_DIFFERENCE, ""]
 
 
 def test_metrics_of_each_heartbeat_network_the_checkers_the_witness_lease_and_the_notify_hook():
@@ -220,6 +220,23 @@ NO_VERIFY = [
     "# TYPE hamirror_verify_failed gauge",
     'hamirror_verify_failed{module="demo"} 0',
     'hamirror_verify_failed{module="db"} 0',
+]
+
+# The agreement's families (hamirror/agent/agreement.py) for a document that reports no difference.
+NO_DIFFERENCE = [
+    "# HELP hamirror_config_differs 1 when this node's configuration differs from the peer's (scope cluster: "
+    "the cluster file's shared part, or modules configured on one node only; scope module: that module's folder).",
+    "# TYPE hamirror_config_differs gauge",
+    'hamirror_config_differs{scope="cluster",module=""} 0',
+    'hamirror_config_differs{scope="module",module="demo"} 0',
+    'hamirror_config_differs{scope="module",module="db"} 0',
+    "# HELP hamirror_peer_incompatible 1 while the peer's heartbeats are refused: it speaks a protocol newer "
+    "than this node knows.",
+    "# TYPE hamirror_peer_incompatible gauge",
+    "hamirror_peer_incompatible 0",
+    "# HELP hamirror_version_info The release of this node and of its peer (always 1).",
+    "# TYPE hamirror_version_info gauge",
+    'hamirror_version_info{software="",peer_software=""} 1',
 ]
 
 

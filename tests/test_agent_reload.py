@@ -96,6 +96,8 @@ def test_a_module_added_joins_in_wait_and_a_stopped_module_removed_is_dropped_wi
     added = agent.runners["other"]
     assert added.state is S.WAIT and added.datapath.receiving     # as a start: WAIT, receiver listening
     assert added.emit.func == agent.events.add                    # wired to the timeline
+    # The peer compares what runs here now: the heartbeats carry the added module's digest, not the removed one's.
+    assert set(agent.heartbeat.digests.modules) == {"other"} and agent.agreement.digests is agent.heartbeat.digests
 
 
 def test_a_primary_vip_change_restarts_the_application_in_place_on_the_new_vip(tmp_path):

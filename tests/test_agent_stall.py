@@ -191,6 +191,8 @@ class _Heard:
     """The heartbeat service's answers for one tick: the peer still 'alive' (its last heartbeat
     is younger than the timeout) but silent for ``silence`` seconds."""
 
+    newer = None          # no heartbeat refused for a newer protocol
+
     def __init__(self, silence: float) -> None:
         self._silence, self.peer_heartbeat = silence, None
 
@@ -253,6 +255,8 @@ def test_a_secondary_whose_primary_processes_are_gone_claims_the_lease_at_once(t
 class _HeardAgain:
     """The heartbeat service: the peer (ALONE, our generation) silent when the tick begins, and
     heard again by the time the witness's verdict comes back."""
+
+    newer = None                 # no heartbeat refused for a newer protocol
 
     def __init__(self) -> None:
         from hamirror.cluster.heartbeat import ModuleInfo
@@ -325,6 +329,7 @@ class _Silent:
     """The heartbeat service: the peer never heard (its agent is down; its mount still streams)."""
 
     peer_heartbeat = None
+    newer = None                 # no heartbeat refused for a newer protocol
 
     def peer_alive(self) -> bool:
         return False

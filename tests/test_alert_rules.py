@@ -156,6 +156,11 @@ SITUATIONS = {
         alert("HamirrorCheckerFailing", instance=N1, job="hamirror", module="demo"),
         alert("HamirrorWitnessUnreachable", instance=N1, job="hamirror", witness="198.18.0.9:7402"),
         alert("HamirrorNotifyFailing", instance=N1, job="hamirror", result="failed")]),
+    "configuration differs, peer incompatible": ([
+        node("node1", "PRIM", config={"differs": ["checkers"], "warning": "configuration differs"}),
+        {**node("node2", "SECOND"), "versions": {"incompatible": "the peer speaks heartbeat protocol 2"}}], [
+        alert("HamirrorConfigDiffers", instance=N1, job="hamirror", scope="module", module="demo"),
+        alert("HamirrorPeerIncompatible", instance=N2, job="hamirror")]),
     "dead mount": ([node("node1", "PRIM", mirror="dead", serving=False), node("node2", "SECOND")], [
         alert("HamirrorMirrorBroken", instance=N1, job="hamirror", module="demo", mirror="dead"),
         alert("HamirrorModuleNotServing", cluster="lab", module="demo")]),

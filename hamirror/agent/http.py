@@ -47,7 +47,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
-from hamirror.agent import verify
+from hamirror.agent import agreement, verify
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
@@ -280,6 +280,8 @@ def render_metrics(doc: dict) -> str:
     for name, kind, help_text, samples in operations_families(doc):
         family(name, kind, help_text, samples)
     for name, kind, help_text, samples in verify.metric_families(modules):   # online verify
+        family(name, kind, help_text, samples)
+    for name, kind, help_text, samples in agreement.metric_families(doc):   # same configuration, releases
         family(name, kind, help_text, samples)
     return "\n".join(out) + "\n"
 

@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hamirror.agent import agreement
 from hamirror.agent.executor import ActionFailed
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.cluster import actions as a
@@ -141,6 +142,10 @@ class Reloader:
         for change in plan.cluster:
             report.wait(None, change)
         agent.modules = sorted(running.values(), key=lambda m: m.name)
+        # The peer compares what runs here now (hamirror/agent/agreement.py).
+        digests = await asyncio.to_thread(agreement.digests_for, agent.cluster, agent.modules, agent.heartbeat.key)
+        agent.agreement.update(digests)
+        agent.heartbeat.digests = digests
 
     # ----------------------------------------------------------------- added, removed
 

@@ -24,7 +24,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info, standby, verify
+from hamirror.agent import agreement, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -107,6 +107,9 @@ class Agent:
             peers=[(addr, hb.port) for addr in self.peer_node.addresses],
             modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
             interval=hb.interval, timeout=hb.timeout, clock=boottime)
+        # Same configuration and interoperable releases on both nodes (digests in the heartbeats).
+        self.agreement = agreement.for_config(cluster, modules, self.heartbeat.key, self.events.add)
+        self.heartbeat.digests, self.heartbeat.on_heard = self.agreement.digests, self.agreement.heard
         self._claim_alive = False
         self.listening = Listening(hb.timeout, stall_threshold(hb.interval, hb.timeout))
         self.listening.on_stall = self._stalled
@@ -286,6 +289,7 @@ class Agent:
         hb = self.heartbeat
         epoch = self.listening.check()     # a stall after this makes this tick's views stale
         before = self._heard()
+        self.agreement.refused(hb.newer)
         # The verdict and the views see the same peer: one whose processes are gone is claimed
         # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
         self._claim_alive = before[0] and not before[3]
@@ -418,7 +422,7 @@ class Agent:
 
     def status(self) -> dict:
         hb = self.heartbeat
-        return {
+        return self.agreement.annotate({
             "node": self.node.name, "cluster": self.cluster.name, "standby": self.standby,
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
@@ -427,7 +431,7 @@ class Agent:
             "notify": None if self.notifier is None else {
                 "script": self.notifier.script, "sent": self.notifier.sent, "failed": self.notifier.failed,
                 "dropped": self.notifier.dropped},
-        }
+        })
 
     async def shutdown(self) -> None:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""
