@@ -134,6 +134,31 @@ def test_up_to_date_second_takes_over_when_the_peer_is_lost(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_takeover_under_way_already_says_primary_to_the_peer(tmp_path):
+    """Campaign 1801 t13: node2 took over (VIP up, start_prim running for 6.6 s) while its
+    heartbeats still said SECOND; node1, the old primary waking from a freeze, saw a SECOND peer
+    and a mount still streaming, put its VIP back, and both served for 6.7 s. A promotion says
+    its target from its first action on: the peer steps down at once."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.SECOND, primary=False,
+                                                       journal=FakeJournal(("g1",), uptodate=True))
+    dp.receiving = True
+    said = []
+    run = runner.executor.run
+
+    def spying(action, target):
+        said.append(runner.advertised().state)
+        return run(action, target)
+
+    runner.executor.run = spying
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and said and set(said) == {S.ALONE}, said
+
+    asyncio.run(scenario())
+
+
 def test_no_decision_before_the_peer_is_heard_or_the_timeout_passed(tmp_path):
     runner, dp, vip, *_ = make(tmp_path, S.SECOND, primary=False, journal=FakeJournal(("g1",), uptodate=True))
     dp.receiving = True
@@ -320,6 +345,26 @@ def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_
         dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
         await step(runner, peer(S.SECOND, True), journal.history)
         assert vip.calls == ["remove", "add"] and not runner.vip_withdrawn
+
+    asyncio.run(scenario())
+
+
+def test_after_a_stall_a_streaming_mount_proves_nothing_until_the_peer_is_heard_as_second(tmp_path):
+    """Campaign 1801 t13: the mount was frozen with the agent, so right after the wake it still
+    says it streams, though the peer took over meanwhile (its receiver stopped). Not heard yet:
+    the VIP stays withdrawn; heard as SECOND (a taker says ALONE at once): it comes back."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await attached(runner)
+        vip.calls.clear()
+        runner.peer = peer(S.SECOND, True)
+        await runner.withdraw_vip()
+        await step(runner, PeerView(alive=False), journal.history, ready=False)   # deaf after the stall
+        assert vip.calls == ["remove"] and runner.state is S.PRIM
+        await step(runner, peer(S.SECOND, True), journal.history)       # (the peer is back: announced too)
+        assert vip.calls[:2] == ["remove", "add"] and vip.up and not runner.vip_withdrawn
 
     asyncio.run(scenario())
 

@@ -313,10 +313,7 @@ class ModuleRunner:
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
                                    vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks)
         decision = decide(view)
-        if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
-            # Still primary after the stall, and the data path proves it: the peer acknowledges our
-            # writes (a peer that took over would have stopped its receiver), or we were ALONE.
-            # A fenced mount proves nothing: the peer may be taking over, still saying SECOND.
+        if self.vip_withdrawn and decision.state.is_primary and self.proven_primary(view):
             self.vip_withdrawn = False
             decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
         elif self.vip_withdrawn and not decision.state.is_primary:
@@ -531,6 +528,17 @@ class ModuleRunner:
             log.error("%s: the state record could not be put back to %s: %s", self.name, self.state.value, exc)
             self.emit("action-failed", f"the state record could not be put back to {self.state.value}: {exc}")
 
+    @staticmethod
+    def proven_primary(view: ModuleView) -> bool:
+        """After a stall: whether this node may serve again. ALONE: the peer was not an up-to-date
+        SECOND, so it cannot have taken over. Streaming: only beside a peer heard *now* as SECOND
+        (a taker says primary from its first action): the mount was frozen with the agent, and the
+        "streaming" it reports right after the wake predates the peer's takeover (campaign 1801).
+        A fenced mount proves nothing."""
+        if view.mirror is MirrorHealth.ALONE:
+            return True
+        return view.mirror in SAFE_TO_SERVE and view.peer.alive and view.peer.state is S.SECOND
+
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:
             self.swap = swap
@@ -571,7 +579,14 @@ class ModuleRunner:
         """This module's heartbeat entry."""
         obs = self.obs
         history = obs.history if obs else GenerationHistory()
-        return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
+        state = self.state
+        if self.transition is not None and self.transition[0].is_primary and not state.is_primary:
+            # A promotion under way says primary from its first action (the VIP may be up before
+            # start_prim ends): a woken old primary that still believed us SECOND put its VIP back
+            # beside ours for seconds (campaign 1801). Leaving a primary role waits for its safety
+            # prefix instead (steps.state_after).
+            state = self.transition[0]
+        return ModuleInfo(state=state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and self.state.is_primary and obs.fenced),
                           maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
