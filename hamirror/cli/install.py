@@ -34,7 +34,8 @@ class Step:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "install", help="put the systemd units, logrotate file and alert rules of this package in place")
+        "install", help="put the systemd units, logrotate file, alert rules, shell completion and manual page "
+                        "of this package in place")
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="install below DIR instead of / (a chroot, an image, a test)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
@@ -53,7 +54,16 @@ def ours(path: str) -> bool:
     if os.path.islink(path) or not os.path.isfile(path):
         return False
     with open(path, encoding="utf-8", errors="replace") as stream:
-        return stream.readline().startswith(MARKER)
+        return stream.readline().lstrip('.\\" ').startswith(MARKER)
+
+
+def generated_files() -> list[tuple[str, str, int]]:
+    """(target, text, mode) of what is made from the parser here: the bash completion and the
+    manual page (each with the marker line, in the file's own comment syntax)."""
+    from hamirror.cli.reference import completion_text, manpage_text
+    note = f"{MARKER} (hamirror {__version__}); the next hamirror install replaces this file while this line is here.\n"
+    return [("usr/share/bash-completion/completions/hamirror", note + completion_text("bash"), 0o644),
+            ("usr/local/share/man/man1/hamirror.1", '.\\" ' + note + manpage_text(), 0o644)]
 
 
 def write_file(path: str, text: str, mode: int) -> None:
@@ -82,8 +92,12 @@ def place_directory(root: str, relative: str, mode: int, dry_run: bool) -> Step:
 
 
 def place_file(root: str, item: shipped.Shipped, dry_run: bool) -> Step:
-    path = os.path.join(root, item.target)
-    text = shipped_text(item)
+    return place_text(root, item.target, shipped_text(item), item.mode, dry_run)
+
+
+def place_text(root: str, target: str, text: str, mode: int, dry_run: bool) -> Step:
+    """Write ``text`` at ``target`` (below ``root``) unless a file not written by us is there."""
+    path = os.path.join(root, target)
     if not os.path.lexists(path):
         action = "installed"
     elif not ours(path):
@@ -91,12 +105,12 @@ def place_file(root: str, item: shipped.Shipped, dry_run: bool) -> Step:
                                   "hamirror install again to replace it)")
     else:
         with open(path, encoding="utf-8") as stream:
-            if stream.read() == text and os.stat(path).st_mode & 0o7777 == item.mode:
+            if stream.read() == text and os.stat(path).st_mode & 0o7777 == mode:
                 return Step("unchanged", path)
         action = "updated"
     if not dry_run:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_file(path, text, item.mode)
+        write_file(path, text, mode)
     return Step(action, path)
 
 
@@ -145,6 +159,7 @@ def install(root: str, dry_run: bool) -> list[Step]:
     """Every step, in order: directories, files, the command link, systemd's reload."""
     steps = [place_directory(root, relative, mode, dry_run) for relative, mode in shipped.DIRECTORIES]
     steps += [place_file(root, item, dry_run) for item in shipped.FILES]
+    steps += [place_text(root, target, text, mode, dry_run) for target, text, mode in generated_files()]
     steps.append(place_link(root, dry_run))
     reloaded = reload_systemd(root, steps, dry_run)
     return steps + ([reloaded] if reloaded else [])

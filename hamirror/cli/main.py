@@ -25,6 +25,7 @@ COMMAND_GROUPS = [
     "hamirror.cli.module",
     "hamirror.cli.install",
     "hamirror.cli.report",
+    "hamirror.cli.reference",
 ]
 
 
