@@ -8,10 +8,12 @@
 | `render.py` | HTML with jinja2 (autoescaped), style and script with their CSP hashes |
 | `auth.py` | session cookies and CSRF tokens derived from the HTTP token; Origin check |
 | `service.py` | the endpoints (`/`, `/console/...`) on the agent's HTTP server |
+| `api.py` | the scriptable commands (`/api/v1/...`, bearer token only) and scheduled switchovers |
 """
 
 from __future__ import annotations
 
+from hamirror.agent.console.api import Api
 from hamirror.agent.console.gather import Gatherer
 from hamirror.agent.console.peer import Peer
 from hamirror.agent.console.service import Console
@@ -26,7 +28,8 @@ def for_agent(agent) -> Console:
     name = f"[{peer_host}]" if peer_host and ":" in peer_host else peer_host
     return Console(Gatherer(agent, config.console_actions, agent.events.read), Peer(peer_host, port),
                    agent.node.name, agent.peer_node.name, agent.handle, config.console_actions,
-                   peer_url=f"http://{name}:{port}/" if peer_host else None)
+                   peer_url=f"http://{name}:{port}/" if peer_host else None,
+                   api=Api(agent.cluster.state_dir, agent.handle, config.console_actions, agent.events.add))
 
 
 __all__ = ["Console", "Gatherer", "Peer", "for_agent"]

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from hamirror import audit
 from hamirror.agent import control
 from hamirror.agent.console import auth, render
+from hamirror.agent.console.api import Api
 from hamirror.agent.console.gather import Gatherer
 from hamirror.agent.console.peer import Peer
 from hamirror.agent.http import HttpError, Request, Response, authorized
@@ -65,19 +66,26 @@ class Console:
     """The console's routes; ``handle`` is the agent's control handler (commands)."""
 
     def __init__(self, gatherer: Gatherer, peer: Peer, node_name: str, peer_name: str, handle: Handler | None,
-                 actions: bool, peer_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 actions: bool, peer_url: str | None = None, clock: Callable[[], float] = time.time,
+                 api: Api | None = None) -> None:
         self.gatherer, self.peer, self.handle = gatherer, peer, handle
         self.node_name, self.peer_name = node_name, peer_name
         self.actions, self.peer_url, self.clock = actions and handle is not None, peer_url, clock
+        self.api = api
 
     def handles(self, path: str) -> bool:
-        return path in ("/", "/favicon.ico") or path.startswith("/console/")
+        return path in ("/", "/favicon.ico") or path.startswith("/console/") or (
+            self.api is not None and self.api.handles(path))
 
     async def start(self) -> None:
         await self.gatherer.start()
+        if self.api is not None:
+            await self.api.start()
 
     async def close(self) -> None:
         await self.gatherer.close()
+        if self.api is not None:
+            await self.api.close()
 
     def session(self, request: Request, token: str | None) -> str | None:
         """The client's session ("" for a bearer client, or when no token is configured), or None."""
@@ -87,6 +95,8 @@ class Console:
         return value if value and auth.session_valid(token, value, self.clock()) else None
 
     async def answer(self, request: Request, client: str, token: str | None) -> Response:
+        if self.api is not None and self.api.handles(request.path):
+            return await self.api.answer(request, client, token)      # scripts: the bearer token only
         path, method = request.path, request.method
         if path == "/favicon.ico":                # asked by every browser: not worth a 401 in the audit log
             raise HttpError(HTTPStatus.NOT_FOUND, "no icon")
