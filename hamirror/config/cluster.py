@@ -252,10 +252,10 @@ def _quorum(errors: ErrorList, doc: Mapping[str, Any], base: str, heartbeat: Hea
     }))
     if quorum.witness is not None and quorum.etcd is not None:
         errors.add("quorum.etcd", "set either quorum.witness or quorum.etcd, not both")
-    ttl_keys = ("etcd_prefix", "etcd_ttl", "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_user",
+    etcd_keys = ("etcd_prefix", "etcd_ttl", "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_user",
                 "etcd_password_file")
     if quorum.etcd is None:
-        for key in ttl_keys:
+        for key in etcd_keys if "etcd" not in (doc.get("quorum") or {}) else ():
             if key in (doc.get("quorum") or {}):
                 errors.add(f"quorum.{key}", "has no effect without quorum.etcd")
         return quorum
