@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -37,11 +38,13 @@ def free_ports(count: int) -> list[int]:
 class EtcdCluster:
     """Three etcd members; ``urls`` are their client URLs, index i for member i."""
 
-    def __init__(self, base: str, members: int = 3) -> None:
-        self.base, self.count = base, members
+    def __init__(self, base: str, members: int = 3, scheme: str = "http", extra: tuple[str, ...] = (),
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``extra``: more etcd options for every member; ``tls``: the context of the health checks."""
+        self.base, self.count, self.extra, self.tls = base, members, list(extra), tls
         ports = free_ports(2 * members)
         self.client_ports, self.peer_ports = ports[:members], ports[members:]
-        self.urls = [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        self.urls = [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
         self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
         self.procs: dict[int, subprocess.Popen] = {}
 
@@ -54,7 +57,8 @@ class EtcdCluster:
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
              "--initial-cluster", self.initial, "--initial-cluster-state", state,
-             "--initial-cluster-token", os.path.basename(self.base), "--logger", "zap", "--log-level", "warn"],
+             "--initial-cluster-token", os.path.basename(self.base), "--logger", "zap", "--log-level", "warn",
+             *self.extra],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -67,7 +71,7 @@ class EtcdCluster:
     def status(self, i: int) -> dict | None:
         request = urllib.request.Request(self.urls[i] + "/v3/maintenance/status", b"{}", method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=1) as answer:
+            with urllib.request.urlopen(request, timeout=1, context=self.tls) as answer:
                 return json.load(answer)
         except OSError:
             return None

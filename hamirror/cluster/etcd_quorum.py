@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 PROOF = 1.0          # etcd's TTL resolution (s): a fresh reading proves a renewal within this
 SPAN = PROOF + 0.1   # fresh readings over more than this prove the holder alive (0.1 s: clock rates)
+# etcd unreachable or refusing, or an answer of the wrong shape: no answer this tick, never a crash.
+ANSWER_ERRORS = (EtcdUnavailable, EtcdError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
 class Renewal(enum.Enum):
@@ -234,7 +236,7 @@ class EtcdWitness(LeaseWitness):
         """One exchange; whether etcd answered."""
         try:
             sent, answer = await asyncio.get_running_loop().run_in_executor(self._executor, self.exchange, claim)
-        except (EtcdUnavailable, EtcdError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except ANSWER_ERRORS as exc:
             self.errors += 1
             if str(exc) != self.error:
                 log.warning("etcd quorum: %s", exc)
