@@ -93,6 +93,16 @@ class EtcdCluster:
             time.sleep(0.1)
         raise AssertionError(f"no etcd leader within {timeout} s; logs in {self.base}")
 
+    def wait_member(self, i: int, timeout: float = 20.0) -> None:
+        """Until member i answers and follows a leader (a restarted member has caught up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(i)
+            if status and status.get("leader") and status.get("raftAppliedIndex") == status.get("raftIndex"):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"etcd member {i} not in the cluster within {timeout} s; logs in {self.base}")
+
     def kill(self, i: int) -> None:
         proc = self.procs.pop(i, None)
         if proc is not None:
