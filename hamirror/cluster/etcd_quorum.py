@@ -194,7 +194,8 @@ class EtcdWitness(LeaseWitness):
         return (found[0] if found else None), kvs(responses[1])
 
     def _read(self) -> tuple[dict | None, list[dict]]:
-        _, _, responses = self.client.txn([], [{"request_range": {"key": b64(self.holder_key)}}, self._alive_range()], [])
+        _, _, responses = self.client.txn([], [{"request_range": {"key": b64(self.holder_key)}},
+                                               self._alive_range()], [])
         found = kvs(responses[0])
         return (found[0] if found else None), kvs(responses[1])
 
@@ -203,14 +204,14 @@ class EtcdWitness(LeaseWitness):
         sent = self._session()
         assert self.lease is not None
         holder, alive = self._claim() if claim else self._read()
-        if holder is not None and unb64(holder.get("value")) == self.node and int(holder.get("lease", 0)) != self.lease \
-                or holder is not None and not claim and unb64(holder.get("value")) == self.node:
+        name, lease = holder_of(holder)
+        if name == self.node and (lease != self.lease or not claim):
             # Ours but not wanted, or left by an earlier session of this node: delete, then claim anew.
-            self._delete_own(int(holder.get("lease", 0)))
+            self._delete_own(lease)
             self.tenure = None
             holder, alive = self._claim() if claim else self._read()
-        name = unb64(holder.get("value")) if holder is not None else None
-        mine = holder is not None and name == self.node and int(holder.get("lease", 0)) == self.lease
+            name, lease = holder_of(holder)
+        mine = name == self.node and lease == self.lease
         if mine:
             token = int(holder.get("create_revision", 0))
             if self.tenure is None or self.tenure.token != token:     # created by a call whose answer was lost
@@ -218,10 +219,10 @@ class EtcdWitness(LeaseWitness):
         else:
             self.tenure = None
         age: float | None = 0.0 if mine else None
-        if holder is not None and name == self.peer:
+        if name == self.peer:
             asked = self.clock()
-            remaining, granted = self.client.time_to_live(int(holder.get("lease", 0)))
-            self.renewals.observe(int(holder.get("lease", 0)), remaining, granted, asked, self.clock())
+            remaining, granted = self.client.time_to_live(lease)
+            self.renewals.observe(lease, remaining, granted, asked, self.clock())
             age = self.renewals.age
         else:
             self.renewals.forget()
@@ -282,6 +283,11 @@ class EtcdWitness(LeaseWitness):
                 "token": self.token(), "lease_ttl": self.ttl, "peer_lease": self.renewals.state.value,
                 "error": self.error, "errors": self.errors,
                 "belief_left": max(0.0, self.view.valid_until - now) if math.isfinite(self.view.valid_until) else 0.0}
+
+
+def holder_of(kv: dict | None) -> tuple[str | None, int]:
+    """(node name, lease) of the holder key's key-value (None, 0 without one)."""
+    return (None, 0) if kv is None else (unb64(kv.get("value")), int(kv.get("lease", 0)))
 
 
 def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float]) -> EtcdWitness:
