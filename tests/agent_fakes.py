@@ -82,6 +82,9 @@ class FakeDataPath:
     def receivers_alive(self) -> bool:
         return self.receiving
 
+    def receiver_pid(self, index: int) -> int | None:
+        return 1 if self.receiving else None
+
 
 class FakeVip:
     def __init__(self) -> None:

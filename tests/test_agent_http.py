@@ -97,7 +97,7 @@ def test_metrics_exact_text():
     [(code, headers, body)] = run(serving(Provider(status_doc("ALONE")), get("/metrics")))
     assert (code, headers["Content-Type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
     reasons = ["oversized", "malformed", "bad_mac", "wrong_cluster", "unknown_sender", "own_name",
-               "wrong_network", "replay", "skew"]
+               "wrong_network", "replay", "skew", "version"]
     counts = {"bad_mac": 3, "replay": 1}
     states = ["STOP", "WAIT", "SECOND", "PRIM", "ALONE"]
     expected = [
@@ -167,8 +167,35 @@ def test_metrics_exact_text():
         "# TYPE hamirror_resync_total_bytes gauge",
         'hamirror_resync_total_bytes{module="demo"} 0',
         'hamirror_resync_total_bytes{module="db"} 234567890123',
+        "# HELP hamirror_heartbeat_network_up 1 when the peer's heartbeats are heard on this network.",
+        "# TYPE hamirror_heartbeat_network_up gauge",
+        "# HELP hamirror_module_checker_failing 1 while one of the module's checkers fails here.",
+        "# TYPE hamirror_module_checker_failing gauge",
+        'hamirror_module_checker_failing{module="demo"} 0',
+        'hamirror_module_checker_failing{module="db"} 0',
     ]
-    assert body.decode().split("\n") == [*expected, *NO_VERIFY, ""]
+    assert body.decode().split("\n") == [*expected, *NO_VERIFY, *NO_DIFFERENCE, ""]
+
+
+def test_metrics_of_each_heartbeat_network_the_checkers_the_witness_lease_and_the_notify_hook():
+    """Issue 17, alerts: a lost network, a failing checker, a lost lease, a failing hook are visible."""
+    from hamirror.agent.http import render_metrics
+    doc = status_doc("PRIM")
+    doc["peer"]["networks"] = [{"local": "10.0.0.1:7401", "peer": "10.0.0.2:7401", "up": True},
+                               {"local": "192.168.5.1:7401", "peer": "192.168.5.2:7401", "up": False}]
+    doc["modules"][0]["checker"] = "port: connection refused"
+    doc["witness"] = {"witness": "198.18.0.9:7402", "holds": True, "answer_age": 0.25}
+    doc["notify"] = {"script": "/etc/hamirror/notify", "sent": 7, "failed": 2, "dropped": 0}
+    lines = render_metrics(doc).split("\n")
+    for line in ('hamirror_heartbeat_network_up{local="10.0.0.1:7401",peer="10.0.0.2:7401"} 1',
+                 'hamirror_heartbeat_network_up{local="192.168.5.1:7401",peer="192.168.5.2:7401"} 0',
+                 'hamirror_module_checker_failing{module="demo"} 1',
+                 'hamirror_module_checker_failing{module="db"} 0',
+                 'hamirror_witness_lease_held{witness="198.18.0.9:7402"} 1',
+                 'hamirror_witness_answer_age_seconds{witness="198.18.0.9:7402"} 0.25',
+                 'hamirror_notify_total{result="sent"} 7', 'hamirror_notify_total{result="failed"} 2',
+                 'hamirror_notify_total{result="dropped"} 0'):
+        assert line in lines, line
 
 
 # The online verify's families (hamirror/agent/verify.py) for modules never verified.
@@ -193,6 +220,23 @@ NO_VERIFY = [
     "# TYPE hamirror_verify_failed gauge",
     'hamirror_verify_failed{module="demo"} 0',
     'hamirror_verify_failed{module="db"} 0',
+]
+
+# The agreement's families (hamirror/agent/agreement.py) for a document that reports no difference.
+NO_DIFFERENCE = [
+    "# HELP hamirror_config_differs 1 when this node's configuration differs from the peer's (scope cluster: "
+    "the cluster file's shared part, or modules configured on one node only; scope module: that module's folder).",
+    "# TYPE hamirror_config_differs gauge",
+    'hamirror_config_differs{scope="cluster",module=""} 0',
+    'hamirror_config_differs{scope="module",module="demo"} 0',
+    'hamirror_config_differs{scope="module",module="db"} 0',
+    "# HELP hamirror_peer_incompatible 1 while the peer's heartbeats are refused: it speaks a protocol newer "
+    "than this node knows.",
+    "# TYPE hamirror_peer_incompatible gauge",
+    "hamirror_peer_incompatible 0",
+    "# HELP hamirror_version_info The release of this node and of its peer (always 1).",
+    "# TYPE hamirror_version_info gauge",
+    'hamirror_version_info{software="",peer_software=""} 1',
 ]
 
 

@@ -1,5 +1,6 @@
-"""The agent end to end in the lab (root): cold start, failover, failback, swap under a writer,
-agent kill -9 without failover, forged and replayed heartbeats, a stale node that refuses to lead.
+"""The agent end to end in the lab (root): cold start, reload, failover, failback, swap under a writer,
+agent kill -9 without failover, a configuration difference between the nodes, forged and replayed
+heartbeats, a stale node that refuses to lead.
 
 One lab for the whole module; the tests run in file order and each leaves the cluster mirrored
 (node1 or node2 primary, as it says) for the next, except the last one.
@@ -16,8 +17,10 @@ import time
 import psutil
 import pytest
 
+from hamirror.agent import events
 from hamirror.lab import agent as labagent
-from tests.agent_lab import LAB_MARKS, agents_lab, get, module, status, wait_for, writing
+from tests.agent_lab import LAB_MARKS, agents_lab, get, module, status, tail, wait_for, writing
+from tests.reload_lab import reload_scenario
 
 pytestmark = LAB_MARKS
 
@@ -46,6 +49,10 @@ def test_cold_start_serves_through_the_vip(lab):
     assert get(lab, "/health")[0] == 200
     assert lab.exec("client", "curl", "-sf", "-X", "PUT", "--data", "v", "http://198.18.0.100:8080/kv/cold").returncode == 0
     assert get(lab, "/kv/cold") == (200, "v")
+
+
+def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuses_a_bad_configuration(lab):
+    reload_scenario(lab)         # tests/reload_lab.py
 
 
 def test_failover_keeps_every_acknowledged_key(lab, workdir):
@@ -94,12 +101,8 @@ def test_swap_both_ways_under_a_writer(lab, workdir):
 def test_agent_kill_on_the_primary_is_not_a_failover(lab):
     run = lab.paths.node_dir("node2", "run")
     app_pid = open(os.path.join(run, "modules", "demo", "kvserver.pid")).read()
-    agent_pid = int(open(os.path.join(run, "agent.pid")).read())
     takeovers = open(lab.paths.log_file("node1", "agent")).read().count("taking over")
-    os.kill(agent_pid, signal.SIGKILL)
-    while psutil.pid_exists(agent_pid) and psutil.Process(agent_pid).status() != psutil.STATUS_ZOMBIE:
-        time.sleep(0.01)
-    labagent.start(lab.paths, "node2")                 # systemd would restart it the same way
+    restart_agent(lab, "node2")                        # systemd would restart it the same way
     time.sleep(4)                                      # longer than the heartbeat timeout
     wait_for(lab, "node2", lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM again")
     assert module(lab, "node1")["state"] == "SECOND"
@@ -129,6 +132,59 @@ def test_primary_agent_down_longer_than_the_heartbeat_timeout_is_not_a_failover(
     wait_for(lab, primary, lambda m: m["state"] == "PRIM" and m["peer_state"] == "SECOND", what="PRIM again")
     assert get(lab, "/health")[0] == 200               # the same application answers on the VIP again
     assert open(os.path.join(run, "modules", "demo", "kvserver.pid")).read() == app_pid
+
+
+def restart_agent(lab, node: str) -> None:
+    """SIGKILL the node's agent alone and start it again, as systemd would (data path untouched)."""
+    agent_pid = int(open(os.path.join(lab.paths.node_dir(node, "run"), "agent.pid")).read())
+    os.kill(agent_pid, signal.SIGKILL)
+    while psutil.pid_exists(agent_pid) and psutil.Process(agent_pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    labagent.start(lab.paths, node)
+
+
+def differs(entry: dict | None) -> object:
+    return "no status" if entry is None else (entry.get("config") or {}).get("differs", "no entry")
+
+
+def last_event(lab, node: str, kind: str) -> dict:
+    found = [e for e in events.read(lab.paths.node_dir(node, "state"), module="demo") if e["kind"] == kind]
+    assert found, f"{node}: no {kind} event"
+    return found[-1]
+
+
+def test_a_module_configuration_difference_shows_on_both_nodes_within_two_heartbeats(lab):
+    """One node restarts with a checker's timeout changed in its copy of the module folder: both
+    statuses (JSON and human) name the section, and each node's event says which heartbeat
+    told it: the restarted node's first or second heartbeat for its peer, its first or second
+    heard for itself. Restored the same way: the difference ends on both. (Each status call
+    is a process in the node's namespaces: the test makes as few as it can.)"""
+    primary = "node1" if module(lab, "node1")["state"] == "PRIM" else "node2"
+    secondary = "node2" if primary == "node1" else "node1"
+    toml = os.path.join(lab.paths.node_dir(secondary, "etc"), "modules", "demo", "module.toml")
+    original = open(toml).read()
+    assert original.count("timeout = 1.0") == 1                     # the checker's
+    try:
+        with open(toml, "w") as f:
+            f.write(original.replace("timeout = 1.0", "timeout = 1.5"))
+        restart_agent(lab, secondary)
+        # Once the restarted agent answers, it has heard its peer (or is about to) and sent its
+        # own heartbeats: the primary's status already shows it.
+        wait_for(lab, secondary, lambda m: differs(m) == ["checkers"], timeout=30, what="the difference")
+        human = lab.exec(primary, sys.executable, "-m", "hamirror", "status", timeout=20).stdout
+        assert f"demo: warning: configuration differs from {secondary}'s: [checkers]" in human, human
+        told_primary, told_secondary = last_event(lab, primary, "config-differs"), \
+            last_event(lab, secondary, "config-differs")
+        assert told_primary["peer_counter"] <= 2, told_primary        # the new boot's 1st or 2nd heartbeat
+        assert told_secondary["heard"] <= 2, told_secondary           # its 1st or 2nd heard since start
+    finally:
+        with open(toml, "w") as f:
+            f.write(original)
+        restart_agent(lab, secondary)
+    wait_for(lab, secondary, lambda m: differs(m) is None and m["state"] == "SECOND" and m["uptodate"],
+             timeout=30, what="the same configuration, SECOND again")
+    assert differs(module(lab, primary)) is None
+    assert last_event(lab, primary, "config-same")["seq"] > told_primary["seq"]
 
 
 SNIFF_AND_SEND = r"""

@@ -172,8 +172,8 @@ def test_operator_settings_through_the_agent_are_recorded_with_the_caller(tmp_pa
         assert agent.status()["modules"][0]["maintenance"] is True
         off = await agent.handle({"cmd": "clear", "module": "app"})
         assert off["ok"] and off["maintenance"] is True
-        assert (await agent.handle({"cmd": "maintenance", "module": "nope", "on": True}))["error"] == (
-            "no module 'nope' on this node (modules: app)")
+        nope = await agent.handle({"cmd": "maintenance", "module": "nope", "on": True})
+        assert (nope["error"], nope["unknown_module"]) == ("no module 'nope' on this node (modules: app)", True)
 
     asyncio.run(scenario())
     commands = [e for e in agent.events.read("app") if e["kind"].startswith("command")]

@@ -87,6 +87,36 @@ def test_cold_start_promotes_the_default_primary_then_resyncs_and_mirrors(tmp_pa
     asyncio.run(scenario())
 
 
+def test_a_peer_stale_again_after_the_resync_is_resynced_once_the_end_has_settled(tmp_path):
+    """ALONE, the resync done (the mount streams), the peer WAIT, stale, on our generation: it
+    marked its copy stale after the end. Right after the end nothing moves (its heartbeat may
+    predate the end); after ``RESYNC_GRACE`` the mount goes ALONE again and a new pass starts; a
+    peer stale again after it gets the next one ``RESYNC_BACKOFF`` after the last was asked for."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.ALONE, journal=FakeJournal(("g1",), True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await attached(runner)
+        assert runner.state is S.ALONE and runner.resync_status().value == "done"
+        dp.calls.clear()
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == []
+        clock.now += 3.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == [("set_alone",), ("resync", False)]
+        assert runner.state is S.ALONE and runner.resync_status().value == "running"
+        dp.mounts = [dict(dp.mounts[0], state="PRIM")]           # done; the peer stale again
+        dp.calls.clear()
+        clock.now += 3.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == []                                   # no more often than a failed one
+        clock.now += 7.0
+        await step(runner, peer(S.WAIT), journal.history)
+        assert dp.calls == [("set_alone",), ("resync", False)]
+
+    asyncio.run(scenario())
+
+
 def test_up_to_date_second_takes_over_when_the_peer_is_lost(tmp_path):
     runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.SECOND, primary=False,
                                                        journal=FakeJournal(("g1",), uptodate=True))
@@ -100,6 +130,31 @@ def test_up_to_date_second_takes_over_when_the_peer_is_lost(tmp_path):
         assert dp.calls == [("stop_receivers",), ("mount", True)]
         assert journal.history.current.id != "g1"               # a new generation (by the mount)
         assert runner.advertised().generation.startswith(journal.history.current.id + ",g1")
+
+    asyncio.run(scenario())
+
+
+def test_a_takeover_under_way_already_says_primary_to_the_peer(tmp_path):
+    """Campaign 1801 t13: node2 took over (VIP up, start_prim running for 6.6 s) while its
+    heartbeats still said SECOND; node1, the old primary waking from a freeze, saw a SECOND peer
+    and a mount still streaming, put its VIP back, and both served for 6.7 s. A promotion says
+    its target from its first action on: the peer steps down at once."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.SECOND, primary=False,
+                                                       journal=FakeJournal(("g1",), uptodate=True))
+    dp.receiving = True
+    said = []
+    run = runner.executor.run
+
+    def spying(action, target):
+        said.append(runner.advertised().state)
+        return run(action, target)
+
+    runner.executor.run = spying
+
+    async def scenario():
+        await runner.attach()
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and said and set(said) == {S.ALONE}, said
 
     asyncio.run(scenario())
 
@@ -294,6 +349,26 @@ def test_after_a_stall_the_vip_returns_only_when_the_data_path_proves_this_node_
     asyncio.run(scenario())
 
 
+def test_after_a_stall_a_streaming_mount_proves_nothing_until_the_peer_is_heard_as_second(tmp_path):
+    """Campaign 1801 t13: the mount was frozen with the agent, so right after the wake it still
+    says it streams, though the peer took over meanwhile (its receiver stopped). Not heard yet:
+    the VIP stays withdrawn; heard as SECOND (a taker says ALONE at once): it comes back."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 1}]
+
+    async def scenario():
+        await attached(runner)
+        vip.calls.clear()
+        runner.peer = peer(S.SECOND, True)
+        await runner.withdraw_vip()
+        await step(runner, PeerView(alive=False), journal.history, ready=False)   # deaf after the stall
+        assert vip.calls == ["remove"] and runner.state is S.PRIM
+        await step(runner, peer(S.SECOND, True), journal.history)       # (the peer is back: announced too)
+        assert vip.calls[:2] == ["remove", "add"] and vip.up and not runner.vip_withdrawn
+
+    asyncio.run(scenario())
+
+
 def test_a_dead_primary_is_told_from_a_silent_one_by_its_closed_connection(tmp_path):
     """peer_gone: the receiver saw the primary's connection close about when the heartbeats
     stopped, and four intervals of silence passed. A connection closed long before the last
@@ -426,6 +501,40 @@ def test_a_swap_whose_stop_prim_fails_keeps_saying_primary_until_the_retry_stopp
         info = runner.advertised()
         assert (info.state, info.swap) == (S.SECOND, SwapPhase.HANDOVER) and store.load().state is S.SECOND
         assert not vip.up and dp.mounts[0] is None and runner.error is None
+
+    asyncio.run(scenario())
+
+
+def test_a_record_that_cannot_be_restored_on_a_failing_disk_keeps_the_retry(tmp_path):
+    """Review (issue 15): a failed stop_prim puts the record back to PRIM; on a failing disk that
+    write raised out of the task, the retry was lost and the record said SECOND beside a running
+    application. Now the failure is reported and the retry (which persists again) is kept."""
+    runner, dp, vip, scripts, journal, store, clock = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), True),
+                                                           failing=("stop_prim",))
+    dp.mounts = [{"state": "PRIM", "mounted": True, "pid": 7}]
+    persist, failing_disk = runner.persist, [False]
+
+    def persist_on_a_failing_disk(state):
+        if failing_disk[0] and state is S.PRIM:
+            raise OSError(5, "Input/output error")
+        persist(state)
+
+    runner.persist = persist_on_a_failing_disk
+    events = []
+    runner.emit = lambda kind, text, **fields: events.append((kind, text))
+
+    async def scenario():
+        await attached(runner)
+        failing_disk[0] = True
+        asked = runner.submit(Command.SWAP)
+        await step(runner, peer(S.SECOND, True), history("g1"))
+        assert not asked.result().ok and runner.retry is not None and runner.state is S.PRIM
+        assert ("action-failed", "the state record could not be put back to PRIM: [Errno 5] Input/output error"
+                ) in events
+        failing_disk[0], scripts.failing = False, ()
+        clock.now += 10
+        await step(runner, peer(S.SECOND, True), history("g1"))      # the retry persists SECOND again
+        assert runner.advertised().state is S.SECOND and store.load().state is S.SECOND and not vip.up
 
     asyncio.run(scenario())
 

@@ -191,6 +191,8 @@ class _Heard:
     """The heartbeat service's answers for one tick: the peer still 'alive' (its last heartbeat
     is younger than the timeout) but silent for ``silence`` seconds."""
 
+    newer = None          # no heartbeat refused for a newer protocol
+
     def __init__(self, silence: float) -> None:
         self._silence, self.peer_heartbeat = silence, None
 
@@ -248,3 +250,143 @@ def test_a_secondary_whose_primary_processes_are_gone_claims_the_lease_at_once(t
     assert claimed(tmp_path / "gone", {"connections": 0, "closed_at": wall.time() - 1.3}) == [True]
     # A primary merely quiet (its connection open): still heard, not claimed against.
     assert claimed(tmp_path / "quiet", {"connections": 1, "last_message": wall.time()}) == [False]
+
+
+class _HeardAgain:
+    """The heartbeat service: the peer (ALONE, our generation) silent when the tick begins, and
+    heard again by the time the witness's verdict comes back."""
+
+    newer = None                 # no heartbeat refused for a newer protocol
+
+    def __init__(self) -> None:
+        from hamirror.cluster.heartbeat import ModuleInfo
+
+        self.heard, self.peer_heartbeat = False, None
+        self.info = ModuleInfo(state=S.ALONE, uptodate=True, generation="g1")
+
+    def peer_alive(self) -> bool:
+        return self.heard
+
+    def silence(self) -> float:
+        return 0.1 if self.heard else 9.0
+
+    def peer_modules(self) -> dict:
+        return {"app": self.info} if self.heard else {}
+
+    def send_now(self) -> None:
+        pass
+
+
+class _LeaseLapseWait:
+    """The witness: the claim against the silent peer waits for the lease to lapse (seconds, during
+    which the peer wakes and asks again), then is refused: the peer holds the lease, asked just
+    now (``peer_holds`` as UdpWitness: fresh answer, two intervals older than our silence)."""
+
+    def __init__(self, heartbeat: _HeardAgain) -> None:
+        self.heartbeat = heartbeat
+
+    async def verdict(self, now: float) -> bool:
+        self.heartbeat.heard = True
+        return False
+
+    def vouches(self, now: float) -> bool:
+        return False
+
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
+        return silence is None or silence >= 0.6
+
+    def peer_asks(self, now: float) -> bool:
+        return True
+
+
+def test_a_peer_heard_again_while_the_verdict_waited_is_not_taken_for_lost(tmp_path):
+    """Campaigns 1602 and 1604 (ALONE + WAIT for ever): a WAIT node whose copy the primary's
+    resync had just made up to date decided on the silence read *before* the witness's verdict,
+    which had waited seconds for a lease to lapse, and on the witness's fresh answer that the
+    peer holds the lease: "the primary is not heard ...: marking this copy stale", though the
+    primary was heard again by then. The views must see the peer as heard after the verdict."""
+    runner, dp, *_ = make(tmp_path / "runner", S.WAIT, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):                                 # it has listened a full timeout
+        clock.now += 0.3
+        agent.listening.check()
+    agent.heartbeat = _HeardAgain()
+    agent.witness = _LeaseLapseWait(agent.heartbeat)
+
+    async def scenario():
+        await attached(runner)
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert runner.journals.uptodate, "marked its copy stale on a silence read before the verdict"
+    assert runner.state is S.SECOND and runner.peer.alive
+
+
+class _Silent:
+    """The heartbeat service: the peer never heard (its agent is down; its mount still streams)."""
+
+    peer_heartbeat = None
+    newer = None                 # no heartbeat refused for a newer protocol
+
+    def peer_alive(self) -> bool:
+        return False
+
+    def silence(self) -> float | None:
+        return None
+
+    def peer_modules(self) -> dict:
+        return {}
+
+    def send_now(self) -> None:
+        pass
+
+
+def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, monkeypatch):
+    """The same wait, the peer's agent still down but its mount streaming to our receiver: the
+    lease lapsed meanwhile and is granted. `linked` was computed from the observation made
+    before the wait, whose last message from the primary was by then seconds old: the SECOND
+    took over beside the primary's running mount (finding 6's rule, defeated by the wait)."""
+    import time as wall
+
+    from hamirror.agent import runtime
+
+    runner, dp, vip, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
+    dp.receiving = True
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+    boot = Clock()
+    monkeypatch.setattr(runtime, "boottime", boot)
+
+    class LapseThenGrant:
+        async def verdict(self, now: float) -> bool:
+            boot.now += 8.0                            # waited for the old holder's lease to lapse
+            dp.receivers = [{"last_message": wall.time() - 0.2, "connections": 1}]
+            return True
+
+        def vouches(self, now: float) -> bool:
+            return False
+
+        def peer_holds(self, now: float, silence: float | None = None) -> bool:
+            return False
+
+        def peer_asks(self, now: float) -> bool:
+            return False
+
+    agent.heartbeat, agent.witness = _Silent(), LapseThenGrant()
+
+    async def scenario():
+        dp.receivers = [{"last_message": wall.time() - 0.2, "connections": 1}]
+        await runner.attach()
+        dp.receivers = [{"last_message": wall.time() - 8.2, "connections": 1}]   # as last observed
+        runner.obs = runner.observe()
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert runner.state is S.SECOND and not vip.up

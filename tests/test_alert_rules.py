@@ -46,6 +46,9 @@ def full_doc() -> dict:
     """A status document with every optional part present (verify, resync, failovers)."""
     doc = status_doc("PRIM", resync={"done_bytes": 1, "total_bytes": 2})
     doc["modules"][0]["last_verify"] = {"difference_count": 1, "out_of_sync_bytes": 5, "result": "differ"}
+    doc["peer"]["networks"] = [{"local": "10.0.0.1:7401", "peer": "10.0.0.2:7401", "up": True}]
+    doc["witness"] = {"witness": "198.18.0.9:7402", "holds": True, "answer_age": 0.3}
+    doc["notify"] = {"script": "/etc/hamirror/notify", "sent": 1, "failed": 1, "dropped": 1}
     return doc
 
 
@@ -140,6 +143,24 @@ SITUATIONS = {
         alert("HamirrorVerifyFailed", instance=N1, job="hamirror", module="demo"),
         alert("HamirrorHeartbeatsRejected", instance=N1, job="hamirror", reason="bad_mac"),
         alert("HamirrorVerifyFoundDifferences", instance=N2, job="hamirror", module="demo")]),
+    "a network, a checker, the witness, the hook": ([
+        {**node("node1", "PRIM", checker="port: connection refused"),
+         "peer": {"name": "node2", "alive": True, "rejected": {},
+                  "networks": [{"local": "10.0.0.1:7401", "peer": "10.0.0.2:7401", "up": True},
+                               {"local": "192.168.5.1:7401", "peer": "192.168.5.2:7401", "up": False}]},
+         "witness": {"witness": "198.18.0.9:7402", "holds": False, "answer_age": None},
+         "notify": {"script": "/etc/hamirror/notify", "sent": 0, "failed": 1, "dropped": 0}},
+        node("node2", "SECOND")], [
+        alert("HamirrorHeartbeatNetworkDown", instance=N1, job="hamirror", local="192.168.5.1:7401",
+              peer="192.168.5.2:7401"),
+        alert("HamirrorCheckerFailing", instance=N1, job="hamirror", module="demo"),
+        alert("HamirrorWitnessUnreachable", instance=N1, job="hamirror", witness="198.18.0.9:7402"),
+        alert("HamirrorNotifyFailing", instance=N1, job="hamirror", result="failed")]),
+    "configuration differs, peer incompatible": ([
+        node("node1", "PRIM", config={"differs": ["checkers"], "warning": "configuration differs"}),
+        {**node("node2", "SECOND"), "versions": {"incompatible": "the peer speaks heartbeat protocol 2"}}], [
+        alert("HamirrorConfigDiffers", instance=N1, job="hamirror", scope="module", module="demo"),
+        alert("HamirrorPeerIncompatible", instance=N2, job="hamirror")]),
     "dead mount": ([node("node1", "PRIM", mirror="dead", serving=False), node("node2", "SECOND")], [
         alert("HamirrorMirrorBroken", instance=N1, job="hamirror", module="demo", mirror="dead"),
         alert("HamirrorModuleNotServing", cluster="lab", module="demo")]),

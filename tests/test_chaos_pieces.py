@@ -107,3 +107,44 @@ def test_sampler_sees_a_planted_dual(tmp_path, app):
                     os.waitpid(s.pid, 0)
                 except (ProcessLookupError, ChildProcessError):
                     pass
+
+
+@pytest.mark.skipif(shutil.which("runuser") is None or os.geteuid() != 0, reason="needs runuser as root")
+def test_a_thawed_freeze_leaves_no_process_stopped_even_a_runuser_that_mirrors_its_child(monkeypatch):
+    """Issue 15: the campaign's freeze SIGSTOPped `runuser` before its `pg_ctl`; continued first,
+    runuser saw its child stopped and stopped itself again, and `start_prim` hung for 150 s. The
+    signals are spaced as on a loaded machine."""
+    import signal
+
+    import psutil
+
+    from hamirror.lab import chaos_faults
+
+    plain = chaos_faults._signal
+
+    def loaded(pids: list[int], sig: int) -> list[int]:
+        done = []
+        for pid in pids:
+            done += plain([pid], sig)
+            time.sleep(0.1)
+        return done
+
+    monkeypatch.setattr(chaos_faults, "_signal", loaded)
+
+    parent = subprocess.Popen(["runuser", "-u", "nobody", "--", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = psutil.Process(parent.pid).children()[0].pid
+        for pid in (parent.pid, child):          # the order that hung the campaign
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.1)
+        chaos_faults.resume([parent.pid, child])
+        time.sleep(0.3)
+        assert [psutil.Process(pid).status() for pid in (parent.pid, child)] == [psutil.STATUS_SLEEPING] * 2
+    finally:
+        for proc in psutil.Process(parent.pid).children():
+            proc.kill()
+        parent.kill()
+        parent.wait()

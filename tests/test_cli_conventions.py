@@ -115,6 +115,18 @@ def test_exit_codes_of_commands_sent_to_the_agent(tmp_path, config):
 
 
 @needs_root
+def test_an_unknown_module_is_a_usage_error_for_every_command_sent_to_the_agent(tmp_path, config):
+    """Review (issue 15): `hamirror verify UNKNOWN` exited 1, as a refusal, not 2 as a typo does."""
+    nope = {"ok": False, "unknown_module": True, "error": "no module 'nope' on this node (modules: app)"}
+    with Agent(str(tmp_path / "run"), {"verify": nope, "swap": nope, "maintenance": nope}):
+        for argv, prefix in ((["verify", "nope"], "verify nope: "), (["swap", "nope"], "swap nope: "),
+                             (["maintenance", "on", "nope"], "")):
+            result = run_cli(*argv, "-c", config)
+            assert (result.returncode, result.stderr) == (
+                2, f"hamirror: {prefix}no module 'nope' on this node (modules: app)\n"), argv
+
+
+@needs_root
 def test_json_on_the_commands_sent_to_the_agent(tmp_path, config):
     """Finding: only status, events and mirror status had --json; scripts parsed 'app: PRIM'."""
     answers = {"swap": {"ok": True, "state": "SECOND", "warnings": ["w"]},

@@ -189,6 +189,23 @@ def test_alone_resync_progress_then_prim() -> None:
     assert failed.actions == (StartResync(full=False),) and failed.warnings
 
 
+def test_alone_resyncs_again_a_peer_that_marked_itself_stale_after_the_resync_ended() -> None:
+    """The resync is done and the peer adopted our generation (SAME), then marked its copy stale
+    (it lost our heartbeats as the resync ended): it never becomes SECOND by itself, so a new,
+    incremental pass, once the end has settled. A peer still showing the old generation (its
+    heartbeat from before the end), or any stale peer right after the end, starts none."""
+    done = dict(resync=ResyncStatus.DONE, resync_settled=True)
+    stale = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=R.SAME, **done))
+    assert stale.state is S.ALONE
+    assert stale.actions == (SetMirroring(False), NewGeneration(), StartResync(full=False))
+    assert stale.warnings and "stale" in stale.warnings[0]
+    for before_the_end in (R.LOCAL_NEWER, R.UNKNOWN):
+        lag = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=before_the_end, **done))
+        assert lag.actions == () and lag.state is S.ALONE
+    just_done = decide(view(S.ALONE, peer=S.WAIT, peer_uptodate=False, relation=R.SAME, resync=ResyncStatus.DONE))
+    assert just_done.actions == ()        # its heartbeat may predate the end: not settled yet
+
+
 def test_alone_never_overwrites_a_diverged_peer() -> None:
     d = decide(view(S.ALONE, peer=S.WAIT, relation=R.DIVERGED))
     assert d.state is S.ALONE and d.actions == () and d.warnings

@@ -166,7 +166,7 @@ def test_rejected_datagram_does_not_advance_the_counter() -> None:
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda b: b.update(v=2), lambda b: b.update(s=-1), lambda b: b.update(s=True),
+    lambda b: b.update(v="1"), lambda b: b.pop("v"), lambda b: b.update(v=0), lambda b: b.update(s=-1), lambda b: b.update(s=True),
     lambda b: b.update(s="1"), lambda b: b.update(t="now"), lambda b: b.update(c=""),
     lambda b: b.update(n=7), lambda b: b.update(b="x" * 65), lambda b: b.update(m=[]),
     lambda b: b.pop("t"), lambda b: b["m"]["demo"].update(st="MASTER"),
@@ -203,7 +203,7 @@ json_values = st.recursive(
 
 
 MODULE_FIELDS = {"st", "u", "g", "w"}
-FIELDS = ["v", "c", "n", "b", "s", "t", "m", *sorted(MODULE_FIELDS)]
+FIELDS = ["v", "c", "n", "b", "s", "t", "m", "sv", "cc", "cm", *sorted(MODULE_FIELDS)]
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

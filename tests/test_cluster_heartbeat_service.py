@@ -154,3 +154,27 @@ def test_wall_clocks_a_minute_apart_do_not_stop_the_heartbeats() -> None:
         await asyncio.sleep(0.2)                     # ten more rounds: none of them is rejected
         assert a.rejected.get(Reason.SKEW.value, 0) == skewed and skewed <= 4
     run(body, skew_b=60.0)
+
+
+def test_versions_and_digests_travel_and_a_failing_listener_costs_no_liveness() -> None:
+    """What the agent compares (hamirror/agent/agreement.py) arrives with every heartbeat; a bug
+    in the listener must not make the peer look silent."""
+    from hamirror import versions
+    from hamirror.config.digest import ConfigDigests
+
+    digest = "0" * 12 + "/" + "1234" * 9
+
+    async def body(a: HeartbeatService, b: HeartbeatService, clock: FakeClock) -> None:
+        heard: list = []
+
+        def listener(hb) -> None:
+            heard.append(hb)
+            raise RuntimeError("listener bug")
+
+        b.digests = ConfigDigests(digest, {"demo": digest, "broken": None})
+        a.on_heard = listener
+        assert await until(lambda: len(heard) >= 3 and heard[-1].config is not None)
+        assert (heard[-1].software, heard[-1].config, heard[-1].module_config) == \
+            (versions.SOFTWARE, digest, {"demo": digest})
+        assert a.peer_alive()
+    run(body)

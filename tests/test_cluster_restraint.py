@@ -196,3 +196,38 @@ def test_random_views_in_maintenance_or_damped(v: ModuleView) -> None:
         assert not (v.peer.alive and v.peer.uptodate and v.peer.state in (S.SECOND, S.PRIM, S.ALONE))
     if d.held:
         assert d.actions == () and d.state is v.state and d.failover is None
+
+
+# --- standby (issue 17: `hamirror node standby`) ---------------------------------------------
+
+HELD_BY_STANDBY = "this node is in standby (`hamirror node online` to allow the service here again): held back: "
+
+
+@pytest.mark.parametrize("case, v", [
+    ("takeover", view(S.SECOND, peer=None, quorum=None)),
+    ("cold start", view(S.WAIT, peer=S.WAIT, peer_uptodate=False, uptodate=False, cold_start=True,
+                        default_primary=True, relation=R.UNKNOWN)),
+    ("newer data back", view(S.WAIT, peer=S.WAIT, peer_uptodate=False, relation=R.LOCAL_NEWER)),
+])
+def test_standby_holds_every_automatic_promotion(case, v) -> None:
+    assert decide(v).state.is_primary, case                     # what happens online
+    d = decide(view(v.state, peer=v.peer.state if v.peer.alive else None, peer_uptodate=v.peer.uptodate,
+                    uptodate=v.uptodate, cold_start=v.cold_start, default_primary=v.default_primary,
+                    relation=v.relation, quorum=v.quorum, standby=True))
+    assert d.state is v.state and held(d, HELD_BY_STANDBY), (case, d)
+
+
+def test_standby_lets_the_operators_swap_and_forced_prim_through() -> None:
+    handed = view(S.SECOND, peer=S.SECOND, peer_swap=SwapPhase.HANDOVER, standby=True)
+    assert decide(handed).state.is_primary                      # the peer already stopped: take it
+    forced = view(S.WAIT, peer=None, uptodate=True, command=Command.PRIM, standby=True)
+    assert decide(forced).state is S.ALONE
+
+
+@settings(max_examples=2000)
+@given(views, st.booleans())
+def test_a_standby_node_never_promotes_itself(v: ModuleView, standby: bool) -> None:
+    v = ModuleView(**{**v.__dict__, "standby": standby})
+    d = decide(v)
+    if standby and d.state.is_primary and not v.state.is_primary:
+        assert v.command is Command.PRIM or in_swap(v), d

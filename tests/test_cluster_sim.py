@@ -41,7 +41,7 @@ views = st.builds(
     checker=st.builds(CheckerHealth, ok=st.booleans(), restarts=st.integers(0, 5)),
     resync=st.sampled_from(ResyncStatus), swap=st.sampled_from(SwapPhase), listened=st.booleans(),
     mirror=st.sampled_from(MirrorHealth), linked=st.booleans(), peer_leased=st.booleans(),
-    peer_asks=st.booleans(),
+    peer_asks=st.booleans(), resync_settled=st.booleans(),
 )
 
 
@@ -95,6 +95,7 @@ class Node:
     frozen_on: tuple[int, ...] | None = None   # its history when the freeze hit
     mirror: MirrorHealth = MirrorHealth.NONE     # what its mount does (primary states)
     blocked: int = 0                     # ticks its mount has been FENCED
+    done_ticks: int = 0                  # ticks its resync has been DONE (settled after one)
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -118,13 +119,16 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
     resync = me.resync
     if me.state is S.WAIT and peer.is_primary and me.uptodate and relation(me, other) is Relation.SAME:
         resync = ResyncStatus.DONE          # as the runner tells it from the journal (a restart forgets)
+    elif me.state is S.WAIT and resync is ResyncStatus.DONE:
+        resync = ResyncStatus.NONE          # the journal's flag again: a copy marked stale since is not done
     return ModuleView(
         module="m", node=me.name, state=me.state, uptodate=me.uptodate, peer=peer,
         relation=relation(me, other) if link else Relation.UNKNOWN,
         quorum=quorum if not link else (None if quorum is None else True),
         command=cmd, default_primary=me.default_primary,
         cold_start=link and not me.history and not other.history,
-        checker=CheckerHealth(ok=me.checker_ok), resync=resync, swap=me.swap, listened=me.deaf == 0,
+        checker=CheckerHealth(ok=me.checker_ok), resync=resync, resync_settled=me.done_ticks > 0,
+        swap=me.swap, listened=me.deaf == 0,
         vouched=vouched and not link, linked=linked and not link, peer_leased=peer_leased and not link,
         peer_asks=peer_asks and not link,
         mirror=me.mirror if me.state.is_primary else MirrorHealth.NONE)
@@ -195,6 +199,7 @@ class World:
             elif isinstance(action, StartResync) and link and other.state in (S.WAIT, S.SECOND):
                 node.resync = other.resync = ResyncStatus.RUNNING
         mount(node, decision)
+        node.done_ticks = node.done_ticks + 1 if node.resync is ResyncStatus.DONE else 0
 
     def fence(self, flows: list[bool], awake: list[bool], replication_only: bool) -> None:
         """A streaming mount whose writes or acknowledgements are lost blocks (FENCED); one that
@@ -520,3 +525,18 @@ def test_a_one_way_loss_during_a_swaps_hand_over_makes_one_primary():
     trace = run(quiet(6) + [(True, 0, Command.SECOND, None, None), (UNHEARD[1], None, Command.NONE, None, None)]
                 + quiet(6), True)
     assert [s.is_primary for s in trace[-1][1:]] == [False, True]
+
+
+def test_a_secondary_marked_stale_as_the_resync_to_it_ends_is_resynced_again():
+    """Campaigns 1602 and 1604: node2 loses node1's heartbeats (one way, the witness hears node1)
+    and marks itself stale; node1 goes ALONE and resyncs it; as that resync ends, node2 stops
+    hearing node1 again (heartbeats only here) and marks its fresh copy stale once more. node1's
+    resync was done and it waited for a SECOND that never came: ALONE + WAIT for ever. Now it
+    resyncs the stale peer again and the pair converges with no operator."""
+    lost = [(UNHEARD[0], None, Command.NONE, None, None)] * 2
+    resync_ends_unheard = [(True, None, Command.NONE, None, None), (REPLICATION, None, Command.NONE, None, None)]
+    trace = run(quiet(6) + lost + resync_ends_unheard + quiet(8), witness=True)
+    assert trace[5][1:] == (S.PRIM, S.SECOND)
+    assert trace[9][1:] == (S.ALONE, S.WAIT), trace     # node2 stale again after the resync ended
+    assert trace[-1] == (True, S.PRIM, S.SECOND), trace
+    assert not diverged_at_some_tick(quiet(6) + lost + resync_ends_unheard + quiet(8), witness=True)

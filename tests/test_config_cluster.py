@@ -57,7 +57,7 @@ def test_unknown_keys_are_named_at_every_level(tmp_path):
     assert errors_for(tmp_path, {"[heartbeat]": "[heartbeats]\nport = 1\n\n[heartbeat]",
                                  'node = "node1"': 'node = "node1"\nnmae = "x"',
                                  'addresses = ["198.18.0.2"]': 'addresses = ["198.18.0.2"]\nadress = "x"'}) == [
-        f"{path}: heartbeats: unknown section (expected one of: cluster, fence, heartbeat, http, nodes, quorum)",
+        f"{path}: heartbeats: unknown section (expected one of: cluster, fence, heartbeat, http, nodes, notify, quorum)",
         f"{path}: cluster.nmae: unknown key (expected one of: cluster_key_file, keys_dir, modules_dir, name, "
         "node, run_dir, state_dir)",
         f"{path}: nodes[1].adress: unknown key (expected one of: addresses, name)",

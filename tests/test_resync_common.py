@@ -7,12 +7,14 @@ keeps serving, and the mount is PRIM again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 
-from tests.mirror_fixtures import HAMIRROR, MirrorPair, diff_snapshots, tree_snapshot, wait_for
+from tests.mirror_fixtures import HAMIRROR, MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
 
 
 def control(pair: MirrorPair, req: dict) -> dict:
@@ -111,3 +113,38 @@ def kill9(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def alone_on_secondary(pair: MirrorPair) -> Iterator[str]:
+    """B takes over on its own (a split brain): ``mirror mount --alone`` over B's directory with
+    B's journal; yields the directory to change through it, then unmounts B whatever happened."""
+    s = pair.secondary
+    with open(pair.log("mount-b"), "ab") as out:
+        proc = subprocess.Popen(HAMIRROR + ["-v", "mirror", "mount", "--alone", "--foreground",
+                                            "--dir", s, "--state-dir", pair.rstate,
+                                            "--keys", pair.keys], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: is_fuse_mounted(s) or proc.poll() is not None, 20, what="B's mount")
+        assert is_fuse_mounted(s), open(pair.log("mount-b")).read()[-2000:]
+        yield s
+    finally:
+        subprocess.run(["fusermount3", "-u", s], capture_output=True)
+        if is_fuse_mounted(s):
+            subprocess.run(["fusermount3", "-u", "-z", s], capture_output=True)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            kill9(proc)
+
+
+def files(root: str) -> dict[str, bytes]:
+    """Every regular file's content below ``root``, by relative path."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                with open(full, "rb") as f:
+                    out[os.path.relpath(full, root)] = f.read()
+    return out

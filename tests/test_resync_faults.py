@@ -3,17 +3,16 @@
 import glob
 import os
 import random
-import subprocess
 import threading
 import time
 
 import pytest
 
 from tests.conftest import needs_root
-from tests.mirror_fixtures import HAMIRROR, is_fuse_mounted, tree_snapshot, wait_for
-from tests.test_resync_common import (assert_equal_trees, control, establish, go_alone, kill9, mount_log,
-                                      mount_state, receiver_status, receiver_uptodate_in_journal, resync,
-                                      resync_modes)
+from tests.mirror_fixtures import is_fuse_mounted, tree_snapshot, wait_for
+from tests.test_resync_common import (alone_on_secondary, assert_equal_trees, control, establish, files, go_alone,
+                                      kill9, mount_log, mount_state, receiver_status, receiver_uptodate_in_journal,
+                                      resync, resync_modes)
 
 pytestmark = needs_root
 
@@ -162,27 +161,6 @@ def test_writes_during_resync_are_all_there(mirror_factory):
             assert got == chunk or later, offset
 
 
-def _alone_mount_on_secondary(pair) -> subprocess.Popen:
-    """B takes over on its own: ``mirror mount --alone`` over B's directory, B's journal."""
-    with open(pair.log("mount-b"), "ab") as out:
-        proc = subprocess.Popen(HAMIRROR + ["-v", "mirror", "mount", "--alone", "--foreground",
-                                            "--dir", pair.secondary, "--state-dir", pair.rstate,
-                                            "--keys", pair.keys], stdout=out, stderr=subprocess.STDOUT)
-    wait_for(lambda: is_fuse_mounted(pair.secondary) or proc.poll() is not None, 20, what="B's mount")
-    return proc
-
-
-def _files(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                with open(full, "rb") as f:
-                    out[os.path.relpath(full, root)] = f.read()
-    return out
-
-
 @pytest.mark.parametrize("mode", [(), ("--full",)], ids=["incremental", "full"])
 def test_split_brain_keep_aside(mirror_factory, mode):
     """In every resync mode (issue 7: after `second` the resync is a full one), what the losing
@@ -199,9 +177,7 @@ def test_split_brain_keep_aside(mirror_factory, mode):
     with open(f"{p}/aonly", "wb") as f:
         f.write(b"A only\n")
 
-    proc = _alone_mount_on_secondary(pair)           # B alone too: split brain
-    try:
-        assert is_fuse_mounted(s), open(pair.log("mount-b")).read()[-2000:]
+    with alone_on_secondary(pair):                   # B alone too: split brain
         with open(f"{s}/shared", "wb") as f:
             f.write(b"B changed shared\n")
         with open(f"{s}/both", "wb") as f:
@@ -212,15 +188,7 @@ def test_split_brain_keep_aside(mirror_factory, mode):
         with open(f"{s}/bdir/x", "wb") as f:
             f.write(b"B's dir\n")
         os.unlink(f"{s}/bdel")
-    finally:
-        subprocess.run(["fusermount3", "-u", s], capture_output=True)
-        if is_fuse_mounted(s):
-            subprocess.run(["fusermount3", "-u", "-z", s], capture_output=True)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            kill9(proc)
-    before = _files(s)
+    before = files(s)
     pair.start_receiver()
     resync(pair, "--keep-aside", *mode)
     assert mount_state(pair) == "PRIM"
@@ -232,10 +200,10 @@ def test_split_brain_keep_aside(mirror_factory, mode):
     assert glob.glob(f"{s}.hamirror-conflict*") == []    # inside the directory, not beside it
     conflicts = glob.glob(f"{s}/.hamirror-conflicts/*")
     assert len(conflicts) == 1, conflicts
-    aside = _files(conflicts[0])
+    aside = files(conflicts[0])
     assert aside == {"shared": b"B changed shared\n", "both": b"B's version of both\n",
                      "bonly": b"B only\n", "bdir/x": b"B's dir\n"}, aside
-    after = _files(s)
+    after = files(s)
     lost = [path for path, data in before.items() if after.get(path) != data and aside.get(path) != data]
     assert lost == [], f"B's data neither kept nor aside: {lost}"
     assert receiver_uptodate_in_journal(pair)

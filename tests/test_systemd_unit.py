@@ -37,6 +37,10 @@ def settings(unit: str = UNIT) -> dict[str, list[str]]:
 def test_unit_keeps_applications_and_mounts_alive_across_agent_restarts():
     unit = settings()
     assert unit["ExecStart"] == [f"{INSTALLED} agent"]
+    # A configuration typo is refused before the agent starts, with every problem in the journal;
+    # `systemctl reload` checks, then applies live, and fails when the reload fails (issue 17).
+    assert unit["ExecStartPre"] == [f"{INSTALLED} config check"]
+    assert unit["ExecReload"] == [f"{INSTALLED} reload"]
     assert unit["Type"] == ["simple"]
     assert unit["Restart"] == ["always"]
     assert unit["KillMode"] == ["process"]
@@ -93,7 +97,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path, unit):
     with open(unit) as stream:
         text = stream.read()
     if not os.access(INSTALLED, os.X_OK):
-        text = text.replace(f"ExecStart={INSTALLED} ", f"ExecStart={os.path.dirname(sys.executable)}/hamirror ")
+        text = text.replace(f"={INSTALLED} ", f"={os.path.dirname(sys.executable)}/hamirror ")
     copy = tmp_path / os.path.basename(unit)
     copy.write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)

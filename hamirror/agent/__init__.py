@@ -9,6 +9,7 @@
 | `journal_info.py` | what the decision needs from the journals; generation ids on the wire |
 | `persist.py` | `agent.json` per module, written atomically before a change takes effect |
 | `control.py` | the local control socket (JSON lines, root only) and its client |
+| `reload.py` | `hamirror reload` and SIGHUP: check the new configuration, then apply what can change live |
 | `status.py` | the `hamirror status` document |
 | `http.py` | the HTTP status API (health check, metrics, events) and its admission control |
 | `console/` | the web console on that server: both nodes on one page, commands if configured |

@@ -127,6 +127,7 @@ class EventLog:
         self.recent: collections.deque[dict] = collections.deque(stored, maxlen=IN_MEMORY)
         self._end_torn_line()
         self.seq = int(stored[-1].get("seq") or 0) if stored else 0
+        self.listeners: list[Callable[[dict], None]] = []   # e.g. the notify hook; called after each add
 
     def _end_torn_line(self) -> None:
         """A crash in the middle of a line left it without its newline: end it, so the next
@@ -157,6 +158,11 @@ class EventLog:
                 os.replace(self.path, paths(self.state_dir)[0])
         except OSError as exc:
             log.error("event not recorded (%s): %s", exc, text)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the agent's loop
+                log.exception("event listener failed")
         return event
 
     def read(self, module: str | None = None, limit: int | None = None, since: int = 0) -> list[dict]:

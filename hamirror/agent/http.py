@@ -47,7 +47,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 from hamirror import audit
-from hamirror.agent import verify
+from hamirror.agent import agreement, verify
 from hamirror.cluster.heartbeat import Reason
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import MirrorHealth
@@ -197,6 +197,31 @@ def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def operations_families(doc: dict) -> list[tuple[str, str, str, list[tuple[dict, int | float]]]]:
+    """Each heartbeat network, the checkers, the witness lease and the notify hook (issue 17, alerts)."""
+    peer, modules = doc.get("peer") or {}, doc.get("modules", [])
+    witness, notify = doc.get("witness"), doc.get("notify")
+    families = [
+        ("hamirror_heartbeat_network_up", "gauge", "1 when the peer's heartbeats are heard on this network.",
+         [({"local": n.get("local"), "peer": n.get("peer")}, int(bool(n.get("up")))) for n in peer.get("networks") or []]),
+        ("hamirror_module_checker_failing", "gauge", "1 while one of the module's checkers fails here.",
+         [({"module": m["name"]}, int(bool(m.get("checker")))) for m in modules]),
+    ]
+    if witness:
+        families += [
+            ("hamirror_witness_lease_held", "gauge", "1 while this node holds the witness's lease (by its own reckoning).",
+             [({"witness": witness.get("witness")}, int(bool(witness.get("holds"))))]),
+            ("hamirror_witness_answer_age_seconds", "gauge",
+             "Seconds since the witness last answered this node (-1: never).",
+             [({"witness": witness.get("witness")},
+               round(witness["answer_age"], 3) if witness.get("answer_age") is not None else -1)]),
+        ]
+    if notify:
+        families.append(("hamirror_notify_total", "counter", "Events given to the notify hook, by outcome.",
+                         [({"result": r}, int(notify.get(r) or 0)) for r in ("sent", "failed", "dropped")]))
+    return families
+
+
 def render_metrics(doc: dict) -> str:
     """The status document in Prometheus text format (0.0.4)."""
     out: list[str] = []
@@ -252,7 +277,11 @@ def render_metrics(doc: dict) -> str:
                            ("total_bytes", "Bytes the running resync has to copy (0 when none runs).")):
         family(f"hamirror_resync_{key}", "gauge", help_text,
                [({"module": m["name"]}, int((m.get("resync") or {}).get(key) or 0)) for m in modules])
+    for name, kind, help_text, samples in operations_families(doc):
+        family(name, kind, help_text, samples)
     for name, kind, help_text, samples in verify.metric_families(modules):   # online verify
+        family(name, kind, help_text, samples)
+    for name, kind, help_text, samples in agreement.metric_families(doc):   # same configuration, releases
         family(name, kind, help_text, samples)
     return "\n".join(out) + "\n"
 

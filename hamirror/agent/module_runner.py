@@ -42,8 +42,9 @@ S = NodeState
 SAFE_TO_SERVE = (MirrorHealth.STREAMING, MirrorHealth.SYNCING, MirrorHealth.ALONE)
 NOT_WRITABLE = (MirrorHealth.DEAD, MirrorHealth.FENCED, MirrorHealth.REFUSED)
 RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried again
-RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it
-RESYNC_BACKOFF = 10.0    # a failed resync is reported (and restarted) at most this often
+RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it; a done
+                         # one settles this long before a peer still stale is resynced again
+RESYNC_BACKOFF = 10.0    # a failed resync (or one the peer stays stale after) is restarted at most this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +133,7 @@ class ModuleRunner:
         self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
         self.peer_maintenance_version = 0   # the newest maintenance version the peer advertised
+        self.standby = False                # the node is in standby (set by the agent: agent/standby.py)
         self.warnings: tuple[str, ...] = ()
         self.error: str | None = None
         self.task: asyncio.Task | None = None
@@ -140,6 +142,7 @@ class ModuleRunner:
         self.command = Command.NONE
         self.waiters: list[asyncio.Future] = []
         self.resync_requested: float | None = None
+        self.resync_done_at: float | None = None     # when this node's resync was first seen DONE
         self.on_change: Callable[[], None] = lambda: None
         self.emit: Callable[..., object] = lambda kind, text, **fields: None   # the event timeline
         executor.persist = self.persist
@@ -287,9 +290,7 @@ class ModuleRunner:
         witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``."""
         if self.task is not None:
             return
-        before, self.obs = self.obs, await asyncio.to_thread(self.observe)
-        for kind, text, fields in observation_events(before, self.obs, self.state.is_primary):
-            self.emit(kind, text, **fields)
+        await self.refresh()
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer = peer
@@ -312,10 +313,7 @@ class ModuleRunner:
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
                                    vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks)
         decision = decide(view)
-        if self.vip_withdrawn and decision.state.is_primary and view.mirror in SAFE_TO_SERVE:
-            # Still primary after the stall, and the data path proves it: the peer acknowledges our
-            # writes (a peer that took over would have stopped its receiver), or we were ALONE.
-            # A fenced mount proves nothing: the peer may be taking over, still saying SECOND.
+        if self.vip_withdrawn and decision.state.is_primary and self.proven_primary(view):
             self.vip_withdrawn = False
             decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
         elif self.vip_withdrawn and not decision.state.is_primary:
@@ -337,6 +335,12 @@ class ModuleRunner:
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
+
+    async def refresh(self) -> None:
+        """Observe now, and record what the data path did since the last observation."""
+        before, self.obs = self.obs, await asyncio.to_thread(self.observe)
+        for kind, text, fields in observation_events(before, self.obs, self.state.is_primary):
+            self.emit(kind, text, **fields)
 
     def retry_over_dead_mount(self) -> bool:
         """A failed sequence of a primary whose mount does not accept writes: it came up and died
@@ -375,15 +379,17 @@ class ModuleRunner:
         assert obs is not None
         cold = peer.alive and obs.history.current is None and peer_history is not None \
             and peer_history.current is None
+        resync = self.resync_status()
         checker = CheckerHealth(ok=self.checkers.ok if self.state.is_primary and not self.maintenance else True,
                                 restarts=self.restarts_in_window(), max_restarts=self.max_restarts)
         return ModuleView(module=self.name, node=self.node, state=self.state, uptodate=obs.uptodate, peer=peer,
                           relation=self.relation, quorum=quorum, command=self.command,
                           default_primary=self.default_primary, cold_start=cold, checker=checker,
-                          resync=self.resync_status(), swap=self.swap,
+                          resync=resync, resync_settled=self.resync_settled(resync), swap=self.swap,
                           mirror=obs.mirror if self.state.is_primary else MirrorHealth.NONE,
                           fence_script=self.fence_script, app_stopped=self.executor.app_stopped,
-                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened)
+                          maintenance=self.maintenance, failovers=self.failovers(), listened=listened,
+                          standby=self.standby)
 
     def resync_status(self) -> ResyncStatus:
         """This node's side of the resync, from the mount (sender) or the receiver (WAIT)."""
@@ -406,6 +412,20 @@ class ModuleRunner:
             if obs.uptodate and self.relation is Relation.SAME:
                 return ResyncStatus.DONE
         return ResyncStatus.NONE
+
+    def resync_settled(self, status: ResyncStatus) -> bool:
+        """Whether the resync has been DONE for ``RESYNC_GRACE`` (time enough for the peer's
+        heartbeats to show the end), and the last pass was asked for ``RESYNC_BACKOFF`` ago at
+        least, so passes over a peer that stays stale come no more often than failed ones
+        (:attr:`ModuleView.resync_settled`)."""
+        if status is not ResyncStatus.DONE:
+            self.resync_done_at = None
+            return False
+        now = self.clock()
+        if self.resync_done_at is None:
+            self.resync_done_at = now
+        requested = self.resync_requested
+        return now - self.resync_done_at >= RESYNC_GRACE and (requested is None or now - requested >= RESYNC_BACKOFF)
 
     def report(self, view: ModuleView, decision: a.Decision) -> None:
         """Log every decision that changes something, with its warnings (repeats only at debug)."""
@@ -450,7 +470,7 @@ class ModuleRunner:
                     error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
                         self.state, None
                     if index:
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                     break
                 began = time.monotonic()
                 try:
@@ -462,7 +482,7 @@ class ModuleRunner:
                     reached = state_after(self.state, target, actions, index)
                     if reached is not target and any(isinstance(x, a.Persist) for x in actions[:index]):
                         # The record says what the node is: the old state until the rest is done.
-                        await asyncio.to_thread(self.persist, self.state)
+                        await self._restore_record()
                         rest = (a.Persist(target),) + rest
                     # NeedsDecision: the same sequence cannot succeed; the next tick decides afresh.
                     self.retry = None if isinstance(exc, NeedsDecision) else \
@@ -481,7 +501,7 @@ class ModuleRunner:
                 self.emit("state", f"{self.state.value} -> {reached.value} ({cause})", why=cause,
                           **{"from": self.state.value, "to": reached.value})
                 self.state = reached
-                self.resync_requested = None     # the resync status restarts with each state
+                self.resync_requested = self.resync_done_at = None   # the resync status restarts with each state
             if swap is not None and reached is target:
                 self.set_swap(swap)
             self.checkers.reset()
@@ -497,6 +517,27 @@ class ModuleRunner:
             if decision is not None:
                 command = Command(why) if why in {c.value for c in Command} else Command.NONE
                 self.resolve(command, decision, error)
+
+    async def _restore_record(self) -> None:
+        """Put the record back to the state the node is in after a sequence stopped half-way. On a
+        failing disk, say so and go on: the retry (or the next decision) persists again, and the
+        task must not die with it."""
+        try:
+            await asyncio.to_thread(self.persist, self.state)
+        except OSError as exc:
+            log.error("%s: the state record could not be put back to %s: %s", self.name, self.state.value, exc)
+            self.emit("action-failed", f"the state record could not be put back to {self.state.value}: {exc}")
+
+    @staticmethod
+    def proven_primary(view: ModuleView) -> bool:
+        """After a stall: whether this node may serve again. ALONE: the peer was not an up-to-date
+        SECOND, so it cannot have taken over. Streaming: only beside a peer heard *now* as SECOND
+        (a taker says primary from its first action): the mount was frozen with the agent, and the
+        "streaming" it reports right after the wake predates the peer's takeover (campaign 1801).
+        A fenced mount proves nothing."""
+        if view.mirror is MirrorHealth.ALONE:
+            return True
+        return view.mirror in SAFE_TO_SERVE and view.peer.alive and view.peer.state is S.SECOND
 
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:
@@ -538,7 +579,14 @@ class ModuleRunner:
         """This module's heartbeat entry."""
         obs = self.obs
         history = obs.history if obs else GenerationHistory()
-        return ModuleInfo(state=self.state, uptodate=bool(obs and obs.uptodate),
+        state = self.state
+        if self.transition is not None and self.transition[0].is_primary and not state.is_primary:
+            # A promotion under way says primary from its first action (the VIP may be up before
+            # start_prim ends): a woken old primary that still believed us SECOND put its VIP back
+            # beside ours for seconds (campaign 1801). Leaving a primary role waits for its safety
+            # prefix instead (steps.state_after).
+            state = self.transition[0]
+        return ModuleInfo(state=state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and self.state.is_primary and obs.fenced),
                           maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,

@@ -15,6 +15,7 @@ import os
 import time
 
 from hamirror.cluster.states import NodeState
+from hamirror.durablefile import write_json
 from hamirror.cluster.view import SwapPhase
 
 FILENAME = "agent.json"
@@ -65,17 +66,5 @@ class Store:
     def save(self, record: ModuleRecord) -> ModuleRecord:
         """Durably replace the record; returns it stamped with the time."""
         record = dataclasses.replace(record, updated=time.time())
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_json(self.path, record.to_json())
         return record

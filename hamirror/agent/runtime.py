@@ -18,22 +18,25 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 
 from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import console, control, journal_info, verify
+from hamirror.agent import agreement, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
 from hamirror.agent.executor import Executor
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
+from hamirror.agent.notify import Notifier
 from hamirror.agent.persist import Store
+from hamirror.agent.reload import Reloader
 from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
-from hamirror.cluster.heartbeat import load_cluster_key
+from hamirror.cluster.heartbeat import ModuleInfo, load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.quorum import boottime, build as build_witness
 from hamirror.cluster.states import NodeState
@@ -91,9 +94,11 @@ class Agent:
         self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
-        for name, runner in self.runners.items():
-            runner.emit = functools.partial(self.events.add, module=name)
-            runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
+        self.standby = standby.load(cluster.state_dir)
+        self.notifier = Notifier(cluster.notify.script, cluster.notify.kinds, cluster.notify.timeout) \
+            if cluster.notify.script else None
+        if self.notifier is not None:
+            self.events.listeners.append(self.notifier)
         self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
@@ -102,13 +107,14 @@ class Agent:
             peers=[(addr, hb.port) for addr in self.peer_node.addresses],
             modules=lambda: {name: r.advertised() for name, r in self.runners.items()},
             interval=hb.interval, timeout=hb.timeout, clock=boottime)
-        for runner in self.runners.values():
-            runner.on_change = self._changed
+        # Same configuration and interoperable releases on both nodes (digests in the heartbeats).
+        self.agreement = agreement.for_config(cluster, modules, self.heartbeat.key, self.events.add)
+        self.heartbeat.digests, self.heartbeat.on_heard = self.agreement.digests, self.agreement.heard
         self._claim_alive = False
         self.listening = Listening(hb.timeout, stall_threshold(hb.interval, hb.timeout))
         self.listening.on_stall = self._stalled
         for runner in self.runners.values():
-            runner.listening = self.listening
+            self._wire(runner)
         self.witness = build_witness(cluster, claim=self._claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
@@ -122,6 +128,44 @@ class Agent:
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self._lock_fd: int | None = None
+        # ``hamirror reload`` and SIGHUP (hamirror/agent/reload.py); the CLI adds the secrets' checks.
+        self.reloader = Reloader(self, functools.partial(build_runner, cluster=cluster, fence=self.fence))
+        self._reloads: set[asyncio.Task] = set()
+
+    def _wire(self, runner: ModuleRunner) -> None:
+        """Connect a runner to the timeline, the heartbeats, the stall detection and the node's standby."""
+        runner.emit = functools.partial(self.events.add, module=runner.name)
+        runner.checkers.on_failure = functools.partial(runner.emit, "checker-failed")
+        runner.on_change = self._changed
+        runner.listening = self.listening
+        runner.standby = self.standby
+
+    def adopt(self, runner: ModuleRunner) -> None:
+        """Run a module added by a reload (or replace its runner). A new dict, never a mutation:
+        a tick iterating the old one across an ``await`` goes on undisturbed."""
+        self._wire(runner)
+        self.runners = {**self.runners, runner.name: runner}
+
+    def drop(self, name: str) -> None:
+        """Forget a module removed by a reload (already stopped); its checks end."""
+        self.runners = {n: r for n, r in self.runners.items() if n != name}
+        task = self._check_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def set_checkers(self, runner: ModuleRunner, checkers: CheckerState) -> None:
+        """A reload changed the module's checkers: the running check round ends, the new ones wait an interval."""
+        task = self._check_tasks.pop(runner.name, None)
+        if task is not None:
+            task.cancel()
+        checkers.on_failure = functools.partial(runner.emit, "checker-failed")
+        runner.checkers = checkers
+
+    def _hangup(self) -> None:
+        """SIGHUP: reload, as ``hamirror reload`` does (the outcome goes to the log and timeline)."""
+        task = asyncio.get_running_loop().create_task(self.reloader.reload("SIGHUP"), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def _stop(self) -> None:
         self.stopping.set()
@@ -168,6 +212,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
         self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
@@ -221,26 +266,57 @@ class Agent:
                                  "listening before acting on the peer's silence")
         self.wakeup.set()
 
+    def _heard(self) -> tuple[bool, float | None, Mapping[str, ModuleInfo], set[str]]:
+        """The peer as heard now: alive, seconds of silence, its modules, and the modules whose
+        primary's processes are gone (:func:`peer_gone`)."""
+        hb = self.heartbeat
+        alive, silence, infos = hb.peer_alive(), hb.silence(), hb.peer_modules()
+        gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
+                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+        return alive, silence, infos, gone
+
+    async def _observe_again(self) -> None:
+        """After a verdict that waited: the data paths as they are now, since `linked` rests on
+        the receivers' last message (an observation from before the wait shows the link silent)."""
+        for name, runner in self.runners.items():
+            if runner.task is None:
+                try:
+                    await runner.refresh()
+                except Exception:  # noqa: BLE001 - its own tick observes again
+                    log.exception("%s: observation failed", name)
+
     async def tick(self) -> None:
         hb = self.heartbeat
         epoch = self.listening.check()     # a stall after this makes this tick's views stale
-        alive = hb.peer_alive()
-        listened = self.listening.listened()
-        infos = hb.peer_modules()
-        silence = hb.silence()
-        gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
-                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+        before = self._heard()
+        self.agreement.refused(hb.newer)
         # The verdict and the views see the same peer: one whose processes are gone is claimed
         # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
-        self._claim_alive = alive and not gone
+        self._claim_alive = before[0] and not before[3]
+        alive, silence, infos, gone = before
+        asked = boottime()
         try:
             self.quorum = await self.witness.verdict(boottime())
+        except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
+            log.exception("witness verdict failed")
+            self.quorum = False
+        if boottime() - asked > self.cluster.heartbeat.interval:
+            await self._observe_again()
+        if not self._claim_alive:
+            # Claimed against an unheard peer and refused by a holder gone quiet, the verdict
+            # waited for its lease to lapse (up to a lease, ~10 s): the peer may be heard again by
+            # now (it was frozen, or its agent restarting). A silence from before that wait, beside
+            # the witness's fresh "the peer holds the lease", made a node that hears its peer mark
+            # its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
+            alive, silence, infos, gone = self._heard()
+        try:
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks = False, False, False, False
+        listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
@@ -286,12 +362,19 @@ class Agent:
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            moved = request.get("moved")
+            return await self.reloader.reload(f"by {who_text(control.caller())}",
+                                              moved if isinstance(moved, dict) else None)
+        if cmd == "node":
+            return await self.set_standby(request.get("action") == "standby", float(request.get("timeout") or 600))
         if cmd not in ("module", "maintenance", "clear", "verify"):
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         runner = self.runners.get(str(request.get("module")))
         if runner is None:
-            return {"ok": False, "error": f"no module {request.get('module')!r} on this node "
-                                          f"(modules: {', '.join(self.runners) or 'none'})"}
+            return {"ok": False, "unknown_module": True,
+                    "error": f"no module {request.get('module')!r} on this node "
+                             f"(modules: {', '.join(self.runners) or 'none'})"}
         if cmd == "module":
             try:
                 command = Command(request.get("action"))
@@ -319,15 +402,36 @@ class Agent:
                     + (f"; error: {answer['error']}" if answer["error"] else ""), command=name, ok=answer["ok"])
         return {**answer, "maintenance": runner.maintenance}
 
+    async def set_standby(self, on: bool, timeout: float) -> dict:
+        """``hamirror node standby|online`` (:mod:`standby`): recorded first, then applied."""
+        name = "node standby" if on else "node online"
+        who = control.caller()
+        self.events.add("command", f"{name} by {who_text(who)}", command=name, caller=who)
+        try:
+            await asyncio.to_thread(standby.save, self.cluster.state_dir, on)
+        except OSError as exc:
+            return {"ok": False, "error": f"the standby setting could not be recorded: {exc}", "modules": {}}
+        self.standby = on
+        modules = await standby.apply(self.runners, on, timeout)
+        ok = all(m["ok"] for m in modules.values())
+        self.events.add("command-result", f"{name}: " + ", ".join(
+            f"{n} {m['state']}" + (f" ({m['error']})" if m["error"] else "") for n, m in modules.items()),
+            command=name, ok=ok)
+        return {"ok": ok, "standby": on, "modules": modules,
+                "error": None if ok else "some modules are still primary here (see modules)"}
+
     def status(self) -> dict:
         hb = self.heartbeat
-        return {
-            "node": self.node.name, "cluster": self.cluster.name,
+        return self.agreement.annotate({
+            "node": self.node.name, "cluster": self.cluster.name, "standby": self.standby,
             "peer": {"name": self.peer_node.name, "alive": hb.peer_alive(), "networks": hb.networks(),
                      "rejected": hb.rejected},
             "modules": [module_status(r) for r in self.runners.values()],
             "quorum": self.quorum, "witness": self.witness.status(),
-        }
+            "notify": None if self.notifier is None else {
+                "script": self.notifier.script, "sent": self.notifier.sent, "failed": self.notifier.failed,
+                "dropped": self.notifier.dropped},
+        })
 
     async def shutdown(self) -> None:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""
@@ -345,6 +449,8 @@ class Agent:
             self._watch.cancel()
         await self.witness.stop()
         await self.heartbeat.stop()
+        if self.notifier is not None:        # the "agent stopping" event, and what is queued
+            await asyncio.to_thread(self.notifier.close)
 
 
 def who_text(who: dict | None) -> str:

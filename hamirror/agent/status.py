@@ -1,14 +1,17 @@
 """The ``hamirror status`` document (design §4), built from the runners' last observation.
 
 JSON: ``{"node", "cluster", "peer": {...}, "modules": [{"name", "state", "peer_state", "uptodate",
-"resync": {"done_bytes", "total_bytes", ...}|null, ...}]}``; the human table is rendered from the
-same document by the CLI, so both always agree.
+"resync": {"done_bytes", "total_bytes", ...}|null, "config": {...}, ...}], "versions": {...},
+"config": {...}}`` (``versions`` and ``config``: how this node agrees with its peer,
+:mod:`hamirror.agent.agreement`); the human table is rendered from the same document by the
+CLI, so both always agree.
 """
 
 from __future__ import annotations
 
 from hamirror.agent.journal_info import to_wire
 from hamirror.agent import verify
+from hamirror.agent.agreement import status_lines
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.resync import failures
 
@@ -103,7 +106,9 @@ def render_table(doc: dict) -> str:
     """The human form of the status document."""
     peer = doc.get("peer") or {}
     lines = [f"node {doc.get('node')} (cluster {doc.get('cluster')}), peer {peer.get('name')}: "
-             f"{'alive' if peer.get('alive') else 'not heard'}"]
+             f"{'alive' if peer.get('alive') else 'not heard'}"
+             + ("; this node is in STANDBY (`hamirror node online` to allow the service here)"
+                if doc.get("standby") else "")]
     header = ("MODULE", "STATE", "PEER", "UPTODATE", "RESYNC")
     rows = []
     for m in doc.get("modules", []):
@@ -119,6 +124,7 @@ def render_table(doc: dict) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    lines.extend(status_lines(doc))     # configuration or release differences with the peer
     for m in doc.get("modules", []):
         if m.get("relation") == "diverged":
             lines.append(

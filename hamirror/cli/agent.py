@@ -30,6 +30,7 @@ def run_agent(args: argparse.Namespace) -> int:
         if problems:
             raise CommandError("cannot start the agent:\n" + "\n".join(str(p) for p in problems), USAGE)
         agent = Agent(cluster, modules)
+        agent.reloader.checks = check_secrets  # a reload runs every check of `config check`
     except ConfigError as exc:
         raise CommandError(str(exc), USAGE) from exc
     except (OSError, ValueError) as exc:

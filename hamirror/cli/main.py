@@ -19,10 +19,12 @@ COMMAND_GROUPS = [
     "hamirror.cli.lab",
     "hamirror.cli.agent",
     "hamirror.cli.ops",
+    "hamirror.cli.reload",
     "hamirror.cli.verify",
     "hamirror.cli.witness",
     "hamirror.cli.module",
     "hamirror.cli.install",
+    "hamirror.cli.report",
 ]
 
 

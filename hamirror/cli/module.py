@@ -1,4 +1,5 @@
-"""``hamirror module new|check``: the module kit (docs/module-guide.md)."""
+"""``hamirror module new|check``: the module kit (docs/module-guide.md); ``module remove``: take a module
+out of this node's configuration and stop it (through ``hamirror reload``)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import argparse
 import os
 import sys
 
-from hamirror.cli.common import OK, USAGE, CommandError, add_json, print_json
+from hamirror.cli.common import OK, UNREACHABLE, USAGE, CommandError, add_json, print_json
 from hamirror.config.loader import config_path
 from hamirror.config.module import SCRIPTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from hamirror.modkit.scaffold import TEMPLATES
-    parser = subparsers.add_parser("module", help="make and check mirror modules (the module kit)")
+    parser = subparsers.add_parser("module", help="make, check and remove mirror modules (the module kit)")
     actions = parser.add_subparsers(dest="module_command", metavar="ACTION")
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("-c", "--config", default=None,
@@ -38,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--show", choices=SCRIPTS, default=None, help="also print this script rendered for this node")
     add_json(check)
     check.set_defaults(func=run_check)
+
+    remove = actions.add_parser("remove", parents=[config],
+                                help="stop a module on this node in the safe order, clean its state and move its "
+                                     "folder out of modules_dir (to modules_dir/.removed)")
+    remove.add_argument("name", help="module name (its folder in modules_dir)")
+    remove.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for the agent to stop it (default: %(default)s)")
+    add_json(remove)
+    remove.set_defaults(func=run_remove)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -103,3 +113,41 @@ def run_check(args: argparse.Namespace) -> int:
           + (f", {len(report.warnings)} warning(s)" if report.warnings else ""),
           file=sys.stderr if args.show else sys.stdout)     # --show: stdout is the script alone
     return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    """Move the folder to ``modules_dir/.removed/NAME-TIME`` (the loader skips dot folders), then
+    reload: the agent stops the module (stop_prim, VIP, unmount, receiver) and cleans its state.
+    A reload refused (another problem), or a stop that failed, puts the folder back."""
+    import time
+    from hamirror.cli.reload import exit_code, print_report, reload_agent
+    modules_dir, _first, problem = _cluster_defaults(config_path(args.config))
+    if modules_dir is None:
+        raise CommandError(f"cannot find the modules directory: {problem}", USAGE)
+    folder = os.path.join(modules_dir, args.name)
+    if args.name.startswith(".") or os.sep in args.name or not os.path.isfile(os.path.join(folder, "module.toml")):
+        raise CommandError(f"no module {args.name!r} in {modules_dir}", USAGE)
+    aside = os.path.join(modules_dir, ".removed", f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs(os.path.dirname(aside), mode=0o755, exist_ok=True)
+        os.rename(folder, aside)
+    except OSError as exc:
+        raise CommandError(f"cannot move {folder} to {aside}: {exc.strerror or exc}") from exc
+    try:
+        report = reload_agent(args.config, args.timeout, {args.name: os.path.abspath(aside)})
+    except CommandError as exc:
+        if exc.exit_code != UNREACHABLE:
+            raise
+        raise CommandError(f"{folder} moved to {aside}, but {exc}: the module is no longer configured here; "
+                           "its state stays until an agent reload or start", UNREACHABLE) from exc
+    # Refused, or this module not stopped: it stays configured as it runs (remove it again later).
+    kept = report.get("refused") or any(item.get("module") == args.name for item in report.get("failed") or [])
+    if kept:
+        os.rename(aside, folder)
+    if args.json:
+        print_json({**report, "module": args.name, "moved_to": None if kept else aside})
+    else:
+        print_report(report)
+        print(f"{args.name}: folder left in place" if kept
+              else f"{args.name}: folder moved to {aside} (delete it when no longer needed)")
+    return exit_code(report)

@@ -9,7 +9,7 @@ import os
 import sys
 
 from hamirror.cli import events
-from hamirror.cli.common import TIMEOUT, UNREACHABLE, USAGE, CommandError, add_json, print_json
+from hamirror.cli.common import FAILED, TIMEOUT, UNREACHABLE, USAGE, CommandError, add_json, print_json
 from hamirror.config import ConfigError, config_path, load_cluster
 
 COMMANDS = {
@@ -51,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clear.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
     add_json(clear)
     clear.set_defaults(func=run_setting, switch=None)
+    node = subparsers.add_parser("node", help="standby: move every module off this node and keep it off; "
+                                              "online: allow the service here again")
+    node.add_argument("switch", choices=("standby", "online"))
+    node.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
+    node.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds to wait for the swaps (default: %(default)s)")
+    add_json(node)
+    node.set_defaults(func=run_node)
     events.register(subparsers)
 
 
@@ -84,6 +92,11 @@ def _ask(path: str, message: dict, timeout: float) -> dict:
         raise CommandError(f"control socket {path}: {exc}", UNREACHABLE) from exc
 
 
+def refusal_code(answer: dict) -> int:
+    """The exit code of a refused request: an unknown module is a usage error, like a typo."""
+    return USAGE if answer.get("unknown_module") else FAILED
+
+
 def run_status(args: argparse.Namespace) -> int:
     from hamirror.agent.status import render_table
     answer = _ask(_socket(args), {"cmd": "status"}, 10.0)
@@ -110,9 +123,27 @@ def run_command(args: argparse.Namespace) -> int:
                     "warnings": answer.get("warnings") or []})
     if not answer.get("ok"):
         reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
-        raise CommandError(f"{args.action_name} {args.module}: {reason}")
+        raise CommandError(f"{args.action_name} {args.module}: {reason}", refusal_code(answer))
     if not args.json:
         print(f"{args.module}: {answer.get('state')}")
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """``node standby|online``: one line per module, exit 1 if a module could not be moved."""
+    answer = _ask(_socket(args), {"cmd": "node", "action": args.switch, "timeout": args.timeout},
+                  args.timeout + 30)
+    modules = answer.get("modules") or {}
+    if args.json:
+        print_json({"standby": answer.get("standby"), "ok": bool(answer.get("ok")), "modules": modules,
+                    "error": answer.get("error")})
+    else:
+        print(f"this node is {'in standby' if answer.get('standby') else 'online'}" if "standby" in answer else "")
+        for name, m in modules.items():
+            note = "moved to the peer" if m.get("moved") else (f"not moved: {m['error']}" if m.get("error") else "")
+            print(f"  {name}: {m.get('state')}" + (f" ({note})" if note else ""))
+    if not answer.get("ok"):
+        raise CommandError(f"node {args.switch}: {answer.get('error') or 'refused'}")
     return 0
 
 
@@ -122,7 +153,7 @@ def run_setting(args: argparse.Namespace) -> int:
                else {"cmd": "maintenance", "module": args.module, "on": args.switch == "on"})
     answer = _ask(_socket(args), message, 10.0)
     if not answer.get("ok"):
-        raise CommandError(answer.get("error") or "refused")
+        raise CommandError(answer.get("error") or "refused", refusal_code(answer))
     if args.json:
         print_json({"module": args.module, "state": answer.get("state"), "maintenance": answer.get("maintenance"),
                     "cleared": args.switch is None})

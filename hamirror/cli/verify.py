@@ -1,7 +1,7 @@
 """``hamirror verify MODULE [--repair] [--json]``: compare both copies of a live mirror.
 
 Exit status: 0 the copies are identical (or ``--repair`` made them so, verified again); 1 the
-verify could not run (refused, failed); 3 differences were found (and, with ``--repair``, remain);
+verify could not run (refused, failed); 2 no such module; 3 differences were found (and, with ``--repair``, remain);
 4 and 5 as for every command (``hamirror.cli.common``).
 """
 
@@ -12,7 +12,7 @@ import json
 import sys
 
 from hamirror.cli.common import DIFFERENT, CommandError
-from hamirror.cli.ops import _ask, _socket
+from hamirror.cli.ops import _ask, _socket, refusal_code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def run_verify(args: argparse.Namespace) -> int:
                                   "timeout": args.timeout}, args.timeout + 30)
     outcome = answer.get("verify")
     if not isinstance(outcome, dict):
-        raise CommandError(f"verify {args.module}: {answer.get('error') or 'refused'}")
+        raise CommandError(f"verify {args.module}: {answer.get('error') or 'refused'}", refusal_code(answer))
     print(json.dumps(outcome, indent=1) if args.json else render(args.module, outcome))
     if outcome["result"] == "failed":
         print(f"hamirror: verify {args.module} failed: {outcome.get('error')}", file=sys.stderr)

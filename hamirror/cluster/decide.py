@@ -61,6 +61,8 @@ HANDED_OVER = ("the peer is not heard during a swap's hand-over: it may be promo
                "on its silence (`hamirror prim` if it is really gone)")
 PEER_LEASED = ("the primary is not heard, yet the witness refuses this node and hears the primary holding the "
                "lease (a one-way loss, or a partition): it may go on alone; marking this copy stale so that it does")
+STALE_AFTER_RESYNC = ("the peer marked its copy stale after the resync to it ended (it lost this node's "
+                      "heartbeats meanwhile): resyncing it again")
 ALONE_UNDER_PRIM = "the mount is ALONE while the module was PRIM: now ALONE, a resync follows"
 RESUMED = ("the witness grants the lease again and the peer has not held it since this node did: "
            "taking over again")
@@ -431,11 +433,32 @@ def _send_resync(view: ModuleView) -> Decision:
     if view.resync is ResyncStatus.DONE:
         if view.peer.state is S.SECOND:   # the peer saw the end too: mirror synchronously
             return steps.move(S.PRIM, SetMirroring(True))
+        if _stale_after_resync(view):
+            # The mount streams since the end (PRIM): back to ALONE (a new generation, by the
+            # mount, as it leaves a live mirror), then a pass over what changed since.
+            return steps.stay(view, SetMirroring(False), NewGeneration(), StartResync(full=False),
+                              warning=STALE_AFTER_RESYNC)
         return steps.stay(view)
     if view.resync is ResyncStatus.RUNNING:
         return steps.stay(view)
     warning = "resync failed: resuming" if view.resync is ResyncStatus.FAILED else None
     return steps.stay(view, StartResync(full=full), warning=warning)
+
+
+def _stale_after_resync(view: ModuleView) -> bool:
+    """Our resync to the peer is done, yet the peer says WAIT, stale, on our very generation, and
+    has had time to say otherwise (``resync_settled``): it marked its copy stale after adopting
+    it (PEER_LEASED: it lost our heartbeats as the resync ended), so it will never become SECOND
+    by itself; only a new pass clears the mark. Right after the end its heartbeat may still be
+    one from before it: the old generation, or our generation with the flag not yet set (one
+    directory of several adopted first, or read between the receiver's two journal writes);
+    the settle time keeps those from starting passes, so passes cannot follow one another by
+    themselves: each answers a new stale mark, i.e. a new loss of our heartbeats. A peer that
+    stays stale whatever we copy (a journal it cannot write) gets a pass no more often than a
+    failed resync would (the runner's backoff, also in ``resync_settled``)."""
+    peer = view.peer
+    return (view.resync_settled and peer.alive and peer.state is S.WAIT and not peer.uptodate
+            and view.relation is Relation.SAME)
 
 
 AUTOMATIC: dict[NodeState, Callable[[ModuleView], Decision]] = {

@@ -23,15 +23,17 @@ import math
 import os
 from collections.abc import Callable, Mapping
 
+from hamirror import versions
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
+from hamirror.config import digest
 from hamirror.secretfile import read_secret
 
 MAX_DATAGRAM = 8192
 MAC_SIZE = 32
 MIN_KEY_SIZE = 32
 MAX_KEY_SIZE = 4096
-VERSION = 1
+VERSION = versions.HEARTBEAT_PROTOCOL
 MAX_NAME = 64
 BOOTS_REMEMBERED = 16       # per sender: (boot, network) pairs whose counters block replays
 
@@ -48,6 +50,7 @@ class Reason(enum.Enum):
     WRONG_NETWORK = "wrong_network"
     REPLAY = "replay"
     SKEW = "skew"
+    VERSION = "version"       # a protocol newer than this node knows (docs/upgrade.md)
 
 
 class HeartbeatRejected(Exception):
@@ -56,6 +59,14 @@ class HeartbeatRejected(Exception):
     def __init__(self, reason: Reason, detail: str = "") -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
+
+
+class NewerProtocol(HeartbeatRejected):
+    """An authentic heartbeat in a protocol newer than this node's: what it said of itself."""
+
+    def __init__(self, protocol: int, software: str | None, node: str | None) -> None:
+        super().__init__(Reason.VERSION, versions.newer_protocol("heartbeat", protocol, VERSION, software))
+        self.protocol, self.software, self.node = protocol, software, node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +99,9 @@ class Heartbeat:
     modules: Mapping[str, ModuleInfo] = dataclasses.field(default_factory=dict)
     network: int = 0
     echo: tuple[str, int] | None = None
+    software: str | None = None          # the sender's release; None: 0.2.0, which did not send it
+    config: str | None = None            # digest of the cluster file's shared part (config.digest)
+    module_config: Mapping[str, str] = dataclasses.field(default_factory=dict)   # digest per module
 
 
 def new_boot_id() -> str:
@@ -116,7 +130,8 @@ def sign(body: bytes, key: bytes) -> bytes:
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
-    """Serialise and sign; ValueError if the datagram would exceed 8 KiB."""
+    """Serialise and sign; ValueError if the datagram would exceed 8 KiB. The module digests
+    are left out when they would not fit (many modules): the modules' states come first."""
     body = {
         "v": VERSION, "c": hb.cluster, "n": hb.node, "b": hb.boot_id, "s": hb.counter,
         "t": hb.timestamp, "i": hb.network,
@@ -126,8 +141,13 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
                      **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
         **({"e": list(hb.echo)} if hb.echo is not None else {}),
+        **({"sv": hb.software} if hb.software else {}),
+        **({"cc": hb.config} if hb.config else {}),
     }
-    data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
+    data = sign(json.dumps({**body, **({"cm": dict(hb.module_config)} if hb.module_config else {})},
+                           separators=(",", ":")).encode(), key)
+    if len(data) > MAX_DATAGRAM and hb.module_config:
+        data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
     if len(data) > MAX_DATAGRAM:
         raise ValueError(f"heartbeat of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     return data
@@ -155,8 +175,14 @@ def _text(value: object, limit: int = MAX_NAME) -> str:
 
 
 def _parse(obj: dict) -> Heartbeat:
-    if not isinstance(obj, dict) or obj.get("v") != VERSION:
-        raise ValueError("not a version 1 heartbeat")
+    if not isinstance(obj, dict) or type(obj.get("v")) is not int:
+        raise ValueError("no protocol version")
+    if obj["v"] > VERSION:       # authentic (the MAC passed): say who, never guess at the rest
+        node = obj.get("n")
+        raise NewerProtocol(obj["v"], versions.valid_text(obj.get("sv")),
+                            node if isinstance(node, str) and 0 < len(node) <= MAX_NAME else None)
+    if obj["v"] != VERSION:
+        raise ValueError(f"not a version {VERSION} heartbeat")
     counter, timestamp, modules, network = obj["s"], obj["t"], obj["m"], obj["i"]
     if type(counter) is not int or counter < 0 or type(network) is not int or network < 0:
         raise ValueError("bad counter or network")
@@ -167,7 +193,17 @@ def _parse(obj: dict) -> Heartbeat:
     return Heartbeat(cluster=_text(obj["c"]), node=_text(obj["n"]), boot_id=_text(obj["b"]),
                      counter=counter, timestamp=float(timestamp),
                      modules={_text(k): _module(v) for k, v in modules.items()},
-                     network=network, echo=_echo(obj.get("e")))
+                     network=network, echo=_echo(obj.get("e")), software=versions.valid_text(obj.get("sv")),
+                     config=digest.valid(obj.get("cc")), module_config=_digests(obj.get("cm")))
+
+
+def _digests(value: object) -> dict[str, str]:
+    """The module digests; optional fields added after 0.2.0 that do not validate count as not
+    sent (a newer release's slip must not make its heartbeats, and so the peer, look lost)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: d for k, v in value.items() if isinstance(k, str) and 0 < len(k) <= MAX_NAME
+            and (d := digest.valid(v)) is not None}
 
 
 def _echo(value: object) -> tuple[str, int] | None:
@@ -211,6 +247,7 @@ class Validator:
         self._last: dict[str, collections.OrderedDict[tuple[str, int], int]] = {}
         self.heard: dict[str, tuple[str, int]] = {}
         self._boots: dict[str, collections.OrderedDict[str, None]] = {}   # boot ids seen, newest last
+        self.newer: NewerProtocol | None = None   # the last refusal for a newer protocol, until heard again
 
     def accept(self, data: bytes, now_wall: float, network: int = 0, echo_age: EchoAge | None = None) -> Heartbeat:
         """Decode and validate ``data`` received on ``network`` at wall time ``now_wall``;
@@ -220,7 +257,10 @@ class Validator:
             hb = self._check(decode(data, self.key), now_wall, network, echo_age)
         except HeartbeatRejected as exc:
             self.rejected[exc.reason] += 1
+            if isinstance(exc, NewerProtocol) and exc.node in self.peers:   # our peer's, not a stranger's
+                self.newer = exc
             raise
+        self.newer = None
         boots = self._last.setdefault(hb.node, collections.OrderedDict())
         boots[(hb.boot_id, network)] = hb.counter
         boots.move_to_end((hb.boot_id, network))

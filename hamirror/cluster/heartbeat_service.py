@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from hamirror import audit
+from hamirror import audit, versions
 from hamirror.cluster.heartbeat import (
-    Heartbeat, HeartbeatRejected, ModuleInfo, Validator, encode, new_boot_id,
+    Heartbeat, HeartbeatRejected, ModuleInfo, NewerProtocol, Validator, encode, new_boot_id,
 )
+from hamirror.config.digest import ConfigDigests
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -61,6 +62,11 @@ class HeartbeatService:
         # Called when the peer advertises something new for a module (a state, a swap phase):
         # the agent decides at once instead of at its next tick (a swap's second half waits on it).
         self.on_peer_change: Callable[[], None] | None = None
+        # Called with every heartbeat accepted from the peer, as it arrives (the agent compares
+        # configurations and releases: hamirror/agent/agreement.py).
+        self.on_heard: Callable[[Heartbeat], None] | None = None
+        # This node's configuration digests (hamirror/config/digest.py), sent with every heartbeat.
+        self.digests: ConfigDigests | None = None
         self._transports: list[asyncio.DatagramTransport] = []
         self._task: asyncio.Task | None = None
 
@@ -90,8 +96,11 @@ class HeartbeatService:
         while len(self.sent) > SENT_REMEMBERED:
             self.sent.popitem(last=False)
         modules, wall, echo = dict(self.modules()), self.wall(), self.validator.echo_for(self.peer)
+        digests = self.digests or ConfigDigests(None, {})
+        module_config = {name: d for name, d in digests.modules.items() if d is not None}
         for index, (transport, addr) in enumerate(zip(self._transports, self.peers)):
-            hb = Heartbeat(self.cluster, self.node, self.boot_id, self.counter, wall, modules, index, echo)
+            hb = Heartbeat(self.cluster, self.node, self.boot_id, self.counter, wall, modules, index, echo,
+                           versions.SOFTWARE, digests.cluster, module_config)
             try:
                 transport.sendto(encode(hb, self.key), addr)
             except Exception as exc:  # noqa: BLE001 - one network's failure must not stop others
@@ -116,6 +125,11 @@ class HeartbeatService:
             return
         self.last_seen[index] = self.clock()
         previous, self.peer_heartbeat = self.peer_heartbeat, hb
+        if self.on_heard is not None:
+            try:
+                self.on_heard(hb)
+            except Exception:  # noqa: BLE001 - a listener's bug must not cost the peer's liveness
+                log.exception("heartbeat listener failed")
         if self.on_peer_change is not None and (previous is None or previous.modules != hb.modules):
             self.on_peer_change()
 
@@ -148,6 +162,11 @@ class HeartbeatService:
                  "age": None if t is None else now - t,
                  "up": t is not None and now - t <= self.timeout}
                 for b, p, t in zip(self.bind, self.peers, self.last_seen)]
+
+    @property
+    def newer(self) -> NewerProtocol | None:
+        """The last heartbeat refused for a newer protocol, until the peer is understood again."""
+        return self.validator.newer
 
     @property
     def rejected(self) -> dict[str, int]:

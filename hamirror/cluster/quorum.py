@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterable
 from hamirror.cluster.heartbeat import (
     MAC_SIZE, HeartbeatRejected, Validator, new_boot_id, sign,
 )
+from hamirror.durablefile import write_json
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -346,18 +347,7 @@ def load_last_holder(path: str, nodes: frozenset[str]) -> str | None:
 
 def save_last_holder(path: str, node: str) -> None:
     """Write ``{"last": node}`` atomically and durably."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump({"last": node}, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_json(path, {"last": node}, mode=0o644, dir_mode=0o755)
 
 
 async def open_witness(bind: Address, cluster: str, nodes: Iterable[str], key: bytes,

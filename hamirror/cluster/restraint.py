@@ -11,6 +11,9 @@ by staying where the module is, with a warning that says what was held back and 
   copy stale, resyncs, ALONE <-> PRIM, and the two halves of an operator's swap.
 - **Damping** (``view.failovers.damped``) holds failovers only: takeovers, hand-overs and
   step-downs after a failure. Checker restarts and remounts in place go on.
+- **Standby** (``view.standby``, ``hamirror node standby``) holds every automatic promotion on
+  this node (a takeover, a cold start, a return from WAIT): the operator keeps the service off
+  it. The halves of a swap typed by an operator, and a forced ``prim``, still go through.
 - **Data safety first.** Neither holds back a primary that must stop acknowledging writes: its
   peer is primary, or it is cut off from its peer and the witness refuses. It steps down as
   always (writes refused first): an application left running there would write data that is
@@ -28,6 +31,7 @@ from hamirror.cluster.view import ModuleView, SwapPhase
 S = NodeState
 
 MAINTENANCE = "maintenance (`hamirror maintenance off {module}` to resume)"
+STANDBY = "this node is in standby (`hamirror node online` to allow the service here again)"
 DAMPED = ("failover damped: {recent} failover(s) within {window:g} s, limit {max} "
           "(`hamirror clear {module}` to allow failovers again)")
 
@@ -63,6 +67,8 @@ def restrain(view: ModuleView, decision: Decision) -> Decision:
     decision = dataclasses.replace(decision, failover=kind)
     if must_stop_acknowledging(view):
         return decision
+    if view.standby and not in_swap(view) and decision.state.is_primary and not view.state.is_primary:
+        return _hold(view, decision, STANDBY)
     if view.maintenance and not in_swap(view) and any(map(touches_service, decision.actions)):
         return _hold(view, decision, MAINTENANCE.format(module=view.module))
     if view.failovers.damped and kind is not None:

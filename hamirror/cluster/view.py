@@ -155,9 +155,14 @@ class ModuleView:
     this tenure: the peer has not held it since, so it cannot have acted alone meanwhile.
     ``peer_leased``: the witness's latest answer says the peer holds the lease and asked for it
     within two intervals: an unheard peer that is alive and may go on alone (a one-way loss).
-    ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
+    ``standby``: the operator keeps every module off this node (``hamirror node standby``): no
+    automatic promotion here. ``peer_asks``: the witness's latest fresh answer lists the peer among the nodes it heard within
     its lease: an unheard peer may still be alive (cut one way from this node), so a forced
-    ``prim`` here could run beside it.
+    ``prim`` here could run beside it. ``resync_settled``: this node's resync to the peer has been
+    DONE long enough (a few heartbeat intervals) for the peer's heartbeats to show the end, so a
+    peer that still says WAIT, stale, on our generation marked its copy stale after the end; and
+    the last pass was asked for long enough ago that a new one may start (the failed resync's
+    backoff).
     """
 
     module: str
@@ -177,9 +182,11 @@ class ModuleView:
     fence_script: bool = False
     app_stopped: bool = False     # a data-path repair stopped the application; start it once writable
     maintenance: bool = False
+    standby: bool = False         # the operator put this node in standby (`hamirror node standby`)
     failovers: FailoverHealth = FailoverHealth()
     listened: bool = True
     linked: bool = False
     vouched: bool = False
     peer_leased: bool = False
     peer_asks: bool = False
+    resync_settled: bool = False

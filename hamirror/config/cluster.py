@@ -17,6 +17,7 @@ from hamirror.secretfile import refuse_shared
 BELIEF = 0.25     # hamirror.cluster.quorum.BELIEF (config is below cluster: it may not import it)
 
 NODE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+EVENT_KIND = r"[a-z][a-z0-9-]*"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ class FenceConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """The notify hook: ``script`` run for each event of ``kinds`` (all when empty), killed after
+    ``timeout`` seconds (hamirror.agent.notify)."""
+
+    script: str | None = None
+    kinds: tuple[str, ...] = ()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The status API's listening endpoint; ``token_file``: bearer token every data request must carry;
     ``console_actions``: whether the web console may run operator commands (needs the token)."""
@@ -116,6 +127,7 @@ class ClusterConfig:
     http: HttpConfig | None
     nodes: tuple[NodeConfig, NodeConfig]
     fence: FenceConfig = FenceConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def availability_first(self) -> bool:
@@ -178,7 +190,7 @@ def path_field(base: str, default: str) -> Field:
 def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> ClusterConfig:
     """Build the ClusterConfig from a parsed cluster file, reporting every problem to ``errors``."""
     base = os.path.dirname(os.path.abspath(path))
-    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes", "fence"))
+    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes", "fence", "notify"))
     main = schema.read_table(errors, schema.section(errors, doc, "cluster", True) or {}, "cluster.", {
         "name": Field(schema.string(NODE_NAME, "letters, digits, '_', '.' or '-'")),
         "node": Field(schema.string(NODE_NAME, "a node name"), None),
@@ -213,7 +225,7 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
     if fence.script is not None and not os.access(fence.script, os.X_OK):
         errors.add("fence.script", f"{fence.script} is not an executable file")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
-                            nodes=_nodes(errors, doc), fence=fence, **main)
+                            nodes=_nodes(errors, doc), fence=fence, notify=_notify(errors, doc, base), **main)
     modules_dir = main["modules_dir"]
     if modules_dir is not None and not os.path.exists(modules_dir):
         errors.add("cluster.modules_dir", f"{modules_dir} does not exist (create it: mkdir -p {modules_dir}; "
@@ -226,6 +238,20 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
         except ConfigError as exc:
             errors.items.append(exc)
     return cluster
+
+
+def _notify(errors: ErrorList, doc: Mapping[str, Any], base: str) -> NotifyConfig:
+    values = schema.read_table(errors, schema.section(errors, doc, "notify", False) or {}, "notify.", {
+        "script": path_field(base, None),
+        "kinds": Field(schema.list_of(schema.string(EVENT_KIND, "an event kind (see `hamirror events`)")), ()),
+        "timeout": Field(schema.number(greater_than=0), NotifyConfig.timeout),
+    })
+    notify = NotifyConfig(**{**values, "kinds": tuple(values["kinds"] or ())})
+    if notify.script is not None and not (os.path.isfile(notify.script) and os.access(notify.script, os.X_OK)):
+        errors.add("notify.script", f"{notify.script} is not an executable file")
+    if notify.kinds and notify.script is None:
+        errors.add("notify.kinds", "needs notify.script")
+    return notify
 
 
 def _heartbeat(errors: ErrorList, doc: Mapping[str, Any]) -> HeartbeatConfig:

@@ -78,6 +78,27 @@ def pids_of(paths: LabPaths, node: str, what: str | None = None, app: chaos_apps
     return found
 
 
+def resume(pids: list[int], settle: float = 1.0) -> None:
+    """SIGCONT ``pids`` as a VM resume would: none stays stopped. A parent that mirrors its child's
+    stop (``runuser``, ``su``: continued before its child, it sees the child stopped and stops
+    itself again) is continued again while ``settle`` lasts; a paused VM sends no signal at all."""
+    _signal(list(reversed(pids)), signal.SIGCONT)
+    deadline, calm_since = time.monotonic() + settle, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - calm_since < settle / 3:
+        time.sleep(0.05)
+        stopped = [pid for pid in pids if _stopped(pid)]
+        if stopped:
+            _signal(stopped, signal.SIGCONT)
+            calm_since = time.monotonic()
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
+
 def _signal(pids: list[int], sig: int) -> list[int]:
     done = []
     for pid in pids:
@@ -131,7 +152,7 @@ class Injector:
         return stopped
 
     def thaw(self) -> None:
-        _signal(self.frozen, signal.SIGCONT)
+        resume(self.frozen)
         self.frozen = []
 
     def swap(self, node: str, ev: Event) -> None:

@@ -23,7 +23,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from hamirror.link import keys
-from hamirror.link.protocol import ERROR, Op, ProtocolError, Times, decode_reply, encode
+from hamirror.link.protocol import ERROR, VERSION, Op, ProtocolError, Times, decode_reply, encode, parse_hello_answer
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class LinkClient:
         self._held: _Held | None = None          # the newest submitted, kept back for a merge
         self.bytes_sent = 0
         self.ops_sent = 0
+        self.peer_versions: tuple[int, str] | None = None   # the receiver's (link protocol, release)
         self._last_send = time.monotonic()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
@@ -108,12 +109,15 @@ class LinkClient:
 
     def hello(self, timeout: float, flags: int = 0) -> None:
         """Start the session; raise PeerLost if the peer does not answer within ``timeout``."""
-        ticket = self.submit(Op.HELLO, (1, flags))
+        ticket = self.submit(Op.HELLO, (VERSION, flags))
         if not ticket.wait(timeout):
             raise PeerLost(f"peer {self.endpoint} did not answer within {timeout:g}s "
                            "(is 'hamirror mirror receive' running there, and does it trust this node's key?)")
         if ticket.error:
             raise PeerLost(ticket.error)
+        self.peer_versions = parse_hello_answer(ticket.payload)
+        log.info("session with %s: the receiver runs hamirror %s (link protocol %d)", self.endpoint,
+                 self.peer_versions[1], self.peer_versions[0])
 
     def submit(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
                times: tuple[Times, ...] = (), data: bytes | None = None,

@@ -17,12 +17,15 @@ not exactly one of the operations below with well-formed, bounded fields and saf
 from __future__ import annotations
 
 import enum
+import json
 import stat
 import struct
 from dataclasses import dataclass
 
+from hamirror import versions
+
 MAGIC = b"hm"
-VERSION = 1
+VERSION = versions.LINK_PROTOCOL   # the header's version byte and HELLO's first integer
 PATH_MAX = 4096
 NAME_MAX = 255
 MAX_DATA = 16 * 1024 * 1024        # the kernel hands us at most 1 MiB per write; leave room
@@ -232,6 +235,8 @@ def decode(frames: list) -> Message:
     magic, version, opcode, session, seq = r.unpack(_HEAD)
     if magic != MAGIC:
         raise ProtocolError("bad magic")
+    if version > VERSION:
+        raise ProtocolError(versions.newer_protocol("link", version, VERSION, None))
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
     try:
@@ -347,6 +352,36 @@ def decode_reply(frames: list) -> Reply:
     if not 1 <= len(frames) <= 2 or len(frames[0]) != _REPLY.size:
         raise ProtocolError("malformed reply")
     magic, version, status, seq, err = _REPLY.unpack(bytes(frames[0]))
+    if magic == MAGIC and version > VERSION:
+        raise ProtocolError(versions.newer_protocol("link", version, VERSION, None))
     if magic != MAGIC or version != VERSION or status not in (OK, ERROR):
         raise ProtocolError("malformed reply")
     return Reply(seq, status, err, bytes(frames[1]) if len(frames) == 2 else b"")
+
+
+# The HELLO's answer -----------------------------------------------------------------------------
+# Since the release after 0.2.0: the receiver answers a HELLO with its versions (JSON); 0.2.0
+# answered nothing, and a 0.2.0 sender ignores the payload. The HELLO itself keeps 0.2.0's form (ints: version, flags),
+# which a 0.2.0 receiver checks exactly.
+MAX_HELLO_ANSWER = 256
+
+
+def hello_answer() -> bytes:
+    """What a receiver says of itself in its answer to a HELLO."""
+    return json.dumps({"link": VERSION, "software": versions.SOFTWARE}, separators=(",", ":")).encode()
+
+
+def parse_hello_answer(payload: bytes) -> tuple[int, str]:
+    """``(link protocol, software)`` of the receiver from its HELLO answer; an empty or unreadable
+    answer is a 0.2.0 receiver's (protocol 1). Never raises: the payload comes from the network."""
+    if not payload:
+        return 1, versions.PREVIOUS_RELEASE
+    try:
+        doc = json.loads(payload) if len(payload) <= MAX_HELLO_ANSWER else None
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        return 1, "unknown"
+    link = doc.get("link")
+    return (link if type(link) is int and 0 < link < 256 else 1,
+            versions.valid_text(doc.get("software")) or "unknown")

@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass, field
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hamirror import versions
 from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import keys
 from hamirror.link.apply import Applier, changed_paths
-from hamirror.link.protocol import (ERROR, HELLO_RESYNC, MAX_FRAME, QUERIES, Message, Op, ProtocolError,
-                                    decode, decode_reply, encode_reply)
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, MAX_FRAME, QUERIES, VERSION, Message, Op, ProtocolError,
+                                    decode, decode_reply, encode_reply, hello_answer)
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,10 @@ class Receiver:
 
     def _hello(self, msg: Message) -> list[bytes]:
         version, flags = msg.ints
-        if version != 1 or msg.session == 0 or flags & ~HELLO_RESYNC:
+        if version > VERSION:     # a newer sender: say so plainly (docs/upgrade.md), never guess
+            return self._refuse(msg.seq, errno.EPROTONOSUPPORT,
+                                versions.newer_protocol("link", version, VERSION, None))
+        if version != VERSION or msg.session == 0 or flags & ~HELLO_RESYNC:
             return self._refuse(msg.seq, errno.EPROTONOSUPPORT, "unsupported HELLO")
         if flags & HELLO_RESYNC:
             self.answers.resync_started()   # durable before anything of the resync is applied
@@ -261,7 +265,7 @@ class Receiver:
         self.stats.next_seq = msg.seq + 1
         log.info("session %x started%s", msg.session, " for a resync" if flags & HELLO_RESYNC else "")
         self.write_status()
-        return encode_reply(msg.seq)
+        return encode_reply(msg.seq, payload=hello_answer())
 
     def _note(self, msg: Message) -> None:
         """Record the paths an operation changed (acknowledged only once durable: _acknowledge)."""

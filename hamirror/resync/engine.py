@@ -86,9 +86,10 @@ class ResyncEngine:
         self._hints: dict[str, Meta | None] = {}   # the peer's entry as its parent's listing showed
         self._unacked: collections.deque = collections.deque()   # (last ticket, path, bytes done)
         self._peer_paths: set[str] = set()    # changed on the peer: compare whole files
-        self._peer_dirs: set[str] = set()     # ancestors of those (keep-aside of whole trees)
+        self._peer_dirs: set[str] = set()     # ancestors of those (a tree only the peer has goes aside whole)
         self._named: set[str] = set()         # scan: paths either journal names, compared whatever their metadata
         self._unsynced: set[str] = set()      # the peer lost them in a crash: compare whole, always
+        self._set_aside: set[str] = set()     # done by the interrupted run this one resumes
 
     # driver ----------------------------------------------------------------------------------
 
@@ -104,21 +105,23 @@ class ResyncEngine:
         self._add_unsynced(peer, candidates)
         resync_id = self._resync_id(peer)
         resumed = self.journal.resync_begin(resync_id, self.progress.total_bytes, len(candidates))
-        done = (self.journal.resync_done_paths() if resumed else set()) - self._unsynced
+        # Resuming visits every path again, as a new run would (docs/resync.md, "An interrupted
+        # resync"): a done mark only says the entry was right on the peer when it was marked,
+        # not that its subtree is (a scan reaches children through their directory's listing)
+        # nor that it still is (written since, while ALONE). What it does prove: whatever the
+        # peer had there of its own was set aside already; our copy is not set aside again.
+        self._set_aside = self.journal.resync_done_paths() if resumed else set()
         self.repl.begin_sync(self.client, candidates)
         for path in candidates:
             heapq.heappush(self._heap, path)
-        log.info("resync %s: %d path(s) to visit (%s)", resync_id, len(candidates), self.progress.mode)
+        log.info("resync %s%s: %d path(s) to visit (%s)", resync_id,
+                 f" resumed ({len(self._set_aside)} path(s) done before, visited again)" if resumed else "",
+                 len(candidates), self.progress.mode)
         while True:
             path = self._next_pending()
             if path is None:
                 if self._finish():
                     return
-                continue
-            if path in done and path != ".":
-                with self.repl.lock:
-                    self.repl.pending.discard(path)
-                self._touched(path)   # the interrupted run may have created it: fix the parent's times
                 continue
             self._sync_path(path)
 
@@ -234,8 +237,8 @@ class ResyncEngine:
         theirs = None
         if listing_q is not None:
             theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
-        if ours is not None:
-            self._record_children(path, ours, theirs or {} if remote is not None else {})
+        if ours is not None:   # the peer's children stay only if its directory does (same kind)
+            self._record_children(path, ours, {} if self._replaced(path, local, remote) else theirs or {})
         with self.repl.lock:
             local = meta_at(self.root, path)
             remote = self._shape(path, local, remote)
@@ -278,7 +281,7 @@ class ResyncEngine:
             return remote
         relink = local is not None and local.kind == "file" and self._linked_elsewhere(path, local)
         aside = self._aside(path)
-        if remote is not None and (local is None or relink or aside or not _same_kind(local, remote)):
+        if self._replaced(path, local, remote):
             self._submit(Op.REMOVE, (1 if aside else 0,), path)
             self._touched(path)
             remote = None
@@ -295,9 +298,25 @@ class ResyncEngine:
             self._submit(Op.CREATE, (local.mode, local.uid, local.gid, local.rdev), path)
         return None
 
+    def _replaced(self, path: str, local: Meta | None, remote: Meta | None) -> bool:
+        """The peer's entry goes (removed or set aside) before ours is made: missing here, of
+        another kind, a hard link to make again, or the peer's own change. A directory both sides
+        have never goes whole: like the directory itself, it is compared entry by entry and what
+        the peer changed in it is set aside path by path (setting a database's directory aside
+        for one changed file would copy the whole database again, and keep a second one)."""
+        if path == "." or remote is None:
+            return False
+        if local is None or not _same_kind(local, remote):
+            return True
+        if local.kind == "dir":
+            return False
+        return (local.kind == "file" and self._linked_elsewhere(path, local)) or self._aside(path)
+
     def _aside(self, path: str) -> bool:
-        """Split brain: the peer changed this path (or something below it) on its own: keep it aside."""
-        return self.keep_aside and (path in self._peer_paths or path in self._peer_dirs)
+        """Split brain: the peer changed this path (or something below it) on its own: keep it aside
+        (once: after a resumed run's done mark, what the peer holds there is our copy)."""
+        return (self.keep_aside and (path in self._peer_paths or path in self._peer_dirs)
+                and path not in self._set_aside)
 
     def _linked_elsewhere(self, path: str, local: Meta) -> bool:
         """A hard link whose inode an earlier path already carried to the peer."""
@@ -330,6 +349,7 @@ class ResyncEngine:
         remove, create or copy on the peer (found by listing, so in no journal yet), before
         anything is sent for them: if the resync is interrupted, the next one visits them again
         and compares them whole, even if a partial copy left them looking alike (finding 3).
+        Every child when the peer's entry is replaced (another kind: ``theirs`` empty).
         Done outside the ordering lock: a superset of what hold 2 then queues."""
         children = [_join(path, n) for n in sorted(set(theirs) - set(ours))]
         children += [_join(path, n) for n, m in ours.items()

@@ -2,9 +2,10 @@
 
 Colours are decided here, once: *healthy* only for PRIM with an up-to-date SECOND streaming, and
 for that SECOND; ALONE, WAIT, a SECOND not up to date, a mirror that is not streaming, a failed
-checker, a command under way, maintenance and flap damping are *degraded*; a split brain or an
-error is *failed*; STOP is *stopped*. A node whose document could not be fetched is UNREACHABLE
-(with since when), and nothing of its last state is shown.
+checker, a command under way, maintenance, flap damping and a configuration that differs from the
+peer's are *degraded*; a split brain or an error is *failed*; STOP is *stopped*. A node whose
+document could not be fetched is UNREACHABLE (with since when), and nothing of its last state is
+shown.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def health(m: dict) -> tuple[str, str]:
         return "degraded", "maintenance: checkers and automatic failover suspended"
     if failovers.get("damped"):
         return "degraded", "failovers held back (flap damping)"
+    if (m.get("config") or {}).get("warning"):
+        return "degraded", m["config"]["warning"]
     return "healthy", "mirrored" if state in ("PRIM", "SECOND") else str(state)
 
 
