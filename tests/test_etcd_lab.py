@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hamirror.lab import kvclient, measure
+from hamirror.lab import etcdlab, kvclient, measure
 from tests.agent_lab import LAB_MARKS, agents_lab, status
 
 pytestmark = LAB_MARKS + [pytest.mark.skipif(__import__("shutil").which("etcd") is None, reason="needs etcd")]
@@ -41,4 +41,7 @@ def test_power_kill_of_the_primary_node2_takes_over_with_etcd(lab):
     assert d2["witness"]["token"] > d1["witness"]["token"]
     assert [m["state"] for m in d2["modules"]] == ["ALONE"]
     assert kvclient.missing(lab.paths, keys) == set()
+    # The killed member comes back and the cluster is whole again.
+    assert lab.cli("boot", "etcd1").returncode == 0
+    etcdlab.wait_healthy(lab.paths, 30)
     print(f"etcd: power-kill of the primary to the first acknowledged write: {seconds:.2f} s")

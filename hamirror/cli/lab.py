@@ -8,7 +8,7 @@ import sys
 
 from hamirror.cli.common import CommandError
 from hamirror.lab import control, report
-from hamirror.lab.naming import DEFAULT_ROOT, NODES, LabPaths, resolve_root
+from hamirror.lab.naming import DEFAULT_ROOT, ETCD_HOSTS, NODES, LabPaths, resolve_root
 from hamirror.lab.shell import LabError
 
 
@@ -46,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "(unsynced pages of its replicated directories become zeros)")
     kill.set_defaults(func=_kill)
 
-    boot = actions.add_parser("boot", parents=[common], help="reboot a node: fresh mounts, agent started")
-    boot.add_argument("node", choices=NODES)
+    boot = actions.add_parser("boot", parents=[common],
+                              help="reboot a node (fresh mounts, agent started) or an etcd host (its member)")
+    boot.add_argument("node", choices=NODES + ETCD_HOSTS)
     boot.add_argument("--no-agent", action="store_true", help="do not start the agent")
     boot.set_defaults(func=_boot)
 
@@ -130,6 +131,10 @@ def _kill(paths: LabPaths, args: argparse.Namespace) -> int:
 
 @_guard
 def _boot(paths: LabPaths, args: argparse.Namespace) -> int:
+    if args.node in ETCD_HOSTS:
+        control.boot_etcd(paths, args.node)
+        print(f"{args.node}: etcd member started")
+        return 0
     control.boot(paths, args.node, start_agent=not args.no_agent)
     print(f"{args.node}: booted" + ("" if args.no_agent else ", agent started"))
     return 0

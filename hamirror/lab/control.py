@@ -150,6 +150,19 @@ def boot(paths: LabPaths, node: str, start_agent: bool = True) -> None:
         state.save(paths, recorded)
 
 
+def boot_etcd(paths: LabPaths, host: str) -> None:
+    """Start a killed etcd member again (it rejoins the cluster with its data)."""
+    recorded = require(paths)
+    check_host(recorded, host)
+    if host not in etcdlab.HOSTS:
+        raise LabError(f"{host} is not an etcd host ({', '.join(etcdlab.HOSTS)})")
+    running = process.members(paths, host, recorded.started_in(host))
+    if running:
+        raise LabError(f"{host} is running (pids {running}); 'hamirror lab kill {host}' first")
+    recorded.processes.append(etcdlab.start(paths, host, state="existing"))
+    state.save(paths, recorded)
+
+
 def start_agent(paths: LabPaths, node: str) -> None:
     """Start a running node's agent again after it died (what systemd's Restart= does on a real node)."""
     recorded = require(paths)

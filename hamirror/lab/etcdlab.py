@@ -3,7 +3,7 @@ only, like the witness), that the nodes use as their quorum (``[quorum] etcd``).
 
 Members listen on their host's address (198.18.0.251-253, ports 2379 for clients and 2380 between
 members), keep their data in ``ROOT/etcdN/data`` and log to ``ROOT/etcdN/log/etcd.log``; ``lab kill
-etcdN`` kills one, ``lab down`` all. etcd's default timing (heartbeat 100 ms, election 1 s).
+etcdN`` kills one, ``lab boot etcdN`` starts it again, ``lab down`` kills all. etcd's default timing (heartbeat 100 ms, election 1 s).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def command(paths: LabPaths, host: str, state: str = "new") -> list[str]:
             "--logger", "zap", "--log-level", "warn"]
 
 
-def start(paths: LabPaths, host: str) -> Started:
-    """Start the member of ``host`` (it joins the others, or forms the cluster with them)."""
-    return process.start(paths, host, NAME, command(paths, host))
+def start(paths: LabPaths, host: str, state: str = "new") -> Started:
+    """Start the member of ``host``: it forms the cluster with the others (``new``), or rejoins it
+    with its data (``existing``, after ``lab kill``)."""
+    return process.start(paths, host, NAME, command(paths, host, state))
 
 
 def wait_healthy(paths: LabPaths, timeout: float) -> None:
