@@ -17,10 +17,11 @@ cd "$(dirname "$0")/.."
 # own browser download, `playwright install`, is never run).
 # promtool (package prometheus) checks and unit-tests the shipped alert rules; logrotate -d the
 # shipped logrotate file.
-SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter)
+# etcd-server and etcd-client: the etcd quorum backend's tests and `hamirror lab up --etcd`.
+SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
-           postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate; do
+           postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate etcd-server etcd-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -72,6 +72,18 @@ def test_a_shared_cluster_setting_differs_by_section(tmp_path, cluster_edit, sec
     assert differences(ours, theirs, CLUSTER_SECTIONS) == sections
 
 
+def test_etcd_credentials_count_by_presence_only(tmp_path) -> None:
+    """Each node may reach etcd with its own certificate or user; the endpoints and TTL are shared."""
+    for root, user, ttl in ((tmp_path / "a", "hamirror-node1", 10), (tmp_path / "b", "hamirror-node2", 10),
+                            (tmp_path / "c", "hamirror-node1", 6)):
+        quorum = (f'\n[quorum]\netcd = ["https://192.0.2.21:2379"]\netcd_ttl = {ttl}\netcd_user = "{user}"\n'
+                  f'etcd_password_file = "/etc/hamirror/{user}.password"\n')
+        (root / "modules").mkdir(parents=True)
+        (root / "hamirror.toml").write_text(CLUSTER + quorum)
+    a, b, c = (cluster_digest(str(tmp_path / n / "hamirror.toml"), KEY) for n in "abc")
+    assert a == b and differences(a, c, CLUSTER_SECTIONS) == ("quorum",)
+
+
 @pytest.mark.parametrize("module_edit,scripts,sections", [
     ({"port = 8080\n\n[vars]": "port = 8080\ntimeout = 3.0\n\n[vars]"}, None, ("checkers",)),
     ({'interface = "eth0"': 'interface = "ens3"'}, None, ("vip",)),

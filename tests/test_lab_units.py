@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from hamirror.lab import agent, mountns, nodeconfig, state
-from hamirror.lab.naming import LabPaths, prefix_for, resolve_root
+from hamirror.lab.naming import LabPaths, hosts_for, prefix_for, resolve_root
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import LabState, Started
 
@@ -42,6 +42,13 @@ def test_cluster_file_follows_the_schema_and_names_the_node(witness):
     assert ("quorum" in data) is witness
     if witness:
         assert data["quorum"]["witness"] == "198.18.0.254:7402"
+
+
+def test_cluster_file_with_etcd_names_the_three_members():
+    data = tomllib.loads(nodeconfig.cluster_toml("node1", False, etcd=True))
+    assert data["quorum"] == {"etcd": ["http://198.18.0.251:2379", "http://198.18.0.252:2379",
+                                       "http://198.18.0.253:2379"]}
+    assert hosts_for(False, etcd=True)[-3:] == ("etcd1", "etcd2", "etcd3")
 
 
 def test_unknown_module_is_refused_with_its_path():

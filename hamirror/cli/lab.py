@@ -8,7 +8,7 @@ import sys
 
 from hamirror.cli.common import CommandError
 from hamirror.lab import control, report
-from hamirror.lab.naming import DEFAULT_ROOT, NODES, LabPaths, resolve_root
+from hamirror.lab.naming import DEFAULT_ROOT, ETCD_HOSTS, NODES, LabPaths, resolve_root
 from hamirror.lab.shell import LabError
 
 
@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--module", action="append", default=None,
                     help="module folder name under modules/ or a path (repeatable; default: demo)")
     up.add_argument("--witness", action="store_true", help="add a witness host (198.18.0.254) and quorum")
+    up.add_argument("--etcd", action="store_true",
+                    help="add three etcd hosts (198.18.0.251-253) running an etcd cluster, the nodes' quorum")
     up.add_argument("--fence", action="store_true",
                     help="configure a fence script in each node that power-kills the other ('lab kill')")
     up.add_argument("--console", action="store_true",
@@ -44,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "(unsynced pages of its replicated directories become zeros)")
     kill.set_defaults(func=_kill)
 
-    boot = actions.add_parser("boot", parents=[common], help="reboot a node: fresh mounts, agent started")
-    boot.add_argument("node", choices=NODES)
+    boot = actions.add_parser("boot", parents=[common],
+                              help="reboot a node (fresh mounts, agent started) or an etcd host (its member)")
+    boot.add_argument("node", choices=NODES + ETCD_HOSTS)
     boot.add_argument("--no-agent", action="store_true", help="do not start the agent")
     boot.set_defaults(func=_boot)
 
@@ -92,7 +95,7 @@ def _guard(func):
 def _up(paths: LabPaths, args: argparse.Namespace) -> int:
     modules = args.module or ["demo"]
     control.up(paths, modules, witness=args.witness, start_agents=not args.no_agent, timeout=args.timeout,
-               fence=args.fence, console=args.console)
+               fence=args.fence, console=args.console, etcd=args.etcd)
     what = "infrastructure up (no agents)" if args.no_agent else f"{', '.join(modules)}: PRIM on node1, SECOND on node2"
     print(f"lab {paths.root} ({paths.prefix}): {what}")
     return 0
@@ -128,6 +131,10 @@ def _kill(paths: LabPaths, args: argparse.Namespace) -> int:
 
 @_guard
 def _boot(paths: LabPaths, args: argparse.Namespace) -> int:
+    if args.node in ETCD_HOSTS:
+        control.boot_etcd(paths, args.node)
+        print(f"{args.node}: etcd member started")
+        return 0
     control.boot(paths, args.node, start_agent=not args.no_agent)
     print(f"{args.node}: booted" + ("" if args.no_agent else ", agent started"))
     return 0

@@ -204,9 +204,49 @@ class Witness(abc.ABC):
         nodes it heard within its lease: the peer may be alive though this node does not hear it."""
         return False
 
+    def token(self) -> int | None:
+        """The fencing token of this node's current tenure (a number that grows with each new
+        holder), None when it holds none or the backend has no tokens (the UDP witness)."""
+        return None
+
     def status(self) -> dict | None:
         """For ``hamirror status``; None without a witness."""
         return None
+
+
+class LeaseWitness(Witness):
+    """What every lease backend derives from its latest answer (:class:`LeaseView`): whether it
+    vouches for this node, holds the peer alive, heard the peer. Subclasses set ``view``,
+    ``clock``, ``interval``, ``peer``, ``claiming`` and may widen ``freshness`` (how old the
+    holder's last renewal may be and still count as alive: two intervals for the witness)."""
+
+    view: LeaseView
+    clock: Callable[[], float]
+    interval: float
+    peer: str
+    claiming: bool
+
+    @property
+    def freshness(self) -> float:
+        return 2 * self.interval
+
+    def vouches(self, now: float) -> bool:
+        answer = self.view.answer
+        return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
+                and answer.holder == self.view.node and answer.previous == self.view.node)
+
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
+        # A fresh answer about a fresh holder only: a dead peer's lease is still "held" until it
+        # lapses, but its silence at the witness is about ours, not two intervals shorter.
+        answer, at, margin = self.view.answer, self.view.answered_at, 2 * self.interval
+        return (answer is not None and at is not None and self.clock() - at <= margin
+                and answer.holder == self.peer and answer.age is not None and answer.age <= self.freshness
+                and (silence is None or answer.age + margin <= silence))
+
+    def peer_asks(self, now: float) -> bool:
+        answer, at = self.view.answer, self.view.answered_at
+        return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
+                and self.peer in answer.seen)
 
 
 class NoWitness(Witness):
@@ -346,7 +386,7 @@ class _ClientProtocol(asyncio.DatagramProtocol):
         log.debug("witness: %s", exc)
 
 
-class UdpWitness(Witness):
+class UdpWitness(LeaseWitness):
     """Asks the witness at ``endpoint`` on every :meth:`verdict` (once per tick).
 
     ``claim()`` says whether this node needs the lease now (a primary module, or the peer not
@@ -440,24 +480,6 @@ class UdpWitness(Witness):
         # With a margin of one interval: a verdict given now still holds when it is acted on.
         return self.view.holds(self.clock() + self.interval) if claim else False
 
-    def vouches(self, now: float) -> bool:
-        answer = self.view.answer
-        return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
-                and answer.holder == self.node and answer.previous == self.node)
-
-    def peer_holds(self, now: float, silence: float | None = None) -> bool:
-        # A fresh answer about a fresh holder only: a dead peer's lease is still "held" until it
-        # lapses, but its silence at the witness is about ours, not two intervals shorter.
-        answer, at, margin = self.view.answer, self.view.answered_at, 2 * self.interval
-        return (answer is not None and at is not None and self.clock() - at <= margin
-                and answer.holder == self.peer and answer.age is not None and answer.age <= margin
-                and (silence is None or answer.age + margin <= silence))
-
-    def peer_asks(self, now: float) -> bool:
-        answer, at = self.view.answer, self.view.answered_at
-        return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
-                and self.peer in answer.seen)
-
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()
         return {"witness": f"{self.endpoint[0]}:{self.endpoint[1]}", "holds": self.view.holds(now),
@@ -468,9 +490,13 @@ class UdpWitness(Witness):
 
 
 def build(cluster, claim: Callable[[], bool]) -> Witness:
-    """The witness of a :class:`ClusterConfig`: :class:`NoWitness` without ``[quorum] witness``."""
+    """The witness of a :class:`ClusterConfig`: :class:`NoWitness` without ``[quorum] witness``
+    or ``etcd`` (:mod:`etcd_quorum` for the latter)."""
     from hamirror.cluster.heartbeat import load_cluster_key
 
+    if cluster.quorum.etcd is not None:
+        from hamirror.cluster.etcd_quorum import from_config
+        return from_config(cluster, claim, clock=boottime)
     endpoint = cluster.quorum.witness_endpoint if cluster.quorum.witness else None
     if endpoint is None:
         return NoWitness()

@@ -12,6 +12,9 @@ from typing import Any
 from hamirror.config import schema
 from hamirror.config.errors import ConfigError, ErrorList
 from hamirror.config.schema import Field
+from hamirror.secretfile import refuse_shared
+
+BELIEF = 0.25     # hamirror.cluster.quorum.BELIEF (config is below cluster: it may not import it)
 
 NODE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 EVENT_KIND = r"[a-z][a-z0-9-]*"
@@ -40,9 +43,23 @@ class HeartbeatConfig:
 
 @dataclass(frozen=True)
 class QuorumConfig:
-    """Optional witness that breaks ties when the two nodes cannot see each other."""
+    """Optional arbiter that breaks ties when the two nodes cannot see each other: a hamirror
+    witness (``witness``) or an etcd v3 cluster (``etcd``: its client URLs; the other keys say
+    where the lease key lives, its TTL and how to reach etcd securely)."""
 
     witness: str | None = None
+    etcd: tuple[str, ...] | None = None
+    etcd_prefix: str = "/hamirror"
+    etcd_ttl: int = 10
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    etcd_user: str | None = None
+    etcd_password_file: str | None = None
+
+    @property
+    def arbiter(self) -> bool:
+        return self.witness is not None or self.etcd is not None
 
     @property
     def witness_endpoint(self) -> tuple[str, int] | None:
@@ -116,7 +133,7 @@ class ClusterConfig:
     def availability_first(self) -> bool:
         """Neither witness nor fence script: after a full heartbeat timeout of silence a node
         acts alone, so a real partition between the nodes makes two primaries (split brain)."""
-        return self.quorum.witness is None and self.fence.script is None
+        return not self.quorum.arbiter and self.fence.script is None
 
     @property
     def local_name(self) -> str:
@@ -184,8 +201,7 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
         "run_dir": path_field(base, "/run/hamirror"),
     })
     heartbeat = _heartbeat(errors, doc)
-    quorum = QuorumConfig(**schema.read_table(errors, schema.section(errors, doc, "quorum", False) or {}, "quorum.",
-                                              {"witness": Field(schema.endpoint("192.0.2.10:7402"), None)}))
+    quorum = _quorum(errors, doc, base, heartbeat)
     http = None
     if "http" in doc:
         http = HttpConfig(**schema.read_table(errors, schema.section(errors, doc, "http", False) or {}, "http.",
@@ -248,6 +264,51 @@ def _heartbeat(errors: ErrorList, doc: Mapping[str, Any]) -> HeartbeatConfig:
         errors.add("heartbeat.timeout",
                    f"must be a number greater than heartbeat.interval ({values['interval']:g})")
     return HeartbeatConfig(**values)
+
+
+def _quorum(errors: ErrorList, doc: Mapping[str, Any], base: str, heartbeat: HeartbeatConfig) -> QuorumConfig:
+    quorum = QuorumConfig(**schema.read_table(errors, schema.section(errors, doc, "quorum", False) or {}, "quorum.", {
+        "witness": Field(schema.endpoint("192.0.2.10:7402"), None),
+        "etcd": Field(schema.list_of(schema.url(("http", "https"), "https://192.0.2.21:2379")), None),
+        "etcd_prefix": Field(schema.string(r"/[A-Za-z0-9_.\-/]*", "a key path starting with '/'"), "/hamirror"),
+        "etcd_ttl": Field(schema.integer(2, 3600), QuorumConfig.etcd_ttl),
+        "etcd_ca_file": path_field(base, None), "etcd_cert_file": path_field(base, None),
+        "etcd_key_file": path_field(base, None),
+        "etcd_user": Field(schema.string(), None), "etcd_password_file": path_field(base, None),
+    }))
+    if quorum.witness is not None and quorum.etcd is not None:
+        errors.add("quorum.etcd", "set either quorum.witness or quorum.etcd, not both")
+    etcd_keys = ("etcd_prefix", "etcd_ttl", "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_user",
+                "etcd_password_file")
+    if quorum.etcd is None:
+        for key in etcd_keys if "etcd" not in (doc.get("quorum") or {}) else ():
+            if key in (doc.get("quorum") or {}):
+                errors.add(f"quorum.{key}", "has no effect without quorum.etcd")
+        return quorum
+    if quorum.etcd_ttl is not None and quorum.etcd_ttl * BELIEF <= 2 * heartbeat.interval:
+        errors.add("quorum.etcd_ttl", f"too short for heartbeat.interval {heartbeat.interval:g}: a node believes "
+                                      f"it holds the key for a quarter of it, which must outlast two intervals")
+    plain = [url for url in quorum.etcd if url.startswith("http://")]
+    for key in ("etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_password_file"):
+        path = getattr(quorum, key)
+        if path is not None and not os.path.isfile(path):
+            errors.add(f"quorum.{key}", f"{path} is not a file")
+    if (quorum.etcd_cert_file is None) != (quorum.etcd_key_file is None):
+        errors.add("quorum.etcd_key_file" if quorum.etcd_key_file is None else "quorum.etcd_cert_file",
+                   "etcd_cert_file and etcd_key_file go together (a client certificate and its key)")
+    if (quorum.etcd_user is None) != (quorum.etcd_password_file is None):
+        errors.add("quorum.etcd_password_file" if quorum.etcd_password_file is None else "quorum.etcd_user",
+                   "etcd_user and etcd_password_file go together")
+    elif quorum.etcd_password_file is not None and os.path.isfile(quorum.etcd_password_file):
+        try:
+            refuse_shared(quorum.etcd_password_file, os.stat(quorum.etcd_password_file).st_mode, "the etcd password")
+        except ValueError as exc:
+            errors.add("quorum.etcd_password_file", str(exc))
+    secured = [key for key in ("etcd_ca_file", "etcd_cert_file", "etcd_user") if getattr(quorum, key) is not None]
+    if plain and secured:
+        errors.add("quorum.etcd", f"{plain[0]} is plain HTTP, but quorum.{secured[0]} is set: use https:// "
+                                  "endpoints (a password or certificate is for TLS connections)")
+    return quorum
 
 
 def _nodes(errors: ErrorList, doc: Mapping[str, Any]) -> tuple[NodeConfig, ...]:

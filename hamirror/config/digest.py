@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 CLUSTER_SECTIONS = ("cluster", "nodes", "heartbeat", "quorum", "fence")
 MODULE_SECTIONS = ("module", "directories", "vip", "scripts", "restart", "failover", "checkers", "vars", "files")
 SHARED_CLUSTER_KEYS = ("name",)          # of [cluster]: the rest names this node or its paths
+# Of [quorum]: each node may reach etcd with its own certificate or user: counted by presence only.
+NODE_QUORUM_KEYS = ("etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_user", "etcd_password_file")
 OVERALL_HEX, SECTION_HEX = 12, 4
 MAX_WIRE = OVERALL_HEX + 1 + SECTION_HEX * 32
 WIRE = re.compile(rf"[0-9a-f]{{{OVERALL_HEX}}}/(?:[0-9a-f]{{{SECTION_HEX}}}){{0,32}}")
@@ -91,9 +93,13 @@ def cluster_sections(doc: Mapping[str, Any]) -> dict[str, Any]:
     main = doc.get("cluster")
     if isinstance(main, dict):
         found["cluster"] = {k: v for k, v in main.items() if k in SHARED_CLUSTER_KEYS}
-    for name in ("nodes", "heartbeat", "quorum"):
+    for name in ("nodes", "heartbeat"):
         if name in doc:
             found[name] = doc[name]
+    quorum = doc.get("quorum")
+    if quorum is not None:
+        found["quorum"] = {k: (True if k in NODE_QUORUM_KEYS else v) for k, v in quorum.items()} \
+            if isinstance(quorum, dict) else quorum
     fence = doc.get("fence")
     if isinstance(fence, dict):
         found["fence"] = {**{k: v for k, v in fence.items() if k != "script"}, "script": "script" in fence}

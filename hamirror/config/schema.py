@@ -128,6 +128,18 @@ def endpoint(example: str) -> Check:
     return check
 
 
+def url(schemes: tuple[str, ...], example: str) -> Check:
+    """``SCHEME://HOST:PORT`` (no path), ``SCHEME`` among ``schemes``; returned unchanged once checked."""
+    def check(value: Any) -> str:
+        _expect(value, (str,), "a string")
+        match = re.fullmatch(r"([a-z]+)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?", value)
+        if match is None or match.group(1) not in schemes or not 1 <= int(match.group(3)) <= 65535:
+            raise Invalid(f"must be {' or '.join(s + '://HOST:PORT' for s in schemes)}, e.g. \"{example}\" "
+                          f"(got {value!r})")
+        return value.rstrip("/")
+    return check
+
+
 def list_of(item: Check, min_items: int = 1) -> Check:
     """An array whose every element passes ``item``; returned as a tuple."""
     def check(value: Any) -> tuple:

@@ -11,13 +11,13 @@ import os
 import shutil
 
 from hamirror.actions import appprocs
-from hamirror.lab import agent, mountns, netns, nodeconfig, partition, process, state
+from hamirror.lab import agent, etcdlab, mountns, netns, nodeconfig, partition, process, state
 from hamirror.lab.naming import NODES, SWITCH, LabPaths, hosts_for
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import LabState
 
 log = logging.getLogger(__name__)
-ALL_HOSTS = hosts_for(witness=True)
+ALL_HOSTS = hosts_for(witness=True, etcd=True)
 
 
 def _left_up(paths: LabPaths, exc: Exception) -> LabError:
@@ -39,8 +39,11 @@ def check_host(recorded: LabState, host: str, nodes_only: bool = False) -> None:
 
 
 def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents: bool = True,
-       timeout: float = 60.0, fence: bool = False, console: bool = False) -> LabState:
-    """Build the lab; with agents, return once every module is PRIM on node1 and SECOND on node2."""
+       timeout: float = 60.0, fence: bool = False, console: bool = False, etcd: bool = False) -> LabState:
+    """Build the lab; with agents, return once every module is PRIM on node1 and SECOND on node2.
+    ``etcd``: three etcd hosts run an etcd cluster, the nodes' quorum (ready before the agents start)."""
+    if witness and etcd:
+        raise LabError("choose one quorum: --witness or --etcd")
     if state.load(paths) is not None or netns.lab_netns(paths) or mountns.mounts_under(paths.root):
         raise LabError(f"a lab is up at {paths.root} already; run 'hamirror lab down --root {paths.root}' first")
     if start_agents:
@@ -49,10 +52,10 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
     else:
         modules = [m for m in modules if _module_exists(m)]
     _clear_files(paths)
-    recorded = LabState(root=paths.root, prefix=paths.prefix, witness=witness, modules=modules)
+    recorded = LabState(root=paths.root, prefix=paths.prefix, witness=witness, etcd=etcd, modules=modules)
     state.save(paths, recorded)
     try:
-        nodeconfig.write_all(paths, modules, witness, fence, console)
+        nodeconfig.write_all(paths, modules, witness, fence, console, etcd)
         netns.create_switch(paths)
         for host in recorded.hosts:
             netns.create_host(paths, host)
@@ -62,6 +65,11 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
         if witness:
             recorded.processes.append(agent.start_witness(paths))
             state.save(paths, recorded)
+        if etcd:
+            for host in etcdlab.HOSTS:
+                recorded.processes.append(etcdlab.start(paths, host))
+                state.save(paths, recorded)
+            etcdlab.wait_healthy(paths, timeout)
         if start_agents:
             started = []
             for node in NODES:
@@ -140,6 +148,19 @@ def boot(paths: LabPaths, node: str, start_agent: bool = True) -> None:
     if start_agent:
         recorded.processes.append(agent.start(paths, node))
         state.save(paths, recorded)
+
+
+def boot_etcd(paths: LabPaths, host: str) -> None:
+    """Start a killed etcd member again (it rejoins the cluster with its data)."""
+    recorded = require(paths)
+    check_host(recorded, host)
+    if host not in etcdlab.HOSTS:
+        raise LabError(f"{host} is not an etcd host ({', '.join(etcdlab.HOSTS)})")
+    running = process.members(paths, host, recorded.started_in(host))
+    if running:
+        raise LabError(f"{host} is running (pids {running}); 'hamirror lab kill {host}' first")
+    recorded.processes.append(etcdlab.start(paths, host, state="existing"))
+    state.save(paths, recorded)
 
 
 def start_agent(paths: LabPaths, node: str) -> None:

@@ -15,10 +15,13 @@ DEFAULT_ROOT = "/tmp/hamirror-lab"
 NODES = ("node1", "node2")
 CLIENT = "client"
 WITNESS = "witness"
+ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")   # with --etcd: a three-member etcd cluster, one host each
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 SWITCH = "switch"
 BRIDGE = "br0"
 SUBNET_PREFIX = 24
-ADDRESSES = {"node1": "198.18.0.1", "node2": "198.18.0.2", CLIENT: "198.18.0.200", WITNESS: "198.18.0.254"}
+ADDRESSES = {"node1": "198.18.0.1", "node2": "198.18.0.2", CLIENT: "198.18.0.200", WITNESS: "198.18.0.254",
+             "etcd1": "198.18.0.251", "etcd2": "198.18.0.252", "etcd3": "198.18.0.253"}
 VIP = "198.18.0.100"
 WITNESS_PORT = 7402
 # Inside a node's mount namespace, ROOT/NODE/<key> is bound over <value>: the same configured path
@@ -41,9 +44,9 @@ def prefix_for(root: str) -> str:
     return "hm" + hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:6]
 
 
-def hosts_for(witness: bool) -> tuple[str, ...]:
+def hosts_for(witness: bool, etcd: bool = False) -> tuple[str, ...]:
     """The hosts of a lab in creation order (the switch is not a host)."""
-    return NODES + (CLIENT,) + ((WITNESS,) if witness else ())
+    return NODES + (CLIENT,) + ((WITNESS,) if witness else ()) + (ETCD_HOSTS if etcd else ())
 
 
 @dataclass(frozen=True)

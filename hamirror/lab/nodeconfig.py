@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tomllib
 
-from hamirror.lab.naming import ADDRESSES, NODES, NODE_MOUNTS, WITNESS, WITNESS_PORT, LabPaths
+from hamirror.lab.naming import (
+    ADDRESSES, ETCD_CLIENT_PORT, ETCD_HOSTS, NODE_MOUNTS, NODES, WITNESS, WITNESS_PORT, LabPaths,
+)
 from hamirror.lab.shell import LabError
 
 REPO_MODULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "modules")
@@ -26,7 +28,7 @@ HTTP_PORT = 9453
 HTTP_TOKEN = "http.token"
 
 
-def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False) -> str:
+def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False, etcd: bool = False) -> str:
     """The cluster file as node sees it (paths are the in-namespace ones)."""
     lines = [
         "# Written by 'hamirror lab up'.",
@@ -47,6 +49,9 @@ def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = 
     ]
     if witness:
         lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
+    if etcd:     # plain HTTP: the lab's network is private to its namespaces
+        urls = ", ".join(f'"http://{ADDRESSES[host]}:{ETCD_CLIENT_PORT}"' for host in ETCD_HOSTS)
+        lines += ["[quorum]", f"etcd = [{urls}]", ""]
     if fence:
         lines += ["[fence]", f'script = "{ETC}/{FENCE_SCRIPT}"', "timeout = 20", ""]
     if console:
@@ -93,7 +98,7 @@ def fence_script(paths: LabPaths) -> str:
 
 
 def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False,
-              console: bool = False) -> None:
+              console: bool = False, etcd: bool = False) -> None:
     """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories); with
     ``console``, the HTTP API on each node's address with one token for both and commands on."""
     sources = [module_source(m) for m in modules]
@@ -103,7 +108,7 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = 
         etc = paths.node_dir(node, "etc")
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
-            f.write(cluster_toml(node, witness, fence, console))
+            f.write(cluster_toml(node, witness, fence, console, etcd))
         if console:
             _write_secret(os.path.join(etc, HTTP_TOKEN), http_token)
         if fence:

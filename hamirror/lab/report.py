@@ -43,7 +43,7 @@ def _host_lines(paths: LabPaths, host: str, recorded: state.LabState | None) -> 
 def text(paths: LabPaths) -> str:
     """A human-readable picture of the lab; agents' own status is appended when they run."""
     recorded = state.load(paths)
-    hosts = recorded.hosts if recorded else hosts_for(witness=True)
+    hosts = recorded.hosts if recorded else hosts_for(witness=True, etcd=True)
     header = f"lab {paths.root} (prefix {paths.prefix}): " + ("recorded in lab.json" if recorded else "no lab.json")
     lines = [header]
     if recorded and recorded.partitions:

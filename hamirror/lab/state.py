@@ -29,13 +29,14 @@ class LabState:
     root: str
     prefix: str
     witness: bool = False
+    etcd: bool = False
     modules: list[str] = field(default_factory=list)
     processes: list[Started] = field(default_factory=list)
     partitions: list[list[str]] = field(default_factory=list)
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return hosts_for(self.witness)
+        return hosts_for(self.witness, self.etcd)
 
     def started_in(self, host: str) -> list[Started]:
         return [p for p in self.processes if p.host == host]

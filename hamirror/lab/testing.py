@@ -80,7 +80,7 @@ def leftovers(root: str, recorded: state.LabState | None = None) -> list[str]:
         found += [f"cgroup {point}/{TOP}/{instance}" for _, point in hierarchies()
                   if instance and os.path.isdir(f"{point}/{TOP}/{instance}")]
     recorded = recorded or state.load(paths)
-    for host in hosts_for(witness=True) + (SWITCH,):
+    for host in hosts_for(witness=True, etcd=True) + (SWITCH,):
         mine = recorded.started_in(host) if recorded else []
         found += [f"process {pid} of {host}" for pid in process.members(paths, host, mine) if process.is_running(pid)]
     return found

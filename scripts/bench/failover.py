@@ -2,6 +2,7 @@
 """Failover and failback times of the demo module in the lab, and false failovers while idle (root).
 
     sudo .venv/bin/python scripts/bench/failover.py [--runs 5] [--idle-seconds 600] [--root DIR] [--json]
+                                                    [--witness | --etcd]
 
 One lab (``hamirror lab up``, default heartbeat settings: interval 0.3 s, timeout 2.0 s) and one
 client writing keys through the VIP all along. Each run kills the current primary (power loss,
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=600.0, help="idle watch after the runs (default 600; 0: none)")
     p.add_argument("--root", help="lab root (default: a new directory under /tmp); must not hold a lab")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    quorum = p.add_mutually_exclusive_group()
+    quorum.add_argument("--witness", action="store_true", help="the lab with a witness (lab up --witness)")
+    quorum.add_argument("--etcd", action="store_true", help="the lab with an etcd quorum (lab up --etcd)")
     return p.parse_args(argv)
 
 
@@ -116,7 +120,7 @@ def idle(paths: LabPaths, seconds: float, poll: float = 1.0) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with demo_lab(args.root, "hamirror-failover-") as paths:
+    with demo_lab(args.root, "hamirror-failover-", witness=args.witness, etcd=args.etcd) as paths:
         out: dict = {"root": paths.root}
         if args.runs:
             out["runs"] = cycles(paths, args.runs)

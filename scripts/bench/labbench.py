@@ -22,8 +22,9 @@ from hamirror.lab.naming import LabPaths, resolve_root  # noqa: E402
 
 
 @contextmanager
-def demo_lab(root: str | None, prefix: str) -> Iterator[LabPaths]:
-    """``hamirror lab up`` with the demo module at root (default: a new directory under /tmp)."""
+def demo_lab(root: str | None, prefix: str, **up_options: bool) -> Iterator[LabPaths]:
+    """``hamirror lab up`` with the demo module at root (default: a new directory under /tmp);
+    ``up_options``: :func:`control.up`'s quorum options (``witness=True``, ``etcd=True``)."""
     if os.geteuid() != 0:
         raise SystemExit("needs root (the lab uses network and mount namespaces)")
     created_root = root is None or not os.path.exists(root)
@@ -34,7 +35,7 @@ def demo_lab(root: str | None, prefix: str) -> Iterator[LabPaths]:
     with interrupts_raise():
         try:
             started = time.monotonic()
-            control.up(paths, ["demo"])
+            control.up(paths, ["demo"], **up_options)
             print(f"lab up at {paths.root} in {time.monotonic() - started:.1f} s", flush=True)
             yield paths
             finished = True
