@@ -298,6 +298,9 @@ class _LeaseLapseWait:
     def peer_asks(self, now: float) -> bool:
         return True
 
+    def granted_after_peer(self, now: float) -> bool:
+        return False
+
 
 def test_a_peer_heard_again_while_the_verdict_waited_is_not_taken_for_lost(tmp_path):
     """Campaigns 1602 and 1604 (ALONE + WAIT for ever): a WAIT node whose copy the primary's
@@ -377,6 +380,9 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
         def peer_asks(self, now: float) -> bool:
             return False
 
+        def granted_after_peer(self, now: float) -> bool:
+            return False
+
     agent.heartbeat, agent.witness = _Silent(), LapseThenGrant()
 
     async def scenario():
@@ -390,3 +396,52 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
 
     asyncio.run(scenario())
     assert runner.state is S.SECOND and not vip.up
+
+
+class _Granted:
+    """The witness grants this node the lease; ``previous`` is who held it before this tenure."""
+
+    def __init__(self, previous: str) -> None:
+        self.previous = previous
+
+    async def verdict(self, now: float) -> bool:
+        return True
+
+    def vouches(self, now: float) -> bool:
+        return self.previous == "node1"
+
+    def granted_after_peer(self, now: float) -> bool:
+        return self.previous == "node2"
+
+    def peer_holds(self, now: float, silence: float | None = None) -> bool:
+        return False
+
+    def peer_asks(self, now: float) -> bool:
+        return False
+
+
+def test_a_lease_that_came_from_the_peer_is_never_vouched_for_later(tmp_path):
+    """Found by reading the rules (etcd helper): node1 WAIT, its peer held the lease after node1's
+    data was last current (and may have written alone), node1 is granted the lease after it; then
+    the witness restarts and remembers node1 as the last holder: it vouches for node1, whose data
+    is older than the peer's. Resuming alone then would lose the peer's writes."""
+    runner, *_ = make(tmp_path / "runner", S.WAIT, primary=True, journal=FakeJournal(("g1",), True))
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):                                 # it has listened a full timeout
+        clock.now += 0.3
+        agent.listening.check()
+    agent.heartbeat = _Silent()
+
+    async def scenario():
+        await attached(runner)
+        agent.witness = _Granted(previous="node2")     # the lease came from the peer
+        await agent.tick()
+        assert runner.state is S.WAIT and runner.record.peer_led
+        agent.witness = _Granted(previous="node1")     # the witness restarted: "node1 held it last"
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert runner.state is S.WAIT, "resumed alone on a lease vouched after the peer's tenure"
+    assert runner.store.load().peer_led                # durable: an agent restart keeps it

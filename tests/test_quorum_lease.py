@@ -306,3 +306,22 @@ def test_a_damaged_witness_state_file_is_a_named_error(tmp_path, content):
     state.write_text(content)
     with pytest.raises(ValueError, match=str(state)):
         WitnessServer("lab", NODES, KEY, LEASE, clock=Clock(), wall=Clock(1_700_000_000.0), state=str(state))
+
+
+def test_the_client_knows_it_was_granted_the_lease_after_its_peer():
+    """A lease that came from the peer is never vouched for later (docs/cluster.md)."""
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    clock.t += LEASE
+    srv.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY))          # node2 holds it
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, interval=0.3, clock=clock, wall=wall)
+
+    def ask() -> None:
+        client.send(True)
+        client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+
+    ask()
+    assert not client.granted_after_peer(clock())                                  # refused: node2 holds it
+    clock.t += LEASE + 1                                                           # node2's lease lapses
+    ask()
+    assert client.view.holds(clock()) and client.granted_after_peer(clock()) and not client.vouches(clock())

@@ -496,6 +496,8 @@ class ModuleRunner:
                 self.retry = None
         finally:
             self.error = error
+            if reached is not self.state and self.record.peer_led and (reached is S.SECOND or reached.is_primary):
+                self.record = self.store.save(dataclasses.replace(self.record, peer_led=False))
             if reached is not self.state:
                 cause = "automatic" if why == Command.NONE.value else why
                 self.emit("state", f"{self.state.value} -> {reached.value} ({cause})", why=cause,
@@ -538,6 +540,14 @@ class ModuleRunner:
         if view.mirror is MirrorHealth.ALONE:
             return True
         return view.mirror in SAFE_TO_SERVE and view.peer.alive and view.peer.state is S.SECOND
+
+    def note_peer_led(self) -> None:
+        """The lease came to us from the peer, which may have written alone since our data was last
+        current: a WAIT node remembers it durably and is vouched for no later lease (docs/cluster.md)."""
+        if self.state in (S.WAIT, S.STOP) and not self.record.peer_led:
+            self.record = self.store.save(dataclasses.replace(self.record, peer_led=True))
+            log.warning("%s: the witness's lease came to us from the peer: not resuming alone on a later lease",
+                        self.name)
 
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:

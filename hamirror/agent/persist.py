@@ -15,8 +15,8 @@ import os
 import time
 
 from hamirror.cluster.states import NodeState
-from hamirror.durablefile import write_json
 from hamirror.cluster.view import SwapPhase
+from hamirror.durablefile import write_json
 
 FILENAME = "agent.json"
 
@@ -34,18 +34,20 @@ class ModuleRecord:
     failovers: tuple[float, ...] = ()  # wall times of this node's failovers, for flap damping
     damped: bool = False               # the failover limit was reached: held until ``hamirror clear``
     maintenance_version: int = 0       # grows with each setting; the peer adopts a newer one
+    peer_led: bool = False             # the peer held the witness's lease after our data was last current
 
     def to_json(self) -> dict:
         return {"state": self.state.value, "swap": self.swap.value, "restarts": list(self.restarts),
                 "updated": self.updated, "maintenance": self.maintenance, "failovers": list(self.failovers),
-                "damped": self.damped, "maintenance_version": self.maintenance_version}
+                "damped": self.damped, "maintenance_version": self.maintenance_version, "peer_led": self.peer_led}
 
     @classmethod
     def from_json(cls, data: dict) -> ModuleRecord:
         return cls(NodeState(data["state"]), SwapPhase(data.get("swap", "none")),
                    tuple(float(t) for t in data.get("restarts", ())), float(data.get("updated", 0.0)),
                    bool(data.get("maintenance", False)), tuple(float(t) for t in data.get("failovers", ())),
-                   bool(data.get("damped", False)), int(data.get("maintenance_version", 0)))
+                   bool(data.get("damped", False)), int(data.get("maintenance_version", 0)),
+                   bool(data.get("peer_led", False)))
 
 
 class Store:

@@ -313,9 +313,10 @@ class Agent:
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
+            after_peer = self.quorum is True and self.witness.granted_after_peer(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
-            self.quorum, vouched, peer_leased, peer_asks = False, False, False, False
+            self.quorum, vouched, peer_leased, peer_asks, after_peer = False, False, False, False, False
         listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -346,9 +347,11 @@ class Agent:
             history = journal_info.from_wire(info.generation) if info else None
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
+            if after_peer:
+                runner.note_peer_led()
             try:
-                await runner.tick(peer, history, self.quorum, listened, epoch, linked, vouched, peer_leased,
-                                  peer_asks)
+                await runner.tick(peer, history, self.quorum, listened, epoch, linked,
+                                  vouched and not runner.record.peer_led, peer_leased, peer_asks)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

@@ -192,6 +192,11 @@ class Witness(abc.ABC):
         has not held it since, so it cannot have acted alone meanwhile."""
         return False
 
+    def granted_after_peer(self, now: float) -> bool:
+        """Whether this node holds the lease now and the peer held it last before this tenure:
+        the peer may have acted alone since this node's data was last current."""
+        return False
+
     def peer_holds(self, now: float, silence: float | None = None) -> bool:
         """Whether the witness said, in its latest answer, that the peer holds the lease and asked
         for it within two intervals, and two intervals after this node last heard the peer
@@ -234,6 +239,11 @@ class LeaseWitness(Witness):
         answer = self.view.answer
         return (self.claiming and self.view.holds(self.clock() + self.interval) and answer is not None
                 and answer.holder == self.view.node and answer.previous == self.view.node)
+
+    def granted_after_peer(self, now: float) -> bool:
+        answer = self.view.answer
+        return (self.view.holds(self.clock()) and answer is not None and answer.holder == self.view.node
+                and answer.previous == self.peer)
 
     def peer_holds(self, now: float, silence: float | None = None) -> bool:
         # A fresh answer about a fresh holder only: a dead peer's lease is still "held" until it
