@@ -194,7 +194,10 @@ class _Heard:
     newer = None          # no heartbeat refused for a newer protocol
 
     def __init__(self, silence: float) -> None:
-        self._silence, self.peer_heartbeat = silence, None
+        import time as wall
+        # The last heartbeat at a fixed wall time: however slow the tick (a loaded machine), the
+        # silence it reads and the receivers' closed_at stay as far apart as the test set them.
+        self.last_heard, self.peer_heartbeat = wall.time() - silence, None
 
     def peer_alive(self) -> bool:
         return True
@@ -203,7 +206,8 @@ class _Heard:
         return {}
 
     def silence(self) -> float:
-        return self._silence
+        import time as wall
+        return wall.time() - self.last_heard
 
     def send_now(self) -> None:
         pass
@@ -243,11 +247,12 @@ def test_a_secondary_whose_primary_processes_are_gone_claims_the_lease_at_once(t
             clock.now += 0.3
             agent.listening.check()
         agent.heartbeat, agent.witness = _Heard(1.3), _Witness(agent)
+        receiver = {k: (agent.heartbeat.last_heard if v == "last heard" else v) for k, v in receiver.items()}
         runner.obs = Observation(history(), True, (), (receiver,), True)
         asyncio.run(agent.tick())
         return agent.witness.claims
 
-    assert claimed(tmp_path / "gone", {"connections": 0, "closed_at": wall.time() - 1.3}) == [True]
+    assert claimed(tmp_path / "gone", {"connections": 0, "closed_at": "last heard"}) == [True]
     # A primary merely quiet (its connection open): still heard, not claimed against.
     assert claimed(tmp_path / "quiet", {"connections": 1, "last_message": wall.time()}) == [False]
 
