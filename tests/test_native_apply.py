@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import sysconfig
 
 import pytest
 
+from hamirror.link import native
 from hamirror.link.apply import EARLY_WRITEBACK_MIN, Applier
 from tests import native_stream
 from tests.mirror_fixtures import diff_snapshots, tree_snapshot
@@ -62,6 +64,26 @@ def mark(name):
     with contextlib.suppress(OSError):
         open("/MARK-" + name)
 """
+
+
+def test_without_the_core_the_receiver_applies_in_python_and_says_so(tmp_path, monkeypatch, caplog):
+    """A package installed where the core could not be built still works, and one line says why."""
+    monkeypatch.setitem(sys.modules, "hamirror.link._native", None)   # import raises ImportError
+    native._module.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hamirror.link.native"):
+            applier = Applier(str(tmp_path))
+        try:
+            assert applier.native is None
+            applier.apply(native_stream.stream()[0])
+        finally:
+            applier.close()
+    finally:
+        native._module.cache_clear()
+    assert (tmp_path / "d").is_dir()
+    assert [r.getMessage() for r in caplog.records] == [
+        "native apply core not available (import of hamirror.link._native halted; None in sys.modules): "
+        "the receiver applies in Python"]
 
 
 def _strace(tmp_path, code: str) -> list[str]:

@@ -8,6 +8,7 @@ operations with the same result (tests/test_native_apply.py compares them); docs
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -20,10 +21,11 @@ ENV = "HAMIRROR_NATIVE"
 @functools.cache
 def _module() -> ModuleType | None:
     try:
-        from hamirror.link import _native
+        _native = importlib.import_module("hamirror.link._native")
     except ImportError as exc:
         log.warning("native apply core not available (%s): the receiver applies in Python", exc)
         return None
+    log.info("the receiver applies with the native core")
     return _native
 
 
