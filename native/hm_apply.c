@@ -104,8 +104,9 @@ static struct entry *cache_find(struct hm_applier *a, struct cache *c, const cha
     return NULL;
 }
 
-/* Keep fd under path (the cache owns it from now on, even if no memory is left: then closed). */
-static void cache_put(struct hm_applier *a, struct cache *c, const char *path, size_t len, int fd)
+/* Keep fd under path: the cache owns it from now on (NULL: no memory left, fd closed). */
+static struct entry *cache_put(struct hm_applier *a, struct cache *c, const char *path, size_t len,
+                               int fd)
 {
     struct entry *victim = &c->e[0];
     for (int i = 0; i < CACHE_SIZE; i++) {
@@ -121,13 +122,14 @@ static void cache_put(struct hm_applier *a, struct cache *c, const char *path, s
     victim->path = malloc(len + 1);
     if (victim->path == NULL) {
         close(fd);
-        return;
+        return NULL;
     }
     memcpy(victim->path, path, len);
     victim->path[len] = '\0';
     victim->len = len;
     victim->fd = fd;
     victim->used = ++a->clock;
+    return victim;
 }
 
 /* Drop the entry for path and, with below, every entry beneath it. */
@@ -247,10 +249,11 @@ static int resolve(struct hm_applier *a, const char *path, size_t len, struct wh
     int fd = open_dir_beneath(a, dir);
     if (fd < 0)
         return resolve_error(err, err_len, errno);
-    cache_put(a, &a->dirs, path, dir_len, fd);
-    e = cache_find(a, &a->dirs, path, dir_len);
-    w->dir_fd = e ? e->fd : a->root_fd;
-    return e ? 0 : fail_errno(err, err_len, ENOMEM);
+    e = cache_put(a, &a->dirs, path, dir_len, fd);
+    if (e == NULL)
+        return fail_errno(err, err_len, ENOMEM);
+    w->dir_fd = e->fd;
+    return 0;
 }
 
 /* Open name for its data only if it is a regular file (or a directory, with directory_ok):
@@ -293,8 +296,8 @@ static int writable(struct hm_applier *a, const struct hm_op *op, int *fd, char 
     int rc = resolve(a, op->path, op->path_len, &w, err, err_len);
     if (rc == 0)
         rc = open_data(w.dir_fd, w.name, O_WRONLY, 0, err, err_len, fd);
-    if (rc == 0)
-        cache_put(a, &a->files, op->path, op->path_len, *fd);
+    if (rc == 0 && cache_put(a, &a->files, op->path, op->path_len, *fd) == NULL)
+        rc = fail_errno(err, err_len, ENOMEM); /* the descriptor is closed: not usable */
     return rc;
 }
 

@@ -2,12 +2,13 @@
 
 Shared by tests/test_native_apply.py (both paths must leave the same bytes, modes, owners, times
 and errors) and by its AddressSanitizer run, which executes this module in a process that has
-the sanitized build of the core loaded: ``python -m tests.native_stream DIR``.
+the sanitized build of the core loaded: ``python -m tests.native_stream DIR [EXTENSION.so]``.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import stat
@@ -106,5 +107,15 @@ def run(directory: str, use_native: bool) -> list[int]:
     return outcomes
 
 
+def _load_extension(path: str) -> None:
+    """Use the core built at ``path`` (e.g. with AddressSanitizer) instead of the package's."""
+    spec = importlib.util.spec_from_file_location("hamirror.link._native", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["hamirror.link._native"] = module
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        _load_extension(sys.argv[2])
     print(json.dumps(run(sys.argv[1], use_native=True)))

@@ -150,21 +150,15 @@ def test_the_core_is_clean_under_address_sanitizer(tmp_path):
     runtime = _asan_runtime()
     if runtime is None:
         pytest.skip("gcc with libasan is not installed")
-    pkg = tmp_path / "asan" / "hamirror" / "link"
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    extension = str(tmp_path / ("_native" + sysconfig.get_config_var("EXT_SUFFIX")))
     subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                    "-fsanitize=address", "-fno-omit-frame-pointer", f"-I{sysconfig.get_paths()['include']}",
-                    "native/hm_apply.c", "native/module.c", "-o", str(tmp_path / f"_native{suffix}")],
-                   check=True, cwd=REPO, timeout=120)
-    pkg.mkdir(parents=True)
+                    "-fsanitize=address", "-fno-omit-frame-pointer", "-I" + sysconfig.get_paths()["include"],
+                    "native/hm_apply.c", "native/module.c", "-o", extension], check=True, cwd=REPO, timeout=120)
     (tmp_path / "dir").mkdir()
-    loader = (f"import importlib.util, runpy, sys; sys.path.insert(0, {REPO!r}); "
-              f"spec = importlib.util.spec_from_file_location('hamirror.link._native', {str(tmp_path / f'_native{suffix}')!r}); "
-              "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
-              "sys.modules['hamirror.link._native'] = mod; "
-              f"sys.argv = ['x', {str(tmp_path / 'dir')!r}]; runpy.run_module('tests.native_stream', run_name='__main__')")
-    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", PYTHONMALLOC="malloc")
-    result = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, env=env, timeout=120)
+    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               PYTHONMALLOC="malloc")
+    result = subprocess.run([sys.executable, "-m", "tests.native_stream", str(tmp_path / "dir"), extension],
+                            capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert "AddressSanitizer" not in result.stderr, result.stderr[-4000:]
     assert result.returncode == 0, result.stderr[-4000:]
     outcomes = json.loads(result.stdout)
