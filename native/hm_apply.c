@@ -26,6 +26,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#ifndef HM_USE_OPENAT2
+#define HM_USE_OPENAT2 1 /* 0 builds the component-by-component path alone (kernels before 5.6) */
+#endif
 #define CACHE_SIZE 64
 /* Writes this large start their writeback at once (as hamirror/link/apply.py does). */
 #define EARLY_WRITEBACK_MIN (256 * 1024)
@@ -500,7 +503,7 @@ struct hm_applier *hm_new(int root_fd)
         free(a);
         return NULL;
     }
-    a->use_openat2 = 1;
+    a->use_openat2 = HM_USE_OPENAT2;
     cache_init(&a->dirs);
     cache_init(&a->files);
     return a;
