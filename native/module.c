@@ -8,6 +8,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <stdio.h>
+
 #include "hm_apply.h"
 
 typedef struct {
@@ -132,7 +135,12 @@ static PyObject *Applier_apply(ApplierObject *self, PyObject *args)
     int rc;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    rc = hm_apply(self->core, &op, err, sizeof err);
+    if (self->core != NULL) { /* not closed by another thread meanwhile */
+        rc = hm_apply(self->core, &op, err, sizeof err);
+    } else {
+        rc = EBADF;
+        snprintf(err, sizeof err, "the native applier is closed");
+    }
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (have_view)
@@ -166,7 +174,8 @@ static PyObject *Applier_forget(ApplierObject *self, PyObject *Py_UNUSED(ignored
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    hm_forget(self->core);
+    if (self->core != NULL)
+        hm_forget(self->core);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;

@@ -66,6 +66,21 @@ def mark(name):
 """
 
 
+def test_a_closed_core_refuses_instead_of_touching_freed_memory(tmp_path):
+    applier = Applier(str(tmp_path))
+    core = applier.native
+    applier.close()
+    with pytest.raises(ValueError, match="closed"):
+        core.apply(*_fields(native_stream.stream()[0]))
+    with pytest.raises(ValueError, match="closed"):
+        core.forget()
+    core.close()   # twice is harmless
+
+
+def _fields(msg) -> tuple:
+    return msg.op, msg.ints, msg.strs[0], msg.times, msg.data
+
+
 def test_without_the_core_the_receiver_applies_in_python_and_says_so(tmp_path, monkeypatch, caplog):
     """A package installed where the core could not be built still works, and one line says why."""
     monkeypatch.setitem(sys.modules, "hamirror.link._native", None)   # import raises ImportError
