@@ -35,7 +35,7 @@ def main() -> int:
     pins = runtime_closure(sys.argv[1] if len(sys.argv) > 1 else "hamirror")
     print(f"# hamirror's runtime dependencies as the tests ran them (Python "
           f"{sys.version_info.major}.{sys.version_info.minor}); made by scripts/lockdeps.py.")
-    print("# pip install hamirror-VERSION-py3-none-any.whl -c constraints.txt")
+    print("# pip install hamirror-VERSION-cp311-cp311-linux_x86_64.whl -c constraints.txt")
     for name in sorted(pins):
         print(f"{name}=={pins[name]}")
     return 0

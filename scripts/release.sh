@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a release of hamirror into dist/: the wheel, the pinned dependencies and their checksums
-#   dist/hamirror-VERSION-py3-none-any.whl   (units, logrotate file, alert rules and docs inside)
+#   dist/hamirror-VERSION-cp311-cp311-linux_x86_64.whl   (units, logrotate file, alert rules, docs
+#                                             and the receiver's native core, docs/native.md, inside)
 #   dist/hamirror-VERSION-constraints.txt    (the exact dependency versions the tests ran with)
 #   dist/SHA256SUMS
 # then installs the wheel into a scratch virtualenv and checks `hamirror --version` and
@@ -41,7 +42,8 @@ mkdir -p dist
 rm -f "dist/hamirror-$version-"* dist/SHA256SUMS
 rm -rf build
 .venv/bin/python -m pip wheel -q --no-deps --wheel-dir dist .
-wheel="hamirror-$version-py3-none-any.whl"
+wheel="hamirror-$version-cp311-cp311-linux_x86_64.whl"   # the native core: built for this Python
+test -f "dist/$wheel" || { echo "release: no dist/$wheel (the native core must build: setup.sh)" >&2; exit 1; }
 cp constraints.txt "dist/hamirror-$version-constraints.txt"
 (cd dist && sha256sum "$wheel" "hamirror-$version-constraints.txt" >SHA256SUMS)
 
@@ -49,6 +51,7 @@ cp constraints.txt "dist/hamirror-$version-constraints.txt"
 python3 -m venv "$scratch/venv"
 "$scratch/venv/bin/pip" install -q "dist/$wheel" -c "dist/hamirror-$version-constraints.txt"
 test "$("$scratch/venv/bin/hamirror" --version)" = "hamirror $version"
+"$scratch/venv/bin/python" -c 'import hamirror.link._native' || { echo "release: the wheel has no native core" >&2; exit 1; }
 mkdir "$scratch/root"
 "$scratch/venv/bin/hamirror" install --root "$scratch/root" >/dev/null
 for f in etc/systemd/system/hamirror.service etc/systemd/system/hamirror-witness.service \

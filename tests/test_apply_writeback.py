@@ -32,7 +32,7 @@ def test_large_writes_start_their_writeback_small_ones_do_not(tmp_path, monkeypa
         real(fd, offset, length)          # the real call still runs: it must accept these ranges
 
     monkeypatch.setattr(apply, "start_writeback", spy)
-    applier = Applier(str(tmp_path))
+    applier = Applier(str(tmp_path), use_native=False)   # spies on the Python path (native: test_native_apply)
     try:
         applier.apply(_message(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), b"f"))
         big = os.urandom(EARLY_WRITEBACK_MIN)
@@ -61,7 +61,7 @@ def test_a_commit_message_syncs_the_data_and_the_times(tmp_path, monkeypatch):
             real(fd)
 
         monkeypatch.setattr(os, name, spy)
-    applier = Applier(str(tmp_path))
+    applier = Applier(str(tmp_path), use_native=False)   # spies on the Python path (native: test_native_apply)
     try:
         applier.apply(_message(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), b"wal"))
         applier.apply(_message(Op.WRITE_FSYNC, (0, 1), b"wal", b"commit", ((b"wal", mtime, mtime),)))

@@ -114,6 +114,6 @@ def test_logrotate_accepts_the_file_and_never_names_the_activity_log(tmp_path):
 def test_the_admin_guides_install_commands_name_this_release():
     with open(os.path.join(REPO, "docs", "admin-guide.md"), encoding="utf-8") as stream:
         guide = stream.read()
-    named = set(re.findall(r"hamirror-(\d+\.\d+\.\d+)-(?:py3-none-any\.whl|constraints\.txt)", guide))
+    named = set(re.findall(r"hamirror-(\d+\.\d+\.\d+)-(?:cp311-cp311-linux_x86_64\.whl|constraints\.txt)", guide))
     assert named == {hamirror.__version__}
     assert "/opt/hamirror/bin/hamirror install" in guide

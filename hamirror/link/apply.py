@@ -4,6 +4,10 @@ Every path is resolved *beneath* the directory one component at a time with ``O_
 the last component is acted on with a no-follow call, so a symlink on the secondary can never
 lead a write outside the directory. The primary already resolved symlinks through the kernel, so
 it never needs to send a path that crosses one.
+
+The hot operations (create of a regular file, mkdir, unlink, write, truncate, fallocate, fsync,
+times) go to the native core when it is built (``hamirror/link/native.py``, docs/native.md): the
+same rules, with directory and file descriptors kept between messages. The others stay here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import stat
 
 from hamirror.fs.syscalls import fallocate, renameat2, start_writeback
+from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -113,10 +118,11 @@ class Applier:
 
     MAX_OPEN = 64
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, use_native: bool = True) -> None:
         self.directory = directory
         self.root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fds: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self.native = native.core(self.root_fd) if use_native else None
         self._handlers = {
             Op.CREATE: self._create, Op.MKDIR: self._mkdir, Op.SYMLINK: self._symlink,
             Op.LINK: self._link, Op.UNLINK: self._unlink, Op.RMDIR: self._rmdir,
@@ -128,10 +134,17 @@ class Applier:
 
     def close(self) -> None:
         self.forget_descriptors()
+        if self.native is not None:
+            self.native.close()
         os.close(self.root_fd)
 
     def apply(self, msg: Message) -> None:
         """Apply one operation, then the primary's times; raise OSError if the secondary refuses."""
+        if self.native is not None:
+            if self.native.supported(msg.op, msg.ints):
+                self.native.apply(msg.op, msg.ints, msg.strs[0], msg.times, msg.data)
+                return
+            self.native.forget()   # names may change here, behind the core's descriptors
         self._handlers[msg.op](msg)
         for path, atime, mtime in msg.times:
             with resolve_beneath(self.root_fd, path) as parent:
@@ -155,6 +168,8 @@ class Applier:
 
     def forget_descriptors(self) -> None:
         """Names changed: a cached descriptor may no longer be what the path means."""
+        if self.native is not None:
+            self.native.forget()
         while self._fds:
             os.close(self._fds.popitem()[1])
 

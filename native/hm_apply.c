@@ -1,0 +1,567 @@
+/* The receiver's apply core (see hm_apply.h and docs/native.md).
+ *
+ * Why it exists: the Python applier resolves a message's parent directory one component at a
+ * time and reopens the file through /proc/self/fd for every message that misses its small cache
+ * (~21 syscalls for one small file). Here a parent directory is opened once, beneath the root in
+ * one openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), and kept; the
+ * descriptor a CREATE makes is kept for the WRITEs that follow.
+ *
+ * Safety, whatever the fields hold: every path is checked again here (relative, no "", "." or
+ * ".." component, bounded), directories are only reached beneath the root without crossing a
+ * symlink, the last component is always acted on with a no-follow call, and a file is opened
+ * for its data only once an O_PATH descriptor showed it is a regular file (a FIFO would block,
+ * a device node would reach outside the directory).
+ */
+#define _GNU_SOURCE
+#include "hm_apply.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef HM_USE_OPENAT2
+#define HM_USE_OPENAT2 1 /* 0 builds the component-by-component path alone (kernels before 5.6) */
+#endif
+#define CACHE_SIZE 64
+/* Writes this large start their writeback at once (as hamirror/link/apply.py does). */
+#define EARLY_WRITEBACK_MIN (256 * 1024)
+#define INT64_MAX_ (INT64_C(0x7fffffffffffffff))
+#define MAX_DATA (16 * 1024 * 1024)
+#define FALLOC_MODES 0x7F
+#define ID_LIMIT INT64_C(0xfffffffe) /* ids are < 2**32 - 1, as protocol.py checks */
+
+struct entry {
+    char *path;         /* malloc'd, NUL-terminated */
+    size_t len;
+    int fd;             /* -1: free */
+    uint64_t used;      /* for least-recently-used eviction */
+};
+
+struct cache {
+    struct entry e[CACHE_SIZE];
+};
+
+struct hm_applier {
+    int root_fd;
+    int use_openat2;    /* cleared once the kernel says ENOSYS */
+    uint64_t clock;
+    struct cache dirs;  /* parent directories (O_PATH or O_RDONLY), keyed by relative path */
+    struct cache files; /* regular files open O_WRONLY, keyed by relative path */
+};
+
+static int fail(char *err, size_t err_len, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static int fail_errno(char *err, size_t err_len, int code)
+{
+    return fail(err, err_len, code, "%s", strerror(code));
+}
+
+/* cache ------------------------------------------------------------------------------------ */
+
+static void cache_init(struct cache *c)
+{
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        c->e[i].path = NULL;
+        c->e[i].fd = -1;
+    }
+}
+
+static void entry_drop(struct entry *e)
+{
+    if (e->fd >= 0)
+        close(e->fd);
+    free(e->path);
+    e->path = NULL;
+    e->fd = -1;
+}
+
+static void cache_clear(struct cache *c)
+{
+    for (int i = 0; i < CACHE_SIZE; i++)
+        entry_drop(&c->e[i]);
+}
+
+static struct entry *cache_find(struct hm_applier *a, struct cache *c, const char *path, size_t len)
+{
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        struct entry *e = &c->e[i];
+        if (e->fd >= 0 && e->len == len && memcmp(e->path, path, len) == 0) {
+            e->used = ++a->clock;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* Keep fd under path: the cache owns it from now on (NULL: no memory left, fd closed). */
+static struct entry *cache_put(struct hm_applier *a, struct cache *c, const char *path, size_t len,
+                               int fd)
+{
+    struct entry *victim = &c->e[0];
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        struct entry *e = &c->e[i];
+        if (e->fd < 0) {
+            victim = e;
+            break;
+        }
+        if (e->used < victim->used)
+            victim = e;
+    }
+    entry_drop(victim);
+    victim->path = malloc(len + 1);
+    if (victim->path == NULL) {
+        close(fd);
+        return NULL;
+    }
+    memcpy(victim->path, path, len);
+    victim->path[len] = '\0';
+    victim->len = len;
+    victim->fd = fd;
+    victim->used = ++a->clock;
+    return victim;
+}
+
+/* Drop the entry for path and, with below, every entry beneath it. */
+static void cache_forget(struct cache *c, const char *path, size_t len, int below)
+{
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        struct entry *e = &c->e[i];
+        if (e->fd < 0 || e->len < len || memcmp(e->path, path, len) != 0)
+            continue;
+        if (e->len == len || (below && e->path[len] == '/'))
+            entry_drop(e);
+    }
+}
+
+/* paths ------------------------------------------------------------------------------------ */
+
+/* The rules of protocol.check_path that keep a path inside the directory ("." is the root). */
+static int check_path(const char *path, size_t len)
+{
+    if (len == 1 && path[0] == '.')
+        return 0;
+    if (len == 0 || len > HM_PATH_MAX || memchr(path, '\0', len) != NULL)
+        return EINVAL;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && path[i] != '/')
+            continue;
+        size_t n = i - start;
+        if (n == 0 || n > HM_NAME_MAX || (n == 1 && path[start] == '.')
+            || (n == 2 && path[start] == '.' && path[start + 1] == '.'))
+            return EINVAL;
+        start = i + 1;
+    }
+    return 0;
+}
+
+static int open_dir_by_components(struct hm_applier *a, const char *dir)
+{
+    int fd = a->root_fd;
+    char part[HM_NAME_MAX + 1];
+    const char *p = dir;
+    while (*p) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        memcpy(part, p, n);
+        part[n] = '\0';
+        int next = openat(fd, part, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+        int saved = errno;
+        struct stat st;
+        if (next < 0 && saved == ENOTDIR && fstatat(fd, part, &st, AT_SYMLINK_NOFOLLOW) == 0
+            && S_ISLNK(st.st_mode))
+            saved = ELOOP;
+        if (fd != a->root_fd)
+            close(fd);
+        if (next < 0) {
+            errno = saved;
+            return -1;
+        }
+        fd = next;
+        p += n;
+        if (*p == '/')
+            p++;
+    }
+    return fd;
+}
+
+/* The directory at relative path dir (NUL-terminated, checked), beneath the root, crossing no
+ * symlink (ELOOP) and no magic link. */
+static int open_dir_beneath(struct hm_applier *a, const char *dir)
+{
+    if (a->use_openat2) {
+        struct open_how how = {
+            .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        long fd = syscall(SYS_openat2, a->root_fd, dir, &how, sizeof how);
+        if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+            return (int)fd;
+        a->use_openat2 = 0; /* an old kernel, or a seccomp filter that refuses it */
+    }
+    return open_dir_by_components(a, dir);
+}
+
+struct where {
+    int dir_fd;                       /* borrowed from the cache or the root */
+    char name[HM_NAME_MAX + 1];
+};
+
+static int resolve_error(char *err, size_t err_len, int code)
+{
+    if (code == ELOOP || code == EXDEV)
+        return fail(err, err_len, ELOOP, "path crosses a symlink on the secondary");
+    return fail_errno(err, err_len, code);
+}
+
+/* The directory holding path's last component, and that component (path "." gives root, "."). */
+static int resolve(struct hm_applier *a, const char *path, size_t len, struct where *w,
+                   char *err, size_t err_len)
+{
+    const char *slash = memrchr(path, '/', len);
+    size_t name_len = slash ? len - (size_t)(slash - path) - 1 : len;
+    memcpy(w->name, path + len - name_len, name_len);
+    w->name[name_len] = '\0';
+    if (slash == NULL) {
+        w->dir_fd = a->root_fd;
+        return 0;
+    }
+    size_t dir_len = (size_t)(slash - path);
+    struct entry *e = cache_find(a, &a->dirs, path, dir_len);
+    if (e != NULL) {
+        w->dir_fd = e->fd;
+        return 0;
+    }
+    char dir[HM_PATH_MAX + 1];
+    memcpy(dir, path, dir_len);
+    dir[dir_len] = '\0';
+    int fd = open_dir_beneath(a, dir);
+    if (fd < 0)
+        return resolve_error(err, err_len, errno);
+    e = cache_put(a, &a->dirs, path, dir_len, fd);
+    if (e == NULL)
+        return fail_errno(err, err_len, ENOMEM);
+    w->dir_fd = e->fd;
+    return 0;
+}
+
+/* Open name for its data only if it is a regular file (or a directory, with directory_ok):
+ * pinned with O_PATH, checked, then reopened through /proc (the only race-free way). */
+static int open_data(int dir_fd, const char *name, int flags, int directory_ok, char *err,
+                     size_t err_len, int *out)
+{
+    int pinned = openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (pinned < 0)
+        return fail_errno(err, err_len, errno);
+    struct stat st;
+    int rc = 0;
+    if (fstat(pinned, &st) != 0) {
+        rc = fail_errno(err, err_len, errno);
+    } else if (S_ISLNK(st.st_mode)) {
+        rc = fail(err, err_len, ELOOP, "path is a symlink on the secondary");
+    } else if (!(S_ISREG(st.st_mode) || (directory_ok && S_ISDIR(st.st_mode)))) {
+        rc = fail(err, err_len, EINVAL, "not a regular file on the secondary");
+    } else {
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", pinned);
+        *out = open(proc, flags | O_CLOEXEC);
+        if (*out < 0)
+            rc = fail_errno(err, err_len, errno);
+    }
+    close(pinned);
+    return rc;
+}
+
+/* The cached write descriptor of a regular file, opened on a miss. */
+static int writable(struct hm_applier *a, const struct hm_op *op, int *fd, char *err,
+                    size_t err_len)
+{
+    struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
+    if (e != NULL) {
+        *fd = e->fd;
+        return 0;
+    }
+    struct where w;
+    int rc = resolve(a, op->path, op->path_len, &w, err, err_len);
+    if (rc == 0)
+        rc = open_data(w.dir_fd, w.name, O_WRONLY, 0, err, err_len, fd);
+    if (rc == 0 && cache_put(a, &a->files, op->path, op->path_len, *fd) == NULL)
+        rc = fail_errno(err, err_len, ENOMEM); /* the descriptor is closed: not usable */
+    return rc;
+}
+
+/* operations ------------------------------------------------------------------------------- */
+
+static int is_root(const struct hm_op *op)
+{
+    return op->path_len == 1 && op->path[0] == '.';
+}
+
+static int do_create(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    int64_t mode = op->ints[0], uid = op->ints[1], gid = op->ints[2];
+    if (!S_ISREG(mode) || mode > 0177777 || uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT)
+        return fail(err, err_len, EINVAL, "CREATE: mode or id out of range");
+    /* A new inode under this name: a descriptor kept for the name must not take its writes. */
+    cache_forget(&a->files, op->path, op->path_len, 0);
+    struct where w;
+    int rc = resolve(a, op->path, op->path_len, &w, err, err_len);
+    if (rc != 0)
+        return rc;
+    int fd = openat(w.dir_fd, w.name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) /* e.g. a resumed resync: truncate it, if it is a file */
+        rc = open_data(w.dir_fd, w.name, O_WRONLY | O_TRUNC, 0, err, err_len, &fd);
+    else if (fd < 0)
+        rc = fail_errno(err, err_len, errno);
+    if (rc != 0)
+        return rc;
+    if (fchown(fd, (uid_t)uid, (gid_t)gid) != 0 || fchmod(fd, (mode_t)(mode & 07777)) != 0) {
+        rc = fail_errno(err, err_len, errno);
+        close(fd);
+        return rc;
+    }
+    cache_put(a, &a->files, op->path, op->path_len, fd); /* for the WRITEs that follow */
+    return 0;
+}
+
+static int do_mkdir(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    int64_t mode = op->ints[0], uid = op->ints[1], gid = op->ints[2];
+    if (mode < 0 || mode > 0177777 || uid < 0 || uid >= ID_LIMIT || gid < 0 || gid >= ID_LIMIT)
+        return fail(err, err_len, EINVAL, "MKDIR: mode or id out of range");
+    struct where w;
+    int rc = resolve(a, op->path, op->path_len, &w, err, err_len);
+    if (rc != 0)
+        return rc;
+    if (mkdirat(w.dir_fd, w.name, 0700) != 0)
+        return fail_errno(err, err_len, errno);
+    /* Owner-only until chown, then the exact mode (chown would clear setgid set before it). */
+    int fd = openat(w.dir_fd, w.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return resolve_error(err, err_len, errno);
+    if (fchown(fd, (uid_t)uid, (gid_t)gid) != 0 || fchmod(fd, (mode_t)(mode & 07777)) != 0) {
+        rc = fail_errno(err, err_len, errno);
+        close(fd);
+        return rc;
+    }
+    /* Whatever was kept under this name (a tree removed behind our back) is gone. */
+    cache_forget(&a->dirs, op->path, op->path_len, 1);
+    cache_forget(&a->files, op->path, op->path_len, 1);
+    cache_put(a, &a->dirs, op->path, op->path_len, fd); /* the files that follow go in it */
+    return 0;
+}
+
+static int do_unlink(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    cache_forget(&a->files, op->path, op->path_len, 0);
+    struct where w;
+    int rc = resolve(a, op->path, op->path_len, &w, err, err_len);
+    if (rc != 0)
+        return rc;
+    if (unlinkat(w.dir_fd, w.name, 0) != 0)
+        return fail_errno(err, err_len, errno);
+    return 0;
+}
+
+static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, char *err,
+                    size_t err_len)
+{
+    int64_t offset = op->ints[0];
+    if (offset < 0 || offset > INT64_MAX_ - MAX_DATA || op->data_len > MAX_DATA)
+        return fail(err, err_len, EINVAL, "WRITE: offset out of range");
+    int fd;
+    int rc = writable(a, op, &fd, err, err_len);
+    if (rc != 0)
+        return rc;
+    ssize_t written = pwrite(fd, op->data, op->data_len, (off_t)offset);
+    if (written < 0)
+        return fail_errno(err, err_len, errno);
+    if ((size_t)written != op->data_len)
+        return fail(err, err_len, EIO, "short write on the secondary (%zd of %zu bytes)", written,
+                    op->data_len);
+    if (written >= EARLY_WRITEBACK_MIN
+        && sync_file_range(fd, offset, written, SYNC_FILE_RANGE_WRITE) != 0)
+        return fail_errno(err, err_len, errno);
+    *fd_out = fd;
+    return 0;
+}
+
+static int do_truncate(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    if (op->ints[0] < 0 || op->ints[0] > INT64_MAX_ - MAX_DATA)
+        return fail(err, err_len, EINVAL, "TRUNCATE: length out of range");
+    int fd;
+    int rc = writable(a, op, &fd, err, err_len);
+    if (rc == 0 && ftruncate(fd, (off_t)op->ints[0]) != 0)
+        rc = fail_errno(err, err_len, errno);
+    return rc;
+}
+
+static int do_fallocate(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    int64_t mode = op->ints[0], offset = op->ints[1], length = op->ints[2];
+    if (mode < 0 || mode > FALLOC_MODES || offset < 0 || length <= 0 || offset > INT64_MAX_ - length)
+        return fail(err, err_len, EINVAL, "FALLOCATE: range out of bounds");
+    int fd;
+    int rc = writable(a, op, &fd, err, err_len);
+    if (rc == 0 && fallocate(fd, (int)mode, (off_t)offset, (off_t)length) != 0)
+        rc = fail_errno(err, err_len, errno);
+    return rc;
+}
+
+static int sync_fd(int fd, int64_t datasync, char *err, size_t err_len)
+{
+    if ((datasync ? fdatasync(fd) : fsync(fd)) != 0)
+        return fail_errno(err, err_len, errno);
+    return 0;
+}
+
+static int do_fsync(struct hm_applier *a, const struct hm_op *op, int64_t datasync, char *err,
+                    size_t err_len)
+{
+    struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
+    if (e != NULL)
+        return sync_fd(e->fd, datasync, err, err_len);
+    if (is_root(op))
+        return sync_fd(a->root_fd, datasync, err, err_len);
+    struct where w;
+    int fd, rc = resolve(a, op->path, op->path_len, &w, err, err_len);
+    if (rc == 0)
+        rc = open_data(w.dir_fd, w.name, O_RDONLY, 1, err, err_len, &fd);
+    if (rc != 0)
+        return rc;
+    rc = sync_fd(fd, datasync, err, err_len);
+    close(fd);
+    return rc;
+}
+
+static int set_times(struct hm_applier *a, const struct hm_time *t, char *err, size_t err_len)
+{
+    if (check_path(t->path, t->len) != 0)
+        return fail(err, err_len, EINVAL, "bad path in times");
+    struct where w;
+    int rc = resolve(a, t->path, t->len, &w, err, err_len);
+    if (rc != 0)
+        return rc;
+    struct timespec ts[2];
+    int64_t ns[2] = {t->atime_ns, t->mtime_ns};
+    for (int i = 0; i < 2; i++) { /* floor division, as Python's os.utime(ns=) */
+        ts[i].tv_sec = ns[i] / 1000000000;
+        ts[i].tv_nsec = ns[i] % 1000000000;
+        if (ts[i].tv_nsec < 0) {
+            ts[i].tv_nsec += 1000000000;
+            ts[i].tv_sec -= 1;
+        }
+    }
+    if (utimensat(w.dir_fd, w.name, ts, AT_SYMLINK_NOFOLLOW) != 0)
+        return fail_errno(err, err_len, errno);
+    return 0;
+}
+
+/* entry points ----------------------------------------------------------------------------- */
+
+static int expected_ints(int op)
+{
+    switch (op) {
+    case HM_CREATE: return 4;
+    case HM_MKDIR: case HM_FALLOCATE: return 3;
+    case HM_WRITE_FSYNC: return 2;
+    case HM_WRITE: case HM_TRUNCATE: case HM_FSYNC: return 1;
+    case HM_UNLINK: case HM_UTIMENS: return 0;
+    default: return -1;
+    }
+}
+
+int hm_supported(int op, const int64_t *ints, int n_ints)
+{
+    if (expected_ints(op) < 0 || n_ints != expected_ints(op))
+        return 0;
+    return op != HM_CREATE || S_ISREG(ints[0]);
+}
+
+struct hm_applier *hm_new(int root_fd)
+{
+    struct hm_applier *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->root_fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
+    if (a->root_fd < 0) {
+        free(a);
+        return NULL;
+    }
+    a->use_openat2 = HM_USE_OPENAT2;
+    cache_init(&a->dirs);
+    cache_init(&a->files);
+    return a;
+}
+
+void hm_forget(struct hm_applier *a)
+{
+    cache_clear(&a->files);
+    cache_clear(&a->dirs);
+}
+
+void hm_free(struct hm_applier *a)
+{
+    if (a == NULL)
+        return;
+    hm_forget(a);
+    close(a->root_fd);
+    free(a);
+}
+
+int hm_cached(const struct hm_applier *a)
+{
+    int n = 0;
+    for (int i = 0; i < CACHE_SIZE; i++)
+        n += (a->dirs.e[i].fd >= 0) + (a->files.e[i].fd >= 0);
+    return n;
+}
+
+int hm_apply(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
+{
+    err[0] = '\0';
+    if (!hm_supported(op->op, op->ints, op->n_ints))
+        return fail(err, err_len, EINVAL, "operation %d not applied by the native core", op->op);
+    if (check_path(op->path, op->path_len) != 0)
+        return fail(err, err_len, EINVAL, "bad path");
+    if (op->n_times < 0 || op->n_times > HM_MAX_TIMES)
+        return fail(err, err_len, EINVAL, "too many time updates");
+    int makes_name = op->op == HM_CREATE || op->op == HM_MKDIR || op->op == HM_UNLINK;
+    if (makes_name && is_root(op))
+        return fail(err, err_len, EINVAL, "not allowed on the replicated directory itself");
+    if (op->op == HM_WRITE_FSYNC && op->ints[1] != 0 && op->ints[1] != 1)
+        return fail(err, err_len, EINVAL, "WRITE_FSYNC: datasync must be 0 or 1");
+    int rc = 0, fd = -1;
+    switch (op->op) {
+    case HM_CREATE: rc = do_create(a, op, err, err_len); break;
+    case HM_MKDIR: rc = do_mkdir(a, op, err, err_len); break;
+    case HM_UNLINK: rc = do_unlink(a, op, err, err_len); break;
+    case HM_WRITE: case HM_WRITE_FSYNC: rc = do_write(a, op, &fd, err, err_len); break;
+    case HM_TRUNCATE: rc = do_truncate(a, op, err, err_len); break;
+    case HM_FALLOCATE: rc = do_fallocate(a, op, err, err_len); break;
+    case HM_FSYNC: rc = do_fsync(a, op, op->ints[0], err, err_len); break;
+    default: break; /* UTIMENS: the times only */
+    }
+    for (int i = 0; rc == 0 && i < op->n_times; i++)
+        rc = set_times(a, &op->times[i], err, err_len);
+    if (rc == 0 && op->op == HM_WRITE_FSYNC) /* a WRITE then an FSYNC: it covers the times too */
+        rc = sync_fd(fd, op->ints[1], err, err_len);
+    if (rc != 0) /* the tree may not be what the caches think: start again from names */
+        hm_forget(a);
+    return rc;
+}
