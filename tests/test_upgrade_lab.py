@@ -36,7 +36,7 @@ pytestmark = LAB_MARKS
 
 PREVIOUS = "v0.2.0"
 OLD, NEW = "0.2.0", "new"
-NEW_TREE = os.path.dirname(os.path.dirname(os.path.abspath(hamirror.__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = "hamirror-demo"              # the demo's directory under the node's /srv
 PRIMARY = ("PRIM", "ALONE")
 # The longest write gap of the upgrade may exceed the longer of two plain swaps' (one on each
@@ -50,15 +50,23 @@ MARGIN = 1.5
 
 def previous_release(dest: str) -> str:
     """Extract the previous release's package into dest (its tree root, for PYTHONPATH)."""
-    if subprocess.run(["git", "-C", NEW_TREE, "rev-parse", "-q", "--verify", f"refs/tags/{PREVIOUS}"],
+    if subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", f"refs/tags/{PREVIOUS}"],
                       capture_output=True).returncode != 0:
-        pytest.skip(f"no tag {PREVIOUS} in {NEW_TREE} (a shallow clone? git fetch --tags): "
+        pytest.skip(f"no tag {PREVIOUS} in {REPO} (a shallow clone? git fetch --tags): "
                     "the previous release's code is taken from it")
     os.makedirs(dest)
-    archive = subprocess.run(f"git -C {NEW_TREE} archive {PREVIOUS} hamirror | tar -x -C {dest}", shell=True,
+    archive = subprocess.run(f"git -C {REPO} archive {PREVIOUS} hamirror | tar -x -C {dest}", shell=True,
                              capture_output=True, text=True)
     assert archive.returncode == 0, archive.stderr
     return dest
+
+
+def installed_tree() -> str:
+    """Where ``python -m hamirror`` finds this release in a node (working directory /): the tree
+    the new daemons import from."""
+    found = subprocess.run([sys.executable, "-c", "import hamirror; print(hamirror.__file__)"], cwd="/",
+                           capture_output=True, text=True, check=True)
+    return os.path.dirname(os.path.dirname(found.stdout.strip()))
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Release:
     """Which code each node has installed, and how to run it there."""
 
     old_tree: str
+    new_tree: str
     installed: dict[str, str]
 
     def command(self, node: str, *args: str) -> list[str]:
@@ -115,7 +124,7 @@ def role(cmdline: list[str]) -> str | None:
 def code_by_process(lab: Lab, release: Release) -> dict[str, str]:
     """``{"node1 agent 1234": "0.2.0" | "new", ...}`` for every hamirror daemon of both nodes."""
     recorded = state.load(lab.paths)
-    trees = {OLD: release.old_tree, NEW: NEW_TREE}
+    trees = {OLD: release.old_tree, NEW: release.new_tree}
     found = {}
     for node in NODES:
         for pid in process.members(lab.paths, node, recorded.started_in(node) if recorded else []):
@@ -279,7 +288,7 @@ def lower_dir(lab: Lab, node: str) -> str:
 
 
 def test_rolling_upgrade_from_the_previous_release_under_a_writer(tmp_path):
-    release = Release(previous_release(str(tmp_path / "previous")), {n: OLD for n in NODES})
+    release = Release(previous_release(str(tmp_path / "previous")), installed_tree(), {n: OLD for n in NODES})
     with temporary_lab(str(tmp_path / "lab"), agents=False) as lab:
         agents = [start_agent(lab, release, node) for node in NODES]
         labagent.wait_ready(lab.paths, agents, ["demo"], timeout=90,
