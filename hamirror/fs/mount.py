@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import ctypes
+
 import mfusepy
 
 from hamirror.fs.operations import Interception
@@ -67,9 +69,30 @@ def default_state_dir(directory: str) -> str:
     return os.path.join("/var/lib/hamirror/mirror", f"{name}-{digest}")
 
 
+_pinned = threading.local()   # set on a FUSE thread once its Python thread state is kept
+
+
+def _keep_thread_state() -> None:
+    """Keep this (libfuse) thread's Python thread state from one request to the next.
+
+    ctypes runs each callback between ``PyGILState_Ensure`` and ``PyGILState_Release``; on a
+    thread Python did not start, the release deletes the thread state, so every FUSE request paid
+    for a new one (gettid, a 16 KiB mmap and munmap for its frame stack, the state's own setup).
+    One more Ensure, never released, keeps it alive for the thread's life: libfuse's threads are
+    not retired (idle threads are kept), so this is one state per thread, as for Python's own."""
+    ctypes.pythonapi.PyGILState_Ensure()
+    _pinned.kept = True
+
+
 class _Fuse(mfusepy.FUSE):
-    """mfusepy with the two libfuse 3 arguments it drops (rename flags, raw utimens values), and a
-    ``create`` without mfusepy's ``inspect.signature`` call on every new file."""
+    """mfusepy with the two libfuse 3 arguments it drops (rename flags, raw utimens values), a
+    ``create`` without mfusepy's ``inspect.signature`` call on every new file, and one Python
+    thread state per FUSE thread instead of one per request."""
+
+    def _wrapper(self, func, *args, **kwargs):   # every libfuse callback goes through here
+        if not getattr(_pinned, "kept", False):
+            _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def create(self, path: bytes, mode: int, fip) -> int:
         fi = fip.contents
@@ -258,8 +281,8 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         mounted("/")
 
     ops.init_with_config = init_with_config  # type: ignore[method-assign]
-    # Idle threads are kept: libfuse retiring and starting threads costs a Python thread state each.
-    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS} if options.mode == "barrier" else {}
+    # Idle threads are kept in every mode: each keeps its Python thread state (_keep_thread_state).
+    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
