@@ -73,8 +73,12 @@ def test_postgresql_survives_a_dead_then_a_hung_mount_daemon_on_the_primary(tmp_
             took = commit_again(lab, app, key)
             print(f"{signal.Signals(fault).name} of the mount daemon: a commit through the VIP again after {took:.1f} s")
             log = scripts_log(lab, "node1")
-            assert f"cannot be reached (a dead mount?): immediate shutdown of {postmaster}" in log, log[-3000:]
-            assert f"stopped (pid {postmaster})" in log and "another postgres" not in log, log[-3000:]
+            # stop_prim ends the old server through the dead mount; or, on a slow machine, the
+            # server already ended itself (PANIC on the lost mount) and start_prim found its pid
+            # file stale. Never "another postgres" on the port (finding 2's failure).
+            stopped = f"immediate shutdown of {postmaster}" in log and f"stopped (pid {postmaster})" in log
+            ended_itself = f"stale postmaster.pid (pid {postmaster} is no postgres" in log
+            assert (stopped or ended_itself) and "another postgres" not in log, log[-3000:]
             assert gone(postmaster) and gone(daemon)
             assert postmaster_pid(lab, "node1") != postmaster              # a new server, on node1 still
             status = next(m for m in json.loads(lab.exec("node1", "hamirror", "status", "--json").stdout)["modules"])

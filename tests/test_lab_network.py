@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from hamirror.lab.naming import ADDRESSES
+from hamirror.lab.naming import ADDRESSES, hosts_for
 from hamirror.lab.testing import temporary_lab, unavailable
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
@@ -33,7 +33,8 @@ def lab(tmp_path_factory, host_before):
 
 
 def test_every_host_has_its_address_on_eth0_and_no_default_route(lab):
-    for host, address in ADDRESSES.items():
+    for host in hosts_for(witness=True):               # this lab's hosts (no --etcd: no etcd hosts)
+        address = ADDRESSES[host]
         shown = lab.sh(host, "ip -o -4 addr show dev eth0")
         assert f"inet {address}/24" in shown
         routes = lab.sh(host, "ip -4 route; ip -6 route")
