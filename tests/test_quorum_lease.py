@@ -245,10 +245,8 @@ def test_the_client_is_vouched_only_when_it_held_the_lease_last():
     assert client.view.holds(clock()) and not client.vouches(clock())
 
 
-def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_about_a_live_holder():
-    """Finding 7: a SECOND that hears nothing marks itself stale only when the witness heard its
-    primary hold the lease just now; a dead primary's lease is still held until it lapses, but
-    its silence at the witness is then more than two intervals."""
+def node1_beside_a_holding_node2():
+    """A witness where node2 holds the lease, node1's client, and ``ask()``: one claim of node1 answered."""
     clock, wall = Clock(), Clock(1_700_000_000.0)
     srv = server(clock, wall)
     clock.t += LEASE
@@ -258,6 +256,15 @@ def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_abou
     def ask() -> None:
         client.send(True)
         client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+
+    return clock, wall, srv, client, ask
+
+
+def test_the_client_knows_the_peer_holds_the_lease_only_from_a_fresh_answer_about_a_live_holder():
+    """Finding 7: a SECOND that hears nothing marks itself stale only when the witness heard its
+    primary hold the lease just now; a dead primary's lease is still held until it lapses, but
+    its silence at the witness is then more than two intervals."""
+    clock, wall, srv, client, ask = node1_beside_a_holding_node2()
 
     clock.t += 0.1
     ask()
@@ -310,15 +317,7 @@ def test_a_damaged_witness_state_file_is_a_named_error(tmp_path, content):
 
 def test_the_client_knows_it_was_granted_the_lease_after_its_peer():
     """A lease that came from the peer is never vouched for later (docs/cluster.md)."""
-    clock, wall = Clock(), Clock(1_700_000_000.0)
-    srv = server(clock, wall)
-    clock.t += LEASE
-    srv.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY))          # node2 holds it
-    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, interval=0.3, clock=clock, wall=wall)
-
-    def ask() -> None:
-        client.send(True)
-        client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
+    clock, wall, srv, client, ask = node1_beside_a_holding_node2()
 
     ask()
     assert not client.granted_after_peer(clock())                                  # refused: node2 holds it
