@@ -7,6 +7,7 @@ while its journal says ALONE stays ALONE: it never streams over a replica that m
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -18,8 +19,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-import ctypes
 
 import mfusepy
 
