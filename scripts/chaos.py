@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--converge-timeout", type=float, default=60.0, help="seconds for check 3 (default 60)")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"lab root, must not hold a lab (default {DEFAULT_ROOT})")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the lab's files (agents' logs) even when every check held")
     p.add_argument("--mode", choices=("sync", "barrier", "async"), default=None,
                    help="the module's replication mode (default: its module.toml's, sync)")
     args = p.parse_args(argv)
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of {len(campaign.trials)} trial(s)")
     for v in campaign.violations:
         print(f"VIOLATION {v}")
-    if crashed or campaign.violations:
+    if crashed or campaign.violations or args.keep_logs:
         print(f"the agents' logs stay in {campaign.paths.root}/NODE/log/")
     else:
         remove_files(campaign.paths, created_root=False)
