@@ -314,9 +314,11 @@ class Agent:
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
             after_peer = self.quorum is True and self.witness.granted_after_peer(boottime())
+            token = self.witness.token() if self.quorum is True else None
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks, after_peer = False, False, False, False, False
+            token = None
         listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -350,6 +352,7 @@ class Agent:
             if after_peer:
                 runner.note_peer_led()
             try:
+                runner.datapath.record_fencing_token(token)   # before anything acts on the tenure
                 await runner.tick(peer, history, self.quorum, listened, epoch, linked,
                                   vouched and not runner.record.peer_led, peer_leased, peer_asks)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
