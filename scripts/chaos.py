@@ -67,8 +67,9 @@ def fault_list(text: str) -> list[str]:
 
 
 def allowed_faults(args: argparse.Namespace) -> tuple[str, ...]:
-    """The faults the lab's options allow (a witness, a fence)."""
-    return (ANY + (chaos_faults.PARTITIONS if args.partitions else ())
+    """The faults the lab's options allow (a witness or etcd, a fence)."""
+    partitions = chaos_faults.PARTITIONS if args.witness else chaos_faults.PARTITIONS[:1]   # etcd: the peers
+    return (ANY + (partitions if args.partitions else ())
             + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ()))
 
 
@@ -83,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=3600.0,
                    help="seconds; no new fault after this, the trial under way is still judged (default 3600)")
     p.add_argument("--witness", action="store_true", help="lab up --witness")
+    p.add_argument("--etcd", action="store_true", help="lab up --etcd (three etcd hosts: the nodes' quorum)")
+    p.add_argument("--lease", type=int, default=None, metavar="SECONDS",
+                   help="lab up --lease: the quorum's lease (default: the witness's or etcd's)")
     p.add_argument("--partitions", action="store_true", help="add the partition faults (needs --witness)")
     p.add_argument("--fence", action="store_true", help="lab up --fence, and the slow-fence fault")
     p.add_argument("--faults", type=fault_list, default=None,
@@ -97,8 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("sync", "barrier", "async"), default=None,
                    help="the module's replication mode (default: its module.toml's, sync)")
     args = p.parse_args(argv)
-    if args.partitions and not args.witness:
-        p.error("--partitions needs --witness (partitions without a witness have no safe answer)")
+    if args.partitions and not (args.witness or args.etcd):
+        p.error("--partitions needs --witness or --etcd (partitions without a quorum have no safe answer)")
+    if args.witness and args.etcd:
+        p.error("choose one quorum: --witness or --etcd")
+    if args.lease is not None and not (args.witness or args.etcd):
+        p.error("--lease needs --witness or --etcd")
     allowed = allowed_faults(args)
     chosen = args.faults or list(allowed)
     bad = [f for f in chosen + (args.plan or []) if f not in allowed]
@@ -157,11 +165,13 @@ class Campaign:
     def build(self) -> None:
         started = time.monotonic()
         control.up(self.paths, [self.module()], witness=self.args.witness, fence=self.args.fence,
-                   timeout=self.app.startup * 2)
+                   etcd=self.args.etcd, lease=self.args.lease, timeout=self.app.startup * 2)
         self.injector.prepare_lab()
         self.app.prepare(self.paths, "node1")
         self.sampler.refresh()
-        self.say(f"lab up at {self.paths.root} ({self.app.module}){' with a witness' if self.args.witness else ''}"
+        quorum = " with a witness" if self.args.witness else " with etcd" if self.args.etcd else ""
+        lease = f" (lease {self.args.lease} s)" if self.args.lease else ""
+        self.say(f"lab up at {self.paths.root} ({self.app.module}){quorum}{lease}"
                  f"{' and fence scripts' if self.args.fence else ''}, mode {self.args.mode or 'sync'} "
                  f"in {time.monotonic() - started:.1f} s")
 
