@@ -230,7 +230,7 @@ say "guide §1, run in each root filesystem:"; printf '    %s\n' "$guide_install
 for node in "${NODES[@]}"; do
   offline "$node" /bin/sh -ec "sha256sum -c SHA256SUMS; $guide_install; apt-get install -y postgresql-15" \
     >"$WORK/$node/install.log" 2>&1 || die "$node: install failed: $WORK/$node/install.log"
-  say "$node: installed ($(offline "$node" /usr/local/bin/hamirror --version))"
+  say "$node: installed ($(offline "$node" /usr/local/bin/hamirror --version | tr -d '\r'))"
 done
 
 # §0 step 3, the data volume: REPLACED. A container has no /dev/sdb, and systemd in a container
@@ -350,12 +350,13 @@ writer() {              # one INSERT a commit; a key is acknowledged when psql e
 writer & WRITER=$!
 sleep 5
 
-check_rows() {          # check_rows WHEN: every acknowledged key is in the table (through the VIP)
-  local missing have
+check_rows() {          # check_rows WHEN: every commit acknowledged so far is in the table (via the VIP)
+  local missing have acked=$WORK/acked.snapshot
+  cut -d' ' -f1 "$ACKED" | sort -u >"$acked"     # first: the writer goes on meanwhile
   have=$(client_psql -c "SELECT k FROM rows ORDER BY k") || die "$1: cannot read the rows through the VIP"
-  missing=$(comm -23 <(cut -d' ' -f1 "$ACKED" | sort -u) <(sort -u <<<"$have") | wc -l)
-  say "$1: $(wc -l <"$ACKED") commits acknowledged, $(wc -l <<<"$have") rows, $missing acknowledged missing"
-  [ "$missing" = 0 ] || die "$1: $missing acknowledged commits lost"
+  missing=$(comm -23 "$acked" <(sort -u <<<"$have") | wc -l)
+  say "$1: $(wc -l <"$acked") commits acknowledged, $(wc -l <<<"$have") rows, $missing acknowledged missing"
+  [ "$missing" = 0 ] || die "$1: $missing acknowledged commits lost: $(comm -23 "$acked" <(sort -u <<<"$have") | head -5 | xargs)"
 }
 
 check_rows "before the swap"
