@@ -26,9 +26,9 @@
 #     /srv/hamirror-postgresql at each boot of the node, in the node's own mount namespace.
 #   - scp (§0 steps 4 and 6, §2): no ssh between the nodes; the files are copied between the two
 #     root filesystems by the host (cp -p, cp -a), the same files with the same modes.
-#   - §0 step 7, the firewall: the lab has none to open.
-#   - the power switch (step 10): power off is a SIGKILL of the node's whole container (every
-#     process, its mounts) and its NIC removed; its page cache is the host's, so writes the node
+#   - the power switch (step 10): power off cuts the node's cable (its switch port removed, so
+#     nothing it sends while dying reaches the peer), then SIGKILLs its whole container (every
+#     process, its mounts); its page cache is the host's, so writes the node
 #     had not made durable are not lost as they would be in a real power loss (docs/lab.md's
 #     power-loss emulation is not used here). Power on is a boot of the same root filesystem.
 #   - install steps (§1, PostgreSQL) run in the node's root filesystem, not booted, on the host's
@@ -131,8 +131,9 @@ boot() {                # boot NODE: power on: the NIC comes up, systemd boots, 
   die "$node did not boot in 120 s (state ${state:-none}; $WORK/$node/console.log)"
 }
 
-power_off() {           # power_off NODE: SIGKILL its systemd (its whole PID namespace dies), NIC gone
-  local node=$1 pid outer i
+power_off() {           # power_off NODE: its cable cut first (no FIN nor RST of its dying sockets
+  local node=$1 pid outer i   # reaches the peer, as after a real power loss), then SIGKILL of its
+  ip -n "$PREFIX-switch" link del "p-$node" 2>/dev/null || true   # systemd: its PID namespace dies
   pid=$(container_pid "$node")
   outer=$(cat "$RUN/$node.nspawn" 2>/dev/null || true)
   [ -z "$pid" ] || kill -KILL "$pid"
@@ -295,7 +296,31 @@ for node in "${NODES[@]}"; do
 done
 say "step 6: module new postgresql (interface $nic), copied to db2 (REPLACED scp -rp by cp -a); checks OK"
 
-# §0 step 7, the firewall: nothing to open, the lab has none. Step 8: start.
+# §0 step 7, the firewall, with exactly the ports the guide lists: from the peer UDP 7401 and TCP
+# 7420, from clients TCP 5432 on the VIP only; everything else that comes in is dropped. Debian's
+# nftables unit loads it at every boot.
+for node in "${NODES[@]}"; do
+  peer=db1; [ "$node" = db1 ] && peer=db2
+  cat >"$WORK/$node/root/etc/nftables.conf" <<EOF
+#!/usr/sbin/nft -f
+flush ruleset
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iif lo accept
+		ct state established,related accept
+		ip saddr ${ADDR[$peer]} udp dport 7401 accept comment "heartbeats"
+		ip saddr ${ADDR[$peer]} tcp dport 7420 accept comment "replication_port of postgresql"
+		ip daddr $VIP tcp dport 5432 accept comment "clients, on the VIP only"
+		counter comment "dropped"
+	}
+}
+EOF
+  on "$node" systemctl enable --now nftables >>"$WORK/$node/steps.log" 2>&1
+done
+say "step 7: firewall (nftables, policy drop) with the guide's ports only, on both"
+
+# §0 step 8: start.
 for node in "${NODES[@]}"; do on "$node" systemctl enable --now hamirror; done
 say "step 8: systemctl enable --now hamirror on both"
 
@@ -325,6 +350,10 @@ wait_for() {            # wait_for SECONDS WHAT NODE "STATE UPTODATE" [NODE "STA
 wait_for 300 "db1 PRIM, db2 SECOND up to date" db1 "PRIM *" db2 "SECOND yes"
 on db1 hamirror status
 grep -q '"mirror": "streaming"' <<<"$(on db1 hamirror status --json)" || die 'db1: no "mirror": "streaming" in status --json'
+# The firewall is on: db2's receiver listens on 7420, which only db1 may reach.
+! ip netns exec "$PREFIX-client" timeout 3 bash -c "</dev/tcp/${ADDR[db2]}/7420" 2>/dev/null \
+  || die "the client reached db2's replication port: the firewall is not on"
+say "step 7 holds: the client cannot reach db2's replication port"
 
 # §0 step 9: the login role and its database, on the primary.
 on db1 runuser -u postgres -- psql -h /run/hamirror/postgresql -c "CREATE ROLE app LOGIN PASSWORD '$PGPASS'" \
@@ -367,7 +396,7 @@ on db2 hamirror swap postgresql
 wait_for 120 "swap back: db1 PRIM, db2 SECOND" db1 "PRIM *" db2 "SECOND yes"
 sleep 3; check_rows "after the swap back"
 
-say "power off db1 (SIGKILL of its whole container, its NIC gone)"
+say "power off db1 (its cable cut, then SIGKILL of its whole container)"
 t=$(date +%s)
 power_off db1
 wait_for 60 "failover: db2 ALONE" db2 "ALONE *"
@@ -393,5 +422,8 @@ print("; ".join([w for m in d["modules"] for w in m.get("warnings", [])] + [m["e
   [ -z "$warnings" ] || die "$node: status --json has warnings or errors: $warnings"
 done
 say "no warning nor error in status --json on db1 and db2"
+for node in "${NODES[@]}"; do
+  say "$node: the firewall dropped $(on "$node" nft list chain inet filter input | sed -n 's/.*counter packets \([0-9]*\) .*dropped.*/\1/p') packet(s)"
+done
 on db1 hamirror status
 say "PASSED: failover, failback, swap; $(wc -l <"$ACKED") acknowledged commits, 0 lost"
