@@ -116,10 +116,10 @@ class EtcdInjector(MoreInjector):
         s = s or next(n for n in NODES if n != p)
         ev.node, kept = p, self.rng.choice(etcdlab.HOSTS)
         hold = self.rng.uniform(3.0, 12.0)
-        ev.start = time.monotonic()
         try:
             for a, b in minority_cuts(p, s, kept):
                 control.cut(self.paths, a, b)
+            ev.start = time.monotonic()       # once the peers' link is cut too: the writes before count for nothing
             time.sleep(hold)
         finally:
             control.heal(self.paths)
