@@ -24,7 +24,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import agreement, console, control, journal_info, standby, verify
+from hamirror.agent import agreement, both, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -386,7 +386,7 @@ class Agent:
                 command = Command(request.get("action"))
             except ValueError:
                 return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
-            name = command.value
+            name = command.value + (" --all" if request.get("all") and command in both.ON_BOTH else "")
         else:
             name = {"maintenance": f"maintenance {'on' if request.get('on') else 'off'}", "clear": "clear",
                     "verify": "verify --repair" if request.get("repair") else "verify"}[cmd]
@@ -400,6 +400,8 @@ class Agent:
             answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
         elif cmd == "verify":   # online verify: hamirror/agent/verify.py
             answer = await verify.answer(self, runner, request)
+        elif request.get("all") and command in both.ON_BOTH:
+            answer = await both.run(self, runner, command)
         else:
             outcome = await runner.submit(command)
             answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
