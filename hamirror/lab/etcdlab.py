@@ -4,6 +4,10 @@ only, like the witness), that the nodes use as their quorum (``[quorum] etcd``).
 Members listen on their host's address (198.18.0.251-253, ports 2379 for clients and 2380 between
 members), keep their data in ``ROOT/etcdN/data`` and log to ``ROOT/etcdN/log/etcd.log``; ``lab kill
 etcdN`` kills one, ``lab boot etcdN`` starts it again, ``lab down`` kills all. etcd's default timing (heartbeat 100 ms, election 1 s).
+``--pre-vote`` (etcd 3.5's default; 3.4 needs it said): a member cut off alone does not raise its
+term, so when it comes back it does not depose the majority's leader. Without it the cluster had
+no leader for seconds after such a heal, and the new leader renewed every lease for a full TTL,
+which delayed a takeover (campaign 1851, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def command(paths: LabPaths, host: str, state: str = "new") -> list[str]:
             "--listen-peer-urls", peer_url(host), "--initial-advertise-peer-urls", peer_url(host),
             "--initial-cluster", ",".join(f"{h}={peer_url(h)}" for h in HOSTS),
             "--initial-cluster-state", state, "--initial-cluster-token", paths.prefix,
-            "--logger", "zap", "--log-level", "warn"]
+            "--logger", "zap", "--log-level", "warn", "--pre-vote"]
 
 
 def start(paths: LabPaths, host: str, state: str = "new") -> Started:
