@@ -35,6 +35,10 @@ class FakeDataPath:
     def watch(self, enabled: bool) -> None:
         self.watching = enabled
 
+    def record_fencing_token(self, token: int | None) -> None:
+        """Bookkeeping (the tenure's token), kept out of ``calls``."""
+        self.token = token if token is not None else getattr(self, "token", None)
+
     def start_receivers(self, wait: bool = True) -> None:
         self._call("start_receivers")
         self.receiving = True

@@ -303,6 +303,10 @@ class _LeaseLapseWait:
     def peer_asks(self, now: float) -> bool:
         return True
 
+
+    def token(self) -> int | None:
+        return None
+
     def granted_after_peer(self, now: float) -> bool:
         return False
 
@@ -385,6 +389,10 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
         def peer_asks(self, now: float) -> bool:
             return False
 
+
+        def token(self) -> int | None:
+            return None
+
         def granted_after_peer(self, now: float) -> bool:
             return False
 
@@ -423,6 +431,10 @@ class _Granted:
 
     def peer_asks(self, now: float) -> bool:
         return False
+
+
+    def token(self) -> int | None:
+        return None
 
 
 def test_a_lease_that_came_from_the_peer_is_never_vouched_for_later(tmp_path):
