@@ -314,11 +314,10 @@ class Agent:
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
             after_peer = self.quorum is True and self.witness.granted_after_peer(boottime())
-            token = self.witness.token() if self.quorum is True else None
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks, after_peer = False, False, False, False, False
-            token = None
+        token = self._tenure_token()
         listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -361,6 +360,17 @@ class Agent:
                 task = self._check_tasks.get(name)
                 if task is None or task.done():
                     self._check_tasks[name] = asyncio.create_task(runner.checkers.run_due())
+
+    def _tenure_token(self) -> int | None:
+        """The fencing token of the tenure this node holds now (None: none, or no tokens); a failure
+        here records no new token and changes no verdict."""
+        if self.quorum is not True:
+            return None
+        try:
+            return self.witness.token()
+        except Exception:  # noqa: BLE001 - the token is a second line of defence, the verdict the first
+            log.exception("the quorum's fencing token could not be read")
+            return None
 
     async def handle(self, request: dict) -> dict:
         """Answer one control-socket request; every operator command goes to the timeline with
