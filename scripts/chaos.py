@@ -6,6 +6,7 @@ no operator needed, both copies byte-identical.
     sudo .venv/bin/python scripts/chaos.py --seed 7 --trials 15 --faults-per-trial 6 --witness --partitions
     sudo .venv/bin/python scripts/chaos.py --seed 1 --trials 1 --plan freeze,kill-mount,power-kill
     sudo .venv/bin/python scripts/chaos.py --module postgresql --seed 3 --trials 3 --faults-per-trial 6
+    sudo .venv/bin/python scripts/chaos.py --etcd --seed 31 --trials 1 --plan etcd-leader,etcd-down,part-primary-minority
 
 One lab (--module: demo, postgresql or mariadb) for the whole run. A writer in the ``client`` host
 writes through the VIP all along and records every acknowledged write: the demo's PUTs of unique
@@ -44,8 +45,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE)]
 
-from hamirror.lab import (chaos_apps, chaos_double, chaos_faults, chaos_more, chaos_report, chaos_watch,  # noqa: E402
-                          compare, control, kvclient, nodeconfig, process, state)
+from hamirror.lab import (chaos_apps, chaos_double, chaos_etcd, chaos_faults, chaos_more, chaos_report,  # noqa: E402
+                          chaos_watch, compare, control, etcdlab, kvclient, nodeconfig, process, state)
 from hamirror.lab.chaos_double import CampaignInjector  # noqa: E402
 from hamirror.lab.chaos_faults import Event  # noqa: E402
 from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
@@ -54,8 +55,8 @@ from hamirror.lab.shell import LabError  # noqa: E402
 
 DEFAULT_ROOT = "/tmp/hamirror-chaos"
 ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
-ALL = ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE
-RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze")
+ALL = ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE + chaos_etcd.ETCD
+RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze") + chaos_etcd.ETCD
 
 
 def fault_list(text: str) -> list[str]:
@@ -67,9 +68,11 @@ def fault_list(text: str) -> list[str]:
 
 
 def allowed_faults(args: argparse.Namespace) -> tuple[str, ...]:
-    """The faults the lab's options allow (a witness, a fence)."""
-    return (ANY + (chaos_faults.PARTITIONS if args.partitions else ())
-            + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ()))
+    """The faults the lab's options allow (a witness or etcd, a fence)."""
+    partitions = chaos_faults.PARTITIONS if args.witness else chaos_faults.PARTITIONS[:1]   # etcd: the peers
+    return (ANY + (partitions if args.partitions else ())
+            + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ())
+            + (chaos_etcd.ETCD if args.etcd else ()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=3600.0,
                    help="seconds; no new fault after this, the trial under way is still judged (default 3600)")
     p.add_argument("--witness", action="store_true", help="lab up --witness")
+    p.add_argument("--etcd", action="store_true",
+                   help="lab up --etcd (three etcd hosts: the nodes' quorum), and the faults " + ", ".join(chaos_etcd.ETCD))
+    p.add_argument("--lease", type=int, default=None, metavar="SECONDS",
+                   help="lab up --lease: the quorum's lease (default: the witness's or etcd's)")
     p.add_argument("--partitions", action="store_true", help="add the partition faults (needs --witness)")
     p.add_argument("--fence", action="store_true", help="lab up --fence, and the slow-fence fault")
     p.add_argument("--faults", type=fault_list, default=None,
@@ -92,16 +99,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--converge-timeout", type=float, default=60.0, help="seconds for check 3 (default 60)")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"lab root, must not hold a lab (default {DEFAULT_ROOT})")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the lab's files (agents' logs) even when every check held")
     p.add_argument("--mode", choices=("sync", "barrier", "async"), default=None,
                    help="the module's replication mode (default: its module.toml's, sync)")
     args = p.parse_args(argv)
-    if args.partitions and not args.witness:
-        p.error("--partitions needs --witness (partitions without a witness have no safe answer)")
+    if args.partitions and not (args.witness or args.etcd):
+        p.error("--partitions needs --witness or --etcd (partitions without a quorum have no safe answer)")
+    if args.witness and args.etcd:
+        p.error("choose one quorum: --witness or --etcd")
+    if args.lease is not None and not (args.witness or args.etcd):
+        p.error("--lease needs --witness or --etcd")
     allowed = allowed_faults(args)
     chosen = args.faults or list(allowed)
     bad = [f for f in chosen + (args.plan or []) if f not in allowed]
     if bad:
-        p.error(f"{', '.join(bad)} need options not given (--witness --partitions, --witness, --fence)")
+        p.error(f"{', '.join(bad)} need options not given (--witness --partitions, --witness, --fence, --etcd)")
     args.faults = chosen
     if args.faults_per_trial is None:
         args.faults_per_trial = len(args.plan) if args.plan else 4
@@ -155,11 +168,13 @@ class Campaign:
     def build(self) -> None:
         started = time.monotonic()
         control.up(self.paths, [self.module()], witness=self.args.witness, fence=self.args.fence,
-                   timeout=self.app.startup * 2)
+                   etcd=self.args.etcd, lease=self.args.lease, timeout=self.app.startup * 2)
         self.injector.prepare_lab()
         self.app.prepare(self.paths, "node1")
         self.sampler.refresh()
-        self.say(f"lab up at {self.paths.root} ({self.app.module}){' with a witness' if self.args.witness else ''}"
+        quorum = " with a witness" if self.args.witness else " with etcd" if self.args.etcd else ""
+        lease = f" (lease {self.args.lease} s)" if self.args.lease else ""
+        self.say(f"lab up at {self.paths.root} ({self.app.module}){quorum}{lease}"
                  f"{' and fence scripts' if self.args.fence else ''}, mode {self.args.mode or 'sync'} "
                  f"in {time.monotonic() - started:.1f} s")
 
@@ -304,10 +319,10 @@ class Campaign:
             rec["violations"].append(f"hamirror verify found the copies equal; they differ: {rec['verify']['said']}")
 
     def keep_evidence(self, n: int) -> str:
-        """Copy the nodes' logs (agent, mount, receiver, scripts, events) out of the lab, which a
-        rebuild would wipe: ``ROOT.evidence/s{SEED}-t{N}/NODE/``."""
+        """Copy the nodes' logs (agent, mount, receiver, scripts, events; with --etcd the members'
+        logs too) out of the lab, which a rebuild would wipe: ``ROOT.evidence/s{SEED}-t{N}/HOST/``."""
         dest = os.path.join(self.paths.root + ".evidence", f"s{self.args.seed}-t{n}")
-        for node in NODES:
+        for node in NODES + (etcdlab.HOSTS if self.args.etcd else ()):
             for sub in ("log", "state"):
                 src = self.paths.node_dir(node, sub)
                 if os.path.isdir(src):
@@ -386,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of {len(campaign.trials)} trial(s)")
     for v in campaign.violations:
         print(f"VIOLATION {v}")
-    if crashed or campaign.violations:
+    if crashed or campaign.violations or args.keep_logs:
         print(f"the agents' logs stay in {campaign.paths.root}/NODE/log/")
     else:
         remove_files(campaign.paths, created_root=False)

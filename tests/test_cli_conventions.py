@@ -176,3 +176,19 @@ def test_help_lists_json_on_every_command_that_reports():
     for command in (["config", "check"], ["module", "check"], ["status"], ["events"], ["verify"], ["swap"],
                     ["stop"], ["maintenance"], ["clear"], ["mirror", "status"]):
         assert "--json" in run_cli(*command, "--help").stdout, command
+
+
+def test_a_global_config_is_the_commands_own(tmp_path, config):
+    """``hamirror -c FILE COMMAND`` (issue 17: a global -c) reads the same file as ``COMMAND -c FILE``."""
+    own = run_cli("config", "check", "-c", config)
+    assert own.returncode == 0, own
+    first = run_cli("-c", config, "config", "check")
+    assert (first.returncode, first.stdout, first.stderr) == (own.returncode, own.stdout, own.stderr)
+    assert run_cli("-c", config, "config", "check", "-c", config).returncode == 0
+    other = str(tmp_path / "other.toml")
+    twice = run_cli("-c", other, "config", "check", "-c", config)
+    assert twice.returncode == 2
+    assert f"hamirror: error: -c given twice with different files: {other} and {config}" in twice.stderr
+    none = run_cli("-c", config, "keygen", "--keys", str(tmp_path / "k"))
+    assert none.returncode == 2 and "hamirror: error: -c: 'keygen' reads no cluster file" in none.stderr
+    assert not os.path.exists(tmp_path / "k")

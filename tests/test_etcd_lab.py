@@ -5,11 +5,13 @@ there, with a newer fencing token."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 from hamirror.lab import etcdlab, kvclient, measure
+from hamirror.link import fencing
 from tests.agent_lab import LAB_MARKS, agents_lab, status
 
 pytestmark = LAB_MARKS + [pytest.mark.skipif(__import__("shutil").which("etcd") is None, reason="needs etcd")]
@@ -41,7 +43,17 @@ def test_power_kill_of_the_primary_node2_takes_over_with_etcd(lab):
     assert d2["witness"]["token"] > d1["witness"]["token"]
     assert [m["state"] for m in d2["modules"]] == ["ALONE"]
     assert kvclient.missing(lab.paths, keys) == set()
+    # The data path has the tenures' tokens: node1's stale mount would send its old one, and
+    # node2's receiver, whenever it listens again, refuses it (test_fencing_token).
+    assert _data_path_token(lab, "node1", fencing.TOKEN_FILE) == d1["witness"]["token"]
+    assert _data_path_token(lab, "node2", fencing.TOKEN_FILE) == d2["witness"]["token"]
+    assert _data_path_token(lab, "node2", fencing.FLOOR_FILE) == d2["witness"]["token"]
     # The killed member comes back and the cluster is whole again.
     assert lab.cli("boot", "etcd1").returncode == 0
     etcdlab.wait_healthy(lab.paths, 30)
     print(f"etcd: power-kill of the primary to the first acknowledged write: {seconds:.2f} s")
+
+
+def _data_path_token(lab, node: str, name: str) -> int | None:
+    """A fencing file of the demo module's directory on node (host path of its state)."""
+    return fencing.read(os.path.join(lab.paths.node_dir(node, "state"), "modules", "demo", "0", name))

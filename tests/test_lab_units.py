@@ -9,7 +9,7 @@ import tomllib
 import psutil
 import pytest
 
-from hamirror.lab import agent, mountns, nodeconfig, state
+from hamirror.lab import agent, control, mountns, nodeconfig, state
 from hamirror.lab.naming import LabPaths, hosts_for, prefix_for, resolve_root
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import LabState, Started
@@ -49,6 +49,13 @@ def test_cluster_file_with_etcd_names_the_three_members():
     assert data["quorum"] == {"etcd": ["http://198.18.0.251:2379", "http://198.18.0.252:2379",
                                        "http://198.18.0.253:2379"]}
     assert hosts_for(False, etcd=True)[-3:] == ("etcd1", "etcd2", "etcd3")
+    with_lease = tomllib.loads(nodeconfig.cluster_toml("node1", False, etcd=True, lease=4))
+    assert with_lease["quorum"]["etcd_ttl"] == 4      # lab up --etcd --lease 4
+
+
+def test_a_lease_needs_a_quorum(tmp_path):
+    with pytest.raises(LabError, match="--lease needs a quorum: --witness or --etcd"):
+        control.up(LabPaths(str(tmp_path)), ["demo"], lease=4)
 
 
 def test_unknown_module_is_refused_with_its_path():

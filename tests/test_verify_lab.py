@@ -116,3 +116,21 @@ def test_verify_is_refused_unless_the_module_is_a_live_up_to_date_mirror(lab):
         assert hamirror(lab, "node2", "start", "demo").returncode == 0
     wait_for(lab, "node2", lambda m: m["state"] == "SECOND" and m["uptodate"], timeout=90, what="node2 back")
     assert hamirror(lab, "node1", "verify", "demo").returncode == 0
+
+
+def test_stop_and_start_on_both_nodes_typed_on_one(lab):
+    """``stop --all`` on the primary (issue 17, cluster-wide commands): the secondary's part first,
+    so nothing is taken over; ``start --all`` brings the pair back. The agents' logs say it."""
+    wait_for(lab, "node2", lambda m: m["state"] == "SECOND" and m["uptodate"], what="node2 SECOND up to date")
+    stopped = hamirror(lab, "node1", "stop", "demo", "--all", "--json")
+    assert stopped.returncode == 0, (stopped.stdout, stopped.stderr)
+    answer = json.loads(stopped.stdout)
+    assert answer["ok"] and [(p["node"], p["state"]) for p in answer["nodes"]] == [("node2", "STOP"), ("node1", "STOP")]
+    assert module(lab, "node1")["state"] == "STOP" and module(lab, "node2")["state"] == "STOP"
+    log2 = open(lab.paths.log_file("node2", "agent")).read()
+    assert "stop --all by" not in log2 and "-> ALONE" not in log2.split("SECOND -> STOP")[-1]
+    started = hamirror(lab, "node2", "start", "demo", "--all")
+    assert started.returncode == 0, (started.stdout, started.stderr)
+    assert started.stdout.splitlines() == ["demo: WAIT on node2", "demo: WAIT on node1"]
+    wait_for(lab, "node1", lambda m: m["state"] == "PRIM", timeout=60, what="node1 PRIM again")
+    wait_for(lab, "node2", lambda m: m["state"] == "SECOND" and m["uptodate"], timeout=60, what="node2 SECOND")

@@ -35,6 +35,7 @@ import psutil
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
+from hamirror.link import fencing
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,24 @@ class DataPath:
         self._watchers: list = []
         self._silent_since: dict[int, float] = {}     # index -> when a mount first failed to answer
         self._watchdog: threading.Thread | None = None
+        self._token: int | None = None          # the fencing token last recorded (record_fencing_token)
+        if cluster.quorum.etcd is None:
+            # No quorum service that numbers tenures (any more): a token left by an earlier
+            # configuration would fence a holder that has none.
+            for state in self.dir_states:
+                fencing.forget(state)
+
+    def record_fencing_token(self, token: int | None) -> None:
+        """This node's tenure token where its mounts send it from, and its receivers' floor raised
+        to it (link/fencing.py); durable before the tick that acts on the tenure. Only on a change:
+        a lapsed tenure (None) leaves the old token, which a newer holder's floor refuses."""
+        if token is None or token == self._token:
+            return
+        for state in self.dir_states:
+            fencing.write(os.path.join(state, fencing.TOKEN_FILE), token)
+            fencing.raise_floor(state, token)
+        log.info("%s: fencing token %d recorded for the data path", self.module, token)
+        self._token = token
 
     # ----------------------------------------------------------------- stopped module
 

@@ -24,7 +24,7 @@ from hamirror.actions.checkers import build as build_checker
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.actions.scripts import ScriptRunner
 from hamirror.actions.vip import Vip
-from hamirror.agent import agreement, console, control, journal_info, standby, verify
+from hamirror.agent import agreement, both, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
@@ -314,9 +314,11 @@ class Agent:
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
             after_peer = self.quorum is True and self.witness.granted_after_peer(boottime())
+            token = self.witness.token() if self.quorum is True else None
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks, after_peer = False, False, False, False, False
+            token = None
         listened = self.listening.listened()
         for name, runner in self.runners.items():
             info = infos.get(name)
@@ -350,6 +352,7 @@ class Agent:
             if after_peer:
                 runner.note_peer_led()
             try:
+                runner.datapath.record_fencing_token(token)   # before anything acts on the tenure
                 await runner.tick(peer, history, self.quorum, listened, epoch, linked,
                                   vouched and not runner.record.peer_led, peer_leased, peer_asks)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
@@ -383,7 +386,7 @@ class Agent:
                 command = Command(request.get("action"))
             except ValueError:
                 return {"ok": False, "error": f"unknown command {request.get('action')!r}"}
-            name = command.value
+            name = command.value + (" --all" if request.get("all") and command in both.ON_BOTH else "")
         else:
             name = {"maintenance": f"maintenance {'on' if request.get('on') else 'off'}", "clear": "clear",
                     "verify": "verify --repair" if request.get("repair") else "verify"}[cmd]
@@ -397,6 +400,8 @@ class Agent:
             answer = {"ok": True, "state": runner.state.value, "warnings": [], "error": None}
         elif cmd == "verify":   # online verify: hamirror/agent/verify.py
             answer = await verify.answer(self, runner, request)
+        elif request.get("all") and command in both.ON_BOTH:
+            answer = await both.run(self, runner, command)
         else:
             outcome = await runner.submit(command)
             answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}

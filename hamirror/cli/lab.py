@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--witness", action="store_true", help="add a witness host (198.18.0.254) and quorum")
     up.add_argument("--etcd", action="store_true",
                     help="add three etcd hosts (198.18.0.251-253) running an etcd cluster, the nodes' quorum")
+    up.add_argument("--lease", type=int, default=None, metavar="SECONDS",
+                    help="the quorum's lease (the witness's --timeout, or quorum.etcd_ttl; default: theirs)")
     up.add_argument("--fence", action="store_true",
                     help="configure a fence script in each node that power-kills the other ('lab kill')")
     up.add_argument("--console", action="store_true",
@@ -95,7 +97,7 @@ def _guard(func):
 def _up(paths: LabPaths, args: argparse.Namespace) -> int:
     modules = args.module or ["demo"]
     control.up(paths, modules, witness=args.witness, start_agents=not args.no_agent, timeout=args.timeout,
-               fence=args.fence, console=args.console, etcd=args.etcd)
+               fence=args.fence, console=args.console, etcd=args.etcd, lease=args.lease)
     what = "infrastructure up (no agents)" if args.no_agent else f"{', '.join(modules)}: PRIM on node1, SECOND on node2"
     print(f"lab {paths.root} ({paths.prefix}): {what}")
     return 0

@@ -51,16 +51,32 @@ def build_parser(groups: list[str] = COMMAND_GROUPS) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hamirror {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-c", "--config", dest="global_config", default=None, metavar="FILE",
+                        help="cluster file for the command (the same as the command's own -c)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in groups:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def _apply_global_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``hamirror -c FILE COMMAND``: the command's own ``-c`` unless it was given too (then both must
+    name the same file); a command that reads no cluster file refuses it (exit 2)."""
+    if args.global_config is None or getattr(args, "func", None) is None:
+        return
+    if not hasattr(args, "config"):
+        parser.error(f"-c: '{args.command}' reads no cluster file")
+    if args.config is None:
+        args.config = args.global_config
+    elif args.config != args.global_config:
+        parser.error(f"-c given twice with different files: {args.global_config} and {args.config}")
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser([GROUP_OF[words[0]]] if words and words[0] in GROUP_OF else COMMAND_GROUPS)
     args = parser.parse_args(argv)
+    _apply_global_config(parser, args)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     func = getattr(args, "func", None)

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("-c", "--config", default=None, help="cluster file (finds the agent's run_dir)")
         parser.add_argument("--timeout", type=float, default=600.0,
                             help="seconds to wait for the agent to carry it out (default: %(default)s)")
+        if name in ("start", "stop", "restart"):
+            parser.add_argument("--all", action="store_true",
+                                help="on both nodes (the peer through its HTTP API; a stop ends the secondary first)")
         add_json(parser)
         parser.set_defaults(func=run_command, action_name=name)
     maintenance = subparsers.add_parser(
@@ -113,19 +116,23 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     # `prim` on stale data: the agent's own warning says that data may be lost (printed below).
-    answer = _ask(_socket(args), {"cmd": "module", "module": args.module, "action": args.action_name},
-                  args.timeout)
+    request = {"cmd": "module", "module": args.module, "action": args.action_name}
+    if getattr(args, "all", False):
+        request["all"] = True
+    answer = _ask(_socket(args), request, args.timeout)
     for warning in answer.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
+    nodes = answer.get("nodes") if isinstance(answer.get("nodes"), list) else None
     if args.json:
         print_json({"module": args.module, "action": args.action_name, "ok": bool(answer.get("ok")),
                     "state": answer.get("state"), "error": answer.get("error"),
-                    "warnings": answer.get("warnings") or []})
+                    "warnings": answer.get("warnings") or [], **({"nodes": nodes} if nodes is not None else {})})
     if not answer.get("ok"):
         reason = answer.get("error") or "; ".join(answer.get("warnings") or []) or "refused"
         raise CommandError(f"{args.action_name} {args.module}: {reason}", refusal_code(answer))
     if not args.json:
-        print(f"{args.module}: {answer.get('state')}")
+        for part in nodes or [answer]:
+            print(f"{args.module}: {part.get('state')}" + (f" on {part['node']}" if part.get("node") else ""))
     return 0
 
 

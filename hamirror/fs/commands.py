@@ -23,8 +23,10 @@ class MountCommands:
     """Handles control requests for one mount (see hamirror.fs.control)."""
 
     def __init__(self, root_fd: int, replicator: Replicator, journal: Journal, keys_dir: str,
-                 ack_timeout: float, window: int, snapshot: Callable[[], dict]) -> None:
+                 ack_timeout: float, window: int, snapshot: Callable[[], dict],
+                 token_file: str | None = None) -> None:
         self.root_fd = root_fd
+        self.token_file = token_file
         self.replicator = replicator
         self.journal = journal
         self.keys_dir = keys_dir
@@ -96,7 +98,7 @@ class MountCommands:
         client = None
         try:
             client = LinkClient(peer, self.keys_dir, peer_key_name=peer_key, ack_timeout=self.ack_timeout,
-                                window=self.window)
+                                window=self.window, token_file=self.token_file)
             client.hello(min(self.ack_timeout * 2, 30.0), flags=HELLO_RESYNC)
             old = self.replicator.client
             self.engine = ResyncEngine(self.root_fd, self.replicator, client, self.journal, full=full,

@@ -25,6 +25,7 @@ import mfusepy
 from hamirror.fs.operations import Interception
 from hamirror.fs.syscalls import syncfs
 from hamirror.journal.journal import Journal
+from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
@@ -229,7 +230,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         return root_fd, replicator, None, journal
     try:
         client = LinkClient(options.peer, options.keys_dir, peer_key_name=options.peer_key_name,
-                            ack_timeout=options.ack_timeout, window=options.window)
+                            ack_timeout=options.ack_timeout, window=options.window, token_file=token_file(options))
     except Exception as exc:
         journal.close()
         os.close(root_fd)
@@ -244,6 +245,11 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     journal.set_state(STATE_KEY, MirrorState.PRIM.value)
     return root_fd, Replicator(client, journal, sync=options.mode == "sync", fence=options.fence,
                                fence_timeout=options.fence_timeout, activity=activity), client, journal
+
+
+def token_file(options: MountOptions) -> str:
+    """Where the agent keeps this node's fencing token for the directory (link/fencing.py)."""
+    return os.path.join(options.state_dir, fencing.TOKEN_FILE)
 
 
 def _must_ask(saved: str | None, was_clean: bool) -> bool:
@@ -262,7 +268,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         return 1
     status = StatusWriter(options, replicator)
     commands = MountCommands(root_fd, replicator, journal, options.keys_dir, options.ack_timeout,
-                             options.window, status.snapshot)
+                             options.window, status.snapshot, token_file=token_file(options))
     status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
     control = ControlServer(options.state_dir, commands.handle)

@@ -21,13 +21,15 @@ def start(paths: LabPaths, node: str) -> Started:
     return process.start(paths, node, AGENT, AGENT_COMMAND)
 
 
-def start_witness(paths: LabPaths) -> Started:
-    """``hamirror witness`` in the witness host, with the config ``nodeconfig`` wrote for it."""
+def start_witness(paths: LabPaths, lease: int | None = None) -> Started:
+    """``hamirror witness`` in the witness host, with the config ``nodeconfig`` wrote for it
+    (``lease``: its ``--timeout``, else the default)."""
     config = os.path.join(paths.node_dir(WITNESS, "etc"), "hamirror.toml")
     state = os.path.join(paths.node_dir(WITNESS, "state"), "witness-lease.json")
     return process.start(paths, WITNESS, WITNESS, [sys.executable, "-m", "hamirror", "witness", "--bind",
                                                     f"{ADDRESSES[WITNESS]}:{WITNESS_PORT}", "-c", config,
-                                                    "--state", state])
+                                                    "--state", state,
+                                                    *(["--timeout", str(lease)] if lease else [])])
 
 
 def node_status(paths: LabPaths, node: str, timeout: float = 10.0) -> dict | None:

@@ -20,13 +20,13 @@ import time
 
 from hamirror.lab import control, measure
 from hamirror.lab.chaos_faults import Event, _signal, pids_of
-from hamirror.lab.chaos_more import MoreInjector
+from hamirror.lab.chaos_etcd import EtcdInjector
 from hamirror.lab.naming import NODES
 
 DOUBLE = ("takeover-double", "resync-double", "swap-double", "remount-double")
 
 
-class CampaignInjector(MoreInjector):
+class CampaignInjector(EtcdInjector):
     """Every fault of the campaign."""
 
     def second(self, ev: Event, node: str, kind: str) -> None:

@@ -89,7 +89,7 @@ class MoreInjector(Injector):
 
     def _start_witness(self) -> None:
         recorded = control.require(self.paths)
-        recorded.processes.append(agent.start_witness(self.paths))
+        recorded.processes.append(agent.start_witness(self.paths, recorded.lease))
         state.save(self.paths, recorded)
 
     # ------------------------------------------------------------------ faults

@@ -39,11 +39,15 @@ def check_host(recorded: LabState, host: str, nodes_only: bool = False) -> None:
 
 
 def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents: bool = True,
-       timeout: float = 60.0, fence: bool = False, console: bool = False, etcd: bool = False) -> LabState:
+       timeout: float = 60.0, fence: bool = False, console: bool = False, etcd: bool = False,
+       lease: int | None = None) -> LabState:
     """Build the lab; with agents, return once every module is PRIM on node1 and SECOND on node2.
-    ``etcd``: three etcd hosts run an etcd cluster, the nodes' quorum (ready before the agents start)."""
+    ``etcd``: three etcd hosts run an etcd cluster, the nodes' quorum (ready before the agents start).
+    ``lease``: the quorum's lease in seconds (the witness's ``--timeout``, or ``etcd_ttl``)."""
     if witness and etcd:
         raise LabError("choose one quorum: --witness or --etcd")
+    if lease is not None and not (witness or etcd):
+        raise LabError("--lease needs a quorum: --witness or --etcd")
     if state.load(paths) is not None or netns.lab_netns(paths) or mountns.mounts_under(paths.root):
         raise LabError(f"a lab is up at {paths.root} already; run 'hamirror lab down --root {paths.root}' first")
     if start_agents:
@@ -52,10 +56,11 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
     else:
         modules = [m for m in modules if _module_exists(m)]
     _clear_files(paths)
-    recorded = LabState(root=paths.root, prefix=paths.prefix, witness=witness, etcd=etcd, modules=modules)
+    recorded = LabState(root=paths.root, prefix=paths.prefix, witness=witness, etcd=etcd, lease=lease,
+                        modules=modules)
     state.save(paths, recorded)
     try:
-        nodeconfig.write_all(paths, modules, witness, fence, console, etcd)
+        nodeconfig.write_all(paths, modules, witness, fence, console, etcd, lease)
         netns.create_switch(paths)
         for host in recorded.hosts:
             netns.create_host(paths, host)
@@ -63,7 +68,7 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
         for node in NODES:
             mountns.create(paths, node)
         if witness:
-            recorded.processes.append(agent.start_witness(paths))
+            recorded.processes.append(agent.start_witness(paths, lease))
             state.save(paths, recorded)
         if etcd:
             for host in etcdlab.HOSTS:

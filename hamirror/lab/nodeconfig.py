@@ -28,7 +28,8 @@ HTTP_PORT = 9453
 HTTP_TOKEN = "http.token"
 
 
-def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False, etcd: bool = False) -> str:
+def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False, etcd: bool = False,
+                 lease: int | None = None) -> str:
     """The cluster file as node sees it (paths are the in-namespace ones)."""
     lines = [
         "# Written by 'hamirror lab up'.",
@@ -51,7 +52,7 @@ def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = 
         lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
     if etcd:     # plain HTTP: the lab's network is private to its namespaces
         urls = ", ".join(f'"http://{ADDRESSES[host]}:{ETCD_CLIENT_PORT}"' for host in ETCD_HOSTS)
-        lines += ["[quorum]", f"etcd = [{urls}]", ""]
+        lines += ["[quorum]", f"etcd = [{urls}]", *([f"etcd_ttl = {lease}"] if lease else []), ""]
     if fence:
         lines += ["[fence]", f'script = "{ETC}/{FENCE_SCRIPT}"', "timeout = 20", ""]
     if console:
@@ -98,7 +99,7 @@ def fence_script(paths: LabPaths) -> str:
 
 
 def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False,
-              console: bool = False, etcd: bool = False) -> None:
+              console: bool = False, etcd: bool = False, lease: int | None = None) -> None:
     """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories); with
     ``console``, the HTTP API on each node's address with one token for both and commands on."""
     sources = [module_source(m) for m in modules]
@@ -108,7 +109,7 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = 
         etc = paths.node_dir(node, "etc")
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
-            f.write(cluster_toml(node, witness, fence, console, etcd))
+            f.write(cluster_toml(node, witness, fence, console, etcd, lease))
         if console:
             _write_secret(os.path.join(etc, HTTP_TOKEN), http_token)
         if fence:

@@ -30,6 +30,7 @@ class LabState:
     prefix: str
     witness: bool = False
     etcd: bool = False
+    lease: int | None = None      # the quorum's lease, seconds (witness --timeout or etcd_ttl); None: default
     modules: list[str] = field(default_factory=list)
     processes: list[Started] = field(default_factory=list)
     partitions: list[list[str]] = field(default_factory=list)

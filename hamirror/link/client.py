@@ -22,8 +22,9 @@ from typing import Callable, Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from hamirror.link import keys
-from hamirror.link.protocol import ERROR, VERSION, Op, ProtocolError, Times, decode_reply, encode, parse_hello_answer
+from hamirror.link import fencing, keys
+from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode,
+                                    parse_hello_answer)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ class LinkClient:
     def __init__(self, endpoint: str, keys_dir: str, *, peer_key_name: str | None = None,
                  ack_timeout: float = 5.0, window: int = 256,
                  on_lost: Callable[[str, list[Ticket]], None] | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, token_file: str | None = None) -> None:
         self.endpoint = endpoint
+        self.token_file = token_file   # this node's fencing token, sent in every HELLO (link/fencing.py)
         self.ack_timeout = ack_timeout
         self.on_lost = on_lost
         self.context = context or zmq.Context.instance()
@@ -109,7 +111,9 @@ class LinkClient:
 
     def hello(self, timeout: float, flags: int = 0) -> None:
         """Start the session; raise PeerLost if the peer does not answer within ``timeout``."""
-        ticket = self.submit(Op.HELLO, (VERSION, flags))
+        token = fencing.read(self.token_file) if self.token_file is not None else None
+        ints = (VERSION, flags) if token is None else (VERSION, flags | HELLO_TOKEN, token)
+        ticket = self.submit(Op.HELLO, ints)
         if not ticket.wait(timeout):
             raise PeerLost(f"peer {self.endpoint} did not answer within {timeout:g}s "
                            "(is 'hamirror mirror receive' running there, and does it trust this node's key?)")

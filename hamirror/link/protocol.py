@@ -79,6 +79,7 @@ class Op(enum.IntEnum):
     WRITE_FSYNC = 25  # ints: offset, datasync            strs: path   + data frame: WRITE then FSYNC
 
 HELLO_RESYNC = 1      # HELLO flag: a resync follows; the receiver is not up to date until DONE
+HELLO_TOKEN = 2       # HELLO flag: a third integer is the sender's fencing token (link/fencing.py)
 QUERIES = frozenset({Op.STAT, Op.LISTDIR, Op.BLOCKSUMS, Op.CHANGES})
 
 
@@ -91,10 +92,11 @@ class OpSpec:
     n_ints: int
     strs: tuple[str, ...]
     has_data: bool = False
+    optional_ints: int = 0   # trailing integers a sender may leave out (added in a later release)
 
 
 SPECS: dict[Op, OpSpec] = {
-    Op.HELLO: OpSpec(2, ()),
+    Op.HELLO: OpSpec(2, (), optional_ints=1),   # version, flags [, fencing token with HELLO_TOKEN]
     Op.CREATE: OpSpec(4, (PATH,)),
     Op.MKDIR: OpSpec(3, (PATH,)),
     Op.SYMLINK: OpSpec(2, (PATH, TARGET)),
@@ -245,8 +247,9 @@ def decode(frames: list) -> Message:
         raise ProtocolError(f"unknown operation {opcode}") from None
     spec = SPECS[op]
     (n_ints,) = r.unpack(_U8)
-    if n_ints != spec.n_ints:
-        raise ProtocolError(f"{op.name}: expected {spec.n_ints} integers, got {n_ints}")
+    if not spec.n_ints <= n_ints <= spec.n_ints + spec.optional_ints:
+        expected = f"{spec.n_ints}" + (f" to {spec.n_ints + spec.optional_ints}" if spec.optional_ints else "")
+        raise ProtocolError(f"{op.name}: expected {expected} integers, got {n_ints}")
     ints = tuple(r.unpack(_I64)[0] for _ in range(n_ints))
     (n_strs,) = r.unpack(_U8)
     if n_strs != len(spec.strs):

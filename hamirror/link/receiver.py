@@ -28,10 +28,10 @@ from hamirror import versions
 from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
-from hamirror.link import keys
+from hamirror.link import fencing, keys
 from hamirror.link.apply import Applier, changed_paths
-from hamirror.link.protocol import (ERROR, HELLO_RESYNC, MAX_FRAME, QUERIES, VERSION, Message, Op, ProtocolError,
-                                    decode, decode_reply, encode_reply, hello_answer)
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, QUERIES, VERSION, Message, Op,
+                                    ProtocolError, decode, decode_reply, encode_reply, hello_answer)
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
@@ -252,12 +252,21 @@ class Receiver:
         return encode_reply(msg.seq, ERROR, err, self.stats.last_error)
 
     def _hello(self, msg: Message) -> list[bytes]:
-        version, flags = msg.ints
+        version, flags = msg.ints[:2]
         if version > VERSION:     # a newer sender: say so plainly (docs/upgrade.md), never guess
             return self._refuse(msg.seq, errno.EPROTONOSUPPORT,
                                 versions.newer_protocol("link", version, VERSION, None))
-        if version != VERSION or msg.session == 0 or flags & ~HELLO_RESYNC:
+        if version != VERSION or msg.session == 0 or flags & ~(HELLO_RESYNC | HELLO_TOKEN) \
+                or (len(msg.ints) == 3) != bool(flags & HELLO_TOKEN) or (flags & HELLO_TOKEN and msg.ints[2] <= 0):
             return self._refuse(msg.seq, errno.EPROTONOSUPPORT, "unsupported HELLO")
+        if flags & HELLO_TOKEN and self.state_dir is not None:
+            # Before the session exists: a stale holder's session is never started, so nothing
+            # it sends next is applied (its sequence numbers belong to no session here).
+            token = msg.ints[2]
+            why = fencing.stale(token, fencing.read(os.path.join(self.state_dir, fencing.FLOOR_FILE)))
+            if why is not None:
+                return self._refuse(msg.seq, errno.EPERM, why)
+            fencing.raise_floor(self.state_dir, token)
         if flags & HELLO_RESYNC:
             self.answers.resync_started()   # durable before anything of the resync is applied
             self.resyncing = True

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     quorum = p.add_mutually_exclusive_group()
     quorum.add_argument("--witness", action="store_true", help="the lab with a witness (lab up --witness)")
     quorum.add_argument("--etcd", action="store_true", help="the lab with an etcd quorum (lab up --etcd)")
+    p.add_argument("--lease", type=int, default=None, metavar="SECONDS",
+                   help="the quorum's lease (lab up --lease; default: the witness's or etcd's)")
     return p.parse_args(argv)
 
 
@@ -120,7 +122,8 @@ def idle(paths: LabPaths, seconds: float, poll: float = 1.0) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with demo_lab(args.root, "hamirror-failover-", witness=args.witness, etcd=args.etcd) as paths:
+    with demo_lab(args.root, "hamirror-failover-", witness=args.witness, etcd=args.etcd,
+                   lease=args.lease) as paths:
         out: dict = {"root": paths.root}
         if args.runs:
             out["runs"] = cycles(paths, args.runs)

@@ -22,7 +22,7 @@ from hamirror.lab.naming import LabPaths, resolve_root  # noqa: E402
 
 
 @contextmanager
-def demo_lab(root: str | None, prefix: str, **up_options: bool) -> Iterator[LabPaths]:
+def demo_lab(root: str | None, prefix: str, **up_options: bool | int | None) -> Iterator[LabPaths]:
     """``hamirror lab up`` with the demo module at root (default: a new directory under /tmp);
     ``up_options``: :func:`control.up`'s quorum options (``witness=True``, ``etcd=True``)."""
     if os.geteuid() != 0:

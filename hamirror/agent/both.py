@@ -1,0 +1,83 @@
+"""``hamirror stop|start|restart MODULE --all``: one command on both nodes, typed on either (issue
+17, cluster-wide commands; the runbooks' full-site stop and start).
+
+The peer runs its part through its HTTP API (the console's command endpoint, with the shared token),
+as ``hamirror verify`` from the secondary does, so both nodes need ``[http]`` with a listen address
+on the cluster network, ``token_file`` and ``console_actions = true``. The order never moves the
+service by accident: a stop ends the secondary's part first (a primary stopped first would make its
+secondary take over, only to be stopped too), and the primary's once it went on ALONE; a start or
+restart begins here. The first part that
+fails ends the command: the other node is left as it was, and the answer says which did what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import Command
+
+if TYPE_CHECKING:
+    from hamirror.agent.module_runner import ModuleRunner
+    from hamirror.agent.runtime import Agent
+
+ON_BOTH = (Command.STOP, Command.START, Command.RESTART)
+LOCAL, PEER = "local", "peer"
+SETTLE = 30.0   # seconds a primary may take to go on ALONE once its secondary stopped
+
+
+def order(command: Command, primary_here: bool) -> tuple[str, str]:
+    """Which node's part runs first (pure): a stop on a primary begins with the peer."""
+    return (PEER, LOCAL) if command is Command.STOP and primary_here else (LOCAL, PEER)
+
+
+def unavailable(agent: Agent) -> str | None:
+    """Why the peer cannot be asked (no usable ``[http]``), None when it can."""
+    http = agent.cluster.http
+    if http is None or not http.token_file or not http.console_actions or http.loopback:
+        return ("--all asks the peer through its HTTP API: give both nodes [http] with a listen address on "
+                "the cluster network, token_file and console_actions = true (or run the command on each node)")
+    return None
+
+
+async def _alone(runner: ModuleRunner) -> None:
+    """Until the primary whose secondary just stopped went on ALONE (at most SETTLE s): till then its
+    writes wait for the peer's word, and a stop_prim meanwhile finds the application blocked in
+    them (a process that even SIGKILL cannot end until the mount answers)."""
+    deadline = time.monotonic() + SETTLE
+    while runner.state is NodeState.PRIM and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def run(agent: Agent, runner: ModuleRunner, command: Command) -> dict:
+    """The command on both nodes in :func:`order`; this node's state, and ``nodes``: each node's own
+    answer (with its name), in the order they ran."""
+    from hamirror.agent.console.peer import command as on_peer
+    from hamirror.agent.http import load_token
+
+    why = unavailable(agent)
+    if why is not None:
+        return {"ok": False, "state": runner.state.value, "warnings": [], "error": why, "nodes": []}
+    http, peer = agent.cluster.http, agent.peer_node
+    nodes: list[dict] = []
+    for part in order(command, runner.state.is_primary):
+        if part == LOCAL:
+            outcome = await runner.submit(command)
+            answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
+            nodes.append({"node": agent.node.name, **answer})
+        else:
+            answer = await on_peer(peer.addresses[0], http.endpoint[1], load_token(http.token_file),
+                                   {"module": runner.name, "action": command.value}, "")
+            nodes.append({"node": peer.name, "ok": bool(answer.get("ok")), "state": answer.get("state"),
+                          "warnings": answer.get("warnings") or [], "error": answer.get("error")})
+        if part == PEER and command is Command.STOP:
+            await _alone(runner)
+        if not answer.get("ok"):
+            failed = nodes[-1]["node"]
+            return {"ok": False, "state": runner.state.value, "warnings": [], "nodes": nodes,
+                    "error": f"{command.value} on {failed}: {answer.get('error') or 'refused'}; "
+                             f"{'nothing done on the other node' if len(nodes) == 1 else 'done on the other node'}"}
+    return {"ok": True, "state": runner.state.value, "warnings": [w for part in nodes for w in part["warnings"]],
+            "error": None, "nodes": nodes}
