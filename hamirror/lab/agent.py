@@ -73,7 +73,7 @@ def log_tail(paths: LabPaths, node: str, lines: int = 15) -> str:
 
 
 def wait_ready(paths: LabPaths, agents: list[Started], modules: list[str], timeout: float,
-               status: Callable[[LabPaths, str], dict | None] = node_status, poll: float = 0.2) -> None:
+               status: Callable[[LabPaths, str], dict | None] = node_status, poll: float = 0.5) -> None:
     """Return once node1 is PRIM and node2 SECOND up to date for every module; raise with the logs otherwise.
 
     ``modules`` are what ``lab up --module`` got (names or folders); the agents report each module
