@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from hamirror.lab import agent as labagent, kvclient
+from hamirror.agent.control import SOCKET_NAME, AgentNotRunning, request
+from hamirror.lab import kvclient
 from hamirror.lab.testing import TestLab, temporary_lab, unavailable
 
 LAB_MARKS = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
@@ -22,8 +24,13 @@ def agents_lab(tmp_path_factory, name: str, *up_args: str) -> Iterator[TestLab]:
 
 
 def status(lab: TestLab, node: str) -> dict | None:
-    """The node's ``hamirror status --json`` document (from its agent's control socket), or None."""
-    return labagent.node_status(lab.paths, node)
+    """The node's ``hamirror status --json`` document, asked on its agent's control socket from here
+    (what the command prints, without starting two processes a poll), or None if no agent answers."""
+    try:
+        answer = request(os.path.join(lab.paths.node_dir(node, "run"), SOCKET_NAME), {"cmd": "status"}, 10.0)
+    except (AgentNotRunning, OSError, ValueError):
+        return None
+    return answer["status"] if answer.get("ok") else None
 
 
 def module(lab: TestLab, node: str, name: str = "demo") -> dict | None:

@@ -109,35 +109,6 @@ def test_wait_ready_fails_at_once_when_an_agent_died(tmp_path):
         agent.wait_ready(paths, [dead], ["demo"], timeout=30, status=lambda p, n: None, poll=0.01)
 
 
-def test_node_status_is_what_the_agent_answers_on_its_control_socket(tmp_path):
-    """The lab reads a node's status from the host, as ``hamirror status --json`` prints it (the
-    agent's document), None while no agent listens or it refuses."""
-    import asyncio
-
-    from hamirror.agent.control import SOCKET_NAME, ControlServer
-
-    paths = LabPaths(str(tmp_path))
-    assert agent.node_status(paths, "node1") is None                      # no socket yet
-    doc = _status("node1", "PRIM")
-    answers = iter([{"ok": True, "status": doc}, {"ok": False, "error": "busy"}])
-
-    async def handler(request: dict) -> dict:
-        assert request == {"cmd": "status"}
-        return next(answers)
-
-    async def scenario() -> list:
-        server = ControlServer(os.path.join(paths.node_dir("node1", "run"), SOCKET_NAME), handler,
-                               allowed_uid=os.geteuid())
-        await server.start()
-        try:
-            return [await asyncio.to_thread(agent.node_status, paths, "node1") for _ in range(2)]
-        finally:
-            await server.close()
-
-    assert asyncio.run(scenario()) == [doc, None]
-    assert agent.node_status(paths, "node1") is None                      # gone again
-
-
 def test_mount_table_parsing_unescapes_paths():
     rows = mountns.parse_mounts("nsfs /tmp/a\\040b/ns/node1.mnt nsfs rw 0 0\n/dev/x / ext4 rw 0 0\n")
     assert rows == [("nsfs", "/tmp/a b/ns/node1.mnt", "nsfs"), ("/dev/x", "/", "ext4")]
