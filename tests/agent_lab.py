@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from hamirror.agent.control import SOCKET_NAME, AgentNotRunning, request
 from hamirror.lab import kvclient
 from hamirror.lab.testing import TestLab, temporary_lab, unavailable
 
@@ -24,13 +24,10 @@ def agents_lab(tmp_path_factory, name: str, *up_args: str) -> Iterator[TestLab]:
 
 
 def status(lab: TestLab, node: str) -> dict | None:
-    """The node's ``hamirror status --json`` document, asked on its agent's control socket from here
-    (what the command prints, without starting two processes a poll), or None if no agent answers."""
-    try:
-        answer = request(os.path.join(lab.paths.node_dir(node, "run"), SOCKET_NAME), {"cmd": "status"}, 10.0)
-    except (AgentNotRunning, OSError, ValueError):
+    result = lab.exec(node, sys.executable, "-m", "hamirror", "status", "--json", timeout=20)
+    if result.returncode != 0:
         return None
-    return answer["status"] if answer.get("ok") else None
+    return json.loads(result.stdout)
 
 
 def module(lab: TestLab, node: str, name: str = "demo") -> dict | None:
