@@ -73,8 +73,7 @@ class MirrorPair:
         self.rstate = os.path.join(self.base, "rstate")
         os.makedirs(self.primary, exist_ok=True)
         os.makedirs(self.secondary, exist_ok=True)
-        subprocess.run(HAMIRROR + ["keygen", "--keys", self.keys, "--name", "test"], check=True,
-                       capture_output=True)
+        keys.generate(self.keys, name="test")   # what `hamirror keygen` runs (a process less a pair)
         self.port = free_port()
 
     @property

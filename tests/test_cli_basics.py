@@ -35,3 +35,24 @@ def test_the_data_path_daemons_load_only_the_mirror_commands():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
     assert "mirror" in run_cli("--help").stdout and "lab" in run_cli("--help").stdout
+
+
+def test_each_command_word_loads_the_group_that_registers_it():
+    """main() builds its parser from GROUP_OF[first word] alone: each group's words must map to
+    it, or a command would be unknown (or loaded from the wrong group) when called on its own."""
+    import argparse
+    import importlib
+
+    from hamirror.cli.main import COMMAND_GROUPS, GROUP_OF
+
+    registered = {}
+    for group in COMMAND_GROUPS:
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(group).register(subparsers)
+        registered.update(dict.fromkeys(subparsers.choices, group))
+    assert GROUP_OF == registered
+    status = run_cli("status", "--help")
+    assert status.returncode == 0 and "usage: hamirror status" in status.stdout
+    assert run_cli("lab", "exec", "--help").returncode == 0
+    unknown = run_cli("statu")
+    assert unknown.returncode == 2 and "invalid choice: 'statu'" in unknown.stderr and "lab" in unknown.stderr

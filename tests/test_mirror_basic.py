@@ -121,8 +121,10 @@ def test_sqlite_transactions_are_all_on_the_secondary(mirror_factory, mode, jour
     db.execute(f"PRAGMA journal_mode={journal_mode}")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
-    for i in range(1500):
-        db.execute("INSERT INTO t VALUES (?, ?)", (i, f"value-{i}" * 3))
+    for first in range(0, 1500, 3):   # 500 transactions (journal, fsyncs, commit) of 3 rows each
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"value-{i}" * 3) for i in range(first, first + 3)])
+        db.execute("COMMIT")
     db.close()
     pair.umount()   # the app is gone; inspect the secondary's copy on its own
     copy = sqlite3.connect(f"{pair.secondary}/app.db")
