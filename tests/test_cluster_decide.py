@@ -14,7 +14,7 @@ from hamirror.cluster.actions import (
 from hamirror.cluster.decide import decide
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
-    CheckerHealth, Command, ModuleView, PeerView, ResyncStatus, SwapPhase,
+    CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
 )
 from hamirror.journal.generations import Relation
 
@@ -267,6 +267,21 @@ def test_stop_primary_is_graceful_and_flushes() -> None:
     d = decide(view(S.PRIM, peer=S.SECOND, command=Command.STOP))
     assert d.state is S.STOP
     assert d.actions == (Persist(S.STOP), RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
+
+
+@pytest.mark.parametrize("peer,peer_uptodate,first", [
+    (S.STOP, False, (SetMirroring(False), NewGeneration())),      # stopped first (stop --all, module remove)
+    (S.WAIT, False, (SetMirroring(False), NewGeneration())),      # stale: nothing to wait for either
+    (S.SECOND, True, (RefuseWrites(),)),                          # may take over: nothing acknowledged
+    (None, True, (RefuseWrites(),)),                              # not heard: no fence, no lease to stop
+])
+def test_stop_primary_with_writes_blocked_gives_the_verdict_first(peer, peer_uptodate, first) -> None:
+    """Its peer stopped acknowledging: stop_prim would find the application blocked in its last
+    writes (seen: 'stop_prim: 1 process(es) left ... 1 survive SIGKILL' in stop --all and reload)."""
+    d = decide(view(S.PRIM, peer=peer, peer_uptodate=peer_uptodate, mirror=MirrorHealth.FENCED,
+                    command=Command.STOP))
+    assert d.state is S.STOP
+    assert d.actions == (Persist(S.STOP), *first, RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
 
 
 def test_forcestop_primary_skips_scripts_and_peer() -> None:

@@ -5,18 +5,15 @@ The peer runs its part through its HTTP API (the console's command endpoint, wit
 as ``hamirror verify`` from the secondary does, so both nodes need ``[http]`` with a listen address
 on the cluster network, ``token_file`` and ``console_actions = true``. The order never moves the
 service by accident: a stop ends the secondary's part first (a primary stopped first would make its
-secondary take over, only to be stopped too), and the primary's once it went on ALONE; a start or
-restart begins here. The first part that
+secondary take over, only to be stopped too; the primary's own stop then gives its blocked writes a
+verdict first: ``decide._stop_primary``); a start or restart begins here. The first part that
 fails ends the command: the other node is left as it was, and the answer says which did what.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TYPE_CHECKING
 
-from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command
 
 if TYPE_CHECKING:
@@ -25,7 +22,6 @@ if TYPE_CHECKING:
 
 ON_BOTH = (Command.STOP, Command.START, Command.RESTART)
 LOCAL, PEER = "local", "peer"
-SETTLE = 30.0   # seconds a primary may take to go on ALONE once its secondary stopped
 
 
 def order(command: Command, primary_here: bool) -> tuple[str, str]:
@@ -40,15 +36,6 @@ def unavailable(agent: Agent) -> str | None:
         return ("--all asks the peer through its HTTP API: give both nodes [http] with a listen address on "
                 "the cluster network, token_file and console_actions = true (or run the command on each node)")
     return None
-
-
-async def _alone(runner: ModuleRunner) -> None:
-    """Until the primary whose secondary just stopped went on ALONE (at most SETTLE s): till then its
-    writes wait for the peer's word, and a stop_prim meanwhile finds the application blocked in
-    them (a process that even SIGKILL cannot end until the mount answers)."""
-    deadline = time.monotonic() + SETTLE
-    while runner.state is NodeState.PRIM and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
 
 
 async def run(agent: Agent, runner: ModuleRunner, command: Command) -> dict:
@@ -72,8 +59,6 @@ async def run(agent: Agent, runner: ModuleRunner, command: Command) -> dict:
                                    {"module": runner.name, "action": command.value}, "")
             nodes.append({"node": peer.name, "ok": bool(answer.get("ok")), "state": answer.get("state"),
                           "warnings": answer.get("warnings") or [], "error": answer.get("error")})
-        if part == PEER and command is Command.STOP:
-            await _alone(runner)
         if not answer.get("ok"):
             failed = nodes[-1]["node"]
             return {"ok": False, "state": runner.state.value, "warnings": [], "nodes": nodes,

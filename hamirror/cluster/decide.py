@@ -37,7 +37,7 @@ from collections.abc import Callable
 from hamirror.cluster import restraint, steps
 from hamirror.cluster.actions import (
     Action, AddVip, Decision, Fence, ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, Persist,
-    RemountDataPath, RestartApp, RunScript, SetMirroring, StartResync,
+    RefuseWrites, RemountDataPath, RestartApp, RunScript, SetMirroring, StartResync,
 )
 from hamirror.cluster.states import NodeState, check_transition
 from hamirror.cluster.view import Command, MirrorHealth, ModuleView, ResyncStatus, SwapPhase
@@ -201,9 +201,29 @@ COMMANDS: dict[tuple[NodeState, Command], Rule] = {
     (S.ALONE, Command.SWAP): _refuse("the peer is not an up-to-date SECOND"),
     (S.ALONE, Command.SECOND): _refuse("the peer is not an up-to-date SECOND"),
 }
-for _state in (S.WAIT, S.SECOND, S.PRIM, S.ALONE):
+for _state in (S.WAIT, S.SECOND, S.ALONE):
     COMMANDS[(_state, Command.STOP)] = lambda v: steps.stop(v, force=False)
+for _state in (S.WAIT, S.SECOND, S.PRIM, S.ALONE):
     COMMANDS[(_state, Command.FORCESTOP)] = lambda v: steps.stop(v, force=True)
+
+
+def _stop_primary(view: ModuleView) -> Decision:
+    """`stop` on PRIM. When the mount blocks writes because the peer stopped acknowledging (the
+    peer was stopped first: `stop --all`, `module remove` on both nodes), the application's last
+    writes wait for a verdict, and `stop_prim` would find it blocked in them (a process not even
+    SIGKILL ends). The verdict comes first: ALONE when the peer is heard stopped or stale (what
+    `_fenced` grants; a new generation, as always), else the writes refused (nothing was
+    acknowledged; no fence, no lease for a node that is stopping), then the stop."""
+    stop = steps.stop(view, force=False)
+    if view.mirror is not M.FENCED:
+        return stop
+    peer = view.peer
+    quiet = peer.alive and (peer.state is S.STOP or not peer.uptodate)
+    first = (SetMirroring(False), NewGeneration()) if quiet else (RefuseWrites(),)
+    return dataclasses.replace(stop, actions=first + stop.actions)      # decide() puts Persist first
+
+
+COMMANDS[(S.PRIM, Command.STOP)] = _stop_primary
 
 
 # --- automatic rules, one per state ---------------------------------------------------------
