@@ -31,8 +31,9 @@ def order(command: Command, primary_here: bool) -> tuple[str, str]:
 
 def unavailable(agent: Agent) -> str | None:
     """Why the peer cannot be asked (no usable ``[http]``), None when it can."""
-    http = agent.cluster.http
-    if http is None or not http.token_file or not http.console_actions or http.loopback:
+    from hamirror.agent.console.peer import can_ask
+
+    if not can_ask(agent.cluster.http):
         return ("--all asks the peer through its HTTP API: give both nodes [http] with a listen address on "
                 "the cluster network, token_file and console_actions = true (or run the command on each node)")
     return None
@@ -41,13 +42,12 @@ def unavailable(agent: Agent) -> str | None:
 async def run(agent: Agent, runner: ModuleRunner, command: Command) -> dict:
     """The command on both nodes in :func:`order`; this node's state, and ``nodes``: each node's own
     answer (with its name), in the order they ran."""
-    from hamirror.agent.console.peer import command as on_peer
-    from hamirror.agent.http import load_token
+    from hamirror.agent.console.peer import ask
 
     why = unavailable(agent)
     if why is not None:
         return {"ok": False, "state": runner.state.value, "warnings": [], "error": why, "nodes": []}
-    http, peer = agent.cluster.http, agent.peer_node
+    peer = agent.peer_node
     nodes: list[dict] = []
     for part in order(command, runner.state.is_primary):
         if part == LOCAL:
@@ -55,8 +55,7 @@ async def run(agent: Agent, runner: ModuleRunner, command: Command) -> dict:
             answer = {"ok": outcome.ok, "state": outcome.state, "warnings": outcome.warnings, "error": outcome.error}
             nodes.append({"node": agent.node.name, **answer})
         else:
-            answer = await on_peer(peer.addresses[0], http.endpoint[1], load_token(http.token_file),
-                                   {"module": runner.name, "action": command.value}, "")
+            answer = await ask(agent.cluster, {"module": runner.name, "action": command.value})
             nodes.append({"node": peer.name, "ok": bool(answer.get("ok")), "state": answer.get("state"),
                           "warnings": answer.get("warnings") or [], "error": answer.get("error")})
         if not answer.get("ok"):

@@ -120,16 +120,14 @@ async def answer(agent: Agent, runner: ModuleRunner, request: dict) -> dict:
 
 async def forward(agent: Agent, module: str, repair: bool, timeout: float) -> dict:
     """From the secondary: the primary's agent runs it, asked through its HTTP API."""
-    from hamirror.agent.console.peer import command
-    from hamirror.agent.http import load_token
+    from hamirror.agent.console import peer
 
-    http = agent.cluster.http
-    if http is None or not http.token_file or not http.console_actions or http.loopback:
+    if not peer.can_ask(agent.cluster.http):
         return {"ok": False, "error": f"{module} is primary on {agent.peer_node.name}: run 'hamirror verify "
                                       f"{module}' there (to run it from either node, give both nodes [http] with "
                                       "a listen address on the cluster network, token_file and console_actions = true)"}
-    answer = await command(agent.peer_node.addresses[0], http.endpoint[1], load_token(http.token_file),
-                           {"module": module, "action": "verify-repair" if repair else "verify"}, "", timeout)
+    answer = await peer.ask(agent.cluster, {"module": module, "action": "verify-repair" if repair else "verify"},
+                            timeout)
     error = answer.get("error")
     return {"ok": bool(answer.get("ok")), "verify": answer.get("verify"), "via": agent.peer_node.name,
             "error": f"{agent.peer_node.name}, the primary, answered: {error}" if error else None}

@@ -112,6 +112,21 @@ async def command(host: str, port: int, token: str, fields: dict[str, str], via:
         return {"ok": False, "error": f"the peer could not be asked: {exc}"}
 
 
+def can_ask(http) -> bool:
+    """Whether this node's ``[http]`` lets it run commands on the peer (``hamirror verify`` from the
+    secondary, ``--all``): a cluster-network listen address, a token and console commands on."""
+    return http is not None and bool(http.token_file) and http.console_actions and not http.loopback
+
+
+async def ask(cluster, fields: dict[str, str], timeout: float = COMMAND_TIMEOUT) -> dict:
+    """``fields`` run on the peer of ``cluster`` (a ClusterConfig that :func:`can_ask` allows)."""
+    from hamirror.agent.http import load_token
+
+    http = cluster.http
+    return await command(cluster.peer_node.addresses[0], http.endpoint[1], load_token(http.token_file),
+                         fields, "", timeout)
+
+
 class Peer:
     """The peer's console document as last fetched, with its reachability."""
 
