@@ -323,6 +323,11 @@ def _second_with_second(view: ModuleView) -> Decision:
     if peer.swap is SwapPhase.HANDOVER and view.swap is not SwapPhase.HANDOVER:
         return steps.promote_handover(view)
     if view.swap is SwapPhase.HANDOVER:
+        if peer.swap is SwapPhase.HANDOVER and view.default_primary and view.relation is not Relation.PEER_NEWER:
+            # Both handed over: each missed the other as PRIM (one was frozen, or its agent
+            # restarted, between two swaps) and waits for the other to take. Neither runs the
+            # application; the default primary takes, as it does when nobody leads yet.
+            return steps.promote_handover(view)
         if peer.uptodate:
             return steps.stay(view, swap=SwapPhase.HANDOVER)
         return steps.promote_alone(view, warning="swap cancelled: the peer is not up to date")
