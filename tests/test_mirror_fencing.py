@@ -124,8 +124,10 @@ def test_refused_writes_fail_with_eio_and_change_nothing_locally(mirror_factory,
 def test_no_verdict_within_the_fence_timeout_refuses(mirror_factory):
     pair = fenced_pair(mirror_factory, "timeout", fence=3)
     try:
-        stall_peer(pair, "SIGKILL")
+        # From before the kill: the mount may see the loss (and start its fence timeout) before
+        # the write below is issued (CI once measured 2.9987 s from after the kill).
         started = time.monotonic()
+        stall_peer(pair, "SIGKILL")
         writer = BlockedWrite(f"{pair.primary}/during", b"y" * 100)
         writer.start()
         writer.join(15)
