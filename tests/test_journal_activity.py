@@ -12,7 +12,7 @@ import pytest
 from hamirror.journal.activity import (MAGIC, ActivityLog, choose_victims, encode_frame, read_log, replay,
                                        ENTER, LEAVE)
 from hamirror.journal.journal import Journal
-from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY
+from hamirror.mirror.replicator import LOST_FROM_KEY, STATE_KEY
 from hamirror.resync import crash
 
 
@@ -221,7 +221,7 @@ class _Link:
 
 def test_the_replicator_logs_before_the_apply_and_frees_the_path_once_acknowledged(tmp_path):
     from hamirror.link.protocol import Op
-    from hamirror.link.replicator import Replicator
+    from hamirror.mirror.replicator import Replicator
     al = ActivityLog(str(tmp_path / "al"), capacity=1)
     link = _Link()
     repl = Replicator(link, None, sync=False, activity=al)

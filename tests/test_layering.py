@@ -109,7 +109,6 @@ def test_every_module_is_in_a_layer() -> None:
         layer_of(module)
 
 
-@pytest.mark.xfail(strict=True, reason="fs/syscalls.py sits above its users until it moves to hamirror/syscalls.py")
 def test_no_import_goes_up_a_layer() -> None:
     bad = violations()
     assert not bad, f"{len(bad)} import(s) against docs/architecture.md's order:\n" + "\n".join(bad)

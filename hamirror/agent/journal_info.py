@@ -19,7 +19,7 @@ import os
 from hamirror.journal import unsynced
 from hamirror.journal.generations import Generation, GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
-from hamirror.link.replicator import STATE_KEY
+from hamirror.mirror.replicator import STATE_KEY
 
 REPLICA = "SECOND"   # the mount state key's value for a copy that follows the peer
 

@@ -14,7 +14,7 @@ import threading
 
 from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
-from hamirror.fs.syscalls import keep_message_buffers
+from hamirror.syscalls import keep_message_buffers
 
 
 def endpoint(value: str) -> str:

@@ -22,16 +22,16 @@ from typing import Callable
 
 import mfusepy
 
+from hamirror.fs.commands import MountCommands
+from hamirror.fs.control import ControlServer
 from hamirror.fs.operations import Interception
-from hamirror.fs.syscalls import syncfs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost
-from hamirror.fs.commands import MountCommands
-from hamirror.fs.control import ControlServer
-from hamirror.link.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
+from hamirror.mirror.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
 from hamirror.resync import crash
 from hamirror.resync.answers import CLEAN_KEY
+from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Iterable
 
 from hamirror.journal.activity import ENTER, LEAVE, encode_frame, read_log, write_all, write_snapshot
 from hamirror.journal.durability import Epochs, Syncer
-from hamirror.fs.syscalls import syncfs
 from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
 

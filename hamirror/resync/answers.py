@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 
-from hamirror.fs.syscalls import renameat2, syncfs
 from hamirror.journal import unsynced
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import UPTODATE_KEY, Journal
@@ -23,6 +22,7 @@ from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneat
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.resync import crash
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
+from hamirror.syscalls import renameat2, syncfs
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_l
 from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
-from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
+from hamirror.mirror.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ writes, each read from the local file under the replicator's ordering lock. So a
 the resync can never overwrite a newer live write on the peer: whichever came later locally
 comes later in the stream. Paths the resync has not reached yet are "pending"; live operations
 touching them are recorded and held back (the resync will copy their result), everything else
-streams as usual (see :class:`hamirror.link.replicator.Replicator`).
+streams as usual (see :class:`hamirror.mirror.replicator.Replicator`).
 
 Modes: **incremental** (both journals cover every change since the common generation: only the
 union of both changed sets is visited, only changed blocks are compared), **scan** (history
@@ -29,7 +29,7 @@ from hamirror.journal.generations import GenerationHistory, incremental_possible
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import MAX_BLOCKSUMS, Op
-from hamirror.link.replicator import SCAN_KEY, MirrorState, Replicator
+from hamirror.mirror.replicator import SCAN_KEY, MirrorState, Replicator
 from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
                                   meta_at)
 

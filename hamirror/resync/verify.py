@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import Op
-from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.mirror.replicator import MirrorState, Replicator
 from hamirror.resync.engine import FINE_BLOCK, ResyncEngine
 from hamirror.resync.meta import Meta, block_sums, decode_json, decode_sums, list_dir, meta_at
 

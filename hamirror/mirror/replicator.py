@@ -35,9 +35,9 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from hamirror.link.client import Change, LinkClient, Ticket, flatten_changes
-from hamirror.link.ordering import OrderLock
-from hamirror.link.pending import PendingSet
 from hamirror.link.protocol import Op, Times
+from hamirror.mirror.ordering import OrderLock
+from hamirror.mirror.pending import PendingSet
 
 log = logging.getLogger(__name__)
 
