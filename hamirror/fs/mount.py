@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -28,6 +27,7 @@ from hamirror.fs.operations import Interception
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost
+from hamirror.mirror import status as status_file
 from hamirror.mirror.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
 from hamirror.resync import crash
 from hamirror.resync.answers import CLEAN_KEY
@@ -116,7 +116,6 @@ class StatusWriter:
     """Keeps ``status.json`` in the state directory current, for ``hamirror mirror status``."""
 
     def __init__(self, options: MountOptions, replicator: Replicator) -> None:
-        self.path = os.path.join(options.state_dir, "status.json")
         self.options = options
         self.replicator = replicator
         self.mounted = False
@@ -137,11 +136,12 @@ class StatusWriter:
         while not self._stop.wait(1.0):
             self.write()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> status_file.MountStatus:
         r = self.replicator
         c = r.client
         resync = self.commands.resync_progress() if self.commands else None
         return {
+            "role": "mount",
             "dir": os.path.abspath(self.options.directory),
             "peer": self.options.peer,
             "mode": self.options.mode,
@@ -165,18 +165,7 @@ class StatusWriter:
         }
 
     def write(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), "w") as f:
-            json.dump(self.snapshot(), f, indent=1)
-        os.replace(tmp, self.path)
-
-
-def read_status(state_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(state_dir, "status.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+        status_file.write(self.options.state_dir, self.snapshot())
 
 
 class MountError(Exception):
