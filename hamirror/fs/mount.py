@@ -27,10 +27,11 @@ from hamirror.fs.operations import Interception
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost
-from hamirror.mirror import status as status_file
-from hamirror.mirror.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
+from hamirror.mirror import record, status as status_file
+from hamirror.mirror.record import MirrorRecord
+from hamirror.mirror.replicator import Replicator
+from hamirror.mirror.states import MirrorState
 from hamirror.resync import crash
-from hamirror.resync.answers import CLEAN_KEY
 from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
@@ -181,20 +182,20 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
     root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     journal = Journal(os.path.join(options.state_dir, "journal.db"))
-    was_clean = journal.get_state(CLEAN_KEY, "1") == "1"
-    journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
-    saved = journal.get_state(STATE_KEY)
+    last = MirrorRecord.read(journal)
+    was_clean, saved = last.clean, last.state
+    record.CLEAN.set(journal, False)   # until a clean unmount: a crash leaves unacknowledged writes
     # A crash while streaming: the activity log names the paths in flight (folded into the changed set).
     recovery, activity = crash.start_mount(journal, was_clean,
                                              options.activity_log and (options.peer is not None or options.alone),
                                              sync_fd=root_fd)
-    if not was_clean and (saved == MirrorState.PRIM.value or
-                          (saved == MirrorState.ALONE.value and journal.resync_progress() is not None)):
+    if not was_clean and (saved is MirrorState.PRIM or
+                          (saved is MirrorState.ALONE and journal.resync_progress() is not None)):
         # Crashed while streaming (or resyncing): without an intact activity log the writes in
         # flight are in no journal, and may be on one side only: the next resync compares
         # everything. None resumes trusting the paths an interrupted one had marked done.
         if recovery is None or not recovery.covered:
-            journal.set_state(SCAN_KEY, "1")
+            record.NEEDS_SCAN.set(journal, True)
         journal.resync_end()
     replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
                             fence_timeout=options.fence_timeout, activity=activity)
@@ -203,16 +204,16 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         # the peer must see this node's history as newer than the one it was primary in.
         replicator.start_alone("started without a peer (takeover)", new_generation=True)
         return root_fd, replicator, None, journal
-    if options.peer is not None and saved == MirrorState.ALONE.value:
+    if options.peer is not None and saved is MirrorState.ALONE:
         replicator.start_alone("the peer missed changes while this mount was ALONE: a resync is needed",
                                new_generation=False)
         return root_fd, replicator, None, journal
     if options.peer is not None and options.fence and _must_ask(saved, was_clean):
         # The last run stopped while the peer was not acknowledging, or crashed while streaming
         # (its writes in flight are on one side only): never stream on, never go ALONE unasked.
-        lost_from = MirrorState(journal.get_state(LOST_FROM_KEY) or MirrorState.PRIM.value) \
-            if saved != MirrorState.PRIM.value else MirrorState.PRIM
-        replicator.start_fenced(f"the last mount stopped {'while ' + saved if saved != 'PRIM' else 'uncleanly'}: "
+        lost_from = MirrorState(last.lost_from or MirrorState.PRIM) \
+            if saved is not MirrorState.PRIM else MirrorState.PRIM
+        replicator.start_fenced(f"the last mount stopped {'while ' + saved if saved is not MirrorState.PRIM else 'uncleanly'}: "
                                 "the peer may lack its last writes", lost_from)
         return root_fd, replicator, None, journal
     if options.peer is None:
@@ -231,7 +232,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         journal.close()
         os.close(root_fd)
         raise MountError(str(exc)) from exc
-    journal.set_state(STATE_KEY, MirrorState.PRIM.value)
+    record.STATE.set(journal, MirrorState.PRIM)
     return root_fd, Replicator(client, journal, sync=options.mode == "sync", fence=options.fence,
                                fence_timeout=options.fence_timeout, activity=activity), client, journal
 
@@ -241,11 +242,11 @@ def token_file(options: MountOptions) -> str:
     return os.path.join(options.state_dir, fencing.TOKEN_FILE)
 
 
-def _must_ask(saved: str | None, was_clean: bool) -> bool:
+def _must_ask(saved: MirrorState | str | None, was_clean: bool) -> bool:
     """Whether a fencing mount must start FENCED: stopped blocked, or crashed while streaming."""
-    if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value):
+    if saved in (MirrorState.FENCED, MirrorState.REFUSED):
         return True
-    return saved == MirrorState.PRIM.value and not was_clean
+    return saved is MirrorState.PRIM and not was_clean
 
 
 def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda err: None) -> int:
@@ -293,7 +294,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
             replicator.client.close()
         status.stop()
         if clean and _synced(root_fd):
-            journal.set_state(CLEAN_KEY, "1")
+            record.CLEAN.set(journal, True)
         journal.close()
         os.close(root_fd)
     return 0
