@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from hamirror.fs import syscalls
+from hamirror import syscalls
 from hamirror.link import apply
 from hamirror.link.apply import EARLY_WRITEBACK_MIN, Applier
 from hamirror.link.protocol import Op, decode, encode

@@ -12,7 +12,7 @@ import pytest
 from hamirror.journal.activity import (MAGIC, ActivityLog, choose_victims, encode_frame, read_log, replay,
                                        ENTER, LEAVE)
 from hamirror.journal.journal import Journal
-from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY
+from hamirror.mirror.record import LOST_FROM, STATE
 from hamirror.resync import crash
 
 
@@ -174,7 +174,7 @@ def test_decide_is_pure_and_conservative():
 
 def test_recover_folds_the_log_into_the_journal_then_empties_it(tmp_path):
     j = Journal(str(tmp_path / "journal.db"))
-    j.set_state(STATE_KEY, "PRIM")
+    j.set_state(STATE.name, "PRIM")
     al = ActivityLog(crash.activity_log_path(j))
     _use(al, "dir/hot")
     _use(al, "renamed-to")
@@ -189,7 +189,7 @@ def test_recover_folds_the_log_into_the_journal_then_empties_it(tmp_path):
 
 def test_without_a_usable_log_the_journal_stays_incomplete(tmp_path):
     j = Journal(str(tmp_path / "journal.db"))
-    j.set_state(STATE_KEY, "PRIM")
+    j.set_state(STATE.name, "PRIM")
     assert not crash.recover_for_receiver(j, clean=False)          # no log at all
     with open(crash.activity_log_path(j), "wb") as f:
         f.write(MAGIC + encode_frame([(ENTER, "a")])[:-1] + b"x" + encode_frame([(ENTER, "b")]))
@@ -198,8 +198,8 @@ def test_without_a_usable_log_the_journal_stays_incomplete(tmp_path):
     with open(crash.activity_log_path(j), "wb") as f:
         f.write(MAGIC + encode_frame([(ENTER, "../outside")]))
     assert not crash.recover_for_receiver(j, clean=False)          # a path no operation names
-    j.set_state(STATE_KEY, "FENCED")
-    j.set_state(LOST_FROM_KEY, "SYNCING")
+    j.set_state(STATE.name, "FENCED")
+    j.set_state(LOST_FROM.name, "SYNCING")
     assert not crash.recover(j).covered
     j.close()
 
@@ -221,7 +221,7 @@ class _Link:
 
 def test_the_replicator_logs_before_the_apply_and_frees_the_path_once_acknowledged(tmp_path):
     from hamirror.link.protocol import Op
-    from hamirror.link.replicator import Replicator
+    from hamirror.mirror.replicator import Replicator
     al = ActivityLog(str(tmp_path / "al"), capacity=1)
     link = _Link()
     repl = Replicator(link, None, sync=False, activity=al)

@@ -20,7 +20,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamirror.fs.syscalls import fallocate
+from hamirror.syscalls import fallocate
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair
 from tests.test_mirror_tools import pair  # noqa: F401 - one module-scoped replicated mount

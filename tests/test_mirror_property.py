@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamirror.fs.syscalls import renameat2
+from hamirror.syscalls import renameat2
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, tree_snapshot
 from tests.test_mirror_tools import pair, settled  # noqa: F401 - one module-scoped mount; attr-cache retry

@@ -13,7 +13,7 @@ import pytest
 
 from hamirror.journal.journal import Journal
 from hamirror.link.protocol import Op
-from hamirror.link.replicator import MirrorState, Refused, Replicator
+from hamirror.mirror.replicator import MirrorState, Refused, Replicator
 from tests.conftest import needs_root
 from tests.mirror_fixtures import own_filesystem, wait_for
 from tests.test_journal_activity import _Link

@@ -10,7 +10,7 @@ only queues (its loss is the client's callback, as the link thread calls it).
 import pytest
 
 from hamirror.journal.journal import Journal
-from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.mirror.replicator import MirrorState, Replicator
 from tests.test_journal_activity import _Link as QueueLink   # a link that only queues
 
 

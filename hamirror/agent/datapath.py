@@ -36,6 +36,7 @@ from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
 from hamirror.link import fencing
+from hamirror.mirror import status as status_file
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class DataPath:
         not mounted (or its daemon is dead). A request that fails falls back on ``status.json``
         for a moment; the watchdog kills a daemon that stays silent (:meth:`check_hung`)."""
         self._start_watchdog()
-        status = _read_json(os.path.join(self.dir_states[index], "status.json"))
+        status = status_file.read(self.dir_states[index])
         if not status or status.get("role") == "receiver" or not _alive(status.get("pid")):
             return None
         try:
@@ -182,7 +183,7 @@ class DataPath:
     def check_hung(self, index: int) -> bool:
         """Ask the mount of directory ``index`` for its status; SIGKILL its daemon if it has answered
         nothing for ``MOUNT_HUNG_AFTER`` seconds while alive and mounted. Whether it was killed."""
-        status = _read_json(os.path.join(self.dir_states[index], "status.json")) or {}
+        status = status_file.read(self.dir_states[index]) or {}
         pid, directory = status.get("pid"), self.dirs[index]
         if (status.get("role") == "receiver" or not status.get("mounted") or not _alive(pid)
                 or not _fuse_mounted(directory) or not _is_mount_daemon(pid, directory)):
@@ -210,7 +211,7 @@ class DataPath:
         """Detach every dead FUSE mount (lazily: open files of a dead mount cannot be closed for
         their owners) and end a leftover daemon, so the directory is usable again."""
         for i in self.dead_mounts():
-            status = _read_json(os.path.join(self.dir_states[i], "status.json")) or {}
+            status = status_file.read(self.dir_states[i]) or {}
             if status.get("role") != "receiver" and _alive(status.get("pid")) \
                     and _is_mount_daemon(status["pid"], self.dirs[i]):
                 os.kill(int(status["pid"]), signal.SIGKILL)   # alive but not answering: hung
@@ -297,7 +298,7 @@ class DataPath:
     def mount_pids(self) -> set[int]:
         pids = set()
         for i in range(len(self.dirs)):
-            status = _read_json(os.path.join(self.dir_states[i], "status.json")) or {}
+            status = status_file.read(self.dir_states[i]) or {}
             if status.get("pid"):
                 pids.add(int(status["pid"]))
         return pids
@@ -317,7 +318,7 @@ class DataPath:
         return all(self.receiver_pid(i) is not None for i in range(len(self.dirs)))
 
     def receiver_status(self, index: int) -> dict | None:
-        status = _read_json(os.path.join(self.dir_states[index], "status.json"))
+        status = status_file.read(self.dir_states[index])
         return status if status and status.get("role") == "receiver" and self.receiver_pid(index) else None
 
     def start_receivers(self, wait: bool = True) -> None:
@@ -353,7 +354,7 @@ class DataPath:
             if proc.poll() is not None:
                 raise DataPathError(f"receiver for {self.dirs[index]} exited with {proc.returncode}; "
                                     f"see {self.dir_states[index]}/receiver.log")
-            status = _read_json(os.path.join(self.dir_states[index], "status.json")) or {}
+            status = status_file.read(self.dir_states[index]) or {}
             if status.get("role") == "receiver" and status.get("pid") == proc.pid:
                 return
             time.sleep(0.01)

@@ -18,10 +18,9 @@ import os
 
 from hamirror.journal import unsynced
 from hamirror.journal.generations import Generation, GenerationHistory
-from hamirror.journal.journal import UPTODATE_KEY, Journal
-from hamirror.link.replicator import STATE_KEY
-
-REPLICA = "SECOND"   # the mount state key's value for a copy that follows the peer
+from hamirror.journal.journal import Journal
+from hamirror.mirror.record import STATE, UPTODATE
+from hamirror.mirror.states import REPLICA
 
 WIRE_LIMIT = 128
 NO_HISTORY = "-"
@@ -51,7 +50,7 @@ def read(dir_states: list[str]) -> JournalInfo:
             if index == 0:
                 history = journal.generations()
             # A receiver that stopped uncleanly may have lost acknowledged data (docs/journal.md).
-            uptodate = uptodate and journal.get_state(UPTODATE_KEY) == "1" and not unsynced.owed(journal, path)
+            uptodate = uptodate and UPTODATE.get(journal) and not unsynced.owed(journal, path)
             changed += journal.changed_count()
     return JournalInfo(history, uptodate, changed)
 
@@ -63,9 +62,9 @@ def mark_uptodate(dir_states: list[str], value: bool) -> None:
     for path in dir_states:
         os.makedirs(path, mode=0o700, exist_ok=True)
         with Journal(journal_path(path)) as journal:
-            journal.set_state(UPTODATE_KEY, "1" if value else "0")
+            UPTODATE.set(journal, value)
             if value:
-                journal.set_state(STATE_KEY, REPLICA)
+                STATE.set(journal, REPLICA)
 
 
 def forget_history(dir_states: list[str]) -> None:
@@ -76,8 +75,8 @@ def forget_history(dir_states: list[str]) -> None:
             continue
         with Journal(journal_path(path)) as journal:
             journal.forget_generations()
-            journal.set_state(UPTODATE_KEY, "0")
-            journal.set_state(STATE_KEY, REPLICA)   # our ALONE past is given up with the history
+            UPTODATE.set(journal, False)
+            STATE.set(journal, REPLICA)   # our ALONE past is given up with the history
 
 
 def to_wire(history: GenerationHistory) -> str:

@@ -14,7 +14,8 @@ import threading
 
 from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
-from hamirror.fs.syscalls import keep_message_buffers
+from hamirror.mirror import status as status_file
+from hamirror.syscalls import keep_message_buffers
 
 
 def endpoint(value: str) -> str:
@@ -169,7 +170,7 @@ def _mount_detached(options: fsmount.MountOptions) -> int:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    status = fsmount.read_status(_state_dir(args))
+    status = status_file.read(_state_dir(args))
     try:
         fsmount.unmount(args.dir, lazy=args.lazy)
     except fsmount.MountError as exc:
@@ -224,7 +225,7 @@ def _watch_resync(state_dir: str) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    status = fsmount.read_status(_state_dir(args))
+    status = status_file.read(_state_dir(args))
     if status is None:
         raise CommandError(f"{args.dir}: no hamirror mount state found")
     if args.json:

@@ -11,7 +11,8 @@ from typing import Callable
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import HELLO_RESYNC, Op
-from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.mirror.replicator import Replicator
+from hamirror.mirror.states import MirrorState
 from hamirror.resync import failures
 from hamirror.resync.engine import ResyncEngine, ResyncFailed
 from hamirror.resync.verify import VerifyJob

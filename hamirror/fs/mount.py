@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -22,16 +21,18 @@ from typing import Callable
 
 import mfusepy
 
+from hamirror.fs.commands import MountCommands
+from hamirror.fs.control import ControlServer
 from hamirror.fs.operations import Interception
-from hamirror.fs.syscalls import syncfs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost
-from hamirror.fs.commands import MountCommands
-from hamirror.fs.control import ControlServer
-from hamirror.link.replicator import LOST_FROM_KEY, SCAN_KEY, STATE_KEY, MirrorState, Replicator
+from hamirror.mirror import record, status as status_file
+from hamirror.mirror.record import MirrorRecord
+from hamirror.mirror.replicator import Replicator
+from hamirror.mirror.states import MirrorState
 from hamirror.resync import crash
-from hamirror.resync.answers import CLEAN_KEY
+from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,6 @@ class StatusWriter:
     """Keeps ``status.json`` in the state directory current, for ``hamirror mirror status``."""
 
     def __init__(self, options: MountOptions, replicator: Replicator) -> None:
-        self.path = os.path.join(options.state_dir, "status.json")
         self.options = options
         self.replicator = replicator
         self.mounted = False
@@ -137,11 +137,12 @@ class StatusWriter:
         while not self._stop.wait(1.0):
             self.write()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> status_file.MountStatus:
         r = self.replicator
         c = r.client
         resync = self.commands.resync_progress() if self.commands else None
         return {
+            "role": "mount",
             "dir": os.path.abspath(self.options.directory),
             "peer": self.options.peer,
             "mode": self.options.mode,
@@ -165,18 +166,7 @@ class StatusWriter:
         }
 
     def write(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), "w") as f:
-            json.dump(self.snapshot(), f, indent=1)
-        os.replace(tmp, self.path)
-
-
-def read_status(state_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(state_dir, "status.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+        status_file.write(self.options.state_dir, self.snapshot())
 
 
 class MountError(Exception):
@@ -192,20 +182,20 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
     os.makedirs(options.state_dir, mode=0o700, exist_ok=True)
     root_fd = os.open(options.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     journal = Journal(os.path.join(options.state_dir, "journal.db"))
-    was_clean = journal.get_state(CLEAN_KEY, "1") == "1"
-    journal.set_state(CLEAN_KEY, "0")   # until a clean unmount: a crash leaves unacknowledged writes
-    saved = journal.get_state(STATE_KEY)
+    last = MirrorRecord.read(journal)
+    was_clean, saved = last.clean, last.state
+    record.CLEAN.set(journal, False)   # until a clean unmount: a crash leaves unacknowledged writes
     # A crash while streaming: the activity log names the paths in flight (folded into the changed set).
     recovery, activity = crash.start_mount(journal, was_clean,
                                              options.activity_log and (options.peer is not None or options.alone),
                                              sync_fd=root_fd)
-    if not was_clean and (saved == MirrorState.PRIM.value or
-                          (saved == MirrorState.ALONE.value and journal.resync_progress() is not None)):
+    if not was_clean and (saved is MirrorState.PRIM or
+                          (saved is MirrorState.ALONE and journal.resync_progress() is not None)):
         # Crashed while streaming (or resyncing): without an intact activity log the writes in
         # flight are in no journal, and may be on one side only: the next resync compares
         # everything. None resumes trusting the paths an interrupted one had marked done.
         if recovery is None or not recovery.covered:
-            journal.set_state(SCAN_KEY, "1")
+            record.NEEDS_SCAN.set(journal, True)
         journal.resync_end()
     replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
                             fence_timeout=options.fence_timeout, activity=activity)
@@ -214,16 +204,16 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         # the peer must see this node's history as newer than the one it was primary in.
         replicator.start_alone("started without a peer (takeover)", new_generation=True)
         return root_fd, replicator, None, journal
-    if options.peer is not None and saved == MirrorState.ALONE.value:
+    if options.peer is not None and saved is MirrorState.ALONE:
         replicator.start_alone("the peer missed changes while this mount was ALONE: a resync is needed",
                                new_generation=False)
         return root_fd, replicator, None, journal
     if options.peer is not None and options.fence and _must_ask(saved, was_clean):
         # The last run stopped while the peer was not acknowledging, or crashed while streaming
         # (its writes in flight are on one side only): never stream on, never go ALONE unasked.
-        lost_from = MirrorState(journal.get_state(LOST_FROM_KEY) or MirrorState.PRIM.value) \
-            if saved != MirrorState.PRIM.value else MirrorState.PRIM
-        replicator.start_fenced(f"the last mount stopped {'while ' + saved if saved != 'PRIM' else 'uncleanly'}: "
+        lost_from = MirrorState(last.lost_from or MirrorState.PRIM) \
+            if saved is not MirrorState.PRIM else MirrorState.PRIM
+        replicator.start_fenced(f"the last mount stopped {'while ' + saved if saved is not MirrorState.PRIM else 'uncleanly'}: "
                                 "the peer may lack its last writes", lost_from)
         return root_fd, replicator, None, journal
     if options.peer is None:
@@ -242,7 +232,7 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         journal.close()
         os.close(root_fd)
         raise MountError(str(exc)) from exc
-    journal.set_state(STATE_KEY, MirrorState.PRIM.value)
+    record.STATE.set(journal, MirrorState.PRIM)
     return root_fd, Replicator(client, journal, sync=options.mode == "sync", fence=options.fence,
                                fence_timeout=options.fence_timeout, activity=activity), client, journal
 
@@ -252,11 +242,11 @@ def token_file(options: MountOptions) -> str:
     return os.path.join(options.state_dir, fencing.TOKEN_FILE)
 
 
-def _must_ask(saved: str | None, was_clean: bool) -> bool:
+def _must_ask(saved: MirrorState | str | None, was_clean: bool) -> bool:
     """Whether a fencing mount must start FENCED: stopped blocked, or crashed while streaming."""
-    if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value):
+    if saved in (MirrorState.FENCED, MirrorState.REFUSED):
         return True
-    return saved == MirrorState.PRIM.value and not was_clean
+    return saved is MirrorState.PRIM and not was_clean
 
 
 def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda err: None) -> int:
@@ -304,7 +294,7 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
             replicator.client.close()
         status.stop()
         if clean and _synced(root_fd):
-            journal.set_state(CLEAN_KEY, "1")
+            record.CLEAN.set(journal, True)
         journal.close()
         os.close(root_fd)
     return 0

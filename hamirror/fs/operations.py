@@ -23,10 +23,10 @@ import stat
 import mfusepy
 
 from hamirror.fs.links import LinkCoherence
-from hamirror.fs.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 from hamirror.link.client import WHOLE
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
-from hamirror.link.replicator import Replicator
+from hamirror.mirror.replicator import Replicator
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
 # the saving is smaller than the cost of a second message.
@@ -217,7 +217,7 @@ class Interception(mfusepy.Operations):
 
     def _inode(self, fh: int) -> int:
         """The key under which writes through ``fh`` share the ordering lock (see
-        hamirror/link/ordering.py): the inode, so two names of one file keep one order."""
+        hamirror/mirror/ordering.py): the inode, so two names of one file keep one order."""
         ino = self._inodes.get(fh)
         if ino is None:
             ino = self._inodes[fh] = os.fstat(fh).st_ino

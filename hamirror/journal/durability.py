@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Callable
 
-from hamirror.fs.syscalls import syncfs
+from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from hamirror.journal.blocks import BLOCK_SIZE, block_span
 from hamirror.journal.changes import Changed, Record, write_batch
 from hamirror.journal.generations import HISTORY_LIMIT, GenerationHistory, make_generation
+from hamirror.mirror.record import UPTODATE
 
 __all__ = ["BLOCK_SIZE", "Journal"]
 
@@ -39,8 +40,9 @@ CREATE TABLE IF NOT EXISTS resync_done (
 """
 
 
-# State keys shared by the data path and the agent.
-UPTODATE_KEY = "uptodate"       # "1": this copy equals the primary's as of the current generation
+# The up-to-date flag's name, for what still reads it by name (the receiver); its home, with
+# every other key of the small-state table, is hamirror/mirror/record.py.
+UPTODATE_KEY = UPTODATE.name
 
 
 def _check_path(path: str) -> bytes:

@@ -28,16 +28,16 @@ from typing import Iterable
 
 from hamirror.journal.activity import ENTER, LEAVE, encode_frame, read_log, write_all, write_snapshot
 from hamirror.journal.durability import Epochs, Syncer
-from hamirror.fs.syscalls import syncfs
-from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.journal.journal import Journal
+from hamirror.mirror.record import KEPT, UNSYNCED, UPTODATE
+from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
 
 UNSYNCED_LOG = "unsynced.log"
 LOCK_FILE = "unsynced.lock"       # held by the live receiver: a log nobody holds outlived its writer
 LOCK_WAIT = 10.0                  # seconds a starting receiver waits for a stopping one's lock
-UNSYNCED_KEY = "unsynced_paths"   # JSON list of paths to compare whole, or "*" (every block)
-KEPT_KEY = "unsynced_log"         # "1": this node keeps an unsynced log (a missing one was lost)
+UNSYNCED_KEY = UNSYNCED.name      # JSON list of paths to compare whole, or "*" (every block)
 EVERYTHING = "*"
 
 
@@ -173,7 +173,7 @@ def _orphaned(state_dir: str) -> bool:
 def owed(journal: Journal, state_dir: str) -> bool:
     """Whether this copy may miss acknowledged data: recorded as such, or a receiver stopped
     uncleanly and no receiver has looked at its log yet (what the agent asks before a takeover)."""
-    if journal.get_state(UNSYNCED_KEY, ""):
+    if UNSYNCED.get(journal):
         return True
     path = os.path.join(state_dir, UNSYNCED_LOG)
     if not os.path.exists(path) or not _orphaned(state_dir):
@@ -199,18 +199,18 @@ def recover(journal: Journal, state_dir: str) -> str:
     replay = read_log(path)
     if replay.paths is not None:
         lost: frozenset[str] | None = frozenset(p for p in replay.paths if p != ".")
-    elif journal.get_state(KEPT_KEY) == "1" or os.path.exists(path):
+    elif KEPT.get(journal) or os.path.exists(path):
         lost = None
     else:
         lost = frozenset()                      # never kept one: the first start
     what = ""
     if lost is None or lost:
-        journal.set_state(UNSYNCED_KEY, merge(journal.get_state(UNSYNCED_KEY, ""), lost))
-        journal.set_state(UPTODATE_KEY, "0")
+        UNSYNCED.set(journal, merge(UNSYNCED.get(journal), lost))
+        UPTODATE.set(journal, False)
         what = (f"log unusable: every block will be compared ({replay.problem})" if lost is None
                 else f"{len(lost)} path(s) may have lost acknowledged data")
         log.warning("unclean stop of the receiver: %s; not up to date until a resync compared them", what)
-    journal.set_state(KEPT_KEY, "1")
+    KEPT.set(journal, True)
     return what
 
 
@@ -223,7 +223,7 @@ def merge(saved: str, lost: frozenset[str] | None) -> str:
 
 def pending(journal: Journal) -> list[str] | None:
     """What the resync must compare whole: paths, or None for every block (CHANGES' ``unsynced``)."""
-    saved = journal.get_state(UNSYNCED_KEY, "")
+    saved = UNSYNCED.get(journal)
     if saved == EVERYTHING:
         return None
     try:
@@ -234,5 +234,5 @@ def pending(journal: Journal) -> list[str] | None:
 
 def resolved(journal: Journal) -> None:
     """A resync compared everything and the filesystem was synced: nothing is owed any more."""
-    if journal.get_state(UNSYNCED_KEY, ""):
-        journal.set_state(UNSYNCED_KEY, "")
+    if UNSYNCED.get(journal):
+        UNSYNCED.set(journal, "")

@@ -16,12 +16,12 @@ import threading
 
 from inotify_simple import INotify, flags
 
-from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.journal.journal import Journal
 from hamirror.link.protocol import CONFLICT_DIR, is_reserved
+from hamirror.mirror.record import UPTODATE, WATCH_GAP
 
 log = logging.getLogger(__name__)
 
-WATCH_GAP_KEY = "watch_gap"
 _MASK = (flags.CREATE | flags.DELETE | flags.MODIFY | flags.ATTRIB | flags.MOVED_FROM | flags.MOVED_TO
          | flags.CLOSE_WRITE | flags.DELETE_SELF)
 
@@ -67,7 +67,7 @@ class DirectoryWatcher:
 
     def _gap(self, reason: str) -> None:
         self.overflowed = True
-        self.journal.set_state(WATCH_GAP_KEY, reason)
+        WATCH_GAP.set(self.journal, reason)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -94,8 +94,8 @@ class DirectoryWatcher:
                 # This copy no longer matches the last generation: record what changed (the next
                 # resync visits it) and say it is not up to date before anything relies on it.
                 self.journal.record_paths(sorted(set(changed)))
-                if self.journal.get_state(UPTODATE_KEY) != "0":
-                    self.journal.set_state(UPTODATE_KEY, "0")
+                if UPTODATE.get(self.journal, default=True):   # unless known not to be: never set twice
+                    UPTODATE.set(self.journal, False)
 
     def _tree_paths(self, rel: str) -> list[str]:
         """Everything already inside a directory that appeared (created or moved in)."""

@@ -17,9 +17,9 @@ import errno
 import os
 import stat
 
-from hamirror.fs.syscalls import fallocate, renameat2, start_writeback
 from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
+from hamirror.syscalls import fallocate, renameat2, start_writeback
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -14,7 +14,6 @@ session (the primary then resyncs), logged, while the receiver keeps serving.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from hamirror.link import fencing, keys
 from hamirror.link.apply import Applier, changed_paths
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, QUERIES, VERSION, Message, Op,
                                     ProtocolError, decode, decode_reply, encode_reply, hello_answer)
+from hamirror.mirror import status as status_file
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,10 @@ class Receiver:
                   "closed_at": self.closed_at, **asdict(self.stats),
                   "unsynced_paths": len(self.unsynced) if self.unsynced is not None else None}
         status["session"] = f"{self.stats.session:x}"
-        tmp = os.path.join(self.state_dir, "status.json.tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(status, f, indent=1)
-            os.replace(tmp, os.path.join(self.state_dir, "status.json"))
+            status_file.write(self.state_dir, status)
         except OSError as exc:   # e.g. a full disk: report it, but keep serving
-            log.warning("cannot write %s: %s", tmp, exc)
+            log.warning("cannot write %s: %s", status_file.path(self.state_dir), exc)
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()

@@ -15,18 +15,18 @@ import os
 import shutil
 import time
 
-from hamirror.fs.syscalls import renameat2, syncfs
 from hamirror.journal import unsynced
 from hamirror.journal.generations import GenerationHistory
-from hamirror.journal.journal import UPTODATE_KEY, Journal
+from hamirror.journal.journal import UPTODATE_KEY, Journal   # UPTODATE_KEY: the receiver's import
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
+from hamirror.mirror import record
 from hamirror.resync import crash
 from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
+from hamirror.syscalls import renameat2, syncfs
 
 log = logging.getLogger(__name__)
 
-CLEAN_KEY = "mount_clean"
 RENAME_NOREPLACE = 1
 MAX_ASIDE_TRIES = 100   # name, name.1, ... name.99 in the conflict folder before giving up
 
@@ -41,7 +41,7 @@ class ResyncAnswers:
         # A primary that crashed and came back as secondary: its activity log completes its
         # journal (the peer then resyncs incrementally, not by a scan of the whole tree).
         self.complete = journal is not None and crash.recover_for_receiver(
-            journal, journal.get_state(CLEAN_KEY, "1") == "1")
+            journal, record.CLEAN.get(journal))
 
     def handle(self, msg: Message) -> bytes | None:
         """Answer a query (a payload) or apply REMOVE / RESYNC_DONE (None)."""
@@ -148,7 +148,7 @@ class ResyncAnswers:
         syncfs(self.applier.root_fd)
         self.journal.adopt_generations(history)
         unsynced.resolved(self.journal)
-        self.journal.set_state(UPTODATE_KEY, "1")
+        record.UPTODATE.set(self.journal, True)
 
     def apply_failed(self) -> None:
         """An operation could not be applied here (disk full, EIO): this copy may differ from the
@@ -157,7 +157,7 @@ class ResyncAnswers:
         if self.journal is None:
             return
         try:
-            self.journal.set_state(UPTODATE_KEY, "0")
+            record.UPTODATE.set(self.journal, False)
         except Exception as exc:   # noqa: BLE001 - keep serving; the status shows the failure
             log.error("could not mark this copy stale: %s", exc)
 
@@ -167,4 +167,4 @@ class ResyncAnswers:
         self.applier.forget_descriptors()
         self._stamp = None
         if self.journal is not None:
-            self.journal.set_state(UPTODATE_KEY, "0")
+            record.UPTODATE.set(self.journal, False)

@@ -19,12 +19,13 @@ from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_l
 from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
-from hamirror.link.replicator import LOST_FROM_KEY, STATE_KEY, MirrorState
+from hamirror.mirror.record import COVERED, MirrorRecord
+from hamirror.mirror.states import MirrorState
 
 log = logging.getLogger(__name__)
 
 ACTIVITY_LOG = "activity.log"
-COVERED_KEY = "crash_covered"   # "1": after an unclean stop, the changed set was made complete again
+COVERED_KEY = COVERED.name   # "1": after an unclean stop, the changed set was made complete again
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Recovery:
     why: str
 
 
-def decide(saved: str | None, lost_from: str | None, resync_running: bool,
+def decide(saved: MirrorState | str | None, lost_from: MirrorState | str | None, resync_running: bool,
            log_paths: frozenset[str] | None, log_problem: str = "") -> Recovery:
     """The recovery for a mount that stopped uncleanly in state ``saved`` (pure).
 
@@ -46,7 +47,7 @@ def decide(saved: str | None, lost_from: str | None, resync_running: bool,
     the journal complete (the next resync scans), but the log's paths are added all the same:
     the scan compares every path a journal names by blocks, whatever its metadata says.
     """
-    if saved == MirrorState.ALONE.value:
+    if saved == MirrorState.ALONE:
         if resync_running:
             # Its paths are still folded in: the scan that follows compares them block by block
             # (a write in flight leaves size and mtime alike within one clock tick).
@@ -54,13 +55,13 @@ def decide(saved: str | None, lost_from: str | None, resync_running: bool,
         # Every change was journaled before it was applied; the log may still name a call that
         # was applied while streaming and found the peer gone before it could be sent.
         return Recovery(log_paths is not None, True, "crashed ALONE: every change was journaled first")
-    if saved in (MirrorState.FENCED.value, MirrorState.REFUSED.value) and lost_from == MirrorState.SYNCING.value:
+    if saved in (MirrorState.FENCED, MirrorState.REFUSED) and lost_from == MirrorState.SYNCING:
         return Recovery(log_paths is not None, False, "crashed fenced during a resync")
-    if saved in (MirrorState.PRIM.value, MirrorState.FENCED.value, MirrorState.REFUSED.value):
+    if saved in (MirrorState.PRIM, MirrorState.FENCED, MirrorState.REFUSED):
         if log_paths is None:
             return Recovery(False, False, f"crashed while streaming, activity log unusable: {log_problem}")
         return Recovery(True, True, f"crashed while streaming: {len(log_paths)} path(s) in the activity log")
-    return Recovery(False, False, f"crashed in state {saved or 'unknown'}")
+    return Recovery(False, False, f"crashed in state {getattr(saved, 'value', saved) or 'unknown'}")
 
 
 def activity_log_path(journal: Journal) -> str:
@@ -75,7 +76,8 @@ def recover(journal: Journal) -> Recovery:
     path = activity_log_path(journal)
     replay = read_log(path)
     resync_running = journal.resync_progress() is not None
-    result = decide(journal.get_state(STATE_KEY), journal.get_state(LOST_FROM_KEY), resync_running,
+    last = MirrorRecord.read(journal)
+    result = decide(last.state, last.lost_from, resync_running,
                     replay.paths, replay.problem)
     if result.fold and replay.paths:
         try:
@@ -94,10 +96,10 @@ def recover_for_receiver(journal: Journal, clean: bool) -> bool:
     changed set is complete, so the peer may resync incrementally."""
     if clean:
         return True
-    if journal.get_state(COVERED_KEY) == "1":
+    if COVERED.get(journal):
         return True
     if recover(journal).covered:
-        journal.set_state(COVERED_KEY, "1")
+        COVERED.set(journal, True)
         return True
     return False
 
@@ -111,7 +113,7 @@ def start_mount(journal: Journal, clean: bool, enabled: bool,
     From here on the journal is incomplete again until the next clean stop or recovery.
     """
     result = None if clean else recover(journal)
-    journal.set_state(COVERED_KEY, "0")
+    COVERED.set(journal, False)
     if sync_fd is not None:
         unsynced.forget(journal, os.path.dirname(os.path.abspath(journal.path)), sync_fd)
     path = activity_log_path(journal)

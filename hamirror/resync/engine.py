@@ -5,7 +5,7 @@ writes, each read from the local file under the replicator's ordering lock. So a
 the resync can never overwrite a newer live write on the peer: whichever came later locally
 comes later in the stream. Paths the resync has not reached yet are "pending"; live operations
 touching them are recorded and held back (the resync will copy their result), everything else
-streams as usual (see :class:`hamirror.link.replicator.Replicator`).
+streams as usual (see :class:`hamirror.mirror.replicator.Replicator`).
 
 Modes: **incremental** (both journals cover every change since the common generation: only the
 union of both changed sets is visited, only changed blocks are compared), **scan** (history
@@ -29,7 +29,9 @@ from hamirror.journal.generations import GenerationHistory, incremental_possible
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import MAX_BLOCKSUMS, Op
-from hamirror.link.replicator import SCAN_KEY, MirrorState, Replicator
+from hamirror.mirror import record
+from hamirror.mirror.replicator import Replicator
+from hamirror.mirror.states import MirrorState
 from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
                                   meta_at)
 
@@ -138,7 +140,7 @@ class ResyncEngine:
         # A path either journal names may differ whatever its size and mtime say: an interrupted
         # resync leaves files partly copied whose last change carried the primary's times.
         self._named = set(self.journal.changed_paths()) | set(peer.get("paths", ()))
-        own_complete = self.journal.get_state(SCAN_KEY, "0") != "1"   # our own last mount crashed while streaming
+        own_complete = not record.NEEDS_SCAN.get(self.journal)   # our own last mount crashed while streaming
         if (own_complete and peer.get("complete") and peer_gen is not None
                 and incremental_possible(own, peer_gen)):
             self.progress.mode = "incremental"
@@ -207,7 +209,7 @@ class ResyncEngine:
         if not self.repl.finish_sync():
             raise ResyncFailed("the peer was lost at the end of the resync")
         self.journal.resync_end()
-        self.journal.set_state(SCAN_KEY, "0")
+        record.NEEDS_SCAN.set(self.journal, False)
         log.info("resync finished: %s", self.progress.snapshot())
         return True
 

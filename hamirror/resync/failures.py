@@ -13,18 +13,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Protocol
+
+from hamirror.mirror.record import RESYNC_FAILURES, StateStore
 
 ALARM_AFTER = 3
-FAILURES_KEY = "resync_failures"
 _NUMBER = re.compile(r"\d+")
-
-
-class StateStore(Protocol):
-    """What is kept between tries (hamirror.journal.journal.Journal provides it)."""
-
-    def get_state(self, key: str, default: str | None = None) -> str | None: ...
-    def set_state(self, key: str, value: str) -> None: ...
 
 
 def same_way(a: str, b: str) -> bool:
@@ -50,7 +43,7 @@ def is_alarm(record: dict | None) -> bool:
 
 
 def load(store: StateStore) -> dict | None:
-    raw = store.get_state(FAILURES_KEY)
+    raw = RESYNC_FAILURES.get(store)
     try:
         record = json.loads(raw) if raw else None
     except ValueError:
@@ -61,14 +54,14 @@ def load(store: StateStore) -> dict | None:
 def failed(store: StateStore, error: str) -> dict:
     """Count one failure; durable. Returns the new record."""
     record = after_failure(load(store), error, time.time())
-    store.set_state(FAILURES_KEY, json.dumps(record))
+    RESYNC_FAILURES.set(store, json.dumps(record))
     return record
 
 
 def succeeded(store: StateStore) -> None:
     """A resync completed: the count starts again from zero."""
-    if store.get_state(FAILURES_KEY):
-        store.set_state(FAILURES_KEY, "")
+    if RESYNC_FAILURES.get(store):
+        RESYNC_FAILURES.set(store, "")
 
 
 def worst(records: list[dict | None]) -> dict | None:

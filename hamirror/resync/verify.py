@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import Op
-from hamirror.link.replicator import MirrorState, Replicator
+from hamirror.mirror.record import LAST_VERIFY
+from hamirror.mirror.replicator import Replicator
+from hamirror.mirror.states import MirrorState
 from hamirror.resync.engine import FINE_BLOCK, ResyncEngine
 from hamirror.resync.meta import Meta, block_sums, decode_json, decode_sums, list_dir, meta_at
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024   # bytes read and hashed on each side per lock hold
 BLOCK = FINE_BLOCK        # 4 KiB: the granularity of the ranges a verify reports (as DRBD's)
-LAST_KEY = "last_verify"  # journal state: the last verify's summary survives a remount
+LAST_KEY = LAST_VERIFY.name  # journal state: the last verify's summary survives a remount
 MAX_LISTED = 1000         # differences listed in a summary (all are counted, all are repaired)
 KINDS = ("missing", "extra", "type", "size", "mode", "owner", "content")
 
@@ -386,7 +388,7 @@ class VerifyJob:
         self.error: str | None = None  # why the newest job failed, if it did
         self._thread: threading.Thread | None = None
         try:
-            self.last: dict | None = json.loads(journal.get_state(LAST_KEY) or "null")
+            self.last: dict | None = json.loads(LAST_VERIFY.get(journal) or "null")
         except ValueError:
             self.last = None
         if isinstance(self.last, dict):   # job ids go on from the last one recorded (a remount)
@@ -419,7 +421,7 @@ class VerifyJob:
                       "error": self.error}
         self.last = {**result, "id": job}
         try:
-            self.journal.set_state(LAST_KEY, json.dumps(self.last))
+            LAST_VERIFY.set(self.journal, json.dumps(self.last))
         except Exception as exc:  # noqa: BLE001 - the result is still answered
             log.warning("last verify not recorded in the journal: %s", exc)
         if not self.error:

@@ -27,7 +27,6 @@ Each mutating FUSE operation runs inside :meth:`Replicator.change`::
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import threading
@@ -35,20 +34,16 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from hamirror.link.client import Change, LinkClient, Ticket, flatten_changes
-from hamirror.link.ordering import OrderLock
-from hamirror.link.pending import PendingSet
 from hamirror.link.protocol import Op, Times
+from hamirror.mirror import record
+from hamirror.mirror.ordering import OrderLock
+from hamirror.mirror.pending import PendingSet
+from hamirror.mirror.states import BLOCKED as _BLOCKED
+from hamirror.mirror.states import SHARING as _SHARING
+from hamirror.mirror.states import STREAMING as _STREAMING
+from hamirror.mirror.states import MirrorState, is_allowed
 
 log = logging.getLogger(__name__)
-
-
-class MirrorState(str, enum.Enum):
-    PRIM = "PRIM"              # replicating to a live peer
-    SYNCING = "SYNCING"        # online resync to a returning peer, live operations streamed too
-    ALONE = "ALONE"            # peer gone: serving locally and recording changes
-    FENCED = "FENCED"          # peer stopped acknowledging: mutating calls wait for the agent's verdict
-    REFUSED = "REFUSED"        # the agent (or the fence timeout) refused ALONE: mutating calls fail (EIO)
-    STANDALONE = "STANDALONE"  # replication off (benchmarks, a module without a peer)
 
 
 class ActivityRecorder(Protocol):
@@ -66,17 +61,6 @@ class ChangeJournal(Protocol):
     def new_generation(self) -> str: ...
     def set_state(self, key: str, value: str) -> None: ...
     def get_state(self, key: str, default: str | None = None) -> str | None: ...
-
-
-_STREAMING = (MirrorState.PRIM, MirrorState.SYNCING)
-_BLOCKED = (MirrorState.FENCED, MirrorState.REFUSED)
-# States in which data writes share the ordering lock (SYNCING changes the pending set per write).
-_SHARING = (MirrorState.PRIM, MirrorState.ALONE, MirrorState.STANDALONE)
-STATE_KEY = "mirror_state"
-REASON_KEY = "mirror_alone_reason"
-SCAN_KEY = "resync_needs_scan"       # "1": a mount crashed while streaming: its journal misses writes in flight
-LOST_FROM_KEY = "mirror_lost_from"   # the streaming state a FENCED mount left (PRIM: a new generation on grant)
-DONE_SENT_KEY = "resync_done_sent"   # "1": RESYNC_DONE went out; the peer may share our generation now
 
 
 class Refused(OSError):
@@ -253,7 +237,7 @@ class Replicator:
                 return
             self._lost_from = lost_from
             if self.journal is not None:
-                self.journal.set_state(LOST_FROM_KEY, lost_from.value)
+                record.LOST_FROM.set(self.journal, lost_from)
             self.fenced_since = time.time()
             self._set_state(MirrorState.FENCED, reason)
             timer = self._fence_timer = threading.Timer(self.fence_timeout, self._fence_expired)
@@ -274,20 +258,29 @@ class Replicator:
         the agent anyway); any other state is entered only once persisted."""
         if self.journal is not None:
             try:
-                self.journal.set_state(STATE_KEY, state.value)
-                self.journal.set_state(REASON_KEY, reason)
+                record.STATE.set(self.journal, state)
+                record.ALONE_REASON.set(self.journal, reason)
             except Exception as exc:
                 if state is not MirrorState.REFUSED:
                     raise
                 log.error("mirror REFUSED not persisted: %s", exc)
         with self._verdict:
-            self.state = state
+            self._switch(state)
             if state in _BLOCKED:
                 self.fence_reason = reason
             self._verdict.notify_all()
         if state is not MirrorState.FENCED and self._fence_timer is not None:
             self._fence_timer.cancel()
             self._fence_timer = None
+
+    def _switch(self, target: MirrorState) -> None:
+        """The one place the state changes (callers hold ``_state_lock``). A change the table
+        (hamirror/mirror/states.py) does not list is a bug, logged; it is still made: the data
+        path never stops over its own bookkeeping."""
+        if not is_allowed(self.state, target):
+            log.error("mirror: %s -> %s is not in the transition table (a bug: report it)",
+                      self.state.value, target.value)
+        self.state = target
 
     def _notify(self, state: MirrorState, reason: str) -> None:
         if self.on_state is not None:
@@ -302,7 +295,7 @@ class Replicator:
             client.on_lost = self._peer_lost
             self.pending = PendingSet(pending)
             self._granted = False
-            self.state = MirrorState.SYNCING
+            self._switch(MirrorState.SYNCING)
         if self.on_state is not None:
             self.on_state(self.state, "resync started")
 
@@ -314,17 +307,17 @@ class Replicator:
         with self._state_lock:
             self._done_sent = True
             if self.journal is not None:
-                self.journal.set_state(DONE_SENT_KEY, "1")
+                record.DONE_SENT.set(self.journal, True)
 
     def _peer_may_share_generation(self) -> bool:
-        return self._done_sent or (self.journal is not None and self.journal.get_state(DONE_SENT_KEY, "0") == "1")
+        return self._done_sent or (self.journal is not None and record.DONE_SENT.get(self.journal))
 
     def _generation_is_ours_again(self) -> None:
         """A new generation started (or the resync completed): the flag of resync_done_sent is spent."""
         if self._done_sent or self._peer_may_share_generation():
             self._done_sent = False
             if self.journal is not None:
-                self.journal.set_state(DONE_SENT_KEY, "0")
+                record.DONE_SENT.set(self.journal, False)
 
     def finish_sync(self) -> bool:
         """Called once the peer acknowledged RESYNC_DONE: clear the changed set, back to PRIM."""
@@ -333,9 +326,9 @@ class Replicator:
                 return False
             if self.journal is not None:
                 self.journal.clear_changes()
-                self.journal.set_state(STATE_KEY, MirrorState.PRIM.value)
+                record.STATE.set(self.journal, MirrorState.PRIM)
             self._generation_is_ours_again()
-            self.state = MirrorState.PRIM
+            self._switch(MirrorState.PRIM)
             self.alone_reason = ""
             self.alone_since = None
         if self.on_state is not None:
