@@ -11,7 +11,7 @@ from hamirror.cluster.actions import (
     RefuseWrites, RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
     Unmount,
 )
-from hamirror.cluster.decide import decide
+from hamirror.cluster.decide import PEER_LEAVING, decide, takes_over_at_timeout
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
     CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
@@ -384,3 +384,37 @@ def test_a_node_that_stepped_down_for_the_witness_leads_again_once_vouched() -> 
     assert decide(view(S.WAIT, quorum=True, vouched=True, uptodate=False)).state is S.WAIT
     assert decide(view(S.WAIT, quorum=False, vouched=True)).state is S.WAIT
     assert decide(view(S.WAIT, quorum=True, vouched=True, listened=False)).state is S.WAIT
+
+
+# --- a one-way loss without a witness: the taker says so first --------------------------------
+
+def silent_primary(**kw) -> ModuleView:
+    """node n1 SECOND up to date; its PRIM peer unheard for half a timeout (still alive)."""
+    kw.setdefault("listened", True)
+    v = view(S.SECOND, peer=S.PRIM, **kw)
+    return dataclasses.replace(v, peer=dataclasses.replace(v.peer, silent=True))
+
+
+def test_a_secondary_that_would_take_over_on_the_silence_says_so() -> None:
+    assert takes_over_at_timeout(silent_primary())
+
+
+@pytest.mark.parametrize("why", ["not silent", "linked", "deaf", "witness refuses", "standby", "stale"])
+def test_a_secondary_that_would_not_take_over_says_nothing(why: str) -> None:
+    v = {"linked": lambda: silent_primary(linked=True), "deaf": lambda: silent_primary(listened=False),
+         "witness refuses": lambda: silent_primary(quorum=False), "standby": lambda: silent_primary(standby=True),
+         "stale": lambda: dataclasses.replace(silent_primary(), uptodate=False),
+         "not silent": lambda: view(S.SECOND, peer=S.PRIM)}[why]()
+    assert not takes_over_at_timeout(v)
+
+
+@pytest.mark.parametrize("state", [S.PRIM, S.ALONE])
+def test_a_primary_whose_peer_will_take_over_steps_down_first(state: NodeState) -> None:
+    """Campaigns 1603 and 2203: node1 -> node2 dropped, one way, no witness. node2 took over at its
+    timeout; node1, which heard it, stepped down only on seeing it ALONE: the VIP and the
+    application were on both nodes for ~0.6 s. node2 says it is leaving at half its timeout."""
+    v = view(state, peer=S.SECOND)
+    v = dataclasses.replace(v, peer=dataclasses.replace(v.peer, leaving=True))
+    d = decide(v)
+    assert d.state is S.WAIT and d.warnings == (PEER_LEAVING,)
+    assert d.actions[:3] == (Persist(S.WAIT), RefuseWrites(), RemoveVip())

@@ -49,11 +49,19 @@ def test_the_maintenance_setting_round_trips() -> None:
     assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info
 
 
-def test_the_woke_flag_round_trips_and_is_left_out_when_false() -> None:
-    info = ModuleInfo(NodeState.PRIM, True, "gen-3", woke=True)
+@pytest.mark.parametrize("flag,key", [("woke", b'"z"'), ("leaving", b'"x"')])
+def test_a_flag_round_trips_and_is_left_out_when_false(flag: str, key: bytes) -> None:
+    """Left out when false: a 0.2.0 peer, which knows neither, reads the datagram as before."""
+    info = ModuleInfo(NodeState.SECOND, True, "gen-3", **{flag: True})
     data = encode(hb(modules={"demo": info}), KEY)
-    assert decode(data, KEY).modules["demo"] == info and b'"z":true' in data
-    assert b'"z"' not in encode(hb(), KEY)
+    assert decode(data, KEY).modules["demo"] == info and key + b':true' in data
+    assert key not in encode(hb(modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3")}), KEY)
+
+
+def test_a_leaving_flag_that_is_not_a_boolean_is_malformed() -> None:
+    data = encode(hb(modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3", leaving=True)}), KEY)
+    body = data[32:].replace(b'"x":true', b'"x":1')
+    assert reason_of(sign(body, KEY), validator()) is Reason.MALFORMED
 
 
 @pytest.mark.parametrize("field,value,reason", [

@@ -32,7 +32,8 @@ from hamirror.journal.generations import Relation
 S = NodeState
 
 peers = st.builds(PeerView, alive=st.booleans(), state=st.none() | st.sampled_from(NodeState),
-                  uptodate=st.booleans(), swap=st.sampled_from(SwapPhase), woke=st.booleans())
+                  uptodate=st.booleans(), swap=st.sampled_from(SwapPhase), woke=st.booleans(),
+                  leaving=st.booleans())
 views = st.builds(
     ModuleView, module=st.just("m"), node=st.just("n1"), state=st.sampled_from(NodeState),
     uptodate=st.booleans(), peer=peers, relation=st.sampled_from(Relation),

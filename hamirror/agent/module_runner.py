@@ -27,7 +27,7 @@ from hamirror.agent.executor import ActionFailed, Executor, NeedsDecision, descr
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
-from hamirror.cluster.decide import decide
+from hamirror.cluster.decide import decide, takes_over_at_timeout
 from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
@@ -132,6 +132,7 @@ class ModuleRunner:
         self.relation = Relation.UNKNOWN
         self.peer_history: GenerationHistory | None = None
         self.peer = PeerView()
+        self.leaving = False     # advertised: the primary is unheard for half a timeout and this node would take over
         self.peer_maintenance_version = 0   # the newest maintenance version the peer advertised
         self.standby = False                # the node is in standby (set by the agent: agent/standby.py)
         self.warnings: tuple[str, ...] = ()
@@ -293,7 +294,7 @@ class ModuleRunner:
         await self.refresh()
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
-        self.peer = peer
+        self.peer, self.leaving = peer, False
         self.peer_history = peer_history
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         if self.task is not None or self.stale(epoch):
@@ -313,6 +314,7 @@ class ModuleRunner:
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
                                    vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks)
         decision = decide(view)
+        self.leaving = takes_over_at_timeout(view)
         if self.vip_withdrawn and decision.state.is_primary and self.proven_primary(view):
             self.vip_withdrawn = False
             decision = dataclasses.replace(decision, actions=decision.actions + (a.AddVip(),))
@@ -600,4 +602,4 @@ class ModuleRunner:
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and self.state.is_primary and obs.fenced),
                           maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
-                          woke=not self.listening.listened())
+                          woke=not self.listening.listened(), leaving=self.leaving)

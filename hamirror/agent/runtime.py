@@ -344,6 +344,7 @@ class Agent:
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
                             fenced=bool(info and info.fenced), woke=bool(info and info.woke),
+                            leaving=bool(info and info.leaving),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             if info is not None and info.maintenance_version:

@@ -81,6 +81,7 @@ class ModuleInfo:
     maintenance: bool = False
     maintenance_version: int = 0   # the newest ``hamirror maintenance`` setting wins on both nodes
     woke: bool = False        # the sender stalled or started and has not listened a full timeout since
+    leaving: bool = False     # the sender has not heard us for half a timeout and will take over at a full one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
                      **({"f": True} if m.fenced else {}),
                      **({"z": True} if m.woke else {}),
+                     **({"x": True} if m.leaving else {}),
                      **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
         **({"e": list(hb.echo)} if hb.echo is not None else {}),
@@ -215,14 +217,15 @@ def _echo(value: object) -> tuple[str, int] | None:
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z")):
+    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z", "x")):
         raise ValueError("bad module entry")
     version = obj.get("mv", 0)
     if type(version) is not int or not 0 <= version < 2**53:
         raise ValueError("bad maintenance version")
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
                       generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False),
-                      maintenance=obj.get("ma", False), maintenance_version=version, woke=obj.get("z", False))
+                      maintenance=obj.get("ma", False), maintenance_version=version, woke=obj.get("z", False),
+                      leaving=obj.get("x", False))
 
 
 EchoAge = Callable[[str, int], "float | None"]

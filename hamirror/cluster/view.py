@@ -123,6 +123,7 @@ class PeerView:
     fenced: bool = False      # the peer's mount lost us and waits for us to confirm we are stale
     silent: bool = False      # not heard for half a heartbeat timeout (it may be about to be lost)
     woke: bool = False        # the peer stalled (frozen, restarted) and has not listened a full timeout since
+    leaving: bool = False     # the peer has not heard us for half a timeout and will take over at a full one
 
     @property
     def is_primary(self) -> bool:
