@@ -283,3 +283,37 @@ def test_heartbeats_blocked_then_the_secondary_agent_restarted_take_nothing_over
         keys = writer.stop()
     converge(lab, primary, secondary)
     assert_readable(lab, keys)
+
+
+def logged_at(lab, node: str, text: str, since: str) -> str | None:
+    """The timestamp ("YYYY-mm-dd HH:MM:SS,mmm", sortable) of the first agent log line at or after
+    ``since`` that contains ``text``."""
+    with open(lab.paths.log_file(node, "agent"), encoding="utf-8", errors="replace") as f:
+        return next((line[:23] for line in f if line[:23] >= since and text in line), None)
+
+
+def test_a_one_way_loss_without_a_witness_moves_the_service_without_serving_on_both(lab, sampler):
+    """Campaigns 1603 and 2203: nothing from the primary reaches the SECOND, the other way flows,
+    no witness. The SECOND took over at its heartbeat timeout; the primary, which heard it, stepped
+    down only on seeing it ALONE: the VIP and the application on both nodes for ~0.6 s. Now the
+    SECOND says at half its timeout that it will take over, and the primary steps down before
+    the takeover. Every acknowledged key readable; after the heal the pair converges."""
+    from hamirror.cluster.decide import PEER_LEAVING
+    from hamirror.lab import chaos_net
+
+    primary, secondary = roles(lab)
+    converge(lab, primary, secondary)
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    with kvclient.Writer(lab.paths, "ow") as writer:
+        time.sleep(1.0)
+        chaos_net.one_way(lab.paths, primary, secondary)
+        try:
+            wait_for(lab, secondary, lambda m: m["state"] == "ALONE" and not m["busy"], 20, what="takeover")
+        finally:
+            chaos_net.heal(lab.paths)
+        left = logged_at(lab, primary, PEER_LEAVING, since)
+        took = logged_at(lab, secondary, "peer lost: taking over", since)
+        assert left is not None and took is not None and left < took, (left, took, tail(lab, primary))
+        converge(lab, secondary, primary)
+        keys = writer.stop()
+    assert_readable(lab, keys)
