@@ -359,10 +359,12 @@ def _primary_common(view: ModuleView) -> Decision | None:
         return steps.step_down(view, NO_QUORUM)
     if peer.is_primary:
         return _both_primary(view)
-    if peer.alive and peer.leaving:
+    if peer.alive and peer.leaving and view.listened:
         # A one-way loss: the peer hears nothing from us and will take over when its timeout
         # runs out, while we still hear it. Leave first, so that the service never runs on both
-        # (without a witness the VIP was on both nodes for ~0.6 s; campaigns 1603, 2203).
+        # (without a witness the VIP was on both nodes for ~0.6 s; campaigns 1603, 2203). Not
+        # just after a stall of this agent: that explains the peer's silence, and our heartbeats
+        # reach it again now (if it took over meanwhile, the both-primary rule steps us down).
         return steps.step_down(view, PEER_LEAVING)
     if peer.alive and view.relation is Relation.PEER_NEWER:
         # The peer took over while this node did not run (frozen, or its agent stopped) and is not
