@@ -46,7 +46,7 @@ ISSUE16: list[Target] = [
 ISSUE16_SIZES = {"size_mib": 1024, "files": 5000, "txns": 3000, "pgbench_seconds": 15, "pgbench_clients": 4}
 
 # What one operation is, per workload (CPU per operation is CPU seconds / operations).
-OPERATION = {"seq": "MiB", "small": "file", "sqlite": "txn", "lat": "fsync", "pgbench": "pgbench txn"}
+OPERATION = {"seq": "MiB", "small": "file", "sqlite": "txn", "lat": "fsync", "pgbench": "txn"}
 
 
 def add_ceiling(med: dict[str, dict[str, float]]) -> None:
