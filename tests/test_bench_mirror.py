@@ -1,8 +1,10 @@
-"""The mirror benchmark's report, its resilience to a failing column, and its GlusterFS column's cleanup."""
+"""The mirror benchmark's report (ratios, two-copy ceiling, targets, CPU per operation), its resilience
+to a failing column, its CPU probe, and its GlusterFS column's cleanup."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +13,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 
+import cputime  # noqa: E402
 import gluster  # noqa: E402
 import mirror  # noqa: E402
 import mirror_report  # noqa: E402
@@ -36,7 +39,7 @@ def test_ratios_are_against_the_baseline_and_glusterfs_of_the_same_run():
     text = mirror_report.render(summary)
     assert "g glusterfs" in text and "d async" not in text.splitlines()[3]
     assert "   e/g" in text and "d/b" not in text
-    assert text.splitlines()[-1] == "note: skipped: d async: test"
+    assert "note: skipped: d async: test" in text.splitlines()
     markdown = mirror_report.render_markdown(summary).splitlines()
     assert markdown[2] == "| sequential write + fsync, MB/s | 200 | 50 | 70 | 35 | 0.25 | 0.35 | 1.43 | 2.00 |"
     assert "| barrier sequential write + fsync >= 2x GlusterFS | 2.00 | PASS |" in markdown
@@ -57,6 +60,10 @@ def test_a_failing_column_is_reported_and_the_others_figures_kept(tmp_path):
         bench.teardown()
     assert sorted(results) == ["a"]
     assert [len(results["a"][m]) for m in ("seq_write_fsync", "small_files")] == [2, 2]
+    assert sorted(bench.cpu) == ["a"]                      # CPU per operation of the runs that ran
+    assert {job: sorted(per) for job, per in bench.cpu["a"].items()} == \
+        {"seq": ["application", "total"], "small": ["application", "total"]}
+    assert all(len(v) == 2 for per in bench.cpu["a"].values() for v in per.values())
     failures = [n for n in bench.notes if n.startswith("b intercept")]
     assert [n.split(" failed")[0] for n in failures] == ["b intercept seq", "b intercept small"]
 
@@ -78,3 +85,99 @@ def test_glusterfs_volume_replicates_and_leaves_nothing_behind(tmp_path):
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
     with open("/proc/self/mounts") as f:
         assert volume.mountpoint not in f.read()
+
+
+def test_two_copy_ceiling_and_issue16_verdicts_come_from_the_run():
+    raw = {"a": {"seq_write_fsync": [400.0, 800.0], "small_files": [4000.0, 4000.0]},
+           "b": {"seq_write_fsync": [560.0, 560.0], "small_files": [2400.0, 2000.0]},
+           "c": {"seq_write_fsync": [210.0, 210.0], "small_files": [720.0, 720.0], "fsync4k_p50": [1.0, 1.2]},
+           "e": {"seq_write_fsync": [255.0, 255.0], "small_files": [900.0, 900.0], "pgbench_tps": [1500.0, 1500.0]},
+           "g": {"seq_write_fsync": [240.0, 240.0], "small_files": [300.0, 300.0], "fsync4k_p50": [1.1, 1.1],
+                 "pgbench_tps": [1000.0, 1000.0]}}
+    params = dict(PARAMS, size_mib=1024, files=5000, txns=3000, pgbench_seconds=15)
+    summary = mirror_report.summarize(params, raw, [], mirror.CONFIGS)
+    assert summary["median"]["k"] == {"seq_write_fsync": 300.0}          # plain's median 600 / 2
+    assert summary["ratios"]["e/k"]["seq_write_fsync"] == 0.85
+    assert summary["ratios"]["g/k"]["seq_write_fsync"] == 0.8
+    assert summary["ratios"]["e/k"]["small_files"] is None               # the ceiling is sequential only
+    done = {v["target"].split(" (")[0]: (v["result"], v["ratio"]) for v in summary["done_when"]}
+    assert done["1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling"] == ("PASS", 0.85)
+    assert done["1 GiB + fsync: sync >= 0.70 of the two-copy ceiling"] == ("PASS", 0.7)
+    assert done["pgbench: barrier >= 1.5x GlusterFS"] == ("PASS", 1.5)
+    assert done["pgbench: sync >= 1.3x GlusterFS"] == ("n/a", None)
+    assert done["4 KiB files: barrier >= 3x GlusterFS"] == ("PASS", 3.0)
+    assert done["4 KiB files: sync >= 2.5x GlusterFS"] == ("MISS", 2.4)
+    assert done["4 KiB write+fsync p50: sync no slower than GlusterFS"] == ("PASS", 1.0)   # 1.1 / 1.1
+    assert done["interception >= 0.9 of plain on 1 GiB + fsync"] == ("PASS", 560 / 600)
+    assert done["interception >= 0.5 of plain on 4 KiB files"] == ("PASS", 0.55)
+    text = mirror_report.render(summary).splitlines()
+    assert "k ceiling" in text[3] and "   e/k" in text[3]
+    assert text[-12] == ("issue 16, Done when: this run is at issue 16's sizes "
+                         "(1 GiB, 5,000 files, 3,000 txns, pgbench 4 clients 15 s, reps >= 2)")
+    assert text[-3] == "PASS  4 KiB write+fsync p50: sync no slower than GlusterFS (c/g): 1.00 (need <= 1.00)"
+    assert text[-1] == "PASS  interception >= 0.5 of plain on 4 KiB files (b/a): 0.55 (need >= 0.50)"
+    raw["c"]["fsync4k_p50"] = [1.2, 1.2]
+    slower = mirror_report.summarize(dict(params, files=1000), raw, [], mirror.CONFIGS)
+    assert slower["done_when"][8]["result"] == "MISS"
+    last = mirror_report.render(slower).splitlines()
+    assert last[-12].startswith("issue 16, Done when: NOT at issue 16's sizes, a smoke check and not a result: "
+                                "files=1000 (issue: 5000)")
+    assert "| 1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling (e/k) | 0.85 | >= 0.85 | PASS |" in \
+        mirror_report.render_markdown(slower)
+
+
+def test_cpu_per_operation_is_reported_per_process_and_workload():
+    cpu = {"c": {"small": {"application": [0.2, 0.4, 0.3], "mount": [0.5, 0.7, 0.6], "total": [0.7, 1.1, 0.9]}},
+           "a": {"small": {"application": [0.1, 0.1, 0.1], "total": [0.1, 0.1, 0.1]}}}
+    summary = mirror_report.summarize(dict(PARAMS, reps=3), {"a": {"small_files": [1.0] * 3}}, [], mirror.CONFIGS, cpu)
+    assert summary["cpu"]["median"]["c"]["small"] == {"application": 0.3, "mount": 0.6, "total": 0.9}
+    assert summary["cpu"]["runs"] is cpu
+    text = mirror_report.render(summary).splitlines()
+    start = text.index("CPU per operation, ms (user+sys from /proc of each process over the timed part; "
+                       "median of 3 runs):")
+    assert text[start + 1:start + 3] == [
+        "  small per file        a plain          0.100 = application 0.100",
+        "  small per file        c sync           0.900 = application 0.300 + mount 0.600"]
+    assert "| small, file | c sync | 0.900 | application 0.300, mount 0.600 |" in \
+        mirror_report.render_markdown(summary).splitlines()
+
+
+BURNER = """
+import subprocess, sys
+for _ in sys.stdin:      # each line: run a child that burns 0.3 s of CPU, wait for it, say so
+    subprocess.run([sys.executable, "-c", "import time\\nwhile time.process_time() < 0.3: pass"])
+    print("done", flush=True)
+"""
+
+
+def test_probe_counts_a_process_and_the_children_it_waited_for():
+    daemon = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        probe = cputime.Probe(lambda: [("daemon", daemon.pid)])
+        probe.begin()
+        daemon.stdin.write("go\n")
+        daemon.stdin.flush()
+        assert daemon.stdout.readline() == "done\n"
+        seconds = probe.end()
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert seconds["daemon"] >= 0.29                       # the waited-for child's 0.3 s, in 10 ms ticks
+    assert seconds["application"] < 0.2                   # this process only waited
+
+
+def test_a_root_is_not_counted_in_another_roots_tree():
+    procs = {1: cputime.Proc(0, "glusterd", 1.0, 0.5), 2: cputime.Proc(1, "glusterfsd", 3.0, 0.0),
+             3: cputime.Proc(1, "helper", 0.25, 0.0)}
+    children = cputime.children_of(procs)
+    assert cputime.tree_seconds(procs, children, 1, {1, 2}) == 1.75
+    assert cputime.tree_seconds(procs, children, 2, {1, 2}) == 3.0
+    assert cputime.tree_seconds(procs, children, 9, {1, 9}) is None
+
+
+def test_glusterfs_processes_are_named_per_node():
+    seen = [(1, 10, "glusterd"), (1, 11, "glusterfsd"), (1, 12, "glusterfs"), (1, 13, "glusterfs"),
+            (2, 20, "glusterd"), (2, 21, "glusterfsd"), (2, 22, "glusterfs"), (2, 23, "glusterfsd")]
+    assert gluster.name_processes(12, seen) == [
+        ("glusterfs client", 12), ("glusterd n1", 10), ("brick n1", 11), ("self-heal n1", 13),
+        ("glusterd n2", 20), ("brick n2", 21), ("self-heal n2", 22), ("brick n2 23", 23)]

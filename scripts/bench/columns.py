@@ -69,6 +69,15 @@ class Column:
             return [p.pid for p in (self.pair.mounter, self.pair.receiver) if p is not None]
         return []
 
+    def processes(self) -> list[tuple[str, int]]:
+        """The column's own processes, named, whose CPU the benchmark reads (none for the plain directory)."""
+        if self.volume is not None:
+            return self.volume.processes()
+        if self.pair is not None:
+            return [(name, p.pid) for name, p in (("mount", self.pair.mounter), ("receiver", self.pair.receiver))
+                    if p is not None]
+        return []
+
     def dead(self) -> str | None:
         """Why this column can no longer be measured (a process exited, the mount is gone), or None."""
         if self.volume is not None and not self.volume.alive():

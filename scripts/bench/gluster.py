@@ -86,6 +86,19 @@ def clean_stale() -> list[str]:
     return removed
 
 
+def name_processes(client: int | None, seen: list[tuple[int, int, str]]) -> list[tuple[str, int]]:
+    """(label, pid) for our client and each (node, pid, comm) of the namespaces: per node glusterd,
+    its brick (glusterfsd) and its self-heal daemon (a glusterfs that is not our client; our client
+    lives in node 1's network namespace too). A second process of one kind gets its PID in the label."""
+    kinds = {"glusterd": "glusterd", "glusterfsd": "brick", "glusterfs": "self-heal"}
+    found: list[tuple[str, int]] = [("glusterfs client", client)] if client is not None else []
+    for node, pid, comm in seen:
+        if pid != client:
+            label = f"{kinds.get(comm, comm)} n{node}"
+            found.append((label if all(label != n for n, _ in found) else f"{label} {pid}", pid))
+    return found
+
+
 class GlusterVolume:
     """Two glusterd, one replica-2 volume, one FUSE client mount at ``self.mountpoint``."""
 
@@ -160,6 +173,18 @@ class GlusterVolume:
 
     def pids(self) -> list[int]:
         return [p.pid for p in [self.client, *self.glusterd] if p is not None]
+
+    def processes(self) -> list[tuple[str, int]]:
+        """Every process of the volume, named for the CPU table (see ``name_processes``)."""
+        seen = []
+        for node, ns in enumerate(self.namespaces, 1):
+            for pid in netns.pids(ns):
+                try:
+                    with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+                        seen.append((node, pid, f.read().strip()))
+                except OSError:
+                    continue                       # gone since ip listed it
+        return name_processes(self.client.pid if self.client is not None else None, seen)
 
     def stop(self) -> None:
         """Unmount, end every process we started or that lives in our namespaces, drop them."""

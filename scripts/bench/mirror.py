@@ -12,12 +12,20 @@ Columns (each in its own fresh directory under --workdir, all on the same disk):
   e  barrier    the same with ``--mode barrier`` (only if this hamirror has it)
   g  glusterfs  a GlusterFS replica-2 volume, one brick per network namespace, FUSE client
                 (only if glusterfs-server is installed; see gluster.py)
+  k  ceiling    not a mount: the two-copy ceiling, half of a's sequential rate in the same run (both
+                copies share one disk), which every replicated column's sequential rate is put against
 All are mounted at once and the runs are interleaved (for each repetition, for each workload,
 every column in turn), so drift of this noisy machine hits all alike; the figure is the median of
 the repetitions. Before each timed run the filesystem's dirty pages are written back (syncfs); no
 cache is dropped. A column that cannot start or fails is reported and left out; the others' figures
 are still printed (also on Ctrl-C). Every mount, process and namespace started here is ended, by
 PID or as the content of our own namespaces, also on failure or Ctrl-C.
+
+CPU per operation: over the timed part of every run, the user+sys time of each process of the
+column (mount, receiver; GlusterFS's client, bricks, self-heal daemons and glusterd), of the
+application (this process, or the pgbench client) and of PostgreSQL's server (cputime.py), divided
+by the operations done (MiB, files, transactions, fsyncs, pgbench transactions). The report ends
+with issue 16's "Done when" ratios, each with its target and PASS/MISS, computed from this run.
 """
 
 from __future__ import annotations
@@ -36,11 +44,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 
 import columns  # noqa: E402
+import cputime  # noqa: E402
 import gluster  # noqa: E402
 import pgbench  # noqa: E402
 import workloads as w  # noqa: E402
 from columns import CONFIGS, Column  # noqa: E402
 from mirror_report import render, summarize  # noqa: E402
+from mirror_targets import OPERATION  # noqa: E402
 
 WORKLOADS = ("seq", "small", "sqlite", "lat", "pgbench")
 
@@ -93,6 +103,7 @@ class Bench:
         self.columns: list[Column] = []
         self.notes: list[str] = []
         self.pg: pgbench.Pgbench | None = None
+        self.cpu: dict[str, dict[str, dict[str, list[float]]]] = {}   # [config][workload][process]: ms/op
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -145,15 +156,32 @@ class Bench:
             log(f"stopping {column.base}: {exc}")
 
     def jobs(self) -> list[tuple[str, object]]:
+        """(workload, fn(directory, probe) -> (figures, operations done)), in the order they run."""
         a = self.args
-        jobs = [("seq", lambda d: {"seq_write_fsync": w.seq_write(d, a.size_mib)}),
-                ("small", lambda d: {"small_files": w.small_files(d, a.files)}),
-                ("sqlite", lambda d: {"sqlite_txn": w.sqlite_txns(d, a.txns)}),
-                ("lat", lambda d: dict(zip(("fsync4k_p50", "fsync4k_p99"), w.fsync_latency(d, a.samples))))]
+        jobs = [("seq", lambda d, p: ({"seq_write_fsync": w.seq_write(d, a.size_mib, probe=p)}, a.size_mib)),
+                ("small", lambda d, p: ({"small_files": w.small_files(d, a.files, probe=p)}, a.files)),
+                ("sqlite", lambda d, p: ({"sqlite_txn": w.sqlite_txns(d, a.txns, probe=p)}, a.txns)),
+                ("lat", lambda d, p: (dict(zip(("fsync4k_p50", "fsync4k_p99"), w.fsync_latency(d, a.samples, probe=p))),
+                                      a.samples))]
         if self.pg is not None:
-            jobs.append(("pgbench", lambda d: {"pgbench_tps": self.pg.run(d)}))
+            jobs.append(("pgbench", self._pgbench))
         chosen = a.workloads.split(",")
         return [(name, fn) for name, fn in jobs if name in chosen]
+
+    def _pgbench(self, directory: str, probe: cputime.Probe) -> tuple[dict[str, float], int]:
+        tps, done = self.pg.run(directory, probe)
+        return {"pgbench_tps": tps}, done
+
+    def _record_cpu(self, column: Column, job: str, seconds: dict[str, float], operations: int) -> None:
+        per_op = {label: s * 1000 / operations for label, s in seconds.items()} if operations else {}
+        if not per_op:
+            return
+        per_op["total"] = sum(per_op.values())
+        runs = self.cpu.setdefault(column.key, {}).setdefault(job, {})
+        for label, ms in per_op.items():
+            runs.setdefault(label, []).append(ms)
+        log(f"      {column.name:9} CPU ms per {OPERATION[job]:11} "
+            + ", ".join(f"{label} {ms:.3f}" for label, ms in per_op.items()))
 
     def run(self, results: dict[str, dict[str, list[float]]]) -> None:
         """Fill ``results`` as it goes, so whatever ran is kept if a column fails or Ctrl-C comes."""
@@ -170,9 +198,10 @@ class Bench:
                         self.columns.remove(column)
                         self._stop(column)
                         continue
+                    probe = cputime.Probe(column.processes)
                     try:
                         w.settle(column.directory)
-                        figures = fn(column.directory)
+                        figures, operations = fn(column.directory, probe)
                     except Exception as exc:
                         failed.add((key, job))
                         self.note(f"{key} {column.name} {job} failed in rep {rep + 1} (not run again): {exc!r}")
@@ -181,6 +210,7 @@ class Bench:
                     for metric, value in figures.items():
                         results.setdefault(key, {}).setdefault(metric, []).append(value)
                         log(f"rep {rep + 1} {column.name:9} {metric:16} {value:10.2f}")
+                    self._record_cpu(column, job, probe.seconds, operations)
 
 
 def _interrupted(*_) -> None:
@@ -211,7 +241,7 @@ def main(argv=None) -> int:
             shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick")}
     params.update(pgbench_clients=4, pgbench_scale=5)
-    summary = summarize(params, results, bench.notes, CONFIGS)
+    summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
     summary["workdir"] = bench.root
     print(json.dumps(summary, indent=1) if args.json else render(summary))
     return status

@@ -6,6 +6,7 @@ targets are checked against, and only ever compares columns measured in the same
 
 from __future__ import annotations
 
+import mirror_targets as t
 import workloads as w
 
 # (metric, unit, higher is better, label)
@@ -15,26 +16,19 @@ METRICS = [("seq_write_fsync", "MB/s", True, "sequential write + fsync"),
            ("pgbench_tps", "tps", True, "PostgreSQL pgbench"),
            ("fsync4k_p50", "ms", False, "4 KiB write+fsync p50"),
            ("fsync4k_p99", "ms", False, "4 KiB write+fsync p99")]
-# Against the baseline measured in the same run (b: interception only), then against GlusterFS.
-RATIOS = [("b", "a"), ("c", "b"), ("d", "b"), ("e", "b"), ("c", "g"), ("d", "g"), ("e", "g")]
-# (label, metric, numerator, denominator, minimum ratio): issue 10's targets, and issue 3's b/a.
-TARGETS = [("barrier sequential write + fsync >= 0.70 of interception", "seq_write_fsync", "e", "b", 0.70),
-           ("barrier 4 KiB files >= 0.50 of interception", "small_files", "e", "b", 0.50),
-           ("barrier SQLite (WAL, FULL) >= 0.50 of interception", "sqlite_txn", "e", "b", 0.50),
-           ("barrier pgbench >= 0.60 of interception", "pgbench_tps", "e", "b", 0.60),
-           ("sync sequential write + fsync >= 0.45 of interception", "seq_write_fsync", "c", "b", 0.45),
-           ("sync 4 KiB files >= 0.45 of interception", "small_files", "c", "b", 0.45),
-           ("sync sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "c", "g", 2.0),
-           ("barrier sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "e", "g", 2.0),
-           ("sync 4 KiB files >= 3x GlusterFS", "small_files", "c", "g", 3.0),
-           ("barrier 4 KiB files >= 3x GlusterFS", "small_files", "e", "g", 3.0),
-           ("interception sequential write >= 0.25 of plain", "seq_write_fsync", "b", "a", 0.25)]
+# Against the baseline measured in the same run (b: interception only), then against GlusterFS,
+# then the replicated columns against the two-copy ceiling (k = a / 2, sequential write only).
+RATIOS = [("b", "a"), ("c", "b"), ("d", "b"), ("e", "b"), ("c", "g"), ("d", "g"), ("e", "g"),
+          ("c", t.CEILING), ("d", t.CEILING), ("e", t.CEILING), ("g", t.CEILING)]
 
 
 def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[str],
-              configs: dict[str, str]) -> dict:
-    """Medians, ratios and verdicts; ``configs`` (letter: name) goes along so a saved run renders alone."""
+              configs: dict[str, str], cpu: dict | None = None) -> dict:
+    """Medians, ratios and verdicts; ``configs`` (letter: name) goes along so a saved run renders alone.
+
+    ``cpu`` is raw[config][workload][process] = ms of CPU per operation of each repetition."""
     med = {k: {m: w.median(v) for m, v in per.items()} for k, per in raw.items()}
+    t.add_ceiling(med)
 
     def ratio(metric: str, num: str, den: str) -> float | None:
         try:
@@ -43,13 +37,13 @@ def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[
             return None
 
     ratios = {f"{n}/{d}": {m: ratio(m, n, d) for m, *_ in METRICS} for n, d in RATIOS}
-    targets = []
-    for label, metric, num, den, minimum in TARGETS:
-        value = ratio(metric, num, den)
-        verdict = "n/a" if value is None else ("PASS" if value >= minimum else "MISS")
-        targets.append({"target": label, "metric": metric, "ratio": value, "minimum": minimum, "result": verdict})
-    return {"environment": w.environment(), "parameters": params, "configs": configs, "median": med,
-            "runs": raw, "ratios": ratios, "targets": targets, "notes": notes}
+    summary = {"environment": w.environment(), "parameters": params, "configs": {**configs, t.CEILING: t.CEILING_NAME},
+               "median": med, "runs": raw, "ratios": ratios, "targets": t.verdicts(t.ISSUE10, ratio),
+               "done_when": t.verdicts(t.ISSUE16, ratio), "notes": notes}
+    if cpu:
+        summary["cpu"] = {"unit": "ms of CPU (user+sys) per operation", "operation": t.OPERATION,
+                          "median": t.cpu_medians(cpu), "runs": cpu}
+    return summary
 
 
 def _cell(value: float | None, width: int) -> str:
@@ -75,16 +69,24 @@ def render(summary: dict) -> str:
             continue
         row = f"{metric:18}{unit:8}" + "".join(_cell(med[k].get(metric), 13) for k in keys)
         lines.append(row + "".join(_cell(summary["ratios"][r][metric], 7) for r in ratio_keys))
-    lines.append("(b = baseline: interception only; x/g = against GlusterFS replica 2; "
-                 "latency ratios: higher is worse)")
+    lines.append("(b = baseline: interception only; x/g = against GlusterFS replica 2; k = two-copy ceiling, "
+                 "plain / 2 of this run, sequential only; latency ratios: higher is worse)")
+    cpu = t.cpu_lines(summary)
+    lines.extend([""] + cpu if cpu else [])
     lines.append("")
-    for t in summary["targets"]:
-        shown = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
-        lines.append(f"{t['result']:5} {t['target']}: {shown} (need >= {t['minimum']:.2f})")
+    lines.extend(_verdict_lines(summary["targets"]))
     if summary["notes"]:
         lines.append("")
         lines.extend(f"note: {n}" for n in summary["notes"])
+    if "done_when" in summary:
+        lines += ["", f"issue 16, Done when: {t.size_check(par)}"]
+        lines.extend(_verdict_lines(summary["done_when"]))
     return "\n".join(lines)
+
+
+def _verdict_lines(targets: list[dict]) -> list[str]:
+    return [f"{v['result']:5} {v['target']}: {'-' if v['ratio'] is None else format(v['ratio'], '.2f')} "
+            f"(need {t.need(v)})" for v in targets]
 
 
 def _md(value: float | None, digits: int) -> str:
@@ -107,10 +109,18 @@ def render_markdown(summary: dict) -> str:
         cells = [_md(med[k].get(metric), digits) for k in keys]
         cells += [_md(summary["ratios"][r][metric], 2) for r in ratio_keys]
         lines.append(f"| {label}, {unit} | " + " | ".join(cells) + " |")
+    cpu = t.cpu_lines(summary, markdown=True)
+    lines.extend([""] + cpu if cpu else [])
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-    for t in summary["targets"]:
-        if t["ratio"] is not None:
-            lines.append(f"| {t['target']} | {t['ratio']:.2f} | {t['result']} |")
+    for v in summary["targets"]:
+        if v["ratio"] is not None:
+            lines.append(f"| {v['target']} | {v['ratio']:.2f} | {v['result']} |")
+    if "done_when" in summary:
+        lines += ["", f"Issue 16, Done when ({t.size_check(summary['parameters'])}):", "",
+                  "| target | measured | need | verdict |", "|---|---|---|---|"]
+        for v in summary["done_when"]:
+            shown = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
+            lines.append(f"| {v['target']} | {shown} | {t.need(v)} | {v['result']} |")
     return "\n".join(lines)
 
 

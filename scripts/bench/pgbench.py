@@ -6,8 +6,10 @@ database is made once, outside every column: ``initdb`` and ``pgbench -i -s SCAL
 disk, checkpointed and stopped cleanly. Each timed run copies that template into a fresh directory
 of the column (outside the timing), starts a server there (Unix socket in our own scratch
 directory, no TCP), runs ``pgbench -c CLIENTS -j 2 -T SECONDS -n`` and takes its "tps (without
-initial connection time)"; then the server is stopped and the copy removed. So every column starts
-from the same bytes and default server settings (fsync on, synchronous_commit on).
+initial connection time)" and its count of transactions; then the server is stopped and the copy
+removed. So every column starts from the same bytes and default server settings (fsync on,
+synchronous_commit on). A probe (cputime.Probe) reads CPU over the pgbench client's run only, with
+the server's processes (the postmaster's tree) as "postgres".
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import signal
 import subprocess
 import time
 
+import cputime
+from cputime import NoProbe, Probe
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 USER = "postgres"
 PORT = "5432"                       # only a Unix socket in our scratch directory: no clash
 TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+DONE = re.compile(r"^number of transactions actually processed: ([0-9]+)", re.M)
 
 
 def available() -> str | None:
@@ -70,8 +76,8 @@ class Pgbench:
         finally:
             self._stop(self.template)
 
-    def run(self, directory: str) -> float:
-        """One timed pgbench on a fresh copy of the template in ``directory``: transactions/s."""
+    def run(self, directory: str, probe: Probe | NoProbe = NoProbe()) -> tuple[float, int]:
+        """One timed pgbench on a fresh copy of the template in ``directory``: (transactions/s, transactions)."""
         work = os.path.join(directory, f"pgbench-{os.urandom(4).hex()}")
         os.mkdir(work)
         os.chmod(work, 0o755)
@@ -81,16 +87,19 @@ class Pgbench:
             os.sync()
             self._start(data)
             try:
+                postmaster = _postmaster(data)
+                probe.begin({"postgres": postmaster})
                 out = self._client("pgbench", "-n", "-c", str(self.clients), "-j", "2", "-T", str(self.seconds),
                                    "postgres", timeout=self.seconds + 120)
+                probe.end(lambda: _wait_backends_gone(postmaster))
             finally:
                 self._stop(data)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        found = TPS.search(out)
-        if not found:
-            raise RuntimeError(f"pgbench printed no tps line: {out[-500:]}")
-        return float(found.group(1))
+        found, done = TPS.search(out), DONE.search(out)
+        if not found or not done:
+            raise RuntimeError(f"pgbench printed no tps or transaction count line: {out[-500:]}")
+        return float(found.group(1)), int(done.group(1))
 
     def _start(self, data: str) -> None:
         log = os.path.join(self.scratch, "server.log")
@@ -105,9 +114,34 @@ class Pgbench:
         except (RuntimeError, subprocess.TimeoutExpired):
             pass
         try:
-            with open(os.path.join(data, "postmaster.pid"), encoding="ascii") as f:
-                pid = int(f.readline())
-            os.kill(pid, signal.SIGKILL)
+            os.kill(_postmaster(data), signal.SIGKILL)
             time.sleep(1)
         except (OSError, ValueError):
             pass
+
+
+def _postmaster(data: str) -> int:
+    with open(os.path.join(data, "postmaster.pid"), encoding="ascii") as f:
+        return int(f.readline())
+
+
+def _backends(postmaster: int) -> list[int]:
+    """The postmaster's children that serve a client ("postgres: USER DB [local] ...")."""
+    found = []
+    for pid, proc in cputime.snapshot().items():
+        if proc.ppid != postmaster:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"[local]" in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _wait_backends_gone(postmaster: int, timeout: float = 5.0) -> None:
+    """Until the finished clients' backends are reaped, so that their CPU is in the postmaster's."""
+    deadline = time.monotonic() + timeout
+    while _backends(postmaster) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -2,7 +2,8 @@
 
 Each workload runs in a fresh subdirectory of the directory it is given, returns its figure
 (higher is better, except latencies), and removes what it wrote afterwards (outside the timing),
-so repetitions and configurations do not see each other's files.
+so repetitions and configurations do not see each other's files. A ``probe`` (cputime.Probe) given
+to a workload is told where its timed part begins and ends, to read each process's CPU there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sqlite3
 import statistics
 import time
 import uuid
+
+from cputime import NoProbe, Probe
 
 MIB = 1024 * 1024
 
@@ -36,30 +39,33 @@ def _cleanup(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def seq_write(directory: str, size_mib: int, fsync: bool = True) -> float:
+def seq_write(directory: str, size_mib: int, fsync: bool = True, probe: Probe | NoProbe = NoProbe()) -> float:
     """One new file written in 1 MiB blocks, then fsync (if asked): MB/s (10^6 bytes/s)."""
     work = fresh(directory, "seq")
     block = os.urandom(MIB)
     fd = os.open(os.path.join(work, "big"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
+        probe.begin()
         start = time.perf_counter()
         for _ in range(size_mib):
             os.write(fd, block)
         if fsync:
             os.fsync(fd)
         elapsed = time.perf_counter() - start
+        probe.end()
     finally:
         os.close(fd)
         _cleanup(work)
     return size_mib * MIB / elapsed / 1e6
 
 
-def small_files(directory: str, count: int, fsync: bool = False) -> float:
+def small_files(directory: str, count: int, fsync: bool = False, probe: Probe | NoProbe = NoProbe()) -> float:
     """``count`` new files of 4 KiB each (create, write, [fsync,] close): files/s."""
     work = fresh(directory, "small")
     data = os.urandom(4096)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
+        probe.begin()
         start = time.perf_counter()
         for i in range(count):
             fd = os.open(os.path.join(work, f"f{i:06d}"), flags, 0o644)
@@ -68,12 +74,13 @@ def small_files(directory: str, count: int, fsync: bool = False) -> float:
                 os.fsync(fd)
             os.close(fd)
         elapsed = time.perf_counter() - start
+        probe.end()
     finally:
         _cleanup(work)
     return count / elapsed
 
 
-def sqlite_txns(directory: str, count: int) -> float:
+def sqlite_txns(directory: str, count: int, probe: Probe | NoProbe = NoProbe()) -> float:
     """``count`` single-row INSERT transactions, WAL, synchronous=FULL: txn/s."""
     work = fresh(directory, "sqlite")
     try:
@@ -83,12 +90,14 @@ def sqlite_txns(directory: str, count: int) -> float:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
             payload = os.urandom(100)
+            probe.begin()
             start = time.perf_counter()
             for i in range(count):
                 db.execute("BEGIN")
                 db.execute("INSERT INTO t (id, v) VALUES (?, ?)", (i, payload))
                 db.execute("COMMIT")
             elapsed = time.perf_counter() - start
+            probe.end()
         finally:
             db.close()
     finally:
@@ -96,18 +105,20 @@ def sqlite_txns(directory: str, count: int) -> float:
     return count / elapsed
 
 
-def fsync_latency(directory: str, count: int) -> tuple[float, float]:
+def fsync_latency(directory: str, count: int, probe: Probe | NoProbe = NoProbe()) -> tuple[float, float]:
     """Appending 4 KiB then fsync, ``count`` times: (p50, p99) in ms."""
     work = fresh(directory, "lat")
     data = os.urandom(4096)
     samples = []
     fd = os.open(os.path.join(work, "lat"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
+        probe.begin()
         for _ in range(count):
             start = time.perf_counter()
             os.write(fd, data)
             os.fsync(fd)
             samples.append((time.perf_counter() - start) * 1000)
+        probe.end()
     finally:
         os.close(fd)
         _cleanup(work)

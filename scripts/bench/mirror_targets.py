@@ -1,0 +1,117 @@
+"""What a mirror benchmark run is checked against: the two-copy ceiling, the issues' targets, CPU per operation.
+
+Why apart from mirror_report.py: that module turns raw figures into medians and tables; this one
+holds the yardsticks (issue 10's ratios against interception and GlusterFS, issue 16's "Done when"
+against GlusterFS, the two-copy ceiling and plain) and the CPU-per-operation medians, every verdict
+computed from the run it is given, never written in.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+# The two-copy ceiling: both copies share one disk, so a replicated sequential write cannot beat
+# half of the plain directory's rate measured in the same run. Shown as column k (sequential only).
+CEILING = "k"
+CEILING_NAME = "ceiling"
+CEILING_METRIC = "seq_write_fsync"
+
+# (label, metric, numerator, denominator, op, bound): a verdict is PASS when ratio op bound holds.
+Target = tuple[str, str, str, str, str, float]
+ISSUE10: list[Target] = [
+    ("barrier sequential write + fsync >= 0.70 of interception", "seq_write_fsync", "e", "b", ">=", 0.70),
+    ("barrier 4 KiB files >= 0.50 of interception", "small_files", "e", "b", ">=", 0.50),
+    ("barrier SQLite (WAL, FULL) >= 0.50 of interception", "sqlite_txn", "e", "b", ">=", 0.50),
+    ("barrier pgbench >= 0.60 of interception", "pgbench_tps", "e", "b", ">=", 0.60),
+    ("sync sequential write + fsync >= 0.45 of interception", "seq_write_fsync", "c", "b", ">=", 0.45),
+    ("sync 4 KiB files >= 0.45 of interception", "small_files", "c", "b", ">=", 0.45),
+    ("sync sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "c", "g", ">=", 2.0),
+    ("barrier sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "e", "g", ">=", 2.0),
+    ("sync 4 KiB files >= 3x GlusterFS", "small_files", "c", "g", ">=", 3.0),
+    ("barrier 4 KiB files >= 3x GlusterFS", "small_files", "e", "g", ">=", 3.0),
+    ("interception sequential write >= 0.25 of plain", "seq_write_fsync", "b", "a", ">=", 0.25)]
+ISSUE16: list[Target] = [
+    ("pgbench: barrier >= 1.5x GlusterFS (e/g)", "pgbench_tps", "e", "g", ">=", 1.5),
+    ("pgbench: sync >= 1.3x GlusterFS (c/g)", "pgbench_tps", "c", "g", ">=", 1.3),
+    ("4 KiB files: barrier >= 3x GlusterFS (e/g)", "small_files", "e", "g", ">=", 3.0),
+    ("4 KiB files: sync >= 2.5x GlusterFS (c/g)", "small_files", "c", "g", ">=", 2.5),
+    ("SQLite (WAL, FULL): barrier >= 3x GlusterFS (e/g)", "sqlite_txn", "e", "g", ">=", 3.0),
+    ("SQLite (WAL, FULL): sync >= 2x GlusterFS (c/g)", "sqlite_txn", "c", "g", ">=", 2.0),
+    ("1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling (e/k)", "seq_write_fsync", "e", CEILING, ">=", 0.85),
+    ("1 GiB + fsync: sync >= 0.70 of the two-copy ceiling (c/k)", "seq_write_fsync", "c", CEILING, ">=", 0.70),
+    ("4 KiB write+fsync p50: sync no slower than GlusterFS (c/g)", "fsync4k_p50", "c", "g", "<=", 1.0),
+    ("interception >= 0.9 of plain on 1 GiB + fsync (b/a)", "seq_write_fsync", "b", "a", ">=", 0.9),
+    ("interception >= 0.5 of plain on 4 KiB files (b/a)", "small_files", "b", "a", ">=", 0.5)]
+# The sizes issue 16's ratios are to be measured at (and at least 2 interleaved repetitions).
+ISSUE16_SIZES = {"size_mib": 1024, "files": 5000, "txns": 3000, "pgbench_seconds": 15, "pgbench_clients": 4}
+
+# What one operation is, per workload (CPU per operation is CPU seconds / operations).
+OPERATION = {"seq": "MiB", "small": "file", "sqlite": "txn", "lat": "fsync", "pgbench": "txn"}
+
+
+def add_ceiling(med: dict[str, dict[str, float]]) -> None:
+    """Column k: half of the plain directory's sequential rate in this run (nothing without a)."""
+    plain = med.get("a", {}).get(CEILING_METRIC)
+    if plain is not None and plain == plain:
+        med[CEILING] = {CEILING_METRIC: plain / 2}
+
+
+def verdicts(targets: list[Target], ratio) -> list[dict]:
+    """Each target with the ratio of this run (``ratio(metric, num, den)``, None if not measured)."""
+    out = []
+    for label, metric, num, den, op, bound in targets:
+        value = ratio(metric, num, den)
+        ok = value is not None and (value >= bound if op == ">=" else value <= bound)
+        out.append({"target": label, "metric": metric, "ratio": value, "op": op,
+                    "minimum" if op == ">=" else "maximum": bound,
+                    "result": "n/a" if value is None else ("PASS" if ok else "MISS")})
+    return out
+
+
+def need(target: dict) -> str:
+    """">= 0.85" or "<= 1.00"; saved runs from before issue 16 only have ``minimum``."""
+    if "maximum" in target:
+        return f"<= {target['maximum']:.2f}"
+    return f">= {target['minimum']:.2f}"
+
+
+def size_check(params: dict) -> str:
+    """Whether this run is at issue 16's sizes: only such a run's verdicts are a result."""
+    off = [f"{k}={params.get(k)} (issue: {v})" for k, v in ISSUE16_SIZES.items() if params.get(k) != v]
+    if (params.get("reps") or 0) < 2:
+        off.append(f"reps={params.get('reps')} (issue: 2 or more)")
+    if not off:
+        return "this run is at issue 16's sizes (1 GiB, 5,000 files, 3,000 txns, pgbench 4 clients 15 s, reps >= 2)"
+    return "NOT at issue 16's sizes, a smoke check and not a result: " + ", ".join(off)
+
+
+def cpu_medians(raw: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """raw[config][workload][process] = ms per operation of each repetition -> their medians."""
+    return {key: {job: {label: statistics.median(v) for label, v in per.items() if v}
+                  for job, per in jobs.items()} for key, jobs in raw.items()}
+
+
+def cpu_lines(summary: dict, markdown: bool = False) -> list[str]:
+    """The CPU table: per workload and column, the total and each process, ms per operation."""
+    cpu = summary.get("cpu", {}).get("median")
+    if not cpu:
+        return []
+    names = summary["configs"]
+    reps = summary["parameters"]["reps"]
+    if markdown:
+        lines = ["| workload, ms of CPU per | column | total | per process |", "|---|---|---|---|"]
+    else:
+        lines = [f"CPU per operation, ms (user+sys from /proc of each process over the timed part; "
+                 f"median of {reps} runs):"]
+    for job, unit in OPERATION.items():
+        for key in names:
+            per = cpu.get(key, {}).get(job)
+            if not per:
+                continue
+            parts = [f"{label} {ms:.3f}" for label, ms in per.items() if label != "total"]
+            if markdown:
+                lines.append(f"| {job}, {unit} | {key} {names[key]} | {per.get('total', 0):.3f} | {', '.join(parts)} |")
+            else:
+                lines.append(f"  {job + ' per ' + unit:22}{key + ' ' + names[key]:13}{per.get('total', 0):9.3f} = "
+                             + " + ".join(parts))
+    return lines
