@@ -282,15 +282,18 @@ class ModuleRunner:
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    listened: bool, epoch: int | None = None, linked: bool = False,
-                   vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False) -> None:
+                   vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False,
+                   observed: bool = False) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
         a stall since makes the view stale, and nothing is decided from it; ``linked``: the
         replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
-        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``."""
+        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``; ``observed``:
+        the agent observed every module this tick already (:meth:`Agent._observe`)."""
         if self.task is not None:
             return
-        await self.refresh()
+        if not observed:
+            await self.refresh()
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer = peer
