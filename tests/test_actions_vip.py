@@ -87,6 +87,28 @@ def test_the_vip_lease_lapses_without_renewal_and_is_never_renewed_back(netns):
     assert vip.renew() is False and not vip.present()
 
 
+def test_many_leases_are_renewed_together_and_a_lapsed_one_is_not_brought_back(netns, monkeypatch):
+    """50 modules on a node renew 50 leases every heartbeat interval: together, one netlink
+    socket and one address list for them all (each alone: 50 sockets and 50 lists of 50
+    addresses a round, more CPU than the interval on a loaded node)."""
+    import time
+
+    from hamirror.actions import vip as vip_module
+
+    vips = [Vip(f"198.18.0.{100 + i}/24", "v0", netns=netns, arp_count=0, lifetime=1) for i in range(3)]
+    for vip in vips:
+        vip.add()
+    vips[1].remove()
+    sockets = []
+    netlink = vip_module._netlink
+    monkeypatch.setattr(vip_module, "_netlink", lambda netns: sockets.append(netns) or netlink(netns))
+    for _ in range(6):                         # renewed together: kept well past the lifetime
+        time.sleep(0.4)
+        assert vip_module.renew_all(vips) == [True, False, True]
+    assert len(sockets) == 6                   # one netlink socket a round
+    assert [vip.present() for vip in vips] == [True, False, True]
+
+
 # Counts the gratuitous ARP frames seen on the far end for 1 s after an add, with or without a
 # remove right after it: the repeats run in the background, and none follows a remove.
 REPEATS = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from hamirror.agent import runtime
 from hamirror.cluster.states import NodeState
 from tests.test_agent_runner import make
 from tests.test_agent_stall import _Granted, _Silent, agent_with
@@ -51,7 +52,7 @@ def test_every_module_is_observed_and_acts_at_once(tmp_path):
     assert all(r.datapath.receiving and r.error is None for r in runners.values())
 
 
-def test_vip_leases_are_renewed_while_a_long_tick_runs_and_not_after_a_stall(tmp_path):
+def test_vip_leases_are_renewed_while_a_long_tick_runs_and_not_after_a_stall(tmp_path, monkeypatch):
     """A 50-module start on two cores: a tick lasted longer than the VIPs' kernel lease, renewed
     only between ticks, so 40 to 77 of 100 leases lapsed and each one's start_prim failed. The
     renewal runs on its own every interval; after a stall it waits for the main loop, which
@@ -61,7 +62,7 @@ def test_vip_leases_are_renewed_while_a_long_tick_runs_and_not_after_a_stall(tmp
     agent, clock = agent_with(tmp_path, runner)
     agent.heartbeat, agent.witness = _Silent(), _Granted(previous="nobody")   # the quorum plays no part here
     renewed, release = [], threading.Event()
-    runner.executor.renew_vip = lambda: renewed.append(clock.now) or True
+    monkeypatch.setattr(runtime, "renew_leases", lambda executors: renewed.append(clock.now) or [True] * len(executors))
     statuses = dp.mount_statuses
 
     def slow_observation():

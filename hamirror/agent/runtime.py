@@ -29,7 +29,7 @@ from hamirror.agent import agreement, both, console, control, journal_info, stan
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
-from hamirror.agent.executor import Executor
+from hamirror.agent.executor import Executor, renew_leases
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.notify import Notifier
@@ -277,9 +277,14 @@ class Agent:
 
     async def renew_vips(self) -> None:
         """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse), all
-        in one worker thread: one hop per module each tick queued behind the others' actions."""
+        at once (:func:`renew_leases`) in one worker thread."""
         runners = list(self.runners.items())
-        for (name, runner), renewed in zip(runners, await asyncio.to_thread(renew_each, runners)):
+        try:
+            results = await asyncio.to_thread(renew_leases, [runner.executor for _, runner in runners])
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("VIP leases not renewed: %s", exc)
+            return
+        for (name, runner), renewed in zip(runners, results):
             if isinstance(renewed, Exception):
                 log.warning("%s: VIP lease not renewed: %s", name, renewed)
             elif not renewed:
@@ -510,18 +515,6 @@ class Agent:
         await self.heartbeat.stop()
         if self.notifier is not None:        # the "agent stopping" event, and what is queued
             await asyncio.to_thread(self.notifier.close)
-
-
-def renew_each(runners: list[tuple[str, ModuleRunner]]) -> list[bool | Exception]:
-    """Blocking: each runner's VIP lease renewed (:meth:`Executor.renew_vip`), or why not; a
-    failure is the next tick's to retry and never stops the others' renewal."""
-    results: list[bool | Exception] = []
-    for _, runner in runners:
-        try:
-            results.append(runner.executor.renew_vip())
-        except Exception as exc:  # noqa: BLE001 - the next tick tries again
-            results.append(exc)
-    return results
 
 
 def who_text(who: dict | None) -> str:
