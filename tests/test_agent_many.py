@@ -92,3 +92,62 @@ def test_vip_leases_are_renewed_while_a_long_tick_runs_and_not_after_a_stall(tmp
         keeper.cancel()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+class _Primary:
+    """The heartbeat service: the peer heard, ALONE; what it advertised changes when ``resynced``
+    (its heartbeat with its new generation came in before it resynced us)."""
+
+    newer = None
+    peer_heartbeat = None
+
+    def __init__(self) -> None:
+        from hamirror.cluster.heartbeat import ModuleInfo
+
+        self.before = {"app": ModuleInfo(state=S.ALONE, uptodate=True, generation="-")}
+        self.after = {"app": ModuleInfo(state=S.ALONE, uptodate=True, generation="g1")}
+        self.resynced = False
+
+    def peer_alive(self) -> bool:
+        return True
+
+    def silence(self) -> float:
+        return 0.1
+
+    def peer_modules(self) -> dict:
+        return self.after if self.resynced else self.before
+
+    def send_now(self) -> None:
+        pass
+
+
+def test_a_copy_resynced_during_the_tick_is_judged_against_the_peer_as_heard_after(tmp_path):
+    """A WAIT node's copy, resynced by its ALONE peer while the tick observed 50 modules: the
+    peer's generation (sent before the resync) was read at the tick's start, before it had one;
+    beside the copy now up to date with that generation, the relation was UNKNOWN and the copy
+    marked stale again (the peer resynced it once more, 10 s later)."""
+    from tests.agent_fakes import FakeJournal
+
+    journal = FakeJournal((), False)
+    runner, dp, *_ = make(tmp_path / "m", S.WAIT, primary=False, journal=journal)
+    dp.receiving = True
+    runner.obs = runner.observe()
+    agent, _ = agent_with(tmp_path, runner)
+    heard = _Primary()
+    agent.heartbeat, agent.witness = heard, _Granted(previous="nobody")
+    read = journal.read
+
+    def resync_ends():                                 # the resync ends while the tick observes
+        if not heard.resynced:
+            journal.history, journal.uptodate, heard.resynced = FakeJournal(("g1",)).history, True, True
+        return read()
+
+    journal.read = resync_ends
+
+    async def scenario():
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+    assert journal.uptodate and runner.state is S.SECOND

@@ -352,6 +352,15 @@ class Agent:
             # the witness's fresh "the peer holds the lease", made a node that hears its peer mark
             # its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
             alive, silence, infos, gone = self._heard()
+        else:
+            # The same live peer, its modules as heard now: a view pairs them with this tick's
+            # observation, and from older ones (read before a verdict and 50 observations that took
+            # a second under load), a WAIT node's copy the peer had just resynced read as up to date
+            # beside the peer's history from before it had one (relation UNKNOWN): marked stale
+            # again, and resynced again 10 s later (up to 10 of 50 modules starting at once).
+            now = self._heard()
+            if now[0] and now[3] == gone:
+                infos = now[2]
         try:
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
