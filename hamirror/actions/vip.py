@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from hamirror.actions import leases
+
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
@@ -153,14 +155,16 @@ class Vip:
 
 def renew_all(vips: list[Vip]) -> list[bool | Exception]:
     """:meth:`Vip.renew` for many VIPs, each result in order (a failure as its exception): one
-    netlink socket per namespace and one address list per interface for them all. Renewed one by
-    one, 50 VIPs cost 50 sockets and 50 lists of 50 addresses every heartbeat interval (0.4 s of
-    CPU per round, more than the interval on a loaded node: leases lapsed)."""
+    netlink exchange per namespace for them all (in this one, :mod:`leases`). Renewed one by one,
+    50 VIPs cost 50 sockets and 50 lists of 50 addresses every heartbeat interval (0.4 s of CPU
+    per round, more than the interval on a loaded node: leases lapsed)."""
     results: list[bool | Exception] = [True] * len(vips)
     groups: dict[str | None, list[int]] = {}
     for i, vip in enumerate(vips):
         if vip.lifetime is not None:
             groups.setdefault(vip.netns, []).append(i)
+    if None in groups:                      # this namespace: one raw exchange (actions/leases.py)
+        _renew_here(vips, groups.pop(None), results)
     for netns, members in groups.items():
         try:
             with _netlink(netns) as ipr:
@@ -184,6 +188,27 @@ def renew_all(vips: list[Vip]) -> list[bool | Exception]:
             for i in members:
                 results[i] = exc
     return results
+
+
+def _renew_here(vips: list[Vip], members: list[int], results: list[bool | Exception]) -> None:
+    """:func:`renew_all` for the VIPs of this network namespace, through :func:`leases.renew`."""
+    wanted: list[tuple[str, int, str, int, int]] = []
+    asked: list[int] = []
+    for i in members:
+        vip = vips[i]
+        try:
+            index = socket.if_nametoindex(vip.interface)
+        except OSError:
+            results[i] = VipError(f"interface {vip.interface!r} does not exist on this node")
+            continue
+        wanted.append((vip.interface, index, vip.ip, vip.prefixlen, int(vip.lifetime or 0)))
+        asked.append(i)
+    try:
+        renewed = leases.renew(wanted)
+    except OSError as exc:
+        renewed = [exc] * len(wanted)
+    for i, result in zip(asked, renewed):
+        results[i] = VipError(str(result)) if isinstance(result, Exception) else result
 
 
 def arp_announce(mac: str, ip: str) -> bytes:

@@ -279,11 +279,16 @@ class Agent:
         """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse), all
         at once (:func:`renew_leases`) in one worker thread."""
         runners = list(self.runners.items())
+        began = time.monotonic()
         try:
             results = await asyncio.to_thread(renew_leases, [runner.executor for _, runner in runners])
         except Exception as exc:  # noqa: BLE001 - the next round tries again
             log.warning("VIP leases not renewed: %s", exc)
             return
+        took = time.monotonic() - began
+        if took > self.cluster.heartbeat.timeout / 4:     # a lease lapses after a timeout without renewal
+            log.warning("renewing the VIP leases took %.2f s (a lease is %.0f s)", took,
+                        math.ceil(self.cluster.heartbeat.timeout))
         for (name, runner), renewed in zip(runners, results):
             if isinstance(renewed, Exception):
                 log.warning("%s: VIP lease not renewed: %s", name, renewed)
