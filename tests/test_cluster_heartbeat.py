@@ -44,6 +44,22 @@ def test_round_trip_and_size() -> None:
     assert len(data) < 200
 
 
+def test_many_modules_with_long_histories_still_fit_their_newest_generations_first() -> None:
+    """50 modules (issue 18) with 7 generation ids each are 8.7 KiB: no heartbeat was sent at all
+    and the peer took this node for dead. Their ids are cut to the newest (a prefix of the
+    history, which only ever makes a relation UNKNOWN), the modules' states all kept."""
+    ids = [f"{i:016x}" for i in range(7)]
+    modules = {f"demo-{i:02d}": ModuleInfo(NodeState.PRIM, True, ",".join(ids)) for i in range(50)}
+    data = encode(hb(modules=modules, module_config={name: "d" * 64 for name in modules}), KEY)
+    assert len(data) <= MAX_DATAGRAM
+    got = decode(data, KEY).modules
+    assert set(got) == set(modules) and all(m.state is NodeState.PRIM and m.uptodate for m in got.values())
+    kept = got["demo-07"].generation.split(",")
+    assert 1 <= len(kept) < 7 and kept == ids[:len(kept)]
+    few = {f"demo-{i:02d}": ModuleInfo(NodeState.PRIM, True, ",".join(ids)) for i in range(5)}
+    assert decode(encode(hb(modules=few), KEY), KEY).modules["demo-01"].generation == ",".join(ids)
+
+
 def test_the_maintenance_setting_round_trips() -> None:
     info = ModuleInfo(NodeState.PRIM, True, "gen-3", maintenance=True, maintenance_version=7)
     assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info

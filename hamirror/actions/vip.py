@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from hamirror.actions import leases
+
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
@@ -96,17 +98,10 @@ class Vip:
     def renew(self) -> bool:
         """Extend the lease by ``lifetime``; False when the kernel had dropped the address (the
         lease lapsed: this node was frozen). It is *not* added back here: only a decision does."""
-        if self.lifetime is None:
-            return True
-        with _netlink(self.netns) as ipr:
-            index = _index(ipr, self.interface)
-            if not any(a.get("IFA_ADDRESS") == self.ip for a in ipr.get_addr(index=index)):
-                return False
-            try:
-                self._replace(ipr, index)
-                return True
-            except NetlinkError as exc:
-                raise VipError(f"cannot renew {self.ip}/{self.prefixlen} on {self.interface}: {exc}") from exc
+        result = renew_all([self])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _replace(self, ipr: IPRoute, index: int) -> None:
         ipr.addr("replace", index=index, address=self.ip, prefixlen=self.prefixlen,
@@ -156,6 +151,64 @@ class Vip:
                     except OSError as exc:
                         log.debug("gratuitous ARP for %s not repeated: %s", self.ip, exc)
                         return
+
+
+def renew_all(vips: list[Vip]) -> list[bool | Exception]:
+    """:meth:`Vip.renew` for many VIPs, each result in order (a failure as its exception): one
+    netlink exchange per namespace for them all (in this one, :mod:`leases`). Renewed one by one,
+    50 VIPs cost 50 sockets and 50 lists of 50 addresses every heartbeat interval (0.4 s of CPU
+    per round, more than the interval on a loaded node: leases lapsed)."""
+    results: list[bool | Exception] = [True] * len(vips)
+    groups: dict[str | None, list[int]] = {}
+    for i, vip in enumerate(vips):
+        if vip.lifetime is not None:
+            groups.setdefault(vip.netns, []).append(i)
+    if None in groups:                      # this namespace: one raw exchange (actions/leases.py)
+        _renew_here(vips, groups.pop(None), results)
+    for netns, members in groups.items():
+        try:
+            with _netlink(netns) as ipr:
+                present: dict[str, tuple[int, set[str]]] = {}
+                for i in members:
+                    vip = vips[i]
+                    try:
+                        if vip.interface not in present:
+                            index = _index(ipr, vip.interface)
+                            present[vip.interface] = (index, {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index)})
+                        index, addresses = present[vip.interface]
+                        if vip.ip not in addresses:
+                            results[i] = False
+                            continue
+                        vip._replace(ipr, index)
+                    except NetlinkError as exc:
+                        results[i] = VipError(f"cannot renew {vip.ip}/{vip.prefixlen} on {vip.interface}: {exc}")
+                    except VipError as exc:
+                        results[i] = exc
+        except OSError as exc:
+            for i in members:
+                results[i] = exc
+    return results
+
+
+def _renew_here(vips: list[Vip], members: list[int], results: list[bool | Exception]) -> None:
+    """:func:`renew_all` for the VIPs of this network namespace, through :func:`leases.renew`."""
+    wanted: list[tuple[str, int, str, int, int]] = []
+    asked: list[int] = []
+    for i in members:
+        vip = vips[i]
+        try:
+            index = socket.if_nametoindex(vip.interface)
+        except OSError:
+            results[i] = VipError(f"interface {vip.interface!r} does not exist on this node")
+            continue
+        wanted.append((vip.interface, index, vip.ip, vip.prefixlen, int(vip.lifetime or 0)))
+        asked.append(i)
+    try:
+        renewed = leases.renew(wanted)
+    except OSError as exc:
+        renewed = [exc] * len(wanted)
+    for i, result in zip(asked, renewed):
+        results[i] = VipError(str(result)) if isinstance(result, Exception) else result
 
 
 def arp_announce(mac: str, ip: str) -> bytes:

@@ -32,6 +32,7 @@ import time
 
 import psutil
 
+from hamirror.agent import spawn
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
@@ -49,6 +50,10 @@ RECEIVER_READY = 10.0        # seconds a new receiver may take to listen (its st
 MOUNT_ANSWER = 2.0           # seconds one status request to a mount daemon may take
 MOUNT_HUNG_AFTER = 5.0       # a mounted daemon that answered nothing for this long is hung: SIGKILL
 WATCHDOG_INTERVAL = 1.0
+
+
+_SPAWNER: spawn.Spawner | None = None    # one per agent, for every module (hamirror/agent/spawn.py)
+_SPAWNER_LOCK = threading.Lock()
 
 
 class DataPathError(Exception):
@@ -235,10 +240,9 @@ class DataPath:
                    "--state-dir", self.dir_states[i], "--mode", self.mode, "--timeout", f"{self.peer_timeout:g}",
                    "--fence", f"{self.fence_block:g}"]
             os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT,
-                                    stdin=subprocess.DEVNULL)
-            if result.returncode != 0:
-                raise DataPathError(f"mount of {directory} failed: {(result.stderr or result.stdout).strip()}")
+            code, output = self._run(cmd)
+            if code != 0:
+                raise DataPathError(f"mount of {directory} failed: {output.strip()}")
             log.info("%s: mounted %s (%s)", self.module, directory, "ALONE" if alone else "PRIM")
 
     def unmount(self, force: bool) -> None:
@@ -335,18 +339,53 @@ class DataPath:
             cmd = [*self.command, "mirror", "receive", "--dir", directory, "--bind", self.binds[i],
                    "--keys", self.keys_dir, "--state-dir", self.dir_states[i]]
             with open(os.path.join(self.dir_states[i], "receiver.log"), "ab") as out:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, close_fds=True)
-            if wait:
-                self._wait_listening(i, proc)
-            info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
+                proc = self._start(cmd, out.fileno())
+            try:
+                if wait:
+                    self._wait_listening(i, proc)
+                info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
+            finally:
+                if isinstance(proc, spawn.Child):
+                    proc.close()
             tmp = self._receiver_file(i) + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(info, f)
             os.replace(tmp, self._receiver_file(i))
             log.info("%s: receiver for %s started (pid %d) on %s", self.module, directory, proc.pid, self.binds[i])
 
-    def _wait_listening(self, index: int, proc: subprocess.Popen) -> None:
+    def _run(self, cmd: list[str]) -> tuple[int, str]:
+        """A ``hamirror`` command to its end (forked by the spawner if it can): status, output."""
+        spawner = self._spawner(cmd)
+        if spawner is not None:
+            try:
+                return spawner.run(cmd[len(self.command):], MOUNT_TIMEOUT)
+            except spawn.SpawnError as exc:
+                log.warning("%s: %s: starting a new process", self.module, exc)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
+        return result.returncode, result.stderr or result.stdout
+
+    def _start(self, cmd: list[str], out: int) -> subprocess.Popen | spawn.Child:
+        """A ``hamirror`` daemon in its own session, output to ``out`` (forked by the spawner if it can)."""
+        spawner = self._spawner(cmd)
+        if spawner is not None:
+            try:
+                return spawner.start(cmd[len(self.command):], out, out)
+            except spawn.SpawnError as exc:
+                log.warning("%s: %s: starting a new process", self.module, exc)
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+
+    def _spawner(self, cmd: list[str]) -> spawn.Spawner | None:
+        """The agent's spawner, for the ``hamirror`` of this interpreter only (a test's own command runs as given)."""
+        global _SPAWNER
+        if self.command != HAMIRROR or cmd[:len(HAMIRROR)] != HAMIRROR:
+            return None
+        with _SPAWNER_LOCK:
+            if _SPAWNER is None:
+                _SPAWNER = spawn.Spawner(HAMIRROR)
+            return _SPAWNER
+
+    def _wait_listening(self, index: int, proc: subprocess.Popen | spawn.Child) -> None:
         """Until the new receiver listens (it writes its status file once bound), so the peer's
         mount finds it; an exit meanwhile (address in use, bad keys...) is an error."""
         deadline = time.monotonic() + RECEIVER_READY

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
+from hamirror.actions.vip import renew_all
 from hamirror.cluster import actions as a
 from hamirror.cluster.states import NodeState
 
@@ -183,12 +184,10 @@ class Executor:
     def renew_vip(self) -> bool:
         """Extend the VIP's kernel lease while this node holds it (called every tick); False when
         the lease had lapsed (the address is gone until a decision adds it again)."""
-        if self.vip is None or not self.vip_held:
-            return True
-        if self.vip.renew():
-            return True
-        self.vip_held = False
-        return False
+        result = renew_leases([self])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _Unmount(self, action: a.Unmount, target: NodeState) -> None:
         self.datapath.unmount(force=action.force)
@@ -252,6 +251,20 @@ class Executor:
 
     def _Flush(self, action: a.Flush, target: NodeState) -> None:
         self.datapath.flush()
+
+
+def renew_leases(executors: list[Executor]) -> list[bool | Exception]:
+    """:meth:`Executor.renew_vip` for many modules at once (:func:`~hamirror.actions.vip.renew_all`:
+    one netlink exchange for every VIP held here); each result in order, a failure as its
+    exception. A lapsed lease leaves the VIP to the next decision."""
+    results: list[bool | Exception] = [True] * len(executors)
+    held = [i for i, ex in enumerate(executors) if ex.vip is not None and ex.vip_held]
+    renewed = renew_all([executors[i].vip for i in held]) if held else []
+    for i, result in zip(held, renewed):
+        results[i] = result
+        if result is False:
+            executors[i].vip_held = False
+    return results
 
 
 def describe(action: a.Action) -> str:

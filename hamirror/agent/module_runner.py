@@ -24,6 +24,7 @@ from hamirror.agent import damping, journal_info
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.events import decision_events, observation_events
 from hamirror.agent.executor import ActionFailed, Executor, NeedsDecision, describe
+from hamirror.agent.observation import Observation
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
@@ -32,7 +33,7 @@ from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
-    CheckerHealth, Command, FailoverHealth, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase, mirror_health,
+    CheckerHealth, Command, FailoverHealth, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
 )
 from hamirror.journal.generations import GenerationHistory, Relation, compare
 
@@ -45,48 +46,6 @@ RETRY_PAUSE = 5.0        # seconds before a failed action sequence is tried agai
 RESYNC_GRACE = 3.0       # a just-requested resync counts as running while the mount starts it; a done
                          # one settles this long before a peer still stale is resynced again
 RESYNC_BACKOFF = 10.0    # a failed resync (or one the peer stays stale after) is restarted at most this often
-
-
-@dataclasses.dataclass(frozen=True)
-class Observation:
-    """The data path and the journals at one instant (gathered in a worker thread)."""
-
-    history: GenerationHistory
-    uptodate: bool
-    mounts: tuple[dict | None, ...]
-    receivers: tuple[dict | None, ...]
-    receivers_alive: bool
-    changed: int = 0
-
-    @property
-    def mounted(self) -> bool:
-        return bool(self.mounts) and all(m is not None for m in self.mounts)
-
-    @property
-    def mount_states(self) -> set[str]:
-        return {str(m.get("state")) for m in self.mounts if m}
-
-    @property
-    def mirror(self) -> MirrorHealth:
-        """What the mounts really do (a directory not mounted counts as DEAD)."""
-        return mirror_health([m.get("state") if m else None for m in self.mounts])
-
-    @property
-    def fenced(self) -> bool:
-        """A mount lost the peer and waits for it to confirm its copy is stale."""
-        return "FENCED" in self.mount_states
-
-    @property
-    def last_resync(self) -> dict | None:
-        """What the last completed resync of the mounts copied (summed over directories)."""
-        parts = [m["last_resync"] for m in self.mounts if m and isinstance(m.get("last_resync"), dict)]
-        if not parts:
-            return None
-        total = {key: sum(int(p.get(key) or 0) for p in parts) for key in ("done_files", "bytes_sent")}
-        total["mode"] = parts[0].get("mode")
-        total["seconds"] = max(float(p.get("seconds") or 0) for p in parts)
-        total["finished_at"] = max(float(p.get("finished_at") or 0) for p in parts)
-        return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,15 +242,18 @@ class ModuleRunner:
 
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    listened: bool, epoch: int | None = None, linked: bool = False,
-                   vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False) -> None:
+                   vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False,
+                   observed: bool = False) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
         a stall since makes the view stale, and nothing is decided from it; ``linked``: the
         replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
-        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``."""
+        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``; ``observed``:
+        the agent observed every module this tick already (:meth:`Agent._observe`)."""
         if self.task is not None:
             return
-        await self.refresh()
+        if not observed:
+            await self.refresh()
         announce = self.state.is_primary and self.task is None and (
             (self.peer.is_primary and not peer.is_primary) or (not self.peer.alive and peer.alive))
         self.peer, self.leaving = peer, False
@@ -433,9 +395,14 @@ class ModuleRunner:
         """Log every decision that changes something, with its warnings (repeats only at debug)."""
         changed = decision.state is not view.state or decision.actions
         if changed:
-            log.warning("%s: %s -> %s (peer %s, relation %s, uptodate %s): %s", self.name, view.state.value,
+            # The generations compared, when they gave no relation: what an operator (or a
+            # developer) needs to tell a missing history from an unrelated one.
+            histories = "" if view.relation is not Relation.UNKNOWN or self.obs is None else \
+                f", generations here {journal_info.to_wire(self.obs.history)} and on the peer " \
+                f"{self.peer_generation() or 'unknown'}"
+            log.warning("%s: %s -> %s (peer %s, relation %s%s, uptodate %s): %s", self.name, view.state.value,
                         decision.state.value, view.peer.state.value if view.peer.alive and view.peer.state else
-                        "lost", view.relation.value, view.uptodate,
+                        "lost", view.relation.value, histories, view.uptodate,
                         ", ".join(describe(x) for x in decision.actions) or "no action")
         for warning in decision.warnings:
             (log.warning if changed or warning not in self.warnings else log.debug)("%s: %s", self.name, warning)

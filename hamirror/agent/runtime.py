@@ -10,6 +10,7 @@ it has not heard it yet.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
@@ -28,7 +29,7 @@ from hamirror.agent import agreement, both, console, control, journal_info, stan
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import DataPath
 from hamirror.agent.events import EventLog
-from hamirror.agent.executor import Executor
+from hamirror.agent.executor import Executor, renew_leases
 from hamirror.agent.http import HttpServer
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.notify import Notifier
@@ -45,6 +46,16 @@ from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
 
 log = logging.getLogger(__name__)
+
+
+THREADS_PER_MODULE = 4   # an action sequence, an observation, checkers, a command's wait
+
+
+def worker_threads(modules: int) -> int:
+    """The agent's worker threads (made as needed, kept while busy): every module's action
+    sequence, observation and checks at once. Python's default pool (cores + 4: 6 on two cores)
+    ran 6 of 50 takeovers at a time, and every observation and VIP renewal queued behind them."""
+    return max(32, THREADS_PER_MODULE * modules + 16)
 
 
 class AgentError(Exception):
@@ -127,6 +138,8 @@ class Agent:
         self.heartbeat.on_peer_change = self.wakeup.set
         self._check_tasks: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
+        self._keeper: asyncio.Task | None = None       # keep_vips
+        self._vips_epoch = 0                            # the last stall whose VIPs were withdrawn
         self._lock_fd: int | None = None
         # ``hamirror reload`` and SIGHUP (hamirror/agent/reload.py); the CLI adds the secrets' checks.
         self.reloader = Reloader(self, functools.partial(build_runner, cluster=cluster, fence=self.fence))
@@ -206,9 +219,15 @@ class Agent:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def use_workers(self) -> None:
+        """The running loop's worker threads, enough for every module at once (:func:`worker_threads`)."""
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            max_workers=worker_threads(len(self.runners)), thread_name_prefix="agent"))
+
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (applications and mounts keep running; see docs/admin-guide.md)."""
         self.lock()
+        self.use_workers()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
@@ -229,14 +248,15 @@ class Agent:
         hb = self.cluster.heartbeat
         self._watch = asyncio.create_task(self.listening.watch(hb.interval / 2), name="stall-watch")
         try:
-            epoch = self.listening.check()
+            epoch = self._vips_epoch = self.listening.check()
+            self._keeper = asyncio.create_task(self.keep_vips(), name="vip-leases")
             while not self.stopping.is_set():
                 if self.listening.check() != epoch:
                     epoch = self.listening.stalls
                     for runner in self.runners.values():
                         await runner.withdraw_vip()
+                    self._vips_epoch = epoch
                     await asyncio.sleep(0.05)   # read the heartbeats queued meanwhile before deciding
-                await self.renew_vips()
                 await self.tick()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), self.cluster.heartbeat.interval)
@@ -244,16 +264,38 @@ class Agent:
         finally:
             await self.shutdown()
 
+    async def keep_vips(self) -> None:
+        """Renew the VIP leases every heartbeat interval, apart from the ticks: a tick of 50 modules
+        on a loaded machine lasts longer than the lease (the heartbeat timeout), and renewed only
+        between ticks, leases lapsed under applications starting (40 to 77 of 100 in a 50-module
+        start, a start_prim failing on each: 20 s more). Not after a stall the main loop has not
+        yet answered by withdrawing the VIPs (``_vips_epoch``)."""
+        while True:
+            if self.listening.check() == self._vips_epoch:
+                await self.renew_vips()
+            await asyncio.sleep(self.cluster.heartbeat.interval)
+
     async def renew_vips(self) -> None:
-        """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse)."""
-        for name, runner in self.runners.items():
-            try:
-                if not await asyncio.to_thread(runner.executor.renew_vip):
-                    log.warning("%s: the VIP's lease had lapsed (this node did not run): it comes back "
-                                "with the next decision that proves this node still primary", name)
-                    runner.vip_withdrawn = True
-            except Exception as exc:  # noqa: BLE001 - the next tick tries again
-                log.warning("%s: VIP lease not renewed: %s", name, exc)
+        """Extend the kernel lease of every VIP held here (a stalled loop lets them lapse), all
+        at once (:func:`renew_leases`) in one worker thread."""
+        runners = list(self.runners.items())
+        began = time.monotonic()
+        try:
+            results = await asyncio.to_thread(renew_leases, [runner.executor for _, runner in runners])
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("VIP leases not renewed: %s", exc)
+            return
+        took = time.monotonic() - began
+        if took > self.cluster.heartbeat.timeout / 4:     # a lease lapses after a timeout without renewal
+            log.warning("renewing the VIP leases took %.2f s (a lease is %.0f s)", took,
+                        math.ceil(self.cluster.heartbeat.timeout))
+        for (name, runner), renewed in zip(runners, results):
+            if isinstance(renewed, Exception):
+                log.warning("%s: VIP lease not renewed: %s", name, renewed)
+            elif not renewed:
+                log.warning("%s: the VIP's lease had lapsed (this node did not run): it comes back "
+                            "with the next decision that proves this node still primary", name)
+                runner.vip_withdrawn = True
 
     def _stalled(self, gap: float) -> None:
         """A stall was noted (:mod:`stall`): it has not *listened* either, so the peer's silence
@@ -275,15 +317,23 @@ class Agent:
                 and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
         return alive, silence, infos, gone
 
-    async def _observe_again(self) -> None:
-        """After a verdict that waited: the data paths as they are now, since `linked` rests on
-        the receivers' last message (an observation from before the wait shows the link silent)."""
-        for name, runner in self.runners.items():
-            if runner.task is None:
-                try:
-                    await runner.refresh()
-                except Exception:  # noqa: BLE001 - its own tick observes again
-                    log.exception("%s: observation failed", name)
+    async def _observe(self) -> set[str]:
+        """Every idle module's data path as it is now, observed at once (each in a worker thread):
+        one after the other, the last of 50 modules decided seconds after the first, each waiting
+        for a thread behind the others' actions (a takeover of 50 modules took 15 s more for it).
+        After the verdict, which may have waited: `linked` rests on the receivers' last message
+        (an observation from before the wait shows the link silent). The names whose observation
+        failed (not decided this tick)."""
+        idle = [(name, runner) for name, runner in self.runners.items() if runner.task is None]
+        results = await asyncio.gather(*(runner.refresh() for _, runner in idle), return_exceptions=True)
+        failed = set()
+        for (name, _), result in zip(idle, results):
+            if isinstance(result, Exception):
+                log.error("%s: observation failed", name, exc_info=result)
+                failed.add(name)
+            elif isinstance(result, BaseException):
+                raise result
+        return failed
 
     async def tick(self) -> None:
         hb = self.heartbeat
@@ -294,14 +344,12 @@ class Agent:
         # against at once (a SECOND told "no" because it did not claim would leave for WAIT).
         self._claim_alive = before[0] and not before[3]
         alive, silence, infos, gone = before
-        asked = boottime()
         try:
             self.quorum = await self.witness.verdict(boottime())
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum = False
-        if boottime() - asked > self.cluster.heartbeat.interval:
-            await self._observe_again()
+        unobserved = await self._observe()
         if not self._claim_alive:
             # Claimed against an unheard peer and refused by a holder gone quiet, the verdict
             # waited for its lease to lapse (up to a lease, ~10 s): the peer may be heard again by
@@ -309,6 +357,15 @@ class Agent:
             # the witness's fresh "the peer holds the lease", made a node that hears its peer mark
             # its copy stale (ALONE + WAIT in campaigns 1602 and 1604). Read it again.
             alive, silence, infos, gone = self._heard()
+        else:
+            # The same live peer, its modules as heard now: a view pairs them with this tick's
+            # observation, and from older ones (read before a verdict and 50 observations that took
+            # a second under load), a WAIT node's copy the peer had just resynced read as up to date
+            # beside the peer's history from before it had one (relation UNKNOWN): marked stale
+            # again, and resynced again 10 s later (up to 10 of 50 modules starting at once).
+            now = self._heard()
+            if now[0] and now[3] == gone:
+                infos = now[2]
         try:
             vouched = self.quorum is True and self.witness.vouches(boottime())
             peer_leased = self.witness.peer_holds(boottime(), silence)
@@ -353,8 +410,9 @@ class Agent:
                 runner.note_peer_led()
             try:
                 runner.datapath.record_fencing_token(token)   # before anything acts on the tenure
-                await runner.tick(peer, history, self.quorum, listened, epoch, linked,
-                                  vouched and not runner.record.peer_led, peer_leased, peer_asks)
+                if name not in unobserved:
+                    await runner.tick(peer, history, self.quorum, listened, epoch, linked,
+                                      vouched and not runner.record.peer_led, peer_leased, peer_asks, observed=True)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:
@@ -455,6 +513,8 @@ class Agent:
     async def shutdown(self) -> None:
         """Stop heartbeats and the control socket; let running actions finish (bounded)."""
         log.info("agent stopping; modules keep their state (applications and mounts keep running)")
+        if self._keeper is not None:      # the leases lapse as before: no agent, no VIP
+            self._keeper.cancel()
         self.events.add("agent", "agent stopping; modules keep their state")
         await self.control.close()
         if self.http:

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from hamirror.cli import spawner
 from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
 from hamirror.mirror import status as status_file
@@ -80,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resync.add_argument("--state-dir", default=None)
     resync.add_argument("--no-wait", action="store_true", help="start it and return")
     resync.set_defaults(func=run_resync)
+
+    spawner.register(actions)
 
     status = actions.add_parser("status", help="state of the mount on DIR (PRIM, ALONE, ...)")
     status.add_argument("--dir", required=True)

@@ -30,6 +30,7 @@ from hamirror.config import digest
 from hamirror.secretfile import read_secret
 
 MAX_DATAGRAM = 8192
+GENERATIONS_KEPT = (None, 3, 1)   # generation ids per module tried in turn while a heartbeat is too big
 MAC_SIZE = 32
 MIN_KEY_SIZE = 32
 MAX_KEY_SIZE = 4096
@@ -132,11 +133,23 @@ def sign(body: bytes, key: bytes) -> bytes:
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
     """Serialise and sign; ValueError if the datagram would exceed 8 KiB. The module digests
-    are left out when they would not fit (many modules): the modules' states come first."""
+    are left out when they would not fit (many modules): the modules' states come first; then
+    each module's generation ids are cut to the newest few, down to the current one (50 modules
+    with 7 ids each are 8.7 KiB: no heartbeat was sent at all, and the peer took the node for
+    dead). A history cut to its newest ids only ever turns a relation into UNKNOWN (docs/journal.md)."""
+    for keep in GENERATIONS_KEPT:
+        data = _encode(hb, key, keep)
+        if len(data) <= MAX_DATAGRAM:
+            return data
+    raise ValueError(f"heartbeat of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+
+
+def _encode(hb: Heartbeat, key: bytes, keep: int | None) -> bytes:
+    """The signed datagram with each module's generation ids cut to ``keep`` (None: all)."""
     body = {
         "v": VERSION, "c": hb.cluster, "n": hb.node, "b": hb.boot_id, "s": hb.counter,
         "t": hb.timestamp, "i": hb.network,
-        "m": {name: {"st": m.state.value, "u": m.uptodate, "g": m.generation, "w": m.swap.value,
+        "m": {name: {"st": m.state.value, "u": m.uptodate, "g": _newest(m.generation, keep), "w": m.swap.value,
                      **({"f": True} if m.fenced else {}),
                      **({"z": True} if m.woke else {}),
                      **({"x": True} if m.leaving else {}),
@@ -150,9 +163,12 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
                            separators=(",", ":")).encode(), key)
     if len(data) > MAX_DATAGRAM and hb.module_config:
         data = sign(json.dumps(body, separators=(",", ":")).encode(), key)
-    if len(data) > MAX_DATAGRAM:
-        raise ValueError(f"heartbeat of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     return data
+
+
+def _newest(generation: str, keep: int | None) -> str:
+    """The first ``keep`` comma-separated ids of a ``g`` value (newest first), or all of it."""
+    return generation if keep is None else ",".join(generation.split(",")[:keep])
 
 
 def decode(data: bytes, key: bytes) -> Heartbeat:

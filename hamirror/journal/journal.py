@@ -276,6 +276,13 @@ class Journal:
         """This node's generation history (immutable snapshot)."""
         return self._gens
 
+    def stored_generations(self) -> GenerationHistory:
+        """The history as the file holds it now: another process (a receiver ending a resync) may
+        have written it since this journal was opened, and :meth:`generations` is the opening's."""
+        with self._db_lock:
+            text = self._meta("generations")
+        return GenerationHistory.from_json(json.loads(text or "{}"))
+
     def new_generation(self) -> str:
         """Start a new generation (becoming primary without a live peer); durable; its id."""
         with self._db_lock:

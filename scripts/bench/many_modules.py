@@ -19,10 +19,12 @@ The lab is removed at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +34,13 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(HERE))]
 
 import psutil  # noqa: E402
 
+from hamirror.agent.control import SOCKET_NAME, AgentNotRunning, request  # noqa: E402
 from hamirror.lab import agent, control, nodeconfig, process, state  # noqa: E402
 from hamirror.lab.demo import interrupts_raise, remove_files  # noqa: E402
 from hamirror.lab.naming import CLIENT, LabPaths, resolve_root  # noqa: E402
 from hamirror.lab.shell import LabError  # noqa: E402
+
+from cpuwatch import CpuWatch  # noqa: E402
 
 DEMO = os.path.join(nodeconfig.REPO_MODULES, "demo")
 FIRST_VIP, FIRST_PORT = 100, 7500
@@ -51,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=30.0, help="idle window for CPU (default 30)")
     p.add_argument("--root", default=None, help="lab root (default: a new directory under /tmp)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument("--cpu", action="store_true",
+                   help="sample every process's CPU (scripts/bench/cpuwatch.py): where it goes in each phase")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="py-spy (pip install py-spy) the agents: idle window, both nodes; takeover, node2 (raw stacks in DIR)")
+    p.add_argument("--logs", default=None, metavar="DIR", help="copy the agents' logs to DIR before the lab goes")
     args = p.parse_args(argv)
     if not 1 <= args.modules <= 100:
         p.error("--modules: 1 to 100")
@@ -112,8 +122,31 @@ def rss_mib(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+def socket_status(paths: LabPaths, node: str, timeout: float = 20.0) -> dict | None:
+    """The node's status document, asked on its agent's control socket from here (the node's /run
+    is a folder of the lab root): a poll starts no process. ``lab exec`` + ``hamirror status`` cost
+    ~0.15 s of CPU a poll, 6-8 of the ~40 CPU-seconds of a 50-module start or takeover (measured)."""
+    try:
+        answer = request(os.path.join(paths.node_dir(node, "run"), SOCKET_NAME), {"cmd": "status"}, timeout)
+    except (AgentNotRunning, OSError, ValueError):
+        return None
+    data = answer.get("status") if isinstance(answer, dict) and answer.get("ok") else None
+    return data if isinstance(data, dict) else None
+
+
+def profile(where: str | None, name: str, proc: psutil.Process | None, seconds: float):
+    """py-spy on one agent for ``seconds`` (sampled without pausing it), raw stacks to WHERE/NAME.txt."""
+    if not where or proc is None:
+        return None
+    os.makedirs(where, exist_ok=True)
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)), "--rate", "50",
+                             "--nonblocking", "--format", "raw", "--output", os.path.join(where, f"{name}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def states(paths: LabPaths, node: str) -> dict[str, str]:
-    status = agent.node_status(paths, node, timeout=20.0) or {}
+    status = socket_status(paths, node) or {}
     return {m["name"]: m["state"] for m in status.get("modules", [])}
 
 
@@ -136,24 +169,33 @@ def write_through(paths: LabPaths, count: int, deadline: float) -> float | None:
     return None if result.stdout.strip() != "0" else time.time()
 
 
-def run(args: argparse.Namespace, paths: LabPaths, folders: list[str]) -> dict:
+def run(args: argparse.Namespace, paths: LabPaths, folders: list[str], watch: CpuWatch | None) -> dict:
     names = [f"demo-{i:02d}" for i in range(1, args.modules + 1)]
     control.up(paths, folders, witness=args.witness, etcd=not args.witness, lease=args.lease,
                start_agents=False, timeout=120.0)
     recorded = control.require(paths)
+    mark = watch.mark if watch else (lambda name: None)
+    mark("start")
     started_at = time.monotonic()
     agents = []
     for node in ("node1", "node2"):
         agents.append(agent.start(paths, node))
         recorded.processes.append(agents[-1])
     state.save(paths, recorded)
-    agent.wait_ready(paths, agents, folders, timeout=600.0, poll=0.5)
+    agent.wait_ready(paths, agents, folders, timeout=600.0, status=socket_status, poll=0.2)
     ready = time.monotonic() - started_at
+    mark("ready")
     print(f"{args.modules} modules: PRIM on node1, SECOND on node2 {ready:.1f} s after the agents started", flush=True)
 
     before = {n: node_processes(paths, n) for n in ("node1", "node2")}
     cpu0 = {n: (cpu_seconds(p), cpu_seconds([a] if a else [])) for n, (p, a) in before.items()}
+    mark("idle")
+    spies = [profile(args.profile, f"idle-{n}", a, args.idle_seconds) for n, (_, a) in before.items()]
     time.sleep(args.idle_seconds)
+    for spy in spies:
+        if spy:
+            spy.wait()
+    mark("idle-end")
     idle = {}
     for node, (procs, agent_proc) in before.items():
         total, own = cpu_seconds(procs) - cpu0[node][0], cpu_seconds([agent_proc] if agent_proc else []) - cpu0[node][1]
@@ -163,6 +205,8 @@ def run(args: argparse.Namespace, paths: LabPaths, folders: list[str]) -> dict:
                       "agent_rss_mib": round(rss_mib([agent_proc]) if agent_proc else 0.0, 1)}
         print(f"{node} idle: {idle[node]}", flush=True)
 
+    mark("kill")
+    spy = profile(args.profile, "takeover-node2", before["node2"][1], 25)
     killed_at, wall = time.monotonic(), time.time()
     control.kill(paths, "node1")
     alone_after = None
@@ -170,17 +214,35 @@ def run(args: argparse.Namespace, paths: LabPaths, folders: list[str]) -> dict:
         now = states(paths, "node2")
         if len(now) == len(names) and all(s in ("ALONE", "PRIM") for s in now.values()):
             alone_after = time.monotonic() - killed_at
+            mark("alone")
             break
         time.sleep(0.2)
     acked = write_through(paths, args.modules, wall + 120)
     acked_after = None if acked is None else acked - wall
+    mark("acknowledged")
+    if spy:
+        spy.wait()
     print(f"power-kill of node1: every module ALONE on node2 after "
           f"{'-' if alone_after is None else f'{alone_after:.2f}'} s; a write acknowledged through every VIP after "
           f"{'-' if acked_after is None else f'{acked_after:.2f}'} s", flush=True)
-    return {"modules": args.modules, "quorum": "witness" if args.witness else "etcd", "lease": args.lease,
+    cpu = {}
+    if watch:
+        for first, second in (("start", "ready"), ("idle", "idle-end"), ("kill", "alone"), ("kill", "acknowledged")):
+            if first in watch.marks and second in watch.marks:
+                cpu[f"{first}..{second}"] = phase = watch.between(first, second)
+                print(f"cpu {first}..{second}: {json.dumps(phase)}", flush=True)
+    return {"modules": args.modules, "quorum": "witness" if args.witness else "etcd", "lease": args.lease, "cpu": cpu,
             "ready_s": round(ready, 2), "idle": idle, "idle_seconds": args.idle_seconds,
             "takeover_all_alone_s": None if alone_after is None else round(alone_after, 2),
             "takeover_all_acknowledged_s": None if acked_after is None else round(acked_after, 2)}
+
+
+def keep_logs(paths: LabPaths, where: str) -> None:
+    """The agents' logs (every action with its duration, every decision) for a timeline."""
+    os.makedirs(where, exist_ok=True)
+    for node in ("node1", "node2"):
+        with contextlib.suppress(OSError):
+            shutil.copy(paths.log_file(node, agent.AGENT), os.path.join(where, f"{node}-agent.log"))
 
 
 def main(argv=None) -> int:
@@ -193,10 +255,15 @@ def main(argv=None) -> int:
     finished = False
     try:
         with interrupts_raise():
+            watch = CpuWatch(0.2).start() if args.cpu else None
             try:
-                results = run(args, paths, make_modules(args.modules, folders_dir))
+                results = run(args, paths, make_modules(args.modules, folders_dir), watch)
                 finished = True
             finally:
+                if watch:
+                    watch.stop()
+                if args.logs:
+                    keep_logs(paths, args.logs)
                 control.down(paths)
                 if finished:
                     remove_files(paths, created)
