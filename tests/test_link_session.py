@@ -23,6 +23,7 @@ from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import OK, Op, decode_reply, encode
 from hamirror.link.receiver import Receiver
 from hamirror.link.session import SessionError
+from tests.conftest import run_cli
 
 # -- the session layer alone ---------------------------------------------------------------------
 
@@ -221,6 +222,15 @@ def test_the_rekey_changes_the_key_on_both_sides_at_the_same_frame(nodes, monkey
     stale = session.Direction(first_key, session.TO_RECEIVER)   # a sender that never rekeyed
     stale.counter = 14
     _refused(sessions, b"id-1", stale.seal([b"x"]), "frame 14 failed authentication")
+
+
+def test_a_bad_engine_setting_is_named_by_the_receiver(tmp_path):
+    keys.generate(str(tmp_path / "keys"), "test")
+    result = run_cli("mirror", "receive", "--dir", str(tmp_path), "--bind", "tcp://127.0.0.1:0",
+                     "--keys", str(tmp_path / "keys"), env={**os.environ, session.ENGINE_ENV: "none"})
+    assert result.returncode != 0
+    assert "HAMIRROR_LINK_ENGINE='none': the replication link engine must be 'curve' or 'aead'" in result.stderr
+    assert "cannot listen" not in result.stderr, result.stderr
 
 
 def test_the_engine_setting_is_checked(monkeypatch):
