@@ -203,6 +203,11 @@ def test_handshake_garbage_is_refused(nodes, message, why):
     _refused(nodes[2], b"id-1", [message], why)
 
 
+def test_a_forged_refusal_cannot_write_lines_into_a_log(nodes):
+    _refused(nodes[2], b"id-1", [b"hmK\x01\x04bye\naudit: forged line\x1b[2J"], "ended the handshake: bye?audit")
+    assert "\n" not in nodes[2].refusals[-1] and "\x1b" not in nodes[2].refusals[-1]
+
+
 def test_a_handshake_message_inside_a_session_ends_it(nodes):
     primary, receiver, sessions = nodes
     _connect(primary, receiver, sessions)
@@ -375,6 +380,35 @@ def test_unsealed_operations_are_refused_and_do_not_count_as_a_live_primary(tmp_
             plain.close(0)
         assert os.listdir(tmp_path / "secondary") == []
         assert receiver.last_message is None   # the agent must not read garbage as the primary's life
+
+
+def test_a_bug_in_the_session_layer_does_not_stop_the_receiver(tmp_path, monkeypatch):
+    with _receiver(tmp_path) as (receiver, context, keys_dir):
+        calls = []
+        real = receiver.sessions.incoming
+
+        def broken_once(identity, frames):
+            calls.append(identity)
+            if len(calls) == 1:
+                raise RuntimeError("a slip in the session layer")
+            return real(identity, frames)
+        monkeypatch.setattr(receiver.sessions, "incoming", broken_once)
+        plain = context.socket(zmq.DEALER)
+        plain.linger = 0
+        plain.connect(receiver.endpoint)
+        try:
+            plain.send(b"anything")
+            assert plain.poll(5000)
+            assert session.refusal_text(plain.recv()) == "internal error in the receiver's session layer"
+        finally:
+            plain.close(0)
+        client = LinkClient(receiver.endpoint, keys_dir, context=context, engine=session.AEAD)
+        try:
+            ticket = _write_file(client, b"f", b"served")
+            assert ticket.wait(10) and ticket.error is None, ticket.error
+        finally:
+            client.close()
+        assert (tmp_path / "secondary" / "f").read_bytes() == b"served"
 
 
 @pytest.mark.parametrize("client_engine,receiver_engine", [("curve", "aead"), ("aead", "curve")])

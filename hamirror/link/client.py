@@ -329,6 +329,10 @@ class LinkClient:
                 except session.SessionError as exc:
                     self._fail(f"secure session with peer {self.endpoint} ended: {exc}")
                     return
+                except Exception as exc:   # a bug: the I/O thread must live to fail the waiters
+                    log.exception("secure session error")
+                    self._fail(f"secure session with peer {self.endpoint} ended: internal error {exc!r}")
+                    return
                 if frames is None:
                     continue
             try:

@@ -206,7 +206,12 @@ class Receiver:
             self._peer_address = body[0].get("Peer-Address") if body else ""
         except zmq.ZMQError:
             self._peer_address = ""
-        plain, answer = self.sessions.incoming(identity.bytes, [f.buffer for f in body])
+        try:
+            plain, answer = self.sessions.incoming(identity.bytes, [f.buffer for f in body])
+        except Exception:   # a bug in the session layer: that peer's session ends, the receiver serves on
+            log.exception("secure session error")
+            self.sessions.close(identity.bytes)
+            plain, answer = None, session.refuse_message("internal error in the receiver's session layer")
         if answer is not None:
             self.socket.send_multipart([identity, answer])
         return plain

@@ -85,9 +85,11 @@ def refuse_message(text: str) -> bytes:
 
 
 def refusal_text(message: bytes) -> str | None:
-    """The text of a REFUSE message, or None if ``message`` is not one."""
-    if len(message) >= 5 and message[:3] == MAGIC and message[4] == REFUSE:
-        return bytes(message[5:5 + MAX_REFUSE_TEXT]).decode("utf-8", "replace")
+    """The text of a REFUSE message, or None if ``message`` is not one. Unauthenticated: only
+    printable characters are kept, so a forged one cannot write lines of its own into a log."""
+    if len(message) >= 5 and bytes(message[:3]) == MAGIC and message[4] == REFUSE:
+        text = bytes(message[5:5 + MAX_REFUSE_TEXT]).decode("utf-8", "replace")
+        return "".join(c if c.isprintable() else "?" for c in text)
     return None
 
 
@@ -284,7 +286,10 @@ def _expect(message: bytes, kind: int, size: int) -> None:
 
 
 def _aad(index: int, count: int) -> bytes:
-    return b"hmF1" + bytes((index, count))
+    return _AAD[index, count]
+
+
+_AAD = {(i, n): b"hmF1" + bytes((i, n)) for n in range(1, MAX_PARTS + 1) for i in range(n)}
 
 
 def _public(key: X25519PrivateKey) -> bytes:
