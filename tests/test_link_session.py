@@ -39,7 +39,7 @@ def nodes(tmp_path):
     primary, receiver = _pair(tmp_path, "primary"), _pair(tmp_path, "receiver")
     refusals: list[str] = []
     sessions = session.Sessions(receiver.secret, receiver.public, {"primary": primary.public},
-                                on_refused=lambda identity, text, key: refusals.append(text))
+                                on_refused=lambda identity, text, key, established: refusals.append(text))
     sessions.refusals = refusals
     return primary, receiver, sessions
 
@@ -362,6 +362,7 @@ def test_a_primary_with_an_untrusted_key_is_refused_and_audited(tmp_path, audit_
                                  f"public key is not trusted by the receiver (is it in the receiver's keys "
                                  f"directory?) (public key {public})"]
         assert receiver.last_message is None and os.listdir(tmp_path / "secondary") == []
+        assert (receiver.stats.refused, receiver.stats.last_error) == (0, "")   # the status stays the peer's
 
 
 def test_unsealed_operations_are_refused_and_do_not_count_as_a_live_primary(tmp_path):

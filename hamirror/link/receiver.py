@@ -216,11 +216,15 @@ class Receiver:
             self.socket.send_multipart([identity, answer])
         return plain
 
-    def _session_refused(self, identity: bytes, reason: str, key: bytes) -> None:
-        """(aead) A handshake refused or a session ended by a bad frame: logged, audited, counted."""
-        self.stats.refused += 1
-        self.stats.last_error = f"secure session refused: {reason}"
-        log.warning("%s", self.stats.last_error)
+    def _session_refused(self, identity: bytes, reason: str, key: bytes, established: bool) -> None:
+        """(aead) A handshake refused or a session ended by a bad frame: logged and audited; only
+        the end of an authenticated session is the receiver's error (an unauthenticated peer
+        must not overwrite what status shows, as it could not with CURVE)."""
+        text = f"secure session {'ended' if established else 'refused'}: {reason}"
+        if established:
+            self.stats.refused += 1
+            self.stats.last_error = text
+        log.warning("%s", text)
         shown = f" (public key {z85.encode(key).decode()})" if len(key) == session.KEY else ""
         audit.refused("link-key", self._peer_address or "unknown",
                       f"replication link refused a client: {reason}{shown}")

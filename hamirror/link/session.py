@@ -203,7 +203,8 @@ class Sessions:
 
     :meth:`incoming` returns the plaintext frames to handle (or None) and a message to answer at
     once (or None); it never raises. A failure ends that peer's session and answers REFUSE; the
-    reason goes to ``on_refused(identity, text, key)`` for the log and the audit line."""
+    reason goes to ``on_refused(identity, text, key, established)`` for the log and the audit
+    line (``established``: it ended an authenticated session, not a handshake)."""
 
     def __init__(self, own_secret: bytes, own_public: bytes, trusted: dict[str, bytes], on_refused=None) -> None:
         self._static = X25519PrivateKey.from_private_bytes(raw_key(own_secret))
@@ -216,8 +217,8 @@ class Sessions:
 
     def incoming(self, identity: bytes, frames: list) -> tuple[list[memoryview] | None, bytes | None]:
         first = frames[0] if frames else b""
+        channel = self._sessions.get(identity)
         try:
-            channel = self._sessions.get(identity)
             if channel is not None and not is_handshake(first):
                 return channel.recv.open(frames), None
             if len(frames) != 1 or not is_handshake(first):
@@ -242,7 +243,7 @@ class Sessions:
             self.refused += 1
             key = bytes(first[5:5 + KEY]) if len(first) >= INIT_SIZE and bytes(first[:5]) == MAGIC + bytes((VERSION, INIT)) else b""
             if self.on_refused is not None:
-                self.on_refused(identity, str(exc), key)
+                self.on_refused(identity, str(exc), key, channel is not None)
             return None, refuse_message(str(exc))
 
     def _init(self, identity: bytes, message: bytes) -> bytes:
