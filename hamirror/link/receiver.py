@@ -87,7 +87,7 @@ class Receiver:
         own = keys.load_own(keys_dir)
         self.engine = session.engine(engine)   # never negotiated: see docs/security.md
         self.sessions: session.Sessions | None = None
-        self._peer_address = ""   # (aead) of the message being opened, for the audit line
+        self._opening: zmq.Frame | None = None   # (aead) the message being opened: its address, if refused
         if self.engine == session.AEAD:
             self.sessions = session.Sessions(own.secret, own.public, keys.trusted_public_keys(keys_dir),
                                              on_refused=self._session_refused)
@@ -202,10 +202,7 @@ class Receiver:
         to handle (a handshake message, answered here, or a refused frame)."""
         if self.sessions is None:
             return [f.buffer for f in body]
-        try:
-            self._peer_address = body[0].get("Peer-Address") if body else ""
-        except zmq.ZMQError:
-            self._peer_address = ""
+        self._opening = body[0] if body else None
         try:
             plain, answer = self.sessions.incoming(identity.bytes, [f.buffer for f in body])
         except Exception:   # a bug in the session layer: that peer's session ends, the receiver serves on
@@ -226,8 +223,13 @@ class Receiver:
             self.stats.last_error = text
         log.warning("%s", text)
         shown = f" (public key {z85.encode(key).decode()})" if len(key) == session.KEY else ""
-        audit.refused("link-key", self._peer_address or "unknown",
-                      f"replication link refused a client: {reason}{shown}")
+        audit.refused("link-key", self._peer_address(), f"replication link refused a client: {reason}{shown}")
+
+    def _peer_address(self) -> str:
+        try:
+            return (self._opening.get("Peer-Address") if self._opening is not None else "") or "unknown"
+        except zmq.ZMQError:
+            return "unknown"
 
     def _unrecorded(self, reply: list[bytes], exc: OSError) -> list[bytes]:
         self.stats.session = 0
