@@ -1,7 +1,7 @@
 """The link's ``aead`` engine: a session layer over ZeroMQ's NULL mechanism (docs/security.md).
 
-Why: CURVE costs about 1.1 ms of CPU per MiB; AES-256-GCM from OpenSSL costs about a fifth of
-that. The nodes' existing CURVE key pairs (X25519) authenticate a Noise-KK-like handshake (built
+Why: CURVE costs about 1.1 ms of CPU per MiB; AES-256-GCM from OpenSSL about a quarter of that
+(docs/performance.md; per small message the Python around each call costs more than CURVE). The nodes' existing CURVE key pairs (X25519) authenticate a Noise-KK-like handshake (built
 from ``cryptography``'s primitives, documented as such, not Noise itself) that gives each
 direction its own key; every frame is then sealed with a counter nonce that is never reused and
 must be exactly the next one. Any failure raises :class:`SessionError`: the session is over.
