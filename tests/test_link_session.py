@@ -289,6 +289,17 @@ def test_a_real_link_replicates_bytes_equal_and_nothing_travels_in_clear(tmp_pat
         assert receiver.last_message is not None and receiver.stats.refused == 0
 
 
+def _still_serves(tmp_path, receiver: Receiver, context: zmq.Context, keys_dir: str, name: bytes) -> None:
+    """A new session with the real key applies a write."""
+    client = LinkClient(receiver.endpoint, keys_dir, context=context, engine=session.AEAD)
+    try:
+        ticket = _write_file(client, name, b"still serving")
+        assert ticket.wait(10) and ticket.error is None, ticket.error
+    finally:
+        client.close()
+    assert (tmp_path / "secondary" / name.decode()).read_bytes() == b"still serving"
+
+
 class _FlippingProxy:
     """A TCP proxy that flips one bit of the primary -> receiver stream at byte ``offset``."""
 
@@ -336,14 +347,7 @@ def test_a_bit_flipped_in_transit_is_refused_and_the_primary_loses_the_link(tmp_
         assert lost == [ticket.error]
         assert (tmp_path / "secondary" / "f").read_bytes() == b""   # CREATE applied, the WRITE not
         assert "failed authentication" in receiver.stats.last_error
-        # The receiver serves the next session.
-        client = LinkClient(receiver.endpoint, keys_dir, context=context, engine=session.AEAD)
-        try:
-            ticket = _write_file(client, b"g", b"after")
-            assert ticket.wait(10) and ticket.error is None, ticket.error
-        finally:
-            client.close()
-        assert (tmp_path / "secondary" / "g").read_bytes() == b"after"
+        _still_serves(tmp_path, receiver, context, keys_dir, b"g")
 
 
 def test_a_primary_with_an_untrusted_key_is_refused_and_audited(tmp_path, audit_lines):
@@ -403,13 +407,7 @@ def test_a_bug_in_the_session_layer_does_not_stop_the_receiver(tmp_path, monkeyp
             assert session.refusal_text(plain.recv()) == "internal error in the receiver's session layer"
         finally:
             plain.close(0)
-        client = LinkClient(receiver.endpoint, keys_dir, context=context, engine=session.AEAD)
-        try:
-            ticket = _write_file(client, b"f", b"served")
-            assert ticket.wait(10) and ticket.error is None, ticket.error
-        finally:
-            client.close()
-        assert (tmp_path / "secondary" / "f").read_bytes() == b"served"
+        _still_serves(tmp_path, receiver, context, keys_dir, b"f")
 
 
 @pytest.mark.parametrize("client_engine,receiver_engine", [("curve", "aead"), ("aead", "curve")])
