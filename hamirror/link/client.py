@@ -359,7 +359,10 @@ class LinkClient:
             if self._channel is not None or len(frames) != 1:
                 raise session.SessionError(session.refusal_text(frames[0]) or "a handshake message inside the session")
             confirm, self._channel = self._handshake.accept(frames[0])
-            self.socket.send(confirm)
+            try:
+                self.socket.send(confirm, zmq.NOBLOCK)
+            except zmq.Again:
+                raise session.SessionError("the connection was dropped during the handshake") from None
             self._send_outbox()   # right behind CONFIRM: no extra round trip
             return None
         if self._channel is None:
