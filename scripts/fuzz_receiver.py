@@ -11,6 +11,11 @@ field values (paths from a small vocabulary so operations meet each other, plus 
 integers from the edges of their types), in-order streams and pipelined bursts, stale and replayed
 sequence numbers, new sessions, resync sessions, mutated frames, and now and then a frame above
 ZeroMQ's size limit. Every message must be answered in time (the oversized frame must not be).
+With ``HAMIRROR_LINK_ENGINE=aead`` the same stream goes through a sealed session, and a second,
+unauthenticated connection sends handshake garbage (random bytes, truncated or padded INITs,
+untrusted and invalid keys, bad confirmations, unsealed operations) and, after a real handshake,
+tampered, replayed, reordered and out-of-bounds sealed frames: each must be refused (REFUSE or
+ACCEPT only, never a sealed reply), and nothing it sent may be applied.
 
 Afterwards: the receiver is alive and applies a valid operation, the sandbox and the sentinel are
 exactly as before, and the receiver's log shows no unexpected exception. It prints a summary;
@@ -32,7 +37,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hamirror.link import protocol  # noqa: E402
+import zmq  # noqa: E402
+
+from hamirror.link import keys, protocol, session  # noqa: E402
 from hamirror.link.protocol import ERROR, HELLO_RESYNC, OK, SPECS, Op, decode_reply, encode  # noqa: E402
 from tests.mirror_fixtures import hostile_receiver, own_filesystem, tree_snapshot  # noqa: E402
 
@@ -177,6 +184,8 @@ class Fuzzer:
 
     def hello(self) -> None:
         self.session = self.rnd.getrandbits(64) or 1
+        if self.rnd.random() < 0.1:
+            self.sender.reconnect()   # aead: a new connection and handshake now and then
         flags = self.rnd.choice([0, 0, 0, HELLO_RESYNC, HELLO_RESYNC, 4])
         version = 1 if self.rnd.random() < 0.97 else self.rnd.choice([0, 2])
         reply = self.exchange([[encode(Op.HELLO, self.session, 0, (version, flags))]], "HELLO")
@@ -234,6 +243,112 @@ class Fuzzer:
             self.failure = "the receiver answered a frame above MAX_FRAME"
         self.counts["oversize"]["dropped"] += 1
         self.next_seq = 0
+        self.sender.reconnect()
+
+
+class HandshakeFuzzer:
+    """(aead) An unauthenticated connection beside the trusted one: handshake garbage and, after a
+    real handshake, broken sealed frames. Every message gets REFUSE (or ACCEPT for a good INIT)."""
+
+    UNSEALED = b"unsealed-op"   # a plain CREATE of this name must never be applied
+
+    def __init__(self, fuzzer: Fuzzer, keys_dir: str) -> None:
+        self.fuzzer, self.rnd = fuzzer, fuzzer.rnd
+        self.own = keys.load_own(keys_dir)
+        self.server = keys.peer_public_key(keys_dir, self.own)
+        self.socket = fuzzer.sender.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.connect(fuzzer.pair.endpoint)
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+    def _answer(self, frames: list[bytes], label: str) -> bytes | None:
+        """Send one message; its answer must be a single handshake message (None: failure noted)."""
+        self.fuzzer.recent.append((f"handshake: {label}", [f[:120] for f in frames]))
+        self.socket.send_multipart(frames)
+        if not self.socket.poll(REPLY_TIMEOUT_MS):
+            state = "died" if self.fuzzer.pair.receiver.poll() is not None else "stopped answering"
+            self.fuzzer.failure = f"the receiver {state} after handshake garbage ({label})"
+            return None
+        answer = self.socket.recv_multipart()
+        if len(answer) != 1 or not session.is_handshake(answer[0]):
+            self.fuzzer.failure = f"an unauthenticated peer got something else than a handshake answer: {answer!r:.200}"
+            return None
+        kind = "refused" if session.refusal_text(answer[0]) is not None else "accepted"
+        self.fuzzer.counts[f"handshake {label}"][kind] += 1
+        return answer[0]
+
+    def _refused(self, frames: list[bytes], label: str) -> None:
+        answer = self._answer(frames, label)
+        if answer is not None and session.refusal_text(answer) is None:
+            self.fuzzer.failure = f"handshake garbage was not refused ({label}): {answer!r:.200}"
+
+    def _init(self, ephemeral: bytes | None = None, client: bytes | None = None) -> bytes:
+        own = session.raw_key(self.own.public) if client is None else client
+        return session.MAGIC + bytes((session.VERSION, session.INIT)) + own + (ephemeral or os.urandom(32))
+
+    def step(self) -> None:
+        rnd, head = self.rnd, session.MAGIC + bytes((session.VERSION,))
+        r = rnd.random()
+        if r < 0.15:
+            self._refused([rnd.randbytes(rnd.randint(0, 120))], "random bytes")
+        elif r < 0.25:
+            good = session.ClientHandshake(self.own.secret, self.own.public, self.server).init
+            cut = rnd.randint(0, len(good) - 1)
+            self._refused([good[:cut] if rnd.random() < 0.5 else good + rnd.randbytes(rnd.randint(1, 64))],
+                          "truncated or padded INIT")
+        elif r < 0.35:
+            self._refused([self._init(client=os.urandom(32))], "untrusted key")
+        elif r < 0.45:   # low-order points and other invalid public keys
+            bad = rnd.choice([bytes(32), b"\x01" + bytes(31), bytes.fromhex(
+                "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")])
+            self._refused([self._init(ephemeral=bad)], "invalid ephemeral key")
+        elif r < 0.55:
+            self._refused([head + bytes((rnd.choice([0, 2, 3, 4, 5, 255]),)) + rnd.randbytes(rnd.randint(0, 80))],
+                          "unexpected handshake type")
+        elif r < 0.62:
+            self._refused([encode(Op.CREATE, 0x5EED, 1, (0o100644, 0, 0, 0), (self.UNSEALED,))], "unsealed operation")
+        elif r < 0.7:
+            self._refused([session.MAGIC + bytes((rnd.choice([0, 2, 255]),)) + self._init()[4:]], "other version")
+        elif r < 0.8:   # a good INIT, then a bad CONFIRM
+            if self._answer([self._init()], "INIT") is None:
+                return
+            bad = rnd.choice([head + bytes((session.CONFIRM,)) + os.urandom(32), head + bytes((session.CONFIRM,)),
+                              head + bytes((session.INIT,)) + os.urandom(64), os.urandom(37)])
+            self._refused([bad], "bad CONFIRM")
+        else:
+            self._broken_session()
+
+    def _broken_session(self) -> None:
+        """A real handshake with the trusted pair, then one broken sealed message."""
+        handshake = session.ClientHandshake(self.own.secret, self.own.public, self.server)
+        accept = self._answer([handshake.init], "INIT")
+        if accept is None:
+            return
+        confirm, channel = handshake.accept(accept)
+        self.socket.send(confirm)
+        rnd = self.rnd
+        first = channel.send.seal([encode(Op.PING, 0x5EED, 0)])
+        r = rnd.random()
+        if r < 0.25:   # one byte flipped
+            frame = bytearray(first[0])
+            frame[rnd.randrange(len(frame))] ^= 1 << rnd.randrange(8)
+            self._refused([bytes(frame)], "tampered frame")
+        elif r < 0.45:   # replay: the same frame twice (the first is refused at the link level, no HELLO)
+            self.socket.send_multipart(first)
+            if not self.socket.poll(REPLY_TIMEOUT_MS):
+                self.fuzzer.failure = "no reply to a sealed PING"
+                return
+            channel.recv.open(self.socket.recv_multipart())
+            self._refused(first, "replayed frame")
+        elif r < 0.65:   # reordered: the second frame before the first
+            second = channel.send.seal([encode(Op.PING, 0x5EED, 1)])
+            self._refused(second, "reordered frame")
+        elif r < 0.8:
+            self._refused(channel.send.seal([b"x"] * 4) + [b"y" * 30], "too many frames")
+        else:
+            self._refused([bytes(first[0][:rnd.randint(0, session.OVERHEAD - 1)])], "truncated sealed frame")
 
 
 def _sandbox_state(sandbox: str, pair, outside: str) -> dict:
@@ -263,6 +378,8 @@ def _final_checks(fuzzer: Fuzzer, before: dict, sandbox: str) -> list[str]:
         with open(f"{pair.secondary}/final-check", "rb") as f:
             if f.read() != b"still serving":
                 problems.append("the final write did not arrive")
+    if os.path.lexists(os.path.join(pair.secondary, HandshakeFuzzer.UNSEALED.decode())):
+        problems.append("an unsealed operation from an unauthenticated connection was applied")
     after = _sandbox_state(sandbox, pair, fuzzer.outside)
     for key in before:
         if after[key] != before[key]:
@@ -292,6 +409,9 @@ def run(seconds: float, seed: int) -> dict:
             os.symlink(sandbox, f"{pair.secondary}/up")
             before = _sandbox_state(sandbox, pair, outside)
             fuzzer = Fuzzer(pair, sender, outside, rnd)
+            garbage = HandshakeFuzzer(fuzzer, pair.keys) if session.engine() == session.AEAD else None
+            if garbage is not None:
+                stack.callback(garbage.close)
             deadline = started + seconds
             next_oversize = started + min(5.0, seconds / 3)
             messages = 0
@@ -299,6 +419,8 @@ def run(seconds: float, seed: int) -> dict:
                 if time.monotonic() >= next_oversize:
                     fuzzer.oversize()
                     next_oversize += OVERSIZE_EVERY
+                elif garbage is not None and rnd.random() < 0.1:
+                    garbage.step()
                 else:
                     fuzzer.step()
                 messages += 1

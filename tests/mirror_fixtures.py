@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from hamirror.link import keys, protocol
+from hamirror.link import keys, protocol, session
 from hamirror.link.protocol import OK, Op, decode_reply, encode
 
 HAMIRROR = [sys.executable, "-m", "hamirror"]
@@ -202,17 +202,69 @@ def diff_snapshots(a: dict, b: dict) -> list[str]:
     return problems
 
 
+class SealedDealer:
+    """(aead engine) A DEALER that has done the handshake with a key pair: what a zmq socket offers
+    the raw senders (send_multipart, recv_multipart, poll, close), every frame sealed and opened.
+    ``fresh()`` starts over on a new connection (ZeroMQ drops one after an oversized frame)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, own: keys.KeyPair, server_public: bytes) -> None:
+        self.context, self.endpoint, self.own, self.server_public = context, endpoint, own, server_public
+        self.raw: zmq.Socket | None = None
+        self.fresh()
+
+    def fresh(self) -> None:
+        if self.raw is not None:
+            self.raw.close(0)
+        self.raw = self.context.socket(zmq.DEALER)
+        self.raw.linger = 0
+        self.raw.connect(self.endpoint)
+        handshake = session.ClientHandshake(self.own.secret, self.own.public, self.server_public)
+        self.raw.send(handshake.init)
+        assert self.raw.poll(10_000), "no ACCEPT from the receiver"
+        confirm, self.channel = handshake.accept(self.raw.recv())
+        self.raw.send(confirm)
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.raw.send_multipart(self.channel.send.seal(frames))
+
+    def recv_multipart(self) -> list[bytes]:
+        frames = self.raw.recv_multipart()
+        text = session.refusal_text(frames[0])
+        assert text is None, f"the receiver ended the session: {text}"
+        return [bytes(f) for f in self.channel.recv.open(frames)]
+
+    def poll(self, timeout: int) -> int:
+        return self.raw.poll(timeout)
+
+    def close(self, linger: int = 0) -> None:
+        self.raw.close(linger)
+
+
+def raw_dealer(context: zmq.Context, endpoint: str, keys_dir: str):
+    """A DEALER with this keys directory's pair, protected as the receiver's engine expects."""
+    own = keys.load_own(keys_dir)
+    server = keys.peer_public_key(keys_dir, own)
+    if session.engine() == session.AEAD:
+        return SealedDealer(context, endpoint, own, server)
+    socket = context.socket(zmq.DEALER)
+    socket.linger = 0
+    keys.secure_client(socket, own, server)
+    socket.connect(endpoint)
+    return socket
+
+
 class RawSender:
     """A DEALER with the trusted shared key pair, sending whatever frames we hand it."""
 
     def __init__(self, pair: MirrorPair) -> None:
         self.context = zmq.Context()
-        own = keys.load_own(pair.keys)
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.linger = 0
-        keys.secure_client(self.socket, own, keys.peer_public_key(pair.keys, own))
-        self.socket.connect(pair.endpoint)
+        self.socket = raw_dealer(self.context, pair.endpoint, pair.keys)
         self.seq = 0
+
+    def reconnect(self) -> None:
+        """After ZeroMQ dropped the connection (an oversized frame): aead needs a new handshake."""
+        if isinstance(self.socket, SealedDealer):
+            self.socket.fresh()
 
     def close(self) -> None:
         self.socket.close(0)
@@ -303,7 +355,8 @@ def failback_pair(pair: MirrorPair) -> MirrorPair:
 
 @contextlib.contextmanager
 def local_link(base: str, state_dir: str | None = None, on_lost=None):
-    """A real receiver on ``base/secondary`` in this process (its own thread, CURVE over loopback)
+    """A real receiver on ``base/secondary`` in this process (its own thread, the link engine of
+    ``$HAMIRROR_LINK_ENGINE`` over loopback)
     and a connected LinkClient (``on_lost`` passed on to it): yields (client, receiver);
     everything is closed afterwards."""
     import threading

@@ -99,7 +99,7 @@ def run_receive(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.dir}: not a directory")
     try:
         receiver = Receiver(args.dir, args.bind, args.keys, state_dir=args.state_dir)
-    except (KeyError_, OSError) as exc:
+    except (KeyError_, OSError, ValueError) as exc:   # ValueError: HAMIRROR_LINK_ENGINE
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # zmq errors: address in use, bad endpoint
         raise CommandError(f"cannot listen on {args.bind}: {exc}") from exc

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from hamirror.link import fencing, keys
+from hamirror.link import fencing, keys, session
 from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode,
                                     parse_hello_answer)
 
@@ -72,8 +72,10 @@ class LinkClient:
     def __init__(self, endpoint: str, keys_dir: str, *, peer_key_name: str | None = None,
                  ack_timeout: float = 5.0, window: int = 256,
                  on_lost: Callable[[str, list[Ticket]], None] | None = None,
-                 context: zmq.Context | None = None, token_file: str | None = None) -> None:
+                 context: zmq.Context | None = None, token_file: str | None = None,
+                 engine: str | None = None) -> None:
         self.endpoint = endpoint
+        self.engine = session.engine(engine)   # curve, or aead (link/session.py): never negotiated
         self.token_file = token_file   # this node's fencing token, sent in every HELLO (link/fencing.py)
         self.ack_timeout = ack_timeout
         self.on_lost = on_lost
@@ -98,11 +100,20 @@ class LinkClient:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.sndhwm = self.socket.rcvhwm = 0
-        keys.secure_client(self.socket, own, server_key)
+        # aead: ZeroMQ's NULL mechanism, and every frame sealed here once the handshake is done.
+        self._handshake: session.ClientHandshake | None = None
+        self._channel: session.Channel | None = None
+        if self.engine == session.AEAD:
+            self._handshake = session.ClientHandshake(own.secret, own.public, server_key)
+        else:
+            keys.secure_client(self.socket, own, server_key)
         self._monitor = self.socket.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.socket.connect(endpoint)
+        self._started = time.monotonic()
+        if self._handshake is not None:
+            self.socket.send(self._handshake.init)   # queued by ZeroMQ until connected
         self._thread = threading.Thread(target=self._run, name="hamirror-link", daemon=True)
         self._running = True
         self._thread.start()
@@ -120,8 +131,8 @@ class LinkClient:
         if ticket.error:
             raise PeerLost(ticket.error)
         self.peer_versions = parse_hello_answer(ticket.payload)
-        log.info("session with %s: the receiver runs hamirror %s (link protocol %d)", self.endpoint,
-                 self.peer_versions[1], self.peer_versions[0])
+        log.info("session with %s: the receiver runs hamirror %s (link protocol %d, engine %s)", self.endpoint,
+                 self.peer_versions[1], self.peer_versions[0], self.engine)
 
     def submit(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
                times: tuple[Times, ...] = (), data: bytes | None = None,
@@ -276,6 +287,8 @@ class LinkClient:
         return max(1, int((oldest.sent_at + self.ack_timeout - time.monotonic()) * 1000) + 1)
 
     def _send_outbox(self) -> None:
+        if self._handshake is not None and self._channel is None:
+            return   # nothing leaves before the receiver proved its key (the handshake sends it then)
         while self._outbox:
             ticket, header, data = self._outbox.popleft()
             if self.lost_reason is not None:
@@ -284,10 +297,23 @@ class LinkClient:
                 continue
             ticket.sent_at = self._last_send = time.monotonic()
             self._pending[ticket.seq] = ticket
-            if data is None:
-                self.socket.send(header, copy=True)
-            else:
-                self.socket.send_multipart((header, data), copy=False)
+            parts = [header] if data is None else [header, data]
+            if self._channel is not None:
+                try:
+                    parts = self._channel.send.seal(parts)
+                except session.SessionError as exc:
+                    self._fail(f"secure session with peer {self.endpoint} ended: {exc}")
+                    return
+            try:   # never blocks while connected (no HWM); blocks for ever once libzmq dropped the peer
+                if data is None:
+                    self.socket.send(parts[0], zmq.NOBLOCK, copy=True)
+                else:
+                    self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            except zmq.Again:   # after a failed handshake: the monitor usually says why
+                self._check_monitor()
+                self._fail(f"peer {self.endpoint} dropped the connection (a failed secure handshake?)")
+                return
+            if data is not None:
                 self.bytes_sent += len(data)
             self.ops_sent += 1
 
@@ -297,6 +323,18 @@ class LinkClient:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self._handshake is not None:
+                try:
+                    frames = self._unseal(frames)
+                except session.SessionError as exc:
+                    self._fail(f"secure session with peer {self.endpoint} ended: {exc}")
+                    return
+                except Exception as exc:   # a bug: the I/O thread must live to fail the waiters
+                    log.exception("secure session error")
+                    self._fail(f"secure session with peer {self.endpoint} ended: internal error {exc!r}")
+                    return
+                if frames is None:
+                    continue
             try:
                 reply = decode_reply(frames)
             except ProtocolError as exc:
@@ -314,6 +352,23 @@ class LinkClient:
                 self._window.release()
                 ticket.complete(payload=reply.payload if seq == reply.seq else b"")
 
+    def _unseal(self, frames: list[bytes]) -> list | None:
+        """(aead) The reply's plaintext frames, or None for the handshake's ACCEPT (answered here)."""
+        assert self._handshake is not None
+        if session.is_handshake(frames[0]):
+            if self._channel is not None or len(frames) != 1:
+                raise session.SessionError(session.refusal_text(frames[0]) or "a handshake message inside the session")
+            confirm, self._channel = self._handshake.accept(frames[0])
+            try:
+                self.socket.send(confirm, zmq.NOBLOCK)
+            except zmq.Again:
+                raise session.SessionError("the connection was dropped during the handshake") from None
+            self._send_outbox()   # right behind CONFIRM: no extra round trip
+            return None
+        if self._channel is None:
+            raise session.SessionError("a sealed frame before the handshake")
+        return self._channel.recv.open(frames)
+
     def _check_monitor(self) -> None:
         while True:
             try:
@@ -325,11 +380,14 @@ class LinkClient:
                            "peer's keys directory?)")
             elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 self._fail(f"secure handshake with peer {self.endpoint} failed (do both sides have "
-                           "each other's public key?)")
+                           f"each other's public key, and the same {session.ENGINE_ENV}? this node: {self.engine})")
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._fail(f"connection to peer {self.endpoint} lost")
 
     def _check_timeouts(self) -> None:
+        if (self._channel is None and self._handshake is not None and self._outbox
+                and time.monotonic() - self._started > self.ack_timeout):
+            self._fail(f"peer {self.endpoint} did not complete the secure handshake within {self.ack_timeout:g}s")
         if self._pending:
             oldest = next(iter(self._pending.values()))
             if time.monotonic() - oldest.sent_at > self.ack_timeout:
