@@ -291,6 +291,11 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     finally:
         control.close()
         if replicator.client is not None:
+            if clean and not replicator.settle_durable():
+                # The peer's disk may lack what it acknowledged: the activity log still names it,
+                # and an unclean stop makes the next start fold it (docs/journal.md, "Durability").
+                log.warning("the peer could not show its copy durable at unmount: the stop counts as unclean")
+                clean = False
             replicator.client.close()
         status.stop()
         if clean and _synced(root_fd):

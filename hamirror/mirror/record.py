@@ -85,13 +85,14 @@ UPTODATE = _flag("uptodate", False)               # this copy equals the primary
 COVERED = _flag("crash_covered", False)           # after an unclean stop, the changed set was made complete again
 UNSYNCED = _text("unsynced_paths")                # JSON list of paths to compare whole, or "*" (journal/unsynced.py)
 KEPT = _flag("unsynced_log", False)               # this node keeps an unsynced log (a missing one was lost)
+UNSYNCED_PEER = _flag("unsynced_peer", False)     # lost acknowledged data its primary recorded (delegated)
 WATCH_GAP = _text("watch_gap")                    # why the inotify watcher may have missed changes
 # --- resync and verify --------------------------------------------------------------------------
 RESYNC_FAILURES = _text("resync_failures")        # JSON: failures in a row (resync/failures.py)
 LAST_VERIFY = _text("last_verify")                # JSON: the last verify's summary (resync/verify.py)
 
 KEYS: tuple[Key, ...] = (STATE, ALONE_REASON, LOST_FROM, NEEDS_SCAN, DONE_SENT, CLEAN, UPTODATE, COVERED,
-                         UNSYNCED, KEPT, WATCH_GAP, RESYNC_FAILURES, LAST_VERIFY)
+                         UNSYNCED, KEPT, UNSYNCED_PEER, WATCH_GAP, RESYNC_FAILURES, LAST_VERIFY)
 
 
 @dataclass(frozen=True)

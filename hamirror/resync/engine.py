@@ -159,8 +159,13 @@ class ResyncEngine:
     def _add_unsynced(self, peer: dict, candidates: set[str]) -> None:
         """The peer acknowledged these paths but lost them in a crash (its unsynced log, see
         docs/journal.md "Durability"): visit them in every mode and compare them whole (a hole
-        keeps size and mtime, so a scan cannot see it); None from the peer: every block."""
+        keeps size and mtime, so a scan cannot see it); None from the peer: every block.
+        ``unsynced_peer``: what it lost in a delegated session is in our journal when incremental."""
         lost = peer.get("unsynced", [])
+        if peer.get("unsynced_peer") is True and self.progress.mode != "incremental":
+            # Lost in a delegated session: this node recorded those paths (link loss, or its
+            # activity log folded after a crash), but only a complete journal proves it.
+            lost = None
         if lost is None:
             self.full = self.deep = True
             self.progress.mode = "full"
