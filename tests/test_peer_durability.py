@@ -242,11 +242,26 @@ def test_a_burst_of_new_files_lost_by_the_secondary_is_resynced_without_a_record
     assert receiver_uptodate_in_journal(pair)
 
 
-def test_a_copy_that_lost_delegated_data_is_compared_whole_unless_our_journal_names_it():
+def test_a_copy_that_lost_delegated_data_is_compared_whole_unless_our_journal_names_it(tmp_path):
+    from hamirror.mirror import record
     from hamirror.resync.engine import Progress, ResyncEngine
-    for mode, full in (("incremental", False), ("scan", True)):
-        engine = ResyncEngine.__new__(ResyncEngine)      # only the planning step, no link
-        engine.progress, engine.full, engine.deep, engine._unsynced = Progress(mode=mode), False, False, set()
-        candidates = {"a"}
-        engine._add_unsynced({"unsynced": [], "unsynced_peer": True}, candidates)
-        assert engine.full is full and (candidates == {"."} if full else candidates == {"a"})
+    with Journal(str(tmp_path / "journal.db")) as journal:
+        ours = journal.new_generation()
+
+        def full(mode: str, peer_current: str | None) -> bool:
+            engine = ResyncEngine.__new__(ResyncEngine)      # only the planning step, no link
+            engine.journal, engine.full, engine.deep, engine._unsynced = journal, False, False, set()
+            engine.progress = Progress(mode=mode)
+            peer = {"unsynced": [], "unsynced_peer": True,
+                    "generations": {"current": {"id": peer_current}} if peer_current else None}
+            candidates = {"a"}
+            engine._add_unsynced(peer, candidates)
+            assert candidates == ({"."} if engine.full else {"a"})
+            return engine.full
+
+        assert not full("incremental", ours)       # our changed set names what it lost
+        assert not full("scan", ours)              # a scan compares every path our journal names
+        assert not full("scan", None)              # it never completed a resync: we streamed to it
+        assert full("scan", "0123456789abcdef")    # not our lineage (a recreated journal): every block
+        record.LOG_LOST.set(journal, True)         # our activity log could not be folded: every block
+        assert full("scan", ours)

@@ -196,6 +196,9 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         # everything. None resumes trusting the paths an interrupted one had marked done.
         if recovery is None or not recovery.covered:
             record.NEEDS_SCAN.set(journal, True)
+        if recovery is None or not recovery.fold:
+            # Nor can it show what a delegated peer lost (docs/journal.md, "Delegated durability").
+            record.LOG_LOST.set(journal, True)
         journal.resync_end()
     replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
                             fence_timeout=options.fence_timeout, activity=activity)

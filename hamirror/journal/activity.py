@@ -9,8 +9,9 @@ before the operation is applied or streamed; a path already in the set costs a d
 A path leaves the set only once every operation on it was acknowledged by the peer (or failed
 and was recorded in the journal) *and* its data is on this node's disk (its durability epoch was
 closed by a sync of the directory, hamirror.journal.durability: an acknowledged write still in the
-page cache is lost by a power loss), and only when a new path needs its slot (LRU), so the files
-an application keeps writing stay hot and cost nothing.
+page cache is lost by a power loss) and, when the peer delegated its durability (:attr:`ActivityLog.peer`),
+on the peer's disk too; and only when a new path needs its slot (LRU), so the files an
+application keeps writing stay hot and cost nothing.
 
 Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snapshot of the hot
 set after ``2 * capacity`` appended entries. After a crash, :func:`read_log` returns the hot set

@@ -49,7 +49,7 @@ LOCK_FILE = "unsynced.lock"       # held by the live receiver: a log nobody hold
 LOCK_WAIT = 10.0                  # seconds a starting receiver waits for a stopping one's lock
 UNSYNCED_KEY = UNSYNCED.name      # JSON list of paths to compare whole, or "*" (every block)
 EVERYTHING = "*"
-KICK_PATHS = 1024   # delegated: this many paths not yet durable ask for a sync now (the primary's
+KICK_PATHS = 2048   # delegated: this many paths not yet durable ask for a sync now (the primary's
                     # activity log keeps them meanwhile; its capacity is 4,096)
 
 
@@ -288,8 +288,8 @@ def recover(journal: Journal, state_dir: str) -> str:
         UNSYNCED_PEER.set(journal, True)
         UPTODATE.set(journal, False)
         what = (what + "; " if what else "") + "acknowledged data its primary recorded may be lost"
-        log.warning("unclean stop of the receiver in a delegated session: not up to date until the primary's "
-                    "resync compared what it recorded")
+        log.warning("unclean stop of the receiver while its primary kept the record of what was not durable "
+                    "here: not up to date until the primary's resync compared what it recorded")
     KEPT.set(journal, True)
     return what
 

@@ -54,14 +54,16 @@ def main() -> int:
     args = parser.parse_args()
     base = tempfile.mkdtemp(dir="/tmp", prefix="hamirror-rd-")
     try:
-        with local_link(base, state_dir=f"{base}/state") as (client, _receiver):
+        with local_link(base, state_dir=f"{base}/state") as (client, receiver):
             offers = getattr(protocol, "offers_delegation", lambda answer: False)
             if not args.no_delegate and offers(getattr(client, "hello_answer", b"")):
                 client.submit(Op.PING, (protocol.PING_DELEGATE,)).wait(10)
                 print("delegated session")
             one = new_files(client, b"s", args.files, 1)
             many = new_files(client, b"p", args.files, 64)
-        print(f"{os.getcwd()}: new files, one in flight {one:.0f}/s; 64 in flight {many:.0f}/s")
+            log = receiver.unsynced
+        print(f"{os.getcwd()}: new files, one in flight {one:.0f}/s; 64 in flight {many:.0f}/s "
+              f"(receiver: {log.records} fdatasync(s) of its log, {log.syncer.syncs} syncfs)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
