@@ -166,6 +166,35 @@ def test_a_peer_that_did_not_delegate_counts_an_acknowledgement_as_durable(tmp_p
     assert journal.whole == []
 
 
+class _Syncing(_Client):
+    """A peer that answers PING_SYNC with everything durable (or never answers)."""
+
+    ack_timeout = 0.05
+    answers = True
+
+    def submit(self, op, ints=(), strs=(), times=(), data=None, changes=(), hold=False):
+        ticket = super().submit(op, ints, strs, times, data, changes, hold)
+        if op == Op.PING and ints == (PING_SYNC,) and self.answers:
+            self.peer_durable = ticket.seq
+            ticket.complete()
+        return ticket
+
+
+def test_a_clean_unmount_asks_the_peer_to_sync_or_counts_as_unclean(tmp_path):
+    from hamirror.mirror.replicator import Replicator
+    al = ActivityLog(str(tmp_path / "al"), capacity=4)
+    client = _Syncing()
+    repl = Replicator(client, _Journal(), sync=False, activity=al)
+    for name, answers in (("a", True), ("b", False)):
+        client.answers = answers
+        with repl.change(((name,),)) as tx:
+            tx.send(Op.CREATE, (0o100644, 0, 0, 0), (name.encode(),))
+        client.tickets[-1].complete()
+        assert al.not_on_peer() == [name]
+        assert repl.settle_durable() is answers     # no answer: unclean, the log still names it
+        assert al.not_on_peer() == ([] if answers else [name])
+
+
 # a real receiver ---------------------------------------------------------------------------------
 
 MODE = (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0)
