@@ -122,7 +122,7 @@ class UnsyncedLog:
     def flush(self) -> None:
         """Make every noted path durable in the file; call before acknowledging (raises OSError)."""
         with self._lock:
-            mark = self._mark and not self._marked
+            mark = bool(self._mark) and not self._marked
             if not self._new and not mark:
                 return
             entries = [(LEAVE, p) for p in self._leaving] + [(ENTER, p) for p in self._new]
