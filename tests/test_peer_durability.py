@@ -140,6 +140,7 @@ def test_an_acknowledged_path_stays_until_the_peer_disk_has_it_and_a_lost_link_r
             tx.send(Op.CREATE, (0o100644, 0, 0, 0), (name.encode(),))
         client.tickets[-1].complete()                 # acknowledged: in the peer's page cache
     assert al.hot() == ["a", "b"]                     # a may not leave: not durable on the peer
+    assert read_log(al.path).paths == {"a", "b"}      # and the file on the primary's disk says so
     assert al.not_on_peer() == ["a", "b"]
     client.peer_durable = 1                           # the peer's sync covered seq 1 (a)
     assert al.not_on_peer() == ["b"]
