@@ -196,6 +196,9 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         # everything. None resumes trusting the paths an interrupted one had marked done.
         if recovery is None or not recovery.covered:
             record.NEEDS_SCAN.set(journal, True)
+        if recovery is None or not recovery.fold:
+            # Nor can it show what a delegated peer lost (docs/journal.md, "Delegated durability").
+            record.LOG_LOST.set(journal, True)
         journal.resync_end()
     replicator = Replicator(None, journal, sync=options.mode == "sync", fence=options.fence,
                             fence_timeout=options.fence_timeout, activity=activity)
@@ -291,6 +294,11 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     finally:
         control.close()
         if replicator.client is not None:
+            if clean and not replicator.settle_durable():
+                # The peer's disk may lack what it acknowledged: the activity log still names it,
+                # and an unclean stop makes the next start fold it (docs/journal.md, "Durability").
+                log.warning("the peer could not show its copy durable at unmount: the stop counts as unclean")
+                clean = False
             replicator.client.close()
         status.stop()
         if clean and _synced(root_fd):

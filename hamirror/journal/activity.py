@@ -9,15 +9,18 @@ before the operation is applied or streamed; a path already in the set costs a d
 A path leaves the set only once every operation on it was acknowledged by the peer (or failed
 and was recorded in the journal) *and* its data is on this node's disk (its durability epoch was
 closed by a sync of the directory, hamirror.journal.durability: an acknowledged write still in the
-page cache is lost by a power loss), and only when a new path needs its slot (LRU), so the files
-an application keeps writing stay hot and cost nothing.
+page cache is lost by a power loss) and, when the peer delegated its durability (:attr:`ActivityLog.peer`),
+on the peer's disk too; and only when a new path needs its slot (LRU), so the files an
+application keeps writing stay hot and cost nothing.
 
 Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snapshot of the hot
 set after ``2 * capacity`` appended entries. After a crash, :func:`read_log` returns the hot set
 (a superset of what may differ), which the resync adds to the changed set.
 
 Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
-entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave). Each frame is one durable
+entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no path, set and
+clear the receiver's mark "acknowledged data its primary records may not be durable here",
+hamirror.journal.unsynced: an older release reads them as damage and compares every block). Each frame is one durable
 append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
 next was written, and no change is applied before its frame is durable), so a bad last frame is
 ignored; a bad frame followed by good data means the file is damaged and nothing is trusted.
@@ -32,7 +35,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.journal import fsync_dir as _fsync_dir
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 MAGIC = b"hamirror activity log 1\n"
 DEFAULT_CAPACITY = 4096
 ENTER, LEAVE = 1, 2
+MARK, UNMARK = 3, 4
+_MARK_KEY = "\0mark"   # never a path (a path has no NUL byte)
 _FRAME = struct.Struct("<II")
 _ENTRY = struct.Struct("<BH")
 MAX_FRAME = 64 * 1024 * 1024
@@ -54,6 +59,9 @@ class Acknowledgeable(Protocol):
 
     @property
     def done(self) -> bool: ...
+
+
+PeerCheck = Callable[[Acknowledgeable], bool]   # an acknowledged operation is on the peer's disk
 
 
 # ----------------------------------------------------------------------------- pure: the format
@@ -77,6 +85,12 @@ class Replay:
     paths: frozenset[str] | None
     torn: bool = False          # the last frame was incomplete (a crash while appending): ignored
     problem: str = ""           # why ``paths`` is None
+    marked: bool = False        # the receiver's MARK is set (see the module docstring)
+
+
+def _replayed(hot: dict[str, None], torn: bool = False) -> Replay:
+    marked = _MARK_KEY in hot
+    return Replay(frozenset(p for p in hot if p != _MARK_KEY), torn=torn, marked=marked)
 
 
 def replay(data: bytes) -> Replay:
@@ -89,25 +103,25 @@ def replay(data: bytes) -> Replay:
     while pos < end:
         rest = end - pos
         if rest < _FRAME.size:
-            return Replay(frozenset(hot), torn=True)
+            return _replayed(hot, torn=True)
         length, crc = _FRAME.unpack_from(data, pos)
         body = pos + _FRAME.size
         if length == 0 or length > MAX_FRAME:
             if not data[pos:].strip(b"\0"):          # a zero-filled tail: the append never landed
-                return Replay(frozenset(hot), torn=True)
+                return _replayed(hot, torn=True)
             return Replay(None, problem=f"bad frame length {length} at byte {pos}")
         if body + length > end:                       # the last append was cut short
-            return Replay(frozenset(hot), torn=True)
+            return _replayed(hot, torn=True)
         payload = data[body:body + length]
         if zlib.crc32(payload) != crc:
             if body + length == end:                  # the last frame: torn by the crash
-                return Replay(frozenset(hot), torn=True)
+                return _replayed(hot, torn=True)
             return Replay(None, problem=f"checksum mismatch at byte {pos}, followed by more frames")
         problem = _apply_payload(payload, hot)
         if problem:
             return Replay(None, problem=f"frame at byte {pos}: {problem}")
         pos = body + length
-    return Replay(frozenset(hot))
+    return _replayed(hot)
 
 
 def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
@@ -117,11 +131,11 @@ def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
             return "entry header cut short"
         op, n = _ENTRY.unpack_from(payload, pos)
         pos += _ENTRY.size
-        if pos + n > len(payload) or op not in (ENTER, LEAVE):
+        if pos + n > len(payload) or op not in (ENTER, LEAVE, MARK, UNMARK) or (op >= MARK and n):
             return f"bad entry (op {op}, {n} bytes)"
-        path = os.fsdecode(payload[pos:pos + n])
+        path = os.fsdecode(payload[pos:pos + n]) if op < MARK else _MARK_KEY
         pos += n
-        if op == ENTER:
+        if op in (ENTER, MARK):
             hot[path] = None
         else:
             hot.pop(path, None)
@@ -164,21 +178,33 @@ class _Slot:
         t = self.ticket
         return self.busy == 0 and (t is None or t.done)
 
-    def sent(self, ticket: Acknowledgeable) -> None:
-        """Keep the newest operation on the path: an older call may leave after a newer one."""
+    def sent(self, ticket: Acknowledgeable, peer: PeerCheck | None = None) -> None:
+        """Keep the newest operation on the path: an older call may leave after a newer one. A
+        done one is replaced by any (a new session numbers from 0 again), but with ``peer`` only
+        once the peer has it on its disk too: the newer seq is the one its durability must pass."""
         t = self.ticket
-        if t is None or t.done or getattr(ticket, "seq", 0) >= getattr(t, "seq", 0):
+        if (t is None or getattr(ticket, "seq", 0) >= getattr(t, "seq", 0)
+                or (t.done and (peer is None or peer(t)))):
             self.ticket = ticket
 
+    def on_peer(self, peer: PeerCheck | None) -> bool:
+        """Nothing of the path may be missing from the peer's disk (the primary's side of a
+        delegated session, docs/journal.md "Durability"): no call inside, the newest operation
+        acknowledged and, with ``peer``, durable there."""
+        t = self.ticket
+        return self.busy == 0 and (t is None or (t.done and (peer is None or peer(t))))
 
-def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable: int | None = None) -> list[str]:
-    """Up to ``count`` least recently used paths that may leave the hot set (pure): settled, and
-    with ``durable`` (the newest durable epoch), changed no later than that epoch."""
+
+def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable: int | None = None,
+                   peer: PeerCheck | None = None) -> list[str]:
+    """Up to ``count`` least recently used paths that may leave the hot set (pure): settled, with
+    ``durable`` (the newest durable epoch) changed no later than that epoch, and with ``peer``
+    durable on the peer too."""
     victims: list[str] = []
     if count <= 0:
         return victims
     for path, slot in hot.items():                    # oldest first
-        if slot.settled() and (durable is None or slot.stamp <= durable):
+        if slot.on_peer(peer) and (durable is None or slot.stamp <= durable):
             victims.append(path)
             if len(victims) == count:
                 break
@@ -209,6 +235,9 @@ class ActivityLog:
         self._fd = -1
         self._snapshot()
         self.epochs = epochs
+        # Set by the replicator while it streams to a peer that delegated its durability: a path
+        # then stays until the peer's disk has it too (docs/journal.md, "Durability").
+        self.peer: PeerCheck | None = None
         self.syncer: Syncer | None = None
         if epochs is not None:
             self.syncer = Syncer(epochs, self._undurable, lambda epoch: None, name="activity-log",
@@ -240,9 +269,23 @@ class ActivityLog:
                     continue
                 slot.busy = max(slot.busy - 1, 0)
                 if ticket is not None:
-                    slot.sent(ticket)
+                    slot.sent(ticket, self.peer)
                 if self.epochs is not None:
                     slot.stamp = self.epochs.stamp()   # after the local apply: see durability.py
+
+    def not_on_peer(self) -> list[str]:
+        """The hot paths whose last change may be missing from the peer's disk (a call inside,
+        not acknowledged, or not durable there): what a lost link must put in the journal."""
+        with self._lock:
+            return [p for p, slot in self._hot.items() if not slot.on_peer(self.peer)]
+
+    def recorded(self) -> None:
+        """The journal now holds :meth:`not_on_peer`'s paths (the link was lost): the operations
+        of that session need no peer durability any more (a failed one completes as done too)."""
+        with self._lock:
+            for slot in self._hot.values():
+                if slot.ticket is not None and slot.ticket.done:
+                    slot.ticket = None
 
     def hot(self) -> list[str]:
         """The hot set, least recently used first."""
@@ -268,7 +311,7 @@ class ActivityLog:
     def _admit(self, new: list[str]) -> None:
         hot = self._hot
         wanted = len(hot) + len(new) - self.capacity
-        victims = choose_victims(hot, wanted, None if self.epochs is None else self.epochs.durable)
+        victims = choose_victims(hot, wanted, None if self.epochs is None else self.epochs.durable, self.peer)
         if len(victims) < wanted:
             if self.syncer is not None:
                 self.syncer.kick()            # what waits for the disk leaves after the sync

@@ -11,6 +11,15 @@ the batch's new paths durable with one append and one ``fdatasync``, and the rec
 before sending the batch's acknowledgements. Leaves are appended without a sync (a lost leave only
 makes the record larger); the file is rewritten as a snapshot when they pile up.
 
+**Delegated sessions.** A primary that keeps every path in its own activity log until this
+node's disk has it (it offered so with PING_DELEGATE, hamirror.link.protocol) needs no path here:
+:meth:`UnsyncedLog.delegate` switches the session, and its operations only set the log's *mark*
+(one durable append when it is not set yet, so at most once per sync interval, not per path).
+Every reply of the session then carries :attr:`UnsyncedLog.durable_seq`, the newest sequence
+number whose effects a sync made durable. After an unclean stop the mark says "this copy may have
+lost acknowledged data that the primary recorded": not up to date, and ``unsynced_peer`` tells
+the resync to rely on the primary's journal (or compare every block when that is incomplete).
+
 After an unclean stop, :func:`recover` moves the log's paths into the journal's state
 (``unsynced_paths``) and marks the copy not up to date, until a resync compared them.
 Same file format as the activity log (hamirror.journal.activity).
@@ -18,6 +27,7 @@ Same file format as the activity log (hamirror.journal.activity).
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
@@ -26,10 +36,10 @@ import threading
 import time
 from typing import Iterable
 
-from hamirror.journal.activity import ENTER, LEAVE, encode_frame, read_log, write_all, write_snapshot
+from hamirror.journal.activity import ENTER, LEAVE, MARK, UNMARK, encode_frame, read_log, write_all, write_snapshot
 from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.journal import Journal
-from hamirror.mirror.record import KEPT, UNSYNCED, UPTODATE
+from hamirror.mirror.record import KEPT, UNSYNCED, UNSYNCED_PEER, UPTODATE
 from hamirror.syscalls import syncfs
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,8 @@ LOCK_FILE = "unsynced.lock"       # held by the live receiver: a log nobody hold
 LOCK_WAIT = 10.0                  # seconds a starting receiver waits for a stopping one's lock
 UNSYNCED_KEY = UNSYNCED.name      # JSON list of paths to compare whole, or "*" (every block)
 EVERYTHING = "*"
+KICK_PATHS = 2048   # delegated: this many paths not yet durable ask for a sync now (the primary's
+                    # activity log keeps them meanwhile; its capacity is 4,096)
 
 
 class UnsyncedLog:
@@ -53,13 +65,38 @@ class UnsyncedLog:
         self._leaving: dict[str, None] = {}      # left _hot, leave not yet written
         self._appended = 0
         self.records = 0                         # fdatasyncs of the file (for tests and figures)
+        self.delegated = False                   # this session's primary records what is not durable
+        self.durable_seq = 0                     # delegated: newest seq of the session on the disk
+        self._seqs: collections.deque[list[int]] = collections.deque()   # [stamp, last seq], oldest first
+        self._owed: dict[bytes, int] = {}        # delegated: path -> stamp, not yet durable (a count)
+        self._mark = 0                           # stamp of the newest delegated change (0: none owed)
+        self._marked = False                     # the mark is in the file
         self._fd = write_snapshot(path, [], -1)
         self.syncer = Syncer(epochs, self._wanted, self.durable_until, name="unsynced-log", interval=interval)
 
-    def note(self, paths: Iterable[bytes]) -> None:
-        """``paths`` were just changed by an applied operation (memory only; see :meth:`flush`)."""
+    def begin_session(self) -> None:
+        """A HELLO: a new session numbers from its own seq; it is not delegated until it says so."""
+        with self._lock:
+            self.delegated = False
+            self._seqs.clear()
+            self.durable_seq = 0
+
+    def delegate(self, seq: int) -> None:
+        """PING_DELEGATE at ``seq``: what came before was recorded path by path (durable in the
+        file when acknowledged), so the durable point starts there."""
+        with self._lock:
+            self.delegated = True
+            self._seqs.clear()
+            self.durable_seq = seq
+
+    def note(self, paths: Iterable[bytes], seq: int | None = None) -> None:
+        """``paths`` were just changed by the applied operation ``seq`` (memory only; see
+        :meth:`flush`). In a delegated session only the mark is recorded."""
         stamp = self.epochs.stamp()
         with self._lock:
+            if self.delegated:
+                self._note_delegated(paths, stamp, seq)
+                return
             hot = self._hot
             for raw in paths:
                 path = os.fsdecode(raw)
@@ -68,26 +105,44 @@ class UnsyncedLog:
                     self._leaving.pop(path, None)
                 hot[path] = stamp
 
+    def _note_delegated(self, paths: Iterable[bytes], stamp: int, seq: int | None) -> None:
+        owed = self._owed
+        for raw in paths:
+            owed[raw] = stamp
+        self._mark = stamp
+        if seq is not None:
+            seqs = self._seqs
+            if seqs and seqs[-1][0] == stamp:
+                seqs[-1][1] = seq
+            else:
+                seqs.append([stamp, seq])
+        if len(owed) > KICK_PATHS:
+            self.syncer.kick()
+
     def flush(self) -> None:
         """Make every noted path durable in the file; call before acknowledging (raises OSError)."""
         with self._lock:
-            if not self._new:
+            mark = bool(self._mark) and not self._marked
+            if not self._new and not mark:
                 return
             entries = [(LEAVE, p) for p in self._leaving] + [(ENTER, p) for p in self._new]
+            if mark:
+                entries.append((MARK, ""))
             write_all(self._fd, encode_frame(entries))
             os.fdatasync(self._fd)
             self.records += 1
             self._appended += len(entries)
             self._new.clear()
             self._leaving.clear()
+            self._marked = self._marked or mark
 
     @property
     def pending(self) -> bool:
         """Paths noted but not yet durable in the file: the replies must wait for :meth:`flush`."""
-        return bool(self._new)
+        return bool(self._new) or (bool(self._mark) and not self._marked)
 
     def __len__(self) -> int:
-        return len(self._hot)
+        return len(self._hot) + len(self._owed)
 
     def paths(self) -> list[str]:
         """The paths whose data may not be on the disk (for tests and status)."""
@@ -105,6 +160,8 @@ class UnsyncedLog:
                     self._fd = write_snapshot(self.path, [], self._fd)
                     self._hot.clear()
                     self._new.clear()
+                    self._owed.clear()
+                    self._mark, self._marked = 0, False
         except OSError as exc:
             log.warning("%s: kept (a clean stop could not empty it): %s", self.path, exc)
         finally:
@@ -115,13 +172,25 @@ class UnsyncedLog:
     # the syncer's side -------------------------------------------------------------------------
 
     def _wanted(self) -> bool:
-        return bool(self._hot)
+        return bool(self._hot) or bool(self._mark)
 
     def durable_until(self, epoch: int) -> None:
         """Every change stamped ``epoch`` or older is on the disk: those paths leave."""
         with self._lock:
             if self._fd < 0:
                 return
+            seqs = self._seqs
+            while seqs and seqs[0][0] <= epoch:
+                self.durable_seq = max(self.durable_seq, seqs.popleft()[1])
+            if self._mark and self._mark <= epoch:
+                self._owed.clear()
+                self._mark = 0
+                if self._marked:      # cleared without a sync: a lost clear only costs a resync
+                    self._marked = False
+                    write_all(self._fd, encode_frame([(UNMARK, "")]))
+                    self._appended += 1
+            elif self._owed:
+                self._owed = {p: stamp for p, stamp in self._owed.items() if stamp > epoch}
             left = [p for p, stamp in self._hot.items() if stamp <= epoch]
             for p in left:
                 del self._hot[p]
@@ -129,7 +198,7 @@ class UnsyncedLog:
                     self._leaving[p] = None
             if not self._leaving:
                 return
-            if self._appended > 2 * len(self._hot) + 1024:
+            if self._appended > 2 * len(self._hot) + 1024 and not self._marked:
                 self._fd = write_snapshot(self.path, [p for p in self._hot if p not in self._new], self._fd)
                 self._appended = 0
                 self._leaving.clear()
@@ -173,12 +242,17 @@ def _orphaned(state_dir: str) -> bool:
 def owed(journal: Journal, state_dir: str) -> bool:
     """Whether this copy may miss acknowledged data: recorded as such, or a receiver stopped
     uncleanly and no receiver has looked at its log yet (what the agent asks before a takeover)."""
-    if UNSYNCED.get(journal):
+    if UNSYNCED.get(journal) or UNSYNCED_PEER.get(journal):
         return True
     path = os.path.join(state_dir, UNSYNCED_LOG)
     if not os.path.exists(path) or not _orphaned(state_dir):
         return False
-    return read_log(path).paths != frozenset()
+    return _names_something(path)
+
+
+def _names_something(path: str) -> bool:
+    replay = read_log(path)
+    return replay.paths != frozenset() or replay.marked
 
 
 def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
@@ -186,7 +260,7 @@ def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
     process killed with the page cache intact (a power loss would have left the node not up to
     date, and only an operator forces that): make it durable, then drop the record."""
     path = os.path.join(state_dir, UNSYNCED_LOG)
-    if os.path.exists(path) and _orphaned(state_dir) and read_log(path).paths != frozenset():
+    if os.path.exists(path) and _orphaned(state_dir) and _names_something(path):
         syncfs(root_fd)
         os.close(write_snapshot(path, [], -1))
     resolved(journal)
@@ -210,6 +284,12 @@ def recover(journal: Journal, state_dir: str) -> str:
         what = (f"log unusable: every block will be compared ({replay.problem})" if lost is None
                 else f"{len(lost)} path(s) may have lost acknowledged data")
         log.warning("unclean stop of the receiver: %s; not up to date until a resync compared them", what)
+    if replay.marked:
+        UNSYNCED_PEER.set(journal, True)
+        UPTODATE.set(journal, False)
+        what = (what + "; " if what else "") + "acknowledged data its primary recorded may be lost"
+        log.warning("unclean stop of the receiver while its primary kept the record of what was not durable "
+                    "here: not up to date until the primary's resync compared what it recorded")
     KEPT.set(journal, True)
     return what
 
@@ -232,7 +312,15 @@ def pending(journal: Journal) -> list[str] | None:
         return None
 
 
+def peer_recorded(journal: Journal) -> bool:
+    """Whether this copy may have lost acknowledged data that its primary recorded (CHANGES'
+    ``unsynced_peer``: the primary's journal names those paths when it is complete)."""
+    return UNSYNCED_PEER.get(journal)
+
+
 def resolved(journal: Journal) -> None:
     """A resync compared everything and the filesystem was synced: nothing is owed any more."""
     if UNSYNCED.get(journal):
         UNSYNCED.set(journal, "")
+    if UNSYNCED_PEER.get(journal):
+        UNSYNCED_PEER.set(journal, False)

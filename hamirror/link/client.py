@@ -96,6 +96,8 @@ class LinkClient:
         self.bytes_sent = 0
         self.ops_sent = 0
         self.peer_versions: tuple[int, str] | None = None   # the receiver's (link protocol, release)
+        self.hello_answer = b""                  # the receiver's answer to HELLO (what it offers)
+        self.peer_durable: int | None = None     # delegated session: newest seq durable on the peer
         self._last_send = time.monotonic()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
@@ -131,6 +133,7 @@ class LinkClient:
         if ticket.error:
             raise PeerLost(ticket.error)
         self.peer_versions = parse_hello_answer(ticket.payload)
+        self.hello_answer = ticket.payload
         log.info("session with %s: the receiver runs hamirror %s (link protocol %d, engine %s)", self.endpoint,
                  self.peer_versions[1], self.peer_versions[0], self.engine)
 
@@ -343,6 +346,8 @@ class LinkClient:
             if reply.status == ERROR:
                 self._fail(f"peer refused operation {reply.seq}: {reply.message or os.strerror(reply.errno)}")
                 return
+            if reply.durable is not None:   # before any ticket it covers completes
+                self.peer_durable = reply.durable
             # The receiver applies in order, so an ack for seq n also covers everything before it.
             while self._pending:
                 seq, ticket = next(iter(self._pending.items()))

@@ -48,6 +48,7 @@ _U16 = struct.Struct("<H")
 _I64 = struct.Struct("<q")
 _TIMES = struct.Struct("<qq")
 _REPLY = struct.Struct("<2sBBQi")
+_DURABLE = struct.Struct("<Q")   # a reply's optional trailing field: the durable sequence number
 
 
 class Op(enum.IntEnum):
@@ -80,6 +81,10 @@ class Op(enum.IntEnum):
 
 HELLO_RESYNC = 1      # HELLO flag: a resync follows; the receiver is not up to date until DONE
 HELLO_TOKEN = 2       # HELLO flag: a third integer is the sender's fencing token (link/fencing.py)
+# PING's optional integer (sent only to a receiver whose HELLO answer offers "durable"): bits.
+PING_DELEGATE = 1     # from here on the primary records what is not durable here: no fsync per new
+                      # path; every reply carries the durable sequence number (docs/journal.md)
+PING_SYNC = 2         # sync the filesystem before replying (a clean unmount's last barrier)
 QUERIES = frozenset({Op.STAT, Op.LISTDIR, Op.BLOCKSUMS, Op.CHANGES})
 
 
@@ -113,7 +118,7 @@ SPECS: dict[Op, OpSpec] = {
     Op.SETXATTR: OpSpec(1, (PATH, NAME), has_data=True),
     Op.REMOVEXATTR: OpSpec(0, (PATH, NAME)),
     Op.FSYNC: OpSpec(1, (PATH,)),
-    Op.PING: OpSpec(0, ()),
+    Op.PING: OpSpec(0, (), optional_ints=1),   # [PING_DELEGATE | PING_SYNC]
     Op.STAT: OpSpec(0, (PATH,)),
     Op.LISTDIR: OpSpec(0, (PATH,)),
     Op.BLOCKSUMS: OpSpec(3, (PATH,)),
@@ -315,6 +320,8 @@ def _check_ints(msg: Message) -> None:
         raise ProtocolError(f"{op.name}: id out of range")
     if op == Op.SYMLINK and not all(0 <= i < 2**32 - 1 for i in ints):
         raise ProtocolError("SYMLINK: id out of range")
+    if op == Op.PING and ints and ints[0] & ~(PING_DELEGATE | PING_SYNC):
+        raise ProtocolError("PING: unknown flags")
     if op == Op.BLOCKSUMS:
         offset, length, block = ints
         if offset < 0 or length < 0 or not 4096 <= block <= MAX_DATA or offset > INT64_MAX - length \
@@ -335,6 +342,7 @@ class Reply:
     status: int
     errno: int = 0
     payload: bytes = b""
+    durable: int | None = None   # the session's newest seq whose effects are on the peer's disk
 
     @property
     def message(self) -> str:
@@ -351,15 +359,26 @@ def encode_reply(seq: int, status: int = OK, err: int = 0, message: str = "",
     return frames
 
 
+def with_durable(frames: list[bytes], durable: int) -> list[bytes]:
+    """An OK reply with the durable field added (only in a session the primary delegated: an
+    older primary refuses a longer header)."""
+    head = bytes(frames[0])
+    if len(head) != _REPLY.size or _REPLY.unpack(head)[2] != OK:
+        return frames
+    return [head + _DURABLE.pack(durable), *frames[1:]]
+
+
 def decode_reply(frames: list) -> Reply:
-    if not 1 <= len(frames) <= 2 or len(frames[0]) != _REPLY.size:
+    if not 1 <= len(frames) <= 2 or len(frames[0]) not in (_REPLY.size, _REPLY.size + _DURABLE.size):
         raise ProtocolError("malformed reply")
-    magic, version, status, seq, err = _REPLY.unpack(bytes(frames[0]))
+    head = bytes(frames[0])
+    magic, version, status, seq, err = _REPLY.unpack_from(head)
     if magic == MAGIC and version > VERSION:
         raise ProtocolError(versions.newer_protocol("link", version, VERSION, None))
     if magic != MAGIC or version != VERSION or status not in (OK, ERROR):
         raise ProtocolError("malformed reply")
-    return Reply(seq, status, err, bytes(frames[1]) if len(frames) == 2 else b"")
+    durable = _DURABLE.unpack_from(head, _REPLY.size)[0] if len(head) > _REPLY.size else None
+    return Reply(seq, status, err, bytes(frames[1]) if len(frames) == 2 else b"", durable)
 
 
 # The HELLO's answer -----------------------------------------------------------------------------
@@ -371,7 +390,18 @@ MAX_HELLO_ANSWER = 256
 
 def hello_answer() -> bytes:
     """What a receiver says of itself in its answer to a HELLO."""
-    return json.dumps({"link": VERSION, "software": versions.SOFTWARE}, separators=(",", ":")).encode()
+    return json.dumps({"link": VERSION, "software": versions.SOFTWARE, "durable": 1},
+                      separators=(",", ":")).encode()
+
+
+def offers_delegation(payload: bytes) -> bool:
+    """Whether a receiver's HELLO answer offers PING_DELEGATE (an older one does not: it keeps
+    its own record of every path, one fsync per new path). Never raises."""
+    try:
+        doc = json.loads(payload) if 0 < len(payload) <= MAX_HELLO_ANSWER else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("durable") == 1
 
 
 def parse_hello_answer(payload: bytes) -> tuple[int, str]:

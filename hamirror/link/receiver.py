@@ -32,8 +32,9 @@ from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing, keys, session
 from hamirror.link.apply import Applier, changed_paths
-from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, QUERIES, VERSION, Message, Op,
-                                    ProtocolError, decode, decode_reply, encode_reply, hello_answer)
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, PING_DELEGATE, PING_SYNC, QUERIES,
+                                    VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
+                                    hello_answer, with_durable)
 from hamirror.mirror import status as status_file
 from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
 
@@ -187,6 +188,9 @@ class Receiver:
                 self.unsynced.flush()
             except OSError as exc:   # cannot promise durability: acknowledge nothing, close the session
                 replies = [(identity, self._unrecorded(reply, exc)) for identity, reply in replies]
+            if self.unsynced.delegated:   # the primary keeps each path until this disk has it
+                durable = self.unsynced.durable_seq
+                replies = [(identity, with_durable(reply, durable)) for identity, reply in replies]
         for identity, reply in replies:
             if self.sessions is not None:
                 reply = self.sessions.seal(identity.bytes, reply)
@@ -265,6 +269,8 @@ class Receiver:
                                 f"expected session {self.stats.session:x} seq {self.stats.next_seq}")
         if msg.op == Op.PING:   # a barrier in the stream: it takes its sequence number too
             self.stats.next_seq += 1
+            if msg.ints and self.unsynced is not None:
+                self._durability(msg)
             return encode_reply(msg.seq)
         payload = b""
         try:
@@ -323,14 +329,27 @@ class Receiver:
             self.resyncing = True
         self.stats.session = msg.session
         self.stats.next_seq = msg.seq + 1
+        if self.unsynced is not None:
+            self.unsynced.begin_session()
         log.info("session %x started%s", msg.session, " for a resync" if flags & HELLO_RESYNC else "")
         self.write_status()
         return encode_reply(msg.seq, payload=hello_answer())
 
+    def _durability(self, msg: Message) -> None:
+        """PING's flags: the primary takes over the record of what is not durable here
+        (PING_DELEGATE), or wants everything applied so far on the disk first (PING_SYNC)."""
+        assert self.unsynced is not None
+        if msg.ints[0] & PING_DELEGATE:
+            self.unsynced.delegate(msg.seq)
+            log.info("session %x: the primary records what is not durable here (no fsync per new path)",
+                     msg.session)
+        if msg.ints[0] & PING_SYNC:
+            self.unsynced.syncer.sync_once()
+
     def _note(self, msg: Message) -> None:
         """Record the paths an operation changed (acknowledged only once durable: _acknowledge)."""
         if self.unsynced is not None and msg.op not in QUERIES:
-            self.unsynced.note(changed_paths(msg))
+            self.unsynced.note(changed_paths(msg), msg.seq)
 
     def _count(self, msg: Message) -> None:
         stats = self.stats

@@ -78,6 +78,7 @@ ALONE_REASON = _text("mirror_alone_reason")        # why the last persisted stat
 # The streaming state a FENCED mount left (PRIM: a granted ALONE starts a new generation).
 LOST_FROM: Key[MirrorState | None] = Key("mirror_lost_from", None, _saved_state, _state_value)
 NEEDS_SCAN = _flag("resync_needs_scan", False)    # a mount crashed while streaming: its journal misses writes in flight
+LOG_LOST = _flag("activity_log_lost", False)      # ... and its activity log could not be folded (paths unknown)
 DONE_SENT = _flag("resync_done_sent", False)      # RESYNC_DONE went out: the peer may share our generation now
 CLEAN = _flag("mount_clean", True)                # the last mount (or receiver) stopped cleanly
 # --- the copy ---------------------------------------------------------------------------------
@@ -85,13 +86,14 @@ UPTODATE = _flag("uptodate", False)               # this copy equals the primary
 COVERED = _flag("crash_covered", False)           # after an unclean stop, the changed set was made complete again
 UNSYNCED = _text("unsynced_paths")                # JSON list of paths to compare whole, or "*" (journal/unsynced.py)
 KEPT = _flag("unsynced_log", False)               # this node keeps an unsynced log (a missing one was lost)
+UNSYNCED_PEER = _flag("unsynced_peer", False)     # lost acknowledged data its primary recorded (delegated)
 WATCH_GAP = _text("watch_gap")                    # why the inotify watcher may have missed changes
 # --- resync and verify --------------------------------------------------------------------------
 RESYNC_FAILURES = _text("resync_failures")        # JSON: failures in a row (resync/failures.py)
 LAST_VERIFY = _text("last_verify")                # JSON: the last verify's summary (resync/verify.py)
 
-KEYS: tuple[Key, ...] = (STATE, ALONE_REASON, LOST_FROM, NEEDS_SCAN, DONE_SENT, CLEAN, UPTODATE, COVERED,
-                         UNSYNCED, KEPT, WATCH_GAP, RESYNC_FAILURES, LAST_VERIFY)
+KEYS: tuple[Key, ...] = (STATE, ALONE_REASON, LOST_FROM, NEEDS_SCAN, LOG_LOST, DONE_SENT, CLEAN, UPTODATE, COVERED,
+                         UNSYNCED, KEPT, UNSYNCED_PEER, WATCH_GAP, RESYNC_FAILURES, LAST_VERIFY)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import threading
 import time
 from typing import Callable, Iterable, Protocol
 
-from hamirror.link.client import Change, LinkClient, Ticket, flatten_changes
-from hamirror.link.protocol import Op, Times
+from hamirror.link.client import WHOLE, Change, LinkClient, Ticket, flatten_changes
+from hamirror.link.protocol import PING_DELEGATE, PING_SYNC, Op, Times, offers_delegation
 from hamirror.mirror import record
 from hamirror.mirror.ordering import OrderLock
 from hamirror.mirror.pending import PendingSet
@@ -49,8 +49,12 @@ log = logging.getLogger(__name__)
 class ActivityRecorder(Protocol):
     """What the replicator needs from the activity log (hamirror.journal.activity provides it)."""
 
+    peer: Callable[[Ticket], bool] | None
+
     def enter(self, paths: Iterable[str]) -> None: ...
     def leave(self, paths: Iterable[str], ticket: Ticket | None) -> None: ...
+    def not_on_peer(self) -> list[str]: ...
+    def recorded(self) -> None: ...
 
 
 class ChangeJournal(Protocol):
@@ -149,11 +153,58 @@ class Replicator:
         self.alone_reason = ""
         self.alone_since: float | None = None
         self.pending = PendingSet()           # SYNCING: paths the resync has not reached yet
+        if activity is not None:
+            activity.peer = self._on_peer_disk
         if client is None:
             self.state = MirrorState.STANDALONE
         else:
             self.state = MirrorState.PRIM
             client.on_lost = self._peer_lost
+            self._delegate(client)
+
+    # the peer's durability (docs/journal.md, "Durability") -------------------------------------
+
+    def _delegate(self, client: LinkClient) -> None:
+        """Take over the peer's record of what it acknowledged but has not made durable: the
+        activity log keeps each path until the peer's replies say its disk has it, and a lost
+        link puts those paths in the journal. Only with an activity log (else the peer keeps its
+        own record, one fsync per new path) and a peer that offers it (an older one keeps its own)."""
+        if self.activity is None or not offers_delegation(getattr(client, "hello_answer", b"")):
+            return
+        ticket = client.submit(Op.PING, (PING_DELEGATE,))
+        ticket.wait(getattr(client, "ack_timeout", 5.0) * 2)   # a loss is handled by on_lost as any
+
+    def _on_peer_disk(self, ticket: Ticket) -> bool:
+        """Whether an acknowledged operation is on the peer's disk. A failed one was recorded in
+        the journal (on_lost, or by its caller when unsent); a session the peer did not delegate
+        acknowledges only what its own unsynced log recorded (``peer_durable`` is None)."""
+        if ticket.error is not None:
+            return True
+        client = self.client
+        durable = getattr(client, "peer_durable", None)
+        return durable is None or ticket.seq <= durable
+
+    def settle_durable(self) -> bool:
+        """Before a clean unmount: ask the peer to sync (PING_SYNC) so that every path of the
+        activity log is on its disk. False when that cannot be shown: the stop is then not clean,
+        and the next start folds the activity log, which still names those paths."""
+        client = self.client
+        if getattr(client, "peer_durable", None) is None or self.state not in _STREAMING or self.activity is None:
+            return True
+        assert client is not None
+        with self.lock:
+            ticket = client.submit(Op.PING, (PING_SYNC,))
+        if not ticket.wait(getattr(client, "ack_timeout", 5.0) * 2) or ticket.error is not None:
+            return False
+        return not self.activity.not_on_peer()
+
+    def _not_on_peer(self) -> list[Change]:
+        """(link lost) The activity log's paths the peer may not have on its disk, as changes to
+        compare whole; empty unless the session was delegated."""
+        client = self.client
+        if self.activity is None or getattr(client, "peer_durable", None) is None:
+            return []
+        return [(path, WHOLE) for path in self.activity.not_on_peer()]
 
     def start_alone(self, reason: str, new_generation: bool = True) -> None:
         """Start without a peer (failover): a new generation, then everything is recorded."""
@@ -290,6 +341,7 @@ class Replicator:
 
     def begin_sync(self, client: LinkClient, pending: Iterable[str]) -> None:
         """Stream to a returning peer again while the resync copies ``pending`` paths."""
+        self._delegate(client)   # nothing else uses ``client`` yet: the resync waits for this
         with self.lock, self._state_lock:
             self.client = client
             client.on_lost = self._peer_lost
@@ -347,13 +399,20 @@ class Replicator:
     def _peer_lost(self, reason: str, failed: list[Ticket]) -> None:
         """Called by the link's I/O thread before any waiter of ``failed`` wakes."""
         changes = flatten_changes(failed)
+        undurable = self._not_on_peer()   # acknowledged, but maybe not on the peer's disk
         try:
             if self.fence and not self._granted:
-                self._fence(reason, changes, self.state if self.state in _STREAMING else self._lost_from)
+                self._fence(reason, changes + undurable, self.state if self.state in _STREAMING else self._lost_from)
             else:
-                self._go_alone(reason, changes)
+                self._go_alone(reason, changes + undurable)
         except Exception as exc:   # sqlite3.Error, OSError: the journal's disk is full or failing
             self._unrecordable(reason, exc)
+            return
+        if self.activity is not None:
+            # The next session's tickets number from 0 again: none of this one's may pin a path.
+            self.activity.recorded()
+        if undurable:
+            log.info("link lost: %d path(s) the peer may not have on its disk recorded", len(undurable))
 
     def _unrecordable(self, reason: str, exc: Exception) -> None:
         """What the peer missed could not be recorded. ALONE would acknowledge writes no resync

@@ -95,6 +95,8 @@ class ResyncAnswers:
             "generations": journal.generations().to_json(),
             # Acknowledged here but lost by an unclean stop: compared whole (None: every block).
             "unsynced": unsynced.pending(journal),
+            # Lost in a delegated session: the primary's journal names them (when complete).
+            "unsynced_peer": unsynced.peer_recorded(journal),
         })
 
     def _remove(self, msg: Message) -> None:

@@ -159,8 +159,11 @@ class ResyncEngine:
     def _add_unsynced(self, peer: dict, candidates: set[str]) -> None:
         """The peer acknowledged these paths but lost them in a crash (its unsynced log, see
         docs/journal.md "Durability"): visit them in every mode and compare them whole (a hole
-        keeps size and mtime, so a scan cannot see it); None from the peer: every block."""
+        keeps size and mtime, so a scan cannot see it); None from the peer: every block.
+        ``unsynced_peer``: what it lost in a delegated session is in our journal when incremental."""
         lost = peer.get("unsynced", [])
+        if peer.get("unsynced_peer") is True and not self._holds_peer_losses(peer):
+            lost = None
         if lost is None:
             self.full = self.deep = True
             self.progress.mode = "full"
@@ -173,6 +176,19 @@ class ResyncEngine:
         self.progress.total_files += len(self._unsynced)
         self._unsynced |= set(lost)
         candidates.update(self._unsynced)
+
+    def _holds_peer_losses(self, peer: dict) -> bool:
+        """The peer lost writes of a delegated session: does our journal name them? We recorded
+        them when the link dropped (or they are in our activity log, folded after a crash), so
+        yes, unless that log could not be folded, or our journal is not the one that streamed to
+        the peer (its current generation is not in our history: a recreated journal). An
+        incremental resync visits our changed set; a scan compares every path it names."""
+        if self.progress.mode == "incremental":
+            return True
+        if record.LOG_LOST.get(self.journal):
+            return False
+        current = ((peer.get("generations") or {}).get("current") or {}).get("id")
+        return current is None or current in self.journal.generations().ids()
 
     def _resync_id(self, peer: dict) -> str:
         own = self.journal.generations()
@@ -210,6 +226,7 @@ class ResyncEngine:
             raise ResyncFailed("the peer was lost at the end of the resync")
         self.journal.resync_end()
         record.NEEDS_SCAN.set(self.journal, False)
+        record.LOG_LOST.set(self.journal, False)
         log.info("resync finished: %s", self.progress.snapshot())
         return True
 

@@ -3,7 +3,9 @@
 Each new file is a CREATE and a 4 KiB WRITE to a real receiver (its own thread, CURVE over
 loopback, with a state directory, so the unsynced log is on). Two figures: one file in flight
 (the worst case: a new path's fdatasync cannot be shared) and 64 files in flight (pipelined:
-the new paths of a batch share one fdatasync). Run it from the source tree to measure; to compare
+the new paths of a batch share one fdatasync). When the receiver offers it, the session is
+delegated first, as a mount with an activity log does (PING_DELEGATE: no record per new path
+there; ``--no-delegate`` measures the old session on the same code). Run it from the source tree to measure; to compare
 two versions, export each (``git archive REV | tar -x -C DIR``) and alternate runs from each DIR:
 
     cd DIR && sudo /work/main/.venv/bin/python scripts/bench/receiver_durability.py --files 2000
@@ -22,6 +24,7 @@ import time
 sys.path.insert(0, os.getcwd())   # the tree it is run from, not the installed one
 
 from hamirror.link.client import LinkClient  # noqa: E402
+from hamirror.link import protocol  # noqa: E402
 from hamirror.link.protocol import Op  # noqa: E402
 from tests.mirror_fixtures import local_link  # noqa: E402
 
@@ -47,13 +50,20 @@ def new_files(client: LinkClient, prefix: bytes, count: int, in_flight: int) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--no-delegate", action="store_true", help="keep the receiver's per-path record")
     args = parser.parse_args()
     base = tempfile.mkdtemp(dir="/tmp", prefix="hamirror-rd-")
     try:
-        with local_link(base, state_dir=f"{base}/state") as (client, _receiver):
+        with local_link(base, state_dir=f"{base}/state") as (client, receiver):
+            offers = getattr(protocol, "offers_delegation", lambda answer: False)
+            if not args.no_delegate and offers(getattr(client, "hello_answer", b"")):
+                client.submit(Op.PING, (protocol.PING_DELEGATE,)).wait(10)
+                print("delegated session")
             one = new_files(client, b"s", args.files, 1)
             many = new_files(client, b"p", args.files, 64)
-        print(f"{os.getcwd()}: new files, one in flight {one:.0f}/s; 64 in flight {many:.0f}/s")
+            log = receiver.unsynced
+        print(f"{os.getcwd()}: new files, one in flight {one:.0f}/s; 64 in flight {many:.0f}/s "
+              f"(receiver: {log.records} fdatasync(s) of its log, {log.syncer.syncs} syncfs)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
