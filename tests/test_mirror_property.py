@@ -169,12 +169,16 @@ _counter = itertools.count()
 
 def check_sequence(pair: MirrorPair, ops: list[tuple]) -> None:
     """Run ``ops`` on a fresh sub-directory of the mount and on a plain one; compare everything."""
-    sub = f"ex{next(_counter)}"
+    # One level down in a fresh parent on both sides: a symlink to "../a" must find the same
+    # (empty) parent in the mount as in the model. At the mount's root, a file an earlier example
+    # made through it was still there (an append through the link succeeded on the mount and
+    # failed with ENOENT on the plain dir).
+    sub = os.path.join(f"ex{next(_counter)}", "w")
     mirror, secondary = os.path.join(pair.primary, sub), os.path.join(pair.secondary, sub)
     model_parent = tempfile.mkdtemp(prefix="hamirror-model-")
-    model = os.path.join(model_parent, sub)
+    model = os.path.join(model_parent, "w")
     try:
-        os.mkdir(mirror)
+        os.makedirs(mirror)
         os.mkdir(model)
         for step, op in enumerate(ops):
             expected, got = _run(model, op), _run(mirror, op)
