@@ -18,7 +18,7 @@ PACKAGE = ROOT / "hamirror"
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("hamirror", "hamirror.versions", "hamirror.audit", "hamirror.durablefile",
-              "hamirror.secretfile", "hamirror.localsock", "hamirror.syscalls")),
+              "hamirror.secretfile", "hamirror.localsock", "hamirror.syscalls", "hamirror.processes")),
     ("link", ("hamirror.link",)),
     ("mirror", ("hamirror.mirror",)),
     ("journal", ("hamirror.journal",)),

@@ -38,6 +38,7 @@ from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
 from hamirror.link import fencing
 from hamirror.mirror import status as status_file
+from hamirror.processes import same_start
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _alive(pid: int | None, create_time: float | None = None) -> bool:
         return False
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
+        if create_time is not None and not same_start(proc, create_time):
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -19,6 +19,7 @@ from hamirror.lab import mountns, netns
 from hamirror.lab.naming import CONFIG_PATH, NODES, LabPaths
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import Started
+from hamirror.processes import same_start
 
 # Set in the environment of everything the lab runs in a host (inherited by children): finds the
 # host's processes even when its namespaces are already gone, e.g. after a crash or manual cleanup.
@@ -75,7 +76,7 @@ def is_alive(started: Started) -> bool:
     """True if the recorded process still runs (same pid and same start time, not a zombie)."""
     try:
         proc = psutil.Process(started.pid)
-        return proc.create_time() == started.create_time and proc.status() != psutil.STATUS_ZOMBIE
+        return same_start(proc, started.create_time) and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
