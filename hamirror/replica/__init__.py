@@ -1,1 +1,1 @@
-"""replica layer (see docs/architecture.md): the secondary's daemon, peer of the mount in fs/."""
+"""The secondary's daemon, the receiver: layer 5 beside the mount's fs/ (see docs/architecture.md)."""
