@@ -362,7 +362,7 @@ def local_link(base: str, state_dir: str | None = None, on_lost=None):
     import threading
 
     from hamirror.link.client import LinkClient
-    from hamirror.link.receiver import Receiver
+    from hamirror.replica.receiver import Receiver
 
     keys.generate(os.path.join(base, "keys"), "test")
     os.makedirs(os.path.join(base, "secondary"), exist_ok=True)

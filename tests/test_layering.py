@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mirror", ("hamirror.mirror",)),
     ("journal", ("hamirror.journal",)),
     ("resync", ("hamirror.resync",)),
-    ("fs", ("hamirror.fs",)),
+    ("daemons", ("hamirror.fs", "hamirror.replica")),
     ("config", ("hamirror.config",)),
     ("cluster", ("hamirror.cluster",)),
     ("actions", ("hamirror.actions",)),
@@ -33,10 +33,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("hamirror.cli", "hamirror.shipped", "hamirror.__main__")),
 )
 
-# A module whose file sits in one package but whose job belongs to a higher layer. The receiver
-# (the secondary's daemon: journal, unsynced log, resync answers) is the peer of the mount in
-# hamirror/fs/; its file stays in hamirror/link/ while its rewrite there is under way.
-PLACED = {"hamirror.link.receiver": "fs"}
+# Packages of one layer that never import each other: the primary's mount daemon and the
+# secondary's receiver are peers over the link, not parts of one another.
+APART = (("hamirror.fs", "hamirror.replica"),)
 
 # Leaf modules: they import nothing of the package, so every layer can name their states.
 LEAVES = ("hamirror.cluster.states", "hamirror.mirror.states")
@@ -50,8 +49,6 @@ def module_name(path: pathlib.Path) -> str:
 
 
 def layer_of(module: str) -> str:
-    if module in PLACED:
-        return PLACED[module]
     best, length = None, -1
     for name, prefixes in LAYERS:
         for prefix in prefixes:
@@ -88,6 +85,16 @@ def imports(module: str, path: pathlib.Path, known: set[str]) -> list[tuple[int,
     return sorted(set(ours))
 
 
+def package_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def apart(module: str, target: str) -> bool:
+    """True when module and target are in two packages of one layer that must not meet."""
+    ours, theirs = package_of(module), package_of(target)
+    return ours != theirs and any(ours in group and theirs in group for group in APART)
+
+
 def violations() -> list[str]:
     found = modules()
     known = set(found)
@@ -101,6 +108,8 @@ def violations() -> list[str]:
                 bad.append(where + ": a leaf imports nothing of the package")
             elif RANK[theirs] > RANK[own]:
                 bad.append(where + ": a higher layer")
+            elif apart(module, target):
+                bad.append(where + ": two daemons of one layer, kept apart")
     return bad
 
 
@@ -123,7 +132,16 @@ def test_the_checker_sees_imports_inside_functions(tmp_path) -> None:
     assert imports("hamirror.journal.x", src, known) == [(2, "hamirror.fs.mount"), (3, "hamirror.cli.main")]
 
 
-@pytest.mark.parametrize("module,layer", [("hamirror.link.client", "link"), ("hamirror.link.receiver", "fs"),
+@pytest.mark.parametrize("module,layer", [("hamirror.link.client", "link"), ("hamirror.link.apply", "link"),
+                                          ("hamirror.fs.mount", "daemons"), ("hamirror.replica.receiver", "daemons"),
                                           ("hamirror", "base"), ("hamirror.versions", "base")])
 def test_layer_of(module: str, layer: str) -> None:
     assert layer_of(module) == layer
+
+
+def test_the_two_daemons_are_kept_apart() -> None:
+    """A mount importing the receiver (or the reverse) is refused though both are layer 5."""
+    assert apart("hamirror.fs.mount", "hamirror.replica.receiver")
+    assert apart("hamirror.replica.receiver", "hamirror.fs.control")
+    assert not apart("hamirror.fs.mount", "hamirror.fs.operations")
+    assert not apart("hamirror.replica.receiver", "hamirror.resync.answers")

@@ -13,7 +13,7 @@ import zmq
 
 from hamirror.link import keys
 from hamirror.link.client import LinkClient
-from hamirror.link.receiver import Receiver
+from hamirror.replica.receiver import Receiver
 from tests.mirror_fixtures import wait_for
 
 

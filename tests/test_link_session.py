@@ -21,7 +21,7 @@ import zmq
 from hamirror.link import keys, session
 from hamirror.link.client import LinkClient, PeerLost
 from hamirror.link.protocol import OK, Op, decode_reply, encode
-from hamirror.link.receiver import Receiver
+from hamirror.replica.receiver import Receiver
 from hamirror.link.session import SessionError
 from tests.conftest import run_cli
 

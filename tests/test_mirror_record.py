@@ -16,10 +16,9 @@ from hamirror.mirror.record import MirrorRecord
 from hamirror.mirror.states import REPLICA, MirrorState
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Who may call Journal.get_state/set_state directly: the record itself, the journal's own
-# benchmark, and the receiver (its up-to-date property; hamirror/link/receiver.py is being
-# rewritten, it moves to the record then).
-RAW_ALLOWED = {"hamirror/mirror/record.py", "hamirror/journal/bench.py", "hamirror/link/receiver.py"}
+# Who may call Journal.get_state/set_state directly: the record itself and the journal's own
+# benchmark.
+RAW_ALLOWED = {"hamirror/mirror/record.py", "hamirror/journal/bench.py"}
 
 
 def test_each_key_is_declared_once():

@@ -17,7 +17,7 @@ import pytest
 
 from hamirror.fs.mount import MountOptions, StatusWriter
 from hamirror.link import keys
-from hamirror.link.receiver import Receiver
+from hamirror.replica.receiver import Receiver
 from hamirror.mirror import status as status_file
 from hamirror.mirror.replicator import Replicator
 

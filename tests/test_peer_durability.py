@@ -236,8 +236,7 @@ def test_an_old_primary_session_keeps_the_path_by_path_record(tmp_path):
 def test_a_burst_of_new_files_lost_by_the_secondary_is_resynced_without_a_record_there(mirror_factory, monkeypatch):
     from hamirror.lab import pagecache
     from tests.conftest import needs_root  # noqa: F401 (the factory needs root already)
-    from tests.test_resync_common import (assert_equal_trees, establish, go_alone, receiver_uptodate_in_journal,
-                                          resync, resync_modes)
+    from tests.test_resync_common import establish, go_alone, lost_data_is_resynced
     if pagecache.unsupported():
         pytest.skip(pagecache.unsupported())
     # One filesystem holds both copies: no background sync may make the secondary's pages durable.
@@ -264,12 +263,7 @@ def test_a_burst_of_new_files_lost_by_the_secondary_is_resynced_without_a_record
     assert lost > 0, "nothing was unsynced on the secondary: the test proves nothing"
     replay = read_log(log_file)
     assert replay.marked and not set(names) & replay.paths, "the secondary recorded the paths itself"
-    pair.start_receiver()
-    assert not receiver_uptodate_in_journal(pair)      # it knows it may have lost data
-    resync(pair)
-    assert resync_modes(pair)[-1] == "incremental"
-    assert_equal_trees(pair)
-    assert receiver_uptodate_in_journal(pair)
+    lost_data_is_resynced(pair)
 
 
 def test_a_copy_that_lost_delegated_data_is_compared_whole_unless_our_journal_names_it(tmp_path):

@@ -109,6 +109,17 @@ def assert_equal_trees(pair: MirrorPair) -> None:
     assert problems == [], "\n".join(problems[:30])
 
 
+def lost_data_is_resynced(pair: MirrorPair) -> None:
+    """A secondary that lost acknowledged data in a crash starts again: its receiver knows it is not
+    up to date, one incremental resync makes both copies equal, and only then is it up to date."""
+    pair.start_receiver()
+    assert not receiver_uptodate_in_journal(pair)    # it knows it may have lost data
+    resync(pair)
+    assert resync_modes(pair)[-1] == "incremental"
+    assert_equal_trees(pair)
+    assert receiver_uptodate_in_journal(pair)
+
+
 def kill9(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)

@@ -13,8 +13,8 @@ import os
 
 from hamirror.journal import unsynced
 from tests.conftest import needs_root
-from tests.test_resync_common import (assert_equal_trees, establish, go_alone, receiver_uptodate_in_journal,
-                                      resync, resync_modes)
+from tests.test_resync_common import (assert_equal_trees, establish, go_alone, lost_data_is_resynced, resync,
+                                      resync_modes)
 
 pytestmark = needs_root
 
@@ -42,12 +42,7 @@ def test_acknowledged_data_lost_by_a_crashed_secondary_is_resynced(mirror_factor
     _write_unsynced(pair, "big")
     go_alone(pair)                                   # kill -9 of the receiver
     _lose_last_mib(os.path.join(pair.secondary, "big"))
-    pair.start_receiver()
-    assert not receiver_uptodate_in_journal(pair)    # it knows it may have lost data
-    resync(pair)
-    assert resync_modes(pair)[-1] == "incremental"
-    assert_equal_trees(pair)
-    assert receiver_uptodate_in_journal(pair)
+    lost_data_is_resynced(pair)
 
 
 def test_a_damaged_unsynced_log_compares_every_block(mirror_factory):

@@ -3,6 +3,7 @@
 | module | job |
 |---|---|
 | `runtime.py` | main loop: config, heartbeats, control socket, one tick per heartbeat interval |
+| `wiring.py` | one module's runner built from its configuration (at start and on a reload that adds it) |
 | `module_runner.py` | per module: build the `ModuleView`, `decide()`, run the actions as a task |
 | `executor.py` | map each action to the data path and to `hamirror.actions` |
 | `datapath.py` | the replicated mount and the receiver processes (start, adopt, control, stop) |

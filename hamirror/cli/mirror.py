@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_receive(args: argparse.Namespace) -> int:
     from hamirror.link.keys import KeyError_
-    from hamirror.link.receiver import Receiver
+    from hamirror.replica.receiver import Receiver
 
     if not os.path.isdir(args.dir):
         raise CommandError(f"{args.dir}: not a directory")

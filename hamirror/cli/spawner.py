@@ -39,7 +39,7 @@ def register(actions: argparse._SubParsersAction) -> None:
 def run_spawner(args: argparse.Namespace) -> int:
     """Import what the daemons need, then serve the agent's requests until it goes."""
     import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
-    import hamirror.link.receiver  # noqa: F401
+    import hamirror.replica.receiver  # noqa: F401
     from hamirror.cli import main as cli_main
 
     sock = socket.socket(fileno=args.fd)

@@ -43,7 +43,7 @@ class MountStatus(TypedDict):
 
 
 class ReceiverStatus(TypedDict):
-    """A receiver's (hamirror/link/receiver.py, write_status), rewritten every 0.5 s and on news."""
+    """A receiver's (hamirror/replica/receiver.py, write_status), rewritten every 0.5 s and on news."""
 
     role: Literal["receiver"]
     pid: int

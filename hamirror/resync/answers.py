@@ -17,7 +17,7 @@ import time
 
 from hamirror.journal import unsynced
 from hamirror.journal.generations import GenerationHistory
-from hamirror.journal.journal import UPTODATE_KEY, Journal   # UPTODATE_KEY: the receiver's import
+from hamirror.journal.journal import Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.mirror import record

@@ -35,7 +35,8 @@ try:   # only to compare: hamirror itself depends on cryptography alone
 except ImportError:
     sodium = None
 
-from hamirror.fs.syscalls import keep_message_buffers
+from hamirror.syscalls import keep_message_buffers
+from zmqpair import loopback   # this folder: the script's own directory is first on sys.path
 
 MIB = 1 << 20
 TAG = 16
@@ -95,14 +96,7 @@ def seal_open(pair: tuple[Callable, Callable], mib: int) -> float:
 
 def through_zmq(mode: str, mib: int, pair: tuple[Callable, Callable] | None = None) -> float:
     ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    if mode == "curve":
-        spub, ssec = zmq.curve_keypair()
-        cpub, csec = zmq.curve_keypair()
-        pull.curve_secretkey, pull.curve_publickey, pull.curve_server = ssec, spub, True
-        push.curve_secretkey, push.curve_publickey, push.curve_serverkey = csec, cpub, spub
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push.connect(f"tcp://127.0.0.1:{port}")
+    pull, push = loopback(ctx, zmq.PULL, zmq.PUSH, curve=mode == "curve")
     push.send(b"warm-up")
     pull.recv()
     block = os.urandom(MIB)

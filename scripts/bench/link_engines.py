@@ -27,7 +27,7 @@ import time
 import psutil
 import zmq
 
-from hamirror.fs.syscalls import keep_message_buffers
+from hamirror.syscalls import keep_message_buffers
 from hamirror.link import keys, session
 from hamirror.link.client import LinkClient
 from hamirror.link.protocol import Op

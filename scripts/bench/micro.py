@@ -24,6 +24,7 @@ import zmq
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import workloads as w  # noqa: E402
+from zmqpair import loopback  # noqa: E402
 
 
 def pct(samples: list[float]) -> dict:
@@ -54,14 +55,7 @@ def pwrite_costs(count: int) -> dict:
 
 def zmq_rtt(count: int, size: int, curve: bool) -> dict:
     ctx = zmq.Context()
-    server, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    if curve:
-        spub, ssec = zmq.curve_keypair()
-        cpub, csec = zmq.curve_keypair()
-        server.curve_secretkey, server.curve_publickey, server.curve_server = ssec, spub, True
-        client.curve_secretkey, client.curve_publickey, client.curve_serverkey = csec, cpub, spub
-    port = server.bind_to_random_port("tcp://127.0.0.1")
-    client.connect(f"tcp://127.0.0.1:{port}")
+    server, client = loopback(ctx, zmq.ROUTER, zmq.DEALER, curve)
     stop = threading.Event()
 
     def echo() -> None:

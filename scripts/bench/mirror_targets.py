@@ -18,27 +18,30 @@ CEILING_METRIC = "seq_write_fsync"
 
 # (label, metric, numerator, denominator, op, bound): a verdict is PASS when ratio op bound holds.
 Target = tuple[str, str, str, str, str, float]
+MODES = (("barrier", "e"), ("sync", "c"))   # the two streaming modes' names and columns
+
+
+def both(label: str, metric: str, den: str, barrier: float, sync: float) -> list[Target]:
+    """One target for barrier (e) then sync (c): ``label`` names the mode ``{mode}``, the bound
+    ``{bound}`` and the columns ``{cols}``, so each text says the bound it is checked against."""
+    return [(label.format(mode=mode, bound=bound, cols=f"{col}/{den}"), metric, col, den, ">=", bound)
+            for (mode, col), bound in zip(MODES, (barrier, sync))]
+
+
 ISSUE10: list[Target] = [
-    ("barrier sequential write + fsync >= 0.70 of interception", "seq_write_fsync", "e", "b", ">=", 0.70),
-    ("barrier 4 KiB files >= 0.50 of interception", "small_files", "e", "b", ">=", 0.50),
+    *both("{mode} sequential write + fsync >= {bound:.2f} of interception", "seq_write_fsync", "b", 0.70, 0.45),
+    *both("{mode} 4 KiB files >= {bound:.2f} of interception", "small_files", "b", 0.50, 0.45),
     ("barrier SQLite (WAL, FULL) >= 0.50 of interception", "sqlite_txn", "e", "b", ">=", 0.50),
     ("barrier pgbench >= 0.60 of interception", "pgbench_tps", "e", "b", ">=", 0.60),
-    ("sync sequential write + fsync >= 0.45 of interception", "seq_write_fsync", "c", "b", ">=", 0.45),
-    ("sync 4 KiB files >= 0.45 of interception", "small_files", "c", "b", ">=", 0.45),
-    ("sync sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "c", "g", ">=", 2.0),
-    ("barrier sequential write + fsync >= 2x GlusterFS", "seq_write_fsync", "e", "g", ">=", 2.0),
-    ("sync 4 KiB files >= 3x GlusterFS", "small_files", "c", "g", ">=", 3.0),
-    ("barrier 4 KiB files >= 3x GlusterFS", "small_files", "e", "g", ">=", 3.0),
+    *both("{mode} sequential write + fsync >= {bound:g}x GlusterFS", "seq_write_fsync", "g", 2.0, 2.0),
+    *both("{mode} 4 KiB files >= {bound:g}x GlusterFS", "small_files", "g", 3.0, 3.0),
     ("interception sequential write >= 0.25 of plain", "seq_write_fsync", "b", "a", ">=", 0.25)]
 ISSUE16: list[Target] = [
-    ("pgbench: barrier >= 1.5x GlusterFS (e/g)", "pgbench_tps", "e", "g", ">=", 1.5),
-    ("pgbench: sync >= 1.3x GlusterFS (c/g)", "pgbench_tps", "c", "g", ">=", 1.3),
-    ("4 KiB files: barrier >= 3x GlusterFS (e/g)", "small_files", "e", "g", ">=", 3.0),
-    ("4 KiB files: sync >= 2.5x GlusterFS (c/g)", "small_files", "c", "g", ">=", 2.5),
-    ("SQLite (WAL, FULL): barrier >= 3x GlusterFS (e/g)", "sqlite_txn", "e", "g", ">=", 3.0),
-    ("SQLite (WAL, FULL): sync >= 2x GlusterFS (c/g)", "sqlite_txn", "c", "g", ">=", 2.0),
-    ("1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling (e/k)", "seq_write_fsync", "e", CEILING, ">=", 0.85),
-    ("1 GiB + fsync: sync >= 0.70 of the two-copy ceiling (c/k)", "seq_write_fsync", "c", CEILING, ">=", 0.70),
+    *both("pgbench: {mode} >= {bound:g}x GlusterFS ({cols})", "pgbench_tps", "g", 1.5, 1.3),
+    *both("4 KiB files: {mode} >= {bound:g}x GlusterFS ({cols})", "small_files", "g", 3.0, 2.5),
+    *both("SQLite (WAL, FULL): {mode} >= {bound:g}x GlusterFS ({cols})", "sqlite_txn", "g", 3.0, 2.0),
+    *both("1 GiB + fsync: {mode} >= {bound:.2f} of the two-copy ceiling ({cols})", "seq_write_fsync", CEILING,
+          0.85, 0.70),
     ("4 KiB write+fsync p50: sync no slower than GlusterFS (c/g)", "fsync4k_p50", "c", "g", "<=", 1.0),
     ("interception >= 0.9 of plain on 1 GiB + fsync (b/a)", "seq_write_fsync", "b", "a", ">=", 0.9),
     ("interception >= 0.5 of plain on 4 KiB files (b/a)", "small_files", "b", "a", ">=", 0.5)]

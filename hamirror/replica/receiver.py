@@ -35,8 +35,9 @@ from hamirror.link.apply import Applier, changed_paths
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, PING_DELEGATE, PING_SYNC, QUERIES,
                                     VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
                                     hello_answer, with_durable)
+from hamirror.mirror import record
 from hamirror.mirror import status as status_file
-from hamirror.resync.answers import UPTODATE_KEY, ResyncAnswers
+from hamirror.resync.answers import ResyncAnswers
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Receiver:
 
     @property
     def uptodate(self) -> bool:
-        return self.journal is not None and self.journal.get_state(UPTODATE_KEY, "0") == "1"
+        return self.journal is not None and record.UPTODATE.get(self.journal)
 
     def write_status(self) -> None:
         """``status.json`` in the state directory, for the agent and ``mirror status``."""
