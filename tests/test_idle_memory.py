@@ -1,5 +1,5 @@
 """What keeps the data path's idle memory down (docs/performance.md, "Idle memory of the data path"):
-no asyncio/ssl in a mount's imports, the plain-thread ZAP handler."""
+no asyncio/ssl in a mount's imports, the plain-thread ZAP handler, the idle heap trim."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import zmq
 from zmq.utils import z85
 
+from hamirror.heaptrim import IdleTrim
 from hamirror.link import zap
 from hamirror.link.monitor import recv_monitor_message
 
@@ -61,3 +62,21 @@ def test_a_monitor_event_reads_as_pyzmq_gave_it() -> None:
             sock.close(0)
     finally:
         context.term()
+
+
+def test_the_heap_is_trimmed_once_per_idle_spell_and_never_while_busy() -> None:
+    clock = [0.0]
+    trims: list[float] = []
+    trimmer = IdleTrim(interval=2.0, idle_cpu=0.02, cpu=lambda: clock[0], trim=lambda: trims.append(clock[0]) or True)
+
+    def interval(cpu_used: float) -> bool:
+        clock[0] += cpu_used
+        return trimmer.look()
+
+    assert interval(1.5) is False          # busy: buffers kept for the next message
+    assert interval(0.01) is True          # the first idle interval: trimmed
+    assert interval(0.0) is False          # still idle: nothing more to give back
+    assert interval(0.02) is False
+    assert interval(0.5) is False          # worked again...
+    assert interval(0.0) is True           # ...and idle again: trimmed again
+    assert trimmer.trims == 2
