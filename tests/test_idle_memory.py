@@ -34,7 +34,8 @@ def test_zap_admits_a_trusted_key_only_and_says_why_it_refuses() -> None:
         [b"1.0", b"id-7", b"200", b"OK", z85.encode(good), b""], None)
     reply, refused = zap.answer(_request(b"CURVE", bad), trusted)
     assert reply == [b"1.0", b"id-7", b"400", b"Unknown key", b"", b""]
-    assert refused == ("10.0.0.9", f"replication link refused a client: Unknown key (public key {z85.encode(bad).decode()})")
+    assert refused == ("10.0.0.9", "replication link refused a client: Unknown key "
+                                   f"(public key {z85.encode(bad).decode()})")
     assert zap.answer(_request(b"NULL"), trusted)[0][2:4] == [b"400", b"Unsupported mechanism"]
     assert zap.answer(_request(b"CURVE", good[:31]), trusted)[0][2] == b"400"      # a short key
     assert zap.answer([b"2.0", b"x"], trusted)[0][:4] == [b"1.0", b"x", b"400", b"Malformed request"]

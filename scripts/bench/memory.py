@@ -230,7 +230,8 @@ def measure(nodes: list[Node]) -> dict:
 
 
 def render(result: dict, args: argparse.Namespace) -> str:
-    lines = [f"idle memory, {'new interpreters' if args.fresh else 'forked by the spawner'}, mode {args.mode}, "
+    how = "new interpreters" if args.fresh else "forked by the spawner"
+    lines = [f"idle memory, {how}, mode {args.mode}, "
              f"after {args.files} x 4 KiB + {args.big_mib} MiB fsynced and {args.idle:g} s idle (MB = 10^6 bytes)",
              f"{'node':6} {'process':9} {'pid':>7} {'RSS':>7} {'PSS':>7} {'USS':>7} {'anon':>7} {'threads':>7} {'idle CPU':>9}"]
     for r in result["processes"]:
