@@ -59,6 +59,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     _check(_libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE))
 
 
+def malloc_trim() -> bool:
+    """Give the heap's free memory back to the kernel (glibc's malloc_trim(0): the free whole pages
+    of every arena and the main heap's free top; a thread arena's free top stays). Whether it
+    released anything; False where the C library has no malloc_trim."""
+    try:
+        return bool(_libc.malloc_trim(0))
+    except AttributeError:
+        return False
+
+
 def keep_message_buffers(mapped_above: int = 4 << 20, kept_free: int = 64 << 20) -> None:
     """For the data-path daemons, which allocate and free a buffer of up to 1 MiB per message (FUSE
     copy, ZeroMQ, CURVE): serve those from the heap and keep up to ``kept_free`` bytes of freed

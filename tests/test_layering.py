@@ -18,7 +18,8 @@ PACKAGE = ROOT / "hamirror"
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("hamirror", "hamirror.versions", "hamirror.audit", "hamirror.durablefile",
-              "hamirror.secretfile", "hamirror.localsock", "hamirror.syscalls", "hamirror.processes")),
+              "hamirror.secretfile", "hamirror.localsock", "hamirror.syscalls", "hamirror.processes",
+              "hamirror.heaptrim")),
     ("link", ("hamirror.link",)),
     ("mirror", ("hamirror.mirror",)),
     ("journal", ("hamirror.journal",)),

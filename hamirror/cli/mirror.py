@@ -15,6 +15,7 @@ import threading
 from hamirror.cli import spawner
 from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
+from hamirror.heaptrim import IdleTrim
 from hamirror.mirror import status as status_file
 from hamirror.syscalls import keep_message_buffers
 
@@ -104,6 +105,7 @@ def run_receive(args: argparse.Namespace) -> int:
     except Exception as exc:  # zmq errors: address in use, bad endpoint
         raise CommandError(f"cannot listen on {args.bind}: {exc}") from exc
     keep_message_buffers()
+    IdleTrim().start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: receiver.stop())
     print(f"receiving into {args.dir} on {receiver.endpoint}", flush=True)
@@ -133,6 +135,7 @@ def run_mount(args: argparse.Namespace) -> int:
         def ready(err: str | None) -> None:
             print(f"hamirror: {err}" if err else f"mounted {args.dir}", file=sys.stderr if err else sys.stdout,
                   flush=True)
+        IdleTrim().start()
         return fsmount.serve(options, ready)
     return _mount_detached(options)
 
@@ -159,6 +162,7 @@ def _mount_detached(options: fsmount.MountOptions) -> int:
                 os.write(write_end, (err or "OK").encode())
                 os.close(write_end)
 
+        IdleTrim().start()                 # a thread: only in the child
         code = fsmount.serve(options, ready)
         ready(f"mount exited with status {code}")
         os._exit(code)

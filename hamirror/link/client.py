@@ -20,9 +20,9 @@ import time
 from typing import Callable, Iterable
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from hamirror.link import fencing, keys, session
+from hamirror.link.monitor import recv_monitor_message
 from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode,
                                     parse_hello_answer)
 

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
-from hamirror import audit
+from hamirror.link.zap import ZapHandler
 
 
 class KeyError_(Exception):
@@ -114,44 +112,20 @@ def secure_client(sock: zmq.Socket, own: KeyPair, server_public: bytes) -> None:
     sock.curve_serverkey = server_public
 
 
-class AuditedAuthenticator(ThreadAuthenticator):
-    """pyzmq's ZAP authenticator, plus an audit line for each refused client (address, key).
-
-    pyzmq logs denials at debug only, and the link only sees a handshake that never completes.
-    Both hooks run in the authenticator's one thread, so remembering the request is safe.
-    """
-
-    _request: tuple[str, str] = ("unknown", "")
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
-        mechanism = msg[5] if len(msg) > 5 else b""
-        key = z85.encode(msg[6]).decode() if mechanism == b"CURVE" and len(msg) > 6 and len(msg[6]) == 32 else ""
-        self._request = (address or "unknown", key)
-        await super().handle_zap_message(msg)
-
-    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
-                        user_id: str = "anonymous") -> None:
-        if status_code != b"200":
-            address, key = self._request
-            audit.refused("curve", address, f"replication link refused a client: "
-                          f"{status_text.decode('utf-8', 'replace')}" + (f" (public key {key})" if key else ""))
-        super()._send_zap_reply(request_id, status_code, status_text, user_id)
-
-
 _auth_lock = threading.Lock()
-_authenticators: dict[int, ThreadAuthenticator] = {}
+_authenticators: dict[int, ZapHandler] = {}
 
 
-def start_authenticator(context: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
-    """One ZAP authenticator per context: only clients whose public key is in keys_dir get in."""
+def start_authenticator(context: zmq.Context, keys_dir: str) -> ZapHandler:
+    """One ZAP handler per context (link/zap.py): only clients whose public key is in keys_dir get
+    in, each refusal audited. Called again, it trusts keys_dir's keys as they are now."""
+    trusted = frozenset(trusted_public_keys(keys_dir).values())
     with _auth_lock:
         auth = _authenticators.get(id(context))
         if auth is None:
-            auth = AuditedAuthenticator(context)
-            auth.start()
+            auth = ZapHandler(context, trusted)
             _authenticators[id(context)] = auth
-        auth.configure_curve(domain="*", location=keys_dir)
+        auth.trusted = trusted
         return auth
 
 

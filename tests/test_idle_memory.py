@@ -1,0 +1,83 @@
+"""What keeps the data path's idle memory down (docs/performance.md, "Idle memory of the data path"):
+no asyncio/ssl in a mount's imports, the plain-thread ZAP handler, the idle heap trim."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import zmq
+from zmq.utils import z85
+
+from hamirror.heaptrim import IdleTrim
+from hamirror.link import zap
+from hamirror.link.monitor import recv_monitor_message
+
+
+def test_the_mount_and_the_link_import_no_asyncio() -> None:
+    """pyzmq's monitor helper and ThreadAuthenticator pulled in asyncio and ssl (~8 MB resident in
+    every daemon and in the spawner they fork from) for a struct.unpack and a set lookup."""
+    code = ("import sys, hamirror.cli.main, hamirror.cli.mirror, hamirror.fs.mount, hamirror.link.keys; "
+            "print(sorted(m for m in ('asyncio', 'ssl', 'zmq.asyncio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _request(mechanism: bytes, *credentials: bytes) -> list[bytes]:
+    return [b"1.0", b"id-7", b"*", b"10.0.0.9", b"", mechanism, *credentials]
+
+
+def test_zap_admits_a_trusted_key_only_and_says_why_it_refuses() -> None:
+    good, bad = b"\x01" * 32, b"\x02" * 32
+    trusted = frozenset({z85.encode(good)})
+    assert zap.answer(_request(b"CURVE", good), trusted) == (
+        [b"1.0", b"id-7", b"200", b"OK", z85.encode(good), b""], None)
+    reply, refused = zap.answer(_request(b"CURVE", bad), trusted)
+    assert reply == [b"1.0", b"id-7", b"400", b"Unknown key", b"", b""]
+    assert refused == ("10.0.0.9", "replication link refused a client: Unknown key "
+                                   f"(public key {z85.encode(bad).decode()})")
+    assert zap.answer(_request(b"NULL"), trusted)[0][2:4] == [b"400", b"Unsupported mechanism"]
+    assert zap.answer(_request(b"CURVE", good[:31]), trusted)[0][2] == b"400"      # a short key
+    assert zap.answer([b"2.0", b"x"], trusted)[0][:4] == [b"1.0", b"x", b"400", b"Malformed request"]
+    assert zap.answer([], trusted)[0][2] == b"400"
+
+
+def test_a_monitor_event_reads_as_pyzmq_gave_it() -> None:
+    context = zmq.Context()
+    try:
+        server = context.socket(zmq.ROUTER)
+        monitor = server.get_monitor_socket(zmq.EVENT_ACCEPTED)
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client = context.socket(zmq.DEALER)
+        client.connect(f"tcp://127.0.0.1:{port}")
+        assert monitor.poll(10000)
+        event = recv_monitor_message(monitor)
+        assert event["event"] == zmq.EVENT_ACCEPTED and event["endpoint"] == f"tcp://127.0.0.1:{port}".encode()
+        try:
+            recv_monitor_message(monitor, zmq.NOBLOCK)
+            raise AssertionError("an event without a connection")
+        except zmq.Again:
+            pass
+        server.disable_monitor()
+        for sock in (monitor, client, server):
+            sock.close(0)
+    finally:
+        context.term()
+
+
+def test_the_heap_is_trimmed_once_per_idle_spell_and_never_while_busy() -> None:
+    clock = [0.0]
+    trims: list[float] = []
+    trimmer = IdleTrim(interval=2.0, idle_cpu=0.02, cpu=lambda: clock[0], trim=lambda: trims.append(clock[0]) or True)
+
+    def interval(cpu_used: float) -> bool:
+        clock[0] += cpu_used
+        return trimmer.look()
+
+    assert interval(1.5) is False          # busy: buffers kept for the next message
+    assert interval(0.01) is True          # the first idle interval: trimmed
+    assert interval(0.0) is False          # still idle: nothing more to give back
+    assert interval(0.02) is False
+    assert interval(0.5) is False          # worked again...
+    assert interval(0.0) is True           # ...and idle again: trimmed again
+    assert trimmer.trims == 2
