@@ -14,10 +14,11 @@ from hamirror.link import zap
 from hamirror.link.monitor import recv_monitor_message
 
 
-def test_the_mount_and_the_link_import_no_asyncio() -> None:
+def test_the_daemons_and_the_link_import_no_asyncio() -> None:
     """pyzmq's monitor helper and ThreadAuthenticator pulled in asyncio and ssl (~8 MB resident in
     every daemon and in the spawner they fork from) for a struct.unpack and a set lookup."""
-    code = ("import sys, hamirror.cli.main, hamirror.cli.mirror, hamirror.fs.mount, hamirror.link.keys; "
+    code = ("import sys, hamirror.cli.main, hamirror.cli.mirror, hamirror.fs.mount, hamirror.link.keys, "
+            "hamirror.replica.receiver; "
             "print(sorted(m for m in ('asyncio', 'ssl', 'zmq.asyncio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from hamirror import audit, versions
 from hamirror.journal import unsynced
@@ -32,6 +31,7 @@ from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing, keys, session
 from hamirror.link.apply import Applier, changed_paths
+from hamirror.link.monitor import recv_monitor_message
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, PING_DELEGATE, PING_SYNC, QUERIES,
                                     VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
                                     hello_answer, with_durable)
