@@ -237,6 +237,40 @@ void hm_py_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fi
     reply_status(req, err);
 }
 
+/* The times of a setattr as utimensat wants them: UTIME_OMIT for what is not set. */
+static void setattr_times(const struct stat *attr, int to_set, struct timespec tv[2])
+{
+    tv[0].tv_sec = tv[1].tv_sec = 0;
+    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+        tv[0].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_ATIME)
+        tv[0] = attr->st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+        tv[1].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_MTIME)
+        tv[1] = attr->st_mtim;
+}
+
+/* A file unlinked while open has no name on either side: its handle is changed here, nothing is
+ * sent (as Interception.write does for path None). The kernel's writeback sends it its mtime. */
+static int setattr_unlinked(int fd, const struct stat *attr, int to_set)
+{
+    struct timespec tv[2];
+    setattr_times(attr, to_set, tv);
+    if ((to_set & FUSE_SET_ATTR_MODE) && fchmod(fd, attr->st_mode & 07777) != 0)
+        return errno;
+    if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) &&
+        fchown(fd, (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1,
+               (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1) != 0)
+        return errno;
+    if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(fd, attr->st_size) != 0)
+        return errno;
+    if ((to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) && futimens(fd, tv) != 0)
+        return errno;
+    return 0;
+}
+
 /* As libfuse's high-level fuse_lib_setattr: chmod, chown, truncate (with the handle when given),
  * utimens with UTIME_NOW / UTIME_OMIT for what is not set; then the attributes. */
 void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
@@ -245,42 +279,33 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
     char buf[HM_PATH];
     const char *path;
     int err = path_or_none(req, ino, buf, &path);
-    int by_path = to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
-                            FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME);
-    if (err == 0 && path == NULL && (by_path || fi == NULL))
-        err = ESTALE;   /* as mount.py's utimens_fuse_3: the file was unlinked */
-    if (err != 0) {
-        fuse_reply_err(req, err);
-        return;
+    if (err == 0 && path == NULL)
+        err = fi != NULL ? setattr_unlinked((int)fi->fh, attr, to_set) : ESTALE;
+    else if (err == 0) {
+        hm_current_req = req;
+        gil_enter();
+        if (to_set & FUSE_SET_ATTR_MODE)
+            err = call_held(e, "chmod", NULL, "(O&I)", py_path, path, (unsigned)attr->st_mode);
+        if (!err && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
+            err = call_held(e, "chown", NULL, "(O&ii)", py_path, path,
+                            (to_set & FUSE_SET_ATTR_UID) ? (int)attr->st_uid : -1,
+                            (to_set & FUSE_SET_ATTR_GID) ? (int)attr->st_gid : -1);
+        if (!err && (to_set & FUSE_SET_ATTR_SIZE)) {
+            if (fi != NULL)
+                err = call_held(e, "truncate", NULL, "(O&LK)", py_path, path, (long long)attr->st_size, fi->fh);
+            else
+                err = call_held(e, "truncate", NULL, "(O&L)", py_path, path, (long long)attr->st_size);
+        }
+        if (!err && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+            struct timespec tv[2];
+            setattr_times(attr, to_set, tv);
+            err = call_held(e, "utimens", NULL, "(O&((LL)(LL)))", py_path, path,
+                            (long long)tv[0].tv_sec, (long long)tv[0].tv_nsec,
+                            (long long)tv[1].tv_sec, (long long)tv[1].tv_nsec);
+        }
+        gil_leave();
+        hm_current_req = NULL;
     }
-    hm_current_req = req;
-    gil_enter();
-    if (to_set & FUSE_SET_ATTR_MODE)
-        err = call_held(e, "chmod", NULL, "(O&I)", py_path, path, (unsigned)attr->st_mode);
-    if (!err && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
-        err = call_held(e, "chown", NULL, "(O&ii)", py_path, path,
-                        (to_set & FUSE_SET_ATTR_UID) ? (int)attr->st_uid : -1,
-                        (to_set & FUSE_SET_ATTR_GID) ? (int)attr->st_gid : -1);
-    if (!err && (to_set & FUSE_SET_ATTR_SIZE)) {
-        if (fi != NULL)
-            err = call_held(e, "truncate", NULL, "(O&LK)", py_path, path, (long long)attr->st_size, fi->fh);
-        else
-            err = call_held(e, "truncate", NULL, "(O&L)", py_path, path, (long long)attr->st_size);
-    }
-    if (!err && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
-        long long as = 0, an = UTIME_OMIT, ms = 0, mn = UTIME_OMIT;
-        if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-            an = UTIME_NOW;
-        else if (to_set & FUSE_SET_ATTR_ATIME)
-            as = attr->st_atim.tv_sec, an = attr->st_atim.tv_nsec;
-        if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-            mn = UTIME_NOW;
-        else if (to_set & FUSE_SET_ATTR_MTIME)
-            ms = attr->st_mtim.tv_sec, mn = attr->st_mtim.tv_nsec;
-        err = call_held(e, "utimens", NULL, "(O&((LL)(LL)))", py_path, path, as, an, ms, mn);
-    }
-    gil_leave();
-    hm_current_req = NULL;
     if (err != 0) {
         fuse_reply_err(req, err);
         return;
