@@ -260,7 +260,8 @@ static void reply_xattr(fuse_req_t req, size_t size, char *buf, ssize_t n)
         fuse_reply_buf(req, buf, (size_t)n);
 }
 
-static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+/* getxattr (name given) or listxattr (name NULL), as Interception's: the last symlink not followed. */
+static void xattr_request(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
     char proc[HM_PATH + 64];
     int r = proc_path(req, ino, proc, sizeof(proc));
@@ -273,25 +274,18 @@ static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
         fuse_reply_err(req, ENOMEM);
         return;
     }
-    reply_xattr(req, size, buf, lgetxattr(proc, name, buf, size));
+    reply_xattr(req, size, buf, name != NULL ? lgetxattr(proc, name, buf, size) : llistxattr(proc, buf, size));
     free(buf);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    xattr_request(req, ino, name, size);
 }
 
 static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-    char proc[HM_PATH + 64];
-    int r = proc_path(req, ino, proc, sizeof(proc));
-    if (r != 0) {
-        fuse_reply_err(req, -r);
-        return;
-    }
-    char *buf = size ? malloc(size) : NULL;
-    if (size && buf == NULL) {
-        fuse_reply_err(req, ENOMEM);
-        return;
-    }
-    reply_xattr(req, size, buf, llistxattr(proc, buf, size));
-    free(buf);
+    xattr_request(req, ino, NULL, size);
 }
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn)

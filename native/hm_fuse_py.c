@@ -123,6 +123,14 @@ static int path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **
     return r == -ENOENT ? 0 : -r;
 }
 
+/* Path of ``ino``, which must still have a name (ENOENT otherwise). */
+static int named_path(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
+{
+    int r = hm_table_path(&hm_engine_of(req)->table, ino, buf, HM_PATH);
+    *path = buf;
+    return -r;
+}
+
 static int child_path(fuse_req_t req, fuse_ino_t parent, const char *name, char *buf)
 {
     return -hm_table_child_path(&hm_engine_of(req)->table, parent, name, buf, HM_PATH);
@@ -138,9 +146,7 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     char buf[HM_PATH];
     const char *path;
     long long fh;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0 && path == NULL)
-        err = ENOENT;   /* no name left to open it by */
+    int err = named_path(req, ino, buf, &path);   /* no name left to open it by: ENOENT */
     if (err == 0)
         err = call(req, "open", &fh, "(O&i)", py_path, path, fi->flags);
     if (err != 0) {
@@ -229,9 +235,7 @@ void hm_py_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fi
     (void)fi;   /* our directory handle is not a descriptor: Interception opens its own */
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0 && path == NULL)
-        err = ENOENT;
+    int err = named_path(req, ino, buf, &path);
     if (err == 0)
         err = call(req, "fsyncdir", NULL, "(O&ii)", py_path, path, datasync, 0);
     reply_status(req, err);
@@ -364,9 +368,7 @@ void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char
 {
     char old[HM_PATH], path[HM_PATH];
     const char *oldpath;
-    int err = path_or_none(req, ino, old, &oldpath);
-    if (err == 0 && oldpath == NULL)
-        err = ENOENT;
+    int err = named_path(req, ino, old, &oldpath);
     if (err == 0)
         err = child_path(req, newparent, newname, path);
     if (err == 0)
@@ -424,9 +426,7 @@ void hm_py_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char
 {
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0 && path == NULL)
-        err = ENOENT;
+    int err = named_path(req, ino, buf, &path);
     if (err == 0)
         err = call(req, "setxattr", NULL, "(O&O&y#i)", py_path, path, py_path, name, value, (Py_ssize_t)size, flags);
     reply_status(req, err);
@@ -436,9 +436,7 @@ void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0 && path == NULL)
-        err = ENOENT;
+    int err = named_path(req, ino, buf, &path);
     if (err == 0)
         err = call(req, "removexattr", NULL, "(O&O&)", py_path, path, py_path, name);
     reply_status(req, err);
