@@ -27,7 +27,8 @@ from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
 from tests.test_native_apply import REPO, _asan_runtime
 
-pytestmark = [needs_root, pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")]
+pytestmark = needs_root
+built = pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
 
 
 class Faulty(Interception):
@@ -37,6 +38,24 @@ class Faulty(Interception):
         if os.path.basename(path).startswith("boom"):
             raise ZeroDivisionError("a bug in an operation")
         return super().mkdir(path, mode)
+
+
+def test_the_engine_falls_back_to_mfusepy_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setenv(lowlevel.ENV, "native")
+    monkeypatch.setitem(sys.modules, "hamirror.fs._lowlevel", None)   # what an unbuilt extension gives
+    lowlevel.module.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="hamirror.fs.lowlevel"):
+            assert lowlevel.chosen() == "python" and lowlevel.chosen() == "python"
+    finally:
+        lowlevel.module.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("native FUSE engine not available (")
+    assert warnings[0].endswith("): the mount runs on mfusepy")
+    monkeypatch.setenv(lowlevel.ENV, "fast")
+    assert lowlevel.chosen() == "python"
+    monkeypatch.delenv(lowlevel.ENV)
+    assert lowlevel.chosen() == lowlevel.DEFAULT
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +93,7 @@ def nodes() -> int:
     return lowlevel.module().nodes()
 
 
+@built
 def test_every_name_of_a_file_is_one_inode(local):
     mnt, lower = local
     os.makedirs(f"{mnt}/one/sub")
@@ -96,6 +116,7 @@ def test_every_name_of_a_file_is_one_inode(local):
     assert open(f"{lower}/one/sub/b", "rb").read() == b"first and more"
 
 
+@built
 def test_lookup_counts_follow_the_kernel(local):
     mnt, lower = local
     os.mkdir(f"{lower}/many")   # made beneath the mount: the kernel has never seen them
@@ -116,6 +137,7 @@ def test_lookup_counts_follow_the_kernel(local):
     assert not os.path.exists(f"{lower}/many")
 
 
+@built
 def test_a_file_unlinked_while_open_keeps_serving_its_handle(local):
     mnt, lower = local
     fd = os.open(f"{mnt}/gone", os.O_RDWR | os.O_CREAT, 0o644)
@@ -132,6 +154,7 @@ def test_a_file_unlinked_while_open_keeps_serving_its_handle(local):
     assert not os.path.exists(f"{mnt}/gone")
 
 
+@built
 def test_the_conflict_folder_is_hidden(local):
     mnt, lower = local
     name = os.fsdecode(CONFLICT_DIR)
@@ -146,6 +169,7 @@ def test_the_conflict_folder_is_hidden(local):
     assert os.listdir(f"{mnt}/nested") == [name]
 
 
+@built
 def test_a_bug_in_an_operation_is_eio_and_the_loop_goes_on(local, caplog):
     mnt, _ = local
     with caplog.at_level("ERROR", logger="hamirror.fs.lowlevel"):
@@ -157,6 +181,7 @@ def test_a_bug_in_an_operation_is_eio_and_the_loop_goes_on(local, caplog):
     assert os.path.isdir(f"{mnt}/fine")
 
 
+@built
 def test_paths_follow_renames_and_unlinks(local):
     mnt, lower = local
     os.makedirs(f"{mnt}/r/d")
@@ -204,6 +229,7 @@ def settled_diff(pair: MirrorPair) -> list[str]:
         time.sleep(0.1)
 
 
+@built
 def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair):
     m, s = barrier_pair.primary, barrier_pair.secondary
     assert "FUSE engine: native" in open(barrier_pair.log("mount")).read()
@@ -227,6 +253,7 @@ def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair)
     assert settled_diff(barrier_pair) == []
 
 
+@built
 def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
     """The extension built with -fsanitize=address, loaded into a Python process (libasan
     preloaded) that mounts it and sends every kind of request (tests/lowlevel_workload.py)."""
