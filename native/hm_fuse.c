@@ -288,6 +288,51 @@ static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
     xattr_request(req, ino, NULL, size);
 }
 
+/* Depth-first below the open directory ``fd`` (taken) whose path is buf[0..len): a name of the
+ * file (dev, ino), appended to buf. Directories of other filesystems and the conflict folder are
+ * not entered. */
+static int search(int fd, dev_t dev, ino_t ino, char *buf, size_t len, int depth)
+{
+    DIR *dp = fdopendir(fd);
+    if (dp == NULL) {
+        close(fd);
+        return -ENOENT;
+    }
+    int r = -ENOENT;
+    struct dirent *d;
+    while (r != 0 && (d = readdir(dp)) != NULL) {
+        const char *name = d->d_name;
+        size_t nlen = strlen(name);
+        struct stat st;
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || (depth == 0 && strcmp(name, HM_CONFLICT_DIR) == 0))
+            continue;
+        if (d->d_type != DT_DIR && d->d_type != DT_UNKNOWN && d->d_ino != ino)
+            continue;
+        if (len + 1 + nlen + 1 > HM_PATH || fstatat(dirfd(dp), name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        buf[len] = '/';
+        memcpy(buf + len + 1, name, nlen + 1);
+        if (st.st_dev == dev && st.st_ino == ino)
+            r = 0;
+        else if (S_ISDIR(st.st_mode) && st.st_dev == dev && depth < 256) {
+            int sub = openat(dirfd(dp), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                r = search(sub, dev, ino, buf, len + 1 + nlen, depth + 1);
+        }
+    }
+    closedir(dp);
+    if (r != 0)
+        buf[len] = '\0';
+    return r;
+}
+
+int hm_find_name(struct hm_engine *e, dev_t dev, ino_t ino, char *buf)
+{
+    buf[0] = '\0';
+    int fd = openat(e->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return fd < 0 ? -errno : search(fd, dev, ino, buf, 0, 0);
+}
+
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct hm_engine *e = userdata;

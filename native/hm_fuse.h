@@ -52,6 +52,10 @@ static inline const char *hm_rel(const char *path)
  * reply (or undo the reference when the kernel did not take the reply). */
 void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const char *path);
 
+/* A name of the file (dev, ino) anywhere below the root, "/a/b" into buf (HM_PATH bytes): 0 or
+ * -ENOENT. A whole-tree walk, for the rare file whose every known name went while it has others. */
+int hm_find_name(struct hm_engine *e, dev_t dev, ino_t ino, char *buf);
+
 /* hm_fuse_py.c */
 void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);

@@ -115,20 +115,44 @@ static int call(fuse_req_t req, const char *method, long long *out, const char *
     return err;
 }
 
-/* Path of ``ino`` or NULL (unlinked while open: Python gets None); an errno for other failures. */
+/* Path of ``ino`` or NULL (unlinked while open: Python gets None); an errno for other failures.
+ * A file whose known names are gone while it has other links is reached by the name a search
+ * found (its hint), checked before use and searched again when it moved. */
 static int path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
 {
-    int r = hm_table_path(&hm_engine_of(req)->table, ino, buf, HM_PATH);
+    struct hm_engine *e = hm_engine_of(req);
+    int r = hm_table_path(&e->table, ino, buf, HM_PATH);
     *path = r == 0 ? buf : NULL;
+    dev_t dev;
+    ino_t ino_nr;
+    struct stat st;
+    if (r == -ENOENT && hm_table_hint(&e->table, ino, buf, HM_PATH, &dev, &ino_nr) == 0) {
+        if (fstatat(e->root_fd, hm_rel(buf), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev && st.st_ino == ino_nr)
+            *path = buf;
+        else {
+            int found = hm_find_name(e, dev, ino_nr, buf) == 0;
+            hm_table_set_hint(&e->table, dev, ino_nr, found ? buf : NULL);
+            *path = found ? buf : NULL;
+        }
+    }
     return r == -ENOENT ? 0 : -r;
 }
 
 /* Path of ``ino``, which must still have a name (ENOENT otherwise). */
 static int named_path(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
 {
-    int r = hm_table_path(&hm_engine_of(req)->table, ino, buf, HM_PATH);
-    *path = buf;
-    return -r;
+    int err = path_or_none(req, ino, buf, path);
+    return err == 0 && *path == NULL ? ENOENT : err;
+}
+
+/* ``st`` (stat before the call) lost a name: if that was its last known one while it has other
+ * links, find one of them, so that its changes are still sent under a name the peer has. */
+static void keep_a_name(struct hm_engine *e, const struct stat *st)
+{
+    char buf[HM_PATH];
+    if (!S_ISDIR(st->st_mode) && st->st_nlink > 1 && hm_table_nameless(&e->table, st->st_dev, st->st_ino) &&
+        hm_find_name(e, st->st_dev, st->st_ino, buf) == 0)
+        hm_table_set_hint(&e->table, st->st_dev, st->st_ino, buf);
 }
 
 static int child_path(fuse_req_t req, fuse_ino_t parent, const char *name, char *buf)
@@ -388,8 +412,10 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, co
     int known = err == 0 && fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) == 0;
     if (err == 0)
         err = call(req, method, NULL, "(O&)", py_path, path);
-    if (err == 0 && known)
+    if (err == 0 && known) {
         hm_table_unlinked(&e->table, parent, name, st.st_dev, st.st_ino);
+        keep_a_name(e, &st);
+    }
     reply_status(req, err);
 }
 
@@ -416,9 +442,12 @@ void hm_py_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_
     int have_dst = err == 0 && fstatat(e->root_fd, hm_rel(new), &dst, AT_SYMLINK_NOFOLLOW) == 0;
     if (err == 0)
         err = call(req, "rename", NULL, "(O&O&I)", py_path, old, py_path, new, flags);
-    if (err == 0 && have_src)
+    if (err == 0 && have_src) {
         hm_table_renamed(&e->table, parent, name, newparent, newname, &src, &dst, have_dst,
                          (flags & RENAME_EXCHANGE) != 0);
+        if (have_dst && !(flags & RENAME_EXCHANGE))
+            keep_a_name(e, &dst);
+    }
     reply_status(req, err);
 }
 

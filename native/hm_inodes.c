@@ -98,6 +98,7 @@ static void release_if_unused(struct hm_table *t, struct hm_inode *inode)
     unhash(t, inode);
     t->count--;
     struct hm_name *n = inode->names;
+    free(inode->hint);
     free(inode);
     while (n != NULL) {
         struct hm_name *after = n->next;
@@ -140,6 +141,8 @@ static int add_name(struct hm_inode *inode, struct hm_inode *parent, const char 
     parent->refs++;
     n->next = inode->names;
     inode->names = n;
+    free(inode->hint);   /* a known name again: no need for the one found by a search */
+    inode->hint = NULL;
     return 0;
 }
 
@@ -299,6 +302,41 @@ out:
     pthread_mutex_unlock(&t->lock);
 }
 
+void hm_table_set_hint(struct hm_table *t, dev_t dev, ino_t ino, const char *path)
+{
+    pthread_mutex_lock(&t->lock);
+    struct hm_inode *i = find(t, dev, ino);
+    if (i != NULL && i != &t->root) {
+        free(i->hint);
+        i->hint = path != NULL ? strdup(path) : NULL;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+int hm_table_hint(struct hm_table *t, uint64_t nodeid, char *buf, size_t size, dev_t *dev, ino_t *ino)
+{
+    int r = -ENOENT;
+    pthread_mutex_lock(&t->lock);
+    struct hm_inode *i = node_of(t, nodeid);
+    if (i->names == NULL && i->hint != NULL && strlen(i->hint) < size) {
+        strcpy(buf, i->hint);
+        *dev = i->dev;
+        *ino = i->ino;
+        r = 0;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int hm_table_nameless(struct hm_table *t, dev_t dev, ino_t ino)
+{
+    pthread_mutex_lock(&t->lock);
+    struct hm_inode *i = find(t, dev, ino);
+    int r = i != NULL && i != &t->root && i->names == NULL;
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
 size_t hm_table_count(struct hm_table *t)
 {
     pthread_mutex_lock(&t->lock);
@@ -319,6 +357,7 @@ void hm_table_destroy(struct hm_table *t)
                 free(n);
                 n = after;
             }
+            free(i->hint);
             free(i);
             i = next;
         }

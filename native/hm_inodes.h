@@ -34,6 +34,7 @@ struct hm_inode {
     uint64_t nlookup;         /* the kernel's references (lookup, create, mknod, link...) */
     uint64_t refs;            /* names of other nodes whose parent is this one */
     struct hm_name *names;    /* newest first: the path uses the first */
+    char *hint;               /* no known name left but other links: one found by a search ("/a/b") */
 };
 
 struct hm_table {
@@ -71,6 +72,15 @@ void hm_table_unlinked(struct hm_table *t, uint64_t parent, const char *name, de
  * before (have_dst 0 when nothing); exchange: the two swapped names. */
 void hm_table_renamed(struct hm_table *t, uint64_t op, const char *oname, uint64_t np, const char *nname,
                       const struct stat *src, const struct stat *dst, int have_dst, int exchange);
+
+/* Remember ``path`` ("/a/b", or NULL to forget) as where the file (dev, ino) is still linked. */
+void hm_table_set_hint(struct hm_table *t, dev_t dev, ino_t ino, const char *path);
+
+/* For a node with no known name: its hint into buf and its (dev, ino); -ENOENT without one. */
+int hm_table_hint(struct hm_table *t, uint64_t nodeid, char *buf, size_t size, dev_t *dev, ino_t *ino);
+
+/* Whether the node of (dev, ino) has no known name left (an unknown name may still exist). */
+int hm_table_nameless(struct hm_table *t, dev_t dev, ino_t ino);
 
 /* Number of nodes held (the root excepted), for tests: lookup counts must not leak. */
 size_t hm_table_count(struct hm_table *t);
