@@ -270,8 +270,8 @@ void hm_table_renamed(struct hm_table *t, uint64_t op, const char *oname, uint64
     struct hm_inode *o = node_of(t, op), *n = node_of(t, np);
     struct hm_inode *s = find(t, src->st_dev, src->st_ino);
     struct hm_inode *d = have_dst ? find(t, dst->st_dev, dst->st_ino) : NULL;
-    if (s != NULL && s == d && !exchange)
-        goto out;   /* two names of one file: rename(2) does nothing */
+    if (s != NULL && s == d)
+        goto out;   /* two names of one file: rename(2) does nothing, an exchange leaves both */
     if (s != NULL && d != NULL && s != d)
         d->refs++;   /* keep both while their names move */
     if (exchange) {

@@ -40,10 +40,18 @@ class Faulty(Interception):
         return super().mkdir(path, mode)
 
 
-def test_the_engine_falls_back_to_mfusepy_with_one_warning(monkeypatch, caplog):
+def test_the_engine_choice_and_its_fallback_to_mfusepy_with_one_warning(monkeypatch, caplog):
+    default = "python" if lowlevel.module() is None else lowlevel.DEFAULT
+    monkeypatch.delenv(lowlevel.ENV, raising=False)
+    assert lowlevel.chosen() == default
+    monkeypatch.setenv(lowlevel.ENV, "fast")
+    assert lowlevel.chosen() == default
+    monkeypatch.setenv(lowlevel.ENV, "python")
+    assert lowlevel.chosen() == "python"
     monkeypatch.setenv(lowlevel.ENV, "native")
     monkeypatch.setitem(sys.modules, "hamirror.fs._lowlevel", None)   # what an unbuilt extension gives
     lowlevel.module.cache_clear()
+    caplog.clear()
     try:
         with caplog.at_level("WARNING", logger="hamirror.fs.lowlevel"):
             assert lowlevel.chosen() == "python" and lowlevel.chosen() == "python"
@@ -52,10 +60,6 @@ def test_the_engine_falls_back_to_mfusepy_with_one_warning(monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and warnings[0].startswith("native FUSE engine not available (")
     assert warnings[0].endswith("): the mount runs on mfusepy")
-    monkeypatch.setenv(lowlevel.ENV, "fast")
-    assert lowlevel.chosen() == "python"
-    monkeypatch.delenv(lowlevel.ENV)
-    assert lowlevel.chosen() == lowlevel.DEFAULT
 
 
 @pytest.fixture(scope="module")
@@ -207,17 +211,11 @@ def test_paths_follow_renames_and_unlinks(local):
 @pytest.fixture(scope="module")
 def barrier_pair(tmp_path_factory):
     """A replicated barrier-mode mount on the native engine."""
-    saved = os.environ.get(lowlevel.ENV)
-    os.environ[lowlevel.ENV] = "native"
-    pair = MirrorPair(str(tmp_path_factory.mktemp("llbarrier")), mode="barrier")
+    pair = MirrorPair(str(tmp_path_factory.mktemp("llbarrier")), mode="barrier", engine="native")
     try:
         yield pair.start()
     finally:
         pair.stop()
-        if saved is None:
-            del os.environ[lowlevel.ENV]
-        else:
-            os.environ[lowlevel.ENV] = saved
 
 
 def settled_diff(pair: MirrorPair) -> list[str]:

@@ -105,7 +105,7 @@ def test_async_close_of_a_changed_file_waits_for_the_peer(mirror_factory):
             assert f.read() == data, f"file {i}: close() returned before the secondary had it"
 
 
-def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(mirror_factory, monkeypatch):
+def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(mirror_factory):
     """On mfusepy. With the writeback cache the kernel keeps one size per name (libfuse's
     high-level API gives each name its own inode) and never takes the daemon's: a write through one
     name left another name's size stale, and an append through it overwrote data ("01234XY789"
@@ -113,8 +113,7 @@ def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(
     log; reading such a file stays allowed."""
     from hamirror.fs.operations import SEVERAL_NAMES
 
-    monkeypatch.setenv(lowlevel.ENV, "python")
-    pair = mirror_factory("links", mode="barrier")
+    pair = mirror_factory("links", mode="barrier", engine="python")
     with open(f"{pair.primary}/old", "wb") as f:   # two names made before the mount
         f.write(b"alpha")
     os.link(f"{pair.primary}/old", f"{pair.primary}/old2")
@@ -143,11 +142,10 @@ def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(
 
 
 @pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
-def test_barrier_mode_writes_files_with_several_names_on_the_native_engine(mirror_factory, monkeypatch):
+def test_barrier_mode_writes_files_with_several_names_on_the_native_engine(mirror_factory):
     """The native engine gives every name of a file one kernel inode: the same sequence as above
     is written, and each name shows every change at once, on both sides."""
-    monkeypatch.setenv(lowlevel.ENV, "native")
-    pair = mirror_factory("links-native", mode="barrier")
+    pair = mirror_factory("links-native", mode="barrier", engine="native")
     for side in (pair.primary, pair.secondary):   # two names made before the mount, on both sides
         with open(f"{side}/old", "wb") as f:
             f.write(b"alpha")

@@ -1,10 +1,11 @@
-"""Choosing and running the FUSE engine: mfusepy (libfuse's high-level API) or the native loop.
+"""Choosing and running the FUSE engine: the native loop or mfusepy (libfuse's high-level API).
 
-``HAMIRROR_FUSE_ENGINE=native`` runs the mount on ``hamirror.fs._lowlevel`` (native/hm_fuse*.c,
+``native`` (the default) runs the mount on ``hamirror.fs._lowlevel`` (native/hm_fuse*.c,
 docs/native.md): a request loop on libfuse's low-level API with one kernel inode per file,
-serving reads in C and handing every change to the same ``Interception`` methods. ``python``
-(the default) runs them through mfusepy. Where the extension was not built, ``native`` falls
-back to ``python`` with one warning, as the receiver's apply core does (hamirror/link/native.py).
+serving reads in C and handing every change to the same ``Interception`` methods.
+``HAMIRROR_FUSE_ENGINE=python`` runs them through mfusepy. Where the extension was not built,
+``native`` falls back to ``python`` with one warning, as the receiver's apply core does
+(hamirror/link/native.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 ENV = "HAMIRROR_FUSE_ENGINE"
 ENGINES = ("python", "native")
-DEFAULT = "python"
+DEFAULT = "native"
 
 
 @functools.cache
@@ -37,8 +38,8 @@ def chosen() -> str:
     """The engine to run: ``$HAMIRROR_FUSE_ENGINE`` if it names one and can run, else python."""
     wanted = os.environ.get(ENV, DEFAULT).strip() or DEFAULT
     if wanted not in ENGINES:
-        log.warning("%s=%r is not one of %s: the mount runs on %s", ENV, wanted, ", ".join(ENGINES), DEFAULT)
-        return DEFAULT
+        log.warning("%s=%r is not one of %s: the default (%s) is used", ENV, wanted, ", ".join(ENGINES), DEFAULT)
+        wanted = DEFAULT
     if wanted == "native" and module() is None:
         return "python"
     return wanted
