@@ -4,7 +4,8 @@ DIR [EXTENSION.so]``.
 tests/test_lowlevel.py runs it in a process that has an AddressSanitizer build of
 ``hamirror.fs._lowlevel`` loaded (given as EXTENSION.so; libasan preloaded): every kind of request
 the loop serves, names made, renamed (files, directories, exchanges), linked, unlinked while open,
-looked up by the thousand and forgotten, a failing Python method. Prints "ok" and exits 0.
+looked up by the thousand and forgotten, a failing Python method, and threads changing names in
+one directory at once. Prints "ok" and exits 0.
 """
 
 from __future__ import annotations
@@ -62,6 +63,30 @@ def _requests(mnt: str) -> None:
     subprocess.run(["rm", "-rf", f"{mnt}/many", f"{mnt}/r"], check=True)
 
 
+def _parallel(mnt: str) -> None:
+    """Threads making, linking, renaming and removing names in one directory at once: the
+    table's lock against the loop's threads (errors between the threads are expected)."""
+    os.mkdir(f"{mnt}/p")
+
+    def worker(k: int) -> None:
+        for i in range(150):
+            a, b = f"{mnt}/p/{i % 7}", f"{mnt}/p/{(i * k) % 5}"
+            for call in (lambda: open(a, "ab").write(b"x"), lambda: os.link(a, b), lambda: os.rename(a, b),
+                         lambda: renameat2(-100, a.encode(), -100, b.encode(), 2), lambda: os.unlink(b),
+                         lambda: os.stat(a), lambda: os.listdir(f"{mnt}/p")):
+                try:
+                    call()
+                except OSError:
+                    pass
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    subprocess.run(["rm", "-rf", f"{mnt}/p"], check=True)
+
+
 def main(directory: str, extension: str | None = None) -> int:
     if extension:
         _load(extension)
@@ -81,6 +106,7 @@ def main(directory: str, extension: str | None = None) -> int:
         return 2
     try:
         _requests(directory)
+        _parallel(directory)
     finally:
         subprocess.run(["fusermount3", "-u", directory], check=True)
         thread.join(20)
