@@ -349,38 +349,78 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
     hm_py_init(e);
 }
 
+/* Paths and renames (docs/native.md): a request that turns a node into a path holds the namespace
+ * lock shared until it replied, so the path it used (for a local call, or for the message to the
+ * peer) still names the file it acted on. Without it a write through an open handle could compute
+ * "d/f", a rename of d and a new d/f could follow, and the write would reach the peer under the
+ * new file's name. rename, unlink and rmdir hold it exclusive. The engine is read before the
+ * request is served: the reply frees the request. */
+#define NAMES_LOCKED(op, lock, fn, params, args)                 \
+    static void locked_##op(fuse_req_t req, params)              \
+    {                                                            \
+        struct hm_engine *locked_e = hm_engine_of(req);          \
+        lock(&locked_e->names);                                  \
+        fn(req, args);                                           \
+        pthread_rwlock_unlock(&locked_e->names);                 \
+    }
+#define P(...) __VA_ARGS__
+NAMES_LOCKED(lookup, pthread_rwlock_rdlock, ll_lookup, P(fuse_ino_t parent, const char *name), P(parent, name))
+NAMES_LOCKED(getattr, pthread_rwlock_rdlock, ll_getattr, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
+NAMES_LOCKED(setattr, pthread_rwlock_rdlock, hm_py_setattr, P(fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi), P(ino, attr, to_set, fi))
+NAMES_LOCKED(readlink, pthread_rwlock_rdlock, ll_readlink, P(fuse_ino_t ino), P(ino))
+NAMES_LOCKED(mknod, pthread_rwlock_rdlock, hm_py_mknod, P(fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev), P(parent, name, mode, rdev))
+NAMES_LOCKED(mkdir, pthread_rwlock_rdlock, hm_py_mkdir, P(fuse_ino_t parent, const char *name, mode_t mode), P(parent, name, mode))
+NAMES_LOCKED(symlink, pthread_rwlock_rdlock, hm_py_symlink, P(const char *link, fuse_ino_t parent, const char *name), P(link, parent, name))
+NAMES_LOCKED(link, pthread_rwlock_rdlock, hm_py_link, P(fuse_ino_t ino, fuse_ino_t newparent, const char *newname), P(ino, newparent, newname))
+NAMES_LOCKED(open, pthread_rwlock_rdlock, hm_py_open, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
+NAMES_LOCKED(write, pthread_rwlock_rdlock, hm_py_write, P(fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi), P(ino, buf, size, off, fi))
+NAMES_LOCKED(flush, pthread_rwlock_rdlock, hm_py_flush, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
+NAMES_LOCKED(release, pthread_rwlock_rdlock, hm_py_release, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
+NAMES_LOCKED(fsync, pthread_rwlock_rdlock, hm_py_fsync, P(fuse_ino_t ino, int datasync, struct fuse_file_info *fi), P(ino, datasync, fi))
+NAMES_LOCKED(opendir, pthread_rwlock_rdlock, ll_opendir, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
+NAMES_LOCKED(fsyncdir, pthread_rwlock_rdlock, hm_py_fsyncdir, P(fuse_ino_t ino, int datasync, struct fuse_file_info *fi), P(ino, datasync, fi))
+NAMES_LOCKED(setxattr, pthread_rwlock_rdlock, hm_py_setxattr, P(fuse_ino_t ino, const char *name, const char *value, size_t size, int flags), P(ino, name, value, size, flags))
+NAMES_LOCKED(getxattr, pthread_rwlock_rdlock, ll_getxattr, P(fuse_ino_t ino, const char *name, size_t size), P(ino, name, size))
+NAMES_LOCKED(listxattr, pthread_rwlock_rdlock, ll_listxattr, P(fuse_ino_t ino, size_t size), P(ino, size))
+NAMES_LOCKED(removexattr, pthread_rwlock_rdlock, hm_py_removexattr, P(fuse_ino_t ino, const char *name), P(ino, name))
+NAMES_LOCKED(create, pthread_rwlock_rdlock, hm_py_create, P(fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi), P(parent, name, mode, fi))
+NAMES_LOCKED(fallocate, pthread_rwlock_rdlock, hm_py_fallocate, P(fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi), P(ino, mode, offset, length, fi))
+NAMES_LOCKED(unlink, pthread_rwlock_wrlock, hm_py_unlink, P(fuse_ino_t parent, const char *name), P(parent, name))
+NAMES_LOCKED(rmdir, pthread_rwlock_wrlock, hm_py_rmdir, P(fuse_ino_t parent, const char *name), P(parent, name))
+NAMES_LOCKED(rename, pthread_rwlock_wrlock, hm_py_rename, P(fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname, unsigned int flags), P(parent, name, newparent, newname, flags))
+
 const struct fuse_lowlevel_ops hm_ops = {
     .init = ll_init,
-    .lookup = ll_lookup,
+    .lookup = locked_lookup,
     .forget = ll_forget,
     .forget_multi = ll_forget_multi,
-    .getattr = ll_getattr,
-    .setattr = hm_py_setattr,
-    .readlink = ll_readlink,
-    .mknod = hm_py_mknod,
-    .mkdir = hm_py_mkdir,
-    .unlink = hm_py_unlink,
-    .rmdir = hm_py_rmdir,
-    .symlink = hm_py_symlink,
-    .rename = hm_py_rename,
-    .link = hm_py_link,
-    .open = hm_py_open,
+    .getattr = locked_getattr,
+    .setattr = locked_setattr,
+    .readlink = locked_readlink,
+    .mknod = locked_mknod,
+    .mkdir = locked_mkdir,
+    .unlink = locked_unlink,
+    .rmdir = locked_rmdir,
+    .symlink = locked_symlink,
+    .rename = locked_rename,
+    .link = locked_link,
+    .open = locked_open,
     .read = ll_read,
-    .write = hm_py_write,
-    .flush = hm_py_flush,
-    .release = hm_py_release,
-    .fsync = hm_py_fsync,
-    .opendir = ll_opendir,
+    .write = locked_write,
+    .flush = locked_flush,
+    .release = locked_release,
+    .fsync = locked_fsync,
+    .opendir = locked_opendir,
     .readdir = ll_readdir,
     .releasedir = ll_releasedir,
-    .fsyncdir = hm_py_fsyncdir,
+    .fsyncdir = locked_fsyncdir,
     .statfs = ll_statfs,
-    .setxattr = hm_py_setxattr,
-    .getxattr = ll_getxattr,
-    .listxattr = ll_listxattr,
-    .removexattr = hm_py_removexattr,
-    .create = hm_py_create,
-    .fallocate = hm_py_fallocate,
+    .setxattr = locked_setxattr,
+    .getxattr = locked_getxattr,
+    .listxattr = locked_listxattr,
+    .removexattr = locked_removexattr,
+    .create = locked_create,
+    .fallocate = locked_fallocate,
 };
 
 int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads)

@@ -23,6 +23,10 @@
 struct hm_engine {
     int root_fd;
     struct hm_table table;
+    /* The namespace lock (docs/native.md, "Paths and renames"): shared by every request that
+     * turns a node into a path and uses it, exclusive for rename, unlink and rmdir, which change
+     * what paths mean. Writers are preferred: a rename waits for the requests in flight only. */
+    pthread_rwlock_t names;
     struct fuse_session *se;
     PyObject *ops;        /* the Interception */
     PyObject *on_init;    /* called once the kernel's INIT is answered (the mount is up) */

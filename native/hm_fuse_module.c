@@ -36,7 +36,14 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     struct hm_engine *e = PyMem_RawCalloc(1, sizeof(*e));
     if (e == NULL)
         return PyErr_NoMemory();
-    if (hm_table_init(&e->table, &st) != 0) {
+    pthread_rwlockattr_t names_attr;
+    pthread_rwlockattr_init(&names_attr);
+    pthread_rwlockattr_setkind_np(&names_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int names_failed = pthread_rwlock_init(&e->names, &names_attr);
+    pthread_rwlockattr_destroy(&names_attr);
+    if (names_failed != 0 || hm_table_init(&e->table, &st) != 0) {
+        if (names_failed == 0)
+            pthread_rwlock_destroy(&e->names);
         PyMem_RawFree(e);
         return PyErr_NoMemory();
     }
@@ -56,6 +63,7 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     Py_END_ALLOW_THREADS
     running = NULL;
     hm_table_destroy(&e->table);
+    pthread_rwlock_destroy(&e->names);
     Py_DECREF(ops);
     Py_XDECREF(e->on_init);
     Py_XDECREF(e->on_error);

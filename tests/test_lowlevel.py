@@ -8,6 +8,7 @@ compare both sides.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -62,21 +63,19 @@ def test_the_engine_choice_and_its_fallback_to_mfusepy_with_one_warning(monkeypa
     assert warnings[0].endswith("): the mount runs on mfusepy")
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    """(mount point, lower directory's fd path) of an in-process native mount without a peer."""
-    base = tmp_path_factory.mktemp("lowlevel")
-    mnt = str(base / "mnt")
+@contextlib.contextmanager
+def in_process(mnt: str, make_ops, writeback: bool):
+    """A native mount of ``mnt`` served by this process: yields the lower directory's fd path."""
     os.mkdir(mnt)
     root_fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = Faulty(root_fd, Replicator(None, None), "barrier", context=lowlevel.context(), one_inode_per_file=True)
+    ops = make_ops(root_fd)
     ready, failure = threading.Event(), []
 
     def run() -> None:
         try:
-            lowlevel.serve_native(ops, root_fd, mnt, writeback=True, max_background=MAX_BACKGROUND,
+            lowlevel.serve_native(ops, root_fd, mnt, writeback=writeback, max_background=MAX_BACKGROUND,
                                   max_threads=MAX_THREADS, on_init=ready.set)
-        except Exception as exc:   # reported by the fixture
+        except Exception as exc:   # reported below
             failure.append(exc)
             ready.set()
 
@@ -85,12 +84,85 @@ def local(tmp_path_factory):
     assert ready.wait(20) and not failure, failure
     wait_for(lambda: is_fuse_mounted(mnt), 10, what="the mount")
     try:
-        yield mnt, f"/proc/self/fd/{root_fd}"
+        yield f"/proc/self/fd/{root_fd}"
     finally:
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
         thread.join(20)
         os.close(root_fd)
     assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """(mount point, lower directory's fd path) of an in-process native mount without a peer."""
+    mnt = str(tmp_path_factory.mktemp("lowlevel") / "mnt")
+    with in_process(mnt, lambda root_fd: Faulty(root_fd, Replicator(None, None), "barrier",
+                                                context=lowlevel.context(), one_inode_per_file=True),
+                    writeback=True) as lower:
+        yield mnt, lower
+
+
+class Gated(Interception):
+    """Holds a write to a file named "held" until ``go`` is set, and notes whether the path it was
+    given still named the file it wrote through its handle when it was done: what the peer would
+    get is (path, bytes), so a path that names another file by then writes the bytes there."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered, self.go, self.same_file = threading.Event(), threading.Event(), []
+
+    def write(self, path, data, offset, fh):
+        written = super().write(path, data, offset, fh)
+        if path is not None and os.path.basename(path) == "held":
+            self.entered.set()
+            self.go.wait(10)
+            try:
+                self.same_file.append(os.stat(path[1:], dir_fd=self.root, follow_symlinks=False).st_ino
+                                      == os.fstat(fh).st_ino)
+            except FileNotFoundError:
+                self.same_file.append(False)
+        return written
+
+
+@built
+def test_a_rename_waits_for_the_changes_made_under_the_old_path(tmp_path):
+    """(Runs before the tests on `local`: one native loop per process, and `local` lives to the
+    module's end.) A write computed its path "/d/held", then d was renamed and a new d/held made: without the
+    namespace lock the write's message named the new file (the peer would write it there)."""
+    mnt = str(tmp_path / "mnt")
+    gated: list[Gated] = []
+
+    def make(root_fd: int) -> Gated:
+        gated.append(Gated(root_fd, Replicator(None, None), "sync", context=lowlevel.context(),
+                           one_inode_per_file=True))
+        return gated[0]
+
+    with in_process(mnt, make, writeback=False):
+        ops = gated[0]
+        os.mkdir(f"{mnt}/d")
+        fd = os.open(f"{mnt}/d/held", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            writer = threading.Thread(target=os.pwrite, args=(fd, b"old file", 0))
+            writer.start()
+            assert ops.entered.wait(10)
+
+            def rename_and_remake() -> None:
+                os.rename(f"{mnt}/d", f"{mnt}/e")
+                os.mkdir(f"{mnt}/d")
+                os.close(os.open(f"{mnt}/d/held", os.O_RDWR | os.O_CREAT, 0o644))
+
+            renamer = threading.Thread(target=rename_and_remake)
+            renamer.start()
+            renamer.join(0.5)
+            renamed_early = not renamer.is_alive()
+            ops.go.set()
+            writer.join(10)
+            renamer.join(10)
+        finally:
+            os.close(fd)
+        assert ops.same_file == [True], "the write's path named another file by the time it was done"
+        assert not renamed_early
+        assert open(f"{mnt}/e/held", "rb").read() == b"old file" and os.path.getsize(f"{mnt}/d/held") == 0
 
 
 def nodes() -> int:
@@ -297,3 +369,4 @@ def test_a_file_whose_known_names_are_gone_replicates_under_another(barrier_pair
     with open(f"{s}/b", "rb") as f:
         assert f.read() == b"01AB456789"
     assert settled_diff(barrier_pair) == []
+
