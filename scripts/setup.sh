@@ -20,11 +20,12 @@ cd "$(dirname "$0")/.."
 # etcd-server and etcd-client: the etcd quorum backend's tests and `hamirror lab up --etcd`.
 # gcc and python3-dev build the receiver's native apply core (native/, docs/native.md); clang and
 # libclang-rt-14-dev (libFuzzer) fuzz it (scripts/fuzz-native.sh, tests/test_native_apply.py).
+# libfuse3-dev and pkg-config build the native FUSE request loop (hamirror.fs._lowlevel).
 SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
            postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate etcd-server etcd-client \
-           gcc python3-dev clang libclang-rt-14-dev; do
+           gcc python3-dev clang libclang-rt-14-dev libfuse3-dev pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -55,10 +56,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]' -c constraints.txt
-# The native core is optional for a pip install (the receiver then applies in Python), not here:
+# The native parts are optional for a pip install (Python then does their work), not here:
 # the tests run both paths, so a machine that cannot build it fails now, with the compiler's words.
-if ! .venv/bin/python -c 'import hamirror.link._native' 2>/dev/null; then
-  echo "setup.sh: the native apply core (native/*.c) did not build; the compiler says:" >&2
+if ! .venv/bin/python -c 'import hamirror.link._native, hamirror.fs._lowlevel' 2>/dev/null; then
+  echo "setup.sh: a native extension (native/*.c) did not build; the compiler says:" >&2
   .venv/bin/python setup.py -q build_ext --inplace >&2 || true
   exit 1
 fi

@@ -56,6 +56,7 @@ class MirrorPair:
     timeout: float = 5.0
     replicate: bool = True
     receiver_state: bool = True   # give the receiver a --state-dir (journal, uptodate flag)
+    engine: str | None = None     # HAMIRROR_FUSE_ENGINE for the mount (None: this process's)
     primary: str = field(init=False)
     secondary: str = field(init=False)
     keys: str = field(init=False)
@@ -93,11 +94,12 @@ class MirrorPair:
 
     def mount(self, extra: tuple[str, ...] = ()) -> None:
         peer = ["--no-replication"] if not self.replicate else ["--peer", self.endpoint]
+        env = dict(os.environ, HAMIRROR_FUSE_ENGINE=self.engine) if self.engine else None
         with open(self.log("mount"), "ab") as out:
             self.mounter = subprocess.Popen(
                 HAMIRROR + ["-v", "mirror", "mount", "--foreground", "--dir", self.primary, *peer,
                             "--keys", self.keys, "--state-dir", self.state, "--mode", self.mode,
-                            "--timeout", str(self.timeout), *extra], stdout=out, stderr=subprocess.STDOUT)
+                            "--timeout", str(self.timeout), *extra], stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             wait_for(lambda: is_fuse_mounted(self.primary) or self.mounter.poll() is not None, 20,
                      what="the mount")

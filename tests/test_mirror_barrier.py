@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from hamirror.fs import lowlevel
 from tests.conftest import needs_root
 from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
@@ -105,13 +106,14 @@ def test_async_close_of_a_changed_file_waits_for_the_peer(mirror_factory):
 
 
 def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(mirror_factory):
-    """With the writeback cache the kernel keeps one size per name (libfuse gives each name its own
-    inode) and never takes the daemon's: a write through one name left another name's size stale,
-    and an append through it overwrote data ("01234XY789" instead of "0123456789XY"). So barrier
-    mode refuses both, with EPERM and the reason in the log; reading such a file stays allowed."""
+    """On mfusepy. With the writeback cache the kernel keeps one size per name (libfuse's
+    high-level API gives each name its own inode) and never takes the daemon's: a write through one
+    name left another name's size stale, and an append through it overwrote data ("01234XY789"
+    instead of "0123456789XY"). So barrier mode refuses both, with EPERM and the reason in the
+    log; reading such a file stays allowed."""
     from hamirror.fs.operations import SEVERAL_NAMES
 
-    pair = mirror_factory("links", mode="barrier")
+    pair = mirror_factory("links", mode="barrier", engine="python")
     with open(f"{pair.primary}/old", "wb") as f:   # two names made before the mount
         f.write(b"alpha")
     os.link(f"{pair.primary}/old", f"{pair.primary}/old2")
@@ -137,6 +139,42 @@ def test_barrier_mode_refuses_hard_links_and_writes_to_files_with_several_names(
     pair.umount()
     with open(pair.log("mount"), errors="replace") as f:
         assert f"link /one -> /two: refused (EPERM): {SEVERAL_NAMES}" in f.read()
+
+
+@pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
+def test_barrier_mode_writes_files_with_several_names_on_the_native_engine(mirror_factory):
+    """The native engine gives every name of a file one kernel inode: the same sequence as above
+    is written, and each name shows every change at once, on both sides."""
+    pair = mirror_factory("links-native", mode="barrier", engine="native")
+    for side in (pair.primary, pair.secondary):   # two names made before the mount, on both sides
+        with open(f"{side}/old", "wb") as f:
+            f.write(b"alpha")
+        os.link(f"{side}/old", f"{side}/old2")
+    pair.start()
+    with open(f"{pair.primary}/one", "wb") as f:
+        f.write(b"0123456789")
+    os.link(f"{pair.primary}/one", f"{pair.primary}/two")
+    with open(f"{pair.primary}/one", "rb") as f:   # warm the caches of both names
+        f.read()
+    os.stat(f"{pair.primary}/two")
+    with open(f"{pair.primary}/two", "ab") as f:
+        f.write(b"XY")
+    for name in ("one", "two"):
+        with open(f"{pair.primary}/{name}", "rb") as f:
+            assert f.read() == b"0123456789XY"
+        with open(f"{pair.secondary}/{name}", "rb") as f:
+            assert f.read() == b"0123456789XY"
+    assert os.stat(f"{pair.secondary}/one").st_ino == os.stat(f"{pair.secondary}/two").st_ino
+    with open(f"{pair.primary}/old2", "r+b") as f:   # a file with two names from before the mount
+        f.write(b"ALPHA")
+    os.truncate(f"{pair.primary}/old", 3)
+    with open(f"{pair.primary}/old2", "rb") as f:
+        assert f.read() == b"ALP"
+    with open(f"{pair.primary}/old", "rb") as f:
+        assert f.read() == b"ALP"
+    pair.umount()
+    with open(f"{pair.secondary}/old2", "rb") as f:
+        assert f.read() == b"ALP"
 
 
 @pytest.mark.xfail(strict=True, reason="known limit of barrier mode: after truncate() by path the kernel "

@@ -17,15 +17,30 @@ import stat
 import threading
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hamirror.fs import lowlevel
 from hamirror.syscalls import fallocate
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair
-from tests.test_mirror_tools import pair  # noqa: F401 - one module-scoped replicated mount
+
 
 pytestmark = needs_root
+
+
+@pytest.fixture(scope="module", params=lowlevel.ENGINES)
+def pair(request, tmp_path_factory):
+    """A replicated mount on each FUSE engine: on mfusepy the names are kept coherent by
+    hamirror/fs/links.py; the native loop gives the file one kernel inode (docs/native.md)."""
+    if request.param == "native" and lowlevel.module() is None:
+        pytest.skip("hamirror.fs._lowlevel not built")
+    pair = MirrorPair(str(tmp_path_factory.mktemp(f"links-{request.param}")), engine=request.param)
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
 
 NAMES = ["n0", "n1", "sub/n2", "sub/deeper/n3"]   # the file's names, across directories
 PUNCH = 0x02 | 0x01                                # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE

@@ -180,3 +180,25 @@ class LinkCoherence:
     def _tell(self, paths: list[str]) -> None:
         if paths:
             self.invalidator.invalidate(paths)
+
+
+class OneInodePerFile:
+    """LinkCoherence's place when the engine gives every name of a file one kernel inode (the
+    native loop): there is no other name's cache to invalidate, so nothing to track."""
+
+    names: tuple = ()
+
+    def seen(self, path: str | None, st_ino: int, st_nlink: int, is_dir: bool) -> None:
+        pass
+
+    def changed(self, path: str | None) -> None:
+        pass
+
+    def linked(self, old: str, new: str, ino: int) -> None:
+        pass
+
+    def removed(self, path: str) -> None:
+        pass
+
+    def renamed(self, src: str, dst: str, is_dir: bool, exchange: bool) -> None:
+        pass

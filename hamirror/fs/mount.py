@@ -21,6 +21,7 @@ from typing import Callable
 
 import mfusepy
 
+from hamirror.fs import lowlevel
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
 from hamirror.fs.operations import Interception
@@ -265,7 +266,11 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
     control = ControlServer(options.state_dir, commands.handle)
-    ops = Interception(root_fd, replicator, options.mode)
+    engine = lowlevel.chosen()   # HAMIRROR_FUSE_ENGINE (hamirror/fs/lowlevel.py)
+    log.info("FUSE engine: %s", engine)
+    native = engine == "native"
+    ops = Interception(root_fd, replicator, options.mode, one_inode_per_file=native,
+                       **({"context": lowlevel.context()} if native else {}))
     clean = False
 
     def mounted(_path: str) -> None:
@@ -273,20 +278,15 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         status.start()
         on_ready(None)
 
-    def init_with_config(conn, config) -> None:
-        if options.mode == "barrier" and conn is not None:
-            _writeback(conn)
-        mounted("/")
-
-    ops.init_with_config = init_with_config  # type: ignore[method-assign]
-    # Idle threads are kept in every mode: each keeps its Python thread state (_keep_thread_state).
-    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
-        _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
-              use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror",
-              **threads)
+        if native:
+            lowlevel.serve_native(ops, root_fd, options.directory, writeback=options.mode == "barrier",
+                                  max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
+                                  on_init=lambda: mounted("/"))
+        else:
+            _serve_python(ops, options, mounted)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
@@ -306,6 +306,22 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         journal.close()
         os.close(root_fd)
     return 0
+
+
+def _serve_python(ops: Interception, options: MountOptions, mounted: Callable[[str], None]) -> None:
+    """The mfusepy engine (libfuse's high-level API): serve until unmounted."""
+
+    def init_with_config(conn, config) -> None:
+        if options.mode == "barrier" and conn is not None:
+            _writeback(conn)
+        mounted("/")
+
+    ops.init_with_config = init_with_config  # type: ignore[method-assign]
+    # Idle threads are kept in every mode: each keeps its Python thread state (_keep_thread_state).
+    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
+    _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
+          use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror",
+          **threads)
 
 
 def _synced(root_fd: int) -> bool:

@@ -19,10 +19,11 @@ import errno
 import logging
 import os
 import stat
+from typing import Callable
 
 import mfusepy
 
-from hamirror.fs.links import LinkCoherence
+from hamirror.fs.links import LinkCoherence, OneInodePerFile
 from hamirror.link.client import WHOLE
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
@@ -77,18 +78,27 @@ class Interception(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, root_fd: int, replicator: Replicator, mode: str = "sync") -> None:
+    def __init__(self, root_fd: int, replicator: Replicator, mode: str = "sync", *,
+                 context: Callable[[], tuple[int, int, int]] = mfusepy.fuse_get_context,
+                 one_inode_per_file: bool = False) -> None:
+        """``context`` gives the caller's (uid, gid, pid) for the engine that runs us;
+        ``one_inode_per_file``: the engine gives every name of a file one kernel inode (the native
+        loop, hamirror/fs/lowlevel.py), so no name's cache goes stale and barrier mode writes
+        files with several names."""
         self.root = root_fd
         self.repl = replicator
         self.mode = mode
-        self.links = LinkCoherence()   # the kernel caches per name: see hamirror/fs/links.py
+        self.context = context
+        # The high-level API caches per name: see hamirror/fs/links.py.
+        self.links = OneInodePerFile() if one_inode_per_file else LinkCoherence()
         self._changed: set[int] = set()   # async: handles whose close is a barrier
         self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
         # Barrier mode runs with the kernel's writeback cache, which has two consequences here:
         # the kernel writes a dirty page back, then sends its cached mtime, so the write's message
-        # is held a moment for the mtime to travel in it (LinkClient.submit); and files with
-        # several names are refused (SEVERAL_NAMES).
+        # is held a moment for the mtime to travel in it (LinkClient.submit); and, on the
+        # high-level API, files with several names are refused (SEVERAL_NAMES).
         self._writeback = mode == "barrier"
+        self._refuse_links = self._writeback and not one_inode_per_file
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -109,7 +119,7 @@ class Interception(mfusepy.Operations):
 
     def _owner(self, relpath: str) -> tuple[int, int]:
         """Owner for a new inode: the caller, with the parent's group if the parent is setgid."""
-        uid, gid, _ = mfusepy.fuse_get_context()
+        uid, gid, _ = self.context()
         if self._lstat(parent_of(relpath)).st_mode & stat.S_ISGID:
             gid = -1
         return uid, gid
@@ -162,7 +172,7 @@ class Interception(mfusepy.Operations):
         own = flags & ~_STRIP_FLAGS
         if own & os.O_ACCMODE != os.O_RDONLY:
             own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
-        if self._writeback and (own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+        if self._refuse_links and (own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             self._one_name_only(path, self._lstat(p))
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
@@ -184,7 +194,7 @@ class Interception(mfusepy.Operations):
                     raise
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
                 fd = os.open(p, own, dir_fd=self.root)
-                if self._writeback:
+                if self._refuse_links:
                     try:
                         self._one_name_only(path, os.fstat(fd))
                     except OSError:
@@ -301,7 +311,7 @@ class Interception(mfusepy.Operations):
             os.ftruncate(fh, length)
             return 0
         p = rel(path)
-        if fh is None and self._writeback:
+        if fh is None and self._refuse_links:
             self._one_name_only(path, self._lstat(p))
         with self.repl.change(((p, WHOLE),)) as tx:
             if fh is not None:
@@ -395,7 +405,7 @@ class Interception(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
         new, old = rel(target), rel(source)
-        if self._writeback:
+        if self._refuse_links:
             log.warning("link %s -> %s: refused (EPERM): %s", source, target, SEVERAL_NAMES)
             raise OSError(errno.EPERM, SEVERAL_NAMES)
         with self.repl.change(((new, WHOLE), (old,))) as tx:

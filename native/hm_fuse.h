@@ -1,0 +1,88 @@
+/* The FUSE request loop on libfuse's low-level API (docs/native.md, "The request loop").
+ *
+ * hm_fuse.c: the session, the loop and the read-only requests, served in C without the GIL.
+ * hm_fuse_py.c: the requests that change something, handed to the Python ``Interception``
+ * methods (hamirror/fs/operations.py) with mfusepy's signatures; the table follows.
+ * hm_fuse_module.c: the module hamirror.fs._lowlevel (serve, context).
+ */
+#ifndef HM_FUSE_H
+#define HM_FUSE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include "hm_inodes.h"
+
+#define HM_CONFLICT_DIR ".hamirror-conflicts"   /* hamirror/link/protocol.py CONFLICT_DIR */
+#define HM_TIMEOUT 1.0                          /* entry and attribute timeouts, as libfuse's high-level default */
+#define HM_PATH (PATH_MAX + 2)                  /* "/" + a relative path */
+
+struct hm_engine {
+    int root_fd;
+    struct hm_table table;
+    /* The namespace lock (docs/native.md, "Paths and renames"): shared by every request that
+     * turns a node into a path and uses it, exclusive for rename, unlink and rmdir, which change
+     * what paths mean. Writers are preferred: a rename waits for the requests in flight only. */
+    pthread_rwlock_t names;
+    struct fuse_session *se;
+    PyObject *ops;        /* the Interception */
+    PyObject *on_init;    /* called once the kernel's INIT is answered (the mount is up) */
+    PyObject *on_error;   /* on_error(operation, exception) for anything but an OSError */
+    int writeback;        /* barrier mode: the kernel's writeback cache */
+    unsigned max_background;
+    char error[256];      /* why init stopped the session */
+};
+
+extern const struct fuse_lowlevel_ops hm_ops;
+
+/* The request being served by this thread, for _lowlevel.context(). */
+extern __thread fuse_req_t hm_current_req;
+
+static inline struct hm_engine *hm_engine_of(fuse_req_t req)
+{
+    return (struct hm_engine *)fuse_req_userdata(req);
+}
+
+/* "/a/b" -> "a/b", "/" -> ".": the form for *at calls on root_fd. */
+static inline const char *hm_rel(const char *path)
+{
+    return path[1] != '\0' ? path + 1 : ".";
+}
+
+/* Reply an entry for ``path`` just made or looked up in ``parent``/``name``: fstatat, learn,
+ * reply (or undo the reference when the kernel did not take the reply). */
+void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const char *path);
+
+/* A name of the file (dev, ino) anywhere below the root, "/a/b" into buf (HM_PATH bytes): 0 or
+ * -ENOENT. A whole-tree walk, for the rare file whose every known name went while it has others. */
+int hm_find_name(struct hm_engine *e, dev_t dev, ino_t ino, char *buf);
+
+/* hm_fuse_py.c */
+void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);
+void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
+void hm_py_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void hm_py_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void hm_py_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void hm_py_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi);
+void hm_py_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void hm_py_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void hm_py_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void hm_py_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void hm_py_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void hm_py_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                  const char *newname, unsigned int flags);
+void hm_py_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags);
+void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi);
+void hm_py_init(struct hm_engine *e);
+
+/* hm_fuse.c: run the session until unmounted; 0, or -1 with e->error set. GIL released. */
+int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads);
+
+#endif

@@ -1,0 +1,113 @@
+/* CPython glue of the request loop: the module hamirror.fs._lowlevel (docs/native.md).
+ *
+ * serve(ops, root_fd, mountpoint, options, writeback, max_background, max_threads, on_init,
+ *       on_error) mounts and serves until unmounted, with the GIL released while it waits;
+ *       RuntimeError(message) when it cannot mount or the kernel lacks what barrier mode needs.
+ * context() -> (uid, gid, pid) of the request the calling FUSE thread serves.
+ * nodes() -> nodes the running loop holds (the root excepted): lookup counts must not leak.
+ */
+#include "hm_fuse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+static struct hm_engine *running;   /* for nodes(); one mount per process */
+
+static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"ops", "root_fd", "mountpoint", "options", "writeback", "max_background",
+                             "max_threads", "on_init", "on_error", NULL};
+    PyObject *ops, *on_init, *on_error;
+    int root_fd, writeback;
+    unsigned max_background, max_threads;
+    const char *mountpoint, *options;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oissp|IIOO", kwlist, &ops, &root_fd, &mountpoint, &options,
+                                     &writeback, &max_background, &max_threads, &on_init, &on_error))
+        return NULL;
+    if (running != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a native FUSE loop already runs in this process");
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(root_fd, &st) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    struct hm_engine *e = PyMem_RawCalloc(1, sizeof(*e));
+    if (e == NULL)
+        return PyErr_NoMemory();
+    pthread_rwlockattr_t names_attr;
+    pthread_rwlockattr_init(&names_attr);
+    pthread_rwlockattr_setkind_np(&names_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int names_failed = pthread_rwlock_init(&e->names, &names_attr);
+    pthread_rwlockattr_destroy(&names_attr);
+    if (names_failed != 0 || hm_table_init(&e->table, &st) != 0) {
+        if (names_failed == 0)
+            pthread_rwlock_destroy(&e->names);
+        PyMem_RawFree(e);
+        return PyErr_NoMemory();
+    }
+    e->root_fd = root_fd;
+    e->writeback = writeback;
+    e->max_background = max_background;
+    e->ops = ops;
+    e->on_init = on_init == Py_None ? NULL : on_init;
+    e->on_error = on_error == Py_None ? NULL : on_error;
+    Py_INCREF(ops);
+    Py_XINCREF(e->on_init);
+    Py_XINCREF(e->on_error);
+    running = e;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = hm_serve(e, mountpoint, options, max_threads ? max_threads : 10);
+    Py_END_ALLOW_THREADS
+    running = NULL;
+    hm_table_destroy(&e->table);
+    pthread_rwlock_destroy(&e->names);
+    Py_DECREF(ops);
+    Py_XDECREF(e->on_init);
+    Py_XDECREF(e->on_error);
+    PyObject *result = NULL;
+    if (r != 0)
+        PyErr_SetString(PyExc_RuntimeError, e->error);
+    else
+        result = Py_NewRef(Py_None);
+    PyMem_RawFree(e);
+    return result;
+}
+
+static PyObject *lowlevel_context(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    if (hm_current_req == NULL)
+        return Py_BuildValue("(iii)", 0, 0, 0);   /* as fuse_get_context() outside a request */
+    const struct fuse_ctx *ctx = fuse_req_ctx(hm_current_req);
+    return Py_BuildValue("(IIi)", (unsigned)ctx->uid, (unsigned)ctx->gid, (int)ctx->pid);
+}
+
+static PyObject *lowlevel_nodes(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromSize_t(running != NULL ? hm_table_count(&running->table) : 0);
+}
+
+static PyMethodDef methods[] = {
+    {"serve", (PyCFunction)(void (*)(void))lowlevel_serve, METH_VARARGS | METH_KEYWORDS,
+     "Mount and serve until unmounted (the GIL is released while waiting)."},
+    {"context", lowlevel_context, METH_NOARGS, "(uid, gid, pid) of the request this thread serves."},
+    {"nodes", lowlevel_nodes, METH_NOARGS, "Number of nodes the running loop holds."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_lowlevel",
+    "The FUSE request loop on libfuse's low-level API (docs/native.md).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__lowlevel(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,495 @@
+/* The requests that change something, handed to Python: see hm_fuse.h.
+ *
+ * Each calls the SAME Interception method mfusepy would, with mfusepy's arguments (paths "/a/b",
+ * None for a file unlinked while open), holding the GIL only for the call. The inode table is
+ * read before (paths) and updated after (new names, unlinks, renames), never locked across the
+ * call. An OSError becomes its errno; any other exception goes to on_error (the daemon's log)
+ * and EIO: a bug in one request never ends the daemon.
+ */
+#define _GNU_SOURCE
+#include "hm_fuse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+/* This libfuse thread's Python thread state, made once and kept between requests (libfuse keeps
+ * its idle threads): a state per request would cost its setup every time (mount.py's
+ * _keep_thread_state says the same for mfusepy). */
+static __thread PyThreadState *kept_state;
+
+static void gil_enter(void)
+{
+    if (kept_state != NULL)
+        PyEval_RestoreThread(kept_state);
+    else
+        PyGILState_Ensure();   /* never released: the state stays with the thread */
+}
+
+static void gil_leave(void)
+{
+    kept_state = PyEval_SaveThread();
+}
+
+static PyObject *py_path(void *p)
+{
+    if (p == NULL)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault((const char *)p);
+}
+
+/* The current exception as an errno (GIL held); anything but an OSError is logged. */
+static int failed(struct hm_engine *e, const char *what)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    int err = EIO;
+    if (value != NULL && PyObject_IsInstance(value, PyExc_OSError) == 1) {
+        PyObject *no = PyObject_GetAttrString(value, "errno");
+        if (no != NULL && PyLong_Check(no)) {
+            long v = PyLong_AsLong(no);
+            if (v > 0 && v < 4096)
+                err = (int)v;
+        }
+        Py_XDECREF(no);
+        PyErr_Clear();
+    } else if (value != NULL) {
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        PyObject *r = e->on_error != NULL ? PyObject_CallFunction(e->on_error, "sO", what, value) : NULL;
+        if (r == NULL)
+            PyErr_Print();
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return err;
+}
+
+/* ops.<method>(args) with the GIL held: 0 (the int result in *out if asked) or an errno. */
+static int vcall_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, va_list ap)
+{
+    PyObject *args = Py_VaBuildValue(fmt, ap);
+    if (args == NULL)
+        return failed(e, method);
+    PyObject *fn = PyObject_GetAttrString(e->ops, method);
+    PyObject *result = fn != NULL ? PyObject_Call(fn, args, NULL) : NULL;
+    Py_XDECREF(fn);
+    Py_DECREF(args);
+    if (result == NULL)
+        return failed(e, method);
+    int err = 0;
+    if (out != NULL) {
+        *out = result == Py_None ? 0 : PyLong_AsLongLong(result);
+        if (*out == -1 && PyErr_Occurred())
+            err = failed(e, method);
+    }
+    Py_DECREF(result);
+    return err;
+}
+
+static int call_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int err = vcall_held(e, method, out, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+static int call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    va_list ap;
+    hm_current_req = req;
+    gil_enter();
+    va_start(ap, fmt);
+    int err = vcall_held(e, method, out, fmt, ap);
+    va_end(ap);
+    gil_leave();
+    hm_current_req = NULL;
+    return err;
+}
+
+/* Path of ``ino`` or NULL (unlinked while open: Python gets None); an errno for other failures.
+ * A file whose known names are gone while it has other links is reached by the name a search
+ * found (its hint), checked before use and searched again when it moved. */
+static int path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    int r = hm_table_path(&e->table, ino, buf, HM_PATH);
+    *path = r == 0 ? buf : NULL;
+    dev_t dev;
+    ino_t ino_nr;
+    struct stat st;
+    if (r == -ENOENT && hm_table_hint(&e->table, ino, buf, HM_PATH, &dev, &ino_nr) == 0) {
+        if (fstatat(e->root_fd, hm_rel(buf), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == dev && st.st_ino == ino_nr)
+            *path = buf;
+        else {
+            int found = hm_find_name(e, dev, ino_nr, buf) == 0;
+            hm_table_set_hint(&e->table, dev, ino_nr, found ? buf : NULL);
+            *path = found ? buf : NULL;
+        }
+    }
+    return r == -ENOENT ? 0 : -r;
+}
+
+/* Path of ``ino``, which must still have a name (ENOENT otherwise). */
+static int named_path(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
+{
+    int err = path_or_none(req, ino, buf, path);
+    return err == 0 && *path == NULL ? ENOENT : err;
+}
+
+/* ``st`` (stat before the call) lost a name: if that was its last known one while it has other
+ * links, find one of them, so that its changes are still sent under a name the peer has. */
+static void keep_a_name(struct hm_engine *e, const struct stat *st)
+{
+    char buf[HM_PATH];
+    if (!S_ISDIR(st->st_mode) && st->st_nlink > 1 && hm_table_nameless(&e->table, st->st_dev, st->st_ino) &&
+        hm_find_name(e, st->st_dev, st->st_ino, buf) == 0)
+        hm_table_set_hint(&e->table, st->st_dev, st->st_ino, buf);
+}
+
+static int child_path(fuse_req_t req, fuse_ino_t parent, const char *name, char *buf)
+{
+    return -hm_table_child_path(&hm_engine_of(req)->table, parent, name, buf, HM_PATH);
+}
+
+static void reply_status(fuse_req_t req, int err)
+{
+    fuse_reply_err(req, err);
+}
+
+void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    long long fh;
+    int err = named_path(req, ino, buf, &path);   /* no name left to open it by: ENOENT */
+    if (err == 0)
+        err = call(req, "open", &fh, "(O&i)", py_path, path, fi->flags);
+    if (err != 0) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    fi->fh = (uint64_t)fh;
+    if (fuse_reply_open(req, fi) != 0)
+        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+}
+
+void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    char path[HM_PATH];
+    long long fh;
+    int err = child_path(req, parent, name, path);
+    if (err == 0)
+        err = call(req, "create", &fh, "(O&Ii)", py_path, path, (unsigned)mode, fi->flags);
+    if (err != 0) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    struct fuse_entry_param entry;
+    memset(&entry, 0, sizeof(entry));
+    fi->fh = (uint64_t)fh;
+    if (fstat((int)fh, &entry.attr) != 0 ||
+        (entry.ino = hm_table_learn(&e->table, parent, name, &entry.attr)) == 0) {
+        err = errno ? errno : ENOMEM;
+        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+        fuse_reply_err(req, err);
+        return;
+    }
+    entry.attr_timeout = entry.entry_timeout = HM_TIMEOUT;
+    if (fuse_reply_create(req, &entry, fi) != 0) {
+        hm_table_forget(&e->table, entry.ino, 1);
+        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+    }
+}
+
+void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    long long written = 0;
+    int err = path_or_none(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "write", &written, "(O&y#LK)", py_path, path, data, (Py_ssize_t)size,
+                   (long long)off, fi->fh);
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        fuse_reply_write(req, (size_t)written);
+}
+
+void hm_py_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    int err = path_or_none(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "flush", NULL, "(O&K)", py_path, path, fi->fh);
+    reply_status(req, err);
+}
+
+void hm_py_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    path_or_none(req, ino, buf, &path);   /* the handle is closed whatever the path */
+    reply_status(req, call(req, "release", NULL, "(O&K)", py_path, path, fi->fh));
+}
+
+void hm_py_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    int err = path_or_none(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "fsync", NULL, "(O&iK)", py_path, path, datasync, fi->fh);
+    reply_status(req, err);
+}
+
+void hm_py_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    (void)fi;   /* our directory handle is not a descriptor: Interception opens its own */
+    char buf[HM_PATH];
+    const char *path;
+    int err = named_path(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "fsyncdir", NULL, "(O&ii)", py_path, path, datasync, 0);
+    reply_status(req, err);
+}
+
+/* The times of a setattr as utimensat wants them: UTIME_OMIT for what is not set. */
+static void setattr_times(const struct stat *attr, int to_set, struct timespec tv[2])
+{
+    tv[0].tv_sec = tv[1].tv_sec = 0;
+    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+        tv[0].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_ATIME)
+        tv[0] = attr->st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+        tv[1].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_MTIME)
+        tv[1] = attr->st_mtim;
+}
+
+/* A file unlinked while open has no name on either side: its handle is changed here, nothing is
+ * sent (as Interception.write does for path None). The kernel's writeback sends it its mtime. */
+static int setattr_unlinked(int fd, const struct stat *attr, int to_set)
+{
+    struct timespec tv[2];
+    setattr_times(attr, to_set, tv);
+    if ((to_set & FUSE_SET_ATTR_MODE) && fchmod(fd, attr->st_mode & 07777) != 0)
+        return errno;
+    if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) &&
+        fchown(fd, (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1,
+               (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1) != 0)
+        return errno;
+    if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(fd, attr->st_size) != 0)
+        return errno;
+    if ((to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) && futimens(fd, tv) != 0)
+        return errno;
+    return 0;
+}
+
+/* As libfuse's high-level fuse_lib_setattr: chmod, chown, truncate (with the handle when given),
+ * utimens with UTIME_NOW / UTIME_OMIT for what is not set; then the attributes. */
+void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    char buf[HM_PATH];
+    const char *path;
+    int err = path_or_none(req, ino, buf, &path);
+    if (err == 0 && path == NULL)
+        err = fi != NULL ? setattr_unlinked((int)fi->fh, attr, to_set) : ESTALE;
+    else if (err == 0) {
+        hm_current_req = req;
+        gil_enter();
+        if (to_set & FUSE_SET_ATTR_MODE)
+            err = call_held(e, "chmod", NULL, "(O&I)", py_path, path, (unsigned)attr->st_mode);
+        if (!err && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
+            err = call_held(e, "chown", NULL, "(O&ii)", py_path, path,
+                            (to_set & FUSE_SET_ATTR_UID) ? (int)attr->st_uid : -1,
+                            (to_set & FUSE_SET_ATTR_GID) ? (int)attr->st_gid : -1);
+        if (!err && (to_set & FUSE_SET_ATTR_SIZE)) {
+            if (fi != NULL)
+                err = call_held(e, "truncate", NULL, "(O&LK)", py_path, path, (long long)attr->st_size, fi->fh);
+            else
+                err = call_held(e, "truncate", NULL, "(O&L)", py_path, path, (long long)attr->st_size);
+        }
+        if (!err && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+            struct timespec tv[2];
+            setattr_times(attr, to_set, tv);
+            err = call_held(e, "utimens", NULL, "(O&((LL)(LL)))", py_path, path,
+                            (long long)tv[0].tv_sec, (long long)tv[0].tv_nsec,
+                            (long long)tv[1].tv_sec, (long long)tv[1].tv_nsec);
+        }
+        gil_leave();
+        hm_current_req = NULL;
+    }
+    if (err != 0) {
+        fuse_reply_err(req, err);
+        return;
+    }
+    struct stat st;
+    if (fi != NULL ? fstat((int)fi->fh, &st) != 0
+                   : fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) != 0)
+        fuse_reply_err(req, errno);
+    else
+        fuse_reply_attr(req, &st, HM_TIMEOUT);
+}
+
+/* As fuse_lib_mknod: a regular file is made by create + release (one CREATE to the peer). */
+void hm_py_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    char path[HM_PATH];
+    int err = child_path(req, parent, name, path);
+    if (err == 0 && S_ISREG(mode)) {
+        long long fh;
+        err = call(req, "create", &fh, "(O&Ii)", py_path, path, (unsigned)mode, O_CREAT | O_EXCL | O_WRONLY);
+        if (err == 0)
+            call(req, "release", NULL, "(O&L)", py_path, path, fh);
+    } else if (err == 0)
+        err = call(req, "mknod", NULL, "(O&IK)", py_path, path, (unsigned)mode, (unsigned long long)rdev);
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        hm_reply_entry(req, parent, name, path);
+}
+
+void hm_py_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    char path[HM_PATH];
+    int err = child_path(req, parent, name, path);
+    if (err == 0)
+        err = call(req, "mkdir", NULL, "(O&I)", py_path, path, (unsigned)mode);
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        hm_reply_entry(req, parent, name, path);
+}
+
+void hm_py_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    char path[HM_PATH];
+    int err = child_path(req, parent, name, path);
+    if (err == 0)
+        err = call(req, "symlink", NULL, "(O&O&)", py_path, path, py_path, link);
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        hm_reply_entry(req, parent, name, path);
+}
+
+void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+    char old[HM_PATH], path[HM_PATH];
+    const char *oldpath;
+    int err = named_path(req, ino, old, &oldpath);
+    if (err == 0)
+        err = child_path(req, newparent, newname, path);
+    if (err == 0)
+        err = call(req, "link", NULL, "(O&O&)", py_path, path, py_path, oldpath);
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        hm_reply_entry(req, newparent, newname, path);
+}
+
+static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const char *method)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    char path[HM_PATH];
+    struct stat st;
+    int err = child_path(req, parent, name, path);
+    int known = err == 0 && fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    if (err == 0)
+        err = call(req, method, NULL, "(O&)", py_path, path);
+    if (err == 0 && known) {
+        hm_table_unlinked(&e->table, parent, name, st.st_dev, st.st_ino);
+        keep_a_name(e, &st);
+    }
+    reply_status(req, err);
+}
+
+void hm_py_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    remove_entry(req, parent, name, "unlink");
+}
+
+void hm_py_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    remove_entry(req, parent, name, "rmdir");
+}
+
+void hm_py_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                  const char *newname, unsigned int flags)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    char old[HM_PATH], new[HM_PATH];
+    struct stat src, dst;
+    int err = child_path(req, parent, name, old);
+    if (err == 0)
+        err = child_path(req, newparent, newname, new);
+    int have_src = err == 0 && fstatat(e->root_fd, hm_rel(old), &src, AT_SYMLINK_NOFOLLOW) == 0;
+    int have_dst = err == 0 && fstatat(e->root_fd, hm_rel(new), &dst, AT_SYMLINK_NOFOLLOW) == 0;
+    if (err == 0)
+        err = call(req, "rename", NULL, "(O&O&I)", py_path, old, py_path, new, flags);
+    if (err == 0 && have_src) {
+        hm_table_renamed(&e->table, parent, name, newparent, newname, &src, &dst, have_dst,
+                         (flags & RENAME_EXCHANGE) != 0);
+        if (have_dst && !(flags & RENAME_EXCHANGE))
+            keep_a_name(e, &dst);
+    }
+    reply_status(req, err);
+}
+
+void hm_py_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags)
+{
+    char buf[HM_PATH];
+    const char *path;
+    int err = named_path(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "setxattr", NULL, "(O&O&y#i)", py_path, path, py_path, name, value, (Py_ssize_t)size, flags);
+    reply_status(req, err);
+}
+
+void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    char buf[HM_PATH];
+    const char *path;
+    int err = named_path(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "removexattr", NULL, "(O&O&)", py_path, path, py_path, name);
+    reply_status(req, err);
+}
+
+void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi)
+{
+    char buf[HM_PATH];
+    const char *path;
+    int err = path_or_none(req, ino, buf, &path);
+    if (err == 0)
+        err = call(req, "fallocate", NULL, "(O&iLLK)", py_path, path, mode, (long long)offset,
+                   (long long)length, fi->fh);
+    reply_status(req, err);
+}
+
+void hm_py_init(struct hm_engine *e)
+{
+    if (e->on_init == NULL)
+        return;
+    gil_enter();
+    PyObject *r = PyObject_CallNoArgs(e->on_init);
+    if (r == NULL)
+        failed(e, "init");
+    Py_XDECREF(r);
+    gil_leave();
+}

@@ -1,0 +1,372 @@
+"""The native FUSE engine (hamirror.fs._lowlevel, docs/native.md "The request loop"): real FUSE.
+
+Most tests run the loop in this process, on a plain ``Interception`` without a peer, so they can
+read the loop's inode table (``_lowlevel.nodes()``) and make a method raise. The last ones run a
+replicated barrier-mode mount (``hamirror mirror mount`` with ``HAMIRROR_FUSE_ENGINE=native``) and
+compare both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+
+import pytest
+
+from hamirror.fs import lowlevel
+from hamirror.fs.mount import MAX_BACKGROUND, MAX_THREADS
+from hamirror.fs.operations import Interception
+from hamirror.link.protocol import CONFLICT_DIR
+from hamirror.mirror.replicator import Replicator
+from tests.conftest import needs_root
+from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
+from tests.test_native_apply import REPO, _asan_runtime
+
+pytestmark = needs_root
+built = pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
+
+
+class Faulty(Interception):
+    """An Interception whose mkdir of a name starting with "boom" has a bug (not an OSError)."""
+
+    def mkdir(self, path: str, mode: int) -> int:
+        if os.path.basename(path).startswith("boom"):
+            raise ZeroDivisionError("a bug in an operation")
+        return super().mkdir(path, mode)
+
+
+def test_the_engine_choice_and_its_fallback_to_mfusepy_with_one_warning(monkeypatch, caplog):
+    default = "python" if lowlevel.module() is None else lowlevel.DEFAULT
+    monkeypatch.delenv(lowlevel.ENV, raising=False)
+    assert lowlevel.chosen() == default
+    monkeypatch.setenv(lowlevel.ENV, "fast")
+    assert lowlevel.chosen() == default
+    monkeypatch.setenv(lowlevel.ENV, "python")
+    assert lowlevel.chosen() == "python"
+    monkeypatch.setenv(lowlevel.ENV, "native")
+    monkeypatch.setitem(sys.modules, "hamirror.fs._lowlevel", None)   # what an unbuilt extension gives
+    lowlevel.module.cache_clear()
+    caplog.clear()
+    try:
+        with caplog.at_level("WARNING", logger="hamirror.fs.lowlevel"):
+            assert lowlevel.chosen() == "python" and lowlevel.chosen() == "python"
+    finally:
+        lowlevel.module.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("native FUSE engine not available (")
+    assert warnings[0].endswith("): the mount runs on mfusepy")
+
+
+@contextlib.contextmanager
+def in_process(mnt: str, make_ops, writeback: bool):
+    """A native mount of ``mnt`` served by this process: yields the lower directory's fd path."""
+    os.mkdir(mnt)
+    root_fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    ops = make_ops(root_fd)
+    ready, failure = threading.Event(), []
+
+    def run() -> None:
+        try:
+            lowlevel.serve_native(ops, root_fd, mnt, writeback=writeback, max_background=MAX_BACKGROUND,
+                                  max_threads=MAX_THREADS, on_init=ready.set)
+        except Exception as exc:   # reported below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(20) and not failure, failure
+    wait_for(lambda: is_fuse_mounted(mnt), 10, what="the mount")
+    try:
+        yield f"/proc/self/fd/{root_fd}"
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+        thread.join(20)
+        os.close(root_fd)
+    assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """(mount point, lower directory's fd path) of an in-process native mount without a peer."""
+    mnt = str(tmp_path_factory.mktemp("lowlevel") / "mnt")
+    with in_process(mnt, lambda root_fd: Faulty(root_fd, Replicator(None, None), "barrier",
+                                                context=lowlevel.context(), one_inode_per_file=True),
+                    writeback=True) as lower:
+        yield mnt, lower
+
+
+class Gated(Interception):
+    """Holds a write to a file named "held" until ``go`` is set, and notes whether the path it was
+    given still named the file it wrote through its handle when it was done: what the peer would
+    get is (path, bytes), so a path that names another file by then writes the bytes there."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered, self.go, self.same_file = threading.Event(), threading.Event(), []
+
+    def write(self, path, data, offset, fh):
+        written = super().write(path, data, offset, fh)
+        if path is not None and os.path.basename(path) == "held":
+            self.entered.set()
+            self.go.wait(10)
+            try:
+                self.same_file.append(os.stat(path[1:], dir_fd=self.root, follow_symlinks=False).st_ino
+                                      == os.fstat(fh).st_ino)
+            except FileNotFoundError:
+                self.same_file.append(False)
+        return written
+
+
+@built
+def test_a_rename_waits_for_the_changes_made_under_the_old_path(tmp_path):
+    """(Runs before the tests on `local`: one native loop per process, and `local` lives to the
+    module's end.) A write computed its path "/d/held", then d was renamed and a new d/held made: without the
+    namespace lock the write's message named the new file (the peer would write it there)."""
+    mnt = str(tmp_path / "mnt")
+    gated: list[Gated] = []
+
+    def make(root_fd: int) -> Gated:
+        gated.append(Gated(root_fd, Replicator(None, None), "sync", context=lowlevel.context(),
+                           one_inode_per_file=True))
+        return gated[0]
+
+    with in_process(mnt, make, writeback=False):
+        ops = gated[0]
+        os.mkdir(f"{mnt}/d")
+        fd = os.open(f"{mnt}/d/held", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            writer = threading.Thread(target=os.pwrite, args=(fd, b"old file", 0))
+            writer.start()
+            assert ops.entered.wait(10)
+
+            def rename_and_remake() -> None:
+                os.rename(f"{mnt}/d", f"{mnt}/e")
+                os.mkdir(f"{mnt}/d")
+                os.close(os.open(f"{mnt}/d/held", os.O_RDWR | os.O_CREAT, 0o644))
+
+            renamer = threading.Thread(target=rename_and_remake)
+            renamer.start()
+            renamer.join(0.5)
+            renamed_early = not renamer.is_alive()
+            ops.go.set()
+            writer.join(10)
+            renamer.join(10)
+        finally:
+            os.close(fd)
+        assert ops.same_file == [True], "the write's path named another file by the time it was done"
+        assert not renamed_early
+        assert open(f"{mnt}/e/held", "rb").read() == b"old file" and os.path.getsize(f"{mnt}/d/held") == 0
+
+
+def nodes() -> int:
+    return lowlevel.module().nodes()
+
+
+@built
+def test_every_name_of_a_file_is_one_inode(local):
+    mnt, lower = local
+    os.makedirs(f"{mnt}/one/sub")
+    with open(f"{mnt}/one/a", "wb") as f:
+        f.write(b"first")
+    os.link(f"{mnt}/one/a", f"{mnt}/one/sub/b")
+    a, b = os.stat(f"{mnt}/one/a"), os.stat(f"{mnt}/one/sub/b")
+    assert a.st_ino == b.st_ino == os.stat(f"{lower}/one/a").st_ino
+    assert a.st_nlink == b.st_nlink == 2
+    held = os.open(f"{mnt}/one/sub/b", os.O_RDONLY)
+    try:
+        os.pread(held, 100, 0)   # the page cache of b is warm
+        with open(f"{mnt}/one/a", "ab") as f:   # barrier mode: the writeback cache
+            f.write(b" and more")
+        assert os.pread(held, 100, 0) == b"first and more"
+        assert open(f"{mnt}/one/sub/b", "rb").read() == b"first and more"
+        assert os.stat(f"{mnt}/one/sub/b").st_size == 14
+    finally:
+        os.close(held)
+    assert open(f"{lower}/one/sub/b", "rb").read() == b"first and more"
+
+
+@built
+def test_lookup_counts_follow_the_kernel(local):
+    mnt, lower = local
+    os.mkdir(f"{lower}/many")   # made beneath the mount: the kernel has never seen them
+    for i in range(1000):
+        with open(f"{lower}/many/f{i}", "wb") as f:
+            f.write(b"x")
+    os.link(f"{lower}/many/f0", f"{lower}/many/again")
+    before = nodes()
+    find = ["find", f"{mnt}/many", "-type", "f", "-printf", "%i %s\n"]   # %s: a stat (a lookup) per name
+    out = subprocess.run(find, capture_output=True, text=True, check=True)
+    assert len(out.stdout.splitlines()) == 1001 and len(set(out.stdout.splitlines())) == 1000
+    subprocess.run(find, capture_output=True, check=True)
+    # One node per file (f0 and "again" are one), the directory, nothing per repeated lookup.
+    assert before + 1000 <= nodes() <= before + 1001 + 5
+    subprocess.run(["rm", "-rf", f"{mnt}/many"], check=True)
+    # Every unlinked file is forgotten by the kernel, and forgotten by the table.
+    wait_for(lambda: nodes() <= before, 10, what=f"the table to forget ({nodes()} nodes, {before} before)")
+    assert not os.path.exists(f"{lower}/many")
+
+
+@built
+def test_a_file_unlinked_while_open_keeps_serving_its_handle(local):
+    mnt, lower = local
+    fd = os.open(f"{mnt}/gone", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"before")
+        os.unlink(f"{mnt}/gone")
+        assert not os.path.exists(f"{lower}/gone")
+        os.pwrite(fd, b" after", 6)
+        os.fsync(fd)
+        os.ftruncate(fd, 9)
+        assert os.pread(fd, 100, 0) == b"before af"
+    finally:
+        os.close(fd)
+    assert not os.path.exists(f"{mnt}/gone")
+
+
+@built
+def test_the_conflict_folder_is_hidden(local):
+    mnt, lower = local
+    name = os.fsdecode(CONFLICT_DIR)
+    os.makedirs(f"{lower}/{name}/kept", exist_ok=True)
+    assert name not in os.listdir(mnt)
+    for call in (lambda: os.stat(f"{mnt}/{name}"), lambda: os.mkdir(f"{mnt}/{name}"),
+                 lambda: os.listdir(f"{mnt}/{name}/kept")):
+        with pytest.raises(FileNotFoundError):
+            call()
+    os.mkdir(f"{mnt}/nested")
+    os.mkdir(f"{mnt}/nested/{name}")   # reserved at the top only
+    assert os.listdir(f"{mnt}/nested") == [name]
+
+
+@built
+def test_a_bug_in_an_operation_is_eio_and_the_loop_goes_on(local, caplog):
+    mnt, _ = local
+    with caplog.at_level("ERROR", logger="hamirror.fs.lowlevel"):
+        with pytest.raises(OSError) as raised:
+            os.mkdir(f"{mnt}/boom")
+    assert raised.value.errno == errno.EIO
+    assert any("ZeroDivisionError" in r.getMessage() and "mkdir" in r.getMessage() for r in caplog.records)
+    os.mkdir(f"{mnt}/fine")
+    assert os.path.isdir(f"{mnt}/fine")
+
+
+@built
+def test_paths_follow_renames_and_unlinks(local):
+    mnt, lower = local
+    os.makedirs(f"{mnt}/r/d")
+    fd = os.open(f"{mnt}/r/d/f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"1")
+        os.rename(f"{mnt}/r/d", f"{mnt}/r/e")
+        os.rename(f"{mnt}/r/e/f", f"{mnt}/r/e/g")
+        os.pwrite(fd, b"2", 1)
+        os.fsync(fd)
+        with open(f"{mnt}/r/other", "wb") as f:
+            f.write(b"o")
+        os.rename(f"{mnt}/r/other", f"{mnt}/r/e/g")   # replaces the open file's only name
+        os.pwrite(fd, b"3", 2)
+        os.fsync(fd)
+        assert os.pread(fd, 10, 0) == b"123"
+    finally:
+        os.close(fd)
+    assert open(f"{lower}/r/e/g", "rb").read() == b"o"
+    assert sorted(os.listdir(f"{lower}/r")) == ["e"] and os.listdir(f"{lower}/r/e") == ["g"]
+
+
+@pytest.fixture(scope="module")
+def barrier_pair(tmp_path_factory):
+    """A replicated barrier-mode mount on the native engine."""
+    pair = MirrorPair(str(tmp_path_factory.mktemp("llbarrier")), mode="barrier", engine="native")
+    try:
+        yield pair.start()
+    finally:
+        pair.stop()
+
+
+def settled_diff(pair: MirrorPair) -> list[str]:
+    deadline = time.monotonic() + 10
+    while True:
+        problems = diff_snapshots(tree_snapshot(pair.primary), tree_snapshot(pair.secondary))
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.1)
+
+
+@built
+def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair):
+    m, s = barrier_pair.primary, barrier_pair.secondary
+    assert "FUSE engine: native" in open(barrier_pair.log("mount")).read()
+    os.mkdir(f"{m}/d")
+    with open(f"{m}/d/a", "wb") as f:
+        f.write(b"one")
+    os.link(f"{m}/d/a", f"{m}/b")
+    with open(f"{m}/b", "ab") as f:   # through the other name
+        f.write(b" two")
+        os.fsync(f.fileno())
+    assert open(f"{m}/d/a", "rb").read() == b"one two"
+    assert os.stat(f"{s}/d/a").st_ino == os.stat(f"{s}/b").st_ino
+    fd = os.open(f"{m}/d/a", os.O_WRONLY)
+    try:
+        os.rename(f"{m}/d", f"{m}/e")
+        os.unlink(f"{m}/b")
+        os.pwrite(fd, b"ONE", 0)   # through the fd opened by the old path
+    finally:
+        os.close(fd)   # close is barrier mode's barrier
+    assert open(f"{s}/e/a", "rb").read() == b"ONE two"
+    assert settled_diff(barrier_pair) == []
+
+
+@built
+def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
+    """The extension built with -fsanitize=address, loaded into a Python process (libasan
+    preloaded) that mounts it and sends every kind of request (tests/lowlevel_workload.py)."""
+    runtime = _asan_runtime()
+    if runtime is None:
+        pytest.skip("gcc with libasan is not installed")
+    extension = str(tmp_path / ("_lowlevel" + sysconfig.get_config_var("EXT_SUFFIX")))
+    fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                    "-fsanitize=address", "-fno-omit-frame-pointer", "-I" + sysconfig.get_paths()["include"],
+                    "native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_inodes.c", "native/hm_fuse_module.c",
+                    *fuse, "-o", extension], check=True, cwd=REPO, timeout=120)
+    (tmp_path / "mnt").mkdir()
+    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               PYTHONMALLOC="malloc")
+    result = subprocess.run([sys.executable, "-m", "tests.lowlevel_workload", str(tmp_path / "mnt"), extension],
+                            capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
+    assert "AddressSanitizer" not in result.stderr, result.stderr[-4000:]
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-4000:]
+    assert os.listdir(tmp_path / "mnt") == []
+
+
+@built
+def test_a_file_whose_known_names_are_gone_replicates_under_another(barrier_pair):
+    """Its other name was never looked up through the mount: the loop finds it, so writes through
+    a handle opened by the removed name still reach the peer (on mfusepy they are not sent)."""
+    from tests.test_mirror_hardlinks import lower_dir
+
+    m, s = barrier_pair.primary, barrier_pair.secondary
+    for side in (lower_dir(barrier_pair), s):   # the same two names on both sides, beneath the mount
+        os.mkdir(f"{side}/kept")
+        with open(f"{side}/kept/a", "wb") as f:
+            f.write(b"0123456789")
+        os.link(f"{side}/kept/a", f"{side}/b")
+    os.utime(m, ns=(1, 2))   # the root's times, changed on each side alone, made equal
+    fd = os.open(f"{m}/kept/a", os.O_RDWR)
+    try:
+        os.unlink(f"{m}/kept/a")
+        os.pwrite(fd, b"AB", 2)
+    finally:
+        os.close(fd)   # barrier mode's barrier
+    with open(f"{s}/b", "rb") as f:
+        assert f.read() == b"01AB456789"
+    assert settled_diff(barrier_pair) == []
+
