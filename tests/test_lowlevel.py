@@ -13,7 +13,6 @@ import errno
 import os
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 
@@ -26,7 +25,7 @@ from hamirror.link.protocol import CONFLICT_DIR
 from hamirror.mirror.replicator import Replicator
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, tree_snapshot, wait_for
-from tests.test_native_apply import REPO, _asan_runtime
+from tests.test_native_apply import run_under_asan
 
 pytestmark = needs_root
 built = pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
@@ -327,23 +326,13 @@ def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair)
 def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
     """The extension built with -fsanitize=address, loaded into a Python process (libasan
     preloaded) that mounts it and sends every kind of request (tests/lowlevel_workload.py)."""
-    runtime = _asan_runtime()
-    if runtime is None:
-        pytest.skip("gcc with libasan is not installed")
-    extension = str(tmp_path / ("_lowlevel" + sysconfig.get_config_var("EXT_SUFFIX")))
     fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
                           check=True).stdout.split()
-    subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                    "-fsanitize=address", "-fno-omit-frame-pointer", "-I" + sysconfig.get_paths()["include"],
-                    "native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_inodes.c", "native/hm_fuse_module.c",
-                    *fuse, "-o", extension], check=True, cwd=REPO, timeout=120)
     (tmp_path / "mnt").mkdir()
-    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
-               PYTHONMALLOC="malloc")
-    result = subprocess.run([sys.executable, "-m", "tests.lowlevel_workload", str(tmp_path / "mnt"), extension],
-                            capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
-    assert "AddressSanitizer" not in result.stderr, result.stderr[-4000:]
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-4000:]
+    result = run_under_asan(tmp_path, "_lowlevel", ["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_inodes.c",
+                                                    "native/hm_fuse_module.c"], fuse, "tests.lowlevel_workload",
+                            str(tmp_path / "mnt"), 180)
+    assert result.stdout.strip() == "ok", result.stderr[-4000:]
     assert os.listdir(tmp_path / "mnt") == []
 
 

@@ -159,26 +159,34 @@ def _asan_runtime() -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
+def run_under_asan(tmp_path, name: str, sources: list[str], flags: list[str], workload: str,
+                   target: str, timeout: float) -> subprocess.CompletedProcess:
+    """Build the extension ``name`` from ``sources`` with AddressSanitizer, run ``python -m
+    workload target extension`` with libasan preloaded, and fail on any report (skip without gcc)."""
+    runtime = _asan_runtime()
+    if runtime is None:
+        pytest.skip("gcc with libasan is not installed")
+    extension = str(tmp_path / (name + sysconfig.get_config_var("EXT_SUFFIX")))
+    subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                    "-fsanitize=address", "-fno-omit-frame-pointer", "-I" + sysconfig.get_paths()["include"],
+                    *sources, *flags, "-o", extension], check=True, cwd=REPO, timeout=120)
+    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               PYTHONMALLOC="malloc")
+    result = subprocess.run([sys.executable, "-m", workload, target, extension],
+                            capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    assert "AddressSanitizer" not in result.stderr, result.stderr[-4000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 @pytest.mark.parametrize("openat2", [1, 0])
 def test_the_core_is_clean_under_address_sanitizer(tmp_path, openat2):
     """The extension built with -fsanitize=address, loaded into a real Python process (libasan
     preloaded), applies the whole stream to real files with the results of the Python path; also
     built to reach directories one component at a time, as it does on kernels without openat2."""
-    runtime = _asan_runtime()
-    if runtime is None:
-        pytest.skip("gcc with libasan is not installed")
-    extension = str(tmp_path / ("_native" + sysconfig.get_config_var("EXT_SUFFIX")))
-    subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                    "-fsanitize=address", "-fno-omit-frame-pointer", "-I" + sysconfig.get_paths()["include"],
-                    f"-DHM_USE_OPENAT2={openat2}",
-                    "native/hm_apply.c", "native/module.c", "-o", extension], check=True, cwd=REPO, timeout=120)
     (tmp_path / "dir").mkdir()
-    env = dict(os.environ, LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
-               PYTHONMALLOC="malloc")
-    result = subprocess.run([sys.executable, "-m", "tests.native_stream", str(tmp_path / "dir"), extension],
-                            capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
-    assert "AddressSanitizer" not in result.stderr, result.stderr[-4000:]
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_under_asan(tmp_path, "_native", ["native/hm_apply.c", "native/module.c"],
+                            [f"-DHM_USE_OPENAT2={openat2}"], "tests.native_stream", str(tmp_path / "dir"), 120)
     outcomes = json.loads(result.stdout)
     assert len(outcomes) == len(native_stream.stream())
     assert outcomes == [native_stream.EXPECTED_ERRORS.get(i, 0) for i in range(len(outcomes))]
