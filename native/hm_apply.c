@@ -30,7 +30,9 @@
 #define HM_USE_OPENAT2 1 /* 0 builds the component-by-component path alone (kernels before 5.6) */
 #endif
 #define CACHE_SIZE 64
-/* Writes this large start their writeback at once (as hamirror/link/apply.py does). */
+/* Writes this large start their writeback at once (as hamirror/link/apply.py does), and so does
+ * any write to a file this core has synced (a log that commits: its next fsync then has only the
+ * cache flush left to wait for; docs/performance.md, "A commit's critical path"). */
 #define EARLY_WRITEBACK_MIN (256 * 1024)
 #define INT64_MAX_ (INT64_C(0x7fffffffffffffff))
 #define MAX_DATA (16 * 1024 * 1024)
@@ -41,6 +43,7 @@ struct entry {
     char *path;         /* malloc'd, NUL-terminated */
     size_t len;
     int fd;             /* -1: free */
+    int synced;         /* files: synced through this descriptor, so its writes start writeback */
     uint64_t used;      /* for least-recently-used eviction */
 };
 
@@ -54,6 +57,9 @@ struct hm_applier {
     uint64_t clock;
     struct cache dirs;  /* parent directories (O_PATH or O_RDONLY), keyed by relative path */
     struct cache files; /* regular files open O_WRONLY, keyed by relative path */
+    int wb_fd;          /* a cached descriptor whose writeback hm_start_writeback() starts, or -1 */
+    off_t wb_off;
+    size_t wb_len;
 };
 
 static int fail(char *err, size_t err_len, int code, const char *fmt, ...)
@@ -131,6 +137,7 @@ static struct entry *cache_put(struct hm_applier *a, struct cache *c, const char
     victim->path[len] = '\0';
     victim->len = len;
     victim->fd = fd;
+    victim->synced = 0;
     victim->used = ++a->clock;
     return victim;
 }
@@ -304,6 +311,21 @@ static int writable(struct hm_applier *a, const struct hm_op *op, int *fd, char 
     return rc;
 }
 
+/* Whether path's cached descriptor was synced (its writes then start writeback at once). */
+static int was_synced(struct hm_applier *a, const struct hm_op *op)
+{
+    struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
+    return e != NULL && e->synced;
+}
+
+/* A sync through path's cached descriptor succeeded: remember it for the writes that follow. */
+static void mark_synced(struct hm_applier *a, const struct hm_op *op)
+{
+    struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
+    if (e != NULL)
+        e->synced = 1;
+}
+
 /* operations ------------------------------------------------------------------------------- */
 
 static int is_root(const struct hm_op *op)
@@ -396,6 +418,13 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
     if (written >= EARLY_WRITEBACK_MIN
         && sync_file_range(fd, offset, written, SYNC_FILE_RANGE_WRITE) != 0)
         return fail_errno(err, err_len, errno);
+    /* A small write to a synced file (a log that commits): after its reply (hm_start_writeback).
+     * A commit message (WRITE_FSYNC) syncs right away: nothing to start. */
+    if (written > 0 && written < EARLY_WRITEBACK_MIN && op->op == HM_WRITE && was_synced(a, op)) {
+        a->wb_fd = fd;
+        a->wb_off = (off_t)offset;
+        a->wb_len = (size_t)written;
+    }
     *fd_out = fd;
     return 0;
 }
@@ -434,8 +463,11 @@ static int do_fsync(struct hm_applier *a, const struct hm_op *op, int64_t datasy
                     size_t err_len)
 {
     struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
-    if (e != NULL)
-        return sync_fd(e->fd, datasync, err, err_len);
+    if (e != NULL) {
+        int rc = sync_fd(e->fd, datasync, err, err_len);
+        e->synced = e->synced || rc == 0;
+        return rc;
+    }
     if (is_root(op))
         return sync_fd(a->root_fd, datasync, err, err_len);
     struct where w;
@@ -504,13 +536,24 @@ struct hm_applier *hm_new(int root_fd)
         return NULL;
     }
     a->use_openat2 = HM_USE_OPENAT2;
+    a->wb_fd = -1;
     cache_init(&a->dirs);
     cache_init(&a->files);
     return a;
 }
 
+void hm_start_writeback(struct hm_applier *a)
+{
+    if (a->wb_fd < 0)
+        return;
+    /* Only a head start for the next sync, which reports any I/O error itself. */
+    (void)sync_file_range(a->wb_fd, a->wb_off, (off_t)a->wb_len, SYNC_FILE_RANGE_WRITE);
+    a->wb_fd = -1;
+}
+
 void hm_forget(struct hm_applier *a)
 {
+    a->wb_fd = -1; /* its descriptor is about to close */
     cache_clear(&a->files);
     cache_clear(&a->dirs);
 }
@@ -535,6 +578,7 @@ int hm_cached(const struct hm_applier *a)
 int hm_apply(struct hm_applier *a, const struct hm_op *op, char *err, size_t err_len)
 {
     err[0] = '\0';
+    hm_start_writeback(a); /* before any descriptor of the cache may close */
     if (!hm_supported(op->op, op->ints, op->n_ints))
         return fail(err, err_len, EINVAL, "operation %d not applied by the native core", op->op);
     if (check_path(op->path, op->path_len) != 0)
@@ -559,8 +603,11 @@ int hm_apply(struct hm_applier *a, const struct hm_op *op, char *err, size_t err
     }
     for (int i = 0; rc == 0 && i < op->n_times; i++)
         rc = set_times(a, &op->times[i], err, err_len);
-    if (rc == 0 && op->op == HM_WRITE_FSYNC) /* a WRITE then an FSYNC: it covers the times too */
+    if (rc == 0 && op->op == HM_WRITE_FSYNC) { /* a WRITE then an FSYNC: it covers the times too */
         rc = sync_fd(fd, op->ints[1], err, err_len);
+        if (rc == 0)
+            mark_synced(a, op);
+    }
     if (rc != 0) /* the tree may not be what the caches think: start again from names */
         hm_forget(a);
     return rc;

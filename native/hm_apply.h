@@ -54,6 +54,10 @@ struct hm_applier *hm_new(int root_fd);
 void hm_free(struct hm_applier *a);
 /* Close every cached descriptor: names may have changed behind the core's back. */
 void hm_forget(struct hm_applier *a);
+/* Start the writeback that a small write to a synced file left for later: the receiver calls it
+ * once the write's reply is sent, so the wait for that reply does not include it; hm_apply()
+ * starts it first too (and hm_forget() drops it), so its descriptor is always still open. */
+void hm_start_writeback(struct hm_applier *a);
 /* 1 if this core applies op (with these ints), 0 if Python must. */
 int hm_supported(int op, const int64_t *ints, int n_ints);
 /* Apply one operation: 0, or an errno value with a message in err (always NUL-terminated). */

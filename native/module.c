@@ -168,17 +168,28 @@ static PyObject *Applier_supported(PyObject *Py_UNUSED(cls), PyObject *args)
     return PyBool_FromLong(hm_supported(opcode, op.ints, op.n_ints));
 }
 
-static PyObject *Applier_forget(ApplierObject *self, PyObject *Py_UNUSED(ignored))
+/* Run fn on the core under its lock, without the GIL (it may close files or start I/O). */
+static PyObject *run_locked(ApplierObject *self, void (*fn)(struct hm_applier *))
 {
     if (closed(self))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     if (self->core != NULL)
-        hm_forget(self->core);
+        fn(self->core);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+static PyObject *Applier_forget(ApplierObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return run_locked(self, hm_forget);
+}
+
+static PyObject *Applier_start_writeback(ApplierObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return run_locked(self, hm_start_writeback);
 }
 
 static PyObject *Applier_cached(ApplierObject *self, PyObject *Py_UNUSED(ignored))
@@ -208,6 +219,8 @@ static PyMethodDef Applier_methods[] = {
      "supported(op, ints): True if the native core applies this operation."},
     {"forget", (PyCFunction)Applier_forget, METH_NOARGS,
      "Close every kept descriptor (names changed behind the core)."},
+    {"start_writeback", (PyCFunction)Applier_start_writeback, METH_NOARGS,
+     "Start the writeback a small write to a synced file left for after its reply."},
     {"cached", (PyCFunction)Applier_cached, METH_NOARGS, "Descriptors kept open."},
     {"close", (PyCFunction)Applier_close, METH_NOARGS, "Close the core and its descriptors."},
     {NULL, NULL, 0, NULL},

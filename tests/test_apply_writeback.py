@@ -3,8 +3,10 @@
 Large writes start their writeback at once (sync_file_range), small ones not: streaming writes on
 the replica then reach its disk while the primary goes on, so the primary's next fsync (which
 waits for the secondary's) finds little left to write; small writes (a database page rewritten
-again and again) stay in the page cache until their fsync, as on the primary. A WRITE_FSYNC (a
-commit in one message) syncs after the primary's times are applied, as a WRITE then an FSYNC would.
+again and again) stay in the page cache until their fsync, as on the primary, unless their file
+was synced before (a log that commits: tests/test_native_apply.py, after the write's reply). A
+WRITE_FSYNC (a commit in one message) syncs after the primary's times are applied, as a WRITE then
+an FSYNC would.
 """
 
 from __future__ import annotations

@@ -152,6 +152,42 @@ mark("END")
     assert f"4096, {EARLY_WRITEBACK_MIN}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+def test_writes_to_a_synced_file_start_their_writeback_after_the_reply(tmp_path, use_native):
+    """A file the receiver synced (a database's log) has its next small write's writeback started
+    once the receiver sent that write's reply (``start_writeback``, or the next apply), so the
+    commit's fsync that follows waits for less and the write's own round trip not longer; a file
+    never synced is left to the kernel's writeback (small files are not pushed out one by one)."""
+    calls = _strace(tmp_path, f"""
+if not {use_native}:
+    a.close()
+    a = Applier(a.directory, use_native=False)
+for p in (b"log", b"other"):
+    a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (p,)))
+a.apply(_msg(Op.WRITE, (0,), (b"log",), (), b"a" * 8192))
+a.apply(_msg(Op.FSYNC, (1,), (b"log",)))
+mark("START")
+a.apply(_msg(Op.WRITE, (8192,), (b"log",), (), b"b" * 8192))
+mark("REPLY")
+a.start_writeback()
+a.start_writeback()
+a.apply(_msg(Op.WRITE, (0,), (b"other",), (), b"c" * 8192))
+a.start_writeback()
+a.apply(_msg(Op.FSYNC, (1,), (b"log",)))
+mark("END")
+""")
+    reply = next(i for i, line in enumerate(calls) if "/MARK-REPLY" in line)
+
+    def names(lines: list[str]) -> list[str]:
+        found = [c.split("(")[0].split()[-1] for c in lines]
+        return [n for n in found if n in ("pwrite64", "sync_file_range", "fdatasync")]
+
+    assert names(calls[:reply]) == ["pwrite64"], calls
+    assert names(calls[reply:]) == ["sync_file_range", "pwrite64", "fdatasync"], calls
+    assert "8192, 8192, SYNC_FILE_RANGE_WRITE" in "".join(calls)
+    assert (tmp_path / "dir" / "log").read_bytes() == b"a" * 8192 + b"b" * 8192
+
+
 def _asan_runtime() -> str | None:
     if shutil.which("gcc") is None:
         return None

@@ -25,7 +25,9 @@ _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Large writes (streaming, not a page rewritten again soon) start their writeback at once: the
 # replica holds little dirty data, and the primary's next fsync, which waits for the secondary's,
-# does not have to wait for all of it to reach the disk then (DRBD writes through, too).
+# does not have to wait for all of it to reach the disk then (DRBD writes through, too). So does
+# any write to a file the receiver has synced (a database's log: a commit's fsync follows each
+# write, and then finds its pages on their way; docs/performance.md, "A commit's critical path").
 EARLY_WRITEBACK_MIN = 256 * 1024
 
 
@@ -122,6 +124,8 @@ class Applier:
         self.directory = directory
         self.root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fds: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._synced: set[bytes] = set()   # paths in _fds synced through their descriptor
+        self._writeback: tuple[int, int, int] | None = None   # (fd in _fds, offset, length): see start_writeback
         self.native = native.core(self.root_fd) if use_native else None
         self._handlers = {
             Op.CREATE: self._create, Op.MKDIR: self._mkdir, Op.SYMLINK: self._symlink,
@@ -138,8 +142,24 @@ class Applier:
             self.native.close()
         os.close(self.root_fd)
 
+    def start_writeback(self) -> None:
+        """Start the writeback that a small write to a synced file left for later. The receiver
+        calls this once that write's reply is sent: the primary, which waits for the reply (sync
+        mode), does not wait for this too, and the commit's fsync that follows finds the pages on
+        their way to the disk. Only a head start: the fsync still syncs, and reports errors."""
+        if self.native is not None:
+            self.native.start_writeback()
+            return
+        pending, self._writeback = self._writeback, None
+        if pending is not None:
+            try:
+                start_writeback(*pending)
+            except OSError:
+                pass
+
     def apply(self, msg: Message) -> None:
         """Apply one operation, then the primary's times; raise OSError if the secondary refuses."""
+        self.start_writeback()   # before a descriptor of the cache may close
         if self.native is not None:
             if self.native.supported(msg.op, msg.ints):
                 self.native.apply(msg.op, msg.ints, msg.strs[0], msg.times, msg.data)
@@ -163,13 +183,17 @@ class Applier:
             fd = open_data(parent.fd, parent.name, os.O_WRONLY)
         self._fds[path] = fd
         if len(self._fds) > self.MAX_OPEN:
-            os.close(self._fds.popitem(last=False)[1])
+            evicted, old = self._fds.popitem(last=False)
+            self._synced.discard(evicted)
+            os.close(old)
         return fd
 
     def forget_descriptors(self) -> None:
         """Names changed: a cached descriptor may no longer be what the path means."""
         if self.native is not None:
             self.native.forget()
+        self._synced.clear()
+        self._writeback = None
         while self._fds:
             os.close(self._fds.popitem()[1])
 
@@ -180,6 +204,7 @@ class Applier:
         # A new inode under this name: a descriptor cached for the name (its old inode, removed
         # behind the receiver's back, as a verify's repair finds) must not take its writes.
         cached = self._fds.pop(msg.strs[0], None)
+        self._synced.discard(msg.strs[0])
         if cached is not None:
             os.close(cached)
         with resolve_beneath(self.root_fd, msg.strs[0]) as parent:
@@ -241,6 +266,8 @@ class Applier:
             raise OSError(errno.EIO, f"short write on the secondary ({written} of {len(data)} bytes)")
         if written >= EARLY_WRITEBACK_MIN:
             start_writeback(fd, msg.ints[0], written)
+        elif written and msg.op == Op.WRITE and msg.strs[0] in self._synced:
+            self._writeback = (fd, msg.ints[0], written)   # after the reply: start_writeback
 
     def _truncate(self, msg: Message) -> None:
         os.ftruncate(self._writable(msg.strs[0]), msg.ints[0])
@@ -272,6 +299,7 @@ class Applier:
         cached = self._fds.get(path)
         if cached is not None:
             sync(cached)
+            self._synced.add(path)
             return
         with resolve_beneath(self.root_fd, path) as parent:
             fd = open_data(parent.fd, parent.name, os.O_RDONLY, directory_ok=True)

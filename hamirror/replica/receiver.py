@@ -177,7 +177,9 @@ class Receiver:
                 if len(held) >= BATCH or self.unsynced is None or not self.unsynced.pending:
                     self._acknowledge(held)
                     held = []
+                    self.applier.start_writeback()   # a synced file's write: after its reply
             self._acknowledge(held)
+            self.applier.start_writeback()
 
     def _acknowledge(self, replies: list[tuple[bytes, list[bytes]]]) -> None:
         """Send replies, once the paths they acknowledge are durable in the unsynced log: a path new
