@@ -32,6 +32,21 @@ static int is_conflict_dir(fuse_ino_t parent, const char *name)
 void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const char *path)
 {
     struct hm_engine *e = hm_engine_of(req);
+    if (hm_names.engine == NULL) {
+        /* The change was queued and the lock let go: "path" may be stale by now (a rename of a
+         * directory above it). (parent, name) is not: the kernel holds the parent's lock. */
+        char fresh[HM_PATH];
+        pthread_rwlock_rdlock(&e->names);
+        hm_names.engine = e;
+        hm_names.early = 0;
+        int r = hm_table_child_path(&e->table, parent, name, fresh, sizeof(fresh));
+        if (r != 0)
+            fuse_reply_err(req, -r);
+        else
+            hm_reply_entry(req, parent, name, fresh);
+        hm_names_release(0);
+        return;
+    }
     struct fuse_entry_param entry;
     memset(&entry, 0, sizeof(entry));
     int r = lstat_rel(e, path, &entry.attr);
@@ -350,23 +365,44 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
 }
 
 /* Paths and renames (docs/native.md): a request that turns a node into a path holds the namespace
- * lock shared until it replied, so the path it used (for a local call, or for the message to the
- * peer) still names the file it acted on. Without it a write through an open handle could compute
- * "d/f", a rename of d and a new d/f could follow, and the write would reach the peer under the
- * new file's name. rename, unlink and rmdir hold it exclusive. The engine is read before the
+ * lock shared until its change is queued for the peer or it replied (see hm_fuse.h), so the path
+ * it used (for a local call, for the journal or for the message) still names the file it acted on
+ * when the message takes its place in the stream. Without it a write through an open handle could
+ * compute "d/f", a rename of d and a new d/f could be queued first, and the write would reach the
+ * peer under the new file's name. rename, unlink and rmdir hold it exclusive. ``early`` 0 keeps
+ * it to the reply (setattr: several changes under one path). The engine is read before the
  * request is served: the reply frees the request. */
-#define NAMES_LOCKED(op, lock, fn, params, args)                 \
+__thread struct hm_names_held hm_names;
+
+void hm_names_release(int ok)
+{
+    struct hm_engine *e = hm_names.engine;
+    if (e == NULL)
+        return;
+    struct hm_pending *p = hm_names.pending;
+    if (p != NULL && ok)
+        p->apply(e, p);
+    hm_names.engine = NULL;
+    hm_names.pending = NULL;
+    pthread_rwlock_unlock(&e->names);
+}
+
+#define NAMES_LOCKED_AS(op, lock, early_release, fn, params, args) \
     static void locked_##op(fuse_req_t req, params)              \
     {                                                            \
         struct hm_engine *locked_e = hm_engine_of(req);          \
         lock(&locked_e->names);                                  \
+        hm_names.engine = locked_e;                              \
+        hm_names.early = early_release;                          \
+        hm_names.pending = NULL;                                 \
         fn(req, args);                                           \
-        pthread_rwlock_unlock(&locked_e->names);                 \
+        hm_names_release(0);                                     \
     }
 #define P(...) __VA_ARGS__
+#define NAMES_LOCKED(op, lock, fn, params, args) NAMES_LOCKED_AS(op, lock, 1, fn, P(params), P(args))
 NAMES_LOCKED(lookup, pthread_rwlock_rdlock, ll_lookup, P(fuse_ino_t parent, const char *name), P(parent, name))
 NAMES_LOCKED(getattr, pthread_rwlock_rdlock, ll_getattr, P(fuse_ino_t ino, struct fuse_file_info *fi), P(ino, fi))
-NAMES_LOCKED(setattr, pthread_rwlock_rdlock, hm_py_setattr, P(fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi), P(ino, attr, to_set, fi))
+NAMES_LOCKED_AS(setattr, pthread_rwlock_rdlock, 0, hm_py_setattr, P(fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi), P(ino, attr, to_set, fi))
 NAMES_LOCKED(readlink, pthread_rwlock_rdlock, ll_readlink, P(fuse_ino_t ino), P(ino))
 NAMES_LOCKED(mknod, pthread_rwlock_rdlock, hm_py_mknod, P(fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev), P(parent, name, mode, rdev))
 NAMES_LOCKED(mkdir, pthread_rwlock_rdlock, hm_py_mkdir, P(fuse_ino_t parent, const char *name, mode_t mode), P(parent, name, mode))

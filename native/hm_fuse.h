@@ -41,6 +41,31 @@ extern const struct fuse_lowlevel_ops hm_ops;
 /* The request being served by this thread, for _lowlevel.context(). */
 extern __thread fuse_req_t hm_current_req;
 
+/* The namespace lock as this thread holds it (docs/native.md, "Paths and renames"). A request
+ * holds it from its path's computation until its change is queued for the peer (the replicator's
+ * hook, _lowlevel.queued) or until it replied, whichever comes first: messages are applied in
+ * queue order, so once queued the change is ordered before any later rename. A rename, unlink or
+ * rmdir updates the inode table at that same moment (``pending``), before anyone can compute a
+ * path from the table again. */
+struct hm_pending {
+    void (*apply)(struct hm_engine *e, struct hm_pending *p);   /* the table's update, run once */
+    uint64_t parent, newparent;
+    const char *name, *newname;
+    struct stat src, dst;
+    int have_src, have_dst;
+    unsigned flags;
+};
+
+struct hm_names_held {
+    struct hm_engine *engine;   /* NULL: this thread holds nothing */
+    int early;                  /* the hook may release it before the request replies */
+    struct hm_pending *pending;
+};
+extern __thread struct hm_names_held hm_names;
+
+/* Release this thread's hold (if any), running its pending table update first when ``ok``. */
+void hm_names_release(int ok);
+
 static inline struct hm_engine *hm_engine_of(fuse_req_t req)
 {
     return (struct hm_engine *)fuse_req_userdata(req);

@@ -93,11 +93,28 @@ static PyObject *lowlevel_nodes(PyObject *self, PyObject *unused)
     return PyLong_FromSize_t(running != NULL ? hm_table_count(&running->table) : 0);
 }
 
+/* The replicator's hook (Replicator.on_queued): this thread's change is queued for the peer (or
+ * recorded), so the namespace lock it holds may go (hm_fuse.h). Anywhere else, a no-op. */
+static PyObject *lowlevel_queued(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int ok = PyObject_IsTrue(arg);
+    if (ok < 0)
+        return NULL;
+    if (hm_names.engine != NULL && hm_names.early) {
+        Py_BEGIN_ALLOW_THREADS
+        hm_names_release(ok);   /* a rename's table update may search the tree: without the GIL */
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))lowlevel_serve, METH_VARARGS | METH_KEYWORDS,
      "Mount and serve until unmounted (the GIL is released while waiting)."},
     {"context", lowlevel_context, METH_NOARGS, "(uid, gid, pid) of the request this thread serves."},
     {"nodes", lowlevel_nodes, METH_NOARGS, "Number of nodes the running loop holds."},
+    {"queued", lowlevel_queued, METH_O, "queued(ok): this thread's change is queued; its path lock may go."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -403,19 +403,26 @@ void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char
         hm_reply_entry(req, newparent, newname, path);
 }
 
+/* The table's update after an unlink or rmdir (run at the queue hook or after the call). */
+static void removed(struct hm_engine *e, struct hm_pending *p)
+{
+    if (!p->have_src)
+        return;
+    hm_table_unlinked(&e->table, p->parent, p->name, p->src.st_dev, p->src.st_ino);
+    keep_a_name(e, &p->src);
+}
+
 static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, const char *method)
 {
     struct hm_engine *e = hm_engine_of(req);
     char path[HM_PATH];
-    struct stat st;
+    struct hm_pending pending = {.apply = removed, .parent = parent, .name = name};
     int err = child_path(req, parent, name, path);
-    int known = err == 0 && fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    pending.have_src = err == 0 && fstatat(e->root_fd, hm_rel(path), &pending.src, AT_SYMLINK_NOFOLLOW) == 0;
+    hm_names.pending = &pending;
     if (err == 0)
         err = call(req, method, NULL, "(O&)", py_path, path);
-    if (err == 0 && known) {
-        hm_table_unlinked(&e->table, parent, name, st.st_dev, st.st_ino);
-        keep_a_name(e, &st);
-    }
+    hm_names_release(err == 0);   /* the table's update, if the queue hook did not run it */
     reply_status(req, err);
 }
 
@@ -429,25 +436,33 @@ void hm_py_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     remove_entry(req, parent, name, "rmdir");
 }
 
+/* The table's update after a rename (run at the queue hook or after the call). */
+static void renamed(struct hm_engine *e, struct hm_pending *p)
+{
+    if (!p->have_src)
+        return;
+    hm_table_renamed(&e->table, p->parent, p->name, p->newparent, p->newname, &p->src, &p->dst, p->have_dst,
+                     (p->flags & RENAME_EXCHANGE) != 0);
+    if (p->have_dst && !(p->flags & RENAME_EXCHANGE))
+        keep_a_name(e, &p->dst);
+}
+
 void hm_py_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                   const char *newname, unsigned int flags)
 {
     struct hm_engine *e = hm_engine_of(req);
     char old[HM_PATH], new[HM_PATH];
-    struct stat src, dst;
+    struct hm_pending pending = {.apply = renamed, .parent = parent, .name = name, .newparent = newparent,
+                                 .newname = newname, .flags = flags};
     int err = child_path(req, parent, name, old);
     if (err == 0)
         err = child_path(req, newparent, newname, new);
-    int have_src = err == 0 && fstatat(e->root_fd, hm_rel(old), &src, AT_SYMLINK_NOFOLLOW) == 0;
-    int have_dst = err == 0 && fstatat(e->root_fd, hm_rel(new), &dst, AT_SYMLINK_NOFOLLOW) == 0;
+    pending.have_src = err == 0 && fstatat(e->root_fd, hm_rel(old), &pending.src, AT_SYMLINK_NOFOLLOW) == 0;
+    pending.have_dst = err == 0 && fstatat(e->root_fd, hm_rel(new), &pending.dst, AT_SYMLINK_NOFOLLOW) == 0;
+    hm_names.pending = &pending;
     if (err == 0)
         err = call(req, "rename", NULL, "(O&O&I)", py_path, old, py_path, new, flags);
-    if (err == 0 && have_src) {
-        hm_table_renamed(&e->table, parent, name, newparent, newname, &src, &dst, have_dst,
-                         (flags & RENAME_EXCHANGE) != 0);
-        if (have_dst && !(flags & RENAME_EXCHANGE))
-            keep_a_name(e, &dst);
-    }
+    hm_names_release(err == 0);   /* the table's update, if the queue hook did not run it */
     reply_status(req, err);
 }
 

@@ -101,49 +101,60 @@ def local(tmp_path_factory):
         yield mnt, lower
 
 
-class Gated(Interception):
-    """Holds a write to a file named "held" until ``go`` is set, and notes whether the path it was
-    given still named the file it wrote through its handle when it was done: what the peer would
-    get is (path, bytes), so a path that names another file by then writes the bytes there."""
+class GatedReplicator(Replicator):
+    """Holds a write to a file named "held" between the engine's computing its path and its change
+    block (where the ordering lock would keep a rename out) until ``go`` is set, and notes whether
+    that path still names the file written (inode ``expect``): the peer applies (path, bytes), so
+    a path that names another file by then would write the bytes there."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
+        super().__init__(None, None)
         self.entered, self.go, self.same_file = threading.Event(), threading.Event(), []
+        self.expect: int | None = None
 
-    def write(self, path, data, offset, fh):
-        written = super().write(path, data, offset, fh)
-        if path is not None and os.path.basename(path) == "held":
-            self.entered.set()
-            self.go.wait(10)
-            try:
-                self.same_file.append(os.stat(path[1:], dir_fd=self.root, follow_symlinks=False).st_ino
-                                      == os.fstat(fh).st_ino)
-            except FileNotFoundError:
-                self.same_file.append(False)
-        return written
+    def change(self, changes, key=None):
+        inner, gate = super().change(changes, key), self
+
+        class Gate:
+            def __enter__(self):
+                if (gate.expect is not None and changes and len(changes[0]) == 3      # a written range
+                        and os.path.basename(changes[0][0]) == "held"):
+                    gate.entered.set()
+                    gate.go.wait(10)
+                    try:
+                        st = os.stat(changes[0][0], dir_fd=gate.root_fd, follow_symlinks=False)
+                        gate.same_file.append(st.st_ino == gate.expect)
+                    except FileNotFoundError:
+                        gate.same_file.append(False)
+                return inner.__enter__()
+
+            def __exit__(self, *exc):
+                return inner.__exit__(*exc)
+
+        return Gate()
 
 
 @built
-def test_a_rename_waits_for_the_changes_made_under_the_old_path(tmp_path):
+def test_a_rename_waits_for_the_changes_queued_under_the_old_path(tmp_path):
     """(Runs before the tests on `local`: one native loop per process, and `local` lives to the
-    module's end.) A write computed its path "/d/held", then d was renamed and a new d/held made: without the
-    namespace lock the write's message named the new file (the peer would write it there)."""
+    module's end.) A write computed its path "/d/held", then d was renamed and a new d/held made:
+    without the namespace lock the write's message named the new file (the peer would write it
+    there). The lock is held until the change is queued, then let go (Replicator.on_queued)."""
     mnt = str(tmp_path / "mnt")
-    gated: list[Gated] = []
+    gate = GatedReplicator()
 
-    def make(root_fd: int) -> Gated:
-        gated.append(Gated(root_fd, Replicator(None, None), "sync", context=lowlevel.context(),
-                           one_inode_per_file=True))
-        return gated[0]
+    def make(root_fd: int) -> Interception:
+        gate.root_fd = root_fd
+        return Interception(root_fd, gate, "sync", context=lowlevel.context(), one_inode_per_file=True)
 
-    with in_process(mnt, make, writeback=False):
-        ops = gated[0]
+    with in_process(mnt, make, writeback=False) as lower:
         os.mkdir(f"{mnt}/d")
         fd = os.open(f"{mnt}/d/held", os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            gate.expect = os.stat(f"{lower}/d/held").st_ino
             writer = threading.Thread(target=os.pwrite, args=(fd, b"old file", 0))
             writer.start()
-            assert ops.entered.wait(10)
+            assert gate.entered.wait(10)
 
             def rename_and_remake() -> None:
                 os.rename(f"{mnt}/d", f"{mnt}/e")
@@ -154,12 +165,12 @@ def test_a_rename_waits_for_the_changes_made_under_the_old_path(tmp_path):
             renamer.start()
             renamer.join(0.5)
             renamed_early = not renamer.is_alive()
-            ops.go.set()
+            gate.go.set()
             writer.join(10)
             renamer.join(10)
         finally:
             os.close(fd)
-        assert ops.same_file == [True], "the write's path named another file by the time it was done"
+        assert gate.same_file == [True], "the write's path named another file before its message was queued"
         assert not renamed_early
         assert open(f"{mnt}/e/held", "rb").read() == b"old file" and os.path.getsize(f"{mnt}/d/held") == 0
 

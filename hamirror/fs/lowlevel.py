@@ -15,7 +15,10 @@ import importlib
 import logging
 import os
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from hamirror.fs.operations import Interception
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,13 @@ def _log_error(operation: str, exc: BaseException) -> None:
     log.error("FUSE %s failed: %r (answered EIO)", operation, exc, exc_info=exc)
 
 
-def serve_native(ops: object, root_fd: int, directory: str, *, writeback: bool, max_background: int,
+def serve_native(ops: "Interception", root_fd: int, directory: str, *, writeback: bool, max_background: int,
                  max_threads: int, on_init: Callable[[], None]) -> None:
     """Mount ``directory`` with the native loop and serve until unmounted; RuntimeError when the
     mount fails (the same message as the python engine for a kernel without writeback cache)."""
     lowlevel = module()
     assert lowlevel is not None, "chosen() said native"
+    ops.repl.on_queued = lowlevel.queued   # type: ignore[attr-defined]  # the path lock goes once queued
     options = ",".join(["allow_other", "default_permissions",
                         "fsname=" + _escape(f"hamirror:{os.path.abspath(directory)}"), "subtype=hamirror"])
     lowlevel.serve(ops, root_fd, directory, options, writeback, max_background, max_threads,

@@ -137,6 +137,10 @@ class Replicator:
         self.client = client
         self.journal = journal
         self.activity = activity              # streaming: paths being changed, recorded before the apply
+        # Called with True (False after an exception) once a change block has queued its message
+        # (or recorded its change) and released the ordering lock, before any wait for the peer:
+        # the native FUSE engine lets go of its path lock there (docs/native.md).
+        self.on_queued: Callable[[bool], None] | None = None
         self.sync = sync
         self.on_state = on_state
         self.fence = fence                    # peer loss waits for the agent's verdict (FENCED)
@@ -516,6 +520,8 @@ class _Change:
             if tx.ticket is None and exc_type is None and replicator.state not in _STREAMING:
                 replicator.record(tx.changes)   # the peer was lost before this could be sent
             replicator.activity.leave([c[0] for c in tx.changes], tx.ticket)
+        if replicator.on_queued is not None:
+            replicator.on_queued(exc_type is None)
         if exc_type is None and not tx.deferred and (replicator.sync or tx.barrier):
             tx.wait()
 
