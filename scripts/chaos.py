@@ -152,7 +152,7 @@ class Campaign:
             shutil.copytree(nodeconfig.module_source(name), folder)
             toml = os.path.join(folder, "module.toml")
             with open(toml, encoding="utf-8") as f:
-                text, n = re.subn(r'^mode = "[a-z]+"$', f'mode = "{self.args.mode}"', f.read(), flags=re.M)
+                text, n = re.subn(r'^mode = "[a-z]+"(?=\s*(#.*)?$)', f'mode = "{self.args.mode}"', f.read(), flags=re.M)
             if n != 1:
                 raise LabError(f"{toml}: no single 'mode = ...' line to set to {self.args.mode!r}")
             with open(toml, "w", encoding="utf-8") as f:
