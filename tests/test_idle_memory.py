@@ -1,5 +1,5 @@
 """What keeps the data path's idle memory down (docs/performance.md, "Idle memory of the data path"):
-no asyncio/ssl in a mount's imports, the plain-thread ZAP handler, the idle heap trim."""
+no asyncio/ssl in a mount's imports, no mfusepy on the native engine, the plain-thread ZAP handler, the idle heap trim."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ def test_the_daemons_and_the_link_import_no_asyncio() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
+
+
+def test_the_spawner_and_a_native_mount_import_no_mfusepy() -> None:
+    """mfusepy (its ctypes declarations of libfuse, subprocess, tempfile: ~0.5 MB in the spawner
+    and shared by every daemon it forks) is for the python engine only (fs/highlevel.py)."""
+    code = ("import sys, hamirror.cli.spawner, hamirror.cli.main, hamirror.fs.mount, hamirror.replica.receiver; "
+            "from hamirror.fs import lowlevel; assert lowlevel.chosen() == 'native'; "
+            "print(sorted(m for m in ('mfusepy', 'hamirror.fs.highlevel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 def _request(mechanism: bytes, *credentials: bytes) -> list[bytes]:
     return [b"1.0", b"id-7", b"*", b"10.0.0.9", b"", mechanism, *credentials]
