@@ -12,7 +12,7 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8   # glibc's malloc.h
 
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -69,15 +69,21 @@ def malloc_trim() -> bool:
         return False
 
 
-def keep_message_buffers(mapped_above: int = 4 << 20, kept_free: int = 64 << 20) -> None:
+def keep_message_buffers(mapped_above: int = 4 << 20, kept_free: int = 64 << 20, arenas: int = 1) -> None:
     """For the data-path daemons, which allocate and free a buffer of up to 1 MiB per message (FUSE
     copy, ZeroMQ, CURVE): serve those from the heap and keep up to ``kept_free`` bytes of freed
     memory, instead of glibc's default of mapping (and the kernel zeroing) fresh pages again and
     again. Measured in docs/performance.md ("Replication modes"). Best effort: other C libraries
-    have no mallopt."""
+    have no mallopt.
+
+    ``arenas``: every thread allocates from at most this many heaps. glibc's malloc_trim gives
+    back the free top of the main heap only, so the freed buffers at the top of each FUSE thread's
+    own arena stayed resident once idle (docs/performance.md, "Idle memory of the data path")."""
     try:
         _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         _libc.mallopt(M_MMAP_THRESHOLD, mapped_above)
         _libc.mallopt(M_TRIM_THRESHOLD, kept_free)
+        if arenas:
+            _libc.mallopt(M_ARENA_MAX, arenas)
     except AttributeError:
         pass

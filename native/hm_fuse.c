@@ -459,7 +459,8 @@ const struct fuse_lowlevel_ops hm_ops = {
     .fallocate = locked_fallocate,
 };
 
-int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads)
+int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads,
+             unsigned idle_threads)
 {
     char *argv[] = {"hamirror", "-o", (char *)options, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
@@ -484,7 +485,7 @@ int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, u
     }
     fuse_loop_cfg_set_clone_fd(config, 0);
     fuse_loop_cfg_set_max_threads(config, max_threads);
-    fuse_loop_cfg_set_idle_threads(config, max_threads);
+    fuse_loop_cfg_set_idle_threads(config, idle_threads);
     int r = fuse_session_loop_mt(e->se, config);
     fuse_loop_cfg_destroy(config);
     if (e->error[0] == '\0') {

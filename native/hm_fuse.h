@@ -108,6 +108,7 @@ void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off
 void hm_py_init(struct hm_engine *e);
 
 /* hm_fuse.c: run the session until unmounted; 0, or -1 with e->error set. GIL released. */
-int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads);
+int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads,
+             unsigned idle_threads);
 
 #endif

@@ -1,7 +1,8 @@
 /* CPython glue of the request loop: the module hamirror.fs._lowlevel (docs/native.md).
  *
  * serve(ops, root_fd, mountpoint, options, writeback, max_background, max_threads, on_init,
- *       on_error) mounts and serves until unmounted, with the GIL released while it waits;
+ *       on_error, idle_threads) mounts and serves until unmounted, with the GIL released while it
+ *       waits; idle workers above idle_threads (default max_threads) exit with their buffer;
  *       RuntimeError(message) when it cannot mount or the kernel lacks what barrier mode needs.
  * context() -> (uid, gid, pid) of the request the calling FUSE thread serves.
  * nodes() -> nodes the running loop holds (the root excepted): lookup counts must not leak.
@@ -18,13 +19,14 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
     static char *kwlist[] = {"ops", "root_fd", "mountpoint", "options", "writeback", "max_background",
-                             "max_threads", "on_init", "on_error", NULL};
+                             "max_threads", "on_init", "on_error", "idle_threads", NULL};
     PyObject *ops, *on_init, *on_error;
     int root_fd, writeback;
-    unsigned max_background, max_threads;
+    unsigned max_background, max_threads, idle_threads = 0;
     const char *mountpoint, *options;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oissp|IIOO", kwlist, &ops, &root_fd, &mountpoint, &options,
-                                     &writeback, &max_background, &max_threads, &on_init, &on_error))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oissp|IIOOI", kwlist, &ops, &root_fd, &mountpoint, &options,
+                                     &writeback, &max_background, &max_threads, &on_init, &on_error,
+                                     &idle_threads))
         return NULL;
     if (running != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a native FUSE loop already runs in this process");
@@ -59,7 +61,8 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     running = e;
     int r;
     Py_BEGIN_ALLOW_THREADS
-    r = hm_serve(e, mountpoint, options, max_threads ? max_threads : 10);
+    max_threads = max_threads ? max_threads : 10;
+    r = hm_serve(e, mountpoint, options, max_threads, idle_threads ? idle_threads : max_threads);
     Py_END_ALLOW_THREADS
     running = NULL;
     hm_table_destroy(&e->table);

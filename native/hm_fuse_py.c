@@ -10,6 +10,7 @@
 #include "hm_fuse.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
@@ -20,12 +21,39 @@
  * _keep_thread_state says the same for mfusepy). */
 static __thread PyThreadState *kept_state;
 
+/* A worker that libfuse retires (more idle than hm_serve's idle_threads) or cancels at the end
+ * gives its state back; without this, every thread ever started would leave one behind. */
+static pthread_key_t state_key;
+static pthread_once_t state_key_once = PTHREAD_ONCE_INIT;
+
+static void drop_state(void *state)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    if (Py_IsFinalizing())
+#else
+    if (_Py_IsFinalizing())
+#endif
+        return;                /* the interpreter is going: taking the GIL could block for good */
+    /* Not PyGILState_Release: glibc may have emptied Python's own key of this thread already. */
+    PyEval_RestoreThread((PyThreadState *)state);
+    PyThreadState_Clear((PyThreadState *)state);
+    PyThreadState_DeleteCurrent();   /* and releases the GIL */
+}
+
+static void make_state_key(void)
+{
+    pthread_key_create(&state_key, drop_state);
+}
+
 static void gil_enter(void)
 {
-    if (kept_state != NULL)
+    if (kept_state != NULL) {
         PyEval_RestoreThread(kept_state);
-    else
-        PyGILState_Ensure();   /* never released: the state stays with the thread */
+        return;
+    }
+    PyGILState_Ensure();       /* released only when the thread ends (drop_state) */
+    pthread_once(&state_key_once, make_state_key);
+    pthread_setspecific(state_key, PyThreadState_Get());
 }
 
 static void gil_leave(void)

@@ -100,7 +100,7 @@ def main(directory: str, extension: str | None = None) -> int:
     ready = threading.Event()
     thread = threading.Thread(target=lowlevel.serve_native, args=(ops, root_fd, directory),
                               kwargs={"writeback": True, "max_background": 12, "max_threads": 10,
-                                      "on_init": ready.set}, daemon=True)
+                                      "idle_threads": 2, "on_init": ready.set}, daemon=True)
     thread.start()
     if not ready.wait(20):
         return 2

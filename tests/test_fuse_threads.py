@@ -16,7 +16,7 @@ import threading
 
 import mfusepy
 
-from hamirror.fs.mount import _Fuse
+from hamirror.fs.highlevel import _Fuse
 from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
 

@@ -98,13 +98,13 @@ def run_receive(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.dir):
         raise CommandError(f"{args.dir}: not a directory")
+    keep_message_buffers()   # before ZeroMQ's threads: they take their heap from the same arena
     try:
         receiver = Receiver(args.dir, args.bind, args.keys, state_dir=args.state_dir)
     except (KeyError_, OSError, ValueError) as exc:   # ValueError: HAMIRROR_LINK_ENGINE
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # zmq errors: address in use, bad endpoint
         raise CommandError(f"cannot listen on {args.bind}: {exc}") from exc
-    keep_message_buffers()
     IdleTrim().start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: receiver.stop())

@@ -20,19 +20,23 @@ forever; with the bound, that rare case is a short stall and the old one-second 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import queue
 import threading
-
-import mfusepy
 
 log = logging.getLogger(__name__)
 
 WAIT = 0.5   # seconds a change waits for its invalidations (see the module docstring)
 
-_libfuse = mfusepy._libfuse
-_libfuse.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-_libfuse.fuse_invalidate_path.restype = ctypes.c_int
+@functools.cache
+def _libfuse() -> ctypes.CDLL:
+    """mfusepy's libfuse, on first use: only the mfusepy engine needs it (highlevel.py)."""
+    import mfusepy
+    lib = mfusepy._libfuse
+    lib.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+    lib.fuse_invalidate_path.restype = ctypes.c_int
+    return lib
 
 
 def _under(path: str, top: str) -> bool:
@@ -115,7 +119,7 @@ class Invalidator:
         """From a FUSE handler thread: the kernel forgets what it cached for ``paths``."""
         if self._fuse is None:
             # libfuse's ``struct fuse``, known to handler threads only (not to ours).
-            self._fuse = _libfuse.fuse_get_context().contents.fuse
+            self._fuse = _libfuse().fuse_get_context().contents.fuse
         if self._thread is None:
             with self._start:
                 if self._thread is None:
@@ -132,7 +136,7 @@ class Invalidator:
             paths, done = self._jobs.get()
             for p in paths:
                 # -ENOENT: the kernel holds no node for that name: nothing cached, nothing to do.
-                _libfuse.fuse_invalidate_path(self._fuse, p)
+                _libfuse().fuse_invalidate_path(self._fuse, p)
                 self.sent += 1
             done.set()
 

@@ -59,16 +59,17 @@ def _log_error(operation: str, exc: BaseException) -> None:
 
 
 def serve_native(ops: "Interception", root_fd: int, directory: str, *, writeback: bool, max_background: int,
-                 max_threads: int, on_init: Callable[[], None]) -> None:
+                 max_threads: int, on_init: Callable[[], None], idle_threads: int = 0) -> None:
     """Mount ``directory`` with the native loop and serve until unmounted; RuntimeError when the
-    mount fails (the same message as the python engine for a kernel without writeback cache)."""
+    mount fails (the same message as the python engine for a kernel without writeback cache).
+    ``idle_threads``: idle workers kept (0: ``max_threads``), the others exit with their buffer."""
     lowlevel = module()
     assert lowlevel is not None, "chosen() said native"
     ops.repl.on_queued = lowlevel.queued   # type: ignore[attr-defined]  # the path lock goes once queued
     options = ",".join(["allow_other", "default_permissions",
                         "fsname=" + _escape(f"hamirror:{os.path.abspath(directory)}"), "subtype=hamirror"])
     lowlevel.serve(ops, root_fd, directory, options, writeback, max_background, max_threads,
-                   on_init, _log_error)
+                   on_init, _log_error, idle_threads)
 
 
 def context() -> Callable[[], tuple[int, int, int]]:

@@ -7,8 +7,6 @@ while its journal says ALONE stays ALONE: it never streams over a replica that m
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import logging
 import os
@@ -18,8 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-import mfusepy
 
 from hamirror.fs import lowlevel
 from hamirror.fs.commands import MountCommands
@@ -38,7 +34,6 @@ from hamirror.syscalls import syncfs
 log = logging.getLogger(__name__)
 
 MODES = ("sync", "barrier", "async")
-FUSE_CAP_WRITEBACK_CACHE = 1 << 16   # libfuse 3's fuse_common.h
 # Barrier mode: the kernel sends up to MAX_BACKGROUND writeback WRITEs at once, and libfuse
 # serves them with up to MAX_THREADS threads. Raising both (16, 64, 128) was slower on 2 cores:
 # the work is CPU-bound and more Python threads only contend for the GIL (docs/performance.md).
@@ -69,49 +64,6 @@ def default_state_dir(directory: str) -> str:
     digest = hashlib.sha256(absolute.encode()).hexdigest()[:12]
     name = os.path.basename(absolute.rstrip("/")) or "root"
     return os.path.join("/var/lib/hamirror/mirror", f"{name}-{digest}")
-
-
-_pinned = threading.local()   # set on a FUSE thread once its Python thread state is kept
-
-
-def _keep_thread_state() -> None:
-    """Keep this (libfuse) thread's Python thread state from one request to the next.
-
-    ctypes runs each callback between ``PyGILState_Ensure`` and ``PyGILState_Release``; on a
-    thread Python did not start, the release deletes the thread state, so every FUSE request paid
-    for a new one (gettid, a 16 KiB mmap and munmap for its frame stack, the state's own setup).
-    One more Ensure, never released, keeps it alive for the thread's life: libfuse's threads are
-    not retired (idle threads are kept), so this is one state per thread, as for Python's own."""
-    ctypes.pythonapi.PyGILState_Ensure()
-    _pinned.kept = True
-
-
-class _Fuse(mfusepy.FUSE):
-    """mfusepy with the two libfuse 3 arguments it drops (rename flags, raw utimens values), a
-    ``create`` without mfusepy's ``inspect.signature`` call on every new file, and one Python
-    thread state per FUSE thread instead of one per request."""
-
-    def _wrapper(self, func, *args, **kwargs):   # every libfuse callback goes through here
-        if not getattr(_pinned, "kept", False):
-            _keep_thread_state()
-        return super()._wrapper(func, *args, **kwargs)
-
-    def create(self, path: bytes, mode: int, fip) -> int:
-        fi = fip.contents
-        fi.fh = self.operations.create(os.fsdecode(path), mode, fi.flags)
-        return 0
-
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        return self.operations.rename(os.fsdecode(old), os.fsdecode(new), flags)
-
-    def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:
-        times = None
-        if buf:
-            a, m = buf.contents.actime, buf.contents.modtime
-            times = ((a.tv_sec, a.tv_nsec), (m.tv_sec, m.tv_nsec))
-        if path is None:
-            raise OSError(errno.ESTALE, "file was unlinked")
-        return self.operations.utimens(os.fsdecode(path), times)
 
 
 class StatusWriter:
@@ -269,8 +221,12 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     engine = lowlevel.chosen()   # HAMIRROR_FUSE_ENGINE (hamirror/fs/lowlevel.py)
     log.info("FUSE engine: %s", engine)
     native = engine == "native"
-    ops = Interception(root_fd, replicator, options.mode, one_inode_per_file=native,
-                       **({"context": lowlevel.context()} if native else {}))
+    if native:
+        ops = Interception(root_fd, replicator, options.mode, one_inode_per_file=True,
+                           context=lowlevel.context())
+    else:
+        from hamirror.fs import highlevel   # mfusepy: loaded only when this engine runs
+        ops = highlevel.PythonInterception(root_fd, replicator, options.mode)
     clean = False
 
     def mounted(_path: str) -> None:
@@ -286,7 +242,8 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
                                   max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
                                   on_init=lambda: mounted("/"))
         else:
-            _serve_python(ops, options, mounted)
+            highlevel.serve(ops, options.directory, writeback=options.mode == "barrier",
+                            max_background=MAX_BACKGROUND, max_threads=MAX_THREADS, mounted=mounted)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
@@ -308,22 +265,6 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     return 0
 
 
-def _serve_python(ops: Interception, options: MountOptions, mounted: Callable[[str], None]) -> None:
-    """The mfusepy engine (libfuse's high-level API): serve until unmounted."""
-
-    def init_with_config(conn, config) -> None:
-        if options.mode == "barrier" and conn is not None:
-            _writeback(conn)
-        mounted("/")
-
-    ops.init_with_config = init_with_config  # type: ignore[method-assign]
-    # Idle threads are kept in every mode: each keeps its Python thread state (_keep_thread_state).
-    threads = {"max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
-    _Fuse(ops, options.directory, foreground=True, allow_other=True, default_permissions=True,
-          use_ino=True, hard_remove=True, fsname=f"hamirror:{os.path.abspath(options.directory)}", subtype="hamirror",
-          **threads)
-
-
 def _synced(root_fd: int) -> bool:
     """Make the lower directory's data durable before calling the stop clean: a clean stop
     empties nothing, but the next start trusts that no write of this run sits in the page
@@ -334,15 +275,6 @@ def _synced(root_fd: int) -> bool:
     except OSError as exc:
         log.warning("sync of the replicated directory at unmount failed: %s; the stop counts as unclean", exc)
         return False
-
-
-def _writeback(conn) -> None:
-    """Barrier mode: the kernel's writeback cache, and many writeback WRITEs in flight."""
-    if not conn.capable & FUSE_CAP_WRITEBACK_CACHE:
-        raise RuntimeError("barrier mode: this kernel offers no FUSE writeback cache")
-    conn.want |= FUSE_CAP_WRITEBACK_CACHE
-    conn.max_background = MAX_BACKGROUND
-    conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
 
 
 def is_fuse_mountpoint(path: str) -> bool:

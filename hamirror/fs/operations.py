@@ -21,8 +21,6 @@ import os
 import stat
 from typing import Callable
 
-import mfusepy
-
 from hamirror.fs.links import LinkCoherence, OneInodePerFile
 from hamirror.link.client import WHOLE
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
@@ -73,14 +71,13 @@ def stat_dict(st: os.stat_result) -> dict:
     return attrs
 
 
-class Interception(mfusepy.Operations):
+class Interception:
     """Passthrough to ``root_fd`` with replication of every change (see the module docstring)."""
 
     use_ns = True
 
     def __init__(self, root_fd: int, replicator: Replicator, mode: str = "sync", *,
-                 context: Callable[[], tuple[int, int, int]] = mfusepy.fuse_get_context,
-                 one_inode_per_file: bool = False) -> None:
+                 context: Callable[[], tuple[int, int, int]], one_inode_per_file: bool = False) -> None:
         """``context`` gives the caller's (uid, gid, pid) for the engine that runs us;
         ``one_inode_per_file``: the engine gives every name of a file one kernel inode (the native
         loop, hamirror/fs/lowlevel.py), so no name's cache goes stale and barrier mode writes

@@ -43,12 +43,12 @@ def as_hamirror(variant: str) -> int:
         from hamirror.fs import links
         links.LinkCoherence._tell = lambda self, paths: None
     if variant == "attr0":
-        from hamirror.fs import mount
-        original = mount._Fuse.__init__
+        from hamirror.fs import highlevel
+        original = highlevel._Fuse.__init__
 
         def no_attr_cache(self, *args, **kwargs):
             original(self, *args, attr_timeout=0, **kwargs)
-        mount._Fuse.__init__ = no_attr_cache
+        highlevel._Fuse.__init__ = no_attr_cache
     from hamirror.cli.main import main
     return main()
 
