@@ -2,8 +2,9 @@
 """One round trip on the link, three ways: what a waited message costs before any disk work.
 
 Why: a commit waits for at least one round trip (sync mode: two). This separates its layers on
-the same machine: (1) ZeroMQ alone between two processes (a trivial echo, NULL and CURVE), the
-transport's floor; (2) a raw DEALER in the caller's thread to a real ``hamirror mirror receive``
+the same machine: (0) a plain TCP echo between two processes (no ZeroMQ: what a link whose
+threads own their socket would start from); (1) ZeroMQ alone between two processes (a trivial
+echo, NULL and CURVE), the transport's floor; (2) a raw DEALER in the caller's thread to a real ``hamirror mirror receive``
 (PING, CURVE): the floor plus the receiver's Python per message; (3) the same PING through
 ``LinkClient`` (its I/O thread, the ticket's wake-up): what the mount pays.
 
@@ -16,6 +17,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -47,6 +49,40 @@ def _echo(port: int, public: bytes, secret: bytes, curve: bool) -> None:
         if frames[1] == b"quit":
             return
         sock.send_multipart([frames[0], b"k"])
+
+
+def _tcp_echo(listener: socket.socket) -> None:
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        data = conn.recv(4096)
+        if not data or data.endswith(b"quit"):
+            return
+        conn.sendall(b"k")
+
+
+def tcp_alone(count: int) -> list[float]:
+    """A 100-byte request, a 1-byte answer, each side's thread on its own blocking socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    echo = multiprocessing.Process(target=_tcp_echo, args=(listener,))
+    echo.start()
+    sock = socket.create_connection(listener.getsockname())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    samples = []
+    try:
+        for _ in range(count + WARM):
+            t = time.perf_counter()
+            sock.sendall(b"x" * 100)
+            sock.recv(16)
+            samples.append(time.perf_counter() - t)
+        sock.sendall(b"quit")
+    finally:
+        echo.join(10)
+        if echo.is_alive():
+            echo.kill()
+        sock.close()
+        listener.close()
+    return samples
 
 
 def zmq_alone(count: int, curve: bool) -> list[float]:
@@ -109,6 +145,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=3000)
     args = parser.parse_args(argv)
+    print(f"TCP echo, two processes, no ZeroMQ {p50_p90(tcp_alone(args.count))}")
     print(f"ZeroMQ echo, two processes, NULL   {p50_p90(zmq_alone(args.count, False))}")
     print(f"ZeroMQ echo, two processes, CURVE  {p50_p90(zmq_alone(args.count, True))}")
     direct, linked = receiver_rounds(args.count)
