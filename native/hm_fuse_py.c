@@ -1,7 +1,7 @@
 /* The requests that change something, handed to Python: see hm_fuse.h.
  *
- * Each calls the SAME Interception method mfusepy would, with mfusepy's arguments (paths "/a/b",
- * None for a file unlinked while open), holding the GIL only for the call. The inode table is
+ * Each calls an Interception method (hamirror/fs/operations.py) with path-based arguments (paths
+ * "/a/b", None for a file unlinked while open), holding the GIL only for the call. The inode table is
  * read before (paths) and updated after (new names, unlinks, renames), never locked across the
  * call. An OSError becomes its errno; any other exception goes to on_error (the daemon's log)
  * and EIO: a bug in one request never ends the daemon.
@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 /* This libfuse thread's Python thread state, made once and kept between requests (libfuse keeps
- * its idle threads): a state per request would cost its setup every time (mount.py's
- * _keep_thread_state says the same for mfusepy). */
+ * its idle threads): a state per request would cost its setup every time
+ * (tests/test_fuse_threads.py). */
 static __thread PyThreadState *kept_state;
 
 /* A worker that libfuse retires (more idle than hm_serve's idle_threads) or cancels at the end

@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 # etcd-server and etcd-client: the etcd quorum backend's tests and `hamirror lab up --etcd`.
 # gcc and python3-dev build the receiver's native apply core (native/, docs/native.md); clang and
 # libclang-rt-14-dev (libFuzzer) fuzz it (scripts/fuzz-native.sh, tests/test_native_apply.py).
-# libfuse3-dev and pkg-config build the native FUSE request loop (hamirror.fs._lowlevel).
+# libfuse3-dev and pkg-config build the mount's FUSE request loop (hamirror.fs._lowlevel, required).
 SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
@@ -56,8 +56,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]' -c constraints.txt
-# The native parts are optional for a pip install (Python then does their work), not here:
-# the tests run both paths, so a machine that cannot build it fails now, with the compiler's words.
+# The FUSE request loop is required (setup.py fails a build without it); the receiver's apply
+# core is optional for a pip install (Python then does its work), not here: the tests run both
+# paths, so a machine that cannot build it fails now, with the compiler's words.
 if ! .venv/bin/python -c 'import hamirror.link._native, hamirror.fs._lowlevel' 2>/dev/null; then
   echo "setup.sh: a native extension (native/*.c) did not build; the compiler says:" >&2
   .venv/bin/python setup.py -q build_ext --inplace >&2 || true

@@ -91,12 +91,12 @@ def main(directory: str, extension: str | None = None) -> int:
     if extension:
         _load(extension)
     from hamirror.fs import lowlevel
-    assert extension is None or lowlevel.module().__file__ == extension
+    assert extension is None or lowlevel._lowlevel.__file__ == extension
     from tests.test_lowlevel import Faulty
     from hamirror.mirror.replicator import Replicator
 
     root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = Faulty(root_fd, Replicator(None, None), "barrier", context=lowlevel.context(), one_inode_per_file=True)
+    ops = Faulty(root_fd, Replicator(None, None), "barrier", context=lowlevel.context())
     ready = threading.Event()
     thread = threading.Thread(target=lowlevel.serve_native, args=(ops, root_fd, directory),
                               kwargs={"writeback": True, "max_background": 12, "max_threads": 10,

@@ -56,7 +56,7 @@ class MirrorPair:
     timeout: float = 5.0
     replicate: bool = True
     receiver_state: bool = True   # give the receiver a --state-dir (journal, uptodate flag)
-    engine: str | None = None     # HAMIRROR_FUSE_ENGINE for the mount (None: this process's)
+    mount_env: dict[str, str] | None = None   # more environment for the mount process
     primary: str = field(init=False)
     secondary: str = field(init=False)
     keys: str = field(init=False)
@@ -94,7 +94,7 @@ class MirrorPair:
 
     def mount(self, extra: tuple[str, ...] = ()) -> None:
         peer = ["--no-replication"] if not self.replicate else ["--peer", self.endpoint]
-        env = dict(os.environ, HAMIRROR_FUSE_ENGINE=self.engine) if self.engine else None
+        env = dict(os.environ, **self.mount_env) if self.mount_env else None
         with open(self.log("mount"), "ab") as out:
             self.mounter = subprocess.Popen(
                 HAMIRROR + ["-v", "mirror", "mount", "--foreground", "--dir", self.primary, *peer,

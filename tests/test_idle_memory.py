@@ -1,5 +1,5 @@
 """What keeps the data path's idle memory down (docs/performance.md, "Idle memory of the data path"):
-no asyncio/ssl in a mount's imports, no mfusepy on the native engine, one malloc arena, the plain-thread ZAP handler, the idle heap trim."""
+no asyncio/ssl/mfusepy in a mount's imports, one malloc arena, the plain-thread ZAP handler, the idle heap trim."""
 
 from __future__ import annotations
 
@@ -16,23 +16,14 @@ from hamirror.link.monitor import recv_monitor_message
 
 def test_the_daemons_and_the_link_import_no_asyncio() -> None:
     """pyzmq's monitor helper and ThreadAuthenticator pulled in asyncio and ssl (~8 MB resident in
-    every daemon and in the spawner they fork from) for a struct.unpack and a set lookup."""
-    code = ("import sys, hamirror.cli.main, hamirror.cli.mirror, hamirror.fs.mount, hamirror.link.keys, "
-            "hamirror.replica.receiver; "
-            "print(sorted(m for m in ('asyncio', 'ssl', 'zmq.asyncio') if m in sys.modules))")
+    every daemon and in the spawner they fork from) for a struct.unpack and a set lookup; mfusepy
+    (ctypes declarations of libfuse, ~0.5 MB) went with the first FUSE engine."""
+    code = ("import sys, hamirror.cli.main, hamirror.cli.mirror, hamirror.cli.spawner, hamirror.fs.mount, "
+            "hamirror.link.keys, hamirror.replica.receiver; "
+            "print(sorted(m for m in ('asyncio', 'ssl', 'zmq.asyncio', 'mfusepy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
-
-
-def test_the_spawner_and_a_native_mount_import_no_mfusepy() -> None:
-    """mfusepy (its ctypes declarations of libfuse, subprocess, tempfile: ~0.5 MB in the spawner
-    and shared by every daemon it forks) is for the python engine only (fs/highlevel.py)."""
-    code = ("import sys, hamirror.cli.spawner, hamirror.cli.main, hamirror.fs.mount, hamirror.replica.receiver; "
-            "from hamirror.fs import lowlevel; assert lowlevel.chosen() == 'native'; "
-            "print(sorted(m for m in ('mfusepy', 'hamirror.fs.highlevel') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
 
 _ARENAS = """
 import threading

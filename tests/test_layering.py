@@ -146,3 +146,28 @@ def test_the_two_daemons_are_kept_apart() -> None:
     assert apart("hamirror.replica.receiver", "hamirror.fs.control")
     assert not apart("hamirror.fs.mount", "hamirror.fs.operations")
     assert not apart("hamirror.replica.receiver", "hamirror.resync.answers")
+
+
+# The mount's only FUSE engine is the native request loop; mfusepy and pyfuse3 live on only in
+# the bindings benchmark (docs/performance.md, section 2), run from a throwaway venv.
+BINDING_BENCH = {"scripts/bench/binding.py", "scripts/bench/pt_mfusepy.py", "scripts/bench/pt_pyfuse3.py"}
+RETIRED = ("mfusepy", "pyfuse3", "binding", "pt_mfusepy", "pt_pyfuse3", "scripts.bench.binding",
+           "scripts.bench.pt_mfusepy", "scripts.bench.pt_pyfuse3", "hamirror.fs.highlevel", "hamirror.fs.links")
+
+
+def test_nothing_imports_a_python_fuse_binding_or_the_bindings_benchmark() -> None:
+    bad = []
+    for path in sorted(p for top in ("hamirror", "tests", "scripts") for p in (ROOT / top).rglob("*.py")):
+        if str(path.relative_to(ROOT)) in BINDING_BENCH:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]   # from x import y
+            else:
+                continue
+            hits = [n for n in names if any(n == r or n.startswith(r + ".") for r in RETIRED)]
+            if hits:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {hits[0]}")
+    assert not bad, "\n".join(bad)

@@ -1,9 +1,8 @@
-"""The native FUSE engine (hamirror.fs._lowlevel, docs/native.md "The request loop"): real FUSE.
+"""The mount's FUSE request loop (hamirror.fs._lowlevel, docs/native.md "The request loop"): real FUSE.
 
 Most tests run the loop in this process, on a plain ``Interception`` without a peer, so they can
 read the loop's inode table (``_lowlevel.nodes()``) and make a method raise. The last ones run a
-replicated barrier-mode mount (``hamirror mirror mount`` with ``HAMIRROR_FUSE_ENGINE=native``) and
-compare both sides.
+replicated barrier-mode mount (``hamirror mirror mount``) and compare both sides.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from hamirror.fs import lowlevel
+from hamirror.fs import _lowlevel, lowlevel
 from hamirror.fs.mount import MAX_BACKGROUND, MAX_THREADS
 from hamirror.fs.operations import Interception
 from hamirror.link.protocol import CONFLICT_DIR
@@ -29,7 +28,10 @@ from tests.mirror_fixtures import MirrorPair, diff_snapshots, is_fuse_mounted, t
 from tests.test_native_apply import run_under_asan
 
 pytestmark = needs_root
-built = pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
+# What a drop-in written for the previous release may still set (docs/admin-guide.md, §4).
+LEFTOVER = {"HAMIRROR_FUSE_ENGINE": "python"}
+IGNORED = ("HAMIRROR_FUSE_ENGINE='python' is ignored: the mount has one FUSE engine (the native "
+           "request loop); remove it from the service's environment")
 
 
 class Faulty(Interception):
@@ -41,26 +43,23 @@ class Faulty(Interception):
         return super().mkdir(path, mode)
 
 
-def test_the_engine_choice_and_its_fallback_to_mfusepy_with_one_warning(monkeypatch, caplog):
-    default = "python" if lowlevel.module() is None else lowlevel.DEFAULT
-    monkeypatch.delenv(lowlevel.ENV, raising=False)
-    assert lowlevel.chosen() == default
-    monkeypatch.setenv(lowlevel.ENV, "fast")
-    assert lowlevel.chosen() == default
-    monkeypatch.setenv(lowlevel.ENV, "python")
-    assert lowlevel.chosen() == "python"
-    monkeypatch.setenv(lowlevel.ENV, "native")
-    monkeypatch.setitem(sys.modules, "hamirror.fs._lowlevel", None)   # what an unbuilt extension gives
-    lowlevel.module.cache_clear()
-    caplog.clear()
-    try:
-        with caplog.at_level("WARNING", logger="hamirror.fs.lowlevel"):
-            assert lowlevel.chosen() == "python" and lowlevel.chosen() == "python"
-    finally:
-        lowlevel.module.cache_clear()
-    warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and warnings[0].startswith("native FUSE engine not available (")
-    assert warnings[0].endswith("): the mount runs on mfusepy")
+def test_a_leftover_engine_setting_gets_one_exact_warning():
+    assert lowlevel.ignored_engine_setting(LEFTOVER) == IGNORED
+    assert lowlevel.ignored_engine_setting({"HAMIRROR_FUSE_ENGINE": ""}) == (
+        "HAMIRROR_FUSE_ENGINE='' is ignored: the mount has one FUSE engine (the native request loop); "
+        "remove it from the service's environment")
+    assert lowlevel.ignored_engine_setting({"HAMIRROR_LINK_ENGINE": "aead"}) is None
+
+
+def test_without_the_extension_the_mount_does_not_import_and_says_what_to_install():
+    """No fallback: the request loop is the only engine (setup.py fails a build without it)."""
+    code = ("import sys; sys.modules['hamirror.fs._lowlevel'] = None\n"
+            "try:\n    import hamirror.fs.mount\nexcept ImportError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == (
+        "hamirror.fs._lowlevel, the mount's FUSE request loop, is not built (import of hamirror.fs._lowlevel "
+        "halted; None in sys.modules): install libfuse3-dev and pkg-config, then reinstall hamirror "
+        "(on a test machine: scripts/setup.sh)")
 
 
 @contextlib.contextmanager
@@ -97,7 +96,7 @@ def local(tmp_path_factory):
     """(mount point, lower directory's fd path) of an in-process native mount without a peer."""
     mnt = str(tmp_path_factory.mktemp("lowlevel") / "mnt")
     with in_process(mnt, lambda root_fd: Faulty(root_fd, Replicator(None, None), "barrier",
-                                                context=lowlevel.context(), one_inode_per_file=True),
+                                                context=lowlevel.context()),
                     writeback=True) as lower:
         yield mnt, lower
 
@@ -135,7 +134,6 @@ class GatedReplicator(Replicator):
         return Gate()
 
 
-@built
 def test_a_rename_waits_for_the_changes_queued_under_the_old_path(tmp_path):
     """(Runs before the tests on `local`: one native loop per process, and `local` lives to the
     module's end.) A write computed its path "/d/held", then d was renamed and a new d/held made:
@@ -146,7 +144,7 @@ def test_a_rename_waits_for_the_changes_queued_under_the_old_path(tmp_path):
 
     def make(root_fd: int) -> Interception:
         gate.root_fd = root_fd
-        return Interception(root_fd, gate, "sync", context=lowlevel.context(), one_inode_per_file=True)
+        return Interception(root_fd, gate, "sync", context=lowlevel.context())
 
     with in_process(mnt, make, writeback=False) as lower:
         os.mkdir(f"{mnt}/d")
@@ -203,7 +201,6 @@ def _thread_states() -> int:
     return count
 
 
-@built
 def test_idle_workers_beyond_the_kept_ones_exit_with_their_thread_state(tmp_path):
     """With ``idle_threads``, the loop keeps that many idle workers after a burst, not
     MAX_THREADS: the others exit, freeing their 1 MiB receive buffer, and give back their Python
@@ -211,7 +208,7 @@ def test_idle_workers_beyond_the_kept_ones_exit_with_their_thread_state(tmp_path
     (docs/performance.md, "Idle memory of the data path": fewer cost barrier mode CPU)."""
     mnt = str(tmp_path / "mnt")
     with in_process(mnt, lambda root_fd: SlowMkdir(root_fd, Replicator(None, None), "sync",
-                                                   context=lowlevel.context(), one_inode_per_file=True),
+                                                   context=lowlevel.context()),
                     writeback=False, idle_threads=IDLE_THREADS) as lower:
         for i in range(8):   # one parent each: the kernel serializes creations in one directory
             os.mkdir(f"{lower}/p{i}")
@@ -237,10 +234,9 @@ def test_idle_workers_beyond_the_kept_ones_exit_with_their_thread_state(tmp_path
 
 
 def nodes() -> int:
-    return lowlevel.module().nodes()
+    return _lowlevel.nodes()
 
 
-@built
 def test_every_name_of_a_file_is_one_inode(local):
     mnt, lower = local
     os.makedirs(f"{mnt}/one/sub")
@@ -263,7 +259,6 @@ def test_every_name_of_a_file_is_one_inode(local):
     assert open(f"{lower}/one/sub/b", "rb").read() == b"first and more"
 
 
-@built
 def test_lookup_counts_follow_the_kernel(local):
     mnt, lower = local
     os.mkdir(f"{lower}/many")   # made beneath the mount: the kernel has never seen them
@@ -284,7 +279,6 @@ def test_lookup_counts_follow_the_kernel(local):
     assert not os.path.exists(f"{lower}/many")
 
 
-@built
 def test_a_file_unlinked_while_open_keeps_serving_its_handle(local):
     mnt, lower = local
     fd = os.open(f"{mnt}/gone", os.O_RDWR | os.O_CREAT, 0o644)
@@ -301,7 +295,6 @@ def test_a_file_unlinked_while_open_keeps_serving_its_handle(local):
     assert not os.path.exists(f"{mnt}/gone")
 
 
-@built
 def test_the_conflict_folder_is_hidden(local):
     mnt, lower = local
     name = os.fsdecode(CONFLICT_DIR)
@@ -316,7 +309,6 @@ def test_the_conflict_folder_is_hidden(local):
     assert os.listdir(f"{mnt}/nested") == [name]
 
 
-@built
 def test_a_bug_in_an_operation_is_eio_and_the_loop_goes_on(local, caplog):
     mnt, _ = local
     with caplog.at_level("ERROR", logger="hamirror.fs.lowlevel"):
@@ -328,7 +320,6 @@ def test_a_bug_in_an_operation_is_eio_and_the_loop_goes_on(local, caplog):
     assert os.path.isdir(f"{mnt}/fine")
 
 
-@built
 def test_paths_follow_renames_and_unlinks(local):
     mnt, lower = local
     os.makedirs(f"{mnt}/r/d")
@@ -354,8 +345,8 @@ def test_paths_follow_renames_and_unlinks(local):
 
 @pytest.fixture(scope="module")
 def barrier_pair(tmp_path_factory):
-    """A replicated barrier-mode mount on the native engine."""
-    pair = MirrorPair(str(tmp_path_factory.mktemp("llbarrier")), mode="barrier", engine="native")
+    """A replicated barrier-mode mount, started with a leftover engine setting in its environment."""
+    pair = MirrorPair(str(tmp_path_factory.mktemp("llbarrier")), mode="barrier", mount_env=LEFTOVER)
     try:
         yield pair.start()
     finally:
@@ -371,10 +362,10 @@ def settled_diff(pair: MirrorPair) -> list[str]:
         time.sleep(0.1)
 
 
-@built
 def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair):
     m, s = barrier_pair.primary, barrier_pair.secondary
-    assert "FUSE engine: native" in open(barrier_pair.log("mount")).read()
+    warned = [line for line in open(barrier_pair.log("mount")) if "HAMIRROR_FUSE_ENGINE" in line]
+    assert len(warned) == 1 and warned[0].rstrip("\n").endswith(IGNORED), warned
     os.mkdir(f"{m}/d")
     with open(f"{m}/d/a", "wb") as f:
         f.write(b"one")
@@ -395,7 +386,6 @@ def test_barrier_mode_replicates_hard_links_and_renamed_open_files(barrier_pair)
     assert settled_diff(barrier_pair) == []
 
 
-@built
 def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
     """The extension built with -fsanitize=address, loaded into a Python process (libasan
     preloaded) that mounts it and sends every kind of request (tests/lowlevel_workload.py)."""
@@ -409,10 +399,10 @@ def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
     assert os.listdir(tmp_path / "mnt") == []
 
 
-@built
 def test_a_file_whose_known_names_are_gone_replicates_under_another(barrier_pair):
     """Its other name was never looked up through the mount: the loop finds it, so writes through
-    a handle opened by the removed name still reach the peer (on mfusepy they are not sent)."""
+    a handle opened by the removed name still reach the peer (the first engine, on libfuse's
+    high-level API, did not send them)."""
     from tests.test_mirror_hardlinks import lower_dir
 
     m, s = barrier_pair.primary, barrier_pair.secondary

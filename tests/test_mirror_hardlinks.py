@@ -1,8 +1,9 @@
 """Every name of a hard-linked file shows each change at once, through the mount (issue 8, #6).
 
-libfuse's high-level API gives the kernel one node per name, so each name has its own attribute
-and page cache; a change through one name used to leave the others showing the old size, mtime,
-mode, owner, nlink and sometimes bytes for up to a second. Here, right after each change through
+The first engine (libfuse's high-level API) gave the kernel one node per name, each with its own
+attribute and page cache: a change through one name left the others showing the old size, mtime,
+mode, owner, nlink and sometimes bytes for up to a second. The request loop gives every name of a
+file one kernel inode (docs/native.md); these tests keep it so. Right after each change through
 one name (write, append, O_TRUNC, truncate, ftruncate, fallocate, punched hole, utimens, chmod,
 chown), every other name is read through the mount, with a fresh open and with a descriptor held
 open since before the change, and compared with the lower directory and with the model of the
@@ -21,7 +22,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamirror.fs import lowlevel
 from hamirror.syscalls import fallocate
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair
@@ -30,13 +30,10 @@ from tests.mirror_fixtures import MirrorPair
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module", params=lowlevel.ENGINES)
-def pair(request, tmp_path_factory):
-    """A replicated mount on each FUSE engine: on mfusepy the names are kept coherent by
-    hamirror/fs/links.py; the native loop gives the file one kernel inode (docs/native.md)."""
-    if request.param == "native" and lowlevel.module() is None:
-        pytest.skip("hamirror.fs._lowlevel not built")
-    pair = MirrorPair(str(tmp_path_factory.mktemp(f"links-{request.param}")), engine=request.param)
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A replicated mount (sync mode)."""
+    pair = MirrorPair(str(tmp_path_factory.mktemp("links")))
     try:
         yield pair.start()
     finally:
@@ -228,7 +225,8 @@ def test_link_unlink_and_rename_update_the_other_names_at_once(pair):
 
 
 def test_two_writers_on_two_names_of_one_file_do_not_wait_for_each_other(pair):
-    """Each change invalidates the other name, whose writes hold its pages: no deadlock."""
+    """Two writers through two names of one file, each holding its pages while it waits for the
+    daemon: neither waits for the other forever."""
     mount = os.path.join(pair.primary, f"hl{next(_counter)}")
     os.mkdir(mount)
     a, b = os.path.join(mount, "a"), os.path.join(mount, "b")

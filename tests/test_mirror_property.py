@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamirror.fs import lowlevel
 from hamirror.syscalls import renameat2
 from tests.conftest import needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, tree_snapshot
@@ -212,11 +211,8 @@ def mode_pair(request, tmp_path_factory):
 @given(ops=st.lists(operation, min_size=1, max_size=30))
 def test_random_operations_replicate_in_barrier_and_async_modes(mode_pair, ops):
     assert mode_pair.status()["mode"] == mode_pair.mode
-    if mode_pair.mode == "barrier":   # known limits, each with its own test in test_mirror_barrier.py:
-        # a kernel-kept mtime; and on mfusepy (one kernel inode per name) hard links are refused,
-        # where the native engine (one per file) writes them.
-        limits = ("truncate",) if lowlevel.chosen() == "native" else ("link", "truncate")
-        ops = [op for op in ops if op[0] not in limits]
+    if mode_pair.mode == "barrier":   # a known limit, with its own test in test_mirror_barrier.py:
+        ops = [op for op in ops if op[0] != "truncate"]   # a kernel-kept mtime
     check_sequence(mode_pair, SETUP + ops)
 
 
@@ -229,10 +225,7 @@ LINK_CASE = [("create", "a", b"0123456789"), ("link", "a", "b"), ("read", "b"), 
 
 
 def test_hard_links_in_barrier_and_async_modes(mode_pair):
-    """Files with several names in every mode; barrier mode on mfusepy refuses them (EPERM,
-    test_mirror_barrier.py): there, only the native engine (one kernel inode per file) runs this."""
-    if mode_pair.mode == "barrier" and lowlevel.chosen() != "native":
-        pytest.skip("barrier mode on the python engine refuses hard links")
+    """Files with several names in every mode, barrier mode included (one kernel inode per file)."""
     check_sequence(mode_pair, LINK_CASE)
 
 

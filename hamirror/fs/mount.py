@@ -218,18 +218,13 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
     control = ControlServer(options.state_dir, commands.handle)
-    engine = lowlevel.chosen()   # HAMIRROR_FUSE_ENGINE (hamirror/fs/lowlevel.py)
-    log.info("FUSE engine: %s", engine)
-    native = engine == "native"
-    if native:
-        ops = Interception(root_fd, replicator, options.mode, one_inode_per_file=True,
-                           context=lowlevel.context())
-    else:
-        from hamirror.fs import highlevel   # mfusepy: loaded only when this engine runs
-        ops = highlevel.PythonInterception(root_fd, replicator, options.mode)
+    ignored = lowlevel.ignored_engine_setting()
+    if ignored:
+        log.warning("%s", ignored)
+    ops = Interception(root_fd, replicator, options.mode, context=lowlevel.context())
     clean = False
 
-    def mounted(_path: str) -> None:
+    def mounted() -> None:
         status.mounted = True
         status.start()
         on_ready(None)
@@ -237,13 +232,9 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
-        if native:
-            lowlevel.serve_native(ops, root_fd, options.directory, writeback=options.mode == "barrier",
-                                  max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
-                                  on_init=lambda: mounted("/"))
-        else:
-            highlevel.serve(ops, options.directory, writeback=options.mode == "barrier",
-                            max_background=MAX_BACKGROUND, max_threads=MAX_THREADS, mounted=mounted)
+        lowlevel.serve_native(ops, root_fd, options.directory, writeback=options.mode == "barrier",
+                              max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
+                              on_init=mounted)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")

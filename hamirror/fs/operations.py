@@ -5,7 +5,9 @@ descriptor (``root_fd``), so the data is replicated in place. Reads are served l
 mutating operation is applied locally and sent to the peer inside one
 :meth:`Replicator.change` block, which keeps the peer's apply order equal to ours. Each
 operation also sends the resulting atime/mtime of what it touched, so both copies match to the
-nanosecond. mfusepy turns any ``OSError`` raised here into the matching FUSE error.
+nanosecond. The request loop (hamirror/fs/lowlevel.py, native/hm_fuse_py.c) calls these methods
+for the requests that change something (it serves reads itself, in C) and turns any ``OSError``
+raised here into the matching FUSE error. A ``path`` of None is a file unlinked while open.
 
 Modes (see docs/architecture.md): in ``sync`` each call waits for the peer inside its block. In
 ``barrier`` the kernel's writeback cache is on (hamirror/fs/mount.py): ``write()`` reaches us at
@@ -16,14 +18,12 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from typing import Callable
 
-from hamirror.fs.links import LinkCoherence, OneInodePerFile
 from hamirror.link.client import WHOLE
-from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
+from hamirror.link.protocol import Op, is_reserved
 from hamirror.mirror.replicator import Replicator
 from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 
@@ -34,25 +34,14 @@ OVERLAP_MIN = 256 * 1024
 # the first piece while the next is still being encrypted and sent (one write is in flight at a
 # time in sync mode: without pieces those steps run one after another).
 SYNC_PIECE = 256 * 1024
-_STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
-                "st_blksize", "st_rdev")
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
-RENAME_EXCHANGE = 2
-# Barrier mode refuses hard links, and writes to a file that has several names. libfuse's
-# high-level API gives each name its own kernel inode, and with the writeback cache the kernel
-# keeps its own size and mtime per inode and never takes the daemon's: after a change through one
-# name another would keep its old size (reads padded with zeros, an append overwriting data).
-SEVERAL_NAMES = ("barrier mode does not write files with several hard links (the kernel's writeback "
-                 "cache keeps one size per name); use sync or async mode for them")
-
-log = logging.getLogger(__name__)
 
 
 def rel(path: str) -> str:
     """FUSE path ("/a/b") to a path under root_fd ("a/b"; "." for the root). hamirror's own
-    conflict folder (see ``CONFLICT_DIR``) does not exist for the application."""
+    conflict folder (``CONFLICT_DIR``, link/protocol.py) does not exist for the application."""
     relpath = path[1:] or "."
     if is_reserved(os.fsencode(relpath)):
         raise OSError(errno.ENOENT, "reserved for hamirror's conflict folder")
@@ -63,39 +52,22 @@ def parent_of(relpath: str) -> str:
     return os.path.dirname(relpath) or "."
 
 
-def stat_dict(st: os.stat_result) -> dict:
-    attrs = {name: getattr(st, name) for name in _STAT_FIELDS}
-    attrs["st_atime"] = st.st_atime_ns
-    attrs["st_mtime"] = st.st_mtime_ns
-    attrs["st_ctime"] = st.st_ctime_ns
-    return attrs
-
-
 class Interception:
     """Passthrough to ``root_fd`` with replication of every change (see the module docstring)."""
 
-    use_ns = True
-
     def __init__(self, root_fd: int, replicator: Replicator, mode: str = "sync", *,
-                 context: Callable[[], tuple[int, int, int]], one_inode_per_file: bool = False) -> None:
-        """``context`` gives the caller's (uid, gid, pid) for the engine that runs us;
-        ``one_inode_per_file``: the engine gives every name of a file one kernel inode (the native
-        loop, hamirror/fs/lowlevel.py), so no name's cache goes stale and barrier mode writes
-        files with several names."""
+                 context: Callable[[], tuple[int, int, int]]) -> None:
+        """``context`` gives the caller's (uid, gid, pid) of the request being served."""
         self.root = root_fd
         self.repl = replicator
         self.mode = mode
         self.context = context
-        # The high-level API caches per name: see hamirror/fs/links.py.
-        self.links = OneInodePerFile() if one_inode_per_file else LinkCoherence()
         self._changed: set[int] = set()   # async: handles whose close is a barrier
         self._inodes: dict[int, int] = {}  # handle -> inode: data writes order per inode
-        # Barrier mode runs with the kernel's writeback cache, which has two consequences here:
-        # the kernel writes a dirty page back, then sends its cached mtime, so the write's message
-        # is held a moment for the mtime to travel in it (LinkClient.submit); and, on the
-        # high-level API, files with several names are refused (SEVERAL_NAMES).
+        # Barrier mode runs with the kernel's writeback cache: the kernel writes a dirty page
+        # back, then sends its cached mtime, so the write's message is held a moment for the
+        # mtime to travel in it (LinkClient.submit).
         self._writeback = mode == "barrier"
-        self._refuse_links = self._writeback and not one_inode_per_file
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -121,47 +93,6 @@ class Interception:
             gid = -1
         return uid, gid
 
-    # reads -----------------------------------------------------------------------------------
-
-    def getattr(self, path: str | None, fh: int | None = None) -> dict:
-        st = os.fstat(fh) if fh is not None else self._lstat(rel(path))
-        if st.st_nlink > 1:   # every name the kernel learns passes here (lookup stats it)
-            self.links.seen(path, st.st_ino, st.st_nlink, stat.S_ISDIR(st.st_mode))
-        return stat_dict(st)
-
-    def readlink(self, path: str) -> str:
-        return os.readlink(rel(path), dir_fd=self.root)
-
-    def readdir(self, path: str, fh: int) -> list:
-        fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
-        try:
-            with os.scandir(fd) as entries:
-                names = [(e.name, {"st_ino": e.inode(), "st_mode": _dtype_mode(e)}, 0) for e in entries
-                         if path != "/" or os.fsencode(e.name) != CONFLICT_DIR]
-        finally:
-            os.close(fd)
-        return [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)] + names
-
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return os.pread(fh, size, offset)
-
-    def statfs(self, path: str) -> dict:
-        sv = os.statvfs(self.root)
-        return {key: getattr(sv, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
-                                                   "f_bavail", "f_files", "f_ffree", "f_favail",
-                                                   "f_namemax")}
-
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        try:
-            return os.getxattr(self._proc(rel(path)), name, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno == errno.ENODATA:
-                raise OSError(errno.ENODATA, "no such attribute") from None
-            raise
-
-    def listxattr(self, path: str) -> list[str]:
-        return os.listxattr(self._proc(rel(path)), follow_symlinks=False)
-
     # open / close ----------------------------------------------------------------------------
 
     def open(self, path: str, flags: int) -> int:
@@ -169,14 +100,11 @@ class Interception:
         own = flags & ~_STRIP_FLAGS
         if own & os.O_ACCMODE != os.O_RDONLY:
             own = (own & ~os.O_ACCMODE) | os.O_RDWR   # lets mmap write-back and reads share it
-        if self._refuse_links and (own & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
-            self._one_name_only(path, self._lstat(p))
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
         with self.repl.change(((p, WHOLE),)) as tx:
             fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
-        self.links.changed(path)
         self._touched(fd)
         return fd
 
@@ -190,14 +118,7 @@ class Interception:
                 if flags & os.O_EXCL:
                     raise
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
-                fd = os.open(p, own, dir_fd=self.root)
-                if self._refuse_links:
-                    try:
-                        self._one_name_only(path, os.fstat(fd))
-                    except OSError:
-                        os.close(fd)
-                        raise
-                return fd
+                return os.open(p, own, dir_fd=self.root)
             self._keep_mode(p, mode, fd)
             uid, gid = self._owner(p)
             os.fchown(fd, uid, gid)
@@ -230,12 +151,6 @@ class Interception:
             ino = self._inodes[fh] = os.fstat(fh).st_ino
         return ino
 
-    def _one_name_only(self, path: str, st: os.stat_result) -> None:
-        """Barrier mode (callers check): refuse to change a regular file with several names."""
-        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-            log.warning("%s: refused (EPERM): %s", path, SEVERAL_NAMES)
-            raise OSError(errno.EPERM, SEVERAL_NAMES)
-
     def _touched(self, fh: int | None) -> None:
         """Async mode: the close of ``fh`` must wait for the peer."""
         if self.mode == "async" and fh is not None:
@@ -266,7 +181,6 @@ class Interception:
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
-        self.links.changed(path)
         self._touched(fh)
         if failed is not None:
             raise failed
@@ -287,7 +201,6 @@ class Interception:
                         hold=self._writeback)
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
-        self.links.changed("/" + p)
         self._touched(fh)
         if failed is not None:
             raise failed
@@ -308,15 +221,12 @@ class Interception:
             os.ftruncate(fh, length)
             return 0
         p = rel(path)
-        if fh is None and self._refuse_links:
-            self._one_name_only(path, self._lstat(p))
         with self.repl.change(((p, WHOLE),)) as tx:
             if fh is not None:
                 os.ftruncate(fh, length)
             else:
                 os.truncate(self._proc(p), length)
             tx.send(Op.TRUNCATE, (length,), (os.fsencode(p),), self._times(p))
-        self.links.changed(path)
         self._touched(fh)
         return 0
 
@@ -328,7 +238,6 @@ class Interception:
         with self.repl.change(((p, WHOLE),)) as tx:
             fallocate(fh, mode, offset, size)
             tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
-        self.links.changed(path)
         self._touched(fh)
         return 0
 
@@ -392,23 +301,19 @@ class Interception:
         return self._new_inode(p, lambda: os.mkdir(p, mode, dir_fd=self.root),
                                lambda st: (Op.MKDIR, (st.st_mode, st.st_uid, st.st_gid), (os.fsencode(p),)), mode)
 
-    def symlink(self, target: str, source: str) -> int:
-        """mfusepy's naming: create the link ``target`` whose content is ``source``."""
-        p = rel(target)
-        return self._new_inode(p, lambda: os.symlink(source, p, dir_fd=self.root),
+    def symlink(self, path: str, content: str) -> int:
+        """Create the symbolic link ``path`` whose content is ``content``."""
+        p = rel(path)
+        return self._new_inode(p, lambda: os.symlink(content, p, dir_fd=self.root),
                                lambda st: (Op.SYMLINK, (st.st_uid, st.st_gid),
-                                           (os.fsencode(p), os.fsencode(source))))
+                                           (os.fsencode(p), os.fsencode(content))))
 
-    def link(self, target: str, source: str) -> int:
-        """mfusepy's naming: create the hard link ``target`` to the existing ``source``."""
-        new, old = rel(target), rel(source)
-        if self._refuse_links:
-            log.warning("link %s -> %s: refused (EPERM): %s", source, target, SEVERAL_NAMES)
-            raise OSError(errno.EPERM, SEVERAL_NAMES)
+    def link(self, path: str, existing: str) -> int:
+        """Create the hard link ``path`` to the file named ``existing``."""
+        new, old = rel(path), rel(existing)
         with self.repl.change(((new, WHOLE), (old,))) as tx:
             os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
-        self.links.linked(source, target, self._lstat(new).st_ino)
         return 0
 
     def unlink(self, path: str) -> int:
@@ -416,7 +321,6 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             os.unlink(p, dir_fd=self.root)
             tx.send(Op.UNLINK, (), (os.fsencode(p),), self._times(parent_of(p)))
-        self.links.removed(path)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -432,10 +336,6 @@ class Interception:
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))
             tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))
-        if len(self.links.names):
-            exchange = bool(flags & RENAME_EXCHANGE)
-            is_dir = any(stat.S_ISDIR(self._lstat(x).st_mode) for x in ((dst, src) if exchange else (dst,)))
-            self.links.renamed(old, new, is_dir, exchange)
         return 0
 
     # metadata --------------------------------------------------------------------------------
@@ -445,7 +345,6 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             os.chmod(p, stat.S_IMODE(mode), dir_fd=self.root)
             tx.send(Op.CHMOD, (stat.S_IMODE(mode),), (os.fsencode(p),))
-        self.links.changed(path)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
@@ -453,7 +352,6 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.CHOWN, (uid, gid), (os.fsencode(p),))
-        self.links.changed(path)
         return 0
 
     def utimens(self, path: str, times: tuple | None = None) -> int:
@@ -461,7 +359,6 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             utimensat(self.root, os.fsencode(p), times)
             tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p), hold=self._writeback)
-        self.links.changed(path)
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
@@ -469,7 +366,6 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             os.setxattr(self._proc(p), name, value, options, follow_symlinks=False)
             tx.send(Op.SETXATTR, (options,), (os.fsencode(p), os.fsencode(name)), data=value)
-        self.links.changed(path)
         return 0
 
     def removexattr(self, path: str, name: str) -> int:
@@ -477,19 +373,7 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             os.removexattr(self._proc(p), name, follow_symlinks=False)
             tx.send(Op.REMOVEXATTR, (), (os.fsencode(p), os.fsencode(name)))
-        self.links.changed(path)
         return 0
-
-
-def _dtype_mode(entry: os.DirEntry) -> int:
-    """File type bits from the directory entry, without a stat when the kernel told us."""
-    if entry.is_symlink():
-        return stat.S_IFLNK
-    if entry.is_dir(follow_symlinks=False):
-        return stat.S_IFDIR
-    if entry.is_file(follow_symlinks=False):
-        return stat.S_IFREG
-    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
 
 
 __all__ = ["Interception", "UTIME_NOW", "UTIME_OMIT"]

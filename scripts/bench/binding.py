@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Pick the FUSE binding by measurement: minimal mfusepy and pyfuse3 passthroughs vs the plain directory.
 
-    sudo .venv/bin/python scripts/bench/binding.py [--quick] [--json] [--pyfuse3-python /tmp/bvenv/bin/python]
+    sudo .venv/bin/python scripts/bench/binding.py [--quick] [--json] [--mfusepy-python /tmp/bvenv/bin/python]
+        [--pyfuse3-python /tmp/bvenv/bin/python]
 
-pyfuse3 is not a project dependency: install it into a throwaway venv (see docs/performance.md)
-and point --pyfuse3-python at that interpreter. Each passthrough (pt_mfusepy.py, pt_pyfuse3.py)
+Neither binding is a project dependency (the mount runs on its own request loop): install both
+into a throwaway venv (see docs/performance.md, section 2) and point --mfusepy-python and
+--pyfuse3-python at that interpreter. Each passthrough (pt_mfusepy.py, pt_pyfuse3.py)
 serves its own fresh source directory at its own mount point, all on the same disk. Runs are
 interleaved across the configurations; the figure is the median of --reps repetitions.
 """
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--size-mib", type=int)
     p.add_argument("--files", type=int)
     p.add_argument("--reps", type=int)
-    p.add_argument("--mfusepy-python", default=sys.executable)
+    p.add_argument("--mfusepy-python", default="/tmp/bvenv/bin/python", help="an interpreter with mfusepy")
     p.add_argument("--only", help="comma-separated subset of mfusepy,mfusepy-wb,pyfuse3,pyfuse3-wb (plain always runs)")
     p.add_argument("--pyfuse3-python", default="/tmp/bvenv/bin/python",
                    help="an interpreter with pyfuse3 and trio; '' to skip pyfuse3")
