@@ -299,8 +299,12 @@ static int install_signal(void)
         return -1;
     if (old.sa_handler == interrupted)
         return 0;
-    if (old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO))
-        return -1;   /* someone else's: the end still works (cancelled reads), trims do not */
+    if (old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) {
+        /* someone else's: without it neither trims nor the end after fuse_session_exit work */
+        fuse_log(FUSE_LOG_ERR, "hamirror: signal %d (SIGRTMIN+5) already has a handler: the loop needs it\n",
+                 HM_LOOP_SIGNAL);
+        return -1;
+    }
     return sigaction(HM_LOOP_SIGNAL, &action, NULL);
 }
 
