@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "hm_fuse.h"
+#include "hm_loop.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -478,23 +479,13 @@ int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, u
         snprintf(e->error, sizeof(e->error), "cannot mount on %s", mountpoint);
         goto handlers;
     }
-    struct fuse_loop_config *config = fuse_loop_cfg_create();
-    if (config == NULL) {
-        snprintf(e->error, sizeof(e->error), "no memory");
-        goto unmount;
-    }
-    fuse_loop_cfg_set_clone_fd(config, 0);
-    fuse_loop_cfg_set_max_threads(config, max_threads);
-    fuse_loop_cfg_set_idle_threads(config, idle_threads);
-    int r = fuse_session_loop_mt(e->se, config);
-    fuse_loop_cfg_destroy(config);
+    int r = hm_loop_run(e->se, max_threads, idle_threads);   /* hm_loop.c: workers that give pages back */
     if (e->error[0] == '\0') {
         if (r != 0)
             snprintf(e->error, sizeof(e->error), "the FUSE loop ended with error %d", r);
         else
             result = 0;
     }
-unmount:
     fuse_session_unmount(e->se);
 handlers:
     fuse_remove_signal_handlers(e->se);

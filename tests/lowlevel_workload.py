@@ -4,8 +4,9 @@ DIR [EXTENSION.so]``.
 tests/test_lowlevel.py runs it in a process that has an AddressSanitizer build of
 ``hamirror.fs._lowlevel`` loaded (given as EXTENSION.so; libasan preloaded): every kind of request
 the loop serves, names made, renamed (files, directories, exchanges), linked, unlinked while open,
-looked up by the thousand and forgotten, a failing Python method, and threads changing names in
-one directory at once. Prints "ok" and exits 0.
+looked up by the thousand and forgotten, a failing Python method, threads changing names in one
+directory at once, and large writes followed by a pause long enough for the idle workers to give
+their buffers back (interrupted in their read: hm_loop.c). Prints "ok" and exits 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from hamirror.syscalls import renameat2
 
@@ -87,6 +89,26 @@ def _parallel(mnt: str) -> None:
     subprocess.run(["rm", "-rf", f"{mnt}/p"], check=True)
 
 
+def _idle(mnt: str) -> None:
+    """Workers' buffers filled by 1 MiB writes, given back after a second idle, used again."""
+    data = os.urandom(1 << 20)
+
+    def write(i: int) -> None:
+        with open(f"{mnt}/big{i}", "wb") as f:
+            f.write(data)
+
+    for rnd in range(2):
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1.8)
+    assert all(open(f"{mnt}/big{i}", "rb").read() == data for i in range(3))
+    for i in range(3):
+        os.unlink(f"{mnt}/big{i}")
+
+
 def main(directory: str, extension: str | None = None) -> int:
     if extension:
         _load(extension)
@@ -107,6 +129,7 @@ def main(directory: str, extension: str | None = None) -> int:
     try:
         _requests(directory)
         _parallel(directory)
+        _idle(directory)
     finally:
         subprocess.run(["fusermount3", "-u", directory], check=True)
         thread.join(20)

@@ -1,17 +1,25 @@
 """What keeps the data path's idle memory down (docs/performance.md, "Idle memory of the data path"):
-no asyncio/ssl/mfusepy in a mount's imports, one malloc arena, the plain-thread ZAP handler, the idle heap trim."""
+no asyncio/ssl/mfusepy in a mount's imports, one malloc arena, the plain-thread ZAP handler, the idle heap trim,
+the native loop's workers giving their receive buffers back when idle."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 
+import pytest
 import zmq
 from zmq.utils import z85
 
+from hamirror.fs import lowlevel
 from hamirror.heaptrim import IdleTrim
 from hamirror.link import zap
 from hamirror.link.monitor import recv_monitor_message
+from tests.conftest import needs_root
+from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
 
 def test_the_daemons_and_the_link_import_no_asyncio() -> None:
@@ -55,6 +63,73 @@ def test_buffers_freed_by_many_threads_are_given_back_by_the_idle_trim() -> None
     WRITE). The daemons allocate from one arena, so the idle trim gives it all back."""
     out = subprocess.run([sys.executable, "-c", _ARENAS], capture_output=True, text=True, timeout=60, check=True)
     assert int(out.stdout) < 2048, f"{out.stdout.strip()} KiB still resident after the trim"
+
+_MOUNT = """
+import os, sys, threading
+from hamirror.fs import lowlevel
+from hamirror.fs.mount import MAX_BACKGROUND, MAX_THREADS
+from hamirror.fs.operations import Interception
+from hamirror.mirror.replicator import Replicator
+from hamirror.syscalls import keep_message_buffers, malloc_trim
+keep_message_buffers()   # as the mount daemon (cli/mirror.py); its idle trim is the malloc_trim below
+mnt = sys.argv[1]
+root_fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+ops = Interception(root_fd, Replicator(None, None), "sync", context=lowlevel.context(), one_inode_per_file=True)
+def measure():
+    for _ in sys.stdin:
+        malloc_trim()
+        with open("/proc/self/smaps_rollup") as f:
+            print(next(int(l.split()[1]) for l in f if l.startswith("Anonymous:")), flush=True)
+threading.Thread(target=measure, daemon=True).start()
+lowlevel.serve_native(ops, root_fd, mnt, writeback=False, max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
+                      on_init=lambda: print("ready", flush=True))
+"""
+
+
+@needs_root
+@pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
+def test_a_burst_of_large_writes_leaves_no_receive_buffer_resident_once_idle(tmp_path):
+    """libfuse's loop gave each worker a receive buffer of the largest request (1 MiB + 4 KiB)
+    and kept it: after writes of 1 MiB from 8 writers at once, every worker held 1 MiB of
+    anonymous memory for good (the heap trimmed). The native loop's workers give those pages
+    back once idle for a second (docs/native.md, "Workers and their buffers")."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = subprocess.Popen([sys.executable, "-c", _MOUNT, str(mnt)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+
+    def anonymous() -> int:
+        mount.stdin.write("\n")
+        mount.stdin.flush()
+        return int(mount.stdout.readline())
+
+    try:
+        assert mount.stdout.readline() == "ready\n"
+        wait_for(lambda: is_fuse_mounted(str(mnt)), 10, what="the mount")
+        (mnt / "warm").write_bytes(b"x")
+        before = anonymous()
+        data = b"w" * (1 << 20)
+
+        def writer(i: int) -> None:
+            with open(mnt / f"big{i}", "wb", buffering=0) as f:
+                for _ in range(4):
+                    f.write(data)
+
+        writers = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        busy = anonymous()
+        time.sleep(2.5)   # 1 s idle, then the loop's next look (every 0.5 s)
+        idle = anonymous()
+        assert all((mnt / f"big{i}").stat().st_size == 4 << 20 for i in range(8))
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        mount.communicate(timeout=20)
+    assert busy - before >= 4096, (before, busy)    # the burst did fill several workers' buffers
+    assert idle - before < 2048, f"{idle - before} KiB still resident after 2.5 s idle ({before}, {busy}, {idle})"
+
 
 def _request(mechanism: bytes, *credentials: bytes) -> list[bytes]:
     return [b"1.0", b"id-7", b"*", b"10.0.0.9", b"", mechanism, *credentials]
