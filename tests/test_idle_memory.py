@@ -74,7 +74,7 @@ from hamirror.syscalls import keep_message_buffers, malloc_trim
 keep_message_buffers()   # as the mount daemon (cli/mirror.py); its idle trim is the malloc_trim below
 mnt = sys.argv[1]
 root_fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-ops = Interception(root_fd, Replicator(None, None), "sync", context=lowlevel.context(), one_inode_per_file=True)
+ops = Interception(root_fd, Replicator(None, None), "sync", context=lowlevel.context())
 def measure():
     for _ in sys.stdin:
         malloc_trim()
@@ -87,7 +87,6 @@ lowlevel.serve_native(ops, root_fd, mnt, writeback=False, max_background=MAX_BAC
 
 
 @needs_root
-@pytest.mark.skipif(lowlevel.module() is None, reason="hamirror.fs._lowlevel not built")
 def test_a_burst_of_large_writes_leaves_no_receive_buffer_resident_once_idle(tmp_path):
     """libfuse's loop gave each worker a receive buffer of the largest request (1 MiB + 4 KiB)
     and kept it: after writes of 1 MiB from 8 writers at once, every worker held 1 MiB of
