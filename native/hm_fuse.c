@@ -352,6 +352,10 @@ int hm_find_name(struct hm_engine *e, dev_t dev, ino_t ino, char *buf)
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct hm_engine *e = userdata;
+    /* libfuse wants v1 by default where offered, which leaves the kills of every write to us
+     * without saying who writes: v2 goes in the reply when offered (hm_killpriv.h), else the
+     * kernel kills itself. */
+    conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
     if (e->writeback) {
         if (!(conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
             snprintf(e->error, sizeof(e->error), "barrier mode: this kernel offers no FUSE writeback cache");
@@ -479,6 +483,10 @@ int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, u
         snprintf(e->error, sizeof(e->error), "cannot mount on %s", mountpoint);
         goto handlers;
     }
+    if (hm_killpriv_install(e->se) != 0) {
+        snprintf(e->error, sizeof(e->error), "cannot set the session's I/O");
+        goto unmount;
+    }
     int r = hm_loop_run(e->se, max_threads, idle_threads);   /* hm_loop.c: workers that give pages back */
     if (e->error[0] == '\0') {
         if (r != 0)
@@ -486,6 +494,7 @@ int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, u
         else
             result = 0;
     }
+unmount:
     fuse_session_unmount(e->se);
 handlers:
     fuse_remove_signal_handlers(e->se);

@@ -15,6 +15,7 @@
 #include <fuse_lowlevel.h>
 
 #include "hm_inodes.h"
+#include "hm_killpriv.h"
 
 #define HM_CONFLICT_DIR ".hamirror-conflicts"   /* hamirror/link/protocol.py CONFLICT_DIR */
 #define HM_TIMEOUT 1.0                          /* entry and attribute timeouts, as libfuse's high-level default */
@@ -33,6 +34,7 @@ struct hm_engine {
     PyObject *on_error;   /* on_error(operation, exception) for anything but an OSError */
     int writeback;        /* barrier mode: the kernel's writeback cache */
     unsigned max_background;
+    struct hm_killpriv killpriv;   /* FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h) */
     char error[256];      /* why init stopped the session */
 };
 

@@ -6,6 +6,7 @@
  *       RuntimeError(message) when it cannot mount or the kernel lacks what barrier mode needs.
  * context() -> (uid, gid, pid) of the request the calling FUSE thread serves.
  * nodes() -> nodes the running loop holds (the root excepted): lookup counts must not leak.
+ * killpriv_v2() -> whether the running loop negotiated FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h).
  */
 #include "hm_fuse.h"
 
@@ -96,6 +97,13 @@ static PyObject *lowlevel_nodes(PyObject *self, PyObject *unused)
     return PyLong_FromSize_t(running != NULL ? hm_table_count(&running->table) : 0);
 }
 
+static PyObject *lowlevel_killpriv_v2(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(running != NULL && hm_killpriv_active(&running->killpriv));
+}
+
 /* The replicator's hook (Replicator.on_queued): this thread's change is queued for the peer (or
  * recorded), so the namespace lock it holds may go (hm_fuse.h). Anywhere else, a no-op. */
 static PyObject *lowlevel_queued(PyObject *self, PyObject *arg)
@@ -117,6 +125,8 @@ static PyMethodDef methods[] = {
      "Mount and serve until unmounted (the GIL is released while waiting)."},
     {"context", lowlevel_context, METH_NOARGS, "(uid, gid, pid) of the request this thread serves."},
     {"nodes", lowlevel_nodes, METH_NOARGS, "Number of nodes the running loop holds."},
+    {"killpriv_v2", lowlevel_killpriv_v2, METH_NOARGS,
+     "Whether the running loop negotiated FUSE_HANDLE_KILLPRIV_V2 (the kills on write are its own)."},
     {"queued", lowlevel_queued, METH_O, "queued(ok): this thread's change is queued; its path lock may go."},
     {NULL, NULL, 0, NULL},
 };

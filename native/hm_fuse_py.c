@@ -68,6 +68,14 @@ static PyObject *py_path(void *p)
     return PyUnicode_DecodeFSDefault((const char *)p);
 }
 
+/* A handle as Python sees it: its descriptor, or None without one. */
+static PyObject *py_fh(void *fi)
+{
+    if (fi == NULL)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(((struct fuse_file_info *)fi)->fh);
+}
+
 /* The current exception as an errno (GIL held); anything but an OSError is logged. */
 static int failed(struct hm_engine *e, const char *what)
 {
@@ -199,6 +207,8 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     const char *path;
     long long fh;
     int err = named_path(req, ino, buf, &path);   /* no name left to open it by: ENOENT */
+    if (err == 0 && (fi->flags & O_TRUNC) && (hm_kill_flags & HM_KILL_SUIDGID))
+        err = call(req, "kill_privileges", NULL, "(O&Oi)", py_path, path, Py_None, HM_KILL_SUIDGID);
     if (err == 0)
         err = call(req, "open", &fh, "(O&i)", py_path, path, fi->flags);
     if (err != 0) {
@@ -245,6 +255,12 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
     const char *path;
     long long written = 0;
     int err = path_or_none(req, ino, buf, &path);
+    unsigned kill = 0;
+    /* What the VFS clears before a write (hm_killpriv.h), when the kernel leaves it to us. */
+    if (err == 0 && hm_killpriv_active(&hm_engine_of(req)->killpriv))
+        kill = hm_killpriv_needed((int)fi->fh, hm_kill_flags);
+    if (err == 0 && kill != 0)
+        err = call(req, "kill_privileges", NULL, "(O&Ki)", py_path, path, fi->fh, kill & HM_KILL_SUIDGID);
     if (err == 0)
         err = call(req, "write", &written, "(O&y#LK)", py_path, path, data, (Py_ssize_t)size,
                    (long long)off, fi->fh);
@@ -327,6 +343,23 @@ static int setattr_unlinked(int fd, const struct stat *attr, int to_set)
     return 0;
 }
 
+/* Does this setattr ask us to clear the set-ID bits (hm_killpriv.h)? A truncate says so with its
+ * kill bit (the caller lacks CAP_FSETID). A setattr that changes nothing (ctime aside) is the
+ * kernel's own kill request, which v2 empties of its mode: file_remove_privs sends it when the
+ * caller lacks CAP_FSETID and the file has a set-ID bit (before a fallocate, which has no kill
+ * bit of its own; before a write too, whose WRITE then carries the bit), when a capability was
+ * just removed (root may then lose set-ID bits it would have kept: the safe side), and for a
+ * chown that changes no owner (ext4 clears them there as well). A chown's kills are the lower
+ * file system's own, on both sides: it clears set-user-ID on any chown, root's too. */
+static int kill_request(fuse_req_t req, int to_set)
+{
+    const int changes = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE |
+                        FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+    if (!hm_killpriv_active(&hm_engine_of(req)->killpriv))
+        return 0;
+    return ((to_set & FUSE_SET_ATTR_SIZE) && (hm_kill_flags & HM_KILL_SUIDGID)) || !(to_set & changes);
+}
+
 /* As libfuse's high-level fuse_lib_setattr: chmod, chown, truncate (with the handle when given),
  * utimens with UTIME_NOW / UTIME_OMIT for what is not set; then the attributes. */
 void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
@@ -335,6 +368,8 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
     char buf[HM_PATH];
     const char *path;
     int err = path_or_none(req, ino, buf, &path);
+    if (err == 0 && kill_request(req, to_set))
+        err = call(req, "kill_privileges", NULL, "(O&O&i)", py_path, path, py_fh, fi, HM_KILL_SUIDGID);
     if (err == 0 && path == NULL)
         err = fi != NULL ? setattr_unlinked((int)fi->fh, attr, to_set) : ESTALE;
     else if (err == 0) {

@@ -5,8 +5,10 @@ tests/test_lowlevel.py runs it in a process that has an AddressSanitizer build o
 ``hamirror.fs._lowlevel`` loaded (given as EXTENSION.so; libasan preloaded): every kind of request
 the loop serves, names made, renamed (files, directories, exchanges), linked, unlinked while open,
 looked up by the thousand and forgotten, a failing Python method, threads changing names in one
-directory at once, and large writes followed by a pause long enough for the idle workers to give
-their buffers back (interrupted in their read: hm_loop.c). Prints "ok" and exits 0.
+directory at once, large writes followed by a pause long enough for the idle workers to give
+their buffers back (interrupted in their read: hm_loop.c), and the privileges a write, a truncate
+and an open with O_TRUNC by a caller without CAP_FSETID clear (FUSE_HANDLE_KILLPRIV_V2,
+native/hm_killpriv.c). Prints "ok" and exits 0.
 """
 
 from __future__ import annotations
@@ -63,6 +65,29 @@ def _requests(mnt: str) -> None:
     except OSError:
         pass
     subprocess.run(["rm", "-rf", f"{mnt}/many", f"{mnt}/r"], check=True)
+
+
+def _privileges(mnt: str, lowlevel) -> None:
+    """Set-ID bits cleared for an unprivileged writer, truncater and O_TRUNC opener; a file
+    capability removed by a write (tests/test_killpriv.py has the replicated cases)."""
+    from tests.test_killpriv import CAP_BLOB, CAPABILITY, as_nobody, set_id_file
+
+    assert lowlevel._lowlevel.killpriv_v2()
+    d = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    for name, steps in (("w", lambda fd: os.pwrite(fd, b"x", 0)), ("t", lambda fd: os.ftruncate(fd, 1)),
+                        ("o", lambda fd: os.close(os.open("o", os.O_WRONLY | os.O_TRUNC, dir_fd=d)))):
+        set_id_file(d, name)
+        fd = os.open(name, os.O_WRONLY, dir_fd=d)
+        as_nobody(lambda: steps(fd))
+        os.close(fd)
+        assert os.stat(name, dir_fd=d).st_mode & 0o7777 == 0o775, name
+    os.setxattr(f"{mnt}/w", CAPABILITY, CAP_BLOB)
+    with open(f"{mnt}/w", "r+b") as f:
+        f.write(b"y")
+    assert CAPABILITY not in os.listxattr(f"{mnt}/w")
+    for name in ("w", "t", "o"):
+        os.unlink(name, dir_fd=d)
+    os.close(d)
 
 
 def _parallel(mnt: str) -> None:
@@ -128,6 +153,7 @@ def main(directory: str, extension: str | None = None) -> int:
         return 2
     try:
         _requests(directory)
+        _privileges(directory, lowlevel)
         _parallel(directory)
         _idle(directory)
     finally:

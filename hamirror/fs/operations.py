@@ -37,6 +37,7 @@ SYNC_PIECE = 256 * 1024
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
+CAPABILITY = "security.capability"   # a file capability: any write removes it (kill_privileges)
 
 
 def rel(path: str) -> str:
@@ -346,6 +347,66 @@ class Interception:
             os.chmod(p, stat.S_IMODE(mode), dir_fd=self.root)
             tx.send(Op.CHMOD, (stat.S_IMODE(mode),), (os.fsencode(p),))
         return 0
+
+    def kill_privileges(self, path: str | None, fh: int | None, suidgid: int) -> int:
+        """What the VFS clears before a write or a truncate, when the kernel leaves it to us
+        (FUSE_HANDLE_KILLPRIV_V2, native/hm_killpriv.h; the native engine calls this): set-user-ID,
+        and set-group-ID when the group may execute, if ``suidgid`` (the caller lacks
+        CAP_FSETID); a file capability whoever writes. Changes like a chmod and a removexattr:
+        sent to the peer, so both copies keep one mode. A file unlinked while open: ours only."""
+        p = rel(path) if path is not None else None
+        if self._privileges(p, fh, suidgid) == (None, False):
+            return 0   # nothing to clear: no change block (nothing to order, record or send)
+        if p is None:
+            self._kill(None, fh, suidgid)
+            return 0
+        with self.repl.change(((p,),)) as tx:
+            mode, capability = self._kill(p, fh, suidgid)
+            if mode is not None:
+                tx.send(Op.CHMOD, (mode,), (os.fsencode(p),))
+            if capability:
+                tx.send(Op.REMOVEXATTR, (), (os.fsencode(p), os.fsencode(CAPABILITY)))
+        return 0
+
+    def _privileges(self, p: str | None, fh: int | None, suidgid: int) -> tuple[int | None, bool]:
+        """(the mode without what kill_privileges clears, or None if that is the mode; whether
+        the file has a capability)."""
+        st = os.fstat(fh) if fh is not None else self._lstat(p)
+        if not stat.S_ISREG(st.st_mode):
+            return None, False   # the VFS kills nothing on anything else (nor follows a symlink)
+        mode = kept = stat.S_IMODE(st.st_mode)
+        if suidgid:
+            kept &= ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+        try:
+            if fh is not None:
+                os.getxattr(fh, CAPABILITY)
+            else:
+                os.getxattr(self._proc(p), CAPABILITY, follow_symlinks=False)
+            capability = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+            capability = False
+        return (kept if kept != mode else None), capability
+
+    def _kill(self, p: str | None, fh: int | None, suidgid: int) -> tuple[int | None, bool]:
+        """Clear what _privileges finds, through ``fh`` or ``p``: what it found."""
+        mode, capability = self._privileges(p, fh, suidgid)
+        if mode is not None:
+            if fh is not None:
+                os.fchmod(fh, mode)
+            else:
+                os.chmod(p, mode, dir_fd=self.root)
+        try:
+            if capability and fh is not None:
+                os.removexattr(fh, CAPABILITY)
+            elif capability:
+                os.removexattr(self._proc(p), CAPABILITY, follow_symlinks=False)
+        except OSError as exc:   # another request's removal since (barrier: writebacks in parallel)
+            if exc.errno != errno.ENODATA:
+                raise
+            capability = False
+        return mode, capability
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         p = rel(path)
