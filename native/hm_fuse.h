@@ -2,7 +2,7 @@
  *
  * hm_fuse.c: the session, the loop and the read-only requests, served in C without the GIL.
  * hm_fuse_py.c: the requests that change something, handed to the Python ``Interception``
- * methods (hamirror/fs/operations.py) with mfusepy's signatures; the table follows.
+ * methods (hamirror/fs/operations.py); the inode table follows what they change.
  * hm_fuse_module.c: the module hamirror.fs._lowlevel (serve, context).
  */
 #ifndef HM_FUSE_H

@@ -409,6 +409,15 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
         fuse_reply_attr(req, &st, HM_TIMEOUT);
 }
 
+/* A new entry's reply: the error, or the entry made under path (stat'ed again by its name). */
+static void reply_made(fuse_req_t req, int err, fuse_ino_t parent, const char *name, const char *path)
+{
+    if (err != 0)
+        fuse_reply_err(req, err);
+    else
+        hm_reply_entry(req, parent, name, path);
+}
+
 /* As fuse_lib_mknod: a regular file is made by create + release (one CREATE to the peer). */
 void hm_py_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
@@ -421,10 +430,7 @@ void hm_py_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mod
             call(req, "release", NULL, "(O&L)", py_path, path, fh);
     } else if (err == 0)
         err = call(req, "mknod", NULL, "(O&IK)", py_path, path, (unsigned)mode, (unsigned long long)rdev);
-    if (err != 0)
-        fuse_reply_err(req, err);
-    else
-        hm_reply_entry(req, parent, name, path);
+    reply_made(req, err, parent, name, path);
 }
 
 void hm_py_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
@@ -433,10 +439,7 @@ void hm_py_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mod
     int err = child_path(req, parent, name, path);
     if (err == 0)
         err = call(req, "mkdir", NULL, "(O&I)", py_path, path, (unsigned)mode);
-    if (err != 0)
-        fuse_reply_err(req, err);
-    else
-        hm_reply_entry(req, parent, name, path);
+    reply_made(req, err, parent, name, path);
 }
 
 void hm_py_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
@@ -445,10 +448,7 @@ void hm_py_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const ch
     int err = child_path(req, parent, name, path);
     if (err == 0)
         err = call(req, "symlink", NULL, "(O&O&)", py_path, path, py_path, link);
-    if (err != 0)
-        fuse_reply_err(req, err);
-    else
-        hm_reply_entry(req, parent, name, path);
+    reply_made(req, err, parent, name, path);
 }
 
 void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -460,10 +460,7 @@ void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char
         err = child_path(req, newparent, newname, path);
     if (err == 0)
         err = call(req, "link", NULL, "(O&O&)", py_path, path, py_path, oldpath);
-    if (err != 0)
-        fuse_reply_err(req, err);
-    else
-        hm_reply_entry(req, newparent, newname, path);
+    reply_made(req, err, newparent, newname, path);
 }
 
 /* The table's update after an unlink or rmdir (run at the queue hook or after the call). */
