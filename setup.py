@@ -25,8 +25,8 @@ def pkg_config(*args: str) -> list[str]:
 setup(ext_modules=[
     Extension(
         "hamirror.link._native",
-        sources=["native/hm_apply.c", "native/module.c"],
-        depends=["native/hm_apply.h"],
+        sources=["native/hm_apply.c", "native/hm_resolve.c", "native/module.c"],
+        depends=["native/hm_apply.h", "native/hm_core.h"],
         extra_compile_args=FLAGS,
         optional=True,
     ),

@@ -221,7 +221,7 @@ def test_the_core_is_clean_under_address_sanitizer(tmp_path, openat2):
     preloaded), applies the whole stream to real files with the results of the Python path; also
     built to reach directories one component at a time, as it does on kernels without openat2."""
     (tmp_path / "dir").mkdir()
-    result = run_under_asan(tmp_path, "_native", ["native/hm_apply.c", "native/module.c"],
+    result = run_under_asan(tmp_path, "_native", ["native/hm_apply.c", "native/hm_resolve.c", "native/module.c"],
                             [f"-DHM_USE_OPENAT2={openat2}"], "tests.native_stream", str(tmp_path / "dir"), 120)
     outcomes = json.loads(result.stdout)
     assert len(outcomes) == len(native_stream.stream())
