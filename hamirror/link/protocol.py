@@ -226,6 +226,15 @@ def _truncated() -> ProtocolError:
     return ProtocolError("truncated header frame")
 
 
+def _string(header: bytes, pos: int) -> tuple[bytes, int]:
+    """The u16-length-prefixed bytes at ``pos``, and the offset after them."""
+    start = pos + 2
+    end = start + (header[pos] | header[pos + 1] << 8) if start <= len(header) else start
+    if end > len(header):
+        raise _truncated()
+    return header[start:end], end
+
+
 def decode(frames: list) -> Message:
     """Parse and validate one message from the network; raise ProtocolError on anything wrong.
 
@@ -271,14 +280,7 @@ def decode(frames: list) -> Message:
         raise ProtocolError(f"{op.name}: expected {len(spec.strs)} strings, got {n_strs}")
     strs = []
     for kind in spec.strs:
-        end = pos + 2
-        if end > size:
-            raise _truncated()
-        pos, end = end, end + (header[pos] | header[pos + 1] << 8)
-        if end > size:
-            raise _truncated()
-        value = header[pos:end]
-        pos = end
+        value, pos = _string(header, pos)
         if kind == PATH:
             check_path(value)
         else:
@@ -292,13 +294,8 @@ def decode(frames: list) -> Message:
         raise ProtocolError(f"too many time updates ({n_times})")
     times = []
     for _ in range(n_times):
-        end = pos + 2
-        if end > size:
-            raise _truncated()
-        pos, end = end, end + (header[pos] | header[pos + 1] << 8)
-        if end > size:
-            raise _truncated()
-        path = check_path(header[pos:end])
+        path, end = _string(header, pos)
+        check_path(path)
         pos = end + _TIME_SIZE
         if pos > size:
             raise _truncated()
