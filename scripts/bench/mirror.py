@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--configs", default="".join(CONFIGS),
                    help=f"subset of {','.join(CONFIGS)} to run (default: all that this machine has)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
-    p.add_argument("--workdir", help="parent of the fresh directories (default: a new one in /var/tmp)")
+    p.add_argument("--workdir", help="where the bench makes its own directory (default: /var/tmp), removed at the end")
     args = p.parse_args(argv)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown or set(args.configs) - set(CONFIGS):
@@ -98,7 +98,10 @@ def log(text: str) -> None:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.root = args.workdir or tempfile.mkdtemp(prefix="hamirror-bench-", dir="/var/tmp")
+        # Always a directory of its own, even under --workdir: the chmod below must never reach a
+        # shared parent (--workdir /dev/shm once left /dev/shm 0711, and PostgreSQL could no
+        # longer make its shared memory there).
+        self.root = tempfile.mkdtemp(prefix="hamirror-bench-", dir=args.workdir or "/var/tmp")
         os.chmod(self.root, 0o711)                 # PostgreSQL's user must reach its data directories
         self.columns: list[Column] = []
         self.notes: list[str] = []
@@ -237,8 +240,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.teardown()
-        if not args.workdir:
-            shutil.rmtree(bench.root, ignore_errors=True)
+        shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick")}
     params.update(pgbench_clients=4, pgbench_scale=5)
     summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
