@@ -70,6 +70,9 @@ class Interception:
         # back, then sends its cached mtime, so the write's message is held a moment for the
         # mtime to travel in it (LinkClient.submit).
         self._writeback = mode == "barrier"
+        # Whether close() must reach flush() at all: read once by the native engine, which leaves
+        # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
+        self.flush_needed = mode != "sync"
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -139,7 +142,8 @@ class Interception:
     def flush(self, path: str, fh: int) -> int:
         """close() as a barrier: in barrier mode always (the kernel wrote this inode's dirty pages
         back just before, maybe through another handle); in async mode when this handle changed
-        something. No message: the newest operation's acknowledgement covers all before it."""
+        something. No message: the newest operation's acknowledgement covers all before it.
+        Never called when ``flush_needed`` is false."""
         if self.mode == "barrier" or fh in self._changed:
             self._changed.discard(fh)
             self.repl.settle()
