@@ -113,6 +113,10 @@ class LinkClient:
         self._abort_reason: str | None = None
         self.last_ticket: Ticket | None = None   # newest submitted: its ack covers all before it
         self._held: _Held | None = None          # the newest submitted, kept back for a merge
+        # The I/O thread is (about to be) in poll: a submit must wake it. While it works it looks
+        # at the outbox and the held message before it polls again, so a submit then needs no
+        # eventfd write (a syscall, and a GIL hand-over, per operation in barrier mode).
+        self._asleep = True
         self.bytes_sent = 0
         self.ops_sent = 0
         self.peer_versions: tuple[int, str] | None = None   # the receiver's (link protocol, release)
@@ -190,7 +194,7 @@ class LinkClient:
             else:
                 merged = None
         if merged is not None:
-            os.eventfd_write(self._wakeup, 1)
+            self._wake()
             return merged.ticket
         with self._lock:
             while self._free <= 0 and self.lost_reason is None:
@@ -211,8 +215,13 @@ class LinkClient:
                 self._held = _Held(ticket, header, op, ints, strs, times, data, time.monotonic() + HOLD)
             else:
                 self._outbox.append((ticket, header, data))
-        os.eventfd_write(self._wakeup, 1)
+        self._wake()
         return ticket
+
+    def _wake(self) -> None:
+        """After queueing or holding a message: wake the I/O thread if it sleeps (see _asleep)."""
+        if self._asleep:
+            os.eventfd_write(self._wakeup, 1)
 
     def flush_held(self) -> None:
         """Send a held message now (a barrier waits for it)."""
@@ -223,7 +232,7 @@ class LinkClient:
             if held is None:
                 return
             self._queue_held(held)
-        os.eventfd_write(self._wakeup, 1)
+        self._wake()
 
     def _queue_held(self, held: "_Held") -> None:
         """(``_lock`` held) The held message joins the outbox, in its own place in the order."""
@@ -264,7 +273,10 @@ class LinkClient:
         poller.register(self._wakeup, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         while self._running:
-            events = dict(poller.poll(self._poll_timeout_ms()))
+            self._asleep = True   # before looking at the outbox: a submit after this look wakes us
+            timeout = 0 if self._outbox or self._abort_reason is not None else self._poll_timeout_ms()
+            events = dict(poller.poll(timeout))
+            self._asleep = False
             if self._wakeup in events:
                 try:
                     os.eventfd_read(self._wakeup)
