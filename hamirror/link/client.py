@@ -268,20 +268,25 @@ class LinkClient:
     # I/O thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        sock, wakeup, monitor = self.socket, self._wakeup, self._monitor
+        # zmq.zmq_poll itself: zmq.Poller.poll and a dict of its answer cost as much as the poll.
+        items = [(sock, _POLLIN), (wakeup, _POLLIN), (monitor, _POLLIN)]
         while self._running:
             self._asleep = True   # before looking at the outbox: a submit after this look wakes us
             timeout = 0 if self._outbox or self._abort_reason is not None else self._poll_timeout_ms()
-            events = dict(poller.poll(timeout))
+            ready = zmq.zmq_poll(items, timeout)
             self._asleep = False
-            if self._wakeup in events:
-                try:
-                    os.eventfd_read(self._wakeup)
-                except BlockingIOError:
-                    pass
+            replies = monitored = False
+            for what, _ in ready:
+                if what is sock:
+                    replies = True
+                elif what is monitor:
+                    monitored = True
+                else:
+                    try:
+                        os.eventfd_read(wakeup)
+                    except BlockingIOError:
+                        pass
             held = self._held
             if held is not None and time.monotonic() >= held.due:
                 with self._lock:
@@ -290,9 +295,9 @@ class LinkClient:
                         self._queue_held(held)
             if self._outbox:
                 self._send_outbox()
-            if self.socket in events:
+            if replies:
                 self._receive_replies()
-            if self._monitor in events:
+            if monitored:
                 self._check_monitor()
             if self._abort_reason is not None:
                 self._fail(self._abort_reason)
