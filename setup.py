@@ -40,8 +40,8 @@ class FuseFirst(build_ext):
 setup(cmdclass={"build_ext": FuseFirst}, ext_modules=[
     Extension(
         "hamirror.link._native",
-        sources=["native/hm_apply.c", "native/module.c"],
-        depends=["native/hm_apply.h"],
+        sources=["native/hm_apply.c", "native/hm_resolve.c", "native/module.c"],
+        depends=["native/hm_apply.h", "native/hm_core.h"],
         extra_compile_args=FLAGS,
         optional=True,
     ),

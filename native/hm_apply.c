@@ -6,30 +6,24 @@
  * one openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), and kept; the
  * descriptor a CREATE makes is kept for the WRITEs that follow.
  *
- * Safety, whatever the fields hold: every path is checked again here (relative, no "", "." or
- * ".." component, bounded), directories are only reached beneath the root without crossing a
+ * Safety, whatever the fields hold: every path is checked again (relative, no "", "." or ".."
+ * component, bounded), directories are only reached beneath the root without crossing a
  * symlink, the last component is always acted on with a no-follow call, and a file is opened
  * for its data only once an O_PATH descriptor showed it is a regular file (a FIFO would block,
- * a device node would reach outside the directory).
+ * a device node would reach outside the directory). The caches and the path rules are in
+ * hm_resolve.c, the operations here.
  */
 #define _GNU_SOURCE
-#include "hm_apply.h"
+#include "hm_core.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef HM_USE_OPENAT2
-#define HM_USE_OPENAT2 1 /* 0 builds the component-by-component path alone (kernels before 5.6) */
-#endif
-#define CACHE_SIZE 64
 /* Writes this large start their writeback at once (as hamirror/link/apply.py does), and so does
  * any write to a file this core has synced (a log that commits: its next fsync then has only the
  * cache flush left to wait for; docs/performance.md, "A commit's critical path"). */
@@ -38,260 +32,6 @@
 #define MAX_DATA (16 * 1024 * 1024)
 #define FALLOC_MODES 0x7F
 #define ID_LIMIT INT64_C(0xfffffffe) /* ids are < 2**32 - 1, as protocol.py checks */
-
-struct entry {
-    char *path;         /* malloc'd, NUL-terminated */
-    size_t len;
-    int fd;             /* -1: free */
-    int synced;         /* files: synced through this descriptor, so its writes start writeback */
-    uint64_t used;      /* for least-recently-used eviction */
-};
-
-struct cache {
-    struct entry e[CACHE_SIZE];
-};
-
-struct hm_applier {
-    int root_fd;
-    int use_openat2;    /* cleared once the kernel says ENOSYS */
-    uint64_t clock;
-    struct cache dirs;  /* parent directories (O_PATH or O_RDONLY), keyed by relative path */
-    struct cache files; /* regular files open O_WRONLY, keyed by relative path */
-    int wb_fd;          /* a cached descriptor whose writeback hm_start_writeback() starts, or -1 */
-    off_t wb_off;
-    size_t wb_len;
-};
-
-static int fail(char *err, size_t err_len, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static int fail_errno(char *err, size_t err_len, int code)
-{
-    return fail(err, err_len, code, "%s", strerror(code));
-}
-
-/* cache ------------------------------------------------------------------------------------ */
-
-static void cache_init(struct cache *c)
-{
-    for (int i = 0; i < CACHE_SIZE; i++) {
-        c->e[i].path = NULL;
-        c->e[i].fd = -1;
-    }
-}
-
-static void entry_drop(struct entry *e)
-{
-    if (e->fd >= 0)
-        close(e->fd);
-    free(e->path);
-    e->path = NULL;
-    e->fd = -1;
-}
-
-static void cache_clear(struct cache *c)
-{
-    for (int i = 0; i < CACHE_SIZE; i++)
-        entry_drop(&c->e[i]);
-}
-
-static struct entry *cache_find(struct hm_applier *a, struct cache *c, const char *path, size_t len)
-{
-    for (int i = 0; i < CACHE_SIZE; i++) {
-        struct entry *e = &c->e[i];
-        if (e->fd >= 0 && e->len == len && memcmp(e->path, path, len) == 0) {
-            e->used = ++a->clock;
-            return e;
-        }
-    }
-    return NULL;
-}
-
-/* Keep fd under path: the cache owns it from now on (NULL: no memory left, fd closed). */
-static struct entry *cache_put(struct hm_applier *a, struct cache *c, const char *path, size_t len,
-                               int fd)
-{
-    struct entry *victim = &c->e[0];
-    for (int i = 0; i < CACHE_SIZE; i++) {
-        struct entry *e = &c->e[i];
-        if (e->fd < 0) {
-            victim = e;
-            break;
-        }
-        if (e->used < victim->used)
-            victim = e;
-    }
-    entry_drop(victim);
-    victim->path = malloc(len + 1);
-    if (victim->path == NULL) {
-        close(fd);
-        return NULL;
-    }
-    memcpy(victim->path, path, len);
-    victim->path[len] = '\0';
-    victim->len = len;
-    victim->fd = fd;
-    victim->synced = 0;
-    victim->used = ++a->clock;
-    return victim;
-}
-
-/* Drop the entry for path and, with below, every entry beneath it. */
-static void cache_forget(struct cache *c, const char *path, size_t len, int below)
-{
-    for (int i = 0; i < CACHE_SIZE; i++) {
-        struct entry *e = &c->e[i];
-        if (e->fd < 0 || e->len < len || memcmp(e->path, path, len) != 0)
-            continue;
-        if (e->len == len || (below && e->path[len] == '/'))
-            entry_drop(e);
-    }
-}
-
-/* paths ------------------------------------------------------------------------------------ */
-
-/* The rules of protocol.check_path that keep a path inside the directory ("." is the root). */
-static int check_path(const char *path, size_t len)
-{
-    if (len == 1 && path[0] == '.')
-        return 0;
-    if (len == 0 || len > HM_PATH_MAX || memchr(path, '\0', len) != NULL)
-        return EINVAL;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && path[i] != '/')
-            continue;
-        size_t n = i - start;
-        if (n == 0 || n > HM_NAME_MAX || (n == 1 && path[start] == '.')
-            || (n == 2 && path[start] == '.' && path[start + 1] == '.'))
-            return EINVAL;
-        start = i + 1;
-    }
-    return 0;
-}
-
-static int open_dir_by_components(struct hm_applier *a, const char *dir)
-{
-    int fd = a->root_fd;
-    char part[HM_NAME_MAX + 1];
-    const char *p = dir;
-    while (*p) {
-        const char *slash = strchr(p, '/');
-        size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        memcpy(part, p, n);
-        part[n] = '\0';
-        int next = openat(fd, part, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
-        int saved = errno;
-        struct stat st;
-        if (next < 0 && saved == ENOTDIR && fstatat(fd, part, &st, AT_SYMLINK_NOFOLLOW) == 0
-            && S_ISLNK(st.st_mode))
-            saved = ELOOP;
-        if (fd != a->root_fd)
-            close(fd);
-        if (next < 0) {
-            errno = saved;
-            return -1;
-        }
-        fd = next;
-        p += n;
-        if (*p == '/')
-            p++;
-    }
-    return fd;
-}
-
-/* The directory at relative path dir (NUL-terminated, checked), beneath the root, crossing no
- * symlink (ELOOP) and no magic link. */
-static int open_dir_beneath(struct hm_applier *a, const char *dir)
-{
-    if (a->use_openat2) {
-        struct open_how how = {
-            .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd = syscall(SYS_openat2, a->root_fd, dir, &how, sizeof how);
-        if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
-            return (int)fd;
-        a->use_openat2 = 0; /* an old kernel, or a seccomp filter that refuses it */
-    }
-    return open_dir_by_components(a, dir);
-}
-
-struct where {
-    int dir_fd;                       /* borrowed from the cache or the root */
-    char name[HM_NAME_MAX + 1];
-};
-
-static int resolve_error(char *err, size_t err_len, int code)
-{
-    if (code == ELOOP || code == EXDEV)
-        return fail(err, err_len, ELOOP, "path crosses a symlink on the secondary");
-    return fail_errno(err, err_len, code);
-}
-
-/* The directory holding path's last component, and that component (path "." gives root, "."). */
-static int resolve(struct hm_applier *a, const char *path, size_t len, struct where *w,
-                   char *err, size_t err_len)
-{
-    const char *slash = memrchr(path, '/', len);
-    size_t name_len = slash ? len - (size_t)(slash - path) - 1 : len;
-    memcpy(w->name, path + len - name_len, name_len);
-    w->name[name_len] = '\0';
-    if (slash == NULL) {
-        w->dir_fd = a->root_fd;
-        return 0;
-    }
-    size_t dir_len = (size_t)(slash - path);
-    struct entry *e = cache_find(a, &a->dirs, path, dir_len);
-    if (e != NULL) {
-        w->dir_fd = e->fd;
-        return 0;
-    }
-    char dir[HM_PATH_MAX + 1];
-    memcpy(dir, path, dir_len);
-    dir[dir_len] = '\0';
-    int fd = open_dir_beneath(a, dir);
-    if (fd < 0)
-        return resolve_error(err, err_len, errno);
-    e = cache_put(a, &a->dirs, path, dir_len, fd);
-    if (e == NULL)
-        return fail_errno(err, err_len, ENOMEM);
-    w->dir_fd = e->fd;
-    return 0;
-}
-
-/* Open name for its data only if it is a regular file (or a directory, with directory_ok):
- * pinned with O_PATH, checked, then reopened through /proc (the only race-free way). */
-static int open_data(int dir_fd, const char *name, int flags, int directory_ok, char *err,
-                     size_t err_len, int *out)
-{
-    int pinned = openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (pinned < 0)
-        return fail_errno(err, err_len, errno);
-    struct stat st;
-    int rc = 0;
-    if (fstat(pinned, &st) != 0) {
-        rc = fail_errno(err, err_len, errno);
-    } else if (S_ISLNK(st.st_mode)) {
-        rc = fail(err, err_len, ELOOP, "path is a symlink on the secondary");
-    } else if (!(S_ISREG(st.st_mode) || (directory_ok && S_ISDIR(st.st_mode)))) {
-        rc = fail(err, err_len, EINVAL, "not a regular file on the secondary");
-    } else {
-        char proc[64];
-        snprintf(proc, sizeof proc, "/proc/self/fd/%d", pinned);
-        *out = open(proc, flags | O_CLOEXEC);
-        if (*out < 0)
-            rc = fail_errno(err, err_len, errno);
-    }
-    close(pinned);
-    return rc;
-}
 
 /* The cached write descriptor of a regular file, opened on a miss. */
 static int writable(struct hm_applier *a, const struct hm_op *op, int *fd, char *err,
@@ -549,6 +289,11 @@ void hm_start_writeback(struct hm_applier *a)
     /* Only a head start for the next sync, which reports any I/O error itself. */
     (void)sync_file_range(a->wb_fd, a->wb_off, (off_t)a->wb_len, SYNC_FILE_RANGE_WRITE);
     a->wb_fd = -1;
+}
+
+int hm_writeback_pending(const struct hm_applier *a)
+{
+    return a->wb_fd >= 0;
 }
 
 void hm_forget(struct hm_applier *a)

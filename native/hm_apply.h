@@ -58,6 +58,8 @@ void hm_forget(struct hm_applier *a);
  * once the write's reply is sent, so the wait for that reply does not include it; hm_apply()
  * starts it first too (and hm_forget() drops it), so its descriptor is always still open. */
 void hm_start_writeback(struct hm_applier *a);
+/* 1 if a writeback waits for hm_start_writeback() (the caller skips that call otherwise). */
+int hm_writeback_pending(const struct hm_applier *a);
 /* 1 if this core applies op (with these ints), 0 if Python must. */
 int hm_supported(int op, const int64_t *ints, int n_ints);
 /* Apply one operation: 0, or an errno value with a message in err (always NUL-terminated). */

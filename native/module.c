@@ -132,11 +132,12 @@ static PyObject *Applier_apply(ApplierObject *self, PyObject *args)
         op.data_len = (size_t)view.len;
     }
     char err[256];
-    int rc;
+    int rc, writeback = 0;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     if (self->core != NULL) { /* not closed by another thread meanwhile */
         rc = hm_apply(self->core, &op, err, sizeof err);
+        writeback = hm_writeback_pending(self->core);
     } else {
         rc = EBADF;
         snprintf(err, sizeof err, "the native applier is closed");
@@ -153,7 +154,7 @@ static PyObject *Applier_apply(ApplierObject *self, PyObject *args)
         }
         return NULL;
     }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(writeback);
 }
 
 static PyObject *Applier_supported(PyObject *Py_UNUSED(cls), PyObject *args)
@@ -214,7 +215,8 @@ static PyObject *Applier_close(ApplierObject *self, PyObject *Py_UNUSED(ignored)
 
 static PyMethodDef Applier_methods[] = {
     {"apply", (PyCFunction)Applier_apply, METH_VARARGS,
-     "apply(op, ints, path, times, data): apply one decoded operation; OSError if refused."},
+     "apply(op, ints, path, times, data): apply one decoded operation; OSError if refused.\n"
+     "True when it left a writeback for start_writeback() (so the caller calls that only then)."},
     {"supported", (PyCFunction)(void (*)(void))Applier_supported, METH_VARARGS | METH_STATIC,
      "supported(op, ints): True if the native core applies this operation."},
     {"forget", (PyCFunction)Applier_forget, METH_NOARGS,

@@ -23,7 +23,7 @@ if [ "${2:-}" = --no-openat2 ]; then
 fi
 mkdir -p "$OUT/corpus"
 "$CC" -g -O1 -std=gnu11 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
-    -fno-sanitize-recover=undefined "${DEFS[@]}" native/hm_apply.c native/fuzz/fuzz_apply.c -o "$OUT/$BIN"
+    -fno-sanitize-recover=undefined "${DEFS[@]}" native/hm_apply.c native/hm_resolve.c native/fuzz/fuzz_apply.c -o "$OUT/$BIN"
 run=("$PWD/$OUT/$BIN" -max_total_time="$SECONDS_TO_RUN" -timeout=10 -rss_limit_mb=1024
      -print_final_stats=1 -artifact_prefix="$PWD/$OUT/" "$PWD/$OUT/corpus")
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then

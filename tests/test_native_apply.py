@@ -188,6 +188,31 @@ mark("END")
     assert (tmp_path / "dir" / "log").read_bytes() == b"a" * 8192 + b"b" * 8192
 
 
+def test_the_core_says_when_it_left_a_writeback_so_the_receiver_calls_it_only_then(tmp_path):
+    """``apply`` is True only when a small write to a synced file left its writeback for after the
+    reply: the receiver's ``start_writeback`` (a call that releases the GIL) is skipped otherwise."""
+    from tests.native_stream import _msg
+    from hamirror.link.protocol import Op
+    applier = Applier(str(tmp_path))
+    core = applier.native
+    assert core is not None
+    try:
+        create = (0o100644, os.getuid(), os.getgid(), 0)
+        assert core.apply(*_fields(_msg(Op.CREATE, create, (b"log",)))) is False
+        assert core.apply(*_fields(_msg(Op.CREATE, create, (b"other",)))) is False
+        assert core.apply(*_fields(_msg(Op.WRITE, (0,), (b"log",), (), b"a" * 8192))) is False   # not synced yet
+        assert core.apply(*_fields(_msg(Op.FSYNC, (1,), (b"log",)))) is False
+        assert core.apply(*_fields(_msg(Op.WRITE, (8192,), (b"log",), (), b"b" * 8192))) is True
+        assert core.apply(*_fields(_msg(Op.WRITE, (0,), (b"other",), (), b"c"))) is False   # started the log's first
+        applier.apply(_msg(Op.WRITE, (16384,), (b"log",), (), b"d"))
+        assert applier._native_writeback is True
+        applier.start_writeback()
+        assert applier._native_writeback is False
+    finally:
+        applier.close()
+    assert (tmp_path / "log").read_bytes() == b"a" * 8192 + b"b" * 8192 + b"d"
+
+
 def _asan_runtime() -> str | None:
     if shutil.which("gcc") is None:
         return None
@@ -221,7 +246,7 @@ def test_the_core_is_clean_under_address_sanitizer(tmp_path, openat2):
     preloaded), applies the whole stream to real files with the results of the Python path; also
     built to reach directories one component at a time, as it does on kernels without openat2."""
     (tmp_path / "dir").mkdir()
-    result = run_under_asan(tmp_path, "_native", ["native/hm_apply.c", "native/module.c"],
+    result = run_under_asan(tmp_path, "_native", ["native/hm_apply.c", "native/hm_resolve.c", "native/module.c"],
                             [f"-DHM_USE_OPENAT2={openat2}"], "tests.native_stream", str(tmp_path / "dir"), 120)
     outcomes = json.loads(result.stdout)
     assert len(outcomes) == len(native_stream.stream())

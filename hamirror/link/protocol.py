@@ -21,6 +21,7 @@ import json
 import stat
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from hamirror import versions
 
@@ -159,7 +160,10 @@ class Message:
 
 def is_reserved(path: bytes) -> bool:
     """True for hamirror's own conflict folder and anything beneath it (relative path)."""
-    return path == CONFLICT_DIR or path.startswith(CONFLICT_DIR + b"/")
+    return path == CONFLICT_DIR or path.startswith(_CONFLICT_PREFIX)
+
+
+_CONFLICT_PREFIX = CONFLICT_DIR + b"/"
 
 
 def check_path(path: bytes) -> bytes:
@@ -212,69 +216,92 @@ def encode(op: Op, session: int, seq: int, ints: tuple[int, ...] = (), strs: tup
     return b"".join(parts)
 
 
-class _Reader:
-    """Bounds-checked sequential reads from a header frame."""
+_OPS = {int(op): op for op in Op}
+_SPEC_OF = {int(op): spec for op, spec in SPECS.items()}
+_INTS = tuple(struct.Struct(f"<{n}q") for n in range(max(s.n_ints + s.optional_ints for s in SPECS.values()) + 1))
+_TIME_SIZE = _TIMES.size
 
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-        self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.buf):
-            raise ProtocolError("truncated header frame")
-        chunk = self.buf[self.pos:end]
-        self.pos = end
-        return chunk
+def _truncated() -> ProtocolError:
+    return ProtocolError("truncated header frame")
 
-    def unpack(self, fmt: struct.Struct) -> tuple:
-        return fmt.unpack(self.take(fmt.size))
+
+def _string(header: bytes, pos: int) -> tuple[bytes, int]:
+    """The u16-length-prefixed bytes at ``pos``, and the offset after them."""
+    start = pos + 2
+    end = start + (header[pos] | header[pos + 1] << 8) if start <= len(header) else start
+    if end > len(header):
+        raise _truncated()
+    return header[start:end], end
 
 
 def decode(frames: list) -> Message:
-    """Parse and validate one message from the network; raise ProtocolError on anything wrong."""
+    """Parse and validate one message from the network; raise ProtocolError on anything wrong.
+
+    Reads at offsets with ``unpack_from`` (no reader object, no slice per field): the receiver
+    runs this once per message (docs/performance.md, "The receiver's CPU per message")."""
     if not frames:
         raise ProtocolError("empty message")
     header = bytes(frames[0])
-    if len(header) > MAX_HEADER:
+    size = len(header)
+    if size > MAX_HEADER:
         raise ProtocolError("header frame too large")
-    r = _Reader(header)
-    magic, version, opcode, session, seq = r.unpack(_HEAD)
+    if size < _HEAD.size:
+        raise _truncated()
+    magic, version, opcode, session, seq = _HEAD.unpack_from(header)
     if magic != MAGIC:
         raise ProtocolError("bad magic")
     if version > VERSION:
         raise ProtocolError(versions.newer_protocol("link", version, VERSION, None))
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
-    try:
-        op = Op(opcode)
-    except ValueError:
-        raise ProtocolError(f"unknown operation {opcode}") from None
-    spec = SPECS[op]
-    (n_ints,) = r.unpack(_U8)
+    op = _OPS.get(opcode)
+    if op is None:
+        raise ProtocolError(f"unknown operation {opcode}")
+    spec = _SPEC_OF[opcode]
+    pos = _HEAD.size
+    if pos >= size:
+        raise _truncated()
+    n_ints = header[pos]
     if not spec.n_ints <= n_ints <= spec.n_ints + spec.optional_ints:
         expected = f"{spec.n_ints}" + (f" to {spec.n_ints + spec.optional_ints}" if spec.optional_ints else "")
         raise ProtocolError(f"{op.name}: expected {expected} integers, got {n_ints}")
-    ints = tuple(r.unpack(_I64)[0] for _ in range(n_ints))
-    (n_strs,) = r.unpack(_U8)
+    pos += 1
+    end = pos + 8 * n_ints
+    if end > size:
+        raise _truncated()
+    ints = _INTS[n_ints].unpack_from(header, pos)
+    pos = end
+    if pos >= size:
+        raise _truncated()
+    n_strs = header[pos]
+    pos += 1
     if n_strs != len(spec.strs):
         raise ProtocolError(f"{op.name}: expected {len(spec.strs)} strings, got {n_strs}")
     strs = []
     for kind in spec.strs:
-        (length,) = r.unpack(_U16)
-        value = r.take(length)
-        _check_string(kind, value)
+        value, pos = _string(header, pos)
+        if kind == PATH:
+            check_path(value)
+        else:
+            _check_string(kind, value)
         strs.append(value)
-    (n_times,) = r.unpack(_U8)
+    if pos >= size:
+        raise _truncated()
+    n_times = header[pos]
+    pos += 1
     if n_times > MAX_TIMES:
         raise ProtocolError(f"too many time updates ({n_times})")
     times = []
     for _ in range(n_times):
-        (length,) = r.unpack(_U16)
-        path = check_path(r.take(length))
-        atime, mtime = r.unpack(_TIMES)
+        path, end = _string(header, pos)
+        check_path(path)
+        pos = end + _TIME_SIZE
+        if pos > size:
+            raise _truncated()
+        atime, mtime = _TIMES.unpack_from(header, end)
         times.append((path, atime, mtime))
-    if r.pos != len(header):
+    if pos != size:
         raise ProtocolError("trailing bytes in header frame")
     data = None
     expected_frames = 2 if spec.has_data else 1
@@ -291,42 +318,83 @@ def decode(frames: list) -> Message:
 
 
 def _check_ints(msg: Message) -> None:
-    """Range checks that would otherwise surface as odd errors deep in the apply code."""
-    op, ints = msg.op, msg.ints
-    if op in _NO_ROOT and b"." in msg.strs[: 2 if op in (Op.LINK, Op.RENAME) else 1]:
+    """Range checks that would otherwise surface as odd errors deep in the apply code: the
+    operation's own checks only (one table lookup: a test of ``op == Op.X`` per rule cost more
+    than the rest of the decode)."""
+    op = msg.op
+    if op in _NO_ROOT and b"." in msg.strs[: 2 if op in _TWO_PATHS else 1]:
         raise ProtocolError(f"{op.name}: not allowed on the replicated directory itself")
-    if op in (Op.CREATE, Op.MKDIR, Op.CHMOD) and not 0 <= ints[0] <= 0o177777:
+    for check in _INT_CHECKS.get(op, ()):
+        check(op, msg.ints)
+
+
+def _mode(op: Op, ints: tuple[int, ...]) -> None:
+    if not 0 <= ints[0] <= 0o177777:
         raise ProtocolError(f"{op.name}: mode out of range")
-    if op in (Op.WRITE, Op.TRUNCATE, Op.WRITE_FSYNC) and not 0 <= ints[0] <= INT64_MAX - MAX_DATA:
+
+
+def _offset(op: Op, ints: tuple[int, ...]) -> None:
+    if not 0 <= ints[0] <= INT64_MAX - MAX_DATA:
         raise ProtocolError(f"{op.name}: offset out of range")
-    if op == Op.WRITE_FSYNC and ints[1] not in (0, 1):
+
+
+def _datasync(op: Op, ints: tuple[int, ...]) -> None:
+    if ints[1] not in (0, 1):
         raise ProtocolError("WRITE_FSYNC: datasync must be 0 or 1")
-    if op == Op.FALLOCATE and (ints[1] < 0 or ints[2] <= 0 or ints[1] > INT64_MAX - ints[2]):
+
+
+def _fallocate(op: Op, ints: tuple[int, ...]) -> None:
+    if ints[1] < 0 or ints[2] <= 0 or ints[1] > INT64_MAX - ints[2]:
         raise ProtocolError("FALLOCATE: range out of bounds")
-    if op == Op.FALLOCATE and not 0 <= ints[0] <= FALLOC_MODES:
+    if not 0 <= ints[0] <= FALLOC_MODES:
         raise ProtocolError("FALLOCATE: unknown mode bits")
-    if op == Op.CREATE and stat.S_IFMT(ints[0]) not in _CREATE_KINDS:
+
+
+def _create(op: Op, ints: tuple[int, ...]) -> None:
+    if stat.S_IFMT(ints[0]) not in _CREATE_KINDS:
         raise ProtocolError("CREATE: file type must be regular, fifo, socket or device (MKDIR and "
                             "SYMLINK make the others)")
-    if op == Op.CREATE and not 0 <= ints[3] <= MAX_RDEV:
+    if not 0 <= ints[3] <= MAX_RDEV:
         raise ProtocolError("CREATE: device number out of range")
-    if op == Op.RENAME and ints[0] & ~RENAME_FLAGS:
-        raise ProtocolError("RENAME: unknown flags")
-    if op == Op.SETXATTR and ints[0] & ~XATTR_FLAGS:
-        raise ProtocolError("SETXATTR: unknown flags")
-    if op == Op.CHOWN and not all(-1 <= i < 2**32 - 1 for i in ints):
-        raise ProtocolError("CHOWN: id out of range")
-    if op in (Op.CREATE, Op.MKDIR) and not all(0 <= i < 2**32 - 1 for i in ints[1:3]):
-        raise ProtocolError(f"{op.name}: id out of range")
-    if op == Op.SYMLINK and not all(0 <= i < 2**32 - 1 for i in ints):
-        raise ProtocolError("SYMLINK: id out of range")
-    if op == Op.PING and ints and ints[0] & ~(PING_DELEGATE | PING_SYNC):
-        raise ProtocolError("PING: unknown flags")
-    if op == Op.BLOCKSUMS:
-        offset, length, block = ints
-        if offset < 0 or length < 0 or not 4096 <= block <= MAX_DATA or offset > INT64_MAX - length \
-                or length > min(block * MAX_BLOCKSUMS, MAX_SUMS_BYTES):
-            raise ProtocolError("BLOCKSUMS: range out of bounds")
+
+
+def _flags(allowed: int) -> Callable[[Op, tuple[int, ...]], None]:
+    def check(op: Op, ints: tuple[int, ...]) -> None:
+        if ints and ints[0] & ~allowed:   # PING's flags are optional
+            raise ProtocolError(f"{op.name}: unknown flags")
+    return check
+
+
+def _ids(first: int, low: int) -> Callable[[Op, tuple[int, ...]], None]:
+    def check(op: Op, ints: tuple[int, ...]) -> None:
+        if not all(low <= i < 2**32 - 1 for i in ints[first:first + 2]):
+            raise ProtocolError(f"{op.name}: id out of range")
+    return check
+
+
+def _blocksums(op: Op, ints: tuple[int, ...]) -> None:
+    offset, length, block = ints
+    if offset < 0 or length < 0 or not 4096 <= block <= MAX_DATA or offset > INT64_MAX - length \
+            or length > min(block * MAX_BLOCKSUMS, MAX_SUMS_BYTES):
+        raise ProtocolError("BLOCKSUMS: range out of bounds")
+
+
+_TWO_PATHS = frozenset({Op.LINK, Op.RENAME})
+_INT_CHECKS: dict[Op, tuple[Callable[[Op, tuple[int, ...]], None], ...]] = {
+    Op.CREATE: (_mode, _create, _ids(1, 0)),
+    Op.MKDIR: (_mode, _ids(1, 0)),
+    Op.CHMOD: (_mode,),
+    Op.WRITE: (_offset,),
+    Op.TRUNCATE: (_offset,),
+    Op.WRITE_FSYNC: (_offset, _datasync),
+    Op.FALLOCATE: (_fallocate,),
+    Op.RENAME: (_flags(RENAME_FLAGS),),
+    Op.SETXATTR: (_flags(XATTR_FLAGS),),
+    Op.CHOWN: (_ids(0, -1),),
+    Op.SYMLINK: (_ids(0, 0),),
+    Op.PING: (_flags(PING_DELEGATE | PING_SYNC),),
+    Op.BLOCKSUMS: (_blocksums,),
+}
 
 
 # Replies ---------------------------------------------------------------------------------------
