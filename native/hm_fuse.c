@@ -470,7 +470,10 @@ int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, u
     char *argv[] = {"hamirror", "-o", (char *)options, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
     int result = -1;
-    e->se = fuse_session_new(&args, &hm_ops, sizeof(hm_ops), e);
+    struct fuse_lowlevel_ops ops = hm_ops;   /* copied by the session */
+    if (!e->flush)
+        ops.flush = NULL;   /* one close per file no longer crosses into Python for nothing */
+    e->se = fuse_session_new(&args, &ops, sizeof(ops), e);
     if (e->se == NULL) {
         snprintf(e->error, sizeof(e->error), "fuse_session_new failed (options %s)", options);
         return -1;

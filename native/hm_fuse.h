@@ -33,6 +33,8 @@ struct hm_engine {
     PyObject *on_init;    /* called once the kernel's INIT is answered (the mount is up) */
     PyObject *on_error;   /* on_error(operation, exception) for anything but an OSError */
     int writeback;        /* barrier mode: the kernel's writeback cache */
+    int flush;            /* ops.flush_needed: close() reaches Python. When not, libfuse has no flush
+                           * op and answers the first FLUSH ENOSYS: the kernel sends no more. */
     unsigned max_background;
     struct hm_killpriv killpriv;   /* FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h) */
     char error[256];      /* why init stopped the session */

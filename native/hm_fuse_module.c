@@ -54,6 +54,10 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     e->writeback = writeback;
     e->max_background = max_background;
     e->ops = ops;
+    PyObject *flush = PyObject_GetAttrString(ops, "flush_needed");   /* Python's decision, read once */
+    e->flush = flush == NULL || PyObject_IsTrue(flush) != 0;
+    Py_XDECREF(flush);
+    PyErr_Clear();
     e->on_init = on_init == Py_None ? NULL : on_init;
     e->on_error = on_error == Py_None ? NULL : on_error;
     Py_INCREF(ops);

@@ -23,7 +23,7 @@ import stat
 from typing import Callable
 
 from hamirror.link.client import WHOLE
-from hamirror.link.protocol import Op, is_reserved
+from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
 from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 
@@ -38,13 +38,14 @@ SYNC_PIECE = 256 * 1024
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
 CAPABILITY = "security.capability"   # a file capability: any write removes it (kill_privileges)
+_CONFLICT = os.fsdecode(CONFLICT_DIR)   # a reserved path starts with it (is_reserved decides)
 
 
 def rel(path: str) -> str:
     """FUSE path ("/a/b") to a path under root_fd ("a/b"; "." for the root). hamirror's own
     conflict folder (``CONFLICT_DIR``, link/protocol.py) does not exist for the application."""
     relpath = path[1:] or "."
-    if is_reserved(os.fsencode(relpath)):
+    if relpath.startswith(_CONFLICT) and is_reserved(os.fsencode(relpath)):
         raise OSError(errno.ENOENT, "reserved for hamirror's conflict folder")
     return relpath
 
@@ -69,6 +70,9 @@ class Interception:
         # back, then sends its cached mtime, so the write's message is held a moment for the
         # mtime to travel in it (LinkClient.submit).
         self._writeback = mode == "barrier"
+        # Whether close() must reach flush() at all: read once by the native engine, which leaves
+        # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
+        self.flush_needed = mode != "sync"
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -87,12 +91,14 @@ class Interception:
         """A path for calls without an *at variant (xattrs)."""
         return f"/proc/self/fd/{self.root}/{relpath}"
 
-    def _owner(self, relpath: str) -> tuple[int, int]:
-        """Owner for a new inode: the caller, with the parent's group if the parent is setgid."""
+    def _owner(self, relpath: str) -> tuple[int, int, os.stat_result]:
+        """Owner for a new inode: the caller, with the parent's group if the parent is setgid;
+        and the parent's stat (taken after the inode was made: its times are what the peer gets)."""
         uid, gid, _ = self.context()
-        if self._lstat(parent_of(relpath)).st_mode & stat.S_ISGID:
+        parent = self._lstat(parent_of(relpath))
+        if parent.st_mode & stat.S_ISGID:
             gid = -1
-        return uid, gid
+        return uid, gid, parent
 
     # open / close ----------------------------------------------------------------------------
 
@@ -121,18 +127,23 @@ class Interception:
                 # Someone created it since the kernel's lookup: a plain open, nothing to send.
                 return os.open(p, own, dir_fd=self.root)
             self._keep_mode(p, mode, fd)
-            uid, gid = self._owner(p)
+            uid, gid, parent = self._owner(p)
             os.fchown(fd, uid, gid)
             st = os.fstat(fd)
-            tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, 0), (os.fsencode(p),),
-                    self._times(p, parent_of(p)))
+            # The times of both from the stats already taken (the parent changes no more under
+            # the whole ordering lock): two lstat per create fewer.
+            bp = os.fsencode(p)
+            tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, 0), (bp,),
+                    ((bp, st.st_atime_ns, st.st_mtime_ns),
+                     (os.fsencode(parent_of(p)), parent.st_atime_ns, parent.st_mtime_ns)))
         self._touched(fd)
         return fd
 
     def flush(self, path: str, fh: int) -> int:
         """close() as a barrier: in barrier mode always (the kernel wrote this inode's dirty pages
         back just before, maybe through another handle); in async mode when this handle changed
-        something. No message: the newest operation's acknowledgement covers all before it."""
+        something. No message: the newest operation's acknowledgement covers all before it.
+        Never called when ``flush_needed`` is false."""
         if self.mode == "barrier" or fh in self._changed:
             self._changed.discard(fh)
             self.repl.settle()
@@ -285,7 +296,7 @@ class Interception:
             make()
             if mode is not None:
                 self._keep_mode(p, mode)
-            uid, gid = self._owner(p)
+            uid, gid, _ = self._owner(p)
             os.chown(p, uid, gid, dir_fd=self.root, follow_symlinks=False)
             op, ints, strs = message(self._lstat(p))
             tx.send(op, ints, strs, self._times(p, parent_of(p)))

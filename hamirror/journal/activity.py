@@ -248,6 +248,12 @@ class ActivityLog:
         paths = list(paths)
         with self._lock:
             hot = self._hot
+            if len(paths) == 1:   # most calls: one path, already hot (a file being written)
+                slot = hot.get(paths[0])
+                if slot is not None:
+                    hot.move_to_end(paths[0])
+                    slot.busy += 1
+                    return
             new = []
             for p in dict.fromkeys(paths):
                 slot = hot.get(p)

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from typing import Callable, Iterable
 
 import zmq
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 Change = tuple
 WHOLE = "whole"
 KEEPALIVE = 0.5   # seconds: an idle link still carries a PING this often (the secondary's proof of life)
+_NOBLOCK = int(zmq.NOBLOCK)   # plain ints: pyzmq's enum flags cost an Enum call per use
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 HOLD = 0.002      # seconds: how long a held message waits for a UTIMENS to merge (see submit)
 
 
@@ -41,9 +45,13 @@ class PeerLost(Exception):
 
 
 class Ticket:
-    """One operation in flight."""
+    """One operation in flight.
 
-    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "_done")
+    Completed once, by the link's I/O thread (or by submit for one that could not be queued).
+    A lock held from birth to completion is the waiters' wake-up: a release costs a fraction of a
+    threading.Event's set() (a Condition and its notify_all in Python), paid for every operation."""
+
+    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "done", "_lock")
 
     def __init__(self, seq: int, changes: tuple[Change, ...]) -> None:
         self.seq = seq
@@ -51,19 +59,27 @@ class Ticket:
         self.sent_at = 0.0
         self.error: str | None = None
         self.payload = b""
-        self._done = threading.Event()
+        self.done = False                 # set after error and payload: a reader of done sees them
+        self._lock = _allocate_lock()
+        self._lock.acquire()
 
     def complete(self, error: str | None = None, payload: bytes = b"") -> None:
+        if self.done:
+            return
         self.error = error
         self.payload = payload
-        self._done.set()
+        self.done = True
+        self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
+        """Whether it completed (within ``timeout`` seconds; None: for ever)."""
+        if self.done:
+            return True
+        lock = self._lock
+        if lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+            lock.release()   # the next waiter of the same ticket wakes in turn
+            return True
+        return self.done
 
 
 class LinkClient:
@@ -84,15 +100,23 @@ class LinkClient:
         server_key = keys.peer_public_key(keys_dir, own, peer_key_name)
         self.session = random.getrandbits(63) | 1
         self._seq = 0
-        self._window = threading.BoundedSemaphore(window)
         self._outbox: collections.deque = collections.deque()
         self._pending: collections.OrderedDict[int, Ticket] = collections.OrderedDict()
         self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._lock = threading.Lock()
+        # The window: operations that may be unacknowledged at once. A count under ``_lock``
+        # (submit takes it anyway) and a condition waited on only when it is used up: a
+        # BoundedSemaphore cost a Python-level Condition on every submit and every ack.
+        self._free = window
+        self._room = threading.Condition(self._lock)
         self.lost_reason: str | None = None
         self._abort_reason: str | None = None
         self.last_ticket: Ticket | None = None   # newest submitted: its ack covers all before it
         self._held: _Held | None = None          # the newest submitted, kept back for a merge
+        # The I/O thread is (about to be) in poll: a submit must wake it. While it works it looks
+        # at the outbox and the held message before it polls again, so a submit then needs no
+        # eventfd write (a syscall, and a GIL hand-over, per operation in barrier mode).
+        self._asleep = True
         self.bytes_sent = 0
         self.ops_sent = 0
         self.peer_versions: tuple[int, str] | None = None   # the receiver's (link protocol, release)
@@ -170,17 +194,18 @@ class LinkClient:
             else:
                 merged = None
         if merged is not None:
-            os.eventfd_write(self._wakeup, 1)
+            self._wake()
             return merged.ticket
-        self._window.acquire()
         with self._lock:
+            while self._free <= 0 and self.lost_reason is None:
+                self._room.wait()
             seq = self._seq
             self._seq += 1
             ticket = Ticket(seq, changes)
             if self.lost_reason is not None:
-                self._window.release()
                 ticket.complete(self.lost_reason)
                 return ticket
+            self._free -= 1
             if self._held is not None:
                 self._queue_held(self._held)
                 self._held = None
@@ -190,8 +215,13 @@ class LinkClient:
                 self._held = _Held(ticket, header, op, ints, strs, times, data, time.monotonic() + HOLD)
             else:
                 self._outbox.append((ticket, header, data))
-        os.eventfd_write(self._wakeup, 1)
+        self._wake()
         return ticket
+
+    def _wake(self) -> None:
+        """After queueing or holding a message: wake the I/O thread if it sleeps (see _asleep)."""
+        if self._asleep:
+            os.eventfd_write(self._wakeup, 1)
 
     def flush_held(self) -> None:
         """Send a held message now (a barrier waits for it)."""
@@ -202,7 +232,7 @@ class LinkClient:
             if held is None:
                 return
             self._queue_held(held)
-        os.eventfd_write(self._wakeup, 1)
+        self._wake()
 
     def _queue_held(self, held: "_Held") -> None:
         """(``_lock`` held) The held message joins the outbox, in its own place in the order."""
@@ -238,17 +268,25 @@ class LinkClient:
     # I/O thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        sock, wakeup, monitor = self.socket, self._wakeup, self._monitor
+        # zmq.zmq_poll itself: zmq.Poller.poll and a dict of its answer cost as much as the poll.
+        items = [(sock, _POLLIN), (wakeup, _POLLIN), (monitor, _POLLIN)]
         while self._running:
-            events = dict(poller.poll(self._poll_timeout_ms()))
-            if self._wakeup in events:
-                try:
-                    os.eventfd_read(self._wakeup)
-                except BlockingIOError:
-                    pass
+            self._asleep = True   # before looking at the outbox: a submit after this look wakes us
+            timeout = 0 if self._outbox or self._abort_reason is not None else self._poll_timeout_ms()
+            ready = zmq.zmq_poll(items, timeout)
+            self._asleep = False
+            replies = monitored = False
+            for what, _ in ready:
+                if what is sock:
+                    replies = True
+                elif what is monitor:
+                    monitored = True
+                else:
+                    try:
+                        os.eventfd_read(wakeup)
+                    except BlockingIOError:
+                        pass
             held = self._held
             if held is not None and time.monotonic() >= held.due:
                 with self._lock:
@@ -257,9 +295,9 @@ class LinkClient:
                         self._queue_held(held)
             if self._outbox:
                 self._send_outbox()
-            if self.socket in events:
+            if replies:
                 self._receive_replies()
-            if self._monitor in events:
+            if monitored:
                 self._check_monitor()
             if self._abort_reason is not None:
                 self._fail(self._abort_reason)
@@ -272,9 +310,10 @@ class LinkClient:
         if (self._pending or self._outbox or self._held or self.lost_reason is not None or self.ops_sent == 0
                 or time.monotonic() - self._last_send < KEEPALIVE):
             return
-        if not self._window.acquire(blocking=False):
-            return
         with self._lock:
+            if self._free <= 0:
+                return
+            self._free -= 1
             seq = self._seq
             self._seq += 1
             self._outbox.append((Ticket(seq, ()), encode(Op.PING, self.session, seq), None))
@@ -295,7 +334,7 @@ class LinkClient:
         while self._outbox:
             ticket, header, data = self._outbox.popleft()
             if self.lost_reason is not None:
-                self._window.release()
+                self._give_back(1)
                 ticket.complete(self.lost_reason)
                 continue
             ticket.sent_at = self._last_send = time.monotonic()
@@ -309,9 +348,11 @@ class LinkClient:
                     return
             try:   # never blocks while connected (no HWM); blocks for ever once libzmq dropped the peer
                 if data is None:
-                    self.socket.send(parts[0], zmq.NOBLOCK, copy=True)
-                else:
-                    self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                    self.socket.send(parts[0], _NOBLOCK, copy=True)
+                else:   # send_multipart's checks and enum flags cost more than the sends
+                    for part in parts[:-1]:
+                        self.socket.send(part, _NOBLOCK_MORE, copy=False)
+                    self.socket.send(parts[-1], _NOBLOCK, copy=False)
             except zmq.Again:   # after a failed handshake: the monitor usually says why
                 self._check_monitor()
                 self._fail(f"peer {self.endpoint} dropped the connection (a failed secure handshake?)")
@@ -321,11 +362,13 @@ class LinkClient:
             self.ops_sent += 1
 
     def _receive_replies(self) -> None:
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        sock = self.socket
+        # Asking ZMQ_EVENTS whether a reply waits costs less than the zmq.Again raised by a
+        # receive that finds none (once per wake-up: once per operation in sync mode).
+        while sock.getsockopt(_EVENTS) & _POLLIN:
+            frames = [sock.recv(_NOBLOCK)]
+            while sock.getsockopt(_RCVMORE):
+                frames.append(sock.recv(_NOBLOCK))
             if self._handshake is not None:
                 try:
                     frames = self._unseal(frames)
@@ -349,13 +392,24 @@ class LinkClient:
             if reply.durable is not None:   # before any ticket it covers completes
                 self.peer_durable = reply.durable
             # The receiver applies in order, so an ack for seq n also covers everything before it.
-            while self._pending:
-                seq, ticket = next(iter(self._pending.items()))
+            pending = self._pending
+            acked = []
+            while pending:
+                seq = next(iter(pending))
                 if seq > reply.seq:
                     break
-                del self._pending[seq]
-                self._window.release()
-                ticket.complete(payload=reply.payload if seq == reply.seq else b"")
+                acked.append(pending.pop(seq))
+            if acked:
+                self._give_back(len(acked))
+                for ticket in acked:
+                    ticket.complete(payload=reply.payload if ticket.seq == reply.seq else b"")
+
+    def _give_back(self, count: int) -> None:
+        """``count`` operations left the window (acknowledged, or failed)."""
+        with self._lock:
+            self._free += count
+            if self._free <= count:      # it was used up: a submit may be waiting
+                self._room.notify_all()
 
     def _unseal(self, frames: list[bytes]) -> list | None:
         """(aead) The reply's plaintext frames, or None for the handshake's ACCEPT (answered here)."""
@@ -416,8 +470,8 @@ class LinkClient:
                 self.on_lost(reason, failed)
             except Exception:  # noqa: BLE001 - the waiters must wake whatever happens
                 log.exception("on_lost handler failed")
+        self._give_back(len(failed))
         for ticket in failed:
-            self._window.release()
             ticket.complete(reason)
 
 
