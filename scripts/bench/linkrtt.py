@@ -51,6 +51,23 @@ def _echo(port: int, public: bytes, secret: bytes, curve: bool) -> None:
         sock.send_multipart([frames[0], b"k"])
 
 
+def echo_rounds(count: int, round_trip, quit) -> list[float]:
+    """Time ``count`` round trips after WARM unmeasured ones, then tell the echo to end."""
+    samples = []
+    for _ in range(count + WARM):
+        t = time.perf_counter()
+        round_trip()
+        samples.append(time.perf_counter() - t)
+    quit()
+    return samples
+
+
+def stop(echo: multiprocessing.Process) -> None:
+    echo.join(10)
+    if echo.is_alive():
+        echo.kill()
+
+
 def _tcp_echo(listener: socket.socket) -> None:
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -68,21 +85,12 @@ def tcp_alone(count: int) -> list[float]:
     echo.start()
     sock = socket.create_connection(listener.getsockname())
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    samples = []
     try:
-        for _ in range(count + WARM):
-            t = time.perf_counter()
-            sock.sendall(b"x" * 100)
-            sock.recv(16)
-            samples.append(time.perf_counter() - t)
-        sock.sendall(b"quit")
+        return echo_rounds(count, lambda: (sock.sendall(b"x" * 100), sock.recv(16)), lambda: sock.sendall(b"quit"))
     finally:
-        echo.join(10)
-        if echo.is_alive():
-            echo.kill()
+        stop(echo)
         sock.close()
         listener.close()
-    return samples
 
 
 def zmq_alone(count: int, curve: bool) -> list[float]:
@@ -96,21 +104,12 @@ def zmq_alone(count: int, curve: bool) -> list[float]:
         sock.curve_serverkey = server_public
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     sock.connect(f"tcp://127.0.0.1:{port}")
-    samples = []
     try:
-        for _ in range(count + WARM):
-            t = time.perf_counter()
-            sock.send(b"x" * 100)
-            sock.recv()
-            samples.append(time.perf_counter() - t)
-        sock.send(b"quit")
+        return echo_rounds(count, lambda: (sock.send(b"x" * 100), sock.recv()), lambda: sock.send(b"quit"))
     finally:
-        echo.join(10)
-        if echo.is_alive():
-            echo.kill()
+        stop(echo)
         sock.close(0)
         context.term()
-    return samples
 
 
 def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
