@@ -30,6 +30,7 @@ from hamirror.link.protocol import MAX_FRAME
 
 ENGINE_ENV = "HAMIRROR_LINK_ENGINE"
 CURVE, AEAD = "curve", "aead"
+STREAM = "stream"   # aead records on a TCP connection of their own, no ZeroMQ (link/stream.py): being built
 DEFAULT_ENGINE = CURVE   # a previous-release peer speaks CURVE only (docs/upgrade.md)
 
 MAGIC = b"hmK"

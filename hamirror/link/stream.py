@@ -1,0 +1,114 @@
+"""The ``stream`` engine's wire format: the ``aead`` session's messages as records on one TCP
+connection, with no ZeroMQ in between (docs/security.md, "The stream engine").
+
+Why: a round trip through ZeroMQ costs four I/O-thread wake-ups and ~89 µs of CPU per small
+message on each side (docs/native.md, "Not native yet: the link"); on a socket of its own the
+thread that submits writes the record, and the thread that waits reads it.
+
+A record is a 4-byte big-endian length, then that many bytes:
+
+- **before the session is established**, one handshake message of ``session.py`` (INIT, ACCEPT,
+  CONFIRM or REFUSE), unsealed, at most :data:`MAX_HANDSHAKE` bytes: an unauthenticated peer can
+  make the other side hold no more than that;
+- **after**, one link message (1 to ``session.MAX_PARTS`` frames): a count byte, one 4-byte
+  big-endian length per sealed frame, then the sealed frames, each as :meth:`session.Direction.seal`
+  makes it (its counter, then AES-256-GCM of the frame, bound to its index and the count).
+
+Pure: no sockets here. :class:`Records` splits received bytes into record bodies and checks
+every length before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hamirror.link import session
+
+LENGTH = struct.Struct(">I")
+COUNT = struct.Struct(">B")
+MAX_HANDSHAKE = session.INIT_SIZE + session.MAX_REFUSE_TEXT   # the largest handshake message
+MAX_MESSAGE = COUNT.size + session.MAX_PARTS * (LENGTH.size + session.MAX_SEALED)
+READ_SIZE = 256 * 1024   # bytes asked of one recv: many small records, or a good piece of a large one
+
+
+class RecordError(Exception):
+    """The byte stream is not a valid record stream; the connection must be closed."""
+
+
+def handshake_record(message: bytes) -> bytes:
+    """One handshake message as a record."""
+    if not 0 < len(message) <= MAX_HANDSHAKE:
+        raise RecordError(f"a handshake message of {len(message)} bytes (1 to {MAX_HANDSHAKE})")
+    return LENGTH.pack(len(message)) + message
+
+
+def seal_record(direction: session.Direction, parts: list) -> list:
+    """One link message as a record, sealed: a list of buffers for ``socket.sendmsg`` (the sealed
+    frames are not copied again into one)."""
+    sealed = direction.seal(parts)
+    head = bytearray(LENGTH.size + COUNT.size + LENGTH.size * len(sealed))
+    body = len(head) - LENGTH.size + sum(len(frame) for frame in sealed)
+    LENGTH.pack_into(head, 0, body)
+    COUNT.pack_into(head, LENGTH.size, len(sealed))
+    for index, frame in enumerate(sealed):
+        LENGTH.pack_into(head, LENGTH.size + COUNT.size + LENGTH.size * index, len(frame))
+    return [head, *sealed]
+
+
+def open_record(direction: session.Direction, body: memoryview) -> list[memoryview]:
+    """The plaintext frames of one sealed record body; SessionError if anything is off (a bad
+    layout, a frame out of order or not from the peer)."""
+    if len(body) < COUNT.size:
+        raise session.SessionError("an empty record")
+    count = body[0]
+    if not 1 <= count <= session.MAX_PARTS:
+        raise session.SessionError(f"a record of {count} frames (1 to {session.MAX_PARTS} expected)")
+    offset = COUNT.size + LENGTH.size * count
+    if len(body) < offset:
+        raise session.SessionError("a record shorter than its frame table")
+    frames = []
+    for index in range(count):
+        size = LENGTH.unpack_from(body, COUNT.size + LENGTH.size * index)[0]
+        if size > len(body) - offset:
+            raise session.SessionError("a record's frame runs past its end")
+        frames.append(body[offset:offset + size])
+        offset += size
+    if offset != len(body):
+        raise session.SessionError(f"{len(body) - offset} bytes after a record's last frame")
+    return direction.open(frames)
+
+
+class Records:
+    """Splits a connection's bytes into record bodies.
+
+    ``limit`` is the largest body accepted now: :data:`MAX_HANDSHAKE` until the session is
+    established, then :data:`MAX_MESSAGE`. A length above it raises :class:`RecordError` before
+    any buffer is grown for it."""
+
+    def __init__(self, limit: int = MAX_HANDSHAKE) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
+        """The complete record bodies that ``data`` ends (in order); the rest is kept. The bodies
+        are views of a buffer this object no longer touches: the caller may keep them."""
+        buffer = self._buffer
+        buffer += data
+        bodies: list[memoryview] = []
+        start, end = 0, len(buffer)
+        while end - start >= LENGTH.size:
+            size = LENGTH.unpack_from(buffer, start)[0]
+            if not 0 < size <= self.limit:
+                raise RecordError(f"a record of {size} bytes (1 to {self.limit} allowed here)")
+            if end - start - LENGTH.size < size:
+                break
+            bodies.append(memoryview(buffer)[start + LENGTH.size:start + LENGTH.size + size])
+            start += LENGTH.size + size
+        if bodies:   # the views pin this buffer: the unfinished tail moves to a new one
+            self._buffer = bytearray(memoryview(buffer)[start:])
+        return bodies
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a returned record."""
+        return len(self._buffer)

@@ -1,0 +1,80 @@
+"""The stream engine's record layer (link/stream.py): framing, sealing, and the bounds an
+unauthenticated or hostile peer runs into before anything is allocated."""
+
+import os
+
+import pytest
+
+from hamirror.link import session, stream
+
+
+def _pair() -> tuple[session.Direction, session.Direction]:
+    key = os.urandom(32)
+    return session.Direction(key, session.TO_RECEIVER), session.Direction(key, session.TO_RECEIVER)
+
+
+def _wire(records: list[list]) -> bytes:
+    return b"".join(bytes(buffer) for record in records for buffer in record)
+
+
+def test_records_survive_any_split_and_keep_their_bytes():
+    sealer, opener = _pair()
+    messages = [[b"header %d" % i, os.urandom(i * 997)] if i % 3 else [b"header %d" % i] for i in range(40)]
+    wire = _wire([stream.seal_record(sealer, list(m)) for m in messages])
+    records = stream.Records(stream.MAX_MESSAGE)
+    opened = []
+    for offset in range(0, len(wire), 613):
+        opened += [stream.open_record(opener, body) for body in records.feed(wire[offset:offset + 613])]
+    assert [[bytes(f) for f in frames] for frames in opened] == messages
+    assert records.buffered == 0
+
+
+def test_a_body_stays_valid_after_the_next_feed():
+    sealer, _ = _pair()
+    wire = _wire([stream.seal_record(sealer, [b"a"]), stream.seal_record(sealer, [b"b"])])
+    records = stream.Records(stream.MAX_MESSAGE)
+    first = records.feed(wire[:len(wire) // 2 + 20])
+    kept = bytes(first[0])
+    records.feed(wire[len(wire) // 2 + 20:])
+    assert bytes(first[0]) == kept
+
+
+def test_a_length_above_the_limit_is_refused_before_it_is_buffered():
+    records = stream.Records()   # before the handshake: handshake messages only
+    with pytest.raises(stream.RecordError, match=rf"a record of 1048576 bytes \(1 to {stream.MAX_HANDSHAKE} allowed here\)"):
+        records.feed(stream.LENGTH.pack(1 << 20) + b"x")
+    with pytest.raises(stream.RecordError, match="a record of 0 bytes"):
+        stream.Records().feed(stream.LENGTH.pack(0))
+
+
+def test_a_handshake_message_fits_the_handshake_limit():
+    init = session.ClientHandshake(os.urandom(32), os.urandom(32), os.urandom(32)).init
+    assert [bytes(b) for b in stream.Records().feed(stream.handshake_record(init))] == [init]
+    with pytest.raises(stream.RecordError):
+        stream.handshake_record(b"x" * (stream.MAX_HANDSHAKE + 1))
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "an empty record"),
+    (b"\x00", "a record of 0 frames"),
+    (b"\x05" + b"\x00" * 20, "a record of 5 frames"),
+    (b"\x02\x00\x00\x00\x01", "a record shorter than its frame table"),
+    (b"\x01\x00\x00\x00\x09" + b"x" * 8, "a record's frame runs past its end"),
+    (b"\x01\x00\x00\x00\x01" + b"xy", "1 bytes after a record's last frame"),
+])
+def test_malformed_sealed_records_end_the_session(body, message):
+    _, opener = _pair()
+    with pytest.raises(session.SessionError, match=message):
+        stream.open_record(opener, memoryview(body))
+
+
+def test_a_replayed_or_altered_record_is_refused():
+    sealer, opener = _pair()
+    first = b"".join(bytes(b) for b in stream.seal_record(sealer, [b"one"]))
+    second = bytearray(b"".join(bytes(b) for b in stream.seal_record(sealer, [b"two"])))
+    assert bytes(stream.open_record(opener, memoryview(first)[4:])[0]) == b"one"
+    with pytest.raises(session.SessionError, match="frame counter 0, expected 1"):
+        stream.open_record(opener, memoryview(first)[4:])
+    second[-1] ^= 1
+    with pytest.raises(session.SessionError, match="failed authentication"):
+        stream.open_record(opener, memoryview(bytes(second))[4:])
