@@ -234,7 +234,7 @@ def test_a_bad_engine_setting_is_named_by_the_receiver(tmp_path):
     result = run_cli("mirror", "receive", "--dir", str(tmp_path), "--bind", "tcp://127.0.0.1:0",
                      "--keys", str(tmp_path / "keys"), env={**os.environ, session.ENGINE_ENV: "none"})
     assert result.returncode != 0
-    assert "HAMIRROR_LINK_ENGINE='none': the replication link engine must be 'curve' or 'aead'" in result.stderr
+    assert "HAMIRROR_LINK_ENGINE='none': the replication link engine must be 'curve', 'aead' or 'stream'" in result.stderr
     assert "cannot listen" not in result.stderr, result.stderr
 
 

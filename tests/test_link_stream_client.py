@@ -1,0 +1,318 @@
+"""LinkClient with the ``stream`` engine (link/transport_stream.py): its own TCP connection, the
+aead handshake and sealed records, the submitting thread writing its record, one reader thread.
+
+The peer is a small receiver in this process (:class:`StreamPeer`): the real session layer
+(``session.Sessions``) and record layer (``stream.Records``) on a real socket over loopback,
+answering with ``protocol.encode_reply``. What each test's peer does with a message is its
+``answer``; what the client did is checked from outside (tickets, ``on_lost``, the peer's view).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+import pytest
+
+from hamirror.link import keys, protocol, session, stream
+from hamirror.link.client import LinkClient, PeerLost, Ticket
+from hamirror.link.protocol import Op
+from tests.mirror_fixtures import free_port
+
+CLOSE = object()   # an answer: close the connection
+
+
+def acknowledge(message: protocol.Message):
+    payload = protocol.hello_answer() if message.op == Op.HELLO else b""
+    return protocol.encode_reply(message.seq, payload=payload)
+
+
+class StreamPeer:
+    """A ``stream`` receiver, enough for the client's tests (see the module docstring)."""
+
+    def __init__(self, keys_dir: str, port: int = 0, trust: bool = True,
+                 answer: Callable[[protocol.Message], object] = acknowledge) -> None:
+        own = keys.load_own(keys_dir)
+        self.sessions = session.Sessions(own.secret, own.public, {"test": own.public} if trust else {})
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.answer = answer
+        self.messages: list[protocol.Message] = []
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        identity = b"%d" % id(conn)
+        records = stream.Records(stream.MAX_MESSAGE)   # CONFIRM and sealed records come back to back
+        try:
+            while data := conn.recv(1 << 20):
+                for body in records.feed(data):
+                    if not self.sessions.established(identity):
+                        _, answer = self.sessions.incoming(identity, [bytes(body)])
+                        if answer is not None:
+                            conn.sendall(stream.handshake_record(answer))
+                        continue
+                    channel = self.sessions._sessions[identity]   # the established session's keys
+                    message = protocol.decode([bytes(f) for f in stream.open_record(channel.recv, body)])
+                    self.messages.append(message)
+                    reply = self.answer(message)
+                    if reply is CLOSE:
+                        conn.close()
+                        return
+                    if reply is not None:
+                        conn.sendmsg(stream.seal_record(channel.send, reply))
+        except OSError:
+            pass
+
+    def ops(self) -> list[Op]:
+        return [m.op for m in self.messages]
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+@pytest.fixture
+def keys_dir(tmp_path) -> str:
+    keys.generate(str(tmp_path / "keys"), "test")
+    return str(tmp_path / "keys")
+
+
+@pytest.fixture
+def peers():
+    started: list[StreamPeer] = []
+    yield lambda *args, **kwargs: started.append(StreamPeer(*args, **kwargs)) or started[-1]
+    for peer in started:
+        peer.close()
+
+
+@pytest.fixture
+def clients():
+    made: list[LinkClient] = []
+    yield lambda *args, **kwargs: made.append(LinkClient(*args, engine=session.STREAM, **kwargs)) or made[-1]
+    for client in made:
+        client.close(0)
+
+
+def test_the_stream_engine_is_a_setting():
+    assert session.engine("stream") == session.STREAM
+
+
+def test_pipelined_submits_are_all_acknowledged_and_arrive_intact(keys_dir, peers, clients):
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    assert client.peer_versions is not None and client.peer_versions[0] == protocol.VERSION
+    data = [os.urandom(size) for size in (1, 4096, 3 << 20, 65536)]
+    tickets = [client.submit(Op.CREATE, (0o100644, 0, 0, 0), (b"f",))]
+    for i in range(400):
+        if i % 100 == 0:
+            tickets.append(client.submit(Op.WRITE, (i,), (b"f",), data=data[i // 100]))
+        else:
+            tickets.append(client.submit(Op.PING))
+    assert all(t.wait(20) for t in tickets)
+    assert [t.error for t in tickets] == [None] * len(tickets)
+    assert [m.seq for m in peer.messages] == list(range(len(tickets) + 1))   # the HELLO, then in order
+    assert [bytes(m.data) for m in peer.messages if m.op == Op.WRITE] == data
+    assert client.bytes_sent == sum(map(len, data)) and client.in_flight == 0
+
+
+def test_a_cumulative_ack_completes_every_earlier_ticket(keys_dir, peers, clients):
+    """The peer answers only the tenth message: that one reply completes all ten."""
+    peer = peers(keys_dir, answer=lambda m: acknowledge(m) if m.op == Op.HELLO or m.seq == 10 else None)
+    client = clients(peer.endpoint, keys_dir, ack_timeout=60)
+    client.hello(10)
+    tickets = [client.submit(Op.STAT, (), (b"x%d" % i,)) for i in range(9)]
+    assert not tickets[0].wait(0.3)   # nothing answered yet
+    tickets.append(client.submit(Op.PING))
+    assert all(t.wait(10) for t in tickets) and [t.error for t in tickets] == [None] * 10
+    assert client.in_flight == 0
+
+
+def test_an_error_reply_fails_every_pending_ticket_with_its_message(keys_dir, peers, clients):
+    def answer(message):
+        if message.seq == 3:
+            return protocol.encode_reply(3, protocol.ERROR, 28, "No space left on device: f")
+        return acknowledge(message) if message.seq < 3 else None
+    peer = peers(keys_dir, answer=answer)
+    lost: list[tuple[str, list[Ticket]]] = []
+    client = clients(peer.endpoint, keys_dir, ack_timeout=60, on_lost=lambda r, t: lost.append((r, t)))
+    client.hello(10)
+    tickets = [client.submit(Op.PING) for _ in range(5)]   # seq 1 to 5
+    assert all(t.wait(10) for t in tickets)
+    reason = "peer refused operation 3: No space left on device: f"
+    assert [t.error for t in tickets] == [None, None, reason, reason, reason]
+    assert lost == [(reason, tickets[2:])]
+    assert client.submit(Op.PING).error == reason   # later submits fail at once
+
+
+def test_the_peer_closing_fails_every_pending_ticket_and_on_lost_sees_them_first(keys_dir, peers, clients):
+    seen = threading.Event()
+
+    def answer(message):
+        if message.op == Op.HELLO:
+            return acknowledge(message)
+        if message.seq == 6:
+            seen.wait(10)
+            return CLOSE
+        return None
+    peer = peers(keys_dir, answer=answer)
+    lost: list[tuple[str, list[Ticket], list[bool]]] = []
+    client = clients(peer.endpoint, keys_dir, ack_timeout=60,
+                     on_lost=lambda reason, failed: lost.append((reason, failed, [t.done for t in failed])))
+    client.hello(10)
+    tickets = [client.submit(Op.MKDIR, (0o40755, 0, 0), (b"d%d" % i,), changes=((f"d{i}",),)) for i in range(6)]
+    seen.set()
+    assert all(t.wait(10) for t in tickets)
+    reason = f"connection to peer {peer.endpoint} lost"
+    assert [t.error for t in tickets] == [reason] * 6
+    assert len(lost) == 1
+    assert lost[0][0] == reason and lost[0][1] == tickets
+    assert lost[0][2] == [False] * 6   # on_lost ran before any ticket completed
+
+
+def test_a_peer_that_stops_answering_times_the_link_out(keys_dir, peers, clients):
+    peer = peers(keys_dir, answer=lambda m: acknowledge(m) if m.op == Op.HELLO else None)
+    client = clients(peer.endpoint, keys_dir, ack_timeout=0.5)
+    client.hello(10)
+    ticket = client.submit(Op.PING)
+    assert ticket.wait(10)
+    assert ticket.error == f"peer {peer.endpoint} did not acknowledge within 0.5s"
+
+
+def test_a_refused_handshake_gives_the_receivers_text(keys_dir, peers, clients):
+    peer = peers(keys_dir, trust=False)
+    client = clients(peer.endpoint, keys_dir)
+    with pytest.raises(PeerLost) as refused:
+        client.hello(10)
+    assert str(refused.value) == (f"secure session with peer {peer.endpoint} ended: the receiver refused the "
+                                  "session: this node's public key is not trusted by the receiver (is it in the "
+                                  "receiver's keys directory?)")
+    assert peer.messages == []
+
+
+def test_abort_wakes_every_waiter_and_a_blocked_submit(keys_dir, peers, clients):
+    peer = peers(keys_dir, answer=lambda m: acknowledge(m) if m.op == Op.HELLO else None)
+    lost: list[int] = []
+    client = clients(peer.endpoint, keys_dir, ack_timeout=60, window=3,
+                     on_lost=lambda reason, failed: lost.append(len(failed)))
+    client.hello(10)
+    first, second = client.submit(Op.PING), client.submit(Op.PING)
+    third = client.submit(Op.PING, hold=True)   # held: it has not even left
+    blocked: list[Ticket] = []
+    thread = threading.Thread(target=lambda: blocked.append(client.submit(Op.MKDIR, (0o40755, 0, 0), (b"d",))))
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive()   # the window is full
+    client.abort("the agent saw the peer die")
+    thread.join(5)
+    assert not thread.is_alive() and lost == [3]
+    for ticket in (first, second, third, *blocked):
+        assert ticket.wait(5) and ticket.error == "the agent saw the peer die"
+
+
+def test_abort_before_the_receiver_is_up(keys_dir, clients):
+    client = clients(f"tcp://127.0.0.1:{free_port()}", keys_dir, ack_timeout=60)
+    ticket = client.submit(Op.PING)
+    client.abort("the agent gave up")
+    assert ticket.wait(5) and ticket.error == "the agent gave up"
+
+
+def test_a_receiver_that_starts_late_still_gets_the_hello(keys_dir, peers, clients):
+    port = free_port()
+    client = clients(f"tcp://127.0.0.1:{port}", keys_dir, ack_timeout=2)
+    timer = threading.Timer(1.0, lambda: peers(keys_dir, port=port))
+    timer.start()
+    try:
+        client.hello(10)
+    finally:
+        timer.join()
+    assert client.submit(Op.PING).wait(5)
+
+
+def test_no_receiver_at_all_names_the_connection_error(keys_dir, clients):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    client = clients(endpoint, keys_dir, ack_timeout=0.5)
+    with pytest.raises(PeerLost, match=rf"could not connect to peer {endpoint} within [0-9.]+s \(Connection refused\)"):
+        client.hello(1)
+
+
+def test_a_held_message_leaves_when_due_with_the_merged_times(keys_dir, peers, clients):
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    write = client.submit(Op.WRITE, (0,), (b"f",), ((b"f", 1, 2),), b"page", hold=True)
+    assert client.submit(Op.UTIMENS, (), (b"f",), ((b"f", 3, 4),), hold=True) is write
+    assert write.wait(5) and write.error is None   # no further submit: the hold's timer sent it
+    assert peer.ops() == [Op.HELLO, Op.WRITE] and peer.messages[-1].times == ((b"f", 3, 4),)
+
+
+def test_an_idle_link_carries_a_keepalive(keys_dir, peers, clients):
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    deadline = time.monotonic() + 5
+    while Op.PING not in peer.ops() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert peer.ops()[:2] == [Op.HELLO, Op.PING]
+
+
+def test_a_peer_that_stops_reading_does_not_hold_the_sender_for_ever(keys_dir, peers, clients):
+    stop = threading.Event()
+
+    def answer(message):
+        if message.op == Op.HELLO:
+            return acknowledge(message)
+        stop.wait(20)   # reads nothing more
+        return None
+    peer = peers(keys_dir, answer=answer)
+    client = clients(peer.endpoint, keys_dir, ack_timeout=1)
+    client.hello(10)
+    tickets: list[Ticket] = []
+    block = os.urandom(4 << 20)
+    sender = threading.Thread(target=lambda: tickets.extend(client.submit(Op.WRITE, (0,), (b"f",), data=block)
+                                                           for _ in range(32)))
+    sender.start()
+    sender.join(15)
+    stop.set()
+    assert not sender.is_alive()
+    assert len(tickets) == 32 and all(t.wait(5) and t.error for t in tickets)
+    assert client.lost_reason in (f"peer {peer.endpoint} did not acknowledge within 1s",
+                                  f"peer {peer.endpoint} did not read what was sent for 1s")
+
+
+def test_a_zeromq_receiver_is_named_as_an_engine_mismatch(keys_dir, clients):
+    """A stream client meets ZeroMQ's greeting (a curve or aead receiver): a clear failure."""
+    import zmq
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        client = clients(f"tcp://127.0.0.1:{port}", keys_dir)
+        with pytest.raises(PeerLost, match="HAMIRROR_LINK_ENGINE.*this node: stream"):
+            client.hello(10)
+    finally:
+        router.close(0)
+        context.term()
+
+
+def test_a_bad_endpoint_is_refused_at_once(keys_dir):
+    with pytest.raises(ValueError, match=r"HAMIRROR_LINK_ENGINE=stream: the peer must be tcp://HOST:PORT, not 'ipc:///x'"):
+        LinkClient("ipc:///x", keys_dir, engine=session.STREAM)
