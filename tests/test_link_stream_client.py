@@ -104,6 +104,15 @@ def peers():
 
 
 @pytest.fixture
+def slow_reader(monkeypatch):
+    """The reader's receive timeout (and the keepalive) at 60 s: what the test shows cannot come
+    from the reader waking up on its own."""
+    from hamirror.link import client as client_module, transport_stream
+    monkeypatch.setattr(transport_stream, "KEEPALIVE", 60.0)
+    monkeypatch.setattr(client_module, "KEEPALIVE", 60.0)
+
+
+@pytest.fixture
 def clients():
     made: list[LinkClient] = []
     yield lambda *args, **kwargs: made.append(LinkClient(*args, engine=session.STREAM, **kwargs)) or made[-1]
@@ -208,7 +217,7 @@ def test_a_refused_handshake_gives_the_receivers_text(keys_dir, peers, clients):
     assert peer.messages == []
 
 
-def test_abort_wakes_every_waiter_and_a_blocked_submit(keys_dir, peers, clients):
+def test_abort_wakes_every_waiter_and_a_blocked_submit(keys_dir, peers, clients, slow_reader):
     peer = peers(keys_dir, answer=lambda m: acknowledge(m) if m.op == Op.HELLO else None)
     lost: list[int] = []
     client = clients(peer.endpoint, keys_dir, ack_timeout=60, window=3,
@@ -254,7 +263,7 @@ def test_no_receiver_at_all_names_the_connection_error(keys_dir, clients):
         client.hello(1)
 
 
-def test_a_held_message_leaves_when_due_with_the_merged_times(keys_dir, peers, clients):
+def test_a_held_message_leaves_when_due_with_the_merged_times(keys_dir, peers, clients, slow_reader):
     peer = peers(keys_dir)
     client = clients(peer.endpoint, keys_dir)
     client.hello(10)
@@ -262,6 +271,8 @@ def test_a_held_message_leaves_when_due_with_the_merged_times(keys_dir, peers, c
     assert client.submit(Op.UTIMENS, (), (b"f",), ((b"f", 3, 4),), hold=True) is write
     assert write.wait(5) and write.error is None   # no further submit: the hold's timer sent it
     assert peer.ops() == [Op.HELLO, Op.WRITE] and peer.messages[-1].times == ((b"f", 3, 4),)
+    again = client.submit(Op.WRITE, (4,), (b"f",), ((b"f", 5, 6),), b"next", hold=True)   # the timer waits now
+    assert again.wait(5) and again.error is None and peer.ops() == [Op.HELLO, Op.WRITE, Op.WRITE]
 
 
 def test_an_idle_link_carries_a_keepalive(keys_dir, peers, clients):
