@@ -1,7 +1,7 @@
 """LinkClient with the ``stream`` engine (link/transport_stream.py): its own TCP connection, the
 aead handshake and sealed records, the submitting thread writing its record, one reader thread.
 
-The peer is a small receiver in this process (:class:`StreamPeer`): the real session layer
+The peer is a small receiver in this process (tests/stream_peer.py): the real session layer
 (``session.Sessions``) and record layer (``stream.Records``) on a real socket over loopback,
 answering with ``protocol.encode_reply``. What each test's peer does with a message is its
 ``answer``; what the client did is checked from outside (tickets, ``on_lost``, the peer's view).
@@ -10,84 +10,16 @@ answering with ``protocol.encode_reply``. What each test's peer does with a mess
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-from typing import Callable
 
 import pytest
 
-from hamirror.link import keys, protocol, session, stream
+from hamirror.link import keys, protocol, session
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import Op
 from tests.mirror_fixtures import free_port
-
-CLOSE = object()   # an answer: close the connection
-
-
-def acknowledge(message: protocol.Message):
-    payload = protocol.hello_answer() if message.op == Op.HELLO else b""
-    return protocol.encode_reply(message.seq, payload=payload)
-
-
-class StreamPeer:
-    """A ``stream`` receiver, enough for the client's tests (see the module docstring)."""
-
-    def __init__(self, keys_dir: str, port: int = 0, trust: bool = True,
-                 answer: Callable[[protocol.Message], object] = acknowledge) -> None:
-        own = keys.load_own(keys_dir)
-        self.sessions = session.Sessions(own.secret, own.public, {"test": own.public} if trust else {})
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.answer = answer
-        self.messages: list[protocol.Message] = []
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        identity = b"%d" % id(conn)
-        records = stream.Records(stream.MAX_MESSAGE)   # CONFIRM and sealed records come back to back
-        try:
-            while data := conn.recv(1 << 20):
-                for body in records.feed(data):
-                    if not self.sessions.established(identity):
-                        _, answer = self.sessions.incoming(identity, [bytes(body)])
-                        if answer is not None:
-                            conn.sendall(stream.handshake_record(answer))
-                        continue
-                    channel = self.sessions._sessions[identity]   # the established session's keys
-                    message = protocol.decode([bytes(f) for f in stream.open_record(channel.recv, body)])
-                    self.messages.append(message)
-                    reply = self.answer(message)
-                    if reply is CLOSE:
-                        conn.close()
-                        return
-                    if reply is not None:
-                        conn.sendmsg(stream.seal_record(channel.send, reply))
-        except OSError:
-            pass
-
-    def ops(self) -> list[Op]:
-        return [m.op for m in self.messages]
-
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self.connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-
+from tests.stream_peer import CLOSE, StreamPeer, acknowledge
 
 @pytest.fixture
 def keys_dir(tmp_path) -> str:
