@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 RETRY = 0.1          # seconds between connection attempts while the receiver starts (ZeroMQ's reconnect_ivl)
 CONNECT_TRY = 1.0    # seconds one attempt may take (an address that drops SYNs)
 MAX_BATCH = 64       # records written by one sendmsg when several wait
+LOOK = 0.01          # seconds: how often the reader looks at the deadlines while replies flow
 _TIMEVAL = struct.Struct("@ll")
 
 
@@ -241,12 +242,9 @@ class StreamTransport:
         client = self.client
         buffer = bytearray(stream.READ_SIZE)
         view = memoryview(buffer)
+        next_look = 0.0
+        self._timeout(min(self._longest_wait, self._deadline - time.monotonic()))
         while self._running:
-            now = time.monotonic()
-            wait = client._ack_wait(now)
-            if self._channel is None:
-                wait = min(wait, max(0.001, self._deadline - now))
-            self._timeout(min(wait, self._longest_wait))
             try:
                 size = sock.recv_into(buffer)
             except BlockingIOError:   # SO_RCVTIMEO: time to look at the deadlines
@@ -264,12 +262,22 @@ class StreamTransport:
                 return
             if size > 0 and not self._received(view[:size]):
                 return
-            if self._channel is None and time.monotonic() > self._deadline and self._waiting:
+            # The deadlines, after a timeout or every LOOK seconds while replies flow (not after
+            # each reply: the waiter it woke wants the GIL back).
+            now = time.monotonic()
+            if size > 0 and now < next_look:
+                continue
+            next_look = now + LOOK
+            if self._channel is None and now > self._deadline and self._waiting:
                 client._fail(f"peer {self.endpoint} did not complete the secure handshake within "
                              f"{self._deadline - self._created:.3g}s")
             client._tick()
             if client.lost_reason is not None:
                 return
+            wait = client._ack_wait(now)
+            if self._channel is None:
+                wait = min(wait, max(0.001, self._deadline - now))
+            self._timeout(min(wait, self._longest_wait))
 
     def _timeout(self, seconds: float) -> None:
         """The reader's receive timeout, set only when it changes (one system call)."""
