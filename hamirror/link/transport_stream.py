@@ -13,7 +13,7 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
   Every failure is declared on this thread, so ``on_lost`` runs there as with the other engines.
 - **Held messages** leave when due from a timer thread, started at the first hold (barrier
   mode): the reader cannot be woken from ``recv_into`` without data, and a poll beside each
-  receive would cost every reply a system call.
+  receive would cost every reply a system call and a GIL round (5-10 µs in a Python ping-pong here).
 - ``abort``/``close`` wake the reader by shutting the connection down (an eventfd before it
   exists).
 """
@@ -183,7 +183,8 @@ class StreamTransport:
         sender may hold its caller's locks): it records why and wakes the reader."""
         if self._failure is None:
             self._failure = reason
-        self.wake()
+        if self._running:   # after close() the eventfd is gone
+            self.wake()
 
     # The reader ------------------------------------------------------------------------------
 
