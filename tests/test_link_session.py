@@ -24,6 +24,7 @@ from hamirror.link.protocol import OK, Op, decode_reply, encode
 from hamirror.replica.receiver import Receiver
 from hamirror.link.session import SessionError
 from tests.conftest import run_cli
+from tests.mirror_fixtures import break_once
 
 # -- the session layer alone ---------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ def test_a_bad_engine_setting_is_named_by_the_receiver(tmp_path):
     result = run_cli("mirror", "receive", "--dir", str(tmp_path), "--bind", "tcp://127.0.0.1:0",
                      "--keys", str(tmp_path / "keys"), env={**os.environ, session.ENGINE_ENV: "none"})
     assert result.returncode != 0
-    assert "HAMIRROR_LINK_ENGINE='none': the replication link engine must be 'curve' or 'aead'" in result.stderr
+    assert "HAMIRROR_LINK_ENGINE='none': the replication link engine must be 'curve', 'aead' or 'stream'" in result.stderr
     assert "cannot listen" not in result.stderr, result.stderr
 
 
@@ -245,6 +246,7 @@ def test_the_engine_setting_is_checked(monkeypatch):
     monkeypatch.delenv(session.ENGINE_ENV)
     assert session.engine() == session.DEFAULT_ENGINE
     assert session.engine("aead") == session.AEAD
+    assert session.engine("stream") == session.STREAM
 
 
 # -- a real LinkClient and Receiver over loopback -------------------------------------------------
@@ -389,15 +391,7 @@ def test_unsealed_operations_are_refused_and_do_not_count_as_a_live_primary(tmp_
 
 def test_a_bug_in_the_session_layer_does_not_stop_the_receiver(tmp_path, monkeypatch):
     with _receiver(tmp_path) as (receiver, context, keys_dir):
-        calls = []
-        real = receiver.sessions.incoming
-
-        def broken_once(identity, frames):
-            calls.append(identity)
-            if len(calls) == 1:
-                raise RuntimeError("a slip in the session layer")
-            return real(identity, frames)
-        monkeypatch.setattr(receiver.sessions, "incoming", broken_once)
+        break_once(monkeypatch, receiver.sessions)
         plain = context.socket(zmq.DEALER)
         plain.linger = 0
         plain.connect(receiver.endpoint)

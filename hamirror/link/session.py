@@ -30,7 +30,7 @@ from hamirror.link.protocol import MAX_FRAME
 
 ENGINE_ENV = "HAMIRROR_LINK_ENGINE"
 CURVE, AEAD = "curve", "aead"
-STREAM = "stream"   # aead records on a TCP connection of their own, no ZeroMQ (link/stream.py): being built
+STREAM = "stream"   # aead records on a TCP connection of their own, no ZeroMQ (link/stream.py)
 DEFAULT_ENGINE = CURVE   # a previous-release peer speaks CURVE only (docs/upgrade.md)
 
 MAGIC = b"hmK"
@@ -63,8 +63,9 @@ class SessionError(Exception):
 def engine(value: str | None = None) -> str:
     """The link engine: ``value``, else ``$HAMIRROR_LINK_ENGINE``, else the default."""
     chosen = value if value is not None else os.environ.get(ENGINE_ENV, DEFAULT_ENGINE)
-    if chosen not in (CURVE, AEAD):
-        raise ValueError(f"{ENGINE_ENV}={chosen!r}: the replication link engine must be {CURVE!r} or {AEAD!r}")
+    if chosen not in (CURVE, AEAD, STREAM):
+        raise ValueError(f"{ENGINE_ENV}={chosen!r}: the replication link engine must be {CURVE!r}, {AEAD!r} "
+                         f"or {STREAM!r}")
     return chosen
 
 
