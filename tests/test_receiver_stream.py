@@ -206,24 +206,22 @@ def test_a_replayed_or_altered_record_ends_that_session_only(tmp_path, how):
         _still_serves(tmp_path, receiver, b"after-" + how.encode().replace(b" ", b"-"))
 
 
-def test_a_client_that_never_reads_its_replies_does_not_wedge_the_receiver(tmp_path, monkeypatch):
+def test_a_client_that_never_reads_its_replies_does_not_wedge_the_receiver(tmp_path, monkeypatch, audit_lines):
+    """100,000 pipelined PINGs, no reply read: the replies wait in the connection's queue (the
+    receiver never blocks on its socket) until they pass the bound, then that connection closes."""
     monkeypatch.setattr(serve_stream, "MAX_QUEUED", 64 << 10)
     with _serving(tmp_path) as receiver:
-        keys_dir = str(tmp_path / "keys")
-        own = keys.load_own(keys_dir)
-        deaf = StreamClient.__new__(StreamClient)
-        deaf.endpoint, deaf.own, deaf.server_public = receiver.endpoint, own, keys.peer_public_key(keys_dir, own)
-        deaf.sock = None
-        deaf.fresh()
-        deaf.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf = _client(receiver, str(tmp_path / "keys"))
         try:
             deaf.send_multipart([encode(Op.HELLO, SESSION, 0, HELLO_INTS)])
             pings = b"".join(b"".join(bytes(b) for b in stream.seal_record(deaf.channel.send,
                                                                            [encode(Op.PING, SESSION, n, (0,))]))
                              for n in range(1, 100_001))
             threading.Thread(target=deaf.send_raw, args=(pings,), daemon=True).start()
-            _still_serves(tmp_path, receiver, b"while-deaf")
             wait_for(lambda: receiver.connections == 0, 20, what="the deaf connection to be closed")
+            assert audit_lines() == ["audit: link-key from 127.0.0.1: replication link refused a client: "
+                                     "more than 64 KiB of replies left unread"]
+            _still_serves(tmp_path, receiver, b"after-deaf")
         finally:
             deaf.close()
 
