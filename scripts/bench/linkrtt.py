@@ -6,9 +6,11 @@ the same machine: (0) a plain TCP echo between two processes (no ZeroMQ: what a 
 threads own their socket would start from); (1) ZeroMQ alone between two processes (a trivial
 echo, NULL and CURVE), the transport's floor; (2) a raw DEALER in the caller's thread to a real ``hamirror mirror receive``
 (PING, CURVE): the floor plus the receiver's Python per message; (3) the same PING through
-``LinkClient`` (its I/O thread, the ticket's wake-up): what the mount pays.
+``LinkClient`` (its I/O thread, the ticket's wake-up): what the mount pays. ``--engine`` picks
+the receiver's link engine for (2) and (3) (``stream``: a raw client on a plain TCP connection,
+sealed records, no ZeroMQ; no (3) until LinkClient speaks it).
 
-    flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/linkrtt.py [--count N]
+    flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/linkrtt.py [--count N] [--engine E]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import zmq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from hamirror.link import session  # noqa: E402
 from hamirror.link.client import LinkClient  # noqa: E402
 from hamirror.link.protocol import Op, encode  # noqa: E402
 from tests.mirror_fixtures import SESSION, MirrorPair, RawSender, free_port  # noqa: E402
@@ -112,7 +115,7 @@ def zmq_alone(count: int, curve: bool) -> list[float]:
         context.term()
 
 
-def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
+def receiver_rounds(count: int, through_client: bool = True) -> tuple[list[float], list[float]]:
     base = tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp")
     pair = MirrorPair(base, mode="sync")
     try:
@@ -126,6 +129,8 @@ def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
             raw.seq += 1
             direct.append(time.perf_counter() - t)
         raw.close()
+        if not through_client:
+            return direct, []
         client = LinkClient(pair.endpoint, pair.keys)
         client.hello(10)
         linked = []
@@ -143,13 +148,18 @@ def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=session.CURVE,
+                        help="the link engine of the receiver and the raw client (stream: no LinkClient row yet)")
     args = parser.parse_args(argv)
+    os.environ[session.ENGINE_ENV] = args.engine   # the receiver process and RawSender read it
     print(f"TCP echo, two processes, no ZeroMQ {p50_p90(tcp_alone(args.count))}")
     print(f"ZeroMQ echo, two processes, NULL   {p50_p90(zmq_alone(args.count, False))}")
     print(f"ZeroMQ echo, two processes, CURVE  {p50_p90(zmq_alone(args.count, True))}")
-    direct, linked = receiver_rounds(args.count)
-    print(f"raw DEALER -> receiver, PING       {p50_p90(direct)}")
-    print(f"LinkClient -> receiver, PING       {p50_p90(linked)}")
+    direct, linked = receiver_rounds(args.count, args.engine != session.STREAM)
+    raw = "raw DEALER" if args.engine != session.STREAM else "raw TCP   "
+    print(f"{raw} -> receiver, PING ({args.engine:6}) {p50_p90(direct)}")
+    if linked:
+        print(f"LinkClient -> receiver, PING ({args.engine:6}) {p50_p90(linked)}")
     return 0
 
 
