@@ -235,6 +235,22 @@ def test_a_bug_in_the_transport_ends_one_connection(tmp_path, monkeypatch):
         _still_serves(tmp_path, receiver, b"after-bug")
 
 
+def test_a_failure_while_accepting_does_not_stop_the_receiver(tmp_path, monkeypatch):
+    real, calls = serve_stream._Connection, []
+
+    def failing_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("a socket call failed on a connection reset at once")
+        return real(*args)
+    monkeypatch.setattr(serve_stream, "_Connection", failing_once)
+    with _serving(tmp_path) as receiver:
+        host, port = receiver.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        socket.create_connection((host, int(port))).close()
+        _still_serves(tmp_path, receiver, b"after-accept-failure")
+        assert len(calls) == 2
+
+
 @pytest.mark.parametrize("bind,expected", [
     ("tcp://*:5555", ("0.0.0.0", 5555)), ("tcp://127.0.0.1:*", ("127.0.0.1", 0)),
     ("tcp://[::1]:0", ("::1", 0)), ("tcp://node1.example:7000", ("node1.example", 7000))])

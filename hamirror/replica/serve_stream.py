@@ -111,15 +111,22 @@ class StreamServer:
         if not self._ready:
             self._expire(time.monotonic())
             for key, events in self.selector.select(self.idle if wait else 0):
-                conn = key.data
-                if conn is None:
-                    self._accept()
-                    continue
-                if events & selectors.EVENT_WRITE:
-                    self._flush(conn)
-                if events & selectors.EVENT_READ and conn.open:
-                    self._read(conn)
+                try:
+                    self._event(key.data, events)
+                except Exception:   # a bug, or a socket call that failed unexpectedly: one connection ends
+                    log.exception("stream transport error")
+                    if key.data is not None:
+                        self._close(key.data)
         return self._ready.popleft() if self._ready else None
+
+    def _event(self, conn: _Connection | None, events: int) -> None:
+        if conn is None:
+            self._accept()
+            return
+        if conn.open and events & selectors.EVENT_WRITE:   # (closed meanwhile: by a cap, in this round)
+            self._flush(conn)
+        if conn.open and events & selectors.EVENT_READ:
+            self._read(conn)
 
     def send(self, ident: bytes, reply: list) -> None:
         conn = self._open.get(ident)
