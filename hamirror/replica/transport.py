@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Protocol
 
-from hamirror.link import session
+import zmq
+
+from hamirror.link import keys, session
 from hamirror.replica.serve_stream import StreamServer
 from hamirror.replica.serve_zmq import ZmqServer
 
@@ -41,10 +43,11 @@ class Transport(Protocol):
         """Stop listening and close every connection."""
 
 
-def listen(engine: str, bind: str, keys_dir: str, own, sessions: session.Sessions | None, context,
-           idle_ms: int) -> Transport:
+def listen(engine: str, bind: str, keys_dir: str, own: keys.KeyPair, sessions: session.Sessions | None,
+           context: zmq.Context | None, idle_ms: int) -> Transport:
     """The transport of ``engine`` bound on ``bind``; ``sessions`` (aead, stream) opens and seals."""
     if engine == session.STREAM:
         assert sessions is not None
         return StreamServer(bind, sessions, idle_ms)
+    assert context is not None
     return ZmqServer(context, bind, keys_dir, own, sessions, idle_ms)
