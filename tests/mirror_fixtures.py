@@ -323,7 +323,7 @@ class StreamClient:
         self._fill(timeout / 1000)
         text = session.refusal_text(self.bodies[0]) if self.bodies else None
         if text is not None:
-            self.refusal, self.bodies, self.closed = text, [], True
+            self.refusal, self.bodies = text, []   # the receiver closes the connection after it
         return bool(self.bodies)
 
     def recv_multipart(self) -> list[bytes]:
