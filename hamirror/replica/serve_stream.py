@@ -268,7 +268,7 @@ class StreamServer:
         conn.out.extend(views)
         conn.queued += sum(len(v) for v in views)
         if conn.queued > MAX_QUEUED:
-            self._end(conn, f"more than {MAX_QUEUED >> 10} KiB of replies left unread")
+            self._end(conn, f"more than {_size(MAX_QUEUED)} of replies left unread")
 
     def _flush(self, conn: _Connection) -> None:
         while conn.out:
@@ -304,3 +304,7 @@ def _after(views: list[memoryview], sent: int) -> list[memoryview]:
             return [view[sent:], *views[index + 1:]]
         sent -= len(view)
     return []
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
