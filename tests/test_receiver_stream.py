@@ -11,9 +11,13 @@ records, a peer that never reads its replies.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -22,8 +26,9 @@ from hamirror.link import keys, session, stream
 from hamirror.link.protocol import OK, Op, Reply, decode_reply, encode
 from hamirror.replica import serve_stream
 from hamirror.replica.receiver import Receiver
-from tests.mirror_fixtures import HELLO_INTS, SESSION, StreamClient, break_once, wait_for
+from tests.mirror_fixtures import HELLO_INTS, SESSION, MirrorPair, RawSender, StreamClient, break_once, wait_for
 
+MESSAGES = 200
 NOT_TRUSTED = ("this node's public key is not trusted by the receiver (is it in the receiver's keys "
                "directory?)")
 
@@ -249,6 +254,35 @@ def test_a_failure_while_accepting_does_not_stop_the_receiver(tmp_path, monkeypa
         socket.create_connection((host, int(port))).close()
         _still_serves(tmp_path, receiver, b"after-accept-failure")
         assert len(calls) == 2
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_one_message_costs_the_receiver_one_wait_one_read_one_send(tmp_path, monkeypatch):
+    """No I/O thread and no wake-up between threads: the receiver's one thread waits, reads and
+    answers each waited PING (counted by strace on a real receiver process)."""
+    monkeypatch.setenv(session.ENGINE_ENV, session.STREAM)
+    pair = MirrorPair(str(tmp_path))
+    pair.start_receiver()
+    sender, strace, trace = RawSender(pair), None, str(tmp_path / "calls.trace")
+    try:
+        sender.hello()
+        strace = subprocess.Popen(["strace", "-f", "-o", trace, "-p", str(pair.receiver.pid)],
+                                  stderr=subprocess.PIPE, text=True)
+        assert "attached" in strace.stderr.readline()
+        for _ in range(MESSAGES):
+            assert sender.exchange([encode(Op.PING, SESSION, sender.seq)]).status == OK
+            sender.seq += 1
+    finally:
+        if strace is not None:
+            strace.send_signal(signal.SIGINT)
+            strace.wait(10)
+        sender.close()
+        pair.stop()
+    with open(trace) as f:   # an idle wait that timed out (= 0) is not a message's
+        calls = collections.Counter(line.split()[1].split("(")[0] for line in f
+                                    if "(" in line and not line.rstrip().endswith("= 0") and "resumed>" not in line)
+    for name in ("epoll_wait", "recvfrom", "sendmsg"):
+        assert MESSAGES <= calls[name] <= MESSAGES * 1.05, (name, calls.most_common(8))
 
 
 @pytest.mark.parametrize("bind,expected", [
