@@ -463,6 +463,35 @@ def failback_pair(pair: MirrorPair) -> MirrorPair:
 
 
 @contextlib.contextmanager
+def receiver_thread(base, engine: str, keys_dir: str | None = None):
+    """A real Receiver of ``engine`` on 127.0.0.1 (a port the system picks) serving
+    ``base/secondary`` in this process, its own thread; a key pair ``base/keys`` made if
+    ``keys_dir`` is not given. Yields (receiver, context, keys_dir); everything closed after."""
+    import threading
+
+    from hamirror.replica.receiver import Receiver
+
+    keys_dir = keys_dir or os.path.join(base, "keys")
+    if not os.path.exists(keys_dir):
+        keys.generate(keys_dir, "test")
+    os.makedirs(os.path.join(base, "secondary"), exist_ok=True)
+    context = zmq.Context()
+    receiver = Receiver(os.path.join(base, "secondary"), "tcp://127.0.0.1:*", keys_dir, context=context,
+                        engine=engine)
+    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield receiver, context, keys_dir
+    finally:
+        receiver.stop()
+        serving.join(5)
+        receiver.close()
+        keys.stop_authenticator(context)
+        context.term()
+    assert not serving.is_alive(), "the receiver's loop did not stop"
+
+
+@contextlib.contextmanager
 def local_link(base: str, state_dir: str | None = None, on_lost=None):
     """A real receiver on ``base/secondary`` in this process (its own thread, the link engine of
     ``$HAMIRROR_LINK_ENGINE`` over loopback)

@@ -24,7 +24,7 @@ from hamirror.link.protocol import OK, Op, decode_reply, encode
 from hamirror.replica.receiver import Receiver
 from hamirror.link.session import SessionError
 from tests.conftest import run_cli
-from tests.mirror_fixtures import break_once
+from tests.mirror_fixtures import break_once, receiver_thread
 
 # -- the session layer alone ---------------------------------------------------------------------
 
@@ -251,25 +251,8 @@ def test_the_engine_setting_is_checked(monkeypatch):
 
 # -- a real LinkClient and Receiver over loopback -------------------------------------------------
 
-@contextlib.contextmanager
 def _receiver(tmp_path, engine: str = session.AEAD, keys_dir: str | None = None):
-    keys_dir = keys_dir or str(tmp_path / "keys")
-    if not os.path.exists(keys_dir):
-        keys.generate(keys_dir, "test")
-    directory = tmp_path / "secondary"
-    directory.mkdir(exist_ok=True)
-    context = zmq.Context()
-    receiver = Receiver(str(directory), "tcp://127.0.0.1:*", keys_dir, context=context, engine=engine)
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
-    try:
-        yield receiver, context, keys_dir
-    finally:
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-        keys.stop_authenticator(context)
-        context.term()
+    return receiver_thread(str(tmp_path), engine, keys_dir)
 
 
 def _write_file(client: LinkClient, name: bytes, data: bytes):

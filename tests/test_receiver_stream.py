@@ -21,12 +21,14 @@ import subprocess
 import threading
 
 import pytest
+import zmq
 
 from hamirror.link import keys, session, stream
 from hamirror.link.protocol import OK, Op, Reply, decode_reply, encode
 from hamirror.replica import serve_stream
 from hamirror.replica.receiver import Receiver
-from tests.mirror_fixtures import HELLO_INTS, SESSION, MirrorPair, RawSender, StreamClient, break_once, wait_for
+from tests.mirror_fixtures import (HELLO_INTS, SESSION, MirrorPair, RawSender, StreamClient, break_once,
+                                  receiver_thread, wait_for)
 
 MESSAGES = 200
 NOT_TRUSTED = ("this node's public key is not trusted by the receiver (is it in the receiver's keys "
@@ -34,21 +36,9 @@ NOT_TRUSTED = ("this node's public key is not trusted by the receiver (is it in 
 
 
 @contextlib.contextmanager
-def _serving(tmp_path, bind: str = "tcp://127.0.0.1:*"):
-    keys_dir = str(tmp_path / "keys")
-    if not os.path.exists(keys_dir):
-        keys.generate(keys_dir, "test")
-    (tmp_path / "secondary").mkdir(exist_ok=True)
-    receiver = Receiver(str(tmp_path / "secondary"), bind, keys_dir, engine=session.STREAM)
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
-    try:
+def _serving(tmp_path):
+    with receiver_thread(str(tmp_path), session.STREAM) as (receiver, _, _):
         yield receiver
-    finally:
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-    assert not serving.is_alive()
 
 
 def _client(receiver: Receiver, keys_dir: str, handshake: bool = True) -> StreamClient:
@@ -254,6 +244,39 @@ def test_a_failure_while_accepting_does_not_stop_the_receiver(tmp_path, monkeypa
         socket.create_connection((host, int(port))).close()
         _still_serves(tmp_path, receiver, b"after-accept-failure")
         assert len(calls) == 2
+
+
+@pytest.mark.parametrize("mechanism", ["NULL", "CURVE"])
+def test_a_zeromq_peer_gets_nothing_from_a_stream_receiver(tmp_path, mechanism, audit_lines):
+    """Engines never mix: a DEALER's greeting, read as a record length, is above the handshake's limit."""
+    with _serving(tmp_path) as receiver:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.linger = 0
+        if mechanism == "CURVE":
+            own = keys.load_own(str(tmp_path / "keys"))
+            keys.secure_client(dealer, own, own.public)
+        dealer.connect(receiver.endpoint)
+        try:
+            dealer.send_multipart([encode(Op.HELLO, SESSION, 0, HELLO_INTS)])
+            dealer.send_multipart([encode(Op.CREATE, SESSION, 1, (0o100644, 0, 0, 0), (b"x",))])
+            assert not dealer.poll(1000)
+            wait_for(lambda: audit_lines(), 5, what="the refusal's audit line")
+        finally:
+            dealer.close(0)
+            context.term()
+        assert audit_lines()[0] == ("audit: link-key from 127.0.0.1: replication link refused a client: "
+                                    f"a record of 4278190080 bytes (1 to {stream.MAX_HANDSHAKE} allowed here)")
+        assert os.listdir(tmp_path / "secondary") == [] and receiver.last_message is None
+
+
+@pytest.mark.parametrize("engine", [session.CURVE, session.AEAD])
+def test_a_stream_client_gets_nothing_from_a_zeromq_receiver(tmp_path, engine):
+    with receiver_thread(str(tmp_path), engine) as (receiver, _, keys_dir):
+        own = keys.load_own(keys_dir)
+        with pytest.raises((AssertionError, stream.RecordError)):   # closed, or its greeting read as a length
+            StreamClient(receiver.endpoint, own, own.public)
+    assert os.listdir(tmp_path / "secondary") == [] and receiver.last_message is None
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
