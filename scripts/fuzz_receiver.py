@@ -15,7 +15,10 @@ With ``HAMIRROR_LINK_ENGINE=aead`` the same stream goes through a sealed session
 unauthenticated connection sends handshake garbage (random bytes, truncated or padded INITs,
 untrusted and invalid keys, bad confirmations, unsealed operations) and, after a real handshake,
 tampered, replayed, reordered and out-of-bounds sealed frames: each must be refused (REFUSE or
-ACCEPT only, never a sealed reply), and nothing it sent may be applied.
+ACCEPT only, never a sealed reply), and nothing it sent may be applied. With
+``HAMIRROR_LINK_ENGINE=stream`` the same, as records on plain TCP connections (the receiver closes
+a connection after each refusal: the garbage sender connects again); the frame above the size
+limit is then refused with REFUSE, never answered.
 
 Afterwards: the receiver is alive and applies a valid operation, the sandbox and the sentinel are
 exactly as before, and the receiver's log shows no unexpected exception. It prints a summary;
@@ -41,7 +44,8 @@ import zmq  # noqa: E402
 
 from hamirror.link import keys, protocol, session  # noqa: E402
 from hamirror.link.protocol import ERROR, HELLO_RESYNC, OK, SPECS, Op, decode_reply, encode  # noqa: E402
-from tests.mirror_fixtures import hostile_receiver, own_filesystem, tree_snapshot  # noqa: E402
+from hamirror.link import stream  # noqa: E402
+from tests.mirror_fixtures import StreamClient, hostile_receiver, own_filesystem, tree_snapshot  # noqa: E402
 
 REPLY_TIMEOUT_MS = 20_000
 OVERSIZE_EVERY = 40.0   # seconds between frames above MAX_FRAME (each allocates ~17 MB here)
@@ -256,6 +260,9 @@ class HandshakeFuzzer:
         self.fuzzer, self.rnd = fuzzer, fuzzer.rnd
         self.own = keys.load_own(keys_dir)
         self.server = keys.peer_public_key(keys_dir, self.own)
+        if session.engine() == session.STREAM:
+            self.socket = StreamGarbage(fuzzer.pair.endpoint, self.own, self.server)
+            return
         self.socket = fuzzer.sender.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.connect(fuzzer.pair.endpoint)
@@ -351,6 +358,53 @@ class HandshakeFuzzer:
             self._refused([bytes(first[0][:rnd.randint(0, session.OVERHEAD - 1)])], "truncated sealed frame")
 
 
+class StreamGarbage:
+    """(stream) What HandshakeFuzzer asks of its DEALER, on plain TCP: one message is one record
+    (a handshake message before CONFIRM, sealed frames after); a connection the receiver closed
+    (after a refusal) is replaced by a new one at the next send."""
+
+    def __init__(self, endpoint: str, own: keys.KeyPair, server: bytes) -> None:
+        self.endpoint, self.own, self.server = endpoint, own, server
+        self.conn: StreamClient | None = None
+        self.sealed = False      # CONFIRM sent: what follows is sealed records
+        self.answer: bytes | None = None
+
+    def send(self, frame: bytes) -> None:
+        self.send_multipart([frame])
+
+    def send_multipart(self, frames: list) -> None:
+        if self.conn is None or self.conn.closed:
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = StreamClient(self.endpoint, self.own, self.server, handshake=False)
+            self.sealed, self.answer = False, None
+        if self.sealed:
+            self.conn.send_raw(b"".join(bytes(b) for b in stream.sealed_record(frames)))
+            return
+        for frame in frames:
+            self.conn.send_record(bytes(frame))
+        self.sealed = len(frames) == 1 and bytes(frames[0][:5]) == session.MAGIC + bytes((session.VERSION,
+                                                                                           session.CONFIRM))
+
+    def poll(self, timeout_ms: int) -> bool:
+        if self.answer is None and self.conn is not None:
+            self.answer = self.conn.read_record(timeout_ms / 1000)
+        return self.answer is not None
+
+    def recv_multipart(self) -> list:
+        body, self.answer = self.answer, None
+        if session.refusal_text(body) is not None:   # the receiver closes the connection after it
+            self.close()
+            self.conn = None
+        if session.is_handshake(body):
+            return [body]
+        return [bytes(f) for f in stream.record_frames(memoryview(body))]
+
+    def close(self, linger: int = 0) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def _sandbox_state(sandbox: str, pair, outside: str) -> dict:
     """What must not change: every name beside the directory, and the sentinel's contents."""
     return {"sandbox": sorted(os.listdir(sandbox)), "pair": sorted(os.listdir(pair.base)),
@@ -409,7 +463,7 @@ def run(seconds: float, seed: int) -> dict:
             os.symlink(sandbox, f"{pair.secondary}/up")
             before = _sandbox_state(sandbox, pair, outside)
             fuzzer = Fuzzer(pair, sender, outside, rnd)
-            garbage = HandshakeFuzzer(fuzzer, pair.keys) if session.engine() == session.AEAD else None
+            garbage = HandshakeFuzzer(fuzzer, pair.keys) if session.engine() != session.CURVE else None
             if garbage is not None:
                 stack.callback(garbage.close)
             deadline = started + seconds

@@ -24,6 +24,7 @@ from hamirror.link.protocol import OK, Op, decode_reply, encode
 from hamirror.replica.receiver import Receiver
 from hamirror.link.session import SessionError
 from tests.conftest import run_cli
+from tests.mirror_fixtures import break_once, receiver_thread
 
 # -- the session layer alone ---------------------------------------------------------------------
 
@@ -245,29 +246,13 @@ def test_the_engine_setting_is_checked(monkeypatch):
     monkeypatch.delenv(session.ENGINE_ENV)
     assert session.engine() == session.DEFAULT_ENGINE
     assert session.engine("aead") == session.AEAD
+    assert session.engine("stream") == session.STREAM
 
 
 # -- a real LinkClient and Receiver over loopback -------------------------------------------------
 
-@contextlib.contextmanager
 def _receiver(tmp_path, engine: str = session.AEAD, keys_dir: str | None = None):
-    keys_dir = keys_dir or str(tmp_path / "keys")
-    if not os.path.exists(keys_dir):
-        keys.generate(keys_dir, "test")
-    directory = tmp_path / "secondary"
-    directory.mkdir(exist_ok=True)
-    context = zmq.Context()
-    receiver = Receiver(str(directory), "tcp://127.0.0.1:*", keys_dir, context=context, engine=engine)
-    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
-    serving.start()
-    try:
-        yield receiver, context, keys_dir
-    finally:
-        receiver.stop()
-        serving.join(5)
-        receiver.close()
-        keys.stop_authenticator(context)
-        context.term()
+    return receiver_thread(str(tmp_path), engine, keys_dir)
 
 
 def _write_file(client: LinkClient, name: bytes, data: bytes):
@@ -389,15 +374,7 @@ def test_unsealed_operations_are_refused_and_do_not_count_as_a_live_primary(tmp_
 
 def test_a_bug_in_the_session_layer_does_not_stop_the_receiver(tmp_path, monkeypatch):
     with _receiver(tmp_path) as (receiver, context, keys_dir):
-        calls = []
-        real = receiver.sessions.incoming
-
-        def broken_once(identity, frames):
-            calls.append(identity)
-            if len(calls) == 1:
-                raise RuntimeError("a slip in the session layer")
-            return real(identity, frames)
-        monkeypatch.setattr(receiver.sessions, "incoming", broken_once)
+        break_once(monkeypatch, receiver.sessions)
         plain = context.socket(zmq.DEALER)
         plain.linger = 0
         plain.connect(receiver.endpoint)

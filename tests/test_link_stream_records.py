@@ -78,3 +78,13 @@ def test_a_replayed_or_altered_record_is_refused():
     second[-1] ^= 1
     with pytest.raises(session.SessionError, match="failed authentication"):
         stream.open_record(opener, memoryview(bytes(second))[4:])
+
+
+def test_wanted_asks_for_the_rest_of_the_next_record_only():
+    records = stream.Records()
+    assert records.wanted() == stream.LENGTH.size
+    record = stream.handshake_record(b"hmK\x01\x03" + bytes(32))
+    assert records.feed(record[:2]) == [] and records.wanted() == 2
+    assert records.feed(record[2:10]) == [] and records.wanted() == len(record) - 10
+    assert [bytes(b) for b in records.feed(record[10:])] == [record[4:]]
+    assert records.wanted() == stream.LENGTH.size

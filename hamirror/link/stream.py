@@ -45,7 +45,11 @@ def handshake_record(message: bytes) -> bytes:
 def seal_record(direction: session.Direction, parts: list) -> list:
     """One link message as a record, sealed: a list of buffers for ``socket.sendmsg`` (the sealed
     frames are not copied again into one)."""
-    sealed = direction.seal(parts)
+    return sealed_record(direction.seal(parts))
+
+
+def sealed_record(sealed: list) -> list:
+    """Frames already sealed (``session.Sessions.seal``) as one record: its head, then the frames."""
     head = bytearray(LENGTH.size + COUNT.size + LENGTH.size * len(sealed))
     body = len(head) - LENGTH.size + sum(len(frame) for frame in sealed)
     LENGTH.pack_into(head, 0, body)
@@ -58,6 +62,12 @@ def seal_record(direction: session.Direction, parts: list) -> list:
 def open_record(direction: session.Direction, body: memoryview) -> list[memoryview]:
     """The plaintext frames of one sealed record body; SessionError if anything is off (a bad
     layout, a frame out of order or not from the peer)."""
+    return direction.open(record_frames(body))
+
+
+def record_frames(body: memoryview) -> list[memoryview]:
+    """The sealed frames of one record body, unopened (``session.Sessions.incoming`` opens them);
+    SessionError for a bad layout."""
     if len(body) < COUNT.size:
         raise session.SessionError("an empty record")
     count = body[0]
@@ -75,7 +85,7 @@ def open_record(direction: session.Direction, body: memoryview) -> list[memoryvi
         offset += size
     if offset != len(body):
         raise session.SessionError(f"{len(body) - offset} bytes after a record's last frame")
-    return direction.open(frames)
+    return frames
 
 
 class Records:
@@ -107,6 +117,15 @@ class Records:
         if bodies:   # the views pin this buffer: the unfinished tail moves to a new one
             self._buffer = bytearray(memoryview(buffer)[start:])
         return bodies
+
+    def wanted(self) -> int:
+        """Bytes that would complete the next record (its length first): what a reader asks of
+        ``recv`` before the session is established, so that nothing sent after the handshake's
+        last message is read, or judged, under the handshake's limit."""
+        buffered = len(self._buffer)
+        if buffered < LENGTH.size:
+            return LENGTH.size - buffered
+        return max(1, LENGTH.size + LENGTH.unpack_from(self._buffer)[0] - buffered)
 
     @property
     def buffered(self) -> int:

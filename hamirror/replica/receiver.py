@@ -1,16 +1,17 @@
 """The secondary's end of the link: receives operations, applies them in order, acknowledges.
 
-One ROUTER socket, one thread. With the ``curve`` engine the socket is a CURVE server and ZeroMQ's
-own I/O thread decrypts the next messages while this thread applies the current one; with
-``aead`` (link/session.py) the socket uses NULL and this thread opens each sealed frame, which
-costs less CPU in all. Either way a pipelining sender is never idle. A
-session starts with HELLO; after that only the next sequence number of that session is applied,
-so a stale or replayed stream (a primary that restarted, a duplicate) is refused, not merged.
+One thread. The transport of the link engine (replica/transport.py) hands it authenticated
+plaintext messages: a ZeroMQ ROUTER (``curve``: ZeroMQ's I/O thread decrypts the next messages
+while this thread applies the current one; ``aead``: NULL, and this thread opens each sealed
+frame) or, with ``stream``, TCP connections of the receiver's own (replica/serve_stream.py).
+Either way a pipelining sender is never idle. A session starts with HELLO; after that only the
+next sequence number of that session is applied, so a stale or replayed stream (a primary that
+restarted, a duplicate) is refused, not merged.
 
 Nothing one message does may stop the receiver (a dead receiver leaves the primary unprotected):
-ZeroMQ drops a peer that sends a frame above ``MAX_FRAME`` before buffering it, the codec refuses
-what is malformed, and *any* exception while applying becomes an error reply that closes the
-session (the primary then resyncs), logged, while the receiver keeps serving.
+the transport drops a peer that sends a frame above ``MAX_FRAME`` before buffering it, the codec
+refuses what is malformed, and *any* exception while applying becomes an error reply that closes
+the session (the primary then resyncs), logged, while the receiver keeps serving.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 
 import zmq
@@ -31,12 +33,12 @@ from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing, keys, session
 from hamirror.link.apply import Applier, changed_paths
-from hamirror.link.monitor import recv_monitor_message
-from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, MAX_FRAME, PING_DELEGATE, PING_SYNC, QUERIES,
+from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, PING_DELEGATE, PING_SYNC, QUERIES,
                                     VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
                                     hello_answer, with_durable)
 from hamirror.mirror import record
 from hamirror.mirror import status as status_file
+from hamirror.replica import transport
 from hamirror.resync.answers import ResyncAnswers
 
 log = logging.getLogger(__name__)
@@ -64,22 +66,11 @@ class ReceiverStats:
     by_op: dict[str, int] = field(default_factory=dict)
 
 
-def _recv(socket: zmq.Socket, flags: int) -> list[zmq.Frame]:
-    """One multipart message as frames (no copy of a WRITE's data); raises zmq.Again."""
-    frame = socket.recv(flags, copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = socket.recv(0, copy=False)
-        frames.append(frame)
-    return frames
-
-
 class Receiver:
     """Serves one replicated directory on one endpoint until stop() is called."""
 
     def __init__(self, directory: str, bind: str, keys_dir: str, context: zmq.Context | None = None,
                  state_dir: str | None = None, engine: str | None = None) -> None:
-        self.context = context or zmq.Context.instance()
         self.applier = Applier(directory)
         self.state_dir = state_dir
         self.journal: Journal | None = None
@@ -95,40 +86,36 @@ class Receiver:
         self.answers = ResyncAnswers(self.applier, self.journal)
         self.resyncing = False
         self.last_message: float | None = None   # wall clock of the last message from a primary
-        # TCP connections open on the replication port, and when the last one closed: a primary
-        # whose processes all died has its connection closed by its kernel at once, which lets
-        # the agent tell a dead peer from a silent one (a frozen or cut-off peer closes nothing).
-        self.connections = 0
-        self.closed_at: float | None = None
         self.stats = ReceiverStats()
         self._stop = threading.Event()
         own = keys.load_own(keys_dir)
         self.engine = session.engine(engine)   # never negotiated: see docs/security.md
         self.sessions: session.Sessions | None = None
-        self._opening: zmq.Frame | None = None   # (aead) the message being opened: its address, if refused
-        if self.engine == session.AEAD:
+        if self.engine != session.CURVE:
             self.sessions = session.Sessions(own.secret, own.public, keys.trusted_public_keys(keys_dir),
                                              on_refused=self._session_refused)
-        else:
-            keys.start_authenticator(self.context, keys_dir)
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.linger = 0
-        # Refused before it is buffered whole: the largest frame (+ a sealed frame's counter and tag).
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME if self.sessions is None else session.MAX_SEALED)
-        if self.sessions is None:
-            keys.secure_server(self.socket, own)
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.socket.bind(bind)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.context = context or (zmq.Context.instance() if self.engine != session.STREAM else None)
+        self.link = transport.listen(self.engine, bind, keys_dir, own, self.sessions, self.context, IDLE_MS)
+        self.endpoint = self.link.endpoint
         log.info("receiver on %s, link engine %s", self.endpoint, self.engine)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections open on the replication port. A primary whose processes all died has
+        its connection closed by its kernel at once, which lets the agent tell a dead peer from a
+        silent one (a frozen or cut-off peer closes nothing)."""
+        return self.link.connections
+
+    @property
+    def closed_at(self) -> float | None:
+        """Wall clock the last connection closed."""
+        return self.link.closed_at
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
-        self.socket.disable_monitor()
-        self.monitor.close(0)
-        self.socket.close(0)
+        self.link.close()
         if self.unsynced is not None:
             self.unsynced.close(clean=True)   # synced and emptied, unless the sync fails
             os.close(self._lock_fd)
@@ -160,36 +147,33 @@ class Receiver:
     def serve_forever(self) -> None:
         """Receive, handle, reply, until stop().
 
-        One blocking receive per message (ZeroMQ's own wait, bounded by ``IDLE_MS``): no poller
-        over two sockets and no receive that fails with EAGAIN after each message, which cost
-        about 20 system calls and a Python exception per message (docs/performance.md, "The
-        receiver's CPU per message"). The monitor's connection events are read when the link is
-        idle (a closed connection makes it idle at once) and with each status write. Replies held
-        for the unsynced log's flush are sent as soon as no message is waiting."""
-        self.socket.rcvtimeo = IDLE_MS
-        socket, handle, unsynced = self.socket, self.handle, self.unsynced
+        One receive per message, waiting at most ``IDLE_MS`` (the transport's own wait: no
+        poller over two sockets and no receive that fails with EAGAIN after each message, which
+        cost about 20 system calls and a Python exception per message; docs/performance.md, "The
+        receiver's CPU per message"). Connection events are read when the link is idle (a closed
+        connection makes it idle at once) and with each status write. Replies held for the
+        unsynced log's flush are sent as soon as no message is waiting."""
+        receive, handle, unsynced = self.link.receive, self.handle, self.unsynced
         last_status = 0.0
-        held: list[tuple[zmq.Frame, list[bytes]]] = []
+        held: list[tuple[Hashable, list[bytes]]] = []
         while not self._stop.is_set():
             now = time.monotonic()
             if now - last_status > STATUS_INTERVAL:
-                self._connection_events()
+                self.link.connection_events()
                 self.write_status()
                 last_status = now
-            try:
-                frames = _recv(socket, zmq.NOBLOCK if held else 0)
-            except zmq.Again:
+            message = receive(not held)
+            if message is None:
                 if held:
                     self._acknowledge(held)
                     held = []
                     self.applier.start_writeback()   # a synced file's write: after its reply
-                elif self._connection_events():
+                elif self.link.connection_events():
                     self.write_status()           # a closed connection is news for the agent now
                     last_status = now
                 continue
-            identity = frames[0]
-            plain = self._open(identity, frames[1:])
-            if plain is None:
+            identity, plain = message
+            if plain is None:   # a handshake message or a refusal, dealt with by the transport
                 continue
             self.last_message = time.time()   # authenticated: the primary's data path is alive
             try:
@@ -204,7 +188,7 @@ class Receiver:
                 self.applier.start_writeback()   # a synced file's write: after its reply
         self._acknowledge(held)
 
-    def _acknowledge(self, replies: list[tuple[zmq.Frame, list[bytes]]]) -> None:
+    def _acknowledge(self, replies: list[tuple[Hashable, list[bytes]]]) -> None:
         """Send replies, once the paths they acknowledge are durable in the unsynced log: a path new
         to the log holds back the replies of its batch until one fdatasync covers them all."""
         if not replies:
@@ -217,70 +201,27 @@ class Receiver:
             if self.unsynced.delegated:   # the primary keeps each path until this disk has it
                 durable = self.unsynced.durable_seq
                 replies = [(identity, with_durable(reply, durable)) for identity, reply in replies]
-        send = self.socket.send
+        send = self.link.send
         for identity, reply in replies:
-            if self.sessions is not None:
-                reply = self.sessions.seal(identity.bytes, reply)
-                if reply is None:   # its session ended meanwhile: nobody can read it
-                    continue
-            send(identity, zmq.SNDMORE)
-            for frame in reply[:-1]:
-                send(frame, zmq.SNDMORE)
-            send(reply[-1])
+            send(identity, reply)
 
-    def _open(self, identity: zmq.Frame, body: list[zmq.Frame]) -> list | None:
-        """The frames to handle (aead: authenticated and decrypted), or None when there is nothing
-        to handle (a handshake message, answered here, or a refused frame)."""
-        if self.sessions is None:
-            return [f.buffer for f in body]
-        self._opening = body[0] if body else None
-        try:
-            plain, answer = self.sessions.incoming(identity.bytes, [f.buffer for f in body])
-        except Exception:   # a bug in the session layer: that peer's session ends, the receiver serves on
-            log.exception("secure session error")
-            self.sessions.close(identity.bytes)
-            plain, answer = None, session.refuse_message("internal error in the receiver's session layer")
-        if answer is not None:
-            self.socket.send_multipart([identity, answer])
-        return plain
-
-    def _session_refused(self, identity: bytes, reason: str, key: bytes, established: bool) -> None:
-        """(aead) A handshake refused or a session ended by a bad frame: logged and audited; only
-        the end of an authenticated session is the receiver's error (an unauthenticated peer
-        must not overwrite what status shows, as it could not with CURVE)."""
+    def _session_refused(self, identity: Hashable, reason: str, key: bytes, established: bool) -> None:
+        """(aead, stream) A handshake refused or a session ended by a bad frame: logged and
+        audited; only the end of an authenticated session is the receiver's error (an
+        unauthenticated peer must not overwrite what status shows, as it could not with CURVE)."""
         text = f"secure session {'ended' if established else 'refused'}: {reason}"
         if established:
             self.stats.refused += 1
             self.stats.last_error = text
         log.warning("%s", text)
         shown = f" (public key {z85.encode(key).decode()})" if len(key) == session.KEY else ""
-        audit.refused("link-key", self._peer_address(), f"replication link refused a client: {reason}{shown}")
-
-    def _peer_address(self) -> str:
-        try:
-            return (self._opening.get("Peer-Address") if self._opening is not None else "") or "unknown"
-        except zmq.ZMQError:
-            return "unknown"
+        audit.refused("link-key", self.link.peer_address(identity),
+                      f"replication link refused a client: {reason}{shown}")
 
     def _unrecorded(self, reply: list[bytes], exc: OSError) -> list[bytes]:
         self.stats.session = 0
         seq = decode_reply(reply).seq
         return self._refuse(seq, exc.errno or errno.EIO, f"cannot record the applied paths: {exc.strerror or exc}")
-
-    def _connection_events(self) -> bool:
-        """Count connections from the monitor; True when the last one just closed."""
-        closed = False
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return closed
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self.connections += 1
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self.connections = max(0, self.connections - 1)
-                if self.connections == 0:
-                    self.closed_at, closed = time.time(), True
 
     def handle(self, frames: list) -> list[bytes]:
         """Decode, check the session order, apply; always return a reply, never raise."""

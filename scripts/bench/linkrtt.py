@@ -6,14 +6,12 @@ the same machine: (0) a plain TCP echo between two processes (no ZeroMQ: what a 
 threads own their socket would start from); (1) ZeroMQ alone between two processes (a trivial
 echo, NULL and CURVE), the transport's floor; (2) a raw DEALER in the caller's thread to a real ``hamirror mirror receive``
 (PING, CURVE): the floor plus the receiver's Python per message; (3) the same PING through
-``LinkClient`` (its I/O thread, the ticket's wake-up): what the mount pays. Then the ``stream``
-engine (no ZeroMQ, link/transport_stream.py): (4) a plain socket in the caller's thread doing its
-handshake and sealed records, and (5) ``LinkClient`` with ``engine="stream"``, both to the
-in-test stream peer in another process (tests/stream_peer.py: the real session and record
-layers, nothing applied); with ``--stream-receiver``, (6) the same ``LinkClient`` to a real
-``hamirror mirror receive`` run with ``HAMIRROR_LINK_ENGINE=stream``.
+``LinkClient`` (the transport's threads, the ticket's wake-up): what the mount pays. ``--engine``
+picks the link engine of (2) and (3), and may be given several times: one run, one receiver per
+engine, in that order (``stream``: a raw client on a plain TCP connection, sealed records, no
+ZeroMQ; LinkClient then writes from the submitting thread and reads on its reader thread).
 
-    flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/linkrtt.py [--count N] [--stream-receiver]
+    flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/linkrtt.py [--count N] [--engine E ...]
 """
 
 from __future__ import annotations
@@ -31,11 +29,10 @@ import zmq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from hamirror.link import keys, session, stream  # noqa: E402
+from hamirror.link import session  # noqa: E402
 from hamirror.link.client import LinkClient  # noqa: E402
-from hamirror.link.protocol import Op, decode_reply, encode  # noqa: E402
+from hamirror.link.protocol import Op, encode  # noqa: E402
 from tests.mirror_fixtures import SESSION, MirrorPair, RawSender, free_port  # noqa: E402
-from tests.stream_peer import StreamPeer  # noqa: E402
 
 WARM = 200
 
@@ -119,87 +116,6 @@ def zmq_alone(count: int, curve: bool) -> list[float]:
         context.term()
 
 
-def _stream_peer(keys_dir: str, port: int) -> None:
-    StreamPeer(keys_dir, port)
-    while True:
-        time.sleep(3600)
-
-
-def _raw_stream(endpoint: str, keys_dir: str, count: int) -> list[float]:
-    """The stream engine's round trip with nothing around it: this thread seals, sends, reads."""
-    own = keys.load_own(keys_dir)
-    handshake = session.ClientHandshake(own.secret, own.public, own.public)
-    sock = socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    records = stream.Records()
-
-    def record() -> memoryview:
-        bodies: list = []
-        while not bodies:
-            bodies = records.feed(sock.recv(65536))
-        return bodies[0]
-    sock.sendall(stream.handshake_record(handshake.init))
-    confirm, channel = handshake.accept(bytes(record()))
-    records.limit = stream.MAX_MESSAGE
-    sock.sendall(stream.handshake_record(confirm))
-    seq = 0
-
-    def round_trip() -> None:
-        nonlocal seq
-        sock.sendmsg(stream.seal_record(channel.send, [encode(Op.HELLO if seq == 0 else Op.PING, SESSION, seq,
-                                                              (1, 0) if seq == 0 else ())]))
-        decode_reply(stream.open_record(channel.recv, record()))
-        seq += 1
-    try:
-        return echo_rounds(count, round_trip, lambda: None)
-    finally:
-        sock.close()
-
-
-def linkclient_rounds(client: LinkClient, count: int) -> list[float]:
-    client.hello(10)
-    linked = []
-    for _ in range(count + WARM):
-        t = time.perf_counter()
-        client.submit(Op.PING).wait()
-        linked.append(time.perf_counter() - t)
-    client.close()
-    return linked
-
-
-def stream_peer_rounds(count: int) -> tuple[list[float], list[float]]:
-    """(4) and (5): a plain socket, then LinkClient, to the in-test stream peer in another process."""
-    base = tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp")
-    keys_dir = os.path.join(base, "keys")
-    keys.generate(keys_dir, "test")
-    port = free_port()
-    peer = multiprocessing.Process(target=_stream_peer, args=(keys_dir, port), daemon=True)
-    peer.start()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    try:
-        client = LinkClient(endpoint, keys_dir, engine=session.STREAM)   # retries until the peer listens
-        linked = linkclient_rounds(client, count)
-        return _raw_stream(endpoint, keys_dir, count), linked
-    finally:
-        peer.kill()
-        peer.join(10)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def stream_receiver_rounds(count: int) -> list[float]:
-    """(6): LinkClient with the stream engine to a real receiver run with the same engine."""
-    base = tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp")
-    pair = MirrorPair(base, mode="sync")
-    os.environ[session.ENGINE_ENV] = session.STREAM
-    try:
-        pair.start_receiver()
-        return linkclient_rounds(LinkClient(pair.endpoint, pair.keys), count)
-    finally:
-        del os.environ[session.ENGINE_ENV]
-        pair.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
     base = tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp")
     pair = MirrorPair(base, mode="sync")
@@ -214,7 +130,15 @@ def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
             raw.seq += 1
             direct.append(time.perf_counter() - t)
         raw.close()
-        return direct, linkclient_rounds(LinkClient(pair.endpoint, pair.keys), count)
+        client = LinkClient(pair.endpoint, pair.keys)
+        client.hello(10)
+        linked = []
+        for _ in range(count + WARM):
+            t = time.perf_counter()
+            client.submit(Op.PING).wait()
+            linked.append(time.perf_counter() - t)
+        client.close()
+        return direct, linked
     finally:
         pair.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -223,20 +147,19 @@ def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=3000)
-    parser.add_argument("--stream-receiver", action="store_true",
-                        help="add LinkClient (stream) to a real receiver (one that serves the stream engine)")
+    parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), action="append",
+                        help="the link engine of the receiver, the raw client and LinkClient (repeatable; "
+                             "default: curve)")
     args = parser.parse_args(argv)
     print(f"TCP echo, two processes, no ZeroMQ {p50_p90(tcp_alone(args.count))}")
     print(f"ZeroMQ echo, two processes, NULL   {p50_p90(zmq_alone(args.count, False))}")
     print(f"ZeroMQ echo, two processes, CURVE  {p50_p90(zmq_alone(args.count, True))}")
-    direct, linked = receiver_rounds(args.count)
-    print(f"raw DEALER -> receiver, PING       {p50_p90(direct)}")
-    print(f"LinkClient -> receiver, PING       {p50_p90(linked)}")
-    raw_stream, stream_linked = stream_peer_rounds(args.count)
-    print(f"raw stream socket -> stream peer   {p50_p90(raw_stream)}")
-    print(f"LinkClient stream -> stream peer   {p50_p90(stream_linked)}")
-    if args.stream_receiver:
-        print(f"LinkClient stream -> receiver      {p50_p90(stream_receiver_rounds(args.count))}")
+    for engine in args.engine or [session.CURVE]:
+        os.environ[session.ENGINE_ENV] = engine   # the receiver process, RawSender and LinkClient read it
+        direct, linked = receiver_rounds(args.count)
+        raw = "raw DEALER" if engine != session.STREAM else "raw TCP   "
+        print(f"{raw} -> receiver, PING ({engine:6}) {p50_p90(direct)}")
+        print(f"LinkClient -> receiver, PING ({engine:6}) {p50_p90(linked)}")
     return 0
 
 

@@ -1,0 +1,310 @@
+"""The receiver's transport for the ``stream`` engine: a TCP listener of its own, no ZeroMQ.
+
+Why: ZeroMQ's I/O threads cost about 89 µs of CPU per small message on each side
+(docs/native.md, "Not native yet: the link"). Here the receiver's one thread reads its
+connections itself (``selectors``, non-blocking sockets): each connection carries the ``aead``
+session's messages as records (link/stream.py), opened and sealed through one
+``session.Sessions`` keyed by a connection id.
+
+What ZeroMQ's ZAP handshake and MAXMSGSIZE gave for free is bounded here, before anything
+scarce is spent on a peer that has not proved its key (docs/security.md, "The stream engine"):
+at most :data:`MAX_UNAUTHENTICATED` connections wait for their handshake (a new one closes the
+oldest), each for at most :data:`HANDSHAKE_DEADLINE` seconds, and before the session exists
+nothing is read beyond the next handshake record (at most ``stream.MAX_HANDSHAKE`` bytes);
+established sessions are capped (``session.MAX_SESSIONS``, the oldest closed), and a peer that
+leaves more than :data:`MAX_QUEUED` bytes of replies unread is closed. Whatever a peer sends
+ends at worst its own connection, logged.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import selectors
+import socket
+import time
+
+from hamirror.link import session, stream
+
+log = logging.getLogger(__name__)
+
+MAX_UNAUTHENTICATED = 8      # connections waiting for their handshake (a new one closes the oldest)
+HANDSHAKE_DEADLINE = 5.0     # seconds from accept to an established session
+MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above, it is closed
+BACKLOG = 100                # as ZeroMQ's listen()
+ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
+IOV = 64                     # buffers per sendmsg when a queue is flushed
+
+
+class ListenError(Exception):
+    """The endpoint cannot be bound (the receiver says so with the endpoint)."""
+
+
+def parse_endpoint(bind: str) -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT`` as ZeroMQ binds it: ``*`` for every IPv4 address,
+    ``[v6]`` in brackets, port ``*`` or 0 for one the system picks."""
+    if not bind.startswith("tcp://") or ":" not in bind[6:]:
+        raise ValueError(f"{bind!r}: the stream engine listens on tcp://HOST:PORT")
+    host, port = bind[6:].rsplit(":", 1)
+    host = "0.0.0.0" if host == "*" else host.removeprefix("[").removesuffix("]")
+    if port == "*":
+        return host, 0
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{bind!r}: the port must be a number (0 to 65535) or *")
+    return host, int(port)
+
+
+class _Connection:
+    """One accepted TCP connection: its records, its unsent reply bytes, its session's state."""
+
+    __slots__ = ("id", "sock", "address", "accepted", "records", "established", "out", "queued", "open")
+
+    def __init__(self, ident: bytes, sock: socket.socket, address: str) -> None:
+        self.id, self.sock, self.address = ident, sock, address
+        self.accepted = time.monotonic()
+        self.records = stream.Records(stream.MAX_HANDSHAKE)
+        self.established = False
+        self.out: collections.deque[memoryview] = collections.deque()
+        self.queued = 0
+        self.open = True
+
+
+class StreamServer:
+    """The listener and its connections; see the module's docstring."""
+
+    def __init__(self, bind: str, sessions: session.Sessions, idle_ms: int) -> None:
+        host, port = parse_endpoint(bind)
+        try:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as exc:
+            raise ListenError(f"{host!r}: {exc.strerror}") from None
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(address)
+            self.listener.listen(BACKLOG)
+        except OSError as exc:
+            self.listener.close()
+            raise ListenError(exc.strerror or str(exc)) from None
+        self.listener.setblocking(False)
+        name = self.listener.getsockname()
+        self.endpoint = f"tcp://[{name[0]}]:{name[1]}" if family == socket.AF_INET6 else f"tcp://{name[0]}:{name[1]}"
+        self.sessions = sessions
+        self.idle = idle_ms / 1000
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.connections = 0
+        self.closed_at: float | None = None
+        self._last_closed = False
+        self._ids = itertools.count(1)
+        self._open: dict[bytes, _Connection] = {}
+        self._waiting: dict[bytes, _Connection] = {}        # not yet authenticated, oldest first
+        self._established: dict[bytes, _Connection] = {}    # oldest first
+        self._ready: collections.deque[tuple[bytes, list]] = collections.deque()
+
+    # the loop's interface ---------------------------------------------------------------------
+
+    def receive(self, wait: bool) -> tuple[bytes, list | None] | None:
+        """The next opened message: one recv may bring many; None when none came."""
+        if not self._ready:
+            self._expire(time.monotonic())
+            for key, events in self.selector.select(self.idle if wait else 0):
+                try:
+                    self._event(key.data, events)
+                except Exception:   # a bug, or a socket call that failed unexpectedly: one connection ends
+                    log.exception("stream transport error")
+                    if key.data is not None:
+                        self._close(key.data)
+        return self._ready.popleft() if self._ready else None
+
+    def _event(self, conn: _Connection | None, events: int) -> None:
+        if conn is None:
+            self._accept()
+            return
+        if conn.open and events & selectors.EVENT_WRITE:   # (closed meanwhile: by a cap, in this round)
+            self._flush(conn)
+        if conn.open and events & selectors.EVENT_READ:
+            self._read(conn)
+
+    def send(self, ident: bytes, reply: list) -> None:
+        conn = self._open.get(ident)
+        sealed = self.sessions.seal(ident, reply) if conn is not None else None
+        if sealed is None:   # the connection or its session is gone: nobody can read it
+            return
+        self._queue(conn, stream.sealed_record(sealed))
+
+    def connection_events(self) -> bool:
+        closed, self._last_closed = self._last_closed, False
+        return closed
+
+    def peer_address(self, ident: object) -> str:
+        conn = self._open.get(ident)   # type: ignore[call-overload]
+        return conn.address if conn is not None else "unknown"
+
+    def close(self) -> None:
+        for conn in list(self._open.values()):
+            self._close(conn)
+        self.selector.close()
+        self.listener.close()
+
+    # connections ------------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS):
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # e.g. out of file descriptors: the next wake-up tries again
+                log.warning("cannot accept a connection: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(next(self._ids).to_bytes(8, "big"), sock, str(address[0]))
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self._open[conn.id] = self._waiting[conn.id] = conn
+            self.connections += 1
+            if len(self._waiting) > MAX_UNAUTHENTICATED:
+                self._end(next(iter(self._waiting.values())),
+                          f"more than {MAX_UNAUTHENTICATED} connections without a session: the oldest closed")
+
+    def _expire(self, now: float) -> None:
+        """Close the connections whose handshake is late (the oldest are first)."""
+        while self._waiting:
+            conn = next(iter(self._waiting.values()))
+            if now - conn.accepted < HANDSHAKE_DEADLINE:
+                return
+            self._end(conn, f"no session within {HANDSHAKE_DEADLINE:g} s of connecting")
+
+    def _read(self, conn: _Connection) -> None:
+        """Before the session: the next handshake record only (its size, then its body); after:
+        whatever is there, in one recv."""
+        try:
+            data = conn.sock.recv(stream.READ_SIZE if conn.established else conn.records.wanted())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:   # e.g. reset by the peer
+            data = b""
+            log.info("connection from %s: %s", conn.address, exc)
+        if not data:
+            self._close(conn)
+            return
+        try:
+            for body in conn.records.feed(data):
+                self._record(conn, body)
+                if not conn.open:
+                    return
+        except (stream.RecordError, session.SessionError) as exc:
+            self._end(conn, str(exc))
+        except Exception:   # a bug here: that connection ends, the receiver serves on
+            log.exception("stream connection error")
+            self._end(conn, "internal error in the receiver's session layer")
+
+    def _record(self, conn: _Connection, body: memoryview) -> None:
+        frames = stream.record_frames(body) if conn.established else [body]
+        plain, answer = self.sessions.incoming(conn.id, frames)
+        if plain is not None:
+            self._ready.append((conn.id, plain))
+        elif answer is not None:
+            self._queue(conn, [stream.handshake_record(answer)])
+            if session.refusal_text(answer) is not None:   # logged and audited by the session layer
+                self._close(conn)
+        elif not conn.established and self.sessions.established(conn.id):
+            self._established_now(conn)
+
+    def _established_now(self, conn: _Connection) -> None:
+        conn.established = True
+        conn.records.limit = stream.MAX_MESSAGE
+        del self._waiting[conn.id]
+        self._established[conn.id] = conn
+        if len(self._established) > session.MAX_SESSIONS:   # as Sessions: the oldest session goes
+            oldest = next(iter(self._established.values()))
+            log.warning("more than %d sessions: the oldest (from %s) closed", session.MAX_SESSIONS, oldest.address)
+            self._close(oldest)
+
+    def _end(self, conn: _Connection, reason: str) -> None:
+        """A failure found here (not by the session layer): logged and audited as a refusal,
+        answered with REFUSE if the connection can take it now, closed."""
+        self.sessions.close(conn.id)
+        if self.sessions.on_refused is not None:
+            self.sessions.on_refused(conn.id, reason, b"", conn.established)
+        if not conn.out:
+            try:
+                conn.sock.send(stream.handshake_record(session.refuse_message(reason)))
+            except OSError:
+                pass
+        self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if not conn.open:
+            return
+        conn.open = False
+        self.sessions.close(conn.id)
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+        conn.out.clear()
+        del self._open[conn.id]
+        self._waiting.pop(conn.id, None)
+        self._established.pop(conn.id, None)
+        self.connections -= 1
+        if self.connections == 0:
+            self.closed_at, self._last_closed = time.time(), True
+
+    # sending ----------------------------------------------------------------------------------
+
+    def _queue(self, conn: _Connection, buffers: list) -> None:
+        """Send now what the socket takes; the rest waits for EVENT_WRITE, in order."""
+        views = [memoryview(b) for b in buffers]
+        if not conn.out:
+            sent = self._sendmsg(conn, views)
+            if sent is None:
+                return
+            views = _after(views, sent)
+            if not views:
+                return
+            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        conn.out.extend(views)
+        conn.queued += sum(len(v) for v in views)
+        if conn.queued > MAX_QUEUED:
+            self._end(conn, f"more than {_size(MAX_QUEUED)} of replies left unread")
+
+    def _flush(self, conn: _Connection) -> None:
+        while conn.out:
+            sent = self._sendmsg(conn, list(itertools.islice(conn.out, IOV)))
+            if not sent:   # full, or closed
+                return
+            conn.queued -= sent
+            while sent:
+                head = conn.out[0]
+                if sent < len(head):
+                    conn.out[0] = head[sent:]
+                    return   # the socket took less than offered: full again
+                sent -= len(head)
+                conn.out.popleft()
+        self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _sendmsg(self, conn: _Connection, views: list) -> int | None:
+        """Bytes the socket took (0: its buffer is full); None if the connection failed (closed)."""
+        try:
+            return conn.sock.sendmsg(views)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            log.info("connection from %s: %s", conn.address, exc)
+            self._close(conn)
+            return None
+
+
+def _after(views: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of ``views`` once ``sent`` bytes went out."""
+    for index, view in enumerate(views):
+        if sent < len(view):
+            return [view[sent:], *views[index + 1:]]
+        sent -= len(view)
+    return []
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
