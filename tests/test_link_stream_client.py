@@ -18,6 +18,7 @@ import pytest
 from hamirror.link import keys, protocol, session
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import Op
+from tests.conftest import needs_root
 from tests.mirror_fixtures import free_port
 from tests.stream_peer import CLOSE, StreamPeer, acknowledge
 
@@ -261,3 +262,51 @@ def test_a_zeromq_receiver_is_named_as_an_engine_mismatch(keys_dir, clients):
 def test_a_bad_endpoint_is_refused_at_once(keys_dir):
     with pytest.raises(ValueError, match=r"HAMIRROR_LINK_ENGINE=stream: the peer must be tcp://HOST:PORT, not 'ipc:///x'"):
         LinkClient("ipc:///x", keys_dir, engine=session.STREAM)
+
+
+# -- the product's receiver ------------------------------------------------------------------------
+
+def test_a_real_stream_receiver_applies_bytes_equal(tmp_path):
+    from tests.mirror_fixtures import receiver_thread
+    with receiver_thread(str(tmp_path), session.STREAM) as (receiver, _, keys_dir):
+        client = LinkClient(receiver.endpoint, keys_dir, engine=session.STREAM)
+        try:
+            client.hello(10)
+            data = os.urandom(5 << 20)
+            client.submit(Op.CREATE, (0o100644, os.getuid(), os.getgid(), 0), (b"f",))
+            for offset in range(0, len(data), 1 << 20):
+                client.submit(Op.WRITE, (offset,), (b"f",), data=data[offset:offset + (1 << 20)])
+            last = client.submit(Op.RENAME, (0,), (b"f", b"g"))
+            assert last.wait(20) and last.error is None, last.error
+            missing = client.submit(Op.UNLINK, (), (b"nothing-here",))
+            assert missing.wait(10) and missing.error and missing.error.startswith("peer refused operation 8: ")
+        finally:
+            client.close()
+        assert (tmp_path / "secondary" / "g").read_bytes() == data
+
+
+@needs_root
+def test_a_sync_mount_over_the_stream_engine_goes_alone_when_the_receiver_dies(mirror_factory, monkeypatch):
+    """Both processes with HAMIRROR_LINK_ENGINE=stream: writes are on the secondary once they
+    return; a killed receiver makes the next write go ALONE, its path in the journal."""
+    from hamirror.journal.journal import Journal
+    monkeypatch.setenv(session.ENGINE_ENV, session.STREAM)
+    pair = mirror_factory("stream", timeout=2).start()
+    data = os.urandom(1 << 20)
+    with open(os.path.join(pair.primary, "f"), "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    assert open(os.path.join(pair.secondary, "f"), "rb").read() == data
+    assert pair.status()["state"] == "PRIM"
+    pair.kill_receiver()
+    with open(os.path.join(pair.primary, "after"), "wb") as f:
+        f.write(b"written alone")
+    assert pair.status()["state"] == "ALONE"
+    pair.umount()
+    assert pair.mounter.returncode == 0
+    assert "engine stream" in open(pair.log("mount")).read()
+    journal = Journal(os.path.join(pair.state, "journal.db"))
+    try:
+        assert "after" in set(journal.changed_paths())
+    finally:
+        journal.close()
