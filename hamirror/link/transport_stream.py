@@ -132,8 +132,7 @@ class StreamTransport:
     def take_queued(self) -> list["Ticket"]:
         tickets = [ticket for ticket, _, _ in self._waiting]
         self._waiting.clear()
-        self._unsent.clear()   # their tickets are pending already
-        return tickets
+        return tickets   # the unsent records' tickets are pending already; the reader drops them
 
     def expect_hello(self, timeout: float) -> None:
         """Keep trying to connect until just before the HELLO's own timeout (so the failure
@@ -161,7 +160,7 @@ class StreamTransport:
     def _write(self, buffers: list) -> None:
         """(``_send_lock`` held) All of ``buffers``, or the link's failure declared."""
         sock = self._sock
-        if sock is None or self._failure is not None:
+        if sock is None or self._failure is not None or self.client.lost_reason is not None:
             return
         total = sum(len(b) for b in buffers)
         try:
@@ -202,6 +201,8 @@ class StreamTransport:
                 self._sock.shutdown(socket.SHUT_RDWR)   # the peer sees the session end
             except OSError:
                 pass
+        with self._send_lock:   # a send in progress has failed at the shutdown and let go of it
+            self._unsent.clear()   # only the send lock's holder takes from it: never cleared under a sender
 
     def _connect(self) -> socket.socket | None:
         """The connection, retried as ZeroMQ would while the receiver starts; None if the link
