@@ -7,9 +7,11 @@ threads own their socket would start from); (1) ZeroMQ alone between two process
 echo, NULL and CURVE), the transport's floor; (2) a raw DEALER in the caller's thread to a real ``hamirror mirror receive``
 (PING, CURVE): the floor plus the receiver's Python per message; (3) the same PING through
 ``LinkClient`` (the transport's threads, the ticket's wake-up): what the mount pays. ``--engine``
-picks the link engine of (2) and (3), and may be given several times: one run, one receiver per
-engine, in that order (``stream``: a raw client on a plain TCP connection, sealed records, no
-ZeroMQ; LinkClient then writes from the submitting thread and reads on its reader thread).
+picks the link engine of (2) and (3), and may be given several times: one receiver process per
+engine, (2) for each in turn, then (3) interleaved, 100 round trips per engine at a time, so that
+the machine's load (other work on two cores) falls on each alike (``stream``: a raw client on a
+plain TCP connection, sealed records, no ZeroMQ; LinkClient then writes from the submitting
+thread and reads on its reader thread).
 
     flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/linkrtt.py [--count N] [--engine E ...]
 """
@@ -116,32 +118,34 @@ def zmq_alone(count: int, curve: bool) -> list[float]:
         context.term()
 
 
-def receiver_rounds(count: int) -> tuple[list[float], list[float]]:
-    base = tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp")
-    pair = MirrorPair(base, mode="sync")
-    try:
-        pair.start_receiver()
-        raw = RawSender(pair)
-        raw.hello()
-        direct = []
-        for _ in range(count + WARM):
-            t = time.perf_counter()
-            raw.exchange([encode(Op.PING, SESSION, raw.seq)])
-            raw.seq += 1
-            direct.append(time.perf_counter() - t)
-        raw.close()
-        client = LinkClient(pair.endpoint, pair.keys)
-        client.hello(10)
-        linked = []
-        for _ in range(count + WARM):
-            t = time.perf_counter()
-            client.submit(Op.PING).wait()
-            linked.append(time.perf_counter() - t)
-        client.close()
-        return direct, linked
-    finally:
-        pair.stop()
-        shutil.rmtree(base, ignore_errors=True)
+BLOCK = 100   # round trips per engine before the next engine's turn (LinkClient rows)
+
+
+def raw_rounds(pair: MirrorPair, count: int) -> list[float]:
+    """(2): the raw client of ``$HAMIRROR_LINK_ENGINE`` in this thread."""
+    raw = RawSender(pair)
+    raw.hello()
+    direct = []
+    for _ in range(count + WARM):
+        t = time.perf_counter()
+        raw.exchange([encode(Op.PING, SESSION, raw.seq)])
+        raw.seq += 1
+        direct.append(time.perf_counter() - t)
+    raw.close()
+    return direct
+
+
+def client_rounds(clients: dict[str, LinkClient], count: int) -> dict[str, list[float]]:
+    """(3): each engine's LinkClient in turn, BLOCK round trips at a time, so that a change in the
+    machine's load falls on every engine alike."""
+    samples: dict[str, list[float]] = {engine: [] for engine in clients}
+    while len(samples[next(iter(clients))]) < count + WARM:
+        for engine, client in clients.items():
+            for _ in range(BLOCK):
+                t = time.perf_counter()
+                client.submit(Op.PING).wait()
+                samples[engine].append(time.perf_counter() - t)
+    return samples
 
 
 def main(argv=None) -> int:
@@ -151,15 +155,31 @@ def main(argv=None) -> int:
                         help="the link engine of the receiver, the raw client and LinkClient (repeatable; "
                              "default: curve)")
     args = parser.parse_args(argv)
+    engines = list(dict.fromkeys(args.engine or [session.CURVE]))
     print(f"TCP echo, two processes, no ZeroMQ {p50_p90(tcp_alone(args.count))}")
     print(f"ZeroMQ echo, two processes, NULL   {p50_p90(zmq_alone(args.count, False))}")
     print(f"ZeroMQ echo, two processes, CURVE  {p50_p90(zmq_alone(args.count, True))}")
-    for engine in args.engine or [session.CURVE]:
-        os.environ[session.ENGINE_ENV] = engine   # the receiver process, RawSender and LinkClient read it
-        direct, linked = receiver_rounds(args.count)
-        raw = "raw DEALER" if engine != session.STREAM else "raw TCP   "
-        print(f"{raw} -> receiver, PING ({engine:6}) {p50_p90(direct)}")
-        print(f"LinkClient -> receiver, PING ({engine:6}) {p50_p90(linked)}")
+    bases, pairs, clients = [], {}, {}
+    try:
+        for engine in engines:   # one receiver process per engine, all up for the interleaved rows
+            os.environ[session.ENGINE_ENV] = engine   # the receiver process and RawSender read it
+            bases.append(tempfile.mkdtemp(prefix="hamirror-linkrtt-", dir="/var/tmp"))
+            pairs[engine] = MirrorPair(bases[-1], mode="sync")
+            pairs[engine].start_receiver()
+            raw = "raw DEALER" if engine != session.STREAM else "raw TCP   "
+            print(f"{raw} -> receiver, PING ({engine:6}) {p50_p90(raw_rounds(pairs[engine], args.count))}")
+        for engine, pair in pairs.items():
+            clients[engine] = LinkClient(pair.endpoint, pair.keys, engine=engine)
+            clients[engine].hello(10)
+        for engine, linked in client_rounds(clients, args.count).items():
+            print(f"LinkClient -> receiver, PING ({engine:6}) {p50_p90(linked)}  (interleaved by {BLOCK})")
+    finally:
+        for client in clients.values():
+            client.close()
+        for pair in pairs.values():
+            pair.stop()
+        for base in bases:
+            shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
