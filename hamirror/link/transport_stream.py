@@ -121,7 +121,8 @@ class StreamTransport:
             self._timer.notify()
 
     def wake(self) -> None:
-        os.eventfd_write(self._wakeup, 1)
+        if self._wakeup >= 0:   # not closed (an abort after close() must not write a reused fd)
+            os.eventfd_write(self._wakeup, 1)
         sock = self._sock
         if sock is not None:
             try:
@@ -153,7 +154,8 @@ class StreamTransport:
             self._timer_thread.join(5)
         if self._sock is not None:
             self._sock.close()
-        os.close(self._wakeup)
+        wakeup, self._wakeup = self._wakeup, -1
+        os.close(wakeup)
 
     # Sending ---------------------------------------------------------------------------------
 
@@ -182,8 +184,7 @@ class StreamTransport:
         sender may hold its caller's locks): it records why and wakes the reader."""
         if self._failure is None:
             self._failure = reason
-        if self._running:   # after close() the eventfd is gone
-            self.wake()
+        self.wake()
 
     # The reader ------------------------------------------------------------------------------
 
