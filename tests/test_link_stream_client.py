@@ -19,7 +19,7 @@ from hamirror.link import keys, protocol, session
 from hamirror.link.client import LinkClient, PeerLost, Ticket
 from hamirror.link.protocol import Op
 from tests.conftest import needs_root
-from tests.mirror_fixtures import free_port
+from tests.mirror_fixtures import free_port, wait_for
 from tests.stream_peer import CLOSE, StreamPeer, acknowledge
 
 @pytest.fixture
@@ -301,7 +301,7 @@ def test_a_sync_mount_over_the_stream_engine_goes_alone_when_the_receiver_dies(m
     pair.kill_receiver()
     with open(os.path.join(pair.primary, "after"), "wb") as f:
         f.write(b"written alone")
-    assert pair.status()["state"] == "ALONE"
+    wait_for(lambda: pair.status()["state"] == "ALONE", 5, what="ALONE in the status file")
     pair.umount()
     assert pair.mounter.returncode == 0
     assert "engine stream" in open(pair.log("mount")).read()
