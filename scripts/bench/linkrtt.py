@@ -135,17 +135,21 @@ def raw_rounds(pair: MirrorPair, count: int) -> list[float]:
     return direct
 
 
-def client_rounds(clients: dict[str, LinkClient], count: int) -> dict[str, list[float]]:
+def client_rounds(clients: dict[str, LinkClient], count: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """(3): each engine's LinkClient in turn, BLOCK round trips at a time, so that a change in the
-    machine's load falls on every engine alike."""
+    machine's load falls on every engine alike. Also this process's CPU (all its threads: the
+    sender's side) per round trip."""
     samples: dict[str, list[float]] = {engine: [] for engine in clients}
+    cpu = dict.fromkeys(clients, 0.0)
     while len(samples[next(iter(clients))]) < count + WARM:
         for engine, client in clients.items():
+            started = time.process_time()
             for _ in range(BLOCK):
                 t = time.perf_counter()
                 client.submit(Op.PING).wait()
                 samples[engine].append(time.perf_counter() - t)
-    return samples
+            cpu[engine] += time.process_time() - started
+    return samples, {engine: spent / len(samples[engine]) for engine, spent in cpu.items()}
 
 
 def main(argv=None) -> int:
@@ -171,8 +175,10 @@ def main(argv=None) -> int:
         for engine, pair in pairs.items():
             clients[engine] = LinkClient(pair.endpoint, pair.keys, engine=engine)
             clients[engine].hello(10)
-        for engine, linked in client_rounds(clients, args.count).items():
-            print(f"LinkClient -> receiver, PING ({engine:6}) {p50_p90(linked)}  (interleaved by {BLOCK})")
+        samples, cpu = client_rounds(clients, args.count)
+        for engine, linked in samples.items():
+            print(f"LinkClient -> receiver, PING ({engine:6}) {p50_p90(linked)}  sender CPU "
+                  f"{cpu[engine] * 1e6:4.0f} us  (interleaved by {BLOCK})")
     finally:
         for client in clients.values():
             client.close()
