@@ -335,15 +335,19 @@ def test_a_bit_flipped_in_transit_is_refused_and_the_primary_loses_the_link(tmp_
         _still_serves(tmp_path, receiver, context, keys_dir, b"g")
 
 
-def test_a_primary_with_an_untrusted_key_is_refused_and_audited(tmp_path, audit_lines):
-    with _receiver(tmp_path) as (receiver, context, _):
+@pytest.mark.parametrize("engine", [session.AEAD, session.STREAM])
+def test_a_primary_with_an_untrusted_key_is_refused_and_audited(tmp_path, audit_lines, engine):
+    with _receiver(tmp_path, engine) as (receiver, context, _):
         intruder = str(tmp_path / "intruder")
         keys.generate(intruder, "intruder")
         shutil_copy(tmp_path / "keys" / "test.key", intruder)   # it knows the receiver's public key
-        client = LinkClient(receiver.endpoint, intruder, context=context, engine=session.AEAD, peer_key_name="test")
+        client = LinkClient(receiver.endpoint, intruder, context=context, engine=engine, peer_key_name="test")
         try:
-            with pytest.raises(PeerLost, match="refused the session: this node's public key is not trusted"):
+            with pytest.raises(PeerLost) as refused:
                 client.hello(10)
+            assert str(refused.value) == (f"secure session with peer {receiver.endpoint} ended: the receiver "
+                                          "refused the session: this node's public key is not trusted by the "
+                                          "receiver (is it in the receiver's keys directory?)")
         finally:
             client.close()
         public = keys.load_own(intruder).public.decode()

@@ -10,6 +10,7 @@ answering with ``protocol.encode_reply``. What each test's peer does with a mess
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -175,6 +176,28 @@ def test_abort_before_the_receiver_is_up(keys_dir, clients):
     ticket = client.submit(Op.PING)
     client.abort("the agent gave up")
     assert ticket.wait(5) and ticket.error == "the agent gave up"
+
+
+def test_a_peer_that_never_answers_the_handshake(keys_dir, clients):
+    listener = socket.create_server(("127.0.0.1", 0))   # accepts (the kernel does), reads nothing
+    endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        client = clients(endpoint, keys_dir, ack_timeout=0.5)
+        with pytest.raises(PeerLost, match=rf"^peer {endpoint} did not complete the secure handshake within "
+                                           r"0\.9\d*s$"):
+            client.hello(1)
+    finally:
+        listener.close()
+
+
+def test_close_wakes_the_reader_at_once(keys_dir, peers, clients, slow_reader):
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    reader = client._transport._reader
+    assert reader.is_alive()
+    client.close(0)   # the reader sleeps in recv_into for 60 s: only the shutdown wakes it
+    assert not reader.is_alive()
 
 
 def test_a_receiver_that_starts_late_still_gets_the_hello(keys_dir, peers, clients):

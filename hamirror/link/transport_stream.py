@@ -145,6 +145,8 @@ class StreamTransport:
         return len(self._waiting) + len(self._unsent)
 
     def close(self) -> None:
+        if self._wakeup < 0:
+            return   # closed already
         self._running = False
         with self._timer:
             self._timer.notify()
