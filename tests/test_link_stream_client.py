@@ -308,6 +308,35 @@ def test_a_real_stream_receiver_applies_bytes_equal(tmp_path):
         assert (tmp_path / "secondary" / "g").read_bytes() == data
 
 
+def test_what_waited_for_the_handshake_follows_confirm_to_a_real_receiver(tmp_path, keys_dir):
+    """HELLO, CREATE and a 1 MiB WRITE submitted before the receiver even listens go out right
+    behind CONFIRM, in one write: the receiver reads them under the session's limits, in order."""
+    import zmq
+
+    from hamirror.replica.receiver import Receiver
+    port = free_port()
+    client = LinkClient(f"tcp://127.0.0.1:{port}", keys_dir, engine=session.STREAM)
+    data = os.urandom(1 << 20)
+    tickets = [client.submit(Op.HELLO, (protocol.VERSION, 0)),
+               client.submit(Op.CREATE, (0o100644, os.getuid(), os.getgid(), 0), (b"early",)),
+               client.submit(Op.WRITE, (0,), (b"early",), data=data)]
+    (tmp_path / "secondary").mkdir()
+    context = zmq.Context()
+    receiver = Receiver(str(tmp_path / "secondary"), f"tcp://127.0.0.1:{port}", keys_dir, context=context,
+                        engine=session.STREAM)
+    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert all(t.wait(10) for t in tickets) and [t.error for t in tickets] == [None] * 3
+    finally:
+        client.close()
+        receiver.stop()
+        serving.join(5)
+        receiver.close()
+        context.term()
+    assert (tmp_path / "secondary" / "early").read_bytes() == data
+
+
 @needs_root
 def test_a_sync_mount_over_the_stream_engine_goes_alone_when_the_receiver_dies(mirror_factory, monkeypatch):
     """Both processes with HAMIRROR_LINK_ENGINE=stream: writes are on the secondary once they
