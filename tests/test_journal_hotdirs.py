@@ -178,3 +178,23 @@ def test_a_lost_link_names_the_directory_and_everything_in_it(tmp_path, root):
     al.peer = None
     assert al.not_on_peer() == []
     al.close()
+
+
+def test_a_key_a_call_is_charged_to_is_never_the_victim_of_its_own_admission(tmp_path, root):
+    al = ActivityLog(str(tmp_path / "al"), capacity=2, root_fd=root[1])
+    _create(al, "d/a")                                    # "d/": settled, least recently used
+    al.enter(["busy"])                                    # inside: not evictable
+    al.enter(["d/a", "x/b"], new=("x/b",))                # a rename: covered source, new destination
+    assert set(al.hot()) == {"d/", "busy", "x/"}          # over capacity rather than forget "d/"
+    assert al._hot["d/"].busy == 1 and al._hot["x/"].busy == 1
+    assert read_log(al.path).dirs == {"d", "x"}
+    al.leave(["d/a", "x/b"], Ticket())
+    al.leave(["busy"], Ticket())
+    assert all(slot.busy == 0 for slot in al._hot.values()) and al._charged == {}
+    al.close()
+    plain = ActivityLog(str(tmp_path / "plain"), capacity=2)   # the same with path entries (a KeyError before)
+    _create(plain, "a")
+    plain.enter(["busy"])
+    plain.enter(["a", "b"])
+    assert set(plain.hot()) == {"a", "busy", "b"}
+    plain.close()

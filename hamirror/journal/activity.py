@@ -301,42 +301,50 @@ class ActivityLog:
         with self._lock:
             hot = self._hot
             if len(paths) == 1 and not new:   # most calls: one path, already hot or covered
+                slot = hot.get(paths[0])
+                if slot is not None:          # hot itself (a file being written)
+                    hot.move_to_end(paths[0])
+                    slot.busy += 1
+                    return
                 key = self._key_of(paths[0])
                 if key is not None:
                     hot.move_to_end(key)
                     self._charge(paths[0], key)
                     return
             fresh = set(new) if self.root_fd is not None else ()
-            keys = []
+            charged: list[tuple[str, str]] = []
+            later: list[tuple[str, str]] = []
             missing: dict[str, None] = {}
+            chosen: dict[str, str] = {}       # a path named twice (a rename onto itself): one key
             for p in paths:
-                key = self._key_of(p)
+                key = chosen.get(p) or self._key_of(p)
                 if key is None:
                     key = dir_key(_parent(p)) if p in fresh and p != "." else p
-                    if key not in hot:
-                        missing[key] = None
-                keys.append(key)
+                chosen[p] = key
+                if key in hot:                # charged first: busy, so never a victim below
+                    hot.move_to_end(key)
+                    self._charge(p, key)
+                    charged.append((p, key))
+                else:
+                    missing[key] = None
+                    later.append((p, key))
             if missing:
-                self._admit(list(missing))
-            for p, key in zip(paths, keys):
-                hot.move_to_end(key)
+                try:
+                    self._admit(list(missing))
+                except BaseException:
+                    for p, key in charged:
+                        self._uncharge(p)
+                    raise
+            for p, key in later:
                 self._charge(p, key)
 
     def leave(self, paths: Iterable[str], ticket: Acknowledgeable | None) -> None:
         """The change block on ``paths`` ended; ``ticket`` is the last operation it sent (if any)."""
         with self._lock:
             for p in paths:
-                charged = self._charged.get(p)
-                if charged is None:
-                    slot = self._hot.get(p)
-                else:
-                    slot = self._hot.get(charged[0])
-                    charged[1] -= 1
-                    if charged[1] <= 0:
-                        del self._charged[p]
+                slot = self._uncharge(p)
                 if slot is None:
                     continue
-                slot.busy = max(slot.busy - 1, 0)
                 if ticket is not None:
                     slot.sent(ticket, self.peer)
                 if self.epochs is not None:
@@ -384,14 +392,16 @@ class ActivityLog:
     # internals (``_lock`` held) --------------------------------------------------------------
 
     def _key_of(self, path: str) -> str | None:
-        """The hot key a call on ``path`` is charged to, or None (not hot, not covered): the one
-        its calls inside already use, its own entry, its own directory entry, its parent's."""
-        charged = self._charged.get(path)
-        if charged is not None:
-            return charged[0]
+        """The hot key a call on ``path`` is charged to, or None (not hot, not covered): its own
+        entry, the key its calls inside already use, its own directory entry, its parent's. (The
+        first two never both exist: a path is charged elsewhere only while it is not hot itself,
+        and it cannot enter itself while a call charged elsewhere is inside.)"""
         hot = self._hot
         if path in hot:
             return path
+        charged = self._charged.get(path)
+        if charged is not None:
+            return charged[0]
         if self.root_fd is None:
             return None
         for key in (dir_key(path), dir_key(_parent(path))):
@@ -407,6 +417,20 @@ class ActivityLog:
                 self._charged[path] = [key, 1]
             else:
                 charged[1] += 1
+
+    def _uncharge(self, path: str) -> _Slot | None:
+        """A call on ``path`` is no longer inside: the slot it was charged to (None: not hot)."""
+        charged = self._charged.get(path)
+        if charged is None:
+            slot = self._hot.get(path)
+        else:
+            slot = self._hot.get(charged[0])
+            charged[1] -= 1
+            if charged[1] <= 0:
+                del self._charged[path]
+        if slot is not None:
+            slot.busy = max(slot.busy - 1, 0)
+        return slot
 
     def _admit(self, new: list[str]) -> None:
         hot = self._hot
