@@ -48,11 +48,14 @@ for i in range(int(sys.argv[2])):
     os.close(fd)
 """
 FSYNC = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)"
+# One directory each: a new name enters its directory in the activity log, so new files in one
+# directory would fill one entry, not the log.
 TOUCH_MANY = """
 import os, sys
-os.makedirs(sys.argv[1], exist_ok=True)
 for i in range(int(sys.argv[2])):
-    os.close(os.open(os.path.join(sys.argv[1], str(i)), os.O_WRONLY | os.O_CREAT, 0o644))
+    d = os.path.join(sys.argv[1], str(i))
+    os.makedirs(d, exist_ok=True)
+    os.close(os.open(os.path.join(d, "f"), os.O_WRONLY | os.O_CREAT, 0o644))
 """
 
 
@@ -126,7 +129,7 @@ def test_power_loss_of_the_secondary_after_a_burst_of_new_files(lab):
 
 def test_power_loss_of_the_primary_loses_no_acknowledged_write(lab):
     run(lab, "node1", WRITE_8MIB, f"{DIR}/big-primary")
-    run(lab, "node1", TOUCH_MANY, f"{DIR}/many", "4200", timeout=300)   # more than the log's 4,096 paths
+    run(lab, "node1", TOUCH_MANY, f"{DIR}/many", "4200", timeout=300)   # more than the log's 4,096 entries
     # The big file left the log before the fix (and lost its pages); with it, it stays in the log or
     # is durable. A last unsynced file makes sure the power loss takes something either way.
     run(lab, "node1", WRITE_8MIB, f"{DIR}/big-last")

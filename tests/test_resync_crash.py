@@ -148,3 +148,65 @@ def test_a_primary_killed_while_streaming_that_restarts_as_primary_resyncs_incre
     resync(pair)
     assert resync_modes(pair)[-1] == "incremental"
     assert_equal_trees(pair)
+
+
+def test_new_files_log_their_directory_and_a_failback_makes_both_copies_identical(mirror_factory):
+    """A burst of new files enters its directory in the activity log (a directory entry), not
+    each file. The primary is power-killed with one more file on its disk only; the crash also
+    took one acknowledged file and one acknowledged write from its disk (a power loss takes the
+    page cache: done by hand here, a kill does not). The fold lists the directory, and the
+    failback resync leaves both copies byte-identical: the file only the survivor has is copied
+    back, the one only the crashed primary has goes."""
+    from hamirror.journal.activity import read_log
+    from hamirror.lab.compare import compare_paths
+
+    pair = mirror_factory("m", timeout=30).start()
+    p = pair.primary
+    os.makedirs(f"{p}/keep")
+    with open(f"{p}/keep/base", "wb") as f:
+        f.write(b"base" * 1000)
+    establish(pair)
+    os.makedirs(f"{p}/burst")
+    for i in range(40):                               # acknowledged new files
+        with open(f"{p}/burst/f{i}", "wb") as f:
+            f.write(os.urandom(4096))
+    lower = lower_dir(pair)
+    os.kill(pair.receiver.pid, signal.SIGSTOP)        # from here nothing reaches the peer
+
+    def unacked() -> None:
+        try:
+            with open(f"{p}/burst/only-on-the-crashed-primary", "wb") as f:
+                f.write(b"never acknowledged")
+        except OSError:
+            pass
+    thread = threading.Thread(target=unacked, daemon=True)
+    thread.start()
+    wait_for(lambda: os.path.exists(f"{lower}/burst/only-on-the-crashed-primary"), 10, what="the create on disk")
+    kill9(pair.mounter)
+    kill9(pair.receiver)
+    pair.umount()
+    thread.join(10)
+    logged = read_log(os.path.join(pair.state, "activity.log"))
+    assert "burst" in logged.dirs and not any(x.startswith("burst/") for x in logged.paths), logged
+    os.unlink(f"{p}/burst/f3")                        # what the power loss took from this disk
+    with open(f"{p}/burst/f5", "r+b") as f:
+        f.write(b"\0" * 4096)
+    with open(f"{pair.secondary}/burst/f7", "rb") as f:
+        f7 = f.read()
+
+    back = failback_pair(pair)
+    try:
+        back.mount(extra=("--alone",))
+        with open(f"{back.primary}/burst/survivor-new", "wb") as f:
+            f.write(b"made after the takeover")
+        back.start_receiver()
+        resync(back)
+        assert resync_modes(back) == ["incremental"]
+        assert compare_paths(lower_dir(back), p, ("survivor", "crashed primary")) == []
+        assert_equal_trees(back)
+        assert not os.path.exists(f"{p}/burst/only-on-the-crashed-primary")
+        with open(f"{p}/burst/f7", "rb") as f:
+            assert f.read() == f7
+        assert os.path.getsize(f"{p}/burst/f3") == 4096
+    finally:
+        back.stop()

@@ -118,7 +118,7 @@ class Interception:
     def create(self, path: str, mode: int, flags: int) -> int:
         p = rel(path)
         own = (flags & ~_STRIP_FLAGS & ~os.O_ACCMODE) | os.O_RDWR | os.O_CLOEXEC
-        with self.repl.change(((p, WHOLE),)) as tx:
+        with self.repl.change(((p, WHOLE),), new=(p,)) as tx:
             try:
                 fd = os.open(p, own | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self.root)
             except FileExistsError:
@@ -292,7 +292,7 @@ class Interception:
     def _new_inode(self, p: str, make, message, mode: int | None = None) -> int:
         """Create ``p`` with ``make()``, give it to the caller, and send ``message(stat)``
         (op, ints, strs) with the resulting owner and mode, and the new entry's and parent's times."""
-        with self.repl.change(((p,),)) as tx:
+        with self.repl.change(((p,),), new=(p,)) as tx:
             make()
             if mode is not None:
                 self._keep_mode(p, mode)
@@ -323,7 +323,7 @@ class Interception:
     def link(self, path: str, existing: str) -> int:
         """Create the hard link ``path`` to the file named ``existing``."""
         new, old = rel(path), rel(existing)
-        with self.repl.change(((new, WHOLE), (old,))) as tx:
+        with self.repl.change(((new, WHOLE), (old,)), new=(new,)) as tx:
             os.link(old, new, src_dir_fd=self.root, dst_dir_fd=self.root, follow_symlinks=False)
             tx.send(Op.LINK, (), (os.fsencode(old), os.fsencode(new)), self._times(parent_of(new)))
         return 0
@@ -344,7 +344,7 @@ class Interception:
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         src, dst = rel(old), rel(new)
-        with self.repl.change(((src,), (dst, WHOLE))) as tx:
+        with self.repl.change(((src,), (dst, WHOLE)), new=(dst,)) as tx:
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))
             tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))

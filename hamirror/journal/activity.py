@@ -17,10 +17,27 @@ Bounded: at most ``capacity`` paths are hot, and the file is rewritten as a snap
 set after ``2 * capacity`` appended entries. After a crash, :func:`read_log` returns the hot set
 (a superset of what may differ), which the resync adds to the changed set.
 
+**Directory entries** (DRBD's trade-off: a hot extent, not a hot block). An operation that creates
+a name in directory D (create, mknod, mkdir, symlink, link, a rename's destination: the caller
+says so, ``enter(..., new=...)``) enters D itself instead of the new path, when the log knows the
+replicated directory (``root_fd``). D's entry means "D, and the name, content, metadata and
+existence of anything directly in D, may differ from the peer", so a burst of new files in one
+directory costs one durable append, and any path directly in D (or D itself) is *covered*: it
+costs a lookup, whatever the operation. A path that is not new and not covered enters itself as
+before (a database's files stay exact). A covered path is charged to D's slot: its calls count in
+D's ``busy``, its newest ticket and durability epoch are D's, so D leaves only when everything it
+covers is settled, acknowledged, durable here and, when delegated, on the peer: the conditions of
+a path entry. Which slot a path was charged to is remembered while a call on it is inside
+(``_charged``), so its ``leave`` settles the same slot even if the hot set changed meanwhile.
+The price is paid after a crash: the fold lists D on this node and compares D and every entry in
+it whole (hamirror.journal.hotdirs), a wider comparison than the new names alone.
+
 Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
 entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no path, set and
 clear the receiver's mark "acknowledged data its primary records may not be durable here",
-hamirror.journal.unsynced: an older release reads them as damage and compares every block). Each frame is one durable
+hamirror.journal.unsynced: an older release reads them as damage and compares every block; 5 and
+6 enter and leave a directory entry: an older release reads them as damage too, and compares
+every path, which is safe). Each frame is one durable
 append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
 next was written, and no change is applied before its frame is durable), so a bad last frame is
 ignored; a bad frame followed by good data means the file is damaged and nothing is trusted.
@@ -37,6 +54,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
+from hamirror.journal import hotdirs
 from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.journal import fsync_dir as _fsync_dir
 
@@ -46,6 +64,8 @@ MAGIC = b"hamirror activity log 1\n"
 DEFAULT_CAPACITY = 4096
 ENTER, LEAVE = 1, 2
 MARK, UNMARK = 3, 4
+ENTER_DIR, LEAVE_DIR = 5, 6
+_OPS = frozenset((ENTER, LEAVE, MARK, UNMARK, ENTER_DIR, LEAVE_DIR))
 _MARK_KEY = "\0mark"   # never a path (a path has no NUL byte)
 _FRAME = struct.Struct("<II")
 _ENTRY = struct.Struct("<BH")
@@ -78,6 +98,22 @@ def encode_frame(entries: Iterable[tuple[int, str]]) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def dir_key(d: str) -> str:
+    """The hot set's key of directory ``d``'s entry: a path never ends with "/"."""
+    return d + "/"
+
+
+def _entry_of(key: str, entering: bool) -> tuple[int, str]:
+    """The log entry of a hot-set key (a path, or a directory entry's :func:`dir_key`)."""
+    if key.endswith("/"):
+        return (ENTER_DIR if entering else LEAVE_DIR), key[:-1]
+    return (ENTER if entering else LEAVE), key
+
+
+def _parent(path: str) -> str:
+    return os.path.dirname(path) or "."
+
+
 @dataclass(frozen=True)
 class Replay:
     """What a log file says: the hot set (``None`` when it cannot be trusted) and why."""
@@ -86,11 +122,13 @@ class Replay:
     torn: bool = False          # the last frame was incomplete (a crash while appending): ignored
     problem: str = ""           # why ``paths`` is None
     marked: bool = False        # the receiver's MARK is set (see the module docstring)
+    dirs: frozenset[str] = frozenset()   # directory entries: each directory and what is directly in it
 
 
 def _replayed(hot: dict[str, None], torn: bool = False) -> Replay:
     marked = _MARK_KEY in hot
-    return Replay(frozenset(p for p in hot if p != _MARK_KEY), torn=torn, marked=marked)
+    return Replay(frozenset(p for p in hot if p != _MARK_KEY and not p.endswith("/")), torn=torn,
+                  marked=marked, dirs=frozenset(p[:-1] for p in hot if p.endswith("/")))
 
 
 def replay(data: bytes) -> Replay:
@@ -131,14 +169,22 @@ def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
             return "entry header cut short"
         op, n = _ENTRY.unpack_from(payload, pos)
         pos += _ENTRY.size
-        if pos + n > len(payload) or op not in (ENTER, LEAVE, MARK, UNMARK) or (op >= MARK and n):
+        if pos + n > len(payload) or op not in _OPS or (op in (MARK, UNMARK) and n) \
+                or (op >= ENTER_DIR and not n):
             return f"bad entry (op {op}, {n} bytes)"
-        path = os.fsdecode(payload[pos:pos + n]) if op < MARK else _MARK_KEY
-        pos += n
-        if op in (ENTER, MARK):
-            hot[path] = None
+        if op in (MARK, UNMARK):
+            key = _MARK_KEY
         else:
-            hot.pop(path, None)
+            key = os.fsdecode(payload[pos:pos + n])
+            if key.endswith("/"):
+                return f"bad entry (op {op}, a path ending with '/')"
+            if op >= ENTER_DIR:
+                key = dir_key(key)
+        pos += n
+        if op in (ENTER, MARK, ENTER_DIR):
+            hot[key] = None
+        else:
+            hot.pop(key, None)
     return ""
 
 
@@ -218,16 +264,21 @@ class ActivityLog:
 
     Starts empty: the caller folds a previous run's log into the journal first (hamirror.resync.crash).
     With ``epochs`` (the directory's durability epochs), a path also stays until its data is on
-    the disk, and a background sync makes it so.
+    the disk, and a background sync makes it so. With ``root_fd`` (the replicated directory) a
+    new name enters its directory (a directory entry); without it, every path enters itself.
     """
 
     def __init__(self, path: str, capacity: int = DEFAULT_CAPACITY, epochs: Epochs | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, root_fd: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("activity log capacity must be at least 1")
         self.path = path
         self.capacity = capacity
+        self.root_fd = root_fd                # lists a directory entry when a link is lost
         self._hot: collections.OrderedDict[str, _Slot] = collections.OrderedDict()
+        # A path whose calls inside are charged to another key's slot (a directory entry that
+        # covers it): [key, calls inside]. Its leave settles that slot, whatever entered since.
+        self._charged: dict[str, list] = {}
         self._lock = threading.Lock()
         self._appended = 0                    # entries since the last snapshot
         self.records = 0                      # durable appends (for tests and figures)
@@ -243,37 +294,57 @@ class ActivityLog:
             self.syncer = Syncer(epochs, self._undurable, lambda epoch: None, name="activity-log",
                                  interval=interval)
 
-    def enter(self, paths: Iterable[str]) -> None:
-        """Mark ``paths`` as being changed; durable on return. Call before applying or sending."""
+    def enter(self, paths: Iterable[str], new: Iterable[str] = ()) -> None:
+        """Mark ``paths`` as being changed; durable on return. Call before applying or sending.
+        ``new``: those of ``paths`` whose name the operation creates (their directory enters)."""
         paths = list(paths)
         with self._lock:
             hot = self._hot
-            if len(paths) == 1:   # most calls: one path, already hot (a file being written)
+            if len(paths) == 1 and not new:   # most calls: one path, already hot or covered
                 slot = hot.get(paths[0])
-                if slot is not None:
+                if slot is not None:          # hot itself (a file being written)
                     hot.move_to_end(paths[0])
                     slot.busy += 1
                     return
-            new = []
-            for p in dict.fromkeys(paths):
-                slot = hot.get(p)
-                if slot is None:
-                    new.append(p)
-                else:
-                    hot.move_to_end(p)
-            if new:
-                self._admit(new)
+                key = self._key_of(paths[0])
+                if key is not None:
+                    hot.move_to_end(key)
+                    self._charge(paths[0], key)
+                    return
+            fresh = set(new) if self.root_fd is not None else ()
+            charged: list[tuple[str, str]] = []
+            later: list[tuple[str, str]] = []
+            missing: dict[str, None] = {}
+            chosen: dict[str, str] = {}       # a path named twice (a rename onto itself): one key
             for p in paths:
-                hot[p].busy += 1
+                key = chosen.get(p) or self._key_of(p)
+                if key is None:
+                    key = dir_key(_parent(p)) if p in fresh and p != "." else p
+                chosen[p] = key
+                if key in hot:                # charged first: busy, so never a victim below
+                    hot.move_to_end(key)
+                    self._charge(p, key)
+                    charged.append((p, key))
+                else:
+                    missing[key] = None
+                    later.append((p, key))
+            if missing:
+                try:
+                    self._admit(list(missing))
+                except BaseException:
+                    for p, key in charged:
+                        self._uncharge(p)
+                    raise
+            for p, key in later:
+                self._charge(p, key)
 
     def leave(self, paths: Iterable[str], ticket: Acknowledgeable | None) -> None:
         """The change block on ``paths`` ended; ``ticket`` is the last operation it sent (if any)."""
         with self._lock:
             for p in paths:
-                slot = self._hot.get(p)
+                slot = self._uncharge(p)
                 if slot is None:
                     continue
-                slot.busy = max(slot.busy - 1, 0)
                 if ticket is not None:
                     slot.sent(ticket, self.peer)
                 if self.epochs is not None:
@@ -281,9 +352,15 @@ class ActivityLog:
 
     def not_on_peer(self) -> list[str]:
         """The hot paths whose last change may be missing from the peer's disk (a call inside,
-        not acknowledged, or not durable there): what a lost link must put in the journal."""
+        not acknowledged, or not durable there): what a lost link must put in the journal. A
+        directory entry gives the directory and every entry in it now (hamirror.journal.hotdirs)."""
         with self._lock:
-            return [p for p, slot in self._hot.items() if not slot.on_peer(self.peer)]
+            keys = [k for k, slot in self._hot.items() if not slot.on_peer(self.peer)]
+        paths = [k for k in keys if not k.endswith("/")]
+        dirs = [k[:-1] for k in keys if k.endswith("/")]
+        if dirs and self.root_fd is not None:
+            paths += hotdirs.expand_all(self.root_fd, dirs)
+        return list(dict.fromkeys(paths))
 
     def recorded(self) -> None:
         """The journal now holds :meth:`not_on_peer`'s paths (the link was lost): the operations
@@ -294,7 +371,7 @@ class ActivityLog:
                     slot.ticket = None
 
     def hot(self) -> list[str]:
-        """The hot set, least recently used first."""
+        """The hot set, least recently used first (a directory entry as ``dir_key(d)``: "d/")."""
         with self._lock:
             return list(self._hot)
 
@@ -314,6 +391,47 @@ class ActivityLog:
 
     # internals (``_lock`` held) --------------------------------------------------------------
 
+    def _key_of(self, path: str) -> str | None:
+        """The hot key a call on ``path`` is charged to, or None (not hot, not covered): its own
+        entry, the key its calls inside already use, its own directory entry, its parent's. (The
+        first two never both exist: a path is charged elsewhere only while it is not hot itself,
+        and it cannot enter itself while a call charged elsewhere is inside.)"""
+        hot = self._hot
+        if path in hot:
+            return path
+        charged = self._charged.get(path)
+        if charged is not None:
+            return charged[0]
+        if self.root_fd is None:
+            return None
+        for key in (dir_key(path), dir_key(_parent(path))):
+            if key in hot:
+                return key
+        return None
+
+    def _charge(self, path: str, key: str) -> None:
+        self._hot[key].busy += 1
+        if key != path:
+            charged = self._charged.get(path)
+            if charged is None:
+                self._charged[path] = [key, 1]
+            else:
+                charged[1] += 1
+
+    def _uncharge(self, path: str) -> _Slot | None:
+        """A call on ``path`` is no longer inside: the slot it was charged to (None: not hot)."""
+        charged = self._charged.get(path)
+        if charged is None:
+            slot = self._hot.get(path)
+        else:
+            slot = self._hot.get(charged[0])
+            charged[1] -= 1
+            if charged[1] <= 0:
+                del self._charged[path]
+        if slot is not None:
+            slot.busy = max(slot.busy - 1, 0)
+        return slot
+
     def _admit(self, new: list[str]) -> None:
         hot = self._hot
         wanted = len(hot) + len(new) - self.capacity
@@ -327,7 +445,7 @@ class ActivityLog:
             self._over = True
         elif self._over and wanted <= 0:
             self._over = False
-        frame = encode_frame([(LEAVE, v) for v in victims] + [(ENTER, p) for p in new])
+        frame = encode_frame([_entry_of(v, False) for v in victims] + [_entry_of(p, True) for p in new])
         if self._appended + len(victims) + len(new) > 2 * self.capacity:
             for v in victims:
                 del hot[v]
@@ -357,12 +475,13 @@ class ActivityLog:
 
 
 def write_snapshot(path: str, paths: list[str], old_fd: int) -> int:
-    """Replace the log at ``path`` with one entering ``paths`` (temporary file, fsync, rename,
-    directory fsync); close ``old_fd`` (if >= 0) and return the new file's descriptor, at its end."""
+    """Replace the log at ``path`` with one entering ``paths`` (hot-set keys: a directory entry's
+    key ends with "/"), through a temporary file, fsync, rename, directory fsync; close ``old_fd``
+    (if >= 0) and return the new file's descriptor, at its end."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        write_all(fd, MAGIC + (encode_frame([(ENTER, p) for p in paths]) if paths else b""))
+        write_all(fd, MAGIC + (encode_frame([_entry_of(p, True) for p in paths]) if paths else b""))
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -51,7 +51,7 @@ class ActivityRecorder(Protocol):
 
     peer: Callable[[Ticket], bool] | None
 
-    def enter(self, paths: Iterable[str]) -> None: ...
+    def enter(self, paths: Iterable[str], new: Iterable[str] = ()) -> None: ...
     def leave(self, paths: Iterable[str], ticket: Ticket | None) -> None: ...
     def not_on_peer(self) -> list[str]: ...
     def recorded(self) -> None: ...
@@ -393,18 +393,22 @@ class Replicator:
 
     # the FUSE side ---------------------------------------------------------------------------
 
-    def change(self, changes: tuple[Change, ...], key: int | None = None) -> "_Change":
+    def change(self, changes: tuple[Change, ...], key: int | None = None, new: tuple[str, ...] = ()) -> "_Change":
         """The block around one operation; ``key`` (an inode number) for a data write or fsync,
-        which then shares the ordering lock with those of other inodes."""
-        return _Change(self, changes, key)
+        which then shares the ordering lock with those of other inodes; ``new``: the paths of
+        ``changes`` whose name the operation creates (the activity log may enter their directory)."""
+        return _Change(self, changes, key, new)
 
     # peer loss -------------------------------------------------------------------------------
 
     def _peer_lost(self, reason: str, failed: list[Ticket]) -> None:
         """Called by the link's I/O thread before any waiter of ``failed`` wakes."""
         changes = flatten_changes(failed)
-        undurable = self._not_on_peer()   # acknowledged, but maybe not on the peer's disk
+        undurable: list[Change] = []
         try:
+            # Acknowledged, but maybe not on the peer's disk (a hot directory is listed: an
+            # error there leaves what it covers unknown, so it cannot be recorded either).
+            undurable = self._not_on_peer()
             if self.fence and not self._granted:
                 self._fence(reason, changes + undurable, self.state if self.state in _STREAMING else self._lost_from)
             else:
@@ -471,12 +475,14 @@ class Replicator:
 class _Change:
     """Context manager behind :meth:`Replicator.change` (see the module docstring)."""
 
-    __slots__ = ("_replicator", "_tx", "_key")
+    __slots__ = ("_replicator", "_tx", "_key", "_new")
 
-    def __init__(self, replicator: Replicator, changes: tuple[Change, ...], key: int | None) -> None:
+    def __init__(self, replicator: Replicator, changes: tuple[Change, ...], key: int | None,
+                 new: tuple[str, ...] = ()) -> None:
         self._replicator = replicator
         self._tx = _Transaction(replicator, changes)
         self._key = key
+        self._new = new
 
     def __enter__(self) -> _Transaction:
         replicator = self._replicator
@@ -505,7 +511,7 @@ class _Change:
                 if tx.held:
                     replicator.pending.update(c[0] for c in tx.changes)
             elif state in _STREAMING and replicator.activity is not None and tx.changes:
-                replicator.activity.enter([c[0] for c in tx.changes])   # write-ahead, for a crash
+                replicator.activity.enter([c[0] for c in tx.changes], self._new)   # write-ahead, for a crash
                 tx.logged = True
         except BaseException:
             lock.release(key)

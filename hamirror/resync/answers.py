@@ -41,7 +41,7 @@ class ResyncAnswers:
         # A primary that crashed and came back as secondary: its activity log completes its
         # journal (the peer then resyncs incrementally, not by a scan of the whole tree).
         self.complete = journal is not None and crash.recover_for_receiver(
-            journal, record.CLEAN.get(journal))
+            journal, record.CLEAN.get(journal), applier.root_fd)
 
     def handle(self, msg: Message) -> bytes | None:
         """Answer a query (a payload) or apply REMOVE / RESYNC_DONE (None)."""

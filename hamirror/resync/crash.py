@@ -11,12 +11,13 @@ decision (:func:`decide`); :func:`recover` acts on it. Both the crashed node's n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 
-from hamirror.journal.activity import ActivityLog, read_log, remove_log, reset_log
-from hamirror.journal import unsynced
+from hamirror.journal.activity import ActivityLog, Replay, read_log, remove_log, reset_log
+from hamirror.journal import hotdirs, unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.mirror.record import COVERED, MirrorRecord
@@ -68,10 +69,14 @@ def activity_log_path(journal: Journal) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(journal.path)), ACTIVITY_LOG)
 
 
-def recover(journal: Journal) -> Recovery:
+def recover(journal: Journal, root_fd: int | None = None) -> Recovery:
     """Fold this node's activity log into its journal when that makes it complete; durable.
 
-    The log is emptied only after the journal holds its paths, so a crash in between folds again.
+    A directory entry is folded as the directory and every entry in it now, listed beneath
+    ``root_fd`` (this node's copy of the replicated directory; hamirror.journal.hotdirs), all
+    compared whole: the resync compares the directory's listing on both sides, so a name only
+    one side has is found too. The log is emptied only after the journal holds its paths, so a
+    crash in between folds again.
     """
     path = activity_log_path(journal)
     replay = read_log(path)
@@ -79,11 +84,17 @@ def recover(journal: Journal) -> Recovery:
     last = MirrorRecord.read(journal)
     result = decide(last.state, last.lost_from, resync_running,
                     replay.paths, replay.problem)
-    if result.fold and replay.paths:
+    if result.fold and (replay.paths or replay.dirs):
         try:
-            journal.record_wholes(sorted(replay.paths))
+            journal.record_wholes(_folded(replay, root_fd))
         except ValueError as exc:      # a path no operation could have named: a damaged log
             result = Recovery(False, False, f"activity log unusable: {exc}")
+        except OSError as exc:         # a hot directory cannot be listed: what it covers is unknown
+            result = Recovery(False, False, f"activity log: a hot directory cannot be listed: {exc}")
+        else:
+            if replay.dirs:
+                result = dataclasses.replace(result, why=f"{result.why}, {len(replay.dirs)} directory entr"
+                                                         f"{'y' if len(replay.dirs) == 1 else 'ies'}")
     if result.fold:
         reset_log(path)
     log.info("journal after an unclean stop: %s (%s)", "complete" if result.covered else "incomplete",
@@ -91,14 +102,24 @@ def recover(journal: Journal) -> Recovery:
     return result
 
 
-def recover_for_receiver(journal: Journal, clean: bool) -> bool:
+def _folded(replay: Replay, root_fd: int | None) -> list[str]:
+    """The paths a replayed log names: its paths, and each directory entry expanded."""
+    paths = sorted(replay.paths or ())
+    if replay.dirs:
+        if root_fd is None:
+            raise OSError("directory entries, and no directory to list them in")
+        paths += hotdirs.expand_all(root_fd, sorted(replay.dirs))
+    return paths
+
+
+def recover_for_receiver(journal: Journal, clean: bool, root_fd: int | None = None) -> bool:
     """The receiver side (a crashed primary came back as secondary): True when the journal's
-    changed set is complete, so the peer may resync incrementally."""
+    changed set is complete, so the peer may resync incrementally. ``root_fd``: its directory."""
     if clean:
         return True
     if COVERED.get(journal):
         return True
-    if recover(journal).covered:
+    if recover(journal, root_fd).covered:
         COVERED.set(journal, True)
         return True
     return False
@@ -108,11 +129,12 @@ def start_mount(journal: Journal, clean: bool, enabled: bool,
                 sync_fd: int | None = None) -> tuple[Recovery | None, ActivityLog | None]:
     """A mount starts: recover a previous crash (None when the last stop was clean), then start
     a fresh, empty activity log (or remove it when it is off: a stale one must never be trusted).
-    With ``sync_fd`` (the lower directory) a path stays in the log until its data is durable.
+    With ``sync_fd`` (the lower directory) a path stays in the log until its data is durable,
+    and a new name enters its directory (a directory entry, listed there after a crash).
 
     From here on the journal is incomplete again until the next clean stop or recovery.
     """
-    result = None if clean else recover(journal)
+    result = None if clean else recover(journal, sync_fd)
     COVERED.set(journal, False)
     if sync_fd is not None:
         unsynced.forget(journal, os.path.dirname(os.path.abspath(journal.path)), sync_fd)
@@ -120,4 +142,4 @@ def start_mount(journal: Journal, clean: bool, enabled: bool,
     if not enabled:
         remove_log(path)
         return result, None
-    return result, ActivityLog(path, epochs=None if sync_fd is None else Epochs(sync_fd))
+    return result, ActivityLog(path, epochs=None if sync_fd is None else Epochs(sync_fd), root_fd=sync_fd)

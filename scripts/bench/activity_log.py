@@ -6,11 +6,11 @@
 Two ``hamirror mirror mount --mode sync`` pairs over loopback, one with the activity log (the
 default) and one with ``--no-activity-log``, both mounted at once; for each repetition and each
 workload the two run in turn (interleaved, so drift hits both; which goes first alternates),
-medians reported. Workloads from
-scripts/bench/workloads.py: new 4 KiB files (the worst case: every file is a new path, so one
-durable log append each), 1 GiB (or 128 MiB with --quick) write + fsync of one file, SQLite
-transactions and 4 KiB write+fsync latency (the same files stay hot: no log write). Then the log
-by itself: ``enter`` of a hot path and of a new path, on the disk of --workdir.
+medians reported. Workloads from scripts/bench/workloads.py: new 4 KiB files (every file a new
+name: one durable log append each before directory entries, one per directory since), 1 GiB
+(or 128 MiB with --quick) write + fsync of one file, SQLite transactions and 4 KiB write+fsync
+latency (the same files stay hot: no log write). Then the log by itself: ``enter`` of a hot
+path, of a path that is not hot and of a new file in a hot directory, on the disk of --workdir.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class _Acked:
 
 
 def micro(directory: str, n: int) -> dict:
-    """Seconds per ``enter``+``leave`` of a hot path and of a new path (one durable append)."""
-    al = ActivityLog(os.path.join(directory, "bench.log"), capacity=4096)
+    """Seconds per ``enter``+``leave`` of a hot path, of a path that is not hot (one durable
+    append) and of a new file in a hot directory (covered by its directory entry)."""
+    root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    al = ActivityLog(os.path.join(directory, "bench.log"), capacity=4096, root_fd=root_fd)
     try:
         al.enter(["hot"])
         al.leave(["hot"], _Acked())
@@ -54,9 +56,17 @@ def micro(directory: str, n: int) -> dict:
             al.enter([f"new/{i}"])
             al.leave([f"new/{i}"], _Acked())
         new = (time.perf_counter() - t0) / n
+        al.enter(["spool/0"], new=["spool/0"])
+        al.leave(["spool/0"], _Acked())
+        t0 = time.perf_counter()
+        for i in range(1, n * 100):
+            al.enter([f"spool/{i}"], new=[f"spool/{i}"])
+            al.leave([f"spool/{i}"], _Acked())
+        covered = (time.perf_counter() - t0) / (n * 100)
     finally:
         al.close()
-    return {"enter_hot_us": hot * 1e6, "enter_new_us": new * 1e6}
+        os.close(root_fd)
+    return {"enter_hot_us": hot * 1e6, "enter_new_us": new * 1e6, "enter_new_in_hot_dir_us": covered * 1e6}
 
 
 def main() -> int:
@@ -106,7 +116,8 @@ def main() -> int:
         print(f"{metric:18} {a:10.2f} {b:10.2f} {a / b:7.2f}  {unit}")
     m = summary["micro"]
     print(f"activity log alone: enter of a hot path {m['enter_hot_us']:.1f} us, of a new path "
-          f"{m['enter_new_us']:.0f} us (one durable append)")
+          f"{m['enter_new_us']:.0f} us (one durable append), of a new file in a hot directory "
+          f"{m['enter_new_in_hot_dir_us']:.1f} us")
     return 0
 
 
