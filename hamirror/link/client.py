@@ -137,6 +137,7 @@ class LinkClient:
         self.peer_durable: int | None = None     # delegated session: newest seq durable on the peer
         self._last_send = time.monotonic()
         self._transport: Transport
+        # Imported here: each transport imports this module (Ticket, KEEPALIVE).
         if self.engine == session.STREAM:
             from hamirror.link.transport_stream import StreamTransport
             self._transport = StreamTransport(self, own, server_key)
