@@ -57,7 +57,7 @@ def test_unknown_keys_are_named_at_every_level(tmp_path):
     assert errors_for(tmp_path, {"[heartbeat]": "[heartbeats]\nport = 1\n\n[heartbeat]",
                                  'node = "node1"': 'node = "node1"\nnmae = "x"',
                                  'addresses = ["198.18.0.2"]': 'addresses = ["198.18.0.2"]\nadress = "x"'}) == [
-        f"{path}: heartbeats: unknown section (expected one of: cluster, fence, heartbeat, http, nodes, notify, quorum)",
+        f"{path}: heartbeats: unknown section (expected one of: cluster, fence, heartbeat, http, link, nodes, notify, quorum)",
         f"{path}: cluster.nmae: unknown key (expected one of: cluster_key_file, keys_dir, modules_dir, name, "
         "node, run_dir, state_dir)",
         f"{path}: nodes[1].adress: unknown key (expected one of: addresses, name)",
@@ -217,3 +217,25 @@ def test_console_actions_is_a_boolean_and_needs_a_token(tmp_path):
     assert errors_for(tmp_path, {"[heartbeat]": http.format("true")}) == [
         f"{path}: http.console_actions: true needs http.token_file: the console's commands are token-authenticated"]
     assert load_cluster(write_cluster(tmp_path, {"[heartbeat]": http.format("false")})).http.console_actions is False
+
+
+def test_link_engine_absent_is_curve_as_in_0_2_0(tmp_path):
+    """A configuration written for 0.2.0 (or kept through an upgrade) has no [link]: curve, the
+    only engine a 0.2.0 peer speaks."""
+    assert load_cluster(write_cluster(tmp_path)).link.engine == "curve"
+
+
+@pytest.mark.parametrize("engine", ["curve", "aead", "stream"])
+def test_link_engine_is_read(tmp_path, engine):
+    path = write_cluster(tmp_path, {"[heartbeat]": f'[link]\nengine = "{engine}"\n\n[heartbeat]'})
+    assert load_cluster(path).link.engine == engine
+
+
+def test_link_engine_problems_name_file_key_and_problem(tmp_path):
+    path = str(tmp_path / "hamirror.toml")
+    assert errors_for(tmp_path, {"[heartbeat]": '[link]\nengine = "tls"\nengin = "aead"\n\n[heartbeat]'}) == [
+        f"{path}: link.engin: unknown key (expected one of: engine)",
+        f"{path}: link.engine: must be one of curve, aead, stream (got 'tls')",
+    ]
+    assert errors_for(tmp_path, {"[heartbeat]": "[link]\nengine = 1\n\n[heartbeat]"}) == [
+        f"{path}: link.engine: must be a string, not an integer"]

@@ -66,10 +66,22 @@ def test_the_fence_script_counts_by_presence_only(tmp_path) -> None:
     ({'addresses = ["198.18.0.2"]': 'addresses = ["198.18.0.22"]'}, ("nodes",)),
     ({'name = "lab"': 'name = "lab2"', "interval = 0.3": "interval = 0.5"}, ("cluster", "heartbeat")),
     ({"[heartbeat]": '[quorum]\nwitness = "198.18.0.254:7402"\n\n[heartbeat]'}, ("quorum",)),
+    ({"[heartbeat]": '[link]\nengine = "stream"\n\n[heartbeat]'}, ("link",)),     # both ends need one engine
 ])
 def test_a_shared_cluster_setting_differs_by_section(tmp_path, cluster_edit, sections) -> None:
     (ours, _), (theirs, _) = _twin(tmp_path, cluster_edit)
     assert differences(ours, theirs, CLUSTER_SECTIONS) == sections
+
+
+def test_a_link_engine_difference_is_a_status_warning(tmp_path) -> None:
+    """One node switched to stream, the other not yet: its link would not connect; the status says
+    which section to compare."""
+    ours = _digests(tmp_path)
+    other = write_cluster(tmp_path / "c", {"[heartbeat]": '[link]\nengine = "stream"\n\n[heartbeat]'})
+    agree = Agreement("node1", "node2", ours, Timeline().add)
+    agree.heard(_peer_hb(ConfigDigests(cluster_digest(other, KEY), ours.modules), modules=("app",)))
+    assert "warning: the cluster file differs from node2's: [link] (compare the two hamirror.toml: " \
+           "docs/configuration.md)" in status_lines(_doc(agree))
 
 
 def test_etcd_credentials_count_by_presence_only(tmp_path) -> None:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 import psutil
 
@@ -36,7 +37,7 @@ from hamirror.agent import spawn
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
-from hamirror.link import fencing
+from hamirror.link import fencing, session
 from hamirror.mirror import status as status_file
 from hamirror.processes import same_start
 
@@ -59,6 +60,16 @@ _SPAWNER_LOCK = threading.Lock()
 
 class DataPathError(Exception):
     """A data-path step failed; the message is for the operator's log."""
+
+
+def link_engine(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The engine this node's mounts and receivers start with, and where it comes from (for the
+    log): ``$HAMIRROR_LINK_ENGINE`` in the agent's environment wins over the cluster file's
+    ``[link] engine`` (an override for one node, e.g. a test); ValueError if it names no engine."""
+    if session.ENGINE_ENV in environ:
+        return (session.engine(environ[session.ENGINE_ENV]),
+                f"${session.ENGINE_ENV} in the agent's environment (the cluster file says {cluster.link.engine})")
+    return cluster.link.engine, f"[link] engine of {cluster.path} ({session.DEFAULT_ENGINE} when absent)"
 
 
 def _alive(pid: int | None, create_time: float | None = None) -> bool:
@@ -100,6 +111,7 @@ class DataPath:
         self.keys_dir, self.peer_name = cluster.keys_dir, peer.name
         self.mode, self.peer_timeout = module.mode, module.peer_timeout
         self.fence_block = cluster.fence.block_timeout
+        self.engine = link_engine(cluster)[0]   # passed as --engine: the spawner's environment may be older
         self._watchers: list = []
         self._silent_since: dict[int, float] = {}     # index -> when a mount first failed to answer
         self._watchdog: threading.Thread | None = None
@@ -239,7 +251,7 @@ class DataPath:
             target = ["--alone"] if alone else ["--peer", self.peers[i], "--peer-key", self.peer_name]
             cmd = [*self.command, "mirror", "mount", "--dir", directory, *target, "--keys", self.keys_dir,
                    "--state-dir", self.dir_states[i], "--mode", self.mode, "--timeout", f"{self.peer_timeout:g}",
-                   "--fence", f"{self.fence_block:g}"]
+                   "--fence", f"{self.fence_block:g}", "--engine", self.engine]
             os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
             code, output = self._run(cmd)
             if code != 0:
@@ -338,7 +350,7 @@ class DataPath:
             os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
             os.makedirs(directory, exist_ok=True)
             cmd = [*self.command, "mirror", "receive", "--dir", directory, "--bind", self.binds[i],
-                   "--keys", self.keys_dir, "--state-dir", self.dir_states[i]]
+                   "--keys", self.keys_dir, "--state-dir", self.dir_states[i], "--engine", self.engine]
             with open(os.path.join(self.dir_states[i], "receiver.log"), "ab") as out:
                 proc = self._start(cmd, out.fileno())
             try:
@@ -352,7 +364,8 @@ class DataPath:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(info, f)
             os.replace(tmp, self._receiver_file(i))
-            log.info("%s: receiver for %s started (pid %d) on %s", self.module, directory, proc.pid, self.binds[i])
+            log.info("%s: receiver for %s started (pid %d) on %s, link engine %s", self.module, directory, proc.pid,
+                     self.binds[i], self.engine)
 
     def _run(self, cmd: list[str]) -> tuple[int, str]:
         """A ``hamirror`` command to its end (forked by the spawner if it can): status, output."""

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from hamirror.actions.fence import FenceStanding, NodeFence
 from hamirror.agent import agreement, both, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
+from hamirror.agent.datapath import link_engine
 from hamirror.agent.events import EventLog
 from hamirror.agent.executor import renew_leases
 from hamirror.agent.http import HttpServer
@@ -65,6 +66,7 @@ class Agent:
         self.cluster, self.modules = cluster, modules
         self.node, self.peer_node = cluster.local_node, cluster.peer_node
         self.fence = NodeFence(cluster, self._fence_standing, self._peer_last_heard, clock=boottime)
+        self.link_engine = link_engine(cluster)   # ValueError (a bad $HAMIRROR_LINK_ENGINE): no start
         self.runners = {m.name: build_runner(m, cluster, self.fence) for m in modules}
         self.events = EventLog(cluster.state_dir, self.node.name)
         self.standby = standby.load(cluster.state_dir)
@@ -196,6 +198,7 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
         log.info("agent for node %s (cluster %s), modules: %s", self.node.name, self.cluster.name,
                  ", ".join(self.runners) or "none")
+        log.info("replication link engine %s, from %s", *self.link_engine)
         self.events.add("agent", f"agent started (pid {os.getpid()}), modules: {', '.join(self.runners) or 'none'}")
         if self.cluster.availability_first:
             self.events.add("config", "neither [quorum] witness nor [fence] script: availability first, a "

@@ -16,6 +16,7 @@ from hamirror.cli import spawner
 from hamirror.cli.common import USAGE, CommandError, default_keys_dir
 from hamirror.fs import mount as fsmount
 from hamirror.heaptrim import IdleTrim
+from hamirror.link import session
 from hamirror.mirror import status as status_file
 from hamirror.syscalls import keep_message_buffers
 
@@ -23,6 +24,13 @@ from hamirror.syscalls import keep_message_buffers
 def endpoint(value: str) -> str:
     """Accept ``HOST:PORT`` as a shorthand for ``tcp://HOST:PORT``."""
     return value if "://" in value else f"tcp://{value}"
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: the agent passes the cluster file's ``[link] engine`` (docs/configuration.md)."""
+    parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
+                        help=f"the replication link engine, the same at both ends (docs/security.md; default: "
+                             f"${session.ENGINE_ENV}, else {session.DEFAULT_ENGINE})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     receive.add_argument("--keys", default=default_keys_dir(), help="CURVE keys directory (default: %(default)s)")
     receive.add_argument("--state-dir", default=None,
                          help="journal and status of this copy (up to date or not, generations)")
+    add_engine(receive)
     receive.set_defaults(func=run_receive)
 
     mnt = actions.add_parser("mount", help="stack the interception layer on DIR and replicate to the peer")
@@ -60,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mnt.add_argument("--no-activity-log", action="store_true",
                      help="do not record the paths being streamed (a crash of this primary then costs a "
                           "resync that scans the whole tree; for measuring what the log costs)")
+    add_engine(mnt)
     mnt.add_argument("--foreground", action="store_true", help="do not detach; serve until unmounted")
     mnt.set_defaults(func=run_mount)
 
@@ -100,7 +110,7 @@ def run_receive(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.dir}: not a directory")
     keep_message_buffers()   # before ZeroMQ's threads: they take their heap from the same arena
     try:
-        receiver = Receiver(args.dir, args.bind, args.keys, state_dir=args.state_dir)
+        receiver = Receiver(args.dir, args.bind, args.keys, state_dir=args.state_dir, engine=args.engine)
     except (KeyError_, OSError, ValueError) as exc:   # ValueError: HAMIRROR_LINK_ENGINE
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # zmq errors: address in use, bad endpoint
@@ -130,7 +140,7 @@ def run_mount(args: argparse.Namespace) -> int:
         state_dir=_state_dir(args), mode=args.mode, ack_timeout=args.timeout,
         window=args.window, peer_key_name=args.peer_key, fence=args.fence is not None,
         fence_timeout=args.fence if args.fence is not None else 60.0,
-        activity_log=not args.no_activity_log)
+        activity_log=not args.no_activity_log, engine=args.engine)
     if args.foreground:
         def ready(err: str | None) -> None:
             print(f"hamirror: {err}" if err else f"mounted {args.dir}", file=sys.stderr if err else sys.stdout,

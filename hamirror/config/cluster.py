@@ -12,6 +12,7 @@ from typing import Any
 from hamirror.config import schema
 from hamirror.config.errors import ConfigError, ErrorList
 from hamirror.config.schema import Field
+from hamirror.link import session
 from hamirror.secretfile import refuse_shared
 
 BELIEF = 0.25     # hamirror.cluster.quorum.BELIEF (config is below cluster: it may not import it)
@@ -111,6 +112,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class LinkConfig:
+    """The replication link. ``engine`` (docs/security.md): never negotiated, so both nodes must
+    say the same; absent, ``curve``, the only engine of 0.2.0, so that a configuration written for
+    it (or an upgraded cluster's) keeps interoperating. New configurations write ``stream``."""
+
+    engine: str = session.DEFAULT_ENGINE
+
+
+LINK_ENGINES = (session.CURVE, session.AEAD, session.STREAM)
+NEW_CLUSTER_ENGINE = session.STREAM     # what the lab and the admin guide's example write
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The whole cluster file. ``node`` is the configured local name (None: use the host name)."""
 
@@ -128,6 +142,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, NodeConfig]
     fence: FenceConfig = FenceConfig()
     notify: NotifyConfig = NotifyConfig()
+    link: LinkConfig = LinkConfig()
 
     @property
     def availability_first(self) -> bool:
@@ -190,7 +205,8 @@ def path_field(base: str, default: str) -> Field:
 def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> ClusterConfig:
     """Build the ClusterConfig from a parsed cluster file, reporting every problem to ``errors``."""
     base = os.path.dirname(os.path.abspath(path))
-    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes", "fence", "notify"))
+    schema.unknown_sections(errors, doc, ("cluster", "heartbeat", "quorum", "http", "nodes", "fence", "notify",
+                                            "link"))
     main = schema.read_table(errors, schema.section(errors, doc, "cluster", True) or {}, "cluster.", {
         "name": Field(schema.string(NODE_NAME, "letters, digits, '_', '.' or '-'")),
         "node": Field(schema.string(NODE_NAME, "a node name"), None),
@@ -225,7 +241,8 @@ def parse_cluster(doc: Mapping[str, Any], path: str, errors: ErrorList) -> Clust
     if fence.script is not None and not os.access(fence.script, os.X_OK):
         errors.add("fence.script", f"{fence.script} is not an executable file")
     cluster = ClusterConfig(path=path, heartbeat=heartbeat, quorum=quorum, http=http,
-                            nodes=_nodes(errors, doc), fence=fence, notify=_notify(errors, doc, base), **main)
+                            nodes=_nodes(errors, doc), fence=fence, notify=_notify(errors, doc, base),
+                            link=_link(errors, doc), **main)
     modules_dir = main["modules_dir"]
     if modules_dir is not None and not os.path.exists(modules_dir):
         errors.add("cluster.modules_dir", f"{modules_dir} does not exist (create it: mkdir -p {modules_dir}; "
@@ -252,6 +269,12 @@ def _notify(errors: ErrorList, doc: Mapping[str, Any], base: str) -> NotifyConfi
     if notify.kinds and notify.script is None:
         errors.add("notify.kinds", "needs notify.script")
     return notify
+
+
+def _link(errors: ErrorList, doc: Mapping[str, Any]) -> LinkConfig:
+    return LinkConfig(**schema.read_table(errors, schema.section(errors, doc, "link", False) or {}, "link.", {
+        "engine": Field(schema.one_of(*LINK_ENGINES), LinkConfig.engine),
+    }))
 
 
 def _heartbeat(errors: ErrorList, doc: Mapping[str, Any]) -> HeartbeatConfig:
@@ -343,5 +366,5 @@ def _check_unique(errors: ErrorList, prefix: str, node: NodeConfig, earlier: lis
         seen[address] = node.name
 
 
-__all__ = ["ClusterConfig", "FenceConfig", "HeartbeatConfig", "HttpConfig", "NodeConfig", "QuorumConfig", "parse_cluster",
-           "split_endpoint"]
+__all__ = ["ClusterConfig", "FenceConfig", "HeartbeatConfig", "HttpConfig", "LinkConfig", "NodeConfig", "QuorumConfig",
+           "parse_cluster", "split_endpoint"]

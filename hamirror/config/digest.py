@@ -38,7 +38,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-CLUSTER_SECTIONS = ("cluster", "nodes", "heartbeat", "quorum", "fence")
+CLUSTER_SECTIONS = ("cluster", "nodes", "heartbeat", "quorum", "fence", "link")
 MODULE_SECTIONS = ("module", "directories", "vip", "scripts", "restart", "failover", "checkers", "vars", "files")
 SHARED_CLUSTER_KEYS = ("name",)          # of [cluster]: the rest names this node or its paths
 # Of [quorum]: each node may reach etcd with its own certificate or user: counted by presence only.
@@ -93,7 +93,7 @@ def cluster_sections(doc: Mapping[str, Any]) -> dict[str, Any]:
     main = doc.get("cluster")
     if isinstance(main, dict):
         found["cluster"] = {k: v for k, v in main.items() if k in SHARED_CLUSTER_KEYS}
-    for name in ("nodes", "heartbeat"):
+    for name in ("nodes", "heartbeat", "link"):   # [link]: both ends of the link must use one engine
         if name in doc:
             found[name] = doc[name]
     quorum = doc.get("quorum")

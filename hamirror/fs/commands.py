@@ -25,8 +25,9 @@ class MountCommands:
 
     def __init__(self, root_fd: int, replicator: Replicator, journal: Journal, keys_dir: str,
                  ack_timeout: float, window: int, snapshot: Callable[[], dict],
-                 token_file: str | None = None) -> None:
+                 token_file: str | None = None, link_engine: str | None = None) -> None:
         self.root_fd = root_fd
+        self.link_engine = link_engine     # the resync's client speaks the mount's engine
         self.token_file = token_file
         self.replicator = replicator
         self.journal = journal
@@ -99,7 +100,7 @@ class MountCommands:
         client = None
         try:
             client = LinkClient(peer, self.keys_dir, peer_key_name=peer_key, ack_timeout=self.ack_timeout,
-                                window=self.window, token_file=self.token_file)
+                                window=self.window, token_file=self.token_file, engine=self.link_engine)
             client.hello(min(self.ack_timeout * 2, 30.0), flags=HELLO_RESYNC)
             old = self.replicator.client
             self.engine = ResyncEngine(self.root_fd, self.replicator, client, self.journal, full=full,

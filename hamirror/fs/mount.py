@@ -56,6 +56,7 @@ class MountOptions:
     fence: bool = False           # peer loss waits for the agent's verdict (the agent's mounts)
     fence_timeout: float = 60.0   # ... at most this long, then writes are refused (EIO)
     activity_log: bool = True     # record paths before streaming them (crash failback without a scan)
+    engine: str | None = None     # the link engine (link/session.py); None: $HAMIRROR_LINK_ENGINE, else curve
 
 
 def default_state_dir(directory: str) -> str:
@@ -176,7 +177,8 @@ def prepare(options: MountOptions) -> tuple[int, Replicator, LinkClient | None, 
         return root_fd, replicator, None, journal
     try:
         client = LinkClient(options.peer, options.keys_dir, peer_key_name=options.peer_key_name,
-                            ack_timeout=options.ack_timeout, window=options.window, token_file=token_file(options))
+                            ack_timeout=options.ack_timeout, window=options.window, token_file=token_file(options),
+                            engine=options.engine)
     except Exception as exc:
         journal.close()
         os.close(root_fd)
@@ -214,7 +216,8 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
         return 1
     status = StatusWriter(options, replicator)
     commands = MountCommands(root_fd, replicator, journal, options.keys_dir, options.ack_timeout,
-                             options.window, status.snapshot, token_file=token_file(options))
+                             options.window, status.snapshot, token_file=token_file(options),
+                             link_engine=options.engine)
     status.commands = commands
     replicator.on_state = lambda state, reason: status.write()
     control = ControlServer(options.state_dir, commands.handle)
