@@ -45,6 +45,21 @@ def test_ratios_are_against_the_baseline_and_glusterfs_of_the_same_run():
     assert "| barrier sequential write + fsync >= 2x GlusterFS | 2.00 | PASS |" in markdown
 
 
+def test_the_link_engine_is_chosen_shown_and_stored(monkeypatch):
+    """Stream by default (what a new cluster runs), $HAMIRROR_LINK_ENGINE still works, --engine wins;
+    the header line and the JSON's parameters say which one a result used."""
+    monkeypatch.delenv("HAMIRROR_LINK_ENGINE", raising=False)
+    assert mirror.parse_args([]).engine == "stream"
+    monkeypatch.setenv("HAMIRROR_LINK_ENGINE", "curve")
+    assert mirror.parse_args([]).engine == "curve"
+    assert mirror.parse_args(["--engine", "aead"]).engine == "aead"
+    summary = mirror_report.summarize({**PARAMS, "engine": "stream"}, {"b": {"small_files": [1.0]}}, [], mirror.CONFIGS)
+    assert summary["parameters"]["engine"] == "stream"
+    assert mirror_report.render(summary).splitlines()[1].endswith("median of 2 interleaved runs, link engine stream")
+    assert mirror_report.render(mirror_report.summarize(PARAMS, {}, [], mirror.CONFIGS)).splitlines()[1].endswith(
+        "link engine not recorded")       # a result saved before the engine was
+
+
 def test_a_failing_column_is_reported_and_the_others_figures_kept(tmp_path):
     args = mirror.parse_args(["--configs", "a", "--workloads", "seq,small", "--size-mib", "1", "--files", "3",
                               "--reps", "2", "--workdir", str(tmp_path)])

@@ -44,6 +44,16 @@ def test_cluster_file_follows_the_schema_and_names_the_node(witness):
         assert data["quorum"]["witness"] == "198.18.0.254:7402"
 
 
+def test_a_new_lab_runs_stream_and_a_0_2_0_configuration_has_no_link_table():
+    """The lab's configurations are new ones: stream. ``lab up --link-engine none`` writes what
+    0.2.0 reads (it refuses an unknown table): curve on both nodes (tests/test_upgrade_lab.py)."""
+    from hamirror.link import session
+
+    assert tomllib.loads(nodeconfig.cluster_toml("node1", False))["link"] == {"engine": "stream"}
+    assert "link" not in tomllib.loads(nodeconfig.cluster_toml("node1", False, engine=None))
+    assert nodeconfig.LINK_ENGINES == (session.CURVE, session.AEAD, session.STREAM)   # named, not imported
+
+
 def test_cluster_file_with_etcd_names_the_three_members():
     data = tomllib.loads(nodeconfig.cluster_toml("node1", False, etcd=True))
     assert data["quorum"] == {"etcd": ["http://198.18.0.251:2379", "http://198.18.0.252:2379",

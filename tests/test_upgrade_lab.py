@@ -293,7 +293,9 @@ def lower_dir(lab: Lab, node: str) -> str:
 
 def test_rolling_upgrade_from_the_previous_release_under_a_writer(tmp_path):
     release = Release(previous_release(str(tmp_path / "previous")), installed_tree(), {n: OLD for n in NODES})
-    with temporary_lab(str(tmp_path / "lab"), agents=False) as lab:
+    # The configuration 0.2.0 reads (no [link] table: it refuses one), kept through the upgrade: curve
+    # on both nodes, old and new code alike.
+    with temporary_lab(str(tmp_path / "lab"), "--link-engine", "none", agents=False) as lab:
         agents = [start_agent(lab, release, node) for node in NODES]
         labagent.wait_ready(lab.paths, agents, ["demo"], timeout=90,
                             status=lambda paths, node: node_status(paths, release, node))

@@ -8,6 +8,7 @@ import sys
 
 from hamirror.cli.common import CommandError
 from hamirror.lab import control, report
+from hamirror.lab.nodeconfig import LINK_ENGINES, NEW_CLUSTER_ENGINE
 from hamirror.lab.naming import DEFAULT_ROOT, ETCD_HOSTS, NODES, LabPaths, resolve_root
 from hamirror.lab.shell import LabError
 
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--console", action="store_true",
                     help="the HTTP API and web console on each node's address (port 9453), one token for both "
                          "(NODE/etc/http.token), console commands on")
+    up.add_argument("--link-engine", choices=(*LINK_ENGINES, "none"), default=NEW_CLUSTER_ENGINE,
+                    help="the nodes' [link] engine (default: %(default)s, what a new cluster writes); none: no "
+                         "[link] table, a configuration as written for 0.2.0 (curve)")
     up.add_argument("--no-agent", action="store_true", help="infrastructure only: do not start agents")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for PRIM/SECOND (default: 60)")
     up.set_defaults(func=_up)
@@ -97,7 +101,8 @@ def _guard(func):
 def _up(paths: LabPaths, args: argparse.Namespace) -> int:
     modules = args.module or ["demo"]
     control.up(paths, modules, witness=args.witness, start_agents=not args.no_agent, timeout=args.timeout,
-               fence=args.fence, console=args.console, etcd=args.etcd, lease=args.lease)
+               fence=args.fence, console=args.console, etcd=args.etcd, lease=args.lease,
+               engine=None if args.link_engine == "none" else args.link_engine)
     what = "infrastructure up (no agents)" if args.no_agent else f"{', '.join(modules)}: PRIM on node1, SECOND on node2"
     print(f"lab {paths.root} ({paths.prefix}): {what}")
     return 0

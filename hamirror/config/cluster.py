@@ -121,7 +121,6 @@ class LinkConfig:
 
 
 LINK_ENGINES = (session.CURVE, session.AEAD, session.STREAM)
-NEW_CLUSTER_ENGINE = session.STREAM     # what the lab and the admin guide's example write
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,11 @@ def check_host(recorded: LabState, host: str, nodes_only: bool = False) -> None:
 
 def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents: bool = True,
        timeout: float = 60.0, fence: bool = False, console: bool = False, etcd: bool = False,
-       lease: int | None = None) -> LabState:
+       lease: int | None = None, engine: str | None = nodeconfig.NEW_CLUSTER_ENGINE) -> LabState:
     """Build the lab; with agents, return once every module is PRIM on node1 and SECOND on node2.
     ``etcd``: three etcd hosts run an etcd cluster, the nodes' quorum (ready before the agents start).
-    ``lease``: the quorum's lease in seconds (the witness's ``--timeout``, or ``etcd_ttl``)."""
+    ``lease``: the quorum's lease in seconds (the witness's ``--timeout``, or ``etcd_ttl``).
+    ``engine``: the nodes' ``[link] engine`` (None: no ``[link]``, a 0.2.0 configuration: curve)."""
     if witness and etcd:
         raise LabError("choose one quorum: --witness or --etcd")
     if lease is not None and not (witness or etcd):
@@ -60,7 +61,7 @@ def up(paths: LabPaths, modules: list[str], witness: bool = False, start_agents:
                         modules=modules)
     state.save(paths, recorded)
     try:
-        nodeconfig.write_all(paths, modules, witness, fence, console, etcd, lease)
+        nodeconfig.write_all(paths, modules, witness, fence, console, etcd, lease, engine)
         netns.create_switch(paths)
         for host in recorded.hosts:
             netns.create_host(paths, host)

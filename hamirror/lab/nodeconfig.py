@@ -23,14 +23,20 @@ REPO_MODULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.p
 ETC = NODE_MOUNTS["etc"]
 
 
+# The link engines (link/session.py) and the one a new cluster writes: named here, not imported, so
+# that the lab's commands start without the configuration's and the link's imports (~0.1 s).
+LINK_ENGINES = ("curve", "aead", "stream")
+NEW_CLUSTER_ENGINE = "stream"
 FENCE_SCRIPT = "fence.sh"
 HTTP_PORT = 9453
 HTTP_TOKEN = "http.token"
 
 
 def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = False, etcd: bool = False,
-                 lease: int | None = None) -> str:
-    """The cluster file as node sees it (paths are the in-namespace ones)."""
+                 lease: int | None = None, engine: str | None = NEW_CLUSTER_ENGINE) -> str:
+    """The cluster file as node sees it (paths are the in-namespace ones). ``engine``: its
+    ``[link] engine``, what a new cluster writes; None: no ``[link]``, a file as written for
+    0.2.0 (which refuses the table), so curve (tests/test_upgrade_lab.py)."""
     lines = [
         "# Written by 'hamirror lab up'.",
         "[cluster]",
@@ -48,6 +54,8 @@ def cluster_toml(node: str, witness: bool, fence: bool = False, console: bool = 
         "timeout = 2.0",
         "",
     ]
+    if engine is not None:
+        lines += ["[link]", f'engine = "{engine}"', ""]
     if witness:
         lines += ["[quorum]", f'witness = "{ADDRESSES[WITNESS]}:{WITNESS_PORT}"', ""]
     if etcd:     # plain HTTP: the lab's network is private to its namespaces
@@ -99,9 +107,11 @@ def fence_script(paths: LabPaths) -> str:
 
 
 def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = False,
-              console: bool = False, etcd: bool = False, lease: int | None = None) -> None:
+              console: bool = False, etcd: bool = False, lease: int | None = None,
+              engine: str | None = NEW_CLUSTER_ENGINE) -> None:
     """Config, heartbeat key, CURVE keys and modules for both nodes (host-side directories); with
-    ``console``, the HTTP API on each node's address with one token for both and commands on."""
+    ``console``, the HTTP API on each node's address with one token for both and commands on;
+    ``engine``: the link's (None: no ``[link]`` table, curve)."""
     sources = [module_source(m) for m in modules]
     cluster_key = secrets.token_bytes(32)
     http_token = secrets.token_urlsafe(24).encode()
@@ -109,7 +119,7 @@ def write_all(paths: LabPaths, modules: list[str], witness: bool, fence: bool = 
         etc = paths.node_dir(node, "etc")
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hamirror.toml"), "w", encoding="utf-8") as f:
-            f.write(cluster_toml(node, witness, fence, console, etcd, lease))
+            f.write(cluster_toml(node, witness, fence, console, etcd, lease, engine))
         if console:
             _write_secret(os.path.join(etc, HTTP_TOKEN), http_token)
         if fence:

@@ -3,11 +3,14 @@
 
     sudo .venv/bin/python scripts/bench/mirror.py [--quick] [--json] [--size-mib N] [--files N]
         [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdeg] [--workloads ...]
+        [--engine curve|aead|stream]
 
 Columns (each in its own fresh directory under --workdir, all on the same disk):
   a  plain      the directory itself, no FUSE
   b  intercept  ``hamirror mirror mount --no-replication``: the baseline of the ratios
-  c  sync       ``hamirror mirror mount --mode sync`` to ``hamirror mirror receive`` over loopback
+  c  sync       ``hamirror mirror mount --mode sync`` to ``hamirror mirror receive`` over loopback,
+                both with the link engine of ``--engine`` (default: ``$HAMIRROR_LINK_ENGINE``, else
+                ``stream``, what a new cluster runs), named in the header and stored in the JSON
   d  async      the same with ``--mode async``
   e  barrier    the same with ``--mode barrier`` (only if this hamirror has it)
   g  glusterfs  a GlusterFS replica-2 volume, one brick per network namespace, FUSE client
@@ -52,6 +55,8 @@ from columns import CONFIGS, Column  # noqa: E402
 from mirror_report import render, summarize  # noqa: E402
 from mirror_targets import OPERATION  # noqa: E402
 
+from hamirror.link import session  # noqa: E402
+
 WORKLOADS = ("seq", "small", "sqlite", "lat", "pgbench")
 
 
@@ -69,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--configs", default="".join(CONFIGS),
                    help=f"subset of {','.join(CONFIGS)} to run (default: all that this machine has)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    p.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
+                   help=f"the replication link engine of c, d, e (default: ${session.ENGINE_ENV}, else "
+                        f"{session.STREAM}: what a new cluster runs)")
     p.add_argument("--workdir", help="where the bench makes its own directory (default: /var/tmp), removed at the end")
     args = p.parse_args(argv)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
@@ -76,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown workload or config: {sorted(unknown) or args.configs} "
                 f"(workloads: {','.join(WORKLOADS)}; configs: {','.join(CONFIGS)})")
     args.configs = "".join(k for k in CONFIGS if k in args.configs)
+    try:
+        args.engine = session.engine(args.engine or os.environ.get(session.ENGINE_ENV, session.STREAM))
+    except ValueError as exc:
+        p.error(str(exc))
     quick = dict(size_mib=128, files=1000, txns=1000, samples=200, pgbench_seconds=10, reps=2)
     full = dict(size_mib=1024, files=10000, txns=10000, samples=1000, pgbench_seconds=30, reps=3)
     for key, value in (quick if args.quick else full).items():
@@ -227,6 +239,7 @@ def main(argv=None) -> int:
         print("needs root (FUSE mounts with allow_other, network namespaces)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupted)
+    os.environ[session.ENGINE_ENV] = args.engine     # every mount and receiver started here inherits it
     bench = Bench(args)
     results: dict[str, dict[str, list[float]]] = {}
     status = 0
@@ -241,7 +254,8 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.teardown()
         shutil.rmtree(bench.root, ignore_errors=True)
-    params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick")}
+    params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick",
+                                            "engine")}
     params.update(pgbench_clients=4, pgbench_scale=5)
     summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
     summary["workdir"] = bench.root
