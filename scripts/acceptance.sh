@@ -272,6 +272,9 @@ for node in "${NODES[@]}"; do
 [cluster]
 name = "accept"
 
+[link]
+engine = "stream"
+
 [[nodes]]
 name = "db1"
 addresses = ["${ADDR[db1]}"]
