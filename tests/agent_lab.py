@@ -8,9 +8,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 import pytest
 
-from hamirror.lab import kvclient
+from hamirror.lab import kvclient, process
+from hamirror.lab.naming import NODES
 from hamirror.lab.testing import TestLab, temporary_lab, unavailable
 
 LAB_MARKS = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
@@ -21,6 +23,22 @@ def agents_lab(tmp_path_factory, name: str, *up_args: str) -> Iterator[TestLab]:
     root = tmp_path_factory.mktemp(name)
     with temporary_lab(str(root / "lab"), *up_args, agents=True) as lab:
         yield lab
+
+
+def link_engines(lab: TestLab) -> dict[str, str | None]:
+    """``{"node1 mount": "stream", "node2 receive": "stream"}``: the ``--engine`` each running
+    mount and receiver was started with (None: without one; the argv of a spawner's child has
+    empty words after it)."""
+    found: dict[str, str | None] = {}
+    for node in NODES:
+        for pid in process.members(lab.paths, node, []):
+            try:
+                argv = [word for word in psutil.Process(pid).cmdline() if word]
+            except psutil.Error:
+                continue
+            if argv[1:4] == ["-m", "hamirror", "mirror"] and argv[4:5] in (["mount"], ["receive"]):
+                found[f"{node} {argv[4]}"] = argv[argv.index("--engine") + 1] if "--engine" in argv else None
+    return found
 
 
 def status(lab: TestLab, node: str) -> dict | None:

@@ -19,7 +19,7 @@ import pytest
 
 from hamirror.agent import events
 from hamirror.lab import agent as labagent
-from tests.agent_lab import LAB_MARKS, agents_lab, get, module, status, tail, wait_for, writing
+from tests.agent_lab import LAB_MARKS, agents_lab, get, link_engines, module, status, tail, wait_for, writing
 from tests.reload_lab import reload_scenario
 
 pytestmark = LAB_MARKS
@@ -49,6 +49,8 @@ def test_cold_start_serves_through_the_vip(lab):
     assert get(lab, "/health")[0] == 200
     assert lab.exec("client", "curl", "-sf", "-X", "PUT", "--data", "v", "http://198.18.0.100:8080/kv/cold").returncode == 0
     assert get(lab, "/kv/cold") == (200, "v")
+    # A new lab's configuration says [link] engine = "stream": its agents start the data path with it.
+    assert link_engines(lab) == {"node1 mount": "stream", "node2 receive": "stream"}
 
 
 def test_reload_adds_and_removes_a_module_without_touching_the_others_and_refuses_a_bad_configuration(lab):

@@ -32,7 +32,7 @@ from hamirror.lab import agent as labagent, compare, kvclient, process, state
 from hamirror.lab.chaos_watch import Sampler
 from hamirror.lab.naming import NODES, LabPaths
 from hamirror.lab.testing import TestLab as Lab, temporary_lab
-from tests.agent_lab import LAB_MARKS, tail
+from tests.agent_lab import LAB_MARKS, link_engines, tail
 
 pytestmark = LAB_MARKS
 
@@ -330,6 +330,8 @@ def test_rolling_upgrade_from_the_previous_release_under_a_writer(tmp_path):
             upgrade_gap = writer.largest_gap(began, time.monotonic())
             assert_code(lab, release, {"node1 agent": NEW, "node1 receive": NEW, "node2 agent": NEW,
                                        "node2 mount": NEW}, "after step 4")
+            # The new daemons were started by agents reading 0.2.0's configuration: curve, explicitly.
+            assert link_engines(lab) == {"node1 receive": "curve", "node2 mount": "curve"}
             plain_new = swap(lab, release, "node2", "node1", poller, writer)
             keys = writer.stop()
         finally:
