@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from hamirror.config.module import ModuleConfig
 from hamirror.modkit import scaffold
 from tests import configfiles
 from tests.configfiles import edit
+from tests.conftest import REPO
 
 SERVERS = {"postgresql": "/usr/lib/postgresql/15/bin/postgres", "mariadb": "/usr/sbin/mariadbd",
            "nginx": "/usr/sbin/nginx"}
@@ -71,9 +73,20 @@ class Local:
         return int(Path(pid_file).read_text().split()[0])
 
 
+def shipped(name: str, root: Path) -> Path:
+    """The repository's modules/NAME (what ships, not the kit's template) on this machine's paths."""
+    folder = Path(shutil.copytree(os.path.join(REPO, "modules", name), root / "modules" / name))
+    doc = tomllib.loads((folder / "module.toml").read_text())
+    (folder / "module.toml").write_text(edit((folder / "module.toml").read_text(), {
+        f'"{doc["directories"][0]["path"]}"': f'"{root}/data"', f'"{doc["vip"]["address"]}"': '"127.0.0.2/8"',
+        f'interface = "{doc["vip"]["interface"]}"': 'interface = "lo"'}))
+    return folder
+
+
 @pytest.fixture
 def local(request) -> Iterator[Local]:
-    template = request.param
+    """request.param: a kit template ("mariadb"), or "shipped/NAME" for the repository's modules/NAME."""
+    template = request.param.removeprefix("shipped/")
     why = missing(template)
     if why:
         pytest.skip(why)
@@ -81,9 +94,12 @@ def local(request) -> Iterator[Local]:
     root.chmod(0o755)                                                # server's user must reach it
     try:
         (root / "hamirror.toml").write_text(CLUSTER)
-        values = scaffold.values_for(template, template, str(root / "modules"), vip="127.0.0.2/8",
-                                     interface="lo", directory=str(root / "data"))
-        folder = Path(scaffold.create(values, str(root / "modules")))
+        if request.param.startswith("shipped/"):
+            folder = shipped(template, root)
+        else:
+            values = scaffold.values_for(template, template, str(root / "modules"), vip="127.0.0.2/8",
+                                         interface="lo", directory=str(root / "data"))
+            folder = Path(scaffold.create(values, str(root / "modules")))
         toml = (folder / "module.toml").read_text()
         for key, value in (("port", str(free_port())), ("server_dir", f'"{root}/sock"'),
                            ("stop_timeout", "3"), ("start_timeout", "60")):
@@ -183,6 +199,82 @@ def test_mariadb_start_idempotent_hang_and_stop(local):
     assert f"stopped (pid {pid})" in log and stopped(pid)
     log = local.run("start_prim")                                # InnoDB and the binlog reopen cleanly
     assert "ready (pid" in log and "first start" not in log.split("start_prim\n")[-1]
+    local.run("stop_prim", "STOP")
+
+
+RECOVERED = ("mariadb start_prim: InnoDB holds 1 prepared transaction(s) and the binlog says it was closed cleanly "
+             "(a power loss during a shutdown, between the binlog's close and InnoDB's): committing them with "
+             "--tc-heuristic-recover=COMMIT, as MariaDB's binlog recovery would (every acknowledged commit is in the "
+             "binlog), then starting again")
+IN_USE = "this binlog is either in use or was not closed properly"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["shipped/mariadb"], indirect=True)
+def test_mariadb_commits_prepared_transactions_left_behind_a_cleanly_closed_binlog(local):
+    """Campaign 2321 (issue 16): power lost during a shutdown after MariaDB closed its binlog and
+    before InnoDB's shutdown leaves a prepared transaction and a binlog marked closed; mariadbd
+    then refused to start ("Found 1 prepared transactions!") and start_prim failed for good. Made
+    here deterministically: a COMMIT held after InnoDB's prepare (group commit waits for a second
+    committer), SIGKILL, the binlog's "in use" flag cleared. start_prim must commit it and start,
+    with every acknowledged transfer there and the bank's total intact."""
+    local.run("start_prim")
+    client = ["mariadb", f"--socket={local.root}/sock/mysqld.sock", "-N", "-B", "-e"]
+
+    def sql(query: str) -> str:
+        return subprocess.run(client + [query], check=True, capture_output=True, text=True, timeout=30).stdout
+
+    def transfer(amount: int, src: int, dst: int) -> str:
+        return (f"START TRANSACTION; UPDATE bank.acct SET bal = bal - {amount} WHERE id = {src}; "
+                f"UPDATE bank.acct SET bal = bal + {amount} WHERE id = {dst}; COMMIT")
+
+    balances = {account: 100 for account in range(1, 6)}
+    sql("CREATE DATABASE bank; CREATE TABLE bank.acct (id INT PRIMARY KEY, bal INT NOT NULL) ENGINE=InnoDB; "
+        "INSERT INTO bank.acct VALUES " + ",".join(f"({account}, 100)" for account in balances))
+    for amount in range(1, 11):                                  # acknowledged: they must all be there
+        src, dst = amount % 5 + 1, (amount + 1) % 5 + 1
+        sql(transfer(amount, src, dst))
+        balances[src] -= amount
+        balances[dst] += amount
+    sql("SET GLOBAL binlog_commit_wait_count = 2, binlog_commit_wait_usec = 20000000")
+    pending = subprocess.Popen(client + [transfer(7, 1, 2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while "ACTIVE (PREPARED)" not in sql("SHOW ENGINE INNODB STATUS"):
+            assert time.monotonic() < deadline, "the COMMIT never sat prepared"
+            time.sleep(0.1)
+        pid = local.server_pid(f"{local.root}/sock/mariadbd.pid")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not stopped(pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        pending.kill()
+        pending.wait()
+
+    # The binlog as its close leaves it: the format description event's flags (byte 21) without "in use".
+    datadir = local.root / "data" / "data"
+    binlog = datadir / Path((datadir / "mariadb-bin.index").read_text().split()[-1]).name
+    dump = ["mariadb-binlog", "--stop-position=256", str(binlog)]
+    assert IN_USE in subprocess.run(dump, check=True, capture_output=True, text=True).stdout
+    with open(binlog, "r+b") as stream:
+        stream.seek(21)
+        assert stream.read(2) == b"\x01\x00"
+        stream.seek(21)
+        stream.write(b"\x00")
+    assert IN_USE not in subprocess.run(dump, check=True, capture_output=True, text=True).stdout
+
+    run = local.run("start_prim").split("start_prim\n")[-1]
+    assert RECOVERED in run and "ready (pid" in run and run.count("starting MariaDB on") == 2, run
+    balances[1] -= 7                                             # the prepared transfer was committed
+    balances[2] += 7
+    rows = sql("SELECT id, bal FROM bank.acct ORDER BY id")
+    assert {int(a): int(b) for a, b in (line.split() for line in rows.splitlines())} == balances
+    assert sql("CHECK TABLE bank.acct EXTENDED").split()[-1] == "OK"
+    local.run("stop_prim", "STOP")
+    run = local.run("start_prim").split("start_prim\n")[-1]
+    assert "ready (pid" in run and "tc-heuristic-recover" not in run
     local.run("stop_prim", "STOP")
 
 
