@@ -111,24 +111,31 @@ class Direction:
 
     def seal(self, parts: list) -> list[bytearray]:
         """Each frame: counter || AES-256-GCM(frame), its index and the message's frame count bound."""
+        if not 1 <= len(parts) <= MAX_PARTS:
+            raise SessionError(f"a message of {len(parts)} frames cannot be sealed")
+        sealed = [bytearray(OVERHEAD + len(part)) for part in parts]
+        self.seal_into(parts, sealed)
+        return sealed
+
+    def seal_into(self, parts: list, frames: list) -> None:
+        """:meth:`seal` into buffers the caller made: ``frames[i]`` is writable, ``OVERHEAD``
+        bytes longer than ``parts[i]`` (a stream record seals its frames in place, behind its
+        head: one buffer, no copy after the encryption)."""
         count = len(parts)
         if not 1 <= count <= MAX_PARTS:
             raise SessionError(f"a message of {count} frames cannot be sealed")
-        sealed = []
         aad = _AADS[count]
         for index, part in enumerate(parts):
             counter = self.counter
             if counter >= LAST_COUNTER:
                 raise SessionError("frame counter exhausted: a new session is needed")
-            out = bytearray(OVERHEAD + len(part))
-            COUNTER.pack_into(out, 0, counter)
+            frame = frames[index]
+            COUNTER.pack_into(frame, 0, counter)
             self._aead.encrypt_into(NONCE.pack(self._direction, counter), part, aad[index],
-                                    memoryview(out)[COUNTER.size:])
+                                    memoryview(frame)[COUNTER.size:])
             self.counter = counter = counter + 1
             if not counter % REKEY_EVERY:
                 self._rekey()
-            sealed.append(out)
-        return sealed
 
     def open(self, parts: list) -> list[bytes]:
         """The plaintext frames; SessionError for anything but the next frames, intact, in order.
@@ -287,6 +294,11 @@ class Sessions:
         """A reply for ``identity``, sealed; None if its session is gone (the reply is dropped)."""
         channel = self._sessions.get(identity)
         return channel.send.seal(parts) if channel is not None else None
+
+    def sender(self, identity: bytes) -> Direction | None:
+        """What seals replies to ``identity``; None if its session is gone (the reply is dropped)."""
+        channel = self._sessions.get(identity)
+        return channel.send if channel is not None else None
 
     def established(self, identity: bytes) -> bool:
         return identity in self._sessions

@@ -142,20 +142,21 @@ class StreamServer:
     def send_all(self, replies: list[tuple[bytes, list]]) -> None:
         """Replies in order, sealed; each connection's as one ``sendmsg`` (a batch of replies held
         for the unsynced log's flush goes out in one system call)."""
-        if len(replies) == 1:   # the common case: one reply, one record
+        sender = self.sessions.sender
+        if len(replies) == 1:   # the common case: one reply, one record, one buffer
             ident, reply = replies[0]
             conn = self._open.get(ident)
-            sealed = self.sessions.seal(ident, reply) if conn is not None else None
-            if sealed is not None:   # else the connection or its session is gone: nobody can read it
-                record = stream.sealed_record(sealed)
-                self._queue(conn, record, _RECORD_SIZE(record))
+            direction = sender(ident) if conn is not None else None
+            if direction is not None:   # else the connection or its session is gone: nobody can read it
+                record = stream.seal_record(direction, reply)
+                self._queue(conn, record, len(record[0]))
             return
         batches: dict[bytes, list] = {}
         for ident, reply in replies:
             conn = self._open.get(ident)
-            sealed = self.sessions.seal(ident, reply) if conn is not None else None
-            if sealed is not None:
-                batches.setdefault(ident, []).extend(stream.sealed_record(sealed))
+            direction = sender(ident) if conn is not None else None
+            if direction is not None:
+                batches.setdefault(ident, []).extend(stream.seal_record(direction, reply))
         for ident, buffers in batches.items():
             conn = self._open.get(ident)
             if conn is not None:   # (closed meanwhile: by a cap, in this batch)
@@ -330,12 +331,6 @@ class StreamServer:
             return None
 
 
-def _record_size(record: list) -> int:
-    """The bytes of a record from ``stream.sealed_record``: its length field, plus that field."""
-    return stream.LENGTH.unpack_from(record[0])[0] + stream.LENGTH.size
-
-
-_RECORD_SIZE = _record_size
 _NOT_IN, _NOT_OUT = ~select.EPOLLIN, ~select.EPOLLOUT   # as ``selectors``: HUP and ERR wake both
 
 
