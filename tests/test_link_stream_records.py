@@ -29,6 +29,33 @@ def test_records_survive_any_split_and_keep_their_bytes():
     assert records.buffered == 0
 
 
+def test_whole_records_in_received_bytes_are_not_copied():
+    """What recv returns is split in place: the bodies are views of those bytes; only an
+    unfinished tail is kept (copied), and completes with the next bytes."""
+    sealer, opener = _pair()
+    wire = _wire([stream.seal_record(sealer, [b"first"]), stream.seal_record(sealer, [b"second"]),
+                  stream.seal_record(sealer, [b"third"])])
+    records = stream.Records(stream.MAX_MESSAGE)
+    received = wire[:-7]
+    bodies = records.feed(received)
+    assert len(bodies) == 2 and all(body.obj is received for body in bodies)
+    assert records.buffered == len(wire) - 7 - sum(len(body) + stream.LENGTH.size for body in bodies)
+    bodies += records.feed(wire[-7:])
+    assert [bytes(stream.open_record(opener, body)[0]) for body in bodies] == [b"first", b"second", b"third"]
+    assert records.buffered == 0
+
+
+def test_a_record_is_one_buffer_and_the_same_bytes_as_its_sealed_frames():
+    """seal_record seals each frame in place behind the record's head: one buffer to send,
+    byte for byte what sealing the frames and adding the head gives."""
+    key = os.urandom(32)
+    in_place, apart = session.Direction(key, session.TO_PRIMARY), session.Direction(key, session.TO_PRIMARY)
+    for parts in ([b"a reply"], [b"a reply", b"its payload"], [b"h", b"", b"x" * 70_000]):
+        record = stream.seal_record(in_place, parts)
+        assert len(record) == 1
+        assert bytes(record[0]) == _wire([stream.sealed_record(apart.seal(parts))])
+
+
 def test_a_body_stays_valid_after_the_next_feed():
     sealer, _ = _pair()
     wire = _wire([stream.seal_record(sealer, [b"a"]), stream.seal_record(sealer, [b"b"])])

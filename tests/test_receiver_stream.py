@@ -279,10 +279,9 @@ def test_a_stream_client_gets_nothing_from_a_zeromq_receiver(tmp_path, engine):
     assert os.listdir(tmp_path / "secondary") == [] and receiver.last_message is None
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-def test_one_message_costs_the_receiver_one_wait_one_read_one_send(tmp_path, monkeypatch):
-    """No I/O thread and no wake-up between threads: the receiver's one thread waits, reads and
-    answers each waited PING (counted by strace on a real receiver process)."""
+def _receiver_calls(tmp_path, monkeypatch, talk) -> collections.Counter:
+    """The system calls of a real receiver process (strace) while ``talk(sender)`` runs, after
+    the HELLO; an idle wait that timed out (= 0) is not a message's."""
     monkeypatch.setenv(session.ENGINE_ENV, session.STREAM)
     pair = MirrorPair(str(tmp_path))
     pair.start_receiver()
@@ -292,20 +291,44 @@ def test_one_message_costs_the_receiver_one_wait_one_read_one_send(tmp_path, mon
         strace = subprocess.Popen(["strace", "-f", "-o", trace, "-p", str(pair.receiver.pid)],
                                   stderr=subprocess.PIPE, text=True)
         assert "attached" in strace.stderr.readline()
-        for _ in range(MESSAGES):
-            assert sender.exchange([encode(Op.PING, SESSION, sender.seq)]).status == OK
-            sender.seq += 1
+        talk(sender)
     finally:
         if strace is not None:
             strace.send_signal(signal.SIGINT)
             strace.wait(10)
         sender.close()
         pair.stop()
-    with open(trace) as f:   # an idle wait that timed out (= 0) is not a message's
-        calls = collections.Counter(line.split()[1].split("(")[0] for line in f
-                                    if "(" in line and not line.rstrip().endswith("= 0") and "resumed>" not in line)
+    with open(trace) as f:
+        return collections.Counter(line.split()[1].split("(")[0] for line in f
+                                   if "(" in line and not line.rstrip().endswith("= 0") and "resumed>" not in line)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_one_message_costs_the_receiver_one_wait_one_read_one_send(tmp_path, monkeypatch):
+    """No I/O thread and no wake-up between threads: the receiver's one thread waits, reads and
+    answers each waited PING (counted by strace on a real receiver process)."""
+    def pings(sender: RawSender) -> None:
+        for _ in range(MESSAGES):
+            assert sender.exchange([encode(Op.PING, SESSION, sender.seq)]).status == OK
+            sender.seq += 1
+    calls = _receiver_calls(tmp_path, monkeypatch, pings)
     for name in ("epoll_wait", "recvfrom", "sendmsg"):
         assert MESSAGES <= calls[name] <= MESSAGES * 1.05, (name, calls.most_common(8))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_replies_held_for_the_unsynced_log_go_out_together(tmp_path, monkeypatch):
+    """Pipelined CREATEs of new paths: their replies wait for one flush of the unsynced log per
+    batch, then each batch leaves in one sendmsg (not one per reply), every reply OK and in order."""
+    def creates(sender: RawSender) -> None:
+        client = sender.socket
+        client.send_raw(b"".join(bytes(b) for n in range(1, MESSAGES + 1) for b in stream.seal_record(
+            client.channel.send, [encode(Op.CREATE, SESSION, n, (0o100644, 0, 0, 0), (b"f%d" % n,))])))
+        assert [decode_reply(client.recv_multipart()) for _ in range(MESSAGES)] == \
+            [Reply(n, OK, durable=None) for n in range(1, MESSAGES + 1)]
+    calls = _receiver_calls(tmp_path, monkeypatch, creates)
+    assert calls["sendmsg"] <= MESSAGES // 8, calls.most_common(8)
+    assert sorted(os.listdir(tmp_path / "secondary")) == sorted(f"f{n}" for n in range(1, MESSAGES + 1))
 
 
 @pytest.mark.parametrize("bind,expected", [

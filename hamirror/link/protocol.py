@@ -21,7 +21,7 @@ import json
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from hamirror import versions
 
@@ -147,8 +147,11 @@ class ProtocolError(ValueError):
 Times = tuple[bytes, int, int]
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One decoded operation. A named tuple (immutable, as a frozen dataclass): :func:`decode`
+    makes one per message, and a frozen dataclass's ``__init__`` alone cost more than the rest
+    of the decode (docs/performance.md, "The stream receiver's CPU per message")."""
+
     op: Op
     session: int
     seq: int
@@ -430,10 +433,13 @@ def encode_reply(seq: int, status: int = OK, err: int = 0, message: str = "",
 def with_durable(frames: list[bytes], durable: int) -> list[bytes]:
     """An OK reply with the durable field added (only in a session the primary delegated: an
     older primary refuses a longer header)."""
-    head = bytes(frames[0])
-    if len(head) != _REPLY.size or _REPLY.unpack(head)[2] != OK:
+    head = frames[0]
+    if len(head) != _REPLY.size or head[_STATUS_AT] != OK:
         return frames
-    return [head + _DURABLE.pack(durable), *frames[1:]]
+    return [bytes(head) + _DURABLE.pack(durable), *frames[1:]]
+
+
+_STATUS_AT = 3   # a reply header's status byte (after the magic and the version)
 
 
 def decode_reply(frames: list) -> Reply:

@@ -34,6 +34,7 @@ STREAM = "stream"   # aead records on a TCP connection of their own, no ZeroMQ (
 DEFAULT_ENGINE = CURVE   # a previous-release peer speaks CURVE only (docs/upgrade.md)
 
 MAGIC = b"hmK"
+_MAGIC_0 = MAGIC[0]
 VERSION = 1
 INIT, ACCEPT, CONFIRM, REFUSE = 1, 2, 3, 4
 KEY = 32
@@ -103,54 +104,73 @@ class Direction:
     def __init__(self, key: bytes, direction: int) -> None:
         self._key, self._aead, self._direction, self.counter = key, AESGCM(key), direction, 0
 
-    def _next(self) -> None:
-        self.counter += 1
-        if self.counter % REKEY_EVERY == 0:   # both sides at the same frame; the old key is gone
-            self._key = _hkdf(self._key, b"", REKEY_INFO, KEY)
-            self._aead = AESGCM(self._key)
+    def _rekey(self) -> None:
+        """Every REKEY_EVERY frames: both sides at the same frame; the old key is gone."""
+        self._key = _hkdf(self._key, b"", REKEY_INFO, KEY)
+        self._aead = AESGCM(self._key)
 
     def seal(self, parts: list) -> list[bytearray]:
         """Each frame: counter || AES-256-GCM(frame), its index and the message's frame count bound."""
+        if not 1 <= len(parts) <= MAX_PARTS:
+            raise SessionError(f"a message of {len(parts)} frames cannot be sealed")
+        sealed = [bytearray(OVERHEAD + len(part)) for part in parts]
+        self.seal_into(parts, sealed)
+        return sealed
+
+    def seal_into(self, parts: list, frames: list) -> None:
+        """:meth:`seal` into buffers the caller made: ``frames[i]`` is writable, ``OVERHEAD``
+        bytes longer than ``parts[i]`` (a stream record seals its frames in place, behind its
+        head: one buffer, no copy after the encryption)."""
         count = len(parts)
         if not 1 <= count <= MAX_PARTS:
             raise SessionError(f"a message of {count} frames cannot be sealed")
-        sealed = []
+        aad = _AADS[count]
         for index, part in enumerate(parts):
-            if self.counter >= LAST_COUNTER:
+            counter = self.counter
+            if counter >= LAST_COUNTER:
                 raise SessionError("frame counter exhausted: a new session is needed")
-            out = bytearray(OVERHEAD + len(part))
-            COUNTER.pack_into(out, 0, self.counter)
-            self._aead.encrypt_into(NONCE.pack(self._direction, self.counter), part, _aad(index, count),
-                                    memoryview(out)[COUNTER.size:])
-            self._next()
-            sealed.append(out)
-        return sealed
+            frame = frames[index]
+            COUNTER.pack_into(frame, 0, counter)
+            self._aead.encrypt_into(NONCE.pack(self._direction, counter), part, aad[index],
+                                    memoryview(frame)[COUNTER.size:])
+            self.counter = counter = counter + 1
+            if not counter % REKEY_EVERY:
+                self._rekey()
 
-    def open(self, parts: list) -> list[memoryview]:
+    def open(self, parts: list) -> list[bytes]:
         """The plaintext frames; SessionError for anything but the next frames, intact, in order.
-        Counts, sizes and counters are checked before anything is allocated."""
+        Counts, sizes and counters are checked before anything is allocated.
+
+        Per frame one ``AESGCM.decrypt`` straight from the sealed frame's view (its plaintext is
+        the one allocation: no buffer to fill and no view of it, and ``protocol.decode`` takes
+        the bytes as they are): the receiver opens every message on its critical path
+        (docs/performance.md, "The stream receiver's CPU per message")."""
         count = len(parts)
         if not 1 <= count <= MAX_PARTS:
             raise SessionError(f"a message of {count} frames (1 to {MAX_PARTS} expected)")
-        views = [memoryview(p) for p in parts]
-        for index, view in enumerate(views):
-            if not OVERHEAD <= len(view) <= MAX_SEALED:
-                raise SessionError(f"a sealed frame of {len(view)} bytes ({OVERHEAD} to {MAX_SEALED} expected)")
-            counter = COUNTER.unpack_from(view)[0]
-            if counter != self.counter + index:
-                raise SessionError(f"frame counter {counter}, expected {self.counter + index} "
+        expected = self.counter
+        for part in parts:
+            size = len(part)
+            if not OVERHEAD <= size <= MAX_SEALED:
+                raise SessionError(f"a sealed frame of {size} bytes ({OVERHEAD} to {MAX_SEALED} expected)")
+            counter = _COUNTER_AT(part)[0]
+            if counter != expected:
+                raise SessionError(f"frame counter {counter}, expected {expected} "
                                    "(replayed, reordered or lost)")
+            expected += 1
         plain = []
-        for index, view in enumerate(views):
-            out = bytearray(len(view) - OVERHEAD)
+        aad = _AADS[count]
+        for index, part in enumerate(parts):
+            counter = self.counter
             try:
-                self._aead.decrypt_into(NONCE.pack(self._direction, self.counter), view[COUNTER.size:],
-                                        _aad(index, count), out)
+                plain.append(self._aead.decrypt(NONCE.pack(self._direction, counter),
+                                                memoryview(part)[COUNTER.size:], aad[index]))
             except InvalidTag:
-                raise SessionError(f"frame {self.counter} failed authentication (altered, or not from the peer)") \
+                raise SessionError(f"frame {counter} failed authentication (altered, or not from the peer)") \
                     from None
-            self._next()
-            plain.append(memoryview(out))
+            self.counter = counter = counter + 1
+            if not counter % REKEY_EVERY:
+                self._rekey()
         return plain
 
 
@@ -221,7 +241,8 @@ class Sessions:
         first = frames[0] if frames else b""
         channel = self._sessions.get(identity)
         try:
-            if channel is not None and not is_handshake(first):
+            # a sealed frame starts with its counter (below 2^62): never MAGIC's first byte
+            if channel is not None and (not first or first[0] != _MAGIC_0 or not is_handshake(first)):
                 return channel.recv.open(frames), None
             if len(frames) != 1 or not is_handshake(first):
                 raise SessionError("a message outside any session (the handshake comes first)")
@@ -274,6 +295,11 @@ class Sessions:
         channel = self._sessions.get(identity)
         return channel.send.seal(parts) if channel is not None else None
 
+    def sender(self, identity: bytes) -> Direction | None:
+        """What seals replies to ``identity``; None if its session is gone (the reply is dropped)."""
+        channel = self._sessions.get(identity)
+        return channel.send if channel is not None else None
+
     def established(self, identity: bytes) -> bool:
         return identity in self._sessions
 
@@ -288,11 +314,9 @@ def _expect(message: bytes, kind: int, size: int) -> None:
                            f"{size} bytes)")
 
 
-def _aad(index: int, count: int) -> bytes:
-    return _AAD[index, count]
-
-
-_AAD = {(i, n): b"hmF1" + bytes((i, n)) for n in range(1, MAX_PARTS + 1) for i in range(n)}
+# A frame's associated data (its index and the message's frame count), by count then index.
+_AADS = [tuple(b"hmF1" + bytes((i, n)) for i in range(n)) for n in range(MAX_PARTS + 1)]
+_COUNTER_AT = COUNTER.unpack_from
 
 
 def _public(key: X25519PrivateKey) -> bytes:

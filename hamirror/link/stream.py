@@ -31,6 +31,9 @@ MAX_MESSAGE = COUNT.size + session.MAX_PARTS * (LENGTH.size + session.MAX_SEALED
 READ_SIZE = 256 * 1024   # bytes asked of one recv: many small records, or a good piece of a large one
 
 
+_LENGTH_AT = LENGTH.unpack_from
+
+
 class RecordError(Exception):
     """The byte stream is not a valid record stream; the connection must be closed."""
 
@@ -43,20 +46,30 @@ def handshake_record(message: bytes) -> bytes:
 
 
 def seal_record(direction: session.Direction, parts: list) -> list:
-    """One link message as a record, sealed: a list of buffers for ``socket.sendmsg`` (the sealed
-    frames are not copied again into one)."""
-    return sealed_record(direction.seal(parts))
+    """One link message as a record, sealed: a list of buffers for ``socket.sendmsg``. One
+    buffer: the head, then each frame sealed in place behind it (no copy after the encryption)."""
+    count = len(parts)
+    if not 1 <= count <= session.MAX_PARTS:
+        return sealed_record(direction.seal(parts))   # (seal refuses it, with its message)
+    sizes = [session.OVERHEAD + len(part) for part in parts]
+    head = _HEADS[count]
+    record = bytearray(head.size + sum(sizes))
+    head.pack_into(record, 0, len(record) - LENGTH.size, count, *sizes)
+    view, offset, frames = memoryview(record), head.size, []
+    for size in sizes:
+        frames.append(view[offset:offset + size])
+        offset += size
+    direction.seal_into(parts, frames)
+    return [record]
 
 
 def sealed_record(sealed: list) -> list:
-    """Frames already sealed (``session.Sessions.seal``) as one record: its head, then the frames."""
-    head = bytearray(LENGTH.size + COUNT.size + LENGTH.size * len(sealed))
-    body = len(head) - LENGTH.size + sum(len(frame) for frame in sealed)
-    LENGTH.pack_into(head, 0, body)
-    COUNT.pack_into(head, LENGTH.size, len(sealed))
-    for index, frame in enumerate(sealed):
-        LENGTH.pack_into(head, LENGTH.size + COUNT.size + LENGTH.size * index, len(frame))
-    return [head, *sealed]
+    """Frames already sealed (``session.Sessions.seal``) as one record: its head (one ``pack``
+    of the record's length, the count and the frame lengths), then the frames."""
+    count = len(sealed)
+    sizes = [len(frame) for frame in sealed]
+    head = _HEADS[count] if count < len(_HEADS) else struct.Struct(f">IB{count}I")   # (a fuzzer's: too many)
+    return [head.pack(COUNT.size + LENGTH.size * count + sum(sizes), count, *sizes), *sealed]
 
 
 def open_record(direction: session.Direction, body: memoryview) -> list[memoryview]:
@@ -68,24 +81,29 @@ def open_record(direction: session.Direction, body: memoryview) -> list[memoryvi
 def record_frames(body: memoryview) -> list[memoryview]:
     """The sealed frames of one record body, unopened (``session.Sessions.incoming`` opens them);
     SessionError for a bad layout."""
-    if len(body) < COUNT.size:
+    size = len(body)
+    if size < COUNT.size:
         raise session.SessionError("an empty record")
     count = body[0]
     if not 1 <= count <= session.MAX_PARTS:
         raise session.SessionError(f"a record of {count} frames (1 to {session.MAX_PARTS} expected)")
     offset = COUNT.size + LENGTH.size * count
-    if len(body) < offset:
+    if size < offset:
         raise session.SessionError("a record shorter than its frame table")
     frames = []
-    for index in range(count):
-        size = LENGTH.unpack_from(body, COUNT.size + LENGTH.size * index)[0]
-        if size > len(body) - offset:
+    for length in _TABLES[count].unpack_from(body, COUNT.size):
+        if length > size - offset:
             raise session.SessionError("a record's frame runs past its end")
-        frames.append(body[offset:offset + size])
-        offset += size
-    if offset != len(body):
-        raise session.SessionError(f"{len(body) - offset} bytes after a record's last frame")
+        frames.append(body[offset:offset + length])
+        offset += length
+    if offset != size:
+        raise session.SessionError(f"{size - offset} bytes after a record's last frame")
     return frames
+
+
+# By frame count: a record's head (length, count, frame lengths) and its frame table, one struct each.
+_HEADS = [struct.Struct(f">IB{n}I") for n in range(session.MAX_PARTS + 1)]
+_TABLES = [struct.Struct(f">{n}I") for n in range(session.MAX_PARTS + 1)]
 
 
 class Records:
@@ -101,21 +119,31 @@ class Records:
 
     def feed(self, data: bytes | memoryview) -> list[memoryview]:
         """The complete record bodies that ``data`` ends (in order); the rest is kept. The bodies
-        are views of a buffer this object no longer touches: the caller may keep them."""
+        are views of a buffer this object no longer touches: the caller may keep them. With
+        nothing kept from before and ``data`` a ``bytes`` (as ``recv`` returns it), the bodies
+        are views of ``data`` itself: its bytes are not copied (only an unfinished tail is)."""
         buffer = self._buffer
-        buffer += data
+        if buffer or type(data) is not bytes:
+            buffer += data
+        else:
+            buffer = data
         bodies: list[memoryview] = []
-        start, end = 0, len(buffer)
+        start, end, limit = 0, len(buffer), self.limit
+        view = memoryview(buffer)
         while end - start >= LENGTH.size:
-            size = LENGTH.unpack_from(buffer, start)[0]
-            if not 0 < size <= self.limit:
-                raise RecordError(f"a record of {size} bytes (1 to {self.limit} allowed here)")
+            size = _LENGTH_AT(buffer, start)[0]
+            if not 0 < size <= limit:
+                raise RecordError(f"a record of {size} bytes (1 to {limit} allowed here)")
             if end - start - LENGTH.size < size:
                 break
-            bodies.append(memoryview(buffer)[start + LENGTH.size:start + LENGTH.size + size])
-            start += LENGTH.size + size
-        if bodies:   # the views pin this buffer: the unfinished tail moves to a new one
-            self._buffer = bytearray(memoryview(buffer)[start:])
+            start += LENGTH.size
+            bodies.append(view[start:start + size])
+            start += size
+        if buffer is data:   # nothing was kept (self._buffer is empty): only an unfinished tail is
+            if start < end:
+                self._buffer = bytearray(view[start:])
+        elif bodies:   # the views pin this buffer: the unfinished tail moves to a new one
+            self._buffer = bytearray(view[start:])
         return bodies
 
     def wanted(self) -> int:

@@ -201,9 +201,7 @@ class Receiver:
             if self.unsynced.delegated:   # the primary keeps each path until this disk has it
                 durable = self.unsynced.durable_seq
                 replies = [(identity, with_durable(reply, durable)) for identity, reply in replies]
-        send = self.link.send
-        for identity, reply in replies:
-            send(identity, reply)
+        self.link.send_all(replies)
 
     def _session_refused(self, identity: Hashable, reason: str, key: bytes, established: bool) -> None:
         """(aead, stream) A handshake refused or a session ended by a bad frame: logged and

@@ -2,7 +2,7 @@
 
 Why: ZeroMQ's I/O threads cost about 89 µs of CPU per small message on each side
 (docs/native.md, "Not native yet: the link"). Here the receiver's one thread reads its
-connections itself (``selectors``, non-blocking sockets): each connection carries the ``aead``
+connections itself (epoll, non-blocking sockets): each connection carries the ``aead``
 session's messages as records (link/stream.py), opened and sealed through one
 ``session.Sessions`` keyed by a connection id.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import selectors
+import select
 import socket
 import time
 
@@ -34,7 +34,8 @@ HANDSHAKE_DEADLINE = 5.0     # seconds from accept to an established session
 MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above, it is closed
 BACKLOG = 100                # as ZeroMQ's listen()
 ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
-IOV = 64                     # buffers per sendmsg when a queue is flushed
+IOV = 64                     # buffers per sendmsg (a batch of replies with more is queued, then flushed)
+_READ, _WRITE = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
 
 
 class ListenError(Exception):
@@ -93,8 +94,12 @@ class StreamServer:
         self.endpoint = f"tcp://[{name[0]}]:{name[1]}" if family == socket.AF_INET6 else f"tcp://{name[0]}:{name[1]}"
         self.sessions = sessions
         self.idle = idle_ms / 1000
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        # epoll itself, not ``selectors``: its select() costs ~0.6 µs more per wake-up, and the
+        # receiver wakes once per message (docs/performance.md)
+        self.epoll = select.epoll()
+        self.epoll.register(self.listener.fileno(), _READ)
+        self._listener_fd = self.listener.fileno()
+        self._by_fd: dict[int, _Connection] = {}
         self.connections = 0
         self.closed_at: float | None = None
         self._last_closed = False
@@ -108,32 +113,54 @@ class StreamServer:
 
     def receive(self, wait: bool) -> tuple[bytes, list | None] | None:
         """The next opened message: one recv may bring many; None when none came."""
-        if not self._ready:
-            self._expire(time.monotonic())
-            for key, events in self.selector.select(self.idle if wait else 0):
+        ready = self._ready
+        if not ready:
+            if self._waiting:
+                self._expire(time.monotonic())
+            by_fd = self._by_fd
+            for fd, events in self.epoll.poll(self.idle if wait else 0):
+                conn = by_fd.get(fd)
                 try:
-                    self._event(key.data, events)
+                    if conn is None:
+                        if fd == self._listener_fd:
+                            self._accept()
+                        continue   # (closed meanwhile: by a cap, in this round)
+                    # as ``selectors``: an error or a hang-up wakes the reader (and the writer)
+                    if events & _NOT_IN and conn.out:
+                        self._flush(conn)
+                    if conn.open and events & _NOT_OUT:
+                        self._read(conn)
                 except Exception:   # a bug, or a socket call that failed unexpectedly: one connection ends
                     log.exception("stream transport error")
-                    if key.data is not None:
-                        self._close(key.data)
-        return self._ready.popleft() if self._ready else None
-
-    def _event(self, conn: _Connection | None, events: int) -> None:
-        if conn is None:
-            self._accept()
-            return
-        if conn.open and events & selectors.EVENT_WRITE:   # (closed meanwhile: by a cap, in this round)
-            self._flush(conn)
-        if conn.open and events & selectors.EVENT_READ:
-            self._read(conn)
+                    if conn is not None:
+                        self._close(conn)
+        return ready.popleft() if ready else None
 
     def send(self, ident: bytes, reply: list) -> None:
-        conn = self._open.get(ident)
-        sealed = self.sessions.seal(ident, reply) if conn is not None else None
-        if sealed is None:   # the connection or its session is gone: nobody can read it
+        self.send_all([(ident, reply)])
+
+    def send_all(self, replies: list[tuple[bytes, list]]) -> None:
+        """Replies in order, sealed; each connection's as one ``sendmsg`` (a batch of replies held
+        for the unsynced log's flush goes out in one system call)."""
+        sender = self.sessions.sender
+        if len(replies) == 1:   # the common case: one reply, one record, one buffer
+            ident, reply = replies[0]
+            conn = self._open.get(ident)
+            direction = sender(ident) if conn is not None else None
+            if direction is not None:   # else the connection or its session is gone: nobody can read it
+                record = stream.seal_record(direction, reply)
+                self._queue(conn, record, len(record[0]))
             return
-        self._queue(conn, stream.sealed_record(sealed))
+        batches: dict[bytes, list] = {}
+        for ident, reply in replies:
+            conn = self._open.get(ident)
+            direction = sender(ident) if conn is not None else None
+            if direction is not None:
+                batches.setdefault(ident, []).extend(stream.seal_record(direction, reply))
+        for ident, buffers in batches.items():
+            conn = self._open.get(ident)
+            if conn is not None:   # (closed meanwhile: by a cap, in this batch)
+                self._queue(conn, buffers)
 
     def connection_events(self) -> bool:
         closed, self._last_closed = self._last_closed, False
@@ -146,7 +173,7 @@ class StreamServer:
     def close(self) -> None:
         for conn in list(self._open.values()):
             self._close(conn)
-        self.selector.close()
+        self.epoll.close()
         self.listener.close()
 
     # connections ------------------------------------------------------------------------------
@@ -163,7 +190,8 @@ class StreamServer:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(next(self._ids).to_bytes(8, "big"), sock, str(address[0]))
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.epoll.register(sock.fileno(), _READ)
+            self._by_fd[sock.fileno()] = conn
             self._open[conn.id] = self._waiting[conn.id] = conn
             self.connections += 1
             if len(self._waiting) > MAX_UNAUTHENTICATED:
@@ -242,7 +270,9 @@ class StreamServer:
             return
         conn.open = False
         self.sessions.close(conn.id)
-        self.selector.unregister(conn.sock)
+        fd = conn.sock.fileno()
+        self.epoll.unregister(fd)
+        del self._by_fd[fd]
         conn.sock.close()
         conn.out.clear()
         del self._open[conn.id]
@@ -254,19 +284,23 @@ class StreamServer:
 
     # sending ----------------------------------------------------------------------------------
 
-    def _queue(self, conn: _Connection, buffers: list) -> None:
-        """Send now what the socket takes; the rest waits for EVENT_WRITE, in order."""
-        views = [memoryview(b) for b in buffers]
-        if not conn.out:
-            sent = self._sendmsg(conn, views)
-            if sent is None:
+    def _queue(self, conn: _Connection, buffers: list, size: int | None = None) -> None:
+        """Send now what the socket takes (``size``: the bytes of ``buffers``, if known); the
+        rest waits for EPOLLOUT, in order."""
+        if size is None:
+            size = sum(len(b) for b in buffers)
+        if conn.out:   # behind what waits already
+            views, sent = [memoryview(b) for b in buffers], 0
+        else:
+            if len(buffers) > IOV:   # a large batch of small replies: one buffer
+                buffers = [b"".join(buffers)]
+            sent = self._sendmsg(conn, buffers)
+            if sent is None or sent == size:
                 return
-            views = _after(views, sent)
-            if not views:
-                return
-            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            views = _after([memoryview(b) for b in buffers], sent)
+            self.epoll.modify(conn.sock.fileno(), _WRITE)
         conn.out.extend(views)
-        conn.queued += sum(len(v) for v in views)
+        conn.queued += size - sent
         if conn.queued > MAX_QUEUED:
             self._end(conn, f"more than {_size(MAX_QUEUED)} of replies left unread")
 
@@ -283,7 +317,7 @@ class StreamServer:
                     return   # the socket took less than offered: full again
                 sent -= len(head)
                 conn.out.popleft()
-        self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
+        self.epoll.modify(conn.sock.fileno(), _READ)
 
     def _sendmsg(self, conn: _Connection, views: list) -> int | None:
         """Bytes the socket took (0: its buffer is full); None if the connection failed (closed)."""
@@ -295,6 +329,9 @@ class StreamServer:
             log.info("connection from %s: %s", conn.address, exc)
             self._close(conn)
             return None
+
+
+_NOT_IN, _NOT_OUT = ~select.EPOLLIN, ~select.EPOLLOUT   # as ``selectors``: HUP and ERR wake both
 
 
 def _after(views: list[memoryview], sent: int) -> list[memoryview]:

@@ -91,6 +91,10 @@ class ZmqServer:
             send(frame, zmq.SNDMORE)
         send(reply[-1])
 
+    def send_all(self, replies: list[tuple[zmq.Frame, list]]) -> None:
+        for identity, reply in replies:
+            self.send(identity, reply)
+
     def connection_events(self) -> bool:
         """Count connections from the monitor; True when the last one just closed."""
         closed = False

@@ -33,6 +33,10 @@ class Transport(Protocol):
     def send(self, connection: Hashable, reply: list) -> None:
         """A reply to that connection; dropped if it is gone (its session ended meanwhile)."""
 
+    def send_all(self, replies: list[tuple[Hashable, list]]) -> None:
+        """Replies in order, as :meth:`send` sends each (the stream engine writes each
+        connection's in one system call)."""
+
     def connection_events(self) -> bool:
         """Bring ``connections`` up to date; True when the last connection closed since the last call."""
 
