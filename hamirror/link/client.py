@@ -48,21 +48,27 @@ class PeerLost(Exception):
 class Ticket:
     """One operation in flight.
 
-    Completed once, by the link's I/O thread (or by submit for one that could not be queued).
-    A lock held from birth to completion is the waiters' wake-up: a release costs a fraction of a
-    threading.Event's set() (a Condition and its notify_all in Python), paid for every operation."""
+    Completed once, by whichever thread reads its acknowledgement (or by submit for one that
+    could not be queued). A lock held from birth to completion is the waiters' wake-up: a release
+    costs a fraction of a threading.Event's set() (a Condition and its notify_all in Python), paid
+    for every operation. With a transport that lets a waiter read (``lead``: the ``stream``
+    engine), :meth:`wait` goes there instead: the waiting thread may read its own acknowledgement,
+    and ``bell`` is the wake-up of a waiter that another thread reads for."""
 
-    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "done", "_lock")
+    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "done", "bell", "_lock", "_lead")
 
-    def __init__(self, seq: int, changes: tuple[Change, ...]) -> None:
+    def __init__(self, seq: int, changes: tuple[Change, ...],
+                 lead: Callable[["Ticket", float | None], bool] | None = None) -> None:
         self.seq = seq
         self.changes = changes
         self.sent_at = 0.0
         self.error: str | None = None
         self.payload = b""
         self.done = False                 # set after error and payload: a reader of done sees them
+        self.bell: Callable[[], None] | None = None   # set by a waiting follower (transport_stream)
         self._lock = _allocate_lock()
         self._lock.acquire()
+        self._lead = lead
 
     def complete(self, error: str | None = None, payload: bytes = b"") -> None:
         if self.done:
@@ -71,9 +77,20 @@ class Ticket:
         self.payload = payload
         self.done = True
         self._lock.release()
+        bell = self.bell   # read after done: a follower sets bell, then looks at done
+        if bell is not None:
+            bell()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it completed (within ``timeout`` seconds; None: for ever)."""
+        if self.done:
+            return True
+        if self._lead is not None:
+            return self._lead(self, timeout)
+        return self.wait_completed(timeout)
+
+    def wait_completed(self, timeout: float | None = None) -> bool:
+        """As :meth:`wait`, never reading: sleep until another thread completes it."""
         if self.done:
             return True
         lock = self._lock
@@ -92,6 +109,7 @@ class Transport(Protocol):
     def queue(self, ticket: "Ticket", header: bytes, data: bytes | None) -> None: ...
     def kick(self) -> None: ...                 # after queue, once ``_lock`` is released
     def held(self) -> None: ...                 # a message was held: see that it leaves when due
+    def starved(self) -> None: ...              # (``_lock`` held) a submit waits for the window
     def wake(self) -> None: ...                 # abort: look at ``_abort_reason`` now
     def take_queued(self) -> list["Ticket"]: ...  # (``_lock`` held, failing) queued, never sent
     def expect_hello(self, timeout: float) -> None: ...
@@ -144,6 +162,8 @@ class LinkClient:
         else:
             from hamirror.link.transport_zmq import ZmqTransport
             self._transport = ZmqTransport(self, own, server_key, context or zmq.Context.instance())
+        # What a ticket's wait calls to read its own acknowledgement (None: wait for the I/O thread).
+        self._lead: Callable[[Ticket, float | None], bool] | None = getattr(self._transport, "wait_for", None)
         self._transport.start()
 
     # API for the FUSE side -----------------------------------------------------------------
@@ -201,10 +221,11 @@ class LinkClient:
             return merged.ticket
         with self._lock:
             while self._free <= 0 and self.lost_reason is None:
+                self._transport.starved()
                 self._room.wait()
             seq = self._seq
             self._seq += 1
-            ticket = Ticket(seq, changes)
+            ticket = Ticket(seq, changes, self._lead)
             if self.lost_reason is not None:
                 ticket.complete(self.lost_reason)
                 return ticket
