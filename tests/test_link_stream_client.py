@@ -106,17 +106,22 @@ def test_an_error_reply_fails_every_pending_ticket_with_its_message(keys_dir, pe
     assert client.submit(Op.PING).error == reason   # later submits fail at once
 
 
-def test_the_peer_closing_fails_every_pending_ticket_and_on_lost_sees_them_first(keys_dir, peers, clients):
-    seen = threading.Event()
-
+def _closing_at(seq: int, gate: threading.Event, answered: int = 0):
+    """A peer's answer: acknowledge the HELLO and messages up to ``answered``, nothing more; at
+    ``seq``, once ``gate`` is set, close the connection."""
     def answer(message):
-        if message.op == Op.HELLO:
+        if message.op == Op.HELLO or message.seq <= answered:
             return acknowledge(message)
-        if message.seq == 6:
-            seen.wait(10)
+        if message.seq == seq:
+            gate.wait(10)
             return CLOSE
         return None
-    peer = peers(keys_dir, answer=answer)
+    return answer
+
+
+def test_the_peer_closing_fails_every_pending_ticket_and_on_lost_sees_them_first(keys_dir, peers, clients):
+    seen = threading.Event()
+    peer = peers(keys_dir, answer=_closing_at(6, seen))
     lost: list[tuple[str, list[Ticket], list[bool]]] = []
     client = clients(peer.endpoint, keys_dir, ack_timeout=60,
                      on_lost=lambda reason, failed: lost.append((reason, failed, [t.done for t in failed])))
@@ -437,15 +442,7 @@ def test_a_follower_takes_over_reading_when_the_leader_is_done(keys_dir, peers, 
 def test_loss_seen_by_a_waiting_reader_calls_on_lost_before_any_waiter_wakes(keys_dir, peers, clients,
                                                                                 reader_aside):
     seen = threading.Event()
-
-    def answer(message):
-        if message.op == Op.HELLO or message.seq <= 3:
-            return acknowledge(message)
-        if message.seq == 9:
-            seen.wait(10)
-            return CLOSE
-        return None
-    peer = peers(keys_dir, answer=answer)
+    peer = peers(keys_dir, answer=_closing_at(9, seen, answered=3))
     lost: list[tuple[str, str, list[bool]]] = []
     client = clients(peer.endpoint, keys_dir, ack_timeout=60,
                      on_lost=lambda reason, failed: lost.append((reason, threading.current_thread().name,
