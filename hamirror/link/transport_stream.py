@@ -14,10 +14,11 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
   a synchronous caller wakes on its own data, not on another thread's hand-off. A waiter that
   finds the role taken sleeps on its ticket's ``bell``, rung when its ticket completes or when
   the role is handed to it. The background reader connects, runs the handshake, then reads
-  whenever no waiter does: blocked in ``recv_into`` while no waiter came for ``QUIET`` seconds
-  (its receive timeout, ``SO_RCVTIMEO``, drives the keepalive and the ack timeout); while waiters
-  come, it stands aside: every ``STEP`` it reads what is there without blocking (unwaited
-  acknowledgements: barrier mode's window and activity log) and looks at the deadlines. It
+  whenever no waiter does: blocked in ``recv_into`` once nothing was sent and no one waited for
+  ``QUIET`` seconds (its receive timeout, ``SO_RCVTIMEO``, drives the keepalive and the ack
+  timeout); while the link is busy it stands aside: every ``STEP`` it reads what is there without
+  blocking (unwaited acknowledgements, many per wake-up: barrier mode's window and activity log)
+  and looks at the deadlines; a submit that finds the window used up calls it back at once. It
   cannot be woken from ``recv_into`` without data, so the first waiter after a quiet period is
   still handed its acknowledgement by it.
 - **Held messages** leave when due from a timer thread, started at the first hold (barrier
@@ -282,7 +283,9 @@ class StreamTransport:
         self._timeout(min(self._longest_wait, self._deadline - time.monotonic()))
         while self._running and client.lost_reason is None:
             now = time.monotonic()
-            aside = self._ready and client._free > 0 and now - self._last_waiter < QUIET
+            # Aside while the link is busy: waiters read, and the others' acks are read STEP by
+            # STEP (one wake-up for many), not one wake-up per reply.
+            aside = self._ready and client._free > 0 and now - max(self._last_waiter, client._last_send) < QUIET
             with self._role:
                 mine = not self._reading
                 self._reading = True
