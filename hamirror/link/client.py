@@ -4,11 +4,12 @@ FUSE threads call :meth:`LinkClient.submit` (in operation order, under the calle
 lock); it assigns the sequence number, encodes the header and hands the message to the
 transport: ``link/transport_zmq.py`` (engines ``curve`` and ``aead``: one I/O thread owns the
 DEALER socket) or ``link/transport_stream.py`` (engine ``stream``: the submitting thread writes
-its record to a TCP connection of its own, one reader thread reads the replies). Many operations
-are in flight at once; each :class:`Ticket` is completed when its acknowledgement arrives. When
-the peer goes away (TCP disconnect, no acknowledgement within ``ack_timeout``, or a refusal),
-every pending ticket is failed at once and ``on_lost`` is called first, on the transport's
-thread, so the caller can record what the peer missed before any waiter wakes.
+its record to a TCP connection of its own; a waiting thread reads its own acknowledgement when
+no one else reads, a background reader the rest). Many operations are in flight at once; each
+:class:`Ticket` is completed when its acknowledgement arrives. When the peer goes away (TCP
+disconnect, no acknowledgement within ``ack_timeout``, or a refusal), every pending ticket is
+failed at once and ``on_lost`` is called first, on the thread that read or timed the loss (never
+a submitting one), so the caller can record what the peer missed before any waiter wakes.
 
 This module keeps what does not depend on the transport: tickets, the window, held messages,
 cumulative acknowledgements, the keepalive and the ack timeout, and the one way to fail.
