@@ -22,8 +22,9 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
   cannot be woken from ``recv_into`` without data, so the first waiter after a quiet period is
   still handed its acknowledgement by it.
 - **Held messages** leave when due from a timer thread, started at the first hold (barrier
-  mode). While holds keep coming it wakes every ``HOLD`` on its own, and parks (a submit that
-  holds then notifies it) only after ``HOLD_QUIET`` without one: no wake-up per held message.
+  mode), notified by a hold while it is parked. (A timer that woke every ``HOLD`` on its own
+  while holds kept coming, instead of a notify per hold, made barrier commits slower here:
+  docs/performance.md, "The stream link's hand-offs".)
 - ``abort``/``close`` wake the readers by shutting the connection down (an eventfd before it
   exists, the background reader's ``_park`` while it stands aside).
 """
@@ -43,7 +44,6 @@ from _thread import allocate_lock as _allocate_lock
 from typing import TYPE_CHECKING
 
 from hamirror.link import keys, session, stream
-from hamirror.link import client as _client
 from hamirror.link.client import KEEPALIVE
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ MAX_BATCH = 64       # records written by one sendmsg when several wait
 LOOK = 0.01          # seconds: how often the reader looks at the deadlines while replies flow
 STEP = 0.01          # seconds: how often the background reader, standing aside, reads what is there
 QUIET = 0.1          # seconds without a waiter before the background reader blocks in recv again
-HOLD_QUIET = 0.05    # seconds without a held message before the hold timer parks
 _TIMEVAL = struct.Struct("@ll")
 
 
@@ -146,7 +145,7 @@ class StreamTransport:
         if self._timer_thread is None:
             self._timer_thread = threading.Thread(target=self._time_holds, name="hamirror-link-hold", daemon=True)
             self._timer_thread.start()
-        elif self._timer_parked:   # only after HOLD_QUIET without a hold: not once per held message
+        elif self._timer_parked:
             self._timer.notify()
 
     def starved(self) -> None:
@@ -321,6 +320,9 @@ class StreamTransport:
                 role.release()
                 try:
                     self._lead(ticket, deadline)
+                except Exception as exc:   # a bug: as on the background reader, every waiter must wake
+                    log.exception("link reader failed")
+                    client._fail(f"link to peer {self.endpoint} stopped: internal error {exc!r}")
                 finally:
                     self._hand_over()
             else:
@@ -457,25 +459,17 @@ class StreamTransport:
     # Held messages -----------------------------------------------------------------------------
 
     def _time_holds(self) -> None:
-        """Send each held message when due (client.HOLD), unless a submit or a flush sent it.
-        While holds keep coming, wake every HOLD unasked; park after HOLD_QUIET without one."""
+        """Send each held message when due (client.HOLD), unless a submit or a flush sent it."""
         client, timer = self.client, self._timer
-        seen = time.monotonic()
         while self._running:
             with timer:   # the client's _lock: a hold cannot appear between the look and the wait
                 held = client._held
-                now = time.monotonic()
                 if held is None:
-                    if now - seen < HOLD_QUIET:
-                        timer.wait(_client.HOLD)
-                        continue
                     self._timer_parked = True
                     timer.wait()
                     self._timer_parked = False
-                    seen = time.monotonic()
                     continue
-                seen = now
-                delay = held.due - now
+                delay = held.due - time.monotonic()
                 if delay > 0:
                     timer.wait(delay)
                     continue
