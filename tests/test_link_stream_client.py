@@ -492,3 +492,28 @@ def test_a_held_message_leaves_on_time_with_no_other_traffic(keys_dir, peers, cl
     write = client.submit(Op.WRITE, (8192,), (b"f",), ((b"f", 1, 2),), b"page", hold=True)
     assert write.wait_completed(5) and write.error is None
     assert peer.ops() == [Op.HELLO, Op.WRITE, Op.WRITE, Op.WRITE]
+
+
+def test_every_thread_waiting_on_one_ticket_wakes(keys_dir, peers, clients, reader_aside):
+    """A barrier's waiters all wait on the newest ticket: while one thread reads, the others
+    follow on that one ticket, and its completion wakes each of them."""
+    gate = threading.Event()
+
+    def answer(message):
+        if message.op == Op.STAT:
+            gate.wait(10)
+        return acknowledge(message)
+    peer = peers(keys_dir, answer=answer)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    _settle(client)
+    ticket = client.submit(Op.STAT, (), (b"slow",))
+    woken: list[bool] = []
+    threads = [threading.Thread(target=lambda: woken.append(ticket.wait(60)), daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)   # all four in: one reads, three follow the same ticket
+    gate.set()
+    for thread in threads:
+        thread.join(15)
+    assert woken == [True] * 4 and ticket.error is None

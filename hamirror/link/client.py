@@ -23,6 +23,7 @@ import os
 import random
 import threading
 import time
+from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from typing import Callable, Iterable, Protocol
 
@@ -66,7 +67,7 @@ class Ticket:
         self.error: str | None = None
         self.payload = b""
         self.done = False                 # set after error and payload: a reader of done sees them
-        self.bell: Callable[[], None] | None = None   # set by a waiting follower (transport_stream)
+        self.bell: LockType | None = None   # the followers' wake-up (transport_stream): released at completion
         self._lock = _allocate_lock()
         self._lock.acquire()
         self._lead = lead
@@ -80,7 +81,10 @@ class Ticket:
         self._lock.release()
         bell = self.bell   # read after done: a follower sets bell, then looks at done
         if bell is not None:
-            bell()
+            try:
+                bell.release()
+            except RuntimeError:   # released already (a follower was handed the read role)
+                pass
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it completed (within ``timeout`` seconds; None: for ever)."""

@@ -12,8 +12,8 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
   every failure, so ``on_lost`` runs before any waiter wakes whichever thread reads.
   A thread that waits on a ticket while no one reads takes the role (leader/follower, :meth:`wait_for`):
   a synchronous caller wakes on its own data, not on another thread's hand-off. A waiter that
-  finds the role taken sleeps on its ticket's ``bell``, rung when its ticket completes or when
-  the role is handed to it. The background reader connects, runs the handshake, then reads
+  finds the role taken sleeps on its ticket's ``bell`` (one per ticket, passed on from follower
+  to follower), released when the ticket completes or when the role is handed to it. The background reader connects, runs the handshake, then reads
   whenever no waiter does: blocked in ``recv_into`` once nothing was sent and no one waited for
   ``QUIET`` seconds (its receive timeout, ``SO_RCVTIMEO``, drives the keepalive and the ack
   timeout); while the link is busy it stands aside: every ``STEP`` it reads what is there without
@@ -32,7 +32,6 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import select
@@ -326,16 +325,22 @@ class StreamTransport:
                 finally:
                     self._hand_over()
             else:
-                bell = _allocate_lock()
-                bell.acquire()
-                ticket.bell = functools.partial(_ring, bell)   # set before looking at done: see complete
+                # One bell per ticket, for all its followers (several threads may wait on one
+                # ticket: a barrier's newest): each one woken passes it on to the next.
+                bell = ticket.bell
+                if bell is None:
+                    bell = _allocate_lock()
+                    bell.acquire()
+                    ticket.bell = bell   # set before looking at done: see Ticket.complete
+                else:
+                    bell.acquire(False)   # re-armed: a wake-up passed on earlier is spent
                 self._followers.append(ticket)
                 role.release()
-                if not ticket.done:
-                    bell.acquire(True, -1 if deadline is None else max(deadline - time.monotonic(), 0.0))
+                if ticket.done or bell.acquire(True, -1 if deadline is None else
+                                               max(deadline - time.monotonic(), 0.0)):
+                    _ring(bell)   # the next follower of this ticket wakes in turn
                 with role:
                     self._followers.remove(ticket)
-                    ticket.bell = None
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return ticket.done
@@ -361,7 +366,7 @@ class StreamTransport:
             self._reading = False
             bell = next((t.bell for t in self._followers if not t.done), None)
         if bell is not None:
-            bell()
+            _ring(bell)
         elif self.client.lost_reason is not None or not self._running or self.client._free <= 0:
             _ring(self._park)   # the background reader: to stop, or to read for the window
 
