@@ -10,11 +10,12 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
 - **Reading: one thread at a time holds the read role** (``_reading``, under ``_role``) and only
   it calls ``recv`` on the socket; whoever holds it completes tickets cumulatively and declares
   every failure, so ``on_lost`` runs before any waiter wakes whichever thread reads.
-  A thread that waits on a ticket while no one reads takes the role (leader/follower, :meth:`wait_for`):
-  a synchronous caller wakes on its own data, not on another thread's hand-off. A waiter that
-  finds the role taken sleeps on its ticket's ``bell`` (one per ticket, passed on from follower
-  to follower), released when the ticket completes or when the role is handed to it. The background reader connects, runs the handshake, then reads
-  whenever no waiter does: blocked in ``recv_into`` once nothing was sent and no one waited for
+  A thread that waits on a ticket while no one reads takes the role (leader/follower,
+  :meth:`wait_for`): a synchronous caller wakes on its own data, not on another thread's
+  hand-off. A waiter that finds the role taken sleeps on its ticket's ``bell`` (one per ticket,
+  passed on from follower to follower), released when the ticket completes or when the role is
+  handed to it. The background reader connects, runs the handshake, then reads whenever no
+  waiter does: blocked in ``recv_into`` once nothing was sent and no one waited for
   ``QUIET`` seconds (its receive timeout, ``SO_RCVTIMEO``, drives the keepalive and the ack
   timeout); while the link is busy it stands aside: every ``STEP`` it reads what is there without
   blocking (unwaited acknowledgements, many per wake-up: barrier mode's window and activity log)
@@ -286,7 +287,8 @@ class StreamTransport:
             aside = self._ready and client._free > 0 and now - max(self._last_waiter, client._last_send) < QUIET
             with self._role:
                 mine = not self._reading
-                self._reading = True
+                if mine:
+                    self._reading = True
             if mine:
                 try:
                     if aside:
