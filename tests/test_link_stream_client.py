@@ -399,11 +399,18 @@ def _settle(client: LinkClient) -> None:
     time.sleep(0.2)
 
 
-def test_a_waiting_thread_reads_its_own_acknowledgement(keys_dir, peers, clients, reader_aside):
-    peer = peers(keys_dir)
+def _settled(keys_dir, peers, clients, before_ack=lambda message: None) -> tuple[StreamPeer, LinkClient]:
+    """A peer that acknowledges every message (after ``before_ack``), and a client past its
+    HELLO whose background reader stands aside."""
+    peer = peers(keys_dir, answer=lambda message: (before_ack(message), acknowledge(message))[1])
     client = clients(peer.endpoint, keys_dir)
     client.hello(10)
     _settle(client)
+    return peer, client
+
+
+def test_a_waiting_thread_reads_its_own_acknowledgement(keys_dir, peers, clients, reader_aside):
+    _, client = _settled(keys_dir, peers, clients)
     readers = _readers(client)
     tickets = [client.submit(Op.MKDIR, (0o40755, 0, 0), (b"d%d" % i,)) for i in range(3)]
     for _ in range(50):   # a synchronous caller: submit, then wait
@@ -417,15 +424,7 @@ def test_a_follower_takes_over_reading_when_the_leader_is_done(keys_dir, peers, 
     """Two waiters: whichever reads first gets its own ack; the other's comes 0.3 s later and
     the role passes to it (the background reader would look again only after 60 s)."""
     slow: list[int] = []
-
-    def answer(message):
-        if message.seq in slow:
-            time.sleep(0.3)
-        return acknowledge(message)
-    peer = peers(keys_dir, answer=answer)
-    client = clients(peer.endpoint, keys_dir)
-    client.hello(10)
-    _settle(client)
+    _, client = _settled(keys_dir, peers, clients, lambda m: m.seq in slow and time.sleep(0.3))
     first = client.submit(Op.PING)
     slow.append(client._seq)
     second = client.submit(Op.PING)
@@ -498,15 +497,7 @@ def test_every_thread_waiting_on_one_ticket_wakes(keys_dir, peers, clients, read
     """A barrier's waiters all wait on the newest ticket: while one thread reads, the others
     follow on that one ticket, and its completion wakes each of them."""
     gate = threading.Event()
-
-    def answer(message):
-        if message.op == Op.STAT:
-            gate.wait(10)
-        return acknowledge(message)
-    peer = peers(keys_dir, answer=answer)
-    client = clients(peer.endpoint, keys_dir)
-    client.hello(10)
-    _settle(client)
+    _, client = _settled(keys_dir, peers, clients, lambda m: m.op == Op.STAT and gate.wait(10))
     ticket = client.submit(Op.STAT, (), (b"slow",))
     woken: list[bool] = []
     threads = [threading.Thread(target=lambda: woken.append(ticket.wait(60)), daemon=True) for _ in range(4)]
