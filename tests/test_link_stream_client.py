@@ -106,17 +106,22 @@ def test_an_error_reply_fails_every_pending_ticket_with_its_message(keys_dir, pe
     assert client.submit(Op.PING).error == reason   # later submits fail at once
 
 
-def test_the_peer_closing_fails_every_pending_ticket_and_on_lost_sees_them_first(keys_dir, peers, clients):
-    seen = threading.Event()
-
+def _closing_at(seq: int, gate: threading.Event, answered: int = 0):
+    """A peer's answer: acknowledge the HELLO and messages up to ``answered``, nothing more; at
+    ``seq``, once ``gate`` is set, close the connection."""
     def answer(message):
-        if message.op == Op.HELLO:
+        if message.op == Op.HELLO or message.seq <= answered:
             return acknowledge(message)
-        if message.seq == 6:
-            seen.wait(10)
+        if message.seq == seq:
+            gate.wait(10)
             return CLOSE
         return None
-    peer = peers(keys_dir, answer=answer)
+    return answer
+
+
+def test_the_peer_closing_fails_every_pending_ticket_and_on_lost_sees_them_first(keys_dir, peers, clients):
+    seen = threading.Event()
+    peer = peers(keys_dir, answer=_closing_at(6, seen))
     lost: list[tuple[str, list[Ticket], list[bool]]] = []
     client = clients(peer.endpoint, keys_dir, ack_timeout=60,
                      on_lost=lambda reason, failed: lost.append((reason, failed, [t.done for t in failed])))
@@ -362,3 +367,144 @@ def test_a_sync_mount_over_the_stream_engine_goes_alone_when_the_receiver_dies(m
         assert "after" in set(journal.changed_paths())
     finally:
         journal.close()
+
+
+# -- who reads: the waiting thread or the background reader; the hold timer ----------------------------
+
+@pytest.fixture
+def reader_aside(monkeypatch):
+    """The background reader, once a thread has waited, stands aside for 60 s and looks at the
+    socket every 60 s only: whatever is read meanwhile, a waiting thread read it."""
+    from hamirror.link import transport_stream
+    monkeypatch.setattr(transport_stream, "STEP", 60.0, raising=False)
+    monkeypatch.setattr(transport_stream, "QUIET", 60.0, raising=False)
+
+
+def _readers(client: LinkClient) -> list[str]:
+    """The names of the threads that take each reply, from now on (the client's own hook, called through)."""
+    names: list[str] = []
+    on_reply = client._on_reply
+
+    def noted(frames):
+        names.append(threading.current_thread().name)
+        return on_reply(frames)
+    client._on_reply = noted
+    return names
+
+
+def _settle(client: LinkClient) -> None:
+    """A few waited round trips: the background reader has seen a waiter and stands aside."""
+    for _ in range(3):
+        assert client.submit(Op.PING).wait(10)
+    time.sleep(0.2)
+
+
+def _settled(keys_dir, peers, clients, before_ack=lambda message: None) -> tuple[StreamPeer, LinkClient]:
+    """A peer that acknowledges every message (after ``before_ack``), and a client past its
+    HELLO whose background reader stands aside."""
+    peer = peers(keys_dir, answer=lambda message: (before_ack(message), acknowledge(message))[1])
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    _settle(client)
+    return peer, client
+
+
+def test_a_waiting_thread_reads_its_own_acknowledgement(keys_dir, peers, clients, reader_aside):
+    _, client = _settled(keys_dir, peers, clients)
+    readers = _readers(client)
+    tickets = [client.submit(Op.MKDIR, (0o40755, 0, 0), (b"d%d" % i,)) for i in range(3)]
+    for _ in range(50):   # a synchronous caller: submit, then wait
+        tickets.append(client.submit(Op.PING))
+        assert tickets[-1].wait(5)
+    assert [t.error for t in tickets] == [None] * 53
+    assert readers and set(readers) == {threading.current_thread().name}
+
+
+def test_a_follower_takes_over_reading_when_the_leader_is_done(keys_dir, peers, clients, reader_aside):
+    """Two waiters: whichever reads first gets its own ack; the other's comes 0.3 s later and
+    the role passes to it (the background reader would look again only after 60 s)."""
+    slow: list[int] = []
+    _, client = _settled(keys_dir, peers, clients, lambda m: m.seq in slow and time.sleep(0.3))
+    first = client.submit(Op.PING)
+    slow.append(client._seq)
+    second = client.submit(Op.PING)
+    waited: dict[str, bool] = {}
+    threads = [threading.Thread(target=lambda t=t, n=n: waited.__setitem__(n, t.wait(5)), name=n)
+               for t, n in ((first, "first"), (second, "second"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert waited == {"first": True, "second": True} and first.error is None and second.error is None
+
+
+def test_loss_seen_by_a_waiting_reader_calls_on_lost_before_any_waiter_wakes(keys_dir, peers, clients,
+                                                                                reader_aside):
+    seen = threading.Event()
+    peer = peers(keys_dir, answer=_closing_at(9, seen, answered=3))
+    lost: list[tuple[str, str, list[bool]]] = []
+    client = clients(peer.endpoint, keys_dir, ack_timeout=60,
+                     on_lost=lambda reason, failed: lost.append((reason, threading.current_thread().name,
+                                                                 [t.done for t in failed])))
+    client.hello(10)
+    _settle(client)   # seq 1 to 3
+    tickets = [client.submit(Op.MKDIR, (0o40755, 0, 0), (b"d%d" % i,), changes=((f"d{i}",),)) for i in range(6)]
+    followers = [threading.Thread(target=tickets[i].wait, args=(10,), name=f"waiter-{i}") for i in (1, 3)]
+    for thread in followers:
+        thread.start()
+    seen.set()
+    assert tickets[-1].wait(10)
+    for thread in followers:
+        thread.join(10)
+    reason = f"connection to peer {peer.endpoint} lost"
+    assert [t.error for t in tickets] == [reason] * 6
+    assert len(lost) == 1 and lost[0][0] == reason
+    assert lost[0][1] in (threading.current_thread().name, "waiter-1", "waiter-3")   # a waiter read the loss
+    assert lost[0][2] == [False] * 6   # and on_lost ran before any ticket completed
+
+
+def test_a_submit_waiting_for_the_window_gets_the_background_reader_back(keys_dir, peers, clients, reader_aside):
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir, window=4)
+    client.hello(10)
+    _settle(client)
+    tickets: list[Ticket] = []
+    sender = threading.Thread(target=lambda: tickets.extend(client.submit(Op.PING) for _ in range(20)))
+    sender.start()   # nobody waits: the acks of the first four must be read for the fifth to go
+    sender.join(10)
+    assert not sender.is_alive() and len(tickets) == 20
+    assert tickets[-1].wait(10) and all(t.done and t.error is None for t in tickets)
+
+
+def test_a_held_message_leaves_on_time_with_no_other_traffic(keys_dir, peers, clients, slow_reader,
+                                                                        monkeypatch):
+    from hamirror.link import client as client_module
+    monkeypatch.setattr(client_module, "HOLD", 0.05)
+    peer = peers(keys_dir)
+    client = clients(peer.endpoint, keys_dir)
+    client.hello(10)
+    transport = client._transport
+    for offset in (0, 4096):   # no other traffic: only the timer (or a reader's look at the deadlines) sends it
+        write = client.submit(Op.WRITE, (offset,), (b"f",), ((b"f", 1, 2),), b"page", hold=True)
+        assert write.wait_completed(5) and write.error is None
+    wait_for(lambda: transport._timer_parked, 5, what="the hold timer parked")
+    write = client.submit(Op.WRITE, (8192,), (b"f",), ((b"f", 1, 2),), b"page", hold=True)
+    assert write.wait_completed(5) and write.error is None
+    assert peer.ops() == [Op.HELLO, Op.WRITE, Op.WRITE, Op.WRITE]
+
+
+def test_every_thread_waiting_on_one_ticket_wakes(keys_dir, peers, clients, reader_aside):
+    """A barrier's waiters all wait on the newest ticket: while one thread reads, the others
+    follow on that one ticket, and its completion wakes each of them."""
+    gate = threading.Event()
+    _, client = _settled(keys_dir, peers, clients, lambda m: m.op == Op.STAT and gate.wait(10))
+    ticket = client.submit(Op.STAT, (), (b"slow",))
+    woken: list[bool] = []
+    threads = [threading.Thread(target=lambda: woken.append(ticket.wait(60)), daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)   # all four in: one reads, three follow the same ticket
+    gate.set()
+    for thread in threads:
+        thread.join(15)
+    assert woken == [True] * 4 and ticket.error is None

@@ -4,11 +4,12 @@ FUSE threads call :meth:`LinkClient.submit` (in operation order, under the calle
 lock); it assigns the sequence number, encodes the header and hands the message to the
 transport: ``link/transport_zmq.py`` (engines ``curve`` and ``aead``: one I/O thread owns the
 DEALER socket) or ``link/transport_stream.py`` (engine ``stream``: the submitting thread writes
-its record to a TCP connection of its own, one reader thread reads the replies). Many operations
-are in flight at once; each :class:`Ticket` is completed when its acknowledgement arrives. When
-the peer goes away (TCP disconnect, no acknowledgement within ``ack_timeout``, or a refusal),
-every pending ticket is failed at once and ``on_lost`` is called first, on the transport's
-thread, so the caller can record what the peer missed before any waiter wakes.
+its record to a TCP connection of its own; a waiting thread reads its own acknowledgement when
+no one else reads, a background reader the rest). Many operations are in flight at once; each
+:class:`Ticket` is completed when its acknowledgement arrives. When the peer goes away (TCP
+disconnect, no acknowledgement within ``ack_timeout``, or a refusal), every pending ticket is
+failed at once and ``on_lost`` is called first, on the thread that read or timed the loss (never
+a submitting one), so the caller can record what the peer missed before any waiter wakes.
 
 This module keeps what does not depend on the transport: tickets, the window, held messages,
 cumulative acknowledgements, the keepalive and the ack timeout, and the one way to fail.
@@ -22,6 +23,7 @@ import os
 import random
 import threading
 import time
+from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from typing import Callable, Iterable, Protocol
 
@@ -48,21 +50,27 @@ class PeerLost(Exception):
 class Ticket:
     """One operation in flight.
 
-    Completed once, by the link's I/O thread (or by submit for one that could not be queued).
-    A lock held from birth to completion is the waiters' wake-up: a release costs a fraction of a
-    threading.Event's set() (a Condition and its notify_all in Python), paid for every operation."""
+    Completed once, by whichever thread reads its acknowledgement (or by submit for one that
+    could not be queued). A lock held from birth to completion is the waiters' wake-up: a release
+    costs a fraction of a threading.Event's set() (a Condition and its notify_all in Python), paid
+    for every operation. With a transport that lets a waiter read (``lead``: the ``stream``
+    engine), :meth:`wait` goes there instead: the waiting thread may read its own acknowledgement,
+    and ``bell`` is the wake-up of a waiter that another thread reads for."""
 
-    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "done", "_lock")
+    __slots__ = ("seq", "changes", "sent_at", "error", "payload", "done", "bell", "_lock", "_lead")
 
-    def __init__(self, seq: int, changes: tuple[Change, ...]) -> None:
+    def __init__(self, seq: int, changes: tuple[Change, ...],
+                 lead: Callable[["Ticket", float | None], bool] | None = None) -> None:
         self.seq = seq
         self.changes = changes
         self.sent_at = 0.0
         self.error: str | None = None
         self.payload = b""
         self.done = False                 # set after error and payload: a reader of done sees them
+        self.bell: LockType | None = None   # the followers' wake-up (transport_stream): released at completion
         self._lock = _allocate_lock()
         self._lock.acquire()
+        self._lead = lead
 
     def complete(self, error: str | None = None, payload: bytes = b"") -> None:
         if self.done:
@@ -71,9 +79,23 @@ class Ticket:
         self.payload = payload
         self.done = True
         self._lock.release()
+        bell = self.bell   # read after done: a follower sets bell, then looks at done
+        if bell is not None:
+            try:
+                bell.release()
+            except RuntimeError:   # released already (a follower was handed the read role)
+                pass
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it completed (within ``timeout`` seconds; None: for ever)."""
+        if self.done:
+            return True
+        if self._lead is not None:
+            return self._lead(self, timeout)
+        return self.wait_completed(timeout)
+
+    def wait_completed(self, timeout: float | None = None) -> bool:
+        """As :meth:`wait`, never reading: sleep until another thread completes it."""
         if self.done:
             return True
         lock = self._lock
@@ -92,6 +114,7 @@ class Transport(Protocol):
     def queue(self, ticket: "Ticket", header: bytes, data: bytes | None) -> None: ...
     def kick(self) -> None: ...                 # after queue, once ``_lock`` is released
     def held(self) -> None: ...                 # a message was held: see that it leaves when due
+    def starved(self) -> None: ...              # (``_lock`` held) a submit waits for the window
     def wake(self) -> None: ...                 # abort: look at ``_abort_reason`` now
     def take_queued(self) -> list["Ticket"]: ...  # (``_lock`` held, failing) queued, never sent
     def expect_hello(self, timeout: float) -> None: ...
@@ -144,6 +167,8 @@ class LinkClient:
         else:
             from hamirror.link.transport_zmq import ZmqTransport
             self._transport = ZmqTransport(self, own, server_key, context or zmq.Context.instance())
+        # What a ticket's wait calls to read its own acknowledgement (None: wait for the I/O thread).
+        self._lead: Callable[[Ticket, float | None], bool] | None = getattr(self._transport, "wait_for", None)
         self._transport.start()
 
     # API for the FUSE side -----------------------------------------------------------------
@@ -201,10 +226,11 @@ class LinkClient:
             return merged.ticket
         with self._lock:
             while self._free <= 0 and self.lost_reason is None:
+                self._transport.starved()
                 self._room.wait()
             seq = self._seq
             self._seq += 1
-            ticket = Ticket(seq, changes)
+            ticket = Ticket(seq, changes, self._lead)
             if self.lost_reason is not None:
                 ticket.complete(self.lost_reason)
                 return ticket

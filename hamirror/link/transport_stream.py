@@ -4,18 +4,30 @@ own (link/stream.py), no ZeroMQ, no I/O thread between a submit and the socket.
 - **Sending.** The submitting thread seals its message under the client's ``_lock`` (the lock
   that gives the sequence number: counter order = sequence order) and appends the record to
   ``_unsent``; once ``_lock`` is released it takes ``_send_lock`` and writes whatever is unsent,
-  in order, with ``sendmsg``. A thread blocked in a send never holds ``_lock``, so the reader
-  goes on completing tickets. A send that cannot go on for ``ack_timeout`` (``SO_SNDTIMEO``: the
+  in order, with ``sendmsg``. A thread blocked in a send never holds ``_lock``, so the readers
+  go on completing tickets. A send that cannot go on for ``ack_timeout`` (``SO_SNDTIMEO``: the
   peer stopped reading) ends the link.
-- **Reading.** One thread connects (retrying while the receiver starts, until the handshake's
-  deadline), runs the handshake, then blocks in ``recv_into`` and completes tickets. Its receive
-  timeout (``SO_RCVTIMEO``, set only when it changes) drives the keepalive and the ack timeout.
-  Every failure is declared on this thread, so ``on_lost`` runs there as with the other engines.
+- **Reading: one thread at a time holds the read role** (``_reading``, under ``_role``) and only
+  it calls ``recv`` on the socket; whoever holds it completes tickets cumulatively and declares
+  every failure, so ``on_lost`` runs before any waiter wakes whichever thread reads.
+  A thread that waits on a ticket while no one reads takes the role (leader/follower,
+  :meth:`wait_for`): a synchronous caller wakes on its own data, not on another thread's
+  hand-off. A waiter that finds the role taken sleeps on its ticket's ``bell`` (one per ticket,
+  passed on from follower to follower), released when the ticket completes or when the role is
+  handed to it. The background reader connects, runs the handshake, then reads whenever no
+  waiter does: blocked in ``recv_into`` once nothing was sent and no one waited for
+  ``QUIET`` seconds (its receive timeout, ``SO_RCVTIMEO``, drives the keepalive and the ack
+  timeout); while the link is busy it stands aside: every ``STEP`` it reads what is there without
+  blocking (unwaited acknowledgements, many per wake-up: barrier mode's window and activity log)
+  and looks at the deadlines; a submit that finds the window used up calls it back at once. It
+  cannot be woken from ``recv_into`` without data, so the first waiter after a quiet period is
+  still handed its acknowledgement by it.
 - **Held messages** leave when due from a timer thread, started at the first hold (barrier
-  mode): the reader cannot be woken from ``recv_into`` without data, and a poll beside each
-  receive would cost every reply a system call and a GIL round (5-10 µs in a Python ping-pong here).
-- ``abort``/``close`` wake the reader by shutting the connection down (an eventfd before it
-  exists).
+  mode), notified by a hold while it is parked. (A timer that woke every ``HOLD`` on its own
+  while holds kept coming, instead of a notify per hold, made barrier commits slower here:
+  docs/performance.md, "The stream link's hand-offs".)
+- ``abort``/``close`` wake the readers by shutting the connection down (an eventfd before it
+  exists, the background reader's ``_park`` while it stands aside).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import socket
 import struct
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from typing import TYPE_CHECKING
 
 from hamirror.link import keys, session, stream
@@ -42,6 +55,8 @@ RETRY = 0.1          # seconds between connection attempts while the receiver st
 CONNECT_TRY = 1.0    # seconds one attempt may take (an address that drops SYNs)
 MAX_BATCH = 64       # records written by one sendmsg when several wait
 LOOK = 0.01          # seconds: how often the reader looks at the deadlines while replies flow
+STEP = 0.01          # seconds: how often the background reader, standing aside, reads what is there
+QUIET = 0.1          # seconds without a waiter before the background reader blocks in recv again
 _TIMEVAL = struct.Struct("@ll")
 
 
@@ -79,6 +94,19 @@ class StreamTransport:
         self._timer = threading.Condition(client._lock)
         self._timer_thread: threading.Thread | None = None
         self._timer_parked = False
+        # The read role (module docstring): ``_role`` guards ``_reading`` and ``_followers`` for
+        # a few statements at a time; the holder alone touches the socket's receive side,
+        # ``_records``, ``_buffer`` and the receive timeout.
+        self._role = _allocate_lock()
+        self._reading = False
+        self._followers: list["Ticket"] = []   # waiters asleep on their bell while another reads
+        self._ready = False                    # the session is established: a waiter may read
+        self._last_waiter = 0.0                # monotonic time a thread last waited on a ticket
+        self._park = _allocate_lock()          # the background reader's sleep while it stands aside
+        self._park.acquire()
+        self._buffer = bytearray(stream.READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._next_look = 0.0
 
     def start(self) -> None:
         self._reader.start()
@@ -120,9 +148,14 @@ class StreamTransport:
         elif self._timer_parked:
             self._timer.notify()
 
+    def starved(self) -> None:
+        """The window is used up: the background reader stops standing aside and reads."""
+        _ring(self._park)
+
     def wake(self) -> None:
         if self._wakeup >= 0:   # not closed (an abort after close() must not write a reused fd)
             os.eventfd_write(self._wakeup, 1)
+        _ring(self._park)
         sock = self._sock
         if sock is not None:
             try:
@@ -244,45 +277,140 @@ class StreamTransport:
         return sock
 
     def _serve(self, sock: socket.socket) -> None:
+        """The background reader: reads while no waiter does (module docstring)."""
         client = self.client
-        buffer = bytearray(stream.READ_SIZE)
-        view = memoryview(buffer)
-        next_look = 0.0
         self._timeout(min(self._longest_wait, self._deadline - time.monotonic()))
-        while self._running:
-            try:
-                size = sock.recv_into(buffer)
-            except BlockingIOError:   # SO_RCVTIMEO: time to look at the deadlines
-                size = -1
-            except OSError as exc:
-                self._failure = self._failure or f"connection to peer {self.endpoint} lost ({exc.strerror or exc})"
-                size = 0
-            if not self._running:
-                return
-            if size == 0:
-                lost = self._failure or f"connection to peer {self.endpoint} lost"
-                if self._channel is None:   # a stream receiver answers a handshake, even to refuse it
-                    lost = f"{lost} during the secure handshake ({self._same_engine()})"
-                client._fail(client._abort_reason or lost)
-                return
-            if size > 0 and not self._received(view[:size]):
-                return
-            # The deadlines, after a timeout or every LOOK seconds while replies flow (not after
-            # each reply: the waiter it woke wants the GIL back).
+        while self._running and client.lost_reason is None:
             now = time.monotonic()
-            if size > 0 and now < next_look:
-                continue
-            next_look = now + LOOK
-            if self._channel is None and now > self._deadline and self._waiting:
-                client._fail(f"peer {self.endpoint} did not complete the secure handshake within "
-                             f"{self._deadline - self._created:.3g}s")
-            client._tick()
-            if client.lost_reason is not None:
+            # Aside while the link is busy: waiters read, and the others' acks are read STEP by
+            # STEP (one wake-up for many), not one wake-up per reply.
+            aside = self._ready and client._free > 0 and now - max(self._last_waiter, client._last_send) < QUIET
+            with self._role:
+                mine = not self._reading
+                if mine:
+                    self._reading = True
+            if mine:
+                try:
+                    if aside:
+                        size = self._drain(sock)
+                    else:
+                        wait = client._ack_wait(now)
+                        if self._channel is None:
+                            wait = min(wait, max(0.001, self._deadline - now))
+                        self._timeout(min(wait, self._longest_wait))
+                        size = self._read_once(sock, 0)
+                finally:
+                    self._hand_over()
+                if size is None:
+                    return
+                if not aside:
+                    continue
+            self._park.acquire(True, STEP)   # a waiter reads: stand aside
+
+    def wait_for(self, ticket: "Ticket", timeout: float | None) -> bool:
+        """``Ticket.wait`` on this transport: read the socket while no one else does (the
+        acknowledgement wakes this thread itself), else sleep until the ticket completes or the
+        read role is handed over."""
+        now = self._last_waiter = time.monotonic()
+        deadline = None if timeout is None else now + max(timeout, 0.0)
+        client, role = self.client, self._role
+        while not ticket.done:
+            role.acquire()
+            if not self._reading and self._ready and self._running and client.lost_reason is None:
+                self._reading = True
+                role.release()
+                try:
+                    self._lead(ticket, deadline)
+                except Exception as exc:   # a bug: as on the background reader, every waiter must wake
+                    log.exception("link reader failed")
+                    client._fail(f"link to peer {self.endpoint} stopped: internal error {exc!r}")
+                finally:
+                    self._hand_over()
+            else:
+                # One bell per ticket, for all its followers (several threads may wait on one
+                # ticket: a barrier's newest): each one woken passes it on to the next.
+                bell = ticket.bell
+                if bell is None:
+                    bell = _allocate_lock()
+                    bell.acquire()
+                    ticket.bell = bell   # set before looking at done: see Ticket.complete
+                else:
+                    bell.acquire(False)   # re-armed: a wake-up passed on earlier is spent
+                self._followers.append(ticket)
+                role.release()
+                if ticket.done or bell.acquire(True, -1 if deadline is None else
+                                               max(deadline - time.monotonic(), 0.0)):
+                    _ring(bell)   # the next follower of this ticket wakes in turn
+                with role:
+                    self._followers.remove(ticket)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return ticket.done
+
+    def _lead(self, ticket: "Ticket", deadline: float | None) -> None:
+        """(read role held) Read until ``ticket`` completes, ``deadline`` passes or reading ends."""
+        client, sock = self.client, self._sock
+        assert sock is not None
+        while not ticket.done:
+            now = time.monotonic()
+            wait = min(client._ack_wait(now), self._longest_wait)
+            if deadline is not None:
+                if now >= deadline:
+                    return
+                wait = min(wait, deadline - now)
+            self._timeout(wait)
+            if self._read_once(sock, 0) is None:
                 return
-            wait = client._ack_wait(now)
-            if self._channel is None:
-                wait = min(wait, max(0.001, self._deadline - now))
-            self._timeout(min(wait, self._longest_wait))
+
+    def _hand_over(self) -> None:
+        """Give up the read role: to a follower whose ticket is still pending, if any."""
+        with self._role:
+            self._reading = False
+            bell = next((t.bell for t in self._followers if not t.done), None)
+        if bell is not None:
+            _ring(bell)
+        elif self.client.lost_reason is not None or not self._running or self.client._free <= 0:
+            _ring(self._park)   # the background reader: to stop, or to read for the window
+
+    def _drain(self, sock: socket.socket) -> int | None:
+        """(read role held) What the socket holds now, without blocking; None once reading ends."""
+        size = self._read_once(sock, socket.MSG_DONTWAIT)
+        while size is not None and size > 0:
+            size = self._read_once(sock, socket.MSG_DONTWAIT)
+        return size
+
+    def _read_once(self, sock: socket.socket, flags: int) -> int | None:
+        """(read role held) One ``recv`` and what it brings; then the deadlines, after a timeout or
+        every LOOK seconds while replies flow. The size read (-1: nothing now), None once the link
+        failed or closed."""
+        client = self.client
+        try:
+            size = sock.recv_into(self._buffer, 0, flags)
+        except BlockingIOError:   # SO_RCVTIMEO, or nothing there: time to look at the deadlines
+            size = -1
+        except OSError as exc:
+            self._failure = self._failure or f"connection to peer {self.endpoint} lost ({exc.strerror or exc})"
+            size = 0
+        if not self._running:
+            return None
+        if size == 0:
+            lost = self._failure or f"connection to peer {self.endpoint} lost"
+            if self._channel is None:   # a stream receiver answers a handshake, even to refuse it
+                lost = f"{lost} during the secure handshake ({self._same_engine()})"
+            client._fail(client._abort_reason or lost)
+            return None
+        if size > 0 and not self._received(self._view[:size]):
+            return None
+        # Not after each reply: the waiter it woke wants the GIL back.
+        now = time.monotonic()
+        if size > 0 and now < self._next_look:
+            return size
+        self._next_look = now + LOOK
+        if self._channel is None and now > self._deadline and self._waiting:
+            client._fail(f"peer {self.endpoint} did not complete the secure handshake within "
+                         f"{self._deadline - self._created:.3g}s")
+        client._tick()
+        return None if client.lost_reason is not None else size
 
     def _timeout(self, seconds: float) -> None:
         """The reader's receive timeout, set only when it changes (one system call)."""
@@ -332,6 +460,7 @@ class StreamTransport:
             for ticket, header, data in self._waiting:
                 self._seal(ticket, header, data)
             self._waiting.clear()
+            self._ready = True
         self.kick()
 
     # Held messages -----------------------------------------------------------------------------
@@ -352,6 +481,14 @@ class StreamTransport:
                     timer.wait(delay)
                     continue
             client._flush_held(time.monotonic())
+
+
+def _ring(lock) -> None:
+    """Release ``lock`` (a bell or the park) unless it is released already: a sleeper on it wakes."""
+    try:
+        lock.release()
+    except RuntimeError:
+        pass
 
 
 def _timeval(seconds: float) -> bytes:

@@ -76,6 +76,9 @@ class ZmqTransport:
     def held(self) -> None:
         pass   # kick() follows: the I/O thread's poll timeout covers the held message's due time
 
+    def starved(self) -> None:
+        pass   # the I/O thread reads every reply as it comes
+
     def wake(self) -> None:
         os.eventfd_write(self._wakeup, 1)
 
