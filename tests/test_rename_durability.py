@@ -121,6 +121,29 @@ def test_a_renamed_directory_carries_its_hot_paths_and_entries_to_the_destinatio
     assert "E/sub" in replay.dirs and "old/a/b/f" in replay.paths
 
 
+def test_a_call_still_inside_under_the_destination_keeps_the_entry_it_is_charged_to(tmp_path, root):
+    """An unlink of E/f has applied and released the ordering lock, not yet left the log, when D
+    (with a hot D/f) is renamed onto the now empty E: E/f is carried while that call is charged to
+    "E/". A write to E/f that comes and goes meanwhile must not settle the unlink's slot."""
+    from hamirror.journal.activity import choose_victims
+    top, fd = root
+    for d in ("D", "E"):
+        os.makedirs(f"{top}/{d}")
+    with open(f"{top}/D/f", "wb"):
+        pass
+    al = ActivityLog(str(tmp_path / "activity.log"), root_fd=fd)
+    al.peer = lambda ticket: False               # nothing is durable on the peer: D/f is carried
+    _write(al, top, "E/f", 1, new=True)          # "E/" enters
+    _write(al, top, "D/f", 2)                    # "D/f" enters itself
+    al.enter(["E/f"])                            # the unlink: charged to "E/"
+    os.unlink(f"{top}/E/f")
+    _rename(al, top, "D", "E", 3)
+    _write(al, top, "E/f", 4)                    # a write to the moved file, in and out
+    assert "E/" not in choose_victims(al._hot, len(al.hot()))   # the unlink is still inside
+    al.leave(["E/f"], Ticket(seq=5))
+    assert "E/" in choose_victims(al._hot, len(al.hot())) and not al._charged
+
+
 def test_a_file_rename_carries_nothing_and_a_directory_rename_costs_one_append(tmp_path, root):
     top, fd = root
     os.makedirs(f"{top}/D")

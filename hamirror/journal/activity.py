@@ -450,7 +450,9 @@ class ActivityLog:
             unsettled = [k for k, slot in self._hot.items()
                          if k.startswith(prefix) and not slot.evictable(durable, self.peer)]
             extra.update(dict.fromkeys(carried(unsettled, src, dst)))
-        return list(extra)
+        # A path whose call is still inside, charged to the entry covering it (an unlink of E/f
+        # just before D moved onto E): that entry holds it, so the path never is two keys at once.
+        return list(dict.fromkeys(self._charged[k][0] if k in self._charged else k for k in extra))
 
     def _key_of(self, path: str) -> str | None:
         """The hot key a call on ``path`` is charged to, or None (not hot, not covered): its own
