@@ -101,14 +101,22 @@ def _write(al: ActivityLog, top: str, path: str, seq: int, new: bool = False) ->
     al.leave([path], Ticket(seq=seq))
 
 
+def _log(tmp_path, top: str, fd: int, dirs: tuple[str, ...], files: tuple[str, ...] = (),
+         capacity: int = 4096) -> ActivityLog:
+    """A tree, and an activity log over it whose peer has nothing durable yet (a delegated session)."""
+    for d in dirs:
+        os.makedirs(f"{top}/{d}")
+    for name in files:
+        with open(f"{top}/{name}", "wb"):
+            pass
+    al = ActivityLog(str(tmp_path / "activity.log"), capacity=capacity, root_fd=fd)
+    al.peer = lambda ticket: False
+    return al
+
+
 def test_a_renamed_directory_carries_its_hot_paths_and_entries_to_the_destination(tmp_path, root):
     top, fd = root
-    for d in ("D/sub", "old/a/b"):
-        os.makedirs(f"{top}/{d}")
-    with open(f"{top}/old/a/b/f", "wb"):
-        pass
-    al = ActivityLog(str(tmp_path / "activity.log"), root_fd=fd)
-    al.peer = lambda ticket: False               # delegated: nothing is durable on the peer yet
+    al = _log(tmp_path, top, fd, ("D/sub", "old/a/b"), ("old/a/b/f",))
     _write(al, top, "D/sub/new", 1, new=True)    # a directory entry only: "D/sub/"
     _write(al, top, "old/a/b/f", 2)              # a path entry, two levels under the renamed one
     _rename(al, top, "D", "E", 3)
@@ -127,12 +135,7 @@ def test_a_call_still_inside_under_the_destination_keeps_the_entry_it_is_charged
     "E/". A write to E/f that comes and goes meanwhile must not settle the unlink's slot."""
     from hamirror.journal.activity import choose_victims
     top, fd = root
-    for d in ("D", "E"):
-        os.makedirs(f"{top}/{d}")
-    with open(f"{top}/D/f", "wb"):
-        pass
-    al = ActivityLog(str(tmp_path / "activity.log"), root_fd=fd)
-    al.peer = lambda ticket: False               # nothing is durable on the peer: D/f is carried
+    al = _log(tmp_path, top, fd, ("D", "E"), ("D/f",))
     _write(al, top, "E/f", 1, new=True)          # "E/" enters
     _write(al, top, "D/f", 2)                    # "D/f" enters itself
     al.enter(["E/f"])                            # the unlink: charged to "E/"
@@ -146,16 +149,10 @@ def test_a_call_still_inside_under_the_destination_keeps_the_entry_it_is_charged
 
 def test_a_file_rename_carries_nothing_and_a_directory_rename_costs_one_append(tmp_path, root):
     top, fd = root
-    os.makedirs(f"{top}/D")
-    al = ActivityLog(str(tmp_path / "activity.log"), root_fd=fd)
-    al.peer = lambda ticket: False
+    al = _log(tmp_path, top, fd, ("D",))
     names = [f"D/f{i}" for i in range(50)]
-    for i, name in enumerate(names):             # existing files written: 50 path entries
-        with open(f"{top}/{name}", "wb"):
-            pass
+    for i, name in enumerate(names):             # files written (not created by the call): path entries
         _write(al, top, name, i)
-    with open(f"{top}/D/f0", "rb"):
-        pass
     _rename(al, top, "D/f0", "D/g0", 100)        # a file: nothing is under it
     assert not any(k.startswith("D/g0/") for k in al.hot())
     before = al.records
@@ -185,20 +182,13 @@ def test_the_crash_fold_of_the_primary_names_the_renamed_directory_s_files(tmp_p
 
 def test_a_log_full_of_paths_under_the_renamed_directory_stays_bounded(tmp_path, root):
     top, fd = root
-    os.makedirs(f"{top}/D")
-    os.makedirs(f"{top}/other")
-    al = ActivityLog(str(tmp_path / "activity.log"), capacity=64, root_fd=fd)
-    al.peer = lambda ticket: False
+    al = _log(tmp_path, top, fd, ("D", "other"), capacity=64)
     for i in range(64):
-        with open(f"{top}/D/f{i}", "wb"):
-            pass
         _write(al, top, f"D/f{i}", i)
     _rename(al, top, "D", "E", 100)              # 64 more paths: above capacity until settled
     assert {f"E/f{i}" for i in range(64)} <= set(read_log(al.path).paths)
     al.peer = None                               # the peer's disk has everything now
     for i in range(200):                         # other paths push the settled ones out again
-        with open(f"{top}/other/x{i}", "wb"):
-            pass
         _write(al, top, f"other/x{i}", 400 + i)
     assert len(al.hot()) == 64
 

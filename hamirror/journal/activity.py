@@ -32,6 +32,10 @@ a path entry. Which slot a path was charged to is remembered while a call on it 
 The price is paid after a crash: the fold lists D on this node and compares D and every entry in
 it whole (hamirror.journal.hotdirs), a wider comparison than the new names alone.
 
+**Renames.** A disk may keep a rename of D to E and lose an earlier write to D/f; a record of D/f,
+D and E then leads the resync to E's listing, never to E/f. So a rename carries every unsettled
+key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`).
+
 Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
 entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no path, set and
 clear the receiver's mark "acknowledged data its primary records may not be durable here",
