@@ -19,6 +19,10 @@ import mirror  # noqa: E402
 import mirror_report  # noqa: E402
 from columns import Column  # noqa: E402
 
+# The benchmark's pieces, its CPU probe and a GlusterFS pair (two glusterd): alone, after the
+# parallel step (scripts/test.sh).
+pytestmark = pytest.mark.serial
+
 PARAMS = dict(size_mib=1, files=1, txns=1, samples=1, pgbench_seconds=1, reps=2, quick=False,
               pgbench_clients=4, pgbench_scale=5)
 

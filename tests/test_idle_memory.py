@@ -21,6 +21,9 @@ from hamirror.link.monitor import recv_monitor_message
 from tests.conftest import needs_root
 from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
+# Resident memory and an idle spell measured: alone, after the parallel step (scripts/test.sh).
+pytestmark = pytest.mark.serial
+
 
 def test_the_daemons_and_the_link_import_no_asyncio() -> None:
     """pyzmq's monitor helper and ThreadAuthenticator pulled in asyncio and ssl (~8 MB resident in

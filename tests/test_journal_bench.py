@@ -6,7 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+# A benchmark script, timed: alone, after the parallel step (scripts/test.sh).
+pytestmark = pytest.mark.serial
 
 
 def test_bench_reports_every_case(tmp_path):
