@@ -73,6 +73,13 @@ class Interception:
         # Whether close() must reach flush() at all: read once by the native engine, which leaves
         # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
         self.flush_needed = mode != "sync"
+        # Sync mode's commits (one write, then fsync of it: a database's WAL): a handle whose last
+        # fsync followed exactly one write is expected to commit so again, so its next small write
+        # travels as WRITE_FSYNC (the peer syncs before it acknowledges) and the fsync after it
+        # needs no message of its own (_peer_synced). Per handle: [writes since its last fsync,
+        # that fsync's datasync flag if it followed exactly one write, else None].
+        self._commits: dict[int, list] = {}
+        self._synced_write: tuple[int, bytes, int, object] | None = None   # (fh, path, datasync, ticket)
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -152,6 +159,9 @@ class Interception:
     def release(self, path: str, fh: int) -> int:
         self._changed.discard(fh)
         self._inodes.pop(fh, None)
+        self._commits.pop(fh, None)
+        if self._synced_write is not None and self._synced_write[0] == fh:
+            self._synced_write = None   # the number may name another file next
         os.close(fh)
         return 0
 
@@ -175,8 +185,13 @@ class Interception:
             return os.pwrite(fh, data, offset)
         p = rel(path)
         bp = os.fsencode(p)
+        commit = self._commits.get(fh)
+        if commit is not None:   # sync mode, a handle fsynced before
+            commit[0] += 1
+            if commit[0] != 1:
+                commit = None
         if len(data) < OVERLAP_MIN:
-            return self._write_then_send(p, bp, data, offset, fh)
+            return self._write_then_send(p, bp, data, offset, fh, commit[1] if commit is not None else None)
         failed = None
         with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
@@ -198,8 +213,12 @@ class Interception:
             raise failed
         return written
 
-    def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int) -> int:
-        """Small writes: nothing to overlap, so one message carrying the bytes and the times."""
+    def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
+                         commit: int | None = None) -> int:
+        """Small writes: nothing to overlap, so one message carrying the bytes and the times. In
+        sync mode, the first write after a commit of one write (``commit``: that fsync's datasync
+        flag) is sent as WRITE_FSYNC: the peer makes it durable before it acknowledges, so the
+        fsync that follows costs one local fdatasync and no round trip (_peer_synced)."""
         failed = None
         with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             try:
@@ -208,7 +227,12 @@ class Interception:
                 failed, written = exc, 0
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
-            if written:
+            if written and commit is not None:
+                tx.send(Op.WRITE_FSYNC, (offset, commit), (bp,), times,
+                        data if written == len(data) else data[:written])
+                if tx.ticket is not None:
+                    self._synced_write = (fh, bp, commit, tx.ticket)
+            elif written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
                         hold=self._writeback)
             else:
@@ -254,23 +278,43 @@ class Interception:
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        if self.mode == "sync":   # see _commits
+            last = self._commits.get(fh)
+            self._commits[fh] = [0, (1 if datasync else 0) if last is not None and last[0] == 1 else None]
+        return self._fsync(path, datasync, fh)
+
+    def _fsync(self, path: str | None, datasync: int, fh: int) -> int:
         if path is None:
             (os.fdatasync if datasync else os.fsync)(fh)
             return 0
         p = rel(path)
+        bp = os.fsencode(p)
         with self.repl.change((), self._inodes.get(fh) or os.fstat(fh).st_ino) as tx:   # fsyncdir: not a handle
-            tx.hold_if_pending(p)
-            tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
+            if not self._peer_synced(fh, bp, datasync):
+                tx.hold_if_pending(p)
+                tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
         (os.fdatasync if datasync else os.fsync)(fh)
         tx.wait()
         return 0
 
+    def _peer_synced(self, fh: int, bp: bytes, datasync: int) -> bool:
+        """(ordering lock held) Whether the peer already made this fsync's file durable: the newest
+        message sent at all is this handle's WRITE_FSYNC of the same path, at least as strong,
+        acknowledged. Anything sent since (another write, a rename, a truncate...) or a link in
+        trouble and the FSYNC goes as usual (a blocked mount never gets here: the block waits)."""
+        synced = self._synced_write
+        if synced is None or synced[0] != fh or synced[1] != bp or (synced[2] and not datasync):
+            return False
+        ticket = synced[3]
+        client = self.repl.client
+        return client is not None and client.last_ticket is ticket and ticket.done and ticket.error is None
+
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
         try:
-            return self.fsync(path, datasync, fd)
+            return self._fsync(path, datasync, fd)
         finally:
             os.close(fd)
 
