@@ -8,6 +8,7 @@ the same through a real FUSE mount and a receiver process.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -55,6 +56,63 @@ def test_a_commit_of_one_write_is_one_message(mirror):
     assert _counts(receiver) == {"WRITE": 2, "FSYNC": 2, "WRITE_FSYNC": 4}
     assert (secondary / "wal").read_bytes() == (primary / "wal").read_bytes()
     assert os.stat(secondary / "wal").st_mtime_ns == os.stat(primary / "wal").st_mtime_ns
+    ops.release("/wal", fh)
+
+
+@pytest.fixture
+def local_syncs(monkeypatch):
+    """The mount's own fdatasync calls (made for real), in order."""
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    return calls
+
+
+def test_a_commits_local_sync_runs_before_its_write_returns(mirror, local_syncs):
+    ops, client, receiver, primary, secondary = mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    for n in range(2):
+        _commit(ops, fh, n)
+    assert local_syncs == [fh, fh]
+    ops.write("/wal", b"z" * PAGE, 2 * PAGE, fh)   # a commit's write: synced here while the peer syncs
+    assert local_syncs == [fh, fh, fh]
+    ops.fsync("/wal", 1, fh)                        # nothing changed since: no second fdatasync
+    assert local_syncs == [fh, fh, fh]
+    ops.release("/wal", fh)
+
+
+def test_a_data_change_after_the_early_sync_is_synced_by_the_fsync(mirror, local_syncs):
+    ops, client, receiver, primary, secondary = mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    other = ops.create("/other", 0o600, os.O_RDWR)
+    for n in range(2):
+        _commit(ops, fh, n)
+    for change in (lambda: ops.write("/other", b"o", 0, other), lambda: ops.truncate("/wal", 5 * PAGE, fh),
+                   lambda: ops.fallocate("/other", 0, 0, PAGE, other)):
+        ops.write("/wal", b"z" * PAGE, 2 * PAGE, fh)
+        before = len(local_syncs)
+        change()
+        ops.fsync("/wal", 1, fh)
+        assert local_syncs[before:] == [fh]
+    ops.release("/other", other)
+    ops.release("/wal", fh)
+
+
+def test_the_early_syncs_error_is_the_fsyncs(mirror, monkeypatch):
+    ops, client, receiver, primary, secondary = mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    for n in range(2):
+        _commit(ops, fh, n)
+    real = os.fdatasync
+
+    def failing(fd):
+        monkeypatch.setattr(os, "fdatasync", real)   # once: the kernel reports an error once per description
+        raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(os, "fdatasync", failing)
+    assert ops.write("/wal", b"z" * PAGE, 2 * PAGE, fh) == PAGE   # the write itself succeeded
+    with pytest.raises(OSError) as caught:
+        ops.fsync("/wal", 1, fh)
+    assert caught.value.errno == errno.EIO
     ops.release("/wal", fh)
 
 

@@ -18,6 +18,8 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 from __future__ import annotations
 
 import errno
+import functools
+import itertools
 import os
 import stat
 from typing import Callable
@@ -54,6 +56,18 @@ def parent_of(relpath: str) -> str:
     return os.path.dirname(relpath) or "."
 
 
+def _changes_data(method):
+    """The method changes a file's data or size (or may have, if it fails): once it is done, no
+    early fdatasync taken before covers it (Interception._local_synced)."""
+    @functools.wraps(method)
+    def changing(self: "Interception", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._changed_data()
+    return changing
+
+
 class Interception:
     """Passthrough to ``root_fd`` with replication of every change (see the module docstring)."""
 
@@ -80,6 +94,12 @@ class Interception:
         # that fsync's datasync flag if it followed exactly one write, else None].
         self._commits: dict[int, list] = {}
         self._synced_write: tuple[int, bytes, int, object] | None = None   # (fh, path, datasync, ticket)
+        # The local half of such a commit: its fdatasync runs while the peer's does (before the
+        # write returns), and the fsync after it skips its own if no data changed since. A unique
+        # number per data change (itertools.count's next() is atomic), set once the change is made.
+        self._stamps = itertools.count(1)
+        self._stamp = 0
+        self._local_synced: dict[int, tuple] = {}   # fh -> (stamp before its sync, its error, its datasync flag)
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -117,7 +137,10 @@ class Interception:
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
         with self.repl.change(((p, WHOLE),)) as tx:
-            fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
+            try:
+                fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
+            finally:
+                self._changed_data()
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
         self._touched(fd)
         return fd
@@ -160,10 +183,14 @@ class Interception:
         self._changed.discard(fh)
         self._inodes.pop(fh, None)
         self._commits.pop(fh, None)
+        self._local_synced.pop(fh, None)
         if self._synced_write is not None and self._synced_write[0] == fh:
             self._synced_write = None   # the number may name another file next
         os.close(fh)
         return 0
+
+    def _changed_data(self) -> None:
+        self._stamp = next(self._stamps)
 
     def _inode(self, fh: int) -> int:
         """The key under which writes through ``fh`` share the ordering lock (see
@@ -182,7 +209,10 @@ class Interception:
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         if path is None:   # unlinked while open: no name left in either tree, nothing to send
-            return os.pwrite(fh, data, offset)
+            try:
+                return os.pwrite(fh, data, offset)
+            finally:
+                self._changed_data()
         p = rel(path)
         bp = os.fsencode(p)
         commit = self._commits.get(fh)
@@ -204,6 +234,7 @@ class Interception:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0   # raised after the block, so the repair is waited for
+            self._changed_data()
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
@@ -225,6 +256,7 @@ class Interception:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0
+            self._changed_data()
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
             if written and commit is not None:
@@ -232,11 +264,20 @@ class Interception:
                         data if written == len(data) else data[:written])
                 if tx.ticket is not None:
                     self._synced_write = (fh, bp, commit, tx.ticket)
+                    tx.defer_wait()
             elif written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
                         hold=self._writeback)
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
+        if tx.deferred:   # the commit's local fdatasync, while the peer's runs
+            stamp, error = self._stamp, None   # this write's own: a later change makes another
+            try:
+                (os.fdatasync if commit else os.fsync)(fh)
+            except OSError as exc:
+                error = exc   # the fsync reports it: this file description's error is ours now
+            self._local_synced[fh] = (stamp, error, commit)
+            tx.wait()
         self._touched(fh)
         if failed is not None:
             raise failed
@@ -252,6 +293,7 @@ class Interception:
         if offset + length > size:
             tx.send(Op.TRUNCATE, (size,), (bp,))
 
+    @_changes_data
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if path is None:
             os.ftruncate(fh, length)
@@ -266,6 +308,7 @@ class Interception:
         self._touched(fh)
         return 0
 
+    @_changes_data
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
         if path is None:
             fallocate(fh, mode, offset, size)
@@ -295,8 +338,15 @@ class Interception:
                 tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
-        (os.fdatasync if datasync else os.fsync)(fh)
+        # A commit's early sync (_write_then_send) counts if no data changed since and it was as
+        # strong; its error is this fsync's.
+        early = self._local_synced.pop(fh, None)
+        error = early[1] if early is not None else None
+        if error is None and (early is None or early[0] != self._stamp or (early[2] and not datasync)):
+            (os.fdatasync if datasync else os.fsync)(fh)
         tx.wait()
+        if error is not None:
+            raise error
         return 0
 
     def _peer_synced(self, fh: int, bp: bytes, datasync: int) -> bool:
