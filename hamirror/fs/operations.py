@@ -328,7 +328,10 @@ class Interception:
 
     def _fsync(self, path: str | None, datasync: int, fh: int) -> int:
         if path is None:
+            early = self._local_synced.pop(fh, None)   # unlinked since its commit's write: sync anyway
             (os.fdatasync if datasync else os.fsync)(fh)
+            if early is not None and early[1] is not None:
+                raise early[1]
             return 0
         p = rel(path)
         bp = os.fsencode(p)
