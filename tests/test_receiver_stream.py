@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import zmq
@@ -244,6 +246,41 @@ def test_a_failure_while_accepting_does_not_stop_the_receiver(tmp_path, monkeypa
         socket.create_connection((host, int(port))).close()
         _still_serves(tmp_path, receiver, b"after-accept-failure")
         assert len(calls) == 2
+
+
+class _ExhaustedListener:
+    """The receiver's listener, whose ``accept`` fails with EMFILE while ``exhausted`` is set
+    (what a process out of descriptors gets: the connection stays in the backlog)."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real, self.exhausted, self.failures = real, True, 0
+
+    def accept(self):
+        if self.exhausted:
+            self.failures += 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self.real.accept()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_out_of_descriptors_the_listener_rests_instead_of_spinning_then_accepts_again(tmp_path, caplog):
+    with _serving(tmp_path) as receiver:
+        listener = receiver.link.listener = _ExhaustedListener(receiver.link.listener)
+        host, port = receiver.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        waiting = socket.create_connection((host, int(port)))   # stays in the backlog meanwhile
+        try:
+            wait_for(lambda: listener.failures >= 1, timeout=5)
+            time.sleep(2 * serve_stream.ACCEPT_PAUSE)
+            # a level-triggered listener polled again at once fails thousands of times a second
+            assert listener.failures <= 4, f"{listener.failures} failed accepts in {2 * serve_stream.ACCEPT_PAUSE} s"
+            listener.exhausted = False
+            _still_serves(tmp_path, receiver, b"after-emfile")
+        finally:
+            waiting.close()
+    assert (f"cannot accept a connection: [Errno {errno.EMFILE}] Too many open files; accepting again in "
+            f"{serve_stream.ACCEPT_PAUSE:g} s") in caplog.text
 
 
 @pytest.mark.parametrize("mechanism", ["NULL", "CURVE"])

@@ -38,8 +38,7 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 def run_spawner(args: argparse.Namespace) -> int:
     """Import what the daemons need, then serve the agent's requests until it goes."""
-    import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
-    import hamirror.replica.receiver  # noqa: F401
+    preload()
     from hamirror.cli import main as cli_main
 
     sock = socket.socket(fileno=args.fd)
@@ -73,6 +72,17 @@ def run_spawner(args: argparse.Namespace) -> int:
             sock.send(json.dumps(answer).encode())
         except OSError:
             return 1
+
+
+def preload() -> None:
+    """What every child would otherwise do on its own, done once here and shared copy-on-write:
+    the daemons' imports, and OpenSSL's first use (~5 MB of private pages per process that
+    opens a link session; docs/performance.md, "Idle memory of the data path")."""
+    import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
+    import hamirror.replica.receiver  # noqa: F401
+    from hamirror.link import session
+
+    session.warm_up()
 
 
 def _receive(sock: socket.socket) -> tuple[bytes | None, list[int]]:

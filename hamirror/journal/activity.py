@@ -32,6 +32,10 @@ a path entry. Which slot a path was charged to is remembered while a call on it 
 The price is paid after a crash: the fold lists D on this node and compares D and every entry in
 it whole (hamirror.journal.hotdirs), a wider comparison than the new names alone.
 
+**Renames.** A disk may keep a rename of D to E and lose an earlier write to D/f; a record of D/f,
+D and E then leads the resync to E's listing, never to E/f. So a rename carries every unsettled
+key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`).
+
 Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
 entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no path, set and
 clear the receiver's mark "acknowledged data its primary records may not be durable here",
@@ -48,11 +52,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import stat
 import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 from hamirror.journal import hotdirs
 from hamirror.journal.durability import Epochs, Syncer
@@ -112,6 +117,16 @@ def _entry_of(key: str, entering: bool) -> tuple[int, str]:
 
 def _parent(path: str) -> str:
     return os.path.dirname(path) or "."
+
+
+def _is_dir(root_fd: int, path: str) -> bool:
+    """``path`` is a directory beneath ``root_fd`` now; True when that cannot be told (a scan then)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path, dir_fd=root_fd).st_mode)
+    except FileNotFoundError:
+        return False          # the rename fails: nothing moves
+    except OSError:
+        return True
 
 
 @dataclass(frozen=True)
@@ -240,6 +255,19 @@ class _Slot:
         t = self.ticket
         return self.busy == 0 and (t is None or (t.done and (peer is None or peer(t))))
 
+    def evictable(self, durable: int | None, peer: PeerCheck | None) -> bool:
+        """:meth:`on_peer`, and changed no later than ``durable`` (the newest durable epoch here)."""
+        return self.on_peer(peer) and (durable is None or self.stamp <= durable)
+
+
+def carried(keys: Iterable[str], src: str, dst: str) -> list[str]:
+    """The hot keys under directory ``src`` (its own directory entry ``src/`` and every key
+    beneath) as they are named once ``src`` is renamed ``dst`` (pure). Why: after the rename the
+    peer holds them under ``dst`` only, and a record that names ``src/f`` but not ``dst/f`` lets a
+    resync compare ``dst``'s listing and never ``dst/f``'s content."""
+    prefix = src + "/"
+    return [dst + k[len(src):] for k in keys if k.startswith(prefix)]
+
 
 def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable: int | None = None,
                    peer: PeerCheck | None = None) -> list[str]:
@@ -250,7 +278,7 @@ def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable
     if count <= 0:
         return victims
     for path, slot in hot.items():                    # oldest first
-        if slot.on_peer(peer) and (durable is None or slot.stamp <= durable):
+        if slot.evictable(durable, peer):
             victims.append(path)
             if len(victims) == count:
                 break
@@ -294,23 +322,28 @@ class ActivityLog:
             self.syncer = Syncer(epochs, self._undurable, lambda epoch: None, name="activity-log",
                                  interval=interval)
 
-    def enter(self, paths: Iterable[str], new: Iterable[str] = ()) -> None:
+    def enter(self, paths: Iterable[str], new: Iterable[str] = (),
+              moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]:
         """Mark ``paths`` as being changed; durable on return. Call before applying or sending.
-        ``new``: those of ``paths`` whose name the operation creates (their directory enters)."""
+        ``new``: those of ``paths`` whose name the operation creates (their directory enters).
+        ``moved``: a rename's ``(source, destination)`` pairs (both ways for an exchange): the hot
+        keys under a source directory enter again under its destination, in the same append
+        (:func:`carried`). Returns those keys: pass them to :meth:`leave` with ``paths``."""
         paths = list(paths)
         with self._lock:
             hot = self._hot
-            if len(paths) == 1 and not new:   # most calls: one path, already hot or covered
+            extra = self._carried(moved) if moved else ()
+            if len(paths) == 1 and not new and not extra:   # most calls: one path, hot or covered
                 slot = hot.get(paths[0])
                 if slot is not None:          # hot itself (a file being written)
                     hot.move_to_end(paths[0])
                     slot.busy += 1
-                    return
+                    return ()
                 key = self._key_of(paths[0])
                 if key is not None:
                     hot.move_to_end(key)
                     self._charge(paths[0], key)
-                    return
+                    return ()
             fresh = set(new) if self.root_fd is not None else ()
             charged: list[tuple[str, str]] = []
             later: list[tuple[str, str]] = []
@@ -328,21 +361,38 @@ class ActivityLog:
                 else:
                     missing[key] = None
                     later.append((p, key))
+            held = {key: None for key in extra if key in hot}
+            for key in held:                  # this call's too: never a victim below
+                hot.move_to_end(key)
+                hot[key].busy += 1
+            missing.update((key, None) for key in extra if key not in hot)
             if missing:
                 try:
                     self._admit(list(missing))
                 except BaseException:
                     for p, key in charged:
                         self._uncharge(p)
+                    for key in held:
+                        hot[key].busy -= 1
                     raise
             for p, key in later:
                 self._charge(p, key)
+            for key in extra:
+                if key not in held:
+                    hot[key].busy += 1
+        return extra
 
-    def leave(self, paths: Iterable[str], ticket: Acknowledgeable | None) -> None:
-        """The change block on ``paths`` ended; ``ticket`` is the last operation it sent (if any)."""
+    def leave(self, paths: Iterable[str], ticket: Acknowledgeable | None, carried: Iterable[str] = ()) -> None:
+        """The change block on ``paths`` ended; ``ticket`` is the last operation it sent (if any);
+        ``carried``: what :meth:`enter` returned (hot keys, settled as the rename's own)."""
         with self._lock:
-            for p in paths:
-                slot = self._uncharge(p)
+            slots = [self._uncharge(p) for p in paths]
+            for key in carried:
+                slot = self._hot.get(key)
+                if slot is not None:
+                    slot.busy = max(slot.busy - 1, 0)
+                slots.append(slot)
+            for slot in slots:
                 if slot is None:
                     continue
                 if ticket is not None:
@@ -390,6 +440,23 @@ class ActivityLog:
             return any(slot.stamp > durable for slot in self._hot.values())
 
     # internals (``_lock`` held) --------------------------------------------------------------
+
+    def _carried(self, moved: Iterable[tuple[str, str]]) -> list[str]:
+        """The keys a rename enters under its destination: each hot key under a source directory
+        (its directory entry, and everything beneath) that may not be on both disks yet, renamed.
+        A source that is no directory here has nothing under it (one ``lstat``, no scan)."""
+        extra: dict[str, None] = {}
+        durable = None if self.epochs is None else self.epochs.durable
+        for src, dst in moved:
+            if self.root_fd is not None and not _is_dir(self.root_fd, src):
+                continue
+            prefix = src + "/"
+            unsettled = [k for k, slot in self._hot.items()
+                         if k.startswith(prefix) and not slot.evictable(durable, self.peer)]
+            extra.update(dict.fromkeys(carried(unsettled, src, dst)))
+        # A path whose call is still inside, charged to the entry covering it (an unlink of E/f
+        # just before D moved onto E): that entry holds it, so the path never is two keys at once.
+        return list(dict.fromkeys(self._charged[k][0] if k in self._charged else k for k in extra))
 
     def _key_of(self, path: str) -> str | None:
         """The hot key a call on ``path`` is charged to, or None (not hot, not covered): its own

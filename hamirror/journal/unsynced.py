@@ -36,7 +36,8 @@ import threading
 import time
 from typing import Iterable
 
-from hamirror.journal.activity import ENTER, LEAVE, MARK, UNMARK, encode_frame, read_log, write_all, write_snapshot
+from hamirror.journal.activity import (ENTER, LEAVE, MARK, UNMARK, carried, encode_frame, read_log, write_all,
+                                       write_snapshot)
 from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.journal import Journal
 from hamirror.mirror.record import KEPT, UNSYNCED, UNSYNCED_PEER, UPTODATE
@@ -89,15 +90,21 @@ class UnsyncedLog:
             self._seqs.clear()
             self.durable_seq = seq
 
-    def note(self, paths: Iterable[bytes], seq: int | None = None) -> None:
+    def note(self, paths: Iterable[bytes], seq: int | None = None,
+             moved: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """``paths`` were just changed by the applied operation ``seq`` (memory only; see
-        :meth:`flush`). In a delegated session only the mark is recorded."""
+        :meth:`flush`). In a delegated session only the mark is recorded. ``moved``: a rename's
+        (source, destination) pairs: the paths kept under a source directory are kept under its
+        destination too (the disk may keep the rename and lose their data)."""
         stamp = self.epochs.stamp()
         with self._lock:
             if self.delegated:
                 self._note_delegated(paths, stamp, seq)
                 return
             hot = self._hot
+            if moved:
+                paths = [*paths, *(os.fsencode(p) for src, dst in moved
+                                   for p in carried(hot, os.fsdecode(src), os.fsdecode(dst)))]
             for raw in paths:
                 path = os.fsdecode(raw)
                 if path not in hot:

@@ -76,6 +76,12 @@ def power_loss(paths: LabPaths, node: str) -> PowerLoss:
     return result
 
 
+def lose_unsynced(roots: list[str]) -> int:
+    """Steps 2 and 4 alone, for directories whose writers are dead already (a test's receiver,
+    killed): zero every page not on the disk under ``roots``; the bytes lost."""
+    return sum(_zero(path, pages) for path, pages in _scan(roots, PowerLoss("")).items())
+
+
 def _freeze(pids: list[int]) -> None:
     """SIGSTOP ``pids`` (one may have exited meanwhile)."""
     for pid in pids:

@@ -19,7 +19,7 @@ import stat
 
 from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
-from hamirror.syscalls import fallocate, renameat2, start_writeback
+from hamirror.syscalls import RENAME_EXCHANGE, fallocate, renameat2, start_writeback
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -43,8 +43,18 @@ def changed_paths(msg: Message) -> list[bytes]:
     return paths
 
 
+def moved_paths(msg: Message) -> tuple[tuple[bytes, bytes], ...]:
+    """A rename's (source, destination) pairs, both ways for an exchange: what was beneath a
+    renamed directory is beneath the other name now (hamirror.journal.unsynced carries it)."""
+    if msg.op is not _RENAME:
+        return ()
+    src, dst = msg.strs[0], msg.strs[1]
+    return ((src, dst), (dst, src)) if msg.ints[0] & RENAME_EXCHANGE else ((src, dst),)
+
+
 # Computed once, as this runs per message (an Enum member looked up on its class costs ~0.14 us).
 _FSYNC = Op.FSYNC
+_RENAME = Op.RENAME
 _PATH_FIELDS = {op: tuple(i for i, kind in enumerate(spec.strs) if kind == PATH) for op, spec in SPECS.items()}
 
 

@@ -349,3 +349,28 @@ def _hkdf(secret: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 
 def _mac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def warm_up() -> None:
+    """One handshake and one sealed round trip between throwaway keys, in this process.
+
+    The spawner calls it before it forks the daemons: OpenSSL (inside ``cryptography``)
+    initialises its providers, tables and random generator on first use, a few MB of pages per
+    process; done once in the spawner, every forked mount and receiver shares them copy-on-write
+    instead of making its own (docs/performance.md, "Idle memory of the data path"). OpenSSL 3
+    reseeds its random generator in a forked child by itself. Nothing here outlives the call.
+    """
+    def pair() -> tuple[bytes, bytes]:
+        secret = X25519PrivateKey.generate()
+        return secret.private_bytes_raw(), _public(secret)
+
+    server_secret, server_public = pair()
+    client_secret, client_public = pair()
+    receiver = Sessions(server_secret, server_public, {"warm-up": client_public})
+    client = ClientHandshake(client_secret, client_public, server_public)
+    _, accept = receiver.incoming(b"warm-up", [client.init])
+    confirm, channel = client.accept(accept)
+    receiver.incoming(b"warm-up", [confirm])
+    opened, _ = receiver.incoming(b"warm-up", channel.send.seal([b"warm-up"]))
+    if opened != [b"warm-up"]:
+        raise SessionError("the warm-up round trip did not open what it sealed")

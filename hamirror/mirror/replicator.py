@@ -31,7 +31,7 @@ import errno
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 from hamirror.link.client import WHOLE, Change, LinkClient, Ticket, flatten_changes
 from hamirror.link.protocol import PING_DELEGATE, PING_SYNC, Op, Times, offers_delegation
@@ -51,8 +51,9 @@ class ActivityRecorder(Protocol):
 
     peer: Callable[[Ticket], bool] | None
 
-    def enter(self, paths: Iterable[str], new: Iterable[str] = ()) -> None: ...
-    def leave(self, paths: Iterable[str], ticket: Ticket | None) -> None: ...
+    def enter(self, paths: Iterable[str], new: Iterable[str] = (),
+              moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]: ...
+    def leave(self, paths: Iterable[str], ticket: Ticket | None, carried: Iterable[str] = ()) -> None: ...
     def not_on_peer(self) -> list[str]: ...
     def recorded(self) -> None: ...
 
@@ -77,7 +78,8 @@ class Refused(OSError):
 class _Transaction:
     """One operation between the local apply and the peer's acknowledgement."""
 
-    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent", "logged")
+    __slots__ = ("_replicator", "changes", "ticket", "client", "barrier", "deferred", "held", "unsent", "logged",
+                 "carried")
 
     def __init__(self, replicator: "Replicator", changes: tuple[Change, ...]) -> None:
         self._replicator = replicator
@@ -89,6 +91,7 @@ class _Transaction:
         self.held = False   # SYNCING: touches a path the resync has not reached; recorded, not sent
         self.unsent = False  # the link was lost before this was queued: it waits for the verdict
         self.logged = False  # its paths are in the activity log (streaming): leave it at the end
+        self.carried: Sequence[str] = ()   # hot keys a directory rename entered under its destination
 
     def send(self, op: Op, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = (),
              times: tuple[Times, ...] = (), data: bytes | None = None, barrier: bool = False,
@@ -393,11 +396,13 @@ class Replicator:
 
     # the FUSE side ---------------------------------------------------------------------------
 
-    def change(self, changes: tuple[Change, ...], key: int | None = None, new: tuple[str, ...] = ()) -> "_Change":
+    def change(self, changes: tuple[Change, ...], key: int | None = None, new: tuple[str, ...] = (),
+               moved: tuple[tuple[str, str], ...] = ()) -> "_Change":
         """The block around one operation; ``key`` (an inode number) for a data write or fsync,
         which then shares the ordering lock with those of other inodes; ``new``: the paths of
-        ``changes`` whose name the operation creates (the activity log may enter their directory)."""
-        return _Change(self, changes, key, new)
+        ``changes`` whose name the operation creates (the activity log may enter their directory);
+        ``moved``: a rename's (source, destination) pairs (the log carries what is hot beneath)."""
+        return _Change(self, changes, key, new, moved)
 
     # peer loss -------------------------------------------------------------------------------
 
@@ -475,14 +480,15 @@ class Replicator:
 class _Change:
     """Context manager behind :meth:`Replicator.change` (see the module docstring)."""
 
-    __slots__ = ("_replicator", "_tx", "_key", "_new")
+    __slots__ = ("_replicator", "_tx", "_key", "_new", "_moved")
 
     def __init__(self, replicator: Replicator, changes: tuple[Change, ...], key: int | None,
-                 new: tuple[str, ...] = ()) -> None:
+                 new: tuple[str, ...] = (), moved: tuple[tuple[str, str], ...] = ()) -> None:
         self._replicator = replicator
         self._tx = _Transaction(replicator, changes)
         self._key = key
         self._new = new
+        self._moved = moved
 
     def __enter__(self) -> _Transaction:
         replicator = self._replicator
@@ -511,7 +517,8 @@ class _Change:
                 if tx.held:
                     replicator.pending.update(c[0] for c in tx.changes)
             elif state in _STREAMING and replicator.activity is not None and tx.changes:
-                replicator.activity.enter([c[0] for c in tx.changes], self._new)   # write-ahead, for a crash
+                # write-ahead, for a crash
+                tx.carried = replicator.activity.enter([c[0] for c in tx.changes], self._new, self._moved)
                 tx.logged = True
         except BaseException:
             lock.release(key)
@@ -525,7 +532,7 @@ class _Change:
         if tx.logged:
             if tx.ticket is None and exc_type is None and replicator.state not in _STREAMING:
                 replicator.record(tx.changes)   # the peer was lost before this could be sent
-            replicator.activity.leave([c[0] for c in tx.changes], tx.ticket)
+            replicator.activity.leave([c[0] for c in tx.changes], tx.ticket, tx.carried)
         if replicator.on_queued is not None:
             replicator.on_queued(exc_type is None)
         if exc_type is None and not tx.deferred and (replicator.sync or tx.barrier):

@@ -32,7 +32,7 @@ from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing, keys, session
-from hamirror.link.apply import Applier, changed_paths
+from hamirror.link.apply import Applier, changed_paths, moved_paths
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, PING_DELEGATE, PING_SYNC, QUERIES,
                                     VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
                                     hello_answer, with_durable)
@@ -319,7 +319,7 @@ class Receiver:
     def _note(self, msg: Message) -> None:
         """Record the paths an operation changed (acknowledged only once durable: _acknowledge)."""
         if self.unsynced is not None and msg.op not in QUERIES:
-            self.unsynced.note(changed_paths(msg), msg.seq)
+            self.unsynced.note(changed_paths(msg), msg.seq, moved_paths(msg))
 
     def _count(self, msg: Message) -> None:
         stats = self.stats

@@ -19,6 +19,7 @@ ends at worst its own connection, logged.
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import select
@@ -34,8 +35,10 @@ HANDSHAKE_DEADLINE = 5.0     # seconds from accept to an established session
 MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above, it is closed
 BACKLOG = 100                # as ZeroMQ's listen()
 ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
+ACCEPT_PAUSE = 0.5           # seconds the listener rests after running out of descriptors or memory
 IOV = 64                     # buffers per sendmsg (a batch of replies with more is queued, then flushed)
 _READ, _WRITE = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
+_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class ListenError(Exception):
@@ -108,6 +111,7 @@ class StreamServer:
         self._waiting: dict[bytes, _Connection] = {}        # not yet authenticated, oldest first
         self._established: dict[bytes, _Connection] = {}    # oldest first
         self._ready: collections.deque[tuple[bytes, list]] = collections.deque()
+        self._accept_paused_until: float | None = None
 
     # the loop's interface ---------------------------------------------------------------------
 
@@ -117,6 +121,8 @@ class StreamServer:
         if not ready:
             if self._waiting:
                 self._expire(time.monotonic())
+            if self._accept_paused_until is not None:
+                self._resume_accepting(time.monotonic())
             by_fd = self._by_fd
             for fd, events in self.epoll.poll(self.idle if wait else 0):
                 conn = by_fd.get(fd)
@@ -184,8 +190,11 @@ class StreamServer:
                 sock, address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:   # e.g. out of file descriptors: the next wake-up tries again
-                log.warning("cannot accept a connection: %s", exc)
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self._pause_accepting(exc)
+                else:   # e.g. a connection reset before it was accepted: the next wake-up goes on
+                    log.warning("cannot accept a connection: %s", exc)
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -197,6 +206,20 @@ class StreamServer:
             if len(self._waiting) > MAX_UNAUTHENTICATED:
                 self._end(next(iter(self._waiting.values())),
                           f"more than {MAX_UNAUTHENTICATED} connections without a session: the oldest closed")
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors or memory, the pending connection stays in the backlog and the
+        listener stays readable: polling it again at once would spin a core until something is
+        freed. The listener rests :data:`ACCEPT_PAUSE` seconds instead (its connections keep
+        being served), then accepting resumes; one warning per rest."""
+        log.warning("cannot accept a connection: %s; accepting again in %g s", exc, ACCEPT_PAUSE)
+        self.epoll.modify(self._listener_fd, 0)
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def _resume_accepting(self, now: float) -> None:
+        if now >= self._accept_paused_until:   # type: ignore[operator]
+            self._accept_paused_until = None
+            self.epoll.modify(self._listener_fd, _READ)
 
     def _expire(self, now: float) -> None:
         """Close the connections whose handshake is late (the oldest are first)."""
