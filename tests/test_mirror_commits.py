@@ -78,6 +78,30 @@ def test_a_commits_local_sync_runs_before_its_write_returns(mirror, local_syncs)
     assert local_syncs == [fh, fh, fh]
     ops.fsync("/wal", 1, fh)                        # nothing changed since: no second fdatasync
     assert local_syncs == [fh, fh, fh]
+    ops.write("/wal", b"z" * PAGE, 3 * PAGE, fh)
+    ops.fsync("/wal", 0, fh)                        # a full fsync covers metadata too: its own
+    assert local_syncs == [fh, fh, fh, fh]
+    ops.release("/wal", fh)
+
+
+def test_full_fsync_commits_sync_locally_at_the_fsync(mirror, monkeypatch):
+    """fsync (not fdatasync) covers the inode's metadata, which a chmod changes without a data
+    stamp: only the peer's half is taken in the write (no FSYNC message), the local one is not."""
+    ops, client, receiver, primary, secondary = mirror
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    for n in range(5):
+        _commit(ops, fh, n, datasync=0)
+    assert fsyncs == [fh] * 5
+    assert _counts(receiver) == {"WRITE": 2, "FSYNC": 2, "WRITE_FSYNC": 3}
+    ops.write("/wal", b"m" * PAGE, 5 * PAGE, fh)
+    ops.chmod("/wal", 0o640)
+    before = len(fsyncs)
+    ops.fsync("/wal", 0, fh)   # the mode too is on this disk when it returns
+    assert fsyncs[before:] == [fh]
+    assert os.stat(secondary / "wal").st_mode & 0o777 == 0o640
     ops.release("/wal", fh)
 
 

@@ -94,12 +94,12 @@ class Interception:
         # that fsync's datasync flag if it followed exactly one write, else None].
         self._commits: dict[int, list] = {}
         self._synced_write: tuple[int, bytes, int, object] | None = None   # (fh, path, datasync, ticket)
-        # The local half of such a commit: its fdatasync runs while the peer's does (before the
-        # write returns), and the fsync after it skips its own if no data changed since. A unique
-        # number per data change (itertools.count's next() is atomic), set once the change is made.
+        # The local half of an fdatasync commit: its fdatasync runs while the peer's does (before
+        # the write returns), and the fdatasync after it skips its own if no data changed since. A
+        # unique number per data change (itertools.count's next() is atomic), set once it is made.
         self._stamps = itertools.count(1)
         self._stamp = 0
-        self._local_synced: dict[int, tuple] = {}   # fh -> (stamp before its sync, its error, its datasync flag)
+        self._local_synced: dict[int, tuple[int, OSError | None]] = {}   # fh -> (stamp before its fdatasync, its error)
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -264,7 +264,8 @@ class Interception:
                         data if written == len(data) else data[:written])
                 if tx.ticket is not None:
                     self._synced_write = (fh, bp, commit, tx.ticket)
-                    tx.defer_wait()
+                    if commit:   # fdatasync commits: see _local_synced
+                        tx.defer_wait()
             elif written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
                         hold=self._writeback)
@@ -273,10 +274,10 @@ class Interception:
         if tx.deferred:   # the commit's local fdatasync, while the peer's runs
             stamp, error = self._stamp, None   # this write's own: a later change makes another
             try:
-                (os.fdatasync if commit else os.fsync)(fh)
+                os.fdatasync(fh)
             except OSError as exc:
                 error = exc   # the fsync reports it: this file description's error is ours now
-            self._local_synced[fh] = (stamp, error, commit)
+            self._local_synced[fh] = (stamp, error)
             tx.wait()
         self._touched(fh)
         if failed is not None:
@@ -341,11 +342,11 @@ class Interception:
                 tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
-        # A commit's early sync (_write_then_send) counts if no data changed since and it was as
-        # strong; its error is this fsync's.
+        # A commit's early fdatasync (_write_then_send) stands for an fdatasync if no data or size
+        # changed since (a full fsync would cover metadata too: it syncs); its error is this one's.
         early = self._local_synced.pop(fh, None)
         error = early[1] if early is not None else None
-        if error is None and (early is None or early[0] != self._stamp or (early[2] and not datasync)):
+        if error is None and (early is None or early[0] != self._stamp or not datasync):
             (os.fdatasync if datasync else os.fsync)(fh)
         tx.wait()
         if error is not None:
