@@ -233,6 +233,41 @@ def test_newer_format_is_refused(jpath):
         Journal(jpath)
 
 
+def _format(jpath: str) -> int:
+    db = sqlite3.connect(jpath)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_subtree_mark_raises_the_format_until_the_changes_are_cleared(jpath, monkeypatch):
+    """A directory renamed while the peer is away: the mark survives a reopen and is never lowered
+    by a whole-file or block record; the file says format 2 only while a mark is in it, so the
+    previous release (which reads format 1 and would compare the directory's listing only)
+    refuses it clearly and reads every other journal."""
+    from hamirror.journal import journal as journal_module
+    with Journal(jpath) as j:
+        j.record_paths(["D", "E/f"])
+        assert _format(jpath) == 1
+        j.record_subtree("E")
+        j.record_whole("E")
+        j.record_range("E", 0, 10)
+        assert j.subtrees() == ["E"] and j.changed_blocks("E") is None and _format(jpath) == 2
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)     # the previous release's check
+    with pytest.raises(sqlite3.OperationalError, match="journal format 2 is newer than this hamirror's"):
+        Journal(jpath)
+    monkeypatch.undo()
+    with Journal(jpath) as j:
+        assert j.subtrees() == ["E"] and j.changed_paths() == ["D", "E", "E/f"]
+        j.clear_changes()
+        assert j.subtrees() == [] and _format(jpath) == 1
+        j.record_subtree("X")
+        j.new_generation()
+        j.adopt_generations(j.generations())     # the target of a resync, at its end
+        assert j.subtrees() == [] and _format(jpath) == 1
+
+
 def test_concurrent_new_items_share_one_commit(jpath):
     """Group commit: records queued while another commit runs go to disk in one transaction."""
     with Journal(jpath) as j:

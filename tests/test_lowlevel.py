@@ -112,8 +112,8 @@ class GatedReplicator(Replicator):
         self.entered, self.go, self.same_file = threading.Event(), threading.Event(), []
         self.expect: int | None = None
 
-    def change(self, changes, key=None, new=()):
-        inner, gate = super().change(changes, key, new), self
+    def change(self, changes, key=None, new=(), moved=()):
+        inner, gate = super().change(changes, key, new, moved), self
 
         class Gate:
             def __enter__(self):

@@ -61,28 +61,128 @@ def test_a_write_lost_under_a_renamed_directory_is_resynced(mirror_factory, monk
     lost_data_is_resynced(pair)                  # bytes of both copies equal, up to date again
 
 
-@pytest.mark.xfail(strict=True, reason="not done yet (docs/journal.md): while ALONE a rename records its "
-                   "two names only, and the incremental resync compares a directory both sides have by listing")
-def test_directories_swapped_while_alone_are_resynced(mirror_factory):
-    """No lost write at all: E renamed away and D renamed to E while the peer is away. The peer's E/f
-    is the old E's, ours the old D's; same name, size and mtime; the changed set names D, E, X."""
-    from tests.test_resync_common import assert_equal_trees, establish, go_alone, resync, resync_modes
-    pair = mirror_factory("m", timeout=3)
+def _two_directories(mirror_factory, established: bool = True, **settings):
+    """A pair (``settings``: mirror_factory's) with D/f, D/sub/g, E/f and E/sub/g on each side:
+    same names, sizes and times, other bytes (a listing, a size and an mtime cannot tell them apart
+    once the directories swap names); started, ``established`` (a resync done: the next one is
+    incremental)."""
+    from tests.test_resync_common import establish
+    pair = mirror_factory("m", timeout=3, **settings)
     for side in (pair.primary, pair.secondary):
         for d, byte in (("D", b"a"), ("E", b"b")):
-            os.makedirs(f"{side}/{d}")
-            with open(f"{side}/{d}/f", "wb") as f:
-                f.write(byte * 5000)
-            os.utime(f"{side}/{d}/f", ns=(10**18, 10**18))
+            os.makedirs(f"{side}/{d}/sub")
+            for name in ("f", "sub/g"):
+                with open(f"{side}/{d}/{name}", "wb") as f:
+                    f.write(byte * 5000)
+                os.utime(f"{side}/{d}/{name}", ns=(10**18, 10**18))
     pair.start()
-    establish(pair)
+    if established:
+        establish(pair)
+    return pair
+
+
+def _swap(top: str, exchange: bool) -> None:
+    """D and E trade names: RENAME_EXCHANGE, or E renamed away and D renamed to E."""
+    from hamirror.syscalls import RENAME_EXCHANGE, renameat2
+    if exchange:
+        renameat2(-100, f"{top}/D".encode(), -100, f"{top}/E".encode(), RENAME_EXCHANGE)
+    else:
+        os.rename(f"{top}/E", f"{top}/X")
+        os.rename(f"{top}/D", f"{top}/E")
+
+
+@pytest.mark.parametrize("exchange,mode", [(False, "incremental"), (True, "incremental"), (False, "scan")],
+                         ids=["renames", "exchange", "renames-scan"])
+def test_directories_swapped_while_alone_are_resynced(mirror_factory, exchange, mode):
+    """No lost write at all: D and E swap names while the peer is away. The peer's E/f is the old
+    E's, ours the old D's; same name, size and mtime. The rename records a subtree mark on each
+    destination, and the resync compares everything beneath it whole: incremental, and a scan
+    (the first outage of a pair), which trusts equal metadata unless a journal names the path."""
+    from tests.test_resync_common import assert_equal_trees, go_alone, resync, resync_modes
+    pair = _two_directories(mirror_factory, established=mode == "incremental")
     go_alone(pair)
-    os.rename(f"{pair.primary}/E", f"{pair.primary}/X")
-    os.rename(f"{pair.primary}/D", f"{pair.primary}/E")
+    _swap(pair.primary, exchange)
+    pair.start_receiver()
+    resync(pair)
+    assert resync_modes(pair)[-1] == mode
+    assert_equal_trees(pair)
+
+
+def test_directories_swapped_unacknowledged_when_the_link_drops_are_resynced(mirror_factory):
+    """The same swap streamed in async mode to a receiver that is stopped (SIGSTOP: it applies
+    nothing), then killed: the link loss records the two unacknowledged renames, each destination
+    as a subtree, and the peer still holds D and E as they were."""
+    import signal
+    from tests.mirror_fixtures import wait_for
+    from tests.test_resync_common import assert_equal_trees, go_alone, resync, resync_modes
+    pair = _two_directories(mirror_factory, mode="async")
+    pid = pair.receiver.pid
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 10,
+             what="the receiver to stop")
+    _swap(pair.primary, exchange=False)         # async: applied here, queued for the peer
+    go_alone(pair)                              # kill -9 of the stopped receiver: never applied
+    assert os.path.isdir(f"{pair.secondary}/D") and not os.path.exists(f"{pair.secondary}/X")
     pair.start_receiver()
     resync(pair)
     assert resync_modes(pair)[-1] == "incremental"
     assert_equal_trees(pair)
+
+
+def test_directories_swapped_by_calls_held_during_a_resync_are_resynced(mirror_factory):
+    """D and E are in the changed set, so a resync holds calls on them until it reaches them; it is
+    still copying A (1 MB/s) when they swap: the held renames mark the subtrees in the journal, and
+    the resync, reading the marks live, compares beneath E whole when it gets there."""
+    from tests.mirror_fixtures import wait_for
+    from tests.test_resync_common import assert_equal_trees, control, go_alone, mount_state, resync
+    pair = _two_directories(mirror_factory)
+    go_alone(pair)
+    p = pair.primary
+    with open(f"{p}/A", "wb") as f:            # visited first (paths in order), copied slowly
+        f.write(os.urandom(4 << 20))
+    for d in ("D", "E"):
+        os.chmod(f"{p}/{d}", 0o750)
+    pair.start_receiver()
+    resync(pair, "--bandwidth", "1", "--no-wait")
+    wait_for(lambda: mount_state(pair) == "SYNCING", 15, what="the resync to start")
+    _swap(p, exchange=False)
+    progress = control(pair, {"cmd": "status"})["status"]["resync"]
+    assert progress["done_bytes"] < 4 << 20, progress   # still on A: D and E were not reached yet
+    wait_for(lambda: mount_state(pair) == "PRIM", 60, what="the resync to finish")
+    assert_equal_trees(pair)
+
+
+def test_directories_swapped_on_the_losing_side_of_a_split_brain_are_set_aside(mirror_factory):
+    """B, alone too, swaps D and E: its journal holds the subtree marks, and its answer to CHANGES
+    names every path beneath them, so A (which changed nothing there) compares them whole and B's
+    versions go to the conflict folder instead of staying under A's names."""
+    import glob
+    from tests.test_resync_common import alone_on_secondary, assert_equal_trees, files, go_alone, resync
+    pair = _two_directories(mirror_factory)
+    go_alone(pair)
+    with alone_on_secondary(pair) as s:
+        _swap(s, exchange=False)
+    pair.start_receiver()
+    resync(pair, "--keep-aside")
+    assert_equal_trees(pair)
+    aside = files(glob.glob(f"{pair.secondary}/.hamirror-conflicts/*")[0])
+    assert aside["E/f"] == b"a" * 5000 and aside["E/sub/g"] == b"a" * 5000, sorted(aside)
+
+
+def test_a_rename_marks_a_directory_s_destination_as_a_subtree_and_a_file_s_as_whole(tmp_path):
+    """What the mount records for a rename while the peer is away (hamirror/fs/operations.py): a
+    file's rename stays a whole-file mark, so it never raises the journal's format."""
+    from hamirror.fs.operations import _renamed
+    from hamirror.link.client import SUBTREE, WHOLE
+    os.makedirs(tmp_path / "dir")
+    (tmp_path / "file").write_bytes(b"x")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _renamed(fd, "file", (("file", "g"),)) == (("file",), ("g", WHOLE))
+        assert _renamed(fd, "dir", (("dir", "e"),)) == (("dir",), ("e", SUBTREE))
+        assert _renamed(fd, "dir", (("dir", "file"), ("file", "dir"))) == (("file", SUBTREE), ("dir", WHOLE))
+    finally:
+        os.close(fd)
 
 
 # unit: the activity log --------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import os
 import stat
 from typing import Callable
 
-from hamirror.link.client import WHOLE
+from hamirror.journal.activity import is_dir
+from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
 from hamirror.syscalls import RENAME_EXCHANGE, UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
@@ -444,7 +445,7 @@ class Interception:
         src, dst = rel(old), rel(new)
         # What is hot beneath a renamed directory is carried to its new name (an exchange: both ways).
         moved = ((src, dst), (dst, src)) if flags & RENAME_EXCHANGE else ((src, dst),)
-        with self.repl.change(((src,), (dst, WHOLE)), new=(dst,), moved=moved) as tx:
+        with self.repl.change(_renamed(self.root, src, moved), new=(dst,), moved=moved) as tx:
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))
             tx.send(Op.RENAME, (flags,), (os.fsencode(src), os.fsencode(dst)), self._times(*parents))
@@ -546,6 +547,15 @@ class Interception:
             os.removexattr(self._proc(p), name, follow_symlinks=False)
             tx.send(Op.REMOVEXATTR, (), (os.fsencode(p), os.fsencode(name)))
         return 0
+
+
+def _renamed(root: int, src: str, moved: tuple[tuple[str, str], ...]) -> tuple[Change, ...]:
+    """What a rename changes, for the journal: the source's name, and each destination's content;
+    a directory's as a subtree (docs/journal.md, "Renames while the peer is away": a listing and
+    sizes cannot tell which tree a name holds). Looked at before the call: the kernel holds the
+    parents' locks, so nothing else renames the sources meanwhile."""
+    marks = {dst: SUBTREE if is_dir(root, source) else WHOLE for source, dst in moved}
+    return ((src,),) * (src not in marks) + tuple((dst, mark) for dst, mark in marks.items())
 
 
 __all__ = ["Interception", "UTIME_NOW", "UTIME_OMIT"]

@@ -119,7 +119,7 @@ def _parent(path: str) -> str:
     return os.path.dirname(path) or "."
 
 
-def _is_dir(root_fd: int, path: str) -> bool:
+def is_dir(root_fd: int, path: str) -> bool:
     """``path`` is a directory beneath ``root_fd`` now; True when that cannot be told (a scan then)."""
     try:
         return stat.S_ISDIR(os.lstat(path, dir_fd=root_fd).st_mode)
@@ -448,7 +448,7 @@ class ActivityLog:
         extra: dict[str, None] = {}
         durable = None if self.epochs is None else self.epochs.durable
         for src, dst in moved:
-            if self.root_fd is not None and not _is_dir(self.root_fd, src):
+            if self.root_fd is not None and not is_dir(self.root_fd, src):
                 continue
             prefix = src + "/"
             unsettled = [k for k, slot in self._hot.items()

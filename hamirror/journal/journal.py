@@ -18,14 +18,21 @@ import time
 from collections.abc import Iterable, Iterator
 
 from hamirror.journal.blocks import BLOCK_SIZE, block_span
-from hamirror.journal.changes import Changed, Record, write_batch
+from hamirror.journal.changes import SUBTREE, Changed, Record, write_batch
 from hamirror.journal.generations import HISTORY_LIMIT, GenerationHistory, make_generation
 from hamirror.mirror.record import UPTODATE
 
 __all__ = ["BLOCK_SIZE", "Journal"]
 
-SCHEMA_VERSION = 1
-"""On-disk format version (``PRAGMA user_version``); a newer file is refused, not misread."""
+SCHEMA_VERSION = 2
+"""The newest on-disk format this release reads (``PRAGMA user_version``); a newer file is
+refused, not misread."""
+
+PLAIN_FORMAT = 1
+"""The format a journal has while its changed set holds no subtree mark: the previous release
+reads it. A subtree mark (``whole = 2``) raises the file to format 2 in the same transaction,
+and clearing the changed set lowers it again, so an older release refuses a journal whose
+mark it would read as "this directory's listing" (comparing less), and nothing else."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changed_paths (
@@ -84,7 +91,7 @@ class Journal:
                 raise sqlite3.OperationalError(
                     f"{path}: journal format {version} is newer than this hamirror's "
                     f"({SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            self._db.executescript(_SCHEMA + f"PRAGMA user_version = {max(version, PLAIN_FORMAT)};")
             fsync_dir(os.path.dirname(os.path.abspath(path)))
             self._load()
         except BaseException:
@@ -97,7 +104,7 @@ class Journal:
         """Read the whole journal into the in-memory caches (once, at open)."""
         self._changed: dict[str, Changed] = {}
         for key, whole in self._db.execute("SELECT path, whole FROM changed_paths"):
-            self._changed[os.fsdecode(key)] = Changed(bool(whole))
+            self._changed[os.fsdecode(key)] = Changed(bool(whole), subtree=whole == SUBTREE)
         rows = self._db.execute("SELECT path, start, stop FROM changed_runs ORDER BY path, start")
         for key, start, stop in rows:
             entry = self._changed.setdefault(os.fsdecode(key), Changed())
@@ -171,6 +178,26 @@ class Journal:
             return
         self._submit([Record(path, _check_path(path), whole=True)])
 
+    def record_subtree(self, path: str) -> None:
+        """Record that ``path`` and everything beneath it must be compared whole: a directory
+        renamed or exchanged to this name (docs/journal.md, "Renames while the peer is away").
+        Durable on return; the file is format 2 until the changed set is cleared."""
+        entry = self._changed.get(path)
+        if entry is not None and entry.subtree:
+            return
+        self._submit([Record(path, _check_path(path), whole=True, subtree=True)])
+
+    def subtrees(self) -> list[str]:
+        """The paths recorded by :meth:`record_subtree`, sorted."""
+        with self._mem_lock:
+            return sorted(p for p, entry in self._changed.items() if entry.subtree)
+
+    def is_subtree(self, path: str) -> bool:
+        """``path`` was recorded by :meth:`record_subtree` (a dictionary lookup, no lock: the
+        resync asks it for every ancestor of every entry it lists)."""
+        entry = self._changed.get(path)
+        return entry is not None and entry.subtree
+
     def record_wholes(self, paths: Iterable[str]) -> None:
         """:meth:`record_whole` for many paths in one durable transaction (folding a crashed
         primary's activity log into the changed set)."""
@@ -201,6 +228,8 @@ class Journal:
         try:
             with self._transaction() as db:
                 staged = write_batch(db, self._changed, batch)
+                if any(entry.subtree for entry in staged.values()):
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except Exception as exc:                    # every waiter of the batch sees it
             for rec in batch:
                 rec.error = exc
@@ -249,6 +278,7 @@ class Journal:
     def _clear_changes_sql(self, db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM changed_paths")
         db.execute("DELETE FROM changed_runs")
+        db.execute(f"PRAGMA user_version = {PLAIN_FORMAT}")   # no subtree mark left
 
     def _after_clear(self, gens: GenerationHistory) -> None:
         with self._mem_lock:

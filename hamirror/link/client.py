@@ -36,9 +36,11 @@ from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolErr
 log = logging.getLogger(__name__)
 
 # What an operation changed, for the journal: (path,) names only, (path, WHOLE) content replaced
-# wholesale, (path, offset, length) a written byte range.
+# wholesale, (path, SUBTREE) a directory renamed to this name (it and everything beneath it, whole),
+# (path, offset, length) a written byte range.
 Change = tuple
 WHOLE = "whole"
+SUBTREE = "subtree"
 KEEPALIVE = 0.5   # seconds: an idle link still carries a PING this often (the secondary's proof of life)
 HOLD = 0.002      # seconds: how long a held message waits for a UTIMENS to merge (see submit)
 

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Callable, Iterable, Protocol, Sequence
 
-from hamirror.link.client import WHOLE, Change, LinkClient, Ticket, flatten_changes
+from hamirror.link.client import SUBTREE, WHOLE, Change, LinkClient, Ticket, flatten_changes
 from hamirror.link.protocol import PING_DELEGATE, PING_SYNC, Op, Times, offers_delegation
 from hamirror.mirror import record
 from hamirror.mirror.ordering import OrderLock
@@ -469,6 +469,8 @@ class Replicator:
         for change in changes:
             if len(change) == 3:
                 self.journal.record_range(*change)
+            elif len(change) == 2 and change[1] == SUBTREE:   # a directory renamed there, and all beneath
+                self.journal.record_subtree(change[0])
             elif len(change) == 2:       # (path, WHOLE): content replaced without a write
                 self.journal.record_whole(change[0])
             else:

@@ -89,15 +89,34 @@ class ResyncAnswers:
         journal = self.journal
         if journal is None:
             return encode_json({"complete": False, "paths": [], "generations": None})
+        paths = journal.changed_paths() + self._beneath(journal.subtrees())
         return encode_json({
             "complete": self.complete,
-            "paths": [p for p in journal.changed_paths() if not is_reserved(os.fsencode(p))],
+            "paths": [p for p in dict.fromkeys(paths) if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
             # Acknowledged here but lost by an unclean stop: compared whole (None: every block).
             "unsynced": unsynced.pending(journal),
             # Lost in a delegated session: the primary's journal names them (when complete).
             "unsynced_peer": unsynced.peer_recorded(journal),
         })
+
+    def _beneath(self, subtrees: list[str]) -> list[str]:
+        """Every path beneath the directories renamed here while this node was primary alone
+        (subtree marks, docs/journal.md): named in the answer, so the primary compares each whole
+        (or sets it aside), whatever its size and times say. Expanded here rather than sent as
+        marks: a primary of the previous release reads the paths and compares as much."""
+        found: list[str] = []
+        for top in subtrees:
+            try:
+                with resolve_beneath(self.applier.root_fd, os.fsencode(top)) as parent:
+                    walk = os.fwalk(parent.name, dir_fd=parent.fd, follow_symlinks=False)
+                    for where, dirs, names, _ in walk:
+                        rel = os.path.relpath(os.fsdecode(where), os.fsdecode(parent.name))
+                        base = top if rel == "." else f"{top}/{rel}"
+                        found += [f"{base}/{os.fsdecode(n)}" for n in dirs + names]
+            except OSError:   # gone, or not listable here: the primary's visit of ``top`` sees the same
+                continue
+        return found
 
     def _remove(self, msg: Message) -> None:
         self.applier.forget_descriptors()

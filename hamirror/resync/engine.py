@@ -376,7 +376,7 @@ class ResyncEngine:
         self.journal.record_wholes(children)
 
     def _must_visit(self, path: str, ours: Meta, theirs: Meta) -> bool:
-        if not _same_kind(ours, theirs):
+        if not _same_kind(ours, theirs) or self._beneath_subtree(path):
             return True
         if not self.deep:
             return False
@@ -384,6 +384,19 @@ class ResyncEngine:
             return True
         return not (ours.same_content_hint(theirs) and ours.same_attributes(theirs)
                     and ours.nlink == theirs.nlink)
+
+    def _beneath_subtree(self, path: str) -> bool:
+        """``path`` lies beneath a directory renamed (or exchanged) here while the peer was away, or
+        by a call held during this resync (a subtree mark in our journal, read live): a name beneath
+        it may hold another file than the peer's under the same name, size and times, so it is
+        visited and compared whole, in every mode. (The peer's own marks arrive expanded into the
+        paths beneath them: hamirror/resync/answers.py.)"""
+        parent = os.path.dirname(path)
+        while parent:
+            if self.journal.is_subtree(parent):
+                return True
+            parent = os.path.dirname(parent)
+        return False
 
     def _copy_file(self, path: str, local: Meta, remote: Meta | None,
                    blocks: list[tuple[int, int]] | None) -> None:
