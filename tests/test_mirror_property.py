@@ -86,6 +86,11 @@ def _run(root: str, op: tuple):
         if kind == "fsync":
             name, datasync = args
             return _with_fd(p(name), os.O_RDONLY, os.fdatasync if datasync else os.fsync)
+        if kind == "commits":   # a log: one descriptor, each write synced (sync mode's WRITE_FSYNC)
+            name, writes, datasync = args
+            sync = os.fdatasync if datasync else os.fsync
+            return _with_fd(p(name), os.O_WRONLY | os.O_CREAT,
+                            lambda fd: [(os.pwrite(fd, chunk, offset), sync(fd)) for offset, chunk in writes])
         if kind == "unlink":
             return os.unlink(p(args[0]))
         if kind == "mkdir":
@@ -138,6 +143,8 @@ operation = st.one_of(
     st.tuples(st.just("ftruncate"), name, size),
     st.tuples(st.just("fallocate"), name, size, st.integers(1, 100_000)),
     st.tuples(st.just("fsync"), name, st.booleans()),
+    st.tuples(st.just("commits"), name, st.lists(st.tuples(st.integers(0, 20_000), st.binary(min_size=1, max_size=300)),
+                                                 min_size=1, max_size=6), st.booleans()),
     st.tuples(st.just("unlink"), name),
     st.tuples(st.just("mkdir"), name, st.sampled_from([0o755, 0o700, 0o2775, 0o1777])),
     st.tuples(st.just("rmdir"), name),

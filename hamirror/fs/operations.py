@@ -18,6 +18,8 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 from __future__ import annotations
 
 import errno
+import functools
+import itertools
 import os
 import stat
 from typing import Callable
@@ -55,6 +57,18 @@ def parent_of(relpath: str) -> str:
     return os.path.dirname(relpath) or "."
 
 
+def _changes_data(method):
+    """The method changes a file's data or size (or may have, if it fails): once it is done, no
+    early fdatasync taken before covers it (Interception._local_synced)."""
+    @functools.wraps(method)
+    def changing(self: "Interception", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._changed_data()
+    return changing
+
+
 class Interception:
     """Passthrough to ``root_fd`` with replication of every change (see the module docstring)."""
 
@@ -74,6 +88,19 @@ class Interception:
         # Whether close() must reach flush() at all: read once by the native engine, which leaves
         # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
         self.flush_needed = mode != "sync"
+        # Sync mode's commits (one write, then fsync of it: a database's WAL): a handle whose last
+        # fsync followed exactly one write is expected to commit so again, so its next small write
+        # travels as WRITE_FSYNC (the peer syncs before it acknowledges) and the fsync after it
+        # needs no message of its own (_peer_synced). Per handle: [writes since its last fsync,
+        # that fsync's datasync flag if it followed exactly one write, else None].
+        self._commits: dict[int, list] = {}
+        self._synced_write: tuple[int, bytes, int, object] | None = None   # (fh, path, datasync, ticket)
+        # The local half of an fdatasync commit: its fdatasync runs while the peer's does (before
+        # the write returns), and the fdatasync after it skips its own if no data changed since. A
+        # unique number per data change (itertools.count's next() is atomic), set once it is made.
+        self._stamps = itertools.count(1)
+        self._stamp = 0
+        self._local_synced: dict[int, tuple[int, OSError | None]] = {}   # fh -> (stamp before its fdatasync, its error)
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -111,7 +138,10 @@ class Interception:
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
         with self.repl.change(((p, WHOLE),)) as tx:
-            fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
+            try:
+                fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
+            finally:
+                self._changed_data()
             tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
         self._touched(fd)
         return fd
@@ -153,8 +183,15 @@ class Interception:
     def release(self, path: str, fh: int) -> int:
         self._changed.discard(fh)
         self._inodes.pop(fh, None)
+        self._commits.pop(fh, None)
+        self._local_synced.pop(fh, None)
+        if self._synced_write is not None and self._synced_write[0] == fh:
+            self._synced_write = None   # the number may name another file next
         os.close(fh)
         return 0
+
+    def _changed_data(self) -> None:
+        self._stamp = next(self._stamps)
 
     def _inode(self, fh: int) -> int:
         """The key under which writes through ``fh`` share the ordering lock (see
@@ -173,11 +210,19 @@ class Interception:
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         if path is None:   # unlinked while open: no name left in either tree, nothing to send
-            return os.pwrite(fh, data, offset)
+            try:
+                return os.pwrite(fh, data, offset)
+            finally:
+                self._changed_data()
         p = rel(path)
         bp = os.fsencode(p)
+        commit = self._commits.get(fh)
+        if commit is not None:   # sync mode, a handle fsynced before
+            commit[0] += 1
+            if commit[0] != 1:
+                commit = None
         if len(data) < OVERLAP_MIN:
-            return self._write_then_send(p, bp, data, offset, fh)
+            return self._write_then_send(p, bp, data, offset, fh, commit[1] if commit is not None else None)
         failed = None
         with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
@@ -190,6 +235,7 @@ class Interception:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0   # raised after the block, so the repair is waited for
+            self._changed_data()
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
@@ -199,21 +245,41 @@ class Interception:
             raise failed
         return written
 
-    def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int) -> int:
-        """Small writes: nothing to overlap, so one message carrying the bytes and the times."""
+    def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
+                         commit: int | None = None) -> int:
+        """Small writes: nothing to overlap, so one message carrying the bytes and the times. In
+        sync mode, the first write after a commit of one write (``commit``: that fsync's datasync
+        flag) is sent as WRITE_FSYNC: the peer makes it durable before it acknowledges, so the
+        fsync that follows costs one local fdatasync and no round trip (_peer_synced)."""
         failed = None
         with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0
+            self._changed_data()
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
-            if written:
+            if written and commit is not None:
+                tx.send(Op.WRITE_FSYNC, (offset, commit), (bp,), times,
+                        data if written == len(data) else data[:written])
+                if tx.ticket is not None:
+                    self._synced_write = (fh, bp, commit, tx.ticket)
+                    if commit:   # fdatasync commits: see _local_synced
+                        tx.defer_wait()
+            elif written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
                         hold=self._writeback)
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
+        if tx.deferred:   # the commit's local fdatasync, while the peer's runs
+            stamp, error = self._stamp, None   # this write's own: a later change makes another
+            try:
+                os.fdatasync(fh)
+            except OSError as exc:
+                error = exc   # the fsync reports it: this file description's error is ours now
+            self._local_synced[fh] = (stamp, error)
+            tx.wait()
         self._touched(fh)
         if failed is not None:
             raise failed
@@ -229,6 +295,7 @@ class Interception:
         if offset + length > size:
             tx.send(Op.TRUNCATE, (size,), (bp,))
 
+    @_changes_data
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if path is None:
             os.ftruncate(fh, length)
@@ -243,6 +310,7 @@ class Interception:
         self._touched(fh)
         return 0
 
+    @_changes_data
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
         if path is None:
             fallocate(fh, mode, offset, size)
@@ -255,23 +323,53 @@ class Interception:
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        if self.mode == "sync":   # see _commits
+            last = self._commits.get(fh)
+            self._commits[fh] = [0, (1 if datasync else 0) if last is not None and last[0] == 1 else None]
+        return self._fsync(path, datasync, fh)
+
+    def _fsync(self, path: str | None, datasync: int, fh: int) -> int:
         if path is None:
+            early = self._local_synced.pop(fh, None)   # unlinked since its commit's write: sync anyway
             (os.fdatasync if datasync else os.fsync)(fh)
+            if early is not None and early[1] is not None:
+                raise early[1]
             return 0
         p = rel(path)
+        bp = os.fsencode(p)
         with self.repl.change((), self._inodes.get(fh) or os.fstat(fh).st_ino) as tx:   # fsyncdir: not a handle
-            tx.hold_if_pending(p)
-            tx.send(Op.FSYNC, (1 if datasync else 0,), (os.fsencode(p),), barrier=True)
+            if not self._peer_synced(fh, bp, datasync):
+                tx.hold_if_pending(p)
+                tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
-        (os.fdatasync if datasync else os.fsync)(fh)
+        # A commit's early fdatasync (_write_then_send) stands for an fdatasync if no data or size
+        # changed since (a full fsync would cover metadata too: it syncs); its error is this one's.
+        early = self._local_synced.pop(fh, None)
+        error = early[1] if early is not None else None
+        if error is None and (early is None or early[0] != self._stamp or not datasync):
+            (os.fdatasync if datasync else os.fsync)(fh)
         tx.wait()
+        if error is not None:
+            raise error
         return 0
+
+    def _peer_synced(self, fh: int, bp: bytes, datasync: int) -> bool:
+        """(ordering lock held) Whether the peer already made this fsync's file durable: the newest
+        message sent at all is this handle's WRITE_FSYNC of the same path, at least as strong,
+        acknowledged. Anything sent since (another write, a rename, a truncate...) or a link in
+        trouble and the FSYNC goes as usual (a blocked mount never gets here: the block waits)."""
+        synced = self._synced_write
+        if synced is None or synced[0] != fh or synced[1] != bp or (synced[2] and not datasync):
+            return False
+        ticket = synced[3]
+        client = self.repl.client
+        return client is not None and client.last_ticket is ticket and ticket.done and ticket.error is None
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
         try:
-            return self.fsync(path, datasync, fd)
+            return self._fsync(path, datasync, fd)
         finally:
             os.close(fd)
 
