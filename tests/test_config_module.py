@@ -211,3 +211,19 @@ def test_checker_names_are_unique_and_vars_are_identifiers(tmp_path, cluster_pat
         f"{toml_of(tmp_path)}: checkers[1].name: duplicate checker name 'port'",
         f"{toml_of(tmp_path)}: vars.my-port: must be a valid template variable name (got 'my-port')",
     ]
+
+
+def test_a_state_dir_too_long_for_the_mounts_control_socket_is_refused(tmp_path):
+    """The mount binds STATE_DIR/modules/MODULE/N/control.sock: past 107 bytes it cannot start."""
+    state_dir = str(tmp_path / ("s" * 120))
+    cluster_path = write_cluster(tmp_path, replace={'state_dir = "state"': f'state_dir = "{state_dir}"'})
+    socket = f"{state_dir}/modules/app/0/control.sock"
+    assert module_errors(tmp_path, cluster_path) == [
+        f"{toml_of(tmp_path)}: module.name: the mount's control socket {socket} would be {len(socket)} bytes, "
+        f"more than the 107 of a unix socket's path: shorten cluster.state_dir ({state_dir}) or the module's name"]
+
+
+def test_the_longest_state_dir_a_mount_can_bind_in_is_accepted(tmp_path):
+    room = 107 - len(f"{tmp_path}/") - len("/modules/app/0/control.sock")
+    cluster_path = write_cluster(tmp_path, replace={'state_dir = "state"': f'state_dir = "{"s" * room}"'})
+    assert module_errors(tmp_path, cluster_path) == []

@@ -17,6 +17,7 @@ from hamirror.config.cluster import ClusterConfig, NodeConfig, parse_cluster
 from hamirror.config.errors import ConfigError, ErrorList
 from hamirror.config.module import SCRIPTS, ModuleConfig, VipConfig, check_scripts, overlap, parse_module
 from hamirror.config.templates import render_script, render_text
+from hamirror.fs.control import SOCKET_NAME as MOUNT_SOCKET
 
 DEFAULT_PATH = "/etc/hamirror/hamirror.toml"
 # The state each script is rendered with when the configuration is checked.
@@ -124,7 +125,25 @@ def _check_against_cluster(module: ModuleConfig, cluster: ClusterConfig, errors:
             elif first not in network:
                 errors.add("vip.address", f"network {network} does not contain {first}, "
                                           f"the first address of node {node.name!r}")
+    _check_control_socket(module, cluster, errors)
     _check_templates(*_stand_in(module, cluster), errors)
+
+
+UNIX_SOCKET_PATH_MAX = 107   # bytes of a unix socket's path (sun_path's 108, with its closing NUL)
+
+
+def _check_control_socket(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
+    """Each mount binds its control socket at STATE_DIR/modules/MODULE/N/control.sock: a path
+    longer than a unix socket takes would fail only when the mount starts (it cannot bind), on
+    both nodes at once, so it is refused here, with what makes it long."""
+    if module.name is None or not module.directories or not cluster.state_dir:
+        return
+    path = os.path.join(cluster.module_state_dir(module.name), str(len(module.directories) - 1), MOUNT_SOCKET)
+    size = len(os.fsencode(path))
+    if size > UNIX_SOCKET_PATH_MAX:
+        errors.add("module.name", f"the mount's control socket {path} would be {size} bytes, more than the "
+                                  f"{UNIX_SOCKET_PATH_MAX} of a unix socket's path: shorten cluster.state_dir "
+                                  f"({cluster.state_dir}) or the module's name")
 
 
 def _check_templates(module: ModuleConfig, cluster: ClusterConfig, errors: ErrorList) -> None:
