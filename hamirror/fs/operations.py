@@ -25,10 +25,11 @@ import stat
 from typing import Callable
 
 from hamirror.journal.activity import is_dir
+from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import RENAME_EXCHANGE, UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
 # the saving is smaller than the cost of a second message.
@@ -444,7 +445,7 @@ class Interception:
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         src, dst = rel(old), rel(new)
         # What is hot beneath a renamed directory is carried to its new name (an exchange: both ways).
-        moved = ((src, dst), (dst, src)) if flags & RENAME_EXCHANGE else ((src, dst),)
+        moved = rename_pairs(src, dst, flags)
         with self.repl.change(_renamed(self.root, src, moved), new=(dst,), moved=moved) as tx:
             renameat2(self.root, os.fsencode(src), self.root, os.fsencode(dst), flags)
             parents = dict.fromkeys((parent_of(src), parent_of(dst)))

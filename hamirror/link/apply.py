@@ -16,6 +16,7 @@ import collections
 import errno
 import os
 import stat
+from typing import AnyStr
 
 from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
@@ -43,13 +44,16 @@ def changed_paths(msg: Message) -> list[bytes]:
     return paths
 
 
-def moved_paths(msg: Message) -> tuple[tuple[bytes, bytes], ...]:
+def rename_pairs(src: AnyStr, dst: AnyStr, flags: int) -> tuple[tuple[AnyStr, AnyStr], ...]:
     """A rename's (source, destination) pairs, both ways for an exchange: what was beneath a
-    renamed directory is beneath the other name now (hamirror.journal.unsynced carries it)."""
-    if msg.op is not _RENAME:
-        return ()
-    src, dst = msg.strs[0], msg.strs[1]
-    return ((src, dst), (dst, src)) if msg.ints[0] & RENAME_EXCHANGE else ((src, dst),)
+    renamed directory is beneath the other name now (the mount's activity log and the receiver's
+    unsynced log carry it)."""
+    return ((src, dst), (dst, src)) if flags & RENAME_EXCHANGE else ((src, dst),)
+
+
+def moved_paths(msg: Message) -> tuple[tuple[bytes, bytes], ...]:
+    """:func:`rename_pairs` of a RENAME message; () for any other."""
+    return rename_pairs(msg.strs[0], msg.strs[1], msg.ints[0]) if msg.op is _RENAME else ()
 
 
 # Computed once, as this runs per message (an Enum member looked up on its class costs ~0.14 us).
