@@ -47,8 +47,8 @@ setup(cmdclass={"build_ext": FuseFirst}, ext_modules=[
     ),
     Extension(
         "hamirror.fs._lowlevel",
-        sources=["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_inodes.c", "native/hm_loop.c",
-                 "native/hm_killpriv.c", "native/hm_fuse_module.c"],
+        sources=["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_setattr.c", "native/hm_inodes.c",
+                 "native/hm_loop.c", "native/hm_killpriv.c", "native/hm_fuse_module.c"],
         depends=["native/hm_fuse.h", "native/hm_inodes.h", "native/hm_loop.h", "native/hm_killpriv.h"],
         extra_compile_args=FLAGS + pkg_config("--cflags"),
         extra_link_args=pkg_config("--libs"),

@@ -35,6 +35,7 @@ struct hm_engine {
     int writeback;        /* barrier mode: the kernel's writeback cache */
     int flush;            /* ops.flush_needed: close() reaches Python. When not, libfuse has no flush
                            * op and answers the first FLUSH ENOSYS: the kernel sends no more. */
+    int release;          /* ops.release_needed: a close's RELEASE reaches Python (else closed here) */
     unsigned max_background;
     struct hm_killpriv killpriv;   /* FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h) */
     char error[256];      /* why init stopped the session */
@@ -110,6 +111,22 @@ void hm_py_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char
 void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi);
 void hm_py_init(struct hm_engine *e);
+
+/* hm_fuse_py.c's helpers, for hm_setattr.c: the GIL kept per thread; ops.<method>(args) with the
+ * GIL held, or taken for the call (0, the int result in *out if asked, or an errno); the "O&"
+ * converters of a path (None for NULL) and of a handle; a node's path, NULL if it has no name. */
+void hm_gil_enter(void);
+void hm_gil_leave(void);
+int hm_call_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, ...);
+int hm_call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...);
+PyObject *hm_pypath(void *p);
+PyObject *hm_pyfh(void *fi);
+int hm_path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path);
+
+/* hm_setattr.c: apply the kernel's mtime deferred on a node (GIL held): sent under ``path``, or
+ * ours only when NULL (unlinked while open, through ``fi``). 0 or an errno. */
+int hm_apply_mtime_held(struct hm_engine *e, const char *path, const struct fuse_file_info *fi,
+                        const struct timespec *mtime);
 
 /* hm_fuse.c: run the session until unmounted; 0, or -1 with e->error set. GIL released. */
 int hm_serve(struct hm_engine *e, const char *mountpoint, const char *options, unsigned max_threads,

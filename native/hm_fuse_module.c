@@ -57,6 +57,9 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     PyObject *flush = PyObject_GetAttrString(ops, "flush_needed");   /* Python's decision, read once */
     e->flush = flush == NULL || PyObject_IsTrue(flush) != 0;
     Py_XDECREF(flush);
+    PyObject *release = PyObject_GetAttrString(ops, "release_needed");
+    e->release = release == NULL || PyObject_IsTrue(release) != 0;
+    Py_XDECREF(release);
     PyErr_Clear();
     e->on_init = on_init == Py_None ? NULL : on_init;
     e->on_error = on_error == Py_None ? NULL : on_error;

@@ -45,7 +45,7 @@ static void make_state_key(void)
     pthread_key_create(&state_key, drop_state);
 }
 
-static void gil_enter(void)
+void hm_gil_enter(void)
 {
     if (kept_state != NULL) {
         PyEval_RestoreThread(kept_state);
@@ -56,12 +56,12 @@ static void gil_enter(void)
     pthread_setspecific(state_key, PyThreadState_Get());
 }
 
-static void gil_leave(void)
+void hm_gil_leave(void)
 {
     kept_state = PyEval_SaveThread();
 }
 
-static PyObject *py_path(void *p)
+PyObject *hm_pypath(void *p)
 {
     if (p == NULL)
         Py_RETURN_NONE;
@@ -69,7 +69,7 @@ static PyObject *py_path(void *p)
 }
 
 /* A handle as Python sees it: its descriptor, or None without one. */
-static PyObject *py_fh(void *fi)
+PyObject *hm_pyfh(void *fi)
 {
     if (fi == NULL)
         Py_RETURN_NONE;
@@ -128,7 +128,7 @@ static int vcall_held(struct hm_engine *e, const char *method, long long *out, c
     return err;
 }
 
-static int call_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, ...)
+int hm_call_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -137,16 +137,16 @@ static int call_held(struct hm_engine *e, const char *method, long long *out, co
     return err;
 }
 
-static int call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...)
+int hm_call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...)
 {
     struct hm_engine *e = hm_engine_of(req);
     va_list ap;
     hm_current_req = req;
-    gil_enter();
+    hm_gil_enter();
     va_start(ap, fmt);
     int err = vcall_held(e, method, out, fmt, ap);
     va_end(ap);
-    gil_leave();
+    hm_gil_leave();
     hm_current_req = NULL;
     return err;
 }
@@ -154,7 +154,7 @@ static int call(fuse_req_t req, const char *method, long long *out, const char *
 /* Path of ``ino`` or NULL (unlinked while open: Python gets None); an errno for other failures.
  * A file whose known names are gone while it has other links is reached by the name a search
  * found (its hint), checked before use and searched again when it moved. */
-static int path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
+int hm_path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
 {
     struct hm_engine *e = hm_engine_of(req);
     int r = hm_table_path(&e->table, ino, buf, HM_PATH);
@@ -177,7 +177,7 @@ static int path_or_none(fuse_req_t req, fuse_ino_t ino, char *buf, const char **
 /* Path of ``ino``, which must still have a name (ENOENT otherwise). */
 static int named_path(fuse_req_t req, fuse_ino_t ino, char *buf, const char **path)
 {
-    int err = path_or_none(req, ino, buf, path);
+    int err = hm_path_or_none(req, ino, buf, path);
     return err == 0 && *path == NULL ? ENOENT : err;
 }
 
@@ -208,16 +208,16 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     long long fh;
     int err = named_path(req, ino, buf, &path);   /* no name left to open it by: ENOENT */
     if (err == 0 && (fi->flags & O_TRUNC) && (hm_kill_flags & HM_KILL_SUIDGID))
-        err = call(req, "kill_privileges", NULL, "(O&Oi)", py_path, path, Py_None, HM_KILL_SUIDGID);
+        err = hm_call(req, "kill_privileges", NULL, "(O&Oi)", hm_pypath, path, Py_None, HM_KILL_SUIDGID);
     if (err == 0)
-        err = call(req, "open", &fh, "(O&i)", py_path, path, fi->flags);
+        err = hm_call(req, "open", &fh, "(O&i)", hm_pypath, path, fi->flags);
     if (err != 0) {
         fuse_reply_err(req, err);
         return;
     }
     fi->fh = (uint64_t)fh;
     if (fuse_reply_open(req, fi) != 0)
-        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+        hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
 }
 
 void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
@@ -227,7 +227,7 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
     long long fh;
     int err = child_path(req, parent, name, path);
     if (err == 0)
-        err = call(req, "create", &fh, "(O&Ii)", py_path, path, (unsigned)mode, fi->flags);
+        err = hm_call(req, "create", &fh, "(O&Ii)", hm_pypath, path, (unsigned)mode, fi->flags);
     if (err != 0) {
         fuse_reply_err(req, err);
         return;
@@ -238,14 +238,14 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
     if (fstat((int)fh, &entry.attr) != 0 ||
         (entry.ino = hm_table_learn(&e->table, parent, name, &entry.attr)) == 0) {
         err = errno ? errno : ENOMEM;
-        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+        hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
         fuse_reply_err(req, err);
         return;
     }
     entry.attr_timeout = entry.entry_timeout = HM_TIMEOUT;
     if (fuse_reply_create(req, &entry, fi) != 0) {
         hm_table_forget(&e->table, entry.ino, 1);
-        call(req, "release", NULL, "(O&K)", py_path, path, fi->fh);
+        hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
     }
 }
 
@@ -254,15 +254,15 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
     char buf[HM_PATH];
     const char *path;
     long long written = 0;
-    int err = path_or_none(req, ino, buf, &path);
+    int err = hm_path_or_none(req, ino, buf, &path);
     unsigned kill = 0;
     /* What the VFS clears before a write (hm_killpriv.h), when the kernel leaves it to us. */
     if (err == 0 && hm_killpriv_active(&hm_engine_of(req)->killpriv))
         kill = hm_killpriv_needed((int)fi->fh, hm_kill_flags);
     if (err == 0 && kill != 0)
-        err = call(req, "kill_privileges", NULL, "(O&Ki)", py_path, path, fi->fh, kill & HM_KILL_SUIDGID);
+        err = hm_call(req, "kill_privileges", NULL, "(O&Ki)", hm_pypath, path, fi->fh, kill & HM_KILL_SUIDGID);
     if (err == 0)
-        err = call(req, "write", &written, "(O&y#LK)", py_path, path, data, (Py_ssize_t)size,
+        err = hm_call(req, "write", &written, "(O&y#LK)", hm_pypath, path, data, (Py_ssize_t)size,
                    (long long)off, fi->fh);
     if (err != 0)
         fuse_reply_err(req, err);
@@ -270,31 +270,73 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
         fuse_reply_write(req, (size_t)written);
 }
 
+/* ``call``, with the kernel's mtime deferred on ``ino`` (hm_setattr.c) applied first in the same
+ * hold of the GIL: a barrier (flush, fsync) sends it before it waits. Its error is the call's. */
+static int call_timed(fuse_req_t req, fuse_ino_t ino, const char *path, struct fuse_file_info *fi,
+                      const char *method, const char *fmt, ...)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    struct timespec mtime;
+    int deferred = hm_table_take_mtime(&e->table, ino, &mtime);
+    va_list ap;
+    hm_current_req = req;
+    hm_gil_enter();
+    int err = deferred ? hm_apply_mtime_held(e, path, fi, &mtime) : 0;
+    if (err == 0) {
+        va_start(ap, fmt);
+        err = vcall_held(e, method, NULL, fmt, ap);
+        va_end(ap);
+    }
+    hm_gil_leave();
+    hm_current_req = NULL;
+    return err;
+}
+
 void hm_py_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
+    int err = hm_path_or_none(req, ino, buf, &path);
     if (err == 0)
-        err = call(req, "flush", NULL, "(O&K)", py_path, path, fi->fh);
+        err = call_timed(req, ino, path, fi, "flush", "(O&K)", hm_pypath, path, fi->fh);
     reply_status(req, err);
 }
 
+/* Barrier mode (``ops.release_needed`` false): the handle is ours alone to close, once the
+ * kernel's mtime deferred on the node, if any, is applied and queued (whatever its result). */
 void hm_py_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct hm_engine *e = hm_engine_of(req);
     char buf[HM_PATH];
     const char *path;
-    path_or_none(req, ino, buf, &path);   /* the handle is closed whatever the path */
-    reply_status(req, call(req, "release", NULL, "(O&K)", py_path, path, fi->fh));
+    struct timespec mtime;
+    if (e->release) {
+        hm_path_or_none(req, ino, buf, &path);   /* the handle is closed whatever the path */
+        reply_status(req, call_timed(req, ino, path, fi, "release", "(O&K)", hm_pypath, path, fi->fh));
+        return;
+    }
+    if (hm_table_take_mtime(&e->table, ino, &mtime)) {
+        hm_path_or_none(req, ino, buf, &path);
+        hm_current_req = req;
+        hm_gil_enter();
+        hm_apply_mtime_held(e, path, fi, &mtime);
+        hm_gil_leave();
+        hm_current_req = NULL;
+    }
+    reply_status(req, close((int)fi->fh) == 0 ? 0 : errno);
 }
 
 void hm_py_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0)
-        err = call(req, "fsync", NULL, "(O&iK)", py_path, path, datasync, fi->fh);
+    int err = hm_path_or_none(req, ino, buf, &path);
+    /* An fdatasync leaves the kernel's deferred mtime for later (hm_setattr.c): it covers the
+     * data, not the times, locally as well (fdatasync(2)), and both copies have the same times. */
+    if (err == 0 && datasync)
+        err = hm_call(req, "fsync", NULL, "(O&iK)", hm_pypath, path, datasync, fi->fh);
+    else if (err == 0)
+        err = call_timed(req, ino, path, fi, "fsync", "(O&iK)", hm_pypath, path, datasync, fi->fh);
     reply_status(req, err);
 }
 
@@ -305,108 +347,8 @@ void hm_py_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_fi
     const char *path;
     int err = named_path(req, ino, buf, &path);
     if (err == 0)
-        err = call(req, "fsyncdir", NULL, "(O&ii)", py_path, path, datasync, 0);
+        err = hm_call(req, "fsyncdir", NULL, "(O&ii)", hm_pypath, path, datasync, 0);
     reply_status(req, err);
-}
-
-/* The times of a setattr as utimensat wants them: UTIME_OMIT for what is not set. */
-static void setattr_times(const struct stat *attr, int to_set, struct timespec tv[2])
-{
-    tv[0].tv_sec = tv[1].tv_sec = 0;
-    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
-    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-        tv[0].tv_nsec = UTIME_NOW;
-    else if (to_set & FUSE_SET_ATTR_ATIME)
-        tv[0] = attr->st_atim;
-    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-        tv[1].tv_nsec = UTIME_NOW;
-    else if (to_set & FUSE_SET_ATTR_MTIME)
-        tv[1] = attr->st_mtim;
-}
-
-/* A file unlinked while open has no name on either side: its handle is changed here, nothing is
- * sent (as Interception.write does for path None). The kernel's writeback sends it its mtime. */
-static int setattr_unlinked(int fd, const struct stat *attr, int to_set)
-{
-    struct timespec tv[2];
-    setattr_times(attr, to_set, tv);
-    if ((to_set & FUSE_SET_ATTR_MODE) && fchmod(fd, attr->st_mode & 07777) != 0)
-        return errno;
-    if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) &&
-        fchown(fd, (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1,
-               (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1) != 0)
-        return errno;
-    if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(fd, attr->st_size) != 0)
-        return errno;
-    if ((to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) && futimens(fd, tv) != 0)
-        return errno;
-    return 0;
-}
-
-/* Does this setattr ask us to clear the set-ID bits (hm_killpriv.h)? A truncate says so with its
- * kill bit (the caller lacks CAP_FSETID). A setattr that changes nothing (ctime aside) is the
- * kernel's own kill request, which v2 empties of its mode: file_remove_privs sends it when the
- * caller lacks CAP_FSETID and the file has a set-ID bit (before a fallocate, which has no kill
- * bit of its own; before a write too, whose WRITE then carries the bit), when a capability was
- * just removed (root may then lose set-ID bits it would have kept: the safe side), and for a
- * chown that changes no owner (ext4 clears them there as well). A chown's kills are the lower
- * file system's own, on both sides: it clears set-user-ID on any chown, root's too. */
-static int kill_request(fuse_req_t req, int to_set)
-{
-    const int changes = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE |
-                        FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
-    if (!hm_killpriv_active(&hm_engine_of(req)->killpriv))
-        return 0;
-    return ((to_set & FUSE_SET_ATTR_SIZE) && (hm_kill_flags & HM_KILL_SUIDGID)) || !(to_set & changes);
-}
-
-/* As libfuse's high-level fuse_lib_setattr: chmod, chown, truncate (with the handle when given),
- * utimens with UTIME_NOW / UTIME_OMIT for what is not set; then the attributes. */
-void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
-{
-    struct hm_engine *e = hm_engine_of(req);
-    char buf[HM_PATH];
-    const char *path;
-    int err = path_or_none(req, ino, buf, &path);
-    if (err == 0 && kill_request(req, to_set))
-        err = call(req, "kill_privileges", NULL, "(O&O&i)", py_path, path, py_fh, fi, HM_KILL_SUIDGID);
-    if (err == 0 && path == NULL)
-        err = fi != NULL ? setattr_unlinked((int)fi->fh, attr, to_set) : ESTALE;
-    else if (err == 0) {
-        hm_current_req = req;
-        gil_enter();
-        if (to_set & FUSE_SET_ATTR_MODE)
-            err = call_held(e, "chmod", NULL, "(O&I)", py_path, path, (unsigned)attr->st_mode);
-        if (!err && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
-            err = call_held(e, "chown", NULL, "(O&ii)", py_path, path,
-                            (to_set & FUSE_SET_ATTR_UID) ? (int)attr->st_uid : -1,
-                            (to_set & FUSE_SET_ATTR_GID) ? (int)attr->st_gid : -1);
-        if (!err && (to_set & FUSE_SET_ATTR_SIZE)) {
-            if (fi != NULL)
-                err = call_held(e, "truncate", NULL, "(O&LK)", py_path, path, (long long)attr->st_size, fi->fh);
-            else
-                err = call_held(e, "truncate", NULL, "(O&L)", py_path, path, (long long)attr->st_size);
-        }
-        if (!err && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
-            struct timespec tv[2];
-            setattr_times(attr, to_set, tv);
-            err = call_held(e, "utimens", NULL, "(O&((LL)(LL)))", py_path, path,
-                            (long long)tv[0].tv_sec, (long long)tv[0].tv_nsec,
-                            (long long)tv[1].tv_sec, (long long)tv[1].tv_nsec);
-        }
-        gil_leave();
-        hm_current_req = NULL;
-    }
-    if (err != 0) {
-        fuse_reply_err(req, err);
-        return;
-    }
-    struct stat st;
-    if (fi != NULL ? fstat((int)fi->fh, &st) != 0
-                   : fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) != 0)
-        fuse_reply_err(req, errno);
-    else
-        fuse_reply_attr(req, &st, HM_TIMEOUT);
 }
 
 /* A new entry's reply: the error, or the entry made under path (stat'ed again by its name). */
@@ -425,11 +367,11 @@ void hm_py_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mod
     int err = child_path(req, parent, name, path);
     if (err == 0 && S_ISREG(mode)) {
         long long fh;
-        err = call(req, "create", &fh, "(O&Ii)", py_path, path, (unsigned)mode, O_CREAT | O_EXCL | O_WRONLY);
+        err = hm_call(req, "create", &fh, "(O&Ii)", hm_pypath, path, (unsigned)mode, O_CREAT | O_EXCL | O_WRONLY);
         if (err == 0)
-            call(req, "release", NULL, "(O&L)", py_path, path, fh);
+            hm_call(req, "release", NULL, "(O&L)", hm_pypath, path, fh);
     } else if (err == 0)
-        err = call(req, "mknod", NULL, "(O&IK)", py_path, path, (unsigned)mode, (unsigned long long)rdev);
+        err = hm_call(req, "mknod", NULL, "(O&IK)", hm_pypath, path, (unsigned)mode, (unsigned long long)rdev);
     reply_made(req, err, parent, name, path);
 }
 
@@ -438,7 +380,7 @@ void hm_py_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mod
     char path[HM_PATH];
     int err = child_path(req, parent, name, path);
     if (err == 0)
-        err = call(req, "mkdir", NULL, "(O&I)", py_path, path, (unsigned)mode);
+        err = hm_call(req, "mkdir", NULL, "(O&I)", hm_pypath, path, (unsigned)mode);
     reply_made(req, err, parent, name, path);
 }
 
@@ -447,7 +389,7 @@ void hm_py_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const ch
     char path[HM_PATH];
     int err = child_path(req, parent, name, path);
     if (err == 0)
-        err = call(req, "symlink", NULL, "(O&O&)", py_path, path, py_path, link);
+        err = hm_call(req, "symlink", NULL, "(O&O&)", hm_pypath, path, hm_pypath, link);
     reply_made(req, err, parent, name, path);
 }
 
@@ -459,7 +401,7 @@ void hm_py_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char
     if (err == 0)
         err = child_path(req, newparent, newname, path);
     if (err == 0)
-        err = call(req, "link", NULL, "(O&O&)", py_path, path, py_path, oldpath);
+        err = hm_call(req, "link", NULL, "(O&O&)", hm_pypath, path, hm_pypath, oldpath);
     reply_made(req, err, newparent, newname, path);
 }
 
@@ -481,7 +423,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, co
     pending.have_src = err == 0 && fstatat(e->root_fd, hm_rel(path), &pending.src, AT_SYMLINK_NOFOLLOW) == 0;
     hm_names.pending = &pending;
     if (err == 0)
-        err = call(req, method, NULL, "(O&)", py_path, path);
+        err = hm_call(req, method, NULL, "(O&)", hm_pypath, path);
     hm_names_release(err == 0);   /* the table's update, if the queue hook did not run it */
     reply_status(req, err);
 }
@@ -521,7 +463,7 @@ void hm_py_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_
     pending.have_dst = err == 0 && fstatat(e->root_fd, hm_rel(new), &pending.dst, AT_SYMLINK_NOFOLLOW) == 0;
     hm_names.pending = &pending;
     if (err == 0)
-        err = call(req, "rename", NULL, "(O&O&I)", py_path, old, py_path, new, flags);
+        err = hm_call(req, "rename", NULL, "(O&O&I)", hm_pypath, old, hm_pypath, new, flags);
     hm_names_release(err == 0);   /* the table's update, if the queue hook did not run it */
     reply_status(req, err);
 }
@@ -532,7 +474,7 @@ void hm_py_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char
     const char *path;
     int err = named_path(req, ino, buf, &path);
     if (err == 0)
-        err = call(req, "setxattr", NULL, "(O&O&y#i)", py_path, path, py_path, name, value, (Py_ssize_t)size, flags);
+        err = hm_call(req, "setxattr", NULL, "(O&O&y#i)", hm_pypath, path, hm_pypath, name, value, (Py_ssize_t)size, flags);
     reply_status(req, err);
 }
 
@@ -542,7 +484,7 @@ void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
     const char *path;
     int err = named_path(req, ino, buf, &path);
     if (err == 0)
-        err = call(req, "removexattr", NULL, "(O&O&)", py_path, path, py_path, name);
+        err = hm_call(req, "removexattr", NULL, "(O&O&)", hm_pypath, path, hm_pypath, name);
     reply_status(req, err);
 }
 
@@ -550,9 +492,9 @@ void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off
 {
     char buf[HM_PATH];
     const char *path;
-    int err = path_or_none(req, ino, buf, &path);
+    int err = hm_path_or_none(req, ino, buf, &path);
     if (err == 0)
-        err = call(req, "fallocate", NULL, "(O&iLLK)", py_path, path, mode, (long long)offset,
+        err = hm_call(req, "fallocate", NULL, "(O&iLLK)", hm_pypath, path, mode, (long long)offset,
                    (long long)length, fi->fh);
     reply_status(req, err);
 }
@@ -561,10 +503,10 @@ void hm_py_init(struct hm_engine *e)
 {
     if (e->on_init == NULL)
         return;
-    gil_enter();
+    hm_gil_enter();
     PyObject *r = PyObject_CallNoArgs(e->on_init);
     if (r == NULL)
         failed(e, "init");
     Py_XDECREF(r);
-    gil_leave();
+    hm_gil_leave();
 }

@@ -337,6 +337,27 @@ int hm_table_nameless(struct hm_table *t, dev_t dev, ino_t ino)
     return r;
 }
 
+void hm_table_defer_mtime(struct hm_table *t, uint64_t nodeid, const struct timespec *mtime)
+{
+    pthread_mutex_lock(&t->lock);
+    struct hm_inode *i = node_of(t, nodeid);
+    i->mtime = *mtime;
+    i->deferred = 1;
+    pthread_mutex_unlock(&t->lock);
+}
+
+int hm_table_take_mtime(struct hm_table *t, uint64_t nodeid, struct timespec *mtime)
+{
+    pthread_mutex_lock(&t->lock);
+    struct hm_inode *i = node_of(t, nodeid);
+    int r = i->deferred;
+    if (r)
+        *mtime = i->mtime;
+    i->deferred = 0;
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
 size_t hm_table_count(struct hm_table *t)
 {
     pthread_mutex_lock(&t->lock);

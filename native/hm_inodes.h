@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define HM_ROOT_ID 1   /* FUSE_ROOT_ID */
 
@@ -35,6 +36,8 @@ struct hm_inode {
     uint64_t refs;            /* names of other nodes whose parent is this one */
     struct hm_name *names;    /* newest first: the path uses the first */
     char *hint;               /* no known name left but other links: one found by a search ("/a/b") */
+    struct timespec mtime;    /* the kernel's mtime, not yet applied (hm_setattr.c), if ``deferred`` */
+    int deferred;
 };
 
 struct hm_table {
@@ -81,6 +84,11 @@ int hm_table_hint(struct hm_table *t, uint64_t nodeid, char *buf, size_t size, d
 
 /* Whether the node of (dev, ino) has no known name left (an unknown name may still exist). */
 int hm_table_nameless(struct hm_table *t, dev_t dev, ino_t ino);
+
+/* The kernel's mtime for ``nodeid``, to apply later (replacing one deferred before); and the
+ * deferred one taken off the node: 1 and *mtime, or 0 when none (hm_setattr.c). */
+void hm_table_defer_mtime(struct hm_table *t, uint64_t nodeid, const struct timespec *mtime);
+int hm_table_take_mtime(struct hm_table *t, uint64_t nodeid, struct timespec *mtime);
 
 /* Number of nodes held (the root excepted), for tests: lookup counts must not leak. */
 size_t hm_table_count(struct hm_table *t);

@@ -29,7 +29,7 @@ from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, futimens, renameat2, utimensat
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
 # the saving is smaller than the cost of a second message.
@@ -89,6 +89,10 @@ class Interception:
         # Whether close() must reach flush() at all: read once by the native engine, which leaves
         # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
         self.flush_needed = mode != "sync"
+        # Whether a close's release must reach Python: barrier mode keeps nothing per handle (no
+        # inode cached either: a handle's number may be another file's once closed elsewhere), so
+        # the native engine closes it itself, after applying a deferred mtime (native/hm_setattr.c).
+        self.release_needed = mode != "barrier"
         # Sync mode's commits (one write, then fsync of it: a database's WAL): a handle whose last
         # fsync followed exactly one write is expected to commit so again, so its next small write
         # travels as WRITE_FSYNC (the peer syncs before it acknowledges) and the fsync after it
@@ -199,7 +203,9 @@ class Interception:
         hamirror/mirror/ordering.py): the inode, so two names of one file keep one order."""
         ino = self._inodes.get(fh)
         if ino is None:
-            ino = self._inodes[fh] = os.fstat(fh).st_ino
+            ino = os.fstat(fh).st_ino
+            if self.release_needed:
+                self._inodes[fh] = ino
         return ino
 
     def _touched(self, fh: int | None) -> None:
@@ -533,6 +539,26 @@ class Interception:
         with self.repl.change(((p,),)) as tx:
             utimensat(self.root, os.fsencode(p), times)
             tx.send(Op.UTIMENS, (), (os.fsencode(p),), self._times(p), hold=self._writeback)
+        return 0
+
+    def kernel_mtime(self, path: str, fh: int | None, sec: int, nsec: int) -> int:
+        """Barrier mode: the kernel's own mtime of a file it caches for writeback, which the native
+        engine keeps from the kernel's SETATTR until the next close, full fsync, setattr or release
+        of the file (native/hm_setattr.c), applied and sent here. Usually the page written back just
+        before is still held for it (LinkClient.submit): the times then travel in that message."""
+        if fh is None:
+            return self.utimens(path, ((0, UTIME_OMIT), (sec, nsec)))
+        p = rel(path)
+        bp = os.fsencode(p)
+
+        def retime() -> tuple:
+            futimens(fh, ((0, UTIME_OMIT), (sec, nsec)))
+            st = os.fstat(fh)
+            return ((bp, st.st_atime_ns, st.st_mtime_ns),)
+
+        with self.repl.change(((p,),), self._inode(fh)) as tx:
+            if not tx.retime(bp, retime):
+                tx.send(Op.UTIMENS, (), (bp,), retime(), hold=self._writeback)
         return 0
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:

@@ -250,6 +250,24 @@ class LinkClient:
         self._transport.kick()
         return ticket
 
+    def retime_held(self, path: bytes, retime: Callable[[], tuple[Times, ...]],
+                    changes: tuple[Change, ...] = ()) -> bool:
+        """Fold a change of ``path``'s times into the message held for that path, if one is: the
+        result on the peer is a UTIMENS submitted now (:meth:`submit` merges one so), without its
+        encoding twice and its second ticket. ``retime()`` makes the change locally and returns
+        the resulting times; it runs under ``_lock``, so the message cannot leave in between and
+        its acknowledgement covers the change. False, ``retime`` not called, when nothing of
+        ``path`` alone is held."""
+        with self._lock:
+            held = self._held
+            if held is None or held.strs != (path,) or not _only_times_of(path, held.times):
+                return False
+            times = retime()
+            held.header = encode(held.op, self.session, held.ticket.seq, held.ints, held.strs, times)
+            held.times = times
+            held.ticket.changes += changes
+        return True
+
     def flush_held(self) -> None:
         """Send a held message now (a barrier waits for it)."""
         self._flush_held(0.0)

@@ -110,6 +110,17 @@ class _Transaction:
                 self._replicator.record(self.changes)
                 self.unsent = True
 
+    def retime(self, path: bytes, retime: Callable[[], tuple[Times, ...]]) -> bool:
+        """A change of ``path``'s times folded into the message held for that path
+        (LinkClient.retime_held): ``retime()`` makes it locally and returns the resulting times.
+        False, nothing done, when there is no such message (or nothing is sent: ALONE, a path the
+        resync has not reached); the caller then changes and sends as usual."""
+        replicator = self._replicator
+        client = replicator.client
+        if replicator.state not in _STREAMING or client is None or self.held:
+            return False
+        return client.retime_held(path, retime, self.changes)
+
     def hold_if_pending(self, path: str) -> None:
         """Hold an operation that names ``path`` without changing it (fsync) when the resync has not
         reached the path: the peer may not have the file yet (its fsync would fail there, closing
