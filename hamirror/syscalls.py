@@ -25,7 +25,6 @@ class _Timespec(ctypes.Structure):
 
 
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
-_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
 
 
 def _check(result: int) -> None:
@@ -48,11 +47,6 @@ def utimensat(dir_fd: int, path: bytes, times: tuple[tuple[int, int], tuple[int,
     if times is not None:
         arg = (_Timespec * 2)(_Timespec(*times[0]), _Timespec(*times[1]))
     _check(_libc.utimensat(dir_fd, path, arg, AT_SYMLINK_NOFOLLOW))
-
-
-def futimens(fd: int, times: tuple[tuple[int, int], tuple[int, int]]) -> None:
-    """utimensat of an open descriptor (os.utime has no UTIME_OMIT)."""
-    _check(_libc.futimens(fd, (_Timespec * 2)(_Timespec(*times[0]), _Timespec(*times[1]))))
 
 
 def syncfs(fd: int) -> None:
