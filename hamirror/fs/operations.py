@@ -24,6 +24,7 @@ import os
 import stat
 from typing import Callable
 
+from hamirror.fs.commits import BarrierCommits
 from hamirror.journal.activity import is_dir
 from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
@@ -106,6 +107,7 @@ class Interception:
         self._stamps = itertools.count(1)
         self._stamp = 0
         self._local_synced: dict[int, tuple[int, OSError | None]] = {}   # fh -> (stamp before its fdatasync, its error)
+        self._barrier = BarrierCommits() if self._writeback else None
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -259,7 +261,9 @@ class Interception:
         flag) is sent as WRITE_FSYNC: the peer makes it durable before it acknowledges, so the
         fsync that follows costs one local fdatasync and no round trip (_peer_synced)."""
         failed = None
-        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
+        ino = self._inode(fh)
+        barrier = self._barrier
+        with self.repl.change(((p, offset, len(data)),), ino) as tx:
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
@@ -267,7 +271,11 @@ class Interception:
             self._changed_data()
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
-            if written and commit is not None:
+            if barrier is not None and written == len(data) and barrier.expects_commit(ino):
+                tx.send(Op.WRITE_FSYNC, (offset, 1), (bp,), times, data)   # hamirror/fs/commits.py
+                if tx.ticket is not None:
+                    barrier.early = (ino, bp, tx.ticket, self._stamp)
+            elif written and commit is not None:
                 tx.send(Op.WRITE_FSYNC, (offset, commit), (bp,), times,
                         data if written == len(data) else data[:written])
                 if tx.ticket is not None:
@@ -279,6 +287,8 @@ class Interception:
                         hold=self._writeback)
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
+            if barrier is not None:
+                barrier.wrote(ino)
         if tx.deferred:   # the commit's local fdatasync, while the peer's runs
             stamp, error = self._stamp, None   # this write's own: a later change makes another
             try:
@@ -344,10 +354,16 @@ class Interception:
             return 0
         p = rel(path)
         bp = os.fsencode(p)
-        with self.repl.change((), self._inodes.get(fh) or os.fstat(fh).st_ino) as tx:   # fsyncdir: not a handle
-            if not self._peer_synced(fh, bp, datasync):
+        ino = self._inodes.get(fh) or os.fstat(fh).st_ino   # fsyncdir: not a handle
+        with self.repl.change((), ino) as tx:
+            early = self._barrier.sent_early(ino, bp, datasync, self._stamp) if self._barrier else None
+            if early is not None:
+                tx.follow(early)   # its page is durable on the peer: wait for it and what came since
+            elif not self._peer_synced(fh, bp, datasync):
                 tx.hold_if_pending(p)
                 tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
+            if self._barrier is not None:
+                self._barrier.fsynced(ino, datasync)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
         # A commit's early fdatasync (_write_then_send) stands for an fdatasync if no data or size

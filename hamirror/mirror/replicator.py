@@ -121,6 +121,19 @@ class _Transaction:
             return False
         return client.retime_held(path, retime, self.changes)
 
+    def follow(self, sent: Ticket) -> None:
+        """A barrier without a message of its own, for an operation already ``sent`` that did its
+        work (an fsync whose page went as WRITE_FSYNC): wait() then waits for the newest operation
+        submitted (a held one leaves now): its acknowledgement covers ``sent`` and all before."""
+        replicator = self._replicator
+        client = replicator.client
+        if replicator.state not in _STREAMING or client is None:
+            return
+        client.flush_held()
+        self.ticket = client.last_ticket or sent
+        self.client = client
+        self.barrier = True
+
     def hold_if_pending(self, path: str) -> None:
         """Hold an operation that names ``path`` without changing it (fsync) when the resync has not
         reached the path: the peer may not have the file yet (its fsync would fail there, closing
