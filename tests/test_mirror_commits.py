@@ -197,6 +197,59 @@ def test_other_modes_keep_their_messages(tmp_path):
         os.close(root_fd)
 
 
+@pytest.fixture
+def barrier_mirror(tmp_path):
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    root_fd = os.open(primary, os.O_RDONLY | os.O_DIRECTORY)
+    with local_link(str(tmp_path)) as (client, receiver):
+        ops = Interception(root_fd, Replicator(client, None, sync=False), "barrier",
+                           context=lambda: (os.getuid(), os.getgid(), os.getpid()))
+        yield ops, client, receiver, primary, tmp_path / "secondary"
+    os.close(root_fd)
+
+
+def test_barrier_commits_send_their_page_as_write_fsync_before_the_fsync(barrier_mirror):
+    """Barrier mode (hamirror/fs/commits.py): once a file committed one write at a time twice, its
+    next page leaves at the write as WRITE_FSYNC, durable on the peer before the application's
+    fdatasync, which then sends nothing. Before, the page was held for the fsync."""
+    ops, client, receiver, primary, secondary = barrier_mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    for n in range(2):
+        _commit(ops, fh, n)
+    before = _counts(receiver)
+    ops.write("/wal", b"z" * PAGE, 2 * PAGE, fh)
+    wait_for(lambda: _counts(receiver).get("WRITE_FSYNC", 0) > before.get("WRITE_FSYNC", 0), 5,
+             what="the page as WRITE_FSYNC, with no fsync yet")
+    ops.fsync("/wal", 1, fh)
+    _commit(ops, fh, 3)
+    assert _counts(receiver) == dict(before, WRITE_FSYNC=before.get("WRITE_FSYNC", 0) + 2)
+    assert (secondary / "wal").read_bytes() == (primary / "wal").read_bytes()
+    assert os.stat(secondary / "wal").st_mtime_ns == os.stat(primary / "wal").st_mtime_ns
+    ops.release("/wal", fh)
+
+
+def test_barrier_commits_send_the_fsync_after_a_data_change_in_between_or_a_full_fsync(barrier_mirror):
+    ops, client, receiver, primary, secondary = barrier_mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    other = ops.create("/other", 0o600, os.O_RDWR)
+    for n in range(2):
+        _commit(ops, fh, n)
+    before = _counts(receiver)
+    ops.write("/wal", b"x" * PAGE, 2 * PAGE, fh)       # WRITE_FSYNC
+    ops.write("/other", b"o" * 10, 0, other)           # a data change since: the fsync is sent
+    ops.fsync("/wal", 1, fh)
+    assert _counts(receiver)["FSYNC"] == before.get("FSYNC", 0) + 1
+    _commit(ops, fh, 3)                                # the pattern holds: early again, no FSYNC
+    assert _counts(receiver)["FSYNC"] == before.get("FSYNC", 0) + 1
+    _commit(ops, fh, 4, datasync=0)                    # a full fsync: the times too, so sent
+    assert _counts(receiver)["FSYNC"] == before.get("FSYNC", 0) + 2
+    assert (secondary / "wal").read_bytes() == (primary / "wal").read_bytes()
+    assert (secondary / "other").read_bytes() == (primary / "other").read_bytes()
+    ops.release("/other", other)
+    ops.release("/wal", fh)
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_wal_commits_through_a_mount_are_synced_on_the_peer(tmp_path):
     """The same through the kernel: pwrite + fdatasync on one descriptor of a sync mount. The
