@@ -271,7 +271,8 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
 }
 
 /* ``call``, with the kernel's mtime deferred on ``ino`` (hm_setattr.c) applied first in the same
- * hold of the GIL: a barrier (flush, fsync) sends it before it waits. Its error is the call's. */
+ * hold of the GIL and of the namespace lock: a barrier (flush, fsync) sends it before it waits.
+ * Its error is the call's. */
 static int call_timed(fuse_req_t req, fuse_ino_t ino, const char *path, struct fuse_file_info *fi,
                       const char *method, const char *fmt, ...)
 {
@@ -281,7 +282,13 @@ static int call_timed(fuse_req_t req, fuse_ino_t ino, const char *path, struct f
     va_list ap;
     hm_current_req = req;
     hm_gil_enter();
-    int err = deferred ? hm_apply_mtime_held(e, path, fi, &mtime) : 0;
+    int err = 0;
+    if (deferred) {
+        int early = hm_names.early;
+        hm_names.early = 0;   /* its change queued must not let the path go: the call uses it next */
+        err = hm_apply_mtime_held(e, path, fi, &mtime);
+        hm_names.early = early;
+    }
     if (err == 0) {
         va_start(ap, fmt);
         err = vcall_held(e, method, NULL, fmt, ap);

@@ -392,8 +392,9 @@ def test_the_loop_is_clean_under_address_sanitizer(tmp_path):
     fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
                           check=True).stdout.split()
     (tmp_path / "mnt").mkdir()
-    result = run_under_asan(tmp_path, "_lowlevel", ["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_inodes.c",
-                                                    "native/hm_loop.c", "native/hm_killpriv.c", "native/hm_fuse_module.c"], fuse, "tests.lowlevel_workload",
+    result = run_under_asan(tmp_path, "_lowlevel", ["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_setattr.c",
+                                                    "native/hm_inodes.c", "native/hm_loop.c", "native/hm_killpriv.c",
+                                                    "native/hm_fuse_module.c"], fuse, "tests.lowlevel_workload",
                             str(tmp_path / "mnt"), 180)
     assert result.stdout.strip() == "ok", result.stderr[-4000:]
     assert os.listdir(tmp_path / "mnt") == []
