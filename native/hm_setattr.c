@@ -70,9 +70,10 @@ static int writeback_times(struct hm_engine *e, int to_set, const struct fuse_fi
 }
 
 /* Answered here, its mtime kept on the node and applied later, locally and for the peer in one
- * change (hm_apply_mtime_held), by the next barrier, close or setattr of the node: both copies
- * keep the previous mtime until then (docs/native.md, "The kernel's mtime"). The kernel keeps its
- * own mtime of a file it caches for writeback (it ignores ours), so nothing else sees the wait.
+ * change (hm_apply_mtime_held), by the node's next close, full fsync, setattr or release (not by
+ * an fdatasync: times are not its to cover): both copies keep the previous mtime until then
+ * (docs/performance.md, "Barrier mode's commits"). The kernel keeps its own mtime of a file it
+ * caches for writeback (it ignores ours), so the application sees no difference meanwhile.
  * 0 if it was not such a file (the caller serves the request as any). */
 static int deferred(fuse_req_t req, fuse_ino_t ino, const struct stat *attr, const struct fuse_file_info *fi)
 {
