@@ -249,6 +249,8 @@ class Interception:
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
+            if self._barrier is not None:
+                self._barrier.wrote(self._inode(fh))
         self._touched(fh)
         if failed is not None:
             raise failed
