@@ -25,16 +25,21 @@ PAGE = 8192
 COMMITS = 20
 
 
-@pytest.fixture
-def mirror(tmp_path):
+def _interception(tmp_path, mode: str):
+    """(ops, client, receiver, primary, secondary) of an Interception in ``mode`` over a real link."""
     primary = tmp_path / "primary"
     primary.mkdir()
     root_fd = os.open(primary, os.O_RDONLY | os.O_DIRECTORY)
     with local_link(str(tmp_path)) as (client, receiver):
-        ops = Interception(root_fd, Replicator(client, None, sync=True), "sync",
+        ops = Interception(root_fd, Replicator(client, None, sync=mode == "sync"), mode,
                            context=lambda: (os.getuid(), os.getgid(), os.getpid()))
         yield ops, client, receiver, primary, tmp_path / "secondary"
     os.close(root_fd)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    yield from _interception(tmp_path, "sync")
 
 
 def _commit(ops: Interception, fh: int, n: int, datasync: int = 1, writes: int = 1) -> None:
@@ -199,14 +204,7 @@ def test_other_modes_keep_their_messages(tmp_path):
 
 @pytest.fixture
 def barrier_mirror(tmp_path):
-    primary = tmp_path / "primary"
-    primary.mkdir()
-    root_fd = os.open(primary, os.O_RDONLY | os.O_DIRECTORY)
-    with local_link(str(tmp_path)) as (client, receiver):
-        ops = Interception(root_fd, Replicator(client, None, sync=False), "barrier",
-                           context=lambda: (os.getuid(), os.getgid(), os.getpid()))
-        yield ops, client, receiver, primary, tmp_path / "secondary"
-    os.close(root_fd)
+    yield from _interception(tmp_path, "barrier")
 
 
 def test_barrier_commits_send_their_page_as_write_fsync_before_the_fsync(barrier_mirror):

@@ -35,15 +35,14 @@ class BarrierCommits:
         if entry is not None:
             entry[0] += 1
 
-    def fsynced(self, ino: int, datasync: int) -> None:
+    def fsync(self, ino: int, path: bytes, datasync: int, stamp: int) -> object | None:
+        """(ordering lock held) An fsync of ``ino``: the pattern noted, and the ticket of its page
+        if that went as WRITE_FSYNC ahead of it, no data changed anywhere since (``stamp``: the data
+        stamp now), it is an fdatasync and the page was not refused; else None (send the FSYNC)."""
         entry = self._files.pop(ino, None)
         self._files[ino] = [0, bool(datasync) and entry is not None and entry[0] == 1]
         if len(self._files) > FILES:
             self._files.popitem(last=False)
-
-    def sent_early(self, ino: int, path: bytes, datasync: int, stamp: int) -> object | None:
-        """(ordering lock held) The ticket of this fdatasync's page, sent as WRITE_FSYNC ahead of it,
-        if no data changed anywhere since (``stamp``: the data stamp now) and it was not refused."""
         early, self.early = self.early, None
         if early is None or not datasync or early[0] != ino or early[1] != path or early[3] != stamp:
             return None

@@ -90,9 +90,8 @@ class Interception:
         # Whether close() must reach flush() at all: read once by the native engine, which leaves
         # the kernel's FLUSH unanswered by Python when not (sync mode: each call already waited).
         self.flush_needed = mode != "sync"
-        # Whether a close's release must reach Python: barrier mode keeps nothing per handle (no
-        # inode cached either: a handle's number may be another file's once closed elsewhere), so
-        # the native engine closes it itself, after applying a deferred mtime (native/hm_setattr.c).
+        # Whether a close's release must reach Python: barrier mode keeps nothing per handle (nor
+        # caches its inode), so the native engine closes it (native/hm_fuse_py.c, hm_py_release).
         self.release_needed = mode != "barrier"
         # Sync mode's commits (one write, then fsync of it: a database's WAL): a handle whose last
         # fsync followed exactly one write is expected to commit so again, so its next small write
@@ -358,14 +357,12 @@ class Interception:
         bp = os.fsencode(p)
         ino = self._inodes.get(fh) or os.fstat(fh).st_ino   # fsyncdir: not a handle
         with self.repl.change((), ino) as tx:
-            early = self._barrier.sent_early(ino, bp, datasync, self._stamp) if self._barrier else None
+            early = self._barrier.fsync(ino, bp, datasync, self._stamp) if self._barrier else None
             if early is not None:
                 tx.follow(early)   # its page is durable on the peer: wait for it and what came since
             elif not self._peer_synced(fh, bp, datasync):
                 tx.hold_if_pending(p)
                 tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
-            if self._barrier is not None:
-                self._barrier.fsynced(ino, datasync)
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
         # A commit's early fdatasync (_write_then_send) stands for an fdatasync if no data or size
@@ -560,18 +557,15 @@ class Interception:
         return 0
 
     def kernel_mtime(self, path: str, fh: int | None, sec: int, nsec: int) -> int:
-        """Barrier mode: the kernel's own mtime of a file it caches for writeback, which the native
-        engine keeps from the kernel's SETATTR until the next close, full fsync, setattr or release
-        of the file (native/hm_setattr.c), applied and sent here. Usually the page written back just
-        before is still held for it (LinkClient.submit): the times then travel in that message."""
+        """Barrier mode: the kernel's mtime that the native engine kept from its SETATTR until this
+        close, full fsync, setattr or release (native/hm_setattr.c). Usually sent in the page's
+        WRITE, still held for it (LinkClient.retime_held)."""
         if fh is None:
             return self.utimens(path, ((0, UTIME_OMIT), (sec, nsec)))
         p = rel(path)
         bp = os.fsencode(p)
 
-        def retime() -> tuple:
-            # atime kept as it is (a read landing between the two calls would be undone, as
-            # relatime may skip one anyway): os.utime costs a third of utimensat through ctypes.
+        def retime() -> tuple:   # os.utime: a third of utimensat's cost through ctypes; atime as it is
             os.utime(fh, ns=(os.fstat(fh).st_atime_ns, sec * 1_000_000_000 + nsec))
             st = os.fstat(fh)
             return ((bp, st.st_atime_ns, st.st_mtime_ns),)
