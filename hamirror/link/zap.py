@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 import zmq
-from zmq.utils import z85
+from hamirror.link import z85
 
 from hamirror import audit
 
