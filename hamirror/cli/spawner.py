@@ -84,8 +84,10 @@ def preload() -> None:
     opens a link session; docs/performance.md, "Idle memory of the data path")."""
     import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
     import hamirror.replica.receiver  # noqa: F401
+    from hamirror.cli import main
     from hamirror.link import session
 
+    main.prepare([main.GROUP_OF["mirror"]])   # imports the group too
     session.warm_up()
 
 
