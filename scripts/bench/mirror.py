@@ -2,12 +2,15 @@
 """Replicated-mount benchmark: every configuration side by side in one interleaved run.
 
     sudo .venv/bin/python scripts/bench/mirror.py [--quick] [--json] [--size-mib N] [--files N]
-        [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdeg] [--workloads ...]
+        [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdegfw] [--workloads ...]
         [--engine curve|aead|stream]
 
 Columns (each in its own fresh directory under --workdir, all on the same disk):
   a  plain      the directory itself, no FUSE
   b  intercept  ``hamirror mirror mount --no-replication``: the baseline of the ratios
+  f  passthru   libfuse 3.14's low-level example passthrough_ll.c, compiled by the bench (cpassthrough.py):
+                a FUSE file system written entirely in C, the ceiling of b; only when --configs names it
+  w  passthr-wb the same with the kernel's writeback cache (-o writeback); only when named
   c  sync       ``hamirror mirror mount --mode sync`` to ``hamirror mirror receive`` over loopback,
                 both with the link engine of ``--engine`` (default: ``$HAMIRROR_LINK_ENGINE``, else
                 ``stream``, what a new cluster runs), named in the header and stored in the JSON
@@ -51,7 +54,7 @@ import cputime  # noqa: E402
 import gluster  # noqa: E402
 import pgbench  # noqa: E402
 import workloads as w  # noqa: E402
-from columns import CONFIGS, Column  # noqa: E402
+from columns import CONFIGS, DEFAULT, Column  # noqa: E402
 from mirror_report import render, summarize  # noqa: E402
 from mirror_targets import OPERATION  # noqa: E402
 
@@ -71,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, help="4 KiB write+fsync latency samples (default 1000)")
     p.add_argument("--pgbench-seconds", type=int, help="duration of each pgbench run (default 30)")
     p.add_argument("--reps", type=int, help="repetitions, median taken (default 3)")
-    p.add_argument("--configs", default="".join(CONFIGS),
-                   help=f"subset of {','.join(CONFIGS)} to run (default: all that this machine has)")
+    p.add_argument("--configs", default=DEFAULT,
+                   help=f"subset of {','.join(CONFIGS)} to run (default: {DEFAULT}, those this machine has)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     p.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
                    help=f"the replication link engine of c, d, e (default: ${session.ENGINE_ENV}, else "
