@@ -3,9 +3,12 @@ to a failing column, its CPU probe, its GlusterFS column's cleanup, and its C pa
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -18,6 +21,7 @@ import cputime  # noqa: E402
 import gluster  # noqa: E402
 import mirror  # noqa: E402
 import mirror_report  # noqa: E402
+import workloads  # noqa: E402
 from columns import Column  # noqa: E402
 
 # The benchmark's pieces, its CPU probe and a GlusterFS pair (two glusterd): alone, after the
@@ -241,3 +245,39 @@ def test_c_passthrough_column_passes_files_through_and_leaves_nothing_behind(tmp
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
     with open("/proc/self/mounts") as f:
         assert column.directory not in f.read()
+
+
+def _topdir(path: str) -> bool:
+    flags = bytearray(8)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, workloads.FS_IOC_GETFLAGS, flags, True)
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags[:4], "little") & workloads.FS_TOPDIR_FL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or cpassthrough.available() is not None,
+                    reason="needs root, cc and libfuse3-dev")
+def test_spread_marks_the_directories_the_runs_are_made_in(tmp_path):
+    """--spread: ext4's +T on the plain directory and under the passthrough's mount, none without it;
+    a file system that cannot keep the flag stops the column instead of measuring it unspread."""
+    if not workloads.spread(str(tmp_path)):
+        pytest.skip("the temporary directory's file system has no +T")
+    assert mirror.parse_args(["--spread"]).spread and not mirror.parse_args([]).spread
+    plain, bare = Column(str(tmp_path), "a", spread=True), Column(str(tmp_path / "x"), "a")
+    plain.start()
+    bare.start()
+    passthrough = Column(str(tmp_path), "f", spread=True)
+    try:
+        passthrough.start()
+        spread_source = _topdir(passthrough.passthrough.source)
+    finally:
+        passthrough.stop()
+    assert (_topdir(plain.directory), _topdir(bare.directory), spread_source) == (True, False, True)
+    shm = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        with pytest.raises(RuntimeError, match=f"cannot set ext4's \\+T on {shm}/a-plain/primary"):
+            Column(shm, "a", spread=True).start()
+    finally:
+        shutil.rmtree(shm)

@@ -14,6 +14,7 @@ import sys
 
 import cpassthrough
 import gluster
+import workloads
 from tests.mirror_fixtures import MirrorPair
 
 # key: (name, what it is); the keys are the column letters of the tables in docs/performance.md.
@@ -46,10 +47,11 @@ def unavailable(key: str, modes: tuple[str, ...]) -> str | None:
 
 
 class Column:
-    """One configuration under test, in its own fresh directory ``ROOT/KEY-NAME``."""
+    """One configuration under test, in its own fresh directory ``ROOT/KEY-NAME``. ``spread``: the
+    directories the runs make their own in (and a receiver's copy) get ext4's +T (workloads.spread)."""
 
-    def __init__(self, root: str, key: str) -> None:
-        self.key, self.name = key, CONFIGS[key]
+    def __init__(self, root: str, key: str, spread: bool = False) -> None:
+        self.key, self.name, self.spread = key, CONFIGS[key], spread
         self.base = os.path.join(root, f"{key}-{self.name}")
         os.makedirs(self.base)
         self.pair: MirrorPair | None = None
@@ -61,19 +63,28 @@ class Column:
         if self.key == "a":
             self.directory = os.path.join(self.base, "primary")
             os.mkdir(self.directory)
+            self._spread(self.directory)
         elif self.key == "g":
             self.volume = gluster.GlusterVolume(self.base)
             self.volume.start()
             self.directory = self.volume.mountpoint
         elif self.key in PASSTHROUGH:
             self.passthrough = cpassthrough.Passthrough(self.base, writeback=PASSTHROUGH[self.key])
+            os.mkdir(self.passthrough.source)
+            self._spread(self.passthrough.source)
             self.passthrough.start()
             self.directory = self.passthrough.directory
         else:
             self.pair = MirrorPair(self.base, mode=MODE_OF.get(self.key, "sync"), replicate=self.key != "b",
                                    timeout=30)
+            self._spread(self.pair.primary, self.pair.secondary)
             self.pair.start()
             self.directory = self.pair.primary
+
+    def _spread(self, *directories: str) -> None:
+        """The FUSE columns' mounts pass mkdir through to these directories, which carry the flag."""
+        if self.spread and not all([workloads.spread(d) for d in directories]):
+            raise RuntimeError(f"cannot set ext4's +T on {', '.join(directories)} (--spread)")
 
     def pids(self) -> list[int]:
         if self.volume is not None:

@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python scripts/bench/mirror.py [--quick] [--json] [--size-mib N] [--files N]
         [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdegfw] [--workloads ...]
-        [--engine curve|aead|stream]
+        [--engine curve|aead|stream] [--spread]
 
 Columns (each in its own fresh directory under --workdir, all on the same disk):
   a  plain      the directory itself, no FUSE
@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
                    help=f"the replication link engine of c, d, e (default: ${session.ENGINE_ENV}, else "
                         f"{session.STREAM}: what a new cluster runs)")
+    p.add_argument("--spread", action="store_true",
+                   help="give each run's fresh directory an ext4 block group of its own (chattr +T on each "
+                        "column's directory, not GlusterFS's bricks): this disk's ext4 has no journal, so a "
+                        "clean-up slows file creation in its block group for 60-300 s (workloads.spread)")
     p.add_argument("--workdir", help="where the bench makes its own directory (default: /var/tmp), removed at the end")
     args = p.parse_args(argv)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
@@ -136,7 +140,7 @@ class Bench:
             if reason:
                 self.note(f"skipped: {key} {CONFIGS[key]}: {reason}")
                 continue
-            column = Column(self.root, key)
+            column = Column(self.root, key, spread=self.args.spread)
             self.columns.append(column)            # listed first: a Ctrl-C while it starts still stops it
             try:
                 column.start()
@@ -258,7 +262,7 @@ def main(argv=None) -> int:
         bench.teardown()
         shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick",
-                                            "engine")}
+                                            "engine", "spread")}
     params.update(pgbench_clients=4, pgbench_scale=5)
     summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
     summary["workdir"] = bench.root
