@@ -22,7 +22,7 @@ the resync to rely on the primary's journal (or compare every block when that is
 
 After an unclean stop, :func:`recover` moves the log's paths into the journal's state
 (``unsynced_paths``) and marks the copy not up to date, until a resync compared them.
-Same file format as the activity log (hamirror.journal.activity).
+Same file format as the activity log (hamirror.journal.logformat).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import threading
 import time
 from typing import Iterable
 
-from hamirror.journal.activity import (ENTER, LEAVE, MARK, UNMARK, carried, encode_frame, read_log, write_all,
-                                       write_snapshot)
 from hamirror.journal.durability import Epochs, Syncer
+from hamirror.journal.hotset import carried
 from hamirror.journal.journal import Journal
+from hamirror.journal.logformat import ENTER, LEAVE, MARK, UNMARK, encode_frame, read_log, write_all, write_snapshot
 from hamirror.mirror.record import KEPT, UNSYNCED, UNSYNCED_PEER, UPTODATE
 from hamirror.syscalls import syncfs
 

@@ -16,10 +16,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hamirror.journal.activity import ActivityLog, Replay, read_log, remove_log, reset_log
+from hamirror.journal.activity import ActivityLog, reset_log
 from hamirror.journal import hotdirs, unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
+from hamirror.journal.logformat import Replay, read_log, remove_log
 from hamirror.mirror.record import COVERED, MirrorRecord
 from hamirror.mirror.states import MirrorState
 
