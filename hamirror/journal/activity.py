@@ -34,7 +34,12 @@ it whole (hamirror.journal.hotdirs), a wider comparison than the new names alone
 
 **Renames.** A disk may keep a rename of D to E and lose an earlier write to D/f; a record of D/f,
 D and E then leads the resync to E's listing, never to E/f. So a rename carries every unsettled
-key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`).
+key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`). And a disk
+may miss the rename itself (the peer never applied it before this node crashed, or lost it in a
+power loss of its own): with D and E swapped, E/f names the old E's file on one side and the old
+D's on the other, maybe with equal sizes and times. So the same append enters E's *subtree*
+(:func:`tree_key`), which leaves with the rename's own keys; after a crash it becomes a subtree
+mark in the journal, and a lost link records it so (everything beneath E compared whole).
 
 Format: hamirror.journal.logformat.
 """
@@ -51,13 +56,14 @@ from hamirror.journal import hotdirs
 from hamirror.journal.durability import Epochs, Syncer
 from hamirror.journal.hotset import PeerCheck, Slot, Acknowledgeable, carried, choose_victims, is_dir
 from hamirror.journal.logformat import (ENTER, ENTER_DIR, LEAVE, LEAVE_DIR, MAGIC, MARK, UNMARK, Replay,
-                                        dir_key, encode_frame, entry_of, read_log, remove_log, replay, write_all,
-                                        write_snapshot)
+                                        dir_key, encode_frame, entry_of, is_tree_key, read_log, remove_log, replay,
+                                        tree_key, write_all, write_snapshot)
 
 # The format and the eviction rule lived here before the split: the names callers import from here.
 __all__ = ["ActivityLog", "DEFAULT_CAPACITY", "reset_log", "Acknowledgeable", "PeerCheck", "carried",
            "choose_victims", "is_dir", "ENTER", "ENTER_DIR", "LEAVE", "LEAVE_DIR", "MAGIC", "MARK", "UNMARK",
-           "Replay", "dir_key", "encode_frame", "read_log", "remove_log", "replay", "write_all", "write_snapshot"]
+           "Replay", "dir_key", "encode_frame", "read_log", "remove_log", "replay", "tree_key", "write_all",
+           "write_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +113,10 @@ class ActivityLog:
               moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]:
         """Mark ``paths`` as being changed; durable on return. Call before applying or sending.
         ``new``: those of ``paths`` whose name the operation creates (their directory enters).
-        ``moved``: a rename's ``(source, destination)`` pairs (both ways for an exchange): the hot
-        keys under a source directory enter again under its destination, in the same append
-        (:func:`carried`). Returns those keys: pass them to :meth:`leave` with ``paths``."""
+        ``moved``: a rename's ``(source, destination)`` pairs (both ways for an exchange): a
+        destination that receives a directory enters as a subtree, and the hot keys under a
+        source directory enter again under its destination, in the same append (:meth:`_carried`).
+        Returns those keys: pass them to :meth:`leave` with ``paths``."""
         paths = list(paths)
         with self._lock:
             hot = self._hot
@@ -184,14 +191,23 @@ class ActivityLog:
     def not_on_peer(self) -> list[str]:
         """The hot paths whose last change may be missing from the peer's disk (a call inside,
         not acknowledged, or not durable there): what a lost link must put in the journal. A
-        directory entry gives the directory and every entry in it now (hamirror.journal.hotdirs)."""
-        with self._lock:
-            keys = [k for k, slot in self._hot.items() if not slot.on_peer(self.peer)]
-        paths = [k for k in keys if not k.endswith("/")]
+        directory entry gives the directory and every entry in it now (hamirror.journal.hotdirs).
+        Subtrees: :meth:`subtrees_not_on_peer`."""
+        keys = self._not_on_peer()
+        paths = [k for k in keys if not k.endswith("/") and not is_tree_key(k)]
         dirs = [k[:-1] for k in keys if k.endswith("/")]
         if dirs and self.root_fd is not None:
             paths += hotdirs.expand_all(self.root_fd, dirs)
         return list(dict.fromkeys(paths))
+
+    def subtrees_not_on_peer(self) -> list[str]:
+        """The directories renamed to their name whose rename may be missing from the peer's disk:
+        a lost link records each as a subtree (it and everything beneath it, compared whole)."""
+        return [k[:-1] for k in self._not_on_peer() if is_tree_key(k)]
+
+    def _not_on_peer(self) -> list[str]:
+        with self._lock:
+            return [k for k, slot in self._hot.items() if not slot.on_peer(self.peer)]
 
     def recorded(self) -> None:
         """The journal now holds :meth:`not_on_peer`'s paths (the link was lost): the operations
@@ -223,14 +239,18 @@ class ActivityLog:
     # internals (``_lock`` held) --------------------------------------------------------------
 
     def _carried(self, moved: Iterable[tuple[str, str]]) -> list[str]:
-        """The keys a rename enters under its destination: each hot key under a source directory
-        (its directory entry, and everything beneath) that may not be on both disks yet, renamed.
-        A source that is no directory here has nothing under it (one ``lstat``, no scan)."""
+        """The keys a rename enters under its destination: the destination's subtree (a name that
+        receives a directory: if either disk misses the rename, the same names beneath it may
+        hold the other directory's files with equal sizes and times), and each hot key under a
+        source directory (its directory entry, and everything beneath) that may not be on both
+        disks yet, renamed. A source that is no directory here has nothing under it (one
+        ``lstat``, no scan; without ``root_fd`` every source counts as a directory)."""
         extra: dict[str, None] = {}
         durable = None if self.epochs is None else self.epochs.durable
         for src, dst in moved:
             if self.root_fd is not None and not is_dir(self.root_fd, src):
                 continue
+            extra[tree_key(dst)] = None
             prefix = src + "/"
             unsettled = [k for k, slot in self._hot.items()
                          if k.startswith(prefix) and not slot.evictable(durable, self.peer)]

@@ -9,8 +9,10 @@ entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no 
 clear the receiver's mark "acknowledged data its primary records may not be durable here",
 hamirror.journal.unsynced: an older release reads them as damage and compares every block; 5 and
 6 enter and leave a directory entry: an older release reads them as damage too, and compares
-every path, which is safe). Each frame is one durable
-append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
+every path, which is safe; 7 and 8 enter and leave a *subtree*: a directory renamed to this name,
+to be compared whole with everything beneath it (docs/journal.md, "Renames while the peer is
+away"), which a release before them reads as damage as well, see :data:`ENTER_TREE`). Each frame
+is one durable append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
 next was written, and no change is applied before its frame is durable), so a bad last frame is
 ignored; a bad frame followed by good data means the file is damaged and nothing is trusted.
 """
@@ -29,8 +31,14 @@ MAGIC = b"hamirror activity log 1\n"
 ENTER, LEAVE = 1, 2
 MARK, UNMARK = 3, 4
 ENTER_DIR, LEAVE_DIR = 5, 6
-_OPS = frozenset((ENTER, LEAVE, MARK, UNMARK, ENTER_DIR, LEAVE_DIR))
+ENTER_TREE, LEAVE_TREE = 7, 8
+"""A subtree's entries. A release that does not know them reads the file as damaged, trusts none
+of it and scans, which compares a renamed directory's listing only (as that release's own fold
+would): after a crash with one in the log, roll back only after the resync, or resync ``--full``."""
+_OPS = frozenset((ENTER, LEAVE, MARK, UNMARK, ENTER_DIR, LEAVE_DIR, ENTER_TREE, LEAVE_TREE))
+_PATH_OPS = {ENTER: LEAVE, ENTER_DIR: LEAVE_DIR, ENTER_TREE: LEAVE_TREE}   # entering -> leaving
 _MARK_KEY = "\0mark"   # never a path (a path has no NUL byte)
+_TREE = "\0"           # the end of a subtree's key (see tree_key)
 _FRAME = struct.Struct("<II")
 _ENTRY = struct.Struct("<BH")
 MAX_FRAME = 64 * 1024 * 1024
@@ -53,11 +61,27 @@ def dir_key(d: str) -> str:
     return d + "/"
 
 
+def tree_key(d: str) -> str:
+    """The hot set's key of a subtree mark on ``d`` (``d`` and everything beneath it): a path has
+    no NUL byte, so the key is neither a path nor a directory entry's :func:`dir_key`. A key
+    beneath a renamed directory still starts with its path, so :func:`carried` moves it too."""
+    return d + _TREE
+
+
+def is_tree_key(key: str) -> bool:
+    return key.endswith(_TREE)
+
+
 def entry_of(key: str, entering: bool) -> tuple[int, str]:
-    """The log entry of a hot-set key (a path, or a directory entry's :func:`dir_key`)."""
+    """The log entry of a hot-set key (a path, a directory entry's :func:`dir_key`, a subtree's
+    :func:`tree_key`)."""
     if key.endswith("/"):
-        return (ENTER_DIR if entering else LEAVE_DIR), key[:-1]
-    return (ENTER if entering else LEAVE), key
+        op, key = ENTER_DIR, key[:-1]
+    elif key.endswith(_TREE):
+        op, key = ENTER_TREE, key[:-1]
+    else:
+        op = ENTER
+    return (op if entering else _PATH_OPS[op]), key
 
 
 @dataclass(frozen=True)
@@ -69,12 +93,14 @@ class Replay:
     problem: str = ""           # why ``paths`` is None
     marked: bool = False        # the receiver's MARK is set (see the module docstring)
     dirs: frozenset[str] = frozenset()   # directory entries: each directory and what is directly in it
+    trees: frozenset[str] = frozenset()  # subtrees: each directory and everything beneath it, whole
 
 
 def _replayed(hot: dict[str, None], torn: bool = False) -> Replay:
     marked = _MARK_KEY in hot
-    return Replay(frozenset(p for p in hot if p != _MARK_KEY and not p.endswith("/")), torn=torn,
-                  marked=marked, dirs=frozenset(p[:-1] for p in hot if p.endswith("/")))
+    return Replay(frozenset(p for p in hot if p != _MARK_KEY and not p.endswith(("/", _TREE))), torn=torn,
+                  marked=marked, dirs=frozenset(p[:-1] for p in hot if p.endswith("/")),
+                  trees=frozenset(p[:-1] for p in hot if p.endswith(_TREE)))
 
 
 def replay(data: bytes) -> Replay:
@@ -122,12 +148,14 @@ def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
             key = _MARK_KEY
         else:
             key = os.fsdecode(payload[pos:pos + n])
-            if key.endswith("/"):
-                return f"bad entry (op {op}, a path ending with '/')"
-            if op >= ENTER_DIR:
+            if key.endswith("/") or _TREE in key:
+                return f"bad entry (op {op}, a path ending with '/' or holding a NUL byte)"
+            if op in (ENTER_DIR, LEAVE_DIR):
                 key = dir_key(key)
+            elif op in (ENTER_TREE, LEAVE_TREE):
+                key = tree_key(key)
         pos += n
-        if op in (ENTER, MARK, ENTER_DIR):
+        if op in (ENTER, MARK, ENTER_DIR, ENTER_TREE):
             hot[key] = None
         else:
             hot.pop(key, None)
@@ -151,7 +179,7 @@ def read_log(path: str) -> Replay:
 
 def write_snapshot(path: str, paths: list[str], old_fd: int) -> int:
     """Replace the log at ``path`` with one entering ``paths`` (hot-set keys: a directory entry's
-    key ends with "/"), through a temporary file, fsync, rename, directory fsync; close ``old_fd``
+    key ends with "/", a subtree's with a NUL byte), through a temporary file, fsync, rename, directory fsync; close ``old_fd``
     (if >= 0) and return the new file's descriptor, at its end."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
