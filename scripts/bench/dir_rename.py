@@ -7,9 +7,10 @@ directory (``newname``: its names are covered by the directory's entry, so befor
 entries no log append at all), then back and forth between two names (``swap``: the subtree
 entries of both names are hot after the first two). Prints microseconds per rename and the
 activity log's size at the end. To compare two versions, export each (``git archive REV | tar -x
--C DIR``, the native core built or copied in) and alternate runs from each DIR:
+-C DIR``, the native core built or copied in) and alternate runs from each DIR (the code measured
+is the one in the current directory, for this script, the mount and the receiver):
 
-    cd DIR && flock /tmp/hamirror-lab.lock /work/main/.venv/bin/python scripts/bench/dir_rename.py \
+    cd DIR && flock /tmp/hamirror-lab.lock .venv/bin/python scripts/bench/dir_rename.py \
         --renames 1000 --workdir /srv/hm-NAME
 """
 
