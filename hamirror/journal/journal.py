@@ -198,11 +198,14 @@ class Journal:
         entry = self._changed.get(path)
         return entry is not None and entry.subtree
 
-    def record_wholes(self, paths: Iterable[str]) -> None:
-        """:meth:`record_whole` for many paths in one durable transaction (folding a crashed
-        primary's activity log into the changed set)."""
+    def record_wholes(self, paths: Iterable[str], subtrees: Iterable[str] = ()) -> None:
+        """:meth:`record_whole` for many paths and :meth:`record_subtree` for ``subtrees``, in one
+        durable transaction (folding a crashed primary's activity log into the changed set)."""
+        changed = self._changed
         self._submit([Record(p, _check_path(p), whole=True) for p in dict.fromkeys(paths)
-                      if not (p in self._changed and self._changed[p].whole)])
+                      if not (p in changed and changed[p].whole)]
+                     + [Record(p, _check_path(p), whole=True, subtree=True) for p in dict.fromkeys(subtrees)
+                        if not (p in changed and changed[p].subtree)])
 
     def _submit(self, records: list[Record]) -> None:
         """Queue ``records`` and return once they are committed (group commit).

@@ -55,6 +55,7 @@ class ActivityRecorder(Protocol):
               moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]: ...
     def leave(self, paths: Iterable[str], ticket: Ticket | None, carried: Iterable[str] = ()) -> None: ...
     def not_on_peer(self) -> list[str]: ...
+    def subtrees_not_on_peer(self) -> list[str]: ...
     def recorded(self) -> None: ...
 
 
@@ -203,15 +204,17 @@ class Replicator:
             ticket = client.submit(Op.PING, (PING_SYNC,))
         if not ticket.wait(getattr(client, "ack_timeout", 5.0) * 2) or ticket.error is not None:
             return False
-        return not self.activity.not_on_peer()
+        return not (self.activity.not_on_peer() or self.activity.subtrees_not_on_peer())
 
     def _not_on_peer(self) -> list[Change]:
         """(link lost) The activity log's paths the peer may not have on its disk, as changes to
-        compare whole; empty unless the session was delegated."""
+        compare whole, and its renamed directories as subtrees (the peer's disk may have lost the
+        rename); empty unless the session was delegated."""
         client = self.client
         if self.activity is None or getattr(client, "peer_durable", None) is None:
             return []
-        return [(path, WHOLE) for path in self.activity.not_on_peer()]
+        return ([(path, WHOLE) for path in self.activity.not_on_peer()]
+                + [(top, SUBTREE) for top in self.activity.subtrees_not_on_peer()])
 
     def start_alone(self, reason: str, new_generation: bool = True) -> None:
         """Start without a peer (failover): a new generation, then everything is recorded."""

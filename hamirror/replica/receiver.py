@@ -81,7 +81,7 @@ class Receiver:
             self.journal = Journal(os.path.join(state_dir, "journal.db"))
             # Before anything is applied: what an unclean stop may have lost is recorded first.
             self._lock_fd = unsynced.hold(state_dir)
-            unsynced.recover(self.journal, state_dir)
+            unsynced.recover(self.journal, state_dir, self.applier.root_fd)
             self.unsynced = unsynced.UnsyncedLog(os.path.join(state_dir, unsynced.UNSYNCED_LOG),
                                                  Epochs(self.applier.root_fd))
         self.answers = ResyncAnswers(self.applier, self.journal)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 
-from hamirror.journal import unsynced
+from hamirror.journal import hotdirs, unsynced
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
@@ -107,15 +107,8 @@ class ResyncAnswers:
         marks: a primary of the previous release reads the paths and compares as much."""
         found: list[str] = []
         for top in subtrees:
-            try:
-                with resolve_beneath(self.applier.root_fd, os.fsencode(top)) as parent:
-                    walk = os.fwalk(parent.name, dir_fd=parent.fd, follow_symlinks=False)
-                    for where, dirs, names, _ in walk:
-                        rel = os.path.relpath(os.fsdecode(where), os.fsdecode(parent.name))
-                        base = top if rel == "." else f"{top}/{rel}"
-                        found += [f"{base}/{os.fsdecode(n)}" for n in dirs + names]
-            except OSError:   # gone, or not listable here: the primary's visit of ``top`` sees the same
-                continue
+            # What cannot be listed here is not named: the primary's visit of ``top`` sees the same.
+            found += hotdirs.expand_tree(self.applier.root_fd, top, strict=False)[1:]
         return found
 
     def _remove(self, msg: Message) -> None:
