@@ -99,3 +99,26 @@ def test_listing_larger_than_a_message(mirror_factory, engine):
     # ext4 never shrinks a directory that held 4,000 entries: its size alone may differ
     assert [line for line in problems if not line.startswith("big: size: ")] == [], problems[:30]
     assert receiver_uptodate_in_journal(pair)
+
+
+def test_verify_of_a_listing_larger_than_a_message(mirror_factory, engine):
+    """The online verify reads a directory of 4,000 entries (~17 MB of listing) from the peer: clean
+    when equal, and exactly the planted differences on either side of a page's end."""
+    from tests.test_verify_mirror import verify
+    pair = mirror_factory("m", timeout=3).start()
+    p, s = pair.primary, pair.secondary
+    os.makedirs(f"{p}/big")
+    names = [f"{i:05d}" + "n" * 240 for i in range(4000)]
+    for name in names:
+        os.symlink(TARGET, f"{p}/big/{name}")
+    assert verify(pair)["result"] == "clean"
+    st = os.stat(f"{s}/big")
+    os.unlink(f"{s}/big/{names[5]}")
+    os.unlink(f"{s}/big/{names[-5]}")
+    os.symlink(TARGET, f"{s}/big/{names[2000]}x")
+    os.utime(f"{s}/big", ns=(st.st_atime_ns, st.st_mtime_ns))
+    found = verify(pair)
+    assert [(d["path"], d["kind"]) for d in found["differences"]] == [
+        (f"big/{names[5]}", "missing"), (f"big/{names[2000]}x", "extra"), (f"big/{names[-5]}", "missing")]
+    assert verify(pair, repair=True)["result"] == "repaired"
+    assert verify(pair)["result"] == "clean"
