@@ -103,6 +103,8 @@ class ResyncEngine:
             self._run()
         except PeerLost as exc:
             raise ResyncFailed(str(exc)) from exc
+        except PageError as exc:   # never compare less than the peer's whole answer
+            raise ResyncFailed(f"the peer's answer in pages: {exc}") from exc
 
     def _run(self) -> None:
         if self._paged:
@@ -511,19 +513,13 @@ class ResyncEngine:
 
     def _pages(self, op: Op, strs: tuple[bytes, ...], first: Ticket) -> list[dict]:
         """Every page of a paged answer, the first one asked already (hamirror/resync/pages.py)."""
-        pages = [decode_json(self._wait(first).payload)]
-        while pages[-1] is not None:   # (None: LISTDIR of a path the peer does not have)
-            try:
-                cursor = next_cursor(pages)
-            except PageError as exc:
-                raise ResyncFailed(f"{op.name} {b''.join(strs).decode(errors='replace')}: {exc}") from None
-            if cursor is None:
-                break
+        pages = [decode_json(self._wait(first).payload)]   # None: LISTDIR of a path the peer lacks
+        while pages[-1] is not None and (cursor := next_cursor(pages)) is not None:
             with self.repl.lock:
                 ticket = self.client.query(op, (cursor,), strs)
             pages.append(decode_json(self._wait(ticket).payload))
             if pages[-1] is None:
-                raise ResyncFailed(f"{op.name}: the peer's answer ended before its last page")
+                raise PageError("an answer that ended before its last page")
         return [page for page in pages if page is not None]
 
     def _wait(self, ticket: Ticket) -> Ticket:
