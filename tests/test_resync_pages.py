@@ -99,3 +99,11 @@ def test_receiver_answers_both_forms(tmp_path):
         page_doc = json.loads(sender.op(Op.CHANGES, (0,)).payload)
         assert "next" not in whole and page_doc["next"] is None
         assert merge_changes([page_doc]) == whole
+
+
+def test_a_live_listing_may_count_differently_between_pages():
+    """The online verify reads a live directory: only a cursor that does not advance is refused."""
+    pages = [{"next": 5, "count": 10}, {"next": 8, "count": 12}]
+    assert next_cursor(pages, fixed=False) == 8
+    with pytest.raises(PageError, match="cursor 5 after 5"):
+        next_cursor([{"next": 5, "count": 10}, {"next": 5, "count": 12}], fixed=False)

@@ -72,16 +72,18 @@ def listing_page(names: Sequence[str], start: int, meta: Callable[[str], list | 
     return {"entries": entries, "count": len(names), "next": end if end < len(names) else None}
 
 
-def next_cursor(pages: list[dict]) -> int | None:
+def next_cursor(pages: list[dict], fixed: bool = True) -> int | None:
     """The cursor to ask for after the last of ``pages`` (None: complete); PageError if the pages
-    do not follow each other (a cursor that does not advance, a count that changed)."""
+    do not follow each other: a cursor that does not advance, or (``fixed``: the answer cannot
+    change between pages) a count that changed. The online verify reads a live directory: its
+    pages may count differently, each is compared at its own point of the stream."""
     last = pages[-1]
     cursor, count = last.get("next"), last.get("count")
     if cursor is None:
         return None
     previous = pages[-2]["next"] if len(pages) > 1 else 0
     if type(cursor) is not int or type(count) is not int or not previous < cursor < count \
-            or any(p.get("count") != count for p in pages):
+            or (fixed and any(p.get("count") != count for p in pages)):
         raise PageError(f"pages that do not follow each other (cursor {cursor!r} after {previous}, "
                         f"count {count!r})")
     return cursor

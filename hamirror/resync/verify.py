@@ -247,7 +247,7 @@ class Verifier:
                     if name not in compared and (low is None or name >= low) and (high is None or name <= high):
                         compared[name] = (ours.get(name), _meta(entries.get(name)))
             try:
-                cursor = next_cursor(pages)
+                cursor = next_cursor(pages, fixed=False)
             except PageError as exc:
                 raise VerifyFailed(f"the peer's listing of {path}: {exc}") from None
             if cursor is None:
