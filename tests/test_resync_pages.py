@@ -107,3 +107,8 @@ def test_a_live_listing_may_count_differently_between_pages():
     assert next_cursor(pages, fixed=False) == 8
     with pytest.raises(PageError, match="cursor 5 after 5"):
         next_cursor([{"next": 5, "count": 10}, {"next": 5, "count": 12}], fixed=False)
+
+
+def test_a_page_that_is_not_an_object_is_refused():
+    with pytest.raises(PageError, match="a page that is not an object: list"):
+        next_cursor([{"next": 5, "count": 10}, [1, 2]])

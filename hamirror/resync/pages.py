@@ -78,6 +78,8 @@ def next_cursor(pages: list[dict], fixed: bool = True) -> int | None:
     change between pages) a count that changed. The online verify reads a live directory: its
     pages may count differently, each is compared at its own point of the stream."""
     last = pages[-1]
+    if not isinstance(last, dict):
+        raise PageError(f"a page that is not an object: {type(last).__name__}")
     cursor, count = last.get("next"), last.get("count")
     if cursor is None:
         return None
