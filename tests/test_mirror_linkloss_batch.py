@@ -37,7 +37,8 @@ def _commits(journal: Journal) -> list[str]:
     return seen
 
 
-def test_a_lost_link_records_every_path_the_peer_may_miss_in_one_transaction(tmp_path):
+@pytest.mark.parametrize("fence", [False, True], ids=["alone", "fenced"])
+def test_a_lost_link_records_every_path_the_peer_may_miss_in_one_transaction(tmp_path, fence):
     from hamirror.mirror.replicator import Replicator
     root = tmp_path / "root"
     (root / "hot").mkdir(parents=True)
@@ -46,7 +47,7 @@ def test_a_lost_link_records_every_path_the_peer_may_miss_in_one_transaction(tmp
     journal = Journal(str(tmp_path / "journal.db"))
     try:
         client = _Client()
-        repl = Replicator(client, journal, sync=False, activity=al)
+        repl = Replicator(client, journal, sync=False, activity=al, fence=fence)
         names = [f"hot/{i}" for i in range(300)]
         for name in names:                             # new files: the directory entry is hot
             with repl.change(((name,),), new=(name,)) as tx:
@@ -58,13 +59,17 @@ def test_a_lost_link_records_every_path_the_peer_may_miss_in_one_transaction(tmp
         commits = _commits(journal)
         repl._peer_lost("test: link lost", [client.tickets[-1]])
         client.tickets[-1].complete("test: link lost")
-        assert repl.state.value == "ALONE"
-        # the new generation, the changes, the state and its reason: never one per path
-        assert len(commits) <= 4, f"{len(commits)} transactions at the link loss"
+        assert repl.state.value == ("FENCED" if fence else "ALONE")
+        # the changes, the state and its reason, and the new generation (ALONE) or what the
+        # mount was doing (FENCED): never one per path
+        assert len(commits) == 4, f"{len(commits)} transactions at the link loss"
         recorded = set(journal.changed_paths())
         assert set(names) | {"hot", "big", "moved"} <= recorded
         # compared whole: the activity log's paths (its unacknowledged write is there too)
         assert all(journal.changed_blocks(name) is None for name in names + ["big", "moved"])
+        if fence:
+            repl.grant_alone("test: the peer is down")   # the verdict (and its fence timer ends)
+            assert repl.state.value == "ALONE"
     finally:
         journal.close()
         al.close()

@@ -176,23 +176,30 @@ class Journal:
         What is already recorded at least as much costs a lookup and no SQL (the FUSE write
         path's common case while the peer is away)."""
         changed = self._changed
-        records = [Record(p, _check_path(p), whole=True, subtree=True) for p in dict.fromkeys(subtrees)
-                   if not (p in changed and changed[p].subtree)]
-        records += [Record(p, _check_path(p), whole=True) for p in dict.fromkeys(wholes)
-                    if not (p in changed and changed[p].whole)]
-        plain = list(paths)
-        ranges = list(ranges)
+        records: list[Record] = []
+        for p in subtrees:
+            entry = changed.get(p)
+            if entry is None or not entry.subtree:
+                records.append(Record(p, _check_path(p), whole=True, subtree=True))
+        for p in wholes:
+            entry = changed.get(p)
+            if entry is None or not entry.whole:
+                records.append(Record(p, _check_path(p), whole=True))
         if ranges:
             with self._mem_lock:
                 for path, offset, length in ranges:
                     span = block_span(offset, length)
                     entry = changed.get(path)
                     if span is None:
-                        plain.append(path)
+                        if entry is None:
+                            records.append(Record(path, _check_path(path)))
                     elif entry is None or not (entry.whole or entry.runs.covers(*span)):
                         records.append(Record(path, _check_path(path), span))
-        records += [Record(p, _check_path(p)) for p in dict.fromkeys(plain) if p not in changed]
-        self._submit(records)
+        for p in paths:
+            if p not in changed:
+                records.append(Record(p, _check_path(p)))
+        if records:
+            self._submit(records)
 
     def subtrees(self) -> list[str]:
         """The paths recorded by :meth:`record_subtree`, sorted."""
