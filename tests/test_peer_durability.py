@@ -121,9 +121,7 @@ class _Journal:
         self.whole: list[str] = []
         self.state: dict[str, str] = {}
 
-    def record_paths(self, paths): pass
-    def record_range(self, path, offset, length): pass
-    def record_whole(self, path): self.whole.append(path)
+    def record_batch(self, paths=(), ranges=(), wholes=(), subtrees=()): self.whole.extend(wholes)
     def new_generation(self): return "g"
     def set_state(self, key, value): self.state[key] = value
     def get_state(self, key, default=None): return self.state.get(key, default)

@@ -62,8 +62,8 @@ class ActivityRecorder(Protocol):
 class ChangeJournal(Protocol):
     """What the replicator needs from the journal (hamirror.journal.Journal provides it)."""
 
-    def record_paths(self, paths: Iterable[str]) -> None: ...
-    def record_range(self, path: str, offset: int, length: int) -> None: ...
+    def record_batch(self, paths: Iterable[str] = (), ranges: Iterable[tuple[str, int, int]] = (),
+                     wholes: Iterable[str] = (), subtrees: Iterable[str] = ()) -> None: ...
     def new_generation(self) -> str: ...
     def set_state(self, key: str, value: str) -> None: ...
     def get_state(self, key: str, default: str | None = None) -> str | None: ...
@@ -465,21 +465,25 @@ class Replicator:
             self._notify(self.state, reason)
 
     def record(self, changes: Iterable[Change]) -> None:
-        """Durably record what the peer does not have (paths, and byte ranges of writes)."""
+        """Durably record what the peer does not have (paths, and byte ranges of writes), in one
+        journal transaction: a lost link's thousands of paths cost one fsync, not one each,
+        while every mutating call waits for the state to change (docs/journal.md)."""
         if self.journal is None:
             return
-        paths = []
+        paths: list[str] = []
+        ranges: list[tuple[str, int, int]] = []
+        wholes: list[str] = []
+        subtrees: list[str] = []
         for change in changes:
             if len(change) == 3:
-                self.journal.record_range(*change)
+                ranges.append(change)
             elif len(change) == 2 and change[1] == SUBTREE:   # a directory renamed there, and all beneath
-                self.journal.record_subtree(change[0])
+                subtrees.append(change[0])
             elif len(change) == 2:       # (path, WHOLE): content replaced without a write
-                self.journal.record_whole(change[0])
+                wholes.append(change[0])
             else:
                 paths.append(change[0])
-        if paths:
-            self.journal.record_paths(paths)
+        self.journal.record_batch(paths, ranges, wholes, subtrees)
 
 
 class _Change:
