@@ -11,6 +11,7 @@ until the daemon has worked. A busy daemon is never trimmed, so the reuse of buf
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Callable
@@ -58,3 +59,21 @@ class IdleTrim:
         self._trimmed = True
         self.trims += 1
         return True
+
+
+def compact() -> None:
+    """The spawner, before it forks: garbage collected, what is left frozen, free heap pages given
+    back (docs/performance.md, "Idle memory of the data path").
+
+    - Frozen (``gc.freeze``): a collection writes to the header of every object it visits, so a
+      child's first full collection made a private copy of every page of the spawner's heap
+      (~6 MB); frozen objects are never visited again, in the spawner or its children.
+    - Trimmed: a child inherits every resident page of the heap, used or free, and is charged
+      its share of each (~0.8 MB free after the imports).
+
+    Never in a forked child of a process that lives on: its collection would copy the pages the
+    two share (a mount daemon collecting before it detached went from 7.8 to 11.0 MB of its own).
+    """
+    gc.collect()
+    gc.freeze()
+    malloc_trim()

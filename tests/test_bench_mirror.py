@@ -1,11 +1,14 @@
 """The mirror benchmark's report (ratios, two-copy ceiling, targets, CPU per operation), its resilience
-to a failing column, its CPU probe, and its GlusterFS column's cleanup."""
+to a failing column, its CPU probe, its GlusterFS column's cleanup, and its C passthrough columns."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,10 +16,12 @@ from tests.conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 
+import cpassthrough  # noqa: E402
 import cputime  # noqa: E402
 import gluster  # noqa: E402
 import mirror  # noqa: E402
 import mirror_report  # noqa: E402
+import workloads  # noqa: E402
 from columns import Column  # noqa: E402
 
 # The benchmark's pieces, its CPU probe and a GlusterFS pair (two glusterd): alone, after the
@@ -200,3 +205,79 @@ def test_glusterfs_processes_are_named_per_node():
     assert gluster.name_processes(12, seen) == [
         ("glusterfs client", 12), ("glusterd n1", 10), ("brick n1", 11), ("self-heal n1", 13),
         ("glusterd n2", 20), ("brick n2", 21), ("self-heal n2", 22), ("brick n2 23", 23)]
+
+
+def test_the_c_passthrough_columns_run_only_when_named_and_are_put_against_plain():
+    assert mirror.parse_args([]).configs == "abcdeg"
+    assert mirror.parse_args(["--configs", "wfba"]).configs == "abfw"
+    raw = {"a": {"small_files": [20000.0, 20000.0]}, "b": {"small_files": [2000.0, 2000.0]},
+           "f": {"small_files": [4000.0, 4000.0]}, "w": {"small_files": [5000.0, 5000.0]}}
+    summary = mirror_report.summarize(PARAMS, raw, [], mirror.CONFIGS)
+    assert {r: summary["ratios"][r]["small_files"] for r in ("b/a", "f/a", "w/a", "b/f")} == \
+        {"b/a": 0.1, "f/a": 0.2, "w/a": 0.25, "b/f": 0.5}
+    text = mirror_report.render(summary).splitlines()
+    assert text[3].split() == ["metric", "unit", "a", "plain", "b", "intercept", "f", "passthru", "w", "passthr-wb",
+                               "b/a", "f/a", "w/a", "b/f"]
+    assert text[4].split()[-4:] == ["0.10", "0.20", "0.25", "0.50"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or cpassthrough.available() is not None,
+                    reason="needs root, cc and libfuse3-dev")
+@pytest.mark.parametrize("key", ["f", "w"])
+def test_c_passthrough_column_passes_files_through_and_leaves_nothing_behind(tmp_path, key):
+    """The column compiles libfuse's example, mounts it over a fresh directory and ends it by PID."""
+    column = Column(str(tmp_path), key)
+    try:
+        column.start()
+        pids = column.pids()
+        with open(os.path.join(column.directory, "f"), "wb") as f:
+            f.write(b"x" * 5000)
+        assert column.dead() is None
+        with open(os.path.join(column.base, "source", "f"), "rb") as f:
+            landed = f.read()
+        os.unlink(os.path.join(column.directory, "f"))
+        left = os.listdir(os.path.join(column.base, "source"))
+    finally:
+        column.stop()
+    assert landed == b"x" * 5000
+    assert left == []
+    assert [name for name, _ in column.processes()] == ["passthrough_ll"]
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    with open("/proc/self/mounts") as f:
+        assert column.directory not in f.read()
+
+
+def _topdir(path: str) -> bool:
+    flags = bytearray(8)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, workloads.FS_IOC_GETFLAGS, flags, True)
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags[:4], "little") & workloads.FS_TOPDIR_FL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or cpassthrough.available() is not None,
+                    reason="needs root, cc and libfuse3-dev")
+def test_spread_marks_the_directories_the_runs_are_made_in(tmp_path):
+    """--spread: ext4's +T on the plain directory and under the passthrough's mount, none without it;
+    a file system that cannot keep the flag stops the column instead of measuring it unspread."""
+    if not workloads.spread(str(tmp_path)):
+        pytest.skip("the temporary directory's file system has no +T")
+    assert mirror.parse_args(["--spread"]).spread and not mirror.parse_args([]).spread
+    plain, bare = Column(str(tmp_path), "a", spread=True), Column(str(tmp_path / "x"), "a")
+    plain.start()
+    bare.start()
+    passthrough = Column(str(tmp_path), "f", spread=True)
+    try:
+        passthrough.start()
+        spread_source = _topdir(passthrough.passthrough.source)
+    finally:
+        passthrough.stop()
+    assert (_topdir(plain.directory), _topdir(bare.directory), spread_source) == (True, False, True)
+    shm = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        with pytest.raises(RuntimeError, match=f"cannot set ext4's \\+T on {shm}/a-plain/primary"):
+            Column(shm, "a", spread=True).start()
+    finally:
+        shutil.rmtree(shm)

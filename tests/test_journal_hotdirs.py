@@ -38,9 +38,9 @@ def test_directory_entries_round_trip_through_the_format(tmp_path, root):
         + encode_frame([(LEAVE_DIR, "d"), (ENTER_DIR, "e/é\udcff")])
     result = replay(data)
     assert result.paths == {"f"} and result.dirs == {".", "e/é\udcff"} and not result.problem
-    # a directory entry without a path, or an unknown op (what an older release sees in op 5): damage
+    # a directory entry without a path, or an unknown op (what an older release sees in op 5, or 7): damage
     assert replay(MAGIC + encode_frame([(ENTER_DIR, "")]) + encode_frame([(ENTER, "x")])).paths is None
-    assert replay(MAGIC + encode_frame([(7, "d")]) + encode_frame([(ENTER, "x")])).paths is None
+    assert replay(MAGIC + encode_frame([(9, "d")]) + encode_frame([(ENTER, "x")])).paths is None
     # the live log writes them, and its snapshots keep them
     al = ActivityLog(str(tmp_path / "al"), capacity=2, root_fd=root[1])
     for i in range(10):

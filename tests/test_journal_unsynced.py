@@ -136,14 +136,13 @@ def test_the_sync_interval_comes_from_the_environment_when_valid():
 
 def test_the_changes_answer_carries_the_unsynced_paths(tmp_path, epochs):
     from hamirror.link.apply import Applier
-    from hamirror.resync.meta import decode_json
     data = tmp_path / "data"
     data.mkdir()
     with Journal(str(tmp_path / "journal.db")) as journal:
         _crashed_log(str(tmp_path), epochs, [b"lost"])
         unsynced.recover(journal, str(tmp_path))
         applier = Applier(str(data))
-        answer = decode_json(ResyncAnswers(applier, journal)._changes(None))
+        answer = ResyncAnswers(applier, journal)._changes_doc()
         applier.close()
     assert answer["unsynced"] == ["lost"]
 

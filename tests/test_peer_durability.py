@@ -67,7 +67,6 @@ def test_the_durable_seq_follows_the_epochs_and_the_mark_costs_one_record(tmp_pa
 def test_a_marked_log_after_an_unclean_stop_leaves_the_copy_owing_to_the_primary(tmp_path, epochs):
     from hamirror.link.apply import Applier
     from hamirror.resync.answers import ResyncAnswers
-    from hamirror.resync.meta import decode_json
     state = str(tmp_path)
     with Journal(os.path.join(state, "journal.db")) as journal:
         journal.set_state(UPTODATE_KEY, "1")
@@ -83,7 +82,7 @@ def test_a_marked_log_after_an_unclean_stop_leaves_the_copy_owing_to_the_primary
         data = tmp_path / "data"
         data.mkdir()
         applier = Applier(str(data))
-        answer = decode_json(ResyncAnswers(applier, journal)._changes(None))
+        answer = ResyncAnswers(applier, journal)._changes_doc()
         applier.close()
         assert answer["unsynced_peer"] is True and answer["unsynced"] == []
         unsynced.resolved(journal)         # the resync compared it; the live receiver's log is new
@@ -122,9 +121,7 @@ class _Journal:
         self.whole: list[str] = []
         self.state: dict[str, str] = {}
 
-    def record_paths(self, paths): pass
-    def record_range(self, path, offset, length): pass
-    def record_whole(self, path): self.whole.append(path)
+    def record_batch(self, paths=(), ranges=(), wholes=(), subtrees=()): self.whole.extend(wholes)
     def new_generation(self): return "g"
     def set_state(self, key, value): self.state[key] = value
     def get_state(self, key, default=None): return self.state.get(key, default)

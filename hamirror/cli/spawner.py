@@ -25,6 +25,8 @@ import signal
 import socket
 import sys
 
+from hamirror import heaptrim
+
 FDS = 4                 # stdin, stdout, stderr, exit-status pipe
 MAX_MESSAGE = 65536
 
@@ -62,6 +64,8 @@ def run_spawner(args: argparse.Namespace) -> int:
                 raise ValueError(f"{len(fds)} descriptors, {FDS} expected")
             if refusal:
                 raise ValueError(refusal)
+            preload_engine(argv)
+            heaptrim.compact()
             answer = {"pid": _fork(sock, argv, fds, cli_main.main)}
         except (ValueError, KeyError, TypeError, OSError) as exc:
             answer = {"error": str(exc)}
@@ -80,9 +84,27 @@ def preload() -> None:
     opens a link session; docs/performance.md, "Idle memory of the data path")."""
     import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
     import hamirror.replica.receiver  # noqa: F401
+    from hamirror.cli import main
     from hamirror.link import session
 
+    main.prepare([main.GROUP_OF["mirror"]])   # imports the group too
     session.warm_up()
+
+
+def preload_engine(argv: list[str]) -> None:
+    """pyzmq and its transports, imported here the first time a child is to run a ZeroMQ engine
+    (``curve``, ``aead``): shared with every such child, and never mapped at all by a spawner
+    whose children all run ``stream`` (~4.6 MB resident, half of it charged to each child)."""
+    from hamirror.link import session
+
+    try:
+        chosen = argv[argv.index("--engine") + 1] if "--engine" in argv else None
+        engine = session.engine(chosen)
+    except (IndexError, ValueError):
+        return                           # the child says what is wrong with it
+    if engine != session.STREAM:
+        import hamirror.link.transport_zmq  # noqa: F401
+        import hamirror.replica.serve_zmq  # noqa: F401
 
 
 def _receive(sock: socket.socket) -> tuple[bytes | None, list[int]]:

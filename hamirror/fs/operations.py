@@ -25,7 +25,7 @@ import stat
 from typing import Callable
 
 from hamirror.fs.commits import BarrierCommits
-from hamirror.journal.activity import is_dir
+from hamirror.journal.hotset import is_dir
 from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved

@@ -34,17 +34,14 @@ it whole (hamirror.journal.hotdirs), a wider comparison than the new names alone
 
 **Renames.** A disk may keep a rename of D to E and lose an earlier write to D/f; a record of D/f,
 D and E then leads the resync to E's listing, never to E/f. So a rename carries every unsettled
-key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`).
+key beneath D to E in the same append (``enter(..., moved=...)``, :func:`carried`). And a disk
+may miss the rename itself (the peer never applied it before this node crashed, or lost it in a
+power loss of its own): with D and E swapped, E/f names the old E's file on one side and the old
+D's on the other, maybe with equal sizes and times. So the same append enters E's *subtree*
+(:func:`tree_key`), which leaves with the rename's own keys; after a crash it becomes a subtree
+mark in the journal, and a lost link records it so (everything beneath E compared whole).
 
-Format: a magic line, then frames ``<u32 length><u32 crc32(payload)><payload>``; a payload is
-entries ``<u8 op><u16 n><n bytes path>`` (op 1 enter, 2 leave; 3 and 4, with no path, set and
-clear the receiver's mark "acknowledged data its primary records may not be durable here",
-hamirror.journal.unsynced: an older release reads them as damage and compares every block; 5 and
-6 enter and leave a directory entry: an older release reads them as damage too, and compares
-every path, which is safe). Each frame is one durable
-append. Only the *last* frame can be torn by a crash (every earlier one was fsynced before the
-next was written, and no change is applied before its frame is durable), so a bad last frame is
-ignored; a bad frame followed by good data means the file is damaged and nothing is trusted.
+Format: hamirror.journal.logformat.
 """
 
 from __future__ import annotations
@@ -52,240 +49,30 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import stat
-import struct
 import threading
-import zlib
-from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
 from hamirror.journal import hotdirs
 from hamirror.journal.durability import Epochs, Syncer
-from hamirror.journal.journal import fsync_dir as _fsync_dir
+from hamirror.journal.hotset import PeerCheck, Slot, Acknowledgeable, carried, choose_victims, is_dir
+from hamirror.journal.logformat import (ENTER, ENTER_DIR, LEAVE, LEAVE_DIR, MAGIC, MARK, UNMARK, Replay,
+                                        dir_key, encode_frame, entry_of, is_tree_key, read_log, remove_log, replay,
+                                        tree_key, write_all, write_snapshot)
+
+# The format and the eviction rule lived here before the split: the names callers import from here.
+__all__ = ["ActivityLog", "DEFAULT_CAPACITY", "reset_log", "Acknowledgeable", "PeerCheck", "carried",
+           "choose_victims", "is_dir", "ENTER", "ENTER_DIR", "LEAVE", "LEAVE_DIR", "MAGIC", "MARK", "UNMARK",
+           "Replay", "dir_key", "encode_frame", "read_log", "remove_log", "replay", "tree_key", "write_all",
+           "write_snapshot"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"hamirror activity log 1\n"
 DEFAULT_CAPACITY = 4096
-ENTER, LEAVE = 1, 2
-MARK, UNMARK = 3, 4
-ENTER_DIR, LEAVE_DIR = 5, 6
-_OPS = frozenset((ENTER, LEAVE, MARK, UNMARK, ENTER_DIR, LEAVE_DIR))
-_MARK_KEY = "\0mark"   # never a path (a path has no NUL byte)
-_FRAME = struct.Struct("<II")
-_ENTRY = struct.Struct("<BH")
-MAX_FRAME = 64 * 1024 * 1024
-
-
-class Acknowledgeable(Protocol):
-    """What the log needs of an operation in flight (hamirror.link.client.Ticket provides it)."""
-
-    seq: int
-
-    @property
-    def done(self) -> bool: ...
-
-
-PeerCheck = Callable[[Acknowledgeable], bool]   # an acknowledged operation is on the peer's disk
-
-
-# ----------------------------------------------------------------------------- pure: the format
-
-def encode_frame(entries: Iterable[tuple[int, str]]) -> bytes:
-    """One frame holding ``(op, path)`` entries."""
-    parts = []
-    for op, path in entries:
-        raw = os.fsencode(path)
-        if len(raw) > 0xFFFF:
-            raise ValueError(f"path too long for the activity log: {path[:80]!r}...")
-        parts.append(_ENTRY.pack(op, len(raw)) + raw)
-    payload = b"".join(parts)
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def dir_key(d: str) -> str:
-    """The hot set's key of directory ``d``'s entry: a path never ends with "/"."""
-    return d + "/"
-
-
-def _entry_of(key: str, entering: bool) -> tuple[int, str]:
-    """The log entry of a hot-set key (a path, or a directory entry's :func:`dir_key`)."""
-    if key.endswith("/"):
-        return (ENTER_DIR if entering else LEAVE_DIR), key[:-1]
-    return (ENTER if entering else LEAVE), key
 
 
 def _parent(path: str) -> str:
     return os.path.dirname(path) or "."
 
-
-def is_dir(root_fd: int, path: str) -> bool:
-    """``path`` is a directory beneath ``root_fd`` now; True when that cannot be told (a scan then)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path, dir_fd=root_fd).st_mode)
-    except FileNotFoundError:
-        return False          # the rename fails: nothing moves
-    except OSError:
-        return True
-
-
-@dataclass(frozen=True)
-class Replay:
-    """What a log file says: the hot set (``None`` when it cannot be trusted) and why."""
-
-    paths: frozenset[str] | None
-    torn: bool = False          # the last frame was incomplete (a crash while appending): ignored
-    problem: str = ""           # why ``paths`` is None
-    marked: bool = False        # the receiver's MARK is set (see the module docstring)
-    dirs: frozenset[str] = frozenset()   # directory entries: each directory and what is directly in it
-
-
-def _replayed(hot: dict[str, None], torn: bool = False) -> Replay:
-    marked = _MARK_KEY in hot
-    return Replay(frozenset(p for p in hot if p != _MARK_KEY and not p.endswith("/")), torn=torn,
-                  marked=marked, dirs=frozenset(p[:-1] for p in hot if p.endswith("/")))
-
-
-def replay(data: bytes) -> Replay:
-    """Rebuild the hot set from a log file's bytes (pure)."""
-    if not data.startswith(MAGIC):
-        return Replay(None, problem="not an activity log (bad or missing header)")
-    hot: dict[str, None] = {}
-    pos = len(MAGIC)
-    end = len(data)
-    while pos < end:
-        rest = end - pos
-        if rest < _FRAME.size:
-            return _replayed(hot, torn=True)
-        length, crc = _FRAME.unpack_from(data, pos)
-        body = pos + _FRAME.size
-        if length == 0 or length > MAX_FRAME:
-            if not data[pos:].strip(b"\0"):          # a zero-filled tail: the append never landed
-                return _replayed(hot, torn=True)
-            return Replay(None, problem=f"bad frame length {length} at byte {pos}")
-        if body + length > end:                       # the last append was cut short
-            return _replayed(hot, torn=True)
-        payload = data[body:body + length]
-        if zlib.crc32(payload) != crc:
-            if body + length == end:                  # the last frame: torn by the crash
-                return _replayed(hot, torn=True)
-            return Replay(None, problem=f"checksum mismatch at byte {pos}, followed by more frames")
-        problem = _apply_payload(payload, hot)
-        if problem:
-            return Replay(None, problem=f"frame at byte {pos}: {problem}")
-        pos = body + length
-    return _replayed(hot)
-
-
-def _apply_payload(payload: bytes, hot: dict[str, None]) -> str:
-    pos = 0
-    while pos < len(payload):
-        if len(payload) - pos < _ENTRY.size:
-            return "entry header cut short"
-        op, n = _ENTRY.unpack_from(payload, pos)
-        pos += _ENTRY.size
-        if pos + n > len(payload) or op not in _OPS or (op in (MARK, UNMARK) and n) \
-                or (op >= ENTER_DIR and not n):
-            return f"bad entry (op {op}, {n} bytes)"
-        if op in (MARK, UNMARK):
-            key = _MARK_KEY
-        else:
-            key = os.fsdecode(payload[pos:pos + n])
-            if key.endswith("/"):
-                return f"bad entry (op {op}, a path ending with '/')"
-            if op >= ENTER_DIR:
-                key = dir_key(key)
-        pos += n
-        if op in (ENTER, MARK, ENTER_DIR):
-            hot[key] = None
-        else:
-            hot.pop(key, None)
-    return ""
-
-
-def read_log(path: str) -> Replay:
-    """Read and replay the log file at ``path``; a missing file cannot be trusted either."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return Replay(None, problem=f"{path}: no activity log")
-    except OSError as exc:
-        return Replay(None, problem=f"{path}: {exc.strerror}")
-    result = replay(data)
-    if result.problem:
-        return Replay(None, problem=f"{path}: {result.problem}")
-    return result
-
-
-# ----------------------------------------------------------------------------- pure: eviction
-
-class _Slot:
-    """One hot path: calls inside their change block, the newest operation sent for it, and the
-    durability epoch of its last change (0: nothing to make durable)."""
-
-    __slots__ = ("busy", "ticket", "stamp")
-
-    def __init__(self) -> None:
-        self.busy = 0
-        self.ticket: Acknowledgeable | None = None
-        self.stamp = 0
-
-    def settled(self) -> bool:
-        """Everything about the path is acknowledged by the peer, or nothing was sent. A ticket
-        that failed (the peer was lost) counts too: the replicator records what a failed ticket
-        carried in the journal before completing it, and a call still inside its change block
-        (recording what could not be sent) keeps ``busy`` above zero."""
-        t = self.ticket
-        return self.busy == 0 and (t is None or t.done)
-
-    def sent(self, ticket: Acknowledgeable, peer: PeerCheck | None = None) -> None:
-        """Keep the newest operation on the path: an older call may leave after a newer one. A
-        done one is replaced by any (a new session numbers from 0 again), but with ``peer`` only
-        once the peer has it on its disk too: the newer seq is the one its durability must pass."""
-        t = self.ticket
-        if (t is None or getattr(ticket, "seq", 0) >= getattr(t, "seq", 0)
-                or (t.done and (peer is None or peer(t)))):
-            self.ticket = ticket
-
-    def on_peer(self, peer: PeerCheck | None) -> bool:
-        """Nothing of the path may be missing from the peer's disk (the primary's side of a
-        delegated session, docs/journal.md "Durability"): no call inside, the newest operation
-        acknowledged and, with ``peer``, durable there."""
-        t = self.ticket
-        return self.busy == 0 and (t is None or (t.done and (peer is None or peer(t))))
-
-    def evictable(self, durable: int | None, peer: PeerCheck | None) -> bool:
-        """:meth:`on_peer`, and changed no later than ``durable`` (the newest durable epoch here)."""
-        return self.on_peer(peer) and (durable is None or self.stamp <= durable)
-
-
-def carried(keys: Iterable[str], src: str, dst: str) -> list[str]:
-    """The hot keys under directory ``src`` (its own directory entry ``src/`` and every key
-    beneath) as they are named once ``src`` is renamed ``dst`` (pure). Why: after the rename the
-    peer holds them under ``dst`` only, and a record that names ``src/f`` but not ``dst/f`` lets a
-    resync compare ``dst``'s listing and never ``dst/f``'s content."""
-    prefix = src + "/"
-    return [dst + k[len(src):] for k in keys if k.startswith(prefix)]
-
-
-def choose_victims(hot: collections.OrderedDict[str, _Slot], count: int, durable: int | None = None,
-                   peer: PeerCheck | None = None) -> list[str]:
-    """Up to ``count`` least recently used paths that may leave the hot set (pure): settled, with
-    ``durable`` (the newest durable epoch) changed no later than that epoch, and with ``peer``
-    durable on the peer too."""
-    victims: list[str] = []
-    if count <= 0:
-        return victims
-    for path, slot in hot.items():                    # oldest first
-        if slot.evictable(durable, peer):
-            victims.append(path)
-            if len(victims) == count:
-                break
-    return victims
-
-
-# ----------------------------------------------------------------------------- the file
 
 class ActivityLog:
     """The hot set of a streaming primary and its file (see the module docstring).
@@ -303,7 +90,7 @@ class ActivityLog:
         self.path = path
         self.capacity = capacity
         self.root_fd = root_fd                # lists a directory entry when a link is lost
-        self._hot: collections.OrderedDict[str, _Slot] = collections.OrderedDict()
+        self._hot: collections.OrderedDict[str, Slot] = collections.OrderedDict()
         # A path whose calls inside are charged to another key's slot (a directory entry that
         # covers it): [key, calls inside]. Its leave settles that slot, whatever entered since.
         self._charged: dict[str, list] = {}
@@ -326,9 +113,10 @@ class ActivityLog:
               moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]:
         """Mark ``paths`` as being changed; durable on return. Call before applying or sending.
         ``new``: those of ``paths`` whose name the operation creates (their directory enters).
-        ``moved``: a rename's ``(source, destination)`` pairs (both ways for an exchange): the hot
-        keys under a source directory enter again under its destination, in the same append
-        (:func:`carried`). Returns those keys: pass them to :meth:`leave` with ``paths``."""
+        ``moved``: a rename's ``(source, destination)`` pairs (both ways for an exchange): a
+        destination that receives a directory enters as a subtree, and the hot keys under a
+        source directory enter again under its destination, in the same append (:meth:`_carried`).
+        Returns those keys: pass them to :meth:`leave` with ``paths``."""
         paths = list(paths)
         with self._lock:
             hot = self._hot
@@ -403,14 +191,23 @@ class ActivityLog:
     def not_on_peer(self) -> list[str]:
         """The hot paths whose last change may be missing from the peer's disk (a call inside,
         not acknowledged, or not durable there): what a lost link must put in the journal. A
-        directory entry gives the directory and every entry in it now (hamirror.journal.hotdirs)."""
-        with self._lock:
-            keys = [k for k, slot in self._hot.items() if not slot.on_peer(self.peer)]
-        paths = [k for k in keys if not k.endswith("/")]
+        directory entry gives the directory and every entry in it now (hamirror.journal.hotdirs).
+        Subtrees: :meth:`subtrees_not_on_peer`."""
+        keys = self._not_on_peer()
+        paths = [k for k in keys if not k.endswith("/") and not is_tree_key(k)]
         dirs = [k[:-1] for k in keys if k.endswith("/")]
         if dirs and self.root_fd is not None:
             paths += hotdirs.expand_all(self.root_fd, dirs)
         return list(dict.fromkeys(paths))
+
+    def subtrees_not_on_peer(self) -> list[str]:
+        """The directories renamed to their name whose rename may be missing from the peer's disk:
+        a lost link records each as a subtree (it and everything beneath it, compared whole)."""
+        return [k[:-1] for k in self._not_on_peer() if is_tree_key(k)]
+
+    def _not_on_peer(self) -> list[str]:
+        with self._lock:
+            return [k for k, slot in self._hot.items() if not slot.on_peer(self.peer)]
 
     def recorded(self) -> None:
         """The journal now holds :meth:`not_on_peer`'s paths (the link was lost): the operations
@@ -442,14 +239,18 @@ class ActivityLog:
     # internals (``_lock`` held) --------------------------------------------------------------
 
     def _carried(self, moved: Iterable[tuple[str, str]]) -> list[str]:
-        """The keys a rename enters under its destination: each hot key under a source directory
-        (its directory entry, and everything beneath) that may not be on both disks yet, renamed.
-        A source that is no directory here has nothing under it (one ``lstat``, no scan)."""
+        """The keys a rename enters under its destination: the destination's subtree (a name that
+        receives a directory: if either disk misses the rename, the same names beneath it may
+        hold the other directory's files with equal sizes and times), and each hot key under a
+        source directory (its directory entry, and everything beneath) that may not be on both
+        disks yet, renamed. A source that is no directory here has nothing under it (one
+        ``lstat``, no scan; without ``root_fd`` every source counts as a directory)."""
         extra: dict[str, None] = {}
         durable = None if self.epochs is None else self.epochs.durable
         for src, dst in moved:
             if self.root_fd is not None and not is_dir(self.root_fd, src):
                 continue
+            extra[tree_key(dst)] = None
             prefix = src + "/"
             unsettled = [k for k, slot in self._hot.items()
                          if k.startswith(prefix) and not slot.evictable(durable, self.peer)]
@@ -485,7 +286,7 @@ class ActivityLog:
             else:
                 charged[1] += 1
 
-    def _uncharge(self, path: str) -> _Slot | None:
+    def _uncharge(self, path: str) -> Slot | None:
         """A call on ``path`` is no longer inside: the slot it was charged to (None: not hot)."""
         charged = self._charged.get(path)
         if charged is None:
@@ -512,12 +313,12 @@ class ActivityLog:
             self._over = True
         elif self._over and wanted <= 0:
             self._over = False
-        frame = encode_frame([_entry_of(v, False) for v in victims] + [_entry_of(p, True) for p in new])
+        frame = encode_frame([entry_of(v, False) for v in victims] + [entry_of(p, True) for p in new])
         if self._appended + len(victims) + len(new) > 2 * self.capacity:
             for v in victims:
                 del hot[v]
             for p in new:
-                hot[p] = _Slot()
+                hot[p] = Slot()
             try:
                 self._snapshot()
             except BaseException:
@@ -532,7 +333,7 @@ class ActivityLog:
         for v in victims:
             del hot[v]
         for p in new:
-            hot[p] = _Slot()
+            hot[p] = Slot()
 
     def _snapshot(self) -> None:
         """Rewrite the file as the current hot set (atomic replace, durable)."""
@@ -541,42 +342,7 @@ class ActivityLog:
         self.records += 1
 
 
-def write_snapshot(path: str, paths: list[str], old_fd: int) -> int:
-    """Replace the log at ``path`` with one entering ``paths`` (hot-set keys: a directory entry's
-    key ends with "/"), through a temporary file, fsync, rename, directory fsync; close ``old_fd``
-    (if >= 0) and return the new file's descriptor, at its end."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        write_all(fd, MAGIC + (encode_frame([_entry_of(p, True) for p in paths]) if paths else b""))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    if old_fd >= 0:
-        os.close(old_fd)
-    return fd
-
-
 def reset_log(path: str) -> None:
     """Replace the log at ``path`` with an empty one (its content was folded into the journal)."""
     ActivityLog(path).close()
-
-
-def remove_log(path: str) -> None:
-    """Delete the log (the activity log is off: a stale one must never be trusted)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
 

@@ -1,4 +1,5 @@
-"""A directory entry of the activity log, expanded into the paths it covers, by listing.
+"""A directory entry of the activity log, expanded into the paths it covers, by listing; a
+subtree mark, into every path beneath it (:func:`expand_tree`).
 
 Why: the activity log (hamirror.journal.activity) records a directory D instead of each new name
 in it (one durable append for a burst of new files, not one each). It stands for D itself and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import stat
 
 from hamirror.link.apply import open_beneath
 from hamirror.link.protocol import CONFLICT_DIR
@@ -65,6 +67,48 @@ def expand(root_fd: int, d: str) -> list[str]:
         os.close(fd)
     top = d == "."
     return [d] + sorted(child(d, n) for n in names if not (top and os.fsencode(n) == CONFLICT_DIR))
+
+
+def expand_tree(root_fd: int, d: str, strict: bool = True) -> list[str]:
+    """``d`` and every path beneath it on this node (``d`` alone if it is no directory here): a
+    subtree mark (a directory renamed to ``d``) named path by path, for a resync that compares
+    what it is given by name. Reached and walked as :func:`expand` lists, never through a
+    symlink, never into the conflict folder. Raises ValueError for a path no operation could
+    name, OSError when a directory in it cannot be read (unless not ``strict``: then what could
+    be read is named)."""
+    if not valid_dir(d):
+        raise ValueError(f"not a directory path inside the replicated directory: {d!r}")
+    parts = [] if d == "." else [os.fsencode(p) for p in d.split("/")]
+    top = parts[-1] if parts else b"."
+    try:
+        parent = open_beneath(root_fd, parts[:-1])
+    except OSError as exc:
+        if exc.errno in _GONE or not strict:
+            return [d]
+        raise
+    found = [d]
+    errors: list[OSError] = []
+    try:
+        try:    # fwalk opens its top before it looks: only a directory is opened (never a device)
+            if not stat.S_ISDIR(os.stat(top, dir_fd=parent, follow_symlinks=False).st_mode):
+                return found
+        except OSError as exc:
+            if exc.errno in _GONE or not strict:
+                return found
+            raise
+        for where, dirs, names, _ in os.fwalk(top, dir_fd=parent, follow_symlinks=False, onerror=errors.append):
+            if not parts and where == top:
+                dirs[:] = [n for n in dirs if n != CONFLICT_DIR]
+                names = [n for n in names if n != CONFLICT_DIR]
+            base = d if where == top else child(d, os.fsdecode(where[len(top) + 1:]))
+            found += [child(base, os.fsdecode(n)) for n in dirs + names]
+    finally:
+        if parent != root_fd:
+            os.close(parent)
+    failed = next((exc for exc in errors if exc.errno not in _GONE), None)
+    if failed is not None and strict:
+        raise failed
+    return found
 
 
 def expand_all(root_fd: int, dirs: list[str]) -> list[str]:

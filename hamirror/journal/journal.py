@@ -147,12 +147,7 @@ class Journal:
 
     def record_paths(self, paths: Iterable[str]) -> None:
         """Record that these paths changed (existence, type or metadata); durable on return."""
-        paths = list(paths)
-        changed = self._changed
-        if all(p in changed for p in paths):        # hot path: no lock, no SQL (GIL-atomic)
-            return
-        self._submit([Record(p, _check_path(p)) for p in dict.fromkeys(paths)
-                      if p not in self._changed])
+        self.record_batch(paths=paths)
 
     def record_range(self, path: str, offset: int, length: int) -> None:
         """Record that ``length`` bytes at ``offset`` of ``path`` changed; durable on return.
@@ -160,32 +155,51 @@ class Journal:
         Marks every ``BLOCK_SIZE`` block the range touches and records the path. Length 0
         records the path only.
         """
-        span = block_span(offset, length)
-        if span is None:
-            self.record_paths([path])
-            return
-        with self._mem_lock:                        # hot path: no SQL
-            entry = self._changed.get(path)
-            if entry is not None and (entry.whole or entry.runs.covers(*span)):
-                return
-        self._submit([Record(path, _check_path(path), span)])
+        self.record_batch(ranges=((path, offset, length),))
 
     def record_whole(self, path: str) -> None:
         """Record that ``path``'s whole content must be compared (truncate up, fallocate, rename
         target, unknown); durable on return."""
-        entry = self._changed.get(path)
-        if entry is not None and entry.whole:
-            return
-        self._submit([Record(path, _check_path(path), whole=True)])
+        self.record_batch(wholes=(path,))
 
     def record_subtree(self, path: str) -> None:
         """Record that ``path`` and everything beneath it must be compared whole: a directory
         renamed or exchanged to this name (docs/journal.md, "Renames while the peer is away").
         Durable on return; the file is format 2 until the changed set is cleared."""
-        entry = self._changed.get(path)
-        if entry is not None and entry.subtree:
-            return
-        self._submit([Record(path, _check_path(path), whole=True, subtree=True)])
+        self.record_batch(subtrees=(path,))
+
+    def record_batch(self, paths: Iterable[str] = (), ranges: Iterable[tuple[str, int, int]] = (),
+                     wholes: Iterable[str] = (), subtrees: Iterable[str] = ()) -> None:
+        """:meth:`record_paths`, :meth:`record_range`, :meth:`record_whole` and
+        :meth:`record_subtree` at once, in one durable transaction: a lost link records
+        everything the peer may miss (thousands of paths) with one fsync, not one per path.
+        What is already recorded at least as much costs a lookup and no SQL (the FUSE write
+        path's common case while the peer is away)."""
+        changed = self._changed
+        records: list[Record] = []
+        for p in subtrees:
+            entry = changed.get(p)
+            if entry is None or not entry.subtree:
+                records.append(Record(p, _check_path(p), whole=True, subtree=True))
+        for p in wholes:
+            entry = changed.get(p)
+            if entry is None or not entry.whole:
+                records.append(Record(p, _check_path(p), whole=True))
+        if ranges:
+            with self._mem_lock:
+                for path, offset, length in ranges:
+                    span = block_span(offset, length)
+                    entry = changed.get(path)
+                    if span is None:
+                        if entry is None:
+                            records.append(Record(path, _check_path(path)))
+                    elif entry is None or not (entry.whole or entry.runs.covers(*span)):
+                        records.append(Record(path, _check_path(path), span))
+        for p in paths:
+            if p not in changed:
+                records.append(Record(p, _check_path(p)))
+        if records:
+            self._submit(records)
 
     def subtrees(self) -> list[str]:
         """The paths recorded by :meth:`record_subtree`, sorted."""
@@ -198,11 +212,10 @@ class Journal:
         entry = self._changed.get(path)
         return entry is not None and entry.subtree
 
-    def record_wholes(self, paths: Iterable[str]) -> None:
-        """:meth:`record_whole` for many paths in one durable transaction (folding a crashed
-        primary's activity log into the changed set)."""
-        self._submit([Record(p, _check_path(p), whole=True) for p in dict.fromkeys(paths)
-                      if not (p in self._changed and self._changed[p].whole)])
+    def record_wholes(self, paths: Iterable[str], subtrees: Iterable[str] = ()) -> None:
+        """:meth:`record_whole` for many paths and :meth:`record_subtree` for ``subtrees``, in one
+        durable transaction (folding a crashed primary's activity log into the changed set)."""
+        self.record_batch(wholes=paths, subtrees=subtrees)
 
     def _submit(self, records: list[Record]) -> None:
         """Queue ``records`` and return once they are committed (group commit).

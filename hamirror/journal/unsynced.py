@@ -22,7 +22,7 @@ the resync to rely on the primary's journal (or compare every block when that is
 
 After an unclean stop, :func:`recover` moves the log's paths into the journal's state
 (``unsynced_paths``) and marks the copy not up to date, until a resync compared them.
-Same file format as the activity log (hamirror.journal.activity).
+Same file format as the activity log (hamirror.journal.logformat).
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ import threading
 import time
 from typing import Iterable
 
-from hamirror.journal.activity import (ENTER, LEAVE, MARK, UNMARK, carried, encode_frame, read_log, write_all,
-                                       write_snapshot)
+from hamirror.journal import hotdirs
 from hamirror.journal.durability import Epochs, Syncer
+from hamirror.journal.hotset import carried, is_dir
 from hamirror.journal.journal import Journal
+from hamirror.journal.logformat import (MARK, UNMARK, encode_frame, entry_of, is_tree_key, read_log, tree_key,
+                                        write_all, write_snapshot)
 from hamirror.mirror.record import KEPT, UNSYNCED, UNSYNCED_PEER, UPTODATE
 from hamirror.syscalls import syncfs
 
@@ -94,19 +96,22 @@ class UnsyncedLog:
              moved: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """``paths`` were just changed by the applied operation ``seq`` (memory only; see
         :meth:`flush`). In a delegated session only the mark is recorded. ``moved``: a rename's
-        (source, destination) pairs: the paths kept under a source directory are kept under its
-        destination too (the disk may keep the rename and lose their data)."""
+        (source, destination) pairs, noted once it was applied: the paths kept under a source
+        directory are kept under its destination too (the disk may keep the rename and lose their
+        data), and a destination that is a directory now is kept as a subtree (the disk may lose
+        the rename: then the same names beneath it hold the other directory's files)."""
         stamp = self.epochs.stamp()
+        moved = [(os.fsdecode(src), os.fsdecode(dst)) for src, dst in moved]
+        trees = [tree_key(dst) for _, dst in moved if not self.delegated and is_dir(self.epochs.fd, dst)]
         with self._lock:
             if self.delegated:
                 self._note_delegated(paths, stamp, seq)
                 return
             hot = self._hot
-            if moved:
-                paths = [*paths, *(os.fsencode(p) for src, dst in moved
-                                   for p in carried(hot, os.fsdecode(src), os.fsdecode(dst)))]
-            for raw in paths:
-                path = os.fsdecode(raw)
+            keys = [os.fsdecode(raw) for raw in paths] + trees
+            for src, dst in moved:
+                keys += carried(hot, src, dst)
+            for path in keys:
                 if path not in hot:
                     self._new[path] = None
                     self._leaving.pop(path, None)
@@ -132,7 +137,7 @@ class UnsyncedLog:
             mark = bool(self._mark) and not self._marked
             if not self._new and not mark:
                 return
-            entries = [(LEAVE, p) for p in self._leaving] + [(ENTER, p) for p in self._new]
+            entries = [entry_of(p, False) for p in self._leaving] + [entry_of(p, True) for p in self._new]
             if mark:
                 entries.append((MARK, ""))
             write_all(self._fd, encode_frame(entries))
@@ -152,9 +157,9 @@ class UnsyncedLog:
         return len(self._hot) + len(self._owed)
 
     def paths(self) -> list[str]:
-        """The paths whose data may not be on the disk (for tests and status)."""
+        """The paths whose data may not be on the disk (for tests and status; subtrees aside)."""
         with self._lock:
-            return list(self._hot)
+            return [p for p in self._hot if not is_tree_key(p)]
 
     def close(self, clean: bool) -> None:
         """Stop; with ``clean``, sync the filesystem and empty the log (nothing is unsynced).
@@ -210,7 +215,7 @@ class UnsyncedLog:
                 self._appended = 0
                 self._leaving.clear()
                 return
-            write_all(self._fd, encode_frame([(LEAVE, p) for p in self._leaving]))
+            write_all(self._fd, encode_frame([entry_of(p, False) for p in self._leaving]))
             self._appended += len(self._leaving)
             self._leaving.clear()
 
@@ -259,7 +264,7 @@ def owed(journal: Journal, state_dir: str) -> bool:
 
 def _names_something(path: str) -> bool:
     replay = read_log(path)
-    return replay.paths != frozenset() or replay.marked
+    return replay.paths != frozenset() or bool(replay.trees) or replay.marked
 
 
 def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
@@ -273,13 +278,16 @@ def forget(journal: Journal, state_dir: str, root_fd: int) -> None:
     resolved(journal)
 
 
-def recover(journal: Journal, state_dir: str) -> str:
+def recover(journal: Journal, state_dir: str, root_fd: int | None = None) -> str:
     """At receiver start, before anything is applied: after an unclean stop, record what may be
-    lost (``unsynced_paths``) and mark this copy not up to date. Returns what was found, for the log."""
+    lost (``unsynced_paths``) and mark this copy not up to date. Returns what was found, for the log.
+    ``root_fd``: this copy, where a subtree is named path by path (without it: every block)."""
     path = os.path.join(state_dir, UNSYNCED_LOG)
     replay = read_log(path)
     if replay.paths is not None:
         lost: frozenset[str] | None = frozenset(p for p in replay.paths if p != ".")
+        if replay.trees:
+            lost = _beneath(lost, replay.trees, root_fd)
     elif KEPT.get(journal) or os.path.exists(path):
         lost = None
     else:
@@ -299,6 +307,21 @@ def recover(journal: Journal, state_dir: str) -> str:
                     "here: not up to date until the primary's resync compared what it recorded")
     KEPT.set(journal, True)
     return what
+
+
+def _beneath(lost: frozenset[str], trees: frozenset[str], root_fd: int | None) -> frozenset[str] | None:
+    """``lost`` and every path beneath each of ``trees`` (directories renamed there) on this copy
+    now: the resync compares each whole, in every mode, and the listings of the directories among
+    them, so a name only the primary has is found too. None (every block) when one cannot be
+    listed. The answer to CHANGES stays a list of paths, which an older primary reads as well."""
+    if root_fd is None:
+        return None
+    try:
+        return lost | frozenset(p for top in sorted(trees) for p in hotdirs.expand_tree(root_fd, top))
+    except (OSError, ValueError) as exc:
+        log.warning("unsynced log: a renamed directory cannot be listed here (%s): every block will be compared",
+                    exc)
+        return None
 
 
 def merge(saved: str, lost: frozenset[str] | None) -> str:

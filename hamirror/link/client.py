@@ -25,13 +25,14 @@ import threading
 import time
 from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
-from typing import Callable, Iterable, Protocol
-
-import zmq
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from hamirror.link import fencing, keys, session
 from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode,
                                     parse_hello_answer)
+
+if TYPE_CHECKING:
+    import zmq
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ class LinkClient:
             from hamirror.link.transport_stream import StreamTransport
             self._transport = StreamTransport(self, own, server_key)
         else:
+            import zmq   # only here: a stream daemon never maps libzmq (link/z85.py)
+
             from hamirror.link.transport_zmq import ZmqTransport
             self._transport = ZmqTransport(self, own, server_key, context or zmq.Context.instance())
         # What a ticket's wait calls to read its own acknowledgement (None: wait for the I/O thread).

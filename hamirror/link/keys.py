@@ -12,11 +12,12 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import zmq
-import zmq.auth
+if TYPE_CHECKING:   # pyzmq only where a ZeroMQ engine runs (link/z85.py says why)
+    import zmq
 
-from hamirror.link.zap import ZapHandler
+    from hamirror.link.zap import ZapHandler
 
 
 class KeyError_(Exception):
@@ -40,6 +41,8 @@ def generate(keys_dir: str, name: str | None = None, force: bool = False) -> str
     secret_file = public_file + "_secret"
     if not force and (os.path.exists(public_file) or os.path.exists(secret_file)):
         raise KeyError_(f"{secret_file}: a key pair named {name!r} exists already (use --force to replace it)")
+    import zmq.auth
+
     old_umask = os.umask(0o077)
     try:
         zmq.auth.create_certificates(keys_dir, name)
@@ -64,7 +67,7 @@ def load_own(keys_dir: str, name: str | None = None) -> KeyPair:
         names = ", ".join(os.path.basename(s) for s in secrets)
         raise KeyError_(f"{keys_dir}: several secret keys ({names}); name the one to use")
     try:
-        public, secret = zmq.auth.load_certificate(secrets[0])
+        public, secret = load_certificate(secrets[0])
     except (OSError, ValueError) as exc:
         raise KeyError_(f"{secrets[0]}: unreadable key file: {exc}") from exc
     if secret is None:
@@ -72,12 +75,34 @@ def load_own(keys_dir: str, name: str | None = None) -> KeyPair:
     return KeyPair(os.path.basename(secrets[0])[: -len(".key_secret")], public, secret)
 
 
+def load_certificate(path: str) -> tuple[bytes, bytes | None]:
+    """(public, secret or None), Z85 text, from a key file as ``zmq.auth.create_certificates``
+    writes it, read as ``zmq.auth.load_certificate`` reads it (the first ``public-key`` and
+    ``secret-key`` lines, quotes and blanks stripped) without importing pyzmq. ValueError if the
+    file has no public key."""
+    public = secret = None
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith(b"#"):
+                continue
+            if line.startswith(b"public-key"):
+                public = line.split(b"=", 1)[1].strip(b" \t'\"")
+            if line.startswith(b"secret-key"):
+                secret = line.split(b"=", 1)[1].strip(b" \t'\"")
+            if public and secret:
+                break
+    if public is None:
+        raise ValueError(f"No public key found in {path}")
+    return public, secret
+
+
 def trusted_public_keys(keys_dir: str) -> dict[str, bytes]:
     """Every public key in keys_dir, by name."""
     result = {}
     for path in sorted(glob.glob(os.path.join(keys_dir, "*.key"))):
         try:
-            public, _ = zmq.auth.load_certificate(path)
+            public, _ = load_certificate(path)
         except (OSError, ValueError) as exc:
             raise KeyError_(f"{path}: unreadable key file: {exc}") from exc
         result[os.path.basename(path)[: -len(".key")]] = public
@@ -119,6 +144,8 @@ _authenticators: dict[int, ZapHandler] = {}
 def start_authenticator(context: zmq.Context, keys_dir: str) -> ZapHandler:
     """One ZAP handler per context (link/zap.py): only clients whose public key is in keys_dir get
     in, each refusal audited. Called again, it trusts keys_dir's keys as they are now."""
+    from hamirror.link.zap import ZapHandler
+
     trusted = frozenset(trusted_public_keys(keys_dir).values())
     with _auth_lock:
         auth = _authenticators.get(id(context))

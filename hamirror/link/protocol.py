@@ -37,6 +37,9 @@ INT64_MAX = 2**63 - 1
 # ZeroMQ drops a peer that sends a bigger frame before buffering it (ZMQ_MAXMSGSIZE): the largest
 # legitimate frame is a WRITE's data, plus room for the header and CURVE's envelope.
 MAX_FRAME = MAX_DATA + MAX_HEADER
+# A query's answer is one payload frame of at most this many bytes: a longer list (CHANGES, LISTDIR)
+# comes in pages, one cursor per page (hamirror/resync/pages.py).
+MAX_ANSWER = MAX_DATA
 
 CONFLICT_DIR = b".hamirror-conflicts"
 """Reserved top-level name: split-brain keep-aside moves the losing side's versions here, on the
@@ -73,9 +76,9 @@ class Op(enum.IntEnum):
     PING = 18         # a barrier: its ack means everything before it was applied
     # Resync (see hamirror/resync/): queries answer with a payload and change nothing.
     STAT = 19         # query                             strs: path
-    LISTDIR = 20      # query                             strs: path
+    LISTDIR = 20      # query [ints: cursor]              strs: path
     BLOCKSUMS = 21    # query ints: offset, length, block  strs: path
-    CHANGES = 22      # query: the receiver's own changed set and generation history
+    CHANGES = 22      # query [ints: cursor]: the receiver's own changed set and generation history
     REMOVE = 23       # ints: keep_aside                  strs: path (a file or a whole tree)
     RESYNC_DONE = 24  # data frame: the primary's generation history (JSON): adopt it, up to date
     WRITE_FSYNC = 25  # ints: offset, datasync            strs: path   + data frame: WRITE then FSYNC
@@ -121,9 +124,9 @@ SPECS: dict[Op, OpSpec] = {
     Op.FSYNC: OpSpec(1, (PATH,)),
     Op.PING: OpSpec(0, (), optional_ints=1),   # [PING_DELEGATE | PING_SYNC]
     Op.STAT: OpSpec(0, (PATH,)),
-    Op.LISTDIR: OpSpec(0, (PATH,)),
+    Op.LISTDIR: OpSpec(0, (PATH,), optional_ints=1),   # [cursor: paged, to a receiver offering "pages"]
     Op.BLOCKSUMS: OpSpec(3, (PATH,)),
-    Op.CHANGES: OpSpec(0, ()),
+    Op.CHANGES: OpSpec(0, (), optional_ints=1),        # [cursor: paged, likewise]
     Op.REMOVE: OpSpec(1, (PATH,)),
     Op.RESYNC_DONE: OpSpec(0, (), has_data=True),
     Op.WRITE_FSYNC: OpSpec(2, (PATH,), has_data=True),
@@ -382,6 +385,11 @@ def _blocksums(op: Op, ints: tuple[int, ...]) -> None:
         raise ProtocolError("BLOCKSUMS: range out of bounds")
 
 
+def _cursor(op: Op, ints: tuple[int, ...]) -> None:
+    if ints and ints[0] < 0:
+        raise ProtocolError(f"{op.name}: negative cursor")
+
+
 _TWO_PATHS = frozenset({Op.LINK, Op.RENAME})
 _INT_CHECKS: dict[Op, tuple[Callable[[Op, tuple[int, ...]], None], ...]] = {
     Op.CREATE: (_mode, _create, _ids(1, 0)),
@@ -397,6 +405,8 @@ _INT_CHECKS: dict[Op, tuple[Callable[[Op, tuple[int, ...]], None], ...]] = {
     Op.SYMLINK: (_ids(0, 0),),
     Op.PING: (_flags(PING_DELEGATE | PING_SYNC),),
     Op.BLOCKSUMS: (_blocksums,),
+    Op.LISTDIR: (_cursor,),
+    Op.CHANGES: (_cursor,),
 }
 
 
@@ -464,18 +474,29 @@ MAX_HELLO_ANSWER = 256
 
 def hello_answer() -> bytes:
     """What a receiver says of itself in its answer to a HELLO."""
-    return json.dumps({"link": VERSION, "software": versions.SOFTWARE, "durable": 1},
+    return json.dumps({"link": VERSION, "software": versions.SOFTWARE, "durable": 1, "pages": 1},
                       separators=(",", ":")).encode()
 
 
-def offers_delegation(payload: bytes) -> bool:
-    """Whether a receiver's HELLO answer offers PING_DELEGATE (an older one does not: it keeps
-    its own record of every path, one fsync per new path). Never raises."""
+def _offers(payload: bytes, feature: str) -> bool:
+    """Whether a receiver's HELLO answer offers ``feature`` (value 1). Never raises."""
     try:
         doc = json.loads(payload) if 0 < len(payload) <= MAX_HELLO_ANSWER else None
     except (ValueError, RecursionError):
         return False
-    return isinstance(doc, dict) and doc.get("durable") == 1
+    return isinstance(doc, dict) and doc.get(feature) == 1
+
+
+def offers_delegation(payload: bytes) -> bool:
+    """Whether a receiver's HELLO answer offers PING_DELEGATE (an older one does not: it keeps
+    its own record of every path, one fsync per new path)."""
+    return _offers(payload, "durable")
+
+
+def offers_pages(payload: bytes) -> bool:
+    """Whether a receiver answers CHANGES and LISTDIR in pages when asked with a cursor (an older
+    one refuses the cursor: it is asked without, and answers in one message)."""
+    return _offers(payload, "pages")
 
 
 def parse_hello_answer(payload: bytes) -> tuple[int, str]:

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from zmq.utils import z85
 
+from hamirror.link import z85
 from hamirror.link.protocol import MAX_FRAME
 
 ENGINE_ENV = "HAMIRROR_LINK_ENGINE"

@@ -58,6 +58,10 @@ LOOK = 0.01          # seconds: how often the reader looks at the deadlines whil
 STEP = 0.01          # seconds: how often the background reader, standing aside, reads what is there
 QUIET = 0.1          # seconds without a waiter before the background reader blocks in recv again
 _TIMEVAL = struct.Struct("@ll")
+# Bytes asked of one recv on the mount's side: replies are acknowledgements of a few dozen bytes,
+# and the rare large answer (a resync's) arrives in pieces. The receiver reads stream.READ_SIZE.
+# Resident for the mount's life: 64 KiB rather than 256 (docs/performance.md, "Idle memory").
+REPLY_READ_SIZE = 64 * 1024
 
 
 def address(endpoint: str) -> tuple[str, int]:
@@ -104,7 +108,7 @@ class StreamTransport:
         self._last_waiter = 0.0                # monotonic time a thread last waited on a ticket
         self._park = _allocate_lock()          # the background reader's sleep while it stands aside
         self._park.acquire()
-        self._buffer = bytearray(stream.READ_SIZE)
+        self._buffer = bytearray(REPLY_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._next_look = 0.0
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import threading
 
 import zmq
-from zmq.utils import z85
 
 from hamirror import audit
+from hamirror.link import z85
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 VERSION = b"1.0"

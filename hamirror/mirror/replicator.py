@@ -55,14 +55,15 @@ class ActivityRecorder(Protocol):
               moved: Iterable[tuple[str, str]] = ()) -> Sequence[str]: ...
     def leave(self, paths: Iterable[str], ticket: Ticket | None, carried: Iterable[str] = ()) -> None: ...
     def not_on_peer(self) -> list[str]: ...
+    def subtrees_not_on_peer(self) -> list[str]: ...
     def recorded(self) -> None: ...
 
 
 class ChangeJournal(Protocol):
     """What the replicator needs from the journal (hamirror.journal.Journal provides it)."""
 
-    def record_paths(self, paths: Iterable[str]) -> None: ...
-    def record_range(self, path: str, offset: int, length: int) -> None: ...
+    def record_batch(self, paths: Iterable[str] = (), ranges: Iterable[tuple[str, int, int]] = (),
+                     wholes: Iterable[str] = (), subtrees: Iterable[str] = ()) -> None: ...
     def new_generation(self) -> str: ...
     def set_state(self, key: str, value: str) -> None: ...
     def get_state(self, key: str, default: str | None = None) -> str | None: ...
@@ -227,15 +228,17 @@ class Replicator:
             ticket = client.submit(Op.PING, (PING_SYNC,))
         if not ticket.wait(getattr(client, "ack_timeout", 5.0) * 2) or ticket.error is not None:
             return False
-        return not self.activity.not_on_peer()
+        return not (self.activity.not_on_peer() or self.activity.subtrees_not_on_peer())
 
     def _not_on_peer(self) -> list[Change]:
         """(link lost) The activity log's paths the peer may not have on its disk, as changes to
-        compare whole; empty unless the session was delegated."""
+        compare whole, and its renamed directories as subtrees (the peer's disk may have lost the
+        rename); empty unless the session was delegated."""
         client = self.client
         if self.activity is None or getattr(client, "peer_durable", None) is None:
             return []
-        return [(path, WHOLE) for path in self.activity.not_on_peer()]
+        return ([(path, WHOLE) for path in self.activity.not_on_peer()]
+                + [(top, SUBTREE) for top in self.activity.subtrees_not_on_peer()])
 
     def start_alone(self, reason: str, new_generation: bool = True) -> None:
         """Start without a peer (failover): a new generation, then everything is recorded."""
@@ -486,21 +489,25 @@ class Replicator:
             self._notify(self.state, reason)
 
     def record(self, changes: Iterable[Change]) -> None:
-        """Durably record what the peer does not have (paths, and byte ranges of writes)."""
+        """Durably record what the peer does not have (paths, and byte ranges of writes), in one
+        journal transaction: a lost link's thousands of paths cost one fsync, not one each,
+        while every mutating call waits for the state to change (docs/journal.md)."""
         if self.journal is None:
             return
-        paths = []
+        paths: list[str] = []
+        ranges: list[tuple[str, int, int]] = []
+        wholes: list[str] = []
+        subtrees: list[str] = []
         for change in changes:
             if len(change) == 3:
-                self.journal.record_range(*change)
+                ranges.append(change)
             elif len(change) == 2 and change[1] == SUBTREE:   # a directory renamed there, and all beneath
-                self.journal.record_subtree(change[0])
+                subtrees.append(change[0])
             elif len(change) == 2:       # (path, WHOLE): content replaced without a write
-                self.journal.record_whole(change[0])
+                wholes.append(change[0])
             else:
                 paths.append(change[0])
-        if paths:
-            self.journal.record_paths(paths)
+        self.journal.record_batch(paths, ranges, wholes, subtrees)
 
 
 class _Change:

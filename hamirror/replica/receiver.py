@@ -23,15 +23,13 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
-
-import zmq
-from zmq.utils import z85
+from typing import TYPE_CHECKING
 
 from hamirror import audit, versions
 from hamirror.journal import unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
-from hamirror.link import fencing, keys, session
+from hamirror.link import fencing, keys, session, z85
 from hamirror.link.apply import Applier, changed_paths, moved_paths
 from hamirror.link.protocol import (ERROR, HELLO_RESYNC, HELLO_TOKEN, PING_DELEGATE, PING_SYNC, QUERIES,
                                     VERSION, Message, Op, ProtocolError, decode, decode_reply, encode_reply,
@@ -40,6 +38,9 @@ from hamirror.mirror import record
 from hamirror.mirror import status as status_file
 from hamirror.replica import transport
 from hamirror.resync.answers import ResyncAnswers
+
+if TYPE_CHECKING:
+    import zmq
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Receiver:
             self.journal = Journal(os.path.join(state_dir, "journal.db"))
             # Before anything is applied: what an unclean stop may have lost is recorded first.
             self._lock_fd = unsynced.hold(state_dir)
-            unsynced.recover(self.journal, state_dir)
+            unsynced.recover(self.journal, state_dir, self.applier.root_fd)
             self.unsynced = unsynced.UnsyncedLog(os.path.join(state_dir, unsynced.UNSYNCED_LOG),
                                                  Epochs(self.applier.root_fd))
         self.answers = ResyncAnswers(self.applier, self.journal)
@@ -94,7 +95,11 @@ class Receiver:
         if self.engine != session.CURVE:
             self.sessions = session.Sessions(own.secret, own.public, keys.trusted_public_keys(keys_dir),
                                              on_refused=self._session_refused)
-        self.context = context or (zmq.Context.instance() if self.engine != session.STREAM else None)
+        if context is None and self.engine != session.STREAM:
+            import zmq   # only here: a stream daemon never maps libzmq (link/z85.py)
+
+            context = zmq.Context.instance()
+        self.context = context
         self.link = transport.listen(self.engine, bind, keys_dir, own, self.sessions, self.context, IDLE_MS)
         self.endpoint = self.link.endpoint
         log.info("receiver on %s, link engine %s", self.endpoint, self.engine)

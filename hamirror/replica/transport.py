@@ -9,13 +9,13 @@ arrive is the engine's business: a ZeroMQ ROUTER for ``curve`` and ``aead``
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Protocol
-
-import zmq
+from typing import TYPE_CHECKING, Protocol
 
 from hamirror.link import keys, session
 from hamirror.replica.serve_stream import StreamServer
-from hamirror.replica.serve_zmq import ZmqServer
+
+if TYPE_CHECKING:   # pyzmq only where a ZeroMQ engine runs (link/z85.py says why)
+    import zmq
 
 
 class Transport(Protocol):
@@ -54,4 +54,6 @@ def listen(engine: str, bind: str, keys_dir: str, own: keys.KeyPair, sessions: s
         assert sessions is not None
         return StreamServer(bind, sessions, idle_ms)
     assert context is not None
+    from hamirror.replica.serve_zmq import ZmqServer
+
     return ZmqServer(context, bind, keys_dir, own, sessions, idle_ms)

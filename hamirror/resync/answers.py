@@ -15,14 +15,15 @@ import os
 import shutil
 import time
 
-from hamirror.journal import unsynced
+from hamirror.journal import hotdirs, unsynced
 from hamirror.journal.generations import GenerationHistory
 from hamirror.journal.journal import Journal
 from hamirror.link.apply import Applier, open_beneath, open_data, resolve_beneath
 from hamirror.link.protocol import CONFLICT_DIR, Message, Op, ProtocolError, is_reserved
 from hamirror.mirror import record
 from hamirror.resync import crash
-from hamirror.resync.meta import block_sums, encode_json, encode_sums, list_dir, meta_at
+from hamirror.resync.meta import block_sums, dir_names, encode_json, encode_sums, list_dir, meta_at
+from hamirror.resync.pages import changes_page, listing_page
 from hamirror.syscalls import renameat2, syncfs
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class ResyncAnswers:
         self.applier = applier
         self.journal = journal
         self._stamp: str | None = None   # one conflict folder per resync, however long it runs
+        self._paged_changes: dict | None = None   # a paged CHANGES answer until its last page is asked
         # A primary that crashed and came back as secondary: its activity log completes its
         # journal (the peer then resyncs incrementally, not by a scan of the whole tree).
         self.complete = journal is not None and crash.recover_for_receiver(
@@ -68,10 +70,24 @@ class ResyncAnswers:
         except (FileNotFoundError, NotADirectoryError):
             return encode_json(None)
         try:
+            if msg.ints:   # paged (docs/resync.md, "Answers larger than a message")
+                return encode_json(self._listing_page(fd, msg.strs[0] == b".", msg.ints[0]))
             listing = list_dir(fd, top=msg.strs[0] == b".")
             return encode_json({name: meta.to_json() for name, meta in listing.items()})
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _listing_page(fd: int, top: bool, start: int) -> dict:
+        """Every name, sorted (the cursor's order), but the metadata of one page's entries only.
+        The directory stays as it is between pages: the primary holds back whatever would change
+        it until it has them all (its path is pending)."""
+        names = sorted(dir_names(fd, top))
+
+        def meta(name: str) -> list | None:
+            found = meta_at(fd, name)
+            return found.to_json() if found is not None else None
+        return listing_page(names, start, meta)
 
     def _blocksums(self, msg: Message) -> bytes:
         offset, length, block = msg.ints
@@ -86,11 +102,21 @@ class ResyncAnswers:
             os.close(fd)
 
     def _changes(self, msg: Message) -> bytes:
+        if not msg.ints:   # a primary of an earlier release: the whole answer, one message
+            return encode_json(self._changes_doc())
+        # Paged: computed once (the primary asks for nothing else until it has every page).
+        start = msg.ints[0]
+        doc = self._paged_changes if start and self._paged_changes is not None else self._changes_doc()
+        page = changes_page(doc, start)
+        self._paged_changes = doc if page["next"] is not None else None
+        return encode_json(page)
+
+    def _changes_doc(self) -> dict:
         journal = self.journal
         if journal is None:
-            return encode_json({"complete": False, "paths": [], "generations": None})
+            return {"complete": False, "paths": [], "generations": None}
         paths = journal.changed_paths() + self._beneath(journal.subtrees())
-        return encode_json({
+        return {
             "complete": self.complete,
             "paths": [p for p in dict.fromkeys(paths) if not is_reserved(os.fsencode(p))],
             "generations": journal.generations().to_json(),
@@ -98,7 +124,7 @@ class ResyncAnswers:
             "unsynced": unsynced.pending(journal),
             # Lost in a delegated session: the primary's journal names them (when complete).
             "unsynced_peer": unsynced.peer_recorded(journal),
-        })
+        }
 
     def _beneath(self, subtrees: list[str]) -> list[str]:
         """Every path beneath the directories renamed here while this node was primary alone
@@ -107,15 +133,8 @@ class ResyncAnswers:
         marks: a primary of the previous release reads the paths and compares as much."""
         found: list[str] = []
         for top in subtrees:
-            try:
-                with resolve_beneath(self.applier.root_fd, os.fsencode(top)) as parent:
-                    walk = os.fwalk(parent.name, dir_fd=parent.fd, follow_symlinks=False)
-                    for where, dirs, names, _ in walk:
-                        rel = os.path.relpath(os.fsdecode(where), os.fsdecode(parent.name))
-                        base = top if rel == "." else f"{top}/{rel}"
-                        found += [f"{base}/{os.fsdecode(n)}" for n in dirs + names]
-            except OSError:   # gone, or not listable here: the primary's visit of ``top`` sees the same
-                continue
+            # What cannot be listed here is not named: the primary's visit of ``top`` sees the same.
+            found += hotdirs.expand_tree(self.applier.root_fd, top, strict=False)[1:]
         return found
 
     def _remove(self, msg: Message) -> None:
@@ -187,5 +206,6 @@ class ResyncAnswers:
         # may name a file removed since (an operator freeing a full disk: its blocks stay taken).
         self.applier.forget_descriptors()
         self._stamp = None
+        self._paged_changes = None
         if self.journal is not None:
             record.UPTODATE.set(self.journal, False)

@@ -16,10 +16,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hamirror.journal.activity import ActivityLog, Replay, read_log, remove_log, reset_log
+from hamirror.journal.activity import ActivityLog, reset_log
 from hamirror.journal import hotdirs, unsynced
 from hamirror.journal.durability import Epochs
 from hamirror.journal.journal import Journal
+from hamirror.journal.logformat import Replay, read_log, remove_log
 from hamirror.mirror.record import COVERED, MirrorRecord
 from hamirror.mirror.states import MirrorState
 
@@ -75,7 +76,9 @@ def recover(journal: Journal, root_fd: int | None = None) -> Recovery:
     A directory entry is folded as the directory and every entry in it now, listed beneath
     ``root_fd`` (this node's copy of the replicated directory; hamirror.journal.hotdirs), all
     compared whole: the resync compares the directory's listing on both sides, so a name only
-    one side has is found too. The log is emptied only after the journal holds its paths, so a
+    one side has is found too. A subtree (a directory renamed to that name) becomes a subtree
+    mark: the resync compares everything beneath it whole, or, on a receiver, its answer to
+    CHANGES names every path beneath it here. The log is emptied only after the journal holds its paths, so a
     crash in between folds again.
     """
     path = activity_log_path(journal)
@@ -84,9 +87,10 @@ def recover(journal: Journal, root_fd: int | None = None) -> Recovery:
     last = MirrorRecord.read(journal)
     result = decide(last.state, last.lost_from, resync_running,
                     replay.paths, replay.problem)
-    if result.fold and (replay.paths or replay.dirs):
+    if result.fold and (replay.paths or replay.dirs or replay.trees):
         try:
-            journal.record_wholes(_folded(replay, root_fd))
+            # A subtree (a directory renamed there) stays a mark: the resync walks beneath it.
+            journal.record_wholes(_folded(replay, root_fd), sorted(replay.trees))
         except ValueError as exc:      # a path no operation could have named: a damaged log
             result = Recovery(False, False, f"activity log unusable: {exc}")
         except OSError as exc:         # a hot directory cannot be listed: what it covers is unknown
@@ -95,6 +99,10 @@ def recover(journal: Journal, root_fd: int | None = None) -> Recovery:
             if replay.dirs:
                 result = dataclasses.replace(result, why=f"{result.why}, {len(replay.dirs)} directory entr"
                                                          f"{'y' if len(replay.dirs) == 1 else 'ies'}")
+            if replay.trees:
+                result = dataclasses.replace(result, why=f"{result.why}, {len(replay.trees)} renamed director"
+                                                         f"{'y' if len(replay.trees) == 1 else 'ies'} "
+                                                         "compared whole beneath")
     if result.fold:
         reset_log(path)
     log.info("journal after an unclean stop: %s (%s)", "complete" if result.covered else "incomplete",

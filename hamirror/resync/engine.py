@@ -28,12 +28,13 @@ from hamirror.journal.blocks import BLOCK_SIZE
 from hamirror.journal.generations import GenerationHistory, incremental_possible
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
-from hamirror.link.protocol import MAX_BLOCKSUMS, Op
+from hamirror.link.protocol import MAX_BLOCKSUMS, Op, offers_pages
 from hamirror.mirror import record
 from hamirror.mirror.replicator import Replicator
 from hamirror.mirror.states import MirrorState
 from hamirror.resync.meta import (FULL_BLOCK, Meta, decode_json, decode_sums, encode_json, list_dir,
                                   meta_at)
+from hamirror.resync.pages import PageError, merge_changes, merge_listing, next_cursor
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class ResyncEngine:
         self._named: set[str] = set()         # scan: paths either journal names, compared whatever their metadata
         self._unsynced: set[str] = set()      # the peer lost them in a crash: compare whole, always
         self._set_aside: set[str] = set()     # done by the interrupted run this one resumes
+        # The peer answers long lists in pages (docs/resync.md, "Answers larger than a message").
+        self._paged = offers_pages(getattr(client, "hello_answer", b""))
 
     # driver ----------------------------------------------------------------------------------
 
@@ -100,9 +103,16 @@ class ResyncEngine:
             self._run()
         except PeerLost as exc:
             raise ResyncFailed(str(exc)) from exc
+        except PageError as exc:   # never compare less than the peer's whole answer
+            raise ResyncFailed(f"the peer's answer in pages: {exc}") from exc
 
     def _run(self) -> None:
-        peer = decode_json(self._ask(Op.CHANGES))
+        if self._paged:
+            with self.repl.lock:
+                first = self.client.query(Op.CHANGES, (0,))
+            peer = merge_changes(self._pages(Op.CHANGES, (), first))
+        else:
+            peer = decode_json(self._ask(Op.CHANGES))
         candidates = self._plan(peer)
         self._add_unsynced(peer, candidates)
         resync_id = self._resync_id(peer)
@@ -247,7 +257,7 @@ class ResyncEngine:
             listing_q = ours = None
             if local is not None and local.kind == "dir":
                 ours = self._local_listing(path)
-                listing_q = self.client.query(Op.LISTDIR, strs=(os.fsencode(path),))
+                listing_q = self.client.query(Op.LISTDIR, (0,) if self._paged else (), (os.fsencode(path),))
         if stat_q is not None:
             raw = decode_json(self._wait(stat_q).payload)
             remote = Meta.from_json(raw) if raw else None
@@ -255,7 +265,7 @@ class ResyncEngine:
             remote = hint
         theirs = None
         if listing_q is not None:
-            theirs = {n: Meta.from_json(m) for n, m in (decode_json(self._wait(listing_q).payload) or {}).items()}
+            theirs = {n: Meta.from_json(m) for n, m in self._listing(path, listing_q).items()}
         if ours is not None:   # the peer's children stay only if its directory does (same kind)
             self._record_children(path, ours, {} if self._replaced(path, local, remote) else theirs or {})
         with self.repl.lock:
@@ -493,6 +503,24 @@ class ResyncEngine:
         with self.repl.lock:
             ticket = self.client.query(op, strs=tuple(os.fsencode(s) for s in strs))
         return self._wait(ticket).payload
+
+    def _listing(self, path: str, first: Ticket) -> dict[str, list]:
+        """The peer's listing of ``path`` (empty if it has none), every page of it: ``path`` is
+        pending, so nothing sent meanwhile changes the directory on the peer."""
+        if not self._paged:
+            return decode_json(self._wait(first).payload) or {}
+        return merge_listing(self._pages(Op.LISTDIR, (os.fsencode(path),), first))
+
+    def _pages(self, op: Op, strs: tuple[bytes, ...], first: Ticket) -> list[dict]:
+        """Every page of a paged answer, the first one asked already (hamirror/resync/pages.py)."""
+        pages = [decode_json(self._wait(first).payload)]   # None: LISTDIR of a path the peer lacks
+        while pages[-1] is not None and (cursor := next_cursor(pages)) is not None:
+            with self.repl.lock:
+                ticket = self.client.query(op, (cursor,), strs)
+            pages.append(decode_json(self._wait(ticket).payload))
+            if pages[-1] is None:
+                raise PageError("an answer that ended before its last page")
+        return [page for page in pages if page is not None]
 
     def _wait(self, ticket: Ticket) -> Ticket:
         ticket.wait()

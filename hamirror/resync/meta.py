@@ -93,13 +93,17 @@ def meta_at(dir_fd: int, name: str) -> Meta | None:
                 st.st_ino, st.st_nlink, xattrs)
 
 
+def dir_names(dir_fd: int, top: bool = False) -> list[str]:
+    """The names in an open directory (``top``: without the reserved conflict folder)."""
+    with os.scandir(dir_fd) as entries:
+        return [e.name for e in entries if not (top and os.fsencode(e.name) == CONFLICT_DIR)]
+
+
 def list_dir(dir_fd: int, top: bool = False) -> dict[str, Meta]:
     """Every entry of an open directory with its metadata; ``top`` (the replicated directory
     itself) leaves out hamirror's reserved conflict folder, which is never compared or copied."""
     result = {}
-    with os.scandir(dir_fd) as entries:
-        names = [e.name for e in entries if not (top and os.fsencode(e.name) == CONFLICT_DIR)]
-    for name in names:
+    for name in dir_names(dir_fd, top):
         meta = meta_at(dir_fd, name)
         if meta is not None:
             result[name] = meta

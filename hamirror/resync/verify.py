@@ -30,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 
 from hamirror.journal.journal import Journal
 from hamirror.link.client import LinkClient, PeerLost, Ticket
-from hamirror.link.protocol import Op
+from hamirror.link.protocol import Op, offers_pages
 from hamirror.mirror.record import LAST_VERIFY
 from hamirror.mirror.replicator import Replicator
 from hamirror.mirror.states import MirrorState
 from hamirror.resync.engine import FINE_BLOCK, ResyncEngine
 from hamirror.resync.meta import Meta, block_sums, decode_json, decode_sums, list_dir, meta_at
+from hamirror.resync.pages import PageError, next_cursor
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,11 @@ class Verifier:
             found += self._entry(root, ours, theirs, dirs)
         while dirs:
             path = heapq.heappop(dirs)
-            ours_list, theirs_q = self._listing_pair(path)
-            theirs_list = decode_json(self._wait(theirs_q).payload)
-            if ours_list is None or theirs_list is None:   # removed meanwhile (on both: same point)
+            listing = self._listing(path)
+            if listing is None:   # removed meanwhile (on both: same point)
                 continue
-            for name in sorted(set(ours_list) | set(theirs_list)):
-                other = theirs_list.get(name)
-                found += self._entry(_join(path, name), ours_list.get(name),
-                                     Meta.from_json(other) if other is not None else None, dirs)
+            for name, (ours, theirs) in sorted(listing.items()):
+                found += self._entry(_join(path, name), ours, theirs, dirs)
         return sorted(found, key=lambda d: (d.path, KINDS.index(d.kind), d.offset))
 
     def _entry(self, path: str, ours: Meta | None, theirs: Meta | None, dirs: list[str]) -> list[Difference]:
@@ -222,7 +220,48 @@ class Verifier:
         raw = decode_json(self._wait(query).payload)
         return ours, Meta.from_json(raw) if raw else None
 
-    def _listing_pair(self, path: str) -> tuple[dict[str, Meta] | None, Ticket]:
+    def _listing(self, path: str) -> dict[str, tuple[Meta | None, Meta | None]] | None:
+        """Every name of directory ``path`` on either side with its entry on each, both read at
+        the same point of the stream: None if it is gone (on either side).
+
+        A listing longer than a message comes in pages (docs/resync.md, "Answers larger than a
+        message"), each asked with our listing read again at that point; a page decides the names
+        from its first to its last entry. A name between two pages (a live change moved the
+        peer's entries across the cursor) is compared by a STAT pair of its own."""
+        paged = offers_pages(getattr(self.repl.client, "hello_answer", b""))
+        ours, query = self._listing_pair(path, 0 if paged else None)
+        page = decode_json(self._wait(query).payload)
+        if ours is None or page is None:
+            return None
+        if not paged:
+            return {n: (ours.get(n), _meta(page.get(n))) for n in set(ours) | set(page)}
+        pages, compared, seen = [page], {}, set()
+        while True:
+            entries = page.get("entries") or {}
+            seen.update(ours, entries)
+            first, last = len(pages) == 1, page.get("next") is None
+            if entries or (first and last):
+                low = None if first else min(entries)
+                high = None if last else max(entries)
+                for name in set(ours) | set(entries):
+                    if name not in compared and (low is None or name >= low) and (high is None or name <= high):
+                        compared[name] = (ours.get(name), _meta(entries.get(name)))
+            try:
+                cursor = next_cursor(pages, fixed=False)
+            except PageError as exc:
+                raise VerifyFailed(f"the peer's listing of {path}: {exc}") from None
+            if cursor is None:
+                break
+            ours, query = self._listing_pair(path, cursor)
+            page = decode_json(self._wait(query).payload)
+            if ours is None or page is None:
+                return None
+            pages.append(page)
+        for name in seen - set(compared):
+            compared[name] = self._stat_pair(_join(path, name))
+        return compared
+
+    def _listing_pair(self, path: str, cursor: int | None) -> tuple[dict[str, Meta] | None, Ticket]:
         with self._locked():
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root)
@@ -233,7 +272,8 @@ class Verifier:
                     ours = list_dir(fd, top=path == ".")   # never the reserved conflict folder
                 finally:
                     os.close(fd)
-            return ours, self._client().query(Op.LISTDIR, strs=(os.fsencode(path),))
+            ints = () if cursor is None else (cursor,)
+            return ours, self._client().query(Op.LISTDIR, ints, (os.fsencode(path),))
 
     def _locked(self):
         return self.repl.lock
@@ -251,6 +291,10 @@ class Verifier:
         if ticket.error:
             raise VerifyFailed(f"the peer was lost during the verify: {ticket.error}")
         return ticket
+
+
+def _meta(raw: list | None) -> Meta | None:
+    return Meta.from_json(raw) if raw is not None else None
 
 
 def _merge(found: list[Difference]) -> list[Difference]:

@@ -2,12 +2,15 @@
 """Replicated-mount benchmark: every configuration side by side in one interleaved run.
 
     sudo .venv/bin/python scripts/bench/mirror.py [--quick] [--json] [--size-mib N] [--files N]
-        [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdeg] [--workloads ...]
-        [--engine curve|aead|stream]
+        [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdegfw] [--workloads ...]
+        [--engine curve|aead|stream] [--spread]
 
 Columns (each in its own fresh directory under --workdir, all on the same disk):
   a  plain      the directory itself, no FUSE
   b  intercept  ``hamirror mirror mount --no-replication``: the baseline of the ratios
+  f  passthru   libfuse 3.14's low-level example passthrough_ll.c, compiled by the bench (cpassthrough.py):
+                a FUSE file system written entirely in C, the ceiling of b; only when --configs names it
+  w  passthr-wb the same with the kernel's writeback cache (-o writeback); only when named
   c  sync       ``hamirror mirror mount --mode sync`` to ``hamirror mirror receive`` over loopback,
                 both with the link engine of ``--engine`` (default: ``$HAMIRROR_LINK_ENGINE``, else
                 ``stream``, what a new cluster runs), named in the header and stored in the JSON
@@ -51,7 +54,7 @@ import cputime  # noqa: E402
 import gluster  # noqa: E402
 import pgbench  # noqa: E402
 import workloads as w  # noqa: E402
-from columns import CONFIGS, Column  # noqa: E402
+from columns import CONFIGS, DEFAULT, Column  # noqa: E402
 from mirror_report import render, summarize  # noqa: E402
 from mirror_targets import OPERATION  # noqa: E402
 
@@ -71,12 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, help="4 KiB write+fsync latency samples (default 1000)")
     p.add_argument("--pgbench-seconds", type=int, help="duration of each pgbench run (default 30)")
     p.add_argument("--reps", type=int, help="repetitions, median taken (default 3)")
-    p.add_argument("--configs", default="".join(CONFIGS),
-                   help=f"subset of {','.join(CONFIGS)} to run (default: all that this machine has)")
+    p.add_argument("--configs", default=DEFAULT,
+                   help=f"subset of {','.join(CONFIGS)} to run (default: {DEFAULT}, those this machine has)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     p.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
                    help=f"the replication link engine of c, d, e (default: ${session.ENGINE_ENV}, else "
                         f"{session.STREAM}: what a new cluster runs)")
+    p.add_argument("--spread", action="store_true",
+                   help="give each run's fresh directory an ext4 block group of its own (chattr +T on each "
+                        "column's directory, not GlusterFS's bricks): this disk's ext4 has no journal, so a "
+                        "clean-up slows file creation in its block group for 60-300 s (workloads.spread)")
     p.add_argument("--workdir", help="where the bench makes its own directory (default: /var/tmp), removed at the end")
     args = p.parse_args(argv)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
@@ -133,7 +140,7 @@ class Bench:
             if reason:
                 self.note(f"skipped: {key} {CONFIGS[key]}: {reason}")
                 continue
-            column = Column(self.root, key)
+            column = Column(self.root, key, spread=self.args.spread)
             self.columns.append(column)            # listed first: a Ctrl-C while it starts still stops it
             try:
                 column.start()
@@ -255,7 +262,7 @@ def main(argv=None) -> int:
         bench.teardown()
         shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick",
-                                            "engine")}
+                                            "engine", "spread")}
     params.update(pgbench_clients=4, pgbench_scale=5)
     summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
     summary["workdir"] = bench.root

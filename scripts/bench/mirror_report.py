@@ -18,7 +18,8 @@ METRICS = [("seq_write_fsync", "MB/s", True, "sequential write + fsync"),
            ("fsync4k_p99", "ms", False, "4 KiB write+fsync p99")]
 # Against the baseline measured in the same run (b: interception only), then against GlusterFS,
 # then the replicated columns against the two-copy ceiling (k = a / 2, sequential write only).
-RATIOS = [("b", "a"), ("c", "b"), ("d", "b"), ("e", "b"), ("c", "g"), ("d", "g"), ("e", "g"),
+# f and w (libfuse's C passthrough, without and with writeback cache) against plain: b's ceiling.
+RATIOS = [("b", "a"), ("f", "a"), ("w", "a"), ("b", "f"), ("c", "b"), ("d", "b"), ("e", "b"), ("c", "g"), ("d", "g"), ("e", "g"),
           ("c", t.CEILING), ("d", t.CEILING), ("e", t.CEILING), ("g", t.CEILING)]
 
 
@@ -61,7 +62,8 @@ def render(summary: dict) -> str:
              f"size={par['size_mib']} MiB, files={par['files']}, txns={par['txns']}, "
              f"latency samples={par['samples']}, pgbench {par['pgbench_clients']} clients scale "
              f"{par['pgbench_scale']} {par['pgbench_seconds']} s, median of {par['reps']} interleaved runs, "
-             f"link engine {par.get('engine') or 'not recorded'}", ""]
+             f"link engine {par.get('engine') or 'not recorded'}"
+             + (", each run's directory in a block group of its own (--spread)" if par.get("spread") else ""), ""]
     ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
     head = f"{'metric':18}{'unit':8}" + "".join(f"{k + ' ' + names[k]:>13}" for k in keys)
     lines.append(head + "".join(f"{r:>7}" for r in ratio_keys))
@@ -71,7 +73,8 @@ def render(summary: dict) -> str:
         row = f"{metric:18}{unit:8}" + "".join(_cell(med[k].get(metric), 13) for k in keys)
         lines.append(row + "".join(_cell(summary["ratios"][r][metric], 7) for r in ratio_keys))
     lines.append("(b = baseline: interception only; x/g = against GlusterFS replica 2; k = two-copy ceiling, "
-                 "plain / 2 of this run, sequential only; latency ratios: higher is worse)")
+                 "plain / 2 of this run, sequential only; f/w = libfuse's C passthrough without/with writeback "
+                 "cache; latency ratios: higher is worse)")
     cpu = t.cpu_lines(summary)
     lines.extend([""] + cpu if cpu else [])
     lines.append("")
