@@ -123,6 +123,9 @@ class Fuzzer:
             Op.BLOCKSUMS: lambda: (c([0, 4096, 1 << 20, 2**40]), c([0, 1, 4096, 4 << 20, 64 << 20]),
                                    c([4096, 65536, 1 << 20, protocol.MAX_DATA])),
             Op.REMOVE: lambda: (c([0, 1, 1]),),
+            # Paged answers (resync/pages.py): no cursor (one message), the first page, later or wild ones.
+            Op.LISTDIR: lambda: c([(), (0,), (0,), (1,), (3,), (2**40,), (-1,)]),
+            Op.CHANGES: lambda: c([(), (0,), (0,), (1,), (3,), (2**40,), (-1,)]),
         }.get(op, lambda: ())()
         return tuple(v if not self.wild or self.rnd.random() < 0.7 else self.edge() for v in plausible)
 
