@@ -232,7 +232,8 @@ class Interception:
         if len(data) < OVERLAP_MIN:
             return self._write_then_send(p, bp, data, offset, fh, commit[1] if commit is not None else None)
         failed = None
-        with self.repl.change(((p, offset, len(data)),), self._inode(fh)) as tx:
+        ino = self._inode(fh)   # barrier mode keeps no inode per handle: one fstat, not two
+        with self.repl.change(((p, offset, len(data)),), ino) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
             piece = SYNC_PIECE if self.mode == "sync" else len(data)
@@ -249,7 +250,7 @@ class Interception:
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
             if self._barrier is not None:
-                self._barrier.wrote(self._inode(fh))
+                self._barrier.wrote(ino)
         self._touched(fh)
         if failed is not None:
             raise failed
