@@ -216,6 +216,11 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         return;
     }
     fi->fh = (uint64_t)fh;
+    /* The mount is the only writer of its directory (a node's copy is written by its mount or, on
+     * a secondary, by its receiver, never both), so the kernel's cached pages of the file are
+     * still right: without this, every open dropped them and the next reads went through us
+     * (PostgreSQL's backends each opening a table re-read it). */
+    fi->keep_cache = 1;
     if (fuse_reply_open(req, fi) != 0)
         hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
 }
