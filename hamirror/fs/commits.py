@@ -1,50 +1,94 @@
-"""Barrier mode's commits: a file that commits one page at a time (a database's WAL) sends that
-page as WRITE_FSYNC the moment the kernel writes it back, instead of holding it for the fsync.
+"""Commits: a file that commits one write at a time (a database's WAL: write, then fdatasync) sends
+that write as WRITE_FSYNC, and the fsync after it sends nothing.
 
-Why: in barrier mode an ``fdatasync`` of such a file reaches the mount as the page's WRITE (the
-kernel's writeback), the kernel's mtime (answered in C: native/hm_setattr.c) and the FSYNC. The
-peer's round trip used to start at the FSYNC, which turned the held WRITE into a WRITE_FSYNC; for
-a file whose last fsync followed exactly one write, it now starts at the WRITE, and the FSYNC that
-follows sends nothing: the peer made the page durable before it acknowledged (sync mode does the
-same, per handle: Interception._commits). The kernel's writeback may come through any handle of
-the file, so the pattern is kept per inode. A wrong guess costs the peer one needless fdatasync.
+The rule (:class:`CommitPattern`): a file whose last fsync followed exactly one write is expected
+to commit so again, so its next write travels as WRITE_FSYNC (the peer makes it durable before it
+acknowledges) and the fsync that follows needs no message of its own. A wrong guess costs the peer
+one needless sync. Per mode (hamirror/fs/operations.py):
+
+- ``sync``, per handle (the handle that writes is the one that fsyncs; a handle's pattern goes at
+  its release, the number may name another file next). The WRITE_FSYNC asks for the fsync's own
+  sync (fdatasync or fsync), and the write waits for it, so the fsync only checks that nothing
+  was sent since.
+- ``barrier``, per inode: the kernel's writeback may come through any handle of the file. An
+  ``fdatasync`` of such a file reaches the mount as the page's WRITE, the kernel's mtime (answered
+  in C: native/hm_setattr.c) and the FSYNC; the peer's round trip now starts at the WRITE instead
+  of the FSYNC. Only after an fdatasync: a full fsync sends the kernel's mtime too, so its FSYNC
+  goes anyway. The fsync then waits for the page's acknowledgement (Transaction.follow).
 """
 
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # for the hints only
+    from hamirror.link.client import Ticket
 
 FILES = 256   # inodes whose pattern is kept (the files a database commits to are few)
 
 
-class BarrierCommits:
-    """Per inode: writes since its last fsync, and whether that fsync was an fdatasync that
-    followed exactly one write. ``early``: the last WRITE_FSYNC sent ahead of its fsync."""
+class CommitPattern:
+    """Per key (a handle, or with ``per_inode`` an inode): writes since its last fsync, and that
+    fsync's flag (1: fdatasync, 0: fsync) if it followed exactly one write, else None. ``early``:
+    the last commit's page sent as WRITE_FSYNC, (key, path, flag, ticket, data stamp after it)."""
 
-    def __init__(self) -> None:
-        self._files: collections.OrderedDict[int, list] = collections.OrderedDict()
-        self.early: tuple | None = None   # (inode, path, ticket, data stamp after its write)
+    def __init__(self, per_inode: bool = False) -> None:
+        self.per_inode = per_inode
+        self._keys: collections.OrderedDict[int, list] = collections.OrderedDict()
+        self.early: tuple | None = None
 
-    def expects_commit(self, ino: int) -> bool:
-        """The next write of ``ino`` is its commit's page: send it as WRITE_FSYNC."""
-        entry = self._files.get(ino)
-        return entry is not None and entry[1] and entry[0] == 0
+    def expects(self, key: int) -> int | None:
+        """The flag of the WRITE_FSYNC that the next write of ``key`` travels as (its commit's
+        page), or None: a plain write."""
+        entry = self._keys.get(key)
+        return entry[1] if entry is not None and entry[0] == 0 else None
 
-    def wrote(self, ino: int) -> None:
-        entry = self._files.get(ino)
-        if entry is not None:
-            entry[0] += 1
-
-    def fsync(self, ino: int, path: bytes, datasync: int, stamp: int) -> object | None:
-        """(ordering lock held) An fsync of ``ino``: the pattern noted, and the ticket of its page
-        if that went as WRITE_FSYNC ahead of it, no data changed anywhere since (``stamp``: the data
-        stamp now), it is an fdatasync and the page was not refused; else None (send the FSYNC)."""
-        entry = self._files.pop(ino, None)
-        self._files[ino] = [0, bool(datasync) and entry is not None and entry[0] == 1]
-        if len(self._files) > FILES:
-            self._files.popitem(last=False)
-        early, self.early = self.early, None
-        if early is None or not datasync or early[0] != ino or early[1] != path or early[3] != stamp:
+    def wrote(self, key: int) -> int | None:
+        """A write of ``key``, counted: what :meth:`expects` said just before it."""
+        entry = self._keys.get(key)
+        if entry is None:
             return None
-        ticket = early[2]
-        return ticket if ticket.error is None else None
+        entry[0] += 1
+        return entry[1] if entry[0] == 1 else None
+
+    def fsync(self, key: int, datasync: int) -> None:
+        """An fsync of ``key``: the pattern noted (per inode: with the ordering lock held)."""
+        entry = self._keys.pop(key, None)
+        flag = None
+        if entry is not None and entry[0] == 1 and (datasync or not self.per_inode):
+            flag = 1 if datasync else 0
+        self._keys[key] = [0, flag]
+        if self.per_inode and len(self._keys) > FILES:
+            self._keys.popitem(last=False)
+
+    def sent(self, key: int, path: bytes, flag: int, ticket: Ticket, stamp: int) -> None:
+        """The commit's page of ``key`` left as WRITE_FSYNC(``flag``); ``stamp``: the data stamp
+        right after its write."""
+        self.early = (key, path, flag, ticket, stamp)
+
+    def released(self, fh: int) -> None:
+        """A handle closed: per handle, its pattern and page go (per inode, the file's stay)."""
+        if not self.per_inode:
+            self._keys.pop(fh, None)
+            if self.early is not None and self.early[0] == fh:
+                self.early = None
+
+    def covering(self, key: int, path: bytes, datasync: int, stamp: int, last: Ticket | None) -> Ticket | None:
+        """(ordering lock held) The ticket of the page that already made this fsync's file durable
+        on the peer, or None: send the FSYNC. The page must be this key's and path's, as strong
+        as this fsync (an fdatasync's covers an fdatasync only) and not refused. Per handle (sync
+        mode: the write waited for it): it is also the newest message sent at all (``last``) and
+        acknowledged: anything sent since (another write, a rename...) or a link in trouble and
+        the FSYNC goes; it stays for the next fsync. Per inode (barrier mode): no data changed
+        anywhere since its write (``stamp``: the data stamp now); used once, the caller follows
+        it (waits for it and everything sent since)."""
+        early = self.early
+        if self.per_inode:
+            self.early = None
+        if early is None or early[0] != key or early[1] != path or (early[2] and not datasync):
+            return None
+        ticket = early[3]
+        if self.per_inode:
+            return ticket if early[4] == stamp and ticket.error is None else None
+        return ticket if last is ticket and ticket.done and ticket.error is None else None

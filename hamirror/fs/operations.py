@@ -24,7 +24,7 @@ import os
 import stat
 from typing import Callable
 
-from hamirror.fs.commits import BarrierCommits
+from hamirror.fs.commits import CommitPattern
 from hamirror.journal.hotset import is_dir
 from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
@@ -93,20 +93,15 @@ class Interception:
         # Whether a close's release must reach Python: barrier mode keeps nothing per handle (nor
         # caches its inode), so the native engine closes it (native/hm_fuse_py.c, hm_py_release).
         self.release_needed = mode != "barrier"
-        # Sync mode's commits (one write, then fsync of it: a database's WAL): a handle whose last
-        # fsync followed exactly one write is expected to commit so again, so its next small write
-        # travels as WRITE_FSYNC (the peer syncs before it acknowledges) and the fsync after it
-        # needs no message of its own (_peer_synced). Per handle: [writes since its last fsync,
-        # that fsync's datasync flag if it followed exactly one write, else None].
-        self._commits: dict[int, list] = {}
-        self._synced_write: tuple[int, bytes, int, object] | None = None   # (fh, path, datasync, ticket)
+        # Commits of one write (a database's WAL), per handle in sync mode, per inode in barrier
+        # mode (hamirror/fs/commits.py); never noted in async mode.
+        self._commits = CommitPattern(per_inode=self._writeback)
         # The local half of an fdatasync commit: its fdatasync runs while the peer's does (before
         # the write returns), and the fdatasync after it skips its own if no data changed since. A
         # unique number per data change (itertools.count's next() is atomic), set once it is made.
         self._stamps = itertools.count(1)
         self._stamp = 0
         self._local_synced: dict[int, tuple[int, OSError | None]] = {}   # fh -> (stamp before its fdatasync, its error)
-        self._barrier = BarrierCommits() if self._writeback else None
 
     # helpers ---------------------------------------------------------------------------------
 
@@ -189,10 +184,8 @@ class Interception:
     def release(self, path: str, fh: int) -> int:
         self._changed.discard(fh)
         self._inodes.pop(fh, None)
-        self._commits.pop(fh, None)
+        self._commits.released(fh)
         self._local_synced.pop(fh, None)
-        if self._synced_write is not None and self._synced_write[0] == fh:
-            self._synced_write = None   # the number may name another file next
         os.close(fh)
         return 0
 
@@ -224,13 +217,9 @@ class Interception:
                 self._changed_data()
         p = rel(path)
         bp = os.fsencode(p)
-        commit = self._commits.get(fh)
-        if commit is not None:   # sync mode, a handle fsynced before
-            commit[0] += 1
-            if commit[0] != 1:
-                commit = None
+        commit = self._commits.wrote(fh) if self.mode == "sync" else None   # per handle
         if len(data) < OVERLAP_MIN:
-            return self._write_then_send(p, bp, data, offset, fh, commit[1] if commit is not None else None)
+            return self._write_then_send(p, bp, data, offset, fh, commit)
         failed = None
         ino = self._inode(fh)   # barrier mode keeps no inode per handle: one fstat, not two
         with self.repl.change(((p, offset, len(data)),), ino) as tx:
@@ -249,8 +238,8 @@ class Interception:
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
-            if self._barrier is not None:
-                self._barrier.wrote(ino)
+            if self._writeback:
+                self._commits.wrote(ino)
         self._touched(fh)
         if failed is not None:
             raise failed
@@ -258,13 +247,12 @@ class Interception:
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
                          commit: int | None = None) -> int:
-        """Small writes: nothing to overlap, so one message carrying the bytes and the times. In
-        sync mode, the first write after a commit of one write (``commit``: that fsync's datasync
-        flag) is sent as WRITE_FSYNC: the peer makes it durable before it acknowledges, so the
-        fsync that follows costs one local fdatasync and no round trip (_peer_synced)."""
+        """Small writes: nothing to overlap, so one message carrying the bytes and the times. A
+        commit's page (hamirror/fs/commits.py; ``commit``: its flag, sync mode) goes as
+        WRITE_FSYNC, so the fsync that follows sends nothing."""
         failed = None
         ino = self._inode(fh)
-        barrier = self._barrier
+        commits = self._commits
         with self.repl.change(((p, offset, len(data)),), ino) as tx:
             try:
                 written = os.pwrite(fh, data, offset)
@@ -273,24 +261,22 @@ class Interception:
             self._changed_data()
             st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
             times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
-            if barrier is not None and written == len(data) and barrier.expects_commit(ino):
-                tx.send(Op.WRITE_FSYNC, (offset, 1), (bp,), times, data)   # hamirror/fs/commits.py
-                if tx.ticket is not None:
-                    barrier.early = (ino, bp, tx.ticket, self._stamp)
-            elif written and commit is not None:
+            if self._writeback:   # per inode, under its ordering lock: a whole page only
+                commit = commits.expects(ino) if written == len(data) else None
+            if written and commit is not None:
                 tx.send(Op.WRITE_FSYNC, (offset, commit), (bp,), times,
                         data if written == len(data) else data[:written])
                 if tx.ticket is not None:
-                    self._synced_write = (fh, bp, commit, tx.ticket)
-                    if commit:   # fdatasync commits: see _local_synced
+                    commits.sent(ino if self._writeback else fh, bp, commit, tx.ticket, self._stamp)
+                    if commit and self.mode == "sync":   # fdatasync commits: see _local_synced
                         tx.defer_wait()
             elif written:
                 tx.send(Op.WRITE, (offset,), (bp,), times, data if written == len(data) else data[:written],
                         hold=self._writeback)
             else:
                 tx.send(Op.UTIMENS, (), (bp,), times, hold=self._writeback)
-            if barrier is not None:
-                barrier.wrote(ino)
+            if self._writeback:
+                commits.wrote(ino)
         if tx.deferred:   # the commit's local fdatasync, while the peer's runs
             stamp, error = self._stamp, None   # this write's own: a later change makes another
             try:
@@ -342,9 +328,8 @@ class Interception:
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        if self.mode == "sync":   # see _commits
-            last = self._commits.get(fh)
-            self._commits[fh] = [0, (1 if datasync else 0) if last is not None and last[0] == 1 else None]
+        if self.mode == "sync":   # per handle (fsyncdir's own descriptor is none)
+            self._commits.fsync(fh, datasync)
         return self._fsync(path, datasync, fh)
 
     def _fsync(self, path: str | None, datasync: int, fh: int) -> int:
@@ -358,12 +343,16 @@ class Interception:
         bp = os.fsencode(p)
         ino = self._inodes.get(fh) or os.fstat(fh).st_ino   # fsyncdir: not a handle
         with self.repl.change((), ino) as tx:
-            early = self._barrier.fsync(ino, bp, datasync, self._stamp) if self._barrier else None
-            if early is not None:
-                tx.follow(early)   # its page is durable on the peer: wait for it and what came since
-            elif not self._peer_synced(fh, bp, datasync):
+            if self._writeback:
+                self._commits.fsync(ino, datasync)   # per inode, under its ordering lock
+            client = self.repl.client
+            early = self._commits.covering(ino if self._writeback else fh, bp, datasync, self._stamp,
+                                           client.last_ticket if client is not None else None)
+            if early is None:
                 tx.hold_if_pending(p)
                 tx.send(Op.FSYNC, (1 if datasync else 0,), (bp,), barrier=True)
+            elif self._writeback:
+                tx.follow(early)   # its page is not waited for yet: wait for it and what came since
             tx.defer_wait()
         # The peer fsyncs while we do; both must be durable before we answer.
         # A commit's early fdatasync (_write_then_send) stands for an fdatasync if no data or size
@@ -376,18 +365,6 @@ class Interception:
         if error is not None:
             raise error
         return 0
-
-    def _peer_synced(self, fh: int, bp: bytes, datasync: int) -> bool:
-        """(ordering lock held) Whether the peer already made this fsync's file durable: the newest
-        message sent at all is this handle's WRITE_FSYNC of the same path, at least as strong,
-        acknowledged. Anything sent since (another write, a rename, a truncate...) or a link in
-        trouble and the FSYNC goes as usual (a blocked mount never gets here: the block waits)."""
-        synced = self._synced_write
-        if synced is None or synced[0] != fh or synced[1] != bp or (synced[2] and not datasync):
-            return False
-        ticket = synced[3]
-        client = self.repl.client
-        return client is not None and client.last_ticket is ticket and ticket.done and ticket.error is None
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
