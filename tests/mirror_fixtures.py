@@ -21,16 +21,11 @@ import zmq
 
 from hamirror.link import keys, protocol, session, stream
 from hamirror.link.protocol import OK, Op, decode_reply, encode
+from tests.ports import free_port  # noqa: F401 - the tests import it from here
 
 HAMIRROR = [sys.executable, "-m", "hamirror"]
 SESSION = 0x1234_5678_9ABC_DEF1
 HELLO_INTS = (1,) + (0,) * (protocol.SPECS[Op.HELLO].n_ints - 1)   # version 1, no flags
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

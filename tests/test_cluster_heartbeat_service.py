@@ -12,19 +12,14 @@ from hamirror.cluster.heartbeat import ModuleInfo, Reason
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import SwapPhase
+from tests.ports import free_ports as pick_ports
 
 KEY = b"s" * 32
 LOOPBACK = "127.0.0.1"
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    for s in socks:
-        s.bind((LOOPBACK, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    return pick_ports(n, LOOPBACK, socket.SOCK_DGRAM)
 
 
 class FakeClock:

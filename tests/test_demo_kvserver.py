@@ -15,14 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.ports import free_port  # noqa: F401 - test_demo_module imports it from here
 
 KVSERVER = os.path.join(REPO, "modules", "demo", "kvserver.py")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_request(host: str, port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from hamirror.config.cluster import ClusterConfig
 from hamirror.config.loader import load_cluster, load_modules
 from hamirror.config.module import ModuleConfig
 from hamirror.modkit import scaffold
-from tests import configfiles
+from tests import configfiles, ports
 from tests.configfiles import edit
 from tests.conftest import REPO
 
@@ -47,9 +46,7 @@ def missing(template: str) -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.2", 0))
-        return sock.getsockname()[1]
+    return ports.free_port("127.0.0.2")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import sys
 import time
 
 from hamirror.cluster.quorum import BELIEF, UdpWitness, open_witness
+from tests import ports
 
 KEY = b"q" * 32
 LEASE = 1.0
@@ -17,9 +18,7 @@ INTERVAL = 0.1
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port(kind=socket.SOCK_DGRAM)
 
 
 def client(port: int, node: str, peer: str, claim) -> UdpWitness:
