@@ -6,7 +6,7 @@
 #      one test file per worker at a time (--dist loadfile: a file's module-scoped lab is built once),
 #      the slowest files first (tests/conftest.py): half of the suite's time is waiting (labs,
 #      timeouts, daemons starting), so two workers on two cores roughly halve it;
-#   2. the tests marked `serial` (what measures memory or time, or a benchmark), alone.
+#   2. the tests marked `serial` (what measures memory or time, a benchmark, an emulated power loss), alone.
 # With arguments (a file, -k, -m, -n ...), pytest runs once with exactly them, serially unless told.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -230,6 +230,9 @@ def test_an_old_primary_session_keeps_the_path_by_path_record(tmp_path):
 
 # mirror level: the secondary's power loss after a burst of new files ------------------------------
 
+# Alone (the serial step): another test's syncfs of the one filesystem would make the secondary's
+# pages durable before the emulated power loss, which then loses nothing (the test would prove nothing).
+@pytest.mark.serial
 def test_a_burst_of_new_files_lost_by_the_secondary_is_resynced_without_a_record_there(mirror_factory, monkeypatch):
     from hamirror.lab import pagecache
     from tests.conftest import needs_root  # noqa: F401 (the factory needs root already)
