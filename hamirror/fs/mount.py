@@ -77,6 +77,10 @@ class StatusWriter:
         self.commands: MountCommands | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hamirror-status", daemon=True)
+        # The 1 s loop and a change of state (the link's thread) write at once: one at a time, or
+        # one's rename of the shared temporary file beat the other's (ENOENT), and the snapshot
+        # taken inside, so an older one never lands over a newer.
+        self._writing = threading.Lock()
 
     def start(self) -> None:
         self.write()
@@ -88,8 +92,16 @@ class StatusWriter:
         self.write()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.wait(1.0):
-            self.write()
+            try:
+                self.write()
+            except OSError as exc:   # a full disk: the status goes stale, the loop stays
+                if not failing:
+                    log.warning("status.json not written: %s", exc)
+                failing = True
+            else:
+                failing = False
 
     def snapshot(self) -> status_file.MountStatus:
         r = self.replicator
@@ -120,7 +132,8 @@ class StatusWriter:
         }
 
     def write(self) -> None:
-        status_file.write(self.options.state_dir, self.snapshot())
+        with self._writing:
+            status_file.write(self.options.state_dir, self.snapshot())
 
 
 class MountError(Exception):

@@ -368,8 +368,14 @@ class Replicator:
         self.state = target
 
     def _notify(self, state: MirrorState, reason: str) -> None:
+        """Tell ``on_state`` (the status file) of a change already made and recorded. Its failure
+        is logged, never raised: a report that cannot be written must not turn into a decision
+        (a link loss whose status write failed was taken for a journal failure: REFUSED)."""
         if self.on_state is not None:
-            self.on_state(state, reason)
+            try:
+                self.on_state(state, reason)
+            except Exception as exc:   # OSError (a full disk...), or a bug in the report
+                log.warning("mirror %s (%s): the status could not be written: %s", state.value, reason, exc)
 
     # online resync -----------------------------------------------------------------------------
 
@@ -382,8 +388,7 @@ class Replicator:
             self.pending = PendingSet(pending)
             self._granted = False
             self._switch(MirrorState.SYNCING)
-        if self.on_state is not None:
-            self.on_state(self.state, "resync started")
+        self._notify(self.state, "resync started")
 
     def resync_done_sent(self) -> None:
         """The resync is about to send RESYNC_DONE (call under ``lock``, before the send): from
@@ -417,8 +422,7 @@ class Replicator:
             self._switch(MirrorState.PRIM)
             self.alone_reason = ""
             self.alone_since = None
-        if self.on_state is not None:
-            self.on_state(self.state, "resync finished")
+        self._notify(self.state, "resync finished")
         return True
 
     # the FUSE side ---------------------------------------------------------------------------
