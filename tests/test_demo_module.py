@@ -12,6 +12,7 @@ import pytest
 from hamirror.config import load_cluster, load_modules, render_script
 from tests.conftest import REPO, run_cli
 from tests.configfiles import CLUSTER, edit, write_cluster, write_secrets
+from tests.mirror_fixtures import wait_for
 from tests.test_demo_kvserver import free_port, http_request
 
 DEMO = os.path.join(REPO, "modules", "demo")
@@ -99,12 +100,15 @@ def test_stop_prim_kills_a_server_that_ignores_term(loopback_demo, tmp_path):
     run_dir = cluster.module_run_dir("demo")
     os.makedirs(run_dir, exist_ok=True)
     # A stand-in named kvserver.py that ignores SIGTERM, as a hung server would.
+    # It says when SIGTERM is ignored: a fixed pause was too short on a loaded machine (-15).
     stubborn = tmp_path / "kvserver.py"
-    stubborn.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n")
-    process = subprocess.Popen(["python3", str(stubborn)])
+    ready = tmp_path / "ignoring-term"
+    stubborn.write_text("import pathlib, signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        "pathlib.Path(sys.argv[1]).touch()\ntime.sleep(60)\n")
+    process = subprocess.Popen(["python3", str(stubborn), str(ready)])
     with open(os.path.join(run_dir, "kvserver.pid"), "w") as stream:
         stream.write(f"{process.pid}\n")
-    time.sleep(0.3)
+    wait_for(ready.exists, 30, what="the stand-in to ignore SIGTERM")
     began = time.monotonic()
     result = run_script(cluster, module, "stop_prim", "STOP")
     # The script polls until the process is gone; reap it meanwhile so it does not linger as a zombie.
