@@ -17,6 +17,7 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -30,9 +31,10 @@ from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, start_writeback, utimensat
 
-# Writes at least this large go to the peer before the local pwrite, so the two overlap; below it
+# Writes at least this large go to the peer before the local pwrite, so the two overlap, and start
+# their local writeback at once (as the receiver does with its copy); below it
 # the saving is smaller than the cost of a second message.
 OVERLAP_MIN = 256 * 1024
 # Sync mode: a large write travels in pieces of this size, so that the peer decrypts and writes
@@ -243,6 +245,11 @@ class Interception:
         self._touched(fh)
         if failed is not None:
             raise failed
+        # A large write's pages go to our disk now, outside the ordering lock, as the receiver's
+        # do: the fsync that follows finds them written. Only a hint: it starts I/O and takes no
+        # error (the fsync still writes, waits and reports).
+        with contextlib.suppress(OSError):
+            start_writeback(fh, offset, written)
         return written
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
