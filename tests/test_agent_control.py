@@ -96,4 +96,4 @@ def test_record_survives_and_defaults_to_started(tmp_path):
     store.save(ModuleRecord(NodeState.STOP, SwapPhase.HANDOVER, (1.0,)))
     loaded = store.load()
     assert (loaded.state, loaded.swap, loaded.restarts) == (NodeState.STOP, SwapPhase.HANDOVER, (1.0,))
-    assert loaded.updated > 0 and not os.path.exists(store.path + ".tmp")
+    assert loaded.updated > 0 and os.listdir(os.path.dirname(store.path)) == [os.path.basename(store.path)]

@@ -65,7 +65,7 @@ def test_the_setting_is_durable_and_an_unreadable_file_means_online(tmp_path):
     (tmp_path / standby.FILENAME).write_text("{torn")
     assert standby.load(str(tmp_path)) is False
     standby.save(str(tmp_path), False)
-    assert standby.load(str(tmp_path)) is False and not os.path.exists(tmp_path / "standby.json.tmp")
+    assert standby.load(str(tmp_path)) is False and os.listdir(tmp_path) == [standby.FILENAME]
 
 
 def test_the_agent_records_standby_before_acting_and_keeps_it_across_a_restart(tmp_path):

@@ -37,7 +37,7 @@ def test_the_mount_writes_the_schema(tmp_path):
     assert status is not None and set(status) == _keys(status_file.MountStatus)
     assert status["role"] == "mount" and status["state"] == "STANDALONE" and status["pid"] == os.getpid()
     assert stat.S_IMODE(os.stat(status_file.path(str(state))).st_mode) == 0o644
-    assert not os.path.exists(status_file.path(str(state)) + ".tmp")
+    assert os.listdir(state) == [status_file.FILE]
 
 
 def test_the_receiver_writes_the_schema(tmp_path):

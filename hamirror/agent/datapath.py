@@ -33,6 +33,7 @@ from collections.abc import Mapping
 
 import psutil
 
+from hamirror import durablefile
 from hamirror.agent import spawn
 from hamirror.config.cluster import ClusterConfig
 from hamirror.config.module import ModuleConfig
@@ -360,10 +361,7 @@ class DataPath:
             finally:
                 if isinstance(proc, spawn.Child):
                     proc.close()
-            tmp = self._receiver_file(i) + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(info, f)
-            os.replace(tmp, self._receiver_file(i))
+            durablefile.replace(self._receiver_file(i), json.dumps(info), 0o666, durable=False)
             log.info("%s: receiver for %s started (pid %d) on %s, link engine %s", self.module, directory, proc.pid,
                      self.binds[i], self.engine)
 

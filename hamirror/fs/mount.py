@@ -77,9 +77,9 @@ class StatusWriter:
         self.commands: MountCommands | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hamirror-status", daemon=True)
-        # The 1 s loop and a change of state (the link's thread) write at once: one at a time, or
-        # one's rename of the shared temporary file beat the other's (ENOENT), and the snapshot
-        # taken inside, so an older one never lands over a newer.
+        # The 1 s loop and a change of state (the link's thread) write at once: one at a time, the
+        # snapshot taken inside, so an older one never lands over a newer (two writes never
+        # collide anyway: each has a temporary file of its own, hamirror/durablefile.py).
         self._writing = threading.Lock()
 
     def start(self) -> None:

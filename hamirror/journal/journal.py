@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
+from hamirror.durablefile import fsync_dir
 from hamirror.journal.blocks import BLOCK_SIZE, block_span
 from hamirror.journal.changes import SUBTREE, Changed, Record, write_batch
 from hamirror.journal.generations import HISTORY_LIMIT, GenerationHistory, make_generation
@@ -441,12 +442,3 @@ class Journal:
                 db.execute("DELETE FROM meta WHERE key = 'resync'")
             with self._mem_lock:
                 self._resync, self._resync_done, self._resync_bytes = None, {}, 0
-
-
-def fsync_dir(path: str) -> None:
-    """Make the journal files' directory entries durable (a new file is not, by itself)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

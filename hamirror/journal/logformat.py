@@ -25,7 +25,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
-from hamirror.journal.journal import fsync_dir as _fsync_dir
+from hamirror.durablefile import discard, write_all
+from hamirror.durablefile import fsync_dir as _fsync_dir
 
 MAGIC = b"hamirror activity log 1\n"
 ENTER, LEAVE = 1, 2
@@ -180,16 +181,19 @@ def read_log(path: str) -> Replay:
 def write_snapshot(path: str, paths: list[str], old_fd: int) -> int:
     """Replace the log at ``path`` with one entering ``paths`` (hot-set keys: a directory entry's
     key ends with "/", a subtree's with a NUL byte), through a temporary file, fsync, rename, directory fsync; close ``old_fd``
-    (if >= 0) and return the new file's descriptor, at its end."""
+    (if >= 0) and return the new file's descriptor, at its end. A failure removes the temporary.
+    One temporary name (not durablefile.replace, whose file is closed): one writer at a time, under
+    the log's lock, and the next snapshot reuses what a crash left."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, MAGIC + (encode_frame([entry_of(p, True) for p in paths]) if paths else b""))
         os.fsync(fd)
+        os.replace(tmp, path)
     except BaseException:
         os.close(fd)
+        discard(tmp)
         raise
-    os.replace(tmp, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     if old_fd >= 0:
         os.close(old_fd)
@@ -203,9 +207,3 @@ def remove_log(path: str) -> None:
     except FileNotFoundError:
         return
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from hamirror import durablefile
 from hamirror.lab.naming import LabPaths, hosts_for
 
 
@@ -58,17 +59,14 @@ def load(paths: LabPaths) -> LabState | None:
 
 
 def save(paths: LabPaths, state: LabState) -> None:
-    """Write atomically so a crash never leaves half a file."""
+    """Write atomically and durably so a crash never leaves half a file."""
     os.makedirs(paths.root, exist_ok=True)
-    tmp = paths.state_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(asdict(state), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, paths.state_file)
+    durablefile.replace(paths.state_file, json.dumps(asdict(state), indent=2), 0o666)
 
 
 def remove(paths: LabPaths) -> None:
-    for path in (paths.state_file, paths.state_file + ".tmp"):
+    """The record and any temporary a crash left beside it (the lab is down: no writer is left;
+    ``lab.json.tmp``: an older version's)."""
+    for path in (paths.state_file, paths.state_file + ".tmp", *durablefile.leftovers(paths.state_file)):
         if os.path.exists(path):
             os.unlink(path)

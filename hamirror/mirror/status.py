@@ -1,9 +1,10 @@
 """``status.json``: what a mount or a receiver tells the agent and ``hamirror mirror status``.
 
 Each data-path daemon rewrites the file in its state directory (atomically: a temporary file,
-then a rename) and other processes read it: the agent to find, adopt and judge its mounts and
-receivers (hamirror/agent/datapath.py), the CLI. It crosses a process boundary, so its shape is
-written down here, once, with the one writer and the one reader.
+then a rename; a crash may leave a ``.status.json.*.tmp`` that nothing reads) and other
+processes read it: the agent to find, adopt and judge its mounts and receivers
+(hamirror/agent/datapath.py), the CLI. It crosses a process boundary, so its shape is written
+down here, once, with the one writer and the one reader.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Literal, TypedDict, Union
+
+from hamirror import durablefile
 
 FILE = "status.json"
 
@@ -75,13 +78,10 @@ def path(state_dir: str) -> str:
 
 
 def write(state_dir: str, status: Status) -> None:
-    """Replace the file atomically (readers never see half of one), created 0644 less the
-    umask. Raises OSError (a full disk): each daemon says what it does then."""
-    final = path(state_dir)
-    tmp = final + ".tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644), "w") as f:
-        json.dump(status, f, indent=1)
-    os.replace(tmp, final)
+    """Replace the file atomically (readers never see half of one; two writers never collide),
+    created 0644 less the umask. Not durable: it is rewritten each second and a crash may lose it.
+    Raises OSError (a full disk): each daemon says what it does then."""
+    durablefile.replace(path(state_dir), json.dumps(status, indent=1), 0o644, durable=False)
 
 
 def read(state_dir: str) -> Status | None:
