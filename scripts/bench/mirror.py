@@ -222,6 +222,8 @@ class Bench:
                         continue
                     probe = cputime.Probe(column.processes)
                     try:
+                        if job == "seq":
+                            w.warm_page_cache(self.root, self.args.size_mib)
                         w.settle(column.directory)
                         figures, operations = fn(column.directory, probe)
                     except Exception as exc:
