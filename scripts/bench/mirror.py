@@ -223,7 +223,7 @@ class Bench:
                     probe = cputime.Probe(column.processes)
                     try:
                         if job == "seq":
-                            w.warm_page_cache(self.root, self.args.size_mib)
+                            w.warm_page_cache(self.root, 3 * self.args.size_mib)
                         w.settle(column.directory)
                         figures, operations = fn(column.directory, probe)
                     except Exception as exc:
