@@ -37,10 +37,6 @@ from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, start
 # their local writeback at once (as the receiver does with its copy); below it
 # the saving is smaller than the cost of a second message.
 OVERLAP_MIN = 256 * 1024
-# Sync mode: a large write travels in pieces of this size, so that the peer decrypts and writes
-# the first piece while the next is still being encrypted and sent (one write is in flight at a
-# time in sync mode: without pieces those steps run one after another).
-SYNC_PIECE = 256 * 1024
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
 _STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC
@@ -227,10 +223,9 @@ class Interception:
         with self.repl.change(((p, offset, len(data)),), ino) as tx:
             # The peer starts on the bytes while we write them: the two writes overlap. If ours
             # then fails or is short, the peer is put back to what we have before we answer.
-            piece = SYNC_PIECE if self.mode == "sync" else len(data)
-            view = memoryview(data)
-            for start in range(0, len(data), piece):
-                tx.send(Op.WRITE, (offset + start,), (bp,), data=view[start:start + piece])
+            # One message, in every mode: pieces that let the peer start sooner cost more CPU
+            # than they saved (docs/performance.md, "Sync mode's large writes in one message").
+            tx.send(Op.WRITE, (offset,), (bp,), data=data)
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
