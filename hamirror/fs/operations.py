@@ -243,8 +243,9 @@ class Interception:
         # A large write's pages go to our disk now, outside the ordering lock, as the receiver's
         # do: the fsync that follows finds them written. Only a hint: it starts I/O and takes no
         # error (the fsync still writes, waits and reports).
-        with contextlib.suppress(OSError):
-            start_writeback(fh, offset, written)
+        if written:   # a length of 0 would mean "to the end of the file"
+            with contextlib.suppress(OSError):
+                start_writeback(fh, offset, written)
         return written
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
