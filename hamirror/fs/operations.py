@@ -17,7 +17,6 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -31,11 +30,11 @@ from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, start_writeback, utimensat
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
 
-# Writes at least this large go to the peer before the local pwrite, so the two overlap, and start
-# their local writeback at once (as the receiver does with its copy); below it
-# the saving is smaller than the cost of a second message.
+# Writes at least this large go to the peer before the local pwrite, so the two overlap (and the
+# native loop starts their local writeback after the reply: HM_EARLY_WRITEBACK_MIN); below it the
+# saving is smaller than the cost of a second message.
 OVERLAP_MIN = 256 * 1024
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
@@ -240,13 +239,7 @@ class Interception:
         self._touched(fh)
         if failed is not None:
             raise failed
-        # A large write's pages go to our disk now, outside the ordering lock, as the receiver's
-        # do: the fsync that follows finds them written. Only a hint: it starts I/O and takes no
-        # error (the fsync still writes, waits and reports).
-        if written:   # a length of 0 would mean "to the end of the file"
-            with contextlib.suppress(OSError):
-                start_writeback(fh, offset, written)
-        return written
+        return written   # the native loop starts its writeback after the reply (hm_py_write)
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
                          commit: int | None = None) -> int:
