@@ -1,7 +1,7 @@
 """When the primary's own copy of a large write reaches its disk.
 
-The mount starts the writeback of every write of at least 256 KiB right after its pwrite, as the
-receiver does with the secondary's copy (tests/test_apply_writeback.py): a file written in large
+The mount starts the writeback of every write of at least 256 KiB once its reply is sent (the
+native loop, hm_py_write), as the receiver does with the secondary's copy (tests/test_apply_writeback.py): a file written in large
 pieces then fsynced has most of its bytes on disk by the fsync, instead of all of them waiting for
 it (1 GiB + fsync: interception 672-759 -> 964-1,144 MB/s, docs/performance.md, "Large writes
 start their writeback on the primary too"). Small writes stay in the page cache until their fsync.
