@@ -106,7 +106,13 @@ def _drop_namespace_references(paths: LabPaths, node: str) -> None:
     """
     targets = [t for _, t, fstype in inside_mounts(paths, node) if fstype == "nsfs" or fstype.startswith("fuse")]
     if targets:
-        run(_enter(paths, node, "umount", "-l", *sorted(targets, key=len, reverse=True)))
+        # Another lab may delete its namespaces between the listing and the umount ("not
+        # mounted", exit 32: seen in CI with two labs up at once): what counts is that none of
+        # the targets is left mounted afterwards.
+        run(_enter(paths, node, "umount", "-l", *sorted(targets, key=len, reverse=True)), check=False)
+        left = sorted({t for _, t, _ in inside_mounts(paths, node)} & set(targets))
+        if left:
+            raise LabError(f"{node}: still mounted in its namespace after umount: {', '.join(left)}")
 
 
 def release(paths: LabPaths, node: str) -> None:
