@@ -222,7 +222,7 @@ static PyMethodDef Applier_methods[] = {
     {"forget", (PyCFunction)Applier_forget, METH_NOARGS,
      "Close every kept descriptor (names changed behind the core)."},
     {"start_writeback", (PyCFunction)Applier_start_writeback, METH_NOARGS,
-     "Start the writeback a small write to a synced file left for after its reply."},
+     "Start the writeback a write (large, or to a synced file) left for after its reply."},
     {"cached", (PyCFunction)Applier_cached, METH_NOARGS, "Descriptors kept open."},
     {"close", (PyCFunction)Applier_close, METH_NOARGS, "Close the core and its descriptors."},
     {NULL, NULL, 0, NULL},

@@ -1,12 +1,12 @@
 """When the secondary's copy reaches its disk.
 
-Large writes start their writeback at once (sync_file_range), small ones not: streaming writes on
-the replica then reach its disk while the primary goes on, so the primary's next fsync (which
-waits for the secondary's) finds little left to write; small writes (a database page rewritten
-again and again) stay in the page cache until their fsync, as on the primary, unless their file
-was synced before (a log that commits: tests/test_native_apply.py, after the write's reply). A
-WRITE_FSYNC (a commit in one message) syncs after the primary's times are applied, as a WRITE then
-an FSYNC would.
+Large writes start their writeback (sync_file_range) once their reply is sent, small ones not:
+streaming writes on the replica then reach its disk while the primary goes on, so the primary's
+next fsync (which waits for the secondary's) finds little left to write; small writes (a database
+page rewritten again and again) stay in the page cache until their fsync, as on the primary,
+unless their file was synced before (a log that commits: tests/test_native_apply.py, after the
+write's reply). A WRITE_FSYNC (a commit in one message) syncs after the primary's times are
+applied, as a WRITE then an FSYNC would.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def test_large_writes_start_their_writeback_small_ones_do_not(tmp_path, monkeypa
         big = os.urandom(EARLY_WRITEBACK_MIN)
         applier.apply(_message(Op.WRITE, (0,), b"f", b"small"))
         applier.apply(_message(Op.WRITE, (4096,), b"f", big))
+        assert started == []   # after the reply: the receiver calls start_writeback
+        applier.start_writeback()
         applier.apply(_message(Op.WRITE, (4096 + len(big),), b"f", big[:-1]))
+        applier.start_writeback()
     finally:
         applier.close()
     assert started == [(4096, len(big))]

@@ -138,18 +138,37 @@ mark("END")
     assert (tmp_path / "dir" / "d" / "f7").read_bytes() == b"x" * 4096
 
 
-def test_large_writes_start_writeback_and_a_commit_syncs_after_its_times(tmp_path):
+@pytest.mark.parametrize("use_native", [True, False])
+def test_large_writes_start_writeback_after_the_reply_and_a_commit_syncs_after_its_times(tmp_path, use_native):
+    """A large write's writeback starts once its reply is sent (``start_writeback``, or the next
+    apply), not before: the primary waits for that reply in sync mode. A commit message starts
+    none: it syncs."""
     calls = _strace(tmp_path, f"""
+if not {use_native}:
+    a.close()
+    a = Applier(a.directory, use_native=False)
 a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (b"f",)))
 mark("START")
 a.apply(_msg(Op.WRITE, (0,), (b"f",), (), b"small"))
 a.apply(_msg(Op.WRITE, (4096,), (b"f",), (), b"b" * {EARLY_WRITEBACK_MIN}))
-a.apply(_msg(Op.WRITE_FSYNC, (0, 1), (b"f",), _t(1, b"f"), b"commit"))
+mark("REPLY")
+a.start_writeback()
+a.apply(_msg(Op.WRITE, (8192 + {EARLY_WRITEBACK_MIN},), (b"f",), (), b"c" * {EARLY_WRITEBACK_MIN}))
+a.apply(_msg(Op.WRITE_FSYNC, (0, 1), (b"f",), _t(1, b"f"), b"commit" * {EARLY_WRITEBACK_MIN}))
+a.start_writeback()
 mark("END")
 """)
-    names = [c.split("(")[0].split()[-1] for c in calls]
-    assert names == ["pwrite64", "pwrite64", "sync_file_range", "pwrite64", "utimensat", "fdatasync"], calls
+    reply = next(i for i, line in enumerate(calls) if "/MARK-REPLY" in line)
+
+    def names(lines: list[str]) -> list[str]:
+        found = [c.split("(")[0].split()[-1] for c in lines]
+        return [n for n in found if n in ("pwrite64", "sync_file_range", "utimensat", "fdatasync")]
+
+    assert names(calls[:reply]) == ["pwrite64", "pwrite64"], calls
+    assert names(calls[reply:]) == ["sync_file_range", "pwrite64", "sync_file_range", "pwrite64",
+                                    "utimensat", "fdatasync"], calls
     assert f"4096, {EARLY_WRITEBACK_MIN}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
+    assert f"{8192 + EARLY_WRITEBACK_MIN}, {EARLY_WRITEBACK_MIN}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
 
 
 @pytest.mark.parametrize("use_native", [True, False])

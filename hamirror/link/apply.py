@@ -24,11 +24,13 @@ from hamirror.syscalls import RENAME_EXCHANGE, fallocate, renameat2, start_write
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Large writes (streaming, not a page rewritten again soon) start their writeback at once: the
-# replica holds little dirty data, and the primary's next fsync, which waits for the secondary's,
-# does not have to wait for all of it to reach the disk then (DRBD writes through, too). So does
-# any write to a file the receiver has synced (a database's log: a commit's fsync follows each
-# write, and then finds its pages on their way; docs/performance.md, "A commit's critical path").
+# Large writes (streaming, not a page rewritten again soon) start their writeback once their reply
+# is sent: the replica holds little dirty data, and the primary's next fsync, which waits for the
+# secondary's, does not have to wait for all of it to reach the disk then (DRBD writes through,
+# too), while the write's own round trip does not wait for the call (docs/performance.md, "The
+# receiver's writeback after the reply"). So does any write to a file the receiver has synced (a
+# database's log: a commit's fsync follows each write, and then finds its pages on their way;
+# "A commit's critical path").
 EARLY_WRITEBACK_MIN = 256 * 1024
 
 
@@ -165,10 +167,10 @@ class Applier:
         os.close(self.root_fd)
 
     def start_writeback(self) -> None:
-        """Start the writeback that a small write to a synced file left for later. The receiver
-        calls this once that write's reply is sent: the primary, which waits for the reply (sync
-        mode), does not wait for this too, and the commit's fsync that follows finds the pages on
-        their way to the disk. Only a head start: the fsync still syncs, and reports errors."""
+        """Start the writeback that a large write, or a small one to a synced file, left for later.
+        The receiver calls this once that write's reply is sent: the primary, which waits for the
+        reply (sync mode), does not wait for this too, and the fsync that follows finds the pages
+        on their way to the disk. Only a head start: the fsync still syncs, and reports errors."""
         if self.native is not None:
             if self._native_writeback:   # only when the last apply left one: a call releases the GIL
                 self._native_writeback = False
@@ -289,9 +291,7 @@ class Applier:
         written = os.pwrite(fd, data, msg.ints[0])
         if written != len(data):
             raise OSError(errno.EIO, f"short write on the secondary ({written} of {len(data)} bytes)")
-        if written >= EARLY_WRITEBACK_MIN:
-            start_writeback(fd, msg.ints[0], written)
-        elif written and msg.op == Op.WRITE and msg.strs[0] in self._synced:
+        if written and msg.op == Op.WRITE and (written >= EARLY_WRITEBACK_MIN or msg.strs[0] in self._synced):
             self._writeback = (fd, msg.ints[0], written)   # after the reply: start_writeback
 
     def _truncate(self, msg: Message) -> None:

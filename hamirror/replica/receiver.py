@@ -172,7 +172,7 @@ class Receiver:
                 if held:
                     self._acknowledge(held)
                     held = []
-                    self.applier.start_writeback()   # a synced file's write: after its reply
+                    self.applier.start_writeback()   # after its reply (apply.py)
                 elif self.link.connection_events():
                     self.write_status()           # a closed connection is news for the agent now
                     last_status = now
@@ -190,7 +190,7 @@ class Receiver:
             if len(held) >= BATCH or unsynced is None or not unsynced.pending:
                 self._acknowledge(held)
                 held = []
-                self.applier.start_writeback()   # a synced file's write: after its reply
+                self.applier.start_writeback()   # after its reply (apply.py)
         self._acknowledge(held)
 
     def _acknowledge(self, replies: list[tuple[Hashable, list[bytes]]]) -> None:
