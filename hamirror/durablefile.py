@@ -19,9 +19,11 @@ import errno
 import glob
 import json
 import os
+import re
 import secrets
 
 _ATTEMPTS = 100     # unused random names tried (48 bits each: one is enough in practice)
+_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{12}\.tmp", re.DOTALL)   # what _create names
 
 
 def write_json(path: str, doc: object, mode: int = 0o600, dir_mode: int = 0o700) -> None:
@@ -62,6 +64,12 @@ def leftovers(path: str) -> list[str]:
     """The temporaries of ``path`` that :func:`replace` may have left behind after a crash."""
     folder, name = os.path.split(path)
     return glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.*.tmp"))
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file name is one of :func:`replace`'s temporaries (a crash's leftover, or a write
+    under way): never a file of its own to read, bundle or copy."""
+    return _LEFTOVER.fullmatch(name) is not None
 
 
 def discard(path: str) -> None:

@@ -190,3 +190,15 @@ def test_leftovers_of_a_crash_are_named_and_the_lab_removes_its_own(folder):
     assert durablefile.leftovers(paths.state_file) == [mine]
     lab_state.remove(paths)
     assert os.listdir(folder) == [".other.json.0123.tmp"]
+
+
+def test_leftovers_are_recognised_by_name_alone(tmp_path):
+    """What ``hamirror report`` skips: the names replace() gives its temporaries, and no other."""
+    target = tmp_path / "doc.json"
+    real = durablefile._create(str(tmp_path), "doc.json", 0o600)
+    os.close(real[0])
+    assert durablefile.is_leftover(os.path.basename(real[1]))
+    assert durablefile.leftovers(str(target)) == [real[1]]
+    for name in ("doc.json", ".doc.json.tmp", "doc.json.0123456789ab.tmp", ".doc.json.0123456789AB.tmp",
+                 ".doc.json.0123456789ab.tmp.1"):
+        assert not durablefile.is_leftover(name), name

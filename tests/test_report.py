@@ -30,6 +30,8 @@ def test_the_bundle_holds_config_state_and_system_but_no_secret(tmp_path):
     (state / "events.jsonl").write_text(json.dumps({"time": 1.0, "node": "node1", "module": "app",
                                                     "kind": "state", "text": "WAIT -> PRIM"}) + "\n")
     (state / "modules" / "app" / "scripts.log").write_text("start_prim: exit 0\n")
+    (state / "modules" / "app" / "persist.json").write_text('{"role": "PRIM"}')
+    (state / "modules" / "app" / ".persist.json.0123456789ab.tmp").write_text('{"role": "PR')   # a crash's
     out = tmp_path / "bundle.tar.gz"
 
     result = run_cli("report", "-c", config, "-o", str(out), "--json")
@@ -43,6 +45,8 @@ def test_the_bundle_holds_config_state_and_system_but_no_secret(tmp_path):
     assert {"config/cluster.toml", "config/check.txt", "config/modules/app/module.toml",
             "config/modules/app/start_prim", "state/events.jsonl", "state/modules/app/scripts.log",
             "system/versions.txt", "system/mounts.txt", "errors.txt"} <= set(read)
+    assert read["state/modules/app/persist.json"] == '{"role": "PRIM"}'
+    assert not [n for n in read if n.endswith(".tmp")], sorted(read)   # a half-written copy: never
     assert "WAIT -> PRIM" in read["state/events.jsonl"] and "exit 0" in read["state/modules/app/scripts.log"]
     assert 'db_password = "<redacted by hamirror report>"' in read["config/modules/app/module.toml"]
     assert read["config/check.txt"] == "OK\n"

@@ -31,6 +31,7 @@ from hamirror.cli.common import USAGE, CommandError, add_json, print_json
 from hamirror.cli.events import LOG_FILES, tail
 from hamirror.config import ConfigError, config_path, load_cluster
 from hamirror.config.cluster import ClusterConfig
+from hamirror.durablefile import is_leftover
 
 ASSIGNMENT = re.compile(r"^(\s*([\w.-]+)\s*=\s*)(.*)$")
 SECRET_WORD = re.compile(r"secret|password|passwd|token|credential", re.IGNORECASE)
@@ -150,8 +151,8 @@ def add_state(bundle: Bundle, cluster: ClusterConfig, secrets: set[str]) -> None
         folder = os.path.join(modules, module)
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
-            if not os.path.isfile(path) or is_secret_file(path, secrets):
-                continue
+            if not os.path.isfile(path) or is_secret_file(path, secrets) or is_leftover(name):
+                continue   # a leftover temporary: a crash's half-written copy of a file above
             if name in LOG_FILES:
                 bundle.add(f"state/modules/{module}/{name}", lambda p=path: "\n".join(tail(p, LOG_LINES)) + "\n")
             elif os.path.getsize(path) <= MAX_FILE:
