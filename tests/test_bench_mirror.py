@@ -299,3 +299,31 @@ def test_the_page_cache_warm_up_reads_holes_and_leaves_nothing(tmp_path):
 def _io() -> dict[str, int]:
     with open("/proc/self/io") as f:
         return {key: int(value) for key, value in (line.split(": ") for line in f)}
+
+
+def test_a_ratio_whose_column_measured_different_things_is_unsure_not_pass(tmp_path):
+    """The second issue-size run of 2026-12-06: plain's 4 KiB files at 40,194, 2,096 and 7,930 files/s
+    (ext4's inode allocator after a clean-up) made interception 0.54 of plain, a PASS on paper. A
+    column whose fastest repetition is more than twice its slowest makes its ratios UNSURE, named,
+    in the table, the Markdown and a saved run rendered again; steady columns keep their verdict."""
+    raw = {"a": {"seq_write_fsync": [1499.0, 1522.0, 1521.0], "small_files": [40194.0, 2096.0, 7930.0]},
+           "b": {"seq_write_fsync": [1477.0, 1303.0, 1119.0], "small_files": [4247.0, 4400.0, 4300.0]},
+           "e": {"seq_write_fsync": [610.0, 611.0, 579.0]}}
+    params = dict(PARAMS, size_mib=1024, files=5000, txns=3000, pgbench_seconds=15, reps=3)
+    summary = mirror_report.summarize(params, raw, [], mirror.CONFIGS)
+    done = {v["target"].split(" (")[0]: v for v in summary["done_when"]}
+    small = done["interception >= 0.5 of plain on 4 KiB files"]
+    assert (small["result"], small["unsteady"]) == ("UNSURE", "a's repetitions 2,096-40,194")
+    assert done["interception >= 0.9 of plain on 1 GiB + fsync"]["result"] == "MISS"   # 1303 / 1521: steady
+    assert done["1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling"]["result"] == "MISS"   # k from a's seq
+    assert "UNSURE (a's repetitions 2,096-40,194) interception >= 0.5 of plain on 4 KiB files (b/a): 0.54 " \
+           "(need >= 0.50)" in mirror_report.render(summary).splitlines()
+    assert "| interception >= 0.5 of plain on 4 KiB files (b/a) | 0.54 | >= 0.50 | UNSURE (a's repetitions " \
+           "2,096-40,194) |" in mirror_report.render_markdown(summary)
+    saved = dict(summary, done_when=[dict(v, result="PASS") for v in summary["done_when"]])   # as saved before
+    for v in saved["done_when"]:
+        v.pop("unsteady", None)
+    assert mirror_report.recheck(saved)["done_when"] == summary["done_when"]
+    raw["b"]["seq_write_fsync"] = [1477.0, 700.0, 1400.0]   # the numerator unsteady: named as well
+    again = {v["target"].split(" (")[0]: v for v in mirror_report.summarize(params, raw, [], mirror.CONFIGS)["done_when"]}
+    assert again["interception >= 0.9 of plain on 1 GiB + fsync"]["unsteady"] == "b's repetitions 700-1,477"

@@ -39,12 +39,29 @@ def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[
 
     ratios = {f"{n}/{d}": {m: ratio(m, n, d) for m, *_ in METRICS} for n, d in RATIOS}
     summary = {"environment": w.environment(), "parameters": params, "configs": {**configs, t.CEILING: t.CEILING_NAME},
-               "median": med, "runs": raw, "ratios": ratios, "targets": t.verdicts(t.ISSUE10, ratio),
-               "done_when": t.verdicts(t.ISSUE16, ratio), "notes": notes}
+               "median": med, "runs": raw, "ratios": ratios, "targets": t.verdicts(t.ISSUE10, ratio, raw),
+               "done_when": t.verdicts(t.ISSUE16, ratio, raw), "notes": notes}
     if cpu:
         summary["cpu"] = {"unit": "ms of CPU (user+sys) per operation", "operation": t.OPERATION,
                           "median": t.cpu_medians(cpu), "runs": cpu}
     return summary
+
+
+def recheck(saved: dict) -> dict:
+    """A saved run's verdicts computed again from its medians and repetitions with today's rules
+    (a run saved before the UNSURE rule said PASS where its repetitions disagreed)."""
+    med = saved["median"]
+
+    def ratio(metric: str, num: str, den: str) -> float | None:
+        try:
+            return med[num][metric] / med[den][metric]
+        except (KeyError, ZeroDivisionError):
+            return None
+
+    again = {"targets": t.verdicts(t.ISSUE10, ratio, saved.get("runs"))}
+    if "done_when" in saved:
+        again["done_when"] = t.verdicts(t.ISSUE16, ratio, saved.get("runs"))
+    return {**saved, **again}
 
 
 def _cell(value: float | None, width: int) -> str:
@@ -89,7 +106,7 @@ def render(summary: dict) -> str:
 
 
 def _verdict_lines(targets: list[dict]) -> list[str]:
-    return [f"{v['result']:5} {v['target']}: {'-' if v['ratio'] is None else format(v['ratio'], '.2f')} "
+    return [f"{t.shown(v):5} {v['target']}: {'-' if v['ratio'] is None else format(v['ratio'], '.2f')} "
             f"(need {t.need(v)})" for v in targets]
 
 
@@ -118,13 +135,13 @@ def render_markdown(summary: dict) -> str:
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     for v in summary["targets"]:
         if v["ratio"] is not None:
-            lines.append(f"| {v['target']} | {v['ratio']:.2f} | {v['result']} |")
+            lines.append(f"| {v['target']} | {v['ratio']:.2f} | {t.shown(v)} |")
     if "done_when" in summary:
         lines += ["", f"Issue 16, Done when ({t.size_check(summary['parameters'])}):", "",
                   "| target | measured | need | verdict |", "|---|---|---|---|"]
         for v in summary["done_when"]:
             shown = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
-            lines.append(f"| {v['target']} | {shown} | {t.need(v)} | {v['result']} |")
+            lines.append(f"| {v['target']} | {shown} | {t.need(v)} | {t.shown(v)} |")
     return "\n".join(lines)
 
 
@@ -134,4 +151,4 @@ if __name__ == "__main__":
     # mirror_report.py RESULT.json [--markdown]: render a saved ``mirror.py --json`` run again.
     with open(sys.argv[1], encoding="utf-8") as f:
         saved = json.load(f)
-    print(render_markdown(saved) if "--markdown" in sys.argv[2:] else render(saved))
+    print(render_markdown(recheck(saved)) if "--markdown" in sys.argv[2:] else render(recheck(saved)))

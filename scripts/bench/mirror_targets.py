@@ -15,6 +15,10 @@ import statistics
 CEILING = "k"
 CEILING_NAME = "ceiling"
 CEILING_METRIC = "seq_write_fsync"
+CEILING_BASE = "a"    # the column k is derived from
+# A column whose fastest repetition is more than this many times its slowest did not measure one
+# thing: the ratios that use it are UNSURE, not PASS or MISS (``unsteady``).
+SPREAD_LIMIT = 2.0
 
 # (label, metric, numerator, denominator, op, bound): a verdict is PASS when ratio op bound holds.
 Target = tuple[str, str, str, str, str, float]
@@ -54,21 +58,44 @@ OPERATION = {"seq": "MiB", "small": "file", "sqlite": "txn", "lat": "fsync", "pg
 
 def add_ceiling(med: dict[str, dict[str, float]]) -> None:
     """Column k: half of the plain directory's sequential rate in this run (nothing without a)."""
-    plain = med.get("a", {}).get(CEILING_METRIC)
+    plain = med.get(CEILING_BASE, {}).get(CEILING_METRIC)
     if plain is not None and plain == plain:
         med[CEILING] = {CEILING_METRIC: plain / 2}
 
 
-def verdicts(targets: list[Target], ratio) -> list[dict]:
-    """Each target with the ratio of this run (``ratio(metric, num, den)``, None if not measured)."""
+def unsteady(runs: dict[str, dict[str, list[float]]], metric: str, columns: tuple[str, ...]) -> str | None:
+    """Why a ratio of these columns is not a result, or None: one of them measured different things
+    in different repetitions (its fastest more than SPREAD_LIMIT times its slowest). Seen on this
+    VM: plain's 4 KiB files at 40,194 then 2,096 files/s when ext4's inode allocator scanned a
+    group that a clean-up had just freed (docs/performance.md, "The FUSE ceiling"), despite
+    ``--spread``. The median of three is then one repetition's accident, and a verdict on it is not
+    a PASS or a MISS."""
+    reasons = []
+    for column in dict.fromkeys(CEILING_BASE if c == CEILING else c for c in columns):
+        values = [v for v in runs.get(column, {}).get(metric, []) if v == v and v > 0]
+        if len(values) >= 2 and max(values) > SPREAD_LIMIT * min(values):
+            reasons.append(f"{column}'s repetitions {min(values):,.0f}-{max(values):,.0f}")
+    return "; ".join(reasons) or None
+
+
+def verdicts(targets: list[Target], ratio, runs: dict[str, dict[str, list[float]]] | None = None) -> list[dict]:
+    """Each target with the ratio of this run (``ratio(metric, num, den)``, None if not measured);
+    with ``runs`` (each column's repetitions), UNSURE where :func:`unsteady` says why."""
     out = []
     for label, metric, num, den, op, bound in targets:
         value = ratio(metric, num, den)
         ok = value is not None and (value >= bound if op == ">=" else value <= bound)
+        why = unsteady(runs, metric, (num, den)) if runs is not None and value is not None else None
         out.append({"target": label, "metric": metric, "ratio": value, "op": op,
                     "minimum" if op == ">=" else "maximum": bound,
-                    "result": "n/a" if value is None else ("PASS" if ok else "MISS")})
+                    "result": "n/a" if value is None else "UNSURE" if why else ("PASS" if ok else "MISS"),
+                    **({"unsteady": why} if why else {})})
     return out
+
+
+def shown(verdict: dict) -> str:
+    """The verdict as the report prints it: UNSURE says which column's repetitions disagree."""
+    return f"{verdict['result']} ({verdict['unsteady']})" if verdict.get("unsteady") else verdict["result"]
 
 
 def need(target: dict) -> str:
