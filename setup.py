@@ -41,7 +41,7 @@ setup(cmdclass={"build_ext": FuseFirst}, ext_modules=[
     Extension(
         "hamirror.link._native",
         sources=["native/hm_apply.c", "native/hm_resolve.c", "native/module.c"],
-        depends=["native/hm_apply.h", "native/hm_core.h"],
+        depends=["native/hm_apply.h", "native/hm_core.h", "native/hm_writeback.h"],
         extra_compile_args=FLAGS,
         optional=True,
     ),
@@ -49,7 +49,8 @@ setup(cmdclass={"build_ext": FuseFirst}, ext_modules=[
         "hamirror.fs._lowlevel",
         sources=["native/hm_fuse.c", "native/hm_fuse_py.c", "native/hm_setattr.c", "native/hm_inodes.c",
                  "native/hm_loop.c", "native/hm_killpriv.c", "native/hm_fuse_module.c"],
-        depends=["native/hm_fuse.h", "native/hm_inodes.h", "native/hm_loop.h", "native/hm_killpriv.h"],
+        depends=["native/hm_fuse.h", "native/hm_inodes.h", "native/hm_loop.h", "native/hm_killpriv.h",
+                 "native/hm_writeback.h"],
         extra_compile_args=FLAGS + pkg_config("--cflags"),
         extra_link_args=pkg_config("--libs"),
     ),

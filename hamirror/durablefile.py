@@ -23,7 +23,8 @@ import re
 import secrets
 
 _ATTEMPTS = 100     # unused random names tried (48 bits each: one is enough in practice)
-_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{12}\.tmp", re.DOTALL)   # what _create names
+_TOKEN_BYTES = 6    # of randomness in each temporary's name (hex in the name: twice as many digits)
+_LEFTOVER = re.compile(rf"\..+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp", re.DOTALL)   # what _create names
 
 
 def write_json(path: str, doc: object, mode: int = 0o600, dir_mode: int = 0o700) -> None:
@@ -93,7 +94,7 @@ def _create(folder: str, name: str, mode: int) -> tuple[int, str]:
     """A new temporary file of this writer's alone: its descriptor and path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_ATTEMPTS):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
         try:
             return os.open(temporary, flags, mode), temporary
         except FileExistsError:

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "hm_core.h"
+#include "hm_writeback.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,11 +25,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Writes this large start their writeback once their reply is sent (as hamirror/link/apply.py
- * does), and so does any write to a file this core has synced (a log that commits: its next fsync
- * then has only the cache flush left to wait for; docs/performance.md, "A commit's critical path"
- * and "The receiver's writeback after the reply"). */
-#define EARLY_WRITEBACK_MIN (256 * 1024)
 #define INT64_MAX_ (INT64_C(0x7fffffffffffffff))
 #define MAX_DATA (16 * 1024 * 1024)
 #define FALLOC_MODES 0x7F
@@ -156,10 +152,11 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
     if ((size_t)written != op->data_len)
         return fail(err, err_len, EIO, "short write on the secondary (%zd of %zu bytes)", written,
                     op->data_len);
-    /* A large write, or a small one to a synced file (a log that commits): after its reply
-     * (hm_start_writeback), so the primary's wait for the reply does not include the call. A
-     * commit message (WRITE_FSYNC) syncs right away: nothing to start. */
-    if (written > 0 && op->op == HM_WRITE && (written >= EARLY_WRITEBACK_MIN || was_synced(a, op))) {
+    /* A large write, or a small one to a synced file (a log that commits: its next fsync then has
+     * only the cache flush left to wait for; docs/performance.md, "A commit's critical path"):
+     * after its reply (hm_start_writeback), so the primary's wait for the reply does not include
+     * the call. A commit message (WRITE_FSYNC) syncs right away: nothing to start. */
+    if (written > 0 && op->op == HM_WRITE && (written >= HM_EARLY_WRITEBACK_MIN || was_synced(a, op))) {
         a->wb_fd = fd;
         a->wb_off = (off_t)offset;
         a->wb_len = (size_t)written;

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "hm_fuse.h"
+#include "hm_writeback.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -15,10 +16,6 @@
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
-
-/* Writes at least this large start their writeback after the reply (hm_py_write): the size at
- * which hamirror/fs/operations.py sends a write to the peer before its own pwrite (OVERLAP_MIN). */
-#define HM_EARLY_WRITEBACK_MIN (256 * 1024)
 
 /* This libfuse thread's Python thread state, made once and kept between requests (libfuse keeps
  * its idle threads): a state per request would cost its setup every time

@@ -30,13 +30,7 @@ def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[
     ``cpu`` is raw[config][workload][process] = ms of CPU per operation of each repetition."""
     med = {k: {m: w.median(v) for m, v in per.items()} for k, per in raw.items()}
     t.add_ceiling(med)
-
-    def ratio(metric: str, num: str, den: str) -> float | None:
-        try:
-            return med[num][metric] / med[den][metric]
-        except (KeyError, ZeroDivisionError):
-            return None
-
+    ratio = ratio_of(med)
     ratios = {f"{n}/{d}": {m: ratio(m, n, d) for m, *_ in METRICS} for n, d in RATIOS}
     summary = {"environment": w.environment(), "parameters": params, "configs": {**configs, t.CEILING: t.CEILING_NAME},
                "median": med, "runs": raw, "ratios": ratios, "targets": t.verdicts(t.ISSUE10, ratio, raw),
@@ -47,17 +41,20 @@ def summarize(params: dict, raw: dict[str, dict[str, list[float]]], notes: list[
     return summary
 
 
-def recheck(saved: dict) -> dict:
-    """A saved run's verdicts computed again from its medians and repetitions with today's rules
-    (a run saved before the UNSURE rule said PASS where its repetitions disagreed)."""
-    med = saved["median"]
-
+def ratio_of(med: dict[str, dict[str, float]]):
+    """``ratio(metric, num, den)`` over these medians: None where either is missing."""
     def ratio(metric: str, num: str, den: str) -> float | None:
         try:
             return med[num][metric] / med[den][metric]
         except (KeyError, ZeroDivisionError):
             return None
+    return ratio
 
+
+def recheck(saved: dict) -> dict:
+    """A saved run's verdicts computed again from its medians and repetitions with today's rules
+    (a run saved before the UNSURE rule said PASS where its repetitions disagreed)."""
+    ratio = ratio_of(saved["median"])
     again = {"targets": t.verdicts(t.ISSUE10, ratio, saved.get("runs"))}
     if "done_when" in saved:
         again["done_when"] = t.verdicts(t.ISSUE16, ratio, saved.get("runs"))
