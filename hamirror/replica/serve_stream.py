@@ -36,6 +36,7 @@ MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above,
 BACKLOG = 100                # as ZeroMQ's listen()
 ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
 ACCEPT_PAUSE = 0.5           # seconds the listener rests after running out of descriptors or memory
+QUIET_WAITS = 20             # empty waits (of idle_ms each) before the record buffers are given back
 IOV = 64                     # buffers per sendmsg (a batch of replies with more is queued, then flushed)
 _READ, _WRITE = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
@@ -112,6 +113,7 @@ class StreamServer:
         self._established: dict[bytes, _Connection] = {}    # oldest first
         self._ready: collections.deque[tuple[bytes, list]] = collections.deque()
         self._accept_paused_until: float | None = None
+        self._quiet = 0   # empty waits in a row
 
     # the loop's interface ---------------------------------------------------------------------
 
@@ -124,7 +126,12 @@ class StreamServer:
             if self._accept_paused_until is not None:
                 self._resume_accepting(time.monotonic())
             by_fd = self._by_fd
-            for fd, events in self.epoll.poll(self.idle if wait else 0):
+            polled = self.epoll.poll(self.idle if wait else 0)
+            if polled:
+                self._quiet = 0
+            elif wait:
+                self._rest_when_quiet()
+            for fd, events in polled:
                 conn = by_fd.get(fd)
                 try:
                     if conn is None:
@@ -141,6 +148,14 @@ class StreamServer:
                     if conn is not None:
                         self._close(conn)
         return ready.popleft() if ready else None
+
+    def _rest_when_quiet(self) -> None:
+        """After :data:`QUIET_WAITS` empty waits in a row, no connection keeps the buffer of its
+        last large record (its memory goes back; the next one makes a new one)."""
+        self._quiet += 1
+        if self._quiet == QUIET_WAITS:
+            for conn in self._established.values():
+                conn.records.rest()
 
     def send(self, ident: bytes, reply: list) -> None:
         self.send_all([(ident, reply)])
@@ -231,19 +246,20 @@ class StreamServer:
 
     def _read(self, conn: _Connection) -> None:
         """Before the session: the next handshake record only (its size, then its body); after:
-        whatever is there, in one recv."""
+        whatever is there, in one recv, straight into the connection's record buffer (a large
+        record: to its end)."""
         try:
-            data = conn.sock.recv(stream.READ_SIZE if conn.established else conn.records.wanted())
+            size = conn.sock.recv_into(conn.records.space(exact=not conn.established))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:   # e.g. reset by the peer
-            data = b""
+            size = 0
             log.info("connection from %s: %s", conn.address, exc)
-        if not data:
+        if not size:
             self._close(conn)
             return
         try:
-            for body in conn.records.feed(data):
+            for body in conn.records.filled(size):
                 self._record(conn, body)
                 if not conn.open:
                     return
@@ -254,7 +270,7 @@ class StreamServer:
             self._end(conn, "internal error in the receiver's session layer")
 
     def _record(self, conn: _Connection, body: memoryview) -> None:
-        frames = stream.record_frames(body) if conn.established else [body]
+        frames = stream.record_frames(body) if conn.established else [bytes(body)]   # (the view is reused)
         plain, answer = self.sessions.incoming(conn.id, frames)
         if plain is not None:
             self._ready.append((conn.id, plain))
