@@ -270,7 +270,7 @@ class StreamServer:
             self._end(conn, "internal error in the receiver's session layer")
 
     def _record(self, conn: _Connection, body: memoryview) -> None:
-        frames = stream.record_frames(body) if conn.established else [bytes(body)]   # (the view is reused)
+        frames = stream.record_frames(body) if conn.established else [body]
         plain, answer = self.sessions.incoming(conn.id, frames)
         if plain is not None:
             self._ready.append((conn.id, plain))
