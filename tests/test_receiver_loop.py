@@ -53,3 +53,58 @@ def test_the_receiver_waits_once_per_message(tmp_path):
         polls = sum(1 for line in f if line.startswith("poll(") and ", 50) = 0 (Timeout)" not in line)
     assert polls < 4 * MESSAGES, f"{polls} poll calls for {MESSAGES} messages"
     assert os.path.getsize(os.path.join(pair.secondary, "f")) == MESSAGES * 4096
+
+
+class _QuietLink:
+    """A transport with nothing to receive for ``idle`` waits, then one message, then idle again."""
+
+    def __init__(self, receiver, pattern: list) -> None:
+        self.receiver, self.pattern, self.rests = receiver, pattern, []
+
+    def receive(self, wait: bool):
+        if not self.pattern:
+            self.receiver._stop.set()
+            return None
+        return self.pattern.pop(0)
+
+    def connection_events(self) -> bool:
+        return False
+
+    def rest(self) -> None:
+        self.rests.append(len(self.pattern))
+
+    def send_all(self, replies) -> None:
+        pass
+
+
+class _Applier:
+    def __init__(self) -> None:
+        self.rests = 0
+
+    def start_writeback(self) -> None:
+        pass
+
+    def rest(self) -> None:
+        self.rests += 1
+
+
+def test_a_quiet_receiver_gives_back_its_large_message_buffers_once_per_quiet_spell():
+    """After QUIET_WAITS empty receives in a row (about 1 s), the transport's record buffers and
+    the core's aligned buffer go back, once; a message starts the count again."""
+    import threading
+
+    from hamirror.replica import receiver as receiver_module
+
+    quiet = receiver_module.QUIET_WAITS
+    r = receiver_module.Receiver.__new__(receiver_module.Receiver)
+    r._stop, r.unsynced, r.applier = threading.Event(), None, _Applier()
+    r.write_status = lambda: None
+    r.handle = lambda plain: [b"reply"]
+    pattern = [None] * (quiet + 5) + [(b"conn", [b"message"])] + [None] * (quiet - 1) + [(b"conn", [b"m"])] \
+        + [None] * quiet
+    total = len(pattern)
+    r.link = _QuietLink(r, pattern)
+    r.serve_forever()
+    # once after the first spell's QUIET_WAITS-th empty receive, not in the shorter second, once in the third
+    assert r.link.rests == [total - quiet, 0]
+    assert r.applier.rests == 2

@@ -36,7 +36,6 @@ MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above,
 BACKLOG = 100                # as ZeroMQ's listen()
 ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
 ACCEPT_PAUSE = 0.5           # seconds the listener rests after running out of descriptors or memory
-QUIET_WAITS = 20             # empty waits (of idle_ms each) before the record buffers are given back
 IOV = 64                     # buffers per sendmsg (a batch of replies with more is queued, then flushed)
 _READ, _WRITE = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
@@ -113,7 +112,6 @@ class StreamServer:
         self._established: dict[bytes, _Connection] = {}    # oldest first
         self._ready: collections.deque[tuple[bytes, list]] = collections.deque()
         self._accept_paused_until: float | None = None
-        self._quiet = 0   # empty waits in a row
 
     # the loop's interface ---------------------------------------------------------------------
 
@@ -126,12 +124,7 @@ class StreamServer:
             if self._accept_paused_until is not None:
                 self._resume_accepting(time.monotonic())
             by_fd = self._by_fd
-            polled = self.epoll.poll(self.idle if wait else 0)
-            if polled:
-                self._quiet = 0
-            elif wait:
-                self._rest_when_quiet()
-            for fd, events in polled:
+            for fd, events in self.epoll.poll(self.idle if wait else 0):
                 conn = by_fd.get(fd)
                 try:
                     if conn is None:
@@ -149,13 +142,11 @@ class StreamServer:
                         self._close(conn)
         return ready.popleft() if ready else None
 
-    def _rest_when_quiet(self) -> None:
-        """After :data:`QUIET_WAITS` empty waits in a row, no connection keeps the buffer of its
-        last large record (its memory goes back; the next one makes a new one)."""
-        self._quiet += 1
-        if self._quiet == QUIET_WAITS:
-            for conn in self._established.values():
-                conn.records.rest()
+    def rest(self) -> None:
+        """No connection keeps the buffer of its last large record (the receiver calls this once
+        the link has been quiet a while: the memory goes back, the next large record makes one)."""
+        for conn in self._established.values():
+            conn.records.rest()
 
     def send(self, ident: bytes, reply: list) -> None:
         self.send_all([(ident, reply)])
