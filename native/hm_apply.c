@@ -136,49 +136,6 @@ static int do_unlink(struct hm_applier *a, const struct hm_op *op, char *err, si
     return 0;
 }
 
-#define HM_NOT_DIRECT (-2)
-#define HM_DIRECT_ALIGN 4096
-
-/* A large, block-aligned write straight to the disk (O_DIRECT), from an aligned copy of its bytes:
- * on this kind of VM a write through the page cache costs 0.3-1.6 ms of CPU per MiB (fresh pages
- * are expensive), a direct one 0.05-0.07 plus the copy (docs/performance.md, "The secondary's
- * large writes straight to the disk"). Nothing about durability changes: the data may still sit in
- * the disk's cache and the size in the inode, so a sync is still what makes it durable.
- * HM_NOT_DIRECT: not for this write (small, unaligned, or O_DIRECT refused here): the caller writes
- * through the page cache. */
-static ssize_t direct_write(struct hm_applier *a, int fd, const void *data, size_t len, off_t offset)
-{
-    if (a->direct_off || len < HM_EARLY_WRITEBACK_MIN || len % HM_DIRECT_ALIGN || offset % HM_DIRECT_ALIGN)
-        return HM_NOT_DIRECT;
-    if (a->bounce_len < len) {
-        void *bigger;
-        if (posix_memalign(&bigger, HM_DIRECT_ALIGN, len) != 0)
-            return HM_NOT_DIRECT;
-        free(a->bounce);
-        a->bounce = bigger;
-        a->bounce_len = len;
-    }
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_DIRECT) != 0) {
-        a->direct_off = 1;   /* this filesystem has no O_DIRECT */
-        return HM_NOT_DIRECT;
-    }
-    memcpy(a->bounce, data, len);
-    ssize_t written = pwrite(fd, a->bounce, len, offset);
-    int saved = errno;
-    if (fcntl(fd, F_SETFL, flags) != 0 && written >= 0) {
-        /* the descriptor stays O_DIRECT: a later unaligned write through it would fail */
-        saved = errno;
-        written = -1;
-    }
-    if (written < 0 && saved == EINVAL) {
-        a->direct_off = 1;   /* alignment this device refuses: the page cache from now on */
-        return HM_NOT_DIRECT;
-    }
-    errno = saved;
-    return written;
-}
-
 static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, char *err,
                     size_t err_len)
 {
@@ -189,10 +146,7 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
     int rc = writable(a, op, &fd, err, err_len);
     if (rc != 0)
         return rc;
-    ssize_t written = direct_write(a, fd, op->data, op->data_len, (off_t)offset);
-    int direct = written != HM_NOT_DIRECT;
-    if (!direct)
-        written = pwrite(fd, op->data, op->data_len, (off_t)offset);
+    ssize_t written = pwrite(fd, op->data, op->data_len, (off_t)offset);
     if (written < 0)
         return fail_errno(err, err_len, errno);
     if ((size_t)written != op->data_len)
@@ -202,7 +156,7 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
      * only the cache flush left to wait for; docs/performance.md, "A commit's critical path"):
      * after its reply (hm_start_writeback), so the primary's wait for the reply does not include
      * the call. A commit message (WRITE_FSYNC) syncs right away: nothing to start. */
-    if (written > 0 && !direct && op->op == HM_WRITE && (written >= HM_EARLY_WRITEBACK_MIN || was_synced(a, op))) {
+    if (written > 0 && op->op == HM_WRITE && (written >= HM_EARLY_WRITEBACK_MIN || was_synced(a, op))) {
         a->wb_fd = fd;
         a->wb_off = (off_t)offset;
         a->wb_len = (size_t)written;
@@ -345,20 +299,12 @@ void hm_forget(struct hm_applier *a)
     cache_clear(&a->dirs);
 }
 
-void hm_rest(struct hm_applier *a)
-{
-    free(a->bounce);
-    a->bounce = NULL;
-    a->bounce_len = 0;
-}
-
 void hm_free(struct hm_applier *a)
 {
     if (a == NULL)
         return;
     hm_forget(a);
     close(a->root_fd);
-    hm_rest(a);
     free(a);
 }
 

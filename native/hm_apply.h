@@ -58,8 +58,6 @@ void hm_forget(struct hm_applier *a);
  * once the write's reply is sent, so the wait for that reply does not include it; hm_apply()
  * starts it first too (and hm_forget() drops it), so its descriptor is always still open. */
 void hm_start_writeback(struct hm_applier *a);
-/* Give back the aligned buffer of large writes (the receiver calls it once quiet a while). */
-void hm_rest(struct hm_applier *a);
 /* 1 if a writeback waits for hm_start_writeback() (the caller skips that call otherwise). */
 int hm_writeback_pending(const struct hm_applier *a);
 /* 1 if this core applies op (with these ints), 0 if Python must. */

@@ -37,9 +37,6 @@ struct hm_applier {
     int wb_fd;          /* a cached descriptor whose writeback hm_start_writeback() starts, or -1 */
     off_t wb_off;
     size_t wb_len;
-    void *bounce;       /* aligned copy of a large write's bytes for O_DIRECT (direct_write), or NULL */
-    size_t bounce_len;
-    int direct_off;     /* set once O_DIRECT was refused here: large writes go through the page cache */
 };
 
 struct where {

@@ -193,11 +193,6 @@ static PyObject *Applier_start_writeback(ApplierObject *self, PyObject *Py_UNUSE
     return run_locked(self, hm_start_writeback);
 }
 
-static PyObject *Applier_rest(ApplierObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return run_locked(self, hm_rest);
-}
-
 static PyObject *Applier_cached(ApplierObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (closed(self))
@@ -228,8 +223,6 @@ static PyMethodDef Applier_methods[] = {
      "Close every kept descriptor (names changed behind the core)."},
     {"start_writeback", (PyCFunction)Applier_start_writeback, METH_NOARGS,
      "Start the writeback a write (large, or to a synced file) left for after its reply."},
-    {"rest", (PyCFunction)Applier_rest, METH_NOARGS,
-     "Give back the aligned buffer of large writes (O_DIRECT), until the next one."},
     {"cached", (PyCFunction)Applier_cached, METH_NOARGS, "Descriptors kept open."},
     {"close", (PyCFunction)Applier_close, METH_NOARGS, "Close the core and its descriptors."},
     {NULL, NULL, 0, NULL},

@@ -109,7 +109,7 @@ def _strace(tmp_path, code: str) -> list[str]:
     out = tmp_path / "trace"
     script = _PRELUDE.format(repo=REPO, directory=str(tmp_path / "dir")) + code + "\na.close()\n"
     subprocess.run(["strace", "-f", "-qq", "-o", str(out), "-e",
-                    "trace=openat,openat2,open,close,sync_file_range,fdatasync,fsync,utimensat,pwrite64,fcntl",
+                    "trace=openat,openat2,open,close,sync_file_range,fdatasync,fsync,utimensat,pwrite64",
                     sys.executable, "-c", script], check=True, timeout=60, cwd=REPO)
     lines = out.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if "/MARK-START" in line)
@@ -140,9 +140,9 @@ mark("END")
 
 @pytest.mark.parametrize("use_native", [True, False])
 def test_large_writes_start_writeback_after_the_reply_and_a_commit_syncs_after_its_times(tmp_path, use_native):
-    """A large write through the page cache (here: not block-aligned, so not straight to the disk)
-    has its writeback started once its reply is sent (``start_writeback``, or the next apply), not
-    before: the primary waits for that reply in sync mode. A commit message starts none: it syncs."""
+    """A large write's writeback starts once its reply is sent (``start_writeback``, or the next
+    apply), not before: the primary waits for that reply in sync mode. A commit message starts
+    none: it syncs."""
     calls = _strace(tmp_path, f"""
 if not {use_native}:
     a.close()
@@ -150,11 +150,11 @@ if not {use_native}:
 a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (b"f",)))
 mark("START")
 a.apply(_msg(Op.WRITE, (0,), (b"f",), (), b"small"))
-a.apply(_msg(Op.WRITE, (4096,), (b"f",), (), b"b" * ({EARLY_WRITEBACK_MIN} + 1)))
+a.apply(_msg(Op.WRITE, (4096,), (b"f",), (), b"b" * {EARLY_WRITEBACK_MIN}))
 mark("REPLY")
 a.start_writeback()
-a.apply(_msg(Op.WRITE, (8192 + {EARLY_WRITEBACK_MIN},), (b"f",), (), b"c" * ({EARLY_WRITEBACK_MIN} + 1)))
-a.apply(_msg(Op.WRITE_FSYNC, (0, 1), (b"f",), _t(1, b"f"), b"commit" * {EARLY_WRITEBACK_MIN} + b"!"))
+a.apply(_msg(Op.WRITE, (8192 + {EARLY_WRITEBACK_MIN},), (b"f",), (), b"c" * {EARLY_WRITEBACK_MIN}))
+a.apply(_msg(Op.WRITE_FSYNC, (0, 1), (b"f",), _t(1, b"f"), b"commit" * {EARLY_WRITEBACK_MIN}))
 a.start_writeback()
 mark("END")
 """)
@@ -167,65 +167,44 @@ mark("END")
     assert names(calls[:reply]) == ["pwrite64", "pwrite64"], calls
     assert names(calls[reply:]) == ["sync_file_range", "pwrite64", "sync_file_range", "pwrite64",
                                     "utimensat", "fdatasync"], calls
-    assert f"4096, {EARLY_WRITEBACK_MIN + 1}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
-    assert f"{8192 + EARLY_WRITEBACK_MIN}, {EARLY_WRITEBACK_MIN + 1}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
-    assert "O_DIRECT" not in "".join(calls)
+    assert f"4096, {EARLY_WRITEBACK_MIN}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
+    assert f"{8192 + EARLY_WRITEBACK_MIN}, {EARLY_WRITEBACK_MIN}, SYNC_FILE_RANGE_WRITE" in "".join(calls)
 
 
-def test_large_aligned_writes_go_straight_to_the_disk_and_leave_no_writeback(tmp_path):
-    """The native core writes a WRITE of 256 KiB or more at a block-aligned offset and length with
-    O_DIRECT (from an aligned copy of its bytes), on its own descriptor switched for that one call:
-    nothing of it goes through the page cache, so no writeback is left to start. Unaligned, small,
-    or after ``rest()`` (the aligned buffer given back): the same bytes land, as before."""
-    size = EARLY_WRITEBACK_MIN
+@pytest.mark.parametrize("use_native", [True, False])
+def test_writes_to_a_synced_file_start_their_writeback_after_the_reply(tmp_path, use_native):
+    """A file the receiver synced (a database's log) has its next small write's writeback started
+    once the receiver sent that write's reply (``start_writeback``, or the next apply), so the
+    commit's fsync that follows waits for less and the write's own round trip not longer; a file
+    never synced is left to the kernel's writeback (small files are not pushed out one by one)."""
     calls = _strace(tmp_path, f"""
-a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (b"f",)))
+if not {use_native}:
+    a.close()
+    a = Applier(a.directory, use_native=False)
+for p in (b"log", b"other"):
+    a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (p,)))
+a.apply(_msg(Op.WRITE, (0,), (b"log",), (), b"a" * 8192))
+a.apply(_msg(Op.FSYNC, (1,), (b"log",)))
 mark("START")
-assert a.native.apply(Op.WRITE, (0,), b"f", (), b"a" * {size}) is False   # nothing left to start
-a.apply(_msg(Op.WRITE, ({size},), (b"f",), (), b"b" * 2 * {size}))
-a.start_writeback()
-a.native.rest()
-a.apply(_msg(Op.WRITE_FSYNC, (3 * {size}, 1), (b"f",), _t(1, b"f"), b"c" * {size}))
-a.apply(_msg(Op.WRITE, (4 * {size} + 1,), (b"f",), (), b"d" * {size}))   # unaligned: page cache
+a.apply(_msg(Op.WRITE, (8192,), (b"log",), (), b"b" * 8192))
 mark("REPLY")
 a.start_writeback()
+a.start_writeback()
+a.apply(_msg(Op.WRITE, (0,), (b"other",), (), b"c" * 8192))
+a.start_writeback()
+a.apply(_msg(Op.FSYNC, (1,), (b"log",)))
 mark("END")
 """)
     reply = next(i for i, line in enumerate(calls) if "/MARK-REPLY" in line)
-    direct = [c for c in calls[:reply] if "F_SETFL" in c]
-    assert len(direct) == 6 and all("O_DIRECT" in c for c in direct[::2]), calls
-    assert not any("O_DIRECT" in c for c in direct[1::2]), calls   # each switched back at once
-    assert [c.split("(")[0].split()[-1] for c in calls[:reply] if "sync" in c.split("(")[0]] == ["fdatasync"], calls
-    assert [c for c in calls[reply:] if "sync_file_range" in c] and "O_DIRECT" not in "".join(calls[reply:])
-    data = (tmp_path / "dir" / "f").read_bytes()
-    assert data == b"a" * size + b"b" * 2 * size + b"c" * size + b"\0" + b"d" * size
 
+    def names(lines: list[str]) -> list[str]:
+        found = [c.split("(")[0].split()[-1] for c in lines]
+        return [n for n in found if n in ("pwrite64", "sync_file_range", "fdatasync")]
 
-def test_where_o_direct_is_refused_large_writes_go_through_the_page_cache(tmp_path):
-    """ramfs has no O_DIRECT: the core finds out once (one refused switch), then writes through
-    the page cache, and the bytes are the same."""
-    if os.geteuid() != 0 or shutil.which("strace") is None:
-        pytest.skip("mounting ramfs needs root; the check needs strace")
-    ram = tmp_path / "ram"
-    ram.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True)
-    try:
-        script = _PRELUDE.format(repo=REPO, directory=str(ram)) + f"""
-a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (b"f",)))
-for i in range(3):
-    a.apply(_msg(Op.WRITE, (i * {EARLY_WRITEBACK_MIN},), (b"f",), (), bytes([65 + i]) * {EARLY_WRITEBACK_MIN}))
-    a.start_writeback()
-a.close()
-"""
-        subprocess.run(["strace", "-f", "-qq", "-o", str(tmp_path / "trace"), "-e", "trace=fcntl,pwrite64",
-                        sys.executable, "-c", script], check=True, timeout=60, cwd=REPO)
-        calls = (tmp_path / "trace").read_text().splitlines()
-        assert len([c for c in calls if "F_SETFL" in c and "O_DIRECT" in c]) == 1, calls
-        assert [c for c in calls if "O_DIRECT" in c and "EINVAL" in c], calls
-        assert len([c for c in calls if "pwrite64(" in c]) == 3, calls
-        assert (ram / "f").read_bytes() == b"".join(bytes([65 + i]) * EARLY_WRITEBACK_MIN for i in range(3))
-    finally:
-        subprocess.run(["umount", str(ram)], check=True)
+    assert names(calls[:reply]) == ["pwrite64"], calls
+    assert names(calls[reply:]) == ["sync_file_range", "pwrite64", "fdatasync"], calls
+    assert "8192, 8192, SYNC_FILE_RANGE_WRITE" in "".join(calls)
+    assert (tmp_path / "dir" / "log").read_bytes() == b"a" * 8192 + b"b" * 8192
 
 
 def test_the_core_says_when_it_left_a_writeback_so_the_receiver_calls_it_only_then(tmp_path):

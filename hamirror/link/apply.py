@@ -183,12 +183,6 @@ class Applier:
             except OSError:
                 pass
 
-    def rest(self) -> None:
-        """The link has been quiet a while: the native core gives back the aligned buffer of its
-        large writes (hm_apply.c, direct_write); the next one makes it again."""
-        if self.native is not None:
-            self.native.rest()
-
     def apply(self, msg: Message) -> None:
         """Apply one operation, then the primary's times; raise OSError if the secondary refuses."""
         native = self.native

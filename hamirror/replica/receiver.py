@@ -48,7 +48,7 @@ EPROTO_STREAM = errno.EPROTO
 STATUS_INTERVAL = 0.5   # seconds: the agent reads last_message from status.json
 BATCH = 32              # messages applied before the new paths among them are made durable at once
 IDLE_MS = 50            # a receive waits this long before the loop looks at stop(), status, connections
-QUIET_WAITS = 20        # empty receives in a row (about 1 s) before large-message buffers go back
+QUIET_WAITS = 20        # empty receives in a row (about 1 s) before the link's large-message buffers go back
 
 
 _HELLO, _PING = Op.HELLO, Op.PING   # an Enum member looked up on its class costs ~0.14 us, per message
@@ -181,7 +181,6 @@ class Receiver:
                 quiet += 1
                 if quiet == QUIET_WAITS:   # an idle receiver keeps no MiB for the next large write
                     self.link.rest()
-                    self.applier.rest()
                 continue
             quiet = 0
             identity, plain = message

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Two source trees of hamirror side by side: the same column (sync, async or barrier) from each,
+mounted at once and run in turn, so a change is measured against the code before it in the same
+minutes of this noisy machine.
+
+    sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
+        [--size-mib 1024] [--files 5000] [--reps 4] [--workdir /srv]
+
+Each tree is a checkout with its extensions built in place (``python setup.py build_ext
+--inplace``; for example ``git worktree add /work/wt-old REV``). Each column's mount and receiver
+run from their tree (``PYTHONPATH``, and a working directory outside every tree: ``python -m
+hamirror`` looks in its working directory first, so a run started from a tree would measure that
+tree twice). Order per repetition: old, new, new, old, then the reverse (ABBA), each run after the
+page-cache warm-up and a settle (workloads.py). Printed per run: the figure, and the CPU per
+operation of the mount, the receiver and the application; then the medians and new / old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
+
+import columns  # noqa: E402
+import cputime  # noqa: E402
+import workloads as w  # noqa: E402
+
+ORDER = ("old", "new", "new", "old")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--config", default="e", choices=("c", "d", "e"), help="c sync, d async, e barrier")
+    parser.add_argument("--workload", default="seq", choices=("seq", "small"))
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--reps", type=int, default=4, help="ABBA rounds (each runs both trees twice)")
+    parser.add_argument("--workdir", default="/srv")
+    return parser.parse_args(argv)
+
+
+def check_tree(column: columns.Column, tree: str) -> None:
+    """Refuse to measure a column whose processes did not load their tree's extensions (a wrong
+    PYTHONPATH, or a build missing in that tree: the installed package would be measured)."""
+    for label, pid in column.processes():
+        with open(f"/proc/{pid}/maps") as maps:
+            loaded = maps.read()
+        if os.path.join(tree, "hamirror", "") not in loaded:
+            raise SystemExit(f"{label} of {column.base} does not run from {tree} (build its extensions in place?)")
+
+
+def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tuple[float, float, dict[str, float]]:
+    probe = cputime.Probe(column.processes)
+    if args.workload == "seq":
+        w.warm_page_cache(root, 3 * args.size_mib)
+        w.settle(column.directory)
+        return w.seq_write(column.directory, args.size_mib, probe=probe), args.size_mib, probe.seconds
+    w.settle(column.directory)
+    return w.small_files(column.directory, args.files, probe=probe), args.files, probe.seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
+    os.chdir("/")   # not inside a tree: see the docstring
+    root = tempfile.mkdtemp(prefix="hamirror-trees-", dir=args.workdir)
+    started: dict[str, columns.Column] = {}
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in trees}
+    unit = "MB/s" if args.workload == "seq" else "files/s"
+    per = "MiB" if args.workload == "seq" else "file"
+    try:
+        for name, tree in trees.items():
+            os.environ["PYTHONPATH"] = tree
+            base = os.path.join(root, name)
+            os.mkdir(base)
+            started[name] = columns.Column(base, args.config, spread=True)
+            started[name].start()
+            check_tree(started[name], tree)
+        os.environ.pop("PYTHONPATH")
+        for rep in range(args.reps):
+            for name in ORDER if rep % 2 == 0 else ORDER[::-1]:
+                figure, operations, seconds = run_once(args, started[name], root)
+                cpu = {label: 1000 * s / operations for label, s in seconds.items()}
+                runs[name].append((figure, cpu))
+                print(f"{name}  {figure:8.0f} {unit}  " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(cpu.items())),
+                      flush=True)
+    finally:
+        for column in started.values():
+            column.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    medians = {name: statistics.median(f for f, _ in found) for name, found in runs.items()}
+    for name, found in runs.items():
+        labels = sorted({label for _, cpu in found for label in cpu})
+        cpu = {label: statistics.median(c.get(label, 0.0) for _, c in found) for label in labels}
+        print(f"{name} median {medians[name]:.0f} {unit}; CPU ms per {per}: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
+    print(f"new / old: {medians['new'] / medians['old']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
