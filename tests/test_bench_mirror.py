@@ -327,3 +327,20 @@ def test_a_ratio_whose_column_measured_different_things_is_unsure_not_pass(tmp_p
     raw["b"]["seq_write_fsync"] = [1477.0, 700.0, 1400.0]   # the numerator unsteady: named as well
     again = {v["target"].split(" (")[0]: v for v in mirror_report.summarize(params, raw, [], mirror.CONFIGS)["done_when"]}
     assert again["interception >= 0.9 of plain on 1 GiB + fsync"]["unsteady"] == "b's repetitions 700-1,477"
+
+
+def test_trees_refuses_a_column_that_does_not_run_its_own_tree():
+    """scripts/bench/trees.py: a column whose processes loaded another tree's extensions (the trap
+    of ``python -m hamirror`` run from inside a tree) is refused, naming the process and the tree."""
+    import trees
+    from hamirror.fs import _lowlevel   # noqa: F401  (this process then maps REPO/hamirror/fs/...)
+
+    class Fake:
+        base = "/srv/x/old/e-barrier"
+
+        def processes(self):
+            return [("mount", os.getpid())]
+
+    trees.check_tree(Fake(), REPO)   # this process runs REPO's extension
+    with pytest.raises(SystemExit, match=r"^mount of /srv/x/old/e-barrier does not run from /nonexistent "):
+        trees.check_tree(Fake(), "/nonexistent")
