@@ -107,54 +107,29 @@ _TABLES = [struct.Struct(f">{n}I") for n in range(session.MAX_PARTS + 1)]
 
 
 class Records:
-    """Splits a connection's bytes into record bodies, in a buffer of its own that is reused.
+    """Splits a connection's bytes into record bodies.
 
     ``limit`` is the largest body accepted now: :data:`MAX_HANDSHAKE` until the session is
     established, then :data:`MAX_MESSAGE`. A length above it raises :class:`RecordError` before
-    any buffer is grown for it.
-
-    Two ways in: :meth:`space` then :meth:`filled` (``recv_into`` straight into the buffer: the
-    receiver), or :meth:`feed` (bytes received elsewhere, copied in). The bodies either returns
-    are views of the buffer, **valid until the next call** of :meth:`space`, :meth:`feed` or
-    :meth:`rest`: the caller opens them at once (the opened frames are new objects).
-
-    Why in place: a large record (a 1 MiB write) read in 256 KiB ``recv`` calls and joined cost
-    the receiver a copy of every byte and fresh memory for every piece, and fresh memory is what
-    this kind of VM makes expensive (docs/performance.md, "The receiver's records in place").
-    Here a record larger than :data:`READ_SIZE` is read to its end and no further, into a buffer
-    kept between records: once it is whole, nothing is left over to move, and the next record
-    starts at the buffer's beginning again."""
-
-    __slots__ = ("limit", "_buffer", "_view", "_start", "_end")
+    any buffer is grown for it."""
 
     def __init__(self, limit: int = MAX_HANDSHAKE) -> None:
         self.limit = limit
         self._buffer = bytearray()
-        self._view = memoryview(self._buffer)
-        self._start = self._end = 0   # the bytes received and not yet returned as bodies
 
-    def space(self, exact: bool = False) -> memoryview:
-        """Where the next received bytes go (then :meth:`filled`). A record larger than
-        :data:`READ_SIZE` whose length is known: exactly its rest. ``exact``: exactly what
-        completes the next record, whatever its size (before the session: nothing sent after the
-        handshake's last message is read, or judged, under the handshake's limit). Else
-        :data:`READ_SIZE` (many small records per ``recv``)."""
-        start, end = self._start, self._end
-        if start == end:
-            self._start = self._end = start = end = 0
-        wanted = self.wanted()
-        large = end - start >= LENGTH.size and end - start + wanted > READ_SIZE
-        ask = wanted if exact or large else READ_SIZE
-        if len(self._buffer) - end < ask:
-            end = self._make_room(ask)
-        return self._view[end:end + ask]
-
-    def filled(self, count: int) -> list[memoryview]:
-        """The complete record bodies now that ``count`` bytes were written into :meth:`space`."""
-        self._end += count
-        buffer, view, limit = self._buffer, self._view, self.limit
-        start, end = self._start, self._end
+    def feed(self, data: bytes | memoryview) -> list[memoryview]:
+        """The complete record bodies that ``data`` ends (in order); the rest is kept. The bodies
+        are views of a buffer this object no longer touches: the caller may keep them. With
+        nothing kept from before and ``data`` a ``bytes`` (as ``recv`` returns it), the bodies
+        are views of ``data`` itself: its bytes are not copied (only an unfinished tail is)."""
+        buffer = self._buffer
+        if buffer or type(data) is not bytes:
+            buffer += data
+        else:
+            buffer = data
         bodies: list[memoryview] = []
+        start, end, limit = 0, len(buffer), self.limit
+        view = memoryview(buffer)
         while end - start >= LENGTH.size:
             size = _LENGTH_AT(buffer, start)[0]
             if not 0 < size <= limit:
@@ -164,52 +139,23 @@ class Records:
             start += LENGTH.size
             bodies.append(view[start:start + size])
             start += size
-        self._start = start
+        if buffer is data:   # nothing was kept (self._buffer is empty): only an unfinished tail is
+            if start < end:
+                self._buffer = bytearray(view[start:])
+        elif bodies:   # the views pin this buffer: the unfinished tail moves to a new one
+            self._buffer = bytearray(view[start:])
         return bodies
-
-    def feed(self, data: bytes | memoryview) -> list[memoryview]:
-        """The complete record bodies that ``data`` ends (in order); the rest is kept (copied)."""
-        data = memoryview(data).cast("B")
-        bodies: list[memoryview] = []
-        while data:
-            if bodies:   # the next space() may reuse what they show: keep them apart
-                bodies = [memoryview(bytes(body)) for body in bodies]
-            room = self.space()
-            taken = min(len(room), len(data))
-            room[:taken] = data[:taken]
-            bodies += self.filled(taken)
-            data = data[taken:]
-        return bodies
-
-    def rest(self) -> None:
-        """Nothing half-received: give the buffer back (a connection gone quiet keeps no MiB)."""
-        if self._start == self._end and self._buffer:
-            self._buffer = bytearray()
-            self._view = memoryview(self._buffer)
-            self._start = self._end = 0
 
     def wanted(self) -> int:
-        """Bytes that would complete the next record (its length first)."""
-        buffered = self._end - self._start
+        """Bytes that would complete the next record (its length first): what a reader asks of
+        ``recv`` before the session is established, so that nothing sent after the handshake's
+        last message is read, or judged, under the handshake's limit."""
+        buffered = len(self._buffer)
         if buffered < LENGTH.size:
             return LENGTH.size - buffered
-        return max(1, LENGTH.size + _LENGTH_AT(self._buffer, self._start)[0] - buffered)
+        return max(1, LENGTH.size + LENGTH.unpack_from(self._buffer)[0] - buffered)
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet part of a returned record."""
-        return self._end - self._start
-
-    def _make_room(self, ask: int) -> int:
-        """Room for ``ask`` more bytes after what is buffered: the unfinished record moves to the
-        buffer's beginning, into a larger buffer if it must (its length was checked against the
-        limit by :meth:`filled`). The new end."""
-        kept = self._end - self._start
-        if len(self._buffer) < kept + ask:
-            buffer = bytearray(max(kept + ask, READ_SIZE))
-            buffer[:kept] = self._view[self._start:self._end]
-            self._buffer, self._view = buffer, memoryview(buffer)
-        elif kept:
-            self._view[:kept] = self._view[self._start:self._end]   # (a memmove: they may overlap)
-        self._start, self._end = 0, kept
-        return kept
+        return len(self._buffer)

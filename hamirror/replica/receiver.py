@@ -48,7 +48,6 @@ EPROTO_STREAM = errno.EPROTO
 STATUS_INTERVAL = 0.5   # seconds: the agent reads last_message from status.json
 BATCH = 32              # messages applied before the new paths among them are made durable at once
 IDLE_MS = 50            # a receive waits this long before the loop looks at stop(), status, connections
-QUIET_WAITS = 20        # empty receives in a row (about 1 s) before the link's large-message buffers go back
 
 
 _HELLO, _PING = Op.HELLO, Op.PING   # an Enum member looked up on its class costs ~0.14 us, per message
@@ -162,7 +161,6 @@ class Receiver:
         receive, handle, unsynced = self.link.receive, self.handle, self.unsynced
         last_status = 0.0
         held: list[tuple[Hashable, list[bytes]]] = []
-        quiet = 0   # empty receives in a row
         while not self._stop.is_set():
             now = time.monotonic()
             if now - last_status > STATUS_INTERVAL:
@@ -178,11 +176,7 @@ class Receiver:
                 elif self.link.connection_events():
                     self.write_status()           # a closed connection is news for the agent now
                     last_status = now
-                quiet += 1
-                if quiet == QUIET_WAITS:   # an idle receiver keeps no MiB for the next large write
-                    self.link.rest()
                 continue
-            quiet = 0
             identity, plain = message
             if plain is None:   # a handshake message or a refusal, dealt with by the transport
                 continue

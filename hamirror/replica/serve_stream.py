@@ -142,12 +142,6 @@ class StreamServer:
                         self._close(conn)
         return ready.popleft() if ready else None
 
-    def rest(self) -> None:
-        """No connection keeps the buffer of its last large record (the receiver calls this once
-        the link has been quiet a while: the memory goes back, the next large record makes one)."""
-        for conn in self._established.values():
-            conn.records.rest()
-
     def send(self, ident: bytes, reply: list) -> None:
         self.send_all([(ident, reply)])
 
@@ -237,20 +231,19 @@ class StreamServer:
 
     def _read(self, conn: _Connection) -> None:
         """Before the session: the next handshake record only (its size, then its body); after:
-        whatever is there, in one recv, straight into the connection's record buffer (a large
-        record: to its end)."""
+        whatever is there, in one recv."""
         try:
-            size = conn.sock.recv_into(conn.records.space(exact=not conn.established))
+            data = conn.sock.recv(stream.READ_SIZE if conn.established else conn.records.wanted())
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:   # e.g. reset by the peer
-            size = 0
+            data = b""
             log.info("connection from %s: %s", conn.address, exc)
-        if not size:
+        if not data:
             self._close(conn)
             return
         try:
-            for body in conn.records.filled(size):
+            for body in conn.records.feed(data):
                 self._record(conn, body)
                 if not conn.open:
                     return

@@ -117,9 +117,6 @@ class ZmqServer:
         except zmq.ZMQError:
             return "unknown"
 
-    def rest(self) -> None:
-        """Nothing kept between messages here (ZeroMQ's own buffers are its business)."""
-
     def close(self) -> None:
         self.socket.disable_monitor()
         self.monitor.close(0)

@@ -40,9 +40,6 @@ class Transport(Protocol):
     def connection_events(self) -> bool:
         """Bring ``connections`` up to date; True when the last connection closed since the last call."""
 
-    def rest(self) -> None:
-        """The link has been quiet a while: give back buffers kept for large messages."""
-
     def peer_address(self, connection: Hashable) -> str:
         """The peer's IP address, for audit lines ("unknown" if not known)."""
 
