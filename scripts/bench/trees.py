@@ -7,7 +7,7 @@ minutes of this noisy machine.
         [--size-mib 1024] [--files 5000] [--reps 4] [--workdir /srv]
 
 Each tree is a checkout with its extensions built in place (``python setup.py build_ext
---inplace``; for example ``git worktree add /work/wt-old REV``). Each column's mount and receiver
+--inplace``; for example ``git worktree add ../old REV``). Each column's mount and receiver
 run from their tree (``PYTHONPATH``, and a working directory outside every tree: ``python -m
 hamirror`` looks in its working directory first, so a run started from a tree would measure that
 tree twice). Order per repetition: old, new, new, old, then the reverse (ABBA), each run after the
