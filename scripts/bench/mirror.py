@@ -222,9 +222,7 @@ class Bench:
                         continue
                     probe = cputime.Probe(column.processes)
                     try:
-                        if job == "seq":
-                            w.warm_page_cache(self.root, 3 * self.args.size_mib)
-                        w.settle(column.directory)
+                        w.prepare(job, self.root, column.directory, self.args.size_mib)
                         figures, operations = fn(column.directory, probe)
                     except Exception as exc:
                         failed.add((key, job))

@@ -59,11 +59,9 @@ def check_tree(column: columns.Column, tree: str) -> None:
 
 def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tuple[float, float, dict[str, float]]:
     probe = cputime.Probe(column.processes)
+    w.prepare(args.workload, root, column.directory, args.size_mib)
     if args.workload == "seq":
-        w.warm_page_cache(root, 3 * args.size_mib)
-        w.settle(column.directory)
         return w.seq_write(column.directory, args.size_mib, probe=probe), args.size_mib, probe.seconds
-    w.settle(column.directory)
     return w.small_files(column.directory, args.files, probe=probe), args.files, probe.seconds
 
 

@@ -84,6 +84,14 @@ def warm_page_cache(directory: str, size_mib: int) -> None:
         os.unlink(path)
 
 
+def prepare(job: str, scratch: str, directory: str, size_mib: int) -> None:
+    """Before each timed run, as every benchmark of this folder does it: a sequential run after the
+    page-cache warm-up (three times its size, in ``scratch``), every run after a settle."""
+    if job == "seq":
+        warm_page_cache(scratch, 3 * size_mib)
+    settle(directory)
+
+
 def _cleanup(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
