@@ -283,7 +283,7 @@ void hm_start_writeback(struct hm_applier *a)
     if (a->wb_fd < 0)
         return;
     /* Only a head start for the next sync, which reports any I/O error itself. */
-    hm_write_behind(a->wb_fd, a->wb_off, (off_t)a->wb_len);
+    (void)sync_file_range(a->wb_fd, a->wb_off, (off_t)a->wb_len, SYNC_FILE_RANGE_WRITE);
     a->wb_fd = -1;
 }
 

@@ -278,12 +278,11 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
      * the same with its copy): the fsync that follows finds them written, and the writer's next
      * write is not kept waiting for it (sync_file_range took 300-400 us per MiB here). A hint only:
      * it starts I/O, takes no error (the fsync still writes, waits and reports), and goes through
-     * a descriptor of its own, since a close after the reply may free the handle's number. The
-     * pages written HM_DROP_BEHIND before it leave our copy's cache (hm_writeback.h). */
+     * a descriptor of its own, since a close after the reply may free the handle's number. */
     int own = size >= HM_EARLY_WRITEBACK_MIN && written > 0 ? fcntl((int)fi->fh, F_DUPFD_CLOEXEC, 0) : -1;
     fuse_reply_write(req, (size_t)written);
     if (own >= 0) {
-        hm_write_behind(own, off, written);
+        (void)sync_file_range(own, off, written, SYNC_FILE_RANGE_WRITE);
         close(own);
     }
 }

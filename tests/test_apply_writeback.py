@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import stat
 
-import pytest
-
 from hamirror import syscalls
 from hamirror.link import apply
 from hamirror.link.apply import EARLY_WRITEBACK_MIN, Applier
@@ -76,34 +74,3 @@ def test_a_commit_message_syncs_the_data_and_the_times(tmp_path, monkeypatch):
     finally:
         applier.close()
     assert synced == [("fdatasync", mtime, b"commit"), ("fsync", mtime + 1, b"commit+more")]
-
-
-@pytest.mark.parametrize("use_native", [False, True], ids=["python", "native"])
-def test_a_long_streams_pages_leave_the_cache_behind_it(tmp_path, use_native):
-    """The secondary's copy is read by nobody: once a stream is more than DROP_BEHIND long, its
-    clean pages from 2 x DROP_BEHIND to DROP_BEHIND behind each large write leave the page cache
-    (hm_writeback.h); a shorter file keeps them all, and every byte is on the file."""
-    from tests.test_mount_writeback import MIB, PAGE, page_counts
-
-    piece = os.urandom(MIB)
-    size = 2 * apply.DROP_BEHIND + 32 * MIB
-    applier = Applier(str(tmp_path), use_native=use_native)
-    try:
-        for name, length in ((b"stream", size), (b"short", apply.DROP_BEHIND)):
-            applier.apply(_message(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), name))
-            for offset in range(0, length, MIB):
-                applier.apply(_message(Op.WRITE, (offset,), name, piece))
-                applier.start_writeback()   # after each reply, as the receiver does
-                if offset == length // 2:
-                    fd = os.open(tmp_path / name.decode(), os.O_RDONLY)
-                    os.fsync(fd)   # the first half on disk: clean, so droppable
-                    os.close(fd)
-    finally:
-        applier.close()
-    cached = {}
-    for name, length in (("stream", size), ("short", apply.DROP_BEHIND)):
-        with open(tmp_path / name, "rb") as f:
-            cached[name] = page_counts(f.fileno()).nr_cache * PAGE // MIB
-            assert all(f.read(MIB) == piece for _ in range(length // MIB))
-    assert cached["stream"] <= (size - apply.DROP_BEHIND) // MIB, cached
-    assert cached["short"] == apply.DROP_BEHIND // MIB, cached

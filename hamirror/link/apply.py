@@ -32,11 +32,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # database's log: a commit's fsync follows each write, and then finds its pages on their way;
 # "A commit's critical path").
 EARLY_WRITEBACK_MIN = 256 * 1024
-# ...and the pages written this far before such a write leave the page cache: nobody reads the
-# secondary's copy, and recycled pages cost this VM a quarter of the CPU of fresh ones per MiB
-# (native/hm_writeback.h, docs/performance.md "Pages dropped behind a stream"). Clean pages only:
-# a dirty or in-flight one stays.
-DROP_BEHIND = 64 * 1024 * 1024
 
 
 def changed_paths(msg: Message) -> list[bytes]:
@@ -143,17 +138,6 @@ class resolve_beneath:  # noqa: N801 - used as a context manager, reads as a ver
         return b"/proc/self/fd/%d/%s" % (self.fd, self.name)
 
 
-def write_behind(fd: int, offset: int, length: int) -> None:
-    """Start the writeback of ``[offset, offset+length)`` and drop the clean cached pages from
-    2 x :data:`DROP_BEHIND` to :data:`DROP_BEHIND` before its end (hm_writeback.h's
-    ``hm_write_behind``: a page still in flight is skipped, and the next calls retry it). Hints only."""
-    start_writeback(fd, offset, length)
-    end = offset + length - DROP_BEHIND
-    if end > 0:
-        start = max(0, end - DROP_BEHIND)
-        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
-
-
 class Applier:
     """Applies operations in order to one directory; keeps a few write descriptors open."""
 
@@ -195,7 +179,7 @@ class Applier:
         pending, self._writeback = self._writeback, None
         if pending is not None:
             try:
-                write_behind(*pending)
+                start_writeback(*pending)
             except OSError:
                 pass
 
