@@ -329,11 +329,17 @@ def test_a_ratio_whose_column_measured_different_things_is_unsure_not_pass(tmp_p
     assert again["interception >= 0.9 of plain on 1 GiB + fsync"]["unsteady"] == "b's repetitions 700-1,477"
 
 
-def test_trees_refuses_a_column_that_does_not_run_its_own_tree():
+def test_trees_refuses_a_column_that_does_not_run_its_own_tree_or_engine(monkeypatch):
     """scripts/bench/trees.py: a column whose processes loaded another tree's extensions (the trap
-    of ``python -m hamirror`` run from inside a tree) is refused, naming the process and the tree."""
+    of ``python -m hamirror`` run from inside a tree) is refused, naming the process and the tree;
+    so is one that does not run the link engine asked for (without $HAMIRROR_LINK_ENGINE a mount
+    runs curve, not the stream engine a new cluster runs)."""
     import trees
     from hamirror.fs import _lowlevel   # noqa: F401  (this process then maps REPO/hamirror/fs/...)
+    from hamirror.link import session
+
+    assert trees.parse_args(["old", "new"]).engine == os.environ.get(session.ENGINE_ENV, session.STREAM)
+    assert trees.parse_args(["old", "new", "--engine", "curve"]).engine == session.CURVE
 
     class Fake:
         base = "/srv/x/old/e-barrier"
@@ -341,6 +347,11 @@ def test_trees_refuses_a_column_that_does_not_run_its_own_tree():
         def processes(self):
             return [("mount", os.getpid())]
 
-    trees.check_tree(Fake(), REPO)   # this process runs REPO's extension
+    running = os.environ.get(session.ENGINE_ENV)   # /proc/self/environ: as this process started
+    if running is not None:
+        trees.check_tree(Fake(), REPO, running)   # this process runs REPO's extension
     with pytest.raises(SystemExit, match=r"^mount of /srv/x/old/e-barrier does not run from /nonexistent "):
-        trees.check_tree(Fake(), "/nonexistent")
+        trees.check_tree(Fake(), "/nonexistent", session.STREAM)
+    other = session.AEAD if running != session.AEAD else session.STREAM
+    with pytest.raises(SystemExit, match=rf"^mount of /srv/x/old/e-barrier does not run the {other} link engine$"):
+        trees.check_tree(Fake(), REPO, other)

@@ -15,6 +15,7 @@ import sys
 import cpassthrough
 import gluster
 import workloads
+from hamirror.link import session
 from tests.mirror_fixtures import MirrorPair
 
 # key: (name, what it is); the keys are the column letters of the tables in docs/performance.md.
@@ -25,6 +26,14 @@ MODE_OF = {"c": "sync", "d": "async", "e": "barrier"}
 # run only when --configs names them (each column adds its time to every workload).
 PASSTHROUGH = {"f": False, "w": True}
 DEFAULT = "".join(k for k in CONFIGS if k not in PASSTHROUGH)
+
+
+def link_engine(chosen: str | None = None) -> str:
+    """The link engine of the replicated columns: ``chosen``, else ``$HAMIRROR_LINK_ENGINE``, else
+    ``stream``, what a new cluster runs (hamirror's own default is ``curve``, for a previous
+    release's peer). ValueError for an unknown one. The caller puts it in the environment that the
+    mounts and receivers inherit."""
+    return session.engine(chosen or os.environ.get(session.ENGINE_ENV, session.STREAM))
 
 
 def hamirror_modes() -> tuple[str, ...]:

@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 f"(workloads: {','.join(WORKLOADS)}; configs: {','.join(CONFIGS)})")
     args.configs = "".join(k for k in CONFIGS if k in args.configs)
     try:
-        args.engine = session.engine(args.engine or os.environ.get(session.ENGINE_ENV, session.STREAM))
+        args.engine = columns.link_engine(args.engine)
     except ValueError as exc:
         p.error(str(exc))
     quick = dict(size_mib=128, files=1000, txns=1000, samples=200, pgbench_seconds=10, reps=2)

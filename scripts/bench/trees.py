@@ -4,7 +4,7 @@ mounted at once and run in turn, so a change is measured against the code before
 minutes of this noisy machine.
 
     sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
-        [--size-mib 1024] [--files 5000] [--reps 4] [--workdir /srv]
+        [--size-mib 1024] [--files 5000] [--reps 4] [--workdir /srv] [--engine stream]
 
 Each tree is a checkout with its extensions built in place (``python setup.py build_ext
 --inplace``; for example ``git worktree add ../old REV``). Each column's mount and receiver
@@ -30,6 +30,7 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 import columns  # noqa: E402
 import cputime  # noqa: E402
 import workloads as w  # noqa: E402
+from hamirror.link import session  # noqa: E402
 
 ORDER = ("old", "new", "new", "old")
 
@@ -44,17 +45,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--reps", type=int, default=4, help="ABBA rounds (each runs both trees twice)")
     parser.add_argument("--workdir", default="/srv")
-    return parser.parse_args(argv)
+    parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
+                        help=f"the link engine (default: ${session.ENGINE_ENV}, else {session.STREAM}, as mirror.py)")
+    args = parser.parse_args(argv)
+    try:
+        args.engine = columns.link_engine(args.engine)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
-def check_tree(column: columns.Column, tree: str) -> None:
+def check_tree(column: columns.Column, tree: str, engine: str) -> None:
     """Refuse to measure a column whose processes did not load their tree's extensions (a wrong
-    PYTHONPATH, or a build missing in that tree: the installed package would be measured)."""
+    PYTHONPATH, or a build missing in that tree: the installed package would be measured), or do
+    not run the link engine asked for (hamirror's own default is curve, not what a new cluster runs)."""
     for label, pid in column.processes():
         with open(f"/proc/{pid}/maps") as maps:
             loaded = maps.read()
         if os.path.join(tree, "hamirror", "") not in loaded:
             raise SystemExit(f"{label} of {column.base} does not run from {tree} (build its extensions in place?)")
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            variables = environ.read().split(b"\0")
+        if f"{session.ENGINE_ENV}={engine}".encode() not in variables:
+            raise SystemExit(f"{label} of {column.base} does not run the {engine} link engine")
 
 
 def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tuple[float, float, dict[str, float]]:
@@ -69,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
     os.chdir("/")   # not inside a tree: see the docstring
+    os.environ[session.ENGINE_ENV] = args.engine   # every mount and receiver started here inherits it
+    print(f"link engine {args.engine}, column {args.config}, workload {args.workload}", flush=True)
     root = tempfile.mkdtemp(prefix="hamirror-trees-", dir=args.workdir)
     started: dict[str, columns.Column] = {}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in trees}
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             os.mkdir(base)
             started[name] = columns.Column(base, args.config, spread=True)
             started[name].start()
-            check_tree(started[name], tree)
+            check_tree(started[name], tree, args.engine)
         os.environ.pop("PYTHONPATH")
         for rep in range(args.reps):
             for name in ORDER if rep % 2 == 0 else ORDER[::-1]:
