@@ -181,7 +181,7 @@ class Bench:
         """(workload, fn(directory, probe) -> (figures, operations done)), in the order they run."""
         a = self.args
         jobs = [("seq", lambda d, p: ({"seq_write_fsync": w.seq_write(d, a.size_mib, probe=p)}, a.size_mib)),
-                ("small", lambda d, p: ({"small_files": w.small_files(d, a.files, probe=p)}, a.files)),
+                ("small", lambda d, p: ({"small_files": w.small_files(d, a.files, probe=p, keep=True)}, a.files)),
                 ("sqlite", lambda d, p: ({"sqlite_txn": w.sqlite_txns(d, a.txns, probe=p)}, a.txns)),
                 ("lat", lambda d, p: (dict(zip(("fsync4k_p50", "fsync4k_p99"), w.fsync_latency(d, a.samples, probe=p))),
                                       a.samples))]
@@ -191,7 +191,7 @@ class Bench:
         return [(name, fn) for name, fn in jobs if name in chosen]
 
     def _pgbench(self, directory: str, probe: cputime.Probe) -> tuple[dict[str, float], int]:
-        tps, done = self.pg.run(directory, probe)
+        tps, done = self.pg.run(directory, probe, keep=True)   # removed with the bench's directory
         return {"pgbench_tps": tps}, done
 
     def _record_cpu(self, column: Column, job: str, seconds: dict[str, float], operations: int) -> None:

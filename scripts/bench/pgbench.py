@@ -76,8 +76,10 @@ class Pgbench:
         finally:
             self._stop(self.template)
 
-    def run(self, directory: str, probe: Probe | NoProbe = NoProbe()) -> tuple[float, int]:
-        """One timed pgbench on a fresh copy of the template in ``directory``: (transactions/s, transactions)."""
+    def run(self, directory: str, probe: Probe | NoProbe = NoProbe(), keep: bool = False) -> tuple[float, int]:
+        """One timed pgbench on a fresh copy of the template in ``directory``: (transactions/s,
+        transactions). ``keep``: leave the stopped cluster for the caller's clean-up at its end
+        (why: workloads.py, above ``_cleanup``)."""
         work = os.path.join(directory, f"pgbench-{os.urandom(4).hex()}")
         os.mkdir(work)
         os.chmod(work, 0o755)
@@ -95,7 +97,8 @@ class Pgbench:
             finally:
                 self._stop(data)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
         found, done = TPS.search(out), DONE.search(out)
         if not found or not done:
             raise RuntimeError(f"pgbench printed no tps or transaction count line: {out[-500:]}")

@@ -75,7 +75,7 @@ def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tup
     w.prepare(args.workload, root, column.directory, args.size_mib)
     if args.workload == "seq":
         return w.seq_write(column.directory, args.size_mib, probe=probe), args.size_mib, probe.seconds
-    return w.small_files(column.directory, args.files, probe=probe), args.files, probe.seconds
+    return w.small_files(column.directory, args.files, probe=probe, keep=True), args.files, probe.seconds
 
 
 def main(argv: list[str] | None = None) -> int:
