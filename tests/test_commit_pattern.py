@@ -4,7 +4,7 @@ link; the tickets are the link client's own."""
 
 from __future__ import annotations
 
-from hamirror.fs.commits import FILES, CommitPattern
+from hamirror.fs.commits import FILES, MAX_WRITES, CommitPattern
 from hamirror.link.client import Ticket
 
 PATH = b"wal"
@@ -93,3 +93,37 @@ def test_per_inode_the_fsync_follows_its_page_once_if_no_data_changed_since():
     refused.complete("link lost")
     commits.sent(7, PATH, 1, refused, stamp=10)
     assert commits.covering(7, PATH, 1, 10, last=None) is None
+
+
+def test_a_commit_of_several_writes_is_expected_once_two_commits_made_as_many():
+    commits = CommitPattern()
+    commits.fsync(3, 1)
+    assert _commit(commits, 3, 1, writes=2) == [None, None]   # one commit of two: not yet a pattern
+    assert _commit(commits, 3, 1, writes=2) == [None, None]   # the second: now it is
+    assert commits.expects(3) is None                         # the first write of the next is plain
+    assert commits.wrote(3) is None
+    assert commits.expects(3) == 1                            # its second is the commit's last
+    assert commits.wrote(3) == 1
+    assert commits.expects(3) is None and commits.wrote(3) is None   # a third write: the guess was wrong
+    commits.fsync(3, 1)                                       # three after two: no pattern
+    assert _commit(commits, 3, 1, writes=2) == [None, None]
+    assert _commit(commits, 3, 1, writes=3) == [None, None, None]
+    assert _commit(commits, 3, 1, writes=3) == [None, None, None]
+    assert _commit(commits, 3, 0, writes=3) == [None, None, 1]
+    assert commits.expects(3) is None and commits.wrote(3) is None and commits.expects(3) is None
+    assert commits.wrote(3) is None and commits.expects(3) == 0   # the last fsync's flag: a full one
+
+
+def test_no_pattern_above_max_writes_and_per_inode_only_fdatasyncs():
+    commits = CommitPattern()
+    commits.fsync(3, 1)
+    for _ in range(3):
+        assert _commit(commits, 3, 1, writes=MAX_WRITES + 1) == [None] * (MAX_WRITES + 1)
+    assert _commit(commits, 3, 1, writes=MAX_WRITES) == [None] * MAX_WRITES
+    assert _commit(commits, 3, 1, writes=MAX_WRITES) == [None] * MAX_WRITES   # two of MAX_WRITES: the pattern
+    assert _commit(commits, 3, 1, writes=MAX_WRITES) == [None] * (MAX_WRITES - 1) + [1]
+    per_inode = CommitPattern(per_inode=True)
+    per_inode.fsync(7, 1)
+    for datasync, told in ((0, [None, None]), (0, [None, None]), (1, [None, None]), (1, [None, 1]),
+                           (0, [None, 1]), (1, [None, None]), (1, [None, 1])):   # a full fsync sets none
+        assert _commit(per_inode, 7, datasync, writes=2) == told

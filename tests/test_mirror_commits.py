@@ -175,13 +175,36 @@ def test_an_fsync_stronger_than_the_peers_sync_is_sent(mirror):
     ops.release("/wal", fh)
 
 
-def test_several_writes_per_commit_travel_as_writes(mirror):
-    """SQLite's WAL commits several frames, then syncs: a WRITE_FSYNC there would only add a sync."""
+def test_a_commit_of_several_writes_sends_its_last_as_write_fsync_once_seen_twice(mirror, local_syncs):
+    """SQLite's WAL commits a frame's header and its page, then syncs: once two commits made as
+    many writes, the last write of each commit goes as WRITE_FSYNC (the peer syncs the file, the
+    writes before it included) and the fdatasync sends nothing: two round trips, not three."""
     ops, client, receiver, primary, secondary = mirror
     fh = ops.create("/wal", 0o600, os.O_RDWR)
-    for n in range(4):
+    for n in range(6):
         _commit(ops, fh, n, writes=2)
-    assert _counts(receiver) == {"WRITE": 8, "FSYNC": 4}
+    # Commit 0 is the first fsync seen, 1 and 2 show the pattern; from commit 3 on, one WRITE, one
+    # WRITE_FSYNC, no FSYNC.
+    assert _counts(receiver) == {"WRITE": 9, "FSYNC": 3, "WRITE_FSYNC": 3}
+    assert local_syncs == [fh] * 6   # the early ones ran while the peer's did; the fsyncs' found nothing new
+    assert (secondary / "wal").read_bytes() == (primary / "wal").read_bytes()
+    assert os.stat(secondary / "wal").st_mtime_ns == os.stat(primary / "wal").st_mtime_ns
+    ops.release("/wal", fh)
+
+
+def test_commits_of_varying_sizes_send_their_fsync(mirror):
+    """A file that commits two writes, then three, then two... shows no pattern of more than one
+    write: every commit ends with its FSYNC, and nothing is synced on the peer for nothing."""
+    ops, client, receiver, primary, secondary = mirror
+    fh = ops.create("/wal", 0o600, os.O_RDWR)
+    offset = 0
+    for n in range(6):
+        for _ in range(2 + n % 2):
+            ops.write("/wal", bytes([n + 1]) * PAGE, offset, fh)
+            offset += PAGE
+        ops.fsync("/wal", 1, fh)
+    assert _counts(receiver) == {"WRITE": 15, "FSYNC": 6}
+    assert (secondary / "wal").read_bytes() == (primary / "wal").read_bytes()
     ops.release("/wal", fh)
 
 

@@ -1,10 +1,13 @@
-"""Commits: a file that commits one write at a time (a database's WAL: write, then fdatasync) sends
-that write as WRITE_FSYNC, and the fsync after it sends nothing.
+"""Commits: a file that commits the same number of writes at a time (a database's WAL: write, then
+fdatasync; SQLite's: a frame's header, its page, then fdatasync) sends the last write of each
+commit as WRITE_FSYNC, and the fsync after it sends nothing.
 
-The rule (:class:`CommitPattern`): a file whose last fsync followed exactly one write is expected
-to commit so again, so its next write travels as WRITE_FSYNC (the peer makes it durable before it
-acknowledges) and the fsync that follows needs no message of its own. A wrong guess costs the peer
-one needless sync. Per mode (hamirror/fs/operations.py):
+The rule (:class:`CommitPattern`): a file whose last fsync followed exactly one write, or whose
+last two fsyncs each followed the same number n of writes (n <= :data:`MAX_WRITES`), is expected
+to commit so again, so the n-th write after its fsync travels as WRITE_FSYNC (the peer makes the
+file durable, the writes before it included, before it acknowledges) and the fsync that follows
+needs no message of its own. A wrong guess costs the peer one needless sync. Per mode
+(hamirror/fs/operations.py):
 
 - ``sync``, per handle (the handle that writes is the one that fsyncs; a handle's pattern goes at
   its release, the number may name another file next). The WRITE_FSYNC asks for the fsync's own
@@ -26,12 +29,14 @@ if TYPE_CHECKING:   # for the hints only
     from hamirror.link.client import Ticket
 
 FILES = 256   # inodes whose pattern is kept (the files a database commits to are few)
+MAX_WRITES = 16   # the most writes per commit a pattern is kept for (a commit is a few pages)
 
 
 class CommitPattern:
-    """Per key (a handle, or with ``per_inode`` an inode): writes since its last fsync, and that
-    fsync's flag (1: fdatasync, 0: fsync) if it followed exactly one write, else None. ``early``:
-    the last commit's page sent as WRITE_FSYNC, (key, path, flag, ticket, data stamp after it)."""
+    """Per key (a handle, or with ``per_inode`` an inode): [writes since its last fsync, the flag
+    of the expected commit (1: fdatasync, 0: fsync) or None, the writes its last commit made].
+    ``early``: the last commit's page sent as WRITE_FSYNC, (key, path, flag, ticket, data stamp
+    after it)."""
 
     def __init__(self, per_inode: bool = False) -> None:
         self.per_inode = per_inode
@@ -42,7 +47,7 @@ class CommitPattern:
         """The flag of the WRITE_FSYNC that the next write of ``key`` travels as (its commit's
         page), or None: a plain write."""
         entry = self._keys.get(key)
-        return entry[1] if entry is not None and entry[0] == 0 else None
+        return entry[1] if entry is not None and entry[0] + 1 == entry[2] else None
 
     def wrote(self, key: int) -> int | None:
         """A write of ``key``, counted: what :meth:`expects` said just before it."""
@@ -50,15 +55,18 @@ class CommitPattern:
         if entry is None:
             return None
         entry[0] += 1
-        return entry[1] if entry[0] == 1 else None
+        return entry[1] if entry[0] == entry[2] else None
 
     def fsync(self, key: int, datasync: int) -> None:
-        """An fsync of ``key``: the pattern noted (per inode: with the ordering lock held)."""
+        """An fsync of ``key``: the pattern noted (per inode: with the ordering lock held). One
+        commit of one write sets it; a commit of more writes sets it only if the one before made as
+        many (a file that commits varying numbers of writes would pay a needless sync too often)."""
         entry = self._keys.pop(key, None)
+        writes, last = (entry[0], entry[2]) if entry is not None else (0, 0)
         flag = None
-        if entry is not None and entry[0] == 1 and (datasync or not self.per_inode):
+        if 1 <= writes <= MAX_WRITES and (writes == 1 or writes == last) and (datasync or not self.per_inode):
             flag = 1 if datasync else 0
-        self._keys[key] = [0, flag]
+        self._keys[key] = [0, flag, writes]
         if self.per_inode and len(self._keys) > FILES:
             self._keys.popitem(last=False)
 

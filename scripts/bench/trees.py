@@ -4,7 +4,7 @@ mounted at once and run in turn, so a change is measured against the code before
 minutes of this noisy machine.
 
     sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
-        [--size-mib 1024] [--files 5000] [--reps 4] [--workdir /srv] [--engine stream]
+        [--size-mib 1024] [--files 5000] [--txns 3000] [--reps 4] [--workdir /srv] [--engine stream]
 
 Each tree is a checkout with its extensions built in place (``python setup.py build_ext
 --inplace``; for example ``git worktree add ../old REV``). Each column's mount and receiver
@@ -40,9 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--config", default="e", choices=("c", "d", "e"), help="c sync, d async, e barrier")
-    parser.add_argument("--workload", default="seq", choices=("seq", "small"))
+    parser.add_argument("--workload", default="seq", choices=("seq", "small", "sqlite"))
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--txns", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=4, help="ABBA rounds (each runs both trees twice)")
     parser.add_argument("--workdir", default="/srv")
     parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
@@ -75,6 +76,8 @@ def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tup
     w.prepare(args.workload, root, column.directory, args.size_mib)
     if args.workload == "seq":
         return w.seq_write(column.directory, args.size_mib, probe=probe), args.size_mib, probe.seconds
+    if args.workload == "sqlite":
+        return w.sqlite_txns(column.directory, args.txns, probe=probe), args.txns, probe.seconds
     return w.small_files(column.directory, args.files, probe=probe, keep=True), args.files, probe.seconds
 
 
@@ -87,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix="hamirror-trees-", dir=args.workdir)
     started: dict[str, columns.Column] = {}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in trees}
-    unit = "MB/s" if args.workload == "seq" else "files/s"
-    per = "MiB" if args.workload == "seq" else "file"
+    unit, per = {"seq": ("MB/s", "MiB"), "small": ("files/s", "file"), "sqlite": ("txn/s", "txn")}[args.workload]
     try:
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = tree
