@@ -48,19 +48,24 @@ static int writable(struct hm_applier *a, const struct hm_op *op, int *fd, char 
     return rc;
 }
 
-/* Whether path's cached descriptor was synced (its writes then start writeback at once). */
+/* Whether path's cached descriptor was last synced by an FSYNC (its writes then start writeback
+ * at once: note_sync). */
 static int was_synced(struct hm_applier *a, const struct hm_op *op)
 {
     struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
     return e != NULL && e->synced;
 }
 
-/* A sync through path's cached descriptor succeeded: remember it for the writes that follow. */
-static void mark_synced(struct hm_applier *a, const struct hm_op *op)
+/* A sync through path's cached descriptor succeeded: by an FSYNC of its own (``separate``: the
+ * small writes that follow start their writeback at once, and the next FSYNC finds them on their
+ * way), or by a commit message (the file's commits arrive whole as WRITE_FSYNC: a small write
+ * before one, SQLite's frame header, would be written twice, its page again by the commit's sync
+ * after waiting for the first I/O). */
+static void note_sync(struct hm_applier *a, const struct hm_op *op, int separate)
 {
     struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
     if (e != NULL)
-        e->synced = 1;
+        e->synced = separate;
 }
 
 /* operations ------------------------------------------------------------------------------- */
@@ -152,8 +157,9 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
     if ((size_t)written != op->data_len)
         return fail(err, err_len, EIO, "short write on the secondary (%zd of %zu bytes)", written,
                     op->data_len);
-    /* A large write, or a small one to a synced file (a log that commits: its next fsync then has
-     * only the cache flush left to wait for; docs/performance.md, "A commit's critical path"):
+    /* A large write, or a small one to a file last synced by an FSYNC (a log that commits: its next
+     * fsync then has only the cache flush left to wait for; docs/performance.md, "A commit's
+     * critical path"; not one whose commits arrive as WRITE_FSYNC: note_sync):
      * after its reply (hm_start_writeback), so the primary's wait for the reply does not include
      * the call. A commit message (WRITE_FSYNC) syncs right away: nothing to start. */
     if (written > 0 && op->op == HM_WRITE && (written >= HM_EARLY_WRITEBACK_MIN || was_synced(a, op))) {
@@ -201,7 +207,8 @@ static int do_fsync(struct hm_applier *a, const struct hm_op *op, int64_t datasy
     struct entry *e = cache_find(a, &a->files, op->path, op->path_len);
     if (e != NULL) {
         int rc = sync_fd(e->fd, datasync, err, err_len);
-        e->synced = e->synced || rc == 0;
+        if (rc == 0)
+            e->synced = 1;
         return rc;
     }
     if (is_root(op))
@@ -347,7 +354,7 @@ int hm_apply(struct hm_applier *a, const struct hm_op *op, char *err, size_t err
     if (rc == 0 && op->op == HM_WRITE_FSYNC) { /* a WRITE then an FSYNC: it covers the times too */
         rc = sync_fd(fd, op->ints[1], err, err_len);
         if (rc == 0)
-            mark_synced(a, op);
+            note_sync(a, op, 0);
     }
     if (rc != 0) /* the tree may not be what the caches think: start again from names */
         hm_forget(a);

@@ -20,7 +20,7 @@ struct entry {
     char *path;         /* malloc'd, NUL-terminated */
     size_t len;
     int fd;             /* -1: free */
-    int synced;         /* files: synced through this descriptor, so its writes start writeback */
+    int synced;         /* files: last synced through this descriptor by an FSYNC, so its writes start writeback */
     uint64_t used;      /* for least-recently-used eviction */
 };
 

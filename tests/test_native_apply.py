@@ -207,6 +207,42 @@ mark("END")
     assert (tmp_path / "dir" / "log").read_bytes() == b"a" * 8192 + b"b" * 8192
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+def test_a_file_whose_commits_arrive_whole_starts_no_writeback_for_its_small_writes(tmp_path, use_native):
+    """A file last synced by a commit message (WRITE_FSYNC: SQLite's WAL once its commits are
+    predicted, a frame's header then its page) starts no writeback for a small write: the next
+    commit message would write that page again, after waiting for the first I/O. An FSYNC of its
+    own makes its small writes start theirs again (a commit that came as WRITE, then FSYNC)."""
+    calls = _strace(tmp_path, f"""
+if not {use_native}:
+    a.close()
+    a = Applier(a.directory, use_native=False)
+a.apply(_msg(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), (b"wal",)))
+a.apply(_msg(Op.WRITE, (0,), (b"wal",), (), b"h" * 24))
+a.apply(_msg(Op.FSYNC, (1,), (b"wal",)))
+a.apply(_msg(Op.WRITE_FSYNC, (24, 1), (b"wal",), _t(1, b"wal"), b"p" * 4096))
+mark("START")
+a.apply(_msg(Op.WRITE, (4120,), (b"wal",), (), b"H" * 24))
+a.start_writeback()
+a.apply(_msg(Op.WRITE_FSYNC, (4144, 1), (b"wal",), _t(2, b"wal"), b"P" * 4096))
+a.start_writeback()
+mark("FSYNC")
+a.apply(_msg(Op.FSYNC, (1,), (b"wal",)))
+a.apply(_msg(Op.WRITE, (8240,), (b"wal",), (), b"x" * 24))
+a.start_writeback()
+mark("END")
+""")
+    fsync = next(i for i, line in enumerate(calls) if "/MARK-FSYNC" in line)
+
+    def names(lines: list[str]) -> list[str]:
+        found = [c.split("(")[0].split()[-1] for c in lines]
+        return [n for n in found if n in ("pwrite64", "sync_file_range", "fdatasync")]
+
+    assert names(calls[:fsync]) == ["pwrite64", "pwrite64", "fdatasync"], calls
+    assert names(calls[fsync:]) == ["fdatasync", "pwrite64", "sync_file_range"], calls
+    assert (tmp_path / "dir" / "wal").read_bytes() == b"h" * 24 + b"p" * 4096 + b"H" * 24 + b"P" * 4096 + b"x" * 24
+
+
 def test_the_core_says_when_it_left_a_writeback_so_the_receiver_calls_it_only_then(tmp_path):
     """``apply`` is True only when a small write to a synced file left its writeback for after the
     reply: the receiver's ``start_writeback`` (a call that releases the GIL) is skipped otherwise."""

@@ -28,9 +28,11 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # is sent: the replica holds little dirty data, and the primary's next fsync, which waits for the
 # secondary's, does not have to wait for all of it to reach the disk then (DRBD writes through,
 # too), while the write's own round trip does not wait for the call (docs/performance.md, "The
-# receiver's writeback after the reply"). So does any write to a file the receiver has synced (a
-# database's log: a commit's fsync follows each write, and then finds its pages on their way;
-# "A commit's critical path").
+# receiver's writeback after the reply"). So does any write to a file the receiver last synced by an
+# FSYNC (a database's log: a commit's fsync follows each write, and then finds its pages on their
+# way; "A commit's critical path"), but not to one whose commits arrive whole as WRITE_FSYNC: there
+# the commit's sync writes the page again, after waiting for the first I/O ("A small write before a
+# commit message").
 EARLY_WRITEBACK_MIN = 256 * 1024
 
 
@@ -147,7 +149,7 @@ class Applier:
         self.directory = directory
         self.root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fds: collections.OrderedDict[bytes, int] = collections.OrderedDict()
-        self._synced: set[bytes] = set()   # paths in _fds synced through their descriptor
+        self._synced: set[bytes] = set()   # paths in _fds last synced through their descriptor by an FSYNC
         self._writeback: tuple[int, int, int] | None = None   # (fd in _fds, offset, length): see start_writeback
         self.native = native.core(self.root_fd) if use_native else None
         self._native_writeback = False   # the native core's last apply left a writeback to start
@@ -324,7 +326,10 @@ class Applier:
         cached = self._fds.get(path)
         if cached is not None:
             sync(cached)
-            self._synced.add(path)
+            if msg.op == Op.FSYNC:
+                self._synced.add(path)
+            else:   # a commit message: the file's commits arrive whole (hm_apply.c, note_sync)
+                self._synced.discard(path)
             return
         with resolve_beneath(self.root_fd, path) as parent:
             fd = open_data(parent.fd, parent.name, os.O_RDONLY, directory_ok=True)
