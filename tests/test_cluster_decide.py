@@ -11,7 +11,7 @@ from hamirror.cluster.actions import (
     RefuseWrites, RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
     Unmount,
 )
-from hamirror.cluster.decide import PEER_LEAVING, decide, takes_over_at_timeout
+from hamirror.cluster.decide import PEER_LEAVING, UNRENEWED, decide, takes_over_at_timeout
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
     CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
@@ -115,6 +115,30 @@ def test_takeover_needs_quorum_when_a_witness_exists(quorum: bool | None,
     d = decide(view(S.SECOND, quorum=quorum))
     assert d.state is expected
     assert (AddVip() in d.actions) is (expected is S.ALONE)
+
+
+def test_a_blocked_primary_cut_from_the_witness_too_is_not_let_go_on_alone() -> None:
+    """Campaign 3009: the primary lost its peer and the witness at once; its lease, believed from
+    an earlier answer, still held for 0.6 s, and its blocked mount was granted ALONE: the writes
+    it acknowledged then were lost when the lease lapsed and the peer took over. Without an answer
+    this tick the mount stays blocked; once the lease lapses the primary steps down."""
+    cut = view(S.PRIM, quorum=True, renewed=False, mirror=MirrorHealth.FENCED)
+    d = decide(cut)
+    assert d.state is S.PRIM and d.actions == ()
+    assert d.warnings == (UNRENEWED,)
+    renewed = decide(dataclasses.replace(cut, renewed=True))   # the witness answered: the peer cannot take over
+    assert renewed.state is S.ALONE and SetMirroring(False) in renewed.actions
+    lapsed = decide(dataclasses.replace(cut, quorum=False))
+    assert lapsed.state is S.WAIT and lapsed.actions[1] == RefuseWrites()
+
+
+def test_no_takeover_on_a_lease_the_witness_did_not_renew() -> None:
+    d = decide(view(S.SECOND, quorum=True, renewed=False))
+    assert d.state is S.SECOND and d.actions == () and d.warnings == (UNRENEWED,)
+    assert decide(view(S.SECOND, quorum=True)).state is S.ALONE
+    heard = decide(view(S.PRIM, peer=S.WAIT, peer_uptodate=False, quorum=True, renewed=False,
+                        mirror=MirrorHealth.FENCED))   # a peer heard in WAIT cannot take over
+    assert heard.state is S.ALONE
 
 
 @pytest.mark.parametrize("state", [S.PRIM, S.ALONE])

@@ -56,8 +56,13 @@ async def scenario() -> None:
         assert granted is True
         assert time.monotonic() - silent_since >= LEASE and time.monotonic() - lost >= LEASE * (1 - BELIEF) - 0.05
         assert await n1.verdict(time.monotonic()) is False               # node1 back: refused
-        # The witness goes away: no answer, the belief lapses by itself, and nobody is True.
+        assert n2.renewed and n1.renewed                                 # both verdicts rest on this answer
+        # The witness goes away: no answer, the belief lapses by itself, and nobody is True. A
+        # verdict without an answer is never a renewal, whatever the belief says
+        # (ModuleView.renewed: a node does not act alone on it).
         transport.close()
+        await n2.verdict(time.monotonic())
+        assert n2.renewed is False
         deadline = time.monotonic() + LEASE
         while time.monotonic() < deadline:
             assert not (await n1.verdict(time.monotonic()) or False)

@@ -243,12 +243,12 @@ class ModuleRunner:
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    listened: bool, epoch: int | None = None, linked: bool = False,
                    vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False,
-                   observed: bool = False) -> None:
+                   observed: bool = False, renewed: bool = True) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
         a stall since makes the view stale, and nothing is decided from it; ``linked``: the
         replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
-        witness's (:attr:`ModuleView.vouched`), as ``peer_leased`` and ``peer_asks``; ``observed``:
+        witness's (:attr:`ModuleView.vouched`), as ``peer_leased``, ``peer_asks`` and ``renewed``; ``observed``:
         the agent observed every module this tick already (:meth:`Agent._observe`)."""
         if self.task is not None:
             return
@@ -274,7 +274,8 @@ class ModuleRunner:
             self.start_task((a.StartReceiver(),), self.state, "receiver restart")
             return
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
-                                   vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks)
+                                   vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks,
+                                   renewed=renewed)
         decision = decide(view)
         self.leaving = takes_over_at_timeout(view)
         if self.vip_withdrawn and decision.state.is_primary and self.proven_primary(view):

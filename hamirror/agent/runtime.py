@@ -377,7 +377,8 @@ class Agent:
                 runner.datapath.record_fencing_token(token)   # before anything acts on the tenure
                 if name not in unobserved:
                     await runner.tick(peer, history, self.quorum, listened, epoch, linked,
-                                      vouched and not runner.record.peer_led, peer_leased, peer_asks, observed=True)
+                                      vouched and not runner.record.peer_led, peer_leased, peer_asks, observed=True,
+                                      renewed=self.witness.renewed)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

@@ -51,6 +51,8 @@ SPLIT_BRAIN = ("split brain: both nodes hold data the other lacks; nothing is me
                "data of one node: run `hamirror second MODULE` on the other")
 MAY_LOSE = "forced primary: data written on the peer and not replicated here may be lost"
 NO_QUORUM = "the witness refuses: this node may not act alone"
+UNRENEWED = ("the peer is not heard and the witness did not answer: not acting alone on a lease that "
+             "is not renewed")
 PEER_ALIVE_ELSEWHERE = ("the peer is not heard here but is alive (the witness or the replication link hears it); "
                         "stop it or repair the network first")
 FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for it to confirm that its "
@@ -84,7 +86,7 @@ def decide(view: ModuleView) -> Decision:
     decision = rule(view) if rule else None
     if decision is None:
         decision = automatic(view)
-    decision = _deaf(view, decision)
+    decision = _unrenewed(view, _deaf(view, decision))
     if decision.state is view.state:
         return decision
     check_transition(view.state, decision.state)
@@ -131,6 +133,19 @@ def _deaf(view: ModuleView, decision: Decision) -> Decision:
         return decision
     why = DEAF if not view.listened else LINKED
     text = why if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {why}"
+    return steps.stay(view, warning=text)
+
+
+def _unrenewed(view: ModuleView, decision: Decision) -> Decision:
+    """A node that does not hear its peer acts on the witness's lease only if the witness answered
+    this tick: a lease believed from earlier answers, which nobody renews, lapses, and then the
+    peer takes over without the writes this node acknowledged alone (campaign 3009: a primary cut
+    from its peer and the witness granted its blocked mount ALONE 0.6 s before its lease lapsed; 46
+    acknowledged writes were lost). The blocked mount stays blocked; the lease lapses and the
+    quorum rule steps this node down with nothing acknowledged, or the next answer renews it."""
+    if view.peer.alive or view.quorum is not True or view.renewed or not uses_silence(view, decision):
+        return decision
+    text = UNRENEWED if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {UNRENEWED}"
     return steps.stay(view, warning=text)
 
 

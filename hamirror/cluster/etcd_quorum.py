@@ -262,6 +262,7 @@ class EtcdWitness(LeaseWitness):
                and not self._peer_proven(started) and self.clock() < deadline):
             await asyncio.sleep(self.interval)
             answered = await self.ask(claim)
+        self.renewed = bool(claim and answered)   # Witness.renewed
         return self.view.holds(self.clock() + self.interval) if claim else False
 
     def _peer_proven(self, since: float) -> bool:

@@ -183,6 +183,10 @@ class Witness(abc.ABC):
     async def stop(self) -> None:
         """Close sockets (nothing by default)."""
 
+    # Whether the last verdict rests on an answer to this tick's request (a renewal), not only on
+    # the belief from earlier answers (ModuleView.renewed).
+    renewed: bool = True
+
     @abc.abstractmethod
     async def verdict(self, now: float) -> bool | None:
         """True: may act alone; False: may not; None: no witness (decide without quorum)."""
@@ -486,7 +490,8 @@ class UdpWitness(LeaseWitness):
         if (claim and answered and answer is not None and answer.holder not in (None, self.node)
                 and answer.age is not None and answer.age > 2 * self.interval):
             await asyncio.sleep(max(0.0, answer.lease - answer.age) + self.wait / 2)
-            await self.ask(claim)
+            answered = await self.ask(claim)
+        self.renewed = bool(claim and answered)
         # With a margin of one interval: a verdict given now still holds when it is acted on.
         return self.view.holds(self.clock() + self.interval) if claim else False
 

@@ -163,7 +163,10 @@ class ModuleView:
     DONE long enough (a few heartbeat intervals) for the peer's heartbeats to show the end, so a
     peer that still says WAIT, stale, on our generation marked its copy stale after the end; and
     the last pass was asked for long enough ago that a new one may start (the failed resync's
-    backoff).
+    backoff). ``renewed``: the witness answered this tick's request (a renewal), not only the belief
+    from earlier answers that lapses by itself: a node cut from the witness too must not act alone
+    on a lease it can no longer renew (once it lapses, the peer takes over without what this node
+    acknowledged meanwhile; campaign 3009). True without a witness.
     """
 
     module: str
@@ -191,3 +194,4 @@ class ModuleView:
     peer_leased: bool = False
     peer_asks: bool = False
     resync_settled: bool = False
+    renewed: bool = True
