@@ -216,6 +216,8 @@ class _Heard:
 class _Witness:
     """Records whether the agent claimed the lease when asked, and refuses it."""
 
+    renewed = True   # each verdict is an answer to this tick's request (Witness.renewed)
+
     def __init__(self, agent) -> None:
         self.agent, self.claims = agent, []
 
@@ -286,6 +288,8 @@ class _LeaseLapseWait:
     """The witness: the claim against the silent peer waits for the lease to lapse (seconds, during
     which the peer wakes and asks again), then is refused: the peer holds the lease, asked just
     now (``peer_holds`` as UdpWitness: fresh answer, two intervals older than our silence)."""
+
+    renewed = True   # each verdict is an answer to this tick's request (Witness.renewed)
 
     def __init__(self, heartbeat: _HeardAgain) -> None:
         self.heartbeat = heartbeat
@@ -413,6 +417,8 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
 
 class _Granted:
     """The witness grants this node the lease; ``previous`` is who held it before this tenure."""
+
+    renewed = True   # each verdict is an answer to this tick's request (Witness.renewed)
 
     def __init__(self, previous: str) -> None:
         self.previous = previous
