@@ -131,9 +131,7 @@ def _deaf(view: ModuleView, decision: Decision) -> Decision:
     one whose replication link shows the peer alive: only its heartbeats are lost."""
     if view.peer.alive or (view.listened and not view.linked) or not uses_silence(view, decision):
         return decision
-    why = DEAF if not view.listened else LINKED
-    text = why if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {why}"
-    return steps.stay(view, warning=text)
+    return _stay_unsure(view, DEAF if not view.listened else LINKED)
 
 
 def _unrenewed(view: ModuleView, decision: Decision) -> Decision:
@@ -145,7 +143,13 @@ def _unrenewed(view: ModuleView, decision: Decision) -> Decision:
     quorum rule steps this node down with nothing acknowledged, or the next answer renews it."""
     if view.peer.alive or view.quorum is not True or view.renewed or not uses_silence(view, decision):
         return decision
-    text = UNRENEWED if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {UNRENEWED}"
+    return _stay_unsure(view, UNRENEWED)
+
+
+def _stay_unsure(view: ModuleView, why: str) -> Decision:
+    """Stay where the module is, saying why the peer's silence is not acted on (an operator's
+    command is named as refused)."""
+    text = why if view.command is Command.NONE else f"`{view.command.value}` refused in {view.state.value}: {why}"
     return steps.stay(view, warning=text)
 
 
