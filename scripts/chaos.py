@@ -55,7 +55,8 @@ from hamirror.lab.shell import LabError  # noqa: E402
 
 DEFAULT_ROOT = "/tmp/hamirror-chaos"
 ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
-ALL = ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_more.NEEDS_FENCE + chaos_etcd.ETCD
+ALL = (ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_double.QUORUM_DOUBLE + chaos_more.NEEDS_FENCE
+       + chaos_etcd.ETCD)
 RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze") + chaos_etcd.ETCD
 
 
@@ -72,7 +73,7 @@ def allowed_faults(args: argparse.Namespace) -> tuple[str, ...]:
     partitions = chaos_faults.PARTITIONS if args.witness else chaos_faults.PARTITIONS[:1]   # etcd: the peers
     return (ANY + (partitions if args.partitions else ())
             + (chaos_more.NEEDS_WITNESS if args.witness else ()) + (chaos_more.NEEDS_FENCE if args.fence else ())
-            + (chaos_etcd.ETCD if args.etcd else ()))
+            + (chaos_double.QUORUM_DOUBLE if args.witness or args.etcd else ()) + (chaos_etcd.ETCD if args.etcd else ()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,6 +8,7 @@ import asyncio
 
 from hamirror.agent.stall import Listening
 from hamirror.cluster import actions as a
+from hamirror.cluster.quorum import Witness
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import PeerView
 from tests.agent_fakes import FakeJournal
@@ -174,6 +175,17 @@ def agent_with(tmp_path, runner):
     return agent, clock
 
 
+def one_tick(agent, runner) -> None:
+    """Attach the runner, run one agent tick and the actions it started."""
+    async def scenario():
+        await attached(runner)
+        await agent.tick()
+        if runner.task is not None:
+            await runner.task
+
+    asyncio.run(scenario())
+
+
 def test_a_node_claims_the_lease_on_the_peer_silence_only_once_it_has_listened(tmp_path):
     runner, *_ = make(tmp_path / "runner", S.SECOND, primary=False)
     agent, clock = agent_with(tmp_path, runner)
@@ -213,7 +225,7 @@ class _Heard:
         pass
 
 
-class _Witness:
+class _Witness(Witness):
     """Records whether the agent claimed the lease when asked, and refuses it."""
 
     renewed = True   # each verdict is an answer to this tick's request (Witness.renewed)
@@ -284,7 +296,7 @@ class _HeardAgain:
         pass
 
 
-class _LeaseLapseWait:
+class _LeaseLapseWait(Witness):
     """The witness: the claim against the silent peer waits for the lease to lapse (seconds, during
     which the peer wakes and asks again), then is refused: the peer holds the lease, asked just
     now (``peer_holds`` as UdpWitness: fresh answer, two intervals older than our silence)."""
@@ -330,13 +342,7 @@ def test_a_peer_heard_again_while_the_verdict_waited_is_not_taken_for_lost(tmp_p
     agent.heartbeat = _HeardAgain()
     agent.witness = _LeaseLapseWait(agent.heartbeat)
 
-    async def scenario():
-        await attached(runner)
-        await agent.tick()
-        if runner.task is not None:
-            await runner.task
-
-    asyncio.run(scenario())
+    one_tick(agent, runner)
     assert runner.journals.uptodate, "marked its copy stale on a silence read before the verdict"
     assert runner.state is S.SECOND and runner.peer.alive
 
@@ -378,7 +384,7 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
     boot = Clock()
     monkeypatch.setattr(runtime, "boottime", boot)
 
-    class LapseThenGrant:
+    class LapseThenGrant(Witness):
         async def verdict(self, now: float) -> bool:
             boot.now += 8.0                            # waited for the old holder's lease to lapse
             dp.receivers = [{"last_message": wall.time() - 0.2, "connections": 1}]
@@ -415,7 +421,7 @@ def test_a_verdict_that_waited_does_not_hide_a_live_replication_link(tmp_path, m
     assert runner.state is S.SECOND and not vip.up
 
 
-class _Granted:
+class _Granted(Witness):
     """The witness grants this node the lease; ``previous`` is who held it before this tenure."""
 
     renewed = True   # each verdict is an answer to this tick's request (Witness.renewed)
@@ -468,3 +474,46 @@ def test_a_lease_that_came_from_the_peer_is_never_vouched_for_later(tmp_path):
     asyncio.run(scenario())
     assert runner.state is S.WAIT, "resumed alone on a lease vouched after the peer's tenure"
     assert runner.store.load().peer_led                # durable: an agent restart keeps it
+
+
+class _GrantedMarked(_Granted):
+    """Granted after the peer (node2) held the lease, with the witness's marks of outdated copies."""
+
+    def __init__(self, marks: dict[str, str], asked: list) -> None:
+        super().__init__(previous="node2")
+        self.marks, self.asked = marks, asked
+
+    async def verdict(self, now: float) -> bool:
+        self.asked.append(self.agent_marks())
+        return True
+
+    def keeps_marks(self) -> bool:
+        return True
+
+    def outdated(self, module: str) -> str | None:
+        return self.marks.get(module)
+
+
+def test_a_second_whose_copy_the_witness_marks_outdated_does_not_take_over(tmp_path):
+    """The double fault's window: this node's peer (node2, the primary) went on alone with its
+    lease and had the witness mark this copy outdated first; it was then cut from the witness and
+    its lease lapsed before this SECOND's first decision (its claim waited for the lapse). Granted
+    now, its own flag still up to date, this SECOND must not take over without what node2
+    acknowledged alone: it leaves for WAIT, its copy marked stale. Without the mark it takes over,
+    having asked the witness to mark node2's copy first."""
+    for marks, expected in (({"app": "node1"}, S.WAIT), ({"app": "node2"}, S.ALONE)):
+        runner, dp, *_ = make(tmp_path / f"runner-{expected.value}", S.SECOND, primary=True,
+                              journal=FakeJournal(("g1",), True))
+        dp.receiving = True
+        agent, clock = agent_with(tmp_path / expected.value, runner)
+        for _ in range(8):                             # it has listened a full timeout
+            clock.now += 0.3
+            agent.listening.check()
+        asked: list = []
+        agent.heartbeat, agent.witness = _Silent(), _GrantedMarked(marks, asked)
+        agent.witness.agent_marks = agent._marks
+
+        one_tick(agent, runner)
+        assert runner.state is expected, marks
+        assert runner.journals.uptodate is (expected is S.ALONE)
+        assert asked[0].outdate == (frozenset() if expected is S.WAIT else frozenset({"app"}))

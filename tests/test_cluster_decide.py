@@ -11,7 +11,9 @@ from hamirror.cluster.actions import (
     RefuseWrites, RemoveVip, RestartApp, RunScript, SetMirroring, StartReceiver, StartResync, StopReceiver,
     Unmount,
 )
-from hamirror.cluster.decide import PEER_LEAVING, UNRENEWED, decide, takes_over_at_timeout
+from hamirror.cluster.decide import (
+    MAY_LOSE, OUTDATED, PEER_LEAVING, UNMARKED, UNRENEWED, decide, takes_over_at_timeout,
+)
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
     CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
@@ -139,6 +141,37 @@ def test_no_takeover_on_a_lease_the_witness_did_not_renew() -> None:
     heard = decide(view(S.PRIM, peer=S.WAIT, peer_uptodate=False, quorum=True, renewed=False,
                         mirror=MirrorHealth.FENCED))   # a peer heard in WAIT cannot take over
     assert heard.state is S.ALONE
+
+
+def test_no_node_acts_alone_before_the_witness_marks_the_peer_copy_outdated() -> None:
+    """The double fault: the blocked primary, or a SECOND taking over, acts alone only once this
+    tick's answer marks the peer's copy outdated; else the peer, frozen now, could take over later
+    without what this node acknowledged alone."""
+    for cut in (view(S.PRIM, quorum=True, mirror=MirrorHealth.FENCED), view(S.SECOND, quorum=True),
+                view(S.PRIM, quorum=True, mirror=MirrorHealth.DEAD, checker=CheckerHealth(restarts=0)),
+                view(S.WAIT, quorum=True, command=Command.PRIM)):
+        held = decide(dataclasses.replace(cut, peer_outdated=False))
+        assert held.state is cut.state and held.actions == (), cut
+        assert held.warnings[-1].endswith(UNMARKED), cut
+        marked = decide(cut)
+        assert marked.state is S.ALONE, cut
+    # A peer heard stale needs no mark (it knows), nor does a node without a witness.
+    heard = view(S.PRIM, peer=S.WAIT, peer_uptodate=False, quorum=True, mirror=MirrorHealth.FENCED,
+                 peer_outdated=False)
+    assert decide(heard).state is S.ALONE
+    assert decide(view(S.SECOND, quorum=None, peer_outdated=False)).state is S.ALONE
+
+
+def test_a_copy_the_witness_marks_outdated_never_takes_over_by_itself() -> None:
+    """The SECOND was frozen while its primary went on alone: its own flag still says up to date,
+    the witness says otherwise. It marks its copy stale and waits; a WAIT node is not vouched;
+    an operator's `prim` still promotes it, saying what may be lost."""
+    d = decide(view(S.SECOND, quorum=True, outdated=True))
+    assert d.state is S.WAIT and MarkUpToDate(False) in d.actions and d.warnings == (OUTDATED,)
+    assert decide(view(S.WAIT, quorum=True, vouched=True, outdated=True)).state is S.WAIT
+    assert decide(view(S.WAIT, quorum=True, vouched=True)).state is S.ALONE
+    forced = decide(view(S.SECOND, quorum=True, outdated=True, command=Command.PRIM))
+    assert forced.state is S.ALONE and MAY_LOSE in forced.warnings
 
 
 @pytest.mark.parametrize("state", [S.PRIM, S.ALONE])

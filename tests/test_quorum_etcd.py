@@ -13,7 +13,7 @@ import pytest
 
 from hamirror.cluster.etcd_client import EtcdClient, EtcdUnavailable
 from hamirror.cluster.etcd_quorum import EtcdWitness, PeerRenewals, Renewal
-from hamirror.cluster.quorum import BELIEF
+from hamirror.cluster.quorum import BELIEF, NO_MARKS, Marks
 from tests.etcd_cluster import etcd_cluster, free_ports, needs_etcd  # noqa: F401 - the fixture
 
 TTL = 3            # etcd's smallest with its default election timeout is 2 s
@@ -22,10 +22,11 @@ INTERVAL = 0.1
 pytestmark = needs_etcd
 
 
-def node(urls: list[str], name: str, claim: dict[str, bool], ttl: int = TTL) -> EtcdWitness:
+def node(urls: list[str], name: str, claim: dict[str, bool], ttl: int = TTL,
+         marks: dict[str, Marks] | None = None) -> EtcdWitness:
     peer = "node2" if name == "node1" else "node1"
     return EtcdWitness(EtcdClient(urls, timeout=0.5), "/t", "lab", name, peer, claim=lambda: claim[name],
-                       interval=INTERVAL, ttl=ttl)
+                       interval=INTERVAL, ttl=ttl, marks=lambda: (marks or {}).get(name, NO_MARKS))
 
 
 async def ticks(*nodes: EtcdWitness, seconds: float) -> list[tuple[bool | None, ...]]:
@@ -76,6 +77,40 @@ def test_grant_renew_release_token_and_vouch(etcd_cluster):
             n1b = node(etcd_cluster.urls, "node1", claim)
             assert await n1b.verdict(0) is True and n1b.vouches(0) and n1b.token() > n1.token()
             await n1b.stop()
+        finally:
+            await n1.stop()
+            await n2.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_holder_marks_outdated_copies_in_etcd_and_a_marked_node_cannot_undo_them(etcd_cluster):
+    """The marks of quorum.py on etcd: only the holder's requests change them, a node whose copy
+    is marked cannot mark the other's unless forced, and they outlive every session."""
+    async def scenario() -> None:
+        claim = {"node1": True, "node2": True}
+        marks = {"node1": Marks(outdate=frozenset({"db"})), "node2": Marks(outdate=frozenset({"db", "web"}))}
+        n1 = node(etcd_cluster.urls, "node1", claim, marks=marks)
+        n2 = node(etcd_cluster.urls, "node2", claim, marks=marks)
+        try:
+            assert await n1.verdict(0) is True and n1.outdated("db") == "node2" and n1.keeps_marks()
+            assert await ticks(n1, n2, seconds=2.0) == [(True,), (False,)]   # refused: its marks count for nothing
+            assert (n2.outdated("db"), n2.outdated("web")) == ("node2", None)
+            claim["node1"] = False                              # node1 lets go: node2 holds the key
+            await n1.verdict(0)
+            assert await n2.verdict(0) is True
+            assert (n2.outdated("db"), n2.outdated("web")) == ("node2", "node1")
+            marks["node2"] = Marks(outdate=frozenset({"db"}), force=frozenset({"db"}))
+            assert await n2.verdict(0) is True and n2.outdated("db") == "node1"
+            marks["node2"] = Marks(current=frozenset({"db", "web"}))
+            assert await n2.verdict(0) is True and (n2.outdated("db"), n2.outdated("web")) == (None, None)
+            marks["node2"] = Marks(outdate=frozenset({"web"}))
+            await n2.verdict(0)
+            again = node(etcd_cluster.urls, "node1", claim)     # a new session reads what etcd keeps
+            assert await again.verdict(0) is False and again.outdated("web") == "node1"
+            await again.stop()
+            marks["node2"] = Marks(current=frozenset({"web"}))
+            await n2.verdict(0)
         finally:
             await n1.stop()
             await n2.stop()

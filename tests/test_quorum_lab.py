@@ -7,12 +7,14 @@ One lab for the module, with ``--witness``; the tests run in file order.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
 import pytest
 
 from hamirror.lab import kvclient
+from hamirror.lab.chaos_faults import pids_of, resume
 from hamirror.lab.testing import temporary_lab, unavailable
 from tests.agent_lab import get, status, tail
 
@@ -270,3 +272,55 @@ def test_a_power_loss_of_the_primary_with_a_witness_ends_in_a_takeover(lab):
     watch(lab, lambda a, b: {demo(a)["state"], demo(b)["state"]} == {"PRIM", "SECOND"}
           and demo(a)["uptodate"] and demo(b)["uptodate"], 120, "PRIM + SECOND after the boot")
     print(f"power loss of the primary with a witness: first write acknowledged {resumed.done - killed:.1f} s after")
+
+
+def test_a_secondary_frozen_while_the_primary_went_on_alone_never_takes_over_without_its_writes(lab):
+    """The double fault: the SECOND freezes, the primary goes on alone (it holds the lease) and
+    acknowledges writes, then loses power while the SECOND is still frozen (12 s more). It thaws with
+    its copy up to date by its own reckoning and, a lease later, the lease free: it must not take
+    over, since the witness marked its copy outdated before the primary acknowledged anything
+    alone. Once the primary boots, the pair converges with every acknowledged key, and the mark
+    goes. (Before the marks it stayed out too, by another rule: a thawed node claims nothing
+    until it has listened, so its first verdict is a refusal and it leaves for WAIT, where it is
+    not vouched; but with its flag still up to date and no word of why. The window the marks
+    close is the SECOND's first decision coming with a grant: tests/test_agent_stall.py.)"""
+    primary, secondary = mirrored(lab)
+    with kvclient.Writer(lab.paths, "df") as writer:
+        writer.first_ack_after(time.monotonic(), 20)
+        frozen = pids_of(lab.paths, secondary)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while demo(status(lab, primary) or {"modules": []}) is None \
+                    or demo(status(lab, primary))["state"] != "ALONE":
+                assert time.monotonic() < deadline, f"{primary} not ALONE:\n{tail(lab, primary)}"
+                time.sleep(0.3)
+            doc = status(lab, primary)
+            assert doc["witness"]["outdated"] == {"demo": secondary}, doc["witness"]
+            writer.first_ack_after(time.monotonic(), 30)
+            time.sleep(2)                                   # more writes acknowledged alone
+            assert lab.cli("kill", primary).returncode == 0
+            keys = writer.stop()
+            # Frozen past the heartbeats' skew window (10 s): the primary's last heartbeats, still
+            # in the frozen node's socket, would tell it the primary went on alone; once too old
+            # they are refused, and nothing but the witness can tell it.
+            time.sleep(12)
+        finally:
+            resume(frozen)
+    end = time.monotonic() + 25                             # the lease (10 s) lapses meanwhile
+    while time.monotonic() < end:
+        m = demo(status(lab, secondary))
+        assert m is None or m["state"] not in PRIMARY, f"{secondary} took over:\n{tail(lab, secondary)}"
+        time.sleep(0.5)
+    doc = status(lab, secondary)
+    assert demo(doc)["state"] == "WAIT" and not demo(doc)["uptodate"], demo(doc)
+    assert doc["witness"]["outdated"] == {"demo": secondary}
+    assert "the witness marks this copy outdated" in tail(lab, secondary, 400)
+    assert lab.cli("boot", primary).returncode == 0
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "PRIM", secondary: "SECOND"} and demo(a)["uptodate"] and demo(b)["uptodate"],
+          120, f"{primary} PRIM and {secondary} SECOND after the boot")
+    assert len(keys) > 10 and not kvclient.unreadable(lab.paths, keys, budget=120)
+    watch(lab, lambda a, b: a["witness"]["outdated"] == {} and b["witness"]["outdated"] == {}, 30,
+          "the mark cleared once both copies are equal")

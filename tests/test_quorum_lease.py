@@ -8,8 +8,9 @@ import pytest
 
 from hamirror.cluster.heartbeat import MAC_SIZE, encode, Heartbeat, sign
 from hamirror.cluster.quorum import (
-    BELIEF, WITNESS_NAME, LeaseBook, LeaseView, UdpWitness, WitnessServer, encode_request, witness_key,
+    BELIEF, WITNESS_NAME, LeaseView, Marks, UdpWitness, encode_request, witness_key,
 )
+from hamirror.cluster.witness_server import LeaseBook, WitnessServer, WitnessState
 
 KEY = b"k" * 32
 LEASE = 4.0
@@ -207,7 +208,7 @@ def test_a_restarted_witness_remembers_the_last_holder_from_its_state_file(tmp_p
     srv = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
     clock.t += LEASE
     assert answer_fields(srv.handle(encode_request("lab", "node1", "b1", 1, wall(), True, KEY)))["h"] == "node1"
-    assert json.load(open(state)) == {"last": "node1"}
+    assert json.load(open(state)) == {"last": "node1", "outdated": {}}
     clock.t += 100                                         # the witness machine goes down...
     again = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
     assert again.handle(encode_request("lab", "node1", "b1", 2, wall(), True, KEY)) is not None
@@ -233,13 +234,13 @@ def test_a_holder_that_cannot_be_recorded_is_not_granted(tmp_path):
 def test_the_client_is_vouched_only_when_it_held_the_lease_last():
     clock, wall = Clock(), Clock(1_700_000_000.0)
     srv = server(clock, wall)
-    srv.book.last = "node1"                                # node1 held it before the restart
+    srv.book.state = WitnessState("node1")                              # node1 held it before the restart
     client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall)
     client.claiming = True
     client.send(True)
     client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
     assert client.view.holds(clock()) and client.vouches(clock())
-    srv.book.holder, srv.book.last = None, "node2"
+    srv.book.holder, srv.book.state = None, WitnessState("node2")
     client.send(True)
     client.received(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)))
     assert client.view.holds(clock()) and not client.vouches(clock())
@@ -324,3 +325,71 @@ def test_the_client_knows_it_was_granted_the_lease_after_its_peer():
     clock.t += LEASE + 1                                                           # node2's lease lapses
     ask()
     assert client.view.holds(clock()) and client.granted_after_peer(clock()) and not client.vouches(clock())
+
+
+# ---------------------------------------------------------------- outdated copies (the double fault)
+
+
+def test_only_the_holder_marks_its_peer_copy_outdated_and_a_marked_node_cannot_undo_it():
+    book = started_book()
+    assert book.ask("node1", True, 0.0, Marks(outdate=frozenset({"db"}))).outdated == {"db": "node2"}
+    # node2 is refused the lease: its marks count for nothing, its own copy stays marked
+    assert book.ask("node2", True, 0.1, Marks(outdate=frozenset({"db", "web"}))).outdated == {"db": "node2"}
+    # node1 lost: node2 holds the lease later, and still cannot mark node1's copy of db outdated...
+    answer = book.ask("node2", True, 2 * LEASE, Marks(outdate=frozenset({"db", "web"})))
+    assert answer.holder == "node2" and answer.outdated == {"db": "node2", "web": "node1"}
+    # ...unless its operator forces it (`hamirror prim`, losing node1's writes)
+    forced = Marks(outdate=frozenset({"db"}), force=frozenset({"db"}))
+    assert book.ask("node2", True, 2 * LEASE + 1, forced).outdated == {"db": "node1", "web": "node1"}
+    # mirrored in sync again: the holder clears the mark of that module only
+    assert book.ask("node2", True, 2 * LEASE + 2, Marks(current=frozenset({"db"}))).outdated == {"web": "node1"}
+
+
+def test_marks_are_durable_before_they_are_answered_and_survive_a_restart(tmp_path):
+    state = str(tmp_path / "witness" / "lease.json")
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
+    clock.t += LEASE
+    marks = Marks(outdate=frozenset({"db"}))
+    fields = answer_fields(srv.handle(encode_request("lab", "node1", "b1", 1, wall(), True, KEY, marks)))
+    assert (fields["h"], fields["x"]) == ("node1", {"db": "node2"})
+    assert json.load(open(state)) == {"last": "node1", "outdated": {"db": "node2"}}
+    again = WitnessServer("lab", NODES, KEY, LEASE, clock=clock, wall=wall, state=state)
+    fields = answer_fields(again.handle(encode_request("lab", "node2", "b2", 1, wall(), True, KEY)))
+    assert fields["x"] == {"db": "node2"}                  # the restarted witness still says so
+    srv.state = str(tmp_path / "witness" / "lease.json" / "x")  # the disk cannot record any more
+    fields = answer_fields(srv.handle(encode_request("lab", "node1", "b1", 2, wall(), True, KEY,
+                                                     Marks(outdate=frozenset({"web"})))))
+    assert fields["x"] == {"db": "node2"}                  # not recorded: not answered as marked
+
+
+def test_hostile_marks_are_ignored_but_the_claim_is_answered():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    for n, bad in enumerate(({"o": "db"}, {"o": [7]}, {"u": ["x" * 65]}, {"f": [""]}, {"o": ["m"] * 1025})):
+        body = json.loads(encode_request("lab", "node1", "b1", n + 1, wall(), True, KEY)[MAC_SIZE:])
+        data = sign(json.dumps({**body, **bad}).encode(), witness_key(KEY))
+        fields = answer_fields(srv.handle(data))
+        assert (fields["h"], fields["x"]) == ("node1", {}), bad
+
+
+def test_the_client_reads_the_marks_and_knows_a_witness_that_keeps_none():
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall,
+                        marks=lambda: Marks(outdate=frozenset({"db"})))
+    client.asking = client.marks()
+    client.send(True)
+    reply = srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY, client.asking))
+    client.received(reply)
+    assert client.keeps_marks() and client.outdated("db") == "node2" and client.outdated("web") is None
+    old = json.loads(reply[MAC_SIZE:])
+    del old["x"]                                          # a witness older than marks
+    client.send(True)
+    old.update(rs=client.counter, s=old["s"] + 1)
+    client.received(sign(json.dumps(old).encode(), witness_key(KEY)))
+    assert not client.keeps_marks() and client.outdated("db") is None
+    client.send(True)
+    old.update(rs=client.counter, s=old["s"] + 2, x={"db": "node3"})   # names a node of no pair: refused
+    client.received(sign(json.dumps(old).encode(), witness_key(KEY)))
+    assert client.counter in client.pending               # not taken as the answer

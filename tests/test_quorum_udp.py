@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from hamirror.cluster.quorum import BELIEF, UdpWitness, open_witness
+from hamirror.cluster.quorum import BELIEF, UdpWitness
+from hamirror.cluster.witness_server import open_witness
 from tests import ports
 
 KEY = b"q" * 32

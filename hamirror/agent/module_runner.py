@@ -28,6 +28,7 @@ from hamirror.agent.observation import Observation
 from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
+from hamirror.cluster import outdate
 from hamirror.cluster.decide import decide, takes_over_at_timeout
 from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
@@ -243,12 +244,14 @@ class ModuleRunner:
     async def tick(self, peer: PeerView, peer_history: GenerationHistory | None, quorum: bool | None,
                    listened: bool, epoch: int | None = None, linked: bool = False,
                    vouched: bool = False, peer_leased: bool = False, peer_asks: bool = False,
-                   observed: bool = False, renewed: bool = True) -> None:
+                   observed: bool = False, renewed: bool = True, outdated: bool = False,
+                   peer_outdated: bool = True) -> None:
         """Observe, then (unless busy) decide and start the actions. ``listened``: the peer's
         silence may be believed (:mod:`stall`); ``epoch``: the stall count when ``peer`` was read:
         a stall since makes the view stale, and nothing is decided from it; ``linked``: the
         replication link shows the peer alive (:attr:`ModuleView.linked`); ``vouched``: the
-        witness's (:attr:`ModuleView.vouched`), as ``peer_leased``, ``peer_asks`` and ``renewed``; ``observed``:
+        witness's (:attr:`ModuleView.vouched`), as ``peer_leased``, ``peer_asks``, ``renewed``,
+        ``outdated`` and ``peer_outdated``; ``observed``:
         the agent observed every module this tick already (:meth:`Agent._observe`)."""
         if self.task is not None:
             return
@@ -275,7 +278,7 @@ class ModuleRunner:
             return
         view = dataclasses.replace(self.view(peer, quorum, peer_history, listened), linked=linked,
                                    vouched=vouched, peer_leased=peer_leased, peer_asks=peer_asks,
-                                   renewed=renewed)
+                                   renewed=renewed, outdated=outdated, peer_outdated=peer_outdated)
         decision = decide(view)
         self.leaving = takes_over_at_timeout(view)
         if self.vip_withdrawn and decision.state.is_primary and self.proven_primary(view):
@@ -300,6 +303,16 @@ class ModuleRunner:
         else:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
+
+    def witness_marks(self, peer_alive: bool, listened: bool, linked: bool, outdated: bool) -> tuple[bool, bool, bool]:
+        """For this tick's witness request, before the decision (:mod:`outdate`): (the peer's copy
+        is to be marked outdated, forced by an operator's ``prim``, the copies are equal again)."""
+        if self.obs is None:
+            return self.state is S.ALONE, False, False
+        peer = self.peer if peer_alive else PeerView()
+        view = dataclasses.replace(self.view(peer, True, self.peer_history if peer_alive else None, listened),
+                                   linked=linked, outdated=outdated)
+        return outdate.asks_to_outdate(view), self.command is Command.PRIM, outdate.clears_outdated(view)
 
     async def refresh(self) -> None:
         """Observe now, and record what the data path did since the last observation."""

@@ -36,7 +36,7 @@ from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
 from hamirror.cluster.heartbeat import ModuleInfo, load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
-from hamirror.cluster.quorum import boottime, build as build_witness
+from hamirror.cluster.quorum import Marks, boottime, build as build_witness
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command, PeerView
 from hamirror.config.cluster import ClusterConfig
@@ -90,7 +90,7 @@ class Agent:
         self.listening.on_stall = self._stalled
         for runner in self.runners.values():
             self._wire(runner)
-        self.witness = build_witness(cluster, claim=self._claims)
+        self.witness = build_witness(cluster, claim=self._claims, marks=self._marks)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
         self.http = HttpServer(cluster.http, self.status, self.events.read, console.for_agent(self)) \
@@ -164,6 +164,27 @@ class Agent:
         about to renew on a silence it never heard)."""
         return (not self._claim_alive and self.listening.listened()) or any(
             r.state.is_primary for r in self.runners.values())
+
+    def _marks(self) -> Marks:
+        """The outdated-copy marks this tick's witness request asks for, from each module's last
+        observation and the peer as heard before the verdict (:mod:`outdate`)."""
+        listened, outdate, force, current = self.listening.listened(), set(), set(), set()
+        for name, runner in self.runners.items():
+            try:
+                linked = not self._claim_alive and streaming(runner, self.cluster.heartbeat.timeout)
+                alive = self._claim_alive or (linked and self.heartbeat.peer_heartbeat is not None)
+                marked = self.witness.outdated(name)
+                asks, forced, equal = runner.witness_marks(alive, listened, linked, marked == self.node.name)
+            except Exception:  # noqa: BLE001 - one module's bug must not stop the others' requests
+                log.exception("%s: the witness marks could not be worked out", name)
+                continue
+            if asks:
+                outdate.add(name)
+                if forced:
+                    force.add(name)
+            elif equal and marked is not None:
+                current.add(name)
+        return Marks(frozenset(outdate), frozenset(force), frozenset(current))
 
     def _changed(self) -> None:
         with contextlib.suppress(Exception):
@@ -336,9 +357,12 @@ class Agent:
             peer_leased = self.witness.peer_holds(boottime(), silence)
             peer_asks = self.witness.peer_asks(boottime())
             after_peer = self.quorum is True and self.witness.granted_after_peer(boottime())
+            keeps_marks = self.witness.keeps_marks()
+            marks = {name: self.witness.outdated(name) for name in self.runners}
         except Exception:  # noqa: BLE001 - a witness failure must not stop the ticks
             log.exception("witness verdict failed")
             self.quorum, vouched, peer_leased, peer_asks, after_peer = False, False, False, False, False
+            keeps_marks, marks = True, {}
         token = self._tenure_token()
         listened = self.listening.listened()
         for name, runner in self.runners.items():
@@ -378,7 +402,8 @@ class Agent:
                 if name not in unobserved:
                     await runner.tick(peer, history, self.quorum, listened, epoch, linked,
                                       vouched and not runner.record.peer_led, peer_leased, peer_asks, observed=True,
-                                      renewed=self.witness.renewed)
+                                      renewed=self.witness.renewed, outdated=marks.get(name) == self.node.name,
+                                      peer_outdated=not keeps_marks or marks.get(name) == self.peer_node.name)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others
                 log.exception("%s: tick failed", name)
             if runner.state.is_primary and runner.task is None and runner.checkers.checkers and not runner.maintenance:

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_witness(args: argparse.Namespace) -> int:
     from hamirror.cluster.heartbeat import load_cluster_key
-    from hamirror.cluster.quorum import serve_witness
+    from hamirror.cluster.witness_server import serve_witness
 
     host, sep, port = args.bind.rpartition(":")
     if not sep or not port.isdigit() or not host:

@@ -11,7 +11,9 @@ decided by one small rule function per state. The rules that protect data (desig
   a SECOND that does not hear its primary while the witness hears it holding the lease marks its
   copy stale, so that the primary, which may still hear it (a one-way loss), goes on alone;
   a WAIT node with up-to-date data leads again without hearing its peer only when the witness
-  grants it the lease and vouches that the peer has not held it since this node did;
+  grants it the lease and vouches that the peer has not held it since this node did; a node acts
+  alone without hearing its peer only once the witness marks the peer's copy outdated, and never
+  takes over by itself while it marks its own (:func:`_unrenewed`, ``view.outdated``);
 - I/O fencing: a primary whose mount lost the peer (FENCED) goes on alone only once the peer
   cannot be primary: heard in a non-primary state with its up-to-date flag cleared (a SECOND
   clears it when it sees the primary fenced), or not heard with the witness lease held, the
@@ -53,6 +55,10 @@ MAY_LOSE = "forced primary: data written on the peer and not replicated here may
 NO_QUORUM = "the witness refuses: this node may not act alone"
 UNRENEWED = ("the peer is not heard and the witness did not answer: not acting alone on a lease that "
              "is not renewed")
+UNMARKED = ("the peer is not heard and the witness has not recorded its copy as outdated: not acting "
+            "alone before it has")
+OUTDATED = ("the witness marks this copy outdated: the peer acted alone and what it acknowledged is not "
+            "here; waiting for the peer (or `hamirror prim` here, losing those writes)")
 PEER_ALIVE_ELSEWHERE = ("the peer is not heard here but is alive (the witness or the replication link hears it); "
                         "stop it or repair the network first")
 FENCED_WAIT = ("writes are blocked: the peer stopped acknowledging; waiting for it to confirm that its "
@@ -140,10 +146,18 @@ def _unrenewed(view: ModuleView, decision: Decision) -> Decision:
     peer takes over without the writes this node acknowledged alone (campaign 3009: a primary cut
     from its peer and the witness granted its blocked mount ALONE 0.6 s before its lease lapsed; 46
     acknowledged writes were lost). The blocked mount stays blocked; the lease lapses and the
-    quorum rule steps this node down with nothing acknowledged, or the next answer renews it."""
-    if view.peer.alive or view.quorum is not True or view.renewed or not uses_silence(view, decision):
+    quorum rule steps this node down with nothing acknowledged, or the next answer renews it.
+    And only once that answer marks the peer's copy outdated: else the peer, frozen or cut now,
+    could take over later (this node frozen, cut from the witness or powered off by then) without
+    what this node acknowledged alone (the double fault). The node asks for the mark with the
+    request (:mod:`outdate`), so the mark normally comes in the same answer."""
+    if view.peer.alive or view.quorum is not True or not uses_silence(view, decision):
         return decision
-    return _stay_unsure(view, UNRENEWED)
+    if not view.renewed:
+        return _stay_unsure(view, UNRENEWED)
+    if not view.peer_outdated:
+        return _stay_unsure(view, UNMARKED)
+    return decision
 
 
 def _stay_unsure(view: ModuleView, why: str) -> Decision:
@@ -183,7 +197,7 @@ def _force_prim(view: ModuleView) -> Decision:
     # Behind, or cannot know: a WAIT node (it booted, or stepped down) whose peer is not heard
     # cannot tell what the peer wrote since; a SECOND's flag is live.
     unknowable = view.state is S.WAIT and not view.peer.alive
-    behind = not view.uptodate or unknowable or view.relation is Relation.PEER_NEWER
+    behind = not view.uptodate or unknowable or view.outdated or view.relation is Relation.PEER_NEWER
     return steps.promote_alone(view, warning=MAY_LOSE if behind else None)
 
 
@@ -268,7 +282,7 @@ def _stop(view: ModuleView) -> Decision:
 def _wait(view: ModuleView) -> Decision:
     peer = view.peer
     if not peer.alive:
-        if view.quorum is True and view.vouched and view.uptodate:
+        if view.quorum is True and view.vouched and view.uptodate and not view.outdated:
             # It stepped down (or left SECOND) when the witness was down; the witness is back, the
             # peer is still lost, and it has not held the lease since this node did: nothing the
             # peer wrote alone can exist, this node's data is the newest.
@@ -321,6 +335,8 @@ def _second(view: ModuleView) -> Decision:
             return steps.leave_second(view, warning=HANDED_OVER)
         if _peer_goes_on(view):
             return steps.leave_second(view, MarkUpToDate(False), warning=PEER_LEASED)
+        if view.outdated:
+            return steps.leave_second(view, MarkUpToDate(False), warning=OUTDATED)
         if view.quorum is False:
             return steps.leave_second(view, warning=NO_QUORUM)
         return steps.promote_alone(view, warning="peer lost: taking over")

@@ -2,8 +2,10 @@
 
 Keys (``P`` = ``[quorum] etcd_prefix`` + ``/`` + cluster name): ``P/holder`` (value: the holding
 node's name, attached to its lease), ``P/last`` (the last node that created ``P/holder``, no
-lease: it outlives every lease) and ``P/alive/NODE`` (attached to NODE's lease: "heard within a
-lease").
+lease: it outlives every lease), ``P/alive/NODE`` (attached to NODE's lease: "heard within a
+lease") and ``P/outdated/MODULE`` (no lease: the node whose copy of MODULE is outdated, the marks
+of :mod:`quorum`; set and cleared only by the holder, in a transaction that checks it still holds
+``P/holder``).
 
 Each agent runs one **session**: an etcd lease of ``etcd_ttl`` seconds, granted at start and kept
 alive every tick (``/v3/lease/keepalive``). A node that needs to act alone (the same *claim* as the
@@ -45,7 +47,7 @@ from collections.abc import Callable
 from hamirror.cluster.etcd_client import (
     EtcdClient, EtcdError, EtcdUnavailable, b64, kvs, prefix_end, unb64,
 )
-from hamirror.cluster.quorum import Answer, LeaseView, LeaseWitness
+from hamirror.cluster.quorum import NO_MARKS, Answer, LeaseView, LeaseWitness, Marks, apply_marks
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +118,13 @@ class EtcdWitness(LeaseWitness):
 
     def __init__(self, client: EtcdClient, prefix: str, cluster: str, node: str, peer: str,
                  claim: Callable[[], bool] = lambda: True, interval: float = 0.3, ttl: int = 10,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, marks: Callable[[], Marks] = lambda: NO_MARKS) -> None:
         self.client, self.node, self.peer = client, node, peer
         self.claim, self.interval, self.requested_ttl, self.clock = claim, interval, ttl, clock
         base = f"{prefix.rstrip('/')}/{cluster}/"
         self.holder_key, self.last_key = base + "holder", base + "last"
-        self.alive_prefix = base + "alive/"
+        self.alive_prefix, self.outdated_prefix = base + "alive/", base + "outdated/"
+        self.marks = marks
         self.view = LeaseView(node)
         self.renewals = PeerRenewals()
         self._proven: tuple[int | None, int] | None = None    # the run of readings that proved the peer alive
@@ -165,6 +168,32 @@ class EtcdWitness(LeaseWitness):
     def _alive_range(self) -> dict:
         return {"request_range": {"key": b64(self.alive_prefix), "range_end": prefix_end(self.alive_prefix)}}
 
+    def _outdated_range(self) -> dict:
+        return {"request_range": {"key": b64(self.outdated_prefix), "range_end": prefix_end(self.outdated_prefix)}}
+
+    def _outdated(self, found: list[dict]) -> dict[str, str]:
+        """The marks of the outdated keys' key-values (only those naming a node of the pair)."""
+        marks = {unb64(kv.get("key"))[len(self.outdated_prefix):]: unb64(kv.get("value")) for kv in found}
+        return {m: n for m, n in marks.items() if m and n in (self.node, self.peer)}
+
+    def _mark(self, outdated: dict[str, str], marks: Marks) -> dict[str, str]:
+        """Apply this holder's marks in one transaction that checks it still holds the key: the
+        marks as etcd now has them."""
+        assert self.lease is not None
+        after = apply_marks(outdated, self.node, self.peer, marks)
+        if after == outdated:
+            return outdated
+        ops = [{"request_put": {"key": b64(self.outdated_prefix + m), "value": b64(n)}}
+               for m, n in sorted(after.items()) if outdated.get(m) != n]
+        ops += [{"request_delete_range": {"key": b64(self.outdated_prefix + m)}} for m in sorted(outdated)
+                if m not in after]
+        done, _, _ = self.client.txn(
+            [{"key": b64(self.holder_key), "target": "LEASE", "result": "EQUAL", "lease": str(self.lease)}], ops, [])
+        if done:
+            log.warning("etcd: outdated copies (module: node): %s",
+                        ", ".join(f"{m}: {n}" for m, n in sorted(after.items())) or "none")
+        return after if done else outdated
+
     def _delete_own(self, lease: int) -> bool:
         """Delete the holder key if it is still attached to ``lease`` (one of this node's)."""
         done, _, _ = self.client.txn(
@@ -172,16 +201,16 @@ class EtcdWitness(LeaseWitness):
             [{"request_delete_range": {"key": b64(self.holder_key)}}], [])
         return done
 
-    def _claim(self) -> tuple[dict | None, list[dict]]:
-        """Create the holder key unless it exists: (the holder's key-value, the alive keys)."""
+    def _claim(self) -> tuple[dict | None, list[dict], list[dict]]:
+        """Create the holder key unless it exists: (the holder's key-value, the alive keys, the outdated keys)."""
         assert self.lease is not None
         created, revision, responses = self.client.txn(
             [{"key": b64(self.holder_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
             [{"request_range": {"key": b64(self.last_key)}},
              {"request_put": {"key": b64(self.holder_key), "value": b64(self.node), "lease": str(self.lease)}},
              {"request_put": {"key": b64(self.last_key), "value": b64(self.node)}},
-             self._alive_range()],
-            [{"request_range": {"key": b64(self.holder_key)}}, self._alive_range()])
+             self._alive_range(), self._outdated_range()],
+            [{"request_range": {"key": b64(self.holder_key)}}, self._alive_range(), self._outdated_range()])
         if created:
             last = kvs(responses[0])
             previous = unb64(last[0].get("value")) if last else None
@@ -189,27 +218,27 @@ class EtcdWitness(LeaseWitness):
             log.warning("etcd: %s holds %s (token %d, previous holder %s)", self.node, self.holder_key,
                         revision, previous or "none")
             holder = {"value": b64(self.node), "lease": str(self.lease), "create_revision": str(revision)}
-            return holder, kvs(responses[3])
+            return holder, kvs(responses[3]), kvs(responses[4])
         found = kvs(responses[0])
-        return (found[0] if found else None), kvs(responses[1])
+        return (found[0] if found else None), kvs(responses[1]), kvs(responses[2])
 
-    def _read(self) -> tuple[dict | None, list[dict]]:
+    def _read(self) -> tuple[dict | None, list[dict], list[dict]]:
         _, _, responses = self.client.txn([], [{"request_range": {"key": b64(self.holder_key)}},
-                                               self._alive_range()], [])
+                                               self._alive_range(), self._outdated_range()], [])
         found = kvs(responses[0])
-        return (found[0] if found else None), kvs(responses[1])
+        return (found[0] if found else None), kvs(responses[1]), kvs(responses[2])
 
-    def exchange(self, claim: bool) -> tuple[float, Answer]:
+    def exchange(self, claim: bool, marks: Marks = NO_MARKS) -> tuple[float, Answer]:
         """One tick's talk with etcd: (the send time the belief rests on, what etcd says)."""
         sent = self._session()
         assert self.lease is not None
-        holder, alive = self._claim() if claim else self._read()
+        holder, alive, outdated = self._claim() if claim else self._read()
         name, lease = holder_of(holder)
         if name == self.node and (lease != self.lease or not claim):
             # Ours but not wanted, or left by an earlier session of this node: delete, then claim anew.
             self._delete_own(lease)
             self.tenure = None
-            holder, alive = self._claim() if claim else self._read()
+            holder, alive, outdated = self._claim() if claim else self._read()
             name, lease = holder_of(holder)
         mine = name == self.node and lease == self.lease
         if mine:
@@ -229,14 +258,18 @@ class EtcdWitness(LeaseWitness):
         seen = tuple(sorted(unb64(kv.get("key"))[len(self.alive_prefix):] for kv in alive))
         if name == self.node and not mine:
             name = None          # an earlier session's key that would not go: not held, by nobody else either
-        return sent, Answer(name, seen, age, float(self.ttl), self.tenure.previous if self.tenure else None)
+        marked = self._outdated(outdated)
+        if mine and marks != NO_MARKS:
+            marked = self._mark(marked, marks)
+        return sent, Answer(name, seen, age, float(self.ttl), self.tenure.previous if self.tenure else None, marked)
 
     # ------------------------------------------------------------------ the Witness interface
 
-    async def ask(self, claim: bool) -> bool:
+    async def ask(self, claim: bool, marks: Marks = NO_MARKS) -> bool:
         """One exchange; whether etcd answered."""
         try:
-            sent, answer = await asyncio.get_running_loop().run_in_executor(self._executor, self.exchange, claim)
+            sent, answer = await asyncio.get_running_loop().run_in_executor(self._executor, self.exchange, claim,
+                                                                            marks)
         except ANSWER_ERRORS as exc:
             self.errors += 1
             if str(exc) != self.error:
@@ -252,7 +285,8 @@ class EtcdWitness(LeaseWitness):
         if not claim:
             self.view.release()
         started = self.clock()
-        answered = await self.ask(claim)
+        marks = self.marks() if claim else NO_MARKS
+        answered = await self.ask(claim, marks)
         # Refused by the peer's key: wait until the peer is proven to renew its lease after this
         # claim began (alive: False), or until etcd deletes the key of a peer that stopped
         # renewing (the claim succeeds), so that a takeover is not refused for asking before the
@@ -261,7 +295,7 @@ class EtcdWitness(LeaseWitness):
         while (claim and answered and self.view.answer is not None and self.view.answer.holder == self.peer
                and not self._peer_proven(started) and self.clock() < deadline):
             await asyncio.sleep(self.interval)
-            answered = await self.ask(claim)
+            answered = await self.ask(claim, marks)
         self.renewed = bool(claim and answered)   # Witness.renewed
         return self.view.holds(self.clock() + self.interval) if claim else False
 
@@ -280,6 +314,7 @@ class EtcdWitness(LeaseWitness):
         answer, now = self.view.answer, self.clock()
         return {"etcd": self.client.endpoint, "holds": self.view.holds(now), "claiming": self.claiming,
                 "holder": answer.holder if answer else None, "seen": list(answer.seen) if answer else [],
+                "outdated": dict(answer.outdated or {}) if answer else {},
                 "answer_age": None if self.view.answered_at is None else now - self.view.answered_at,
                 "token": self.token(), "lease_ttl": self.ttl, "peer_lease": self.renewals.state.value,
                 "error": self.error, "errors": self.errors,
@@ -291,7 +326,8 @@ def holder_of(kv: dict | None) -> tuple[str | None, int]:
     return (None, 0) if kv is None else (unb64(kv.get("value")), int(kv.get("lease", 0)))
 
 
-def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float]) -> EtcdWitness:
+def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float],
+                marks: Callable[[], Marks] = lambda: NO_MARKS) -> EtcdWitness:
     """The backend of a :class:`ClusterConfig` whose ``[quorum] etcd`` is set (TLS and
     credentials read now: a problem stops the agent's start, naming the file)."""
     from hamirror.secretfile import read_secret
@@ -309,4 +345,4 @@ def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float]) 
     interval = cluster.heartbeat.interval
     client = EtcdClient(quorum.etcd, timeout=max(1.0, 2 * interval), tls=tls, credentials=credentials)
     return EtcdWitness(client, quorum.etcd_prefix, cluster.name, cluster.local_name, cluster.peer_node.name,
-                       claim=claim, interval=interval, ttl=quorum.etcd_ttl, clock=clock)
+                       claim=claim, interval=interval, ttl=quorum.etcd_ttl, clock=clock, marks=marks)

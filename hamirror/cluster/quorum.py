@@ -3,7 +3,7 @@
 The witness is a third machine that only keeps a **lease**, held by at most one node at a time.
 Each node asks it every heartbeat interval (UDP, one request, one answer); a request carries a
 *claim* flag, set when the node needs to act alone: it runs a primary module, or it does not hear
-its peer (a takeover may be due). The witness's rule (:class:`LeaseBook`):
+its peer (a takeover may be due). The witness's rule (:class:`~hamirror.cluster.witness_server.LeaseBook`):
 
 - a claim is granted when nobody holds the lease: the first claimant gets it;
 - the holder keeps it as long as it keeps asking: the lease lapses ``lease`` seconds after the
@@ -17,6 +17,18 @@ its peer (a takeover may be due). The witness's rule (:class:`LeaseBook`):
   have acted alone in between, so this node's data is the newest. That is how a primary that
   stepped down because the witness was down comes back when it returns and the peer is still
   lost (issue 15, finding 11).
+
+**Outdated copies** (DRBD's outdate-peer, kept by the witness): a node that acts alone for a
+module (a primary going on without its peer, a takeover, an operator's ``prim``) first has the
+witness record, durably, that the *peer's* copy of that module is outdated (:class:`Marks`, request
+field ``o``); the answer lists every mark (``x``: module -> node whose copy is outdated) and
+``decide()`` lets the node act alone only once its peer's mark is in this tick's answer. A node
+whose own copy is marked never takes over by itself: it cannot know what the other acknowledged
+alone, even after a freeze, a restart or a power loss of that node (the double fault: the primary
+went on alone while it still had the lease, then lost the witness or its power; campaign 3009's
+fix closed only the single fault). Only the lease holder changes marks; an operator's ``prim``
+may mark the peer even where its own copy is marked (``f``), and a primary mirrored in sync with
+its peer again clears its module's mark (``u``). The server side is :mod:`witness_server`.
 
 The answer names the holder and the nodes heard within ``lease``. A node's verdict
 (:class:`LeaseView`) is True only while it holds the lease *by its own reckoning*: from the time it
@@ -62,14 +74,12 @@ import hmac
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 
 from hamirror.cluster.heartbeat import (
-    MAC_SIZE, HeartbeatRejected, Validator, new_boot_id, sign,
+    MAC_SIZE, MAX_NAME, HeartbeatRejected, Validator, new_boot_id, sign,
 )
-from hamirror.durablefile import write_json
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
@@ -99,54 +109,54 @@ class Answer:
     age: float | None          # seconds since the holder was last heard (None: no holder)
     lease: float
     previous: str | None = None   # who held the lease before the holder's current tenure (None: nobody known)
+    outdated: dict[str, str] | None = None   # module -> node whose copy is outdated (None: a witness without marks)
 
 
-class LeaseBook:
-    """The witness's rule (pure): one lease, at most one holder; ``now`` is a monotonic clock.
-    ``last``: the last holder (remembered across restarts); ``remember(node)`` makes a new
-    holder durable before it is granted (if it raises, nothing is granted)."""
+MAX_MARKS = 1024        # modules named in one request, or marked at the witness
 
-    def __init__(self, nodes: Iterable[str], lease: float, started: float, last: str | None = None,
-                 remember: Callable[[str], None] = lambda node: None) -> None:
-        if lease <= 0:
-            raise ValueError("the lease must be positive")
-        self.nodes, self.lease = frozenset(nodes), lease
-        self.quiet_until = started + lease     # leases granted by a previous run have lapsed by then
-        self.heard: dict[str, float] = {}
-        self.holder: str | None = None
-        self.last, self.previous, self.remember = last, None, remember
 
-    def ask(self, node: str, claim: bool, now: float) -> Answer:
-        """A request from ``node`` (already authenticated) at ``now``."""
-        if node not in self.nodes:
-            raise ValueError(f"unknown node {node!r}")
-        self.expire(now)
-        self.heard[node] = now
-        if claim and self.holder is None and now >= self.quiet_until:
-            self.grant(node)
-        elif not claim and self.holder == node:
-            self.holder = None
-        return self.answer(now)
+@dataclasses.dataclass(frozen=True)
+class Marks:
+    """What a node asks the witness to record with a request (only the holder's are applied):
+    ``outdate``: modules this node acts alone for, so the peer's copies are outdated; ``force``:
+    of those, the ones an operator forces (``prim``), marked even where this node's own copy is;
+    ``current``: modules mirrored in sync again, whose marks go."""
 
-    def grant(self, node: str) -> None:
-        """A new tenure: durable first, then granted; the holder before it is ``previous``."""
-        if node != self.last:
-            try:
-                self.remember(node)
-            except OSError as exc:
-                log.error("lease not granted to %s: its holder cannot be recorded: %s", node, exc)
-                return
-        self.holder, self.previous, self.last = node, self.last, node
+    outdate: frozenset[str] = frozenset()
+    force: frozenset[str] = frozenset()
+    current: frozenset[str] = frozenset()
 
-    def expire(self, now: float) -> None:
-        if self.holder is not None and now - self.heard[self.holder] > self.lease:
-            self.holder = None
+    def fields(self) -> dict[str, list[str]]:
+        """The request's fields (none when empty: a request as before marks existed)."""
+        named = {"o": self.outdate, "f": self.force, "u": self.current}
+        return {key: sorted(value) for key, value in named.items() if value}
 
-    def answer(self, now: float) -> Answer:
-        self.expire(now)
-        seen = tuple(sorted(n for n, t in self.heard.items() if now - t <= self.lease))
-        age = now - self.heard[self.holder] if self.holder is not None else None
-        return Answer(self.holder, seen, age, self.lease, self.previous if self.holder is not None else None)
+    @classmethod
+    def from_fields(cls, fields: dict) -> Marks:
+        """The marks of a request's fields; ValueError for anything but short lists of names."""
+        lists = []
+        for key in ("o", "f", "u"):
+            value = fields.get(key, [])
+            if (not isinstance(value, list) or len(value) > MAX_MARKS
+                    or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME for v in value)):
+                raise ValueError(f"field {key!r}: not a list of at most {MAX_MARKS} module names")
+            lists.append(frozenset(value))
+        return cls(*lists)
+
+
+NO_MARKS = Marks()
+
+
+def apply_marks(outdated: dict[str, str], holder: str, peer: str, marks: Marks) -> dict[str, str]:
+    """The marks after the lease holder's request (pure; both backends): the marks of
+    ``current`` go; the peer's copies of ``outdate`` are marked, except where the holder's own
+    copy is marked and the operator does not force it (a node whose copy is outdated cannot
+    make the other's outdated: it would undo the mark that protects the other's writes)."""
+    after = {m: n for m, n in outdated.items() if m not in marks.current}
+    for module in marks.outdate:
+        if after.get(module) != holder or module in marks.force:
+            after[module] = peer
+    return after if len(after) <= MAX_MARKS else dict(outdated)
 
 
 class LeaseView:
@@ -213,6 +223,15 @@ class Witness(abc.ABC):
         nodes it heard within its lease: the peer may be alive though this node does not hear it."""
         return False
 
+    def keeps_marks(self) -> bool:
+        """Whether the witness records outdated copies (:class:`Marks`): False without a witness,
+        or with one older than marks (then acting alone needs no mark, as before)."""
+        return False
+
+    def outdated(self, module: str) -> str | None:
+        """The node whose copy of ``module`` the witness's latest answer marks outdated (None: none)."""
+        return None
+
     def token(self) -> int | None:
         """The fencing token of this node's current tenure (a number that grows with each new
         holder), None when it holds none or the backend has no tokens (the UDP witness)."""
@@ -262,6 +281,14 @@ class LeaseWitness(Witness):
         return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
                 and self.peer in answer.seen)
 
+    def keeps_marks(self) -> bool:
+        answer = self.view.answer
+        return answer is None or answer.outdated is not None
+
+    def outdated(self, module: str) -> str | None:
+        answer = self.view.answer
+        return None if answer is None or answer.outdated is None else answer.outdated.get(module)
+
 
 class NoWitness(Witness):
     """No ``[quorum]``: decisions are made without quorum."""
@@ -273,117 +300,32 @@ class NoWitness(Witness):
 # ------------------------------------------------------------------ wire
 
 
-def _body(cluster: str, sender: str, boot: str, counter: int, wall: float, **extra: object) -> bytes:
+def datagram_body(cluster: str, sender: str, boot: str, counter: int, wall: float, **extra: object) -> bytes:
     """A heartbeat-shaped body (v, c, n, b, s, t, i, m) with extra fields."""
     body = {"v": 1, "c": cluster, "n": sender, "b": boot, "s": counter, "t": wall, "i": 0, "m": {}, **extra}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _extra(data: bytes) -> dict:
+def datagram_fields(data: bytes) -> dict:
     """The fields of an already validated datagram (its MAC was checked)."""
     return json.loads(data[MAC_SIZE:])
 
 
-def encode_request(cluster: str, node: str, boot: str, counter: int, wall: float, claim: bool, key: bytes) -> bytes:
-    return sign(_body(cluster, node, boot, counter, wall, q=claim), witness_key(key))
+def encode_request(cluster: str, node: str, boot: str, counter: int, wall: float, claim: bool, key: bytes,
+                   marks: Marks = NO_MARKS) -> bytes:
+    return sign(datagram_body(cluster, node, boot, counter, wall, q=claim, **marks.fields()), witness_key(key))
 
 
-class WitnessServer:
-    """The witness's datagram handler (no sockets): validate, apply the lease rule, sign the answer."""
-
-    def __init__(self, cluster: str, nodes: Iterable[str], key: bytes, lease: float,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 state: str | None = None) -> None:
-        nodes = frozenset(nodes)
-        if WITNESS_NAME in nodes:
-            raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
-        self.cluster, self.key, self.clock, self.wall = cluster, witness_key(key), clock, wall
-        self.state = state
-        last = load_last_holder(state, nodes) if state else None
-        self.book = LeaseBook(nodes, lease, clock(), last, self.remember)
-        self.validator = Validator(cluster, WITNESS_NAME, nodes, self.key)
-        self.boot, self.counter = new_boot_id(), 0
-
-    @property
-    def rejected(self) -> dict[str, int]:
-        return {reason.value: n for reason, n in self.validator.rejected.items()}
-
-    def remember(self, node: str) -> None:
-        """Record the new holder durably (write, fsync, rename) before it is granted."""
-        if self.state:
-            save_last_holder(self.state, node)
-
-    def handle(self, data: bytes) -> bytes | None:
-        """The signed answer to one request, or None for anything not a fresh authentic request."""
-        try:
-            hb = self.validator.accept(data, self.wall(), 0)
-            claim = _extra(data).get("q") is True
-        except HeartbeatRejected as exc:
-            log.debug("witness request rejected: %s", exc)
-            return None
-        before = self.book.holder
-        answer = self.book.ask(hb.node, claim, self.clock())
-        if answer.holder != before:
-            log.warning("lease: %s -> %s", before or "nobody", answer.holder or "nobody")
-        self.counter += 1
-        return sign(_body(self.cluster, WITNESS_NAME, self.boot, self.counter, self.wall(), to=hb.node,
-                          rb=hb.boot_id, rs=hb.counter, h=answer.holder, a=answer.age, seen=list(answer.seen),
-                          l=answer.lease, p=answer.previous), self.key)
-
-
-class _ServerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: WitnessServer) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        reply = self.server.handle(data)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
-
-
-def load_last_holder(path: str, nodes: frozenset[str]) -> str | None:
-    """The last holder recorded in ``path`` (None: no file yet); a damaged file is an error."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            last = json.load(stream).get("last")
-    except FileNotFoundError:
+def decode_outdated(value: object, nodes: Iterable[str]) -> dict[str, str] | None:
+    """An answer's ``x`` (None: absent, a witness without marks); ValueError unless it maps
+    module names to nodes of the pair."""
+    if value is None:
         return None
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{path}: witness state unreadable: {exc}") from exc
-    if last is not None and (not isinstance(last, str) or last not in nodes):
-        raise ValueError(f"{path}: witness state names {last!r}, not a node of this cluster")
-    return last
-
-
-def save_last_holder(path: str, node: str) -> None:
-    """Write ``{"last": node}`` atomically and durably."""
-    write_json(path, {"last": node}, mode=0o644, dir_mode=0o755)
-
-
-async def open_witness(bind: Address, cluster: str, nodes: Iterable[str], key: bytes,
-                       timeout: float, state: str | None = None) -> tuple[asyncio.DatagramTransport, WitnessServer]:
-    """Bind the witness's UDP socket; the caller closes the transport."""
-    server = WitnessServer(cluster, nodes, key, timeout, state=state)
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: _ServerProtocol(server), local_addr=bind)
-    return transport, server
-
-
-async def serve_witness(bind: Address, cluster: str, key: bytes, timeout: float, nodes: Iterable[str],
-                        state: str | None = None) -> None:
-    """Run the witness until cancelled. ``timeout`` is the lease (seconds); ``state``: the file
-    that remembers the last holder."""
-    transport, _ = await open_witness(bind, cluster, nodes, key, timeout, state)
-    log.warning("witness for cluster %s listening on %s:%d (lease %.1f s); no lease for the first %.1f s",
-                cluster, bind[0], bind[1], timeout, timeout)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        transport.close()
+    known = set(nodes)
+    if (not isinstance(value, dict) or len(value) > MAX_MARKS
+            or not all(isinstance(m, str) and len(m) <= MAX_NAME and n in known for m, n in value.items())):
+        raise ValueError("field 'x': not a map of module names to nodes of this pair")
+    return dict(value)
 
 
 # ------------------------------------------------------------------ node side
@@ -413,11 +355,12 @@ class UdpWitness(LeaseWitness):
     def __init__(self, endpoint: Address, cluster: str, node: str, peer: str, key: bytes,
                  claim: Callable[[], bool] = lambda: True, interval: float = 0.3,
                  wait: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, marks: Callable[[], Marks] = lambda: NO_MARKS) -> None:
         if WITNESS_NAME in (node, peer):
             raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
         self.endpoint, self.cluster, self.node, self.peer = endpoint, cluster, node, peer
-        self.key, self.claim, self.interval = key, claim, interval
+        self.key, self.claim, self.interval, self.marks = key, claim, interval, marks
+        self.asking = NO_MARKS                        # the marks this tick's requests carry
         self.wait = interval if wait is None else wait
         self.clock, self.wall = clock, wall
         self.view = LeaseView(node)
@@ -443,14 +386,15 @@ class UdpWitness(LeaseWitness):
         """One datagram from the witness: accepted only as the answer to a pending request."""
         try:
             self.validator.accept(data, self.wall(), 0)
-            fields = _extra(data)
+            fields = datagram_fields(data)
             counter = fields["rs"]
             if fields.get("to") != self.node or fields.get("rb") != self.boot or counter not in self.pending:
                 raise ValueError("not an answer to a pending request")
             holder, age, lease, previous = fields["h"], fields["a"], float(fields["l"]), fields.get("p")
             answer = Answer(holder if isinstance(holder, str) else None,
                             tuple(str(n) for n in fields["seen"]), None if age is None else float(age), lease,
-                            previous if isinstance(previous, str) else None)
+                            previous if isinstance(previous, str) else None,
+                            decode_outdated(fields.get("x"), (self.node, self.peer)))
         except (HeartbeatRejected, ValueError, TypeError, KeyError) as exc:
             log.debug("witness answer refused: %s", exc)
             return
@@ -465,7 +409,8 @@ class UdpWitness(LeaseWitness):
         self.pending[self.counter] = self.clock()
         while len(self.pending) > 32:
             del self.pending[min(self.pending)]
-        data = encode_request(self.cluster, self.node, self.boot, self.counter, self.wall(), claim, self.key)
+        data = encode_request(self.cluster, self.node, self.boot, self.counter, self.wall(), claim, self.key,
+                              self.asking if claim else NO_MARKS)
         if self._transport is not None:
             try:
                 self._transport.sendto(data)
@@ -485,6 +430,7 @@ class UdpWitness(LeaseWitness):
         claim = self.claiming = bool(self.claim())
         if not claim:
             self.view.release()
+        self.asking = self.marks()
         answered = await self.ask(claim)
         answer = self.view.answer
         if (claim and answered and answer is not None and answer.holder not in (None, self.node)
@@ -500,21 +446,22 @@ class UdpWitness(LeaseWitness):
         return {"witness": f"{self.endpoint[0]}:{self.endpoint[1]}", "holds": self.view.holds(now),
                 "claiming": self.claiming, "holder": answer.holder if answer else None,
                 "seen": list(answer.seen) if answer else [],
+                "outdated": dict(answer.outdated or {}) if answer else {},
                 "answer_age": None if self.view.answered_at is None else now - self.view.answered_at,
                 "rejected": {r.value: n for r, n in self.validator.rejected.items()}}
 
 
-def build(cluster, claim: Callable[[], bool]) -> Witness:
+def build(cluster, claim: Callable[[], bool], marks: Callable[[], Marks] = lambda: NO_MARKS) -> Witness:
     """The witness of a :class:`ClusterConfig`: :class:`NoWitness` without ``[quorum] witness``
     or ``etcd`` (:mod:`etcd_quorum` for the latter)."""
     from hamirror.cluster.heartbeat import load_cluster_key
 
     if cluster.quorum.etcd is not None:
         from hamirror.cluster.etcd_quorum import from_config
-        return from_config(cluster, claim, clock=boottime)
+        return from_config(cluster, claim, clock=boottime, marks=marks)
     endpoint = cluster.quorum.witness_endpoint if cluster.quorum.witness else None
     if endpoint is None:
         return NoWitness()
     return UdpWitness(endpoint, cluster.name, cluster.local_name, cluster.peer_node.name,
                       load_cluster_key(cluster.cluster_key_file), claim=claim,
-                      interval=cluster.heartbeat.interval, clock=boottime)
+                      interval=cluster.heartbeat.interval, clock=boottime, marks=marks)

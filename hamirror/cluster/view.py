@@ -166,7 +166,12 @@ class ModuleView:
     backoff). ``renewed``: the witness answered this tick's request (a renewal), not only the belief
     from earlier answers that lapses by itself: a node cut from the witness too must not act alone
     on a lease it can no longer renew (once it lapses, the peer takes over without what this node
-    acknowledged meanwhile; campaign 3009). True without a witness.
+    acknowledged meanwhile; campaign 3009). True without a witness. ``outdated``: the witness's
+    latest answer marks this node's copy outdated (the peer acted alone for this module: what it
+    acknowledged is not here, whatever this node's own flag says). ``peer_outdated``: it marks the
+    peer's copy outdated, so this node may act alone without losing anything it acknowledges
+    (:mod:`quorum`, "Outdated copies"); True where nothing records marks (no witness, or one older
+    than marks).
     """
 
     module: str
@@ -195,3 +200,5 @@ class ModuleView:
     peer_asks: bool = False
     resync_settled: bool = False
     renewed: bool = True
+    outdated: bool = False
+    peer_outdated: bool = True

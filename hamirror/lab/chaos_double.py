@@ -7,6 +7,11 @@
 - ``swap-double``: during a ``swap``, 0.3-3 s after it began.
 - ``remount-double``: kill -9 of the primary's mount daemon, then a second fault once the agent
   mounts again.
+- ``alone-double`` (a witness or etcd only: without a quorum the survivor takes over by design):
+  the SECOND frozen, the primary goes on alone and acknowledges writes, then loses power while the
+  SECOND is still frozen; the SECOND thawed 11-14 s later, the primary booted 15 s after that. The
+  SECOND must not take over meanwhile without the primary's writes (the witness marks its copy
+  outdated).
 
 The second fault is drawn (seeded) and written in the event's detail; the event's time is the
 first fault's, so its recovery counts from there.
@@ -24,6 +29,8 @@ from hamirror.lab.chaos_etcd import EtcdInjector
 from hamirror.lab.naming import NODES
 
 DOUBLE = ("takeover-double", "resync-double", "swap-double", "remount-double")
+QUORUM_DOUBLE = ("alone-double",)
+OUTLAST_LEASE = 15.0      # seconds from the thaw: longer than the lab's default lease (10 s)
 
 
 class CampaignInjector(EtcdInjector):
@@ -125,3 +132,31 @@ class CampaignInjector(EtcdInjector):
                          f" after {time.monotonic() - ev.start:.1f} s")
         time.sleep(self.rng.uniform(0.0, 1.0))
         self.second(ev, p, self.rng.choice(["kill-mount", "power-kill", "kill-agent", "kill-app"]))
+
+    def _alone_double(self, ev: Event) -> None:
+        p, s = self.roles()
+        if p is None or s is None:
+            ev.skipped = "no primary and secondary"
+            return
+        ev.node = p
+        self.frozen = _signal(pids_of(self.paths, s), signal.SIGSTOP)
+        ev.start = time.monotonic()
+        try:
+            state = None
+            while time.monotonic() < ev.start + 30.0 and state != "ALONE":
+                time.sleep(0.2)
+                state = (measure.module_status(self.paths, p, self.app.module) or {}).get("state")
+            alone = time.monotonic() - ev.start
+            time.sleep(self.rng.uniform(1.0, 3.0))            # writes acknowledged alone
+            self.kill(p)
+            # Past the heartbeats' skew window (10 s): the primary's last heartbeats, queued for
+            # the frozen node, would tell it that the primary went on alone; only the witness can.
+            time.sleep(self.rng.uniform(11.0, 14.0))
+        finally:
+            self.thaw()
+        ev.detail.append(f"froze SECOND {s}; {p} {state} after {alone:.1f} s; power-killed {p}; thawed {s}")
+        time.sleep(OUTLAST_LEASE)
+        after = (measure.module_status(self.paths, s, self.app.module) or {}).get("state")
+        ev.detail.append(f"{s} {after} {OUTLAST_LEASE:.0f} s after the thaw")
+        self.boot(p)
+        ev.detail.append(f"{p} booted")

@@ -1,0 +1,43 @@
+"""Which outdated-copy marks a node asks the witness for, before it decides (cluster/outdate.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hamirror.cluster.outdate import asks_to_outdate, clears_outdated
+from hamirror.cluster.states import NodeState
+from hamirror.cluster.view import CheckerHealth, Command, MirrorHealth, ModuleView, PeerView
+
+S = NodeState
+
+
+def view(state: NodeState, peer: NodeState | None = None, **kw) -> ModuleView:
+    """Module ``m`` on ``n1``, as the runner sees it before the verdict (quorum not known yet)."""
+    return ModuleView(module="m", node="n1", state=state, uptodate=kw.pop("uptodate", True),
+                      peer=PeerView(alive=peer is not None, state=peer, uptodate=True), **kw)
+
+
+def test_a_node_asks_for_the_mark_its_decision_will_need():
+    assert asks_to_outdate(view(S.PRIM, mirror=MirrorHealth.FENCED))           # blocked, peer lost
+    assert asks_to_outdate(view(S.SECOND))                                     # a takeover is due
+    assert asks_to_outdate(view(S.ALONE, peer=S.WAIT))                         # alone: the mark stays
+    assert asks_to_outdate(view(S.WAIT, command=Command.PRIM))                 # the operator forces
+    assert asks_to_outdate(view(S.PRIM, mirror=MirrorHealth.DEAD, checker=CheckerHealth(restarts=0)))
+
+
+def test_a_node_that_will_not_act_alone_asks_for_nothing():
+    assert not asks_to_outdate(view(S.PRIM, peer=S.SECOND, mirror=MirrorHealth.STREAMING))
+    assert not asks_to_outdate(view(S.SECOND, outdated=True))                 # its own copy is outdated
+    assert not asks_to_outdate(view(S.SECOND, listened=False))                # the silence proves nothing yet
+    assert not asks_to_outdate(view(S.SECOND, linked=True))                   # the link shows the peer alive
+    assert not asks_to_outdate(view(S.SECOND, uptodate=False))
+    assert not asks_to_outdate(view(S.WAIT))                                  # not vouched: it will wait
+
+
+def test_only_a_primary_mirroring_to_an_up_to_date_second_clears_the_mark():
+    synced = view(S.PRIM, peer=S.SECOND, mirror=MirrorHealth.STREAMING)
+    assert clears_outdated(synced)
+    assert not clears_outdated(dataclasses.replace(synced, mirror=MirrorHealth.SYNCING))
+    assert not clears_outdated(dataclasses.replace(synced, state=S.ALONE))
+    assert not clears_outdated(dataclasses.replace(synced, peer=PeerView(alive=True, state=S.SECOND, uptodate=False)))
+    assert not clears_outdated(dataclasses.replace(synced, peer=PeerView()))
