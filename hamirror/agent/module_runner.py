@@ -29,7 +29,7 @@ from hamirror.agent.persist import ModuleRecord, Store
 from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
 from hamirror.cluster import outdate
-from hamirror.cluster.decide import decide, takes_over_at_timeout
+from hamirror.cluster.decide import UNMARKED, decide, takes_over_at_timeout
 from hamirror.cluster.steps import state_after
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
@@ -304,15 +304,20 @@ class ModuleRunner:
             self.set_swap(decision.swap)
             self.resolve(command, decision, None)
 
-    def witness_marks(self, peer_alive: bool, listened: bool, linked: bool, outdated: bool) -> tuple[bool, bool, bool]:
+    def witness_marks(self, peer_alive: bool, listened: bool, linked: bool, outdated: bool,
+                      vouched: bool) -> tuple[bool, bool, bool]:
         """For this tick's witness request, before the decision (:mod:`outdate`): (the peer's copy
-        is to be marked outdated, forced by an operator's ``prim``, the copies are equal again)."""
+        is to be marked outdated, forced by an operator's ``prim``, the copies are equal again).
+        ``outdated`` and ``vouched``: the witness's latest answer, as the decision will see them."""
         if self.obs is None:
             return self.state is S.ALONE, False, False
         peer = self.peer if peer_alive else PeerView()
         view = dataclasses.replace(self.view(peer, True, self.peer_history if peer_alive else None, listened),
-                                   linked=linked, outdated=outdated)
-        return outdate.asks_to_outdate(view), self.command is Command.PRIM, outdate.clears_outdated(view)
+                                   linked=linked, outdated=outdated, vouched=vouched and not self.record.peer_led)
+        # Held back last tick for want of the mark: ask whatever the view says now (a decision the
+        # view here did not foresee must not wait for ever).
+        held = not peer_alive and any(w.endswith(UNMARKED) for w in self.warnings)
+        return outdate.asks_to_outdate(view) or held, self.command is Command.PRIM, outdate.clears_outdated(view)
 
     async def refresh(self) -> None:
         """Observe now, and record what the data path did since the last observation."""

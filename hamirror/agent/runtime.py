@@ -174,7 +174,8 @@ class Agent:
                 linked = not self._claim_alive and streaming(runner, self.cluster.heartbeat.timeout)
                 alive = self._claim_alive or (linked and self.heartbeat.peer_heartbeat is not None)
                 marked = self.witness.outdated(name)
-                asks, forced, equal = runner.witness_marks(alive, listened, linked, marked == self.node.name)
+                vouched = self.quorum is True and self.witness.vouches(boottime())
+                asks, forced, equal = runner.witness_marks(alive, listened, linked, marked == self.node.name, vouched)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others' requests
                 log.exception("%s: the witness marks could not be worked out", name)
                 continue
