@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 
-from hamirror.lab import control, measure
+from hamirror.lab import agent, control, measure
 from hamirror.lab.chaos_faults import Event, _signal, pids_of
 from hamirror.lab.chaos_etcd import EtcdInjector
 from hamirror.lab.naming import NODES
@@ -139,6 +139,9 @@ class CampaignInjector(EtcdInjector):
             ev.skipped = "no primary and secondary"
             return
         ev.node = p
+        deadline = time.monotonic() + 30.0          # a witness just (re)started grants nothing for a lease
+        while time.monotonic() < deadline and (agent.node_status(self.paths, p) or {}).get("quorum") is not True:
+            time.sleep(0.2)
         self.frozen = _signal(pids_of(self.paths, s), signal.SIGSTOP)
         ev.start = time.monotonic()
         try:
