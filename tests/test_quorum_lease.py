@@ -306,7 +306,9 @@ def test_the_client_knows_the_witness_hears_the_peer_only_from_a_fresh_answer():
     assert not client.peer_asks(clock())
 
 
-@pytest.mark.parametrize("content", ['{"last": ["node1"]}', '{"last": 7}', '["node1"]', "{"])
+@pytest.mark.parametrize("content", ['{"last": ["node1"]}', '{"last": 7}', '["node1"]', "{",
+                                     '{"last": "node1", "outdated": ["db"]}',
+                                     '{"last": "node1", "outdated": {"db": "node3"}}'])
 def test_a_damaged_witness_state_file_is_a_named_error(tmp_path, content):
     """Review: a list under "last" raised TypeError (unhashable) instead of the ValueError that
     `hamirror witness` turns into a message naming the file."""
