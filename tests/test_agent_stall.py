@@ -517,3 +517,25 @@ def test_a_second_whose_copy_the_witness_marks_outdated_does_not_take_over(tmp_p
         assert runner.state is expected, marks
         assert runner.journals.uptodate is (expected is S.ALONE)
         assert asked[0].outdate == (frozenset() if expected is S.WAIT else frozenset({"app"}))
+
+
+def test_a_primary_asks_the_witness_to_outdate_its_peer_only_when_it_may_decide(tmp_path):
+    """PRIM, the peer not heard: the request asks for the peer's copy to be marked outdated (the
+    decision will go ALONE), but not while a sequence runs (no decision this tick: campaign
+    4004 marked the SECOND's copy for a minute while the primary's start_prim hung)."""
+    runner, *_ = streaming_primary(tmp_path / "runner")
+    agent, clock = agent_with(tmp_path, runner)
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+
+    async def scenario():
+        await attached(runner)
+        idle = agent._marks()
+        runner.task = asyncio.get_running_loop().create_future()      # a sequence under way
+        busy = agent._marks()
+        runner.task.cancel()
+        return idle, busy
+
+    idle, busy = asyncio.run(scenario())
+    assert idle.outdate == frozenset({"app"}) and busy.outdate == frozenset()

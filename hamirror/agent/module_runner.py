@@ -309,7 +309,9 @@ class ModuleRunner:
         """For this tick's witness request, before the decision (:mod:`outdate`): (the peer's copy
         is to be marked outdated, forced by an operator's ``prim``, the copies are equal again).
         ``outdated`` and ``vouched``: the witness's latest answer, as the decision will see them."""
-        if self.obs is None:
+        if self.obs is None or self.task is not None:
+            # Busy: no decision this tick, so no mark that only a decision would use (a mark
+            # asked for and not used makes the peer wait for an operator after a later loss).
             return self.state is S.ALONE, False, False
         peer = self.peer if peer_alive else PeerView()
         view = dataclasses.replace(self.view(peer, True, self.peer_history if peer_alive else None, listened),
