@@ -109,3 +109,28 @@ def test_the_engine_comes_from_the_cluster_file_curve_when_absent_and_the_enviro
         link_engine(cluster, {"HAMIRROR_LINK_ENGINE": "tls"})
     assert str(refused.value) == ("HAMIRROR_LINK_ENGINE='tls': the replication link engine must be 'curve', 'aead' "
                                   "or 'stream'")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_live_receiver_whose_pid_file_is_lost_is_adopted_not_started_again(tmp_path, monkeypatch):
+    """Campaign 4003: the agent took node1's live receiver for dead (its pid file's check failed)
+    and started another every tick, each exiting on the log's lock. Now it adopts the live one."""
+    monkeypatch.delenv("HAMIRROR_LINK_ENGINE", raising=False)
+    receiving = _node(tmp_path, "node1", free_port())
+    try:
+        receiving.start_receivers()
+        pid = receiving.receiver_pid(0)
+        pid_file = receiving._receiver_file(0)
+        with open(pid_file, "w") as f:
+            f.write('{"pid": %d, "create_time": 1.0}' % pid)     # a check that fails for the live process
+        assert receiving.receiver_pid(0) is None
+        receiving.start_receivers()
+        assert receiving.receiver_pid(0) == pid
+        state_dir = receiving.dir_states[0]
+        running = [p.pid for p in psutil.process_iter(["cmdline"]) if state_dir in (p.info["cmdline"] or [])]
+        assert running == [pid]                                      # no second one
+    finally:
+        pid = receiving.receiver_pid(0)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: receiving.receiver_pid(0) is None, 20, what="the receiver's exit")

@@ -346,7 +346,7 @@ class DataPath:
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         self.clean_dead_mounts()
         for i, directory in enumerate(self.dirs):
-            if self.receiver_pid(i) is not None:
+            if self.receiver_pid(i) is not None or self._adopt_receiver(i):
                 continue
             os.makedirs(self.dir_states[i], mode=0o700, exist_ok=True)
             os.makedirs(directory, exist_ok=True)
@@ -364,6 +364,29 @@ class DataPath:
             durablefile.replace(self._receiver_file(i), json.dumps(info), 0o666, durable=False)
             log.info("%s: receiver for %s started (pid %d) on %s, link engine %s", self.module, directory, proc.pid,
                      self.binds[i], self.engine)
+
+    def _adopt_receiver(self, index: int) -> bool:
+        """A receiver that runs for this directory though its pid file does not say so (the file
+        lost, or its check failed for a live process: campaign 4003): adopt it rather than start
+        another, which would find the log's lock held and exit, every tick. Recognised by its
+        status file (its own pid, running) and its command line (a receiver of this state dir)."""
+        status = status_file.read(self.dir_states[index]) or {}
+        pid = status.get("pid")
+        if status.get("role") != "receiver" or not status.get("running") or not isinstance(pid, int) \
+                or not _alive(pid):
+            return False
+        try:
+            proc = psutil.Process(pid)
+            argv = [word for word in proc.cmdline() if word]
+            info = {"pid": pid, "create_time": proc.create_time(), "command": argv}
+        except psutil.Error:
+            return False
+        if "receive" not in argv or self.dir_states[index] not in argv:
+            return False
+        durablefile.replace(self._receiver_file(index), json.dumps(info), 0o666, durable=False)
+        log.warning("%s: receiver for %s (pid %d) runs though its pid file did not say so: adopted",
+                    self.module, self.dirs[index], pid)
+        return True
 
     def _run(self, cmd: list[str]) -> tuple[int, str]:
         """A ``hamirror`` command to its end (forked by the spawner if it can): status, output."""
