@@ -430,7 +430,7 @@ class UdpWitness(LeaseWitness):
         claim = self.claiming = bool(self.claim())
         if not claim:
             self.view.release()
-        self.asking = self.marks()
+        self.asking = self.marks() if claim else NO_MARKS
         answered = await self.ask(claim)
         answer = self.view.answer
         if (claim and answered and answer is not None and answer.holder not in (None, self.node)
