@@ -127,10 +127,12 @@ def test_a_live_receiver_whose_pid_file_is_lost_is_adopted_not_started_again(tmp
         receiving.start_receivers()
         assert receiving.receiver_pid(0) == pid
         state_dir = receiving.dir_states[0]
-        running = [p.pid for p in psutil.process_iter(["cmdline"]) if state_dir in (p.info["cmdline"] or [])]
-        assert running == [pid]                                      # no second one
+        assert _receivers_of(state_dir) == [pid]                      # no second one
     finally:
-        pid = receiving.receiver_pid(0)
-        if pid:
+        for pid in _receivers_of(receiving.dir_states[0]):             # every one, even on failure
             os.kill(pid, signal.SIGTERM)
-            wait_for(lambda: receiving.receiver_pid(0) is None, 20, what="the receiver's exit")
+        wait_for(lambda: not _receivers_of(receiving.dir_states[0]), 20, what="the receivers' exit")
+
+
+def _receivers_of(state_dir: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if state_dir in (p.info["cmdline"] or [])]
