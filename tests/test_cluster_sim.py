@@ -7,7 +7,9 @@ stopped) for a few ticks: it neither hears nor is heard, and on waking it has no
 ``LISTEN`` ticks; a freeze in the middle of a tick makes it decide on waking from the view it built
 before the freeze. A link may fail one way only (``UNHEARD``): a primary's mount whose writes or
 acknowledgements are lost is FENCED (writes blocked) until a verdict, and refuses by itself after
-``BLOCK`` ticks, as ``[fence] block_timeout`` does.
+``BLOCK`` ticks, as ``[fence] block_timeout`` does. With a witness, the lease holder's request
+asks for the marks of outdated copies its decision will need, and every view carries the marks
+(:meth:`World.mark`, as the agent and the witness do).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hamirror.cluster.actions import (
     StartResync,
 )
 from hamirror.cluster.decide import automatic, decide, uses_silence
+from hamirror.cluster.outdate import asks_to_outdate, clears_outdated
 from hamirror.cluster.states import NodeState, is_allowed
 from hamirror.cluster.view import (
     CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase,
@@ -158,6 +161,20 @@ class World:
         self.nodes = (Node("n1", True), Node("n2", False))
         self.next_gen = 1
         self.lease = Lease()
+        self.outdated: int | None = None     # the witness's mark: the node whose copy is outdated
+
+    def mark(self, views: list[ModuleView], up: bool) -> list[ModuleView]:
+        """The holder's request asks for its marks (cluster/outdate.py), the witness applies them
+        (quorum.apply_marks), and the views carry the answer's marks."""
+        holder = self.lease.holder
+        if up and holder is not None and not self.nodes[holder].frozen:
+            view = dataclasses.replace(views[holder], outdated=self.outdated == holder)
+            if asks_to_outdate(view) and (self.outdated != holder or view.command is Command.PRIM):
+                self.outdated = 1 - holder
+            elif clears_outdated(view):
+                self.outdated = None
+        return [dataclasses.replace(v, outdated=self.outdated == i, peer_outdated=self.outdated == 1 - i)
+                for i, v in enumerate(views)]
 
     def witness(self, link: bool, awake: list[bool], up: bool) -> None:
         """The lease this tick: the primary's while both are heard (a holder that is not primary
@@ -305,6 +322,8 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
                            leased[i], asks[i])
                  for i, n in enumerate(world.nodes)]
         views = [dataclasses.replace(v, listened=False) if n.woken else v for v, n in zip(views, world.nodes)]
+        if witness:
+            views = world.mark(views, tick - 1 not in witness_down)
         if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
             world.freeze(*freeze, views[freeze[0]])
         decisions = [None if n.frozen else decide(v) for v, n in zip(views, world.nodes)]
@@ -377,6 +396,25 @@ def test_witness_partition_keeps_one_primary_and_heals_without_split_brain() -> 
     trace = run(steps, witness=True)
     assert (False, S.ALONE, S.WAIT) in trace
     assert trace[-1] == (True, S.PRIM, S.SECOND)
+
+
+def test_the_alone_primary_marks_its_peer_outdated_until_they_mirror_again(monkeypatch) -> None:
+    """The marks in the simulation: set when node1 goes ALONE in the partition (asked with the
+    request that keeps its lease), kept while it is ALONE, gone once PRIM + SECOND again."""
+    marks: list = []
+    original = World.mark
+
+    def record(world: World, views: list, up: bool) -> list:
+        views = original(world, views, up)
+        marks.append(world.outdated)
+        return views
+
+    monkeypatch.setattr(World, "mark", record)
+    trace = run(quiet(6) + quiet(8, link=False) + quiet(8), witness=True)
+    cut = [i for i, t in enumerate(trace) if not t[0]]
+    alone = [i for i in cut if trace[i][1] is S.ALONE]
+    assert len(alone) > 4 and all(marks[i] == 1 for i in alone)
+    assert trace[-1] == (True, S.PRIM, S.SECOND) and marks[-1] is None
 
 
 # --- freezes (issue 15, finding 1) -----------------------------------------------------------
