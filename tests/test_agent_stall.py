@@ -539,3 +539,44 @@ def test_a_primary_asks_the_witness_to_outdate_its_peer_only_when_it_may_decide(
 
     idle, busy = asyncio.run(scenario())
     assert idle.outdate == frozenset({"app"}) and busy.outdate == frozenset()
+
+
+class _Refused(Witness):
+    """The witness refuses this node the lease."""
+
+    async def verdict(self, now: float) -> bool:
+        return False
+
+
+def test_a_sequence_under_way_when_the_quorum_is_lost_has_its_writes_refused_at_once(tmp_path):
+    """Campaign 4004: the primary's start_prim waited 60 s (its timeout) on a mount blocked by
+    the partition that had also lost this node its quorum; no decision comes while a sequence
+    runs. The writes are refused at once, as the step-down would first, so the sequence fails and
+    the decision comes. Not while the peer is heard (the rule steps down only without it)."""
+    for heard in (False, True):
+        runner, dp, *_ = streaming_primary(tmp_path / f"runner-{heard}")
+        agent, clock = agent_with(tmp_path / f"agent-{heard}", runner)
+        for _ in range(8):
+            clock.now += 0.3
+            agent.listening.check()
+        agent.heartbeat, agent.witness = (_heard_second() if heard else _Silent()), _Refused()
+
+        async def scenario():
+            await attached(runner)
+            runner.task = asyncio.get_running_loop().create_future()    # start_prim, blocked
+            runner.transition = (S.PRIM, ())
+            await agent.tick()
+            await asyncio.sleep(0.2)                                    # the refusal's thread
+            runner.task.cancel()
+
+        asyncio.run(scenario())
+        assert (("refuse",) in dp.calls) is not heard, dp.calls
+
+
+def _heard_second() -> _HeardAgain:
+    """The heartbeat service: the peer heard all along, an up-to-date SECOND."""
+    from hamirror.cluster.heartbeat import ModuleInfo
+
+    heartbeat = _HeardAgain()
+    heartbeat.heard, heartbeat.info = True, ModuleInfo(state=S.SECOND, uptodate=True, generation="g1")
+    return heartbeat
