@@ -170,12 +170,12 @@ class Agent:
         """The outdated-copy marks this tick's witness request asks for, from each module's last
         observation and the peer as heard before the verdict (:mod:`outdate`)."""
         listened, outdate, force, current = self.listening.listened(), set(), set(), set()
+        vouched = self.quorum is True and self.witness.vouches(boottime())   # the latest answer's, for every module
         for name, runner in self.runners.items():
             try:
                 linked = not self._claim_alive and streaming(runner, self.cluster.heartbeat.timeout)
                 alive = self._claim_alive or (linked and self.heartbeat.peer_heartbeat is not None)
                 marked = self.witness.outdated(name)
-                vouched = self.quorum is True and self.witness.vouches(boottime())
                 asks, forced, equal = runner.witness_marks(alive, listened, linked, marked == self.node.name, vouched)
             except Exception:  # noqa: BLE001 - one module's bug must not stop the others' requests
                 log.exception("%s: the witness marks could not be worked out", name)

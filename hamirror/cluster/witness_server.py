@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 
 from hamirror.cluster.heartbeat import HeartbeatRejected, Validator, new_boot_id, sign
 from hamirror.cluster.quorum import (
-    NO_MARKS, WITNESS_NAME, Address, Answer, Marks, apply_marks, datagram_body, datagram_fields, witness_key,
+    NO_MARKS, WITNESS_NAME, Address, Answer, Marks, apply_marks, datagram_body, datagram_fields, decode_outdated,
+    witness_key,
 )
 from hamirror.durablefile import write_json
 
@@ -184,9 +185,11 @@ def load_state(path: str, nodes: frozenset[str]) -> WitnessState:
         raise ValueError(f"{path}: witness state unreadable: {exc}") from exc
     if last is not None and (not isinstance(last, str) or last not in nodes):
         raise ValueError(f"{path}: witness state names {last!r}, not a node of this cluster")
-    if not isinstance(outdated, dict) or not all(isinstance(m, str) and n in nodes for m, n in outdated.items()):
-        raise ValueError(f"{path}: witness state's \"outdated\" is not a map of module names to nodes of this cluster")
-    return WitnessState(last, dict(outdated))
+    try:
+        marks = decode_outdated(outdated, nodes) or {}
+    except ValueError as exc:
+        raise ValueError(f"{path}: witness state's \"outdated\": {exc}") from exc
+    return WitnessState(last, marks)
 
 
 def save_state(path: str, state: WitnessState) -> None:
