@@ -580,3 +580,54 @@ def _heard_second() -> _HeardAgain:
     heartbeat = _HeardAgain()
     heartbeat.heard, heartbeat.info = True, ModuleInfo(state=S.SECOND, uptodate=True, generation="g1")
     return heartbeat
+
+
+def _heard_peer(state: NodeState, uptodate: bool) -> _HeardAgain:
+    """The heartbeat service: the peer heard all along, in ``state``."""
+    from hamirror.cluster.heartbeat import ModuleInfo
+
+    heartbeat = _HeardAgain()
+    heartbeat.heard, heartbeat.info = True, ModuleInfo(state=state, uptodate=uptodate, generation="g1")
+    return heartbeat
+
+
+def test_a_promotion_whose_mount_blocks_says_so_and_is_granted_alone_once_the_peer_is_stale(tmp_path):
+    """Campaigns 4004 and 4010: a partition hit a swap's second half while start_prim ran; it
+    healed within 6 s, but the mount stayed blocked until start_prim's 60 s timeout. The peer never
+    saw the blocked mount (a promotion under way advertised it only once primary), so it kept its
+    up-to-date flag, and no verdict runs while a sequence does. Now the heartbeat says the mount
+    is blocked, and once the peer's copy is stale (it cleared its flag, as it does for a blocked
+    primary) the mount is granted ALONE beside the sequence. Not while the peer is an up-to-date
+    SECOND (it could take over), nor for a mount that does not block, nor under a step-down (its
+    writes refused first: a grant would open them again)."""
+    cases = [(S.WAIT, False, "FENCED", True), (S.SECOND, True, "FENCED", False), (S.WAIT, False, "PRIM", False),
+             (S.PRIM, False, "FENCED", False), (S.WAIT, False, "FENCED", False)]
+    for index, (peer_state, uptodate, mount, granted) in enumerate(cases):
+        stepping_down = index == len(cases) - 1                         # PRIM -> WAIT
+        if stepping_down:
+            runner, dp, *_ = streaming_primary(tmp_path / f"runner-{index}")
+        else:
+            runner, dp, *_ = make(tmp_path / f"runner-{index}", S.SECOND, primary=False,
+                                  journal=FakeJournal(("g1",), True))
+        agent, clock = agent_with(tmp_path / f"agent-{index}", runner)
+        for _ in range(8):
+            clock.now += 0.3
+            agent.listening.check()
+        agent.heartbeat = _heard_peer(peer_state, uptodate)
+        advertised = []
+
+        async def scenario():
+            await attached(runner)
+            dp.mounts = [{"state": mount, "mounted": True, "pid": 1}]
+            runner.task = asyncio.get_running_loop().create_future()    # swap's second half: start_prim
+            runner.transition = (S.WAIT if stepping_down else S.PRIM, ())
+            await agent.tick()
+            advertised.append(runner.advertised())
+            await asyncio.sleep(0.2)                                    # the verdict's thread
+            runner.task.cancel()
+
+        asyncio.run(scenario())
+        case = (peer_state, uptodate, mount)
+        assert (("set_alone",) in dp.calls) is granted, (case, dp.calls)
+        assert ("refuse",) not in dp.calls, (case, dp.calls)
+        assert advertised[0].state is S.PRIM and advertised[0].fenced is (mount == "FENCED"), (case, advertised)

@@ -590,6 +590,6 @@ class ModuleRunner:
             state = self.transition[0]
         return ModuleInfo(state=state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
-                          fenced=bool(obs and self.state.is_primary and obs.fenced),
+                          fenced=bool(obs and state.is_primary and obs.fenced),   # watched mid-sequence (beside)
                           maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
                           woke=not self.listening.listened(), leaving=self.leaving)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 
 from hamirror.actions.fence import FenceStanding, NodeFence
-from hamirror.agent import agreement, both, console, control, journal_info, standby, verify
+from hamirror.agent import agreement, beside, both, console, control, journal_info, standby, verify
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.datapath import link_engine
 from hamirror.agent.events import EventLog
@@ -75,7 +75,7 @@ class Agent:
         if self.notifier is not None:
             self.events.listeners.append(self.notifier)
         self._linked_only: set[str] = set()   # modules whose peer is known alive by the link only
-        self._refusals: dict[str, asyncio.Task] = {}   # writes refused under a running sequence
+        self.beside = beside.BesideSequences()   # verdicts on a blocked mount under a running sequence
         hb = cluster.heartbeat
         self.heartbeat = HeartbeatService(
             cluster.name, self.node.name, self.peer_node.name, load_cluster_key(cluster.cluster_key_file),
@@ -313,14 +313,19 @@ class Agent:
         (an observation from before the wait shows the link silent). The names whose observation
         failed (not decided this tick)."""
         idle = [(name, runner) for name, runner in self.runners.items() if runner.task is None]
-        results = await asyncio.gather(*(runner.refresh() for _, runner in idle), return_exceptions=True)
+        busy = [runner for runner in self.runners.values() if beside.bound_primary(runner)]
+        results = await asyncio.gather(*(runner.refresh() for _, runner in idle),
+                                       *(beside.watch_mounts(runner) for runner in busy), return_exceptions=True)
         failed = set()
-        for (name, _), result in zip(idle, results):
+        for (name, _), result in zip(idle, results[:len(idle)]):
             if isinstance(result, Exception):
                 log.error("%s: observation failed", name, exc_info=result)
                 failed.add(name)
             elif isinstance(result, BaseException):
                 raise result
+        for runner, result in zip(busy, results[len(idle):]):
+            if isinstance(result, Exception):
+                log.warning("%s: mounts not watched during the sequence: %s", runner.name, result)
         return failed
 
     async def tick(self) -> None:
@@ -395,8 +400,8 @@ class Agent:
                             leaving=bool(info and info.leaving),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
-            if runner.task is not None and self.quorum is False and (not peer.alive or peer.silent):
-                self._refuse_under_sequence(name, runner)
+            if runner.task is not None:
+                self.beside.act(name, runner, peer, self.quorum, history)
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             if after_peer:
@@ -414,26 +419,6 @@ class Agent:
                 task = self._check_tasks.get(name)
                 if task is None or task.done():
                     self._check_tasks[name] = asyncio.create_task(runner.checkers.run_due())
-
-    def _refuse_under_sequence(self, name: str, runner: ModuleRunner) -> None:
-        """A sequence runs (no decision until it ends) while this node may no longer act as
-        primary: the witness refuses and the peer is not heard, where ``decide()`` would step down,
-        writes refused first. Refuse them now, as that step-down would: whatever in the sequence
-        waits on a blocked mount fails at once and the decision comes (campaign 4004: start_prim
-        waited 60 s, its script's timeout, on a mount blocked by the partition that had lost this
-        node its quorum). Nothing was acknowledged on a blocked mount; refusing loses nothing."""
-        target = runner.transition[0] if runner.transition else runner.state
-        running = self._refusals.get(name)
-        if not (runner.state.is_primary or target.is_primary) or (running is not None and not running.done()):
-            return
-        if running is None:
-            log.warning("%s: the witness refuses and the peer is not heard while a sequence runs (to %s): "
-                        "refusing writes now, as stepping down will", name, target.value)
-            runner.task.add_done_callback(lambda _: self._refusals.pop(name, None))
-        task = asyncio.create_task(asyncio.to_thread(runner.datapath.refuse, "this node lost its quorum"))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                               or log.warning("%s: writes not refused: %s", name, t.exception()))
-        self._refusals[name] = task
 
     def _tenure_token(self) -> int | None:
         """The fencing token of the tenure this node holds now (None: none, or no tokens); a failure

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from hamirror.cluster import restraint, steps
+from hamirror.cluster import blocked, restraint, steps
 from hamirror.cluster.actions import (
     Action, AddVip, Decision, Fence, ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, Persist,
     RefuseWrites, RemountDataPath, RestartApp, RunScript, SetMirroring, StartResync,
@@ -264,8 +264,7 @@ def _stop_primary(view: ModuleView) -> Decision:
     stop = steps.stop(view, force=False)
     if view.mirror is not M.FENCED:
         return stop
-    peer = view.peer
-    quiet = peer.alive and (peer.state is S.STOP or not peer.uptodate)
+    quiet = blocked.peer_stands_aside(view.peer, view.relation)
     first = (SetMirroring(False), NewGeneration()) if quiet else (RefuseWrites(),)
     return dataclasses.replace(stop, actions=first + stop.actions)      # decide() puts Persist first
 

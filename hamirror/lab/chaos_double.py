@@ -5,6 +5,9 @@
 - ``resync-double``: during a failback resync (:meth:`Injector.failback_resync`), a second fault
   hits either side (``resync-kill`` is the power-kill of the source; this draws the others).
 - ``swap-double``: during a ``swap``, 0.3-3 s after it began.
+- ``swap-cut`` (a witness or etcd only, as every partition): a ``swap``, and the peers cut apart for 3-6 s as soon as the new primary's agent
+  has added the VIP, while its ``start_prim`` runs (campaigns 4004 and 4010: the application's
+  start waited 60 s on a mount the cut had left blocked, the cut healed long before).
 - ``remount-double``: kill -9 of the primary's mount daemon, then a second fault once the agent
   mounts again.
 - ``alone-double`` (a witness or etcd only: without a quorum the survivor takes over by design):
@@ -19,6 +22,7 @@ first fault's, so its recovery counts from there.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -29,7 +33,7 @@ from hamirror.lab.chaos_etcd import EtcdInjector
 from hamirror.lab.naming import NODES
 
 DOUBLE = ("takeover-double", "resync-double", "swap-double", "remount-double")
-QUORUM_DOUBLE = ("alone-double",)
+QUORUM_DOUBLE = ("alone-double", "swap-cut")
 OUTLAST_LEASE = 15.0      # seconds from the thaw: longer than the lab's default lease (10 s)
 
 
@@ -112,6 +116,34 @@ class CampaignInjector(EtcdInjector):
         kind, node = self.rng.choice([("power-kill", p), ("power-kill", s), ("kill-mount", p), ("kill-agent", p),
                                       ("kill-agent", s), ("kill-receiver", s)])
         self.second(ev, node, kind)
+        swap.join(timeout=150)
+
+    def _swap_cut(self, ev: Event) -> None:
+        p = ev.node = self._primary(ev)
+        if p is None:
+            return
+        s = next(n for n in NODES if n != p)
+        log = self.paths.log_file(s, "agent")
+        offset = os.path.getsize(log)
+        swap = threading.Thread(target=self.swap, args=(p, ev), daemon=True)
+        swap.start()
+        deadline = time.monotonic() + 60.0
+        with open(log, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            seen = ""
+            while f"{self.app.module}: done AddVip()" not in seen and time.monotonic() < deadline:
+                seen += f.read()
+                time.sleep(0.01)
+        if time.monotonic() >= deadline:
+            ev.skipped = f"{s} added no VIP within 60 s of the swap"
+            swap.join(timeout=150)
+            return
+        ev.start = time.monotonic()
+        control.cut(self.paths, p, s)
+        hold = self.rng.uniform(3.0, 6.0)
+        time.sleep(hold)
+        control.heal(self.paths)
+        ev.detail.append(f"swap on {p}; {p}|{s} cut once {s} added the VIP, healed after {hold:.1f} s")
         swap.join(timeout=150)
 
     def _remount_double(self, ev: Event) -> None:

@@ -1,0 +1,53 @@
+"""The verdict on a primary's blocked mount while a sequence runs (hamirror/cluster/blocked.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hamirror.cluster.blocked import Blocked, peer_stands_aside, verdict
+from hamirror.cluster.states import NodeState as S
+from hamirror.cluster.view import PeerView
+from hamirror.journal.generations import Relation
+
+STALE_WAIT = PeerView(alive=True, state=S.WAIT, uptodate=False)
+
+
+@pytest.mark.parametrize("peer, relation, stands_aside", [
+    (STALE_WAIT, Relation.SAME, True),
+    (PeerView(alive=True, state=S.STOP, uptodate=True), Relation.SAME, True),
+    (PeerView(alive=True, state=S.SECOND, uptodate=False), Relation.LOCAL_NEWER, True),
+    (PeerView(alive=True, state=S.SECOND, uptodate=True), Relation.SAME, False),      # it may take over
+    (PeerView(alive=False, state=S.WAIT, uptodate=False), Relation.UNKNOWN, False),   # not heard
+    (PeerView(alive=True, state=S.ALONE, uptodate=False), Relation.SAME, False),      # primary
+    (PeerView(alive=True, state=S.WAIT, uptodate=False, leaving=True), Relation.SAME, False),
+    (STALE_WAIT, Relation.PEER_NEWER, False),
+    (STALE_WAIT, Relation.DIVERGED, False),
+])
+def test_the_peer_stands_aside_only_when_heard_and_unable_to_be_primary_with_data_of_its_own(
+        peer, relation, stands_aside):
+    assert peer_stands_aside(peer, relation) is stands_aside
+
+
+def test_a_blocked_mount_is_granted_only_beside_a_peer_that_stands_aside():
+    assert verdict(STALE_WAIT, True, Relation.SAME, fenced=True, staying_primary=True) is Blocked.GRANT
+    assert verdict(STALE_WAIT, None, Relation.SAME, fenced=True, staying_primary=True) is Blocked.GRANT
+    assert verdict(STALE_WAIT, True, Relation.SAME, fenced=False, staying_primary=True) is None         # nothing blocks
+    synced = PeerView(alive=True, state=S.SECOND, uptodate=True)
+    assert verdict(synced, True, Relation.SAME, fenced=True, staying_primary=True) is None             # it clears its flag first
+
+
+def test_writes_are_refused_when_the_witness_refuses_and_the_peer_is_not_heard():
+    assert verdict(PeerView(), False, Relation.UNKNOWN, fenced=False, staying_primary=True) is Blocked.REFUSE
+    silent = PeerView(alive=True, state=S.SECOND, uptodate=True, silent=True)
+    assert verdict(silent, False, Relation.SAME, fenced=True, staying_primary=True) is Blocked.REFUSE
+    assert verdict(PeerView(), None, Relation.UNKNOWN, fenced=True, staying_primary=True) is None       # an unheard peer: a decision
+    assert verdict(PeerView(), True, Relation.UNKNOWN, fenced=True, staying_primary=True) is None
+    # Heard, the witness refusing: decide() would grant over a stale peer, and so does the rule.
+    assert verdict(STALE_WAIT, False, Relation.SAME, fenced=True, staying_primary=True) is Blocked.GRANT
+
+
+def test_a_step_down_under_way_is_never_granted():
+    """Its RefuseWrites may have run: a grant would open the refused mount again (REFUSED -> ALONE
+    is allowed, for the agent's own verdict after a fence timeout)."""
+    assert verdict(STALE_WAIT, True, Relation.SAME, fenced=True, staying_primary=False) is None
+    assert verdict(PeerView(), False, Relation.UNKNOWN, fenced=True, staying_primary=False) is Blocked.REFUSE
