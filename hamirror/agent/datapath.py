@@ -40,7 +40,7 @@ from hamirror.config.module import ModuleConfig
 from hamirror.fs.mount import MountError, is_fuse_mountpoint, unmount as fs_unmount
 from hamirror.link import fencing, session
 from hamirror.mirror import status as status_file
-from hamirror.processes import same_start
+from hamirror.processes import boot_start, same_start
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,24 @@ def link_engine(cluster: ClusterConfig, environ: Mapping[str, str] = os.environ)
     return cluster.link.engine, f"[link] engine of {cluster.path} ({session.DEFAULT_ENGINE} when absent)"
 
 
-def _alive(pid: int | None, create_time: float | None = None) -> bool:
-    """The process runs (not a zombie) and, if given, started at ``create_time`` (pid reuse)."""
+def _alive(pid: int | None, create_time: float | None = None, started: float | None = None) -> bool:
+    """The process runs (not a zombie) and, if given, started at ``create_time`` (wall clock) or
+    ``started`` (seconds since boot, :func:`boot_start`), against pid reuse."""
     if not pid:
         return False
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and not same_start(proc, create_time):
+        if create_time is not None and not same_start(proc, create_time, started):
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, TypeError):     # TypeError: a damaged pid file's start
         return False
+
+
+def _start_record(proc: psutil.Process) -> dict:
+    """What a pid file records of a process's start: since boot (compared), and on the wall clock
+    (what an older release compares, after a rollback)."""
+    return {"create_time": proc.create_time(), "started": boot_start(proc)}
 
 
 def _read_json(path: str) -> dict | None:
@@ -330,7 +337,7 @@ class DataPath:
         """The pid of this directory's live receiver, or None."""
         info = _read_json(self._receiver_file(index)) or {}
         pid = info.get("pid")
-        return pid if _alive(pid, info.get("create_time")) else None
+        return pid if _alive(pid, info.get("create_time"), info.get("started")) else None
 
     def receivers_alive(self) -> bool:
         return all(self.receiver_pid(i) is not None for i in range(len(self.dirs)))
@@ -357,7 +364,7 @@ class DataPath:
             try:
                 if wait:
                     self._wait_listening(i, proc)
-                info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "command": cmd}
+                info = {"pid": proc.pid, **_start_record(psutil.Process(proc.pid)), "command": cmd}
             finally:
                 if isinstance(proc, spawn.Child):
                     proc.close()
@@ -378,7 +385,7 @@ class DataPath:
         try:
             proc = psutil.Process(pid)
             argv = [word for word in proc.cmdline() if word]
-            info = {"pid": pid, "create_time": proc.create_time(), "command": argv}
+            info = {"pid": pid, **_start_record(proc), "command": argv}
         except psutil.Error:
             return False
         if "receive" not in argv or self.dir_states[index] not in argv:

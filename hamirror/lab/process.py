@@ -19,7 +19,7 @@ from hamirror.lab import mountns, netns
 from hamirror.lab.naming import CONFIG_PATH, NODES, LabPaths
 from hamirror.lab.shell import LabError
 from hamirror.lab.state import Started
-from hamirror.processes import same_start
+from hamirror.processes import boot_start, same_start
 
 # Set in the environment of everything the lab runs in a host (inherited by children): finds the
 # host's processes even when its namespaces are already gone, e.g. after a crash or manual cleanup.
@@ -66,17 +66,18 @@ def start(paths: LabPaths, host: str, name: str, cmd: list[str]) -> Started:
         proc = subprocess.Popen(enter_command(paths, host, cmd), env=host_env(paths, host), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     try:
-        created = psutil.Process(proc.pid).create_time()
+        started = psutil.Process(proc.pid)
+        created, since_boot = started.create_time(), boot_start(started)
     except psutil.Error:
-        created = 0.0
-    return Started(host=host, name=name, pid=proc.pid, create_time=created, command=cmd)
+        created, since_boot = 0.0, None
+    return Started(host=host, name=name, pid=proc.pid, create_time=created, command=cmd, started=since_boot)
 
 
 def is_alive(started: Started) -> bool:
     """True if the recorded process still runs (same pid and same start time, not a zombie)."""
     try:
         proc = psutil.Process(started.pid)
-        return same_start(proc, started.create_time) and proc.status() != psutil.STATUS_ZOMBIE
+        return same_start(proc, started.create_time, started.started) and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

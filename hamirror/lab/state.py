@@ -23,6 +23,7 @@ class Started:
     pid: int
     create_time: float
     command: list[str]
+    started: float | None = None      # seconds since boot (processes.boot_start); None: an older lab's record
 
 
 @dataclass
