@@ -57,7 +57,7 @@ DEFAULT_ROOT = "/tmp/hamirror-chaos"
 ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
 ALL = (ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_double.QUORUM_DOUBLE + chaos_more.NEEDS_FENCE
        + chaos_etcd.ETCD)
-RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze", "swap-cut") + chaos_etcd.ETCD
+RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze", "swap-cut", "swap-kill") + chaos_etcd.ETCD
 
 
 def fault_list(text: str) -> list[str]:

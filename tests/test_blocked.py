@@ -40,8 +40,6 @@ def test_writes_are_refused_when_the_witness_refuses_and_the_peer_is_not_heard()
     assert verdict(PeerView(), False, Relation.UNKNOWN, fenced=False, staying_primary=True) is Blocked.REFUSE
     silent = PeerView(alive=True, state=S.SECOND, uptodate=True, silent=True)
     assert verdict(silent, False, Relation.SAME, fenced=True, staying_primary=True) is Blocked.REFUSE
-    assert verdict(PeerView(), None, Relation.UNKNOWN, fenced=True, staying_primary=True) is None       # an unheard peer: a decision
-    assert verdict(PeerView(), True, Relation.UNKNOWN, fenced=True, staying_primary=True) is None
     # Heard, the witness refusing: decide() would grant over a stale peer, and so does the rule.
     assert verdict(STALE_WAIT, False, Relation.SAME, fenced=True, staying_primary=True) is Blocked.GRANT
 
@@ -51,3 +49,34 @@ def test_a_step_down_under_way_is_never_granted():
     is allowed, for the agent's own verdict after a fence timeout)."""
     assert verdict(STALE_WAIT, True, Relation.SAME, fenced=True, staying_primary=False) is None
     assert verdict(PeerView(), False, Relation.UNKNOWN, fenced=True, staying_primary=False) is Blocked.REFUSE
+
+
+def test_a_promotion_refused_by_the_witness_waits_unless_the_peer_is_heard_holding_the_lease():
+    """Campaign 4104: a swap's old primary died before releasing the lease; refused at once, the new
+    primary stepped down to WAIT, where it may not take over by itself, and the service waited for
+    the dead node to boot. It waits for the lease to lapse instead; a peer alive and cut from it
+    (the witness heard it holding the lease just now) makes it yield at once, as before."""
+    lost = PeerView()
+    assert verdict(lost, False, Relation.UNKNOWN, fenced=True, staying_primary=True, promoting=True) is None
+    assert verdict(lost, False, Relation.UNKNOWN, fenced=True, staying_primary=True, promoting=True,
+                   peer_leased=True) is Blocked.REFUSE
+    assert verdict(lost, False, Relation.UNKNOWN, fenced=True, staying_primary=True) is Blocked.REFUSE
+
+
+def test_a_blocked_mount_whose_peer_is_lost_ends_its_sequence_once_the_quorum_allows_going_on():
+    """The decision that follows grants ALONE (fence script, the witness's mark) and starts the
+    application again; without it the sequence waited for its script's timeout."""
+    lost = PeerView()
+    for quorum in (True, None):
+        assert verdict(lost, quorum, Relation.UNKNOWN, fenced=True, staying_primary=True,
+                       promoting=True) is Blocked.REFUSE
+    assert verdict(lost, True, Relation.UNKNOWN, fenced=True, staying_primary=True, listened=False) is None
+    assert verdict(lost, True, Relation.UNKNOWN, fenced=False, staying_primary=True) is None
+    silent = PeerView(alive=True, state=S.SECOND, uptodate=True, silent=True)      # not lost yet
+    assert verdict(silent, True, Relation.SAME, fenced=True, staying_primary=True) is None
+
+
+def test_a_promotion_yields_to_a_peer_heard_primary():
+    primary = PeerView(alive=True, state=S.PRIM, uptodate=True)
+    assert verdict(primary, True, Relation.SAME, fenced=False, staying_primary=True, promoting=True) is Blocked.REFUSE
+    assert verdict(primary, True, Relation.SAME, fenced=True, staying_primary=True) is None   # decide()'s rule

@@ -20,7 +20,7 @@ from hamirror.journal.generations import GenerationHistory, Relation, compare
 
 log = logging.getLogger(__name__)
 
-REFUSE_REASON = "this node lost its quorum"
+REFUSE_REASON = "no verdict while a sequence runs: refused so that it ends and the decision comes"
 GRANT_REASON = "the peer's copy is stale (granted while a sequence ran)"
 
 
@@ -45,7 +45,7 @@ class BesideSequences:
         self._running: dict[str, asyncio.Task] = {}
 
     def act(self, name: str, runner: ModuleRunner, peer: PeerView, quorum: bool | None,
-            peer_history: GenerationHistory | None) -> blocked.Blocked | None:
+            peer_history: GenerationHistory | None, peer_leased: bool, listened: bool) -> blocked.Blocked | None:
         """Apply :func:`blocked.verdict` to ``runner`` (busy on or towards a primary state)."""
         if not bound_primary(runner) or runner.obs is None:
             return None
@@ -54,15 +54,13 @@ class BesideSequences:
             return None
         relation = compare(runner.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         target = runner.transition[0] if runner.transition else runner.state
-        verdict = blocked.verdict(peer, quorum, relation, runner.obs.fenced, target.is_primary)
+        promoting = not runner.state.is_primary
+        verdict = blocked.verdict(peer, quorum, relation, fenced=runner.obs.fenced, staying_primary=target.is_primary,
+                                  promoting=promoting, peer_leased=peer_leased, listened=listened)
         if verdict is None:
             return None
         if running is None:
-            log.warning("%s: while a sequence runs (to %s), %s", name, target.value,
-                        "the witness refuses and the peer is not heard: refusing writes now, as stepping "
-                        "down will" if verdict is blocked.Blocked.REFUSE else
-                        "writes are blocked and the peer's copy is stale: granting ALONE now, as the "
-                        "verdict after it would")
+            log.warning("%s: while a sequence runs (to %s), %s", name, target.value, _why(verdict, peer, quorum))
             runner.task.add_done_callback(lambda _: self._running.pop(name, None))
         if verdict is blocked.Blocked.REFUSE:
             call = asyncio.to_thread(runner.datapath.refuse, REFUSE_REASON)
@@ -73,3 +71,14 @@ class BesideSequences:
                                or log.warning("%s: verdict beside the sequence failed: %s", name, t.exception()))
         self._running[name] = task
         return verdict
+
+
+def _why(verdict: blocked.Blocked, peer: PeerView, quorum: bool | None) -> str:
+    """The log line's reason, one per rule of :func:`blocked.verdict`."""
+    if verdict is blocked.Blocked.GRANT:
+        return "writes are blocked and the peer's copy is stale: granting ALONE now, as the verdict after it would"
+    if quorum is False and (not peer.alive or peer.silent):
+        return "the witness refuses and the peer is not heard: refusing writes now, as stepping down will"
+    if peer.is_primary:
+        return "the peer is primary: refusing writes now, yielding to it"
+    return "writes are blocked and the peer is lost: refusing them now, so that the decision to go on alone comes"

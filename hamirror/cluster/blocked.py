@@ -5,18 +5,26 @@ one settled state at a time. A mount that loses its peer in the middle of one (a
 half, a restart, a takeover) blocks the application's writes until a verdict, and whatever in the
 sequence writes (``start_prim``, ``stop_prim``) waits with them, until its script's timeout or the
 mount's ``block_timeout`` (campaigns 4004 and 4010: 60 s without service, for a partition that had
-healed after 6 s). Two verdicts need no decision, so the agent makes them beside the sequence,
-as ``decide()`` makes them for a settled primary:
+healed after 6 s). A blocked mount acknowledges nothing, so waiting is always safe; these verdicts
+only end the wait early, each as ``decide()`` would end it for a settled primary:
 
 - **GRANT** (``_fenced``'s grant): the peer is heard, is not primary and is not about to take
   over, and it is stopped or its copy is stale (it saw our mount blocked and cleared its flag),
   nor does it hold newer or diverged data. Nothing can be acknowledged on its side, so the mount
   goes ALONE, recording what the peer misses for the resync; the mount starts the new generation.
-- **REFUSE** (the step-down's first action): the witness refuses this node and the peer is not
-  heard: the peer may take over. Nothing was acknowledged on the blocked mount.
+- **REFUSE**: writes refused, so that the sequence fails at once and a decision comes:
+  - the witness refuses and the peer is not heard (a settled primary steps down, writes refused
+    first). A *promotion* refuses only when the witness heard the peer holding the lease just
+    now (``peer_leased``: it is alive, cut from us): a swap's new primary whose old primary died
+    before releasing the lease waits for that lease to lapse instead (campaign 4104: refused at
+    once, it stepped down to WAIT, where it may not take over by itself, and waited for the dead
+    node to boot);
+  - the peer is not heard for a full timeout and the quorum does not refuse (granted, or no
+    witness): the decision that follows grants ALONE with what only a decision does (the fence
+    script, the witness's mark of the peer's copy) and starts the application again;
+  - a promotion whose peer is heard primary: it took over meanwhile; yield.
 
-Anything else waits for the sequence to end: going on alone over an unheard peer needs its fence
-script and the witness's mark of the peer's copy, which belong to a decision.
+Anything else waits for the sequence to end.
 """
 
 from __future__ import annotations
@@ -41,13 +49,21 @@ def peer_stands_aside(peer: PeerView, relation: Relation) -> bool:
             and (peer.state is NodeState.STOP or not peer.uptodate))
 
 
-def verdict(peer: PeerView, quorum: bool | None, relation: Relation, fenced: bool,
-            staying_primary: bool) -> Blocked | None:
-    """What to do now for a module whose sequence runs on (or towards) a primary state; ``fenced``:
+def verdict(peer: PeerView, quorum: bool | None, relation: Relation, *, fenced: bool, staying_primary: bool,
+            promoting: bool = False, peer_leased: bool = False, listened: bool = True) -> Blocked | None:
+    """What to do now for a module whose sequence runs on (or towards) a primary state. ``fenced``:
     a mount blocks writes waiting for a verdict; ``staying_primary``: the sequence's target is a
     primary state (a step-down under way refuses writes itself, and is never granted: a grant
-    would open a refused mount again). None: nothing before the sequence ends."""
-    if quorum is False and (not peer.alive or peer.silent):
+    would open a refused mount again); ``promoting``: this node is not primary yet;
+    ``peer_leased``, ``listened``: as in :class:`~hamirror.cluster.view.ModuleView`. None: nothing
+    before the sequence ends."""
+    if not peer.alive or peer.silent:
+        if quorum is False and (not promoting or peer_leased):
+            return Blocked.REFUSE
+        if quorum is not False and fenced and staying_primary and not peer.alive and listened:
+            return Blocked.REFUSE
+        return None
+    if promoting and peer.is_primary:
         return Blocked.REFUSE
     if fenced and staying_primary and peer_stands_aside(peer, relation):
         return Blocked.GRANT

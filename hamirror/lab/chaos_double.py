@@ -8,6 +8,8 @@
 - ``swap-cut`` (a witness or etcd only, as every partition): a ``swap``, and the peers cut apart for 3-6 s as soon as the new primary's agent
   has added the VIP, while its ``start_prim`` runs (campaigns 4004 and 4010: the application's
   start waited 60 s on a mount the cut had left blocked, the cut healed long before).
+- ``swap-kill`` (a witness or etcd only): the same moment, the old primary (SECOND by then)
+  power-killed, booted 8-15 s later.
 - ``remount-double``: kill -9 of the primary's mount daemon, then a second fault once the agent
   mounts again.
 - ``alone-double`` (a witness or etcd only: without a quorum the survivor takes over by design):
@@ -33,7 +35,7 @@ from hamirror.lab.chaos_etcd import EtcdInjector
 from hamirror.lab.naming import NODES
 
 DOUBLE = ("takeover-double", "resync-double", "swap-double", "remount-double")
-QUORUM_DOUBLE = ("alone-double", "swap-cut")
+QUORUM_DOUBLE = ("alone-double", "swap-cut", "swap-kill")
 OUTLAST_LEASE = 15.0      # seconds from the thaw: longer than the lab's default lease (10 s)
 
 
@@ -118,7 +120,9 @@ class CampaignInjector(EtcdInjector):
         self.second(ev, node, kind)
         swap.join(timeout=150)
 
-    def _swap_cut(self, ev: Event) -> None:
+    def _during_start(self, ev: Event, fault) -> None:
+        """``hamirror swap`` on the primary p; once the new primary s logs ``done AddVip()`` (its
+        ``start_prim`` under way), ``fault(p, s)``, which returns its detail."""
         p = ev.node = self._primary(ev)
         if p is None:
             return
@@ -136,15 +140,29 @@ class CampaignInjector(EtcdInjector):
                 time.sleep(0.01)
         if time.monotonic() >= deadline:
             ev.skipped = f"{s} added no VIP within 60 s of the swap"
-            swap.join(timeout=150)
-            return
-        ev.start = time.monotonic()
-        control.cut(self.paths, p, s)
-        hold = self.rng.uniform(3.0, 6.0)
-        time.sleep(hold)
-        control.heal(self.paths)
-        ev.detail.append(f"swap on {p}; {p}|{s} cut once {s} added the VIP, healed after {hold:.1f} s")
+        else:
+            ev.detail.append(f"swap on {p}; " + fault(ev, p, s))
         swap.join(timeout=150)
+
+    def _swap_cut(self, ev: Event) -> None:
+        def cut(ev: Event, p: str, s: str) -> str:
+            ev.start = time.monotonic()
+            control.cut(self.paths, p, s)
+            hold = self.rng.uniform(3.0, 6.0)
+            time.sleep(hold)
+            control.heal(self.paths)
+            return f"{p}|{s} cut once {s} added the VIP, healed after {hold:.1f} s"
+        self._during_start(ev, cut)
+
+    def _swap_kill(self, ev: Event) -> None:
+        def kill(ev: Event, p: str, s: str) -> str:
+            self.kill(p)
+            ev.start = time.monotonic()
+            delay = self.rng.uniform(8.0, 15.0)
+            time.sleep(delay)
+            self.boot(p)
+            return f"{p} (the old primary, now SECOND) power-killed once {s} added the VIP, booted after {delay:.1f} s"
+        self._during_start(ev, kill)
 
     def _remount_double(self, ev: Event) -> None:
         p = ev.node = self._primary(ev)
