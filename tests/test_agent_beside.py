@@ -9,7 +9,7 @@ from hamirror.cluster.quorum import Witness
 from hamirror.cluster.states import NodeState
 from tests.agent_fakes import FakeJournal
 from tests.test_agent_runner import attached, make
-from tests.test_agent_stall import _HeardAgain, _Refused, _Silent, agent_with, streaming_primary
+from tests.test_agent_stall import _Heard, _HeardAgain, _Refused, _Silent, agent_with, streaming_primary
 
 S = NodeState
 
@@ -37,7 +37,7 @@ def _heard_peer(state: NodeState, uptodate: bool) -> _HeardAgain:
 
 
 def _tick_under_sequence(tmp_path, runner, dp, heartbeat, mount: str, target: NodeState,
-                         witness: Witness | None = None) -> tuple[list, list]:
+                         witness: Witness | None = None, before=attached) -> tuple[list, list]:
     """One agent tick while ``runner`` runs a sequence to ``target`` (its start_prim blocked, say)
     over a mount in state ``mount``: (the verdicts the data path got, what the heartbeat said)."""
     agent, clock = agent_with(tmp_path, runner)
@@ -50,7 +50,7 @@ def _tick_under_sequence(tmp_path, runner, dp, heartbeat, mount: str, target: No
     advertised = []
 
     async def scenario():
-        await attached(runner)
+        await before(runner)             # attach it (and set what it observed)
         dp.mounts = [{"state": mount, "mounted": True, "pid": 1}]
         runner.task = asyncio.get_running_loop().create_future()
         runner.transition = (target, ())
@@ -116,3 +116,34 @@ def test_a_promotion_whose_old_primary_died_waits_for_its_lease_then_ends_for_th
         verdicts, _ = _tick_under_sequence(tmp_path / f"agent-{index}", runner, dp, _Silent(), "FENCED", S.PRIM,
                                            witness)
         assert verdicts == ([expected] if expected else []), (type(witness).__name__, dp.calls)
+
+
+class _QuietSecond(_Heard):
+    """The peer silent for ``silence`` seconds, its last heartbeat: an up-to-date SECOND."""
+
+    def peer_modules(self) -> dict:
+        from hamirror.cluster.heartbeat import ModuleInfo
+        return {"app": ModuleInfo(state=S.SECOND, uptodate=True, generation="g1")}
+
+
+def test_a_promotion_judges_its_peer_lost_by_the_heartbeats_timeout_as_the_decision_after_it(tmp_path):
+    """Campaign 4106: a swap's new primary took its peer for lost 1.2 s in (the shortcut for an
+    idle SECOND whose primary's replication connection closed: its receiver had seen the old
+    primary's mount close at the hand-over), refused its writes for the decision; the decision,
+    without the shortcut, still heard the peer, an up-to-date SECOND, and stepped down to WAIT,
+    where it waited for the dead node to boot. A busy SECOND does not take the shortcut."""
+    from hamirror.agent.module_runner import Observation
+    from tests.test_agent_runner import history
+
+    runner, dp, *_ = make(tmp_path / "runner", S.SECOND, primary=False, journal=FakeJournal(("g1",), True))
+    heartbeat = _QuietSecond(1.3)
+    receiver = {"connections": 0, "closed_at": heartbeat.last_heard}
+
+    async def observed(runner):
+        await attached(runner)
+        runner.state = S.SECOND          # as the swap's hand-over left it (the fake has no receiver)
+        runner.obs = Observation(history(), True, (), (receiver,), True)
+
+    verdicts, _ = _tick_under_sequence(tmp_path / "agent", runner, dp, heartbeat, "FENCED", S.PRIM, _GrantsNow(),
+                                       before=observed)
+    assert verdicts == [], dp.calls

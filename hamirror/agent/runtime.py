@@ -298,11 +298,14 @@ class Agent:
 
     def _heard(self) -> tuple[bool, float | None, Mapping[str, ModuleInfo], set[str]]:
         """The peer as heard now: alive, seconds of silence, its modules, and the modules whose
-        primary's processes are gone (:func:`peer_gone`)."""
+        primary's processes are gone (:func:`peer_gone`). Only an idle SECOND's: a SECOND busy
+        promoting itself (a swap's second half) judges its peer by the heartbeats' timeout, as the
+        decision after its sequence will (campaign 4106: the verdict beside the sequence took the
+        peer for lost 1.2 s in, the decision still heard it, and stepped down to WAIT)."""
         hb = self.heartbeat
         alive, silence, infos = hb.peer_alive(), hb.silence(), hb.peer_modules()
         gone = {name for name, runner in self.runners.items() if alive and runner.state is NodeState.SECOND
-                and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
+                and runner.task is None and peer_gone(runner, silence, self.cluster.heartbeat.interval)}
         return alive, silence, infos, gone
 
     async def _observe(self) -> set[str]:
