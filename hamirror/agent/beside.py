@@ -35,7 +35,8 @@ async def watch_mounts(runner: ModuleRunner) -> None:
     receivers) is observed again when the sequence ends."""
     if runner.obs is not None:
         mounts = tuple(await asyncio.to_thread(runner.datapath.mount_statuses))
-        runner.obs = dataclasses.replace(runner.obs, mounts=mounts)
+        if runner.task is not None and runner.obs is not None:   # not if the sequence ended meanwhile
+            runner.obs = dataclasses.replace(runner.obs, mounts=mounts)
 
 
 class BesideSequences:
