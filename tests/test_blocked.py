@@ -80,3 +80,8 @@ def test_a_promotion_yields_to_a_peer_heard_primary():
     primary = PeerView(alive=True, state=S.PRIM, uptodate=True)
     assert verdict(primary, True, Relation.SAME, fenced=False, staying_primary=True, promoting=True) is Blocked.REFUSE
     assert verdict(primary, True, Relation.SAME, fenced=True, staying_primary=True) is None   # decide()'s rule
+
+
+def test_no_grant_from_a_view_this_node_has_not_listened_to():
+    """Thawed after a freeze, the first heartbeats read are the ones queued during it."""
+    assert verdict(STALE_WAIT, True, Relation.SAME, fenced=True, staying_primary=True, listened=False) is None

@@ -46,9 +46,11 @@ class BesideSequences:
         self._running: dict[str, asyncio.Task] = {}
 
     def act(self, name: str, runner: ModuleRunner, peer: PeerView, quorum: bool | None,
-            peer_history: GenerationHistory | None, peer_leased: bool, listened: bool) -> blocked.Blocked | None:
-        """Apply :func:`blocked.verdict` to ``runner`` (busy on or towards a primary state)."""
-        if not bound_primary(runner) or runner.obs is None:
+            peer_history: GenerationHistory | None, peer_leased: bool, listened: bool,
+            epoch: int | None = None) -> blocked.Blocked | None:
+        """Apply :func:`blocked.verdict` to ``runner`` (busy on or towards a primary state).
+        ``epoch``: the stall count when the peer was read; a stall since, and nothing is done."""
+        if not bound_primary(runner) or runner.obs is None or runner.stale(epoch):
             return None
         running = self._running.get(name)
         if running is not None and not running.done():

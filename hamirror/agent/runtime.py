@@ -404,7 +404,7 @@ class Agent:
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             if runner.task is not None:
-                self.beside.act(name, runner, peer, self.quorum, history, peer_leased, listened)
+                self.beside.act(name, runner, peer, self.quorum, history, peer_leased, listened, epoch)
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
             if after_peer:

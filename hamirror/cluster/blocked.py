@@ -65,6 +65,6 @@ def verdict(peer: PeerView, quorum: bool | None, relation: Relation, *, fenced: 
         return None
     if promoting and peer.is_primary:
         return Blocked.REFUSE
-    if fenced and staying_primary and peer_stands_aside(peer, relation):
-        return Blocked.GRANT
+    if fenced and staying_primary and listened and peer_stands_aside(peer, relation):
+        return Blocked.GRANT      # listened: not from heartbeats queued while this agent was frozen
     return None
