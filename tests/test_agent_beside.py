@@ -59,8 +59,12 @@ def _tick_under_sequence(tmp_path, runner, dp, heartbeat, mount: str, target: No
         await asyncio.sleep(0.2)                                    # the verdict's thread
         runner.task.cancel()
 
+    events = []
+    runner.emit = lambda kind, text, **fields: kind.startswith("fence") and events.append(kind)
     asyncio.run(scenario())
-    return [c[0] for c in dp.calls if c in (("set_alone",), ("refuse",))], advertised
+    verdicts = [c[0] for c in dp.calls if c in (("set_alone",), ("refuse",))]
+    assert events == [{"set_alone": "fence-grant", "refuse": "fence-refuse"}[v] for v in verdicts], events
+    return verdicts, advertised
 
 
 def test_a_promotion_whose_mount_blocks_says_so_and_is_granted_alone_once_the_peer_is_stale(tmp_path):

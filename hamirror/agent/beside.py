@@ -62,9 +62,13 @@ class BesideSequences:
                                   promoting=promoting, peer_leased=peer_leased, listened=listened)
         if verdict is None:
             return None
+        why = _why(verdict, peer, quorum)
         if running is None:
-            log.warning("%s: while a sequence runs (to %s), %s", name, target.value, _why(verdict, peer, quorum))
+            log.warning("%s: while a sequence runs (to %s), %s", name, target.value, why)
             runner.task.add_done_callback(lambda _: self._running.pop(name, None))
+            # The timeline's fencing verdicts, as a decision's (events.decision_events).
+            runner.emit("fence-grant" if verdict is blocked.Blocked.GRANT else "fence-refuse",
+                        f"while a sequence runs: {why}", beside=target.value)
         if verdict is blocked.Blocked.REFUSE:
             call = asyncio.to_thread(runner.datapath.refuse, REFUSE_REASON)
         else:
