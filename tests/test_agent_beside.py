@@ -151,3 +151,26 @@ def test_a_promotion_judges_its_peer_lost_by_the_heartbeats_timeout_as_the_decis
     verdicts, _ = _tick_under_sequence(tmp_path / "agent", runner, dp, heartbeat, "FENCED", S.PRIM, _GrantsNow(),
                                        before=observed)
     assert verdicts == [], dp.calls
+
+
+class _Releases(Witness):
+    def __init__(self) -> None:
+        self.released = 0
+
+    async def verdict(self, now: float) -> bool:
+        return True
+
+    def release_now(self) -> None:
+        self.released += 1
+
+
+def test_the_end_of_a_hand_over_releases_the_lease_at_once(tmp_path):
+    """Campaign 4107: the release rode the next tick's request, and an old primary killed within
+    that tick left the new one waiting for the lease to lapse."""
+    for state, released in ((S.SECOND, 1), (S.PRIM, 0)):
+        runner, *_ = make(tmp_path / f"runner-{state.value}", state, primary=False)
+        agent, _ = agent_with(tmp_path / f"agent-{state.value}", runner)
+        agent.witness = _Releases()
+        runner.state = state                     # the sequence just ended here
+        agent._changed()
+        assert agent.witness.released == released, state

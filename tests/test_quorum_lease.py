@@ -395,3 +395,34 @@ def test_the_client_reads_the_marks_and_knows_a_witness_that_keeps_none():
     old.update(rs=client.counter, s=old["s"] + 2, x={"db": "node3"})   # names a node of no pair: refused
     client.received(sign(json.dumps(old).encode(), witness_key(KEY)))
     assert client.counter in client.pending               # not taken as the answer
+
+
+class _Loopback:
+    """A client's transport that hands each request to the server and its answer back."""
+
+    def __init__(self, client: UdpWitness, srv: WitnessServer) -> None:
+        self.client, self.srv = client, srv
+
+    def sendto(self, data: bytes) -> None:
+        reply = self.srv.handle(data)
+        if reply is not None:
+            self.client.received(reply)
+
+
+def test_a_node_that_stops_needing_the_lease_releases_it_at_once_not_at_its_next_tick():
+    """Campaign 4107: a swap's old primary died within a tick of its hand-over, before the tick's
+    request without claim released the lease; the new primary waited 10 s for it to lapse. The
+    agent now releases it as the hand-over's sequence ends, and only if nothing here needs it."""
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    needs = [True]
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, claim=lambda: needs[0],
+                        clock=clock, wall=wall)
+    client._transport = _Loopback(client, srv)
+    client.send(True)
+    assert client.view.holds(clock()) and srv.book.holder == "node1"
+    client.release_now()                        # still needed (a primary module, or the peer unheard)
+    assert srv.book.holder == "node1" and client.view.holds(clock())
+    needs[0] = False
+    client.release_now()
+    assert srv.book.holder is None and not client.view.holds(clock()) and not client.claiming

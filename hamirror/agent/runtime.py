@@ -189,8 +189,15 @@ class Agent:
         return Marks(frozenset(outdate), frozenset(force), frozenset(current))
 
     def _changed(self) -> None:
+        """A sequence ended: its state to the peer now, and the lease to the witness if no module is
+        primary here any more (a hand-over's end)."""
         with contextlib.suppress(Exception):
             self.heartbeat.send_now()
+        if not any(r.state.is_primary for r in self.runners.values()):
+            try:
+                self.witness.release_now()
+            except Exception:  # noqa: BLE001 - the next tick's request releases it anyway
+                log.exception("witness: the lease not released at once")
 
     def lock(self) -> None:
         """One agent per node: an exclusive lock on ``<run_dir>/agent.pid``."""
