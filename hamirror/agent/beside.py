@@ -15,6 +15,7 @@ import logging
 
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.cluster import blocked
+from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import PeerView
 from hamirror.journal.generations import GenerationHistory, Relation, compare
 
@@ -24,10 +25,14 @@ REFUSE_REASON = "no verdict while a sequence runs: refused so that it ends and t
 GRANT_REASON = "the peer's copy is stale (granted while a sequence ran)"
 
 
+def target_state(runner: ModuleRunner) -> NodeState:
+    """Where the running sequence goes (the state itself when none runs)."""
+    return runner.transition[0] if runner.transition else runner.state
+
+
 def bound_primary(runner: ModuleRunner) -> bool:
     """A sequence runs on a primary, or towards a primary state."""
-    target = runner.transition[0] if runner.transition else runner.state
-    return runner.task is not None and (runner.state.is_primary or target.is_primary)
+    return runner.task is not None and (runner.state.is_primary or target_state(runner).is_primary)
 
 
 async def watch_mounts(runner: ModuleRunner) -> None:
@@ -56,7 +61,7 @@ class BesideSequences:
         if running is not None and not running.done():
             return None
         relation = compare(runner.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
-        target = runner.transition[0] if runner.transition else runner.state
+        target = target_state(runner)
         promoting = not runner.state.is_primary
         verdict = blocked.verdict(peer, quorum, relation, fenced=runner.obs.fenced, staying_primary=target.is_primary,
                                   promoting=promoting, peer_leased=peer_leased, listened=listened)
