@@ -81,13 +81,20 @@ def run_spawner(args: argparse.Namespace) -> int:
 def preload() -> None:
     """What every child would otherwise do on its own, done once here and shared copy-on-write:
     the daemons' imports, and OpenSSL's first use (~5 MB of private pages per process that
-    opens a link session; docs/performance.md, "Idle memory of the data path")."""
+    opens a link session; docs/performance.md, "Idle memory of the data path").
+
+    Every import a child makes is paid in its own pages (the module's objects, and the pages of
+    the spawner's heap its allocations land in): the ones the daemons make lazily are done here
+    too, and tests/test_daemon_pages.py checks that a forked mount and receiver import nothing."""
+    import encodings.idna  # noqa: F401 - what socket.getaddrinfo imports for the first host name
     import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
+    import hamirror.link.transport_stream  # noqa: F401 - the engine a new cluster runs (LinkClient)
     import hamirror.replica.receiver  # noqa: F401
     from hamirror.cli import main
-    from hamirror.link import session
+    from hamirror.link import native, session
 
     main.prepare([main.GROUP_OF["mirror"]])   # imports the group too
+    native.preload()
     session.warm_up()
 
 
@@ -103,7 +110,9 @@ def preload_engine(argv: list[str]) -> None:
     except (IndexError, ValueError):
         return                           # the child says what is wrong with it
     if engine != session.STREAM:
+        import zmq.utils.garbage  # noqa: F401 - what pyzmq imports at a mount's first zero-copy send
         import hamirror.link.transport_zmq  # noqa: F401
+        import hamirror.link.zap  # noqa: F401 - the receiver's authenticator
         import hamirror.replica.serve_zmq  # noqa: F401
 
 

@@ -29,6 +29,15 @@ def _module() -> ModuleType | None:
     return _native
 
 
+def preload() -> None:
+    """Load the extension without a word (the spawner, before it forks the receivers): the
+    receiver that uses it says so itself, through :func:`core`."""
+    try:
+        importlib.import_module("hamirror.link._native")
+    except ImportError:
+        pass   # core() says why, in the receiver's log
+
+
 def core(root_fd: int) -> object | None:
     """A native applier on ``root_fd``, or None when the Python path is to be used."""
     if os.environ.get(ENV, "1") == "0":
