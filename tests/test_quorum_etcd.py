@@ -84,6 +84,35 @@ def test_grant_renew_release_token_and_vouch(etcd_cluster):
     asyncio.run(scenario())
 
 
+def test_a_node_that_stops_needing_the_key_deletes_it_at_once_not_at_its_next_tick(etcd_cluster):
+    """Campaign 4107's window on etcd: a swap's old primary killed within a tick of its hand-over,
+    before the tick's exchange deleted its key, left it to its lease (etcd_ttl): the new primary
+    waited that long. The agent releases as the hand-over ends, and only if nothing here needs it."""
+    async def scenario() -> None:
+        claim = {"node1": True, "node2": False}
+        ttl = 8
+        n1, n2 = node(etcd_cluster.urls, "node1", claim, ttl), node(etcd_cluster.urls, "node2", claim, ttl)
+        loop = asyncio.get_running_loop()
+        try:
+            assert await n1.verdict(0) is True
+            first = n1.token()
+            n1.release_now()                     # still needed (a primary module, or the peer unheard)
+            await loop.run_in_executor(n1._executor, lambda: None)
+            assert n1.view.holds(time.monotonic()) and n1.token() == first
+            claim.update(node1=False, node2=True)
+            n1.release_now()                     # ... and no tick of node1's after it: it was killed
+            await loop.run_in_executor(n1._executor, lambda: None)
+            assert not n1.view.holds(time.monotonic()) and not n1.claiming and n1.token() is None
+            started = time.monotonic()
+            assert await n2.verdict(0) is True and n2.token() > first
+            assert time.monotonic() - started < ttl / 2, "granted only once node1's lease lapsed"
+        finally:
+            await n1.stop()
+            await n2.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_holder_marks_outdated_copies_in_etcd_and_a_marked_node_cannot_undo_them(etcd_cluster):
     """The marks of quorum.py on etcd: only the holder's requests change them, a node whose copy
     is marked cannot mark the other's unless forced, and they outlive every session."""
