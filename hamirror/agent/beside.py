@@ -63,11 +63,11 @@ class BesideSequences:
         relation = compare(runner.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         target = target_state(runner)
         promoting = not runner.state.is_primary
-        verdict = blocked.verdict(peer, quorum, relation, fenced=runner.obs.fenced, staying_primary=target.is_primary,
-                                  promoting=promoting, peer_leased=peer_leased, listened=listened)
+        verdict, why = blocked.reasoned_verdict(peer, quorum, relation, fenced=runner.obs.fenced,
+                                                staying_primary=target.is_primary, promoting=promoting,
+                                                peer_leased=peer_leased, listened=listened)
         if verdict is None:
             return None
-        why = _why(verdict, peer, quorum)
         if running is None:
             log.warning("%s: while a sequence runs (to %s), %s", name, target.value, why)
             runner.task.add_done_callback(lambda _: self._running.pop(name, None))
@@ -84,13 +84,3 @@ class BesideSequences:
         self._running[name] = task
         return verdict
 
-
-def _why(verdict: blocked.Blocked, peer: PeerView, quorum: bool | None) -> str:
-    """The log line's reason, one per rule of :func:`blocked.verdict`."""
-    if verdict is blocked.Blocked.GRANT:
-        return "writes are blocked and the peer's copy is stale: granting ALONE now, as the verdict after it would"
-    if quorum is False and (not peer.alive or peer.silent):
-        return "the witness refuses and the peer is not heard: refusing writes now, as stepping down will"
-    if peer.is_primary:
-        return "the peer is primary: refusing writes now, yielding to it"
-    return "writes are blocked and the peer is lost: refusing them now, so that the decision to go on alone comes"

@@ -57,14 +57,26 @@ def verdict(peer: PeerView, quorum: bool | None, relation: Relation, *, fenced: 
     would open a refused mount again); ``promoting``: this node is not primary yet;
     ``peer_leased``, ``listened``: as in :class:`~hamirror.cluster.view.ModuleView`. None: nothing
     before the sequence ends."""
+    return reasoned_verdict(peer, quorum, relation, fenced=fenced, staying_primary=staying_primary,
+                            promoting=promoting, peer_leased=peer_leased, listened=listened)[0]
+
+
+def reasoned_verdict(peer: PeerView, quorum: bool | None, relation: Relation, *, fenced: bool,
+                     staying_primary: bool, promoting: bool = False, peer_leased: bool = False,
+                     listened: bool = True) -> tuple[Blocked | None, str]:
+    """:func:`verdict`, with the reason of the rule that gave it (for the log and the timeline)."""
     if not peer.alive or peer.silent:
         if quorum is False and (not promoting or peer_leased):
-            return Blocked.REFUSE
+            return Blocked.REFUSE, ("the witness refuses and the peer is not heard: refusing writes now, as stepping "
+                                    "down will")
         if quorum is not False and fenced and staying_primary and not peer.alive and listened:
-            return Blocked.REFUSE
-        return None
+            return Blocked.REFUSE, ("writes are blocked and the peer is lost: refusing them now, so that the decision "
+                                    "to go on alone comes")
+        return None, ""
     if promoting and peer.is_primary:
-        return Blocked.REFUSE
+        return Blocked.REFUSE, "the peer is primary: refusing writes now, yielding to it"
     if fenced and staying_primary and listened and peer_stands_aside(peer, relation):
-        return Blocked.GRANT      # listened: not from heartbeats queued while this agent was frozen
-    return None
+        # listened: not from heartbeats queued while this agent was frozen
+        return Blocked.GRANT, ("writes are blocked and the peer's copy is stale: granting ALONE now, as the verdict "
+                               "after it would")
+    return None, ""
