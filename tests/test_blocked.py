@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hamirror.cluster.blocked import Blocked, peer_stands_aside, verdict
+from hamirror.cluster.actions import SetMirroring
+from hamirror.cluster.blocked import Blocked, peer_stands_aside, reasoned_verdict, verdict
+from hamirror.cluster.decide import decide
 from hamirror.cluster.states import NodeState as S
-from hamirror.cluster.view import PeerView
+from hamirror.cluster.view import MirrorHealth, ModuleView, PeerView, SwapPhase
 from hamirror.journal.generations import Relation
 
 STALE_WAIT = PeerView(alive=True, state=S.WAIT, uptodate=False)
@@ -85,3 +89,29 @@ def test_a_promotion_yields_to_a_peer_heard_primary():
 def test_no_grant_from_a_view_this_node_has_not_listened_to():
     """Thawed after a freeze, the first heartbeats read are the ones queued during it."""
     assert verdict(STALE_WAIT, True, Relation.SAME, fenced=True, staying_primary=True, listened=False) is None
+
+
+peers = st.builds(PeerView, alive=st.booleans(), state=st.none() | st.sampled_from(S), uptodate=st.booleans(),
+                  swap=st.sampled_from(SwapPhase), woke=st.booleans(), leaving=st.booleans(), silent=st.booleans())
+
+
+@settings(max_examples=3000)
+@given(peer=peers, quorum=st.sampled_from([None, True, False]), relation=st.sampled_from(Relation),
+       listened=st.booleans(), peer_leased=st.booleans(), linked=st.booleans())
+def test_a_verdict_beside_a_sequence_is_the_one_decide_gives_a_settled_primary_whose_mount_blocks(
+        peer, quorum, relation, listened, peer_leased, linked):
+    """Each rule says it acts "as the verdict after it would": decide() on the same view of a
+    settled primary (PRIM, its mount blocking writes) grants ALONE wherever the rule grants, and
+    steps down exactly where the rule refuses for the witness."""
+    rule, _ = reasoned_verdict(peer, quorum, relation, fenced=True, staying_primary=True, listened=listened,
+                               peer_leased=peer_leased)
+    view = ModuleView(module="m", node="n1", state=S.PRIM, uptodate=True, peer=peer, relation=relation,
+                      quorum=quorum, mirror=MirrorHealth.FENCED, listened=listened, peer_leased=peer_leased,
+                      linked=linked and not peer.alive)
+    settled = decide(view)
+    if rule is Blocked.GRANT:
+        assert settled.state is S.ALONE and SetMirroring(False) in settled.actions, settled
+    if rule is Blocked.REFUSE and quorum is False:
+        assert not settled.state.is_primary, settled
+    if quorum is False and (not peer.alive or peer.silent):   # decide() steps down: writes refused first
+        assert rule is Blocked.REFUSE and not settled.state.is_primary, settled
