@@ -21,11 +21,14 @@ cd "$(dirname "$0")/.."
 # gcc and python3-dev build the receiver's native apply core (native/, docs/native.md); clang and
 # libclang-rt-14-dev (libFuzzer) fuzz it (scripts/fuzz-native.sh, tests/test_native_apply.py).
 # libfuse3-dev and pkg-config build the mount's FUSE request loop (hamirror.fs._lowlevel, required).
-SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd)
+# glusterfs-server and glusterfs-client: the benchmark's GlusterFS replica-2 column, the peer issue
+# 16's targets are stated against (scripts/bench/gluster.py, tests/test_bench_mirror.py); its
+# glusterd runs only in the benchmark's own namespaces.
+SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd glusterd)
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
            postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate etcd-server etcd-client \
-           gcc python3-dev clang libclang-rt-14-dev libfuse3-dev pkg-config; do
+           gcc python3-dev clang libclang-rt-14-dev libfuse3-dev pkg-config glusterfs-server glusterfs-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
