@@ -37,6 +37,7 @@ from tests.agent_lab import LAB_MARKS, link_engines, tail
 pytestmark = LAB_MARKS
 
 PREVIOUS = "v0.2.0"
+PREVIOUS_COMMIT = "0d14f0a2c44aa828fb4fca934d3f6191cfd535d2"   # the tag's commit ("Release 0.2.0")
 OLD, NEW = "0.2.0", "new"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = "hamirror-demo"              # the demo's directory under the node's /srv
@@ -54,12 +55,15 @@ def previous_release(dest: str) -> str:
     """Extract the previous release's package into dest (its tree root, for PYTHONPATH)."""
     if shutil.which("git") is None:
         pytest.skip("no git: the previous release's code is taken from its tag")
-    if subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", f"refs/tags/{PREVIOUS}"],
-                      capture_output=True).returncode != 0:
-        pytest.skip(f"no tag {PREVIOUS} in {REPO} (a shallow clone? git fetch --tags): "
-                    "the previous release's code is taken from it")
+    # The tag, else the release's commit: a clone that did not bring the tags still has the history.
+    release = next((ref for ref in (f"refs/tags/{PREVIOUS}", f"{PREVIOUS_COMMIT}^{{commit}}")
+                    if subprocess.run(["git", "-C", REPO, "rev-parse", "-q", "--verify", ref],
+                                      capture_output=True).returncode == 0), None)
+    if release is None:
+        pytest.skip(f"neither the tag {PREVIOUS} nor the commit {PREVIOUS_COMMIT} in {REPO} (a shallow "
+                    "clone?): the previous release's code is taken from it")
     os.makedirs(dest)
-    archive = subprocess.run(f"git -C {REPO} archive {PREVIOUS} hamirror | tar -x -C {dest}", shell=True,
+    archive = subprocess.run(f"git -C {REPO} archive {release} hamirror | tar -x -C {dest}", shell=True,
                              capture_output=True, text=True)
     assert archive.returncode == 0, archive.stderr
     return dest
