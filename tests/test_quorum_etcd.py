@@ -113,6 +113,15 @@ def test_a_node_that_stops_needing_the_key_deletes_it_at_once_not_at_its_next_ti
     asyncio.run(scenario())
 
 
+def test_a_release_after_the_witness_stopped_does_nothing(etcd_cluster):
+    """A sequence that ends while the agent stops: the key lapses with the lease, as at stop()."""
+    claim = {"node1": False, "node2": False}
+    n1 = node(etcd_cluster.urls, "node1", claim)
+    asyncio.run(n1.stop())
+    n1.release_now()
+    assert not n1.claiming
+
+
 def test_the_holder_marks_outdated_copies_in_etcd_and_a_marked_node_cannot_undo_them(etcd_cluster):
     """The marks of quorum.py on etcd: only the holder's requests change them, a node whose copy
     is marked cannot mark the other's unless forced, and they outlive every session."""

@@ -155,7 +155,10 @@ class EtcdWitness(LeaseWitness):
             return
         self.claiming = False
         self.view.release()
-        self._executor.submit(self._release)
+        try:
+            self._executor.submit(self._release)
+        except RuntimeError:   # stopped (the agent is ending): the key lapses with the lease, as at stop()
+            pass
 
     # ------------------------------------------------------------------ one exchange (in the worker thread)
 
