@@ -85,7 +85,7 @@ def preload() -> None:
 
     Every import a child makes is paid in its own pages (the module's objects, and the pages of
     the spawner's heap its allocations land in): the ones the daemons make lazily are done here
-    too, and tests/test_daemon_pages.py checks that a forked mount and receiver import nothing."""
+    too, and tests/test_spawn.py checks that a forked mount and receiver import nothing."""
     import encodings.idna  # noqa: F401 - what socket.getaddrinfo imports for the first host name
     import hamirror.fs.mount  # noqa: F401 - imported once here, inherited by every child
     import hamirror.link.transport_stream  # noqa: F401 - the engine a new cluster runs (LinkClient)

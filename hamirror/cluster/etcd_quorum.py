@@ -166,12 +166,13 @@ class EtcdWitness(LeaseWitness):
         if self.lease is None or self.tenure is None:   # not held: nothing to delete
             return
         try:
-            self._delete_own(self.lease)
+            deleted = self._delete_own(self.lease)
         except ANSWER_ERRORS as exc:   # the next tick's exchange deletes it
             log.info("etcd: the holder key not released at once: %s", exc)
             return
         self.tenure = None
-        log.info("etcd: %s released %s", self.node, self.holder_key)
+        if deleted:
+            log.info("etcd: %s released %s", self.node, self.holder_key)
 
     def _session(self) -> float:
         """Keep this node's lease alive (a new one if it expired): the send time of the renewal."""
