@@ -98,6 +98,20 @@ int hm_apply_mtime_held(struct hm_engine *e, const char *path, const struct fuse
                         (long long)mtime->tv_sec, (long long)mtime->tv_nsec);
 }
 
+/* Barrier mode: the kernel changes its own mtime with a truncate only when the size changes, and
+ * then sends it with the size (FUSE_SET_ATTR_MTIME); one that leaves the size as the kernel knows
+ * it comes without a time, and the kernel keeps showing the mtime it had. ext4 stamps even that
+ * truncate, so both copies would keep a time the application never saw until the kernel forgets
+ * the inode: such a truncate puts the file's mtime back, on both copies. 1 with ``before``. */
+static int kernel_keeps_mtime(struct hm_engine *e, const char *path, int to_set, const struct fuse_file_info *fi,
+                              struct stat *before)
+{
+    if (!e->writeback || (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)))
+        return 0;
+    int r = fi != NULL ? fstat((int)fi->fh, before) : fstatat(e->root_fd, hm_rel(path), before, AT_SYMLINK_NOFOLLOW);
+    return r == 0 && S_ISREG(before->st_mode);
+}
+
 /* As libfuse's high-level fuse_lib_setattr: chmod, chown, truncate (with the handle when given),
  * utimens with UTIME_NOW / UTIME_OMIT for what is not set; then the attributes. A deferred mtime
  * is applied first: what this request sets comes after it, as the kernel sent them. */
@@ -130,10 +144,15 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
                             (to_set & FUSE_SET_ATTR_UID) ? (int)attr->st_uid : -1,
                             (to_set & FUSE_SET_ATTR_GID) ? (int)attr->st_gid : -1);
         if (!err && (to_set & FUSE_SET_ATTR_SIZE)) {
+            struct stat before;
+            int keep_mtime = kernel_keeps_mtime(e, path, to_set, fi, &before);
             if (fi != NULL)
                 err = hm_call_held(e, "truncate", NULL, "(O&LK)", hm_pypath, path, (long long)attr->st_size, fi->fh);
             else
                 err = hm_call_held(e, "truncate", NULL, "(O&L)", hm_pypath, path, (long long)attr->st_size);
+            if (!err && keep_mtime)
+                err = hm_call_held(e, "utimens", NULL, "(O&((LL)(LL)))", hm_pypath, path, 0LL, (long long)UTIME_OMIT,
+                                   (long long)before.st_mtim.tv_sec, (long long)before.st_mtim.tv_nsec);
         }
         if (!err && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
             struct timespec tv[2];

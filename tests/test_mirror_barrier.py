@@ -15,8 +15,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from tests.conftest import needs_root
 from tests.mirror_fixtures import is_fuse_mounted, wait_for
 
@@ -141,13 +139,10 @@ def test_barrier_mode_writes_files_with_several_names(mirror_factory):
         assert f.read() == b"ALP"
 
 
-@pytest.mark.xfail(strict=True, reason="known limit of barrier mode: after truncate() by path the kernel "
-                   "keeps its own mtime (writeback cache) and never sends it; docs/architecture.md")
 def test_truncate_by_path_shows_the_stored_mtime(mirror_factory):
-    """With the writeback cache the kernel sets mtime itself on truncate(path) and, unlike after a
-    write, never sends it: the mount shows that time while both stored copies (equal to each other)
-    have the daemon's, a few microseconds later, until the kernel forgets the inode. Strict: this
-    test starts passing, and so fails, once that is fixed."""
+    """With the writeback cache the kernel changes its own mtime on truncate(path) only when the
+    size changes (and then sends it); a truncate to the same size comes without a time and the
+    mount goes on showing the old one, while ext4 stamps the stored copies: they put it back."""
     pair = mirror_factory("trunc", mode="barrier").start()
     path = f"{pair.primary}/a"
     with open(path, "wb") as f:

@@ -218,8 +218,6 @@ def mode_pair(request, tmp_path_factory):
 @given(ops=st.lists(operation, min_size=1, max_size=30))
 def test_random_operations_replicate_in_barrier_and_async_modes(mode_pair, ops):
     assert mode_pair.status()["mode"] == mode_pair.mode
-    if mode_pair.mode == "barrier":   # a known limit, with its own test in test_mirror_barrier.py:
-        ops = [op for op in ops if op[0] != "truncate"]   # a kernel-kept mtime
     check_sequence(mode_pair, SETUP + ops)
 
 

@@ -67,12 +67,20 @@ ATTR_SETTLE = 1.5
 
 
 def settled(check) -> list:
-    """``check()``'s problems, retried until the primary's attribute cache can have expired."""
-    problems = check()
+    """``check()``'s problems, retried until the primary's attribute cache can have expired. A
+    tree that changes under the walk (a name listed, then gone: the async secondary still
+    applying the last changes, which only a close or an fsync waits for) is not settled yet."""
+    def problems_of() -> list:
+        try:
+            return check()
+        except FileNotFoundError as exc:
+            return [f"changed during the comparison: {exc}"]
+
+    problems = problems_of()
     deadline = time.monotonic() + ATTR_SETTLE
     while problems and time.monotonic() < deadline:
         time.sleep(0.2)
-        problems = check()
+        problems = problems_of()
     return problems
 
 
