@@ -45,6 +45,7 @@ def _requests(mnt: str) -> None:
     os.chmod(f"{mnt}/d/a", 0o600)
     os.utime(f"{mnt}/d/a", ns=(1, 2))
     os.truncate(f"{mnt}/d/e/b", 10)
+    os.truncate(f"{mnt}/d/e/b", 10)                       # the same size: the kernel keeps its mtime
     os.statvfs(mnt)
     fd = os.open(f"{mnt}/d/e/b", os.O_RDWR)
     os.rename(f"{mnt}/d", f"{mnt}/r")                     # a directory with an open file below
