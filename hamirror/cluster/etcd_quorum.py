@@ -146,15 +146,11 @@ class EtcdWitness(LeaseWitness):
         await asyncio.get_running_loop().run_in_executor(self._executor, self.client.close)
         self._executor.shutdown(wait=False)
 
-    def release_now(self) -> None:
+    def _release_at_once(self) -> None:
         """The holder key deleted at once, not at the next tick's exchange (``Witness.release_now``:
         a swap's old primary killed within a tick of its hand-over left its key to ``etcd_ttl``, and
         the new primary waited that long). In the worker thread, in order with the ticks' exchanges:
         a claim made after this call creates the key again."""
-        if self.claim():
-            return
-        self.claiming = False
-        self.view.release()
         try:
             self._executor.submit(self._release)
         except RuntimeError:   # stopped (the agent is ending): the key lapses with the lease, as at stop()

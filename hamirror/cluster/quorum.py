@@ -257,6 +257,7 @@ class LeaseWitness(Witness):
     interval: float
     peer: str
     claiming: bool
+    claim: Callable[[], bool]
 
     @property
     def freshness(self) -> float:
@@ -284,6 +285,18 @@ class LeaseWitness(Witness):
         answer, at = self.view.answer, self.view.answered_at
         return (answer is not None and at is not None and self.clock() - at <= 2 * self.interval
                 and self.peer in answer.seen)
+
+    def release_now(self) -> None:
+        """Unless this node still claims: it stops believing at once, and the backend lets go now."""
+        if self.claim():
+            return
+        self.claiming = False
+        self.view.release()
+        self._release_at_once()
+
+    @abc.abstractmethod
+    def _release_at_once(self) -> None:
+        """The backend's release, between two ticks."""
 
     def keeps_marks(self) -> bool:
         answer = self.view.answer
@@ -421,14 +434,10 @@ class UdpWitness(LeaseWitness):
             except OSError as exc:
                 log.debug("witness request not sent: %s", exc)
 
-    def release_now(self) -> None:
+    def _release_at_once(self) -> None:
         """A request without claim, sent at once (its answer is taken as any answer is): a swap's old
         primary that dies within a tick of its hand-over, before the tick's request released the
         lease, made the new primary wait for the lease to lapse (campaign 4107: 10 s)."""
-        if self.claim():
-            return
-        self.claiming = False
-        self.view.release()
         self.send(False)
 
     async def ask(self, claim: bool) -> bool:
