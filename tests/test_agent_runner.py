@@ -547,3 +547,24 @@ def test_the_state_advertised_after_a_failure_waits_for_the_safety_prefix():
     assert [state_after(S.ALONE, S.WAIT, down, done) for done in range(7)] == [S.ALONE] * 5 + [S.WAIT] * 2
     takeover = (a.Persist(S.ALONE), a.StopReceiver(), a.MountReplicated(False), a.RunScript("start_prim"))
     assert {state_after(S.SECOND, S.ALONE, takeover, done) for done in range(5)} == {S.ALONE}
+
+
+def test_a_command_submitted_while_an_automatic_sequence_runs_is_answered_by_its_own_decision(tmp_path):
+    """CI, test_verify_lab (`stop --all`): the peer stopped, this primary's own PRIM -> ALONE was
+    under way when the local `stop` arrived, and that sequence's end answered the operator with
+    "ok, ALONE"; the stop itself ran only afterwards."""
+    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.PRIM, journal=FakeJournal(("g1",), uptodate=True))
+    dp.mounts = [{"state": "FENCED", "mounted": True, "pid": 1, "fenced_since": 1.0}]
+
+    async def scenario():
+        await attached(runner)
+        await runner.tick(peer(S.STOP, True), journal.history, None, True)   # automatic: PRIM -> ALONE
+        assert runner.task is not None
+        stop = runner.submit(Command.STOP)
+        await runner.task
+        assert runner.state is S.ALONE and not stop.done()                   # not this sequence's answer
+        await step(runner, peer(S.STOP, True), journal.history)
+        outcome = stop.result()
+        assert outcome.ok and outcome.state == "STOP" and store.load().state is S.STOP
+
+    asyncio.run(scenario())

@@ -548,8 +548,10 @@ class ModuleRunner:
             self.on_change()
 
     def resolve(self, command: Command, decision: a.Decision, error: str | None) -> None:
-        """Answer the operators waiting on this decision."""
-        if not self.waiters:
+        """Answer the operators waiting on this decision: only one that carried their command. A
+        command submitted while an automatic decision's sequence ran is the next decision's (its end
+        answered a `stop` with "ok, ALONE", and the stop ran after)."""
+        if not self.waiters or command is Command.NONE:
             return
         refused = command is not Command.NONE and any(w.startswith(f"`{command.value}` refused")
                                                       for w in decision.warnings)
