@@ -187,6 +187,30 @@ def test_lapse_the_belief_ends_before_the_other_node_is_granted(etcd_cluster):
     asyncio.run(scenario())
 
 
+def test_a_claim_waiting_for_a_silent_holders_lapse_ends_when_the_key_is_no_longer_needed(etcd_cluster):
+    """Campaigns 4208/4209 (there on the UDP witness): a node that claimed because it did not hear
+    its peer, refused by the peer's key gone quiet, waited for that lease to lapse, its agent's tick
+    with it, though it heard the peer again a moment later. The wait ends once ``still_needed``
+    says no, and the key stays the peer's."""
+    async def scenario() -> None:
+        claim = {"node1": True, "node2": True}
+        n1, n2 = node(etcd_cluster.urls, "node1", claim), node(etcd_cluster.urls, "node2", claim)
+        try:
+            assert await n1.verdict(0) is True                 # then node1 goes quiet (its agent restarting)
+            await asyncio.sleep(3 * INTERVAL)
+            needed_until = time.monotonic() + 0.3
+            n2.still_needed = lambda: time.monotonic() < needed_until
+            started = time.monotonic()
+            assert await n2.verdict(0) is False
+            assert time.monotonic() - started < 1.5, "waited for a lapse no longer needed"
+            assert n2.status()["holder"] == "node1" and n2.token() is None
+        finally:
+            await n1.stop()
+            await n2.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_member_then_the_leader_killed_the_holder_keeps_the_key(etcd_cluster):
     async def scenario() -> None:
         claim = {"node1": True, "node2": True}

@@ -44,11 +44,12 @@ async def scenario() -> None:
         # A partition between the nodes: both claim; the holder keeps it, the other is refused.
         claim["node2"] = True
         for _ in range(10):
+            silent_since = time.monotonic()                             # node1's last request, at the latest
             assert await n1.verdict(time.monotonic()) is True
             assert await n2.verdict(time.monotonic()) is False
             await asyncio.sleep(INTERVAL)
-        # node1 goes silent (cut from everything): its belief ends before node2 is granted.
-        silent_since = time.monotonic()
+        # node1 goes silent (cut from everything): its belief ends before node2 is granted, and
+        # node2 is granted no sooner than a lease after node1's last request.
         assert await n2.verdict(time.monotonic()) is False               # holder just heard: no wait
         while not n1.view.holds(time.monotonic()) is False:
             await asyncio.sleep(0.01)
@@ -76,6 +77,70 @@ async def scenario() -> None:
 
 
 def test_two_clients_and_a_witness_over_udp():
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+async def held_by_node1_gone_quiet(lease: float):
+    """A witness whose lease node1 holds, then node1 silent for more than two intervals: what a
+    claim by node2 is refused by, with the wait for the lapse ahead of it."""
+    transport, _ = await open_witness(("127.0.0.1", 0), "lab", ["node1", "node2"], KEY, lease)
+    port = transport.get_extra_info("sockname")[1]
+    claim = {"node1": True, "node2": True}
+    n1, n2 = client(port, "node1", "node2", claim), client(port, "node2", "node1", claim)
+    await n1.start()
+    await n2.start()
+    await asyncio.sleep(lease)                                           # the witness's quiet start
+    assert await n1.verdict(time.monotonic()) is True
+    await asyncio.sleep(3 * INTERVAL)
+    return transport, n1, n2
+
+
+def test_a_claim_waiting_for_a_silent_holders_lapse_ends_when_the_lease_is_no_longer_needed():
+    """Campaigns 4208/4209: a secondary that did not hear its peer (the primary's agent restarting)
+    claimed, was refused by the peer's lease gone quiet, and waited for that lease to lapse (a whole
+    lease) with its agent's tick, its receiver restart with it, though the peer was heard again
+    a moment later. The wait ends once ``still_needed`` says no."""
+    async def scenario() -> None:
+        lease = 4.0
+        transport, n1, n2 = await held_by_node1_gone_quiet(lease)
+        needed_until = time.monotonic() + 0.3
+        n2.still_needed = lambda: time.monotonic() < needed_until       # the peer heard again after 0.3 s
+        try:
+            started = time.monotonic()
+            assert await n2.verdict(time.monotonic()) is False
+            assert time.monotonic() - started < 1.0, "waited for a lapse no longer needed"
+            assert n2.status()["holder"] == "node1"
+        finally:
+            await n1.stop()
+            await n2.stop()
+            transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_claim_waiting_for_a_silent_holders_lapse_ends_when_the_holder_renews():
+    """The holder was only slow (frozen, then thawed): its renewal ends the claimant's wait at the
+    next interval, not at the lapse the first refusal predicted."""
+    async def scenario() -> None:
+        lease = 4.0
+        transport, n1, n2 = await held_by_node1_gone_quiet(lease)
+
+        async def thaw() -> None:
+            await asyncio.sleep(0.5)
+            assert await n1.verdict(time.monotonic()) is True
+
+        try:
+            started = time.monotonic()
+            thawed = asyncio.create_task(thaw())
+            assert await n2.verdict(time.monotonic()) is False
+            await thawed
+            assert time.monotonic() - started < 1.5, "waited for a lapse that never came"
+            assert n2.peer_holds(0, silence=None)
+        finally:
+            await n1.stop()
+            await n2.stop()
+            transport.close()
+
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 

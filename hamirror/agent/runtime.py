@@ -91,7 +91,7 @@ class Agent:
         self.listening.on_stall = self._stalled
         for runner in self.runners.values():
             self._wire(runner)
-        self.witness = build_witness(cluster, claim=self._claims, marks=self._marks)
+        self.witness = build_witness(cluster, claim=self._claims, marks=self._marks, still_needed=self._still_claims)
         self.quorum: bool | None = None
         self.control = control.ControlServer(control.socket_path(cluster.run_dir), self.handle)
         self.http = HttpServer(cluster.http, self.status, self.events.read, console.for_agent(self)) \
@@ -165,6 +165,13 @@ class Agent:
         about to renew on a silence it never heard)."""
         return (not self._claim_alive and self.listening.listened()) or any(
             r.state.is_primary for r in self.runners.values())
+
+    def _still_claims(self) -> bool:
+        """Asked while a verdict waits for a silent holder's lease to lapse: the claim stands while a
+        module is primary here or the peer is still unheard (or its processes gone). A peer heard
+        again ends the wait, and the tick goes on with a refusal (it reads the peer again after)."""
+        alive, _, _, gone = self._heard()
+        return (not alive or bool(gone)) or any(r.state.is_primary for r in self.runners.values())
 
     def _marks(self) -> Marks:
         """The outdated-copy marks this tick's witness request asks for, from each module's last

@@ -118,9 +118,11 @@ class EtcdWitness(LeaseWitness):
 
     def __init__(self, client: EtcdClient, prefix: str, cluster: str, node: str, peer: str,
                  claim: Callable[[], bool] = lambda: True, interval: float = 0.3, ttl: int = 10,
-                 clock: Callable[[], float] = time.monotonic, marks: Callable[[], Marks] = lambda: NO_MARKS) -> None:
+                 clock: Callable[[], float] = time.monotonic, marks: Callable[[], Marks] = lambda: NO_MARKS,
+                 still_needed: Callable[[], bool] | None = None) -> None:
         self.client, self.node, self.peer = client, node, peer
         self.claim, self.interval, self.requested_ttl, self.clock = claim, interval, ttl, clock
+        self.still_needed = claim if still_needed is None else still_needed
         base = f"{prefix.rstrip('/')}/{cluster}/"
         self.holder_key, self.last_key = base + "holder", base + "last"
         self.alive_prefix, self.outdated_prefix = base + "alive/", base + "outdated/"
@@ -313,10 +315,16 @@ class EtcdWitness(LeaseWitness):
         # claim began (alive: False), or until etcd deletes the key of a peer that stopped
         # renewing (the claim succeeds), so that a takeover is not refused for asking before the
         # dead holder's lease expired. Proven once, it holds while the fresh readings go on.
+        # The wait ends too once this node no longer needs the lease (its peer heard again): it
+        # holds the agent's tick (campaigns 4208, 4209, on the UDP witness's twin of this wait).
         deadline = started + self.ttl + 3 * PROOF
         while (claim and answered and self.view.answer is not None and self.view.answer.holder == self.peer
                and not self._peer_proven(started) and self.clock() < deadline):
             await asyncio.sleep(self.interval)
+            if not self.still_needed():
+                log.info("etcd: no longer claiming the lease (the peer is heard again): not waiting for "
+                         "its holder's lease to lapse")
+                break
             answered = await self.ask(claim, marks)
         self.renewed = bool(claim and answered)   # Witness.renewed
         return self.view.holds(self.clock() + self.interval) if claim else False
@@ -349,7 +357,8 @@ def holder_of(kv: dict | None) -> tuple[str | None, int]:
 
 
 def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float],
-                marks: Callable[[], Marks] = lambda: NO_MARKS) -> EtcdWitness:
+                marks: Callable[[], Marks] = lambda: NO_MARKS,
+                still_needed: Callable[[], bool] | None = None) -> EtcdWitness:
     """The backend of a :class:`ClusterConfig` whose ``[quorum] etcd`` is set (TLS and
     credentials read now: a problem stops the agent's start, naming the file)."""
     from hamirror.secretfile import read_secret
@@ -367,4 +376,5 @@ def from_config(cluster, claim: Callable[[], bool], clock: Callable[[], float],
     interval = cluster.heartbeat.interval
     client = EtcdClient(quorum.etcd, timeout=max(1.0, 2 * interval), tls=tls, credentials=credentials)
     return EtcdWitness(client, quorum.etcd_prefix, cluster.name, cluster.local_name, cluster.peer_node.name,
-                       claim=claim, interval=interval, ttl=quorum.etcd_ttl, clock=clock, marks=marks)
+                       claim=claim, interval=interval, ttl=quorum.etcd_ttl, clock=clock, marks=marks,
+                       still_needed=still_needed)

@@ -258,6 +258,7 @@ class LeaseWitness(Witness):
     peer: str
     claiming: bool
     claim: Callable[[], bool]
+    still_needed: Callable[[], bool]   # asked while a verdict waits on a refusal (``claim`` by default)
 
     @property
     def freshness(self) -> float:
@@ -372,11 +373,13 @@ class UdpWitness(LeaseWitness):
     def __init__(self, endpoint: Address, cluster: str, node: str, peer: str, key: bytes,
                  claim: Callable[[], bool] = lambda: True, interval: float = 0.3,
                  wait: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, marks: Callable[[], Marks] = lambda: NO_MARKS) -> None:
+                 wall: Callable[[], float] = time.time, marks: Callable[[], Marks] = lambda: NO_MARKS,
+                 still_needed: Callable[[], bool] | None = None) -> None:
         if WITNESS_NAME in (node, peer):
             raise ValueError(f"a node may not be named {WITNESS_NAME!r}")
         self.endpoint, self.cluster, self.node, self.peer = endpoint, cluster, node, peer
         self.key, self.claim, self.interval, self.marks = key, claim, interval, marks
+        self.still_needed = claim if still_needed is None else still_needed
         self.asking = NO_MARKS                        # the marks this tick's requests carry
         self.wait = interval if wait is None else wait
         self.clock, self.wall = clock, wall
@@ -455,14 +458,38 @@ class UdpWitness(LeaseWitness):
             self.view.release()
         self.asking = self.marks() if claim else NO_MARKS
         answered = await self.ask(claim)
-        answer = self.view.answer
-        if (claim and answered and answer is not None and answer.holder not in (None, self.node)
-                and answer.age is not None and answer.age > 2 * self.interval):
-            await asyncio.sleep(max(0.0, answer.lease - answer.age) + self.wait / 2)
-            answered = await self.ask(claim)
+        if claim and answered and self._refused_by_silent_holder():
+            answered = await self._await_lapse()
         self.renewed = bool(claim and answered)
         # With a margin of one interval: a verdict given now still holds when it is acted on.
         return self.view.holds(self.clock() + self.interval) if claim else False
+
+    def _refused_by_silent_holder(self) -> bool:
+        answer = self.view.answer
+        return (answer is not None and answer.holder not in (None, self.node)
+                and answer.age is not None and answer.age > 2 * self.interval)
+
+    async def _await_lapse(self) -> bool:
+        """Refused by a holder silent for two intervals: ask again every interval until the lease
+        is granted here, the holder renews, or its lease has lapsed (plus half a wait), so that a
+        takeover is not refused for asking a moment before the lapse. The wait ends as soon as
+        this node no longer needs the lease (``still_needed``: its peer heard again): it holds the
+        agent's tick, and with it the secondary's receiver restart, which waited 3-6 s for a lapse
+        nobody needed any more (campaigns 4208, 4209). Whether the last request was answered."""
+        answer = self.view.answer
+        assert answer is not None and answer.age is not None
+        deadline = self.clock() + max(0.0, answer.lease - answer.age) + self.wait / 2
+        answered = True
+        while self.clock() < deadline:
+            await asyncio.sleep(min(self.interval, max(0.0, deadline - self.clock())))
+            if not self.still_needed():
+                log.info("witness: no longer claiming the lease (the peer is heard again): not waiting "
+                         "for its holder's lease to lapse")
+                break
+            answered = await self.ask(True)
+            if answered and not self._refused_by_silent_holder():
+                break
+        return answered
 
     def status(self) -> dict:
         answer, now = self.view.answer, self.clock()
@@ -474,17 +501,19 @@ class UdpWitness(LeaseWitness):
                 "rejected": {r.value: n for r, n in self.validator.rejected.items()}}
 
 
-def build(cluster, claim: Callable[[], bool], marks: Callable[[], Marks] = lambda: NO_MARKS) -> Witness:
+def build(cluster, claim: Callable[[], bool], marks: Callable[[], Marks] = lambda: NO_MARKS,
+          still_needed: Callable[[], bool] | None = None) -> Witness:
     """The witness of a :class:`ClusterConfig`: :class:`NoWitness` without ``[quorum] witness``
-    or ``etcd`` (:mod:`etcd_quorum` for the latter)."""
+    or ``etcd`` (:mod:`etcd_quorum` for the latter). ``still_needed``: whether the lease is still
+    needed while a verdict waits on a refusal (``claim`` when None)."""
     from hamirror.cluster.heartbeat import load_cluster_key
 
     if cluster.quorum.etcd is not None:
         from hamirror.cluster.etcd_quorum import from_config
-        return from_config(cluster, claim, clock=boottime, marks=marks)
+        return from_config(cluster, claim, clock=boottime, marks=marks, still_needed=still_needed)
     endpoint = cluster.quorum.witness_endpoint if cluster.quorum.witness else None
     if endpoint is None:
         return NoWitness()
     return UdpWitness(endpoint, cluster.name, cluster.local_name, cluster.peer_node.name,
                       load_cluster_key(cluster.cluster_key_file), claim=claim,
-                      interval=cluster.heartbeat.interval, clock=boottime, marks=marks)
+                      interval=cluster.heartbeat.interval, clock=boottime, marks=marks, still_needed=still_needed)
