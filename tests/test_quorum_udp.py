@@ -27,13 +27,19 @@ def client(port: int, node: str, peer: str, claim) -> UdpWitness:
                       interval=INTERVAL, wait=0.5)
 
 
-async def scenario() -> None:
-    transport, server = await open_witness(("127.0.0.1", 0), "lab", ["node1", "node2"], KEY, LEASE)
+async def witness_and_nodes(lease: float, claim: dict[str, bool]):
+    """A witness on 127.0.0.1 and both nodes' clients, started."""
+    transport, server = await open_witness(("127.0.0.1", 0), "lab", ["node1", "node2"], KEY, lease)
     port = transport.get_extra_info("sockname")[1]
-    claim = {"node1": True, "node2": False}
     n1, n2 = client(port, "node1", "node2", claim), client(port, "node2", "node1", claim)
     await n1.start()
     await n2.start()
+    return transport, server, n1, n2
+
+
+async def scenario() -> None:
+    claim = {"node1": True, "node2": False}
+    transport, server, n1, n2 = await witness_and_nodes(LEASE, claim)
     try:
         # Start-up quiet period: nobody holds the lease during the witness's first lease.
         assert await n1.verdict(time.monotonic()) is False
@@ -83,12 +89,7 @@ def test_two_clients_and_a_witness_over_udp():
 async def held_by_node1_gone_quiet(lease: float):
     """A witness whose lease node1 holds, then node1 silent for more than two intervals: what a
     claim by node2 is refused by, with the wait for the lapse ahead of it."""
-    transport, _ = await open_witness(("127.0.0.1", 0), "lab", ["node1", "node2"], KEY, lease)
-    port = transport.get_extra_info("sockname")[1]
-    claim = {"node1": True, "node2": True}
-    n1, n2 = client(port, "node1", "node2", claim), client(port, "node2", "node1", claim)
-    await n1.start()
-    await n2.start()
+    transport, _, n1, n2 = await witness_and_nodes(lease, {"node1": True, "node2": True})
     await asyncio.sleep(lease)                                           # the witness's quiet start
     assert await n1.verdict(time.monotonic()) is True
     await asyncio.sleep(3 * INTERVAL)
