@@ -546,3 +546,36 @@ class _Refused(Witness):
 
     async def verdict(self, now: float) -> bool:
         return False
+
+
+class _Hearing(_Silent):
+    """The heartbeat service: the peer heard now, running ``modules``."""
+
+    def __init__(self, modules: set[str]) -> None:
+        self.peer_heartbeat, self.modules = object(), {name: None for name in modules}
+
+    def peer_alive(self) -> bool:
+        return True
+
+    def silence(self) -> float | None:
+        return 0.1
+
+    def peer_modules(self) -> dict:
+        return self.modules
+
+
+def test_the_holder_clears_the_marks_of_modules_neither_node_runs(tmp_path):
+    """A module removed from both nodes kept its mark at the witness for ever: a module added again
+    under that name later would find a copy marked outdated, and the marks count against the
+    witness's cap. The holder asks for them to go, only while both nodes run the same modules."""
+    runner, *_ = streaming_primary(tmp_path / "runner")
+    agent, _ = agent_with(tmp_path, runner)
+    agent.witness = _GrantedMarked({"app": "node2", "removed": "node2"}, [])
+    agent.witness.marked = lambda: frozenset({"app", "removed"})
+    agent._claim_alive = True
+    for peer_runs, cleared in (({"app"}, {"removed"}), ({"app", "removed"}, set()), (set(), set())):
+        agent.heartbeat = _Hearing(peer_runs)
+        assert agent._marks().current == frozenset(cleared), peer_runs
+    agent._claim_alive = False                         # the peer not heard: nothing cleared
+    agent.heartbeat = _Hearing({"app"})
+    assert agent._marks().current == frozenset()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hamirror.cluster.outdate import asks_to_outdate, clears_outdated
+from hamirror.cluster.outdate import ORPHANS_PER_REQUEST, asks_to_outdate, clears_outdated, orphans
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import CheckerHealth, Command, MirrorHealth, ModuleView, PeerView
 
@@ -41,3 +41,19 @@ def test_only_a_primary_mirroring_to_an_up_to_date_second_clears_the_mark():
     assert not clears_outdated(dataclasses.replace(synced, state=S.ALONE))
     assert not clears_outdated(dataclasses.replace(synced, peer=PeerView(alive=True, state=S.SECOND, uptodate=False)))
     assert not clears_outdated(dataclasses.replace(synced, peer=PeerView()))
+
+
+def test_marks_of_modules_neither_node_runs_are_cleared_only_when_both_run_the_same_modules():
+    marked = {"db", "gone", "old"}
+    assert orphans(marked, ["db", "web"], ["web", "db"]) == {"gone", "old"}
+    assert orphans(marked, ["db", "web"], None) == set()                       # the peer not heard
+    assert orphans(marked, ["db", "web"], ["db", "web", "old"]) == set()        # "old" still runs there
+    assert orphans(marked, ["db"], ["db", "web"]) == set()                      # a rolling change under way
+    assert orphans(set(), ["db"], ["db"]) == set()
+
+
+def test_orphan_marks_go_a_few_at_a_time_so_that_a_request_stays_one_datagram():
+    marked = {f"m{i:04}" for i in range(1000)}
+    first = orphans(marked, [], [])
+    assert len(first) == ORPHANS_PER_REQUEST and first == set(sorted(marked)[:ORPHANS_PER_REQUEST])
+    assert orphans(marked - first, [], []).isdisjoint(first)

@@ -34,6 +34,7 @@ from hamirror.agent.notify import Notifier
 from hamirror.agent.reload import Reloader
 from hamirror.agent.stall import Listening, stall_threshold
 from hamirror.agent.status import module_status
+from hamirror.cluster import outdate as outdated_copies
 from hamirror.cluster.heartbeat import ModuleInfo, load_cluster_key
 from hamirror.cluster.heartbeat_service import HeartbeatService
 from hamirror.cluster.quorum import Marks, boottime, build as build_witness
@@ -193,6 +194,9 @@ class Agent:
                     force.add(name)
             elif equal and marked is not None:
                 current.add(name)
+        heard = self._claim_alive and self.heartbeat.peer_heartbeat is not None
+        current |= outdated_copies.orphans(self.witness.marked(), self.runners,
+                                           self.heartbeat.peer_modules() if heard else None)
         return Marks(frozenset(outdate), frozenset(force), frozenset(current))
 
     def _changed(self) -> None:

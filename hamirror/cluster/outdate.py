@@ -10,6 +10,7 @@ makes the peer wait for this node or an operator after a later loss of this one:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Set
 
 from hamirror.cluster.decide import decide, uses_silence
 from hamirror.cluster.states import NodeState
@@ -34,3 +35,19 @@ def clears_outdated(view: ModuleView) -> bool:
     SECOND, so no mark on this module is true any more."""
     return (view.state is NodeState.PRIM and view.mirror is MirrorHealth.STREAMING
             and view.peer.is_synced_second)
+
+
+ORPHANS_PER_REQUEST = 32   # marks of removed modules cleared by one witness request (one datagram)
+
+
+def orphans(marked: Set[str], ours: Collection[str], peers: Collection[str] | None) -> set[str]:
+    """The witness's marks to clear as marks of modules that neither node runs (removed from both):
+    nothing else ever clears them, so they would mark a copy of a module added again later under
+    that name, and count against the witness's cap (``quorum.MAX_MARKS``: beyond it, no new mark
+    is recorded). ``peers``: the modules the peer runs, heard now (None: not heard). Only when both
+    nodes run the same modules: in the middle of a rolling change, a module gone here may still
+    run there, its copy marked for a reason. At most :data:`ORPHANS_PER_REQUEST`, so that a
+    request stays one datagram (the rest go with the next ones)."""
+    if peers is None or set(peers) != set(ours):
+        return set()
+    return set(sorted(name for name in marked if name not in ours)[:ORPHANS_PER_REQUEST])

@@ -236,6 +236,10 @@ class Witness(abc.ABC):
         """The node whose copy of ``module`` the witness's latest answer marks outdated (None: none)."""
         return None
 
+    def marked(self) -> frozenset[str]:
+        """Every module the witness's latest answer marks (one copy outdated), configured or not."""
+        return frozenset()
+
     def token(self) -> int | None:
         """The fencing token of this node's current tenure (a number that grows with each new
         holder), None when it holds none or the backend has no tokens (the UDP witness)."""
@@ -306,6 +310,10 @@ class LeaseWitness(Witness):
     def outdated(self, module: str) -> str | None:
         answer = self.view.answer
         return None if answer is None or answer.outdated is None else answer.outdated.get(module)
+
+    def marked(self) -> frozenset[str]:
+        answer = self.view.answer
+        return frozenset() if answer is None or answer.outdated is None else frozenset(answer.outdated)
 
 
 class NoWitness(Witness):
