@@ -579,3 +579,20 @@ def test_the_holder_clears_the_marks_of_modules_neither_node_runs(tmp_path):
     agent._claim_alive = False                         # the peer not heard: nothing cleared
     agent.heartbeat = _Hearing({"app"})
     assert agent._marks().current == frozenset()
+
+
+def test_a_claim_made_on_the_peer_silence_is_still_needed_only_while_the_peer_stays_unheard(tmp_path):
+    """What ends the verdict's wait for a silent holder's lease (``Agent._still_claims``): a SECOND
+    that claimed because it did not hear its peer stops needing the lease once the peer is heard
+    again (campaigns 4208/4209: its tick, and its receiver's restart, waited for the lapse); a
+    primary module keeps it needed whatever it hears."""
+    second, *_ = make(tmp_path / "second", S.SECOND, primary=False)
+    agent, _ = agent_with(tmp_path / "a", second)
+    agent.heartbeat = _Silent()
+    assert agent._still_claims()
+    agent.heartbeat = _Hearing({"app"})
+    assert not agent._still_claims()
+    primary, *_ = streaming_primary(tmp_path / "primary")
+    agent, _ = agent_with(tmp_path / "b", primary)
+    agent.heartbeat = _Hearing({"app"})
+    assert agent._still_claims()

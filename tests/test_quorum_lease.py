@@ -426,3 +426,22 @@ def test_a_node_that_stops_needing_the_lease_releases_it_at_once_not_at_its_next
     needs[0] = False
     client.release_now()
     assert srv.book.holder is None and not client.view.holds(clock()) and not client.claiming
+
+
+@pytest.mark.parametrize("field, value", [("l", float("nan")), ("l", float("inf")), ("l", 1e9), ("l", 0),
+                                          ("l", "10"), ("l", True), ("a", -1.0), ("a", float("nan"))])
+def test_the_client_refuses_an_answer_whose_lease_or_age_is_out_of_range(field, value):
+    """An authentic answer whose lease is not a sane duration is no answer: a claim refused by a
+    silent holder waits out the holder's lease, and the agent's tick waits with it (Infinity and
+    NaN pass JSON)."""
+    clock, wall = Clock(), Clock(1_700_000_000.0)
+    srv = server(clock, wall)
+    client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall)
+    client.send(True)
+    reply = json.loads(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY))[MAC_SIZE:])
+    reply[field] = value
+    client.received(sign(json.dumps(reply).encode(), witness_key(KEY)))
+    assert client.counter in client.pending and client.view.answer is None
+    reply.update({field: 10.0, "s": reply["s"] + 1})        # the same answer, in range: taken
+    client.received(sign(json.dumps(reply).encode(), witness_key(KEY)))
+    assert client.view.answer is not None and client.counter not in client.pending

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_witness(args: argparse.Namespace) -> int:
     from hamirror.cluster.heartbeat import load_cluster_key
+    from hamirror.cluster.quorum import MAX_LEASE
     from hamirror.cluster.witness_server import serve_witness
 
     host, sep, port = args.bind.rpartition(":")
@@ -58,8 +59,8 @@ def run_witness(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot start the witness: {exc}") from exc
     timeout = args.timeout if args.timeout is not None else 5 * cluster.heartbeat.timeout
-    if timeout <= 0:
-        raise CommandError("--timeout must be positive", USAGE)
+    if not 0 < timeout <= MAX_LEASE:
+        raise CommandError(f"--timeout must be positive and at most {MAX_LEASE:.0f} s", USAGE)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     state = args.state or os.path.join(cluster.state_dir, "witness-lease.json")

@@ -113,6 +113,7 @@ class Answer:
 
 
 MAX_MARKS = 1024        # modules named in one request, or marked at the witness
+MAX_LEASE = 3600.0      # seconds: a witness's lease (``--timeout``), and what a node accepts in an answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +343,18 @@ def encode_request(cluster: str, node: str, boot: str, counter: int, wall: float
     return sign(datagram_body(cluster, node, boot, counter, wall, q=claim, **marks.fields()), witness_key(key))
 
 
+def seconds(value: object, key: str, high: float = math.inf, positive: bool = False) -> float:
+    """An answer's duration field: a finite number from 0 (excluded when ``positive``) to ``high``;
+    ValueError otherwise. JSON lets NaN and Infinity through, and a lease of a year would hold a
+    claim's wait for it, the agent's tick with it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"field {key!r}: not a number")
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= high) or (positive and number == 0):
+        raise ValueError(f"field {key!r}: {value!r} out of range")
+    return number
+
+
 def decode_outdated(value: object, nodes: Iterable[str]) -> dict[str, str] | None:
     """An answer's ``x`` (None: absent, a witness without marks); ValueError unless it maps
     module names to nodes of the pair."""
@@ -418,9 +431,10 @@ class UdpWitness(LeaseWitness):
             counter = fields["rs"]
             if fields.get("to") != self.node or fields.get("rb") != self.boot or counter not in self.pending:
                 raise ValueError("not an answer to a pending request")
-            holder, age, lease, previous = fields["h"], fields["a"], float(fields["l"]), fields.get("p")
+            holder, age, previous = fields["h"], fields["a"], fields.get("p")
+            lease = seconds(fields["l"], "l", MAX_LEASE, positive=True)
             answer = Answer(holder if isinstance(holder, str) else None,
-                            tuple(str(n) for n in fields["seen"]), None if age is None else float(age), lease,
+                            tuple(str(n) for n in fields["seen"]), None if age is None else seconds(age, "a"), lease,
                             previous if isinstance(previous, str) else None,
                             decode_outdated(fields.get("x"), (self.node, self.peer)))
         except (HeartbeatRejected, ValueError, TypeError, KeyError) as exc:
