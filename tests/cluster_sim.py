@@ -10,6 +10,12 @@ acknowledgements are lost is FENCED (writes blocked) until a verdict, and refuse
 ``BLOCK`` ticks, as ``[fence] block_timeout`` does. With a witness, the lease holder's request
 asks for the marks of outdated copies its decision will need, and every view carries the marks
 (:meth:`World.mark`, as the agent and the witness do).
+
+A sequence to a primary state may take ticks (an event's seventh element: how many more): its
+node advertises the target from the start (as a promotion does), makes no decision until it ends,
+and meanwhile gets the verdicts beside a sequence on its blocked mount (:mod:`hamirror.cluster.blocked`,
+as ``agent/beside.py`` applies them): a grant goes ALONE with a new generation, a refusal refuses
+writes and ends the sequence (a failed promotion says primary; the next decision handles it).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import dataclasses
 
 from hypothesis import strategies as st
 
+from hamirror.cluster import blocked
 from hamirror.cluster.actions import (
     ForgetHistory, MarkUpToDate, MountReplicated, NewGeneration, RefuseWrites, RemountDataPath, SetMirroring,
     StartResync,
@@ -53,6 +60,8 @@ class Node:
     mirror: MirrorHealth = MirrorHealth.NONE     # what its mount does (primary states)
     blocked: int = 0                     # ticks its mount has been FENCED
     done_ticks: int = 0                  # ticks its resync has been DONE (settled after one)
+    busy: int = 0                        # ticks left of its sequence to a primary state (no decision)
+    promoting: bool = False              # that sequence started from a state that is not primary
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -72,7 +81,8 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
               vouched: bool = False, linked: bool = False, peer_leased: bool = False,
               peer_asks: bool = False) -> ModuleView:
     peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
-                    woke=other.deaf > 0) if link else PeerView()
+                    woke=other.deaf > 0, fenced=other.state.is_primary and other.mirror is MirrorHealth.FENCED) \
+        if link else PeerView()
     resync = me.resync
     if me.state is S.WAIT and peer.is_primary and me.uptodate and relation(me, other) is Relation.SAME:
         resync = ResyncStatus.DONE          # as the runner tells it from the journal (a restart forgets)
@@ -120,7 +130,7 @@ class World:
         """The holder's request asks for its marks (cluster/outdate.py), the witness applies them
         (quorum.apply_marks), and the views carry the answer's marks."""
         holder = self.lease.holder
-        if up and holder is not None and not self.nodes[holder].frozen:
+        if up and holder is not None and not self.nodes[holder].frozen and not self.nodes[holder].busy:
             view = dataclasses.replace(views[holder], outdated=self.outdated == holder)
             if asks_to_outdate(view) and (self.outdated != holder or view.command is Command.PRIM):
                 self.outdated = 1 - holder
@@ -187,6 +197,20 @@ class World:
                     node.mirror = MirrorHealth.REFUSED
 
 
+    def beside(self, node: Node, view: ModuleView) -> None:
+        """One tick of a node's sequence to a primary state: the verdict on its blocked mount."""
+        verdict = blocked.verdict(view.peer, view.quorum, view.relation, fenced=node.mirror is MirrorHealth.FENCED,
+                                  staying_primary=True, promoting=node.promoting, peer_leased=view.peer_leased,
+                                  listened=view.listened)
+        if verdict is blocked.Blocked.GRANT:
+            node.mirror = MirrorHealth.ALONE            # the mount starts the new generation
+            node.history += (self.next_gen,)
+            self.next_gen += 1
+        elif verdict is blocked.Blocked.REFUSE:
+            node.mirror, node.busy = MirrorHealth.REFUSED, 0   # the sequence fails at its next write
+        if node.busy:
+            node.busy -= 1
+
     def freeze(self, index: int, ticks: int, mid_tick: bool, view: ModuleView) -> None:
         """Stop every process of a node for ``ticks``; mid-tick: after it built this tick's view."""
         node = self.nodes[index]
@@ -243,7 +267,8 @@ freezes = st.none() | st.tuples(st.sampled_from([0, 1]), st.integers(1, 6), st.b
 def run(steps: list, witness: bool, stepped_down: list | None = None,
         witness_down: frozenset[int] = frozenset(), mirrors: list | None = None) -> list[tuple]:
     """Run the simulation; return the (link, state1, state2) trace and check every tick. An event
-    may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time).
+    may carry a sixth element: (node, ticks, mid_tick) freezes that node (one freeze at a time);
+    and a seventh: the ticks more that a sequence to a primary state decided this tick takes.
     ``link`` may be ``REPLICATION``: the heartbeats are lost but the replication link flows; or
     one of ``UNHEARD``: one direction lost (``link`` False in the trace). ``witness_down``: the
     ticks (counted in ``steps`` from 0) the witness machine is down. ``mirrors`` collects each
@@ -252,7 +277,8 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
     a, b = world.nodes
     trace = []
     for tick, event in enumerate([(True, BOTH, Command.START, None, None)] + steps):
-        raw, who, cmd, failing, reboot, freeze = (*event, None)[:6]
+        raw, who, cmd, failing, reboot, *extra = event
+        freeze, slow = extra[0] if extra else None, extra[1] if len(extra) > 1 else 0
         replication_only = raw == REPLICATION
         flows = [bool(raw) and raw != UNHEARD[1 - i] for i in range(2)]   # the peer's traffic reaches node i
         link = flows[0] and flows[1]
@@ -260,7 +286,7 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
         if reboot is not None and world.nodes[reboot].state is not S.STOP and not world.nodes[reboot].frozen:
             node = world.nodes[reboot]                              # the agent restarts: WAIT,
             node.state, node.swap, node.resync = S.WAIT, SwapPhase.NONE, ResyncStatus.NONE
-            node.deaf = LISTEN                                      # and listens before acting alone
+            node.deaf, node.busy = LISTEN, 0                        # and listens before acting alone
         awake = [not n.frozen for n in world.nodes]
         hears = [flows[i] and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
         world.witness(link and not replication_only, awake, tick - 1 not in witness_down)
@@ -279,11 +305,17 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
             views = world.mark(views, tick - 1 not in witness_down)
         if freeze is not None and all(awake) and not any(n.deaf or n.woken for n in world.nodes):
             world.freeze(*freeze, views[freeze[0]])
-        decisions = [None if n.frozen else decide(v) for v, n in zip(views, world.nodes)]
+        decisions = [None if n.frozen or n.busy else decide(v) for v, n in zip(views, world.nodes)]
+        undecided = None in decisions      # a node frozen (this tick too) or in a sequence decides nothing
+        for i, n in enumerate(world.nodes):
+            if n.busy and not n.frozen:
+                world.beside(n, views[i])
         for i, d in enumerate(decisions):
             if d is not None:
                 before = world.nodes[i].state
                 world.apply(world.nodes[i], world.nodes[1 - i], d, hears[i])
+                if slow and d.state.is_primary and d.state is not before:
+                    world.nodes[i].busy, world.nodes[i].promoting = slow, not before.is_primary
                 if stepped_down is not None and before.is_primary and d.state is S.WAIT:
                     stepped_down.append((len(trace), i, views[i]))
         world.fence(flows, awake, replication_only)      # a mount sees the loss as the agents do, or later
@@ -292,7 +324,9 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
         trace.append((link, a.state, b.state))
         both = a.state.is_primary and b.state.is_primary
         excused = stale_primary(a, b) or stale_primary(b, a)
-        if link and all(awake) and not replication_only:
+        if link and all(awake) and not replication_only and not undecided:
+            # (Without a witness, two nodes that went ALONE in a partition meet as such until both
+            # decide; with one, the check below holds.)
             assert not both or excused, f"two primaries on a connected tick: {trace}"
         if witness:
             assert not both or excused, f"two primaries despite the witness: {trace}"

@@ -81,8 +81,6 @@ def test_a_second_that_hears_nothing_while_the_witness_hears_its_primary_marks_i
     may be dead), not before it has listened, not while the replication link flows."""
     d = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, quorum=False, peer_leased=True))
     assert d.state is S.WAIT and MarkUpToDate(False) in d.actions and d.warnings == (PEER_LEASED,)
-    w = decide(view(state=S.WAIT, mirror=M.NONE, peer=None, quorum=False, peer_leased=True))
-    assert w.state is S.WAIT and w.actions == (MarkUpToDate(False),)
     refused = decide(view(state=S.SECOND, mirror=M.NONE, peer=None, quorum=False))
     assert refused.state is S.WAIT and MarkUpToDate(False) not in refused.actions and refused.warnings == (NO_QUORUM,)
     for kw in ({"listened": False}, {"linked": True}):
@@ -141,3 +139,32 @@ def test_a_primary_with_no_mount_and_a_lost_peer_remounts_alone_on_the_usual_con
     assert decide(view(mirror=M.DEAD, peer=None, fence_script=True)).actions[1] == Fence(takeover=False)
     assert decide(view(mirror=M.DEAD, peer=None, quorum=False)).state is S.WAIT
     assert decide(view(mirror=M.DEAD)).actions == (RemountDataPath(),)       # the peer heard: from the journal
+
+
+def test_a_wait_node_keeps_its_flag_on_the_witness_word_and_a_primary_holding_the_lease_goes_on_beside_it() -> None:
+    """A WAIT node does not clear its up-to-date flag because the witness hears its peer holding
+    the lease: the holder may be a stale WAIT node that cannot use it (both WAIT in a partition,
+    the stale one asked first), and clearing left both copies stale after the heal, WAIT + WAIT
+    for an operator (tests/test_cluster_sim_sequences.py). A primary that hears a WAIT peer
+    needs no such flag while it holds the lease: a WAIT node promotes beside no live primary, and
+    alone only on a lease it held last. Without the lease (or a witness) it still waits."""
+    w = decide(view(state=S.WAIT, mirror=M.NONE, peer=None, quorum=False, peer_leased=True))
+    assert w.state is S.WAIT and w.actions == ()
+    p = decide(view(mirror=M.FENCED, peer=S.WAIT, peer_uptodate=True, quorum=True))
+    assert p.state is S.ALONE and granted(p)
+    for quorum in (None, False):
+        held = decide(view(mirror=M.FENCED, peer=S.WAIT, peer_uptodate=True, quorum=quorum))
+        assert held.state is S.PRIM and not granted(held) and held.warnings == (FENCED_WAIT,), quorum
+
+
+def test_a_wait_node_with_newer_data_keeps_its_flag_beside_a_stale_fenced_primary() -> None:
+    """The primary stalled while this node took over, and this node's agent restarted (WAIT): the
+    woken primary's mount is fenced, and its data older. Clearing the flag for it ("so that the
+    primary may go on alone") left both copies stale; the primary steps down instead, and this
+    node, newer and up to date, leads."""
+    d = decide(view(state=S.WAIT, mirror=M.NONE, peer=S.PRIM, peer_fenced=True, relation=R.LOCAL_NEWER))
+    assert d.state is S.WAIT and MarkUpToDate(False) not in d.actions
+    same = decide(view(state=S.WAIT, mirror=M.NONE, peer=S.PRIM, peer_fenced=True, relation=R.SAME))
+    assert same.actions == (MarkUpToDate(False),) and same.warnings == (PEER_FENCED,)
+    primary = decide(view(mirror=M.FENCED, peer=S.WAIT, relation=R.PEER_NEWER))
+    assert primary.state is S.WAIT

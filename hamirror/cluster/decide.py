@@ -286,8 +286,11 @@ def _wait(view: ModuleView) -> Decision:
             # peer is still lost, and it has not held the lease since this node did: nothing the
             # peer wrote alone can exist, this node's data is the newest.
             return steps.promote_alone(view, warning=RESUMED)
-        if view.uptodate and _peer_goes_on(view):
-            return steps.stay(view, MarkUpToDate(False), warning=PEER_LEASED)
+        # The peer holding the lease needs nothing from this WAIT node: a primary that hears it
+        # goes on alone while it holds the lease (:func:`_fenced`). Clearing the flag here on
+        # the witness's word made a pair whose stale node won the lease in a partition (both
+        # WAIT: a rack's power back before its switch) end with both copies stale, WAIT + WAIT
+        # for an operator, the newer one's flag gone for nothing.
         return steps.stay(view)
     if view.relation is Relation.DIVERGED:
         return steps.stay(view, warning=SPLIT_BRAIN)
@@ -304,8 +307,13 @@ def _receive_resync(view: ModuleView) -> Decision:
         return steps.enter_second()
     if view.resync is ResyncStatus.FAILED:
         return steps.stay(view, warning="resync from the peer failed; it resumes when restarted")
-    if view.uptodate and (view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN) or view.peer.fenced):
+    if view.uptodate and view.relation in (Relation.PEER_NEWER, Relation.UNKNOWN):
         return steps.stay(view, MarkUpToDate(False), warning=PEER_FENCED if view.peer.fenced else None)
+    if view.uptodate and view.peer.fenced and view.relation is not Relation.LOCAL_NEWER:
+        # Not when this copy is newer: the primary is one that stalled while this node took over
+        # (it steps down, PEER_TOOK_OVER, and this node leads); clearing the flag left both
+        # copies stale, WAIT + WAIT for an operator (found by tests/test_cluster_sim_sequences.py).
+        return steps.stay(view, MarkUpToDate(False), warning=PEER_FENCED)
     return steps.stay(view)
 
 
@@ -433,9 +441,11 @@ def _dead_mount(view: ModuleView) -> Decision:
 def _fenced(view: ModuleView) -> Decision:
     """Our mount lost the peer and blocks writes: may we go on alone? (the peer is not primary)"""
     peer = view.peer
-    if not peer.alive or peer.state in (S.STOP, None) or not peer.uptodate:
+    if not peer.alive or peer.state in (S.STOP, None) or not peer.uptodate or (peer.state is S.WAIT and view.quorum is True):
         # Not heard: the quorum (lease) or availability-first rule already allowed it (a refusing
-        # witness stepped down above; a fence script runs first). Heard: it cannot take over.
+        # witness stepped down above; a fence script runs first). Heard: it cannot take over:
+        # stopped, stale, or WAIT while this node holds the lease (a WAIT node promotes beside
+        # no live primary, and alone only on a lease it held last: not after this tenure).
         return _go_alone(view)
     if view.mirror is M.REFUSED:
         return steps.step_down(view, "writes were refused while the peer is an up-to-date SECOND: "
