@@ -110,6 +110,7 @@ class FakeVip:
 class FakeScripts:
     def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.runs: list[tuple[str, str]] = []
+        self.refused_runs: list[str] = []    # scripts told that the mounts refuse writes
         self.failing = failing
         self.kills = 0
 
@@ -117,8 +118,10 @@ class FakeScripts:
         self.kills += 1
         return [7]
 
-    def run(self, name: str, state: str) -> FakeResult:
+    def run(self, name: str, state: str, writes_refused: bool = False) -> FakeResult:
         self.runs.append((name, state))
+        if writes_refused:
+            self.refused_runs.append(name)
         return FakeResult(name not in self.failing, f"{name} exit 1")
 
 

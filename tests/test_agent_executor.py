@@ -63,6 +63,20 @@ def test_stop_sequences_flush_then_unmount_and_forcestop_kills():
     assert dp.calls[-1] == ("unmount", True)
 
 
+def test_a_step_down_tells_stop_prim_that_the_mounts_refuse_writes():
+    """Campaign 4213: a primary refused by the witness refuses writes first, then runs stop_prim;
+    MariaDB's clean shutdown could flush nothing and waited out its 60 s stop_timeout, the peer
+    waiting with it. stop_prim is told (HAMIRROR_WRITES_REFUSED) only then: a hand-over's stop,
+    writes still flowing, shuts down cleanly."""
+    ex, dp, _, scripts, *_ = make()
+    ex.run(a.MountReplicated(peer_connected=True), S.PRIM)
+    ex.run(a.RunScript("stop_prim"), S.SECOND)                  # a swap's: writes flow
+    ex.run(a.RefuseWrites(), S.WAIT)
+    ex.run(a.RunScript("stop_prim"), S.WAIT)                    # a step-down's
+    ex.run(a.RunScript("stop_second"), S.WAIT)
+    assert scripts.refused_runs == ["stop_prim"] and [n for n, _ in scripts.runs].count("stop_prim") == 2
+
+
 def test_failures_become_action_failed_with_the_reason():
     ex, dp, vip, *_ = make(failing_scripts=("start_prim",))
     vip.up = True
@@ -120,8 +134,8 @@ def test_a_start_retried_after_the_vip_was_withdrawn_comes_back_with_its_vip(tmp
     dp.mounts = [{"state": "ALONE", "mounted": True, "pid": 1}]
     started_with_vip: list[bool] = []
     run = scripts.run
-    scripts.run = lambda name, state: (started_with_vip.append(vip.up) if name == "start_prim" else None,
-                                       run(name, state))[1]
+    scripts.run = lambda name, state, **kw: (started_with_vip.append(vip.up) if name == "start_prim" else None,
+                                             run(name, state, **kw))[1]
 
     async def scenario():
         await runner.attach()

@@ -244,8 +244,8 @@ def test_health_says_not_serving_from_the_moment_a_swap_stops_the_application(tm
     stopped, release = threading.Event(), threading.Event()
     run_script = scripts.run
 
-    def gated(name: str, state: str):
-        result = run_script(name, state)
+    def gated(name: str, state: str, **kw):
+        result = run_script(name, state, **kw)
         if name == "stop_prim":                  # the application is down; the swap goes on
             stopped.set()
             release.wait(10)

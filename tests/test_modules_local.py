@@ -57,8 +57,8 @@ class Local:
     module: ModuleConfig
     cluster: ClusterConfig
 
-    def run(self, script: str, state: str = "PRIM") -> str:
-        result = ScriptRunner(self.module, self.cluster).run(script, state)
+    def run(self, script: str, state: str = "PRIM", writes_refused: bool = False) -> str:
+        result = ScriptRunner(self.module, self.cluster).run(script, state, writes_refused=writes_refused)
         log = (Path(self.cluster.module_state_dir(self.module.name)) / "scripts.log").read_text()
         assert result.ok, f"{script}: {result.detail}\n{log[-3000:]}"
         return log
@@ -304,6 +304,24 @@ def test_nginx_serves_uploads_and_a_hang_fails_the_check(local):
     assert f"stopped (pid {pid})" in local.run("stop_prim", "STOP")
 
 
+def mounted(local: Local):
+    """The module's directory on a real hamirror mount (ALONE: no peer here)."""
+    from hamirror.agent.datapath import DataPath
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs FUSE")
+    datapath = DataPath(local.module, local.cluster)
+    datapath.mount(alone=True)
+    return datapath
+
+
+def started(local: Local) -> int:
+    """start_prim, and the server's pid (PostgreSQL's or MariaDB's)."""
+    local.run("start_prim")
+    return local.server_pid(f"{local.root}/sock/.s.PGSQL.{local.module.vars['port']}.lock"
+                            if local.module.name == "postgresql" else f"{local.root}/sock/mariadbd.pid")
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("local", ["postgresql", "mariadb"], indirect=True)
 def test_stop_prim_stops_the_server_on_a_dead_mount(local):
@@ -311,23 +329,44 @@ def test_stop_prim_stops_the_server_on_a_dead_mount(local):
     (ENOTCONN for everyone). stop_prim must still find the server (from node-local files, not
     from PGDATA) and stop it itself, at once: nothing can be flushed there. Before, PostgreSQL's
     said "not running" while the postmaster lived."""
-    from hamirror.agent.datapath import DataPath
-
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("needs FUSE")
-    datapath = DataPath(local.module, local.cluster)
-    datapath.mount(alone=True)
+    datapath = mounted(local)
     try:
-        local.run("start_prim")
-        pid = local.server_pid(f"{local.root}/sock/.s.PGSQL.{local.module.vars['port']}.lock"
-                               if local.module.name == "postgresql" else f"{local.root}/sock/mariadbd.pid")
+        pid = started(local)
         os.kill(int(datapath.mount_status(0)["pid"]), signal.SIGKILL)
-        started = time.monotonic()
+        begun = time.monotonic()
         log = local.run("stop_prim", "STOP").split("--- ")[-3:]
         assert any("cannot be reached (a dead mount?)" in part for part in log), log
         assert any(f"stopped (pid {pid})" in part for part in log), log
         assert not any("process(es) left" in part for part in log), log     # the script did it, not the sweep
-        assert stopped(pid) and time.monotonic() - started < 15
+        assert stopped(pid) and time.monotonic() - begun < 15
+    finally:
+        datapath.unmount(force=True)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("local", ["postgresql", "mariadb"], indirect=True)
+def test_stop_prim_stops_the_server_at_once_when_the_mount_refuses_writes(local):
+    """Campaign 4213: a primary stepping down refuses writes (EIO), then runs stop_prim. MariaDB's
+    clean shutdown, unable to flush, waited out its whole stop_timeout (60 s) while the peer waited
+    to take over. Told so (HAMIRROR_WRITES_REFUSED, as the executor does when a mount is REFUSED:
+    tests/test_agent_executor.py), both modules (the kit's templates, as shipped in modules/) stop
+    the server at once without trying to flush, and it starts again from what the mount holds.
+    (An ALONE mount here: only a mirroring one can be refused, and this test has no peer.)"""
+    datapath = mounted(local)
+    try:
+        pid = started(local)
+        begun = time.monotonic()
+        log = local.run("stop_prim", "WAIT", writes_refused=True).split("--- ")[-3:]
+        took = time.monotonic() - begun
+        assert any("the mount refuses writes (stepping down)" in part for part in log), log
+        assert stopped(pid) and took < 15, f"stopped in {took:.1f} s"
+    finally:
+        datapath.unmount(force=True)
+    datapath.mount(alone=True)
+    try:
+        started(local)
+        assert wait_result(local.checker(), healthy=True) is None
+        local.run("stop_prim", "STOP")
     finally:
         datapath.unmount(force=True)
 

@@ -96,10 +96,14 @@ class ScriptRunner:
         self.group = group
         self.kill_after = module.scripts.kill_after
 
-    def run(self, name: str, state: str) -> ScriptResult:
+    def run(self, name: str, state: str, writes_refused: bool = False) -> ScriptResult:
         """Render ``name`` for the state being entered and run it; a template error is a failure.
-        ``stop_prim`` succeeds only once no process of the application is left."""
+        ``stop_prim`` succeeds only once no process of the application is left. ``writes_refused``:
+        the mounts refuse writes (a step-down), so a clean shutdown cannot flush; the script sees
+        ``HAMIRROR_WRITES_REFUSED=1`` and may stop the application at once."""
         env = dict(os.environ, HAMIRROR_MODULE=self.module.name, HAMIRROR_STATE=state, **self.group.env())
+        if writes_refused:
+            env["HAMIRROR_WRITES_REFUSED"] = "1"
         seen = self.group.pids() if name == "stop_prim" else set()
         try:
             text = render_script(self.module, self.cluster, name, state)
