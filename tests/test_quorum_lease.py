@@ -438,7 +438,8 @@ def test_the_client_refuses_an_answer_whose_lease_or_age_is_out_of_range(field, 
     srv = server(clock, wall)
     client = UdpWitness(("127.0.0.1", 9), "lab", "node1", "node2", KEY, clock=clock, wall=wall)
     client.send(True)
-    reply = json.loads(srv.handle(encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY))[MAC_SIZE:])
+    request = encode_request("lab", "node1", client.boot, client.counter, wall(), True, KEY)
+    reply = json.loads(srv.handle(request)[MAC_SIZE:])
     reply[field] = value
     client.received(sign(json.dumps(reply).encode(), witness_key(KEY)))
     assert client.counter in client.pending and client.view.answer is None

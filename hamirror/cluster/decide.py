@@ -441,7 +441,8 @@ def _dead_mount(view: ModuleView) -> Decision:
 def _fenced(view: ModuleView) -> Decision:
     """Our mount lost the peer and blocks writes: may we go on alone? (the peer is not primary)"""
     peer = view.peer
-    if not peer.alive or peer.state in (S.STOP, None) or not peer.uptodate or (peer.state is S.WAIT and view.quorum is True):
+    waiting_beside_our_lease = peer.state is S.WAIT and view.quorum is True
+    if not peer.alive or peer.state in (S.STOP, None) or not peer.uptodate or waiting_beside_our_lease:
         # Not heard: the quorum (lease) or availability-first rule already allowed it (a refusing
         # witness stepped down above; a fence script runs first). Heard: it cannot take over:
         # stopped, stale, or WAIT while this node holds the lease (a WAIT node promotes beside
