@@ -324,3 +324,29 @@ def test_a_secondary_frozen_while_the_primary_went_on_alone_never_takes_over_wit
     assert len(keys) > 10 and not kvclient.unreadable(lab.paths, keys, budget=120)
     watch(lab, lambda a, b: a["witness"]["outdated"] == {} and b["witness"]["outdated"] == {}, 30,
           "the mark cleared once both copies are equal")
+
+
+def test_a_secondary_restarts_its_receiver_at_once_once_the_restarted_primary_agent_is_heard(lab):
+    """Campaigns 4208 and 4209: the primary's agent killed and started again 3 s later. Meanwhile the
+    secondary, not hearing it, claimed the lease, was refused by the primary's lease gone quiet, and
+    waited for it to lapse (10 s) with its agent's tick, though it heard the primary again a moment
+    later: its receiver, killed then, came back 3-6 s late. The wait ends once the peer is heard."""
+    from hamirror.lab import agent as labagent
+
+    primary, secondary = mirrored(lab)
+    agent_pid = int(open(os.path.join(lab.paths.node_dir(primary, "run"), "agent.pid")).read())
+    os.kill(agent_pid, signal.SIGKILL)
+    time.sleep(3.0)                                         # past the heartbeat timeout (2 s): the secondary claims
+    labagent.start(lab.paths, primary)
+    time.sleep(1.5)                                         # the primary's agent heard again
+    [receiver] = pids_of(lab.paths, secondary, "receiver")
+    os.kill(receiver, signal.SIGKILL)
+    killed = time.monotonic()
+    while not [pid for pid in pids_of(lab.paths, secondary, "receiver") if pid != receiver]:
+        assert time.monotonic() - killed < 20, f"no receiver on {secondary}:\n{tail(lab, secondary)}"
+        time.sleep(0.05)
+    took = time.monotonic() - killed
+    assert took < 2.5, f"the receiver came back {took:.1f} s after the kill:\n{tail(lab, secondary)}"
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "PRIM", secondary: "SECOND"} and demo(a)["uptodate"] and demo(b)["uptodate"],
+          60, "PRIM + SECOND again")
