@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -350,3 +351,53 @@ def test_a_secondary_restarts_its_receiver_at_once_once_the_restarted_primary_ag
     watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
           == {primary: "PRIM", secondary: "SECOND"} and demo(a)["uptodate"] and demo(b)["uptodate"],
           60, "PRIM + SECOND again")
+
+
+def hamirror(lab, node: str, *args: str) -> subprocess.CompletedProcess:
+    return lab.exec(node, sys.executable, "-m", "hamirror", *args, timeout=120)
+
+
+def test_a_partition_while_both_wait_leaves_the_newer_copy_current(lab):
+    """The simulation's first finding (tests/test_cluster_sim_sequences.py), on real nodes. The
+    primary loses power and the secondary takes over alone: its copy is the newest from then on.
+    The operator stops it; the failed node boots; the pair is cut; the failed node, not hearing
+    its peer, claims the free lease and holds it; the operator starts the survivor again: WAIT,
+    up to date, told by the witness that its unheard peer holds the lease. It used to clear its
+    flag on that word, and after the heal both copies were stale: WAIT + WAIT for an operator's
+    `prim`. It keeps its flag, and leads once it hears its peer again."""
+    from hamirror.lab import agent as labagent
+
+    primary, secondary = mirrored(lab)
+    assert lab.cli("kill", primary).returncode == 0
+    deadline = time.monotonic() + 60
+    while (demo(status(lab, secondary)) or {}).get("state") != "ALONE":
+        assert time.monotonic() < deadline, f"{secondary} did not take over:\n{tail(lab, secondary)}"
+        time.sleep(0.3)
+    assert hamirror(lab, secondary, "stop", "demo").returncode == 0
+    assert lab.cli("boot", primary).returncode == 0
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "WAIT", secondary: "STOP"}, 60, f"{primary} WAIT beside {secondary} STOP")
+    # The survivor's agent down for a moment (a node that does not hear its peer claims the lease,
+    # whatever its modules do): the booted node, alone to ask, holds it.
+    os.kill(int(open(os.path.join(lab.paths.node_dir(secondary, "run"), "agent.pid")).read()), signal.SIGKILL)
+    assert lab.cli("partition", primary, secondary).returncode == 0
+    try:
+        deadline = time.monotonic() + 40
+        while (status(lab, primary) or {}).get("quorum") is not True:
+            assert time.monotonic() < deadline, f"{primary} never held the lease:\n{tail(lab, primary)}"
+            time.sleep(0.3)
+        labagent.start(lab.paths, secondary)
+        deadline = time.monotonic() + 30
+        while demo(status(lab, secondary)) is None:
+            assert time.monotonic() < deadline, f"{secondary}'s agent not back:\n{tail(lab, secondary)}"
+            time.sleep(0.3)
+        assert hamirror(lab, secondary, "start", "demo").returncode == 0
+        time.sleep(8)                                       # listened, claimed, refused: the holder is alive
+        doc = status(lab, secondary)
+        assert doc["witness"]["holder"] == primary and demo(doc)["state"] == "WAIT", doc["witness"]
+        assert demo(doc)["uptodate"], f"{secondary} cleared its flag:\n{tail(lab, secondary)}"
+    finally:
+        assert lab.cli("heal").returncode == 0
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "SECOND", secondary: "PRIM"} and demo(a)["uptodate"] and demo(b)["uptodate"],
+          90, f"{secondary} PRIM with the newest copy, {primary} SECOND")
