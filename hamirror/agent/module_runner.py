@@ -553,8 +553,7 @@ class ModuleRunner:
         answered a `stop` with "ok, ALONE", and the stop ran after)."""
         if not self.waiters or command is Command.NONE:
             return
-        refused = command is not Command.NONE and any(w.startswith(f"`{command.value}` refused")
-                                                      for w in decision.warnings)
+        refused = any(w.startswith(f"`{command.value}` refused") for w in decision.warnings)
         outcome = Outcome(ok=not refused and error is None, state=self.state.value,
                           warnings=list(decision.warnings), error=error)
         waiters, self.waiters = self.waiters, []

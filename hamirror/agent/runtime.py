@@ -164,15 +164,17 @@ class Agent:
         """Whether this node needs the witness's lease: a primary module, or the peer not heard
         while listening (a node that just woke or started would take a lease the peer may be
         about to renew on a silence it never heard)."""
-        return (not self._claim_alive and self.listening.listened()) or any(
-            r.state.is_primary for r in self.runners.values())
+        return (not self._claim_alive and self.listening.listened()) or self._any_primary()
+
+    def _any_primary(self) -> bool:
+        return any(r.state.is_primary for r in self.runners.values())
 
     def _still_claims(self) -> bool:
         """Asked while a verdict waits for a silent holder's lease to lapse: the claim stands while a
         module is primary here or the peer is still unheard (or its processes gone). A peer heard
         again ends the wait, and the tick goes on with a refusal (it reads the peer again after)."""
         alive, _, _, gone = self._heard()
-        return (not alive or bool(gone)) or any(r.state.is_primary for r in self.runners.values())
+        return not alive or bool(gone) or self._any_primary()
 
     def _marks(self) -> Marks:
         """The outdated-copy marks this tick's witness request asks for, from each module's last
@@ -204,7 +206,7 @@ class Agent:
         primary here any more (a hand-over's end)."""
         with contextlib.suppress(Exception):
             self.heartbeat.send_now()
-        if not any(r.state.is_primary for r in self.runners.values()):
+        if not self._any_primary():
             try:
                 self.witness.release_now()
             except Exception:  # noqa: BLE001 - the next tick's request releases it anyway
