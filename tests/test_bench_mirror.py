@@ -368,3 +368,32 @@ def test_trees_refuses_a_column_that_does_not_run_its_own_tree_or_engine(monkeyp
     other = session.AEAD if running != session.AEAD else session.STREAM
     with pytest.raises(SystemExit, match=rf"^mount of /srv/x/old/e-barrier does not run the {other} link engine$"):
         trees.check_tree(Fake(), REPO, other)
+
+
+def test_freed_memory_is_held_only_for_the_run_and_the_setting_goes_back(tmp_path):
+    """scripts/bench/guestmem.py: the VM's free page reporting is held during a run (its sequential
+    figures doubled with it) and the value found is written back, also when the run fails; where the
+    knob is absent or cannot be written nothing changes, and the report says which."""
+    import guestmem
+    knob = tmp_path / "min_free_ms"
+    knob.write_text("0\n")
+    with guestmem.freed_memory_held(True, str(knob)) as said:
+        assert knob.read_text() == str(guestmem.HOLD_MS)
+    assert said == f"freed memory held in the guest (min_free_ms {guestmem.HOLD_MS} during the run, 0 before and after)"
+    assert knob.read_text() == "0"
+    with pytest.raises(KeyboardInterrupt):
+        with guestmem.freed_memory_held(True, str(knob)):
+            raise KeyboardInterrupt
+    assert knob.read_text() == "0"
+    with guestmem.freed_memory_held(False, str(knob)) as said:
+        assert knob.read_text() == "0"
+    assert said == "free page reporting as found (min_free_ms 0)"
+    with guestmem.freed_memory_held(True, str(tmp_path / "absent")) as said:
+        pass
+    assert said == "no free page reporting here (nothing changed)"
+    assert not (tmp_path / "absent").exists()
+    with guestmem.freed_memory_held(True, "/proc/version") as said:   # readable, never writable
+        pass
+    assert said.endswith("could not write /proc/version)")
+    import trees
+    assert mirror.parse_args([]).free_pages == trees.parse_args(["old", "new"]).free_pages == "hold"

@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python scripts/bench/mirror.py [--quick] [--json] [--size-mib N] [--files N]
         [--txns N] [--samples N] [--pgbench-seconds N] [--reps N] [--configs abcdegfw] [--workloads ...]
-        [--engine curve|aead|stream] [--spread]
+        [--engine curve|aead|stream] [--spread] [--free-pages hold|as-found]
 
 Columns (each in its own fresh directory under --workdir, all on the same disk):
   a  plain      the directory itself, no FUSE
@@ -52,6 +52,7 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 import columns  # noqa: E402
 import cputime  # noqa: E402
 import gluster  # noqa: E402
+import guestmem  # noqa: E402
 import pgbench  # noqa: E402
 import workloads as w  # noqa: E402
 from columns import CONFIGS, DEFAULT, Column  # noqa: E402
@@ -84,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give each run's fresh directory an ext4 block group of its own (chattr +T on each "
                         "column's directory, not GlusterFS's bricks): this disk's ext4 has no journal, so a "
                         "clean-up slows file creation in its block group for 60-300 s (workloads.spread)")
+    p.add_argument("--free-pages", choices=("hold", "as-found"), default="hold",
+                   help="hold: keep memory freed during the run in this VM instead of handing it back to the "
+                        "host at once (free page reporting's min_free_ms, restored at the end; guestmem.py); "
+                        "as-found: leave the kernel's setting")
     p.add_argument("--workdir", help="where the bench makes its own directory (default: /var/tmp), removed at the end")
     args = p.parse_args(argv)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
@@ -250,20 +255,22 @@ def main(argv=None) -> int:
     bench = Bench(args)
     results: dict[str, dict[str, list[float]]] = {}
     status = 0
-    try:
-        bench.setup()
-        bench.run(results)
-    except KeyboardInterrupt:
-        bench.note("interrupted (Ctrl-C or SIGTERM): the figures below are what ran before")
-        status = 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.teardown()
-        shutil.rmtree(bench.root, ignore_errors=True)
+    with guestmem.freed_memory_held(args.free_pages == "hold") as guest_memory:
+        log(guest_memory)
+        try:
+            bench.setup()
+            bench.run(results)
+        except KeyboardInterrupt:
+            bench.note("interrupted (Ctrl-C or SIGTERM): the figures below are what ran before")
+            status = 130
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the cleanup short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            bench.teardown()
+            shutil.rmtree(bench.root, ignore_errors=True)
     params = {k: getattr(args, k) for k in ("size_mib", "files", "txns", "samples", "pgbench_seconds", "reps", "quick",
                                             "engine", "spread")}
-    params.update(pgbench_clients=4, pgbench_scale=5)
+    params.update(pgbench_clients=4, pgbench_scale=5, guest_memory=guest_memory)
     summary = summarize(params, results, bench.notes, CONFIGS, bench.cpu)
     summary["workdir"] = bench.root
     print(json.dumps(summary, indent=1) if args.json else render(summary))

@@ -77,7 +77,8 @@ def render(summary: dict) -> str:
              f"latency samples={par['samples']}, pgbench {par['pgbench_clients']} clients scale "
              f"{par['pgbench_scale']} {par['pgbench_seconds']} s, median of {par['reps']} interleaved runs, "
              f"link engine {par.get('engine') or 'not recorded'}"
-             + (", each run's directory in a block group of its own (--spread)" if par.get("spread") else ""), ""]
+             + (", each run's directory in a block group of its own (--spread)" if par.get("spread") else "")
+             + (f"; {par['guest_memory']}" if par.get("guest_memory") else ""), ""]
     ratio_keys = [r for r in summary["ratios"] if all(c in keys for c in r.split("/"))]
     head = f"{'metric':18}{'unit':8}" + "".join(f"{k + ' ' + names[k]:>13}" for k in keys)
     lines.append(head + "".join(f"{r:>7}" for r in ratio_keys))

@@ -5,6 +5,7 @@ minutes of this noisy machine.
 
     sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
         [--size-mib 1024] [--files 5000] [--txns 3000] [--reps 4] [--workdir /srv] [--engine stream]
+        [--free-pages hold|as-found]
 
 Each tree is a checkout with its extensions built in place (``python setup.py build_ext
 --inplace``; for example ``git worktree add ../old REV``). Each column's mount and receiver
@@ -29,10 +30,12 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 
 import columns  # noqa: E402
 import cputime  # noqa: E402
+import guestmem  # noqa: E402
 import workloads as w  # noqa: E402
 from hamirror.link import session  # noqa: E402
 
 ORDER = ("old", "new", "new", "old")
+UNITS = {"seq": ("MB/s", "MiB"), "small": ("files/s", "file"), "sqlite": ("txn/s", "txn")}   # figure, operation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="/srv")
     parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
                         help=f"the link engine (default: ${session.ENGINE_ENV}, else {session.STREAM}, as mirror.py)")
+    parser.add_argument("--free-pages", choices=("hold", "as-found"), default="hold",
+                        help="as mirror.py: keep memory freed during the run in this VM (guestmem.py)")
     args = parser.parse_args(argv)
     try:
         args.engine = columns.link_engine(args.engine)
@@ -81,16 +86,12 @@ def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tup
     return w.small_files(column.directory, args.files, probe=probe, keep=True), args.files, probe.seconds
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
-    os.chdir("/")   # not inside a tree: see the docstring
-    os.environ[session.ENGINE_ENV] = args.engine   # every mount and receiver started here inherits it
-    print(f"link engine {args.engine}, column {args.config}, workload {args.workload}", flush=True)
+def run_trees(args: argparse.Namespace, trees: dict[str, str]) -> dict[str, list[tuple[float, dict[str, float]]]]:
+    """Start each tree's column, run the ABBA rounds, stop them: (figure, CPU per operation) per run."""
+    unit = UNITS[args.workload][0]
     root = tempfile.mkdtemp(prefix="hamirror-trees-", dir=args.workdir)
     started: dict[str, columns.Column] = {}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in trees}
-    unit, per = {"seq": ("MB/s", "MiB"), "small": ("files/s", "file"), "sqlite": ("txn/s", "txn")}[args.workload]
     try:
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = tree
@@ -111,6 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         for column in started.values():
             column.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    trees = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
+    os.chdir("/")   # not inside a tree: see the docstring
+    os.environ[session.ENGINE_ENV] = args.engine   # every mount and receiver started here inherits it
+    with guestmem.freed_memory_held(args.free_pages == "hold") as guest_memory:
+        print(f"link engine {args.engine}, column {args.config}, workload {args.workload}; {guest_memory}",
+              flush=True)
+        runs = run_trees(args, trees)
+    unit, per = UNITS[args.workload]
     medians = {name: statistics.median(f for f, _ in found) for name, found in runs.items()}
     for name, found in runs.items():
         labels = sorted({label for _, cpu in found for label in cpu})
