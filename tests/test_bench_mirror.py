@@ -370,30 +370,39 @@ def test_trees_refuses_a_column_that_does_not_run_its_own_tree_or_engine(monkeyp
         trees.check_tree(Fake(), REPO, other)
 
 
-def test_freed_memory_is_held_only_for_the_run_and_the_setting_goes_back(tmp_path):
+def test_freed_memory_is_held_only_for_the_run_and_the_settings_go_back(tmp_path):
     """scripts/bench/guestmem.py: the VM's free page reporting is held during a run (its sequential
-    figures doubled with it) and the value found is written back, also when the run fails; where the
-    knob is absent or cannot be written nothing changes, and the report says which."""
+    figures doubled with it) and the values found are written back, also when the run fails; where
+    the knobs are absent or cannot be written nothing changes, and the report says which."""
     import guestmem
-    knob = tmp_path / "min_free_ms"
-    knob.write_text("0\n")
-    with guestmem.freed_memory_held(True, str(knob)) as said:
-        assert knob.read_text() == str(guestmem.HOLD_MS)
-    assert said == f"freed memory held in the guest (min_free_ms {guestmem.HOLD_MS} during the run, 0 before and after)"
-    assert knob.read_text() == "0"
+    (tmp_path / "min_free_ms").write_text("0\n")
+    (tmp_path / "max_waiting_mib").write_text("1024\n")
+    found = {"min_free_ms": "0", "max_waiting_mib": "1024"}
+
+    def knobs() -> dict[str, str]:
+        return {name: (tmp_path / name).read_text() for name in found}
+
+    with guestmem.freed_memory_held(True, str(tmp_path)) as said:
+        assert knobs() == {"min_free_ms": "300000", "max_waiting_mib": "16384"}
+    assert said == ("freed memory held in the guest (min_free_ms 300000, max_waiting_mib 16384 during the run; "
+                    "min_free_ms 0, max_waiting_mib 1024 before and after)")
+    assert knobs() == found
     with pytest.raises(KeyboardInterrupt):
-        with guestmem.freed_memory_held(True, str(knob)):
+        with guestmem.freed_memory_held(True, str(tmp_path)):
             raise KeyboardInterrupt
-    assert knob.read_text() == "0"
-    with guestmem.freed_memory_held(False, str(knob)) as said:
-        assert knob.read_text() == "0"
-    assert said == "free page reporting as found (min_free_ms 0)"
-    with guestmem.freed_memory_held(True, str(tmp_path / "absent")) as said:
+    assert knobs() == found
+    with guestmem.freed_memory_held(False, str(tmp_path)) as said:
+        assert knobs() == found
+    assert said == "free page reporting as found (min_free_ms 0, max_waiting_mib 1024)"
+    (tmp_path / "max_waiting_mib").unlink()
+    with guestmem.freed_memory_held(True, str(tmp_path)) as said:
         pass
     assert said == "no free page reporting here (nothing changed)"
-    assert not (tmp_path / "absent").exists()
-    with guestmem.freed_memory_held(True, "/proc/version") as said:   # readable, never writable
+    assert (tmp_path / "min_free_ms").read_text() == "0"
+    os.symlink("/proc/version", tmp_path / "max_waiting_mib")   # readable, never writable, even by root
+    with guestmem.freed_memory_held(True, str(tmp_path)) as said:
         pass
-    assert said.endswith("could not write /proc/version)")
+    assert said.endswith("; could not write max_waiting_mib)")
+    assert (tmp_path / "min_free_ms").read_text() == "0"       # the one written is given back
     import trees
     assert mirror.parse_args([]).free_pages == trees.parse_args(["old", "new"]).free_pages == "hold"
