@@ -115,3 +115,44 @@ def test_wanted_asks_for_the_rest_of_the_next_record_only():
     assert records.feed(record[2:10]) == [] and records.wanted() == len(record) - 10
     assert [bytes(b) for b in records.feed(record[10:])] == [record[4:]]
     assert records.wanted() == stream.LENGTH.size
+
+
+def test_the_rest_of_a_large_record_is_received_in_place():
+    """Records.reserve: once a record's length is known and 64 KiB or more of it are missing, its
+    rest goes straight into the buffer its body stays in (recv_into), however the bytes come; a
+    small record, or a small rest, is fed as before; the records after it are split as before."""
+    sealer, opener = _pair()
+    big = [b"write header", os.urandom(1 << 20)]
+    wire = _wire([stream.seal_record(sealer, [b"before"]), stream.seal_record(sealer, list(big)),
+                  stream.seal_record(sealer, [b"after"])])
+    first = len(_wire([stream.seal_record(_pair()[0], [b"before"])]))
+    records = stream.Records(stream.MAX_MESSAGE)
+    assert records.reserve() is None                         # nothing begun
+    bodies = records.feed(wire[:first + 3])                  # "before", and 3 bytes of a length
+    assert [stream.open_record(opener, b)[0] == b"before" for b in bodies] == [True]
+    assert records.reserve() is None                         # the length is not known yet
+    assert records.feed(wire[first + 3:first + 5000]) == []
+    room = records.reserve()
+    end = len(wire) - len(_wire([stream.seal_record(_pair()[0], [b"after"])]))
+    assert room is not None and len(room) == end - first - 5000 == records.missing()
+    assert records.buffered == 5000
+    offset = first + 5000
+    for piece in (70_000, 1, 300_000):
+        room = records.reserve()
+        room[:piece] = wire[offset:offset + piece]
+        assert records.commit(piece) == []
+        offset += piece
+    room = records.reserve()
+    room[:] = wire[offset:end]
+    with pytest.raises(ValueError):
+        records.commit(len(room) + 1)                        # past the record's end
+    (body,) = records.commit(len(room))
+    assert [bytes(f) for f in stream.open_record(opener, body)] == big
+    assert records.reserve() is None and records.missing() == 0
+    (after,) = records.feed(wire[end:])
+    assert bytes(stream.open_record(opener, after)[0]) == b"after"
+    with pytest.raises(ValueError):
+        records.commit(1)                                    # nothing reserved
+    small = stream.Records(stream.MAX_MESSAGE)
+    record = _wire([stream.seal_record(sealer, [os.urandom(60_000)])])
+    assert small.feed(record[:100]) == [] and small.reserve() is None   # less than 64 KiB missing

@@ -308,3 +308,28 @@ def _applied(pair: MirrorPair, writes: int) -> dict | None:
         by_op = json.load(f).get("by_op", {})
     return by_op if by_op.get("WRITE", 0) + by_op.get("WRITE_FSYNC", 0) >= writes else None
 
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_large_write_carries_its_times_in_one_message(tmp_path, mode):
+    """A write of 256 KiB or more (sent before the local pwrite, so that both copies write at
+    once) used to send the file's times after the pwrite as a UTIMENS of its own: a second round
+    trip on the path of every large write. Now the times are chosen first, travel in the WRITE and
+    are set on our copy after the bytes: one message each, and both copies' bytes and times equal."""
+    session = _interception(tmp_path, mode)
+    ops, client, receiver, primary, secondary = next(session)
+    try:
+        fh = ops.create("/big", 0o600, os.O_RDWR)
+        os.utime(primary / "big", ns=(1_000_000_000, 2_000_000_000))   # an atime the writes keep
+        for n in range(3):
+            ops.write("/big", os.urandom(1 << 20), n << 20, fh)
+        ops.fsync("/big", 0, fh)
+        sent = {op: n for op, n in receiver.stats.by_op.items() if op in ("WRITE", "UTIMENS")}
+        assert sent == {"WRITE": 3}
+        ours, theirs = os.stat(primary / "big"), os.stat(secondary / "big")
+        assert (secondary / "big").read_bytes() == (primary / "big").read_bytes()
+        assert (theirs.st_mtime_ns, theirs.st_atime_ns) == (ours.st_mtime_ns, ours.st_atime_ns)
+        assert ours.st_atime_ns == 1_000_000_000 and ours.st_mtime_ns > 2_000_000_000
+        ops.release("/big", fh)
+    finally:
+        session.close()

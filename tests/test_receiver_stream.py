@@ -223,6 +223,26 @@ def test_a_client_that_never_reads_its_replies_does_not_wedge_the_receiver(tmp_p
             deaf.close()
 
 
+@pytest.mark.parametrize("then", ["close", "stall"])
+def test_a_large_record_cut_short_ends_or_holds_only_its_connection(tmp_path, then):
+    """A session that sends the start of a 1 MiB record (its length, then 100 KiB) and closes, or
+    sends nothing more: the receiver, asked to wake for the rest only (SO_RCVLOWAT), still sees
+    the close (the connection ends) and serves every other connection meanwhile."""
+    with _serving(tmp_path) as receiver:
+        client = _client(receiver, str(tmp_path / "keys"))
+        assert _exchange(client, [encode(Op.HELLO, SESSION, 0, HELLO_INTS)]).status == OK
+        frames = [encode(Op.WRITE, SESSION, 1, (0,), (b"cut",)), os.urandom(1 << 20)]
+        record = b"".join(bytes(b) for b in stream.seal_record(client.channel.send, frames))
+        client.send_raw(record[:100_000])
+        wait_for(lambda: receiver.connections == 1, 5, what="the session to be counted")
+        if then == "close":
+            client.close()
+            wait_for(lambda: receiver.connections == 0, 5, what="the cut connection to be closed")
+        _still_serves(tmp_path, receiver, b"after-" + then.encode())
+        assert not (tmp_path / "secondary" / "cut").exists()
+        client.close()
+
+
 def test_a_bug_in_the_transport_ends_one_connection(tmp_path, monkeypatch):
     with _serving(tmp_path) as receiver:
         break_once(monkeypatch, receiver.sessions)
@@ -355,6 +375,26 @@ def test_one_message_costs_the_receiver_one_wait_one_read_one_send(tmp_path, mon
     calls = _receiver_calls(tmp_path, monkeypatch, pings)
     for name in ("epoll_wait", "recvfrom", "sendmsg"):
         assert MESSAGES <= calls[name] <= MESSAGES * 1.05, (name, calls.most_common(8))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_large_write_costs_the_receiver_two_wakeups_not_one_per_piece(tmp_path, monkeypatch):
+    """A 1 MiB WRITE's record comes over TCP in pieces. Once its length is read the receiver asks
+    to be woken when the rest is there (SO_RCVLOWAT) and reads the rest where the body stays:
+    about two waits and two reads per message, where a read of 256 KiB per wake-up made five
+    or more (docs/performance.md, "A large write's times in its message")."""
+    writes = 40
+
+    def large_writes(sender: RawSender) -> None:
+        assert sender.exchange([encode(Op.CREATE, SESSION, sender.seq, (0o100644, 0, 0, 0), (b"big",))]).status == OK
+        sender.seq += 1
+        for n in range(writes):
+            frames = [encode(Op.WRITE, SESSION, sender.seq, (n << 20,), (b"big",)), os.urandom(1 << 20)]
+            assert sender.exchange(frames).status == OK
+            sender.seq += 1
+    calls = _receiver_calls(tmp_path, monkeypatch, large_writes)
+    for name in ("epoll_wait", "recvfrom"):
+        assert calls[name] <= 2 * writes + writes // 4, (name, calls.most_common(8))   # (5 per write before)
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")

@@ -22,6 +22,7 @@ import functools
 import itertools
 import os
 import stat
+import time
 from typing import Callable
 
 from hamirror.fs.commits import CommitPattern
@@ -224,7 +225,8 @@ class Interception:
             # then fails or is short, the peer is put back to what we have before we answer.
             # One message, in every mode: pieces that let the peer start sooner cost more CPU
             # than they saved (docs/performance.md, "Sync mode's large writes in one message").
-            tx.send(Op.WRITE, (offset,), (bp,), data=data)
+            stamp = None if self._writeback else self._stamp_for(fh, bp)
+            tx.send(Op.WRITE, (offset,), (bp,), stamp or (), data=data)
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
@@ -232,14 +234,36 @@ class Interception:
             self._changed_data()
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
-            st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-            tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
+            if not (failed is None and written == len(data) and stamp and self._stamped(fh, stamp)):
+                st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
+                tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
             if self._writeback:
                 self._commits.wrote(ino)
         self._touched(fh)
         if failed is not None:
             raise failed
         return written   # the native loop starts its writeback after the reply (hm_py_write)
+
+    @staticmethod
+    def _stamp_for(fh: int, bp: bytes) -> tuple:
+        """The times a large write gives its file on both copies, chosen before it: the atime it
+        has, the mtime now. They travel in the WRITE and are set here once the bytes are written
+        (:meth:`_stamped`), instead of a UTIMENS after the write: that second message was a round
+        trip of its own on the path of every large write in sync mode, after the local ``pwrite``
+        (docs/performance.md, "A large write's times in its message"). Writes to one inode are
+        ordered (the change block's key), so its last stamp is the same on both copies."""
+        return ((bp, os.fstat(fh).st_atime_ns, time.time_ns()),)
+
+    @staticmethod
+    def _stamped(fh: int, stamp: tuple) -> bool:
+        """Set the times of :meth:`_stamp_for` on our copy; False if that failed (the caller then
+        sends the times our copy has, as before)."""
+        _, atime, mtime = stamp[0]
+        try:
+            os.utime(fh, ns=(atime, mtime))
+        except OSError:
+            return False
+        return True
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
                          commit: int | None = None) -> int:

@@ -29,6 +29,7 @@ COUNT = struct.Struct(">B")
 MAX_HANDSHAKE = session.INIT_SIZE + session.MAX_REFUSE_TEXT   # the largest handshake message
 MAX_MESSAGE = COUNT.size + session.MAX_PARTS * (LENGTH.size + session.MAX_SEALED)
 READ_SIZE = 256 * 1024   # bytes asked of one recv: many small records, or a good piece of a large one
+DIRECT_MIN = 64 * 1024   # missing bytes of a record from which its rest is received in place (Records.reserve)
 
 
 _LENGTH_AT = LENGTH.unpack_from
@@ -116,6 +117,8 @@ class Records:
     def __init__(self, limit: int = MAX_HANDSHAKE) -> None:
         self.limit = limit
         self._buffer = bytearray()
+        self._direct: bytearray | None = None   # the record being received in place (reserve)
+        self._filled = 0
 
     def feed(self, data: bytes | memoryview) -> list[memoryview]:
         """The complete record bodies that ``data`` ends (in order); the rest is kept. The bodies
@@ -146,6 +149,42 @@ class Records:
             self._buffer = bytearray(view[start:])
         return bodies
 
+    def reserve(self) -> memoryview | None:
+        """Room for the rest of the record the buffer has begun, once its length is known (and
+        checked by :meth:`feed`) and at least :data:`DIRECT_MIN` bytes of it are missing: the
+        caller receives into it (``recv_into``), then calls :meth:`commit`, until the record is
+        whole; :meth:`feed` is not called meanwhile. None: receive as usual.
+
+        Why: a 1 MiB write's record came in four or more receives, each copied into the buffer
+        as it grew; here its bytes go once, from the socket to where its body stays."""
+        if self._direct is None:
+            buffered = len(self._buffer)
+            if buffered < LENGTH.size:
+                return None
+            total = LENGTH.size + _LENGTH_AT(self._buffer, 0)[0]
+            if total - buffered < DIRECT_MIN:
+                return None
+            self._direct = bytearray(total)
+            self._direct[:buffered] = self._buffer
+            self._filled, self._buffer = buffered, bytearray()
+        return memoryview(self._direct)[self._filled:]
+
+    def commit(self, received: int) -> list[memoryview]:
+        """``received`` more bytes are in the room :meth:`reserve` gave: the record's body once
+        it is whole (a view of a buffer this object no longer touches), else nothing."""
+        direct = self._direct
+        if direct is None or not 0 <= received <= len(direct) - self._filled:
+            raise ValueError("commit without a reserved record, or past its end")
+        self._filled += received
+        if self._filled < len(direct):
+            return []
+        self._direct = None
+        return [memoryview(direct)[LENGTH.size:]]
+
+    def missing(self) -> int:
+        """Bytes still to come of the record received in place; 0 when none is."""
+        return 0 if self._direct is None else len(self._direct) - self._filled
+
     def wanted(self) -> int:
         """Bytes that would complete the next record (its length first): what a reader asks of
         ``recv`` before the session is established, so that nothing sent after the handshake's
@@ -158,4 +197,4 @@ class Records:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet part of a returned record."""
-        return len(self._buffer)
+        return len(self._buffer) if self._direct is None else self._filled

@@ -36,6 +36,7 @@ MAX_QUEUED = 32 << 20        # reply bytes a connection may leave unread: above,
 BACKLOG = 100                # as ZeroMQ's listen()
 ACCEPTS = 16                 # connections accepted per wake-up (then the established ones are read)
 ACCEPT_PAUSE = 0.5           # seconds the listener rests after running out of descriptors or memory
+LOWAT_MAX = 2 << 20           # the most SO_RCVLOWAT asks (the kernel grows the receive buffer to hold it)
 IOV = 64                     # buffers per sendmsg (a batch of replies with more is queued, then flushed)
 _READ, _WRITE = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
@@ -62,7 +63,7 @@ def parse_endpoint(bind: str) -> tuple[str, int]:
 class _Connection:
     """One accepted TCP connection: its records, its unsent reply bytes, its session's state."""
 
-    __slots__ = ("id", "sock", "address", "accepted", "records", "established", "out", "queued", "open")
+    __slots__ = ("id", "sock", "address", "accepted", "records", "established", "out", "queued", "open", "lowat")
 
     def __init__(self, ident: bytes, sock: socket.socket, address: str) -> None:
         self.id, self.sock, self.address = ident, sock, address
@@ -72,6 +73,7 @@ class _Connection:
         self.out: collections.deque[memoryview] = collections.deque()
         self.queued = 0
         self.open = True
+        self.lowat = 1
 
 
 class StreamServer:
@@ -231,19 +233,28 @@ class StreamServer:
 
     def _read(self, conn: _Connection) -> None:
         """Before the session: the next handshake record only (its size, then its body); after:
-        whatever is there, in one recv."""
+        whatever is there, in one recv, or the rest of a large record, in place."""
+        records = conn.records
+        room = records.reserve() if conn.established else None
         try:
-            data = conn.sock.recv(stream.READ_SIZE if conn.established else conn.records.wanted())
+            if room is not None:
+                received = conn.sock.recv_into(room)
+                data = b"" if received == 0 else None
+            else:
+                data = conn.sock.recv(stream.READ_SIZE if conn.established else records.wanted())
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:   # e.g. reset by the peer
             data = b""
             log.info("connection from %s: %s", conn.address, exc)
-        if not data:
+        if data is not None and not data:
             self._close(conn)
             return
         try:
-            for body in conn.records.feed(data):
+            bodies = records.commit(received) if data is None else records.feed(data)
+            if conn.established:
+                self._wake_at(conn, records.missing() if records.reserve() is not None else 0)
+            for body in bodies:
                 self._record(conn, body)
                 if not conn.open:
                     return
@@ -252,6 +263,18 @@ class StreamServer:
         except Exception:   # a bug here: that connection ends, the receiver serves on
             log.exception("stream connection error")
             self._end(conn, "internal error in the receiver's session layer")
+
+    def _wake_at(self, conn: _Connection, missing: int) -> None:
+        """While a large record comes, epoll wakes this receiver once the rest of it is there
+        (``SO_RCVLOWAT``), not for every piece TCP delivers (a 1 MiB write on loopback: several
+        wake-ups and reads, each a round of this loop). A hang-up or an error still wakes it."""
+        wanted = max(1, min(missing, LOWAT_MAX))
+        if wanted != conn.lowat:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, wanted)
+                conn.lowat = wanted
+            except OSError as exc:   # a hint: reading piece by piece is correct too
+                log.debug("SO_RCVLOWAT %d: %s", wanted, exc)
 
     def _record(self, conn: _Connection, body: memoryview) -> None:
         frames = stream.record_frames(body) if conn.established else [body]
