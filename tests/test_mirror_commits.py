@@ -310,7 +310,7 @@ def _applied(pair: MirrorPair, writes: int) -> dict | None:
 
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "barrier"])
 def test_a_large_write_carries_its_times_in_one_message(tmp_path, mode):
     """A write of 256 KiB or more (sent before the local pwrite, so that both copies write at
     once) used to send the file's times after the pwrite as a UTIMENS of its own: a second round

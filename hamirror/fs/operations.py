@@ -225,8 +225,8 @@ class Interception:
             # then fails or is short, the peer is put back to what we have before we answer.
             # One message, in every mode: pieces that let the peer start sooner cost more CPU
             # than they saved (docs/performance.md, "Sync mode's large writes in one message").
-            stamp = None if self._writeback else self._stamp_for(fh, bp)
-            tx.send(Op.WRITE, (offset,), (bp,), stamp or (), data=data)
+            stamp = self._stamp_for(fh, bp)
+            tx.send(Op.WRITE, (offset,), (bp,), stamp, data=data)
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
@@ -234,7 +234,7 @@ class Interception:
             self._changed_data()
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
-            if not (failed is None and written == len(data) and stamp and self._stamped(fh, stamp)):
+            if not (failed is None and written == len(data) and self._stamped(fh, stamp)):
                 st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
                 tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
             if self._writeback:
@@ -249,9 +249,11 @@ class Interception:
         """The times a large write gives its file on both copies, chosen before it: the atime it
         has, the mtime now. They travel in the WRITE and are set here once the bytes are written
         (:meth:`_stamped`), instead of a UTIMENS after the write: that second message was a round
-        trip of its own on the path of every large write in sync mode, after the local ``pwrite``
-        (docs/performance.md, "A large write's times in its message"). Writes to one inode are
-        ordered (the change block's key), so its last stamp is the same on both copies."""
+        trip of its own on the path of every large write in sync mode, after the local ``pwrite``,
+        and a message more per write in barrier mode (docs/performance.md, "A large write's times
+        in its message"). Writes to one inode are ordered (the change block's key), so its last
+        stamp is the same on both copies. In barrier mode the kernel's own mtime still comes
+        later, deferred (hm_setattr.c), and overrides this one on both copies alike."""
         return ((bp, os.fstat(fh).st_atime_ns, time.time_ns()),)
 
     @staticmethod
