@@ -255,6 +255,34 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
     }
 }
 
+/* ``write`` with the data as a view of the request's buffer, not a copy of it (a bytes object
+ * cost a malloc and a copy of every write, a MiB for a large one). The buffer is the worker's
+ * and its next request is read into it: the view is released when the call returns, so a view
+ * kept past it (anything that keeps data must copy it: protocol.kept) raises ValueError instead
+ * of reading another request's bytes. A slice of the view would outlive that; none is kept. */
+static int call_write(fuse_req_t req, const char *path, const char *data, size_t size, off_t off,
+                      uint64_t fh, long long *written)
+{
+    struct hm_engine *e = hm_engine_of(req);
+    hm_current_req = req;
+    hm_gil_enter();
+    int err;
+    PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
+    if (view == NULL) {
+        err = failed(e, "write");
+    } else {
+        err = hm_call_held(e, "write", written, "(O&OLK)", hm_pypath, path, view, (long long)off, fh);
+        PyObject *released = PyObject_CallMethod(view, "release", NULL);
+        if (released == NULL)
+            PyErr_Clear();   /* only while exported (a buffer taken, not given back): nothing here does */
+        Py_XDECREF(released);
+        Py_DECREF(view);
+    }
+    hm_gil_leave();
+    hm_current_req = NULL;
+    return err;
+}
+
 void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
@@ -268,8 +296,7 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
     if (err == 0 && kill != 0)
         err = hm_call(req, "kill_privileges", NULL, "(O&Ki)", hm_pypath, path, fi->fh, kill & HM_KILL_SUIDGID);
     if (err == 0)
-        err = hm_call(req, "write", &written, "(O&y#LK)", hm_pypath, path, data, (Py_ssize_t)size,
-                   (long long)off, fi->fh);
+        err = call_write(req, path, data, size, off, fi->fh, &written);
     if (err != 0) {
         fuse_reply_err(req, err);
         return;

@@ -28,7 +28,7 @@ from _thread import allocate_lock as _allocate_lock
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from hamirror.link import fencing, keys, session
-from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode,
+from hamirror.link.protocol import (ERROR, HELLO_TOKEN, VERSION, Op, ProtocolError, Times, decode_reply, encode, kept,
                                     parse_hello_answer)
 
 if TYPE_CHECKING:
@@ -205,7 +205,10 @@ class LinkClient:
         Barrier mode's writeback sends exactly that pair: the dirty page, then the kernel's mtime.
         An FSYNC of the path of a held WRITE (a commit: write, then fsync) turns it into one
         WRITE_FSYNC, sent at once. Any other submit, :meth:`flush_held` and the transport send a
-        held message first, so the stream's order is the submit order."""
+        held message first, so the stream's order is the submit order.
+
+        ``data`` may be a view valid only until the caller's operation returns (the mount's
+        writes): whatever keeps it past this call keeps a copy (``protocol.kept``)."""
         with self._lock:
             held = merged = self._held
             if held is not None and op == Op.UTIMENS and data is None and _mergeable(held, strs, times):
@@ -246,7 +249,7 @@ class LinkClient:
             self.last_ticket = ticket
             header = encode(op, self.session, seq, ints, strs, times)
             if hold and len(strs) == 1 and _only_times_of(strs[0], times):
-                self._held = _Held(ticket, header, op, ints, strs, times, data, time.monotonic() + HOLD)
+                self._held = _Held(ticket, header, op, ints, strs, times, kept(data), time.monotonic() + HOLD)
                 self._transport.held()
             else:
                 self._transport.queue(ticket, header, data)

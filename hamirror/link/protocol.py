@@ -513,3 +513,14 @@ def parse_hello_answer(payload: bytes) -> tuple[int, str]:
     link = doc.get("link")
     return (link if type(link) is int and 0 < link < 256 else 1,
             versions.valid_text(doc.get("software")) or "unknown")
+
+
+def kept(data: bytes | memoryview | None) -> bytes | None:
+    """A message's data as something that may be kept past the call that handed it over.
+
+    Why: the mount's writes hand the link a view of the FUSE worker's receive buffer, valid only
+    until the write returns (the worker reads its next request into it; the view is released
+    then), which saves a copy of every write when the message is sealed at once. Whatever keeps
+    the data longer (a message held back, queued for another thread, or waiting for a session)
+    keeps it through this: bytes as they are, a view copied."""
+    return data if data is None or type(data) is bytes else bytes(data)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from hamirror.link import keys, session, stream
 from hamirror.link.client import KEEPALIVE
+from hamirror.link.protocol import kept
 
 if TYPE_CHECKING:
     from hamirror.link.client import LinkClient, Ticket
@@ -119,7 +120,7 @@ class StreamTransport:
 
     def queue(self, ticket: "Ticket", header: bytes, data: bytes | None) -> None:
         if self._channel is None:
-            self._waiting.append((ticket, header, data))
+            self._waiting.append((ticket, header, kept(data)))   # sealed once the session exists
         else:
             self._seal(ticket, header, data)
 

@@ -19,6 +19,7 @@ import zmq
 
 from hamirror.link import keys, session
 from hamirror.link.monitor import recv_monitor_message
+from hamirror.link.protocol import kept
 
 if TYPE_CHECKING:
     from hamirror.link.client import LinkClient, Ticket
@@ -67,7 +68,7 @@ class ZmqTransport:
         self._thread.start()
 
     def queue(self, ticket: "Ticket", header: bytes, data: bytes | None) -> None:
-        self._outbox.append((ticket, header, data))
+        self._outbox.append((ticket, header, kept(data)))   # sent by the I/O thread, later
 
     def kick(self) -> None:
         if self._asleep:

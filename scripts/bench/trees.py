@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Two source trees of hamirror side by side: the same column (sync, async or barrier) from each,
-mounted at once and run in turn, so a change is measured against the code before it in the same
-minutes of this noisy machine.
+"""Two source trees of hamirror side by side: the same column (interception alone, sync, async or
+barrier) from each, mounted at once and run in turn, so a change is measured against the code
+before it in the same minutes of this noisy machine.
 
     sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
         [--size-mib 1024] [--files 5000] [--txns 3000] [--reps 4] [--workdir /srv] [--engine stream]
@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old")
     parser.add_argument("new")
-    parser.add_argument("--config", default="e", choices=("c", "d", "e"), help="c sync, d async, e barrier")
+    parser.add_argument("--config", default="e", choices=("b", "c", "d", "e"),
+                        help="b interception alone, c sync, d async, e barrier")
     parser.add_argument("--workload", default="seq", choices=("seq", "small", "sqlite"))
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=5000)
