@@ -112,11 +112,14 @@ void hm_py_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 void hm_py_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi);
 void hm_py_init(struct hm_engine *e);
 
-/* hm_fuse_py.c's helpers, for hm_setattr.c: the GIL kept per thread; ops.<method>(args) with the
+/* hm_fuse_py.c's helpers, for hm_setattr.c: the GIL kept per thread (taken for a request, with
+ * the request set for ``context()``: hm_python_enter / hm_python_leave); ops.<method>(args) with the
  * GIL held, or taken for the call (0, the int result in *out if asked, or an errno); the "O&"
  * converters of a path (None for NULL) and of a handle; a node's path, NULL if it has no name. */
 void hm_gil_enter(void);
 void hm_gil_leave(void);
+struct hm_engine *hm_python_enter(fuse_req_t req);
+void hm_python_leave(void);
 int hm_call_held(struct hm_engine *e, const char *method, long long *out, const char *fmt, ...);
 int hm_call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...);
 PyObject *hm_pypath(void *p);

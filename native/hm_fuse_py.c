@@ -138,17 +138,28 @@ int hm_call_held(struct hm_engine *e, const char *method, long long *out, const 
     return err;
 }
 
-int hm_call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...)
+/* Python runs for ``req``: the GIL taken, the request known to ``context()``; and after it. */
+struct hm_engine *hm_python_enter(fuse_req_t req)
 {
-    struct hm_engine *e = hm_engine_of(req);
-    va_list ap;
     hm_current_req = req;
     hm_gil_enter();
+    return hm_engine_of(req);
+}
+
+void hm_python_leave(void)
+{
+    hm_gil_leave();
+    hm_current_req = NULL;
+}
+
+int hm_call(fuse_req_t req, const char *method, long long *out, const char *fmt, ...)
+{
+    struct hm_engine *e = hm_python_enter(req);
+    va_list ap;
     va_start(ap, fmt);
     int err = vcall_held(e, method, out, fmt, ap);
     va_end(ap);
-    hm_gil_leave();
-    hm_current_req = NULL;
+    hm_python_leave();
     return err;
 }
 
@@ -263,9 +274,7 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
 static int call_write(fuse_req_t req, const char *path, const char *data, size_t size, off_t off,
                       uint64_t fh, long long *written)
 {
-    struct hm_engine *e = hm_engine_of(req);
-    hm_current_req = req;
-    hm_gil_enter();
+    struct hm_engine *e = hm_python_enter(req);
     int err;
     PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size, PyBUF_READ);
     if (view == NULL) {
@@ -278,8 +287,7 @@ static int call_write(fuse_req_t req, const char *path, const char *data, size_t
         Py_XDECREF(released);
         Py_DECREF(view);
     }
-    hm_gil_leave();
-    hm_current_req = NULL;
+    hm_python_leave();
     return err;
 }
 
@@ -324,8 +332,7 @@ static int call_timed(fuse_req_t req, fuse_ino_t ino, const char *path, struct f
     struct timespec mtime;
     int deferred = hm_table_take_mtime(&e->table, ino, &mtime);
     va_list ap;
-    hm_current_req = req;
-    hm_gil_enter();
+    hm_python_enter(req);
     int err = 0;
     if (deferred) {
         int early = hm_names.early;
@@ -338,8 +345,7 @@ static int call_timed(fuse_req_t req, fuse_ino_t ino, const char *path, struct f
         err = vcall_held(e, method, NULL, fmt, ap);
         va_end(ap);
     }
-    hm_gil_leave();
-    hm_current_req = NULL;
+    hm_python_leave();
     return err;
 }
 
@@ -368,11 +374,9 @@ void hm_py_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     if (hm_table_take_mtime(&e->table, ino, &mtime)) {
         hm_path_or_none(req, ino, buf, &path);
-        hm_current_req = req;
-        hm_gil_enter();
+        hm_python_enter(req);
         hm_apply_mtime_held(e, path, fi, &mtime);
-        hm_gil_leave();
-        hm_current_req = NULL;
+        hm_python_leave();
     }
     reply_status(req, close((int)fi->fh) == 0 ? 0 : errno);
 }

@@ -133,8 +133,7 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
         if (err == 0)
             err = fi != NULL ? setattr_unlinked((int)fi->fh, attr, to_set) : ESTALE;
     } else if (err == 0) {
-        hm_current_req = req;
-        hm_gil_enter();
+        hm_python_enter(req);
         if (have_mtime)
             err = hm_apply_mtime_held(e, path, fi, &mtime);
         if (!err && (to_set & FUSE_SET_ATTR_MODE))
@@ -161,8 +160,7 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
                             (long long)tv[0].tv_sec, (long long)tv[0].tv_nsec,
                             (long long)tv[1].tv_sec, (long long)tv[1].tv_nsec);
         }
-        hm_gil_leave();
-        hm_current_req = NULL;
+        hm_python_leave();
     }
     if (err != 0) {
         fuse_reply_err(req, err);

@@ -131,9 +131,11 @@ def test_the_rest_of_a_large_record_is_received_in_place():
     bodies = records.feed(wire[:first + 3])                  # "before", and 3 bytes of a length
     assert [stream.open_record(opener, b)[0] == b"before" for b in bodies] == [True]
     assert records.reserve() is None                         # the length is not known yet
+    assert records.awaited() == 0                            # nor here: the next read is an ordinary one
     assert records.feed(wire[first + 3:first + 5000]) == []
-    room = records.reserve()
     end = len(wire) - len(_wire([stream.seal_record(_pair()[0], [b"after"])]))
+    assert records.awaited() == end - first - 5000           # what the reader waits for (SO_RCVLOWAT)
+    room = records.reserve()
     assert room is not None and len(room) == end - first - 5000 == records.missing()
     assert records.buffered == 5000
     offset = first + 5000

@@ -185,6 +185,13 @@ class Records:
         """Bytes still to come of the record received in place; 0 when none is."""
         return 0 if self._direct is None else len(self._direct) - self._filled
 
+    def awaited(self) -> int:
+        """After a read: the bytes still to come of a record that will be received in place
+        (its room is reserved here once its length is known), 0 when the next read is an
+        ordinary one. What the reader asks the kernel to wait for (``SO_RCVLOWAT``)."""
+        self.reserve()
+        return self.missing()
+
     def wanted(self) -> int:
         """Bytes that would complete the next record (its length first): what a reader asks of
         ``recv`` before the session is established, so that nothing sent after the handshake's

@@ -239,21 +239,22 @@ class StreamServer:
         try:
             if room is not None:
                 received = conn.sock.recv_into(room)
-                data = b"" if received == 0 else None
+                closed = received == 0
             else:
                 data = conn.sock.recv(stream.READ_SIZE if conn.established else records.wanted())
+                closed = not data
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:   # e.g. reset by the peer
-            data = b""
             log.info("connection from %s: %s", conn.address, exc)
-        if data is not None and not data:
+            closed = True
+        if closed:
             self._close(conn)
             return
         try:
-            bodies = records.commit(received) if data is None else records.feed(data)
+            bodies = records.commit(received) if room is not None else records.feed(data)
             if conn.established:
-                self._wake_at(conn, records.missing() if records.reserve() is not None else 0)
+                self._wake_at(conn, records.awaited())
             for body in bodies:
                 self._record(conn, body)
                 if not conn.open:
