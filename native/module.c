@@ -240,11 +240,35 @@ static PyTypeObject ApplierType = {
     .tp_methods = Applier_methods,
 };
 
+/* A bytearray of ``size`` bytes whose content is whatever the allocator gave: for a buffer that
+ * is written whole before anything reads it (a record sealed into it, a record received into it).
+ * bytearray(size) zeroes it first, a memset of a MiB for every large write (docs/performance.md,
+ * "Link buffers not zeroed"). */
+static PyObject *native_unfilled(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "unfilled: a negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
+}
+
+static PyMethodDef native_functions[] = {
+    {"unfilled", native_unfilled, METH_O,
+     "unfilled(size) -> bytearray of size bytes, not zeroed: the caller writes every byte before reading any."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "hamirror.link._native",
     .m_doc = "The receiver's apply core in C (native/, docs/native.md).",
     .m_size = -1,
+    .m_methods = native_functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

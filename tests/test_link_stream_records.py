@@ -158,3 +158,31 @@ def test_the_rest_of_a_large_record_is_received_in_place():
     small = stream.Records(stream.MAX_MESSAGE)
     record = _wire([stream.seal_record(sealer, [os.urandom(60_000)])])
     assert small.feed(record[:100]) == [] and small.reserve() is None   # less than 64 KiB missing
+
+
+def test_buffers_not_zeroed_first_are_written_whole_before_they_are_read(monkeypatch):
+    """session.unfilled (the native extension's bytearray, not zeroed) for a sealed record, a
+    sealed frame and a record received in place: with buffers full of other bytes, everything
+    sent and received is the same as with zeroed ones, so no byte an allocator left goes out."""
+    native = pytest.importorskip("hamirror.link._native")
+    assert len(native.unfilled(1 << 20)) == 1 << 20 and native.unfilled(0) == bytearray()
+    with pytest.raises(ValueError, match="^unfilled: a negative size$"):
+        native.unfilled(-1)
+    key = os.urandom(32)
+    parts = [b"write header", os.urandom(1 << 20), b"x"]
+
+    def sealed() -> tuple[bytes, list[bytes]]:
+        one, two = (session.Direction(key, session.TO_RECEIVER) for _ in range(2))
+        return _wire([stream.seal_record(one, list(parts))]), [bytes(f) for f in two.seal(list(parts))]
+
+    monkeypatch.setattr(session, "unfilled", bytearray)
+    zeroed = sealed()
+    monkeypatch.setattr(session, "unfilled", lambda size: bytearray(b"\xa5") * size)
+    assert sealed() == zeroed
+    records, opener = stream.Records(stream.MAX_MESSAGE), session.Direction(key, session.TO_RECEIVER)
+    wire = zeroed[0]
+    assert records.feed(wire[:1000]) == []
+    room = records.reserve()
+    room[:] = wire[1000:]
+    (body,) = records.commit(len(room))
+    assert [bytes(f) for f in stream.open_record(opener, body)] == parts

@@ -28,6 +28,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hamirror.link import z85
 from hamirror.link.protocol import MAX_FRAME
 
+try:   # a buffer not zeroed first, for one written whole before it is read (docs/performance.md,
+    from hamirror.link._native import unfilled   # "Link buffers not zeroed")
+except ImportError:   # the extension is optional (link/native.py): bytearray is the same, zeroed
+    unfilled = bytearray
+
 ENGINE_ENV = "HAMIRROR_LINK_ENGINE"
 CURVE, AEAD = "curve", "aead"
 STREAM = "stream"   # aead records on a TCP connection of their own, no ZeroMQ (link/stream.py)
@@ -113,7 +118,7 @@ class Direction:
         """Each frame: counter || AES-256-GCM(frame), its index and the message's frame count bound."""
         if not 1 <= len(parts) <= MAX_PARTS:
             raise SessionError(f"a message of {len(parts)} frames cannot be sealed")
-        sealed = [bytearray(OVERHEAD + len(part)) for part in parts]
+        sealed = [unfilled(OVERHEAD + len(part)) for part in parts]   # seal_into writes every byte
         self.seal_into(parts, sealed)
         return sealed
 

@@ -54,7 +54,7 @@ def seal_record(direction: session.Direction, parts: list) -> list:
         return sealed_record(direction.seal(parts))   # (seal refuses it, with its message)
     sizes = [session.OVERHEAD + len(part) for part in parts]
     head = _HEADS[count]
-    record = bytearray(head.size + sum(sizes))
+    record = session.unfilled(head.size + sum(sizes))   # every byte written below: the head, then the frames
     head.pack_into(record, 0, len(record) - LENGTH.size, count, *sizes)
     view, offset, frames = memoryview(record), head.size, []
     for size in sizes:
@@ -164,7 +164,7 @@ class Records:
             total = LENGTH.size + _LENGTH_AT(self._buffer, 0)[0]
             if total - buffered < DIRECT_MIN:
                 return None
-            self._direct = bytearray(total)
+            self._direct = session.unfilled(total)   # read only once received whole (commit)
             self._direct[:buffered] = self._buffer
             self._filled, self._buffer = buffered, bytearray()
         return memoryview(self._direct)[self._filled:]
