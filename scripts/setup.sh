@@ -58,6 +58,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# The in-place build of the extensions (setup.py build_ext --inplace, below and in the benches'
+# trees) reads pyproject.toml with the venv's own setuptools: the license is an SPDX string (PEP
+# 639), which setuptools reads from 77 on (the table form it replaces stops building in 2027).
+.venv/bin/python -m pip install -q 'setuptools>=77'
 .venv/bin/python -m pip install -q -e '.[test]' -c constraints.txt
 # The FUSE request loop is required (setup.py fails a build without it); the receiver's apply
 # core is optional for a pip install (Python then does its work), not here: the tests run both
