@@ -28,9 +28,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hamirror.link import z85
 from hamirror.link.protocol import MAX_FRAME
 
-try:   # a buffer not zeroed first, for one written whole before it is read (docs/performance.md,
-    from hamirror.link._native import unfilled   # "Link buffers not zeroed")
-except ImportError:   # the extension is optional (link/native.py): bytearray is the same, zeroed
+# ``unfilled(size)``: a bytearray not zeroed first, for a buffer written whole before it is read
+# (docs/performance.md, "Link buffers not zeroed"); the extension is optional (link/native.py),
+# and bytearray is the same, zeroed.
+try:
+    from hamirror.link._native import unfilled
+except ImportError:
     unfilled = bytearray
 
 ENGINE_ENV = "HAMIRROR_LINK_ENGINE"

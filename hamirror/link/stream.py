@@ -157,17 +157,21 @@ class Records:
 
         Why: a 1 MiB write's record came in four or more receives, each copied into the buffer
         as it grew; here its bytes go once, from the socket to where its body stays."""
+        return memoryview(self._direct)[self._filled:] if self._in_place() else None
+
+    def _in_place(self) -> bool:
+        """Whether the record begun is received in place: its room is made here, once."""
         if self._direct is None:
             buffered = len(self._buffer)
             if buffered < LENGTH.size:
-                return None
+                return False
             total = LENGTH.size + _LENGTH_AT(self._buffer, 0)[0]
             if total - buffered < DIRECT_MIN:
-                return None
+                return False
             self._direct = session.unfilled(total)   # read only once received whole (commit)
             self._direct[:buffered] = self._buffer
             self._filled, self._buffer = buffered, bytearray()
-        return memoryview(self._direct)[self._filled:]
+        return True
 
     def commit(self, received: int) -> list[memoryview]:
         """``received`` more bytes are in the room :meth:`reserve` gave: the record's body once
@@ -189,8 +193,7 @@ class Records:
         """After a read: the bytes still to come of a record that will be received in place
         (its room is reserved here once its length is known), 0 when the next read is an
         ordinary one. What the reader asks the kernel to wait for (``SO_RCVLOWAT``)."""
-        self.reserve()
-        return self.missing()
+        return self.missing() if self._in_place() else 0
 
     def wanted(self) -> int:
         """Bytes that would complete the next record (its length first): what a reader asks of
