@@ -74,3 +74,77 @@ def test_what_is_cached_follows_every_change_made_through_the_mount(mirror_facto
         f.write(b"d" * 5)
     assert _read(other) == b"d" * 5 + b"a" * 49_995 + b"b" * 10 + b"a" * 9_990
     assert_same(pair)
+
+
+def _cached_pages(path: str, size: int) -> int:
+    """Pages of ``path`` (a file of ``size`` bytes on the mount) in the kernel's page cache of the
+    mount's inode: ``mincore`` over a read-only shared mapping, which reads nothing. No stat
+    first: the changed mtime it would fetch drops the cached pages (auto_inval_data)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vec)
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "barrier"])
+def test_a_write_only_handle_leaves_no_second_cached_copy(mirror_factory, mode):
+    """A write-only handle's writes bypass the kernel's cache of the mount's file (FOPEN_DIRECT_IO,
+    native/hm_fuse_py.c): the data is cached once, in the backing file's cache, not twice, and
+    each write costs one copy less. Barrier mode keeps the kernel's writeback cache. A read
+    caches the pages as before; both copies end equal."""
+    pair = mirror_factory(mode=mode).start()
+    path = os.path.join(pair.primary, "log")
+    data = os.urandom(SIZE)
+    with open(path, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    pages = SIZE // os.sysconf("SC_PAGE_SIZE")
+    assert _cached_pages(path, SIZE) == (pages if mode == "barrier" else 0)
+    assert _read(path) == data
+    assert _cached_pages(path, SIZE) == pages
+    assert_same(pair)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_write_only_handle_changes_what_other_handles_read_at_once(mirror_factory, mode):
+    """Pages another handle cached (by read and by a shared mapping) are dropped over the range a
+    write-only handle writes: the next read and the mapping show the new bytes at once, not after
+    the attribute timeout."""
+    import mmap
+
+    pair = mirror_factory(mode=mode).start()
+    path = os.path.join(pair.primary, "f")
+    with open(path, "wb") as f:
+        f.write(b"a" * SIZE)
+    with open(path, "rb") as reader:
+        mapped = mmap.mmap(reader.fileno(), SIZE, prot=mmap.PROT_READ)
+        try:
+            assert reader.read() == b"a" * SIZE and mapped[:] == b"a" * SIZE
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                assert os.pwrite(fd, b"b" * 10_000, 100_000) == 10_000
+            finally:
+                os.close(fd)
+            expected = b"a" * 100_000 + b"b" * 10_000 + b"a" * (SIZE - 110_000)
+            assert os.pread(reader.fileno(), SIZE, 0) == expected
+            assert mapped[:] == expected
+        finally:
+            mapped.close()
+    assert _read(path) == expected
+    assert_same(pair)
