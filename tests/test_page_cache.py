@@ -148,3 +148,23 @@ def test_a_write_only_handle_changes_what_other_handles_read_at_once(mirror_fact
             mapped.close()
     assert _read(path) == expected
     assert_same(pair)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_write_only_appenders_interleave_whole_records(mirror_factory, mode):
+    """Two processes' logs into one file (``O_WRONLY | O_APPEND``, the handles that bypass the
+    page cache): every record lands whole, after the ones before it, on both copies."""
+    pair = mirror_factory(mode=mode).start()
+    path = os.path.join(pair.primary, "app.log")
+    first = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    second = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        records = [(first if i % 2 else second, f"record {i:05d} ".encode() * (1 + i % 7) + b"\n")
+                   for i in range(300)]
+        for fd, record in records:
+            assert os.write(fd, record) == len(record)
+    finally:
+        os.close(first)
+        os.close(second)
+    assert _read(path) == b"".join(record for _, record in records)
+    assert_same(pair)
