@@ -168,3 +168,34 @@ def test_write_only_appenders_interleave_whole_records(mirror_factory, mode):
         os.close(second)
     assert _read(path) == b"".join(record for _, record in records)
     assert_same(pair)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_write_only_handle_over_a_dirty_shared_mapping_wins(mirror_factory, mode):
+    """A shared writable mapping (another handle) dirtied a page, not synced; then a write-only
+    handle writes over part of it. The kernel writes the dirty page back before the direct
+    write, then drops it: the later write's bytes are the file's, on both copies, never the
+    mapping's written back over them afterwards."""
+    import mmap
+
+    pair = mirror_factory(mode=mode).start()
+    path = os.path.join(pair.primary, "mapped")
+    size = 64 * 1024
+    with open(path, "wb") as f:
+        f.write(b"a" * size)
+    with open(path, "r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), size)
+        try:
+            mapped[:8192] = b"m" * 8192
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                assert os.pwrite(fd, b"w" * 100, 50) == 100
+            finally:
+                os.close(fd)
+            expected = b"m" * 50 + b"w" * 100 + b"m" * (8192 - 150) + b"a" * (size - 8192)
+            assert mapped[:] == expected
+            mapped.flush()
+        finally:
+            mapped.close()
+    assert _read(path) == expected
+    assert_same(pair)
