@@ -213,17 +213,6 @@ static void reply_status(fuse_req_t req, int err)
     fuse_reply_err(req, err);
 }
 
-/* A handle that cannot read (O_WRONLY) has no use for the kernel's page cache of the file: its
- * writes reach us straight from the caller's pages (FOPEN_DIRECT_IO), one copy fewer per write
- * and no second cached copy of what the backing file's cache holds. Python decides when
- * (hamirror/fs/lowlevel.py, direct_writes_coherent: never in barrier mode, and only on kernels
- * that drop other handles' cached pages over a direct write). */
-static void write_only_direct(const struct hm_engine *e, struct fuse_file_info *fi)
-{
-    if (e->direct_writes && (fi->flags & O_ACCMODE) == O_WRONLY)
-        fi->direct_io = 1;
-}
-
 void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
@@ -244,7 +233,6 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
      * still right: without this, every open dropped them and the next reads went through us
      * (PostgreSQL's backends each opening a table re-read it). */
     fi->keep_cache = 1;
-    write_only_direct(hm_engine_of(req), fi);
     if (fuse_reply_open(req, fi) != 0)
         hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
 }
@@ -272,7 +260,6 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
         return;
     }
     entry.attr_timeout = entry.entry_timeout = HM_TIMEOUT;
-    write_only_direct(e, fi);
     if (fuse_reply_create(req, &entry, fi) != 0) {
         hm_table_forget(&e->table, entry.ino, 1);
         hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
