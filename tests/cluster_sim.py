@@ -142,24 +142,18 @@ class World:
     def witness(self, link: bool, awake: list[bool], up: bool) -> None:
         """The lease this tick: the primary's while both are heard (a holder that is not primary
         stops claiming: released); asked again once the nodes acted; in a partition, or a one-way loss, the primary's (the only one
-        claiming before), else n1's; a frozen node's lapses; none while it is down. A node whose
-        module is STOP does not claim (Agent._claims)."""
+        claiming before), else n1's; a frozen node's lapses; none while it is down."""
+        a, b = self.nodes
         if not up:
             self.lease.give(None)
         elif not all(awake):
-            self.lease.give(next(iter(self.claimants(awake)), None))
+            self.lease.give(awake.index(True) if any(awake) else None)
         elif link:
             primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
             if len(primaries) == 1 and self.lease.holder != primaries[0]:
                 self.lease.give(primaries[0])   # the holder hears its peer and is not primary: released
         elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
-            self.lease.give(next(iter(self.claimants([True, True])), None))
-
-    def claimants(self, awake: list[bool]) -> list[int]:
-        """The awake nodes that claim the lease when they do not hear their peer, the first to
-        claim first: a primary, else n1 before n2; not a node whose module is STOP."""
-        nodes = [(i, n) for i, n in enumerate(self.nodes) if awake[i]]
-        return [i for i, n in nodes if n.state.is_primary] or [i for i, n in nodes if n.state is not S.STOP]
+            self.lease.give(0 if a.state.is_primary or not b.state.is_primary else 1)
 
     def finish_resyncs(self, link: bool) -> None:
         """A resync started last tick ends now: DONE if the link held, else FAILED."""
