@@ -515,3 +515,22 @@ def local_link(base: str, state_dir: str | None = None, on_lost=None):
         receiver.close()
         keys.stop_authenticator(context)
         context.term()
+
+
+def syncs_during(pid: int, action) -> int:
+    """fsync + fdatasync calls of process ``pid`` (every thread) while ``action()`` runs."""
+    out = f"/tmp/hamirror-strace-{os.getpid()}-{pid}.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", out, "-p", str(pid)],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)                                # attached to every thread
+        action()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    try:
+        with open(out) as f:
+            rows = [line.split() for line in f]
+    finally:
+        os.unlink(out)
+    return sum(int(row[3]) for row in rows if row and row[-1] in ("fsync", "fdatasync") and row[3].isdigit())

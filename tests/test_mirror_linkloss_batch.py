@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
-import time
 
 import pytest
 
@@ -25,6 +22,7 @@ from hamirror.journal.durability import INTERVAL_ENV
 from hamirror.journal.journal import Journal
 from hamirror.link.client import WHOLE
 from hamirror.link.protocol import Op
+from tests.mirror_fixtures import syncs_during
 from tests.test_peer_durability import _Client
 
 CREATE = (0o100644, 0, 0, 0)
@@ -93,25 +91,6 @@ def test_a_batch_records_what_is_new_and_costs_no_sql_when_everything_is_recorde
         assert again.subtrees() == ["d"] and again.changed_blocks("f") is None
 
 
-def _syncs_during(pid: int, action) -> int:
-    """fsync + fdatasync calls of process ``pid`` (every thread) while ``action()`` runs."""
-    out = f"/tmp/hamirror-strace-{os.getpid()}-{pid}.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", out, "-p", str(pid)],
-                              stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)                                # attached to every thread
-        action()
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
-    try:
-        with open(out) as f:
-            rows = [line.split() for line in f]
-    finally:
-        os.unlink(out)
-    return sum(int(row[3]) for row in rows if row and row[-1] in ("fsync", "fdatasync") and row[3].isdigit())
-
-
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_a_killed_receiver_with_many_paths_owed_costs_the_mount_a_few_syncs(mirror_factory, monkeypatch):
     from hamirror.lab import pagecache
@@ -124,7 +103,7 @@ def test_a_killed_receiver_with_many_paths_owed_costs_the_mount_a_few_syncs(mirr
     for name in names:
         with open(os.path.join(pair.primary, name), "wb") as f:
             f.write(name.encode() * 300)
-    syncs = _syncs_during(pair.mounter.pid, lambda: go_alone(pair))   # kill -9 of the receiver
+    syncs = syncs_during(pair.mounter.pid, lambda: go_alone(pair))   # kill -9 of the receiver
     assert syncs < 50, f"the mount made {syncs} fsync/fdatasync calls to record the link loss"
     db = sqlite3.connect(f"file:{os.path.join(pair.state, 'journal.db')}?mode=ro", uri=True)
     try:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import needs_root
+from tests.mirror_fixtures import syncs_during
 from tests.test_mirror_tools import assert_same
 
 pytestmark = needs_root
@@ -156,25 +157,6 @@ def test_a_write_only_handle_over_a_dirty_shared_mapping_wins(mirror_factory, mo
     assert_same(pair)
 
 
-def _syncs(pid: int, act) -> int:
-    """fsync-family calls ``pid`` (and its threads) makes while ``act()`` runs (strace)."""
-    import subprocess
-    import tempfile
-    import time
-
-    with tempfile.NamedTemporaryFile("r") as out:
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", out.name,
-                                   "-p", str(pid)], stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.0)                              # attached to every thread
-            act()
-            time.sleep(0.5)
-        finally:
-            tracer.terminate()
-            tracer.wait(10)
-        return sum(1 for line in out if "sync(" in line and "= 0" in line)
-
-
 @pytest.mark.parametrize("how", ["RWF_DSYNC", "O_DSYNC"])
 def test_a_synced_write_through_a_write_only_handle_is_synced_on_both_copies(mirror_factory, how):
     """``pwritev2(RWF_DSYNC)``, or a write to a handle opened ``O_DSYNC``, promises the bytes on
@@ -188,7 +170,7 @@ def test_a_synced_write_through_a_write_only_handle_is_synced_on_both_copies(mir
     fd = os.open(path, flags, 0o644)
     try:
         rwf = os.RWF_DSYNC if how == "RWF_DSYNC" else 0
-        receiver_syncs = _syncs(pair.receiver.pid, lambda: os.pwritev(fd, [b"r" * 4096], 0, rwf))
+        receiver_syncs = syncs_during(pair.receiver.pid, lambda: os.pwritev(fd, [b"r" * 4096], 0, rwf))
     finally:
         os.close(fd)
     assert receiver_syncs >= 1, "the peer's copy was not synced"
