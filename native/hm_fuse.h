@@ -36,6 +36,7 @@ struct hm_engine {
     int flush;            /* ops.flush_needed: close() reaches Python. When not, libfuse has no flush
                            * op and answers the first FLUSH ENOSYS: the kernel sends no more. */
     int release;          /* ops.release_needed: a close's RELEASE reaches Python (else closed here) */
+    int direct_writes;    /* a write-only handle bypasses the kernel's page cache (FOPEN_DIRECT_IO) */
     unsigned max_background;
     struct hm_killpriv killpriv;   /* FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h) */
     char error[256];      /* why init stopped the session */

@@ -213,6 +213,22 @@ static void reply_status(fuse_req_t req, int err)
     fuse_reply_err(req, err);
 }
 
+/* A handle that cannot read (O_WRONLY) has no use for the kernel's page cache of the file: its
+ * writes reach us straight from the caller's pages (FOPEN_DIRECT_IO), one copy fewer per write
+ * and no second cached copy of what the backing file's cache holds. Python decides when
+ * (hamirror/fs/lowlevel.py, direct_writes_coherent: never in barrier mode, and only on kernels
+ * that drop other handles' cached pages over a direct write). */
+static int goes_direct(const struct hm_engine *e, const struct fuse_file_info *fi)
+{
+    return e->direct_writes && (fi->flags & O_ACCMODE) == O_WRONLY;
+}
+
+static void write_only_direct(const struct hm_engine *e, struct fuse_file_info *fi)
+{
+    if (goes_direct(e, fi))
+        fi->direct_io = 1;
+}
+
 void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
@@ -233,6 +249,7 @@ void hm_py_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
      * still right: without this, every open dropped them and the next reads went through us
      * (PostgreSQL's backends each opening a table re-read it). */
     fi->keep_cache = 1;
+    write_only_direct(hm_engine_of(req), fi);
     if (fuse_reply_open(req, fi) != 0)
         hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
 }
@@ -260,11 +277,15 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
         return;
     }
     entry.attr_timeout = entry.entry_timeout = HM_TIMEOUT;
+    write_only_direct(e, fi);
     if (fuse_reply_create(req, &entry, fi) != 0) {
         hm_table_forget(&e->table, entry.ino, 1);
         hm_call(req, "release", NULL, "(O&K)", hm_pypath, path, fi->fh);
     }
 }
+
+static int sync_handle(fuse_req_t req, fuse_ino_t ino, const char *path, int datasync,
+                       struct fuse_file_info *fi);
 
 /* ``write`` with the data as a view of the request's buffer, not a copy of it (a bytes object
  * cost a malloc and a copy of every write, a MiB for a large one). The buffer is the worker's
@@ -305,6 +326,12 @@ void hm_py_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, 
         err = hm_call(req, "kill_privileges", NULL, "(O&Ki)", hm_pypath, path, fi->fh, kill & HM_KILL_SUIDGID);
     if (err == 0)
         err = call_write(req, path, data, size, off, fi->fh, &written);
+    /* A write that must be durable when it returns (O_DSYNC or O_SYNC handle, pwritev2 RWF_DSYNC
+     * or RWF_SYNC: the kernel's fuse_write_flags puts them in the request's flags). On the cached
+     * path the kernel follows it with an FSYNC; on a direct handle it sends nothing after it, so
+     * the write syncs here, both copies, through the same fsync as the kernel's. */
+    if (err == 0 && written > 0 && goes_direct(hm_engine_of(req), fi) && (fi->flags & O_DSYNC))
+        err = sync_handle(req, ino, path, (fi->flags & O_SYNC) != O_SYNC, fi);
     if (err != 0) {
         fuse_reply_err(req, err);
         return;
@@ -381,17 +408,22 @@ void hm_py_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     reply_status(req, close((int)fi->fh) == 0 ? 0 : errno);
 }
 
+static int sync_handle(fuse_req_t req, fuse_ino_t ino, const char *path, int datasync, struct fuse_file_info *fi)
+{
+    /* An fdatasync leaves the kernel's deferred mtime for later (hm_setattr.c): it covers the
+     * data, not the times, locally as well (fdatasync(2)), and both copies have the same times. */
+    if (datasync)
+        return hm_call(req, "fsync", NULL, "(O&iK)", hm_pypath, path, datasync, fi->fh);
+    return call_timed(req, ino, path, fi, "fsync", "(O&iK)", hm_pypath, path, datasync, fi->fh);
+}
+
 void hm_py_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
     char buf[HM_PATH];
     const char *path;
     int err = hm_path_or_none(req, ino, buf, &path);
-    /* An fdatasync leaves the kernel's deferred mtime for later (hm_setattr.c): it covers the
-     * data, not the times, locally as well (fdatasync(2)), and both copies have the same times. */
-    if (err == 0 && datasync)
-        err = hm_call(req, "fsync", NULL, "(O&iK)", hm_pypath, path, datasync, fi->fh);
-    else if (err == 0)
-        err = call_timed(req, ino, path, fi, "fsync", "(O&iK)", hm_pypath, path, datasync, fi->fh);
+    if (err == 0)
+        err = sync_handle(req, ino, path, datasync, fi);
     reply_status(req, err);
 }
 

@@ -51,6 +51,15 @@ def test_a_leftover_engine_setting_gets_one_exact_warning():
     assert lowlevel.ignored_engine_setting({"HAMIRROR_LINK_ENGINE": "aead"}) is None
 
 
+@pytest.mark.parametrize("release, direct", [
+    ("6.18.44-fc-v1300", True), ("6.6.0", True), ("6.10-rc2", True), ("7.0.1-arch1-1", True),
+    ("6.5.13", False), ("6.1.0-28-amd64", False), ("5.15.0-91-generic", False), ("", False), ("unknown", False)])
+def test_write_only_handles_go_direct_only_on_kernels_that_keep_readers_coherent(release, direct):
+    """FOPEN_DIRECT_IO for write-only handles needs Linux 6.6's invalidation of other handles'
+    cached pages before a direct write (docs/native.md); a release that cannot be read is old."""
+    assert lowlevel.direct_writes_coherent(release) is direct
+
+
 def test_without_the_extension_the_mount_does_not_import_and_says_what_to_install():
     """No fallback: the request loop is the only engine (setup.py fails a build without it)."""
     code = ("import sys; sys.modules['hamirror.fs._lowlevel'] = None\n"

@@ -157,22 +157,33 @@ def test_a_write_only_handle_over_a_dirty_shared_mapping_wins(mirror_factory, mo
     assert_same(pair)
 
 
-@pytest.mark.parametrize("how", ["RWF_DSYNC", "O_DSYNC"])
-def test_a_synced_write_through_a_write_only_handle_is_synced_on_both_copies(mirror_factory, how):
+_SYNCED_WRITES = {   # how: (open flags, pwritev2 flags)
+    "plain": (0, 0), "RWF_DSYNC": (0, os.RWF_DSYNC), "RWF_SYNC": (0, os.RWF_SYNC),
+    "O_DSYNC": (os.O_DSYNC, 0), "O_SYNC": (os.O_SYNC, 0)}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("how", list(_SYNCED_WRITES))
+def test_a_synced_write_through_a_write_only_handle_is_synced_on_both_copies(mirror_factory, mode, how):
     """``pwritev2(RWF_DSYNC)``, or a write to a handle opened ``O_DSYNC``, promises the bytes on
-    stable storage when it returns: the kernel follows such a write with an FSYNC, which the mount
-    turns into its own ``fdatasync`` and the peer's. Why a test: answering write-only handles with
-    FOPEN_DIRECT_IO (tried, docs/performance.md, "Tried, not kept: write-only handles around the
-    page cache") made the kernel send no FSYNC at all, and neither copy was synced."""
-    pair = mirror_factory(mode="sync").start()
+    stable storage when it returns. On the cached path the kernel follows such a write with an
+    FSYNC; a write-only handle's writes bypass the cache (FOPEN_DIRECT_IO), and then the kernel
+    sends nothing after them: the mount reads the flag in the WRITE itself (native/hm_fuse_py.c)
+    and syncs its copy and, in sync mode, the peer's before it answers. A plain write syncs
+    nothing (the control: the counts come from this write, not from something else)."""
+    pair = mirror_factory(mode=mode).start()
     path = os.path.join(pair.primary, "journal")
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_DSYNC if how == "O_DSYNC" else 0)
-    fd = os.open(path, flags, 0o644)
+    opened, rwf = _SYNCED_WRITES[how]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | opened, 0o644)
     try:
-        rwf = os.RWF_DSYNC if how == "RWF_DSYNC" else 0
-        receiver_syncs = syncs_during(pair.receiver.pid, lambda: os.pwritev(fd, [b"r" * 4096], 0, rwf))
+        mount_syncs = syncs_during(pair.mounter.pid, lambda: os.pwritev(fd, [b"m" * 4096], 0, rwf))
+        receiver_syncs = syncs_during(pair.receiver.pid, lambda: os.pwritev(fd, [b"r" * 4096], 4096, rwf))
     finally:
         os.close(fd)
-    assert receiver_syncs >= 1, "the peer's copy was not synced"
-    assert _read(path) == b"r" * 4096
+    if how == "plain":
+        assert (mount_syncs, receiver_syncs) == (0, 0)
+    else:
+        assert mount_syncs >= 1, "the primary's copy was not synced"
+        assert receiver_syncs >= (1 if mode == "sync" else 0), "the peer's copy was not synced"
+    assert _read(path) == b"m" * 4096 + b"r" * 4096
     assert_same(pair)

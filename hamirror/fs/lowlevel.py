@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Callable, Mapping
 
 try:
@@ -47,16 +48,32 @@ def _log_error(operation: str, exc: BaseException) -> None:
     log.error("FUSE %s failed: %r (answered EIO)", operation, exc, exc_info=exc)
 
 
+# The first kernel whose FUSE drops every handle's cached pages over a direct write's range
+# (before the write, fs/fuse/file.c fuse_direct_io; Linux 6.6): before it, a handle that read a
+# file could go on reading its old pages after a write-only handle changed them.
+DIRECT_WRITES_COHERENT_SINCE = (6, 6)
+
+
+def direct_writes_coherent(release: str) -> bool:
+    """Whether write-only handles may bypass the page cache on the kernel of ``release``
+    (``os.uname().release``); False when it cannot be read."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    return found is not None and (int(found[1]), int(found[2])) >= DIRECT_WRITES_COHERENT_SINCE
+
+
 def serve_native(ops: "Interception", root_fd: int, directory: str, *, writeback: bool, max_background: int,
-                 max_threads: int, on_init: Callable[[], None], idle_threads: int = 0) -> None:
+                 max_threads: int, on_init: Callable[[], None], idle_threads: int = 0,
+                 direct_writes: bool = False) -> None:
     """Mount ``directory`` and serve until unmounted; RuntimeError when the mount fails (barrier
     mode on a kernel without the FUSE writeback cache among others). ``idle_threads``: idle
-    workers kept (0: ``max_threads``), the others exit with their buffer."""
+    workers kept (0: ``max_threads``), the others exit with their buffer. ``direct_writes``:
+    write-only handles bypass the kernel's page cache (FOPEN_DIRECT_IO; never with ``writeback``):
+    one copy fewer per write, and the file's data cached once, in the backing file's cache."""
     ops.repl.on_queued = _lowlevel.queued   # type: ignore[attr-defined]  # the path lock goes once queued
     options = ",".join(["allow_other", "default_permissions",
                         "fsname=" + _escape(f"hamirror:{os.path.abspath(directory)}"), "subtype=hamirror"])
     _lowlevel.serve(ops, root_fd, directory, options, writeback, max_background, max_threads,
-                    on_init, _log_error, idle_threads)
+                    on_init, _log_error, idle_threads, direct_writes)
 
 
 def context() -> Callable[[], tuple[int, int, int]]:

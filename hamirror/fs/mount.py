@@ -248,9 +248,13 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
     sys.setswitchinterval(0.0005)   # FUSE threads hand off to the link thread many times per op
     # The process umask stays as it is: the operations apply the callers' modes themselves.
     try:
-        lowlevel.serve_native(ops, root_fd, options.directory, writeback=options.mode == "barrier",
-                              max_background=MAX_BACKGROUND, max_threads=MAX_THREADS,
-                              on_init=mounted)
+        writeback = options.mode == "barrier"
+        direct_writes = not writeback and lowlevel.direct_writes_coherent(os.uname().release)
+        if not writeback and not direct_writes:
+            log.info("kernel %s (before 6.6): write-only handles keep the page cache", os.uname().release)
+        lowlevel.serve_native(ops, root_fd, options.directory, writeback=writeback,
+                              max_background=MAX_BACKGROUND, max_threads=MAX_THREADS, on_init=mounted,
+                              direct_writes=direct_writes)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")
