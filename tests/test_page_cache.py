@@ -187,3 +187,35 @@ def test_a_synced_write_through_a_write_only_handle_is_synced_on_both_copies(mir
         assert receiver_syncs >= (1 if mode == "sync" else 0), "the peer's copy was not synced"
     assert _read(path) == b"m" * 4096 + b"r" * 4096
     assert_same(pair)
+
+
+@pytest.mark.parametrize("how", ["RWF_DSYNC", "O_DSYNC"])
+def test_once_a_synced_write_returns_neither_copy_holds_its_data_only_in_memory(mirror_factory, how):
+    """The outcome a power loss would test: when a synced write through a write-only handle
+    returns, no page of it is dirty or under writeback in either copy's backing file (the
+    kernel's own flags, :mod:`hamirror.lab.pagecache`). Without the mount's sync of such a write,
+    the pages stay dirty for up to the writeback interval (30 s)."""
+    from hamirror.lab import pagecache
+    if pagecache.unsupported():
+        pytest.skip(pagecache.unsupported())
+    pair = mirror_factory(mode="sync")
+    under = os.open(pair.primary, os.O_PATH | os.O_DIRECTORY)   # the primary's copy, under the mount
+    try:
+        pair.start()
+        opened, rwf = _SYNCED_WRITES[how]
+        fd = os.open(os.path.join(pair.primary, "journal"), os.O_WRONLY | os.O_CREAT | opened, 0o644)
+        try:
+            assert os.pwritev(fd, [os.urandom(64 << 10)], 0, rwf) == 64 << 10
+            copies = {"primary": os.open("journal", os.O_RDONLY, dir_fd=under),
+                      "secondary": os.open(os.path.join(pair.secondary, "journal"), os.O_RDONLY)}
+            try:
+                dirty = {name: pagecache.dirty_pages(copy) for name, copy in copies.items()}
+            finally:
+                for copy in copies.values():
+                    os.close(copy)
+        finally:
+            os.close(fd)
+        assert dirty == {"primary": [], "secondary": []}
+        assert_same(pair)
+    finally:
+        os.close(under)
