@@ -366,6 +366,8 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
         conn->max_background = e->max_background;
         conn->congestion_threshold = e->max_background * 3 / 4;
     }
+    if (e->time_granularity_ns != 0)   /* Python's choice (hamirror/fs/mount.py) */
+        conn->time_gran = e->time_granularity_ns;
     hm_py_init(e);
 }
 

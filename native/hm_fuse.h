@@ -37,6 +37,7 @@ struct hm_engine {
                            * op and answers the first FLUSH ENOSYS: the kernel sends no more. */
     int release;          /* ops.release_needed: a close's RELEASE reaches Python (else closed here) */
     int direct_writes;    /* a write-only handle bypasses the kernel's page cache (FOPEN_DIRECT_IO) */
+    unsigned time_granularity_ns;   /* the file times the kernel keeps (init's time_gran); 0: its own */
     unsigned max_background;
     struct hm_killpriv killpriv;   /* FUSE_HANDLE_KILLPRIV_V2 (hm_killpriv.h) */
     char error[256];      /* why init stopped the session */

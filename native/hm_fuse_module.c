@@ -1,9 +1,11 @@
 /* CPython glue of the request loop: the module hamirror.fs._lowlevel (docs/native.md).
  *
  * serve(ops, root_fd, mountpoint, options, writeback, max_background, max_threads, on_init,
- *       on_error, idle_threads, direct_writes) mounts and serves until unmounted, with the GIL
+ *       on_error, idle_threads, direct_writes, time_granularity_ns) mounts and serves until
+ *       unmounted, with the GIL
  *       released while it waits; idle workers above idle_threads (default max_threads) exit with
  *       their buffer; direct_writes: write-only handles bypass the page cache (FOPEN_DIRECT_IO);
+ *       time_granularity_ns: the file times' granularity the kernel keeps (0: its own, 1 ns);
  *       RuntimeError(message) when it cannot mount or the kernel lacks what barrier mode needs.
  * context() -> (uid, gid, pid) of the request the calling FUSE thread serves.
  * nodes() -> nodes the running loop holds (the root excepted): lookup counts must not leak.
@@ -21,14 +23,15 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
     static char *kwlist[] = {"ops", "root_fd", "mountpoint", "options", "writeback", "max_background",
-                             "max_threads", "on_init", "on_error", "idle_threads", "direct_writes", NULL};
+                             "max_threads", "on_init", "on_error", "idle_threads", "direct_writes",
+                             "time_granularity_ns", NULL};
     PyObject *ops, *on_init, *on_error;
     int root_fd, writeback, direct_writes = 0;
-    unsigned max_background, max_threads, idle_threads = 0;
+    unsigned max_background, max_threads, idle_threads = 0, time_granularity_ns = 0;
     const char *mountpoint, *options;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oissp|IIOOIp", kwlist, &ops, &root_fd, &mountpoint, &options,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oissp|IIOOIpI", kwlist, &ops, &root_fd, &mountpoint, &options,
                                      &writeback, &max_background, &max_threads, &on_init, &on_error,
-                                     &idle_threads, &direct_writes))
+                                     &idle_threads, &direct_writes, &time_granularity_ns))
         return NULL;
     if (running != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a native FUSE loop already runs in this process");
@@ -54,6 +57,7 @@ static PyObject *lowlevel_serve(PyObject *self, PyObject *args, PyObject *kwds)
     e->root_fd = root_fd;
     e->writeback = writeback;
     e->direct_writes = direct_writes && !writeback;
+    e->time_granularity_ns = time_granularity_ns;
     e->max_background = max_background;
     e->ops = ops;
     PyObject *flush = PyObject_GetAttrString(ops, "flush_needed");   /* Python's decision, read once */

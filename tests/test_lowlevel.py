@@ -432,3 +432,30 @@ def test_a_file_whose_known_names_are_gone_replicates_under_another(barrier_pair
         assert f.read() == b"01AB456789"
     assert settled_diff(barrier_pair) == []
 
+
+
+@pytest.mark.parametrize("mode", ["sync", "barrier"])
+def test_barrier_mode_keeps_file_times_to_10_ms_on_both_copies(mirror_factory, mode):
+    """Barrier mode asks the kernel for 10 ms times (``time_gran``, hamirror/fs/mount.py
+    BARRIER_TIME_GRANULARITY_NS): the kernel then sends a file's times at most 100 times a second,
+    not at nearly every commit. Times set explicitly are kept to 10 ms as well, and the kernel's
+    own (a write's mtime, sent at the fsync) are multiples of it; both copies have the same.
+    Sync mode keeps the nanoseconds."""
+    from tests.test_mirror_tools import assert_same
+    pair = mirror_factory(mode=mode).start()
+    path = os.path.join(pair.primary, "f")
+    with open(path, "wb") as f:
+        f.write(b"x")
+    set_ns = 1_700_000_000_123_456_789
+    os.utime(path, ns=(set_ns, set_ns))
+    kept = set_ns - set_ns % 10_000_000 if mode == "barrier" else set_ns
+    assert (os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns) == (kept, kept)
+    with open(path, "r+b") as f:
+        f.write(b"y")
+        os.fsync(f.fileno())
+    written = os.stat(path).st_mtime_ns
+    assert written > kept
+    if mode == "barrier":
+        assert written % 10_000_000 == 0
+    assert os.stat(os.path.join(pair.secondary, "f")).st_mtime_ns == written
+    assert_same(pair)

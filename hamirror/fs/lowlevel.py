@@ -63,17 +63,19 @@ def direct_writes_coherent(release: str) -> bool:
 
 def serve_native(ops: "Interception", root_fd: int, directory: str, *, writeback: bool, max_background: int,
                  max_threads: int, on_init: Callable[[], None], idle_threads: int = 0,
-                 direct_writes: bool = False) -> None:
+                 direct_writes: bool = False, time_granularity_ns: int = 0) -> None:
     """Mount ``directory`` and serve until unmounted; RuntimeError when the mount fails (barrier
     mode on a kernel without the FUSE writeback cache among others). ``idle_threads``: idle
     workers kept (0: ``max_threads``), the others exit with their buffer. ``direct_writes``:
     write-only handles bypass the kernel's page cache (FOPEN_DIRECT_IO; never with ``writeback``):
-    one copy fewer per write, and the file's data cached once, in the backing file's cache."""
+    one copy fewer per write, and the file's data cached once, in the backing file's cache.
+    ``time_granularity_ns``: the granularity of the file times the kernel keeps and sets (0: its
+    own, 1 ns)."""
     ops.repl.on_queued = _lowlevel.queued   # type: ignore[attr-defined]  # the path lock goes once queued
     options = ",".join(["allow_other", "default_permissions",
                         "fsname=" + _escape(f"hamirror:{os.path.abspath(directory)}"), "subtype=hamirror"])
     _lowlevel.serve(ops, root_fd, directory, options, writeback, max_background, max_threads,
-                    on_init, _log_error, idle_threads, direct_writes)
+                    on_init, _log_error, idle_threads, direct_writes, time_granularity_ns)
 
 
 def context() -> Callable[[], tuple[int, int, int]]:

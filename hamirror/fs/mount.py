@@ -39,6 +39,13 @@ MODES = ("sync", "barrier", "async")
 # the work is CPU-bound and more Python threads only contend for the GIL (docs/performance.md).
 MAX_BACKGROUND = 12
 MAX_THREADS = 10
+# Barrier mode: file times kept to 10 ms (as exFAT), not 1 ns. With the writeback cache the kernel
+# keeps the times and sends them (a SETATTR, a round trip) at every fsync that follows a change of
+# them; at 1 ns nearly every database commit changed them (0.68 SETATTR per pgbench transaction),
+# at 10 ms a file's times change at most 100 times a second (0.07): pgbench 1.03-1.08x
+# (docs/performance.md, "Barrier mode's file times to 10 ms"). Times set explicitly (utimensat,
+# cp -a) are kept to 10 ms too, on both copies alike.
+BARRIER_TIME_GRANULARITY_NS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,8 @@ def serve(options: MountOptions, on_ready: Callable[[str | None], None] = lambda
             log.info("kernel %s (before 6.6): write-only handles keep the page cache", os.uname().release)
         lowlevel.serve_native(ops, root_fd, options.directory, writeback=writeback,
                               max_background=MAX_BACKGROUND, max_threads=MAX_THREADS, on_init=mounted,
-                              direct_writes=direct_writes)
+                              direct_writes=direct_writes,
+                              time_granularity_ns=BARRIER_TIME_GRANULARITY_NS if writeback else 0)
         clean = True
     except RuntimeError as exc:
         on_ready(f"mount failed: {exc}")

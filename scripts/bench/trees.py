@@ -4,8 +4,8 @@ barrier) from each, mounted at once and run in turn, so a change is measured aga
 before it in the same minutes of this noisy machine.
 
     sudo .venv/bin/python scripts/bench/trees.py OLD_TREE NEW_TREE [--config e] [--workload seq]
-        [--size-mib 1024] [--files 5000] [--txns 3000] [--reps 4] [--workdir /srv] [--engine stream]
-        [--free-pages hold|as-found]
+        [--size-mib 1024] [--files 5000] [--txns 3000] [--pgbench-seconds 15] [--reps 4] [--workdir /srv]
+        [--engine stream] [--free-pages hold|as-found]
 
 Each tree is a checkout with its extensions built in place (``python setup.py build_ext
 --inplace``; for example ``git worktree add ../old REV``). Each column's mount and receiver
@@ -31,11 +31,13 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]
 import columns  # noqa: E402
 import cputime  # noqa: E402
 import guestmem  # noqa: E402
+import pgbench  # noqa: E402
 import workloads as w  # noqa: E402
 from hamirror.link import session  # noqa: E402
 
 ORDER = ("old", "new", "new", "old")
-UNITS = {"seq": ("MB/s", "MiB"), "small": ("files/s", "file"), "sqlite": ("txn/s", "txn")}   # figure, operation
+UNITS = {"seq": ("MB/s", "MiB"), "small": ("files/s", "file"), "sqlite": ("txn/s", "txn"),
+         "pgbench": ("tps", "txn")}   # figure, operation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,10 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("new")
     parser.add_argument("--config", default="e", choices=("b", "c", "d", "e"),
                         help="b interception alone, c sync, d async, e barrier")
-    parser.add_argument("--workload", default="seq", choices=("seq", "small", "sqlite"))
+    parser.add_argument("--workload", default="seq", choices=tuple(UNITS))
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--txns", type=int, default=3000)
+    parser.add_argument("--pgbench-seconds", type=int, default=15, help="each pgbench run (4 clients, scale 5, as mirror.py)")
     parser.add_argument("--reps", type=int, default=4, help="ABBA rounds (each runs both trees twice)")
     parser.add_argument("--workdir", default="/srv")
     parser.add_argument("--engine", choices=(session.CURVE, session.AEAD, session.STREAM), default=None,
@@ -77,8 +80,12 @@ def check_tree(column: columns.Column, tree: str, engine: str) -> None:
             raise SystemExit(f"{label} of {column.base} does not run the {engine} link engine")
 
 
-def run_once(args: argparse.Namespace, column: columns.Column, root: str) -> tuple[float, float, dict[str, float]]:
+def run_once(args: argparse.Namespace, column: columns.Column, root: str,
+             pg: pgbench.Pgbench | None = None) -> tuple[float, float, dict[str, float]]:
     probe = cputime.Probe(column.processes)
+    if pg is not None:   # its own copy of the template each run, removed with the column's directory
+        tps, done = pg.run(column.directory, probe)
+        return tps, done, probe.seconds
     w.prepare(args.workload, root, column.directory, args.size_mib)
     if args.workload == "seq":
         return w.seq_write(column.directory, args.size_mib, probe=probe), args.size_mib, probe.seconds
@@ -91,9 +98,17 @@ def run_trees(args: argparse.Namespace, trees: dict[str, str]) -> dict[str, list
     """Start each tree's column, run the ABBA rounds, stop them: (figure, CPU per operation) per run."""
     unit = UNITS[args.workload][0]
     root = tempfile.mkdtemp(prefix="hamirror-trees-", dir=args.workdir)
+    os.chmod(root, 0o711)   # PostgreSQL's user must reach its data directories (as mirror.py)
     started: dict[str, columns.Column] = {}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name in trees}
+    pg = None
     try:
+        if args.workload == "pgbench":
+            if pgbench.available():
+                raise SystemExit(f"pgbench: {pgbench.available()}")
+            pg = pgbench.Pgbench(tempfile.mkdtemp(prefix="pgbench-", dir=root), clients=4, scale=5,
+                                 seconds=args.pgbench_seconds)
+            pg.prepare()
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = tree
             base = os.path.join(root, name)
@@ -104,7 +119,7 @@ def run_trees(args: argparse.Namespace, trees: dict[str, str]) -> dict[str, list
         os.environ.pop("PYTHONPATH")
         for rep in range(args.reps):
             for name in ORDER if rep % 2 == 0 else ORDER[::-1]:
-                figure, operations, seconds = run_once(args, started[name], root)
+                figure, operations, seconds = run_once(args, started[name], root, pg)
                 cpu = {label: 1000 * s / operations for label, s in seconds.items()}
                 runs[name].append((figure, cpu))
                 print(f"{name}  {figure:8.0f} {unit}  " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(cpu.items())),
