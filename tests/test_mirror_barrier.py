@@ -152,3 +152,23 @@ def test_truncate_by_path_shows_the_stored_mtime(mirror_factory):
     os.truncate(path, 0)     # hypothesis found this pair: ('create', 'a', b''), ('truncate', 'a', 0)
     time.sleep(0.5)
     assert os.stat(path).st_mtime_ns == os.stat(f"{pair.secondary}/a").st_mtime_ns
+
+
+def test_writes_within_10_ms_leave_the_mtime_the_mount_shows_on_both_copies(mirror_factory):
+    """Barrier mode keeps times to 10 ms (mount.py, BARRIER_TIME_GRANULARITY_NS), and the kernel
+    sends none for a write within 10 ms of the last it sent: such a write must not stamp the
+    stored copies with its own time, or they stay ahead of the mount until the kernel forgets the
+    inode. Small and large writes (which carry their times in the WRITE), through two handles."""
+    pair = mirror_factory("tengrain", mode="barrier").start()
+    path = f"{pair.primary}/a"
+    differ = []
+    for size in (100, 512 * 1024):
+        for _ in range(10):
+            with open(path, "ab") as f:
+                f.write(b"x" * size)
+            with open(path, "ab") as f:   # the second within 10 ms of the first
+                f.write(b"y" * size)
+            shown, stored = os.stat(path).st_mtime_ns, os.stat(f"{pair.secondary}/a").st_mtime_ns
+            if shown != stored:
+                differ.append((size, shown, stored))
+    assert differ == []

@@ -244,17 +244,17 @@ class Interception:
             raise failed
         return written   # the native loop starts its writeback after the reply (hm_py_write)
 
-    @staticmethod
-    def _stamp_for(fh: int, bp: bytes) -> tuple:
-        """The times a large write gives its file on both copies, chosen before it: the atime it
-        has, the mtime now. They travel in the WRITE and are set here once the bytes are written
-        (:meth:`_stamped`), instead of a UTIMENS after the write: that second message was a round
-        trip of its own on the path of every large write in sync mode, after the local ``pwrite``,
-        and a message more per write in barrier mode (docs/performance.md, "A large write's times
-        in its message"). Writes to one inode are ordered (the change block's key), so its last
-        stamp is the same on both copies. In barrier mode the kernel's own mtime still comes
-        later, deferred (hm_setattr.c), and overrides this one on both copies alike."""
-        return ((bp, os.fstat(fh).st_atime_ns, time.time_ns()),)
+    def _stamp_for(self, fh: int, bp: bytes) -> tuple:
+        """The times a write gives its file on both copies, chosen before it: the atime it has,
+        and the mtime now, or in barrier mode the mtime it has: there the kernel keeps the mtime
+        and sends its own, none within 10 ms of the last (mount.py, BARRIER_TIME_GRANULARITY_NS),
+        so a write's own would leave both copies ahead of what the application sees. A large
+        write's travel in its WRITE and are set once the bytes are written (:meth:`_stamped`), not
+        by a UTIMENS after it, a round trip of its own in sync mode (docs/performance.md, "A large
+        write's times in its message"). Writes to one inode are ordered (the change block's key),
+        so its last stamp is the same on both copies."""
+        st = os.fstat(fh)
+        return ((bp, st.st_atime_ns, st.st_mtime_ns if self._writeback else time.time_ns()),)
 
     @staticmethod
     def _stamped(fh: int, stamp: tuple) -> bool:
@@ -276,13 +276,17 @@ class Interception:
         ino = self._inode(fh)
         commits = self._commits
         with self.repl.change(((p, offset, len(data)),), ino) as tx:
+            kept = self._stamp_for(fh, bp) if self._writeback else None   # the times it has (above)
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0
             self._changed_data()
-            st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-            times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
+            if kept is not None and self._stamped(fh, kept):
+                times = kept
+            else:
+                st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
+                times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
             if self._writeback:   # per inode, under its ordering lock: a whole page only
                 commit = commits.expects(ino) if written == len(data) else None
             if written and commit is not None:
