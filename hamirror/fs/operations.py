@@ -22,9 +22,9 @@ import functools
 import itertools
 import os
 import stat
-import time
 from typing import Callable
 
+from hamirror.fs import stamps
 from hamirror.fs.commits import CommitPattern
 from hamirror.journal.hotset import is_dir
 from hamirror.link.apply import rename_pairs
@@ -137,11 +137,13 @@ class Interception:
         if not flags & os.O_TRUNC:
             return os.open(p, own | os.O_CLOEXEC, dir_fd=self.root)
         with self.repl.change(((p, WHOLE),)) as tx:
+            kept = self._times(p) if self._writeback else None   # the kernel's mtime: stamps.before
             try:
                 fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             finally:
                 self._changed_data()
-            tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), self._times(p))
+            kept = kept if kept is not None and stamps.set_on(fd, kept) else self._times(p)
+            tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), kept)
         self._touched(fd)
         return fd
 
@@ -225,7 +227,7 @@ class Interception:
             # then fails or is short, the peer is put back to what we have before we answer.
             # One message, in every mode: pieces that let the peer start sooner cost more CPU
             # than they saved (docs/performance.md, "Sync mode's large writes in one message").
-            stamp = self._stamp_for(fh, bp)
+            stamp = stamps.before(fh, bp, self._writeback)
             tx.send(Op.WRITE, (offset,), (bp,), stamp, data=data)
             try:
                 written = os.pwrite(fh, data, offset)
@@ -234,7 +236,7 @@ class Interception:
             self._changed_data()
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
-            if not (failed is None and written == len(data) and self._stamped(fh, stamp)):
+            if not (failed is None and written == len(data) and stamps.set_on(fh, stamp)):
                 st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
                 tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
             if self._writeback:
@@ -243,29 +245,6 @@ class Interception:
         if failed is not None:
             raise failed
         return written   # the native loop starts its writeback after the reply (hm_py_write)
-
-    def _stamp_for(self, fh: int, bp: bytes) -> tuple:
-        """The times a write gives its file on both copies, chosen before it: the atime it has,
-        and the mtime now, or in barrier mode the mtime it has: there the kernel keeps the mtime
-        and sends its own, none within 10 ms of the last (mount.py, BARRIER_TIME_GRANULARITY_NS),
-        so a write's own would leave both copies ahead of what the application sees. A large
-        write's travel in its WRITE and are set once the bytes are written (:meth:`_stamped`), not
-        by a UTIMENS after it, a round trip of its own in sync mode (docs/performance.md, "A large
-        write's times in its message"). Writes to one inode are ordered (the change block's key),
-        so its last stamp is the same on both copies."""
-        st = os.fstat(fh)
-        return ((bp, st.st_atime_ns, st.st_mtime_ns if self._writeback else time.time_ns()),)
-
-    @staticmethod
-    def _stamped(fh: int, stamp: tuple) -> bool:
-        """Set the times of :meth:`_stamp_for` on our copy; False if that failed (the caller then
-        sends the times our copy has, as before)."""
-        _, atime, mtime = stamp[0]
-        try:
-            os.utime(fh, ns=(atime, mtime))
-        except OSError:
-            return False
-        return True
 
     def _write_then_send(self, p: str, bp: bytes, data: bytes, offset: int, fh: int,
                          commit: int | None = None) -> int:
@@ -276,13 +255,13 @@ class Interception:
         ino = self._inode(fh)
         commits = self._commits
         with self.repl.change(((p, offset, len(data)),), ino) as tx:
-            kept = self._stamp_for(fh, bp) if self._writeback else None   # the times it has (above)
+            kept = stamps.before(fh, bp, True) if self._writeback else None   # the kernel's mtime
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:
                 failed, written = exc, 0
             self._changed_data()
-            if kept is not None and self._stamped(fh, kept):
+            if kept is not None and stamps.set_on(fh, kept):
                 times = kept
             else:
                 st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
@@ -348,8 +327,10 @@ class Interception:
             return 0
         p = rel(path)
         with self.repl.change(((p, WHOLE),)) as tx:
+            kept = stamps.before(fh, os.fsencode(p), True) if self._writeback else None
             fallocate(fh, mode, offset, size)
-            tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), self._times(p))
+            kept = kept if kept is not None and stamps.set_on(fh, kept) else self._times(p)
+            tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), kept)
         self._touched(fh)
         return 0
 
