@@ -2,10 +2,10 @@
  *
  * serve(ops, root_fd, mountpoint, options, writeback, max_background, max_threads, on_init,
  *       on_error, idle_threads, direct_writes, time_granularity_ns) mounts and serves until
- *       unmounted, with the GIL
- *       released while it waits; idle workers above idle_threads (default max_threads) exit with
- *       their buffer; direct_writes: write-only handles bypass the page cache (FOPEN_DIRECT_IO);
- *       time_granularity_ns: the file times' granularity the kernel keeps (0: its own, 1 ns);
+ *       unmounted, with the GIL released while it waits; idle workers above idle_threads
+ *       (default max_threads) exit with their buffer; direct_writes: write-only handles bypass
+ *       the page cache (FOPEN_DIRECT_IO); time_granularity_ns: the file times' granularity the
+ *       kernel keeps (0: its own, 1 ns);
  *       RuntimeError(message) when it cannot mount or the kernel lacks what barrier mode needs.
  * context() -> (uid, gid, pid) of the request the calling FUSE thread serves.
  * nodes() -> nodes the running loop holds (the root excepted): lookup counts must not leak.
