@@ -139,21 +139,36 @@ class World:
         return [dataclasses.replace(v, outdated=self.outdated == i, peer_outdated=self.outdated == 1 - i)
                 for i, v in enumerate(views)]
 
-    def witness(self, link: bool, awake: list[bool], up: bool) -> None:
+    def witness(self, link: bool, awake: list[bool], up: bool, hears: list[bool] | None = None) -> None:
         """The lease this tick: the primary's while both are heard (a holder that is not primary
-        stops claiming: released); asked again once the nodes acted; in a partition, or a one-way loss, the primary's (the only one
-        claiming before), else n1's; a frozen node's lapses; none while it is down."""
-        a, b = self.nodes
+        stops claiming: released); asked again once the nodes acted; in a partition, or a one-way
+        loss, a claimant's (:meth:`claimants`); a frozen node's lapses; none while it is down.
+        ``hears``: whether each node hears its peer (both, when not given and ``link``)."""
+        hears = hears if hears is not None else [link, link]
         if not up:
             self.lease.give(None)
         elif not all(awake):
-            self.lease.give(awake.index(True) if any(awake) else None)
+            self.lease.give(next(iter(self.claimants(awake, hears)), None))
         elif link:
             primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
             if len(primaries) == 1 and self.lease.holder != primaries[0]:
                 self.lease.give(primaries[0])   # the holder hears its peer and is not primary: released
         elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
-            self.lease.give(0 if a.state.is_primary or not b.state.is_primary else 1)
+            self.lease.give(next(iter(self.claimants([True, True], hears)), None))
+
+    def claimants(self, awake: list[bool], hears: list[bool]) -> list[int]:
+        """The awake nodes that claim the lease (Agent._claims), the one granted first: a primary
+        always claims; any other node only when it does not hear its peer, has listened a full
+        timeout since it woke, and has a module started (not STOP). Among those, the holder keeps
+        it (it renews), else the node whose copy is behind wins the race (the worst case), else n1."""
+        nodes = [(i, n) for i, n in enumerate(self.nodes) if awake[i]]
+        primaries = [i for i, n in nodes if n.state.is_primary]
+        if primaries:
+            return primaries
+        others = [i for i, n in nodes if not hears[i] and not n.deaf and n.state is not S.STOP]
+        a, b = self.nodes
+        behind = {Relation.PEER_NEWER: 0, Relation.LOCAL_NEWER: 1}.get(relation(a, b))
+        return sorted(others, key=lambda i: (i != self.lease.holder, i != behind, i))
 
     def finish_resyncs(self, link: bool) -> None:
         """A resync started last tick ends now: DONE if the link held, else FAILED."""
@@ -289,7 +304,7 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
             node.deaf, node.busy = LISTEN, 0                        # and listens before acting alone
         awake = [not n.frozen for n in world.nodes]
         hears = [flows[i] and awake[1 - i] and not n.woken and not replication_only for i, n in enumerate(world.nodes)]
-        world.witness(link and not replication_only, awake, tick - 1 not in witness_down)
+        world.witness(link and not replication_only, awake, tick - 1 not in witness_down, hears)
         leased = [witness and world.lease.holder == 1 - i and awake[1 - i] for i in range(2)]
         asks = [witness and tick - 1 not in witness_down and awake[1 - i] for i in range(2)]   # the witness hears it
         for i, n in enumerate(world.nodes):
@@ -319,7 +334,8 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
                 if stepped_down is not None and before.is_primary and d.state is S.WAIT:
                     stepped_down.append((len(trace), i, views[i]))
         world.fence(flows, awake, replication_only)      # a mount sees the loss as the agents do, or later
-        world.witness(link and not replication_only, [not n.frozen for n in world.nodes], tick - 1 not in witness_down)
+        world.witness(link and not replication_only, [not n.frozen for n in world.nodes], tick - 1 not in witness_down,
+                      hears)
         world.wake_up()
         trace.append((link, a.state, b.state))
         both = a.state.is_primary and b.state.is_primary

@@ -199,6 +199,26 @@ def test_a_node_claims_the_lease_on_the_peer_silence_only_once_it_has_listened(t
     assert not agent._claims()
 
 
+def test_a_node_whose_modules_are_stopped_does_not_claim_the_lease(tmp_path):
+    """A node with every module STOP can do nothing with the lease, and holding it would refuse
+    its peer's takeover (a SECOND told "no" leaves for WAIT and clears its up-to-date flag). It
+    claims again once a module is started, and always while one is primary."""
+    runner, *_ = make(tmp_path / "runner", S.STOP, primary=False)
+    agent, clock = agent_with(tmp_path, runner)
+    agent._claim_alive = False                         # the peer not heard
+    agent._heard = lambda: (False, None, {}, set())
+    for _ in range(8):
+        clock.now += 0.3
+        agent.listening.check()
+    assert agent.listening.listened()
+    assert not agent._claims() and not agent._still_claims()
+    runner.state = S.WAIT                              # `start`
+    assert agent._claims() and agent._still_claims()
+    runner.state, agent._claim_alive = S.PRIM, True    # the peer heard again: a primary still claims
+    agent._heard = lambda: (True, None, {}, set())
+    assert agent._claims() and agent._still_claims()
+
+
 class _Heard:
     """The heartbeat service's answers for one tick: the peer still 'alive' (its last heartbeat
     is younger than the timeout) but silent for ``silence`` seconds."""

@@ -223,6 +223,17 @@ def test_wait_under_newer_primary_marks_outdated_then_becomes_second() -> None:
     assert d.actions == (Persist(S.SECOND), MarkUpToDate(True), RunScript("start_second"))
 
 
+@pytest.mark.parametrize("peer", [S.STOP, S.WAIT])
+def test_wait_behind_a_peer_that_is_not_primary_clears_its_flag(peer: NodeState) -> None:
+    """The peer went on alone and stopped (or stepped down) since: the journals tell this copy is
+    behind while the peer is heard; unheard later only the flag would, and a vouched lease would
+    promote a copy without the peer's writes (test_cluster_sim_sequences.py found it)."""
+    d = decide(view(S.WAIT, uptodate=True, peer=peer, relation=R.PEER_NEWER))
+    assert d.state is S.WAIT and d.actions == (MarkUpToDate(False),)
+    assert decide(view(S.WAIT, uptodate=False, peer=peer, relation=R.PEER_NEWER)).actions == ()
+    assert decide(view(S.WAIT, uptodate=True, peer=peer, relation=R.SAME)).actions != (MarkUpToDate(False),)
+
+
 def test_second_under_a_new_generation_goes_wait() -> None:
     d = decide(view(S.SECOND, peer=S.ALONE, relation=R.PEER_NEWER))
     assert d.state is S.WAIT and MarkUpToDate(False) in d.actions

@@ -25,6 +25,16 @@ def test_a_node_asks_for_the_mark_its_decision_will_need():
     assert asks_to_outdate(view(S.PRIM, mirror=MirrorHealth.DEAD, checker=CheckerHealth(restarts=0)))
 
 
+def test_a_primary_going_on_alone_beside_a_heard_peer_asks_to_mark_it():
+    """No mark is needed to go on alone beside a stopped or stale peer that is heard, but without
+    one that peer, cut later, could be vouched for on a copy without this node's writes."""
+    assert asks_to_outdate(view(S.PRIM, peer=S.STOP, mirror=MirrorHealth.STREAMING))
+    stale = dataclasses.replace(view(S.PRIM, mirror=MirrorHealth.STREAMING),
+                                peer=PeerView(alive=True, state=S.WAIT, uptodate=False))
+    assert asks_to_outdate(stale)
+    assert not asks_to_outdate(view(S.WAIT, peer=S.SECOND))          # not going on alone
+
+
 def test_a_node_that_will_not_act_alone_asks_for_nothing():
     assert not asks_to_outdate(view(S.PRIM, peer=S.SECOND, mirror=MirrorHealth.STREAMING))
     assert not asks_to_outdate(view(S.SECOND, outdated=True))                 # its own copy is outdated

@@ -401,3 +401,41 @@ def test_a_partition_while_both_wait_leaves_the_newer_copy_current(lab):
     watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
           == {primary: "SECOND", secondary: "PRIM"} and demo(a)["uptodate"] and demo(b)["uptodate"],
           90, f"{secondary} PRIM with the newest copy, {primary} SECOND")
+
+
+def test_a_stopped_node_never_takes_the_lease_from_a_primary_whose_agent_restarts(lab):
+    """A node whose modules are all stopped can do nothing with the lease; it used to claim it
+    whenever it did not hear its peer. The secondary is stopped, the pair is cut, and the
+    primary's agent is down for longer than the lease (a restart, an upgrade): the stopped node,
+    alone to ask, took the lapsed lease, and the primary's agent, back, was refused and stepped
+    down: nothing served until the heal. It does not claim: the primary's agent, back, holds the
+    lease again and the demo stays up."""
+    from hamirror.lab import agent as labagent
+
+    primary, secondary = mirrored(lab)
+    assert hamirror(lab, secondary, "stop", "demo").returncode == 0
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "ALONE", secondary: "STOP"} and not demo(a)["busy"] and not demo(b)["busy"],
+          60, f"{primary} ALONE beside {secondary} STOP")
+    assert lab.cli("partition", primary, secondary).returncode == 0
+    try:
+        os.kill(int(open(os.path.join(lab.paths.node_dir(primary, "run"), "agent.pid")).read()), signal.SIGKILL)
+        time.sleep(14)                                      # the lease (10 s) lapses unrenewed
+        assert status(lab, secondary)["witness"]["holder"] is None, status(lab, secondary)["witness"]
+        labagent.start(lab.paths, primary)
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            doc = status(lab, primary)
+            m = demo(doc)
+            if m is not None and doc.get("quorum") is True:
+                assert m["state"] == "ALONE" and m["serving"], m
+            time.sleep(0.3)
+        doc = status(lab, primary)
+        assert doc["quorum"] is True and demo(doc)["state"] == "ALONE" and demo(doc)["serving"], \
+            f"{primary} lost the lease:\n{tail(lab, primary)}"
+        assert get(lab, "/health")[0] == 200
+        assert status(lab, secondary)["witness"]["holder"] == primary
+    finally:
+        assert lab.cli("heal").returncode == 0
+    assert hamirror(lab, secondary, "start", "demo").returncode == 0
+    mirrored(lab)

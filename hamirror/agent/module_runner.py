@@ -313,8 +313,11 @@ class ModuleRunner:
             # Busy: no decision this tick, so no mark that only a decision would use (a mark
             # asked for and not used makes the peer wait for an operator after a later loss).
             return self.state is S.ALONE, False, False
-        if peer_alive and self.state is not S.PRIM and self.state is not S.ALONE:
-            return False, False, False      # the common case, without a view per module per tick
+        if peer_alive and self.state is not S.ALONE and (self.state is S.STOP or self.peer.is_primary):
+            # The common case (a SECOND beside its primary), without a view per module per tick:
+            # no decision here goes on alone beside a heard primary, and a stopped module decides
+            # nothing. A SECOND or WAIT beside a heard STOP peer may promote: it asks.
+            return False, False, False
         peer = self.peer if peer_alive else PeerView()
         view = dataclasses.replace(self.view(peer, True, self.peer_history if peer_alive else None, listened),
                                    linked=linked, outdated=outdated, vouched=vouched and not self.record.peer_led)

@@ -163,18 +163,23 @@ class Agent:
     def _claims(self) -> bool:
         """Whether this node needs the witness's lease: a primary module, or the peer not heard
         while listening (a node that just woke or started would take a lease the peer may be
-        about to renew on a silence it never heard)."""
-        return (not self._claim_alive and self.listening.listened()) or self._any_primary()
+        about to renew on a silence it never heard) and a module started here: with every module
+        STOP it can do nothing with the lease, and holding it would refuse the peer's primary."""
+        return self._any_primary() or (not self._claim_alive and self.listening.listened() and self._any_started())
 
     def _any_primary(self) -> bool:
         return any(r.state.is_primary for r in self.runners.values())
 
+    def _any_started(self) -> bool:
+        return any(r.state is not NodeState.STOP for r in self.runners.values())
+
     def _still_claims(self) -> bool:
         """Asked while a verdict waits for a silent holder's lease to lapse: the claim stands while a
-        module is primary here or the peer is still unheard (or its processes gone). A peer heard
-        again ends the wait, and the tick goes on with a refusal (it reads the peer again after)."""
+        module is primary here or the peer is still unheard (or its processes gone) beside a
+        module started here. A peer heard again ends the wait, and the tick goes on with a
+        refusal (it reads the peer again after)."""
         alive, _, _, gone = self._heard()
-        return not alive or bool(gone) or self._any_primary()
+        return self._any_primary() or ((not alive or bool(gone)) and self._any_started())
 
     def _marks(self) -> Marks:
         """The outdated-copy marks this tick's witness request asks for, from each module's last

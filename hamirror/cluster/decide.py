@@ -296,6 +296,12 @@ def _wait(view: ModuleView) -> Decision:
         return steps.stay(view, warning=SPLIT_BRAIN)
     if peer.is_primary:
         return _receive_resync(view)
+    if view.uptodate and view.relation is Relation.PEER_NEWER:
+        # The peer went on alone (beside this WAIT node, or while it was stopped) and stopped or
+        # stepped down since: its copy has writes this one lacks. The flag says so now, while the
+        # journals can tell; unheard later, only the flag would, and a lease vouched for this node
+        # would promote it without them (found by tests/test_cluster_sim_sequences.py).
+        return steps.stay(view, MarkUpToDate(False))
     if _wait_should_lead(view):
         return steps.promote_alone(view)
     return steps.stay(view)

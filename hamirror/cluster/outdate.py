@@ -19,12 +19,16 @@ from hamirror.journal.generations import Relation
 
 
 def asks_to_outdate(view: ModuleView) -> bool:
-    """Whether the peer's copy must be (or stay) marked outdated: this node is ALONE, or it does
-    not hear its peer and, were the witness to allow it, this tick's decision would act alone."""
+    """Whether the peer's copy must be (or stay) marked outdated: this node is ALONE, or this
+    tick's decision makes it ALONE beside a heard peer, or it does not hear its peer and, were the
+    witness to allow it, this tick's decision would act alone."""
     if view.state is NodeState.ALONE:
         return True
     if view.peer.alive:
-        return False
+        # Beside a heard peer that cannot take over (stopped, stale, or WAIT beside this node's
+        # lease), a primary goes on alone with no mark needed; asked anyway, the mark keeps that
+        # peer from being vouched for later on a copy without what this node acknowledges alone.
+        return decide(view).state is NodeState.ALONE
     allowed = dataclasses.replace(view, peer=PeerView(), relation=Relation.UNKNOWN, quorum=True,
                                   renewed=True, peer_outdated=True)
     return uses_silence(allowed, decide(allowed))
