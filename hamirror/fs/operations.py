@@ -142,8 +142,7 @@ class Interception:
                 fd = os.open(p, own | os.O_TRUNC | os.O_CLOEXEC, dir_fd=self.root)
             finally:
                 self._changed_data()
-            kept = kept if kept is not None and stamps.set_on(fd, kept) else self._times(p)
-            tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), kept)
+            tx.send(Op.TRUNCATE, (0,), (os.fsencode(p),), stamps.put_back(fd, kept, lambda: self._times(p)))
         self._touched(fd)
         return fd
 
@@ -237,8 +236,8 @@ class Interception:
             if written != len(data):
                 self._repair_range(tx, fh, bp, offset, len(data), written)
             if not (failed is None and written == len(data) and stamps.set_on(fh, stamp)):
-                st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-                tx.send(Op.UTIMENS, (), (bp,), ((bp, st.st_atime_ns, st.st_mtime_ns),), hold=self._writeback)
+                # A failed write may have stamped mtime (ENOSPC): the peer gets it too.
+                tx.send(Op.UTIMENS, (), (bp,), stamps.of(fh, bp), hold=self._writeback)
             if self._writeback:
                 self._commits.wrote(ino)
         self._touched(fh)
@@ -261,11 +260,8 @@ class Interception:
             except OSError as exc:
                 failed, written = exc, 0
             self._changed_data()
-            if kept is not None and stamps.set_on(fh, kept):
-                times = kept
-            else:
-                st = os.fstat(fh)   # a failed write may have stamped mtime (ENOSPC): the peer gets it too
-                times = ((bp, st.st_atime_ns, st.st_mtime_ns),)
+            # A failed write may have stamped mtime (ENOSPC): the peer gets it too.
+            times = stamps.put_back(fh, kept, lambda: stamps.of(fh, bp))
             if self._writeback:   # per inode, under its ordering lock: a whole page only
                 commit = commits.expects(ino) if written == len(data) else None
             if written and commit is not None:
@@ -329,8 +325,8 @@ class Interception:
         with self.repl.change(((p, WHOLE),)) as tx:
             kept = stamps.before(fh, os.fsencode(p), True) if self._writeback else None
             fallocate(fh, mode, offset, size)
-            kept = kept if kept is not None and stamps.set_on(fh, kept) else self._times(p)
-            tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),), kept)
+            tx.send(Op.FALLOCATE, (mode, offset, size), (os.fsencode(p),),
+                    stamps.put_back(fh, kept, lambda: self._times(p)))
         self._touched(fh)
         return 0
 

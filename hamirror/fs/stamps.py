@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 Stamp = tuple   # ((path, atime_ns, mtime_ns),): the times field of a message
 
@@ -33,3 +34,16 @@ def set_on(fh: int, stamp: Stamp) -> bool:
     except OSError:
         return False
     return True
+
+
+def put_back(fh: int, kept: Stamp | None, current: Callable[[], Stamp]) -> Stamp:
+    """The times to send after a change: ``kept`` (barrier mode: the file's times before the
+    change, :func:`before`) once set on our copy again; else, without it or if setting it failed,
+    ``current()``, the times our copy has now, so that the peer gets what we have."""
+    return kept if kept is not None and set_on(fh, kept) else current()
+
+
+def of(fh: int, bp: bytes) -> Stamp:
+    """The times our copy of ``bp`` (open as ``fh``) has now."""
+    st = os.fstat(fh)
+    return ((bp, st.st_atime_ns, st.st_mtime_ns),)
