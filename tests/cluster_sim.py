@@ -153,6 +153,8 @@ class World:
             primaries = [i for i, n in enumerate(self.nodes) if n.state.is_primary]
             if len(primaries) == 1 and self.lease.holder != primaries[0]:
                 self.lease.give(primaries[0])   # the holder hears its peer and is not primary: released
+            elif not primaries:
+                self.lease.give(None)           # nobody claims: it lapses (the last holder is remembered)
         elif self.lease.holder is None or not any(n.state.is_primary for n in self.nodes):
             self.lease.give(next(iter(self.claimants([True, True], hears)), None))
 
