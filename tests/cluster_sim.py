@@ -367,7 +367,7 @@ def frozen(node: int, ticks: int, mid_tick: bool) -> list:
 
 
 
-def diverged_at_some_tick(steps: list, witness: bool) -> bool:
+def diverged_at_some_tick(steps: list, witness: bool, witness_down: frozenset[int] = frozenset()) -> bool:
     """Run and report whether the two histories ever diverged (a write set aside)."""
     world_relations = []
     original = World.wake_up
@@ -378,7 +378,7 @@ def diverged_at_some_tick(steps: list, witness: bool) -> bool:
 
     World.wake_up = watch
     try:
-        run(steps, witness)
+        run(steps, witness, witness_down=witness_down)
     finally:
         World.wake_up = original
     return Relation.DIVERGED in world_relations
