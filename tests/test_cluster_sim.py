@@ -175,13 +175,25 @@ def test_a_frozen_secondary_wakes_under_the_primary_that_went_on_alone() -> None
 def test_a_primary_that_stepped_down_for_a_downed_witness_comes_back_with_it() -> None:
     """The witness goes down (ticks 6-15), then the link is cut (ticks 9-20): the primary steps
     down (it cannot tell), the SECOND may not take over. When the witness is back, the former
-    primary, its last holder, is vouched and leads again; the other, who never held it, still
+    primary, its last holder, is vouched; it leads again only while the witness does not hear
+    the other (lost for good here: frozen from tick 18), who never held the lease and still
     waits. On the heal the pair converges with no split brain."""
-    steps = quiet(9) + quiet(12, link=False) + quiet(8)
+    steps = quiet(9) + quiet(8, link=False) + frozen(1, 12, False) + quiet(3, link=False) + quiet(20)
     trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
     assert trace[9] == (True, S.PRIM, S.SECOND) and trace[11][1:] == (S.WAIT, S.WAIT)
     assert all(t[1:] == (S.WAIT, S.WAIT) for t in trace[11:17])    # both refused while it is down
     assert (False, S.ALONE, S.WAIT) in trace                        # back: the last holder leads
+    assert trace[-1][1:] == (S.PRIM, S.SECOND)
+    assert not diverged_at_some_tick(steps, witness=True)
+
+
+def test_a_vouched_node_does_not_resume_while_the_witness_hears_its_peer() -> None:
+    """The same, both nodes alive and reaching the witness once it is back: the peer may have
+    acted alone beside this node without the lease, so nobody resumes until the heal (the
+    price of the rule); then the pair converges with no split brain."""
+    steps = quiet(9) + quiet(12, link=False) + quiet(8)
+    trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
+    assert all(t[1:] == (S.WAIT, S.WAIT) for t in trace[11:22]), trace
     assert trace[-1] == (True, S.PRIM, S.SECOND)
     assert not diverged_at_some_tick(steps, witness=True)
 

@@ -281,10 +281,14 @@ def _stop(view: ModuleView) -> Decision:
 def _wait(view: ModuleView) -> Decision:
     peer = view.peer
     if not peer.alive:
-        if view.quorum is True and view.vouched and view.uptodate and not view.outdated:
+        if view.quorum is True and view.vouched and view.uptodate and not view.outdated and not view.peer_asks:
             # It stepped down (or left SECOND) when the witness was down; the witness is back, the
             # peer is still lost, and it has not held the lease since this node did: nothing the
-            # peer wrote alone can exist, this node's data is the newest.
+            # peer wrote alone can exist, this node's data is the newest. Not while the witness
+            # hears the peer: alive, it may have acted alone beside this node without the lease
+            # (it took over beside this WAIT node while the witness was down, or a swap's hand-over
+            # promoted it), and the vouch knows only of acting alone on the lease (found by
+            # tests/test_cluster_sim_sequences.py).
             return steps.promote_alone(view, warning=RESUMED)
         # The peer holding the lease needs nothing from this WAIT node: a primary that hears it
         # goes on alone while it holds the lease (:func:`_fenced`). Clearing the flag here on
