@@ -30,7 +30,7 @@ from hamirror.cluster.actions import (
     StartResync,
 )
 from hamirror.cluster.decide import decide
-from hamirror.cluster.outdate import asks_to_outdate, clears_outdated
+from hamirror.cluster.outdate import asks_to_outdate, clears_outdated, yields_beside
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import CheckerHealth, Command, MirrorHealth, ModuleView, PeerView, ResyncStatus, SwapPhase
 from hamirror.journal.generations import Relation
@@ -62,6 +62,7 @@ class Node:
     done_ticks: int = 0                  # ticks its resync has been DONE (settled after one)
     busy: int = 0                        # ticks left of its sequence to a primary state (no decision)
     promoting: bool = False              # that sequence started from a state that is not primary
+    peer_led: bool = False               # durable: the peer may lead beside it; never vouched for until SECOND or primary
 
 
 def relation(a: Node, b: Node) -> Relation:
@@ -81,7 +82,8 @@ def make_view(me: Node, other: Node, link: bool, cmd: Command, quorum: bool | No
               vouched: bool = False, linked: bool = False, peer_leased: bool = False,
               peer_asks: bool = False) -> ModuleView:
     peer = PeerView(alive=link, state=other.state, uptodate=other.uptodate, swap=other.swap,
-                    woke=other.deaf > 0, fenced=other.state.is_primary and other.mirror is MirrorHealth.FENCED) \
+                    woke=other.deaf > 0, fenced=other.state.is_primary and other.mirror is MirrorHealth.FENCED,
+                    yielded=other.peer_led) \
         if link else PeerView()
     resync = me.resync
     if me.state is S.WAIT and peer.is_primary and me.uptodate and relation(me, other) is Relation.SAME:
@@ -183,8 +185,13 @@ class World:
                     dst.history, dst.uptodate = src.history, True
 
     def apply(self, node: Node, other: Node, decision, link: bool) -> None:
-        if decision.state is not node.state:
+        new = decision.state
+        if new is not node.state:
             node.resync = ResyncStatus.NONE
+        if new.is_primary or (new is S.SECOND and new is not node.state):
+            node.peer_led = False
+        if yields_beside(new, PeerView(alive=link, state=other.state)):
+            node.peer_led = True         # heard a peer that may lead beside it: recorded, then advertised
         node.state, node.swap = decision.state, decision.swap
         for action in decision.actions:
             if isinstance(action, NewGeneration):
@@ -313,7 +320,8 @@ def run(steps: list, witness: bool, stepped_down: list | None = None,
             n.checker_ok = failing != i or not n.state.is_primary
         views = [n.held if n.woken and n.held is not None else
                  make_view(n, world.nodes[1 - i], hears[i], cmd if who in (i, BOTH) else Command.NONE,
-                           (world.lease.holder == i) if witness else None, witness and world.lease.vouches(i),
+                           (world.lease.holder == i) if witness else None,
+                           witness and world.lease.vouches(i) and not n.peer_led,
                            replication_only and all(awake) and any(n.state is S.PRIM for n in world.nodes),
                            leased[i], asks[i])
                  for i, n in enumerate(world.nodes)]

@@ -12,7 +12,7 @@ from hamirror.cluster.actions import (
     Unmount,
 )
 from hamirror.cluster.decide import (
-    MAY_LOSE, OUTDATED, PEER_LEAVING, UNMARKED, UNRENEWED, decide, takes_over_at_timeout,
+    MAY_LOSE, OUTDATED, PEER_LEAVING, UNMARKED, UNRENEWED, UNYIELDED, decide, takes_over_at_timeout,
 )
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
@@ -487,3 +487,29 @@ def test_a_primary_whose_peer_will_take_over_steps_down_first(state: NodeState) 
     assert d.state is S.WAIT and d.warnings == (PEER_LEAVING,)
     assert d.actions[:3] == (Persist(S.WAIT), RefuseWrites(), RemoveVip())
     assert decide(dataclasses.replace(v, listened=False)).state is state   # its own stall explains the silence
+
+
+# --- the handshake: acting alone beside a heard peer (docs/cluster.md, "The vouch") ---------------
+
+@pytest.mark.parametrize("state,peer_state", [(S.SECOND, S.WAIT), (S.SECOND, S.STOP), (S.WAIT, S.STOP),
+                                              (S.PRIM, S.WAIT), (S.PRIM, S.STOP)])
+def test_with_a_witness_a_node_acts_alone_beside_a_heard_peer_once_it_yields_or_is_marked(
+        state: NodeState, peer_state: NodeState) -> None:
+    """Beside a heard, up-to-date peer a node acts alone with no lease, so the witness never
+    learns of it: that peer, cut later, could be vouched for on a copy without this node's writes.
+    It waits until the peer advertises that it recorded ``peer_led``, or the witness marks it."""
+    v = view(state, peer=peer_state, quorum=True, renewed=True, peer_outdated=False,
+             mirror=MirrorHealth.STREAMING, relation=R.SAME)
+    held = decide(v)
+    assert held.state is state and held.warnings == (UNYIELDED,) and held.actions == ()
+    yielded = dataclasses.replace(v, peer=dataclasses.replace(v.peer, yielded=True))
+    assert decide(yielded).state is S.ALONE
+    assert decide(dataclasses.replace(v, peer_outdated=True)).state is S.ALONE       # the witness's mark
+    assert decide(dataclasses.replace(v, quorum=None)).state is S.ALONE              # no witness: no vouch
+    stale = dataclasses.replace(v, peer=dataclasses.replace(v.peer, uptodate=False))
+    assert decide(stale).state is S.ALONE                                            # never vouched for
+
+
+def test_an_operators_prim_beside_a_peer_that_has_not_yielded_is_not_held() -> None:
+    v = view(S.WAIT, peer=S.STOP, quorum=True, renewed=True, peer_outdated=False, command=Command.PRIM)
+    assert decide(v).state is S.ALONE

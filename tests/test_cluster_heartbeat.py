@@ -65,7 +65,7 @@ def test_the_maintenance_setting_round_trips() -> None:
     assert decode(encode(hb(modules={"demo": info}), KEY), KEY).modules["demo"] == info
 
 
-@pytest.mark.parametrize("flag,key", [("woke", b'"z"'), ("leaving", b'"x"')])
+@pytest.mark.parametrize("flag,key", [("woke", b'"z"'), ("leaving", b'"x"'), ("yielded", b'"y"')])
 def test_a_flag_round_trips_and_is_left_out_when_false(flag: str, key: bytes) -> None:
     """Left out when false: a 0.2.0 peer, which knows neither, reads the datagram as before."""
     info = ModuleInfo(NodeState.SECOND, True, "gen-3", **{flag: True})
@@ -74,9 +74,10 @@ def test_a_flag_round_trips_and_is_left_out_when_false(flag: str, key: bytes) ->
     assert key not in encode(hb(modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3")}), KEY)
 
 
-def test_a_leaving_flag_that_is_not_a_boolean_is_malformed() -> None:
-    data = encode(hb(modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3", leaving=True)}), KEY)
-    body = data[32:].replace(b'"x":true', b'"x":1')
+@pytest.mark.parametrize("flag,key", [("leaving", b'"x"'), ("yielded", b'"y"')])
+def test_a_flag_that_is_not_a_boolean_is_malformed(flag: str, key: bytes) -> None:
+    data = encode(hb(modules={"demo": ModuleInfo(NodeState.SECOND, True, "gen-3", **{flag: True})}), KEY)
+    body = data[32:].replace(key + b':true', key + b':1')
     assert reason_of(sign(body, KEY), validator()) is Reason.MALFORMED
 
 

@@ -70,11 +70,16 @@ def test_two_nodes_never_both_primary_on_consistent_views(steps: list, witness: 
 def test_a_forced_prim_on_a_one_way_loss_does_not_run_beside_the_peer_that_hears_it() -> None:
     """Found by the property above: n1's agent restarts (n2 takes over), then n2's (both WAIT,
     link down), then n2's traffic is lost one way and the operator forces `prim` on n1, which
-    holds the lease. n2 hears n1 WAIT and promotes its newer data; n1 must not promote too."""
+    holds the lease. n1 must not promote. Nor does n2, which hears n1 WAIT: n1, not hearing it,
+    never advertises that it recorded ``peer_led``, and the witness takes no mark from n2, not the
+    holder (the handshake's price: nobody serves until the loss heals). Once healed, the pair
+    converges with no write set aside."""
+    one_way = (UNHEARD[1], None, Command.NONE, None, None)
     steps = quiet(7) + [(True, None, Command.NONE, None, 0), (False, None, Command.NONE, None, 1),
-                        (UNHEARD[1], 0, Command.PRIM, None, None)]
-    trace = run(steps, witness=True)
-    assert trace[-1][1:] == (S.WAIT, S.ALONE)
+                        (UNHEARD[1], 0, Command.PRIM, None, None)] + [one_way] * 4
+    assert run(steps, witness=True)[-1][1:] == (S.WAIT, S.WAIT)
+    assert run(steps + quiet(8), witness=True)[-1] == (True, S.PRIM, S.SECOND)
+    assert not diverged_at_some_tick(steps + quiet(8), witness=True)
 
 
 def test_cold_start_converges_to_prim_and_second() -> None:
@@ -178,7 +183,8 @@ def test_a_primary_that_stepped_down_for_a_downed_witness_comes_back_with_it() -
     primary, its last holder, is vouched; it leads again only while the witness does not hear
     the other (lost for good here: frozen from tick 18), who never held the lease and still
     waits. On the heal the pair converges with no split brain."""
-    steps = quiet(9) + quiet(8, link=False) + frozen(1, 12, False) + quiet(3, link=False) + quiet(20)
+    freeze_cut = (False, None, Command.NONE, None, None, (1, 12, False))   # the link stays cut
+    steps = quiet(9) + quiet(8, link=False) + [freeze_cut] + quiet(3, link=False) + quiet(20)
     trace = run(steps, witness=True, witness_down=frozenset(range(6, 16)))
     assert trace[9] == (True, S.PRIM, S.SECOND) and trace[11][1:] == (S.WAIT, S.WAIT)
     assert all(t[1:] == (S.WAIT, S.WAIT) for t in trace[11:17])    # both refused while it is down

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hamirror.cluster.outdate import ORPHANS_PER_REQUEST, asks_to_outdate, clears_outdated, orphans
+from hamirror.cluster.outdate import ORPHANS_PER_REQUEST, asks_to_outdate, clears_outdated, orphans, yields_beside
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import CheckerHealth, Command, MirrorHealth, ModuleView, PeerView
 
@@ -33,6 +33,23 @@ def test_a_primary_going_on_alone_beside_a_heard_peer_asks_to_mark_it():
                                 peer=PeerView(alive=True, state=S.WAIT, uptodate=False))
     assert asks_to_outdate(stale)
     assert not asks_to_outdate(view(S.WAIT, peer=S.SECOND))          # not going on alone
+
+
+def test_a_promotion_beside_a_heard_up_to_date_peer_asks_to_mark_it():
+    """The handshake's alternative: the witness's mark lets a node act alone beside a peer that has
+    not advertised ``peer_led`` yet (it may not hear this node: a one-way loss)."""
+    assert asks_to_outdate(view(S.SECOND, peer=S.WAIT))
+    assert asks_to_outdate(view(S.WAIT, peer=S.STOP))
+
+
+def test_a_node_yields_to_a_heard_peer_only_where_it_cannot_stop_it_acting_alone():
+    heard = {state: PeerView(alive=True, state=state, uptodate=True) for state in S}
+    assert yields_beside(S.WAIT, heard[S.PRIM]) and yields_beside(S.WAIT, heard[S.WAIT])
+    assert yields_beside(S.STOP, heard[S.ALONE]) and yields_beside(S.STOP, heard[S.SECOND])
+    assert yields_beside(S.SECOND, heard[S.WAIT]) and yields_beside(S.SECOND, heard[S.STOP])
+    assert not yields_beside(S.SECOND, heard[S.PRIM]) and not yields_beside(S.SECOND, heard[S.ALONE])
+    assert not any(yields_beside(state, heard[S.WAIT]) for state in (S.PRIM, S.ALONE))
+    assert not any(yields_beside(state, PeerView()) for state in S)                    # not heard
 
 
 def test_a_node_that_will_not_act_alone_asks_for_nothing():

@@ -6,6 +6,7 @@ One lab for the module, with ``--witness``; the tests run in file order.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -439,3 +440,26 @@ def test_a_stopped_node_never_takes_the_lease_from_a_primary_whose_agent_restart
         assert lab.cli("heal").returncode == 0
     assert hamirror(lab, secondary, "start", "demo").returncode == 0
     mirrored(lab)
+
+
+def test_a_stopped_primary_yields_and_its_secondary_takes_over_beside_it(lab):
+    """The handshake (docs/cluster.md): the secondary acts alone beside a heard, up-to-date peer
+    only once that peer has recorded durably that it may (``peer_led``: never vouched for since)
+    or the witness marks it. The operator stops the primary: its agent, still heard, records it,
+    and the secondary takes over with no wait beyond a heartbeat or two; started again, the old
+    primary is SECOND and its record is cleared (it may be vouched for again)."""
+    primary, secondary = mirrored(lab)
+    record = os.path.join(lab.paths.node_dir(primary, "state"), "modules", "demo", "agent.json")
+    assert hamirror(lab, primary, "stop", "demo").returncode == 0
+    started = time.monotonic()
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "STOP", secondary: "ALONE"} and serving(demo(a) if a["node"] == secondary else demo(b)),
+          60, f"{secondary} ALONE beside {primary} STOP")
+    took = time.monotonic() - started
+    assert json.load(open(record))["peer_led"] is True
+    assert hamirror(lab, primary, "start", "demo").returncode == 0
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "SECOND", secondary: "PRIM"} and demo(a)["uptodate"] and demo(b)["uptodate"],
+          90, f"{secondary} PRIM, {primary} SECOND")
+    assert json.load(open(record))["peer_led"] is False
+    assert took < 20, f"the takeover beside the stopped primary took {took:.1f} s"

@@ -264,6 +264,8 @@ class ModuleRunner:
         self.relation = compare(self.obs.history, peer_history) if peer.alive and peer_history else Relation.UNKNOWN
         if self.task is not None or self.stale(epoch):
             return
+        if outdate.yields_beside(self.state, peer):
+            self.note_peer_led(f"the peer, heard beside this {self.state.value} node, may act alone")
         if self.retry is not None and self.command is Command.NONE and not self.retry_over_dead_mount():
             retry = self.retry
             # A retry carries on a decision that may have rested on the peer's silence: not before
@@ -536,13 +538,13 @@ class ModuleRunner:
             return True
         return view.mirror in SAFE_TO_SERVE and view.peer.alive and view.peer.state is S.SECOND
 
-    def note_peer_led(self) -> None:
-        """The lease came to us from the peer, which may have written alone since our data was last
-        current: a WAIT node remembers it durably and is vouched for no later lease (docs/cluster.md)."""
-        if self.state in (S.WAIT, S.STOP) and not self.record.peer_led:
+    def note_peer_led(self, why: str) -> None:
+        """Record durably that the peer may have acted, or may act, alone beside this copy: it is
+        vouched for no later lease until SECOND or primary again (docs/cluster.md, "The vouch").
+        Advertised (``yielded``) only once recorded: the handshake lets the peer act on it."""
+        if not self.record.peer_led:
             self.record = self.store.save(dataclasses.replace(self.record, peer_led=True))
-            log.warning("%s: the witness's lease came to us from the peer: not resuming alone on a later lease",
-                        self.name)
+            log.warning("%s: %s: not resuming alone on a later lease", self.name, why)
 
     def set_swap(self, swap: SwapPhase) -> None:
         if swap is not self.swap:
@@ -596,4 +598,5 @@ class ModuleRunner:
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and state.is_primary and obs.fenced),   # watched mid-sequence (beside)
                           maintenance=self.maintenance, maintenance_version=self.record.maintenance_version,
-                          woke=not self.listening.listened(), leaving=self.leaving)
+                          woke=not self.listening.listened(), leaving=self.leaving,
+                          yielded=self.record.peer_led)

@@ -425,15 +425,15 @@ class Agent:
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
                             fenced=bool(info and info.fenced), woke=bool(info and info.woke),
-                            leaving=bool(info and info.leaving),
+                            leaving=bool(info and info.leaving), yielded=bool(info and info.yielded),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             if runner.task is not None:
                 self.beside.act(name, runner, peer, self.quorum, history, peer_leased, listened, epoch)
             if info is not None and info.maintenance_version:
                 runner.follow_peer_maintenance(info.maintenance, info.maintenance_version, self.peer_node.name)
-            if after_peer:
-                runner.note_peer_led()
+            if after_peer and runner.state in (NodeState.WAIT, NodeState.STOP):
+                runner.note_peer_led("the witness's lease came to us from the peer")
             try:
                 runner.datapath.record_fencing_token(token)   # before anything acts on the tenure
                 if name not in unobserved:

@@ -92,7 +92,7 @@ def decide(view: ModuleView) -> Decision:
     decision = rule(view) if rule else None
     if decision is None:
         decision = automatic(view)
-    decision = _unrenewed(view, _deaf(view, decision))
+    decision = _unyielded(view, _unrenewed(view, _deaf(view, decision)))
     if decision.state is view.state:
         return decision
     check_transition(view.state, decision.state)
@@ -158,6 +158,24 @@ def _unrenewed(view: ModuleView, decision: Decision) -> Decision:
     if not view.peer_outdated:
         return _stay_unsure(view, UNMARKED)
     return decision
+
+
+UNYIELDED = ("the peer could still be vouched for by the witness: not acting alone beside it before it "
+             "records that this node may lead, or the witness marks its copy outdated")
+
+
+def _unyielded(view: ModuleView, decision: Decision) -> Decision:
+    """Acting alone beside a heard, up-to-date peer needs no lease, so the witness would not know:
+    that peer, cut later, could be vouched for ("it held the lease last") on a copy without what
+    this node acknowledges alone. With a witness, wait until the peer advertises that it recorded
+    ``peer_led`` (it is then never vouched for until SECOND or primary again), or until the
+    witness marks its copy outdated. Not an operator's ``prim``, not a node already ALONE."""
+    peer = view.peer
+    if (not peer.alive or view.quorum is None or not peer.uptodate or peer.yielded
+            or view.peer_outdated or view.state is S.ALONE or view.command is Command.PRIM
+            or not any(map(_grants_alone, decision.actions))):
+        return decision
+    return _stay_unsure(view, UNYIELDED)
 
 
 def _stay_unsure(view: ModuleView, why: str) -> Decision:

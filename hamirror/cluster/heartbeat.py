@@ -83,6 +83,7 @@ class ModuleInfo:
     maintenance_version: int = 0   # the newest ``hamirror maintenance`` setting wins on both nodes
     woke: bool = False        # the sender stalled or started and has not listened a full timeout since
     leaving: bool = False     # the sender has not heard us for half a timeout and will take over at a full one
+    yielded: bool = False     # the sender recorded durably that we may lead beside it: never vouched for since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,7 @@ def _encode(hb: Heartbeat, key: bytes, keep: int | None) -> bytes:
                      **({"f": True} if m.fenced else {}),
                      **({"z": True} if m.woke else {}),
                      **({"x": True} if m.leaving else {}),
+                     **({"y": True} if m.yielded else {}),
                      **({"ma": m.maintenance, "mv": m.maintenance_version} if m.maintenance_version else {})}
               for name, m in hb.modules.items()},
         **({"e": list(hb.echo)} if hb.echo is not None else {}),
@@ -233,7 +235,7 @@ def _echo(value: object) -> tuple[str, int] | None:
 
 
 def _module(obj: dict) -> ModuleInfo:
-    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z", "x")):
+    if not isinstance(obj, dict) or any(type(obj.get(k, False)) is not bool for k in ("u", "f", "ma", "z", "x", "y")):
         raise ValueError("bad module entry")
     version = obj.get("mv", 0)
     if type(version) is not int or not 0 <= version < 2**53:
@@ -241,7 +243,7 @@ def _module(obj: dict) -> ModuleInfo:
     return ModuleInfo(state=NodeState(obj["st"]), uptodate=obj["u"],
                       generation=_text(obj["g"], 128), swap=SwapPhase(obj["w"]), fenced=obj.get("f", False),
                       maintenance=obj.get("ma", False), maintenance_version=version, woke=obj.get("z", False),
-                      leaving=obj.get("x", False))
+                      leaving=obj.get("x", False), yielded=obj.get("y", False))
 
 
 EchoAge = Callable[[str, int], "float | None"]

@@ -28,10 +28,20 @@ def asks_to_outdate(view: ModuleView) -> bool:
         # Beside a heard peer that cannot take over (stopped, stale, or WAIT beside this node's
         # lease), a primary goes on alone with no mark needed; asked anyway, the mark keeps that
         # peer from being vouched for later on a copy without what this node acknowledges alone.
-        return decide(view).state is NodeState.ALONE
+        return decide(dataclasses.replace(view, peer_outdated=True)).state is NodeState.ALONE
     allowed = dataclasses.replace(view, peer=PeerView(), relation=Relation.UNKNOWN, quorum=True,
                                   renewed=True, peer_outdated=True)
     return uses_silence(allowed, decide(allowed))
+
+
+def yields_beside(state: NodeState, peer: PeerView) -> bool:
+    """The handshake's first half: whether a node in ``state`` that hears ``peer`` records, then
+    advertises, that the peer may act alone beside it (``peer_led``; :func:`decide._unyielded`
+    is the second half). WAIT, STOP, or SECOND beside a peer that is not primary: the peer may
+    promote, or go on alone, beside it with no lease, so the witness would not know, and a later
+    vouch for this copy ("it held the lease last") would set the peer's writes aside."""
+    beside = state in (NodeState.WAIT, NodeState.STOP) or (state is NodeState.SECOND and not peer.is_primary)
+    return peer.alive and beside
 
 
 def clears_outdated(view: ModuleView) -> bool:

@@ -124,6 +124,7 @@ class PeerView:
     silent: bool = False      # not heard for half a heartbeat timeout (it may be about to be lost)
     woke: bool = False        # the peer stalled (frozen, restarted) and has not listened a full timeout since
     leaving: bool = False     # the peer has not heard us for half a timeout and will take over at a full one
+    yielded: bool = False     # the peer recorded durably that this node may lead beside it: never vouched for since
 
     @property
     def is_primary(self) -> bool:
