@@ -569,21 +569,3 @@ def test_a_command_submitted_while_an_automatic_sequence_runs_is_answered_by_its
 
     asyncio.run(scenario())
 
-
-def test_a_waiting_node_that_hears_its_peer_records_then_advertises_that_the_peer_may_lead(tmp_path):
-    """The handshake's first half: durable before advertised (``yielded``), so that an agent
-    restart keeps it; not recorded unheard or beside a primary as SECOND; gone once SECOND again."""
-    runner, dp, vip, scripts, journal, store, _ = make(tmp_path, S.WAIT, journal=FakeJournal(("g1",), uptodate=True))
-
-    async def scenario():
-        await attached(runner)
-        await step(runner, PeerView(), journal.history)                        # not heard
-        assert not store.load().peer_led and not runner.advertised().yielded
-        await runner.tick(peer(S.PRIM, True), journal.history, None, True)   # heard: it may act alone
-        assert store.load().peer_led and runner.advertised().yielded
-        await runner.task                                                      # WAIT -> SECOND
-        assert runner.state is S.SECOND and not store.load().peer_led and not runner.advertised().yielded
-        await step(runner, peer(S.PRIM, True), journal.history)               # SECOND beside a primary
-        assert not store.load().peer_led
-
-    asyncio.run(scenario())

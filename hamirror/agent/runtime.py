@@ -400,6 +400,7 @@ class Agent:
             keeps_marks, marks = True, {}
         token = self._tenure_token()
         listened = self.listening.listened()
+        legacy = hb.peer_heartbeat is not None and hb.peer_heartbeat.software is None   # 0.2.0: no handshake
         for name, runner in self.runners.items():
             info = infos.get(name)
             peer_alive = alive
@@ -425,7 +426,7 @@ class Agent:
             peer = PeerView(alive=peer_alive, state=info.state if info else None,
                             uptodate=bool(info and info.uptodate), swap=info.swap if info else PeerView().swap,
                             fenced=bool(info and info.fenced), woke=bool(info and info.woke),
-                            leaving=bool(info and info.leaving), yielded=bool(info and info.yielded),
+                            leaving=bool(info and info.leaving), yielded=bool(info and (info.yielded or legacy)),
                             silent=silence is None or silence > self.cluster.heartbeat.timeout / 2)
             history = journal_info.from_wire(info.generation) if info else None
             if runner.task is not None:
