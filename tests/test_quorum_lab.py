@@ -463,3 +463,51 @@ def test_a_stopped_primary_yields_and_its_secondary_takes_over_beside_it(lab):
           90, f"{secondary} PRIM, {primary} SECOND")
     assert json.load(open(record))["peer_led"] is False
     assert took < 20, f"the takeover beside the stopped primary took {took:.1f} s"
+
+
+def test_with_the_witness_down_nobody_takes_over_beside_a_primary_that_does_not_hear_it(lab):
+    """The sequence the simulation found (docs/reliability.md, the handshake), on real nodes. The
+    witness is down and nothing from the secondary reaches the primary: the primary cannot renew
+    its lease and steps down to WAIT; the secondary hears a WAIT primary. It used to take over
+    beside it (no lease needed beside a heard peer); frozen after that, it was not heard by the
+    returning witness, which vouched for the old primary: it resumed ALONE beside it, two
+    primaries, the writes acknowledged by the taker set aside. The stepped-down node never hears
+    the secondary, so never yields: the secondary waits. With the witness back (the secondary
+    frozen), the last holder resumes alone, the only primary; after the wake and the heal the pair
+    converges with every acknowledged write."""
+    primary, secondary = mirrored(lab)
+    for pid in pids_of(lab.paths, "witness"):
+        os.kill(pid, signal.SIGKILL)
+    drop_one_way(lab, secondary, primary)
+    frozen: list[int] = []
+    try:
+        watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}[primary] == "WAIT",
+              60, f"{primary} stepped down")
+        end = time.monotonic() + 8                          # dozens of ticks beside the WAIT node
+        while time.monotonic() < end:
+            m = demo(status(lab, secondary))
+            assert m is not None and m["state"] not in PRIMARY, f"{secondary} took over: {m}"
+            time.sleep(0.3)
+        assert "the peer could still be vouched for by the witness" in tail(lab, secondary, 300), \
+            tail(lab, secondary, 60)
+        frozen = pids_of(lab.paths, secondary)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        from hamirror.lab import agent, state
+        recorded = state.load(lab.paths)
+        recorded.processes.append(agent.start_witness(lab.paths))
+        state.save(lab.paths, recorded)
+        deadline = time.monotonic() + 60                  # the witness grants nothing for one lease (10 s)
+        while not serving(demo(doc := status(lab, primary))):
+            assert time.monotonic() < deadline, f"{primary} not back: {doc}\n{tail(lab, primary, 40)}"
+            time.sleep(0.3)
+        with kvclient.Writer(lab.paths, "hs") as writer:
+            time.sleep(1.5)
+            keys = writer.stop()
+    finally:
+        resume(frozen)
+        heal_one_way(lab, secondary)
+    watch(lab, lambda a, b: {a["node"]: demo(a)["state"], b["node"]: demo(b)["state"]}
+          == {primary: "PRIM", secondary: "SECOND"} and demo(a)["uptodate"] and demo(b)["uptodate"],
+          90, f"{primary} PRIM, {secondary} SECOND after the wake and the heal")
+    assert len(keys) > 3 and not kvclient.unreadable(lab.paths, keys, budget=60)
