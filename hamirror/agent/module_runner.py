@@ -30,7 +30,7 @@ from hamirror.agent.stall import always_listening
 from hamirror.cluster import actions as a
 from hamirror.cluster import outdate
 from hamirror.cluster.decide import UNMARKED, decide, takes_over_at_timeout
-from hamirror.cluster.steps import state_after
+from hamirror.cluster.steps import state_after, undone_by_deciding_again
 from hamirror.cluster.heartbeat import ModuleInfo
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import (
@@ -460,10 +460,11 @@ class ModuleRunner:
         (:func:`~hamirror.cluster.steps.state_after`): a primary whose stop failed half-way keeps
         saying so, so that its peer does not promote beside a running application."""
         error, reached = None, target
+        promoting = target.is_primary and not self.state.is_primary
         try:
             for index, action in enumerate(actions):
-                if all(isinstance(x, a.Persist) for x in actions[:index]) and self.stale(epoch):
-                    # Only the record changed yet: undo it and decide again from a fresh view.
+                if undone_by_deciding_again(actions[:index], promoting) and self.stale(epoch):
+                    # Nothing committed yet: undo the record and decide again from a fresh view.
                     error, reached, self.retry = "the agent stalled before the decision's actions: deciding again", \
                         self.state, None
                     if index:

@@ -7,7 +7,7 @@ order (what must be stopped before what is started) is written exactly once.
 from __future__ import annotations
 
 from hamirror.cluster.actions import (
-    Action, AddVip, Decision, Fence, Flush, KillApp, MarkUpToDate, MountReplicated, NewGeneration,
+    Action, AddVip, Decision, Fence, Flush, KillApp, MarkUpToDate, MountReplicated, NewGeneration, Persist,
     RefuseWrites, RemoveVip, RunScript, StartReceiver, StopReceiver, Unmount,
 )
 from hamirror.cluster.states import NodeState
@@ -116,3 +116,14 @@ def stop(view: ModuleView, force: bool) -> Decision:
         return move(NodeState.STOP, *_stop_app(force))
     script = (RunScript("stop_second"),) if view.state is NodeState.SECOND and not force else ()
     return move(NodeState.STOP, *script, StopReceiver())
+
+
+def undone_by_deciding_again(done: tuple[Action, ...], promoting: bool) -> bool:
+    """Whether deciding again undoes ``done``, so that a stall there may drop the decision (made
+    from a view the peer may have outdated meanwhile): the record (put back), and in a promotion
+    also a secondary's ``stop_second`` and its receiver stopped (the next tick restarts it; a
+    takeover's 1 s receiver grace is a window). Past its first commitment (a new generation, a
+    fence, the mount, the VIP, the application) a sequence is finished: half a takeover is worse."""
+    def undone(x: Action) -> bool:
+        return isinstance(x, Persist) or (promoting and (isinstance(x, StopReceiver) or x == RunScript("stop_second")))
+    return all(map(undone, done))
