@@ -1,6 +1,7 @@
 """The faults issue 15's review found missing from the campaign (``scripts/chaos.py``), on top of
 :mod:`chaos_faults`: one-way and heartbeat-only losses, a hung (SIGSTOP) mount daemon, a failed
-``stop_prim``, a witness restart, a slow fence script, and a real power loss.
+``stop_prim``, a witness restart (and the witness down beside a one-way loss and a freeze), a slow
+fence script, and a real power loss.
 
 Two of them need the lab's copy of a script changed, in the lab only (:meth:`MoreInjector.prepare_lab`,
 run after every build; the module folders in the repository are never touched):
@@ -24,7 +25,7 @@ from hamirror.lab.shell import LabError
 
 NETWORK = ("oneway-p2s", "oneway-s2p", "hb-only")
 PROCESS = ("hang-mount", "fail-stop")
-NEEDS_WITNESS = ("witness-restart",)
+NEEDS_WITNESS = ("witness-restart", "witness-down-oneway")
 NEEDS_FENCE = ("slow-fence",)
 POWER = ("power-loss",)
 FAIL_STOP_MARKER = "chaos-fail-stop"
@@ -163,6 +164,32 @@ class MoreInjector(Injector):
         time.sleep(delay)
         self._start_witness()
         ev.detail.append(f"witness killed, started again after {delay:.1f} s")
+
+    def _witness_down_oneway(self, ev: Event) -> None:
+        """The handshake's sequence (docs/reliability.md): the witness killed, and nothing from the
+        secondary reaches the primary for 8-15 s (the primary steps down; the secondary, which
+        hears it, must not take over beside it); then the secondary frozen 12-18 s while the
+        witness starts again (longer than the witness's first lease: the old primary, vouched and
+        the secondary unheard, resumes alone); then thawed and healed."""
+        p, s = self.roles()
+        if p is None or s is None or s in self.down:
+            ev.skipped = "no primary and secondary"
+            return
+        ev.node = s
+        hold, freeze = self.rng.uniform(8.0, 15.0), self.rng.uniform(12.0, 18.0)
+        ev.start = time.monotonic()
+        control.kill(self.paths, WITNESS)
+        chaos_net.one_way(self.paths, s, p)
+        try:
+            time.sleep(hold)
+            self.frozen = _signal(pids_of(self.paths, s), signal.SIGSTOP)
+            self._start_witness()
+            time.sleep(freeze)
+        finally:
+            self.thaw()
+            chaos_net.heal(self.paths)
+        ev.detail.append(f"witness killed, {s} -> {p} dropped (one way) for {hold:.1f} s, then {s} frozen "
+                         f"{freeze:.1f} s while the witness started again; thawed, healed")
 
     def _slow_fence(self, ev: Event) -> None:
         """Both fence scripts delayed 3-8 s, then the peers cut from each other for 4-12 s."""
