@@ -15,12 +15,14 @@ from hamirror.cluster.view import ModuleView, SwapPhase
 
 
 TAKEOVER_GRACE = 1.0   # seconds a receiver gets to stop when this node becomes primary
+STOP_SECOND = RunScript("stop_second")
+STOP_PRIM = RunScript("stop_prim")
 
 
 def stops_service(action: Action) -> bool:
     """Part of a primary's safety prefix: what must be done before it may say it is no longer
     primary (writes refused, application stopped, VIP removed, data flushed, unmounted)."""
-    return isinstance(action, (RefuseWrites, KillApp, RemoveVip, Flush, Unmount)) or action == RunScript("stop_prim")
+    return isinstance(action, (RefuseWrites, KillApp, RemoveVip, Flush, Unmount)) or action == STOP_PRIM
 
 
 def state_after(current: NodeState, target: NodeState, actions: tuple[Action, ...], done: int) -> NodeState:
@@ -49,7 +51,7 @@ def move(target: NodeState, *actions: Action, warning: str | None = None,
 
 def _leave_receiving(view: ModuleView) -> tuple[Action, ...]:
     """Stop being a secondary/receiver before the application starts here."""
-    script = (RunScript("stop_second"),) if view.state is NodeState.SECOND else ()
+    script = (STOP_SECOND,) if view.state is NodeState.SECOND else ()
     return script + (StopReceiver(grace=TAKEOVER_GRACE),)
 
 
@@ -57,7 +59,7 @@ def _stop_app(force: bool) -> tuple[Action, ...]:
     """Stop the application and release the VIP and the mount; ``force`` never waits."""
     if force:
         return (KillApp(), RemoveVip(), Unmount(force=True))
-    return (RunScript("stop_prim"), RemoveVip(), Flush(), Unmount())
+    return (STOP_PRIM, RemoveVip(), Flush(), Unmount())
 
 
 def fence_first(view: ModuleView) -> tuple[Action, ...]:
@@ -91,13 +93,13 @@ def hand_over(view: ModuleView, warning: str | None = None) -> Decision:
 def step_down(view: ModuleView, warning: str) -> Decision:
     """PRIM/ALONE -> WAIT without touching data (split brain, lost quorum, the peer took over).
     Writes are refused first: nothing is acknowledged from the moment the decision is made."""
-    return move(NodeState.WAIT, RefuseWrites(), RemoveVip(), RunScript("stop_prim"), Unmount(force=True),
+    return move(NodeState.WAIT, RefuseWrites(), RemoveVip(), STOP_PRIM, Unmount(force=True),
                 StartReceiver(), warning=warning)
 
 
 def leave_second(view: ModuleView, *actions: Action, warning: str | None = None) -> Decision:
     """SECOND -> WAIT: the application does not run, the receiver keeps listening."""
-    return move(NodeState.WAIT, RunScript("stop_second"), *actions, warning=warning)
+    return move(NodeState.WAIT, STOP_SECOND, *actions, warning=warning)
 
 
 def enter_second() -> Decision:
@@ -114,7 +116,7 @@ def stop(view: ModuleView, force: bool) -> Decision:
     """Any state -> STOP. ``force`` (forcestop) skips graceful scripts and never waits on the peer."""
     if view.state.is_primary:
         return move(NodeState.STOP, *_stop_app(force))
-    script = (RunScript("stop_second"),) if view.state is NodeState.SECOND and not force else ()
+    script = (STOP_SECOND,) if view.state is NodeState.SECOND and not force else ()
     return move(NodeState.STOP, *script, StopReceiver())
 
 
@@ -125,5 +127,5 @@ def undone_by_deciding_again(done: tuple[Action, ...], promoting: bool) -> bool:
     takeover's 1 s receiver grace is a window). Past its first commitment (a new generation, a
     fence, the mount, the VIP, the application) a sequence is finished: half a takeover is worse."""
     def undone(x: Action) -> bool:
-        return isinstance(x, Persist) or (promoting and (isinstance(x, StopReceiver) or x == RunScript("stop_second")))
+        return isinstance(x, Persist) or (promoting and (isinstance(x, StopReceiver) or x == STOP_SECOND))
     return all(map(undone, done))
