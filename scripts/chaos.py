@@ -22,7 +22,9 @@ heal, boot, dead agents started as systemd would) and the trial is judged:
      CHECK TABLE (MariaDB) clean;
   3. the pair converges to PRIM plus an up-to-date SECOND within --converge-timeout s, no operator;
   4. no sample (every 0.1 s, whole run) shows the VIP and the application's server on both nodes;
-  5. the two copies of the replicated directory are byte-identical (content, size, mode, tree).
+  5. the two copies of the replicated directory are byte-identical (content, size, mode, tree);
+  6. after each fault a write is acknowledged within RECOVERY_LIMIT (60) s: service comes back
+     with no operator.
 A trial that does not converge is a violation, and the lab is rebuilt for the next one. The
 campaign never runs an operator command except the swaps that are faults themselves. Exit 0 when
 every check held, 1 on any violation, 2 when the campaign itself could not run.
@@ -57,6 +59,7 @@ DEFAULT_ROOT = "/tmp/hamirror-chaos"
 ANY = chaos_faults.BASIC + chaos_more.POWER + chaos_more.NETWORK + chaos_more.PROCESS + chaos_double.DOUBLE
 ALL = (ANY + chaos_faults.PARTITIONS + chaos_more.NEEDS_WITNESS + chaos_double.QUORUM_DOUBLE + chaos_more.NEEDS_FENCE
        + chaos_etcd.ETCD)
+RECOVERY_LIMIT = 60.0   # seconds from a fault's end to the first acknowledged write (check 6)
 RECOVERY_KINDS = ("power-kill/primary", "power-loss/primary", "kill-mount", "freeze", "swap-cut", "swap-kill") + chaos_etcd.ETCD
 
 
@@ -205,7 +208,7 @@ class Campaign:
     def recovery(self, ev: Event) -> float | None:
         """Seconds from the fault to the first write acknowledged for a request sent after it."""
         try:
-            ack = self.writer.first_ack_after(ev.start, 60.0)
+            ack = self.writer.first_ack_after(ev.start, RECOVERY_LIMIT)
         except LabError:
             return None
         return ack.done - ev.start
@@ -228,6 +231,9 @@ class Campaign:
             self.events.append(ev)
             if not ev.skipped:
                 ev.recovery_s = self.recovery(ev)
+                if ev.recovery_s is None:
+                    rec["violations"].append(f"fault {i + 1} ({ev.kind} on {ev.node or '-'}): no write acknowledged "
+                                             f"within {RECOVERY_LIMIT:.0f} s after it")
             self.say(f"  {ev.kind} on {ev.node or '-'}: " + "; ".join(ev.detail)
                      + (f" SKIPPED ({ev.skipped})" if ev.skipped else "")
                      + (f" ERROR {ev.error}" if ev.error else "")
