@@ -118,6 +118,7 @@ class Injector:
         self.paths, self.rng, self.writer, self.say = paths, rng, writer, say
         self.app = app or chaos_apps.Demo()
         self.frozen: list[int] = []
+        self.stopped_at = 0.0                  # when the last freeze had stopped every process
         self.down: set[str] = set()
         self.agent_restarts = 0
 
@@ -143,8 +144,10 @@ class Injector:
         self.down.discard(node)
 
     def freeze(self, node: str, seconds: float) -> list[int]:
-        """SIGSTOP every process of node, SIGCONT them after seconds; the pids stopped."""
+        """SIGSTOP every process of node, SIGCONT them after seconds; the pids stopped.
+        ``stopped_at``: when the last was stopped (a request answered before that is no recovery)."""
         stopped = self.frozen = _signal(pids_of(self.paths, node), signal.SIGSTOP)
+        self.stopped_at = time.monotonic()
         try:
             time.sleep(seconds)
         finally:
@@ -265,8 +268,8 @@ class Injector:
         ev.node = self._primary(ev)
         if ev.node is not None:
             seconds = self.rng.uniform(3.0, 8.0)
-            ev.start = time.monotonic()
             pids = self.freeze(ev.node, seconds)
+            ev.start = self.stopped_at
             ev.detail.append(f"SIGSTOP {len(pids)} processes of {ev.node} for {seconds:.1f} s, then SIGCONT")
 
     def _kill_both(self, ev: Event) -> None:
