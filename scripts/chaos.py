@@ -205,13 +205,20 @@ class Campaign:
         plan = self.args.plan
         return plan[i % len(plan)] if plan else self.rng.choice(self.args.faults)
 
-    def recovery(self, ev: Event) -> float | None:
-        """Seconds from the fault to the first write acknowledged for a request sent after it."""
+    def recovery(self, ev: Event) -> None:
+        """``ev.recovery_s``: seconds from the fault to the first write acknowledged for a request
+        sent after it. ``ev.interruption_s``: the longest time without an acknowledgement from the
+        last one before the fault to the first for a request sent after its injection returned (a
+        swap's outage comes after writes it did not stop yet). Either left None when no such write
+        is acknowledged within RECOVERY_LIMIT s."""
         try:
             ack = self.writer.first_ack_after(ev.start, RECOVERY_LIMIT)
+            ev.recovery_s = ack.done - ev.start
+            if ack.sent < ev.end:
+                ack = self.writer.first_ack_after(ev.end, RECOVERY_LIMIT)
         except LabError:
-            return None
-        return ack.done - ev.start
+            return
+        ev.interruption_s = self.writer.largest_gap(ev.start, ack.done)
 
     def trial(self, n: int) -> None:
         t0 = time.monotonic()
@@ -230,14 +237,15 @@ class Campaign:
             self.injector.inject(ev)
             self.events.append(ev)
             if not ev.skipped:
-                ev.recovery_s = self.recovery(ev)
-                if ev.recovery_s is None:
+                self.recovery(ev)
+                if ev.interruption_s is None:
                     rec["violations"].append(f"fault {i + 1} ({ev.kind} on {ev.node or '-'}): no write acknowledged "
                                              f"within {RECOVERY_LIMIT:.0f} s after it")
             self.say(f"  {ev.kind} on {ev.node or '-'}: " + "; ".join(ev.detail)
                      + (f" SKIPPED ({ev.skipped})" if ev.skipped else "")
                      + (f" ERROR {ev.error}" if ev.error else "")
-                     + ("" if ev.skipped else f"; first ack after {chaos_report._fmt(ev.recovery_s)} s"))
+                     + ("" if ev.skipped else f"; first ack after {chaos_report._fmt(ev.recovery_s)} s, "
+                                              f"longest without one {chaos_report._fmt(ev.interruption_s)} s"))
             time.sleep(self.rng.uniform(0.5, 3.0))
         rec["restored"] = self.injector.restore()
         self.say(f"trial {n}: faults done; {', '.join(rec['restored']) or 'nothing to undo'}; waiting for convergence")

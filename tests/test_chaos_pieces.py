@@ -3,15 +3,19 @@ sampler (root: real namespaces, a real VIP on both nodes, real processes named l
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import pytest
 
-from hamirror.lab import chaos_apps, chaos_more, chaos_watch, compare, process
+from hamirror.lab import chaos_apps, chaos_more, chaos_report, chaos_watch, compare, kvclient, process
+from hamirror.lab.chaos_faults import Event
 from hamirror.lab.naming import NODES, VIP
 from hamirror.lab.testing import temporary_lab, unavailable
 from tests.conftest import REPO
@@ -148,3 +152,40 @@ def test_a_thawed_freeze_leaves_no_process_stopped_even_a_runuser_that_mirrors_i
             proc.kill()
         parent.kill()
         parent.wait()
+
+
+class _Acks(kvclient.Writer):
+    """The writer's bookkeeping over planted acknowledgements (sent, done), with no process."""
+
+    def __init__(self, acks: list[tuple[float, float]]) -> None:
+        self.acks = [kvclient.Ack(f"k{i}", sent, done) for i, (sent, done) in enumerate(acks)]
+        self.failures = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.proc = types.SimpleNamespace(poll=lambda: None)
+
+
+def _campaign_module():
+    spec = importlib.util.spec_from_file_location("chaos_script", os.path.join(REPO, "scripts", "chaos.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_swap_that_answers_before_it_stops_is_timed_by_its_outage_and_no_service_after_it_is_a_miss(monkeypatch):
+    chaos = _campaign_module()
+    monkeypatch.setattr(chaos, "RECOVERY_LIMIT", 0.05)
+    campaign = object.__new__(chaos.Campaign)
+    # Answered 0.02 s after the swap began, then nothing for 3 s while it stopped and started the
+    # server; the first request sent after the swap returned (at 15) is answered at 15.3.
+    campaign.writer = _Acks([(9.0, 9.5), (10.0, 10.02), (10.1, 13.0), (15.1, 15.3)])
+    swap = Event(1, 1, "swap", start=10.0, end=15.0)
+    campaign.recovery(swap)
+    assert round(swap.recovery_s, 3) == 0.02
+    assert round(swap.interruption_s, 3) == 2.98
+    campaign.writer = _Acks([(9.0, 9.5), (10.0, 10.02)])        # nothing answered after it returned
+    dead = Event(1, 2, "swap", start=10.0, end=15.0)
+    campaign.recovery(dead)
+    assert (round(dead.recovery_s, 3), dead.interruption_s) == (0.02, None)
+    row = chaos_report.per_fault([swap, dead], [], [])["swap"]
+    assert (row["count"], row["not_recovered"], row["interruption_max_s"], row["recovery_max_s"]) == (2, 1, 2.98, 0.02)

@@ -35,7 +35,8 @@ BALLAST_MIB = 128    # written on a lone primary so that the failback resync has
 
 @dataclass
 class Event:
-    """One injected fault; ``start`` is when the fault hit (monotonic), ``recovery_s`` filled by the campaign."""
+    """One injected fault; ``start`` is when the fault hit, ``end`` when its injection returned
+    (monotonic); ``recovery_s`` and ``interruption_s`` filled by the campaign."""
 
     trial: int
     index: int
@@ -47,6 +48,7 @@ class Event:
     skipped: str | None = None
     error: str | None = None
     recovery_s: float | None = None
+    interruption_s: float | None = None   # the longest time without an acknowledgement around it
     role: str | None = None    # of the node hit, when the fault picks either node: primary or secondary
 
     @property

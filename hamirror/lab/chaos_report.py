@@ -27,12 +27,14 @@ def culprit(events: list[Event], t: float) -> str:
 
 
 def per_fault(events: list[Event], lost_at: list[float], samples: list[Sample]) -> dict[str, dict]:
-    """{fault: count, skipped, errors, recovery median/max, not recovered, lost, dual, dual_frozen, operator}."""
+    """{fault: count, skipped, errors, recovery and interruption median/max, not recovered, lost,
+    dual, dual_frozen, operator}."""
     out: dict[str, dict] = {}
 
     def row(name: str) -> dict:
-        return out.setdefault(name, {"count": 0, "skipped": 0, "errors": 0, "recovery_s": [], "not_recovered": 0,
-                                     "lost": 0, "dual": 0, "dual_frozen": 0, "operator_actions": 0})
+        return out.setdefault(name, {"count": 0, "skipped": 0, "errors": 0, "recovery": [], "interruption": [],
+                                     "not_recovered": 0, "lost": 0, "dual": 0, "dual_frozen": 0,
+                                     "operator_actions": 0})
     for e in events:
         r = row(e.kind)
         if e.skipped:
@@ -40,18 +42,18 @@ def per_fault(events: list[Event], lost_at: list[float], samples: list[Sample]) 
             continue
         r["count"] += 1
         r["errors"] += e.error is not None
-        if e.recovery_s is None:
-            r["not_recovered"] += 1
-        else:
-            r["recovery_s"].append(e.recovery_s)
+        r["not_recovered"] += e.interruption_s is None
+        r["recovery"] += [] if e.recovery_s is None else [e.recovery_s]
+        r["interruption"] += [] if e.interruption_s is None else [e.interruption_s]
     for t in lost_at:
         row(culprit(events, t))["lost"] += 1
     for s in samples:
         row(culprit(events, s.t))["dual" if s.dual else "dual_frozen"] += 1
     for r in out.values():
-        times = r.pop("recovery_s")
-        r["recovery_median_s"] = round(statistics.median(times), 3) if times else None
-        r["recovery_max_s"] = round(max(times), 3) if times else None
+        for name in ("recovery", "interruption"):
+            times = r.pop(name)
+            r[f"{name}_median_s"] = round(statistics.median(times), 3) if times else None
+            r[f"{name}_max_s"] = round(max(times), 3) if times else None
     return out
 
 
@@ -61,7 +63,8 @@ def event_dict(e: Event, origin: float) -> dict:
     d["kind"] = e.kind
     d["start"] = round(e.start - origin, 3) if e.start else None
     d["end"] = round(e.end - origin, 3) if e.end else None
-    d["recovery_s"] = None if e.recovery_s is None else round(e.recovery_s, 3)
+    for name in ("recovery_s", "interruption_s"):
+        d[name] = None if d[name] is None else round(d[name], 3)
     return d
 
 
@@ -71,16 +74,18 @@ def _fmt(v: float | None) -> str:
 
 def table(stats: dict[str, dict]) -> str:
     """The summary table, one line per fault type and a total line."""
-    head = ("fault", "n", "skip", "err", "recov med s", "recov max s", "no recov", "lost", "dual", "dual(frozen)", "oper")
+    head = ("fault", "n", "skip", "err", "recov med s", "recov max s", "gap med s", "gap max s", "no recov", "lost",
+            "dual", "dual(frozen)", "oper")
     rows = [head]
     for name in sorted(stats):
         r = stats[name]
         rows.append((name, str(r["count"]), str(r["skipped"]), str(r["errors"]), _fmt(r["recovery_median_s"]),
-                     _fmt(r["recovery_max_s"]), str(r["not_recovered"]), str(r["lost"]), str(r["dual"]),
-                     str(r["dual_frozen"]), str(r["operator_actions"])))
+                     _fmt(r["recovery_max_s"]), _fmt(r["interruption_median_s"]), _fmt(r["interruption_max_s"]),
+                     str(r["not_recovered"]), str(r["lost"]), str(r["dual"]), str(r["dual_frozen"]),
+                     str(r["operator_actions"])))
     total = {k: sum(r[k] for r in stats.values()) for k in ("count", "skipped", "errors", "not_recovered", "lost",
                                                             "dual", "dual_frozen", "operator_actions")}
-    rows.append(("TOTAL", str(total["count"]), str(total["skipped"]), str(total["errors"]), "", "",
+    rows.append(("TOTAL", str(total["count"]), str(total["skipped"]), str(total["errors"]), "", "", "", "",
                  str(total["not_recovered"]), str(total["lost"]), str(total["dual"]), str(total["dual_frozen"]),
                  str(total["operator_actions"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
