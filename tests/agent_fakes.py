@@ -39,6 +39,11 @@ class FakeDataPath:
         """Bookkeeping (the tenure's token), kept out of ``calls``."""
         self.token = token if token is not None else getattr(self, "token", None)
 
+    def wait_for_tenure(self) -> bool:
+        """Bookkeeping (waited before a mount that joins its peer), kept out of ``calls``."""
+        self.tenure_waits = getattr(self, "tenure_waits", 0) + 1
+        return True
+
     def start_receivers(self, wait: bool = True) -> None:
         self._call("start_receivers")
         self.receiving = True

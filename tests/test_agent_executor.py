@@ -39,7 +39,9 @@ def test_takeover_sequence_maps_to_the_data_path_contract():
 def test_mirroring_switches_use_the_mount_control():
     ex, dp, *_ = make()
     ex.run(a.MountReplicated(peer_connected=True), S.PRIM)
-    assert dp.calls == [("mount", False)]
+    assert dp.calls == [("mount", False)] and dp.tenure_waits == 1   # joining its peer: its tenure first
+    ex.run(a.MountReplicated(peer_connected=False), S.ALONE)
+    assert dp.tenure_waits == 1                                       # alone: no session to refuse
     ex.run(a.SetMirroring(False), S.ALONE)
     assert dp.mounts[0]["state"] == "ALONE"
     with pytest.raises(ActionFailed, match="mirroring not active"):

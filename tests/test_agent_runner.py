@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 
 from hamirror.agent.checks import CheckerState
 from hamirror.agent.executor import Executor
 from hamirror.agent.http import health
 from hamirror.agent.module_runner import ModuleRunner
 from hamirror.agent.persist import ModuleRecord, Store
+from hamirror.agent.runtime import Agent
 from hamirror.agent.status import module_status
 from hamirror.cluster.states import NodeState
 from hamirror.cluster.view import Command, PeerView, SwapPhase
@@ -569,3 +571,31 @@ def test_a_command_submitted_while_an_automatic_sequence_runs_is_answered_by_its
 
     asyncio.run(scenario())
 
+
+
+def test_a_promotion_claims_the_quorum_lease_from_its_first_action(tmp_path):
+    """Campaigns 4306-4307 (etcd): the agent claimed the lease only once a module's state was
+    primary, which a promotion sets when its last action ends; a swap's hand-over mounted before
+    it held a tenure, with a fencing token the old primary's receiver refused, and waited 5 s for
+    the retry. The claim follows what the heartbeats say (primary from the first action)."""
+    runner, dp, *_ = make(tmp_path, S.SECOND, primary=False, journal=FakeJournal(("g1",), uptodate=True))
+    dp.receiving = True
+    agent = types.SimpleNamespace(runners={"demo": runner})
+    seen = []
+    run = runner.executor.run
+
+    def spying(action, target):
+        seen.append((runner.state, Agent._any_primary(agent)))
+        return run(action, target)
+
+    runner.executor.run = spying
+
+    async def scenario():
+        await runner.attach()
+        assert not Agent._any_primary(agent)                          # SECOND: no claim
+        await step(runner, PeerView(alive=False))
+        assert runner.state is S.ALONE and Agent._any_primary(agent)
+
+    asyncio.run(scenario())
+    assert seen and {state for state, _ in seen} == {S.SECOND}       # the state moves at the end ...
+    assert all(claims for _, claims in seen)                          # ... the claim from the start

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
+from hamirror.agent.datapath import DataPath
+from hamirror.config import load_cluster, load_modules
 from hamirror.link import fencing, protocol
 from hamirror.link.protocol import HELLO_RESYNC, HELLO_TOKEN, VERSION, Op
+from tests.configfiles import write_cluster, write_module
 from tests.conftest import HAMIRROR, needs_root
 from tests.mirror_fixtures import MirrorPair, diff_snapshots, tree_snapshot, wait_for
 
@@ -103,3 +108,37 @@ def test_a_holder_whose_lease_was_taken_over_writes_nothing_to_the_peer(tmp_path
         assert diff_snapshots(tree_snapshot(pair.primary), tree_snapshot(pair.secondary)) == []
     finally:
         pair.stop()
+
+
+def test_a_mount_joining_its_peer_waits_for_this_nodes_tenure(tmp_path):
+    """Campaigns 4306-4307 (etcd): a swap's hand-over mounted before its node held the lease, sent
+    the token of an earlier tenure, was refused as stale by the old primary's receiver, and the
+    swap waited 5 s for the retry. With etcd, a mount that joins its peer now waits for a tick that
+    finds this node holding a tenure (and records its token first)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cluster = load_cluster(write_cluster(tmp_path))                  # its state under tmp_path
+    write_module(tmp_path, replace={"/srv/app": str(data)})
+    datapath = DataPath(load_modules(cluster)[0], cluster)
+    state = datapath.dir_states[0]
+    assert state.startswith(str(tmp_path))
+    os.makedirs(state)
+    assert datapath.wait_for_tenure(timeout=0.0)                     # no etcd: at once
+    datapath.numbered = True                                         # as with [quorum] etcd
+    datapath.record_fencing_token(4)                                 # an earlier tenure ...
+    datapath.record_fencing_token(None)                              # ... lapsed (SECOND since)
+    started = time.monotonic()
+    assert datapath.wait_for_tenure(timeout=0.2) is False            # no tick holds one
+    assert time.monotonic() - started >= 0.2
+    ticks = [threading.Timer(0.1, datapath.record_fencing_token, (None,)),
+             threading.Timer(0.3, datapath.record_fencing_token, (10,))]
+    for tick in ticks:
+        tick.start()
+    started = time.monotonic()
+    try:
+        assert datapath.wait_for_tenure(timeout=5.0)
+    finally:
+        for tick in ticks:
+            tick.join()
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert fencing.read(os.path.join(state, fencing.TOKEN_FILE)) == 10     # recorded before the mount

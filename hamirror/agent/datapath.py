@@ -53,6 +53,7 @@ RECEIVER_READY = 10.0        # seconds a new receiver may take to listen (its st
 MOUNT_ANSWER = 2.0           # seconds one status request to a mount daemon may take
 MOUNT_HUNG_AFTER = 5.0       # a mounted daemon that answered nothing for this long is hung: SIGKILL
 WATCHDOG_INTERVAL = 1.0
+TENURE_WAIT = 3.0            # seconds a mount joining its peer waits for this node's tenure (etcd)
 
 
 _SPAWNER: spawn.Spawner | None = None    # one per agent, for every module (hamirror/agent/spawn.py)
@@ -124,6 +125,8 @@ class DataPath:
         self._silent_since: dict[int, float] = {}     # index -> when a mount first failed to answer
         self._watchdog: threading.Thread | None = None
         self._token: int | None = None          # the fencing token last recorded (record_fencing_token)
+        self.holding = False                    # the last tick found this node holding a tenure
+        self.numbered = cluster.quorum.etcd is not None   # a quorum service that numbers tenures
         if cluster.quorum.etcd is None:
             # No quorum service that numbers tenures (any more): a token left by an earlier
             # configuration would fence a holder that has none.
@@ -134,13 +137,32 @@ class DataPath:
         """This node's tenure token where its mounts send it from, and its receivers' floor raised
         to it (link/fencing.py); durable before the tick that acts on the tenure. Only on a change:
         a lapsed tenure (None) leaves the old token, which a newer holder's floor refuses."""
-        if token is None or token == self._token:
-            return
+        if token is not None and token != self._token:
+            self._record(token)
+        self.holding = token is not None   # after the token: a waiting mount reads it next
+
+    def _record(self, token: int) -> None:
         for state in self.dir_states:
             fencing.write(os.path.join(state, fencing.TOKEN_FILE), token)
             fencing.raise_floor(state, token)
         log.info("%s: fencing token %d recorded for the data path", self.module, token)
         self._token = token
+
+    def wait_for_tenure(self, timeout: float = TENURE_WAIT) -> bool:
+        """Before a mount that joins its peer, with etcd: wait (at most ``timeout``) until a tick
+        found this node holding a tenure and recorded its token. A swap's hand-over promotes this
+        node milliseconds after the old primary released the lease; a mount started before the
+        claim went through sent this node's token of an earlier tenure, the old primary's
+        receiver refused it as stale, and the swap waited 5 s for the retry (campaigns 4306-4307).
+        Whether it holds one; without etcd, at once. Timed out, the mount goes as before."""
+        deadline = time.monotonic() + timeout
+        while self.numbered and not self.holding:
+            if time.monotonic() >= deadline:
+                log.warning("%s: no tenure of the quorum lease within %.1f s: mounting without waiting more",
+                            self.module, timeout)
+                return False
+            time.sleep(0.02)
+        return True
 
     # ----------------------------------------------------------------- stopped module
 

@@ -141,6 +141,8 @@ class Executor:
         self.datapath.stop_receivers(action.grace)
 
     def _MountReplicated(self, action: a.MountReplicated, target: NodeState) -> None:
+        if action.peer_connected:
+            self.datapath.wait_for_tenure()   # else the peer's receiver may refuse an earlier tenure
         self.datapath.mount(alone=not action.peer_connected)
 
     def _SetMirroring(self, action: a.SetMirroring, target: NodeState) -> None:

@@ -584,17 +584,20 @@ class ModuleRunner:
             return False
         return self.retry is None or not any(map(a.touches_service, self.retry.actions))
 
+    def said_state(self) -> NodeState:
+        """The state this node says it is in (heartbeats, the quorum claim). A promotion under way
+        says primary from its first action (the VIP may be up before start_prim ends): a woken old
+        primary that still believed us SECOND put its VIP back beside ours for seconds (campaign
+        1801). Leaving a primary role waits for its safety prefix instead (steps.state_after)."""
+        if self.transition is not None and self.transition[0].is_primary and not self.state.is_primary:
+            return self.transition[0]
+        return self.state
+
     def advertised(self) -> ModuleInfo:
         """This module's heartbeat entry."""
         obs = self.obs
         history = obs.history if obs else GenerationHistory()
-        state = self.state
-        if self.transition is not None and self.transition[0].is_primary and not state.is_primary:
-            # A promotion under way says primary from its first action (the VIP may be up before
-            # start_prim ends): a woken old primary that still believed us SECOND put its VIP back
-            # beside ours for seconds (campaign 1801). Leaving a primary role waits for its safety
-            # prefix instead (steps.state_after).
-            state = self.transition[0]
+        state = self.said_state()
         return ModuleInfo(state=state, uptodate=bool(obs and obs.uptodate),
                           generation=journal_info.to_wire(history), swap=self.swap,
                           fenced=bool(obs and state.is_primary and obs.fenced),   # watched mid-sequence (beside)

@@ -168,7 +168,10 @@ class Agent:
         return self._any_primary() or (not self._claim_alive and self.listening.listened() and self._any_started())
 
     def _any_primary(self) -> bool:
-        return any(r.state.is_primary for r in self.runners.values())
+        """A module primary here, or promoting (as the heartbeats say): a swap's hand-over claims
+        the lease from its first action, so its mount can carry the new tenure's fencing token
+        (:meth:`DataPath.wait_for_tenure`) instead of an earlier one the peer refuses."""
+        return any(r.said_state().is_primary for r in self.runners.values())
 
     def _any_started(self) -> bool:
         return any(r.state is not NodeState.STOP for r in self.runners.values())
