@@ -127,7 +127,7 @@ class DataPath:
         self._token: int | None = None          # the fencing token last recorded (record_fencing_token)
         self.holding = False                    # the last tick found this node holding a tenure
         self.numbered = cluster.quorum.etcd is not None   # a quorum service that numbers tenures
-        if cluster.quorum.etcd is None:
+        if not self.numbered:
             # No quorum service that numbers tenures (any more): a token left by an earlier
             # configuration would fence a holder that has none.
             for state in self.dir_states:
