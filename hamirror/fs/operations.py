@@ -31,11 +31,12 @@ from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, fallocate, renameat2, utimensat
+from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, allocate_ahead, fallocate, renameat2, utimensat
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap (and the
-# native loop starts their local writeback after the reply: HM_EARLY_WRITEBACK_MIN); below it the
-# saving is smaller than the cost of a second message.
+# native loop starts their local writeback after the reply: HM_EARLY_WRITEBACK_MIN, and their blocks
+# are allocated before the pwrite: syscalls.allocate_ahead); below it the saving is smaller than the
+# cost of a second message.
 OVERLAP_MIN = 256 * 1024
 # Flags we never pass to our own open(): the kernel already applied O_APPEND's offset, and
 # O_DIRECT would demand aligned buffers from Python.
@@ -228,6 +229,7 @@ class Interception:
             # than they saved (docs/performance.md, "Sync mode's large writes in one message").
             stamp = stamps.before(fh, bp, self._writeback)
             tx.send(Op.WRITE, (offset,), (bp,), stamp, data=data)
+            allocate_ahead(fh, offset, len(data))   # cheaper for ext4 than block by block
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:

@@ -20,7 +20,7 @@ from typing import AnyStr
 
 from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
-from hamirror.syscalls import RENAME_EXCHANGE, fallocate, renameat2, start_writeback
+from hamirror.syscalls import RENAME_EXCHANGE, allocate_ahead, fallocate, renameat2, start_writeback
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -290,6 +290,8 @@ class Applier:
     def _write(self, msg: Message) -> None:
         data = msg.data
         fd = self._writable(msg.strs[0])
+        if len(data) >= EARLY_WRITEBACK_MIN:
+            allocate_ahead(fd, msg.ints[0], len(data))   # as the mount's copy (syscalls.allocate_ahead)
         written = os.pwrite(fd, data, msg.ints[0])
         if written != len(data):
             raise OSError(errno.EIO, f"short write on the secondary ({written} of {len(data)} bytes)")
