@@ -406,3 +406,20 @@ def test_freed_memory_is_held_only_for_the_run_and_the_settings_go_back(tmp_path
     assert (tmp_path / "min_free_ms").read_text() == "0"       # the one written is given back
     import trees
     assert mirror.parse_args([]).free_pages == trees.parse_args(["old", "new"]).free_pages == "hold"
+
+
+def test_a_plain_directory_slower_than_interception_gets_a_caveat_beside_the_ceiling():
+    """The ceiling is half of the plain directory (the issue's); when the interception mount wrote
+    faster than that directory, the report says so and gives the replicated columns against half of
+    the interception column too, without changing a verdict."""
+    raw = {"a": {"seq_write_fsync": [1400.0, 1500.0]}, "b": {"seq_write_fsync": [2000.0, 2000.0]},
+           "e": {"seq_write_fsync": [850.0, 850.0]}}
+    summary = mirror_report.summarize(PARAMS, raw, [], mirror.CONFIGS)
+    last = mirror_report.render(summary).splitlines()[-1]
+    assert last == ("caveat: the plain directory wrote 1 GiB + fsync slower than the interception mount "
+                    "(b/a 1.38): the two-copy ceiling (a / 2) understates what two copies reach here; "
+                    "against half of the interception column: e/(b/2) 0.85")
+    verdicts = {v["target"]: v["result"] for v in summary["done_when"]}
+    assert verdicts["1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling (e/k)"] == "PASS"   # 850 / 725
+    raw["b"]["seq_write_fsync"] = [1300.0, 1300.0]
+    assert "caveat" not in mirror_report.render(mirror_report.summarize(PARAMS, raw, [], mirror.CONFIGS))

@@ -100,6 +100,9 @@ def render(summary: dict) -> str:
     if "done_when" in summary:
         lines += ["", f"issue 16, Done when: {t.size_check(par)}"]
         lines.extend(_verdict_lines(summary["done_when"]))
+    caveat = t.ceiling_caveat(med)
+    if caveat:
+        lines.append(f"caveat: {caveat}")
     return "\n".join(lines)
 
 
