@@ -30,6 +30,21 @@ static int is_conflict_dir(fuse_ino_t parent, const char *name)
     return parent == FUSE_ROOT_ID && strcmp(name, HM_CONFLICT_DIR) == 0;
 }
 
+static void floor_time(struct timespec *t, long granularity)
+{
+    t->tv_nsec -= t->tv_nsec % granularity;
+}
+
+void hm_kernel_times(const struct hm_engine *e, struct stat *st)
+{
+    long granularity = (long)e->time_granularity_ns;
+    if (granularity <= 1 || granularity > 1000000000L || !S_ISREG(st->st_mode))
+        return;
+    floor_time(&st->st_atim, granularity);
+    floor_time(&st->st_mtim, granularity);
+    floor_time(&st->st_ctim, granularity);
+}
+
 void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const char *path)
 {
     struct hm_engine *e = hm_engine_of(req);
@@ -55,6 +70,7 @@ void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const cha
         fuse_reply_err(req, -r);
         return;
     }
+    hm_kernel_times(e, &entry.attr);
     entry.ino = hm_table_learn(&e->table, parent, name, &entry.attr);
     if (entry.ino == 0) {
         fuse_reply_err(req, ENOMEM);
@@ -108,10 +124,12 @@ static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         if (r == 0)
             r = lstat_rel(e, path, &st);
     }
-    if (r != 0)
+    if (r != 0) {
         fuse_reply_err(req, -r);
-    else
-        fuse_reply_attr(req, &st, HM_TIMEOUT);
+        return;
+    }
+    hm_kernel_times(e, &st);
+    fuse_reply_attr(req, &st, HM_TIMEOUT);
 }
 
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino)

@@ -87,6 +87,12 @@ static inline const char *hm_rel(const char *path)
 /* Reply an entry for ``path`` just made or looked up in ``parent``/``name``: fstatat, learn,
  * reply (or undo the reference when the kernel did not take the reply). */
 void hm_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const char *path);
+/* A regular file's times as the kernel is answered with them: floored to time_granularity_ns when
+ * the mount has one (barrier mode). Why: the kernel takes the times it is given as they are, and
+ * stamps the next write with the current time truncated to its granularity, which within the
+ * same 10 ms is earlier than a time it was given to the ns: the mtime would go back
+ * (hamirror/fs/stamps.py, granular_times, gives a new file's copies the same floor). */
+void hm_kernel_times(const struct hm_engine *e, struct stat *st);
 
 /* A name of the file (dev, ino) anywhere below the root, "/a/b" into buf (HM_PATH bytes): 0 or
  * -ENOENT. A whole-tree walk, for the rare file whose every known name went while it has others. */

@@ -276,6 +276,7 @@ void hm_py_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
         fuse_reply_err(req, err);
         return;
     }
+    hm_kernel_times(e, &entry.attr);
     entry.attr_timeout = entry.entry_timeout = HM_TIMEOUT;
     write_only_direct(e, fi);
     if (fuse_reply_create(req, &entry, fi) != 0) {

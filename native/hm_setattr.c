@@ -83,6 +83,7 @@ static int deferred(fuse_req_t req, fuse_ino_t ino, const struct stat *attr, con
         return 0;
     hm_table_defer_mtime(&e->table, ino, &attr->st_mtim);
     st.st_mtim = attr->st_mtim;
+    hm_kernel_times(e, &st);
     fuse_reply_attr(req, &st, HM_TIMEOUT);
     return 1;
 }
@@ -170,7 +171,9 @@ void hm_py_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set
     if (fi != NULL ? fstat((int)fi->fh, &st) != 0
                    : fstatat(e->root_fd, hm_rel(path), &st, AT_SYMLINK_NOFOLLOW) != 0)
         fuse_reply_err(req, errno);
-    else
+    else {
+        hm_kernel_times(e, &st);
         fuse_reply_attr(req, &st, HM_TIMEOUT);
+    }
 }
 

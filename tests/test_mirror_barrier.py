@@ -155,7 +155,7 @@ def test_truncate_by_path_shows_the_stored_mtime(mirror_factory):
 
 
 def test_writes_within_10_ms_leave_the_mtime_the_mount_shows_on_both_copies(mirror_factory):
-    """Barrier mode keeps times to 10 ms (mount.py, BARRIER_TIME_GRANULARITY_NS), and the kernel
+    """Barrier mode keeps times to 10 ms (stamps.py, BARRIER_TIME_GRANULARITY_NS), and the kernel
     sends none for a write within 10 ms of the last it sent: such a write must not stamp the
     stored copies with its own time, or they stay ahead of the mount until the kernel forgets the
     inode. Small and large writes (which carry their times in the WRITE), through two handles."""
@@ -171,4 +171,32 @@ def test_writes_within_10_ms_leave_the_mtime_the_mount_shows_on_both_copies(mirr
             shown, stored = os.stat(path).st_mtime_ns, os.stat(f"{pair.secondary}/a").st_mtime_ns
             if shown != stored:
                 differ.append((size, shown, stored))
+    assert differ == []
+
+
+def test_a_new_files_first_write_never_moves_its_mtime_back(mirror_factory):
+    """Barrier mode keeps times to 10 ms: the kernel stamps a write with the current time truncated
+    to 10 ms. A new file's times used to be answered to the ns, so its first write within the same
+    10 ms moved its mtime back by up to 10 ms (``make`` could see a target older than it was). The
+    times answered for a regular file are floored to 10 ms now (native/hm_fuse.c,
+    hm_kernel_times), and a new file's copies hold the same floor (stamps.granular_times)."""
+    pair = mirror_factory("monotonic", mode="barrier").start()
+    went_back, differ = [], []
+    for i in range(40):
+        fd = os.open(f"{pair.primary}/w{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        created = os.fstat(fd).st_mtime_ns
+        os.write(fd, b"x")
+        written = os.fstat(fd).st_mtime_ns
+        os.fsync(fd)
+        os.close(fd)
+        if written < created:
+            went_back.append((i, created - written))
+    for i in range(5):
+        os.close(os.open(f"{pair.primary}/c{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    for name in [f"w{i}" for i in range(40)] + [f"c{i}" for i in range(5)]:
+        shown = os.stat(f"{pair.primary}/{name}")
+        stored = os.stat(f"{pair.secondary}/{name}")
+        if (shown.st_mtime_ns, shown.st_atime_ns) != (stored.st_mtime_ns, stored.st_atime_ns):
+            differ.append((name, shown.st_mtime_ns, stored.st_mtime_ns))
+    assert went_back == []
     assert differ == []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hamirror.fs import lowlevel
+from hamirror.fs.stamps import BARRIER_TIME_GRANULARITY_NS
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
 from hamirror.fs.operations import Interception
@@ -39,13 +40,6 @@ MODES = ("sync", "barrier", "async")
 # the work is CPU-bound and more Python threads only contend for the GIL (docs/performance.md).
 MAX_BACKGROUND = 12
 MAX_THREADS = 10
-# Barrier mode: file times kept to 10 ms (as exFAT), not 1 ns. With the writeback cache the kernel
-# keeps the times and sends them (a SETATTR, a round trip) at every fsync that follows a change of
-# them; at 1 ns nearly every database commit changed them (0.68 SETATTR per pgbench transaction),
-# at 10 ms a file's times change at most 100 times a second (0.07): pgbench 1.03-1.08x
-# (docs/performance.md, "Barrier mode's file times to 10 ms"). Times set explicitly (utimensat,
-# cp -a) are kept to 10 ms too, on both copies alike.
-BARRIER_TIME_GRANULARITY_NS = 10_000_000
 
 
 @dataclass(frozen=True)

@@ -162,11 +162,12 @@ class Interception:
             uid, gid, parent = self._owner(p)
             os.fchown(fd, uid, gid)
             st = os.fstat(fd)
+            atime, mtime = stamps.granular_times(fd, st) if self._writeback else (st.st_atime_ns, st.st_mtime_ns)
             # The times of both from the stats already taken (the parent changes no more under
             # the whole ordering lock): two lstat per create fewer.
             bp = os.fsencode(p)
             tx.send(Op.CREATE, (st.st_mode, st.st_uid, st.st_gid, 0), (bp,),
-                    ((bp, st.st_atime_ns, st.st_mtime_ns),
+                    ((bp, atime, mtime),
                      (os.fsencode(parent_of(p)), parent.st_atime_ns, parent.st_mtime_ns)))
         self._touched(fd)
         return fd
