@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hamirror.fs import lowlevel
-from hamirror.fs.stamps import BARRIER_TIME_GRANULARITY_NS
 from hamirror.fs.commands import MountCommands
 from hamirror.fs.control import ControlServer
 from hamirror.fs.operations import Interception
+from hamirror.fs.stamps import BARRIER_TIME_GRANULARITY_NS
 from hamirror.journal.journal import Journal
 from hamirror.link import fencing
 from hamirror.link.client import LinkClient, PeerLost

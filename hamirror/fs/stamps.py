@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 # Barrier mode: file times kept to 10 ms (as exFAT), not 1 ns (mount.py tells the kernel; the
 # native loop floors the times it answers with). With the writeback cache the kernel keeps the
-# times and sends them (a SETATTR, a round trip) at every fsync that follows a change of them; at 1 ns nearly every database commit changed them (0.68 SETATTR per pgbench transaction),
-# at 10 ms a file's times change at most 100 times a second (0.07): pgbench 1.03-1.08x
-# (docs/performance.md, "Barrier mode's file times to 10 ms"). Times set explicitly (utimensat,
-# cp -a) are kept to 10 ms too, on both copies alike.
+# times and sends them (a SETATTR, a round trip) at every fsync that follows a change of them; at
+# 1 ns nearly every database commit changed them (0.68 SETATTR per pgbench transaction), at 10 ms a
+# file's times change at most 100 times a second (0.07): pgbench 1.03-1.08x (docs/performance.md,
+# "Barrier mode's file times to 10 ms"). Times set explicitly (utimensat, cp -a) are kept to 10 ms
+# too, on both copies alike.
 BARRIER_TIME_GRANULARITY_NS = 10_000_000
 
 
