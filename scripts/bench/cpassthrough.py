@@ -48,8 +48,10 @@ def build(directory: str) -> str:
 class Passthrough:
     """passthrough_ll serving ``BASE/source`` at ``BASE/primary``, in the foreground, until stop()."""
 
-    def __init__(self, base: str, writeback: bool) -> None:
-        self.base, self.writeback = base, writeback
+    def __init__(self, base: str, writeback: bool, binary: str | None = None, extra: str = "") -> None:
+        """``binary``: another build of the example (default: this file's, compiled at start);
+        ``extra``: more -o options (``,io_uring`` for libfuse >= 3.18)."""
+        self.base, self.writeback, self.binary, self.extra = base, writeback, binary, extra
         self.source = os.path.join(base, "source")
         self.directory = os.path.join(base, "primary")
         self.log = os.path.join(base, "passthrough.log")
@@ -58,12 +60,13 @@ class Passthrough:
     def options(self) -> str:
         """The -o list: hamirror's mount options (lowlevel.serve_native) and its 1 s timeouts."""
         cache = "writeback" if self.writeback else "no_writeback"
-        return f"source={self.source},timeout=1,{cache},allow_other,default_permissions,fsname=passthrough_ll"
+        return (f"source={self.source},timeout=1,{cache},allow_other,default_permissions,fsname=passthrough_ll"
+                + self.extra)
 
     def start(self, timeout: float = 20) -> None:
         os.makedirs(self.source, exist_ok=True)
         os.makedirs(self.directory, exist_ok=True)
-        binary = build(self.base)
+        binary = self.binary or build(self.base)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([binary, "-f", "-o", self.options(), self.directory],
                                          stdout=out, stderr=subprocess.STDOUT)
