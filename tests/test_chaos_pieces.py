@@ -189,3 +189,43 @@ def test_a_swap_that_answers_before_it_stops_is_timed_by_its_outage_and_no_servi
     assert (round(dead.recovery_s, 3), dead.interruption_s) == (0.02, None)
     row = chaos_report.per_fault([swap, dead], [], [])["swap"]
     assert (row["count"], row["not_recovered"], row["interruption_max_s"], row["recovery_max_s"]) == (2, 1, 2.98, 0.02)
+
+
+SEND_AND_COUNT_DROPS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dropped = 0
+for _ in range(2000):
+    try:
+        s.sendto(b"x", (sys.argv[1], 9))
+    except PermissionError:      # the output chain's drop, seen by the sender
+        dropped += 1
+print(dropped)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+@pytest.mark.timeout(120)
+def test_a_lossy_link_drops_about_its_share_each_way_and_heals_to_none(tmp_path):
+    """The ``lossy`` fault's rules on a real lab: about ``percent`` % of each node's packets to the
+    other are dropped, and none once healed."""
+    from hamirror.lab import chaos_net
+    from hamirror.lab.naming import ADDRESSES
+
+    def dropped(lab, sender: str, receiver: str) -> int:
+        out = subprocess.run(["nsenter", f"--net={lab.paths.netns_file(sender)}", "--", sys.executable, "-c",
+                              SEND_AND_COUNT_DROPS, ADDRESSES[receiver]],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out)
+
+    with temporary_lab(str(tmp_path / "lab")) as lab:
+        chaos_net.lossy(lab.paths, 30)
+        try:
+            for sender, receiver in (NODES, tuple(reversed(NODES))):
+                assert 440 <= dropped(lab, sender, receiver) <= 760      # 30 % of 2,000, +-8 points
+        finally:
+            assert chaos_net.heal(lab.paths)
+        assert [dropped(lab, s, r) for s, r in (NODES, tuple(reversed(NODES)))] == [0, 0]
+    with pytest.raises(ValueError, match="lossy: percent must be between 1 and 99, not 100"):
+        chaos_net.lossy(lab.paths, 100)

@@ -1,5 +1,5 @@
 """The faults issue 15's review found missing from the campaign (``scripts/chaos.py``), on top of
-:mod:`chaos_faults`: one-way and heartbeat-only losses, a hung (SIGSTOP) mount daemon, a failed
+:mod:`chaos_faults`: one-way and heartbeat-only losses, a lossy link, a hung (SIGSTOP) mount daemon, a failed
 ``stop_prim``, a witness restart (and the witness down beside a one-way loss and a freeze), a slow
 fence script, and a real power loss.
 
@@ -23,7 +23,7 @@ from hamirror.lab.chaos_faults import Event, Injector, _signal, pids_of
 from hamirror.lab.naming import NODES, WITNESS
 from hamirror.lab.shell import LabError
 
-NETWORK = ("oneway-p2s", "oneway-s2p", "hb-only")
+NETWORK = ("oneway-p2s", "oneway-s2p", "hb-only", "lossy")
 PROCESS = ("hang-mount", "fail-stop")
 NEEDS_WITNESS = ("witness-restart", "witness-down-oneway")
 NEEDS_FENCE = ("slow-fence",)
@@ -124,6 +124,12 @@ class MoreInjector(Injector):
     def _hb_only(self, ev: Event) -> None:
         self._cut_for(ev, lambda: chaos_net.heartbeat_only(self.paths),
                       f"UDP {chaos_net.HEARTBEAT_PORT} blocked between the nodes, replication flowing")
+
+    def _lossy(self, ev: Event) -> None:
+        """10-60 % of the packets between the nodes lost at random, both ways, for 3-12 s."""
+        percent = self.rng.randint(10, 60)
+        self._cut_for(ev, lambda: chaos_net.lossy(self.paths, percent),
+                      f"{percent} % of the packets between the nodes dropped at random, both ways")
 
     def _hang_mount(self, ev: Event) -> None:
         """SIGSTOP of the primary's ``mirror mount`` only, SIGCONT 4-15 s later."""

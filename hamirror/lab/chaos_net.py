@@ -1,8 +1,10 @@
-"""Partial network faults of the campaign: a one-way loss and a heartbeat-only loss, as nftables rules.
+"""Partial network faults of the campaign: a one-way loss, a heartbeat-only loss and a lossy link,
+as nftables rules.
 
 ``lab partition`` cuts everything between two hosts, both ways. Real networks also fail halfway: a
 switch port that drops one direction, a firewall change that blocks the heartbeat's UDP port while
-replication (TCP) still flows. The rules live in the node's own network namespace, in a table of
+replication (TCP) still flows, a flaky cable or NIC that drops some of the packets at random (this
+kernel has no netem, so there is loss but no added delay). The rules live in the node's own network namespace, in a table of
 their own (``inet hamirror_chaos``), so the lab's ``heal`` and these never remove each other's.
 """
 
@@ -38,6 +40,17 @@ def heartbeat_only(paths: LabPaths) -> None:
         peer = ADDRESSES[next(n for n in NODES if n != node)]
         _install(paths, node, [f"output ip daddr {peer} udp dport {HEARTBEAT_PORT} drop",
                                f"input ip saddr {peer} udp dport {HEARTBEAT_PORT} drop"])
+
+
+def lossy(paths: LabPaths, percent: int) -> None:
+    """``percent`` % of the packets between the nodes dropped at random, each way on its own: TCP
+    retransmits (the replication link stalls for a retransmission timeout now and then) and some
+    heartbeats go missing, a run of them now and then."""
+    if not 0 < percent < 100:
+        raise ValueError(f"lossy: percent must be between 1 and 99, not {percent}")
+    for node in NODES:
+        peer = ADDRESSES[next(n for n in NODES if n != node)]
+        _install(paths, node, [f"output ip daddr {peer} numgen random mod 100 < {percent} drop"])
 
 
 def heal(paths: LabPaths) -> bool:
