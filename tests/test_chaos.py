@@ -2,8 +2,8 @@
 
 One trial each, in a fixed order (``--plan``; the delays come from the seed): a freeze of the
 primary, a kill -9 of its mount daemon and a power loss (page cache dropped); then a power-kill
-of the primary during a failback resync, a kill -9 of the secondary's receiver and a loss of the
-heartbeats only. Every acknowledged write readable,
+of the primary during a failback resync, a kill -9 of the secondary's receiver, a loss of the
+heartbeats only and a lossy link. Every acknowledged write readable,
 both copies equal and sound, PRIM + up-to-date SECOND within 60 s, never the VIP and the
 application on both nodes. A few minutes at most.
 """
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("plan", ["freeze,kill-mount,power-loss", "resync-kill,kill-receiver,hb-only"])
+@pytest.mark.parametrize("plan", ["freeze,kill-mount,power-loss", "resync-kill,kill-receiver,hb-only,lossy"])
 def test_short_seeded_campaign(tmp_path, plan):
     root, out = str(tmp_path / "lab"), str(tmp_path / "chaos.json")
     cmd = [sys.executable, os.path.join(REPO, "scripts", "chaos.py"), "--seed", "11", "--trials", "1",
