@@ -12,6 +12,9 @@ _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+EXT4_SUPER_MAGIC = 0xEF53     # linux/magic.h
+_STATFS_SIZE = 256            # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
 SYNC_FILE_RANGE_WRITE = 2
 FALLOC_FL_KEEP_SIZE = 1
 RENAME_EXCHANGE = 2   # renameat2: swap the two names
@@ -56,13 +59,28 @@ def syncfs(fd: int) -> None:
     _check(_libc.syncfs(fd))
 
 
+def allocation_ahead_helps(fd: int) -> bool:
+    """Whether large writes to the file system holding ``fd`` should be allocated ahead
+    (:func:`allocate_ahead`): only on ext4, whose delayed allocation it saves. Elsewhere it costs:
+    XFS marks a file that ever saw an fallocate as preallocated and from then on never trims the
+    blocks it allocates speculatively past the end of a growing file (an appended log keeps
+    megabytes it does not use, on both copies); btrfs waits for writeback under way in the range.
+    False when the file system cannot be told."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == EXT4_SUPER_MAGIC
+
+
 def allocate_ahead(fd: int, offset: int, length: int) -> None:
     """Allocate the blocks of ``[offset, offset+length)`` before a large write fills them, the size
     unchanged (fallocate with FALLOC_FL_KEEP_SIZE). Why: ext4's delayed allocation reserves and
     records a buffered write's blocks one 4 KiB block at a time, about 40 % of a 1 MiB pwrite's CPU
     here; allocated as one extent first, the write only fills them (docs/performance.md, "Large
     writes allocate their blocks first"). A hint, so no error is raised: a file system without
-    fallocate, or a disk too full for the range, leaves the write itself to succeed or fail."""
+    fallocate, or a disk too full for the range, leaves the write itself to succeed or fail. Only
+    where :func:`allocation_ahead_helps`, and never on a descriptor open ``O_DSYNC`` or ``O_SYNC``
+    (there ext4 commits its journal for the fallocate, then again for the write)."""
     _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length)
 
 

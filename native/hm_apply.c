@@ -20,10 +20,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #define INT64_MAX_ (INT64_C(0x7fffffffffffffff))
@@ -154,7 +156,7 @@ static int do_write(struct hm_applier *a, const struct hm_op *op, int *fd_out, c
         return rc;
     /* A large write's blocks are allocated first, as one extent (a hint: hamirror/syscalls.py,
      * allocate_ahead, says why; its error is the pwrite's to meet). */
-    if (op->data_len >= HM_EARLY_WRITEBACK_MIN)
+    if (a->allocate_ahead && op->data_len >= HM_EARLY_WRITEBACK_MIN)
         (void)fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)op->data_len);
     ssize_t written = pwrite(fd, op->data, op->data_len, (off_t)offset);
     if (written < 0)
@@ -284,6 +286,9 @@ struct hm_applier *hm_new(int root_fd)
         return NULL;
     }
     a->use_openat2 = HM_USE_OPENAT2;
+    /* Only ext4 gains from it; XFS would keep its speculative blocks past a growing file's end. */
+    struct statfs fs;
+    a->allocate_ahead = fstatfs(a->root_fd, &fs) == 0 && fs.f_type == EXT4_SUPER_MAGIC;
     a->wb_fd = -1;
     cache_init(&a->dirs);
     cache_init(&a->files);

@@ -31,6 +31,7 @@ struct cache {
 struct hm_applier {
     int root_fd;
     int use_openat2;    /* cleared once the kernel says ENOSYS */
+    int allocate_ahead; /* large writes allocated first: the root is on ext4 (hamirror/syscalls.py) */
     uint64_t clock;
     struct cache dirs;  /* parent directories (O_PATH or O_RDONLY), keyed by relative path */
     struct cache files; /* regular files open O_WRONLY, keyed by relative path */

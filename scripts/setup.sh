@@ -28,7 +28,8 @@ SERVER_UNITS=(postgresql mariadb nginx prometheus prometheus-node-exporter etcd 
 need_pkgs=()
 for pkg in fuse3 python3-venv rsync sqlite3 nftables iproute2 attr git procps psmisc util-linux curl \
            postgresql-15 mariadb-server mariadb-client nginx chromium prometheus logrotate etcd-server etcd-client \
-           gcc python3-dev clang libclang-rt-14-dev libfuse3-dev pkg-config glusterfs-server glusterfs-client; do
+           gcc python3-dev clang libclang-rt-14-dev libfuse3-dev pkg-config glusterfs-server glusterfs-client \
+           e2fsprogs xfsprogs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -10,10 +10,13 @@ so the probe can see it: where the file system has none, the tests skip).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
 import stat
 import struct
+import subprocess
 
 import pytest
 
@@ -116,3 +119,118 @@ def test_allocating_ahead_is_a_hint_that_raises_nothing(tmp_path):
         for fd in (r, w, ro):
             os.close(fd)
     assert os.stat(path).st_blocks <= 8   # nothing allocated through the read-only descriptor
+
+
+# --------------------------------------------------------------------------- where it is not done
+
+FS_IOC_FSGETXATTR = 0x801C581F
+FS_XFLAG_PREALLOC = 0x2
+_FSXATTR = struct.Struct("=IIIII8x")        # struct fsxattr: xflags first
+
+
+@contextlib.contextmanager
+def loop_filesystem(base, fstype: str):
+    """A fresh ``fstype`` file system on a loop device, mounted for the with-block only."""
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if os.geteuid() != 0 or mkfs is None or shutil.which("losetup") is None:
+        pytest.skip(f"needs root, mkfs.{fstype} and losetup")
+    image, mountpoint = base / f"{fstype}.img", base / f"{fstype}-mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)                # XFS's smallest is 300 MiB
+    subprocess.run([mkfs, "-q", "-F" if fstype.startswith("ext") else "-f", str(image)], check=True,
+                   capture_output=True)
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    try:
+        subprocess.run(["mount", device, str(mountpoint)], check=True, capture_output=True)
+        try:
+            yield mountpoint, os.path.basename(device)
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True, capture_output=True)
+
+
+def _preallocated(path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return bool(_FSXATTR.unpack(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(_FSXATTR.size)))[0] & FS_XFLAG_PREALLOC)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def sync_mount(primary, link_base):
+    """An Interception in sync mode over ``primary``, its secondary under ``link_base``."""
+    root_fd = os.open(primary, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with local_link(str(link_base)) as (client, _):
+            yield Interception(root_fd, Replicator(client, None, sync=True), "sync",
+                               context=lambda: (os.getuid(), os.getgid(), os.getpid()))
+    finally:
+        os.close(root_fd)
+
+
+def test_only_ext4_is_told_to_allocate_ahead(tmp_path):
+    for fstype, expected in (("ext4", True), ("xfs", False)):
+        with loop_filesystem(tmp_path, fstype) as (mountpoint, _):
+            fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                assert syscalls.allocation_ahead_helps(fd) is expected, fstype
+            finally:
+                os.close(fd)
+    fd = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)      # tmpfs
+    try:
+        assert syscalls.allocation_ahead_helps(fd) is False
+    finally:
+        os.close(fd)
+
+
+def test_on_xfs_no_copy_of_a_large_write_is_left_marked_preallocated(tmp_path):
+    """XFS marks a file that ever saw an fallocate as preallocated, and then never trims the blocks
+    it allocates speculatively past the end of a growing file: neither copy may get that mark, from
+    the mount or from either applier."""
+    data = os.urandom(LARGE)
+    with loop_filesystem(tmp_path, "xfs") as (base, _):
+        (base / "primary").mkdir()
+        with sync_mount(base / "primary", base) as ops:
+            fh = ops.create("/big", 0o644, os.O_WRONLY)
+            assert ops.write("/big", data, 0, fh) == LARGE
+            ops.fsync("/big", 0, fh)
+            ops.release("/big", fh)
+        (base / "applied").mkdir()
+        for use_native in (True, False):
+            applier = Applier(str(base / "applied"), use_native=use_native)
+            try:
+                name = b"native" if use_native else b"python"
+                applier.apply(_message(Op.CREATE, (stat.S_IFREG | 0o644, os.getuid(), os.getgid(), 0), name))
+                applier.apply(_message(Op.WRITE, (0,), name, data))
+            finally:
+                applier.close()
+        copies = [base / "primary" / "big", base / "secondary" / "big", base / "applied" / "native",
+                  base / "applied" / "python"]
+        assert [c.read_bytes() == data for c in copies] == [True] * 4
+        assert [_preallocated(c) for c in copies] == [False] * 4
+
+
+def _journal_commits(device: str) -> int:
+    with open(f"/proc/fs/jbd2/{device}-8/info") as f:
+        return int(f.readline().split()[0])
+
+
+def test_an_o_dsync_handle_pays_one_journal_commit_per_large_write_not_two(tmp_path):
+    """On a handle open O_DSYNC, ext4 commits its journal for an fallocate and again for the write
+    that fills it: the mount does not allocate ahead there. Its copy on a journaled ext4."""
+    data = os.urandom(LARGE)
+    with loop_filesystem(tmp_path, "ext4") as (base, device):
+        (base / "primary").mkdir()
+        with sync_mount(base / "primary", tmp_path) as ops:      # the secondary off this disk
+            fh = ops.create("/log", 0o644, os.O_WRONLY | os.O_DSYNC)
+            before = _journal_commits(device)
+            for i in range(16):
+                assert ops.write("/log", data, i * LARGE, fh) == LARGE
+            commits = _journal_commits(device) - before
+            ops.release("/log", fh)
+        assert (base / "primary" / "log").read_bytes() == data * 16
+    assert 16 <= commits <= 20, commits

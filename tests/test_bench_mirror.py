@@ -21,6 +21,7 @@ import cputime  # noqa: E402
 import gluster  # noqa: E402
 import mirror  # noqa: E402
 import mirror_report  # noqa: E402
+import mirror_targets  # noqa: E402
 import workloads  # noqa: E402
 from columns import Column  # noqa: E402
 
@@ -416,10 +417,21 @@ def test_a_plain_directory_slower_than_interception_gets_a_caveat_beside_the_cei
            "e": {"seq_write_fsync": [850.0, 850.0]}}
     summary = mirror_report.summarize(PARAMS, raw, [], mirror.CONFIGS)
     last = mirror_report.render(summary).splitlines()[-1]
-    assert last == ("caveat: the plain directory wrote 1 GiB + fsync slower than the interception mount "
+    assert last == ("caveat: the plain directory wrote its file + fsync slower than the interception mount "
                     "(b/a 1.38): the two-copy ceiling (a / 2) understates what two copies reach here; "
                     "against half of the interception column: e/(b/2) 0.85")
     verdicts = {v["target"]: v["result"] for v in summary["done_when"]}
     assert verdicts["1 GiB + fsync: barrier >= 0.85 of the two-copy ceiling (e/k)"] == "PASS"   # 850 / 725
     raw["b"]["seq_write_fsync"] = [1300.0, 1300.0]
     assert "caveat" not in mirror_report.render(mirror_report.summarize(PARAMS, raw, [], mirror.CONFIGS))
+
+
+def test_a_column_with_no_run_neither_makes_nor_enters_the_caveat():
+    """A median of no repetition is NaN: no caveat on a NaN plain or interception column, and a NaN
+    replicated column is left out of the comparison rather than printed as nan."""
+    nan = float("nan")
+    assert mirror_targets.ceiling_caveat({"a": {"seq_write_fsync": nan}, "b": {"seq_write_fsync": 2000.0}}) is None
+    assert mirror_targets.ceiling_caveat({"a": {"seq_write_fsync": 1400.0}, "b": {"seq_write_fsync": nan}}) is None
+    said = mirror_targets.ceiling_caveat({"a": {"seq_write_fsync": 1400.0}, "b": {"seq_write_fsync": 2000.0},
+                                          "c": {"seq_write_fsync": nan}, "e": {"seq_write_fsync": 850.0}})
+    assert said is not None and said.endswith("against half of the interception column: e/(b/2) 0.85")

@@ -18,6 +18,7 @@ barriers. In ``async`` a close of a handle that changed something is the barrier
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import itertools
 import os
@@ -31,7 +32,8 @@ from hamirror.link.apply import rename_pairs
 from hamirror.link.client import SUBTREE, WHOLE, Change
 from hamirror.link.protocol import CONFLICT_DIR, Op, is_reserved
 from hamirror.mirror.replicator import Replicator
-from hamirror.syscalls import UTIME_NOW, UTIME_OMIT, allocate_ahead, fallocate, renameat2, utimensat
+from hamirror.syscalls import (UTIME_NOW, UTIME_OMIT, allocate_ahead, allocation_ahead_helps, fallocate,
+                               renameat2, utimensat)
 
 # Writes at least this large go to the peer before the local pwrite, so the two overlap (and the
 # native loop starts their local writeback after the reply: HM_EARLY_WRITEBACK_MIN, and their blocks
@@ -77,6 +79,7 @@ class Interception:
                  context: Callable[[], tuple[int, int, int]]) -> None:
         """``context`` gives the caller's (uid, gid, pid) of the request being served."""
         self.root = root_fd
+        self._allocate_ahead = allocation_ahead_helps(root_fd)   # ext4 only (syscalls.py says why)
         self.repl = replicator
         self.mode = mode
         self.context = context
@@ -230,7 +233,8 @@ class Interception:
             # than they saved (docs/performance.md, "Sync mode's large writes in one message").
             stamp = stamps.before(fh, bp, self._writeback)
             tx.send(Op.WRITE, (offset,), (bp,), stamp, data=data)
-            allocate_ahead(fh, offset, len(data))   # cheaper for ext4 than block by block
+            if self._allocate_ahead and not fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_DSYNC:
+                allocate_ahead(fh, offset, len(data))   # cheaper for ext4 than block by block
             try:
                 written = os.pwrite(fh, data, offset)
             except OSError as exc:

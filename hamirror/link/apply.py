@@ -20,7 +20,8 @@ from typing import AnyStr
 
 from hamirror.link import native
 from hamirror.link.protocol import PATH, SPECS, Message, Op
-from hamirror.syscalls import RENAME_EXCHANGE, allocate_ahead, fallocate, renameat2, start_writeback
+from hamirror.syscalls import (RENAME_EXCHANGE, allocate_ahead, allocation_ahead_helps, fallocate, renameat2,
+                               start_writeback)
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -148,6 +149,7 @@ class Applier:
     def __init__(self, directory: str, use_native: bool = True) -> None:
         self.directory = directory
         self.root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._allocate_ahead = allocation_ahead_helps(self.root_fd)   # ext4 only (syscalls.py says why)
         self._fds: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._synced: set[bytes] = set()   # paths in _fds last synced through their descriptor by an FSYNC
         self._writeback: tuple[int, int, int] | None = None   # (fd in _fds, offset, length): see start_writeback
@@ -290,7 +292,7 @@ class Applier:
     def _write(self, msg: Message) -> None:
         data = msg.data
         fd = self._writable(msg.strs[0])
-        if len(data) >= EARLY_WRITEBACK_MIN:
+        if self._allocate_ahead and len(data) >= EARLY_WRITEBACK_MIN:
             allocate_ahead(fd, msg.ints[0], len(data))   # as the mount's copy (syscalls.allocate_ahead)
         written = os.pwrite(fd, data, msg.ints[0])
         if written != len(data):
