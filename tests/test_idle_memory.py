@@ -94,7 +94,10 @@ def test_a_burst_of_large_writes_leaves_no_receive_buffer_resident_once_idle(tmp
     """libfuse's loop gave each worker a receive buffer of the largest request (1 MiB + 4 KiB)
     and kept it: after writes of 1 MiB from 8 writers at once, every worker held 1 MiB of
     anonymous memory for good (the heap trimmed). The native loop's workers give those pages
-    back once idle for a second (docs/native.md, "Workers and their buffers")."""
+    back once idle for a second (docs/native.md, "Workers and their buffers"). How many workers
+    the burst fills depends on the scheduling (3-10 MiB over 6 runs with 8 writers; CI once saw
+    3.0 MiB): 16 writers, at least two buffers filled, and back to within 1 MiB of the start
+    (24-192 KiB measured)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     mount = subprocess.Popen([sys.executable, "-c", _MOUNT, str(mnt)], stdin=subprocess.PIPE,
@@ -117,7 +120,7 @@ def test_a_burst_of_large_writes_leaves_no_receive_buffer_resident_once_idle(tmp
                 for _ in range(4):
                     f.write(data)
 
-        writers = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        writers = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
         for t in writers:
             t.start()
         for t in writers:
@@ -125,12 +128,12 @@ def test_a_burst_of_large_writes_leaves_no_receive_buffer_resident_once_idle(tmp
         busy = anonymous()
         time.sleep(2.5)   # 1 s idle, then the loop's next look (every 0.5 s)
         idle = anonymous()
-        assert all((mnt / f"big{i}").stat().st_size == 4 << 20 for i in range(8))
+        assert all((mnt / f"big{i}").stat().st_size == 4 << 20 for i in range(16))
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         mount.communicate(timeout=20)
-    assert busy - before >= 4096, (before, busy)    # the burst did fill several workers' buffers
-    assert idle - before < 2048, f"{idle - before} KiB still resident after 2.5 s idle ({before}, {busy}, {idle})"
+    assert busy - before >= 2048, (before, busy)    # the burst did fill several workers' buffers
+    assert idle - before < 1024, f"{idle - before} KiB still resident after 2.5 s idle ({before}, {busy}, {idle})"
 
 
 def _request(mechanism: bytes, *credentials: bytes) -> list[bytes]:
