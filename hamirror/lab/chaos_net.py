@@ -4,8 +4,9 @@ as nftables rules.
 ``lab partition`` cuts everything between two hosts, both ways. Real networks also fail halfway: a
 switch port that drops one direction, a firewall change that blocks the heartbeat's UDP port while
 replication (TCP) still flows, a flaky cable or NIC that drops some of the packets at random (this
-kernel has no netem, so there is loss but no added delay). The rules live in the node's own network namespace, in a table of
-their own (``inet hamirror_chaos``), so the lab's ``heal`` and these never remove each other's.
+kernel has no netem, so there is loss but no added delay). The rules live in the node's own
+network namespace, in a table of their own (``inet hamirror_chaos``), so the lab's ``heal`` and
+these never remove each other's.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def _install(paths: LabPaths, host: str, rules: list[str]) -> None:
     _nft(paths, host, "-f", "-", input=text)
 
 
+def _peer_address(node: str) -> str:
+    return ADDRESSES[next(n for n in NODES if n != node)]
+
+
 def one_way(paths: LabPaths, sender: str, receiver: str) -> None:
     """Nothing from sender reaches receiver; the other direction still works."""
     _install(paths, sender, [f"output ip daddr {ADDRESSES[receiver]} drop"])
@@ -37,7 +42,7 @@ def one_way(paths: LabPaths, sender: str, receiver: str) -> None:
 def heartbeat_only(paths: LabPaths) -> None:
     """The heartbeat's UDP port blocked between the nodes, both ways; replication still flows."""
     for node in NODES:
-        peer = ADDRESSES[next(n for n in NODES if n != node)]
+        peer = _peer_address(node)
         _install(paths, node, [f"output ip daddr {peer} udp dport {HEARTBEAT_PORT} drop",
                                f"input ip saddr {peer} udp dport {HEARTBEAT_PORT} drop"])
 
@@ -49,8 +54,8 @@ def lossy(paths: LabPaths, percent: int) -> None:
     if not 0 < percent < 100:
         raise ValueError(f"lossy: percent must be between 1 and 99, not {percent}")
     for node in NODES:
-        peer = ADDRESSES[next(n for n in NODES if n != node)]
-        _install(paths, node, [f"output ip daddr {peer} numgen random mod 100 < {percent} drop"])
+        _install(paths, node, [f"output ip daddr {_peer_address(node)} "
+                               f"numgen random mod 100 < {percent} drop"])
 
 
 def heal(paths: LabPaths) -> bool:
